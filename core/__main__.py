@@ -1,0 +1,3 @@
+from chatwright.cli import main
+
+main()

@@ -1,0 +1,90 @@
+"""Validation of agent definitions, shared by the CLI and the HTTP API.
+
+An agent is a row (DESIGN §3); this module holds the rules a row must follow
+before it is stored: a usable name, a ``provider:name`` model spec, a positive
+history window, and a system prompt whose only placeholders are ``{memory}``
+and ``{custom_instructions}`` (literal braces are doubled, as in ``str.format``).
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from chatwright.errors import InvalidInputError
+
+PROMPT_PLACEHOLDERS = frozenset({"memory", "custom_instructions"})
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$"
+MODEL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*:\S+$")
+MAX_HISTORY_WINDOW = 10_000
+
+
+def check_prompt(prompt: str) -> str:
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(prompt) if f is not None]
+    except ValueError as exc:
+        raise ValueError(f"unbalanced braces ({exc}); write a literal brace as {{{{ or }}}}") from None
+    unknown = sorted({f for f in fields if f not in PROMPT_PLACEHOLDERS})
+    if unknown:
+        names = ", ".join("{" + f + "}" for f in unknown)
+        raise ValueError(
+            f"unknown placeholder {names}; use {{memory}} and {{custom_instructions}}, "
+            "and double literal braces"
+        )
+    return prompt
+
+
+class AgentChanges(BaseModel):
+    """Fields that can be set on an agent; every one optional."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    system_prompt: str | None = None
+    model: str | None = None
+    model_settings: dict[str, Any] | None = None
+    history_window: int | None = Field(None, ge=1, le=MAX_HISTORY_WINDOW)
+
+    @field_validator("system_prompt")
+    @classmethod
+    def _prompt(cls, value: str | None) -> str | None:
+        return None if value is None else check_prompt(value)
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str | None) -> str | None:
+        if value is not None and not MODEL_PATTERN.match(value):
+            raise ValueError("a model spec is provider:name, as in openai:gpt-4o-mini")
+        return value
+
+    def changes(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+class AgentDefinition(AgentChanges):
+    """A new agent: a name and a model are required."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    system_prompt: str = ""
+    model: str
+    history_window: int = Field(50, ge=1, le=MAX_HISTORY_WINDOW)
+
+
+def validate_agent(name: str, data: dict[str, Any], *, partial: bool = False) -> dict[str, Any]:
+    """Validated fields of agent ``name``, or :class:`InvalidInputError` naming each bad field.
+
+    With ``partial`` only the given fields are checked (a change to an existing agent).
+    """
+    try:
+        if partial:
+            return AgentChanges.model_validate(data).changes()
+        return AgentDefinition.model_validate({**data, "name": name}).changes()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'value'}: "
+            + e["msg"].removeprefix("Value error, ")
+            for e in exc.errors()
+        )
+        raise InvalidInputError(f"invalid agent {name!r}: {problems}") from None

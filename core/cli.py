@@ -1,0 +1,522 @@
+"""The ``chatwright`` command-line runner.
+
+The root group loads plugins (so they can add commands through
+``register_commands``) but imports nothing heavy: settings, storage and models
+are imported inside the commands that need them, which keeps ``chatwright
+--help`` fast. Every :class:`~chatwright.errors.ChatwrightError` is printed as
+one ``Error: …`` line with exit status 1; an unexpected exception is too,
+unless ``CHATWRIGHT_DEBUG=1`` asks for the traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from chatwright import __version__
+from chatwright.errors import ChatwrightError, InvalidInputError, NotFoundError
+from chatwright.registry import Plugins
+
+if TYPE_CHECKING:
+    from chatwright.runtime import Runtime
+    from chatwright.settings import Settings
+
+T = TypeVar("T")
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+EXAMPLE_AGENT = "assistant"
+EXAMPLE_PROMPT = """\
+You are a helpful assistant that keeps the user's tasks and notes.
+Use your tools to add, list, update and delete tasks and notes, and to save
+what the user asks you to remember. Answer briefly.
+
+What you remember about this user:
+{memory}
+
+{custom_instructions}"""
+
+CONFIG_TEMPLATE = """\
+# chatwright configuration. Every key can also be set with an environment
+# variable: [storage] url -> CHATWRIGHT_STORAGE__URL. See `chatwright config show`.
+
+[storage]
+backend = "sql"
+# SQLite file in this directory; postgresql://user@host:5432/dbname for PostgreSQL.
+url = "sqlite+aiosqlite:///chatwright.db"
+
+[models]
+# Model given to agents created without one. `offline` needs no key and no network.
+default = "offline:assistant"
+"""
+
+
+@dataclass
+class AppContext:
+    """What every command receives: plugins now, settings and runtime on demand."""
+
+    plugins: Plugins
+    config: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    _settings: Settings | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            from chatwright.settings import load_settings
+
+            self._settings = load_settings(self.config, self.overrides)
+        return self._settings
+
+    def runtime(self) -> Runtime:
+        from chatwright.runtime import Runtime
+
+        return Runtime(self.settings, self.plugins)
+
+    def run(self, work: Callable[[Runtime], Awaitable[T]], *, upgrade: bool = False) -> T:
+        """Start a runtime, run ``work`` with it, close it."""
+
+        async def main() -> T:
+            runtime = self.runtime()
+            await runtime.start(upgrade=upgrade)
+            try:
+                return await work(runtime)
+            finally:
+                await runtime.close()
+
+        return run_async(main())
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+class ChatwrightGroup(click.Group):
+    """The root group: user-facing errors become one line and exit status 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ChatwrightError as exc:
+            raise click.ClickException(str(exc)) from None
+        except (click.exceptions.Exit, click.ClickException, click.Abort, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            if os.environ.get("CHATWRIGHT_DEBUG"):
+                raise
+            raise click.ClickException(
+                f"unexpected {type(exc).__name__}: {exc} "
+                "(run again with CHATWRIGHT_DEBUG=1 to see the traceback, and please report it)"
+            ) from None
+
+
+def echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def echo_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    if not rows:
+        return
+    cells = [[str(h) for h in headers]] + [["" if v is None else str(v) for v in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for row in cells:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+pass_app = click.make_pass_decorator(AppContext)
+
+
+@click.group(cls=ChatwrightGroup, context_settings=CONTEXT_SETTINGS)
+@click.version_option(__version__, "--version", prog_name="chatwright")
+@click.option(
+    "--config",
+    "config",
+    metavar="PATH",
+    envvar="CHATWRIGHT_CONFIG",
+    help="Settings file (default: ./chatwright.toml when present).",
+)
+@click.option(
+    "--database",
+    metavar="URL",
+    help="Database URL; overrides storage.url (e.g. postgresql://user@host/db).",
+)
+@click.pass_context
+def cli(ctx: click.Context, config: str | None, database: str | None) -> None:
+    """chatwright: LLM chat agents configured in a database.
+
+    Start with `chatwright init --example`, then `chatwright agents list`.
+    """
+    app = ctx.ensure_object(AppContext)
+    app.config = config
+    if database:
+        app.overrides.setdefault("storage", {})["url"] = database
+
+
+# -- init -------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--example", is_flag=True, help=f"Also create the example agent {EXAMPLE_AGENT!r}.")
+@pass_app
+def init(app: AppContext, example: bool) -> None:
+    """Create the settings file and the database schema (safe to run again)."""
+    path = Path(app.config) if app.config else Path.cwd() / "chatwright.toml"
+    if not path.exists() and "CHATWRIGHT_CONFIG" not in os.environ:
+        path.write_text(CONFIG_TEMPLATE, encoding="utf-8")
+        click.echo(f"Wrote {path.name}")
+        app.config = str(path)
+
+    async def work(runtime: Runtime) -> None:
+        click.echo(f"Database {runtime.storage.description} is at revision "
+                   f"{await runtime.storage.current_revision()}")
+        if not example:
+            return
+        if await runtime.storage.agents.get(EXAMPLE_AGENT) is not None:
+            click.echo(f"Agent {EXAMPLE_AGENT!r} already exists; left as it is")
+            return
+        await runtime.storage.agents.create(
+            EXAMPLE_AGENT,
+            system_prompt=EXAMPLE_PROMPT,
+            model=runtime.settings.models.default,
+        )
+        click.echo(f"Created agent {EXAMPLE_AGENT!r} (model {runtime.settings.models.default})")
+
+    app.run(work, upgrade=True)
+
+
+# -- plugins ----------------------------------------------------------------
+
+
+@cli.command("plugins")
+@click.option("--all", "show_all", is_flag=True, help="Include the bundled plugins.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_app
+def plugins_command(app: AppContext, show_all: bool, as_json: bool) -> None:
+    """List installed plugins, the hooks they implement and load errors."""
+    infos = app.plugins.infos(include_bundled=show_all)
+    if as_json:
+        echo_json([i.as_dict() for i in infos])
+        return
+    if not infos:
+        click.echo("No plugins installed (bundled ones are shown with --all).")
+        return
+    echo_table(
+        ["name", "version", "bundled", "hooks / error"],
+        [
+            (i.name, i.version or "-", "yes" if i.bundled else "no", i.error or ", ".join(i.hooks))
+            for i in infos
+        ],
+    )
+
+
+# -- config -----------------------------------------------------------------
+
+
+@cli.group()
+def config() -> None:
+    """Inspect settings."""
+
+
+def _redacted(settings: Settings) -> dict[str, Any]:
+    from sqlalchemy.engine import make_url
+
+    data = settings.model_dump(mode="json")
+    try:
+        data["storage"]["url"] = make_url(settings.storage.url).render_as_string(
+            hide_password=True
+        )
+    except Exception:
+        data["storage"]["url"] = "<unparseable URL hidden>"
+    return data
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps("" if value is None else str(value))
+
+
+@config.command("show")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_app
+def config_show(app: AppContext, as_json: bool) -> None:
+    """Print the effective settings, secrets redacted."""
+    settings = app.settings
+    data = _redacted(settings)
+    if as_json:
+        echo_json(data)
+        return
+    source = settings.config_file or "none (defaults and environment)"
+    click.echo(f"# settings file: {source}")
+    for section, values in data.items():
+        click.echo(f"\n[{section}]")
+        for key, value in values.items():
+            click.echo(f"{key} = {_toml_value(value)}")
+
+
+# -- db ---------------------------------------------------------------------
+
+
+@cli.group()
+def db() -> None:
+    """Manage the database schema."""
+
+
+@db.command("upgrade")
+@pass_app
+def db_upgrade(app: AppContext) -> None:
+    """Migrate the database to the newest schema revision."""
+
+    async def work(runtime: Runtime) -> None:
+        revision = await runtime.storage.current_revision()
+        click.echo(f"Database {runtime.storage.description} is at revision {revision} (newest)")
+
+    app.run(work, upgrade=True)
+
+
+@db.command("current")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_app
+def db_current(app: AppContext, as_json: bool) -> None:
+    """Show the schema revision of the database and the newest one."""
+    from chatwright.runtime import Runtime
+
+    async def work() -> dict[str, Any]:
+        storage = Runtime(app.settings, app.plugins).build_storage()
+        try:
+            current = await storage.current_revision()
+        finally:
+            await storage.close()
+        head = storage.head_revision()
+        return {
+            "database": storage.description,
+            "current": current,
+            "head": head,
+            "up_to_date": current == head,
+        }
+
+    info = run_async(work())
+    if as_json:
+        echo_json(info)
+        return
+    state = "up to date" if info["up_to_date"] else "run `chatwright db upgrade`"
+    click.echo(f"{info['database']}: revision {info['current']} (newest {info['head']}; {state})")
+
+
+# -- agents -----------------------------------------------------------------
+
+
+@cli.group()
+def agents() -> None:
+    """List, show, add and change agents."""
+
+
+def _parse_settings(pairs: Sequence[str]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise InvalidInputError(f"--setting {pair!r} is not KEY=VALUE (e.g. temperature=0.2)")
+        try:
+            result[key.strip()] = json.loads(raw)
+        except ValueError:
+            result[key.strip()] = raw
+    return result
+
+
+def agent_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option("--prompt", help="System prompt; may use {memory} and {custom_instructions}."),
+        click.option(
+            "--prompt-file",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help="Read the system prompt from a file.",
+        ),
+        click.option("--model", help="Model spec provider:name (e.g. openai:gpt-4o-mini)."),
+        click.option(
+            "--setting",
+            "settings_",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="Model setting (repeatable), e.g. temperature=0.2 or base_url=http://…",
+        ),
+        click.option("--history-window", type=int, help="Messages of history sent to the model."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _agent_fields(
+    prompt: str | None,
+    prompt_file: Path | None,
+    model: str | None,
+    settings_: Sequence[str],
+    history_window: int | None,
+) -> dict[str, Any]:
+    if prompt is not None and prompt_file is not None:
+        raise InvalidInputError("give --prompt or --prompt-file, not both")
+    fields: dict[str, Any] = {}
+    if prompt_file is not None:
+        fields["system_prompt"] = prompt_file.read_text(encoding="utf-8")
+    elif prompt is not None:
+        fields["system_prompt"] = prompt
+    if model is not None:
+        fields["model"] = model
+    if settings_:
+        fields["model_settings"] = _parse_settings(settings_)
+    if history_window is not None:
+        fields["history_window"] = history_window
+    return fields
+
+
+@agents.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_app
+def agents_list(app: AppContext, as_json: bool) -> None:
+    """List agents."""
+    from chatwright.stores import as_dict
+
+    async def work(runtime: Runtime) -> list[dict[str, Any]]:
+        return [as_dict(a) for a in await runtime.storage.agents.list()]
+
+    rows = app.run(work)
+    if as_json:
+        echo_json(rows)
+    elif not rows:
+        click.echo("No agents yet; add one with `chatwright agents add NAME` or `chatwright init --example`.")
+    else:
+        echo_table(
+            ["name", "model", "history", "updated"],
+            [(r["name"], r["model"], r["history_window"], r["updated_at"][:19]) for r in rows],
+        )
+
+
+@agents.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_app
+def agents_show(app: AppContext, name: str, as_json: bool) -> None:
+    """Show one agent and its tool rows."""
+    from chatwright.stores import as_dict
+
+    async def work(runtime: Runtime) -> dict[str, Any]:
+        agent = await runtime.storage.agents.get(name)
+        if agent is None:
+            raise NotFoundError(f"no agent named {name!r}; see `chatwright agents list`")
+        data = as_dict(agent)
+        data["tools"] = [
+            {k: v for k, v in as_dict(t).items() if k in {"id", "name", "type", "is_active", "position"}}
+            for t in await runtime.storage.tools.list(name)
+        ]
+        return data
+
+    data = app.run(work)
+    if as_json:
+        echo_json(data)
+        return
+    for key in ("name", "model", "history_window", "created_at", "updated_at"):
+        click.echo(f"{key}: {data[key]}")
+    click.echo(f"model_settings: {json.dumps(data['model_settings'])}")
+    click.echo("system_prompt:")
+    for line in data["system_prompt"].splitlines() or [""]:
+        click.echo(f"  {line}")
+    click.echo(f"tools: {len(data['tools'])}")
+    for t in data["tools"]:
+        state = "" if t["is_active"] else " (disabled)"
+        click.echo(f"  #{t['id']} {t['name']} [{t['type']}]{state}")
+
+
+@agents.command("add")
+@click.argument("name")
+@agent_options
+@pass_app
+def agents_add(
+    app: AppContext,
+    name: str,
+    prompt: str | None,
+    prompt_file: Path | None,
+    model: str | None,
+    settings_: Sequence[str],
+    history_window: int | None,
+) -> None:
+    """Add an agent (model defaults to the models.default setting)."""
+    from chatwright.agents import validate_agent
+
+    fields = _agent_fields(prompt, prompt_file, model, settings_, history_window)
+    fields.setdefault("model", app.settings.models.default)
+    valid = validate_agent(name, fields)
+    valid.pop("name")
+
+    async def work(runtime: Runtime) -> None:
+        agent = await runtime.storage.agents.create(name, **valid)
+        click.echo(f"Added agent {agent.name!r} (model {agent.model})")
+
+    app.run(work)
+
+
+@agents.command("set")
+@click.argument("name")
+@agent_options
+@pass_app
+def agents_set(
+    app: AppContext,
+    name: str,
+    prompt: str | None,
+    prompt_file: Path | None,
+    model: str | None,
+    settings_: Sequence[str],
+    history_window: int | None,
+) -> None:
+    """Change an agent's prompt, model, model settings or history window."""
+    from chatwright.agents import validate_agent
+
+    fields = _agent_fields(prompt, prompt_file, model, settings_, history_window)
+    if not fields:
+        raise click.UsageError(
+            "nothing to change; give --prompt, --prompt-file, --model, --setting or --history-window"
+        )
+    valid = validate_agent(name, fields, partial=True)
+
+    async def work(runtime: Runtime) -> None:
+        agent = await runtime.storage.agents.update(name, **valid)
+        click.echo(f"Updated agent {agent.name!r}: {', '.join(sorted(valid))}")
+
+    app.run(work)
+
+
+def build_cli(plugins: Plugins | None = None) -> click.Group:
+    """The root group with plugin commands added; ``plugins`` defaults to entry points."""
+    plugins = plugins if plugins is not None else Plugins.load()
+    # A fresh group each time, so plugin commands never leak between builds.
+    root = ChatwrightGroup(
+        name="chatwright",
+        commands=dict(cli.commands),
+        params=list(cli.params),
+        callback=cli.callback,
+        help=cli.help,
+        context_settings={**CONTEXT_SETTINGS, "obj": AppContext(plugins)},
+    )
+    plugins.add_commands(root)
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    try:
+        root = build_cli()
+    except ChatwrightError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
+    root.main(args=list(argv) if argv is not None else None, prog_name="chatwright")

@@ -1,0 +1,57 @@
+"""Errors a user can meet.
+
+Every exception here carries a message that names the thing at fault (an
+agent, a tool row, a setting, a plugin) and says what to do about it. The CLI
+prints them as one line and exits 1; the HTTP server turns them into JSON with
+the status code given by ``http_status``.
+"""
+
+from __future__ import annotations
+
+
+class ChatwrightError(Exception):
+    """Base class of every error meant to be shown to a user as it is."""
+
+    http_status = 400
+
+
+class SettingsError(ChatwrightError):
+    """A setting has an invalid value or an unknown name."""
+
+
+class PluginError(ChatwrightError):
+    """A plugin failed to load or registered something it should not have."""
+
+    http_status = 500
+
+
+class DuplicateRegistrationError(PluginError):
+    """Two plugins registered the same name for the same kind of thing."""
+
+
+class UnknownNameError(ChatwrightError):
+    """A setting or argument names something no plugin provides."""
+
+
+class StorageError(ChatwrightError):
+    """The storage backend cannot do what was asked (unreachable, not migrated…)."""
+
+    http_status = 503
+
+
+class NotFoundError(ChatwrightError):
+    """The named row does not exist (or is not visible to the caller)."""
+
+    http_status = 404
+
+
+class AlreadyExistsError(ChatwrightError):
+    """A row with the same unique name already exists."""
+
+    http_status = 409
+
+
+class InvalidInputError(ChatwrightError):
+    """Input from a user or a client failed validation."""
+
+    http_status = 422

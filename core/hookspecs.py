@@ -1,0 +1,139 @@
+"""The hook specifications: everything a plugin can provide or observe.
+
+Hooks come in two groups.
+
+*Collection hooks* (``register_*``) are called once, when the core first needs
+the kind of thing they collect. Each receives a ``register`` callback instead of
+returning values, so the core decides what happens when two plugins use the
+same name (a :class:`~chatwright.errors.DuplicateRegistrationError` naming both)
+and remembers which plugin supplied what. Registering must be cheap: declare
+names and factories, and leave network access, key checks and heavy imports to
+the factory, which runs at first use.
+
+*Event hooks* are called for every plugin that implements them; their return
+values are ignored, and an exception in one plugin is logged without stopping
+the others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    import click
+
+    from chatwright.runtime import Runtime
+    from chatwright.settings import Settings
+    from chatwright.stores import ChatSession, Storage
+
+PROJECT_NAME = "chatwright"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+StorageFactory = Callable[["Settings"], "Storage"]
+"""Builds a storage backend from the settings; called at first use."""
+
+
+# -- collection hooks -------------------------------------------------------
+
+
+@hookspec
+def register_storage_backends(register: Callable[[str, StorageFactory], None]) -> None:
+    """Register storage backends by name.
+
+    The setting ``storage.backend`` picks one of them.
+
+    :param register: call ``register(name, factory)`` once per backend;
+        ``factory(settings)`` returns an object implementing
+        :class:`chatwright.stores.Storage`. It is called only when the backend
+        is selected, so it is the place for imports of database drivers.
+    """
+
+
+@hookspec
+def register_tool_types(register: Callable[[str, Any], None]) -> None:
+    """Register tool types that ``agent_tools`` rows can name in their ``type``.
+
+    :param register: call ``register(type_name, tool_type)``; ``tool_type`` has
+        a pydantic ``config_model`` that validates a row's ``config`` and a
+        ``build(...)`` method that turns a validated row into a LangChain tool.
+    """
+
+
+@hookspec
+def register_eviction_policies(register: Callable[[str, Any], None]) -> None:
+    """Register executor-cache eviction policies by name.
+
+    The setting ``cache.policy`` picks one of them.
+
+    :param register: call ``register(name, factory)``; ``factory(settings)``
+        returns the policy object the executor cache consults.
+    """
+
+
+@hookspec
+def register_models(register: Callable[[str, Any], None]) -> None:
+    """Register chat-model providers by the prefix of a model spec.
+
+    A spec is ``prefix:name`` (``openai:gpt-4o-mini``, ``offline:assistant``).
+
+    :param register: call ``register(prefix, factory)``;
+        ``factory(name, model_settings)`` returns a LangChain chat model. A
+        missing package or API key is reported by the factory, at first use.
+    """
+
+
+@hookspec
+def register_commands(cli: click.Group) -> None:
+    """Add commands to the ``chatwright`` command-line runner.
+
+    :param cli: the root :class:`click.Group`; add commands or groups to it
+        with ``@cli.command()`` or ``cli.add_command(...)``. Keep imports inside
+        the command functions so that ``chatwright --help`` stays fast.
+    """
+
+
+# -- event hooks ------------------------------------------------------------
+
+
+@hookspec
+def startup(runtime: Runtime) -> None:
+    """Called when a runtime has opened its storage and is ready for work.
+
+    This happens in the server before it accepts requests, and in every CLI
+    command that opens the database.
+
+    :param runtime: the :class:`chatwright.runtime.Runtime` that started.
+    """
+
+
+@hookspec
+def shutdown(runtime: Runtime) -> None:
+    """Called when a runtime is about to close its storage.
+
+    :param runtime: the :class:`chatwright.runtime.Runtime` that is stopping.
+    """
+
+
+@hookspec
+def session_deactivated(session: ChatSession, reason: str) -> None:
+    """Called after a chat session was deactivated.
+
+    :param session: the session as it was stored after deactivation.
+    :param reason: ``"client"`` when the client closed it, ``"idle"`` when
+        the sweeper found it idle longer than ``sessions.idle_timeout``.
+    """
+
+
+@hookspec
+def executor_evicted(key: tuple[str, str], reason: str) -> None:
+    """Called after a built agent was dropped from the executor cache.
+
+    :param key: ``(user_id, agent_name)`` of the dropped entry.
+    :param reason: why it was dropped: ``"idle-session"``, ``"ttl"``, ``"lru"``,
+        ``"capacity"``, ``"config-changed"`` or another policy's own word.
+    """

@@ -1,0 +1,302 @@
+"""Finding, loading and asking plugins.
+
+A plugin is any object or module with functions marked ``@hookimpl`` whose
+names match the specs in :mod:`chatwright.hookspecs`. Installed plugins are
+found through entry points of group ``chatwright``; the bundled ones (the SQL
+storage, the CRUD tool, …) are entry points of the ``chatwright`` distribution
+itself, so they are listed, and can be blocked, exactly like third-party ones.
+
+Loading is governed by three environment variables, read before anything is
+imported:
+
+``CHATWRIGHT_LOAD_PLUGINS``
+    A comma-separated allowlist of *distribution* names. Only those
+    distributions' entry points are imported, plus the bundled ones. An empty
+    value loads the bundled plugins only: the recovery recipe when an installed
+    plugin breaks the runner.
+``CHATWRIGHT_DISABLE_PLUGINS``
+    A comma-separated blocklist of plugin (entry point) or distribution names;
+    bundled plugins can be blocked too.
+``CHATWRIGHT_STRICT_PLUGINS``
+    ``1`` makes a plugin that fails to import or register a fatal error. By
+    default it is skipped with a one-line warning and reported, with its
+    error, by ``chatwright plugins``.
+
+Collection hooks are called one implementation at a time, so that the core
+knows which plugin registered which name, can name both plugins when a name is
+taken twice, and can isolate a plugin whose hook raises.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import logging
+import os
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+import pluggy
+
+from chatwright import hookspecs
+from chatwright.errors import DuplicateRegistrationError, PluginError, UnknownNameError
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "chatwright"
+BUNDLED_DISTRIBUTION = "chatwright"
+
+# What each collection hook registers, for messages ("no storage backend named …").
+COLLECTIONS: dict[str, str] = {
+    "register_storage_backends": "storage backend",
+    "register_tool_types": "tool type",
+    "register_eviction_policies": "eviction policy",
+    "register_models": "model provider",
+}
+
+
+def normalize_name(name: str) -> str:
+    """Normalize a distribution or plugin name the way PyPI does (PEP 503)."""
+    return re.sub(r"[-_.]+", "-", name).strip().lower()
+
+
+def _name_set(value: str | None) -> frozenset[str] | None:
+    if value is None:
+        return None
+    return frozenset(normalize_name(part) for part in value.split(",") if part.strip())
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+@dataclass
+class PluginInfo:
+    """What ``chatwright plugins`` reports about one plugin."""
+
+    name: str
+    version: str | None
+    hooks: list[str]
+    bundled: bool
+    error: str | None = None
+    distribution: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "hooks": self.hooks,
+            "bundled": self.bundled,
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True)
+class Registration:
+    """One name registered through a collection hook, and who registered it."""
+
+    kind: str
+    name: str
+    value: Any
+    plugin: str
+
+
+@dataclass
+class LoadPolicy:
+    """The allowlist, blocklist and strictness, usually read from the environment."""
+
+    allow: frozenset[str] | None = None
+    block: frozenset[str] = field(default_factory=frozenset)
+    strict: bool = False
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] | None = None) -> LoadPolicy:
+        env = os.environ if environ is None else environ
+        return cls(
+            allow=_name_set(env.get("CHATWRIGHT_LOAD_PLUGINS")),
+            block=_name_set(env.get("CHATWRIGHT_DISABLE_PLUGINS")) or frozenset(),
+            strict=env.get("CHATWRIGHT_STRICT_PLUGINS", "").strip().lower()
+            in {"1", "true", "yes", "on"},
+        )
+
+    def admits(self, plugin_name: str, distribution: str, bundled: bool) -> bool:
+        if normalize_name(plugin_name) in self.block or normalize_name(distribution) in self.block:
+            return False
+        if self.allow is None or bundled:
+            return True
+        return normalize_name(distribution) in self.allow
+
+
+class Plugins:
+    """The plugin manager of one process: pluggy underneath, plus bookkeeping."""
+
+    def __init__(self, policy: LoadPolicy | None = None) -> None:
+        self.policy = policy if policy is not None else LoadPolicy.from_environ()
+        self._pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+        self._pm.add_hookspecs(hookspecs)
+        self._infos: dict[str, PluginInfo] = {}
+        self._collected: dict[str, dict[str, Registration]] = {}
+
+    @classmethod
+    def load(cls, policy: LoadPolicy | None = None) -> Plugins:
+        """A manager with every admitted entry-point plugin loaded."""
+        plugins = cls(policy)
+        plugins.load_entry_points()
+        return plugins
+
+    # -- loading ---------------------------------------------------------
+
+    def load_entry_points(self) -> None:
+        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+            distribution = ep.dist.name if ep.dist is not None else ""
+            version = ep.dist.version if ep.dist is not None else None
+            bundled = normalize_name(distribution) == BUNDLED_DISTRIBUTION
+            if ep.name in self._infos or not self.policy.admits(ep.name, distribution, bundled):
+                continue
+            info = PluginInfo(ep.name, version, [], bundled, distribution=distribution)
+            self._infos[ep.name] = info
+            try:
+                obj = ep.load()
+            except Exception as exc:  # any import-time failure is the plugin's fault
+                self._fail(info, f"failed to import {ep.value}: {_one_line(exc)}", exc)
+                continue
+            self._register(obj, info)
+        self._pm.check_pending()
+
+    def register(self, plugin: object, name: str, *, version: str | None = None) -> None:
+        """Register a plugin object directly (tests, embedding applications)."""
+        if name in self._infos:
+            raise PluginError(f"a plugin named {name!r} is already registered")
+        info = PluginInfo(name, version, [], bundled=False)
+        self._infos[name] = info
+        self._register(plugin, info)
+        if info.error is not None:
+            raise PluginError(f"plugin {name!r}: {info.error}")
+
+    def unregister(self, name: str) -> None:
+        self._infos.pop(name, None)
+        if self._pm.get_plugin(name) is not None:
+            self._pm.unregister(name=name)
+        self._collected.clear()
+
+    def _register(self, obj: object, info: PluginInfo) -> None:
+        try:
+            self._pm.register(obj, name=info.name)
+        except Exception as exc:  # pluggy validation: wrong argument names and the like
+            self._fail(info, f"failed to register: {_one_line(exc)}", exc)
+            return
+        unknown = [c.name for c in self._pm.get_hookcallers(obj) or [] if c.spec is None]
+        if unknown:
+            hints = []
+            for name in unknown:
+                close = difflib.get_close_matches(name, self.hook_names(), n=1)
+                hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            self._pm.unregister(obj)
+            self._fail(info, "implements unknown hook " + ", ".join(hints), None)
+            return
+        info.hooks = sorted(c.name for c in self._pm.get_hookcallers(obj) or [])
+        self._collected.clear()
+
+    def _fail(self, info: PluginInfo, message: str, exc: BaseException | None) -> None:
+        info.error = message
+        if self._pm.get_plugin(info.name) is not None:
+            self._pm.unregister(name=info.name)
+        self._collected.clear()
+        if self.policy.strict:
+            raise PluginError(f"plugin {info.name!r} {message}") from exc
+        log.warning(
+            "chatwright: skipped plugin %r: %s (see `chatwright plugins`)", info.name, message
+        )
+
+    # -- asking ----------------------------------------------------------
+
+    @staticmethod
+    def hook_names() -> list[str]:
+        return sorted(
+            name
+            for name in dir(hookspecs)
+            if hasattr(getattr(hookspecs, name), f"{hookspecs.PROJECT_NAME}_spec")
+        )
+
+    def infos(self, *, include_bundled: bool = True) -> list[PluginInfo]:
+        return sorted(
+            (i for i in self._infos.values() if include_bundled or not i.bundled),
+            key=lambda i: (not i.bundled, i.name),
+        )
+
+    def _impls(self, hook_name: str, **kwargs: Any) -> Iterator[tuple[str, Callable[[], Any]]]:
+        """Each implementation of a hook, bound to the arguments it asks for."""
+        caller = getattr(self._pm.hook, hook_name)
+        for impl in caller.get_hookimpls():
+            args = {name: kwargs[name] for name in impl.argnames}
+            yield impl.plugin_name, functools.partial(impl.function, **args)
+
+    def collect(self, hook_name: str) -> dict[str, Registration]:
+        """Everything registered through one collection hook, by name."""
+        if hook_name in self._collected:
+            return self._collected[hook_name]
+        kind = COLLECTIONS[hook_name]
+        found: dict[str, Registration] = {}
+        for impl in getattr(self._pm.hook, hook_name).get_hookimpls():
+            plugin_name = impl.plugin_name
+            mine: dict[str, Registration] = {}
+
+            def register(
+                name: str, value: Any, _mine: dict[str, Registration] = mine, _by: str = plugin_name
+            ) -> None:
+                if not isinstance(name, str) or not name:
+                    raise PluginError(f"{kind} names must be non-empty strings, got {name!r}")
+                _mine[name] = Registration(kind, name, value, _by)
+
+            try:
+                impl.function(**({"register": register} if impl.argnames else {}))
+            except Exception as exc:
+                self._fail(self._infos[plugin_name], f"{hook_name} failed: {_one_line(exc)}", exc)
+                continue
+            for name, reg in mine.items():
+                if name in found:
+                    raise DuplicateRegistrationError(
+                        f"{kind} {name!r} is registered by both plugin {found[name].plugin!r} "
+                        f"and plugin {plugin_name!r}; disable one of them with "
+                        "CHATWRIGHT_DISABLE_PLUGINS"
+                    )
+                found[name] = reg
+        self._collected[hook_name] = found
+        return found
+
+    def get(self, hook_name: str, name: str, *, setting: str | None = None) -> Registration:
+        """One registration by name, or an error listing the names that exist."""
+        found = self.collect(hook_name)
+        if name in found:
+            return found[name]
+        kind = COLLECTIONS[hook_name]
+        known = ", ".join(repr(n) for n in sorted(found)) or "none"
+        where = f" (setting {setting})" if setting else ""
+        hint = ""
+        blocked = sorted(self.policy.block)
+        if blocked:
+            hint = f"; CHATWRIGHT_DISABLE_PLUGINS blocks {', '.join(blocked)}"
+        raise UnknownNameError(
+            f"no {kind} named {name!r} is available{where}; known: {known}{hint}"
+        )
+
+    def add_commands(self, cli: Any) -> None:
+        for plugin_name, function in self._impls("register_commands", cli=cli):
+            try:
+                function()
+            except Exception as exc:
+                self._fail(self._infos[plugin_name], f"register_commands failed: {_one_line(exc)}", exc)
+
+    def notify(self, hook_name: str, **kwargs: Any) -> None:
+        """Call an event hook on every plugin; one plugin's failure is only logged."""
+        for plugin_name, function in self._impls(hook_name, **kwargs):
+            try:
+                function()
+            except Exception:
+                if self.policy.strict:
+                    raise
+                log.exception("chatwright: plugin %r failed in %s", plugin_name, hook_name)

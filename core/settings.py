@@ -1,0 +1,185 @@
+"""Settings: one pydantic model, four layers.
+
+From lowest to highest precedence: the defaults written here, the TOML file
+(``chatwright.toml`` in the working directory, or the path given by
+``--config`` / ``CHATWRIGHT_CONFIG``), ``CHATWRIGHT_*`` environment variables
+(nested keys joined by ``__``, as in ``CHATWRIGHT_STORAGE__URL``), and finally
+command-line flags. Zero configuration works: the defaults use a SQLite file
+``chatwright.db`` in the working directory.
+
+Unknown keys are errors, so a typo in the TOML file or an environment variable
+is reported instead of silently ignored. :func:`load_settings` turns every
+validation problem into one :class:`~chatwright.errors.SettingsError` whose
+message names the key, where it can be set, and what is wrong.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import difflib
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from chatwright.errors import SettingsError
+
+CONFIG_FILE_NAME = "chatwright.toml"
+ENV_PREFIX = "CHATWRIGHT_"
+CONFIG_ENV = "CHATWRIGHT_CONFIG"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StorageSettings(_Section):
+    backend: str = Field(
+        "sql", description="Storage backend, by the name a plugin registered it under."
+    )
+    url: str = Field(
+        "sqlite+aiosqlite:///chatwright.db",
+        description="Database URL (SQLAlchemy form); postgresql://… selects PostgreSQL.",
+    )
+    pool_size: int = Field(5, ge=1, description="Pooled connections kept open (PostgreSQL).")
+    max_overflow: int = Field(10, ge=0, description="Extra connections beyond pool_size.")
+    pool_timeout: float = Field(30.0, gt=0, description="Seconds to wait for a free connection.")
+    busy_timeout: float = Field(
+        5.0, ge=0, description="Seconds SQLite waits on a locked database before failing."
+    )
+    echo: bool = Field(False, description="Log every SQL statement.")
+
+
+class ModelsSettings(_Section):
+    default: str = Field(
+        "offline:assistant",
+        description="Model spec given to agents created without one (provider:name).",
+    )
+
+
+_toml_layer: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("toml", default={})
+
+
+class _TomlLayer(PydanticBaseSettingsSource):
+    """The parsed TOML file, handed over by :func:`load_settings`."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return _toml_layer.get().get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_toml_layer.get())
+
+
+class Settings(BaseSettings):
+    """Every setting of chatwright. Plugins read the sections that concern them."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_assignment=True,
+    )
+
+    storage: StorageSettings = Field(default_factory=StorageSettings)  # type: ignore[arg-type]
+    models: ModelsSettings = Field(default_factory=ModelsSettings)  # type: ignore[arg-type]
+
+    config_file: Path | None = Field(
+        None, exclude=True, description="The TOML file these settings were read from."
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # First wins: CLI flags (init), then the environment, then the TOML file.
+        return (init_settings, env_settings, _TomlLayer(settings_cls))
+
+
+def _config_path(explicit: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> Path | None:
+    """The TOML file to read, or None when the default file does not exist."""
+    if explicit is not None:
+        return Path(explicit)
+    from_env = environ.get(CONFIG_ENV)
+    if from_env:
+        return Path(from_env)
+    default = Path.cwd() / CONFIG_FILE_NAME
+    return default if default.exists() else None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise SettingsError(
+            f"configuration file {path} does not exist; create it with `chatwright init` "
+            f"or point --config / {CONFIG_ENV} at an existing file"
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"configuration file {path} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise SettingsError(f"cannot read configuration file {path}: {exc.strerror}") from None
+
+
+def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        if field.exclude:
+            continue
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            keys.extend(_known_keys(annotation, f"{prefix}{name}."))
+        else:
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+def env_var(key: str) -> str:
+    """The environment variable that sets a dotted key: storage.url -> CHATWRIGHT_STORAGE__URL."""
+    return ENV_PREFIX + key.replace(".", "__").upper()
+
+
+def _describe(error: Mapping[str, Any], config_file: Path | None) -> str:
+    key = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(key, _known_keys(Settings), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return f"unknown setting {key!r}{hint}"
+    where = f"{env_var(key)} or [{key.rpartition('.')[0] or 'top level'}] in "
+    where += str(config_file) if config_file else CONFIG_FILE_NAME
+    got = error.get("input")
+    return f"setting {key!r} is invalid: {error['msg']} (got {got!r}; set it with {where})"
+
+
+def load_settings(
+    config: str | os.PathLike[str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Read settings from defaults, the TOML file, the environment and ``overrides``.
+
+    :param config: path of the TOML file; by default ``$CHATWRIGHT_CONFIG`` or
+        ``./chatwright.toml`` when it exists.
+    :param overrides: nested values from command-line flags (highest precedence).
+    """
+    path = _config_path(config, os.environ)
+    data = _read_toml(path) if path is not None else {}
+    token = _toml_layer.set(data)
+    try:
+        settings = Settings(**dict(overrides or {}))
+    except ValidationError as exc:
+        problems = [_describe(e, path) for e in exc.errors()]
+        raise SettingsError("; ".join(problems)) from None
+    finally:
+        _toml_layer.reset(token)
+    settings.config_file = path
+    return settings

@@ -1,0 +1,317 @@
+"""What a storage backend must provide.
+
+A backend is one object implementing :class:`Storage`: a handful of stores,
+each a :class:`typing.Protocol` over plain records, plus schema management.
+The bundled ``sql`` plugin implements them on SQLAlchemy (SQLite and
+PostgreSQL); a plugin can implement all of them on anything else, and the
+contract suite in :mod:`chatwright.testing` checks that it behaves the same.
+
+Every method is a coroutine and must not block the event loop. Methods that
+touch a user's data take ``user_id`` explicitly, so that a backend can enforce
+isolation per call (the ``supabase`` backend sets row-level-security claims
+from it) and so that no method can return another user's rows.
+
+Records are frozen dataclasses: cheap to build, safe to share between tasks.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
+
+DEFAULT_HISTORY_WINDOW = 50
+
+
+@dataclass(frozen=True)
+class InvalidJSON:
+    """A JSON column whose stored text does not parse (possible on SQLite).
+
+    Stores return it in place of the value, so one bad row is reported by
+    whoever reads it instead of failing the whole query.
+    """
+
+    text: str
+    error: str
+
+
+@dataclass(frozen=True)
+class Agent:
+    id: int
+    name: str
+    system_prompt: str
+    model: str
+    model_settings: Mapping[str, Any] | InvalidJSON
+    history_window: int
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class ToolRow:
+    """One row of ``agent_tools``; ``config`` is the raw JSON, not yet validated."""
+
+    id: int
+    agent_id: int
+    name: str
+    type: str
+    description: str
+    config: Any
+    is_active: bool
+    position: int
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class ChatSession:
+    """One client engagement (``id``) with a persistent conversation (``chat_id``)."""
+
+    id: uuid.UUID
+    chat_id: uuid.UUID
+    user_id: str
+    agent_name: str
+    is_active: bool
+    client_key: str | None
+    created_at: datetime
+    updated_at: datetime
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    """A message to append: ``content`` is a LangChain message dict."""
+
+    role: str
+    content: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Message:
+    id: int
+    chat_id: uuid.UUID
+    user_id: str
+    role: str
+    content: Mapping[str, Any]
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class PromptCustomization:
+    id: int
+    user_id: str
+    agent_name: str
+    kind: str
+    content: str
+    is_active: bool
+    priority: int
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class AgentMemory:
+    user_id: str
+    agent_name: str
+    notes: str
+    updated_at: datetime
+
+
+class AgentStore(Protocol):
+    async def get(self, name: str) -> Agent | None: ...
+
+    async def list(self) -> list[Agent]: ...
+
+    async def create(
+        self,
+        name: str,
+        *,
+        system_prompt: str,
+        model: str,
+        model_settings: Mapping[str, Any] | None = None,
+        history_window: int = DEFAULT_HISTORY_WINDOW,
+    ) -> Agent:
+        """Insert an agent; :class:`~chatwright.errors.AlreadyExistsError` if the name is taken."""
+        ...
+
+    async def update(self, name: str, **changes: Any) -> Agent:
+        """Change some of ``system_prompt``, ``model``, ``model_settings``, ``history_window``.
+
+        :class:`~chatwright.errors.NotFoundError` if there is no such agent.
+        """
+        ...
+
+    async def delete(self, name: str) -> bool:
+        """Delete an agent and its tools; False when there was none."""
+        ...
+
+
+class ToolStore(Protocol):
+    async def list(self, agent_name: str | None = None, *, active_only: bool = False) -> list[ToolRow]:
+        """Tool rows ordered by agent, then ``position``, in one query."""
+        ...
+
+    async def get(self, tool_id: int) -> ToolRow | None: ...
+
+    async def add(
+        self,
+        agent_name: str,
+        name: str,
+        *,
+        type: str,
+        config: Any,
+        description: str = "",
+        is_active: bool = True,
+        position: int | None = None,
+    ) -> ToolRow:
+        """Insert a row; ``position`` defaults to after the agent's last tool."""
+        ...
+
+    async def set_active(self, tool_id: int, active: bool) -> ToolRow: ...
+
+
+class SessionStore(Protocol):
+    async def open(
+        self,
+        user_id: str,
+        agent_name: str,
+        *,
+        chat_id: uuid.UUID | None = None,
+        client_key: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> ChatSession:
+        """Start a session, or return the active one with the same ``client_key``.
+
+        Without ``chat_id`` the session resumes the user's latest chat with the
+        agent, or starts a new chat. Idempotent per (user, agent, client_key),
+        enforced by the database so that concurrent calls agree.
+        """
+        ...
+
+    async def get(self, user_id: str, session_id: uuid.UUID) -> ChatSession | None: ...
+
+    async def heartbeat(self, user_id: str, session_id: uuid.UUID) -> ChatSession | None:
+        """Touch ``updated_at``; None when the session is not the user's."""
+        ...
+
+    async def deactivate(self, user_id: str, session_id: uuid.UUID) -> ChatSession | None: ...
+
+    async def list(
+        self, user_id: str | None = None, *, active: bool | None = None
+    ) -> list[ChatSession]: ...
+
+    async def sweep(self, idle_before: datetime) -> list[ChatSession]:
+        """Deactivate, in one statement, active sessions last touched before ``idle_before``."""
+        ...
+
+    async def active_keys(self) -> set[tuple[str, str]]:
+        """(user_id, agent_name) of every active session, in one query."""
+        ...
+
+    async def chat_owner(self, chat_id: uuid.UUID) -> tuple[str, str] | None:
+        """(user_id, agent_name) of a chat, or None when it has no session."""
+        ...
+
+
+class MessageStore(Protocol):
+    async def append(
+        self, user_id: str, chat_id: uuid.UUID, messages: Sequence[NewMessage]
+    ) -> list[Message]:
+        """Append messages in one transaction; all or none are stored."""
+        ...
+
+    async def window(self, user_id: str, chat_id: uuid.UUID, limit: int) -> list[Message]:
+        """The last ``limit`` messages of a chat, oldest first, in one indexed query."""
+        ...
+
+    async def page(
+        self, user_id: str, chat_id: uuid.UUID, *, limit: int, before: int | None = None
+    ) -> list[Message]:
+        """Up to ``limit`` messages with ``id < before`` (newest page by default), oldest first."""
+        ...
+
+
+class CustomizationStore(Protocol):
+    async def list(
+        self, user_id: str, agent_name: str, *, active_only: bool = False
+    ) -> list[PromptCustomization]:
+        """Customizations by descending priority."""
+        ...
+
+    async def put(
+        self,
+        user_id: str,
+        agent_name: str,
+        kind: str,
+        content: str,
+        *,
+        priority: int = 0,
+        is_active: bool = True,
+    ) -> PromptCustomization:
+        """Insert or replace the customization of this (user, agent, kind)."""
+        ...
+
+
+class MemoryStore(Protocol):
+    async def get(self, user_id: str, agent_name: str) -> AgentMemory | None: ...
+
+    async def put(self, user_id: str, agent_name: str, notes: str) -> AgentMemory:
+        """Insert or replace the notes of this (user, agent)."""
+        ...
+
+
+@runtime_checkable
+class Storage(Protocol):
+    """A storage backend: the stores, plus schema management and lifecycle."""
+
+    agents: AgentStore
+    tools: ToolStore
+    sessions: SessionStore
+    messages: MessageStore
+    customizations: CustomizationStore
+    memories: MemoryStore
+
+    @property
+    def description(self) -> str:
+        """Where the data lives, secrets redacted (for messages and `config show`)."""
+        ...
+
+    async def upgrade(self) -> str | None:
+        """Bring the schema to the newest revision; return the revision."""
+        ...
+
+    async def current_revision(self) -> str | None:
+        """The schema revision the database is at, or None when it has none."""
+        ...
+
+    def head_revision(self) -> str | None:
+        """The newest schema revision this version of the backend knows."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise :class:`~chatwright.errors.StorageError` unless the database answers."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def as_dict(record: object) -> dict[str, Any]:
+    """A record as JSON-ready data: datetimes in ISO 8601, UUIDs as strings."""
+    from dataclasses import fields
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, datetime):
+            return value.isoformat()
+        if isinstance(value, uuid.UUID):
+            return str(value)
+        if isinstance(value, InvalidJSON):
+            return {"invalid_json": value.text, "error": value.error}
+        if isinstance(value, Mapping):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [plain(v) for v in value]
+        return value
+
+    return {f.name: plain(getattr(record, f.name)) for f in fields(record)}  # type: ignore[arg-type]

@@ -1,0 +1,27 @@
+"""The ``sql`` storage backend: SQLite (the default) and PostgreSQL on SQLAlchemy.
+
+Registering costs nothing: SQLAlchemy, the drivers and Alembic are imported
+only when the backend is built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from chatwright import hookimpl
+
+if TYPE_CHECKING:
+    from chatwright.settings import Settings
+    from chatwright.stores import Storage
+
+
+def build(settings: Settings) -> Storage:
+    from chatwright.plugins.sql.storage import SQLStorage
+
+    return SQLStorage.from_settings(settings)
+
+
+@hookimpl
+def register_storage_backends(register: Callable[[str, Callable[[Settings], Storage]], None]) -> None:
+    register("sql", build)

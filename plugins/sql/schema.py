@@ -1,0 +1,193 @@
+"""The tables of the ``sql`` backend, as SQLAlchemy Core metadata.
+
+The migrations in ``migrations/versions`` create exactly this schema; a test
+compares the two. Column types that differ between SQLite and PostgreSQL are
+wrapped here: :class:`JSONValue` (JSONB on PostgreSQL, text on SQLite, where a
+row inserted by hand may hold text that does not parse) and
+:class:`UTCDateTime` (always timezone-aware UTC in Python).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator, TypeEngine
+
+from chatwright.stores import InvalidJSON
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+VERSION_TABLE = "chatwright_schema_version"
+
+
+class JSONValue(TypeDecorator[Any]):
+    """JSON that survives bad rows: unparseable text reads back as :class:`InvalidJSON`."""
+
+    impl = sa.Text
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(postgresql.JSONB())
+        return dialect.type_descriptor(sa.Text())
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if dialect.name == "postgresql" or value is None:
+            return value
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
+        if dialect.name == "postgresql" or value is None:
+            return value
+        try:
+            return json.loads(value)
+        except ValueError as exc:
+            return InvalidJSON(text=value, error=str(exc))
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every dialect (SQLite stores them naive)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given; use an aware UTC datetime")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite rowid needs INTEGER
+
+
+def _timestamps() -> list[sa.Column[Any]]:
+    return [
+        sa.Column("created_at", UTCDateTime(), nullable=False, server_default=sa.func.now()),
+        sa.Column("updated_at", UTCDateTime(), nullable=False, server_default=sa.func.now()),
+    ]
+
+
+metadata = sa.MetaData(naming_convention=NAMING)
+
+agents = sa.Table(
+    "agents",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False, unique=True),
+    sa.Column("system_prompt", sa.Text, nullable=False, server_default=""),
+    sa.Column("model", sa.String(200), nullable=False),
+    sa.Column("model_settings", JSONValue(), nullable=False, server_default=sa.text("'{}'")),
+    sa.Column("history_window", sa.Integer, nullable=False, server_default="50"),
+    *_timestamps(),
+    sa.CheckConstraint("history_window > 0", name="history_window_positive"),
+)
+
+agent_tools = sa.Table(
+    "agent_tools",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column(
+        "agent_id",
+        sa.Integer,
+        sa.ForeignKey("agents.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("type", sa.String(100), nullable=False),
+    sa.Column("description", sa.Text, nullable=False, server_default=""),
+    sa.Column("config", JSONValue(), nullable=False, server_default=sa.text("'{}'")),
+    sa.Column("is_active", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("position", sa.Integer, nullable=False, server_default="0"),
+    *_timestamps(),
+    sa.UniqueConstraint("agent_id", "name"),
+    sa.Index(None, "agent_id", "position"),
+)
+
+chat_sessions = sa.Table(
+    "chat_sessions",
+    metadata,
+    sa.Column("id", sa.Uuid, primary_key=True),
+    sa.Column("chat_id", sa.Uuid, nullable=False),
+    sa.Column("user_id", sa.String(255), nullable=False),
+    sa.Column("agent_name", sa.String(200), nullable=False),
+    sa.Column("is_active", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("client_key", sa.String(200), nullable=True),
+    *_timestamps(),
+    sa.Column("metadata", JSONValue(), nullable=False, server_default=sa.text("'{}'")),
+    # The sweeper's "active and stale" scan.
+    sa.Index(
+        "ix_chat_sessions_active_stale",
+        "updated_at",
+        sqlite_where=sa.text("is_active"),
+        postgresql_where=sa.text("is_active"),
+    ),
+    # Resuming the latest chat, and "(user, agent) has an active session".
+    sa.Index(None, "user_id", "agent_name", "is_active", "created_at"),
+    sa.Index(None, "chat_id"),
+    # Idempotent open: one active session per (user, agent, client_key).
+    sa.Index(
+        "ux_chat_sessions_client_key",
+        "user_id",
+        "agent_name",
+        "client_key",
+        unique=True,
+        sqlite_where=sa.text("is_active AND client_key IS NOT NULL"),
+        postgresql_where=sa.text("is_active AND client_key IS NOT NULL"),
+    ),
+)
+
+chat_messages = sa.Table(
+    "chat_messages",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("chat_id", sa.Uuid, nullable=False),
+    sa.Column("user_id", sa.String(255), nullable=False),
+    sa.Column("role", sa.String(32), nullable=False),
+    sa.Column("content", JSONValue(), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False, server_default=sa.func.now()),
+    sa.Index(None, "chat_id", "id"),
+)
+
+prompt_customizations = sa.Table(
+    "prompt_customizations",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("user_id", sa.String(255), nullable=False),
+    sa.Column("agent_name", sa.String(200), nullable=False),
+    sa.Column("kind", sa.String(100), nullable=False, server_default="instruction_set"),
+    sa.Column("content", sa.Text, nullable=False, server_default=""),
+    sa.Column("is_active", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("priority", sa.Integer, nullable=False, server_default="0"),
+    *_timestamps(),
+    sa.UniqueConstraint("user_id", "agent_name", "kind"),
+)
+
+agent_memories = sa.Table(
+    "agent_memories",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("user_id", sa.String(255), nullable=False),
+    sa.Column("agent_name", sa.String(200), nullable=False),
+    sa.Column("notes", sa.Text, nullable=False, server_default=""),
+    *_timestamps(),
+    sa.UniqueConstraint("user_id", "agent_name"),
+)
