@@ -26,7 +26,9 @@ def check_prompt(prompt: str) -> str:
     try:
         fields = [f for _, f, _, _ in string.Formatter().parse(prompt) if f is not None]
     except ValueError as exc:
-        raise ValueError(f"unbalanced braces ({exc}); write a literal brace as {{{{ or }}}}") from None
+        raise ValueError(
+            f"unbalanced braces ({exc}); write a literal brace as {{{{ or }}}}"
+        ) from None
     unknown = sorted({f for f in fields if f not in PROMPT_PLACEHOLDERS})
     if unknown:
         names = ", ".join("{" + f + "}" for f in unknown)

@@ -175,8 +175,10 @@ def init(app: AppContext, example: bool) -> None:
         app.config = str(path)
 
     async def work(runtime: Runtime) -> None:
-        click.echo(f"Database {runtime.storage.description} is at revision "
-                   f"{await runtime.storage.current_revision()}")
+        click.echo(
+            f"Database {runtime.storage.description} is at revision "
+            f"{await runtime.storage.current_revision()}"
+        )
         if not example:
             return
         if await runtime.storage.agents.get(EXAMPLE_AGENT) is not None:
@@ -230,9 +232,7 @@ def _redacted(settings: Settings) -> dict[str, Any]:
 
     data = settings.model_dump(mode="json")
     try:
-        data["storage"]["url"] = make_url(settings.storage.url).render_as_string(
-            hide_password=True
-        )
+        data["storage"]["url"] = make_url(settings.storage.url).render_as_string(hide_password=True)
     except Exception:
         data["storage"]["url"] = "<unparseable URL hidden>"
     return data
@@ -396,7 +396,10 @@ def agents_list(app: AppContext, as_json: bool) -> None:
     if as_json:
         echo_json(rows)
     elif not rows:
-        click.echo("No agents yet; add one with `chatwright agents add NAME` or `chatwright init --example`.")
+        click.echo(
+            "No agents yet; add one with `chatwright agents add NAME` "
+            "or `chatwright init --example`."
+        )
     else:
         echo_table(
             ["name", "model", "history", "updated"],
@@ -418,7 +421,11 @@ def agents_show(app: AppContext, name: str, as_json: bool) -> None:
             raise NotFoundError(f"no agent named {name!r}; see `chatwright agents list`")
         data = as_dict(agent)
         data["tools"] = [
-            {k: v for k, v in as_dict(t).items() if k in {"id", "name", "type", "is_active", "position"}}
+            {
+                k: v
+                for k, v in as_dict(t).items()
+                if k in {"id", "name", "type", "is_active", "position"}
+            }
             for t in await runtime.storage.tools.list(name)
         ]
         return data
@@ -486,7 +493,8 @@ def agents_set(
     fields = _agent_fields(prompt, prompt_file, model, settings_, history_window)
     if not fields:
         raise click.UsageError(
-            "nothing to change; give --prompt, --prompt-file, --model, --setting or --history-window"
+            "nothing to change; give --prompt, --prompt-file, --model, --setting "
+            "or --history-window"
         )
     valid = validate_agent(name, fields, partial=True)
 

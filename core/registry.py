@@ -289,7 +289,9 @@ class Plugins:
             try:
                 function()
             except Exception as exc:
-                self._fail(self._infos[plugin_name], f"register_commands failed: {_one_line(exc)}", exc)
+                self._fail(
+                    self._infos[plugin_name], f"register_commands failed: {_one_line(exc)}", exc
+                )
 
     def notify(self, hook_name: str, **kwargs: Any) -> None:
         """Call an event hook on every plugin; one plugin's failure is only logged."""

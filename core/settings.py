@@ -62,17 +62,19 @@ class ModelsSettings(_Section):
     )
 
 
-_toml_layer: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("toml", default={})
+_toml_layer: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "toml", default=None
+)
 
 
 class _TomlLayer(PydanticBaseSettingsSource):
     """The parsed TOML file, handed over by :func:`load_settings`."""
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        return _toml_layer.get().get(field_name), field_name, False
+        return (_toml_layer.get() or {}).get(field_name), field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        return dict(_toml_layer.get())
+        return dict(_toml_layer.get() or {})
 
 
 class Settings(BaseSettings):
@@ -105,7 +107,9 @@ class Settings(BaseSettings):
         return (init_settings, env_settings, _TomlLayer(settings_cls))
 
 
-def _config_path(explicit: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> Path | None:
+def _config_path(
+    explicit: str | os.PathLike[str] | None, environ: Mapping[str, str]
+) -> Path | None:
     """The TOML file to read, or None when the default file does not exist."""
     if explicit is not None:
         return Path(explicit)

@@ -16,6 +16,7 @@ Records are frozen dataclasses: cheap to build, safe to share between tasks.
 
 from __future__ import annotations
 
+import builtins
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -122,7 +123,7 @@ class AgentMemory:
 class AgentStore(Protocol):
     async def get(self, name: str) -> Agent | None: ...
 
-    async def list(self) -> list[Agent]: ...
+    async def list(self) -> builtins.list[Agent]: ...
 
     async def create(
         self,
@@ -149,7 +150,9 @@ class AgentStore(Protocol):
 
 
 class ToolStore(Protocol):
-    async def list(self, agent_name: str | None = None, *, active_only: bool = False) -> list[ToolRow]:
+    async def list(
+        self, agent_name: str | None = None, *, active_only: bool = False
+    ) -> builtins.list[ToolRow]:
         """Tool rows ordered by agent, then ``position``, in one query."""
         ...
 
@@ -200,9 +203,9 @@ class SessionStore(Protocol):
 
     async def list(
         self, user_id: str | None = None, *, active: bool | None = None
-    ) -> list[ChatSession]: ...
+    ) -> builtins.list[ChatSession]: ...
 
-    async def sweep(self, idle_before: datetime) -> list[ChatSession]:
+    async def sweep(self, idle_before: datetime) -> builtins.list[ChatSession]:
         """Deactivate, in one statement, active sessions last touched before ``idle_before``."""
         ...
 
@@ -218,17 +221,17 @@ class SessionStore(Protocol):
 class MessageStore(Protocol):
     async def append(
         self, user_id: str, chat_id: uuid.UUID, messages: Sequence[NewMessage]
-    ) -> list[Message]:
+    ) -> builtins.list[Message]:
         """Append messages in one transaction; all or none are stored."""
         ...
 
-    async def window(self, user_id: str, chat_id: uuid.UUID, limit: int) -> list[Message]:
+    async def window(self, user_id: str, chat_id: uuid.UUID, limit: int) -> builtins.list[Message]:
         """The last ``limit`` messages of a chat, oldest first, in one indexed query."""
         ...
 
     async def page(
         self, user_id: str, chat_id: uuid.UUID, *, limit: int, before: int | None = None
-    ) -> list[Message]:
+    ) -> builtins.list[Message]:
         """Up to ``limit`` messages with ``id < before`` (newest page by default), oldest first."""
         ...
 
@@ -236,7 +239,7 @@ class MessageStore(Protocol):
 class CustomizationStore(Protocol):
     async def list(
         self, user_id: str, agent_name: str, *, active_only: bool = False
-    ) -> list[PromptCustomization]:
+    ) -> builtins.list[PromptCustomization]:
         """Customizations by descending priority."""
         ...
 
@@ -266,12 +269,23 @@ class MemoryStore(Protocol):
 class Storage(Protocol):
     """A storage backend: the stores, plus schema management and lifecycle."""
 
-    agents: AgentStore
-    tools: ToolStore
-    sessions: SessionStore
-    messages: MessageStore
-    customizations: CustomizationStore
-    memories: MemoryStore
+    @property
+    def agents(self) -> AgentStore: ...
+
+    @property
+    def tools(self) -> ToolStore: ...
+
+    @property
+    def sessions(self) -> SessionStore: ...
+
+    @property
+    def messages(self) -> MessageStore: ...
+
+    @property
+    def customizations(self) -> CustomizationStore: ...
+
+    @property
+    def memories(self) -> MemoryStore: ...
 
     @property
     def description(self) -> str:

@@ -23,5 +23,7 @@ def build(settings: Settings) -> Storage:
 
 
 @hookimpl
-def register_storage_backends(register: Callable[[str, Callable[[Settings], Storage]], None]) -> None:
+def register_storage_backends(
+    register: Callable[[str, Callable[[Settings], Storage]], None],
+) -> None:
     register("sql", build)

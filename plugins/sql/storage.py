@@ -14,6 +14,7 @@ transactions. PostgreSQL uses a pre-pinged connection pool.
 
 from __future__ import annotations
 
+import builtins
 import functools
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -30,7 +31,7 @@ from sqlalchemy import event, exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 from chatwright.errors import AlreadyExistsError, InvalidInputError, NotFoundError, StorageError
 from chatwright.plugins.sql import schema
@@ -181,7 +182,7 @@ class SQLAgentStore(_Base):
             row = (await conn.execute(sa.select(schema.agents).filter_by(name=name))).first()
         return _agent(row) if row else None
 
-    async def list(self) -> list[Agent]:
+    async def list(self) -> builtins.list[Agent]:
         async with self.db.read() as conn:
             rows = await conn.execute(sa.select(schema.agents).order_by(schema.agents.c.name))
         return [_agent(r) for r in rows]
@@ -208,7 +209,9 @@ class SQLAgentStore(_Base):
         try:
             async with self.db.write() as conn:
                 row = (
-                    await conn.execute(schema.agents.insert().values(values).returning(schema.agents))
+                    await conn.execute(
+                        schema.agents.insert().values(values).returning(schema.agents)
+                    )
                 ).one()
         except exc.IntegrityError as error:
             if await self.get(name) is not None:
@@ -216,7 +219,9 @@ class SQLAgentStore(_Base):
                     f"an agent named {name!r} already exists; change it with "
                     f"`chatwright agents set {name}`"
                 ) from None
-            raise InvalidInputError(f"agent {name!r} rejected by the database: {error.orig}") from None
+            raise InvalidInputError(
+                f"agent {name!r} rejected by the database: {error.orig}"
+            ) from None
         return _agent(row)
 
     async def update(self, name: str, **changes: Any) -> Agent:
@@ -236,7 +241,9 @@ class SQLAgentStore(_Base):
             async with self.db.write() as conn:
                 row = (await conn.execute(stmt)).first()
         except exc.IntegrityError as error:
-            raise InvalidInputError(f"agent {name!r} rejected by the database: {error.orig}") from None
+            raise InvalidInputError(
+                f"agent {name!r} rejected by the database: {error.orig}"
+            ) from None
         if row is None:
             raise NotFoundError(f"no agent named {name!r}; see `chatwright agents list`")
         return _agent(row)
@@ -248,7 +255,9 @@ class SQLAgentStore(_Base):
 
 
 class SQLToolStore(_Base):
-    async def list(self, agent_name: str | None = None, *, active_only: bool = False) -> list[ToolRow]:
+    async def list(
+        self, agent_name: str | None = None, *, active_only: bool = False
+    ) -> builtins.list[ToolRow]:
         t, a = schema.agent_tools, schema.agents
         stmt = sa.select(t).join(a, a.c.id == t.c.agent_id).order_by(a.c.name, t.c.position, t.c.id)
         if agent_name is not None:
@@ -282,7 +291,9 @@ class SQLToolStore(_Base):
                     sa.select(schema.agents.c.id).where(schema.agents.c.name == agent_name)
                 )
                 if agent_id is None:
-                    raise NotFoundError(f"no agent named {agent_name!r}; see `chatwright agents list`")
+                    raise NotFoundError(
+                        f"no agent named {agent_name!r}; see `chatwright agents list`"
+                    )
                 if position is None:
                     last = await conn.scalar(
                         sa.select(sa.func.max(t.c.position)).where(t.c.agent_id == agent_id)
@@ -354,12 +365,15 @@ class SQLSessionStore(_Base):
                             f"chat {chat_id} belongs to agent {owner[1]!r}, not {agent_name!r}"
                         )
                 else:
-                    chat_id = await conn.scalar(
-                        sa.select(s.c.chat_id)
-                        .where(s.c.user_id == user_id, s.c.agent_name == agent_name)
-                        .order_by(s.c.created_at.desc())
-                        .limit(1)
-                    ) or uuid.uuid4()
+                    chat_id = (
+                        await conn.scalar(
+                            sa.select(s.c.chat_id)
+                            .where(s.c.user_id == user_id, s.c.agent_name == agent_name)
+                            .order_by(s.c.created_at.desc())
+                            .limit(1)
+                        )
+                        or uuid.uuid4()
+                    )
                 ts = now()
                 row = (
                     await conn.execute(
@@ -423,7 +437,9 @@ class SQLSessionStore(_Base):
             ).first()
         return _session(row) if row else None
 
-    async def _update(self, user_id: str, session_id: uuid.UUID, **values: Any) -> ChatSession | None:
+    async def _update(
+        self, user_id: str, session_id: uuid.UUID, **values: Any
+    ) -> ChatSession | None:
         s = schema.chat_sessions
         stmt = (
             s.update()
@@ -443,7 +459,7 @@ class SQLSessionStore(_Base):
 
     async def list(
         self, user_id: str | None = None, *, active: bool | None = None
-    ) -> list[ChatSession]:
+    ) -> builtins.list[ChatSession]:
         s = schema.chat_sessions
         stmt = sa.select(s).order_by(s.c.updated_at.desc())
         if user_id is not None:
@@ -454,7 +470,7 @@ class SQLSessionStore(_Base):
             rows = await conn.execute(stmt)
         return [_session(r) for r in rows]
 
-    async def sweep(self, idle_before: datetime) -> list[ChatSession]:
+    async def sweep(self, idle_before: datetime) -> builtins.list[ChatSession]:
         s = schema.chat_sessions
         stmt = (
             s.update()
@@ -481,7 +497,7 @@ class SQLSessionStore(_Base):
 class SQLMessageStore(_Base):
     async def append(
         self, user_id: str, chat_id: uuid.UUID, messages: Sequence[NewMessage]
-    ) -> list[Message]:
+    ) -> builtins.list[Message]:
         if not messages:
             return []
         m = schema.chat_messages
@@ -501,12 +517,12 @@ class SQLMessageStore(_Base):
             stored = result.all()
         return [_message(r) for r in stored]
 
-    async def window(self, user_id: str, chat_id: uuid.UUID, limit: int) -> list[Message]:
+    async def window(self, user_id: str, chat_id: uuid.UUID, limit: int) -> builtins.list[Message]:
         return await self.page(user_id, chat_id, limit=limit)
 
     async def page(
         self, user_id: str, chat_id: uuid.UUID, *, limit: int, before: int | None = None
-    ) -> list[Message]:
+    ) -> builtins.list[Message]:
         if limit <= 0:
             return []
         m = schema.chat_messages
@@ -526,7 +542,7 @@ class SQLMessageStore(_Base):
 class SQLCustomizationStore(_Base):
     async def list(
         self, user_id: str, agent_name: str, *, active_only: bool = False
-    ) -> list[PromptCustomization]:
+    ) -> builtins.list[PromptCustomization]:
         c = schema.prompt_customizations
         stmt = (
             sa.select(c)
@@ -660,7 +676,8 @@ class SQLStorage:
         changed = {k: stmt.excluded[k] for k in values if k not in keys and k != "created_at"}
         stmt = stmt.on_conflict_do_update(index_elements=list(keys), set_=changed)
         async with self.write() as conn:
-            return (await conn.execute(stmt.returning(table))).one()
+            row: sa.Row[Any] = (await conn.execute(stmt.returning(table))).one()
+        return row
 
     # -- schema ------------------------------------------------------------
 
@@ -681,7 +698,9 @@ class SQLStorage:
         def run(sync_conn: Connection) -> None:
             if sync_conn.dialect.name == "postgresql":
                 # Several processes starting at once migrate one after the other.
-                sync_conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _UPGRADE_LOCK_KEY})
+                sync_conn.execute(
+                    sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _UPGRADE_LOCK_KEY}
+                )
             config = _alembic_config()
             config.attributes["connection"] = sync_conn
             command.upgrade(config, "head")
@@ -708,23 +727,26 @@ class _DatabaseErrors:
         return None
 
     def __exit__(self, exc_type: Any, error: BaseException | None, tb: Any) -> None:
-        if isinstance(error, exc.OperationalError | exc.InterfaceError):
-            reason = " ".join(str(error.orig).split()) if error.orig else str(error)
-            raise StorageError(f"database {self.storage.description} failed: {reason}") from error
-        if isinstance(error, exc.ProgrammingError):
-            reason = " ".join(str(error.orig).split()) if error.orig else str(error)
+        if not isinstance(error, exc.OperationalError | exc.InterfaceError | exc.ProgrammingError):
+            return
+        reason = " ".join(str(error.orig).split()) if error.orig else str(error)
+        where = f"database {self.storage.description}"
+        if "no such table" in reason or ("relation" in reason and "does not exist" in reason):
             raise StorageError(
-                f"database {self.storage.description} rejected a statement ({reason}); "
-                "is the schema current? run `chatwright db upgrade`"
+                f"{where} lacks a table ({reason}); run `chatwright db upgrade`"
             ) from error
+        if isinstance(error, exc.ProgrammingError):
+            raise StorageError(f"{where} rejected a statement: {reason}") from error
+        raise StorageError(f"{where} is unavailable: {reason}") from error
 
 
 def _sqlite_engine(url: URL, *, busy_timeout: float, echo: bool) -> AsyncEngine:
     memory = url.database in (None, "", ":memory:")
     kwargs: dict[str, Any] = {"echo": echo, "connect_args": {"timeout": busy_timeout}}
     if memory:
-        # One shared connection: each new connection would see a new empty database.
-        kwargs["poolclass"] = StaticPool
+        # Every new connection to :memory: would see a new, empty database, so keep
+        # exactly one, and let tasks queue for it rather than share it mid-transaction.
+        kwargs.update(poolclass=AsyncAdaptedQueuePool, pool_size=1, max_overflow=0)
     engine = create_async_engine(url, **kwargs)
 
     @event.listens_for(engine.sync_engine, "connect")

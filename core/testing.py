@@ -1,0 +1,336 @@
+"""The storage contract suite, for backend authors.
+
+Every storage backend, bundled or third-party, must pass the same tests. To
+run them against yours, subclass :class:`StorageContract` in a test module and
+provide a ``storage`` fixture that yields a started, migrated and *empty*
+instance of your backend::
+
+    import pytest
+    from chatwright.testing import StorageContract
+
+    class TestMyBackend(StorageContract):
+        @pytest.fixture
+        async def storage(self):
+            backend = MyStorage(...)
+            await backend.upgrade()
+            yield backend
+            await backend.close()
+
+The tests use pytest-asyncio (``asyncio_mode = "auto"``). They only go through
+the :class:`chatwright.stores.Storage` protocol, so they also document what a
+backend promises: isolation by ``user_id``, ordering, idempotent session open
+under concurrency, and the sweep and history-window semantics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from chatwright.errors import AlreadyExistsError, InvalidInputError, NotFoundError
+from chatwright.stores import NewMessage, Storage
+
+ALICE = "alice"
+BOB = "bob"
+
+
+def ai_with_tool_call(call_id: str) -> NewMessage:
+    return NewMessage(
+        role="ai",
+        content={
+            "type": "ai",
+            "content": "",
+            "tool_calls": [
+                {
+                    "name": "add_task",
+                    "args": {"title": "Tea ☕"},
+                    "id": call_id,
+                    "type": "tool_call",
+                }
+            ],
+        },
+    )
+
+
+class StorageContract:
+    """Behaviour every :class:`~chatwright.stores.Storage` implementation must show."""
+
+    # -- schema ------------------------------------------------------------
+
+    async def test_schema_is_current(self, storage: Storage) -> None:
+        assert storage.head_revision() is not None
+        assert await storage.current_revision() == storage.head_revision()
+        assert await storage.upgrade() == storage.head_revision()  # idempotent
+        await storage.ping()
+
+    # -- agents ------------------------------------------------------------
+
+    async def test_agent_round_trip(self, storage: Storage) -> None:
+        created = await storage.agents.create(
+            "helper",
+            system_prompt="Be kind. {memory}",
+            model="openai:gpt-4o-mini",
+            model_settings={"temperature": 0.2, "base_url": "http://127.0.0.1:9/v1"},
+            history_window=12,
+        )
+        fetched = await storage.agents.get("helper")
+        assert fetched == created
+        assert fetched.model_settings == {"temperature": 0.2, "base_url": "http://127.0.0.1:9/v1"}
+        assert fetched.history_window == 12
+        assert fetched.created_at.tzinfo is not None
+        assert await storage.agents.get("nobody") is None
+
+    async def test_agents_listed_by_name(self, storage: Storage) -> None:
+        for name in ("zed", "amy", "max"):
+            await storage.agents.create(name, system_prompt="", model="offline:x")
+        assert [a.name for a in await storage.agents.list()] == ["amy", "max", "zed"]
+
+    async def test_agent_name_is_unique(self, storage: Storage) -> None:
+        await storage.agents.create("dup", system_prompt="first", model="offline:x")
+        with pytest.raises(AlreadyExistsError, match="dup"):
+            await storage.agents.create("dup", system_prompt="second", model="offline:x")
+        agent = await storage.agents.get("dup")
+        assert agent is not None
+        assert agent.system_prompt == "first"
+
+    async def test_agent_update_changes_only_given_fields(self, storage: Storage) -> None:
+        before = await storage.agents.create("a", system_prompt="p", model="offline:x")
+        after = await storage.agents.update("a", model="openai:gpt-4o", history_window=7)
+        assert (after.model, after.history_window, after.system_prompt) == ("openai:gpt-4o", 7, "p")
+        assert after.updated_at >= before.updated_at
+        assert after.created_at == before.created_at
+        with pytest.raises(NotFoundError, match="ghost"):
+            await storage.agents.update("ghost", model="offline:x")
+        with pytest.raises(InvalidInputError, match="created_at"):
+            await storage.agents.update("a", created_at=before.created_at)
+
+    async def test_agent_delete_removes_its_tools(self, storage: Storage) -> None:
+        await storage.agents.create("gone", system_prompt="", model="offline:x")
+        await storage.tools.add("gone", "t", type="crud", config={})
+        await storage.agents.create("kept", system_prompt="", model="offline:x")
+        kept_tool = await storage.tools.add("kept", "t", type="crud", config={})
+        assert await storage.agents.delete("gone") is True
+        assert await storage.agents.delete("gone") is False
+        assert await storage.tools.list() == [kept_tool]
+
+    # -- tools -------------------------------------------------------------
+
+    async def test_tools_ordered_by_position(self, storage: Storage) -> None:
+        await storage.agents.create("a", system_prompt="", model="offline:x")
+        await storage.agents.create("b", system_prompt="", model="offline:x")
+        first = await storage.tools.add("a", "first", type="crud", config={"table": "tasks"})
+        second = await storage.tools.add("a", "second", type="crud", config={})
+        early = await storage.tools.add("a", "early", type="crud", config={}, position=-1)
+        other = await storage.tools.add("b", "other", type="http", config={})
+        assert (first.position, second.position) == (0, 1)
+        assert [t.name for t in await storage.tools.list("a")] == ["early", "first", "second"]
+        assert [t.id for t in await storage.tools.list()] == [
+            early.id,
+            first.id,
+            second.id,
+            other.id,
+        ]
+        assert await storage.tools.list("nobody") == []
+
+    async def test_tool_config_round_trips_any_json(self, storage: Storage) -> None:
+        await storage.agents.create("a", system_prompt="", model="offline:x")
+        config = {
+            "table_name": "agent_long_term_memory",
+            "method": "create",
+            "field_map": {"memory_content": "notes"},
+            "runtime_args_schema": '{"data": {"type": "dict"}}',
+            "nested": [1, 2.5, None, True, {"ü": "✓"}],
+        }
+        row = await storage.tools.add("a", "mem", type="CRUDTool", config=config, description="d")
+        fetched = await storage.tools.get(row.id)
+        assert fetched is not None
+        assert fetched.config == config
+        assert (fetched.type, fetched.description, fetched.is_active) == ("CRUDTool", "d", True)
+        assert await storage.tools.get(row.id + 1000) is None
+
+    async def test_tool_errors_name_the_thing(self, storage: Storage) -> None:
+        with pytest.raises(NotFoundError, match="ghost"):
+            await storage.tools.add("ghost", "t", type="crud", config={})
+        await storage.agents.create("a", system_prompt="", model="offline:x")
+        await storage.tools.add("a", "t", type="crud", config={})
+        with pytest.raises(AlreadyExistsError, match="'t'"):
+            await storage.tools.add("a", "t", type="crud", config={})
+        with pytest.raises(NotFoundError, match="9999"):
+            await storage.tools.set_active(9999, False)
+
+    async def test_tool_disable(self, storage: Storage) -> None:
+        await storage.agents.create("a", system_prompt="", model="offline:x")
+        on = await storage.tools.add("a", "on", type="crud", config={})
+        off = await storage.tools.add("a", "off", type="crud", config={})
+        disabled = await storage.tools.set_active(off.id, False)
+        assert disabled.is_active is False
+        assert [t.id for t in await storage.tools.list("a", active_only=True)] == [on.id]
+        assert len(await storage.tools.list("a")) == 2
+
+    # -- sessions ----------------------------------------------------------
+
+    async def test_open_starts_then_resumes_the_latest_chat(self, storage: Storage) -> None:
+        first = await storage.sessions.open(ALICE, "helper")
+        assert first.is_active and first.user_id == ALICE and first.agent_name == "helper"
+        again = await storage.sessions.open(ALICE, "helper")
+        assert again.id != first.id
+        assert again.chat_id == first.chat_id
+        fresh_chat = uuid.uuid4()
+        explicit = await storage.sessions.open(ALICE, "helper", chat_id=fresh_chat)
+        assert explicit.chat_id == fresh_chat
+        assert (await storage.sessions.open(ALICE, "helper")).chat_id == fresh_chat
+        other_agent = await storage.sessions.open(ALICE, "other")
+        assert other_agent.chat_id not in {first.chat_id, fresh_chat}
+        assert await storage.sessions.chat_owner(fresh_chat) == (ALICE, "helper")
+        assert await storage.sessions.chat_owner(uuid.uuid4()) is None
+
+    async def test_open_is_idempotent_per_client_key(self, storage: Storage) -> None:
+        one = await storage.sessions.open(ALICE, "helper", client_key="tab-1")
+        same = await storage.sessions.open(ALICE, "helper", client_key="tab-1")
+        assert same.id == one.id
+        other_tab = await storage.sessions.open(ALICE, "helper", client_key="tab-2")
+        assert other_tab.id != one.id
+        bobs = await storage.sessions.open(BOB, "helper", client_key="tab-1")
+        assert bobs.id != one.id
+        await storage.sessions.deactivate(ALICE, one.id)
+        reopened = await storage.sessions.open(ALICE, "helper", client_key="tab-1")
+        assert reopened.id != one.id and reopened.is_active
+
+    async def test_concurrent_open_with_one_client_key_makes_one_session(
+        self, storage: Storage
+    ) -> None:
+        opened = await asyncio.gather(
+            *(storage.sessions.open(ALICE, "helper", client_key="page") for _ in range(8))
+        )
+        assert len({s.id for s in opened}) == 1
+        assert len(await storage.sessions.list(ALICE, active=True)) == 1
+
+    async def test_a_chat_belongs_to_its_user(self, storage: Storage) -> None:
+        alices = await storage.sessions.open(ALICE, "helper")
+        with pytest.raises(NotFoundError):
+            await storage.sessions.open(BOB, "helper", chat_id=alices.chat_id)
+        with pytest.raises(InvalidInputError, match="helper"):
+            await storage.sessions.open(ALICE, "other", chat_id=alices.chat_id)
+        assert await storage.sessions.get(BOB, alices.id) is None
+        assert await storage.sessions.heartbeat(BOB, alices.id) is None
+        assert await storage.sessions.deactivate(BOB, alices.id) is None
+        still = await storage.sessions.get(ALICE, alices.id)
+        assert still is not None and still.is_active
+        assert await storage.sessions.list(BOB) == []
+
+    async def test_heartbeat_and_deactivate(self, storage: Storage) -> None:
+        opened = await storage.sessions.open(ALICE, "helper", metadata={"ua": "test"})
+        beat = await storage.sessions.heartbeat(ALICE, opened.id)
+        assert beat is not None and beat.updated_at >= opened.updated_at
+        assert beat.metadata == {"ua": "test"}
+        closed = await storage.sessions.deactivate(ALICE, opened.id)
+        assert closed is not None and not closed.is_active
+        assert await storage.sessions.list(ALICE, active=True) == []
+        assert [s.id for s in await storage.sessions.list(ALICE, active=False)] == [opened.id]
+        assert await storage.sessions.get(ALICE, uuid.uuid4()) is None
+
+    async def test_sweep_deactivates_only_stale_active_sessions(self, storage: Storage) -> None:
+        stale = await storage.sessions.open(ALICE, "helper")
+        closed = await storage.sessions.open(ALICE, "other")
+        await storage.sessions.deactivate(ALICE, closed.id)
+        cutoff = datetime.now(UTC) + timedelta(seconds=1)
+        fresh_time_session = await storage.sessions.open(BOB, "helper")
+        swept = await storage.sessions.sweep(
+            fresh_time_session.updated_at - timedelta(microseconds=1)
+        )
+        assert {s.id for s in swept} == {stale.id}
+        assert all(not s.is_active for s in swept)
+        assert await storage.sessions.active_keys() == {(BOB, "helper")}
+        swept_all = await storage.sessions.sweep(cutoff)
+        assert {s.id for s in swept_all} == {fresh_time_session.id}
+        assert await storage.sessions.active_keys() == set()
+        assert await storage.sessions.sweep(cutoff) == []
+
+    # -- messages ----------------------------------------------------------
+
+    async def test_append_and_window(self, storage: Storage) -> None:
+        chat = uuid.uuid4()
+        stored = await storage.messages.append(
+            ALICE,
+            chat,
+            [
+                NewMessage("human", {"type": "human", "content": "add tea"}),
+                ai_with_tool_call("call-1"),
+                NewMessage(
+                    "tool",
+                    {
+                        "type": "tool",
+                        "content": '{"id": 1}',
+                        "tool_call_id": "call-1",
+                        "name": "add_task",
+                    },
+                ),
+                NewMessage("ai", {"type": "ai", "content": "Added."}),
+            ],
+        )
+        assert [m.role for m in stored] == ["human", "ai", "tool", "ai"]
+        assert [m.id for m in stored] == sorted(m.id for m in stored)
+        window = await storage.messages.window(ALICE, chat, 3)
+        assert [m.id for m in window] == [m.id for m in stored[1:]]
+        assert window[0].content["tool_calls"][0]["args"] == {"title": "Tea ☕"}
+        assert await storage.messages.window(ALICE, chat, 0) == []
+        assert await storage.messages.append(ALICE, chat, []) == []
+
+    async def test_messages_are_isolated_by_chat_and_user(self, storage: Storage) -> None:
+        chat, other = uuid.uuid4(), uuid.uuid4()
+        await storage.messages.append(
+            ALICE, chat, [NewMessage("human", {"type": "human", "content": "a"})]
+        )
+        await storage.messages.append(
+            ALICE, other, [NewMessage("human", {"type": "human", "content": "b"})]
+        )
+        assert [m.content["content"] for m in await storage.messages.window(ALICE, chat, 10)] == [
+            "a"
+        ]
+        assert await storage.messages.window(BOB, chat, 10) == []
+
+    async def test_pages_walk_back_through_a_chat(self, storage: Storage) -> None:
+        chat = uuid.uuid4()
+        stored = await storage.messages.append(
+            ALICE,
+            chat,
+            [NewMessage("human", {"type": "human", "content": str(i)}) for i in range(7)],
+        )
+        newest = await storage.messages.page(ALICE, chat, limit=3)
+        assert [m.content["content"] for m in newest] == ["4", "5", "6"]
+        older = await storage.messages.page(ALICE, chat, limit=3, before=newest[0].id)
+        assert [m.content["content"] for m in older] == ["1", "2", "3"]
+        oldest = await storage.messages.page(ALICE, chat, limit=3, before=older[0].id)
+        assert [m.id for m in oldest] == [stored[0].id]
+
+    # -- customizations and memories ---------------------------------------
+
+    async def test_customizations_upsert_and_order(self, storage: Storage) -> None:
+        low = await storage.customizations.put(ALICE, "helper", "tone", "Be brief.", priority=1)
+        await storage.customizations.put(ALICE, "helper", "lang", "Answer in French.", priority=5)
+        await storage.customizations.put(ALICE, "helper", "off", "Ignored.", is_active=False)
+        replaced = await storage.customizations.put(
+            ALICE, "helper", "tone", "Be very brief.", priority=1
+        )
+        assert replaced.id == low.id and replaced.content == "Be very brief."
+        assert replaced.created_at == low.created_at
+        every = await storage.customizations.list(ALICE, "helper")
+        assert [c.kind for c in every] == ["lang", "tone", "off"]
+        active = await storage.customizations.list(ALICE, "helper", active_only=True)
+        assert [c.kind for c in active] == ["lang", "tone"]
+        assert await storage.customizations.list(BOB, "helper") == []
+
+    async def test_memories_upsert_per_user_and_agent(self, storage: Storage) -> None:
+        assert await storage.memories.get(ALICE, "helper") is None
+        await storage.memories.put(ALICE, "helper", "likes tea")
+        updated = await storage.memories.put(ALICE, "helper", "likes tea; lives in Lyon")
+        await storage.memories.put(BOB, "helper", "likes coffee")
+        assert updated.notes == "likes tea; lives in Lyon"
+        fetched = await storage.memories.get(ALICE, "helper")
+        assert fetched is not None and fetched.notes == "likes tea; lives in Lyon"
+        bobs = await storage.memories.get(BOB, "helper")
+        assert bobs is not None and bobs.notes == "likes coffee"
+        assert await storage.memories.get(ALICE, "other") is None
