@@ -10,7 +10,6 @@ unless ``CHATWRIGHT_DEBUG=1`` asks for the traceback.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sys
@@ -96,6 +95,8 @@ class AppContext:
 
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    import asyncio  # not at module level: `chatwright --help` never needs it
+
     return asyncio.run(coro)
 
 
