@@ -22,7 +22,7 @@ import click
 
 from chatwright import __version__
 from chatwright.errors import ChatwrightError, InvalidInputError, NotFoundError
-from chatwright.registry import Plugins
+from chatwright.registry import Plugins, env_flag
 
 if TYPE_CHECKING:
     from chatwright.runtime import Runtime
@@ -103,6 +103,8 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
 class ChatwrightGroup(click.Group):
     """The root group: user-facing errors become one line and exit status 1."""
 
+    plugins: Plugins | None = None
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -111,7 +113,7 @@ class ChatwrightGroup(click.Group):
         except (click.exceptions.Exit, click.ClickException, click.Abort, KeyboardInterrupt):
             raise
         except Exception as exc:
-            if os.environ.get("CHATWRIGHT_DEBUG"):
+            if env_flag("CHATWRIGHT_DEBUG"):
                 raise
             raise click.ClickException(
                 f"unexpected {type(exc).__name__}: {exc} "
@@ -155,10 +157,12 @@ def cli(ctx: click.Context, config: str | None, database: str | None) -> None:
 
     Start with `chatwright init --example`, then `chatwright agents list`.
     """
-    app = ctx.ensure_object(AppContext)
-    app.config = config
+    group = ctx.command
+    plugins = group.plugins if isinstance(group, ChatwrightGroup) else None
+    # A new context per invocation: nothing leaks from one run of the group to the next.
+    ctx.obj = app = AppContext(plugins if plugins is not None else Plugins.load(), config)
     if database:
-        app.overrides.setdefault("storage", {})["url"] = database
+        app.overrides["storage"] = {"url": database}
 
 
 # -- init -------------------------------------------------------------------
@@ -169,10 +173,10 @@ def cli(ctx: click.Context, config: str | None, database: str | None) -> None:
 @pass_app
 def init(app: AppContext, example: bool) -> None:
     """Create the settings file and the database schema (safe to run again)."""
-    path = Path(app.config) if app.config else Path.cwd() / "chatwright.toml"
-    if not path.exists() and "CHATWRIGHT_CONFIG" not in os.environ:
+    path = Path(app.config) if app.config else Path("chatwright.toml")
+    if not path.exists():
         path.write_text(CONFIG_TEMPLATE, encoding="utf-8")
-        click.echo(f"Wrote {path.name}")
+        click.echo(f"Wrote {path}")
         app.config = str(path)
 
     async def work(runtime: Runtime) -> None:
@@ -351,7 +355,8 @@ def agent_options(f: Callable[..., Any]) -> Callable[..., Any]:
             "settings_",
             multiple=True,
             metavar="KEY=VALUE",
-            help="Model setting (repeatable), e.g. temperature=0.2 or base_url=http://…",
+            help="Model setting (repeatable), e.g. temperature=0.2 or base_url=http://…; "
+            "`set` merges them into the agent's settings, KEY=null removes one.",
         ),
         click.option("--history-window", type=int, help="Messages of history sent to the model."),
     ]
@@ -488,7 +493,10 @@ def agents_set(
     settings_: Sequence[str],
     history_window: int | None,
 ) -> None:
-    """Change an agent's prompt, model, model settings or history window."""
+    """Change an agent's prompt, model, model settings or history window.
+
+    --setting values are merged into the agent's model settings; KEY=null removes KEY.
+    """
     from chatwright.agents import validate_agent
 
     fields = _agent_fields(prompt, prompt_file, model, settings_, history_window)
@@ -500,7 +508,19 @@ def agents_set(
     valid = validate_agent(name, fields, partial=True)
 
     async def work(runtime: Runtime) -> None:
-        agent = await runtime.storage.agents.update(name, **valid)
+        changes = dict(valid)
+        if "model_settings" in changes:
+            current = await runtime.storage.agents.get(name)
+            if current is None:
+                raise NotFoundError(f"no agent named {name!r}; see `chatwright agents list`")
+            merged = dict(current.model_settings) if isinstance(current.model_settings, dict) else {}
+            for key, value in changes["model_settings"].items():
+                if value is None:
+                    merged.pop(key, None)
+                else:
+                    merged[key] = value
+            changes["model_settings"] = merged
+        agent = await runtime.storage.agents.update(name, **changes)
         click.echo(f"Updated agent {agent.name!r}: {', '.join(sorted(valid))}")
 
     app.run(work)
@@ -516,8 +536,9 @@ def build_cli(plugins: Plugins | None = None) -> click.Group:
         params=list(cli.params),
         callback=cli.callback,
         help=cli.help,
-        context_settings={**CONTEXT_SETTINGS, "obj": AppContext(plugins)},
+        context_settings=CONTEXT_SETTINGS,
     )
+    root.plugins = plugins
     plugins.add_commands(root)
     return root
 

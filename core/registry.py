@@ -69,6 +69,12 @@ def _name_set(value: str | None) -> frozenset[str] | None:
     return frozenset(normalize_name(part) for part in value.split(",") if part.strip())
 
 
+def env_flag(name: str, environ: Mapping[str, str] | None = None) -> bool:
+    """Whether a boolean environment variable is on (1, true, yes, on; any case)."""
+    env = os.environ if environ is None else environ
+    return env.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -119,8 +125,7 @@ class LoadPolicy:
         return cls(
             allow=_name_set(env.get("CHATWRIGHT_LOAD_PLUGINS")),
             block=_name_set(env.get("CHATWRIGHT_DISABLE_PLUGINS")) or frozenset(),
-            strict=env.get("CHATWRIGHT_STRICT_PLUGINS", "").strip().lower()
-            in {"1", "true", "yes", "on"},
+            strict=env_flag("CHATWRIGHT_STRICT_PLUGINS", env),
         )
 
     def admits(self, plugin_name: str, distribution: str, bundled: bool) -> bool:
