@@ -11,7 +11,6 @@ unless ``CHATWRIGHT_DEBUG=1`` asks for the traceback.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -513,7 +512,8 @@ def agents_set(
             current = await runtime.storage.agents.get(name)
             if current is None:
                 raise NotFoundError(f"no agent named {name!r}; see `chatwright agents list`")
-            merged = dict(current.model_settings) if isinstance(current.model_settings, dict) else {}
+            stored = current.model_settings
+            merged = dict(stored) if isinstance(stored, dict) else {}
             for key, value in changes["model_settings"].items():
                 if value is None:
                     merged.pop(key, None)
