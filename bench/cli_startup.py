@@ -51,9 +51,13 @@ def main() -> None:
         "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
         f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})))"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", probe], check=True, capture_output=True, text=True, env=env
-    ).stdout.strip().splitlines()[-1]
+    out = (
+        subprocess.run(
+            [sys.executable, "-c", probe], check=True, capture_output=True, text=True, env=env
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     print(f"heavy modules imported by --help: {out}")
 
 

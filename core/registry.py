@@ -160,7 +160,20 @@ class Plugins:
             distribution = ep.dist.name if ep.dist is not None else ""
             version = ep.dist.version if ep.dist is not None else None
             bundled = normalize_name(distribution) == BUNDLED_DISTRIBUTION
-            if ep.name in self._infos or not self.policy.admits(ep.name, distribution, bundled):
+            if not self.policy.admits(ep.name, distribution, bundled):
+                continue
+            if ep.name in self._infos:
+                taken_by = self._infos[ep.name].distribution
+                clash = PluginInfo(
+                    f"{ep.name} ({distribution})", version, [], bundled, distribution=distribution
+                )
+                self._infos[clash.name] = clash
+                self._fail(
+                    clash,
+                    f"not loaded: the plugin name {ep.name!r} is already taken by "
+                    f"distribution {taken_by!r}",
+                    None,
+                )
                 continue
             info = PluginInfo(ep.name, version, [], bundled, distribution=distribution)
             self._infos[ep.name] = info
@@ -255,6 +268,10 @@ class Plugins:
             ) -> None:
                 if not isinstance(name, str) or not name:
                     raise PluginError(f"{kind} names must be non-empty strings, got {name!r}")
+                if name in _mine:
+                    raise DuplicateRegistrationError(
+                        f"plugin {_by!r} registers {kind} {name!r} twice"
+                    )
                 _mine[name] = Registration(kind, name, value, _by)
 
             try:

@@ -57,7 +57,12 @@ class Runtime:
             await storage.close()
             raise
         self._storage = storage
-        self.plugins.notify("startup", runtime=self)
+        try:
+            self.plugins.notify("startup", runtime=self)
+        except BaseException:
+            self._storage = None
+            await storage.close()
+            raise
         return self
 
     async def close(self) -> None:

@@ -26,12 +26,17 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import SettingsError as SourceError
 
 from chatwright.errors import SettingsError
 
 CONFIG_FILE_NAME = "chatwright.toml"
 ENV_PREFIX = "CHATWRIGHT_"
 CONFIG_ENV = "CHATWRIGHT_CONFIG"
+# CHATWRIGHT_* variables that are read directly, not settings.
+NOT_SETTINGS = frozenset(
+    {"config", "load_plugins", "disable_plugins", "strict_plugins", "debug", "test_database_url"}
+)
 
 
 class _Section(BaseModel):
@@ -131,6 +136,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
         ) from None
     except tomllib.TOMLDecodeError as exc:
         raise SettingsError(f"configuration file {path} is not valid TOML: {exc}") from None
+    except RecursionError:
+        raise SettingsError(f"configuration file {path} is nested too deeply to read") from None
     except OSError as exc:
         raise SettingsError(f"cannot read configuration file {path}: {exc.strerror}") from None
 
@@ -165,6 +172,36 @@ def _describe(error: Mapping[str, Any], config_file: Path | None) -> str:
     return f"setting {key!r} is invalid: {error['msg']} (got {got!r}; set it with {where})"
 
 
+def _check_environment(environ: Mapping[str, str]) -> None:
+    """Report CHATWRIGHT_* variables that look like settings but name none.
+
+    pydantic-settings checks keys inside a known section; a misspelled section
+    (CHATWRIGHT_STORGE__URL) or a single underscore (CHATWRIGHT_STORAGE_URL)
+    would otherwise be ignored without a word.
+    """
+    sections = {name for name in Settings.model_fields if name != "config_file"}
+    for variable in environ:
+        if not variable.upper().startswith(ENV_PREFIX):
+            continue
+        name = variable[len(ENV_PREFIX) :].lower()
+        if name in NOT_SETTINGS or name in sections:
+            continue
+        section, nested, _ = name.partition("__")
+        if nested and section not in sections:
+            close = difflib.get_close_matches(section, sorted(sections), n=1)
+            hint = f"; did you mean {env_var(close[0])}__…?" if close else ""
+            raise SettingsError(
+                f"unknown setting in environment variable {variable}: no section {section!r}{hint}"
+            )
+        for known in sections:
+            if not nested and name.startswith(known + "_"):
+                rest = name[len(known) + 1 :]
+                raise SettingsError(
+                    f"unknown setting in environment variable {variable}; nested keys are "
+                    f"joined by two underscores: {env_var(known + '.' + rest)}"
+                )
+
+
 def load_settings(
     config: str | os.PathLike[str] | None = None,
     overrides: Mapping[str, Any] | None = None,
@@ -177,12 +214,19 @@ def load_settings(
     """
     path = _config_path(config, os.environ)
     data = _read_toml(path) if path is not None else {}
+    _check_environment(os.environ)
     token = _toml_layer.set(data)
     try:
         settings = Settings(**dict(overrides or {}))
     except ValidationError as exc:
         problems = [_describe(e, path) for e in exc.errors()]
         raise SettingsError("; ".join(problems)) from None
+    except SourceError as exc:
+        raise SettingsError(
+            f"cannot read settings from the environment ({exc}); a whole-section variable "
+            "such as CHATWRIGHT_STORAGE must hold a JSON object, or set one key with "
+            "CHATWRIGHT_STORAGE__URL"
+        ) from None
     finally:
         _toml_layer.reset(token)
     settings.config_file = path

@@ -1,0 +1,465 @@
+"""Settings: defaults < chatwright.toml < CHATWRIGHT_* env < overrides (CLI flags)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, example, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+
+from chatwright.cli import build_cli
+from chatwright.errors import SettingsError
+from chatwright.settings import Settings, env_var, load_settings
+
+DEFAULT_URL = "sqlite+aiosqlite:///chatwright.db"
+
+
+@pytest.fixture(autouse=True)
+def clean_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty working directory and no CHATWRIGHT_* variables."""
+    for name in list(os.environ):
+        if name.startswith("CHATWRIGHT_"):
+            monkeypatch.delenv(name)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    return work
+
+
+def write_toml(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# -- zero configuration -----------------------------------------------------------
+
+
+def test_zero_config_defaults() -> None:
+    settings = load_settings()
+    assert isinstance(settings, Settings)
+    assert settings.storage.backend == "sql"
+    assert settings.storage.url == DEFAULT_URL
+    assert settings.storage.pool_size == 5
+    assert settings.storage.max_overflow == 10
+    assert settings.storage.pool_timeout == 30.0
+    assert settings.storage.busy_timeout == 5.0
+    assert settings.storage.echo is False
+    assert settings.models.default == "offline:assistant"
+    assert settings.config_file is None
+
+
+def test_zero_config_does_not_create_files(clean_env: Path) -> None:
+    load_settings()
+    assert list(clean_env.iterdir()) == []
+
+
+def test_config_file_is_not_dumped() -> None:
+    data = load_settings().model_dump()
+    assert set(data) == {"storage", "models"}
+
+
+def test_env_var_names() -> None:
+    assert env_var("storage.url") == "CHATWRIGHT_STORAGE__URL"
+    assert env_var("storage.pool_size") == "CHATWRIGHT_STORAGE__POOL_SIZE"
+
+
+# -- precedence ---------------------------------------------------------------------
+
+
+def test_toml_in_cwd_beats_defaults(clean_env: Path) -> None:
+    path = write_toml(
+        clean_env / "chatwright.toml",
+        '[storage]\nurl = "sqlite+aiosqlite:///toml.db"\npool_size = 2\necho = true\n'
+        '[models]\ndefault = "toml:model"\n',
+    )
+    settings = load_settings()
+    assert settings.config_file == path
+    assert settings.storage.url == "sqlite+aiosqlite:///toml.db"
+    assert settings.storage.pool_size == 2
+    assert settings.storage.echo is True
+    assert settings.models.default == "toml:model"
+    # Keys the file does not set keep their defaults.
+    assert settings.storage.backend == "sql"
+    assert settings.storage.max_overflow == 10
+
+
+def test_env_beats_toml(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_toml(clean_env / "chatwright.toml", '[storage]\npool_size = 2\nurl = "toml-url"\n')
+    monkeypatch.setenv("CHATWRIGHT_STORAGE__POOL_SIZE", "7")
+    settings = load_settings()
+    assert settings.storage.pool_size == 7
+    assert settings.storage.url == "toml-url"  # the nested env var replaced only its key
+
+
+def test_env_beats_defaults_without_toml(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHATWRIGHT_STORAGE__POOL_SIZE", "9")
+    monkeypatch.setenv("CHATWRIGHT_MODELS__DEFAULT", "env:model")
+    settings = load_settings()
+    assert settings.storage.pool_size == 9
+    assert settings.models.default == "env:model"
+    assert settings.storage.url == DEFAULT_URL
+
+
+def test_overrides_beat_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHATWRIGHT_STORAGE__URL", "env-url")
+    monkeypatch.setenv("CHATWRIGHT_STORAGE__POOL_SIZE", "7")
+    settings = load_settings(overrides={"storage": {"url": "flag-url"}})
+    assert settings.storage.url == "flag-url"
+    assert settings.storage.pool_size == 7  # an override of one key keeps the others
+
+
+def test_precedence_key_by_key(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each key is set in a different set of layers; the highest layer wins for each."""
+    write_toml(
+        clean_env / "chatwright.toml",
+        """
+[storage]
+url = "toml-url"
+pool_size = 2
+max_overflow = 3
+backend = "toml-backend"
+
+[models]
+default = "toml:model"
+""",
+    )
+    monkeypatch.setenv("CHATWRIGHT_STORAGE__POOL_SIZE", "7")
+    monkeypatch.setenv("CHATWRIGHT_STORAGE__BACKEND", "env-backend")
+    monkeypatch.setenv("CHATWRIGHT_STORAGE__BUSY_TIMEOUT", "1.5")
+    monkeypatch.setenv("CHATWRIGHT_MODELS__DEFAULT", "env:model")
+    settings = load_settings(
+        overrides={"storage": {"backend": "flag-backend", "echo": True}},
+    )
+    assert settings.storage.pool_timeout == 30.0  # default only
+    assert settings.storage.url == "toml-url"  # default < toml
+    assert settings.storage.max_overflow == 3  # default < toml
+    assert settings.storage.pool_size == 7  # default < toml < env
+    assert settings.storage.busy_timeout == 1.5  # default < env
+    assert settings.models.default == "env:model"  # default < toml < env
+    assert settings.storage.backend == "flag-backend"  # default < toml < env < flag
+    assert settings.storage.echo is True  # default < flag
+
+
+def test_chatwright_config_env_selects_another_file(
+    clean_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_toml(clean_env / "chatwright.toml", '[storage]\nurl = "cwd-url"\n')
+    other = write_toml(tmp_path / "other.toml", '[storage]\nurl = "other-url"\n')
+    monkeypatch.setenv("CHATWRIGHT_CONFIG", str(other))
+    settings = load_settings()
+    assert settings.storage.url == "other-url"
+    assert settings.config_file == other
+
+
+def test_explicit_config_beats_chatwright_config_env(
+    clean_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_toml(clean_env / "chatwright.toml", '[storage]\nurl = "cwd-url"\n')
+    from_env = write_toml(tmp_path / "env.toml", '[storage]\nurl = "env-file-url"\n')
+    explicit = write_toml(tmp_path / "explicit.toml", '[storage]\nurl = "explicit-url"\n')
+    monkeypatch.setenv("CHATWRIGHT_CONFIG", str(from_env))
+    settings = load_settings(config=explicit)
+    assert settings.storage.url == "explicit-url"
+    assert settings.config_file == explicit
+    # A str path works as well.
+    assert load_settings(config=str(explicit)).storage.url == "explicit-url"
+
+
+def test_env_still_beats_explicit_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    explicit = write_toml(tmp_path / "explicit.toml", "[storage]\npool_size = 3\n")
+    monkeypatch.setenv("CHATWRIGHT_STORAGE__POOL_SIZE", "4")
+    assert load_settings(config=explicit).storage.pool_size == 4
+
+
+def test_loading_leaves_no_state_behind(clean_env: Path, tmp_path: Path) -> None:
+    explicit = write_toml(tmp_path / "explicit.toml", '[storage]\nurl = "explicit-url"\n')
+    assert load_settings(config=explicit).storage.url == "explicit-url"
+    # Settings built directly (not through load_settings) see no TOML layer.
+    assert Settings().storage.url == DEFAULT_URL
+    settings = load_settings()
+    assert settings.storage.url == DEFAULT_URL
+    assert settings.config_file is None
+
+
+# -- errors -------------------------------------------------------------------------
+
+
+def test_invalid_type_in_toml_names_the_key(clean_env: Path) -> None:
+    path = write_toml(clean_env / "chatwright.toml", '[storage]\npool_size = "lots"\n')
+    with pytest.raises(SettingsError) as excinfo:
+        load_settings()
+    message = str(excinfo.value)
+    assert "'storage.pool_size'" in message
+    assert "CHATWRIGHT_STORAGE__POOL_SIZE" in message
+    assert "'lots'" in message
+    assert str(path) in message
+    assert "\n" not in message
+
+
+def test_invalid_value_in_env_names_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHATWRIGHT_STORAGE__POOL_SIZE", "0")
+    with pytest.raises(SettingsError) as excinfo:
+        load_settings()
+    message = str(excinfo.value)
+    assert "'storage.pool_size'" in message
+    assert "CHATWRIGHT_STORAGE__POOL_SIZE" in message
+    assert "chatwright.toml" in message
+
+
+def test_invalid_override_names_the_key() -> None:
+    with pytest.raises(SettingsError, match=r"'storage\.echo' is invalid"):
+        load_settings(overrides={"storage": {"echo": "maybe"}})
+
+
+def test_unknown_key_in_toml_suggests_the_right_one(clean_env: Path) -> None:
+    write_toml(clean_env / "chatwright.toml", '[storage]\nurll = "sqlite:///x.db"\n')
+    with pytest.raises(SettingsError) as excinfo:
+        load_settings()
+    message = str(excinfo.value)
+    assert "unknown setting 'storage.urll'" in message
+    assert "did you mean 'storage.url'?" in message
+
+
+def test_unknown_section_in_toml(clean_env: Path) -> None:
+    write_toml(clean_env / "chatwright.toml", '[storag]\nurl = "x"\n')
+    with pytest.raises(SettingsError, match="unknown setting 'storag'"):
+        load_settings()
+
+
+def test_unknown_env_var_suggests_the_right_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHATWRIGHT_STORAGE__URLL", "sqlite:///x.db")
+    with pytest.raises(SettingsError) as excinfo:
+        load_settings()
+    message = str(excinfo.value)
+    assert "unknown setting 'storage.urll'" in message
+    assert "did you mean 'storage.url'?" in message
+
+
+def test_several_problems_in_one_message(clean_env: Path) -> None:
+    write_toml(
+        clean_env / "chatwright.toml",
+        '[storage]\npool_size = "lots"\nurll = "x"\n',
+    )
+    with pytest.raises(SettingsError) as excinfo:
+        load_settings()
+    message = str(excinfo.value)
+    assert "'storage.pool_size'" in message
+    assert "'storage.urll'" in message
+
+
+def test_invalid_toml_syntax_names_the_file(clean_env: Path) -> None:
+    path = write_toml(clean_env / "chatwright.toml", "[storage\nurl = \n")
+    with pytest.raises(SettingsError) as excinfo:
+        load_settings()
+    message = str(excinfo.value)
+    assert str(path) in message
+    assert "not valid TOML" in message
+
+
+def test_missing_explicit_config_names_the_path(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "missing.toml"
+    with pytest.raises(SettingsError) as excinfo:
+        load_settings(config=missing)
+    assert str(missing) in str(excinfo.value)
+    assert "does not exist" in str(excinfo.value)
+
+
+def test_missing_config_from_env_names_the_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    missing = tmp_path / "missing-from-env.toml"
+    monkeypatch.setenv("CHATWRIGHT_CONFIG", str(missing))
+    with pytest.raises(SettingsError, match=r"missing-from-env\.toml"):
+        load_settings()
+
+
+def test_unreadable_config_is_a_settings_error(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="cannot read configuration file"):
+        load_settings(config=tmp_path)  # a directory
+
+
+def test_deeply_nested_toml_is_a_settings_error(clean_env: Path) -> None:
+    write_toml(clean_env / "chatwright.toml", "a = " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(SettingsError, match=r"chatwright\.toml"):
+        load_settings()
+
+
+def test_non_json_section_env_var_is_a_settings_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHATWRIGHT_STORAGE", "oops")
+    with pytest.raises(SettingsError, match="CHATWRIGHT_STORAGE"):
+        load_settings()
+
+
+def test_env_var_with_unknown_section_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHATWRIGHT_STORGE__URL", "sqlite:///typo.db")
+    with pytest.raises(SettingsError, match="unknown setting"):
+        load_settings()
+
+
+def test_plugin_policy_env_vars_are_not_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {
+        "CHATWRIGHT_LOAD_PLUGINS": "",
+        "CHATWRIGHT_DISABLE_PLUGINS": "sql",
+        "CHATWRIGHT_STRICT_PLUGINS": "1",
+        "CHATWRIGHT_DEBUG": "1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    assert load_settings().storage.url == DEFAULT_URL
+
+
+# -- through the command line ----------------------------------------------------------
+
+
+def show(args: list[str]) -> str:
+    result = CliRunner().invoke(build_cli(), args)
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def test_cli_database_flag_beats_env(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_toml(clean_env / "chatwright.toml", '[storage]\nurl = "sqlite+aiosqlite:///toml.db"\n')
+    monkeypatch.setenv("CHATWRIGHT_STORAGE__URL", "sqlite+aiosqlite:///env.db")
+
+    data = json.loads(show(["config", "show", "--json"]))
+    assert data["storage"]["url"] == "sqlite+aiosqlite:///env.db"
+
+    data = json.loads(
+        show(["--database", "sqlite+aiosqlite:///flag.db", "config", "show", "--json"])
+    )
+    assert data["storage"]["url"] == "sqlite+aiosqlite:///flag.db"
+    assert data["storage"]["backend"] == "sql"
+    assert set(data) == {"storage", "models"}
+
+
+def test_cli_config_option_selects_file(tmp_path: Path) -> None:
+    other = write_toml(tmp_path / "other.toml", '[models]\ndefault = "file:model"\n')
+    out = show(["--config", str(other), "config", "show"])
+    assert f"# settings file: {other}" in out
+    assert 'default = "file:model"' in out
+
+
+def test_cli_config_show_text(clean_env: Path) -> None:
+    out = show(["config", "show"])
+    assert "# settings file: none" in out
+    assert "[storage]" in out
+    assert f'url = "{DEFAULT_URL}"' in out
+    assert "pool_size = 5" in out
+    assert "echo = false" in out
+    assert "[models]" in out
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_cli_config_show_redacts_password(as_json: bool) -> None:
+    args = ["--database", "postgresql://u:secret@h/db", "config", "show"]
+    out = show([*args, "--json"] if as_json else args)
+    assert "secret" not in out
+    assert "***" in out
+    assert "postgresql://u:***@h/db" in out
+
+
+def test_cli_config_show_redacts_password_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHATWRIGHT_STORAGE__URL", "postgresql+psycopg://me:hunter2@db:5432/x")
+    data = json.loads(show(["config", "show", "--json"]))
+    assert "hunter2" not in json.dumps(data)
+    assert data["storage"]["url"] == "postgresql+psycopg://me:***@db:5432/x"
+
+
+def test_cli_settings_error_is_one_line(clean_env: Path) -> None:
+    write_toml(clean_env / "chatwright.toml", '[storage]\npool_size = "lots"\n')
+    result = CliRunner().invoke(build_cli(), ["config", "show"])
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: ")
+    assert result.output.count("\n") == 1
+    assert "storage.pool_size" in result.output
+    assert "Traceback" not in result.output
+
+
+# -- property: arbitrary files never crash -----------------------------------------------
+
+KEYS = [
+    "backend",
+    "url",
+    "pool_size",
+    "max_overflow",
+    "pool_timeout",
+    "busy_timeout",
+    "echo",
+    "default",
+    "storage",
+    "models",
+    "config_file",
+    "urll",
+    "storage.url",
+    "models.default",
+    '"quoted key"',
+]
+VALUES = [
+    "1",
+    "0",
+    "-3",
+    "99999999999999999999999",
+    "1.5",
+    "inf",
+    "-inf",
+    "nan",
+    "1e400",
+    "true",
+    "false",
+    '"x"',
+    '"sqlite:///x.db"',
+    '"postgresql://u:p@h/db"',
+    "''",
+    "[]",
+    '[1, "a"]',
+    "{}",
+    '{ url = "x", pool_size = 2 }',
+    "1979-05-27",
+    "1979-05-27T07:32:00Z",
+    "07:32:00",
+    '"""multi\nline"""',
+]
+HEADERS = ["[storage]", "[models]", "[other]", "[[storage]]", "[storage.url]", "[models.x]"]
+
+toml_like = st.lists(
+    st.one_of(
+        st.sampled_from(HEADERS),
+        st.builds(
+            "{} = {}".format,
+            st.sampled_from(KEYS) | st.from_regex(r"[A-Za-z_]{1,8}", fullmatch=True),
+            st.sampled_from(VALUES) | st.text(max_size=10).map(json.dumps),
+        ),
+        st.text(max_size=20),
+    ),
+    max_size=12,
+).map("\n".join)
+
+
+@hypothesis_settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(text=st.one_of(st.text(), toml_like))
+@example(text="")
+@example(text="[storage]\npool_size = 0\n")
+@example(text="storage = 1\n")
+@example(text="[[storage]]\nurl = 1\n")
+@example(text="config_file = 3\n")
+@example(text="[storage]\nurl = 1979-05-27\n")
+@example(text="\x00")
+def test_any_toml_text_gives_settings_or_settings_error(clean_env: Path, text: str) -> None:
+    (clean_env / "chatwright.toml").write_text(text, encoding="utf-8")
+    try:
+        result = load_settings()
+    except SettingsError as exc:
+        message = str(exc)
+    else:
+        assert isinstance(result, Settings)
+        assert result.config_file == clean_env / "chatwright.toml"
+        return
+    assert message  # a SettingsError always says what is wrong
