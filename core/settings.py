@@ -67,6 +67,16 @@ class ModelsSettings(_Section):
     )
 
 
+class ToolsSettings(_Section):
+    unscoped_tables: list[str] = Field(
+        default_factory=list,
+        description="Tables a crud tool may use without a user scope column (shared data).",
+    )
+    max_result_chars: int = Field(
+        4000, ge=200, description="Longest tool result, in characters, sent back to the model."
+    )
+
+
 _toml_layer: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
     "toml", default=None
 )
@@ -94,6 +104,7 @@ class Settings(BaseSettings):
 
     storage: StorageSettings = Field(default_factory=StorageSettings)  # type: ignore[arg-type]
     models: ModelsSettings = Field(default_factory=ModelsSettings)  # type: ignore[arg-type]
+    tools: ToolsSettings = Field(default_factory=ToolsSettings)  # type: ignore[arg-type]
 
     config_file: Path | None = Field(
         None, exclude=True, description="The TOML file these settings were read from."

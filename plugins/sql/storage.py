@@ -35,6 +35,7 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 from chatwright.errors import AlreadyExistsError, InvalidInputError, NotFoundError, StorageError
 from chatwright.plugins.sql import schema
+from chatwright.plugins.sql.records import SQLRecordStore
 from chatwright.settings import Settings
 from chatwright.stores import (
     DEFAULT_HISTORY_WINDOW,
@@ -622,6 +623,7 @@ class SQLStorage:
         self.messages = SQLMessageStore(self)
         self.customizations = SQLCustomizationStore(self)
         self.memories = SQLMemoryStore(self)
+        self.records = SQLRecordStore(self)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SQLStorage:

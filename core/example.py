@@ -1,0 +1,177 @@
+"""The example set-up of ``chatwright init --example``.
+
+Two application tables, ``tasks`` and ``notes`` (each row belongs to a user),
+and an ``assistant`` agent whose tools are ``crud`` rows on them and on
+``agent_memories``. It is data, not code: the same rows a user would insert
+by hand, which makes it the reference example of tool configs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chatwright.stores import ColumnSpec, Storage, TableSpec
+
+AGENT = "assistant"
+
+PROMPT = """\
+You are a helpful assistant that keeps the user's tasks and notes.
+Use your tools to add, list, complete and delete tasks, to write and read notes,
+and to save what the user asks you to remember. Answer briefly.
+
+What you remember about this user:
+{memory}
+
+{custom_instructions}"""
+
+TABLES = (
+    TableSpec(
+        "tasks",
+        (
+            ColumnSpec("id", "integer", primary_key=True),
+            ColumnSpec("user_id", "string", nullable=False),
+            ColumnSpec("title", "string", nullable=False),
+            ColumnSpec("status", "string", nullable=False, default="pending"),
+            ColumnSpec("due_date", "date"),
+            ColumnSpec("created_at", "datetime", nullable=False, default="now"),
+            ColumnSpec("updated_at", "datetime", nullable=False, default="now"),
+        ),
+        indexes=(("user_id", "status"),),
+    ),
+    TableSpec(
+        "notes",
+        (
+            ColumnSpec("id", "integer", primary_key=True),
+            ColumnSpec("user_id", "string", nullable=False),
+            ColumnSpec("title", "string"),
+            ColumnSpec("body", "string", nullable=False),
+            ColumnSpec("created_at", "datetime", nullable=False, default="now"),
+        ),
+        indexes=(("user_id",),),
+    ),
+)
+
+_TASK_ID = {"id": {"type": "integer", "required": True, "description": "The task's id"}}
+_MEMORY_SCOPE = {"user_column": "user_id", "agent_column": "agent_name"}
+
+TOOLS: tuple[dict[str, Any], ...] = (
+    {
+        "name": "add_task",
+        "description": "Add a task to the user's list.",
+        "config": {
+            "table": "tasks",
+            "operation": "create",
+            "args": {
+                "title": {"type": "string", "required": True, "description": "Short task title"},
+                "due_date": {"type": "date", "description": "Due date, YYYY-MM-DD"},
+            },
+            "defaults": {"status": "pending"},
+            "returning": ["id", "title", "status", "due_date"],
+        },
+    },
+    {
+        "name": "list_tasks",
+        "description": "List the user's tasks, newest first; filter by status if asked.",
+        "config": {
+            "table": "tasks",
+            "operation": "read",
+            "filters": {
+                "status": {"type": "string", "enum": ["pending", "done"]},
+                "id": {"type": "integer"},
+            },
+            "returning": ["id", "title", "status", "due_date"],
+            "order_by": "-created_at",
+            "limit": 25,
+        },
+    },
+    {
+        "name": "update_task",
+        "description": "Change a task's title, status (pending or done) or due date.",
+        "config": {
+            "table": "tasks",
+            "operation": "update",
+            "args": {
+                "title": {"type": "string"},
+                "status": {"type": "string", "enum": ["pending", "done"]},
+                "due_date": {"type": "date"},
+            },
+            "filters": _TASK_ID,
+            "returning": ["id", "title", "status", "due_date"],
+        },
+    },
+    {
+        "name": "delete_task",
+        "description": "Delete one of the user's tasks by id.",
+        "config": {"table": "tasks", "operation": "delete", "filters": _TASK_ID},
+    },
+    {
+        "name": "add_note",
+        "description": "Write a note for the user.",
+        "config": {
+            "table": "notes",
+            "operation": "create",
+            "args": {
+                "body": {"type": "string", "required": True, "description": "The note's text"},
+                "title": {"type": "string", "description": "Optional title"},
+            },
+            "returning": ["id", "title", "body"],
+        },
+    },
+    {
+        "name": "list_notes",
+        "description": "List the user's notes, newest first.",
+        "config": {
+            "table": "notes",
+            "operation": "read",
+            "filters": {"id": {"type": "integer"}},
+            "returning": ["id", "title", "body", "created_at"],
+            "order_by": "-created_at",
+            "limit": 10,
+        },
+    },
+    {
+        "name": "read_memory",
+        "description": "Read what you remember about the user.",
+        "config": {
+            "table": "agent_memories",
+            "operation": "read",
+            "scope": _MEMORY_SCOPE,
+            "returning": ["notes", "updated_at"],
+            "limit": 1,
+        },
+    },
+    {
+        "name": "save_memory",
+        "description": (
+            "Replace what you remember about the user. Pass everything worth keeping: "
+            "the old notes plus the new fact."
+        ),
+        "config": {
+            "table": "agent_memories",
+            "operation": "upsert",
+            "args": {"notes": {"type": "string", "required": True, "description": "All notes"}},
+            "scope": _MEMORY_SCOPE,
+            "returning": ["notes"],
+        },
+    },
+)
+
+
+async def seed(storage: Storage, model: str) -> list[str]:
+    """Create what is missing of the example; return what was created, for the user."""
+    done = [f"table {spec.name}" for spec in TABLES if await storage.records.ensure_table(spec)]
+    if await storage.agents.get(AGENT) is None:
+        await storage.agents.create(AGENT, system_prompt=PROMPT, model=model)
+        done.append(f"agent {AGENT!r} (model {model})")
+    have = {t.name for t in await storage.tools.list(AGENT)}
+    for tool in TOOLS:
+        if tool["name"] not in have:
+            await storage.tools.add(
+                AGENT,
+                tool["name"],
+                type="crud",
+                config=tool["config"],
+                description=tool["description"],
+            )
+            done.append(f"tool {tool['name']}")
+    return done

@@ -1,0 +1,237 @@
+"""Tool loading: ``agent_tools`` rows -> validated config -> LangChain tools.
+
+A tool type (registered through ``register_tool_types``) has a pydantic
+``config_model`` and an async ``build``. Loading an agent's tools reads its
+active rows in one query and, for each row, in order:
+
+1. finds the row's type among the registered ones;
+2. parses the ``config`` JSON and validates it with the type's config model;
+3. calls ``build``, which checks the config against the live database (tables,
+   columns, types) and returns a LangChain tool, or raises
+   :class:`ToolConfigError` with the problems it found.
+
+Any fault in any step skips that row only and becomes a :class:`ToolProblem`
+naming the agent, the tool, the row id, the JSON path and the reason. Problems
+are logged, returned to the caller, shown by ``chatwright tools check`` and by
+the API. Nothing is silent, and one bad row never keeps the others from loading.
+
+Checking a row (``chatwright tools check``, ``tools add``) is the same code path
+with no user: the tool is built and thrown away.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from pydantic import BaseModel, ValidationError
+
+from chatwright.errors import ChatwrightError
+from chatwright.registry import Plugins
+from chatwright.settings import Settings
+from chatwright.stores import InvalidJSON, Storage, TableInfo, ToolRow
+
+if TYPE_CHECKING:
+    from langchain_core.tools import BaseTool
+
+log = logging.getLogger(__name__)
+
+TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One fault in a tool config: where (a JSON path inside the row) and why."""
+
+    path: str
+    reason: str
+
+
+class ToolConfigError(ChatwrightError):
+    """Raised by a tool type's ``build`` when a config does not fit the database."""
+
+    def __init__(self, problems: Sequence[ConfigProblem]) -> None:
+        self.problems = list(problems)
+        super().__init__("; ".join(f"{p.path}: {p.reason}" for p in self.problems))
+
+
+@dataclass
+class ToolContext:
+    """What a tool type gets to build a tool for one agent (and one user)."""
+
+    agent_name: str
+    storage: Storage
+    settings: Settings
+    user_id: str | None = None
+    """None when the tool is only checked; a built tool then refuses to run."""
+    _tables: dict[str, TableInfo | None] = field(default_factory=dict, repr=False)
+
+    async def describe(self, table: str) -> TableInfo | None:
+        """The live schema of an application table, reflected once per load."""
+        if table not in self._tables:
+            self._tables[table] = await self.storage.records.describe(table)
+        return self._tables[table]
+
+
+class ToolType(Protocol):
+    """What ``register_tool_types`` registers."""
+
+    @property
+    def config_model(self) -> type[BaseModel]:
+        """Validates a row's ``config``."""
+        ...
+
+    async def build(self, row: ToolRow, config: Any, context: ToolContext) -> BaseTool:
+        """A LangChain tool for the row; :class:`ToolConfigError` when it cannot be built."""
+        ...
+
+
+@dataclass(frozen=True)
+class ToolProblem:
+    """Why one ``agent_tools`` row was not loaded."""
+
+    agent: str
+    tool: str
+    row_id: int
+    type: str
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return (
+            f"agent {self.agent!r}, tool {self.tool!r} (row {self.row_id}, type {self.type!r}), "
+            f"{self.path}: {self.reason}"
+        )
+
+    def brief(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+@dataclass
+class RowReport:
+    """The outcome of loading one row: a tool, or the problems that stopped it."""
+
+    agent: str
+    row: ToolRow
+    tool: BaseTool | None = None
+    problems: list[ToolProblem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.tool is not None and not self.problems
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "agent": self.agent,
+            "id": self.row.id,
+            "name": self.row.name,
+            "type": self.row.type,
+            "ok": self.ok,
+            "problems": [p.brief() for p in self.problems],
+        }
+
+
+@dataclass
+class LoadedTools:
+    tools: list[BaseTool]
+    problems: list[ToolProblem]
+
+
+def _json_path(loc: Sequence[int | str]) -> str:
+    path = "config"
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return path
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text if isinstance(exc, ChatwrightError) and text else f"{type(exc).__name__}: {text}"
+
+
+def parse_config(raw: Any) -> tuple[Mapping[str, Any] | None, ConfigProblem | None]:
+    """The row's config as an object, or the problem that prevents it."""
+    if isinstance(raw, InvalidJSON):
+        return None, ConfigProblem("config", f"not valid JSON ({raw.error})")
+    if isinstance(raw, str):
+        # A JSON document stored as a JSON string (seen in rows written by hand).
+        try:
+            raw = json.loads(raw)
+        except ValueError as exc:
+            return None, ConfigProblem("config", f"not valid JSON ({exc})")
+    if not isinstance(raw, Mapping):
+        return None, ConfigProblem("config", f"must be a JSON object, not {type(raw).__name__}")
+    return raw, None
+
+
+async def build_row(row: ToolRow, agent: str, plugins: Plugins, context: ToolContext) -> RowReport:
+    """Validate and build one row; never raises for a fault of the row."""
+    report = RowReport(agent=agent, row=row)
+
+    def problem(path: str, reason: str) -> RowReport:
+        report.problems.append(ToolProblem(agent, row.name, row.id, row.type, path, reason))
+        return report
+
+    if not TOOL_NAME.match(row.name or ""):
+        problem("name", "tool names are 1-64 letters, digits, '_' or '-' (model APIs require it)")
+    types = plugins.collect("register_tool_types")
+    registration = types.get(row.type)
+    if registration is None:
+        known = ", ".join(sorted(types)) or "none"
+        return problem("type", f"unknown tool type {row.type!r}; known types: {known}")
+    tool_type: ToolType = registration.value
+    data, parse_problem = parse_config(row.config)
+    if parse_problem is not None:
+        return problem(parse_problem.path, parse_problem.reason)
+    try:
+        config = tool_type.config_model.model_validate(data)
+    except ValidationError as exc:
+        for error in exc.errors():
+            problem(_json_path(error["loc"]), error["msg"].removeprefix("Value error, "))
+        return report
+    if report.problems:
+        return report
+    try:
+        report.tool = await tool_type.build(row, config, context)
+    except ToolConfigError as exc:
+        for p in exc.problems:
+            problem(p.path, p.reason)
+    except Exception as exc:  # a broken tool type must not break the agent
+        problem("config", _one_line(exc))
+    return report
+
+
+async def check_tools(
+    storage: Storage, settings: Settings, plugins: Plugins, agent_name: str | None = None
+) -> list[RowReport]:
+    """Build every row (active or not) of one agent or of all agents, without a user."""
+    rows = await storage.tools.list(agent_name)
+    agents = {a.id: a.name for a in await storage.agents.list()}
+    contexts: dict[str, ToolContext] = {}
+    reports = []
+    for row in rows:
+        agent = agents.get(row.agent_id, str(row.agent_id))
+        context = contexts.setdefault(agent, ToolContext(agent, storage, settings))
+        reports.append(await build_row(row, agent, plugins, context))
+    return reports
+
+
+async def load_tools(
+    storage: Storage, settings: Settings, plugins: Plugins, agent_name: str, user_id: str
+) -> LoadedTools:
+    """The agent's active tools for one user, and the problems of the rows left out."""
+    context = ToolContext(agent_name, storage, settings, user_id=user_id)
+    loaded = LoadedTools(tools=[], problems=[])
+    for row in await storage.tools.list(agent_name, active_only=True):
+        report = await build_row(row, agent_name, plugins, context)
+        if report.ok and report.tool is not None:
+            loaded.tools.append(report.tool)
+        else:
+            for p in report.problems:
+                log.warning("chatwright: tool row skipped: %s", p)
+            loaded.problems.extend(report.problems)
+    return loaded

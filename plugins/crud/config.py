@@ -1,0 +1,206 @@
+"""The ``crud`` tool's config: the pydantic model, and the original system's shape.
+
+A config names one application table and one operation, the model-facing
+arguments (``args``: values written; ``filters``: equality conditions), and the
+scope the framework injects. The rules that do not need the database are here;
+the rules that do (the table and every column exist, types fit, the scope
+column is present) are checked by :mod:`.tool` against the reflected schema.
+
+Rows written for the original system (``table_name``, ``method``,
+``field_map``, ``runtime_args_schema``) are normalized by
+:func:`normalize_legacy` before validation, so they can be imported unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
+Identifier = Annotated[str, StringConstraints(pattern=IDENTIFIER)]
+OrderKey = Annotated[str, StringConstraints(pattern=r"^-?[A-Za-z_][A-Za-z0-9_]{0,62}$")]
+
+ArgType = Literal[
+    "string", "integer", "number", "boolean", "date", "datetime", "json", "uuid", "auto"
+]
+Operation = Literal["create", "read", "update", "delete", "upsert"]
+Scalar = str | int | float | bool | None
+
+LEGACY_TYPES: dict[str, ArgType] = {
+    "str": "string",
+    "int": "integer",
+    "float": "number",
+    "bool": "boolean",
+    "dict": "json",
+    "list": "json",
+}
+LEGACY_METHODS = {"fetch": "read", "create": "create", "update": "update", "delete": "delete"}
+
+
+class ArgSpec(BaseModel):
+    """One model-facing argument and the column it maps to."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    column: Identifier | None = None
+    """The column; defaults to the argument's own name."""
+    type: ArgType = "string"
+    """``auto`` takes the column's type (used for untyped legacy arguments)."""
+    required: bool = False
+    description: str = ""
+    enum: list[str | int] | None = Field(None, min_length=1)
+
+
+class Scope(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_column: Identifier | None = "user_id"
+    """Set to the caller's user id in every write and every WHERE; null = unscoped."""
+    agent_column: Identifier | None = None
+    """Set to the agent's name in every write and every WHERE, when given."""
+
+    def columns(self) -> list[str]:
+        return [c for c in (self.user_column, self.agent_column) if c]
+
+
+class CrudConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    table: Identifier
+    operation: Operation
+    args: dict[Identifier, ArgSpec] = Field(default_factory=dict)
+    filters: dict[Identifier, ArgSpec] = Field(default_factory=dict)
+    scope: Scope = Field(default_factory=Scope)
+    defaults: dict[Identifier, Scalar] = Field(default_factory=dict)
+    returning: list[Identifier] | None = None
+    order_by: OrderKey | list[OrderKey] | None = None
+    limit: int = Field(25, ge=1, le=500)
+    conflict: list[Identifier] | None = None
+    """upsert only: the unique columns that find the row to update (default: the scope)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy(cls, data: Any) -> Any:
+        if (
+            isinstance(data, dict)
+            and "table" not in data
+            and ("table_name" in data or "method" in data)
+        ):
+            return normalize_legacy(data)
+        return data
+
+    @model_validator(mode="after")
+    def _rules(self) -> CrudConfig:
+        op = self.operation
+        if op in {"create", "update", "upsert"} and not self.args:
+            raise ValueError(f"a {op} tool needs at least one entry in args (the values it writes)")
+        if op in {"read", "delete"} and self.args:
+            raise ValueError(f"a {op} tool writes nothing: move args to filters")
+        if op in {"create", "upsert"} and self.filters:
+            raise ValueError(f"a {op} tool takes no filters")
+        if op in {"update", "delete"} and not any(f.required for f in self.filters.values()):
+            raise ValueError(
+                f"a {op} tool needs at least one required filter, so it can never touch "
+                "every row in scope"
+            )
+        both = sorted(set(self.args) & set(self.filters))
+        if both:
+            raise ValueError(f"names used in both args and filters: {', '.join(both)}")
+        scoped = set(self.scope.columns())
+        for group, specs in (("args", self.args), ("filters", self.filters)):
+            for name, spec in specs.items():
+                if (spec.column or name) in scoped:
+                    raise ValueError(
+                        f"{group}.{name} maps to scope column {spec.column or name!r}; the "
+                        "framework sets it, the model never does"
+                    )
+        for name in self.defaults:
+            if name in scoped:
+                raise ValueError(f"defaults.{name} is a scope column; the framework sets it")
+        if self.conflict is not None and op != "upsert":
+            raise ValueError("conflict is for upsert tools only")
+        if op == "upsert" and not (self.conflict or scoped):
+            raise ValueError("an upsert tool needs conflict columns (or a scope)")
+        return self
+
+    def column(self, name: str) -> str:
+        spec = self.args.get(name) or self.filters[name]
+        return spec.column or name
+
+    def order(self) -> list[tuple[str, bool]]:
+        keys = [self.order_by] if isinstance(self.order_by, str) else self.order_by or []
+        return [(k.lstrip("-"), k.startswith("-")) for k in keys]
+
+
+def _legacy_schema(raw: Any) -> dict[str, Any]:
+    default = {"data": {"type": "dict"}, "filters": {"type": "dict"}}
+    if raw is None:
+        return default
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            return default  # what the original did with malformed JSON
+    return raw if isinstance(raw, dict) else default
+
+
+def _legacy_arg(spec: Any, column: str) -> dict[str, Any]:
+    spec = spec if isinstance(spec, dict) else {}
+    arg: dict[str, Any] = {
+        "type": LEGACY_TYPES.get(str(spec.get("type")), "auto"),
+        "required": spec.get("optional", True) is False,
+        "description": str(spec.get("description") or ""),
+    }
+    if column:
+        arg["column"] = column
+    return arg
+
+
+def normalize_legacy(data: dict[str, Any]) -> dict[str, Any]:
+    """The original system's CRUDTool config in this tool's shape.
+
+    ``table_name`` -> ``table``; ``method`` (fetch -> read); the properties of
+    ``runtime_args_schema.data`` through ``field_map`` -> ``args`` (without
+    properties, the keys of ``field_map``); the properties of
+    ``runtime_args_schema.filters`` -> ``filters`` (update and delete get a
+    required ``id`` when none is declared, as the original demanded); scope
+    ``user_id``. Unknown methods are kept, so validation reports them.
+    """
+    method = data.get("method")
+    normalized: dict[str, Any] = {
+        "table": data.get("table_name"),
+        "operation": LEGACY_METHODS.get(str(method), method),
+        "scope": {"user_column": "user_id"},
+    }
+    if normalized["operation"] == "read":
+        normalized["order_by"] = "-updated_at"
+    raw_map = data.get("field_map")
+    field_map: dict[str, Any] = raw_map if isinstance(raw_map, dict) else {}
+    schema = _legacy_schema(data.get("runtime_args_schema"))
+    data_schema = schema.get("data")
+    data_props = data_schema.get("properties") if isinstance(data_schema, dict) else None
+    args: dict[str, Any] = {}
+    if isinstance(data_props, dict) and data_props:
+        for key, spec in data_props.items():
+            args[key] = _legacy_arg(spec, str(field_map.get(key, key)))
+    else:
+        for key, column in field_map.items():
+            args[key] = _legacy_arg({}, str(column))
+    filter_schema = schema.get("filters")
+    filter_props = filter_schema.get("properties") if isinstance(filter_schema, dict) else None
+    filters: dict[str, Any] = {}
+    if isinstance(filter_props, dict):
+        for key, spec in filter_props.items():
+            filters[key] = _legacy_arg(spec, key)
+    if normalized["operation"] in {"update", "delete"}:
+        filters.setdefault("id", {"type": "auto"})
+        filters["id"]["required"] = True
+    if normalized["operation"] in {"read", "update", "delete"}:
+        normalized["filters"] = filters
+    if normalized["operation"] in {"create", "update"}:
+        normalized["args"] = args
+    if normalized["operation"] == "read":
+        normalized["limit"] = 25
+    return normalized

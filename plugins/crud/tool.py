@@ -1,0 +1,366 @@
+"""Building and running ``crud`` tools.
+
+:func:`build` checks a validated :class:`~.config.CrudConfig` against the live
+table and returns a LangChain ``StructuredTool`` whose argument schema holds
+only the config's ``args`` and ``filters`` (``extra="forbid"``: a model that
+passes ``user_id``, a scope column or any unknown key gets a readable error
+back and the turn goes on). At run time the scope columns are added to every
+written row and every WHERE clause, and the statement goes through the
+storage's :class:`~chatwright.stores.RecordStore`, which binds every value.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import json
+import uuid
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from langchain_core.tools import BaseTool, StructuredTool, ToolException
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from chatwright.errors import InvalidInputError, NotFoundError
+from chatwright.plugins.crud.config import ArgSpec, CrudConfig
+from chatwright.stores import FRAMEWORK_TABLES, ColumnInfo, TableInfo, ToolRow
+from chatwright.tools import ConfigProblem, ToolConfigError, ToolContext
+
+# Which column kinds each argument type may be written to or compared with.
+COMPATIBLE: dict[str, set[str]] = {
+    "string": {"string", "other"},
+    "integer": {"integer", "number"},
+    "number": {"number"},
+    "boolean": {"boolean"},
+    "date": {"date"},
+    "datetime": {"datetime"},
+    "json": {"json"},
+    "uuid": {"uuid", "string"},
+}
+PYTHON_TYPES: dict[str, Any] = {
+    "string": str,
+    "integer": int,
+    "number": float,
+    "boolean": bool,
+    "date": dt.date,
+    "datetime": dt.datetime,
+    "json": Any,
+    "uuid": uuid.UUID,
+}
+MAX_STRING = 10_000
+
+
+def to_json(value: Any) -> Any:
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, bytes):
+        return f"<{len(value)} bytes>"
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def dumps(data: Any) -> str:
+    return json.dumps(data, default=to_json, ensure_ascii=False, separators=(",", ":"))
+
+
+def capped(data: dict[str, Any], limit: int) -> str:
+    """Compact JSON no longer than ``limit``: rows are dropped from the end if needed."""
+    text = dumps(data)
+    rows = data.get("rows")
+    if len(text) <= limit or not isinstance(rows, list):
+        return text if len(text) <= limit else _too_large(len(text))
+    total = len(rows)
+    while rows and len(text) > limit:
+        rows = rows[: len(rows) // 2] if len(rows) > 1 else []
+        text = dumps(
+            {
+                **data,
+                "rows": rows,
+                "truncated": f"showing {len(rows)} of {total} rows; narrow the filters",
+            }
+        )
+    return text if len(text) <= limit else _too_large(len(text))
+
+
+def _too_large(size: int) -> str:
+    return dumps({"error": f"result too large ({size} characters); narrow the request"})
+
+
+class CrudToolType:
+    """The ``crud`` tool type (also registered as ``CRUDTool``, the original's name)."""
+
+    @property
+    def config_model(self) -> type[BaseModel]:
+        return CrudConfig
+
+    async def build(self, row: ToolRow, config: Any, context: ToolContext) -> BaseTool:
+        assert isinstance(config, CrudConfig)
+        table = await self._check(config, context)
+        return CrudTool(row, config, table, context).as_tool()
+
+    async def _check(self, config: CrudConfig, context: ToolContext) -> TableInfo:
+        if config.table in FRAMEWORK_TABLES:
+            raise ToolConfigError(
+                [
+                    ConfigProblem(
+                        "config.table",
+                        f"{config.table!r} is a chatwright table; tools may not use it",
+                    )
+                ]
+            )
+        table = await context.describe(config.table)
+        if table is None:
+            raise ToolConfigError(
+                [
+                    ConfigProblem(
+                        "config.table", f"table {config.table!r} does not exist in the database"
+                    )
+                ]
+            )
+        problems: list[ConfigProblem] = []
+        cols = table.columns
+
+        def need(path: str, column: str) -> ColumnInfo | None:
+            if column not in cols:
+                problems.append(
+                    ConfigProblem(path, f"table {table.name!r} has no column {column!r}")
+                )
+                return None
+            return cols[column]
+
+        scope = config.scope
+        if scope.user_column is None:
+            if config.table not in context.settings.tools.unscoped_tables:
+                problems.append(
+                    ConfigProblem(
+                        "config.scope.user_column",
+                        "is null, but table "
+                        f"{config.table!r} is not in the setting tools.unscoped_tables; "
+                        "scope it to a user column or allow the table explicitly",
+                    )
+                )
+        else:
+            need("config.scope.user_column", scope.user_column)
+        if scope.agent_column is not None:
+            need("config.scope.agent_column", scope.agent_column)
+        for group, specs in (("args", config.args), ("filters", config.filters)):
+            for name, spec in specs.items():
+                path = f"config.{group}.{name}"
+                column = need(f"{path}.column" if spec.column else path, spec.column or name)
+                if (
+                    column is not None
+                    and spec.type != "auto"
+                    and column.kind not in COMPATIBLE[spec.type]
+                ):
+                    problems.append(
+                        ConfigProblem(
+                            f"{path}.type",
+                            f"{spec.type!r} does not fit column {column.name!r} "
+                            f"of type {column.kind!r}",
+                        )
+                    )
+        for name in config.defaults:
+            need(f"config.defaults.{name}", name)
+        for i, name in enumerate(config.returning or []):
+            need(f"config.returning[{i}]", name)
+        for i, (name, _) in enumerate(config.order()):
+            need("config.order_by" + (f"[{i}]" if isinstance(config.order_by, list) else ""), name)
+        if config.operation == "create":
+            written = {spec.column or n for n, spec in config.args.items()} | set(config.defaults)
+            written |= set(scope.columns())
+            for column in cols.values():
+                if not (column.nullable or column.has_default or column.name in written):
+                    problems.append(
+                        ConfigProblem(
+                            "config.args",
+                            f"column {column.name!r} is NOT NULL without a default; "
+                            "add it to args or defaults",
+                        )
+                    )
+        if config.operation == "upsert":
+            conflict = frozenset(config.conflict or scope.columns())
+            for name in conflict:
+                need("config.conflict", name)
+            if conflict <= set(cols) and conflict not in table.unique:
+                problems.append(
+                    ConfigProblem(
+                        "config.conflict",
+                        f"no unique constraint on ({', '.join(sorted(conflict))}) of "
+                        f"{table.name!r}; upsert needs one to find the row",
+                    )
+                )
+        if problems:
+            raise ToolConfigError(problems)
+        return table
+
+
+class CrudTool:
+    """One built tool: a config checked against one table, for one user and agent."""
+
+    def __init__(
+        self, row: ToolRow, config: CrudConfig, table: TableInfo, context: ToolContext
+    ) -> None:
+        self.row = row
+        self.config = config
+        self.table = table
+        self.context = context
+        scoped = set(config.scope.columns())
+        default_back = [c for c in table.columns if c not in scoped]
+        self.returning = list(config.returning or default_back)
+        self.order = config.order() or self._default_order()
+
+    def _default_order(self) -> list[tuple[str, bool]]:
+        for name in ("updated_at", "created_at"):
+            if name in self.table.columns:
+                return [(name, True)]
+        keys = [c.name for c in self.table.columns.values() if c.primary_key]
+        return [(k, True) for k in keys]
+
+    def _kind(self, spec: ArgSpec, name: str) -> str:
+        if spec.type != "auto":
+            return spec.type
+        kind = self.table.columns[spec.column or name].kind
+        return kind if kind in PYTHON_TYPES else "string"
+
+    def args_model(self) -> type[BaseModel]:
+        fields: dict[str, Any] = {}
+        for group in (self.config.filters, self.config.args):
+            for name, spec in group.items():
+                kind = self._kind(spec, name)
+                annotation: Any = Literal[tuple(spec.enum)] if spec.enum else PYTHON_TYPES[kind]
+                constraints: dict[str, Any] = {"description": spec.description or None}
+                if kind == "string" and not spec.enum:
+                    constraints["max_length"] = MAX_STRING
+                if spec.required:
+                    fields[name] = (annotation, Field(..., **constraints))
+                else:
+                    fields[name] = (annotation | None, Field(None, **constraints))
+        return create_model(
+            f"{self.row.name}_args",
+            __config__=ConfigDict(extra="forbid"),
+            **fields,
+        )
+
+    def description(self) -> str:
+        if self.row.description:
+            return self.row.description
+        verbs = {
+            "create": "Add a row to",
+            "read": "List rows of",
+            "update": "Change rows of",
+            "delete": "Delete rows of",
+            "upsert": "Save the row of",
+        }
+        return f"{verbs[self.config.operation]} {self.config.table}."
+
+    def as_tool(self) -> BaseTool:
+        return StructuredTool.from_function(
+            coroutine=self.run,
+            name=self.row.name,
+            description=self.description(),
+            args_schema=self.args_model(),
+            handle_tool_error=True,
+            handle_validation_error=invalid_arguments,
+        )
+
+    def _scope(self) -> dict[str, Any]:
+        if self.context.user_id is None:
+            raise ToolException("this tool was built for checking only and cannot run")
+        scope = self.config.scope
+        values: dict[str, Any] = {}
+        if scope.user_column:
+            values[scope.user_column] = self.context.user_id
+        if scope.agent_column:
+            values[scope.agent_column] = self.context.agent_name
+        return values
+
+    def _bind(self, spec: ArgSpec, name: str, value: Any) -> Any:
+        column = self.table.columns[spec.column or name]
+        if isinstance(value, uuid.UUID) and column.kind != "uuid":
+            return str(value)
+        return value
+
+    async def run(self, **kwargs: Any) -> str:
+        config = self.config
+        scope = self._scope()
+        values = {
+            config.column(n): self._bind(config.args[n], n, v)
+            for n, v in kwargs.items()
+            if n in config.args
+        }
+        where = {
+            config.column(n): self._bind(config.filters[n], n, v)
+            for n, v in kwargs.items()
+            if n in config.filters and v is not None
+        }
+        records = self.context.storage.records
+        user = str(self.context.user_id)
+        limit = self.context.settings.tools.max_result_chars
+        try:
+            result = await self._execute(records, user, values, where, scope)
+        except (InvalidInputError, NotFoundError) as exc:
+            raise ToolException(str(exc)) from None
+        return capped(result, limit)
+
+    async def _execute(
+        self,
+        records: Any,
+        user: str,
+        values: dict[str, Any],
+        where: dict[str, Any],
+        scope: dict[str, Any],
+    ) -> dict[str, Any]:
+        config, table = self.config, self.config.table
+        op = config.operation
+        if op in {"create", "upsert"}:
+            row_values = {**config.defaults, **values, **scope}
+            conflict = (config.conflict or list(scope)) if op == "upsert" else None
+            row = await records.insert(
+                user, table, row_values, returning=self.returning, conflict=conflict
+            )
+            return {"saved" if op == "upsert" else "created": row}
+        condition = {**where, **scope}
+        if op == "read":
+            rows = await records.select(
+                user,
+                table,
+                condition,
+                columns=self.returning,
+                order_by=self.order,
+                limit=config.limit,
+            )
+            return {"rows": rows, "count": len(rows)}
+        if op == "update":
+            if not values:
+                names = ", ".join(config.args)
+                raise ToolException(f"nothing to change: give at least one of {names}")
+            rows = await records.update(user, table, condition, values, returning=self.returning)
+            if not rows:
+                raise ToolException(self._not_found(where))
+            return {"updated": len(rows), "rows": rows}
+        count = await records.delete(user, table, condition)
+        if not count:
+            raise ToolException(self._not_found(where))
+        return {"deleted": count}
+
+    def _not_found(self, where: Mapping[str, Any]) -> str:
+        # The same words whether the row is missing or someone else's.
+        shown = ", ".join(f"{k}={dumps(v)}" for k, v in where.items())
+        return f"not found: no row of {self.config.table!r} matches {shown}"
+
+
+def invalid_arguments(error: ValidationError) -> str:
+    """A validation error as the model reads it: each bad argument and why."""
+    parts = []
+    for e in error.errors():
+        name = ".".join(str(p) for p in e["loc"]) or "arguments"
+        if e["type"] == "extra_forbidden":
+            parts.append(f"{name}: unknown argument, not allowed")
+        elif e["type"] == "missing":
+            parts.append(f"{name}: required")
+        else:
+            parts.append(f"{name}: {e['msg']}")
+    return "Invalid arguments: " + "; ".join(parts)

@@ -1,0 +1,270 @@
+"""Application tables for tool types: reflection and parameterised statements.
+
+The CRUD tool never writes SQL. It asks this store to describe a table (one
+reflection per call, so a table or column added while the server runs is seen
+at the next tool load) and to run insert/select/update/delete statements built
+with SQLAlchemy Core from the reflected :class:`sqlalchemy.Table`. Identifiers
+are checked against that table, values are always bound parameters, and the
+framework's own tables are refused outright.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from sqlalchemy import exc
+from sqlalchemy.dialects import postgresql, sqlite
+
+from chatwright.errors import InvalidInputError, NotFoundError
+from chatwright.stores import (
+    FRAMEWORK_TABLES,
+    ColumnInfo,
+    ColumnKind,
+    ColumnSpec,
+    OrderBy,
+    TableInfo,
+    TableSpec,
+)
+
+if TYPE_CHECKING:
+    from chatwright.plugins.sql.storage import SQLStorage
+
+
+def column_kind(type_: sa.types.TypeEngine[Any]) -> ColumnKind:
+    checks: list[tuple[type[sa.types.TypeEngine[Any]], ColumnKind]] = [
+        (sa.Boolean, "boolean"),
+        (sa.Integer, "integer"),
+        (sa.Numeric, "number"),
+        (sa.DateTime, "datetime"),
+        (sa.Date, "date"),
+        (sa.JSON, "json"),
+        (sa.Uuid, "uuid"),
+        (sa.String, "string"),
+    ]
+    for generic, kind in checks:
+        if isinstance(type_, generic):
+            return kind
+    return "other"
+
+
+def _column_type(spec: ColumnSpec) -> sa.types.TypeEngine[Any]:
+    types: dict[str, sa.types.TypeEngine[Any]] = {
+        "string": sa.Text(),
+        "integer": sa.Integer(),
+        "number": sa.Numeric(),
+        "boolean": sa.Boolean(),
+        "date": sa.Date(),
+        "datetime": sa.DateTime(timezone=True),
+        "json": sa.JSON(),
+        "uuid": sa.Uuid(),
+        "other": sa.Text(),
+    }
+    return types[spec.kind]
+
+
+def _server_default(spec: ColumnSpec) -> Any:
+    if spec.default is None:
+        return None
+    if spec.default == "now":
+        return sa.func.now()
+    if isinstance(spec.default, bool):
+        return sa.true() if spec.default else sa.false()
+    return str(spec.default)
+
+
+def _first_line(error: exc.DBAPIError) -> str:
+    # Drop DETAIL lines: they can quote values of rows the caller may not see.
+    text = str(error.orig) if error.orig is not None else str(error)
+    return text.strip().splitlines()[0] if text.strip() else type(error).__name__
+
+
+class SQLRecordStore:
+    def __init__(self, db: SQLStorage) -> None:
+        self.db = db
+        self._tables: dict[str, sa.Table] = {}
+
+    def _check_name(self, table: str) -> None:
+        if table in FRAMEWORK_TABLES:
+            raise InvalidInputError(
+                f"table {table!r} belongs to chatwright and is not writable by tools"
+            )
+
+    async def _reflect(self, table: str) -> sa.Table | None:
+        self._check_name(table)
+
+        def reflect(conn: sa.Connection) -> sa.Table | None:
+            if not sa.inspect(conn).has_table(table):
+                return None
+            return sa.Table(table, sa.MetaData(), autoload_with=conn)
+
+        async with self.db.read() as conn:
+            reflected = await conn.run_sync(reflect)
+        if reflected is None:
+            self._tables.pop(table, None)
+        else:
+            self._tables[table] = reflected
+        return reflected
+
+    async def _table(self, table: str) -> sa.Table:
+        self._check_name(table)
+        found = self._tables.get(table) or await self._reflect(table)
+        if found is None:
+            raise NotFoundError(f"table {table!r} does not exist")
+        return found
+
+    @staticmethod
+    def _columns(table: sa.Table, names: Sequence[str] | Mapping[str, Any]) -> list[sa.Column[Any]]:
+        missing = [n for n in names if n not in table.c]
+        if missing:
+            raise InvalidInputError(
+                f"table {table.name!r} has no column {', '.join(map(repr, missing))}"
+            )
+        return [table.c[n] for n in names]
+
+    def _where(self, table: sa.Table, where: Mapping[str, Any]) -> sa.ColumnElement[bool]:
+        columns = self._columns(table, where)
+        return sa.and_(*(c == where[c.name] for c in columns))
+
+    async def describe(self, table: str) -> TableInfo | None:
+        reflected = await self._reflect(table)
+        if reflected is None:
+            return None
+        columns = {
+            c.name: ColumnInfo(
+                name=c.name,
+                kind=column_kind(c.type),
+                nullable=bool(c.nullable),
+                has_default=c.server_default is not None
+                or bool(c.autoincrement is True)
+                or (c.primary_key and column_kind(c.type) == "integer"),
+                primary_key=bool(c.primary_key),
+            )
+            for c in reflected.columns
+        }
+        unique = [frozenset(c.name for c in reflected.primary_key.columns)]
+        for constraint in reflected.constraints:
+            if isinstance(constraint, sa.UniqueConstraint):
+                unique.append(frozenset(c.name for c in constraint.columns))
+        for index in reflected.indexes:
+            if index.unique and index.dialect_kwargs.get(f"{self.db.dialect}_where") is None:
+                unique.append(frozenset(c.name for c in index.columns if isinstance(c, sa.Column)))
+        return TableInfo(name=table, columns=columns, unique=tuple(u for u in unique if u))
+
+    async def _execute(self, stmt: sa.Executable) -> tuple[list[dict[str, Any]], int]:
+        """Rows (as dicts) and row count of one statement in its own transaction."""
+        try:
+            async with self.db.write() as conn:
+                result = await conn.execute(stmt)
+                rows = [dict(r) for r in result.mappings()] if result.returns_rows else []
+                return rows, result.rowcount
+        except (exc.IntegrityError, exc.DataError) as error:
+            raise InvalidInputError(
+                f"the database rejected the values: {_first_line(error)}"
+            ) from None
+
+    async def insert(
+        self,
+        user_id: str,
+        table: str,
+        values: Mapping[str, Any],
+        *,
+        returning: Sequence[str],
+        conflict: Sequence[str] | None = None,
+    ) -> dict[str, Any]:
+        t = await self._table(table)
+        self._columns(t, values)
+        back = self._columns(t, returning)
+        if conflict:
+            self._columns(t, conflict)
+            dialect_insert = postgresql.insert if self.db.dialect == "postgresql" else sqlite.insert
+            upsert = dialect_insert(t).values(dict(values))
+            changed = {k: upsert.excluded[k] for k in values if k not in conflict}
+            stmt: Any = upsert.on_conflict_do_update(index_elements=list(conflict), set_=changed)
+        else:
+            stmt = t.insert().values(dict(values))
+        rows, _ = await self._execute(stmt.returning(*back))
+        return rows[0]
+
+    async def select(
+        self,
+        user_id: str,
+        table: str,
+        where: Mapping[str, Any],
+        *,
+        columns: Sequence[str],
+        order_by: Sequence[OrderBy] = (),
+        limit: int,
+    ) -> list[dict[str, Any]]:
+        t = await self._table(table)
+        stmt = sa.select(*self._columns(t, columns)).where(self._where(t, where)).limit(limit)
+        for name, descending in order_by:
+            (column,) = self._columns(t, [name])
+            stmt = stmt.order_by(column.desc() if descending else column.asc())
+        rows, _ = await self._execute(stmt)
+        return rows
+
+    async def update(
+        self,
+        user_id: str,
+        table: str,
+        where: Mapping[str, Any],
+        values: Mapping[str, Any],
+        *,
+        returning: Sequence[str],
+    ) -> list[dict[str, Any]]:
+        if not where:
+            raise InvalidInputError(f"refusing to update every row of {table!r}: no condition")
+        t = await self._table(table)
+        self._columns(t, values)
+        stmt = (
+            t.update()
+            .where(self._where(t, where))
+            .values(dict(values))
+            .returning(*self._columns(t, returning))
+        )
+        rows, _ = await self._execute(stmt)
+        return rows
+
+    async def delete(self, user_id: str, table: str, where: Mapping[str, Any]) -> int:
+        if not where:
+            raise InvalidInputError(f"refusing to delete every row of {table!r}: no condition")
+        t = await self._table(table)
+        _, count = await self._execute(t.delete().where(self._where(t, where)))
+        return count
+
+    async def ensure_table(self, spec: TableSpec) -> bool:
+        self._check_name(spec.name)
+        metadata = sa.MetaData()
+        table = sa.Table(
+            spec.name,
+            metadata,
+            *(
+                sa.Column(
+                    c.name,
+                    _column_type(c),
+                    primary_key=c.primary_key,
+                    nullable=c.nullable and not c.primary_key,
+                    server_default=_server_default(c),
+                )
+                for c in spec.columns
+            ),
+        )
+        for columns in spec.indexes:
+            sa.Index(f"ix_{spec.name}_{'_'.join(columns)}", *(table.c[n] for n in columns))
+        for columns in spec.unique:
+            table.append_constraint(
+                sa.UniqueConstraint(*columns, name=f"uq_{spec.name}_{'_'.join(columns)}")
+            )
+
+        def create(conn: sa.Connection) -> bool:
+            if sa.inspect(conn).has_table(spec.name):
+                return False
+            metadata.create_all(conn)
+            return True
+
+        async with self.db.write() as conn:
+            created = await conn.run_sync(create)
+        self._tables.pop(spec.name, None)
+        return bool(created)
