@@ -331,8 +331,19 @@ def test_init_with_config_env_writes_that_file(
 
 def test_init_example_creates_assistant_once_and_leaves_it_alone() -> None:
     result = ok("init", "--example")
-    assert "Created agent 'assistant'" in result.output
+    assert "Created table tasks, table notes, agent 'assistant'" in result.output
     assistant = agent_json("assistant")
+    assert [t["name"] for t in assistant["tools"]] == [
+        "add_task",
+        "list_tasks",
+        "update_task",
+        "delete_task",
+        "add_note",
+        "list_notes",
+        "read_memory",
+        "save_memory",
+    ]
+    assert all(t["type"] == "crud" and t["is_active"] for t in assistant["tools"])
     assert assistant["model"] == "offline:assistant"
     assert "{memory}" in assistant["system_prompt"]
     assert "{custom_instructions}" in assistant["system_prompt"]
@@ -341,7 +352,7 @@ def test_init_example_creates_assistant_once_and_leaves_it_alone() -> None:
     ok("agents", "set", "assistant", "--model", "openai:gpt-4o-mini", "--history-window", "9")
     before = agent_json("assistant")
     again = ok("init", "--example")
-    assert "'assistant' already exists" in again.output
+    assert "(agent 'assistant') is already there" in again.output
     assert "Created" not in again.output
     assert agent_json("assistant") == before
     assert agent_names() == ["assistant"]
@@ -905,7 +916,7 @@ def test_console_script_workflow(workdir: Path) -> None:
 
     init = script_ok("init", "--example", cwd=workdir)
     assert "Wrote chatwright.toml" in init.stdout
-    assert "Created agent 'assistant'" in init.stdout
+    assert "agent 'assistant' (model offline:assistant)" in init.stdout
     assert (workdir / "chatwright.toml").exists()
 
     plugins = json.loads(script_ok("plugins", "--all", "--json", cwd=workdir).stdout)

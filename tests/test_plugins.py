@@ -40,6 +40,13 @@ from chatwright.runtime import Runtime
 from chatwright.settings import Settings, load_settings
 from chatwright.stores import ChatSession
 
+# The bundled plugins: entry points of chatwright's own distribution.
+BUNDLED = frozenset(
+    ep.name
+    for ep in metadata.entry_points(group="chatwright")
+    if ep.dist is not None and ep.dist.name == "chatwright"
+)
+
 # -- fixtures and helpers -----------------------------------------------------
 
 
@@ -411,7 +418,7 @@ def test_empty_allowlist_loads_bundled_only_without_importing(
     caplog.set_level(logging.WARNING, logger="chatwright.registry")
     plugins = Plugins.load(LoadPolicy.from_environ({"CHATWRIGHT_LOAD_PLUGINS": ""}))
 
-    assert set(by_name(plugins)) == {"sql"}
+    assert set(by_name(plugins)) == BUNDLED
     assert not dists.imported("good_cw_plugin")
     assert not dists.imported("broken_cw_plugin")
     assert "good_cw_plugin" not in sys.modules
@@ -425,7 +432,7 @@ def test_allowlist_loads_only_named_distributions_and_bundled(dists: FakeDists, 
     dists.broken()
     plugins = Plugins.load(LoadPolicy.from_environ({"CHATWRIGHT_LOAD_PLUGINS": allow}))
 
-    assert set(by_name(plugins)) == {"sql", "good"}
+    assert set(by_name(plugins)) == BUNDLED | {"good"}
     assert by_name(plugins)["good"].error is None
     assert dists.imported("good_cw_plugin")
     assert not dists.imported("broken_cw_plugin")
@@ -435,7 +442,7 @@ def test_allowlist_loads_only_named_distributions_and_bundled(dists: FakeDists, 
 def test_allowlist_uses_distribution_not_entry_point_name(dists: FakeDists) -> None:
     dists.good()
     plugins = Plugins.load(LoadPolicy.from_environ({"CHATWRIGHT_LOAD_PLUGINS": "good"}))
-    assert set(by_name(plugins)) == {"sql"}
+    assert set(by_name(plugins)) == BUNDLED
     assert not dists.imported("good_cw_plugin")
 
 
@@ -470,7 +477,7 @@ def test_blocklist_by_plugin_or_distribution_name_applies_before_import(
         {"CHATWRIGHT_DISABLE_PLUGINS": blocked, "CHATWRIGHT_STRICT_PLUGINS": "1"}
     )
     plugins = Plugins.load(policy)  # strict, yet no error: never imported
-    assert set(by_name(plugins)) == {"sql", "good"}
+    assert set(by_name(plugins)) == BUNDLED | {"good"}
     assert not dists.imported("broken_cw_plugin")
     assert warnings_from_registry(caplog) == []
 
@@ -1007,7 +1014,7 @@ def test_infos_include_bundled_flag(dists: FakeDists) -> None:
     plugins.register(InlineBackend(), "inline")
 
     everything = [i.name for i in plugins.infos()]
-    assert everything == ["sql", "good", "inline"]  # bundled first, then by name
+    assert everything == [*sorted(BUNDLED), "good", "inline"]  # bundled first, then by name
     third_party = plugins.infos(include_bundled=False)
     assert [i.name for i in third_party] == ["good", "inline"]
     assert all(not i.bundled for i in third_party)
