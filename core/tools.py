@@ -193,6 +193,8 @@ async def build_row(row: ToolRow, agent: str, plugins: Plugins, context: ToolCon
         for error in exc.errors():
             problem(_json_path(error["loc"]), error["msg"].removeprefix("Value error, "))
         return report
+    except Exception as exc:  # a config model that fails on odd input must not break loading
+        return problem("config", _one_line(exc))
     if report.problems:
         return report
     try:

@@ -169,12 +169,15 @@ def normalize_legacy(data: dict[str, Any]) -> dict[str, Any]:
     ``user_id``. Unknown methods are kept, so validation reports them.
     """
     method = data.get("method")
+    operation = LEGACY_METHODS.get(method, method) if isinstance(method, str) else method
     normalized: dict[str, Any] = {
         "table": data.get("table_name"),
-        "operation": LEGACY_METHODS.get(str(method), method),
+        "operation": operation,
         "scope": {"user_column": "user_id"},
     }
-    if normalized["operation"] == "read":
+    if not isinstance(operation, str):
+        return normalized  # validation reports the operation
+    if operation == "read":
         normalized["order_by"] = "-updated_at"
     raw_map = data.get("field_map")
     field_map: dict[str, Any] = raw_map if isinstance(raw_map, dict) else {}
@@ -194,13 +197,11 @@ def normalize_legacy(data: dict[str, Any]) -> dict[str, Any]:
     if isinstance(filter_props, dict):
         for key, spec in filter_props.items():
             filters[key] = _legacy_arg(spec, key)
-    if normalized["operation"] in {"update", "delete"}:
+    if operation in {"update", "delete"}:
         filters.setdefault("id", {"type": "auto"})
         filters["id"]["required"] = True
-    if normalized["operation"] in {"read", "update", "delete"}:
+    if operation in {"read", "update", "delete"}:
         normalized["filters"] = filters
-    if normalized["operation"] in {"create", "update"}:
+    if operation in {"create", "update"}:
         normalized["args"] = args
-    if normalized["operation"] == "read":
-        normalized["limit"] = 25
     return normalized

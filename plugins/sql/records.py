@@ -109,7 +109,9 @@ class SQLRecordStore:
 
     async def _table(self, table: str) -> sa.Table:
         self._check_name(table)
-        found = self._tables.get(table) or await self._reflect(table)
+        found = self._tables.get(table)
+        if found is None:
+            found = await self._reflect(table)
         if found is None:
             raise NotFoundError(f"table {table!r} does not exist")
         return found

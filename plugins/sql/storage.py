@@ -286,6 +286,8 @@ class SQLToolStore(_Base):
         position: int | None = None,
     ) -> ToolRow:
         t = schema.agent_tools
+        if config is None:
+            raise InvalidInputError(f"tool {name!r} needs a config (a JSON object)")
         try:
             async with self.db.write() as conn:
                 agent_id = await conn.scalar(
@@ -318,10 +320,14 @@ class SQLToolStore(_Base):
                         .returning(t)
                     )
                 ).one()
-        except exc.IntegrityError:
-            raise AlreadyExistsError(
-                f"agent {agent_name!r} already has a tool named {name!r}; pick another name "
-                "or disable the old one with `chatwright tools disable`"
+        except exc.IntegrityError as error:
+            if any(r.name == name for r in await self.list(agent_name)):
+                raise AlreadyExistsError(
+                    f"agent {agent_name!r} already has a tool named {name!r}; pick another name "
+                    "or disable the old one with `chatwright tools disable`"
+                ) from None
+            raise InvalidInputError(
+                f"tool {name!r} rejected by the database: {error.orig}"
             ) from None
         return _tool(row)
 
