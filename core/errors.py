@@ -55,3 +55,15 @@ class InvalidInputError(ChatwrightError):
     """Input from a user or a client failed validation."""
 
     http_status = 422
+
+
+class ModelError(ChatwrightError):
+    """The chat model failed during a turn (provider error, timeout, bad reply)."""
+
+    http_status = 502
+
+
+class ModelConfigError(ChatwrightError):
+    """A model cannot be created: unknown provider, missing package or API key."""
+
+    http_status = 503

@@ -67,6 +67,14 @@ class ModelsSettings(_Section):
     )
 
 
+class CacheSettings(_Section):
+    policy: str = Field(
+        "idle-session", description="Eviction policy of the executor cache, by plugin name."
+    )
+    max_entries: int = Field(100, ge=1, description="Most built agents kept at once.")
+    ttl: float = Field(900.0, gt=0, description="Idle seconds before the ttl policy evicts.")
+
+
 class ToolsSettings(_Section):
     unscoped_tables: list[str] = Field(
         default_factory=list,
@@ -105,6 +113,7 @@ class Settings(BaseSettings):
     storage: StorageSettings = Field(default_factory=StorageSettings)  # type: ignore[arg-type]
     models: ModelsSettings = Field(default_factory=ModelsSettings)  # type: ignore[arg-type]
     tools: ToolsSettings = Field(default_factory=ToolsSettings)  # type: ignore[arg-type]
+    cache: CacheSettings = Field(default_factory=CacheSettings)  # type: ignore[arg-type]
 
     config_file: Path | None = Field(
         None, exclude=True, description="The TOML file these settings were read from."

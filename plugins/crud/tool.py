@@ -257,13 +257,20 @@ class CrudTool:
         return f"{verbs[self.config.operation]} {self.config.table}."
 
     def as_tool(self) -> BaseTool:
-        return StructuredTool.from_function(
+        return _StrictTool.from_function(
             coroutine=self.run,
             name=self.row.name,
             description=self.description(),
             args_schema=self.args_model(),
             handle_tool_error=True,
             handle_validation_error=invalid_arguments,
+            # What the tool does, for models that pick tools by rule (the offline model).
+            metadata={
+                "chatwright_crud": {
+                    "table": self.config.table,
+                    "operation": self.config.operation,
+                }
+            },
         )
 
     def _scope(self) -> dict[str, Any]:
@@ -286,10 +293,12 @@ class CrudTool:
     async def run(self, **kwargs: Any) -> str:
         config = self.config
         scope = self._scope()
+        # LangChain passes omitted optional arguments as None: they are not written,
+        # so an update changes only what the model gave and defaults stay in force.
         values = {
             config.column(n): self._bind(config.args[n], n, v)
             for n, v in kwargs.items()
-            if n in config.args
+            if n in config.args and v is not None
         }
         where = {
             config.column(n): self._bind(config.filters[n], n, v)
@@ -350,6 +359,29 @@ class CrudTool:
         # The same words whether the row is missing or someone else's.
         shown = ", ".join(f"{k}={dumps(v)}" for k, v in where.items())
         return f"not found: no row of {self.config.table!r} matches {shown}"
+
+
+class _StrictTool(StructuredTool):
+    """A StructuredTool that validates arguments even when it takes none.
+
+    LangChain skips validation for an empty argument schema, which would let
+    ``read_memory(user_id="bob")`` through silently; here it is refused like
+    any unknown argument.
+    """
+
+    def _to_args_and_kwargs(
+        self, tool_input: str | dict[str, Any], tool_call_id: str | None
+    ) -> tuple[tuple[str, ...], dict[str, Any]]:
+        schema = self.args_schema
+        if (
+            isinstance(tool_input, dict)
+            and isinstance(schema, type)
+            and issubclass(schema, BaseModel)
+            and not schema.model_fields
+        ):
+            schema.model_validate(tool_input)
+            return (), {}
+        return super()._to_args_and_kwargs(tool_input, tool_call_id)
 
 
 def invalid_arguments(error: ValidationError) -> str:

@@ -127,7 +127,7 @@ class SQLRecordStore:
 
     def _where(self, table: sa.Table, where: Mapping[str, Any]) -> sa.ColumnElement[bool]:
         columns = self._columns(table, where)
-        return sa.and_(*(c == where[c.name] for c in columns))
+        return sa.and_(sa.true(), *(c == where[c.name] for c in columns))
 
     async def describe(self, table: str) -> TableInfo | None:
         reflected = await self._reflect(table)

@@ -1,0 +1,141 @@
+"""The executor cache: built agents per (user, agent), rebuilt when their config changes.
+
+An entry holds what is expensive to make and safe to share between the
+chats of one user with one agent: the chat model, the loaded tools and the
+compiled agent graph. It holds no conversation state; every turn passes its
+history in. Each entry records the config version it was built from; a turn
+asks the storage for the current version (one cheap query) and a different
+version rebuilds the entry.
+
+Concurrent misses for the same key wait for one build (single flight). Which
+entries to drop is decided by the eviction policy named by ``cache.policy``
+(plugins register policies with ``register_eviction_policies``); every drop
+fires the ``executor_evicted`` hook and is counted by reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+Key = tuple[str, str]
+"""(user_id, agent_name)."""
+
+
+@dataclass
+class CacheEntry:
+    key: Key
+    version: str
+    value: Any
+    built_at: float
+    last_used: float
+
+
+class EvictionPolicy(Protocol):
+    """Decides which entries leave the cache, and why."""
+
+    def select(
+        self, entries: Mapping[Key, CacheEntry], active: set[Key] | None, now: float
+    ) -> list[tuple[Key, str]]:
+        """Keys to evict with a reason each.
+
+        :param entries: the cache, least recently used first.
+        :param active: keys that have an active session, during a sweep; None
+            right after an insertion, when only capacity matters.
+        :param now: the cache clock (monotonic seconds).
+        """
+        ...
+
+
+@dataclass
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+    builds: int = 0
+    build_failures: int = 0
+    evictions: Counter[str] = field(default_factory=Counter)
+
+
+class ExecutorCache:
+    def __init__(
+        self,
+        build: Callable[[Key], Awaitable[Any]],
+        policy: EvictionPolicy,
+        on_evict: Callable[[Key, str], None] = lambda key, reason: None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._build = build
+        self.policy = policy
+        self._on_evict = on_evict
+        self._clock = clock
+        self._entries: OrderedDict[Key, CacheEntry] = OrderedDict()
+        self._flights: dict[tuple[Key, str], asyncio.Task[CacheEntry]] = {}
+        self.stats = CacheStats()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
+
+    def peek(self, key: Key) -> CacheEntry | None:
+        return self._entries.get(key)
+
+    async def get(self, key: Key, version: str) -> CacheEntry:
+        """The entry for ``key`` built from ``version``, building it if needed."""
+        entry = self._entries.get(key)
+        if entry is not None and entry.version == version:
+            self.stats.hits += 1
+            entry.last_used = self._clock()
+            self._entries.move_to_end(key)
+            return entry
+        self.stats.misses += 1
+        flight = self._flights.get((key, version))
+        if flight is None:
+            flight = asyncio.ensure_future(self._fill(key, version))
+            self._flights[(key, version)] = flight
+            flight.add_done_callback(lambda _: self._flights.pop((key, version), None))
+        # A caller that gives up does not cancel the build the others wait for.
+        return await asyncio.shield(flight)
+
+    async def _fill(self, key: Key, version: str) -> CacheEntry:
+        try:
+            value = await self._build(key)
+        except BaseException:
+            self.stats.build_failures += 1
+            raise
+        self.stats.builds += 1
+        now = self._clock()
+        old = self._entries.get(key)
+        if old is not None and old.version != version:
+            self.evict(key, "config-changed")
+        entry = CacheEntry(key, version, value, built_at=now, last_used=now)
+        self._entries[key] = entry
+        self._entries.move_to_end(key)
+        self._apply(self.policy.select(self._entries, None, now), keep=key)
+        return entry
+
+    def _apply(
+        self, choices: list[tuple[Key, str]], keep: Key | None = None
+    ) -> list[tuple[Key, str]]:
+        done = []
+        for key, reason in choices:
+            if key != keep and key in self._entries:
+                self.evict(key, reason)
+                done.append((key, reason))
+        return done
+
+    def evict(self, key: Key, reason: str) -> bool:
+        if self._entries.pop(key, None) is None:
+            return False
+        self.stats.evictions[reason] += 1
+        self._on_evict(key, reason)
+        return True
+
+    def sweep(self, active: set[Key]) -> list[tuple[Key, str]]:
+        """Let the policy drop entries, given the keys that still have active sessions."""
+        return self._apply(self.policy.select(self._entries, active, self._clock()))

@@ -1,0 +1,98 @@
+"""The ``scripted`` model: replays given replies, tool calls included, for tests.
+
+``model_settings`` of an agent with model ``scripted:anything``::
+
+    {"responses": [
+        {"tool_calls": [{"name": "add_task", "args": {"title": "milk"}}]},
+        {"content": "Added."}
+    ]}
+
+Each model call returns the next reply; when they run out, the model fails
+with a clear error. ``{"fail": "reason"}`` makes every call fail, to test how
+turns survive a broken model. The position is kept per model object, i.e.
+per cached agent: a rebuilt agent starts the script again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, cast
+
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.runnables import Runnable
+from langchain_core.tools import BaseTool
+from pydantic import PrivateAttr
+
+from chatwright.errors import ModelConfigError, ModelError
+
+
+class ScriptedChatModel(BaseChatModel):
+    responses: list[dict[str, Any]] = []
+    fail: str | None = None
+    _position: int = PrivateAttr(default=0)
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> ScriptedChatModel:
+        unknown = set(settings) - {"responses", "fail"}
+        if unknown:
+            raise ModelConfigError(
+                f"scripted model: unknown model_settings {', '.join(sorted(unknown))}; "
+                "use responses (a list of replies) and fail"
+            )
+        responses = settings.get("responses", [])
+        if not isinstance(responses, list) or not all(isinstance(r, dict) for r in responses):
+            raise ModelConfigError("scripted model: responses must be a list of objects")
+        return cls(responses=responses, fail=settings.get("fail"))
+
+    @property
+    def _llm_type(self) -> str:
+        return "chatwright-scripted"
+
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool],
+        *,
+        tool_choice: str | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        # The script decides which tools are called.
+        return cast("Runnable[LanguageModelInput, AIMessage]", self)
+
+    def _next(self) -> AIMessage:
+        if self.fail is not None:
+            raise ModelError(f"scripted model failure: {self.fail}")
+        if self._position >= len(self.responses):
+            raise ModelError(f"scripted model has no reply left ({len(self.responses)} were given)")
+        reply = self.responses[self._position]
+        self._position += 1
+        calls = [
+            {
+                "name": call["name"],
+                "args": call.get("args", {}),
+                "id": call.get("id") or f"call_{self._position}_{i}",
+                "type": "tool_call",
+            }
+            for i, call in enumerate(reply.get("tool_calls", []))
+        ]
+        return AIMessage(content=reply.get("content", ""), tool_calls=calls)
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        return ChatResult(generations=[ChatGeneration(message=self._next())])
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        return ChatResult(generations=[ChatGeneration(message=self._next())])
