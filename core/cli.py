@@ -11,6 +11,7 @@ unless ``CHATWRIGHT_DEBUG=1`` asks for the traceback.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -100,6 +101,11 @@ class ChatwrightGroup(click.Group):
             raise click.ClickException(str(exc)) from None
         except (click.exceptions.Exit, click.ClickException, click.Abort, KeyboardInterrupt):
             raise
+        except BrokenPipeError:
+            # `chatwright tools list | head`: the reader left; stop quietly.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            raise SystemExit(1) from None
         except Exception as exc:
             if env_flag("CHATWRIGHT_DEBUG"):
                 raise
@@ -541,6 +547,17 @@ def _tool_definition(text: str, source: str) -> dict[str, Any]:
         )
     if not isinstance(data.get("name"), str) or not data["name"]:
         raise InvalidInputError(f'{source}: the tool needs a "name"')
+    checks = {
+        "type": (str, "a string"),
+        "description": (str, "a string"),
+        "is_active": (bool, "true or false"),
+    }
+    for key, (kind, words) in checks.items():
+        if key in data and not isinstance(data[key], kind):
+            raise InvalidInputError(f"{source}: {key} must be {words}, not {data[key]!r}")
+    for key in ("position", "order"):
+        if key in data and (isinstance(data[key], bool) or not isinstance(data[key], int)):
+            raise InvalidInputError(f"{source}: {key} must be an integer, not {data[key]!r}")
     return data
 
 

@@ -636,8 +636,13 @@ def test_capped() -> None:
     assert data["rows"] == rows[: len(data["rows"])]
     assert data["truncated"] == f"showing {len(data['rows'])} of 40 rows; narrow the filters"
 
-    huge = capped({"created": {"body": "y" * 1000}}, 300)
-    assert len(huge) <= 300 and "too large" in json.loads(huge)["error"]
+    # A written row that is too long to show still says it was written (no retry).
+    huge = capped({"created": {"id": 7, "body": "y" * 1000}}, 300)
+    assert len(huge) <= 300
+    assert json.loads(huge)["created"] == {"id": 7}
+    assert "too long to show" in json.loads(huge)["note"]
+    too_big = capped({"deleted": 1, "detail": "z" * 1000}, 300)
+    assert "too large" in json.loads(too_big)["error"]
     one_big_row = capped({"rows": [{"body": "y" * 1000}], "count": 1}, 300)
     assert len(one_big_row) <= 300
     assert json.loads(one_big_row)["rows"] == []

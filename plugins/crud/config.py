@@ -36,7 +36,7 @@ LEGACY_TYPES: dict[str, ArgType] = {
     "dict": "json",
     "list": "json",
 }
-LEGACY_METHODS = {"fetch": "read", "create": "create", "update": "update", "delete": "delete"}
+LEGACY_METHODS = {"create": "create", "fetch": "read", "update": "update", "delete": "delete"}
 
 
 class ArgSpec(BaseModel):
@@ -94,15 +94,18 @@ class CrudConfig(BaseModel):
     @model_validator(mode="after")
     def _rules(self) -> CrudConfig:
         op = self.operation
+        a = "an" if op in {"update", "upsert"} else "a"
         if op in {"create", "update", "upsert"} and not self.args:
-            raise ValueError(f"a {op} tool needs at least one entry in args (the values it writes)")
+            raise ValueError(
+                f"{a} {op} tool needs at least one entry in args (the values it writes)"
+            )
         if op in {"read", "delete"} and self.args:
-            raise ValueError(f"a {op} tool writes nothing: move args to filters")
+            raise ValueError(f"{a} {op} tool writes nothing: move args to filters")
         if op in {"create", "upsert"} and self.filters:
-            raise ValueError(f"a {op} tool takes no filters")
+            raise ValueError(f"{a} {op} tool takes no filters")
         if op in {"update", "delete"} and not any(f.required for f in self.filters.values()):
             raise ValueError(
-                f"a {op} tool needs at least one required filter, so it can never touch "
+                f"{a} {op} tool needs at least one required filter, so it can never touch "
                 "every row in scope"
             )
         both = sorted(set(self.args) & set(self.filters))
@@ -169,14 +172,17 @@ def normalize_legacy(data: dict[str, Any]) -> dict[str, Any]:
     ``user_id``. Unknown methods are kept, so validation reports them.
     """
     method = data.get("method")
-    operation = LEGACY_METHODS.get(method, method) if isinstance(method, str) else method
+    if method not in LEGACY_METHODS:
+        raise ValueError(
+            f"method {method!r} is not one of {', '.join(LEGACY_METHODS)} "
+            "(the original system's CRUDTool methods)"
+        )
+    operation = LEGACY_METHODS[method]
     normalized: dict[str, Any] = {
         "table": data.get("table_name"),
         "operation": operation,
         "scope": {"user_column": "user_id"},
     }
-    if not isinstance(operation, str):
-        return normalized  # validation reports the operation
     if operation == "read":
         normalized["order_by"] = "-updated_at"
     raw_map = data.get("field_map")

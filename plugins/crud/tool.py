@@ -70,8 +70,21 @@ def capped(data: dict[str, Any], limit: int) -> str:
     """Compact JSON no longer than ``limit``: rows are dropped from the end if needed."""
     text = dumps(data)
     rows = data.get("rows")
-    if len(text) <= limit or not isinstance(rows, list):
-        return text if len(text) <= limit else _too_large(len(text))
+    if len(text) <= limit:
+        return text
+    for key in ("created", "saved"):
+        if isinstance(data.get(key), dict):
+            # The row is written: say so, or a model would retry and write it twice.
+            row = data[key]
+            short = {k: row[k] for k in ("id",) if k in row}
+            return dumps(
+                {
+                    key: short,
+                    "note": f"done; the full row ({len(text)} characters) is too long to show",
+                }
+            )
+    if not isinstance(rows, list):
+        return _too_large(len(text))
     total = len(rows)
     while rows and len(text) > limit:
         rows = rows[: len(rows) // 2] if len(rows) > 1 else []
