@@ -1,19 +1,115 @@
-"""The runtime: settings, plugins and storage of one process, started together.
+"""The runtime: settings, plugins, storage and built agents of one process.
 
 A :class:`Runtime` is what the CLI commands and the server hold. Starting it
 builds the storage backend named by ``storage.backend`` (through the plugin
 that registered it), checks or upgrades the schema, and fires the ``startup``
 hook; closing it fires ``shutdown`` and closes the storage.
+
+:meth:`Runtime.chat` runs one chat turn, the same for the CLI and the server:
+
+1. the chat must belong to the user and the agent (else "not found");
+2. turns of one chat run one at a time (an asyncio lock per chat);
+3. the agent's config version is read (one query) and the built agent taken
+   from the executor cache, rebuilt if the version changed;
+4. the last ``history_window`` messages are read (one indexed query) and the
+   system prompt is assembled with the user's memory and instructions;
+5. the agent runs on that input; it holds no conversation state of its own,
+   so concurrent chats of one user and agent cannot see each other;
+6. the human message and every message the turn produced (AI replies, tool
+   calls, tool results) are appended in one transaction. When the model fails,
+   the human message (and any complete tool exchange before the failure) is
+   still stored, and a :class:`~chatwright.errors.ModelError` is raised.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
+import uuid
+import weakref
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
-from chatwright.errors import StorageError
+from chatwright.errors import (
+    ChatwrightError,
+    ModelConfigError,
+    ModelError,
+    NotFoundError,
+    StorageError,
+)
 from chatwright.registry import Plugins
 from chatwright.settings import Settings, load_settings
-from chatwright.stores import Storage
+from chatwright.stores import Agent, InvalidJSON, Storage
+
+if TYPE_CHECKING:
+    from langchain_core.messages import BaseMessage
+    from langchain_core.tools import BaseTool
+
+    from chatwright.cache import ExecutorCache, Key
+    from chatwright.tools import ToolProblem
+
+OnMessage = Callable[["BaseMessage"], Awaitable[None]]
+
+
+@dataclass
+class BuiltAgent:
+    """What the executor cache holds for one (user, agent): no conversation state."""
+
+    agent: Agent
+    graph: Any
+    tools: list[BaseTool]
+    problems: list[ToolProblem]
+
+
+@dataclass
+class ToolCallRecord:
+    name: str
+    args: dict[str, Any]
+    result: Any
+    error: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "args": self.args, "result": self.result, "error": self.error}
+
+
+@dataclass
+class Turn:
+    """The outcome of one chat turn."""
+
+    chat_id: uuid.UUID
+    response: str
+    tool_calls: list[ToolCallRecord] = field(default_factory=list)
+    messages: list[BaseMessage] = field(default_factory=list)
+
+
+def _tool_calls(messages: list[BaseMessage]) -> list[ToolCallRecord]:
+    from langchain_core.messages import AIMessage, ToolMessage
+
+    results = {m.tool_call_id: m for m in messages if isinstance(m, ToolMessage)}
+    records = []
+    for message in messages:
+        if not isinstance(message, AIMessage):
+            continue
+        for call in message.tool_calls:
+            reply = results.get(call.get("id") or "")
+            result: Any = None
+            if reply is not None:
+                text = reply.text
+                try:
+                    result = json.loads(text)
+                except ValueError:
+                    result = text
+            records.append(
+                ToolCallRecord(
+                    call["name"],
+                    dict(call["args"]),
+                    result,
+                    error=reply is not None and reply.status == "error",
+                )
+            )
+    return records
 
 
 class Runtime:
@@ -21,6 +117,10 @@ class Runtime:
         self.settings = settings if settings is not None else load_settings()
         self.plugins = plugins if plugins is not None else Plugins.load()
         self._storage: Storage | None = None
+        self._cache: ExecutorCache | None = None
+        self._turn_locks: weakref.WeakValueDictionary[uuid.UUID, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
 
     @property
     def storage(self) -> Storage:
@@ -86,3 +186,118 @@ class Runtime:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+    # -- the executor cache -------------------------------------------------
+
+    @property
+    def cache(self) -> ExecutorCache:
+        """The executor cache, made on first use with the policy named by ``cache.policy``."""
+        if self._cache is None:
+            from chatwright.cache import ExecutorCache
+
+            name = self.settings.cache.policy
+            factory = self.plugins.get(
+                "register_eviction_policies", name, setting="cache.policy"
+            ).value
+            self._cache = ExecutorCache(
+                self._build_agent,
+                factory(self.settings),
+                on_evict=lambda key, reason: self.plugins.notify(
+                    "executor_evicted", key=key, reason=reason
+                ),
+            )
+        return self._cache
+
+    async def _build_agent(self, key: Key) -> BuiltAgent:
+        from langchain.agents import create_agent
+
+        from chatwright.models import build_model
+        from chatwright.tools import load_tools
+
+        user_id, name = key
+        agent = await self.storage.agents.get(name)
+        if agent is None:
+            raise NotFoundError(f"no agent named {name!r}")
+        if isinstance(agent.model_settings, InvalidJSON):
+            raise ModelConfigError(
+                f"agent {name!r}: model_settings is not valid JSON ({agent.model_settings.error})"
+            )
+        # Creating a model may import a provider package: keep that off the event loop.
+        model = await asyncio.to_thread(
+            build_model, self.plugins, agent.model, agent.model_settings
+        )
+        loaded = await load_tools(self.storage, self.settings, self.plugins, name, user_id)
+        graph = await asyncio.to_thread(lambda: create_agent(model, loaded.tools))
+        return BuiltAgent(agent, graph, loaded.tools, loaded.problems)
+
+    async def agent_for(self, user_id: str, agent_name: str) -> BuiltAgent:
+        """The built agent for a user, from the cache when its config has not changed."""
+        version = await self.storage.agents.config_version(agent_name)
+        if version is None:
+            raise NotFoundError(f"no agent named {agent_name!r}; see `chatwright agents list`")
+        entry = await self.cache.get((user_id, agent_name), version)
+        built: BuiltAgent = entry.value
+        return built
+
+    # -- turns --------------------------------------------------------------
+
+    def _lock(self, chat_id: uuid.UUID) -> asyncio.Lock:
+        lock = self._turn_locks.get(chat_id)
+        if lock is None:
+            lock = self._turn_locks[chat_id] = asyncio.Lock()
+        return lock
+
+    async def chat(
+        self,
+        user_id: str,
+        agent_name: str,
+        chat_id: uuid.UUID,
+        message: str,
+        *,
+        on_message: OnMessage | None = None,
+    ) -> Turn:
+        """Run one turn of a chat; see the module docstring for the steps."""
+        from langchain_core.messages import HumanMessage, SystemMessage
+
+        from chatwright.history import complete_prefix, to_model_input, to_store
+        from chatwright.prompts import system_prompt
+
+        storage = self.storage
+        if await storage.sessions.chat_owner(chat_id) != (user_id, agent_name):
+            raise NotFoundError(
+                f"no chat {chat_id} with agent {agent_name!r} for this user; open a session first"
+            )
+        async with self._lock(chat_id):
+            built = await self.agent_for(user_id, agent_name)
+            stored = await storage.messages.window(user_id, chat_id, built.agent.history_window)
+            system = await system_prompt(storage, built.agent, user_id)
+            human = HumanMessage(content=message)
+            inputs = [SystemMessage(content=system), *to_model_input(stored), human]
+            produced: list[BaseMessage] = []
+            try:
+                async for chunk in built.graph.astream({"messages": inputs}, stream_mode="updates"):
+                    for update in chunk.values():
+                        for produced_message in (update or {}).get("messages", []):
+                            produced.append(produced_message)
+                            if on_message is not None:
+                                await on_message(produced_message)
+            except Exception as exc:
+                await storage.messages.append(
+                    user_id, chat_id, to_store([human, *complete_prefix(produced)])
+                )
+                if isinstance(exc, ChatwrightError) and not isinstance(exc, ModelError):
+                    raise
+                reason = " ".join(str(exc).split()) or type(exc).__name__
+                raise ModelError(
+                    f"the model of agent {agent_name!r} ({built.agent.model}) failed: {reason}; "
+                    "your message was kept, try again"
+                ) from exc
+            await storage.messages.append(user_id, chat_id, to_store([human, *produced]))
+            await storage.sessions.touch_chat(user_id, chat_id)
+        final = next((m for m in reversed(produced) if m.type == "ai" and m.text), None)
+        return Turn(
+            chat_id=chat_id,
+            response=final.text if final is not None else "",
+            tool_calls=_tool_calls(produced),
+            messages=produced,
+        )

@@ -166,6 +166,13 @@ class AgentStore(Protocol):
         """Delete an agent and its tools; False when there was none."""
         ...
 
+    async def config_version(self, name: str) -> str | None:
+        """A digest of the agent row and all its tool rows, in one query; None if no agent.
+
+        Any change to them, through chatwright or plain SQL, changes the digest.
+        """
+        ...
+
 
 class ToolStore(Protocol):
     async def list(
@@ -233,6 +240,10 @@ class SessionStore(Protocol):
 
     async def chat_owner(self, chat_id: uuid.UUID) -> tuple[str, str] | None:
         """(user_id, agent_name) of a chat, or None when it has no session."""
+        ...
+
+    async def touch_chat(self, user_id: str, chat_id: uuid.UUID) -> int:
+        """Mark the user's active sessions of a chat as used now; how many there were."""
         ...
 
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import builtins
 import functools
+import hashlib
+import json
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -253,6 +255,38 @@ class SQLAgentStore(_Base):
         async with self.db.write() as conn:
             result = await conn.execute(schema.agents.delete().where(schema.agents.c.name == name))
         return bool(result.rowcount)
+
+    async def config_version(self, name: str) -> str | None:
+        a, t = schema.agents, schema.agent_tools
+        stmt = (
+            sa.select(
+                a.c.id,
+                a.c.system_prompt,
+                a.c.model,
+                a.c.model_settings,
+                a.c.history_window,
+                a.c.updated_at,
+                t.c.id.label("tool_id"),
+                t.c.name.label("tool_name"),
+                t.c.type,
+                t.c.description,
+                t.c.config,
+                t.c.is_active,
+                t.c.position,
+                t.c.updated_at.label("tool_updated_at"),
+            )
+            .select_from(a.outerjoin(t, t.c.agent_id == a.c.id))
+            .where(a.c.name == name)
+            .order_by(t.c.id)
+        )
+        async with self.db.read() as conn:
+            rows = (await conn.execute(stmt)).all()
+        if not rows:
+            return None
+        digest = hashlib.sha256()
+        for row in rows:
+            digest.update(json.dumps(list(row), default=str, sort_keys=True).encode())
+        return digest.hexdigest()
 
 
 class SQLToolStore(_Base):
@@ -499,6 +533,17 @@ class SQLSessionStore(_Base):
     async def chat_owner(self, chat_id: uuid.UUID) -> tuple[str, str] | None:
         async with self.db.read() as conn:
             return await self._owner(conn, chat_id)
+
+    async def touch_chat(self, user_id: str, chat_id: uuid.UUID) -> int:
+        s = schema.chat_sessions
+        stmt = (
+            s.update()
+            .where(s.c.chat_id == chat_id, s.c.user_id == user_id, s.c.is_active)
+            .values(updated_at=now())
+        )
+        async with self.db.write() as conn:
+            result = await conn.execute(stmt)
+        return int(result.rowcount)
 
 
 class SQLMessageStore(_Base):
