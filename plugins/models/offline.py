@@ -188,7 +188,7 @@ def _label(row: dict[str, Any]) -> str:
     text = next((v for k, v in row.items() if k in {"title", "body", "notes"} and v), "")
     status = f" ({row['status']})" if row.get("status") else ""
     due = f", due {row['due_date']}" if row.get("due_date") else ""
-    number = f"#{row['id']} " if "id" in row else ""
+    number = f"#{row['id']}: " if "id" in row else ""
     return f"{number}{text}{status}{due}"
 
 
