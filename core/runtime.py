@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from chatwright.tools import ToolProblem
 
 OnMessage = Callable[["BaseMessage"], Awaitable[None]]
+OnToken = Callable[[str], Awaitable[None]]
 
 
 @dataclass
@@ -255,8 +256,15 @@ class Runtime:
         message: str,
         *,
         on_message: OnMessage | None = None,
+        on_token: OnToken | None = None,
     ) -> Turn:
-        """Run one turn of a chat; see the module docstring for the steps."""
+        """Run one turn of a chat; see the module docstring for the steps.
+
+        :param on_message: awaited with each message the turn produces (AI replies,
+            tool calls, tool results), as soon as it exists.
+        :param on_token: awaited with each piece of reply text as the model
+            streams it (the whole reply at once for models that do not stream).
+        """
         from langchain_core.messages import HumanMessage, SystemMessage
 
         from chatwright.history import complete_prefix, to_model_input, to_store
@@ -274,8 +282,17 @@ class Runtime:
             human = HumanMessage(content=message)
             inputs = [SystemMessage(content=system), *to_model_input(stored), human]
             produced: list[BaseMessage] = []
+            modes = ["updates", "messages"] if on_token is not None else ["updates"]
             try:
-                async for chunk in built.graph.astream({"messages": inputs}, stream_mode="updates"):
+                async for mode, chunk in built.graph.astream(
+                    {"messages": inputs}, stream_mode=modes
+                ):
+                    if mode == "messages":
+                        piece, meta = chunk
+                        is_reply = piece.type in {"ai", "AIMessageChunk"} and piece.text
+                        if on_token and is_reply and meta.get("langgraph_node") == "model":
+                            await on_token(piece.text)
+                        continue
                     for update in chunk.values():
                         for produced_message in (update or {}).get("messages", []):
                             produced.append(produced_message)

@@ -21,9 +21,9 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
@@ -64,6 +64,33 @@ class ModelsSettings(_Section):
     default: str = Field(
         "offline:assistant",
         description="Model spec given to agents created without one (provider:name).",
+    )
+
+
+class SessionsSettings(_Section):
+    idle_timeout: float = Field(
+        1800.0, gt=0, description="Seconds without a heartbeat after which a session is idle."
+    )
+    sweep_interval: float = Field(
+        60.0, gt=0, description="Seconds between two passes of the server's session sweeper."
+    )
+    heartbeat_interval: float = Field(
+        60.0, gt=0, description="Seconds between two heartbeats of the web page."
+    )
+
+
+class ServerSettings(_Section):
+    host: str = Field("127.0.0.1", description="Address `chatwright serve` binds to.")
+    port: int = Field(8000, ge=0, le=65535, description="Port `chatwright serve` listens on.")
+    workers: int = Field(1, ge=1, description="Server processes (PostgreSQL only beyond 1).")
+    auth: Literal["local", "jwt"] = Field(
+        "local",
+        description="local: one user 'local', loopback binds only; jwt: HS256 bearer tokens.",
+    )
+    jwt_secret: SecretStr | None = Field(None, description="HS256 secret of the JWTs (jwt auth).")
+    jwt_audience: str = Field("authenticated", description="Required `aud` claim of the JWTs.")
+    max_message_chars: int = Field(
+        16_000, ge=1, description="Longest chat message accepted, in characters (413 beyond)."
     )
 
 
@@ -114,6 +141,8 @@ class Settings(BaseSettings):
     models: ModelsSettings = Field(default_factory=ModelsSettings)  # type: ignore[arg-type]
     tools: ToolsSettings = Field(default_factory=ToolsSettings)  # type: ignore[arg-type]
     cache: CacheSettings = Field(default_factory=CacheSettings)  # type: ignore[arg-type]
+    sessions: SessionsSettings = Field(default_factory=SessionsSettings)  # type: ignore[arg-type]
+    server: ServerSettings = Field(default_factory=ServerSettings)  # type: ignore[arg-type]
 
     config_file: Path | None = Field(
         None, exclude=True, description="The TOML file these settings were read from."

@@ -238,6 +238,10 @@ class SessionStore(Protocol):
         """(user_id, agent_name) of every active session, in one query."""
         ...
 
+    async def count_active(self) -> int:
+        """How many sessions are active."""
+        ...
+
     async def chat_owner(self, chat_id: uuid.UUID) -> tuple[str, str] | None:
         """(user_id, agent_name) of a chat, or None when it has no session."""
         ...

@@ -221,6 +221,36 @@ class StorageContract:
         assert still is not None and still.is_active
         assert await storage.sessions.list(BOB) == []
 
+    async def test_touch_chat_marks_its_active_sessions_used(self, storage: Storage) -> None:
+        one = await storage.sessions.open(ALICE, "helper", client_key="a")
+        two = await storage.sessions.open(ALICE, "helper", client_key="b", chat_id=one.chat_id)
+        other = await storage.sessions.open(ALICE, "helper", chat_id=uuid.uuid4())
+        await storage.sessions.deactivate(ALICE, two.id)
+        assert await storage.sessions.touch_chat(BOB, one.chat_id) == 0
+        assert await storage.sessions.touch_chat(ALICE, one.chat_id) == 1
+        touched = await storage.sessions.get(ALICE, one.id)
+        untouched = await storage.sessions.get(ALICE, other.id)
+        assert touched is not None and untouched is not None
+        assert touched.updated_at > one.updated_at
+        assert untouched.updated_at == other.updated_at
+
+    async def test_config_version_follows_agent_and_tool_rows(self, storage: Storage) -> None:
+        assert await storage.agents.config_version("ghost") is None
+        await storage.agents.create("a", system_prompt="p", model="offline:x")
+        await storage.agents.create("b", system_prompt="p", model="offline:x")
+        first = await storage.agents.config_version("a")
+        assert first is not None and first == await storage.agents.config_version("a")
+        await storage.tools.add("b", "t", type="crud", config={})
+        assert await storage.agents.config_version("a") == first  # another agent's tool
+        row = await storage.tools.add("a", "t", type="crud", config={"x": 1})
+        second = await storage.agents.config_version("a")
+        assert second != first
+        await storage.tools.set_active(row.id, False)
+        third = await storage.agents.config_version("a")
+        assert third != second
+        await storage.agents.update("a", system_prompt="q")
+        assert await storage.agents.config_version("a") != third
+
     async def test_heartbeat_and_deactivate(self, storage: Storage) -> None:
         opened = await storage.sessions.open(ALICE, "helper", metadata={"ua": "test"})
         beat = await storage.sessions.heartbeat(ALICE, opened.id)
@@ -244,6 +274,7 @@ class StorageContract:
         assert {s.id for s in swept} == {stale.id}
         assert all(not s.is_active for s in swept)
         assert await storage.sessions.active_keys() == {(BOB, "helper")}
+        assert await storage.sessions.count_active() == 1
         swept_all = await storage.sessions.sweep(cutoff)
         assert {s.id for s in swept_all} == {fresh_time_session.id}
         assert await storage.sessions.active_keys() == set()

@@ -530,6 +530,14 @@ class SQLSessionStore(_Base):
             rows = await conn.execute(stmt)
         return {(r.user_id, r.agent_name) for r in rows}
 
+    async def count_active(self) -> int:
+        s = schema.chat_sessions
+        async with self.db.read() as conn:
+            count = await conn.scalar(
+                sa.select(sa.func.count()).select_from(s).where(s.c.is_active)
+            )
+        return int(count or 0)
+
     async def chat_owner(self, chat_id: uuid.UUID) -> tuple[str, str] | None:
         async with self.db.read() as conn:
             return await self._owner(conn, chat_id)
