@@ -35,7 +35,15 @@ ENV_PREFIX = "CHATWRIGHT_"
 CONFIG_ENV = "CHATWRIGHT_CONFIG"
 # CHATWRIGHT_* variables that are read directly, not settings.
 NOT_SETTINGS = frozenset(
-    {"config", "load_plugins", "disable_plugins", "strict_plugins", "debug", "test_database_url"}
+    {
+        "config",
+        "load_plugins",
+        "disable_plugins",
+        "strict_plugins",
+        "debug",
+        "test_database_url",
+        "serve_overrides",
+    }
 )
 
 

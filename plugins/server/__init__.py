@@ -1,0 +1,68 @@
+"""The ``serve`` command: the HTTP API, streaming turns and the web chat page.
+
+FastAPI and uvicorn are imported when the command runs, never for ``--help``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from chatwright import hookimpl
+
+if TYPE_CHECKING:
+    from chatwright.cli import AppContext
+
+
+@hookimpl
+def register_commands(cli: click.Group) -> None:
+    @cli.command()
+    @click.option("--host", help="Address to bind (server.host; default 127.0.0.1).")
+    @click.option("--port", type=int, help="Port (server.port; default 8000).")
+    @click.option("--workers", type=int, help="Server processes (server.workers; default 1).")
+    @click.pass_obj
+    def serve(app: AppContext, host: str | None, port: int | None, workers: int | None) -> None:
+        """Serve the JSON API and the web chat page (migrates the database first)."""
+        serve_app(app, host, port, workers)
+
+
+def serve_app(app: AppContext, host: str | None, port: int | None, workers: int | None) -> None:
+    import json
+    import os
+
+    import uvicorn
+
+    from chatwright.plugins.server.app import create_app
+    from chatwright.plugins.server.auth import check_bind
+
+    server: dict[str, Any] = {
+        k: v for k, v in {"host": host, "port": port, "workers": workers}.items() if v is not None
+    }
+    if server:
+        app.overrides["server"] = {**app.overrides.get("server", {}), **server}
+    settings = app.settings
+    check_bind(settings, settings.server.host)
+    click.echo(
+        f"chatwright {settings.storage.backend} storage, {settings.server.auth} auth: "
+        f"http://{settings.server.host}:{settings.server.port}/",
+        err=True,
+    )
+    if settings.server.workers > 1:
+        # Each worker process builds its own app from the same settings.
+        os.environ["CHATWRIGHT_SERVE_OVERRIDES"] = json.dumps(app.overrides)
+        if app.config:
+            os.environ["CHATWRIGHT_CONFIG"] = app.config
+        uvicorn.run(
+            "chatwright.plugins.server.app:app_from_environment",
+            factory=True,
+            host=settings.server.host,
+            port=settings.server.port,
+            workers=settings.server.workers,
+        )
+        return
+    uvicorn.run(
+        create_app(settings, app.plugins),
+        host=settings.server.host,
+        port=settings.server.port,
+    )
