@@ -1,0 +1,165 @@
+"""The web chat page in headless Chromium, against a real server.
+
+Chromium comes from the operating system (Debian's ``chromium`` package, which
+``.ci/run`` installs); Playwright drives it through ``executable_path``, so no
+browser is downloaded. Without Chromium the test skips, saying so, except
+under ``CI=true`` where it fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+import uvicorn
+
+from chatwright import example
+from chatwright.plugins.server.app import create_app
+from chatwright.registry import LoadPolicy, Plugins
+from chatwright.settings import Settings
+from tests.conftest import storage_for
+
+CHROMIUM = next(
+    (
+        p
+        for p in (
+            os.environ.get("CHATWRIGHT_CHROMIUM"),
+            shutil.which("chromium"),
+            shutil.which("chromium-browser"),
+        )
+        if p
+    ),
+    None,
+)
+
+
+def require_chromium() -> str:
+    if CHROMIUM is None:
+        reason = "no Chromium installed (apt-get install chromium, or set CHATWRIGHT_CHROMIUM)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true requires the browser test: {reason}")
+        pytest.skip(reason)
+    return CHROMIUM
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[tuple[str, str]]:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'browser.db'}"
+    storage = storage_for(url)
+    await storage.upgrade()
+    await example.seed(storage, "offline:assistant")
+    await storage.close()
+    settings = Settings(
+        storage={"url": url},  # type: ignore[arg-type]
+        sessions={"heartbeat_interval": 0.3, "sweep_interval": 3600},  # type: ignore[arg-type]
+    )
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(settings, Plugins.load(LoadPolicy())),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}/", url
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def sessions(url: str) -> list[sa.Row[tuple[str, bool, object, object]]]:
+    storage = storage_for(url)
+    try:
+        async with storage.read() as conn:
+            result = await conn.execute(
+                sa.text(
+                    "SELECT chat_id, is_active, created_at, updated_at FROM chat_sessions "
+                    "ORDER BY created_at"
+                )
+            )
+            return list(result.all())
+    finally:
+        await storage.close()
+
+
+async def wait_for(check: object, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await check():  # type: ignore[operator]
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+async def test_web_page_chats_streams_reloads_heartbeats_and_beacons(
+    server: tuple[str, str],
+) -> None:
+    executable = require_chromium()
+    from playwright.async_api import async_playwright
+
+    page_url, db_url = server
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(
+            executable_path=executable,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        try:
+            page = await browser.new_page()
+            await page.goto(page_url)
+            await page.wait_for_function("document.querySelector('#agent').options.length > 0")
+            await page.wait_for_function(
+                "document.querySelector('#status').textContent.startsWith('chat')"
+            )
+
+            await page.fill("#input", "add a task to buy milk")
+            await page.keyboard.press("Enter")
+            tool = page.locator(".msg.tool", has_text="add_task")
+            await tool.first.wait_for()
+            reply = page.locator(".msg.ai", has_text="Added task #1: buy milk")
+            await reply.wait_for()
+
+            # The heartbeat reaches the server: the session's updated_at moves on.
+            async def beaten() -> bool:
+                rows = await sessions(db_url)
+                return (
+                    bool(rows) and rows[-1].is_active and rows[-1].updated_at > rows[-1].created_at
+                )
+
+            await wait_for(beaten)
+
+            # A reload shows the history again (the original lost it), in a new session.
+            await page.reload()
+            await page.locator(".msg.human", has_text="add a task to buy milk").wait_for()
+            await page.locator(".msg.ai", has_text="Added task #1: buy milk").wait_for()
+            await page.locator(".msg.tool", has_text="add_task").first.wait_for()
+            rows = await sessions(db_url)
+            assert len(rows) == 2
+            assert rows[0].chat_id == rows[1].chat_id
+            assert not rows[0].is_active  # the first page's beacon closed its session
+
+            # Leaving the page sends the deactivate beacon.
+            await page.close(run_before_unload=True)
+
+            async def all_closed() -> bool:
+                return all(not r.is_active for r in await sessions(db_url))
+
+            await wait_for(all_closed)
+        finally:
+            await browser.close()
