@@ -594,6 +594,11 @@ def chat(
     async def work(runtime: Runtime) -> None:
         name = await _pick_agent(runtime, agent)
         storage = runtime.storage
+        if chat_id is not None and await storage.sessions.chat_owner(chat_id) is None:
+            # The API lets clients name new chats; here a typo must not start one silently.
+            raise NotFoundError(
+                f"no chat {chat_id}; leave out --chat-id to resume your latest chat, or use --new"
+            )
         session = await storage.sessions.open(
             user, name, chat_id=uuid.uuid4() if new_chat else chat_id
         )

@@ -60,12 +60,12 @@ class Intent:
 
 
 PATTERNS: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"^(?:please )?(?:remind me|remember) to\s+(?P<text>.+)$"), "create-task"),
     (re.compile(r"^(?:please )?remember(?: that)?\s+(?P<text>.+)$"), "remember"),
     (re.compile(r"^what do you (?:remember|know)\b"), "recall"),
-    (re.compile(r"^(?:please )?remind me to\s+(?P<text>.+)$"), "create-task"),
     (
         re.compile(
-            r"^(?:please )?(?:add|create|new)(?: a| an| new)? (?P<noun>task|todo|note)s?"
+            r"^(?:please )?(?:add|create|new)(?: a| an)?(?: new)? (?P<noun>task|todo|note)s?"
             r"(?:\s*(?::|to|that|saying|called)\s*|\s+)(?P<text>.+)$"
         ),
         "create",
@@ -196,13 +196,12 @@ def first_call(intent: Intent, tools: Sequence[BaseTool]) -> AIMessage:
     if intent.action in {"remember", "recall"}:
         reader = find_tool(tools, MEMORY_TABLE, "read")
         saver = find_tool(tools, MEMORY_TABLE, "upsert", "update", "create")
-        if intent.action == "recall" or (reader is not None and saver is not None):
-            if reader is None:
-                return AIMessage(content="I have no tool to read my memory.")
-            return _call(reader, {}, 1)
-        if saver is None:
+        if reader is None:
+            # Saving replaces the notes: without reading them first, old facts would be lost.
+            return AIMessage(content="I have no tool to read my memory, so I cannot add to it.")
+        if intent.action == "remember" and saver is None:
             return AIMessage(content="I have no tool to save memories.")
-        return _save_memory(saver, "", intent.text)
+        return _call(reader, {}, 1)
     operations = {
         "create": ("create",),
         "read": ("read",),
@@ -246,7 +245,7 @@ def follow_up(intent: Intent, tools: Sequence[BaseTool], results: list[ToolMessa
             rows = data.get("rows") or []
             old = str(rows[0].get("notes", "")) if rows else ""
             return _save_memory(saver, old, intent.text)
-        return AIMessage(content=f"I'll remember that {intent.text}.")
+        return AIMessage(content=f"Noted: {intent.text}.")
     if intent.action == "recall":
         rows = data.get("rows") or []
         notes = str(rows[0].get("notes", "")).strip() if rows else ""
@@ -261,6 +260,8 @@ def follow_up(intent: Intent, tools: Sequence[BaseTool], results: list[ToolMessa
     if intent.action == "read":
         rows = data.get("rows") or []
         if not rows:
+            if intent.status:
+                return AIMessage(content=f"You have no {intent.status} {intent.table}.")
             return AIMessage(content=f"You have no {intent.table} yet.")
         lines = "\n".join(f"- {_label(r)}" for r in rows)
         more = f"\n({data['truncated']})" if data.get("truncated") else ""
