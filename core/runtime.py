@@ -276,10 +276,15 @@ class Runtime:
                 f"no chat {chat_id} with agent {agent_name!r} for this user; open a session first"
             )
         async with self._lock(chat_id):
-            built = await self.agent_for(user_id, agent_name)
+            human = HumanMessage(content=message)
+            try:
+                built = await self.agent_for(user_id, agent_name)
+            except ModelConfigError:
+                # The agent exists but its model cannot be made: keep what the user said.
+                await storage.messages.append(user_id, chat_id, to_store([human]))
+                raise
             stored = await storage.messages.window(user_id, chat_id, built.agent.history_window)
             system = await system_prompt(storage, built.agent, user_id)
-            human = HumanMessage(content=message)
             inputs = [SystemMessage(content=system), *to_model_input(stored), human]
             produced: list[BaseMessage] = []
             modes = ["updates", "messages"] if on_token is not None else ["updates"]
