@@ -1,0 +1,81 @@
+"""`chatwright sessions list|sweep` and `chatwright serve`'s refusals, through the CLI."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from chatwright.cli import build_cli
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("CHATWRIGHT_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    assert run("init", "--example").exit_code == 0
+    return tmp_path
+
+
+def run(*args: str) -> Result:
+    return CliRunner().invoke(build_cli(), list(args))
+
+
+def sql(path: Path, query: str) -> list[tuple[object, ...]]:
+    with sqlite3.connect(path / "chatwright.db") as db:
+        return db.execute(query).fetchall()
+
+
+def test_sessions_list_and_sweep(workdir: Path) -> None:
+    assert run("sessions", "list").output.strip() == "No sessions."
+    assert run("chat", "-m", "list my tasks").exit_code == 0
+    assert run("chat", "--user", "bob", "-m", "list my tasks").exit_code == 0
+    # Reopen one session by hand so that something is active, then age it.
+    sql(workdir, "UPDATE chat_sessions SET is_active = 1 WHERE user_id = 'bob'")
+    listed = json.loads(run("sessions", "list", "--json").output)
+    assert {(s["user_id"], s["is_active"]) for s in listed} == {("local", False), ("bob", True)}
+    assert [
+        s["user_id"] for s in json.loads(run("sessions", "list", "--active", "--json").output)
+    ] == ["bob"]
+    only_local = json.loads(run("sessions", "list", "--user", "local", "--json").output)
+    assert [s["user_id"] for s in only_local] == ["local"]
+    table = run("sessions", "list").output.splitlines()
+    assert table[0].split() == ["id", "chat", "user", "agent", "active", "last", "seen"]
+
+    fresh = run("sessions", "sweep")
+    assert fresh.exit_code == 0
+    assert fresh.output.startswith("Deactivated 0 session(s) idle for over 1800 s; 1 (user, agent)")
+
+    sql(
+        workdir, "UPDATE chat_sessions SET updated_at = '2000-01-01 00:00:00' WHERE user_id = 'bob'"
+    )
+    swept = json.loads(run("sessions", "sweep", "--json").output)
+    bob_id = sql(workdir, "SELECT id FROM chat_sessions WHERE user_id = 'bob'")[0][0]
+    assert len(swept["deactivated"]) == 1
+    assert swept["deactivated"][0].replace("-", "") == str(bob_id).replace("-", "")
+    assert swept["active_keys"] == 0
+    assert sql(workdir, "SELECT count(*) FROM chat_sessions WHERE is_active") == [(0,)]
+
+
+@pytest.mark.usefixtures("workdir")
+def test_serve_refuses_local_auth_on_a_public_address() -> None:
+    result = run("serve", "--host", "0.0.0.0")
+    assert result.exit_code == 1
+    assert result.output.startswith(
+        "Error: refusing to serve on 0.0.0.0 with server.auth = 'local'"
+    )
+    assert "Traceback" not in result.output
+
+
+def test_serve_refuses_jwt_without_a_secret(monkeypatch: pytest.MonkeyPatch, workdir: Path) -> None:
+    monkeypatch.setenv("CHATWRIGHT_SERVER__AUTH", "jwt")
+    result = run("serve")
+    assert result.exit_code == 1
+    assert "server.jwt_secret" in result.output
