@@ -264,7 +264,10 @@ def config_show(app: AppContext, as_json: bool) -> None:
     for section, values in data.items():
         click.echo(f"\n[{section}]")
         for key, value in values.items():
-            click.echo(f"{key} = {_toml_value(value)}")
+            if value is None:
+                click.echo(f"# {key} is not set")
+            else:
+                click.echo(f"{key} = {_toml_value(value)}")
 
 
 # -- db ---------------------------------------------------------------------

@@ -355,9 +355,9 @@ def test_cli_config_show_text(clean_env: Path) -> None:
 
 @pytest.mark.parametrize("as_json", [False, True])
 def test_cli_config_show_redacts_password(as_json: bool) -> None:
-    args = ["--database", "postgresql://u:secret@h/db", "config", "show"]
+    args = ["--database", "postgresql://u:pa55word@h/db", "config", "show"]
     out = show([*args, "--json"] if as_json else args)
-    assert "secret" not in out
+    assert "pa55word" not in out
     assert "***" in out
     assert "postgresql://u:***@h/db" in out
 
