@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from chatwright.errors import (
     ChatwrightError,
+    InvalidInputError,
     ModelConfigError,
     ModelError,
     NotFoundError,
@@ -271,6 +272,8 @@ class Runtime:
         from chatwright.prompts import system_prompt
 
         storage = self.storage
+        if "\x00" in message:
+            raise InvalidInputError("the message contains a NUL character")
         if await storage.sessions.chat_owner(chat_id) != (user_id, agent_name):
             raise NotFoundError(
                 f"no chat {chat_id} with agent {agent_name!r} for this user; open a session first"

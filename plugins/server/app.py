@@ -23,7 +23,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chatwright import __version__
@@ -40,6 +40,16 @@ log = logging.getLogger(__name__)
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        # PostgreSQL text cannot hold NUL characters; refuse them up front, not mid-turn.
+        if isinstance(data, dict):
+            for key, value in data.items():
+                if isinstance(value, str) and "\x00" in value:
+                    raise ValueError(f"{key} contains a NUL character")
+        return data
 
 
 class OpenSession(_Body):
@@ -59,7 +69,7 @@ class ChatRequest(_Body):
 class Customization(_Body):
     kind: str = Field("instruction_set", min_length=1, max_length=100)
     content: str = Field(max_length=20_000)
-    priority: int = 0
+    priority: int = Field(0, ge=-(2**31), le=2**31 - 1)
     is_active: bool = True
 
 
@@ -131,14 +141,16 @@ def create_app(settings: Settings, plugins: Plugins | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await runtime.start(upgrade=True)
-        runtime.cache  # noqa: B018  (an unknown cache.policy fails now, not at the first turn)
-        task = asyncio.create_task(sweeper())
         try:
-            yield
+            runtime.cache  # noqa: B018  (an unknown cache.policy fails now, not at the first turn)
+            task = asyncio.create_task(sweeper())
+            try:
+                yield
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
             await runtime.close()
 
     app = FastAPI(
@@ -286,18 +298,21 @@ def create_app(settings: Settings, plugins: Plugins | None = None) -> FastAPI:
     async def messages(
         chat_id: uuid.UUID,
         limit: int = Query(50, ge=1, le=500),
-        before: int | None = Query(None, ge=1),
+        before: int | None = Query(None, ge=1, le=2**63 - 1),
         who: Principal = User,
     ) -> dict[str, Any]:
         owner = await runtime.storage.sessions.chat_owner(chat_id)
         if owner is None or owner[0] != who.user_id:
             raise NotFoundError(f"no chat {chat_id}")
-        page = await runtime.storage.messages.page(who.user_id, chat_id, limit=limit, before=before)
+        # One extra row tells whether an older page exists.
+        page = await runtime.storage.messages.page(
+            who.user_id, chat_id, limit=limit + 1, before=before
+        )
         return {
             "chat_id": str(chat_id),
             "agent_name": owner[1],
-            "messages": [message_json(m) for m in page],
-            "more": bool(page) and len(page) == limit,
+            "messages": [message_json(m) for m in page[-limit:]],
+            "more": len(page) > limit,
         }
 
     @app.post("/api/chat")

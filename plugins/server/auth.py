@@ -89,6 +89,8 @@ def principal_from_token(settings: Settings, token: str | None) -> Principal:
     subject = claims.get("sub")
     if not isinstance(subject, str) or not subject:
         raise AuthError("the token has no subject (sub)")
+    if len(subject) > 255 or "\x00" in subject:
+        raise AuthError("the token's subject (sub) is not a usable user id")
     return Principal(subject, admin=claims.get("chatwright_admin") is True)
 
 

@@ -788,6 +788,10 @@ class _DatabaseErrors:
         return None
 
     def __exit__(self, exc_type: Any, error: BaseException | None, tb: Any) -> None:
+        if isinstance(error, exc.DataError):
+            # A value the database cannot hold (a NUL character, an integer out of range).
+            reason = " ".join(str(error.orig).split()) if error.orig else str(error)
+            raise InvalidInputError(f"the database refused a value: {reason}") from error
         if not isinstance(error, exc.OperationalError | exc.InterfaceError | exc.ProgrammingError):
             return
         reason = " ".join(str(error.orig).split()) if error.orig else str(error)
