@@ -154,10 +154,12 @@ class SQLRecordStore:
                 unique.append(frozenset(c.name for c in index.columns if isinstance(c, sa.Column)))
         return TableInfo(name=table, columns=columns, unique=tuple(u for u in unique if u))
 
-    async def _execute(self, stmt: sa.Executable) -> tuple[list[dict[str, Any]], int]:
+    async def _execute(
+        self, stmt: sa.Executable, user_id: str
+    ) -> tuple[list[dict[str, Any]], int]:
         """Rows (as dicts) and row count of one statement in its own transaction."""
         try:
-            async with self.db.write() as conn:
+            async with self.db.write(user_id) as conn:
                 result = await conn.execute(stmt)
                 rows = [dict(r) for r in result.mappings()] if result.returns_rows else []
                 return rows, result.rowcount
@@ -186,7 +188,7 @@ class SQLRecordStore:
             stmt: Any = upsert.on_conflict_do_update(index_elements=list(conflict), set_=changed)
         else:
             stmt = t.insert().values(dict(values))
-        rows, _ = await self._execute(stmt.returning(*back))
+        rows, _ = await self._execute(stmt.returning(*back), user_id)
         return rows[0]
 
     async def select(
@@ -204,7 +206,7 @@ class SQLRecordStore:
         for name, descending in order_by:
             (column,) = self._columns(t, [name])
             stmt = stmt.order_by(column.desc() if descending else column.asc())
-        rows, _ = await self._execute(stmt)
+        rows, _ = await self._execute(stmt, user_id)
         return rows
 
     async def update(
@@ -226,14 +228,14 @@ class SQLRecordStore:
             .values(dict(values))
             .returning(*self._columns(t, returning))
         )
-        rows, _ = await self._execute(stmt)
+        rows, _ = await self._execute(stmt, user_id)
         return rows
 
     async def delete(self, user_id: str, table: str, where: Mapping[str, Any]) -> int:
         if not where:
             raise InvalidInputError(f"refusing to delete every row of {table!r}: no condition")
         t = await self._table(table)
-        _, count = await self._execute(t.delete().where(self._where(t, where)))
+        _, count = await self._execute(t.delete().where(self._where(t, where)), user_id)
         return count
 
     async def ensure_table(self, spec: TableSpec) -> bool:

@@ -391,21 +391,23 @@ class SQLSessionStore(_Base):
         metadata: Mapping[str, Any] | None = None,
     ) -> ChatSession:
         s = schema.chat_sessions
+        if chat_id is not None:
+            # Ownership is checked across all users (with row-level security a user's
+            # own transaction could not see that the chat belongs to someone else).
+            owner = await self.chat_owner(chat_id)
+            if owner is not None and owner[0] != user_id:
+                raise NotFoundError(f"no chat {chat_id} for this user")
+            if owner is not None and owner[1] != agent_name:
+                raise InvalidInputError(
+                    f"chat {chat_id} belongs to agent {owner[1]!r}, not {agent_name!r}"
+                )
         try:
-            async with self.db.write() as conn:
+            async with self.db.write(user_id) as conn:
                 if client_key is not None:
                     existing = await self._active_with_key(conn, user_id, agent_name, client_key)
                     if existing is not None:
                         return existing
-                if chat_id is not None:
-                    owner = await self._owner(conn, chat_id)
-                    if owner is not None and owner[0] != user_id:
-                        raise NotFoundError(f"no chat {chat_id} for this user")
-                    if owner is not None and owner[1] != agent_name:
-                        raise InvalidInputError(
-                            f"chat {chat_id} belongs to agent {owner[1]!r}, not {agent_name!r}"
-                        )
-                else:
+                if chat_id is None:
                     chat_id = (
                         await conn.scalar(
                             sa.select(s.c.chat_id)
@@ -437,7 +439,7 @@ class SQLSessionStore(_Base):
         except exc.IntegrityError:
             # A concurrent open with the same client_key won the race: return its session.
             if client_key is not None:
-                async with self.db.read() as conn:
+                async with self.db.read(user_id) as conn:
                     existing = await self._active_with_key(conn, user_id, agent_name, client_key)
                 if existing is not None:
                     return existing
@@ -472,7 +474,7 @@ class SQLSessionStore(_Base):
 
     async def get(self, user_id: str, session_id: uuid.UUID) -> ChatSession | None:
         s = schema.chat_sessions
-        async with self.db.read() as conn:
+        async with self.db.read(user_id) as conn:
             row = (
                 await conn.execute(sa.select(s).where(s.c.id == session_id, s.c.user_id == user_id))
             ).first()
@@ -488,7 +490,7 @@ class SQLSessionStore(_Base):
             .values(**values)
             .returning(s)
         )
-        async with self.db.write() as conn:
+        async with self.db.write(user_id) as conn:
             row = (await conn.execute(stmt)).first()
         return _session(row) if row else None
 
@@ -507,7 +509,7 @@ class SQLSessionStore(_Base):
             stmt = stmt.where(s.c.user_id == user_id)
         if active is not None:
             stmt = stmt.where(s.c.is_active == active)
-        async with self.db.read() as conn:
+        async with self.db.read(user_id) as conn:
             rows = await conn.execute(stmt)
         return [_session(r) for r in rows]
 
@@ -549,7 +551,7 @@ class SQLSessionStore(_Base):
             .where(s.c.chat_id == chat_id, s.c.user_id == user_id, s.c.is_active)
             .values(updated_at=now())
         )
-        async with self.db.write() as conn:
+        async with self.db.write(user_id) as conn:
             result = await conn.execute(stmt)
         return int(result.rowcount)
 
@@ -572,7 +574,7 @@ class SQLMessageStore(_Base):
             }
             for msg in messages
         ]
-        async with self.db.write() as conn:
+        async with self.db.write(user_id) as conn:
             result = await conn.execute(m.insert().returning(m, sort_by_parameter_order=True), rows)
             stored = result.all()
         return [_message(r) for r in stored]
@@ -594,7 +596,7 @@ class SQLMessageStore(_Base):
         )
         if before is not None:
             stmt = stmt.where(m.c.id < before)
-        async with self.db.read() as conn:
+        async with self.db.read(user_id) as conn:
             rows = (await conn.execute(stmt)).all()
         return [_message(r) for r in reversed(rows)]
 
@@ -611,7 +613,7 @@ class SQLCustomizationStore(_Base):
         )
         if active_only:
             stmt = stmt.where(c.c.is_active)
-        async with self.db.read() as conn:
+        async with self.db.read(user_id) as conn:
             rows = await conn.execute(stmt)
         return [_customization(r) for r in rows]
 
@@ -639,6 +641,7 @@ class SQLCustomizationStore(_Base):
                 "updated_at": ts,
             },
             keys=("user_id", "agent_name", "kind"),
+            user_id=user_id,
         )
         return _customization(row)
 
@@ -646,7 +649,7 @@ class SQLCustomizationStore(_Base):
 class SQLMemoryStore(_Base):
     async def get(self, user_id: str, agent_name: str) -> AgentMemory | None:
         m = schema.agent_memories
-        async with self.db.read() as conn:
+        async with self.db.read(user_id) as conn:
             row = (
                 await conn.execute(
                     sa.select(m).where(m.c.user_id == user_id, m.c.agent_name == agent_name)
@@ -666,6 +669,7 @@ class SQLMemoryStore(_Base):
                 "updated_at": ts,
             },
             keys=("user_id", "agent_name"),
+            user_id=user_id,
         )
         return _memory(row)
 
@@ -711,32 +715,47 @@ class SQLStorage:
     # -- connections -------------------------------------------------------
 
     @asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncConnection]:
-        """A connection for reads (a deferred transaction, rolled back at the end)."""
+    async def read(self, user_id: str | None = None) -> AsyncIterator[AsyncConnection]:
+        """A connection for reads (a deferred transaction, rolled back at the end).
+
+        :param user_id: the user the statements run for; None for framework
+            (admin) statements. This backend scopes by column and ignores it;
+            the ``supabase`` backend sets row-level-security claims from it.
+        """
         with self._errors():
             async with self.engine.connect() as conn:
                 await conn.execution_options(chatwright_write=False)
+                await self.enter_user(conn, user_id)
                 yield conn
 
     @asynccontextmanager
-    async def write(self) -> AsyncIterator[AsyncConnection]:
+    async def write(self, user_id: str | None = None) -> AsyncIterator[AsyncConnection]:
         """A transaction that commits at the end (``BEGIN IMMEDIATE`` on SQLite)."""
         with self._errors():
             async with self.engine.begin() as conn:
+                await self.enter_user(conn, user_id)
                 yield conn
+
+    async def enter_user(self, conn: AsyncConnection, user_id: str | None) -> None:
+        """Hook run at the start of every transaction; see :meth:`read`."""
 
     def _errors(self) -> _DatabaseErrors:
         return _DatabaseErrors(self)
 
     async def upsert(
-        self, table: sa.Table, values: Mapping[str, Any], *, keys: Sequence[str]
+        self,
+        table: sa.Table,
+        values: Mapping[str, Any],
+        *,
+        keys: Sequence[str],
+        user_id: str | None = None,
     ) -> sa.Row[Any]:
         """Insert a row, or update the row with the same ``keys`` (keeping created_at)."""
         dialect_insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
         stmt = dialect_insert(table).values(dict(values))
         changed = {k: stmt.excluded[k] for k in values if k not in keys and k != "created_at"}
         stmt = stmt.on_conflict_do_update(index_elements=list(keys), set_=changed)
-        async with self.write() as conn:
+        async with self.write(user_id) as conn:
             row: sa.Row[Any] = (await conn.execute(stmt.returning(table))).one()
         return row
 
