@@ -136,6 +136,10 @@ class ExecutorCache:
         self._on_evict(key, reason)
         return True
 
+    def evict_where(self, predicate: Callable[[Key], bool], reason: str) -> list[Key]:
+        keys = [k for k in self._entries if predicate(k)]
+        return [k for k in keys if self.evict(k, reason)]
+
     def sweep(self, active: set[Key]) -> list[tuple[Key, str]]:
         """Let the policy drop entries, given the keys that still have active sessions."""
         return self._apply(self.policy.select(self._entries, active, self._clock()))

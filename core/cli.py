@@ -702,6 +702,7 @@ def sessions_sweep(app: AppContext, as_json: bool) -> None:
     async def work(runtime: Runtime) -> dict[str, Any]:
         report = await sweep(runtime)
         return {
+            "skipped": report.skipped,
             "deactivated": [str(s.id) for s in report.deactivated],
             "active_keys": report.active_keys,
             "evicted": [[*k, reason] for k, reason in report.evicted],
@@ -710,6 +711,9 @@ def sessions_sweep(app: AppContext, as_json: bool) -> None:
     result = app.run(work)
     if as_json:
         echo_json(result)
+        return
+    if result["skipped"]:
+        click.echo("Another process is sweeping right now; nothing done.")
         return
     timeout = app.settings.sessions.idle_timeout
     click.echo(

@@ -8,7 +8,8 @@ hook; closing it fires ``shutdown`` and closes the storage.
 :meth:`Runtime.chat` runs one chat turn, the same for the CLI and the server:
 
 1. the chat must belong to the user and the agent (else "not found");
-2. turns of one chat run one at a time (an asyncio lock per chat);
+2. turns of one chat run one at a time (an asyncio lock per chat, and the
+   storage's ``chat_lock`` across processes: an advisory lock on PostgreSQL);
 3. the agent's config version is read (one query) and the built agent taken
    from the executor cache, rebuilt if the version changed;
 4. the last ``history_window`` messages are read (one indexed query) and the
@@ -232,6 +233,11 @@ class Runtime:
         graph = await asyncio.to_thread(lambda: create_agent(model, loaded.tools))
         return BuiltAgent(agent, graph, loaded.tools, loaded.problems)
 
+    def config_changed(self, agent_name: str) -> None:
+        """Drop every user's built agent for ``agent_name`` (another process changed it)."""
+        if self._cache is not None:
+            self._cache.evict_where(lambda key: key[1] == agent_name, "config-changed")
+
     async def agent_for(self, user_id: str, agent_name: str) -> BuiltAgent:
         """The built agent for a user, from the cache when its config has not changed."""
         version = await self.storage.agents.config_version(agent_name)
@@ -278,7 +284,7 @@ class Runtime:
             raise NotFoundError(
                 f"no chat {chat_id} with agent {agent_name!r} for this user; open a session first"
             )
-        async with self._lock(chat_id):
+        async with self._lock(chat_id), storage.chat_lock(chat_id):
             human = HumanMessage(content=message)
             try:
                 built = await self.agent_for(user_id, agent_name)

@@ -29,6 +29,8 @@ class SweepReport:
     deactivated: list[ChatSession] = field(default_factory=list)
     evicted: list[tuple[Key, str]] = field(default_factory=list)
     active_keys: int = 0
+    skipped: bool = False
+    """Another process was sweeping; this pass did nothing."""
 
 
 async def deactivate(runtime: Runtime, user_id: str, session_id: uuid.UUID) -> ChatSession:
@@ -45,12 +47,20 @@ async def deactivate(runtime: Runtime, user_id: str, session_id: uuid.UUID) -> C
 
 
 async def sweep(runtime: Runtime, now: datetime | None = None) -> SweepReport:
-    """One sweeper pass: deactivate idle sessions, then evict by policy."""
+    """One sweeper pass: deactivate idle sessions, then evict by policy.
+
+    Deactivation runs in one process at a time (``storage.exclusive``: an
+    advisory lock on PostgreSQL); a pass that finds another process sweeping
+    skips it, but still lets its own cache evict.
+    """
     now = now or datetime.now(UTC)
     idle_before = now - timedelta(seconds=runtime.settings.sessions.idle_timeout)
-    report = SweepReport(deactivated=await runtime.storage.sessions.sweep(idle_before))
+    async with runtime.storage.exclusive("sweeper") as mine:
+        deactivated = await runtime.storage.sessions.sweep(idle_before) if mine else []
+    report = SweepReport(deactivated=deactivated, skipped=not mine)
     for session in report.deactivated:
         runtime.plugins.notify("session_deactivated", session=session, reason="idle")
+    # Every process evicts from its own cache, whoever deactivated the sessions.
     active = await runtime.storage.sessions.active_keys()
     report.active_keys = len(active)
     report.evicted = runtime.cache.sweep(active)

@@ -66,6 +66,22 @@ class StorageSettings(_Section):
         5.0, ge=0, description="Seconds SQLite waits on a locked database before failing."
     )
     echo: bool = Field(False, description="Log every SQL statement.")
+    pooler: Literal["none", "session", "transaction"] = Field(
+        "none",
+        description="A connection pooler in front of PostgreSQL (Supabase's Supavisor, "
+        "PgBouncer); 'transaction' turns prepared statements off.",
+    )
+    direct_url: str | None = Field(
+        None,
+        description="PostgreSQL URL without a transaction pooler, for LISTEN/NOTIFY and "
+        "advisory locks (default: url).",
+    )
+    pool_recycle: float = Field(
+        900.0,
+        gt=0,
+        description="Seconds after which a pooled connection is replaced (below the idle "
+        "timeouts of poolers and load balancers).",
+    )
 
 
 class ModelsSettings(_Section):

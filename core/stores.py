@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import builtins
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -440,6 +441,30 @@ class Storage(Protocol):
 
     async def ping(self) -> None:
         """Raise :class:`~chatwright.errors.StorageError` unless the database answers."""
+        ...
+
+    def chat_lock(self, chat_id: uuid.UUID) -> AbstractAsyncContextManager[None]:
+        """Hold while a turn runs on a chat: one turn per chat across all processes.
+
+        A backend used by one process only may return a no-op; the runtime also
+        serialises turns in-process.
+        """
+        ...
+
+    def exclusive(self, name: str) -> AbstractAsyncContextManager[bool]:
+        """Try to become the one process doing ``name`` (the sweeper) right now.
+
+        Yields True when this process holds it until the block ends, False when
+        another process does (the caller then skips its work).
+        """
+        ...
+
+    async def watch_config(self, changed: Callable[[str], None]) -> None:
+        """Call ``changed(agent_name)`` whenever another process changes an agent's config.
+
+        Runs until cancelled; a backend without notifications returns at once
+        (the per-turn version check still catches every change).
+        """
         ...
 
     async def close(self) -> None: ...

@@ -40,6 +40,9 @@ from chatwright.runtime import Runtime
 from chatwright.settings import Settings, load_settings
 from chatwright.stores import ChatSession
 
+# The storage backends the bundled plugins register.
+BUNDLED_BACKENDS = frozenset({"sql", "supabase"})
+
 # The bundled plugins: entry points of chatwright's own distribution.
 BUNDLED = frozenset(
     ep.name
@@ -337,7 +340,7 @@ def test_broken_and_good_entry_points_together(
     infos = by_name(plugins)
     assert infos["broken"].error is not None
     assert infos["good"].error is None
-    assert set(plugins.collect("register_storage_backends")) == {"sql", "memory-test"}
+    assert set(plugins.collect("register_storage_backends")) == BUNDLED_BACKENDS | {"memory-test"}
     assert len(warnings_from_registry(caplog)) == 1
 
 
@@ -423,7 +426,7 @@ def test_empty_allowlist_loads_bundled_only_without_importing(
     assert not dists.imported("broken_cw_plugin")
     assert "good_cw_plugin" not in sys.modules
     assert warnings_from_registry(caplog) == []
-    assert set(plugins.collect("register_storage_backends")) == {"sql"}
+    assert set(plugins.collect("register_storage_backends")) == BUNDLED_BACKENDS
 
 
 @pytest.mark.parametrize("allow", ["good-cw-plugin", "Good_CW.Plugin", "GOOD.cw_plugin"])
@@ -436,7 +439,7 @@ def test_allowlist_loads_only_named_distributions_and_bundled(dists: FakeDists, 
     assert by_name(plugins)["good"].error is None
     assert dists.imported("good_cw_plugin")
     assert not dists.imported("broken_cw_plugin")
-    assert set(plugins.collect("register_storage_backends")) == {"sql", "memory-test"}
+    assert set(plugins.collect("register_storage_backends")) == BUNDLED_BACKENDS | {"memory-test"}
 
 
 def test_allowlist_uses_distribution_not_entry_point_name(dists: FakeDists) -> None:
@@ -461,7 +464,8 @@ def test_blocklist_blocks_bundled_sql(dists: FakeDists) -> None:
 
 
 def test_blocklist_with_nothing_left_says_none_known() -> None:
-    plugins = Plugins.load(LoadPolicy.from_environ({"CHATWRIGHT_DISABLE_PLUGINS": "SQL"}))
+    blocked = {"CHATWRIGHT_DISABLE_PLUGINS": "SQL, supabase"}
+    plugins = Plugins.load(LoadPolicy.from_environ(blocked))
     with pytest.raises(UnknownNameError, match="known: none; CHATWRIGHT_DISABLE_PLUGINS"):
         plugins.get("register_storage_backends", "sql")
 
@@ -572,7 +576,7 @@ def test_misspelled_hook_via_entry_point_is_skipped_and_reported(
     assert "did you mean 'register_storage_backends'" in info.error
     assert info.hooks == []
     assert by_name(plugins)["good"].error is None
-    assert set(plugins.collect("register_storage_backends")) == {"sql", "memory-test"}
+    assert set(plugins.collect("register_storage_backends")) == BUNDLED_BACKENDS | {"memory-test"}
     warnings = warnings_from_registry(caplog)
     assert len(warnings) == 1
     assert "did you mean 'register_storage_backends'" in warnings[0].getMessage()
@@ -600,7 +604,7 @@ def test_failing_collection_hook_is_isolated(caplog: pytest.LogCaptureFixture) -
 
     found = plugins.collect("register_storage_backends")
 
-    assert set(found) == {"sql", "before", "after"}  # not "half-done"
+    assert set(found) == BUNDLED_BACKENDS | {"before", "after"}  # not "half-done"
     assert found["before"].plugin == "before"
     assert found["after"].plugin == "after"
     error = by_name(plugins)["raising"].error
@@ -611,7 +615,10 @@ def test_failing_collection_hook_is_isolated(caplog: pytest.LogCaptureFixture) -
     assert len(warnings) == 1
     assert "'raising'" in warnings[0].getMessage()
     # Asking again gives the same answer without calling the plugin again.
-    assert set(plugins.collect("register_storage_backends")) == {"sql", "before", "after"}
+    assert set(plugins.collect("register_storage_backends")) == BUNDLED_BACKENDS | {
+        "before",
+        "after",
+    }
 
 
 def test_failing_collection_hook_is_fatal_when_strict() -> None:
@@ -692,7 +699,7 @@ def test_hook_register_storage_backends(tmp_path: Path) -> None:
     plugins = Plugins.load(LoadPolicy())
     plugins.register(backends_plugin("mine"), "mine")
     found = plugins.collect("register_storage_backends")
-    assert set(found) == {"sql", "mine"}
+    assert set(found) == BUNDLED_BACKENDS | {"mine"}
     reg = plugins.get("register_storage_backends", "mine", setting="storage.backend")
     assert reg.plugin == "mine"
     assert reg.kind == "storage backend"

@@ -881,11 +881,6 @@ async def test_scripted_model_cannot_reach_another_users_rows(
 # --------------------------------------------------------------------------- across processes
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pending: turns are serialised per process (an asyncio.Lock per Runtime); the "
-    "cross-process advisory lock on PostgreSQL (DESIGN §7) belongs to the PostgreSQL issue",
-)
 async def test_turns_on_one_chat_are_serialised_across_processes_on_postgres(
     make_runtime: Make, pg_storage: Any, pg_url: str
 ) -> None:

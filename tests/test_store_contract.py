@@ -34,3 +34,16 @@ class TestPostgreSQL(StorageContract):
     @pytest.fixture
     async def storage(self, pg_storage: SQLStorage) -> SQLStorage:
         return pg_storage
+
+
+class TestSupabase(StorageContract):
+    """The same contract with row-level security enforcing every user statement."""
+
+    @pytest.fixture
+    async def storage(self, pg_storage: SQLStorage, pg_url: str) -> AsyncIterator[SQLStorage]:
+        from chatwright.plugins.supabase.storage import SupabaseStorage
+        from chatwright.settings import Settings
+
+        storage = SupabaseStorage.from_settings(Settings(storage={"url": pg_url}))  # type: ignore[arg-type]
+        yield storage
+        await storage.close()

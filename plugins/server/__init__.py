@@ -43,6 +43,13 @@ def serve_app(app: AppContext, host: str | None, port: int | None, workers: int 
         app.overrides["server"] = {**app.overrides.get("server", {}), **server}
     settings = app.settings
     check_bind(settings, settings.server.host)
+    if settings.server.workers > 1 and settings.storage.url.startswith("sqlite"):
+        from chatwright.errors import SettingsError
+
+        raise SettingsError(
+            "server.workers > 1 needs PostgreSQL (storage.url = postgresql://…): SQLite "
+            "has no cross-process turn locks or change notifications"
+        )
     click.echo(
         f"chatwright {settings.storage.backend} storage, {settings.server.auth} auth: "
         f"http://{settings.server.host}:{settings.server.port}/",

@@ -143,13 +143,19 @@ def create_app(settings: Settings, plugins: Plugins | None = None) -> FastAPI:
         await runtime.start(upgrade=True)
         try:
             runtime.cache  # noqa: B018  (an unknown cache.policy fails now, not at the first turn)
-            task = asyncio.create_task(sweeper())
+            tasks = [
+                asyncio.create_task(sweeper()),
+                # Config changed by another process (PostgreSQL NOTIFY): rebuild at once.
+                asyncio.create_task(runtime.storage.watch_config(runtime.config_changed)),
+            ]
             try:
                 yield
             finally:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                for task in tasks:
+                    task.cancel()
+                for task in tasks:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
         finally:
             await runtime.close()
 

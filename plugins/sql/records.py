@@ -154,9 +154,7 @@ class SQLRecordStore:
                 unique.append(frozenset(c.name for c in index.columns if isinstance(c, sa.Column)))
         return TableInfo(name=table, columns=columns, unique=tuple(u for u in unique if u))
 
-    async def _execute(
-        self, stmt: sa.Executable, user_id: str
-    ) -> tuple[list[dict[str, Any]], int]:
+    async def _execute(self, stmt: sa.Executable, user_id: str) -> tuple[list[dict[str, Any]], int]:
         """Rows (as dicts) and row count of one statement in its own transaction."""
         try:
             async with self.db.write(user_id) as conn:

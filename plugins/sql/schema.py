@@ -165,6 +165,8 @@ chat_messages = sa.Table(
     sa.Column("content", JSONValue(), nullable=False),
     sa.Column("created_at", UTCDateTime(), nullable=False, server_default=sa.func.now()),
     sa.Index(None, "chat_id", "id"),
+    # The row-level-security policy column (migration 0002).
+    sa.Index(None, "user_id"),
 )
 
 prompt_customizations = sa.Table(

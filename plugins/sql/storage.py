@@ -18,8 +18,9 @@ import builtins
 import functools
 import hashlib
 import json
+import logging
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -50,6 +51,8 @@ from chatwright.stores import (
     PromptCustomization,
     ToolRow,
 )
+
+log = logging.getLogger(__name__)
 
 MIGRATIONS = "chatwright.plugins.sql:migrations"
 # Any constant works; it only has to be the same in every process.
@@ -677,9 +680,10 @@ class SQLMemoryStore(_Base):
 class SQLStorage:
     """Storage on one SQLAlchemy async engine."""
 
-    def __init__(self, url: URL, engine: AsyncEngine) -> None:
+    def __init__(self, url: URL, engine: AsyncEngine, direct_url: URL | None = None) -> None:
         self.url = url
         self.engine = engine
+        self.direct_url = direct_url or url
         self.agents = SQLAgentStore(self)
         self.tools = SQLToolStore(self)
         self.sessions = SQLSessionStore(self)
@@ -694,15 +698,23 @@ class SQLStorage:
         url = normalize_url(cfg.url)
         if url.get_backend_name() == "sqlite":
             return cls(url, _sqlite_engine(url, busy_timeout=cfg.busy_timeout, echo=cfg.echo))
+        connect_args: dict[str, Any] = {"connect_timeout": 10}
+        if cfg.pooler == "transaction":
+            # A transaction pooler hands each transaction to any server connection:
+            # statements prepared on one would be missing on the next.
+            connect_args["prepare_threshold"] = None
         engine = create_async_engine(
             url,
             pool_size=cfg.pool_size,
             max_overflow=cfg.max_overflow,
             pool_timeout=cfg.pool_timeout,
+            pool_recycle=cfg.pool_recycle,
             pool_pre_ping=True,
             echo=cfg.echo,
+            connect_args=connect_args,
         )
-        return cls(url, engine)
+        direct = normalize_url(cfg.direct_url) if cfg.direct_url else url
+        return cls(url, engine, direct_url=direct)
 
     @property
     def dialect(self) -> str:
@@ -792,6 +804,81 @@ class SQLStorage:
     async def ping(self) -> None:
         async with self.read() as conn:
             await conn.execute(sa.text("SELECT 1"))
+
+    # -- several processes (PostgreSQL) ------------------------------------------
+    #
+    # Locks and LISTEN use their own psycopg connections, outside the pool: a turn
+    # that waits on a model must not hold one of the pool's connections.
+
+    @asynccontextmanager
+    async def _direct(self) -> AsyncIterator[Any]:
+        import psycopg
+
+        conninfo = self.direct_url.set(drivername="postgresql").render_as_string(
+            hide_password=False
+        )
+        try:
+            conn = await psycopg.AsyncConnection.connect(
+                conninfo, autocommit=True, connect_timeout=10
+            )
+        except psycopg.OperationalError as error:
+            reason = " ".join(str(error).split())
+            raise StorageError(f"database {self.description} is unavailable: {reason}") from None
+        try:
+            yield conn
+        finally:
+            await conn.close()
+
+    @asynccontextmanager
+    async def chat_lock(self, chat_id: uuid.UUID) -> AsyncIterator[None]:
+        if self.dialect != "postgresql":
+            yield  # one process: the runtime's own lock is enough
+            return
+        key = f"chatwright:chat:{chat_id}"
+        async with self._direct() as conn:
+            await conn.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (key,))
+            try:
+                yield
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
+
+    @asynccontextmanager
+    async def exclusive(self, name: str) -> AsyncIterator[bool]:
+        if self.dialect != "postgresql":
+            yield True
+            return
+        key = f"chatwright:exclusive:{name}"
+        async with self._direct() as conn:
+            cursor = await conn.execute(
+                "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (key,)
+            )
+            row = await cursor.fetchone()
+            held = bool(row and row[0])
+            try:
+                yield held
+            finally:
+                if held:
+                    await conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
+
+    async def watch_config(self, changed: Callable[[str], None]) -> None:
+        if self.dialect != "postgresql":
+            return
+        import asyncio
+
+        delay = 1.0
+        while True:
+            try:
+                async with self._direct() as conn:
+                    await conn.execute("LISTEN chatwright_config")
+                    delay = 1.0
+                    async for note in conn.notifies():
+                        changed(note.payload)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                log.warning("config listener lost its connection (%s); retrying", error)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
 
     async def close(self) -> None:
         await self.engine.dispose()

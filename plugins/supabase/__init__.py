@@ -1,0 +1,40 @@
+"""The ``supabase`` storage backend: PostgreSQL with row-level security per request.
+
+It is the ``sql`` backend with one difference: every statement made for a
+user — sessions, messages, customizations, memories, and the rows CRUD tools
+read and write — runs in a transaction that first sets the request's JWT
+claims (``request.jwt.claims`` with ``sub`` = the user id) and ``role
+authenticated``, locally, as PostgREST does. PostgreSQL's row-level security
+then enforces isolation by itself, even for a tool whose config forgot its
+scope. Framework (admin) statements — agent and tool configuration, the
+sweeper — run as the connecting role, which on Supabase is the service role
+``postgres``.
+
+Set ``storage.backend = "supabase"`` and ``storage.url`` to the database
+(through Supavisor with ``storage.pooler = "transaction"``, plus
+``storage.direct_url`` for LISTEN/NOTIFY and advisory locks); see docs/deploy.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from chatwright import hookimpl
+
+if TYPE_CHECKING:
+    from chatwright.settings import Settings
+    from chatwright.stores import Storage
+
+
+def build(settings: Settings) -> Storage:
+    from chatwright.plugins.supabase.storage import SupabaseStorage
+
+    return SupabaseStorage.from_settings(settings)
+
+
+@hookimpl
+def register_storage_backends(
+    register: Callable[[str, Callable[[Settings], Storage]], None],
+) -> None:
+    register("supabase", build)
