@@ -129,6 +129,27 @@ def echo_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
+def echo_list(
+    rows: Sequence[dict[str, Any]],
+    *,
+    as_json: bool,
+    empty: str,
+    headers: Sequence[str],
+    cells: Callable[[dict[str, Any]], Sequence[Any]],
+) -> None:
+    """A list command's output: JSON, a message when empty, or a table."""
+    if as_json:
+        echo_json(list(rows))
+    elif not rows:
+        click.echo(empty)
+    else:
+        echo_table(headers, [cells(r) for r in rows])
+
+
+def yes_no(value: object) -> str:
+    return "yes" if value else "no"
+
+
 pass_app = click.make_pass_decorator(AppContext)
 
 
@@ -397,19 +418,14 @@ def agents_list(app: AppContext, as_json: bool) -> None:
     async def work(runtime: Runtime) -> list[dict[str, Any]]:
         return [as_dict(a) for a in await runtime.storage.agents.list()]
 
-    rows = app.run(work)
-    if as_json:
-        echo_json(rows)
-    elif not rows:
-        click.echo(
-            "No agents yet; add one with `chatwright agents add NAME` "
-            "or `chatwright init --example`."
-        )
-    else:
-        echo_table(
-            ["name", "model", "history", "updated"],
-            [(r["name"], r["model"], r["history_window"], r["updated_at"][:19]) for r in rows],
-        )
+    echo_list(
+        app.run(work),
+        as_json=as_json,
+        empty="No agents yet; add one with `chatwright agents add NAME` "
+        "or `chatwright init --example`.",
+        headers=["name", "model", "history", "updated"],
+        cells=lambda r: (r["name"], r["model"], r["history_window"], r["updated_at"][:19]),
+    )
 
 
 @agents.command("show")
@@ -670,26 +686,20 @@ def sessions_list(app: AppContext, user: str | None, active: bool | None, as_jso
     async def work(runtime: Runtime) -> list[dict[str, Any]]:
         return [as_dict(s) for s in await runtime.storage.sessions.list(user, active=active)]
 
-    rows = app.run(work)
-    if as_json:
-        echo_json(rows)
-    elif not rows:
-        click.echo("No sessions.")
-    else:
-        echo_table(
-            ["id", "chat", "user", "agent", "active", "last seen"],
-            [
-                (
-                    r["id"],
-                    r["chat_id"],
-                    r["user_id"],
-                    r["agent_name"],
-                    "yes" if r["is_active"] else "no",
-                    r["updated_at"][:19],
-                )
-                for r in rows
-            ],
-        )
+    echo_list(
+        app.run(work),
+        as_json=as_json,
+        empty="No sessions.",
+        headers=["id", "chat", "user", "agent", "active", "last seen"],
+        cells=lambda r: (
+            r["id"],
+            r["chat_id"],
+            r["user_id"],
+            r["agent_name"],
+            yes_no(r["is_active"]),
+            r["updated_at"][:19],
+        ),
+    )
 
 
 @sessions.command("sweep")
@@ -780,26 +790,20 @@ def tools_list(app: AppContext, agent: str | None, as_json: bool) -> None:
             for t in await runtime.storage.tools.list(agent)
         ]
 
-    rows = app.run(work)
-    if as_json:
-        echo_json(rows)
-    elif not rows:
-        click.echo("No tools; add one with `chatwright tools add --agent NAME --file tool.json`.")
-    else:
-        echo_table(
-            ["id", "agent", "name", "type", "active", "position"],
-            [
-                (
-                    r["id"],
-                    r["agent"],
-                    r["name"],
-                    r["type"],
-                    "yes" if r["is_active"] else "no",
-                    r["position"],
-                )
-                for r in rows
-            ],
-        )
+    echo_list(
+        app.run(work),
+        as_json=as_json,
+        empty="No tools; add one with `chatwright tools add --agent NAME --file tool.json`.",
+        headers=["id", "agent", "name", "type", "active", "position"],
+        cells=lambda r: (
+            r["id"],
+            r["agent"],
+            r["name"],
+            r["type"],
+            yes_no(r["is_active"]),
+            r["position"],
+        ),
+    )
 
 
 @tools.command("add")
