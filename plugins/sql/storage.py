@@ -894,6 +894,12 @@ class _DatabaseErrors:
         return None
 
     def __exit__(self, exc_type: Any, error: BaseException | None, tb: Any) -> None:
+        sqlstate = getattr(getattr(error, "orig", None), "sqlstate", None)
+        if isinstance(error, exc.ProgrammingError) and sqlstate == "42501":
+            # insufficient_privilege: a row-level-security policy refused the row.
+            raise InvalidInputError(
+                "the database refused the change (not allowed for this user)"
+            ) from error
         if isinstance(error, exc.DataError):
             # A value the database cannot hold (a NUL character, an integer out of range).
             reason = " ".join(str(error.orig).split()) if error.orig else str(error)

@@ -18,27 +18,40 @@ OWN_ROWS = "user_id = (SELECT auth.jwt() ->> 'sub')"
 
 class SupabaseRecordStore(SQLRecordStore):
     async def ensure_table(self, spec: TableSpec) -> bool:
-        """Create the table, and give it the same per-user policy as the framework's."""
+        """Create the table, and make sure it has the framework's per-user policy.
+
+        The policy part runs whenever the table has a ``user_id`` column, so a
+        table created earlier (by the ``sql`` backend, say) is secured too.
+        """
         created = await super().ensure_table(spec)
-        if created and any(c.name == "user_id" for c in spec.columns):
-            name = spec.name  # validated: a TableSpec from code, checked by the parent
-            async with self.db.write() as conn:
-                await conn.execute(sa.text(f'ALTER TABLE "{name}" ENABLE ROW LEVEL SECURITY'))
+        if any(c.name == "user_id" for c in spec.columns):
+            await self._secure(spec.name)
+        return created
+
+    async def _secure(self, name: str) -> None:
+        # ``name`` comes from a TableSpec in code, checked by the parent class.
+        async with self.db.write() as conn:
+            exists = await conn.scalar(
+                sa.text(
+                    "SELECT 1 FROM pg_policies WHERE schemaname = current_schema() "
+                    "AND tablename = :t AND policyname = 'chatwright_own_rows'"
+                ),
+                {"t": name},
+            )
+            await conn.execute(sa.text(f'ALTER TABLE "{name}" ENABLE ROW LEVEL SECURITY'))
+            if not exists:
                 await conn.execute(
                     sa.text(
                         f'CREATE POLICY chatwright_own_rows ON "{name}" FOR ALL TO authenticated '
                         f"USING ({OWN_ROWS}) WITH CHECK ({OWN_ROWS})"
                     )
                 )
-                await conn.execute(
-                    sa.text(f'GRANT SELECT, INSERT, UPDATE, DELETE ON "{name}" TO authenticated')
-                )
-                await conn.execute(
-                    sa.text(
-                        "GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO authenticated"
-                    )
-                )
-        return created
+            await conn.execute(
+                sa.text(f'GRANT SELECT, INSERT, UPDATE, DELETE ON "{name}" TO authenticated')
+            )
+            await conn.execute(
+                sa.text("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO authenticated")
+            )
 
 
 class SupabaseStorage(SQLStorage):
