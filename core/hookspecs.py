@@ -55,6 +55,20 @@ def register_storage_backends(register: Callable[[str, StorageFactory], None]) -
 
 
 @hookspec
+def register_session_stores(register: Callable[[str, Any], None]) -> None:
+    """Register session stores: where chat sessions live, apart from the storage backend.
+
+    The setting ``sessions.store`` picks one by name; ``"default"`` keeps
+    sessions in the storage backend with everything else.
+
+    :param register: call ``register(name, factory)``; ``factory(settings)``
+        returns an object implementing :class:`chatwright.stores.SessionStore`
+        (plus an optional ``async close()``). Check it with
+        :class:`chatwright.testing.SessionStoreContract`.
+    """
+
+
+@hookspec
 def register_tool_types(register: Callable[[str, Any], None]) -> None:
     """Register tool types that ``agent_tools`` rows can name in their ``type``.
 

@@ -52,6 +52,7 @@ BUNDLED_DISTRIBUTION = "chatwright"
 # What each collection hook registers, for messages ("no storage backend named …").
 COLLECTIONS: dict[str, str] = {
     "register_storage_backends": "storage backend",
+    "register_session_stores": "session store",
     "register_tool_types": "tool type",
     "register_eviction_policies": "eviction policy",
     "register_models": "model provider",

@@ -138,6 +138,14 @@ class Runtime:
             "register_storage_backends", name, setting="storage.backend"
         )
         storage: Storage = registration.value(self.settings)
+        store = self.settings.sessions.store
+        if store != "default":
+            from chatwright.stores import WithSessionStore
+
+            factory = self.plugins.get(
+                "register_session_stores", store, setting="sessions.store"
+            ).value
+            storage = WithSessionStore(storage, factory(self.settings))
         return storage
 
     async def start(self, *, upgrade: bool = False) -> Runtime:

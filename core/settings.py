@@ -92,6 +92,11 @@ class ModelsSettings(_Section):
 
 
 class SessionsSettings(_Section):
+    store: str = Field(
+        "default",
+        description="Where sessions live: 'default' (the storage backend) or a session "
+        "store a plugin registers (e.g. 'redis').",
+    )
     idle_timeout: float = Field(
         1800.0, gt=0, description="Seconds without a heartbeat after which a session is idle."
     )

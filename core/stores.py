@@ -488,3 +488,25 @@ def as_dict(record: object) -> dict[str, Any]:
         return value
 
     return {f.name: plain(getattr(record, f.name)) for f in fields(record)}  # type: ignore[arg-type]
+
+
+class WithSessionStore:
+    """A storage backend whose sessions live in a separate session store.
+
+    Everything but ``sessions`` is the backend's; closing closes both.
+    """
+
+    def __init__(self, storage: Storage, sessions: SessionStore) -> None:
+        self._storage = storage
+        self.sessions = sessions
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._storage, name)
+
+    async def close(self) -> None:
+        try:
+            close = getattr(self.sessions, "close", None)
+            if close is not None:
+                await close()
+        finally:
+            await self._storage.close()

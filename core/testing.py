@@ -16,6 +16,9 @@ instance of your backend::
             yield backend
             await backend.close()
 
+To test only a session store, subclass :class:`SessionStoreContract` the same
+way with a ``sessions`` fixture.
+
 The tests use pytest-asyncio (``asyncio_mode = "auto"``). They only go through
 the :class:`chatwright.stores.Storage` protocol, so they also document what a
 backend promises: isolation by ``user_id``, ordering, idempotent session open
@@ -31,7 +34,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from chatwright.errors import AlreadyExistsError, InvalidInputError, NotFoundError
-from chatwright.stores import NewMessage, Storage
+from chatwright.stores import NewMessage, SessionStore, Storage
 
 ALICE = "alice"
 BOB = "bob"
@@ -55,8 +58,113 @@ def ai_with_tool_call(call_id: str) -> NewMessage:
     )
 
 
-class StorageContract:
+class SessionStoreContract:
+    """Behaviour every :class:`~chatwright.stores.SessionStore` must show.
+
+    Subclass it with a ``sessions`` fixture yielding an empty store, to test a
+    session store on its own (a plugin that keeps sessions in Redis, say).
+    """
+
+    # -- sessions ----------------------------------------------------------
+
+    async def test_open_starts_then_resumes_the_latest_chat(self, sessions: SessionStore) -> None:
+        first = await sessions.open(ALICE, "helper")
+        assert first.is_active and first.user_id == ALICE and first.agent_name == "helper"
+        again = await sessions.open(ALICE, "helper")
+        assert again.id != first.id
+        assert again.chat_id == first.chat_id
+        fresh_chat = uuid.uuid4()
+        explicit = await sessions.open(ALICE, "helper", chat_id=fresh_chat)
+        assert explicit.chat_id == fresh_chat
+        assert (await sessions.open(ALICE, "helper")).chat_id == fresh_chat
+        other_agent = await sessions.open(ALICE, "other")
+        assert other_agent.chat_id not in {first.chat_id, fresh_chat}
+        assert await sessions.chat_owner(fresh_chat) == (ALICE, "helper")
+        assert await sessions.chat_owner(uuid.uuid4()) is None
+
+    async def test_open_is_idempotent_per_client_key(self, sessions: SessionStore) -> None:
+        one = await sessions.open(ALICE, "helper", client_key="tab-1")
+        same = await sessions.open(ALICE, "helper", client_key="tab-1")
+        assert same.id == one.id
+        other_tab = await sessions.open(ALICE, "helper", client_key="tab-2")
+        assert other_tab.id != one.id
+        bobs = await sessions.open(BOB, "helper", client_key="tab-1")
+        assert bobs.id != one.id
+        await sessions.deactivate(ALICE, one.id)
+        reopened = await sessions.open(ALICE, "helper", client_key="tab-1")
+        assert reopened.id != one.id and reopened.is_active
+
+    async def test_concurrent_open_with_one_client_key_makes_one_session(
+        self, sessions: SessionStore
+    ) -> None:
+        opened = await asyncio.gather(
+            *(sessions.open(ALICE, "helper", client_key="page") for _ in range(8))
+        )
+        assert len({s.id for s in opened}) == 1
+        assert len(await sessions.list(ALICE, active=True)) == 1
+
+    async def test_a_chat_belongs_to_its_user(self, sessions: SessionStore) -> None:
+        alices = await sessions.open(ALICE, "helper")
+        with pytest.raises(NotFoundError):
+            await sessions.open(BOB, "helper", chat_id=alices.chat_id)
+        with pytest.raises(InvalidInputError, match="helper"):
+            await sessions.open(ALICE, "other", chat_id=alices.chat_id)
+        assert await sessions.get(BOB, alices.id) is None
+        assert await sessions.heartbeat(BOB, alices.id) is None
+        assert await sessions.deactivate(BOB, alices.id) is None
+        still = await sessions.get(ALICE, alices.id)
+        assert still is not None and still.is_active
+        assert await sessions.list(BOB) == []
+
+    async def test_touch_chat_marks_its_active_sessions_used(self, sessions: SessionStore) -> None:
+        one = await sessions.open(ALICE, "helper", client_key="a")
+        two = await sessions.open(ALICE, "helper", client_key="b", chat_id=one.chat_id)
+        other = await sessions.open(ALICE, "helper", chat_id=uuid.uuid4())
+        await sessions.deactivate(ALICE, two.id)
+        assert await sessions.touch_chat(BOB, one.chat_id) == 0
+        assert await sessions.touch_chat(ALICE, one.chat_id) == 1
+        touched = await sessions.get(ALICE, one.id)
+        untouched = await sessions.get(ALICE, other.id)
+        assert touched is not None and untouched is not None
+        assert touched.updated_at > one.updated_at
+        assert untouched.updated_at == other.updated_at
+
+    async def test_heartbeat_and_deactivate(self, sessions: SessionStore) -> None:
+        opened = await sessions.open(ALICE, "helper", metadata={"ua": "test"})
+        beat = await sessions.heartbeat(ALICE, opened.id)
+        assert beat is not None and beat.updated_at >= opened.updated_at
+        assert beat.metadata == {"ua": "test"}
+        closed = await sessions.deactivate(ALICE, opened.id)
+        assert closed is not None and not closed.is_active
+        assert await sessions.list(ALICE, active=True) == []
+        assert [s.id for s in await sessions.list(ALICE, active=False)] == [opened.id]
+        assert await sessions.get(ALICE, uuid.uuid4()) is None
+
+    async def test_sweep_deactivates_only_stale_active_sessions(
+        self, sessions: SessionStore
+    ) -> None:
+        stale = await sessions.open(ALICE, "helper")
+        closed = await sessions.open(ALICE, "other")
+        await sessions.deactivate(ALICE, closed.id)
+        cutoff = datetime.now(UTC) + timedelta(seconds=1)
+        fresh_time_session = await sessions.open(BOB, "helper")
+        swept = await sessions.sweep(fresh_time_session.updated_at - timedelta(microseconds=1))
+        assert {s.id for s in swept} == {stale.id}
+        assert all(not s.is_active for s in swept)
+        assert await sessions.active_keys() == {(BOB, "helper")}
+        assert await sessions.count_active() == 1
+        swept_all = await sessions.sweep(cutoff)
+        assert {s.id for s in swept_all} == {fresh_time_session.id}
+        assert await sessions.active_keys() == set()
+        assert await sessions.sweep(cutoff) == []
+
+
+class StorageContract(SessionStoreContract):
     """Behaviour every :class:`~chatwright.stores.Storage` implementation must show."""
+
+    @pytest.fixture
+    def sessions(self, storage: Storage) -> SessionStore:
+        return storage.sessions
 
     # -- schema ------------------------------------------------------------
 
@@ -170,70 +278,6 @@ class StorageContract:
         assert [t.id for t in await storage.tools.list("a", active_only=True)] == [on.id]
         assert len(await storage.tools.list("a")) == 2
 
-    # -- sessions ----------------------------------------------------------
-
-    async def test_open_starts_then_resumes_the_latest_chat(self, storage: Storage) -> None:
-        first = await storage.sessions.open(ALICE, "helper")
-        assert first.is_active and first.user_id == ALICE and first.agent_name == "helper"
-        again = await storage.sessions.open(ALICE, "helper")
-        assert again.id != first.id
-        assert again.chat_id == first.chat_id
-        fresh_chat = uuid.uuid4()
-        explicit = await storage.sessions.open(ALICE, "helper", chat_id=fresh_chat)
-        assert explicit.chat_id == fresh_chat
-        assert (await storage.sessions.open(ALICE, "helper")).chat_id == fresh_chat
-        other_agent = await storage.sessions.open(ALICE, "other")
-        assert other_agent.chat_id not in {first.chat_id, fresh_chat}
-        assert await storage.sessions.chat_owner(fresh_chat) == (ALICE, "helper")
-        assert await storage.sessions.chat_owner(uuid.uuid4()) is None
-
-    async def test_open_is_idempotent_per_client_key(self, storage: Storage) -> None:
-        one = await storage.sessions.open(ALICE, "helper", client_key="tab-1")
-        same = await storage.sessions.open(ALICE, "helper", client_key="tab-1")
-        assert same.id == one.id
-        other_tab = await storage.sessions.open(ALICE, "helper", client_key="tab-2")
-        assert other_tab.id != one.id
-        bobs = await storage.sessions.open(BOB, "helper", client_key="tab-1")
-        assert bobs.id != one.id
-        await storage.sessions.deactivate(ALICE, one.id)
-        reopened = await storage.sessions.open(ALICE, "helper", client_key="tab-1")
-        assert reopened.id != one.id and reopened.is_active
-
-    async def test_concurrent_open_with_one_client_key_makes_one_session(
-        self, storage: Storage
-    ) -> None:
-        opened = await asyncio.gather(
-            *(storage.sessions.open(ALICE, "helper", client_key="page") for _ in range(8))
-        )
-        assert len({s.id for s in opened}) == 1
-        assert len(await storage.sessions.list(ALICE, active=True)) == 1
-
-    async def test_a_chat_belongs_to_its_user(self, storage: Storage) -> None:
-        alices = await storage.sessions.open(ALICE, "helper")
-        with pytest.raises(NotFoundError):
-            await storage.sessions.open(BOB, "helper", chat_id=alices.chat_id)
-        with pytest.raises(InvalidInputError, match="helper"):
-            await storage.sessions.open(ALICE, "other", chat_id=alices.chat_id)
-        assert await storage.sessions.get(BOB, alices.id) is None
-        assert await storage.sessions.heartbeat(BOB, alices.id) is None
-        assert await storage.sessions.deactivate(BOB, alices.id) is None
-        still = await storage.sessions.get(ALICE, alices.id)
-        assert still is not None and still.is_active
-        assert await storage.sessions.list(BOB) == []
-
-    async def test_touch_chat_marks_its_active_sessions_used(self, storage: Storage) -> None:
-        one = await storage.sessions.open(ALICE, "helper", client_key="a")
-        two = await storage.sessions.open(ALICE, "helper", client_key="b", chat_id=one.chat_id)
-        other = await storage.sessions.open(ALICE, "helper", chat_id=uuid.uuid4())
-        await storage.sessions.deactivate(ALICE, two.id)
-        assert await storage.sessions.touch_chat(BOB, one.chat_id) == 0
-        assert await storage.sessions.touch_chat(ALICE, one.chat_id) == 1
-        touched = await storage.sessions.get(ALICE, one.id)
-        untouched = await storage.sessions.get(ALICE, other.id)
-        assert touched is not None and untouched is not None
-        assert touched.updated_at > one.updated_at
-        assert untouched.updated_at == other.updated_at
-
     async def test_config_version_follows_agent_and_tool_rows(self, storage: Storage) -> None:
         assert await storage.agents.config_version("ghost") is None
         await storage.agents.create("a", system_prompt="p", model="offline:x")
@@ -250,35 +294,6 @@ class StorageContract:
         assert third != second
         await storage.agents.update("a", system_prompt="q")
         assert await storage.agents.config_version("a") != third
-
-    async def test_heartbeat_and_deactivate(self, storage: Storage) -> None:
-        opened = await storage.sessions.open(ALICE, "helper", metadata={"ua": "test"})
-        beat = await storage.sessions.heartbeat(ALICE, opened.id)
-        assert beat is not None and beat.updated_at >= opened.updated_at
-        assert beat.metadata == {"ua": "test"}
-        closed = await storage.sessions.deactivate(ALICE, opened.id)
-        assert closed is not None and not closed.is_active
-        assert await storage.sessions.list(ALICE, active=True) == []
-        assert [s.id for s in await storage.sessions.list(ALICE, active=False)] == [opened.id]
-        assert await storage.sessions.get(ALICE, uuid.uuid4()) is None
-
-    async def test_sweep_deactivates_only_stale_active_sessions(self, storage: Storage) -> None:
-        stale = await storage.sessions.open(ALICE, "helper")
-        closed = await storage.sessions.open(ALICE, "other")
-        await storage.sessions.deactivate(ALICE, closed.id)
-        cutoff = datetime.now(UTC) + timedelta(seconds=1)
-        fresh_time_session = await storage.sessions.open(BOB, "helper")
-        swept = await storage.sessions.sweep(
-            fresh_time_session.updated_at - timedelta(microseconds=1)
-        )
-        assert {s.id for s in swept} == {stale.id}
-        assert all(not s.is_active for s in swept)
-        assert await storage.sessions.active_keys() == {(BOB, "helper")}
-        assert await storage.sessions.count_active() == 1
-        swept_all = await storage.sessions.sweep(cutoff)
-        assert {s.id for s in swept_all} == {fresh_time_session.id}
-        assert await storage.sessions.active_keys() == set()
-        assert await storage.sessions.sweep(cutoff) == []
 
     # -- messages ----------------------------------------------------------
 

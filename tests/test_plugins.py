@@ -1065,3 +1065,49 @@ def test_plugins_command_reports_errors(dists: FakeDists) -> None:
     assert result.exit_code == 0, result.output
     assert "sql" in result.stdout
     assert "boom from broken_cw_plugin" in result.stdout
+
+
+async def test_hook_register_session_stores(tmp_path: Path) -> None:
+    """A plugin's session store replaces the backend's sessions, and only them."""
+
+    class MemorySessions:
+        def __init__(self) -> None:
+            self.opened: list[tuple[str, str]] = []
+            self.closed = False
+
+        async def open(self, user_id: str, agent_name: str, **kwargs: object) -> str:
+            self.opened.append((user_id, agent_name))
+            return "opened"
+
+        async def close(self) -> None:
+            self.closed = True
+
+    store = MemorySessions()
+
+    class Plugin:
+        @hookimpl
+        def register_session_stores(self, register: Callable[[str, object], None]) -> None:
+            register("memory", lambda settings: store)
+
+    plugins = Plugins(LoadPolicy())
+    plugins.load_entry_points()
+    plugins.register(Plugin(), "memory-sessions")
+    settings = load_settings(
+        overrides={
+            "storage": {"url": f"sqlite+aiosqlite:///{tmp_path / 's.db'}"},
+            "sessions": {"store": "memory"},
+        }
+    )
+    runtime = Runtime(settings, plugins)
+    await runtime.start(upgrade=True)
+    assert await runtime.storage.sessions.open("u", "a") == "opened"
+    assert store.opened == [("u", "a")]
+    assert await runtime.storage.agents.list() == []  # the rest is the backend's
+    await runtime.close()
+    assert store.closed
+
+    unknown = load_settings(overrides={"sessions": {"store": "nowhere"}})
+    with pytest.raises(
+        UnknownNameError, match=r"no session store named 'nowhere'.*sessions\.store"
+    ):
+        Runtime(unknown, plugins).build_storage()
