@@ -503,6 +503,12 @@ class WithSessionStore:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._storage, name)
 
+    async def ping(self) -> None:
+        await self._storage.ping()
+        ping = getattr(self.sessions, "ping", None)
+        if ping is not None:
+            await ping()
+
     async def close(self) -> None:
         try:
             close = getattr(self.sessions, "close", None)

@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from langchain_core.tools import StructuredTool
 from pydantic import BaseModel, ValidationError
 
 from chatwright.errors import ChatwrightError
@@ -237,3 +238,44 @@ async def load_tools(
                 log.warning("chatwright: tool row skipped: %s", p)
             loaded.problems.extend(report.problems)
     return loaded
+
+
+class StrictTool(StructuredTool):
+    """A StructuredTool that validates arguments even when it takes none.
+
+    Tool types build their tools with it (with ``handle_validation_error=
+    invalid_arguments``) so that a model's unknown or ill-typed arguments come
+    back as a readable tool error and the turn goes on.
+
+    LangChain skips validation for an empty argument schema, which would let
+    ``read_memory(user_id="bob")`` through silently; here it is refused like
+    any unknown argument.
+    """
+
+    def _to_args_and_kwargs(
+        self, tool_input: str | dict[str, Any], tool_call_id: str | None
+    ) -> tuple[tuple[str, ...], dict[str, Any]]:
+        schema = self.args_schema
+        if (
+            isinstance(tool_input, dict)
+            and isinstance(schema, type)
+            and issubclass(schema, BaseModel)
+            and not schema.model_fields
+        ):
+            schema.model_validate(tool_input)
+            return (), {}
+        return super()._to_args_and_kwargs(tool_input, tool_call_id)
+
+
+def invalid_arguments(error: ValidationError) -> str:
+    """A validation error as the model reads it: each bad argument and why."""
+    parts = []
+    for e in error.errors():
+        name = ".".join(str(p) for p in e["loc"]) or "arguments"
+        if e["type"] == "extra_forbidden":
+            parts.append(f"{name}: unknown argument, not allowed")
+        elif e["type"] == "missing":
+            parts.append(f"{name}: required")
+        else:
+            parts.append(f"{name}: {e['msg']}")
+    return "Invalid arguments: " + "; ".join(parts)

@@ -18,13 +18,19 @@ import uuid
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from langchain_core.tools import BaseTool, StructuredTool, ToolException
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from langchain_core.tools import BaseTool, ToolException
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from chatwright.errors import InvalidInputError, NotFoundError
 from chatwright.plugins.crud.config import ArgSpec, CrudConfig
 from chatwright.stores import FRAMEWORK_TABLES, ColumnInfo, TableInfo, ToolRow
-from chatwright.tools import ConfigProblem, ToolConfigError, ToolContext
+from chatwright.tools import (
+    ConfigProblem,
+    StrictTool,
+    ToolConfigError,
+    ToolContext,
+    invalid_arguments,
+)
 
 # Which column kinds each argument type may be written to or compared with.
 COMPATIBLE: dict[str, set[str]] = {
@@ -270,7 +276,7 @@ class CrudTool:
         return f"{verbs[self.config.operation]} {self.config.table}."
 
     def as_tool(self) -> BaseTool:
-        return _StrictTool.from_function(
+        return StrictTool.from_function(
             coroutine=self.run,
             name=self.row.name,
             description=self.description(),
@@ -372,40 +378,3 @@ class CrudTool:
         # The same words whether the row is missing or someone else's.
         shown = ", ".join(f"{k}={dumps(v)}" for k, v in where.items())
         return f"not found: no row of {self.config.table!r} matches {shown}"
-
-
-class _StrictTool(StructuredTool):
-    """A StructuredTool that validates arguments even when it takes none.
-
-    LangChain skips validation for an empty argument schema, which would let
-    ``read_memory(user_id="bob")`` through silently; here it is refused like
-    any unknown argument.
-    """
-
-    def _to_args_and_kwargs(
-        self, tool_input: str | dict[str, Any], tool_call_id: str | None
-    ) -> tuple[tuple[str, ...], dict[str, Any]]:
-        schema = self.args_schema
-        if (
-            isinstance(tool_input, dict)
-            and isinstance(schema, type)
-            and issubclass(schema, BaseModel)
-            and not schema.model_fields
-        ):
-            schema.model_validate(tool_input)
-            return (), {}
-        return super()._to_args_and_kwargs(tool_input, tool_call_id)
-
-
-def invalid_arguments(error: ValidationError) -> str:
-    """A validation error as the model reads it: each bad argument and why."""
-    parts = []
-    for e in error.errors():
-        name = ".".join(str(p) for p in e["loc"]) or "arguments"
-        if e["type"] == "extra_forbidden":
-            parts.append(f"{name}: unknown argument, not allowed")
-        elif e["type"] == "missing":
-            parts.append(f"{name}: required")
-        else:
-            parts.append(f"{name}: {e['msg']}")
-    return "Invalid arguments: " + "; ".join(parts)

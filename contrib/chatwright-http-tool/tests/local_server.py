@@ -1,0 +1,125 @@
+"""A local HTTP server for the tests.
+
+``http.server`` in a thread on 127.0.0.1 and a free port. It records every
+request it gets and answers by path:
+
+- ``/items/<id>``: JSON with the id, the raw path and the query;
+- ``/echo``: JSON with the method, the headers and the JSON body it was sent;
+- ``/status/<code>``: that status, with a JSON error body;
+- ``/slow``: answers after two seconds; ``/drip``: sends a byte every 0.1 s;
+- ``/big``: 100,000 bytes of text; ``/bigjson``: a long JSON list;
+- ``/redirect?to=<location>``: a 302 to ``location``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any
+
+
+@dataclass
+class LocalServer:
+    base: str
+    port: int
+    seen: list[Seen] = field(default_factory=list)
+
+    def paths(self) -> list[str]:
+        return [s.path for s in self.seen]
+
+
+def _handler(server: LocalServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def _send(self, status: int, body: bytes, content_type: str, **headers: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _json(self, status: int, data: Any) -> None:
+            self._send(status, json.dumps(data).encode(), "application/json")
+
+        def _handle(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length else b""
+            body = json.loads(raw) if raw else None
+            server.seen.append(Seen(self.command, self.path, dict(self.headers), body))
+            parts = urlsplit(self.path)
+            query = parse_qs(parts.query)
+            path = parts.path
+            try:
+                if path.startswith("/items/"):
+                    self._json(
+                        200,
+                        {"id": path.removeprefix("/items/"), "path": self.path, "query": query},
+                    )
+                elif path == "/echo":
+                    self._json(
+                        200,
+                        {"method": self.command, "headers": dict(self.headers), "body": body},
+                    )
+                elif path.startswith("/status/"):
+                    code = int(path.removeprefix("/status/"))
+                    self._json(code, {"error": f"the server says {code}"})
+                elif path == "/slow":
+                    time.sleep(2)
+                    self._json(200, {"late": True})
+                elif path == "/drip":
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/plain")
+                    self.send_header("Content-Length", "40")
+                    self.end_headers()
+                    for _ in range(40):
+                        self.wfile.write(b"x")
+                        self.wfile.flush()
+                        time.sleep(0.1)
+                elif path == "/big":
+                    self._send(200, b"x" * 100_000, "text/plain; charset=utf-8")
+                elif path == "/bigjson":
+                    self._json(200, [{"n": i, "name": f"item {i}"} for i in range(500)])
+                elif path == "/redirect":
+                    self._send(302, b"", "text/plain", Location=query["to"][0])
+                else:
+                    self._json(404, {"error": "no such path"})
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the tool gave up (a timeout test): nobody is listening any more
+
+        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
+
+    return Handler
+
+
+@contextmanager
+def serving() -> Iterator[LocalServer]:
+    """A server on 127.0.0.1 and a free port, for the duration of the block."""
+    local = LocalServer(base="", port=0)
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(local))
+    local.port = httpd.server_address[1]
+    local.base = f"http://127.0.0.1:{local.port}"
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield local
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

@@ -1,0 +1,326 @@
+"""A :class:`~chatwright.stores.SessionStore` on Redis.
+
+Redis holds the hot, short-lived state of sessions: which client is engaged
+with which chat right now, heartbeats, idleness. Messages, agents and
+everything else stay in the storage backend (SQL), the durable record of the
+conversation; only the small map from a chat to its owner is durable here too.
+
+Keys, all behind the configured prefix (``chatwright:`` by default), with user
+ids, agent names and client keys URL-encoded so that no value can forge a key
+name (``:`` and ``*`` are encoded, for one):
+
+``session:{id}`` (hash, TTL)
+    One session's fields. Every write that sets ``updated_at`` resets the TTL
+    to twice ``sessions.idle_timeout``, so a session nobody sweeps still
+    vanishes; a sweeper that runs deactivates it first, at ``idle_timeout``.
+``chat:{chat_id}`` (string, no expiry)
+    ``{user}:{agent}`` of the chat, set once (``SET NX``) by the first open.
+    It must outlive every session: it is what lets the user back into the
+    chat's messages, which SQL keeps forever. Run Redis with persistence
+    (``appendonly yes``) in production, or chats become unreachable when
+    Redis restarts empty.
+``latest:{user}:{agent}`` (string, no expiry)
+    The chat of the user's most recent open with the agent, resumed by an
+    open without ``chat_id``. Durable for the same reason.
+``key:{user}:{agent}:{client_key}`` (string, TTL)
+    The session opened with that client key, claimed with ``SET NX`` so
+    concurrent opens agree; dropped when the session is deactivated.
+``active`` (sorted set)
+    ``{user}:{agent}:{id}`` of every active session, scored by its last
+    heartbeat: the sweeper's range query, ``count_active`` (``ZCARD``) and
+    ``active_keys`` read it alone.
+``user:{user}`` (sorted set, TTL)
+    The user's session ids by ``updated_at``, for ``list``.
+``live:{chat_id}`` (set, TTL)
+    Ids of the chat's active sessions, for ``touch_chat`` after every turn.
+
+Every change to a session and its indexes is one Lua script
+(:mod:`chatwright_redis.scripts`), so it is atomic without locks or retries.
+All calls go through ``redis.asyncio``: none blocks the event loop.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+from urllib.parse import quote, unquote
+
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from chatwright.errors import InvalidInputError, NotFoundError, SettingsError, StorageError
+from chatwright.stores import ChatSession
+from chatwright_redis import scripts
+from chatwright_redis.config import URL_VARIABLE, redact
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+# Members of the active set a sweep script handles at once: each batch is
+# atomic, and short enough not to hold Redis up.
+SWEEP_BATCH = 500
+
+
+def _micros(moment: datetime) -> int:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+def _moment(micros: str) -> datetime:
+    return _EPOCH + int(micros) * _MICROSECOND
+
+
+def _now() -> int:
+    return _micros(datetime.now(UTC))
+
+
+def _encode(*parts: str) -> str:
+    return ":".join(quote(part, safe="") for part in parts)
+
+
+def _decode_pair(text: str) -> tuple[str, str]:
+    user, agent = text.split(":")
+    return unquote(user), unquote(agent)
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+class Keys:
+    """The names of every key, behind one prefix."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.active = f"{prefix}active"
+        self.session_pattern = f"{_glob_escape(prefix)}session:*"
+
+    def session(self, session_id: uuid.UUID) -> str:
+        return f"{self.prefix}session:{session_id}"
+
+    def chat(self, chat_id: uuid.UUID) -> str:
+        return f"{self.prefix}chat:{chat_id}"
+
+    def live(self, chat_id: uuid.UUID) -> str:
+        return f"{self.prefix}live:{chat_id}"
+
+    def latest(self, user_id: str, agent_name: str) -> str:
+        return f"{self.prefix}latest:{_encode(user_id, agent_name)}"
+
+    def slot(self, user_id: str, agent_name: str, client_key: str) -> str:
+        return f"{self.prefix}key:{_encode(user_id, agent_name, client_key)}"
+
+    def user(self, user_id: str) -> str:
+        return f"{self.prefix}user:{_encode(user_id)}"
+
+
+def _hash(flat: Sequence[str]) -> dict[str, str]:
+    """HGETALL as a Lua script returns it (a flat list) as a dict."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def _session(fields: Mapping[str, str]) -> ChatSession:
+    return ChatSession(
+        id=uuid.UUID(fields["id"]),
+        chat_id=uuid.UUID(fields["chat_id"]),
+        user_id=fields["user_id"],
+        agent_name=fields["agent_name"],
+        is_active=fields["is_active"] == "1",
+        client_key=fields.get("client_key"),
+        created_at=_moment(fields["created_at"]),
+        updated_at=_moment(fields["updated_at"]),
+        metadata=json.loads(fields["metadata"]),
+    )
+
+
+class RedisSessionStore:
+    """Sessions in Redis; see the module docstring for the keys and why."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        prefix: str,
+        idle_timeout: float,
+        description: str = "Redis",
+    ) -> None:
+        self._redis = client
+        self._keys = Keys(prefix)
+        self._ttl_ms = max(1, round(idle_timeout * 2000))
+        self.description = description
+        self._open = client.register_script(scripts.OPEN)
+        self._heartbeat = client.register_script(scripts.HEARTBEAT)
+        self._deactivate = client.register_script(scripts.DEACTIVATE)
+        self._touch_chat = client.register_script(scripts.TOUCH_CHAT)
+        self._sweep = client.register_script(scripts.SWEEP)
+
+    @classmethod
+    def from_url(cls, url: str, *, prefix: str, idle_timeout: float) -> RedisSessionStore:
+        """A store on the server at ``url``; nothing connects before the first call."""
+        try:
+            client = aioredis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5.0)
+        except ValueError as exc:
+            raise SettingsError(
+                f"{URL_VARIABLE}={redact(url)!r} is not a Redis URL ({exc}); "
+                "use redis://host:port/db, rediss:// for TLS or unix:///path"
+            ) from None
+        return cls(
+            client, prefix=prefix, idle_timeout=idle_timeout, description=f"Redis at {redact(url)}"
+        )
+
+    @contextmanager
+    def _reaching(self) -> Iterator[None]:
+        """Turn redis-py's errors into a :class:`StorageError` that names the server."""
+        try:
+            yield
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise StorageError(
+                f"cannot reach the session store, {self.description} ({exc}); start Redis "
+                f"there or point {URL_VARIABLE} at it"
+            ) from exc
+        except RedisError as exc:
+            raise StorageError(f"the session store, {self.description}, failed: {exc}") from exc
+
+    def _user_args(self, user_id: str) -> list[str | int]:
+        return [self._keys.prefix, user_id, _now(), self._ttl_ms]
+
+    async def open(
+        self,
+        user_id: str,
+        agent_name: str,
+        *,
+        chat_id: uuid.UUID | None = None,
+        client_key: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> ChatSession:
+        session_id = uuid.uuid4()
+        now = _now()
+        keys = [
+            self._keys.session(session_id),
+            self._keys.latest(user_id, agent_name),
+            self._keys.active,
+            self._keys.user(user_id),
+        ]
+        fields = ["user_id", user_id, "agent_name", agent_name]
+        fields += ["metadata", json.dumps(dict(metadata or {}))]
+        if client_key is not None:
+            slot = self._keys.slot(user_id, agent_name, client_key)
+            keys.append(slot)
+            fields += ["client_key", client_key, "_slot", slot]
+        args: list[str | int] = [
+            self._keys.prefix,
+            str(session_id),
+            "" if chat_id is None else str(chat_id),
+            str(uuid.uuid4()),
+            _encode(user_id, agent_name),
+            now,
+            self._ttl_ms,
+            f"{_encode(user_id, agent_name)}:{session_id}",
+            now - 2000 * self._ttl_ms,
+            *fields,
+        ]
+        with self._reaching():
+            status, payload = await self._open(keys=keys, args=args)
+        if status == "owner":
+            owner_user, owner_agent = _decode_pair(payload)
+            if owner_user != user_id:
+                raise NotFoundError(f"no chat {chat_id} for this user")
+            raise InvalidInputError(
+                f"chat {chat_id} belongs to agent {owner_agent!r}, not {agent_name!r}"
+            )
+        return _session(_hash(payload))
+
+    async def get(self, user_id: str, session_id: uuid.UUID) -> ChatSession | None:
+        with self._reaching():
+            fields = cast(dict[str, str], await self._redis.hgetall(self._keys.session(session_id)))
+        if not fields or fields["user_id"] != user_id:
+            return None
+        return _session(fields)
+
+    async def _change(
+        self, script: AsyncScript, user_id: str, session_id: uuid.UUID
+    ) -> ChatSession | None:
+        keys = [self._keys.session(session_id), self._keys.user(user_id), self._keys.active]
+        with self._reaching():
+            flat = await script(keys=keys, args=self._user_args(user_id))
+        return None if flat is None else _session(_hash(flat))
+
+    async def heartbeat(self, user_id: str, session_id: uuid.UUID) -> ChatSession | None:
+        return await self._change(self._heartbeat, user_id, session_id)
+
+    async def deactivate(self, user_id: str, session_id: uuid.UUID) -> ChatSession | None:
+        return await self._change(self._deactivate, user_id, session_id)
+
+    async def list(
+        self, user_id: str | None = None, *, active: bool | None = None
+    ) -> builtins.list[ChatSession]:
+        with self._reaching():
+            if user_id is None:
+                # Every user's sessions: an operator's listing, so a SCAN is fine.
+                names = [n async for n in self._redis.scan_iter(self._keys.session_pattern, 1000)]
+            else:
+                ids = cast(list[str], await self._redis.zrange(self._keys.user(user_id), 0, -1))
+                names = [f"{self._keys.prefix}session:{i}" for i in ids]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.hgetall(name)
+                found = await pipe.execute()
+        # Ids whose key has expired are skipped (and trimmed from the index by later opens).
+        sessions = [_session(fields) for fields in found if fields]
+        return sorted(
+            (
+                s
+                for s in sessions
+                if (user_id is None or s.user_id == user_id)
+                and (active is None or s.is_active == active)
+            ),
+            key=lambda s: s.updated_at,
+            reverse=True,
+        )
+
+    async def sweep(self, idle_before: datetime) -> builtins.list[ChatSession]:
+        cutoff = _micros(idle_before)
+        swept: builtins.list[ChatSession] = []
+        with self._reaching():
+            while True:
+                looked, hashes = await self._sweep(
+                    keys=[self._keys.active], args=[self._keys.prefix, cutoff, SWEEP_BATCH]
+                )
+                swept += [_session(_hash(flat)) for flat in hashes]
+                if looked < SWEEP_BATCH:
+                    return swept
+
+    async def active_keys(self) -> set[tuple[str, str]]:
+        with self._reaching():
+            members = cast(list[str], await self._redis.zrange(self._keys.active, 0, -1))
+        return {_decode_pair(member.rpartition(":")[0]) for member in members}
+
+    async def count_active(self) -> int:
+        with self._reaching():
+            return await self._redis.zcard(self._keys.active)
+
+    async def chat_owner(self, chat_id: uuid.UUID) -> tuple[str, str] | None:
+        with self._reaching():
+            owner = cast(str | None, await self._redis.get(self._keys.chat(chat_id)))
+        return None if owner is None else _decode_pair(owner)
+
+    async def touch_chat(self, user_id: str, chat_id: uuid.UUID) -> int:
+        keys = [self._keys.live(chat_id), self._keys.user(user_id), self._keys.active]
+        with self._reaching():
+            return cast(int, await self._touch_chat(keys=keys, args=self._user_args(user_id)))
+
+    async def ping(self) -> None:
+        """Raise StorageError unless Redis answers (for the server's /healthz)."""
+        with self._reaching():
+            await self._redis.ping()
+
+    async def close(self) -> None:
+        await self._redis.aclose()
