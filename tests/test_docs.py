@@ -33,3 +33,12 @@ def test_every_setting_is_documented_with_its_env_var() -> None:
             assert f"| `{key}` | `{env_var(f'{section}.{key}')}`" in text, (
                 f"docs/configuration.md lacks {section}.{key}"
             )
+
+
+def test_cli_reference_is_current() -> None:
+    import runpy
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "cli-reference"
+    render = runpy.run_path(str(script))["render"]
+    current = (DOCS / "cli.md").read_text(encoding="utf-8")
+    assert render() == current, "docs/cli.md is out of date: run scripts/cli-reference"
