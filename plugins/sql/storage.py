@@ -15,6 +15,7 @@ transactions. PostgreSQL uses a pre-pinged connection pool.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import functools
 import hashlib
 import json
@@ -829,6 +830,25 @@ class SQLStorage:
         finally:
             await conn.close()
 
+    async def _advisory(self, conn: Any, function: str, key: str) -> bool:
+        """Call pg_advisory_<function> on a lock connection; a lost connection is a StorageError."""
+        import psycopg
+
+        try:
+            cursor = await conn.execute(f"SELECT pg_{function}(hashtextextended(%s, 0))", (key,))
+            row = await cursor.fetchone()
+        except psycopg.Error as error:
+            reason = " ".join(str(error).split()) or type(error).__name__
+            raise StorageError(f"database {self.description} is unavailable: {reason}") from None
+        return bool(row and row[0] is not False)
+
+    async def _release(self, conn: Any, key: str) -> None:
+        # When the lock's connection is gone the server has dropped its locks already.
+        if conn.broken or conn.closed:
+            return
+        with contextlib.suppress(StorageError):
+            await self._advisory(conn, "advisory_unlock", key)
+
     @asynccontextmanager
     async def chat_lock(self, chat_id: uuid.UUID) -> AsyncIterator[None]:
         if self.dialect != "postgresql":
@@ -836,11 +856,11 @@ class SQLStorage:
             return
         key = f"chatwright:chat:{chat_id}"
         async with self._direct() as conn:
-            await conn.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (key,))
+            await self._advisory(conn, "advisory_lock", key)
             try:
                 yield
             finally:
-                await conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
+                await self._release(conn, key)
 
     @asynccontextmanager
     async def exclusive(self, name: str) -> AsyncIterator[bool]:
@@ -849,16 +869,12 @@ class SQLStorage:
             return
         key = f"chatwright:exclusive:{name}"
         async with self._direct() as conn:
-            cursor = await conn.execute(
-                "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (key,)
-            )
-            row = await cursor.fetchone()
-            held = bool(row and row[0])
+            held = await self._advisory(conn, "try_advisory_lock", key)
             try:
                 yield held
             finally:
                 if held:
-                    await conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
+                    await self._release(conn, key)
 
     async def watch_config(self, changed: Callable[[str], None]) -> None:
         if self.dialect != "postgresql":
