@@ -79,3 +79,58 @@ def test_serve_refuses_jwt_without_a_secret(monkeypatch: pytest.MonkeyPatch, wor
     result = run("serve")
     assert result.exit_code == 1
     assert "server.jwt_secret" in result.output
+
+
+def test_serve_refuses_several_workers_on_sqlite(workdir: Path) -> None:
+    result = run("serve", "--workers", "2")
+    assert result.exit_code == 1
+    assert "server.workers > 1 needs PostgreSQL" in result.output
+
+
+def test_serve_workers_runs_that_many_processes(pg_url: str, tmp_path: Path) -> None:
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATWRIGHT_")}
+    env["CHATWRIGHT_STORAGE__URL"] = pg_url
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    chatwright = str(Path(sys.executable).parent / "chatwright")
+    server = subprocess.Popen(
+        [chatwright, "serve", "--port", str(port), "--workers", "2"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 40
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline
+            time.sleep(0.3)
+        children = subprocess.run(
+            ["pgrep", "-P", str(server.pid)], capture_output=True, text=True
+        ).stdout.split()
+        # uvicorn's supervisor spawns one process per worker (and a resource tracker).
+        workers = [
+            pid
+            for pid in children
+            if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
+        ]
+        assert len(workers) == 2, children
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=15)
