@@ -252,11 +252,23 @@ def config() -> None:
 def _redacted(settings: Settings) -> dict[str, Any]:
     from sqlalchemy.engine import make_url
 
+    def hide(value: str) -> str:
+        try:
+            return make_url(value).render_as_string(hide_password=True)
+        except Exception:
+            return "<unparseable URL hidden>"
+
     data = settings.model_dump(mode="json")
-    try:
-        data["storage"]["url"] = make_url(settings.storage.url).render_as_string(hide_password=True)
-    except Exception:
-        data["storage"]["url"] = "<unparseable URL hidden>"
+    data["storage"]["url"] = hide(settings.storage.url)
+    if settings.storage.direct_url:
+        data["storage"]["direct_url"] = hide(settings.storage.direct_url)
+    secret_words = ("password", "secret", "token", "key")
+    for section in data.get("plugins", {}).values():
+        for key, value in section.items():
+            if any(word in key.lower() for word in secret_words):
+                section[key] = "**********"
+            elif isinstance(value, str) and "://" in value:
+                section[key] = hide(value)
     return data
 
 
@@ -282,7 +294,9 @@ def config_show(app: AppContext, as_json: bool) -> None:
         return
     source = settings.config_file or "none (defaults and environment)"
     click.echo(f"# settings file: {source}")
-    for section, values in data.items():
+    plugin_sections = data.pop("plugins", {})
+    sections = [*data.items(), *((f"plugins.{n}", v) for n, v in plugin_sections.items())]
+    for section, values in sections:
         click.echo(f"\n[{section}]")
         for key, value in values.items():
             if value is None:

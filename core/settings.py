@@ -172,6 +172,10 @@ class Settings(BaseSettings):
     cache: CacheSettings = Field(default_factory=CacheSettings)  # type: ignore[arg-type]
     sessions: SessionsSettings = Field(default_factory=SessionsSettings)  # type: ignore[arg-type]
     server: ServerSettings = Field(default_factory=ServerSettings)  # type: ignore[arg-type]
+    plugins: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Settings of installed plugins, a table per plugin: [plugins.redis] url = ….",
+    )
 
     config_file: Path | None = Field(
         None, exclude=True, description="The TOML file these settings were read from."

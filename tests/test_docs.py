@@ -6,6 +6,8 @@ import inspect
 import re
 from pathlib import Path
 
+from pydantic import BaseModel
+
 from chatwright import hookspecs
 from chatwright.registry import Plugins
 from chatwright.settings import Settings, env_var
@@ -26,8 +28,12 @@ def test_every_setting_is_documented_with_its_env_var() -> None:
     for section, field in Settings.model_fields.items():
         if field.exclude:
             continue
-        assert f"## `[{section}]`" in text, f"docs/configuration.md lacks [{section}]"
         model = field.annotation
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            # A free-form table per plugin.
+            assert f"## `[{section}.<name>]`" in text, f"docs/configuration.md lacks [{section}]"
+            continue
+        assert f"## `[{section}]`" in text, f"docs/configuration.md lacks [{section}]"
         assert isinstance(model, type)
         for key in model.model_fields:  # type: ignore[attr-defined]
             assert f"| `{key}` | `{env_var(f'{section}.{key}')}`" in text, (

@@ -32,7 +32,7 @@ def session_store(settings: Settings) -> RedisSessionStore:
     from chatwright_redis.config import RedisConfig
     from chatwright_redis.store import RedisSessionStore
 
-    config = RedisConfig.from_environ()
+    config = RedisConfig.from_settings(settings.plugins.get("redis", {}))
     return RedisSessionStore.from_url(
         config.url, prefix=config.prefix, idle_timeout=settings.sessions.idle_timeout
     )

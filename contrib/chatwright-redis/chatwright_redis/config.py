@@ -1,11 +1,9 @@
-"""The plugin's settings, read from the environment.
+"""The plugin's settings: ``[plugins.redis]`` in chatwright's settings, or the environment.
 
-chatwright's settings refuse unknown keys (a typo must not pass silently), and
-they have no section for plugins yet, so ``sessions.redis_url`` cannot be set
-in ``chatwright.toml``. The Redis URL and the key prefix come from two
-environment variables instead; their names start with ``CHATWRIGHT_REDIS_``,
-which names no settings section, so chatwright's check of ``CHATWRIGHT_*``
-variables lets them through.
+``url`` and ``prefix`` come from the ``[plugins.redis]`` table of chatwright's
+settings (``chatwright.toml``, or ``CHATWRIGHT_PLUGINS__REDIS__URL``); when
+the table does not set them, from ``CHATWRIGHT_REDIS_URL`` and
+``CHATWRIGHT_REDIS_PREFIX``; then the defaults.
 """
 
 from __future__ import annotations
@@ -29,6 +27,23 @@ class RedisConfig:
     """A redis-py URL: ``redis://``, ``rediss://`` (TLS) or ``unix://``."""
     prefix: str = DEFAULT_PREFIX
     """Prepended to every key name, so that several deployments can share a server."""
+
+    @classmethod
+    def from_settings(
+        cls, section: Mapping[str, object], environ: Mapping[str, str] | None = None
+    ) -> RedisConfig:
+        """From the ``[plugins.redis]`` table, falling back to the environment."""
+        unknown = sorted(set(section) - {"url", "prefix"})
+        if unknown:
+            raise SettingsError(
+                f"unknown setting plugins.redis.{unknown[0]}; the redis plugin takes url and prefix"
+            )
+        env = dict(os.environ if environ is None else environ)
+        if "url" in section:
+            env[URL_VARIABLE] = str(section["url"])
+        if "prefix" in section:
+            env[PREFIX_VARIABLE] = str(section["prefix"])
+        return cls.from_environ(env)
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> RedisConfig:

@@ -170,3 +170,12 @@ def test_chatwright_settings_accept_the_variables(
     )
     assert shown.returncode == 0, shown.stderr
     assert 'store = "redis"' in shown.stdout
+
+
+def test_config_from_the_plugins_table_beats_the_environment() -> None:
+    env = {"CHATWRIGHT_REDIS_URL": "redis://env:6379/1", "CHATWRIGHT_REDIS_PREFIX": "e:"}
+    assert RedisConfig.from_settings({}, env) == RedisConfig("redis://env:6379/1", "e:")
+    table = {"url": "redis://table:6379/3"}
+    assert RedisConfig.from_settings(table, env) == RedisConfig("redis://table:6379/3", "e:")
+    with pytest.raises(SettingsError, match=r"plugins\.redis\.host"):
+        RedisConfig.from_settings({"host": "x"}, env)
