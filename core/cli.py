@@ -646,7 +646,9 @@ def chat(
                 return
             await _interactive(runtime, user, name, session.chat_id, show)
         finally:
-            await storage.sessions.deactivate(user, session.id)
+            from chatwright.sessions import deactivate
+
+            await deactivate(runtime, user, session.id)
 
     app.run(work)
 
@@ -755,7 +757,7 @@ def _pip(arguments: Sequence[str]) -> None:
     import subprocess
 
     command = [sys.executable, "-m", "pip", *arguments]
-    click.echo("$ " + " ".join(command[1:]), err=True)
+    click.echo("$ " + " ".join(command), err=True)
     code = subprocess.call(command)
     if code:
         raise click.ClickException(f"pip failed (exit status {code}); see its output above")

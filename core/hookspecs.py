@@ -148,6 +148,7 @@ def executor_evicted(key: tuple[str, str], reason: str) -> None:
     """Called after a built agent was dropped from the executor cache.
 
     :param key: ``(user_id, agent_name)`` of the dropped entry.
-    :param reason: why it was dropped: ``"idle-session"``, ``"ttl"``, ``"lru"``,
-        ``"capacity"``, ``"config-changed"`` or another policy's own word.
+    :param reason: why it was dropped: ``"capacity"`` (beyond ``cache.max_entries``),
+        ``"idle-session"`` (no active session left), ``"ttl"``, ``"config-changed"``,
+        or another policy's own word (``"s3fifo"``).
     """

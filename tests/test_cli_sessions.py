@@ -134,3 +134,21 @@ def test_serve_workers_runs_that_many_processes(pg_url: str, tmp_path: Path) -> 
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=15)
+
+
+def test_chat_fires_session_deactivated_when_it_ends(workdir: Path) -> None:
+    from chatwright import hookimpl
+    from chatwright.registry import LoadPolicy, Plugins
+
+    seen: list[tuple[str, str, bool]] = []
+
+    class Recorder:
+        @hookimpl
+        def session_deactivated(self, session: object, reason: str) -> None:
+            seen.append((session.user_id, reason, session.is_active))  # type: ignore[attr-defined]
+
+    plugins = Plugins.load(LoadPolicy())
+    plugins.register(Recorder(), "recorder")
+    result = CliRunner().invoke(build_cli(plugins), ["chat", "-m", "list my tasks"])
+    assert result.exit_code == 0, result.output
+    assert seen == [("local", "client", False)]

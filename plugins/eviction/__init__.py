@@ -25,8 +25,6 @@ if TYPE_CHECKING:
 
 
 class LRUPolicy:
-    reason = "lru"
-
     def __init__(self, max_entries: int) -> None:
         self.max_entries = max_entries
 
