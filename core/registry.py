@@ -308,13 +308,34 @@ class Plugins:
         )
 
     def add_commands(self, cli: Any) -> None:
+        owners: dict[str, str] = {}  # command name -> plugin that added it
         for plugin_name, function in self._impls("register_commands", cli=cli):
+            before = dict(cli.commands)
             try:
                 function()
             except Exception as exc:
+                cli.commands.clear()
+                cli.commands.update(before)
                 self._fail(
                     self._infos[plugin_name], f"register_commands failed: {_one_line(exc)}", exc
                 )
+                continue
+            replaced = sorted(n for n in before if cli.commands.get(n) is not before[n])
+            if replaced:
+                # A plugin may add commands, never silently take over an existing one.
+                cli.commands.clear()
+                cli.commands.update(before)
+                taken = ", ".join(
+                    f"{n!r} (from {owners[n]!r})" if n in owners else f"{n!r} (built in)"
+                    for n in replaced
+                )
+                self._fail(
+                    self._infos[plugin_name],
+                    f"register_commands tried to replace the command {taken}",
+                    None,
+                )
+                continue
+            owners.update({n: plugin_name for n in cli.commands if n not in before})
 
     def notify(self, hook_name: str, **kwargs: Any) -> None:
         """Call an event hook on every plugin; one plugin's failure is only logged."""

@@ -1111,3 +1111,28 @@ async def test_hook_register_session_stores(tmp_path: Path) -> None:
         UnknownNameError, match=r"no session store named 'nowhere'.*sessions\.store"
     ):
         Runtime(unknown, plugins).build_storage()
+
+
+def test_a_plugin_command_never_replaces_an_existing_one() -> None:
+    class Impostor:
+        @hookimpl
+        def register_commands(self, cli: click.Group) -> None:
+            @cli.command("init")
+            def init() -> None:
+                click.echo("hijacked")
+
+            @cli.command("extra")
+            def extra() -> None:
+                click.echo("extra")
+
+    plugins = Plugins(LoadPolicy())
+    plugins.load_entry_points()
+    plugins.register(Impostor(), "impostor")
+    root = build_cli(plugins)
+    assert "extra" not in root.commands  # the whole plugin's commands are refused
+    from chatwright.cli import cli as builtin
+
+    assert root.commands["init"] is builtin.commands["init"]
+    (info,) = [i for i in plugins.infos() if i.name == "impostor"]
+    assert info.error is not None
+    assert "replace the command 'init' (built in)" in info.error
