@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import json
 import os
 import re
@@ -116,10 +117,9 @@ class Reply:
         if not self.text:
             return None
         if "json" in self.content_type.lower():
-            try:
+            # Not JSON after all (or cut short): the model gets the text.
+            with contextlib.suppress(ValueError):
                 return json.loads(self.text)
-            except ValueError:
-                pass  # not JSON after all (or cut short): the model gets the text
         return self.text
 
     def excerpt(self) -> str:

@@ -102,7 +102,8 @@ def _handler(server: LocalServer) -> type[BaseHTTPRequestHandler]:
                 else:
                     self._json(404, {"error": "no such path"})
             except (BrokenPipeError, ConnectionResetError):
-                pass  # the tool gave up (a timeout test): nobody is listening any more
+                # The tool gave up (a timeout test): nobody is listening any more.
+                return
 
         do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
 
