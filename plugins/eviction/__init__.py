@@ -14,12 +14,13 @@ least recently used entries. Beyond that:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from chatwright import hookimpl
 
 if TYPE_CHECKING:
+    from chatwright import EvictionPolicyRegister
     from chatwright.cache import CacheEntry, Key
     from chatwright.settings import Settings
 
@@ -68,7 +69,7 @@ class TTLPolicy(LRUPolicy):
 
 
 @hookimpl
-def register_eviction_policies(register: Callable[[str, Any], None]) -> None:
+def register_eviction_policies(register: EvictionPolicyRegister) -> None:
     def idle_session(settings: Settings) -> IdleSessionPolicy:
         return IdleSessionPolicy(settings.cache.max_entries)
 

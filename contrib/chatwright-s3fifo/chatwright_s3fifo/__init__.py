@@ -52,12 +52,13 @@ register ``S3FIFOPolicy(max_entries, evict_idle=True)`` under a name of its own.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping, Reversible
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator, Mapping, Reversible
+from typing import TYPE_CHECKING
 
 from chatwright import hookimpl
 
 if TYPE_CHECKING:
+    from chatwright import EvictionPolicyRegister
     from chatwright.cache import CacheEntry, Key
     from chatwright.settings import Settings
 
@@ -263,7 +264,7 @@ def _newest_first(entries: Mapping[Key, CacheEntry]) -> Iterator[Key]:
 
 
 @hookimpl
-def register_eviction_policies(register: Callable[[str, Any], None]) -> None:
+def register_eviction_policies(register: EvictionPolicyRegister) -> None:
     def s3fifo(settings: Settings) -> S3FIFOPolicy:
         return S3FIFOPolicy(settings.cache.max_entries)
 
