@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from chatwright import hookimpl
+from chatwright.cache import EvictionPolicy
 
 if TYPE_CHECKING:
     from chatwright import EvictionPolicyRegister
@@ -25,7 +26,10 @@ if TYPE_CHECKING:
     from chatwright.settings import Settings
 
 
-class LRUPolicy:
+class LRUPolicy(EvictionPolicy):
+    # The order of ``entries`` is all these policies need: they inherit the
+    # protocol's events, which do nothing.
+
     def __init__(self, max_entries: int) -> None:
         self.max_entries = max_entries
 
