@@ -1136,3 +1136,125 @@ def test_a_plugin_command_never_replaces_an_existing_one() -> None:
     (info,) = [i for i in plugins.infos() if i.name == "impostor"]
     assert info.error is not None
     assert "replace the command 'init' (built in)" in info.error
+
+
+# -- typed register callbacks ------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Each marked line must be reported by mypy, and no other.
+MISTYPED_PLUGIN = """
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from chatwright import (
+    EvictionPolicyRegister,
+    ModelRegister,
+    SessionStoreRegister,
+    StorageBackendRegister,
+    ToolTypeRegister,
+    hookimpl,
+)
+from chatwright.plugins.crud import LazyCrudType
+from chatwright.plugins.eviction import LRUPolicy
+from chatwright.plugins.models.offline import OfflineChatModel
+from chatwright.plugins.sql import build as build_sql
+from chatwright.settings import Settings
+
+
+def lru(settings: Settings) -> LRUPolicy:
+    return LRUPolicy(settings.cache.max_entries)
+
+
+def not_a_policy(settings: Settings) -> str:
+    return "lru"
+
+
+def offline(name: str, settings: Mapping[str, Any]) -> OfflineChatModel:
+    return OfflineChatModel()
+
+
+@hookimpl
+def register_storage_backends(register: StorageBackendRegister) -> None:
+    register("sql", build_sql)
+    register("wrong", lambda: build_sql)  # mistyped
+    register(42, build_sql)  # mistyped
+
+
+@hookimpl
+def register_session_stores(register: SessionStoreRegister) -> None:
+    register("wrong", build_sql)  # mistyped
+
+
+@hookimpl
+def register_tool_types(register: ToolTypeRegister) -> None:
+    register("crud", LazyCrudType())
+    register("wrong", LazyCrudType)  # mistyped
+
+
+@hookimpl
+def register_eviction_policies(register: EvictionPolicyRegister) -> None:
+    register("lru", lru)
+    register("wrong", not_a_policy)  # mistyped
+
+
+@hookimpl
+def register_models(register: ModelRegister) -> None:
+    register("offline", offline)
+    register("wrong", lru)  # mistyped
+"""
+
+
+def test_mypy_reports_a_mistyped_registration(tmp_path: Path) -> None:
+    import subprocess
+
+    pytest.importorskip("mypy")
+    plugin = tmp_path / "mistyped_plugin.py"
+    plugin.write_text(MISTYPED_PLUGIN, encoding="utf-8")
+    # A process of its own (mypy changes the interpreter's recursion limit), with the
+    # repository's settings and cache: chatwright itself is checked once, by `mypy`.
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            str(plugin),
+            "--config-file",
+            str(ROOT / "pyproject.toml"),
+            "--cache-dir",
+            str(ROOT / ".mypy_cache"),
+            "--no-error-summary",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    stdout, stderr, status = done.stdout, done.stderr, done.returncode
+    reported = {int(line.split(":")[1]) for line in stdout.splitlines() if ": error:" in line}
+    marked = {
+        number
+        for number, line in enumerate(MISTYPED_PLUGIN.splitlines(), start=1)
+        if line.endswith("# mistyped")
+    }
+    assert status == 1, stdout + stderr
+    assert reported == marked, stdout
+
+
+def test_register_callbacks_are_typed_by_their_protocols() -> None:
+    import typing
+
+    import chatwright
+    from chatwright import hookspecs
+
+    expected = {
+        "register_storage_backends": chatwright.StorageBackendRegister,
+        "register_session_stores": chatwright.SessionStoreRegister,
+        "register_tool_types": chatwright.ToolTypeRegister,
+        "register_eviction_policies": chatwright.EvictionPolicyRegister,
+        "register_models": chatwright.ModelRegister,
+    }
+    assert set(expected) == set(COLLECTIONS)
+    for hook, protocol in expected.items():
+        assert typing.get_type_hints(getattr(hookspecs, hook))["register"] is protocol
