@@ -5,7 +5,9 @@ Writing a plugin
 
 A plugin is a module (or any object) with functions marked ``@hookimpl`` whose
 names are hooks from :mod:`chatwright.hookspecs`. Collection hooks hand you a
-``register`` callback::
+``register`` callback, typed by the protocols exported here
+(:class:`ToolTypeRegister`, :class:`EvictionPolicyRegister`, …) so that mypy
+checks what you register::
 
     # chatwright_shout.py
     from chatwright import hookimpl
@@ -48,12 +50,25 @@ from chatwright.errors import (
     StorageError,
     UnknownNameError,
 )
-from chatwright.hookspecs import hookimpl
+from chatwright.hookspecs import (
+    EvictionPolicyFactory,
+    EvictionPolicyRegister,
+    ModelRegister,
+    SessionStoreFactory,
+    SessionStoreRegister,
+    StorageBackendRegister,
+    StorageFactory,
+    ToolTypeRegister,
+    hookimpl,
+)
 
 if TYPE_CHECKING:
+    from chatwright.cache import EvictionPolicy
+    from chatwright.models import ModelFactory
     from chatwright.runtime import Runtime
     from chatwright.settings import Settings
     from chatwright.stores import Storage
+    from chatwright.tools import ToolType
 
 __version__ = "0.1.0"
 
@@ -61,14 +76,25 @@ __all__ = [
     "AlreadyExistsError",
     "ChatwrightError",
     "DuplicateRegistrationError",
+    "EvictionPolicy",
+    "EvictionPolicyFactory",
+    "EvictionPolicyRegister",
     "InvalidInputError",
+    "ModelFactory",
+    "ModelRegister",
     "NotFoundError",
     "PluginError",
     "Runtime",
+    "SessionStoreFactory",
+    "SessionStoreRegister",
     "Settings",
     "SettingsError",
     "Storage",
+    "StorageBackendRegister",
     "StorageError",
+    "StorageFactory",
+    "ToolType",
+    "ToolTypeRegister",
     "UnknownNameError",
     "__version__",
     "hookimpl",
@@ -89,4 +115,16 @@ def __getattr__(name: str) -> Any:
         from chatwright.stores import Storage
 
         return Storage
+    if name == "EvictionPolicy":
+        from chatwright.cache import EvictionPolicy
+
+        return EvictionPolicy
+    if name == "ModelFactory":
+        from chatwright.models import ModelFactory
+
+        return ModelFactory
+    if name == "ToolType":
+        from chatwright.tools import ToolType
+
+        return ToolType
     raise AttributeError(f"module 'chatwright' has no attribute {name!r}")

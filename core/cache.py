@@ -9,18 +9,21 @@ version rebuilds the entry.
 
 Concurrent misses for the same key wait for one build (single flight). Which
 entries to drop is decided by the eviction policy named by ``cache.policy``
-(plugins register policies with ``register_eviction_policies``); every drop
-fires the ``executor_evicted`` hook and is counted by reason.
+(plugins register policies with ``register_eviction_policies``), which is
+also told of every insertion, hit and removal; every drop fires the
+``executor_evicted`` hook and is counted by reason.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import asyncio
 
 Key = tuple[str, str]
 """(user_id, agent_name)."""
@@ -36,7 +39,15 @@ class CacheEntry:
 
 
 class EvictionPolicy(Protocol):
-    """Decides which entries leave the cache, and why."""
+    """Decides which entries leave the cache, and why; hears what happens to them.
+
+    ``select`` is the one method a policy must have. The events ``inserted``,
+    ``hit`` and ``removed`` tell it of every change, in the order they happen,
+    so that a policy can keep its own bookkeeping (frequencies, queues) exact
+    instead of inferring it from ``entries``. They are optional: a policy that
+    subclasses :class:`EvictionPolicy` inherits the bodies below, which do
+    nothing, and the cache tells nothing to a policy that lacks them.
+    """
 
     def select(
         self, entries: Mapping[Key, CacheEntry], active: set[Key] | None, now: float
@@ -49,6 +60,25 @@ class EvictionPolicy(Protocol):
         :param now: the cache clock (monotonic seconds).
         """
         ...
+
+    def inserted(self, key: Key) -> None:
+        """An entry was built and stored under ``key``; ``select`` follows at once."""
+        # A bare return, not an empty body: mypy would take an empty one for abstract.
+        return
+
+    def hit(self, key: Key) -> None:
+        """A request found the entry under ``key`` current and used it."""
+        return
+
+    def removed(self, key: Key, reason: str) -> None:
+        """The entry under ``key`` left the cache, for ``reason``.
+
+        Every removal is told: those the policy chose in ``select`` (with its
+        reason) and those the cache made by itself, ``"config-changed"`` when
+        an entry is rebuilt from a new config version (``inserted`` follows)
+        or dropped because another process changed the agent.
+        """
+        return
 
 
 @dataclass
@@ -87,11 +117,16 @@ class ExecutorCache:
 
     async def get(self, key: Key, version: str) -> CacheEntry:
         """The entry for ``key`` built from ``version``, building it if needed."""
+        # Imported here: policies subclass EvictionPolicy, so this module is
+        # imported at every start of the runner, where asyncio is not needed.
+        import asyncio
+
         entry = self._entries.get(key)
         if entry is not None and entry.version == version:
             self.stats.hits += 1
             entry.last_used = self._clock()
             self._entries.move_to_end(key)
+            self._tell("hit", key)
             return entry
         self.stats.misses += 1
         flight = self._flights.get((key, version))
@@ -116,6 +151,7 @@ class ExecutorCache:
         entry = CacheEntry(key, version, value, built_at=now, last_used=now)
         self._entries[key] = entry
         self._entries.move_to_end(key)
+        self._tell("inserted", key)
         self._apply(self.policy.select(self._entries, None, now), keep=key)
         return entry
 
@@ -133,8 +169,15 @@ class ExecutorCache:
         if self._entries.pop(key, None) is None:
             return False
         self.stats.evictions[reason] += 1
+        self._tell("removed", key, reason)
         self._on_evict(key, reason)
         return True
+
+    def _tell(self, event: str, *args: Any) -> None:
+        # A policy written before the events existed has only select(): it hears nothing.
+        method = getattr(self.policy, event, None)
+        if method is not None:
+            method(*args)
 
     def evict_where(self, predicate: Callable[[Key], bool], reason: str) -> list[Key]:
         keys = [k for k in self._entries if predicate(k)]

@@ -8,7 +8,9 @@ returning values, so the core decides what happens when two plugins use the
 same name (a :class:`~chatwright.errors.DuplicateRegistrationError` naming both)
 and remembers which plugin supplied what. Registering must be cheap: declare
 names and factories, and leave network access, key checks and heavy imports to
-the factory, which runs at first use.
+the factory, which runs at first use. Each ``register`` callback is typed
+(:class:`ToolTypeRegister`, …) so that a type checker checks what a plugin
+registers.
 
 *Event hooks* are called for every plugin that implements them; their return
 values are ignored, and an exception in one plugin is logged without stopping
@@ -17,32 +19,84 @@ the others.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol
 
 import pluggy
 
 if TYPE_CHECKING:
     import click
 
+    from chatwright.cache import EvictionPolicy
+    from chatwright.models import ModelFactory
     from chatwright.runtime import Runtime
     from chatwright.settings import Settings
-    from chatwright.stores import ChatSession, Storage
+    from chatwright.stores import ChatSession, SessionStore, Storage
+    from chatwright.tools import ToolType
 
 PROJECT_NAME = "chatwright"
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
-StorageFactory = Callable[["Settings"], "Storage"]
-"""Builds a storage backend from the settings; called at first use."""
+
+# -- what collection hooks register ----------------------------------------
+# Each ``register`` callback has a type of its own, so that mypy checks what a
+# plugin registers against the protocol the core will use it through.
+
+
+class StorageFactory(Protocol):
+    """Builds a storage backend from the settings; called at first use."""
+
+    def __call__(self, settings: Settings, /) -> Storage: ...
+
+
+class SessionStoreFactory(Protocol):
+    """Builds a session store from the settings; called when a runtime builds its storage."""
+
+    def __call__(self, settings: Settings, /) -> SessionStore: ...
+
+
+class EvictionPolicyFactory(Protocol):
+    """Builds the executor cache's eviction policy from the settings; one per runtime."""
+
+    def __call__(self, settings: Settings, /) -> EvictionPolicy: ...
+
+
+class StorageBackendRegister(Protocol):
+    """The ``register`` callback of :func:`register_storage_backends`."""
+
+    def __call__(self, name: str, factory: StorageFactory, /) -> None: ...
+
+
+class SessionStoreRegister(Protocol):
+    """The ``register`` callback of :func:`register_session_stores`."""
+
+    def __call__(self, name: str, factory: SessionStoreFactory, /) -> None: ...
+
+
+class ToolTypeRegister(Protocol):
+    """The ``register`` callback of :func:`register_tool_types`."""
+
+    def __call__(self, type_name: str, tool_type: ToolType, /) -> None: ...
+
+
+class EvictionPolicyRegister(Protocol):
+    """The ``register`` callback of :func:`register_eviction_policies`."""
+
+    def __call__(self, name: str, factory: EvictionPolicyFactory, /) -> None: ...
+
+
+class ModelRegister(Protocol):
+    """The ``register`` callback of :func:`register_models`."""
+
+    def __call__(self, prefix: str, factory: ModelFactory, /) -> None: ...
 
 
 # -- collection hooks -------------------------------------------------------
 
 
 @hookspec
-def register_storage_backends(register: Callable[[str, StorageFactory], None]) -> None:
+def register_storage_backends(register: StorageBackendRegister) -> None:
     """Register storage backends by name.
 
     The setting ``storage.backend`` picks one of them.
@@ -55,7 +109,7 @@ def register_storage_backends(register: Callable[[str, StorageFactory], None]) -
 
 
 @hookspec
-def register_session_stores(register: Callable[[str, Any], None]) -> None:
+def register_session_stores(register: SessionStoreRegister) -> None:
     """Register session stores: where chat sessions live, apart from the storage backend.
 
     The setting ``sessions.store`` picks one by name; ``"default"`` keeps
@@ -69,34 +123,37 @@ def register_session_stores(register: Callable[[str, Any], None]) -> None:
 
 
 @hookspec
-def register_tool_types(register: Callable[[str, Any], None]) -> None:
+def register_tool_types(register: ToolTypeRegister) -> None:
     """Register tool types that ``agent_tools`` rows can name in their ``type``.
 
-    :param register: call ``register(type_name, tool_type)``; ``tool_type`` has
-        a pydantic ``config_model`` that validates a row's ``config`` and a
-        ``build(...)`` method that turns a validated row into a LangChain tool.
+    :param register: call ``register(type_name, tool_type)``; ``tool_type``
+        implements :class:`chatwright.tools.ToolType`: a pydantic
+        ``config_model`` that validates a row's ``config`` and a ``build(...)``
+        method that turns a validated row into a LangChain tool.
     """
 
 
 @hookspec
-def register_eviction_policies(register: Callable[[str, Any], None]) -> None:
+def register_eviction_policies(register: EvictionPolicyRegister) -> None:
     """Register executor-cache eviction policies by name.
 
     The setting ``cache.policy`` picks one of them.
 
     :param register: call ``register(name, factory)``; ``factory(settings)``
-        returns the policy object the executor cache consults.
+        returns the :class:`chatwright.cache.EvictionPolicy` the executor
+        cache consults and tells of insertions, hits and removals.
     """
 
 
 @hookspec
-def register_models(register: Callable[[str, Any], None]) -> None:
+def register_models(register: ModelRegister) -> None:
     """Register chat-model providers by the prefix of a model spec.
 
     A spec is ``prefix:name`` (``openai:gpt-4o-mini``, ``offline:assistant``).
 
     :param register: call ``register(prefix, factory)``;
-        ``factory(name, model_settings)`` returns a LangChain chat model. A
+        ``factory(name, model_settings)`` returns a LangChain chat model
+        (:class:`chatwright.models.ModelFactory`). A
         missing package or API key is reported by the factory, at first use.
     """
 

@@ -22,6 +22,10 @@ imported:
     default it is skipped with a one-line warning and reported, with its
     error, by ``chatwright plugins``.
 
+``CHATWRIGHT_TRACE_PLUGINS=1`` writes one line to stderr for every call of a
+plugin's hook: the plugin, the hook with a summary of its arguments, how long
+it took, and what it registered, added or raised.
+
 Collection hooks are called one implementation at a time, so that the core
 knows which plugin registered which name, can name both plugins when a name is
 taken twice, and can isolate a plugin whose hook raises.
@@ -34,7 +38,9 @@ import functools
 import logging
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
@@ -137,11 +143,28 @@ class LoadPolicy:
         return normalize_name(distribution) in self.allow
 
 
-class Plugins:
-    """The plugin manager of one process: pluggy underneath, plus bookkeeping."""
+def _new_commands(cli: Any, before: Mapping[str, Any]) -> list[str]:
+    return [name for name in cli.commands if name not in before]
 
-    def __init__(self, policy: LoadPolicy | None = None) -> None:
+
+def _summary(value: Any) -> str:
+    """A short, one-line picture of a hook argument for the trace."""
+    if value is None or isinstance(value, str | int | float | bool | tuple):
+        text = repr(value)
+        return text if len(text) <= 60 else text[:59] + "…"
+    return f"<{type(value).__name__}>"
+
+
+class Plugins:
+    """The plugin manager of one process: pluggy underneath, plus bookkeeping.
+
+    :param trace: write a line to stderr for every hook call; by default
+        ``CHATWRIGHT_TRACE_PLUGINS`` decides.
+    """
+
+    def __init__(self, policy: LoadPolicy | None = None, *, trace: bool | None = None) -> None:
         self.policy = policy if policy is not None else LoadPolicy.from_environ()
+        self.trace = env_flag("CHATWRIGHT_TRACE_PLUGINS") if trace is None else trace
         self._pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
         self._pm.add_hookspecs(hookspecs)
         self._infos: dict[str, PluginInfo] = {}
@@ -254,6 +277,47 @@ class Plugins:
             args = {name: kwargs[name] for name in impl.argnames}
             yield impl.plugin_name, functools.partial(impl.function, **args)
 
+    def _call(
+        self,
+        plugin_name: str,
+        hook_name: str,
+        function: Callable[[], object],
+        kwargs: Mapping[str, Any],
+        outcome: tuple[str, Callable[[], Iterable[str]]] | None = None,
+    ) -> None:
+        """Call one plugin's implementation of a hook, traced when tracing is on.
+
+        :param outcome: for the trace, a verb and the names the call produced
+            (``("registered", …)``).
+        """
+        if not self.trace:
+            function()
+            return
+        # pluggy's add_hookcall_monitoring sees only calls made through pm.hook; the
+        # registry calls each implementation itself, so it times them itself too.
+        start = time.perf_counter()
+        try:
+            function()
+        except BaseException as exc:
+            self._trace(plugin_name, hook_name, kwargs, start, f"raised {_one_line(exc)}")
+            raise
+        result = ""
+        if outcome is not None:
+            verb, names = outcome
+            result = f"{verb} " + (", ".join(repr(n) for n in names()) or "nothing")
+        self._trace(plugin_name, hook_name, kwargs, start, result)
+
+    @staticmethod
+    def _trace(
+        plugin_name: str, hook_name: str, kwargs: Mapping[str, Any], start: float, result: str
+    ) -> None:
+        elapsed = (time.perf_counter() - start) * 1000
+        args = ", ".join(f"{name}={_summary(value)}" for name, value in kwargs.items())
+        line = f"chatwright trace: plugin {plugin_name!r} {hook_name}({args}) {elapsed:.3f} ms"
+        # One write per line: lines from several server workers on one stderr stay whole.
+        sys.stderr.write(line + (f": {result}" if result else "") + "\n")
+        sys.stderr.flush()
+
     def collect(self, hook_name: str) -> dict[str, Registration]:
         """Everything registered through one collection hook, by name."""
         if hook_name in self._collected:
@@ -276,7 +340,15 @@ class Plugins:
                 _mine[name] = Registration(kind, name, value, _by)
 
             try:
-                impl.function(**({"register": register} if impl.argnames else {}))
+                self._call(
+                    plugin_name,
+                    hook_name,
+                    functools.partial(
+                        impl.function, **({"register": register} if impl.argnames else {})
+                    ),
+                    {"register": register},
+                    ("registered", mine.keys),
+                )
             except Exception as exc:
                 self._fail(self._infos[plugin_name], f"{hook_name} failed: {_one_line(exc)}", exc)
                 continue
@@ -312,7 +384,13 @@ class Plugins:
         for plugin_name, function in self._impls("register_commands", cli=cli):
             before = dict(cli.commands)
             try:
-                function()
+                self._call(
+                    plugin_name,
+                    "register_commands",
+                    function,
+                    {"cli": cli},
+                    ("added", functools.partial(_new_commands, cli, before)),
+                )
             except Exception as exc:
                 cli.commands.clear()
                 cli.commands.update(before)
@@ -341,7 +419,7 @@ class Plugins:
         """Call an event hook on every plugin; one plugin's failure is only logged."""
         for plugin_name, function in self._impls(hook_name, **kwargs):
             try:
-                function()
+                self._call(plugin_name, hook_name, function, kwargs)
             except Exception:
                 if self.policy.strict:
                     raise

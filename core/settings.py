@@ -40,6 +40,7 @@ NOT_SETTINGS = frozenset(
         "load_plugins",
         "disable_plugins",
         "strict_plugins",
+        "trace_plugins",
         "debug",
         "test_database_url",
         "serve_overrides",

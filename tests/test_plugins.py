@@ -1136,3 +1136,257 @@ def test_a_plugin_command_never_replaces_an_existing_one() -> None:
     (info,) = [i for i in plugins.infos() if i.name == "impostor"]
     assert info.error is not None
     assert "replace the command 'init' (built in)" in info.error
+
+
+# -- typed register callbacks ------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Each marked line must be reported by mypy, and no other.
+MISTYPED_PLUGIN = """
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from chatwright import (
+    EvictionPolicyRegister,
+    ModelRegister,
+    SessionStoreRegister,
+    StorageBackendRegister,
+    ToolTypeRegister,
+    hookimpl,
+)
+from chatwright.plugins.crud import LazyCrudType
+from chatwright.plugins.eviction import LRUPolicy
+from chatwright.plugins.models.offline import OfflineChatModel
+from chatwright.plugins.sql import build as build_sql
+from chatwright.settings import Settings
+
+
+def lru(settings: Settings) -> LRUPolicy:
+    return LRUPolicy(settings.cache.max_entries)
+
+
+def not_a_policy(settings: Settings) -> str:
+    return "lru"
+
+
+def offline(name: str, settings: Mapping[str, Any]) -> OfflineChatModel:
+    return OfflineChatModel()
+
+
+@hookimpl
+def register_storage_backends(register: StorageBackendRegister) -> None:
+    register("sql", build_sql)
+    register("wrong", lambda: build_sql)  # mistyped
+    register(42, build_sql)  # mistyped
+
+
+@hookimpl
+def register_session_stores(register: SessionStoreRegister) -> None:
+    register("wrong", build_sql)  # mistyped
+
+
+@hookimpl
+def register_tool_types(register: ToolTypeRegister) -> None:
+    register("crud", LazyCrudType())
+    register("wrong", LazyCrudType)  # mistyped
+
+
+@hookimpl
+def register_eviction_policies(register: EvictionPolicyRegister) -> None:
+    register("lru", lru)
+    register("wrong", not_a_policy)  # mistyped
+
+
+@hookimpl
+def register_models(register: ModelRegister) -> None:
+    register("offline", offline)
+    register("wrong", lru)  # mistyped
+"""
+
+
+def test_mypy_reports_a_mistyped_registration(tmp_path: Path) -> None:
+    import subprocess
+
+    pytest.importorskip("mypy")
+    plugin = tmp_path / "mistyped_plugin.py"
+    plugin.write_text(MISTYPED_PLUGIN, encoding="utf-8")
+    # A process of its own (mypy changes the interpreter's recursion limit), with the
+    # repository's settings and cache: chatwright itself is checked once, by `mypy`.
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            str(plugin),
+            "--config-file",
+            str(ROOT / "pyproject.toml"),
+            "--cache-dir",
+            str(ROOT / ".mypy_cache"),
+            "--no-error-summary",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    stdout, stderr, status = done.stdout, done.stderr, done.returncode
+    reported = {int(line.split(":")[1]) for line in stdout.splitlines() if ": error:" in line}
+    marked = {
+        number
+        for number, line in enumerate(MISTYPED_PLUGIN.splitlines(), start=1)
+        if line.endswith("# mistyped")
+    }
+    assert status == 1, stdout + stderr
+    assert reported == marked, stdout
+
+
+def test_register_callbacks_are_typed_by_their_protocols() -> None:
+    import typing
+
+    import chatwright
+    from chatwright import hookspecs
+
+    expected = {
+        "register_storage_backends": chatwright.StorageBackendRegister,
+        "register_session_stores": chatwright.SessionStoreRegister,
+        "register_tool_types": chatwright.ToolTypeRegister,
+        "register_eviction_policies": chatwright.EvictionPolicyRegister,
+        "register_models": chatwright.ModelRegister,
+    }
+    assert set(expected) == set(COLLECTIONS)
+    for hook, protocol in expected.items():
+        assert typing.get_type_hints(getattr(hookspecs, hook))["register"] is protocol
+
+
+# -- CHATWRIGHT_TRACE_PLUGINS --------------------------------------------------------------
+
+TRACE_LINE = r"chatwright trace: plugin '{plugin}' {hook}\({args}\) \d+\.\d{{3}} ms"
+
+
+class Traced:
+    """A plugin with a collection hook, an event hook that works and one that fails."""
+
+    @hookimpl
+    def register_storage_backends(self, register: Callable[[str, Any], None]) -> None:
+        register("traced-a", object)
+        register("traced-b", object)
+
+    @hookimpl
+    def executor_evicted(self, key: tuple[str, str]) -> None:
+        pass
+
+    @hookimpl
+    def startup(self, runtime: object) -> None:
+        raise RuntimeError("startup went wrong")
+
+
+def test_trace_plugins_writes_a_line_per_hook_call(capsys: pytest.CaptureFixture[str]) -> None:
+    import re
+
+    plugins = Plugins(LoadPolicy(), trace=True)
+    plugins.register(Traced(), "traced")
+    plugins.collect("register_storage_backends")
+    plugins.notify("executor_evicted", key=("ann", "helper"), reason="capacity")
+    plugins.notify("startup", runtime=Runtime(Settings(), plugins))
+    root = click.Group("chatwright")
+    plugins.add_commands(root)  # no plugin adds commands: no line
+
+    lines = capsys.readouterr().err.splitlines()
+    expected = [
+        TRACE_LINE.format(
+            plugin="traced", hook="register_storage_backends", args="register=<function>"
+        )
+        + ": registered 'traced-a', 'traced-b'",
+        TRACE_LINE.format(
+            plugin="traced",
+            hook="executor_evicted",
+            args=re.escape("key=('ann', 'helper'), reason='capacity'"),
+        ),
+        TRACE_LINE.format(plugin="traced", hook="startup", args="runtime=<Runtime>")
+        + ": raised RuntimeError: startup went wrong",
+    ]
+    traced = [line for line in lines if line.startswith("chatwright trace:")]
+    assert len(traced) == len(expected), lines
+    for line, pattern in zip(traced, expected, strict=True):
+        assert re.fullmatch(pattern, line), line
+
+
+def test_trace_plugins_is_read_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert Plugins(LoadPolicy()).trace is False
+    plugins = Plugins(LoadPolicy())
+    plugins.register(Traced(), "traced")
+    plugins.collect("register_storage_backends")
+    assert capsys.readouterr().err == ""
+
+    monkeypatch.setenv("CHATWRIGHT_TRACE_PLUGINS", "1")
+    assert Plugins(LoadPolicy()).trace is True
+    from chatwright.settings import NOT_SETTINGS
+
+    assert "trace_plugins" in NOT_SETTINGS  # read directly, never taken for a setting
+
+
+TRACED_SOURCE = """
+import time
+
+import click
+from chatwright import hookimpl
+
+
+@hookimpl
+def register_commands(cli):
+    @cli.command("traced-hello")
+    def traced_hello():
+        click.echo("hello")
+
+
+@hookimpl
+def startup(runtime):
+    time.sleep(0.02)
+"""
+
+
+def test_trace_plugins_through_the_runner(dists: FakeDists, tmp_path: Path) -> None:
+    import re
+    import subprocess
+
+    dists.add("traced-cw-plugin", "traced", "traced_cw_plugin", TRACED_SOURCE)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATWRIGHT_")}
+    env["PYTHONPATH"] = str(dists.root)
+    env["CHATWRIGHT_TRACE_PLUGINS"] = "1"
+    env["CHATWRIGHT_STORAGE__URL"] = f"sqlite+aiosqlite:///{tmp_path / 'traced.db'}"
+    runner = str(Path(sys.executable).parent / "chatwright")
+    done = subprocess.run(
+        [runner, "init"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+
+    def found(pattern: str) -> str:
+        matching = [line for line in lines if re.fullmatch(pattern, line)]
+        assert len(matching) == 1, (pattern, lines)
+        return matching[0]
+
+    found(
+        TRACE_LINE.format(plugin="traced", hook="register_commands", args="cli=<\\w+>")
+        + ": added 'traced-hello'"
+    )
+    found(
+        TRACE_LINE.format(plugin="sql", hook="register_storage_backends", args="register=<\\w+>")
+        + ": registered 'sql'"
+    )
+    slept = found(TRACE_LINE.format(plugin="traced", hook="startup", args="runtime=<Runtime>"))
+    assert float(slept.split()[-2]) >= 20  # the duration is the hook's, in milliseconds
+
+    quiet = subprocess.run(
+        [runner, "plugins"],
+        env={k: v for k, v in env.items() if k != "CHATWRIGHT_TRACE_PLUGINS"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert quiet.returncode == 0, quiet.stderr
+    assert "chatwright trace" not in quiet.stderr

@@ -6,7 +6,6 @@ first ``crud`` row is loaded.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from chatwright import hookimpl
@@ -15,6 +14,7 @@ if TYPE_CHECKING:
     from langchain_core.tools import BaseTool
     from pydantic import BaseModel
 
+    from chatwright import ToolTypeRegister
     from chatwright.stores import ToolRow
     from chatwright.tools import ToolContext
 
@@ -35,7 +35,7 @@ class LazyCrudType:
 
 
 @hookimpl
-def register_tool_types(register: Callable[[str, Any], None]) -> None:
+def register_tool_types(register: ToolTypeRegister) -> None:
     crud = LazyCrudType()
     register("crud", crud)
     # The original system's type name, so its rows load unchanged.

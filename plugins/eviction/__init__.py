@@ -14,17 +14,22 @@ least recently used entries. Beyond that:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from chatwright import hookimpl
+from chatwright.cache import EvictionPolicy
 
 if TYPE_CHECKING:
+    from chatwright import EvictionPolicyRegister
     from chatwright.cache import CacheEntry, Key
     from chatwright.settings import Settings
 
 
-class LRUPolicy:
+class LRUPolicy(EvictionPolicy):
+    # The order of ``entries`` is all these policies need: they inherit the
+    # protocol's events, which do nothing.
+
     def __init__(self, max_entries: int) -> None:
         self.max_entries = max_entries
 
@@ -68,7 +73,7 @@ class TTLPolicy(LRUPolicy):
 
 
 @hookimpl
-def register_eviction_policies(register: Callable[[str, Any], None]) -> None:
+def register_eviction_policies(register: EvictionPolicyRegister) -> None:
     def idle_session(settings: Settings) -> IdleSessionPolicy:
         return IdleSessionPolicy(settings.cache.max_entries)
 

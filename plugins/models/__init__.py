@@ -10,13 +10,15 @@ replies, for tests. Nothing is imported until a model is built.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from chatwright import hookimpl
 
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
+
+    from chatwright import ModelFactory, ModelRegister
 
 # prefix -> (package to install, environment variable holding the key or None)
 PROVIDERS: dict[str, tuple[str, str | None]] = {
@@ -41,7 +43,7 @@ PROVIDERS: dict[str, tuple[str, str | None]] = {
 }
 
 
-def _langchain(provider: str) -> Callable[[str, Mapping[str, Any]], BaseChatModel]:
+def _langchain(provider: str) -> ModelFactory:
     def build(name: str, settings: Mapping[str, Any]) -> BaseChatModel:
         from chatwright.plugins.models.providers import build_langchain_model
 
@@ -63,7 +65,7 @@ def _scripted(name: str, settings: Mapping[str, Any]) -> BaseChatModel:
 
 
 @hookimpl
-def register_models(register: Callable[[str, Any], None]) -> None:
+def register_models(register: ModelRegister) -> None:
     for provider in PROVIDERS:
         register(provider, _langchain(provider))
     register("offline", _offline)

@@ -17,12 +17,12 @@ Set ``storage.backend = "supabase"`` and ``storage.url`` to the database
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from chatwright import hookimpl
 
 if TYPE_CHECKING:
+    from chatwright import StorageBackendRegister
     from chatwright.settings import Settings
     from chatwright.stores import Storage
 
@@ -34,7 +34,5 @@ def build(settings: Settings) -> Storage:
 
 
 @hookimpl
-def register_storage_backends(
-    register: Callable[[str, Callable[[Settings], Storage]], None],
-) -> None:
+def register_storage_backends(register: StorageBackendRegister) -> None:
     register("supabase", build)

@@ -12,7 +12,6 @@ row is validated, and httpx and LangChain when the first one is built.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from chatwright import hookimpl
@@ -21,6 +20,7 @@ if TYPE_CHECKING:
     from langchain_core.tools import BaseTool
     from pydantic import BaseModel
 
+    from chatwright import ToolTypeRegister
     from chatwright.stores import ToolRow
     from chatwright.tools import ToolContext
 
@@ -43,5 +43,5 @@ class LazyHttpType:
 
 
 @hookimpl
-def register_tool_types(register: Callable[[str, Any], None]) -> None:
+def register_tool_types(register: ToolTypeRegister) -> None:
     register("http", LazyHttpType())

@@ -17,12 +17,12 @@ when chatwright first needs the sessions.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from chatwright import hookimpl
 
 if TYPE_CHECKING:
+    from chatwright import SessionStoreRegister
     from chatwright.settings import Settings
     from chatwright_redis.store import RedisSessionStore
 
@@ -39,6 +39,6 @@ def session_store(settings: Settings) -> RedisSessionStore:
 
 
 @hookimpl
-def register_session_stores(register: Callable[[str, Any], None]) -> None:
+def register_session_stores(register: SessionStoreRegister) -> None:
     """Declare the ``redis`` session store."""
     register("redis", session_store)

@@ -22,23 +22,19 @@ LRU gets wrong under scans.
 
 How it follows the cache
 ------------------------
-The executor cache does not tell its policy about each access. It calls
-``select(entries, active, now)`` after every insertion and at each sweep,
-with the entries least recently used first; a hit stamps the entry's
-``last_used`` and moves it to the end, so the entries stay ordered by
-``last_used``. The policy keeps the ``last_used`` it saw for each key and, at
-each call, walks back from the newest entry to the ``now`` of the previous
-call: a key it does not know is an insertion, a known key with a newer
-``last_used`` was hit (or rebuilt after a config change, which counts as a
-request too). So each call costs the number of keys touched since the last
-one, not the size of the cache. When the number of keys it tracks differs from
-the cache's, the cache dropped some on its own (``config-changed``), and one
-full pass brings the two back in line; such keys are not remembered in G.
+The executor cache tells the policy of every event as it happens:
+``inserted(key)`` admits the key (to M if G remembers it, to S otherwise),
+``hit(key)`` adds one to its counter, and ``removed(key, reason)`` forgets a
+key the cache dropped by itself (``config-changed``), without remembering it
+in G. ``select(entries, active, now)``, called after every insertion and at
+each sweep, then evicts from the queues while they hold more than
+``cache.max_entries`` keys. A key rebuilt from a new config version is
+removed and inserted again, so it starts over in S with its counter at 0,
+as it would after another process changed the agent.
 
-Two limits come from observing rather than being told: several hits on a key
-between two calls count as one, and a hit stamped with the same clock value
-the key already had is invisible. Neither matters much: what S3-FIFO mostly
-asks is whether a key was hit at all, and the counters stop at 3 anyway.
+Should the policy hold a different number of keys than the cache (a policy
+put in place under a full cache), the next ``select`` forgets the keys the
+cache no longer holds and admits, oldest first, those it never heard of.
 
 Sweeps
 ------
@@ -52,12 +48,13 @@ register ``S3FIFOPolicy(max_entries, evict_idle=True)`` under a name of its own.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping, Reversible
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator, Mapping, Reversible
+from typing import TYPE_CHECKING
 
-from chatwright import hookimpl
+from chatwright import EvictionPolicy, hookimpl
 
 if TYPE_CHECKING:
+    from chatwright import EvictionPolicyRegister
     from chatwright.cache import CacheEntry, Key
     from chatwright.settings import Settings
 
@@ -66,7 +63,7 @@ __all__ = ["S3FIFOPolicy", "register_eviction_policies"]
 MAX_FREQUENCY = 3
 
 
-class S3FIFOPolicy:
+class S3FIFOPolicy(EvictionPolicy):
     """The S3-FIFO policy for at most ``max_entries`` entries.
 
     :param small_ratio: the share of ``max_entries`` for the small queue S.
@@ -109,8 +106,6 @@ class S3FIFOPolicy:
         self._main: OrderedDict[Key, None] = OrderedDict()
         self._ghost: OrderedDict[Key, None] = OrderedDict()
         self._frequency: dict[Key, int] = {}
-        self._last_used: dict[Key, float] = {}
-        self._seen_until = float("-inf")
 
     # -- what tests and curious operators can look at --------------------
 
@@ -135,10 +130,25 @@ class S3FIFOPolicy:
 
     # -- the EvictionPolicy protocol --------------------------------------
 
+    def inserted(self, key: Key) -> None:
+        if key not in self._frequency:
+            self._admit(key)
+
+    def hit(self, key: Key) -> None:
+        frequency = self._frequency.get(key)
+        if frequency is not None:
+            self._frequency[key] = min(frequency + 1, MAX_FREQUENCY)
+
+    def removed(self, key: Key, reason: str) -> None:
+        # Keys chosen by select() are already gone (and, from S, remembered in G);
+        # a key the cache dropped by itself is forgotten without a ghost.
+        self._forget(key)
+
     def select(
         self, entries: Mapping[Key, CacheEntry], active: set[Key] | None, now: float
     ) -> list[tuple[Key, str]]:
-        self._observe(entries, now)
+        if len(self._frequency) != len(entries):
+            self._reconcile(entries)
         chosen: list[tuple[Key, str]] = []
         if active is not None and self.evict_idle:
             for key in [k for k in entries if k not in active]:
@@ -153,35 +163,14 @@ class S3FIFOPolicy:
             chosen.append((victim, self.reason))
         return chosen
 
-    # -- following the cache ----------------------------------------------
-
-    def _observe(self, entries: Mapping[Key, CacheEntry], now: float) -> None:
-        """Count the hits and admit the insertions since the previous call."""
-        inserted: list[Key] = []
-        for key in _newest_first(entries):
-            last_used = entries[key].last_used
-            if last_used < self._seen_until:
-                break  # everything older was seen by an earlier call
-            seen = self._last_used.get(key)
-            if seen is None:
-                inserted.append(key)
-            elif last_used != seen:
-                self._frequency[key] = min(self._frequency[key] + 1, MAX_FREQUENCY)
-            self._last_used[key] = last_used
-        self._seen_until = now
-        if len(self._frequency) + len(inserted) == len(entries):
-            for key in reversed(inserted):
-                self._admit(key)
-        else:
-            self._reconcile(entries)
+    # -- catching up ----------------------------------------------------------
 
     def _reconcile(self, entries: Mapping[Key, CacheEntry]) -> None:
-        """Forget the keys the cache dropped by itself; admit, oldest first, those not held."""
+        """Forget the keys the cache does not hold; admit, oldest first, those not held."""
         for key in [k for k in self._frequency if k not in entries]:
             self._forget(key)
-        for key, entry in entries.items():
+        for key in entries:
             if key not in self._frequency:
-                self._last_used[key] = entry.last_used
                 self._admit(key)
 
     def _admit(self, key: Key) -> None:
@@ -196,7 +185,6 @@ class S3FIFOPolicy:
         self._small.pop(key, None)
         self._main.pop(key, None)
         self._frequency.pop(key, None)
-        self._last_used.pop(key, None)
 
     # -- the queues ---------------------------------------------------------
 
@@ -263,7 +251,7 @@ def _newest_first(entries: Mapping[Key, CacheEntry]) -> Iterator[Key]:
 
 
 @hookimpl
-def register_eviction_policies(register: Callable[[str, Any], None]) -> None:
+def register_eviction_policies(register: EvictionPolicyRegister) -> None:
     def s3fifo(settings: Settings) -> S3FIFOPolicy:
         return S3FIFOPolicy(settings.cache.max_entries)
 

@@ -64,9 +64,12 @@ async def test_config_changes_and_sweeps_keep_the_policy_in_step() -> None:
     cache, evicted = cache_with(policy)
     for i in range(5):
         await cache.get(user(i), "v1")
-    await cache.get(user(0), "v2")  # rebuilt: one more request for user0
+    await cache.get(user(1), "v1")
+    assert policy.frequency(user(1)) == 1  # the cache told of the hit
+    await cache.get(user(0), "v2")  # rebuilt from a new config: starts over
     assert evicted == [(user(0), "config-changed")]
-    assert policy.frequency(user(0)) == 1
+    assert policy.frequency(user(0)) == 0
+    assert policy.small[-1] == user(0)
 
     cache.evict_where(lambda key: key == user(1), "config-changed")  # another process said so
     assert cache.sweep({user(2)}) == []  # s3fifo keeps idle entries

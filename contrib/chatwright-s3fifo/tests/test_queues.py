@@ -1,4 +1,4 @@
-"""The queues of S3-FIFO, driven by calling select() the way the executor cache does."""
+"""The queues of S3-FIFO, driven by events and select() the way the executor cache does."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from chatwright_s3fifo import S3FIFOPolicy
 
 
 class Cache:
-    """What ExecutorCache does around select(), synchronously, with a clock of ticks."""
+    """What ExecutorCache does around the policy, synchronously, with a clock of ticks."""
 
     def __init__(self, policy: S3FIFOPolicy) -> None:
         self.policy = policy
@@ -22,8 +22,10 @@ class Cache:
 
     def insert(self, key: Key) -> list[tuple[Key, str]]:
         self.now += 1
+        if key in self.entries:  # a new config version replaces the entry
+            self.drop(key)
         self.entries[key] = CacheEntry(key, "1", None, built_at=self.now, last_used=self.now)
-        self.entries.move_to_end(key)
+        self.policy.inserted(key)
         chosen = self.policy.select(self.entries, None, self.now)
         assert key not in {k for k, _ in chosen}, "the cache never evicts what it just built"
         return self._drop(chosen)
@@ -33,14 +35,21 @@ class Cache:
             self.now += 1
             self.entries[key].last_used = self.now
             self.entries.move_to_end(key)
+            self.policy.hit(key)
 
     def sweep(self, active: set[Key]) -> list[tuple[Key, str]]:
         self.now += 1
         return self._drop(self.policy.select(self.entries, active, self.now))
 
+    def drop(self, key: Key) -> None:
+        """What the cache drops by itself: a config changed."""
+        del self.entries[key]
+        self.policy.removed(key, "config-changed")
+
     def _drop(self, chosen: list[tuple[Key, str]]) -> list[tuple[Key, str]]:
-        for key, _ in chosen:
+        for key, reason in chosen:
             del self.entries[key]
+            self.policy.removed(key, reason)
         return chosen
 
 
@@ -132,15 +141,14 @@ def test_counters_saturate_at_three() -> None:
     assert cache.policy.frequency(k("a")) == 3
 
 
-def test_hits_between_two_calls_count_once_and_same_clock_hits_are_invisible() -> None:
+def test_every_hit_counts_even_between_two_calls_of_select() -> None:
     cache = Cache(S3FIFOPolicy(4))
     cache.insert(k("a"))
-    cache.hit(k("a"), k("a"), k("a"))
-    cache.sweep(set())
-    assert cache.policy.frequency(k("a")) == 1
-    cache.entries.move_to_end(k("a"))  # a hit whose clock did not move on
-    cache.sweep(set())
-    assert cache.policy.frequency(k("a")) == 1
+    cache.hit(k("a"), k("a"))
+    assert cache.policy.frequency(k("a")) == 2
+    cache.now -= 1  # a hit whose clock did not move on is a hit all the same
+    cache.hit(k("a"))
+    assert cache.policy.frequency(k("a")) == 3
 
 
 def test_the_newest_entry_is_kept_even_when_it_is_all_small_holds() -> None:
@@ -171,19 +179,21 @@ def test_keys_the_cache_dropped_by_itself_are_forgotten_without_a_ghost() -> Non
     cache = Cache(S3FIFOPolicy(4, small_ratio=0.25))
     for name in "abc":
         cache.insert(k(name))
-    del cache.entries[k("b")]  # config-changed, as Runtime.config_changed does
+    cache.drop(k("b"))  # config-changed, as Runtime.config_changed does
     cache.insert(k("d"))
     assert cache.policy.small == keys("a", "c", "d")
     assert cache.policy.ghost == []
     assert cache.policy.frequency(k("b")) is None
 
 
-def test_a_rebuilt_key_counts_as_a_request() -> None:
+def test_a_rebuilt_key_starts_over_in_small() -> None:
     cache = Cache(S3FIFOPolicy(4))
     cache.insert(k("a"))
+    cache.hit(k("a"))
     cache.insert(k("a"))  # a new config version replaces the entry under the same key
     assert cache.policy.small == keys("a")
-    assert cache.policy.frequency(k("a")) == 1
+    assert cache.policy.frequency(k("a")) == 0
+    assert cache.policy.ghost == []
 
 
 def test_entries_the_policy_never_saw_are_adopted() -> None:
@@ -237,12 +247,10 @@ def test_random_workloads_keep_every_invariant(max_entries: int) -> None:
             cache.insert(rng.choice(population))
         elif roll < 0.9:
             cache.hit(rng.choice(present))
-            continue  # the policy hears of hits and removals at its next call
         elif roll < 0.97:
             cache.sweep(set(rng.sample(present, len(present) // 2)))
         else:
-            del cache.entries[rng.choice(present)]
-            continue
+            cache.drop(rng.choice(present))
         policy = cache.policy
         small, main, ghost = set(policy.small), set(policy.main), set(policy.ghost)
         assert len(cache.entries) <= max_entries
