@@ -6,20 +6,17 @@ awaited on the engine's async driver (``aiosqlite`` or ``psycopg`` 3), so no
 call blocks the event loop, and a connection is held only for the statement
 or transaction at hand, never across a model call.
 
-SQLite is tuned for a server: WAL journal (readers never wait for the writer),
-a busy timeout, foreign keys on, and ``BEGIN IMMEDIATE`` for transactions that
-write, so two writers queue instead of failing halfway. Reads use deferred
-transactions. PostgreSQL uses a pre-pinged connection pool.
+PostgreSQL uses a pre-pinged connection pool; SQLite's engine, the URLs and
+the translation of driver errors are in :mod:`.engine` and :mod:`.errors`,
+migrations in :mod:`.migrate`, and what several processes coordinate through
+on PostgreSQL in :mod:`.postgres`.
 """
 
 from __future__ import annotations
 
 import builtins
-import contextlib
-import functools
 import hashlib
 import json
-import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -27,18 +24,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import event, exc
+from sqlalchemy import exc
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.pool import AsyncAdaptedQueuePool
 
-from chatwright.errors import AlreadyExistsError, InvalidInputError, NotFoundError, StorageError
-from chatwright.plugins.sql import schema
+from chatwright.errors import AlreadyExistsError, InvalidInputError, NotFoundError
+from chatwright.plugins.sql import migrate, schema
+from chatwright.plugins.sql.engine import normalize_url, redact, sqlite_engine
+from chatwright.plugins.sql.errors import DatabaseErrors
+from chatwright.plugins.sql.postgres import Coordination
 from chatwright.plugins.sql.records import SQLRecordStore
 from chatwright.settings import Settings
 from chatwright.stores import (
@@ -53,52 +48,11 @@ from chatwright.stores import (
     ToolRow,
 )
 
-log = logging.getLogger(__name__)
-
-MIGRATIONS = "chatwright.plugins.sql:migrations"
-# Any constant works; it only has to be the same in every process.
-_UPGRADE_LOCK_KEY = 0x63687477_0001
-
 AGENT_FIELDS = frozenset({"system_prompt", "model", "model_settings", "history_window"})
 
 
 def now() -> datetime:
     return datetime.now(UTC)
-
-
-def normalize_url(raw: str) -> URL:
-    """Pick the async driver for a URL: sqlite -> aiosqlite, postgresql -> psycopg."""
-    try:
-        url = make_url(raw)
-    except exc.ArgumentError:
-        raise StorageError(
-            f"storage.url {raw!r} is not a database URL; use sqlite:///path/to/file.db "
-            "or postgresql://user@host:5432/dbname"
-        ) from None
-    backend = url.get_backend_name()
-    if backend == "sqlite":
-        return url.set(drivername="sqlite+aiosqlite")
-    if backend in {"postgresql", "postgres"}:
-        return url.set(drivername="postgresql+psycopg")
-    raise StorageError(
-        f"storage.url uses {backend!r}; the sql backend supports sqlite and postgresql"
-    )
-
-
-def redact(url: URL) -> str:
-    return url.render_as_string(hide_password=True)
-
-
-@functools.cache
-def _alembic_config() -> Config:
-    config = Config()
-    config.set_main_option("script_location", MIGRATIONS)
-    return config
-
-
-@functools.cache
-def _head() -> str | None:
-    return ScriptDirectory.from_config(_alembic_config()).get_current_head()
 
 
 def _agent(row: sa.Row[Any]) -> Agent:
@@ -685,6 +639,7 @@ class SQLStorage:
         self.url = url
         self.engine = engine
         self.direct_url = direct_url or url
+        self.coordination = Coordination(self.direct_url, redact(url))
         self.agents = SQLAgentStore(self)
         self.tools = SQLToolStore(self)
         self.sessions = SQLSessionStore(self)
@@ -698,7 +653,7 @@ class SQLStorage:
         cfg = settings.storage
         url = normalize_url(cfg.url)
         if url.get_backend_name() == "sqlite":
-            return cls(url, _sqlite_engine(url, busy_timeout=cfg.busy_timeout, echo=cfg.echo))
+            return cls(url, sqlite_engine(url, busy_timeout=cfg.busy_timeout, echo=cfg.echo))
         connect_args: dict[str, Any] = {"connect_timeout": 10}
         if cfg.pooler == "transaction":
             # A transaction pooler hands each transaction to any server connection:
@@ -752,8 +707,8 @@ class SQLStorage:
     async def enter_user(self, conn: AsyncConnection, user_id: str | None) -> None:
         """Hook run at the start of every transaction; see :meth:`read`."""
 
-    def _errors(self) -> _DatabaseErrors:
-        return _DatabaseErrors(self)
+    def _errors(self) -> DatabaseErrors:
+        return DatabaseErrors(self.description)
 
     async def upsert(
         self,
@@ -775,31 +730,15 @@ class SQLStorage:
     # -- schema ------------------------------------------------------------
 
     def head_revision(self) -> str | None:
-        return _head()
+        return migrate.head()
 
     async def current_revision(self) -> str | None:
-        def current(sync_conn: Connection) -> str | None:
-            context = MigrationContext.configure(
-                sync_conn, opts={"version_table": schema.VERSION_TABLE}
-            )
-            return context.get_current_revision()
-
         async with self.read() as conn:
-            return await conn.run_sync(current)
+            return await conn.run_sync(migrate.current)
 
     async def upgrade(self) -> str | None:
-        def run(sync_conn: Connection) -> None:
-            if sync_conn.dialect.name == "postgresql":
-                # Several processes starting at once migrate one after the other.
-                sync_conn.execute(
-                    sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _UPGRADE_LOCK_KEY}
-                )
-            config = _alembic_config()
-            config.attributes["connection"] = sync_conn
-            command.upgrade(config, "head")
-
         async with self.write() as conn:
-            await conn.run_sync(run)
+            await conn.run_sync(migrate.upgrade)
         return await self.current_revision()
 
     async def ping(self) -> None:
@@ -807,156 +746,27 @@ class SQLStorage:
             await conn.execute(sa.text("SELECT 1"))
 
     # -- several processes (PostgreSQL) ------------------------------------------
-    #
-    # Locks and LISTEN use their own psycopg connections, outside the pool: a turn
-    # that waits on a model must not hold one of the pool's connections.
-
-    @asynccontextmanager
-    async def _direct(self) -> AsyncIterator[Any]:
-        import psycopg
-
-        conninfo = self.direct_url.set(drivername="postgresql").render_as_string(
-            hide_password=False
-        )
-        try:
-            conn = await psycopg.AsyncConnection.connect(
-                conninfo, autocommit=True, connect_timeout=10
-            )
-        except psycopg.OperationalError as error:
-            reason = " ".join(str(error).split())
-            raise StorageError(f"database {self.description} is unavailable: {reason}") from None
-        try:
-            yield conn
-        finally:
-            await conn.close()
-
-    async def _advisory(self, conn: Any, function: str, key: str) -> bool:
-        """Call pg_advisory_<function> on a lock connection; a lost connection is a StorageError."""
-        import psycopg
-
-        try:
-            cursor = await conn.execute(f"SELECT pg_{function}(hashtextextended(%s, 0))", (key,))
-            row = await cursor.fetchone()
-        except psycopg.Error as error:
-            reason = " ".join(str(error).split()) or type(error).__name__
-            raise StorageError(f"database {self.description} is unavailable: {reason}") from None
-        return bool(row and row[0] is not False)
-
-    async def _release(self, conn: Any, key: str) -> None:
-        # When the lock's connection is gone the server has dropped its locks already.
-        if conn.broken or conn.closed:
-            return
-        with contextlib.suppress(StorageError):
-            await self._advisory(conn, "advisory_unlock", key)
 
     @asynccontextmanager
     async def chat_lock(self, chat_id: uuid.UUID) -> AsyncIterator[None]:
         if self.dialect != "postgresql":
             yield  # one process: the runtime's own lock is enough
             return
-        key = f"chatwright:chat:{chat_id}"
-        async with self._direct() as conn:
-            await self._advisory(conn, "advisory_lock", key)
-            try:
-                yield
-            finally:
-                await self._release(conn, key)
+        async with self.coordination.chat_lock(chat_id):
+            yield
 
     @asynccontextmanager
     async def exclusive(self, name: str) -> AsyncIterator[bool]:
         if self.dialect != "postgresql":
             yield True
             return
-        key = f"chatwright:exclusive:{name}"
-        async with self._direct() as conn:
-            held = await self._advisory(conn, "try_advisory_lock", key)
-            try:
-                yield held
-            finally:
-                if held:
-                    await self._release(conn, key)
+        async with self.coordination.exclusive(name) as held:
+            yield held
 
     async def watch_config(self, changed: Callable[[str], None]) -> None:
         if self.dialect != "postgresql":
             return
-        import asyncio
-
-        delay = 1.0
-        while True:
-            try:
-                async with self._direct() as conn:
-                    await conn.execute("LISTEN chatwright_config")
-                    delay = 1.0
-                    async for note in conn.notifies():
-                        changed(note.payload)
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:
-                log.warning("config listener lost its connection (%s); retrying", error)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
+        await self.coordination.watch_config(changed)
 
     async def close(self) -> None:
         await self.engine.dispose()
-
-
-class _DatabaseErrors:
-    """Turns driver errors about reaching the database into :class:`StorageError`."""
-
-    def __init__(self, storage: SQLStorage) -> None:
-        self.storage = storage
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: Any, error: BaseException | None, tb: Any) -> None:
-        sqlstate = getattr(getattr(error, "orig", None), "sqlstate", None)
-        if isinstance(error, exc.ProgrammingError) and sqlstate == "42501":
-            # insufficient_privilege: a row-level-security policy refused the row.
-            raise InvalidInputError(
-                "the database refused the change (not allowed for this user)"
-            ) from error
-        if isinstance(error, exc.DataError):
-            # A value the database cannot hold (a NUL character, an integer out of range).
-            reason = " ".join(str(error.orig).split()) if error.orig else str(error)
-            raise InvalidInputError(f"the database refused a value: {reason}") from error
-        if not isinstance(error, exc.OperationalError | exc.InterfaceError | exc.ProgrammingError):
-            return
-        reason = " ".join(str(error.orig).split()) if error.orig else str(error)
-        where = f"database {self.storage.description}"
-        if "no such table" in reason or ("relation" in reason and "does not exist" in reason):
-            raise StorageError(
-                f"{where} lacks a table ({reason}); run `chatwright db upgrade`"
-            ) from error
-        if isinstance(error, exc.ProgrammingError):
-            raise StorageError(f"{where} rejected a statement: {reason}") from error
-        raise StorageError(f"{where} is unavailable: {reason}") from error
-
-
-def _sqlite_engine(url: URL, *, busy_timeout: float, echo: bool) -> AsyncEngine:
-    memory = url.database in (None, "", ":memory:")
-    kwargs: dict[str, Any] = {"echo": echo, "connect_args": {"timeout": busy_timeout}}
-    if memory:
-        # Every new connection to :memory: would see a new, empty database, so keep
-        # exactly one, and let tasks queue for it rather than share it mid-transaction.
-        kwargs.update(poolclass=AsyncAdaptedQueuePool, pool_size=1, max_overflow=0)
-    engine = create_async_engine(url, **kwargs)
-
-    @event.listens_for(engine.sync_engine, "connect")
-    def configure(dbapi_connection: Any, _record: Any) -> None:
-        # Let SQLAlchemy, not the driver, decide when transactions begin.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
-        if not memory:
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.close()
-
-    @event.listens_for(engine.sync_engine, "begin")
-    def begin(conn: Connection) -> None:
-        write = conn.get_execution_options().get("chatwright_write", True)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
-
-    return engine
