@@ -38,16 +38,37 @@ from chatwright.plugins.sql.stores import (
     SQLMemoryStore,
     SQLToolStore,
 )
+from chatwright.plugins.sql.user_transactions import UserTransactions
 from chatwright.settings import Settings
 
 
 class SQLStorage:
-    """Storage on one SQLAlchemy async engine."""
+    """Storage on one SQLAlchemy async engine.
 
-    def __init__(self, url: URL, engine: AsyncEngine, direct_url: URL | None = None) -> None:
+    :param url: the database, with its async driver (see :func:`.engine.normalize_url`).
+    :param engine: the engine statements run on.
+    :param direct_url: where advisory locks and LISTEN connect (PostgreSQL); ``url``
+        when None.
+    :param users: the extension point for per-request row-level security: what
+        starts each transaction made for a user, and what a new application
+        table with a ``user_id`` column gets (see
+        :class:`~chatwright.plugins.sql.user_transactions.UserTransactions`). The
+        default scopes by column and does nothing; the ``supabase`` backend is
+        this class with its ``RowLevelSecurity``.
+    """
+
+    def __init__(
+        self,
+        url: URL,
+        engine: AsyncEngine,
+        direct_url: URL | None = None,
+        *,
+        users: UserTransactions | None = None,
+    ) -> None:
         self.url = url
         self.engine = engine
         self.direct_url = direct_url or url
+        self.users = users if users is not None else UserTransactions()
         self.coordination = Coordination(self.direct_url, redact(url))
         self.agents = SQLAgentStore(self)
         self.tools = SQLToolStore(self)
@@ -58,11 +79,15 @@ class SQLStorage:
         self.records = SQLRecordStore(self)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> SQLStorage:
+    def from_settings(
+        cls, settings: Settings, *, users: UserTransactions | None = None
+    ) -> SQLStorage:
         cfg = settings.storage
         url = normalize_url(cfg.url)
         if url.get_backend_name() == "sqlite":
-            return cls(url, sqlite_engine(url, busy_timeout=cfg.busy_timeout, echo=cfg.echo))
+            return cls(
+                url, sqlite_engine(url, busy_timeout=cfg.busy_timeout, echo=cfg.echo), users=users
+            )
         connect_args: dict[str, Any] = {"connect_timeout": 10}
         if cfg.pooler == "transaction":
             # A transaction pooler hands each transaction to any server connection:
@@ -79,7 +104,7 @@ class SQLStorage:
             connect_args=connect_args,
         )
         direct = normalize_url(cfg.direct_url) if cfg.direct_url else url
-        return cls(url, engine, direct_url=direct)
+        return cls(url, engine, direct_url=direct, users=users)
 
     @property
     def dialect(self) -> str:
@@ -96,13 +121,12 @@ class SQLStorage:
         """A connection for reads (a deferred transaction, rolled back at the end).
 
         :param user_id: the user the statements run for; None for framework
-            (admin) statements. This backend scopes by column and ignores it;
-            the ``supabase`` backend sets row-level-security claims from it.
+            (admin) statements, handed to ``users.enter`` (see the class).
         """
         with self._errors():
             async with self.engine.connect() as conn:
                 await conn.execution_options(chatwright_write=False)
-                await self.enter_user(conn, user_id)
+                await self.users.enter(conn, user_id)
                 yield conn
 
     @asynccontextmanager
@@ -110,11 +134,8 @@ class SQLStorage:
         """A transaction that commits at the end (``BEGIN IMMEDIATE`` on SQLite)."""
         with self._errors():
             async with self.engine.begin() as conn:
-                await self.enter_user(conn, user_id)
+                await self.users.enter(conn, user_id)
                 yield conn
-
-    async def enter_user(self, conn: AsyncConnection, user_id: str | None) -> None:
-        """Hook run at the start of every transaction; see :meth:`read`."""
 
     def _errors(self) -> DatabaseErrors:
         return DatabaseErrors(self.description)
