@@ -268,5 +268,8 @@ class SQLRecordStore:
 
         async with self.db.write() as conn:
             created = await conn.run_sync(create)
+            if any(c.name == "user_id" for c in spec.columns):
+                # Also for a table that existed already, so one made earlier is secured too.
+                await self.db.users.secure_table(conn, spec.name)
         self._tables.pop(spec.name, None)
         return bool(created)

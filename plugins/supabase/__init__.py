@@ -10,6 +10,11 @@ scope. Framework (admin) statements — agent and tool configuration, the
 sweeper — run as the connecting role, which on Supabase is the service role
 ``postgres``.
 
+It is built on the ``sql`` plugin's documented extension point (a
+:class:`~chatwright.plugins.sql.user_transactions.UserTransactions` given to
+:class:`~chatwright.plugins.sql.storage.SQLStorage`), so it needs that plugin:
+with ``sql`` blocked, selecting it is an error that says so.
+
 Set ``storage.backend = "supabase"`` and ``storage.url`` to the database
 (through Supavisor with ``storage.pooler = "transaction"``, plus
 ``storage.direct_url`` for LISTEN/NOTIFY and advisory locks); see docs/deploy.md.
@@ -28,6 +33,17 @@ if TYPE_CHECKING:
 
 
 def build(settings: Settings) -> Storage:
+    from chatwright.errors import PluginError
+    from chatwright.registry import BUNDLED_DISTRIBUTION, LoadPolicy
+
+    # This backend is the sql backend with other user transactions, so blocking sql
+    # blocks it too. The factory is given only the settings, so it asks the same
+    # environment the registry loaded the plugins by.
+    if not LoadPolicy.from_environ().admits("sql", BUNDLED_DISTRIBUTION, bundled=True):
+        raise PluginError(
+            "storage.backend 'supabase' is built on the sql plugin, which "
+            "CHATWRIGHT_DISABLE_PLUGINS blocks; unblock sql or choose another storage.backend"
+        )
     from chatwright.plugins.supabase.storage import SupabaseStorage
 
     return SupabaseStorage.from_settings(settings)

@@ -1,0 +1,245 @@
+"""Chat sessions and messages of the ``sql`` backend.
+
+Every statement about a user's chat is made for that user (so that the
+storage's user transactions apply), except the ones that must see across
+users: whose a chat is, the sweeper, and the counts of active sessions.
+"""
+
+from __future__ import annotations
+
+import builtins
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import exc
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from chatwright.errors import InvalidInputError, NotFoundError
+from chatwright.plugins.sql import schema
+from chatwright.plugins.sql.rows import from_row, now
+from chatwright.plugins.sql.stores import BoundStore
+from chatwright.stores import ChatSession, Message, NewMessage
+
+
+class SQLSessionStore(BoundStore):
+    async def open(
+        self,
+        user_id: str,
+        agent_name: str,
+        *,
+        chat_id: uuid.UUID | None = None,
+        client_key: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> ChatSession:
+        s = schema.chat_sessions
+        if chat_id is not None:
+            # Ownership is checked across all users (with row-level security a user's
+            # own transaction could not see that the chat belongs to someone else).
+            owner = await self.chat_owner(chat_id)
+            if owner is not None and owner[0] != user_id:
+                raise NotFoundError(f"no chat {chat_id} for this user")
+            if owner is not None and owner[1] != agent_name:
+                raise InvalidInputError(
+                    f"chat {chat_id} belongs to agent {owner[1]!r}, not {agent_name!r}"
+                )
+        try:
+            async with self.db.write(user_id) as conn:
+                if client_key is not None:
+                    existing = await self._active_with_key(conn, user_id, agent_name, client_key)
+                    if existing is not None:
+                        return existing
+                if chat_id is None:
+                    chat_id = (
+                        await conn.scalar(
+                            sa.select(s.c.chat_id)
+                            .where(s.c.user_id == user_id, s.c.agent_name == agent_name)
+                            .order_by(s.c.created_at.desc())
+                            .limit(1)
+                        )
+                        or uuid.uuid4()
+                    )
+                ts = now()
+                row = (
+                    await conn.execute(
+                        s.insert()
+                        .values(
+                            id=uuid.uuid4(),
+                            chat_id=chat_id,
+                            user_id=user_id,
+                            agent_name=agent_name,
+                            is_active=True,
+                            client_key=client_key,
+                            created_at=ts,
+                            updated_at=ts,
+                            metadata=dict(metadata or {}),
+                        )
+                        .returning(s)
+                    )
+                ).one()
+                return from_row(ChatSession, row)
+        except exc.IntegrityError:
+            # A concurrent open with the same client_key won the race: return its session.
+            if client_key is not None:
+                async with self.db.read(user_id) as conn:
+                    existing = await self._active_with_key(conn, user_id, agent_name, client_key)
+                if existing is not None:
+                    return existing
+            raise
+
+    @staticmethod
+    async def _active_with_key(
+        conn: AsyncConnection, user_id: str, agent_name: str, client_key: str
+    ) -> ChatSession | None:
+        s = schema.chat_sessions
+        row = (
+            await conn.execute(
+                sa.select(s).where(
+                    s.c.user_id == user_id,
+                    s.c.agent_name == agent_name,
+                    s.c.client_key == client_key,
+                    s.c.is_active,
+                )
+            )
+        ).first()
+        return from_row(ChatSession, row) if row else None
+
+    @staticmethod
+    async def _owner(conn: AsyncConnection, chat_id: uuid.UUID) -> tuple[str, str] | None:
+        s = schema.chat_sessions
+        row = (
+            await conn.execute(
+                sa.select(s.c.user_id, s.c.agent_name).where(s.c.chat_id == chat_id).limit(1)
+            )
+        ).first()
+        return (row.user_id, row.agent_name) if row else None
+
+    async def get(self, user_id: str, session_id: uuid.UUID) -> ChatSession | None:
+        s = schema.chat_sessions
+        async with self.db.read(user_id) as conn:
+            row = (
+                await conn.execute(sa.select(s).where(s.c.id == session_id, s.c.user_id == user_id))
+            ).first()
+        return from_row(ChatSession, row) if row else None
+
+    async def _update(
+        self, user_id: str, session_id: uuid.UUID, **values: Any
+    ) -> ChatSession | None:
+        s = schema.chat_sessions
+        stmt = (
+            s.update()
+            .where(s.c.id == session_id, s.c.user_id == user_id)
+            .values(**values)
+            .returning(s)
+        )
+        async with self.db.write(user_id) as conn:
+            row = (await conn.execute(stmt)).first()
+        return from_row(ChatSession, row) if row else None
+
+    async def heartbeat(self, user_id: str, session_id: uuid.UUID) -> ChatSession | None:
+        return await self._update(user_id, session_id, updated_at=now())
+
+    async def deactivate(self, user_id: str, session_id: uuid.UUID) -> ChatSession | None:
+        return await self._update(user_id, session_id, is_active=False, updated_at=now())
+
+    async def list(
+        self, user_id: str | None = None, *, active: bool | None = None
+    ) -> builtins.list[ChatSession]:
+        s = schema.chat_sessions
+        stmt = sa.select(s).order_by(s.c.updated_at.desc())
+        if user_id is not None:
+            stmt = stmt.where(s.c.user_id == user_id)
+        if active is not None:
+            stmt = stmt.where(s.c.is_active == active)
+        async with self.db.read(user_id) as conn:
+            rows = await conn.execute(stmt)
+        return [from_row(ChatSession, r) for r in rows]
+
+    async def sweep(self, idle_before: datetime) -> builtins.list[ChatSession]:
+        s = schema.chat_sessions
+        stmt = (
+            s.update()
+            .where(s.c.is_active, s.c.updated_at < idle_before)
+            .values(is_active=False)
+            .returning(s)
+        )
+        async with self.db.write() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [from_row(ChatSession, r) for r in rows]
+
+    async def active_keys(self) -> set[tuple[str, str]]:
+        s = schema.chat_sessions
+        stmt = sa.select(s.c.user_id, s.c.agent_name).where(s.c.is_active).distinct()
+        async with self.db.read() as conn:
+            rows = await conn.execute(stmt)
+        return {(r.user_id, r.agent_name) for r in rows}
+
+    async def count_active(self) -> int:
+        s = schema.chat_sessions
+        async with self.db.read() as conn:
+            count = await conn.scalar(
+                sa.select(sa.func.count()).select_from(s).where(s.c.is_active)
+            )
+        return int(count or 0)
+
+    async def chat_owner(self, chat_id: uuid.UUID) -> tuple[str, str] | None:
+        async with self.db.read() as conn:
+            return await self._owner(conn, chat_id)
+
+    async def touch_chat(self, user_id: str, chat_id: uuid.UUID) -> int:
+        s = schema.chat_sessions
+        stmt = (
+            s.update()
+            .where(s.c.chat_id == chat_id, s.c.user_id == user_id, s.c.is_active)
+            .values(updated_at=now())
+        )
+        async with self.db.write(user_id) as conn:
+            result = await conn.execute(stmt)
+        return int(result.rowcount)
+
+
+class SQLMessageStore(BoundStore):
+    async def append(
+        self, user_id: str, chat_id: uuid.UUID, messages: Sequence[NewMessage]
+    ) -> builtins.list[Message]:
+        if not messages:
+            return []
+        m = schema.chat_messages
+        ts = now()
+        rows = [
+            {
+                "chat_id": chat_id,
+                "user_id": user_id,
+                "role": msg.role,
+                "content": dict(msg.content),
+                "created_at": ts,
+            }
+            for msg in messages
+        ]
+        async with self.db.write(user_id) as conn:
+            result = await conn.execute(m.insert().returning(m, sort_by_parameter_order=True), rows)
+            stored = result.all()
+        return [from_row(Message, r) for r in stored]
+
+    async def window(self, user_id: str, chat_id: uuid.UUID, limit: int) -> builtins.list[Message]:
+        return await self.page(user_id, chat_id, limit=limit)
+
+    async def page(
+        self, user_id: str, chat_id: uuid.UUID, *, limit: int, before: int | None = None
+    ) -> builtins.list[Message]:
+        if limit <= 0:
+            return []
+        m = schema.chat_messages
+        stmt = (
+            sa.select(m)
+            .where(m.c.chat_id == chat_id, m.c.user_id == user_id)
+            .order_by(m.c.id.desc())
+            .limit(limit)
+        )
+        if before is not None:
+            stmt = stmt.where(m.c.id < before)
+        async with self.db.read(user_id) as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [from_row(Message, r) for r in reversed(rows)]

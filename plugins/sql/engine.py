@@ -1,0 +1,72 @@
+"""Database URLs and the SQLite engine of the ``sql`` backend.
+
+A ``storage.url`` is normalized to the async driver SQLAlchemy needs
+(``aiosqlite`` or ``psycopg`` 3), and rendered without its password wherever
+it is shown. SQLite gets an engine tuned for a server: WAL journal (readers
+never wait for the writer), a busy timeout, foreign keys on, and ``BEGIN
+IMMEDIATE`` for transactions that write, so two writers queue instead of
+failing halfway; reads use deferred transactions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import event, exc
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import AsyncAdaptedQueuePool
+
+from chatwright.errors import StorageError
+
+
+def normalize_url(raw: str) -> URL:
+    """Pick the async driver for a URL: sqlite -> aiosqlite, postgresql -> psycopg."""
+    try:
+        url = make_url(raw)
+    except exc.ArgumentError:
+        raise StorageError(
+            f"storage.url {raw!r} is not a database URL; use sqlite:///path/to/file.db "
+            "or postgresql://user@host:5432/dbname"
+        ) from None
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        return url.set(drivername="sqlite+aiosqlite")
+    if backend in {"postgresql", "postgres"}:
+        return url.set(drivername="postgresql+psycopg")
+    raise StorageError(
+        f"storage.url uses {backend!r}; the sql backend supports sqlite and postgresql"
+    )
+
+
+def redact(url: URL) -> str:
+    return url.render_as_string(hide_password=True)
+
+
+def sqlite_engine(url: URL, *, busy_timeout: float, echo: bool) -> AsyncEngine:
+    memory = url.database in (None, "", ":memory:")
+    kwargs: dict[str, Any] = {"echo": echo, "connect_args": {"timeout": busy_timeout}}
+    if memory:
+        # Every new connection to :memory: would see a new, empty database, so keep
+        # exactly one, and let tasks queue for it rather than share it mid-transaction.
+        kwargs.update(poolclass=AsyncAdaptedQueuePool, pool_size=1, max_overflow=0)
+    engine = create_async_engine(url, **kwargs)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def configure(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the driver, decide when transactions begin.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+        if not memory:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def begin(conn: Connection) -> None:
+        write = conn.get_execution_options().get("chatwright_write", True)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    return engine

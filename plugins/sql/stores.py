@@ -1,0 +1,315 @@
+"""The framework's configuration and per-user stores of the ``sql`` backend.
+
+Agents and their tool rows (admin statements), and each user's prompt
+customizations and agent memories (statements made for that user, so that the
+storage's user transactions apply). Chat sessions and messages are in
+:mod:`.chats`.
+"""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from sqlalchemy import exc
+
+from chatwright.errors import AlreadyExistsError, InvalidInputError, NotFoundError
+from chatwright.plugins.sql import schema
+from chatwright.plugins.sql.rows import from_row, now
+from chatwright.stores import (
+    DEFAULT_HISTORY_WINDOW,
+    Agent,
+    AgentMemory,
+    PromptCustomization,
+    ToolRow,
+)
+
+if TYPE_CHECKING:
+    from chatwright.plugins.sql.storage import SQLStorage
+
+AGENT_FIELDS = frozenset({"system_prompt", "model", "model_settings", "history_window"})
+
+
+class BoundStore:
+    """A store over the tables of one :class:`SQLStorage`."""
+
+    def __init__(self, db: SQLStorage) -> None:
+        self.db = db
+
+
+class SQLAgentStore(BoundStore):
+    async def get(self, name: str) -> Agent | None:
+        async with self.db.read() as conn:
+            row = (await conn.execute(sa.select(schema.agents).filter_by(name=name))).first()
+        return from_row(Agent, row) if row else None
+
+    async def list(self) -> builtins.list[Agent]:
+        async with self.db.read() as conn:
+            rows = await conn.execute(sa.select(schema.agents).order_by(schema.agents.c.name))
+        return [from_row(Agent, r) for r in rows]
+
+    async def create(
+        self,
+        name: str,
+        *,
+        system_prompt: str,
+        model: str,
+        model_settings: Mapping[str, Any] | None = None,
+        history_window: int = DEFAULT_HISTORY_WINDOW,
+    ) -> Agent:
+        ts = now()
+        values = {
+            "name": name,
+            "system_prompt": system_prompt,
+            "model": model,
+            "model_settings": dict(model_settings or {}),
+            "history_window": history_window,
+            "created_at": ts,
+            "updated_at": ts,
+        }
+        try:
+            async with self.db.write() as conn:
+                row = (
+                    await conn.execute(
+                        schema.agents.insert().values(values).returning(schema.agents)
+                    )
+                ).one()
+        except exc.IntegrityError as error:
+            if await self.get(name) is not None:
+                raise AlreadyExistsError(
+                    f"an agent named {name!r} already exists; change it with "
+                    f"`chatwright agents set {name}`"
+                ) from None
+            raise InvalidInputError(
+                f"agent {name!r} rejected by the database: {error.orig}"
+            ) from None
+        return from_row(Agent, row)
+
+    async def update(self, name: str, **changes: Any) -> Agent:
+        unknown = set(changes) - AGENT_FIELDS
+        if unknown:
+            raise InvalidInputError(
+                f"cannot change {', '.join(sorted(unknown))} of agent {name!r}; "
+                f"changeable fields: {', '.join(sorted(AGENT_FIELDS))}"
+            )
+        stmt = (
+            schema.agents.update()
+            .where(schema.agents.c.name == name)
+            .values(**changes, updated_at=now())
+            .returning(schema.agents)
+        )
+        try:
+            async with self.db.write() as conn:
+                row = (await conn.execute(stmt)).first()
+        except exc.IntegrityError as error:
+            raise InvalidInputError(
+                f"agent {name!r} rejected by the database: {error.orig}"
+            ) from None
+        if row is None:
+            raise NotFoundError(f"no agent named {name!r}; see `chatwright agents list`")
+        return from_row(Agent, row)
+
+    async def delete(self, name: str) -> bool:
+        async with self.db.write() as conn:
+            result = await conn.execute(schema.agents.delete().where(schema.agents.c.name == name))
+        return bool(result.rowcount)
+
+    async def config_version(self, name: str) -> str | None:
+        a, t = schema.agents, schema.agent_tools
+        stmt = (
+            sa.select(
+                a.c.id,
+                a.c.system_prompt,
+                a.c.model,
+                a.c.model_settings,
+                a.c.history_window,
+                a.c.updated_at,
+                t.c.id.label("tool_id"),
+                t.c.name.label("tool_name"),
+                t.c.type,
+                t.c.description,
+                t.c.config,
+                t.c.is_active,
+                t.c.position,
+                t.c.updated_at.label("tool_updated_at"),
+            )
+            .select_from(a.outerjoin(t, t.c.agent_id == a.c.id))
+            .where(a.c.name == name)
+            .order_by(t.c.id)
+        )
+        async with self.db.read() as conn:
+            rows = (await conn.execute(stmt)).all()
+        if not rows:
+            return None
+        digest = hashlib.sha256()
+        for row in rows:
+            digest.update(json.dumps(list(row), default=str, sort_keys=True).encode())
+        return digest.hexdigest()
+
+
+class SQLToolStore(BoundStore):
+    async def list(
+        self, agent_name: str | None = None, *, active_only: bool = False
+    ) -> builtins.list[ToolRow]:
+        t, a = schema.agent_tools, schema.agents
+        stmt = sa.select(t).join(a, a.c.id == t.c.agent_id).order_by(a.c.name, t.c.position, t.c.id)
+        if agent_name is not None:
+            stmt = stmt.where(a.c.name == agent_name)
+        if active_only:
+            stmt = stmt.where(t.c.is_active)
+        async with self.db.read() as conn:
+            rows = await conn.execute(stmt)
+        return [from_row(ToolRow, r) for r in rows]
+
+    async def get(self, tool_id: int) -> ToolRow | None:
+        async with self.db.read() as conn:
+            row = (await conn.execute(sa.select(schema.agent_tools).filter_by(id=tool_id))).first()
+        return from_row(ToolRow, row) if row else None
+
+    async def add(
+        self,
+        agent_name: str,
+        name: str,
+        *,
+        type: str,
+        config: Any,
+        description: str = "",
+        is_active: bool = True,
+        position: int | None = None,
+    ) -> ToolRow:
+        t = schema.agent_tools
+        if config is None:
+            raise InvalidInputError(f"tool {name!r} needs a config (a JSON object)")
+        try:
+            async with self.db.write() as conn:
+                agent_id = await conn.scalar(
+                    sa.select(schema.agents.c.id).where(schema.agents.c.name == agent_name)
+                )
+                if agent_id is None:
+                    raise NotFoundError(
+                        f"no agent named {agent_name!r}; see `chatwright agents list`"
+                    )
+                if position is None:
+                    last = await conn.scalar(
+                        sa.select(sa.func.max(t.c.position)).where(t.c.agent_id == agent_id)
+                    )
+                    position = 0 if last is None else last + 1
+                ts = now()
+                row = (
+                    await conn.execute(
+                        t.insert()
+                        .values(
+                            agent_id=agent_id,
+                            name=name,
+                            type=type,
+                            description=description,
+                            config=config,
+                            is_active=is_active,
+                            position=position,
+                            created_at=ts,
+                            updated_at=ts,
+                        )
+                        .returning(t)
+                    )
+                ).one()
+        except exc.IntegrityError as error:
+            if any(r.name == name for r in await self.list(agent_name)):
+                raise AlreadyExistsError(
+                    f"agent {agent_name!r} already has a tool named {name!r}; pick another name "
+                    "or disable the old one with `chatwright tools disable`"
+                ) from None
+            raise InvalidInputError(
+                f"tool {name!r} rejected by the database: {error.orig}"
+            ) from None
+        return from_row(ToolRow, row)
+
+    async def set_active(self, tool_id: int, active: bool) -> ToolRow:
+        t = schema.agent_tools
+        stmt = (
+            t.update()
+            .where(t.c.id == tool_id)
+            .values(is_active=active, updated_at=now())
+            .returning(t)
+        )
+        async with self.db.write() as conn:
+            row = (await conn.execute(stmt)).first()
+        if row is None:
+            raise NotFoundError(f"no tool row with id {tool_id}; see `chatwright tools list`")
+        return from_row(ToolRow, row)
+
+
+class SQLCustomizationStore(BoundStore):
+    async def list(
+        self, user_id: str, agent_name: str, *, active_only: bool = False
+    ) -> builtins.list[PromptCustomization]:
+        c = schema.prompt_customizations
+        stmt = (
+            sa.select(c)
+            .where(c.c.user_id == user_id, c.c.agent_name == agent_name)
+            .order_by(c.c.priority.desc(), c.c.id)
+        )
+        if active_only:
+            stmt = stmt.where(c.c.is_active)
+        async with self.db.read(user_id) as conn:
+            rows = await conn.execute(stmt)
+        return [from_row(PromptCustomization, r) for r in rows]
+
+    async def put(
+        self,
+        user_id: str,
+        agent_name: str,
+        kind: str,
+        content: str,
+        *,
+        priority: int = 0,
+        is_active: bool = True,
+    ) -> PromptCustomization:
+        ts = now()
+        row = await self.db.upsert(
+            schema.prompt_customizations,
+            {
+                "user_id": user_id,
+                "agent_name": agent_name,
+                "kind": kind,
+                "content": content,
+                "priority": priority,
+                "is_active": is_active,
+                "created_at": ts,
+                "updated_at": ts,
+            },
+            keys=("user_id", "agent_name", "kind"),
+            user_id=user_id,
+        )
+        return from_row(PromptCustomization, row)
+
+
+class SQLMemoryStore(BoundStore):
+    async def get(self, user_id: str, agent_name: str) -> AgentMemory | None:
+        m = schema.agent_memories
+        async with self.db.read(user_id) as conn:
+            row = (
+                await conn.execute(
+                    sa.select(m).where(m.c.user_id == user_id, m.c.agent_name == agent_name)
+                )
+            ).first()
+        return from_row(AgentMemory, row) if row else None
+
+    async def put(self, user_id: str, agent_name: str, notes: str) -> AgentMemory:
+        ts = now()
+        row = await self.db.upsert(
+            schema.agent_memories,
+            {
+                "user_id": user_id,
+                "agent_name": agent_name,
+                "notes": notes,
+                "created_at": ts,
+                "updated_at": ts,
+            },
+            keys=("user_id", "agent_name"),
+            user_id=user_id,
+        )
+        return from_row(AgentMemory, row)
