@@ -8,12 +8,11 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chatwright.errors import StorageError
+from chatwright.plugins.sql.migrations.data_api import close_table
 from chatwright.plugins.sql.records import SQLRecordStore
 from chatwright.plugins.sql.storage import SQLStorage
 from chatwright.settings import Settings
 from chatwright.stores import TableSpec
-
-OWN_ROWS = "user_id = (SELECT auth.jwt() ->> 'sub')"
 
 
 class SupabaseRecordStore(SQLRecordStore):
@@ -31,27 +30,7 @@ class SupabaseRecordStore(SQLRecordStore):
     async def _secure(self, name: str) -> None:
         # ``name`` comes from a TableSpec in code, checked by the parent class.
         async with self.db.write() as conn:
-            exists = await conn.scalar(
-                sa.text(
-                    "SELECT 1 FROM pg_policies WHERE schemaname = current_schema() "
-                    "AND tablename = :t AND policyname = 'chatwright_own_rows'"
-                ),
-                {"t": name},
-            )
-            await conn.execute(sa.text(f'ALTER TABLE "{name}" ENABLE ROW LEVEL SECURITY'))
-            if not exists:
-                await conn.execute(
-                    sa.text(
-                        f'CREATE POLICY chatwright_own_rows ON "{name}" FOR ALL TO authenticated '
-                        f"USING ({OWN_ROWS}) WITH CHECK ({OWN_ROWS})"
-                    )
-                )
-            await conn.execute(
-                sa.text(f'GRANT SELECT, INSERT, UPDATE, DELETE ON "{name}" TO authenticated')
-            )
-            await conn.execute(
-                sa.text("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO authenticated")
-            )
+            await conn.run_sync(close_table, name, own_rows=True)
 
 
 class SupabaseStorage(SQLStorage):
