@@ -38,6 +38,8 @@ import jwt
 import psycopg
 import pytest
 import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
 from langchain_core.messages import ToolMessage
 from langchain_core.tools import BaseTool
 from sqlalchemy.engine import make_url
@@ -1163,3 +1165,47 @@ async def test_the_documented_deployment_check_passes_and_catches_an_open_table(
         assert "authenticated SELECT" in table[3]
     finally:
         await admin_rows(db, "DROP TABLE cw_open_probe")
+
+
+async def test_upgrading_a_deployment_made_before_0003_closes_it() -> None:
+    tag = uuid.uuid4().hex[:10]
+    db = Cluster(name=f"cw_rls_up_{tag}", app_role="", svc_role="")
+    admin = _admin_connect()
+    admin.execute(f'CREATE DATABASE "{db.name}"')
+    storage = supabase(db.url())
+    try:
+        admin.execute(SUPABASE_ROLES)
+        await admin_rows(db, SUPABASE_DEFAULT_PRIVILEGES)
+
+        def to_0002(conn: sa.Connection) -> None:
+            config = Config()
+            config.set_main_option("script_location", "chatwright.plugins.sql:migrations")
+            config.attributes["connection"] = conn
+            command.upgrade(config, "0002")
+
+        async with storage.write() as conn:
+            await conn.run_sync(to_0002)
+            # An application table as the supabase backend secured it before 0003.
+            for statement in (
+                "CREATE TABLE habits (id serial PRIMARY KEY, user_id text NOT NULL)",
+                "ALTER TABLE habits ENABLE ROW LEVEL SECURITY",
+                "CREATE POLICY chatwright_own_rows ON habits FOR ALL TO authenticated "
+                "USING (user_id = (SELECT auth.jwt() ->> 'sub'))",
+                "GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO authenticated",
+            ):
+                await conn.execute(sa.text(statement))
+        opened = {r[0] for r in await admin_rows(db, deployment_check())}
+        assert {"agents", "agent_tools", "chatwright_schema_version", "habits"} <= opened
+
+        assert await storage.upgrade() == storage.head_revision()
+        assert await admin_rows(db, deployment_check()) == []
+        policed = await admin_rows(
+            db,
+            "SELECT privilege_type FROM information_schema.role_table_grants "
+            "WHERE table_name = 'habits' AND grantee = 'authenticated' ORDER BY 1",
+        )
+        assert policed == [("DELETE",), ("INSERT",), ("SELECT",), ("UPDATE",)]
+    finally:
+        await storage.close()
+        admin.execute(f'DROP DATABASE IF EXISTS "{db.name}" WITH (FORCE)')
+        admin.close()
