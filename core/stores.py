@@ -365,8 +365,14 @@ class RecordStore(Protocol):
         *,
         returning: Sequence[str],
         conflict: Sequence[str] | None = None,
+        scope: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Insert one row; with ``conflict`` columns, update the row that has the same values."""
+        """Insert one row; with ``conflict`` columns, update the row that has the same values.
+
+        With ``scope`` (column -> value), that row is updated only when it has those
+        values, and the scope columns are never rewritten; a conflict with any other
+        row saves nothing, returns nothing of it and raises :class:`InvalidInputError`.
+        """
         ...
 
     async def select(

@@ -29,15 +29,17 @@ import pytest
 import sqlalchemy as sa
 from langchain_core.messages import ToolMessage
 from langchain_core.tools import BaseTool
+from pydantic import ValidationError
 
 from chatwright import example
 from chatwright.errors import InvalidInputError
-from chatwright.plugins.crud.tool import capped, dumps, to_json
+from chatwright.plugins.crud.config import CrudConfig
+from chatwright.plugins.crud.tool import CrudToolType, capped, dumps, to_json
 from chatwright.plugins.sql.storage import SQLStorage
 from chatwright.registry import Plugins
 from chatwright.settings import Settings
 from chatwright.stores import FRAMEWORK_TABLES, ColumnSpec, TableSpec
-from chatwright.tools import ToolProblem, load_tools
+from chatwright.tools import ToolContext, ToolProblem, check_tools, load_tools
 from tests.conftest import storage_for
 
 PLUGINS = Plugins.load()
@@ -858,3 +860,104 @@ async def test_framework_tables_are_never_targets(seeded: SQLStorage) -> None:
             )
     assert [a.name for a in await storage.agents.list()] == [AGENT, "intruder"]
     assert len(await storage.tools.list(AGENT)) == len(EXAMPLE)
+
+
+# --------------------------------------------------------------------------- 7. hostile upsert
+
+# An upsert whose conflict target is the primary key alone: bob sends alice's id.
+UPSERT_BY_ID: dict[str, Any] = {
+    "table": "tasks",
+    "operation": "upsert",
+    "args": {"id": {"type": "integer", "required": True}, "title": {"required": True}},
+    "conflict": ["id"],
+}
+
+
+async def insert_tool_row(storage: SQLStorage, name: str, config: dict[str, Any]) -> int:
+    """A tool row written with plain SQL, past every check ``tools add`` makes."""
+    async with storage.write() as conn:
+        row_id = await conn.scalar(
+            sa.text(
+                "INSERT INTO agent_tools (agent_id, name, type, description, config) "
+                "SELECT id, :name, 'crud', '', :config FROM agents WHERE name = :agent "
+                "RETURNING id"
+            ),
+            {"name": name, "config": json.dumps(config), "agent": AGENT},
+        )
+    return int(row_id)
+
+
+async def test_upsert_whose_conflict_leaves_out_the_scope_is_refused(
+    world: dict[str, Any],
+) -> None:
+    storage = world["storage"]
+    row_id = await insert_tool_row(storage, "save_task", UPSERT_BY_ID)
+
+    # tools check (and the API's tool report) name the row and the reason...
+    reports = {r.row.id: r for r in await check_tools(storage, SETTINGS, PLUGINS, AGENT)}
+    report = reports[row_id]
+    assert not report.ok
+    (problem,) = report.problems
+    assert (problem.tool, problem.row_id, problem.path) == ("save_task", row_id, "config.conflict")
+    assert "'user_id'" in problem.reason
+    assert "another user's" in problem.reason
+    assert f"row {row_id}" in str(problem)
+    # ...loading leaves the tool out, so no chat can call it...
+    loaded = await load_tools(storage, SETTINGS, PLUGINS, AGENT, "bob")
+    assert "save_task" not in {t.name for t in loaded.tools}
+    assert [(p.row_id, p.path) for p in loaded.problems] == [(row_id, "config.conflict")]
+    # ...and the config model refuses it wherever it is validated (tools add too).
+    with pytest.raises(ValidationError, match="must include the scope column"):
+        CrudConfig.model_validate(UPSERT_BY_ID)
+    # Every scope column is needed, the agent column too.
+    with pytest.raises(ValidationError, match="'agent_name'"):
+        CrudConfig.model_validate(
+            {
+                "table": "agent_memories",
+                "operation": "upsert",
+                "args": {"notes": {}},
+                "scope": {"user_column": "user_id", "agent_column": "agent_name"},
+                "conflict": ["user_id"],
+            }
+        )
+    # A target that holds the scope is fine, and so is any target of an unscoped table.
+    CrudConfig.model_validate({**UPSERT_BY_ID, "conflict": ["user_id", "id"]})
+    CrudConfig.model_validate({**UPSERT_BY_ID, "scope": {"user_column": None}})
+
+
+async def test_upsert_never_takes_another_users_row_even_past_validation(
+    world: dict[str, Any],
+) -> None:
+    storage, ids = world["storage"], world["ids"]
+    alice_id = ids["alice"][0]
+    (alice_row,) = await db_rows(storage, "tasks", id=alice_id)
+    row_id = await insert_tool_row(storage, "save_task", UPSERT_BY_ID)
+    (row,) = [r for r in await storage.tools.list(AGENT) if r.id == row_id]
+    # Built as if validation had let the config through (a row written by an
+    # older version, say): the statement itself must still keep to the scope.
+    unchecked = CrudConfig.model_validate(
+        {k: v for k, v in UPSERT_BY_ID.items() if k != "conflict"}
+    ).model_copy(update={"conflict": ["id"]})
+
+    async def save_task(user: str) -> BaseTool:
+        context = ToolContext(AGENT, storage, SETTINGS, user_id=user)
+        return await CrudToolType().build(row, unchecked, context)
+
+    bob_tool = await save_task("bob")
+    text = err(await call(bob_tool, id=alice_id, title="bob's now"))
+    assert "nothing saved" in text
+    assert alice_row["title"] not in text
+    assert "alice" not in text
+    assert await db_rows(storage, "tasks", id=alice_id) == [alice_row]
+    assert len(await db_rows(storage, "tasks", user_id="bob")) == 2
+
+    # The same statement still does its job inside the scope: alice updates her
+    # own row in place, and bob saves a row of his under a fresh id.
+    saved = ok(await call(await save_task("alice"), id=alice_id, title="alice renamed"))
+    assert saved["saved"]["title"] == "alice renamed"
+    (renamed,) = await db_rows(storage, "tasks", id=alice_id)
+    assert (renamed["user_id"], renamed["title"]) == ("alice", "alice renamed")
+    fresh = max(ids["alice"] + ids["bob"]) + 100
+    ok(await call(bob_tool, id=fresh, title="bob three"))
+    (planted,) = await db_rows(storage, "tasks", id=fresh)
+    assert (planted["user_id"], planted["title"]) == ("bob", "bob three")

@@ -30,6 +30,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -37,6 +38,8 @@ import jwt
 import psycopg
 import pytest
 import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
 from langchain_core.messages import ToolMessage
 from langchain_core.tools import BaseTool
 from sqlalchemy.engine import make_url
@@ -938,3 +941,271 @@ async def test_config_changes_notify_the_agent_name_and_reach_watch_config(
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+# --------------------------------------------------------------------------- 7. Data API roles
+
+# What a new Supabase project does before chatwright arrives: every table, sequence
+# and function later created in public is granted to the Data API's roles.
+SUPABASE_DEFAULT_PRIVILEGES = """
+GRANT USAGE ON SCHEMA public TO anon, authenticated, service_role;
+ALTER DEFAULT PRIVILEGES IN SCHEMA public
+    GRANT ALL ON TABLES TO anon, authenticated, service_role;
+ALTER DEFAULT PRIVILEGES IN SCHEMA public
+    GRANT ALL ON SEQUENCES TO anon, authenticated, service_role;
+ALTER DEFAULT PRIVILEGES IN SCHEMA public
+    GRANT ALL ON FUNCTIONS TO anon, authenticated, service_role;
+"""
+API_KEY = "sk-test-do-not-leak-0123456789"
+
+
+@dataclass(frozen=True)
+class StockSupabase:
+    """A database with Supabase's default privileges, migrated and seeded afterwards."""
+
+    db: Cluster
+    anon_login: str
+    """LOGIN, a member of ``anon`` only: what the Data API does with the anon key."""
+    user_login: str
+    """LOGIN, a member of ``authenticated`` only: the Data API with a user's JWT."""
+
+
+@pytest.fixture(scope="module")
+def stock_supabase(cluster: Cluster) -> Iterator[StockSupabase]:
+    tag = uuid.uuid4().hex[:10]
+    db = Cluster(name=f"cw_rls_api_{tag}", app_role=cluster.app_role, svc_role=cluster.svc_role)
+    stock = StockSupabase(db, anon_login=f"cw_rls_anon_{tag}", user_login=f"cw_rls_user_{tag}")
+    admin = _admin_connect()
+    admin.execute(f'CREATE DATABASE "{db.name}"')
+    try:
+        admin.execute(SUPABASE_ROLES)
+        admin.execute(f'CREATE ROLE "{stock.anon_login}" LOGIN IN ROLE anon')
+        admin.execute(f'CREATE ROLE "{stock.user_login}" LOGIN IN ROLE authenticated')
+        with psycopg.connect(libpq(db.url()), autocommit=True) as conn:
+            conn.execute(SUPABASE_DEFAULT_PRIVILEGES)
+        asyncio.run(_seed_stock(db))
+        yield stock
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{db.name}" WITH (FORCE)')
+        for role in (stock.anon_login, stock.user_login):
+            admin.execute(f'DROP ROLE IF EXISTS "{role}"')
+        admin.close()
+
+
+async def _seed_stock(db: Cluster) -> None:
+    """chatwright init --example, an agent holding a provider key, two users' chats."""
+    storage = supabase(db.url())
+    try:
+        await storage.upgrade()
+        await example.seed(storage, "offline:assistant")
+        await storage.agents.create(
+            "paid",
+            system_prompt="p",
+            model="openai:gpt-4o-mini",
+            model_settings={"api_key": API_KEY},
+        )
+        await storage.tools.add("paid", "list_tasks", type="crud", config=EXAMPLE_LIST_TASKS)
+        await seed_two_users(storage)
+        await storage.records.insert(
+            "alice", "tasks", {"user_id": "alice", "title": "alice's secret"}, returning=["id"]
+        )
+        await storage.records.insert(
+            "alice", "notes", {"user_id": "alice", "body": "alice's diary"}, returning=["id"]
+        )
+    finally:
+        await storage.close()
+
+
+EXAMPLE_LIST_TASKS = {t["name"]: t["config"] for t in example.TOOLS}["list_tasks"]
+
+
+async def connect_as(login: str, db: Cluster, role: str) -> psycopg.AsyncConnection[Any]:
+    conn = await psycopg.AsyncConnection.connect(libpq(db.url(user=login)), autocommit=True)
+    await conn.execute(f"SET ROLE {role}")
+    return conn
+
+
+async def test_every_table_and_sequence_is_closed_to_the_data_api_roles(
+    stock_supabase: StockSupabase,
+) -> None:
+    db = stock_supabase.db
+    tables = await admin_rows(
+        db,
+        "SELECT c.relname, c.relrowsecurity FROM pg_class c "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') ORDER BY 1",
+    )
+    names = {t[0] for t in tables}
+    seeded = {*FRAMEWORK_TABLES, "chatwright_schema_version", "tasks", "notes"}
+    assert seeded <= names
+    # Row-level security on every table, whoever created it and whatever it holds.
+    assert [t for t, rls in tables if not rls] == []
+    # No privilege at all for anon or PUBLIC, on any table or sequence.
+    granted = await admin_rows(
+        db,
+        "SELECT c.relname, c.relkind, "
+        "CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END, "
+        "a.privilege_type FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "CROSS JOIN LATERAL aclexplode(c.relacl) a "
+        "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'S') "
+        "AND (a.grantee = 0 OR a.grantee IN ('anon'::regrole, 'authenticated'::regrole))",
+    )
+    assert [g for g in granted if g[2] != "authenticated"] == []
+    # authenticated only where a policy keeps it to its own rows, and only what
+    # the supabase backend's user transactions use.
+    policed = {
+        r[0]
+        for r in await admin_rows(
+            db,
+            "SELECT tablename FROM pg_policies WHERE schemaname = 'public' "
+            "AND policyname = 'chatwright_own_rows' AND roles = '{authenticated}'",
+        )
+    }
+    for table, kind, _, privilege in granted:
+        if kind == "S":
+            assert privilege == "USAGE", (table, privilege)
+        else:
+            assert table in policed, (table, privilege)
+            assert privilege in {"SELECT", "INSERT", "UPDATE", "DELETE"}, (table, privilege)
+    assert {g[0] for g in granted if g[1] != "S"} == {*USER_TABLES, "tasks", "notes"}
+
+    # And as the roles themselves: anon may read nothing; authenticated with no
+    # claims reads nothing (the seeded tables hold rows: the emptiness is not vacuous).
+    for table in sorted(seeded):
+        assert (await admin_rows(db, f'SELECT count(*) FROM "{table}"'))[0][0] > 0, table
+    anon = await connect_as(stock_supabase.anon_login, db, "anon")
+    user = await connect_as(stock_supabase.user_login, db, "authenticated")
+    try:
+        for table in sorted(names):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                await anon.execute(f'SELECT * FROM "{table}"')
+            try:
+                cursor = await user.execute(f'SELECT * FROM "{table}"')
+            except psycopg.errors.InsufficientPrivilege:
+                continue
+            assert await cursor.fetchall() == [], table
+    finally:
+        await anon.close()
+        await user.close()
+
+
+async def test_the_anon_key_and_a_user_jwt_cannot_reach_chatwrights_tables(
+    stock_supabase: StockSupabase,
+) -> None:
+    db = stock_supabase.db
+    agents_before = await admin_rows(db, "SELECT * FROM agents ORDER BY id")
+    tools_before = await admin_rows(db, "SELECT * FROM agent_tools ORDER BY id")
+    ((paid_id,),) = await admin_rows(db, "SELECT id FROM agents WHERE name = 'paid'")
+    attacks = [
+        "SELECT name, model_settings FROM agents",
+        'UPDATE agents SET model_settings = \'{"base_url": "http://attacker.invalid"}\'',
+        "INSERT INTO agent_tools (agent_id, name, type, config) "
+        f"VALUES ({paid_id}, 'planted', 'crud', '{{}}')",
+        "DELETE FROM agent_tools",
+        "SELECT * FROM chatwright_schema_version",
+        "UPDATE chatwright_schema_version SET version_num = '0001'",
+        "SELECT nextval('agents_id_seq')",
+    ]
+    anon = await connect_as(stock_supabase.anon_login, db, "anon")
+    user = await connect_as(stock_supabase.user_login, db, "authenticated")
+    try:
+        await user.execute(
+            "SELECT set_config('request.jwt.claims', %s, false)",
+            (json.dumps({"sub": "bob", "role": "authenticated"}),),
+        )
+        for conn in (anon, user):
+            for statement in attacks:
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    await conn.execute(statement)
+        # Other users' chats and application rows: refused (anon) or empty (bob).
+        for statement in (
+            "SELECT content FROM chat_messages WHERE user_id = 'alice'",
+            "SELECT title FROM tasks WHERE user_id = 'alice'",
+            "SELECT notes FROM agent_memories WHERE user_id = 'alice'",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                await anon.execute(statement)
+            assert await (await user.execute(statement)).fetchall() == [], statement
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            await anon.execute("INSERT INTO tasks (user_id, title) VALUES ('alice', 'planted')")
+        # Bob still reads his own messages: the policy works, it is not a blanket refusal.
+        cursor = await user.execute("SELECT DISTINCT user_id FROM chat_messages")
+        assert await cursor.fetchall() == [("bob",)]
+    finally:
+        await anon.close()
+        await user.close()
+    assert await admin_rows(db, "SELECT * FROM agents ORDER BY id") == agents_before
+    assert await admin_rows(db, "SELECT * FROM agent_tools ORDER BY id") == tools_before
+    secret = await admin_rows(db, "SELECT model_settings FROM agents WHERE name = 'paid'")
+    assert secret == [({"api_key": API_KEY},)]
+
+
+def deployment_check() -> str:
+    """The verification query of docs/deploy.md, as a user would copy it."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "deploy.md").read_text("utf-8")
+    section = text[text.index("**Check a deployment.**") :]
+    return section[section.index("```sql\n") + 7 : section.index("```\n", 7)]
+
+
+async def test_the_documented_deployment_check_passes_and_catches_an_open_table(
+    stock_supabase: StockSupabase,
+) -> None:
+    db = stock_supabase.db
+    check = deployment_check()
+    assert await admin_rows(db, check) == []
+    # A table created the plain way gets Supabase's default grants, and no
+    # row-level security: the query names both.
+    await admin_rows(db, "CREATE TABLE cw_open_probe (id serial PRIMARY KEY, secret text)")
+    try:
+        found = {(r[0], r[1]): r for r in await admin_rows(db, check)}
+        assert set(found) == {("cw_open_probe", "table"), ("cw_open_probe_id_seq", "sequence")}
+        table = found["cw_open_probe", "table"]
+        assert table[2] is False
+        assert "anon SELECT" in table[3]
+        assert "authenticated SELECT" in table[3]
+    finally:
+        await admin_rows(db, "DROP TABLE cw_open_probe")
+
+
+async def test_upgrading_a_deployment_made_before_0003_closes_it() -> None:
+    tag = uuid.uuid4().hex[:10]
+    db = Cluster(name=f"cw_rls_up_{tag}", app_role="", svc_role="")
+    admin = _admin_connect()
+    admin.execute(f'CREATE DATABASE "{db.name}"')
+    storage = supabase(db.url())
+    try:
+        admin.execute(SUPABASE_ROLES)
+        await admin_rows(db, SUPABASE_DEFAULT_PRIVILEGES)
+
+        def to_0002(conn: sa.Connection) -> None:
+            config = Config()
+            config.set_main_option("script_location", "chatwright.plugins.sql:migrations")
+            config.attributes["connection"] = conn
+            command.upgrade(config, "0002")
+
+        async with storage.write() as conn:
+            await conn.run_sync(to_0002)
+            # An application table as the supabase backend secured it before 0003.
+            for statement in (
+                "CREATE TABLE habits (id serial PRIMARY KEY, user_id text NOT NULL)",
+                "ALTER TABLE habits ENABLE ROW LEVEL SECURITY",
+                "CREATE POLICY chatwright_own_rows ON habits FOR ALL TO authenticated "
+                "USING (user_id = (SELECT auth.jwt() ->> 'sub'))",
+                "GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO authenticated",
+            ):
+                await conn.execute(sa.text(statement))
+        opened = {r[0] for r in await admin_rows(db, deployment_check())}
+        assert {"agents", "agent_tools", "chatwright_schema_version", "habits"} <= opened
+
+        assert await storage.upgrade() == storage.head_revision()
+        assert await admin_rows(db, deployment_check()) == []
+        policed = await admin_rows(
+            db,
+            "SELECT privilege_type FROM information_schema.role_table_grants "
+            "WHERE table_name = 'habits' AND grantee = 'authenticated' ORDER BY 1",
+        )
+        assert policed == [("DELETE",), ("INSERT",), ("SELECT",), ("UPDATE",)]
+    finally:
+        await storage.close()
+        admin.execute(f'DROP DATABASE IF EXISTS "{db.name}" WITH (FORCE)')
+        admin.close()

@@ -16,7 +16,15 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
 Identifier = Annotated[str, StringConstraints(pattern=IDENTIFIER)]
@@ -78,7 +86,11 @@ class CrudConfig(BaseModel):
     order_by: OrderKey | list[OrderKey] | None = None
     limit: int = Field(25, ge=1, le=500)
     conflict: list[Identifier] | None = None
-    """upsert only: the unique columns that find the row to update (default: the scope)."""
+    """upsert only: the unique columns that find the row to update (default: the scope).
+
+    They must include every scope column: a target without the user column (``id``,
+    say) would find another user's row, and the upsert would overwrite it.
+    """
 
     @model_validator(mode="before")
     @classmethod
@@ -90,6 +102,24 @@ class CrudConfig(BaseModel):
         ):
             return normalize_legacy(data)
         return data
+
+    @field_validator("conflict")
+    @classmethod
+    def _conflict_within_scope(
+        cls, conflict: list[str] | None, info: ValidationInfo
+    ) -> list[str] | None:
+        scope = info.data.get("scope")
+        if conflict is None or not isinstance(scope, Scope):
+            return conflict  # the default target is the scope; a bad scope is reported already
+        missing = [c for c in scope.columns() if c not in conflict]
+        if missing:
+            names = ", ".join(repr(c) for c in missing)
+            raise ValueError(
+                f"must include the scope column(s) {names}: without them the conflict "
+                "can find another user's row and the upsert would overwrite it; add "
+                "them (the table needs a unique constraint over all these columns)"
+            )
+        return conflict
 
     @model_validator(mode="after")
     def _rules(self) -> CrudConfig:

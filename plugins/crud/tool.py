@@ -345,10 +345,20 @@ class CrudTool:
         op = config.operation
         if op in {"create", "upsert"}:
             row_values = {**config.defaults, **values, **scope}
-            conflict = (config.conflict or list(scope)) if op == "upsert" else None
-            row = await records.insert(
-                user, table, row_values, returning=self.returning, conflict=conflict
-            )
+            if op == "upsert":
+                # Validation already demands that the conflict target include the
+                # scope; passing the scope as well makes the statement itself refuse
+                # to update (or reassign) a row outside it, should a config get by.
+                row = await records.insert(
+                    user,
+                    table,
+                    row_values,
+                    returning=self.returning,
+                    conflict=config.conflict or list(scope),
+                    scope=scope,
+                )
+            else:
+                row = await records.insert(user, table, row_values, returning=self.returning)
             return {"saved" if op == "upsert" else "created": row}
         condition = {**where, **scope}
         if op == "read":

@@ -174,19 +174,34 @@ class SQLRecordStore:
         *,
         returning: Sequence[str],
         conflict: Sequence[str] | None = None,
+        scope: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         t = await self._table(table)
         self._columns(t, values)
         back = self._columns(t, returning)
         if conflict:
             self._columns(t, conflict)
+            scope = scope or {}
             dialect_insert = postgresql.insert if self.db.dialect == "postgresql" else sqlite.insert
             upsert = dialect_insert(t).values(dict(values))
-            changed = {k: upsert.excluded[k] for k in values if k not in conflict}
-            stmt: Any = upsert.on_conflict_do_update(index_elements=list(conflict), set_=changed)
+            changed = {
+                k: upsert.excluded[k] for k in values if k not in conflict and k not in scope
+            }
+            # Only a row inside the scope is updated, whatever the conflict target
+            # found; any other row is left as it is and nothing of it is returned.
+            stmt: Any = upsert.on_conflict_do_update(
+                index_elements=list(conflict),
+                set_=changed,
+                where=self._where(t, scope) if scope else None,
+            )
         else:
             stmt = t.insert().values(dict(values))
         rows, _ = await self._execute(stmt.returning(*back), user_id)
+        if not rows:
+            raise InvalidInputError(
+                f"nothing saved: the values conflict with a row of {table!r} "
+                "that is not the caller's to change"
+            )
         return rows[0]
 
     async def select(

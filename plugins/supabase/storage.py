@@ -14,11 +14,10 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chatwright.errors import StorageError
+from chatwright.plugins.sql.migrations.data_api import close_table
 from chatwright.plugins.sql.storage import SQLStorage
 from chatwright.plugins.sql.user_transactions import UserTransactions
 from chatwright.settings import Settings
-
-OWN_ROWS = "user_id = (SELECT auth.jwt() ->> 'sub')"
 
 
 class RowLevelSecurity(UserTransactions):
@@ -35,29 +34,9 @@ class RowLevelSecurity(UserTransactions):
         await conn.execute(sa.text("SET LOCAL ROLE authenticated"))
 
     async def secure_table(self, conn: AsyncConnection, table: str) -> None:
-        """Enable row-level security on the table, with the framework's per-user policy."""
+        """Close the table to the Data API roles but for the framework's per-user policy."""
         # ``table`` comes from a TableSpec in code, checked by the record store.
-        exists = await conn.scalar(
-            sa.text(
-                "SELECT 1 FROM pg_policies WHERE schemaname = current_schema() "
-                "AND tablename = :t AND policyname = 'chatwright_own_rows'"
-            ),
-            {"t": table},
-        )
-        await conn.execute(sa.text(f'ALTER TABLE "{table}" ENABLE ROW LEVEL SECURITY'))
-        if not exists:
-            await conn.execute(
-                sa.text(
-                    f'CREATE POLICY chatwright_own_rows ON "{table}" FOR ALL TO authenticated '
-                    f"USING ({OWN_ROWS}) WITH CHECK ({OWN_ROWS})"
-                )
-            )
-        await conn.execute(
-            sa.text(f'GRANT SELECT, INSERT, UPDATE, DELETE ON "{table}" TO authenticated')
-        )
-        await conn.execute(
-            sa.text("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO authenticated")
-        )
+        await conn.run_sync(close_table, table, own_rows=True)
 
 
 class SupabaseStorage(SQLStorage):
