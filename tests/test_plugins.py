@@ -1130,9 +1130,9 @@ def test_a_plugin_command_never_replaces_an_existing_one() -> None:
     plugins.register(Impostor(), "impostor")
     root = build_cli(plugins)
     assert "extra" not in root.commands  # the whole plugin's commands are refused
-    from chatwright.cli import cli as builtin
+    from chatwright.commands.init import init as builtin_init
 
-    assert root.commands["init"] is builtin.commands["init"]
+    assert root.commands["init"] is builtin_init
     (info,) = [i for i in plugins.infos() if i.name == "impostor"]
     assert info.error is not None
     assert "replace the command 'init' (built in)" in info.error
