@@ -111,6 +111,20 @@ def register_commands(cli: click.Group) -> None:
     """
 
 
+@hookspec
+def register_examples(register: Callable[[str, Any], None]) -> None:
+    """Register examples that ``chatwright init --example`` can install.
+
+    The bundled ``example`` plugin registers ``assistant``, the one ``init
+    --example`` installs.
+
+    :param register: call ``register(name, example)``; ``example`` is a
+        :class:`chatwright.commands.init.Example`: a ``summary`` for messages
+        and ``async install(runtime)``, which creates what is missing of it and
+        returns what it created. Import the example's data inside the hook.
+    """
+
+
 # -- event hooks ------------------------------------------------------------
 
 

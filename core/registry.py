@@ -56,6 +56,7 @@ COLLECTIONS: dict[str, str] = {
     "register_tool_types": "tool type",
     "register_eviction_policies": "eviction policy",
     "register_models": "model provider",
+    "register_examples": "example",
 }
 
 

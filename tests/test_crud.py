@@ -30,9 +30,9 @@ import sqlalchemy as sa
 from langchain_core.messages import ToolMessage
 from langchain_core.tools import BaseTool
 
-from chatwright import example
 from chatwright.errors import InvalidInputError
 from chatwright.plugins.crud.tool import capped, dumps, to_json
+from chatwright.plugins.example import assistant as example
 from chatwright.plugins.sql.storage import SQLStorage
 from chatwright.registry import Plugins
 from chatwright.settings import Settings
