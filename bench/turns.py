@@ -24,7 +24,7 @@ import time
 import uuid
 from pathlib import Path
 
-from chatwright import example
+from chatwright.plugins.example import assistant as example
 from chatwright.registry import LoadPolicy, Plugins
 from chatwright.runtime import Runtime
 from chatwright.settings import Settings

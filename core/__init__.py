@@ -53,6 +53,7 @@ from chatwright.errors import (
 from chatwright.hookspecs import (
     EvictionPolicyFactory,
     EvictionPolicyRegister,
+    ExampleRegister,
     ModelRegister,
     SessionStoreFactory,
     SessionStoreRegister,
@@ -79,6 +80,7 @@ __all__ = [
     "EvictionPolicy",
     "EvictionPolicyFactory",
     "EvictionPolicyRegister",
+    "ExampleRegister",
     "InvalidInputError",
     "ModelFactory",
     "ModelRegister",

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     import click
 
     from chatwright.cache import EvictionPolicy
+    from chatwright.commands.init import Example
     from chatwright.models import ModelFactory
     from chatwright.runtime import Runtime
     from chatwright.settings import Settings
@@ -90,6 +91,12 @@ class ModelRegister(Protocol):
     """The ``register`` callback of :func:`register_models`."""
 
     def __call__(self, prefix: str, factory: ModelFactory, /) -> None: ...
+
+
+class ExampleRegister(Protocol):
+    """The ``register`` callback of :func:`register_examples`."""
+
+    def __call__(self, name: str, example: Example, /) -> None: ...
 
 
 # -- collection hooks -------------------------------------------------------
@@ -165,6 +172,20 @@ def register_commands(cli: click.Group) -> None:
     :param cli: the root :class:`click.Group`; add commands or groups to it
         with ``@cli.command()`` or ``cli.add_command(...)``. Keep imports inside
         the command functions so that ``chatwright --help`` stays fast.
+    """
+
+
+@hookspec
+def register_examples(register: ExampleRegister) -> None:
+    """Register examples that ``chatwright init --example`` can install.
+
+    The bundled ``example`` plugin registers ``assistant``, the one ``init
+    --example`` installs.
+
+    :param register: call ``register(name, example)``; ``example`` is a
+        :class:`chatwright.commands.init.Example`: a ``summary`` for messages
+        and ``async install(runtime)``, which creates what is missing of it and
+        returns what it created. Import the example's data inside the hook.
     """
 
 

@@ -62,6 +62,7 @@ COLLECTIONS: dict[str, str] = {
     "register_tool_types": "tool type",
     "register_eviction_policies": "eviction policy",
     "register_models": "model provider",
+    "register_examples": "example",
 }
 
 
@@ -169,6 +170,17 @@ class Plugins:
         self._pm.add_hookspecs(hookspecs)
         self._infos: dict[str, PluginInfo] = {}
         self._collected: dict[str, dict[str, Registration]] = {}
+        self._builtin: frozenset[str] = frozenset()
+        self._register_builtin()
+
+    def _register_builtin(self) -> None:
+        """Register the core's own command modules, first, so nothing can displace them."""
+        from chatwright.commands import builtin_plugins  # imports click, nothing heavy
+
+        modules = builtin_plugins()
+        for name, module in modules.items():
+            self._pm.register(module, name=name)
+        self._builtin = frozenset(modules)
 
     @classmethod
     def load(cls, policy: LoadPolicy | None = None) -> Plugins:
@@ -382,6 +394,9 @@ class Plugins:
     def add_commands(self, cli: Any) -> None:
         owners: dict[str, str] = {}  # command name -> plugin that added it
         for plugin_name, function in self._impls("register_commands", cli=cli):
+            if plugin_name in self._builtin:
+                function()  # the core's own commands: a failure here is a bug, not a plugin's
+                continue
             before = dict(cli.commands)
             try:
                 self._call(

@@ -398,6 +398,16 @@ class RecordStore(Protocol):
 
     async def delete(self, user_id: str, table: str, where: Mapping[str, Any]) -> int: ...
 
+
+@runtime_checkable
+class TableCreator(Protocol):
+    """An optional capability of a :class:`RecordStore`: creating application tables.
+
+    A backend need not offer it (its tables may be managed elsewhere); what
+    creates tables, such as the bundled examples, checks for it with
+    ``isinstance(storage.records, TableCreator)`` and says what is missing.
+    """
+
     async def ensure_table(self, spec: TableSpec) -> bool:
         """Create the table unless it exists; True when it was created."""
         ...

@@ -20,7 +20,7 @@ import pytest
 import sqlalchemy as sa
 import uvicorn
 
-from chatwright import example
+from chatwright.plugins.example import assistant as example
 from chatwright.plugins.server.app import create_app
 from chatwright.registry import LoadPolicy, Plugins
 from chatwright.settings import Settings

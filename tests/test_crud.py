@@ -31,10 +31,10 @@ from langchain_core.messages import ToolMessage
 from langchain_core.tools import BaseTool
 from pydantic import ValidationError
 
-from chatwright import example
 from chatwright.errors import InvalidInputError
 from chatwright.plugins.crud.config import CrudConfig
 from chatwright.plugins.crud.tool import CrudToolType, capped, dumps, to_json
+from chatwright.plugins.example import assistant as example
 from chatwright.plugins.sql.storage import SQLStorage
 from chatwright.registry import Plugins
 from chatwright.settings import Settings

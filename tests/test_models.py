@@ -23,11 +23,11 @@ from typing import Any
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 
-import chatwright.example
 from chatwright.errors import ModelConfigError, ModelError, NotFoundError
 from chatwright.models import build_model, split_spec
+from chatwright.plugins.example import assistant as example
+from chatwright.plugins.example.offline import HELP, Intent, OfflineChatModel, parse
 from chatwright.plugins.models import PROVIDERS
-from chatwright.plugins.models.offline import HELP, Intent, OfflineChatModel, parse
 from chatwright.plugins.models.scripted import ScriptedChatModel
 from chatwright.registry import LoadPolicy, Plugins
 from chatwright.runtime import Runtime, Turn
@@ -68,7 +68,7 @@ async def runtime(db_path: Path) -> AsyncIterator[Runtime]:
     settings = Settings(storage={"url": url})  # type: ignore[arg-type, call-arg]
     rt = Runtime(settings, Plugins.load(LoadPolicy()))
     await rt.start(upgrade=True)
-    await chatwright.example.seed(rt.storage, "offline:x")
+    await example.seed(rt.storage, "offline:x")
     try:
         yield rt
     finally:
@@ -396,7 +396,7 @@ async def test_openai_client_runs_a_tool_turn_against_a_local_server(
 
     # The tool schemas: add_task and its parameters, with the scoping column hidden.
     tools = {t["function"]["name"]: t["function"] for t in first["tools"]}
-    assert set(tools) == {t["name"] for t in chatwright.example.TOOLS}
+    assert set(tools) == {t["name"] for t in example.TOOLS}
     add_task = tools["add_task"]
     assert add_task["description"] == "Add a task to the user's list."
     assert set(add_task["parameters"]["properties"]) == {"title", "due_date"}
@@ -688,7 +688,7 @@ async def test_offline_says_when_the_agent_lacks_the_tool(runtime: Runtime, db_p
 async def test_offline_picks_tools_by_what_they_do_not_by_name(runtime: Runtime) -> None:
     # A second "create tasks" tool under another name, the original one disabled.
     await runtime.storage.tools.set_active(await tool_id(runtime, "add_task"), False)
-    config = dict(next(t for t in chatwright.example.TOOLS if t["name"] == "add_task")["config"])
+    config = dict(next(t for t in example.TOOLS if t["name"] == "add_task")["config"])
     await runtime.storage.tools.add(AGENT, "new_todo", type="crud", config=config)
     chat_id = await open_chat(runtime)
     turn = await runtime.chat(USER, AGENT, chat_id, "add a task to buy milk")

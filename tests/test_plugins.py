@@ -1130,9 +1130,9 @@ def test_a_plugin_command_never_replaces_an_existing_one() -> None:
     plugins.register(Impostor(), "impostor")
     root = build_cli(plugins)
     assert "extra" not in root.commands  # the whole plugin's commands are refused
-    from chatwright.cli import cli as builtin
+    from chatwright.commands.init import init as builtin_init
 
-    assert root.commands["init"] is builtin.commands["init"]
+    assert root.commands["init"] is builtin_init
     (info,) = [i for i in plugins.infos() if i.name == "impostor"]
     assert info.error is not None
     assert "replace the command 'init' (built in)" in info.error
@@ -1159,7 +1159,7 @@ from chatwright import (
 )
 from chatwright.plugins.crud import LazyCrudType
 from chatwright.plugins.eviction import LRUPolicy
-from chatwright.plugins.models.offline import OfflineChatModel
+from chatwright.plugins.example.offline import OfflineChatModel
 from chatwright.plugins.sql import build as build_sql
 from chatwright.settings import Settings
 
@@ -1254,6 +1254,7 @@ def test_register_callbacks_are_typed_by_their_protocols() -> None:
         "register_tool_types": chatwright.ToolTypeRegister,
         "register_eviction_policies": chatwright.EvictionPolicyRegister,
         "register_models": chatwright.ModelRegister,
+        "register_examples": chatwright.ExampleRegister,
     }
     assert set(expected) == set(COLLECTIONS)
     for hook, protocol in expected.items():
@@ -1390,3 +1391,91 @@ def test_trace_plugins_through_the_runner(dists: FakeDists, tmp_path: Path) -> N
     )
     assert quiet.returncode == 0, quiet.stderr
     assert "chatwright trace" not in quiet.stderr
+
+
+class TodoExample:
+    """An example that records what it was asked to install."""
+
+    summary = "agent 'assistant' (todo)"
+
+    def __init__(self) -> None:
+        self.installed: list[Runtime] = []
+
+    async def install(self, runtime: Runtime) -> list[str]:
+        self.installed.append(runtime)
+        if len(self.installed) > 1:
+            return []
+        await runtime.storage.agents.create("assistant", system_prompt="Hi.", model="scripted:x")
+        return ["agent 'assistant'"]
+
+
+def test_hook_register_examples(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The bundled `example` plugin registers `assistant`.
+    bundled = Plugins.load(LoadPolicy()).get("register_examples", "assistant")
+    assert bundled.plugin == "example"
+    assert bundled.kind == "example"
+
+    # `init --example` installs whatever plugin registers `assistant`, here one that
+    # stands in for the blocked bundled plugin.
+    example = TodoExample()
+
+    class Examples:
+        @hookimpl
+        def register_examples(self, register: Callable[[str, Any], None]) -> None:
+            register("assistant", example)
+
+    plugins = Plugins(LoadPolicy(block=frozenset({"example"})))
+    plugins.load_entry_points()
+    plugins.register(Examples(), "examples")
+    assert set(plugins.collect("register_examples")) == {"assistant"}
+    monkeypatch.chdir(tmp_path)
+    database = ["--database", f"sqlite+aiosqlite:///{tmp_path}/t.db"]
+    root = build_cli(plugins)
+    first = CliRunner().invoke(root, [*database, "init", "--example"])
+    assert first.exit_code == 0, first.output
+    assert "Created agent 'assistant'" in first.output
+    again = CliRunner().invoke(root, [*database, "init", "--example", "assistant"])
+    assert again.exit_code == 0, again.output
+    assert "The example (agent 'assistant' (todo)) is already there" in again.output
+    assert len(example.installed) == 2
+    unknown = CliRunner().invoke(root, [*database, "init", "--example", "nope"])
+    assert unknown.exit_code == 1
+    assert unknown.output.startswith(
+        "Error: no example named 'nope' is available; known: 'assistant'"
+    )
+
+
+def test_init_example_with_the_example_plugin_blocked_is_one_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CHATWRIGHT_DISABLE_PLUGINS", "example")
+    result = CliRunner().invoke(build_cli(), ["init", "--example"])
+    assert result.exit_code == 1
+    assert result.output.splitlines() == [
+        "Error: no example named 'assistant' is available; known: none; "
+        "CHATWRIGHT_DISABLE_PLUGINS blocks example"
+    ]
+    assert not (tmp_path / "chatwright.toml").exists()  # nothing written before the error
+
+
+async def test_the_example_needs_a_backend_that_creates_tables(
+    runtime_settings: Settings,
+) -> None:
+    from chatwright.errors import StorageError
+    from chatwright.plugins.example import assistant
+    from chatwright.stores import TableCreator
+
+    runtime = Runtime(runtime_settings, Plugins.load(LoadPolicy()))
+    await runtime.start(upgrade=True)
+    try:
+        assert isinstance(runtime.storage.records, TableCreator)  # the SQL backend can
+    finally:
+        await runtime.close()
+
+    class NoTables:
+        description = "a backend without table creation"
+        records = object()
+
+    with pytest.raises(StorageError, match=r"cannot create tables.*tasks and notes"):
+        await assistant.seed(NoTables(), "offline:x")  # type: ignore[arg-type]

@@ -40,11 +40,12 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMe
 from langchain_core.outputs import ChatGeneration, ChatResult
 from sqlalchemy import event
 
-from chatwright import example, hookimpl
+from chatwright import hookimpl
 from chatwright.cache import ExecutorCache, Key
 from chatwright.errors import ModelError, NotFoundError, UnknownNameError
 from chatwright.history import to_model_input, to_store
 from chatwright.plugins.eviction import IdleSessionPolicy, LRUPolicy, TTLPolicy
+from chatwright.plugins.example import assistant as example
 from chatwright.plugins.models.scripted import ScriptedChatModel
 from chatwright.registry import LoadPolicy, Plugins
 from chatwright.runtime import Runtime, Turn

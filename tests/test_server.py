@@ -51,9 +51,10 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 
-from chatwright import __version__, example, hookimpl
+from chatwright import __version__, hookimpl
 from chatwright.cli import build_cli
 from chatwright.errors import ChatwrightError, UnknownNameError
+from chatwright.plugins.example import assistant as example
 from chatwright.plugins.server.app import create_app
 from chatwright.plugins.server.auth import check_bind
 from chatwright.plugins.sql import schema

@@ -44,8 +44,8 @@ from langchain_core.messages import ToolMessage
 from langchain_core.tools import BaseTool
 from sqlalchemy.engine import make_url
 
-from chatwright import example
 from chatwright.errors import InvalidInputError, StorageError
+from chatwright.plugins.example import assistant as example
 from chatwright.plugins.server.app import create_app
 from chatwright.plugins.sql.storage import SQLStorage
 from chatwright.plugins.supabase.storage import SupabaseStorage

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chatwright import example
+from chatwright.plugins.example import assistant as example
 from chatwright.plugins.sql.storage import SQLStorage
 from chatwright.registry import LoadPolicy, Plugins
 from chatwright.settings import Settings

@@ -1,11 +1,11 @@
-"""Chat-model providers: LangChain's, plus ``offline`` and ``scripted``.
+"""Chat-model providers: LangChain's, plus ``scripted``.
 
 Every provider that LangChain's ``init_chat_model`` knows is registered under
 its own prefix (``openai:gpt-4o-mini``, ``anthropic:claude-…``, ``ollama:…``);
 ``model_settings`` are passed through, so ``base_url`` points ``openai:`` at
-any OpenAI-compatible server. ``offline`` is a small rule-based model that
-needs no key and no network, for the quickstart; ``scripted`` replays given
-replies, for tests. Nothing is imported until a model is built.
+any OpenAI-compatible server. ``scripted`` replays given replies, for tests;
+the quickstart's ``offline`` model comes with the ``example`` plugin. Nothing
+is imported until a model is built.
 """
 
 from __future__ import annotations
@@ -52,12 +52,6 @@ def _langchain(provider: str) -> ModelFactory:
     return build
 
 
-def _offline(name: str, settings: Mapping[str, Any]) -> BaseChatModel:
-    from chatwright.plugins.models.offline import OfflineChatModel
-
-    return OfflineChatModel()
-
-
 def _scripted(name: str, settings: Mapping[str, Any]) -> BaseChatModel:
     from chatwright.plugins.models.scripted import ScriptedChatModel
 
@@ -68,5 +62,4 @@ def _scripted(name: str, settings: Mapping[str, Any]) -> BaseChatModel:
 def register_models(register: ModelRegister) -> None:
     for provider in PROVIDERS:
         register(provider, _langchain(provider))
-    register("offline", _offline)
     register("scripted", _scripted)

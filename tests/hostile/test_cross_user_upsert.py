@@ -15,7 +15,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from chatwright import example
+from chatwright.plugins.example import assistant as example
 from chatwright.runtime import Runtime
 from tests.hostile.conftest import MakeRuntime, MakeServer, any_text, bearer
 

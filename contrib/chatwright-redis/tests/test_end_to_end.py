@@ -16,7 +16,7 @@ import pytest
 import redis.asyncio as aioredis
 from chatwright_redis.store import RedisSessionStore
 
-from chatwright import example
+from chatwright.plugins.example import assistant as example
 from chatwright.plugins.server.app import create_app
 from chatwright.registry import LoadPolicy, Plugins
 from chatwright.runtime import Runtime

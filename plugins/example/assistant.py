@@ -1,4 +1,4 @@
-"""The example set-up of ``chatwright init --example``.
+"""The ``assistant`` example that ``chatwright init --example`` installs.
 
 Two application tables, ``tasks`` and ``notes`` (each row belongs to a user),
 and an ``assistant`` agent whose tools are ``crud`` rows on them and on
@@ -8,9 +8,13 @@ by hand, which makes it the reference example of tool configs.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from chatwright.stores import ColumnSpec, Storage, TableSpec
+from chatwright.errors import StorageError
+from chatwright.stores import ColumnSpec, Storage, TableCreator, TableSpec
+
+if TYPE_CHECKING:
+    from chatwright.runtime import Runtime
 
 AGENT = "assistant"
 
@@ -159,7 +163,14 @@ TOOLS: tuple[dict[str, Any], ...] = (
 
 async def seed(storage: Storage, model: str) -> list[str]:
     """Create what is missing of the example; return what was created, for the user."""
-    done = [f"table {spec.name}" for spec in TABLES if await storage.records.ensure_table(spec)]
+    records = storage.records
+    if not isinstance(records, TableCreator):
+        names = " and ".join(spec.name for spec in TABLES)
+        raise StorageError(
+            f"the storage backend of {storage.description} cannot create tables, which the "
+            f"example needs: create the tables {names} yourself, or use the sql backend"
+        )
+    done = [f"table {spec.name}" for spec in TABLES if await records.ensure_table(spec)]
     if await storage.agents.get(AGENT) is None:
         await storage.agents.create(AGENT, system_prompt=PROMPT, model=model)
         done.append(f"agent {AGENT!r} (model {model})")
@@ -175,3 +186,13 @@ async def seed(storage: Storage, model: str) -> list[str]:
             )
             done.append(f"tool {tool['name']}")
     return done
+
+
+class AssistantExample:
+    """The example as ``register_examples`` registers it: it installs itself."""
+
+    summary = f"agent {AGENT!r}"
+
+    async def install(self, runtime: Runtime) -> list[str]:
+        # Like `agents add`, the agent gets the model that models.default names.
+        return await seed(runtime.storage, runtime.settings.models.default)

@@ -1,0 +1,226 @@
+"""``chatwright agents``: list, show, add and change agents.
+
+The ``--prompt``/``--model``/``--setting`` options and the parsing of
+``--setting KEY=VALUE`` live here, with the commands that take them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from chatwright import hookimpl
+from chatwright.cli import AppContext, pass_app
+from chatwright.commands.output import echo_json, echo_list
+from chatwright.errors import InvalidInputError, NotFoundError
+
+if TYPE_CHECKING:
+    from chatwright.runtime import Runtime
+
+
+@click.group()
+def agents() -> None:
+    """List, show, add and change agents."""
+
+
+def _parse_settings(pairs: Sequence[str]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise InvalidInputError(f"--setting {pair!r} is not KEY=VALUE (e.g. temperature=0.2)")
+        try:
+            result[key.strip()] = json.loads(raw)
+        except ValueError:
+            result[key.strip()] = raw
+    return result
+
+
+def agent_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option("--prompt", help="System prompt; may use {memory} and {custom_instructions}."),
+        click.option(
+            "--prompt-file",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help="Read the system prompt from a file.",
+        ),
+        click.option("--model", help="Model spec provider:name (e.g. openai:gpt-4o-mini)."),
+        click.option(
+            "--setting",
+            "settings_",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="Model setting (repeatable), e.g. temperature=0.2 or base_url=http://…; "
+            "`set` merges them into the agent's settings, KEY=null removes one.",
+        ),
+        click.option("--history-window", type=int, help="Messages of history sent to the model."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _agent_fields(
+    prompt: str | None,
+    prompt_file: Path | None,
+    model: str | None,
+    settings_: Sequence[str],
+    history_window: int | None,
+) -> dict[str, Any]:
+    if prompt is not None and prompt_file is not None:
+        raise InvalidInputError("give --prompt or --prompt-file, not both")
+    fields: dict[str, Any] = {}
+    if prompt_file is not None:
+        fields["system_prompt"] = prompt_file.read_text(encoding="utf-8")
+    elif prompt is not None:
+        fields["system_prompt"] = prompt
+    if model is not None:
+        fields["model"] = model
+    if settings_:
+        fields["model_settings"] = _parse_settings(settings_)
+    if history_window is not None:
+        fields["history_window"] = history_window
+    return fields
+
+
+@agents.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_app
+def agents_list(app: AppContext, as_json: bool) -> None:
+    """List agents."""
+    from chatwright.stores import as_dict
+
+    async def work(runtime: Runtime) -> list[dict[str, Any]]:
+        return [as_dict(a) for a in await runtime.storage.agents.list()]
+
+    echo_list(
+        app.run(work),
+        as_json=as_json,
+        empty="No agents yet; add one with `chatwright agents add NAME` "
+        "or `chatwright init --example`.",
+        headers=["name", "model", "history", "updated"],
+        cells=lambda r: (r["name"], r["model"], r["history_window"], r["updated_at"][:19]),
+    )
+
+
+@agents.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_app
+def agents_show(app: AppContext, name: str, as_json: bool) -> None:
+    """Show one agent and its tool rows."""
+    from chatwright.stores import as_dict
+
+    async def work(runtime: Runtime) -> dict[str, Any]:
+        agent = await runtime.storage.agents.get(name)
+        if agent is None:
+            raise NotFoundError(f"no agent named {name!r}; see `chatwright agents list`")
+        data = as_dict(agent)
+        data["tools"] = [
+            {
+                k: v
+                for k, v in as_dict(t).items()
+                if k in {"id", "name", "type", "is_active", "position"}
+            }
+            for t in await runtime.storage.tools.list(name)
+        ]
+        return data
+
+    data = app.run(work)
+    if as_json:
+        echo_json(data)
+        return
+    for key in ("name", "model", "history_window", "created_at", "updated_at"):
+        click.echo(f"{key}: {data[key]}")
+    click.echo(f"model_settings: {json.dumps(data['model_settings'])}")
+    click.echo("system_prompt:")
+    for line in data["system_prompt"].splitlines() or [""]:
+        click.echo(f"  {line}")
+    click.echo(f"tools: {len(data['tools'])}")
+    for t in data["tools"]:
+        state = "" if t["is_active"] else " (disabled)"
+        click.echo(f"  #{t['id']} {t['name']} [{t['type']}]{state}")
+
+
+@agents.command("add")
+@click.argument("name")
+@agent_options
+@pass_app
+def agents_add(
+    app: AppContext,
+    name: str,
+    prompt: str | None,
+    prompt_file: Path | None,
+    model: str | None,
+    settings_: Sequence[str],
+    history_window: int | None,
+) -> None:
+    """Add an agent (model defaults to the models.default setting)."""
+    from chatwright.agents import validate_agent
+
+    fields = _agent_fields(prompt, prompt_file, model, settings_, history_window)
+    fields.setdefault("model", app.settings.models.default)
+    valid = validate_agent(name, fields)
+    valid.pop("name")
+
+    async def work(runtime: Runtime) -> None:
+        agent = await runtime.storage.agents.create(name, **valid)
+        click.echo(f"Added agent {agent.name!r} (model {agent.model})")
+
+    app.run(work)
+
+
+@agents.command("set")
+@click.argument("name")
+@agent_options
+@pass_app
+def agents_set(
+    app: AppContext,
+    name: str,
+    prompt: str | None,
+    prompt_file: Path | None,
+    model: str | None,
+    settings_: Sequence[str],
+    history_window: int | None,
+) -> None:
+    """Change an agent's prompt, model, model settings or history window.
+
+    --setting values are merged into the agent's model settings; KEY=null removes KEY.
+    """
+    from chatwright.agents import validate_agent
+
+    fields = _agent_fields(prompt, prompt_file, model, settings_, history_window)
+    if not fields:
+        raise click.UsageError(
+            "nothing to change; give --prompt, --prompt-file, --model, --setting "
+            "or --history-window"
+        )
+    valid = validate_agent(name, fields, partial=True)
+
+    async def work(runtime: Runtime) -> None:
+        changes = dict(valid)
+        if "model_settings" in changes:
+            current = await runtime.storage.agents.get(name)
+            if current is None:
+                raise NotFoundError(f"no agent named {name!r}; see `chatwright agents list`")
+            stored = current.model_settings
+            merged = dict(stored) if isinstance(stored, dict) else {}
+            for key, value in changes["model_settings"].items():
+                if value is None:
+                    merged.pop(key, None)
+                else:
+                    merged[key] = value
+            changes["model_settings"] = merged
+        agent = await runtime.storage.agents.update(name, **changes)
+        click.echo(f"Updated agent {agent.name!r}: {', '.join(sorted(valid))}")
+
+    app.run(work)
+
+
+@hookimpl
+def register_commands(cli: click.Group) -> None:
+    cli.add_command(agents)

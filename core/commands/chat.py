@@ -1,0 +1,146 @@
+"""``chatwright chat``: a conversation with an agent in the terminal."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from chatwright import hookimpl
+from chatwright.cli import AppContext, pass_app
+from chatwright.errors import ChatwrightError, InvalidInputError, NotFoundError
+
+if TYPE_CHECKING:
+    from chatwright.runtime import Runtime
+
+
+LOCAL_USER = "local"
+
+
+def _show(message: Any, *, err: bool = True) -> None:
+    """One line per tool call or tool result, as they happen."""
+    from langchain_core.messages import AIMessage, ToolMessage
+
+    if isinstance(message, AIMessage):
+        for call in message.tool_calls:
+            args = json.dumps(call["args"], ensure_ascii=False)
+            click.secho(f"  → {call['name']} {args}", fg="cyan", err=err)
+    elif isinstance(message, ToolMessage):
+        text = message.text
+        shown = text if len(text) <= 200 else text[:197] + "..."
+        colour = "red" if message.status == "error" else "green"
+        click.secho(f"  ← {shown}", fg=colour, err=err)
+
+
+async def _pick_agent(runtime: Runtime, name: str | None) -> str:
+    if name is not None:
+        if await runtime.storage.agents.get(name) is None:
+            raise NotFoundError(f"no agent named {name!r}; see `chatwright agents list`")
+        return name
+    names = [a.name for a in await runtime.storage.agents.list()]
+    if len(names) == 1:
+        return names[0]
+    if "assistant" in names:
+        return "assistant"
+    if not names:
+        raise NotFoundError("there are no agents; create one with `chatwright init --example`")
+    raise InvalidInputError(f"which agent? give one of: {', '.join(names)}")
+
+
+def _replay(messages: Sequence[Any]) -> None:
+    from chatwright.history import to_model_input
+
+    for message in to_model_input(messages):
+        if message.type == "human":
+            click.secho(f"you> {message.text}", dim=True)
+        elif message.type == "ai" and message.text:
+            click.secho(message.text, dim=True)
+
+
+@click.command()
+@click.argument("agent", required=False)
+@click.option("--chat-id", type=click.UUID, help="Resume this chat (default: your latest one).")
+@click.option("--new", "new_chat", is_flag=True, help="Start a new chat.")
+@click.option("--user", default=LOCAL_USER, show_default=True, help="Chat as this user id.")
+@click.option("-m", "--message", help="Send one message, print the reply and exit.")
+@pass_app
+def chat(
+    app: AppContext,
+    agent: str | None,
+    chat_id: uuid.UUID | None,
+    new_chat: bool,
+    user: str,
+    message: str | None,
+) -> None:
+    """Chat with an agent in the terminal; history is kept in the database.
+
+    Tool calls are shown as they happen (on standard error). With -m the reply
+    alone goes to standard output, for scripts.
+    """
+    if chat_id is not None and new_chat:
+        raise click.UsageError("give --chat-id or --new, not both")
+
+    async def work(runtime: Runtime) -> None:
+        name = await _pick_agent(runtime, agent)
+        storage = runtime.storage
+        if chat_id is not None and await storage.sessions.chat_owner(chat_id) is None:
+            # The API lets clients name new chats; here a typo must not start one silently.
+            raise NotFoundError(
+                f"no chat {chat_id}; leave out --chat-id to resume your latest chat, or use --new"
+            )
+        session = await storage.sessions.open(
+            user, name, chat_id=uuid.uuid4() if new_chat else chat_id
+        )
+
+        async def show(m: Any) -> None:
+            _show(m)
+
+        try:
+            if message is not None:
+                turn = await runtime.chat(user, name, session.chat_id, message, on_message=show)
+                click.echo(turn.response)
+                return
+            await _interactive(runtime, user, name, session.chat_id, show)
+        finally:
+            from chatwright.sessions import deactivate
+
+            await deactivate(runtime, user, session.id)
+
+    app.run(work)
+
+
+async def _interactive(
+    runtime: Runtime, user: str, agent: str, chat_id: uuid.UUID, show: Any
+) -> None:
+    import asyncio
+    import contextlib
+
+    with contextlib.suppress(ImportError):
+        import readline  # noqa: F401  (line editing and history for input())
+    recent = await runtime.storage.messages.window(user, chat_id, 10)
+    click.echo(f"Chat {chat_id} with {agent!r} as {user!r}. Ctrl-D or 'exit' to leave.")
+    _replay(recent)
+    while True:
+        try:
+            line = await asyncio.to_thread(input, "you> ")
+        except (EOFError, KeyboardInterrupt):
+            click.echo()
+            return
+        if line.strip() in {"exit", "quit", "/exit", "/quit"}:
+            return
+        if not line.strip():
+            continue
+        try:
+            turn = await runtime.chat(user, agent, chat_id, line, on_message=show)
+        except ChatwrightError as exc:
+            click.secho(f"Error: {exc}", fg="red", err=True)
+            continue
+        click.echo(turn.response)
+
+
+@hookimpl
+def register_commands(cli: click.Group) -> None:
+    cli.add_command(chat)

@@ -1,0 +1,81 @@
+"""``chatwright config``: the effective settings, secrets redacted."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from chatwright import hookimpl
+from chatwright.cli import AppContext, pass_app
+from chatwright.commands.output import echo_json
+
+if TYPE_CHECKING:
+    from chatwright.settings import Settings
+
+
+@click.group()
+def config() -> None:
+    """Inspect settings."""
+
+
+def _redacted(settings: Settings) -> dict[str, Any]:
+    from sqlalchemy.engine import make_url
+
+    def hide(value: str) -> str:
+        try:
+            return make_url(value).render_as_string(hide_password=True)
+        except Exception:
+            return "<unparseable URL hidden>"
+
+    data = settings.model_dump(mode="json")
+    data["storage"]["url"] = hide(settings.storage.url)
+    if settings.storage.direct_url:
+        data["storage"]["direct_url"] = hide(settings.storage.direct_url)
+    secret_words = ("password", "secret", "token", "key")
+    for section in data.get("plugins", {}).values():
+        for key, value in section.items():
+            if any(word in key.lower() for word in secret_words):
+                section[key] = "**********"
+            elif isinstance(value, str) and "://" in value:
+                section[key] = hide(value)
+    return data
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps("" if value is None else str(value))
+
+
+@config.command("show")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_app
+def config_show(app: AppContext, as_json: bool) -> None:
+    """Print the effective settings, secrets redacted."""
+    settings = app.settings
+    data = _redacted(settings)
+    if as_json:
+        echo_json(data)
+        return
+    source = settings.config_file or "none (defaults and environment)"
+    click.echo(f"# settings file: {source}")
+    plugin_sections = data.pop("plugins", {})
+    sections = [*data.items(), *((f"plugins.{n}", v) for n, v in plugin_sections.items())]
+    for section, values in sections:
+        click.echo(f"\n[{section}]")
+        for key, value in values.items():
+            if value is None:
+                click.echo(f"# {key} is not set")
+            else:
+                click.echo(f"{key} = {_toml_value(value)}")
+
+
+@hookimpl
+def register_commands(cli: click.Group) -> None:
+    cli.add_command(config)

@@ -1,0 +1,63 @@
+"""``chatwright install`` and ``uninstall``: pip, run in the environment chatwright runs in."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import click
+
+from chatwright import hookimpl
+
+
+def _pip(arguments: Sequence[str]) -> None:
+    import subprocess
+
+    command = [sys.executable, "-m", "pip", *arguments]
+    click.echo("$ " + " ".join(command), err=True)
+    code = subprocess.call(command)
+    if code:
+        raise click.ClickException(f"pip failed (exit status {code}); see its output above")
+
+
+@click.command()
+@click.argument("packages", nargs=-1)
+@click.option("-U", "--upgrade", is_flag=True, help="Upgrade the packages if installed.")
+@click.option(
+    "-e",
+    "--editable",
+    "editable",
+    multiple=True,
+    metavar="PATH",
+    help="Install a local project in editable mode.",
+)
+def install(packages: tuple[str, ...], upgrade: bool, editable: tuple[str, ...]) -> None:
+    """Install plugins (or any package) into the environment chatwright runs in.
+
+    PACKAGES are what pip takes: names from an index, paths, URLs.
+    """
+    if not packages and not editable:
+        raise click.UsageError("name at least one package, path or -e PATH")
+    arguments = ["install"]
+    if upgrade:
+        arguments.append("--upgrade")
+    for path in editable:
+        arguments += ["--editable", path]
+    _pip([*arguments, *packages])
+
+
+@click.command()
+@click.argument("packages", nargs=-1, required=True)
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+def uninstall(packages: tuple[str, ...], yes: bool) -> None:
+    """Uninstall packages from the environment chatwright runs in."""
+    protected = {"chatwright"} & {p.lower() for p in packages}
+    if protected:
+        raise click.UsageError("uninstalling chatwright itself would remove this command; use pip")
+    _pip(["uninstall", *(["--yes"] if yes else []), *packages])
+
+
+@hookimpl
+def register_commands(cli: click.Group) -> None:
+    cli.add_command(install)
+    cli.add_command(uninstall)

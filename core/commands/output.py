@@ -1,0 +1,43 @@
+"""How the built-in commands print: JSON, aligned tables, lists and yes/no cells."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import click
+
+
+def echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def echo_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    if not rows:
+        return
+    cells = [[str(h) for h in headers]] + [["" if v is None else str(v) for v in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for row in cells:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def echo_list(
+    rows: Sequence[dict[str, Any]],
+    *,
+    as_json: bool,
+    empty: str,
+    headers: Sequence[str],
+    cells: Callable[[dict[str, Any]], Sequence[Any]],
+) -> None:
+    """A list command's output: JSON, a message when empty, or a table."""
+    if as_json:
+        echo_json(list(rows))
+    elif not rows:
+        click.echo(empty)
+    else:
+        echo_table(headers, [cells(r) for r in rows])
+
+
+def yes_no(value: object) -> str:
+    return "yes" if value else "no"
