@@ -7,9 +7,8 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from fastapi.responses import JSONResponse
 
-from chatwright.errors import ChatwrightError, InvalidInputError, NotFoundError
+from chatwright.errors import ChatwrightError, NotFoundError
 from chatwright.plugins.server.dependencies import MetricsDep, RuntimeDep, SettingsDep, User
 from chatwright.plugins.server.errors import USER, responses
 from chatwright.plugins.server.limits import check_message
@@ -25,32 +24,22 @@ from chatwright.plugins.server.streaming import EVENTS, EventStreamResponse, str
 router = APIRouter(tags=["chats"])
 
 
-@router.post("/api/chat", response_model=ChatTurn, responses=responses(*USER, 404, 413, 422, 502))
+@router.post("/api/chat", responses=responses(*USER, 404, 413, 422, 502))
 async def chat(
     body: ChatRequest,
     runtime: RuntimeDep,
     settings: SettingsDep,
     metrics: MetricsDep,
     who: User,
-) -> ChatTurn | JSONResponse:
+) -> ChatTurn:
     """One turn: the human message is stored, the agent answers, both are kept."""
     check_message(settings, body.message)
     started = time.perf_counter()
     try:
         turn = await runtime.chat(who.user_id, body.agent_name, body.session_id, body.message)
-    except ChatwrightError as exc:
+    except ChatwrightError:
         metrics.turns["error"] += 1
-        if isinstance(exc, NotFoundError | InvalidInputError):
-            raise
-        return JSONResponse(
-            {
-                "session_id": str(body.session_id),
-                "response": "",
-                "tool_calls": [],
-                "error": str(exc),
-            },
-            status_code=exc.http_status,
-        )
+        raise
     metrics.turns["ok"] += 1
     metrics.turn_seconds.observe(time.perf_counter() - started)
     return ChatTurn(
