@@ -1309,3 +1309,54 @@ async def test_a_failed_startup_still_closes_the_runtime(tmp_path: Path) -> None
         assert recorder.shutdowns == [runtime]
     finally:
         await runtime.close()
+
+
+# =========================================================================== 7. chat_id
+
+
+async def test_chat_takes_chat_id_and_session_id_as_its_older_name(srv: Running) -> None:
+    client = srv.client
+    session = await open_session(client)
+    cid = session["chat_id"]
+    by_name = await client.post(
+        "/api/chat", json={"agent_name": AGENT, "chat_id": cid, "message": MILK}
+    )
+    assert by_name.status_code == 200, by_name.text
+    assert by_name.json()["session_id"] == cid
+    assert [c["name"] for c in by_name.json()["tool_calls"]] == ["add_task"]
+    by_alias = await chat_ok(client, cid, "list my tasks")
+    assert by_alias["session_id"] == cid and "buy milk" in by_alias["response"]
+    both = await client.post(
+        "/api/chat",
+        json={"agent_name": AGENT, "chat_id": cid, "session_id": cid, "message": "hello"},
+    )
+    assert both.status_code == 200, both.text
+    streamed = await client.post(
+        "/api/chat/stream", json={"agent_name": AGENT, "chat_id": cid, "message": "list my tasks"}
+    )
+    assert streamed.status_code == 200
+    assert parse_sse(streamed.text)[-1][1]["session_id"] == cid
+    # All four turns went to the one chat.
+    page = (await client.get(f"/api/chats/{cid}/messages", params={"limit": 500})).json()
+    humans = [m["text"] for m in page["messages"] if m["role"] == "human"]
+    assert humans == [MILK, "list my tasks", "hello", "list my tasks"]
+
+    other = str(uuid.uuid4())
+    differing = await client.post(
+        "/api/chat",
+        json={"agent_name": AGENT, "chat_id": cid, "session_id": other, "message": "hi"},
+    )
+    assert "not both" in error_of(differing, 422)
+    missing = error_of(
+        await client.post("/api/chat", json={"agent_name": AGENT, "message": "hi"}), 422
+    )
+    assert "chat_id" in missing and "session_id" in missing
+    invalid = await client.post(
+        "/api/chat", json={"agent_name": AGENT, "chat_id": "chat-1", "message": "hi"}
+    )
+    assert "chat_id" in error_of(invalid, 422)
+    unknown = await client.post(
+        "/api/chat", json={"agent_name": AGENT, "chat_id": other, "message": "hi"}
+    )
+    error_of(unknown, 404)
+    assert len(await srv.sql("SELECT id FROM chat_messages WHERE role = 'human'")) == 4

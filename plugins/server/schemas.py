@@ -11,7 +11,8 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 if TYPE_CHECKING:
     from chatwright.runtime import ToolCallRecord
@@ -61,12 +62,47 @@ class OpenSession(_Body):
     )
 
 
+def _chat_request_schema(schema: dict[str, Any]) -> None:
+    # The field is read under either name; show both, the older one as deprecated.
+    schema["properties"]["session_id"] = {
+        **schema["properties"]["chat_id"],
+        "title": "Session Id",
+        "description": "The older name of chat_id, still accepted; send one of the two.",
+        "deprecated": True,
+    }
+
+
 class ChatRequest(_Body):
+    model_config = ConfigDict(json_schema_extra=_chat_request_schema)
+
     agent_name: str = Field(min_length=1, max_length=200)
-    session_id: uuid.UUID = Field(
-        description="The chat_id of the conversation (as in the original)."
+    # Defaults to None only so that a missing id is reported by the validator below
+    # under both names, alongside the other fields' problems.
+    chat_id: uuid.UUID = Field(
+        None,
+        validation_alias=AliasChoices("chat_id", "session_id"),
+        validate_default=True,
+        description="The conversation (the chat_id of a session); session_id is accepted too.",
     )
     message: str = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_name(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "chat_id" in data and "session_id" in data:
+            if data["chat_id"] != data["session_id"]:
+                raise ValueError("send chat_id or session_id (its older name), not both")
+            data = {k: v for k, v in data.items() if k != "session_id"}
+        return data
+
+    @field_validator("chat_id", mode="before")
+    @classmethod
+    def _required(cls, value: Any) -> Any:
+        if value is None:
+            raise PydanticCustomError(
+                "missing", "Field required (send chat_id, or its older name session_id)"
+            )
+        return value
 
 
 class Customization(_Body):

@@ -36,7 +36,7 @@ async def chat(
     check_message(settings, body.message)
     started = time.perf_counter()
     try:
-        turn = await runtime.chat(who.user_id, body.agent_name, body.session_id, body.message)
+        turn = await runtime.chat(who.user_id, body.agent_name, body.chat_id, body.message)
     except ChatwrightError:
         metrics.turns["error"] += 1
         raise
@@ -65,12 +65,10 @@ async def chat_stream(
     """One turn as server-sent events: token, tool_call, tool_result, then done or error."""
     check_message(settings, body.message)
     # Refuse what can be refused before the stream starts, with a status code.
-    owner = await runtime.storage.sessions.chat_owner(body.session_id)
+    owner = await runtime.storage.sessions.chat_owner(body.chat_id)
     if owner != (who.user_id, body.agent_name):
-        raise NotFoundError(f"no chat {body.session_id} with agent {body.agent_name!r}")
-    return stream_turn(
-        runtime, metrics, who.user_id, body.agent_name, body.session_id, body.message
-    )
+        raise NotFoundError(f"no chat {body.chat_id} with agent {body.agent_name!r}")
+    return stream_turn(runtime, metrics, who.user_id, body.agent_name, body.chat_id, body.message)
 
 
 @router.get(
