@@ -47,13 +47,15 @@ def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorBody, "description": WHY[code]} for code in sorted(set(codes))}
 
 
-def openapi_without_default_422(app: FastAPI) -> dict[str, Any]:
-    """The app's OpenAPI without FastAPI's own 422 declaration, which no answer has.
+def openapi_with_json_errors(app: FastAPI) -> dict[str, Any]:
+    """The app's OpenAPI, its error answers declared as they are sent.
 
     FastAPI declares a 422 in its validation-error shape on every route with
     parameters; routes that can answer 422 declare it with :func:`responses`,
     so what is left of FastAPI's (on routes whose parameters cannot fail, such
-    as a plain string in the path) is dropped with its schemas.
+    as a plain string in the path) is dropped with its schemas. FastAPI also
+    files a route's errors under the route's media type (``text/event-stream``
+    for the stream), but errors are always JSON.
     """
     if app.openapi_schema is None:
         schema = FastAPI.openapi(app)
@@ -62,6 +64,10 @@ def openapi_without_default_422(app: FastAPI) -> dict[str, Any]:
                 answers = operation.get("responses", {})
                 if "HTTPValidationError" in str(answers.get("422")):
                     del answers["422"]
+                for code, answer in answers.items():
+                    if code[0] in "45" and "content" in answer:
+                        body = next(iter(answer["content"].values()))
+                        answer["content"] = {"application/json": body}
         for name in ("HTTPValidationError", "ValidationError"):
             schema.get("components", {}).get("schemas", {}).pop(name, None)
         app.openapi_schema = schema
@@ -70,7 +76,7 @@ def openapi_without_default_422(app: FastAPI) -> dict[str, Any]:
 
 def install(app: FastAPI) -> None:
     """Answer every error as JSON with the one error body; never a bare 500."""
-    app.openapi = lambda: openapi_without_default_422(app)  # type: ignore[method-assign]
+    app.openapi = lambda: openapi_with_json_errors(app)  # type: ignore[method-assign]
 
     @app.exception_handler(ChatwrightError)
     async def user_error(request: Request, exc: ChatwrightError) -> JSONResponse:
