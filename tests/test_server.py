@@ -1192,8 +1192,7 @@ async def test_a_failing_model_gives_502_and_keeps_the_human_message(srv: Runnin
     response = await chat(client, session["chat_id"], "are you there?", agent="broken")
     message = error_of(response, 502)
     assert "boom" in message and "kept" in message
-    assert response.json()["session_id"] == session["chat_id"]
-    assert response.json()["response"] == "" and response.json()["tool_calls"] == []
+    assert response.json() == {"error": message}
     page = (await client.get(f"/api/chats/{session['chat_id']}/messages")).json()
     assert [(m["role"], m["text"]) for m in page["messages"]] == [("human", "are you there?")]
 
@@ -1311,3 +1310,252 @@ async def test_a_failed_startup_still_closes_the_runtime(tmp_path: Path) -> None
         assert recorder.shutdowns == [runtime]
     finally:
         await runtime.close()
+
+
+# =========================================================================== 7. OpenAPI
+
+
+def error_schema_of(openapi: dict[str, Any]) -> dict[str, Any]:
+    schema: dict[str, Any] = openapi["components"]["schemas"]["ErrorBody"]
+    assert schema["required"] == ["error"]
+    assert schema["properties"]["error"]["type"] == "string"
+    return schema
+
+
+def check_error_body(
+    openapi: dict[str, Any], method: str, path: str, response: httpx.Response
+) -> None:
+    """A refused request: its status is declared for its route, its body is the error schema."""
+    declared = openapi["paths"][path][method.lower()]["responses"]
+    status = str(response.status_code)
+    assert status in declared, (method, path, status, sorted(declared))
+    assert declared[status]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ErrorBody"
+    }
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    schema = error_schema_of(openapi)
+    assert set(body) == set(schema["properties"]), body
+    assert isinstance(body["error"], str) and body["error"], body
+
+
+async def test_openapi_declares_every_answer_with_a_schema_and_errors_with_the_one_body(
+    srv: Running,
+) -> None:
+    openapi = (await srv.client.get("/openapi.json")).json()
+    error_schema_of(openapi)
+    assert "HTTPValidationError" not in json.dumps(openapi)
+    assert openapi["components"]["securitySchemes"]["HTTPBearer"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": openapi["components"]["securitySchemes"]["HTTPBearer"]["description"],
+    }
+    operations = {
+        (method, path): operation
+        for path, item in openapi["paths"].items()
+        for method, operation in item.items()
+    }
+    # Every route is documented (the page too), and each operation is walked below.
+    assert set(operations) == {
+        ("get", "/"),
+        ("get", "/api/config"),
+        ("get", "/healthz"),
+        ("get", "/metrics"),
+        ("post", "/api/sessions"),
+        ("get", "/api/sessions"),
+        ("post", "/api/sessions/{session_id}/heartbeat"),
+        ("post", "/api/sessions/{session_id}/deactivate"),
+        ("post", "/api/chat"),
+        ("post", "/api/chat/stream"),
+        ("get", "/api/chats/{chat_id}/messages"),
+        ("get", "/api/agents"),
+        ("get", "/api/agents/{name}"),
+        ("get", "/api/agents/{name}/customizations"),
+        ("put", "/api/agents/{name}/customizations"),
+    }
+    for (method, path), operation in operations.items():
+        answers = operation["responses"]
+        ok = [code for code in answers if code.startswith("2")]
+        assert ok, (method, path)
+        for code in ok:
+            content = answers[code]["content"]
+            assert content, (method, path, code)
+            for media, declared in content.items():
+                if media == "application/json":
+                    assert "$ref" in declared["schema"] or "items" in declared["schema"], (
+                        method,
+                        path,
+                    )
+                else:
+                    assert declared["schema"] == {"type": "string"}, (method, path, media)
+        for code, answer in answers.items():
+            if code[0] in "45":
+                assert answer["content"] == {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}
+                }, (method, path, code)
+        if path.startswith("/api/") and path != "/api/config":
+            assert operation["security"] == [{"HTTPBearer": []}], (method, path)
+            assert {"401", "403", "503"} <= set(answers), (method, path)
+
+    def codes(method: str, path: str) -> set[str]:
+        return {c for c in operations[method, path]["responses"] if c[0] in "45"}
+
+    assert codes("post", "/api/chat") == {"401", "403", "404", "413", "422", "502", "503"}
+    assert codes("post", "/api/chat/stream") == {"401", "403", "404", "413", "422", "503"}
+    assert codes("get", "/api/agents/{name}") == {"401", "403", "404", "503"}
+    assert codes("get", "/healthz") == {"503"}
+    media = {
+        path: set(
+            operations["get" if path != "/api/chat/stream" else "post", path]["responses"]["200"][
+                "content"
+            ]
+        )
+        for path in ("/", "/metrics", "/api/chat/stream", "/api/sessions")
+    }
+    assert media == {
+        "/": {"text/html"},
+        "/metrics": {"text/plain; version=0.0.4"},
+        "/api/chat/stream": {"text/event-stream"},
+        "/api/sessions": {"application/json"},
+    }
+    events = operations["post", "/api/chat/stream"]["responses"]["200"]["description"]
+    for event in ("token", "tool_call", "tool_result", "done", "error"):
+        assert f"`{event}`" in events
+    listed = operations["get", "/api/sessions"]["responses"]["200"]["content"]["application/json"]
+    assert listed["schema"]["items"] == {"$ref": "#/components/schemas/Session"}
+    request = openapi["components"]["schemas"]["ChatRequest"]["properties"]
+    assert request["chat_id"]["format"] == "uuid"
+    assert request["session_id"]["deprecated"] is True
+
+
+async def test_real_error_answers_are_the_declared_error_body(start: Start) -> None:
+    srv = await start(server={**JWT["server"], "max_message_chars": 50})
+    client = srv.client
+    openapi = (await client.get("/openapi.json")).json()
+    alice = bearer("alice")
+    await srv.runtime.storage.agents.create(
+        "broken", system_prompt="x", model="scripted:x", model_settings={"fail": "boom"}
+    )
+    await srv.runtime.storage.agents.create("ghost", system_prompt="x", model="nosuch:model")
+    broken = await open_session(client, "broken", headers=alice)
+    ghost = await open_session(client, "ghost", headers=alice)
+    session = await open_session(client, headers=alice)
+    cid = session["chat_id"]
+    refused: list[tuple[str, str, int, Awaitable[httpx.Response]]] = [
+        ("GET", "/api/sessions", 401, client.get("/api/sessions")),
+        (
+            "GET",
+            "/api/agents",
+            403,
+            client.get("/api/agents", headers=bearer("svc", role="service_role")),
+        ),
+        ("GET", "/api/agents/{name}", 404, client.get("/api/agents/nobody", headers=alice)),
+        (
+            "POST",
+            "/api/sessions/{session_id}/heartbeat",
+            404,
+            client.post(f"/api/sessions/{uuid.uuid4()}/heartbeat", headers=alice),
+        ),
+        ("POST", "/api/sessions", 422, client.post("/api/sessions", json={}, headers=alice)),
+        (
+            "GET",
+            "/api/chats/{chat_id}/messages",
+            422,
+            client.get(f"/api/chats/{cid}/messages", params={"limit": 0}, headers=alice),
+        ),
+        (
+            "POST",
+            "/api/chat",
+            413,
+            client.post(
+                "/api/chat",
+                json={"agent_name": AGENT, "chat_id": cid, "message": "x" * 51},
+                headers=alice,
+            ),
+        ),
+        (
+            "POST",
+            "/api/chat/stream",
+            413,
+            client.post(
+                "/api/chat/stream",
+                content=json.dumps({"message": "z" * 30_000}).encode(),
+                headers={**alice, "Content-Type": "application/json"},
+            ),
+        ),
+        (
+            "POST",
+            "/api/chat",
+            502,
+            client.post(
+                "/api/chat",
+                json={"agent_name": "broken", "chat_id": broken["chat_id"], "message": "hi"},
+                headers=alice,
+            ),
+        ),
+        (
+            "POST",
+            "/api/chat",
+            503,
+            client.post(
+                "/api/chat",
+                json={"agent_name": "ghost", "chat_id": ghost["chat_id"], "message": "hi"},
+                headers=alice,
+            ),
+        ),
+    ]
+    for method, path, status, request in refused:
+        response = await request
+        assert response.status_code == status, (method, path, response.text)
+        check_error_body(openapi, method, path, response)
+
+
+# =========================================================================== 8. chat_id
+
+
+async def test_chat_takes_chat_id_and_session_id_as_its_older_name(srv: Running) -> None:
+    client = srv.client
+    session = await open_session(client)
+    cid = session["chat_id"]
+    by_name = await client.post(
+        "/api/chat", json={"agent_name": AGENT, "chat_id": cid, "message": MILK}
+    )
+    assert by_name.status_code == 200, by_name.text
+    assert by_name.json()["session_id"] == cid
+    assert [c["name"] for c in by_name.json()["tool_calls"]] == ["add_task"]
+    by_alias = await chat_ok(client, cid, "list my tasks")
+    assert by_alias["session_id"] == cid and "buy milk" in by_alias["response"]
+    both = await client.post(
+        "/api/chat",
+        json={"agent_name": AGENT, "chat_id": cid, "session_id": cid, "message": "hello"},
+    )
+    assert both.status_code == 200, both.text
+    streamed = await client.post(
+        "/api/chat/stream", json={"agent_name": AGENT, "chat_id": cid, "message": "list my tasks"}
+    )
+    assert streamed.status_code == 200
+    assert parse_sse(streamed.text)[-1][1]["session_id"] == cid
+    # All four turns went to the one chat.
+    page = (await client.get(f"/api/chats/{cid}/messages", params={"limit": 500})).json()
+    humans = [m["text"] for m in page["messages"] if m["role"] == "human"]
+    assert humans == [MILK, "list my tasks", "hello", "list my tasks"]
+
+    other = str(uuid.uuid4())
+    differing = await client.post(
+        "/api/chat",
+        json={"agent_name": AGENT, "chat_id": cid, "session_id": other, "message": "hi"},
+    )
+    assert "not both" in error_of(differing, 422)
+    missing = error_of(
+        await client.post("/api/chat", json={"agent_name": AGENT, "message": "hi"}), 422
+    )
+    assert "chat_id" in missing and "session_id" in missing
+    invalid = await client.post(
+        "/api/chat", json={"agent_name": AGENT, "chat_id": "chat-1", "message": "hi"}
+    )
+    assert "chat_id" in error_of(invalid, 422)
+    unknown = await client.post(
+        "/api/chat", json={"agent_name": AGENT, "chat_id": other, "message": "hi"}
+    )
+    error_of(unknown, 404)
+    assert len(await srv.sql("SELECT id FROM chat_messages WHERE role = 'human'")) == 4

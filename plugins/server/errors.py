@@ -1,0 +1,100 @@
+"""Errors over HTTP: one JSON shape, ``{"error": "..."}``, for every 4xx and 5xx.
+
+:func:`install` registers the exception handlers that turn chatwright errors,
+FastAPI's validation errors, Starlette's HTTP errors and anything unexpected
+into that shape; :func:`responses` declares it in OpenAPI for the status codes
+a route can answer, so the documented errors are the real ones.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from chatwright.errors import ChatwrightError
+from chatwright.plugins.server.schemas import ErrorBody
+
+if TYPE_CHECKING:
+    from fastapi import Request
+
+log = logging.getLogger(__name__)
+
+WHY = {
+    401: "No bearer token, or an expired, malformed or wrongly signed one.",
+    403: "A service-role token, refused on user endpoints.",
+    404: "Not found, or not the caller's.",
+    413: "The message or the request body is too large.",
+    422: "The request is invalid: the error names each field at fault.",
+    502: "The model failed during the turn; the human message is kept.",
+    503: "The database or the model's configuration is unavailable.",
+}
+
+# What every route that acts for a user can answer.
+USER = (401, 403, 503)
+
+
+def error_response(message: str, status_code: int) -> JSONResponse:
+    return JSONResponse(ErrorBody(error=message).model_dump(), status_code=status_code)
+
+
+def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` declaring the error body for each of ``codes``."""
+    return {code: {"model": ErrorBody, "description": WHY[code]} for code in sorted(set(codes))}
+
+
+def openapi_with_json_errors(app: FastAPI) -> dict[str, Any]:
+    """The app's OpenAPI, its error answers declared as they are sent.
+
+    FastAPI declares a 422 in its validation-error shape on every route with
+    parameters; routes that can answer 422 declare it with :func:`responses`,
+    so what is left of FastAPI's (on routes whose parameters cannot fail, such
+    as a plain string in the path) is dropped with its schemas. FastAPI also
+    files a route's errors under the route's media type (``text/event-stream``
+    for the stream), but errors are always JSON.
+    """
+    if app.openapi_schema is None:
+        schema = FastAPI.openapi(app)
+        for operations in schema["paths"].values():
+            for operation in operations.values():
+                answers = operation.get("responses", {})
+                if "HTTPValidationError" in str(answers.get("422")):
+                    del answers["422"]
+                for code, answer in answers.items():
+                    if code[0] in "45" and "content" in answer:
+                        body = next(iter(answer["content"].values()))
+                        answer["content"] = {"application/json": body}
+        for name in ("HTTPValidationError", "ValidationError"):
+            schema.get("components", {}).get("schemas", {}).pop(name, None)
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+def install(app: FastAPI) -> None:
+    """Answer every error as JSON with the one error body; never a bare 500."""
+    app.openapi = lambda: openapi_with_json_errors(app)  # type: ignore[method-assign]
+
+    @app.exception_handler(ChatwrightError)
+    async def user_error(request: Request, exc: ChatwrightError) -> JSONResponse:
+        return error_response(str(exc), exc.http_status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for e in exc.errors():
+            where = ".".join(str(p) for p in e["loc"] if p != "body") or "body"
+            problems.append(f"{where}: {e['msg']}")
+        return error_response("invalid request: " + "; ".join(problems), 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(str(exc.detail), exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return error_response(f"internal error ({type(exc).__name__}); see the server log", 500)

@@ -1,0 +1,68 @@
+"""The server's lifespan: start the runtime, run the background tasks, close on shutdown.
+
+The background tasks are the session sweeper (deactivates idle sessions and
+evicts their agents every ``sessions.sweep_interval`` seconds) and the watch
+for configuration changed by another process (PostgreSQL NOTIFY).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable
+    from contextlib import AbstractAsyncContextManager
+
+    from fastapi import FastAPI
+
+    from chatwright.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+async def sweeper(runtime: Runtime) -> None:
+    """Sweep idle sessions forever; a failed pass is logged and retried."""
+    from chatwright.sessions import sweep
+
+    while True:
+        await asyncio.sleep(runtime.settings.sessions.sweep_interval)
+        try:
+            report = await sweep(runtime)
+            if report.deactivated or report.evicted:
+                log.info(
+                    "sweeper: %d idle session(s) deactivated, %d agent(s) evicted",
+                    len(report.deactivated),
+                    len(report.evicted),
+                )
+        except Exception:
+            log.exception("sweeper pass failed; retrying at the next interval")
+
+
+def lifespan(runtime: Runtime) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """The lifespan of an app serving ``runtime``."""
+
+    @contextlib.asynccontextmanager
+    async def serve(app: FastAPI) -> AsyncIterator[None]:
+        await runtime.start(upgrade=True)
+        try:
+            runtime.cache  # noqa: B018  (an unknown cache.policy fails now, not at the first turn)
+            tasks = [
+                asyncio.create_task(sweeper(runtime)),
+                # Config changed by another process (PostgreSQL NOTIFY): rebuild at once.
+                asyncio.create_task(runtime.storage.watch_config(runtime.config_changed)),
+            ]
+            try:
+                yield
+            finally:
+                for task in tasks:
+                    task.cancel()
+                for task in tasks:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+        finally:
+            await runtime.close()
+
+    return serve

@@ -1,0 +1,40 @@
+"""Size limits: oversized messages and request bodies get 413 before any work is done."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from chatwright.errors import ChatwrightError
+from chatwright.plugins.server.errors import error_response
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from fastapi import FastAPI, Request, Response
+
+    from chatwright.settings import Settings
+
+
+class TooLargeError(ChatwrightError):
+    http_status = 413
+
+
+def check_message(settings: Settings, message: str) -> None:
+    cap = settings.server.max_message_chars
+    if len(message) > cap:
+        raise TooLargeError(f"message too long ({len(message)} characters; at most {cap})")
+
+
+def install(app: FastAPI, settings: Settings) -> None:
+    """Refuse bodies far beyond any message before reading them."""
+
+    @app.middleware("http")
+    async def limit_body(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        # Refuse oversized bodies before reading them (a message is capped anyway).
+        limit = settings.server.max_message_chars * 4 + 16_384
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > limit:
+            return error_response(f"request body too large ({length} bytes; at most {limit})", 413)
+        return await call_next(request)

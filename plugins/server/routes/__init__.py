@@ -1,0 +1,1 @@
+"""The HTTP routes, one module per resource, each an :class:`fastapi.APIRouter`."""

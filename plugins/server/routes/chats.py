@@ -1,0 +1,97 @@
+"""Chats: a turn answered at once or streamed, and the pages of a chat's messages."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from chatwright.errors import ChatwrightError, NotFoundError
+from chatwright.plugins.server.dependencies import MetricsDep, RuntimeDep, SettingsDep, User
+from chatwright.plugins.server.errors import USER, responses
+from chatwright.plugins.server.limits import check_message
+from chatwright.plugins.server.schemas import (
+    ChatMessage,
+    ChatRequest,
+    ChatTurn,
+    MessagePage,
+    ToolCall,
+)
+from chatwright.plugins.server.streaming import EVENTS, EventStreamResponse, stream_turn
+
+router = APIRouter(tags=["chats"])
+
+
+@router.post("/api/chat", responses=responses(*USER, 404, 413, 422, 502))
+async def chat(
+    body: ChatRequest,
+    runtime: RuntimeDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+    who: User,
+) -> ChatTurn:
+    """One turn: the human message is stored, the agent answers, both are kept."""
+    check_message(settings, body.message)
+    started = time.perf_counter()
+    try:
+        turn = await runtime.chat(who.user_id, body.agent_name, body.chat_id, body.message)
+    except ChatwrightError:
+        metrics.turns["error"] += 1
+        raise
+    metrics.turns["ok"] += 1
+    metrics.turn_seconds.observe(time.perf_counter() - started)
+    return ChatTurn(
+        session_id=turn.chat_id,
+        response=turn.response,
+        tool_calls=[ToolCall.of(c) for c in turn.tool_calls],
+        error=None,
+    )
+
+
+@router.post(
+    "/api/chat/stream",
+    response_class=EventStreamResponse,
+    responses={200: {"description": EVENTS}, **responses(*USER, 404, 413, 422)},
+)
+async def chat_stream(
+    body: ChatRequest,
+    runtime: RuntimeDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+    who: User,
+) -> EventStreamResponse:
+    """One turn as server-sent events: token, tool_call, tool_result, then done or error."""
+    check_message(settings, body.message)
+    # Refuse what can be refused before the stream starts, with a status code.
+    owner = await runtime.storage.sessions.chat_owner(body.chat_id)
+    if owner != (who.user_id, body.agent_name):
+        raise NotFoundError(f"no chat {body.chat_id} with agent {body.agent_name!r}")
+    return stream_turn(runtime, metrics, who.user_id, body.agent_name, body.chat_id, body.message)
+
+
+@router.get(
+    "/api/chats/{chat_id}/messages",
+    response_model_exclude_unset=True,
+    responses=responses(*USER, 404, 422),
+)
+async def messages(
+    chat_id: uuid.UUID,
+    runtime: RuntimeDep,
+    who: User,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    before: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
+) -> MessagePage:
+    """A page of a chat, oldest first; pass the first message's id as before for the previous."""
+    owner = await runtime.storage.sessions.chat_owner(chat_id)
+    if owner is None or owner[0] != who.user_id:
+        raise NotFoundError(f"no chat {chat_id}")
+    # One extra row tells whether an older page exists.
+    page = await runtime.storage.messages.page(who.user_id, chat_id, limit=limit + 1, before=before)
+    return MessagePage(
+        chat_id=chat_id,
+        agent_name=owner[1],
+        messages=[ChatMessage.of(m) for m in page[-limit:]],
+        more=len(page) > limit,
+    )

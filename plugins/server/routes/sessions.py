@@ -1,0 +1,85 @@
+"""Sessions: a client's engagement with a chat, opened, kept alive and closed."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Request, Security
+
+from chatwright.errors import NotFoundError
+from chatwright.plugins.server.auth import bearer, principal_from_token
+from chatwright.plugins.server.dependencies import (
+    RuntimeDep,
+    SettingsDep,
+    User,
+    agent_exists,
+    bearer_scheme,
+)
+from chatwright.plugins.server.errors import USER, responses
+from chatwright.plugins.server.schemas import BeaconToken, OpenSession, Session
+
+router = APIRouter(prefix="/api/sessions", tags=["sessions"])
+
+
+@router.post("", responses=responses(*USER, 404, 413, 422))
+async def open_session(body: OpenSession, runtime: RuntimeDep, who: User) -> Session:
+    """Open a session on a chat (the latest with the agent unless chat_id is given)."""
+    await agent_exists(runtime, body.agent_name)
+    session = await runtime.storage.sessions.open(
+        who.user_id, body.agent_name, chat_id=body.chat_id, client_key=body.client_key
+    )
+    return Session.of(session)
+
+
+@router.get("", responses=responses(*USER, 422))
+async def list_sessions(
+    runtime: RuntimeDep, who: User, active: bool | None = None
+) -> list[Session]:
+    """The caller's sessions, most recently used first."""
+    return [Session.of(s) for s in await runtime.storage.sessions.list(who.user_id, active=active)]
+
+
+@router.post("/{session_id}/heartbeat", responses=responses(*USER, 404, 422))
+async def heartbeat(session_id: uuid.UUID, runtime: RuntimeDep, who: User) -> Session:
+    """Keep a session active (its updated_at becomes now)."""
+    session = await runtime.storage.sessions.heartbeat(who.user_id, session_id)
+    if session is None:
+        raise NotFoundError(f"no session {session_id}")
+    return Session.of(session)
+
+
+_BEACON_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": False,
+        "content": {"application/json": {"schema": BeaconToken.model_json_schema()}},
+    }
+}
+
+
+@router.post(
+    "/{session_id}/deactivate",
+    responses=responses(*USER, 404, 413, 422),
+    openapi_extra=_BEACON_BODY,
+    # Declares the bearer scheme; the token is read below, from the header or the body.
+    dependencies=[Security(bearer_scheme)],
+)
+async def deactivate(
+    session_id: uuid.UUID,
+    request: Request,
+    runtime: RuntimeDep,
+    settings: SettingsDep,
+) -> Session:
+    """Close a session; the token may come in the body, as navigator.sendBeacon sends it."""
+    from chatwright.sessions import deactivate as close
+
+    token = bearer(request.headers.get("authorization"))
+    if token is None and settings.server.auth == "jwt":
+        # navigator.sendBeacon cannot set headers: the page sends the token in the body.
+        with contextlib.suppress(ValueError, UnicodeDecodeError):
+            sent = json.loads(await request.body() or b"{}")
+            token = sent.get("access_token") if isinstance(sent, dict) else None
+    who = principal_from_token(settings, token)
+    return Session.of(await close(runtime, who.user_id, session_id))

@@ -1,0 +1,296 @@
+"""The JSON the HTTP API reads and writes: request bodies, response bodies, stream events.
+
+Every model here appears in ``/openapi.json``. Request bodies refuse unknown
+fields and NUL characters; response models are built from the stores' rows by
+their ``of`` constructors, so each shape is written down once. Timestamps stay
+the ``isoformat()`` strings the API has always sent (``+00:00``, not ``Z``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+if TYPE_CHECKING:
+    from chatwright.runtime import ToolCallRecord
+    from chatwright.stores import ChatSession, Message, PromptCustomization
+
+Timestamp = Annotated[
+    str,
+    Field(
+        description="ISO 8601 time with its UTC offset.", json_schema_extra={"format": "date-time"}
+    ),
+]
+
+
+class ErrorBody(BaseModel):
+    """The body of every 4xx and 5xx answer."""
+
+    error: str = Field(description="What went wrong and what to do about it.")
+
+
+# -- requests ------------------------------------------------------------------
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        # PostgreSQL text cannot hold NUL characters; refuse them up front, not mid-turn.
+        if isinstance(data, dict):
+            for key, value in data.items():
+                if isinstance(value, str) and "\x00" in value:
+                    raise ValueError(f"{key} contains a NUL character")
+        return data
+
+
+class OpenSession(_Body):
+    agent_name: str = Field(min_length=1, max_length=200)
+    chat_id: uuid.UUID | None = Field(
+        None, description="The chat to continue or start; without it the latest chat resumes."
+    )
+    client_key: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="Makes opening idempotent: the same key gets the same active session.",
+    )
+
+
+def _chat_request_schema(schema: dict[str, Any]) -> None:
+    # The field is read under either name; show both, the older one as deprecated.
+    schema["properties"]["session_id"] = {
+        **schema["properties"]["chat_id"],
+        "title": "Session Id",
+        "description": "The older name of chat_id, still accepted; send one of the two.",
+        "deprecated": True,
+    }
+
+
+class ChatRequest(_Body):
+    model_config = ConfigDict(json_schema_extra=_chat_request_schema)
+
+    agent_name: str = Field(min_length=1, max_length=200)
+    # Defaults to None only so that a missing id is reported by the validator below
+    # under both names, alongside the other fields' problems.
+    chat_id: uuid.UUID = Field(
+        None,
+        validation_alias=AliasChoices("chat_id", "session_id"),
+        validate_default=True,
+        description="The conversation (the chat_id of a session); session_id is accepted too.",
+    )
+    message: str = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_name(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "chat_id" in data and "session_id" in data:
+            if data["chat_id"] != data["session_id"]:
+                raise ValueError("send chat_id or session_id (its older name), not both")
+            data = {k: v for k, v in data.items() if k != "session_id"}
+        return data
+
+    @field_validator("chat_id", mode="before")
+    @classmethod
+    def _required(cls, value: Any) -> Any:
+        if value is None:
+            raise PydanticCustomError(
+                "missing", "Field required (send chat_id, or its older name session_id)"
+            )
+        return value
+
+
+class Customization(_Body):
+    kind: str = Field("instruction_set", min_length=1, max_length=100)
+    content: str = Field(max_length=20_000)
+    priority: int = Field(0, ge=-(2**31), le=2**31 - 1)
+    is_active: bool = True
+
+
+class BeaconToken(BaseModel):
+    """The optional body of a deactivation sent by ``navigator.sendBeacon``."""
+
+    access_token: str | None = Field(
+        None, description="The bearer token, for clients that cannot set headers (JWT mode)."
+    )
+
+
+# -- responses -----------------------------------------------------------------
+
+
+class Session(BaseModel):
+    id: uuid.UUID
+    chat_id: uuid.UUID
+    agent_name: str
+    is_active: bool
+    created_at: Timestamp
+    updated_at: Timestamp
+
+    @classmethod
+    def of(cls, session: ChatSession) -> Session:
+        return cls(
+            id=session.id,
+            chat_id=session.chat_id,
+            agent_name=session.agent_name,
+            is_active=session.is_active,
+            created_at=session.created_at.isoformat(),
+            updated_at=session.updated_at.isoformat(),
+        )
+
+
+class ToolCallRef(BaseModel):
+    id: str | None
+    name: str | None
+    args: Any
+
+
+class ChatMessage(BaseModel):
+    """One stored message; the tool fields are present only where they apply."""
+
+    id: int
+    role: str
+    text: str
+    created_at: Timestamp
+    tool_calls: list[ToolCallRef] | None = Field(
+        None, description="On AI messages that call tools."
+    )
+    tool_call_id: str | None = Field(None, description="On tool messages.")
+    name: str | None = Field(None, description="On tool messages: the tool.")
+    status: str | None = Field(None, description="On tool messages: success or error.")
+
+    @classmethod
+    def of(cls, message: Message) -> ChatMessage:
+        data = dict(message.content.get("data", {}))
+        content = data.get("content", "")
+        text = (
+            content
+            if isinstance(content, str)
+            else "".join(part.get("text", "") for part in content if isinstance(part, dict))
+        )
+        # Only the fields passed here are sent (the route excludes unset ones).
+        extra: dict[str, Any] = {}
+        if data.get("tool_calls"):
+            extra["tool_calls"] = [
+                ToolCallRef(id=c.get("id"), name=c.get("name"), args=c.get("args"))
+                for c in data["tool_calls"]
+            ]
+        if message.role == "tool":
+            extra["tool_call_id"] = data.get("tool_call_id")
+            extra["name"] = data.get("name")
+            extra["status"] = data.get("status", "success")
+        return cls(
+            id=message.id,
+            role=message.role,
+            text=text,
+            created_at=message.created_at.isoformat(),
+            **extra,
+        )
+
+
+class MessagePage(BaseModel):
+    chat_id: uuid.UUID
+    agent_name: str
+    messages: list[ChatMessage] = Field(description="Oldest first.")
+    more: bool = Field(description="Whether an older page exists (pass messages[0].id as before).")
+
+
+class ToolCall(BaseModel):
+    name: str
+    args: dict[str, Any]
+    result: Any
+    error: bool
+
+    @classmethod
+    def of(cls, record: ToolCallRecord) -> ToolCall:
+        return cls(name=record.name, args=record.args, result=record.result, error=record.error)
+
+
+class ChatTurn(BaseModel):
+    session_id: uuid.UUID = Field(description="The chat id of the conversation.")
+    response: str
+    tool_calls: list[ToolCall]
+    error: None = Field(None, description="Always null: a failed turn answers an error status.")
+
+
+class AgentSummary(BaseModel):
+    name: str
+    model: str
+    history_window: int
+
+
+class ToolEntry(BaseModel):
+    """A tool row of an agent; ``ok`` and ``problems`` only for admins."""
+
+    id: int
+    name: str
+    type: str
+    description: str | None
+    is_active: bool
+    ok: bool | None = Field(None, description="Admins only: whether the tool loads.")
+    problems: list[str] | None = Field(None, description="Admins only: why it does not.")
+
+
+class AgentDetail(AgentSummary):
+    tools: list[ToolEntry]
+
+
+class CustomizationOut(BaseModel):
+    kind: str
+    content: str
+    priority: int
+    is_active: bool
+
+    @classmethod
+    def of(cls, row: PromptCustomization) -> CustomizationOut:
+        return cls(
+            kind=row.kind, content=row.content, priority=row.priority, is_active=row.is_active
+        )
+
+
+class ClientConfig(BaseModel):
+    """What the web page needs to know before it signs in."""
+
+    auth: Literal["local", "jwt"]
+    heartbeat_interval: float
+    max_message_chars: int
+    version: str
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    database: str = Field(description="Which database answered (no credentials).")
+
+
+# -- stream events (the data of each server-sent event) ------------------------
+
+
+class TokenEvent(BaseModel):
+    text: str
+
+
+class ToolCallEvent(BaseModel):
+    id: str | None
+    name: str
+    args: dict[str, Any]
+
+
+class ToolResultEvent(BaseModel):
+    id: str
+    name: str | None
+    result: str
+    error: bool
+
+
+class DoneEvent(BaseModel):
+    session_id: uuid.UUID
+    response: str
+    tool_calls: list[ToolCall]
+
+
+class ErrorEvent(ErrorBody):
+    status: int = Field(description="The status the same failure gets from POST /api/chat.")

@@ -1,0 +1,128 @@
+"""A chat turn streamed as server-sent events.
+
+The events are ``token``, ``tool_call`` and ``tool_result`` while the turn
+runs, then ``done`` or ``error``; their data are the models of
+:mod:`chatwright.plugins.server.schemas` as JSON. A client that leaves does not
+cancel the turn: it finishes and is stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+
+from chatwright.errors import ChatwrightError
+from chatwright.plugins.server.schemas import (
+    DoneEvent,
+    ErrorEvent,
+    TokenEvent,
+    ToolCall,
+    ToolCallEvent,
+    ToolResultEvent,
+)
+
+if TYPE_CHECKING:
+    import uuid
+    from collections.abc import AsyncIterator
+
+    from chatwright.plugins.server.metrics import ServerMetrics
+    from chatwright.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+EVENTS = """Server-sent events, in this order:
+
+| event | data |
+|---|---|
+| `token` | `TokenEvent` `{text}`: a piece of the reply (all at once if the model cannot stream) |
+| `tool_call` | `ToolCallEvent` `{id, name, args}` |
+| `tool_result` | `ToolResultEvent` `{id, name, result, error}` |
+| `done` | `DoneEvent` `{session_id, response, tool_calls}`, the last event of a turn that worked |
+| `error` | `ErrorEvent` `{error, status}`, the last event of a turn that failed |
+"""
+
+
+class EventStreamResponse(StreamingResponse):
+    media_type = "text/event-stream"
+
+
+def sse(event: str, data: BaseModel) -> bytes:
+    # Dumped in python mode so tool arguments of any type go through json's default=str.
+    payload = json.dumps(data.model_dump(), ensure_ascii=False, default=str)
+    return f"event: {event}\ndata: {payload}\n\n".encode()
+
+
+def stream_turn(
+    runtime: Runtime,
+    metrics: ServerMetrics,
+    user_id: str,
+    agent_name: str,
+    chat_id: uuid.UUID,
+    message: str,
+) -> EventStreamResponse:
+    """Run one turn in the background and answer its events as they come."""
+    from langchain_core.messages import AIMessage, ToolMessage
+
+    queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+    async def on_token(text: str) -> None:
+        await queue.put(sse("token", TokenEvent(text=text)))
+
+    async def on_message(message: Any) -> None:
+        if isinstance(message, AIMessage):
+            for call in message.tool_calls:
+                event = ToolCallEvent(id=call.get("id"), name=call["name"], args=call["args"])
+                await queue.put(sse("tool_call", event))
+        elif isinstance(message, ToolMessage):
+            result = ToolResultEvent(
+                id=message.tool_call_id,
+                name=message.name,
+                result=message.text,
+                error=message.status == "error",
+            )
+            await queue.put(sse("tool_result", result))
+
+    async def run() -> None:
+        started = time.perf_counter()
+        try:
+            turn = await runtime.chat(
+                user_id, agent_name, chat_id, message, on_message=on_message, on_token=on_token
+            )
+        except ChatwrightError as exc:
+            metrics.turns["error"] += 1
+            await queue.put(sse("error", ErrorEvent(error=str(exc), status=exc.http_status)))
+        except Exception as exc:
+            metrics.turns["error"] += 1
+            log.exception("streamed turn failed")
+            failed = ErrorEvent(error=f"internal error ({type(exc).__name__})", status=500)
+            await queue.put(sse("error", failed))
+        else:
+            metrics.turns["ok"] += 1
+            metrics.turn_seconds.observe(time.perf_counter() - started)
+            done = DoneEvent(
+                session_id=turn.chat_id,
+                response=turn.response,
+                tool_calls=[ToolCall.of(c) for c in turn.tool_calls],
+            )
+            await queue.put(sse("done", done))
+        finally:
+            await queue.put(None)
+
+    async def events() -> AsyncIterator[bytes]:
+        task = asyncio.create_task(run())
+        try:
+            while (item := await queue.get()) is not None:
+                yield item
+        finally:
+            # A client that leaves does not cancel the turn: it finishes and is stored.
+            await asyncio.shield(task)
+
+    return EventStreamResponse(
+        events(), headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
