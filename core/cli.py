@@ -62,7 +62,7 @@ class AppContext:
         if self._settings is None:
             from chatwright.settings import load_settings
 
-            self._settings = load_settings(self.config, self.overrides)
+            self._settings = load_settings(self.config, self.overrides, self.plugins)
         return self._settings
 
     def runtime(self) -> Runtime:
@@ -258,10 +258,13 @@ def _redacted(settings: Settings) -> dict[str, Any]:
         except Exception:
             return "<unparseable URL hidden>"
 
+    # SecretStr values (a plugin's too) dump as "**********"; URLs may hold a password.
     data = settings.model_dump(mode="json")
     data["storage"]["url"] = hide(settings.storage.url)
-    if settings.storage.direct_url:
-        data["storage"]["direct_url"] = hide(settings.storage.direct_url)
+    for name, values in data.items():
+        for key, value in values.items():
+            if name != "plugins" and isinstance(value, str) and "://" in value:
+                values[key] = hide(value)
     secret_words = ("password", "secret", "token", "key")
     for section in data.get("plugins", {}).values():
         for key, value in section.items():

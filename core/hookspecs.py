@@ -24,6 +24,7 @@ import pluggy
 
 if TYPE_CHECKING:
     import click
+    from pydantic import BaseModel
 
     from chatwright.runtime import Runtime
     from chatwright.settings import Settings
@@ -108,6 +109,24 @@ def register_commands(cli: click.Group) -> None:
     :param cli: the root :class:`click.Group`; add commands or groups to it
         with ``@cli.command()`` or ``cli.add_command(...)``. Keep imports inside
         the command functions so that ``chatwright --help`` stays fast.
+    """
+
+
+@hookspec
+def register_settings(register: Callable[[str, type[BaseModel]], None]) -> None:
+    """Contribute typed settings: a pydantic model per section.
+
+    When ``section`` is a core section (``storage``, ``models``, ``tools``,
+    ``cache``, ``sessions``) the model's fields are added to it: same TOML table,
+    same environment variables (``storage.pool_size`` is
+    ``CHATWRIGHT_STORAGE__POOL_SIZE``). Any other name is a new top-level
+    section (``[server]``). Plugin settings are validated with the rest when
+    settings are loaded; a key defined twice is an error naming both plugins.
+    Read them with ``settings.section(YourModel)``, typed as ``YourModel``.
+
+    :param register: call ``register(section, model)``; ``model`` is a pydantic
+        model class whose fields all have defaults. Import it inside the hook
+        function, so that ``chatwright --help`` does not import pydantic.
     """
 
 

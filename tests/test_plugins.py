@@ -275,7 +275,7 @@ def test_bundled_sql_plugin_is_loaded() -> None:
     assert info.bundled is True
     assert info.error is None
     assert info.version == metadata.version("chatwright")
-    assert info.hooks == ["register_storage_backends"]
+    assert info.hooks == ["register_settings", "register_storage_backends"]
     reg = plugins.get("register_storage_backends", "sql")
     assert reg.plugin == "sql"
     assert callable(reg.value)
@@ -1034,7 +1034,7 @@ def test_plugin_info_as_dict_keys() -> None:
     assert data == {
         "name": "sql",
         "version": metadata.version("chatwright"),
-        "hooks": ["register_storage_backends"],
+        "hooks": ["register_settings", "register_storage_backends"],
         "bundled": True,
         "error": None,
     }
@@ -1136,3 +1136,38 @@ def test_a_plugin_command_never_replaces_an_existing_one() -> None:
     (info,) = [i for i in plugins.infos() if i.name == "impostor"]
     assert info.error is not None
     assert "replace the command 'init' (built in)" in info.error
+
+
+def test_hook_register_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import BaseModel, Field
+
+    from chatwright.plugins.server.settings import ServerSettings
+
+    class GreeterSettings(BaseModel):
+        greeting: str = Field("Hello", description="What to say.")
+
+    class Greeter:
+        @hookimpl
+        def register_settings(self, register: Callable[[str, type[BaseModel]], None]) -> None:
+            register("greeter", GreeterSettings)
+
+    plugins = Plugins.load(LoadPolicy())
+    plugins.register(Greeter(), "greeter")
+    registered = {(r.plugin, r.name): r.value for r in plugins.collect_settings()}
+    assert registered[("greeter", "greeter")] is GreeterSettings
+    assert registered[("server", "server")] is ServerSettings  # the bundled ones use it too
+    monkeypatch.setenv("CHATWRIGHT_GREETER__GREETING", "Hi")
+    settings = load_settings(plugins=plugins)
+    assert settings.section(GreeterSettings).greeting == "Hi"
+    assert "register_settings" in {i.name: i for i in plugins.infos()}["greeter"].hooks
+
+    # A plugin whose hook raises is skipped; the others' settings still load.
+    class Broken:
+        @hookimpl
+        def register_settings(self, register: Callable[[str, type[BaseModel]], None]) -> None:
+            raise RuntimeError("settings exploded")
+
+    plugins.register(Broken(), "broken")
+    assert load_settings(plugins=plugins).section(GreeterSettings).greeting == "Hi"
+    error = {i.name: i.error for i in plugins.infos()}["broken"]
+    assert error is not None and "settings exploded" in error

@@ -40,3 +40,10 @@ def register_tool_types(register: Callable[[str, Any], None]) -> None:
     register("crud", crud)
     # The original system's type name, so its rows load unchanged.
     register("CRUDTool", crud)
+
+
+@hookimpl
+def register_settings(register: Callable[[str, type[BaseModel]], None]) -> None:
+    from chatwright.plugins.crud.settings import CrudSettings
+
+    register("tools", CrudSettings)

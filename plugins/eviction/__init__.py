@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 from chatwright import hookimpl
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
+
     from chatwright.cache import CacheEntry, Key
     from chatwright.settings import Settings
 
@@ -73,7 +75,9 @@ def register_eviction_policies(register: Callable[[str, Any], None]) -> None:
         return IdleSessionPolicy(settings.cache.max_entries)
 
     def ttl(settings: Settings) -> TTLPolicy:
-        return TTLPolicy(settings.cache.max_entries, settings.cache.ttl)
+        from chatwright.plugins.eviction.settings import TTLSettings
+
+        return TTLPolicy(settings.cache.max_entries, settings.section(TTLSettings).ttl)
 
     def lru(settings: Settings) -> LRUPolicy:
         return LRUPolicy(settings.cache.max_entries)
@@ -81,3 +85,10 @@ def register_eviction_policies(register: Callable[[str, Any], None]) -> None:
     register("idle-session", idle_session)
     register("ttl", ttl)
     register("lru", lru)
+
+
+@hookimpl
+def register_settings(register: Callable[[str, type[BaseModel]], None]) -> None:
+    from chatwright.plugins.eviction.settings import TTLSettings
+
+    register("cache", TTLSettings)

@@ -30,6 +30,7 @@ from chatwright import __version__
 from chatwright.errors import ChatwrightError, InvalidInputError, NotFoundError
 from chatwright.plugins.server.auth import Principal, bearer, principal_from_token
 from chatwright.plugins.server.metrics import ServerMetrics
+from chatwright.plugins.server.settings import ServerSettings
 from chatwright.registry import Plugins
 from chatwright.runtime import Runtime
 from chatwright.settings import Settings
@@ -197,7 +198,7 @@ def create_app(settings: Settings, plugins: Plugins | None = None) -> FastAPI:
     @app.middleware("http")
     async def limit_body(request: Request, call_next: Any) -> Any:
         # Refuse oversized bodies before reading them (a message is capped anyway).
-        limit = settings.server.max_message_chars * 4 + 16_384
+        limit = settings.section(ServerSettings).max_message_chars * 4 + 16_384
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > limit:
             return JSONResponse(
@@ -214,7 +215,7 @@ def create_app(settings: Settings, plugins: Plugins | None = None) -> FastAPI:
     User = Depends(principal)
 
     def check_message(message: str) -> None:
-        cap = settings.server.max_message_chars
+        cap = settings.section(ServerSettings).max_message_chars
         if len(message) > cap:
             raise TooLargeError(f"message too long ({len(message)} characters; at most {cap})")
 
@@ -233,9 +234,9 @@ def create_app(settings: Settings, plugins: Plugins | None = None) -> FastAPI:
     async def client_config() -> dict[str, Any]:
         """What the web page needs to know before it signs in."""
         return {
-            "auth": settings.server.auth,
+            "auth": settings.section(ServerSettings).auth,
             "heartbeat_interval": settings.sessions.heartbeat_interval,
-            "max_message_chars": settings.server.max_message_chars,
+            "max_message_chars": settings.section(ServerSettings).max_message_chars,
             "version": __version__,
         }
 
@@ -290,7 +291,7 @@ def create_app(settings: Settings, plugins: Plugins | None = None) -> FastAPI:
         from chatwright.sessions import deactivate as close
 
         token = bearer(request.headers.get("authorization"))
-        if token is None and settings.server.auth == "jwt":
+        if token is None and settings.section(ServerSettings).auth == "jwt":
             # navigator.sendBeacon cannot set headers: the page sends the token in the body.
             with contextlib.suppress(ValueError, UnicodeDecodeError):
                 sent = json.loads(await request.body() or b"{}")

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 from chatwright import hookimpl
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
+
     from chatwright.settings import Settings
     from chatwright.stores import Storage
 
@@ -27,3 +29,11 @@ def register_storage_backends(
     register: Callable[[str, Callable[[Settings], Storage]], None],
 ) -> None:
     register("sql", build)
+
+
+@hookimpl
+def register_settings(register: Callable[[str, type[BaseModel]], None]) -> None:
+    # Also the supabase backend's: it is the sql backend underneath.
+    from chatwright.plugins.sql.settings import SQLStorageSettings
+
+    register("storage", SQLStorageSettings)

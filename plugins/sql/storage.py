@@ -695,8 +695,10 @@ class SQLStorage:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SQLStorage:
-        cfg = settings.storage
-        url = normalize_url(cfg.url)
+        from chatwright.plugins.sql.settings import SQLStorageSettings
+
+        cfg = settings.section(SQLStorageSettings)
+        url = normalize_url(settings.storage.url)
         if url.get_backend_name() == "sqlite":
             return cls(url, _sqlite_engine(url, busy_timeout=cfg.busy_timeout, echo=cfg.echo))
         connect_args: dict[str, Any] = {"connect_timeout": 10}
