@@ -48,7 +48,7 @@ class AppContext:
         if self._settings is None:
             from chatwright.settings import load_settings
 
-            self._settings = load_settings(self.config, self.overrides)
+            self._settings = load_settings(self.config, self.overrides, self.plugins)
         return self._settings
 
     def runtime(self) -> Runtime:

@@ -25,6 +25,7 @@ import pluggy
 
 if TYPE_CHECKING:
     import click
+    from pydantic import BaseModel
 
     from chatwright.cache import EvictionPolicy
     from chatwright.commands.init import Example
@@ -91,6 +92,12 @@ class ModelRegister(Protocol):
     """The ``register`` callback of :func:`register_models`."""
 
     def __call__(self, prefix: str, factory: ModelFactory, /) -> None: ...
+
+
+class SettingsRegister(Protocol):
+    """The ``register`` callback of :func:`register_settings`."""
+
+    def __call__(self, section: str, model: type[BaseModel], /) -> None: ...
 
 
 class ExampleRegister(Protocol):
@@ -186,6 +193,24 @@ def register_examples(register: ExampleRegister) -> None:
         :class:`chatwright.commands.init.Example`: a ``summary`` for messages
         and ``async install(runtime)``, which creates what is missing of it and
         returns what it created. Import the example's data inside the hook.
+    """
+
+
+@hookspec
+def register_settings(register: SettingsRegister) -> None:
+    """Contribute typed settings: a pydantic model per section.
+
+    When ``section`` is a core section (``storage``, ``models``, ``tools``,
+    ``cache``, ``sessions``) the model's fields are added to it: same TOML table,
+    same environment variables (``storage.pool_size`` is
+    ``CHATWRIGHT_STORAGE__POOL_SIZE``). Any other name is a new top-level
+    section (``[server]``). Plugin settings are validated with the rest when
+    settings are loaded; a key defined twice is an error naming both plugins.
+    Read them with ``settings.section(YourModel)``, typed as ``YourModel``.
+
+    :param register: call ``register(section, model)``; ``model`` is a pydantic
+        model class whose fields all have defaults. Import it inside the hook
+        function, so that ``chatwright --help`` does not import pydantic.
     """
 
 

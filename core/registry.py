@@ -63,7 +63,9 @@ COLLECTIONS: dict[str, str] = {
     "register_eviction_policies": "eviction policy",
     "register_models": "model provider",
     "register_examples": "example",
+    "register_settings": "settings section",
 }
+SECTION_NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 
 def normalize_name(name: str) -> str:
@@ -374,6 +376,62 @@ class Plugins:
                 found[name] = reg
         self._collected[hook_name] = found
         return found
+
+    def collect_settings(self) -> list[Registration]:
+        """Every ``register_settings`` call, in plugin order: section name and model.
+
+        Unlike other collections several plugins may register one section (each
+        adds its own keys); :mod:`chatwright.settings` checks keys for clashes.
+        """
+        hook_name = "register_settings"
+        if hook_name not in self._collected:
+            from pydantic import BaseModel
+
+            found: dict[str, Registration] = {}
+            for impl in self._pm.hook.register_settings.get_hookimpls():
+                plugin_name = impl.plugin_name
+                mine: dict[str, Registration] = {}
+
+                def register(
+                    section: str,
+                    model: Any,
+                    _mine: dict[str, Registration] = mine,
+                    _by: str = plugin_name,
+                ) -> None:
+                    if not isinstance(section, str) or not SECTION_NAME.fullmatch(section):
+                        raise PluginError(
+                            "settings sections are named in lower case letters, digits and "
+                            f"underscores, got {section!r}"
+                        )
+                    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+                        raise PluginError(
+                            f"the settings of section {section!r} must be a pydantic model "
+                            f"class, got {model!r}"
+                        )
+                    if section in _mine:
+                        raise DuplicateRegistrationError(
+                            f"plugin {_by!r} registers settings section {section!r} twice"
+                        )
+                    _mine[section] = Registration("settings section", section, model, _by)
+
+                try:
+                    self._call(
+                        plugin_name,
+                        hook_name,
+                        functools.partial(
+                            impl.function, **({"register": register} if impl.argnames else {})
+                        ),
+                        {"register": register},
+                        ("registered", mine.keys),
+                    )
+                except Exception as exc:
+                    self._fail(
+                        self._infos[plugin_name], f"{hook_name} failed: {_one_line(exc)}", exc
+                    )
+                    continue
+                found.update({f"{plugin_name}:{s}": reg for s, reg in mine.items()})
+            self._collected[hook_name] = found
+        return list(self._collected[hook_name].values())
 
     def get(self, hook_name: str, name: str, *, setting: str | None = None) -> Registration:
         """One registration by name, or an error listing the names that exist."""

@@ -117,8 +117,8 @@ def _tool_calls(messages: list[BaseMessage]) -> list[ToolCallRecord]:
 
 class Runtime:
     def __init__(self, settings: Settings | None = None, plugins: Plugins | None = None) -> None:
-        self.settings = settings if settings is not None else load_settings()
         self.plugins = plugins if plugins is not None else Plugins.load()
+        self.settings = settings if settings is not None else load_settings(plugins=self.plugins)
         self._storage: Storage | None = None
         self._cache: ExecutorCache | None = None
         self._turn_locks: weakref.WeakValueDictionary[uuid.UUID, asyncio.Lock] = (

@@ -1,4 +1,4 @@
-"""Settings: one pydantic model, four layers.
+"""Settings: one pydantic model, four layers, sections from the core and from plugins.
 
 From lowest to highest precedence: the defaults written here, the TOML file
 (``chatwright.toml`` in the working directory, or the path given by
@@ -6,6 +6,12 @@ From lowest to highest precedence: the defaults written here, the TOML file
 (nested keys joined by ``__``, as in ``CHATWRIGHT_STORAGE__URL``), and finally
 command-line flags. Zero configuration works: the defaults use a SQLite file
 ``chatwright.db`` in the working directory.
+
+The core defines only its own sections here. Plugins add keys to them, or
+sections of their own, through the ``register_settings`` hook:
+:func:`settings_class` builds the model of the loaded plugins (core sections
+extended by plugin fields, plus plugin sections), and plugin code reads its
+part, typed, with :meth:`Settings.section`.
 
 Unknown keys are errors, so a typo in the TOML file or an environment variable
 is reported instead of silently ignored. :func:`load_settings` turns every
@@ -17,18 +23,23 @@ from __future__ import annotations
 
 import contextvars
 import difflib
+import functools
 import os
 import tomllib
-from collections.abc import Mapping
+import types
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, create_model
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
 
-from chatwright.errors import SettingsError
+from chatwright.errors import DuplicateRegistrationError, PluginError, SettingsError
+
+if TYPE_CHECKING:
+    from chatwright.registry import Plugins, Registration
 
 CONFIG_FILE_NAME = "chatwright.toml"
 ENV_PREFIX = "CHATWRIGHT_"
@@ -48,8 +59,13 @@ NOT_SETTINGS = frozenset(
 )
 
 
+_SECTION_CONFIG = ConfigDict(extra="forbid", validate_assignment=True)
+CORE = "chatwright's core"
+M = TypeVar("M", bound=BaseModel)
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = _SECTION_CONFIG
 
 
 class StorageSettings(_Section):
@@ -59,29 +75,6 @@ class StorageSettings(_Section):
     url: str = Field(
         "sqlite+aiosqlite:///chatwright.db",
         description="Database URL (SQLAlchemy form); postgresql://… selects PostgreSQL.",
-    )
-    pool_size: int = Field(5, ge=1, description="Pooled connections kept open (PostgreSQL).")
-    max_overflow: int = Field(10, ge=0, description="Extra connections beyond pool_size.")
-    pool_timeout: float = Field(30.0, gt=0, description="Seconds to wait for a free connection.")
-    busy_timeout: float = Field(
-        5.0, ge=0, description="Seconds SQLite waits on a locked database before failing."
-    )
-    echo: bool = Field(False, description="Log every SQL statement.")
-    pooler: Literal["none", "session", "transaction"] = Field(
-        "none",
-        description="A connection pooler in front of PostgreSQL (Supabase's Supavisor, "
-        "PgBouncer); 'transaction' turns prepared statements off.",
-    )
-    direct_url: str | None = Field(
-        None,
-        description="PostgreSQL URL without a transaction pooler, for LISTEN/NOTIFY and "
-        "advisory locks (default: url).",
-    )
-    pool_recycle: float = Field(
-        900.0,
-        gt=0,
-        description="Seconds after which a pooled connection is replaced (below the idle "
-        "timeouts of poolers and load balancers).",
     )
 
 
@@ -109,34 +102,14 @@ class SessionsSettings(_Section):
     )
 
 
-class ServerSettings(_Section):
-    host: str = Field("127.0.0.1", description="Address `chatwright serve` binds to.")
-    port: int = Field(8000, ge=0, le=65535, description="Port `chatwright serve` listens on.")
-    workers: int = Field(1, ge=1, description="Server processes (PostgreSQL only beyond 1).")
-    auth: Literal["local", "jwt"] = Field(
-        "local",
-        description="local: one user 'local', loopback binds only; jwt: HS256 bearer tokens.",
-    )
-    jwt_secret: SecretStr | None = Field(None, description="HS256 secret of the JWTs (jwt auth).")
-    jwt_audience: str = Field("authenticated", description="Required `aud` claim of the JWTs.")
-    max_message_chars: int = Field(
-        16_000, ge=1, description="Longest chat message accepted, in characters (413 beyond)."
-    )
-
-
 class CacheSettings(_Section):
     policy: str = Field(
         "idle-session", description="Eviction policy of the executor cache, by plugin name."
     )
     max_entries: int = Field(100, ge=1, description="Most built agents kept at once.")
-    ttl: float = Field(900.0, gt=0, description="Idle seconds before the ttl policy evicts.")
 
 
 class ToolsSettings(_Section):
-    unscoped_tables: list[str] = Field(
-        default_factory=list,
-        description="Tables a crud tool may use without a user scope column (shared data).",
-    )
     max_result_chars: int = Field(
         4000, ge=200, description="Longest tool result, in characters, sent back to the model."
     )
@@ -158,7 +131,10 @@ class _TomlLayer(PydanticBaseSettingsSource):
 
 
 class Settings(BaseSettings):
-    """Every setting of chatwright. Plugins read the sections that concern them."""
+    """The core settings; :func:`settings_class` adds the loaded plugins' sections.
+
+    Plugins read their own typed settings with :meth:`section`.
+    """
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -172,7 +148,6 @@ class Settings(BaseSettings):
     tools: ToolsSettings = Field(default_factory=ToolsSettings)  # type: ignore[arg-type]
     cache: CacheSettings = Field(default_factory=CacheSettings)  # type: ignore[arg-type]
     sessions: SessionsSettings = Field(default_factory=SessionsSettings)  # type: ignore[arg-type]
-    server: ServerSettings = Field(default_factory=ServerSettings)  # type: ignore[arg-type]
     plugins: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="Settings of installed plugins, a table per plugin: [plugins.redis] url = ….",
@@ -181,6 +156,35 @@ class Settings(BaseSettings):
     config_file: Path | None = Field(
         None, exclude=True, description="The TOML file these settings were read from."
     )
+
+    # The section each plugin settings model is part of (filled by settings_class).
+    plugin_sections: ClassVar[Mapping[type[BaseModel], str]] = {}
+    _defaults: dict[type[BaseModel], BaseModel] = PrivateAttr(default_factory=dict)
+
+    def section(self, model: type[M]) -> M:
+        """The settings a plugin registered as ``model``, typed as ``model``.
+
+        Settings built without that plugin (constructed directly, say) give the
+        model's defaults, the same instance each time.
+        """
+        name = type(self).plugin_sections.get(model)
+        if name is not None:
+            value = getattr(self, name)
+            if isinstance(value, model):
+                return value
+        default = self._defaults.get(model)
+        if isinstance(default, model):
+            return default
+        try:
+            built = model()
+        except ValidationError:
+            raise SettingsError(
+                f"these settings have no section with {model.__name__} and it has required "
+                "keys; read the settings with load_settings() so that its plugin's section "
+                "is included"
+            ) from None
+        self._defaults[model] = built
+        return built
 
     @classmethod
     def settings_customise_sources(
@@ -243,26 +247,30 @@ def env_var(key: str) -> str:
     return ENV_PREFIX + key.replace(".", "__").upper()
 
 
-def _describe(error: Mapping[str, Any], config_file: Path | None) -> str:
+def _describe(
+    error: Mapping[str, Any], config_file: Path | None, model: type[Settings], not_loaded: str
+) -> str:
     key = ".".join(str(part) for part in error["loc"])
     if error["type"] == "extra_forbidden":
-        close = difflib.get_close_matches(key, _known_keys(Settings), n=1)
+        close = difflib.get_close_matches(key, _known_keys(model), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        return f"unknown setting {key!r}{hint}"
+        return f"unknown setting {key!r}{hint}{not_loaded}"
     where = f"{env_var(key)} or [{key.rpartition('.')[0] or 'top level'}] in "
     where += str(config_file) if config_file else CONFIG_FILE_NAME
     got = error.get("input")
     return f"setting {key!r} is invalid: {error['msg']} (got {got!r}; set it with {where})"
 
 
-def _check_environment(environ: Mapping[str, str]) -> None:
+def _check_environment(
+    environ: Mapping[str, str], model: type[Settings] = Settings, not_loaded: str = ""
+) -> None:
     """Report CHATWRIGHT_* variables that look like settings but name none.
 
     pydantic-settings checks keys inside a known section; a misspelled section
     (CHATWRIGHT_STORGE__URL) or a single underscore (CHATWRIGHT_STORAGE_URL)
     would otherwise be ignored without a word.
     """
-    sections = {name for name in Settings.model_fields if name != "config_file"}
+    sections = {name for name in model.model_fields if name != "config_file"}
     for variable in environ:
         if not variable.upper().startswith(ENV_PREFIX):
             continue
@@ -274,7 +282,8 @@ def _check_environment(environ: Mapping[str, str]) -> None:
             close = difflib.get_close_matches(section, sorted(sections), n=1)
             hint = f"; did you mean {env_var(close[0])}__…?" if close else ""
             raise SettingsError(
-                f"unknown setting in environment variable {variable}: no section {section!r}{hint}"
+                f"unknown setting in environment variable {variable}: no section "
+                f"{section!r}{hint}{not_loaded}"
             )
         for known in sections:
             if not nested and name.startswith(known + "_"):
@@ -285,24 +294,118 @@ def _check_environment(environ: Mapping[str, str]) -> None:
                 )
 
 
+def _section_class(section: str, models: Sequence[type[BaseModel]]) -> type[BaseModel]:
+    """One section made of several models' fields, unknown keys forbidden."""
+    name = "".join(part.title() for part in section.split("_")) + "Settings"
+    # pydantic collects fields from the far end of the MRO: reversed bases put
+    # the first model's fields (the core section's) first.
+    built = types.new_class(
+        name,
+        tuple(reversed(models)),
+        exec_body=lambda ns: ns.update(model_config=_SECTION_CONFIG, __module__=__name__),
+    )
+    if not issubclass(built, BaseModel):  # pragma: no cover - bases are models
+        raise TypeError(name)
+    return built
+
+
+@functools.cache
+def _build(registrations: tuple[Registration, ...]) -> type[Settings]:
+    owners: dict[str, str] = {}  # dotted key -> who defines it
+    parts: dict[str, list[type[BaseModel]]] = {}
+    for name, field in Settings.model_fields.items():
+        core = field.annotation
+        if isinstance(core, type) and issubclass(core, BaseModel):
+            parts[name] = [core]
+            owners.update({f"{name}.{key}": CORE for key in core.model_fields})
+    sections: dict[type[BaseModel], str] = {}
+    for reg in registrations:
+        section, model = reg.name, reg.value
+        if section in Settings.model_fields and section not in parts:
+            raise PluginError(
+                f"plugin {reg.plugin!r} registers settings section {section!r}, a name "
+                "chatwright reserves; the plugin must choose another"
+            )
+        for key in model.model_fields:
+            dotted = f"{section}.{key}"
+            first = owners.setdefault(dotted, reg.plugin)
+            if first == CORE:
+                raise DuplicateRegistrationError(
+                    f"plugin {reg.plugin!r} redefines the setting {dotted!r} of {CORE}; a "
+                    "plugin may add keys to a core section, not redefine them"
+                )
+            if first != reg.plugin:
+                raise DuplicateRegistrationError(
+                    f"setting {dotted!r} is defined by both plugin {first!r} and plugin "
+                    f"{reg.plugin!r}; disable one of them with CHATWRIGHT_DISABLE_PLUGINS"
+                )
+        parts.setdefault(section, []).append(model)
+        sections[model] = section
+    fields: dict[str, Any] = {}
+    for section, models in parts.items():
+        if section in Settings.model_fields and len(models) == 1:
+            continue  # a core section no plugin extends
+        cls = _section_class(section, models)
+        fields[section] = (cls, Field(default_factory=cls))
+    built = create_model("Settings", __base__=Settings, __module__=__name__, **fields)
+    built.plugin_sections = sections
+    return built
+
+
+def settings_class(plugins: Plugins) -> type[Settings]:
+    """The settings model of these plugins: core sections, extended, plus plugin sections.
+
+    Built once per set of registrations. A key defined twice (by two plugins, or
+    by a plugin and the core) is a :class:`~chatwright.errors.DuplicateRegistrationError`.
+    """
+    return _build(tuple(plugins.collect_settings()))
+
+
+def _not_loaded(plugins: Plugins) -> str:
+    """Why a section may be missing: plugins that are installed but not loaded."""
+    reasons = []
+    if plugins.policy.block:
+        reasons.append(
+            "CHATWRIGHT_DISABLE_PLUGINS blocks " + ", ".join(sorted(plugins.policy.block))
+        )
+    if plugins.policy.allow is not None:
+        allowed = ", ".join(sorted(plugins.policy.allow)) or "none"
+        reasons.append(f"CHATWRIGHT_LOAD_PLUGINS admits only the bundled plugins and {allowed}")
+    failed = [info.name for info in plugins.infos() if info.error]
+    if failed:
+        reasons.append("failed to load (see `chatwright plugins`): " + ", ".join(failed))
+    if not reasons:
+        return ""
+    return " (a plugin that is not loaded adds no settings: " + "; ".join(reasons) + ")"
+
+
 def load_settings(
     config: str | os.PathLike[str] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    plugins: Plugins | None = None,
 ) -> Settings:
     """Read settings from defaults, the TOML file, the environment and ``overrides``.
 
     :param config: path of the TOML file; by default ``$CHATWRIGHT_CONFIG`` or
         ``./chatwright.toml`` when it exists.
     :param overrides: nested values from command-line flags (highest precedence).
+    :param plugins: the plugins whose settings are read with the core's; by
+        default the installed ones (:meth:`Plugins.load`).
     """
+    if plugins is None:
+        from chatwright.registry import Plugins
+
+        plugins = Plugins.load()
+    model = settings_class(plugins)
+    not_loaded = _not_loaded(plugins)
     path = _config_path(config, os.environ)
     data = _read_toml(path) if path is not None else {}
-    _check_environment(os.environ)
+    _check_environment(os.environ, model, not_loaded)
     token = _toml_layer.set(data)
     try:
-        settings = Settings(**dict(overrides or {}))
+        settings = model(**dict(overrides or {}))
     except ValidationError as exc:
-        problems = [_describe(e, path) for e in exc.errors()]
+        problems = [_describe(e, path, model, not_loaded) for e in exc.errors()]
         raise SettingsError("; ".join(problems)) from None
     except SourceError as exc:
         raise SettingsError(

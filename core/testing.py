@@ -19,6 +19,9 @@ instance of your backend::
 To test only a session store, subclass :class:`SessionStoreContract` the same
 way with a ``sessions`` fixture.
 
+:func:`settings` builds settings that include the plugins' sections, for
+tests that set a plugin's keys (``settings(server={"auth": "jwt"})``).
+
 The tests use pytest-asyncio (``asyncio_mode = "auto"``). They only go through
 the :class:`chatwright.stores.Storage` protocol, so they also document what a
 backend promises: isolation by ``user_id``, ordering, idempotent session open
@@ -30,14 +33,34 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from chatwright.errors import AlreadyExistsError, InvalidInputError, NotFoundError
 from chatwright.stores import NewMessage, SessionStore, Storage
 
+if TYPE_CHECKING:
+    from chatwright.registry import Plugins
+    from chatwright.settings import Settings
+
 ALICE = "alice"
 BOB = "bob"
+
+
+def settings(plugins: Plugins | None = None, **sections: Any) -> Settings:
+    """Settings with the sections of ``plugins`` (by default the installed ones).
+
+    Like constructing :class:`~chatwright.settings.Settings` directly, it reads
+    the environment but no file, and an invalid value raises pydantic's
+    ``ValidationError``; unlike it, the plugins' keys are accepted:
+    ``settings(storage={"url": url, "pool_size": 1}, server={"auth": "jwt"})``.
+    """
+    from chatwright.registry import Plugins
+    from chatwright.settings import settings_class
+
+    model = settings_class(plugins if plugins is not None else Plugins.load())
+    return model(**sections)
 
 
 def ai_with_tool_call(call_id: str) -> NewMessage:

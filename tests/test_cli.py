@@ -403,7 +403,7 @@ def test_plugins_lists_installed_plugins_with_hooks() -> None:
     assert len(table) == 2
     everything = ok("plugins", "--all", plugins=plugins).output.splitlines()
     rows = {line.split()[0]: line.split() for line in everything[1:]}
-    assert rows["sql"][2:] == ["yes", "register_storage_backends"]
+    assert rows["sql"][2:] == ["yes", "register_settings,", "register_storage_backends"]
     assert rows["probe"][2] == "no"
 
 

@@ -31,6 +31,7 @@ from langchain_core.messages import ToolMessage
 from langchain_core.tools import BaseTool
 from pydantic import ValidationError
 
+from chatwright import testing
 from chatwright.errors import InvalidInputError
 from chatwright.plugins.crud.config import CrudConfig
 from chatwright.plugins.crud.tool import CrudToolType, capped, dumps, to_json
@@ -769,7 +770,7 @@ async def test_unscoped_table_needs_the_setting(storage: SQLStorage) -> None:
         config={"table": "faq", "operation": "read"},
     )
 
-    for settings in (SETTINGS, Settings(tools={"unscoped_tables": ["other"]})):  # type: ignore[arg-type]
+    for settings in (SETTINGS, testing.settings(tools={"unscoped_tables": ["other"]})):
         loaded = await load_tools(storage, settings, PLUGINS, "helpdesk", "alice")
         assert loaded.tools == []
         by_tool = {p.tool: p for p in loaded.problems}
@@ -779,7 +780,7 @@ async def test_unscoped_table_needs_the_setting(storage: SQLStorage) -> None:
             assert "unscoped_tables" in by_tool[name].reason
         assert "no column 'user_id'" in by_tool["list_faq_scoped"].reason
 
-    allowed = Settings(tools={"unscoped_tables": ["faq"]})  # type: ignore[arg-type]
+    allowed = testing.settings(tools={"unscoped_tables": ["faq"]})
     loaded = await load_tools(storage, allowed, PLUGINS, "helpdesk", "alice")
     assert [t.name for t in loaded.tools] == ["add_faq", "list_faq"]
     assert [p.tool for p in loaded.problems] == ["list_faq_scoped"]
@@ -832,7 +833,7 @@ async def test_framework_tables_are_never_targets(seeded: SQLStorage) -> None:
         config={"table_name": "agent_tools", "method": "fetch"},
     )
     # Even an explicit unscoped allowance does not open them.
-    settings = Settings(tools={"unscoped_tables": sorted(FRAMEWORK_TABLES)})  # type: ignore[arg-type]
+    settings = testing.settings(tools={"unscoped_tables": sorted(FRAMEWORK_TABLES)})
     loaded = await load_tools(storage, settings, PLUGINS, "intruder", "alice")
     assert loaded.tools == []
     reported = {p.tool: p for p in loaded.problems}

@@ -9,8 +9,8 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from chatwright import hookspecs
-from chatwright.registry import Plugins
-from chatwright.settings import Settings, env_var
+from chatwright.registry import LoadPolicy, Plugins
+from chatwright.settings import env_var, settings_class
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -24,8 +24,10 @@ def test_every_hook_has_a_docs_section_headed_by_its_signature() -> None:
 
 
 def test_every_setting_is_documented_with_its_env_var() -> None:
+    """The core's keys and the bundled plugins' keys alike."""
     text = (DOCS / "configuration.md").read_text(encoding="utf-8")
-    for section, field in Settings.model_fields.items():
+    bundled = Plugins.load(LoadPolicy(allow=frozenset()))
+    for section, field in settings_class(bundled).model_fields.items():
         if field.exclude:
             continue
         model = field.annotation
@@ -39,6 +41,17 @@ def test_every_setting_is_documented_with_its_env_var() -> None:
             assert f"| `{key}` | `{env_var(f'{section}.{key}')}`" in text, (
                 f"docs/configuration.md lacks {section}.{key}"
             )
+    # ... and each plugin's keys are under a line saying which plugin provides them.
+    for registration in bundled.collect_settings():
+        heading = f"## `[{registration.name}]`"
+        body = text.split(heading, 1)[1].split("\n## ", 1)[0]
+        provided = body.split(f"Provided by the `{registration.plugin}` plugin", 1)
+        assert len(provided) == 2, (
+            f"docs/configuration.md does not say which keys of [{registration.name}] "
+            f"the {registration.plugin} plugin provides"
+        )
+        for key in registration.value.model_fields:
+            assert f"| `{key}` |" in provided[1], f"{registration.name}.{key} is not under it"
 
 
 def test_cli_reference_is_current() -> None:

@@ -27,7 +27,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from chatwright import hookimpl
+from chatwright import SettingsRegister, hookimpl
 from chatwright.cli import build_cli
 from chatwright.errors import (
     ChatwrightError,
@@ -275,7 +275,7 @@ def test_bundled_sql_plugin_is_loaded() -> None:
     assert info.bundled is True
     assert info.error is None
     assert info.version == metadata.version("chatwright")
-    assert info.hooks == ["register_storage_backends"]
+    assert info.hooks == ["register_settings", "register_storage_backends"]
     reg = plugins.get("register_storage_backends", "sql")
     assert reg.plugin == "sql"
     assert callable(reg.value)
@@ -1034,7 +1034,7 @@ def test_plugin_info_as_dict_keys() -> None:
     assert data == {
         "name": "sql",
         "version": metadata.version("chatwright"),
-        "hooks": ["register_storage_backends"],
+        "hooks": ["register_settings", "register_storage_backends"],
         "bundled": True,
         "error": None,
     }
@@ -1255,6 +1255,7 @@ def test_register_callbacks_are_typed_by_their_protocols() -> None:
         "register_eviction_policies": chatwright.EvictionPolicyRegister,
         "register_models": chatwright.ModelRegister,
         "register_examples": chatwright.ExampleRegister,
+        "register_settings": chatwright.SettingsRegister,
     }
     assert set(expected) == set(COLLECTIONS)
     for hook, protocol in expected.items():
@@ -1479,3 +1480,38 @@ async def test_the_example_needs_a_backend_that_creates_tables(
 
     with pytest.raises(StorageError, match=r"cannot create tables.*tasks and notes"):
         await assistant.seed(NoTables(), "offline:x")  # type: ignore[arg-type]
+
+
+def test_hook_register_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import BaseModel, Field
+
+    from chatwright.plugins.server.settings import ServerSettings
+
+    class GreeterSettings(BaseModel):
+        greeting: str = Field("Hello", description="What to say.")
+
+    class Greeter:
+        @hookimpl
+        def register_settings(self, register: SettingsRegister) -> None:
+            register("greeter", GreeterSettings)
+
+    plugins = Plugins.load(LoadPolicy())
+    plugins.register(Greeter(), "greeter")
+    registered = {(r.plugin, r.name): r.value for r in plugins.collect_settings()}
+    assert registered[("greeter", "greeter")] is GreeterSettings
+    assert registered[("server", "server")] is ServerSettings  # the bundled ones use it too
+    monkeypatch.setenv("CHATWRIGHT_GREETER__GREETING", "Hi")
+    settings = load_settings(plugins=plugins)
+    assert settings.section(GreeterSettings).greeting == "Hi"
+    assert "register_settings" in {i.name: i for i in plugins.infos()}["greeter"].hooks
+
+    # A plugin whose hook raises is skipped; the others' settings still load.
+    class Broken:
+        @hookimpl
+        def register_settings(self, register: SettingsRegister) -> None:
+            raise RuntimeError("settings exploded")
+
+    plugins.register(Broken(), "broken")
+    assert load_settings(plugins=plugins).section(GreeterSettings).greeting == "Hi"
+    error = {i.name: i.error for i in plugins.infos()}["broken"]
+    assert error is not None and "settings exploded" in error

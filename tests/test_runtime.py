@@ -40,7 +40,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMe
 from langchain_core.outputs import ChatGeneration, ChatResult
 from sqlalchemy import event
 
-from chatwright import hookimpl
+from chatwright import hookimpl, testing
 from chatwright.cache import ExecutorCache, Key
 from chatwright.errors import ModelError, NotFoundError, UnknownNameError
 from chatwright.history import to_model_input, to_store
@@ -753,7 +753,9 @@ async def test_ttl_policy_evicts_entries_unused_longer_than_ttl() -> None:
 
 async def test_runtime_uses_the_configured_policy_and_rejects_unknown_ones() -> None:
     plugins = Plugins.load(LoadPolicy())
-    runtime = Runtime(Settings(cache={"policy": "ttl", "ttl": 5, "max_entries": 3}), plugins)
+    runtime = Runtime(
+        testing.settings(plugins, cache={"policy": "ttl", "ttl": 5, "max_entries": 3}), plugins
+    )
     assert isinstance(runtime.cache.policy, TTLPolicy)
     assert (runtime.cache.policy.ttl, runtime.cache.policy.max_entries) == (5, 3)
     default = Runtime(Settings(), plugins)

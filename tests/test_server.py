@@ -51,7 +51,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 
-from chatwright import __version__, hookimpl
+from chatwright import __version__, hookimpl, testing
 from chatwright.cli import build_cli
 from chatwright.errors import ChatwrightError, UnknownNameError
 from chatwright.plugins.example import assistant as example
@@ -194,7 +194,7 @@ async def serving(
     """A real uvicorn server on a free loopback port, and a client for it."""
     values = merge({"storage": {"url": url}, "sessions": {"sweep_interval": 3600}}, settings)
     plugins, recorder = make_plugins()
-    app = create_app(Settings(**values), plugins)
+    app = create_app(testing.settings(plugins, **values), plugins)
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
@@ -996,11 +996,11 @@ def test_check_bind_refuses_unsafe_configurations() -> None:
             check_bind(local, host)
         assert host in str(caught.value) and "jwt" in str(caught.value)
 
-    no_secret = Settings(server={"auth": "jwt"})  # type: ignore[arg-type]
+    no_secret = testing.settings(server={"auth": "jwt"})
     for host in ("127.0.0.1", "0.0.0.0"):
         with pytest.raises(ChatwrightError, match="jwt_secret"):
             check_bind(no_secret, host)
-    with_secret = Settings(server={"auth": "jwt", "jwt_secret": SECRET})  # type: ignore[arg-type]
+    with_secret = testing.settings(server={"auth": "jwt", "jwt_secret": SECRET})
     check_bind(with_secret, "0.0.0.0")
 
 

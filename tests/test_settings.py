@@ -11,12 +11,25 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, example, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
+from pydantic import BaseModel, Field, SecretStr
 
+from chatwright import SettingsRegister, hookimpl
 from chatwright.cli import build_cli
-from chatwright.errors import SettingsError
-from chatwright.settings import Settings, env_var, load_settings
+from chatwright.commands.init import CONFIG_TEMPLATE
+from chatwright.errors import DuplicateRegistrationError, PluginError, SettingsError
+from chatwright.plugins.crud.settings import CrudSettings
+from chatwright.plugins.eviction.settings import TTLSettings
+from chatwright.plugins.server.settings import ServerSettings
+from chatwright.plugins.sql.settings import SQLStorageSettings
+from chatwright.registry import LoadPolicy, Plugins
+from chatwright.settings import Settings, env_var, load_settings, settings_class
 
 DEFAULT_URL = "sqlite+aiosqlite:///chatwright.db"
+
+
+def sql(settings: Settings) -> SQLStorageSettings:
+    """The sql plugin's keys of [storage]."""
+    return settings.section(SQLStorageSettings)
 
 
 @pytest.fixture(autouse=True)
@@ -44,11 +57,11 @@ def test_zero_config_defaults() -> None:
     assert isinstance(settings, Settings)
     assert settings.storage.backend == "sql"
     assert settings.storage.url == DEFAULT_URL
-    assert settings.storage.pool_size == 5
-    assert settings.storage.max_overflow == 10
-    assert settings.storage.pool_timeout == 30.0
-    assert settings.storage.busy_timeout == 5.0
-    assert settings.storage.echo is False
+    assert sql(settings).pool_size == 5
+    assert sql(settings).max_overflow == 10
+    assert sql(settings).pool_timeout == 30.0
+    assert sql(settings).busy_timeout == 5.0
+    assert sql(settings).echo is False
     assert settings.models.default == "offline:assistant"
     assert settings.config_file is None
 
@@ -59,8 +72,10 @@ def test_zero_config_does_not_create_files(clean_env: Path) -> None:
 
 
 def test_config_file_is_not_dumped() -> None:
-    data = load_settings().model_dump()
-    assert set(data) == set(Settings.model_fields) - {"config_file"}
+    settings = load_settings()
+    data = settings.model_dump()
+    assert set(data) == set(type(settings).model_fields) - {"config_file"}
+    assert {"storage", "server", "plugins"} <= set(data)
 
 
 def test_env_var_names() -> None:
@@ -80,19 +95,19 @@ def test_toml_in_cwd_beats_defaults(clean_env: Path) -> None:
     settings = load_settings()
     assert settings.config_file == path
     assert settings.storage.url == "sqlite+aiosqlite:///toml.db"
-    assert settings.storage.pool_size == 2
-    assert settings.storage.echo is True
+    assert sql(settings).pool_size == 2
+    assert sql(settings).echo is True
     assert settings.models.default == "toml:model"
     # Keys the file does not set keep their defaults.
     assert settings.storage.backend == "sql"
-    assert settings.storage.max_overflow == 10
+    assert sql(settings).max_overflow == 10
 
 
 def test_env_beats_toml(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_toml(clean_env / "chatwright.toml", '[storage]\npool_size = 2\nurl = "toml-url"\n')
     monkeypatch.setenv("CHATWRIGHT_STORAGE__POOL_SIZE", "7")
     settings = load_settings()
-    assert settings.storage.pool_size == 7
+    assert sql(settings).pool_size == 7
     assert settings.storage.url == "toml-url"  # the nested env var replaced only its key
 
 
@@ -100,7 +115,7 @@ def test_env_beats_defaults_without_toml(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("CHATWRIGHT_STORAGE__POOL_SIZE", "9")
     monkeypatch.setenv("CHATWRIGHT_MODELS__DEFAULT", "env:model")
     settings = load_settings()
-    assert settings.storage.pool_size == 9
+    assert sql(settings).pool_size == 9
     assert settings.models.default == "env:model"
     assert settings.storage.url == DEFAULT_URL
 
@@ -110,7 +125,7 @@ def test_overrides_beat_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CHATWRIGHT_STORAGE__POOL_SIZE", "7")
     settings = load_settings(overrides={"storage": {"url": "flag-url"}})
     assert settings.storage.url == "flag-url"
-    assert settings.storage.pool_size == 7  # an override of one key keeps the others
+    assert sql(settings).pool_size == 7  # an override of one key keeps the others
 
 
 def test_precedence_key_by_key(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -135,14 +150,14 @@ default = "toml:model"
     settings = load_settings(
         overrides={"storage": {"backend": "flag-backend", "echo": True}},
     )
-    assert settings.storage.pool_timeout == 30.0  # default only
+    assert sql(settings).pool_timeout == 30.0  # default only
     assert settings.storage.url == "toml-url"  # default < toml
-    assert settings.storage.max_overflow == 3  # default < toml
-    assert settings.storage.pool_size == 7  # default < toml < env
-    assert settings.storage.busy_timeout == 1.5  # default < env
+    assert sql(settings).max_overflow == 3  # default < toml
+    assert sql(settings).pool_size == 7  # default < toml < env
+    assert sql(settings).busy_timeout == 1.5  # default < env
     assert settings.models.default == "env:model"  # default < toml < env
     assert settings.storage.backend == "flag-backend"  # default < toml < env < flag
-    assert settings.storage.echo is True  # default < flag
+    assert sql(settings).echo is True  # default < flag
 
 
 def test_chatwright_config_env_selects_another_file(
@@ -173,7 +188,7 @@ def test_explicit_config_beats_chatwright_config_env(
 def test_env_still_beats_explicit_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     explicit = write_toml(tmp_path / "explicit.toml", "[storage]\npool_size = 3\n")
     monkeypatch.setenv("CHATWRIGHT_STORAGE__POOL_SIZE", "4")
-    assert load_settings(config=explicit).storage.pool_size == 4
+    assert sql(load_settings(config=explicit)).pool_size == 4
 
 
 def test_loading_leaves_no_state_behind(clean_env: Path, tmp_path: Path) -> None:
@@ -333,7 +348,7 @@ def test_cli_database_flag_beats_env(clean_env: Path, monkeypatch: pytest.Monkey
     )
     assert data["storage"]["url"] == "sqlite+aiosqlite:///flag.db"
     assert data["storage"]["backend"] == "sql"
-    assert set(data) == set(Settings.model_fields) - {"config_file"}
+    assert set(data) == set(type(load_settings()).model_fields) - {"config_file"}
 
 
 def test_cli_config_option_selects_file(tmp_path: Path) -> None:
@@ -377,6 +392,225 @@ def test_cli_settings_error_is_one_line(clean_env: Path) -> None:
     assert result.output.count("\n") == 1
     assert "storage.pool_size" in result.output
     assert "Traceback" not in result.output
+
+
+# -- plugin settings (register_settings) ------------------------------------------------
+
+
+class VaultSettings(BaseModel):
+    address: str = Field("http://127.0.0.1:8200", description="Where the vault answers.")
+    token: SecretStr | None = Field(None, description="The vault token.")
+    retries: int = Field(3, ge=0, description="Attempts before giving up.")
+
+
+class StorageExtra(BaseModel):
+    read_only: bool = Field(False, description="Refuse writes.")
+
+
+def plugin(name: str, *registrations: tuple[str, type[BaseModel]]) -> object:
+    class SettingsPlugin:
+        @hookimpl
+        def register_settings(self, register: SettingsRegister) -> None:
+            for section, model in registrations:
+                register(section, model)
+
+    SettingsPlugin.__name__ = name
+    return SettingsPlugin()
+
+
+def with_plugins(*extra: tuple[str, object], policy: LoadPolicy | None = None) -> Plugins:
+    """The bundled plugins (and installed ones) plus ``extra`` (name, plugin) pairs."""
+    plugins = Plugins.load(policy or LoadPolicy())
+    for name, obj in extra:
+        plugins.register(obj, name)
+    return plugins
+
+
+def test_bundled_plugins_settings_keep_their_keys_and_env_vars(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CHATWRIGHT_SERVER__PORT", "9000")
+    monkeypatch.setenv("CHATWRIGHT_CACHE__TTL", "12.5")
+    monkeypatch.setenv("CHATWRIGHT_TOOLS__UNSCOPED_TABLES", '["faq"]')
+    monkeypatch.setenv("CHATWRIGHT_STORAGE__POOLER", "transaction")
+    settings = load_settings()
+    assert settings.section(ServerSettings).port == 9000
+    assert settings.section(TTLSettings).ttl == 12.5
+    assert settings.section(CrudSettings).unscoped_tables == ["faq"]
+    assert sql(settings).pooler == "transaction"
+    # An extended core section is one object: the core's keys and the plugin's.
+    assert settings.section(SQLStorageSettings) is settings.storage
+    assert settings.storage.url == DEFAULT_URL
+    assert settings.section(TTLSettings) is settings.cache
+
+
+def test_plugin_section_is_validated_at_load(clean_env: Path) -> None:
+    path = write_toml(clean_env / "chatwright.toml", "[server]\nport = 70000\n")
+    with pytest.raises(SettingsError) as excinfo:
+        load_settings()
+    message = str(excinfo.value)
+    assert "'server.port'" in message
+    assert "CHATWRIGHT_SERVER__PORT" in message
+    assert "70000" in message and str(path) in message
+
+
+def test_a_third_party_section_and_an_extended_core_section(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plugins = with_plugins(
+        ("vault", plugin("Vault", ("vault", VaultSettings), ("storage", StorageExtra)))
+    )
+    write_toml(clean_env / "chatwright.toml", "[vault]\nretries = 5\n[storage]\nread_only = true\n")
+    monkeypatch.setenv("CHATWRIGHT_VAULT__ADDRESS", "http://vault:8200")
+    settings = load_settings(plugins=plugins)
+    vault = settings.section(VaultSettings)
+    assert (vault.address, vault.retries, vault.token) == ("http://vault:8200", 5, None)
+    assert settings.section(StorageExtra).read_only is True
+    assert sql(settings).pool_size == 5  # two plugins extend [storage] side by side
+
+    monkeypatch.setenv("CHATWRIGHT_VAULT__RETRIES", "-1")
+    with pytest.raises(SettingsError, match=r"'vault\.retries'.*CHATWRIGHT_VAULT__RETRIES"):
+        load_settings(plugins=plugins)
+
+
+def test_unknown_plugin_key_suggests_the_plugin_key(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plugins = with_plugins(("vault", plugin("Vault", ("vault", VaultSettings))))
+    write_toml(clean_env / "chatwright.toml", "[vault]\nretrys = 5\n")
+    with pytest.raises(
+        SettingsError, match=r"unknown setting 'vault\.retrys'; did you mean 'vault\.retries'\?"
+    ):
+        load_settings(plugins=plugins)
+    write_toml(clean_env / "chatwright.toml", "[server]\nprot = 1\n")
+    with pytest.raises(SettingsError, match=r"did you mean 'server\.port'\?"):
+        load_settings()
+    (clean_env / "chatwright.toml").unlink()
+    monkeypatch.setenv("CHATWRIGHT_SERVR__PORT", "1")
+    with pytest.raises(
+        SettingsError, match=r"CHATWRIGHT_SERVR__PORT.*did you mean CHATWRIGHT_SERVER__"
+    ):
+        load_settings()
+    monkeypatch.delenv("CHATWRIGHT_SERVR__PORT")
+    monkeypatch.setenv("CHATWRIGHT_VAULT_RETRIES", "1")
+    with pytest.raises(SettingsError, match="CHATWRIGHT_VAULT__RETRIES"):
+        load_settings(plugins=plugins)
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_config_show_hides_a_plugin_secret(monkeypatch: pytest.MonkeyPatch, as_json: bool) -> None:
+    monkeypatch.setenv("CHATWRIGHT_SERVER__JWT_SECRET", "s3cr3t-jwt")
+    monkeypatch.setenv("CHATWRIGHT_VAULT__TOKEN", "s3cr3t-vault")
+    monkeypatch.setenv("CHATWRIGHT_STORAGE__DIRECT_URL", "postgresql://u:pa55@db/x")
+    plugins = with_plugins(("vault", plugin("Vault", ("vault", VaultSettings))))
+    result = CliRunner().invoke(
+        build_cli(plugins), ["config", "show", *(["--json"] if as_json else [])]
+    )
+    assert result.exit_code == 0, result.output
+    assert "s3cr3t" not in result.output and "pa55" not in result.output
+    if as_json:
+        data = json.loads(result.stdout)
+        assert data["server"]["jwt_secret"] == "**********"
+        assert data["vault"] == {
+            "address": "http://127.0.0.1:8200",
+            "token": "**********",
+            "retries": 3,
+        }
+        assert data["storage"]["direct_url"] == "postgresql://u:***@db/x"
+    else:
+        assert "[server]" in result.stdout and "[vault]" in result.stdout
+        assert 'token = "**********"' in result.stdout
+        assert "port = 8000" in result.stdout and "ttl = 900.0" in result.stdout
+
+
+def test_a_key_defined_by_two_plugins_names_both() -> None:
+    class Clash(BaseModel):
+        retries: int = 1
+
+    plugins = with_plugins(
+        ("vault", plugin("Vault", ("vault", VaultSettings))),
+        ("vault-extras", plugin("Extras", ("vault", Clash))),
+    )
+    with pytest.raises(DuplicateRegistrationError) as excinfo:
+        load_settings(plugins=plugins)
+    message = str(excinfo.value)
+    assert "'vault.retries'" in message
+    assert "'vault'" in message and "'vault-extras'" in message
+    assert "CHATWRIGHT_DISABLE_PLUGINS" in message
+
+
+def test_a_plugin_may_not_redefine_a_core_key_or_take_a_reserved_name() -> None:
+    class Url(BaseModel):
+        url: str = "mine"
+
+    plugins = with_plugins(("hijack", plugin("Hijack", ("storage", Url))))
+    with pytest.raises(
+        DuplicateRegistrationError, match=r"'hijack' redefines the setting 'storage\.url'"
+    ):
+        settings_class(plugins)
+    plugins = with_plugins(("greedy", plugin("Greedy", ("plugins", VaultSettings))))
+    with pytest.raises(PluginError, match=r"'greedy'.*'plugins'"):
+        settings_class(plugins)
+
+
+def test_a_bad_registration_skips_the_plugin(caplog: pytest.LogCaptureFixture) -> None:
+    plugins = with_plugins()
+    plugins.register(plugin("Upper", ("Vault", VaultSettings)), "upper")
+    plugins.register(plugin("NotAModel", ("vault", dict)), "not-a-model")  # type: ignore[arg-type]
+    settings = load_settings(plugins=plugins)
+    assert "vault" not in type(settings).model_fields
+    errors = {i.name: i.error for i in plugins.infos()}
+    assert "lower case" in (errors["upper"] or "")
+    assert "pydantic model" in (errors["not-a-model"] or "")
+
+
+def test_blocked_plugin_has_no_section(clean_env: Path) -> None:
+    blocked = with_plugins(policy=LoadPolicy(block=frozenset({"server"})))
+    settings = load_settings(plugins=blocked)
+    assert "server" not in settings.model_dump()
+    # Code that asks anyway gets the defaults.
+    assert settings.section(ServerSettings).port == 8000
+    write_toml(clean_env / "chatwright.toml", "[server]\nport = 9000\n")
+    with pytest.raises(SettingsError) as excinfo:
+        load_settings(plugins=blocked)
+    message = str(excinfo.value)
+    assert "unknown setting 'server'" in message
+    assert "CHATWRIGHT_DISABLE_PLUGINS blocks server" in message
+    # Loaded again, the plugin's section is back.
+    assert load_settings().section(ServerSettings).port == 9000
+
+
+def test_settings_class_is_built_once_per_set_of_registrations() -> None:
+    assert settings_class(with_plugins()) is settings_class(with_plugins())
+    extended = with_plugins(("vault", plugin("Vault", ("vault", VaultSettings))))
+    assert settings_class(extended) is not settings_class(with_plugins())
+    assert issubclass(settings_class(extended), Settings)
+
+
+def test_settings_built_without_a_plugin_give_its_defaults() -> None:
+    settings = Settings()
+    assert "server" not in settings.model_dump()
+    server = settings.section(ServerSettings)
+    assert server.port == 8000 and server.auth == "local"
+    assert settings.section(ServerSettings) is server
+
+    class Required(BaseModel):
+        endpoint: str
+
+    with pytest.raises(SettingsError, match="Required"):
+        settings.section(Required)
+
+
+def test_free_form_plugin_tables_keep_working(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHATWRIGHT_PLUGINS__REDIS__URL", "redis://cache:6379/0")
+    assert load_settings().plugins == {"redis": {"url": "redis://cache:6379/0"}}
+
+
+def test_init_template_is_valid(clean_env: Path) -> None:
+    path = write_toml(clean_env / "chatwright.toml", CONFIG_TEMPLATE)
+    settings = load_settings()
+    assert settings.config_file == path
+    assert settings.storage.url == DEFAULT_URL
 
 
 # -- property: arbitrary files never crash -----------------------------------------------

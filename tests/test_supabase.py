@@ -44,6 +44,7 @@ from langchain_core.messages import ToolMessage
 from langchain_core.tools import BaseTool
 from sqlalchemy.engine import make_url
 
+from chatwright import testing
 from chatwright.errors import InvalidInputError, StorageError
 from chatwright.plugins.example import assistant as example
 from chatwright.plugins.server.app import create_app
@@ -184,9 +185,9 @@ def cluster() -> Iterator[Cluster]:
 
 
 def supabase(url: str, **storage: Any) -> SupabaseStorage:
-    settings = Settings(
-        storage={"backend": "supabase", "url": url, **storage},  # type: ignore[arg-type]
-        tools={"unscoped_tables": [ITEMS]},  # type: ignore[arg-type]
+    settings = testing.settings(
+        storage={"backend": "supabase", "url": url, **storage},
+        tools={"unscoped_tables": [ITEMS]},
     )
     return SupabaseStorage.from_settings(settings)
 
@@ -269,7 +270,7 @@ def err(msg: ToolMessage) -> str:
 
 
 async def keeper(storage: SQLStorage, user: str) -> dict[str, BaseTool]:
-    settings = Settings(tools={"unscoped_tables": [ITEMS]})  # type: ignore[arg-type]
+    settings = testing.settings(tools={"unscoped_tables": [ITEMS]})
     loaded = await load_tools(storage, settings, PLUGINS, "keeper", user)
     assert loaded.problems == [], [str(p) for p in loaded.problems]
     return {t.name: t for t in loaded.tools}
@@ -572,9 +573,9 @@ def auth(sub: str, **claims: Any) -> dict[str, str]:
 async def test_every_user_endpoint_keeps_users_apart(
     cluster: Cluster, supa: SupabaseStorage
 ) -> None:
-    settings = Settings(
-        storage={"backend": "supabase", "url": cluster.url()},  # type: ignore[arg-type]
-        server={"auth": "jwt", "jwt_secret": SECRET},  # type: ignore[arg-type]
+    settings = testing.settings(
+        storage={"backend": "supabase", "url": cluster.url()},
+        server={"auth": "jwt", "jwt_secret": SECRET},
     )
     app = create_app(settings)
     alice, bob = auth("alice"), auth("bob")

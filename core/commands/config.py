@@ -29,10 +29,13 @@ def _redacted(settings: Settings) -> dict[str, Any]:
         except Exception:
             return "<unparseable URL hidden>"
 
+    # SecretStr values (a plugin's too) dump as "**********"; URLs may hold a password.
     data = settings.model_dump(mode="json")
     data["storage"]["url"] = hide(settings.storage.url)
-    if settings.storage.direct_url:
-        data["storage"]["direct_url"] = hide(settings.storage.direct_url)
+    for name, values in data.items():
+        for key, value in values.items():
+            if name != "plugins" and isinstance(value, str) and "://" in value:
+                values[key] = hide(value)
     secret_words = ("password", "secret", "token", "key")
     for section in data.get("plugins", {}).values():
         for key, value in section.items():

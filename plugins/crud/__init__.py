@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from langchain_core.tools import BaseTool
     from pydantic import BaseModel
 
-    from chatwright import ToolTypeRegister
+    from chatwright import SettingsRegister, ToolTypeRegister
     from chatwright.stores import ToolRow
     from chatwright.tools import ToolContext
 
@@ -40,3 +40,10 @@ def register_tool_types(register: ToolTypeRegister) -> None:
     register("crud", crud)
     # The original system's type name, so its rows load unchanged.
     register("CRUDTool", crud)
+
+
+@hookimpl
+def register_settings(register: SettingsRegister) -> None:
+    from chatwright.plugins.crud.settings import CrudSettings
+
+    register("tools", CrudSettings)

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from chatwright.errors import InvalidInputError, NotFoundError
 from chatwright.plugins.crud.config import ArgSpec, CrudConfig
+from chatwright.plugins.crud.settings import CrudSettings
 from chatwright.stores import FRAMEWORK_TABLES, ColumnInfo, TableInfo, ToolRow
 from chatwright.tools import (
     ConfigProblem,
@@ -152,7 +153,7 @@ class CrudToolType:
 
         scope = config.scope
         if scope.user_column is None:
-            if config.table not in context.settings.tools.unscoped_tables:
+            if config.table not in context.settings.section(CrudSettings).unscoped_tables:
                 problems.append(
                     ConfigProblem(
                         "config.scope.user_column",

@@ -21,7 +21,7 @@ from chatwright import hookimpl
 from chatwright.cache import EvictionPolicy
 
 if TYPE_CHECKING:
-    from chatwright import EvictionPolicyRegister
+    from chatwright import EvictionPolicyRegister, SettingsRegister
     from chatwright.cache import CacheEntry, Key
     from chatwright.settings import Settings
 
@@ -78,7 +78,9 @@ def register_eviction_policies(register: EvictionPolicyRegister) -> None:
         return IdleSessionPolicy(settings.cache.max_entries)
 
     def ttl(settings: Settings) -> TTLPolicy:
-        return TTLPolicy(settings.cache.max_entries, settings.cache.ttl)
+        from chatwright.plugins.eviction.settings import TTLSettings
+
+        return TTLPolicy(settings.cache.max_entries, settings.section(TTLSettings).ttl)
 
     def lru(settings: Settings) -> LRUPolicy:
         return LRUPolicy(settings.cache.max_entries)
@@ -86,3 +88,10 @@ def register_eviction_policies(register: EvictionPolicyRegister) -> None:
     register("idle-session", idle_session)
     register("ttl", ttl)
     register("lru", lru)
+
+
+@hookimpl
+def register_settings(register: SettingsRegister) -> None:
+    from chatwright.plugins.eviction.settings import TTLSettings
+
+    register("cache", TTLSettings)

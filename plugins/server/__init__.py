@@ -12,7 +12,15 @@ import click
 from chatwright import hookimpl
 
 if TYPE_CHECKING:
+    from chatwright import SettingsRegister
     from chatwright.cli import AppContext
+
+
+@hookimpl
+def register_settings(register: SettingsRegister) -> None:
+    from chatwright.plugins.server.settings import ServerSettings
+
+    register("server", ServerSettings)
 
 
 @hookimpl
@@ -35,6 +43,7 @@ def serve_app(app: AppContext, host: str | None, port: int | None, workers: int 
 
     from chatwright.plugins.server.app import create_app
     from chatwright.plugins.server.auth import check_bind
+    from chatwright.plugins.server.settings import ServerSettings
 
     server: dict[str, Any] = {
         k: v for k, v in {"host": host, "port": port, "workers": workers}.items() if v is not None
@@ -42,8 +51,9 @@ def serve_app(app: AppContext, host: str | None, port: int | None, workers: int 
     if server:
         app.overrides["server"] = {**app.overrides.get("server", {}), **server}
     settings = app.settings
-    check_bind(settings, settings.server.host)
-    if settings.server.workers > 1 and settings.storage.url.startswith("sqlite"):
+    config = settings.section(ServerSettings)
+    check_bind(settings, config.host)
+    if config.workers > 1 and settings.storage.url.startswith("sqlite"):
         from chatwright.errors import SettingsError
 
         raise SettingsError(
@@ -51,11 +61,11 @@ def serve_app(app: AppContext, host: str | None, port: int | None, workers: int 
             "has no cross-process turn locks or change notifications"
         )
     click.echo(
-        f"chatwright {settings.storage.backend} storage, {settings.server.auth} auth: "
-        f"http://{settings.server.host}:{settings.server.port}/",
+        f"chatwright {settings.storage.backend} storage, {config.auth} auth: "
+        f"http://{config.host}:{config.port}/",
         err=True,
     )
-    if settings.server.workers > 1:
+    if config.workers > 1:
         # Each worker process builds its own app from the same settings.
         os.environ["CHATWRIGHT_SERVE_OVERRIDES"] = json.dumps(app.overrides)
         if app.config:
@@ -63,13 +73,13 @@ def serve_app(app: AppContext, host: str | None, port: int | None, workers: int 
         uvicorn.run(
             "chatwright.plugins.server.app:app_from_environment",
             factory=True,
-            host=settings.server.host,
-            port=settings.server.port,
-            workers=settings.server.workers,
+            host=config.host,
+            port=config.port,
+            workers=config.workers,
         )
         return
     uvicorn.run(
         create_app(settings, app.plugins),
-        host=settings.server.host,
-        port=settings.server.port,
+        host=config.host,
+        port=config.port,
     )

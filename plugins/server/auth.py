@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from chatwright.errors import ChatwrightError
+from chatwright.plugins.server.settings import ServerSettings
 from chatwright.settings import Settings
 
 LOCAL_USER = "local"
@@ -48,13 +49,14 @@ def is_loopback(host: str) -> bool:
 
 def check_bind(settings: Settings, host: str) -> None:
     """Refuse configurations that would expose the server without authentication."""
-    if settings.server.auth == "local" and not is_loopback(host):
+    server = settings.section(ServerSettings)
+    if server.auth == "local" and not is_loopback(host):
         raise ChatwrightError(
             f"refusing to serve on {host} with server.auth = 'local' (anyone could act as "
             "the single local user); bind to 127.0.0.1, or set server.auth = 'jwt' and "
             "server.jwt_secret"
         )
-    if settings.server.auth == "jwt" and settings.server.jwt_secret is None:
+    if server.auth == "jwt" and server.jwt_secret is None:
         raise ChatwrightError(
             "server.auth = 'jwt' needs server.jwt_secret (CHATWRIGHT_SERVER__JWT_SECRET)"
         )
@@ -63,11 +65,12 @@ def check_bind(settings: Settings, host: str) -> None:
 def principal_from_token(settings: Settings, token: str | None) -> Principal:
     import jwt
 
-    if settings.server.auth == "local":
+    server = settings.section(ServerSettings)
+    if server.auth == "local":
         return Principal(LOCAL_USER, admin=True)
     if not token:
         raise AuthError("missing bearer token: send Authorization: Bearer <JWT>")
-    secret = settings.server.jwt_secret
+    secret = server.jwt_secret
     if secret is None:
         raise AuthError("the server has no server.jwt_secret configured")
     try:
@@ -75,13 +78,13 @@ def principal_from_token(settings: Settings, token: str | None) -> Principal:
             token,
             secret.get_secret_value(),
             algorithms=["HS256"],
-            audience=settings.server.jwt_audience,
+            audience=server.jwt_audience,
             options={"require": ["exp", "sub"]},
         )
     except jwt.ExpiredSignatureError:
         raise AuthError("the token has expired; sign in again") from None
     except jwt.InvalidAudienceError:
-        raise AuthError(f"the token's audience is not {settings.server.jwt_audience!r}") from None
+        raise AuthError(f"the token's audience is not {server.jwt_audience!r}") from None
     except jwt.PyJWTError as exc:
         raise AuthError(f"invalid token: {exc}") from None
     if claims.get("role") == "service_role":

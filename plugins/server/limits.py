@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from chatwright.errors import ChatwrightError
 from chatwright.plugins.server.errors import error_response
+from chatwright.plugins.server.settings import ServerSettings
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -20,7 +21,7 @@ class TooLargeError(ChatwrightError):
 
 
 def check_message(settings: Settings, message: str) -> None:
-    cap = settings.server.max_message_chars
+    cap = settings.section(ServerSettings).max_message_chars
     if len(message) > cap:
         raise TooLargeError(f"message too long ({len(message)} characters; at most {cap})")
 
@@ -33,7 +34,7 @@ def install(app: FastAPI, settings: Settings) -> None:
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
         # Refuse oversized bodies before reading them (a message is capped anyway).
-        limit = settings.server.max_message_chars * 4 + 16_384
+        limit = settings.section(ServerSettings).max_message_chars * 4 + 16_384
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > limit:
             return error_response(f"request body too large ({length} bytes; at most {limit})", 413)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from chatwright import hookimpl
 
 if TYPE_CHECKING:
-    from chatwright import StorageBackendRegister
+    from chatwright import SettingsRegister, StorageBackendRegister
     from chatwright.settings import Settings
     from chatwright.stores import Storage
 
@@ -25,3 +25,11 @@ def build(settings: Settings) -> Storage:
 @hookimpl
 def register_storage_backends(register: StorageBackendRegister) -> None:
     register("sql", build)
+
+
+@hookimpl
+def register_settings(register: SettingsRegister) -> None:
+    # Also the supabase backend's: it is the sql backend underneath.
+    from chatwright.plugins.sql.settings import SQLStorageSettings
+
+    register("storage", SQLStorageSettings)

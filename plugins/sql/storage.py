@@ -82,8 +82,10 @@ class SQLStorage:
     def from_settings(
         cls, settings: Settings, *, users: UserTransactions | None = None
     ) -> SQLStorage:
-        cfg = settings.storage
-        url = normalize_url(cfg.url)
+        from chatwright.plugins.sql.settings import SQLStorageSettings
+
+        cfg = settings.section(SQLStorageSettings)
+        url = normalize_url(settings.storage.url)
         if url.get_backend_name() == "sqlite":
             return cls(
                 url, sqlite_engine(url, busy_timeout=cfg.busy_timeout, echo=cfg.echo), users=users

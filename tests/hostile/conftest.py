@@ -26,10 +26,10 @@ import pytest
 import sqlalchemy as sa
 import uvicorn
 
+from chatwright import testing
 from chatwright.plugins.server.app import create_app
 from chatwright.registry import Plugins
 from chatwright.runtime import Runtime
-from chatwright.settings import Settings
 
 SECRET = "chatwright-hostile-suite-secret-of-32-bytes"
 APP_TABLES = ("tasks", "notes")
@@ -66,7 +66,8 @@ async def make_runtime(db_url: str) -> AsyncIterator[MakeRuntime]:
     made: list[Runtime] = []
 
     async def make() -> Runtime:
-        runtime = Runtime(Settings(storage={"url": db_url}), Plugins.load())  # type: ignore[arg-type]
+        plugins = Plugins.load()
+        runtime = Runtime(testing.settings(plugins, storage={"url": db_url}), plugins)
         await runtime.start(upgrade=True)
         made.append(runtime)
         await drop_app_tables(runtime)
@@ -98,12 +99,14 @@ async def make_server(db_url: str) -> AsyncIterator[MakeServer]:
 
     @contextlib.asynccontextmanager
     async def serving() -> AsyncIterator[Server]:
-        settings = Settings(
-            storage={"url": db_url},  # type: ignore[arg-type]
-            sessions={"sweep_interval": 3600},  # type: ignore[arg-type]
-            server={"auth": "jwt", "jwt_secret": SECRET},  # type: ignore[arg-type]
+        plugins = Plugins.load()
+        settings = testing.settings(
+            plugins,
+            storage={"url": db_url},
+            sessions={"sweep_interval": 3600},
+            server={"auth": "jwt", "jwt_secret": SECRET},
         )
-        app = create_app(settings, Plugins.load())
+        app = create_app(settings, plugins)
         config = uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", log_level="warning")
         server = uvicorn.Server(config)
         task = asyncio.create_task(server.serve())

@@ -10,6 +10,7 @@ from fastapi.responses import HTMLResponse
 from chatwright import __version__
 from chatwright.plugins.server.dependencies import SettingsDep
 from chatwright.plugins.server.schemas import ClientConfig
+from chatwright.plugins.server.settings import ServerSettings
 
 router = APIRouter(tags=["page"])
 
@@ -29,8 +30,8 @@ async def page() -> HTMLResponse:
 async def client_config(settings: SettingsDep) -> ClientConfig:
     """What the web page needs to know before it signs in."""
     return ClientConfig(
-        auth=settings.server.auth,
+        auth=settings.section(ServerSettings).auth,
         heartbeat_interval=settings.sessions.heartbeat_interval,
-        max_message_chars=settings.server.max_message_chars,
+        max_message_chars=settings.section(ServerSettings).max_message_chars,
         version=__version__,
     )

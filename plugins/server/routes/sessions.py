@@ -20,6 +20,7 @@ from chatwright.plugins.server.dependencies import (
 )
 from chatwright.plugins.server.errors import USER, responses
 from chatwright.plugins.server.schemas import BeaconToken, OpenSession, Session
+from chatwright.plugins.server.settings import ServerSettings
 
 router = APIRouter(prefix="/api/sessions", tags=["sessions"])
 
@@ -76,7 +77,7 @@ async def deactivate(
     from chatwright.sessions import deactivate as close
 
     token = bearer(request.headers.get("authorization"))
-    if token is None and settings.server.auth == "jwt":
+    if token is None and settings.section(ServerSettings).auth == "jwt":
         # navigator.sendBeacon cannot set headers: the page sends the token in the body.
         with contextlib.suppress(ValueError, UnicodeDecodeError):
             sent = json.loads(await request.body() or b"{}")

@@ -1,0 +1,36 @@
+"""The sql backend's keys of ``[storage]``: connection pool, pooler, SQLite locking.
+
+The ``supabase`` backend is the sql backend underneath and reads the same keys.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class SQLStorageSettings(BaseModel):
+    pool_size: int = Field(5, ge=1, description="Pooled connections kept open (PostgreSQL).")
+    max_overflow: int = Field(10, ge=0, description="Extra connections beyond pool_size.")
+    pool_timeout: float = Field(30.0, gt=0, description="Seconds to wait for a free connection.")
+    busy_timeout: float = Field(
+        5.0, ge=0, description="Seconds SQLite waits on a locked database before failing."
+    )
+    echo: bool = Field(False, description="Log every SQL statement.")
+    pooler: Literal["none", "session", "transaction"] = Field(
+        "none",
+        description="A connection pooler in front of PostgreSQL (Supabase's Supavisor, "
+        "PgBouncer); 'transaction' turns prepared statements off.",
+    )
+    direct_url: str | None = Field(
+        None,
+        description="PostgreSQL URL without a transaction pooler, for LISTEN/NOTIFY and "
+        "advisory locks (default: url).",
+    )
+    pool_recycle: float = Field(
+        900.0,
+        gt=0,
+        description="Seconds after which a pooled connection is replaced (below the idle "
+        "timeouts of poolers and load balancers).",
+    )
