@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chatwright import __version__
 from chatwright.errors import ChatwrightError, InvalidInputError, NotFoundError
-from chatwright.plugins.server.auth import Principal, bearer, principal_from_token
+from chatwright.plugins.server.auth import AuthError, Principal, bearer, principal_from_token
 from chatwright.plugins.server.metrics import ServerMetrics
 from chatwright.registry import Plugins
 from chatwright.runtime import Runtime
@@ -173,6 +173,14 @@ def create_app(settings: Settings, plugins: Plugins | None = None) -> FastAPI:
     @app.exception_handler(ChatwrightError)
     async def user_error(request: Request, exc: ChatwrightError) -> JSONResponse:
         return JSONResponse({"error": str(exc)}, status_code=exc.http_status)
+
+    @app.exception_handler(AuthError)
+    async def unauthenticated(request: Request, exc: AuthError) -> JSONResponse:
+        return JSONResponse(
+            {"error": str(exc)},
+            status_code=exc.http_status,
+            headers={"WWW-Authenticate": exc.challenge()},
+        )
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
