@@ -368,11 +368,18 @@ def test_serve_refuses_a_short_secret_without_starting(
 
 
 @pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
-async def test_a_short_secret_never_verifies_a_token(tmp_path: Path) -> None:
-    # An app built around the start-up check still refuses to trust a weak secret.
+async def test_a_short_secret_never_verifies_a_token(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An app built around the start-up check still refuses to trust a weak secret,
+    # and does not tell the client how short it is.
     async with app_client(tmp_path, jwt_secret="s3cret") as client:
         message = refused(await sessions(client, hs256(secret="s3cret")), 503)
-        assert message.startswith("server.jwt_secret is 6 bytes long")
+        assert message == (
+            "the server cannot verify HS256 tokens: its JWT settings are invalid (the server "
+            "log says why)"
+        )
+    assert "server.jwt_secret is 6 bytes long" in caplog.text
 
 
 async def test_hs256_and_a_jwks_can_be_accepted_together(

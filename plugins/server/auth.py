@@ -25,6 +25,7 @@ when a token names an unknown ``kid`` and the file has changed.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
     from jwt import PyJWK
 
     from chatwright.settings import ServerSettings
+
+log = logging.getLogger(__name__)
 
 LOCAL_USER = "local"
 REALM = "chatwright"
@@ -289,7 +292,16 @@ def _verification_key(server: ServerSettings, header: dict[str, Any]) -> tuple[s
             f"{', '.join(accepted)}"
         )
     if algorithm == "HS256":
-        return algorithm, _hs256_secret(server, KeysUnavailableError)
+        try:
+            return algorithm, _hs256_secret(server, SettingsError)
+        except SettingsError as exc:
+            # `serve` refuses this at start-up; an app built without that check still
+            # trusts no token to a weak secret, and tells the client nothing about it.
+            log.error("refusing HS256 tokens: %s", exc)
+            raise KeysUnavailableError(
+                "the server cannot verify HS256 tokens: its JWT settings are invalid "
+                "(the server log says why)"
+            ) from None
     source = key_source(server)
     kid = header.get("kid")
     if source is None or not isinstance(kid, str) or not kid:
