@@ -125,7 +125,7 @@ def check_auth(server: ServerSettings) -> None:
         raise SettingsError(
             "server.jwt_jwks_url and server.jwt_jwks_file are both set; keep one of them"
         )
-    _hs256_secret(server, SettingsError)
+    _hs256_secret(server)
     if server.jwt_jwks_url:
         parts = urlsplit(server.jwt_jwks_url)
         # Keys fetched over plain http could be swapped on the way.
@@ -162,12 +162,13 @@ def accepted_algorithms(server: ServerSettings) -> list[str]:
     return found
 
 
-def _hs256_secret(server: ServerSettings, error: type[ChatwrightError]) -> bytes | None:
+def _hs256_secret(server: ServerSettings) -> bytes | None:
+    """The HS256 key; SettingsError when it is too short to be one."""
     if server.jwt_secret is None:
         return None
     secret = server.jwt_secret.get_secret_value().encode()
     if len(secret) < MIN_SECRET_BYTES:
-        raise error(
+        raise SettingsError(
             f"server.jwt_secret is {len(secret)} bytes long; HS256 needs at least "
             f"{MIN_SECRET_BYTES}: set {env_var('server.jwt_secret')} to a longer random secret "
             "(such as the output of `openssl rand -base64 32`)"
@@ -293,7 +294,7 @@ def _verification_key(server: ServerSettings, header: dict[str, Any]) -> tuple[s
         )
     if algorithm == "HS256":
         try:
-            return algorithm, _hs256_secret(server, SettingsError)
+            return algorithm, _hs256_secret(server)
         except SettingsError as exc:
             # `serve` refuses this at start-up; an app built without that check still
             # trusts no token to a weak secret, and tells the client nothing about it.
