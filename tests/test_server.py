@@ -67,7 +67,7 @@ from chatwright.stores import ChatSession
 pytestmark = pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
 
 AGENT = example.AGENT
-SECRET = "s3cret"
+SECRET = "chatwright-test-secret-of-at-least-32-bytes"
 MILK = "add a task to buy milk"
 SESSION_KEYS = {"id", "chat_id", "agent_name", "is_active", "created_at", "updated_at"}
 FRAMEWORK_TABLES = (

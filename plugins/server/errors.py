@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chatwright.errors import ChatwrightError
+from chatwright.plugins.server.auth import AuthError
 from chatwright.plugins.server.schemas import ErrorBody
 
 if TYPE_CHECKING:
@@ -81,6 +82,12 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(ChatwrightError)
     async def user_error(request: Request, exc: ChatwrightError) -> JSONResponse:
         return error_response(str(exc), exc.http_status)
+
+    @app.exception_handler(AuthError)
+    async def unauthenticated(request: Request, exc: AuthError) -> JSONResponse:
+        response = error_response(str(exc), exc.http_status)
+        response.headers["WWW-Authenticate"] = exc.challenge()
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr
@@ -13,10 +14,28 @@ class ServerSettings(BaseModel):
     workers: int = Field(1, ge=1, description="Server processes (PostgreSQL only beyond 1).")
     auth: Literal["local", "jwt"] = Field(
         "local",
-        description="local: one user 'local', loopback binds only; jwt: HS256 bearer tokens.",
+        description="local: one user 'local', loopback binds only; jwt: bearer JWTs (HS256 "
+        "with jwt_secret, RS256/ES256 with a JWKS).",
     )
-    jwt_secret: SecretStr | None = Field(None, description="HS256 secret of the JWTs (jwt auth).")
+    jwt_secret: SecretStr | None = Field(
+        None, description="HS256 secret of the JWTs (jwt auth), at least 32 bytes."
+    )
     jwt_audience: str = Field("authenticated", description="Required `aud` claim of the JWTs.")
+    jwt_issuer: str | None = Field(None, description="Required `iss` claim of the JWTs, when set.")
+    jwt_jwks_url: str | None = Field(
+        None,
+        description="https URL of the JWKS whose public keys sign RS256/ES256 JWTs (Supabase: "
+        "https://<project>.supabase.co/auth/v1/.well-known/jwks.json).",
+    )
+    jwt_jwks_file: Path | None = Field(
+        None, description="A JWKS file with the public keys of RS256/ES256 JWTs."
+    )
+    jwt_algorithms: list[Literal["HS256", "RS256", "ES256"]] | None = Field(
+        None,
+        min_length=1,
+        description="Accepted JWT algorithms (default: HS256 with jwt_secret, RS256 and ES256 "
+        "with a JWKS).",
+    )
     max_message_chars: int = Field(
         16_000, ge=1, description="Longest chat message accepted, in characters (413 beyond)."
     )

@@ -5,7 +5,9 @@ fill path segments from model arguments, the hosts the tool may talk to, the
 model-facing ``args``, and where each argument goes (path, ``query``,
 ``body``). Constant ``headers`` may reference environment variables as
 ``${NAME}``; those are resolved when the tool runs, never at load time, so a
-secret is never part of the row, the schema or a problem report.
+secret is never part of the row, the schema or a problem report. Which
+variables a row may reference, and for which hosts, is up to the plugin's
+settings (:mod:`.settings`), not the row.
 
 The shape of each key is checked by :class:`HttpConfig`. The rules that tie
 keys together (every placeholder and every query or body entry names an

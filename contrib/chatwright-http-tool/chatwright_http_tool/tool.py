@@ -16,6 +16,11 @@ as a stream and cut at ``max_response_bytes``, and the result sent back to the
 model is compact JSON cut to ``tools.max_result_chars``. Every failure the
 endpoint or the network can cause is a :class:`ToolException`: the model reads
 it, and the turn goes on.
+
+Header ``${NAME}`` references are checked against the plugin's settings
+(:class:`~.settings.HttpSettings`) when the row is built, expanded at each
+call, and every value expanded is redacted (:class:`~.redaction.Redactor`)
+from the result and the error messages of that call.
 """
 
 from __future__ import annotations
@@ -51,6 +56,8 @@ from chatwright_http_tool.config import (
     parse_template,
     problems,
 )
+from chatwright_http_tool.redaction import Redactor
+from chatwright_http_tool.settings import HttpSettings
 
 PYTHON_TYPES: dict[str, Any] = {"string": str, "integer": int, "number": float, "boolean": bool}
 MAX_STRING = 10_000
@@ -136,7 +143,8 @@ class HttpToolType:
 
     async def build(self, row: ToolRow, config: Any, context: ToolContext) -> BaseTool:
         assert isinstance(config, HttpConfig)
-        found = problems(config)
+        allowed = HttpSettings.from_settings(context.settings.plugins)
+        found = problems(config) + allowed.problems(config)
         if not found:
             # The rules were checked on urllib's reading of the url; what counts is the
             # HTTP client's, so read it that way too, with sample values.
@@ -156,16 +164,19 @@ class HttpToolType:
                     )
         if found:
             raise ToolConfigError(found)
-        return HttpTool(row, config, context).as_tool()
+        return HttpTool(row, config, context, allowed).as_tool()
 
 
 class HttpTool:
     """One built tool: a checked config, for one agent and user."""
 
-    def __init__(self, row: ToolRow, config: HttpConfig, context: ToolContext) -> None:
+    def __init__(
+        self, row: ToolRow, config: HttpConfig, context: ToolContext, allowed: HttpSettings
+    ) -> None:
         self.row = row
         self.config = config
         self.context = context
+        self.allowed = allowed
         self.in_path = set(parse_template(config.url).placeholders)
 
     def args_model(self) -> type[BaseModel]:
@@ -221,12 +232,20 @@ class HttpTool:
             raise ToolException(f"the URL's host {url.host!r} is not in allowed_hosts")
         return url
 
-    def _headers(self) -> dict[str, str]:
+    def _headers(self) -> tuple[dict[str, str], list[str]]:
+        """The headers to send, and the secret values expanded into them."""
         resolved: dict[str, str] = {}
+        expanded: list[str] = []
         for header, value in self.config.headers.items():
 
             def environment(match: re.Match[str], header: str = header) -> str:
                 name = match.group(1)
+                # Checked when the tool was built; checked again, as it costs nothing.
+                if self.allowed.rule(name) is None:
+                    raise ToolException(
+                        f"header {header!r} references {name}, which [plugins.http.secrets] "
+                        "does not list"
+                    )
                 found = os.environ.get(name)
                 if found is None:
                     raise ToolException(
@@ -238,10 +257,11 @@ class HttpTool:
                         f"the environment variable {name} (header {header!r}) is not one line "
                         "of ASCII text"
                     )
+                expanded.append(found)
                 return found
 
             resolved[header] = ENV_REFERENCE.sub(environment, value)
-        return resolved
+        return resolved, expanded
 
     def _check_redirect(self, source: httpx.URL, target: httpx.URL) -> None:
         if target.scheme not in SCHEMES:
@@ -253,7 +273,7 @@ class HttpTool:
                 f"redirect to host {target.host!r} refused: it is not in allowed_hosts"
             )
 
-    async def _read(self, response: httpx.Response) -> Reply:
+    async def _read(self, response: httpx.Response, redactor: Redactor) -> Reply:
         cap = self.config.max_response_bytes
         chunks: list[bytes] = []
         size = 0
@@ -268,11 +288,19 @@ class HttpTool:
         decoder = codecs.getincrementaldecoder(response.encoding or "utf-8")(errors="replace")
         # final=False on a cut body drops a character split by the cut instead of mangling it.
         text = decoder.decode(b"".join(chunks), final=not truncated)
+        # A cut body may end inside an echoed secret: its start goes too.
+        text = redactor.cut_text(text) if truncated else redactor.text(text)
         content_type = response.headers.get("content-type", "")
-        return Reply(response.status_code, response.reason_phrase, content_type, text, truncated)
+        reason = redactor.text(response.reason_phrase)
+        return Reply(response.status_code, reason, content_type, text, truncated)
 
     async def _exchange(
-        self, url: httpx.URL, headers: dict[str, str], params: dict[str, str], body: Any
+        self,
+        url: httpx.URL,
+        headers: dict[str, str],
+        params: dict[str, str],
+        body: Any,
+        redactor: Redactor,
     ) -> tuple[httpx.URL, Reply]:
         async with httpx.AsyncClient(
             timeout=httpx.Timeout(self.config.timeout), follow_redirects=False
@@ -285,7 +313,7 @@ class HttpTool:
                 try:
                     target = response.next_request
                     if target is None:
-                        return request.url, await self._read(response)
+                        return request.url, await self._read(response, redactor)
                 finally:
                     await response.aclose()
                 self._check_redirect(request.url, target.url)
@@ -295,11 +323,20 @@ class HttpTool:
     async def run(self, **kwargs: Any) -> str:
         if self.context.user_id is None:
             raise ToolException("this tool was built for checking only and cannot run")
-        config = self.config
         # LangChain may pass omitted optional arguments as None: they are not sent.
         given = {k: v for k, v in kwargs.items() if v is not None}
         url = self._url(given)
-        headers = self._headers()
+        headers, expanded = self._headers()
+        redactor = Redactor(expanded)
+        try:
+            return redactor.text(await self._call(given, url, headers, redactor))
+        except ToolException as exc:
+            raise ToolException(redactor.text(str(exc))) from None
+
+    async def _call(
+        self, given: dict[str, Any], url: httpx.URL, headers: dict[str, str], redactor: Redactor
+    ) -> str:
+        config = self.config
         params = {key: as_text(given[arg]) for key, arg in config.query.items() if arg in given}
         body = None
         if config.method in BODY_METHODS and config.body:
@@ -307,7 +344,7 @@ class HttpTool:
         where = f"{config.method} {_shown(url)}"
         try:
             async with asyncio.timeout(config.timeout):
-                final_url, reply = await self._exchange(url, headers, params, body)
+                final_url, reply = await self._exchange(url, headers, params, body, redactor)
         except (TimeoutError, httpx.TimeoutException):
             raise ToolException(f"{where} timed out after {config.timeout:g} s") from None
         except httpx.ConnectError as exc:
@@ -318,7 +355,8 @@ class HttpTool:
             answer = f"{config.method} {_shown(final_url)} answered {reply.status} {reply.reason}"
             excerpt = reply.excerpt()
             raise ToolException(f"{answer}: {excerpt}" if excerpt else answer)
-        result: dict[str, Any] = {"status": reply.status, "body": reply.body()}
+        # Parsed JSON may spell a secret with \u escapes that the text did not show.
+        result: dict[str, Any] = {"status": reply.status, "body": redactor.value(reply.body())}
         if reply.truncated:
             result["truncated"] = (
                 f"the response is longer than {config.max_response_bytes} bytes "

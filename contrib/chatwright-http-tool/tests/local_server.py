@@ -4,7 +4,8 @@
 request it gets and answers by path:
 
 - ``/items/<id>``: JSON with the id, the raw path and the query;
-- ``/echo``: JSON with the method, the headers and the JSON body it was sent;
+- ``/echo``: JSON with the method, the headers and the JSON body it was sent,
+  with the status given by ``?status=`` (200 by default);
 - ``/status/<code>``: that status, with a JSON error body;
 - ``/slow``: answers after two seconds; ``/drip``: sends a byte every 0.1 s;
 - ``/big``: 100,000 bytes of text; ``/bigjson``: a long JSON list;
@@ -75,7 +76,7 @@ def _handler(server: LocalServer) -> type[BaseHTTPRequestHandler]:
                     )
                 elif path == "/echo":
                     self._json(
-                        200,
+                        int(query.get("status", ["200"])[0]),
                         {"method": self.command, "headers": dict(self.headers), "body": body},
                     )
                 elif path.startswith("/status/"):

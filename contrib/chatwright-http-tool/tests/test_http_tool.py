@@ -28,6 +28,10 @@ from chatwright.stores import ToolRow
 from chatwright.tools import RowReport, ToolContext, build_row
 
 SETTINGS = Settings()
+# The variable the tests' headers use, allowed to go to the local server.
+ALLOW_TOKEN = Settings(
+    plugins={"http": {"secrets": {"HTTP_TOOL_TEST_TOKEN": ["127.0.0.1", "api.example.com"]}}}
+)
 NOW = dt.datetime.now(dt.UTC)
 
 
@@ -164,7 +168,7 @@ async def test_headers_take_environment_variables_at_call_time(
         "headers": {"Authorization": "Bearer ${HTTP_TOOL_TEST_TOKEN}", "X-Client": "chatwright"},
     }
     # Built while the variable is unset: it is read when the tool runs, not before.
-    tool = await build(plugins, config)
+    tool = await build(plugins, config, settings=ALLOW_TOKEN)
     message = error(await call(tool))
     assert message == (
         "header 'Authorization' needs the environment variable HTTP_TOOL_TEST_TOKEN, which is "
@@ -174,7 +178,9 @@ async def test_headers_take_environment_variables_at_call_time(
 
     monkeypatch.setenv("HTTP_TOOL_TEST_TOKEN", "s3cret-value")
     result = ok(await call(tool))
-    assert result["body"]["headers"]["Authorization"] == "Bearer s3cret-value"
+    assert server.seen[-1].headers["Authorization"] == "Bearer s3cret-value"
+    # The endpoint echoed the header: the model reads it without the secret.
+    assert result["body"]["headers"]["Authorization"] == "Bearer [redacted]"
     assert result["body"]["headers"]["X-Client"] == "chatwright"
     # What the model is shown of the tool holds no secret.
     shown = json.dumps(tool.tool_call_schema.model_json_schema()) + tool.description
@@ -296,7 +302,11 @@ async def test_a_host_entry_with_a_port_allows_that_port_only(
 
 
 async def test_the_schema_holds_only_the_args(plugins: Plugins, server: LocalServer) -> None:
-    tool = await build(plugins, get_item(server, headers={"X-Key": "${HTTP_TOOL_TEST_TOKEN}"}))
+    tool = await build(
+        plugins,
+        get_item(server, headers={"X-Key": "${HTTP_TOOL_TEST_TOKEN}"}),
+        settings=ALLOW_TOKEN,
+    )
     schema = tool.tool_call_schema.model_json_schema()
     assert set(schema["properties"]) == {"item_id", "verbose", "page"}
     assert schema["required"] == ["item_id"]

@@ -8,6 +8,7 @@ import uuid
 from typing import Any
 
 from fastapi import APIRouter, Request, Security
+from starlette.concurrency import run_in_threadpool
 
 from chatwright.errors import NotFoundError
 from chatwright.plugins.server.auth import bearer, principal_from_token
@@ -82,5 +83,7 @@ async def deactivate(
         with contextlib.suppress(ValueError, UnicodeDecodeError):
             sent = json.loads(await request.body() or b"{}")
             token = sent.get("access_token") if isinstance(sent, dict) else None
-    who = principal_from_token(settings, token)
+    # Verifying may fetch a JWKS over the network: off the event loop, as the
+    # dependency-injected caller of the other routes is.
+    who = await run_in_threadpool(principal_from_token, settings, token)
     return Session.of(await close(runtime, who.user_id, session_id))
