@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-import os
 import sys
 import textwrap
 import uuid
@@ -39,6 +38,7 @@ from chatwright.registry import COLLECTIONS, LoadPolicy, PluginInfo, Plugins, Re
 from chatwright.runtime import Runtime
 from chatwright.settings import Settings, load_settings
 from chatwright.stores import ChatSession
+from tests.harness import Recorder
 
 # The storage backends the bundled plugins register.
 BUNDLED_BACKENDS = frozenset({"sql", "supabase"})
@@ -51,14 +51,6 @@ BUNDLED = frozenset(
 )
 
 # -- fixtures and helpers -----------------------------------------------------
-
-
-@pytest.fixture(autouse=True)
-def _no_chatwright_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The developer's CHATWRIGHT_* variables must not leak into these tests."""
-    for name in list(os.environ):
-        if name.startswith("CHATWRIGHT_"):
-            monkeypatch.delenv(name)
 
 
 MARKER = "Path(__file__).with_name(__name__ + '.imported').touch()"
@@ -635,16 +627,6 @@ def test_failing_collection_hook_is_fatal_when_strict() -> None:
 # -- event hooks --------------------------------------------------------------------
 
 
-class Recorder:
-    def __init__(self, calls: list[tuple[str, Any]], label: str) -> None:
-        self.calls = calls
-        self.label = label
-
-    @hookimpl
-    def startup(self, runtime: Any) -> None:
-        self.calls.append((self.label, runtime))
-
-
 class RaisingStartup:
     @hookimpl
     def startup(self, runtime: Any) -> None:
@@ -654,16 +636,16 @@ class RaisingStartup:
 def test_notify_calls_every_implementation_despite_a_failure(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    calls: list[tuple[str, Any]] = []
+    first, last = Recorder(), Recorder()
     plugins = Plugins(LoadPolicy())
-    plugins.register(Recorder(calls, "first"), "first")
+    plugins.register(first, "first")
     plugins.register(RaisingStartup(), "raising")
-    plugins.register(Recorder(calls, "last"), "last")
+    plugins.register(last, "last")
     runtime = object()
 
     plugins.notify("startup", runtime=runtime)
 
-    assert sorted(calls, key=lambda c: c[0]) == [("first", runtime), ("last", runtime)]
+    assert (first.startups, last.startups) == ([runtime], [runtime])
     errors = [r for r in caplog.records if r.name == "chatwright.registry"]
     assert len(errors) == 1
     assert errors[0].levelno == logging.ERROR
