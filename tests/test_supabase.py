@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -37,7 +36,6 @@ import jwt
 import psycopg
 import pytest
 import sqlalchemy as sa
-from langchain_core.messages import ToolMessage
 from langchain_core.tools import BaseTool
 from sqlalchemy.engine import make_url
 
@@ -50,13 +48,13 @@ from chatwright.registry import Plugins
 from chatwright.settings import Settings
 from chatwright.stores import ColumnSpec, NewMessage, TableSpec
 from chatwright.tools import load_tools
+from tests.harness import ADMIN_URL, DATA_TABLES, admin_connect, libpq
+from tests.harness import call_tool as call
+from tests.harness import tool_err as err
+from tests.harness import tool_ok as ok
 
-ADMIN_URL = os.environ.get(
-    "CHATWRIGHT_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
 PLUGINS = Plugins.load()
 USER_TABLES = ("chat_sessions", "chat_messages", "prompt_customizations", "agent_memories")
-FRAMEWORK_TABLES = ("agents", "agent_tools", *USER_TABLES)
 ITEMS = "rls_items"
 APP_TABLES = (ITEMS, "tasks", "notes")
 AGENT = example.AGENT
@@ -108,10 +106,6 @@ KEEPER_TOOLS: dict[str, dict[str, Any]] = {
 # --------------------------------------------------------------------------- database
 
 
-def libpq(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
 @dataclass(frozen=True)
 class Cluster:
     """This module's database, and the LOGIN roles it created (roles are cluster-wide)."""
@@ -131,16 +125,6 @@ class Cluster:
         return url.render_as_string(hide_password=False)
 
 
-def _admin_connect() -> psycopg.Connection[Any]:
-    try:
-        return psycopg.connect(libpq(ADMIN_URL), autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        reason = " ".join(f"no PostgreSQL server answers at {make_url(ADMIN_URL)!r}: {exc}".split())
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true requires PostgreSQL: {reason}")
-        pytest.skip(f"{reason} (set CHATWRIGHT_TEST_DATABASE_URL to run the supabase tests)")
-
-
 async def _migrate(url: str) -> None:
     storage = supabase(url)
     try:
@@ -151,7 +135,7 @@ async def _migrate(url: str) -> None:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    admin = _admin_connect()
+    admin = admin_connect()
     tag = uuid.uuid4().hex[:10]
     c = Cluster(name=f"cw_rls_{tag}", app_role=f"cw_rls_app_{tag}", svc_role=f"cw_rls_svc_{tag}")
     admin.execute(f'CREATE DATABASE "{c.name}"')
@@ -196,7 +180,7 @@ async def supa(cluster: Cluster) -> AsyncIterator[SupabaseStorage]:
     async with storage.write() as conn:
         for table in APP_TABLES:
             await conn.execute(sa.text(f'DROP TABLE IF EXISTS "{table}"'))
-        await conn.execute(sa.text(f"TRUNCATE {', '.join(FRAMEWORK_TABLES)} RESTART IDENTITY"))
+        await conn.execute(sa.text(f"TRUNCATE {', '.join(DATA_TABLES)} RESTART IDENTITY"))
     yield storage
     await storage.close()
 
@@ -246,23 +230,6 @@ async def seed_two_users(storage: SupabaseStorage) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- tools
-
-
-async def call(tool: BaseTool, **args: Any) -> ToolMessage:
-    """Invoke a tool exactly as the agent loop does with a model's tool call."""
-    msg = await tool.ainvoke({"name": tool.name, "args": args, "id": "call-1", "type": "tool_call"})
-    assert isinstance(msg, ToolMessage)
-    return msg
-
-
-def ok(msg: ToolMessage) -> Any:
-    assert msg.status == "success", msg.content
-    return json.loads(str(msg.content))
-
-
-def err(msg: ToolMessage) -> str:
-    assert msg.status == "error", msg.content
-    return str(msg.content)
 
 
 async def keeper(storage: SQLStorage, user: str) -> dict[str, BaseTool]:
