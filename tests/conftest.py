@@ -1,58 +1,54 @@
-"""Shared fixtures: a fresh PostgreSQL database per test run, and storage builders.
+"""Shared fixtures: a clean environment, a working directory, PostgreSQL databases.
 
-PostgreSQL tests use the server at ``CHATWRIGHT_TEST_DATABASE_URL`` (default
+No test sees the developer's ``CHATWRIGHT_*`` variables. PostgreSQL tests use
+the server at ``CHATWRIGHT_TEST_DATABASE_URL`` (default
 ``postgresql://postgres@127.0.0.1:5432/postgres``) to create a database of their
 own, dropped at the end of the run. With no server they skip, saying why;
 with ``CI=true`` they fail instead, so CI can never pass by skipping them.
+
+The plain helpers these fixtures are built on are in :mod:`tests.harness`.
 """
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import make_url
 
 from chatwright.plugins.sql.storage import SQLStorage
-from chatwright.settings import Settings
-
-ADMIN_URL = os.environ.get(
-    "CHATWRIGHT_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
-FRAMEWORK_TABLES = (
-    "agents",
-    "agent_tools",
-    "chat_sessions",
-    "chat_messages",
-    "prompt_customizations",
-    "agent_memories",
-)
+from tests.harness import ADMIN_URL, DATA_TABLES, DB_FILE, admin_connect, ok, scrub_environ
+from tests.harness import storage_for as storage_for
 
 
-def _libpq(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+@pytest.fixture(autouse=True)
+def _no_chatwright_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The developer's CHATWRIGHT_* settings must not leak into any test."""
+    scrub_environ(monkeypatch)
 
 
-def _admin_connect() -> object:
-    import psycopg
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The test's own empty working directory, made the current one."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
 
-    try:
-        return psycopg.connect(_libpq(ADMIN_URL), autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        reason = f"no PostgreSQL server answers at {make_url(ADMIN_URL)!r}: {exc}".strip()
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true requires PostgreSQL: {reason}")
-        pytest.skip(f"{reason} (set CHATWRIGHT_TEST_DATABASE_URL to run PostgreSQL tests)")
+
+@pytest.fixture
+def example(workdir: Path) -> Path:
+    """``chatwright init --example`` run in the working directory: the database file."""
+    ok("init", "--example")
+    return workdir / DB_FILE
 
 
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
     """URL of a fresh PostgreSQL database, dropped after the run."""
-    admin = _admin_connect()
+    admin = admin_connect()
     name = f"chatwright_test_{uuid.uuid4().hex[:12]}"
-    admin.execute(f'CREATE DATABASE "{name}"')  # type: ignore[attr-defined]
+    admin.execute(f'CREATE DATABASE "{name}"')
     try:
         yield (
             make_url(ADMIN_URL)
@@ -60,12 +56,8 @@ def pg_url() -> Iterator[str]:
             .render_as_string(hide_password=False)
         )
     finally:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # type: ignore[attr-defined]
-        admin.close()  # type: ignore[attr-defined]
-
-
-def storage_for(url: str) -> SQLStorage:
-    return SQLStorage.from_settings(Settings(storage={"url": url}))  # type: ignore[arg-type]
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
 
 
 @pytest.fixture
@@ -76,6 +68,6 @@ async def pg_storage(pg_url: str) -> AsyncIterator[SQLStorage]:
     async with storage.write() as conn:
         from sqlalchemy import text
 
-        await conn.execute(text(f"TRUNCATE {', '.join(FRAMEWORK_TABLES)} RESTART IDENTITY CASCADE"))
+        await conn.execute(text(f"TRUNCATE {', '.join(DATA_TABLES)} RESTART IDENTITY CASCADE"))
     yield storage
     await storage.close()

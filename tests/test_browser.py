@@ -11,20 +11,18 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-import uvicorn
 
 from chatwright.plugins.example import assistant as example
 from chatwright.plugins.server.app import create_app
 from chatwright.registry import LoadPolicy, Plugins
 from chatwright.settings import Settings
-from tests.conftest import storage_for
+from tests.harness import storage_for, uvicorn_serving
 
 CHROMIUM = next(
     (
@@ -49,12 +47,6 @@ def require_chromium() -> str:
     return CHROMIUM
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[tuple[str, str]]:
     url = f"sqlite+aiosqlite:///{tmp_path / 'browser.db'}"
@@ -66,22 +58,9 @@ async def server(tmp_path: Path) -> AsyncIterator[tuple[str, str]]:
         storage={"url": url},  # type: ignore[arg-type]
         sessions={"heartbeat_interval": 0.3, "sweep_interval": 3600},  # type: ignore[arg-type]
     )
-    port = free_port()
-    config = uvicorn.Config(
-        create_app(settings, Plugins.load(LoadPolicy())),
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.05)
-    try:
+    app = create_app(settings, Plugins.load(LoadPolicy()))
+    async with uvicorn_serving(app) as port:
         yield f"http://127.0.0.1:{port}/", url
-    finally:
-        server.should_exit = True
-        await task
 
 
 async def sessions(url: str) -> list[sa.Row[tuple[str, bool, object, object]]]:

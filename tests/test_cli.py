@@ -17,7 +17,7 @@ import sqlite3
 import subprocess
 import sys
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +29,21 @@ import chatwright
 from chatwright import NotFoundError, hookimpl
 from chatwright.cli import build_cli
 from chatwright.registry import LoadPolicy, Plugins
-
-# Read before the autouse fixture below removes every CHATWRIGHT_* variable.
-TEST_DATABASE_URL = os.environ.get(
-    "CHATWRIGHT_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+from tests import harness
+from tests.harness import (
+    ADMIN_URL,
+    CONSOLE_SCRIPT,
+    DB_FILE,
+    assert_error,
+    clean_env,
+    ok,
+    ok_json,
+    run,
+    script,
 )
-CONSOLE_SCRIPT = Path(sys.executable).parent / "chatwright"
-DB_FILE = "chatwright.db"
+
+pytestmark = pytest.mark.usefixtures("workdir")
+
 VERSION_TABLE = "chatwright_schema_version"
 AGENT_KEYS = {
     "id",
@@ -50,49 +58,7 @@ AGENT_KEYS = {
 HEAVY_PREFIXES = ("langchain", "fastapi", "sqlalchemy", "alembic", "pydantic", "uvicorn", "openai")
 
 
-@pytest.fixture(autouse=True)
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Each test in its own directory, with no CHATWRIGHT_* variable set."""
-    for name in list(os.environ):
-        if name.startswith("CHATWRIGHT_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
 # -- helpers ----------------------------------------------------------------
-
-
-def run(*args: str, plugins: Plugins | None = None, catch_exceptions: bool = True) -> Result:
-    """Invoke a freshly built runner (plugins from entry points unless given)."""
-    return CliRunner().invoke(
-        build_cli(plugins), list(args), prog_name="chatwright", catch_exceptions=catch_exceptions
-    )
-
-
-def ok(*args: str, plugins: Plugins | None = None) -> Result:
-    result = run(*args, plugins=plugins)
-    assert result.exit_code == 0, f"{args}: exit {result.exit_code}\n{result.output}"
-    assert result.exception is None, result.exception
-    return result
-
-
-def ok_json(*args: str) -> Any:
-    return json.loads(ok(*args).stdout)
-
-
-def assert_error(result: Result, *needles: str) -> str:
-    """A user-facing error: exit 1, one ``Error:`` line naming ``needles``, no traceback."""
-    assert result.exit_code == 1, result.output
-    # CliRunner turns an escaped exception into exit 1 as well; make sure it was a clean exit.
-    assert isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "Traceback" not in result.output
-    assert result.output.startswith("Error:"), result.output
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    for needle in needles:
-        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
-    return lines[0]
 
 
 def assert_usage_error(result: Result, *needles: str) -> str:
@@ -185,29 +151,9 @@ def command_paths(
             yield from command_paths(command, path)
 
 
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATWRIGHT_")}
-    env.update(extra)
-    return env
-
-
-def script(
-    *args: str, cwd: Path, env: Mapping[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(CONSOLE_SCRIPT), *args],
-        cwd=cwd,
-        env=dict(env) if env is not None else clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
 def script_ok(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    proc = script(*args, cwd=cwd)
-    assert proc.returncode == 0, f"{args}: exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    """The console script, which must succeed with nothing on standard error."""
+    proc = harness.script_ok(*args, cwd=cwd)
     assert proc.stderr == "", proc.stderr
     return proc
 
@@ -1040,7 +986,7 @@ def pg_database() -> Iterator[str]:
     from psycopg import sql
     from sqlalchemy.engine import make_url
 
-    admin = make_url(TEST_DATABASE_URL).set(drivername="postgresql")
+    admin = make_url(ADMIN_URL).set(drivername="postgresql")
     try:
         conn = psycopg.connect(
             admin.render_as_string(hide_password=False), autocommit=True, connect_timeout=5
@@ -1048,7 +994,7 @@ def pg_database() -> Iterator[str]:
     except psycopg.OperationalError as exc:
         reason = (
             f"no PostgreSQL server answers at {admin.render_as_string(hide_password=True)} "
-            f"(set CHATWRIGHT_TEST_DATABASE_URL to an admin URL): {' '.join(str(exc).split())}"
+            f"(set CHATWRIGHT_ADMIN_URL to an admin URL): {' '.join(str(exc).split())}"
         )
         if os.environ.get("CI") == "true":
             pytest.fail(reason)

@@ -11,22 +11,19 @@ the installed console script in real subprocesses.
 from __future__ import annotations
 
 import json
-import os
 import re
 import sqlite3
-import subprocess
-import sys
 import uuid
 from pathlib import Path
-from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 
-from chatwright.cli import build_cli
+from tests.harness import DB_FILE, assert_error, ok, run, script, script_ok
+from tests.harness import sqlite_rows as query
 
-CONSOLE_SCRIPT = Path(sys.executable).parent / "chatwright"
-DB_FILE = "chatwright.db"
+pytestmark = pytest.mark.usefixtures("workdir")
+
 BANNER = re.compile(
     r"^Chat (?P<chat_id>[0-9a-f-]{36}) with '(?P<agent>[^']+)' as '(?P<user>[^']+)'\. "
     r"Ctrl-D or 'exit' to leave\.$",
@@ -34,61 +31,13 @@ BANNER = re.compile(
 )
 
 
-@pytest.fixture(autouse=True)
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Each test in its own directory, with no CHATWRIGHT_* variable set."""
-    for name in list(os.environ):
-        if name.startswith("CHATWRIGHT_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
-@pytest.fixture
-def example(workdir: Path) -> Path:
-    ok("init", "--example")
-    return workdir / DB_FILE
-
-
 # -- helpers ----------------------------------------------------------------
-
-
-def run(*args: str, input: str | None = None) -> Result:
-    return CliRunner().invoke(build_cli(), list(args), prog_name="chatwright", input=input)
-
-
-def ok(*args: str, input: str | None = None) -> Result:
-    result = run(*args, input=input)
-    assert result.exit_code == 0, f"{args}: exit {result.exit_code}\n{result.output}"
-    assert result.exception is None, result.exception
-    return result
 
 
 def say(*args: str) -> Result:
     """``chatwright chat … -m`` with the last argument as the message."""
     *options, message = args
     return ok("chat", *options, "-m", message)
-
-
-def assert_error(result: Result, *needles: str) -> str:
-    """A user-facing error: exit 1, one ``Error:`` line naming ``needles``, no traceback."""
-    assert result.exit_code == 1, result.output
-    assert isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "Traceback" not in result.output
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("Error:"), lines[0]
-    for needle in needles:
-        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
-    return lines[0]
-
-
-def query(db: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(db)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
 
 
 def sessions(db: Path) -> list[tuple[uuid.UUID, str, str, int]]:
@@ -121,30 +70,6 @@ def messages(db: Path, chat_id: uuid.UUID) -> list[tuple[str, str, str]]:
 
 def tasks(db: Path) -> list[tuple[str, str]]:
     return query(db, "SELECT user_id, title FROM tasks ORDER BY id")
-
-
-def clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("CHATWRIGHT_")}
-
-
-def script(*args: str, cwd: Path, input: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(CONSOLE_SCRIPT), *args],
-        cwd=cwd,
-        env=clean_env(),
-        input=input,
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        timeout=120,
-        check=False,
-    )
-
-
-def script_ok(*args: str, cwd: Path, input: str | None = None) -> subprocess.CompletedProcess[str]:
-    proc = script(*args, cwd=cwd, input=input)
-    assert proc.returncode == 0, f"{args}: exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    return proc
 
 
 # -- acceptance, in real processes ------------------------------------------

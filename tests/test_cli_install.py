@@ -11,9 +11,8 @@ import subprocess
 import sys
 
 import pytest
-from click.testing import CliRunner
 
-from chatwright.cli import build_cli
+from tests import harness
 
 
 @pytest.fixture
@@ -29,7 +28,7 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
 
 
 def run(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(build_cli(), list(args))
+    result = harness.run(*args)
     return result.exit_code, result.output
 
 

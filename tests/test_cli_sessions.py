@@ -7,38 +7,21 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
 
-from chatwright.cli import build_cli
-
-
-@pytest.fixture
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    import os
-
-    for name in list(os.environ):
-        if name.startswith("CHATWRIGHT_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-    assert run("init", "--example").exit_code == 0
-    return tmp_path
-
-
-def run(*args: str) -> Result:
-    return CliRunner().invoke(build_cli(), list(args))
+from tests.harness import Recorder, ServerProcess, clean_env, run
 
 
 def sql(path: Path, query: str) -> list[tuple[object, ...]]:
-    with sqlite3.connect(path / "chatwright.db") as db:
+    with sqlite3.connect(path) as db:
         return db.execute(query).fetchall()
 
 
-def test_sessions_list_and_sweep(workdir: Path) -> None:
+def test_sessions_list_and_sweep(example: Path) -> None:
     assert run("sessions", "list").output.strip() == "No sessions."
     assert run("chat", "-m", "list my tasks").exit_code == 0
     assert run("chat", "--user", "bob", "-m", "list my tasks").exit_code == 0
     # Reopen one session by hand so that something is active, then age it.
-    sql(workdir, "UPDATE chat_sessions SET is_active = 1 WHERE user_id = 'bob'")
+    sql(example, "UPDATE chat_sessions SET is_active = 1 WHERE user_id = 'bob'")
     listed = json.loads(run("sessions", "list", "--json").output)
     assert {(s["user_id"], s["is_active"]) for s in listed} == {("local", False), ("bob", True)}
     assert [
@@ -54,17 +37,17 @@ def test_sessions_list_and_sweep(workdir: Path) -> None:
     assert fresh.output.startswith("Deactivated 0 session(s) idle for over 1800 s; 1 (user, agent)")
 
     sql(
-        workdir, "UPDATE chat_sessions SET updated_at = '2000-01-01 00:00:00' WHERE user_id = 'bob'"
+        example, "UPDATE chat_sessions SET updated_at = '2000-01-01 00:00:00' WHERE user_id = 'bob'"
     )
     swept = json.loads(run("sessions", "sweep", "--json").output)
-    bob_id = sql(workdir, "SELECT id FROM chat_sessions WHERE user_id = 'bob'")[0][0]
+    bob_id = sql(example, "SELECT id FROM chat_sessions WHERE user_id = 'bob'")[0][0]
     assert len(swept["deactivated"]) == 1
     assert swept["deactivated"][0].replace("-", "") == str(bob_id).replace("-", "")
     assert swept["active_keys"] == 0
-    assert sql(workdir, "SELECT count(*) FROM chat_sessions WHERE is_active") == [(0,)]
+    assert sql(example, "SELECT count(*) FROM chat_sessions WHERE is_active") == [(0,)]
 
 
-@pytest.mark.usefixtures("workdir")
+@pytest.mark.usefixtures("example")
 def test_serve_refuses_local_auth_on_a_public_address() -> None:
     result = run("serve", "--host", "0.0.0.0")
     assert result.exit_code == 1
@@ -74,55 +57,29 @@ def test_serve_refuses_local_auth_on_a_public_address() -> None:
     assert "Traceback" not in result.output
 
 
-def test_serve_refuses_jwt_without_a_secret(monkeypatch: pytest.MonkeyPatch, workdir: Path) -> None:
+def test_serve_refuses_jwt_without_a_secret(monkeypatch: pytest.MonkeyPatch, example: Path) -> None:
     monkeypatch.setenv("CHATWRIGHT_SERVER__AUTH", "jwt")
     result = run("serve")
     assert result.exit_code == 1
     assert "server.jwt_secret" in result.output
 
 
-def test_serve_refuses_several_workers_on_sqlite(workdir: Path) -> None:
+def test_serve_refuses_several_workers_on_sqlite(example: Path) -> None:
     result = run("serve", "--workers", "2")
     assert result.exit_code == 1
     assert "server.workers > 1 needs PostgreSQL" in result.output
 
 
 def test_serve_workers_runs_that_many_processes(pg_url: str, tmp_path: Path) -> None:
-    import os
-    import signal
-    import socket
     import subprocess
-    import sys
-    import time
 
-    import httpx
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATWRIGHT_")}
-    env["CHATWRIGHT_STORAGE__URL"] = pg_url
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    chatwright = str(Path(sys.executable).parent / "chatwright")
-    server = subprocess.Popen(
-        [chatwright, "serve", "--port", str(port), "--workers", "2"],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
+    server = ServerProcess(
+        "--workers", "2", cwd=tmp_path, env=clean_env(CHATWRIGHT_STORAGE__URL=pg_url)
     )
     try:
-        deadline = time.monotonic() + 40
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert server.poll() is None and time.monotonic() < deadline
-            time.sleep(0.3)
+        server.wait_ready(timeout=40)
         children = subprocess.run(
-            ["pgrep", "-P", str(server.pid)], capture_output=True, text=True
+            ["pgrep", "-P", str(server.proc.pid)], capture_output=True, text=True
         ).stdout.split()
         # uvicorn's supervisor spawns one process per worker (and a resource tracker).
         workers = [
@@ -132,23 +89,16 @@ def test_serve_workers_runs_that_many_processes(pg_url: str, tmp_path: Path) -> 
         ]
         assert len(workers) == 2, children
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=15)
+        server.stop()
 
 
-def test_chat_fires_session_deactivated_when_it_ends(workdir: Path) -> None:
-    from chatwright import hookimpl
+def test_chat_fires_session_deactivated_when_it_ends(example: Path) -> None:
     from chatwright.registry import LoadPolicy, Plugins
 
-    seen: list[tuple[str, str, bool]] = []
-
-    class Recorder:
-        @hookimpl
-        def session_deactivated(self, session: object, reason: str) -> None:
-            seen.append((session.user_id, reason, session.is_active))  # type: ignore[attr-defined]
-
+    recorder = Recorder()
     plugins = Plugins.load(LoadPolicy())
-    plugins.register(Recorder(), "recorder")
-    result = CliRunner().invoke(build_cli(plugins), ["chat", "-m", "list my tasks"])
+    plugins.register(recorder, "recorder")
+    result = run("chat", "-m", "list my tasks", plugins=plugins)
     assert result.exit_code == 0, result.output
+    seen = [(s.user_id, reason, s.is_active) for s, reason in recorder.deactivated]
     assert seen == [("local", "client", False)]

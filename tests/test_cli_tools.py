@@ -12,21 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 
-from chatwright.cli import build_cli
+from tests import harness
+from tests.harness import DB_FILE, ok, ok_json, run, script
 
-CONSOLE_SCRIPT = Path(sys.executable).parent / "chatwright"
-DB_FILE = "chatwright.db"
+pytestmark = pytest.mark.usefixtures("workdir")
+
 EXAMPLE_TOOLS = [
     "add_task",
     "list_tasks",
@@ -85,52 +83,13 @@ LEGACY_TOOL = {
 }
 
 
-@pytest.fixture(autouse=True)
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Each test in its own directory, with no CHATWRIGHT_* variable set."""
-    for name in list(os.environ):
-        if name.startswith("CHATWRIGHT_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
-@pytest.fixture
-def example() -> None:
-    """The example database: tables tasks and notes, agent 'assistant', 8 tool rows."""
-    ok("init", "--example")
-
-
 # -- helpers ----------------------------------------------------------------
 
 
-def run(*args: str, input: str | None = None) -> Result:
-    return CliRunner().invoke(build_cli(), list(args), input=input, prog_name="chatwright")
-
-
-def ok(*args: str, input: str | None = None) -> Result:
-    result = run(*args, input=input)
-    assert result.exit_code == 0, f"{args}: exit {result.exit_code}\n{result.output}"
-    assert result.exception is None, result.exception
-    return result
-
-
-def ok_json(*args: str) -> Any:
-    return json.loads(ok(*args).stdout)
-
-
 def assert_error(result: Result, *needles: str) -> str:
-    """A user-facing error: exit 1, one ``Error:`` line naming ``needles``, no traceback."""
-    assert result.exit_code == 1, result.output
-    assert isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "Traceback" not in result.output
+    """A user-facing error (:func:`tests.harness.assert_error`) with nothing on standard output."""
     assert result.stdout == "", result.stdout
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("Error: "), lines[0]
-    for needle in needles:
-        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
-    return lines[0]
+    return harness.assert_error(result, *needles)
 
 
 def sql(statement: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -181,23 +140,6 @@ def by_name(reports: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def write_json(path: str, data: Any) -> str:
     Path(path).write_text(data if isinstance(data, str) else json.dumps(data), encoding="utf-8")
     return path
-
-
-def clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("CHATWRIGHT_")}
-
-
-def script(*args: str, cwd: Path, input: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(CONSOLE_SCRIPT), *args],
-        cwd=cwd,
-        env=clean_env(),
-        input=input,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 # -- init --example ---------------------------------------------------------

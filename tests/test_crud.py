@@ -27,7 +27,6 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from langchain_core.messages import ToolMessage
 from langchain_core.tools import BaseTool
 from pydantic import ValidationError
 
@@ -41,7 +40,10 @@ from chatwright.registry import Plugins
 from chatwright.settings import Settings
 from chatwright.stores import FRAMEWORK_TABLES, ColumnSpec, TableSpec
 from chatwright.tools import ToolContext, ToolProblem, check_tools, load_tools
-from tests.conftest import storage_for
+from tests.harness import call_tool as call
+from tests.harness import storage_for
+from tests.harness import tool_err as err
+from tests.harness import tool_ok as ok
 
 PLUGINS = Plugins.load()
 SETTINGS = Settings()
@@ -90,28 +92,6 @@ async def tools_for(
     loaded = await load_tools(storage, settings, PLUGINS, agent, user)
     assert loaded.problems == [], [str(p) for p in loaded.problems]
     return {t.name: t for t in loaded.tools}
-
-
-async def call(tool: BaseTool, **args: Any) -> ToolMessage:
-    """Invoke a tool exactly as the agent loop does with a model's tool call."""
-    msg = await tool.ainvoke({"name": tool.name, "args": args, "id": "call-1", "type": "tool_call"})
-    assert isinstance(msg, ToolMessage)
-    assert msg.tool_call_id == "call-1"
-    assert isinstance(msg.content, str)
-    return msg
-
-
-def ok(msg: ToolMessage) -> Any:
-    assert msg.status == "success", msg.content
-    return json.loads(str(msg.content))
-
-
-def err(msg: ToolMessage) -> str:
-    assert msg.status == "error", msg.content
-    text = str(msg.content)
-    assert text.strip()
-    assert "Traceback" not in text
-    return text
 
 
 async def db_rows(storage: SQLStorage, table: str, **where: Any) -> list[dict[str, Any]]:

@@ -12,7 +12,7 @@ from alembic.runtime.migration import MigrationContext
 
 from chatwright.plugins.sql import schema
 from chatwright.plugins.sql.storage import SQLStorage
-from tests.conftest import storage_for
+from tests.harness import storage_for
 
 
 def _schema_diff(storage: SQLStorage) -> Any:

@@ -10,7 +10,6 @@ stream. Everything else runs with no network at all.
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -32,6 +31,8 @@ from chatwright.plugins.models.scripted import ScriptedChatModel
 from chatwright.registry import LoadPolicy, Plugins
 from chatwright.runtime import Runtime, Turn
 from chatwright.settings import Settings
+from tests.harness import free_port
+from tests.harness import sqlite_rows as rows
 
 AGENT = "assistant"
 USER = "local"
@@ -78,15 +79,6 @@ async def runtime(db_path: Path) -> AsyncIterator[Runtime]:
 async def open_chat(runtime: Runtime, user: str = USER) -> uuid.UUID:
     session = await runtime.storage.sessions.open(user, AGENT)
     return session.chat_id
-
-
-def rows(db_path: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    """Rows read with plain sqlite3, no chatwright code involved."""
-    conn = sqlite3.connect(db_path)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
 
 
 def calls(turn: Turn) -> list[tuple[str, dict[str, Any]]]:
@@ -452,11 +444,7 @@ async def test_openai_server_error_is_a_model_error_and_keeps_the_message(
     runtime: Runtime, db_path: Path
 ) -> None:
     # Nothing listens on this port: the client fails, the turn reports it, the message stays.
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     await runtime.storage.agents.update(
         AGENT,
         model="openai:stub-model",

@@ -31,10 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -48,34 +45,25 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.conftest import ADMIN_URL, _admin_connect, storage_for
+from tests.harness import (
+    ADMIN_URL,
+    ServerProcess,
+    admin_connect,
+    clean_env,
+    script,
+    storage_for,
+)
 
-CONSOLE_SCRIPT = Path(sys.executable).parent / "chatwright"
 AGENT = "assistant"
 
 
 # -- helpers: databases, the CLI, server processes ---------------------------------
 
 
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATWRIGHT_")}
-    env.update(extra)
-    return env
-
-
 def cli(
     database: str, *args: str, cwd: Path, input: str | None = None, **env: str
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(CONSOLE_SCRIPT), "--database", database, *args],
-        cwd=cwd,
-        env=clean_env(**env),
-        input=input,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return script("--database", database, *args, cwd=cwd, input=input, env=clean_env(**env))
 
 
 def cli_ok(
@@ -89,7 +77,7 @@ def cli_ok(
 @contextlib.contextmanager
 def fresh_database(workdir: Path) -> Iterator[tuple[str, str]]:
     """(name, URL) of a new database set up by ``chatwright init --example``; dropped after."""
-    admin: Any = _admin_connect()  # skips (or fails with CI=true) when no server answers
+    admin: Any = admin_connect()  # skips (or fails with CI=true) when no server answers
     name = f"cw_mp_{uuid.uuid4().hex[:12]}"
     admin.execute(f'CREATE DATABASE "{name}"')
     try:
@@ -132,63 +120,15 @@ async def add_agent(
         await storage.close()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class ServerProcess:
-    """One ``chatwright serve`` subprocess; its output goes to a log file."""
-
-    def __init__(self, database: str, workdir: Path, label: str) -> None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = workdir / f"{label}.log"
-        self._log = self.log_path.open("w", encoding="utf-8")
-        self.proc = subprocess.Popen(
-            [str(CONSOLE_SCRIPT), "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=workdir,
-            env=clean_env(
-                CHATWRIGHT_STORAGE__URL=database,
-                CHATWRIGHT_SESSIONS__SWEEP_INTERVAL="3600",
-            ),
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def log(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
-                    return
-            time.sleep(0.1)
-        raise AssertionError(f"server not ready within {timeout} s:\n{self.log()}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self._log.close()
-
-
 @contextlib.contextmanager
 def running_servers(database: str, workdir: Path, count: int) -> Iterator[list[ServerProcess]]:
     started: list[ServerProcess] = []
     try:
         for i in range(count):
-            started.append(ServerProcess(database, workdir, f"server{i + 1}"))
+            env = clean_env(
+                CHATWRIGHT_STORAGE__URL=database, CHATWRIGHT_SESSIONS__SWEEP_INTERVAL="3600"
+            )
+            started.append(ServerProcess(cwd=workdir, env=env, label=f"server{i + 1}"))
         for server in started:
             server.wait_ready()
         yield started
@@ -596,7 +536,7 @@ async def test_database_outage_gives_503_and_the_server_recovers(
         fresh_database(tmp_path / "init") as (name, url),
         running_servers(url, tmp_path / "server", 1) as (server,),
     ):
-        admin: Any = _admin_connect()
+        admin: Any = admin_connect()
         try:
             chat_id = await open_chat(client, server, AGENT)
             answered: list[str] = []  # messages of turns that succeeded
@@ -712,7 +652,7 @@ async def test_turns_in_flight_when_the_database_goes_away_give_503(
     """One turn is waiting for the model (holding the chat's lock), another turn of the
     same chat on a second process waits for that lock; then the database goes away."""
     name, url, (one, two) = slow_cluster
-    admin: Any = _admin_connect()
+    admin: Any = admin_connect()
     try:
         chat_id = await open_chat(client, one, AGENT)
         await turn_ok(client, one, AGENT, chat_id, "first")
@@ -756,7 +696,7 @@ async def test_turn_whose_lock_connection_dies_is_answered_as_it_was_stored(
     the model thinks. Whatever the server answers must match what it stored: 200 with
     the turn stored, or an error JSON with nothing of the model's stored; never a 500."""
     name, url, (server, _) = slow_cluster
-    admin: Any = _admin_connect()
+    admin: Any = admin_connect()
     try:
         chat_id = await open_chat(client, server, AGENT)
         slow_model.reset()

@@ -17,7 +17,7 @@ import os
 import sys
 import textwrap
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -39,6 +39,7 @@ from chatwright.registry import COLLECTIONS, LoadPolicy, PluginInfo, Plugins, Re
 from chatwright.runtime import Runtime
 from chatwright.settings import Settings, load_settings
 from chatwright.stores import ChatSession
+from tests.harness import Recorder
 
 # The storage backends the bundled plugins register.
 BUNDLED_BACKENDS = frozenset({"sql", "supabase"})
@@ -50,15 +51,20 @@ BUNDLED = frozenset(
     if ep.dist is not None and ep.dist.name == "chatwright"
 )
 
+# Plugins other distributions installed in this environment bring (the contrib
+# plugins, say). The tests reason about the bundled plugins and their own fakes,
+# so they leave these out of what they compare.
+INSTALLED_ELSEWHERE = frozenset(
+    ep.name for ep in metadata.entry_points(group="chatwright") if ep.name not in BUNDLED
+)
+
+
+def ours(names: Iterable[str]) -> list[str]:
+    """``names`` in their order, less the plugins installed by other distributions."""
+    return [name for name in names if name not in INSTALLED_ELSEWHERE]
+
+
 # -- fixtures and helpers -----------------------------------------------------
-
-
-@pytest.fixture(autouse=True)
-def _no_chatwright_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The developer's CHATWRIGHT_* variables must not leak into these tests."""
-    for name in list(os.environ):
-        if name.startswith("CHATWRIGHT_"):
-            monkeypatch.delenv(name)
 
 
 MARKER = "Path(__file__).with_name(__name__ + '.imported').touch()"
@@ -481,7 +487,7 @@ def test_blocklist_by_plugin_or_distribution_name_applies_before_import(
         {"CHATWRIGHT_DISABLE_PLUGINS": blocked, "CHATWRIGHT_STRICT_PLUGINS": "1"}
     )
     plugins = Plugins.load(policy)  # strict, yet no error: never imported
-    assert set(by_name(plugins)) == BUNDLED | {"good"}
+    assert set(ours(by_name(plugins))) == BUNDLED | {"good"}
     assert not dists.imported("broken_cw_plugin")
     assert warnings_from_registry(caplog) == []
 
@@ -635,16 +641,6 @@ def test_failing_collection_hook_is_fatal_when_strict() -> None:
 # -- event hooks --------------------------------------------------------------------
 
 
-class Recorder:
-    def __init__(self, calls: list[tuple[str, Any]], label: str) -> None:
-        self.calls = calls
-        self.label = label
-
-    @hookimpl
-    def startup(self, runtime: Any) -> None:
-        self.calls.append((self.label, runtime))
-
-
 class RaisingStartup:
     @hookimpl
     def startup(self, runtime: Any) -> None:
@@ -654,16 +650,16 @@ class RaisingStartup:
 def test_notify_calls_every_implementation_despite_a_failure(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    calls: list[tuple[str, Any]] = []
+    first, last = Recorder(), Recorder()
     plugins = Plugins(LoadPolicy())
-    plugins.register(Recorder(calls, "first"), "first")
+    plugins.register(first, "first")
     plugins.register(RaisingStartup(), "raising")
-    plugins.register(Recorder(calls, "last"), "last")
+    plugins.register(last, "last")
     runtime = object()
 
     plugins.notify("startup", runtime=runtime)
 
-    assert sorted(calls, key=lambda c: c[0]) == [("first", runtime), ("last", runtime)]
+    assert (first.startups, last.startups) == ([runtime], [runtime])
     errors = [r for r in caplog.records if r.name == "chatwright.registry"]
     assert len(errors) == 1
     assert errors[0].levelno == logging.ERROR
@@ -1020,10 +1016,10 @@ def test_infos_include_bundled_flag(dists: FakeDists) -> None:
     plugins = Plugins.load(LoadPolicy())
     plugins.register(InlineBackend(), "inline")
 
-    everything = [i.name for i in plugins.infos()]
+    everything = ours(i.name for i in plugins.infos())
     assert everything == [*sorted(BUNDLED), "good", "inline"]  # bundled first, then by name
     third_party = plugins.infos(include_bundled=False)
-    assert [i.name for i in third_party] == ["good", "inline"]
+    assert ours(i.name for i in third_party) == ["good", "inline"]
     assert all(not i.bundled for i in third_party)
 
 
@@ -1057,7 +1053,7 @@ def test_plugins_command_reports_errors(dists: FakeDists) -> None:
     result = runner.invoke(root, ["plugins", "--json"])
     assert result.exit_code == 0, result.output
     rows = {r["name"]: r for r in json.loads(result.stdout)}
-    assert set(rows) == {"broken", "good"}
+    assert set(ours(rows)) == {"broken", "good"}
     assert "boom from broken_cw_plugin" in rows["broken"]["error"]
     assert rows["good"]["hooks"] == ["register_commands", "register_storage_backends"]
 

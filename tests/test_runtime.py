@@ -2,7 +2,7 @@
 
 Most tests drive :meth:`Runtime.chat` with one of two fake chat models:
 
-``echo`` (registered here by an inline plugin)
+``echo`` (an inline plugin from :mod:`tests.harness`)
     replies with a JSON object holding the system prompt and the human texts it
     was given, and the type of every message, so a test can see exactly what
     history a turn received. It sleeps a little first, so that concurrent turns
@@ -26,21 +26,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
-from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.outputs import ChatResult
 from sqlalchemy import event
 
-from chatwright import hookimpl, testing
+from chatwright import testing
 from chatwright.cache import ExecutorCache, Key
 from chatwright.errors import ModelError, NotFoundError, UnknownNameError
 from chatwright.history import to_model_input, to_store
@@ -51,72 +48,11 @@ from chatwright.registry import LoadPolicy, Plugins
 from chatwright.runtime import Runtime, Turn
 from chatwright.settings import Settings
 from chatwright.stores import Message
+from tests.harness import EchoModels, Recorder
 
 USER = "alice"
 ECHO = "echo"
 ECHO_PROMPT = "You echo. Memory: {memory}. Instructions: {custom_instructions}"
-
-# --------------------------------------------------------------------------- the echo model
-
-
-class EchoChatModel(BaseChatModel):
-    """Replies with what it was given: the system prompt, the human texts, every type."""
-
-    delay: float = 0.01
-
-    @property
-    def _llm_type(self) -> str:
-        return "test-echo"
-
-    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> Any:
-        return self
-
-    @staticmethod
-    def _reply(messages: list[BaseMessage]) -> ChatResult:
-        seen = {
-            "system": next((m.text for m in messages if m.type == "system"), None),
-            "humans": [m.text for m in messages if isinstance(m, HumanMessage)],
-            "types": [m.type for m in messages],
-        }
-        return ChatResult(generations=[ChatGeneration(message=AIMessage(json.dumps(seen)))])
-
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        return self._reply(messages)
-
-    async def _agenerate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: AsyncCallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        await asyncio.sleep(self.delay)
-        return self._reply(messages)
-
-
-def echo_model(name: str, settings: Mapping[str, Any]) -> BaseChatModel:
-    return EchoChatModel(delay=float(settings.get("delay", 0.01)))
-
-
-class EchoPlugin:
-    @hookimpl
-    def register_models(self, register: Callable[[str, Any], None]) -> None:
-        register("echo", echo_model)
-
-
-class EvictionRecorder:
-    def __init__(self) -> None:
-        self.evicted: list[tuple[Key, str]] = []
-
-    @hookimpl
-    def executor_evicted(self, key: tuple[str, str], reason: str) -> None:
-        self.evicted.append((tuple(key), reason))  # type: ignore[arg-type]
 
 
 def seen(turn: Turn) -> dict[str, Any]:
@@ -128,15 +64,7 @@ def seen(turn: Turn) -> dict[str, Any]:
 # --------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(autouse=True)
-def _no_chatwright_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The developer's CHATWRIGHT_* settings must not leak into these tests."""
-    for name in list(os.environ):
-        if name.startswith("CHATWRIGHT_") and name != "CHATWRIGHT_TEST_DATABASE_URL":
-            monkeypatch.delenv(name)
-
-
-Make = Callable[..., Awaitable[tuple[Runtime, EvictionRecorder]]]
+Make = Callable[..., Awaitable[tuple[Runtime, Recorder]]]
 
 
 @pytest.fixture
@@ -144,11 +72,11 @@ async def make_runtime(tmp_path: Path) -> AsyncIterator[Make]:
     """Started runtimes (with the echo model and an eviction recorder), closed at the end."""
     made: list[Runtime] = []
 
-    async def make(url: str | None = None, **settings: Any) -> tuple[Runtime, EvictionRecorder]:
+    async def make(url: str | None = None, **settings: Any) -> tuple[Runtime, Recorder]:
         url = url or f"sqlite+aiosqlite:///{tmp_path}/r.db"
         plugins = Plugins.load(LoadPolicy())
-        plugins.register(EchoPlugin(), "test-echo")
-        recorder = EvictionRecorder()
+        plugins.register(EchoModels(delay=0.01), "test-echo")
+        recorder = Recorder()
         plugins.register(recorder, "test-evictions")
         runtime = Runtime(Settings(storage={"url": url}, **settings), plugins)
         await runtime.start(upgrade=True)
@@ -161,14 +89,14 @@ async def make_runtime(tmp_path: Path) -> AsyncIterator[Make]:
 
 
 @pytest.fixture
-async def rt(make_runtime: Make) -> tuple[Runtime, EvictionRecorder]:
+async def rt(make_runtime: Make) -> tuple[Runtime, Recorder]:
     runtime, recorder = await make_runtime()
     await runtime.storage.agents.create(ECHO, system_prompt=ECHO_PROMPT, model="echo:x")
     return runtime, recorder
 
 
 @pytest.fixture
-def runtime(rt: tuple[Runtime, EvictionRecorder]) -> Runtime:
+def runtime(rt: tuple[Runtime, Recorder]) -> Runtime:
     return rt[0]
 
 
@@ -420,7 +348,7 @@ async def test_history_read_fetches_only_the_window_of_10000_messages(
 
 
 async def test_config_changes_show_on_the_next_turn_and_rebuild_only_when_needed(
-    rt: tuple[Runtime, EvictionRecorder],
+    rt: tuple[Runtime, Recorder],
 ) -> None:
     runtime, recorder = rt
     storage = runtime.storage
@@ -772,7 +700,7 @@ async def test_runtime_uses_the_configured_policy_and_rejects_unknown_ones() -> 
 
 
 async def test_sweep_through_the_runtime_fires_executor_evicted(
-    rt: tuple[Runtime, EvictionRecorder],
+    rt: tuple[Runtime, Recorder],
 ) -> None:
     runtime, recorder = rt
     storage = runtime.storage

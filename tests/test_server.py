@@ -33,7 +33,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -44,15 +44,9 @@ import jwt
 import pytest
 import sqlalchemy as sa
 import uvicorn
-from click.testing import CliRunner
 from fastapi import FastAPI
-from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
-from langchain_core.outputs import ChatGeneration, ChatResult
 
-from chatwright import __version__, hookimpl, testing
-from chatwright.cli import build_cli
+from chatwright import __version__, testing
 from chatwright.errors import ChatwrightError, UnknownNameError
 from chatwright.plugins.example import assistant as example
 from chatwright.plugins.server.app import create_app
@@ -62,7 +56,7 @@ from chatwright.registry import LoadPolicy, Plugins
 from chatwright.runtime import Runtime
 from chatwright.sessions import sweep
 from chatwright.settings import Settings
-from chatwright.stores import ChatSession
+from tests.harness import DATA_TABLES, EchoModels, Recorder, run, uvicorn_serving
 
 pytestmark = pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
 
@@ -70,85 +64,9 @@ AGENT = example.AGENT
 SECRET = "chatwright-test-secret-of-at-least-32-bytes"
 MILK = "add a task to buy milk"
 SESSION_KEYS = {"id", "chat_id", "agent_name", "is_active", "created_at", "updated_at"}
-FRAMEWORK_TABLES = (
-    "agents",
-    "agent_tools",
-    "chat_sessions",
-    "chat_messages",
-    "prompt_customizations",
-    "agent_memories",
-)
+
 
 # --------------------------------------------------------------------------- inline plugins
-
-
-class EchoChatModel(BaseChatModel):
-    """Replies with a JSON object holding the system prompt and the human texts it got."""
-
-    @property
-    def _llm_type(self) -> str:
-        return "test-echo"
-
-    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> Any:
-        return self
-
-    @staticmethod
-    def _reply(messages: list[BaseMessage]) -> ChatResult:
-        seen = {
-            "system": next((m.text for m in messages if m.type == "system"), None),
-            "humans": [m.text for m in messages if isinstance(m, HumanMessage)],
-        }
-        return ChatResult(generations=[ChatGeneration(message=AIMessage(json.dumps(seen)))])
-
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        return self._reply(messages)
-
-    async def _agenerate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: AsyncCallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        return self._reply(messages)
-
-
-class EchoModels:
-    @hookimpl
-    def register_models(self, register: Callable[[str, Any], None]) -> None:
-        register("echo", lambda name, settings: EchoChatModel())
-
-
-class Recorder:
-    """Records every event hook call, in order."""
-
-    def __init__(self) -> None:
-        self.startups: list[Runtime] = []
-        self.shutdowns: list[Runtime] = []
-        self.deactivated: list[tuple[ChatSession, str]] = []
-        self.evicted: list[tuple[tuple[str, str], str]] = []
-
-    @hookimpl
-    def startup(self, runtime: Runtime) -> None:
-        self.startups.append(runtime)
-
-    @hookimpl
-    def shutdown(self, runtime: Runtime) -> None:
-        self.shutdowns.append(runtime)
-
-    @hookimpl
-    def session_deactivated(self, session: ChatSession, reason: str) -> None:
-        self.deactivated.append((session, reason))
-
-    @hookimpl
-    def executor_evicted(self, key: tuple[str, str], reason: str) -> None:
-        self.evicted.append(((key[0], key[1]), reason))
 
 
 def make_plugins() -> tuple[Plugins, Recorder]:
@@ -195,29 +113,13 @@ async def serving(
     values = merge({"storage": {"url": url}, "sessions": {"sweep_interval": 3600}}, settings)
     plugins, recorder = make_plugins()
     app = create_app(testing.settings(plugins, **values), plugins)
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=0,
-        lifespan="on",
-        log_level="warning",
-        timeout_graceful_shutdown=5,
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    try:
-        while not server.started:
-            if task.done():
-                task.result()
-                raise RuntimeError("uvicorn stopped before it started")
-            await asyncio.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
+    async with uvicorn_serving(app) as port:
         storage = app.state.runtime.storage
         if fresh_postgres:
             async with storage.write() as conn:
                 await conn.execute(sa.text("DROP TABLE IF EXISTS tasks, notes"))
                 await conn.execute(
-                    sa.text(f"TRUNCATE {', '.join(FRAMEWORK_TABLES)} RESTART IDENTITY CASCADE")
+                    sa.text(f"TRUNCATE {', '.join(DATA_TABLES)} RESTART IDENTITY CASCADE")
                 )
         if seed:
             await example.seed(storage, "offline:assistant")
@@ -226,20 +128,9 @@ async def serving(
             base_url=f"http://127.0.0.1:{port}", timeout=30, limits=limits
         ) as client:
             yield Running(app, client, recorder, port)
-    finally:
-        server.should_exit = True
-        await task
 
 
 Start = Callable[..., Awaitable[Running]]
-
-
-@pytest.fixture(autouse=True)
-def _no_chatwright_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The developer's CHATWRIGHT_* settings must not leak into these tests."""
-    for name in list(os.environ):
-        if name.startswith("CHATWRIGHT_") and name != "CHATWRIGHT_TEST_DATABASE_URL":
-            monkeypatch.delenv(name)
 
 
 @pytest.fixture
@@ -1012,7 +903,7 @@ def test_serve_refuses_a_public_bind_with_local_auth_without_starting(
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: started.append(kw))
 
     def serve(*args: str) -> Any:
-        return CliRunner().invoke(build_cli(), ["serve", *args], prog_name="chatwright")
+        return run("serve", *args)
 
     for args, needle in (
         (["--host", "0.0.0.0"], "refusing to serve on 0.0.0.0"),

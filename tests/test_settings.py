@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ from chatwright.plugins.server.settings import ServerSettings
 from chatwright.plugins.sql.settings import SQLStorageSettings
 from chatwright.registry import LoadPolicy, Plugins
 from chatwright.settings import Settings, env_var, load_settings, settings_class
+from tests.harness import run
 
 DEFAULT_URL = "sqlite+aiosqlite:///chatwright.db"
 
@@ -34,10 +34,7 @@ def sql(settings: Settings) -> SQLStorageSettings:
 
 @pytest.fixture(autouse=True)
 def clean_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty working directory and no CHATWRIGHT_* variables."""
-    for name in list(os.environ):
-        if name.startswith("CHATWRIGHT_"):
-            monkeypatch.delenv(name)
+    """An empty working directory (conftest removes every CHATWRIGHT_* variable)."""
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
@@ -331,7 +328,7 @@ def test_plugin_policy_env_vars_are_not_settings(monkeypatch: pytest.MonkeyPatch
 
 
 def show(args: list[str]) -> str:
-    result = CliRunner().invoke(build_cli(), args)
+    result = run(*args)
     assert result.exit_code == 0, result.output
     return result.stdout
 
@@ -386,7 +383,7 @@ def test_cli_config_show_redacts_password_from_env(monkeypatch: pytest.MonkeyPat
 
 def test_cli_settings_error_is_one_line(clean_env: Path) -> None:
     write_toml(clean_env / "chatwright.toml", '[storage]\npool_size = "lots"\n')
-    result = CliRunner().invoke(build_cli(), ["config", "show"])
+    result = run("config", "show")
     assert result.exit_code == 1
     assert result.output.startswith("Error: ")
     assert result.output.count("\n") == 1

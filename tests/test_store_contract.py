@@ -9,7 +9,7 @@ import pytest
 
 from chatwright.plugins.sql.storage import SQLStorage
 from chatwright.testing import StorageContract
-from tests.conftest import storage_for
+from tests.harness import storage_for
 
 
 class TestSQLiteFile(StorageContract):

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -40,7 +39,6 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
-from langchain_core.messages import ToolMessage
 from langchain_core.tools import BaseTool
 from sqlalchemy.engine import make_url
 
@@ -54,13 +52,13 @@ from chatwright.registry import Plugins
 from chatwright.settings import Settings
 from chatwright.stores import ColumnSpec, NewMessage, TableSpec
 from chatwright.tools import load_tools
+from tests.harness import ADMIN_URL, DATA_TABLES, admin_connect, libpq
+from tests.harness import call_tool as call
+from tests.harness import tool_err as err
+from tests.harness import tool_ok as ok
 
-ADMIN_URL = os.environ.get(
-    "CHATWRIGHT_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
 PLUGINS = Plugins.load()
 USER_TABLES = ("chat_sessions", "chat_messages", "prompt_customizations", "agent_memories")
-FRAMEWORK_TABLES = ("agents", "agent_tools", *USER_TABLES)
 ITEMS = "rls_items"
 APP_TABLES = (ITEMS, "tasks", "notes")
 AGENT = example.AGENT
@@ -112,10 +110,6 @@ KEEPER_TOOLS: dict[str, dict[str, Any]] = {
 # --------------------------------------------------------------------------- database
 
 
-def libpq(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
 @dataclass(frozen=True)
 class Cluster:
     """This module's database, and the LOGIN roles it created (roles are cluster-wide)."""
@@ -135,16 +129,6 @@ class Cluster:
         return url.render_as_string(hide_password=False)
 
 
-def _admin_connect() -> psycopg.Connection[Any]:
-    try:
-        return psycopg.connect(libpq(ADMIN_URL), autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        reason = " ".join(f"no PostgreSQL server answers at {make_url(ADMIN_URL)!r}: {exc}".split())
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true requires PostgreSQL: {reason}")
-        pytest.skip(f"{reason} (set CHATWRIGHT_TEST_DATABASE_URL to run the supabase tests)")
-
-
 async def _migrate(url: str) -> None:
     storage = supabase(url)
     try:
@@ -155,7 +139,7 @@ async def _migrate(url: str) -> None:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    admin = _admin_connect()
+    admin = admin_connect()
     tag = uuid.uuid4().hex[:10]
     c = Cluster(name=f"cw_rls_{tag}", app_role=f"cw_rls_app_{tag}", svc_role=f"cw_rls_svc_{tag}")
     admin.execute(f'CREATE DATABASE "{c.name}"')
@@ -200,7 +184,7 @@ async def supa(cluster: Cluster) -> AsyncIterator[SupabaseStorage]:
     async with storage.write() as conn:
         for table in APP_TABLES:
             await conn.execute(sa.text(f'DROP TABLE IF EXISTS "{table}"'))
-        await conn.execute(sa.text(f"TRUNCATE {', '.join(FRAMEWORK_TABLES)} RESTART IDENTITY"))
+        await conn.execute(sa.text(f"TRUNCATE {', '.join(DATA_TABLES)} RESTART IDENTITY"))
     yield storage
     await storage.close()
 
@@ -250,23 +234,6 @@ async def seed_two_users(storage: SupabaseStorage) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- tools
-
-
-async def call(tool: BaseTool, **args: Any) -> ToolMessage:
-    """Invoke a tool exactly as the agent loop does with a model's tool call."""
-    msg = await tool.ainvoke({"name": tool.name, "args": args, "id": "call-1", "type": "tool_call"})
-    assert isinstance(msg, ToolMessage)
-    return msg
-
-
-def ok(msg: ToolMessage) -> Any:
-    assert msg.status == "success", msg.content
-    return json.loads(str(msg.content))
-
-
-def err(msg: ToolMessage) -> str:
-    assert msg.status == "error", msg.content
-    return str(msg.content)
 
 
 async def keeper(storage: SQLStorage, user: str) -> dict[str, BaseTool]:
@@ -976,7 +943,7 @@ def stock_supabase(cluster: Cluster) -> Iterator[StockSupabase]:
     tag = uuid.uuid4().hex[:10]
     db = Cluster(name=f"cw_rls_api_{tag}", app_role=cluster.app_role, svc_role=cluster.svc_role)
     stock = StockSupabase(db, anon_login=f"cw_rls_anon_{tag}", user_login=f"cw_rls_user_{tag}")
-    admin = _admin_connect()
+    admin = admin_connect()
     admin.execute(f'CREATE DATABASE "{db.name}"')
     try:
         admin.execute(SUPABASE_ROLES)
@@ -1037,7 +1004,7 @@ async def test_every_table_and_sequence_is_closed_to_the_data_api_roles(
         "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') ORDER BY 1",
     )
     names = {t[0] for t in tables}
-    seeded = {*FRAMEWORK_TABLES, "chatwright_schema_version", "tasks", "notes"}
+    seeded = {*DATA_TABLES, "chatwright_schema_version", "tasks", "notes"}
     assert seeded <= names
     # Row-level security on every table, whoever created it and whatever it holds.
     assert [t for t, rls in tables if not rls] == []
@@ -1171,7 +1138,7 @@ async def test_the_documented_deployment_check_passes_and_catches_an_open_table(
 async def test_upgrading_a_deployment_made_before_0003_closes_it() -> None:
     tag = uuid.uuid4().hex[:10]
     db = Cluster(name=f"cw_rls_up_{tag}", app_role="", svc_role="")
-    admin = _admin_connect()
+    admin = admin_connect()
     admin.execute(f'CREATE DATABASE "{db.name}"')
     storage = supabase(db.url())
     try:

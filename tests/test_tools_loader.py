@@ -22,7 +22,7 @@ from chatwright.registry import LoadPolicy, Plugins
 from chatwright.settings import Settings
 from chatwright.stores import InvalidJSON, ToolRow
 from chatwright.tools import ToolContext, build_row, check_tools, load_tools, parse_config
-from tests.conftest import storage_for
+from tests.harness import storage_for
 
 PLUGINS = Plugins.load(LoadPolicy())
 SETTINGS = Settings()

@@ -1,0 +1,392 @@
+"""The test harness: what several test modules need to drive chatwright for real.
+
+Plain helpers only (the fixtures built on them are in ``conftest.py``):
+
+- the PostgreSQL test server's URL, storage on a URL, rows of a SQLite file;
+- the tables a test empties, taken from core's list of framework tables;
+- the command line: the runner in-process with click's ``CliRunner``, and the
+  installed console script in a subprocess, with no ``CHATWRIGHT_*`` variable;
+- calling a tool the way the agent loop does;
+- inline plugins: an ``echo`` chat model and a recorder of every event hook;
+- real servers: an app under uvicorn in this process, and ``chatwright serve``
+  subprocesses, each on a free loopback port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from click.testing import CliRunner, Result
+from fastapi import FastAPI
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.tools import BaseTool
+from sqlalchemy.engine import make_url
+
+from chatwright import hookimpl
+from chatwright.cli import build_cli
+from chatwright.plugins.sql.schema import VERSION_TABLE
+from chatwright.plugins.sql.storage import SQLStorage
+from chatwright.registry import Plugins
+from chatwright.runtime import Runtime
+from chatwright.settings import Settings
+from chatwright.stores import FRAMEWORK_TABLES, ChatSession
+
+# Read at import, before any test's environment is scrubbed of CHATWRIGHT_* variables.
+ADMIN_URL = os.environ.get(
+    "CHATWRIGHT_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+
+# The tables holding the framework's rows, which a test empties to start from
+# nothing: core's framework tables less the schema version (emptying it would
+# make the next upgrade migrate again), plus agent_memories, which core leaves
+# out of its list only so that CRUD tools may edit it.
+DATA_TABLES = tuple(sorted((FRAMEWORK_TABLES - {VERSION_TABLE}) | {"agent_memories"}))
+
+CONSOLE_SCRIPT = Path(sys.executable).parent / "chatwright"
+DB_FILE = "chatwright.db"
+
+
+def storage_for(url: str) -> SQLStorage:
+    """The bundled ``sql`` storage on ``url`` (not started: call ``upgrade`` first)."""
+    return SQLStorage.from_settings(Settings(storage={"url": url}))  # type: ignore[arg-type]
+
+
+def libpq(url: str) -> str:
+    """A SQLAlchemy URL as psycopg takes it."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def admin_connect() -> Any:
+    """A psycopg connection to the test server's admin database.
+
+    With no server the test skips, saying why; with ``CI=true`` it fails
+    instead, so CI can never pass by skipping the PostgreSQL tests.
+    """
+    import psycopg
+
+    try:
+        return psycopg.connect(libpq(ADMIN_URL), autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        reason = f"no PostgreSQL server answers at {make_url(ADMIN_URL)!r}: {exc}".strip()
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true requires PostgreSQL: {reason}")
+        pytest.skip(f"{reason} (set CHATWRIGHT_TEST_DATABASE_URL to run PostgreSQL tests)")
+
+
+def sqlite_rows(db: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    """Rows of a SQLite database file read with plain sqlite3, no chatwright code involved."""
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+# -- the environment ---------------------------------------------------------------
+
+
+def is_chatwright_variable(name: str) -> bool:
+    return name.startswith("CHATWRIGHT_")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without any CHATWRIGHT_* variable, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not is_chatwright_variable(k)}
+    env.update(extra)
+    return env
+
+
+def scrub_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Remove every CHATWRIGHT_* variable for the rest of the test."""
+    for name in list(os.environ):
+        if is_chatwright_variable(name):
+            monkeypatch.delenv(name)
+
+
+# -- the command line --------------------------------------------------------------
+
+
+def run(
+    *args: str,
+    plugins: Plugins | None = None,
+    input: str | None = None,
+    catch_exceptions: bool = True,
+) -> Result:
+    """Invoke a freshly built runner (plugins from entry points unless given)."""
+    return CliRunner().invoke(
+        build_cli(plugins),
+        list(args),
+        input=input,
+        prog_name="chatwright",
+        catch_exceptions=catch_exceptions,
+    )
+
+
+def ok(*args: str, plugins: Plugins | None = None, input: str | None = None) -> Result:
+    """:func:`run`, which must succeed."""
+    result = run(*args, plugins=plugins, input=input)
+    assert result.exit_code == 0, f"{args}: exit {result.exit_code}\n{result.output}"
+    assert result.exception is None, result.exception
+    return result
+
+
+def ok_json(*args: str) -> Any:
+    """The JSON a successful command prints."""
+    return json.loads(ok(*args).stdout)
+
+
+def assert_error(result: Result, *needles: str) -> str:
+    """A user-facing error: exit 1, one ``Error:`` line naming ``needles``, no traceback."""
+    assert result.exit_code == 1, result.output
+    # CliRunner turns an escaped exception into exit 1 as well; make sure it was a clean exit.
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output
+    assert result.output.startswith("Error:"), result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error: "), lines[0]
+    for needle in needles:
+        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
+    return lines[0]
+
+
+def script(
+    *args: str, cwd: Path, input: str | None = None, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The installed console script in a subprocess (no CHATWRIGHT_* variable unless ``env``)."""
+    return subprocess.run(
+        [str(CONSOLE_SCRIPT), *args],
+        cwd=cwd,
+        env=dict(env) if env is not None else clean_env(),
+        input=input,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        timeout=120,
+        check=False,
+    )
+
+
+def script_ok(
+    *args: str, cwd: Path, input: str | None = None, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """:func:`script`, which must succeed."""
+    proc = script(*args, cwd=cwd, input=input, env=env)
+    assert proc.returncode == 0, f"{args}: exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+# -- tools --------------------------------------------------------------------------
+
+
+async def call_tool(tool: BaseTool, **args: Any) -> ToolMessage:
+    """Invoke a tool exactly as the agent loop does with a model's tool call."""
+    msg = await tool.ainvoke({"name": tool.name, "args": args, "id": "call-1", "type": "tool_call"})
+    assert isinstance(msg, ToolMessage)
+    assert msg.tool_call_id == "call-1"
+    assert isinstance(msg.content, str)
+    return msg
+
+
+def tool_ok(msg: ToolMessage) -> Any:
+    """The JSON result of a tool call that succeeded."""
+    assert msg.status == "success", msg.content
+    return json.loads(str(msg.content))
+
+
+def tool_err(msg: ToolMessage) -> str:
+    """The message of a tool call that failed, which the model reads: no traceback."""
+    assert msg.status == "error", msg.content
+    text = str(msg.content)
+    assert text.strip()
+    assert "Traceback" not in text
+    return text
+
+
+# -- inline plugins -------------------------------------------------------------------
+
+
+class EchoChatModel(BaseChatModel):
+    """Replies with what it was given: the system prompt, the human texts, every type.
+
+    It sleeps ``delay`` seconds first, so that concurrent turns really interleave.
+    """
+
+    delay: float = 0.0
+
+    @property
+    def _llm_type(self) -> str:
+        return "test-echo"
+
+    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> Any:
+        return self
+
+    @staticmethod
+    def _reply(messages: list[BaseMessage]) -> ChatResult:
+        seen = {
+            "system": next((m.text for m in messages if m.type == "system"), None),
+            "humans": [m.text for m in messages if isinstance(m, HumanMessage)],
+            "types": [m.type for m in messages],
+        }
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(json.dumps(seen)))])
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        return self._reply(messages)
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        await asyncio.sleep(self.delay)
+        return self._reply(messages)
+
+
+class EchoModels:
+    """Registers the ``echo`` model; an agent's ``delay`` model setting overrides ``delay``."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+
+    def build(self, name: str, settings: Mapping[str, Any]) -> BaseChatModel:
+        return EchoChatModel(delay=float(settings.get("delay", self.delay)))
+
+    @hookimpl
+    def register_models(self, register: Callable[[str, Any], None]) -> None:
+        register("echo", self.build)
+
+
+class Recorder:
+    """Records every event hook call, in order."""
+
+    def __init__(self) -> None:
+        self.startups: list[Runtime] = []
+        self.shutdowns: list[Runtime] = []
+        self.deactivated: list[tuple[ChatSession, str]] = []
+        self.evicted: list[tuple[tuple[str, str], str]] = []
+
+    @hookimpl
+    def startup(self, runtime: Runtime) -> None:
+        self.startups.append(runtime)
+
+    @hookimpl
+    def shutdown(self, runtime: Runtime) -> None:
+        self.shutdowns.append(runtime)
+
+    @hookimpl
+    def session_deactivated(self, session: ChatSession, reason: str) -> None:
+        self.deactivated.append((session, reason))
+
+    @hookimpl
+    def executor_evicted(self, key: tuple[str, str], reason: str) -> None:
+        self.evicted.append(((key[0], key[1]), reason))
+
+
+# -- real servers -----------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def uvicorn_serving(app: FastAPI) -> AsyncIterator[int]:
+    """``app`` under a real uvicorn server (lifespan on) on a free loopback port; its port."""
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=0,
+        lifespan="on",
+        log_level="warning",
+        timeout_graceful_shutdown=5,
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if task.done():
+                task.result()
+                raise RuntimeError("uvicorn stopped before it started")
+            await asyncio.sleep(0.01)
+        yield int(server.servers[0].sockets[0].getsockname()[1])
+    finally:
+        server.should_exit = True
+        await task
+
+
+class ServerProcess:
+    """One ``chatwright serve`` subprocess on a free loopback port; its output goes to a log.
+
+    It runs in a session of its own, so that stopping it stops its workers too.
+    """
+
+    def __init__(
+        self, *args: str, cwd: Path, env: Mapping[str, str], label: str = "server"
+    ) -> None:
+        cwd.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = cwd / f"{label}.log"
+        self._log = self.log_path.open("w", encoding="utf-8")
+        self.proc = subprocess.Popen(
+            [str(CONSOLE_SCRIPT), "serve", "--host", "127.0.0.1", "--port", str(self.port), *args],
+            cwd=cwd,
+            env=dict(env),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Until ``/healthz`` answers 200; fails with the log if the server exits or is late."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
+                    return
+            time.sleep(0.1)
+        raise AssertionError(f"server not ready within {timeout} s:\n{self.log()}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self._log.close()
