@@ -699,7 +699,9 @@ async def test_sweep_with_a_future_now_deactivates_by_idle_timeout(start: Start)
 async def test_background_sweeper_deactivates_idle_sessions_and_spares_heartbeating_ones(
     start: Start,
 ) -> None:
-    srv = await start(sessions={"sweep_interval": 0.05, "idle_timeout": 0.5})
+    # The idle timeout is 40 heartbeats long, so that a loaded machine's stalls
+    # cannot make the heartbeating session look idle.
+    srv = await start(sessions={"sweep_interval": 0.05, "idle_timeout": 2.0})
     client = srv.client
     idle = await open_session(client, client_key="idle-tab")
     alive = await open_session(client, client_key="live-tab")
@@ -722,10 +724,10 @@ async def test_background_sweeper_deactivates_idle_sessions_and_spares_heartbeat
         return not await state(idle)
 
     try:
-        await wait_for(idle_closed)
+        await wait_for(idle_closed, timeout=15)
         # Well past idle_timeout, the heartbeating session is still active, and since
         # (local, assistant) still has an active session its agent stays cached.
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(2.5)
         assert await state(alive)
         assert ("local", AGENT) in srv.runtime.cache
         assert srv.recorder.evicted == []
@@ -738,7 +740,7 @@ async def test_background_sweeper_deactivates_idle_sessions_and_spares_heartbeat
     async def evicted() -> bool:
         return bool(srv.recorder.evicted)
 
-    await wait_for(evicted)
+    await wait_for(evicted, timeout=15)
     assert not await state(alive)
     assert srv.recorder.evicted == [(("local", AGENT), "idle-session")]
     assert [r for _, r in srv.recorder.deactivated] == ["idle", "idle"]
