@@ -705,7 +705,6 @@ async def test_background_sweeper_deactivates_idle_sessions_and_spares_heartbeat
     client = srv.client
     idle = await open_session(client, client_key="idle-tab")
     alive = await open_session(client, client_key="live-tab")
-    await chat_ok(client, alive["chat_id"], MILK)
     beating = True
 
     async def heartbeat() -> None:
@@ -714,7 +713,9 @@ async def test_background_sweeper_deactivates_idle_sessions_and_spares_heartbeat
             assert response.status_code == 200
             await asyncio.sleep(0.05)
 
+    # Heartbeats start before the turn: on a loaded machine a turn can outlast idle_timeout.
     beat = asyncio.create_task(heartbeat())
+    await chat_ok(client, alive["chat_id"], MILK)
 
     async def state(session: dict[str, Any]) -> bool:
         rows = (await client.get("/api/sessions")).json()
