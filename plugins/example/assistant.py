@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from chatwright.runtime import Runtime
 
 AGENT = "assistant"
+# The bundled offline model: the example works with no key and no network.
+MODEL = "offline:assistant"
 
 PROMPT = """\
 You are a helpful assistant that keeps the user's tasks and notes.
@@ -192,7 +194,8 @@ class AssistantExample:
     """The example as ``register_examples`` registers it: it installs itself."""
 
     summary = f"agent {AGENT!r}"
+    model = MODEL
 
     async def install(self, runtime: Runtime) -> list[str]:
-        # Like `agents add`, the agent gets the model that models.default names.
-        return await seed(runtime.storage, runtime.settings.models.default)
+        # Like `agents add`, the agent gets the model that models.default names, if any.
+        return await seed(runtime.storage, runtime.settings.models.default or MODEL)
