@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from chatwright.errors import StorageError
-from chatwright.stores import ColumnSpec, Storage, TableCreator, TableSpec
+from chatwright.stores import Storage
+from chatwright.tables import ColumnSpec, TableCreator, TableSpec
 
 if TYPE_CHECKING:
     from chatwright.runtime import Runtime
