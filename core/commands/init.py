@@ -54,11 +54,11 @@ class Example(Protocol):
         ...
 
     @property
-    def model(self) -> str:
+    def model(self) -> str | None:
         """The model spec the example's agent gets when models.default is not set.
 
         A settings file that ``init --example`` creates names it as models.default,
-        so that agents added later get it too.
+        so that agents added later get it too; None for an example with no agent.
         """
         ...
 
@@ -86,7 +86,9 @@ def init(app: AppContext, example: str | None) -> None:
     )
     path = Path(app.config) if app.config else Path("chatwright.toml")
     if not path.exists():
-        path.write_text(config_text(chosen.model if chosen else None), encoding="utf-8")
+        # An example written before Example had a model names none.
+        model = getattr(chosen, "model", None) if chosen is not None else None
+        path.write_text(config_text(model), encoding="utf-8")
         click.echo(f"Wrote {path}")
         app.config = str(path)
 
