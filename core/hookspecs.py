@@ -190,8 +190,9 @@ def register_examples(register: ExampleRegister) -> None:
     --example`` installs.
 
     :param register: call ``register(name, example)``; ``example`` is a
-        :class:`chatwright.commands.init.Example`: a ``summary`` for messages
-        and ``async install(runtime)``, which creates what is missing of it and
+        :class:`chatwright.commands.init.Example`: a ``summary`` for messages,
+        the ``model`` its agent gets when models.default is not set, and
+        ``async install(runtime)``, which creates what is missing of it and
         returns what it created. Import the example's data inside the hook.
     """
 

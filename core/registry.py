@@ -6,21 +6,10 @@ found through entry points of group ``chatwright``; the bundled ones (the SQL
 storage, the CRUD tool, …) are entry points of the ``chatwright`` distribution
 itself, so they are listed, and can be blocked, exactly like third-party ones.
 
-Loading is governed by three environment variables, read before anything is
-imported:
-
-``CHATWRIGHT_LOAD_PLUGINS``
-    A comma-separated allowlist of *distribution* names. Only those
-    distributions' entry points are imported, plus the bundled ones. An empty
-    value loads the bundled plugins only: the recovery recipe when an installed
-    plugin breaks the runner.
-``CHATWRIGHT_DISABLE_PLUGINS``
-    A comma-separated blocklist of plugin (entry point) or distribution names;
-    bundled plugins can be blocked too.
-``CHATWRIGHT_STRICT_PLUGINS``
-    ``1`` makes a plugin that fails to import or register a fatal error. By
-    default it is skipped with a one-line warning and reported, with its
-    error, by ``chatwright plugins``.
+Which plugins are loaded is a :class:`~chatwright.load_policy.LoadPolicy`,
+read from ``CHATWRIGHT_LOAD_PLUGINS``, ``CHATWRIGHT_DISABLE_PLUGINS`` and
+``CHATWRIGHT_STRICT_PLUGINS`` before anything is imported (see
+:mod:`chatwright.load_policy`).
 
 ``CHATWRIGHT_TRACE_PLUGINS=1`` writes one line to stderr for every call of a
 plugin's hook: the plugin, the hook with a summary of its arguments, how long
@@ -36,12 +25,11 @@ from __future__ import annotations
 import difflib
 import functools
 import logging
-import os
 import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
@@ -49,6 +37,11 @@ import pluggy
 
 from chatwright import hookspecs
 from chatwright.errors import DuplicateRegistrationError, PluginError, UnknownNameError
+
+# Re-exported: they lived here first, and callers import them from this module.
+from chatwright.load_policy import LoadPolicy as LoadPolicy
+from chatwright.load_policy import env_flag as env_flag
+from chatwright.load_policy import normalize_name as normalize_name
 
 log = logging.getLogger(__name__)
 
@@ -66,23 +59,6 @@ COLLECTIONS: dict[str, str] = {
     "register_settings": "settings section",
 }
 SECTION_NAME = re.compile(r"[a-z][a-z0-9_]*")
-
-
-def normalize_name(name: str) -> str:
-    """Normalize a distribution or plugin name the way PyPI does (PEP 503)."""
-    return re.sub(r"[-_.]+", "-", name).strip().lower()
-
-
-def _name_set(value: str | None) -> frozenset[str] | None:
-    if value is None:
-        return None
-    return frozenset(normalize_name(part) for part in value.split(",") if part.strip())
-
-
-def env_flag(name: str, environ: Mapping[str, str] | None = None) -> bool:
-    """Whether a boolean environment variable is on (1, true, yes, on; any case)."""
-    env = os.environ if environ is None else environ
-    return env.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def _one_line(exc: BaseException) -> str:
@@ -119,31 +95,6 @@ class Registration:
     name: str
     value: Any
     plugin: str
-
-
-@dataclass
-class LoadPolicy:
-    """The allowlist, blocklist and strictness, usually read from the environment."""
-
-    allow: frozenset[str] | None = None
-    block: frozenset[str] = field(default_factory=frozenset)
-    strict: bool = False
-
-    @classmethod
-    def from_environ(cls, environ: Mapping[str, str] | None = None) -> LoadPolicy:
-        env = os.environ if environ is None else environ
-        return cls(
-            allow=_name_set(env.get("CHATWRIGHT_LOAD_PLUGINS")),
-            block=_name_set(env.get("CHATWRIGHT_DISABLE_PLUGINS")) or frozenset(),
-            strict=env_flag("CHATWRIGHT_STRICT_PLUGINS", env),
-        )
-
-    def admits(self, plugin_name: str, distribution: str, bundled: bool) -> bool:
-        if normalize_name(plugin_name) in self.block or normalize_name(distribution) in self.block:
-            return False
-        if self.allow is None or bundled:
-            return True
-        return normalize_name(distribution) in self.allow
 
 
 def _new_commands(cli: Any, before: Mapping[str, Any]) -> list[str]:

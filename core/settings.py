@@ -79,9 +79,10 @@ class StorageSettings(_Section):
 
 
 class ModelsSettings(_Section):
-    default: str = Field(
-        "offline:assistant",
-        description="Model spec given to agents created without one (provider:name).",
+    default: str | None = Field(
+        None,
+        description="Model spec given to agents created without one (provider:name); "
+        "unset, `agents add` needs --model.",
     )
 
 

@@ -12,6 +12,9 @@ isolation per call (the ``supabase`` backend sets row-level-security claims
 from it) and so that no method can return another user's rows.
 
 Records are frozen dataclasses: cheap to build, safe to share between tasks.
+The application tables that tools work on, and the :class:`RecordStore` over
+them, are described in :mod:`chatwright.tables`; their names are re-exported
+here.
 """
 
 from __future__ import annotations
@@ -22,27 +25,21 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
+
+# Re-exported: the application-table types lived here first, and plugins import
+# them from this module.
+from chatwright.tables import FRAMEWORK_TABLES as FRAMEWORK_TABLES
+from chatwright.tables import ColumnInfo as ColumnInfo
+from chatwright.tables import ColumnKind as ColumnKind
+from chatwright.tables import ColumnSpec as ColumnSpec
+from chatwright.tables import OrderBy as OrderBy
+from chatwright.tables import RecordStore
+from chatwright.tables import TableCreator as TableCreator
+from chatwright.tables import TableInfo as TableInfo
+from chatwright.tables import TableSpec as TableSpec
 
 DEFAULT_HISTORY_WINDOW = 50
-
-# Tables of the framework itself. No tool may read or write them through the
-# application-table interface (agent_memories is deliberately not here: the
-# example agent edits its own memory with CRUD tools).
-FRAMEWORK_TABLES = frozenset(
-    {
-        "agents",
-        "agent_tools",
-        "chat_sessions",
-        "chat_messages",
-        "prompt_customizations",
-        "chatwright_schema_version",
-    }
-)
-
-ColumnKind = Literal[
-    "string", "integer", "number", "boolean", "date", "datetime", "json", "uuid", "other"
-]
 
 
 @dataclass(frozen=True)
@@ -296,120 +293,6 @@ class MemoryStore(Protocol):
 
     async def put(self, user_id: str, agent_name: str, notes: str) -> AgentMemory:
         """Insert or replace the notes of this (user, agent)."""
-        ...
-
-
-@dataclass(frozen=True)
-class ColumnInfo:
-    """One column of an application table, as the database describes it."""
-
-    name: str
-    kind: ColumnKind
-    nullable: bool = True
-    has_default: bool = False
-    primary_key: bool = False
-
-
-@dataclass(frozen=True)
-class TableInfo:
-    name: str
-    columns: Mapping[str, ColumnInfo]
-    unique: tuple[frozenset[str], ...] = ()
-    """Column sets with a unique constraint or unique index (primary key included)."""
-
-
-@dataclass(frozen=True)
-class ColumnSpec:
-    """A column of a table to create (the example tables)."""
-
-    name: str
-    kind: ColumnKind
-    nullable: bool = True
-    primary_key: bool = False
-    default: Any = None
-    """A constant server default, or ``"now"`` for the current timestamp."""
-
-
-@dataclass(frozen=True)
-class TableSpec:
-    name: str
-    columns: tuple[ColumnSpec, ...]
-    indexes: tuple[tuple[str, ...], ...] = ()
-    unique: tuple[tuple[str, ...], ...] = ()
-
-
-OrderBy = tuple[str, bool]
-"""(column, descending)."""
-
-
-class RecordStore(Protocol):
-    """Rows of application tables, for tool types such as ``crud``.
-
-    Identifiers must be columns of the reflected table (the store checks again,
-    whatever its caller checked) and every value is bound, never spliced into
-    SQL. ``user_id`` is the user on whose behalf the statement runs; a backend
-    with row-level security uses it for the request's claims, and the others
-    ignore it: scoping by column is the caller's job, done in ``where``.
-    Framework tables (:data:`FRAMEWORK_TABLES`) are refused.
-    """
-
-    async def describe(self, table: str) -> TableInfo | None:
-        """The table's columns, or None when it does not exist."""
-        ...
-
-    async def insert(
-        self,
-        user_id: str,
-        table: str,
-        values: Mapping[str, Any],
-        *,
-        returning: Sequence[str],
-        conflict: Sequence[str] | None = None,
-        scope: Mapping[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        """Insert one row; with ``conflict`` columns, update the row that has the same values.
-
-        With ``scope`` (column -> value), that row is updated only when it has those
-        values, and the scope columns are never rewritten; a conflict with any other
-        row saves nothing, returns nothing of it and raises :class:`InvalidInputError`.
-        """
-        ...
-
-    async def select(
-        self,
-        user_id: str,
-        table: str,
-        where: Mapping[str, Any],
-        *,
-        columns: Sequence[str],
-        order_by: Sequence[OrderBy] = (),
-        limit: int,
-    ) -> builtins.list[dict[str, Any]]: ...
-
-    async def update(
-        self,
-        user_id: str,
-        table: str,
-        where: Mapping[str, Any],
-        values: Mapping[str, Any],
-        *,
-        returning: Sequence[str],
-    ) -> builtins.list[dict[str, Any]]: ...
-
-    async def delete(self, user_id: str, table: str, where: Mapping[str, Any]) -> int: ...
-
-
-@runtime_checkable
-class TableCreator(Protocol):
-    """An optional capability of a :class:`RecordStore`: creating application tables.
-
-    A backend need not offer it (its tables may be managed elsewhere); what
-    creates tables, such as the bundled examples, checks for it with
-    ``isinstance(storage.records, TableCreator)`` and says what is missing.
-    """
-
-    async def ensure_table(self, spec: TableSpec) -> bool:
-        """Create the table unless it exists; True when it was created."""
         ...
 
 

@@ -215,9 +215,10 @@ def test_init_writes_settings_file_and_migrates_database(workdir: Path) -> None:
     result = ok("init")
     assert "Wrote chatwright.toml" in result.output
     config = tomllib.loads((workdir / "chatwright.toml").read_text(encoding="utf-8"))
+    # Without an example the file names no model: the core has none to offer.
     assert config == {
         "storage": {"backend": "sql", "url": "sqlite+aiosqlite:///chatwright.db"},
-        "models": {"default": "offline:assistant"},
+        "models": {},
     }
     info = ok_json("db", "current", "--json")
     assert info["up_to_date"] is True
@@ -233,10 +234,10 @@ def test_init_writes_settings_file_and_migrates_database(workdir: Path) -> None:
 
 def test_init_again_keeps_an_edited_settings_file(workdir: Path) -> None:
     ok("init")
-    ok("agents", "add", "keeper")
+    ok("agents", "add", "keeper", "--model", "offline:assistant")
     path = workdir / "chatwright.toml"
     edited = path.read_text(encoding="utf-8").replace(
-        'default = "offline:assistant"', 'default = "offline:edited"'
+        '# default = "openai:gpt-4o-mini"', 'default = "offline:edited"'
     )
     assert "offline:edited" in edited
     path.write_text(edited, encoding="utf-8")
@@ -256,6 +257,25 @@ def test_init_example_uses_models_default_of_an_existing_settings_file(workdir: 
     assert "Wrote" not in result.output
     assert (workdir / "chatwright.toml").read_text(encoding="utf-8") == text
     assert agent_json("assistant")["model"] == "ollama:llama3.2"
+
+
+def test_init_example_writes_its_model_as_models_default_of_a_new_settings_file() -> None:
+    ok("init", "--example")
+    config = tomllib.loads(Path("chatwright.toml").read_text(encoding="utf-8"))
+    assert config["models"] == {"default": "offline:assistant"}
+    # Agents added afterwards get the example's model, as the quickstart shows.
+    ok("agents", "add", "helper")
+    assert agent_json("helper")["model"] == "offline:assistant"
+
+
+def test_init_example_without_models_default_gives_the_agent_the_example_model(
+    workdir: Path,
+) -> None:
+    text = '[storage]\nbackend = "sql"\n'
+    (workdir / "chatwright.toml").write_text(text, encoding="utf-8")
+    ok("init", "--example")
+    assert (workdir / "chatwright.toml").read_text(encoding="utf-8") == text
+    assert agent_json("assistant")["model"] == "offline:assistant"
 
 
 def test_init_with_config_flag_writes_that_file(workdir: Path) -> None:
@@ -381,7 +401,7 @@ def test_config_show_defaults_text_and_json() -> None:
     assert "[models]" in lines
     assert 'backend = "sql"' in lines
     assert 'url = "sqlite+aiosqlite:///chatwright.db"' in lines
-    assert 'default = "offline:assistant"' in lines
+    assert "# default is not set" in lines
     assert "pool_size = 5" in lines
     assert "echo = false" in lines
 
@@ -389,7 +409,7 @@ def test_config_show_defaults_text_and_json() -> None:
     assert data["storage"]["backend"] == "sql"
     assert data["storage"]["url"] == "sqlite+aiosqlite:///chatwright.db"
     assert data["storage"]["pool_size"] == 5
-    assert data["models"] == {"default": "offline:assistant"}
+    assert data["models"] == {"default": None}
     assert "config_file" not in data
 
 
@@ -463,7 +483,7 @@ def test_db_upgrade_then_current(workdir: Path) -> None:
     assert "up to date" in text
     assert "run `chatwright db upgrade`" not in text
     # Upgrading a current database is harmless and keeps the data.
-    ok("agents", "add", "survivor")
+    ok("agents", "add", "survivor", "--model", "offline:assistant")
     ok("db", "upgrade")
     assert agent_names() == ["survivor"]
 
@@ -482,7 +502,7 @@ def test_agents_list_empty() -> None:
 def test_agents_list_table_and_json() -> None:
     ok("db", "upgrade")
     ok("agents", "add", "beta", "--model", "openai:gpt-4o-mini", "--history-window", "12")
-    ok("agents", "add", "alpha")
+    ok("agents", "add", "alpha", "--model", "offline:assistant")
     rows = ok_json("agents", "list", "--json")
     assert [r["name"] for r in rows] == ["alpha", "beta"]
     for row in rows:
@@ -587,6 +607,7 @@ def test_agents_add_with_every_option(workdir: Path) -> None:
 
 def test_agents_add_defaults_and_inline_prompt(monkeypatch: pytest.MonkeyPatch) -> None:
     ok("db", "upgrade")
+    monkeypatch.setenv("CHATWRIGHT_MODELS__DEFAULT", "offline:assistant")
     ok("agents", "add", "plain")
     plain = agent_json("plain")
     assert plain["model"] == "offline:assistant"
@@ -600,6 +621,18 @@ def test_agents_add_defaults_and_inline_prompt(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("CHATWRIGHT_MODELS__DEFAULT", "ollama:llama3.2")
     ok("agents", "add", "local")
     assert agent_json("local")["model"] == "ollama:llama3.2"
+
+
+def test_agents_add_without_model_or_models_default_says_what_to_give() -> None:
+    ok("db", "upgrade")
+    assert_error(
+        run("agents", "add", "plain"),
+        "'plain'",
+        "--model",
+        "models.default",
+        "CHATWRIGHT_MODELS__DEFAULT",
+    )
+    assert agent_names() == []
 
 
 def test_agents_set_changes_given_fields_and_leaves_the_others(workdir: Path) -> None:
@@ -617,7 +650,7 @@ def test_agents_set_changes_given_fields_and_leaves_the_others(workdir: Path) ->
         "--history-window",
         "7",
     )
-    ok("agents", "add", "bystander", "--prompt", "untouched")
+    ok("agents", "add", "bystander", "--prompt", "untouched", "--model", "offline:assistant")
     bystander = agent_json("bystander")
     first = agent_json("helper")
 
@@ -658,6 +691,8 @@ def test_agents_set_setting_keeps_other_model_settings() -> None:
         "temperature=0.2",
         "--setting",
         "base_url=http://localhost:11434/v1",
+        "--model",
+        "offline:assistant",
     )
     ok("agents", "set", "helper", "--setting", "temperature=0.9")
     assert agent_json("helper")["model_settings"] == {
@@ -673,7 +708,11 @@ def test_agents_add_duplicate_name_keeps_the_existing_agent() -> None:
     ok("db", "upgrade")
     ok("agents", "add", "twin", "--prompt", "original", "--model", "openai:gpt-4o-mini")
     before = agent_json("twin")
-    assert_error(run("agents", "add", "twin", "--prompt", "impostor"), "'twin'", "already exists")
+    assert_error(
+        run("agents", "add", "twin", "--prompt", "impostor", "--model", "openai:gpt-4o"),
+        "'twin'",
+        "already exists",
+    )
     assert agent_json("twin") == before
     assert agent_names() == ["twin"]
 
@@ -686,7 +725,7 @@ def test_agents_show_unknown_agent() -> None:
 
 def test_agents_set_unknown_agent_creates_nothing() -> None:
     ok("db", "upgrade")
-    ok("agents", "add", "real")
+    ok("agents", "add", "real", "--model", "offline:assistant")
     before = agent_json("real")
     assert_error(run("agents", "set", "ghost", "--model", "openai:gpt-4o"), "'ghost'")
     assert agent_names() == ["real"]
@@ -714,7 +753,7 @@ def test_agents_add_rejects_invalid_input(
 ) -> None:
     ok("db", "upgrade")
     (workdir / "prompt.txt").write_text("from file", encoding="utf-8")
-    assert_error(run("agents", "add", "newbie", *args), *needles)
+    assert_error(run("agents", "add", "newbie", "--model", "openai:gpt-4o", *args), *needles)
     assert agent_names() == []
 
 
@@ -747,7 +786,17 @@ def test_agents_set_rejects_invalid_input_and_keeps_the_agent(
     workdir: Path, args: list[str], needles: list[str]
 ) -> None:
     ok("db", "upgrade")
-    ok("agents", "add", "keep", "--prompt", "Keep {memory}", "--setting", "temperature=0.2")
+    ok(
+        "agents",
+        "add",
+        "keep",
+        "--prompt",
+        "Keep {memory}",
+        "--setting",
+        "temperature=0.2",
+        "--model",
+        "offline:assistant",
+    )
     add_tool_rows("keep", ("tasks", True))
     before = agent_json("keep")
     (workdir / "prompt.txt").write_text("from file", encoding="utf-8")
@@ -757,7 +806,7 @@ def test_agents_set_rejects_invalid_input_and_keeps_the_agent(
 
 def test_agents_set_with_nothing_to_change_is_a_usage_error() -> None:
     ok("db", "upgrade")
-    ok("agents", "add", "keep")
+    ok("agents", "add", "keep", "--model", "offline:assistant")
     before = agent_json("keep")
     assert_usage_error(run("agents", "set", "keep"), "nothing to change", "--prompt")
     assert agent_json("keep") == before
@@ -777,7 +826,7 @@ def test_agents_prompt_file_must_exist() -> None:
         pytest.param(["agents", "list"], id="list"),
         pytest.param(["agents", "list", "--json"], id="list-json"),
         pytest.param(["agents", "show", "someone"], id="show"),
-        pytest.param(["agents", "add", "someone"], id="add"),
+        pytest.param(["agents", "add", "someone", "--model", "openai:gpt-4o"], id="add"),
         pytest.param(["agents", "set", "someone", "--model", "openai:gpt-4o"], id="set"),
     ],
 )
@@ -1034,13 +1083,25 @@ def test_postgresql_by_url_only(
     assert after["up_to_date"] is True
     assert after["current"] == after["head"]
 
-    ok("agents", "add", "pgagent", "--setting", "temperature=0.2", "--history-window", "9")
+    ok(
+        "agents",
+        "add",
+        "pgagent",
+        "--setting",
+        "temperature=0.2",
+        "--history-window",
+        "9",
+        "--model",
+        "offline:assistant",
+    )
     rows = ok_json("agents", "list", "--json")
     assert [r["name"] for r in rows] == ["pgagent"]
     assert rows[0]["model_settings"] == {"temperature": 0.2}
     assert isinstance(rows[0]["model_settings"]["temperature"], float)
     assert rows[0]["history_window"] == 9
-    assert_error(run("agents", "add", "pgagent"), "'pgagent'", "already exists")
+    assert_error(
+        run("agents", "add", "pgagent", "--model", "openai:gpt-4o"), "'pgagent'", "already exists"
+    )
 
     # The same with the --database flag instead of the environment.
     monkeypatch.delenv("CHATWRIGHT_STORAGE__URL")

@@ -719,7 +719,8 @@ async def test_sweep_through_the_runtime_fires_executor_evicted(
 
 async def test_offline_quickstart_adds_and_lists_a_task(make_runtime: Make) -> None:
     runtime, _ = await make_runtime()
-    await example.seed(runtime.storage, runtime.settings.models.default)
+    # With no models.default the example gives its agent its own (offline) model.
+    await example.AssistantExample().install(runtime)
     assert (await runtime.storage.agents.get(example.AGENT)).model.startswith("offline:")  # type: ignore[union-attr]
     chat_id = await new_chat(runtime, "local", example.AGENT)
     added = await runtime.chat("local", example.AGENT, chat_id, "add a task to buy milk")

@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field, SecretStr
 
 from chatwright import SettingsRegister, hookimpl
 from chatwright.cli import build_cli
-from chatwright.commands.init import CONFIG_TEMPLATE
+from chatwright.commands.init import config_text
 from chatwright.errors import DuplicateRegistrationError, PluginError, SettingsError
 from chatwright.plugins.crud.settings import CrudSettings
 from chatwright.plugins.eviction.settings import TTLSettings
@@ -59,7 +59,8 @@ def test_zero_config_defaults() -> None:
     assert sql(settings).pool_timeout == 30.0
     assert sql(settings).busy_timeout == 5.0
     assert sql(settings).echo is False
-    assert settings.models.default == "offline:assistant"
+    # The core names no model: the example plugin supplies its own (see test_cli).
+    assert settings.models.default is None
     assert settings.config_file is None
 
 
@@ -603,11 +604,13 @@ def test_free_form_plugin_tables_keep_working(monkeypatch: pytest.MonkeyPatch) -
     assert load_settings().plugins == {"redis": {"url": "redis://cache:6379/0"}}
 
 
-def test_init_template_is_valid(clean_env: Path) -> None:
-    path = write_toml(clean_env / "chatwright.toml", CONFIG_TEMPLATE)
+@pytest.mark.parametrize("model", [None, "offline:assistant", 'odd:"quoted" \\ name'])
+def test_init_template_is_valid(clean_env: Path, model: str | None) -> None:
+    path = write_toml(clean_env / "chatwright.toml", config_text(model))
     settings = load_settings()
     assert settings.config_file == path
     assert settings.storage.url == DEFAULT_URL
+    assert settings.models.default == model
 
 
 # -- property: arbitrary files never crash -----------------------------------------------

@@ -163,7 +163,14 @@ def agents_add(
     from chatwright.agents import validate_agent
 
     fields = _agent_fields(prompt, prompt_file, model, settings_, history_window)
-    fields.setdefault("model", app.settings.models.default)
+    if "model" not in fields:
+        if app.settings.models.default is None:
+            raise InvalidInputError(
+                f"which model for agent {name!r}? give --model PROVIDER:NAME, or set "
+                "models.default (CHATWRIGHT_MODELS__DEFAULT or [models] default in the "
+                "settings file)"
+            )
+        fields["model"] = app.settings.models.default
     valid = validate_agent(name, fields)
     valid.pop("name")
 

@@ -6,6 +6,7 @@ what one is (:class:`Example`) and installs the one asked for.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -28,9 +29,17 @@ backend = "sql"
 url = "sqlite+aiosqlite:///chatwright.db"
 
 [models]
-# Model given to agents created without one. `offline` needs no key and no network.
-default = "offline:assistant"
+# Model given to agents created without one (provider:name).
+{default}
 """
+
+
+def config_text(model: str | None) -> str:
+    """The settings file ``init`` writes; ``model`` becomes models.default when given."""
+    # json.dumps of a str is a valid TOML basic string.
+    line = f"default = {json.dumps(model)}" if model else '# default = "openai:gpt-4o-mini"'
+    return CONFIG_TEMPLATE.format(default=line)
+
 
 # The example `init --example` installs; the bundled `example` plugin registers it.
 DEFAULT_EXAMPLE = "assistant"
@@ -42,6 +51,15 @@ class Example(Protocol):
     @property
     def summary(self) -> str:
         """What it sets up, for messages (``agent 'assistant'``)."""
+        ...
+
+    @property
+    def model(self) -> str | None:
+        """The model spec the example's agent gets when models.default is not set.
+
+        A settings file that ``init --example`` creates names it as models.default,
+        so that agents added later get it too; None for an example with no agent.
+        """
         ...
 
     async def install(self, runtime: Runtime) -> list[str]:
@@ -68,7 +86,9 @@ def init(app: AppContext, example: str | None) -> None:
     )
     path = Path(app.config) if app.config else Path("chatwright.toml")
     if not path.exists():
-        path.write_text(CONFIG_TEMPLATE, encoding="utf-8")
+        # An example written before Example had a model names none.
+        model = getattr(chosen, "model", None) if chosen is not None else None
+        path.write_text(config_text(model), encoding="utf-8")
         click.echo(f"Wrote {path}")
         app.config = str(path)
 

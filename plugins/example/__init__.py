@@ -3,7 +3,10 @@
 It registers the ``assistant`` example (tables ``tasks`` and ``notes``, the
 agent ``assistant`` and its ``crud`` tool rows) and the ``offline`` model
 provider, a few rules that need no key and no network, so that the quickstart
-works before a real model is configured. Blocking this plugin
+works before a real model is configured. The core names no default model: the
+example's agent gets ``offline:assistant`` unless ``models.default`` names
+another, and ``init --example`` writes it as ``models.default`` into the
+settings file it creates. Blocking this plugin
 (``CHATWRIGHT_DISABLE_PLUGINS=example``) leaves a core with no demo in it.
 Nothing beyond the registration is imported until the example is installed or
 the model is built.

@@ -11,12 +11,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from chatwright.errors import StorageError
-from chatwright.stores import ColumnSpec, Storage, TableCreator, TableSpec
+from chatwright.stores import Storage
+from chatwright.tables import ColumnSpec, TableCreator, TableSpec
 
 if TYPE_CHECKING:
     from chatwright.runtime import Runtime
 
 AGENT = "assistant"
+# The bundled offline model: the example works with no key and no network.
+MODEL = "offline:assistant"
 
 PROMPT = """\
 You are a helpful assistant that keeps the user's tasks and notes.
@@ -192,7 +195,8 @@ class AssistantExample:
     """The example as ``register_examples`` registers it: it installs itself."""
 
     summary = f"agent {AGENT!r}"
+    model = MODEL
 
     async def install(self, runtime: Runtime) -> list[str]:
-        # Like `agents add`, the agent gets the model that models.default names.
-        return await seed(runtime.storage, runtime.settings.models.default)
+        # Like `agents add`, the agent gets the model that models.default names, if any.
+        return await seed(runtime.storage, runtime.settings.models.default or MODEL)
