@@ -48,7 +48,7 @@ from typing import Any
 import pluggy
 
 from chatwright import hookspecs
-from chatwright.errors import DuplicateRegistrationError, PluginError, UnknownNameError
+from chatwright.errors import DuplicateRegistrationError, PluginError, UnknownNameError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +83,6 @@ def env_flag(name: str, environ: Mapping[str, str] | None = None) -> bool:
     """Whether a boolean environment variable is on (1, true, yes, on; any case)."""
     env = os.environ if environ is None else environ
     return env.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 @dataclass
@@ -218,7 +213,7 @@ class Plugins:
             try:
                 obj = ep.load()
             except Exception as exc:  # any import-time failure is the plugin's fault
-                self._fail(info, f"failed to import {ep.value}: {_one_line(exc)}", exc)
+                self._fail(info, f"failed to import {ep.value}: {one_line(exc)}", exc)
                 continue
             self._register(obj, info)
         self._pm.check_pending()
@@ -243,7 +238,7 @@ class Plugins:
         try:
             self._pm.register(obj, name=info.name)
         except Exception as exc:  # pluggy validation: wrong argument names and the like
-            self._fail(info, f"failed to register: {_one_line(exc)}", exc)
+            self._fail(info, f"failed to register: {one_line(exc)}", exc)
             return
         unknown = [c.name for c in self._pm.get_hookcallers(obj) or [] if c.spec is None]
         if unknown:
@@ -313,7 +308,7 @@ class Plugins:
         try:
             function()
         except BaseException as exc:
-            self._trace(plugin_name, hook_name, kwargs, start, f"raised {_one_line(exc)}")
+            self._trace(plugin_name, hook_name, kwargs, start, f"raised {one_line(exc)}")
             raise
         result = ""
         if outcome is not None:
@@ -364,7 +359,7 @@ class Plugins:
                     ("registered", mine.keys),
                 )
             except Exception as exc:
-                self._fail(self._infos[plugin_name], f"{hook_name} failed: {_one_line(exc)}", exc)
+                self._fail(self._infos[plugin_name], f"{hook_name} failed: {one_line(exc)}", exc)
                 continue
             for name, reg in mine.items():
                 if name in found:
@@ -426,7 +421,7 @@ class Plugins:
                     )
                 except Exception as exc:
                     self._fail(
-                        self._infos[plugin_name], f"{hook_name} failed: {_one_line(exc)}", exc
+                        self._infos[plugin_name], f"{hook_name} failed: {one_line(exc)}", exc
                     )
                     continue
                 found.update({f"{plugin_name}:{s}": reg for s, reg in mine.items()})
@@ -468,7 +463,7 @@ class Plugins:
                 cli.commands.clear()
                 cli.commands.update(before)
                 self._fail(
-                    self._infos[plugin_name], f"register_commands failed: {_one_line(exc)}", exc
+                    self._infos[plugin_name], f"register_commands failed: {one_line(exc)}", exc
                 )
                 continue
             replaced = sorted(n for n in before if cli.commands.get(n) is not before[n])

@@ -16,7 +16,7 @@ import click
 from chatwright import hookimpl
 from chatwright.cli import AppContext, pass_app
 from chatwright.commands.output import echo_json, echo_list
-from chatwright.errors import InvalidInputError, NotFoundError
+from chatwright.errors import InvalidInputError, UnknownAgentError
 
 if TYPE_CHECKING:
     from chatwright.runtime import Runtime
@@ -118,7 +118,7 @@ def agents_show(app: AppContext, name: str, as_json: bool) -> None:
     async def work(runtime: Runtime) -> dict[str, Any]:
         agent = await runtime.storage.agents.get(name)
         if agent is None:
-            raise NotFoundError(f"no agent named {name!r}; see `chatwright agents list`")
+            raise UnknownAgentError(name)
         data = as_dict(agent)
         data["tools"] = [
             {
@@ -206,7 +206,7 @@ def agents_set(
         if "model_settings" in changes:
             current = await runtime.storage.agents.get(name)
             if current is None:
-                raise NotFoundError(f"no agent named {name!r}; see `chatwright agents list`")
+                raise UnknownAgentError(name)
             stored = current.model_settings
             merged = dict(stored) if isinstance(stored, dict) else {}
             for key, value in changes["model_settings"].items():

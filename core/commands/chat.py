@@ -11,7 +11,12 @@ import click
 
 from chatwright import hookimpl
 from chatwright.cli import AppContext, pass_app
-from chatwright.errors import ChatwrightError, InvalidInputError, NotFoundError
+from chatwright.errors import (
+    ChatwrightError,
+    InvalidInputError,
+    NotFoundError,
+    UnknownAgentError,
+)
 
 if TYPE_CHECKING:
     from chatwright.runtime import Runtime
@@ -38,7 +43,7 @@ def _show(message: Any, *, err: bool = True) -> None:
 async def _pick_agent(runtime: Runtime, name: str | None) -> str:
     if name is not None:
         if await runtime.storage.agents.get(name) is None:
-            raise NotFoundError(f"no agent named {name!r}; see `chatwright agents list`")
+            raise UnknownAgentError(name)
         return name
     names = [a.name for a in await runtime.storage.agents.list()]
     if len(names) == 1:

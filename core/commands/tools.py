@@ -13,7 +13,7 @@ import click
 from chatwright import hookimpl
 from chatwright.cli import AppContext, pass_app
 from chatwright.commands.output import echo_json, echo_list, yes_no
-from chatwright.errors import InvalidInputError, NotFoundError
+from chatwright.errors import InvalidInputError, UnknownAgentError
 
 if TYPE_CHECKING:
     from chatwright.runtime import Runtime
@@ -66,7 +66,7 @@ def tools_list(app: AppContext, agent: str | None, as_json: bool) -> None:
     async def work(runtime: Runtime) -> list[dict[str, Any]]:
         names = {a.id: a.name for a in await runtime.storage.agents.list()}
         if agent is not None and agent not in names.values():
-            raise NotFoundError(f"no agent named {agent!r}; see `chatwright agents list`")
+            raise UnknownAgentError(agent)
         return [
             {"agent": names.get(t.agent_id), **as_dict(t)}
             for t in await runtime.storage.tools.list(agent)
@@ -114,7 +114,7 @@ def tools_add(app: AppContext, agent: str, file: Any) -> None:
         storage = runtime.storage
         found = await storage.agents.get(agent)
         if found is None:
-            raise NotFoundError(f"no agent named {agent!r}; see `chatwright agents list`")
+            raise UnknownAgentError(agent)
         now = datetime.now(UTC)
         candidate = ToolRow(
             id=0,
@@ -157,7 +157,7 @@ def tools_check(app: AppContext, agent: str | None, as_json: bool) -> None:
 
     async def work(runtime: Runtime) -> list[dict[str, Any]]:
         if agent is not None and await runtime.storage.agents.get(agent) is None:
-            raise NotFoundError(f"no agent named {agent!r}; see `chatwright agents list`")
+            raise UnknownAgentError(agent)
         reports = await check_tools(runtime.storage, runtime.settings, runtime.plugins, agent)
         return [r.as_dict() | {"active": r.row.is_active} for r in reports]
 

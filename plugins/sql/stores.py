@@ -17,7 +17,12 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy import exc
 
-from chatwright.errors import AlreadyExistsError, InvalidInputError, NotFoundError
+from chatwright.errors import (
+    AlreadyExistsError,
+    InvalidInputError,
+    NotFoundError,
+    UnknownAgentError,
+)
 from chatwright.plugins.sql import schema
 from chatwright.plugins.sql.rows import from_row, now
 from chatwright.stores import (
@@ -110,7 +115,7 @@ class SQLAgentStore(BoundStore):
                 f"agent {name!r} rejected by the database: {error.orig}"
             ) from None
         if row is None:
-            raise NotFoundError(f"no agent named {name!r}; see `chatwright agents list`")
+            raise UnknownAgentError(name)
         return from_row(Agent, row)
 
     async def delete(self, name: str) -> bool:
@@ -190,9 +195,7 @@ class SQLToolStore(BoundStore):
                     sa.select(schema.agents.c.id).where(schema.agents.c.name == agent_name)
                 )
                 if agent_id is None:
-                    raise NotFoundError(
-                        f"no agent named {agent_name!r}; see `chatwright agents list`"
-                    )
+                    raise UnknownAgentError(agent_name)
                 if position is None:
                     last = await conn.scalar(
                         sa.select(sa.func.max(t.c.position)).where(t.c.agent_id == agent_id)
