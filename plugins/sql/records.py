@@ -19,13 +19,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from chatwright.errors import InvalidInputError, NotFoundError
 from chatwright.stores import (
-    FRAMEWORK_TABLES,
     ColumnInfo,
     ColumnKind,
     ColumnSpec,
     OrderBy,
     TableInfo,
     TableSpec,
+    is_framework_table,
 )
 
 if TYPE_CHECKING:
@@ -86,14 +86,14 @@ class SQLRecordStore:
         self._tables: dict[str, sa.Table] = {}
 
     def _check_name(self, table: str) -> None:
-        if table in FRAMEWORK_TABLES:
+        # The one place the framework's tables are refused: every public method
+        # that takes a table name calls it first, whatever the tool type.
+        if is_framework_table(table):
             raise InvalidInputError(
                 f"table {table!r} belongs to chatwright and is not writable by tools"
             )
 
     async def _reflect(self, table: str) -> sa.Table | None:
-        self._check_name(table)
-
         def reflect(conn: sa.Connection) -> sa.Table | None:
             if not sa.inspect(conn).has_table(table):
                 return None
@@ -130,6 +130,7 @@ class SQLRecordStore:
         return sa.and_(sa.true(), *(c == where[c.name] for c in columns))
 
     async def describe(self, table: str) -> TableInfo | None:
+        self._check_name(table)
         reflected = await self._reflect(table)
         if reflected is None:
             return None
