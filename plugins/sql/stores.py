@@ -24,6 +24,7 @@ from chatwright.errors import (
     UnknownAgentError,
 )
 from chatwright.plugins.sql import schema
+from chatwright.plugins.sql.errors import integrity_message
 from chatwright.plugins.sql.rows import from_row, now
 from chatwright.stores import (
     DEFAULT_HISTORY_WINDOW,
@@ -90,7 +91,7 @@ class SQLAgentStore(BoundStore):
                     f"`chatwright agents set {name}`"
                 ) from None
             raise InvalidInputError(
-                f"agent {name!r} rejected by the database: {error.orig}"
+                f"agent {name!r} rejected by the database: {integrity_message(error, 'agents')}"
             ) from None
         return from_row(Agent, row)
 
@@ -112,7 +113,7 @@ class SQLAgentStore(BoundStore):
                 row = (await conn.execute(stmt)).first()
         except exc.IntegrityError as error:
             raise InvalidInputError(
-                f"agent {name!r} rejected by the database: {error.orig}"
+                f"agent {name!r} rejected by the database: {integrity_message(error, 'agents')}"
             ) from None
         if row is None:
             raise UnknownAgentError(name)
@@ -226,7 +227,7 @@ class SQLToolStore(BoundStore):
                     "or disable the old one with `chatwright tools disable`"
                 ) from None
             raise InvalidInputError(
-                f"tool {name!r} rejected by the database: {error.orig}"
+                f"tool {name!r} rejected by the database: {integrity_message(error, 'agent_tools')}"
             ) from None
         return from_row(ToolRow, row)
 
