@@ -52,7 +52,8 @@ async def agent(name: str, runtime: RuntimeDep, settings: SettingsDep, who: User
                 name=report.row.name,
                 type=report.row.type,
                 description=report.row.description,
-                is_active=report.row.is_active,
+                # A row refused at load is in no chat: not active, whatever its flag.
+                is_active=report.row.is_active and report.ok,
                 **admin,
             )
         )
