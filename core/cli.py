@@ -51,6 +51,19 @@ class AppContext:
             self._settings = load_settings(self.config, self.overrides, self.plugins)
         return self._settings
 
+    def check_named_settings(self) -> None:
+        """Resolve every setting that names a plugin's registration (a typo is one error).
+
+        The runtime resolves them when it starts; a command that starts it late,
+        in a server's start-up, calls this first so nothing is half started.
+        """
+        settings = self.settings
+        get = self.plugins.get
+        get("register_storage_backends", settings.storage.backend, setting="storage.backend")
+        get("register_eviction_policies", settings.cache.policy, setting="cache.policy")
+        if settings.sessions.store != "default":
+            get("register_session_stores", settings.sessions.store, setting="sessions.store")
+
     def runtime(self) -> Runtime:
         from chatwright.runtime import Runtime
 

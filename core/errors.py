@@ -65,6 +65,12 @@ class InvalidInputError(ChatwrightError):
     http_status = 422
 
 
+class TooLargeError(ChatwrightError):
+    """A message or a request is larger than the settings allow."""
+
+    http_status = 413
+
+
 class ModelError(ChatwrightError):
     """The chat model failed during a turn (provider error, timeout, bad reply)."""
 

@@ -130,7 +130,11 @@ def agents_show(app: AppContext, name: str, as_json: bool) -> None:
         ]
         return data
 
+    from chatwright.redaction import redacted
+
     data = app.run(work)
+    # An api_key in model_settings is shown like a secret setting: hidden.
+    data["model_settings"] = redacted(data["model_settings"])
     if as_json:
         echo_json(data)
         return
@@ -160,12 +164,13 @@ def agents_add(
     history_window: int | None,
 ) -> None:
     """Add an agent (model defaults to the models.default setting)."""
-    from chatwright.agents import validate_agent
+    from chatwright.agents import check_model_provider, validate_agent
 
     fields = _agent_fields(prompt, prompt_file, model, settings_, history_window)
     fields.setdefault("model", app.settings.models.default)
     valid = validate_agent(name, fields)
     valid.pop("name")
+    check_model_provider(app.plugins, name, valid["model"])
 
     async def work(runtime: Runtime) -> None:
         agent = await runtime.storage.agents.create(name, **valid)
@@ -191,7 +196,7 @@ def agents_set(
 
     --setting values are merged into the agent's model settings; KEY=null removes KEY.
     """
-    from chatwright.agents import validate_agent
+    from chatwright.agents import check_model_provider, validate_agent
 
     fields = _agent_fields(prompt, prompt_file, model, settings_, history_window)
     if not fields:
@@ -200,6 +205,8 @@ def agents_set(
             "or --history-window"
         )
     valid = validate_agent(name, fields, partial=True)
+    if "model" in valid:
+        check_model_provider(app.plugins, name, valid["model"])
 
     async def work(runtime: Runtime) -> None:
         changes = dict(valid)

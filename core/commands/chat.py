@@ -87,6 +87,11 @@ def chat(
     """
     if chat_id is not None and new_chat:
         raise click.UsageError("give --chat-id or --new, not both")
+    from chatwright.message_limits import check_message
+
+    if message is not None:
+        # The rule the HTTP API applies, before a session is opened for nothing.
+        check_message(app.settings, message)
 
     async def work(runtime: Runtime) -> None:
         name = await _pick_agent(runtime, agent)
@@ -123,6 +128,8 @@ async def _interactive(
     import asyncio
     import contextlib
 
+    from chatwright.message_limits import check_message
+
     with contextlib.suppress(ImportError):
         import readline  # noqa: F401  (line editing and history for input())
     recent = await runtime.storage.messages.window(user, chat_id, 10)
@@ -139,6 +146,7 @@ async def _interactive(
         if not line.strip():
             continue
         try:
+            check_message(runtime.settings, line)
             turn = await runtime.chat(user, agent, chat_id, line, on_message=show)
         except ChatwrightError as exc:
             click.secho(f"Error: {exc}", fg="red", err=True)

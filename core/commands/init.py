@@ -32,6 +32,34 @@ url = "sqlite+aiosqlite:///chatwright.db"
 default = "offline:assistant"
 """
 
+DEFAULT_URL_LINES = """\
+# SQLite file in this directory; postgresql://user@host:5432/dbname for PostgreSQL.
+url = "sqlite+aiosqlite:///chatwright.db"
+"""
+URL_ELSEWHERE_LINES = """\
+# url is not written here: it was given by {source} when this file was
+# written (a URL may hold a password). Set it here or keep giving it there.
+"""
+
+
+def _url_source(app: AppContext) -> str | None:
+    """Where storage.url comes from when not from this file: --database or the environment."""
+    import os
+
+    if app.overrides.get("storage", {}).get("url"):
+        return "--database"
+    if any(name.upper() == "CHATWRIGHT_STORAGE__URL" for name in os.environ):
+        return "CHATWRIGHT_STORAGE__URL"
+    return None
+
+
+def config_text(app: AppContext) -> str:
+    """The new settings file: the SQLite default, or no URL when the one in use is given."""
+    source = _url_source(app)
+    lines = DEFAULT_URL_LINES if source is None else URL_ELSEWHERE_LINES.format(source=source)
+    return CONFIG_TEMPLATE.replace(DEFAULT_URL_LINES, lines)
+
+
 # The example `init --example` installs; the bundled `example` plugin registers it.
 DEFAULT_EXAMPLE = "assistant"
 
@@ -68,7 +96,7 @@ def init(app: AppContext, example: str | None) -> None:
     )
     path = Path(app.config) if app.config else Path("chatwright.toml")
     if not path.exists():
-        path.write_text(CONFIG_TEMPLATE, encoding="utf-8")
+        path.write_text(config_text(app), encoding="utf-8")
         click.echo(f"Wrote {path}")
         app.config = str(path)
 
