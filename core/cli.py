@@ -54,8 +54,8 @@ class AppContext:
     def check_named_settings(self) -> None:
         """Resolve every setting that names a plugin's registration (a typo is one error).
 
-        The runtime resolves them when it starts; a command that starts it late,
-        in a server's start-up, calls this first so nothing is half started.
+        The runtime resolves them when it starts; ``serve`` starts it inside the
+        server's start-up, where a failure is a traceback, so it calls this first.
         """
         settings = self.settings
         get = self.plugins.get

@@ -17,6 +17,7 @@ from chatwright.errors import (
     NotFoundError,
     UnknownAgentError,
 )
+from chatwright.message_limits import check_message  # light: no settings or pydantic import
 
 if TYPE_CHECKING:
     from chatwright.runtime import Runtime
@@ -87,8 +88,6 @@ def chat(
     """
     if chat_id is not None and new_chat:
         raise click.UsageError("give --chat-id or --new, not both")
-    from chatwright.message_limits import check_message
-
     if message is not None:
         # The rule the HTTP API applies, before a session is opened for nothing.
         check_message(app.settings, message)
@@ -127,8 +126,6 @@ async def _interactive(
 ) -> None:
     import asyncio
     import contextlib
-
-    from chatwright.message_limits import check_message
 
     with contextlib.suppress(ImportError):
         import readline  # noqa: F401  (line editing and history for input())
