@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import re
 import string
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from chatwright.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from chatwright.registry import Plugins
 
 PROMPT_PLACEHOLDERS = frozenset({"memory", "custom_instructions"})
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$"
@@ -90,3 +93,23 @@ def validate_agent(name: str, data: dict[str, Any], *, partial: bool = False) ->
             for e in exc.errors()
         )
         raise InvalidInputError(f"invalid agent {name!r}: {problems}") from None
+
+
+def check_model_provider(plugins: Plugins, name: str, model: str) -> None:
+    """Refuse a model spec whose provider no plugin registers, when the agent is stored.
+
+    Only the provider is checked: a missing package or API key is the model
+    factory's to report, at the first chat (see :mod:`chatwright.models`).
+    """
+    provider = model.partition(":")[0]
+    known = plugins.collect("register_models")
+    if provider not in known:
+        import difflib
+
+        close = difflib.get_close_matches(provider, known, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        names = ", ".join(sorted(known)) or "none"
+        raise InvalidInputError(
+            f"invalid agent {name!r}: model: no model provider {provider!r}; {hint}"
+            f"known providers: {names}"
+        )

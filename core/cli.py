@@ -51,6 +51,19 @@ class AppContext:
             self._settings = load_settings(self.config, self.overrides, self.plugins)
         return self._settings
 
+    def check_named_settings(self) -> None:
+        """Resolve every setting that names a plugin's registration (a typo is one error).
+
+        The runtime resolves them when it starts; ``serve`` starts it inside the
+        server's start-up, where a failure is a traceback, so it calls this first.
+        """
+        settings = self.settings
+        get = self.plugins.get
+        get("register_storage_backends", settings.storage.backend, setting="storage.backend")
+        get("register_eviction_policies", settings.cache.policy, setting="cache.policy")
+        if settings.sessions.store != "default":
+            get("register_session_stores", settings.sessions.store, setting="sessions.store")
+
     def runtime(self) -> Runtime:
         from chatwright.runtime import Runtime
 

@@ -45,6 +45,14 @@ class NotFoundError(ChatwrightError):
     http_status = 404
 
 
+class UnknownAgentError(NotFoundError):
+    """No agent has this name: the one wording for the CLI, the API and the runtime."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"no agent named {name!r}; see `chatwright agents list`")
+
+
 class AlreadyExistsError(ChatwrightError):
     """A row with the same unique name already exists."""
 
@@ -57,6 +65,12 @@ class InvalidInputError(ChatwrightError):
     http_status = 422
 
 
+class TooLargeError(ChatwrightError):
+    """A message or a request is larger than the settings allow."""
+
+    http_status = 413
+
+
 class ModelError(ChatwrightError):
     """The chat model failed during a turn (provider error, timeout, bad reply)."""
 
@@ -67,3 +81,16 @@ class ModelConfigError(ChatwrightError):
     """A model cannot be created: unknown provider, missing package or API key."""
 
     http_status = 503
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line of text for a user or a log.
+
+    A :class:`ChatwrightError`'s message is written for users and shown as it
+    is; any other exception is prefixed with its class name, since its message
+    alone ("0", "'x'") often says nothing.
+    """
+    text = " ".join(str(exc).split())
+    if isinstance(exc, ChatwrightError) and text:
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -36,7 +36,7 @@ from typing import Any
 import pluggy
 
 from chatwright import hookspecs
-from chatwright.errors import DuplicateRegistrationError, PluginError, UnknownNameError
+from chatwright.errors import DuplicateRegistrationError, PluginError, UnknownNameError, one_line
 
 # Re-exported: they lived here first, and callers import them from this module.
 from chatwright.load_policy import LoadPolicy as LoadPolicy
@@ -59,11 +59,6 @@ COLLECTIONS: dict[str, str] = {
     "register_settings": "settings section",
 }
 SECTION_NAME = re.compile(r"[a-z][a-z0-9_]*")
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 @dataclass
@@ -169,7 +164,7 @@ class Plugins:
             try:
                 obj = ep.load()
             except Exception as exc:  # any import-time failure is the plugin's fault
-                self._fail(info, f"failed to import {ep.value}: {_one_line(exc)}", exc)
+                self._fail(info, f"failed to import {ep.value}: {one_line(exc)}", exc)
                 continue
             self._register(obj, info)
         self._pm.check_pending()
@@ -194,7 +189,7 @@ class Plugins:
         try:
             self._pm.register(obj, name=info.name)
         except Exception as exc:  # pluggy validation: wrong argument names and the like
-            self._fail(info, f"failed to register: {_one_line(exc)}", exc)
+            self._fail(info, f"failed to register: {one_line(exc)}", exc)
             return
         unknown = [c.name for c in self._pm.get_hookcallers(obj) or [] if c.spec is None]
         if unknown:
@@ -264,7 +259,7 @@ class Plugins:
         try:
             function()
         except BaseException as exc:
-            self._trace(plugin_name, hook_name, kwargs, start, f"raised {_one_line(exc)}")
+            self._trace(plugin_name, hook_name, kwargs, start, f"raised {one_line(exc)}")
             raise
         result = ""
         if outcome is not None:
@@ -315,7 +310,7 @@ class Plugins:
                     ("registered", mine.keys),
                 )
             except Exception as exc:
-                self._fail(self._infos[plugin_name], f"{hook_name} failed: {_one_line(exc)}", exc)
+                self._fail(self._infos[plugin_name], f"{hook_name} failed: {one_line(exc)}", exc)
                 continue
             for name, reg in mine.items():
                 if name in found:
@@ -377,7 +372,7 @@ class Plugins:
                     )
                 except Exception as exc:
                     self._fail(
-                        self._infos[plugin_name], f"{hook_name} failed: {_one_line(exc)}", exc
+                        self._infos[plugin_name], f"{hook_name} failed: {one_line(exc)}", exc
                     )
                     continue
                 found.update({f"{plugin_name}:{s}": reg for s, reg in mine.items()})
@@ -419,7 +414,7 @@ class Plugins:
                 cli.commands.clear()
                 cli.commands.update(before)
                 self._fail(
-                    self._infos[plugin_name], f"register_commands failed: {_one_line(exc)}", exc
+                    self._infos[plugin_name], f"register_commands failed: {one_line(exc)}", exc
                 )
                 continue
             replaced = sorted(n for n in before if cli.commands.get(n) is not before[n])

@@ -40,6 +40,7 @@ from chatwright.errors import (
     ModelError,
     NotFoundError,
     StorageError,
+    UnknownAgentError,
 )
 from chatwright.registry import Plugins
 from chatwright.settings import Settings, load_settings
@@ -228,7 +229,7 @@ class Runtime:
         user_id, name = key
         agent = await self.storage.agents.get(name)
         if agent is None:
-            raise NotFoundError(f"no agent named {name!r}")
+            raise UnknownAgentError(name)
         if isinstance(agent.model_settings, InvalidJSON):
             raise ModelConfigError(
                 f"agent {name!r}: model_settings is not valid JSON ({agent.model_settings.error})"
@@ -250,7 +251,7 @@ class Runtime:
         """The built agent for a user, from the cache when its config has not changed."""
         version = await self.storage.agents.config_version(agent_name)
         if version is None:
-            raise NotFoundError(f"no agent named {agent_name!r}; see `chatwright agents list`")
+            raise UnknownAgentError(agent_name)
         entry = await self.cache.get((user_id, agent_name), version)
         built: BuiltAgent = entry.value
         return built

@@ -38,6 +38,7 @@ from chatwright.tables import RecordStore
 from chatwright.tables import TableCreator as TableCreator
 from chatwright.tables import TableInfo as TableInfo
 from chatwright.tables import TableSpec as TableSpec
+from chatwright.tables import is_framework_table as is_framework_table
 
 DEFAULT_HISTORY_WINDOW = 50
 

@@ -29,6 +29,19 @@ FRAMEWORK_TABLES = frozenset(
     }
 )
 
+
+def is_framework_table(name: str) -> bool:
+    """Whether ``name`` refers to one of :data:`FRAMEWORK_TABLES`, however it is written.
+
+    SQLite matches table names without regard to case and both databases accept
+    a schema in front (``main.chat_messages``, ``public."Agents"``), so every
+    spelling that could reach a framework table counts as one. The one test
+    every layer applies before a tool may name a table.
+    """
+    last = name.strip().rsplit(".", 1)[-1].strip().strip('"`[]')
+    return last.casefold() in FRAMEWORK_TABLES
+
+
 ColumnKind = Literal[
     "string", "integer", "number", "boolean", "date", "datetime", "json", "uuid", "other"
 ]

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from langchain_core.tools import StructuredTool
 from pydantic import BaseModel, ValidationError
 
-from chatwright.errors import ChatwrightError
+from chatwright.errors import ChatwrightError, one_line
 from chatwright.registry import Plugins
 from chatwright.settings import Settings
 from chatwright.stores import InvalidJSON, Storage, TableInfo, ToolRow
@@ -149,11 +149,6 @@ def _json_path(loc: Sequence[int | str]) -> str:
     return path
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text if isinstance(exc, ChatwrightError) and text else f"{type(exc).__name__}: {text}"
-
-
 def parse_config(raw: Any) -> tuple[Mapping[str, Any] | None, ConfigProblem | None]:
     """The row's config as an object, or the problem that prevents it."""
     if isinstance(raw, InvalidJSON):
@@ -195,7 +190,7 @@ async def build_row(row: ToolRow, agent: str, plugins: Plugins, context: ToolCon
             problem(_json_path(error["loc"]), error["msg"].removeprefix("Value error, "))
         return report
     except Exception as exc:  # a config model that fails on odd input must not break loading
-        return problem("config", _one_line(exc))
+        return problem("config", one_line(exc))
     if report.problems:
         return report
     try:
@@ -204,7 +199,7 @@ async def build_row(row: ToolRow, agent: str, plugins: Plugins, context: ToolCon
         for p in exc.problems:
             problem(p.path, p.reason)
     except Exception as exc:  # a broken tool type must not break the agent
-        problem("config", _one_line(exc))
+        problem("config", one_line(exc))
     return report
 
 

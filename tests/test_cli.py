@@ -1113,3 +1113,124 @@ def test_postgresql_by_url_only(
     # Really in PostgreSQL, not in a SQLite file of the working directory.
     assert _pg_agent_names(pg_database) == ["pgagent", "second"]
     assert not (workdir / DB_FILE).exists()
+
+
+# -- the edges users hit ----------------------------------------------------
+
+
+def test_init_with_the_database_in_the_environment_writes_no_other_url(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CHATWRIGHT_STORAGE__URL", "sqlite+aiosqlite:///elsewhere.db")
+    ok("init")
+    text = (workdir / "chatwright.toml").read_text(encoding="utf-8")
+    storage = tomllib.loads(text)["storage"]
+    assert "url" not in storage, text
+    assert "CHATWRIGHT_STORAGE__URL" in text
+    assert (workdir / "elsewhere.db").exists()
+    assert not (workdir / DB_FILE).exists()
+    # The file and the environment agree: the same database next time.
+    assert "elsewhere.db" in ok_json("config", "show", "--json")["storage"]["url"]
+
+
+def test_init_with_the_database_flag_writes_no_other_url(workdir: Path) -> None:
+    ok("--database", "sqlite+aiosqlite:///flagged.db", "init")
+    storage = tomllib.loads((workdir / "chatwright.toml").read_text(encoding="utf-8"))["storage"]
+    assert "url" not in storage
+
+
+def test_init_without_a_database_writes_the_sqlite_default(workdir: Path) -> None:
+    ok("init")
+    storage = tomllib.loads((workdir / "chatwright.toml").read_text(encoding="utf-8"))["storage"]
+    assert storage["url"] == "sqlite+aiosqlite:///chatwright.db"
+
+
+def test_agents_show_hides_secret_model_settings() -> None:
+    ok("db", "upgrade")
+    ok(
+        "agents",
+        "add",
+        "keyed",
+        "--model",
+        "openai:gpt-4o-mini",
+        "--setting",
+        "api_key=sk-very-secret",
+        "--setting",
+        "temperature=0.2",
+        "--setting",
+        "base_url=https://user:hunter2@proxy.example/v1",
+    )
+    for result in (ok("agents", "show", "keyed"), ok("agents", "show", "keyed", "--json")):
+        assert "sk-very-secret" not in result.output
+        assert "hunter2" not in result.output
+    shown = agent_json("keyed")["model_settings"]
+    assert shown["api_key"] == "**********"
+    assert shown["temperature"] == 0.2
+    assert shown["base_url"] == "https://user:***@proxy.example/v1"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(["agents", "add", "typo", "--model", "opnai:gpt-4o"], id="add"),
+        pytest.param(["agents", "set", "assistant", "--model", "opnai:gpt-4o"], id="set"),
+    ],
+)
+def test_an_unknown_model_provider_is_refused_when_the_agent_is_stored(args: list[str]) -> None:
+    ok("init", "--example")
+    before = agent_json("assistant")["model"]
+    assert_error(run(*args), "no model provider 'opnai'", "did you mean 'openai'?")
+    assert agent_names() == ["assistant"]
+    assert agent_json("assistant")["model"] == before
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        pytest.param({"CHATWRIGHT_CACHE__POLICY": "lru-typo"}, "cache.policy", id="cache-policy"),
+        pytest.param({"CHATWRIGHT_SESSIONS__STORE": "nowhere"}, "sessions.store", id="store"),
+    ],
+)
+def test_serve_refuses_an_unknown_plugin_name_in_one_line(
+    workdir: Path, env: dict[str, str], needle: str
+) -> None:
+    script_ok("init", cwd=workdir)
+    proc = script("serve", "--port", "0", cwd=workdir, env=clean_env(**env))
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("Error: ") and needle in line, line
+
+
+def test_serve_on_a_port_in_use_is_one_line(workdir: Path) -> None:
+    import socket
+
+    script_ok("init", cwd=workdir)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = script("serve", "--port", str(port), cwd=workdir)
+    assert proc.returncode == 1, proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("Error: cannot listen on 127.0.0.1:") and "--port" in line, line
+
+
+@pytest.mark.parametrize(
+    ("key", "secret"),
+    [
+        ("api_key", True),
+        ("OPENAI_API_KEY", True),
+        ("accessToken", True),
+        ("jwt_secret", True),
+        ("db_password", True),
+        ("max_tokens", False),
+        ("max_keys", False),
+        ("temperature", False),
+    ],
+)
+def test_one_rule_says_which_keys_hold_secrets(key: str, secret: bool) -> None:
+    from chatwright.redaction import HIDDEN, is_secret_key, redacted
+
+    assert is_secret_key(key) is secret
+    assert (redacted({"nested": {key: "value"}})["nested"][key] == HIDDEN) is secret

@@ -343,3 +343,18 @@ def test_model_with_openai_and_no_key_is_an_error(
         monkeypatch.delenv(name, raising=False)
     ok("agents", "set", "assistant", "--model", "openai:gpt-4o-mini")
     assert_error(run("chat", "-m", "list my tasks"), "OPENAI_API_KEY")
+
+
+@pytest.mark.parametrize(
+    ("message", "needle"),
+    [
+        pytest.param("", "empty", id="empty"),
+        pytest.param("   ", "empty", id="blank"),
+        pytest.param("x" * 20_000, "at most 16000", id="too-long"),
+    ],
+)
+def test_chat_refuses_what_the_http_api_refuses(example: Path, message: str, needle: str) -> None:
+    before = sessions(example)
+    assert_error(run("chat", "assistant", "-m", message), needle)
+    # Refused before a session was opened or anything stored.
+    assert sessions(example) == before

@@ -38,6 +38,7 @@ EXAMPLE_TOOLS = [
 CHECK_KEYS = {"agent", "id", "name", "type", "ok", "problems"}
 LIST_KEYS = {
     "agent",
+    "problems",
     "id",
     "agent_id",
     "name",
@@ -720,3 +721,19 @@ def test_update_with_only_some_args_leaves_the_others_alone() -> None:
     }
     assert nothing == "nothing to change: give at least one of title, status, due_date"
     assert sql("SELECT title, status, due_date FROM tasks") == [("Walk", "done", "2030-01-02")]
+
+
+@pytest.mark.usefixtures("example")
+def test_tools_list_shows_a_row_refused_at_load_as_refused() -> None:
+    row_id = insert_tool("ghost", "crud", {"table": "no_such_table", "operation": "read"})
+    rows = {r[2]: r for r in table_rows(ok("tools", "list").stdout)[1:]}
+    assert rows["ghost"][0] == str(row_id)
+    assert rows["ghost"][4] == "refused"
+    assert rows["add_task"][4] == "yes"
+    listed = by_name(ok_json("tools", "list", "--json"))
+    assert listed["ghost"]["is_active"] is True
+    assert any("no_such_table" in p for p in listed["ghost"]["problems"])
+    assert listed["add_task"]["problems"] == []
+    # A disabled row is "no", whether or not it would load.
+    ok("tools", "disable", str(row_id))
+    assert {r[2]: r[4] for r in table_rows(ok("tools", "list").stdout)[1:]}["ghost"] == "no"

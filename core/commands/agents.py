@@ -16,7 +16,7 @@ import click
 from chatwright import hookimpl
 from chatwright.cli import AppContext, pass_app
 from chatwright.commands.output import echo_json, echo_list
-from chatwright.errors import InvalidInputError, NotFoundError
+from chatwright.errors import InvalidInputError, UnknownAgentError
 
 if TYPE_CHECKING:
     from chatwright.runtime import Runtime
@@ -118,7 +118,7 @@ def agents_show(app: AppContext, name: str, as_json: bool) -> None:
     async def work(runtime: Runtime) -> dict[str, Any]:
         agent = await runtime.storage.agents.get(name)
         if agent is None:
-            raise NotFoundError(f"no agent named {name!r}; see `chatwright agents list`")
+            raise UnknownAgentError(name)
         data = as_dict(agent)
         data["tools"] = [
             {
@@ -130,7 +130,11 @@ def agents_show(app: AppContext, name: str, as_json: bool) -> None:
         ]
         return data
 
+    from chatwright.redaction import redacted
+
     data = app.run(work)
+    # An api_key in model_settings is shown like a secret setting: hidden.
+    data["model_settings"] = redacted(data["model_settings"])
     if as_json:
         echo_json(data)
         return
@@ -160,7 +164,7 @@ def agents_add(
     history_window: int | None,
 ) -> None:
     """Add an agent (model defaults to the models.default setting)."""
-    from chatwright.agents import validate_agent
+    from chatwright.agents import check_model_provider, validate_agent
 
     fields = _agent_fields(prompt, prompt_file, model, settings_, history_window)
     if "model" not in fields:
@@ -173,6 +177,7 @@ def agents_add(
         fields["model"] = app.settings.models.default
     valid = validate_agent(name, fields)
     valid.pop("name")
+    check_model_provider(app.plugins, name, valid["model"])
 
     async def work(runtime: Runtime) -> None:
         agent = await runtime.storage.agents.create(name, **valid)
@@ -198,7 +203,7 @@ def agents_set(
 
     --setting values are merged into the agent's model settings; KEY=null removes KEY.
     """
-    from chatwright.agents import validate_agent
+    from chatwright.agents import check_model_provider, validate_agent
 
     fields = _agent_fields(prompt, prompt_file, model, settings_, history_window)
     if not fields:
@@ -207,13 +212,15 @@ def agents_set(
             "or --history-window"
         )
     valid = validate_agent(name, fields, partial=True)
+    if "model" in valid:
+        check_model_provider(app.plugins, name, valid["model"])
 
     async def work(runtime: Runtime) -> None:
         changes = dict(valid)
         if "model_settings" in changes:
             current = await runtime.storage.agents.get(name)
             if current is None:
-                raise NotFoundError(f"no agent named {name!r}; see `chatwright agents list`")
+                raise UnknownAgentError(name)
             stored = current.model_settings
             merged = dict(stored) if isinstance(stored, dict) else {}
             for key, value in changes["model_settings"].items():

@@ -11,7 +11,13 @@ import click
 
 from chatwright import hookimpl
 from chatwright.cli import AppContext, pass_app
-from chatwright.errors import ChatwrightError, InvalidInputError, NotFoundError
+from chatwright.errors import (
+    ChatwrightError,
+    InvalidInputError,
+    NotFoundError,
+    UnknownAgentError,
+)
+from chatwright.message_limits import check_message  # light: no settings or pydantic import
 
 if TYPE_CHECKING:
     from chatwright.runtime import Runtime
@@ -38,7 +44,7 @@ def _show(message: Any, *, err: bool = True) -> None:
 async def _pick_agent(runtime: Runtime, name: str | None) -> str:
     if name is not None:
         if await runtime.storage.agents.get(name) is None:
-            raise NotFoundError(f"no agent named {name!r}; see `chatwright agents list`")
+            raise UnknownAgentError(name)
         return name
     names = [a.name for a in await runtime.storage.agents.list()]
     if len(names) == 1:
@@ -82,6 +88,9 @@ def chat(
     """
     if chat_id is not None and new_chat:
         raise click.UsageError("give --chat-id or --new, not both")
+    if message is not None:
+        # The rule the HTTP API applies, before a session is opened for nothing.
+        check_message(app.settings, message)
 
     async def work(runtime: Runtime) -> None:
         name = await _pick_agent(runtime, agent)
@@ -134,6 +143,7 @@ async def _interactive(
         if not line.strip():
             continue
         try:
+            check_message(runtime.settings, line)
             turn = await runtime.chat(user, agent, chat_id, line, on_message=show)
         except ChatwrightError as exc:
             click.secho(f"Error: {exc}", fg="red", err=True)

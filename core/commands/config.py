@@ -21,28 +21,12 @@ def config() -> None:
 
 
 def _redacted(settings: Settings) -> dict[str, Any]:
-    from sqlalchemy.engine import make_url
+    from chatwright.redaction import hide_url, redacted
 
-    def hide(value: str) -> str:
-        try:
-            return make_url(value).render_as_string(hide_password=True)
-        except Exception:
-            return "<unparseable URL hidden>"
-
-    # SecretStr values (a plugin's too) dump as "**********"; URLs may hold a password.
-    data = settings.model_dump(mode="json")
-    data["storage"]["url"] = hide(settings.storage.url)
-    for name, values in data.items():
-        for key, value in values.items():
-            if name != "plugins" and isinstance(value, str) and "://" in value:
-                values[key] = hide(value)
-    secret_words = ("password", "secret", "token", "key")
-    for section in data.get("plugins", {}).values():
-        for key, value in section.items():
-            if any(word in key.lower() for word in secret_words):
-                section[key] = "**********"
-            elif isinstance(value, str) and "://" in value:
-                section[key] = hide(value)
+    # SecretStr values (a plugin's too) dump as "**********" already.
+    data: dict[str, Any] = redacted(settings.model_dump(mode="json"))
+    # Even a storage.url that is not a URL at all may hold a password.
+    data["storage"]["url"] = hide_url(settings.storage.url)
     return data
 
 

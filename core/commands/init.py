@@ -33,12 +33,40 @@ url = "sqlite+aiosqlite:///chatwright.db"
 {default}
 """
 
+DEFAULT_URL_LINES = """\
+# SQLite file in this directory; postgresql://user@host:5432/dbname for PostgreSQL.
+url = "sqlite+aiosqlite:///chatwright.db"
+"""
+URL_ELSEWHERE_LINES = """\
+# url is not written here: it was given by {source} when this file was
+# written (a URL may hold a password). Set it here or keep giving it there.
+"""
 
-def config_text(model: str | None) -> str:
-    """The settings file ``init`` writes; ``model`` becomes models.default when given."""
+
+def _url_source(app: AppContext) -> str | None:
+    """Where storage.url comes from when not from this file: --database or the environment."""
+    import os
+
+    if app.overrides.get("storage", {}).get("url"):
+        return "--database"
+    if any(name.upper() == "CHATWRIGHT_STORAGE__URL" for name in os.environ):
+        return "CHATWRIGHT_STORAGE__URL"
+    return None
+
+
+def config_text(model: str | None, url_source: str | None = None) -> str:
+    """The settings file ``init`` writes.
+
+    :param model: written as models.default when given.
+    :param url_source: where the database URL in use was given (``--database``,
+        the environment); then no URL is written, rather than the SQLite default.
+    """
     # json.dumps of a str is a valid TOML basic string.
     line = f"default = {json.dumps(model)}" if model else '# default = "openai:gpt-4o-mini"'
-    return CONFIG_TEMPLATE.format(default=line)
+    text = CONFIG_TEMPLATE.format(default=line)
+    if url_source is not None:
+        text = text.replace(DEFAULT_URL_LINES, URL_ELSEWHERE_LINES.format(source=url_source))
+    return text
 
 
 # The example `init --example` installs; the bundled `example` plugin registers it.
@@ -88,7 +116,7 @@ def init(app: AppContext, example: str | None) -> None:
     if not path.exists():
         # An example written before Example had a model names none.
         model = getattr(chosen, "model", None) if chosen is not None else None
-        path.write_text(config_text(model), encoding="utf-8")
+        path.write_text(config_text(model, _url_source(app)), encoding="utf-8")
         click.echo(f"Wrote {path}")
         app.config = str(path)
 

@@ -13,7 +13,7 @@ import click
 from chatwright import hookimpl
 from chatwright.cli import AppContext, pass_app
 from chatwright.commands.output import echo_json, echo_list, yes_no
-from chatwright.errors import InvalidInputError, NotFoundError
+from chatwright.errors import InvalidInputError, UnknownAgentError
 
 if TYPE_CHECKING:
     from chatwright.runtime import Runtime
@@ -60,20 +60,26 @@ def _tool_definition(text: str, source: str) -> dict[str, Any]:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_app
 def tools_list(app: AppContext, agent: str | None, as_json: bool) -> None:
-    """List tool rows (all agents, or one)."""
+    """List tool rows (all agents, or one); an active row that does not load is "refused"."""
     from chatwright.stores import as_dict
+    from chatwright.tools import check_tools
 
     async def work(runtime: Runtime) -> list[dict[str, Any]]:
-        names = {a.id: a.name for a in await runtime.storage.agents.list()}
-        if agent is not None and agent not in names.values():
-            raise NotFoundError(f"no agent named {agent!r}; see `chatwright agents list`")
+        if agent is not None and await runtime.storage.agents.get(agent) is None:
+            raise UnknownAgentError(agent)
+        reports = await check_tools(runtime.storage, runtime.settings, runtime.plugins, agent)
         return [
-            {"agent": names.get(t.agent_id), **as_dict(t)}
-            for t in await runtime.storage.tools.list(agent)
+            {
+                "agent": r.agent,
+                **as_dict(r.row),
+                "problems": [p.brief() for p in r.problems],
+            }
+            for r in reports
         ]
 
+    rows = app.run(work)
     echo_list(
-        app.run(work),
+        rows,
         as_json=as_json,
         empty="No tools; add one with `chatwright tools add --agent NAME --file tool.json`.",
         headers=["id", "agent", "name", "type", "active", "position"],
@@ -82,10 +88,22 @@ def tools_list(app: AppContext, agent: str | None, as_json: bool) -> None:
             r["agent"],
             r["name"],
             r["type"],
-            yes_no(r["is_active"]),
+            _active(r),
             r["position"],
         ),
     )
+    refused = sum(1 for r in rows if _active(r) == "refused")
+    if refused and not as_json:
+        click.echo(
+            f"{refused} active row(s) refused at load; `chatwright tools check` says why", err=True
+        )
+
+
+def _active(row: dict[str, Any]) -> str:
+    # An active row that fails to load is not in any chat: say so, not "yes".
+    if row["is_active"] and row["problems"]:
+        return "refused"
+    return yes_no(row["is_active"])
 
 
 @tools.command("add")
@@ -114,7 +132,7 @@ def tools_add(app: AppContext, agent: str, file: Any) -> None:
         storage = runtime.storage
         found = await storage.agents.get(agent)
         if found is None:
-            raise NotFoundError(f"no agent named {agent!r}; see `chatwright agents list`")
+            raise UnknownAgentError(agent)
         now = datetime.now(UTC)
         candidate = ToolRow(
             id=0,
@@ -157,7 +175,7 @@ def tools_check(app: AppContext, agent: str | None, as_json: bool) -> None:
 
     async def work(runtime: Runtime) -> list[dict[str, Any]]:
         if agent is not None and await runtime.storage.agents.get(agent) is None:
-            raise NotFoundError(f"no agent named {agent!r}; see `chatwright agents list`")
+            raise UnknownAgentError(agent)
         reports = await check_tools(runtime.storage, runtime.settings, runtime.plugins, agent)
         return [r.as_dict() | {"active": r.row.is_active} for r in reports]
 

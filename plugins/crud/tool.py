@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from chatwright.errors import InvalidInputError, NotFoundError
 from chatwright.plugins.crud.config import ArgSpec, CrudConfig
 from chatwright.plugins.crud.settings import CrudSettings
-from chatwright.stores import FRAMEWORK_TABLES, ColumnInfo, TableInfo, ToolRow
+from chatwright.stores import ColumnInfo, TableInfo, ToolRow, is_framework_table
 from chatwright.tools import (
     ConfigProblem,
     StrictTool,
@@ -122,7 +122,9 @@ class CrudToolType:
         return CrudTool(row, config, table, context).as_tool()
 
     async def _check(self, config: CrudConfig, context: ToolContext) -> TableInfo:
-        if config.table in FRAMEWORK_TABLES:
+        # The record store refuses these tables too; checked here as well so that the
+        # refusal is a problem of the row at load, not an error of its first call.
+        if is_framework_table(config.table):
             raise ToolConfigError(
                 [
                     ConfigProblem(

@@ -51,8 +51,10 @@ def serve_app(app: AppContext, host: str | None, port: int | None, workers: int 
     if server:
         app.overrides["server"] = {**app.overrides.get("server", {}), **server}
     settings = app.settings
+    app.check_named_settings()
     config = settings.section(ServerSettings)
     check_bind(settings, config.host)
+    _check_port(config.host, config.port)
     if config.workers > 1 and settings.storage.url.startswith("sqlite"):
         from chatwright.errors import SettingsError
 
@@ -83,3 +85,26 @@ def serve_app(app: AppContext, host: str | None, port: int | None, workers: int 
         host=config.host,
         port=config.port,
     )
+
+
+def _check_port(host: str, port: int) -> None:
+    """One line for an address in use, before uvicorn starts and logs a failed start."""
+    import socket
+
+    from chatwright.errors import SettingsError
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        raise SettingsError(f"server.host {host!r} does not resolve ({exc.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        # As uvicorn binds: a port left in TIME_WAIT by the last run is free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise SettingsError(
+                f"cannot listen on {host}:{port} ({exc.strerror}); stop what uses the port "
+                "or pick another with --port"
+            ) from None

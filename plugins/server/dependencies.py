@@ -13,7 +13,7 @@ from typing import Annotated
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from chatwright.errors import NotFoundError
+from chatwright.errors import UnknownAgentError
 from chatwright.plugins.server.auth import Principal, bearer, principal_from_token
 from chatwright.plugins.server.metrics import ServerMetrics
 from chatwright.runtime import Runtime
@@ -50,7 +50,7 @@ def principal(
 
 async def agent_exists(runtime: Runtime, name: str) -> None:
     if await runtime.storage.agents.get(name) is None:
-        raise NotFoundError(f"no agent named {name!r}")
+        raise UnknownAgentError(name)
 
 
 RuntimeDep = Annotated[Runtime, Depends(runtime_of)]

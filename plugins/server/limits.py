@@ -1,10 +1,9 @@
-"""Size limits: oversized messages and request bodies get 413 before any work is done."""
+"""Size limits of request bodies: 413 before a body is read (messages: message_limits)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from chatwright.errors import ChatwrightError
 from chatwright.plugins.server.errors import error_response
 from chatwright.plugins.server.settings import ServerSettings
 
@@ -14,16 +13,6 @@ if TYPE_CHECKING:
     from fastapi import FastAPI, Request, Response
 
     from chatwright.settings import Settings
-
-
-class TooLargeError(ChatwrightError):
-    http_status = 413
-
-
-def check_message(settings: Settings, message: str) -> None:
-    cap = settings.section(ServerSettings).max_message_chars
-    if len(message) > cap:
-        raise TooLargeError(f"message too long ({len(message)} characters; at most {cap})")
 
 
 def install(app: FastAPI, settings: Settings) -> None:

@@ -35,18 +35,10 @@ class SQLSessionStore(BoundStore):
         metadata: Mapping[str, Any] | None = None,
     ) -> ChatSession:
         s = schema.chat_sessions
-        if chat_id is not None:
-            # Ownership is checked across all users (with row-level security a user's
-            # own transaction could not see that the chat belongs to someone else).
-            owner = await self.chat_owner(chat_id)
-            if owner is not None and owner[0] != user_id:
-                raise NotFoundError(f"no chat {chat_id} for this user")
-            if owner is not None and owner[1] != agent_name:
-                raise InvalidInputError(
-                    f"chat {chat_id} belongs to agent {owner[1]!r}, not {agent_name!r}"
-                )
         try:
             async with self.db.write(user_id) as conn:
+                if chat_id is not None:
+                    await self._claim(conn, user_id, agent_name, chat_id)
                 if client_key is not None:
                     existing = await self._active_with_key(conn, user_id, agent_name, client_key)
                     if existing is not None:
@@ -106,12 +98,47 @@ class SQLSessionStore(BoundStore):
         ).first()
         return from_row(ChatSession, row) if row else None
 
+    async def _claim(
+        self, conn: AsyncConnection, user_id: str, agent_name: str, chat_id: uuid.UUID
+    ) -> None:
+        """Refuse a chat that is someone else's, atomically with the insert that claims it.
+
+        Two users opening the same new chat_id at once are serialized here: the
+        first one's session is committed before the second one looks, so the
+        second is refused exactly like for any other user's chat. SQLite's write
+        transactions (``BEGIN IMMEDIATE``) are serialized already; on PostgreSQL
+        a transaction-scoped advisory lock on the chat does it.
+        """
+        if self.db.dialect == "postgresql":
+            await conn.execute(
+                sa.select(
+                    sa.func.pg_advisory_xact_lock(
+                        sa.func.hashtextextended(f"chatwright:claim:{chat_id}", 0)
+                    )
+                )
+            )
+            # Across all users, on a connection of its own: with row-level security
+            # this user's transaction could not see that the chat is someone else's.
+            owner = await self.chat_owner(chat_id)
+        else:
+            owner = await self._owner(conn, chat_id)
+        if owner is not None and owner[0] != user_id:
+            raise NotFoundError(f"no chat {chat_id} for this user")
+        if owner is not None and owner[1] != agent_name:
+            raise InvalidInputError(
+                f"chat {chat_id} belongs to agent {owner[1]!r}, not {agent_name!r}"
+            )
+
     @staticmethod
     async def _owner(conn: AsyncConnection, chat_id: uuid.UUID) -> tuple[str, str] | None:
         s = schema.chat_sessions
+        # The first session decides, should rows made before claims were atomic disagree.
         row = (
             await conn.execute(
-                sa.select(s.c.user_id, s.c.agent_name).where(s.c.chat_id == chat_id).limit(1)
+                sa.select(s.c.user_id, s.c.agent_name)
+                .where(s.c.chat_id == chat_id)
+                .order_by(s.c.created_at, s.c.id)
+                .limit(1)
             )
         ).first()
         return (row.user_id, row.agent_name) if row else None

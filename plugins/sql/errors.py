@@ -2,24 +2,45 @@
 
 A refused row-level-security check or a value the database cannot hold is the
 caller's mistake (:class:`InvalidInputError`); a missing table, a rejected
-statement or an unreachable server is the database's (:class:`StorageError`),
-with the database named and, when a migration is missing, what to run.
+statement or an unreachable server is the database's (:class:`StorageError`).
+
+What these errors say reaches the model, the API client and the terminal, so
+it never holds the database's URL or file path, the SQL text or another row's
+values: those go to the log (logger ``chatwright.plugins.sql.errors``) only.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 from typing import Any
 
 from sqlalchemy import exc
 
 from chatwright.errors import InvalidInputError, StorageError
 
+log = logging.getLogger(__name__)
+
+# Where the details are, for the operator who reads a user's error.
+DETAILS = "the server log has the details"
+
+
+def driver_text(error: BaseException) -> str:
+    """The driver's own message on one line (for the log, never for a user)."""
+    orig = getattr(error, "orig", None)
+    return " ".join(str(orig if orig is not None else error).split())
+
+
+def _statement_fault(reason: str) -> bool:
+    # SQLite reports a statement that no longer fits the schema as an operational error.
+    return reason.startswith(("no such column", "table ", "near ", "ambiguous column"))
+
 
 class DatabaseErrors:
     """Turns driver errors about reaching the database into :class:`StorageError`.
 
-    :param description: how the database is named in messages (its URL
-        without the password).
+    :param description: how the database is named in the log (its URL without
+        the password); never in an error's message.
     """
 
     def __init__(self, description: str) -> None:
@@ -37,16 +58,69 @@ class DatabaseErrors:
             ) from error
         if isinstance(error, exc.DataError):
             # A value the database cannot hold (a NUL character, an integer out of range).
-            reason = " ".join(str(error.orig).split()) if error.orig else str(error)
-            raise InvalidInputError(f"the database refused a value: {reason}") from error
+            log.warning("database %s refused a value: %s", self.description, driver_text(error))
+            raise InvalidInputError(
+                "the database refused a value (out of range or not of the column's type)"
+            ) from error
         if not isinstance(error, exc.OperationalError | exc.InterfaceError | exc.ProgrammingError):
             return
-        reason = " ".join(str(error.orig).split()) if error.orig else str(error)
-        where = f"database {self.description}"
-        if "no such table" in reason or ("relation" in reason and "does not exist" in reason):
-            raise StorageError(
-                f"{where} lacks a table ({reason}); run `chatwright db upgrade`"
-            ) from error
-        if isinstance(error, exc.ProgrammingError):
-            raise StorageError(f"{where} rejected a statement: {reason}") from error
-        raise StorageError(f"{where} is unavailable: {reason}") from error
+        reason = driver_text(error)
+        log.warning("database %s: %s", self.description, reason)
+        if reason.startswith("no such table") or sqlstate == "42P01":  # 42P01: undefined_table
+            raise StorageError("the database lacks a table; run `chatwright db upgrade`") from error
+        if isinstance(error, exc.ProgrammingError) or _statement_fault(reason):
+            raise StorageError(f"the database rejected a statement; {DETAILS}") from error
+        raise StorageError(f"the database is unavailable; {DETAILS}") from error
+
+
+_SQLITE_CONSTRAINT = re.compile(r"^(UNIQUE|NOT NULL) constraint failed: (.+)$")
+_POSTGRES_KEY = re.compile(r"Key \(([^)]*)\)=")
+
+
+def _columns_of_sqlite(listed: str) -> list[str]:
+    # "tasks.user_id, tasks.title": the columns, without the table.
+    return [part.strip().rsplit(".", 1)[-1] for part in listed.split(",") if part.strip()]
+
+
+def integrity_message(error: exc.IntegrityError, table: str) -> str:
+    """What a refused row did wrong, naming columns and never another row's values.
+
+    PostgreSQL's detail quotes the conflicting row ("Key (email)=(alice@…)
+    already exists"): only the column names are taken from it.
+    """
+    orig = error.orig
+    diag = getattr(orig, "diag", None)
+    sqlstate = getattr(orig, "sqlstate", None)
+    text = str(orig) if orig is not None else str(error)
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    columns: list[str] = []
+    kind = ""
+    found = _SQLITE_CONSTRAINT.match(first)
+    if found:
+        kind = "unique" if found.group(1) == "UNIQUE" else "not null"
+        columns = _columns_of_sqlite(found.group(2))
+    elif sqlstate == "23505":
+        kind = "unique"
+        key = _POSTGRES_KEY.search(getattr(diag, "message_detail", None) or text)
+        columns = [c.strip().strip('"') for c in key.group(1).split(",")] if key else []
+    elif sqlstate == "23502":
+        kind = "not null"
+        column = getattr(diag, "column_name", None)
+        columns = [column] if column else []
+    log.info("table %r refused a row: %s", table, " ".join(text.split()))
+    names = ", ".join(repr(c) for c in columns)
+    if kind == "unique" and columns:
+        plural = "s" if len(columns) > 1 else ""
+        return (
+            f"another row of {table!r} already has the same value{plural} of {names} "
+            "(unique); use another value"
+        )
+    if kind == "unique":
+        return f"another row of {table!r} already has the same unique value; use another value"
+    if kind == "not null" and columns:
+        return f"column {names} of {table!r} needs a value"
+    if "FOREIGN KEY" in first or sqlstate == "23503":
+        return f"a value given for {table!r} refers to a row that does not exist"
+    if "CHECK" in first or sqlstate == "23514":
+        return f"a value given for {table!r} breaks one of its checks"
+    return f"the values do not fit the constraints of {table!r}"

@@ -18,14 +18,15 @@ from sqlalchemy import exc
 from sqlalchemy.dialects import postgresql, sqlite
 
 from chatwright.errors import InvalidInputError, NotFoundError
+from chatwright.plugins.sql.errors import integrity_message
 from chatwright.stores import (
-    FRAMEWORK_TABLES,
     ColumnInfo,
     ColumnKind,
     ColumnSpec,
     OrderBy,
     TableInfo,
     TableSpec,
+    is_framework_table,
 )
 
 if TYPE_CHECKING:
@@ -74,26 +75,20 @@ def _server_default(spec: ColumnSpec) -> Any:
     return str(spec.default)
 
 
-def _first_line(error: exc.DBAPIError) -> str:
-    # Drop DETAIL lines: they can quote values of rows the caller may not see.
-    text = str(error.orig) if error.orig is not None else str(error)
-    return text.strip().splitlines()[0] if text.strip() else type(error).__name__
-
-
 class SQLRecordStore:
     def __init__(self, db: SQLStorage) -> None:
         self.db = db
         self._tables: dict[str, sa.Table] = {}
 
     def _check_name(self, table: str) -> None:
-        if table in FRAMEWORK_TABLES:
+        # The one place the framework's tables are refused: every public method
+        # that takes a table name calls it first, whatever the tool type.
+        if is_framework_table(table):
             raise InvalidInputError(
                 f"table {table!r} belongs to chatwright and is not writable by tools"
             )
 
     async def _reflect(self, table: str) -> sa.Table | None:
-        self._check_name(table)
-
         def reflect(conn: sa.Connection) -> sa.Table | None:
             if not sa.inspect(conn).has_table(table):
                 return None
@@ -130,6 +125,7 @@ class SQLRecordStore:
         return sa.and_(sa.true(), *(c == where[c.name] for c in columns))
 
     async def describe(self, table: str) -> TableInfo | None:
+        self._check_name(table)
         reflected = await self._reflect(table)
         if reflected is None:
             return None
@@ -154,16 +150,18 @@ class SQLRecordStore:
                 unique.append(frozenset(c.name for c in index.columns if isinstance(c, sa.Column)))
         return TableInfo(name=table, columns=columns, unique=tuple(u for u in unique if u))
 
-    async def _execute(self, stmt: sa.Executable, user_id: str) -> tuple[list[dict[str, Any]], int]:
+    async def _execute(
+        self, stmt: sa.Executable, user_id: str, table: str
+    ) -> tuple[list[dict[str, Any]], int]:
         """Rows (as dicts) and row count of one statement in its own transaction."""
         try:
             async with self.db.write(user_id) as conn:
                 result = await conn.execute(stmt)
                 rows = [dict(r) for r in result.mappings()] if result.returns_rows else []
                 return rows, result.rowcount
-        except (exc.IntegrityError, exc.DataError) as error:
+        except exc.IntegrityError as error:
             raise InvalidInputError(
-                f"the database rejected the values: {_first_line(error)}"
+                f"the database rejected the values: {integrity_message(error, table)}"
             ) from None
 
     async def insert(
@@ -196,7 +194,7 @@ class SQLRecordStore:
             )
         else:
             stmt = t.insert().values(dict(values))
-        rows, _ = await self._execute(stmt.returning(*back), user_id)
+        rows, _ = await self._execute(stmt.returning(*back), user_id, table)
         if not rows:
             raise InvalidInputError(
                 f"nothing saved: the values conflict with a row of {table!r} "
@@ -219,7 +217,7 @@ class SQLRecordStore:
         for name, descending in order_by:
             (column,) = self._columns(t, [name])
             stmt = stmt.order_by(column.desc() if descending else column.asc())
-        rows, _ = await self._execute(stmt, user_id)
+        rows, _ = await self._execute(stmt, user_id, table)
         return rows
 
     async def update(
@@ -241,14 +239,14 @@ class SQLRecordStore:
             .values(dict(values))
             .returning(*self._columns(t, returning))
         )
-        rows, _ = await self._execute(stmt, user_id)
+        rows, _ = await self._execute(stmt, user_id, table)
         return rows
 
     async def delete(self, user_id: str, table: str, where: Mapping[str, Any]) -> int:
         if not where:
             raise InvalidInputError(f"refusing to delete every row of {table!r}: no condition")
         t = await self._table(table)
-        _, count = await self._execute(t.delete().where(self._where(t, where)), user_id)
+        _, count = await self._execute(t.delete().where(self._where(t, where)), user_id, table)
         return count
 
     async def ensure_table(self, spec: TableSpec) -> bool:

@@ -17,8 +17,14 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy import exc
 
-from chatwright.errors import AlreadyExistsError, InvalidInputError, NotFoundError
+from chatwright.errors import (
+    AlreadyExistsError,
+    InvalidInputError,
+    NotFoundError,
+    UnknownAgentError,
+)
 from chatwright.plugins.sql import schema
+from chatwright.plugins.sql.errors import integrity_message
 from chatwright.plugins.sql.rows import from_row, now
 from chatwright.stores import (
     DEFAULT_HISTORY_WINDOW,
@@ -85,7 +91,7 @@ class SQLAgentStore(BoundStore):
                     f"`chatwright agents set {name}`"
                 ) from None
             raise InvalidInputError(
-                f"agent {name!r} rejected by the database: {error.orig}"
+                f"agent {name!r} rejected by the database: {integrity_message(error, 'agents')}"
             ) from None
         return from_row(Agent, row)
 
@@ -107,10 +113,10 @@ class SQLAgentStore(BoundStore):
                 row = (await conn.execute(stmt)).first()
         except exc.IntegrityError as error:
             raise InvalidInputError(
-                f"agent {name!r} rejected by the database: {error.orig}"
+                f"agent {name!r} rejected by the database: {integrity_message(error, 'agents')}"
             ) from None
         if row is None:
-            raise NotFoundError(f"no agent named {name!r}; see `chatwright agents list`")
+            raise UnknownAgentError(name)
         return from_row(Agent, row)
 
     async def delete(self, name: str) -> bool:
@@ -190,9 +196,7 @@ class SQLToolStore(BoundStore):
                     sa.select(schema.agents.c.id).where(schema.agents.c.name == agent_name)
                 )
                 if agent_id is None:
-                    raise NotFoundError(
-                        f"no agent named {agent_name!r}; see `chatwright agents list`"
-                    )
+                    raise UnknownAgentError(agent_name)
                 if position is None:
                     last = await conn.scalar(
                         sa.select(sa.func.max(t.c.position)).where(t.c.agent_id == agent_id)
@@ -223,7 +227,7 @@ class SQLToolStore(BoundStore):
                     "or disable the old one with `chatwright tools disable`"
                 ) from None
             raise InvalidInputError(
-                f"tool {name!r} rejected by the database: {error.orig}"
+                f"tool {name!r} rejected by the database: {integrity_message(error, 'agent_tools')}"
             ) from None
         return from_row(ToolRow, row)
 

@@ -39,6 +39,7 @@ import httpx
 from langchain_core.tools import BaseTool, ToolException
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from chatwright.errors import one_line
 from chatwright.stores import ToolRow
 from chatwright.tools import (
     ConfigProblem,
@@ -98,11 +99,6 @@ def as_text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _shown(url: httpx.URL) -> str:
@@ -348,9 +344,9 @@ class HttpTool:
         except (TimeoutError, httpx.TimeoutException):
             raise ToolException(f"{where} timed out after {config.timeout:g} s") from None
         except httpx.ConnectError as exc:
-            raise ToolException(f"{where}: could not connect ({_one_line(exc)})") from None
+            raise ToolException(f"{where}: could not connect ({one_line(exc)})") from None
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            raise ToolException(f"{where} failed: {_one_line(exc)}") from None
+            raise ToolException(f"{where} failed: {one_line(exc)}") from None
         if reply.status >= 400:
             answer = f"{config.method} {_shown(final_url)} answered {reply.status} {reply.reason}"
             excerpt = reply.excerpt()

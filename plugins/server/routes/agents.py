@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from chatwright.errors import NotFoundError
+from chatwright.errors import UnknownAgentError
 from chatwright.plugins.server.auth import Principal
 from chatwright.plugins.server.dependencies import RuntimeDep, SettingsDep, User, agent_exists
 from chatwright.plugins.server.errors import USER, responses
@@ -38,7 +38,7 @@ async def agent(name: str, runtime: RuntimeDep, settings: SettingsDep, who: User
 
     found = await runtime.storage.agents.get(name)
     if found is None:
-        raise NotFoundError(f"no agent named {name!r}")
+        raise UnknownAgentError(name)
     reports = await check_tools(runtime.storage, settings, runtime.plugins, name)
     tools = []
     for report in reports:
@@ -52,7 +52,8 @@ async def agent(name: str, runtime: RuntimeDep, settings: SettingsDep, who: User
                 name=report.row.name,
                 type=report.row.type,
                 description=report.row.description,
-                is_active=report.row.is_active,
+                # A row refused at load is in no chat: not active, whatever its flag.
+                is_active=report.row.is_active and report.ok,
                 **admin,
             )
         )

@@ -9,9 +9,9 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from chatwright.errors import ChatwrightError, NotFoundError
+from chatwright.message_limits import check_message
 from chatwright.plugins.server.dependencies import MetricsDep, RuntimeDep, SettingsDep, User
 from chatwright.plugins.server.errors import USER, responses
-from chatwright.plugins.server.limits import check_message
 from chatwright.plugins.server.schemas import (
     ChatMessage,
     ChatRequest,
