@@ -263,9 +263,10 @@ async def test_turns_on_one_chat_are_serialised(runtime: Runtime) -> None:
 # --------------------------------------------------------------------------- 3. persistence
 
 
-async def test_turn_with_tool_call_is_stored_whole_in_one_append(
+async def test_turn_with_tool_call_is_stored_step_by_step(
     runtime: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The human message, then the tool exchange, then the reply (with the touch).
     await seed_scripted(
         runtime, [{"tool_calls": [call("add_task", title="milk")]}, {"content": "Added."}]
     )
@@ -273,14 +274,16 @@ async def test_turn_with_tool_call_is_stored_whole_in_one_append(
     appends: list[int] = []
     original = runtime.storage.messages.append
 
-    async def spy(user_id: str, chat: uuid.UUID, new: Sequence[Any]) -> list[Message]:
+    async def spy(
+        user_id: str, chat: uuid.UUID, new: Sequence[Any], *, touch: bool = False
+    ) -> list[Message]:
         appends.append(len(new))
-        return await original(user_id, chat, new)
+        return await original(user_id, chat, new, touch=touch)
 
     monkeypatch.setattr(runtime.storage.messages, "append", spy)
     turn = await runtime.chat(USER, example.AGENT, chat_id, "please add milk")
 
-    assert appends == [4]
+    assert appends == [1, 2, 1]
     messages = await stored(runtime, USER, chat_id)
     assert [m.role for m in messages] == ["human", "ai", "tool", "ai"]
     assert messages[0].content["data"]["content"] == "please add milk"
