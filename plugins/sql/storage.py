@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from chatwright.plugins.sql import migrate
 from chatwright.plugins.sql.chats import SQLMessageStore, SQLSessionStore
+from chatwright.plugins.sql.deadline import Deadline
 from chatwright.plugins.sql.engine import normalize_url, redact, sqlite_engine
 from chatwright.plugins.sql.errors import DatabaseErrors
 from chatwright.plugins.sql.postgres import Coordination
@@ -158,7 +159,7 @@ class SQLStorage:
         with self._errors():
             conn = self.engine.connect()
             try:
-                async with asyncio.timeout(limit):
+                async with Deadline(limit):
                     await conn.start()
                     if write:
                         await conn.begin()
