@@ -100,7 +100,11 @@ class SQLStorage:
         if timeout > 0 and cfg.pooler == "none":
             # The server gives up on a statement at the same bound (a transaction
             # pooler may refuse the startup option or pass it on to other clients).
-            connect_args["options"] = f"-c statement_timeout={int(timeout * 1000)}"
+            # Added to the URL's own options (connect_args would replace them).
+            given = url.query.get("options", "")
+            own = " ".join(given) if isinstance(given, tuple) else given
+            bound = f"-c statement_timeout={int(timeout * 1000)}"
+            connect_args["options"] = f"{own} {bound}".strip()
         if cfg.pooler == "transaction":
             # A transaction pooler hands each transaction to any server connection:
             # statements prepared on one would be missing on the next.
