@@ -10,8 +10,9 @@ their JSON text, the database's refusals are tool errors the model sees, and
 the history reads back. A JWT whose ``sub`` is a lone surrogate is a 401.
 
 The scripted model's replies live in ``agents.model_settings``, which cannot
-hold a NUL or a lone surrogate either; the script spells them as the markers
-below and the fixture puts the real characters in when the model is built.
+hold a NUL or a lone surrogate either, nor on SQLite a value nested ~1000 deep;
+the script spells them as the markers below and the fixture puts the real
+values in when the model is built.
 """
 
 from __future__ import annotations
@@ -29,10 +30,12 @@ from chatwright.plugins.models.scripted import ScriptedChatModel
 from tests.hostile.conftest import SECRET, MakeServer, Server, bearer
 
 AGENT = example.AGENT
-NUL, SURROGATE = "<NUL>", "<SURROGATE>"
+NUL, SURROGATE, NESTED = "<NUL>", "<SURROGATE>", "<NESTED>"
 
 
 def _hostile(value: Any) -> Any:
+    if isinstance(value, str) and value.startswith(NESTED):
+        return nested(int(value.removeprefix(NESTED)))
     if isinstance(value, str):
         return value.replace(NUL, "\x00").replace(SURROGATE, "\ud800")
     if isinstance(value, dict):
@@ -60,7 +63,9 @@ def nested(depth: int) -> Any:
     return value
 
 
-async def turn(server: Server, script: list[dict[str, Any]], message: str) -> dict[str, Any]:
+async def turn(
+    server: Server, script: list[dict[str, Any]], message: str, *, status: int = 200
+) -> dict[str, Any]:
     """One turn of a new chat under ``script``; the turn's answer and the chat's history."""
     client = server.client
     await server.runtime.storage.agents.update(AGENT, model_settings={"responses": script})
@@ -69,7 +74,7 @@ async def turn(server: Server, script: list[dict[str, Any]], message: str) -> di
     chat_id = opened.json()["chat_id"]
     body = {"agent_name": AGENT, "chat_id": chat_id, "message": message}
     answer = await client.post("/api/chat", json=body, headers=bearer("eve"))
-    assert answer.status_code == 200, answer.text
+    assert answer.status_code == status, answer.text
     history = await client.get(f"/api/chats/{chat_id}/messages", headers=bearer("eve"))
     assert history.status_code == 200, history.text
     return {"answer": answer.json(), "messages": history.json()["messages"]}
@@ -116,9 +121,8 @@ async def test_deeply_nested_tool_argument_keeps_the_history_readable(
 ) -> None:
     server = await make_server()
     await example.seed(server.runtime.storage, "scripted:x")
-    deep = nested(300)
     script = [
-        {"tool_calls": [{"name": "add_task", "args": {"title": "deep", "extra": deep}}]},
+        {"tool_calls": [{"name": "add_task", "args": {"title": "deep", "extra": f"{NESTED}300"}}]},
         {"content": "Tried."},
     ]
     result = await turn(server, script, "nest it")
@@ -135,6 +139,20 @@ async def test_deeply_nested_tool_argument_keeps_the_history_readable(
     assert 0 < walked < 300
     assert json.loads(level) == nested(300 - walked)
     assert result["answer"]["tool_calls"][0]["args"] == args
+
+
+async def test_argument_too_deep_for_the_agent_is_a_model_error_with_the_message_kept(
+    make_server: MakeServer,
+) -> None:
+    # Nested ~950 deep, the agent's own machinery runs out of recursion before any
+    # tool runs: the turn is a 502, and the chat keeps the message and stays readable.
+    server = await make_server()
+    await example.seed(server.runtime.storage, "scripted:x")
+    script = [{"tool_calls": [{"name": "add_task", "args": {"extra": f"{NESTED}950"}}]}]
+    result = await turn(server, script, "nest it deeper", status=502)
+
+    assert "your message was kept" in result["answer"]["error"]
+    assert [m["text"] for m in result["messages"]] == ["nest it deeper"]
 
 
 async def test_integer_beyond_64_bits_is_a_tool_error_and_the_turn_goes_on(
