@@ -6,11 +6,24 @@ store may begin in the middle of a turn; :func:`to_model_input` trims it to
 begin at a human message, so that no tool result appears without the call
 that asked for it. :func:`complete_prefix` keeps a failed turn's messages only
 up to the last point where every tool call has its result.
+
+:func:`storable` is the one place where what a model or a tool produced is
+made fit to keep: a NUL character (which PostgreSQL text cannot hold) or a lone
+surrogate (which no UTF-8 database can) becomes U+FFFD, a float that JSON
+cannot spell (NaN, infinity) becomes its name, and a value nested deeper than
+:data:`MAX_DEPTH` is kept as its JSON text, so that every stored message reads
+back and serialises again. The runtime applies it to every message of a turn
+before storing it *and* before answering, so that the answer is what was
+stored, whatever the storage backend.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import re
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from langchain_core.messages import (
     AIMessage,
@@ -22,6 +35,59 @@ from langchain_core.messages import (
 )
 
 from chatwright.stores import Message, NewMessage
+
+# Deep enough for any real tool argument, shallow enough that a stored message
+# stays far below the recursion limits of JSON encoders and serialisers.
+MAX_DEPTH = 48
+# NUL, and UTF-16 surrogates, which only ever appear in a Python string alone.
+UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+REPLACEMENT = "\ufffd"
+
+
+def _text(value: str) -> str:
+    return UNSTORABLE.sub(REPLACEMENT, value)
+
+
+def _deep(value: Any) -> str:
+    """A value nested too deeply, as JSON text (itself made storable)."""
+    try:
+        text = json.dumps(value, ensure_ascii=False, default=str)
+    except (RecursionError, ValueError, TypeError):
+        return f"<a value nested more than {MAX_DEPTH} levels deep, not kept>"
+    return _text(text)
+
+
+def storable_value(value: Any, depth: int = 0) -> Any:
+    """``value`` (JSON-like) with the changes described in the module docstring.
+
+    An unchanged value is returned as the same object, which tells callers that
+    nothing needed changing without comparing (possibly deep) structures.
+    """
+    if isinstance(value, str):
+        clean = _text(value)
+        return value if clean == value else clean
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict | list | tuple) and depth >= MAX_DEPTH:
+        return _deep(value)
+    if isinstance(value, dict):
+        items = [(storable_value(k, depth), storable_value(v, depth + 1)) for k, v in value.items()]
+        pairs = zip(items, value.items(), strict=True)
+        same = all(k is k0 and v is v0 for (k, v), (k0, v0) in pairs)
+        return value if same else dict(items)
+    if isinstance(value, list | tuple):
+        values = [storable_value(v, depth + 1) for v in value]
+        return value if all(v is v0 for v, v0 in zip(values, value, strict=True)) else values
+    return value
+
+
+def storable(message: BaseMessage) -> BaseMessage:
+    """The message as it will be stored (see the module docstring); itself if unchanged."""
+    data = message_to_dict(message)
+    clean = storable_value(data)
+    if clean is data:
+        return message
+    return messages_from_dict([clean])[0]
 
 
 def to_store(messages: Iterable[BaseMessage]) -> list[NewMessage]:

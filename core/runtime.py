@@ -16,16 +16,22 @@ hook; closing it fires ``shutdown`` and closes the storage.
    system prompt is assembled with the user's memory and instructions;
 5. the agent runs on that input; it holds no conversation state of its own,
    so concurrent chats of one user and agent cannot see each other;
-6. the human message and every message the turn produced (AI replies, tool
-   calls, tool results) are appended in one transaction. When the model fails,
-   the human message (and any complete tool exchange before the failure) is
-   still stored, and a :class:`~chatwright.errors.ModelError` is raised.
+6. every message is first made storable (:func:`chatwright.history.storable`:
+   NUL characters, lone surrogates, values nested too deeply), so that what is
+   stored and what the caller gets back are the same;
+7. the human message is stored before the model runs, each complete tool
+   exchange (the AI message calling tools and all their results) as soon as it
+   completes, and the final reply together with touching the chat's sessions,
+   in one transaction. When the model fails, the human message (and every
+   complete tool exchange before the failure) is still stored, and a
+   :class:`~chatwright.errors.ModelError` is raised.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 import weakref
 from collections.abc import Awaitable, Callable
@@ -35,7 +41,6 @@ from typing import TYPE_CHECKING, Any
 
 from chatwright.errors import (
     ChatwrightError,
-    InvalidInputError,
     ModelConfigError,
     ModelError,
     NotFoundError,
@@ -44,7 +49,7 @@ from chatwright.errors import (
 )
 from chatwright.registry import Plugins
 from chatwright.settings import Settings, load_settings
-from chatwright.stores import Agent, InvalidJSON, Storage
+from chatwright.stores import Agent, InvalidJSON, NewMessage, Storage
 
 if TYPE_CHECKING:
     from langchain_core.messages import BaseMessage
@@ -52,6 +57,8 @@ if TYPE_CHECKING:
 
     from chatwright.cache import ExecutorCache, Key
     from chatwright.tools import ToolProblem
+
+log = logging.getLogger(__name__)
 
 OnMessage = Callable[["BaseMessage"], Awaitable[None]]
 OnToken = Callable[[str], Awaitable[None]]
@@ -264,6 +271,25 @@ class Runtime:
             lock = self._turn_locks[chat_id] = asyncio.Lock()
         return lock
 
+    async def _finish(
+        self, storage: Storage, user_id: str, chat_id: uuid.UUID, rest: list[NewMessage]
+    ) -> None:
+        """Store the end of a turn and mark the chat used; once stored, the turn has succeeded."""
+        from chatwright.stores import WithSessionStore
+
+        if not isinstance(storage, WithSessionStore):
+            # The reply and the chat's "last used" in one transaction.
+            await storage.messages.append(user_id, chat_id, rest, touch=True)
+            return
+        # Sessions live in another store: the reply is stored first, and a failure
+        # to touch afterwards must not make a stored turn look failed (a client
+        # would retry it and repeat its tool calls).
+        await storage.messages.append(user_id, chat_id, rest)
+        try:
+            await storage.sessions.touch_chat(user_id, chat_id)
+        except StorageError as exc:
+            log.warning("chat %s: its sessions were not marked used: %s", chat_id, exc)
+
     async def chat(
         self,
         user_id: str,
@@ -281,20 +307,18 @@ class Runtime:
         :param on_token: awaited with each piece of reply text as the model
             streams it (the whole reply at once for models that do not stream).
         """
-        from langchain_core.messages import HumanMessage, SystemMessage
+        from langchain_core.messages import HumanMessage, SystemMessage, ToolMessage
 
-        from chatwright.history import complete_prefix, to_model_input, to_store
+        from chatwright.history import complete_prefix, storable, to_model_input, to_store
         from chatwright.prompts import system_prompt
 
         storage = self.storage
-        if "\x00" in message:
-            raise InvalidInputError("the message contains a NUL character")
         if await storage.sessions.chat_owner(chat_id) != (user_id, agent_name):
             raise NotFoundError(
                 f"no chat {chat_id} with agent {agent_name!r} for this user; open a session first"
             )
         async with self._lock(chat_id), storage.chat_lock(chat_id):
-            human = HumanMessage(content=message)
+            human = storable(HumanMessage(content=message))
             try:
                 built = await self.agent_for(user_id, agent_name)
             except ModelConfigError:
@@ -304,7 +328,12 @@ class Runtime:
             stored = await storage.messages.window(user_id, chat_id, built.agent.history_window)
             system = await system_prompt(storage, built.agent, user_id)
             inputs = [SystemMessage(content=system), *to_model_input(stored), human]
+            # What the user said is kept before the model runs, and each complete
+            # tool exchange as soon as it completes: after a crash the chat still
+            # records every tool call whose effect may be in the database.
+            await storage.messages.append(user_id, chat_id, to_store([human]))
             produced: list[BaseMessage] = []
+            kept = 0
             modes = ["updates", "messages"] if on_token is not None else ["updates"]
             try:
                 async for mode, chunk in built.graph.astream(
@@ -318,12 +347,18 @@ class Runtime:
                         continue
                     for update in chunk.values():
                         for produced_message in (update or {}).get("messages", []):
-                            produced.append(produced_message)
+                            produced.append(storable(produced_message))
                             if on_message is not None:
-                                await on_message(produced_message)
+                                await on_message(produced[-1])
+                    complete = len(complete_prefix(produced))
+                    if complete > kept and isinstance(produced[complete - 1], ToolMessage):
+                        await storage.messages.append(
+                            user_id, chat_id, to_store(produced[kept:complete])
+                        )
+                        kept = complete
             except Exception as exc:
                 await storage.messages.append(
-                    user_id, chat_id, to_store([human, *complete_prefix(produced)])
+                    user_id, chat_id, to_store(complete_prefix(produced)[kept:])
                 )
                 if isinstance(exc, ChatwrightError) and not isinstance(exc, ModelError):
                     raise
@@ -332,8 +367,7 @@ class Runtime:
                     f"the model of agent {agent_name!r} ({built.agent.model}) failed: {reason}; "
                     "your message was kept, try again"
                 ) from exc
-            await storage.messages.append(user_id, chat_id, to_store([human, *produced]))
-            await storage.sessions.touch_chat(user_id, chat_id)
+            await self._finish(storage, user_id, chat_id, to_store(produced[kept:]))
         final = next((m for m in reversed(produced) if m.type == "ai" and m.text), None)
         return Turn(
             chat_id=chat_id,

@@ -252,9 +252,19 @@ class SessionStore(Protocol):
 
 class MessageStore(Protocol):
     async def append(
-        self, user_id: str, chat_id: uuid.UUID, messages: Sequence[NewMessage]
+        self,
+        user_id: str,
+        chat_id: uuid.UUID,
+        messages: Sequence[NewMessage],
+        *,
+        touch: bool = False,
     ) -> builtins.list[Message]:
-        """Append messages in one transaction; all or none are stored."""
+        """Append messages in one transaction; all or none are stored.
+
+        With ``touch``, also mark the chat's active sessions as used (what
+        :meth:`SessionStore.touch_chat` does) in the same transaction, even when
+        ``messages`` is empty.
+        """
         ...
 
     async def window(self, user_id: str, chat_id: uuid.UUID, limit: int) -> builtins.list[Message]:

@@ -673,13 +673,15 @@ async def test_turns_in_flight_when_the_database_goes_away_give_503(
 
         await turn_ok(client, two, AGENT, chat_id, "third")
         rows = check_integrity(url, chat_id)
+        # "lost 1" was stored before its model ran; "lost 2" never got the chat's lock.
         assert [(role, c["data"]["content"]) for role, c in rows] == [
             ("human", "first"),
             ("ai", "seen 1 user message(s)"),
             ("human", "second"),
             ("ai", "seen 2 user message(s)"),
+            ("human", "lost 1"),
             ("human", "third"),
-            ("ai", "seen 3 user message(s)"),
+            ("ai", "seen 4 user message(s)"),
         ]
         for server in (one, two):
             assert "Traceback" not in server.log(), server.log()

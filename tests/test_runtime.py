@@ -39,7 +39,7 @@ from sqlalchemy import event
 
 from chatwright import testing
 from chatwright.cache import ExecutorCache, Key
-from chatwright.errors import ModelError, NotFoundError, UnknownNameError
+from chatwright.errors import ModelError, NotFoundError, StorageError, UnknownNameError
 from chatwright.history import to_model_input, to_store
 from chatwright.plugins.eviction import IdleSessionPolicy, LRUPolicy, TTLPolicy
 from chatwright.plugins.example import assistant as example
@@ -191,9 +191,10 @@ async def test_turns_on_one_chat_are_serialised(runtime: Runtime) -> None:
 # --------------------------------------------------------------------------- 3. persistence
 
 
-async def test_turn_with_tool_call_is_stored_whole_in_one_append(
+async def test_turn_with_tool_call_is_stored_step_by_step(
     runtime: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The human message, then the tool exchange, then the reply (with the touch).
     await seed_scripted(
         runtime, [{"tool_calls": [call("add_task", title="milk")]}, {"content": "Added."}]
     )
@@ -201,14 +202,16 @@ async def test_turn_with_tool_call_is_stored_whole_in_one_append(
     appends: list[int] = []
     original = runtime.storage.messages.append
 
-    async def spy(user_id: str, chat: uuid.UUID, new: Sequence[Any]) -> list[Message]:
+    async def spy(
+        user_id: str, chat: uuid.UUID, new: Sequence[Any], *, touch: bool = False
+    ) -> list[Message]:
         appends.append(len(new))
-        return await original(user_id, chat, new)
+        return await original(user_id, chat, new, touch=touch)
 
     monkeypatch.setattr(runtime.storage.messages, "append", spy)
     turn = await runtime.chat(USER, example.AGENT, chat_id, "please add milk")
 
-    assert appends == [4]
+    assert appends == [1, 2, 1]
     messages = await stored(runtime, USER, chat_id)
     assert [m.role for m in messages] == ["human", "ai", "tool", "ai"]
     assert messages[0].content["data"]["content"] == "please add milk"
@@ -830,3 +833,73 @@ async def test_turns_on_one_chat_are_serialised_across_processes_on_postgres(
     humans = [m.content["data"]["content"] for m in messages[::2]]
     later_reply = json.loads(messages[3].content["data"]["content"])
     assert later_reply["humans"] == humans
+
+
+# --------------------------------------------------------------------------- stored as it happens
+
+
+async def test_each_step_of_a_turn_is_stored_as_soon_as_it_completes(runtime: Runtime) -> None:
+    await seed_scripted(
+        runtime, [{"tool_calls": [call("add_task", title="milk")]}, {"content": "Added."}]
+    )
+    chat_id = await new_chat(runtime, USER, example.AGENT)
+    seen: list[list[str]] = []
+
+    async def on_message(message: BaseMessage) -> None:
+        seen.append([m.role for m in await stored(runtime, USER, chat_id)])
+
+    await runtime.chat(USER, example.AGENT, chat_id, "add milk", on_message=on_message)
+
+    # The human message before the model ran; the tool exchange before the reply.
+    assert seen == [["human"], ["human"], ["human", "ai", "tool"]]
+    assert [m.role for m in await stored(runtime, USER, chat_id)] == ["human", "ai", "tool", "ai"]
+
+
+async def test_reply_and_touch_are_one_write_so_a_stored_turn_never_fails(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await seed_scripted(runtime, [{"content": "Hello."}])
+    session = await runtime.storage.sessions.open(USER, example.AGENT, chat_id=uuid.uuid4())
+
+    async def broken_touch(user_id: str, chat_id: uuid.UUID) -> int:
+        raise StorageError("touch_chat is not how a turn marks its chat used")
+
+    monkeypatch.setattr(runtime.storage.sessions, "touch_chat", broken_touch)
+    turn = await runtime.chat(USER, example.AGENT, session.chat_id, "hi")
+
+    assert turn.response == "Hello."
+    messages = await stored(runtime, USER, session.chat_id)
+    assert [m.role for m in messages] == ["human", "ai"]
+    touched = await runtime.storage.sessions.get(USER, session.id)
+    assert touched is not None and touched.updated_at > session.updated_at
+
+
+async def test_unstorable_characters_of_a_message_are_replaced_not_refused(
+    runtime: Runtime,
+) -> None:
+    await seed_scripted(runtime, [{"content": "Noted."}])
+    chat_id = await new_chat(runtime, USER, example.AGENT)
+
+    turn = await runtime.chat(USER, example.AGENT, chat_id, "a\x00b\ud800c")
+
+    assert turn.response == "Noted."
+    [human, _] = await stored(runtime, USER, chat_id)
+    assert human.content["data"]["content"] == "a\ufffdb\ufffdc"
+
+
+async def test_a_database_failure_inside_a_tool_is_a_tool_error(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await seed_scripted(runtime, [{"tool_calls": [call("list_tasks")]}, {"content": "Sorry."}])
+    chat_id = await new_chat(runtime, USER, example.AGENT)
+
+    async def unavailable(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        raise StorageError("database x is unavailable: connection reset")
+
+    monkeypatch.setattr(runtime.storage.records, "select", unavailable)
+    turn = await runtime.chat(USER, example.AGENT, chat_id, "list my tasks")
+
+    assert turn.response == "Sorry."
+    [record] = turn.tool_calls
+    assert record.error and "unavailable" in str(record.result)
+    assert [m.role for m in await stored(runtime, USER, chat_id)] == ["human", "ai", "tool", "ai"]

@@ -21,7 +21,7 @@ from typing import Any, Literal
 from langchain_core.tools import BaseTool, ToolException
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from chatwright.errors import InvalidInputError, NotFoundError
+from chatwright.errors import InvalidInputError, NotFoundError, StorageError
 from chatwright.plugins.crud.config import ArgSpec, CrudConfig
 from chatwright.plugins.crud.settings import CrudSettings
 from chatwright.stores import ColumnInfo, TableInfo, ToolRow, is_framework_table
@@ -332,7 +332,9 @@ class CrudTool:
         limit = self.context.settings.tools.max_result_chars
         try:
             result = await self._execute(records, user, values, where, scope)
-        except (InvalidInputError, NotFoundError) as exc:
+        except (InvalidInputError, NotFoundError, StorageError) as exc:
+            # The model reads the error and the turn goes on (it may tell the user
+            # or try again); the database's own failures included.
             raise ToolException(str(exc)) from None
         return capped(result, limit)
 

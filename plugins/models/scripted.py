@@ -9,12 +9,15 @@
 
 Each model call returns the next reply; when they run out, the model fails
 with a clear error. ``{"fail": "reason"}`` makes every call fail, to test how
-turns survive a broken model. The position is kept per model object, i.e.
+turns survive a broken model. A reply with ``"sleep": seconds`` is returned
+after that long, to hold a turn in flight. The position is kept per model object, i.e.
 per cached agent: a rebuilt agent starts the script again.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
@@ -86,6 +89,7 @@ class ScriptedChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
+        time.sleep(self._delay())
         return ChatResult(generations=[ChatGeneration(message=self._next())])
 
     async def _agenerate(
@@ -95,4 +99,12 @@ class ScriptedChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
+        delay = self._delay()
+        if delay:
+            await asyncio.sleep(delay)
         return ChatResult(generations=[ChatGeneration(message=self._next())])
+
+    def _delay(self) -> float:
+        if self.fail is not None or self._position >= len(self.responses):
+            return 0.0
+        return float(self.responses[self._position].get("sleep", 0))

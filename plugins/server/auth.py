@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,7 @@ MIN_SECRET_BYTES = 32
 JWKS_LIFESPAN = 300.0
 JWKS_COOLDOWN = 30.0
 JWKS_TIMEOUT = 10.0
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class AuthError(ChatwrightError):
@@ -349,7 +351,9 @@ def principal_from_token(settings: Settings, token: str | None) -> Principal:
     subject = claims.get("sub")
     if not isinstance(subject, str) or not subject:
         raise AuthError("the token has no subject (sub)")
-    if len(subject) > 255 or "\x00" in subject:
+    # A user id must fit the user_id columns and be storable text: no NUL, and no
+    # lone surrogate (JSON's "\ud800" escape decodes to one; UTF-8 cannot hold it).
+    if len(subject) > 255 or "\x00" in subject or LONE_SURROGATE.search(subject):
         raise AuthError("the token's subject (sub) is not a usable user id")
     return Principal(subject, admin=claims.get("chatwright_admin") is True)
 

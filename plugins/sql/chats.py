@@ -216,22 +216,32 @@ class SQLSessionStore(BoundStore):
             return await self._owner(conn, chat_id)
 
     async def touch_chat(self, user_id: str, chat_id: uuid.UUID) -> int:
-        s = schema.chat_sessions
-        stmt = (
-            s.update()
-            .where(s.c.chat_id == chat_id, s.c.user_id == user_id, s.c.is_active)
-            .values(updated_at=now())
-        )
         async with self.db.write(user_id) as conn:
-            result = await conn.execute(stmt)
-        return int(result.rowcount)
+            return await touch_sessions(conn, user_id, chat_id)
+
+
+async def touch_sessions(conn: AsyncConnection, user_id: str, chat_id: uuid.UUID) -> int:
+    """Mark the user's active sessions of a chat as used now, on ``conn``."""
+    s = schema.chat_sessions
+    stmt = (
+        s.update()
+        .where(s.c.chat_id == chat_id, s.c.user_id == user_id, s.c.is_active)
+        .values(updated_at=now())
+    )
+    result = await conn.execute(stmt)
+    return int(result.rowcount)
 
 
 class SQLMessageStore(BoundStore):
     async def append(
-        self, user_id: str, chat_id: uuid.UUID, messages: Sequence[NewMessage]
+        self,
+        user_id: str,
+        chat_id: uuid.UUID,
+        messages: Sequence[NewMessage],
+        *,
+        touch: bool = False,
     ) -> builtins.list[Message]:
-        if not messages:
+        if not messages and not touch:
             return []
         m = schema.chat_messages
         ts = now()
@@ -245,9 +255,15 @@ class SQLMessageStore(BoundStore):
             }
             for msg in messages
         ]
+        stored: builtins.list[Any] = []
         async with self.db.write(user_id) as conn:
-            result = await conn.execute(m.insert().returning(m, sort_by_parameter_order=True), rows)
-            stored = result.all()
+            if rows:
+                result = await conn.execute(
+                    m.insert().returning(m, sort_by_parameter_order=True), rows
+                )
+                stored = list(result.all())
+            if touch:
+                await touch_sessions(conn, user_id, chat_id)
         return [from_row(Message, r) for r in stored]
 
     async def window(self, user_id: str, chat_id: uuid.UUID, limit: int) -> builtins.list[Message]:

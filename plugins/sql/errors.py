@@ -2,7 +2,8 @@
 
 A refused row-level-security check or a value the database cannot hold is the
 caller's mistake (:class:`InvalidInputError`); a missing table, a rejected
-statement or an unreachable server is the database's (:class:`StorageError`).
+statement, an unreachable server, a full connection pool or a transaction
+that took too long is the database's (:class:`StorageError`, answered 503).
 
 What these errors say reaches the model, the API client and the terminal, so
 it never holds the database's URL or file path, the SQL text or another row's
@@ -43,13 +44,29 @@ class DatabaseErrors:
         the password); never in an error's message.
     """
 
-    def __init__(self, description: str) -> None:
+    def __init__(self, description: str, statement_timeout: float = 0) -> None:
         self.description = description
+        self.statement_timeout = statement_timeout
 
     def __enter__(self) -> None:
         return None
 
     def __exit__(self, exc_type: Any, error: BaseException | None, tb: Any) -> None:
+        if isinstance(error, exc.TimeoutError):
+            # The pool's own timeout (pool_timeout): every connection is in use.
+            log.warning("database %s: no free connection in the pool", self.description)
+            raise StorageError(
+                "the database has no free connection (all in use for storage.pool_timeout); "
+                "try again, or raise storage.pool_size or storage.max_overflow"
+            ) from error
+        if isinstance(error, TimeoutError):
+            log.warning(
+                "database %s did not answer within %g s", self.description, self.statement_timeout
+            )
+            raise StorageError(
+                f"the database did not answer within {self.statement_timeout:g} s "
+                "(storage.statement_timeout); try again later"
+            ) from error
         sqlstate = getattr(getattr(error, "orig", None), "sqlstate", None)
         if isinstance(error, exc.ProgrammingError) and sqlstate == "42501":
             # insufficient_privilege: a row-level-security policy refused the row.
@@ -68,6 +85,12 @@ class DatabaseErrors:
         log.warning("database %s: %s", self.description, reason)
         if reason.startswith("no such table") or sqlstate == "42P01":  # 42P01: undefined_table
             raise StorageError("the database lacks a table; run `chatwright db upgrade`") from error
+        if "database is locked" in reason:
+            # SQLite: another connection held the write lock past storage.busy_timeout.
+            raise StorageError(
+                "the database is locked by another writer (longer than storage.busy_timeout); "
+                "try again"
+            ) from error
         if isinstance(error, exc.ProgrammingError) or _statement_fault(reason):
             raise StorageError(f"the database rejected a statement; {DETAILS}") from error
         raise StorageError(f"the database is unavailable; {DETAILS}") from error

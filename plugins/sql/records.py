@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy import exc
 from sqlalchemy.dialects import postgresql, sqlite
 
-from chatwright.errors import InvalidInputError, NotFoundError
+from chatwright.errors import InvalidInputError, NotFoundError, one_line
 from chatwright.plugins.sql.errors import integrity_message
 from chatwright.stores import (
     ColumnInfo,
@@ -151,17 +151,28 @@ class SQLRecordStore:
         return TableInfo(name=table, columns=columns, unique=tuple(u for u in unique if u))
 
     async def _execute(
-        self, stmt: sa.Executable, user_id: str, table: str
+        self, stmt: sa.Executable, user_id: str, table: str, *, write: bool = True
     ) -> tuple[list[dict[str, Any]], int]:
-        """Rows (as dicts) and row count of one statement in its own transaction."""
+        """Rows (as dicts) and row count of one statement in its own transaction.
+
+        :param write: False for a statement that only reads, which then runs in a
+            read transaction (on SQLite: without taking the write lock).
+        """
+        transaction = self.db.write if write else self.db.read
         try:
-            async with self.db.write(user_id) as conn:
+            async with transaction(user_id) as conn:
                 result = await conn.execute(stmt)
                 rows = [dict(r) for r in result.mappings()] if result.returns_rows else []
                 return rows, result.rowcount
         except exc.IntegrityError as error:
             raise InvalidInputError(
                 f"the database rejected the values: {integrity_message(error, table)}"
+            ) from None
+        except (OverflowError, UnicodeError) as error:
+            # Raised by the driver while binding, before the database sees anything:
+            # an integer beyond 64 bits on SQLite, a lone surrogate in a string.
+            raise InvalidInputError(
+                f"the database cannot hold a value: {one_line(error)}"
             ) from None
 
     async def insert(
@@ -217,7 +228,7 @@ class SQLRecordStore:
         for name, descending in order_by:
             (column,) = self._columns(t, [name])
             stmt = stmt.order_by(column.desc() if descending else column.asc())
-        rows, _ = await self._execute(stmt, user_id, table)
+        rows, _ = await self._execute(stmt, user_id, table, write=False)
         return rows
 
     async def update(

@@ -1,4 +1,4 @@
-"""The sql backend's keys of ``[storage]``: connection pool, pooler, SQLite locking.
+"""The sql backend's keys of ``[storage]``: connection pool, pooler, SQLite locking, time bound.
 
 The ``supabase`` backend is the sql backend underneath and reads the same keys.
 """
@@ -14,6 +14,12 @@ class SQLStorageSettings(BaseModel):
     pool_size: int = Field(5, ge=1, description="Pooled connections kept open (PostgreSQL).")
     max_overflow: int = Field(10, ge=0, description="Extra connections beyond pool_size.")
     pool_timeout: float = Field(30.0, gt=0, description="Seconds to wait for a free connection.")
+    statement_timeout: float = Field(
+        30.0,
+        ge=0,
+        description="Seconds one transaction may take, waiting for a connection included, "
+        "before it is abandoned and the request answered 503 (0: no bound).",
+    )
     busy_timeout: float = Field(
         5.0, ge=0, description="Seconds SQLite waits on a locked database before failing."
     )

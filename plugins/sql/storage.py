@@ -16,6 +16,7 @@ in :mod:`.records`.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -28,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from chatwright.plugins.sql import migrate
 from chatwright.plugins.sql.chats import SQLMessageStore, SQLSessionStore
+from chatwright.plugins.sql.deadline import Deadline
 from chatwright.plugins.sql.engine import normalize_url, redact, sqlite_engine
 from chatwright.plugins.sql.errors import DatabaseErrors
 from chatwright.plugins.sql.postgres import Coordination
@@ -55,6 +57,8 @@ class SQLStorage:
         :class:`~chatwright.plugins.sql.user_transactions.UserTransactions`). The
         default scopes by column and does nothing; the ``supabase`` backend is
         this class with its ``RowLevelSecurity``.
+    :param statement_timeout: seconds one transaction may take, waiting for its
+        connection included (0: no bound); see :meth:`_transaction`.
     """
 
     def __init__(
@@ -64,8 +68,10 @@ class SQLStorage:
         direct_url: URL | None = None,
         *,
         users: UserTransactions | None = None,
+        statement_timeout: float = 0,
     ) -> None:
         self.url = url
+        self.statement_timeout = statement_timeout
         self.engine = engine
         self.direct_url = direct_url or url
         self.users = users if users is not None else UserTransactions()
@@ -86,11 +92,19 @@ class SQLStorage:
 
         cfg = settings.section(SQLStorageSettings)
         url = normalize_url(settings.storage.url)
+        timeout = cfg.statement_timeout
         if url.get_backend_name() == "sqlite":
-            return cls(
-                url, sqlite_engine(url, busy_timeout=cfg.busy_timeout, echo=cfg.echo), users=users
-            )
+            engine = sqlite_engine(url, busy_timeout=cfg.busy_timeout, echo=cfg.echo)
+            return cls(url, engine, users=users, statement_timeout=timeout)
         connect_args: dict[str, Any] = {"connect_timeout": 10}
+        if timeout > 0 and cfg.pooler == "none":
+            # The server gives up on a statement at the same bound (a transaction
+            # pooler may refuse the startup option or pass it on to other clients).
+            # Added to the URL's own options (connect_args would replace them).
+            given = url.query.get("options", "")
+            own = " ".join(given) if isinstance(given, tuple) else given
+            bound = f"-c statement_timeout={int(timeout * 1000)}"
+            connect_args["options"] = f"{own} {bound}".strip()
         if cfg.pooler == "transaction":
             # A transaction pooler hands each transaction to any server connection:
             # statements prepared on one would be missing on the next.
@@ -106,7 +120,7 @@ class SQLStorage:
             connect_args=connect_args,
         )
         direct = normalize_url(cfg.direct_url) if cfg.direct_url else url
-        return cls(url, engine, direct_url=direct, users=users)
+        return cls(url, engine, direct_url=direct, users=users, statement_timeout=timeout)
 
     @property
     def dialect(self) -> str:
@@ -125,22 +139,50 @@ class SQLStorage:
         :param user_id: the user the statements run for; None for framework
             (admin) statements, handed to ``users.enter`` (see the class).
         """
-        with self._errors():
-            async with self.engine.connect() as conn:
-                await conn.execution_options(chatwright_write=False)
-                await self.users.enter(conn, user_id)
-                yield conn
+        async with self._transaction(user_id, write=False) as conn:
+            yield conn
 
     @asynccontextmanager
     async def write(self, user_id: str | None = None) -> AsyncIterator[AsyncConnection]:
         """A transaction that commits at the end (``BEGIN IMMEDIATE`` on SQLite)."""
+        async with self._transaction(user_id, write=True) as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def _transaction(
+        self, user_id: str | None, *, write: bool, bounded: bool = True
+    ) -> AsyncIterator[AsyncConnection]:
+        """One transaction, bounded in time by ``statement_timeout`` when ``bounded``.
+
+        The bound covers waiting for a connection and everything done with it, so a
+        database that accepts connections and never answers holds no request for
+        longer. A connection abandoned that way is discarded, not rolled back: the
+        rollback would wait on the same silent server.
+        """
+        limit = self.statement_timeout if bounded and self.statement_timeout > 0 else None
         with self._errors():
-            async with self.engine.begin() as conn:
-                await self.users.enter(conn, user_id)
-                yield conn
+            conn = self.engine.connect()
+            try:
+                async with Deadline(limit):
+                    await conn.start()
+                    if write:
+                        await conn.begin()
+                    else:
+                        await conn.execution_options(chatwright_write=False)
+                    await self.users.enter(conn, user_id)
+                    yield conn
+                    if write:
+                        await conn.commit()
+            except (TimeoutError, asyncio.CancelledError):
+                if conn.sync_connection is not None and not conn.closed:
+                    await conn.invalidate()
+                raise
+            finally:
+                if conn.sync_connection is not None:
+                    await conn.close()
 
     def _errors(self) -> DatabaseErrors:
-        return DatabaseErrors(self.description)
+        return DatabaseErrors(self.description, self.statement_timeout)
 
     async def upsert(
         self,
@@ -169,7 +211,10 @@ class SQLStorage:
             return await conn.run_sync(migrate.current)
 
     async def upgrade(self) -> str | None:
-        async with self.write() as conn:
+        # Migrations may take as long as they need.
+        async with self._transaction(None, write=True, bounded=False) as conn:
+            if self.dialect == "postgresql":
+                await conn.execute(sa.text("SET LOCAL statement_timeout = 0"))
             await conn.run_sync(migrate.upgrade)
         return await self.current_revision()
 

@@ -90,7 +90,7 @@ class Server:
     client: httpx.AsyncClient
 
 
-MakeServer = Callable[[], Awaitable[Server]]
+MakeServer = Callable[..., Awaitable[Server]]
 
 
 @pytest.fixture
@@ -98,11 +98,11 @@ async def make_server(db_url: str) -> AsyncIterator[MakeServer]:
     stack = contextlib.AsyncExitStack()
 
     @contextlib.asynccontextmanager
-    async def serving() -> AsyncIterator[Server]:
+    async def serving(storage: dict[str, Any]) -> AsyncIterator[Server]:
         plugins = Plugins.load()
         settings = testing.settings(
             plugins,
-            storage={"url": db_url},
+            storage={"url": db_url, **storage},
             sessions={"sweep_interval": 3600},
             server={"auth": "jwt", "jwt_secret": SECRET},
         )
@@ -125,8 +125,9 @@ async def make_server(db_url: str) -> AsyncIterator[MakeServer]:
             server.should_exit = True
             await task
 
-    async def make() -> Server:
-        return await stack.enter_async_context(serving())
+    async def make(**storage: Any) -> Server:
+        """The server; keyword arguments override keys of ``[storage]``."""
+        return await stack.enter_async_context(serving(storage))
 
     async with stack:
         yield make
