@@ -3,10 +3,10 @@
 :func:`create_app` builds a FastAPI application around one :class:`Runtime`
 and wires the parts together: the lifespan (:mod:`.lifespan`), the error
 handlers (:mod:`.errors`), the body size limit (:mod:`.limits`) and one router
-per resource (:mod:`.routes`). Every error a client can cause is answered as
-JSON ``{"error": "..."}`` with a 4xx status; a failing model gives 502 (the
-human message is kept), a database that cannot be reached gives 503. OpenAPI
-is served at ``/docs``.
+per resource (:mod:`.routes`).
+Every error a client can cause is answered as JSON ``{"error": "..."}`` with
+a 4xx status; a failing model gives 502 (the human message is kept), a
+database that cannot be reached gives 503. OpenAPI is served at ``/docs``.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ import json
 from fastapi import FastAPI
 
 from chatwright import __version__
-from chatwright.plugins.server import errors, limits
+from chatwright.plugins.server import errors
 from chatwright.plugins.server.lifespan import lifespan
+from chatwright.plugins.server.limits import BodyLimit, body_limit
 from chatwright.plugins.server.metrics import ServerMetrics
 from chatwright.plugins.server.routes import agents, chats, health, pages, sessions
 from chatwright.registry import Plugins
@@ -37,7 +38,8 @@ def create_app(settings: Settings, plugins: Plugins | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = ServerMetrics()
     errors.install(app)
-    limits.install(app, settings)
+    # Before routing, so that no body past the bound reaches authentication.
+    app.add_middleware(BodyLimit, limit=body_limit(settings))
     for router in (pages.router, health.router, sessions.router, chats.router, agents.router):
         app.include_router(router)
     return app
