@@ -2,8 +2,8 @@
 
 :func:`create_app` builds a FastAPI application around one :class:`Runtime`
 and wires the parts together: the lifespan (:mod:`.lifespan`), the error
-handlers (:mod:`.errors`), the body size limit (:mod:`.limits`) and one router
-per resource (:mod:`.routes`).
+handlers (:mod:`.errors`), the body size limit (:mod:`.limits`), the guard of
+local mode (:mod:`.loopback`) and one router per resource (:mod:`.routes`).
 Every error a client can cause is answered as JSON ``{"error": "..."}`` with
 a 4xx status; a failing model gives 502 (the human message is kept), a
 database that cannot be reached gives 503. OpenAPI is served at ``/docs``.
@@ -19,8 +19,10 @@ from chatwright import __version__
 from chatwright.plugins.server import errors
 from chatwright.plugins.server.lifespan import lifespan
 from chatwright.plugins.server.limits import BodyLimit, body_limit
+from chatwright.plugins.server.loopback import LocalOnly
 from chatwright.plugins.server.metrics import ServerMetrics
 from chatwright.plugins.server.routes import agents, chats, health, pages, sessions
+from chatwright.plugins.server.settings import ServerSettings
 from chatwright.registry import Plugins
 from chatwright.runtime import Runtime
 from chatwright.settings import Settings
@@ -38,8 +40,11 @@ def create_app(settings: Settings, plugins: Plugins | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = ServerMetrics()
     errors.install(app)
-    # Before routing, so that no body past the bound reaches authentication.
+    # Both run before routing, so neither a body nor a foreign Host reaches authentication.
     app.add_middleware(BodyLimit, limit=body_limit(settings))
+    server = settings.section(ServerSettings)
+    if server.auth == "local":
+        app.add_middleware(LocalOnly, allowed_hosts=server.allowed_hosts)
     for router in (pages.router, health.router, sessions.router, chats.router, agents.router):
         app.include_router(router)
     return app
