@@ -262,8 +262,17 @@ class ClientConfig(BaseModel):
 
 
 class Health(BaseModel):
+    """Liveness for anyone: nothing about the deployment."""
+
     status: Literal["ok"]
-    database: str = Field(description="Which database answered (no credentials).")
+
+
+class HealthDetail(BaseModel):
+    """Readiness with its details, for admins."""
+
+    status: Literal["ok", "unavailable"]
+    database: str = Field(description="Which database is used (no credentials).")
+    error: str | None = Field(description="Why the database does not answer; null when it does.")
 
 
 # -- stream events (the data of each server-sent event) ------------------------
