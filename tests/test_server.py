@@ -468,7 +468,7 @@ async def test_chat_stream_sends_tool_call_tool_result_tokens_then_done(srv: Run
     assert call["name"] == "add_task" and call["args"] == {"title": "buy milk"}
     assert result["id"] == call["id"] and result["name"] == "add_task"
     assert result["error"] is False
-    assert json.loads(result["result"])["created"]["title"] == "buy milk"
+    assert result["result"]["created"]["title"] == "buy milk"
 
     done = events[-1][1]
     tokens = "".join(data["text"] for name, data in events if name == "token")

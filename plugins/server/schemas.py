@@ -291,7 +291,7 @@ class ToolCallEvent(BaseModel):
 class ToolResultEvent(BaseModel):
     id: str
     name: str | None
-    result: str
+    result: Any = Field(description="The tool's reply as in ToolCall: its JSON value, or text.")
     error: bool
 
 

@@ -2,7 +2,8 @@
 
 ``conftest.make_server`` serves the JWT app on 127.0.0.1; :func:`uvicorn_on`
 serves any ASGI app (or an app factory's import string) on any address, on a
-free port, and gives the port; the server is stopped when the block ends.
+free port, and gives the port; :func:`serving` serves the real app with the
+example seeded. Servers are stopped when their block ends.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +21,11 @@ from chatwright import testing
 from chatwright.plugins.example import assistant as example
 from chatwright.plugins.server.app import create_app
 from chatwright.registry import Plugins
+from chatwright.runtime import Runtime
 from chatwright.settings import Settings
 
 
-def settings_for(tmp_path: Path, **values: Any) -> Settings:
+def settings_for(tmp_path: Path, plugins: Plugins | None = None, **values: Any) -> Settings:
     """Settings on a fresh SQLite file, the sweeper idle; ``values`` are merged per section."""
     base: dict[str, Any] = {
         "storage": {"url": f"sqlite+aiosqlite:///{tmp_path}/hostile-server.db"},
@@ -30,7 +33,7 @@ def settings_for(tmp_path: Path, **values: Any) -> Settings:
     }
     for section, keys in values.items():
         base[section] = {**base.get(section, {}), **keys}
-    return testing.settings(Plugins.load(), **base)
+    return testing.settings(plugins or Plugins.load(), **base)
 
 
 @contextlib.asynccontextmanager
@@ -52,10 +55,23 @@ async def uvicorn_on(app: Any, host: str = "127.0.0.1", **config: Any) -> AsyncI
         await task
 
 
+@dataclass
+class Served:
+    port: int
+    runtime: Runtime
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
 @contextlib.asynccontextmanager
-async def serving(settings: Settings, host: str = "127.0.0.1") -> AsyncIterator[int]:
-    """The real app for ``settings`` with the example seeded; yields the port."""
-    app = create_app(settings)
+async def serving(
+    settings: Settings, plugins: Plugins | None = None, host: str = "127.0.0.1"
+) -> AsyncIterator[Served]:
+    """The real app for ``settings`` with the example seeded (model ``offline``)."""
+    app = create_app(settings, plugins)
     async with uvicorn_on(app, host) as port:
-        await example.seed(app.state.runtime.storage, "offline:assistant")
-        yield port
+        runtime: Runtime = app.state.runtime
+        await example.seed(runtime.storage, "offline:assistant")
+        yield Served(port, runtime)

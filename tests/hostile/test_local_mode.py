@@ -27,7 +27,8 @@ async def get(port: int, path: str, host: str | None = None) -> httpx.Response:
 
 
 async def test_a_rebound_host_name_cannot_read_the_local_users_chats(tmp_path: Path) -> None:
-    async with serving(settings_for(tmp_path)) as port:
+    async with serving(settings_for(tmp_path)) as served:
+        port = served.port
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
             opened = await client.post("/api/sessions", json={"agent_name": "assistant"})
             assert opened.status_code == 200, opened.text
@@ -45,7 +46,8 @@ async def test_a_rebound_host_name_cannot_read_the_local_users_chats(tmp_path: P
 
 async def test_allowed_hosts_adds_names_to_the_loopback_ones(tmp_path: Path) -> None:
     settings = settings_for(tmp_path, server={"allowed_hosts": ["chat.home.arpa"]})
-    async with serving(settings) as port:
+    async with serving(settings) as served:
+        port = served.port
         assert (await get(port, "/api/sessions", "chat.home.arpa:8000")).status_code == 200
         assert (await get(port, "/api/sessions", f"127.0.0.1:{port}")).status_code == 200
         assert (await get(port, "/api/sessions", "other.home.arpa")).status_code == 403

@@ -19,6 +19,7 @@ from chatwright.plugins.server.schemas import (
     MessagePage,
     ToolCall,
 )
+from chatwright.plugins.server.settings import ServerSettings
 from chatwright.plugins.server.streaming import EVENTS, EventStreamResponse, stream_turn
 
 router = APIRouter(tags=["chats"])
@@ -68,7 +69,10 @@ async def chat_stream(
     owner = await runtime.storage.sessions.chat_owner(body.chat_id)
     if owner != (who.user_id, body.agent_name):
         raise NotFoundError(f"no chat {body.chat_id} with agent {body.agent_name!r}")
-    return stream_turn(runtime, metrics, who.user_id, body.agent_name, body.chat_id, body.message)
+    keepalive = settings.section(ServerSettings).stream_keepalive
+    return stream_turn(
+        runtime, keepalive, metrics, who.user_id, body.agent_name, body.chat_id, body.message
+    )
 
 
 @router.get(
