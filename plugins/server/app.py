@@ -23,6 +23,7 @@ from chatwright.plugins.server.loopback import LocalOnly
 from chatwright.plugins.server.metrics import ServerMetrics
 from chatwright.plugins.server.routes import agents, chats, health, pages, sessions
 from chatwright.plugins.server.settings import ServerSettings
+from chatwright.plugins.server.tool_checks import ToolChecks
 from chatwright.registry import Plugins
 from chatwright.runtime import Runtime
 from chatwright.settings import Settings
@@ -39,6 +40,7 @@ def create_app(settings: Settings, plugins: Plugins | None = None) -> FastAPI:
     app.state.runtime = runtime
     app.state.settings = settings
     app.state.metrics = ServerMetrics()
+    app.state.tool_checks = ToolChecks()
     errors.install(app)
     # Both run before routing, so neither a body nor a foreign Host reaches authentication.
     app.add_middleware(BodyLimit, limit=body_limit(settings))

@@ -16,7 +16,7 @@ from pydantic_core import PydanticCustomError
 
 if TYPE_CHECKING:
     from chatwright.runtime import ToolCallRecord
-    from chatwright.stores import ChatSession, Message, PromptCustomization
+    from chatwright.stores import ChatSession, Message, PromptCustomization, ToolRow
 
 Timestamp = Annotated[
     str,
@@ -233,6 +233,18 @@ class ToolEntry(BaseModel):
     is_active: bool
     ok: bool | None = Field(None, description="Admins only: whether the tool loads.")
     problems: list[str] | None = Field(None, description="Admins only: why it does not.")
+
+    @classmethod
+    def of(cls, row: ToolRow, **admin: Any) -> ToolEntry:
+        """The entry of ``row``; ``admin`` is ``ok`` and ``problems``, for admins only."""
+        return cls(
+            id=row.id,
+            name=row.name,
+            type=row.type,
+            description=row.description,
+            is_active=row.is_active,
+            **admin,
+        )
 
 
 class AgentDetail(AgentSummary):
