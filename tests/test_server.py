@@ -1560,3 +1560,65 @@ async def test_chat_takes_chat_id_and_session_id_as_its_older_name(srv: Running)
     )
     error_of(unknown, 404)
     assert len(await srv.sql("SELECT id FROM chat_messages WHERE role = 'human'")) == 4
+
+
+# =========================================================================== 7. serve --workers 2
+
+
+def test_two_workers_count_together_and_clean_up_their_metrics(tmp_path: Path) -> None:
+    """Each scrape reaches one worker; with prometheus-client's multiprocess mode the
+    counters are the server's: equal to the turns made, whichever worker answers."""
+    import subprocess
+
+    from tests.test_multiprocess import CONSOLE_SCRIPT, clean_env, free_port, fresh_database
+
+    turns = 6
+    metrics_dirs = tmp_path / "tmp"
+    metrics_dirs.mkdir()
+    with fresh_database(tmp_path / "work") as (_, url):
+        port = free_port()
+        log = (tmp_path / "serve.log").open("w", encoding="utf-8")
+        proc = subprocess.Popen(
+            [str(CONSOLE_SCRIPT), "serve", "--workers", "2", "--port", str(port)],
+            cwd=tmp_path / "work",
+            env=clean_env(
+                CHATWRIGHT_STORAGE__URL=url,
+                CHATWRIGHT_SESSIONS__SWEEP_INTERVAL="3600",
+                TMPDIR=str(metrics_dirs),
+            ),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(base + "/healthz", timeout=2).status_code == 200:
+                        break
+                assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
+                time.sleep(0.2)
+            # A new connection per request, so that both workers answer some.
+            opened = httpx.post(base + "/api/sessions", json={"agent_name": AGENT}, timeout=30)
+            chat_id = opened.json()["chat_id"]
+            for i in range(turns):
+                body = {"agent_name": AGENT, "chat_id": chat_id, "message": f"add task {i}"}
+                assert httpx.post(base + "/api/chat", json=body, timeout=30).status_code == 200
+            seen = []
+            for _ in range(10):
+                scraped = parse_metrics(httpx.get(base + "/metrics", timeout=30).text)
+                seen.append(scraped['chatwright_turns_total{outcome="ok"}'])
+                assert scraped["chatwright_turn_seconds_count"] == turns
+                assert (
+                    scraped["chatwright_cache_hits_total"]
+                    + scraped["chatwright_cache_misses_total"]
+                    == turns
+                )
+            assert seen == [turns] * 10
+            assert len(list(metrics_dirs.iterdir())) == 1  # the run's metrics directory
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+            log.close()
+    assert list(metrics_dirs.iterdir()) == []  # removed when serve stops

@@ -114,15 +114,15 @@ def stream_turn(
                 user_id, agent_name, chat_id, message, on_message=on_message, on_token=on_token
             )
         except ChatwrightError as exc:
-            metrics.turns["error"] += 1
+            metrics.turns.labels("error").inc()
             await queue.put(sse("error", ErrorEvent(error=str(exc), status=exc.http_status)))
         except Exception as exc:
-            metrics.turns["error"] += 1
+            metrics.turns.labels("error").inc()
             log.exception("streamed turn failed")
             failed = ErrorEvent(error=f"internal error ({type(exc).__name__})", status=500)
             await queue.put(sse("error", failed))
         else:
-            metrics.turns["ok"] += 1
+            metrics.turns.labels("ok").inc()
             metrics.turn_seconds.observe(time.perf_counter() - started)
             done = DoneEvent(
                 session_id=turn.chat_id,
@@ -131,6 +131,7 @@ def stream_turn(
             )
             await queue.put(sse("done", done))
         finally:
+            metrics.sync(runtime.cache.stats, len(runtime.cache))
             await queue.put(None)
 
     async def events() -> AsyncIterator[bytes]:

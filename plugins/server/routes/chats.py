@@ -39,9 +39,11 @@ async def chat(
     try:
         turn = await runtime.chat(who.user_id, body.agent_name, body.chat_id, body.message)
     except ChatwrightError:
-        metrics.turns["error"] += 1
+        metrics.turns.labels("error").inc()
         raise
-    metrics.turns["ok"] += 1
+    finally:
+        metrics.sync(runtime.cache.stats, len(runtime.cache))
+    metrics.turns.labels("ok").inc()
     metrics.turn_seconds.observe(time.perf_counter() - started)
     return ChatTurn(
         session_id=turn.chat_id,

@@ -70,13 +70,6 @@ async def health_detail(runtime: RuntimeDep, who: User) -> HealthDetail | JSONRe
 )
 async def prometheus(runtime: RuntimeDep, metrics: MetricsDep) -> PrometheusResponse:
     """Cache counters, active sessions, turn outcomes and latency."""
-    stats = runtime.cache.stats
-    text = metrics.render(
-        hits=stats.hits,
-        misses=stats.misses,
-        builds=stats.builds,
-        evictions=dict(stats.evictions),
-        cached=len(runtime.cache),
-        active_sessions=await runtime.storage.sessions.count_active(),
-    )
+    metrics.sync(runtime.cache.stats, len(runtime.cache))
+    text = metrics.render(active_sessions=await runtime.storage.sessions.count_active())
     return PrometheusResponse(text)
