@@ -378,10 +378,10 @@ async def test_sessions_open_resume_heartbeat_deactivate_and_list(srv: Running) 
     # No chat_id: the latest chat of this user and agent is resumed, in a new session.
     resumed = await open_session(client)
     assert resumed["chat_id"] == first["chat_id"] and resumed["id"] != first["id"]
-    # An explicit new chat_id starts that chat; the next open without one resumes it.
-    new_chat = str(uuid.uuid4())
-    explicit = await open_session(client, chat_id=new_chat)
-    assert explicit["chat_id"] == new_chat
+    # new: true starts a chat; the next open without a chat_id resumes it.
+    explicit = await open_session(client, new=True)
+    new_chat = explicit["chat_id"]
+    assert new_chat != first["chat_id"]
     assert (await open_session(client))["chat_id"] == new_chat
     # The same client_key returns the same active session.
     keyed = await open_session(client, client_key="tab-1")

@@ -52,14 +52,23 @@ class _Body(BaseModel):
 class OpenSession(_Body):
     agent_name: str = Field(min_length=1, max_length=200)
     chat_id: uuid.UUID | None = Field(
-        None, description="The chat to continue or start; without it the latest chat resumes."
+        None,
+        description="One of the caller's chats with the agent, to continue; without it the "
+        "latest chat resumes (or, with new, a new one starts).",
     )
+    new: bool = Field(False, description="Start a new chat; its id is chosen by the server.")
     client_key: str | None = Field(
         None,
         min_length=1,
         max_length=200,
         description="Makes opening idempotent: the same key gets the same active session.",
     )
+
+    @model_validator(mode="after")
+    def _new_or_chat(self) -> OpenSession:
+        if self.new and self.chat_id is not None:
+            raise ValueError("send chat_id to continue a chat or new: true to start one, not both")
+        return self
 
 
 def _chat_request_schema(schema: dict[str, Any]) -> None:
