@@ -1622,3 +1622,27 @@ def test_two_workers_count_together_and_clean_up_their_metrics(tmp_path: Path) -
             proc.wait(timeout=30)
             log.close()
     assert list(metrics_dirs.iterdir()) == []  # removed when serve stops
+
+
+# =========================================================================== 8. docs pages
+
+
+async def test_docs_pages_load_every_asset_from_the_server_itself(srv: Running) -> None:
+    import re
+
+    for path in ("/docs", "/redoc"):
+        page = await srv.client.get(path)
+        assert page.status_code == 200
+        assert page.headers["content-type"].startswith("text/html")
+        # Nothing is fetched from another host: every src and href is a path of this server.
+        links = re.findall(r"""(?:src|href)\s*=\s*["']([^"']+)["']""", page.text)
+        assets = re.findall(r"""['"](/docs-assets/[^'"]+)['"]""", page.text)
+        assert links and assets
+        assert all(link.startswith("/") for link in links), links
+        assert "http://" not in page.text.replace("http://127.0.0.1", "")
+        assert "https://" not in page.text
+        assert "/openapi.json" in page.text
+        for asset in assets:
+            loaded = await srv.client.get(asset)
+            assert loaded.status_code == 200, asset
+            assert len(loaded.content) > 1000, asset

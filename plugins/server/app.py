@@ -6,7 +6,8 @@ handlers (:mod:`.errors`), the body size limit (:mod:`.limits`), the guard of
 local mode (:mod:`.loopback`) and one router per resource (:mod:`.routes`).
 Every error a client can cause is answered as JSON ``{"error": "..."}`` with
 a 4xx status; a failing model gives 502 (the human message is kept), a
-database that cannot be reached gives 503. OpenAPI is served at ``/docs``.
+database that cannot be reached gives 503. OpenAPI is served at ``/docs``
+(:mod:`.docs_pages`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import json
 from fastapi import FastAPI
 
 from chatwright import __version__
-from chatwright.plugins.server import errors
+from chatwright.plugins.server import docs_pages, errors
 from chatwright.plugins.server.lifespan import lifespan
 from chatwright.plugins.server.limits import BodyLimit, body_limit
 from chatwright.plugins.server.loopback import LocalOnly
@@ -36,12 +37,16 @@ def create_app(settings: Settings, plugins: Plugins | None = None) -> FastAPI:
         version=__version__,
         lifespan=lifespan(runtime),
         description="Chat with agents whose configuration lives in a database.",
+        # Served by docs_pages, with their assets, instead of from a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.runtime = runtime
     app.state.settings = settings
     app.state.metrics = ServerMetrics()
     app.state.tool_checks = ToolChecks()
     errors.install(app)
+    docs_pages.install(app)
     # Both run before routing, so neither a body nor a foreign Host reaches authentication.
     app.add_middleware(BodyLimit, limit=body_limit(settings))
     server = settings.section(ServerSettings)
