@@ -22,7 +22,9 @@ What is checked:
    and the bind checks of ``chatwright serve``;
 5. bad input is answered with 4xx JSON naming the problem, never a 500; a
    failing model gives 502 and keeps the human message;
-6. startup and shutdown hooks fire once each around the lifespan.
+6. startup and shutdown hooks fire once each around the lifespan;
+7. ``serve --workers 2`` adds both workers' metrics up (PostgreSQL);
+8. ``/docs`` and ``/redoc`` load nothing from other hosts.
 """
 
 from __future__ import annotations
