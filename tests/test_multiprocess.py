@@ -139,7 +139,7 @@ def running_servers(database: str, workdir: Path, count: int) -> Iterator[list[S
 
 async def open_chat(client: httpx.AsyncClient, server: ServerProcess, agent: str) -> str:
     response = await client.post(
-        server.url + "/api/sessions", json={"agent_name": agent, "chat_id": str(uuid.uuid4())}
+        server.url + "/api/sessions", json={"agent_name": agent, "new": True}
     )
     assert response.status_code == 200, response.text
     return str(response.json()["chat_id"])

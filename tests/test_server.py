@@ -22,7 +22,9 @@ What is checked:
    and the bind checks of ``chatwright serve``;
 5. bad input is answered with 4xx JSON naming the problem, never a 500; a
    failing model gives 502 and keeps the human message;
-6. startup and shutdown hooks fire once each around the lifespan.
+6. startup and shutdown hooks fire once each around the lifespan;
+7. ``serve --workers 2`` adds both workers' metrics up (PostgreSQL);
+8. ``/docs`` and ``/redoc`` load nothing from other hosts.
 """
 
 from __future__ import annotations
@@ -269,10 +271,10 @@ async def test_sessions_open_resume_heartbeat_deactivate_and_list(srv: Running) 
     # No chat_id: the latest chat of this user and agent is resumed, in a new session.
     resumed = await open_session(client)
     assert resumed["chat_id"] == first["chat_id"] and resumed["id"] != first["id"]
-    # An explicit new chat_id starts that chat; the next open without one resumes it.
-    new_chat = str(uuid.uuid4())
-    explicit = await open_session(client, chat_id=new_chat)
-    assert explicit["chat_id"] == new_chat
+    # new: true starts a chat; the next open without a chat_id resumes it.
+    explicit = await open_session(client, new=True)
+    new_chat = explicit["chat_id"]
+    assert new_chat != first["chat_id"]
     assert (await open_session(client))["chat_id"] == new_chat
     # The same client_key returns the same active session.
     keyed = await open_session(client, client_key="tab-1")
@@ -359,7 +361,7 @@ async def test_chat_stream_sends_tool_call_tool_result_tokens_then_done(srv: Run
     assert call["name"] == "add_task" and call["args"] == {"title": "buy milk"}
     assert result["id"] == call["id"] and result["name"] == "add_task"
     assert result["error"] is False
-    assert json.loads(result["result"])["created"]["title"] == "buy milk"
+    assert result["result"]["created"]["title"] == "buy milk"
 
     done = events[-1][1]
     tokens = "".join(data["text"] for name, data in events if name == "token")
@@ -528,8 +530,8 @@ async def test_config_health_page_and_openapi(srv: Running) -> None:
     }
     health = await client.get("/healthz")
     assert health.status_code == 200
-    assert health.json()["status"] == "ok"
-    assert "sqlite" in health.json()["database"]
+    assert health.json() == {"status": "ok"}
+    assert "sqlite" in (await client.get("/api/health")).json()["database"]
     page = await client.get("/")
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/html")
@@ -1254,6 +1256,7 @@ async def test_openapi_declares_every_answer_with_a_schema_and_errors_with_the_o
         ("get", "/"),
         ("get", "/api/config"),
         ("get", "/healthz"),
+        ("get", "/api/health"),
         ("get", "/metrics"),
         ("post", "/api/sessions"),
         ("get", "/api/sessions"),
@@ -1453,3 +1456,90 @@ async def test_chat_takes_chat_id_and_session_id_as_its_older_name(srv: Running)
     )
     error_of(unknown, 404)
     assert len(await srv.sql("SELECT id FROM chat_messages WHERE role = 'human'")) == 4
+
+
+# =========================================================================== 7. serve --workers 2
+
+
+def test_two_workers_count_together_and_clean_up_their_metrics(tmp_path: Path) -> None:
+    """Each scrape reaches one worker; with prometheus-client's multiprocess mode the
+    counters are the server's: equal to the turns made, whichever worker answers."""
+    import subprocess
+
+    from tests.harness import CONSOLE_SCRIPT, clean_env, free_port
+    from tests.test_multiprocess import fresh_database
+
+    turns = 6
+    metrics_dirs = tmp_path / "tmp"
+    metrics_dirs.mkdir()
+    with fresh_database(tmp_path / "work") as (_, url):
+        port = free_port()
+        log = (tmp_path / "serve.log").open("w", encoding="utf-8")
+        proc = subprocess.Popen(
+            [str(CONSOLE_SCRIPT), "serve", "--workers", "2", "--port", str(port)],
+            cwd=tmp_path / "work",
+            env=clean_env(
+                CHATWRIGHT_STORAGE__URL=url,
+                CHATWRIGHT_SESSIONS__SWEEP_INTERVAL="3600",
+                TMPDIR=str(metrics_dirs),
+            ),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(base + "/healthz", timeout=2).status_code == 200:
+                        break
+                assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
+                time.sleep(0.2)
+            # A new connection per request, so that both workers answer some.
+            opened = httpx.post(base + "/api/sessions", json={"agent_name": AGENT}, timeout=30)
+            chat_id = opened.json()["chat_id"]
+            for i in range(turns):
+                body = {"agent_name": AGENT, "chat_id": chat_id, "message": f"add task {i}"}
+                assert httpx.post(base + "/api/chat", json=body, timeout=30).status_code == 200
+            seen = []
+            for _ in range(10):
+                scraped = parse_metrics(httpx.get(base + "/metrics", timeout=30).text)
+                seen.append(scraped['chatwright_turns_total{outcome="ok"}'])
+                assert scraped["chatwright_turn_seconds_count"] == turns
+                assert (
+                    scraped["chatwright_cache_hits_total"]
+                    + scraped["chatwright_cache_misses_total"]
+                    == turns
+                )
+            assert seen == [turns] * 10
+            assert len(list(metrics_dirs.iterdir())) == 1  # the run's metrics directory
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+            log.close()
+    assert list(metrics_dirs.iterdir()) == []  # removed when serve stops
+
+
+# =========================================================================== 8. docs pages
+
+
+async def test_docs_pages_load_every_asset_from_the_server_itself(srv: Running) -> None:
+    import re
+
+    for path in ("/docs", "/redoc"):
+        page = await srv.client.get(path)
+        assert page.status_code == 200
+        assert page.headers["content-type"].startswith("text/html")
+        # Nothing is fetched from another host: every src and href is a path of this server.
+        links = re.findall(r"""(?:src|href)\s*=\s*["']([^"']+)["']""", page.text)
+        assets = re.findall(r"""['"](/docs-assets/[^'"]+)['"]""", page.text)
+        assert links and assets
+        assert all(link.startswith("/") for link in links), links
+        assert "http://" not in page.text.replace("http://127.0.0.1", "")
+        assert "https://" not in page.text
+        assert "/openapi.json" in page.text
+        for asset in assets:
+            loaded = await srv.client.get(asset)
+            assert loaded.status_code == 200, asset
+            assert len(loaded.content) > 1000, asset

@@ -68,17 +68,28 @@ def serve_app(app: AppContext, host: str | None, port: int | None, workers: int 
         err=True,
     )
     if config.workers > 1:
+        import tempfile
+
+        from chatwright.plugins.server.metrics import MULTIPROCESS_DIR
+
         # Each worker process builds its own app from the same settings.
         os.environ["CHATWRIGHT_SERVE_OVERRIDES"] = json.dumps(app.overrides)
         if app.config:
             os.environ["CHATWRIGHT_CONFIG"] = app.config
-        uvicorn.run(
-            "chatwright.plugins.server.app:app_from_environment",
-            factory=True,
-            host=config.host,
-            port=config.port,
-            workers=config.workers,
-        )
+        # The workers' metrics are added up from files here; a fresh directory, so that
+        # no earlier run's counts are added in.
+        with tempfile.TemporaryDirectory(prefix="chatwright-metrics-") as metrics_dir:
+            os.environ[MULTIPROCESS_DIR] = metrics_dir
+            try:
+                uvicorn.run(
+                    "chatwright.plugins.server.app:app_from_environment",
+                    factory=True,
+                    host=config.host,
+                    port=config.port,
+                    workers=config.workers,
+                )
+            finally:
+                del os.environ[MULTIPROCESS_DIR]
         return
     uvicorn.run(
         create_app(settings, app.plugins),

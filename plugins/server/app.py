@@ -2,11 +2,12 @@
 
 :func:`create_app` builds a FastAPI application around one :class:`Runtime`
 and wires the parts together: the lifespan (:mod:`.lifespan`), the error
-handlers (:mod:`.errors`), the body size limit (:mod:`.limits`) and one router
-per resource (:mod:`.routes`). Every error a client can cause is answered as
-JSON ``{"error": "..."}`` with a 4xx status; a failing model gives 502 (the
-human message is kept), a database that cannot be reached gives 503. OpenAPI
-is served at ``/docs``.
+handlers (:mod:`.errors`), the body size limit (:mod:`.limits`), the guard of
+local mode (:mod:`.loopback`) and one router per resource (:mod:`.routes`).
+Every error a client can cause is answered as JSON ``{"error": "..."}`` with
+a 4xx status; a failing model gives 502 (the human message is kept), a
+database that cannot be reached gives 503. OpenAPI is served at ``/docs``
+(:mod:`.docs_pages`).
 """
 
 from __future__ import annotations
@@ -16,10 +17,14 @@ import json
 from fastapi import FastAPI
 
 from chatwright import __version__
-from chatwright.plugins.server import errors, limits
+from chatwright.plugins.server import docs_pages, errors
 from chatwright.plugins.server.lifespan import lifespan
+from chatwright.plugins.server.limits import BodyLimit, body_limit
+from chatwright.plugins.server.loopback import LocalOnly
 from chatwright.plugins.server.metrics import ServerMetrics
 from chatwright.plugins.server.routes import agents, chats, health, pages, sessions
+from chatwright.plugins.server.settings import ServerSettings
+from chatwright.plugins.server.tool_checks import ToolChecks
 from chatwright.registry import Plugins
 from chatwright.runtime import Runtime
 from chatwright.settings import Settings
@@ -32,12 +37,21 @@ def create_app(settings: Settings, plugins: Plugins | None = None) -> FastAPI:
         version=__version__,
         lifespan=lifespan(runtime),
         description="Chat with agents whose configuration lives in a database.",
+        # Served by docs_pages, with their assets, instead of from a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.runtime = runtime
     app.state.settings = settings
     app.state.metrics = ServerMetrics()
+    app.state.tool_checks = ToolChecks()
     errors.install(app)
-    limits.install(app, settings)
+    docs_pages.install(app)
+    # Both run before routing, so neither a body nor a foreign Host reaches authentication.
+    app.add_middleware(BodyLimit, limit=body_limit(settings))
+    server = settings.section(ServerSettings)
+    if server.auth == "local":
+        app.add_middleware(LocalOnly, allowed_hosts=server.allowed_hosts)
     for router in (pages.router, health.router, sessions.router, chats.router, agents.router):
         app.include_router(router)
     return app

@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 
 WHY = {
     401: "No bearer token, or an expired, malformed or wrongly signed one.",
-    403: "A service-role token, refused on user endpoints.",
+    403: "A service-role token, refused on user endpoints; in local mode, a foreign Host "
+    "header or a public bind.",
     404: "Not found, or not the caller's.",
     413: "The message or the request body is too large.",
     422: "The request is invalid: the error names each field at fault.",

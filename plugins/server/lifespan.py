@@ -10,7 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from typing import TYPE_CHECKING
+
+from prometheus_client.multiprocess import mark_process_dead
+
+from chatwright.plugins.server.metrics import multiprocess
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -18,12 +23,13 @@ if TYPE_CHECKING:
 
     from fastapi import FastAPI
 
+    from chatwright.plugins.server.metrics import ServerMetrics
     from chatwright.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
 
-async def sweeper(runtime: Runtime) -> None:
+async def sweeper(runtime: Runtime, metrics: ServerMetrics) -> None:
     """Sweep idle sessions forever; a failed pass is logged and retried."""
     from chatwright.sessions import sweep
 
@@ -31,6 +37,8 @@ async def sweeper(runtime: Runtime) -> None:
         await asyncio.sleep(runtime.settings.sessions.sweep_interval)
         try:
             report = await sweep(runtime)
+            # The evictions reach the metrics now, whichever worker is scraped.
+            metrics.sync(runtime.cache.stats, len(runtime.cache))
             if report.deactivated or report.evicted:
                 log.info(
                     "sweeper: %d idle session(s) deactivated, %d agent(s) evicted",
@@ -50,7 +58,7 @@ def lifespan(runtime: Runtime) -> Callable[[FastAPI], AbstractAsyncContextManage
         try:
             runtime.cache  # noqa: B018  (an unknown cache.policy fails now, not at the first turn)
             tasks = [
-                asyncio.create_task(sweeper(runtime)),
+                asyncio.create_task(sweeper(runtime, app.state.metrics)),
                 # Config changed by another process (PostgreSQL NOTIFY): rebuild at once.
                 asyncio.create_task(runtime.storage.watch_config(runtime.config_changed)),
             ]
@@ -64,5 +72,8 @@ def lifespan(runtime: Runtime) -> Callable[[FastAPI], AbstractAsyncContextManage
                         await task
         finally:
             await runtime.close()
+            if multiprocess():
+                # This worker's live gauges (the cache size) leave the sums.
+                mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
     return serve

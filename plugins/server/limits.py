@@ -1,4 +1,12 @@
-"""Size limits of request bodies: 413 before a body is read (messages: message_limits)."""
+"""Size limits of request bodies: 413 before any work is done (messages: message_limits).
+
+:class:`BodyLimit` is a pure ASGI middleware that counts the bytes the
+application actually receives, so a chunked body (no ``Content-Length``) is
+bounded as well as a declared one: once the bound is passed it answers 413 with
+the error body and the application sees a disconnect instead of more bytes. It
+sits outside the routes, so the bound holds before authentication or JSON
+parsing start.
+"""
 
 from __future__ import annotations
 
@@ -8,23 +16,70 @@ from chatwright.plugins.server.errors import error_response
 from chatwright.plugins.server.settings import ServerSettings
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
-
-    from fastapi import FastAPI, Request, Response
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
     from chatwright.settings import Settings
 
+# Room for the JSON around a message of max_message_chars characters, each up to 4 bytes.
+ENVELOPE_BYTES = 16_384
 
-def install(app: FastAPI, settings: Settings) -> None:
-    """Refuse bodies far beyond any message before reading them."""
 
-    @app.middleware("http")
-    async def limit_body(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        # Refuse oversized bodies before reading them (a message is capped anyway).
-        limit = settings.section(ServerSettings).max_message_chars * 4 + 16_384
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > limit:
-            return error_response(f"request body too large ({length} bytes; at most {limit})", 413)
-        return await call_next(request)
+def body_limit(settings: Settings) -> int:
+    """The most bytes a request body may have: far beyond any accepted message."""
+    return settings.section(ServerSettings).max_message_chars * 4 + ENVELOPE_BYTES
+
+
+class BodyLimit:
+    """Answer 413 as soon as a request body passes ``limit`` bytes, declared or not."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                await self._refuse(scope, receive, send, f"{int(value)} bytes")
+                return
+        received = 0
+        refused = False
+        started = False
+
+        async def counted_receive() -> Message:
+            nonlocal received, refused
+            if refused:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    refused = True
+                    if not started:
+                        await self._refuse(scope, receive, send, f"more than {limit} bytes")
+                    # The application stops reading as if the client had left.
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if refused:
+                # The 413 is the answer; whatever the application says after it is dropped.
+                return
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        await self.app(scope, counted_receive, guarded_send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, size: str) -> None:
+        response = error_response(
+            f"request body too large ({size}; at most {self.limit}): send a shorter message",
+            413,
+        )
+        # The rest of the body is not read: the connection is closed after the answer.
+        response.headers["Connection"] = "close"
+        await response(scope, receive, send)

@@ -1,86 +1,94 @@
-"""Prometheus text metrics, written by hand (the format is small and stable).
+"""Prometheus metrics of the server, kept with ``prometheus-client``.
 
-Counters of the executor cache come from the runtime; the server adds turn
-counts and a histogram of turn latency, and asks the storage for the number
-of active sessions when scraped.
+The server counts turns by outcome and their latency; the executor cache's
+counters (hits, misses, builds, evictions by reason) and its size are copied
+from the runtime's :class:`~chatwright.cache.CacheStats` by :meth:`ServerMetrics.sync`,
+after each turn, each sweeper pass and at each scrape. The number of active
+sessions is asked from the storage when scraped.
+
+With one process each app has its own registry. With ``serve --workers N``
+each worker is a process of its own, and a scrape reaches one of them: then
+``PROMETHEUS_MULTIPROC_DIR`` (set by ``serve``) makes prometheus-client keep
+every worker's values in files there and add them up at each scrape, so that
+counters are the server's, not one worker's. A worker's cache counters reach
+those files at its next turn, sweeper pass or scrape.
 """
 
 from __future__ import annotations
 
-import bisect
-from dataclasses import dataclass, field
+import os
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+if TYPE_CHECKING:
+    from chatwright.cache import CacheStats
 
 BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 
-@dataclass
-class Histogram:
-    buckets: tuple[float, ...] = BUCKETS
-    counts: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS) + 1))
-    total: float = 0.0
-    count: int = 0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.buckets, value)] += 1
-        self.total += value
-        self.count += 1
-
-    def lines(self, name: str) -> list[str]:
-        out, running = [], 0
-        for bound, n in zip(self.buckets, self.counts, strict=False):
-            running += n
-            out.append(f'{name}_bucket{{le="{bound}"}} {running}')
-        out.append(f'{name}_bucket{{le="+Inf"}} {self.count}')
-        out.append(f"{name}_sum {self.total}")
-        out.append(f"{name}_count {self.count}")
-        return out
+def multiprocess() -> bool:
+    return bool(os.environ.get(MULTIPROCESS_DIR))
 
 
-@dataclass
 class ServerMetrics:
-    turns: dict[str, int] = field(default_factory=lambda: {"ok": 0, "error": 0})
-    turn_seconds: Histogram = field(default_factory=Histogram)
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.turns = Counter("chatwright_turns", "Chat turns by outcome.", ["outcome"], registry=r)
+        for outcome in ("ok", "error"):
+            self.turns.labels(outcome)
+        self.turn_seconds = Histogram(
+            "chatwright_turn_seconds", "Latency of chat turns.", buckets=BUCKETS, registry=r
+        )
+        self.hits = Counter("chatwright_cache_hits", "Turns served by a cached agent.", registry=r)
+        self.misses = Counter(
+            "chatwright_cache_misses", "Turns that needed an agent built.", registry=r
+        )
+        self.builds = Counter("chatwright_cache_builds", "Agents built.", registry=r)
+        self.evictions = Counter(
+            "chatwright_cache_evictions",
+            "Agents dropped from the cache, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.entries = Gauge(
+            "chatwright_cache_entries",
+            "Agents in the cache now.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self._synced = (0, 0, 0)
+        self._synced_evictions: dict[str, int] = {}
 
-    def render(
-        self,
-        *,
-        hits: int,
-        misses: int,
-        builds: int,
-        evictions: dict[str, int],
-        cached: int,
-        active_sessions: int,
-    ) -> str:
-        lines = [
-            "# HELP chatwright_cache_hits_total Turns served by a cached agent.",
-            "# TYPE chatwright_cache_hits_total counter",
-            f"chatwright_cache_hits_total {hits}",
-            "# HELP chatwright_cache_misses_total Turns that needed an agent built.",
-            "# TYPE chatwright_cache_misses_total counter",
-            f"chatwright_cache_misses_total {misses}",
-            "# HELP chatwright_cache_builds_total Agents built.",
-            "# TYPE chatwright_cache_builds_total counter",
-            f"chatwright_cache_builds_total {builds}",
-            "# HELP chatwright_cache_evictions_total Agents dropped from the cache, by reason.",
-            "# TYPE chatwright_cache_evictions_total counter",
-            *(
-                f'chatwright_cache_evictions_total{{reason="{reason}"}} {n}'
-                for reason, n in sorted(evictions.items())
-            ),
-            "# HELP chatwright_cache_entries Agents in the cache now.",
-            "# TYPE chatwright_cache_entries gauge",
-            f"chatwright_cache_entries {cached}",
+    def sync(self, stats: CacheStats, cached: int) -> None:
+        """Add what the cache counted since the last sync; set its size."""
+        hits, misses, builds = self._synced
+        self.hits.inc(stats.hits - hits)
+        self.misses.inc(stats.misses - misses)
+        self.builds.inc(stats.builds - builds)
+        self._synced = (stats.hits, stats.misses, stats.builds)
+        for reason, count in stats.evictions.items():
+            new = count - self._synced_evictions.get(reason, 0)
+            if new:
+                self.evictions.labels(reason).inc(new)
+            self._synced_evictions[reason] = count
+        self.entries.set(cached)
+
+    def render(self, *, active_sessions: int) -> str:
+        """The Prometheus text: every worker's values added up in multiprocess mode."""
+        if multiprocess():
+            registry = CollectorRegistry()
+            # prometheus-client leaves this constructor unannotated.
+            MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        else:
+            registry = self.registry
+        # Asked from the database, the same in every worker: not a per-process value.
+        sessions = [
             "# HELP chatwright_active_sessions Active chat sessions in the database.",
             "# TYPE chatwright_active_sessions gauge",
             f"chatwright_active_sessions {active_sessions}",
-            "# HELP chatwright_turns_total Chat turns by outcome.",
-            "# TYPE chatwright_turns_total counter",
-            *(
-                f'chatwright_turns_total{{outcome="{k}"}} {v}'
-                for k, v in sorted(self.turns.items())
-            ),
-            "# HELP chatwright_turn_seconds Latency of chat turns.",
-            "# TYPE chatwright_turn_seconds histogram",
-            *self.turn_seconds.lines("chatwright_turn_seconds"),
         ]
-        return "\n".join(lines) + "\n"
+        return generate_latest(registry).decode() + "\n".join(sessions) + "\n"

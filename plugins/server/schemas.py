@@ -16,7 +16,7 @@ from pydantic_core import PydanticCustomError
 
 if TYPE_CHECKING:
     from chatwright.runtime import ToolCallRecord
-    from chatwright.stores import ChatSession, Message, PromptCustomization
+    from chatwright.stores import ChatSession, Message, PromptCustomization, ToolRow
 
 Timestamp = Annotated[
     str,
@@ -52,14 +52,23 @@ class _Body(BaseModel):
 class OpenSession(_Body):
     agent_name: str = Field(min_length=1, max_length=200)
     chat_id: uuid.UUID | None = Field(
-        None, description="The chat to continue or start; without it the latest chat resumes."
+        None,
+        description="One of the caller's chats with the agent, to continue; without it the "
+        "latest chat resumes (or, with new, a new one starts).",
     )
+    new: bool = Field(False, description="Start a new chat; its id is chosen by the server.")
     client_key: str | None = Field(
         None,
         min_length=1,
         max_length=200,
         description="Makes opening idempotent: the same key gets the same active session.",
     )
+
+    @model_validator(mode="after")
+    def _new_or_chat(self) -> OpenSession:
+        if self.new and self.chat_id is not None:
+            raise ValueError("send chat_id to continue a chat or new: true to start one, not both")
+        return self
 
 
 def _chat_request_schema(schema: dict[str, Any]) -> None:
@@ -234,6 +243,18 @@ class ToolEntry(BaseModel):
     ok: bool | None = Field(None, description="Admins only: whether the tool loads.")
     problems: list[str] | None = Field(None, description="Admins only: why it does not.")
 
+    @classmethod
+    def of(cls, row: ToolRow, **admin: Any) -> ToolEntry:
+        """The entry of ``row``; ``admin`` is ``ok`` and ``problems``, for admins only."""
+        return cls(
+            id=row.id,
+            name=row.name,
+            type=row.type,
+            description=row.description,
+            is_active=row.is_active,
+            **admin,
+        )
+
 
 class AgentDetail(AgentSummary):
     tools: list[ToolEntry]
@@ -262,8 +283,17 @@ class ClientConfig(BaseModel):
 
 
 class Health(BaseModel):
+    """Liveness for anyone: nothing about the deployment."""
+
     status: Literal["ok"]
-    database: str = Field(description="Which database answered (no credentials).")
+
+
+class HealthDetail(BaseModel):
+    """Readiness with its details, for admins."""
+
+    status: Literal["ok", "unavailable"]
+    database: str = Field(description="Which database is used (no credentials).")
+    error: str | None = Field(description="Why the database does not answer; null when it does.")
 
 
 # -- stream events (the data of each server-sent event) ------------------------
@@ -282,7 +312,7 @@ class ToolCallEvent(BaseModel):
 class ToolResultEvent(BaseModel):
     id: str
     name: str | None
-    result: str
+    result: Any = Field(description="The tool's reply as in ToolCall: its JSON value, or text.")
     error: bool
 
 

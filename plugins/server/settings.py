@@ -36,6 +36,17 @@ class ServerSettings(BaseModel):
         description="Accepted JWT algorithms (default: HS256 with jwt_secret, RS256 and ES256 "
         "with a JWKS).",
     )
+    allowed_hosts: list[str] = Field(
+        [],
+        description="Host header names served in local mode besides localhost, 127.0.0.1 and "
+        "[::1] (403 for others, against DNS rebinding).",
+    )
+    stream_keepalive: float = Field(
+        15.0,
+        gt=0,
+        description="Seconds between `: keep-alive` comments of a streamed turn that sends "
+        "nothing, so that proxies keep the connection.",
+    )
     max_message_chars: int = Field(
         16_000, ge=1, description="Longest chat message accepted, in characters (413 beyond)."
     )

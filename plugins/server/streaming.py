@@ -2,8 +2,13 @@
 
 The events are ``token``, ``tool_call`` and ``tool_result`` while the turn
 runs, then ``done`` or ``error``; their data are the models of
-:mod:`chatwright.plugins.server.schemas` as JSON. A client that leaves does not
-cancel the turn: it finishes and is stored.
+:mod:`chatwright.plugins.server.schemas` as JSON, with U+2028 and U+2029
+escaped (JavaScript counts them as line ends, which would cut a data line in
+two for a client that splits lines the way the web page does). While the turn
+runs and sends nothing, a ``: keep-alive`` comment goes out every
+``server.stream_keepalive`` seconds, so that proxies do not drop an idle
+stream. A client that leaves does not cancel the turn: it finishes and is
+stored.
 """
 
 from __future__ import annotations
@@ -52,14 +57,28 @@ class EventStreamResponse(StreamingResponse):
     media_type = "text/event-stream"
 
 
+KEEPALIVE = b": keep-alive\n\n"
+
+
 def sse(event: str, data: BaseModel) -> bytes:
     # Dumped in python mode so tool arguments of any type go through json's default=str.
     payload = json.dumps(data.model_dump(), ensure_ascii=False, default=str)
+    # Still JSON, and one line for every client.
+    payload = payload.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
     return f"event: {event}\ndata: {payload}\n\n".encode()
+
+
+def tool_result(text: str) -> Any:
+    """A tool's reply as ``POST /api/chat`` gives it: the JSON value, or the text."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def stream_turn(
     runtime: Runtime,
+    keepalive: float,
     metrics: ServerMetrics,
     user_id: str,
     agent_name: str,
@@ -83,7 +102,7 @@ def stream_turn(
             result = ToolResultEvent(
                 id=message.tool_call_id,
                 name=message.name,
-                result=message.text,
+                result=tool_result(message.text),
                 error=message.status == "error",
             )
             await queue.put(sse("tool_result", result))
@@ -95,15 +114,15 @@ def stream_turn(
                 user_id, agent_name, chat_id, message, on_message=on_message, on_token=on_token
             )
         except ChatwrightError as exc:
-            metrics.turns["error"] += 1
+            metrics.turns.labels("error").inc()
             await queue.put(sse("error", ErrorEvent(error=str(exc), status=exc.http_status)))
         except Exception as exc:
-            metrics.turns["error"] += 1
+            metrics.turns.labels("error").inc()
             log.exception("streamed turn failed")
             failed = ErrorEvent(error=f"internal error ({type(exc).__name__})", status=500)
             await queue.put(sse("error", failed))
         else:
-            metrics.turns["ok"] += 1
+            metrics.turns.labels("ok").inc()
             metrics.turn_seconds.observe(time.perf_counter() - started)
             done = DoneEvent(
                 session_id=turn.chat_id,
@@ -112,14 +131,27 @@ def stream_turn(
             )
             await queue.put(sse("done", done))
         finally:
+            metrics.sync(runtime.cache.stats, len(runtime.cache))
             await queue.put(None)
 
     async def events() -> AsyncIterator[bytes]:
         task = asyncio.create_task(run())
+        getter: asyncio.Task[bytes | None] | None = None
         try:
-            while (item := await queue.get()) is not None:
+            while True:
+                # One pending get, kept across keep-alives, so that no event is lost.
+                getter = getter or asyncio.create_task(queue.get())
+                done, _ = await asyncio.wait({getter}, timeout=keepalive)
+                if not done:
+                    yield KEEPALIVE
+                    continue
+                item, getter = getter.result(), None
+                if item is None:
+                    break
                 yield item
         finally:
+            if getter is not None:
+                getter.cancel()
             # A client that leaves does not cancel the turn: it finishes and is stored.
             await asyncio.shield(task)
 

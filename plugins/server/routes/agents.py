@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from chatwright.errors import UnknownAgentError
 from chatwright.plugins.server.auth import Principal
-from chatwright.plugins.server.dependencies import RuntimeDep, SettingsDep, User, agent_exists
+from chatwright.plugins.server.dependencies import RuntimeDep, User, agent_exists
 from chatwright.plugins.server.errors import USER, responses
 from chatwright.plugins.server.schemas import (
     AgentDetail,
@@ -17,6 +15,7 @@ from chatwright.plugins.server.schemas import (
     CustomizationOut,
     ToolEntry,
 )
+from chatwright.plugins.server.tool_checks import ToolChecks
 from chatwright.runtime import Runtime
 
 router = APIRouter(prefix="/api/agents", tags=["agents"])
@@ -32,31 +31,21 @@ async def agents(runtime: RuntimeDep, who: User) -> list[AgentSummary]:
 
 
 @router.get("/{name}", response_model_exclude_unset=True, responses=responses(*USER, 404))
-async def agent(name: str, runtime: RuntimeDep, settings: SettingsDep, who: User) -> AgentDetail:
+async def agent(name: str, request: Request, runtime: RuntimeDep, who: User) -> AgentDetail:
     """An agent and its tool rows; admins also see whether each tool loads."""
-    from chatwright.tools import check_tools
-
     found = await runtime.storage.agents.get(name)
     if found is None:
         raise UnknownAgentError(name)
-    reports = await check_tools(runtime.storage, settings, runtime.plugins, name)
+    # The tool check is cached per agent while its rows are unchanged (ToolChecks),
+    # so every caller may have it: a row refused at load is listed as not active.
+    checks: ToolChecks = request.app.state.tool_checks
     tools = []
-    for report in reports:
+    for report in await checks.reports(runtime, name):
         # Only the fields passed here are sent (the route excludes unset ones).
-        admin: dict[str, Any] = (
-            {"ok": report.ok, "problems": [p.brief() for p in report.problems]} if who.admin else {}
-        )
-        tools.append(
-            ToolEntry(
-                id=report.row.id,
-                name=report.row.name,
-                type=report.row.type,
-                description=report.row.description,
-                # A row refused at load is in no chat: not active, whatever its flag.
-                is_active=report.row.is_active and report.ok,
-                **admin,
-            )
-        )
+        admin = {"ok": report.ok, "problems": [p.brief() for p in report.problems]}
+        entry = ToolEntry.of(report.row, **(admin if who.admin else {}))
+        entry.is_active = report.row.is_active and report.ok
+        tools.append(entry)
     return AgentDetail(
         name=found.name, model=found.model, history_window=found.history_window, tools=tools
     )

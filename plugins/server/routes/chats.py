@@ -19,6 +19,7 @@ from chatwright.plugins.server.schemas import (
     MessagePage,
     ToolCall,
 )
+from chatwright.plugins.server.settings import ServerSettings
 from chatwright.plugins.server.streaming import EVENTS, EventStreamResponse, stream_turn
 
 router = APIRouter(tags=["chats"])
@@ -38,9 +39,11 @@ async def chat(
     try:
         turn = await runtime.chat(who.user_id, body.agent_name, body.chat_id, body.message)
     except ChatwrightError:
-        metrics.turns["error"] += 1
+        metrics.turns.labels("error").inc()
         raise
-    metrics.turns["ok"] += 1
+    finally:
+        metrics.sync(runtime.cache.stats, len(runtime.cache))
+    metrics.turns.labels("ok").inc()
     metrics.turn_seconds.observe(time.perf_counter() - started)
     return ChatTurn(
         session_id=turn.chat_id,
@@ -68,7 +71,10 @@ async def chat_stream(
     owner = await runtime.storage.sessions.chat_owner(body.chat_id)
     if owner != (who.user_id, body.agent_name):
         raise NotFoundError(f"no chat {body.chat_id} with agent {body.agent_name!r}")
-    return stream_turn(runtime, metrics, who.user_id, body.agent_name, body.chat_id, body.message)
+    keepalive = settings.section(ServerSettings).stream_keepalive
+    return stream_turn(
+        runtime, keepalive, metrics, who.user_id, body.agent_name, body.chat_id, body.message
+    )
 
 
 @router.get(

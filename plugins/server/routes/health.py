@@ -1,4 +1,8 @@
-"""Health check and Prometheus metrics, for load balancers and monitoring."""
+"""Health checks and Prometheus metrics, for load balancers and monitoring.
+
+``/healthz`` is for anyone (load balancers) and says only ok or unavailable;
+which database is used and why it fails is at ``/api/health``, for admins.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,10 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from chatwright.errors import ChatwrightError
-from chatwright.plugins.server.dependencies import MetricsDep, RuntimeDep
-from chatwright.plugins.server.errors import WHY
-from chatwright.plugins.server.schemas import ErrorBody, Health
+from chatwright.plugins.server.auth import ForbiddenError
+from chatwright.plugins.server.dependencies import MetricsDep, RuntimeDep, User
+from chatwright.plugins.server.errors import USER, responses
+from chatwright.plugins.server.schemas import ErrorBody, Health, HealthDetail
 
 router = APIRouter(tags=["health"])
 
@@ -23,17 +28,39 @@ class PrometheusResponse(PlainTextResponse):
     responses={
         503: {
             "model": ErrorBody,
-            "description": WHY[503] + ' The body also has "status": "unavailable".',
+            "description": "The database does not answer. The body also has "
+            '"status": "unavailable"; GET /api/health tells admins why.',
         }
     },
 )
 async def healthz(runtime: RuntimeDep) -> Health | JSONResponse:
-    """Whether the database answers."""
+    """Whether the database answers; nothing else, since anyone may ask."""
+    try:
+        await runtime.storage.ping()
+    except ChatwrightError:
+        return JSONResponse(
+            {"status": "unavailable", "error": "the database does not answer"}, status_code=503
+        )
+    return Health(status="ok")
+
+
+@router.get(
+    "/api/health",
+    response_model=HealthDetail,
+    # A 503 body is a HealthDetail: the error body with the status and the database.
+    responses=responses(*USER),
+)
+async def health_detail(runtime: RuntimeDep, who: User) -> HealthDetail | JSONResponse:
+    """Which database is used and why it does not answer (admins only)."""
+    if not who.admin:
+        raise ForbiddenError("the health details are for admins (a chatwright_admin token)")
+    description = runtime.storage.description
     try:
         await runtime.storage.ping()
     except ChatwrightError as exc:
-        return JSONResponse({"status": "unavailable", "error": str(exc)}, status_code=503)
-    return Health(status="ok", database=runtime.storage.description)
+        detail = HealthDetail(status="unavailable", database=description, error=str(exc))
+        return JSONResponse(detail.model_dump(), status_code=503)
+    return HealthDetail(status="ok", database=description, error=None)
 
 
 @router.get(
@@ -43,13 +70,6 @@ async def healthz(runtime: RuntimeDep) -> Health | JSONResponse:
 )
 async def prometheus(runtime: RuntimeDep, metrics: MetricsDep) -> PrometheusResponse:
     """Cache counters, active sessions, turn outcomes and latency."""
-    stats = runtime.cache.stats
-    text = metrics.render(
-        hits=stats.hits,
-        misses=stats.misses,
-        builds=stats.builds,
-        evictions=dict(stats.evictions),
-        cached=len(runtime.cache),
-        active_sessions=await runtime.storage.sessions.count_active(),
-    )
+    metrics.sync(runtime.cache.stats, len(runtime.cache))
+    text = metrics.render(active_sessions=await runtime.storage.sessions.count_active())
     return PrometheusResponse(text)

@@ -28,10 +28,25 @@ router = APIRouter(prefix="/api/sessions", tags=["sessions"])
 
 @router.post("", responses=responses(*USER, 404, 413, 422))
 async def open_session(body: OpenSession, runtime: RuntimeDep, who: User) -> Session:
-    """Open a session on a chat (the latest with the agent unless chat_id is given)."""
+    """Open a session on one of the caller's chats, the latest one, or a new one (new: true).
+
+    A chat_id that is not one of the caller's chats is not found, whether it is
+    unused or another user's: the two answers are the same, so that the answer
+    does not tell whether someone else's chat exists.
+    """
     await agent_exists(runtime, body.agent_name)
+    chat_id = body.chat_id
+    if chat_id is not None:
+        owner = await runtime.storage.sessions.chat_owner(chat_id)
+        if owner is None or owner[0] != who.user_id:
+            raise NotFoundError(
+                f"no chat {chat_id} of yours; omit chat_id to resume your latest chat with "
+                f'{body.agent_name!r}, or send "new": true to start one'
+            )
+    elif body.new:
+        chat_id = uuid.uuid4()
     session = await runtime.storage.sessions.open(
-        who.user_id, body.agent_name, chat_id=body.chat_id, client_key=body.client_key
+        who.user_id, body.agent_name, chat_id=chat_id, client_key=body.client_key
     )
     return Session.of(session)
 
