@@ -8,7 +8,6 @@ with ``CI=true`` they fail instead, so CI can never pass by skipping them.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -17,10 +16,11 @@ from sqlalchemy.engine import make_url
 
 from chatwright.plugins.sql.storage import SQLStorage
 from chatwright.settings import Settings
+from tests.harness import ADMIN_URL, admin_connect
 
-ADMIN_URL = os.environ.get(
-    "CHATWRIGHT_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
+# test_multiprocess imports it from here.
+_admin_connect = admin_connect
+
 FRAMEWORK_TABLES = (
     "agents",
     "agent_tools",
@@ -31,28 +31,12 @@ FRAMEWORK_TABLES = (
 )
 
 
-def _libpq(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-def _admin_connect() -> object:
-    import psycopg
-
-    try:
-        return psycopg.connect(_libpq(ADMIN_URL), autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        reason = f"no PostgreSQL server answers at {make_url(ADMIN_URL)!r}: {exc}".strip()
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true requires PostgreSQL: {reason}")
-        pytest.skip(f"{reason} (set CHATWRIGHT_TEST_DATABASE_URL to run PostgreSQL tests)")
-
-
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
     """URL of a fresh PostgreSQL database, dropped after the run."""
-    admin = _admin_connect()
+    admin = admin_connect()
     name = f"chatwright_test_{uuid.uuid4().hex[:12]}"
-    admin.execute(f'CREATE DATABASE "{name}"')  # type: ignore[attr-defined]
+    admin.execute(f'CREATE DATABASE "{name}"')
     try:
         yield (
             make_url(ADMIN_URL)
@@ -60,8 +44,8 @@ def pg_url() -> Iterator[str]:
             .render_as_string(hide_password=False)
         )
     finally:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # type: ignore[attr-defined]
-        admin.close()  # type: ignore[attr-defined]
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
 
 
 def storage_for(url: str) -> SQLStorage:

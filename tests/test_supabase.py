@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -54,10 +53,15 @@ from chatwright.registry import Plugins
 from chatwright.settings import Settings
 from chatwright.stores import ColumnSpec, NewMessage, TableSpec
 from chatwright.tools import load_tools
-
-ADMIN_URL = os.environ.get(
-    "CHATWRIGHT_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+from tests.harness import (
+    ADMIN_URL,
+    SUPABASE_DEFAULT_PRIVILEGES,
+    SUPABASE_ROLES,
+    Cluster,
+    admin_connect,
+    libpq,
 )
+
 PLUGINS = Plugins.load()
 USER_TABLES = ("chat_sessions", "chat_messages", "prompt_customizations", "agent_memories")
 FRAMEWORK_TABLES = ("agents", "agent_tools", *USER_TABLES)
@@ -112,39 +116,6 @@ KEEPER_TOOLS: dict[str, dict[str, Any]] = {
 # --------------------------------------------------------------------------- database
 
 
-def libpq(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-@dataclass(frozen=True)
-class Cluster:
-    """This module's database, and the LOGIN roles it created (roles are cluster-wide)."""
-
-    name: str
-    app_role: str
-    """LOGIN, no superuser, no BYPASSRLS, owns nothing; a member of ``authenticated``."""
-    svc_role: str
-    """LOGIN, no superuser, BYPASSRLS, owns nothing; a member of ``authenticated``."""
-
-    def url(self, user: str | None = None, database: str | None = None) -> str:
-        url = make_url(ADMIN_URL).set(
-            drivername="postgresql+psycopg", database=database or self.name
-        )
-        if user is not None:
-            url = url.set(username=user, password=None)
-        return url.render_as_string(hide_password=False)
-
-
-def _admin_connect() -> psycopg.Connection[Any]:
-    try:
-        return psycopg.connect(libpq(ADMIN_URL), autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        reason = " ".join(f"no PostgreSQL server answers at {make_url(ADMIN_URL)!r}: {exc}".split())
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true requires PostgreSQL: {reason}")
-        pytest.skip(f"{reason} (set CHATWRIGHT_TEST_DATABASE_URL to run the supabase tests)")
-
-
 async def _migrate(url: str) -> None:
     storage = supabase(url)
     try:
@@ -155,7 +126,7 @@ async def _migrate(url: str) -> None:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    admin = _admin_connect()
+    admin = admin_connect()
     tag = uuid.uuid4().hex[:10]
     c = Cluster(name=f"cw_rls_{tag}", app_role=f"cw_rls_app_{tag}", svc_role=f"cw_rls_svc_{tag}")
     admin.execute(f'CREATE DATABASE "{c.name}"')
@@ -711,20 +682,6 @@ CREATE FUNCTION auth.uid() RETURNS uuid LANGUAGE sql STABLE AS $f$
     (nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub')
   )::uuid
 $f$"""
-SUPABASE_ROLES = """
-DO $$
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'anon') THEN
-        CREATE ROLE anon NOLOGIN NOINHERIT;
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'authenticated') THEN
-        CREATE ROLE authenticated NOLOGIN NOINHERIT;
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'service_role') THEN
-        CREATE ROLE service_role NOLOGIN NOINHERIT BYPASSRLS;
-    END IF;
-END
-$$"""
 
 
 async def test_migration_on_a_supabase_like_database_is_idempotent_and_keeps_its_auth(
@@ -946,17 +903,6 @@ async def test_config_changes_notify_the_agent_name_and_reach_watch_config(
 
 # --------------------------------------------------------------------------- 7. Data API roles
 
-# What a new Supabase project does before chatwright arrives: every table, sequence
-# and function later created in public is granted to the Data API's roles.
-SUPABASE_DEFAULT_PRIVILEGES = """
-GRANT USAGE ON SCHEMA public TO anon, authenticated, service_role;
-ALTER DEFAULT PRIVILEGES IN SCHEMA public
-    GRANT ALL ON TABLES TO anon, authenticated, service_role;
-ALTER DEFAULT PRIVILEGES IN SCHEMA public
-    GRANT ALL ON SEQUENCES TO anon, authenticated, service_role;
-ALTER DEFAULT PRIVILEGES IN SCHEMA public
-    GRANT ALL ON FUNCTIONS TO anon, authenticated, service_role;
-"""
 API_KEY = "sk-test-do-not-leak-0123456789"
 
 
@@ -976,7 +922,7 @@ def stock_supabase(cluster: Cluster) -> Iterator[StockSupabase]:
     tag = uuid.uuid4().hex[:10]
     db = Cluster(name=f"cw_rls_api_{tag}", app_role=cluster.app_role, svc_role=cluster.svc_role)
     stock = StockSupabase(db, anon_login=f"cw_rls_anon_{tag}", user_login=f"cw_rls_user_{tag}")
-    admin = _admin_connect()
+    admin = admin_connect()
     admin.execute(f'CREATE DATABASE "{db.name}"')
     try:
         admin.execute(SUPABASE_ROLES)
@@ -1171,7 +1117,7 @@ async def test_the_documented_deployment_check_passes_and_catches_an_open_table(
 async def test_upgrading_a_deployment_made_before_0003_closes_it() -> None:
     tag = uuid.uuid4().hex[:10]
     db = Cluster(name=f"cw_rls_up_{tag}", app_role="", svc_role="")
-    admin = _admin_connect()
+    admin = admin_connect()
     admin.execute(f'CREATE DATABASE "{db.name}"')
     storage = supabase(db.url())
     try:
