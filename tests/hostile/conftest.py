@@ -323,12 +323,16 @@ async def open_chat(client: httpx.AsyncClient, user: str, agent: str = AGENT) ->
 
 
 async def say(
-    server: Server, user: str, calls: list[tuple[str, dict[str, Any]]], agent: str = AGENT
+    server: Server,
+    user: str,
+    calls: list[tuple[str, dict[str, Any]]],
+    agent: str = AGENT,
+    message: str = "go",
 ) -> dict[str, Any]:
     """One turn of ``user`` on a new chat, the scripted model making ``calls``."""
     await server.runtime.storage.agents.update(agent, model_settings=script(*calls))
     session = await open_chat(server.client, user, agent)
-    body = {"agent_name": agent, "chat_id": session["chat_id"], "message": "go"}
+    body = {"agent_name": agent, "chat_id": session["chat_id"], "message": message}
     response = await server.client.post("/api/chat", json=body, headers=bearer(user))
     assert response.status_code == 200, response.text
     data: dict[str, Any] = response.json()
