@@ -47,6 +47,7 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 import uvicorn
+from fastapi import FastAPI
 
 from chatwright import testing
 from chatwright.plugins.example import assistant as example
@@ -241,6 +242,7 @@ class Server:
     runtime: Runtime
     client: httpx.AsyncClient
     backend: Backend
+    app: FastAPI
 
 
 MakeServer = Callable[..., Awaitable[Server]]
@@ -267,7 +269,7 @@ async def make_server(backend: Backend) -> AsyncIterator[MakeServer]:
             runtime: Runtime = app.state.runtime
             await drop_app_tables(runtime)
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-                yield Server(runtime, client, backend)
+                yield Server(runtime, client, backend, app)
         finally:
             server.should_exit = True
             await task
