@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -390,3 +391,54 @@ class ServerProcess:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=10)
         self._log.close()
+
+
+# -- a Supabase-like PostgreSQL database ------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """A database a test module created, and the LOGIN roles it created (roles are cluster-wide)."""
+
+    name: str
+    app_role: str
+    """LOGIN, no superuser, no BYPASSRLS, owns nothing; a member of ``authenticated``."""
+    svc_role: str
+    """LOGIN, no superuser, BYPASSRLS, owns nothing; a member of ``authenticated``."""
+
+    def url(self, user: str | None = None, database: str | None = None) -> str:
+        url = make_url(ADMIN_URL).set(
+            drivername="postgresql+psycopg", database=database or self.name
+        )
+        if user is not None:
+            url = url.set(username=user, password=None)
+        return url.render_as_string(hide_password=False)
+
+
+# The Data API roles of a Supabase project (the migration creates them when missing).
+SUPABASE_ROLES = """
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'anon') THEN
+        CREATE ROLE anon NOLOGIN NOINHERIT;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'authenticated') THEN
+        CREATE ROLE authenticated NOLOGIN NOINHERIT;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'service_role') THEN
+        CREATE ROLE service_role NOLOGIN NOINHERIT BYPASSRLS;
+    END IF;
+END
+$$"""
+
+# What a new Supabase project does before chatwright arrives: every table, sequence
+# and function later created in public is granted to the Data API's roles.
+SUPABASE_DEFAULT_PRIVILEGES = """
+GRANT USAGE ON SCHEMA public TO anon, authenticated, service_role;
+ALTER DEFAULT PRIVILEGES IN SCHEMA public
+    GRANT ALL ON TABLES TO anon, authenticated, service_role;
+ALTER DEFAULT PRIVILEGES IN SCHEMA public
+    GRANT ALL ON SEQUENCES TO anon, authenticated, service_role;
+ALTER DEFAULT PRIVILEGES IN SCHEMA public
+    GRANT ALL ON FUNCTIONS TO anon, authenticated, service_role;
+"""

@@ -52,7 +52,15 @@ from chatwright.registry import Plugins
 from chatwright.settings import Settings
 from chatwright.stores import ColumnSpec, NewMessage, TableSpec
 from chatwright.tools import load_tools
-from tests.harness import ADMIN_URL, DATA_TABLES, admin_connect, libpq
+from tests.harness import (
+    ADMIN_URL,
+    DATA_TABLES,
+    SUPABASE_DEFAULT_PRIVILEGES,
+    SUPABASE_ROLES,
+    Cluster,
+    admin_connect,
+    libpq,
+)
 from tests.harness import call_tool as call
 from tests.harness import tool_err as err
 from tests.harness import tool_ok as ok
@@ -108,25 +116,6 @@ KEEPER_TOOLS: dict[str, dict[str, Any]] = {
 
 
 # --------------------------------------------------------------------------- database
-
-
-@dataclass(frozen=True)
-class Cluster:
-    """This module's database, and the LOGIN roles it created (roles are cluster-wide)."""
-
-    name: str
-    app_role: str
-    """LOGIN, no superuser, no BYPASSRLS, owns nothing; a member of ``authenticated``."""
-    svc_role: str
-    """LOGIN, no superuser, BYPASSRLS, owns nothing; a member of ``authenticated``."""
-
-    def url(self, user: str | None = None, database: str | None = None) -> str:
-        url = make_url(ADMIN_URL).set(
-            drivername="postgresql+psycopg", database=database or self.name
-        )
-        if user is not None:
-            url = url.set(username=user, password=None)
-        return url.render_as_string(hide_password=False)
 
 
 async def _migrate(url: str) -> None:
@@ -678,20 +667,6 @@ CREATE FUNCTION auth.uid() RETURNS uuid LANGUAGE sql STABLE AS $f$
     (nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub')
   )::uuid
 $f$"""
-SUPABASE_ROLES = """
-DO $$
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'anon') THEN
-        CREATE ROLE anon NOLOGIN NOINHERIT;
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'authenticated') THEN
-        CREATE ROLE authenticated NOLOGIN NOINHERIT;
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'service_role') THEN
-        CREATE ROLE service_role NOLOGIN NOINHERIT BYPASSRLS;
-    END IF;
-END
-$$"""
 
 
 async def test_migration_on_a_supabase_like_database_is_idempotent_and_keeps_its_auth(
@@ -913,17 +888,6 @@ async def test_config_changes_notify_the_agent_name_and_reach_watch_config(
 
 # --------------------------------------------------------------------------- 7. Data API roles
 
-# What a new Supabase project does before chatwright arrives: every table, sequence
-# and function later created in public is granted to the Data API's roles.
-SUPABASE_DEFAULT_PRIVILEGES = """
-GRANT USAGE ON SCHEMA public TO anon, authenticated, service_role;
-ALTER DEFAULT PRIVILEGES IN SCHEMA public
-    GRANT ALL ON TABLES TO anon, authenticated, service_role;
-ALTER DEFAULT PRIVILEGES IN SCHEMA public
-    GRANT ALL ON SEQUENCES TO anon, authenticated, service_role;
-ALTER DEFAULT PRIVILEGES IN SCHEMA public
-    GRANT ALL ON FUNCTIONS TO anon, authenticated, service_role;
-"""
 API_KEY = "sk-test-do-not-leak-0123456789"
 
 

@@ -82,7 +82,10 @@ async def test_stalled_database_is_a_503_within_the_statement_timeout(
     async with StallingProxy(target.port or 5432).running() as proxy:
         via_proxy = target.set(host="127.0.0.1", port=proxy.port)
         server = await make_server(
-            url=via_proxy.render_as_string(hide_password=False), statement_timeout=1.5
+            storage={
+                "url": via_proxy.render_as_string(hide_password=False),
+                "statement_timeout": 1.5,
+            }
         )
         client = server.client
         assert (await client.get("/api/sessions", headers=bearer("eve"))).status_code == 200
@@ -105,7 +108,7 @@ async def test_stalled_database_is_a_503_within_the_statement_timeout(
 async def test_exhausted_pool_is_a_503_with_the_error_body(
     pg_only: str, make_server: MakeServer
 ) -> None:
-    server = await make_server(pool_size=1, max_overflow=0, pool_timeout=0.5)
+    server = await make_server(storage={"pool_size": 1, "max_overflow": 0, "pool_timeout": 0.5})
     client = server.client
     assert (await client.get("/api/sessions", headers=bearer("eve"))).status_code == 200
 

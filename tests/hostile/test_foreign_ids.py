@@ -1,0 +1,181 @@
+"""Bob with alice's chat and session ids, on every endpoint that takes one.
+
+Every route with a ``{session_id}`` or ``{chat_id}`` in its path is found in the
+app's OpenAPI document and called with each of its methods, so a route added later is
+attacked too; the endpoints that take a chat id in the body (a turn, a stream,
+opening a session) are called as well. Each must answer 404 with the error body,
+the same answer a made-up id gets, and nothing of alice's chat may come back.
+Methods a path does not have answer 404 or 405, with the error body too.
+Afterwards alice's session is still active and her chat unchanged.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+
+from chatwright.plugins.example import assistant as example
+from tests.hostile.conftest import (
+    AGENT,
+    MakeServer,
+    Server,
+    assert_error_body,
+    bearer,
+    open_chat,
+    say,
+    script,
+    sql,
+)
+
+ALICE_SAYS = "my locker combination is 31-7-22-marzipan"
+METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+
+
+async def alice_and_bob(server: Server) -> tuple[dict[str, Any], dict[str, Any]]:
+    await example.seed(server.runtime.storage, "scripted:x")
+    await server.runtime.storage.agents.update(AGENT, model_settings=script())
+    alice = await open_chat(server.client, "alice")
+    body = {"agent_name": AGENT, "chat_id": alice["chat_id"], "message": ALICE_SAYS}
+    turn = await server.client.post("/api/chat", json=body, headers=bearer("alice"))
+    assert turn.status_code == 200, turn.text
+    await say(server, "bob", [])
+    bob = await open_chat(server.client, "bob")
+    return alice, bob
+
+
+def id_routes(server: Server) -> list[tuple[str, str]]:
+    """(method, path) of every route that takes a session or chat id in its path."""
+    # From the OpenAPI document: every route the app serves is in it.
+    found = [
+        (method.upper(), path)
+        for path, operations in server.app.openapi()["paths"].items()
+        if re.search(r"\{(session|chat)_id\}", path)
+        for method in sorted(operations)
+    ]
+    assert found, "no route takes a session or chat id: the probe list is wrong"
+    return found
+
+
+def fill(path: str, session_id: str, chat_id: str) -> str:
+    return path.replace("{session_id}", session_id).replace("{chat_id}", chat_id)
+
+
+Probe = Callable[[str, str], Awaitable[httpx.Response]]
+
+
+def probes(server: Server) -> dict[str, Probe]:
+    """Each endpoint, as bob, given a session id and a chat id."""
+    client, bob = server.client, bearer("bob")
+    found: dict[str, Probe] = {}
+    for method, path in id_routes(server):
+
+        async def routed(s: str, c: str, method: str = method, path: str = path) -> httpx.Response:
+            body = {"agent_name": AGENT, "message": "hi", "content": "x"}
+            extra: dict[str, Any] = {} if method == "GET" else {"json": body}
+            return await client.request(method, fill(path, s, c), headers=bob, **extra)
+
+        found[f"{method} {path}"] = routed
+
+    def turn(path: str, key: str = "chat_id") -> Probe:
+        async def send(s: str, c: str) -> httpx.Response:
+            body = {"agent_name": AGENT, key: c, "message": "show me the history"}
+            return await client.post(path, json=body, headers=bob)
+
+        return send
+
+    found["POST /api/chat"] = turn("/api/chat")
+    found["POST /api/chat (session_id)"] = turn("/api/chat", "session_id")
+    found["POST /api/chat/stream"] = turn("/api/chat/stream")
+
+    async def beacon(s: str, c: str) -> httpx.Response:
+        # navigator.sendBeacon: the token in the body, no header.
+        token = bearer("bob")["Authorization"].split()[1]
+        return await client.post(f"/api/sessions/{s}/deactivate", json={"access_token": token})
+
+    found["POST deactivate (beacon)"] = beacon
+
+    async def paged(s: str, c: str) -> httpx.Response:
+        return await client.get(f"/api/chats/{c}/messages?limit=500&before=999999", headers=bob)
+
+    found["GET messages (paged)"] = paged
+    return found
+
+
+def same_answer(theirs: httpx.Response, unknown: httpx.Response, ids: dict[str, str]) -> None:
+    """Alice's ids get the answer a made-up id gets: status and error, ids aside."""
+    text = theirs.text
+    for mine, made_up in ids.items():
+        text = text.replace(mine, made_up)
+    assert (theirs.status_code, text) == (unknown.status_code, unknown.text)
+
+
+async def test_alices_ids_answer_404_on_every_endpoint_and_leak_nothing(
+    make_server: MakeServer,
+) -> None:
+    server = await make_server()
+    alice, _ = await alice_and_bob(server)
+    before = await sql(server.runtime, "SELECT * FROM chat_messages WHERE user_id = 'alice'")
+    assert ALICE_SAYS in str(before)
+    made_up = {alice["id"]: str(uuid.uuid4()), alice["chat_id"]: str(uuid.uuid4())}
+
+    for name, probe in probes(server).items():
+        theirs = await probe(alice["id"], alice["chat_id"])
+        assert_error_body(theirs, 404)
+        assert ALICE_SAYS not in theirs.text, name
+        assert "marzipan" not in theirs.text, name
+        unknown = await probe(made_up[alice["id"]], made_up[alice["chat_id"]])
+        same_answer(theirs, unknown, made_up)
+
+    # Opening a session on her chat: 404 too (an unused id is test_opening_..._unused_id).
+    for agent in (AGENT, "no-such-agent"):
+        body = {"agent_name": agent, "chat_id": alice["chat_id"]}
+        opened = await server.client.post("/api/sessions", json=body, headers=bearer("bob"))
+        assert_error_body(opened, 404)
+        assert "marzipan" not in opened.text
+
+    # Methods no route has on these paths: the error body, never content.
+    for path in {p for _, p in id_routes(server)}:
+        for method in METHODS:
+            url = fill(path, alice["id"], alice["chat_id"])
+            response = await server.client.request(method, url, headers=bearer("bob"))
+            if response.status_code in (404, 405):
+                assert_error_body(response, 404, 405)
+            assert "marzipan" not in response.text, (method, url)
+    for url in (
+        f"/api/sessions/{alice['id']}",
+        f"/api/chats/{alice['chat_id']}",
+        f"/api/sessions/{alice['chat_id']}/messages",
+    ):
+        for method in METHODS:
+            response = await server.client.request(method, url, headers=bearer("bob"))
+            assert_error_body(response, 404, 405)
+            assert "marzipan" not in response.text
+
+    # Alice's chat is as it was and her session open; bob got no session on her chat.
+    assert await sql(server.runtime, "SELECT * FROM chat_messages WHERE user_id = 'alice'") == (
+        before
+    )
+    storage, chat = server.runtime.storage, uuid.UUID(alice["chat_id"])
+    assert await storage.sessions.chat_owner(chat) == ("alice", AGENT)
+    assert chat not in {s.chat_id for s in await storage.sessions.list("bob")}
+    beat = await server.client.post(
+        f"/api/sessions/{alice['id']}/heartbeat", headers=bearer("alice")
+    )
+    assert beat.status_code == 200
+    assert beat.json()["is_active"] is True
+
+
+async def test_opening_a_session_on_alices_chat_answers_as_an_unused_id(
+    make_server: MakeServer,
+) -> None:
+    server = await make_server()
+    alice, _ = await alice_and_bob(server)
+    for chat_id in (alice["chat_id"], str(uuid.uuid4())):
+        body = {"agent_name": AGENT, "chat_id": chat_id}
+        response = await server.client.post("/api/sessions", json=body, headers=bearer("bob"))
+        assert response.status_code == 404, (chat_id == alice["chat_id"], response.text)
+        assert "marzipan" not in response.text
