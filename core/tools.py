@@ -73,6 +73,9 @@ class ToolContext:
 
     async def describe(self, table: str) -> TableInfo | None:
         """The live schema of an application table, reflected once per load."""
+        # Not a second schema cache: the record store reflects afresh on every
+        # describe() (and keeps the table only to build statements); this memo
+        # lives for one load, so that eight tools on one table reflect it once.
         if table not in self._tables:
             self._tables[table] = await self.storage.records.describe(table)
         return self._tables[table]

@@ -67,7 +67,9 @@ async def chat_stream(
 ) -> EventStreamResponse:
     """One turn as server-sent events: token, tool_call, tool_result, then done or error."""
     check_message(settings, body.message)
-    # Refuse what can be refused before the stream starts, with a status code.
+    # Refuse what can be refused before the stream starts, with a status code (once
+    # the stream has started the answer is 200). Deliberately a second check: the
+    # runtime checks ownership again, as the authority for every caller of a turn.
     owner = await runtime.storage.sessions.chat_owner(body.chat_id)
     if owner != (who.user_id, body.agent_name):
         raise NotFoundError(f"no chat {body.chat_id} with agent {body.agent_name!r}")
