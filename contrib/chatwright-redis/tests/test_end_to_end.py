@@ -92,7 +92,9 @@ async def test_a_turn_through_the_server(
     app = create_app(settings, plugins)
     async with (
         app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://localhost"
+        ) as client,
     ):
         await example.seed(app.state.runtime.storage, "offline:assistant")
         body = {"agent_name": AGENT, "client_key": "tab-1"}
@@ -140,7 +142,9 @@ async def test_an_unreachable_redis_is_a_503_naming_it(
     app = create_app(settings, plugins)
     async with (
         app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://localhost"
+        ) as client,
     ):
         await example.seed(app.state.runtime.storage, "offline:assistant")
         opened = await client.post("/api/sessions", json={"agent_name": AGENT})
