@@ -234,6 +234,9 @@ class Runtime:
         from chatwright.tools import load_tools
 
         user_id, name = key
+        # The version check that led here read these rows too, but only to digest
+        # them; a build reads the rows it builds from, in the same state as what
+        # it caches. (A version counter instead of the digest removes that read.)
         agent = await self.storage.agents.get(name)
         if agent is None:
             raise UnknownAgentError(name)
