@@ -320,15 +320,18 @@ def free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def uvicorn_serving(app: FastAPI) -> AsyncIterator[int]:
-    """``app`` under a real uvicorn server (lifespan on) on a free loopback port; its port."""
+async def uvicorn_serving(
+    app: FastAPI | str, host: str = "127.0.0.1", **options: Any
+) -> AsyncIterator[int]:
+    """``app`` (or an app factory's import string, with ``factory=True``) under a real
+    uvicorn server (lifespan on) on ``host`` and a free port; its port."""
     config = uvicorn.Config(
         app,
-        host="127.0.0.1",
+        host=host,
         port=0,
         lifespan="on",
         log_level="warning",
-        timeout_graceful_shutdown=5,
+        **{"timeout_graceful_shutdown": 5, **options},
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())

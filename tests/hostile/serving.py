@@ -1,21 +1,18 @@
 """A real uvicorn server for the hostile tests that need their own app, bind or settings.
 
-``conftest.make_server`` serves the JWT app on 127.0.0.1; :func:`uvicorn_on`
-serves any ASGI app (or an app factory's import string) on any address, on a
-free port, and gives the port; :func:`serving` serves the real app with the
+``conftest.make_server`` serves the JWT app on 127.0.0.1;
+:func:`tests.harness.uvicorn_serving` serves any ASGI app (or an app factory's
+import string) on any address; :func:`serving` serves the real app with the
 example seeded. Servers are stopped when their block ends.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import uvicorn
 
 from chatwright import testing
 from chatwright.plugins.example import assistant as example
@@ -23,6 +20,7 @@ from chatwright.plugins.server.app import create_app
 from chatwright.registry import Plugins
 from chatwright.runtime import Runtime
 from chatwright.settings import Settings
+from tests.harness import uvicorn_serving
 
 
 def settings_for(tmp_path: Path, plugins: Plugins | None = None, **values: Any) -> Settings:
@@ -34,25 +32,6 @@ def settings_for(tmp_path: Path, plugins: Plugins | None = None, **values: Any) 
     for section, keys in values.items():
         base[section] = {**base.get(section, {}), **keys}
     return testing.settings(plugins or Plugins.load(), **base)
-
-
-@contextlib.asynccontextmanager
-async def uvicorn_on(app: Any, host: str = "127.0.0.1", **config: Any) -> AsyncIterator[int]:
-    """Serve ``app`` on ``host`` and a free port; yields the port."""
-    server = uvicorn.Server(
-        uvicorn.Config(app, host=host, port=0, lifespan="on", log_level="warning", **config)
-    )
-    task = asyncio.create_task(server.serve())
-    try:
-        while not server.started:
-            if task.done():
-                task.result()
-                raise RuntimeError("uvicorn stopped before it started")
-            await asyncio.sleep(0.01)
-        yield int(server.servers[0].sockets[0].getsockname()[1])
-    finally:
-        server.should_exit = True
-        await task
 
 
 @dataclass
@@ -71,7 +50,7 @@ async def serving(
 ) -> AsyncIterator[Served]:
     """The real app for ``settings`` with the example seeded (model ``offline``)."""
     app = create_app(settings, plugins)
-    async with uvicorn_on(app, host) as port:
+    async with uvicorn_serving(app, host) as port:
         runtime: Runtime = app.state.runtime
         await example.seed(runtime.storage, "offline:assistant")
         yield Served(port, runtime)

@@ -15,7 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.hostile.serving import serving, settings_for, uvicorn_on
+from tests.harness import uvicorn_serving
+from tests.hostile.serving import serving, settings_for
 
 FACTORY = "chatwright.plugins.server.app:app_from_environment"
 
@@ -61,7 +62,7 @@ async def test_the_factory_under_uvicorn_on_0_0_0_0_serves_nothing(
     # the server must tell the bind from its listening socket.
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("CHATWRIGHT_STORAGE__URL", f"sqlite+aiosqlite:///{tmp_path}/factory.db")
-    async with uvicorn_on(FACTORY, "0.0.0.0", factory=True) as port:
+    async with uvicorn_serving(FACTORY, "0.0.0.0", factory=True) as port:
         for path in ("/api/sessions", "/api/agents", "/healthz", "/"):
             refused = await get(port, path)
             assert refused.status_code == 403, path
@@ -73,7 +74,7 @@ async def test_the_factory_on_loopback_still_serves(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("CHATWRIGHT_STORAGE__URL", f"sqlite+aiosqlite:///{tmp_path}/factory.db")
-    async with uvicorn_on(FACTORY, "127.0.0.1", factory=True) as port:
+    async with uvicorn_serving(FACTORY, "127.0.0.1", factory=True) as port:
         assert (await get(port, "/api/sessions")).status_code == 200
 
 
@@ -84,5 +85,5 @@ async def test_jwt_mode_on_0_0_0_0_is_served_with_a_token_required(
     monkeypatch.setenv("CHATWRIGHT_STORAGE__URL", f"sqlite+aiosqlite:///{tmp_path}/factory.db")
     monkeypatch.setenv("CHATWRIGHT_SERVER__AUTH", "jwt")
     monkeypatch.setenv("CHATWRIGHT_SERVER__JWT_SECRET", "x" * 32)
-    async with uvicorn_on(FACTORY, "0.0.0.0", factory=True) as port:
+    async with uvicorn_serving(FACTORY, "0.0.0.0", factory=True) as port:
         assert (await get(port, "/api/sessions", "attacker.example")).status_code == 401

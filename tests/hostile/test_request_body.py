@@ -10,14 +10,16 @@ more than the bound, not the whole body.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
 
 from chatwright.plugins.server.app import create_app
 from chatwright.plugins.server.limits import body_limit
+from tests.harness import uvicorn_serving
 from tests.hostile.conftest import SECRET
-from tests.hostile.serving import settings_for, uvicorn_on
+from tests.hostile.serving import settings_for
 
 CHUNK = 64 * 1024
 TOTAL = 64 * 1024 * 1024
@@ -49,13 +51,12 @@ async def send_chunked(port: int, path: str, headers: str = "") -> tuple[int, by
     answer = asyncio.create_task(read_answer(reader))
     sent = 0
     chunk = f"{CHUNK:x}\r\n".encode() + b"[" * CHUNK + b"\r\n"
-    try:
+    # The server may close the connection after its answer while chunks are still going.
+    with contextlib.suppress(ConnectionResetError, BrokenPipeError):
         while sent < TOTAL and not answer.done():
             writer.write(chunk)
             await writer.drain()
             sent += CHUNK
-    except (ConnectionResetError, BrokenPipeError):
-        pass  # the server closed the connection after its answer
     status, body = await asyncio.wait_for(answer, 30)
     writer.close()
     return status, body, sent
@@ -93,7 +94,7 @@ async def test_a_chunked_body_without_a_token_is_refused_once_past_the_bound(
     settings = settings_for(tmp_path, server={"auth": "jwt", "jwt_secret": SECRET})
     app = Counted(create_app(settings))
     limit = body_limit(settings)
-    async with uvicorn_on(app) as port:
+    async with uvicorn_serving(app) as port:
         status, body, sent = await send_chunked(port, "/api/chat")
 
     assert status == 413, body
@@ -106,7 +107,7 @@ async def test_a_chunked_body_without_a_token_is_refused_once_past_the_bound(
 async def test_a_chunked_body_in_local_mode_is_refused_too(tmp_path: Path) -> None:
     settings = settings_for(tmp_path)
     app = Counted(create_app(settings))
-    async with uvicorn_on(app) as port:
+    async with uvicorn_serving(app) as port:
         status, _, sent = await send_chunked(port, "/api/sessions")
 
     assert status == 413
@@ -117,7 +118,7 @@ async def test_a_chunked_body_in_local_mode_is_refused_too(tmp_path: Path) -> No
 async def test_a_declared_length_past_the_bound_is_refused_before_reading(tmp_path: Path) -> None:
     settings = settings_for(tmp_path, server={"auth": "jwt", "jwt_secret": SECRET})
     app = Counted(create_app(settings))
-    async with uvicorn_on(app) as port:
+    async with uvicorn_serving(app) as port:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(
             b"POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1\r\n"

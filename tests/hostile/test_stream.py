@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,8 @@ class SlowChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        raise NotImplementedError("the server calls the model asynchronously")
+        time.sleep(SLOW_SECONDS)
+        return ChatResult(generations=[ChatGeneration(message=AIMessage("slow but sure"))])
 
     async def _agenerate(
         self,
