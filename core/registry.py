@@ -278,12 +278,15 @@ class Plugins:
         sys.stderr.write(line + (f": {result}" if result else "") + "\n")
         sys.stderr.flush()
 
-    def collect(self, hook_name: str) -> dict[str, Registration]:
-        """Everything registered through one collection hook, by name."""
-        if hook_name in self._collected:
-            return self._collected[hook_name]
+    def _registrations(
+        self, hook_name: str, check: Callable[[Any, Any], None]
+    ) -> Iterator[tuple[str, dict[str, Registration]]]:
+        """Each plugin's registrations through one collection hook, one plugin at a time.
+
+        ``check(name, value)`` raises for a registration the hook does not accept;
+        a plugin whose hook raises (a failed check included) is reported and skipped.
+        """
         kind = COLLECTIONS[hook_name]
-        found: dict[str, Registration] = {}
         for impl in getattr(self._pm.hook, hook_name).get_hookimpls():
             plugin_name = impl.plugin_name
             mine: dict[str, Registration] = {}
@@ -291,8 +294,7 @@ class Plugins:
             def register(
                 name: str, value: Any, _mine: dict[str, Registration] = mine, _by: str = plugin_name
             ) -> None:
-                if not isinstance(name, str) or not name:
-                    raise PluginError(f"{kind} names must be non-empty strings, got {name!r}")
+                check(name, value)
                 if name in _mine:
                     raise DuplicateRegistrationError(
                         f"plugin {_by!r} registers {kind} {name!r} twice"
@@ -312,6 +314,20 @@ class Plugins:
             except Exception as exc:
                 self._fail(self._infos[plugin_name], f"{hook_name} failed: {one_line(exc)}", exc)
                 continue
+            yield plugin_name, mine
+
+    def collect(self, hook_name: str) -> dict[str, Registration]:
+        """Everything registered through one collection hook, by name."""
+        if hook_name in self._collected:
+            return self._collected[hook_name]
+        kind = COLLECTIONS[hook_name]
+
+        def check(name: Any, value: Any) -> None:
+            if not isinstance(name, str) or not name:
+                raise PluginError(f"{kind} names must be non-empty strings, got {name!r}")
+
+        found: dict[str, Registration] = {}
+        for plugin_name, mine in self._registrations(hook_name, check):
             for name, reg in mine.items():
                 if name in found:
                     raise DuplicateRegistrationError(
@@ -333,48 +349,20 @@ class Plugins:
         if hook_name not in self._collected:
             from pydantic import BaseModel
 
+            def check(section: Any, model: Any) -> None:
+                if not isinstance(section, str) or not SECTION_NAME.fullmatch(section):
+                    raise PluginError(
+                        "settings sections are named in lower case letters, digits and "
+                        f"underscores, got {section!r}"
+                    )
+                if not (isinstance(model, type) and issubclass(model, BaseModel)):
+                    raise PluginError(
+                        f"the settings of section {section!r} must be a pydantic model "
+                        f"class, got {model!r}"
+                    )
+
             found: dict[str, Registration] = {}
-            for impl in self._pm.hook.register_settings.get_hookimpls():
-                plugin_name = impl.plugin_name
-                mine: dict[str, Registration] = {}
-
-                def register(
-                    section: str,
-                    model: Any,
-                    _mine: dict[str, Registration] = mine,
-                    _by: str = plugin_name,
-                ) -> None:
-                    if not isinstance(section, str) or not SECTION_NAME.fullmatch(section):
-                        raise PluginError(
-                            "settings sections are named in lower case letters, digits and "
-                            f"underscores, got {section!r}"
-                        )
-                    if not (isinstance(model, type) and issubclass(model, BaseModel)):
-                        raise PluginError(
-                            f"the settings of section {section!r} must be a pydantic model "
-                            f"class, got {model!r}"
-                        )
-                    if section in _mine:
-                        raise DuplicateRegistrationError(
-                            f"plugin {_by!r} registers settings section {section!r} twice"
-                        )
-                    _mine[section] = Registration("settings section", section, model, _by)
-
-                try:
-                    self._call(
-                        plugin_name,
-                        hook_name,
-                        functools.partial(
-                            impl.function, **({"register": register} if impl.argnames else {})
-                        ),
-                        {"register": register},
-                        ("registered", mine.keys),
-                    )
-                except Exception as exc:
-                    self._fail(
-                        self._infos[plugin_name], f"{hook_name} failed: {one_line(exc)}", exc
-                    )
-                    continue
+            for plugin_name, mine in self._registrations(hook_name, check):
                 found.update({f"{plugin_name}:{s}": reg for s, reg in mine.items()})
             self._collected[hook_name] = found
         return list(self._collected[hook_name].values())
