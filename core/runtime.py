@@ -9,8 +9,8 @@ hook; closing it fires ``shutdown`` and closes the storage.
 in two transactions besides the tools' own, and one more per round of tool
 calls (see :mod:`chatwright.turns` and the storage's ``turns`` store):
 
-1. turns of one chat run one at a time: an asyncio lock per chat in the
-   process, and across processes the chat's turn lease, taken by
+1. turns of one chat run one at a time: an asyncio lock per (user, chat) in
+   the process, and across processes the chat's turn lease, taken by
 2. the first transaction, which checks that the chat belongs to the user and
    the agent (else "not found"), reads the agent row with its config version,
    the last ``history_window`` messages, the user's memory and instructions,
@@ -136,7 +136,7 @@ class Runtime:
         self.settings = settings if settings is not None else load_settings(plugins=self.plugins)
         self._storage: Storage | None = None
         self._cache: ExecutorCache | None = None
-        self._turn_locks: weakref.WeakValueDictionary[uuid.UUID, asyncio.Lock] = (
+        self._turn_locks: weakref.WeakValueDictionary[tuple[str, uuid.UUID], asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
         self._turns: TurnStore | None = None
@@ -282,10 +282,14 @@ class Runtime:
 
     # -- turns --------------------------------------------------------------
 
-    def _lock(self, chat_id: uuid.UUID) -> asyncio.Lock:
-        lock = self._turn_locks.get(chat_id)
+    def _lock(self, user_id: str, chat_id: uuid.UUID) -> asyncio.Lock:
+        # Keyed by the user too: a chat is one user's, and another user's request
+        # must be refused at once, not queued behind the owner's turn (a timing
+        # answer to "does this chat exist?").
+        key = (user_id, chat_id)
+        lock = self._turn_locks.get(key)
         if lock is None:
-            lock = self._turn_locks[chat_id] = asyncio.Lock()
+            lock = self._turn_locks[key] = asyncio.Lock()
         return lock
 
     @property
@@ -321,7 +325,7 @@ class Runtime:
         from chatwright.tools import TurnContext
 
         turns = self.turns
-        async with self._lock(chat_id):
+        async with self._lock(user_id, chat_id):
             human = storable(HumanMessage(content=message))
             start = await turns.begin(user_id, agent_name, chat_id, to_store([human])[0])
             produced: list[BaseMessage] = []

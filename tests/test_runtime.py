@@ -777,6 +777,8 @@ async def test_scripted_model_cannot_reach_another_users_rows(
     alice_ids = [r["id"] for r in before if r["user_id"] == "alice"]
     assert len(bob_ids) == 2
     assert len(alice_ids) == 2
+    # Both users' turns ran on one build: the tools found their user at call time.
+    assert runtime.cache.stats.builds == 1
 
     attacks = [
         call("update_task", id=bob_ids[0], status="done"),

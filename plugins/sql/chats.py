@@ -233,9 +233,14 @@ async def touch_sessions(conn: AsyncConnection, user_id: str, chat_id: uuid.UUID
 
 
 async def insert_messages(
-    conn: AsyncConnection, user_id: str, chat_id: uuid.UUID, messages: Sequence[NewMessage]
+    conn: AsyncConnection,
+    user_id: str,
+    chat_id: uuid.UUID,
+    messages: Sequence[NewMessage],
+    *,
+    returning: bool = True,
 ) -> builtins.list[Message]:
-    """Append messages to a chat on ``conn``, in one multi-row insert."""
+    """Append messages to a chat on ``conn`` in one statement; the stored rows if ``returning``."""
     if not messages:
         return []
     m = schema.chat_messages
@@ -250,6 +255,9 @@ async def insert_messages(
         }
         for msg in messages
     ]
+    if not returning:
+        await conn.execute(m.insert().values(rows))  # INSERT … VALUES (…), (…)
+        return []
     result = await conn.execute(m.insert().returning(m, sort_by_parameter_order=True), rows)
     return [from_row(Message, r) for r in result.all()]
 

@@ -45,7 +45,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chatwright.errors import ChatBusyError, StorageError, UnknownAgentError
 from chatwright.plugins.sql import schema
-from chatwright.plugins.sql.chats import SQLSessionStore, insert_messages, touch_sessions
+from chatwright.plugins.sql.chats import insert_messages, touch_sessions
 from chatwright.plugins.sql.rows import from_row, now
 from chatwright.plugins.sql.stores import BoundStore
 from chatwright.stores import Agent, Message, NewMessage
@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+COLUMNS = ("part", "a", "b", "rank", "n")
 FIRST_PAUSE = 0.01
 LONGEST_PAUSE = 0.25
 
@@ -195,17 +196,19 @@ class SQLTurnStore(BoundStore):
                 if row is None:
                     raise UnknownAgentError(agent_name)
                 agent = from_row(Agent, row)
-                if not await self._take(conn, chat_id, lease.holder):
-                    raise _Busy
+                taken = await self._take(conn, chat_id, lease.holder)
                 await self.db.users.enter(conn, user_id)
-                if check_owner and await SQLSessionStore.owner(conn, chat_id) != (
-                    user_id,
-                    agent_name,
-                ):
+                owner, memory, instructions = await self._owner_and_prompt(
+                    conn, user_id, agent_name, chat_id if check_owner else None
+                )
+                # Not found before busy: another user's chat must not answer
+                # differently while it has a turn running.
+                if check_owner and owner != (user_id, agent_name):
                     raise not_your_chat(chat_id, agent_name)
+                if not taken:
+                    raise _Busy
                 history = await self._window(conn, user_id, chat_id, agent.history_window)
-                memory, instructions = await self._user_prompt(conn, user_id, agent_name)
-                await insert_messages(conn, user_id, chat_id, [message])
+                await insert_messages(conn, user_id, chat_id, [message], returning=False)
             return TurnStart(
                 user_id, agent_name, chat_id, agent, history, memory, instructions, lease=lease
             )
@@ -216,7 +219,7 @@ class SQLTurnStore(BoundStore):
 
     async def append(self, start: TurnStart, messages: Sequence[NewMessage]) -> None:
         async with self.db.write(start.user_id) as conn:
-            await insert_messages(conn, start.user_id, start.chat_id, messages)
+            await insert_messages(conn, start.user_id, start.chat_id, messages, returning=False)
 
     async def finish(
         self, start: TurnStart, messages: Sequence[NewMessage], *, touch: bool
@@ -227,7 +230,7 @@ class SQLTurnStore(BoundStore):
             async with self.db.write() as conn:
                 await self._give_back(conn, lease)
                 await self.db.users.enter(conn, start.user_id)
-                await insert_messages(conn, start.user_id, start.chat_id, messages)
+                await insert_messages(conn, start.user_id, start.chat_id, messages, returning=False)
                 if touch:
                     await touch_sessions(conn, start.user_id, start.chat_id)
         except BaseException:
@@ -277,16 +280,50 @@ class SQLTurnStore(BoundStore):
         return [from_row(Message, r) for r in reversed(rows)]
 
     @staticmethod
-    async def _user_prompt(
-        conn: AsyncConnection, user_id: str, agent_name: str
-    ) -> tuple[str, list[str]]:
-        mem, c = schema.agent_memories, schema.prompt_customizations
-        notes = await conn.scalar(
-            sa.select(mem.c.notes).where(mem.c.user_id == user_id, mem.c.agent_name == agent_name)
-        )
-        contents = await conn.scalars(
-            sa.select(c.c.content)
-            .where(c.c.user_id == user_id, c.c.agent_name == agent_name, c.c.is_active)
-            .order_by(c.c.priority.desc(), c.c.id)
-        )
-        return notes or "", list(contents)
+    async def _owner_and_prompt(
+        conn: AsyncConnection, user_id: str, agent_name: str, chat_id: uuid.UUID | None
+    ) -> tuple[tuple[str, str] | None, str, list[str]]:
+        """The chat's owner (when ``chat_id`` is given), the memory and the instructions.
+
+        One statement instead of three: a turn's round trips are its cost.
+        """
+        s, mem, c = schema.chat_sessions, schema.agent_memories, schema.prompt_customizations
+        zero, empty = sa.literal(0), sa.literal("")
+        parts = [
+            sa.select(sa.literal(1), mem.c.notes, empty, zero, zero).where(
+                mem.c.user_id == user_id, mem.c.agent_name == agent_name
+            ),
+            sa.select(sa.literal(2), c.c.content, empty, c.c.priority, c.c.id).where(
+                c.c.user_id == user_id, c.c.agent_name == agent_name, c.c.is_active
+            ),
+        ]
+        if chat_id is not None:
+            # The first session decides (as SQLSessionStore.owner).
+            first = (
+                sa.select(s.c.user_id, s.c.agent_name)
+                .where(s.c.chat_id == chat_id)
+                .order_by(s.c.created_at, s.c.id)
+                .limit(1)
+                .subquery()
+            )
+            parts.insert(0, sa.select(zero, first.c.user_id, first.c.agent_name, zero, zero))
+        named = [
+            part.with_only_columns(
+                *(
+                    column.label(name)
+                    for column, name in zip(part.selected_columns, COLUMNS, strict=True)
+                )
+            )
+            for part in parts
+        ]
+        stmt = sa.union_all(*named).order_by("part", sa.desc("rank"), "n")
+        owner: tuple[str, str] | None = None
+        notes, instructions = "", []
+        for row in await conn.execute(stmt):
+            if row.part == 0:
+                owner = (row.a, row.b)
+            elif row.part == 1:
+                notes = row.a or ""
+            else:
+                instructions.append(row.a)
+        return owner, notes, instructions
