@@ -229,8 +229,25 @@ class SessionStore(Protocol):
         self, user_id: str | None = None, *, active: bool | None = None
     ) -> builtins.list[ChatSession]: ...
 
-    async def sweep(self, idle_before: datetime) -> builtins.list[ChatSession]:
-        """Deactivate, in one statement, active sessions last touched before ``idle_before``."""
+    async def sweep(self, idle_before: datetime, *, limit: int) -> builtins.list[ChatSession]:
+        """Deactivate up to ``limit`` active sessions last touched before ``idle_before``.
+
+        Returns them as stored after deactivation. One call is one short atomic
+        step (one transaction, one script), so a sweeper calls it again and
+        again, yielding in between, until a call returns fewer than ``limit``:
+        that means no idle session was left for it. Callers in several
+        processes may sweep at once; each session is returned by exactly one
+        call (PostgreSQL: ``FOR UPDATE SKIP LOCKED``), so a session is never
+        reported deactivated twice.
+        """
+        ...
+
+    async def sweep_ids(self, idle_before: datetime, *, limit: int) -> builtins.list[uuid.UUID]:
+        """:meth:`sweep`, returning only the ids: for a sweeper that needs no rows.
+
+        The sweeper calls it when no plugin implements ``session_deactivated``.
+        A store may simply return ``[s.id for s in await self.sweep(...)]``.
+        """
         ...
 
     async def active_keys(self) -> set[tuple[str, str]]:

@@ -660,10 +660,8 @@ async def test_sweep_deactivates_only_the_idle_user_and_evicts_exactly_its_agent
             .where(sessions.c.user_id == "bob")
             .values(updated_at=datetime.now(UTC) - timedelta(hours=2))
         )
-    report = await sweep(runtime)
-    assert [(s.id, s.user_id) for s in report.deactivated] == [
-        (uuid.UUID(bob_session["id"]), "bob")
-    ]
+    report = await sweep(runtime, keep_ids=True)
+    assert (report.deactivated, report.ids) == (1, [uuid.UUID(bob_session["id"])])
     assert report.evicted == [(("bob", AGENT), "idle-session")]
     assert recorder.evicted == [(("bob", AGENT), "idle-session")]
     assert [(s.user_id, reason) for s, reason in recorder.deactivated] == [("bob", "idle")]
@@ -672,7 +670,7 @@ async def test_sweep_deactivates_only_the_idle_user_and_evicts_exactly_its_agent
     assert (await client.get("/api/sessions", headers=alice)).json()[0]["is_active"] is True
     # A second pass finds nothing more to do.
     again = await sweep(runtime)
-    assert again.deactivated == [] and again.evicted == []
+    assert again.deactivated == 0 and again.evicted == [] and again.ids is None
 
     # Alice's next turn is a cache hit; bob comes back, resumes his chat, and rebuilds.
     hits = runtime.cache.stats.hits
@@ -692,9 +690,9 @@ async def test_sweep_with_a_future_now_deactivates_by_idle_timeout(start: Start)
     session = await open_session(srv.client)
     await chat_ok(srv.client, session["chat_id"], MILK)
     soon = await sweep(srv.runtime, now=datetime.now(UTC) + timedelta(seconds=590))
-    assert soon.deactivated == [] and soon.evicted == []
-    later = await sweep(srv.runtime, now=datetime.now(UTC) + timedelta(seconds=610))
-    assert [s.id for s in later.deactivated] == [uuid.UUID(session["id"])]
+    assert soon.deactivated == 0 and soon.evicted == []
+    later = await sweep(srv.runtime, now=datetime.now(UTC) + timedelta(seconds=610), keep_ids=True)
+    assert later.ids == [uuid.UUID(session["id"])]
     assert later.evicted == [(("local", AGENT), "idle-session")]
 
 
@@ -748,6 +746,9 @@ async def test_background_sweeper_deactivates_idle_sessions_and_spares_heartbeat
     assert srv.recorder.evicted == [(("local", AGENT), "idle-session")]
     assert [r for _, r in srv.recorder.deactivated] == ["idle", "idle"]
     assert ("local", AGENT) not in srv.runtime.cache
+    counted = await metrics(client)
+    assert counted["chatwright_sessions_swept_total"] == 2
+    assert counted["chatwright_sweep_seconds_count"] >= 2  # a pass every sweep_interval
 
 
 # =========================================================================== 4. auth

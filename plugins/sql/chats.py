@@ -184,17 +184,45 @@ class SQLSessionStore(BoundStore):
             rows = await conn.execute(stmt)
         return [from_row(ChatSession, r) for r in rows]
 
-    async def sweep(self, idle_before: datetime) -> builtins.list[ChatSession]:
+    def _sweep_statement(self, idle_before: datetime, limit: int) -> sa.Update:
+        """Deactivate one batch of idle sessions, in one statement.
+
+        The batch is found through the partial index on ``updated_at`` of active
+        sessions, oldest first. On PostgreSQL its rows are locked with ``FOR
+        UPDATE SKIP LOCKED``, so concurrent sweepers take disjoint batches and
+        none waits for another, and they are updated by ``ctid`` (a TID scan:
+        the rows are locked, so they cannot move before the update); ``= ANY
+        (ARRAY(...))`` keeps the planner from joining the whole table to the
+        batch. SQLite serializes write transactions, so the subquery alone is
+        enough there.
+        """
+        if limit < 1:
+            raise InvalidInputError(f"a sweep batch must hold at least 1 session, not {limit}")
         s = schema.chat_sessions
-        stmt = (
-            s.update()
+        batch = (
+            sa.select(s.c.id)
             .where(s.c.is_active, s.c.updated_at < idle_before)
-            .values(is_active=False)
-            .returning(s)
+            .order_by(s.c.updated_at)
+            .limit(limit)
         )
+        if self.db.dialect == "postgresql":
+            ctid: sa.ColumnElement[Any] = sa.literal_column("ctid")
+            locked = batch.with_only_columns(ctid).with_for_update(skip_locked=True)
+            chosen = ctid == sa.any_(sa.func.array(locked.scalar_subquery()))
+        else:
+            chosen = s.c.id.in_(batch.scalar_subquery())
+        return s.update().where(chosen, s.c.is_active).values(is_active=False)
+
+    async def sweep(self, idle_before: datetime, *, limit: int) -> builtins.list[ChatSession]:
+        stmt = self._sweep_statement(idle_before, limit).returning(schema.chat_sessions)
         async with self.db.write() as conn:
             rows = (await conn.execute(stmt)).all()
         return [from_row(ChatSession, r) for r in rows]
+
+    async def sweep_ids(self, idle_before: datetime, *, limit: int) -> builtins.list[uuid.UUID]:
+        stmt = self._sweep_statement(idle_before, limit).returning(schema.chat_sessions.c.id)
+        async with self.db.write() as conn:
+            return list((await conn.scalars(stmt)).all())
 
     async def active_keys(self) -> set[tuple[str, str]]:
         s = schema.chat_sessions
