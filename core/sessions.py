@@ -26,6 +26,14 @@ if TYPE_CHECKING:
     from chatwright.runtime import Runtime
 
 
+HOOKS_BETWEEN_YIELDS = 200
+"""``session_deactivated`` calls the sweeper makes before it lets other tasks run.
+
+Whatever the batch size: a plugin's hook may take a while (writing a line to a
+file, say), and 200 calls of a quick one take a few milliseconds.
+"""
+
+
 @dataclass
 class SweepReport:
     """What one sweeper pass did, in counts: its size does not grow with the sessions swept."""
@@ -69,8 +77,10 @@ async def _sweep_batch(
         ids = await store.sweep_ids(idle_before, limit=limit)
         return len(ids), ids
     sessions = await store.sweep(idle_before, limit=limit)
-    for session in sessions:
+    for done, session in enumerate(sessions, 1):
         runtime.plugins.notify("session_deactivated", session=session, reason="idle")
+        if done % HOOKS_BETWEEN_YIELDS == 0:
+            await asyncio.sleep(0)  # plugins' hooks take their time: requests go in between
     return len(sessions), [s.id for s in sessions]
 
 

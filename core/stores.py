@@ -379,10 +379,12 @@ class Storage(Protocol):
         ...
 
     def exclusive(self, name: str) -> AbstractAsyncContextManager[bool]:
-        """Try to become the one process doing ``name`` (the sweeper) right now.
+        """Try to become the one process doing ``name`` right now.
 
         Yields True when this process holds it until the block ends, False when
-        another process does (the caller then skips its work).
+        another process does (the caller then skips its work). The sweeper
+        does not need it: :meth:`SessionStore.sweep` hands each idle session
+        to one caller only.
         """
         ...
 

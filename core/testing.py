@@ -181,7 +181,6 @@ class SessionStoreContract:
         assert {s.id for s in swept_all} == {fresh_time_session.id}
         assert await sessions.active_keys() == set()
         assert await sessions.sweep(cutoff, limit=10) == []
-        assert await sessions.sweep_ids(cutoff, limit=10) == []
 
     async def test_sweep_returns_at_most_limit_per_call(self, sessions: SessionStore) -> None:
         opened = [await sessions.open(f"user-{i}", "helper") for i in range(7)]
@@ -208,7 +207,6 @@ class SessionStoreContract:
         rest = await sessions.sweep_ids(cutoff, limit=4)
         assert (len(first), len(rest)) == (4, 1)
         assert sorted(first + rest) == sorted(s.id for s in opened)
-        assert all(isinstance(i, uuid.UUID) for i in first)
         assert await sessions.list(ALICE, active=True) == []
         assert await sessions.sweep_ids(cutoff, limit=4) == []
 
@@ -226,8 +224,7 @@ class SessionStoreContract:
 
         results = await asyncio.gather(*(sweeper() for _ in range(4)))
         every = [i for ids in results for i in ids]
-        assert len(every) == len(set(every))
-        assert set(every) == {s.id for s in opened}
+        assert sorted(every) == sorted(s.id for s in opened)  # each once, none missing
 
 
 class StorageContract(SessionStoreContract):

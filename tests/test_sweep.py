@@ -10,16 +10,19 @@ from __future__ import annotations
 import asyncio
 import itertools
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
+from chatwright import hookimpl
 from chatwright.plugins.sql.storage import SQLStorage
 from chatwright.registry import LoadPolicy, Plugins
 from chatwright.runtime import Runtime
-from chatwright.sessions import sweep
+from chatwright.sessions import HOOKS_BETWEEN_YIELDS, sweep
+from chatwright.stores import ChatSession
 from chatwright.testing import settings
 from tests.harness import Recorder
 
@@ -189,5 +192,45 @@ async def test_the_pass_yields_to_the_event_loop_between_batches(tmp_path: Any) 
         assert len(batches) == 4
         # A request ran between any two batches.
         assert all("request" in order[a:b] for a, b in itertools.pairwise(batches))
+    finally:
+        await runtime.close()
+
+
+async def test_hooks_of_one_batch_let_other_tasks_run_every_few_hundred(tmp_path: Any) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'sweep.db'}"
+    order: list[str] = []
+
+    class Listener:
+        @hookimpl
+        def session_deactivated(self, session: ChatSession, reason: str) -> None:
+            order.append("hook")
+
+    plugins = Plugins.load(LoadPolicy())
+    plugins.register(Listener(), "listener")
+    cfg = settings(plugins, storage={"url": url}, sessions={"sweep_batch": 1000})
+    runtime = await Runtime(cfg, plugins).start(upgrade=True)
+    try:
+        template = await runtime.storage.sessions.open("someone", AGENT)
+
+        async def instant_batch(idle_before: datetime, *, limit: int) -> list[ChatSession]:
+            return [replace(template, id=uuid.uuid4(), is_active=False) for _ in range(450)]
+
+        runtime.storage.sessions.sweep = instant_batch  # type: ignore[method-assign]
+        done = asyncio.Event()
+
+        async def request() -> None:
+            while not done.is_set():
+                if not order or order[-1] != "request":
+                    order.append("request")
+                await asyncio.sleep(0)
+
+        other = asyncio.create_task(request())
+        await asyncio.sleep(0)
+        report = await sweep(runtime, datetime.now(UTC) + LATER)
+        done.set()
+        await other
+        assert report.deactivated == 450 and order.count("hook") == 450
+        runs = "".join("h" if step == "hook" else "r" for step in order).split("r")
+        assert max(len(run) for run in runs) == HOOKS_BETWEEN_YIELDS
     finally:
         await runtime.close()

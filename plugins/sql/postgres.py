@@ -1,10 +1,11 @@
 """What several processes sharing one PostgreSQL coordinate through.
 
-Per-chat and named advisory locks, and ``LISTEN chatwright_config`` for
-configuration changes. Each uses its own psycopg connection to
-``storage.direct_url``, outside the pool: a turn that waits on a model must not
-hold one of the pool's connections, and a transaction pooler cannot keep a
-session-level lock or a LISTEN.
+Per-chat advisory locks, and ``LISTEN chatwright_config`` for configuration
+changes. Each uses its own psycopg connection to ``storage.direct_url``,
+outside the pool: a turn that waits on a model must not hold one of the pool's
+connections, and a transaction pooler cannot keep a session-level lock or a
+LISTEN. (``Storage.exclusive`` needs no connection of its own: it is a
+transaction-scoped lock, in ``SQLStorage.exclusive``.)
 """
 
 from __future__ import annotations
@@ -83,18 +84,6 @@ class Coordination:
                 yield
             finally:
                 await self._release(conn, key)
-
-    @asynccontextmanager
-    async def exclusive(self, name: str) -> AsyncIterator[bool]:
-        """Try the lock named ``name``; yields whether this process holds it."""
-        key = f"chatwright:exclusive:{name}"
-        async with self._direct() as conn:
-            held = await self._advisory(conn, "try_advisory_lock", key)
-            try:
-                yield held
-            finally:
-                if held:
-                    await self._release(conn, key)
 
     async def watch_config(self, changed: Callable[[str], None]) -> None:
         """Call ``changed(agent_name)`` for each config notification, reconnecting forever."""

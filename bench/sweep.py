@@ -1,0 +1,211 @@
+"""Sweeping N idle sessions on PostgreSQL, and what it does to a server's other requests.
+
+Run: .venv/bin/python bench/sweep.py [--sessions N] [--rounds R] [--batch B ...] [--hook]
+
+A fresh database (``cw_bench_sweep_<hex>``, dropped at the end) on the server at
+``CHATWRIGHT_TEST_DATABASE_URL`` (default ``postgresql://postgres@127.0.0.1:5432/postgres``)
+gets N idle sessions (default 1,000,000) in one ``INSERT ... SELECT FROM
+generate_series``, before each round, followed by ``VACUUM ANALYZE`` and a
+``CHECKPOINT`` so that every round starts alike. Then, per round:
+
+1. **floor**: PostgreSQL's own cost of deactivating them, one ``UPDATE`` of all
+   idle rows with nothing returned: the least any sweeper can take.
+2. **pass**: one sweeper pass (:func:`chatwright.sessions.sweep`) per batch size,
+   inside a running server application (its lifespan started, its own sweeper
+   idle), while a ticker task wakes up every millisecond and a client asks
+   ``GET /healthz`` over and over through the application (in process, no
+   socket). Reported: the pass's duration, the ticker's worst lateness and the
+   slowest ``/healthz``. With ``--hook`` a plugin implements
+   ``session_deactivated`` (counting), so the pass fetches every row and fires
+   the hook once per session.
+
+Medians over the rounds are printed, then the worst stall seen in any round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+import psycopg
+from sqlalchemy.engine import make_url
+
+from chatwright import hookimpl
+from chatwright.plugins.server.app import create_app
+from chatwright.registry import LoadPolicy, Plugins
+from chatwright.runtime import Runtime
+from chatwright.sessions import sweep
+from chatwright.stores import ChatSession
+from chatwright.testing import settings
+
+ADMIN = os.environ.get(
+    "CHATWRIGHT_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+
+
+class Counting:
+    """A plugin that implements ``session_deactivated`` and only counts."""
+
+    def __init__(self) -> None:
+        self.seen = 0
+
+    @hookimpl
+    def session_deactivated(self, session: ChatSession, reason: str) -> None:
+        self.seen += 1
+
+
+@asynccontextmanager
+async def fresh_database() -> AsyncIterator[str]:
+    name = f"cw_bench_sweep_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(ADMIN, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(ADMIN).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(ADMIN, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def fill(url: str, count: int) -> float:
+    """Replace every session with ``count`` active ones idle for two hours; seconds taken."""
+    start = time.perf_counter()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("TRUNCATE chat_sessions")
+        conn.execute(
+            "INSERT INTO chat_sessions (id, chat_id, user_id, agent_name, is_active, "
+            "created_at, updated_at, metadata) "
+            "SELECT gen_random_uuid(), gen_random_uuid(), 'user-' || (g %% 50000), 'assistant', "
+            "true, now() - interval '2 hours', now() - interval '2 hours' + g * interval '1 us', "
+            "'{}' FROM generate_series(1, %s) AS g",
+            (count,),
+        )
+        conn.execute("VACUUM ANALYZE chat_sessions")
+        conn.execute("CHECKPOINT")
+    return time.perf_counter() - start
+
+
+def floor(url: str) -> float:
+    """Seconds PostgreSQL takes to deactivate every idle session in one statement."""
+    with psycopg.connect(url) as conn:
+        start = time.perf_counter()
+        conn.execute(
+            "UPDATE chat_sessions SET is_active = false "
+            "WHERE is_active AND updated_at < now() - interval '1 hour'"
+        )
+        conn.commit()
+        return time.perf_counter() - start
+
+
+async def ticker(lags: list[float], stop: asyncio.Event) -> None:
+    interval = 0.001
+    while not stop.is_set():
+        before = time.perf_counter()
+        await asyncio.sleep(interval)
+        lags.append(time.perf_counter() - before - interval)
+
+
+async def health_checks(client: httpx.AsyncClient, times: list[float], stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        before = time.perf_counter()
+        response = await client.get("/healthz")
+        times.append(time.perf_counter() - before)
+        if response.status_code != 200:
+            raise RuntimeError(f"/healthz answered {response.status_code}: {response.text}")
+
+
+async def one_pass(url: str, batch: int, hook: bool) -> dict[str, float]:
+    """A sweeper pass inside a started application, with a ticker and /healthz alongside."""
+    plugins = Plugins.load(LoadPolicy())
+    counting = Counting()
+    if hook:
+        plugins.register(counting, "counting")
+    cfg = settings(
+        plugins,
+        storage={"url": url.replace("postgresql://", "postgresql+psycopg://", 1)},
+        sessions={"sweep_batch": batch, "sweep_interval": 86400.0},
+    )
+    app = create_app(cfg, plugins)
+    runtime: Runtime = app.state.runtime
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client,
+    ):
+        await client.get("/healthz")  # warm: a pooled connection, the route's imports
+        lags: list[float] = []
+        checks: list[float] = []
+        stop = asyncio.Event()
+        tasks = [
+            asyncio.create_task(ticker(lags, stop)),
+            asyncio.create_task(health_checks(client, checks, stop)),
+        ]
+        await asyncio.sleep(0.05)
+        start = time.perf_counter()
+        report = await sweep(runtime)  # the sessions are two hours old: all idle
+        seconds = time.perf_counter() - start
+        stop.set()
+        await asyncio.gather(*tasks)
+    if hook and counting.seen != report.deactivated:
+        raise RuntimeError(f"hook fired {counting.seen} times for {report.deactivated} sessions")
+    return {
+        "deactivated": report.deactivated,
+        "seconds": seconds,
+        "worst_tick": max(lags, default=0.0),
+        "worst_healthz": max(checks, default=0.0),
+        "healthz": len(checks),
+    }
+
+
+async def main(count: int, rounds: int, batches: list[int], hook: bool) -> None:
+    async with fresh_database() as url:
+        plugins = Plugins.load(LoadPolicy())
+        cfg = settings(
+            plugins, storage={"url": url.replace("postgresql://", "postgresql+psycopg://", 1)}
+        )
+        await (await Runtime(cfg, plugins).start(upgrade=True)).close()
+        floors: list[float] = []
+        passes: dict[int, list[dict[str, float]]] = {b: [] for b in batches}
+        for r in range(rounds):
+            filled = fill(url, count)
+            floors.append(floor(url))
+            print(f"round {r + 1}: filled {count:,} in {filled:.1f} s; floor {floors[-1]:.2f} s")
+            for batch in batches:
+                fill(url, count)
+                result = await one_pass(url, batch, hook)
+                if result["deactivated"] != count:
+                    raise RuntimeError(f"swept {result['deactivated']} of {count}")
+                passes[batch].append(result)
+                print(
+                    f"  batch {batch:>6}: {result['seconds']:.2f} s, worst tick "
+                    f"{result['worst_tick'] * 1000:.1f} ms, worst /healthz "
+                    f"{result['worst_healthz'] * 1000:.1f} ms ({result['healthz']:.0f} asked)"
+                )
+        print()
+        hooked = "with a session_deactivated plugin" if hook else "no session_deactivated plugin"
+        print(f"{count:,} idle sessions, PostgreSQL, {rounds} round(s), {hooked}:")
+        print(f"  floor (one UPDATE, nothing returned)  median {statistics.median(floors):6.2f} s")
+        for batch, results in passes.items():
+            median = statistics.median(x["seconds"] for x in results)
+            tick = max(x["worst_tick"] for x in results) * 1000
+            health = max(x["worst_healthz"] for x in results) * 1000
+            print(
+                f"  sweep pass, batch {batch:>6}           median {median:6.2f} s   "
+                f"worst tick {tick:6.1f} ms   worst /healthz {health:6.1f} ms"
+            )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sessions", type=int, default=1_000_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batch", type=int, nargs="+", default=[2000])
+    parser.add_argument("--hook", action="store_true", help="a plugin implements the hook")
+    args = parser.parse_args()
+    asyncio.run(main(args.sessions, args.rounds, args.batch, args.hook))
