@@ -234,3 +234,29 @@ async def test_hooks_of_one_batch_let_other_tasks_run_every_few_hundred(tmp_path
         assert max(len(run) for run in runs) == HOOKS_BETWEEN_YIELDS
     finally:
         await runtime.close()
+
+
+async def test_a_session_another_transaction_holds_is_skipped_then_swept(
+    pg_storage: SQLStorage,
+) -> None:
+    """SKIP LOCKED passes over a held row without waiting; a later call finds it."""
+    import psycopg
+
+    store = pg_storage.sessions
+    opened = [await store.open(f"held-{i}", AGENT) for i in range(10)]
+    cutoff = datetime.now(UTC) + LATER
+    url = pg_storage.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(url) as holder:
+        # The oldest idle session, held as a heartbeat's UPDATE would hold it.
+        holder.execute("SELECT 1 FROM chat_sessions WHERE id = %s FOR UPDATE", (opened[0].id,))
+        swept: list[uuid.UUID] = []
+        while True:
+            batch = await asyncio.wait_for(store.sweep_ids(cutoff, limit=3), 10)
+            swept += batch
+            if len(batch) < 3:
+                break
+        assert sorted(swept) == sorted(s.id for s in opened[1:])
+        holder.rollback()
+    # The pass ended on a short batch, so the next call looks from the start again.
+    assert await store.sweep_ids(cutoff, limit=3) == [opened[0].id]
+    assert await store.count_active() == 0
