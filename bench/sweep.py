@@ -19,7 +19,10 @@ generate_series``, before each round, followed by ``VACUUM ANALYZE`` and a
    ``session_deactivated`` (counting), so the pass fetches every row and fires
    the hook once per session.
 
-Medians over the rounds are printed, then the worst stall seen in any round.
+Each pass is followed by as long a wait (10 s at most) with the same ticker
+and checks and no sweep: the stalls the machine causes on its own, to read the
+pass's next to. Medians over the rounds are printed, with the worst stall seen
+in any round and the median of the rounds' 99th percentiles.
 """
 
 from __future__ import annotations
@@ -27,10 +30,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import statistics
+import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 
 import httpx
@@ -122,8 +127,43 @@ async def health_checks(client: httpx.AsyncClient, times: list[float], stop: asy
         await asyncio.sleep(0.01)
 
 
-async def one_pass(url: str, batch: int, hook: bool) -> dict[str, float]:
-    """A sweeper pass inside a started application, with a ticker and /healthz alongside."""
+def p99(values: list[float]) -> float:
+    if len(values) < 2:
+        return max(values, default=0.0)
+    return statistics.quantiles(values, n=100, method="inclusive")[98]
+
+
+async def watched(client: httpx.AsyncClient, work: Awaitable[object]) -> dict[str, float]:
+    """Await ``work`` with the ticker and the health checks running; their figures."""
+    lags: list[float] = []
+    checks: list[float] = []
+    stop = asyncio.Event()
+    tasks = [
+        asyncio.create_task(ticker(lags, stop)),
+        asyncio.create_task(health_checks(client, checks, stop)),
+    ]
+    await asyncio.sleep(0.05)
+    start = time.perf_counter()
+    await work
+    seconds = time.perf_counter() - start
+    stop.set()
+    await asyncio.gather(*tasks)
+    return {
+        "seconds": seconds,
+        "worst_tick": max(lags, default=0.0),
+        "p99_tick": p99(lags),
+        "worst_healthz": max(checks, default=0.0),
+        "p99_healthz": p99(checks),
+        "healthz": len(checks),
+    }
+
+
+async def one_pass(url: str, batch: int, hook: bool) -> dict[str, dict[str, float]]:
+    """A sweeper pass inside a started application, watched; then as long a wait, watched.
+
+    The wait without a sweep gives the stalls this machine causes on its own
+    (other processes, the collector): the pass's figures are to be read next to them.
+    """
     plugins = Plugins.load(LoadPolicy())
     counting = Counting()
     if hook:
@@ -141,28 +181,25 @@ async def one_pass(url: str, batch: int, hook: bool) -> dict[str, float]:
         httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client,
     ):
         await client.get("/healthz")  # warm: a pooled connection, the route's imports
-        lags: list[float] = []
-        checks: list[float] = []
-        stop = asyncio.Event()
-        tasks = [
-            asyncio.create_task(ticker(lags, stop)),
-            asyncio.create_task(health_checks(client, checks, stop)),
-        ]
-        await asyncio.sleep(0.05)
-        start = time.perf_counter()
-        report = await sweep(runtime)  # the sessions are two hours old: all idle
-        seconds = time.perf_counter() - start
-        stop.set()
-        await asyncio.gather(*tasks)
-    if hook and counting.seen != report.deactivated:
+        pass_task = asyncio.ensure_future(sweep(runtime))  # two hours old: every session idle
+        swept = await watched(client, pass_task)
+        report = pass_task.result()
+        idle = await watched(client, asyncio.sleep(min(swept["seconds"], 10.0)))
+    if report.deactivated != counting.seen and hook:
         raise RuntimeError(f"hook fired {counting.seen} times for {report.deactivated} sessions")
-    return {
-        "deactivated": report.deactivated,
-        "seconds": seconds,
-        "worst_tick": max(lags, default=0.0),
-        "worst_healthz": max(checks, default=0.0),
-        "healthz": len(checks),
-    }
+    swept["deactivated"] = report.deactivated
+    return {"pass": swept, "idle": idle}
+
+
+def stalls(results: list[dict[str, float]]) -> str:
+    tick = max(x["worst_tick"] for x in results) * 1000
+    tick99 = statistics.median(x["p99_tick"] for x in results) * 1000
+    health = max(x["worst_healthz"] for x in results) * 1000
+    health99 = statistics.median(x["p99_healthz"] for x in results) * 1000
+    return (
+        f"tick worst {tick:6.1f} ms, p99 {tick99:5.1f} ms; "
+        f"/healthz worst {health:6.1f} ms, p99 {health99:5.1f} ms"
+    )
 
 
 async def main(count: int, rounds: int, batches: list[int], hook: bool) -> None:
@@ -174,6 +211,7 @@ async def main(count: int, rounds: int, batches: list[int], hook: bool) -> None:
         await (await Runtime(cfg, plugins).start(upgrade=True)).close()
         floors: list[float] = []
         passes: dict[int, list[dict[str, float]]] = {b: [] for b in batches}
+        idles: list[dict[str, float]] = []
         for r in range(rounds):
             filled = fill(url, count)
             floors.append(floor(url))
@@ -181,26 +219,24 @@ async def main(count: int, rounds: int, batches: list[int], hook: bool) -> None:
             for batch in batches:
                 fill(url, count)
                 result = await one_pass(url, batch, hook)
-                if result["deactivated"] != count:
-                    raise RuntimeError(f"swept {result['deactivated']} of {count}")
-                passes[batch].append(result)
+                if result["pass"]["deactivated"] != count:
+                    raise RuntimeError(f"swept {result['pass']['deactivated']} of {count}")
+                passes[batch].append(result["pass"])
+                idles.append(result["idle"])
                 print(
-                    f"  batch {batch:>6}: {result['seconds']:.2f} s, worst tick "
-                    f"{result['worst_tick'] * 1000:.1f} ms, worst /healthz "
-                    f"{result['worst_healthz'] * 1000:.1f} ms ({result['healthz']:.0f} asked)"
+                    f"  batch {batch:>6}: {result['pass']['seconds']:.2f} s; "
+                    f"{stalls([result['pass']])}\n"
+                    f"  {'no sweep':>12}: {stalls([result['idle']])}"
                 )
         print()
         hooked = "with a session_deactivated plugin" if hook else "no session_deactivated plugin"
         print(f"{count:,} idle sessions, PostgreSQL, {rounds} round(s), {hooked}:")
-        print(f"  floor (one UPDATE, nothing returned)  median {statistics.median(floors):6.2f} s")
+        print(f"  floor: one UPDATE of them all    median {statistics.median(floors):6.2f} s")
         for batch, results in passes.items():
             median = statistics.median(x["seconds"] for x in results)
-            tick = max(x["worst_tick"] for x in results) * 1000
-            health = max(x["worst_healthz"] for x in results) * 1000
-            print(
-                f"  sweep pass, batch {batch:>6}           median {median:6.2f} s   "
-                f"worst tick {tick:6.1f} ms   worst /healthz {health:6.1f} ms"
-            )
+            line = f"  sweep pass, batch {batch:>6}       median {median:6.2f} s"
+            print(f"{line}   {stalls(results)}")
+        print(f"  no sweep (the machine's own){'':19}{stalls(idles)}")
 
 
 if __name__ == "__main__":
@@ -210,4 +246,6 @@ if __name__ == "__main__":
     parser.add_argument("--batch", type=int, nargs="+", default=[2000])
     parser.add_argument("--hook", action="store_true", help="a plugin implements the hook")
     args = parser.parse_args()
+    # Stopped early, the database is still dropped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     asyncio.run(main(args.sessions, args.rounds, args.batch, args.hook))
