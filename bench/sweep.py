@@ -19,10 +19,13 @@ generate_series``, before each round, followed by ``VACUUM ANALYZE`` and a
    ``session_deactivated`` (counting), so the pass fetches every row and fires
    the hook once per session.
 
-Each pass is followed by as long a wait (10 s at most) with the same ticker
-and checks and no sweep: the stalls the machine causes on its own, to read the
-pass's next to. Medians over the rounds are printed, with the worst stall seen
-in any round and the median of the rounds' 99th percentiles.
+The process's own CPU time for the pass (less what the ticker and the checks
+take) is reported too: divided by the batches, it is how long one step keeps
+the event loop busy on average, whatever else the machine is doing. Each pass
+is followed by as long a wait (10 s at most) with the same ticker and checks
+and no sweep: the stalls the machine causes on its own, to read the pass's
+next to. Medians over the rounds are printed, with the worst stall seen in any
+round and the median of the rounds' 99th percentiles.
 """
 
 from __future__ import annotations
@@ -143,13 +146,14 @@ async def watched(client: httpx.AsyncClient, work: Awaitable[object]) -> dict[st
         asyncio.create_task(health_checks(client, checks, stop)),
     ]
     await asyncio.sleep(0.05)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     await work
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     stop.set()
     await asyncio.gather(*tasks)
     return {
         "seconds": seconds,
+        "cpu": cpu,
         "worst_tick": max(lags, default=0.0),
         "p99_tick": p99(lags),
         "worst_healthz": max(checks, default=0.0),
@@ -188,6 +192,12 @@ async def one_pass(url: str, batch: int, hook: bool) -> dict[str, dict[str, floa
     if report.deactivated != counting.seen and hook:
         raise RuntimeError(f"hook fired {counting.seen} times for {report.deactivated} sessions")
     swept["deactivated"] = report.deactivated
+    # This process's CPU for the pass itself: less what the ticker and the checks
+    # take (their rate while nothing sweeps). Nothing else runs on its event loop,
+    # so per batch it is how long one step of the pass keeps the loop busy, on average.
+    own = max(0.0, swept["cpu"] - idle["cpu"] / idle["seconds"] * swept["seconds"])
+    swept["sweep_cpu"] = own
+    swept["cpu_per_batch"] = own / report.batches
     return {"pass": swept, "idle": idle}
 
 
@@ -224,7 +234,9 @@ async def main(count: int, rounds: int, batches: list[int], hook: bool) -> None:
                 passes[batch].append(result["pass"])
                 idles.append(result["idle"])
                 print(
-                    f"  batch {batch:>6}: {result['pass']['seconds']:.2f} s; "
+                    f"  batch {batch:>6}: {result['pass']['seconds']:.2f} s, python CPU "
+                    f"{result['pass']['sweep_cpu']:.2f} s "
+                    f"({result['pass']['cpu_per_batch'] * 1000:.1f} ms a batch); "
                     f"{stalls([result['pass']])}\n"
                     f"  {'no sweep':>12}: {stalls([result['idle']])}"
                 )
@@ -234,8 +246,11 @@ async def main(count: int, rounds: int, batches: list[int], hook: bool) -> None:
         print(f"  floor: one UPDATE of them all    median {statistics.median(floors):6.2f} s")
         for batch, results in passes.items():
             median = statistics.median(x["seconds"] for x in results)
+            cpu = statistics.median(x["sweep_cpu"] for x in results)
+            step = statistics.median(x["cpu_per_batch"] for x in results) * 1000
             line = f"  sweep pass, batch {batch:>6}       median {median:6.2f} s"
             print(f"{line}   {stalls(results)}")
+            print(f"{'':4}python CPU of the pass: median {cpu:.2f} s, {step:.1f} ms a batch")
         print(f"  no sweep (the machine's own){'':19}{stalls(idles)}")
 
 
