@@ -196,8 +196,8 @@ class SQLSessionStore(BoundStore):
         """Deactivate one batch of idle sessions, in one statement.
 
         The batch is found through the partial index on ``updated_at`` of active
-        sessions, oldest first, from where the previous batch of the same pass
-        ended (see :meth:`_swept`). On PostgreSQL its rows are locked with
+        sessions, oldest first. On PostgreSQL it starts where the previous batch
+        of the same pass ended (see :meth:`_swept`), its rows are locked with
         ``FOR UPDATE SKIP LOCKED``, so concurrent sweepers take disjoint
         batches and none waits for another, and they are updated by ``ctid`` (a
         TID scan: the rows are locked, so they cannot move before the update);
@@ -214,9 +214,9 @@ class SQLSessionStore(BoundStore):
             .order_by(s.c.updated_at)
             .limit(limit)
         )
-        if self._resume is not None and self._resume[0] == idle_before:
-            batch = batch.where(s.c.updated_at >= self._resume[1])
         if self.db.dialect == "postgresql":
+            if self._resume is not None and self._resume[0] == idle_before:
+                batch = batch.where(s.c.updated_at >= self._resume[1])
             ctid: sa.ColumnElement[Any] = sa.literal_column("ctid")
             locked = batch.with_only_columns(ctid).with_for_update(skip_locked=True)
             chosen = ctid == sa.any_(sa.func.array(locked.scalar_subquery()))
@@ -235,8 +235,10 @@ class SQLSessionStore(BoundStore):
         it), a heartbeat's (no longer idle) or one that rolled back (left for
         the next pass, which starts from the beginning with its own cutoff). A
         short batch ends the pass: the next call starts from the beginning.
+        SQLite updates its indexes in place, and compares the times it stores
+        as text (a row written without microseconds would sort before the mark).
         """
-        if len(last_seen) < limit:
+        if self.db.dialect != "postgresql" or len(last_seen) < limit:
             self._resume = None
             return
         newest = max(last_seen)
