@@ -431,3 +431,12 @@ class Plugins:
                 if self.policy.strict:
                     raise
                 log.exception("chatwright: plugin %r failed in %s", plugin_name, hook_name)
+
+    def implemented(self, hook_name: str) -> bool:
+        """Whether any loaded plugin implements the hook (pluggy knows; nothing is called).
+
+        For a caller that would do work only to build a hook's arguments: the
+        sweeper fetches deactivated sessions' rows only when some plugin
+        implements ``session_deactivated``.
+        """
+        return bool(getattr(self._pm.hook, hook_name).get_hookimpls())

@@ -11,6 +11,8 @@ stopped heartbeating, then lets the eviction policy drop the built agents of
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -24,13 +26,28 @@ if TYPE_CHECKING:
     from chatwright.runtime import Runtime
 
 
+HOOKS_BETWEEN_YIELDS = 200
+"""``session_deactivated`` calls the sweeper makes before it lets other tasks run.
+
+Whatever the batch size: a plugin's hook may take a while (writing a line to a
+file, say), and 200 calls of a quick one take a few milliseconds.
+"""
+
+
 @dataclass
 class SweepReport:
-    deactivated: list[ChatSession] = field(default_factory=list)
+    """What one sweeper pass did, in counts: its size does not grow with the sessions swept."""
+
+    deactivated: int = 0
+    """Idle sessions this pass deactivated."""
+    batches: int = 0
+    """Store calls it took (``sessions.sweep_batch`` sessions at most each)."""
+    seconds: float = 0.0
+    """How long the whole pass took, eviction included."""
     evicted: list[tuple[Key, str]] = field(default_factory=list)
     active_keys: int = 0
-    skipped: bool = False
-    """Another process was sweeping; this pass did nothing."""
+    ids: list[uuid.UUID] | None = None
+    """The deactivated sessions' ids, only when the pass was asked to keep them."""
 
 
 async def deactivate(runtime: Runtime, user_id: str, session_id: uuid.UUID) -> ChatSession:
@@ -46,23 +63,58 @@ async def deactivate(runtime: Runtime, user_id: str, session_id: uuid.UUID) -> C
     return session
 
 
-async def sweep(runtime: Runtime, now: datetime | None = None) -> SweepReport:
-    """One sweeper pass: deactivate idle sessions, then evict by policy.
+async def _sweep_batch(
+    runtime: Runtime, idle_before: datetime, limit: int
+) -> tuple[int, list[uuid.UUID]]:
+    """Deactivate one batch; fire ``session_deactivated`` for each of its sessions.
 
-    Deactivation runs in one process at a time (``storage.exclusive``: an
-    advisory lock on PostgreSQL); a pass that finds another process sweeping
-    skips it, but still lets its own cache evict.
+    The rows are fetched only when a plugin implements the hook: building a
+    :class:`ChatSession` and calling pluggy for each of a million sessions
+    costs more than the database's work, for nobody.
     """
+    store = runtime.storage.sessions
+    if not runtime.plugins.implemented("session_deactivated"):
+        ids = await store.sweep_ids(idle_before, limit=limit)
+        return len(ids), ids
+    sessions = await store.sweep(idle_before, limit=limit)
+    for done, session in enumerate(sessions, 1):
+        runtime.plugins.notify("session_deactivated", session=session, reason="idle")
+        if done % HOOKS_BETWEEN_YIELDS == 0:
+            await asyncio.sleep(0)  # plugins' hooks take their time: requests go in between
+    return len(sessions), [s.id for s in sessions]
+
+
+async def sweep(
+    runtime: Runtime, now: datetime | None = None, *, keep_ids: bool = False
+) -> SweepReport:
+    """One sweeper pass: deactivate idle sessions in batches, then evict by policy.
+
+    Each batch (``sessions.sweep_batch`` sessions at most) is one short
+    transaction, and the pass yields to the event loop between batches, so the
+    requests a server serves meanwhile wait for one batch at most. Several
+    processes may sweep at once: the store hands each idle session to exactly
+    one batch (``FOR UPDATE SKIP LOCKED`` on PostgreSQL), so each is
+    deactivated, and reported to ``session_deactivated``, once. The report
+    holds counts, and the ids only with ``keep_ids``.
+    """
+    started = time.perf_counter()
     now = now or datetime.now(UTC)
     idle_before = now - timedelta(seconds=runtime.settings.sessions.idle_timeout)
-    async with runtime.storage.exclusive("sweeper") as mine:
-        deactivated = await runtime.storage.sessions.sweep(idle_before) if mine else []
-    report = SweepReport(deactivated=deactivated, skipped=not mine)
-    for session in report.deactivated:
-        runtime.plugins.notify("session_deactivated", session=session, reason="idle")
+    limit = runtime.settings.sessions.sweep_batch
+    report = SweepReport(ids=[] if keep_ids else None)
+    while True:
+        count, ids = await _sweep_batch(runtime, idle_before, limit)
+        report.batches += 1
+        report.deactivated += count
+        if report.ids is not None:
+            report.ids.extend(ids)
+        if count < limit:
+            break  # nothing idle is left that another sweeper has not taken
+        await asyncio.sleep(0)  # let the requests waiting on the event loop run
     # Every process evicts from its own cache, whoever deactivated the sessions.
     active = await runtime.storage.sessions.active_keys()
     report.active_keys = len(active)
     # Cache keys are agents: an agent's build stays while any user has a session with it.
     report.evicted = runtime.cache.sweep({agent for _, agent in active})
+    report.seconds = time.perf_counter() - started
     return report

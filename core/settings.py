@@ -101,6 +101,13 @@ class SessionsSettings(_Section):
     heartbeat_interval: float = Field(
         60.0, gt=0, description="Seconds between two heartbeats of the web page."
     )
+    sweep_batch: int = Field(
+        2000,
+        ge=1,
+        le=100_000,
+        description="Idle sessions one sweeper step deactivates at once (one short transaction; "
+        "the sweeper yields to requests between steps).",
+    )
 
 
 class CacheSettings(_Section):

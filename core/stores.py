@@ -15,6 +15,9 @@ Records are frozen dataclasses: cheap to build, safe to share between tasks.
 The application tables that tools work on, and the :class:`RecordStore` over
 them, are described in :mod:`chatwright.tables`; their names are re-exported
 here.
+
+Longer than 450 lines because it is the whole contract a backend implements:
+every store's protocol and record, read together by backend authors.
 """
 
 from __future__ import annotations
@@ -245,8 +248,25 @@ class SessionStore(Protocol):
         self, user_id: str | None = None, *, active: bool | None = None
     ) -> builtins.list[ChatSession]: ...
 
-    async def sweep(self, idle_before: datetime) -> builtins.list[ChatSession]:
-        """Deactivate, in one statement, active sessions last touched before ``idle_before``."""
+    async def sweep(self, idle_before: datetime, *, limit: int) -> builtins.list[ChatSession]:
+        """Deactivate up to ``limit`` active sessions last touched before ``idle_before``.
+
+        Returns them as stored after deactivation. One call is one short atomic
+        step (one transaction, one script), so a sweeper calls it again and
+        again, yielding in between, until a call returns fewer than ``limit``:
+        that means no idle session was left for it. Callers in several
+        processes may sweep at once; each session is returned by exactly one
+        call (PostgreSQL: ``FOR UPDATE SKIP LOCKED``), so a session is never
+        reported deactivated twice.
+        """
+        ...
+
+    async def sweep_ids(self, idle_before: datetime, *, limit: int) -> builtins.list[uuid.UUID]:
+        """:meth:`sweep`, returning only the ids: for a sweeper that needs no rows.
+
+        The sweeper calls it when no plugin implements ``session_deactivated``.
+        A store may simply return ``[s.id for s in await self.sweep(...)]``.
+        """
         ...
 
     async def active_keys(self) -> set[tuple[str, str]]:
@@ -378,10 +398,12 @@ class Storage(Protocol):
         ...
 
     def exclusive(self, name: str) -> AbstractAsyncContextManager[bool]:
-        """Try to become the one process doing ``name`` (the sweeper) right now.
+        """Try to become the one process doing ``name`` right now.
 
         Yields True when this process holds it until the block ends, False when
-        another process does (the caller then skips its work).
+        another process does (the caller then skips its work). The sweeper
+        does not need it: :meth:`SessionStore.sweep` hands each idle session
+        to one caller only.
         """
         ...
 

@@ -174,15 +174,60 @@ class SessionStoreContract:
         await sessions.deactivate(ALICE, closed.id)
         cutoff = datetime.now(UTC) + timedelta(seconds=1)
         fresh_time_session = await sessions.open(BOB, "helper")
-        swept = await sessions.sweep(fresh_time_session.updated_at - timedelta(microseconds=1))
+        before_fresh = fresh_time_session.updated_at - timedelta(microseconds=1)
+        swept = await sessions.sweep(before_fresh, limit=10)
         assert {s.id for s in swept} == {stale.id}
         assert all(not s.is_active for s in swept)
         assert await sessions.active_keys() == {(BOB, "helper")}
         assert await sessions.count_active() == 1
-        swept_all = await sessions.sweep(cutoff)
+        swept_all = await sessions.sweep(cutoff, limit=10)
         assert {s.id for s in swept_all} == {fresh_time_session.id}
         assert await sessions.active_keys() == set()
-        assert await sessions.sweep(cutoff) == []
+        assert await sessions.sweep(cutoff, limit=10) == []
+
+    async def test_sweep_returns_at_most_limit_per_call(self, sessions: SessionStore) -> None:
+        opened = [await sessions.open(f"user-{i}", "helper") for i in range(7)]
+        cutoff = datetime.now(UTC) + timedelta(seconds=1)
+        sizes, seen = [], []
+        while True:
+            batch = await sessions.sweep(cutoff, limit=3)
+            sizes.append(len(batch))
+            seen += [s.id for s in batch]
+            assert all(not s.is_active for s in batch)
+            if len(batch) < 3:
+                break
+        assert sizes == [3, 3, 1]
+        assert sorted(seen) == sorted(s.id for s in opened)
+        assert await sessions.count_active() == 0
+        assert await sessions.sweep(cutoff, limit=3) == []
+        with pytest.raises(InvalidInputError, match="at least 1"):
+            await sessions.sweep(cutoff, limit=0)
+
+    async def test_sweep_ids_deactivates_like_sweep(self, sessions: SessionStore) -> None:
+        opened = [await sessions.open(ALICE, "helper", chat_id=uuid.uuid4()) for _ in range(5)]
+        cutoff = datetime.now(UTC) + timedelta(seconds=1)
+        first = await sessions.sweep_ids(cutoff, limit=4)
+        rest = await sessions.sweep_ids(cutoff, limit=4)
+        assert (len(first), len(rest)) == (4, 1)
+        assert sorted(first + rest) == sorted(s.id for s in opened)
+        assert await sessions.list(ALICE, active=True) == []
+        assert await sessions.sweep_ids(cutoff, limit=4) == []
+
+    async def test_concurrent_sweeps_never_return_a_session_twice(
+        self, sessions: SessionStore
+    ) -> None:
+        opened = [await sessions.open(f"user-{i}", "helper") for i in range(20)]
+        cutoff = datetime.now(UTC) + timedelta(seconds=1)
+
+        async def sweeper() -> list[uuid.UUID]:
+            mine: list[uuid.UUID] = []
+            while batch := await sessions.sweep(cutoff, limit=2):
+                mine += [s.id for s in batch]
+            return mine
+
+        results = await asyncio.gather(*(sweeper() for _ in range(4)))
+        every = [i for ids in results for i in ids]
+        assert sorted(every) == sorted(s.id for s in opened)  # each once, none missing
 
 
 class StorageContract(SessionStoreContract):

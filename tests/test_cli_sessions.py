@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
+import uuid
 from pathlib import Path
 
 import pytest
@@ -34,17 +36,72 @@ def test_sessions_list_and_sweep(example: Path) -> None:
 
     fresh = run("sessions", "sweep")
     assert fresh.exit_code == 0
-    assert fresh.output.startswith("Deactivated 0 session(s) idle for over 1800 s; 1 (user, agent)")
+    assert re.fullmatch(
+        r"Deactivated 0 session\(s\) idle for over 1800 s in \d+\.\d\d s \(1 batch\(es\)\); "
+        r"1 \(user, agent\) pair\(s\) still have an active session; "
+        r"0 cached agent\(s\) evicted\n",
+        fresh.output,
+    ), fresh.output
 
     sql(
         example, "UPDATE chat_sessions SET updated_at = '2000-01-01 00:00:00' WHERE user_id = 'bob'"
     )
     swept = json.loads(run("sessions", "sweep", "--json").output)
-    bob_id = sql(example, "SELECT id FROM chat_sessions WHERE user_id = 'bob'")[0][0]
-    assert len(swept["deactivated"]) == 1
-    assert swept["deactivated"][0].replace("-", "") == str(bob_id).replace("-", "")
-    assert swept["active_keys"] == 0
     assert sql(example, "SELECT count(*) FROM chat_sessions WHERE is_active") == [(0,)]
+    assert swept["deactivated"] == 1 and swept["active_keys"] == 0
+    assert "ids" not in swept  # counts only, unless --verbose
+    assert swept["batches"] == 1 and swept["seconds"] >= 0
+
+
+def age_all(database: Path, active: bool = True) -> None:
+    sql(
+        database,
+        f"UPDATE chat_sessions SET updated_at = '2000-01-01 00:00:00', is_active = {int(active)}",
+    )
+
+
+def session_ids(database: Path) -> set[str]:
+    return {str(uuid.UUID(str(r[0]))) for r in sql(database, "SELECT id FROM chat_sessions")}
+
+
+def test_sweep_prints_a_summary_and_the_ids_only_when_verbose(
+    example: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for user in ("ann", "ben", "cat", "dan", "eve"):
+        assert run("chat", "--user", user, "-m", "list my tasks").exit_code == 0
+    ids = session_ids(example)
+    assert len(ids) == 5
+    monkeypatch.setenv("CHATWRIGHT_SESSIONS__SWEEP_BATCH", "2")
+
+    age_all(example)
+    quiet = run("sessions", "sweep")
+    assert quiet.exit_code == 0, quiet.output
+    assert len(quiet.output.splitlines()) == 1
+    assert quiet.output.startswith("Deactivated 5 session(s) idle for over 1800 s in ")
+    assert "(3 batch(es))" in quiet.output  # 2 + 2 + 1
+
+    age_all(example)
+    verbose = run("sessions", "sweep", "--verbose")
+    lines = verbose.output.splitlines()
+    assert lines[0].startswith("Deactivated 5 session(s)")
+    assert {line.strip() for line in lines[1:]} == ids
+    assert all(line.startswith("  ") for line in lines[1:])
+
+    age_all(example)
+    as_json = json.loads(run("sessions", "sweep", "--json", "-v").output)
+    assert as_json["deactivated"] == 5 and as_json["batches"] == 3
+    assert set(as_json["ids"]) == ids
+
+    nothing = json.loads(run("sessions", "sweep", "--json").output)
+    assert (nothing["deactivated"], nothing["batches"]) == (0, 1)
+
+
+def test_sweep_refuses_a_bad_batch_size(example: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHATWRIGHT_SESSIONS__SWEEP_BATCH", "0")
+    result = run("sessions", "sweep")
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: ")
+    assert "sweep_batch" in result.output and "Traceback" not in result.output
 
 
 @pytest.mark.usefixtures("example")

@@ -18,7 +18,9 @@ What is checked (DESIGN.md §5, §7, §9):
   and the next turn uses the new tool;
 - two turns on one chat sent at once to two processes run one after the other
   (the per-chat advisory lock), both stored, in order;
-- one sweeper pass at a time (the ``sweeper`` advisory lock);
+- sweepers in several processes at once deactivate each idle session once
+  (batches taken with ``FOR UPDATE SKIP LOCKED``), and ``Storage.exclusive``
+  admits one process at a time;
 - a database outage gives 503 JSON, never a 500 or a dropped connection, the
   same server recovers without a restart (its config listener too), and no turn
   is stored half-written;
@@ -440,39 +442,54 @@ async def test_concurrent_turns_on_one_chat_through_two_processes_are_serialised
     check_alive(one, two)
 
 
-async def test_one_sweeper_pass_at_a_time(database: str, workdir: Path) -> None:
+async def test_sweepers_in_several_processes_deactivate_each_session_once(
+    database: str, workdir: Path
+) -> None:
     cwd = workdir / "cli"
     cwd.mkdir(exist_ok=True)
+    url = make_url(database).set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "INSERT INTO chat_sessions (id, chat_id, user_id, agent_name, is_active, "
+            "created_at, updated_at, metadata) "
+            "SELECT gen_random_uuid(), gen_random_uuid(), 'mp-sweep-' || g, %s, true, "
+            "now() - interval '1 hour', now() - interval '1 hour', '{}' "
+            "FROM generate_series(1, 6000) AS g RETURNING id",
+            (AGENT,),
+        ).fetchall()
+    mine = {str(r[0]) for r in rows}
+
+    def sweep() -> dict[str, Any]:
+        proc = cli_ok(
+            database,
+            "sessions",
+            "sweep",
+            "--json",
+            "--verbose",
+            cwd=cwd,
+            CHATWRIGHT_SESSIONS__IDLE_TIMEOUT="60",
+            CHATWRIGHT_SESSIONS__SWEEP_BATCH="25",
+        )
+        report: dict[str, Any] = json.loads(proc.stdout)
+        return report
+
+    # No lock keeps them apart: each batch takes rows the others have not locked.
+    reports = await asyncio.gather(*(asyncio.to_thread(sweep) for _ in range(3)))
+    every = [i for r in reports for i in r["ids"]]
+    assert len(every) == len(set(every)), "a session was deactivated by two sweepers"
+    assert sum(r["deactivated"] for r in reports) == len(every)
+    assert mine <= set(every)
+    with psycopg.connect(url) as conn:
+        left = conn.execute(
+            "SELECT count(*) FROM chat_sessions WHERE user_id LIKE 'mp-sweep-%%' AND is_active"
+        ).fetchone()
+    assert left == (0,)
+
+
+async def test_exclusive_is_held_by_one_process_at_a_time(database: str) -> None:
     holder, other, third = storage_for(database), storage_for(database), storage_for(database)
     try:
-        idle = await holder.sessions.open("sweep-user", AGENT, chat_id=uuid.uuid4())
-
-        def sweep() -> dict[str, Any]:
-            proc = cli_ok(
-                database,
-                "sessions",
-                "sweep",
-                "--json",
-                cwd=cwd,
-                CHATWRIGHT_SESSIONS__IDLE_TIMEOUT="0.001",
-            )
-            report: dict[str, Any] = json.loads(proc.stdout)
-            return report
-
-        await asyncio.sleep(0.05)  # the session is now idle for longer than the timeout
-        async with holder.exclusive("sweeper") as mine:
-            assert mine is True
-            report = await asyncio.to_thread(sweep)
-            assert report["skipped"] is True, report
-            assert report["deactivated"] == []
-            still = await holder.sessions.get("sweep-user", idle.id)
-            assert still is not None and still.is_active
-
-        report = await asyncio.to_thread(sweep)
-        assert report["skipped"] is False, report
-        assert str(idle.id) in report["deactivated"]
-
-        # Two passes entered at the same time: exactly one gets the lock.
+        # Two entered at the same time: exactly one gets it.
         got: list[bool] = []
         both_in = asyncio.Event()
 

@@ -809,7 +809,9 @@ async def test_transaction_pooler_settings_and_a_round_trip_through_them(
         await default.close()
 
 
-async def test_direct_url_is_what_locks_and_listen_use(cluster: Cluster) -> None:
+async def test_direct_url_is_what_listen_uses_and_nothing_else(
+    cluster: Cluster, caplog: pytest.LogCaptureFixture
+) -> None:
     broken = make_url(cluster.url()).set(port=1).render_as_string(hide_password=False)
     storage = supabase(cluster.url(), pooler="transaction", direct_url=broken)
     try:
@@ -817,12 +819,21 @@ async def test_direct_url_is_what_locks_and_listen_use(cluster: Cluster) -> None
         assert storage.direct_url.port == 1
         assert storage.url.port != 1
         await storage.ping()  # statements use url...
-        with pytest.raises(StorageError, match="unavailable"):
-            async with storage.exclusive("sweeper"):  # ...named locks use direct_url
-                pass
         await storage.upgrade()
-        async with storage.chat_lock(uuid.uuid4()):  # a turn's lease is a row: url
+        async with storage.chat_lock(uuid.uuid4()):  # ...a turn's lease is a row...
             pass
+        async with storage.exclusive("sweeper") as held:  # ...a named lock a transaction's
+            assert held
+        # ...and only the config listener connects to direct_url.
+        with caplog.at_level("WARNING"):
+            listening = asyncio.create_task(storage.watch_config(lambda agent: None))
+            for _ in range(100):
+                if "config listener lost its connection" in caplog.text:
+                    break
+                await asyncio.sleep(0.05)
+            listening.cancel()
+        assert "config listener lost its connection" in caplog.text
+        assert ":1" in caplog.text or "port 1" in caplog.text, caplog.text
     finally:
         await storage.close()
 

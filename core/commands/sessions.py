@@ -48,34 +48,44 @@ def sessions_list(app: AppContext, user: str | None, active: bool | None, as_jso
 
 
 @sessions.command("sweep")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (counts; ids with --verbose).")
+@click.option(
+    "-v", "--verbose", is_flag=True, help="Also list the id of every session deactivated."
+)
 @pass_app
-def sessions_sweep(app: AppContext, as_json: bool) -> None:
-    """Run one sweeper pass: deactivate sessions idle longer than sessions.idle_timeout."""
+def sessions_sweep(app: AppContext, as_json: bool, verbose: bool) -> None:
+    """Run one sweeper pass: deactivate sessions idle longer than sessions.idle_timeout.
+
+    Prints a one-line summary; the ids of the sessions it deactivated only with
+    --verbose, since one pass may deactivate millions of them.
+    """
     from chatwright.sessions import sweep
 
     async def work(runtime: Runtime) -> dict[str, Any]:
-        report = await sweep(runtime)
-        return {
-            "skipped": report.skipped,
-            "deactivated": [str(s.id) for s in report.deactivated],
+        report = await sweep(runtime, keep_ids=verbose)
+        result: dict[str, Any] = {
+            "deactivated": report.deactivated,
+            "batches": report.batches,
+            "seconds": round(report.seconds, 3),
             "active_keys": report.active_keys,
             "evicted": [[*k, reason] for k, reason in report.evicted],
         }
+        if report.ids is not None:
+            result["ids"] = [str(i) for i in report.ids]
+        return result
 
     result = app.run(work)
     if as_json:
         echo_json(result)
         return
-    if result["skipped"]:
-        click.echo("Another process is sweeping right now; nothing done.")
-        return
     timeout = app.settings.sessions.idle_timeout
     click.echo(
-        f"Deactivated {len(result['deactivated'])} session(s) idle for over {timeout:g} s; "
-        f"{result['active_keys']} (user, agent) pair(s) still have an active session"
+        f"Deactivated {result['deactivated']} session(s) idle for over {timeout:g} s "
+        f"in {result['seconds']:.2f} s ({result['batches']} batch(es)); "
+        f"{result['active_keys']} (user, agent) pair(s) still have an active session; "
+        f"{len(result['evicted'])} cached agent(s) evicted"
     )
-    for session_id in result["deactivated"]:
+    for session_id in result.get("ids", []):
         click.echo(f"  {session_id}")
 
 

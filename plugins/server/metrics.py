@@ -3,7 +3,8 @@
 The server counts turns by outcome and their latency; the executor cache's
 counters (hits, misses, builds, evictions by reason) and its size are copied
 from the runtime's :class:`~chatwright.cache.CacheStats` by :meth:`ServerMetrics.sync`,
-after each turn, each sweeper pass and at each scrape. The number of active
+after each turn, each sweeper pass and at each scrape. Each sweeper pass adds
+the sessions it deactivated and its duration (:meth:`ServerMetrics.swept`). The number of active
 sessions is asked from the storage when scraped.
 
 With one process each app has its own registry. With ``serve --workers N``
@@ -60,6 +61,17 @@ class ServerMetrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.sessions_swept = Counter(
+            "chatwright_sessions_swept",
+            "Idle sessions the sweeper deactivated (this server's share, with several).",
+            registry=r,
+        )
+        self.sweep_seconds = Histogram(
+            "chatwright_sweep_seconds",
+            "Duration of sweeper passes, eviction included.",
+            buckets=BUCKETS,
+            registry=r,
+        )
         self._synced = (0, 0, 0)
         self._synced_evictions: dict[str, int] = {}
 
@@ -76,6 +88,11 @@ class ServerMetrics:
                 self.evictions.labels(reason).inc(new)
             self._synced_evictions[reason] = count
         self.entries.set(cached)
+
+    def swept(self, deactivated: int, seconds: float) -> None:
+        """Count one sweeper pass."""
+        self.sessions_swept.inc(deactivated)
+        self.sweep_seconds.observe(seconds)
 
     def render(self, *, active_sessions: int) -> str:
         """The Prometheus text: every worker's values added up in multiprocess mode."""

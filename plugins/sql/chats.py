@@ -11,7 +11,7 @@ import builtins
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy import exc
@@ -23,8 +23,16 @@ from chatwright.plugins.sql.rows import from_row, now
 from chatwright.plugins.sql.stores import BoundStore
 from chatwright.stores import ChatSession, Message, NewMessage
 
+if TYPE_CHECKING:
+    from chatwright.plugins.sql.storage import SQLStorage
+
 
 class SQLSessionStore(BoundStore):
+    def __init__(self, db: SQLStorage) -> None:
+        super().__init__(db)
+        # (cutoff, newest updated_at deactivated) of the sweep pass under way.
+        self._resume: tuple[datetime, datetime] | None = None
+
     async def open(
         self,
         user_id: str,
@@ -184,17 +192,74 @@ class SQLSessionStore(BoundStore):
             rows = await conn.execute(stmt)
         return [from_row(ChatSession, r) for r in rows]
 
-    async def sweep(self, idle_before: datetime) -> builtins.list[ChatSession]:
+    def _sweep_statement(self, idle_before: datetime, limit: int) -> sa.Update:
+        """Deactivate one batch of idle sessions, in one statement.
+
+        The batch is found through the partial index on ``updated_at`` of active
+        sessions, oldest first. On PostgreSQL it starts where the previous batch
+        of the same pass ended (see :meth:`_swept`), its rows are locked with
+        ``FOR UPDATE SKIP LOCKED``, so concurrent sweepers take disjoint
+        batches and none waits for another, and they are updated by ``ctid`` (a
+        TID scan: the rows are locked, so they cannot move before the update);
+        ``= ANY (ARRAY(...))`` keeps the planner from joining the whole table to
+        the batch. SQLite serializes write transactions, so the subquery alone
+        is enough there.
+        """
+        if limit < 1:
+            raise InvalidInputError(f"a sweep batch must hold at least 1 session, not {limit}")
         s = schema.chat_sessions
-        stmt = (
-            s.update()
+        batch = (
+            sa.select(s.c.id)
             .where(s.c.is_active, s.c.updated_at < idle_before)
-            .values(is_active=False)
-            .returning(s)
+            .order_by(s.c.updated_at)
+            .limit(limit)
         )
+        if self.db.dialect == "postgresql":
+            if self._resume is not None and self._resume[0] == idle_before:
+                batch = batch.where(s.c.updated_at >= self._resume[1])
+            ctid: sa.ColumnElement[Any] = sa.literal_column("ctid")
+            locked = batch.with_only_columns(ctid).with_for_update(skip_locked=True)
+            chosen = ctid == sa.any_(sa.func.array(locked.scalar_subquery()))
+        else:
+            chosen = s.c.id.in_(batch.scalar_subquery())
+        return s.update().where(chosen, s.c.is_active).values(is_active=False)
+
+    def _swept(self, idle_before: datetime, limit: int, last_seen: Sequence[datetime]) -> None:
+        """Remember where this pass's batches have got to, so the next one starts there.
+
+        A PostgreSQL update leaves the old row's entry in the partial index until
+        vacuum: a batch that scanned from the start would step over every entry
+        the pass's earlier batches left, and a pass of a million sessions would
+        take twice as long. Any active session older than the mark was skipped
+        because another transaction held it: another sweeper's (it deactivates
+        it), a heartbeat's (no longer idle) or one that rolled back (left for
+        the next pass, which starts from the beginning with its own cutoff). A
+        short batch ends the pass: the next call starts from the beginning.
+        SQLite updates its indexes in place, and compares the times it stores
+        as text (a row written without microseconds would sort before the mark).
+        """
+        if self.db.dialect != "postgresql" or len(last_seen) < limit:
+            self._resume = None
+            return
+        newest = max(last_seen)
+        if self._resume is not None and self._resume[0] == idle_before:
+            newest = max(newest, self._resume[1])
+        self._resume = (idle_before, newest)
+
+    async def sweep(self, idle_before: datetime, *, limit: int) -> builtins.list[ChatSession]:
+        stmt = self._sweep_statement(idle_before, limit).returning(schema.chat_sessions)
         async with self.db.write() as conn:
             rows = (await conn.execute(stmt)).all()
+        self._swept(idle_before, limit, [r.updated_at for r in rows])
         return [from_row(ChatSession, r) for r in rows]
+
+    async def sweep_ids(self, idle_before: datetime, *, limit: int) -> builtins.list[uuid.UUID]:
+        s = schema.chat_sessions
+        stmt = self._sweep_statement(idle_before, limit).returning(s.c.id, s.c.updated_at)
+        async with self.db.write() as conn:
+            rows = (await conn.execute(stmt)).all()
+        self._swept(idle_before, limit, [r.updated_at for r in rows])
+        return [r.id for r in rows]
 
     async def active_keys(self) -> set[tuple[str, str]]:
         s = schema.chat_sessions

@@ -7,6 +7,7 @@ column of the same name, through the conversion named for that field, if any.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -46,12 +47,17 @@ CONVERSIONS: Mapping[str, Callable[[Any], Any]] = {
 }
 
 
+@functools.cache
+def _reading(model: type[Any]) -> tuple[tuple[str, Callable[[Any], Any] | None], ...]:
+    """Each field of ``model`` and its conversion: worked out once per model, not per row."""
+    return tuple((f.name, CONVERSIONS.get(f.name)) for f in dataclasses.fields(model))
+
+
 def from_row(model: type[Model], row: sa.Row[Any]) -> Model:
     """The ``model`` dataclass with each field read from the row's column of that name."""
     columns = row._mapping
     values = {}
-    for field in dataclasses.fields(model):
-        convert = CONVERSIONS.get(field.name)
-        value = columns[field.name]
-        values[field.name] = convert(value) if convert else value
+    for name, convert in _reading(model):
+        value = columns[name]
+        values[name] = convert(value) if convert else value
     return model(**values)

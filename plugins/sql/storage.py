@@ -255,10 +255,18 @@ class SQLStorage:
 
     @asynccontextmanager
     async def exclusive(self, name: str) -> AsyncIterator[bool]:
+        """A transaction-scoped advisory lock, in a transaction held for the block.
+
+        Nothing outlives the transaction, so it works through a transaction
+        pooler, on a pooled connection (held, with its server connection, until
+        the block ends). The sweeper does not use it (see ``SessionStore.sweep``).
+        """
         if self.dialect != "postgresql":
             yield True
             return
-        async with self.coordination.exclusive(name) as held:
+        key = sa.func.hashtextextended(f"chatwright:exclusive:{name}", 0)
+        async with self._transaction(None, write=True, bounded=False) as conn:
+            held = bool(await conn.scalar(sa.select(sa.func.pg_try_advisory_xact_lock(key))))
             yield held
 
     async def watch_config(self, changed: Callable[[str], None]) -> None:

@@ -63,9 +63,6 @@ from chatwright_redis.config import URL_VARIABLE, redact
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
-# Members of the active set a sweep script handles at once: each batch is
-# atomic, and short enough not to hold Redis up.
-SWEEP_BATCH = 500
 
 
 def _micros(moment: datetime) -> int:
@@ -286,17 +283,33 @@ class RedisSessionStore:
             reverse=True,
         )
 
-    async def sweep(self, idle_before: datetime) -> builtins.list[ChatSession]:
+    async def sweep(self, idle_before: datetime, *, limit: int) -> builtins.list[ChatSession]:
+        """Deactivate up to ``limit`` idle sessions; each script call is one atomic step.
+
+        A script looks at no more members of ``active`` than are still wanted,
+        so a step is bounded by ``limit``; members left by expired keys are
+        dropped without counting, hence the loop. Concurrent sweepers never
+        share a session: a script runs alone, and a deactivated session has
+        left ``active`` when it ends.
+        """
+        if limit < 1:
+            raise InvalidInputError(f"a sweep batch must hold at least 1 session, not {limit}")
         cutoff = _micros(idle_before)
         swept: builtins.list[ChatSession] = []
         with self._reaching():
-            while True:
+            while len(swept) < limit:
+                wanted = limit - len(swept)
                 looked, hashes = await self._sweep(
-                    keys=[self._keys.active], args=[self._keys.prefix, cutoff, SWEEP_BATCH]
+                    keys=[self._keys.active], args=[self._keys.prefix, cutoff, wanted]
                 )
                 swept += [_session(_hash(flat)) for flat in hashes]
-                if looked < SWEEP_BATCH:
-                    return swept
+                if looked < wanted:
+                    break
+        return swept
+
+    async def sweep_ids(self, idle_before: datetime, *, limit: int) -> builtins.list[uuid.UUID]:
+        # The script returns the hashes anyway; parsing them is the small part.
+        return [s.id for s in await self.sweep(idle_before, limit=limit)]
 
     async def active_keys(self) -> set[tuple[str, str]]:
         with self._reaching():

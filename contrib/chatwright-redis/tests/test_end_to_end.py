@@ -72,8 +72,8 @@ async def test_a_turn_through_the_runtime(
         assert [m.role for m in window] == ["human", "ai", "tool", "ai"]
 
         # The sweeper deactivates the idle session in Redis, then evicts the built agent.
-        report = await sweep(runtime, datetime.now(UTC) + timedelta(hours=1))
-        assert [s.id for s in report.deactivated] == [session.id]
+        report = await sweep(runtime, datetime.now(UTC) + timedelta(hours=1), keep_ids=True)
+        assert (report.deactivated, report.ids) == (1, [session.id])
         assert report.evicted == [(("alice", AGENT), "idle-session")]
         assert await raw.hget(f"{prefix}session:{session.id}", "is_active") == "0"
     finally:

@@ -1,0 +1,262 @@
+"""The idle-session sweeper at scale: batches, several sweepers at once, the hook, yielding.
+
+The store side of batching (``SessionStore.sweep(..., limit=)``) is in the
+contract suite (:mod:`chatwright.testing`); here is the pass that drives it,
+:func:`chatwright.sessions.sweep`, on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import uuid
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from chatwright import hookimpl
+from chatwright.plugins.sql.storage import SQLStorage
+from chatwright.registry import LoadPolicy, Plugins
+from chatwright.runtime import Runtime
+from chatwright.sessions import HOOKS_BETWEEN_YIELDS, sweep
+from chatwright.stores import ChatSession
+from chatwright.testing import settings
+from tests.harness import Recorder
+
+AGENT = "assistant"
+LATER = timedelta(hours=1)  # a pass "an hour from now" finds every session idle
+
+
+async def idle_sessions(storage: Any, count: int, prefix: str = "user") -> set[uuid.UUID]:
+    """``count`` sessions, one per user, opened through the store (all active)."""
+    return {(await storage.sessions.open(f"{prefix}-{i}", AGENT)).id for i in range(count)}
+
+
+async def bulk_sessions(storage: SQLStorage, count: int) -> set[uuid.UUID]:
+    """``count`` active sessions inserted in one statement (PostgreSQL)."""
+    async with storage.write() as conn:
+        rows = await conn.execute(
+            sa.text(
+                "INSERT INTO chat_sessions (id, chat_id, user_id, agent_name, is_active, "
+                "created_at, updated_at, metadata) "
+                "SELECT gen_random_uuid(), gen_random_uuid(), 'bulk-' || g, :agent, true, "
+                "now(), now(), '{}' FROM generate_series(1, :n) AS g RETURNING id"
+            ),
+            {"agent": AGENT, "n": count},
+        )
+        return {r[0] for r in rows}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'sweep.db'}"
+    pg_storage: SQLStorage = request.getfixturevalue("pg_storage")  # emptied for this test
+    return pg_storage.url.render_as_string(hide_password=False)
+
+
+async def started(url: str, batch: int, *, recorder: Recorder | None = None) -> Runtime:
+    plugins = Plugins.load(LoadPolicy())
+    if recorder is not None:
+        plugins.register(recorder, "recorder")
+    cfg = settings(plugins, storage={"url": url}, sessions={"sweep_batch": batch})
+    return await Runtime(cfg, plugins).start(upgrade=True)
+
+
+async def test_a_pass_deactivates_more_sessions_than_a_batch_and_fires_each_hook_once(
+    database_url: str,
+) -> None:
+    recorder = Recorder()
+    runtime = await started(database_url, 7, recorder=recorder)
+    try:
+        opened = await idle_sessions(runtime.storage, 30)
+        report = await sweep(runtime, datetime.now(UTC) + LATER, keep_ids=True)
+        assert report.deactivated == 30
+        assert report.batches == 5  # 7 + 7 + 7 + 7 + 2
+        assert report.ids is not None and sorted(report.ids) == sorted(opened)
+        assert sorted(s.id for s, _ in recorder.deactivated) == sorted(opened)
+        assert {reason for _, reason in recorder.deactivated} == {"idle"}
+        assert not any(s.is_active for s, _ in recorder.deactivated)
+        assert await runtime.storage.sessions.count_active() == 0
+        assert report.active_keys == 0
+        again = await sweep(runtime, datetime.now(UTC) + LATER)
+        assert (again.deactivated, again.batches, again.ids) == (0, 1, None)
+        assert len(recorder.deactivated) == 30
+    finally:
+        await runtime.close()
+
+
+async def test_an_exact_multiple_of_the_batch_ends_with_an_empty_batch(
+    database_url: str,
+) -> None:
+    runtime = await started(database_url, 5)
+    try:
+        await idle_sessions(runtime.storage, 10)
+        report = await sweep(runtime, datetime.now(UTC) + LATER)
+        assert (report.deactivated, report.batches) == (10, 3)
+    finally:
+        await runtime.close()
+
+
+async def test_concurrent_sweepers_on_postgresql_deactivate_each_session_once(
+    pg_storage: SQLStorage,
+) -> None:
+    url = pg_storage.url.render_as_string(hide_password=False)
+    opened = await bulk_sessions(pg_storage, 3000)
+    recorders = [Recorder() for _ in range(3)]
+    # Three runtimes, as three server processes: each its own engine and plugins.
+    runtimes = [await started(url, 40, recorder=r) for r in recorders]
+    try:
+        later = datetime.now(UTC) + LATER
+        reports = await asyncio.gather(*(sweep(rt, later, keep_ids=True) for rt in runtimes))
+        fired = [s.id for r in recorders for s, _ in r.deactivated]
+        assert len(fired) == len(set(fired)), "a session's hook fired twice"
+        assert set(fired) == opened
+        reported = [i for report in reports for i in report.ids or []]
+        assert sorted(reported) == sorted(fired)
+        assert sum(report.deactivated for report in reports) == 3000
+        # They really ran side by side: every one of them took some batches.
+        assert all(report.deactivated > 0 for report in reports), [
+            report.deactivated for report in reports
+        ]
+        assert await pg_storage.sessions.count_active() == 0
+    finally:
+        for rt in runtimes:
+            await rt.close()
+
+
+async def test_rows_are_fetched_only_when_a_plugin_listens(tmp_path: Any) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'sweep.db'}"
+    runtime = await started(url, 3)
+    try:
+        assert not runtime.plugins.implemented("session_deactivated")
+        store = runtime.storage.sessions
+        calls: list[str] = []
+        full, ids_only = store.sweep, store.sweep_ids
+
+        async def spy_full(*args: Any, **kwargs: Any) -> Any:
+            calls.append("sweep")
+            return await full(*args, **kwargs)
+
+        async def spy_ids(*args: Any, **kwargs: Any) -> Any:
+            calls.append("sweep_ids")
+            return await ids_only(*args, **kwargs)
+
+        store.sweep, store.sweep_ids = spy_full, spy_ids  # type: ignore[method-assign]
+        await idle_sessions(runtime.storage, 4)
+        report = await sweep(runtime, datetime.now(UTC) + LATER)
+        assert report.deactivated == 4 and calls == ["sweep_ids", "sweep_ids"]
+
+        recorder = Recorder()
+        runtime.plugins.register(recorder, "recorder")
+        assert runtime.plugins.implemented("session_deactivated")
+        calls.clear()
+        await idle_sessions(runtime.storage, 4, prefix="again")
+        report = await sweep(runtime, datetime.now(UTC) + LATER)
+        assert report.deactivated == 4 and calls == ["sweep", "sweep"]
+        assert len(recorder.deactivated) == 4
+    finally:
+        await runtime.close()
+
+
+async def test_the_pass_yields_to_the_event_loop_between_batches(tmp_path: Any) -> None:
+    """Even when a store answers without awaiting anything, other tasks run between batches."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'sweep.db'}"
+    runtime = await started(url, 100)
+    try:
+        order: list[str] = []
+        left = [100, 100, 100, 40]
+
+        async def instant_batch(idle_before: datetime, *, limit: int) -> list[uuid.UUID]:
+            order.append("batch")
+            return [uuid.uuid4() for _ in range(left.pop(0))]
+
+        runtime.storage.sessions.sweep_ids = instant_batch  # type: ignore[method-assign]
+        done = asyncio.Event()
+
+        async def request() -> None:
+            while not done.is_set():
+                order.append("request")
+                await asyncio.sleep(0)
+
+        other = asyncio.create_task(request())
+        await asyncio.sleep(0)
+        report = await sweep(runtime, datetime.now(UTC) + LATER)
+        done.set()
+        await other
+        assert report.deactivated == 340 and report.batches == 4
+        batches = [i for i, step in enumerate(order) if step == "batch"]
+        assert len(batches) == 4
+        # A request ran between any two batches.
+        assert all("request" in order[a:b] for a, b in itertools.pairwise(batches))
+    finally:
+        await runtime.close()
+
+
+async def test_hooks_of_one_batch_let_other_tasks_run_every_few_hundred(tmp_path: Any) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'sweep.db'}"
+    order: list[str] = []
+
+    class Listener:
+        @hookimpl
+        def session_deactivated(self, session: ChatSession, reason: str) -> None:
+            order.append("hook")
+
+    plugins = Plugins.load(LoadPolicy())
+    plugins.register(Listener(), "listener")
+    cfg = settings(plugins, storage={"url": url}, sessions={"sweep_batch": 1000})
+    runtime = await Runtime(cfg, plugins).start(upgrade=True)
+    try:
+        template = await runtime.storage.sessions.open("someone", AGENT)
+
+        async def instant_batch(idle_before: datetime, *, limit: int) -> list[ChatSession]:
+            return [replace(template, id=uuid.uuid4(), is_active=False) for _ in range(450)]
+
+        runtime.storage.sessions.sweep = instant_batch  # type: ignore[method-assign]
+        done = asyncio.Event()
+
+        async def request() -> None:
+            while not done.is_set():
+                if not order or order[-1] != "request":
+                    order.append("request")
+                await asyncio.sleep(0)
+
+        other = asyncio.create_task(request())
+        await asyncio.sleep(0)
+        report = await sweep(runtime, datetime.now(UTC) + LATER)
+        done.set()
+        await other
+        assert report.deactivated == 450 and order.count("hook") == 450
+        runs = "".join("h" if step == "hook" else "r" for step in order).split("r")
+        assert max(len(run) for run in runs) == HOOKS_BETWEEN_YIELDS
+    finally:
+        await runtime.close()
+
+
+async def test_a_session_another_transaction_holds_is_skipped_then_swept(
+    pg_storage: SQLStorage,
+) -> None:
+    """SKIP LOCKED passes over a held row without waiting; a later call finds it."""
+    import psycopg
+
+    store = pg_storage.sessions
+    opened = [await store.open(f"held-{i}", AGENT) for i in range(10)]
+    cutoff = datetime.now(UTC) + LATER
+    url = pg_storage.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(url) as holder:
+        # The oldest idle session, held as a heartbeat's UPDATE would hold it.
+        holder.execute("SELECT 1 FROM chat_sessions WHERE id = %s FOR UPDATE", (opened[0].id,))
+        swept: list[uuid.UUID] = []
+        while True:
+            batch = await asyncio.wait_for(store.sweep_ids(cutoff, limit=3), 10)
+            swept += batch
+            if len(batch) < 3:
+                break
+        assert sorted(swept) == sorted(s.id for s in opened[1:])
+        holder.rollback()
+    # The pass ended on a short batch, so the next call looks from the start again.
+    assert await store.sweep_ids(cutoff, limit=3) == [opened[0].id]
+    assert await store.count_active() == 0
