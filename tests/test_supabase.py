@@ -49,7 +49,6 @@ from chatwright.plugins.server.app import create_app
 from chatwright.plugins.sql.storage import SQLStorage
 from chatwright.plugins.supabase.storage import SupabaseStorage
 from chatwright.registry import Plugins
-from chatwright.settings import Settings
 from chatwright.stores import ColumnSpec, NewMessage, TableSpec
 from chatwright.tools import load_tools
 from tests.harness import (
@@ -60,10 +59,14 @@ from tests.harness import (
     Cluster,
     admin_connect,
     libpq,
+    pg_storage_settings,
+    storage_for,
 )
 from tests.harness import call_tool as call
 from tests.harness import tool_err as err
 from tests.harness import tool_ok as ok
+
+pytestmark = pytest.mark.postgresql
 
 PLUGINS = Plugins.load()
 USER_TABLES = ("chat_sessions", "chat_messages", "prompt_customizations", "agent_memories")
@@ -157,9 +160,12 @@ def cluster() -> Iterator[Cluster]:
         admin.close()
 
 
-def supabase(url: str, **storage: Any) -> SupabaseStorage:
+def supabase(url: str, *, direct: bool = False, **storage: Any) -> SupabaseStorage:
+    """The supabase backend on ``url``: through the run's PgBouncer if it has one, unless
+    ``direct`` (for the tests of the pooler settings themselves)."""
+    reach = {"url": url} if direct else pg_storage_settings(url)
     settings = testing.settings(
-        storage={"backend": "supabase", "url": url, **storage},
+        storage={"backend": "supabase", **reach, **storage},
         tools={"unscoped_tables": [ITEMS]},
     )
     return SupabaseStorage.from_settings(settings)
@@ -307,7 +313,7 @@ async def test_rls_isolates_users_even_when_a_crud_tool_forgot_its_scope(
 
     # Contrast: the same config on the plain sql backend, connected as the superuser,
     # leaks bob's rows and lets alice change them. Isolation above came from RLS.
-    plain = SQLStorage.from_settings(Settings(storage={"url": cluster.url()}))  # type: ignore[arg-type]
+    plain = storage_for(cluster.url())
     try:
         leaky = await keeper(plain, "alice")
         leaked = ok(await call(leaky["read_any"]))
@@ -530,7 +536,7 @@ async def test_every_user_endpoint_keeps_users_apart(
     cluster: Cluster, supa: SupabaseStorage
 ) -> None:
     settings = testing.settings(
-        storage={"backend": "supabase", "url": cluster.url()},
+        storage={"backend": "supabase", **pg_storage_settings(cluster.url())},
         server={"auth": "jwt", "jwt_secret": SECRET},
     )
     app = create_app(settings)
@@ -773,8 +779,8 @@ async def prepared_after_repeats(storage: SupabaseStorage) -> tuple[Any, int]:
 async def test_transaction_pooler_settings_and_a_round_trip_through_them(
     cluster: Cluster, supa: SupabaseStorage
 ) -> None:
-    pooled = supabase(cluster.url(), pooler="transaction", pool_recycle=123.0)
-    default = supabase(cluster.url())
+    pooled = supabase(cluster.url(), direct=True, pooler="transaction", pool_recycle=123.0)
+    default = supabase(cluster.url(), direct=True)
     try:
         assert pooled.engine.pool._recycle == 123.0  # type: ignore[attr-defined]
         assert default.engine.pool._recycle == 900.0  # type: ignore[attr-defined]
@@ -811,7 +817,7 @@ async def test_transaction_pooler_settings_and_a_round_trip_through_them(
 
 async def test_direct_url_is_what_locks_and_listen_use(cluster: Cluster) -> None:
     broken = make_url(cluster.url()).set(port=1).render_as_string(hide_password=False)
-    storage = supabase(cluster.url(), pooler="transaction", direct_url=broken)
+    storage = supabase(cluster.url(), direct=True, pooler="transaction", direct_url=broken)
     try:
         assert storage.direct_url.drivername == "postgresql+psycopg"
         assert storage.direct_url.port == 1
@@ -859,6 +865,13 @@ async def test_config_changes_notify_the_agent_name_and_reach_watch_config(
         "SELECT pid FROM pg_stat_activity WHERE datname = %s AND query = 'LISTEN chatwright_config'"
     )
     before = {r[0] for r in await admin_rows(cluster, listening, cluster.name)}
+    if not supa.can_listen:
+        # Through a transaction pooler with no direct_url (CHATWRIGHT_TEST_PGBOUNCER=1)
+        # nothing may LISTEN: the watch ends at once, each turn's version check covers it.
+        await asyncio.wait_for(supa.watch_config(lambda agent: None), timeout=2)
+        now = {r[0] for r in await admin_rows(cluster, listening, cluster.name)}
+        assert not now - before
+        return
     seen: list[str] = []
     arrived = asyncio.Event()
 
