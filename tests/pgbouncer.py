@@ -59,13 +59,15 @@ def mode_from(value: str) -> str | None:
 MODE = mode_from(os.environ.get(ENV, ""))
 
 # What PgBouncer does, on top of its defaults: short waits, so that an outage a test
-# makes is reported within the test's patience, and enough room for the concurrent
+# makes is reported, and over, within the test's patience, and enough room for the concurrent
 # transactions of the busiest test (the server itself is shared, so not too much).
 SETTINGS = {
     "pool_mode": "transaction",
     "default_pool_size": "20",
     "max_client_conn": "1000",
-    "server_login_retry": "1",
+    # After a failed server login PgBouncer refuses clients for this long; a test that
+    # restores a database it cut expects the very next request to get through.
+    "server_login_retry": "0",
     "query_wait_timeout": "20",
     "server_connect_timeout": "5",
     "application_name_add_host": "0",

@@ -519,6 +519,22 @@ def restore(admin: Any, name: str) -> None:
     admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
 
 
+async def recovered(client: httpx.AsyncClient, *servers: ServerProcess) -> None:
+    """Each server answers /healthz with 200 now that the database is back.
+
+    Directly that is the very next request. Through PgBouncer a pool whose server
+    logins failed turns clients away at once ("server login has been failing") and
+    tries a login again only then: the first requests after the outage may still be
+    503, so it is given a few seconds.
+    """
+    patience = 0.0 if pgbouncer.running() is None else 5.0
+    for server in servers:
+        deadline = time.monotonic() + patience
+        while (answer := await client.get(server.url + "/healthz")).status_code != 200:
+            assert time.monotonic() < deadline, f"{answer.status_code} {answer.text}"
+            await asyncio.sleep(0.1)
+
+
 def assert_unavailable(response: httpx.Response, *statuses: int) -> None:
     assert response.status_code in statuses, f"{response.status_code}: {response.text}"
     body = response.json()
@@ -591,7 +607,7 @@ async def test_database_outage_gives_503_and_the_server_recovers(
                 restore(admin, name)
 
             # The same process serves again, without a restart.
-            assert (await client.get(server.url + "/healthz")).status_code == 200
+            await recovered(client, server)
             body = await turn_ok(client, server, AGENT, chat_id, "add a task to call the plumber")
             answered.append("add a task to call the plumber")
             assert [c["name"] for c in body["tool_calls"]] == ["add_task"]
@@ -685,6 +701,7 @@ async def test_turns_in_flight_when_the_database_goes_away_give_503(
         finally:
             restore(admin, name)
 
+        await recovered(client, one, two)
         await turn_ok(client, two, AGENT, chat_id, "third")
         rows = check_integrity(url, chat_id)
         # "lost 1" was stored before its model ran; "lost 2" never got the chat's lock.
