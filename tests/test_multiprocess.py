@@ -556,7 +556,9 @@ def check_integrity(url: str, chat_id: str) -> list[tuple[str, dict[str, Any]]]:
 
 
 async def listener_came_back(admin: Any, name: str, server: ServerProcess) -> None:
-    deadline = time.monotonic() + 10
+    # Its retry delay doubles with each failure up to 30 s: a long outage (a loaded
+    # machine makes it longer) may leave it that long before its next attempt.
+    deadline = time.monotonic() + 35
     while not admin.execute(
         "SELECT 1 FROM pg_stat_activity WHERE datname = %s AND state = 'idle' "
         "AND query = 'LISTEN chatwright_config'",

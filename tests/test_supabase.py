@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -828,6 +829,44 @@ async def test_direct_url_is_what_locks_and_listen_use(cluster: Cluster) -> None
                 pass
     finally:
         await storage.close()
+
+
+async def test_watch_config_does_not_listen_through_a_transaction_pooler(
+    cluster: Cluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    listening = (
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
+        "AND query = 'LISTEN chatwright_config'"
+    )
+    before = await admin_rows(cluster, listening, cluster.name)
+    pooled = supabase(cluster.url(), direct=True, pooler="transaction")
+    with_direct = supabase(
+        cluster.url(), direct=True, pooler="transaction", direct_url=cluster.url()
+    )
+    try:
+        assert (pooled.can_listen, with_direct.can_listen) == (False, True)
+        with caplog.at_level(logging.INFO, logger="chatwright.plugins.sql.storage"):
+            # It returns at once (a LISTEN would wait for notifications forever)...
+            await asyncio.wait_for(pooled.watch_config(lambda agent: None), timeout=2)
+        # ...having said once why, and without having listened anywhere.
+        said = [r for r in caplog.records if "storage.direct_url is unset" in r.getMessage()]
+        assert [r.levelno for r in said] == [logging.INFO]
+        assert await admin_rows(cluster, listening, cluster.name) == before
+        # With direct_url, it listens there.
+        task = asyncio.create_task(with_direct.watch_config(lambda agent: None))
+        try:
+            deadline = time.monotonic() + 5
+            while await admin_rows(cluster, listening, cluster.name) == before:
+                assert not task.done(), task
+                assert time.monotonic() < deadline, "watch_config with direct_url never listened"
+                await asyncio.sleep(0.05)
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+    finally:
+        await pooled.close()
+        await with_direct.close()
 
 
 # --------------------------------------------------------------------------- 6. NOTIFY
