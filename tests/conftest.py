@@ -35,6 +35,8 @@ POSTGRESQL_PARAMS = frozenset({"postgresql", "supabase"})
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    if pgbouncer.MODE_ERROR is not None:
+        raise pytest.UsageError(pgbouncer.MODE_ERROR)
     config.addinivalue_line(
         "markers", "postgresql: the test needs the PostgreSQL test server (-m postgresql)"
     )

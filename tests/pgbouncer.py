@@ -51,12 +51,17 @@ def mode_from(value: str) -> str | None:
     """The mode ``CHATWRIGHT_TEST_PGBOUNCER=value`` asks for (None: no pooler)."""
     key = value.strip().lower()
     if key not in MODES:
-        choices = ", ".join(repr(k) for k in MODES if k)
+        choices = ", ".join(repr(k) for k, mode in MODES.items() if mode)
         raise ValueError(f"{ENV}={value!r} is not one of {choices} (or 0 / unset for none)")
     return MODES[key]
 
 
-MODE = mode_from(os.environ.get(ENV, ""))
+try:
+    MODE = mode_from(os.environ.get(ENV, ""))
+    MODE_ERROR: str | None = None
+except ValueError as _error:
+    # The conftest refuses to run with it (a usage error rather than an import traceback).
+    MODE, MODE_ERROR = None, str(_error)
 
 # What PgBouncer does, on top of its defaults: short waits, so that an outage a test
 # makes is reported, and over, within the test's patience, and enough room for the concurrent
