@@ -52,6 +52,7 @@ from chatwright.plugins.supabase.storage import SupabaseStorage
 from chatwright.registry import Plugins
 from chatwright.stores import ColumnSpec, NewMessage, TableSpec
 from chatwright.tools import load_tools
+from tests import pgbouncer
 from tests.harness import (
     ADMIN_URL,
     DATA_TABLES,
@@ -829,6 +830,33 @@ async def test_direct_url_is_what_locks_and_listen_use(cluster: Cluster) -> None
                 pass
     finally:
         await storage.close()
+
+
+async def test_a_user_transaction_leaves_nothing_to_the_next_client_of_a_pooled_connection(
+    cluster: Cluster, supa: SupabaseStorage
+) -> None:
+    """Through PgBouncer in transaction mode the next transaction on a server connection
+    may be another process's: the role and claims must have ended with the user's."""
+    if pgbouncer.running() is None:
+        pytest.skip("needs the run's PgBouncer (CHATWRIGHT_TEST_PGBOUNCER=1 or direct_url)")
+    await seed_two_users(supa)
+    alices, admins = (supabase(cluster.url(), pool_size=1, max_overflow=0) for _ in range(2))
+    probe = sa.text(
+        "SELECT pg_backend_pid(), current_user, auth.jwt() ->> 'sub', "
+        "(SELECT array_agg(DISTINCT user_id ORDER BY user_id) FROM chat_sessions)"
+    )
+    try:
+        async with alices.read("alice") as conn:
+            pid, role, sub, seen = (await conn.execute(probe)).one()
+        assert (role, sub, seen) == ("authenticated", "alice", ["alice"])
+        # PgBouncer gives the server connection it got back last to the next client.
+        async with admins.read() as conn:
+            row = (await conn.execute(probe)).one()
+        assert row[0] == pid, "the two clients did not share a server connection"
+        assert row[1:] == (make_url(ADMIN_URL).username, None, ["alice", "bob"])
+    finally:
+        await alices.close()
+        await admins.close()
 
 
 async def test_watch_config_does_not_listen_through_a_transaction_pooler(
