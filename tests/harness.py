@@ -43,6 +43,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMe
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.tools import BaseTool
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
 
 from chatwright import hookimpl
 from chatwright.cli import build_cli
@@ -98,7 +99,10 @@ def pg_storage_settings(url: str) -> dict[str, Any]:
     of anything else (SQLite, another server) is returned as it is.
     """
     bouncer = pgbouncer.running()
-    parsed = make_url(url)
+    try:
+        parsed = make_url(url)
+    except ArgumentError:  # not a URL at all: chatwright says so
+        return {"url": url}
     if bouncer is None or not _on_test_server(parsed):
         return {"url": url}
     keys: dict[str, Any] = {
