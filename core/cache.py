@@ -1,11 +1,20 @@
-"""The executor cache: built agents per (user, agent), rebuilt when their config changes.
+"""The executor cache: one built agent per agent, rebuilt when its config changes.
 
-An entry holds what is expensive to make and safe to share between the
-chats of one user with one agent: the chat model, the loaded tools and the
-compiled agent graph. It holds no conversation state; every turn passes its
-history in. Each entry records the config version it was built from; a turn
-asks the storage for the current version (one cheap query) and a different
-version rebuilds the entry.
+An entry holds what is expensive to make and safe to share between every
+chat of every user of one agent: the chat model, the loaded tools and the
+compiled agent graph. Its key is the agent's name. It holds no conversation
+state and nothing of any user: every turn passes its history in, and the
+user reaches the tools at call time through LangChain's runtime context (see
+:mod:`chatwright.tools`). Each entry records the config version it was built
+from; a turn reads the current version with the rest of its inputs (see
+:mod:`chatwright.runtime`) and a different version rebuilds the entry.
+
+Eviction reasons: ``"config-changed"`` (the agent or one of its tool rows
+changed: the entry was rebuilt from the new version, or another process
+announced the change), and whatever the policy gives, for the bundled ones
+``"capacity"`` (more than ``cache.max_entries`` agents), ``"ttl"`` (unused
+for longer than ``cache.ttl``) and ``"idle-session"`` (no user of the agent
+has an active session any more, decided at each sweep).
 
 Concurrent misses for the same key wait for one build (single flight). Which
 entries to drop is decided by the eviction policy named by ``cache.policy``
@@ -25,8 +34,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     import asyncio
 
-Key = tuple[str, str]
-"""(user_id, agent_name)."""
+Key = str
+"""The agent's name (it used to be a (user_id, agent_name) pair: one build per user)."""
 
 
 @dataclass
@@ -55,8 +64,8 @@ class EvictionPolicy(Protocol):
         """Keys to evict with a reason each.
 
         :param entries: the cache, least recently used first.
-        :param active: keys that have an active session, during a sweep; None
-            right after an insertion, when only capacity matters.
+        :param active: keys (agents) that some user has an active session with,
+            during a sweep; None right after an insertion, when only capacity matters.
         :param now: the cache clock (monotonic seconds).
         """
         ...

@@ -53,6 +53,12 @@ class UnknownAgentError(NotFoundError):
         super().__init__(f"no agent named {name!r}; see `chatwright agents list`")
 
 
+class ChatBusyError(ChatwrightError):
+    """Another turn of the chat is still running and did not end in time."""
+
+    http_status = 409
+
+
 class AlreadyExistsError(ChatwrightError):
     """A row with the same unique name already exists."""
 

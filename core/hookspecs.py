@@ -248,11 +248,14 @@ def session_deactivated(session: ChatSession, reason: str) -> None:
 
 
 @hookspec
-def executor_evicted(key: tuple[str, str], reason: str) -> None:
+def executor_evicted(key: str, reason: str) -> None:
     """Called after a built agent was dropped from the executor cache.
 
-    :param key: ``(user_id, agent_name)`` of the dropped entry.
+    :param key: the name of the agent whose build was dropped (one build serves
+        every user of an agent; the key used to be ``(user_id, agent_name)``).
     :param reason: why it was dropped: ``"capacity"`` (beyond ``cache.max_entries``),
-        ``"idle-session"`` (no active session left), ``"ttl"``, ``"config-changed"``,
-        or another policy's own word (``"s3fifo"``).
+        ``"idle-session"`` (no user of the agent has an active session left),
+        ``"ttl"`` (unused for longer than ``cache.ttl``), ``"config-changed"``
+        (the agent or one of its tool rows changed), or another policy's own
+        word (``"s3fifo"``).
     """

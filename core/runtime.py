@@ -5,26 +5,33 @@ builds the storage backend named by ``storage.backend`` (through the plugin
 that registered it), checks or upgrades the schema, and fires the ``startup``
 hook; closing it fires ``shutdown`` and closes the storage.
 
-:meth:`Runtime.chat` runs one chat turn, the same for the CLI and the server:
+:meth:`Runtime.chat` runs one chat turn, the same for the CLI and the server,
+in two transactions besides the tools' own, and one more per round of tool
+calls (see :mod:`chatwright.turns` and the storage's ``turns`` store):
 
-1. the chat must belong to the user and the agent (else "not found");
-2. turns of one chat run one at a time (an asyncio lock per chat, and the
-   storage's ``chat_lock`` across processes: an advisory lock on PostgreSQL);
-3. the agent's config version is read (one query) and the built agent taken
-   from the executor cache, rebuilt if the version changed;
-4. the last ``history_window`` messages are read (one indexed query) and the
-   system prompt is assembled with the user's memory and instructions;
-5. the agent runs on that input; it holds no conversation state of its own,
-   so concurrent chats of one user and agent cannot see each other;
-6. every message is first made storable (:func:`chatwright.history.storable`:
-   NUL characters, lone surrogates, values nested too deeply), so that what is
+1. turns of one chat run one at a time: an asyncio lock per (user, chat) in
+   the process, and across processes the chat's turn lease, taken by
+2. the first transaction, which checks that the chat belongs to the user and
+   the agent (else "not found"), reads the agent row with its config version,
+   the last ``history_window`` messages, the user's memory and instructions,
+   and stores the human message;
+3. the built agent comes from the executor cache under the agent's name,
+   rebuilt when the version read differs from the one it was built from. It
+   holds nothing of any user and no conversation state: the turn passes the
+   history in, and the user to the tools through LangChain's runtime context
+   (:class:`~chatwright.tools.TurnContext`), so one build serves every user
+   and concurrent chats cannot see each other;
+4. every message is made storable (:func:`chatwright.history.storable`: NUL
+   characters, lone surrogates, values nested too deeply), so that what is
    stored and what the caller gets back are the same;
-7. the human message is stored before the model runs, each complete tool
-   exchange (the AI message calling tools and all their results) as soon as it
-   completes, and the final reply together with touching the chat's sessions,
-   in one transaction. When the model fails, the human message (and every
-   complete tool exchange before the failure) is still stored, and a
-   :class:`~chatwright.errors.ModelError` is raised.
+5. each complete tool exchange (the AI message calling tools and all their
+   results) is stored as soon as it completes, so that a process killed
+   during a turn leaves no tool write without its record; the last
+   transaction stores the rest (the reply), marks the chat's sessions used
+   and gives the lease back. When the model fails, the complete tool
+   exchanges before the failure are stored (the chat is not marked used) and
+   a :class:`~chatwright.errors.ModelError` is raised; the human message is
+   stored in any case. A dead process's lease expires and the chat goes on.
 """
 
 from __future__ import annotations
@@ -43,13 +50,12 @@ from chatwright.errors import (
     ChatwrightError,
     ModelConfigError,
     ModelError,
-    NotFoundError,
     StorageError,
     UnknownAgentError,
 )
 from chatwright.registry import Plugins
 from chatwright.settings import Settings, load_settings
-from chatwright.stores import Agent, InvalidJSON, NewMessage, Storage
+from chatwright.stores import Agent, InvalidJSON, Storage
 
 if TYPE_CHECKING:
     from langchain_core.messages import BaseMessage
@@ -57,6 +63,7 @@ if TYPE_CHECKING:
 
     from chatwright.cache import ExecutorCache, Key
     from chatwright.tools import ToolProblem
+    from chatwright.turns import TurnStore
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +73,7 @@ OnToken = Callable[[str], Awaitable[None]]
 
 @dataclass
 class BuiltAgent:
-    """What the executor cache holds for one (user, agent): no conversation state."""
+    """What the executor cache holds for one agent: nothing of any user, no conversation."""
 
     agent: Agent
     graph: Any
@@ -129,9 +136,11 @@ class Runtime:
         self.settings = settings if settings is not None else load_settings(plugins=self.plugins)
         self._storage: Storage | None = None
         self._cache: ExecutorCache | None = None
-        self._turn_locks: weakref.WeakValueDictionary[uuid.UUID, asyncio.Lock] = (
+        self._turn_locks: weakref.WeakValueDictionary[tuple[str, uuid.UUID], asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
+        self._turns: TurnStore | None = None
+        self._turns_of: Storage | None = None
 
     @property
     def storage(self) -> Storage:
@@ -231,12 +240,9 @@ class Runtime:
         from langchain.agents import create_agent
 
         from chatwright.models import build_model
-        from chatwright.tools import load_tools
+        from chatwright.tools import TurnContext, load_tools
 
-        user_id, name = key
-        # The version check that led here read these rows too, but only to digest
-        # them; a build reads the rows it builds from, in the same state as what
-        # it caches. (A version counter instead of the digest removes that read.)
+        name = key
         agent = await self.storage.agents.get(name)
         if agent is None:
             raise UnknownAgentError(name)
@@ -248,50 +254,52 @@ class Runtime:
         model = await asyncio.to_thread(
             build_model, self.plugins, agent.model, agent.model_settings
         )
-        loaded = await load_tools(self.storage, self.settings, self.plugins, name, user_id)
-        graph = await asyncio.to_thread(lambda: create_agent(model, loaded.tools))
+        loaded = await load_tools(self.storage, self.settings, self.plugins, name)
+        graph = await asyncio.to_thread(
+            lambda: create_agent(model, loaded.tools, context_schema=TurnContext)
+        )
         return BuiltAgent(agent, graph, loaded.tools, loaded.problems)
 
     def config_changed(self, agent_name: str) -> None:
-        """Drop every user's built agent for ``agent_name`` (another process changed it)."""
+        """Drop the built agent of ``agent_name`` (another process changed it)."""
         if self._cache is not None:
-            self._cache.evict_where(lambda key: key[1] == agent_name, "config-changed")
+            self._cache.evict(agent_name, "config-changed")
 
-    async def agent_for(self, user_id: str, agent_name: str) -> BuiltAgent:
-        """The built agent for a user, from the cache when its config has not changed."""
-        version = await self.storage.agents.config_version(agent_name)
-        if version is None:
-            raise UnknownAgentError(agent_name)
-        entry = await self.cache.get((user_id, agent_name), version)
+    async def _built(self, agent_name: str, version: str) -> BuiltAgent:
+        entry = await self.cache.get(agent_name, version)
         built: BuiltAgent = entry.value
         return built
 
+    async def agent_for(self, user_id: str, agent_name: str) -> BuiltAgent:
+        """The built agent (the same for every user), from the cache when current.
+
+        ``user_id`` is not part of the build; it is kept for callers that name one.
+        """
+        version = await self.storage.agents.config_version(agent_name)
+        if version is None:
+            raise UnknownAgentError(agent_name)
+        return await self._built(agent_name, version)
+
     # -- turns --------------------------------------------------------------
 
-    def _lock(self, chat_id: uuid.UUID) -> asyncio.Lock:
-        lock = self._turn_locks.get(chat_id)
+    def _lock(self, user_id: str, chat_id: uuid.UUID) -> asyncio.Lock:
+        # Keyed by the user too: a chat is one user's, and another user's request
+        # must be refused at once, not queued behind the owner's turn (a timing
+        # answer to "does this chat exist?").
+        key = (user_id, chat_id)
+        lock = self._turn_locks.get(key)
         if lock is None:
-            lock = self._turn_locks[chat_id] = asyncio.Lock()
+            lock = self._turn_locks[key] = asyncio.Lock()
         return lock
 
-    async def _finish(
-        self, storage: Storage, user_id: str, chat_id: uuid.UUID, rest: list[NewMessage]
-    ) -> None:
-        """Store the end of a turn and mark the chat used; once stored, the turn has succeeded."""
-        from chatwright.stores import WithSessionStore
+    @property
+    def turns(self) -> TurnStore:
+        """The storage's turn store (or one made of its other stores)."""
+        if self._turns is None or self._turns_of is not self._storage:
+            from chatwright.turns import turn_store
 
-        if not isinstance(storage, WithSessionStore):
-            # The reply and the chat's "last used" in one transaction.
-            await storage.messages.append(user_id, chat_id, rest, touch=True)
-            return
-        # Sessions live in another store: the reply is stored first, and a failure
-        # to touch afterwards must not make a stored turn look failed (a client
-        # would retry it and repeat its tool calls).
-        await storage.messages.append(user_id, chat_id, rest)
-        try:
-            await storage.sessions.touch_chat(user_id, chat_id)
-        except StorageError as exc:
-            log.warning("chat %s: its sessions were not marked used: %s", chat_id, exc)
+            self._turns, self._turns_of = turn_store(self.storage), self._storage
+        return self._turns
 
     async def chat(
         self,
@@ -313,64 +321,68 @@ class Runtime:
         from langchain_core.messages import HumanMessage, SystemMessage, ToolMessage
 
         from chatwright.history import complete_prefix, storable, to_model_input, to_store
-        from chatwright.prompts import system_prompt
+        from chatwright.prompts import fill
+        from chatwright.tools import TurnContext
 
-        storage = self.storage
-        if await storage.sessions.chat_owner(chat_id) != (user_id, agent_name):
-            raise NotFoundError(
-                f"no chat {chat_id} with agent {agent_name!r} for this user; open a session first"
-            )
-        async with self._lock(chat_id), storage.chat_lock(chat_id):
+        turns = self.turns
+        async with self._lock(user_id, chat_id):
             human = storable(HumanMessage(content=message))
-            try:
-                built = await self.agent_for(user_id, agent_name)
-            except ModelConfigError:
-                # The agent exists but its model cannot be made: keep what the user said.
-                await storage.messages.append(user_id, chat_id, to_store([human]))
-                raise
-            stored = await storage.messages.window(user_id, chat_id, built.agent.history_window)
-            system = await system_prompt(storage, built.agent, user_id)
-            inputs = [SystemMessage(content=system), *to_model_input(stored), human]
-            # What the user said is kept before the model runs, and each complete
-            # tool exchange as soon as it completes: after a crash the chat still
-            # records every tool call whose effect may be in the database.
-            await storage.messages.append(user_id, chat_id, to_store([human]))
+            start = await turns.begin(user_id, agent_name, chat_id, to_store([human])[0])
             produced: list[BaseMessage] = []
-            kept = 0
-            modes = ["updates", "messages"] if on_token is not None else ["updates"]
+            kept = 0  # how many of them are stored
+            ended = False
+
+            async def end(messages: list[BaseMessage], *, touch: bool) -> None:
+                nonlocal ended
+                ended = True
+                # Shielded: a cancelled request still stores what it made and frees the chat.
+                await asyncio.shield(turns.finish(start, to_store(messages[kept:]), touch=touch))
+
             try:
-                async for mode, chunk in built.graph.astream(
-                    {"messages": inputs}, stream_mode=modes
-                ):
-                    if mode == "messages":
-                        piece, meta = chunk
-                        is_reply = piece.type in {"ai", "AIMessageChunk"} and piece.text
-                        if on_token and is_reply and meta.get("langgraph_node") == "model":
-                            await on_token(piece.text)
-                        continue
-                    for update in chunk.values():
-                        for produced_message in (update or {}).get("messages", []):
-                            produced.append(storable(produced_message))
-                            if on_message is not None:
-                                await on_message(produced[-1])
-                    complete = len(complete_prefix(produced))
-                    if complete > kept and isinstance(produced[complete - 1], ToolMessage):
-                        await storage.messages.append(
-                            user_id, chat_id, to_store(produced[kept:complete])
-                        )
-                        kept = complete
-            except Exception as exc:
-                await storage.messages.append(
-                    user_id, chat_id, to_store(complete_prefix(produced)[kept:])
-                )
-                if isinstance(exc, ChatwrightError) and not isinstance(exc, ModelError):
+                try:
+                    built = await self._built(agent_name, start.agent.version)
+                except ModelConfigError:
+                    # The agent exists but its model cannot be made: what the user said is kept.
+                    await end([], touch=False)
                     raise
-                reason = " ".join(str(exc).split()) or type(exc).__name__
-                raise ModelError(
-                    f"the model of agent {agent_name!r} ({built.agent.model}) failed: {reason}; "
-                    "your message was kept, try again"
-                ) from exc
-            await self._finish(storage, user_id, chat_id, to_store(produced[kept:]))
+                system = fill(start.agent.system_prompt, start.memory, start.instructions)
+                inputs = [SystemMessage(content=system), *to_model_input(start.history), human]
+                context = TurnContext(user_id=user_id, agent_name=agent_name, chat_id=chat_id)
+                modes = ["updates", "messages"] if on_token is not None else ["updates"]
+                try:
+                    async for mode, chunk in built.graph.astream(
+                        {"messages": inputs}, stream_mode=modes, context=context
+                    ):
+                        if mode == "messages":
+                            piece, meta = chunk
+                            is_reply = piece.type in {"ai", "AIMessageChunk"} and piece.text
+                            if on_token and is_reply and meta.get("langgraph_node") == "model":
+                                await on_token(piece.text)
+                            continue
+                        for update in chunk.values():
+                            for produced_message in (update or {}).get("messages", []):
+                                produced.append(storable(produced_message))
+                                if on_message is not None:
+                                    await on_message(produced[-1])
+                        complete = len(complete_prefix(produced))
+                        if complete > kept and isinstance(produced[complete - 1], ToolMessage):
+                            await turns.append(start, to_store(produced[kept:complete]))
+                            kept = complete
+                except Exception as exc:
+                    await end(complete_prefix(produced), touch=False)
+                    if isinstance(exc, ChatwrightError) and not isinstance(exc, ModelError):
+                        raise
+                    reason = " ".join(str(exc).split()) or type(exc).__name__
+                    raise ModelError(
+                        f"the model of agent {agent_name!r} ({start.agent.model}) failed: "
+                        f"{reason}; your message was kept, try again"
+                    ) from exc
+                await end(produced, touch=True)
+            finally:
+                if not ended:
+                    # Cancelled, or failed outside the model: keep the complete
+                    # exchanges, give the chat back.
+                    await end(complete_prefix(produced), touch=False)
         final = next((m for m in reversed(produced) if m.type == "ai" and m.text), None)
         return Turn(
             chat_id=chat_id,

@@ -63,5 +63,6 @@ async def sweep(runtime: Runtime, now: datetime | None = None) -> SweepReport:
     # Every process evicts from its own cache, whoever deactivated the sessions.
     active = await runtime.storage.sessions.active_keys()
     report.active_keys = len(active)
-    report.evicted = runtime.cache.sweep(active)
+    # Cache keys are agents: an agent's build stays while any user has a session with it.
+    report.evicted = runtime.cache.sweep({agent for _, agent in active})
     return report

@@ -65,6 +65,21 @@ class Agent:
     history_window: int
     created_at: datetime
     updated_at: datetime
+    config_version: int = 0
+    """Bumped by the database on every change of the row or of its tool rows."""
+
+    @property
+    def version(self) -> str:
+        """The config version of a build from this row: see :meth:`AgentStore.config_version`."""
+        return config_version(self.id, self.created_at, self.config_version)
+
+
+def config_version(agent_id: int, created_at: datetime, counter: int) -> str:
+    """An agent's config version, from the row's id, creation time and change counter.
+
+    The id and creation time tell apart an agent deleted and created again.
+    """
+    return f"{agent_id}:{created_at.isoformat()}:{counter}"
 
 
 @dataclass(frozen=True)
@@ -166,9 +181,10 @@ class AgentStore(Protocol):
         ...
 
     async def config_version(self, name: str) -> str | None:
-        """A digest of the agent row and all its tool rows, in one query; None if no agent.
+        """The agent's :attr:`Agent.version`, in one query; None if there is no agent.
 
-        Any change to them, through chatwright or plain SQL, changes the digest.
+        Any change to the agent row or its tool rows, through chatwright or plain
+        SQL, changes it (the ``sql`` backend's triggers bump a counter).
         """
         ...
 
@@ -409,6 +425,11 @@ class WithSessionStore:
     def __init__(self, storage: Storage, sessions: SessionStore) -> None:
         self._storage = storage
         self.sessions = sessions
+
+    @property
+    def backend(self) -> Storage:
+        """The storage backend underneath (everything but the sessions)."""
+        return self._storage
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._storage, name)

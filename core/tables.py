@@ -24,6 +24,7 @@ FRAMEWORK_TABLES = frozenset(
         "agent_tools",
         "chat_sessions",
         "chat_messages",
+        "chat_leases",
         "prompt_customizations",
         "chatwright_schema_version",
     }

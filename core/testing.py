@@ -26,6 +26,9 @@ The tests use pytest-asyncio (``asyncio_mode = "auto"``). They only go through
 the :class:`chatwright.stores.Storage` protocol, so they also document what a
 backend promises: isolation by ``user_id``, ordering, idempotent session open
 under concurrency, and the sweep and history-window semantics.
+
+Longer than 450 lines because it is one suite: each test states one rule of
+the storage protocol, and a backend author reads them together.
 """
 
 from __future__ import annotations
@@ -403,3 +406,52 @@ class StorageContract(SessionStoreContract):
         bobs = await storage.memories.get(BOB, "helper")
         assert bobs is not None and bobs.notes == "likes coffee"
         assert await storage.memories.get(ALICE, "other") is None
+
+    async def test_a_turn_reads_its_inputs_and_stores_its_messages(self, storage: Storage) -> None:
+        from chatwright.turns import turn_store
+
+        turns = turn_store(storage)
+        await storage.agents.create("helper", system_prompt="{memory}", model="x:y")
+        await storage.memories.put(ALICE, "helper", "likes tea")
+        await storage.customizations.put(ALICE, "helper", "b", "second", priority=1)
+        await storage.customizations.put(ALICE, "helper", "a", "first", priority=2)
+        chat = (await storage.sessions.open(ALICE, "helper", chat_id=uuid.uuid4())).chat_id
+        await storage.messages.append(ALICE, chat, [human("before")])
+        start = await turns.begin(ALICE, "helper", chat, human("now"))
+        assert start.agent.name == "helper" and start.agent.version == (
+            await storage.agents.config_version("helper")
+        )
+        assert [m.content["text"] for m in start.history] == ["before"]
+        assert (start.memory, start.instructions) == ("likes tea", ["first", "second"])
+        await turns.append(start, [human("exchange")])
+        await turns.finish(start, [human("reply")], touch=True)
+        stored = await storage.messages.window(ALICE, chat, 10)
+        assert [m.content["text"] for m in stored] == ["before", "now", "exchange", "reply"]
+        # The chat was given back: the next turn starts at once.
+        again = await asyncio.wait_for(turns.begin(ALICE, "helper", chat, human("next")), 5)
+        await turns.finish(again, [], touch=False)
+
+    async def test_a_turn_on_another_users_chat_is_refused_and_stores_nothing(
+        self, storage: Storage
+    ) -> None:
+        from chatwright.errors import UnknownAgentError
+        from chatwright.turns import turn_store
+
+        turns = turn_store(storage)
+        await storage.agents.create("helper", system_prompt="", model="x:y")
+        await storage.agents.create("other", system_prompt="", model="x:y")
+        chat = (await storage.sessions.open(ALICE, "helper", chat_id=uuid.uuid4())).chat_id
+        with pytest.raises(NotFoundError):
+            await turns.begin(BOB, "helper", chat, human("mine now"))
+        with pytest.raises(NotFoundError):
+            await turns.begin(ALICE, "other", chat, human("another agent"))
+        with pytest.raises(UnknownAgentError):
+            await turns.begin(ALICE, "ghost", chat, human("no agent"))
+        assert await storage.messages.window(ALICE, chat, 10) == []
+        assert await storage.messages.window(BOB, chat, 10) == []
+        start = await asyncio.wait_for(turns.begin(ALICE, "helper", chat, human("ok")), 5)
+        await turns.finish(start, [], touch=False)
+
+
+def human(text: str) -> NewMessage:
+    return NewMessage(role="human", content={"type": "human", "text": text})

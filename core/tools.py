@@ -24,7 +24,10 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Mapping, Sequence
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -60,16 +63,92 @@ class ToolConfigError(ChatwrightError):
         super().__init__("; ".join(f"{p.path}: {p.reason}" for p in self.problems))
 
 
-@dataclass
-class ToolContext:
-    """What a tool type gets to build a tool for one agent (and one user)."""
+@dataclass(frozen=True)
+class TurnContext:
+    """Who a turn runs for: LangChain's runtime context of every turn's graph run.
 
+    The runtime passes it as ``context=`` when it runs an agent, so that one
+    built agent serves every user: a tool asks for it when it is called (see
+    :func:`current_turn`), never when it is built.
+    """
+
+    user_id: str
     agent_name: str
-    storage: Storage
-    settings: Settings
-    user_id: str | None = None
-    """None when the tool is only checked; a built tool then refuses to run."""
-    _tables: dict[str, TableInfo | None] = field(default_factory=dict, repr=False)
+    chat_id: uuid.UUID
+
+
+_calling_as: ContextVar[TurnContext | None] = ContextVar("chatwright_calling_as", default=None)
+
+
+def current_turn() -> TurnContext | None:
+    """The turn the calling tool runs in; None outside a turn (a tool only checked).
+
+    Inside an agent run it is LangChain's runtime context of the run; outside
+    one, what :func:`calling_as` set.
+    """
+    from langgraph.runtime import get_runtime
+
+    try:
+        context: Any = getattr(get_runtime(), "context", None)
+    except (RuntimeError, KeyError):
+        context = None
+    if isinstance(context, TurnContext):
+        return context
+    return _calling_as.get()
+
+
+@contextmanager
+def calling_as(turn: TurnContext) -> Iterator[None]:
+    """Call tools of a shared build outside an agent run, for ``turn``'s user.
+
+    For callers that run tools themselves instead of through a model (tests, a
+    server exposing tools to other programs); a turn's agent run passes its
+    context to LangChain instead.
+    """
+    token = _calling_as.set(turn)
+    try:
+        yield
+    finally:
+        _calling_as.reset(token)
+
+
+class ToolContext:
+    """What a tool type gets to build a tool for one agent, shared by all its users.
+
+    :param user_id: fixes the user (tests, tools called outside a turn); by
+        default :attr:`user_id` is the user of the turn the tool is called in.
+    """
+
+    def __init__(
+        self,
+        agent_name: str,
+        storage: Storage,
+        settings: Settings,
+        user_id: str | None = None,
+    ) -> None:
+        self.agent_name = agent_name
+        self.storage = storage
+        self.settings = settings
+        self._user_id = user_id
+        self._tables: dict[str, TableInfo | None] = {}
+
+    def __repr__(self) -> str:
+        return f"ToolContext(agent_name={self.agent_name!r})"
+
+    @property
+    def user_id(self) -> str | None:
+        """The user a tool call is for, read at call time; None when there is none.
+
+        None while a tool is built and when it is only checked (``tools check``):
+        a tool must refuse to run then. A tool type reads it in the tool's body,
+        never in ``build``: the built tool serves every user of the agent.
+        """
+        if self._user_id is not None:
+            return self._user_id
+        turn = current_turn()
+        if turn is None or turn.agent_name != self.agent_name:
+            return None
+        return turn.user_id
 
     async def describe(self, table: str) -> TableInfo | None:
         """The live schema of an application table, reflected once per load."""
@@ -222,9 +301,17 @@ async def check_tools(
 
 
 async def load_tools(
-    storage: Storage, settings: Settings, plugins: Plugins, agent_name: str, user_id: str
+    storage: Storage,
+    settings: Settings,
+    plugins: Plugins,
+    agent_name: str,
+    user_id: str | None = None,
 ) -> LoadedTools:
-    """The agent's active tools for one user, and the problems of the rows left out."""
+    """The agent's active tools and the problems of the rows left out.
+
+    The tools serve the user of whichever turn calls them; with ``user_id`` they
+    serve that user only, in a turn or outside one (a tool called directly).
+    """
     context = ToolContext(agent_name, storage, settings, user_id=user_id)
     loaded = LoadedTools(tools=[], problems=[])
     for row in await storage.tools.list(agent_name, active_only=True):

@@ -27,6 +27,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,7 @@ from chatwright.registry import Plugins
 from chatwright.runtime import Runtime
 from chatwright.settings import Settings, env_var
 from chatwright.stores import FRAMEWORK_TABLES, ChatSession
+from chatwright.tools import TurnContext, calling_as
 from tests import pgbouncer
 
 # Read at import, before any test's environment is scrubbed of CHATWRIGHT_* variables.
@@ -248,7 +250,27 @@ def script_ok(
 # -- tools --------------------------------------------------------------------------
 
 
-async def call_tool(tool: BaseTool, **args: Any) -> ToolMessage:
+class AsUser:
+    """A tool of a shared build (built for every user), called for one user.
+
+    :func:`call_tool` calls it as a turn of that user's would: the tool finds its
+    user at call time, as in a real turn.
+    """
+
+    def __init__(self, tool: BaseTool, user: str, agent: str) -> None:
+        self.tool = tool
+        self.name = tool.name
+        self.turn = TurnContext(user_id=user, agent_name=agent, chat_id=uuid.uuid4())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.tool, name)  # its schema, description…
+
+    async def ainvoke(self, call: Any) -> Any:
+        with calling_as(self.turn):
+            return await self.tool.ainvoke(call)
+
+
+async def call_tool(tool: BaseTool | AsUser, **args: Any) -> ToolMessage:
     """Invoke a tool exactly as the agent loop does with a model's tool call."""
     msg = await tool.ainvoke({"name": tool.name, "args": args, "id": "call-1", "type": "tool_call"})
     assert isinstance(msg, ToolMessage)
@@ -340,7 +362,8 @@ class Recorder:
         self.startups: list[Runtime] = []
         self.shutdowns: list[Runtime] = []
         self.deactivated: list[tuple[ChatSession, str]] = []
-        self.evicted: list[tuple[tuple[str, str], str]] = []
+        self.evicted: list[tuple[str, str]] = []
+        """(agent name, reason) of every executor_evicted call."""
 
     @hookimpl
     def startup(self, runtime: Runtime) -> None:
@@ -355,8 +378,8 @@ class Recorder:
         self.deactivated.append((session, reason))
 
     @hookimpl
-    def executor_evicted(self, key: tuple[str, str], reason: str) -> None:
-        self.evicted.append(((key[0], key[1]), reason))
+    def executor_evicted(self, key: str, reason: str) -> None:
+        self.evicted.append((key, reason))
 
 
 # -- real servers -----------------------------------------------------------------------

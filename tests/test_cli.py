@@ -55,6 +55,7 @@ AGENT_KEYS = {
     "history_window",
     "created_at",
     "updated_at",
+    "config_version",
 }
 HEAVY_PREFIXES = ("langchain", "fastapi", "sqlalchemy", "alembic", "pydantic", "uvicorn", "openai")
 

@@ -21,6 +21,7 @@ import decimal
 import json
 import uuid
 import warnings
+import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -40,8 +41,8 @@ from chatwright.registry import Plugins
 from chatwright.settings import Settings
 from chatwright.stores import FRAMEWORK_TABLES, ColumnSpec, TableSpec
 from chatwright.tools import ToolContext, ToolProblem, check_tools, load_tools
+from tests.harness import AsUser, storage_for
 from tests.harness import call_tool as call
-from tests.harness import storage_for
 from tests.harness import tool_err as err
 from tests.harness import tool_ok as ok
 
@@ -86,12 +87,23 @@ async def seeded(storage: SQLStorage) -> SQLStorage:
 # --------------------------------------------------------------------------- helpers
 
 
+# Per storage (dropped with it): (id of the settings, agent, its config version) -> tools.
+_SHARED: weakref.WeakKeyDictionary[SQLStorage, dict[tuple[int, str, str], list[BaseTool]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 async def tools_for(
     storage: SQLStorage, user: str, settings: Settings = SETTINGS, agent: str = AGENT
-) -> dict[str, BaseTool]:
-    loaded = await load_tools(storage, settings, PLUGINS, agent, user)
-    assert loaded.problems == [], [str(p) for p in loaded.problems]
-    return {t.name: t for t in loaded.tools}
+) -> dict[str, AsUser]:
+    """The agent's tools as ``user`` calls them: one build shared by every user, as in a turn."""
+    shared = _SHARED.setdefault(storage, {})
+    key = (id(settings), agent, str(await storage.agents.config_version(agent)))
+    if key not in shared:
+        loaded = await load_tools(storage, settings, PLUGINS, agent)
+        assert loaded.problems == [], [str(p) for p in loaded.problems]
+        shared[key] = loaded.tools
+    return {t.name: AsUser(t, user, agent) for t in shared[key]}
 
 
 async def db_rows(storage: SQLStorage, table: str, **where: Any) -> list[dict[str, Any]]:

@@ -722,36 +722,31 @@ async def test_turns_in_flight_when_the_database_goes_away_give_503(
         admin.close()
 
 
-async def test_turn_whose_lock_connection_dies_is_answered_as_it_was_stored(
+async def test_turn_whose_lease_is_cleared_is_answered_as_it_was_stored(
     slow_cluster: tuple[str, str, list[ServerProcess]],
     client: httpx.AsyncClient,
     slow_model: SlowModel,
 ) -> None:
-    """Only the turn lock's connection is cut (a pooler or firewall dropping it) while
-    the model thinks. Whatever the server answers must match what it stored: 200 with
-    the turn stored, or an error JSON with nothing of the model's stored; never a 500."""
-    name, url, (server, _) = slow_cluster
-    admin: Any = admin_connect()
-    try:
-        chat_id = await open_chat(client, server, AGENT)
-        slow_model.reset()
-        pending = asyncio.create_task(turn(client, server, AGENT, chat_id, "hello"))
-        await wait_for_model_call(slow_model, pending)
-        killed = admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = %s AND query LIKE 'SELECT pg_advisory_lock%%'",
-            (name,),
+    """The chat's lease row is deleted (an operator clearing leases by hand) while the
+    model thinks. Whatever the server answers must match what it stored: 200 with the
+    turn stored, or an error JSON with nothing of the model's stored; never a 500."""
+    _, url, (server, _) = slow_cluster
+    chat_id = await open_chat(client, server, AGENT)
+    slow_model.reset()
+    pending = asyncio.create_task(turn(client, server, AGENT, chat_id, "hello"))
+    await wait_for_model_call(slow_model, pending)
+    with psycopg.connect(url, autocommit=True) as conn:
+        cleared = conn.execute(
+            "DELETE FROM chat_leases WHERE chat_id = %s RETURNING 1", (chat_id,)
         ).fetchall()
-        assert killed == [(True,)]
-        response = await pending
-        texts = [c["data"]["content"] for _, c in check_integrity(url, chat_id)]
-        assert response.status_code in {200, 502, 503}, response.text
-        if response.status_code == 200:
-            assert texts == ["hello", response.json()["response"]]
-        else:
-            assert_unavailable(response, 502, 503)
-            assert "seen 1 user message(s)" not in texts
-        await turn_ok(client, server, AGENT, chat_id, "again")
-        check_alive(server)
-    finally:
-        admin.close()
+    assert cleared == [(1,)]
+    response = await pending
+    texts = [c["data"]["content"] for _, c in check_integrity(url, chat_id)]
+    assert response.status_code in {200, 502, 503}, response.text
+    if response.status_code == 200:
+        assert texts == ["hello", response.json()["response"]]
+    else:
+        assert_unavailable(response, 502, 503)
+        assert "seen 1 user message(s)" not in texts
+    await turn_ok(client, server, AGENT, chat_id, "again")
+    check_alive(server)

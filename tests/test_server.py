@@ -648,7 +648,7 @@ async def test_100_concurrent_opens_with_one_client_key_give_one_session(
 # =========================================================================== 3. sweeper + eviction
 
 
-async def test_sweep_deactivates_only_the_idle_user_and_evicts_exactly_its_agent(
+async def test_sweep_deactivates_only_the_idle_user_and_evicts_the_agent_when_no_one_uses_it(
     start: Start,
 ) -> None:
     srv = await start(**JWT)
@@ -658,41 +658,49 @@ async def test_sweep_deactivates_only_the_idle_user_and_evicts_exactly_its_agent
     bob_session = await open_session(client, headers=bob)
     await chat_ok(client, alice_session["chat_id"], MILK, headers=alice)
     await chat_ok(client, bob_session["chat_id"], MILK, headers=bob)
-    assert ("alice", AGENT) in runtime.cache and ("bob", AGENT) in runtime.cache
-    assert runtime.cache.stats.builds == 2
+    # One build serves both users.
+    assert AGENT in runtime.cache and runtime.cache.stats.builds == 1
 
-    # Only bob's session is older than idle_timeout.
-    sessions = schema.chat_sessions
-    async with runtime.storage.write() as conn:
-        await conn.execute(
-            sessions.update()
-            .where(sessions.c.user_id == "bob")
-            .values(updated_at=datetime.now(UTC) - timedelta(hours=2))
-        )
+    async def make_idle(user: str) -> None:
+        sessions = schema.chat_sessions
+        async with runtime.storage.write() as conn:
+            await conn.execute(
+                sessions.update()
+                .where(sessions.c.user_id == user)
+                .values(updated_at=datetime.now(UTC) - timedelta(hours=2))
+            )
+
+    # Only bob's session is older than idle_timeout: alice still uses the agent.
+    await make_idle("bob")
     report = await sweep(runtime)
     assert [(s.id, s.user_id) for s in report.deactivated] == [
         (uuid.UUID(bob_session["id"]), "bob")
     ]
-    assert report.evicted == [(("bob", AGENT), "idle-session")]
-    assert recorder.evicted == [(("bob", AGENT), "idle-session")]
+    assert report.evicted == [] and recorder.evicted == []
     assert [(s.user_id, reason) for s, reason in recorder.deactivated] == [("bob", "idle")]
-    assert ("alice", AGENT) in runtime.cache and ("bob", AGENT) not in runtime.cache
+    assert AGENT in runtime.cache
     assert (await client.get("/api/sessions", headers=bob)).json()[0]["is_active"] is False
     assert (await client.get("/api/sessions", headers=alice)).json()[0]["is_active"] is True
     # A second pass finds nothing more to do.
     again = await sweep(runtime)
     assert again.deactivated == [] and again.evicted == []
 
-    # Alice's next turn is a cache hit; bob comes back, resumes his chat, and rebuilds.
+    # Bob comes back, resumes his chat, and his turn is a cache hit.
     hits = runtime.cache.stats.hits
-    await chat_ok(client, alice_session["chat_id"], "list my tasks", headers=alice)
-    assert runtime.cache.stats.builds == 2 and runtime.cache.stats.hits == hits + 1
     back = await open_session(client, headers=bob)
     assert back["chat_id"] == bob_session["chat_id"]
     listed = await chat_ok(client, back["chat_id"], "list my tasks", headers=bob)
     assert "buy milk" in listed["response"]
-    assert runtime.cache.stats.builds == 3
-    assert ("bob", AGENT) in runtime.cache
+    assert runtime.cache.stats.builds == 1 and runtime.cache.stats.hits == hits + 1
+
+    # Once nobody has an active session with the agent, its build goes.
+    await make_idle("alice")
+    await make_idle("bob")
+    last = await sweep(runtime)
+    assert sorted(s.user_id for s in last.deactivated) == ["alice", "bob"]
+    assert last.evicted == [(AGENT, "idle-session")]
+    assert recorder.evicted == [(AGENT, "idle-session")]
+    assert AGENT not in runtime.cache
     assert (await metrics(client))['chatwright_cache_evictions_total{reason="idle-session"}'] == 1
 
 
@@ -704,7 +712,7 @@ async def test_sweep_with_a_future_now_deactivates_by_idle_timeout(start: Start)
     assert soon.deactivated == [] and soon.evicted == []
     later = await sweep(srv.runtime, now=datetime.now(UTC) + timedelta(seconds=610))
     assert [s.id for s in later.deactivated] == [uuid.UUID(session["id"])]
-    assert later.evicted == [(("local", AGENT), "idle-session")]
+    assert later.evicted == [(AGENT, "idle-session")]
 
 
 async def test_background_sweeper_deactivates_idle_sessions_and_spares_heartbeating_ones(
@@ -738,10 +746,10 @@ async def test_background_sweeper_deactivates_idle_sessions_and_spares_heartbeat
     try:
         await wait_for(idle_closed, timeout=15)
         # Well past idle_timeout, the heartbeating session is still active, and since
-        # (local, assistant) still has an active session its agent stays cached.
+        # a user still has an active session with the agent, its build stays cached.
         await asyncio.sleep(2.5)
         assert await state(alive)
-        assert ("local", AGENT) in srv.runtime.cache
+        assert AGENT in srv.runtime.cache
         assert srv.recorder.evicted == []
         assert [(str(s.id), r) for s, r in srv.recorder.deactivated] == [(idle["id"], "idle")]
     finally:
@@ -754,9 +762,9 @@ async def test_background_sweeper_deactivates_idle_sessions_and_spares_heartbeat
 
     await wait_for(evicted, timeout=15)
     assert not await state(alive)
-    assert srv.recorder.evicted == [(("local", AGENT), "idle-session")]
+    assert srv.recorder.evicted == [(AGENT, "idle-session")]
     assert [r for _, r in srv.recorder.deactivated] == ["idle", "idle"]
-    assert ("local", AGENT) not in srv.runtime.cache
+    assert AGENT not in srv.runtime.cache
 
 
 # =========================================================================== 4. auth

@@ -4,7 +4,7 @@ Every policy keeps the cache within ``cache.max_entries`` by dropping the
 least recently used entries. Beyond that:
 
 ``idle-session`` (the default)
-    At each sweep, drop the entries whose (user, agent) has no active session:
+    At each sweep, drop the agents that no user has an active session with:
     the rule of the system this grew from, without its blind 15-minute TTL.
 ``ttl``
     At each sweep, drop entries unused for longer than ``cache.ttl`` seconds.

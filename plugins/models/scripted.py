@@ -10,8 +10,9 @@
 Each model call returns the next reply; when they run out, the model fails
 with a clear error. ``{"fail": "reason"}`` makes every call fail, to test how
 turns survive a broken model. A reply with ``"sleep": seconds`` is returned
-after that long, to hold a turn in flight. The position is kept per model object, i.e.
-per cached agent: a rebuilt agent starts the script again.
+after that long, to hold a turn in flight. The position is kept per user of a model
+object, i.e. of a cached agent (one build serves every user): each user's turns
+replay the script from its start, and a rebuilt agent starts it again.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from chatwright.errors import ModelConfigError, ModelError
 class ScriptedChatModel(BaseChatModel):
     responses: list[dict[str, Any]] = []
     fail: str | None = None
-    _position: int = PrivateAttr(default=0)
+    _positions: dict[str | None, int] = PrivateAttr(default_factory=dict)
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> ScriptedChatModel:
@@ -64,18 +65,28 @@ class ScriptedChatModel(BaseChatModel):
         # The script decides which tools are called.
         return cast("Runnable[LanguageModelInput, AIMessage]", self)
 
+    @staticmethod
+    def _user() -> str | None:
+        """The user of the turn the model is called in (None outside a turn)."""
+        from chatwright.tools import current_turn
+
+        turn = current_turn()
+        return turn.user_id if turn is not None else None
+
     def _next(self) -> AIMessage:
         if self.fail is not None:
             raise ModelError(f"scripted model failure: {self.fail}")
-        if self._position >= len(self.responses):
+        user = self._user()
+        position = self._positions.get(user, 0)
+        if position >= len(self.responses):
             raise ModelError(f"scripted model has no reply left ({len(self.responses)} were given)")
-        reply = self.responses[self._position]
-        self._position += 1
+        reply = self.responses[position]
+        self._positions[user] = position = position + 1
         calls = [
             {
                 "name": call["name"],
                 "args": call.get("args", {}),
-                "id": call.get("id") or f"call_{self._position}_{i}",
+                "id": call.get("id") or f"call_{position}_{i}",
                 "type": "tool_call",
             }
             for i, call in enumerate(reply.get("tool_calls", []))
@@ -105,6 +116,7 @@ class ScriptedChatModel(BaseChatModel):
         return ChatResult(generations=[ChatGeneration(message=self._next())])
 
     def _delay(self) -> float:
-        if self.fail is not None or self._position >= len(self.responses):
+        position = self._positions.get(self._user(), 0)
+        if self.fail is not None or position >= len(self.responses):
             return 0.0
-        return float(self.responses[self._position].get("sleep", 0))
+        return float(self.responses[position].get("sleep", 0))

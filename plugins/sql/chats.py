@@ -121,7 +121,7 @@ class SQLSessionStore(BoundStore):
             # this user's transaction could not see that the chat is someone else's.
             owner = await self.chat_owner(chat_id)
         else:
-            owner = await self._owner(conn, chat_id)
+            owner = await self.owner(conn, chat_id)
         if owner is not None and owner[0] != user_id:
             raise NotFoundError(f"no chat {chat_id} for this user")
         if owner is not None and owner[1] != agent_name:
@@ -130,7 +130,7 @@ class SQLSessionStore(BoundStore):
             )
 
     @staticmethod
-    async def _owner(conn: AsyncConnection, chat_id: uuid.UUID) -> tuple[str, str] | None:
+    async def owner(conn: AsyncConnection, chat_id: uuid.UUID) -> tuple[str, str] | None:
         s = schema.chat_sessions
         # The first session decides, should rows made before claims were atomic disagree.
         row = (
@@ -213,7 +213,7 @@ class SQLSessionStore(BoundStore):
 
     async def chat_owner(self, chat_id: uuid.UUID) -> tuple[str, str] | None:
         async with self.db.read() as conn:
-            return await self._owner(conn, chat_id)
+            return await self.owner(conn, chat_id)
 
     async def touch_chat(self, user_id: str, chat_id: uuid.UUID) -> int:
         async with self.db.write(user_id) as conn:
@@ -232,6 +232,36 @@ async def touch_sessions(conn: AsyncConnection, user_id: str, chat_id: uuid.UUID
     return int(result.rowcount)
 
 
+async def insert_messages(
+    conn: AsyncConnection,
+    user_id: str,
+    chat_id: uuid.UUID,
+    messages: Sequence[NewMessage],
+    *,
+    returning: bool = True,
+) -> builtins.list[Message]:
+    """Append messages to a chat on ``conn`` in one statement; the stored rows if ``returning``."""
+    if not messages:
+        return []
+    m = schema.chat_messages
+    ts = now()
+    rows = [
+        {
+            "chat_id": chat_id,
+            "user_id": user_id,
+            "role": msg.role,
+            "content": dict(msg.content),
+            "created_at": ts,
+        }
+        for msg in messages
+    ]
+    if not returning:
+        await conn.execute(m.insert().values(rows))  # INSERT … VALUES (…), (…)
+        return []
+    result = await conn.execute(m.insert().returning(m, sort_by_parameter_order=True), rows)
+    return [from_row(Message, r) for r in result.all()]
+
+
 class SQLMessageStore(BoundStore):
     async def append(
         self,
@@ -243,28 +273,11 @@ class SQLMessageStore(BoundStore):
     ) -> builtins.list[Message]:
         if not messages and not touch:
             return []
-        m = schema.chat_messages
-        ts = now()
-        rows = [
-            {
-                "chat_id": chat_id,
-                "user_id": user_id,
-                "role": msg.role,
-                "content": dict(msg.content),
-                "created_at": ts,
-            }
-            for msg in messages
-        ]
-        stored: builtins.list[Any] = []
         async with self.db.write(user_id) as conn:
-            if rows:
-                result = await conn.execute(
-                    m.insert().returning(m, sort_by_parameter_order=True), rows
-                )
-                stored = list(result.all())
+            stored = await insert_messages(conn, user_id, chat_id, messages)
             if touch:
                 await touch_sessions(conn, user_id, chat_id)
-        return [from_row(Message, r) for r in stored]
+        return stored
 
     async def window(self, user_id: str, chat_id: uuid.UUID, limit: int) -> builtins.list[Message]:
         return await self.page(user_id, chat_id, limit=limit)

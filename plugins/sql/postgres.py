@@ -1,10 +1,9 @@
-"""What several processes sharing one PostgreSQL coordinate through.
+"""What several processes sharing one PostgreSQL coordinate through, besides turn leases.
 
-Per-chat and named advisory locks, and ``LISTEN chatwright_config`` for
-configuration changes. Each uses its own psycopg connection to
-``storage.direct_url``, outside the pool: a turn that waits on a model must not
-hold one of the pool's connections, and a transaction pooler cannot keep a
-session-level lock or a LISTEN.
+Named advisory locks, and ``LISTEN chatwright_config`` for configuration
+changes (turns of one chat take a lease row instead: see :mod:`.turns`). Each
+uses its own psycopg connection to ``storage.direct_url``, outside the pool: a
+transaction pooler cannot keep a session-level lock or a LISTEN.
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -72,17 +70,6 @@ class Coordination:
             return
         with contextlib.suppress(StorageError):
             await self._advisory(conn, "advisory_unlock", key)
-
-    @asynccontextmanager
-    async def chat_lock(self, chat_id: uuid.UUID) -> AsyncIterator[None]:
-        """Wait for, then hold, the lock of one chat across all processes."""
-        key = f"chatwright:chat:{chat_id}"
-        async with self._direct() as conn:
-            await self._advisory(conn, "advisory_lock", key)
-            try:
-                yield
-            finally:
-                await self._release(conn, key)
 
     @asynccontextmanager
     async def exclusive(self, name: str) -> AsyncIterator[bool]:

@@ -98,6 +98,8 @@ agents = sa.Table(
     sa.Column("model_settings", JSONValue(), nullable=False, server_default=sa.text("'{}'")),
     sa.Column("history_window", sa.Integer, nullable=False, server_default="50"),
     *_timestamps(),
+    # Bumped by triggers on every change of the row or its tool rows (migration 0004).
+    sa.Column("config_version", sa.BigInteger, nullable=False, server_default="0"),
     sa.CheckConstraint("history_window > 0", name="history_window_positive"),
 )
 
@@ -153,6 +155,15 @@ chat_sessions = sa.Table(
         sqlite_where=sa.text("is_active AND client_key IS NOT NULL"),
         postgresql_where=sa.text("is_active AND client_key IS NOT NULL"),
     ),
+)
+
+# One row per chat with a turn running: turns of a chat take turns across processes.
+chat_leases = sa.Table(
+    "chat_leases",
+    metadata,
+    sa.Column("chat_id", sa.Uuid, primary_key=True),
+    sa.Column("holder", sa.String(64), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=False),
 )
 
 chat_messages = sa.Table(

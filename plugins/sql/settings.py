@@ -35,6 +35,18 @@ class SQLStorageSettings(BaseModel):
         description="PostgreSQL URL without a transaction pooler, for LISTEN/NOTIFY and "
         "advisory locks (default: url).",
     )
+    turn_lease: float = Field(
+        60.0,
+        ge=1,
+        description="Seconds a chat's turn lease lasts unless renewed (every third of it, "
+        "while the turn runs); after a crash the chat waits this long at most.",
+    )
+    turn_wait: float = Field(
+        300.0,
+        gt=0,
+        description="Seconds a turn waits for another turn of the same chat (in another "
+        "process) to end before it is refused with 409.",
+    )
     pool_recycle: float = Field(
         900.0,
         gt=0,

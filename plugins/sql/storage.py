@@ -20,7 +20,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import sqlalchemy as sa
@@ -41,6 +41,7 @@ from chatwright.plugins.sql.stores import (
     SQLMemoryStore,
     SQLToolStore,
 )
+from chatwright.plugins.sql.turns import SQLTurnStore
 from chatwright.plugins.sql.user_transactions import UserTransactions
 from chatwright.settings import Settings
 
@@ -65,6 +66,9 @@ class SQLStorage:
         this class with its ``RowLevelSecurity``.
     :param statement_timeout: seconds one transaction may take, waiting for its
         connection included (0: no bound); see :meth:`_transaction`.
+    :param turn_lease: seconds a chat's turn lease lasts unless renewed (see
+        :mod:`.turns`); a crashed process's turn blocks its chat this long.
+    :param turn_wait: seconds a turn waits for another turn of its chat to end.
     """
 
     def __init__(
@@ -75,10 +79,14 @@ class SQLStorage:
         *,
         users: UserTransactions | None = None,
         statement_timeout: float = 0,
+        turn_lease: float = 60.0,
+        turn_wait: float = 300.0,
         pooler: str = "none",
     ) -> None:
         self.url = url
         self.statement_timeout = statement_timeout
+        self.turn_lease = turn_lease
+        self.turn_wait = turn_wait
         self.engine = engine
         self.direct_url = direct_url or url
         self.pooler = pooler
@@ -94,6 +102,7 @@ class SQLStorage:
         self.customizations = SQLCustomizationStore(self)
         self.memories = SQLMemoryStore(self)
         self.records = SQLRecordStore(self)
+        self.turns: SQLTurnStore = SQLTurnStore(self)
 
     @classmethod
     def from_settings(
@@ -104,9 +113,17 @@ class SQLStorage:
         cfg = settings.section(SQLStorageSettings)
         url = normalize_url(settings.storage.url)
         timeout = cfg.statement_timeout
+        lease, wait = cfg.turn_lease, cfg.turn_wait
         if url.get_backend_name() == "sqlite":
             engine = sqlite_engine(url, busy_timeout=cfg.busy_timeout, echo=cfg.echo)
-            return cls(url, engine, users=users, statement_timeout=timeout)
+            return cls(
+                url,
+                engine,
+                users=users,
+                statement_timeout=timeout,
+                turn_lease=lease,
+                turn_wait=wait,
+            )
         connect_args: dict[str, Any] = {"connect_timeout": 10}
         if timeout > 0 and cfg.pooler == "none":
             # The server gives up on a statement at the same bound (a transaction
@@ -137,6 +154,8 @@ class SQLStorage:
             direct_url=direct,
             users=users,
             statement_timeout=timeout,
+            turn_lease=lease,
+            turn_wait=wait,
             pooler=cfg.pooler,
         )
 
@@ -242,13 +261,9 @@ class SQLStorage:
 
     # -- several processes (PostgreSQL) ------------------------------------------
 
-    @asynccontextmanager
-    async def chat_lock(self, chat_id: uuid.UUID) -> AsyncIterator[None]:
-        if self.dialect != "postgresql":
-            yield  # one process: the runtime's own lock is enough
-            return
-        async with self.coordination.chat_lock(chat_id):
-            yield
+    def chat_lock(self, chat_id: uuid.UUID) -> AbstractAsyncContextManager[None]:
+        # The lease a turn takes (turns take it in their first transaction instead).
+        return self.turns.lock(chat_id)
 
     @asynccontextmanager
     async def exclusive(self, name: str) -> AsyncIterator[bool]:
@@ -271,4 +286,5 @@ class SQLStorage:
         await self.coordination.watch_config(changed)
 
     async def close(self) -> None:
+        await self.turns.close()
         await self.engine.dispose()

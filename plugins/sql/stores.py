@@ -9,8 +9,6 @@ storage's user transactions apply). Chat sessions and messages are in
 from __future__ import annotations
 
 import builtins
-import hashlib
-import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +30,7 @@ from chatwright.stores import (
     AgentMemory,
     PromptCustomization,
     ToolRow,
+    config_version,
 )
 
 if TYPE_CHECKING:
@@ -125,36 +124,13 @@ class SQLAgentStore(BoundStore):
         return bool(result.rowcount)
 
     async def config_version(self, name: str) -> str | None:
-        a, t = schema.agents, schema.agent_tools
-        stmt = (
-            sa.select(
-                a.c.id,
-                a.c.system_prompt,
-                a.c.model,
-                a.c.model_settings,
-                a.c.history_window,
-                a.c.updated_at,
-                t.c.id.label("tool_id"),
-                t.c.name.label("tool_name"),
-                t.c.type,
-                t.c.description,
-                t.c.config,
-                t.c.is_active,
-                t.c.position,
-                t.c.updated_at.label("tool_updated_at"),
-            )
-            .select_from(a.outerjoin(t, t.c.agent_id == a.c.id))
-            .where(a.c.name == name)
-            .order_by(t.c.id)
-        )
+        a = schema.agents
+        stmt = sa.select(a.c.id, a.c.created_at, a.c.config_version).where(a.c.name == name)
         async with self.db.read() as conn:
-            rows = (await conn.execute(stmt)).all()
-        if not rows:
+            row = (await conn.execute(stmt)).first()
+        if row is None:
             return None
-        digest = hashlib.sha256()
-        for row in rows:
-            digest.update(json.dumps(list(row), default=str, sort_keys=True).encode())
-        return digest.hexdigest()
+        return config_version(row.id, row.created_at, row.config_version)
 
 
 class SQLToolStore(BoundStore):

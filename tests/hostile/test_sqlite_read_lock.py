@@ -16,6 +16,7 @@ from chatwright import testing
 from chatwright.plugins.example import assistant as example
 from chatwright.registry import Plugins
 from chatwright.runtime import Runtime
+from chatwright.tools import load_tools
 
 
 async def test_read_tool_runs_while_another_connection_holds_the_write_lock(
@@ -28,8 +29,11 @@ async def test_read_tool_runs_while_another_connection_holds_the_write_lock(
     )
     async with await Runtime(settings, plugins).start(upgrade=True) as runtime:
         await example.seed(runtime.storage, "scripted:x")
-        built = await runtime.agent_for("alice", example.AGENT)
-        tools = {t.name: t for t in built.tools}
+        # The tools of the shared build, called for one user outside a turn.
+        loaded = await load_tools(
+            runtime.storage, runtime.settings, runtime.plugins, example.AGENT, user_id="alice"
+        )
+        tools = {t.name: t for t in loaded.tools}
 
         holder = sqlite3.connect(path, isolation_level=None)
         try:

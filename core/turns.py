@@ -1,0 +1,201 @@
+"""The storage side of a chat turn: :class:`TurnStore`, and which one a turn uses.
+
+A backend that has a ``turns`` store (the ``sql`` backend) starts and ends a
+turn in one transaction each. :class:`ComposedTurns` gives every other backend
+the same contract from its other stores: the same checks and the same result
+in more round trips, with the backend's ``chat_lock`` held from ``begin`` to
+``finish``. When sessions live in a separate session store
+(``sessions.store``), the chat's owner is checked and the chat touched there,
+and the backend's own turn store does the rest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from chatwright.errors import NotFoundError, StorageError, UnknownAgentError
+from chatwright.stores import Agent, Message, NewMessage, Storage, WithSessionStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TurnStart:
+    """What a turn read before its model runs (see :meth:`TurnStore.begin`)."""
+
+    user_id: str
+    agent_name: str
+    chat_id: uuid.UUID
+    agent: Agent
+    """The agent row as of the turn: prompt template, window, config version."""
+    history: list[Message]
+    """The last ``agent.history_window`` messages before this turn, oldest first."""
+    memory: str
+    """The user's notes for the agent ("" when none)."""
+    instructions: list[str]
+    """The user's active customizations for the agent, highest priority first."""
+    lease: Any = None
+    """The backend's own handle on the turn (its lease), for :meth:`TurnStore.finish`."""
+
+
+class TurnStore(Protocol):
+    """A chat turn's statements, gathered so that a cached turn takes few transactions.
+
+    ``begin`` and ``finish`` are one transaction each; between them, each
+    complete tool exchange is stored as it completes (``append``), so that a
+    process killed during a turn leaves no tool write without its record.
+
+    Optional: a backend without ``turns`` gets :class:`ComposedTurns`,
+    which makes the same calls on the other stores (more round trips, same result).
+    """
+
+    async def begin(
+        self,
+        user_id: str,
+        agent_name: str,
+        chat_id: uuid.UUID,
+        message: NewMessage,
+        *,
+        check_owner: bool = True,
+    ) -> TurnStart:
+        """Start a turn in one transaction, waiting while another turn of the chat runs.
+
+        Checks that the chat is the user's with this agent (with ``check_owner``;
+        :class:`~chatwright.errors.NotFoundError` otherwise) and that the agent
+        exists (:class:`~chatwright.errors.UnknownAgentError`), takes the chat's
+        turn (one turn per chat across all processes; :class:`~chatwright.errors.
+        ChatBusyError` after waiting too long), reads the agent row, the window,
+        the memory and the customizations, and appends ``message``; nothing is
+        stored when it raises.
+        """
+        ...
+
+    async def append(self, start: TurnStart, messages: Sequence[NewMessage]) -> None:
+        """Store messages of a running turn (a complete tool exchange), in one transaction."""
+        ...
+
+    async def finish(
+        self, start: TurnStart, messages: Sequence[NewMessage], *, touch: bool
+    ) -> None:
+        """End a turn in one transaction: append ``messages``, touch the chat, give the turn back.
+
+        With ``touch``, mark the chat's active sessions as used. Called exactly once
+        per ``begin`` that returned, whatever happened in between; the turn is given
+        back even when storing fails.
+        """
+        ...
+
+
+def not_your_chat(chat_id: uuid.UUID, agent_name: str) -> NotFoundError:
+    """The one answer for a chat that is missing, another user's or another agent's."""
+    return NotFoundError(
+        f"no chat {chat_id} with agent {agent_name!r} for this user; open a session first"
+    )
+
+
+class ComposedTurns:
+    """A :class:`TurnStore` made of a backend's other stores."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+
+    async def begin(
+        self,
+        user_id: str,
+        agent_name: str,
+        chat_id: uuid.UUID,
+        message: NewMessage,
+        *,
+        check_owner: bool = True,
+    ) -> TurnStart:
+        storage = self.storage
+        if check_owner and await storage.sessions.chat_owner(chat_id) != (user_id, agent_name):
+            raise not_your_chat(chat_id, agent_name)
+        lock = contextlib.AsyncExitStack()
+        await lock.enter_async_context(storage.chat_lock(chat_id))
+        try:
+            agent = await storage.agents.get(agent_name)
+            if agent is None:
+                raise UnknownAgentError(agent_name)
+            history = await storage.messages.window(user_id, chat_id, agent.history_window)
+            memory = await storage.memories.get(user_id, agent_name)
+            custom = await storage.customizations.list(user_id, agent_name, active_only=True)
+            await storage.messages.append(user_id, chat_id, [message])
+        except BaseException:
+            await lock.aclose()
+            raise
+        return TurnStart(
+            user_id,
+            agent_name,
+            chat_id,
+            agent,
+            history,
+            memory.notes if memory else "",
+            [c.content for c in custom],
+            lease=lock,
+        )
+
+    async def append(self, start: TurnStart, messages: Sequence[NewMessage]) -> None:
+        await self.storage.messages.append(start.user_id, start.chat_id, messages)
+
+    async def finish(
+        self, start: TurnStart, messages: Sequence[NewMessage], *, touch: bool
+    ) -> None:
+        lock: contextlib.AsyncExitStack = start.lease
+        async with lock:
+            await self.storage.messages.append(start.user_id, start.chat_id, messages, touch=touch)
+
+
+class SeparateSessions:
+    """The backend's turn store, with the chat's owner and its sessions in a session store."""
+
+    def __init__(self, storage: WithSessionStore, turns: TurnStore) -> None:
+        self.storage = storage
+        self.turns = turns
+
+    async def begin(
+        self,
+        user_id: str,
+        agent_name: str,
+        chat_id: uuid.UUID,
+        message: NewMessage,
+        *,
+        check_owner: bool = True,
+    ) -> TurnStart:
+        if check_owner and await self.storage.sessions.chat_owner(chat_id) != (
+            user_id,
+            agent_name,
+        ):
+            raise not_your_chat(chat_id, agent_name)
+        return await self.turns.begin(user_id, agent_name, chat_id, message, check_owner=False)
+
+    async def append(self, start: TurnStart, messages: Sequence[NewMessage]) -> None:
+        await self.turns.append(start, messages)
+
+    async def finish(
+        self, start: TurnStart, messages: Sequence[NewMessage], *, touch: bool
+    ) -> None:
+        # The reply is stored first; a failure to touch afterwards must not make a
+        # stored turn look failed (a client would retry it and repeat its tool calls).
+        await self.turns.finish(start, messages, touch=False)
+        if not touch:
+            return
+        try:
+            await self.storage.sessions.touch_chat(start.user_id, start.chat_id)
+        except StorageError as exc:
+            log.warning("chat %s: its sessions were not marked used: %s", start.chat_id, exc)
+
+
+def turn_store(storage: Storage) -> TurnStore:
+    """The turn store for ``storage``: its own, or one made of its other stores."""
+    if isinstance(storage, WithSessionStore):
+        inner = storage.backend
+        own = getattr(inner, "turns", None)
+        return SeparateSessions(storage, own if own is not None else ComposedTurns(inner))
+    own = getattr(storage, "turns", None)
+    return own if own is not None else ComposedTurns(storage)

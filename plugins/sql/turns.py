@@ -1,0 +1,329 @@
+"""A chat turn in two transactions, and the chat leases that serialise turns across processes.
+
+:meth:`SQLTurnStore.begin` runs, in one write transaction: the framework
+statements (the agent row with its config version; taking the chat's lease),
+then, as the user (the storage's user transactions apply), the owner check,
+the history window, memory, customizations and the human message.
+:meth:`SQLTurnStore.finish` appends what the turn produced since its last
+complete tool exchange (each of which :meth:`SQLTurnStore.append` stored as it
+completed) in one multi-row insert, touches the chat's sessions and gives the
+lease back, again in one transaction: a cached turn with one round of tool
+calls takes three transactions besides the tools' own.
+
+A lease is a row of ``chat_leases``: the chat, a holder token and an expiry
+(``storage.turn_lease`` seconds). Taking it is one ``INSERT … ON CONFLICT DO
+UPDATE … WHERE expires_at < now`` that returns the row only when the chat was
+free or its lease had expired, so it needs no connection of its own and works
+through a transaction pooler. While the lease is held, a task renews it every
+third of its length; a process that dies stops renewing, and its lease is
+taken over once it expires; a turn that could not give its lease back (the
+database went away) retries in the background until it can. A turn that
+finds the lease held rolls back and tries again after a short, growing pause
+(10 ms up to 250 ms), for at most ``storage.turn_wait`` seconds
+(:class:`~chatwright.errors.ChatBusyError`).
+Turns of one chat in one process never get that far: the runtime queues them
+on an asyncio lock first. The application clock is the one compared, so the
+clocks of processes sharing a database should agree to well within a lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from chatwright.errors import ChatBusyError, StorageError, UnknownAgentError
+from chatwright.plugins.sql import schema
+from chatwright.plugins.sql.chats import insert_messages, touch_sessions
+from chatwright.plugins.sql.rows import from_row, now
+from chatwright.plugins.sql.stores import BoundStore
+from chatwright.stores import Agent, Message, NewMessage
+from chatwright.turns import TurnStart, not_your_chat
+
+if TYPE_CHECKING:
+    from chatwright.plugins.sql.storage import SQLStorage
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ("part", "a", "b", "rank", "n")
+FIRST_PAUSE = 0.01
+LONGEST_PAUSE = 0.25
+
+
+class _Busy(Exception):
+    """The chat's lease is held: roll back and try again."""
+
+
+@dataclass
+class Lease:
+    """A chat's lease held by this process: its holder token and the task renewing it."""
+
+    chat_id: uuid.UUID
+    holder: str
+    renewal: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+class SQLTurnStore(BoundStore):
+    def __init__(self, db: SQLStorage) -> None:
+        super().__init__(db)
+        self._pending: set[asyncio.Task[None]] = set()
+
+    # -- leases ----------------------------------------------------------------
+
+    async def _take(self, conn: AsyncConnection, chat_id: uuid.UUID, holder: str) -> bool:
+        """Take the chat's lease on ``conn`` when it is free or expired."""
+        leases = schema.chat_leases
+        at = now()
+        insert = postgresql.insert if self.db.dialect == "postgresql" else sqlite.insert
+        stmt = insert(leases).values(chat_id=chat_id, holder=holder, expires_at=at + self._length())
+        taken = stmt.on_conflict_do_update(
+            index_elements=["chat_id"],
+            set_={"holder": stmt.excluded.holder, "expires_at": stmt.excluded.expires_at},
+            where=leases.c.expires_at < at,
+        ).returning(leases.c.holder)
+        return (await conn.execute(taken)).first() is not None
+
+    @staticmethod
+    async def _give_back(conn: AsyncConnection, lease: Lease) -> None:
+        leases = schema.chat_leases
+        await conn.execute(
+            leases.delete().where(
+                leases.c.chat_id == lease.chat_id, leases.c.holder == lease.holder
+            )
+        )
+
+    def _length(self) -> timedelta:
+        return timedelta(seconds=self.db.turn_lease)
+
+    async def _renew(self, lease: Lease) -> None:
+        """Push the lease's expiry forward every third of its length, until cancelled."""
+        leases = schema.chat_leases
+        while True:
+            await asyncio.sleep(self.db.turn_lease / 3)
+            try:
+                async with self.db.write() as conn:
+                    result = await conn.execute(
+                        leases.update()
+                        .where(leases.c.chat_id == lease.chat_id, leases.c.holder == lease.holder)
+                        .values(expires_at=now() + self._length())
+                    )
+            except StorageError as exc:
+                log.warning("chat %s: its turn lease was not renewed: %s", lease.chat_id, exc)
+                continue
+            if not result.rowcount:
+                log.warning(
+                    "chat %s: its turn lease expired and was taken over while the turn ran",
+                    lease.chat_id,
+                )
+                return
+
+    def _hold(self, lease: Lease) -> Lease:
+        lease.renewal = asyncio.create_task(self._renew(lease), name=f"lease {lease.chat_id}")
+        return lease
+
+    @staticmethod
+    async def _stop(lease: Lease) -> None:
+        if lease.renewal is not None:
+            lease.renewal.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await lease.renewal
+
+    async def _waiting(self, chat_id: uuid.UUID, attempt: Any) -> Any:
+        """Run ``attempt()`` until it gets past a held lease, or give up after turn_wait."""
+        pause = FIRST_PAUSE
+        deadline = time.monotonic() + self.db.turn_wait
+        while True:
+            try:
+                return await attempt()
+            except _Busy:
+                if time.monotonic() + pause > deadline:
+                    raise ChatBusyError(
+                        f"another turn of chat {chat_id} has been running for over "
+                        f"{self.db.turn_wait:g} s; try again when it has finished"
+                    ) from None
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, LONGEST_PAUSE)
+
+    @asynccontextmanager
+    async def lock(self, chat_id: uuid.UUID) -> AsyncIterator[None]:
+        """The chat's lease held for a block, in transactions of its own (``chat_lock``)."""
+        lease = Lease(chat_id, uuid.uuid4().hex)
+
+        async def attempt() -> None:
+            async with self.db.write() as conn:
+                if not await self._take(conn, chat_id, lease.holder):
+                    raise _Busy
+
+        await self._waiting(chat_id, attempt)
+        self._hold(lease)
+        try:
+            yield
+        finally:
+            await self._stop(lease)
+            async with self.db.write() as conn:
+                await self._give_back(conn, lease)
+
+    # -- turns -------------------------------------------------------------------
+
+    async def begin(
+        self,
+        user_id: str,
+        agent_name: str,
+        chat_id: uuid.UUID,
+        message: NewMessage,
+        *,
+        check_owner: bool = True,
+    ) -> TurnStart:
+        lease = Lease(chat_id, uuid.uuid4().hex)
+
+        async def attempt() -> TurnStart:
+            # Framework statements first, then the rest as the user.
+            async with self.db.write() as conn:
+                row = (
+                    await conn.execute(sa.select(schema.agents).filter_by(name=agent_name))
+                ).first()
+                if row is None:
+                    raise UnknownAgentError(agent_name)
+                agent = from_row(Agent, row)
+                taken = await self._take(conn, chat_id, lease.holder)
+                await self.db.users.enter(conn, user_id)
+                owner, memory, instructions = await self._owner_and_prompt(
+                    conn, user_id, agent_name, chat_id if check_owner else None
+                )
+                # Not found before busy: another user's chat must not answer
+                # differently while it has a turn running.
+                if check_owner and owner != (user_id, agent_name):
+                    raise not_your_chat(chat_id, agent_name)
+                if not taken:
+                    raise _Busy
+                history = await self._window(conn, user_id, chat_id, agent.history_window)
+                await insert_messages(conn, user_id, chat_id, [message], returning=False)
+            return TurnStart(
+                user_id, agent_name, chat_id, agent, history, memory, instructions, lease=lease
+            )
+
+        start: TurnStart = await self._waiting(chat_id, attempt)
+        self._hold(lease)
+        return start
+
+    async def append(self, start: TurnStart, messages: Sequence[NewMessage]) -> None:
+        async with self.db.write(start.user_id) as conn:
+            await insert_messages(conn, start.user_id, start.chat_id, messages, returning=False)
+
+    async def finish(
+        self, start: TurnStart, messages: Sequence[NewMessage], *, touch: bool
+    ) -> None:
+        lease: Lease = start.lease
+        await self._stop(lease)
+        try:
+            async with self.db.write() as conn:
+                await self._give_back(conn, lease)
+                await self.db.users.enter(conn, start.user_id)
+                await insert_messages(conn, start.user_id, start.chat_id, messages, returning=False)
+                if touch:
+                    await touch_sessions(conn, start.user_id, start.chat_id)
+        except BaseException:
+            # Nothing was stored, and the lease must not stay held until it expires:
+            # give it back alone, now or, when the database is away, once it is back.
+            self._give_back_later(lease)
+            raise
+
+    def _give_back_later(self, lease: Lease) -> None:
+        task = asyncio.get_running_loop().create_task(self._retry_give_back(lease))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _retry_give_back(self, lease: Lease) -> None:
+        """Give a lease back, retrying while the database is away, until it has expired."""
+        expiry = time.monotonic() + self.db.turn_lease
+        while time.monotonic() < expiry:
+            try:
+                async with self.db.write() as conn:
+                    await self._give_back(conn, lease)
+                return
+            except StorageError:
+                await asyncio.sleep(0.5)
+        # Expired by now: whoever comes next takes it over.
+
+    async def close(self) -> None:
+        """Stop giving leases back (the storage is closing; they expire by themselves)."""
+        for task in list(self._pending):
+            task.cancel()
+        for task in list(self._pending):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    @staticmethod
+    async def _window(
+        conn: AsyncConnection, user_id: str, chat_id: uuid.UUID, limit: int
+    ) -> list[Message]:
+        m = schema.chat_messages
+        rows = (
+            await conn.execute(
+                sa.select(m)
+                .where(m.c.chat_id == chat_id, m.c.user_id == user_id)
+                .order_by(m.c.id.desc())
+                .limit(limit)
+            )
+        ).all()
+        return [from_row(Message, r) for r in reversed(rows)]
+
+    @staticmethod
+    async def _owner_and_prompt(
+        conn: AsyncConnection, user_id: str, agent_name: str, chat_id: uuid.UUID | None
+    ) -> tuple[tuple[str, str] | None, str, list[str]]:
+        """The chat's owner (when ``chat_id`` is given), the memory and the instructions.
+
+        One statement instead of three: a turn's round trips are its cost.
+        """
+        s, mem, c = schema.chat_sessions, schema.agent_memories, schema.prompt_customizations
+        zero, empty = sa.literal(0), sa.literal("")
+        parts = [
+            sa.select(sa.literal(1), mem.c.notes, empty, zero, zero).where(
+                mem.c.user_id == user_id, mem.c.agent_name == agent_name
+            ),
+            sa.select(sa.literal(2), c.c.content, empty, c.c.priority, c.c.id).where(
+                c.c.user_id == user_id, c.c.agent_name == agent_name, c.c.is_active
+            ),
+        ]
+        if chat_id is not None:
+            # The first session decides (as SQLSessionStore.owner).
+            first = (
+                sa.select(s.c.user_id, s.c.agent_name)
+                .where(s.c.chat_id == chat_id)
+                .order_by(s.c.created_at, s.c.id)
+                .limit(1)
+                .subquery()
+            )
+            parts.insert(0, sa.select(zero, first.c.user_id, first.c.agent_name, zero, zero))
+        named = [
+            part.with_only_columns(
+                *(
+                    column.label(name)
+                    for column, name in zip(part.selected_columns, COLUMNS, strict=True)
+                )
+            )
+            for part in parts
+        ]
+        stmt = sa.union_all(*named).order_by("part", sa.desc("rank"), "n")
+        owner: tuple[str, str] | None = None
+        notes, instructions = "", []
+        for row in await conn.execute(stmt):
+            if row.part == 0:
+                owner = (row.a, row.b)
+            elif row.part == 1:
+                notes = row.a or ""
+            else:
+                instructions.append(row.a)
+        return owner, notes, instructions

@@ -1,0 +1,329 @@
+"""The turn path: few transactions, one build per agent, chat leases, what a turn sees.
+
+Every test runs on SQLite and on PostgreSQL; "two processes" are two runtimes
+on one database, each with its own engine, cache and locks, as two server
+processes would have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import event
+
+from chatwright import testing
+from chatwright.errors import ChatBusyError
+from chatwright.plugins.example import assistant as example
+from chatwright.registry import LoadPolicy, Plugins
+from chatwright.runtime import Runtime, Turn
+from tests.harness import EchoModels, Recorder
+
+ECHO = "echo"
+PROMPT = "Memory: {memory}. Instructions: {custom_instructions}"
+USER = "alice"
+
+Make = Callable[..., Awaitable[tuple[Runtime, Recorder]]]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "postgresql":
+        request.getfixturevalue("pg_storage")  # empties the framework tables
+        url: str = request.getfixturevalue("pg_url")
+        return url
+    return f"sqlite+aiosqlite:///{tmp_path}/turns.db"
+
+
+@pytest.fixture
+async def make(db_url: str) -> AsyncIterator[Make]:
+    """Started runtimes ("processes") on the test's database, closed at the end."""
+    made: list[Runtime] = []
+
+    async def start(**storage: Any) -> tuple[Runtime, Recorder]:
+        plugins = Plugins.load(LoadPolicy())
+        plugins.register(EchoModels(), "test-echo")
+        recorder = Recorder()
+        plugins.register(recorder, "test-recorder")
+        settings = testing.settings(plugins, storage={"url": db_url, **storage})
+        runtime = Runtime(settings, plugins)
+        await runtime.start(upgrade=True)
+        made.append(runtime)
+        return runtime, recorder
+
+    yield start
+    for runtime in made:
+        await runtime.close()
+
+
+def seen(turn: Turn) -> dict[str, Any]:
+    """What the echo model was given: its system prompt and the human messages."""
+    data: dict[str, Any] = json.loads(turn.response)
+    return data
+
+
+async def chat_of(runtime: Runtime, user: str, agent: str = ECHO) -> uuid.UUID:
+    session = await runtime.storage.sessions.open(user, agent, chat_id=uuid.uuid4())
+    return session.chat_id
+
+
+@contextmanager
+def transactions(runtime: Runtime) -> Iterator[list[str]]:
+    """Every transaction begun on the runtime's engine while the block runs."""
+    begun: list[str] = []
+    engine = runtime.storage.engine.sync_engine  # type: ignore[attr-defined]
+
+    def began(conn: Any) -> None:
+        begun.append("begin")
+
+    event.listen(engine, "begin", began)
+    try:
+        yield begun
+    finally:
+        event.remove(engine, "begin", began)
+
+
+async def leases(runtime: Runtime) -> list[dict[str, Any]]:
+    async with runtime.storage.read() as conn:  # type: ignore[attr-defined]
+        result = await conn.execute(sa.text("SELECT chat_id, holder FROM chat_leases"))
+        return [dict(r._mapping) for r in result]
+
+
+# --------------------------------------------------------------------------- round trips
+
+
+async def test_a_cached_turn_takes_two_transactions_and_one_per_round_of_tool_calls(
+    make: Make,
+) -> None:
+    runtime, _ = await make()
+    await runtime.storage.agents.create(ECHO, system_prompt=PROMPT, model="echo:x")
+    chat_id = await chat_of(runtime, USER)
+    await runtime.chat(USER, ECHO, chat_id, "warm up")  # builds the agent
+    with transactions(runtime) as begun:
+        turn = await runtime.chat(USER, ECHO, chat_id, "hello")
+    assert seen(turn)["humans"] == ["warm up", "hello"]
+    assert len(begun) == 2, begun
+
+    # A round of tool calls: the tool's own write and the exchange's record.
+    await example.seed(runtime.storage, "scripted:x")
+    script = [{"tool_calls": [{"name": "add_task", "args": {"title": "milk"}}]}]
+    await runtime.storage.agents.update(
+        example.AGENT, model_settings={"responses": [*script, {"content": "Added."}]}
+    )
+    alices = await chat_of(runtime, USER, example.AGENT)
+    bobs = await chat_of(runtime, "bob", example.AGENT)
+    await runtime.chat(USER, example.AGENT, alices, "add milk")  # builds the agent
+    builds = runtime.cache.stats.builds
+    with transactions(runtime) as begun:
+        # Bob's turn runs on the build Alice's turn made (the script starts per user).
+        turn = await runtime.chat("bob", example.AGENT, bobs, "add milk")
+    assert runtime.cache.stats.builds == builds
+    assert turn.tool_calls[0].name == "add_task" and not turn.tool_calls[0].error
+    # begin, the tool's insert, the exchange, the end: three besides the tool's own.
+    assert len(begun) == 4, begun
+
+
+async def test_no_new_connection_per_turn(make: Make, monkeypatch: pytest.MonkeyPatch) -> None:
+    runtime, _ = await make()
+    await runtime.storage.agents.create(ECHO, system_prompt=PROMPT, model="echo:x")
+    chats = [await chat_of(runtime, f"user{n}") for n in range(4)]
+    await asyncio.gather(*(runtime.chat(f"user{n}", ECHO, c, "warm") for n, c in enumerate(chats)))
+    opened: list[str] = []
+    engine = runtime.storage.engine.sync_engine  # type: ignore[attr-defined]
+    event.listen(engine, "connect", lambda *a: opened.append("pool"))
+    direct = psycopg.AsyncConnection.connect
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        opened.append("direct")
+        return await direct(*args, **kwargs)
+
+    monkeypatch.setattr(psycopg.AsyncConnection, "connect", counted)
+    for _ in range(3):
+        await asyncio.gather(
+            *(runtime.chat(f"user{n}", ECHO, c, "again") for n, c in enumerate(chats))
+        )
+    assert opened == []
+
+
+# --------------------------------------------------------------------------- one build
+
+
+async def test_one_build_serves_every_user_with_their_own_prompt_and_history(
+    make: Make,
+) -> None:
+    runtime, recorder = await make()
+    await runtime.storage.agents.create(ECHO, system_prompt=PROMPT, model="echo:x")
+    users = [f"user{n}" for n in range(20)]
+    for user in users:
+        await runtime.storage.memories.put(user, ECHO, f"notes of {user}")
+    chats = {user: await chat_of(runtime, user) for user in users}
+    turns = await asyncio.gather(*(runtime.chat(u, ECHO, chats[u], f"hi from {u}") for u in users))
+    for user, turn in zip(users, turns, strict=True):
+        assert seen(turn)["system"] == f"Memory: notes of {user}. Instructions:"
+        assert seen(turn)["humans"] == [f"hi from {user}"]
+    assert runtime.cache.stats.builds == 1
+    assert list(runtime.cache._entries) == [ECHO]  # the key is the agent's name
+    assert recorder.evicted == []
+
+
+async def test_memory_and_customization_changes_rebuild_and_evict_nothing(make: Make) -> None:
+    one, recorder = await make()
+    two, _ = await make()  # another process changes the user's data
+    await one.storage.agents.create(ECHO, system_prompt=PROMPT, model="echo:x")
+    listening = asyncio.create_task(one.storage.watch_config(one.config_changed))
+    try:
+        chat_id = await chat_of(one, USER)
+        await one.chat(USER, ECHO, chat_id, "first")
+        for n in range(5):
+            await two.storage.memories.put(USER, ECHO, f"memory {n}")
+            await two.storage.customizations.put(USER, ECHO, "style", f"style {n}")
+            turn = await one.chat(USER, ECHO, chat_id, f"turn {n}")
+            # Committed before the turn started: seen by it.
+            assert seen(turn)["system"] == f"Memory: memory {n}. Instructions: style {n}"
+        await asyncio.sleep(0.5)  # any notification would have arrived
+        assert recorder.evicted == []
+        assert one.cache.stats.builds == 1
+        # The listener works: a change of the agent does reach it (PostgreSQL).
+        await two.storage.agents.update(ECHO, system_prompt="v2 {memory}")
+        if one.storage.dialect == "postgresql":  # type: ignore[attr-defined]
+            for _ in range(50):
+                if recorder.evicted:
+                    break
+                await asyncio.sleep(0.1)
+            assert recorder.evicted == [(ECHO, "config-changed")]
+        turn = await one.chat(USER, ECHO, chat_id, "after")
+        assert seen(turn)["system"] == "v2 memory 4"
+        assert one.cache.stats.builds == 2
+    finally:
+        listening.cancel()
+
+
+async def test_a_turn_sees_the_history_committed_before_it_by_another_process(
+    make: Make,
+) -> None:
+    one, _ = await make()
+    two, _ = await make()
+    await one.storage.agents.create(ECHO, system_prompt=PROMPT, model="echo:x")
+    chat_id = await chat_of(one, USER)
+    expected: list[str] = []
+    for n in range(4):
+        runtime = (one, two)[n % 2]
+        expected.append(f"message {n}")
+        turn = await runtime.chat(USER, ECHO, chat_id, f"message {n}")
+        assert seen(turn)["humans"] == expected
+
+
+async def test_two_processes_changing_and_using_one_agent(make: Make) -> None:
+    one, _ = await make()
+    two, _ = await make()
+    await one.storage.agents.create(ECHO, system_prompt="v0 {memory}", model="echo:x")
+    chats = {runtime: await chat_of(runtime, user) for runtime, user in ((one, USER), (two, "bob"))}
+    for n in range(1, 6):
+        # Each process changes the agent in turn; both see every change on their
+        # next turn without any notification (no listener runs here).
+        changer = (one, two)[n % 2]
+        await changer.storage.agents.update(ECHO, system_prompt=f"v{n} {{memory}}")
+        if n == 3:  # a change made by plain SQL counts as well
+            async with changer.storage.write() as conn:  # type: ignore[attr-defined]
+                await conn.execute(
+                    sa.text("UPDATE agents SET history_window = 7 WHERE name = :n"), {"n": ECHO}
+                )
+        for runtime, chat_id in chats.items():
+            user = USER if runtime is one else "bob"
+            turn = await runtime.chat(user, ECHO, chat_id, f"turn {n}")
+            assert seen(turn)["system"] == f"v{n} (nothing yet)"
+    assert one.cache.stats.builds == two.cache.stats.builds == 5  # one per version
+
+
+async def test_the_config_version_follows_plain_sql_on_tool_rows(make: Make) -> None:
+    runtime, _ = await make()
+    storage = runtime.storage
+    await example.seed(storage, "offline:x")
+    versions = [await storage.agents.config_version(example.AGENT)]
+    statements = [
+        "UPDATE agent_tools SET description = 'changed' WHERE name = 'add_task'",
+        "UPDATE agent_tools SET is_active = false WHERE name = 'list_tasks'",
+        "DELETE FROM agent_tools WHERE name = 'add_note'",
+        "UPDATE agents SET model = 'offline:y' WHERE name = 'assistant'",
+    ]
+    for statement in statements:
+        async with storage.write() as conn:  # type: ignore[attr-defined]
+            await conn.execute(sa.text(statement))
+        versions.append(await storage.agents.config_version(example.AGENT))
+    assert len(set(versions)) == len(versions), versions
+    # Deleted and created again under the same name: a different version.
+    await storage.agents.delete(example.AGENT)
+    await storage.agents.create(example.AGENT, system_prompt="", model="offline:x")
+    assert await storage.agents.config_version(example.AGENT) not in versions
+
+
+# --------------------------------------------------------------------------- leases
+
+
+async def test_a_crashed_turns_lease_is_taken_over_once_it_expires(make: Make) -> None:
+    runtime, _ = await make(turn_lease=1, turn_wait=0.3)
+    await runtime.storage.agents.create(ECHO, system_prompt=PROMPT, model="echo:x")
+    chat_id = await chat_of(runtime, USER)
+    # A process died in a turn of this chat, holding its lease for one more second.
+    async with runtime.storage.write() as conn:  # type: ignore[attr-defined]
+        await conn.execute(
+            sa.text("INSERT INTO chat_leases (chat_id, holder, expires_at) VALUES (:c, :h, :e)"),
+            {
+                "c": chat_id if runtime.storage.dialect == "postgresql" else chat_id.hex,  # type: ignore[attr-defined]
+                "h": "dead",
+                "e": datetime.now(UTC) + timedelta(seconds=1),
+            },
+        )
+    # Waiting less than the lease lasts: the chat is busy, 409, nothing stored.
+    with pytest.raises(ChatBusyError, match=str(chat_id)) as busy:
+        await runtime.chat(USER, ECHO, chat_id, "too early")
+    assert busy.value.http_status == 409
+    assert await runtime.storage.messages.page(USER, chat_id, limit=10) == []
+    await asyncio.sleep(1)
+    turn = await runtime.chat(USER, ECHO, chat_id, "after the crash")
+    assert seen(turn)["humans"] == ["after the crash"]
+    assert await leases(runtime) == []
+
+
+async def test_a_long_turn_renews_its_lease_and_another_process_waits(make: Make) -> None:
+    one, _ = await make(turn_lease=1)
+    two, _ = await make(turn_lease=1)
+    await one.storage.agents.create(
+        ECHO, system_prompt="", model="echo:x", model_settings={"delay": 2.5}
+    )
+    chat_id = await chat_of(one, USER)
+    first = asyncio.create_task(one.chat(USER, ECHO, chat_id, "long"))
+    await asyncio.sleep(0.3)
+    second = await two.chat(USER, ECHO, chat_id, "waited")
+    # The second turn started after the first ended, over two lease lengths later.
+    assert first.done()
+    assert seen(second)["humans"] == ["long", "waited"]
+    messages = await one.storage.messages.page(USER, chat_id, limit=10)
+    assert [m.role for m in messages] == ["human", "ai", "human", "ai"]
+
+
+async def test_a_cancelled_turn_stores_its_message_and_gives_the_chat_back(make: Make) -> None:
+    one, _ = await make(turn_wait=0.5)
+    two, _ = await make(turn_wait=0.5)
+    await one.storage.agents.create(
+        ECHO, system_prompt="", model="echo:x", model_settings={"delay": 30}
+    )
+    chat_id = await chat_of(one, USER)
+    running = asyncio.create_task(one.chat(USER, ECHO, chat_id, "cancelled"))
+    await asyncio.sleep(0.3)
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    assert await leases(one) == []
+    await one.storage.agents.update(ECHO, model_settings={"delay": 0})
+    turn = await two.chat(USER, ECHO, chat_id, "next")
+    assert seen(turn)["humans"] == ["cancelled", "next"]
