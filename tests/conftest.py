@@ -6,21 +6,74 @@ the server at ``CHATWRIGHT_TEST_DATABASE_URL`` (default
 own, dropped at the end of the run. With no server they skip, saying why;
 with ``CI=true`` they fail instead, so CI can never pass by skipping them.
 
+With ``CHATWRIGHT_TEST_PGBOUNCER`` set, the run starts its own PgBouncer in
+transaction mode and chatwright reaches every test database through it (see
+:mod:`tests.pgbouncer`); ``pg_url`` stays the direct URL, for set-up and checks.
+Every test that needs the PostgreSQL server is marked ``postgresql`` (``-m
+postgresql`` runs those only): those using ``pg_url`` or a backend parameter
+named ``postgresql`` or ``supabase`` here, the others by their module.
+
 The plain helpers these fixtures are built on are in :mod:`tests.harness`.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import make_url
 
 from chatwright.plugins.sql.storage import SQLStorage
+from tests import pgbouncer
 from tests.harness import ADMIN_URL, DATA_TABLES, DB_FILE, admin_connect, ok, scrub_environ
 from tests.harness import storage_for as storage_for
+
+# Parameters (of a backend fixture or parametrize) that put a test on PostgreSQL.
+POSTGRESQL_PARAMS = frozenset({"postgresql", "supabase"})
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if pgbouncer.MODE_ERROR is not None:
+        raise pytest.UsageError(pgbouncer.MODE_ERROR)
+    config.addinivalue_line(
+        "markers", "postgresql: the test needs the PostgreSQL test server (-m postgresql)"
+    )
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    mode = pgbouncer.MODE or "none (direct)"
+    return f"chatwright PostgreSQL: {ADMIN_URL.split('@')[-1]}, PgBouncer: {mode}"
+
+
+def pytest_collection_modifyitems(items: Sequence[pytest.Item]) -> None:
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        on_params = any(
+            isinstance(value, str) and value in POSTGRESQL_PARAMS for value in params.values()
+        )
+        if "pg_url" in getattr(item, "fixturenames", ()) or on_params:
+            item.add_marker(pytest.mark.postgresql)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _pgbouncer() -> Iterator[pgbouncer.PgBouncer | None]:
+    """The run's PgBouncer when ``CHATWRIGHT_TEST_PGBOUNCER`` asks for one, stopped at the end."""
+    if pgbouncer.MODE is None:
+        yield None
+        return
+    bouncer = pgbouncer.PgBouncer(ADMIN_URL)
+    try:
+        bouncer.start()
+    except RuntimeError as error:
+        pytest.fail(str(error))
+    pgbouncer.started(bouncer)
+    try:
+        yield bouncer
+    finally:
+        pgbouncer.stopped()
+        bouncer.stop()
 
 
 @pytest.fixture(autouse=True)

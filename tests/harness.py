@@ -3,6 +3,9 @@
 Plain helpers only (the fixtures built on them are in ``conftest.py``):
 
 - the PostgreSQL test server's URL, storage on a URL, rows of a SQLite file;
+- the storage settings chatwright reaches a test database with: directly, or
+  through the run's PgBouncer (``CHATWRIGHT_TEST_PGBOUNCER``, see
+  :mod:`tests.pgbouncer`);
 - the tables a test empties, taken from core's list of framework tables;
 - the command line: the runner in-process with click's ``CliRunner``, and the
   installed console script in a subprocess, with no ``CHATWRIGHT_*`` variable;
@@ -40,7 +43,8 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.tools import BaseTool
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
 
 from chatwright import hookimpl
 from chatwright.cli import build_cli
@@ -48,9 +52,10 @@ from chatwright.plugins.sql.schema import VERSION_TABLE
 from chatwright.plugins.sql.storage import SQLStorage
 from chatwright.registry import Plugins
 from chatwright.runtime import Runtime
-from chatwright.settings import Settings
+from chatwright.settings import Settings, env_var
 from chatwright.stores import FRAMEWORK_TABLES, ChatSession
 from chatwright.tools import TurnContext, calling_as
+from tests import pgbouncer
 
 # Read at import, before any test's environment is scrubbed of CHATWRIGHT_* variables.
 ADMIN_URL = os.environ.get(
@@ -68,8 +73,53 @@ DB_FILE = "chatwright.db"
 
 
 def storage_for(url: str) -> SQLStorage:
-    """The bundled ``sql`` storage on ``url`` (not started: call ``upgrade`` first)."""
-    return SQLStorage.from_settings(Settings(storage={"url": url}))  # type: ignore[arg-type]
+    """The bundled ``sql`` storage on ``url`` (not started: call ``upgrade`` first).
+
+    A database of the test server is reached as :func:`pg_storage_settings` says.
+    """
+    keys = pg_storage_settings(url)
+    if keys == {"url": url}:
+        return SQLStorage.from_settings(Settings(storage={"url": url}))  # type: ignore[arg-type]
+    from chatwright import testing
+
+    return SQLStorage.from_settings(testing.settings(storage=keys))
+
+
+def _on_test_server(url: URL) -> bool:
+    admin = make_url(ADMIN_URL)
+    where = (url.host or "localhost", url.port or 5432)
+    server = (admin.host or "localhost", admin.port or 5432)
+    return url.get_backend_name() in {"postgresql", "postgres"} and where == server
+
+
+def pg_storage_settings(url: str) -> dict[str, Any]:
+    """The ``[storage]`` keys chatwright reaches the test server's database ``url`` with.
+
+    ``url`` is a direct URL. Unless the run has a PgBouncer (``CHATWRIGHT_TEST_PGBOUNCER``)
+    that is ``{"url": url}``; with one, ``url`` goes through it with ``pooler =
+    "transaction"``, and ``direct_url`` is ``url`` itself in the ``direct_url`` mode. A URL
+    of anything else (SQLite, another server) is returned as it is.
+    """
+    bouncer = pgbouncer.running()
+    try:
+        parsed = make_url(url)
+    except ArgumentError:  # not a URL at all: chatwright says so
+        return {"url": url}
+    if bouncer is None or not _on_test_server(parsed):
+        return {"url": url}
+    keys: dict[str, Any] = {
+        "url": bouncer.pooled(parsed).render_as_string(hide_password=False),
+        "pooler": "transaction",
+    }
+    if pgbouncer.MODE == "direct_url":
+        keys["direct_url"] = url
+    return keys
+
+
+def pg_env(url: str) -> dict[str, str]:
+    """:func:`pg_storage_settings` as ``CHATWRIGHT_STORAGE__*`` variables, for a subprocess."""
+    keys = pg_storage_settings(url)
+    return {env_var(f"storage.{key}"): str(value) for key, value in keys.items()}
 
 
 def libpq(url: str) -> str:

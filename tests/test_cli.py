@@ -38,6 +38,7 @@ from tests.harness import (
     clean_env,
     ok,
     ok_json,
+    pg_env,
     run,
     script,
 )
@@ -1067,11 +1068,15 @@ def _pg_agent_names(url: str) -> list[str]:
         return [r[0] for r in conn.execute("SELECT name FROM agents ORDER BY name")]
 
 
+@pytest.mark.postgresql
 def test_postgresql_by_url_only(
     workdir: Path, pg_database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     database = pg_database.rsplit("/", 1)[1]
-    monkeypatch.setenv("CHATWRIGHT_STORAGE__URL", pg_database)
+    # The URL, and through the run's PgBouncer (if it has one) the pooler keys with it.
+    reach = pg_env(pg_database)
+    for name, value in reach.items():
+        monkeypatch.setenv(name, value)
 
     before = ok_json("db", "current", "--json")
     assert before["up_to_date"] is False
@@ -1106,8 +1111,9 @@ def test_postgresql_by_url_only(
 
     # The same with the --database flag instead of the environment.
     monkeypatch.delenv("CHATWRIGHT_STORAGE__URL")
-    ok("--database", pg_database, "agents", "add", "second", "--model", "openai:gpt-4o-mini")
-    rows = ok_json("--database", pg_database, "agents", "list", "--json")
+    flag = reach["CHATWRIGHT_STORAGE__URL"]
+    ok("--database", flag, "agents", "add", "second", "--model", "openai:gpt-4o-mini")
+    rows = ok_json("--database", flag, "agents", "list", "--json")
     assert [r["name"] for r in rows] == ["pgagent", "second"]
     assert rows[1]["model"] == "openai:gpt-4o-mini"
 

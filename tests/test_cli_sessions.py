@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Recorder, ServerProcess, clean_env, run
+from tests.harness import Recorder, ServerProcess, clean_env, pg_env, run
 
 
 def sql(path: Path, query: str) -> list[tuple[object, ...]]:
@@ -130,9 +130,7 @@ def test_serve_refuses_several_workers_on_sqlite(example: Path) -> None:
 def test_serve_workers_runs_that_many_processes(pg_url: str, tmp_path: Path) -> None:
     import subprocess
 
-    server = ServerProcess(
-        "--workers", "2", cwd=tmp_path, env=clean_env(CHATWRIGHT_STORAGE__URL=pg_url)
-    )
+    server = ServerProcess("--workers", "2", cwd=tmp_path, env=clean_env(**pg_env(pg_url)))
     try:
         server.wait_ready(timeout=40)
         children = subprocess.run(

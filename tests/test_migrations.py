@@ -12,6 +12,7 @@ from alembic.runtime.migration import MigrationContext
 
 from chatwright.plugins.sql import schema
 from chatwright.plugins.sql.storage import SQLStorage
+from chatwright.settings import Settings
 from tests.harness import storage_for
 
 
@@ -75,7 +76,9 @@ async def test_postgresql_migrates_from_empty(pg_url: str) -> None:
         await conn.execute(sa.text(f"CREATE SCHEMA {schema_name}"))
     await storage.close()
     url = make_url(pg_url).update_query_dict({"options": f"-csearch_path={schema_name}"})
-    fresh = storage_for(url.render_as_string(hide_password=False))
+    # Direct: a transaction pooler refuses the startup option (and would not keep it).
+    direct = {"url": url.render_as_string(hide_password=False)}
+    fresh = SQLStorage.from_settings(Settings(storage=direct))  # type: ignore[arg-type]
     try:
         await check_fresh_database(fresh)
     finally:

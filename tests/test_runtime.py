@@ -48,7 +48,7 @@ from chatwright.registry import LoadPolicy, Plugins
 from chatwright.runtime import Runtime, Turn
 from chatwright.settings import Settings
 from chatwright.stores import Message
-from tests.harness import EchoModels, Recorder
+from tests.harness import EchoModels, Recorder, pg_storage_settings
 
 USER = "alice"
 ECHO = "echo"
@@ -78,7 +78,8 @@ async def make_runtime(tmp_path: Path) -> AsyncIterator[Make]:
         plugins.register(EchoModels(delay=0.01), "test-echo")
         recorder = Recorder()
         plugins.register(recorder, "test-evictions")
-        runtime = Runtime(Settings(storage={"url": url}, **settings), plugins)
+        storage = pg_storage_settings(url)
+        runtime = Runtime(testing.settings(plugins, storage=storage, **settings), plugins)
         await runtime.start(upgrade=True)
         made.append(runtime)
         return runtime, recorder

@@ -58,7 +58,15 @@ from chatwright.registry import LoadPolicy, Plugins
 from chatwright.runtime import Runtime
 from chatwright.sessions import sweep
 from chatwright.settings import Settings
-from tests.harness import DATA_TABLES, EchoModels, Recorder, run, uvicorn_serving
+from tests.harness import (
+    DATA_TABLES,
+    EchoModels,
+    Recorder,
+    pg_env,
+    pg_storage_settings,
+    run,
+    uvicorn_serving,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
 
@@ -112,7 +120,8 @@ async def serving(
     url: str, *, seed: bool = True, fresh_postgres: bool = False, **settings: Any
 ) -> AsyncIterator[Running]:
     """A real uvicorn server on a free loopback port, and a client for it."""
-    values = merge({"storage": {"url": url}, "sessions": {"sweep_interval": 3600}}, settings)
+    storage = pg_storage_settings(url)
+    values = merge({"storage": storage, "sessions": {"sweep_interval": 3600}}, settings)
     plugins, recorder = make_plugins()
     app = create_app(testing.settings(plugins, **values), plugins)
     async with uvicorn_serving(app) as port:
@@ -1470,6 +1479,7 @@ async def test_chat_takes_chat_id_and_session_id_as_its_older_name(srv: Running)
 # =========================================================================== 7. serve --workers 2
 
 
+@pytest.mark.postgresql
 def test_two_workers_count_together_and_clean_up_their_metrics(tmp_path: Path) -> None:
     """Each scrape reaches one worker; with prometheus-client's multiprocess mode the
     counters are the server's: equal to the turns made, whichever worker answers."""
@@ -1488,7 +1498,7 @@ def test_two_workers_count_together_and_clean_up_their_metrics(tmp_path: Path) -
             [str(CONSOLE_SCRIPT), "serve", "--workers", "2", "--port", str(port)],
             cwd=tmp_path / "work",
             env=clean_env(
-                CHATWRIGHT_STORAGE__URL=url,
+                **pg_env(url),
                 CHATWRIGHT_SESSIONS__SWEEP_INTERVAL="3600",
                 TMPDIR=str(metrics_dirs),
             ),

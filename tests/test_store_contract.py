@@ -9,7 +9,7 @@ import pytest
 
 from chatwright.plugins.sql.storage import SQLStorage
 from chatwright.testing import StorageContract
-from tests.harness import storage_for
+from tests.harness import pg_storage_settings, storage_for
 
 
 class TestSQLiteFile(StorageContract):
@@ -41,9 +41,11 @@ class TestSupabase(StorageContract):
 
     @pytest.fixture
     async def storage(self, pg_storage: SQLStorage, pg_url: str) -> AsyncIterator[SQLStorage]:
+        from chatwright import testing
         from chatwright.plugins.supabase.storage import SupabaseStorage
-        from chatwright.settings import Settings
 
-        storage = SupabaseStorage.from_settings(Settings(storage={"url": pg_url}))  # type: ignore[arg-type]
+        storage = SupabaseStorage.from_settings(
+            testing.settings(storage={"backend": "supabase", **pg_storage_settings(pg_url)})
+        )
         yield storage
         await storage.close()

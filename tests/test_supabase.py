@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -49,9 +50,9 @@ from chatwright.plugins.server.app import create_app
 from chatwright.plugins.sql.storage import SQLStorage
 from chatwright.plugins.supabase.storage import SupabaseStorage
 from chatwright.registry import Plugins
-from chatwright.settings import Settings
 from chatwright.stores import ColumnSpec, NewMessage, TableSpec
 from chatwright.tools import load_tools
+from tests import pgbouncer
 from tests.harness import (
     ADMIN_URL,
     DATA_TABLES,
@@ -60,10 +61,14 @@ from tests.harness import (
     Cluster,
     admin_connect,
     libpq,
+    pg_storage_settings,
+    storage_for,
 )
 from tests.harness import call_tool as call
 from tests.harness import tool_err as err
 from tests.harness import tool_ok as ok
+
+pytestmark = pytest.mark.postgresql
 
 PLUGINS = Plugins.load()
 USER_TABLES = ("chat_sessions", "chat_messages", "prompt_customizations", "agent_memories")
@@ -157,9 +162,12 @@ def cluster() -> Iterator[Cluster]:
         admin.close()
 
 
-def supabase(url: str, **storage: Any) -> SupabaseStorage:
+def supabase(url: str, *, direct: bool = False, **storage: Any) -> SupabaseStorage:
+    """The supabase backend on ``url``: through the run's PgBouncer if it has one, unless
+    ``direct`` (for the tests of the pooler settings themselves)."""
+    reach = {"url": url} if direct else pg_storage_settings(url)
     settings = testing.settings(
-        storage={"backend": "supabase", "url": url, **storage},
+        storage={"backend": "supabase", **reach, **storage},
         tools={"unscoped_tables": [ITEMS]},
     )
     return SupabaseStorage.from_settings(settings)
@@ -307,7 +315,7 @@ async def test_rls_isolates_users_even_when_a_crud_tool_forgot_its_scope(
 
     # Contrast: the same config on the plain sql backend, connected as the superuser,
     # leaks bob's rows and lets alice change them. Isolation above came from RLS.
-    plain = SQLStorage.from_settings(Settings(storage={"url": cluster.url()}))  # type: ignore[arg-type]
+    plain = storage_for(cluster.url())
     try:
         leaky = await keeper(plain, "alice")
         leaked = ok(await call(leaky["read_any"]))
@@ -530,7 +538,7 @@ async def test_every_user_endpoint_keeps_users_apart(
     cluster: Cluster, supa: SupabaseStorage
 ) -> None:
     settings = testing.settings(
-        storage={"backend": "supabase", "url": cluster.url()},
+        storage={"backend": "supabase", **pg_storage_settings(cluster.url())},
         server={"auth": "jwt", "jwt_secret": SECRET},
     )
     app = create_app(settings)
@@ -773,8 +781,8 @@ async def prepared_after_repeats(storage: SupabaseStorage) -> tuple[Any, int]:
 async def test_transaction_pooler_settings_and_a_round_trip_through_them(
     cluster: Cluster, supa: SupabaseStorage
 ) -> None:
-    pooled = supabase(cluster.url(), pooler="transaction", pool_recycle=123.0)
-    default = supabase(cluster.url())
+    pooled = supabase(cluster.url(), direct=True, pooler="transaction", pool_recycle=123.0)
+    default = supabase(cluster.url(), direct=True)
     try:
         assert pooled.engine.pool._recycle == 123.0  # type: ignore[attr-defined]
         assert default.engine.pool._recycle == 900.0  # type: ignore[attr-defined]
@@ -813,7 +821,7 @@ async def test_direct_url_is_what_listen_uses_and_nothing_else(
     cluster: Cluster, caplog: pytest.LogCaptureFixture
 ) -> None:
     broken = make_url(cluster.url()).set(port=1).render_as_string(hide_password=False)
-    storage = supabase(cluster.url(), pooler="transaction", direct_url=broken)
+    storage = supabase(cluster.url(), direct=True, pooler="transaction", direct_url=broken)
     try:
         assert storage.direct_url.drivername == "postgresql+psycopg"
         assert storage.direct_url.port == 1
@@ -836,6 +844,71 @@ async def test_direct_url_is_what_listen_uses_and_nothing_else(
         assert ":1" in caplog.text or "port 1" in caplog.text, caplog.text
     finally:
         await storage.close()
+
+
+async def test_a_user_transaction_leaves_nothing_to_the_next_client_of_a_pooled_connection(
+    cluster: Cluster, supa: SupabaseStorage
+) -> None:
+    """Through PgBouncer in transaction mode the next transaction on a server connection
+    may be another process's: the role and claims must have ended with the user's."""
+    if pgbouncer.running() is None:
+        pytest.skip("needs the run's PgBouncer (CHATWRIGHT_TEST_PGBOUNCER=1 or direct_url)")
+    await seed_two_users(supa)
+    alices, admins = (supabase(cluster.url(), pool_size=1, max_overflow=0) for _ in range(2))
+    probe = sa.text(
+        "SELECT pg_backend_pid(), current_user, auth.jwt() ->> 'sub', "
+        "(SELECT array_agg(DISTINCT user_id ORDER BY user_id) FROM chat_sessions)"
+    )
+    try:
+        async with alices.read("alice") as conn:
+            pid, role, sub, seen = (await conn.execute(probe)).one()
+        assert (role, sub, seen) == ("authenticated", "alice", ["alice"])
+        # PgBouncer gives the server connection it got back last to the next client.
+        async with admins.read() as conn:
+            row = (await conn.execute(probe)).one()
+        assert row[0] == pid, "the two clients did not share a server connection"
+        assert row[1:] == (make_url(ADMIN_URL).username, None, ["alice", "bob"])
+    finally:
+        await alices.close()
+        await admins.close()
+
+
+async def test_watch_config_does_not_listen_through_a_transaction_pooler(
+    cluster: Cluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    listening = (
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
+        "AND query = 'LISTEN chatwright_config'"
+    )
+    before = await admin_rows(cluster, listening, cluster.name)
+    pooled = supabase(cluster.url(), direct=True, pooler="transaction")
+    with_direct = supabase(
+        cluster.url(), direct=True, pooler="transaction", direct_url=cluster.url()
+    )
+    try:
+        assert (pooled.can_listen, with_direct.can_listen) == (False, True)
+        with caplog.at_level(logging.INFO, logger="chatwright.plugins.sql.storage"):
+            # It returns at once (a LISTEN would wait for notifications forever)...
+            await asyncio.wait_for(pooled.watch_config(lambda agent: None), timeout=2)
+        # ...having said once why, and without having listened anywhere.
+        said = [r for r in caplog.records if "storage.direct_url is unset" in r.getMessage()]
+        assert [r.levelno for r in said] == [logging.INFO]
+        assert await admin_rows(cluster, listening, cluster.name) == before
+        # With direct_url, it listens there.
+        task = asyncio.create_task(with_direct.watch_config(lambda agent: None))
+        try:
+            deadline = time.monotonic() + 5
+            while await admin_rows(cluster, listening, cluster.name) == before:
+                assert not task.done(), task
+                assert time.monotonic() < deadline, "watch_config with direct_url never listened"
+                await asyncio.sleep(0.05)
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+    finally:
+        await pooled.close()
+        await with_direct.close()
 
 
 # --------------------------------------------------------------------------- 6. NOTIFY
@@ -872,6 +945,13 @@ async def test_config_changes_notify_the_agent_name_and_reach_watch_config(
         "SELECT pid FROM pg_stat_activity WHERE datname = %s AND query = 'LISTEN chatwright_config'"
     )
     before = {r[0] for r in await admin_rows(cluster, listening, cluster.name)}
+    if not supa.can_listen:
+        # Through a transaction pooler with no direct_url (CHATWRIGHT_TEST_PGBOUNCER=1)
+        # nothing may LISTEN: the watch ends at once, each turn's version check covers it.
+        await asyncio.wait_for(supa.watch_config(lambda agent: None), timeout=2)
+        now = {r[0] for r in await admin_rows(cluster, listening, cluster.name)}
+        assert not now - before
+        return
     seen: list[str] = []
     arrived = asyncio.Event()
 

@@ -27,7 +27,8 @@ class SQLStorageSettings(BaseModel):
     pooler: Literal["none", "session", "transaction"] = Field(
         "none",
         description="A connection pooler in front of PostgreSQL (Supabase's Supavisor, "
-        "PgBouncer); 'transaction' turns prepared statements off.",
+        "PgBouncer); 'transaction' turns prepared statements off, and without direct_url "
+        "nothing LISTENs: other processes' config changes arrive by each turn's version check.",
     )
     direct_url: str | None = Field(
         None,

@@ -17,6 +17,7 @@ in :mod:`.records`.
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -44,6 +45,8 @@ from chatwright.plugins.sql.turns import SQLTurnStore
 from chatwright.plugins.sql.user_transactions import UserTransactions
 from chatwright.settings import Settings
 
+log = logging.getLogger(__name__)
+
 
 class SQLStorage:
     """Storage on one SQLAlchemy async engine.
@@ -52,6 +55,9 @@ class SQLStorage:
     :param engine: the engine statements run on.
     :param direct_url: where advisory locks and LISTEN connect (PostgreSQL); ``url``
         when None.
+    :param pooler: what sits between ``url`` and PostgreSQL (``storage.pooler``);
+        through a ``"transaction"`` pooler with no ``direct_url``, nothing LISTENs
+        (see :meth:`watch_config`).
     :param users: the extension point for per-request row-level security: what
         starts each transaction made for a user, and what a new application
         table with a ``user_id`` column gets (see
@@ -75,6 +81,7 @@ class SQLStorage:
         statement_timeout: float = 0,
         turn_lease: float = 60.0,
         turn_wait: float = 300.0,
+        pooler: str = "none",
     ) -> None:
         self.url = url
         self.statement_timeout = statement_timeout
@@ -82,6 +89,10 @@ class SQLStorage:
         self.turn_wait = turn_wait
         self.engine = engine
         self.direct_url = direct_url or url
+        self.pooler = pooler
+        # A LISTEN holds a server session: through a transaction pooler it would sit on
+        # a connection shared with others and miss what is sent while it is not its turn.
+        self.can_listen = pooler != "transaction" or direct_url is not None
         self.users = users if users is not None else UserTransactions()
         self.coordination = Coordination(self.direct_url, redact(url))
         self.agents = SQLAgentStore(self)
@@ -136,7 +147,7 @@ class SQLStorage:
             echo=cfg.echo,
             connect_args=connect_args,
         )
-        direct = normalize_url(cfg.direct_url) if cfg.direct_url else url
+        direct = normalize_url(cfg.direct_url) if cfg.direct_url else None
         return cls(
             url,
             engine,
@@ -145,6 +156,7 @@ class SQLStorage:
             statement_timeout=timeout,
             turn_lease=lease,
             turn_wait=wait,
+            pooler=cfg.pooler,
         )
 
     @property
@@ -271,6 +283,13 @@ class SQLStorage:
 
     async def watch_config(self, changed: Callable[[str], None]) -> None:
         if self.dialect != "postgresql":
+            return
+        if not self.can_listen:
+            log.info(
+                "storage.pooler is 'transaction' and storage.direct_url is unset: config "
+                "changes made by other processes are picked up by each turn's version "
+                "check, not by LISTEN (set storage.direct_url to hear them at once)"
+            )
             return
         await self.coordination.watch_config(changed)
 

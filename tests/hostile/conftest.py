@@ -17,6 +17,10 @@ Every test runs on three backends (the ``backend`` fixture):
     ``authenticated``, subject to row-level security. The role may create
     tables, so the example's tables are its own, as in a Supabase project.
 
+With ``CHATWRIGHT_TEST_PGBOUNCER`` the PostgreSQL backends go through the run's
+PgBouncer (``Backend.pooler`` has the storage keys that come with it; see
+``tests/pgbouncer.py``); ``admin_url`` stays direct.
+
 ``db_url`` is the URL chatwright connects with. ``make_runtime`` starts a
 :class:`~chatwright.runtime.Runtime` on it; ``make_server`` starts the real app
 under uvicorn on a free loopback port with JWT auth, and a client for it. Both
@@ -37,7 +41,7 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,12 +58,14 @@ from chatwright.plugins.example import assistant as example
 from chatwright.plugins.server.app import create_app
 from chatwright.registry import Plugins
 from chatwright.runtime import Runtime
+from chatwright.settings import env_var
 from tests.harness import (
     DATA_TABLES,
     SUPABASE_DEFAULT_PRIVILEGES,
     SUPABASE_ROLES,
     admin_connect,
     libpq,
+    pg_storage_settings,
 )
 
 SECRET = "chatwright-hostile-suite-secret-of-32-bytes"
@@ -86,14 +92,31 @@ class Backend:
 
     name: str
     url: str
-    """What chatwright connects with."""
+    """What chatwright connects with (the run's PgBouncer, if it has one)."""
     admin_url: str | None = None
     """PostgreSQL only: a superuser URL of the same database, for the suite's own upkeep."""
+    pooler: dict[str, str] = field(default_factory=dict)
+    """``storage.pooler`` and ``storage.direct_url`` when ``url`` is the run's PgBouncer."""
 
     @property
     def storage(self) -> dict[str, Any]:
         kind = "supabase" if self.name == "supabase" else "sql"
-        return {"backend": kind, "url": self.url}
+        return {"backend": kind, "url": self.url, **self.pooler}
+
+    @property
+    def env(self) -> dict[str, str]:
+        """How to reach the database, as ``CHATWRIGHT_STORAGE__*`` variables (no backend)."""
+        return {
+            env_var(f"storage.{key}"): value
+            for key, value in {"url": self.url, **self.pooler}.items()
+        }
+
+
+def _reached(name: str, url: str, admin_url: str) -> Backend:
+    """The backend ``name`` on the test database ``url`` (direct), as chatwright reaches it."""
+    keys = pg_storage_settings(url)
+    pooler = {key: str(value) for key, value in keys.items() if key != "url"}
+    return Backend(name, str(keys["url"]), admin_url=admin_url, pooler=pooler)
 
 
 @dataclass(frozen=True)
@@ -172,11 +195,11 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
         request.getfixturevalue("pg_storage")  # migrated, framework tables emptied
         url: str = request.getfixturevalue("pg_url")
         _empty(url)
-        return Backend("postgresql", url, admin_url=url)
+        return _reached("postgresql", url, url)
     if request.param == "supabase":
         database: SupabaseDatabase = request.getfixturevalue("supabase_database")
         _empty(database.admin_url)
-        return Backend("supabase", database.url, admin_url=database.admin_url)
+        return _reached("supabase", database.url, database.admin_url)
     return Backend("sqlite", f"sqlite+aiosqlite:///{tmp_path}/hostile.db")
 
 

@@ -19,7 +19,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ import httpx
 
 from chatwright.plugins.example import assistant as example
 from chatwright.runtime import Runtime
-from tests.hostile.conftest import SECRET, MakeRuntime, bearer
+from tests.hostile.conftest import SECRET, Backend, MakeRuntime, bearer
 
 AGENT = example.AGENT
 USERS = [f"user{i}" for i in range(6)]
@@ -49,12 +49,13 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve(database: str, workdir: Path, label: str) -> Iterator[tuple[str, Process]]:
-    """A ``chatwright serve`` subprocess with JWT auth, ready; killed at the end if alive."""
+def serve(database: Mapping[str, str], workdir: Path, label: str) -> Iterator[tuple[str, Process]]:
+    """A ``chatwright serve`` subprocess with JWT auth on ``database`` (its
+    ``CHATWRIGHT_STORAGE__*`` variables), ready; killed at the end if alive."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHATWRIGHT_")}
     env.update(
-        CHATWRIGHT_STORAGE__URL=database,
+        database,
         CHATWRIGHT_SERVER__AUTH="jwt",
         CHATWRIGHT_SERVER__JWT_SECRET=SECRET,
         CHATWRIGHT_SESSIONS__SWEEP_INTERVAL="3600",
@@ -95,14 +96,14 @@ async def task_rows(runtime: Runtime) -> list[dict[str, Any]]:
 
 
 async def test_killed_server_leaves_every_tool_write_with_its_exchange_stored(
-    make_runtime: MakeRuntime, db_url: str, tmp_path: Path
+    make_runtime: MakeRuntime, backend: Backend, tmp_path: Path
 ) -> None:
     runtime = await make_runtime()
     await example.seed(runtime.storage, "scripted:x")
     await runtime.storage.agents.update(AGENT, model_settings=SCRIPT)
 
     chats: dict[str, str] = {}
-    with serve(db_url, tmp_path, "first") as (url, proc):
+    with serve(backend.env, tmp_path, "first") as (url, proc):
         async with httpx.AsyncClient(base_url=url, timeout=300) as client:
             for user in USERS:
                 opened = await client.post(
@@ -135,7 +136,7 @@ async def test_killed_server_leaves_every_tool_write_with_its_exchange_stored(
 
     rows = await task_rows(runtime)
     assert sorted(r["user_id"] for r in rows) == sorted(USERS)
-    with serve(db_url, tmp_path, "second") as (url, _):
+    with serve(backend.env, tmp_path, "second") as (url, _):
         async with httpx.AsyncClient(base_url=url, timeout=60) as client:
             for row in rows:
                 user = row["user_id"]
