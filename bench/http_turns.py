@@ -1,0 +1,161 @@
+"""Section 1: HTTP turns per second and latency, closed loop, four servers side by side.
+
+Each target is a real server process (uvicorn) on a free loopback port:
+chatwright on SQLite and on PostgreSQL (``chatwright serve``, local auth, one
+benchmark agent per client), and the bare LangChain app of
+:mod:`bench.apps.langchain_app` without and with LangGraph's SQLite
+checkpointer. ``clients`` concurrent clients each run turns on their own chat,
+one after the other (a closed loop); a round runs ``turns`` turns per client on
+one target, and the rounds go A B C D, A B C D, ... so that machine noise hits
+every target alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from bench.common import (
+    chatwright_script,
+    clean_env,
+    free_port,
+    is_the_turn,
+    seed_agent,
+    server,
+)
+from bench.inprocess import runtime_for
+
+WARMUP = 2
+
+
+@dataclass
+class Target:
+    name: str
+    base: str
+    chats: list[tuple[str, str]] = field(default_factory=list)
+    """(agent name, chat id) per client."""
+    rates: list[float] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+
+
+async def seed_chatwright(url: str, clients: int, turns: int) -> None:
+    runtime = runtime_for(url)
+    await runtime.start(upgrade=True)
+    try:
+        for i in range(clients):
+            await seed_agent(runtime.storage, f"bench_{i}", turns)
+    finally:
+        await runtime.close()
+
+
+@contextmanager
+def chatwright_server(name: str, url: str, tmp: Path, clients: int, turns: int) -> Iterator[str]:
+    asyncio.run(seed_chatwright(url, clients, turns))
+    port = free_port()
+    argv = [chatwright_script(), "--database", url, "serve", "--host", "127.0.0.1"]
+    argv += ["--port", str(port)]
+    # Only the bundled plugins: a plugin installed next to chatwright must not weigh in.
+    env = clean_env(CHATWRIGHT_LOAD_PLUGINS="")
+    with server(name, argv, port, env, tmp) as base:
+        yield base
+
+
+@contextmanager
+def langchain_server(name: str, tmp: Path, turns: int, checkpoints: bool) -> Iterator[str]:
+    port = free_port()
+    argv = [sys.executable, "-m", "uvicorn", "--factory"]
+    argv += ["bench.apps.langchain_app:app_from_environment", "--host", "127.0.0.1"]
+    argv += ["--port", str(port)]
+    env = clean_env(BENCH_ITEMS_DB=str(tmp / f"{name}-items.db"), BENCH_TURNS=str(turns))
+    if checkpoints:
+        env["BENCH_CHECKPOINT_DB"] = str(tmp / f"{name}-checkpoints.db")
+    with server(name, argv, port, env, tmp) as base:
+        yield base
+
+
+async def open_chats(target: Target, clients: int) -> None:
+    async with httpx.AsyncClient(base_url=target.base, timeout=60) as client:
+        for i in range(clients):
+            agent = f"bench_{i}"
+            answer = await client.post("/api/sessions", json={"agent_name": agent, "new": True})
+            answer.raise_for_status()
+            target.chats.append((agent, answer.json()["chat_id"]))
+
+
+async def closed_loop(target: Target, turns: int) -> tuple[float, list[float]]:
+    """Every client runs ``turns`` turns on its chat; the wall time and each turn's latency."""
+    limits = httpx.Limits(max_connections=len(target.chats))
+    async with httpx.AsyncClient(base_url=target.base, timeout=120, limits=limits) as client:
+
+        async def one_client(agent: str, chat_id: str) -> list[float]:
+            times = []
+            for _ in range(turns):
+                body = {"agent_name": agent, "chat_id": chat_id, "message": "add an item"}
+                start = time.perf_counter()
+                answer = await client.post("/api/chat", json=body)
+                times.append(time.perf_counter() - start)
+                if answer.status_code != 200:
+                    raise RuntimeError(
+                        f"{target.name}: a turn answered {answer.status_code}: {answer.text[:300]}"
+                    )
+                data = answer.json()
+                names = [call["name"] for call in data["tool_calls"]]
+                if not is_the_turn(data["response"], names):
+                    raise RuntimeError(f"{target.name}: not the benchmark's turn: {data}")
+            return times
+
+        start = time.perf_counter()
+        per_client = await asyncio.gather(*(one_client(a, c) for a, c in target.chats))
+        elapsed = time.perf_counter() - start
+    return elapsed, [t for times in per_client for t in times]
+
+
+@contextmanager
+def targets(
+    tmp: Path, pg_url: str | None, clients: int, turns_per_chat: int
+) -> Iterator[list[Target]]:
+    """Start every server (PostgreSQL's only with ``pg_url``); stop them all at the end."""
+    with ExitStack() as stack:
+        made = []
+        sqlite_url = f"sqlite:///{tmp / 'chatwright.db'}"
+        servers = [
+            (
+                "chatwright-sqlite",
+                chatwright_server("chatwright-sqlite", sqlite_url, tmp, clients, turns_per_chat),
+            ),
+        ]
+        if pg_url is not None:
+            servers.append(
+                (
+                    "chatwright-pg",
+                    chatwright_server("chatwright-pg", pg_url, tmp, clients, turns_per_chat),
+                )
+            )
+        servers += [
+            ("floor", langchain_server("floor", tmp, turns_per_chat, checkpoints=False)),
+            ("langgraph", langchain_server("langgraph", tmp, turns_per_chat, checkpoints=True)),
+        ]
+        for name, manager in servers:
+            made.append(Target(name, stack.enter_context(manager)))
+        yield made
+
+
+def run(tmp: Path, pg_url: str | None, clients: int, rounds: int, turns: int) -> list[Target]:
+    """Warm up, then ``rounds`` interleaved rounds of ``turns`` turns per client per target."""
+    with targets(tmp, pg_url, clients, WARMUP + rounds * turns) as made:
+        for target in made:
+            asyncio.run(open_chats(target, clients))
+            asyncio.run(closed_loop(target, WARMUP))
+        for _ in range(rounds):
+            for target in made:
+                elapsed, latencies = asyncio.run(closed_loop(target, turns))
+                target.rates.append(len(latencies) / elapsed)
+                target.latencies.extend(latencies)
+    return made
