@@ -15,8 +15,8 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -117,39 +117,38 @@ async def closed_loop(target: Target, turns: int) -> tuple[float, list[float]]:
     return elapsed, [t for times in per_client for t in times]
 
 
+TARGETS = ("chatwright-sqlite", "chatwright-pg", "floor", "langgraph")
+
+
 @contextmanager
 def targets(
-    tmp: Path, pg_url: str | None, clients: int, turns_per_chat: int
+    tmp: Path, names: Sequence[str], pg_url: str | None, clients: int, turns_per_chat: int
 ) -> Iterator[list[Target]]:
-    """Start every server (PostgreSQL's only with ``pg_url``); stop them all at the end."""
+    """Start the servers ``names`` (chatwright-pg only with ``pg_url``); stop them at the end."""
+    starters: dict[str, Callable[[], AbstractContextManager[str]]] = {
+        "chatwright-sqlite": lambda: chatwright_server(
+            "chatwright-sqlite", f"sqlite:///{tmp / 'chatwright.db'}", tmp, clients, turns_per_chat
+        ),
+        "floor": lambda: langchain_server("floor", tmp, turns_per_chat, checkpoints=False),
+        "langgraph": lambda: langchain_server("langgraph", tmp, turns_per_chat, checkpoints=True),
+    }
+    if pg_url is not None:
+        starters["chatwright-pg"] = lambda: chatwright_server(
+            "chatwright-pg", pg_url, tmp, clients, turns_per_chat
+        )
     with ExitStack() as stack:
-        made = []
-        sqlite_url = f"sqlite:///{tmp / 'chatwright.db'}"
-        servers = [
-            (
-                "chatwright-sqlite",
-                chatwright_server("chatwright-sqlite", sqlite_url, tmp, clients, turns_per_chat),
-            ),
+        yield [
+            Target(name, stack.enter_context(starters[name]()))
+            for name in TARGETS
+            if name in names and name in starters
         ]
-        if pg_url is not None:
-            servers.append(
-                (
-                    "chatwright-pg",
-                    chatwright_server("chatwright-pg", pg_url, tmp, clients, turns_per_chat),
-                )
-            )
-        servers += [
-            ("floor", langchain_server("floor", tmp, turns_per_chat, checkpoints=False)),
-            ("langgraph", langchain_server("langgraph", tmp, turns_per_chat, checkpoints=True)),
-        ]
-        for name, manager in servers:
-            made.append(Target(name, stack.enter_context(manager)))
-        yield made
 
 
-def run(tmp: Path, pg_url: str | None, clients: int, rounds: int, turns: int) -> list[Target]:
+def run(
+    tmp: Path, names: Sequence[str], pg_url: str | None, clients: int, rounds: int, turns: int
+) -> list[Target]:
     """Warm up, then ``rounds`` interleaved rounds of ``turns`` turns per client per target."""
-    with targets(tmp, pg_url, clients, WARMUP + rounds * turns) as made:
+    with targets(tmp, names, pg_url, clients, WARMUP + rounds * turns) as made:
         for target in made:
             asyncio.run(open_chats(target, clients))
             asyncio.run(closed_loop(target, WARMUP))
