@@ -162,13 +162,20 @@ def memory_of(users: int, tmp: Path) -> int:
 def section_memory(args: argparse.Namespace, tmp: Path) -> list[Row]:
     few, many = memory_of(10, tmp), memory_of(args.users, tmp)
     extra = many - few
-    return [
+    per_user = extra / (args.users - 10) if args.users > 10 else 0.0
+    goal_users = 10_000
+    rows = [
         Row(6, "RSS after one turn each, 10 users", mib(few)),
         Row(6, f"RSS after one turn each, {args.users:,} users", mib(many)),
-        Row(
-            6, f"{args.users:,} users - 10 users", mib(extra), "", "<= 30 MiB", extra <= 30 * 2**20
-        ),
+        Row(6, "RSS per extra user", f"{per_user / 1024:.1f} KiB"),
     ]
+    if args.users == goal_users:
+        measure, value = f"{goal_users:,} users - 10 users", float(extra)
+    else:
+        measure = f"{goal_users:,} users - 10 users, extrapolated from {args.users:,}"
+        value = per_user * (goal_users - 10)
+    rows.append(Row(6, measure, mib(value), "", "<= 30 MiB", value <= 30 * 2**20))
+    return rows
 
 
 def section_cli(args: argparse.Namespace) -> list[Row]:
@@ -242,7 +249,8 @@ def render_markdown(rows: list[Row], about: list[tuple[str, str]], command: str)
     ]
     for r in rows:
         met = "" if r.met is None else ("met" if r.met else "**not met**")
-        lines.append(f"| {r.section} | {r.measure} | {r.result} | {r.ratio} | {r.goal} | {met} |")
+        cells = [str(r.section), r.measure, r.result, r.ratio, r.goal, met]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines)
 
 
@@ -255,20 +263,28 @@ def write_markdown(path: Path, text: str) -> None:
     path.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}", encoding="utf-8")
 
 
+@dataclass
+class Postgres:
+    url: str | None = None
+    """The run's database, or None when it is not used or not reachable."""
+    version: str | None = None
+    skipped: str = "skipped: not asked for (--no-pg)"
+
+
 @contextmanager
-def postgres(admin_url: str | None, wanted: bool) -> Iterator[tuple[str | None, str | None]]:
-    """(the run's database URL, the server version), or (None, why not)."""
-    if not wanted or admin_url is None:
-        yield None, None
+def postgres(admin_url: str, wanted: bool) -> Iterator[Postgres]:
+    """The run's own database, created on the server at ``admin_url``, dropped at the end."""
+    if not wanted:
+        yield Postgres()
         return
     try:
         version = pg.server_version(admin_url)
     except pg.Unreachable as exc:
         print(f"{exc}; skipping the PostgreSQL parts (pass --pg URL)", file=sys.stderr)
-        yield None, None
+        yield Postgres(skipped=f"skipped: {pg.safe(admin_url)} does not answer (pass --pg URL)")
         return
     with pg.fresh_database(admin_url) as url:
-        yield url, version
+        yield Postgres(url, version)
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -281,8 +297,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--quick", action="store_true", help="fewer rounds, turns and users: a run of 2-3 minutes"
     )
-    parser.add_argument("--rounds", type=int, help="HTTP rounds per target (5; quick 2)")
-    parser.add_argument("--turns", type=int, help="HTTP turns per client per round (20; quick 8)")
+    parser.add_argument("--rounds", type=int, help="HTTP rounds per target (5; quick 3)")
+    parser.add_argument("--turns", type=int, help="HTTP turns per client per round (20; quick 10)")
     parser.add_argument(
         "--targets",
         default=",".join(http_turns.TARGETS),
@@ -314,8 +330,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     defaults = {
-        "rounds": (5, 2),
-        "turns": (20, 8),
+        "rounds": (5, 3),
+        "turns": (20, 10),
         "inproc_turns": (50, 15),
         "bytes_turns": (500, 100),
         "messages": (100_000, 20_000),
@@ -351,14 +367,14 @@ def main(argv: list[str] | None = None) -> int:
     needs_pg = 3 in args.sections or (1 in args.sections and "chatwright-pg" in args.targets)
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="chatwright-bench-")))
-        pg_url, pg_version = stack.enter_context(postgres(args.pg, needs_pg and not args.no_pg))
+        db = stack.enter_context(postgres(args.pg, needs_pg and not args.no_pg))
         runs: dict[int, Callable[[], list[Row]]] = {
-            1: lambda: section_http(args, tmp, pg_url),
+            1: lambda: section_http(args, tmp, db.url),
             2: lambda: section_runtime(args, tmp),
             3: lambda: (
-                section_pg(args, pg_url, args.pg)
-                if pg_url
-                else [Row(3, "PostgreSQL", "skipped: no PostgreSQL")]
+                section_pg(args, db.url, args.pg)
+                if db.url
+                else [Row(3, "PostgreSQL transactions and connections", db.skipped)]
             ),
             4: lambda: section_bytes(args, tmp),
             5: lambda: section_long_chat(args, tmp),
@@ -376,9 +392,9 @@ def main(argv: list[str] | None = None) -> int:
                 got = [Row(section, "FAILED", reason)]
             rows += got
             print(f"section {section}: {time.monotonic() - start:.0f} s", file=sys.stderr)
-        if 1 in args.sections and "chatwright-pg" in args.targets and pg_url is None:
-            rows.insert(0, Row(1, "chatwright-pg", "skipped: no PostgreSQL"))
-    about = machine(pg_version)
+        if 1 in args.sections and "chatwright-pg" in args.targets and db.url is None:
+            rows.insert(0, Row(1, "HTTP: chatwright-pg", db.skipped))
+    about = machine(db.version)
     print(", ".join(f"{k} {v}" for k, v in about))
     print(render_text(rows))
     if args.write:

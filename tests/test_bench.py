@@ -59,7 +59,7 @@ def test_every_section_but_postgresql(tmp_path: Path) -> None:
         result = rows[f"HTTP, 2 clients: {target}"][0]
         assert re.fullmatch(rf"{NUMBER} turns/s, p50 {NUMBER} ms, p99 {NUMBER} ms", result)
         assert number(result) > 0
-    assert rows["chatwright-pg"][0] == "skipped: no PostgreSQL"
+    assert rows["HTTP: chatwright-pg"][0] == "skipped: not asked for (--no-pg)"
     for measure in (
         "turns/s chatwright-sqlite / floor",
         "turns/s chatwright-sqlite / langgraph",
@@ -87,6 +87,21 @@ def test_postgresql_sections(tmp_path: Path) -> None:
             "SELECT datname FROM pg_database WHERE datname LIKE 'chatwright_bench_%'"
         )
         assert left.fetchall() == [], "the run's database was not dropped"
+
+
+def test_an_unreachable_postgresql_is_skipped_saying_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nobody = "postgresql://postgres@127.0.0.1:1/postgres"
+    rows = run(tmp_path, "--sections", "3", "--pg", nobody)
+    assert rows == {
+        "PostgreSQL transactions and connections": (
+            "skipped: user=postgres dbname=postgres host=127.0.0.1 port=1 does not answer "
+            "(pass --pg URL)",
+            "",
+        )
+    }
+    assert "skipping the PostgreSQL parts" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
