@@ -15,7 +15,6 @@ import statistics
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -74,10 +73,6 @@ async def seed_agent(storage: Storage, name: str, turns: int) -> None:
     await storage.tools.add(
         name, TOOL, type="crud", config=CRUD_CONFIG, description="Insert one item."
     )
-
-
-def new_chat_id() -> str:
-    return str(uuid.uuid4())
 
 
 # -- statistics -------------------------------------------------------------

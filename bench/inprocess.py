@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import PROMPT, is_the_turn, script, seed_agent
+from bench.common import PROMPT, is_the_turn, seed_agent
 from chatwright.runtime import Runtime
 
 USER = "bench-user"
@@ -196,8 +196,3 @@ async def long_chat(url: str, stored: int, turns: int) -> tuple[list[float], lis
             on_long.append(await timed_turn(runtime, agent, long))
             on_fresh.append(await timed_turn(runtime, agent, fresh))
     return on_long, on_fresh
-
-
-def script_length_note() -> int:
-    """The replies of the longest script used here, for the documentation."""
-    return len(script(500))
