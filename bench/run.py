@@ -202,7 +202,7 @@ def section_cli(args: argparse.Namespace) -> list[Row]:
 # -- the run --------------------------------------------------------------------------
 
 
-def machine(pg_version: str | None) -> list[tuple[str, str]]:
+def machine(started: datetime, load: float, pg_version: str) -> list[tuple[str, str]]:
     meminfo = Path("/proc/meminfo").read_text().split()
     ram = int(meminfo[meminfo.index("MemTotal:") + 1]) * 1024
     commit = subprocess.run(
@@ -213,12 +213,13 @@ def machine(pg_version: str | None) -> list[tuple[str, str]]:
         check=False,
     ).stdout.strip()
     return [
-        ("date", datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")),
+        ("date", started.strftime("%Y-%m-%d %H:%M UTC")),
         ("commit", commit or "unknown"),
         ("cores", str(os.cpu_count())),
         ("RAM", f"{ram / 2**30:.1f} GiB"),
         ("Python", platform.python_version()),
-        ("PostgreSQL", pg_version or "not reachable"),
+        ("PostgreSQL", pg_version),
+        ("load average", f"{load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"),
     ]
 
 
@@ -365,6 +366,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    started, load = datetime.now(UTC), os.getloadavg()[0]
     command = shlex.join(["python", "-m", "bench.run", *(sys.argv[1:] if argv is None else argv)])
     rows: list[Row] = []
     failed = False
@@ -398,7 +400,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"section {section}: {time.monotonic() - start:.0f} s", file=sys.stderr)
         if 1 in args.sections and "chatwright-pg" in args.targets and db.url is None:
             rows.insert(0, Row(1, "HTTP: chatwright-pg", db.skipped))
-    about = machine(db.version)
+    tried = needs_pg and not args.no_pg
+    about = machine(started, load, db.version or ("not reachable" if tried else "not used"))
     print(", ".join(f"{k} {v}" for k, v in about))
     print(render_text(rows))
     if args.write:
