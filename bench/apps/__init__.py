@@ -1,0 +1,1 @@
+"""The comparison servers: a bare FastAPI + LangChain agent, with and without a checkpointer."""
