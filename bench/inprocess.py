@@ -20,6 +20,7 @@ from typing import Any
 
 from bench.common import PROMPT, is_the_turn, seed_agent
 from chatwright.runtime import Runtime
+from chatwright.tools import TurnContext, calling_as
 
 USER = "bench-user"
 
@@ -66,22 +67,25 @@ async def runtime_vs_graph(url: str, turns: int) -> tuple[list[float], list[floa
     from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 
     agent = "bench_runtime"
-    chat = await setup(url, agent, 2 * turns + 2)
+    # One script for the user's turns through both paths (and the warm-up turn).
+    chat = await setup(url, agent, 2 * turns + 1)
     through, bare = [], []
     history: list[BaseMessage] = []
     async with runtime_for(url) as runtime:
         await timed_turn(runtime, agent, chat)  # builds and caches the agent
         built = await runtime.agent_for(USER, agent)
         window = built.agent.history_window
+        context = TurnContext(user_id=USER, agent_name=agent, chat_id=chat)
         for _ in range(turns):
             through.append(await timed_turn(runtime, agent, chat))
             start = time.perf_counter()
             human = HumanMessage(content="add an item")
             inputs = [SystemMessage(content=PROMPT), *history[-window:], human]
-            state = await built.graph.ainvoke({"messages": inputs})
+            # The graph's tools serve whoever the run's context names, as in a turn.
+            state = await built.graph.ainvoke({"messages": inputs}, context=context)
             history += [human, *state["messages"][len(inputs) :]]
             bare.append(time.perf_counter() - start)
-            if history[-1].text != "Inserted.":
+            if history[-1].text != "Inserted." or "created" not in history[-2].text:
                 raise RuntimeError(f"the bare graph's turn went wrong: {history[-3:]}")
     return through, bare
 
@@ -116,8 +120,12 @@ async def pg_activity(url: str, admin_url: str, turns: int, warmup: int = 3) -> 
             for _ in range(warmup + turns):
                 await timed_turn(runtime, agent, chat)
             tool = (await runtime.agent_for(USER, agent)).tools[0]
-            for _ in range(tool_calls):
-                await tool.ainvoke({"title": "bench"})
+            # The shared build's tool, called for the user as a turn of theirs would.
+            with calling_as(TurnContext(user_id=USER, agent_name=agent, chat_id=chat)):
+                for _ in range(tool_calls):
+                    result = await tool.ainvoke({"title": "bench"})
+                    if "created" not in str(result):
+                        raise RuntimeError(f"the insert tool failed: {result}")
         await asyncio.sleep(0.5)
         return pg.activity(admin_url, database) - before
 

@@ -24,7 +24,7 @@ from chatwright.runtime import Runtime
 from chatwright.sessions import HOOKS_BETWEEN_YIELDS, sweep
 from chatwright.stores import ChatSession
 from chatwright.testing import settings
-from tests.harness import Recorder
+from tests.harness import Recorder, pg_storage_settings
 
 AGENT = "assistant"
 LATER = timedelta(hours=1)  # a pass "an hour from now" finds every session idle
@@ -54,15 +54,17 @@ async def bulk_sessions(storage: SQLStorage, count: int) -> set[uuid.UUID]:
 def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
     if request.param == "sqlite":
         return f"sqlite+aiosqlite:///{tmp_path / 'sweep.db'}"
-    pg_storage: SQLStorage = request.getfixturevalue("pg_storage")  # emptied for this test
-    return pg_storage.url.render_as_string(hide_password=False)
+    request.getfixturevalue("pg_storage")  # empties the database for this test
+    url: str = request.getfixturevalue("pg_url")
+    return url
 
 
 async def started(url: str, batch: int, *, recorder: Recorder | None = None) -> Runtime:
     plugins = Plugins.load(LoadPolicy())
     if recorder is not None:
         plugins.register(recorder, "recorder")
-    cfg = settings(plugins, storage={"url": url}, sessions={"sweep_batch": batch})
+    # Through the run's PgBouncer, when it has one.
+    cfg = settings(plugins, storage=pg_storage_settings(url), sessions={"sweep_batch": batch})
     return await Runtime(cfg, plugins).start(upgrade=True)
 
 
@@ -102,9 +104,9 @@ async def test_an_exact_multiple_of_the_batch_ends_with_an_empty_batch(
 
 
 async def test_concurrent_sweepers_on_postgresql_deactivate_each_session_once(
-    pg_storage: SQLStorage,
+    pg_storage: SQLStorage, pg_url: str
 ) -> None:
-    url = pg_storage.url.render_as_string(hide_password=False)
+    url = pg_url
     opened = await bulk_sessions(pg_storage, 3000)
     recorders = [Recorder() for _ in range(3)]
     # Three runtimes, as three server processes: each its own engine and plugins.
