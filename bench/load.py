@@ -48,7 +48,6 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 import psycopg
@@ -211,7 +210,8 @@ def rss_mb(pid: int) -> float:
 # -- connections held on the database -------------------------------------------------------
 
 LISTENER = "LISTEN chatwright_config"
-LOCK = "pg_try_advisory_lock"  # the sweeper's, on a connection of its own
+# The sweeper's lock, on a connection of its own (not pg_advisory_xact_lock: a pool's).
+LOCK = ("pg_try_advisory_lock", "pg_advisory_unlock")
 
 
 @dataclass
@@ -226,7 +226,7 @@ class Connections:
 
     def add(self, queries: list[str]) -> None:
         listener = sum(1 for q in queries if q == LISTENER)
-        lock = sum(1 for q in queries if LOCK in q)
+        lock = sum(1 for q in queries if any(f in q for f in LOCK))
         self.listener = max(self.listener, listener)
         self.lock = max(self.lock, lock)
         self.pool = max(self.pool, len(queries) - listener - lock)
