@@ -44,9 +44,14 @@ class SQLSessionStore(BoundStore):
     ) -> ChatSession:
         s = schema.chat_sessions
         try:
-            async with self.db.write(user_id) as conn:
+            # One connection for the whole open: the claim's look across users runs
+            # first, as a framework statement, then the transaction turns to the user.
+            # (A second connection taken while this one is held would deadlock the
+            # pool once every connection is held by an open waiting for another.)
+            async with self.db.write() as conn:
                 if chat_id is not None:
                     await self._claim(conn, user_id, agent_name, chat_id)
+                await self.db.users.enter(conn, user_id)
                 if client_key is not None:
                     existing = await self._active_with_key(conn, user_id, agent_name, client_key)
                     if existing is not None:
@@ -125,11 +130,9 @@ class SQLSessionStore(BoundStore):
                     )
                 )
             )
-            # Across all users, on a connection of its own: with row-level security
-            # this user's transaction could not see that the chat is someone else's.
-            owner = await self.chat_owner(chat_id)
-        else:
-            owner = await self.owner(conn, chat_id)
+        # Across all users: the transaction has not turned to the user yet (see open),
+        # so row-level security does not hide that the chat is someone else's.
+        owner = await self.owner(conn, chat_id)
         if owner is not None and owner[0] != user_id:
             raise NotFoundError(f"no chat {chat_id} for this user")
         if owner is not None and owner[1] != agent_name:
