@@ -38,7 +38,7 @@ async def test_200_chats_at_once_get_no_503_and_the_server_holds_a_bounded_pool(
     """Before turns stopped holding a connection each, 60 chats at once got 503s ("too
     many clients"); then a session open that took a second pooled connection while
     holding one deadlocked the pool until storage.statement_timeout (503 again)."""
-    # No sweep during the load: a pass holds one more connection, for its advisory lock.
+    # No sweep during the load: the pool's connections are the turns' alone.
     with (
         Server(database, tmp_path, CHATWRIGHT_SESSIONS__SWEEP_INTERVAL="3600") as server,
         sampling(database) as seen,

@@ -10,6 +10,7 @@ failing halfway; reads use deferred transactions.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from sqlalchemy import event, exc
@@ -70,3 +71,36 @@ def sqlite_engine(url: URL, *, busy_timeout: float, echo: bool) -> AsyncEngine:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
     return engine
+
+
+PING_AFTER_IDLE = 1.0
+"""Seconds a pooled PostgreSQL connection may sit unused before it is checked again."""
+
+
+def ping_when_idle(engine: AsyncEngine, idle: float = PING_AFTER_IDLE) -> None:
+    """Check a pooled connection before use only when it sat unused for ``idle`` seconds.
+
+    SQLAlchemy's ``pool_pre_ping`` checks every checkout: a round trip (and a
+    transaction, as ``pg_stat_database`` counts them) for each of a turn's
+    transactions. A connection given back a moment ago is as good as checked;
+    one that waited longer, across a database restart or an idle timeout, is
+    pinged, and a dead one is replaced before anyone uses it (the pool retries
+    on ``DisconnectionError``). A connection that dies within ``idle`` seconds
+    of its last use fails its statement once (503), and SQLAlchemy then
+    replaces every pooled connection older than the failure.
+    """
+    pool = engine.sync_engine.pool
+
+    @event.listens_for(pool, "checkin")
+    def given_back(dbapi_connection: Any, record: Any) -> None:
+        record.info["chatwright_used"] = time.monotonic()
+
+    @event.listens_for(pool, "checkout")
+    def taken(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        used = record.info.get("chatwright_used")
+        if used is None or time.monotonic() - used < idle:
+            return  # new, or used a moment ago
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as error:
+            raise exc.DisconnectionError(f"a pooled connection is dead: {error}") from error

@@ -6,7 +6,8 @@ awaited on the engine's async driver (``aiosqlite`` or ``psycopg`` 3), so no
 call blocks the event loop, and a connection is held only for the statement
 or transaction at hand, never across a model call.
 
-PostgreSQL uses a pre-pinged connection pool; SQLite's engine, the URLs and
+PostgreSQL uses a connection pool whose connections are checked before use
+when they sat idle (:func:`.engine.ping_when_idle`); SQLite's engine, the URLs and
 the translation of driver errors are in :mod:`.engine` and :mod:`.errors`,
 migrations in :mod:`.migrate`, and what several processes coordinate through
 on PostgreSQL in :mod:`.postgres`. The stores are in :mod:`.stores` and
@@ -31,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from chatwright.plugins.sql import migrate
 from chatwright.plugins.sql.chats import SQLMessageStore, SQLSessionStore
 from chatwright.plugins.sql.deadline import Deadline
-from chatwright.plugins.sql.engine import normalize_url, redact, sqlite_engine
+from chatwright.plugins.sql.engine import normalize_url, ping_when_idle, redact, sqlite_engine
 from chatwright.plugins.sql.errors import DatabaseErrors
 from chatwright.plugins.sql.postgres import Coordination
 from chatwright.plugins.sql.records import SQLRecordStore
@@ -143,10 +144,10 @@ class SQLStorage:
             max_overflow=cfg.max_overflow,
             pool_timeout=cfg.pool_timeout,
             pool_recycle=cfg.pool_recycle,
-            pool_pre_ping=True,
             echo=cfg.echo,
             connect_args=connect_args,
         )
+        ping_when_idle(engine)
         direct = normalize_url(cfg.direct_url) if cfg.direct_url else None
         return cls(
             url,
