@@ -77,16 +77,17 @@ def test_every_section_but_postgresql(tmp_path: Path) -> None:
 def test_postgresql_sections(tmp_path: Path) -> None:
     admin_connect().close()  # skips, saying why, when no server answers (fails with CI=true)
     admin = libpq(ADMIN_URL)
+    listed = "SELECT datname FROM pg_database WHERE datname LIKE 'chatwright_bench_%'"
+    with admin_connect() as conn:
+        before = set(conn.execute(listed).fetchall())  # another run's, if one is going on
     rows = run(tmp_path, "--sections", "1,3", "--targets", "chatwright-pg", "--pg", admin)
     assert number(rows["HTTP, 2 clients: chatwright-pg"][0]) > 0
     assert number(rows["PostgreSQL transactions per cached turn, all"][0]) >= 1
     assert number(rows["... of which the insert tool's own"][0]) >= 1
     assert number(rows["new connections per cached turn"][0]) >= 0
     with admin_connect() as conn:
-        left = conn.execute(
-            "SELECT datname FROM pg_database WHERE datname LIKE 'chatwright_bench_%'"
-        )
-        assert left.fetchall() == [], "the run's database was not dropped"
+        left = set(conn.execute(listed).fetchall()) - before
+    assert left == set(), "the run's database was not dropped"
 
 
 def test_an_unreachable_postgresql_is_skipped_saying_so(

@@ -786,7 +786,9 @@ async def test_transaction_pooler_settings_and_a_round_trip_through_them(
     try:
         assert pooled.engine.pool._recycle == 123.0  # type: ignore[attr-defined]
         assert default.engine.pool._recycle == 900.0  # type: ignore[attr-defined]
-        assert pooled.engine.pool._pre_ping is True  # type: ignore[attr-defined]
+        # Connections are checked before use when idle (ping_when_idle), not every time.
+        assert pooled.engine.pool._pre_ping is False  # type: ignore[attr-defined]
+        assert len(pooled.engine.sync_engine.pool.dispatch.checkout) == 1
         assert pooled.direct_url == pooled.url
         # No statement is ever prepared server-side through the transaction pooler...
         assert await prepared_after_repeats(pooled) == (None, 0)
