@@ -74,7 +74,7 @@ async def test_a_turn_through_the_runtime(
         # The sweeper deactivates the idle session in Redis, then evicts the built agent.
         report = await sweep(runtime, datetime.now(UTC) + timedelta(hours=1), keep_ids=True)
         assert (report.deactivated, report.ids) == (1, [session.id])
-        assert report.evicted == [(("alice", AGENT), "idle-session")]
+        assert report.evicted == [(AGENT, "idle-session")]  # the key is the agent
         assert await raw.hget(f"{prefix}session:{session.id}", "is_active") == "0"
     finally:
         await runtime.close()

@@ -32,10 +32,11 @@ def cache_with(policy: S3FIFOPolicy | LRUPolicy) -> tuple[ExecutorCache, list[tu
 
 
 def user(i: int) -> Key:
-    return (f"user{i}", "helper")
+    """The cache key of the i-th agent (a key is an agent's name)."""
+    return f"agent{i}"
 
 
-HOT = ("boss", "helper")
+HOT = "popular"
 
 
 async def test_a_scan_of_new_users_does_not_push_out_a_popular_agent() -> None:

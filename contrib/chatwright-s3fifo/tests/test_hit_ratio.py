@@ -28,11 +28,11 @@ SCAN_LENGTH = 2 * CAPACITY  # keys per scan, each requested once
 def zipf_trace(rng: random.Random) -> list[Key]:
     weights = itertools.accumulate(1 / rank**ALPHA for rank in range(1, KEYS + 1))
     ranks = rng.choices(range(KEYS), cum_weights=list(weights), k=REQUESTS)
-    return [(f"user{rank}", "helper") for rank in ranks]
+    return [f"agent{rank}" for rank in ranks]  # a cache key is an agent's name
 
 
 def scan_trace(rng: random.Random) -> list[Key]:
-    scanned = (("scan", f"once{i}") for i in itertools.count())
+    scanned = (f"scanned-once{i}" for i in itertools.count())
     trace: list[Key] = []
     for i, key in enumerate(zipf_trace(rng)):
         if i and i % SCAN_EVERY == 0:
