@@ -32,8 +32,8 @@ class SQLStorageSettings(BaseModel):
     )
     direct_url: str | None = Field(
         None,
-        description="PostgreSQL URL without a transaction pooler, for LISTEN/NOTIFY and "
-        "advisory locks (default: url).",
+        description="PostgreSQL URL without a transaction pooler, for the LISTEN/NOTIFY of "
+        "config changes, the one thing that needs it (default: url).",
     )
     turn_lease: float = Field(
         60.0,

@@ -54,7 +54,7 @@ class SQLStorage:
 
     :param url: the database, with its async driver (see :func:`.engine.normalize_url`).
     :param engine: the engine statements run on.
-    :param direct_url: where advisory locks and LISTEN connect (PostgreSQL); ``url``
+    :param direct_url: where the config listener connects (PostgreSQL); ``url``
         when None.
     :param pooler: what sits between ``url`` and PostgreSQL (``storage.pooler``);
         through a ``"transaction"`` pooler with no ``direct_url``, nothing LISTENs

@@ -17,7 +17,7 @@ with ``sql`` blocked, selecting it is an error that says so.
 
 Set ``storage.backend = "supabase"`` and ``storage.url`` to the database
 (through Supavisor with ``storage.pooler = "transaction"``, plus
-``storage.direct_url`` for LISTEN/NOTIFY and advisory locks); see docs/deploy.md.
+``storage.direct_url`` for LISTEN/NOTIFY); see docs/deploy.md.
 """
 
 from __future__ import annotations
