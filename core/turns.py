@@ -19,7 +19,14 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from chatwright.errors import NotFoundError, StorageError, UnknownAgentError
-from chatwright.stores import Agent, Message, NewMessage, Storage, WithSessionStore
+from chatwright.stores import (
+    Agent,
+    Message,
+    NewMessage,
+    SessionStore,
+    Storage,
+    WithSessionStore,
+)
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +105,14 @@ def not_your_chat(chat_id: uuid.UUID, agent_name: str) -> NotFoundError:
     )
 
 
+async def check_chat_owner(
+    sessions: SessionStore, user_id: str, agent_name: str, chat_id: uuid.UUID
+) -> None:
+    """:func:`not_your_chat` unless the chat is the user's with this agent (one query)."""
+    if await sessions.chat_owner(chat_id) != (user_id, agent_name):
+        raise not_your_chat(chat_id, agent_name)
+
+
 class ComposedTurns:
     """A :class:`TurnStore` made of a backend's other stores."""
 
@@ -114,8 +129,8 @@ class ComposedTurns:
         check_owner: bool = True,
     ) -> TurnStart:
         storage = self.storage
-        if check_owner and await storage.sessions.chat_owner(chat_id) != (user_id, agent_name):
-            raise not_your_chat(chat_id, agent_name)
+        if check_owner:
+            await check_chat_owner(storage.sessions, user_id, agent_name, chat_id)
         lock = contextlib.AsyncExitStack()
         await lock.enter_async_context(storage.chat_lock(chat_id))
         try:
@@ -167,11 +182,8 @@ class SeparateSessions:
         *,
         check_owner: bool = True,
     ) -> TurnStart:
-        if check_owner and await self.storage.sessions.chat_owner(chat_id) != (
-            user_id,
-            agent_name,
-        ):
-            raise not_your_chat(chat_id, agent_name)
+        if check_owner:
+            await check_chat_owner(self.storage.sessions, user_id, agent_name, chat_id)
         return await self.turns.begin(user_id, agent_name, chat_id, message, check_owner=False)
 
     async def append(self, start: TurnStart, messages: Sequence[NewMessage]) -> None:

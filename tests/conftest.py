@@ -124,3 +124,18 @@ async def pg_storage(pg_url: str) -> AsyncIterator[SQLStorage]:
         await conn.execute(text(f"TRUNCATE {', '.join(DATA_TABLES)} RESTART IDENTITY CASCADE"))
     yield storage
     await storage.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def sql_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A direct URL of an empty database: a SQLite file, then the run's PostgreSQL one.
+
+    The PostgreSQL database is emptied by ``pg_storage``; tests build settings
+    from it with ``pg_storage_settings`` so that a run with a PgBouncer goes
+    through it.
+    """
+    if request.param == "postgresql":
+        request.getfixturevalue("pg_storage")  # empties the framework tables
+        url: str = request.getfixturevalue("pg_url")
+        return url
+    return f"sqlite+aiosqlite:///{tmp_path}/test.db"

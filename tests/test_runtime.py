@@ -748,19 +748,10 @@ async def test_offline_quickstart_adds_and_lists_a_task(make_runtime: Make) -> N
 # --------------------------------------------------------------------------- 11. end to end
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "postgresql":
-        request.getfixturevalue("pg_storage")  # empties the framework tables
-        url: str = request.getfixturevalue("pg_url")
-        return url
-    return f"sqlite+aiosqlite:///{tmp_path}/e2e.db"
-
-
 async def test_scripted_model_cannot_reach_another_users_rows(
-    make_runtime: Make, db_url: str
+    make_runtime: Make, sql_url: str
 ) -> None:
-    runtime, _ = await make_runtime(db_url)
+    runtime, _ = await make_runtime(sql_url)
     adding = [
         {"tool_calls": [call("add_task", title="groceries")]},
         {"tool_calls": [call("add_task", title="dentist")]},

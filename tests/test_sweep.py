@@ -14,7 +14,6 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pytest
 import sqlalchemy as sa
 
 from chatwright import hookimpl
@@ -50,15 +49,6 @@ async def bulk_sessions(storage: SQLStorage, count: int) -> set[uuid.UUID]:
         return {r[0] for r in rows}
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'sweep.db'}"
-    request.getfixturevalue("pg_storage")  # empties the database for this test
-    url: str = request.getfixturevalue("pg_url")
-    return url
-
-
 async def started(url: str, batch: int, *, recorder: Recorder | None = None) -> Runtime:
     plugins = Plugins.load(LoadPolicy())
     if recorder is not None:
@@ -69,10 +59,10 @@ async def started(url: str, batch: int, *, recorder: Recorder | None = None) -> 
 
 
 async def test_a_pass_deactivates_more_sessions_than_a_batch_and_fires_each_hook_once(
-    database_url: str,
+    sql_url: str,
 ) -> None:
     recorder = Recorder()
-    runtime = await started(database_url, 7, recorder=recorder)
+    runtime = await started(sql_url, 7, recorder=recorder)
     try:
         opened = await idle_sessions(runtime.storage, 30)
         report = await sweep(runtime, datetime.now(UTC) + LATER, keep_ids=True)
@@ -92,9 +82,9 @@ async def test_a_pass_deactivates_more_sessions_than_a_batch_and_fires_each_hook
 
 
 async def test_an_exact_multiple_of_the_batch_ends_with_an_empty_batch(
-    database_url: str,
+    sql_url: str,
 ) -> None:
-    runtime = await started(database_url, 5)
+    runtime = await started(sql_url, 5)
     try:
         await idle_sessions(runtime.storage, 10)
         report = await sweep(runtime, datetime.now(UTC) + LATER)

@@ -13,7 +13,6 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -36,17 +35,8 @@ USER = "alice"
 Make = Callable[..., Awaitable[tuple[Runtime, Recorder]]]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "postgresql":
-        request.getfixturevalue("pg_storage")  # empties the framework tables
-        url: str = request.getfixturevalue("pg_url")
-        return url
-    return f"sqlite+aiosqlite:///{tmp_path}/turns.db"
-
-
 @pytest.fixture
-async def make(db_url: str) -> AsyncIterator[Make]:
+async def make(sql_url: str) -> AsyncIterator[Make]:
     """Started runtimes ("processes") on the test's database, closed at the end."""
     made: list[Runtime] = []
 
@@ -56,7 +46,7 @@ async def make(db_url: str) -> AsyncIterator[Make]:
         recorder = Recorder()
         plugins.register(recorder, "test-recorder")
         # Through the run's PgBouncer, when it has one.
-        settings = testing.settings(plugins, storage={**pg_storage_settings(db_url), **storage})
+        settings = testing.settings(plugins, storage={**pg_storage_settings(sql_url), **storage})
         runtime = Runtime(settings, plugins)
         await runtime.start(upgrade=True)
         made.append(runtime)
