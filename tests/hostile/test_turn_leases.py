@@ -120,16 +120,19 @@ async def _rows(server: object, statement: str) -> list[dict[str, object]]:
     return await sql(server.runtime, statement)  # type: ignore[attr-defined]
 
 
-def test_lease_settings_refuse_nonsense_by_name(
+def test_turn_and_sweep_settings_refuse_nonsense_by_name(
     workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for key, value in (
-        ("TURN_LEASE", "0"),
-        ("TURN_LEASE", "-5"),
-        ("TURN_LEASE", "soon"),
-        ("TURN_WAIT", "0"),
-        ("TURN_WAIT", "nan"),
+    for section, key, value in (
+        ("storage", "turn_lease", "0"),
+        ("storage", "turn_lease", "-5"),
+        ("storage", "turn_lease", "soon"),
+        ("storage", "turn_wait", "0"),
+        ("storage", "turn_wait", "nan"),
+        ("sessions", "sweep_batch", "0"),
+        ("sessions", "sweep_batch", "100000000000"),
+        ("sessions", "sweep_batch", "all"),
     ):
         with monkeypatch.context() as env:
-            env.setenv(f"CHATWRIGHT_STORAGE__{key}", value)
-            assert_error(run("agents", "list"), f"storage.{key.lower()}")
+            env.setenv(f"CHATWRIGHT_{section.upper()}__{key.upper()}", value)
+            assert_error(run("agents", "list"), f"{section}.{key}")
