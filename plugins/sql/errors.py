@@ -79,7 +79,10 @@ class DatabaseErrors:
             raise InvalidInputError(
                 "the database refused a value (out of range or not of the column's type)"
             ) from error
-        if not isinstance(error, exc.OperationalError | exc.InterfaceError | exc.ProgrammingError):
+        # InternalError too: a pooler (PgBouncer) reports a server connection lost
+        # mid-transaction as one, and it means the same as a lost connection here.
+        lost = exc.OperationalError | exc.InterfaceError | exc.InternalError
+        if not isinstance(error, lost | exc.ProgrammingError):
             return
         reason = driver_text(error)
         log.warning("database %s: %s", self.description, reason)
