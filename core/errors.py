@@ -59,6 +59,41 @@ class ChatBusyError(ChatwrightError):
     http_status = 409
 
 
+class ApprovalPendingError(ChatwrightError):
+    """The chat waits for the user's decision on tool calls; decide them first."""
+
+    http_status = 409
+
+    def __init__(self, message: str, actions: list[object] | None = None) -> None:
+        self.actions = list(actions or [])
+        super().__init__(message)
+
+
+class AlreadyDecidedError(ChatwrightError):
+    """A pending action was decided already (or expired) and cannot be decided again."""
+
+    http_status = 409
+
+
+class PreviewChangedError(ChatwrightError):
+    """The rows a write would change are no longer as previewed: nothing was written.
+
+    ``preview`` is the fresh preview (a :class:`chatwright.approvals.Preview`).
+    """
+
+    http_status = 409
+
+    def __init__(self, message: str, preview: object = None) -> None:
+        self.preview = preview
+        super().__init__(message)
+
+
+class UndoConflictError(ChatwrightError):
+    """An undo would overwrite rows changed since the turn wrote them: nothing was reverted."""
+
+    http_status = 409
+
+
 class AlreadyExistsError(ChatwrightError):
     """A row with the same unique name already exists."""
 

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     import click
     from pydantic import BaseModel
 
+    from chatwright.approvals import WriteCall, WriteOutcome
     from chatwright.cache import EvictionPolicy
     from chatwright.commands.init import Example
     from chatwright.models import ModelFactory
@@ -258,4 +259,30 @@ def executor_evicted(key: str, reason: str) -> None:
         ``"ttl"`` (unused for longer than ``cache.ttl``), ``"config-changed"``
         (the agent or one of its tool rows changed), or another policy's own
         word (``"s3fifo"``).
+    """
+
+
+@hookspec
+def before_write(call: WriteCall) -> str | None:
+    """Called before a tool that writes runs (after any approval); may veto it.
+
+    Return a reason (a short sentence for the user and the model) to refuse the
+    call: the tool does not run, the model gets ``refused: <reason>`` as the
+    tool's result, and the audit log records the call as ``vetoed``. Return
+    None to let it run. Every implementation is called; the first reason wins.
+    A plugin that raises vetoes too (a policy that cannot decide must not let
+    the write through), with its error as the reason.
+
+    :param call: the user, agent, chat, turn, tool row and arguments, and the
+        approval it runs under (``auto`` or ``approved`` with who decided).
+    """
+
+
+@hookspec
+def after_write(call: WriteCall, outcome: WriteOutcome) -> None:
+    """Called after a tool that writes ran, was vetoed, or failed.
+
+    :param call: as for ``before_write``.
+    :param outcome: ``ok``, the tool's reply as the model reads it, and
+        ``vetoed`` when a ``before_write`` refused it.
     """

@@ -61,6 +61,7 @@ if TYPE_CHECKING:
     from langchain_core.messages import BaseMessage
     from langchain_core.tools import BaseTool
 
+    from chatwright.approvals import PendingAction, UndoReport
     from chatwright.cache import ExecutorCache, Key
     from chatwright.tools import ToolProblem
     from chatwright.turns import TurnStore
@@ -94,12 +95,19 @@ class ToolCallRecord:
 
 @dataclass
 class Turn:
-    """The outcome of one chat turn."""
+    """The outcome of one chat turn (or of a turn resumed after a decision).
+
+    ``status`` is ``"done"``, or ``"approval_required"`` when the turn stopped
+    at tool calls that wait for the user: ``pending`` holds them.
+    """
 
     chat_id: uuid.UUID
     response: str
     tool_calls: list[ToolCallRecord] = field(default_factory=list)
     messages: list[BaseMessage] = field(default_factory=list)
+    turn_id: uuid.UUID | None = None
+    status: str = "done"
+    pending: list[PendingAction] = field(default_factory=list)
 
 
 def _tool_calls(messages: list[BaseMessage]) -> list[ToolCallRecord]:
@@ -390,3 +398,57 @@ class Runtime:
             tool_calls=_tool_calls(produced),
             messages=produced,
         )
+
+    # -- write safety (see chatwright.approvals) -------------------------------
+
+    async def pending(
+        self,
+        user_id: str | None,
+        *,
+        chat_id: uuid.UUID | None = None,
+        status: str | None = "pending",
+        limit: int = 100,
+    ) -> list[PendingAction]:
+        """The user's pending actions (``user_id`` None: every user's, for the CLI)."""
+        return await self.storage.pending.list(user_id, chat_id=chat_id, status=status, limit=limit)
+
+    async def decide(
+        self,
+        user_id: str,
+        action_id: uuid.UUID,
+        approve: bool,
+        *,
+        decided_by: str | None = None,
+        on_message: OnMessage | None = None,
+        on_token: OnToken | None = None,
+    ) -> Turn:
+        """Approve or deny a pending action, and continue its turn once nothing else waits.
+
+        Approving runs the tool with the stored arguments; denying gives the
+        model a tool result saying the user declined. When the chat's last
+        pending action is decided the model runs on, and the returned turn is
+        that continuation (it may stop again at new calls); otherwise it
+        carries no reply and ``status`` says what still waits.
+
+        :raises NotFoundError: no such action for this user.
+        :raises AlreadyDecidedError: decided already, or expired (said so).
+        :raises PreviewChangedError: the rows changed since the preview; the
+            action is pending again with the fresh preview (``exc.preview``).
+        """
+        raise NotImplementedError
+
+    async def undo(
+        self, user_id: str, chat_id: uuid.UUID, *, turn_id: uuid.UUID | None = None
+    ) -> UndoReport:
+        """Revert the writes of one turn of the user's chat (by default the latest with writes).
+
+        One transaction; audited; a note of it is added to the chat.
+
+        :raises NotFoundError: not the user's chat, or nothing to undo.
+        :raises UndoConflictError: rows changed since; names them, reverts nothing.
+        """
+        raise NotImplementedError
+
+    async def choose_approval(self, user_id: str, tool_id: int, choice: str | None) -> None:
+        """Set the user's choice (``auto``/``required``, None to clear) for a ``user``-mode row."""
+        raise NotImplementedError

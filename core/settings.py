@@ -121,6 +121,20 @@ class ToolsSettings(_Section):
     max_result_chars: int = Field(
         4000, ge=200, description="Longest tool result, in characters, sent back to the model."
     )
+    approval_timeout: float = Field(
+        86400.0,
+        ge=10,
+        le=366 * 86400,
+        description="Seconds a pending action waits for the user's decision before it expires "
+        "(an expired action counts as denied).",
+    )
+    preview_rows: int = Field(
+        20,
+        ge=1,
+        le=1000,
+        description="Most rows a write's preview (and a pending action) lists; the count says "
+        "how many there are in all.",
+    )
 
 
 _toml_layer: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(

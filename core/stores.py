@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 # Re-exported: the application-table types lived here first, and plugins import
 # them from this module.
@@ -38,6 +38,9 @@ from chatwright.tables import ColumnKind as ColumnKind
 from chatwright.tables import ColumnSpec as ColumnSpec
 from chatwright.tables import OrderBy as OrderBy
 from chatwright.tables import RecordStore
+
+if TYPE_CHECKING:
+    from chatwright.approvals import AuditStore, PendingStore
 from chatwright.tables import TableCreator as TableCreator
 from chatwright.tables import TableInfo as TableInfo
 from chatwright.tables import TableSpec as TableSpec
@@ -99,6 +102,10 @@ class ToolRow:
     position: int
     created_at: datetime
     updated_at: datetime
+    approval: str = "auto"
+    """``auto``, ``required`` or ``user``: see :mod:`chatwright.approvals`."""
+    approval_default: str = "required"
+    """For ``user`` mode: what users who have not chosen get (``auto`` or ``required``)."""
 
 
 @dataclass(frozen=True)
@@ -211,11 +218,19 @@ class ToolStore(Protocol):
         description: str = "",
         is_active: bool = True,
         position: int | None = None,
+        approval: str = "auto",
+        approval_default: str = "required",
     ) -> ToolRow:
         """Insert a row; ``position`` defaults to after the agent's last tool."""
         ...
 
     async def set_active(self, tool_id: int, active: bool) -> ToolRow: ...
+
+    async def update(self, tool_id: int, **changes: Any) -> ToolRow:
+        """Change some of ``name``, ``description``, ``config``, ``is_active``, ``position``,
+        ``approval``, ``approval_default``; :class:`~chatwright.errors.NotFoundError` if none.
+        """
+        ...
 
 
 class SessionStore(Protocol):
@@ -367,6 +382,16 @@ class Storage(Protocol):
 
     @property
     def records(self) -> RecordStore: ...
+
+    @property
+    def pending(self) -> PendingStore:
+        """Pending actions awaiting a user's approval (see :mod:`chatwright.approvals`)."""
+        ...
+
+    @property
+    def audit(self) -> AuditStore:
+        """The append-only audit log of tools' writes."""
+        ...
 
     @property
     def description(self) -> str:

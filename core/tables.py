@@ -13,7 +13,17 @@ from __future__ import annotations
 import builtins
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from chatwright.approvals import (
+        Applied,
+        AuditEntry,
+        NewAuditEntry,
+        Preview,
+        UndoReport,
+        Write,
+    )
 
 # Tables of the framework itself. No tool may read or write them through the
 # application-table interface (agent_memories is deliberately not here: the
@@ -25,6 +35,9 @@ FRAMEWORK_TABLES = frozenset(
         "chat_sessions",
         "chat_messages",
         "chat_leases",
+        "pending_actions",
+        "tool_approval_choices",
+        "audit_log",
         "prompt_customizations",
         "chatwright_schema_version",
     }
@@ -146,6 +159,48 @@ class RecordStore(Protocol):
     ) -> builtins.list[dict[str, Any]]: ...
 
     async def delete(self, user_id: str, table: str, where: Mapping[str, Any]) -> int: ...
+
+    async def preview(self, user_id: str, write: Write, *, cap: int) -> Preview:
+        """The rows ``write`` would change, before and after, read as the user; nothing written.
+
+        At most ``cap`` rows are listed; ``count`` is the number in all. For
+        ``create`` the one row to insert (no before); for ``upsert`` the row the
+        conflict target finds inside the scope, or the row to insert.
+        """
+        ...
+
+    async def apply(
+        self,
+        user_id: str,
+        write: Write,
+        *,
+        expect: Preview | None = None,
+        audit: NewAuditEntry | None = None,
+        cap: int,
+    ) -> Applied:
+        """Run ``write`` in one transaction, keeping whole-row before/after images.
+
+        With ``expect``, first read the rows as :meth:`preview` does (locking them
+        where the database can) and raise :class:`~chatwright.errors.
+        PreviewChangedError` with the fresh preview, writing nothing, unless it
+        is the same. With ``audit``, append that entry (with the row ids and the
+        images filled in) in the same transaction, so that a write is never
+        without its record. Errors as for :meth:`insert`/:meth:`update`/:meth:`delete`.
+        """
+        ...
+
+    async def undo(
+        self, user_id: str, entries: Sequence[AuditEntry], audit: NewAuditEntry
+    ) -> UndoReport:
+        """Revert the writes of ``entries`` (newest first) in one transaction.
+
+        Each changed row must still be as its after-image says (a created row
+        still there and unchanged, a deleted row still absent), else
+        :class:`~chatwright.errors.UndoConflictError` names the rows and nothing
+        is reverted. ``audit`` (an ``undo`` entry) is appended in the same
+        transaction with the images of what the undo changed.
+        """
+        ...
 
 
 @runtime_checkable

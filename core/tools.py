@@ -75,6 +75,10 @@ class TurnContext:
     user_id: str
     agent_name: str
     chat_id: uuid.UUID
+    turn_id: uuid.UUID | None = None
+    """The turn's id: what its writes are audited (and undone) under."""
+    choices: Mapping[int, str] = field(default_factory=dict)
+    """The user's approval choices for the agent's ``user``-mode tool rows, by row id."""
 
 
 _calling_as: ContextVar[TurnContext | None] = ContextVar("chatwright_calling_as", default=None)

@@ -15,10 +15,16 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from chatwright.errors import NotFoundError, StorageError, UnknownAgentError
+from chatwright.approvals import NewPending, PendingAction
+from chatwright.errors import (
+    ApprovalPendingError,
+    NotFoundError,
+    StorageError,
+    UnknownAgentError,
+)
 from chatwright.stores import (
     Agent,
     Message,
@@ -48,6 +54,8 @@ class TurnStart:
     """The user's active customizations for the agent, highest priority first."""
     lease: Any = None
     """The backend's own handle on the turn (its lease), for :meth:`TurnStore.finish`."""
+    pending: list[PendingAction] = field(default_factory=list)
+    """The chat's actions still ``pending`` (only when ``begin`` was given no message)."""
 
 
 class TurnStore(Protocol):
@@ -66,11 +74,17 @@ class TurnStore(Protocol):
         user_id: str,
         agent_name: str,
         chat_id: uuid.UUID,
-        message: NewMessage,
+        message: NewMessage | None,
         *,
         check_owner: bool = True,
     ) -> TurnStart:
         """Start a turn in one transaction, waiting while another turn of the chat runs.
+
+        With a ``message`` (a human turn), the chat must have no ``pending``
+        action: :class:`~chatwright.errors.ApprovalPendingError` (with the
+        actions, expired or not, in ``actions``) otherwise, and nothing is
+        stored. With None (a turn resumed after a decision, or an undo), nothing
+        is appended and :attr:`TurnStart.pending` holds the chat's pending actions.
 
         Checks that the chat is the user's with this agent (with ``check_owner``;
         :class:`~chatwright.errors.NotFoundError` otherwise) and that the agent
@@ -87,13 +101,20 @@ class TurnStore(Protocol):
         ...
 
     async def finish(
-        self, start: TurnStart, messages: Sequence[NewMessage], *, touch: bool
-    ) -> None:
+        self,
+        start: TurnStart,
+        messages: Sequence[NewMessage],
+        *,
+        touch: bool,
+        pending: Sequence[NewPending] = (),
+    ) -> list[PendingAction]:
         """End a turn in one transaction: append ``messages``, touch the chat, give the turn back.
 
-        With ``touch``, mark the chat's active sessions as used. Called exactly once
-        per ``begin`` that returned, whatever happened in between; the turn is given
-        back even when storing fails.
+        With ``touch``, mark the chat's active sessions as used. ``pending`` are
+        tool calls the turn stopped at, stored (and returned) in the same
+        transaction as the messages. Called exactly once per ``begin`` that
+        returned, whatever happened in between; the turn is given back even
+        when storing fails.
         """
         ...
 
@@ -124,7 +145,7 @@ class ComposedTurns:
         user_id: str,
         agent_name: str,
         chat_id: uuid.UUID,
-        message: NewMessage,
+        message: NewMessage | None,
         *,
         check_owner: bool = True,
     ) -> TurnStart:
@@ -137,10 +158,14 @@ class ComposedTurns:
             agent = await storage.agents.get(agent_name)
             if agent is None:
                 raise UnknownAgentError(agent_name)
+            waiting = await storage.pending.list(user_id, chat_id=chat_id, status="pending")
+            if message is not None and waiting:
+                raise approval_pending(waiting)
             history = await storage.messages.window(user_id, chat_id, agent.history_window)
             memory = await storage.memories.get(user_id, agent_name)
             custom = await storage.customizations.list(user_id, agent_name, active_only=True)
-            await storage.messages.append(user_id, chat_id, [message])
+            if message is not None:
+                await storage.messages.append(user_id, chat_id, [message])
         except BaseException:
             await lock.aclose()
             raise
@@ -153,17 +178,37 @@ class ComposedTurns:
             memory.notes if memory else "",
             [c.content for c in custom],
             lease=lock,
+            pending=waiting if message is None else [],
         )
 
     async def append(self, start: TurnStart, messages: Sequence[NewMessage]) -> None:
         await self.storage.messages.append(start.user_id, start.chat_id, messages)
 
     async def finish(
-        self, start: TurnStart, messages: Sequence[NewMessage], *, touch: bool
-    ) -> None:
+        self,
+        start: TurnStart,
+        messages: Sequence[NewMessage],
+        *,
+        touch: bool,
+        pending: Sequence[NewPending] = (),
+    ) -> list[PendingAction]:
         lock: contextlib.AsyncExitStack = start.lease
         async with lock:
             await self.storage.messages.append(start.user_id, start.chat_id, messages, touch=touch)
+            if not pending:
+                return []
+            return await self.storage.pending.create(
+                start.user_id, start.agent_name, start.chat_id, pending
+            )
+
+
+def approval_pending(actions: Sequence[PendingAction]) -> ApprovalPendingError:
+    """The one answer for a new message to a chat whose tool calls await a decision."""
+    names = ", ".join(f"{a.tool_name} ({a.id})" for a in actions)
+    return ApprovalPendingError(
+        f"this chat waits for your decision on {names}; approve or deny first",
+        list(actions),
+    )
 
 
 class SeparateSessions:
@@ -178,7 +223,7 @@ class SeparateSessions:
         user_id: str,
         agent_name: str,
         chat_id: uuid.UUID,
-        message: NewMessage,
+        message: NewMessage | None,
         *,
         check_owner: bool = True,
     ) -> TurnStart:
@@ -190,17 +235,23 @@ class SeparateSessions:
         await self.turns.append(start, messages)
 
     async def finish(
-        self, start: TurnStart, messages: Sequence[NewMessage], *, touch: bool
-    ) -> None:
+        self,
+        start: TurnStart,
+        messages: Sequence[NewMessage],
+        *,
+        touch: bool,
+        pending: Sequence[NewPending] = (),
+    ) -> list[PendingAction]:
         # The reply is stored first; a failure to touch afterwards must not make a
         # stored turn look failed (a client would retry it and repeat its tool calls).
-        await self.turns.finish(start, messages, touch=False)
+        stored = await self.turns.finish(start, messages, touch=False, pending=pending)
         if not touch:
-            return
+            return stored
         try:
             await self.storage.sessions.touch_chat(start.user_id, start.chat_id)
         except StorageError as exc:
             log.warning("chat %s: its sessions were not marked used: %s", start.chat_id, exc)
+        return stored
 
 
 def turn_store(storage: Storage) -> TurnStore:

@@ -1,0 +1,426 @@
+"""Write safety: approval before a write, a preview of what it changes, an audit log, undo.
+
+A tool row has an approval mode (:data:`APPROVAL_MODES`): ``auto`` runs every
+call at once; ``required`` makes every call wait for the user's decision;
+``user`` lets each user choose per tool (``auto`` or ``required``), with the
+row's ``approval_default`` for users who have not chosen.
+
+When a model calls a tool that needs approval, the turn stops before the tool
+runs: the call becomes a :class:`PendingAction`, stored durably with the
+arguments and, for writes that change existing rows, a :class:`Preview` of
+those rows before and after. Approving runs the tool with exactly the stored
+arguments and continues the turn; denying continues it with a tool result
+saying the user declined. A pending action not decided in time expires, which
+counts as denied.
+
+Every write a tool makes is recorded in the audit log (:class:`AuditEntry`):
+the ``crud`` tool records its own in the transaction of the write, with the
+rows' before- and after-images, which is what undo reverts. Other tool types
+record theirs with :func:`record_write`.
+
+The records here are plain frozen dataclasses, like those of
+:mod:`chatwright.stores`; the stores that keep them are protocols a storage
+backend implements (:class:`PendingStore`, :class:`AuditStore`).
+"""
+
+from __future__ import annotations
+
+import builtins
+import uuid
+from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, Protocol
+
+ApprovalMode = Literal["auto", "required", "user"]
+UserChoice = Literal["auto", "required"]
+APPROVAL_MODES: tuple[str, ...] = ("auto", "required", "user")
+USER_CHOICES: tuple[str, ...] = ("auto", "required")
+DEFAULT_APPROVAL = "auto"
+"""The mode of a row that names none: rows in the original system's format ran unattended."""
+DEFAULT_USER_CHOICE = "required"
+"""What a ``user``-mode row asks of users who have not chosen, unless the row says otherwise."""
+
+WriteOperation = Literal["create", "update", "delete", "upsert"]
+WRITE_OPERATIONS: tuple[str, ...] = ("create", "update", "delete", "upsert")
+
+PendingStatus = Literal["pending", "approved", "denied", "expired", "done", "failed"]
+"""``pending`` until decided; ``approved`` while the approved call runs, then ``done``
+(it ran) or ``failed`` (it ran and raised, or could not run); ``denied``; ``expired``."""
+
+AuditOutcome = Literal["ok", "error", "vetoed", "denied", "expired"]
+
+
+def needs_approval(mode: str, default: str, choice: str | None) -> bool:
+    """Whether a call of a tool row with ``mode`` waits for the user.
+
+    :param default: the row's ``approval_default`` (for ``user`` mode).
+    :param choice: the user's own choice for the row, if they made one.
+    """
+    if mode == "required":
+        return True
+    if mode == "user":
+        return (choice or default) == "required"
+    return False
+
+
+# -- previews -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RowChange:
+    """One row a write would change (or did change).
+
+    ``before`` is None for a row the write creates, ``after`` None for a row it
+    deletes. ``key`` holds the row's primary key values (empty when the table
+    has no primary key).
+    """
+
+    key: Mapping[str, Any]
+    before: Mapping[str, Any] | None
+    after: Mapping[str, Any] | None
+
+
+@dataclass(frozen=True)
+class Preview:
+    """The rows a write would change, read under the user's scope.
+
+    ``rows`` holds at most ``preview_rows`` of them (see ``tools.preview_rows``);
+    ``count`` says how many there are in all. Values are JSON-ready (dates as
+    ISO 8601 text, UUIDs and decimals as text or numbers), as a client shows
+    them and as they are stored with the pending action.
+    """
+
+    table: str
+    operation: str
+    rows: tuple[RowChange, ...]
+    count: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "table": self.table,
+            "operation": self.operation,
+            "count": self.count,
+            "rows": [
+                {"key": dict(r.key), "before": _plain(r.before), "after": _plain(r.after)}
+                for r in self.rows
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Preview:
+        return cls(
+            table=str(data["table"]),
+            operation=str(data["operation"]),
+            count=int(data["count"]),
+            rows=tuple(
+                RowChange(
+                    key=dict(r.get("key") or {}), before=r.get("before"), after=r.get("after")
+                )
+                for r in data.get("rows", [])
+            ),
+        )
+
+    def same_as(self, other: Preview) -> bool:
+        """Whether two previews show the same rows with the same values."""
+        return self.as_dict() == other.as_dict()
+
+
+def _plain(row: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    return None if row is None else dict(row)
+
+
+@dataclass(frozen=True)
+class Write:
+    """A write a tool asks of the record store: what :meth:`RecordStore.apply` runs.
+
+    ``where`` already includes the user's scope; ``scope`` repeats the scope
+    columns (an upsert updates only a row inside it). ``values`` are the
+    columns written (for ``create``/``upsert``: the whole new row).
+    """
+
+    table: str
+    operation: str
+    values: Mapping[str, Any] = field(default_factory=dict)
+    where: Mapping[str, Any] = field(default_factory=dict)
+    scope: Mapping[str, Any] = field(default_factory=dict)
+    returning: Sequence[str] = ()
+    conflict: Sequence[str] = ()
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What :meth:`RecordStore.apply` did: rows as ``returning`` asked, and the images."""
+
+    rows: list[dict[str, Any]]
+    """The written rows with the ``returning`` columns (raw database values)."""
+    changes: tuple[RowChange, ...]
+    """Every row changed, with whole-row before/after images (JSON-ready)."""
+    audit: AuditEntry | None = None
+
+
+# -- pending actions ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NewPending:
+    """A tool call to hold for the user's decision (what a stopped turn stores)."""
+
+    turn_id: uuid.UUID
+    tool_id: int | None
+    tool_name: str
+    tool_call_id: str
+    args: Mapping[str, Any]
+    preview: Preview | None
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class PendingAction:
+    id: uuid.UUID
+    user_id: str
+    agent_name: str
+    chat_id: uuid.UUID
+    turn_id: uuid.UUID
+    tool_id: int | None
+    tool_name: str
+    tool_call_id: str
+    args: Mapping[str, Any]
+    preview: Preview | None
+    status: str
+    created_at: datetime
+    expires_at: datetime
+    decided_at: datetime | None = None
+    decided_by: str | None = None
+    result: str | None = None
+    """The tool's reply once it ran (or why it did not)."""
+
+    def expired(self, now: datetime) -> bool:
+        return self.status == "pending" and self.expires_at <= now
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": str(self.id),
+            "user_id": self.user_id,
+            "agent_name": self.agent_name,
+            "chat_id": str(self.chat_id),
+            "turn_id": str(self.turn_id),
+            "tool_id": self.tool_id,
+            "tool_name": self.tool_name,
+            "tool_call_id": self.tool_call_id,
+            "args": dict(self.args),
+            "preview": self.preview.as_dict() if self.preview is not None else None,
+            "status": self.status,
+            "created_at": self.created_at.isoformat(),
+            "expires_at": self.expires_at.isoformat(),
+            "decided_at": self.decided_at.isoformat() if self.decided_at else None,
+            "decided_by": self.decided_by,
+            "result": self.result,
+        }
+
+
+class PendingStore(Protocol):
+    """Pending actions, and users' approval choices for ``user``-mode tool rows."""
+
+    async def create(
+        self, user_id: str, agent_name: str, chat_id: uuid.UUID, actions: Sequence[NewPending]
+    ) -> builtins.list[PendingAction]:
+        """Store actions in one transaction (status ``pending``)."""
+        ...
+
+    async def get(self, user_id: str | None, action_id: uuid.UUID) -> PendingAction | None:
+        """The user's action (any status); None when missing or another user's.
+
+        ``user_id`` None (administration only, the CLI) finds any user's action.
+        """
+        ...
+
+    async def list(
+        self,
+        user_id: str | None,
+        *,
+        chat_id: uuid.UUID | None = None,
+        status: str | None = "pending",
+        limit: int = 100,
+    ) -> builtins.list[PendingAction]:
+        """Actions oldest first; ``user_id`` None (administration only) lists every user's."""
+        ...
+
+    async def decide(
+        self, user_id: str, action_id: uuid.UUID, status: str, decided_by: str
+    ) -> PendingAction | None:
+        """Move a ``pending`` action to ``status`` (approved, denied or expired), atomically.
+
+        Returns the action as stored, or None when it was not ``pending`` (or not
+        the user's): of two concurrent calls, exactly one gets the action.
+        """
+        ...
+
+    async def reopen(
+        self, user_id: str, action_id: uuid.UUID, preview: Preview | None, expires_at: datetime
+    ) -> PendingAction | None:
+        """Put an ``approved`` action back to ``pending`` with a new preview (rows changed)."""
+        ...
+
+    async def complete(
+        self, user_id: str, action_id: uuid.UUID, status: str, result: str
+    ) -> PendingAction | None:
+        """Record the outcome of an approved action: ``done`` or ``failed``, with the reply."""
+        ...
+
+    async def choices(self, user_id: str, agent_name: str) -> dict[int, str]:
+        """The user's approval choices for the agent's ``user``-mode tool rows, by row id."""
+        ...
+
+    async def choose(self, user_id: str, tool_id: int, choice: str | None) -> None:
+        """Set (or with None, clear) the user's choice for a tool row."""
+        ...
+
+
+# -- the audit log ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NewAuditEntry:
+    """One write by a tool (or an undo), as recorded; see :class:`AuditEntry`."""
+
+    user_id: str
+    agent_name: str
+    tool_name: str
+    operation: str
+    """``create``, ``update``, ``delete``, ``upsert``, ``undo`` or a tool type's own word."""
+    outcome: str = "ok"
+    chat_id: uuid.UUID | None = None
+    turn_id: uuid.UUID | None = None
+    tool_id: int | None = None
+    table: str | None = None
+    args: Mapping[str, Any] = field(default_factory=dict)
+    row_ids: Sequence[Any] = ()
+    error: str | None = None
+    approval: str | None = None
+    """``auto``, ``approved``, ``denied`` or ``expired``."""
+    decided_by: str | None = None
+    pending_id: uuid.UUID | None = None
+    changes: Sequence[RowChange] = ()
+    """Before/after images of the rows changed, what an undo reverts."""
+    undo_of: uuid.UUID | None = None
+    """For an ``undo`` entry: the turn whose writes it reverted."""
+
+
+@dataclass(frozen=True)
+class AuditEntry(NewAuditEntry):
+    id: int = 0
+    at: datetime | None = None
+
+    def as_dict(self, *, images: bool = True) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "id": self.id,
+            "at": self.at.isoformat() if self.at else None,
+            "user_id": self.user_id,
+            "agent_name": self.agent_name,
+            "chat_id": str(self.chat_id) if self.chat_id else None,
+            "turn_id": str(self.turn_id) if self.turn_id else None,
+            "tool_id": self.tool_id,
+            "tool_name": self.tool_name,
+            "operation": self.operation,
+            "table": self.table,
+            "args": dict(self.args),
+            "row_ids": list(self.row_ids),
+            "outcome": self.outcome,
+            "error": self.error,
+            "approval": self.approval,
+            "decided_by": self.decided_by,
+            "pending_id": str(self.pending_id) if self.pending_id else None,
+            "undo_of": str(self.undo_of) if self.undo_of else None,
+        }
+        if images:
+            data["changes"] = [
+                {"key": dict(c.key), "before": _plain(c.before), "after": _plain(c.after)}
+                for c in self.changes
+            ]
+        return data
+
+
+class AuditStore(Protocol):
+    """The append-only audit log: entries are added, never changed or removed by the app."""
+
+    async def record(self, entry: NewAuditEntry) -> AuditEntry:
+        """Append one entry in its own transaction."""
+        ...
+
+    async def list(
+        self,
+        user_id: str | None,
+        *,
+        since: datetime | None = None,
+        chat_id: uuid.UUID | None = None,
+        turn_id: uuid.UUID | None = None,
+        before_id: int | None = None,
+        limit: int = 50,
+    ) -> builtins.list[AuditEntry]:
+        """Entries newest first (``id < before_id`` for the next page).
+
+        ``user_id`` None (administration only, e.g. ``chatwright audit list``)
+        lists every user's entries.
+        """
+        ...
+
+
+@dataclass(frozen=True)
+class UndoReport:
+    """What an undo reverted: the turn, the entries undone and the rows restored."""
+
+    turn_id: uuid.UUID
+    entries: tuple[int, ...]
+    changes: tuple[RowChange, ...]
+    audit: AuditEntry | None = None
+
+
+# -- who a tool call's write is approved by ------------------------------------
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The approval a running tool call carries into its audit entry and its write."""
+
+    approval: str = "auto"
+    decided_by: str | None = None
+    pending_id: uuid.UUID | None = None
+    expect: Preview | None = None
+    """When approved after a preview: the rows must still be as previewed."""
+
+
+_decision: ContextVar[Decision | None] = ContextVar("chatwright_decision", default=None)
+AUTO = Decision()
+
+
+def current_decision() -> Decision:
+    """The decision the running tool call was approved by (``auto`` when none was needed)."""
+    return _decision.get() or AUTO
+
+
+@dataclass(frozen=True)
+class WriteCall:
+    """A write tool about to run, as the ``before_write`` and ``after_write`` hooks see it."""
+
+    user_id: str
+    agent_name: str
+    chat_id: uuid.UUID | None
+    turn_id: uuid.UUID | None
+    tool_id: int | None
+    tool_name: str
+    tool_type: str
+    args: Mapping[str, Any]
+    approval: str
+    decided_by: str | None = None
+
+
+@dataclass(frozen=True)
+class WriteOutcome:
+    """How a write tool call ended, for ``after_write``."""
+
+    ok: bool
+    result: str
+    """The tool's reply (or error text) as the model reads it."""
+    vetoed: bool = False
