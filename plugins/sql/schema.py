@@ -120,8 +120,13 @@ agent_tools = sa.Table(
     sa.Column("is_active", sa.Boolean, nullable=False, server_default=sa.true()),
     sa.Column("position", sa.Integer, nullable=False, server_default="0"),
     *_timestamps(),
+    # Write safety (migration 0005): see chatwright.approvals.
+    sa.Column("approval", sa.String(16), nullable=False, server_default="auto"),
+    sa.Column("approval_default", sa.String(16), nullable=False, server_default="required"),
     sa.UniqueConstraint("agent_id", "name"),
     sa.Index(None, "agent_id", "position"),
+    sa.CheckConstraint("approval IN ('auto', 'required', 'user')", name="approval_mode"),
+    sa.CheckConstraint("approval_default IN ('auto', 'required')", name="approval_default"),
 )
 
 chat_sessions = sa.Table(
@@ -203,4 +208,80 @@ agent_memories = sa.Table(
     sa.Column("notes", sa.Text, nullable=False, server_default=""),
     *_timestamps(),
     sa.UniqueConstraint("user_id", "agent_name"),
+)
+
+
+# -- write safety (migration 0005) ---------------------------------------------
+
+# A user's choice for a tool row in "user" approval mode.
+tool_approval_choices = sa.Table(
+    "tool_approval_choices",
+    metadata,
+    sa.Column("user_id", sa.String(255), primary_key=True),
+    sa.Column(
+        "tool_id",
+        sa.Integer,
+        sa.ForeignKey("agent_tools.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("choice", sa.String(16), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False, server_default=sa.func.now()),
+    sa.CheckConstraint("choice IN ('auto', 'required')", name="choice"),
+)
+
+# A tool call held for its user's decision.
+pending_actions = sa.Table(
+    "pending_actions",
+    metadata,
+    sa.Column("id", sa.Uuid, primary_key=True),
+    sa.Column("user_id", sa.String(255), nullable=False),
+    sa.Column("agent_name", sa.String(200), nullable=False),
+    sa.Column("chat_id", sa.Uuid, nullable=False),
+    sa.Column("turn_id", sa.Uuid, nullable=False),
+    # Not a foreign key: the action outlives a deleted tool row (it then fails, said so).
+    sa.Column("tool_id", sa.Integer, nullable=True),
+    sa.Column("tool_name", sa.String(200), nullable=False),
+    sa.Column("tool_call_id", sa.String(200), nullable=False),
+    sa.Column("args", JSONValue(), nullable=False),
+    sa.Column("preview", JSONValue(), nullable=True),
+    sa.Column("status", sa.String(16), nullable=False, server_default="pending"),
+    sa.Column("created_at", UTCDateTime(), nullable=False, server_default=sa.func.now()),
+    sa.Column("expires_at", UTCDateTime(), nullable=False),
+    sa.Column("decided_at", UTCDateTime(), nullable=True),
+    sa.Column("decided_by", sa.String(255), nullable=True),
+    sa.Column("result", sa.Text, nullable=True),
+    sa.Index(None, "user_id", "status"),
+    sa.Index(None, "chat_id", "status"),
+    sa.CheckConstraint(
+        "status IN ('pending', 'approved', 'denied', 'expired', 'done', 'failed')",
+        name="status",
+    ),
+)
+
+# Every write a tool made: append-only for the application (migration 0005's grants).
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("at", UTCDateTime(), nullable=False, server_default=sa.func.now()),
+    sa.Column("user_id", sa.String(255), nullable=False),
+    sa.Column("agent_name", sa.String(200), nullable=False),
+    sa.Column("chat_id", sa.Uuid, nullable=True),
+    sa.Column("turn_id", sa.Uuid, nullable=True),
+    sa.Column("tool_id", sa.Integer, nullable=True),
+    sa.Column("tool_name", sa.String(200), nullable=False),
+    sa.Column("operation", sa.String(32), nullable=False),
+    sa.Column("table_name", sa.String(200), nullable=True),
+    sa.Column("args", JSONValue(), nullable=False, server_default=sa.text("'{}'")),
+    sa.Column("row_ids", JSONValue(), nullable=False, server_default=sa.text("'[]'")),
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("approval", sa.String(16), nullable=True),
+    sa.Column("decided_by", sa.String(255), nullable=True),
+    sa.Column("pending_id", sa.Uuid, nullable=True),
+    # Before/after images: [{"key": {...}, "before": {...}|null, "after": {...}|null}, ...]
+    sa.Column("changes", JSONValue(), nullable=False, server_default=sa.text("'[]'")),
+    sa.Column("undo_of", sa.Uuid, nullable=True),
+    sa.Index(None, "user_id", "id"),
+    sa.Index(None, "chat_id", "turn_id"),
 )
