@@ -287,7 +287,14 @@ class Burst:
 async def burst(base_url: str, chats: int, turns: int, agent: str = SLOW_AGENT) -> Burst:
     """``chats`` chats at once, each opening a session then taking ``turns`` turns in a row."""
     result = Burst()
-    limits = httpx.Limits(max_connections=chats + 10, max_keepalive_connections=chats + 10)
+    # No idle connection is kept for a later request. `chatwright serve` (uvicorn) closes
+    # a connection idle for 5 s, counted from when it wrote the last response; the client
+    # counts from when it read that response, which under load is seconds later (4 s was
+    # measured with the CPUs busy). A pooled connection the client believed idle for under
+    # a second was thus already closed by the server, and the next POST on it was reset.
+    # No keepalive_expiry bounds that lag, so each request gets a fresh connection (at
+    # most ``chats`` at once, as before).
+    limits = httpx.Limits(max_connections=chats + 10, max_keepalive_connections=0)
     start = asyncio.Event()
 
     async def one(client: httpx.AsyncClient, i: int) -> None:

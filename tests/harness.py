@@ -397,14 +397,20 @@ async def uvicorn_serving(
     app: FastAPI | str, host: str = "127.0.0.1", **options: Any
 ) -> AsyncIterator[int]:
     """``app`` (or an app factory's import string, with ``factory=True``) under a real
-    uvicorn server (lifespan on) on ``host`` and a free port; its port."""
+    uvicorn server (lifespan on) on ``host`` and a free port; its port.
+
+    Idle connections are kept 60 s, not uvicorn's 5 s: an httpx client reuses a pooled
+    connection for up to 5 s after it read the last response, and the server starts its
+    count when it wrote it, earlier by however far the event loop lags. With equal limits
+    a busy test's next request crossed the server's close and was reset. Stopping the
+    server still closes idle connections at once."""
     config = uvicorn.Config(
         app,
         host=host,
         port=0,
         lifespan="on",
         log_level="warning",
-        **{"timeout_graceful_shutdown": 5, **options},
+        **{"timeout_graceful_shutdown": 5, "timeout_keep_alive": 60, **options},
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
