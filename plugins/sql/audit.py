@@ -95,7 +95,7 @@ async def insert_audit(conn: AsyncConnection, entry: NewAuditEntry) -> AuditEntr
     """Append ``entry`` on ``conn`` (inside the caller's transaction) and return it as stored."""
     t = schema.audit_log
     result = await conn.execute(t.insert().values(audit_values(entry)).returning(*t.c))
-    return audit_from_row(result.mappings().one())
+    return audit_from_row(dict(result.mappings().one()))
 
 
 class SQLAuditStore:
