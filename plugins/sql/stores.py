@@ -276,8 +276,7 @@ class SQLToolStore(BoundStore):
                 )
                 if taken:
                     raise AlreadyExistsError(
-                        f"the agent already has a tool named {changes['name']!r}; "
-                        "pick another name"
+                        f"the agent already has a tool named {changes['name']!r}; pick another name"
                     ) from None
             raise InvalidInputError(
                 f"tool row {tool_id} rejected by the database: "
