@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from chatwright.approvals import AuditEntry, NewAuditEntry, Preview, Write
+from chatwright.approvals import AuditEntry, NewAuditEntry, Preview, RowChange, Write
 from chatwright.errors import (
     InvalidInputError,
     NotFoundError,
@@ -574,3 +574,121 @@ async def test_undo_of_another_users_entries_is_refused(store: SQLStorage) -> No
     no_turn = NewAuditEntry(user_id=ALICE, agent_name="a", tool_name="undo", operation="undo")
     with pytest.raises(InvalidInputError, match="undo_of"):
         await store.records.undo(ALICE, await turn_entries(store, turn), no_turn)
+
+
+async def test_an_entry_pointing_at_another_users_row_reverts_nothing(store: SQLStorage) -> None:
+    bob = await seed(store, BOB, "bob's")
+    before = await table_rows(store)
+    # An entry of alice's that names bob's row (as a confused or forged log would):
+    # the row is not as the entry left it, so nothing of bob's is deleted.
+    turn = uuid.uuid4()
+    async with store.write() as conn:
+        from chatwright.plugins.sql.audit import insert_audit
+
+        forged = NewAuditEntry(
+            user_id=ALICE,
+            agent_name="keeper",
+            tool_name="add_task",
+            operation="create",
+            turn_id=turn,
+            table=TASKS,
+            changes=(
+                RowChange(key={"id": bob[0]}, before=None, after={"id": bob[0], "user_id": ALICE}),
+            ),
+        )
+        await insert_audit(conn, forged)
+    with pytest.raises(UndoConflictError, match=f"row id={bob[0]} of {TASKS!r} was changed"):
+        await store.records.undo(ALICE, await turn_entries(store, turn), undo_entry(turn))
+    assert await table_rows(store) == before
+
+
+# --------------------------------------------------------------------------- hostile values
+
+
+def nested(levels: int) -> Any:
+    value: Any = "leaf"
+    for i in range(levels):
+        value = {"k": value} if i % 2 else [value]
+    return value
+
+
+async def test_odd_values_are_refused_by_name_and_write_nothing(store: SQLStorage) -> None:
+    ids = await seed(store, ALICE, "plain")
+    before = await table_rows(store)
+    turn = uuid.uuid4()
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"title": "a\x00b"}, f"column 'title' of {TASKS!r} holds a NUL character"),
+        ({"meta": {"k": ["\x00"]}}, "column 'meta' .* NUL"),
+        ({"amount": float("nan")}, "column 'amount' .* is nan"),
+        ({"amount": float("-inf")}, "column 'amount' .* is -inf"),
+        ({"amount": decimal.Decimal("NaN")}, "column 'amount' .* is NaN"),
+        ({"meta": {"x": [1.0, float("inf")]}}, "column 'meta' .* is inf"),
+        ({"meta": nested(100)}, "column 'meta' .* nested more than 43 levels"),
+        ({"meta": {"n": 10**5000}}, "column 'meta' .* cannot be kept in the audit log"),
+    ]
+    for values, message in cases:
+        for write in (update({"id": ids[0]}, **values), create(**{"title": "new", **values})):
+            with pytest.raises(InvalidInputError, match=message):
+                await store.records.apply(ALICE, write, audit=entry(turn, "x"), cap=5)
+    # Integers beyond the column: the database's refusal, as the caller's error.
+    for big in (2**70, -(2**63) - 1):
+        with pytest.raises(InvalidInputError, match=r"cannot hold a value|refused a value"):
+            await store.records.apply(ALICE, create(title="big", id=big), cap=5)
+    with pytest.raises(InvalidInputError, match=r"column 'meta': .* nested too deeply"):
+        await store.records.preview(ALICE, create(title="x", meta=nested(100_000)), cap=5)
+    assert await table_rows(store) == before
+    assert await audit_entries(store) == []
+
+
+async def test_odd_values_round_trip_through_previews_images_and_undo(store: SQLStorage) -> None:
+    odd = {
+        "deep": nested(40),
+        "big": 10**30,
+        "text": 'ü \u2028 quote" backslash\\ 🧪',
+        "float": 0.1,
+        "neg": -1.5e-300,
+        "empty": {},
+    }
+    ids = await seed(store, ALICE, "odd", meta=odd, amount=decimal.Decimal("-0.25"))
+    original = await table_rows(store)
+    records, turn = store.records, uuid.uuid4()
+    write = update({"id": ids[0]}, meta={**odd, "added": [None, True]})
+    shown = await records.preview(ALICE, write, cap=5)
+    assert shown.rows[0].before is not None and shown.rows[0].before["meta"] == odd
+    assert shown.rows[0].before["amount"] == -0.25
+    assert Preview.from_dict(shown.as_dict()).same_as(shown)
+    applied = await records.apply(ALICE, write, expect=shown, audit=entry(turn, "update"), cap=5)
+    (stored,) = await turn_entries(store, turn)
+    assert list(stored.changes) == list(applied.changes)  # the images survived the audit log
+    await records.apply(ALICE, delete({"id": ids[0]}), audit=entry(turn, "delete"), cap=5)
+    await records.undo(ALICE, await turn_entries(store, turn), undo_entry(turn))
+    assert await table_rows(store) == original
+
+
+async def test_values_an_image_cannot_hold_survive_an_undo_of_other_columns(
+    store: SQLStorage,
+) -> None:
+    odd = "nul \x00 inside"
+    if store.dialect == "postgresql":
+        ids = await seed(store, ALICE, "x", amount=decimal.Decimal("NaN"))
+    else:  # SQLite keeps NUL in text (and stores NaN as NULL)
+        ids = await seed(store, ALICE, odd)
+    original = await table_rows(store)
+    records, turn = store.records, uuid.uuid4()
+    shown = await records.preview(ALICE, update({"id": ids[0]}, done=True), cap=5)
+    before = shown.rows[0].before
+    assert before is not None
+    if store.dialect == "postgresql":
+        assert before["amount"] == "nan"
+    else:
+        assert before["title"] == "nul \ufffd inside"
+    await records.apply(
+        ALICE, update({"id": ids[0]}, done=True), audit=entry(turn, "update"), cap=5
+    )
+    await records.undo(ALICE, await turn_entries(store, turn), undo_entry(turn))
+    restored = await table_rows(store)
+    if store.dialect == "postgresql":
+        assert restored[0]["amount"].is_nan() and original[0]["amount"].is_nan()
+        assert {**restored[0], "amount": 0} == {**original[0], "amount": 0}
+    else:
+        assert restored == original and restored[0]["title"] == odd
