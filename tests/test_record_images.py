@@ -12,13 +12,15 @@ import asyncio
 import datetime as dt
 import decimal
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.engine import make_url
 
+from chatwright import testing
 from chatwright.approvals import AuditEntry, NewAuditEntry, Preview, RowChange, Write
 from chatwright.errors import (
     InvalidInputError,
@@ -29,8 +31,9 @@ from chatwright.errors import (
 from chatwright.plugins.sql import schema
 from chatwright.plugins.sql.audit import audit_from_row
 from chatwright.plugins.sql.storage import SQLStorage
+from chatwright.plugins.supabase.storage import SupabaseStorage
 from chatwright.stores import ColumnSpec, TableSpec
-from tests.harness import storage_for
+from tests.harness import ADMIN_URL, admin_connect, pg_storage_settings, storage_for
 
 ALICE, BOB = "alice", "bob"
 TASKS = "img_tasks"
@@ -86,12 +89,17 @@ async def prepare(storage: SQLStorage) -> SQLStorage:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SQLStorage]:
-    """The ``sql`` backend on an empty SQLite file, then on the run's PostgreSQL database."""
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A SQLite file, then the run's PostgreSQL database (direct URLs)."""
     if request.param == "postgresql":
-        url: str = request.getfixturevalue("pg_url")
-    else:
-        url = f"sqlite+aiosqlite:///{tmp_path}/images.db"
+        pg: str = request.getfixturevalue("pg_url")
+        return pg
+    return f"sqlite+aiosqlite:///{tmp_path}/images.db"
+
+
+@pytest.fixture
+async def store(url: str) -> AsyncIterator[SQLStorage]:
+    """The ``sql`` backend on ``url``, with the test tables made afresh."""
     storage = await prepare(storage_for(url))
     yield storage
     await storage.close()
@@ -395,19 +403,18 @@ async def test_apply_with_an_outdated_preview_writes_nothing_and_returns_the_fre
 
 
 async def test_two_concurrent_approvals_of_one_preview_write_once(
-    store: SQLStorage, request: pytest.FixtureRequest
+    store: SQLStorage, url: str
 ) -> None:
-    if store.dialect != "postgresql":
-        pytest.skip("SQLite runs one writer at a time (BEGIN IMMEDIATE); see the PostgreSQL run")
     ids = await seed(store, ALICE, "one", "two")
-    other = storage_for(request.getfixturevalue("pg_url"))  # a second process's engine
+    other = storage_for(url)  # another engine, as another process has
     try:
         for write in (update({"id": ids[1]}, title="approved"), delete({"id": ids[0]})):
             shown = await store.records.preview(ALICE, write, cap=5)
-            # Hold the rows so that both approvals are inside their transactions,
-            # waiting on the same rows, before either can write.
+            # Hold the rows (PostgreSQL) or the write lock (SQLite) so that both
+            # approvals are waiting at once, before either can read or write.
             async with store.write() as blocker:
-                await blocker.execute(sa.text(f"SELECT * FROM {TASKS} FOR UPDATE"))
+                lock = " FOR UPDATE" if store.dialect == "postgresql" else ""
+                await blocker.execute(sa.text(f"SELECT * FROM {TASKS}{lock}"))
                 tasks = [
                     asyncio.create_task(
                         s.records.apply(
@@ -692,3 +699,121 @@ async def test_values_an_image_cannot_hold_survive_an_undo_of_other_columns(
         assert {**restored[0], "amount": 0} == {**original[0], "amount": 0}
     else:
         assert restored == original and restored[0]["title"] == odd
+
+
+# --------------------------------------------------------------------------- row-level security
+
+
+@pytest.fixture(scope="module")
+def rls_url() -> Iterator[str]:
+    """A database of its own, migrated by the supabase backend (which makes its roles)."""
+    admin = admin_connect()
+    name = f"cw_img_{uuid.uuid4().hex[:10]}"
+    admin.execute(f'CREATE DATABASE "{name}"')
+    url = (
+        make_url(ADMIN_URL)
+        .set(drivername="postgresql+psycopg", database=name)
+        .render_as_string(hide_password=False)
+    )
+    try:
+        yield url
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+def supabase(url: str) -> SupabaseStorage:
+    settings = testing.settings(storage={"backend": "supabase", **pg_storage_settings(url)})
+    return SupabaseStorage.from_settings(settings)
+
+
+@pytest.fixture
+async def rls(rls_url: str) -> AsyncIterator[SupabaseStorage]:
+    """The supabase backend (connected as the superuser; users act as ``authenticated``)."""
+    storage = await prepare(supabase(rls_url))
+    yield storage
+    await storage.close()
+
+
+@pytest.mark.postgresql
+async def test_under_row_level_security_a_user_previews_writes_and_undoes_only_their_rows(
+    rls: SupabaseStorage, rls_url: str
+) -> None:
+    mine = await seed(rls, ALICE, "a1", "a2", "a3")
+    bobs = await seed(rls, BOB, "b1", "b2")
+    async with rls.write(ALICE) as conn:  # the user's transactions are subject to RLS
+        assert await conn.scalar(sa.text("SELECT current_user")) == "authenticated"
+    original = await table_rows(rls)
+    records, turn = rls.records, uuid.uuid4()
+    # A write that forgot its scope: the database narrows it to alice's rows.
+    everything = Write(TASKS, "update", values={"done": True}, where={"done": False})
+    shown = await records.preview(ALICE, everything, cap=2)
+    assert shown.count == 3 and [r.key["id"] for r in shown.rows] == mine[:2]
+    for user, ids in ((BOB, mine), (ALICE, bobs)):
+        for row in ids:
+            p = await records.preview(user, Write(TASKS, "delete", where={"id": row}), cap=5)
+            assert (p.count, p.rows) == (0, ())
+    applied = await records.apply(
+        ALICE, everything, expect=shown, audit=entry(turn, "update"), cap=2
+    )
+    assert sorted(c.key["id"] for c in applied.changes) == mine
+    gone = await records.apply(
+        ALICE, Write(TASKS, "delete", where={"id": bobs[0]}), audit=entry(turn, "delete"), cap=5
+    )
+    assert gone.changes == ()
+    # An upsert onto bob's key saves nothing of alice's over bob's row.
+    with pytest.raises(InvalidInputError):
+        await records.apply(
+            ALICE,
+            Write(
+                TASKS,
+                "upsert",
+                values={"id": bobs[1], "user_id": ALICE, "title": "mine"},
+                conflict=["id"],
+            ),
+            cap=5,
+        )
+    now = await table_rows(rls)
+    assert [r for r in now if r["user_id"] == BOB] == [r for r in original if r["user_id"] == BOB]
+    assert all(r["done"] for r in now if r["user_id"] == ALICE)
+
+    # An entry of alice's that claims to have deleted bob's row: under RLS she cannot
+    # see it, and putting it "back" is refused; bob's row is left alone.
+    forged = NewAuditEntry(
+        user_id=ALICE,
+        agent_name="keeper",
+        tool_name="delete_task",
+        operation="delete",
+        turn_id=turn,
+        table=TASKS,
+        changes=(
+            RowChange(
+                key={"id": bobs[0]},
+                before={"id": bobs[0], "user_id": BOB, "title": "planted"},
+                after=None,
+            ),
+        ),
+    )
+    async with rls.write() as conn:
+        from chatwright.plugins.sql.audit import insert_audit
+
+        await insert_audit(conn, forged)
+    with pytest.raises(InvalidInputError):
+        await records.undo(ALICE, await turn_entries(rls, turn), undo_entry(turn))
+    assert await table_rows(rls) == now
+    # Without it, alice's own turn is undone exactly, and bob's rows never moved.
+    async with rls.write() as conn:
+        await conn.execute(
+            sa.delete(schema.audit_log).where(schema.audit_log.c.operation == "delete")
+        )
+    await records.undo(ALICE, await turn_entries(rls, turn), undo_entry(turn))
+    assert await table_rows(rls) == original
+
+    # Contrast: the plain sql backend on the same database, as the superuser, sees
+    # bob's rows in the same preview: the narrowing above was row-level security.
+    plain = storage_for(rls_url)
+    try:
+        leaky = await plain.records.preview(ALICE, everything, cap=10)
+        assert {r.before["user_id"] for r in leaky.rows if r.before} == {ALICE, BOB}
+    finally:
+        await plain.close()
