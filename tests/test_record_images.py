@@ -352,6 +352,15 @@ async def test_apply_refuses_what_the_store_must_never_run(store: SQLStorage) ->
         (Write(TASKS, "upsert", values={"title": "x"}), "conflict columns"),
         (Write(TASKS, "upsert", values={"title": "x"}, conflict=["id"]), "conflict column 'id'"),
         (Write("no_such_table", "create", values={"x": 1}), "does not exist"),
+        (
+            Write(TASKS, "create", values={"title": "x", "user_id": BOB}, scope=SCOPE),
+            "'user_id' of 'img_tasks' is outside the write's scope",
+        ),
+        (update({"id": 1}, user_id=BOB), "outside the write's scope"),
+        (
+            Write(TASKS, "upsert", values={"id": 1, "user_id": BOB}, scope=SCOPE, conflict=["id"]),
+            "outside the write's scope",
+        ),
     ]
     for write, message in cases:
         for call in ("preview", "apply"):

@@ -36,7 +36,13 @@ from chatwright.approvals import (
     UndoReport,
     Write,
 )
-from chatwright.errors import InvalidInputError, NotFoundError, PreviewChangedError, one_line
+from chatwright.errors import (
+    InvalidInputError,
+    NotFoundError,
+    PreviewChangedError,
+    StorageError,
+    one_line,
+)
 from chatwright.plugins.sql.audit import insert_audit
 from chatwright.plugins.sql.errors import integrity_message
 from chatwright.plugins.sql.images import check_writable, image, key_of, row_id
@@ -109,6 +115,11 @@ def refused(table: str) -> Iterator[None]:
         # Raised by the driver while binding, before the database sees anything:
         # an integer beyond 64 bits on SQLite, a lone surrogate in a string.
         raise InvalidInputError(f"the database cannot hold a value: {one_line(error)}") from None
+
+
+KEYED_WRITE = 10_000
+"""Up to this many rows, a write on PostgreSQL names the rows it read by key (bound
+parameters are limited); past it, a row that appeared meanwhile fails the write."""
 
 
 class SQLRecordStore:
@@ -302,6 +313,13 @@ class SQLRecordStore:
             raise InvalidInputError(f"refusing to {op} every row of {name!r}: no condition")
         if op == "update" and not write.values:
             raise InvalidInputError(f"nothing to change in {name!r}: no values given")
+        outside = [c for c, v in write.scope.items() if c in write.values and write.values[c] != v]
+        if outside:
+            # A write never moves a row out of its scope (or makes one outside it).
+            raise InvalidInputError(
+                f"the value for column {', '.join(map(repr, outside))} of {name!r} is outside "
+                "the write's scope; leave it out"
+            )
         if op == "upsert":
             if not write.conflict:
                 raise InvalidInputError(f"an upsert of {name!r} needs its conflict columns")
@@ -437,9 +455,9 @@ class SQLRecordStore:
             return [], []
         where = self._where(t, write.where)
         keys = list(t.primary_key.columns)
-        if keys and self.db.dialect == "postgresql":
+        if keys and self.db.dialect == "postgresql" and len(found) <= KEYED_WRITE:
             # Only the rows read and locked above: a row inserted meanwhile by another
-            # transaction is not written without its before-image.
+            # transaction is not written without its before-image (see _pair).
             where = sa.and_(where, _key_in(keys, found))
         stmt: Any = t.update().values(dict(write.values)) if op == "update" else t.delete()
         result = await conn.execute(stmt.where(where).returning(*t.columns))
@@ -569,13 +587,13 @@ def _pair(
     changes = []
     for row in written:
         old = before.get(_key_tuple(t, row))
-        changes.append(
-            RowChange(
-                key=key_of(t, row),
-                before=None if old is None else image(old),
-                after=None if op == "delete" else image(row),
+        if old is None:
+            # Matched by the write but not by the read before it: inserted meanwhile.
+            raise StorageError(
+                f"rows of {t.name!r} were added while the write ran; nothing was written, try again"
             )
-        )
+        after = None if op == "delete" else image(row)
+        changes.append(RowChange(key=key_of(t, row), before=image(old), after=after))
     return changes
 
 
