@@ -13,6 +13,7 @@ import datetime as dt
 import decimal
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from chatwright.errors import (
     InvalidInputError,
     NotFoundError,
     PreviewChangedError,
+    StorageError,
     UndoConflictError,
 )
 from chatwright.plugins.sql import schema
@@ -280,6 +282,13 @@ async def test_apply_writes_with_images_and_its_audit_entry_in_one_transaction(
     with pytest.raises(InvalidInputError, match=f"{TASKS}.*'user_id', 'title'|'title'.*{TASKS}"):
         await store.records.apply(ALICE, write, audit=entry(turn, "update"), cap=5)
     assert await audit_entries(store) == []  # no audit row without its write
+    # ... and no write without its audit row: an entry the log refuses undoes the write.
+    unstorable = replace(entry(turn, "update"), agent_name=None)  # type: ignore[arg-type]
+    with pytest.raises(StorageError, match="audit entry of this write could not be stored"):
+        await store.records.apply(
+            ALICE, update({"id": ids[0]}, title="ONE"), audit=unstorable, cap=5
+        )
+    assert await audit_entries(store) == []
     assert [r["title"] for r in await table_rows(store)] == ["one", "two", "three"]
 
     applied = await store.records.apply(

@@ -25,7 +25,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chatwright.approvals import AuditEntry, NewAuditEntry, RowChange, UndoReport
 from chatwright.errors import InvalidInputError, NotFoundError, UndoConflictError
-from chatwright.plugins.sql.audit import insert_audit
 from chatwright.plugins.sql.images import bindable, image, json_ready, row_id
 
 if TYPE_CHECKING:
@@ -46,6 +45,7 @@ class Undo:
 
     async def run(self, entries: Sequence[AuditEntry], audit: NewAuditEntry) -> UndoReport:
         from chatwright.plugins.sql.records import refused
+        from chatwright.plugins.sql.writes import append_audit
 
         if audit.undo_of is None:
             raise InvalidInputError("an undo's audit entry must name the turn it reverts (undo_of)")
@@ -62,7 +62,7 @@ class Undo:
                     row_ids=tuple(row_id(c.key) for c in done),
                     changes=tuple(done),
                 )
-                stored = await insert_audit(conn, filled)
+                stored = await append_audit(conn, filled)
         return UndoReport(
             turn_id=audit.undo_of,
             entries=tuple(e.id for e in entries),

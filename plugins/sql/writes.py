@@ -13,12 +13,15 @@ paired in the order read, but cannot be undone (:mod:`.undo`).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
+from sqlalchemy import exc
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chatwright.approvals import (
     WRITE_OPERATIONS,
@@ -31,11 +34,14 @@ from chatwright.approvals import (
 )
 from chatwright.errors import InvalidInputError, PreviewChangedError, StorageError
 from chatwright.plugins.sql.audit import insert_audit
+from chatwright.plugins.sql.errors import DETAILS, driver_text
 from chatwright.plugins.sql.images import check_writable, image, key_of, row_id
 from chatwright.plugins.sql.records import column_kind, refused
 
 if TYPE_CHECKING:
     from chatwright.plugins.sql.records import SQLRecordStore
+
+log = logging.getLogger(__name__)
 
 KEYED_WRITE = 10_000
 """Up to this many rows, a write on PostgreSQL names the rows it read by key (bound
@@ -162,7 +168,7 @@ class Writes:
                         row_ids=tuple(row_id(c.key) for c in changes),
                         changes=tuple(changes),
                     )
-                    stored = await insert_audit(conn, filled)
+                    stored = await append_audit(conn, filled)
         back = list(write.returning)
         return Applied(
             rows=[{k: r[k] for k in back} for r in rows], changes=tuple(changes), audit=stored
@@ -305,3 +311,19 @@ def _pair(
 
 def _key_tuple(t: sa.Table, row: Mapping[str, Any]) -> tuple[Any, ...]:
     return tuple(row[c.name] for c in t.primary_key.columns)
+
+
+async def append_audit(conn: AsyncConnection, entry: NewAuditEntry) -> AuditEntry:
+    """Append a write's audit entry on the write's connection; if it cannot be, nothing is written.
+
+    A refused entry is the framework's fault, not the values', so it is not
+    reported as the application table's constraint: the transaction is rolled
+    back and the write fails as the database's error (503).
+    """
+    try:
+        return await insert_audit(conn, entry)
+    except exc.IntegrityError as error:
+        log.error("audit_log refused an entry of %r: %s", entry.table, driver_text(error))
+        raise StorageError(
+            f"the audit entry of this write could not be stored, so nothing was written; {DETAILS}"
+        ) from None
