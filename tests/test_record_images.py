@@ -835,3 +835,28 @@ async def test_under_row_level_security_a_user_previews_writes_and_undoes_only_t
         assert {r.before["user_id"] for r in leaky.rows if r.before} == {ALICE, BOB}
     finally:
         await plain.close()
+
+
+async def test_a_row_the_write_matched_but_did_not_read_first_fails_the_write(
+    store: SQLStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What a row inserted by another transaction between the read and the write
+    # looks like (on PostgreSQL past KEYED_WRITE rows, where the write is not
+    # narrowed to the keys read): it would have no before-image, so nothing is written.
+    from chatwright.plugins.sql import writes
+
+    await seed(store, ALICE, "one", "two")
+    before = await table_rows(store)
+    read = writes.Writes._rows
+
+    async def misses_the_last(self: Any, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        return (await read(self, *args, **kwargs))[:-1]
+
+    monkeypatch.setattr(writes.Writes, "_rows", misses_the_last)
+    monkeypatch.setattr(writes, "KEYED_WRITE", 0)
+    with pytest.raises(StorageError, match=f"rows of {TASKS!r} were added while the write ran"):
+        await store.records.apply(
+            ALICE, update({"done": False}, amount=5), audit=entry(uuid.uuid4(), "update"), cap=5
+        )
+    assert await table_rows(store) == before
+    assert await audit_entries(store) == []
