@@ -134,13 +134,16 @@ class Writes:
         if write.operation == "create":
             return self._preview(t, write, [], 1, cap)
         where = self.affected(t, write)
+        # The count over every matching row, in the statement that lists the first
+        # ``cap`` of them: one snapshot, so the rows shown and the count agree.
+        total = sa.func.count().over()
+        stmt = sa.select(*t.columns, total).where(where).order_by(*self._order(t))
+        names = [c.name for c in t.columns]
         with refused(write.table):
             async with self.records.db.read(user_id) as conn:
-                count = int(
-                    await conn.scalar(sa.select(sa.func.count()).select_from(t).where(where)) or 0
-                )
-                stmt = sa.select(*t.columns).where(where).order_by(*self._order(t))
-                rows = [dict(r) for r in (await conn.execute(stmt.limit(max(cap, 0)))).mappings()]
+                found = (await conn.execute(stmt.limit(max(cap, 1)))).all()
+        count = int(found[0][-1]) if found else 0
+        rows = [dict(zip(names, r[:-1], strict=True)) for r in found[: max(cap, 0)]]
         return self._preview(t, write, rows, count, cap)
 
     async def apply(
