@@ -860,3 +860,16 @@ async def test_a_row_the_write_matched_but_did_not_read_first_fails_the_write(
         )
     assert await table_rows(store) == before
     assert await audit_entries(store) == []
+
+
+async def test_a_refused_undo_names_a_bounded_number_of_rows(store: SQLStorage) -> None:
+    await seed(store, ALICE, *(f"t{i}" for i in range(25)))
+    turn = uuid.uuid4()
+    write = update({"done": False}, amount=1)
+    await store.records.apply(ALICE, write, audit=entry(turn, "update"), cap=5)
+    async with store.write() as conn:
+        await conn.execute(sa.text(f"UPDATE {TASKS} SET amount = 2"))
+    with pytest.raises(UndoConflictError) as err:
+        await store.records.undo(ALICE, await turn_entries(store, turn), undo_entry(turn))
+    assert str(err.value).count("was changed since") == 20
+    assert "and 5 more rows; nothing was undone" in str(err.value)

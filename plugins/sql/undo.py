@@ -30,6 +30,9 @@ from chatwright.plugins.sql.images import bindable, image, json_ready, row_id
 if TYPE_CHECKING:
     from chatwright.plugins.sql.records import SQLRecordStore
 
+SHOWN = 20
+"""How many rows changed since an undo's refusal names (then: how many more)."""
+
 Image = dict[str, Any] | None
 Slot = tuple[str, tuple[Any, ...]]
 """A row: its table and its primary key values (JSON-ready)."""
@@ -116,10 +119,11 @@ class Undo:
                     continue
                 state[slot] = _plain(change.before)
         if conflicts:
+            shown = conflicts[:SHOWN]
+            if len(conflicts) > SHOWN:
+                shown.append(f"and {len(conflicts) - SHOWN} more rows")
             raise UndoConflictError(
-                f"cannot undo turn {audit.undo_of}: "
-                + "; ".join(conflicts)
-                + "; nothing was undone"
+                f"cannot undo turn {audit.undo_of}: " + "; ".join(shown) + "; nothing was undone"
             )
         return now, state
 
