@@ -15,7 +15,8 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
 if TYPE_CHECKING:
-    from chatwright.runtime import ToolCallRecord
+    from chatwright.approvals import AuditEntry, PendingAction, UndoReport
+    from chatwright.runtime import ToolCallRecord, Turn
     from chatwright.stores import ChatSession, Message, PromptCustomization, ToolRow
 
 Timestamp = Annotated[
@@ -121,6 +122,19 @@ class Customization(_Body):
     is_active: bool = True
 
 
+class UndoRequest(_Body):
+    turn_id: uuid.UUID | None = Field(
+        None, description="The turn to undo; without it, the chat's latest turn that changed rows."
+    )
+
+
+class ApprovalChoice(_Body):
+    choice: Literal["auto", "required"] | None = Field(
+        description="auto: run the tool's calls at once; required: ask first; null: the row's "
+        "default (approval_default)."
+    )
+
+
 class BeaconToken(BaseModel):
     """The optional body of a deactivation sent by ``navigator.sendBeacon``."""
 
@@ -219,11 +233,167 @@ class ToolCall(BaseModel):
         return cls(name=record.name, args=record.args, result=record.result, error=record.error)
 
 
+class RowChangeOut(BaseModel):
+    """One row a write changes: ``before`` is null for a new row, ``after`` for a deleted one."""
+
+    key: dict[str, Any] = Field(description="The row's primary key values.")
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+
+
+class PreviewOut(BaseModel):
+    """The rows a write would change, read under the user's scope (at most tools.preview_rows)."""
+
+    table: str
+    operation: str
+    count: int = Field(description="How many rows the write would change in all.")
+    rows: list[RowChangeOut]
+
+
+class PendingActionOut(BaseModel):
+    """A tool call that waits for the user's decision (or was decided)."""
+
+    id: uuid.UUID
+    agent_name: str
+    chat_id: uuid.UUID
+    turn_id: uuid.UUID
+    tool_id: int | None
+    tool_name: str
+    tool_call_id: str
+    args: dict[str, Any] = Field(description="The arguments it runs with when approved.")
+    preview: PreviewOut | None = Field(
+        description="For writes that change existing rows (crud update, delete, upsert)."
+    )
+    status: Literal["pending", "approved", "denied", "expired", "done", "failed"]
+    created_at: Timestamp
+    expires_at: Timestamp = Field(description="When an undecided action expires (= denied).")
+    decided_at: Timestamp | None
+    decided_by: str | None
+    result: str | None = Field(description="The tool's reply once it ran (or why it did not).")
+
+    @classmethod
+    def of(cls, action: PendingAction) -> PendingActionOut:
+        data = action.as_dict()
+        del data["user_id"]
+        return cls.model_validate(data)
+
+
 class ChatTurn(BaseModel):
     session_id: uuid.UUID = Field(description="The chat id of the conversation.")
     response: str
     tool_calls: list[ToolCall]
     error: None = Field(None, description="Always null: a failed turn answers an error status.")
+    turn_id: uuid.UUID | None = Field(
+        None, description="The turn, for undo; a turn resumed after a decision keeps its id."
+    )
+    status: Literal["done", "approval_required"] = Field(
+        "done", description="approval_required: the turn stopped at calls that wait for the user."
+    )
+    pending: list[PendingActionOut] = Field(
+        default_factory=list, description="With approval_required: the calls that wait."
+    )
+
+    @classmethod
+    def of(cls, turn: Turn) -> ChatTurn:
+        return cls(
+            session_id=turn.chat_id,
+            response=turn.response,
+            tool_calls=[ToolCall.of(c) for c in turn.tool_calls],
+            error=None,
+            turn_id=turn.turn_id,
+            status="approval_required" if turn.status == "approval_required" else "done",
+            pending=[PendingActionOut.of(a) for a in turn.pending],
+        )
+
+
+class PendingList(BaseModel):
+    actions: list[PendingActionOut] = Field(description="Oldest first.")
+
+
+class PendingErrorBody(ErrorBody):
+    """409 from a turn: the chat waits for decisions on these calls first."""
+
+    pending: list[PendingActionOut]
+
+
+class PreviewChangedBody(ErrorBody):
+    """409 from an approval: the rows changed since the preview; decide again."""
+
+    action: PendingActionOut | None = Field(
+        description="The action, pending again with the fresh preview."
+    )
+
+
+class AuditEntryOut(BaseModel):
+    """One write a tool made (or an undo), as recorded in the audit log."""
+
+    id: int
+    at: Timestamp | None
+    agent_name: str
+    chat_id: uuid.UUID | None
+    turn_id: uuid.UUID | None
+    tool_id: int | None
+    tool_name: str
+    operation: str = Field(
+        description="create, update, delete, upsert, undo, or a tool's own word."
+    )
+    table: str | None
+    args: dict[str, Any]
+    row_ids: list[Any]
+    outcome: str = Field(description="ok, error, vetoed, denied or expired.")
+    error: str | None
+    approval: str | None = Field(description="auto, approved, denied or expired.")
+    decided_by: str | None
+    pending_id: uuid.UUID | None
+    undo_of: uuid.UUID | None = Field(description="For an undo: the turn it reverted.")
+    changes: list[RowChangeOut] = Field(description="The rows' values before and after.")
+
+    @classmethod
+    def of(cls, entry: AuditEntry) -> AuditEntryOut:
+        data = entry.as_dict(images=True)
+        del data["user_id"]
+        return cls.model_validate(data)
+
+
+class AuditPage(BaseModel):
+    entries: list[AuditEntryOut] = Field(description="Newest first.")
+    more: bool = Field(description="Whether older entries exist (pass the last id as before).")
+
+
+class UndoOut(BaseModel):
+    turn_id: uuid.UUID = Field(description="The turn whose writes were reverted.")
+    entries: list[int] = Field(description="The audit entries reverted.")
+    changes: list[RowChangeOut] = Field(
+        description="The rows restored: before is what the turn left, after what they are now."
+    )
+    message: str
+
+    @classmethod
+    def of(cls, report: UndoReport) -> UndoOut:
+        count = len(report.changes)
+        return cls(
+            turn_id=report.turn_id,
+            entries=list(report.entries),
+            changes=[
+                RowChangeOut(
+                    key=dict(c.key),
+                    before=dict(c.before) if c.before is not None else None,
+                    after=dict(c.after) if c.after is not None else None,
+                )
+                for c in report.changes
+            ],
+            message=f"Undone: {count} row change{'s' if count != 1 else ''} of turn "
+            f"{report.turn_id} reverted.",
+        )
+
+
+class ApprovalOut(BaseModel):
+    tool_id: int
+    approval: str = Field(description="The row's mode: auto, required or user.")
+    approval_default: str = Field(description="For user mode: what applies without a choice.")
+    choice: Literal["auto", "required"] | None = Field(
+        description="The caller's own choice; null: the row's default applies."
+    )
 
 
 class AgentSummary(BaseModel):
@@ -240,6 +410,12 @@ class ToolEntry(BaseModel):
     type: str
     description: str | None
     is_active: bool
+    approval: str = Field(
+        "auto", description="auto, required (every call waits) or user (each user chooses)."
+    )
+    approval_default: str = Field(
+        "required", description="For user mode: what users who have not chosen get."
+    )
     ok: bool | None = Field(None, description="Admins only: whether the tool loads.")
     problems: list[str] | None = Field(None, description="Admins only: why it does not.")
 
@@ -252,6 +428,8 @@ class ToolEntry(BaseModel):
             type=row.type,
             description=row.description,
             is_active=row.is_active,
+            approval=row.approval,
+            approval_default=row.approval_default,
             **admin,
         )
 
@@ -316,11 +494,21 @@ class ToolResultEvent(BaseModel):
     error: bool
 
 
+class ApprovalEvent(BaseModel):
+    pending: list[PendingActionOut] = Field(description="The calls that wait for the user.")
+
+
 class DoneEvent(BaseModel):
     session_id: uuid.UUID
     response: str
     tool_calls: list[ToolCall]
+    turn_id: uuid.UUID | None = None
+    status: Literal["done", "approval_required"] = "done"
+    pending: list[PendingActionOut] = Field(default_factory=list)
 
 
 class ErrorEvent(ErrorBody):
     status: int = Field(description="The status the same failure gets from POST /api/chat.")
+    pending: list[PendingActionOut] | None = Field(
+        default=None, description="With status 409 when the chat waits for decisions: those calls."
+    )
