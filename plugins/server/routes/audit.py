@@ -12,9 +12,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Query
 
+from chatwright.plugins.server.audit_schemas import AuditEntryOut, AuditPage, UndoOut, UndoRequest
 from chatwright.plugins.server.dependencies import RuntimeDep, User
 from chatwright.plugins.server.errors import USER, responses
-from chatwright.plugins.server.schemas import AuditEntryOut, AuditPage, UndoOut, UndoRequest
 
 router = APIRouter(tags=["audit"])
 

@@ -15,11 +15,10 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Path, Query
 
 from chatwright.errors import NotFoundError
+from chatwright.plugins.server.audit_schemas import ApprovalChoice, ApprovalOut
 from chatwright.plugins.server.dependencies import MetricsDep, RuntimeDep, User
 from chatwright.plugins.server.errors import USER, responses
 from chatwright.plugins.server.schemas import (
-    ApprovalChoice,
-    ApprovalOut,
     ChatTurn,
     PendingActionOut,
     PendingList,
