@@ -307,7 +307,8 @@ class PreviewChangedBody(ErrorBody):
     """409 from an approval: the rows changed since the preview; decide again."""
 
     action: PendingActionOut | None = Field(
-        description="The action, pending again with the fresh preview."
+        default=None,
+        description="When the rows changed: the action, pending again with the fresh preview.",
     )
 
 
