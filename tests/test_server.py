@@ -330,9 +330,19 @@ async def test_sessions_open_resume_heartbeat_deactivate_and_list(srv: Running) 
 async def test_chat_with_the_offline_example_agent(srv: Running) -> None:
     session = await open_session(srv.client)
     body = await chat_ok(srv.client, session["chat_id"], MILK)
-    assert set(body) == {"session_id", "response", "tool_calls", "error"}
+    assert set(body) == {
+        "session_id",
+        "response",
+        "tool_calls",
+        "error",
+        "turn_id",
+        "status",
+        "pending",
+    }
     assert body["session_id"] == session["chat_id"]
     assert body["error"] is None
+    assert (body["status"], body["pending"]) == ("done", [])
+    uuid.UUID(body["turn_id"])
     assert "buy milk" in body["response"]
     assert body["tool_calls"] == [
         {
