@@ -451,7 +451,18 @@ async def test_agents_list_and_detail_show_tool_problems_to_local_admin(srv: Run
     assert set(detail) == {"name", "model", "history_window", "tools"}
     assert [t["name"] for t in detail["tools"]] == [t["name"] for t in example.TOOLS]
     for tool in detail["tools"]:
-        assert set(tool) == {"id", "name", "type", "description", "is_active", "ok", "problems"}
+        assert set(tool) == {
+            "id",
+            "name",
+            "type",
+            "description",
+            "is_active",
+            "approval",
+            "approval_default",
+            "ok",
+            "problems",
+        }
+        assert (tool["approval"], tool["approval_default"]) == ("auto", "required")
         assert tool["ok"] is True and tool["problems"] == [] and tool["type"] == "crud"
 
     # A bad row added through the API, and one written by hand with broken JSON.
