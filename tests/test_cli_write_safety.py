@@ -608,6 +608,22 @@ def test_a_terminal_chat_asks_first_about_what_an_earlier_run_left_waiting(
     assert tasks(example) == []
 
 
+def test_ctrl_d_at_the_question_leaves_the_call_waiting(example: Path) -> None:
+    require(DELETE_TASK)
+    say("add a task to buy milk")
+    scripted_agent({"tool_calls": [{"name": "delete_task", "args": {"id": 1}}]})
+    with terminal("chat", cwd=example.parent) as term:
+        term.expect("you> ")
+        term.type("delete task 1")
+        term.expect("Approve? [y/N] ")
+        os.write(term.master, b"\x04")
+        seen = term.expect("`chatwright pending deny ")
+        assert "Waiting for approval (nothing was written yet):" in seen
+        assert term.close() == 0
+    assert [t[0] for t in tasks(example)] == [1]
+    assert only_pending()["status"] == "pending"
+
+
 # -- the audit log -------------------------------------------------------------
 
 

@@ -158,7 +158,8 @@ async def _interactive(
         if not ask:
             _answer(waiting)
             return
-        await _ask_until_decided(runtime, user, waiting, show)
+        if not await _ask_until_decided(runtime, user, waiting, show):
+            return
     while True:
         try:
             line = await asyncio.to_thread(input, "you> ")
@@ -186,7 +187,8 @@ async def _interactive(
             continue
         if turn.response:
             click.echo(turn.response)
-        await _ask_until_decided(runtime, user, turn, show)
+        if not await _ask_until_decided(runtime, user, turn, show):
+            return
 
 
 def _answer(turn: Turn) -> None:
@@ -220,11 +222,13 @@ async def _still_waiting(runtime: Runtime, user: str, chat_id: uuid.UUID) -> Tur
     return Turn(chat_id=chat_id, response="", status="approval_required", pending=actions)
 
 
-async def _ask_until_decided(runtime: Runtime, user: str, turn: Turn, show: Any) -> None:
+async def _ask_until_decided(runtime: Runtime, user: str, turn: Turn, show: Any) -> bool:
     """Ask about each waiting call, one at a time, until the turn is done.
 
     A decision continues the turn once the chat has no other waiting call, and
     the continuation may stop at new calls: those are asked about in turn.
+    Ctrl-D or Ctrl-C at the question is no answer: the calls stay waiting
+    (to be decided later) and the chat ends, which is when False is returned.
     """
     import asyncio
 
@@ -239,7 +243,10 @@ async def _ask_until_decided(runtime: Runtime, user: str, turn: Turn, show: Any)
             reply = await asyncio.to_thread(input, "Approve? [y/N] ")
         except (EOFError, KeyboardInterrupt):
             click.echo()
-            reply = ""
+            from chatwright.commands.pending import echo_waiting
+
+            echo_waiting(turn.pending)
+            return False
         approve = reply.strip().lower() in {"y", "yes"}
         try:
             turn = await runtime.decide(user, action.id, approve, decided_by=user, on_message=show)
@@ -251,11 +258,12 @@ async def _ask_until_decided(runtime: Runtime, user: str, turn: Turn, show: Any)
             continue
         except ChatwrightError as exc:
             click.secho(f"Error: {exc}", fg="red", err=True)
-            return
+            return True
         if not approve:
             click.echo("Denied; the agent is told you declined.")
         if turn.response:
             click.echo(turn.response)
+    return True
 
 
 @hookimpl
