@@ -457,7 +457,7 @@ def test_tools_add_inserts_a_valid_row() -> None:
     assert (active, position) == (1, 8)
 
     rows = table_rows(ok("tools", "list").stdout)
-    assert ["9", "assistant", "list_done", "crud", "yes", "8"] in rows
+    assert ["9", "assistant", "list_done", "crud", "yes", "8", "auto"] in rows
     code, reports = check_json()
     assert code == 0
     assert by_name(reports)["list_done"]["ok"] is True
