@@ -191,6 +191,30 @@ def test_a_bad_approval_value_is_named_and_nothing_is_added(workdir: Path) -> No
     assert query(workdir / DB_FILE, "SELECT approval FROM agent_tools WHERE id = 4") == [("auto",)]
 
 
+def test_tools_check_reports_a_bad_approval_value_written_by_hand(example: Path) -> None:
+    with contextlib.closing(sqlite3.connect(example)) as conn:
+        # Past the column's CHECK constraint, as a database without it would allow.
+        conn.execute("PRAGMA ignore_check_constraints = ON")
+        conn.execute("UPDATE agent_tools SET approval = 'sometimes' WHERE id = 4")
+        conn.execute("UPDATE agent_tools SET approval_default = 'never' WHERE id = 3")
+        conn.commit()
+    result = run("tools", "check", "--json")
+    assert result.exit_code == 1
+    reports = {r["id"]: r for r in json.loads(result.stdout)}
+    assert reports[4]["problems"] == [
+        "approval: 'sometimes' is not an approval mode; use one of auto, required, user"
+    ]
+    assert reports[3]["problems"] == [
+        "approval_default: 'never' is not a choice; use one of auto, required"
+    ]
+    assert all(r["ok"] for i, r in reports.items() if i not in {3, 4})
+    text = run("tools", "check").stdout
+    assert "BAD  #4 assistant/delete_task [crud]" in text
+    assert "approval: 'sometimes' is not an approval mode" in text
+    # A row that does not load is left out of chats rather than run unasked.
+    assert "refused" in ok("tools", "list").stdout
+
+
 @pytest.mark.usefixtures("example")
 def test_tools_set_changes_a_row_and_validates_what_the_model_sees(workdir: Path) -> None:
     db = workdir / DB_FILE

@@ -94,6 +94,10 @@ def chat(
 
     Tool calls are shown as they happen (on standard error). With -m the reply
     alone goes to standard output, for scripts.
+
+    A call that needs approval shows the rows it would change and asks
+    "Approve? [y/N]" in a terminal; with -m, or with input from a pipe, the
+    calls and the `chatwright pending` commands that decide them are printed.
     """
     if chat_id is not None and new_chat:
         raise click.UsageError("give --chat-id or --new, not both")
