@@ -9,6 +9,7 @@ and locks, as two server processes would have.
 from __future__ import annotations
 
 import asyncio
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -56,6 +57,14 @@ class Policy:
     @hookimpl
     def after_write(self, call: WriteCall, outcome: WriteOutcome) -> None:
         self.after.append((call, outcome))
+
+
+@pytest.fixture(autouse=True)
+def _users(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Users of this test only: application tables outlive a test on PostgreSQL."""
+    suffix = uuid.uuid4().hex[:8]
+    monkeypatch.setattr(sys.modules[__name__], "ALICE", f"alice-{suffix}")
+    monkeypatch.setattr(sys.modules[__name__], "BOB", f"bob-{suffix}")
 
 
 @pytest.fixture

