@@ -30,13 +30,19 @@ from typing import Any
 import pytest
 
 from tests.harness import (
+    ADMIN_URL,
     CONSOLE_SCRIPT,
     DB_FILE,
+    admin_connect,
     assert_error,
     clean_env,
+    libpq,
     ok,
     ok_json,
+    pg_env,
     run,
+    script,
+    script_ok,
 )
 from tests.harness import sqlite_rows as query
 
@@ -795,3 +801,93 @@ def test_undo_of_an_unknown_chat(example: Path) -> None:
     assert_error(run("undo", missing), f"no chat {missing}", "chatwright sessions list")
     say("list my tasks")
     assert_error(run("undo", chat_of(example)), "nothing to undo")
+
+
+# -- PostgreSQL: decisions from other processes --------------------------------
+
+
+@pytest.fixture
+def pg_example(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fresh PostgreSQL database with the example, reached through the environment.
+
+    Its direct URL for psycopg; dropped afterwards.
+    """
+    from sqlalchemy.engine import make_url
+
+    admin = admin_connect()
+    name = f"cw_ws_{uuid.uuid4().hex[:12]}"
+    admin.execute(f'CREATE DATABASE "{name}"')
+    url = (
+        make_url(ADMIN_URL)
+        .set(drivername="postgresql+psycopg", database=name)
+        .render_as_string(hide_password=False)
+    )
+    try:
+        for key, value in pg_env(url).items():
+            monkeypatch.setenv(key, value)
+        ok("init", "--example")
+        yield libpq(url)
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+def pg_rows(url: str, statement: str) -> list[tuple[Any, ...]]:
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        return list(conn.execute(statement).fetchall())
+
+
+@pytest.mark.postgresql
+def test_on_postgresql_two_processes_approve_at_once_and_it_runs_once(
+    workdir: Path, pg_example: str
+) -> None:
+    env = clean_env(**{k: v for k, v in os.environ.items() if k.startswith("CHATWRIGHT_")})
+    require(DELETE_TASK)
+    say("add a task to buy milk")
+    say("delete task 1")
+    action = only_pending()
+    assert action["preview"]["rows"][0]["before"]["title"] == "buy milk"
+    assert pg_rows(pg_example, "SELECT count(*) FROM tasks") == [(1,)]
+
+    # Two console scripts race to approve: one runs the delete, the other is told.
+    procs = [
+        subprocess.Popen(
+            [str(CONSOLE_SCRIPT), "pending", "approve", action["id"], "--by", f"ops{n}"],
+            cwd=workdir,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(2)
+    ]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    results = [(p.returncode, out, err) for p, (out, err) in zip(procs, outputs, strict=True)]
+    codes = sorted(code for code, _, _ in results)
+    assert codes == [0, 1], results
+    winner = next(out for code, out, _ in results if code == 0)
+    loser = next(err for code, _, err in results if code == 1)
+    assert winner.endswith("Deleted task #1.\n")
+    assert loser.startswith("Error: ") and "already" in loser
+    assert "Traceback" not in loser
+    assert pg_rows(pg_example, "SELECT count(*) FROM tasks") == [(0,)]
+    (deleted,) = [e for e in audit() if e["tool_name"] == "delete_task"]
+    assert (deleted["outcome"], deleted["approval"]) == ("ok", "approved")
+    assert deleted["decided_by"] in {"ops0", "ops1"}
+
+    # Undo from yet another process, then the refused undo after a change by hand.
+    chat_id = action["chat_id"]
+    undone = script_ok("undo", chat_id, cwd=workdir, env=env)
+    assert "1 row change reverted" in undone.stdout
+    assert pg_rows(pg_example, "SELECT title FROM tasks") == [("buy milk",)]
+    say("complete task 1")
+    import psycopg
+
+    with psycopg.connect(pg_example) as conn:
+        conn.execute("UPDATE tasks SET title = 'by hand' WHERE id = 1")
+    refused = script("undo", chat_id, cwd=workdir, env=env)
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("Error: ") and "Traceback" not in refused.stderr
+    assert pg_rows(pg_example, "SELECT title, status FROM tasks") == [("by hand", "done")]
