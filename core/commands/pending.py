@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 DECIDED_BY = "cli"
 """Who decided, in the audit log, when ``--by`` names no one."""
 LONGEST_VALUE = 60
+MOST_LISTED = 100
+"""Most actions ``pending list`` prints (the oldest first)."""
 
 
 # -- how actions and row changes are shown ---------------------------------------------
@@ -128,12 +130,17 @@ def pending() -> None:
 def pending_list(
     app: AppContext, user: str | None, chat_id: uuid.UUID | None, every: bool, as_json: bool
 ) -> None:
-    """List pending actions (every user's unless --user), oldest first, with their previews."""
+    """List pending actions (every user's unless --user), oldest first, with their previews.
+
+    At most 100 are listed; --user and --chat narrow the list.
+    """
     if user is not None:
         inputs.name("--user", user)
 
     async def work(runtime: Runtime) -> list[PendingAction]:
-        return await runtime.pending(user, chat_id=chat_id, status=None if every else "pending")
+        return await runtime.pending(
+            user, chat_id=chat_id, status=None if every else "pending", limit=MOST_LISTED
+        )
 
     actions = app.run(work)
     if as_json:
@@ -145,6 +152,8 @@ def pending_list(
     for action in actions:
         for line in action_lines(action, owner=True):
             click.echo(line)
+    if len(actions) == MOST_LISTED:
+        click.echo(f"(the oldest {MOST_LISTED}; narrow the list with --user or --chat)", err=True)
 
 
 def _decide(app: AppContext, action_id: uuid.UUID, approve: bool, by: str | None) -> None:
