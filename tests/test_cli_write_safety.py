@@ -517,10 +517,12 @@ class Terminal:
         )
         os.close(slave)
         self.seen = ""
+        self.mark = 0
 
     def expect(self, text: str, timeout: float = 60) -> str:
+        """Wait until ``text`` shows after the last one expected; what showed up to it."""
         deadline = time.monotonic() + timeout
-        while text not in self.seen:
+        while text not in self.seen[self.mark :]:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise AssertionError(f"{text!r} never came; the terminal shows:\n{self.seen}")
@@ -534,7 +536,8 @@ class Terminal:
             if not chunk:
                 raise AssertionError(f"{text!r} never came; the terminal shows:\n{self.seen}")
             self.seen += ANSI.sub("", chunk.decode("utf-8", "replace")).replace("\r\n", "\n")
-        return self.seen
+        start, self.mark = self.mark, self.seen.index(text, self.mark) + len(text)
+        return self.seen[start : self.mark]
 
     def type(self, line: str) -> None:
         os.write(self.master, (line + "\n").encode())
@@ -639,6 +642,39 @@ def test_a_terminal_chat_asks_first_about_what_an_earlier_run_left_waiting(
         term.type("exit")
         assert term.close() == 0
     assert tasks(example) == []
+
+
+def test_a_terminal_chat_asks_about_each_call_of_a_reply_then_goes_on(example: Path) -> None:
+    require(DELETE_TASK)
+    say("add a task to buy milk")
+    say("add a task to buy tea")
+    scripted_agent(
+        {
+            "tool_calls": [
+                {"name": "delete_task", "args": {"id": 1}},
+                {"name": "delete_task", "args": {"id": 2}},
+            ]
+        },
+        {"content": "One gone, one kept."},
+    )
+    with terminal("chat", cwd=example.parent) as term:
+        term.expect("you> ")
+        term.type("delete both")
+        first = term.expect("Approve? [y/N] ")
+        asked = first.split("The agent wants to run")[-1]
+        assert 'delete_task {"id": 1}' in asked
+        assert 'delete_task {"id": 2}' not in asked
+        term.type("y")
+        second = term.expect("Approve? [y/N] ")
+        assert 'delete_task {"id": 2}' in second.split("The agent wants to run")[-1]
+        assert "One gone" not in second  # the model waits for the last decision
+        term.type("n")
+        term.expect("One gone, one kept.")
+        term.expect("you> ")
+        term.type("exit")
+        assert term.close() == 0
+    assert [t[2] for t in tasks(example)] == ["buy tea"]
+    assert sorted(a["status"] for a in pending("--all")) == ["denied", "done"]
 
 
 def test_ctrl_d_at_the_question_leaves_the_call_waiting(example: Path) -> None:
