@@ -9,6 +9,7 @@ too, since ``chatwright chat`` shows them the same way before it asks.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 DECIDED_BY = "cli"
 """Who decided, in the audit log, when ``--by`` names no one."""
 LONGEST_VALUE = 60
+_UNSAFE = re.compile("[\x7f-\x9f\u2028\u2029]")
 MOST_LISTED = 100
 """Most actions ``pending list`` prints (the oldest first)."""
 
@@ -35,8 +37,18 @@ MOST_LISTED = 100
 # -- how actions and row changes are shown ---------------------------------------------
 
 
-def _value(value: Any) -> str:
+def _json(value: Any) -> str:
+    """JSON for a terminal: what a row or a model wrote cannot move the cursor or recolour.
+
+    ``json.dumps`` escapes the C0 controls (ESC included); DEL, the C1 controls
+    (CSI is one) and the Unicode line separators are escaped here.
+    """
     text = json.dumps(value, ensure_ascii=False, default=str)
+    return _UNSAFE.sub(lambda m: f"\\u{ord(m[0]):04x}", text)
+
+
+def _value(value: Any) -> str:
+    text = _json(value)
     return text if len(text) <= LONGEST_VALUE else text[: LONGEST_VALUE - 3] + "..."
 
 
@@ -75,7 +87,7 @@ def preview_lines(preview: Preview) -> list[str]:
 
 def action_lines(action: PendingAction, *, owner: bool = False) -> list[str]:
     """A pending action: the call, whose it is, its state, then its preview indented."""
-    args = json.dumps(dict(action.args), ensure_ascii=False, default=str)
+    args = _json(dict(action.args))
     who = f"user {action.user_id!r}, " if owner else ""
     state = (
         f"expires {action.expires_at.isoformat(timespec='seconds')}"

@@ -217,3 +217,23 @@ def test_decisions_on_a_database_without_the_action_table_are_one_line(workdir: 
         assert result.exit_code == 1, (args, result.output)
         assert "Traceback" not in result.output
         assert result.stderr.startswith("Error: "), result.stderr
+
+
+def test_previews_in_the_terminal_escape_controls_and_cut_long_values(example: Path) -> None:
+    """A row's values (or a model's arguments) cannot drive the administrator's terminal."""
+    ok("tools", "set", str(DELETE_TASK), "--approval", "required")
+    ok("chat", "--user", "alice", "-m", "add a task to buy milk")
+    title = "\x1b[2J\x1b]0;owned\x07\x9b31m\x7f\u2028" + "x" * 50_000
+    with contextlib.closing(sqlite3.connect(example)) as conn:
+        conn.execute("UPDATE tasks SET title = ? WHERE id = 1", (title,))
+        conn.commit()
+    shown = ok("chat", "--user", "alice", "-m", "delete task 1").stdout
+    listed = ok("pending", "list").stdout
+    for out in (shown, listed):
+        assert "delete on tasks: 1 row" in out
+        assert not any(c in out for c in "\x1b\x07\x9b\x7f\u2028"), repr(out[:300])
+        assert "\\u001b[2J" in out
+        assert max(len(line) for line in out.splitlines()) < 1000
+    # The stored preview keeps the value whole, for clients that show it their own way.
+    (action,) = ok_json("pending", "list", "--json")
+    assert action["preview"]["rows"][0]["before"]["title"] == title
