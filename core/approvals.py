@@ -21,6 +21,10 @@ record theirs with :func:`record_write`.
 The records here are plain frozen dataclasses, like those of
 :mod:`chatwright.stores`; the stores that keep them are protocols a storage
 backend implements (:class:`PendingStore`, :class:`AuditStore`).
+
+Longer than 450 lines because it is the whole contract of write safety that a
+backend and a tool type implement: records, store protocols and the audit API,
+read together.
 """
 
 from __future__ import annotations
@@ -29,9 +33,13 @@ import builtins
 import uuid
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+if TYPE_CHECKING:
+    from chatwright.stores import ToolRow
+    from chatwright.tools import ToolContext
 
 ApprovalMode = Literal["auto", "required", "user"]
 UserChoice = Literal["auto", "required"]
@@ -424,3 +432,67 @@ class WriteOutcome:
     result: str
     """The tool's reply (or error text) as the model reads it."""
     vetoed: bool = False
+
+
+# -- recording writes -----------------------------------------------------------
+
+
+def write_entry(
+    context: ToolContext,
+    row: ToolRow,
+    operation: str,
+    table: str | None,
+    args: Mapping[str, Any],
+) -> NewAuditEntry:
+    """The audit entry of a write about to run in the current turn (outcome ``ok``).
+
+    The turn (user, chat, turn id) comes from the call's context; the approval
+    from :func:`current_decision`. Tool types that write through the record
+    store's ``apply`` pass it as ``audit=``; others record it with
+    :func:`record_write`.
+    """
+    from chatwright.tools import current_turn
+
+    turn = current_turn()
+    decision = current_decision()
+    return NewAuditEntry(
+        user_id=str(context.user_id),
+        agent_name=context.agent_name,
+        tool_name=row.name,
+        operation=operation,
+        chat_id=turn.chat_id if turn is not None else None,
+        turn_id=turn.turn_id if turn is not None else None,
+        tool_id=row.id,
+        table=table,
+        args={k: v for k, v in args.items() if v is not None},
+        approval=decision.approval,
+        decided_by=decision.decided_by,
+        pending_id=decision.pending_id,
+    )
+
+
+async def record_write(
+    context: ToolContext,
+    row: ToolRow,
+    *,
+    operation: str,
+    args: Mapping[str, Any],
+    table: str | None = None,
+    row_ids: Sequence[Any] = (),
+    outcome: str = "ok",
+    error: str | None = None,
+    changes: Sequence[RowChange] = (),
+) -> AuditEntry:
+    """Record a write a tool made (or tried), for tool types that write elsewhere than
+    the record store (an HTTP call, a file): call it from the tool's body, after the
+    write, with what it changed. The entry is appended in a transaction of its own.
+
+    :param context: the tool's :class:`~chatwright.tools.ToolContext`.
+    :param row: the tool's row (what ``build`` was given).
+    :param operation: a word for what it did (``create``, ``send``, ...).
+    :param outcome: ``ok`` or ``error`` (with ``error``: why).
+    """
+    entry = write_entry(context, row, operation, table, args)
+    entry = replace(entry, row_ids=tuple(row_ids), outcome=outcome, error=error)
+    entry = replace(entry, changes=tuple(changes))
+    return await context.storage.audit.record(entry)

@@ -83,8 +83,10 @@ class PreviewChangedError(ChatwrightError):
 
     http_status = 409
 
-    def __init__(self, message: str, preview: object = None) -> None:
+    def __init__(self, message: str, preview: object = None, action: object = None) -> None:
         self.preview = preview
+        self.action = action
+        """The pending action asked again (a :class:`chatwright.approvals.PendingAction`)."""
         super().__init__(message)
 
 

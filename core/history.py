@@ -114,3 +114,40 @@ def complete_prefix(messages: Sequence[BaseMessage]) -> list[BaseMessage]:
         if not pending:
             safe = len(kept)
     return kept[:safe]
+
+
+NOT_RUN = "Not run: this call got no result (its turn stopped before the tool ran)."
+
+
+def answered(messages: Sequence[BaseMessage]) -> list[BaseMessage]:
+    """``messages`` with a result for every AI tool call, as model APIs require.
+
+    A call can be left without one: a turn that stopped for approval and was
+    never decided, a process that died while an approved call ran. Such a call
+    gets a result saying it was not run, right after the results its message
+    did get; the messages are otherwise unchanged (the same list when complete).
+    """
+    out: list[BaseMessage] = []
+    open_calls: dict[str, str] = {}  # id -> tool name, of the latest AI message's calls
+
+    def close() -> None:
+        for call_id, name in open_calls.items():
+            out.append(
+                ToolMessage(content=NOT_RUN, tool_call_id=call_id, name=name, status="error")
+            )
+        open_calls.clear()
+
+    changed = False
+    for message in messages:
+        if isinstance(message, ToolMessage):
+            open_calls.pop(message.tool_call_id, None)
+        elif open_calls:
+            changed = True
+            close()
+        out.append(message)
+        if isinstance(message, AIMessage) and message.tool_calls:
+            open_calls = {str(c.get("id")): c["name"] for c in message.tool_calls if c.get("id")}
+    if open_calls:
+        changed = True
+        close()
+    return out if changed else list(messages)

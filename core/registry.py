@@ -18,6 +18,9 @@ it took, and what it registered, added or raised.
 Collection hooks are called one implementation at a time, so that the core
 knows which plugin registered which name, can name both plugins when a name is
 taken twice, and can isolate a plugin whose hook raises.
+
+Longer than 450 lines because every way the core asks plugins (collections,
+commands, events, vetoes) shares the isolation and tracing here.
 """
 
 from __future__ import annotations
@@ -431,6 +434,27 @@ class Plugins:
                 if self.policy.strict:
                     raise
                 log.exception("chatwright: plugin %r failed in %s", plugin_name, hook_name)
+
+    def veto(self, hook_name: str, **kwargs: Any) -> str | None:
+        """Call a veto hook (``before_write``) on every plugin; the first reason given wins.
+
+        Unlike an event hook, a plugin that raises here vetoes, with its error as
+        the reason: a policy that cannot decide must not let a write through.
+        """
+        for plugin_name, function in self._impls(hook_name, **kwargs):
+            answers: list[Any] = []
+
+            def ask(f: Callable[[], Any] = function, into: list[Any] = answers) -> None:
+                into.append(f())
+
+            try:
+                self._call(plugin_name, hook_name, ask, kwargs)
+            except Exception as exc:
+                log.exception("chatwright: plugin %r failed in %s", plugin_name, hook_name)
+                return f"the check of plugin {plugin_name!r} failed ({one_line(exc)})"
+            if answers and answers[0]:
+                return str(answers[0])
+        return None
 
     def implemented(self, hook_name: str) -> bool:
         """Whether any loaded plugin implements the hook (pluggy knows; nothing is called).

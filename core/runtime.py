@@ -32,6 +32,16 @@ calls (see :mod:`chatwright.turns` and the storage's ``turns`` store):
    exchanges before the failure are stored (the chat is not marked used) and
    a :class:`~chatwright.errors.ModelError` is raised; the human message is
    stored in any case. A dead process's lease expires and the chat goes on.
+6. a reply calling a tool that needs the user's approval ends the agent run
+   before any of its tools runs (:mod:`chatwright.writes`): its other calls run
+   at once, the held ones are stored as pending actions with the last
+   transaction, and the turn returns with status ``approval_required``. A
+   decision continues it (:mod:`chatwright.decisions`): the same steps, with
+   the decided call's result in place of a human message.
+
+Longer than 450 lines because a turn's steps, from the executor cache to the
+last transaction, read best in one place; deciding and undoing live in
+:mod:`chatwright.decisions`.
 """
 
 from __future__ import annotations
@@ -41,12 +51,15 @@ import json
 import logging
 import uuid
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from chatwright.approvals import PendingAction as PendingActionRecord
 from chatwright.errors import (
+    ApprovalPendingError,
     ChatwrightError,
     ModelConfigError,
     ModelError,
@@ -61,10 +74,11 @@ if TYPE_CHECKING:
     from langchain_core.messages import BaseMessage
     from langchain_core.tools import BaseTool
 
-    from chatwright.approvals import PendingAction, UndoReport
+    from chatwright.approvals import NewPending, PendingAction, UndoReport
     from chatwright.cache import ExecutorCache, Key
-    from chatwright.tools import ToolProblem
-    from chatwright.turns import TurnStore
+    from chatwright.decisions import Decisions
+    from chatwright.tools import ToolProblem, TurnContext
+    from chatwright.turns import TurnStart, TurnStore
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +94,9 @@ class BuiltAgent:
     graph: Any
     tools: list[BaseTool]
     problems: list[ToolProblem]
+    by_name: dict[str, BaseTool] = field(default_factory=dict)
+    user_mode: bool = False
+    """Whether a tool row is in ``user`` approval mode (turns then read the user's choices)."""
 
 
 @dataclass
@@ -149,6 +166,7 @@ class Runtime:
         )
         self._turns: TurnStore | None = None
         self._turns_of: Storage | None = None
+        self._decisions: Decisions | None = None
 
     @property
     def storage(self) -> Storage:
@@ -249,6 +267,7 @@ class Runtime:
 
         from chatwright.models import build_model
         from chatwright.tools import TurnContext, load_tools
+        from chatwright.writes import guard_writes, hold_for_approval, may_wait, row_of, writes
 
         name = key
         agent = await self.storage.agents.get(name)
@@ -263,17 +282,36 @@ class Runtime:
             build_model, self.plugins, agent.model, agent.model_settings
         )
         loaded = await load_tools(self.storage, self.settings, self.plugins, name)
+        # Write safety's middlewares, only where they have work to do.
+        middleware = []
+        if may_wait(loaded.tools):
+            middleware.append(hold_for_approval(loaded.tools))
+        hooked = self.plugins.implemented("before_write") or self.plugins.implemented("after_write")
+        if hooked and any(writes(t) for t in loaded.tools):
+            middleware.append(guard_writes(self.plugins, self.storage, loaded.tools))
         graph = await asyncio.to_thread(
-            lambda: create_agent(model, loaded.tools, context_schema=TurnContext)
+            lambda: create_agent(
+                model, loaded.tools, context_schema=TurnContext, middleware=middleware
+            )
         )
-        return BuiltAgent(agent, graph, loaded.tools, loaded.problems)
+        return BuiltAgent(
+            agent,
+            graph,
+            loaded.tools,
+            loaded.problems,
+            by_name={t.name: t for t in loaded.tools},
+            user_mode=any(
+                r is not None and r.approval == "user" for r in map(row_of, loaded.tools)
+            ),
+        )
 
     def config_changed(self, agent_name: str) -> None:
         """Drop the built agent of ``agent_name`` (another process changed it)."""
         if self._cache is not None:
             self._cache.evict(agent_name, "config-changed")
 
-    async def _built(self, agent_name: str, version: str) -> BuiltAgent:
+    async def built(self, agent_name: str, version: str) -> BuiltAgent:
+        """The built agent for ``version`` of the agent's config, from the cache when current."""
         entry = await self.cache.get(agent_name, version)
         built: BuiltAgent = entry.value
         return built
@@ -286,11 +324,12 @@ class Runtime:
         version = await self.storage.agents.config_version(agent_name)
         if version is None:
             raise UnknownAgentError(agent_name)
-        return await self._built(agent_name, version)
+        return await self.built(agent_name, version)
 
     # -- turns --------------------------------------------------------------
 
-    def _lock(self, user_id: str, chat_id: uuid.UUID) -> asyncio.Lock:
+    def turn_lock(self, user_id: str, chat_id: uuid.UUID) -> asyncio.Lock:
+        """The in-process lock that queues turns (and decisions, undos) of one user's chat."""
         # Keyed by the user too: a chat is one user's, and another user's request
         # must be refused at once, not queued behind the owner's turn (a timing
         # answer to "does this chat exist?").
@@ -325,41 +364,98 @@ class Runtime:
             tool calls, tool results), as soon as it exists.
         :param on_token: awaited with each piece of reply text as the model
             streams it (the whole reply at once for models that do not stream).
+        :raises ApprovalPendingError: the chat waits for decisions on tool calls
+            (expired ones are settled as denied and the turn goes on).
         """
-        from langchain_core.messages import HumanMessage, SystemMessage, ToolMessage
+        from langchain_core.messages import HumanMessage
 
-        from chatwright.history import complete_prefix, storable, to_model_input, to_store
+        from chatwright.history import storable, to_store
+
+        turns = self.turns
+        async with self.turn_lock(user_id, chat_id):
+            human = storable(HumanMessage(content=message))
+            new = to_store([human])[0]
+            try:
+                start = await turns.begin(user_id, agent_name, chat_id, new)
+            except ApprovalPendingError as exc:
+                now = datetime.now(UTC)
+                waiting = [a for a in exc.actions if isinstance(a, PendingActionRecord)]
+                if not waiting or any(not a.expired(now) for a in waiting):
+                    raise
+                await self.decisions.settle_expired(user_id, agent_name, chat_id)
+                start = await turns.begin(user_id, agent_name, chat_id, new)
+            return await self.run_turn(start, uuid.uuid4(), [human], [], on_message, on_token)
+
+    async def run_turn(
+        self,
+        start: TurnStart,
+        turn_id: uuid.UUID,
+        tail: list[BaseMessage],
+        carried: list[BaseMessage],
+        on_message: OnMessage | None,
+        on_token: OnToken | None,
+    ) -> Turn:
+        """Run the model on a started turn until it answers or stops for approval.
+
+        :param tail: messages of the turn already stored (the human message).
+        :param carried: messages of the turn to store with what it produces (the
+            results of decided actions when a turn resumes).
+        """
+        from langchain_core.messages import AIMessage, SystemMessage, ToolMessage
+
+        from chatwright.history import (
+            answered,
+            complete_prefix,
+            storable,
+            to_model_input,
+            to_store,
+        )
         from chatwright.prompts import fill
         from chatwright.tools import TurnContext
 
         turns = self.turns
-        async with self._lock(user_id, chat_id):
-            human = storable(HumanMessage(content=message))
-            start = await turns.begin(user_id, agent_name, chat_id, to_store([human])[0])
-            produced: list[BaseMessage] = []
-            kept = 0  # how many of them are stored
-            ended = False
+        user_id, agent_name, chat_id = start.user_id, start.agent_name, start.chat_id
+        produced: list[BaseMessage] = list(carried)
+        kept = 0  # how many of them are stored
+        ended = False
+        held: list[PendingAction] = []
 
-            async def end(messages: list[BaseMessage], *, touch: bool) -> None:
-                nonlocal ended
-                ended = True
-                # Shielded: a cancelled request still stores what it made and frees the chat.
-                await asyncio.shield(turns.finish(start, to_store(messages[kept:]), touch=touch))
+        async def end(
+            messages: list[BaseMessage], *, touch: bool, pending: Sequence[NewPending] = ()
+        ) -> None:
+            nonlocal ended, held
+            ended = True
+            # Shielded: a cancelled request still stores what it made and frees the chat.
+            held = await asyncio.shield(
+                turns.finish(start, to_store(messages[kept:]), touch=touch, pending=pending)
+            )
 
+        try:
             try:
-                try:
-                    built = await self._built(agent_name, start.agent.version)
-                except ModelConfigError:
-                    # The agent exists but its model cannot be made: what the user said is kept.
-                    await end([], touch=False)
-                    raise
-                system = fill(start.agent.system_prompt, start.memory, start.instructions)
-                inputs = [SystemMessage(content=system), *to_model_input(start.history), human]
-                context = TurnContext(user_id=user_id, agent_name=agent_name, chat_id=chat_id)
-                modes = ["updates", "messages"] if on_token is not None else ["updates"]
-                try:
+                built = await self.built(agent_name, start.agent.version)
+            except ModelConfigError:
+                # The agent exists but its model cannot be made: what the user said is kept.
+                await end(complete_prefix(produced), touch=False)
+                raise
+            choices = (
+                await self.storage.pending.choices(user_id, agent_name) if built.user_mode else {}
+            )
+            system = fill(start.agent.system_prompt, start.memory, start.instructions)
+            inputs = [SystemMessage(content=system), *to_model_input(start.history), *tail]
+            context = TurnContext(
+                user_id=user_id,
+                agent_name=agent_name,
+                chat_id=chat_id,
+                turn_id=turn_id,
+                choices=choices,
+            )
+            modes = ["updates", "messages"] if on_token is not None else ["updates"]
+            waiting: list[NewPending] = []
+            try:
+                while True:
+                    run_input = answered([*inputs, *produced])
                     async for mode, chunk in built.graph.astream(
-                        {"messages": inputs}, stream_mode=modes, context=context
+                        {"messages": run_input}, stream_mode=modes, context=context
                     ):
                         if mode == "messages":
                             piece, meta = chunk
@@ -376,28 +472,86 @@ class Runtime:
                         if complete > kept and isinstance(produced[complete - 1], ToolMessage):
                             await turns.append(start, to_store(produced[kept:complete]))
                             kept = complete
-                except Exception as exc:
-                    await end(complete_prefix(produced), touch=False)
-                    if isinstance(exc, ChatwrightError) and not isinstance(exc, ModelError):
-                        raise
-                    reason = " ".join(str(exc).split()) or type(exc).__name__
-                    raise ModelError(
-                        f"the model of agent {agent_name!r} ({start.agent.model}) failed: "
-                        f"{reason}; your message was kept, try again"
-                    ) from exc
-                await end(produced, touch=True)
-            finally:
-                if not ended:
-                    # Cancelled, or failed outside the model: keep the complete
-                    # exchanges, give the chat back.
-                    await end(complete_prefix(produced), touch=False)
+                    last = produced[-1] if produced else None
+                    if not (isinstance(last, AIMessage) and last.tool_calls):
+                        break
+                    # The run ended at a reply calling a tool that waits for the user.
+                    results, waiting = await self._hold(built, last, context)
+                    for result in results:
+                        produced.append(storable(result))
+                        if on_message is not None:
+                            await on_message(produced[-1])
+                    if waiting:
+                        break
+                    # Every held call was refused before it could wait: the model goes on.
+            except Exception as exc:
+                await end(complete_prefix(produced), touch=False)
+                if isinstance(exc, ChatwrightError) and not isinstance(exc, ModelError):
+                    raise
+                reason = " ".join(str(exc).split()) or type(exc).__name__
+                raise ModelError(
+                    f"the model of agent {agent_name!r} ({start.agent.model}) failed: "
+                    f"{reason}; your message was kept, try again"
+                ) from exc
+            await end(produced, touch=True, pending=waiting)
+        finally:
+            if not ended:
+                # Cancelled, or failed outside the model: keep the complete
+                # exchanges, give the chat back.
+                await end(complete_prefix(produced), touch=False)
         final = next((m for m in reversed(produced) if m.type == "ai" and m.text), None)
         return Turn(
             chat_id=chat_id,
             response=final.text if final is not None else "",
             tool_calls=_tool_calls(produced),
             messages=produced,
+            turn_id=turn_id,
+            status="approval_required" if held else "done",
+            pending=held,
         )
+
+    async def _hold(
+        self, built: BuiltAgent, reply: Any, context: TurnContext
+    ) -> tuple[list[BaseMessage], list[NewPending]]:
+        """Split a reply that stopped its run: run the calls that need no approval, and
+        make the others pending actions (with their previews)."""
+        from langchain_core.tools import ToolException
+        from pydantic import ValidationError
+
+        from chatwright.approvals import NewPending
+        from chatwright.writes import call_tool, error_result, preview_call, row_of, waits
+
+        results: list[BaseMessage] = []
+        waiting: list[NewPending] = []
+        expires = datetime.now(UTC) + timedelta(seconds=self.settings.tools.approval_timeout)
+        for call in reply.tool_calls:
+            tool = built.by_name.get(call["name"])
+            row = row_of(tool)
+            if tool is None or row is None or not waits(tool, context.choices):
+                results.append(
+                    await call_tool(self.plugins, self.storage, built.by_name, call, context, None)
+                )
+                continue
+            try:
+                preview = await preview_call(tool, call, context)
+            except (ToolException, ValidationError, ChatwrightError) as exc:
+                # Arguments the tool would refuse: the model hears why, nobody is asked.
+                reason = exc.errors() if isinstance(exc, ValidationError) else str(exc)
+                results.append(error_result(call, f"Error: {reason}"))
+                continue
+            assert context.turn_id is not None
+            waiting.append(
+                NewPending(
+                    turn_id=context.turn_id,
+                    tool_id=row.id,
+                    tool_name=call["name"],
+                    tool_call_id=str(call.get("id")),
+                    args=dict(call["args"]),
+                    preview=preview,
+                    expires_at=expires,
+                )
+            )
+        return results, waiting
 
     # -- write safety (see chatwright.approvals) -------------------------------
 
@@ -412,6 +566,14 @@ class Runtime:
         """The user's pending actions (``user_id`` None: every user's, for the CLI)."""
         return await self.storage.pending.list(user_id, chat_id=chat_id, status=status, limit=limit)
 
+    @property
+    def decisions(self) -> Decisions:
+        from chatwright.decisions import Decisions
+
+        if self._decisions is None:
+            self._decisions = Decisions(self)
+        return self._decisions
+
     async def decide(
         self,
         user_id: str,
@@ -422,33 +584,22 @@ class Runtime:
         on_message: OnMessage | None = None,
         on_token: OnToken | None = None,
     ) -> Turn:
-        """Approve or deny a pending action, and continue its turn once nothing else waits.
-
-        Approving runs the tool with the stored arguments; denying gives the
-        model a tool result saying the user declined. When the chat's last
-        pending action is decided the model runs on, and the returned turn is
-        that continuation (it may stop again at new calls); otherwise it
-        carries no reply and ``status`` says what still waits.
-
-        :raises NotFoundError: no such action for this user.
-        :raises AlreadyDecidedError: decided already, or expired (said so).
-        :raises PreviewChangedError: the rows changed since the preview; the
-            action is pending again with the fresh preview (``exc.preview``).
-        """
-        raise NotImplementedError
+        """Approve or deny a pending action: :meth:`chatwright.decisions.Decisions.decide`."""
+        return await self.decisions.decide(
+            user_id,
+            action_id,
+            approve,
+            decided_by=decided_by,
+            on_message=on_message,
+            on_token=on_token,
+        )
 
     async def undo(
         self, user_id: str, chat_id: uuid.UUID, *, turn_id: uuid.UUID | None = None
     ) -> UndoReport:
-        """Revert the writes of one turn of the user's chat (by default the latest with writes).
-
-        One transaction; audited; a note of it is added to the chat.
-
-        :raises NotFoundError: not the user's chat, or nothing to undo.
-        :raises UndoConflictError: rows changed since; names them, reverts nothing.
-        """
-        raise NotImplementedError
+        """Revert one turn's writes: :meth:`chatwright.decisions.Decisions.undo`."""
+        return await self.decisions.undo(user_id, chat_id, turn_id=turn_id)
 
     async def choose_approval(self, user_id: str, tool_id: int, choice: str | None) -> None:
         """Set the user's choice (``auto``/``required``, None to clear) for a ``user``-mode row."""
-        raise NotImplementedError
+        await self.decisions.choose_approval(user_id, tool_id, choice)

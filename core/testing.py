@@ -35,11 +35,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from chatwright.approvals import NewPending, Preview, RowChange
 from chatwright.errors import AlreadyExistsError, InvalidInputError, NotFoundError
 from chatwright.stores import NewMessage, SessionStore, Storage
 
@@ -366,6 +368,56 @@ class StorageContract(SessionStoreContract):
         await storage.agents.update("a", system_prompt="q")
         assert await storage.agents.config_version("a") != third
 
+    async def test_tool_approval_round_trips_and_is_validated(self, storage: Storage) -> None:
+        await storage.agents.create("a", system_prompt="", model="offline:x")
+        plain = await storage.tools.add("a", "plain", type="crud", config={})
+        assert (plain.approval, plain.approval_default) == ("auto", "required")
+        asked = await storage.tools.add(
+            "a", "asked", type="crud", config={}, approval="user", approval_default="auto"
+        )
+        fetched = await storage.tools.get(asked.id)
+        assert fetched is not None
+        assert (fetched.approval, fetched.approval_default) == ("user", "auto")
+        with pytest.raises(InvalidInputError, match=r"'maybe'.*auto, required, user"):
+            await storage.tools.add("a", "bad", type="crud", config={}, approval="maybe")
+        with pytest.raises(InvalidInputError, match=r"'user'.*auto, required"):
+            await storage.tools.add("a", "bad", type="crud", config={}, approval_default="user")
+        assert [t.name for t in await storage.tools.list("a")] == ["plain", "asked"]
+
+    async def test_tool_update_changes_given_fields_and_the_config_version(
+        self, storage: Storage
+    ) -> None:
+        await storage.agents.create("a", system_prompt="", model="offline:x")
+        row = await storage.tools.add("a", "t", type="crud", config={"x": 1}, description="d")
+        other = await storage.tools.add("a", "u", type="crud", config={})
+        before = await storage.agents.config_version("a")
+        changed = await storage.tools.update(row.id, approval="required")
+        assert (changed.approval, changed.config, changed.description) == (
+            "required",
+            {"x": 1},
+            "d",
+        )
+        assert await storage.agents.config_version("a") != before
+        changed = await storage.tools.update(
+            row.id, approval="user", approval_default="auto", description="e", config={"y": 2}
+        )
+        assert (changed.approval, changed.approval_default, changed.description) == (
+            "user",
+            "auto",
+            "e",
+        )
+        assert changed.config == {"y": 2}
+        with pytest.raises(InvalidInputError, match="'never'"):
+            await storage.tools.update(row.id, approval="never")
+        with pytest.raises(InvalidInputError, match=r"agent_id.*changeable fields"):
+            await storage.tools.update(row.id, agent_id=other.agent_id)
+        with pytest.raises(AlreadyExistsError, match="'u'"):
+            await storage.tools.update(row.id, name="u")
+        with pytest.raises(NotFoundError, match="9999"):
+            await storage.tools.update(9999, approval="auto")
+        fetched = await storage.tools.get(row.id)
+        assert fetched is not None and (fetched.name, fetched.approval) == ("t", "user")
+
     # -- messages ----------------------------------------------------------
 
     async def test_append_and_window(self, storage: Storage) -> None:
@@ -496,6 +548,221 @@ class StorageContract(SessionStoreContract):
         assert await storage.messages.window(BOB, chat, 10) == []
         start = await asyncio.wait_for(turns.begin(ALICE, "helper", chat, human("ok")), 5)
         await turns.finish(start, [], touch=False)
+
+    # -- write safety: pending actions, approval choices, the audit log -------
+
+    async def test_pending_actions_are_stored_and_belong_to_their_user(
+        self, storage: Storage
+    ) -> None:
+        chat, other_chat = uuid.uuid4(), uuid.uuid4()
+        first, second = await storage.pending.create(
+            ALICE, "helper", chat, [new_pending("update_task", preview=True), new_pending("x")]
+        )
+        (bobs,) = await storage.pending.create(BOB, "helper", other_chat, [new_pending("y")])
+        assert (first.status, first.user_id, first.agent_name, first.chat_id) == (
+            "pending",
+            ALICE,
+            "helper",
+            chat,
+        )
+        fetched = await storage.pending.get(ALICE, first.id)
+        assert fetched == first
+        assert fetched.args == {"id": 3, "title": "Ünïcode ✓", "tags": ["a", None]}
+        assert fetched.preview is not None and fetched.preview.same_as(PREVIEW)
+        assert fetched.decided_at is None and fetched.result is None
+        assert second.preview is None
+        # Another user's id answers as a missing one.
+        assert await storage.pending.get(BOB, first.id) is None
+        assert await storage.pending.get(ALICE, bobs.id) is None
+        assert await storage.pending.get(ALICE, uuid.uuid4()) is None
+        assert await storage.pending.get(None, bobs.id) == bobs  # administration
+        assert [a.id for a in await storage.pending.list(ALICE)] == [first.id, second.id]
+        assert [a.id for a in await storage.pending.list(BOB)] == [bobs.id]
+        assert [a.id for a in await storage.pending.list(ALICE, chat_id=other_chat)] == []
+        assert {a.id for a in await storage.pending.list(None)} == {first.id, second.id, bobs.id}
+        assert [a.id for a in await storage.pending.list(ALICE, limit=1)] == [first.id]
+        with pytest.raises(InvalidInputError, match="'sideways'"):
+            await storage.pending.list(ALICE, status="sideways")
+
+    async def test_a_pending_action_is_decided_once_by_its_user(self, storage: Storage) -> None:
+        (action,) = await storage.pending.create(ALICE, "helper", uuid.uuid4(), [new_pending()])
+        assert await storage.pending.decide(BOB, action.id, "approved", BOB) is None
+        approved = await storage.pending.decide(ALICE, action.id, "approved", "alice@web")
+        assert approved is not None
+        assert (approved.status, approved.decided_by) == ("approved", "alice@web")
+        assert approved.decided_at is not None
+        assert await storage.pending.decide(ALICE, action.id, "denied", ALICE) is None
+        assert await storage.pending.list(ALICE) == []
+        assert [a.id for a in await storage.pending.list(ALICE, status="approved")] == [action.id]
+        assert await storage.pending.complete(BOB, action.id, "done", "ok") is None
+        done = await storage.pending.complete(ALICE, action.id, "done", '{"id": 3}')
+        assert done is not None and (done.status, done.result) == ("done", '{"id": 3}')
+        assert await storage.pending.complete(ALICE, action.id, "failed", "again") is None
+        assert await storage.pending.list(ALICE, status=None) == [done]
+        with pytest.raises(InvalidInputError, match="'done'"):
+            await storage.pending.decide(ALICE, action.id, "done", ALICE)
+        with pytest.raises(InvalidInputError, match="'denied'"):
+            await storage.pending.complete(ALICE, action.id, "denied", "")
+
+    async def test_concurrent_decisions_have_exactly_one_winner(self, storage: Storage) -> None:
+        (action,) = await storage.pending.create(ALICE, "helper", uuid.uuid4(), [new_pending()])
+        results = await asyncio.gather(
+            *(
+                storage.pending.decide(ALICE, action.id, "approved" if i % 2 else "denied", str(i))
+                for i in range(8)
+            )
+        )
+        winners = [r for r in results if r is not None]
+        assert len(winners) == 1
+        stored = await storage.pending.get(ALICE, action.id)
+        assert stored is not None and stored.status == winners[0].status
+
+    async def test_an_approved_action_reopens_with_a_fresh_preview(self, storage: Storage) -> None:
+        (action,) = await storage.pending.create(
+            ALICE, "helper", uuid.uuid4(), [new_pending(preview=True)]
+        )
+        later = datetime.now(UTC) + timedelta(hours=2)
+        fresh = replace(PREVIEW, count=7)
+        assert await storage.pending.reopen(ALICE, action.id, fresh, later) is None  # not approved
+        await storage.pending.decide(ALICE, action.id, "approved", ALICE)
+        assert await storage.pending.reopen(BOB, action.id, fresh, later) is None
+        again = await storage.pending.reopen(ALICE, action.id, fresh, later)
+        assert again is not None
+        assert (again.status, again.decided_by, again.decided_at) == ("pending", None, None)
+        assert again.preview is not None and again.preview.count == 7
+        assert abs((again.expires_at - later).total_seconds()) < 1
+        assert await storage.pending.decide(ALICE, action.id, "denied", ALICE) is not None
+
+    async def test_expiry_is_stored_and_an_expired_action_is_decided_as_expired(
+        self, storage: Storage
+    ) -> None:
+        past = datetime.now(UTC) - timedelta(seconds=5)
+        (action,) = await storage.pending.create(
+            ALICE, "helper", uuid.uuid4(), [new_pending(expires_at=past)]
+        )
+        assert abs((action.expires_at - past).total_seconds()) < 1
+        stored = await storage.pending.get(ALICE, action.id)
+        assert stored is not None and stored.expired(datetime.now(UTC))
+        assert not stored.expired(past - timedelta(seconds=10))
+        expired = await storage.pending.decide(ALICE, action.id, "expired", "expiry")
+        assert expired is not None and expired.status == "expired"
+        assert not expired.expired(datetime.now(UTC))  # decided: no longer pending
+        assert await storage.pending.decide(ALICE, action.id, "approved", ALICE) is None
+
+    async def test_approval_choices_are_per_user_and_per_tool_row(self, storage: Storage) -> None:
+        await storage.agents.create("helper", system_prompt="", model="offline:x")
+        await storage.agents.create("other", system_prompt="", model="offline:x")
+        mine = await storage.tools.add("helper", "t", type="crud", config={}, approval="user")
+        theirs = await storage.tools.add("other", "t", type="crud", config={}, approval="user")
+        assert await storage.pending.choices(ALICE, "helper") == {}
+        await storage.pending.choose(ALICE, mine.id, "auto")
+        await storage.pending.choose(ALICE, theirs.id, "required")
+        await storage.pending.choose(BOB, mine.id, "required")
+        assert await storage.pending.choices(ALICE, "helper") == {mine.id: "auto"}
+        assert await storage.pending.choices(BOB, "helper") == {mine.id: "required"}
+        assert await storage.pending.choices(ALICE, "other") == {theirs.id: "required"}
+        await storage.pending.choose(ALICE, mine.id, "required")  # changes it
+        assert await storage.pending.choices(ALICE, "helper") == {mine.id: "required"}
+        await storage.pending.choose(ALICE, mine.id, None)
+        assert await storage.pending.choices(ALICE, "helper") == {}
+        assert await storage.pending.choices(BOB, "helper") == {mine.id: "required"}
+        assert await storage.pending.choices(ALICE, "ghost") == {}
+        with pytest.raises(InvalidInputError, match="'sometimes'"):
+            await storage.pending.choose(ALICE, mine.id, "sometimes")
+        with pytest.raises(NotFoundError, match="9999"):
+            await storage.pending.choose(ALICE, 9999, "auto")
+        await storage.agents.delete("helper")  # the choices go with the tool rows
+        assert await storage.pending.choices(BOB, "helper") == {}
+
+    async def test_audit_entries_are_listed_newest_first_per_user(self, storage: Storage) -> None:
+        from chatwright.approvals import NewAuditEntry, RowChange
+
+        chat, turn = uuid.uuid4(), uuid.uuid4()
+        change = RowChange(
+            key={"id": 3}, before={"id": 3, "title": "old"}, after={"id": 3, "title": "new"}
+        )
+        first = await storage.audit.record(
+            NewAuditEntry(
+                user_id=ALICE,
+                agent_name="helper",
+                tool_name="update_task",
+                operation="update",
+                chat_id=chat,
+                turn_id=turn,
+                tool_id=5,
+                table="tasks",
+                args={"id": 3, "title": "new"},
+                row_ids=[3],
+                approval="approved",
+                decided_by=ALICE,
+                pending_id=uuid.uuid4(),
+                changes=[change],
+            )
+        )
+        assert first.id > 0 and first.at is not None
+        assert first.changes == (change,) and list(first.row_ids) == [3]
+        second = await storage.audit.record(
+            NewAuditEntry(
+                user_id=ALICE,
+                agent_name="helper",
+                tool_name="send",
+                operation="send",
+                outcome="error",
+                error="refused",
+            )
+        )
+        bobs = await storage.audit.record(
+            NewAuditEntry(user_id=BOB, agent_name="helper", tool_name="t", operation="create")
+        )
+        listed = await storage.audit.list(ALICE)
+        assert [e.id for e in listed] == [second.id, first.id]
+        assert listed[1] == first
+        assert (listed[0].outcome, listed[0].error, listed[0].chat_id) == ("error", "refused", None)
+        assert [e.id for e in await storage.audit.list(BOB)] == [bobs.id]
+        assert [e.id for e in await storage.audit.list(None)] == [bobs.id, second.id, first.id]
+        assert [e.id for e in await storage.audit.list(ALICE, before_id=second.id)] == [first.id]
+        assert [e.id for e in await storage.audit.list(ALICE, limit=1)] == [second.id]
+        assert [e.id for e in await storage.audit.list(ALICE, chat_id=chat)] == [first.id]
+        assert [e.id for e in await storage.audit.list(ALICE, turn_id=turn)] == [first.id]
+        assert await storage.audit.list(ALICE, turn_id=uuid.uuid4()) == []
+        future = datetime.now(UTC) + timedelta(minutes=5)
+        assert await storage.audit.list(None, since=future) == []
+        past = datetime.now(UTC) - timedelta(minutes=5)
+        assert len(await storage.audit.list(ALICE, since=past)) == 2
+        with pytest.raises(InvalidInputError, match="limit"):
+            await storage.audit.list(ALICE, limit=0)
+
+
+PREVIEW = Preview(
+    table="tasks",
+    operation="update",
+    rows=(
+        RowChange(
+            key={"id": 3},
+            before={"id": 3, "title": "old", "due": "2026-12-01"},
+            after={"id": 3, "title": "Ünïcode ✓", "due": "2026-12-01"},
+        ),
+    ),
+    count=1,
+)
+
+
+def new_pending(
+    tool_name: str = "update_task",
+    *,
+    preview: bool = False,
+    expires_at: datetime | None = None,
+) -> NewPending:
+    """A tool call to hold, as a stopped turn stores it."""
+    return NewPending(
+        turn_id=uuid.uuid4(),
+        tool_id=None,
+        tool_name=tool_name,
+        tool_call_id=f"call_{uuid.uuid4().hex[:8]}",
+        args={"id": 3, "title": "Ünïcode ✓", "tags": ["a", None]},
+        preview=PREVIEW if preview else None,
+        expires_at=expires_at or datetime.now(UTC) + timedelta(hours=1),
+    )
 
 
 def human(text: str) -> NewMessage:

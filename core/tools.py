@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from langchain_core.tools import StructuredTool
 from pydantic import BaseModel, ValidationError
 
+from chatwright.approvals import APPROVAL_MODES, USER_CHOICES
 from chatwright.errors import ChatwrightError, one_line
 from chatwright.registry import Plugins
 from chatwright.settings import Settings
@@ -260,6 +261,16 @@ async def build_row(row: ToolRow, agent: str, plugins: Plugins, context: ToolCon
 
     if not TOOL_NAME.match(row.name or ""):
         problem("name", "tool names are 1-64 letters, digits, '_' or '-' (model APIs require it)")
+    if row.approval not in APPROVAL_MODES:
+        problem(
+            "approval",
+            f"{row.approval!r} is not an approval mode; use one of {', '.join(APPROVAL_MODES)}",
+        )
+    if row.approval_default not in USER_CHOICES:
+        problem(
+            "approval_default",
+            f"{row.approval_default!r} is not a choice; use one of {', '.join(USER_CHOICES)}",
+        )
     types = plugins.collect("register_tool_types")
     registration = types.get(row.type)
     if registration is None:
@@ -281,6 +292,8 @@ async def build_row(row: ToolRow, agent: str, plugins: Plugins, context: ToolCon
         return report
     try:
         report.tool = await tool_type.build(row, config, context)
+        # The row a built tool came from: its id and approval mode, for the runtime.
+        report.tool.metadata = {**(report.tool.metadata or {}), "chatwright_row": row}
     except ToolConfigError as exc:
         for p in exc.problems:
             problem(p.path, p.reason)

@@ -55,6 +55,83 @@ async def check_fresh_database(storage: SQLStorage) -> None:
     assert "ix_chat_sessions_active_stale" in sessions
     messages = await _indexes(storage, "chat_messages")
     assert messages["ix_chat_messages_chat_id_id"]["column_names"] == ["chat_id", "id"]
+    await check_write_safety_migration(storage)
+
+
+def _downgrade(sync_conn: sa.Connection, revision: str) -> None:
+    from alembic import command
+
+    from chatwright.plugins.sql import migrate
+
+    config = migrate._alembic_config()
+    config.attributes["connection"] = sync_conn
+    command.downgrade(config, revision)
+
+
+async def _columns(storage: SQLStorage, table: str) -> set[str]:
+    async with storage.read() as conn:
+        found = await conn.run_sync(lambda c: sa.inspect(c).get_columns(table))
+    return {c["name"] for c in found}
+
+
+async def check_write_safety_migration(storage: SQLStorage) -> None:
+    """0005: approval columns bump the agent's config version, CHECKs hold, downgrade works."""
+    async with storage.write() as conn:
+        agent_id = await conn.scalar(
+            sa.text("INSERT INTO agents (name, model) VALUES ('m', 'x') RETURNING id")
+        )
+        tool_id = await conn.scalar(
+            sa.text(
+                "INSERT INTO agent_tools (agent_id, name, type, config) "
+                "VALUES (:a, 't', 'crud', '{}') RETURNING id"
+            ),
+            {"a": agent_id},
+        )
+        row = (
+            await conn.execute(sa.text("SELECT approval, approval_default FROM agent_tools"))
+        ).one()
+        assert tuple(row) == ("auto", "required")  # rows of the original format run unattended
+        before = await conn.scalar(sa.text("SELECT config_version FROM agents"))
+    async with storage.write() as conn:
+        await conn.execute(
+            sa.text("UPDATE agent_tools SET approval = 'required' WHERE id = :t"), {"t": tool_id}
+        )
+    async with storage.read() as conn:
+        assert await conn.scalar(sa.text("SELECT config_version FROM agents")) > before
+    for bad in ("approval = 'maybe'", "approval_default = 'user'"):
+        with pytest.raises(sa.exc.IntegrityError):
+            async with storage.write() as conn:
+                await conn.execute(sa.text(f"UPDATE agent_tools SET {bad}"))
+    async with storage.write() as conn:
+        await conn.execute(sa.text("DELETE FROM agent_tools"))
+        await conn.execute(sa.text("DELETE FROM agents"))
+
+    async with storage._transaction(None, write=True, bounded=False) as conn:
+        await conn.run_sync(_downgrade, "0004")
+    assert await storage.current_revision() == "0004"
+    tables = await _tables(storage)
+    assert not tables & {"pending_actions", "audit_log", "tool_approval_choices"}
+    assert not await _columns(storage, "agent_tools") & {"approval", "approval_default"}
+    # 0004's config-version triggers on agent_tools survived the round trip.
+    async with storage.write() as conn:
+        agent_id = await conn.scalar(
+            sa.text("INSERT INTO agents (name, model) VALUES ('m', 'x') RETURNING id")
+        )
+        await conn.execute(
+            sa.text(
+                "INSERT INTO agent_tools (agent_id, name, type, config) "
+                "VALUES (:a, 't', 'crud', '{}')"
+            ),
+            {"a": agent_id},
+        )
+    async with storage.read() as conn:
+        assert await conn.scalar(sa.text("SELECT config_version FROM agents")) == 1
+    assert await storage.upgrade() == storage.head_revision()
+    assert await _schema_diff(storage) == []
+    async with storage.write() as conn:
+        await conn.execute(sa.text("UPDATE agent_tools SET approval = 'user'"))
+    async with storage.read() as conn:
+        assert await conn.scalar(sa.text("SELECT config_version FROM agents")) == 2
 
 
 async def test_sqlite_migrates_from_empty(tmp_path: Path) -> None:

@@ -330,9 +330,19 @@ async def test_sessions_open_resume_heartbeat_deactivate_and_list(srv: Running) 
 async def test_chat_with_the_offline_example_agent(srv: Running) -> None:
     session = await open_session(srv.client)
     body = await chat_ok(srv.client, session["chat_id"], MILK)
-    assert set(body) == {"session_id", "response", "tool_calls", "error"}
+    assert set(body) == {
+        "session_id",
+        "response",
+        "tool_calls",
+        "error",
+        "turn_id",
+        "status",
+        "pending",
+    }
     assert body["session_id"] == session["chat_id"]
     assert body["error"] is None
+    assert (body["status"], body["pending"]) == ("done", [])
+    uuid.UUID(body["turn_id"])
     assert "buy milk" in body["response"]
     assert body["tool_calls"] == [
         {
@@ -441,7 +451,18 @@ async def test_agents_list_and_detail_show_tool_problems_to_local_admin(srv: Run
     assert set(detail) == {"name", "model", "history_window", "tools"}
     assert [t["name"] for t in detail["tools"]] == [t["name"] for t in example.TOOLS]
     for tool in detail["tools"]:
-        assert set(tool) == {"id", "name", "type", "description", "is_active", "ok", "problems"}
+        assert set(tool) == {
+            "id",
+            "name",
+            "type",
+            "description",
+            "is_active",
+            "approval",
+            "approval_default",
+            "ok",
+            "problems",
+        }
+        assert (tool["approval"], tool["approval_default"]) == ("auto", "required")
         assert tool["ok"] is True and tool["problems"] == [] and tool["type"] == "crud"
 
     # A bad row added through the API, and one written by hand with broken JSON.
@@ -1287,7 +1308,21 @@ async def test_openapi_declares_every_answer_with_a_schema_and_errors_with_the_o
         ("get", "/api/agents/{name}"),
         ("get", "/api/agents/{name}/customizations"),
         ("put", "/api/agents/{name}/customizations"),
+        ("get", "/api/pending"),
+        ("get", "/api/pending/{action_id}"),
+        ("post", "/api/pending/{action_id}/approve"),
+        ("post", "/api/pending/{action_id}/deny"),
+        ("put", "/api/tools/{tool_id}/approval"),
+        ("get", "/api/audit"),
+        ("post", "/api/chats/{chat_id}/undo"),
     }
+    # A 409 may carry more than the error (the actions that wait, the action asked again):
+    # those bodies are the error body and more.
+    richer = {"PendingErrorBody", "PreviewChangedBody"}
+    for name in richer:
+        schema = openapi["components"]["schemas"][name]
+        assert schema["required"][0] == "error", name
+        assert schema["properties"]["error"] == error_schema_of(openapi)["properties"]["error"]
     for (method, path), operation in operations.items():
         answers = operation["responses"]
         ok = [code for code in answers if code.startswith("2")]
@@ -1305,9 +1340,10 @@ async def test_openapi_declares_every_answer_with_a_schema_and_errors_with_the_o
                     assert declared["schema"] == {"type": "string"}, (method, path, media)
         for code, answer in answers.items():
             if code[0] in "45":
-                assert answer["content"] == {
-                    "application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}
-                }, (method, path, code)
+                names = {"ErrorBody", *(richer if code == "409" else ())}
+                [(media_type, body)] = answer["content"].items()
+                assert media_type == "application/json", (method, path, code)
+                assert body["schema"]["$ref"].rsplit("/", 1)[1] in names, (method, path, code)
         if path.startswith("/api/") and path != "/api/config":
             assert operation["security"] == [{"HTTPBearer": []}], (method, path)
             assert {"401", "403", "503"} <= set(answers), (method, path)
@@ -1315,7 +1351,7 @@ async def test_openapi_declares_every_answer_with_a_schema_and_errors_with_the_o
     def codes(method: str, path: str) -> set[str]:
         return {c for c in operations[method, path]["responses"] if c[0] in "45"}
 
-    assert codes("post", "/api/chat") == {"401", "403", "404", "413", "422", "502", "503"}
+    assert codes("post", "/api/chat") == {"401", "403", "404", "409", "413", "422", "502", "503"}
     assert codes("post", "/api/chat/stream") == {"401", "403", "404", "413", "422", "503"}
     assert codes("get", "/api/agents/{name}") == {"401", "403", "404", "503"}
     assert codes("get", "/healthz") == {"503"}

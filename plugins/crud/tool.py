@@ -7,6 +7,12 @@ passes ``user_id``, a scope column or any unknown key gets a readable error
 back and the turn goes on). At run time the scope columns are added to every
 written row and every WHERE clause, and the statement goes through the
 storage's :class:`~chatwright.stores.RecordStore`, which binds every value.
+A write goes through the store's ``apply``, which keeps the rows' before- and
+after-images and appends the call's audit entry in the write's transaction; a
+tool also previews a call (``metadata["chatwright_preview"]``) for approval.
+
+Longer than 450 lines because the configuration's checks against the live
+table and the calls they allow are one concept, read together.
 """
 
 from __future__ import annotations
@@ -16,11 +22,13 @@ import decimal
 import json
 import uuid
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any, Literal
 
 from langchain_core.tools import BaseTool, ToolException
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from chatwright.approvals import Preview, Write, current_decision, write_entry
 from chatwright.errors import InvalidInputError, NotFoundError, StorageError
 from chatwright.plugins.crud.config import ArgSpec, CrudConfig
 from chatwright.plugins.crud.settings import CrudSettings
@@ -291,7 +299,11 @@ class CrudTool:
                 "chatwright_crud": {
                     "table": self.config.table,
                     "operation": self.config.operation,
-                }
+                },
+                # Write safety (chatwright.approvals): whether the tool writes, and
+                # how to show the rows a call would change before it runs.
+                "chatwright_writes": self.config.operation != "read",
+                "chatwright_preview": self.preview,
             },
         )
 
@@ -312,7 +324,8 @@ class CrudTool:
             return str(value)
         return value
 
-    async def run(self, **kwargs: Any) -> str:
+    def _write(self, kwargs: Mapping[str, Any]) -> tuple[Write, dict[str, Any]]:
+        """The call's write (``write.values`` empty for an update that changes nothing)."""
         config = self.config
         scope = self._scope()
         # LangChain passes omitted optional arguments as None: they are not written,
@@ -327,67 +340,118 @@ class CrudTool:
             for n, v in kwargs.items()
             if n in config.filters and v is not None
         }
+        op = config.operation
+        if op in {"create", "upsert"}:
+            # Validation already demands that an upsert's conflict target include the
+            # scope; passing the scope as well makes the statement itself refuse to
+            # update (or reassign) a row outside it, should a config get by.
+            write = Write(
+                table=config.table,
+                operation=op,
+                values={**config.defaults, **values, **scope},
+                scope=scope,
+                returning=self.returning,
+                conflict=(config.conflict or list(scope)) if op == "upsert" else (),
+            )
+        else:
+            write = Write(
+                table=config.table,
+                operation=op,
+                values=values,
+                where={**where, **scope},
+                scope=scope,
+                returning=self.returning,
+            )
+        return write, where
+
+    async def preview(self, **kwargs: Any) -> Preview | None:
+        """The rows this call would change, for the user of the turn; None for a read.
+
+        Arguments are validated as for a call; a fault raises :class:`ToolException`.
+        """
+        if self.config.operation == "read":
+            return None
+        args = self.args_model().model_validate(kwargs).model_dump()
+        write, where = self._write(args)
+        self._check_write(write, where)
+        cap = self.context.settings.tools.preview_rows
+        try:
+            return await self.context.storage.records.preview(
+                str(self.context.user_id), write, cap=cap
+            )
+        except (InvalidInputError, NotFoundError, StorageError) as exc:
+            raise ToolException(str(exc)) from None
+
+    def _check_write(self, write: Write, where: Mapping[str, Any]) -> None:
+        if write.operation == "update" and not write.values:
+            names = ", ".join(self.config.args)
+            raise ToolException(f"nothing to change: give at least one of {names}")
+
+    async def run(self, **kwargs: Any) -> str:
+        config = self.config
+        write, where = self._write(kwargs)
         records = self.context.storage.records
         user = str(self.context.user_id)
         limit = self.context.settings.tools.max_result_chars
         try:
-            result = await self._execute(records, user, values, where, scope)
+            if config.operation == "read":
+                result = await self._read(records, user, write)
+            else:
+                self._check_write(write, where)
+                result = await self._apply(records, user, write, where, kwargs)
         except (InvalidInputError, NotFoundError, StorageError) as exc:
             # The model reads the error and the turn goes on (it may tell the user
             # or try again); the database's own failures included.
             raise ToolException(str(exc)) from None
         return capped(result, limit)
 
-    async def _execute(
+    async def _read(self, records: Any, user: str, write: Write) -> dict[str, Any]:
+        rows = await records.select(
+            user,
+            write.table,
+            write.where,
+            columns=self.returning,
+            order_by=self.order,
+            limit=self.config.limit,
+        )
+        return {"rows": rows, "count": len(rows)}
+
+    async def _apply(
         self,
         records: Any,
         user: str,
-        values: dict[str, Any],
-        where: dict[str, Any],
-        scope: dict[str, Any],
+        write: Write,
+        where: Mapping[str, Any],
+        kwargs: Mapping[str, Any],
     ) -> dict[str, Any]:
-        config, table = self.config, self.config.table
-        op = config.operation
-        if op in {"create", "upsert"}:
-            row_values = {**config.defaults, **values, **scope}
-            if op == "upsert":
-                # Validation already demands that the conflict target include the
-                # scope; passing the scope as well makes the statement itself refuse
-                # to update (or reassign) a row outside it, should a config get by.
-                row = await records.insert(
-                    user,
-                    table,
-                    row_values,
-                    returning=self.returning,
-                    conflict=config.conflict or list(scope),
-                    scope=scope,
-                )
-            else:
-                row = await records.insert(user, table, row_values, returning=self.returning)
-            return {"saved" if op == "upsert" else "created": row}
-        condition = {**where, **scope}
-        if op == "read":
-            rows = await records.select(
+        """Run a write with its audit entry, in one transaction of the record store."""
+        entry = write_entry(self.context, self.row, write.operation, write.table, kwargs)
+        decision = current_decision()
+        try:
+            applied = await records.apply(
                 user,
-                table,
-                condition,
-                columns=self.returning,
-                order_by=self.order,
-                limit=config.limit,
+                write,
+                expect=decision.expect,
+                audit=entry,
+                cap=self.context.settings.tools.preview_rows,
             )
-            return {"rows": rows, "count": len(rows)}
-        if op == "update":
-            if not values:
-                names = ", ".join(config.args)
-                raise ToolException(f"nothing to change: give at least one of {names}")
-            rows = await records.update(user, table, condition, values, returning=self.returning)
-            if not rows:
-                raise ToolException(self._not_found(where))
-            return {"updated": len(rows), "rows": rows}
-        count = await records.delete(user, table, condition)
-        if not count:
+        except (InvalidInputError, NotFoundError, StorageError) as exc:
+            # A write that failed is on record too (in a transaction of its own).
+            await self.context.storage.audit.record(replace(entry, outcome="error", error=str(exc)))
+            raise
+        op = write.operation
+        if op in {"create", "upsert"}:
+            if not applied.rows:
+                raise InvalidInputError(
+                    f"nothing saved: the values conflict with a row of {write.table!r} "
+                    "that is not the caller's to change"
+                )
+            return {"saved" if op == "upsert" else "created": applied.rows[0]}
+        if not applied.changes:
             raise ToolException(self._not_found(where))
-        return {"deleted": count}
+        if op == "update":
+            return {"updated": len(applied.rows), "rows": applied.rows}
+        return {"deleted": len(applied.changes)}
 
     def _not_found(self, where: Mapping[str, Any]) -> str:
         # The same words whether the row is missing or someone else's.

@@ -22,7 +22,15 @@ from chatwright.plugins.server.lifespan import lifespan
 from chatwright.plugins.server.limits import BodyLimit, body_limit
 from chatwright.plugins.server.loopback import LocalOnly
 from chatwright.plugins.server.metrics import ServerMetrics
-from chatwright.plugins.server.routes import agents, chats, health, pages, sessions
+from chatwright.plugins.server.routes import (
+    agents,
+    audit,
+    chats,
+    health,
+    pages,
+    pending,
+    sessions,
+)
 from chatwright.plugins.server.settings import ServerSettings
 from chatwright.plugins.server.tool_checks import ToolChecks
 from chatwright.registry import Plugins
@@ -52,8 +60,9 @@ def create_app(settings: Settings, plugins: Plugins | None = None) -> FastAPI:
     server = settings.section(ServerSettings)
     if server.auth == "local":
         app.add_middleware(LocalOnly, allowed_hosts=server.allowed_hosts)
-    for router in (pages.router, health.router, sessions.router, chats.router, agents.router):
-        app.include_router(router)
+    routers = (pages, health, sessions, chats, pending, audit, agents)
+    for module in routers:
+        app.include_router(module.router)
     return app
 
 

@@ -16,9 +16,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from chatwright.errors import ChatwrightError
+from chatwright.errors import ApprovalPendingError, ChatwrightError, PreviewChangedError
 from chatwright.plugins.server.auth import AuthError
-from chatwright.plugins.server.schemas import ErrorBody
+from chatwright.plugins.server.schemas import (
+    ErrorBody,
+    PendingActionOut,
+    PendingErrorBody,
+    PreviewChangedBody,
+)
 
 if TYPE_CHECKING:
     from fastapi import Request
@@ -30,6 +35,8 @@ WHY = {
     403: "A service-role token, refused on user endpoints; in local mode, a foreign Host "
     "header or a public bind.",
     404: "Not found, or not the caller's.",
+    409: "A conflict: the chat waits for decisions, the action was decided already or "
+    "expired, the rows changed since the preview, or an undo would overwrite later changes.",
     413: "The message or the request body is too large.",
     422: "The request is invalid: the error names each field at fault.",
     502: "The model failed during the turn; the human message is kept.",
@@ -44,9 +51,27 @@ def error_response(message: str, status_code: int) -> JSONResponse:
     return JSONResponse(ErrorBody(error=message).model_dump(), status_code=status_code)
 
 
-def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` declaring the error body for each of ``codes``."""
-    return {code: {"model": ErrorBody, "description": WHY[code]} for code in sorted(set(codes))}
+def responses(
+    *codes: int, conflict: type[ErrorBody] = ErrorBody, why: str | None = None
+) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` declaring the error body for each of ``codes``.
+
+    A 409 may answer a richer body (``conflict``) with its own explanation (``why``).
+    """
+    return {
+        code: {
+            "model": conflict if code == 409 else ErrorBody,
+            "description": (why or WHY[code]) if code == 409 else WHY[code],
+        }
+        for code in sorted(set(codes))
+    }
+
+
+def pending_of(actions: list[object]) -> list[PendingActionOut]:
+    """The pending actions an error carries (records only; anything else is left out)."""
+    from chatwright.approvals import PendingAction
+
+    return [PendingActionOut.of(a) for a in actions if isinstance(a, PendingAction)]
 
 
 def openapi_with_json_errors(app: FastAPI) -> dict[str, Any]:
@@ -83,6 +108,22 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(ChatwrightError)
     async def user_error(request: Request, exc: ChatwrightError) -> JSONResponse:
         return error_response(str(exc), exc.http_status)
+
+    @app.exception_handler(ApprovalPendingError)
+    async def waiting(request: Request, exc: ApprovalPendingError) -> JSONResponse:
+        # The client needs the waiting calls to show them and decide: they come with the error.
+        body = PendingErrorBody(error=str(exc), pending=pending_of(exc.actions))
+        return JSONResponse(body.model_dump(mode="json"), status_code=exc.http_status)
+
+    @app.exception_handler(PreviewChangedError)
+    async def changed(request: Request, exc: PreviewChangedError) -> JSONResponse:
+        from chatwright.approvals import PendingAction
+
+        action = exc.action if isinstance(exc.action, PendingAction) else None
+        body = PreviewChangedBody(
+            error=str(exc), action=PendingActionOut.of(action) if action else None
+        )
+        return JSONResponse(body.model_dump(mode="json"), status_code=exc.http_status)
 
     @app.exception_handler(AuthError)
     async def unauthenticated(request: Request, exc: AuthError) -> JSONResponse:

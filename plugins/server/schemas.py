@@ -15,7 +15,8 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
 if TYPE_CHECKING:
-    from chatwright.runtime import ToolCallRecord
+    from chatwright.approvals import PendingAction
+    from chatwright.runtime import ToolCallRecord, Turn
     from chatwright.stores import ChatSession, Message, PromptCustomization, ToolRow
 
 Timestamp = Annotated[
@@ -219,11 +220,96 @@ class ToolCall(BaseModel):
         return cls(name=record.name, args=record.args, result=record.result, error=record.error)
 
 
+class RowChangeOut(BaseModel):
+    """One row a write changes: ``before`` is null for a new row, ``after`` for a deleted one."""
+
+    key: dict[str, Any] = Field(description="The row's primary key values.")
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+
+
+class PreviewOut(BaseModel):
+    """The rows a write would change, read under the user's scope (at most tools.preview_rows)."""
+
+    table: str
+    operation: str
+    count: int = Field(description="How many rows the write would change in all.")
+    rows: list[RowChangeOut]
+
+
+class PendingActionOut(BaseModel):
+    """A tool call that waits for the user's decision (or was decided)."""
+
+    id: uuid.UUID
+    agent_name: str
+    chat_id: uuid.UUID
+    turn_id: uuid.UUID
+    tool_id: int | None
+    tool_name: str
+    tool_call_id: str
+    args: dict[str, Any] = Field(description="The arguments it runs with when approved.")
+    preview: PreviewOut | None = Field(
+        description="For writes that change existing rows (crud update, delete, upsert)."
+    )
+    status: Literal["pending", "approved", "denied", "expired", "done", "failed"]
+    created_at: Timestamp
+    expires_at: Timestamp = Field(description="When an undecided action expires (= denied).")
+    decided_at: Timestamp | None
+    decided_by: str | None
+    result: str | None = Field(description="The tool's reply once it ran (or why it did not).")
+
+    @classmethod
+    def of(cls, action: PendingAction) -> PendingActionOut:
+        data = action.as_dict()
+        del data["user_id"]
+        return cls.model_validate(data)
+
+
 class ChatTurn(BaseModel):
     session_id: uuid.UUID = Field(description="The chat id of the conversation.")
     response: str
     tool_calls: list[ToolCall]
     error: None = Field(None, description="Always null: a failed turn answers an error status.")
+    turn_id: uuid.UUID | None = Field(
+        None, description="The turn, for undo; a turn resumed after a decision keeps its id."
+    )
+    status: Literal["done", "approval_required"] = Field(
+        "done", description="approval_required: the turn stopped at calls that wait for the user."
+    )
+    pending: list[PendingActionOut] = Field(
+        default_factory=list, description="With approval_required: the calls that wait."
+    )
+
+    @classmethod
+    def of(cls, turn: Turn) -> ChatTurn:
+        return cls(
+            session_id=turn.chat_id,
+            response=turn.response,
+            tool_calls=[ToolCall.of(c) for c in turn.tool_calls],
+            error=None,
+            turn_id=turn.turn_id,
+            status="approval_required" if turn.status == "approval_required" else "done",
+            pending=[PendingActionOut.of(a) for a in turn.pending],
+        )
+
+
+class PendingList(BaseModel):
+    actions: list[PendingActionOut] = Field(description="Oldest first.")
+
+
+class PendingErrorBody(ErrorBody):
+    """409 from a turn: the chat waits for decisions on these calls first."""
+
+    pending: list[PendingActionOut]
+
+
+class PreviewChangedBody(ErrorBody):
+    """409 from an approval: the rows changed since the preview; decide again."""
+
+    action: PendingActionOut | None = Field(
+        default=None,
+        description="When the rows changed: the action, pending again with the fresh preview.",
+    )
 
 
 class AgentSummary(BaseModel):
@@ -240,6 +326,12 @@ class ToolEntry(BaseModel):
     type: str
     description: str | None
     is_active: bool
+    approval: str = Field(
+        "auto", description="auto, required (every call waits) or user (each user chooses)."
+    )
+    approval_default: str = Field(
+        "required", description="For user mode: what users who have not chosen get."
+    )
     ok: bool | None = Field(None, description="Admins only: whether the tool loads.")
     problems: list[str] | None = Field(None, description="Admins only: why it does not.")
 
@@ -252,6 +344,8 @@ class ToolEntry(BaseModel):
             type=row.type,
             description=row.description,
             is_active=row.is_active,
+            approval=row.approval,
+            approval_default=row.approval_default,
             **admin,
         )
 
@@ -316,11 +410,21 @@ class ToolResultEvent(BaseModel):
     error: bool
 
 
+class ApprovalEvent(BaseModel):
+    pending: list[PendingActionOut] = Field(description="The calls that wait for the user.")
+
+
 class DoneEvent(BaseModel):
     session_id: uuid.UUID
     response: str
     tool_calls: list[ToolCall]
+    turn_id: uuid.UUID | None = None
+    status: Literal["done", "approval_required"] = "done"
+    pending: list[PendingActionOut] = Field(default_factory=list)
 
 
 class ErrorEvent(ErrorBody):
     status: int = Field(description="The status the same failure gets from POST /api/chat.")
+    pending: list[PendingActionOut] | None = Field(
+        default=None, description="With status 409 when the chat waits for decisions: those calls."
+    )

@@ -1,7 +1,8 @@
 """A chat turn streamed as server-sent events.
 
 The events are ``token``, ``tool_call`` and ``tool_result`` while the turn
-runs, then ``done`` or ``error``; their data are the models of
+runs, ``approval`` when it stopped at calls that wait for the user's decision,
+then ``done`` or ``error``; their data are the models of
 :mod:`chatwright.plugins.server.schemas` as JSON, with U+2028 and U+2029
 escaped (JavaScript counts them as line ends, which would cut a data line in
 two for a client that splits lines the way the web page does). While the turn
@@ -22,12 +23,13 @@ from typing import TYPE_CHECKING, Any
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from chatwright.errors import ChatwrightError
+from chatwright.errors import ApprovalPendingError, ChatwrightError
 from chatwright.plugins.server.schemas import (
+    ApprovalEvent,
+    ChatTurn,
     DoneEvent,
     ErrorEvent,
     TokenEvent,
-    ToolCall,
     ToolCallEvent,
     ToolResultEvent,
 )
@@ -48,8 +50,11 @@ EVENTS = """Server-sent events, in this order:
 | `token` | `TokenEvent` `{text}`: a piece of the reply (all at once if the model cannot stream) |
 | `tool_call` | `ToolCallEvent` `{id, name, args}` |
 | `tool_result` | `ToolResultEvent` `{id, name, result, error}` |
-| `done` | `DoneEvent` `{session_id, response, tool_calls}`, the last event of a turn that worked |
-| `error` | `ErrorEvent` `{error, status}`, the last event of a turn that failed |
+| `approval` | `ApprovalEvent` `{pending}`: the turn stopped at calls that wait for the user |
+| `done` | `DoneEvent` `{session_id, response, tool_calls, turn_id, status, pending}`, the last \
+event of a turn that worked |
+| `error` | `ErrorEvent` `{error, status, pending?}`, the last event of a turn that failed \
+(`pending` with status 409 when the chat waits for decisions) |
 """
 
 
@@ -115,7 +120,12 @@ def stream_turn(
             )
         except ChatwrightError as exc:
             metrics.turns.labels("error").inc()
-            await queue.put(sse("error", ErrorEvent(error=str(exc), status=exc.http_status)))
+            failed = ErrorEvent(error=str(exc), status=exc.http_status)
+            if isinstance(exc, ApprovalPendingError):
+                from chatwright.plugins.server.errors import pending_of
+
+                failed.pending = pending_of(exc.actions)
+            await queue.put(sse("error", failed))
         except Exception as exc:
             metrics.turns.labels("error").inc()
             log.exception("streamed turn failed")
@@ -124,10 +134,16 @@ def stream_turn(
         else:
             metrics.turns.labels("ok").inc()
             metrics.turn_seconds.observe(time.perf_counter() - started)
+            out = ChatTurn.of(turn)
+            if out.pending:
+                await queue.put(sse("approval", ApprovalEvent(pending=out.pending)))
             done = DoneEvent(
-                session_id=turn.chat_id,
-                response=turn.response,
-                tool_calls=[ToolCall.of(c) for c in turn.tool_calls],
+                session_id=out.session_id,
+                response=out.response,
+                tool_calls=out.tool_calls,
+                turn_id=out.turn_id,
+                status=out.status,
+                pending=out.pending,
             )
             await queue.put(sse("done", done))
         finally:

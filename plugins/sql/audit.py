@@ -8,15 +8,28 @@ transactions of their own.
 
 from __future__ import annotations
 
+import builtins
+import uuid
 from collections.abc import Mapping
-from typing import Any
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chatwright.approvals import AuditEntry, NewAuditEntry, RowChange
+from chatwright.errors import InvalidInputError
 from chatwright.history import storable_value
 from chatwright.plugins.sql import schema
+from chatwright.plugins.sql.pending import as_uuid
+
+if TYPE_CHECKING:
+    from chatwright.plugins.sql.storage import SQLStorage
+
+MAX_LIMIT = 1000
+"""The most entries one page holds."""
+MAX_ID = 2**63 - 1
+"""The largest entry id (a BIGINT)."""
 
 
 def _json(value: Any) -> Any:
@@ -95,14 +108,64 @@ async def insert_audit(conn: AsyncConnection, entry: NewAuditEntry) -> AuditEntr
     """Append ``entry`` on ``conn`` (inside the caller's transaction) and return it as stored."""
     t = schema.audit_log
     result = await conn.execute(t.insert().values(audit_values(entry)).returning(*t.c))
-    return audit_from_row(result.mappings().one())
+    return audit_from_row(dict(result.mappings().one()))
 
 
 class SQLAuditStore:
-    """The storage's ``audit``: to be completed (record, list)."""
+    """The storage's ``audit``: see :class:`chatwright.approvals.AuditStore`.
 
-    def __init__(self, db: Any) -> None:
+    Entries are appended and read, never changed: on PostgreSQL the database
+    itself refuses the application role anything else (migration 0005).
+    """
+
+    def __init__(self, db: SQLStorage) -> None:
         self.db = db
 
+    async def record(self, entry: NewAuditEntry) -> AuditEntry:
+        # As the entry's user: on the supabase backend the row must pass their policy.
+        async with self.db.write(entry.user_id) as conn:
+            return await insert_audit(conn, entry)
 
-__all__ = ["SQLAuditStore", "audit_from_row", "audit_values", "insert_audit", "sa"]
+    async def list(
+        self,
+        user_id: str | None,
+        *,
+        since: datetime | None = None,
+        chat_id: uuid.UUID | None = None,
+        turn_id: uuid.UUID | None = None,
+        before_id: int | None = None,
+        limit: int = 50,
+    ) -> builtins.list[AuditEntry]:
+        t = schema.audit_log
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_LIMIT:
+            raise InvalidInputError(f"limit {limit!r} must be a whole number from 1 to {MAX_LIMIT}")
+        if since is not None and (not isinstance(since, datetime) or since.tzinfo is None):
+            raise InvalidInputError(
+                f"since {since!r:.80} is not a time with a time zone; give one (e.g. +00:00)"
+            )
+        stmt = sa.select(t).order_by(t.c.id.desc()).limit(limit)
+        if user_id is not None:
+            stmt = stmt.where(t.c.user_id == user_id)
+        if since is not None:
+            stmt = stmt.where(t.c.at >= since)
+        if chat_id is not None:
+            stmt = stmt.where(t.c.chat_id == as_uuid(chat_id, "chat"))
+        if turn_id is not None:
+            stmt = stmt.where(t.c.turn_id == as_uuid(turn_id, "turn"))
+        if before_id is not None:
+            if (
+                isinstance(before_id, bool)
+                or not isinstance(before_id, int)
+                or not 1 <= before_id <= MAX_ID
+            ):
+                raise InvalidInputError(
+                    f"before_id {before_id!r:.80} must be an entry id, a whole number from 1 "
+                    f"to {MAX_ID}"
+                )
+            stmt = stmt.where(t.c.id < before_id)
+        async with self.db.read(user_id) as conn:
+            rows = (await conn.execute(stmt)).mappings().all()
+        return [audit_from_row(dict(r)) for r in rows]
+
+
+__all__ = ["SQLAuditStore", "audit_from_row", "audit_values", "insert_audit"]

@@ -6,17 +6,32 @@ at the next tool load) and to run insert/select/update/delete statements built
 with SQLAlchemy Core from the reflected :class:`sqlalchemy.Table`. Identifiers
 are checked against that table, values are always bound parameters, and the
 framework's own tables are refused outright.
+
+Writes that approval and undo rely on go through :meth:`SQLRecordStore.preview`
+and :meth:`SQLRecordStore.apply` (in :mod:`.writes`), which read the rows a
+write changes before it runs, so that a write approved on a preview runs only
+on the rows previewed and leaves whole-row before/after images (:mod:`.images`)
+in its audit entry, in the same transaction; :mod:`.undo` puts them back.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy import exc
 from sqlalchemy.dialects import postgresql, sqlite
 
+from chatwright.approvals import (
+    Applied,
+    AuditEntry,
+    NewAuditEntry,
+    Preview,
+    UndoReport,
+    Write,
+)
 from chatwright.errors import InvalidInputError, NotFoundError, one_line
 from chatwright.plugins.sql.errors import integrity_message
 from chatwright.stores import (
@@ -73,6 +88,21 @@ def _server_default(spec: ColumnSpec) -> Any:
     if isinstance(spec.default, bool):
         return sa.true() if spec.default else sa.false()
     return str(spec.default)
+
+
+@contextmanager
+def refused(table: str) -> Iterator[None]:
+    """Values the database refused, as :class:`InvalidInputError` naming ``table``'s columns."""
+    try:
+        yield
+    except exc.IntegrityError as error:
+        raise InvalidInputError(
+            f"the database rejected the values: {integrity_message(error, table)}"
+        ) from None
+    except (OverflowError, UnicodeError) as error:
+        # Raised by the driver while binding, before the database sees anything:
+        # an integer beyond 64 bits on SQLite, a lone surrogate in a string.
+        raise InvalidInputError(f"the database cannot hold a value: {one_line(error)}") from None
 
 
 class SQLRecordStore:
@@ -159,21 +189,11 @@ class SQLRecordStore:
             read transaction (on SQLite: without taking the write lock).
         """
         transaction = self.db.write if write else self.db.read
-        try:
+        with refused(table):
             async with transaction(user_id) as conn:
                 result = await conn.execute(stmt)
                 rows = [dict(r) for r in result.mappings()] if result.returns_rows else []
                 return rows, result.rowcount
-        except exc.IntegrityError as error:
-            raise InvalidInputError(
-                f"the database rejected the values: {integrity_message(error, table)}"
-            ) from None
-        except (OverflowError, UnicodeError) as error:
-            # Raised by the driver while binding, before the database sees anything:
-            # an integer beyond 64 bits on SQLite, a lone surrogate in a string.
-            raise InvalidInputError(
-                f"the database cannot hold a value: {one_line(error)}"
-            ) from None
 
     async def insert(
         self,
@@ -259,6 +279,33 @@ class SQLRecordStore:
         t = await self._table(table)
         _, count = await self._execute(t.delete().where(self._where(t, where)), user_id, table)
         return count
+
+    # -- writes with images (chatwright.plugins.sql.writes, chatwright.plugins.sql.undo) ---
+
+    async def preview(self, user_id: str, write: Write, *, cap: int) -> Preview:
+        from chatwright.plugins.sql.writes import Writes
+
+        return await Writes(self).preview(user_id, write, cap=cap)
+
+    async def apply(
+        self,
+        user_id: str,
+        write: Write,
+        *,
+        expect: Preview | None = None,
+        audit: NewAuditEntry | None = None,
+        cap: int,
+    ) -> Applied:
+        from chatwright.plugins.sql.writes import Writes
+
+        return await Writes(self).apply(user_id, write, expect=expect, audit=audit, cap=cap)
+
+    async def undo(
+        self, user_id: str, entries: Sequence[AuditEntry], audit: NewAuditEntry
+    ) -> UndoReport:
+        from chatwright.plugins.sql.undo import Undo
+
+        return await Undo(self, user_id).run(entries, audit)
 
     async def ensure_table(self, spec: TableSpec) -> bool:
         self._check_name(spec.name)

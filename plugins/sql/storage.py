@@ -30,10 +30,12 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from chatwright.plugins.sql import migrate
+from chatwright.plugins.sql.audit import SQLAuditStore
 from chatwright.plugins.sql.chats import SQLMessageStore, SQLSessionStore
 from chatwright.plugins.sql.deadline import Deadline
 from chatwright.plugins.sql.engine import normalize_url, ping_when_idle, redact, sqlite_engine
 from chatwright.plugins.sql.errors import DatabaseErrors
+from chatwright.plugins.sql.pending import SQLPendingStore
 from chatwright.plugins.sql.postgres import Coordination
 from chatwright.plugins.sql.records import SQLRecordStore
 from chatwright.plugins.sql.stores import (
@@ -103,6 +105,8 @@ class SQLStorage:
         self.customizations = SQLCustomizationStore(self)
         self.memories = SQLMemoryStore(self)
         self.records = SQLRecordStore(self)
+        self.pending = SQLPendingStore(self)
+        self.audit = SQLAuditStore(self)
         self.turns: SQLTurnStore = SQLTurnStore(self)
 
     @classmethod

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy import exc
 
+from chatwright.approvals import APPROVAL_MODES, USER_CHOICES
 from chatwright.errors import (
     AlreadyExistsError,
     InvalidInputError,
@@ -37,6 +38,26 @@ if TYPE_CHECKING:
     from chatwright.plugins.sql.storage import SQLStorage
 
 AGENT_FIELDS = frozenset({"system_prompt", "model", "model_settings", "history_window"})
+TOOL_FIELDS = frozenset(
+    {"name", "description", "config", "is_active", "position", "approval", "approval_default"}
+)
+
+
+def check_approval(tool: str, approval: Any, approval_default: Any) -> None:
+    """Refuse an approval mode or default that is not one of the allowed words, by name.
+
+    The database's CHECK constraints would refuse them too, but with a message
+    that names a constraint instead of what to write.
+    """
+    if approval is not None and approval not in APPROVAL_MODES:
+        raise InvalidInputError(
+            f"tool {tool!r}: approval {approval!r} is not one of {', '.join(APPROVAL_MODES)}"
+        )
+    if approval_default is not None and approval_default not in USER_CHOICES:
+        raise InvalidInputError(
+            f"tool {tool!r}: approval_default {approval_default!r} is not one of "
+            f"{', '.join(USER_CHOICES)}"
+        )
 
 
 class BoundStore:
@@ -162,10 +183,13 @@ class SQLToolStore(BoundStore):
         description: str = "",
         is_active: bool = True,
         position: int | None = None,
+        approval: str = "auto",
+        approval_default: str = "required",
     ) -> ToolRow:
         t = schema.agent_tools
         if config is None:
             raise InvalidInputError(f"tool {name!r} needs a config (a JSON object)")
+        check_approval(name, approval, approval_default)
         try:
             async with self.db.write() as conn:
                 agent_id = await conn.scalar(
@@ -190,6 +214,8 @@ class SQLToolStore(BoundStore):
                             config=config,
                             is_active=is_active,
                             position=position,
+                            approval=approval,
+                            approval_default=approval_default,
                             created_at=ts,
                             updated_at=ts,
                         )
@@ -217,6 +243,45 @@ class SQLToolStore(BoundStore):
         )
         async with self.db.write() as conn:
             row = (await conn.execute(stmt)).first()
+        if row is None:
+            raise NotFoundError(f"no tool row with id {tool_id}; see `chatwright tools list`")
+        return from_row(ToolRow, row)
+
+    async def update(self, tool_id: int, **changes: Any) -> ToolRow:
+        unknown = set(changes) - TOOL_FIELDS
+        if unknown:
+            raise InvalidInputError(
+                f"cannot change {', '.join(sorted(unknown))} of tool row {tool_id}; "
+                f"changeable fields: {', '.join(sorted(TOOL_FIELDS))}"
+            )
+        check_approval(
+            str(changes.get("name", tool_id)),
+            changes.get("approval"),
+            changes.get("approval_default"),
+        )
+        if "config" in changes and changes["config"] is None:
+            raise InvalidInputError(f"tool row {tool_id} needs a config (a JSON object)")
+        t = schema.agent_tools
+        stmt = t.update().where(t.c.id == tool_id).values(**changes, updated_at=now()).returning(t)
+        try:
+            async with self.db.write() as conn:
+                row = (await conn.execute(stmt)).first()
+        except exc.IntegrityError as error:
+            if "name" in changes:
+                current = await self.get(tool_id)
+                taken = current is not None and any(
+                    r.name == changes["name"] and r.id != tool_id
+                    for r in await self.list()
+                    if r.agent_id == current.agent_id
+                )
+                if taken:
+                    raise AlreadyExistsError(
+                        f"the agent already has a tool named {changes['name']!r}; pick another name"
+                    ) from None
+            raise InvalidInputError(
+                f"tool row {tool_id} rejected by the database: "
+                f"{integrity_message(error, 'agent_tools')}"
+            ) from None
         if row is None:
             raise NotFoundError(f"no tool row with id {tool_id}; see `chatwright tools list`")
         return from_row(ToolRow, row)

@@ -3,11 +3,15 @@
 :meth:`SQLTurnStore.begin` runs, in one write transaction: the framework
 statements (the agent row with its config version; taking the chat's lease),
 then, as the user (the storage's user transactions apply), the owner check,
-the history window, memory, customizations and the human message.
+memory, customizations and whether the chat has actions awaiting a decision
+(one statement), the history window and the human message. A human message
+to a chat with pending actions is refused there, before anything is stored; a
+turn begun without a message (to resume after a decision) gets those actions.
 :meth:`SQLTurnStore.finish` appends what the turn produced since its last
 complete tool exchange (each of which :meth:`SQLTurnStore.append` stored as it
 completed) in one multi-row insert, touches the chat's sessions and gives the
-lease back, again in one transaction: a cached turn with one round of tool
+lease back, again in one transaction, with the tool calls the turn stopped
+at (pending actions), if any: a cached turn with one round of tool
 calls takes three transactions besides the tools' own.
 
 A lease is a row of ``chat_leases``: the chat, a holder token and an expiry
@@ -43,13 +47,15 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from chatwright.approvals import NewPending, PendingAction
 from chatwright.errors import ChatBusyError, StorageError, UnknownAgentError
 from chatwright.plugins.sql import schema
 from chatwright.plugins.sql.chats import insert_messages, touch_sessions
+from chatwright.plugins.sql.pending import insert_pending, pending_from_row
 from chatwright.plugins.sql.rows import from_row, now
 from chatwright.plugins.sql.stores import BoundStore
 from chatwright.stores import Agent, Message, NewMessage
-from chatwright.turns import TurnStart, not_your_chat
+from chatwright.turns import TurnStart, approval_pending, not_your_chat
 
 if TYPE_CHECKING:
     from chatwright.plugins.sql.storage import SQLStorage
@@ -181,7 +187,7 @@ class SQLTurnStore(BoundStore):
         user_id: str,
         agent_name: str,
         chat_id: uuid.UUID,
-        message: NewMessage,
+        message: NewMessage | None,
         *,
         check_owner: bool = True,
     ) -> TurnStart:
@@ -198,8 +204,8 @@ class SQLTurnStore(BoundStore):
                 agent = from_row(Agent, row)
                 taken = await self._take(conn, chat_id, lease.holder)
                 await self.db.users.enter(conn, user_id)
-                owner, memory, instructions = await self._owner_and_prompt(
-                    conn, user_id, agent_name, chat_id if check_owner else None
+                owner, memory, instructions, waiting = await self._owner_and_prompt(
+                    conn, user_id, agent_name, chat_id, check_owner=check_owner
                 )
                 # Not found before busy: another user's chat must not answer
                 # differently while it has a turn running.
@@ -207,10 +213,23 @@ class SQLTurnStore(BoundStore):
                     raise not_your_chat(chat_id, agent_name)
                 if not taken:
                     raise _Busy
+                pending = await self._waiting_actions(conn, user_id, chat_id) if waiting else []
+                if message is not None and pending:
+                    # Rolled back with the lease: nothing of this turn is stored.
+                    raise approval_pending(pending)
                 history = await self._window(conn, user_id, chat_id, agent.history_window)
-                await insert_messages(conn, user_id, chat_id, [message], returning=False)
+                if message is not None:
+                    await insert_messages(conn, user_id, chat_id, [message], returning=False)
             return TurnStart(
-                user_id, agent_name, chat_id, agent, history, memory, instructions, lease=lease
+                user_id,
+                agent_name,
+                chat_id,
+                agent,
+                history,
+                memory,
+                instructions,
+                lease=lease,
+                pending=pending,
             )
 
         start: TurnStart = await self._waiting(chat_id, attempt)
@@ -222,8 +241,13 @@ class SQLTurnStore(BoundStore):
             await insert_messages(conn, start.user_id, start.chat_id, messages, returning=False)
 
     async def finish(
-        self, start: TurnStart, messages: Sequence[NewMessage], *, touch: bool
-    ) -> None:
+        self,
+        start: TurnStart,
+        messages: Sequence[NewMessage],
+        *,
+        touch: bool,
+        pending: Sequence[NewPending] = (),
+    ) -> list[PendingAction]:
         lease: Lease = start.lease
         await self._stop(lease)
         try:
@@ -233,6 +257,10 @@ class SQLTurnStore(BoundStore):
                 await insert_messages(conn, start.user_id, start.chat_id, messages, returning=False)
                 if touch:
                     await touch_sessions(conn, start.user_id, start.chat_id)
+                # With the messages: a stopped turn's calls and its history stand or fall together.
+                return await insert_pending(
+                    conn, start.user_id, start.agent_name, start.chat_id, pending
+                )
         except BaseException:
             # Nothing was stored, and the lease must not stay held until it expires:
             # give it back alone, now or, when the database is away, once it is back.
@@ -280,14 +308,35 @@ class SQLTurnStore(BoundStore):
         return [from_row(Message, r) for r in reversed(rows)]
 
     @staticmethod
-    async def _owner_and_prompt(
-        conn: AsyncConnection, user_id: str, agent_name: str, chat_id: uuid.UUID | None
-    ) -> tuple[tuple[str, str] | None, str, list[str]]:
-        """The chat's owner (when ``chat_id`` is given), the memory and the instructions.
+    async def _waiting_actions(
+        conn: AsyncConnection, user_id: str, chat_id: uuid.UUID
+    ) -> list[PendingAction]:
+        """The chat's actions still pending, oldest first (expired or not)."""
+        p = schema.pending_actions
+        rows = await conn.execute(
+            sa.select(p)
+            .where(p.c.chat_id == chat_id, p.c.user_id == user_id, p.c.status == "pending")
+            .order_by(p.c.created_at, p.c.id)
+        )
+        return [pending_from_row(dict(r)) for r in rows.mappings()]
 
-        One statement instead of three: a turn's round trips are its cost.
+    @staticmethod
+    async def _owner_and_prompt(
+        conn: AsyncConnection,
+        user_id: str,
+        agent_name: str,
+        chat_id: uuid.UUID,
+        *,
+        check_owner: bool,
+    ) -> tuple[tuple[str, str] | None, str, list[str], int]:
+        """The chat's owner (with ``check_owner``), the memory, the instructions, and
+        how many of the chat's actions are pending.
+
+        One statement instead of four: a turn's round trips are its cost. The
+        pending actions themselves are read only when there are any.
         """
         s, mem, c = schema.chat_sessions, schema.agent_memories, schema.prompt_customizations
+        p = schema.pending_actions
         zero, empty = sa.literal(0), sa.literal("")
         parts = [
             sa.select(sa.literal(1), mem.c.notes, empty, zero, zero).where(
@@ -296,8 +345,11 @@ class SQLTurnStore(BoundStore):
             sa.select(sa.literal(2), c.c.content, empty, c.c.priority, c.c.id).where(
                 c.c.user_id == user_id, c.c.agent_name == agent_name, c.c.is_active
             ),
+            sa.select(sa.literal(3), empty, empty, sa.func.count(), zero).where(
+                p.c.chat_id == chat_id, p.c.user_id == user_id, p.c.status == "pending"
+            ),
         ]
-        if chat_id is not None:
+        if check_owner:
             # The first session decides (as SQLSessionStore.owner).
             first = (
                 sa.select(s.c.user_id, s.c.agent_name)
@@ -318,12 +370,14 @@ class SQLTurnStore(BoundStore):
         ]
         stmt = sa.union_all(*named).order_by("part", sa.desc("rank"), "n")
         owner: tuple[str, str] | None = None
-        notes, instructions = "", []
+        notes, instructions, waiting = "", [], 0
         for row in await conn.execute(stmt):
             if row.part == 0:
                 owner = (row.a, row.b)
             elif row.part == 1:
                 notes = row.a or ""
-            else:
+            elif row.part == 2:
                 instructions.append(row.a)
-        return owner, notes, instructions
+            else:
+                waiting = int(row.rank)
+        return owner, notes, instructions, waiting

@@ -67,6 +67,13 @@ def fill(path: str, session_id: str, chat_id: str) -> str:
 Probe = Callable[[str, str], Awaitable[httpx.Response]]
 
 
+# Routes whose body is validated before the id is looked up get a valid one, so that the
+# probe reaches the lookup (a malformed body is refused alike for every id).
+BODIES: dict[str, dict[str, Any]] = {
+    "/api/chats/{chat_id}/undo": {"turn_id": str(uuid.uuid4())},
+}
+
+
 def probes(server: Server) -> dict[str, Probe]:
     """Each endpoint, as bob, given a session id and a chat id."""
     client, bob = server.client, bearer("bob")
@@ -74,7 +81,7 @@ def probes(server: Server) -> dict[str, Probe]:
     for method, path in id_routes(server):
 
         async def routed(s: str, c: str, method: str = method, path: str = path) -> httpx.Response:
-            body = {"agent_name": AGENT, "message": "hi", "content": "x"}
+            body = BODIES.get(path, {"agent_name": AGENT, "message": "hi", "content": "x"})
             extra: dict[str, Any] = {} if method == "GET" else {"json": body}
             return await client.request(method, fill(path, s, c), headers=bob, **extra)
 

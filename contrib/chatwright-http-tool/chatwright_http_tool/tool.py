@@ -39,6 +39,7 @@ import httpx
 from langchain_core.tools import BaseTool, ToolException
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from chatwright.approvals import record_write
 from chatwright.errors import one_line
 from chatwright.stores import ToolRow
 from chatwright.tools import (
@@ -208,7 +209,14 @@ class HttpTool:
             args_schema=self.args_model(),
             handle_tool_error=True,
             handle_validation_error=invalid_arguments,
+            # Anything but a GET changes something somewhere: approval modes, the
+            # write hooks and the audit log treat the tool as one that writes.
+            metadata={"chatwright_writes": self.writes},
         )
+
+    @property
+    def writes(self) -> bool:
+        return self.config.method != "GET"
 
     # -- a call -----------------------------------------------------------
 
@@ -325,9 +333,26 @@ class HttpTool:
         headers, expanded = self._headers()
         redactor = Redactor(expanded)
         try:
-            return redactor.text(await self._call(given, url, headers, redactor))
+            result = redactor.text(await self._call(given, url, headers, redactor))
         except ToolException as exc:
-            raise ToolException(redactor.text(str(exc))) from None
+            reason = redactor.text(str(exc))
+            await self._record(given, "error", reason)
+            raise ToolException(reason) from None
+        await self._record(given, "ok", None)
+        return result
+
+    async def _record(self, given: dict[str, Any], outcome: str, error: str | None) -> None:
+        """A request that may have changed something goes into the audit log."""
+        if not self.writes:
+            return
+        await record_write(
+            self.context,
+            self.row,
+            operation=self.config.method.lower(),
+            args=given,
+            outcome=outcome,
+            error=error,
+        )
 
     async def _call(
         self, given: dict[str, Any], url: httpx.URL, headers: dict[str, str], redactor: Redactor

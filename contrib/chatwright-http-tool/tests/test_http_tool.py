@@ -15,6 +15,7 @@ import json
 import socket
 import subprocess
 import sys
+from dataclasses import fields
 from typing import Any
 
 import pytest
@@ -22,6 +23,7 @@ from langchain_core.messages import ToolMessage
 from langchain_core.tools import BaseTool
 from local_server import LocalServer
 
+from chatwright.approvals import AuditEntry, NewAuditEntry
 from chatwright.registry import Plugins
 from chatwright.settings import Settings
 from chatwright.stores import ToolRow
@@ -50,6 +52,22 @@ def row(config: Any, name: str = "call_api", description: str = "") -> ToolRow:
     )
 
 
+class AuditLog:
+    """The one store the http tool type uses: the audit log, kept in a list."""
+
+    def __init__(self) -> None:
+        self.entries: list[NewAuditEntry] = []
+
+    async def record(self, entry: NewAuditEntry) -> AuditEntry:
+        self.entries.append(entry)
+        return AuditEntry(**{f.name: getattr(entry, f.name) for f in fields(entry)})
+
+
+class Storage:
+    def __init__(self) -> None:
+        self.audit = AuditLog()
+
+
 async def load(
     plugins: Plugins,
     config: Any,
@@ -57,9 +75,11 @@ async def load(
     user_id: str | None = "alice",
     settings: Settings = SETTINGS,
     description: str = "",
+    storage: Storage | None = None,
 ) -> RowReport:
-    # The http tool type never touches the storage.
-    context = ToolContext("helper", storage=None, settings=settings, user_id=user_id)  # type: ignore[arg-type]
+    # The http tool type uses the storage only to record its writes.
+    store: Any = storage or Storage()
+    context = ToolContext("helper", storage=store, settings=settings, user_id=user_id)
     return await build_row(row(config, description=description), "helper", plugins, context)
 
 
@@ -156,6 +176,42 @@ async def test_post_sends_the_body_as_json(plugins: Plugins, server: LocalServer
     assert "Invalid arguments: priority: Input should be 1, 2 or 3" in error(
         await call(tool, title="x", priority=9)
     )
+
+
+async def test_requests_other_than_get_are_writes_in_the_audit_log(
+    plugins: Plugins, server: LocalServer
+) -> None:
+    storage = Storage()
+    config = {
+        "method": "PUT",
+        "url": f"{server.base}/items/{{item_id}}",
+        "allowed_hosts": ["127.0.0.1"],
+        "args": {"item_id": {"required": True}, "name": {}},
+        "body": {"name": "name"},
+    }
+    tool = await build(plugins, config, storage=storage)
+    assert tool.metadata is not None and tool.metadata["chatwright_writes"] is True
+    ok(await call(tool, item_id="42", name="milk"))
+    failing = {
+        "method": "DELETE",
+        "url": f"{server.base}/status/{{code}}",
+        "allowed_hosts": ["127.0.0.1"],
+        "args": {"code": {"required": True}},
+    }
+    error(await call(await build(plugins, failing, storage=storage), code="500"))
+    first, second = storage.audit.entries
+    assert (first.operation, first.outcome, dict(first.args)) == (
+        "put",
+        "ok",
+        {"item_id": "42", "name": "milk"},
+    )
+    assert (first.user_id, first.tool_name, first.tool_id) == ("alice", "call_api", 7)
+    assert second.outcome == "error" and second.error and "500" in second.error
+    reads = Storage()
+    getter = await build(plugins, get_item(server), storage=reads)
+    assert getter.metadata is not None and getter.metadata["chatwright_writes"] is False
+    ok(await call(getter, item_id="1"))
+    assert reads.audit.entries == []
 
 
 async def test_headers_take_environment_variables_at_call_time(

@@ -17,7 +17,7 @@ from chatwright.plugins.server.schemas import (
     ChatRequest,
     ChatTurn,
     MessagePage,
-    ToolCall,
+    PendingErrorBody,
 )
 from chatwright.plugins.server.settings import ServerSettings
 from chatwright.plugins.server.streaming import EVENTS, EventStreamResponse, stream_turn
@@ -25,7 +25,16 @@ from chatwright.plugins.server.streaming import EVENTS, EventStreamResponse, str
 router = APIRouter(tags=["chats"])
 
 
-@router.post("/api/chat", responses=responses(*USER, 404, 413, 422, 502))
+CHAT_409 = (
+    "The chat waits for the user's decisions on tool calls (pending lists them): approve or "
+    "deny them first; or another turn of the chat did not end in time."
+)
+
+
+@router.post(
+    "/api/chat",
+    responses=responses(*USER, 404, 409, 413, 422, 502, conflict=PendingErrorBody, why=CHAT_409),
+)
 async def chat(
     body: ChatRequest,
     runtime: RuntimeDep,
@@ -33,7 +42,11 @@ async def chat(
     metrics: MetricsDep,
     who: User,
 ) -> ChatTurn:
-    """One turn: the human message is stored, the agent answers, both are kept."""
+    """One turn: the human message is stored, the agent answers, both are kept.
+
+    A turn that reaches a tool call needing the user's approval stops before it runs:
+    status is approval_required and pending lists the calls to approve or deny.
+    """
     check_message(settings, body.message)
     started = time.perf_counter()
     try:
@@ -45,12 +58,7 @@ async def chat(
         metrics.sync(runtime.cache.stats, len(runtime.cache))
     metrics.turns.labels("ok").inc()
     metrics.turn_seconds.observe(time.perf_counter() - started)
-    return ChatTurn(
-        session_id=turn.chat_id,
-        response=turn.response,
-        tool_calls=[ToolCall.of(c) for c in turn.tool_calls],
-        error=None,
-    )
+    return ChatTurn.of(turn)
 
 
 @router.post(
@@ -65,7 +73,8 @@ async def chat_stream(
     metrics: MetricsDep,
     who: User,
 ) -> EventStreamResponse:
-    """One turn as server-sent events: token, tool_call, tool_result, then done or error."""
+    """One turn as server-sent events: token, tool_call, tool_result, approval (when the turn
+    stops for the user's decision), then done or error."""
     check_message(settings, body.message)
     # Refuse what can be refused before the stream starts, with a status code (once
     # the stream has started the answer is 200). Deliberately a second check: the

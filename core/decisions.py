@@ -1,0 +1,351 @@
+"""Deciding pending actions, and undoing a turn's writes: the runtime's write safety.
+
+:class:`Decisions` holds what :meth:`chatwright.runtime.Runtime.decide`,
+:meth:`~chatwright.runtime.Runtime.undo` and
+:meth:`~chatwright.runtime.Runtime.choose_approval` do; see
+:mod:`chatwright.approvals` for the records and :mod:`chatwright.writes` for how
+a turn stops at calls that wait for the user.
+
+A decision runs like a turn of the chat: it queues on the chat's in-process
+lock and takes the chat's turn (``TurnStore.begin`` with no message), so that
+it cannot interleave with a turn, another decision or an undo of the chat, on
+this process or another. Of two approvals of one action, the store's atomic
+``decide`` lets one through; the other is told it was decided already.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from chatwright.approvals import Preview as PreviewRecord
+from chatwright.errors import (
+    AlreadyDecidedError,
+    InvalidInputError,
+    NotFoundError,
+    PreviewChangedError,
+    UndoConflictError,
+)
+from chatwright.runtime import OnMessage, OnToken, ToolCallRecord, Turn, _tool_calls
+
+if TYPE_CHECKING:
+    from langchain_core.messages import BaseMessage
+
+    from chatwright.approvals import Decision, PendingAction, UndoReport
+    from chatwright.runtime import BuiltAgent, Runtime
+    from chatwright.stores import Storage
+    from chatwright.tools import TurnContext
+
+
+class Decisions:
+    """Write safety's operations on one runtime."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    @property
+    def storage(self) -> Storage:
+        return self.runtime.storage
+
+    @property
+    def timeout(self) -> float:
+        """Seconds a pending action waits (``tools.approval_timeout``)."""
+        return self.runtime.settings.tools.approval_timeout
+
+    async def audit_decision(self, action: PendingAction, status: str, by: str | None) -> None:
+        """An audit entry for a call that was not run: denied, or expired."""
+        from chatwright.approvals import NewAuditEntry
+
+        await self.storage.audit.record(
+            NewAuditEntry(
+                user_id=action.user_id,
+                agent_name=action.agent_name,
+                tool_name=action.tool_name,
+                operation=action.preview.operation if action.preview else "call",
+                outcome=status,
+                chat_id=action.chat_id,
+                turn_id=action.turn_id,
+                tool_id=action.tool_id,
+                table=action.preview.table if action.preview else None,
+                args=dict(action.args),
+                approval=status,
+                decided_by=by,
+                pending_id=action.id,
+            )
+        )
+
+    async def settle_expired(self, user_id: str, agent_name: str, chat_id: uuid.UUID) -> None:
+        """Answer the chat's expired actions as not run (expired = denied), without the model."""
+        from chatwright.history import storable, to_store
+
+        turns = self.runtime.turns
+        start = await turns.begin(user_id, agent_name, chat_id, None)
+        messages: list[BaseMessage] = []
+        try:
+            now = datetime.now(UTC)
+            for action in start.pending:
+                if not action.expired(now):
+                    continue
+                if await self.storage.pending.decide(user_id, action.id, "expired", EXPIRY) is None:
+                    continue  # decided meanwhile by another process
+                messages.append(storable(_not_run(action, expired=True)))
+                await self.audit_decision(action, "expired", None)
+        finally:
+            await asyncio.shield(turns.finish(start, to_store(messages), touch=False))
+
+    async def decide(
+        self,
+        user_id: str,
+        action_id: uuid.UUID,
+        approve: bool,
+        *,
+        decided_by: str | None = None,
+        on_message: OnMessage | None = None,
+        on_token: OnToken | None = None,
+    ) -> Turn:
+        """Approve or deny a pending action, and continue its turn once nothing else waits.
+
+        Approving runs the tool with the stored arguments; denying gives the
+        model a tool result saying the user declined. When the chat's last
+        pending action is decided the model runs on, and the returned turn is
+        that continuation (it may stop again at new calls); otherwise it
+        carries no reply and ``status`` says what still waits.
+
+        :raises NotFoundError: no such action for this user.
+        :raises AlreadyDecidedError: decided already, or expired (said so).
+        :raises PreviewChangedError: the rows changed since the preview; the
+            action is pending again with the fresh preview (``exc.preview``).
+        """
+        from chatwright.approvals import Decision
+        from chatwright.history import storable, to_store
+        from chatwright.tools import TurnContext
+
+        by = decided_by or user_id
+        action = await self.storage.pending.get(user_id, action_id)
+        if action is None:
+            raise NotFoundError(f"no pending action {action_id} for this user")
+        turns = self.runtime.turns
+        async with self.runtime.turn_lock(user_id, action.chat_id):
+            start = await turns.begin(user_id, action.agent_name, action.chat_id, None)
+            resumed = False
+            carried: list[BaseMessage] = []
+            try:
+                current = next((a for a in start.pending if a.id == action_id), None)
+                if current is None:
+                    raise _already_decided(await self.storage.pending.get(user_id, action_id))
+                now = datetime.now(UTC)
+                if current.expired(now):
+                    if await self.storage.pending.decide(user_id, action_id, "expired", EXPIRY):
+                        carried.append(storable(_not_run(current, expired=True)))
+                        await self.audit_decision(current, "expired", None)
+                    raise AlreadyDecidedError(
+                        f"pending action {action_id} ({current.tool_name}) expired at "
+                        f"{current.expires_at.isoformat()} and was not run; ask again"
+                    )
+                status = "approved" if approve else "denied"
+                claimed = await self.storage.pending.decide(user_id, action_id, status, by)
+                if claimed is None:
+                    raise _already_decided(await self.storage.pending.get(user_id, action_id))
+                call: Any = {
+                    "name": claimed.tool_name,
+                    "args": dict(claimed.args),
+                    "id": claimed.tool_call_id,
+                    "type": "tool_call",
+                }
+                if approve:
+                    built = await self.runtime.built(action.agent_name, start.agent.version)
+                    context = TurnContext(
+                        user_id=user_id,
+                        agent_name=action.agent_name,
+                        chat_id=action.chat_id,
+                        turn_id=claimed.turn_id,
+                    )
+                    decision = Decision("approved", by, claimed.id, expect=claimed.preview)
+                    result = await self._run_approved(built, call, context, decision, claimed)
+                else:
+                    result = _not_run(claimed, expired=False)
+                    await self.audit_decision(claimed, "denied", by)
+                carried.append(storable(result))
+                if on_message is not None:
+                    await on_message(carried[-1])
+                still = [a for a in start.pending if a.id != action_id]
+                if still:
+                    return Turn(
+                        chat_id=action.chat_id,
+                        response="",
+                        tool_calls=_records([call], carried),
+                        messages=carried,
+                        turn_id=claimed.turn_id,
+                        status="approval_required",
+                        pending=still,
+                    )
+                resumed = True
+                turn = await self.runtime.run_turn(
+                    start, claimed.turn_id, [], carried, on_message, on_token
+                )
+                turn.tool_calls = [*_records([call], carried[:1]), *turn.tool_calls]
+                return turn
+            finally:
+                if not resumed:
+                    await asyncio.shield(turns.finish(start, to_store(carried), touch=False))
+
+    async def _run_approved(
+        self,
+        built: BuiltAgent,
+        call: Any,
+        context: TurnContext,
+        decision: Decision,
+        action: PendingAction,
+    ) -> BaseMessage:
+        """Run an approved call; rows changed since the preview put it back to pending."""
+        from chatwright.writes import call_tool
+
+        pending = self.storage.pending
+        try:
+            result = await call_tool(
+                self.runtime.plugins, self.storage, built.by_name, call, context, decision
+            )
+        except PreviewChangedError as exc:
+            expires = datetime.now(UTC) + timedelta(seconds=self.timeout)
+            fresh = exc.preview if isinstance(exc.preview, PreviewRecord) else None
+            again = await pending.reopen(action.user_id, action.id, fresh, expires)
+            raise PreviewChangedError(
+                f"the rows that {action.tool_name} would change are no longer as shown when "
+                f"it was asked (pending action {action.id}); nothing was written: look at the "
+                "new preview and decide again",
+                preview=fresh,
+                action=again,
+            ) from None
+        failed = getattr(result, "status", "success") == "error"
+        await pending.complete(
+            action.user_id, action.id, "failed" if failed else "done", result.text
+        )
+        return result
+
+    async def undo(
+        self, user_id: str, chat_id: uuid.UUID, *, turn_id: uuid.UUID | None = None
+    ) -> UndoReport:
+        """Revert the writes of one turn of the user's chat (by default the latest with writes).
+
+        One transaction; audited; a note of it is added to the chat.
+
+        :raises NotFoundError: not the user's chat, or nothing to undo.
+        :raises UndoConflictError: rows changed since; names them, reverts nothing.
+        """
+        from langchain_core.messages import AIMessage
+
+        from chatwright.approvals import NewAuditEntry
+        from chatwright.history import to_store
+
+        owner = await self.storage.sessions.chat_owner(chat_id)
+        if owner is None or owner[0] != user_id:
+            raise NotFoundError(f"no chat {chat_id} for this user")
+        agent_name = owner[1]
+        turns = self.runtime.turns
+        async with self.runtime.turn_lock(user_id, chat_id):
+            start = await turns.begin(user_id, agent_name, chat_id, None)
+            note: list[BaseMessage] = []
+            try:
+                entries = await self.storage.audit.list(user_id, chat_id=chat_id, limit=UNDO_SCAN)
+                undone = {e.undo_of for e in entries if e.operation == "undo" and e.outcome == "ok"}
+                writes = [
+                    e
+                    for e in entries
+                    if e.operation != "undo" and e.outcome == "ok" and e.changes and e.turn_id
+                ]
+                target = turn_id
+                if target is None:
+                    target = next((e.turn_id for e in writes if e.turn_id not in undone), None)
+                    if target is None:
+                        raise NotFoundError(
+                            f"nothing to undo in chat {chat_id}: no turn of it changed rows "
+                            "that are not undone already"
+                        )
+                if target in undone:
+                    raise UndoConflictError(f"turn {target} of chat {chat_id} was undone already")
+                mine = [e for e in writes if e.turn_id == target]
+                if not mine:
+                    raise NotFoundError(f"turn {target} of chat {chat_id} changed no rows to undo")
+                audit = NewAuditEntry(
+                    user_id=user_id,
+                    agent_name=agent_name,
+                    tool_name="undo",
+                    operation="undo",
+                    chat_id=chat_id,
+                    turn_id=uuid.uuid4(),
+                    args={"turn_id": str(target)},
+                    decided_by=user_id,
+                    undo_of=target,
+                )
+                report = await self.storage.records.undo(user_id, mine, audit)
+                count = len(report.changes)
+                note.append(
+                    AIMessage(
+                        content=f"Undone: the {count} row change{'s' if count != 1 else ''} "
+                        f"made in turn {target} were reverted.",
+                        additional_kwargs={"chatwright": {"undo_of": str(target)}},
+                    )
+                )
+                return report
+            finally:
+                await asyncio.shield(turns.finish(start, to_store(note), touch=bool(note)))
+
+    async def choose_approval(self, user_id: str, tool_id: int, choice: str | None) -> None:
+        """Set the user's choice (``auto``/``required``, None to clear) for a ``user``-mode row."""
+        from chatwright.approvals import USER_CHOICES
+
+        row = await self.storage.tools.get(tool_id)
+        if row is None:
+            raise NotFoundError(f"no tool row {tool_id}; see `chatwright tools list`")
+        if row.approval != "user":
+            raise InvalidInputError(
+                f"tool {row.name!r} (row {tool_id}) has approval {row.approval!r}: only rows in "
+                "'user' mode take a user's choice"
+            )
+        if choice is not None and choice not in USER_CHOICES:
+            raise InvalidInputError(
+                f"{choice!r} is not an approval choice; use one of {', '.join(USER_CHOICES)}"
+            )
+        await self.storage.pending.choose(user_id, tool_id, choice)
+
+
+EXPIRY = "expiry"
+"""Who decided an action that expired."""
+UNDO_SCAN = 500
+"""How many of a chat's latest audit entries an undo looks through for its turn."""
+
+
+def _not_run(action: PendingAction, *, expired: bool) -> BaseMessage:
+    from langchain_core.messages import ToolMessage
+
+    if expired:
+        text = (
+            f"Not run: the user did not decide by {action.expires_at.isoformat()} and the "
+            "request expired (as if declined)."
+        )
+    else:
+        text = "Not run: the user declined this call."
+    return ToolMessage(
+        content=text, tool_call_id=action.tool_call_id, name=action.tool_name, status="error"
+    )
+
+
+def _already_decided(action: PendingAction | None) -> AlreadyDecidedError:
+    if action is None:
+        return AlreadyDecidedError("this pending action is gone")
+    when = f" at {action.decided_at.isoformat()}" if action.decided_at else ""
+    who = f" by {action.decided_by}" if action.decided_by and action.decided_by != EXPIRY else ""
+    word = {"done": "approved and run", "failed": "approved (it failed)"}.get(
+        action.status, action.status
+    )
+    return AlreadyDecidedError(
+        f"pending action {action.id} ({action.tool_name}) was {word}{when}{who} already"
+    )
+
+
+def _records(calls: list[Any], results: list[BaseMessage]) -> list[ToolCallRecord]:
+    from langchain_core.messages import AIMessage
+
+    return _tool_calls([AIMessage(content="", tool_calls=calls), *results])

@@ -1,0 +1,248 @@
+"""A turn's tool calls under write safety: holding calls for approval, guarding writes.
+
+The runtime builds an agent with up to two LangChain middlewares from here,
+only when they have something to do (a turn on an agent that needs neither
+pays nothing):
+
+- :func:`hold_for_approval` ends the agent run right after a model reply that
+  calls a tool needing the user's approval (``after_model`` jumping to the
+  end), so that no tool of that reply runs inside the graph. The runtime then
+  runs the reply's other calls itself and stores the held ones as pending
+  actions (:meth:`chatwright.runtime.Runtime.chat`).
+- :func:`guard_writes` runs every call of a tool that writes through
+  :func:`guarded`: the ``before_write`` hooks may veto it, ``after_write``
+  hears how it ended. Calls the runtime runs itself (an approved action, the
+  other calls of a held reply) go through :func:`call_tool`, the same path.
+
+A built tool knows its row (``metadata["chatwright_row"]``, set by the tool
+loader), whether it writes (``metadata["chatwright_writes"]``) and, for
+``crud``, how to preview a call (``metadata["chatwright_preview"]``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from langchain_core.messages import AIMessage, ToolMessage
+
+from chatwright.approvals import (
+    Decision,
+    NewAuditEntry,
+    Preview,
+    WriteCall,
+    WriteOutcome,
+    _decision,
+    current_decision,
+    needs_approval,
+)
+from chatwright.errors import PreviewChangedError, one_line
+from chatwright.tools import TurnContext, calling_as, current_turn
+
+if TYPE_CHECKING:
+    from langchain_core.messages.tool import ToolCall
+    from langchain_core.tools import BaseTool
+
+    from chatwright.registry import Plugins
+    from chatwright.stores import Storage, ToolRow
+
+log = logging.getLogger(__name__)
+
+
+def row_of(tool: BaseTool | None) -> ToolRow | None:
+    """The ``agent_tools`` row a built tool came from (None for a tool made elsewhere)."""
+    if tool is None:
+        return None
+    row: ToolRow | None = (tool.metadata or {}).get("chatwright_row")
+    return row
+
+
+def writes(tool: BaseTool) -> bool:
+    """Whether calls of the tool write (their tool type says so in the metadata)."""
+    return bool((tool.metadata or {}).get("chatwright_writes"))
+
+
+def operation_of(tool: BaseTool | None) -> str:
+    """The audit word for what a call of the tool does (``crud``: its operation)."""
+    crud = (tool.metadata or {}).get("chatwright_crud") if tool is not None else None
+    if isinstance(crud, Mapping) and crud.get("operation"):
+        return str(crud["operation"])
+    return "write" if tool is not None and writes(tool) else "call"
+
+
+def waits(tool: BaseTool | None, choices: Mapping[int, str]) -> bool:
+    """Whether a call of ``tool`` waits for the user, given the user's choices."""
+    row = row_of(tool)
+    if row is None:
+        return False
+    return needs_approval(row.approval, row.approval_default, choices.get(row.id))
+
+
+def may_wait(tools: list[BaseTool]) -> bool:
+    """Whether any call of these tools can wait for approval (for some user)."""
+    return any(row.approval != "auto" for row in map(row_of, tools) if row is not None)
+
+
+async def preview_call(tool: BaseTool, call: ToolCall, context: TurnContext) -> Preview | None:
+    """The preview of a call for ``context``'s user; None when the tool has none.
+
+    Raises what the tool raises for arguments it would refuse.
+    """
+    preview = (tool.metadata or {}).get("chatwright_preview")
+    if preview is None:
+        return None
+    with calling_as(context):
+        result: Preview | None = await preview(**dict(call["args"]))
+    return result
+
+
+def error_result(call: ToolCall, text: str) -> ToolMessage:
+    return ToolMessage(
+        content=text, tool_call_id=str(call.get("id")), name=call["name"], status="error"
+    )
+
+
+def unknown_tool(call: ToolCall, tools: Mapping[str, BaseTool]) -> ToolMessage:
+    names = ", ".join(sorted(tools)) or "none"
+    return error_result(
+        call, f"Error: {call['name']!r} is not a tool of this agent; its tools are: {names}"
+    )
+
+
+async def invoke(tool: BaseTool, call: ToolCall) -> ToolMessage:
+    """Run one call outside an agent run; the tool's faults become an error result.
+
+    :class:`~chatwright.errors.PreviewChangedError` goes through: the caller
+    asks the user again.
+    """
+    try:
+        result = await tool.ainvoke(
+            {"type": "tool_call", "name": call["name"], "args": call["args"], "id": call["id"]}
+        )
+    except PreviewChangedError:
+        raise
+    except Exception as exc:
+        return error_result(call, f"Error: {one_line(exc)}")
+    if isinstance(result, ToolMessage):
+        return result
+    return ToolMessage(content=str(result), tool_call_id=str(call.get("id")), name=call["name"])
+
+
+async def guarded(
+    plugins: Plugins,
+    storage: Storage,
+    tool: BaseTool,
+    call: ToolCall,
+    run: Callable[[], Awaitable[Any]],
+) -> Any:
+    """Run a write tool's call between the ``before_write`` and ``after_write`` hooks."""
+    row = row_of(tool)
+    turn = current_turn()
+    decision = current_decision()
+    if turn is None or row is None:
+        return await run()
+    write = WriteCall(
+        user_id=turn.user_id,
+        agent_name=turn.agent_name,
+        chat_id=turn.chat_id,
+        turn_id=turn.turn_id,
+        tool_id=row.id,
+        tool_name=row.name,
+        tool_type=row.type,
+        args=dict(call["args"]),
+        approval=decision.approval,
+        decided_by=decision.decided_by,
+    )
+    reason = plugins.veto("before_write", call=write)
+    if reason is not None:
+        text = f"refused: {reason}"
+        await storage.audit.record(
+            NewAuditEntry(
+                user_id=turn.user_id,
+                agent_name=turn.agent_name,
+                tool_name=row.name,
+                operation=operation_of(tool),
+                outcome="vetoed",
+                chat_id=turn.chat_id,
+                turn_id=turn.turn_id,
+                tool_id=row.id,
+                args=dict(call["args"]),
+                error=reason,
+                approval=decision.approval,
+                decided_by=decision.decided_by,
+                pending_id=decision.pending_id,
+            )
+        )
+        plugins.notify("after_write", call=write, outcome=WriteOutcome(False, text, vetoed=True))
+        return error_result(call, text)
+    result = await run()
+    if isinstance(result, ToolMessage):
+        outcome = WriteOutcome(result.status != "error", result.text)
+        plugins.notify("after_write", call=write, outcome=outcome)
+    return result
+
+
+async def call_tool(
+    plugins: Plugins,
+    storage: Storage,
+    tools: Mapping[str, BaseTool],
+    call: ToolCall,
+    context: TurnContext,
+    decision: Decision | None = None,
+) -> ToolMessage:
+    """Run one call of a turn outside its agent run (held replies, approved actions)."""
+    tool = tools.get(call["name"])
+    if tool is None:
+        return unknown_tool(call, tools)
+    token = _decision.set(decision)
+    try:
+        with calling_as(context):
+            if writes(tool):
+                result: ToolMessage = await guarded(
+                    plugins, storage, tool, call, lambda: invoke(tool, call)
+                )
+                return result
+            return await invoke(tool, call)
+    finally:
+        _decision.reset(token)
+
+
+def hold_for_approval(tools: list[BaseTool]) -> Any:
+    """The middleware that ends a run at a reply calling a tool that waits for the user."""
+    from langchain.agents.middleware import AgentMiddleware, hook_config
+
+    by_name = {t.name: t for t in tools}
+
+    class HoldForApproval(AgentMiddleware):
+        @hook_config(can_jump_to=["end"])
+        async def aafter_model(self, state: Any, runtime: Any) -> dict[str, Any] | None:
+            messages = state["messages"]
+            last = messages[-1] if messages else None
+            if not isinstance(last, AIMessage) or not last.tool_calls:
+                return None
+            context = runtime.context
+            choices = context.choices if isinstance(context, TurnContext) else {}
+            if any(waits(by_name.get(c["name"]), choices) for c in last.tool_calls):
+                return {"jump_to": "end"}
+            return None
+
+    return HoldForApproval()
+
+
+def guard_writes(plugins: Plugins, storage: Storage, tools: list[BaseTool]) -> Any:
+    """The middleware that runs every write tool call through :func:`guarded`."""
+    from langchain.agents.middleware import AgentMiddleware
+
+    by_name = {t.name: t for t in tools}
+
+    class GuardWrites(AgentMiddleware):
+        async def awrap_tool_call(self, request: Any, handler: Any) -> Any:
+            tool = by_name.get(request.tool_call["name"])
+            if tool is None or not writes(tool):
+                return await handler(request)
+            return await guarded(
+                plugins, storage, tool, request.tool_call, lambda: handler(request)
+            )
+
+    return GuardWrites()
