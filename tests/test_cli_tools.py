@@ -49,6 +49,8 @@ LIST_KEYS = {
     "position",
     "created_at",
     "updated_at",
+    "approval",
+    "approval_default",
 }
 # "config.args.title: reason", "config.returning[1]: reason", "type: reason", "config: reason"
 PROBLEM = re.compile(r"^(config|type|name)(\.[A-Za-z_]\w*|\[\d+\])*: \S.*$")
@@ -192,9 +194,10 @@ def test_init_example_creates_the_tables_the_agent_and_eight_tool_rows(workdir: 
 @pytest.mark.usefixtures("example")
 def test_tools_list_shows_every_row_as_a_table() -> None:
     rows = table_rows(ok("tools", "list").stdout)
-    assert rows[0] == ["id", "agent", "name", "type", "active", "position"]
+    assert rows[0] == ["id", "agent", "name", "type", "active", "position", "approval"]
     assert [r[2] for r in rows[1:]] == EXAMPLE_TOOLS
     assert all(r[1] == "assistant" and r[3] == "crud" and r[4] == "yes" for r in rows[1:])
+    assert all(r[6] == "auto" for r in rows[1:])
     assert [r[0] for r in rows[1:]] == [str(i) for i in range(1, 9)]
 
 
@@ -444,7 +447,7 @@ def test_tools_check_names_the_bad_method_of_a_legacy_row() -> None:
 def test_tools_add_inserts_a_valid_row() -> None:
     write_json("tool.json", GOOD_TOOL)
     result = ok("tools", "add", "--agent", "assistant", "--file", "tool.json")
-    assert result.stdout == "Added tool 'list_done' (row 9) to agent 'assistant'\n"
+    assert result.stdout == "Added tool 'list_done' (row 9) to agent 'assistant', approval auto\n"
 
     ((name, type_, description, config, active, position),) = sql(
         "SELECT name, type, description, config, is_active, position FROM agent_tools WHERE id = 9"
@@ -454,7 +457,7 @@ def test_tools_add_inserts_a_valid_row() -> None:
     assert (active, position) == (1, 8)
 
     rows = table_rows(ok("tools", "list").stdout)
-    assert ["9", "assistant", "list_done", "crud", "yes", "8"] in rows
+    assert ["9", "assistant", "list_done", "crud", "yes", "8", "auto"] in rows
     code, reports = check_json()
     assert code == 0
     assert by_name(reports)["list_done"]["ok"] is True

@@ -12,25 +12,30 @@ import asyncio
 import datetime as dt
 import decimal
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.engine import make_url
 
-from chatwright.approvals import AuditEntry, NewAuditEntry, Preview, Write
+from chatwright import testing
+from chatwright.approvals import AuditEntry, NewAuditEntry, Preview, RowChange, Write
 from chatwright.errors import (
     InvalidInputError,
     NotFoundError,
     PreviewChangedError,
+    StorageError,
     UndoConflictError,
 )
 from chatwright.plugins.sql import schema
 from chatwright.plugins.sql.audit import audit_from_row
 from chatwright.plugins.sql.storage import SQLStorage
+from chatwright.plugins.supabase.storage import SupabaseStorage
 from chatwright.stores import ColumnSpec, TableSpec
-from tests.harness import storage_for
+from tests.harness import ADMIN_URL, admin_connect, pg_storage_settings, storage_for
 
 ALICE, BOB = "alice", "bob"
 TASKS = "img_tasks"
@@ -86,12 +91,17 @@ async def prepare(storage: SQLStorage) -> SQLStorage:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SQLStorage]:
-    """The ``sql`` backend on an empty SQLite file, then on the run's PostgreSQL database."""
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A SQLite file, then the run's PostgreSQL database (direct URLs)."""
     if request.param == "postgresql":
-        url: str = request.getfixturevalue("pg_url")
-    else:
-        url = f"sqlite+aiosqlite:///{tmp_path}/images.db"
+        pg: str = request.getfixturevalue("pg_url")
+        return pg
+    return f"sqlite+aiosqlite:///{tmp_path}/images.db"
+
+
+@pytest.fixture
+async def store(url: str) -> AsyncIterator[SQLStorage]:
+    """The ``sql`` backend on ``url``, with the test tables made afresh."""
     storage = await prepare(storage_for(url))
     yield storage
     await storage.close()
@@ -272,6 +282,13 @@ async def test_apply_writes_with_images_and_its_audit_entry_in_one_transaction(
     with pytest.raises(InvalidInputError, match=f"{TASKS}.*'user_id', 'title'|'title'.*{TASKS}"):
         await store.records.apply(ALICE, write, audit=entry(turn, "update"), cap=5)
     assert await audit_entries(store) == []  # no audit row without its write
+    # ... and no write without its audit row: an entry the log refuses undoes the write.
+    unstorable = replace(entry(turn, "update"), agent_name=None)  # type: ignore[arg-type]
+    with pytest.raises(StorageError, match="audit entry of this write could not be stored"):
+        await store.records.apply(
+            ALICE, update({"id": ids[0]}, title="ONE"), audit=unstorable, cap=5
+        )
+    assert await audit_entries(store) == []
     assert [r["title"] for r in await table_rows(store)] == ["one", "two", "three"]
 
     applied = await store.records.apply(
@@ -344,6 +361,15 @@ async def test_apply_refuses_what_the_store_must_never_run(store: SQLStorage) ->
         (Write(TASKS, "upsert", values={"title": "x"}), "conflict columns"),
         (Write(TASKS, "upsert", values={"title": "x"}, conflict=["id"]), "conflict column 'id'"),
         (Write("no_such_table", "create", values={"x": 1}), "does not exist"),
+        (
+            Write(TASKS, "create", values={"title": "x", "user_id": BOB}, scope=SCOPE),
+            "'user_id' of 'img_tasks' is outside the write's scope",
+        ),
+        (update({"id": 1}, user_id=BOB), "outside the write's scope"),
+        (
+            Write(TASKS, "upsert", values={"id": 1, "user_id": BOB}, scope=SCOPE, conflict=["id"]),
+            "outside the write's scope",
+        ),
     ]
     for write, message in cases:
         for call in ("preview", "apply"):
@@ -395,19 +421,18 @@ async def test_apply_with_an_outdated_preview_writes_nothing_and_returns_the_fre
 
 
 async def test_two_concurrent_approvals_of_one_preview_write_once(
-    store: SQLStorage, request: pytest.FixtureRequest
+    store: SQLStorage, url: str
 ) -> None:
-    if store.dialect != "postgresql":
-        pytest.skip("SQLite runs one writer at a time (BEGIN IMMEDIATE); see the PostgreSQL run")
     ids = await seed(store, ALICE, "one", "two")
-    other = storage_for(request.getfixturevalue("pg_url"))  # a second process's engine
+    other = storage_for(url)  # another engine, as another process has
     try:
         for write in (update({"id": ids[1]}, title="approved"), delete({"id": ids[0]})):
             shown = await store.records.preview(ALICE, write, cap=5)
-            # Hold the rows so that both approvals are inside their transactions,
-            # waiting on the same rows, before either can write.
+            # Hold the rows (PostgreSQL) or the write lock (SQLite) so that both
+            # approvals are waiting at once, before either can read or write.
             async with store.write() as blocker:
-                await blocker.execute(sa.text(f"SELECT * FROM {TASKS} FOR UPDATE"))
+                lock = " FOR UPDATE" if store.dialect == "postgresql" else ""
+                await blocker.execute(sa.text(f"SELECT * FROM {TASKS}{lock}"))
                 tasks = [
                     asyncio.create_task(
                         s.records.apply(
@@ -574,3 +599,277 @@ async def test_undo_of_another_users_entries_is_refused(store: SQLStorage) -> No
     no_turn = NewAuditEntry(user_id=ALICE, agent_name="a", tool_name="undo", operation="undo")
     with pytest.raises(InvalidInputError, match="undo_of"):
         await store.records.undo(ALICE, await turn_entries(store, turn), no_turn)
+
+
+async def test_an_entry_pointing_at_another_users_row_reverts_nothing(store: SQLStorage) -> None:
+    bob = await seed(store, BOB, "bob's")
+    before = await table_rows(store)
+    # An entry of alice's that names bob's row (as a confused or forged log would):
+    # the row is not as the entry left it, so nothing of bob's is deleted.
+    turn = uuid.uuid4()
+    async with store.write() as conn:
+        from chatwright.plugins.sql.audit import insert_audit
+
+        forged = NewAuditEntry(
+            user_id=ALICE,
+            agent_name="keeper",
+            tool_name="add_task",
+            operation="create",
+            turn_id=turn,
+            table=TASKS,
+            changes=(
+                RowChange(key={"id": bob[0]}, before=None, after={"id": bob[0], "user_id": ALICE}),
+            ),
+        )
+        await insert_audit(conn, forged)
+    with pytest.raises(UndoConflictError, match=f"row id={bob[0]} of {TASKS!r} was changed"):
+        await store.records.undo(ALICE, await turn_entries(store, turn), undo_entry(turn))
+    assert await table_rows(store) == before
+
+
+# --------------------------------------------------------------------------- hostile values
+
+
+def nested(levels: int) -> Any:
+    value: Any = "leaf"
+    for i in range(levels):
+        value = {"k": value} if i % 2 else [value]
+    return value
+
+
+async def test_odd_values_are_refused_by_name_and_write_nothing(store: SQLStorage) -> None:
+    ids = await seed(store, ALICE, "plain")
+    before = await table_rows(store)
+    turn = uuid.uuid4()
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"title": "a\x00b"}, f"column 'title' of {TASKS!r} holds a NUL character"),
+        ({"meta": {"k": ["\x00"]}}, "column 'meta' .* NUL"),
+        ({"amount": float("nan")}, "column 'amount' .* is nan"),
+        ({"amount": float("-inf")}, "column 'amount' .* is -inf"),
+        ({"amount": decimal.Decimal("NaN")}, "column 'amount' .* is NaN"),
+        ({"meta": {"x": [1.0, float("inf")]}}, "column 'meta' .* is inf"),
+        ({"meta": nested(100)}, "column 'meta' .* nested more than 43 levels"),
+        ({"meta": {"n": 10**5000}}, "column 'meta' .* cannot be kept in the audit log"),
+    ]
+    for values, message in cases:
+        for write in (update({"id": ids[0]}, **values), create(**{"title": "new", **values})):
+            with pytest.raises(InvalidInputError, match=message):
+                await store.records.apply(ALICE, write, audit=entry(turn, "x"), cap=5)
+    # Integers beyond the column: the database's refusal, as the caller's error.
+    for big in (2**70, -(2**63) - 1):
+        with pytest.raises(InvalidInputError, match=r"cannot hold a value|refused a value"):
+            await store.records.apply(ALICE, create(title="big", id=big), cap=5)
+    with pytest.raises(InvalidInputError, match=r"column 'meta': .* nested too deeply"):
+        await store.records.preview(ALICE, create(title="x", meta=nested(100_000)), cap=5)
+    assert await table_rows(store) == before
+    assert await audit_entries(store) == []
+
+
+async def test_odd_values_round_trip_through_previews_images_and_undo(store: SQLStorage) -> None:
+    odd = {
+        "deep": nested(40),
+        "big": 10**30,
+        "text": 'ü \u2028 quote" backslash\\ 🧪',
+        "float": 0.1,
+        "neg": -1.5e-300,
+        "empty": {},
+    }
+    ids = await seed(store, ALICE, "odd", meta=odd, amount=decimal.Decimal("-0.25"))
+    original = await table_rows(store)
+    records, turn = store.records, uuid.uuid4()
+    write = update({"id": ids[0]}, meta={**odd, "added": [None, True]})
+    shown = await records.preview(ALICE, write, cap=5)
+    assert shown.rows[0].before is not None and shown.rows[0].before["meta"] == odd
+    assert shown.rows[0].before["amount"] == -0.25
+    assert Preview.from_dict(shown.as_dict()).same_as(shown)
+    applied = await records.apply(ALICE, write, expect=shown, audit=entry(turn, "update"), cap=5)
+    (stored,) = await turn_entries(store, turn)
+    assert list(stored.changes) == list(applied.changes)  # the images survived the audit log
+    await records.apply(ALICE, delete({"id": ids[0]}), audit=entry(turn, "delete"), cap=5)
+    await records.undo(ALICE, await turn_entries(store, turn), undo_entry(turn))
+    assert await table_rows(store) == original
+
+
+async def test_values_an_image_cannot_hold_survive_an_undo_of_other_columns(
+    store: SQLStorage,
+) -> None:
+    odd = "nul \x00 inside"
+    if store.dialect == "postgresql":
+        ids = await seed(store, ALICE, "x", amount=decimal.Decimal("NaN"))
+    else:  # SQLite keeps NUL in text (and stores NaN as NULL)
+        ids = await seed(store, ALICE, odd)
+    original = await table_rows(store)
+    records, turn = store.records, uuid.uuid4()
+    shown = await records.preview(ALICE, update({"id": ids[0]}, done=True), cap=5)
+    before = shown.rows[0].before
+    assert before is not None
+    if store.dialect == "postgresql":
+        assert before["amount"] == "nan"
+    else:
+        assert before["title"] == "nul \ufffd inside"
+    await records.apply(
+        ALICE, update({"id": ids[0]}, done=True), audit=entry(turn, "update"), cap=5
+    )
+    await records.undo(ALICE, await turn_entries(store, turn), undo_entry(turn))
+    restored = await table_rows(store)
+    if store.dialect == "postgresql":
+        assert restored[0]["amount"].is_nan() and original[0]["amount"].is_nan()
+        assert {**restored[0], "amount": 0} == {**original[0], "amount": 0}
+    else:
+        assert restored == original and restored[0]["title"] == odd
+
+
+# --------------------------------------------------------------------------- row-level security
+
+
+@pytest.fixture(scope="module")
+def rls_url() -> Iterator[str]:
+    """A database of its own, migrated by the supabase backend (which makes its roles)."""
+    admin = admin_connect()
+    name = f"cw_img_{uuid.uuid4().hex[:10]}"
+    admin.execute(f'CREATE DATABASE "{name}"')
+    url = (
+        make_url(ADMIN_URL)
+        .set(drivername="postgresql+psycopg", database=name)
+        .render_as_string(hide_password=False)
+    )
+    try:
+        yield url
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+def supabase(url: str) -> SupabaseStorage:
+    settings = testing.settings(storage={"backend": "supabase", **pg_storage_settings(url)})
+    return SupabaseStorage.from_settings(settings)
+
+
+@pytest.fixture
+async def rls(rls_url: str) -> AsyncIterator[SupabaseStorage]:
+    """The supabase backend (connected as the superuser; users act as ``authenticated``)."""
+    storage = await prepare(supabase(rls_url))
+    yield storage
+    await storage.close()
+
+
+@pytest.mark.postgresql
+async def test_under_row_level_security_a_user_previews_writes_and_undoes_only_their_rows(
+    rls: SupabaseStorage, rls_url: str
+) -> None:
+    mine = await seed(rls, ALICE, "a1", "a2", "a3")
+    bobs = await seed(rls, BOB, "b1", "b2")
+    async with rls.write(ALICE) as conn:  # the user's transactions are subject to RLS
+        assert await conn.scalar(sa.text("SELECT current_user")) == "authenticated"
+    original = await table_rows(rls)
+    records, turn = rls.records, uuid.uuid4()
+    # A write that forgot its scope: the database narrows it to alice's rows.
+    everything = Write(TASKS, "update", values={"done": True}, where={"done": False})
+    shown = await records.preview(ALICE, everything, cap=2)
+    assert shown.count == 3 and [r.key["id"] for r in shown.rows] == mine[:2]
+    for user, ids in ((BOB, mine), (ALICE, bobs)):
+        for row in ids:
+            p = await records.preview(user, Write(TASKS, "delete", where={"id": row}), cap=5)
+            assert (p.count, p.rows) == (0, ())
+    applied = await records.apply(
+        ALICE, everything, expect=shown, audit=entry(turn, "update"), cap=2
+    )
+    assert sorted(c.key["id"] for c in applied.changes) == mine
+    gone = await records.apply(
+        ALICE, Write(TASKS, "delete", where={"id": bobs[0]}), audit=entry(turn, "delete"), cap=5
+    )
+    assert gone.changes == ()
+    # An upsert onto bob's key saves nothing of alice's over bob's row.
+    with pytest.raises(InvalidInputError):
+        await records.apply(
+            ALICE,
+            Write(
+                TASKS,
+                "upsert",
+                values={"id": bobs[1], "user_id": ALICE, "title": "mine"},
+                conflict=["id"],
+            ),
+            cap=5,
+        )
+    now = await table_rows(rls)
+    assert [r for r in now if r["user_id"] == BOB] == [r for r in original if r["user_id"] == BOB]
+    assert all(r["done"] for r in now if r["user_id"] == ALICE)
+
+    # An entry of alice's that claims to have deleted bob's row: under RLS she cannot
+    # see it, and putting it "back" is refused; bob's row is left alone.
+    forged = NewAuditEntry(
+        user_id=ALICE,
+        agent_name="keeper",
+        tool_name="delete_task",
+        operation="delete",
+        turn_id=turn,
+        table=TASKS,
+        changes=(
+            RowChange(
+                key={"id": bobs[0]},
+                before={"id": bobs[0], "user_id": BOB, "title": "planted"},
+                after=None,
+            ),
+        ),
+    )
+    async with rls.write() as conn:
+        from chatwright.plugins.sql.audit import insert_audit
+
+        await insert_audit(conn, forged)
+    with pytest.raises(InvalidInputError):
+        await records.undo(ALICE, await turn_entries(rls, turn), undo_entry(turn))
+    assert await table_rows(rls) == now
+    # Without it, alice's own turn is undone exactly, and bob's rows never moved.
+    async with rls.write() as conn:
+        await conn.execute(
+            sa.delete(schema.audit_log).where(schema.audit_log.c.operation == "delete")
+        )
+    await records.undo(ALICE, await turn_entries(rls, turn), undo_entry(turn))
+    assert await table_rows(rls) == original
+
+    # Contrast: the plain sql backend on the same database, as the superuser, sees
+    # bob's rows in the same preview: the narrowing above was row-level security.
+    plain = storage_for(rls_url)
+    try:
+        leaky = await plain.records.preview(ALICE, everything, cap=10)
+        assert {r.before["user_id"] for r in leaky.rows if r.before} == {ALICE, BOB}
+    finally:
+        await plain.close()
+
+
+async def test_a_row_the_write_matched_but_did_not_read_first_fails_the_write(
+    store: SQLStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What a row inserted by another transaction between the read and the write
+    # looks like (on PostgreSQL past KEYED_WRITE rows, where the write is not
+    # narrowed to the keys read): it would have no before-image, so nothing is written.
+    from chatwright.plugins.sql import writes
+
+    await seed(store, ALICE, "one", "two")
+    before = await table_rows(store)
+    read = writes.Writes._rows
+
+    async def misses_the_last(self: Any, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        return (await read(self, *args, **kwargs))[:-1]
+
+    monkeypatch.setattr(writes.Writes, "_rows", misses_the_last)
+    monkeypatch.setattr(writes, "KEYED_WRITE", 0)
+    with pytest.raises(StorageError, match=f"rows of {TASKS!r} were added while the write ran"):
+        await store.records.apply(
+            ALICE, update({"done": False}, amount=5), audit=entry(uuid.uuid4(), "update"), cap=5
+        )
+    assert await table_rows(store) == before
+    assert await audit_entries(store) == []
+
+
+async def test_a_refused_undo_names_a_bounded_number_of_rows(store: SQLStorage) -> None:
+    await seed(store, ALICE, *(f"t{i}" for i in range(25)))
+    turn = uuid.uuid4()
+    write = update({"done": False}, amount=1)
+    await store.records.apply(ALICE, write, audit=entry(turn, "update"), cap=5)
+    async with store.write() as conn:
+        await conn.execute(sa.text(f"UPDATE {TASKS} SET amount = 2"))
+    with pytest.raises(UndoConflictError) as err:
+        await store.records.undo(ALICE, await turn_entries(store, turn), undo_entry(turn))
+    assert str(err.value).count("was changed since") == 20
+    assert "and 5 more rows; nothing was undone" in str(err.value)

@@ -72,6 +72,8 @@ pytestmark = pytest.mark.postgresql
 
 PLUGINS = Plugins.load()
 USER_TABLES = ("chat_sessions", "chat_messages", "prompt_customizations", "agent_memories")
+# The user tables of write safety (migration 0005): per-user rows too, the audit log append-only.
+WRITE_SAFETY_TABLES = ("tool_approval_choices", "pending_actions", "audit_log")
 ITEMS = "rls_items"
 APP_TABLES = (ITEMS, "tasks", "notes")
 AGENT = example.AGENT
@@ -733,7 +735,7 @@ async def test_migration_on_a_supabase_like_database_is_idempotent_and_keeps_its
                     "SELECT tablename, qual, with_check FROM pg_policies "
                     "WHERE policyname = 'chatwright_own_rows' ORDER BY tablename",
                 )
-                assert sorted(p[0] for p in policies) == sorted(USER_TABLES)
+                assert sorted(p[0] for p in policies) == sorted(USER_TABLES + WRITE_SAFETY_TABLES)
                 for _, using, check in policies:
                     assert "auth.jwt()" in using
                     assert "auth.jwt()" in check
@@ -744,9 +746,9 @@ async def test_migration_on_a_supabase_like_database_is_idempotent_and_keeps_its
                     "JOIN pg_class t ON t.oid = i.indrelid "
                     "JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = i.indkey[0] "
                     "WHERE a.attname = 'user_id' AND t.relname = ANY(%s)",
-                    list(USER_TABLES),
+                    list(USER_TABLES + WRITE_SAFETY_TABLES),
                 )
-                assert sorted(r[0] for r in indexed) == sorted(USER_TABLES)
+                assert sorted(r[0] for r in indexed) == sorted(USER_TABLES + WRITE_SAFETY_TABLES)
 
                 # The policies work with Supabase's auth.jwt(), the owner's framework
                 # statements see every row, and a user transaction only its own.
@@ -1039,8 +1041,24 @@ async def _seed_stock(db: Cluster) -> None:
         await storage.records.insert(
             "alice", "notes", {"user_id": "alice", "body": "alice's diary"}, returning=["id"]
         )
+        await _seed_write_safety(storage)
     finally:
         await storage.close()
+
+
+async def _seed_write_safety(storage: SupabaseStorage) -> None:
+    """A pending action, an audit entry and an approval choice of alice's."""
+    from chatwright.approvals import NewAuditEntry
+    from chatwright.testing import new_pending
+
+    chat = (await storage.sessions.open("alice", "paid")).chat_id
+    await storage.pending.create("alice", "paid", chat, [new_pending(preview=True)])
+    await storage.audit.record(
+        NewAuditEntry(user_id="alice", agent_name="paid", tool_name="t", operation="create")
+    )
+    (tool,) = await storage.tools.list("paid")
+    await storage.tools.update(tool.id, approval="user")
+    await storage.pending.choose("alice", tool.id, "auto")
 
 
 EXAMPLE_LIST_TASKS = {t["name"]: t["config"] for t in example.TOOLS}["list_tasks"]
@@ -1094,7 +1112,14 @@ async def test_every_table_and_sequence_is_closed_to_the_data_api_roles(
         else:
             assert table in policed, (table, privilege)
             assert privilege in {"SELECT", "INSERT", "UPDATE", "DELETE"}, (table, privilege)
-    assert {g[0] for g in granted if g[1] != "S"} == {*USER_TABLES, "tasks", "notes"}
+    assert {g[0] for g in granted if g[1] != "S"} == {
+        *USER_TABLES,
+        *WRITE_SAFETY_TABLES,
+        "tasks",
+        "notes",
+    }
+    # The audit log is append-only for authenticated: no UPDATE, DELETE or TRUNCATE.
+    assert {g[3] for g in granted if g[0] == "audit_log"} == {"SELECT", "INSERT"}
 
     # And as the roles themselves: anon may read nothing; authenticated with no
     # claims reads nothing (the seeded tables hold rows: the emptiness is not vacuous).

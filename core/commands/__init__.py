@@ -24,6 +24,9 @@ BUILTIN_MODULES = (
     "sessions",
     "install",
     "tools",
+    "pending",
+    "audit",
+    "undo",
 )
 
 

@@ -1,4 +1,10 @@
-"""``chatwright chat``: a conversation with an agent in the terminal."""
+"""``chatwright chat``: a conversation with an agent in the terminal.
+
+When a turn stops at tool calls that wait for approval, an interactive chat on
+a terminal shows each call with the rows it would change and asks; with ``-m``
+or without a terminal to ask on, it prints them with the commands that decide
+them (``chatwright pending approve|deny``) and ends.
+"""
 
 from __future__ import annotations
 
@@ -12,21 +18,24 @@ import click
 from chatwright import hookimpl
 from chatwright.cli import AppContext, pass_app
 from chatwright.errors import (
+    AlreadyDecidedError,
+    ApprovalPendingError,
     ChatwrightError,
     InvalidInputError,
     NotFoundError,
+    PreviewChangedError,
     UnknownAgentError,
 )
 from chatwright.message_limits import check_message  # light: no settings or pydantic import
 
 if TYPE_CHECKING:
-    from chatwright.runtime import Runtime
+    from chatwright.runtime import Runtime, Turn
 
 
 LOCAL_USER = "local"
 
 
-def _show(message: Any, *, err: bool = True) -> None:
+def show_step(message: Any, *, err: bool = True) -> None:
     """One line per tool call or tool result, as they happen."""
     from langchain_core.messages import AIMessage, ToolMessage
 
@@ -85,6 +94,10 @@ def chat(
 
     Tool calls are shown as they happen (on standard error). With -m the reply
     alone goes to standard output, for scripts.
+
+    A call that needs approval shows the rows it would change and asks
+    "Approve? [y/N]" in a terminal; with -m, or with input from a pipe, the
+    calls and the `chatwright pending` commands that decide them are printed.
     """
     if chat_id is not None and new_chat:
         raise click.UsageError("give --chat-id or --new, not both")
@@ -105,12 +118,18 @@ def chat(
         )
 
         async def show(m: Any) -> None:
-            _show(m)
+            show_step(m)
 
         try:
             if message is not None:
-                turn = await runtime.chat(user, name, session.chat_id, message, on_message=show)
-                click.echo(turn.response)
+                try:
+                    turn = await runtime.chat(user, name, session.chat_id, message, on_message=show)
+                except ApprovalPendingError as exc:
+                    raise ApprovalPendingError(
+                        f"{exc}: see `chatwright pending list --chat {session.chat_id}`",
+                        exc.actions,
+                    ) from None
+                _answer(turn)
                 return
             await _interactive(runtime, user, name, session.chat_id, show)
         finally:
@@ -126,12 +145,25 @@ async def _interactive(
 ) -> None:
     import asyncio
     import contextlib
+    import sys
+
+    # Approval needs someone to answer: piped input is a script, not a person.
+    ask = sys.stdin.isatty()
 
     with contextlib.suppress(ImportError):
         import readline  # noqa: F401  (line editing and history for input())
     recent = await runtime.storage.messages.window(user, chat_id, 10)
     click.echo(f"Chat {chat_id} with {agent!r} as {user!r}. Ctrl-D or 'exit' to leave.")
     _replay(recent)
+    waiting = await _still_waiting(runtime, user, chat_id)
+    if waiting is not None:
+        # Left waiting by an earlier run: those come first.
+        click.echo("This chat waits for decisions on earlier calls.")
+        if not ask:
+            _answer(waiting)
+            return
+        if not await _ask_until_decided(runtime, user, waiting, show):
+            return
     while True:
         try:
             line = await asyncio.to_thread(input, "you> ")
@@ -145,10 +177,97 @@ async def _interactive(
         try:
             check_message(runtime.settings, line)
             turn = await runtime.chat(user, agent, chat_id, line, on_message=show)
+        except ApprovalPendingError as exc:
+            # Another process stopped a turn of this chat meanwhile.
+            click.echo("Your message was not sent: this chat waits for decisions on other calls.")
+            turn = _waiting_turn(chat_id, exc)
         except ChatwrightError as exc:
             click.secho(f"Error: {exc}", fg="red", err=True)
             continue
+        if not ask:
+            _answer(turn)
+            if turn.status == "approval_required":
+                return  # nothing can be said to the chat until they are decided
+            continue
+        if turn.response:
+            click.echo(turn.response)
+        if not await _ask_until_decided(runtime, user, turn, show):
+            return
+
+
+def _answer(turn: Turn) -> None:
+    """A turn's reply; when it stopped for approval, the calls and how to decide them."""
+    from chatwright.commands.pending import echo_waiting
+
+    if turn.response:
         click.echo(turn.response)
+    if turn.status == "approval_required" and turn.pending:
+        echo_waiting(turn.pending)
+
+
+def _waiting_turn(chat_id: uuid.UUID, exc: ApprovalPendingError) -> Turn:
+    from chatwright.approvals import PendingAction
+    from chatwright.runtime import Turn
+
+    actions = [a for a in exc.actions if isinstance(a, PendingAction)]
+    return Turn(chat_id=chat_id, response="", status="approval_required", pending=actions)
+
+
+async def _still_waiting(runtime: Runtime, user: str, chat_id: uuid.UUID) -> Turn | None:
+    """The chat's calls that still wait for a decision, as a stopped turn; None if none."""
+    from datetime import UTC, datetime
+
+    from chatwright.runtime import Turn
+
+    now = datetime.now(UTC)
+    actions = [a for a in await runtime.pending(user, chat_id=chat_id) if not a.expired(now)]
+    if not actions:
+        return None
+    return Turn(chat_id=chat_id, response="", status="approval_required", pending=actions)
+
+
+async def _ask_until_decided(runtime: Runtime, user: str, turn: Turn, show: Any) -> bool:
+    """Ask about each waiting call, one at a time, until the turn is done.
+
+    A decision continues the turn once the chat has no other waiting call, and
+    the continuation may stop at new calls: those are asked about in turn.
+    Ctrl-D or Ctrl-C at the question is no answer: the calls stay waiting
+    (to be decided later) and the chat ends, which is when False is returned.
+    """
+    import asyncio
+
+    from chatwright.commands.pending import action_lines
+
+    while turn.status == "approval_required" and turn.pending:
+        action = turn.pending[0]
+        click.echo("The agent wants to run (nothing is written until you approve):")
+        for text in action_lines(action):
+            click.echo(f"  {text}")
+        try:
+            reply = await asyncio.to_thread(input, "Approve? [y/N] ")
+        except (EOFError, KeyboardInterrupt):
+            click.echo()
+            from chatwright.commands.pending import echo_waiting
+
+            echo_waiting(turn.pending)
+            return False
+        approve = reply.strip().lower() in {"y", "yes"}
+        try:
+            turn = await runtime.decide(user, action.id, approve, decided_by=user, on_message=show)
+        except (PreviewChangedError, AlreadyDecidedError) as exc:
+            click.secho(f"Error: {exc}", fg="red", err=True)
+            waiting = await runtime.pending(user, chat_id=action.chat_id)
+            turn.pending = waiting
+            turn.status = "approval_required" if waiting else "done"
+            continue
+        except ChatwrightError as exc:
+            click.secho(f"Error: {exc}", fg="red", err=True)
+            return True
+        if not approve:
+            click.echo("Denied; the agent is told you declined.")
+        if turn.response:
+            click.echo(turn.response)
+    return True
 
 
 @hookimpl

@@ -1,6 +1,7 @@
-"""``chatwright tools``: list, add, check, disable and enable the tool rows of agents.
+"""``chatwright tools``: list, add, change, check, disable and enable the tool rows of agents.
 
-The checks of a tool row given as JSON (``tools add --file``) live here too.
+The checks of a tool row given as JSON (``tools add --file``) live here too,
+and ``tools choose``, a user's own approval choice for a row in ``user`` mode.
 """
 
 from __future__ import annotations
@@ -11,9 +12,16 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from chatwright import hookimpl
+from chatwright.approvals import (
+    APPROVAL_MODES,
+    DEFAULT_APPROVAL,
+    DEFAULT_USER_CHOICE,
+    USER_CHOICES,
+)
 from chatwright.cli import AppContext, pass_app
+from chatwright.commands import inputs
 from chatwright.commands.output import echo_json, echo_list, yes_no
-from chatwright.errors import InvalidInputError, UnknownAgentError
+from chatwright.errors import InvalidInputError, NotFoundError, UnknownAgentError
 
 if TYPE_CHECKING:
     from chatwright.runtime import Runtime
@@ -21,7 +29,31 @@ if TYPE_CHECKING:
 
 @click.group()
 def tools() -> None:
-    """List, add, check and disable the tool rows of agents."""
+    """List, add, change, check and disable the tool rows of agents."""
+
+
+ROW_FIELDS = frozenset(
+    {
+        "name",
+        "type",
+        "description",
+        "config",
+        "is_active",
+        "position",
+        "order",
+        "approval",
+        "approval_default",
+    }
+)
+POSITIONS = click.IntRange(-(2**31), 2**31 - 1)
+ROW_IDS = click.IntRange(1, 2**31 - 1)
+"""The ids a tool row can have (a 32-bit column): a larger number names no row."""
+
+
+def approval_text(row: dict[str, Any]) -> str:
+    """A row's approval mode as ``tools list`` shows it: ``user`` with its default."""
+    mode = str(row.get("approval", "auto"))
+    return f"user ({row.get('approval_default')})" if mode == "user" else mode
 
 
 def _tool_definition(text: str, source: str) -> dict[str, Any]:
@@ -31,13 +63,12 @@ def _tool_definition(text: str, source: str) -> dict[str, Any]:
         raise InvalidInputError(f"{source} is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise InvalidInputError(f"{source} must hold one JSON object (a tool row)")
-    unknown = sorted(
-        set(data) - {"name", "type", "description", "config", "is_active", "position", "order"}
-    )
+    unknown = sorted(set(data) - ROW_FIELDS)
     if unknown:
         raise InvalidInputError(
             f"{source}: unknown field {', '.join(map(repr, unknown))}; a tool row has "
-            "name, type, description, config, is_active and position"
+            "name, type, description, config, is_active, position, approval and "
+            "approval_default"
         )
     if not isinstance(data.get("name"), str) or not data["name"]:
         raise InvalidInputError(f'{source}: the tool needs a "name"')
@@ -45,6 +76,8 @@ def _tool_definition(text: str, source: str) -> dict[str, Any]:
         "type": (str, "a string"),
         "description": (str, "a string"),
         "is_active": (bool, "true or false"),
+        "approval": (str, f"one of {', '.join(APPROVAL_MODES)}"),
+        "approval_default": (str, f"one of {', '.join(USER_CHOICES)}"),
     }
     for key, (kind, words) in checks.items():
         if key in data and not isinstance(data[key], kind):
@@ -82,7 +115,7 @@ def tools_list(app: AppContext, agent: str | None, as_json: bool) -> None:
         rows,
         as_json=as_json,
         empty="No tools; add one with `chatwright tools add --agent NAME --file tool.json`.",
-        headers=["id", "agent", "name", "type", "active", "position"],
+        headers=["id", "agent", "name", "type", "active", "position", "approval"],
         cells=lambda r: (
             r["id"],
             r["agent"],
@@ -90,6 +123,7 @@ def tools_list(app: AppContext, agent: str | None, as_json: bool) -> None:
             r["type"],
             _active(r),
             r["position"],
+            approval_text(r),
         ),
     )
     refused = sum(1 for r in rows if _active(r) == "refused")
@@ -116,17 +150,37 @@ def _active(row: dict[str, Any]) -> str:
     show_default="standard input",
     help="JSON of the row: {name, type, description, config}.",
 )
+@click.option(
+    "--approval",
+    type=click.Choice(APPROVAL_MODES),
+    help="auto: runs at once; required: every call waits for the user's decision; user: "
+    "each user chooses (default: the row's approval, else auto).",
+)
+@click.option(
+    "--approval-default",
+    type=click.Choice(USER_CHOICES),
+    help=f"For --approval user: what users who have not chosen get (default: "
+    f"{DEFAULT_USER_CHOICE}).",
+)
 @pass_app
-def tools_add(app: AppContext, agent: str, file: Any) -> None:
+def tools_add(
+    app: AppContext,
+    agent: str,
+    file: Any,
+    approval: str | None,
+    approval_default: str | None,
+) -> None:
     """Validate a tool row against its type and the database, then insert it."""
     from datetime import UTC, datetime
 
-    from chatwright.stores import ToolRow
+    from chatwright.stores import ToolRow, as_dict
     from chatwright.tools import ToolContext, build_row
 
     source = "standard input" if file.name == "<stdin>" else file.name
     data = _tool_definition(file.read(), source)
     position = data.get("position", data.get("order"))
+    mode = approval or data.get("approval", DEFAULT_APPROVAL)
+    mode_default = approval_default or data.get("approval_default", DEFAULT_USER_CHOICE)
 
     async def work(runtime: Runtime) -> None:
         storage = runtime.storage
@@ -145,6 +199,8 @@ def tools_add(app: AppContext, agent: str, file: Any) -> None:
             position=int(position) if isinstance(position, int) else 0,
             created_at=now,
             updated_at=now,
+            approval=mode,
+            approval_default=mode_default,
         )
         context = ToolContext(agent, storage, runtime.settings)
         report = await build_row(candidate, agent, runtime.plugins, context)
@@ -159,8 +215,13 @@ def tools_add(app: AppContext, agent: str, file: Any) -> None:
             description=candidate.description,
             is_active=candidate.is_active,
             position=position if isinstance(position, int) else None,
+            approval=candidate.approval,
+            approval_default=candidate.approval_default,
         )
-        click.echo(f"Added tool {row.name!r} (row {row.id}) to agent {agent!r}")
+        click.echo(
+            f"Added tool {row.name!r} (row {row.id}) to agent {agent!r}, "
+            f"approval {approval_text(as_dict(row))}"
+        )
 
     app.run(work)
 
@@ -219,6 +280,121 @@ def tools_disable(app: AppContext, tool_id: int) -> None:
 def tools_enable(app: AppContext, tool_id: int) -> None:
     """Load a disabled tool row again."""
     _set_active(app, tool_id, True)
+
+
+@tools.command("set")
+@click.argument("tool_id", type=ROW_IDS, metavar="ID")
+@click.option("--name", help="The tool's new name (as the model sees it).")
+@click.option("--description", help="The model's instructions for the tool.")
+@click.option("--config", "config_json", metavar="JSON", help="The whole new config, as JSON.")
+@click.option(
+    "--approval",
+    type=click.Choice(APPROVAL_MODES),
+    help="auto: runs at once; required: every call waits for the user's decision; user: "
+    "each user chooses.",
+)
+@click.option(
+    "--approval-default",
+    type=click.Choice(USER_CHOICES),
+    help="For approval user: what users who have not chosen get.",
+)
+@click.option("--active/--inactive", "active", default=None, help="Load the row, or stop.")
+@click.option("--position", type=POSITIONS, help="Order among the agent's tools.")
+@pass_app
+def tools_set(
+    app: AppContext,
+    tool_id: int,
+    name: str | None,
+    description: str | None,
+    config_json: str | None,
+    approval: str | None,
+    approval_default: str | None,
+    active: bool | None,
+    position: int | None,
+) -> None:
+    """Change a tool row; a new name, description or config is validated like `tools add`.
+
+    A row that does not load can still be given another approval mode or
+    disabled; changing what the model sees of it needs a row that loads.
+    """
+    from dataclasses import replace
+
+    from chatwright.stores import as_dict
+    from chatwright.tools import ToolContext, build_row
+
+    changes: dict[str, Any] = {
+        key: value
+        for key, value in {
+            "name": name,
+            "description": description,
+            "approval": approval,
+            "approval_default": approval_default,
+            "is_active": active,
+            "position": position,
+        }.items()
+        if value is not None
+    }
+    if config_json is not None:
+        try:
+            config = json.loads(config_json)
+        except ValueError as exc:
+            raise InvalidInputError(f"--config is not valid JSON: {exc}") from None
+        if not isinstance(config, dict):
+            raise InvalidInputError("--config must be one JSON object (the tool's config)")
+        changes["config"] = config
+    if not changes:
+        raise click.UsageError(
+            "nothing to change; give --name, --description, --config, --approval, "
+            "--approval-default, --active/--inactive or --position"
+        )
+
+    async def work(runtime: Runtime) -> None:
+        storage = runtime.storage
+        row = await storage.tools.get(tool_id)
+        if row is None:
+            raise NotFoundError(f"no tool row with id {tool_id}; see `chatwright tools list`")
+        if {"name", "description", "config"} & set(changes):
+            agents = {a.id: a.name for a in await storage.agents.list()}
+            agent = agents.get(row.agent_id, str(row.agent_id))
+            candidate = replace(row, **changes)
+            context = ToolContext(agent, storage, runtime.settings)
+            report = await build_row(candidate, agent, runtime.plugins, context)
+            if not report.ok:
+                problems = "; ".join(p.brief() for p in report.problems)
+                raise InvalidInputError(f"tool row {tool_id} not changed: {problems}")
+        updated = await storage.tools.update(tool_id, **changes)
+        click.echo(
+            f"Updated tool {updated.name!r} (row {updated.id}): {', '.join(sorted(changes))}; "
+            f"approval {approval_text(as_dict(updated))}"
+        )
+
+    app.run(work)
+
+
+@tools.command("choose")
+@click.argument("tool_id", type=ROW_IDS, metavar="ID")
+@click.argument("choice", type=click.Choice([*USER_CHOICES, "default"]))
+@click.option("--user", required=True, help="The user whose choice it is.")
+@pass_app
+def tools_choose(app: AppContext, tool_id: int, choice: str, user: str) -> None:
+    """Set a user's approval choice for a row in approval mode "user".
+
+    auto: the user's calls run at once; required: each waits for their
+    decision; default: forget the choice (the row's approval_default applies).
+    """
+    inputs.name("--user", user)
+
+    async def work(runtime: Runtime) -> None:
+        await runtime.choose_approval(user, tool_id, None if choice == "default" else choice)
+        row = await runtime.storage.tools.get(tool_id)
+        fallback = row.approval_default if row is not None else DEFAULT_USER_CHOICE
+        effective = fallback if choice == "default" else choice
+        click.echo(
+            f"User {user!r}: tool row {tool_id} is now {effective!r}"
+            + (" (the row's default)" if choice == "default" else "")
+        )
+
+    app.run(work)
 
 
 @hookimpl

@@ -21,12 +21,15 @@ from chatwright.approvals import AuditEntry, NewAuditEntry, RowChange
 from chatwright.errors import InvalidInputError
 from chatwright.history import storable_value
 from chatwright.plugins.sql import schema
+from chatwright.plugins.sql.pending import as_uuid
 
 if TYPE_CHECKING:
     from chatwright.plugins.sql.storage import SQLStorage
 
 MAX_LIMIT = 1000
 """The most entries one page holds."""
+MAX_ID = 2**63 - 1
+"""The largest entry id (a BIGINT)."""
 
 
 def _json(value: Any) -> Any:
@@ -136,9 +139,9 @@ class SQLAuditStore:
         t = schema.audit_log
         if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_LIMIT:
             raise InvalidInputError(f"limit {limit!r} must be a whole number from 1 to {MAX_LIMIT}")
-        if since is not None and since.tzinfo is None:
+        if since is not None and (not isinstance(since, datetime) or since.tzinfo is None):
             raise InvalidInputError(
-                f"since {since.isoformat()} has no time zone; give one (e.g. +00:00)"
+                f"since {since!r:.80} is not a time with a time zone; give one (e.g. +00:00)"
             )
         stmt = sa.select(t).order_by(t.c.id.desc()).limit(limit)
         if user_id is not None:
@@ -146,10 +149,19 @@ class SQLAuditStore:
         if since is not None:
             stmt = stmt.where(t.c.at >= since)
         if chat_id is not None:
-            stmt = stmt.where(t.c.chat_id == chat_id)
+            stmt = stmt.where(t.c.chat_id == as_uuid(chat_id, "chat"))
         if turn_id is not None:
-            stmt = stmt.where(t.c.turn_id == turn_id)
+            stmt = stmt.where(t.c.turn_id == as_uuid(turn_id, "turn"))
         if before_id is not None:
+            if (
+                isinstance(before_id, bool)
+                or not isinstance(before_id, int)
+                or not 1 <= before_id <= MAX_ID
+            ):
+                raise InvalidInputError(
+                    f"before_id {before_id!r:.80} must be an entry id, a whole number from 1 "
+                    f"to {MAX_ID}"
+                )
             stmt = stmt.where(t.c.id < before_id)
         async with self.db.read(user_id) as conn:
             rows = (await conn.execute(stmt)).mappings().all()

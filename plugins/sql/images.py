@@ -31,7 +31,11 @@ from typing import Any
 import sqlalchemy as sa
 
 from chatwright.errors import InvalidInputError
-from chatwright.history import storable_value
+from chatwright.history import MAX_DEPTH, storable_value
+
+DEEPEST = MAX_DEPTH - 5
+"""How deeply a written value may nest: deeper, a pending action's preview (where a
+column's value sits four levels down) would keep it as text, not as structure."""
 
 
 def _default(value: Any) -> Any:
@@ -50,9 +54,12 @@ def json_ready(value: Any) -> Any:
     try:
         text = json.dumps(value, default=_default)
         return storable_value(json.loads(text))
-    except (RecursionError, ValueError) as error:
-        # Nested past the encoder's recursion limit, or an integer of more digits
-        # than Python converts to text: refused rather than kept half.
+    except RecursionError:
+        raise InvalidInputError(
+            "a value is nested too deeply to be shown or kept in the audit log"
+        ) from None
+    except ValueError as error:
+        # An integer of more digits than Python converts to text: refused, not cut.
         raise InvalidInputError(
             f"a value cannot be shown or kept in the audit log: {error}"
         ) from None
@@ -60,7 +67,13 @@ def json_ready(value: Any) -> Any:
 
 def image(row: Mapping[str, Any]) -> dict[str, Any]:
     """A whole row (column -> database value) as JSON-ready values."""
-    return {str(name): json_ready(value) for name, value in row.items()}
+    shown = {}
+    for name, value in row.items():
+        try:
+            shown[str(name)] = json_ready(value)
+        except InvalidInputError as error:
+            raise InvalidInputError(f"column {name!r}: {error}") from None
+    return shown
 
 
 def key_of(table: sa.Table, row: Mapping[str, Any]) -> dict[str, Any]:
@@ -117,11 +130,18 @@ def check_writable(table: str, values: Mapping[str, Any]) -> None:
     """Refuse values no database and no audit entry can hold as they are.
 
     A NUL character (PostgreSQL text and JSON refuse it; SQLite would keep it
-    where the audit log cannot) and a non-finite number (SQLite stores NaN as
-    NULL, JSON cannot spell it).
+    where the audit log cannot), a non-finite number (SQLite stores NaN as
+    NULL, JSON cannot spell it), a value nested deeper than the audit log keeps
+    as structure, or one JSON cannot spell at all (an integer of thousands of
+    digits).
     """
     for name, value in values.items():
         fault = _fault(value, 0)
+        if fault is None:
+            try:
+                json_ready(value)
+            except InvalidInputError:
+                fault = "cannot be kept in the audit log (an integer of too many digits?)"
         if fault:
             raise InvalidInputError(f"the value for column {name!r} of {table!r} {fault}")
 
@@ -135,8 +155,8 @@ def _fault(value: Any, depth: int) -> str | None:
         return f"is {value}, which cannot be stored everywhere; give a finite number or null"
     if isinstance(value, decimal.Decimal) and not value.is_finite():
         return f"is {value}, which cannot be stored everywhere; give a finite number or null"
-    if depth > 200:
-        return "is nested too deeply to be stored; flatten it"
+    if depth > DEEPEST:
+        return f"is nested more than {DEEPEST} levels deep, which cannot be kept; flatten it"
     if isinstance(value, Mapping):
         for k, v in value.items():
             fault = _fault(k, depth + 1) or _fault(v, depth + 1)

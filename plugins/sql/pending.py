@@ -130,6 +130,31 @@ async def insert_pending(
     return [pending_from_row({**row, **unset}) for row in rows]
 
 
+MAX_INTEGER = 2**31 - 1
+"""The largest tool row id (an INTEGER column); larger numbers name no row."""
+
+
+def as_uuid(value: Any, what: str) -> uuid.UUID:
+    """``value`` as a UUID, or an error naming it: ids from a caller are checked here too."""
+    if isinstance(value, uuid.UUID):
+        return value
+    if isinstance(value, str) and len(value) <= 64:
+        try:
+            return uuid.UUID(value)
+        except ValueError:
+            pass
+    shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+    raise InvalidInputError(f"{what} {shown} is not an id; ids are UUIDs (as listed)")
+
+
+def as_tool_id(value: Any) -> int:
+    """A tool row id, refused as missing when it cannot name a row (the CLI lists them)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_INTEGER:
+        shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+        raise NotFoundError(f"no tool row {shown}; see `chatwright tools list`")
+    return value
+
+
 def _limit(limit: int) -> int:
     if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_LIMIT:
         raise InvalidInputError(f"limit {limit!r} must be a whole number from 1 to {MAX_LIMIT}")
@@ -150,6 +175,7 @@ class SQLPendingStore(BoundStore):
 
     async def get(self, user_id: str | None, action_id: uuid.UUID) -> PendingAction | None:
         t = schema.pending_actions
+        action_id = as_uuid(action_id, "pending action")
         stmt = sa.select(t).where(t.c.id == action_id)
         if user_id is not None:
             stmt = stmt.where(t.c.user_id == user_id)
@@ -174,7 +200,7 @@ class SQLPendingStore(BoundStore):
         if user_id is not None:
             stmt = stmt.where(t.c.user_id == user_id)
         if chat_id is not None:
-            stmt = stmt.where(t.c.chat_id == chat_id)
+            stmt = stmt.where(t.c.chat_id == as_uuid(chat_id, "chat"))
         if status is not None:
             stmt = stmt.where(t.c.status == status)
         async with self.db.read(user_id) as conn:
@@ -186,6 +212,7 @@ class SQLPendingStore(BoundStore):
     ) -> PendingAction | None:
         """Change the user's action if its status is ``was``: one atomic statement."""
         t = schema.pending_actions
+        action_id = as_uuid(action_id, "pending action")
         stmt = (
             t.update()
             .where(t.c.id == action_id, t.c.user_id == user_id, t.c.status == was)
@@ -262,6 +289,7 @@ class SQLPendingStore(BoundStore):
 
     async def choose(self, user_id: str, tool_id: int, choice: str | None) -> None:
         c = schema.tool_approval_choices
+        tool_id = as_tool_id(tool_id)
         if choice is not None and choice not in USER_CHOICES:
             raise InvalidInputError(
                 f"{choice!r} is not an approval choice; use one of {', '.join(USER_CHOICES)}"

@@ -8,18 +8,16 @@ are checked against that table, values are always bound parameters, and the
 framework's own tables are refused outright.
 
 Writes that approval and undo rely on go through :meth:`SQLRecordStore.preview`
-and :meth:`SQLRecordStore.apply`, which read the rows a write changes before
-it runs (locked on PostgreSQL; SQLite's write transaction is exclusive), so
-that a write approved on a preview runs only on the rows previewed and leaves
-whole-row before/after images (:mod:`.images`) in its audit entry, in the same
-transaction. :mod:`.undo` puts those images back.
+and :meth:`SQLRecordStore.apply` (in :mod:`.writes`), which read the rows a
+write changes before it runs, so that a write approved on a preview runs only
+on the rows previewed and leaves whole-row before/after images (:mod:`.images`)
+in its audit entry, in the same transaction; :mod:`.undo` puts them back.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -27,19 +25,15 @@ from sqlalchemy import exc
 from sqlalchemy.dialects import postgresql, sqlite
 
 from chatwright.approvals import (
-    WRITE_OPERATIONS,
     Applied,
     AuditEntry,
     NewAuditEntry,
     Preview,
-    RowChange,
     UndoReport,
     Write,
 )
-from chatwright.errors import InvalidInputError, NotFoundError, PreviewChangedError, one_line
-from chatwright.plugins.sql.audit import insert_audit
+from chatwright.errors import InvalidInputError, NotFoundError, one_line
 from chatwright.plugins.sql.errors import integrity_message
-from chatwright.plugins.sql.images import check_writable, image, key_of, row_id
 from chatwright.stores import (
     ColumnInfo,
     ColumnKind,
@@ -286,90 +280,12 @@ class SQLRecordStore:
         _, count = await self._execute(t.delete().where(self._where(t, where)), user_id, table)
         return count
 
-    # -- writes with images: preview, apply, undo (see chatwright.approvals) ----------
-
-    def _check_write(self, t: sa.Table, write: Write) -> None:
-        """The guards every write passes before it is previewed or run."""
-        op, name = write.operation, write.table
-        if op not in WRITE_OPERATIONS:
-            raise InvalidInputError(
-                f"unknown write operation {op!r} for {name!r}; use one of "
-                + ", ".join(WRITE_OPERATIONS)
-            )
-        for names in (write.values, write.where, write.scope, write.returning, write.conflict):
-            self._columns(t, names)
-        if op in {"update", "delete"} and not write.where:
-            raise InvalidInputError(f"refusing to {op} every row of {name!r}: no condition")
-        if op == "update" and not write.values:
-            raise InvalidInputError(f"nothing to change in {name!r}: no values given")
-        if op == "upsert":
-            if not write.conflict:
-                raise InvalidInputError(f"an upsert of {name!r} needs its conflict columns")
-            missing = [c for c in write.conflict if c not in write.values]
-            if missing:
-                raise InvalidInputError(
-                    f"an upsert of {name!r} needs a value for its conflict column "
-                    + ", ".join(map(repr, missing))
-                )
-        check_writable(name, write.values)
-
-    @staticmethod
-    def _order(t: sa.Table) -> list[sa.Column[Any]]:
-        """Rows by primary key; a table without one by its plainly comparable columns."""
-        keys = list(t.primary_key.columns)
-        if keys:
-            return keys
-        plain = ("string", "integer", "number", "boolean", "date", "datetime", "uuid")
-        return [c for c in t.columns if column_kind(c.type) in plain]
-
-    def _affected(self, t: sa.Table, write: Write) -> sa.ColumnElement[bool]:
-        """Which existing rows a write changes: ``where``, or an upsert's row inside the scope."""
-        if write.operation == "upsert":
-            found = {c: write.values[c] for c in write.conflict}
-            return self._where(t, {**found, **write.scope})
-        return self._where(t, write.where)
-
-    async def _rows(
-        self, conn: Any, t: sa.Table, where: sa.ColumnElement[bool], *, lock: bool
-    ) -> list[dict[str, Any]]:
-        stmt = sa.select(*t.columns).where(where).order_by(*self._order(t))
-        if lock and self.db.dialect == "postgresql":
-            stmt = stmt.with_for_update()
-        return [dict(r) for r in (await conn.execute(stmt)).mappings()]
-
-    def _preview(
-        self, t: sa.Table, write: Write, rows: Sequence[Mapping[str, Any]], count: int, cap: int
-    ) -> Preview:
-        """The preview of ``write`` given the rows it finds (whole rows, by key)."""
-        op = write.operation
-        values = image(write.values)
-        if op == "create" or (op == "upsert" and not rows):
-            change = RowChange(key=key_of(t, values), before=None, after=values)
-            return Preview(write.table, op, (change,)[: max(cap, 0)], 1)
-        if op == "upsert":
-            kept = set(write.conflict) | set(write.scope)
-            values = {k: v for k, v in values.items() if k not in kept}
-        changes = []
-        for row in rows[: max(cap, 0)]:
-            before = image(row)
-            after = None if op == "delete" else {**before, **values}
-            changes.append(RowChange(key=key_of(t, row), before=before, after=after))
-        return Preview(write.table, op, tuple(changes), count)
+    # -- writes with images (chatwright.plugins.sql.writes, chatwright.plugins.sql.undo) ---
 
     async def preview(self, user_id: str, write: Write, *, cap: int) -> Preview:
-        t = await self._table(write.table)
-        self._check_write(t, write)
-        if write.operation == "create":
-            return self._preview(t, write, [], 1, cap)
-        where = self._affected(t, write)
-        with refused(write.table):
-            async with self.db.read(user_id) as conn:
-                count = int(
-                    await conn.scalar(sa.select(sa.func.count()).select_from(t).where(where)) or 0
-                )
-                stmt = sa.select(*t.columns).where(where).order_by(*self._order(t))
-                rows = [dict(r) for r in (await conn.execute(stmt.limit(max(cap, 0)))).mappings()]
-        return self._preview(t, write, rows, count, cap)
+        from chatwright.plugins.sql.writes import Writes
+
+        return await Writes(self).preview(user_id, write, cap=cap)
 
     async def apply(
         self,
@@ -380,120 +296,9 @@ class SQLRecordStore:
         audit: NewAuditEntry | None = None,
         cap: int,
     ) -> Applied:
-        t = await self._table(write.table)
-        self._check_write(t, write)
-        stored: AuditEntry | None = None
-        with refused(write.table):
-            async with self.db.write(user_id) as conn:
-                rows, changes = await self._run(conn, t, write, expect, cap)
-                if audit is not None:
-                    filled = replace(
-                        audit,
-                        table=audit.table or write.table,
-                        row_ids=tuple(row_id(c.key) for c in changes),
-                        changes=tuple(changes),
-                    )
-                    stored = await insert_audit(conn, filled)
-        back = list(write.returning)
-        return Applied(
-            rows=[{k: r[k] for k in back} for r in rows], changes=tuple(changes), audit=stored
-        )
+        from chatwright.plugins.sql.writes import Writes
 
-    def _expected(
-        self,
-        t: sa.Table,
-        write: Write,
-        expect: Preview | None,
-        found: list[dict[str, Any]],
-        cap: int,
-    ) -> None:
-        if expect is None:
-            return
-        fresh = self._preview(t, write, found, len(found), cap)
-        if not fresh.same_as(expect):
-            raise PreviewChangedError(
-                f"the rows of {write.table!r} this {write.operation} would change have changed "
-                "since the preview; nothing was written",
-                preview=fresh,
-            )
-
-    async def _run(
-        self, conn: Any, t: sa.Table, write: Write, expect: Preview | None, cap: int
-    ) -> tuple[list[dict[str, Any]], list[RowChange]]:
-        """Run ``write`` on ``conn``: the written rows (whole) and the images of each change."""
-        op = write.operation
-        if op == "create":
-            self._expected(t, write, expect, [], cap)
-            result = await conn.execute(t.insert().values(dict(write.values)).returning(*t.columns))
-            row = dict(result.mappings().one())
-            return [row], [RowChange(key=key_of(t, row), before=None, after=image(row))]
-        found = await self._rows(conn, t, self._affected(t, write), lock=True)
-        self._expected(t, write, expect, found, cap)
-        if op == "upsert":
-            return await self._upsert(conn, t, write, found, expect is not None, cap)
-        if not found:
-            return [], []
-        where = self._where(t, write.where)
-        keys = list(t.primary_key.columns)
-        if keys and self.db.dialect == "postgresql":
-            # Only the rows read and locked above: a row inserted meanwhile by another
-            # transaction is not written without its before-image.
-            where = sa.and_(where, _key_in(keys, found))
-        stmt: Any = t.update().values(dict(write.values)) if op == "update" else t.delete()
-        result = await conn.execute(stmt.where(where).returning(*t.columns))
-        written = [dict(r) for r in result.mappings()]
-        return written, _pair(t, op, found, written)
-
-    async def _upsert(
-        self,
-        conn: Any,
-        t: sa.Table,
-        write: Write,
-        found: list[dict[str, Any]],
-        expected: bool,
-        cap: int,
-    ) -> tuple[list[dict[str, Any]], list[RowChange]]:
-        dialect_insert = postgresql.insert if self.db.dialect == "postgresql" else sqlite.insert
-        values = dict(write.values)
-        nothing = InvalidInputError(
-            f"nothing saved: the values conflict with a row of {write.table!r} "
-            "that is not the caller's to change"
-        )
-        if not found:
-            stmt: Any = dialect_insert(t).values(values)
-            stmt = stmt.on_conflict_do_nothing(index_elements=list(write.conflict))
-            result = await conn.execute(stmt.returning(*t.columns))
-            row = result.mappings().first()
-            if row is not None:
-                created = dict(row)
-                return [created], [
-                    RowChange(key=key_of(t, created), before=None, after=image(created))
-                ]
-            # The row is there but was not seen: another user's, or inserted meanwhile.
-            found = await self._rows(conn, t, self._affected(t, write), lock=True)
-            if not found:
-                raise nothing
-            if expected:
-                raise PreviewChangedError(
-                    f"the row of {write.table!r} this upsert would save was created since "
-                    "the preview; nothing was written",
-                    preview=self._preview(t, write, found, len(found), cap),
-                )
-        kept = set(write.conflict) | set(write.scope)
-        changed = {k: v for k, v in values.items() if k not in kept}
-        where = self._where(t, {**{c: values[c] for c in write.conflict}, **write.scope})
-        if changed:
-            result = await conn.execute(
-                t.update().where(where).values(changed).returning(*t.columns)
-            )
-            saved = result.mappings().first()
-            if saved is None:
-                raise nothing
-            after = dict(saved)
-        else:
-            after = found[0]
-        before = found[0]
-        return [after], [RowChange(key=key_of(t, after), before=image(before), after=image(after))]
+        return await Writes(self).apply(user_id, write, expect=expect, audit=audit, cap=cap)
 
     async def undo(
         self, user_id: str, entries: Sequence[AuditEntry], audit: NewAuditEntry
@@ -539,43 +344,3 @@ class SQLRecordStore:
                 await self.db.users.secure_table(conn, spec.name)
         self._tables.pop(spec.name, None)
         return bool(created)
-
-
-def _key_in(keys: Sequence[sa.Column[Any]], rows: Sequence[Mapping[str, Any]]) -> Any:
-    """The condition "the row's primary key is one of those of ``rows``"."""
-    if len(keys) == 1:
-        return keys[0].in_([r[keys[0].name] for r in rows])
-    return sa.tuple_(*keys).in_([tuple(r[c.name] for c in keys) for r in rows])
-
-
-def _pair(
-    t: sa.Table, op: str, found: Sequence[Mapping[str, Any]], written: Sequence[Mapping[str, Any]]
-) -> list[RowChange]:
-    """Before/after images of an update or delete: rows read before, rows returned after.
-
-    Paired by primary key; a table without one has nothing to pair by, so its
-    rows are paired in the order read and returned (its writes cannot be undone).
-    """
-    if not t.primary_key.columns:
-        if op == "delete":
-            return [RowChange(key={}, before=image(r), after=None) for r in found[: len(written)]]
-        return [
-            RowChange(key={}, before=image(b), after=image(a))
-            for b, a in zip(found, written, strict=False)
-        ]
-    before = {_key_tuple(t, r): r for r in found}
-    changes = []
-    for row in written:
-        old = before.get(_key_tuple(t, row))
-        changes.append(
-            RowChange(
-                key=key_of(t, row),
-                before=None if old is None else image(old),
-                after=None if op == "delete" else image(row),
-            )
-        )
-    return changes
-
-
-def _key_tuple(t: sa.Table, row: Mapping[str, Any]) -> tuple[Any, ...]:
-    return tuple(row[c.name] for c in t.primary_key.columns)

@@ -25,11 +25,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chatwright.approvals import AuditEntry, NewAuditEntry, RowChange, UndoReport
 from chatwright.errors import InvalidInputError, NotFoundError, UndoConflictError
-from chatwright.plugins.sql.audit import insert_audit
 from chatwright.plugins.sql.images import bindable, image, json_ready, row_id
 
 if TYPE_CHECKING:
     from chatwright.plugins.sql.records import SQLRecordStore
+
+SHOWN = 20
+"""How many rows changed since an undo's refusal names (then: how many more)."""
 
 Image = dict[str, Any] | None
 Slot = tuple[str, tuple[Any, ...]]
@@ -46,6 +48,7 @@ class Undo:
 
     async def run(self, entries: Sequence[AuditEntry], audit: NewAuditEntry) -> UndoReport:
         from chatwright.plugins.sql.records import refused
+        from chatwright.plugins.sql.writes import append_audit
 
         if audit.undo_of is None:
             raise InvalidInputError("an undo's audit entry must name the turn it reverts (undo_of)")
@@ -62,7 +65,7 @@ class Undo:
                     row_ids=tuple(row_id(c.key) for c in done),
                     changes=tuple(done),
                 )
-                stored = await insert_audit(conn, filled)
+                stored = await append_audit(conn, filled)
         return UndoReport(
             turn_id=audit.undo_of,
             entries=tuple(e.id for e in entries),
@@ -116,10 +119,11 @@ class Undo:
                     continue
                 state[slot] = _plain(change.before)
         if conflicts:
+            shown = conflicts[:SHOWN]
+            if len(conflicts) > SHOWN:
+                shown.append(f"and {len(conflicts) - SHOWN} more rows")
             raise UndoConflictError(
-                f"cannot undo turn {audit.undo_of}: "
-                + "; ".join(conflicts)
-                + "; nothing was undone"
+                f"cannot undo turn {audit.undo_of}: " + "; ".join(shown) + "; nothing was undone"
             )
         return now, state
 

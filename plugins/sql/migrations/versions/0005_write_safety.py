@@ -29,7 +29,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from chatwright.plugins.sql.migrations.data_api import close_table
+from chatwright.plugins.sql.migrations.data_api import OWN_ROWS, OWN_ROWS_POLICY, close_table
 from chatwright.plugins.sql.schema import BigId, JSONValue, UTCDateTime
 
 revision = "0005"
@@ -37,9 +37,6 @@ down_revision = "0004"
 branch_labels = None
 depends_on = None
 
-OWN = "user_id = (SELECT auth.jwt() ->> 'sub')"
-AUDIT_SELECT = "chatwright_audit_select_own"
-AUDIT_INSERT = "chatwright_audit_insert_own"
 
 APPROVAL_MODE = "approval IN ('auto', 'required', 'user')"
 APPROVAL_DEFAULT = "approval_default IN ('auto', 'required')"
@@ -170,13 +167,15 @@ def upgrade() -> None:
 
 
 def _secure_audit_log(bind: sa.Connection) -> None:
-    """Closed like every table, then SELECT and INSERT of own rows back to ``authenticated``."""
+    """Closed like every table, then SELECT and INSERT of own rows back to ``authenticated``.
+
+    The policy is the per-user one every user table has (so the deployment
+    check of docs/deploy.md knows it); the grants are what make it append-only.
+    """
     close_table(bind, "audit_log")
     op.execute(
-        f"CREATE POLICY {AUDIT_SELECT} ON audit_log FOR SELECT TO authenticated USING ({OWN})"
-    )
-    op.execute(
-        f"CREATE POLICY {AUDIT_INSERT} ON audit_log FOR INSERT TO authenticated WITH CHECK ({OWN})"
+        f"CREATE POLICY {OWN_ROWS_POLICY} ON audit_log FOR ALL TO authenticated "
+        f"USING ({OWN_ROWS}) WITH CHECK ({OWN_ROWS})"
     )
     op.execute("GRANT SELECT, INSERT ON TABLE audit_log TO authenticated")
     op.execute("GRANT USAGE ON SEQUENCE audit_log_id_seq TO authenticated")

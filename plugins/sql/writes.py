@@ -1,0 +1,332 @@
+"""Writes that keep row images: what approval previews, apply runs and undo reverts.
+
+:meth:`Writes.preview` reads, as the user, the rows a write would change and
+shows them before and after; :meth:`Writes.apply` runs the write in one
+transaction that first reads (on PostgreSQL: locks) those same rows, refuses
+with the fresh preview when they are no longer as an approved preview showed
+them, writes only those rows, and appends the audit entry with every row's
+whole before/after image (:mod:`.images`) on the same connection, so that a
+write is never without its record nor a record without its write. Rows are
+keyed by primary key; a table without one is written and audited, its rows
+paired in the order read, but cannot be undone (:mod:`.undo`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from sqlalchemy import exc
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from chatwright.approvals import (
+    WRITE_OPERATIONS,
+    Applied,
+    AuditEntry,
+    NewAuditEntry,
+    Preview,
+    RowChange,
+    Write,
+)
+from chatwright.errors import InvalidInputError, PreviewChangedError, StorageError
+from chatwright.plugins.sql.audit import insert_audit
+from chatwright.plugins.sql.errors import DETAILS, driver_text
+from chatwright.plugins.sql.images import check_writable, image, key_of, row_id
+from chatwright.plugins.sql.records import column_kind, refused
+
+if TYPE_CHECKING:
+    from chatwright.plugins.sql.records import SQLRecordStore
+
+log = logging.getLogger(__name__)
+
+KEYED_WRITE = 10_000
+"""Up to this many rows, a write on PostgreSQL names the rows it read by key (bound
+parameters are limited); past it, a row that appeared meanwhile fails the write."""
+
+
+class Writes:
+    """Previews and writes with images for one record store (see the module docstring)."""
+
+    def __init__(self, records: SQLRecordStore) -> None:
+        self.records = records
+
+    def check(self, t: sa.Table, write: Write) -> None:
+        """The guards every write passes before it is previewed or run."""
+        op, name = write.operation, write.table
+        if op not in WRITE_OPERATIONS:
+            raise InvalidInputError(
+                f"unknown write operation {op!r} for {name!r}; use one of "
+                + ", ".join(WRITE_OPERATIONS)
+            )
+        for names in (write.values, write.where, write.scope, write.returning, write.conflict):
+            self.records._columns(t, names)
+        if op in {"update", "delete"} and not write.where:
+            raise InvalidInputError(f"refusing to {op} every row of {name!r}: no condition")
+        if op == "update" and not write.values:
+            raise InvalidInputError(f"nothing to change in {name!r}: no values given")
+        outside = [c for c, v in write.scope.items() if c in write.values and write.values[c] != v]
+        if outside:
+            # A write never moves a row out of its scope (or makes one outside it).
+            raise InvalidInputError(
+                f"the value for column {', '.join(map(repr, outside))} of {name!r} is outside "
+                "the write's scope; leave it out"
+            )
+        if op == "upsert":
+            if not write.conflict:
+                raise InvalidInputError(f"an upsert of {name!r} needs its conflict columns")
+            missing = [c for c in write.conflict if c not in write.values]
+            if missing:
+                raise InvalidInputError(
+                    f"an upsert of {name!r} needs a value for its conflict column "
+                    + ", ".join(map(repr, missing))
+                )
+
+    @staticmethod
+    def _order(t: sa.Table) -> list[sa.Column[Any]]:
+        """Rows by primary key; a table without one by its plainly comparable columns."""
+        keys = list(t.primary_key.columns)
+        if keys:
+            return keys
+        plain = ("string", "integer", "number", "boolean", "date", "datetime", "uuid")
+        return [c for c in t.columns if column_kind(c.type) in plain]
+
+    def affected(self, t: sa.Table, write: Write) -> sa.ColumnElement[bool]:
+        """Which existing rows a write changes: ``where``, or an upsert's row inside the scope."""
+        if write.operation == "upsert":
+            found = {c: write.values[c] for c in write.conflict}
+            return self.records._where(t, {**found, **write.scope})
+        return self.records._where(t, write.where)
+
+    async def _rows(
+        self, conn: Any, t: sa.Table, where: sa.ColumnElement[bool], *, lock: bool
+    ) -> list[dict[str, Any]]:
+        stmt = sa.select(*t.columns).where(where).order_by(*self._order(t))
+        if lock and self.records.db.dialect == "postgresql":
+            stmt = stmt.with_for_update()
+        return [dict(r) for r in (await conn.execute(stmt)).mappings()]
+
+    def _preview(
+        self, t: sa.Table, write: Write, rows: Sequence[Mapping[str, Any]], count: int, cap: int
+    ) -> Preview:
+        """The preview of ``write`` given the rows it finds (whole rows, by key)."""
+        op = write.operation
+        values = image(write.values)
+        if op == "create" or (op == "upsert" and not rows):
+            change = RowChange(key=key_of(t, values), before=None, after=values)
+            return Preview(write.table, op, (change,)[: max(cap, 0)], 1)
+        if op == "upsert":
+            kept = set(write.conflict) | set(write.scope)
+            values = {k: v for k, v in values.items() if k not in kept}
+        changes = []
+        for row in rows[: max(cap, 0)]:
+            before = image(row)
+            after = None if op == "delete" else {**before, **values}
+            changes.append(RowChange(key=key_of(t, row), before=before, after=after))
+        return Preview(write.table, op, tuple(changes), count)
+
+    async def preview(self, user_id: str, write: Write, *, cap: int) -> Preview:
+        t = await self.records._table(write.table)
+        self.check(t, write)
+        if write.operation == "create":
+            return self._preview(t, write, [], 1, cap)
+        where = self.affected(t, write)
+        # The count over every matching row, in the statement that lists the first
+        # ``cap`` of them: one snapshot, so the rows shown and the count agree.
+        total = sa.func.count().over()
+        stmt = sa.select(*t.columns, total).where(where).order_by(*self._order(t))
+        names = [c.name for c in t.columns]
+        with refused(write.table):
+            async with self.records.db.read(user_id) as conn:
+                found = (await conn.execute(stmt.limit(max(cap, 1)))).all()
+        count = int(found[0][-1]) if found else 0
+        rows = [dict(zip(names, r[:-1], strict=True)) for r in found[: max(cap, 0)]]
+        return self._preview(t, write, rows, count, cap)
+
+    async def apply(
+        self,
+        user_id: str,
+        write: Write,
+        *,
+        expect: Preview | None = None,
+        audit: NewAuditEntry | None = None,
+        cap: int,
+    ) -> Applied:
+        t = await self.records._table(write.table)
+        self.check(t, write)
+        # Not in previews, which show values as the audit log keeps them: a call held
+        # for approval runs with its arguments as stored, where NUL is U+FFFD already.
+        check_writable(write.table, write.values)
+        stored: AuditEntry | None = None
+        with refused(write.table):
+            async with self.records.db.write(user_id) as conn:
+                rows, changes = await self._run(conn, t, write, expect, cap)
+                if audit is not None:
+                    filled = replace(
+                        audit,
+                        table=audit.table or write.table,
+                        row_ids=tuple(row_id(c.key) for c in changes),
+                        changes=tuple(changes),
+                    )
+                    stored = await append_audit(conn, filled)
+        back = list(write.returning)
+        return Applied(
+            rows=[{k: r[k] for k in back} for r in rows], changes=tuple(changes), audit=stored
+        )
+
+    def _expected(
+        self,
+        t: sa.Table,
+        write: Write,
+        expect: Preview | None,
+        found: list[dict[str, Any]],
+        cap: int,
+    ) -> None:
+        if expect is None:
+            return
+        fresh = self._preview(t, write, found, len(found), cap)
+        if not fresh.same_as(expect):
+            raise PreviewChangedError(
+                f"the rows of {write.table!r} this {write.operation} would change have changed "
+                "since the preview; nothing was written",
+                preview=fresh,
+            )
+
+    async def _run(
+        self, conn: Any, t: sa.Table, write: Write, expect: Preview | None, cap: int
+    ) -> tuple[list[dict[str, Any]], list[RowChange]]:
+        """Run ``write`` on ``conn``: the written rows (whole) and the images of each change."""
+        op = write.operation
+        if op == "create":
+            self._expected(t, write, expect, [], cap)
+            result = await conn.execute(t.insert().values(dict(write.values)).returning(*t.columns))
+            row = dict(result.mappings().one())
+            return [row], [RowChange(key=key_of(t, row), before=None, after=image(row))]
+        found = await self._rows(conn, t, self.affected(t, write), lock=True)
+        self._expected(t, write, expect, found, cap)
+        if op == "upsert":
+            return await self._upsert(conn, t, write, found, expect is not None, cap)
+        if not found:
+            return [], []
+        where = self.records._where(t, write.where)
+        keys = list(t.primary_key.columns)
+        if keys and self.records.db.dialect == "postgresql" and len(found) <= KEYED_WRITE:
+            # Only the rows read and locked above: a row inserted meanwhile by another
+            # transaction is not written without its before-image (see _pair).
+            where = sa.and_(where, _key_in(keys, found))
+        stmt: Any = t.update().values(dict(write.values)) if op == "update" else t.delete()
+        result = await conn.execute(stmt.where(where).returning(*t.columns))
+        written = [dict(r) for r in result.mappings()]
+        return written, _pair(t, op, found, written)
+
+    async def _upsert(
+        self,
+        conn: Any,
+        t: sa.Table,
+        write: Write,
+        found: list[dict[str, Any]],
+        expected: bool,
+        cap: int,
+    ) -> tuple[list[dict[str, Any]], list[RowChange]]:
+        dialect_insert = (
+            postgresql.insert if self.records.db.dialect == "postgresql" else sqlite.insert
+        )
+        values = dict(write.values)
+        nothing = InvalidInputError(
+            f"nothing saved: the values conflict with a row of {write.table!r} "
+            "that is not the caller's to change"
+        )
+        if not found:
+            stmt: Any = dialect_insert(t).values(values)
+            stmt = stmt.on_conflict_do_nothing(index_elements=list(write.conflict))
+            result = await conn.execute(stmt.returning(*t.columns))
+            row = result.mappings().first()
+            if row is not None:
+                created = dict(row)
+                return [created], [
+                    RowChange(key=key_of(t, created), before=None, after=image(created))
+                ]
+            # The row is there but was not seen: another user's, or inserted meanwhile.
+            found = await self._rows(conn, t, self.affected(t, write), lock=True)
+            if not found:
+                raise nothing
+            if expected:
+                raise PreviewChangedError(
+                    f"the row of {write.table!r} this upsert would save was created since "
+                    "the preview; nothing was written",
+                    preview=self._preview(t, write, found, len(found), cap),
+                )
+        kept = set(write.conflict) | set(write.scope)
+        changed = {k: v for k, v in values.items() if k not in kept}
+        where = self.records._where(t, {**{c: values[c] for c in write.conflict}, **write.scope})
+        if changed:
+            result = await conn.execute(
+                t.update().where(where).values(changed).returning(*t.columns)
+            )
+            saved = result.mappings().first()
+            if saved is None:
+                raise nothing
+            after = dict(saved)
+        else:
+            after = found[0]
+        before = found[0]
+        return [after], [RowChange(key=key_of(t, after), before=image(before), after=image(after))]
+
+
+def _key_in(keys: Sequence[sa.Column[Any]], rows: Sequence[Mapping[str, Any]]) -> Any:
+    """The condition "the row's primary key is one of those of ``rows``"."""
+    if len(keys) == 1:
+        return keys[0].in_([r[keys[0].name] for r in rows])
+    return sa.tuple_(*keys).in_([tuple(r[c.name] for c in keys) for r in rows])
+
+
+def _pair(
+    t: sa.Table, op: str, found: Sequence[Mapping[str, Any]], written: Sequence[Mapping[str, Any]]
+) -> list[RowChange]:
+    """Before/after images of an update or delete: rows read before, rows returned after.
+
+    Paired by primary key; a table without one has nothing to pair by, so its
+    rows are paired in the order read and returned (its writes cannot be undone).
+    """
+    if not t.primary_key.columns:
+        if op == "delete":
+            return [RowChange(key={}, before=image(r), after=None) for r in found[: len(written)]]
+        return [
+            RowChange(key={}, before=image(b), after=image(a))
+            for b, a in zip(found, written, strict=False)
+        ]
+    before = {_key_tuple(t, r): r for r in found}
+    changes = []
+    for row in written:
+        old = before.get(_key_tuple(t, row))
+        if old is None:
+            # Matched by the write but not by the read before it: inserted meanwhile.
+            raise StorageError(
+                f"rows of {t.name!r} were added while the write ran; nothing was written, try again"
+            )
+        after = None if op == "delete" else image(row)
+        changes.append(RowChange(key=key_of(t, row), before=image(old), after=after))
+    return changes
+
+
+def _key_tuple(t: sa.Table, row: Mapping[str, Any]) -> tuple[Any, ...]:
+    return tuple(row[c.name] for c in t.primary_key.columns)
+
+
+async def append_audit(conn: AsyncConnection, entry: NewAuditEntry) -> AuditEntry:
+    """Append a write's audit entry on the write's connection; if it cannot be, nothing is written.
+
+    A refused entry is the framework's fault, not the values', so it is not
+    reported as the application table's constraint: the transaction is rolled
+    back and the write fails as the database's error (503).
+    """
+    try:
+        return await insert_audit(conn, entry)
+    except exc.IntegrityError as error:
+        log.error("audit_log refused an entry of %r: %s", entry.table, driver_text(error))
+        raise StorageError(
+            f"the audit entry of this write could not be stored, so nothing was written; {DETAILS}"
+        ) from None
