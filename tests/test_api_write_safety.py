@@ -298,13 +298,16 @@ async def test_a_waiting_chat_answers_409_with_its_actions_and_expiry_is_said(
 
 async def test_an_expired_action_lets_the_next_message_through(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path}/expiry.db"
-    async with serving(url) as api:
+    async with serving(url, tools={"approval_timeout": 60}) as api:
         await seed_writer(api.runtime, [])
         milk = await api.task("alice", "buy milk")
         script = [calls(("delete_task", {"id": milk}))[0], {"content": "Moving on."}]
         await seed_writer(api.runtime, script)
         chat_id = await api.open_chat("alice")
         action = only_pending(await api.say_ok("alice", chat_id))
+        # tools.approval_timeout sets the expiry the client is shown.
+        waits = datetime.fromisoformat(action["expires_at"]) - datetime.now(UTC)
+        assert timedelta(seconds=50) < waits <= timedelta(seconds=60), waits
         await api.expire(action["id"], datetime.now(UTC) - timedelta(seconds=1))
         turn = await api.say_ok("alice", chat_id, "never mind")
         assert turn["response"] == "Moving on."

@@ -11,6 +11,7 @@ title holding markup must show as text, never as markup.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from tests.test_browser import require_chromium
 from tests.write_safety import AGENT, Api, calls, seed_writer, serving
@@ -42,6 +43,15 @@ async def seed(api: Api) -> dict[str, int]:
     return ids
 
 
+async def open_writer(page: Any) -> None:
+    """Switch the page to a new chat with the writer, once its first session is open."""
+    # The page opens a session with the first agent on load; switching before that ends
+    # would race it, and a message sent before the writer's chat is shown would be cleared.
+    await page.wait_for_function("document.querySelector('#status').textContent.startsWith('chat')")
+    await page.select_option("#agent", AGENT)
+    await page.locator(".msg.note", has_text=f"New chat with {AGENT}").wait_for()
+
+
 async def test_approve_deny_and_undo_on_the_page(tmp_path: Path) -> None:
     executable = require_chromium()
     from playwright.async_api import async_playwright
@@ -57,11 +67,7 @@ async def test_approve_deny_and_undo_on_the_page(tmp_path: Path) -> None:
             try:
                 page = await browser.new_page()
                 await page.goto(api.url + "/")
-                await page.wait_for_function("document.querySelector('#agent').options.length > 1")
-                await page.select_option("#agent", AGENT)
-                await page.wait_for_function(
-                    "document.querySelector('#status').textContent.startsWith('chat')"
-                )
+                await open_writer(page)
 
                 # 1. A delete waits, shown with the row it would delete; approved.
                 await page.fill("#input", "delete the milk task")
@@ -127,11 +133,7 @@ async def test_a_waiting_action_is_shown_again_after_a_reload(tmp_path: Path) ->
             try:
                 page = await browser.new_page()
                 await page.goto(api.url + "/")
-                await page.wait_for_function("document.querySelector('#agent').options.length > 1")
-                await page.select_option("#agent", AGENT)
-                await page.wait_for_function(
-                    "document.querySelector('#status').textContent.startsWith('chat')"
-                )
+                await open_writer(page)
                 await page.fill("#input", "delete the milk task")
                 await page.keyboard.press("Enter")
                 await page.locator(".approval", has_text="Approve delete_task?").wait_for()

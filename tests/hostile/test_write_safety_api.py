@@ -76,6 +76,11 @@ async def alice_waits(server: Server) -> tuple[str, dict[str, Any], int]:
 async def test_bob_cannot_see_or_decide_alices_action(make_server: MakeServer) -> None:
     server = await make_server()
     chat_id, action, task = await alice_waits(server)
+    # Her own row is previewed (under row-level security on supabase too).
+    assert action["preview"]["count"] == 1
+    [row] = action["preview"]["rows"]
+    assert row["key"] == {"id": task} and row["before"]["title"] == ALICE_TASK
+    assert row["after"] is None
     made_up = str(uuid.uuid4())
     seen: dict[str, list[str]] = {}
     for action_id in (action["id"], made_up):
@@ -103,7 +108,6 @@ async def test_bob_cannot_see_or_decide_alices_action(make_server: MakeServer) -
     mine = await server.client.get(f"/api/pending/{action['id']}", headers=bearer("alice"))
     assert mine.json()["status"] == "pending"
     assert await titles(server, "alice") == [ALICE_TASK]
-    assert task
 
 
 async def test_a_preview_shows_only_the_users_rows(make_server: MakeServer) -> None:
