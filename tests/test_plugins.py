@@ -10,6 +10,7 @@ even one that raises at import (and is therefore never left in sys.modules).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import logging
@@ -996,6 +997,76 @@ def test_hook_executor_evicted() -> None:
     plugins.notify("executor_evicted", key=("user-2", "helper"), reason="config-changed")
 
     assert calls == [(("user-1", "assistant"), "ttl"), (("user-2", "helper"), "config-changed")]
+
+
+def _write_call(**changes: Any) -> Any:
+    from chatwright.approvals import WriteCall
+
+    call = WriteCall(
+        user_id="alice",
+        agent_name="assistant",
+        chat_id=uuid.uuid4(),
+        turn_id=uuid.uuid4(),
+        tool_id=3,
+        tool_name="delete_task",
+        tool_type="crud",
+        args={"id": 3},
+        approval="auto",
+    )
+    return dataclasses.replace(call, **changes)
+
+
+def test_hook_before_write(caplog: pytest.LogCaptureFixture) -> None:
+    """A veto hook: the first reason wins, a plugin that raises vetoes, None lets it run."""
+    seen: list[str] = []
+
+    class Weekdays:
+        @hookimpl
+        def before_write(self, call: Any) -> str | None:
+            seen.append("weekdays")
+            return "not on a Sunday" if call.args.get("day") == "sunday" else None
+
+    class Broken:
+        @hookimpl
+        def before_write(self, call: Any) -> str | None:
+            seen.append("broken")
+            if call.tool_name == "explode":
+                raise RuntimeError("policy database unreachable")
+            return None
+
+    plugins = Plugins(LoadPolicy())
+    plugins.register(Weekdays(), "weekdays")
+    plugins.register(Broken(), "broken")
+    assert plugins.implemented("before_write")
+    assert plugins.veto("before_write", call=_write_call()) is None
+    assert sorted(seen) == ["broken", "weekdays"]
+    reason = plugins.veto("before_write", call=_write_call(args={"day": "sunday"}))
+    assert reason == "not on a Sunday"
+    with caplog.at_level(logging.ERROR):
+        reason = plugins.veto("before_write", call=_write_call(tool_name="explode"))
+    assert reason is not None and "'broken'" in reason and "policy database unreachable" in reason
+    assert "policy database unreachable" in caplog.text
+
+
+def test_hook_after_write() -> None:
+    from chatwright.approvals import WriteOutcome
+
+    heard: list[tuple[str, bool, bool]] = []
+
+    class Listener:
+        @hookimpl
+        def after_write(self, call: Any, outcome: WriteOutcome) -> None:
+            heard.append((call.tool_name, outcome.ok, outcome.vetoed))
+
+    plugins = Plugins(LoadPolicy())
+    plugins.register(Listener(), "listener")
+    plugins.notify("after_write", call=_write_call(), outcome=WriteOutcome(True, '{"deleted": 1}'))
+    plugins.notify(
+        "after_write",
+        call=_write_call(tool_name="add_task"),
+        outcome=WriteOutcome(False, "refused: no", vetoed=True),
+    )
+    assert heard == [("delete_task", True, False), ("add_task", False, True)]
 
 
 def test_hook_with_unknown_argument_is_rejected() -> None:

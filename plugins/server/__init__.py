@@ -87,6 +87,7 @@ def serve_app(app: AppContext, host: str | None, port: int | None, workers: int 
                     host=config.host,
                     port=config.port,
                     workers=config.workers,
+                    timeout_keep_alive=config.timeout_keep_alive,
                 )
             finally:
                 del os.environ[MULTIPROCESS_DIR]
@@ -95,6 +96,7 @@ def serve_app(app: AppContext, host: str | None, port: int | None, workers: int 
         create_app(settings, app.plugins),
         host=config.host,
         port=config.port,
+        timeout_keep_alive=config.timeout_keep_alive,
     )
 
 

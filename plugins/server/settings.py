@@ -41,6 +41,15 @@ class ServerSettings(BaseModel):
         description="Host header names served in local mode besides localhost, 127.0.0.1 and "
         "[::1] (403 for others, against DNS rebinding).",
     )
+    timeout_keep_alive: float = Field(
+        75.0,
+        gt=0,
+        le=3600,
+        description="Seconds an idle HTTP connection is kept open for the client's next "
+        "request. Longer than the clients' and proxies' own idle timeouts (httpx: 5 s, "
+        "load balancers: often 60 s), so that the server is never the one closing a "
+        "connection as a client reuses it.",
+    )
     stream_keepalive: float = Field(
         15.0,
         gt=0,

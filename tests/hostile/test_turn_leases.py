@@ -132,6 +132,12 @@ def test_turn_and_sweep_settings_refuse_nonsense_by_name(
         ("sessions", "sweep_batch", "0"),
         ("sessions", "sweep_batch", "100000000000"),
         ("sessions", "sweep_batch", "all"),
+        ("tools", "approval_timeout", "0"),
+        ("tools", "approval_timeout", "1e12"),
+        ("tools", "approval_timeout", "a day"),
+        ("tools", "preview_rows", "0"),
+        ("tools", "preview_rows", "100000"),
+        ("tools", "preview_rows", "some"),
     ):
         with monkeypatch.context() as env:
             env.setenv(f"CHATWRIGHT_{section.upper()}__{key.upper()}", value)
