@@ -41,8 +41,8 @@ class ServerSettings(BaseModel):
         description="Host header names served in local mode besides localhost, 127.0.0.1 and "
         "[::1] (403 for others, against DNS rebinding).",
     )
-    timeout_keep_alive: float = Field(
-        75.0,
+    timeout_keep_alive: int = Field(
+        75,
         gt=0,
         le=3600,
         description="Seconds an idle HTTP connection is kept open for the client's next "
