@@ -364,8 +364,8 @@ def tools_set(
                 raise InvalidInputError(f"tool row {tool_id} not changed: {problems}")
         updated = await storage.tools.update(tool_id, **changes)
         click.echo(
-            f"Updated tool {updated.name!r} (row {updated.id}): {', '.join(sorted(changes))}; "
-            f"approval {approval_text(as_dict(updated))}"
+            f"Updated tool {updated.name!r} (row {updated.id}): changed "
+            f"{', '.join(sorted(changes))}; its approval is now {approval_text(as_dict(updated))}"
         )
 
     app.run(work)
