@@ -249,7 +249,7 @@ def test_tools_set_changes_a_row_and_validates_what_the_model_sees(workdir: Path
         "required",
     )
     assert "Updated tool 'remove_task' (row 4)" in result.stdout
-    assert "approval required" in result.stdout
+    assert "its approval is now required" in result.stdout
     name, description, _, active, position, approval, _ = row(4)
     assert (name, description, active, position, approval) == (
         "remove_task",
