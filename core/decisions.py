@@ -33,7 +33,7 @@ from chatwright.runtime import OnMessage, OnToken, ToolCallRecord, Turn, _tool_c
 if TYPE_CHECKING:
     from langchain_core.messages import BaseMessage
 
-    from chatwright.approvals import Decision, PendingAction, UndoReport
+    from chatwright.approvals import AuditEntry, Decision, PendingAction, UndoReport
     from chatwright.runtime import BuiltAgent, Runtime
     from chatwright.stores import Storage
     from chatwright.tools import TurnContext
@@ -265,7 +265,7 @@ class Decisions:
                         )
                 if target in undone:
                     raise UndoConflictError(f"turn {target} of chat {chat_id} was undone already")
-                mine = [e for e in writes if e.turn_id == target]
+                mine = await self._writes_of(user_id, chat_id, target)
                 if not mine:
                     raise NotFoundError(f"turn {target} of chat {chat_id} changed no rows to undo")
                 audit = NewAuditEntry(
@@ -291,6 +291,24 @@ class Decisions:
                 return report
             finally:
                 await asyncio.shield(turns.finish(start, to_store(note), touch=bool(note)))
+
+    async def _writes_of(
+        self, user_id: str, chat_id: uuid.UUID, turn_id: uuid.UUID
+    ) -> list[AuditEntry]:
+        """Every entry of the turn that changed rows, newest first, however old: an undo
+        reverts all of a turn's writes or none, not just those among the chat's latest."""
+        found: list[AuditEntry] = []
+        before: int | None = None
+        while True:
+            page = await self.storage.audit.list(
+                user_id, chat_id=chat_id, turn_id=turn_id, before_id=before, limit=UNDO_SCAN
+            )
+            found.extend(
+                e for e in page if e.operation != "undo" and e.outcome == "ok" and e.changes
+            )
+            if len(page) < UNDO_SCAN:
+                return found
+            before = page[-1].id
 
     async def choose_approval(self, user_id: str, tool_id: int, choice: str | None) -> None:
         """Set the user's choice (``auto``/``required``, None to clear) for a ``user``-mode row."""

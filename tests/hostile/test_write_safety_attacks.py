@@ -1,0 +1,148 @@
+"""Write safety attacked from outside: approvals that would run something else than asked.
+
+A pending action shows the user one call of one tool row; approving it must
+run that call of that row as it was, or nothing. The runtime is the one the
+server and the CLI use; a scripted model says what a hostile model could.
+SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from chatwright import testing
+from chatwright.approvals import NewAuditEntry
+from chatwright.decisions import UNDO_SCAN
+from chatwright.errors import PreviewChangedError
+from chatwright.plugins.example import assistant as example
+from chatwright.registry import LoadPolicy, Plugins
+from chatwright.runtime import Runtime
+from tests.harness import pg_storage_settings
+
+ALICE = "alice"
+AGENT = example.AGENT
+
+Make = Callable[[], Awaitable[Runtime]]
+
+
+@pytest.fixture(autouse=True)
+def _users(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Users of this test only: application tables outlive a test on PostgreSQL."""
+    monkeypatch.setattr(sys.modules[__name__], "ALICE", f"alice-{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture
+async def make(sql_url: str) -> AsyncIterator[Make]:
+    made: list[Runtime] = []
+
+    async def start() -> Runtime:
+        plugins = Plugins.load(LoadPolicy())
+        settings = testing.settings(plugins, storage=pg_storage_settings(sql_url))
+        runtime = Runtime(settings, plugins)
+        await runtime.start(upgrade=True)
+        made.append(runtime)
+        return runtime
+
+    yield start
+    for runtime in made:
+        await runtime.close()
+
+
+async def held_add_task(runtime: Runtime) -> tuple[int, uuid.UUID]:
+    """Alice's pending ``add_task`` call (row in ``required`` mode): its row id and action id."""
+    await example.seed(runtime.storage, "scripted:x")
+    script = [{"tool_calls": [{"name": "add_task", "args": {"title": "milk"}}]}, {"content": "ok"}]
+    await runtime.storage.agents.update(AGENT, model_settings={"responses": script})
+    (row,) = [r for r in await runtime.storage.tools.list(AGENT) if r.name == "add_task"]
+    await runtime.storage.tools.update(row.id, approval="required")
+    chat = (await runtime.storage.sessions.open(ALICE, AGENT, chat_id=uuid.uuid4())).chat_id
+    (action,) = (await runtime.chat(ALICE, AGENT, chat, "add milk")).pending
+    assert action.tool_id == row.id
+    return row.id, action.id
+
+
+async def alices_tasks(runtime: Runtime) -> list[dict[str, Any]]:
+    return await runtime.storage.records.select(
+        ALICE, "tasks", {"user_id": ALICE}, columns=["title", "status"], order_by=[], limit=100
+    )
+
+
+async def test_approving_does_not_run_a_tool_row_that_replaced_the_one_asked_about(
+    make: Make,
+) -> None:
+    runtime = await make()
+    row_id, action_id = await held_add_task(runtime)
+    old = await runtime.storage.tools.get(row_id)
+    assert old is not None
+    # The row asked about is renamed away; another row takes its name, writing otherwise.
+    await runtime.storage.tools.update(row_id, name="add_task_old", is_active=False)
+    config = {**old.config, "defaults": {"status": "done"}}
+    await runtime.storage.tools.add(AGENT, "add_task", type=old.type, config=config)
+    with pytest.raises(PreviewChangedError):
+        await runtime.decide(ALICE, action_id, True)
+    assert await alices_tasks(runtime) == []
+    stored = await runtime.storage.pending.get(ALICE, action_id)
+    assert stored is not None and stored.status == "pending"
+
+
+async def test_approving_does_not_run_a_tool_row_changed_since_it_was_asked(
+    make: Make,
+) -> None:
+    runtime = await make()
+    row_id, action_id = await held_add_task(runtime)
+    old = await runtime.storage.tools.get(row_id)
+    assert old is not None
+    # Same row, other config: the call would now write something the user was not shown.
+    await runtime.storage.tools.update(
+        row_id, config={**old.config, "defaults": {"status": "done"}}
+    )
+    with pytest.raises(PreviewChangedError) as asked_again:
+        await runtime.decide(ALICE, action_id, True)
+    assert await alices_tasks(runtime) == []
+    # Asked again, with what the call would now write.
+    fresh = asked_again.value.preview
+    assert fresh is not None and "done" in str(fresh.as_dict())
+
+
+async def test_an_undo_reverts_every_write_of_its_turn_however_long_the_chat(
+    make: Make,
+) -> None:
+    """A turn's writes followed by hundreds of later audit entries of the chat (denials, other
+    turns' calls) are still all undone together, or none: never some of them."""
+    runtime = await make()
+    await example.seed(runtime.storage, "scripted:x")
+    two = {
+        "tool_calls": [
+            {"name": "add_task", "args": {"title": "first"}},
+            {"name": "add_task", "args": {"title": "second"}},
+        ]
+    }
+    await runtime.storage.agents.update(
+        AGENT, model_settings={"responses": [two, {"content": "Added both."}]}
+    )
+    chat = (await runtime.storage.sessions.open(ALICE, AGENT, chat_id=uuid.uuid4())).chat_id
+    turn = await runtime.chat(ALICE, AGENT, chat, "add two")
+    assert sorted(str(r["title"]) for r in await alices_tasks(runtime)) == ["first", "second"]
+    # The chat goes on: many later entries that changed no rows (e.g. declined calls).
+    for _ in range(UNDO_SCAN - 1):
+        await runtime.storage.audit.record(
+            NewAuditEntry(
+                user_id=ALICE,
+                agent_name=AGENT,
+                tool_name="add_task",
+                operation="create",
+                outcome="denied",
+                chat_id=chat,
+                turn_id=uuid.uuid4(),
+                approval="denied",
+                decided_by=ALICE,
+            )
+        )
+    report = await runtime.undo(ALICE, chat, turn_id=turn.turn_id)
+    assert len(report.changes) == 2, report
+    assert await alices_tasks(runtime) == []
