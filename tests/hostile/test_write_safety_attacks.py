@@ -16,13 +16,14 @@ from typing import Any
 import pytest
 
 from chatwright import testing
-from chatwright.approvals import NewAuditEntry
+from chatwright.approvals import NewAuditEntry, Write
 from chatwright.decisions import UNDO_SCAN
 from chatwright.errors import PreviewChangedError
 from chatwright.plugins.example import assistant as example
 from chatwright.registry import LoadPolicy, Plugins
 from chatwright.runtime import Runtime
 from tests.harness import pg_storage_settings
+from tests.hostile.conftest import sql
 
 ALICE = "alice"
 AGENT = example.AGENT
@@ -146,3 +147,43 @@ async def test_an_undo_reverts_every_write_of_its_turn_however_long_the_chat(
     report = await runtime.undo(ALICE, chat, turn_id=turn.turn_id)
     assert len(report.changes) == 2, report
     assert await alices_tasks(runtime) == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a preview keeps only the first tools.preview_rows rows and the count, and "
+    "approval compares only those: a matched row past the cap that changes (same count) "
+    "is written without asking again",
+)
+async def test_a_row_past_the_previews_cap_that_changed_is_not_written_blindly(
+    make: Make,
+) -> None:
+    runtime = await make()
+    await example.seed(runtime.storage, "scripted:x")
+    records = runtime.storage.records
+    ids = [
+        (
+            await records.insert(
+                ALICE,
+                "tasks",
+                {"user_id": ALICE, "title": t, "status": "pending"},
+                returning=["id"],
+            )
+        )["id"]
+        for t in ("shown", "not shown")
+    ]
+    scope = {"user_id": ALICE}
+    write = Write(
+        table="tasks",
+        operation="delete",
+        where={**scope, "status": "pending"},
+        scope=scope,
+        returning=["id"],
+    )
+    preview = await records.preview(ALICE, write, cap=1)
+    assert preview.count == 2 and [c.key["id"] for c in preview.rows] == ids[:1]
+    # The row the preview counted but did not show becomes something else meanwhile.
+    await sql(runtime, "UPDATE tasks SET title = 'the tax return' WHERE id = :id", id=ids[1])
+    with pytest.raises(PreviewChangedError):
+        await records.apply(ALICE, write, expect=preview, cap=1)
+    assert len(await alices_tasks(runtime)) == 2
