@@ -11,7 +11,7 @@ from __future__ import annotations
 import builtins
 import uuid
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -143,6 +143,15 @@ class SQLAuditStore:
             raise InvalidInputError(
                 f"since {since!r:.80} is not a time with a time zone; give one (e.g. +00:00)"
             )
+        if since is not None:
+            try:
+                # Compared as UTC: a time at the calendar's ends can fall outside it there.
+                since = since.astimezone(UTC)
+            except OverflowError:
+                raise InvalidInputError(
+                    f"since {since.isoformat()} is outside the years 1 to 9999 in UTC; "
+                    "give a time within them"
+                ) from None
         stmt = sa.select(t).order_by(t.c.id.desc()).limit(limit)
         if user_id is not None:
             stmt = stmt.where(t.c.user_id == user_id)

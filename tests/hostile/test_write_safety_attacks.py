@@ -23,7 +23,7 @@ from chatwright.plugins.example import assistant as example
 from chatwright.registry import LoadPolicy, Plugins
 from chatwright.runtime import Runtime
 from tests.harness import pg_storage_settings
-from tests.hostile.conftest import sql
+from tests.hostile.conftest import MakeServer, assert_error_body, bearer, sql
 
 ALICE = "alice"
 AGENT = example.AGENT
@@ -187,3 +187,24 @@ async def test_a_row_past_the_previews_cap_that_changed_is_not_written_blindly(
     with pytest.raises(PreviewChangedError):
         await records.apply(ALICE, write, expect=preview, cap=1)
     assert len(await alices_tasks(runtime)) == 2
+
+
+@pytest.mark.parametrize(
+    "since",
+    [
+        "0001-01-01T00:00:00%2B23:59",
+        "0001-01-01T00:00:00",
+        "9999-12-31T23:59:59-23:59",
+        "9999-12-31T23:59:59.999999",
+        "2026-01-01T00:00:00%2B00:00:01.5",
+    ],
+)
+async def test_times_at_the_ends_of_the_calendar_are_answered_not_a_500(
+    make_server: MakeServer, since: str
+) -> None:
+    server = await make_server()
+    answer = await server.client.get(f"/api/audit?since={since}", headers=bearer("alice"))
+    if answer.status_code != 200:
+        assert_error_body(answer, 422)
+    else:
+        assert answer.json()["entries"] == []
