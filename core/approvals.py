@@ -104,9 +104,12 @@ class Preview:
     operation: str
     rows: tuple[RowChange, ...]
     count: int
+    digest: str | None = None
+    """When more rows match than are listed: a digest of every matching row, so that
+    an approval also notices a change to a row it did not show."""
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "table": self.table,
             "operation": self.operation,
             "count": self.count,
@@ -115,6 +118,9 @@ class Preview:
                 for r in self.rows
             ],
         }
+        if self.digest is not None:
+            data["digest"] = self.digest
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Preview:
@@ -122,6 +128,7 @@ class Preview:
             table=str(data["table"]),
             operation=str(data["operation"]),
             count=int(data["count"]),
+            digest=str(data["digest"]) if data.get("digest") is not None else None,
             rows=tuple(
                 RowChange(
                     key=dict(r.get("key") or {}), before=r.get("before"), after=r.get("after")

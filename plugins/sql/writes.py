@@ -126,7 +126,10 @@ class Writes:
             before = image(row)
             after = None if op == "delete" else {**before, **values}
             changes.append(RowChange(key=key_of(t, row), before=before, after=after))
-        return Preview(write.table, op, tuple(changes), count)
+        # Rows past the cap are not shown, but an approval must still notice if one
+        # changes: a digest of them all (given all of them: ``count`` rows).
+        digest = _digest(rows) if len(rows) > max(cap, 0) and len(rows) == count else None
+        return Preview(write.table, op, tuple(changes), count, digest)
 
     async def preview(self, user_id: str, write: Write, *, cap: int) -> Preview:
         t = await self.records._table(write.table)
@@ -142,8 +145,12 @@ class Writes:
         with refused(write.table):
             async with self.records.db.read(user_id) as conn:
                 found = (await conn.execute(stmt.limit(max(cap, 1)))).all()
-        count = int(found[0][-1]) if found else 0
-        rows = [dict(zip(names, r[:-1], strict=True)) for r in found[: max(cap, 0)]]
+                count = int(found[0][-1]) if found else 0
+                rows = [dict(zip(names, r[:-1], strict=True)) for r in found[: max(cap, 0)]]
+                if count > len(rows):
+                    # More than are shown: all of them, for the preview's digest.
+                    rows = await self._rows(conn, t, where, lock=False)
+                    count = len(rows)
         return self._preview(t, write, rows, count, cap)
 
     async def apply(
@@ -310,6 +317,15 @@ def _pair(
         after = None if op == "delete" else image(row)
         changes.append(RowChange(key=key_of(t, row), before=image(old), after=after))
     return changes
+
+
+def _digest(rows: Sequence[Mapping[str, Any]]) -> str:
+    """A digest of whole rows as their images (JSON), in the order given."""
+    import hashlib
+    import json
+
+    text = json.dumps([image(r) for r in rows], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _key_tuple(t: sa.Table, row: Mapping[str, Any]) -> tuple[Any, ...]:

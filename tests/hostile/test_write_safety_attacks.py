@@ -149,12 +149,6 @@ async def test_an_undo_reverts_every_write_of_its_turn_however_long_the_chat(
     assert await alices_tasks(runtime) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a preview keeps only the first tools.preview_rows rows and the count, and "
-    "approval compares only those: a matched row past the cap that changes (same count) "
-    "is written without asking again",
-)
 async def test_a_row_past_the_previews_cap_that_changed_is_not_written_blindly(
     make: Make,
 ) -> None:
