@@ -25,7 +25,7 @@ from chatwright.errors import ApprovalPendingError
 from chatwright.plugins.sql.storage import SQLStorage
 from chatwright.testing import human, new_pending
 from chatwright.turns import turn_store
-from tests.harness import admin_connect, libpq, pg_storage_settings, storage_for
+from tests.harness import admin_connect, libpq, storage_for
 
 ALICE, BOB = "alice", "bob"
 AGENT = "helper"
@@ -33,7 +33,7 @@ AGENT = "helper"
 
 @pytest.fixture
 async def storage(sql_url: str) -> AsyncIterator[SQLStorage]:
-    storage = storage_for(str(pg_storage_settings(sql_url)["url"]))
+    storage = storage_for(sql_url)
     await storage.upgrade()
     yield storage
     await storage.close()
@@ -52,7 +52,7 @@ async def chat_of(storage: SQLStorage, user: str) -> uuid.UUID:
 async def test_of_many_concurrent_decisions_from_two_processes_exactly_one_wins(
     pg_storage: SQLStorage, pg_url: str
 ) -> None:
-    other = storage_for(str(pg_storage_settings(pg_url)["url"]))
+    other = storage_for(pg_url)
     try:
         for _ in range(5):
             (action,) = await pg_storage.pending.create(ALICE, AGENT, uuid.uuid4(), [new_pending()])
