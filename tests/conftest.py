@@ -19,8 +19,9 @@ The plain helpers these fixtures are built on are in :mod:`tests.harness`.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from sqlalchemy.engine import make_url
@@ -29,6 +30,11 @@ from chatwright.plugins.sql.storage import SQLStorage
 from tests import pgbouncer
 from tests.harness import ADMIN_URL, DATA_TABLES, DB_FILE, admin_connect, ok, scrub_environ
 from tests.harness import storage_for as storage_for
+
+if TYPE_CHECKING:
+    from chatwright.runtime import Runtime
+
+MakeRuntime = Callable[..., Awaitable["Runtime"]]
 
 # Parameters (of a backend fixture or parametrize) that put a test on PostgreSQL.
 POSTGRESQL_PARAMS = frozenset({"postgresql", "supabase"})
@@ -139,3 +145,35 @@ def sql_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         url: str = request.getfixturevalue("pg_url")
         return url
     return f"sqlite+aiosqlite:///{tmp_path}/test.db"
+
+
+@pytest.fixture
+async def runtimes(sql_url: str) -> AsyncIterator[MakeRuntime]:
+    """Started runtimes ("processes") on the test's database, all closed at the end.
+
+    ``await runtimes(*plugins, **tools)`` starts one more, on its own engine,
+    cache and locks, as another server process would have: ``plugins`` are
+    registered inline, ``tools`` are ``[tools]`` settings. The database is the
+    run's PostgreSQL one (through its PgBouncer, when it has one) or a SQLite file.
+    """
+    from chatwright import testing
+    from chatwright.registry import LoadPolicy, Plugins
+    from chatwright.runtime import Runtime
+    from tests.harness import pg_storage_settings
+
+    made: list[Runtime] = []
+
+    async def start(*extra: Any, **tools: Any) -> Runtime:
+        plugins = Plugins.load(LoadPolicy())
+        for n, plugin in enumerate(extra):
+            plugins.register(plugin, f"test-extra-{n}")
+        storage = pg_storage_settings(sql_url)
+        settings = testing.settings(plugins, storage=storage, tools=tools)
+        runtime = Runtime(settings, plugins)
+        await runtime.start(upgrade=True)
+        made.append(runtime)
+        return runtime
+
+    yield start
+    for runtime in made:
+        await runtime.close()

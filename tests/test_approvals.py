@@ -11,13 +11,12 @@ from __future__ import annotations
 import asyncio
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from chatwright import hookimpl, testing
+from chatwright import hookimpl
 from chatwright.approvals import WriteCall, WriteOutcome
 from chatwright.errors import (
     AlreadyDecidedError,
@@ -29,14 +28,11 @@ from chatwright.errors import (
 )
 from chatwright.history import NOT_RUN, answered
 from chatwright.plugins.example import assistant as example
-from chatwright.registry import LoadPolicy, Plugins
 from chatwright.runtime import Runtime
-from tests.harness import pg_storage_settings
+from tests.conftest import MakeRuntime
 
 ALICE, BOB = "alice", "bob"
 AGENT = example.AGENT
-
-Make = Callable[..., Awaitable[Runtime]]
 
 
 class Policy:
@@ -65,26 +61,6 @@ def _users(monkeypatch: pytest.MonkeyPatch) -> None:
     suffix = uuid.uuid4().hex[:8]
     monkeypatch.setattr(sys.modules[__name__], "ALICE", f"alice-{suffix}")
     monkeypatch.setattr(sys.modules[__name__], "BOB", f"bob-{suffix}")
-
-
-@pytest.fixture
-async def make(sql_url: str) -> AsyncIterator[Make]:
-    """Started runtimes ("processes") on the test's database, closed at the end."""
-    made: list[Runtime] = []
-
-    async def start(*plugins_extra: object, **tools: Any) -> Runtime:
-        plugins = Plugins.load(LoadPolicy())
-        for n, extra in enumerate(plugins_extra):
-            plugins.register(extra, f"test-extra-{n}")
-        settings = testing.settings(plugins, storage=pg_storage_settings(sql_url), tools=tools)
-        runtime = Runtime(settings, plugins)
-        await runtime.start(upgrade=True)
-        made.append(runtime)
-        return runtime
-
-    yield start
-    for runtime in made:
-        await runtime.close()
 
 
 async def setup(runtime: Runtime, script: list[dict[str, Any]], **modes: str) -> None:
@@ -125,8 +101,10 @@ async def stored_tool_results(runtime: Runtime, user: str, chat: uuid.UUID) -> l
 # -- approve, deny ----------------------------------------------------------------------
 
 
-async def test_a_required_update_waits_with_a_preview_and_runs_once_approved(make: Make) -> None:
-    runtime = await make()
+async def test_a_required_update_waits_with_a_preview_and_runs_once_approved(
+    runtimes: MakeRuntime,
+) -> None:
+    runtime = await runtimes()
     script = [call("update_task", id=0, status="done"), {"content": "Marked done."}]
     await setup(runtime, script, update_task="required")
     task = await add_task(runtime, ALICE, "milk")
@@ -162,8 +140,8 @@ async def test_a_required_update_waits_with_a_preview_and_runs_once_approved(mak
     assert entry.turn_id == turn.turn_id and entry.chat_id == chat
 
 
-async def test_a_denied_call_is_not_run_and_the_model_is_told(make: Make) -> None:
-    runtime = await make()
+async def test_a_denied_call_is_not_run_and_the_model_is_told(runtimes: MakeRuntime) -> None:
+    runtime = await runtimes()
     await setup(runtime, [], delete_task="required")
     task = await add_task(runtime, ALICE, "milk")
     script = [call("delete_task", id=task), {"content": "Kept it."}]
@@ -183,8 +161,10 @@ async def test_a_denied_call_is_not_run_and_the_model_is_told(make: Make) -> Non
         await runtime.decide(ALICE, action.id, True)
 
 
-async def test_calls_that_need_no_approval_in_a_held_reply_run_at_once(make: Make) -> None:
-    runtime = await make()
+async def test_calls_that_need_no_approval_in_a_held_reply_run_at_once(
+    runtimes: MakeRuntime,
+) -> None:
+    runtime = await runtimes()
     reply = {
         "tool_calls": [
             {"name": "add_task", "args": {"title": "bread"}},
@@ -209,9 +189,9 @@ async def test_calls_that_need_no_approval_in_a_held_reply_run_at_once(make: Mak
 
 
 async def test_several_held_calls_wait_for_every_decision_before_the_model_goes_on(
-    make: Make,
+    runtimes: MakeRuntime,
 ) -> None:
-    runtime = await make()
+    runtime = await runtimes()
     reply = {
         "tool_calls": [
             {"name": "add_note", "args": {"body": "one"}},
@@ -236,8 +216,8 @@ async def test_several_held_calls_wait_for_every_decision_before_the_model_goes_
 # -- whose, how often, how long -----------------------------------------------------------
 
 
-async def test_another_user_can_neither_see_nor_decide_an_action(make: Make) -> None:
-    runtime = await make()
+async def test_another_user_can_neither_see_nor_decide_an_action(runtimes: MakeRuntime) -> None:
+    runtime = await runtimes()
     await setup(runtime, [call("add_note", body="x"), {"content": "ok"}], add_note="required")
     chat = await chat_of(runtime, ALICE)
     (action,) = (await runtime.chat(ALICE, AGENT, chat, "note")).pending
@@ -253,9 +233,9 @@ async def test_another_user_can_neither_see_nor_decide_an_action(make: Make) -> 
     assert still is not None and still.status == "pending"
 
 
-async def test_two_processes_approving_at_once_run_the_call_once(make: Make) -> None:
-    one = await make()
-    two = await make()
+async def test_two_processes_approving_at_once_run_the_call_once(runtimes: MakeRuntime) -> None:
+    one = await runtimes()
+    two = await runtimes()
     await setup(one, [call("add_note", body="once"), {"content": "ok"}], add_note="required")
     chat = await chat_of(one, ALICE)
     (action,) = (await one.chat(ALICE, AGENT, chat, "note")).pending
@@ -274,14 +254,14 @@ async def test_two_processes_approving_at_once_run_the_call_once(make: Make) -> 
 
 
 async def test_an_action_survives_a_restart_and_is_decided_by_another_process(
-    make: Make,
+    runtimes: MakeRuntime,
 ) -> None:
-    first = await make()
+    first = await runtimes()
     await setup(first, [call("add_note", body="later")], add_note="required")
     chat = await chat_of(first, ALICE)
     (action,) = (await first.chat(ALICE, AGENT, chat, "note")).pending
     await first.close()
-    second = await make()
+    second = await runtimes()
     # The script of the new process's model (a real model would just go on).
     await second.storage.agents.update(
         AGENT, model_settings={"responses": [{"content": "Saved after all."}]}
@@ -296,8 +276,8 @@ async def test_an_action_survives_a_restart_and_is_decided_by_another_process(
     assert notes == [{"body": "later"}]
 
 
-async def test_an_expired_action_counts_as_denied_and_says_so(make: Make) -> None:
-    runtime = await make(approval_timeout=10)
+async def test_an_expired_action_counts_as_denied_and_says_so(runtimes: MakeRuntime) -> None:
+    runtime = await runtimes(approval_timeout=10)
     script = [call("add_note", body="late"), {"content": "Hello again."}]
     await setup(runtime, script, add_note="required")
     chat = await chat_of(runtime, ALICE)
@@ -319,8 +299,8 @@ async def test_an_expired_action_counts_as_denied_and_says_so(make: Make) -> Non
     assert [e.outcome for e in await runtime.storage.audit.list(ALICE)] == ["expired"]
 
 
-async def test_a_new_message_settles_expired_actions_first(make: Make) -> None:
-    runtime = await make(approval_timeout=10)
+async def test_a_new_message_settles_expired_actions_first(runtimes: MakeRuntime) -> None:
+    runtime = await runtimes(approval_timeout=10)
     script = [call("add_note", body="late"), {"content": "Hello again."}]
     await setup(runtime, script, add_note="required")
     chat = await chat_of(runtime, ALICE)
@@ -346,8 +326,10 @@ async def expire(runtime: Runtime, action_id: uuid.UUID) -> None:
 # -- rows changed since the preview ------------------------------------------------------
 
 
-async def test_rows_changed_since_the_preview_are_shown_again_not_written(make: Make) -> None:
-    runtime = await make()
+async def test_rows_changed_since_the_preview_are_shown_again_not_written(
+    runtimes: MakeRuntime,
+) -> None:
+    runtime = await runtimes()
     await setup(runtime, [], update_task="required")
     task = await add_task(runtime, ALICE, "milk")
     script = [call("update_task", id=task, status="done"), {"content": "Done."}]
@@ -373,8 +355,8 @@ async def test_rows_changed_since_the_preview_are_shown_again_not_written(make: 
 # -- user mode ------------------------------------------------------------------------------
 
 
-async def test_user_mode_asks_by_default_and_each_user_chooses(make: Make) -> None:
-    runtime = await make()
+async def test_user_mode_asks_by_default_and_each_user_chooses(runtimes: MakeRuntime) -> None:
+    runtime = await runtimes()
     script = [call("add_task", title="milk"), {"content": "Added."}]
     await setup(runtime, script, add_task="user")
     row = next(r for r in await runtime.storage.tools.list(AGENT) if r.name == "add_task")
@@ -396,9 +378,9 @@ async def test_user_mode_asks_by_default_and_each_user_chooses(make: Make) -> No
 # -- the write hooks ---------------------------------------------------------------------
 
 
-async def test_before_write_vetoes_and_after_write_hears_every_write(make: Make) -> None:
+async def test_before_write_vetoes_and_after_write_hears_every_write(runtimes: MakeRuntime) -> None:
     policy = Policy()
-    runtime = await make(policy)
+    runtime = await runtimes(policy)
     reply = {
         "tool_calls": [
             {"name": "add_task", "args": {"title": "MILK"}},
@@ -420,9 +402,9 @@ async def test_before_write_vetoes_and_after_write_hears_every_write(make: Make)
     assert outcomes == ["ok", "vetoed"]
 
 
-async def test_an_approved_call_goes_through_the_write_hooks_too(make: Make) -> None:
+async def test_an_approved_call_goes_through_the_write_hooks_too(runtimes: MakeRuntime) -> None:
     policy = Policy()
-    runtime = await make(policy)
+    runtime = await runtimes(policy)
     await setup(runtime, [call("add_task", title="LOUD"), {"content": "ok"}], add_task="required")
     chat = await chat_of(runtime, ALICE)
     (action,) = (await runtime.chat(ALICE, AGENT, chat, "add")).pending
@@ -437,8 +419,10 @@ async def test_an_approved_call_goes_through_the_write_hooks_too(make: Make) -> 
 # -- audit and undo --------------------------------------------------------------------------
 
 
-async def test_every_crud_write_is_audited_and_a_turn_is_undone_in_one_go(make: Make) -> None:
-    runtime = await make()
+async def test_every_crud_write_is_audited_and_a_turn_is_undone_in_one_go(
+    runtimes: MakeRuntime,
+) -> None:
+    runtime = await runtimes()
     await setup(runtime, [])
     keep = await add_task(runtime, ALICE, "keep")
     gone = await add_task(runtime, ALICE, "gone")
@@ -480,8 +464,8 @@ async def test_every_crud_write_is_audited_and_a_turn_is_undone_in_one_go(make: 
         await runtime.undo(ALICE, chat)
 
 
-async def test_undo_is_refused_naming_the_rows_changed_since(make: Make) -> None:
-    runtime = await make()
+async def test_undo_is_refused_naming_the_rows_changed_since(runtimes: MakeRuntime) -> None:
+    runtime = await runtimes()
     await setup(runtime, [])
     task = await add_task(runtime, ALICE, "milk")
     script = [call("update_task", id=task, status="done"), {"content": "Done."}]

@@ -9,22 +9,17 @@ from __future__ import annotations
 
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 
-from chatwright import testing
 from chatwright.errors import NotFoundError
 from chatwright.plugins.example import assistant as example
-from chatwright.registry import LoadPolicy, Plugins
 from chatwright.runtime import Runtime
-from tests.harness import pg_storage_settings
+from tests.conftest import MakeRuntime
 
 ALICE, BOB = "alice", "bob"
 AGENT = example.AGENT
-
-Make = Callable[[], Awaitable[Runtime]]
 
 
 @pytest.fixture(autouse=True)
@@ -33,23 +28,6 @@ def _users(monkeypatch: pytest.MonkeyPatch) -> None:
     suffix = uuid.uuid4().hex[:8]
     monkeypatch.setattr(sys.modules[__name__], "ALICE", f"alice-{suffix}")
     monkeypatch.setattr(sys.modules[__name__], "BOB", f"bob-{suffix}")
-
-
-@pytest.fixture
-async def make(sql_url: str) -> AsyncIterator[Make]:
-    made: list[Runtime] = []
-
-    async def start() -> Runtime:
-        plugins = Plugins.load(LoadPolicy())
-        settings = testing.settings(plugins, storage=pg_storage_settings(sql_url))
-        runtime = Runtime(settings, plugins)
-        await runtime.start(upgrade=True)
-        made.append(runtime)
-        return runtime
-
-    yield start
-    for runtime in made:
-        await runtime.close()
 
 
 async def agent(runtime: Runtime, replies: list[dict[str, Any]]) -> None:
@@ -77,9 +55,9 @@ def calls(*pairs: tuple[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 async def test_arguments_the_tool_would_refuse_are_never_held_for_approval(
-    make: Make,
+    runtimes: MakeRuntime,
 ) -> None:
-    runtime = await make()
+    runtime = await runtimes()
     hostile = calls(
         ("add_task", {"title": "x", "user_id": BOB}),  # the scope column
         ("add_task", {"title": "x" * 20_000}),  # beyond the longest string
@@ -97,8 +75,8 @@ async def test_arguments_the_tool_would_refuse_are_never_held_for_approval(
     assert await titles(runtime, ALICE) == [] and await titles(runtime, BOB) == []
 
 
-async def test_another_users_row_is_neither_previewed_nor_written(make: Make) -> None:
-    runtime = await make()
+async def test_another_users_row_is_neither_previewed_nor_written(runtimes: MakeRuntime) -> None:
+    runtime = await runtimes()
     await agent(runtime, [])
     bobs = await runtime.storage.records.insert(
         BOB, "tasks", {"user_id": BOB, "title": "bob's secret"}, returning=["id"]
@@ -120,8 +98,8 @@ async def test_another_users_row_is_neither_previewed_nor_written(make: Make) ->
     assert all("secret" not in str(e.as_dict()) for e in await runtime.storage.audit.list(ALICE))
 
 
-async def test_other_users_ids_and_made_up_ids_are_not_found(make: Make) -> None:
-    runtime = await make()
+async def test_other_users_ids_and_made_up_ids_are_not_found(runtimes: MakeRuntime) -> None:
+    runtime = await runtimes()
     await agent(runtime, [calls(("add_task", {"title": "milk"}))])
     alices = await chat_of(runtime, ALICE)
     bobs = await chat_of(runtime, BOB)
@@ -141,9 +119,9 @@ async def test_other_users_ids_and_made_up_ids_are_not_found(make: Make) -> None
 
 
 async def test_a_tool_row_removed_before_the_decision_fails_the_call_cleanly(
-    make: Make,
+    runtimes: MakeRuntime,
 ) -> None:
-    runtime = await make()
+    runtime = await runtimes()
     await agent(runtime, [calls(("add_task", {"title": "milk"})), {"content": "It failed."}])
     chat = await chat_of(runtime, ALICE)
     (action,) = (await runtime.chat(ALICE, AGENT, chat, "milk")).pending
@@ -158,11 +136,11 @@ async def test_a_tool_row_removed_before_the_decision_fails_the_call_cleanly(
 
 
 async def test_odd_values_in_held_arguments_survive_the_round_trip(
-    make: Make, sql_url: str
+    runtimes: MakeRuntime, sql_url: str
 ) -> None:
     if sql_url.startswith("postgresql"):
         pytest.skip("the script itself cannot hold NUL on PostgreSQL (JSONB), so no model says it")
-    runtime = await make()
+    runtime = await runtimes()
     title = 'nul\x00 emoji 🧪 \u2028 quote" backslash\\'
     await agent(runtime, [calls(("add_task", {"title": title})), {"content": "ok"}])
     chat = await chat_of(runtime, ALICE)

@@ -10,48 +10,26 @@ from __future__ import annotations
 
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 
-from chatwright import testing
 from chatwright.approvals import NewAuditEntry, Write
 from chatwright.decisions import UNDO_SCAN
 from chatwright.errors import PreviewChangedError
 from chatwright.plugins.example import assistant as example
-from chatwright.registry import LoadPolicy, Plugins
 from chatwright.runtime import Runtime
-from tests.harness import pg_storage_settings
+from tests.conftest import MakeRuntime
 from tests.hostile.conftest import MakeServer, assert_error_body, bearer, sql
 
 ALICE = "alice"
 AGENT = example.AGENT
-
-Make = Callable[[], Awaitable[Runtime]]
 
 
 @pytest.fixture(autouse=True)
 def _users(monkeypatch: pytest.MonkeyPatch) -> None:
     """Users of this test only: application tables outlive a test on PostgreSQL."""
     monkeypatch.setattr(sys.modules[__name__], "ALICE", f"alice-{uuid.uuid4().hex[:8]}")
-
-
-@pytest.fixture
-async def make(sql_url: str) -> AsyncIterator[Make]:
-    made: list[Runtime] = []
-
-    async def start() -> Runtime:
-        plugins = Plugins.load(LoadPolicy())
-        settings = testing.settings(plugins, storage=pg_storage_settings(sql_url))
-        runtime = Runtime(settings, plugins)
-        await runtime.start(upgrade=True)
-        made.append(runtime)
-        return runtime
-
-    yield start
-    for runtime in made:
-        await runtime.close()
 
 
 async def held_add_task(runtime: Runtime) -> tuple[int, uuid.UUID]:
@@ -74,9 +52,9 @@ async def alices_tasks(runtime: Runtime) -> list[dict[str, Any]]:
 
 
 async def test_approving_does_not_run_a_tool_row_that_replaced_the_one_asked_about(
-    make: Make,
+    runtimes: MakeRuntime,
 ) -> None:
-    runtime = await make()
+    runtime = await runtimes()
     row_id, action_id = await held_add_task(runtime)
     old = await runtime.storage.tools.get(row_id)
     assert old is not None
@@ -92,9 +70,9 @@ async def test_approving_does_not_run_a_tool_row_that_replaced_the_one_asked_abo
 
 
 async def test_approving_does_not_run_a_tool_row_changed_since_it_was_asked(
-    make: Make,
+    runtimes: MakeRuntime,
 ) -> None:
-    runtime = await make()
+    runtime = await runtimes()
     row_id, action_id = await held_add_task(runtime)
     old = await runtime.storage.tools.get(row_id)
     assert old is not None
@@ -111,11 +89,11 @@ async def test_approving_does_not_run_a_tool_row_changed_since_it_was_asked(
 
 
 async def test_an_undo_reverts_every_write_of_its_turn_however_long_the_chat(
-    make: Make,
+    runtimes: MakeRuntime,
 ) -> None:
     """A turn's writes followed by hundreds of later audit entries of the chat (denials, other
     turns' calls) are still all undone together, or none: never some of them."""
-    runtime = await make()
+    runtime = await runtimes()
     await example.seed(runtime.storage, "scripted:x")
     two = {
         "tool_calls": [
@@ -150,9 +128,9 @@ async def test_an_undo_reverts_every_write_of_its_turn_however_long_the_chat(
 
 
 async def test_a_row_past_the_previews_cap_that_changed_is_not_written_blindly(
-    make: Make,
+    runtimes: MakeRuntime,
 ) -> None:
-    runtime = await make()
+    runtime = await runtimes()
     await example.seed(runtime.storage, "scripted:x")
     records = runtime.storage.records
     ids = [
