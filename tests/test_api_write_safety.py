@@ -40,7 +40,16 @@ import httpx
 import pytest
 
 from tests.harness import ServerProcess, clean_env, pg_env
-from tests.write_safety import AGENT, SECRET, Api, bearer, calls, seed_writer, serving
+from tests.write_safety import (
+    AGENT,
+    SECRET,
+    Api,
+    add_schedule_all,
+    bearer,
+    calls,
+    seed_writer,
+    serving,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
 
@@ -233,18 +242,7 @@ async def test_preview_is_capped_with_a_count(tmp_path: Path) -> None:
         for i in range(5):
             await api.task("alice", f"task {i}")
         # A crud update whose filter matches several rows: a due date for every pending task.
-        await api.runtime.storage.tools.add(
-            AGENT,
-            "schedule_all",
-            type="crud",
-            config={
-                "table": "tasks",
-                "operation": "update",
-                "args": {"due_date": {"type": "date"}},
-                "filters": {"status": {"type": "string", "required": True}},
-            },
-            approval="required",
-        )
+        await add_schedule_all(api.runtime)
         script = calls(("schedule_all", {"status": "pending", "due_date": "2027-01-04"}))
         await seed_writer(api.runtime, script)
         chat_id = await api.open_chat("alice")

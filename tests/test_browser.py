@@ -14,6 +14,7 @@ import shutil
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -45,6 +46,14 @@ def require_chromium() -> str:
             pytest.fail(f"CI=true requires the browser test: {reason}")
         pytest.skip(reason)
     return CHROMIUM
+
+
+async def launch(pw: Any, executable: str) -> Any:
+    """The system's Chromium, headless, as every browser test starts it."""
+    return await pw.chromium.launch(
+        executable_path=executable,
+        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+    )
 
 
 @pytest.fixture
@@ -95,10 +104,7 @@ async def test_web_page_chats_streams_reloads_heartbeats_and_beacons(
 
     page_url, db_url = server
     async with async_playwright() as pw:
-        browser = await pw.chromium.launch(
-            executable_path=executable,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
+        browser = await launch(pw, executable)
         try:
             page = await browser.new_page()
             await page.goto(page_url)

@@ -13,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tests.test_browser import require_chromium
-from tests.write_safety import AGENT, Api, calls, seed_writer, serving
+from tests.test_browser import launch, require_chromium
+from tests.write_safety import AGENT, Api, add_schedule_all, calls, seed_writer, serving
 
 MILK = "buy milk <img src=x onerror=window.pwned=1>"
 USER = "local"
@@ -23,18 +23,7 @@ USER = "local"
 async def seed(api: Api) -> dict[str, int]:
     await seed_writer(api.runtime, [])
     ids = {title: await api.task(USER, title) for title in (MILK, "buy bread", "buy eggs")}
-    await api.runtime.storage.tools.add(
-        AGENT,
-        "schedule_all",
-        type="crud",
-        config={
-            "table": "tasks",
-            "operation": "update",
-            "args": {"due_date": {"type": "date"}},
-            "filters": {"status": {"type": "string", "required": True}},
-        },
-        approval="required",
-    )
+    await add_schedule_all(api.runtime)
     script = [
         *calls(("delete_task", {"id": ids[MILK]}), reply="Deleted the milk task."),
         *calls(("schedule_all", {"status": "pending", "due_date": "2027-01-04"}), reply="Left."),
@@ -60,10 +49,7 @@ async def test_approve_deny_and_undo_on_the_page(tmp_path: Path) -> None:
     async with serving(url, jwt_auth=False, tools={"preview_rows": 1}) as api:
         ids = await seed(api)
         async with async_playwright() as pw:
-            browser = await pw.chromium.launch(
-                executable_path=executable,
-                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-            )
+            browser = await launch(pw, executable)
             try:
                 page = await browser.new_page()
                 await page.goto(api.url + "/")
@@ -126,10 +112,7 @@ async def test_a_waiting_action_is_shown_again_after_a_reload(tmp_path: Path) ->
     async with serving(url, jwt_auth=False) as api:
         ids = await seed(api)
         async with async_playwright() as pw:
-            browser = await pw.chromium.launch(
-                executable_path=executable,
-                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-            )
+            browser = await launch(pw, executable)
             try:
                 page = await browser.new_page()
                 await page.goto(api.url + "/")

@@ -182,3 +182,20 @@ async def serving(
                 )
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
             yield Api(app, client, port)
+
+
+async def add_schedule_all(runtime: Runtime) -> None:
+    """A ``required`` crud update whose filter can match many rows of the ``writer``:
+    ``schedule_all(status, due_date)`` sets the due date of every task in a status."""
+    await runtime.storage.tools.add(
+        AGENT,
+        "schedule_all",
+        type="crud",
+        config={
+            "table": "tasks",
+            "operation": "update",
+            "args": {"due_date": {"type": "date"}},
+            "filters": {"status": {"type": "string", "required": True}},
+        },
+        approval="required",
+    )
