@@ -23,6 +23,7 @@ PROMPT_PLACEHOLDERS = frozenset({"memory", "custom_instructions"})
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$"
 MODEL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*:\S+$")
 MAX_HISTORY_WINDOW = 10_000
+LIMITS = ("turn_timeout", "max_model_calls", "max_tool_calls", "history_tokens")
 
 
 def check_prompt(prompt: str) -> str:
@@ -51,6 +52,12 @@ class AgentChanges(BaseModel):
     model: str | None = None
     model_settings: dict[str, Any] | None = None
     history_window: int | None = Field(None, ge=1, le=MAX_HISTORY_WINDOW)
+    # Limits of a turn (None: the setting of the same name applies).
+    turn_timeout: float | None = Field(None, gt=0, le=86400)
+    max_model_calls: int | None = Field(None, ge=1, le=1000)
+    max_tool_calls: int | None = Field(None, ge=1, le=10_000)
+    history_tokens: int | None = Field(None, ge=100, le=10_000_000)
+    summarize: bool | None = None
 
     @field_validator("system_prompt")
     @classmethod
@@ -65,7 +72,9 @@ class AgentChanges(BaseModel):
         return value
 
     def changes(self) -> dict[str, Any]:
-        return self.model_dump(exclude_none=True)
+        """The fields given; a limit given as None is kept (it goes back to its setting)."""
+        data = self.model_dump(exclude_unset=True)
+        return {k: v for k, v in data.items() if v is not None or k in LIMITS}
 
 
 class AgentDefinition(AgentChanges):
@@ -75,6 +84,9 @@ class AgentDefinition(AgentChanges):
     system_prompt: str = ""
     model: str
     history_window: int = Field(50, ge=1, le=MAX_HISTORY_WINDOW)
+
+    def changes(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
 
 
 def validate_agent(name: str, data: dict[str, Any], *, partial: bool = False) -> dict[str, Any]:

@@ -120,6 +120,28 @@ class ModelError(ChatwrightError):
     http_status = 502
 
 
+class TurnTimeoutError(ModelError):
+    """A turn ran past its time limit and was cancelled; the human message is kept."""
+
+    http_status = 504
+
+
+class BudgetExceededError(ChatwrightError):
+    """The user's token budget is spent (or would be by concurrent turns): no model ran.
+
+    ``resets_at`` is when the spent budget resets (an aware UTC datetime), or
+    None when only another running turn stands in the way; ``retry_after`` is
+    the seconds to wait before trying again.
+    """
+
+    http_status = 429
+
+    def __init__(self, message: str, *, resets_at: object = None, retry_after: float = 1.0) -> None:
+        self.resets_at = resets_at
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
 class ModelConfigError(ChatwrightError):
     """A model cannot be created: unknown provider, missing package or API key."""
 

@@ -64,6 +64,7 @@ from chatwright.errors import (
     ModelConfigError,
     ModelError,
     StorageError,
+    TurnTimeoutError,
     UnknownAgentError,
 )
 from chatwright.registry import Plugins
@@ -79,8 +80,11 @@ if TYPE_CHECKING:
     from chatwright.decisions import Decisions
     from chatwright.tools import ToolProblem, TurnContext
     from chatwright.turns import TurnStart, TurnStore
+    from chatwright.usage import BudgetLimits, TurnUsage
 
 log = logging.getLogger(__name__)
+
+SUMMARY_HEADING = "\n\nSummary of the earlier conversation:\n"
 
 OnMessage = Callable[["BaseMessage"], Awaitable[None]]
 OnToken = Callable[[str], Awaitable[None]]
@@ -97,6 +101,8 @@ class BuiltAgent:
     by_name: dict[str, BaseTool] = field(default_factory=dict)
     user_mode: bool = False
     """Whether a tool row is in ``user`` approval mode (turns then read the user's choices)."""
+    model: Any = None
+    """The chat model the graph calls (for summaries and token counts)."""
 
 
 @dataclass
@@ -125,6 +131,11 @@ class Turn:
     turn_id: uuid.UUID | None = None
     status: str = "done"
     pending: list[PendingAction] = field(default_factory=list)
+    usage: TurnUsage | None = None
+    """The tokens the turn's model calls spent (summaries included)."""
+    stopped: str | None = None
+    """Why the turn ended early, with a message to the user: ``max_model_calls``,
+    ``max_tool_calls`` or ``invalid_tool_call``; None when the model simply answered."""
 
 
 def _tool_calls(messages: list[BaseMessage]) -> list[ToolCallRecord]:
@@ -303,6 +314,7 @@ class Runtime:
             user_mode=any(
                 r is not None and r.approval == "user" for r in map(row_of, loaded.tools)
             ),
+            model=model,
         )
 
     def config_changed(self, agent_name: str) -> None:
@@ -372,19 +384,33 @@ class Runtime:
         from chatwright.history import storable, to_store
 
         turns = self.turns
+        turn_id = uuid.uuid4()
+        budget = self.budget_limits()
         async with self.turn_lock(user_id, chat_id):
             human = storable(HumanMessage(content=message))
             new = to_store([human])[0]
             try:
-                start = await turns.begin(user_id, agent_name, chat_id, new)
+                start = await turns.begin(
+                    user_id, agent_name, chat_id, new, turn_id=turn_id, budget=budget
+                )
             except ApprovalPendingError as exc:
                 now = datetime.now(UTC)
                 waiting = [a for a in exc.actions if isinstance(a, PendingActionRecord)]
                 if not waiting or any(not a.expired(now) for a in waiting):
                     raise
                 await self.decisions.settle_expired(user_id, agent_name, chat_id)
-                start = await turns.begin(user_id, agent_name, chat_id, new)
-            return await self.run_turn(start, uuid.uuid4(), [human], [], on_message, on_token)
+                start = await turns.begin(
+                    user_id, agent_name, chat_id, new, turn_id=turn_id, budget=budget
+                )
+            return await self.run_turn(start, turn_id, [human], [], on_message, on_token)
+
+    def budget_limits(self) -> BudgetLimits:
+        """What a new turn's budget check uses: the settings (a user's override wins)."""
+        from chatwright.usage import BudgetLimits
+
+        # A reservation outlives the longest turn a setting allows, plus the wait for the chat.
+        hold = self.settings.turns.timeout + 60.0
+        return BudgetLimits.of(self.settings, hold)
 
     async def run_turn(
         self,
@@ -407,11 +433,13 @@ class Runtime:
             answered,
             complete_prefix,
             storable,
-            to_model_input,
             to_store,
         )
+        from chatwright.limits import limits_of
         from chatwright.prompts import fill
         from chatwright.tools import TurnContext
+        from chatwright.usage import usage_of
+        from chatwright.window import Fitted, fit
 
         turns = self.turns
         user_id, agent_name, chat_id = start.user_id, start.agent_name, start.chat_id
@@ -419,15 +447,32 @@ class Runtime:
         kept = 0  # how many of them are stored
         ended = False
         held: list[PendingAction] = []
+        limits = limits_of(start.agent, self.settings)
+        fitted = Fitted([])
+        spent: TurnUsage | None = None
+
+        def usage() -> TurnUsage:
+            made = usage_of(start.agent.model, produced, self.settings.usage.prices)
+            for extra in fitted.usage:
+                made = made.plus(extra)
+            return made
 
         async def end(
             messages: list[BaseMessage], *, touch: bool, pending: Sequence[NewPending] = ()
         ) -> None:
-            nonlocal ended, held
+            nonlocal ended, held, spent
             ended = True
+            spent = usage()
             # Shielded: a cancelled request still stores what it made and frees the chat.
             held = await asyncio.shield(
-                turns.finish(start, to_store(messages[kept:]), touch=touch, pending=pending)
+                turns.finish(
+                    start,
+                    to_store(messages[kept:]),
+                    touch=touch,
+                    pending=pending,
+                    usage=spent,
+                    summary=fitted.new_summary,
+                )
             )
 
         try:
@@ -440,8 +485,6 @@ class Runtime:
             choices = (
                 await self.storage.pending.choices(user_id, agent_name) if built.user_mode else {}
             )
-            system = fill(start.agent.system_prompt, start.memory, start.instructions)
-            inputs = [SystemMessage(content=system), *to_model_input(start.history), *tail]
             context = TurnContext(
                 user_id=user_id,
                 agent_name=agent_name,
@@ -451,41 +494,54 @@ class Runtime:
             )
             modes = ["updates", "messages"] if on_token is not None else ["updates"]
             waiting: list[NewPending] = []
+            scope = asyncio.timeout(limits.timeout)
             try:
-                while True:
-                    run_input = answered([*inputs, *produced])
-                    async for mode, chunk in built.graph.astream(
-                        {"messages": run_input}, stream_mode=modes, context=context
-                    ):
-                        if mode == "messages":
-                            piece, meta = chunk
-                            is_reply = piece.type in {"ai", "AIMessageChunk"} and piece.text
-                            if on_token and is_reply and meta.get("langgraph_node") == "model":
-                                await on_token(piece.text)
-                            continue
-                        for update in chunk.values():
-                            for produced_message in (update or {}).get("messages", []):
-                                produced.append(storable(produced_message))
-                                if on_message is not None:
-                                    await on_message(produced[-1])
-                        complete = len(complete_prefix(produced))
-                        if complete > kept and isinstance(produced[complete - 1], ToolMessage):
-                            await turns.append(start, to_store(produced[kept:complete]))
-                            kept = complete
-                    last = produced[-1] if produced else None
-                    if not (isinstance(last, AIMessage) and last.tool_calls):
-                        break
-                    # The run ended at a reply calling a tool that waits for the user.
-                    results, waiting = await self._hold(built, last, context)
-                    for result in results:
-                        produced.append(storable(result))
-                        if on_message is not None:
-                            await on_message(produced[-1])
-                    if waiting:
-                        break
-                    # Every held call was refused before it could wait: the model goes on.
+                async with scope:
+                    fitted = await fit(start, built.model, self.settings, self.storage)
+                    system = fill(start.agent.system_prompt, start.memory, start.instructions)
+                    if fitted.summary:
+                        system += SUMMARY_HEADING + fitted.summary
+                    inputs = [SystemMessage(content=system), *fitted.history, *tail]
+                    while True:
+                        run_input = answered([*inputs, *produced])
+                        async for mode, chunk in built.graph.astream(
+                            {"messages": run_input}, stream_mode=modes, context=context
+                        ):
+                            if mode == "messages":
+                                piece, meta = chunk
+                                is_reply = piece.type in {"ai", "AIMessageChunk"} and piece.text
+                                if on_token and is_reply and meta.get("langgraph_node") == "model":
+                                    await on_token(piece.text)
+                                continue
+                            for update in chunk.values():
+                                for produced_message in (update or {}).get("messages", []):
+                                    produced.append(storable(produced_message))
+                                    if on_message is not None:
+                                        await on_message(produced[-1])
+                            complete = len(complete_prefix(produced))
+                            if complete > kept and isinstance(produced[complete - 1], ToolMessage):
+                                await turns.append(start, to_store(produced[kept:complete]))
+                                kept = complete
+                        last = produced[-1] if produced else None
+                        if not (isinstance(last, AIMessage) and last.tool_calls):
+                            break
+                        # The run ended at a reply calling a tool that waits for the user.
+                        results, waiting = await self._hold(built, last, context)
+                        for result in results:
+                            produced.append(storable(result))
+                            if on_message is not None:
+                                await on_message(produced[-1])
+                        if waiting:
+                            break
+                        # Every held call was refused before it could wait: the model goes on.
             except Exception as exc:
                 await end(complete_prefix(produced), touch=False)
+                if isinstance(exc, TimeoutError) and scope.expired():
+                    raise TurnTimeoutError(
+                        f"the turn of agent {agent_name!r} ({start.agent.model}) ran past its "
+                        f"time limit of {limits.timeout:g} s and was stopped; your message was "
+                        "kept, try again"
+                    ) from None
                 if isinstance(exc, ChatwrightError) and not isinstance(exc, ModelError):
                     raise
                 reason = " ".join(str(exc).split()) or type(exc).__name__
@@ -508,6 +564,7 @@ class Runtime:
             turn_id=turn_id,
             status="approval_required" if held else "done",
             pending=held,
+            usage=spent,
         )
 
     async def _hold(

@@ -17,6 +17,10 @@ Unknown keys are errors, so a typo in the TOML file or an environment variable
 is reported instead of silently ignored. :func:`load_settings` turns every
 validation problem into one :class:`~chatwright.errors.SettingsError` whose
 message names the key, where it can be set, and what is wrong.
+
+Longer than 450 lines because every core section is declared here with the
+description users read in ``config show`` and the docs, next to the loading
+that reports on them.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import tomllib
 import types
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, create_model
 from pydantic.fields import FieldInfo
@@ -84,6 +88,28 @@ class ModelsSettings(_Section):
         description="Model spec given to agents created without one (provider:name); "
         "unset, `agents add` needs --model.",
     )
+    request_timeout: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="Seconds the model client waits for a provider's answer (connect and read) "
+        "before it gives up, for providers whose client takes a timeout (OpenAI-compatible, "
+        "Anthropic and most others); an agent's model_settings.timeout overrides it.",
+    )
+    max_retries: int = Field(
+        2,
+        ge=0,
+        le=10,
+        description="Times the model client retries a failed request (where the provider's "
+        "client retries); an agent's model_settings.max_retries overrides it.",
+    )
+    tokenizer: Literal["estimate", "model"] = Field(
+        "estimate",
+        description="How history is counted in tokens for agents with history_tokens: "
+        "'estimate' (about four characters a token, no download, the same for every model) "
+        "or 'model' (the model's own tokenizer where it has one, the estimate otherwise; "
+        "OpenAI's downloads its encoding on first use).",
+    )
 
 
 class SessionsSettings(_Section):
@@ -137,6 +163,85 @@ class ToolsSettings(_Section):
     )
 
 
+class TurnsSettings(_Section):
+    timeout: float = Field(
+        300.0,
+        gt=0,
+        le=86400,
+        description="Seconds a turn may run (model calls and tools) before it is cancelled: "
+        "the message and complete tool exchanges are kept, the chat is freed, and the "
+        "caller gets 504. An agent's turn_timeout overrides it.",
+    )
+    max_model_calls: int = Field(
+        25,
+        ge=1,
+        le=1000,
+        description="Most model calls in one turn; the turn then ends with a message saying so. "
+        "An agent's max_model_calls overrides it.",
+    )
+    max_tool_calls: int = Field(
+        50,
+        ge=1,
+        le=10_000,
+        description="Most tool calls in one turn; calls beyond it are not run and the turn ends "
+        "with a message saying so. An agent's max_tool_calls overrides it.",
+    )
+    memory_chars: int = Field(
+        4000,
+        ge=100,
+        le=1_000_000,
+        description="Longest memory text a system prompt shows, in characters: the newest lines "
+        "are kept.",
+    )
+    summary_batch: int = Field(
+        200,
+        ge=10,
+        le=10_000,
+        description="Most messages that fell out of the window one summary step reads "
+        "(agents with summarize): older ones are summarised by later turns.",
+    )
+
+
+class BudgetsSettings(_Section):
+    daily_tokens: int | None = Field(
+        None,
+        ge=0,
+        description="Tokens (input + output) a user may spend per UTC day, over all agents; "
+        "unset: no daily budget. Per-user overrides: `chatwright budgets set`.",
+    )
+    monthly_tokens: int | None = Field(
+        None,
+        ge=0,
+        description="Tokens a user may spend per calendar month (UTC); unset: no monthly budget.",
+    )
+    turn_estimate: int = Field(
+        4000,
+        ge=0,
+        description="Tokens a running turn is assumed to spend, to decide whether another "
+        "concurrent turn of the same user still fits the budget (see docs/usage.md).",
+    )
+
+
+class Price(_Section):
+    """Prices of one model, per million tokens, in any one currency."""
+
+    input: float = Field(0.0, ge=0, description="Per million input tokens (not cached).")
+    output: float = Field(0.0, ge=0, description="Per million output tokens.")
+    cached_input: float | None = Field(
+        None, ge=0, description="Per million cached input tokens; unset: the input price."
+    )
+
+
+class UsageSettings(_Section):
+    prices: dict[str, Price] = Field(
+        default_factory=dict,
+        description='Prices per model spec (a table per model: [usage.prices."openai:gpt-4o"] '
+        "input = 2.5, output = 10.0, cached_input = 1.25), per million tokens; turns of "
+        "those models get a cost.",
+    )
+    currency: str = Field("USD", max_length=10, description="What the prices are in (shown).")
+
+
 _toml_layer: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
     "toml", default=None
 )
@@ -170,6 +275,9 @@ class Settings(BaseSettings):
     tools: ToolsSettings = Field(default_factory=ToolsSettings)  # type: ignore[arg-type]
     cache: CacheSettings = Field(default_factory=CacheSettings)  # type: ignore[arg-type]
     sessions: SessionsSettings = Field(default_factory=SessionsSettings)  # type: ignore[arg-type]
+    turns: TurnsSettings = Field(default_factory=TurnsSettings)  # type: ignore[arg-type]
+    budgets: BudgetsSettings = Field(default_factory=BudgetsSettings)  # type: ignore[arg-type]
+    usage: UsageSettings = Field(default_factory=UsageSettings)  # type: ignore[arg-type]
     plugins: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="Settings of installed plugins, a table per plugin: [plugins.redis] url = ….",

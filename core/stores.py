@@ -41,6 +41,7 @@ from chatwright.tables import RecordStore
 
 if TYPE_CHECKING:
     from chatwright.approvals import AuditStore, PendingStore
+    from chatwright.usage import UsageStore
 from chatwright.tables import TableCreator as TableCreator
 from chatwright.tables import TableInfo as TableInfo
 from chatwright.tables import TableSpec as TableSpec
@@ -73,6 +74,17 @@ class Agent:
     updated_at: datetime
     config_version: int = 0
     """Bumped by the database on every change of the row or of its tool rows."""
+    turn_timeout: float | None = None
+    """Seconds a turn may run; None: the ``turns.timeout`` setting."""
+    max_model_calls: int | None = None
+    """Most model calls per turn; None: ``turns.max_model_calls``."""
+    max_tool_calls: int | None = None
+    """Most tool calls per turn; None: ``turns.max_tool_calls``."""
+    history_tokens: int | None = None
+    """Most tokens of history sent to the model (besides ``history_window`` messages); None:
+    no token bound."""
+    summarize: bool = False
+    """Whether messages that fall out of the window are summarised (:mod:`chatwright.window`)."""
 
     @property
     def version(self) -> str:
@@ -155,6 +167,29 @@ class PromptCustomization:
 
 
 @dataclass(frozen=True)
+class ChatSummary:
+    """A chat's summary of the messages that fell out of its window (one per chat)."""
+
+    chat_id: uuid.UUID
+    user_id: str
+    text: str
+    through_id: int
+    """The id of the last message the summary covers."""
+    updated_at: datetime
+    messages: int = 0
+    """How many messages it covers in all."""
+
+
+@dataclass(frozen=True)
+class NewSummary:
+    """A summary to store for a chat, replacing the one it extends."""
+
+    text: str
+    through_id: int
+    messages: int
+
+
+@dataclass(frozen=True)
 class AgentMemory:
     user_id: str
     agent_name: str
@@ -175,12 +210,19 @@ class AgentStore(Protocol):
         model: str,
         model_settings: Mapping[str, Any] | None = None,
         history_window: int = DEFAULT_HISTORY_WINDOW,
+        **limits: Any,
     ) -> Agent:
-        """Insert an agent; :class:`~chatwright.errors.AlreadyExistsError` if the name is taken."""
+        """Insert an agent; :class:`~chatwright.errors.AlreadyExistsError` if the name is taken.
+
+        ``limits`` are any of ``turn_timeout``, ``max_model_calls``, ``max_tool_calls``,
+        ``history_tokens`` and ``summarize`` (see :class:`Agent`).
+        """
         ...
 
     async def update(self, name: str, **changes: Any) -> Agent:
-        """Change some of ``system_prompt``, ``model``, ``model_settings``, ``history_window``.
+        """Change some of ``system_prompt``, ``model``, ``model_settings``, ``history_window``,
+        and the limits (``turn_timeout``, ``max_model_calls``, ``max_tool_calls``,
+        ``history_tokens``, ``summarize``; None sets a limit back to its setting).
 
         :class:`~chatwright.errors.NotFoundError` if there is no such agent.
         """
@@ -350,6 +392,17 @@ class CustomizationStore(Protocol):
         ...
 
 
+class SummaryStore(Protocol):
+    async def get(self, user_id: str, chat_id: uuid.UUID) -> ChatSummary | None:
+        """The chat's summary, when it has one and is the user's."""
+        ...
+
+    async def put(self, user_id: str, chat_id: uuid.UUID, summary: NewSummary) -> ChatSummary:
+        """Store the chat's summary, replacing the one before (backends without a turn store
+        of their own; the ``sql`` backend stores it in the turn's last transaction)."""
+        ...
+
+
 class MemoryStore(Protocol):
     async def get(self, user_id: str, agent_name: str) -> AgentMemory | None: ...
 
@@ -391,6 +444,16 @@ class Storage(Protocol):
     @property
     def audit(self) -> AuditStore:
         """The append-only audit log of tools' writes."""
+        ...
+
+    @property
+    def usage(self) -> UsageStore:
+        """Token usage per turn, and per-user budgets (see :mod:`chatwright.usage`)."""
+        ...
+
+    @property
+    def summaries(self) -> SummaryStore:
+        """Chats' summaries of what fell out of their windows."""
         ...
 
     @property

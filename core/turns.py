@@ -16,6 +16,7 @@ import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from chatwright.approvals import NewPending, PendingAction
@@ -27,12 +28,15 @@ from chatwright.errors import (
 )
 from chatwright.stores import (
     Agent,
+    ChatSummary,
     Message,
     NewMessage,
+    NewSummary,
     SessionStore,
     Storage,
     WithSessionStore,
 )
+from chatwright.usage import BudgetLimits, TurnUsage
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +60,10 @@ class TurnStart:
     """The backend's own handle on the turn (its lease), for :meth:`TurnStore.finish`."""
     pending: list[PendingAction] = field(default_factory=list)
     """The chat's actions still ``pending`` (only when ``begin`` was given no message)."""
+    summary: ChatSummary | None = None
+    """The chat's stored summary (read only for agents with ``summarize``)."""
+    turn_id: uuid.UUID | None = None
+    """The turn, as given to ``begin`` (its budget reservation is kept under it)."""
 
 
 class TurnStore(Protocol):
@@ -77,8 +85,16 @@ class TurnStore(Protocol):
         message: NewMessage | None,
         *,
         check_owner: bool = True,
+        turn_id: uuid.UUID | None = None,
+        budget: BudgetLimits | None = None,
     ) -> TurnStart:
         """Start a turn in one transaction, waiting while another turn of the chat runs.
+
+        With a ``budget``, the user's budgets are checked and a reservation held
+        under ``turn_id`` as :meth:`chatwright.usage.UsageStore.reserve` says, in
+        the same transaction (:class:`~chatwright.errors.BudgetExceededError`,
+        nothing stored, when refused). The chat's summary is read when the
+        agent has ``summarize``.
 
         With a ``message`` (a human turn), the chat must have no ``pending``
         action: :class:`~chatwright.errors.ApprovalPendingError` (with the
@@ -107,8 +123,14 @@ class TurnStore(Protocol):
         *,
         touch: bool,
         pending: Sequence[NewPending] = (),
+        usage: TurnUsage | None = None,
+        summary: NewSummary | None = None,
     ) -> list[PendingAction]:
         """End a turn in one transaction: append ``messages``, touch the chat, give the turn back.
+
+        ``usage`` is recorded (and the turn's budget reservation, if any,
+        dropped) and ``summary`` replaces the chat's summary, in the same
+        transaction.
 
         With ``touch``, mark the chat's active sessions as used. ``pending`` are
         tool calls the turn stopped at, stored (and returned) in the same
@@ -148,6 +170,8 @@ class ComposedTurns:
         message: NewMessage | None,
         *,
         check_owner: bool = True,
+        turn_id: uuid.UUID | None = None,
+        budget: BudgetLimits | None = None,
     ) -> TurnStart:
         storage = self.storage
         if check_owner:
@@ -161,6 +185,15 @@ class ComposedTurns:
             waiting = await storage.pending.list(user_id, chat_id=chat_id, status="pending")
             if message is not None and waiting:
                 raise approval_pending(waiting)
+            usage = getattr(storage, "usage", None)
+            if budget is not None and turn_id is not None and usage is not None:
+                await usage.reserve(user_id, turn_id, budget, datetime.now(UTC))
+            summaries = getattr(storage, "summaries", None)
+            summary = (
+                await summaries.get(user_id, chat_id)
+                if agent.summarize and summaries is not None
+                else None
+            )
             history = await storage.messages.window(user_id, chat_id, agent.history_window)
             memory = await storage.memories.get(user_id, agent_name)
             custom = await storage.customizations.list(user_id, agent_name, active_only=True)
@@ -179,6 +212,8 @@ class ComposedTurns:
             [c.content for c in custom],
             lease=lock,
             pending=waiting if message is None else [],
+            summary=summary,
+            turn_id=turn_id,
         )
 
     async def append(self, start: TurnStart, messages: Sequence[NewMessage]) -> None:
@@ -191,10 +226,25 @@ class ComposedTurns:
         *,
         touch: bool,
         pending: Sequence[NewPending] = (),
+        usage: TurnUsage | None = None,
+        summary: NewSummary | None = None,
     ) -> list[PendingAction]:
         lock: contextlib.AsyncExitStack = start.lease
         async with lock:
             await self.storage.messages.append(start.user_id, start.chat_id, messages, touch=touch)
+            usage_store = getattr(self.storage, "usage", None)
+            if usage_store is not None and start.turn_id is not None:
+                await usage_store.record(
+                    start.user_id,
+                    start.agent_name,
+                    start.chat_id,
+                    start.turn_id,
+                    usage,
+                    datetime.now(UTC),
+                )
+            summaries = getattr(self.storage, "summaries", None)
+            if summary is not None and summaries is not None:
+                await summaries.put(start.user_id, start.chat_id, summary)
             if not pending:
                 return []
             return await self.storage.pending.create(
@@ -226,10 +276,14 @@ class SeparateSessions:
         message: NewMessage | None,
         *,
         check_owner: bool = True,
+        turn_id: uuid.UUID | None = None,
+        budget: BudgetLimits | None = None,
     ) -> TurnStart:
         if check_owner:
             await check_chat_owner(self.storage.sessions, user_id, agent_name, chat_id)
-        return await self.turns.begin(user_id, agent_name, chat_id, message, check_owner=False)
+        return await self.turns.begin(
+            user_id, agent_name, chat_id, message, check_owner=False, turn_id=turn_id, budget=budget
+        )
 
     async def append(self, start: TurnStart, messages: Sequence[NewMessage]) -> None:
         await self.turns.append(start, messages)
@@ -241,10 +295,14 @@ class SeparateSessions:
         *,
         touch: bool,
         pending: Sequence[NewPending] = (),
+        usage: TurnUsage | None = None,
+        summary: NewSummary | None = None,
     ) -> list[PendingAction]:
         # The reply is stored first; a failure to touch afterwards must not make a
         # stored turn look failed (a client would retry it and repeat its tool calls).
-        stored = await self.turns.finish(start, messages, touch=False, pending=pending)
+        stored = await self.turns.finish(
+            start, messages, touch=False, pending=pending, usage=usage, summary=summary
+        )
         if not touch:
             return stored
         try:

@@ -56,6 +56,11 @@ AGENT_KEYS = {
     "created_at",
     "updated_at",
     "config_version",
+    "turn_timeout",
+    "max_model_calls",
+    "max_tool_calls",
+    "history_tokens",
+    "summarize",
 }
 HEAVY_PREFIXES = ("langchain", "fastapi", "sqlalchemy", "alembic", "pydantic", "uvicorn", "openai")
 
@@ -411,7 +416,12 @@ def test_config_show_defaults_text_and_json() -> None:
     assert data["storage"]["backend"] == "sql"
     assert data["storage"]["url"] == "sqlite+aiosqlite:///chatwright.db"
     assert data["storage"]["pool_size"] == 5
-    assert data["models"] == {"default": None}
+    assert data["models"] == {
+        "default": None,
+        "request_timeout": 60.0,
+        "max_retries": 2,
+        "tokenizer": "estimate",
+    }
     assert "config_file" not in data
 
 

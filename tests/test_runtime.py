@@ -213,9 +213,9 @@ async def test_turn_with_tool_call_is_stored_step_by_step(
         writes.append(("append", len(new)))
         await append(start, new)
 
-    async def spy_finish(start: Any, new: Sequence[Any], *, touch: bool, pending: Any = ()) -> Any:
+    async def spy_finish(start: Any, new: Sequence[Any], *, touch: bool, **kwargs: Any) -> Any:
         writes.append(("finish" if touch else "finish untouched", len(new)))
-        return await finish(start, new, touch=touch, pending=pending)
+        return await finish(start, new, touch=touch, **kwargs)
 
     monkeypatch.setattr(turns, "begin", spy_begin)
     monkeypatch.setattr(turns, "append", spy_append)

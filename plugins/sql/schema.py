@@ -100,7 +100,23 @@ agents = sa.Table(
     *_timestamps(),
     # Bumped by triggers on every change of the row or its tool rows (migration 0004).
     sa.Column("config_version", sa.BigInteger, nullable=False, server_default="0"),
+    # The bounds of a turn (migration 0006); NULL: the setting of the same name.
+    sa.Column("turn_timeout", sa.Float, nullable=True),
+    sa.Column("max_model_calls", sa.Integer, nullable=True),
+    sa.Column("max_tool_calls", sa.Integer, nullable=True),
+    sa.Column("history_tokens", sa.Integer, nullable=True),
+    sa.Column("summarize", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.CheckConstraint("history_window > 0", name="history_window_positive"),
+    sa.CheckConstraint("turn_timeout IS NULL OR turn_timeout > 0", name="turn_timeout_positive"),
+    sa.CheckConstraint(
+        "max_model_calls IS NULL OR max_model_calls > 0", name="max_model_calls_positive"
+    ),
+    sa.CheckConstraint(
+        "max_tool_calls IS NULL OR max_tool_calls > 0", name="max_tool_calls_positive"
+    ),
+    sa.CheckConstraint(
+        "history_tokens IS NULL OR history_tokens > 0", name="history_tokens_positive"
+    ),
 )
 
 agent_tools = sa.Table(
@@ -284,4 +300,74 @@ audit_log = sa.Table(
     sa.Column("undo_of", sa.Uuid, nullable=True),
     sa.Index(None, "user_id", "id"),
     sa.Index(None, "chat_id", "turn_id"),
+)
+
+
+# -- bounded turns (migration 0006) --------------------------------------------
+
+# One row per turn that called a model: its tokens (framework-written, read-only to users).
+token_usage = sa.Table(
+    "token_usage",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("at", UTCDateTime(), nullable=False, server_default=sa.func.now()),
+    sa.Column("user_id", sa.String(255), nullable=False),
+    sa.Column("agent_name", sa.String(200), nullable=False),
+    sa.Column("chat_id", sa.Uuid, nullable=True),
+    sa.Column("turn_id", sa.Uuid, nullable=True),
+    sa.Column("model", sa.String(200), nullable=False),
+    sa.Column("model_calls", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("input_tokens", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("output_tokens", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("cached_tokens", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("cost", sa.Float, nullable=True),
+    sa.Index(None, "user_id", "at"),
+    sa.Index(None, "at"),
+)
+
+# A user's tokens per UTC day (period 'day') and calendar month ('month'), kept with each turn.
+usage_totals = sa.Table(
+    "usage_totals",
+    metadata,
+    sa.Column("user_id", sa.String(255), primary_key=True),
+    sa.Column("period", sa.String(8), primary_key=True),
+    sa.Column("starts", sa.Date, primary_key=True),
+    sa.Column("tokens", sa.BigInteger, nullable=False, server_default="0"),
+    sa.CheckConstraint("period IN ('day', 'month')", name="period"),
+)
+
+# What running turns are assumed to spend, until they end (or their reservation expires).
+usage_reservations = sa.Table(
+    "usage_reservations",
+    metadata,
+    sa.Column("turn_id", sa.Uuid, primary_key=True),
+    sa.Column("user_id", sa.String(255), nullable=False),
+    sa.Column("tokens", sa.BigInteger, nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=False),
+    sa.Index(None, "user_id"),
+)
+
+# Per-user overrides of the budgets settings: NULL follows the setting, -1 is no limit.
+user_budgets = sa.Table(
+    "user_budgets",
+    metadata,
+    sa.Column("user_id", sa.String(255), primary_key=True),
+    sa.Column("daily_tokens", sa.BigInteger, nullable=True),
+    sa.Column("monthly_tokens", sa.BigInteger, nullable=True),
+    sa.Column("updated_at", UTCDateTime(), nullable=False, server_default=sa.func.now()),
+    sa.CheckConstraint("daily_tokens IS NULL OR daily_tokens >= -1", name="daily_tokens"),
+    sa.CheckConstraint("monthly_tokens IS NULL OR monthly_tokens >= -1", name="monthly_tokens"),
+)
+
+# A chat's summary of the messages that fell out of its window (agents with summarize).
+chat_summaries = sa.Table(
+    "chat_summaries",
+    metadata,
+    sa.Column("chat_id", sa.Uuid, primary_key=True),
+    sa.Column("user_id", sa.String(255), nullable=False),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("through_id", sa.BigInteger, nullable=False),
+    sa.Column("messages", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("updated_at", UTCDateTime(), nullable=False, server_default=sa.func.now()),
+    sa.Index(None, "user_id"),
 )

@@ -54,8 +54,9 @@ from chatwright.plugins.sql.chats import insert_messages, touch_sessions
 from chatwright.plugins.sql.pending import insert_pending, pending_from_row
 from chatwright.plugins.sql.rows import from_row, now
 from chatwright.plugins.sql.stores import BoundStore
-from chatwright.stores import Agent, Message, NewMessage
+from chatwright.stores import Agent, Message, NewMessage, NewSummary
 from chatwright.turns import TurnStart, approval_pending, not_your_chat
+from chatwright.usage import BudgetLimits, TurnUsage
 
 if TYPE_CHECKING:
     from chatwright.plugins.sql.storage import SQLStorage
@@ -190,6 +191,8 @@ class SQLTurnStore(BoundStore):
         message: NewMessage | None,
         *,
         check_owner: bool = True,
+        turn_id: uuid.UUID | None = None,
+        budget: BudgetLimits | None = None,
     ) -> TurnStart:
         lease = Lease(chat_id, uuid.uuid4().hex)
 
@@ -247,6 +250,8 @@ class SQLTurnStore(BoundStore):
         *,
         touch: bool,
         pending: Sequence[NewPending] = (),
+        usage: TurnUsage | None = None,
+        summary: NewSummary | None = None,
     ) -> list[PendingAction]:
         lease: Lease = start.lease
         await self._stop(lease)
