@@ -12,11 +12,11 @@ import asyncio
 import json
 import sys
 import uuid
-from typing import Any
 
 import pytest
 
-from chatwright.approvals import Write
+from chatwright.approvals import Preview, Write
+from chatwright.errors import PreviewChangedError
 from chatwright.plugins.example import assistant as example
 from chatwright.plugins.example.assistant import AGENT
 from chatwright.prompts import OLDER_LEFT_OUT, fill, newest
@@ -259,10 +259,10 @@ async def test_an_approval_is_asked_again_when_a_fact_was_added_meanwhile(
     (action,) = (await runtime.chat(ALICE, AGENT, chat, "I like jazz")).pending
 
     await runtime.storage.records.apply(ALICE, memory_write(ALICE, "lives in Oslo"), cap=10)
-    with pytest.raises(Exception, match="changed since the preview") as raised:
+    with pytest.raises(PreviewChangedError, match="no longer as shown") as raised:
         await runtime.decide(ALICE, action.id, True)
-    fresh: Any = getattr(raised.value, "preview", None)
-    assert fresh is not None
+    fresh = raised.value.preview
+    assert isinstance(fresh, Preview) and fresh.rows[0].after is not None
     assert fresh.rows[0].after["notes"] == "likes tea\nlives in Oslo\nlikes jazz"
     assert await notes(runtime, ALICE) == "likes tea\nlives in Oslo"
 
