@@ -19,8 +19,10 @@ from chatwright.approvals import Preview, Write
 from chatwright.errors import PreviewChangedError
 from chatwright.plugins.example import assistant as example
 from chatwright.plugins.example.assistant import AGENT
+from chatwright.plugins.supabase.storage import SupabaseStorage
 from chatwright.prompts import OLDER_LEFT_OUT, fill, newest
 from chatwright.runtime import Runtime
+from tests import test_supabase
 from tests.conftest import MakeRuntime
 
 ALICE = "alice"
@@ -324,3 +326,33 @@ async def test_a_turn_shows_the_newest_notes_within_turns_memory_chars(
         assert await notes(runtime, ALICE) == "\n".join(facts)
     finally:
         await runtime.close()
+
+
+# -- the supabase backend, under row-level security -------------------------------------
+
+cluster = test_supabase.cluster
+supa = test_supabase.supa
+
+
+@pytest.mark.postgresql
+async def test_appends_at_once_under_row_level_security_are_all_kept(
+    cluster: test_supabase.Cluster, supa: SupabaseStorage
+) -> None:
+    await example.seed(supa, "offline:assistant")
+    other = test_supabase.supabase(cluster.url())
+    try:
+        facts = [f"fact {n}" for n in range(12)]
+        stores = [supa.records, other.records]
+        await asyncio.gather(
+            *(
+                stores[n % 2].apply(ALICE, memory_write(ALICE, fact), cap=10)
+                for n, fact in enumerate(facts)
+            ),
+            other.records.apply(BOB, memory_write(BOB, "bob's fact"), cap=10),
+        )
+        alice = await supa.memories.get(ALICE, AGENT)
+        bob = await supa.memories.get(BOB, AGENT)
+        assert alice is not None and sorted(alice.notes.split("\n")) == sorted(facts)
+        assert bob is not None and bob.notes == "bob's fact"
+    finally:
+        await other.close()

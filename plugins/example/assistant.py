@@ -4,6 +4,13 @@ Two application tables, ``tasks`` and ``notes`` (each row belongs to a user),
 and an ``assistant`` agent whose tools are ``crud`` rows on them and on
 ``agent_memories``. It is data, not code: the same rows a user would insert
 by hand, which makes it the reference example of tool configs.
+
+The agent's memory is the user's ``agent_memories`` row: ``save_memory``
+appends one fact to its notes (the ``crud`` option ``append``), so two chats
+saving at once both keep theirs. There is no tool that rewrites the notes
+whole: a rewrite racing a save would drop the saved fact. An install made when
+``save_memory`` still replaced the notes gets the new row from :func:`seed`,
+unless someone changed the row since.
 """
 
 from __future__ import annotations

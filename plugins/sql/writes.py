@@ -9,6 +9,12 @@ whole before/after image (:mod:`.images`) on the same connection, so that a
 write is never without its record nor a record without its write. Rows are
 keyed by primary key; a table without one is written and audited, its rows
 paired in the order read, but cannot be undone (:mod:`.undo`).
+
+A write that appends (``Write.append``) sets its text columns to the stored
+text, the separator and the value in the UPDATE itself
+(:func:`.records.appended`), not to a text computed from the rows read: two
+appends at once both land, whichever order the database takes them in, and
+each one's images still show the text it found and the text it left.
 """
 
 from __future__ import annotations
