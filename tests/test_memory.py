@@ -9,9 +9,12 @@ characters of the notes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import sqlite3
 import sys
 import uuid
+from typing import Any
 
 import pytest
 
@@ -24,6 +27,7 @@ from chatwright.prompts import OLDER_LEFT_OUT, fill, newest
 from chatwright.runtime import Runtime
 from tests import test_supabase
 from tests.conftest import MakeRuntime
+from tests.harness import DB_FILE, ok
 
 ALICE = "alice"
 BOB = "bob"
@@ -191,7 +195,7 @@ async def test_an_untouched_old_save_memory_row_is_updated_and_a_changed_one_kep
     )
 
     done = await example.seed(runtime.storage, "offline:assistant")
-    assert done == ["tool save_memory (updated)"]
+    assert done == ["tool save_memory (replacing the old one, which rewrote all notes)"]
     row = await runtime.storage.tools.get(rows["save_memory"].id)
     assert row is not None and row.config == example.TOOLS[-1]["config"]
     assert row.config["append"] == {"notes": "\n"}
@@ -356,3 +360,28 @@ async def test_appends_at_once_under_row_level_security_are_all_kept(
         assert bob is not None and bob.notes == "bob's fact"
     finally:
         await other.close()
+
+
+@pytest.mark.usefixtures("example")
+def test_init_example_brings_an_old_untouched_save_memory_up_to_date() -> None:
+    old = example.OLD_TOOLS["save_memory"]
+
+    def save_memory() -> tuple[Any, str]:
+        with contextlib.closing(sqlite3.connect(DB_FILE)) as conn:
+            ((config, description),) = conn.execute(
+                "SELECT config, description FROM agent_tools WHERE name = 'save_memory'"
+            ).fetchall()
+            return json.loads(config), description
+
+    with contextlib.closing(sqlite3.connect(DB_FILE)) as conn:
+        conn.execute(
+            "UPDATE agent_tools SET config = ?, description = ? WHERE name = 'save_memory'",
+            (json.dumps(old["config"]), old["description"]),
+        )
+        conn.commit()
+
+    out = ok("init", "--example").stdout
+    assert "Created tool save_memory (replacing the old one, which rewrote all notes)" in out, out
+    config, _ = save_memory()
+    assert config["append"] == {"notes": "\n"} and "fact" in config["args"]
+    assert "already there" in ok("init", "--example").stdout

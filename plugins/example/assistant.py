@@ -234,7 +234,8 @@ async def seed(storage: Storage, model: str) -> list[str]:
             await storage.tools.update(
                 row.id, config=tool["config"], description=tool["description"]
             )
-            done.append(f"tool {tool['name']} (updated)")
+            # Read after init's "Created": what the row now is, and why it changed.
+            done.append(f"tool {tool['name']} (replacing the old one, which rewrote all notes)")
     return done
 
 
