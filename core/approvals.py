@@ -153,6 +153,11 @@ class Write:
     ``where`` already includes the user's scope; ``scope`` repeats the scope
     columns (an upsert updates only a row inside it). ``values`` are the
     columns written (for ``create``/``upsert``: the whole new row).
+
+    ``append`` maps text columns of ``values`` to a separator: an ``update``, or
+    an ``upsert`` that finds its row, adds the value to the end of the stored
+    text (after the separator, unless the text is empty) in the statement
+    itself, so that two writes at once both keep their value.
     """
 
     table: str
@@ -162,6 +167,7 @@ class Write:
     scope: Mapping[str, Any] = field(default_factory=dict)
     returning: Sequence[str] = ()
     conflict: Sequence[str] = ()
+    append: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

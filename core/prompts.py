@@ -12,25 +12,63 @@ cached agent):
     agent, highest priority first, separated by blank lines.
 
 Literal braces in a prompt are doubled, as in :meth:`str.format`.
+
+Notes only grow when a memory tool appends to them, so the prompt shows at
+most ``turns.memory_chars`` characters of them: the newest lines (facts are
+added at the end), after a line saying that older ones were left out. The
+stored notes are never cut; a tool that reads them gets them whole.
 """
 
 from __future__ import annotations
 
+from chatwright.settings import TurnsSettings
 from chatwright.stores import Agent, Storage
 
 NO_MEMORY = "(nothing yet)"
+OLDER_LEFT_OUT = "(older notes left out)"
+DEFAULT_MEMORY_CHARS: int = TurnsSettings.model_fields["memory_chars"].default
 
 
-def fill(template: str, memory: str, instructions: list[str]) -> str:
+def newest(notes: str, limit: int) -> str:
+    """At most ``limit`` characters of ``notes``: the newest lines, after a note that
+    older ones were left out. A newest line longer than all that is shown by its end."""
+    notes = notes.strip()
+    if len(notes) <= limit:
+        return notes
+    room = limit - len(OLDER_LEFT_OUT) - 1
+    kept: list[str] = []
+    size = 0
+    for line in reversed(notes.splitlines()):
+        cost = len(line) + (1 if kept else 0)
+        if size + cost > room:
+            break
+        kept.append(line)
+        size += cost
+    shown = "\n".join(reversed(kept)) if kept else notes[-max(room, 0) :]
+    return f"{OLDER_LEFT_OUT}\n{shown}"
+
+
+def fill(
+    template: str,
+    memory: str,
+    instructions: list[str],
+    memory_chars: int = DEFAULT_MEMORY_CHARS,
+) -> str:
+    """``template`` with its placeholders filled; see the module docstring.
+
+    :param memory_chars: the most characters of ``memory`` shown (``turns.memory_chars``).
+    """
     return template.format_map(
         {
-            "memory": memory.strip() or NO_MEMORY,
+            "memory": newest(memory, memory_chars) or NO_MEMORY,
             "custom_instructions": "\n\n".join(i.strip() for i in instructions if i.strip()),
         }
     ).strip()
 
 
-async def system_prompt(storage: Storage, agent: Agent, user_id: str) -> str:
+async def system_prompt(
+    storage: Storage, agent: Agent, user_id: str, memory_chars: int = DEFAULT_MEMORY_CHARS
+) -> str:
     """The agent's system prompt for one user, as of now."""
     memory = await storage.memories.get(user_id, agent.name)
     customizations = await storage.customizations.list(user_id, agent.name, active_only=True)
@@ -38,4 +76,5 @@ async def system_prompt(storage: Storage, agent: Agent, user_id: str) -> str:
         agent.system_prompt,
         memory.notes if memory else "",
         [c.content for c in customizations],
+        memory_chars,
     )

@@ -501,7 +501,12 @@ class Runtime:
             try:
                 async with scope:
                     fitted = await fit(start, built.model, self.settings, self.storage)
-                    system = fill(start.agent.system_prompt, start.memory, start.instructions)
+                    system = fill(
+                        start.agent.system_prompt,
+                        start.memory,
+                        start.instructions,
+                        self.settings.turns.memory_chars,
+                    )
                     if fitted.summary:
                         system += SUMMARY_HEADING + fitted.summary
                     inputs = [SystemMessage(content=system), *fitted.history, *tail]

@@ -199,7 +199,7 @@ async def test_update_and_upsert_previews_show_before_and_after(sql_url: str) ->
         )
         script = calls(
             ("update_task", {"id": milk, "title": "buy oat milk", "status": "done"}),
-            ("save_memory", {"notes": "likes coffee"}),
+            ("save_memory", {"fact": "likes coffee"}),
             reply="Both done.",
         )
         await seed_writer(api.runtime, script)
@@ -215,7 +215,8 @@ async def test_update_and_upsert_previews_show_before_and_after(sql_url: str) ->
         assert upsert["tool_name"] == "save_memory"
         assert upsert["preview"]["operation"] == "upsert"
         [mem] = upsert["preview"]["rows"]
-        assert mem["before"]["notes"] == "likes tea" and mem["after"]["notes"] == "likes coffee"
+        assert mem["before"]["notes"] == "likes tea"
+        assert mem["after"]["notes"] == "likes tea\nlikes coffee"
 
         # The first decision leaves the other waiting: no reply yet.
         first = await api.client.post(
@@ -232,7 +233,7 @@ async def test_update_and_upsert_previews_show_before_and_after(sql_url: str) ->
         assert second.json()["response"] == "Both done."
         assert (await api.tasks("alice"))[milk] == ("buy oat milk", "done")
         notes = await api.sql("SELECT notes FROM agent_memories WHERE user_id = 'alice'")
-        assert notes == [{"notes": "likes coffee"}]
+        assert notes == [{"notes": "likes tea\nlikes coffee"}]
 
 
 async def test_preview_is_capped_with_a_count(tmp_path: Path) -> None:

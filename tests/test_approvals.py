@@ -432,7 +432,7 @@ async def test_every_crud_write_is_audited_and_a_turn_is_undone_in_one_go(
             {"name": "add_task", "args": {"title": "new"}},
             {"name": "update_task", "args": {"id": keep, "status": "done"}},
             {"name": "delete_task", "args": {"id": gone}},
-            {"name": "save_memory", "args": {"notes": "likes milk"}},
+            {"name": "save_memory", "args": {"fact": "likes milk"}},
         ]
     }
     await runtime.storage.agents.update(

@@ -488,14 +488,14 @@ def test_preview_of_an_upsert_shows_the_row_before_and_after(example: Path) -> N
     (change,) = first["preview"]["rows"]
     assert first["preview"]["operation"] == "upsert"
     assert change["before"] is None
-    assert change["after"]["notes"] == "- I like tea"
+    assert change["after"]["notes"] == "I like tea"
     assert ok("pending", "approve", first["id"]).stdout.endswith("Noted: I like tea.\n")
 
     out = say("remember that I like cake")
     assert "upsert on agent_memories: 1 row" in out
-    assert 'notes: "- I like tea" → "- I like tea\\n- I like cake"' in out
+    assert 'notes: "I like tea" → "I like tea\\nI like cake"' in out
     second = only_pending()
-    assert second["preview"]["rows"][0]["before"]["notes"] == "- I like tea"
+    assert second["preview"]["rows"][0]["before"]["notes"] == "I like tea"
 
 
 # -- the prompt in a terminal -------------------------------------------------
@@ -812,7 +812,7 @@ def test_undo_of_a_given_turn_and_of_an_upsert(example: Path) -> None:
     assert_error(run("undo", chat_id, "--turn", first["turn_id"]), "changed since")
     ok("undo", chat_id)
     notes = query(example, "SELECT notes FROM agent_memories WHERE user_id = 'local'")
-    assert notes == [("- I like tea",)]
+    assert notes == [("I like tea",)]
     ok("undo", chat_id, "--turn", first["turn_id"])
     assert query(example, "SELECT count(*) FROM agent_memories") == [(0,)]
     assert_error(run("undo", chat_id, "--turn", first["turn_id"]), "undone already")

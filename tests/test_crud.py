@@ -270,7 +270,7 @@ async def test_unknown_keys_are_refused_by_name(world: dict[str, Any]) -> None:
         ("list_tasks", {"owner": "bob"}, "owner"),
         ("update_task", {"id": ids["alice"][0], "title": "x", "done": True}, "done"),
         ("delete_task", {"id": ids["alice"][0], "agent_name": "other"}, "agent_name"),
-        ("save_memory", {"notes": "x", "agent_name": "other"}, "agent_name"),
+        ("save_memory", {"fact": "x", "agent_name": "other"}, "agent_name"),
     ]
     for name, args, key in calls:
         text = err(await call(alice[name], **args))
@@ -299,7 +299,7 @@ async def test_wrong_types_get_readable_errors(world: dict[str, Any]) -> None:
         ("delete_task", {}, "id"),
         ("add_task", {"title": "x", "due_date": "tomorrow"}, "due_date"),
         ("add_task", {"due_date": "2030-01-01"}, "title"),
-        ("save_memory", {"notes": 123}, "notes"),
+        ("save_memory", {"fact": 123}, "fact"),
     ]
     for name, args, key in calls:
         text = err(await call(alice[name], **args))
@@ -356,25 +356,26 @@ async def test_memory_upsert_is_per_user_and_updates_in_place(seeded: SQLStorage
     bob = await tools_for(seeded, "bob")
 
     assert ok(await call(alice["read_memory"])) == {"rows": [], "count": 0}
-    assert ok(await call(alice["save_memory"], notes="likes tea")) == {
+    assert ok(await call(alice["save_memory"], fact="likes tea")) == {
         "saved": {"notes": "likes tea"}
     }
     assert ok(await call(bob["read_memory"])) == {"rows": [], "count": 0}
 
-    ok(await call(alice["save_memory"], notes="likes tea; lives in Oslo"))
+    # A second fact is added to the row, on a line of its own.
+    ok(await call(alice["save_memory"], fact="lives in Oslo"))
     (row,) = await db_rows(seeded, "agent_memories")
     assert (row["user_id"], row["agent_name"]) == ("alice", AGENT)
-    assert row["notes"] == "likes tea; lives in Oslo"
+    assert row["notes"] == "likes tea\nlives in Oslo"
     read = ok(await call(alice["read_memory"]))
-    assert [r["notes"] for r in read["rows"]] == ["likes tea; lives in Oslo"]
+    assert [r["notes"] for r in read["rows"]] == ["likes tea\nlives in Oslo"]
     dt.datetime.fromisoformat(read["rows"][0]["updated_at"])
 
-    ok(await call(bob["save_memory"], notes="prefers coffee"))
+    ok(await call(bob["save_memory"], fact="prefers coffee"))
     rows = {r["user_id"]: r["notes"] for r in await db_rows(seeded, "agent_memories")}
-    assert rows == {"alice": "likes tea; lives in Oslo", "bob": "prefers coffee"}
+    assert rows == {"alice": "likes tea\nlives in Oslo", "bob": "prefers coffee"}
     assert [r["notes"] for r in ok(await call(bob["read_memory"]))["rows"]] == ["prefers coffee"]
 
-    text = err(await call(alice["save_memory"], notes="overwrite bob", user_id="bob"))
+    text = err(await call(alice["save_memory"], fact="overwrite bob", user_id="bob"))
     assert "user_id" in text
     rows = {r["user_id"]: r["notes"] for r in await db_rows(seeded, "agent_memories")}
     assert rows["bob"] == "prefers coffee"
@@ -384,7 +385,7 @@ async def test_memory_upsert_is_per_user_and_updates_in_place(seeded: SQLStorage
     assert "prefers coffee" not in probe.content
     # The framework's memory store sees what the tool wrote.
     memory = await seeded.memories.get("alice", AGENT)
-    assert memory is not None and memory.notes == "likes tea; lives in Oslo"
+    assert memory is not None and memory.notes == "likes tea\nlives in Oslo"
 
 
 async def test_argument_less_tool_refuses_unknown_keys(seeded: SQLStorage) -> None:

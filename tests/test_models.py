@@ -610,21 +610,18 @@ async def test_offline_empty_filtered_list_names_the_status(runtime: Runtime) ->
     assert "done" in turn.response
 
 
-async def test_offline_remembers_facts_by_reading_then_saving(
-    runtime: Runtime, db_path: Path
-) -> None:
+async def test_offline_remembers_facts_by_appending_them(runtime: Runtime, db_path: Path) -> None:
     chat_id = await open_chat(runtime)
     turn = await runtime.chat(USER, AGENT, chat_id, "remember that I like tea")
-    assert calls(turn) == [("read_memory", {}), ("save_memory", {"notes": "- I like tea"})]
+    assert calls(turn) == [("save_memory", {"fact": "I like tea"})]
     assert "I like tea" in turn.response
 
     turn = await runtime.chat(USER, AGENT, chat_id, "remember that my dog is called Rex")
-    assert [name for name, _ in calls(turn)] == ["read_memory", "save_memory"]
-    assert turn.tool_calls[0].result["rows"][0]["notes"] == "- I like tea"
-    assert calls(turn)[1] == ("save_memory", {"notes": "- I like tea\n- my dog is called Rex"})
+    assert calls(turn) == [("save_memory", {"fact": "my dog is called Rex"})]
+    assert turn.tool_calls[0].result == {"saved": {"notes": "I like tea\nmy dog is called Rex"}}
 
     assert rows(db_path, "SELECT user_id, agent_name, notes FROM agent_memories") == [
-        (USER, AGENT, "- I like tea\n- my dog is called Rex")
+        (USER, AGENT, "I like tea\nmy dog is called Rex")
     ]
 
     turn = await runtime.chat(USER, AGENT, chat_id, "what do you remember")

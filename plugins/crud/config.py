@@ -36,6 +36,8 @@ ArgType = Literal[
 Operation = Literal["create", "read", "update", "delete", "upsert"]
 Scalar = str | int | float | bool | None
 
+MAX_SEPARATOR = 100
+
 LEGACY_TYPES: dict[str, ArgType] = {
     "str": "string",
     "int": "integer",
@@ -85,6 +87,14 @@ class CrudConfig(BaseModel):
     returning: list[Identifier] | None = None
     order_by: OrderKey | list[OrderKey] | None = None
     limit: int = Field(25, ge=1, le=500)
+    append: dict[Identifier, str] = Field(default_factory=dict)
+    """update and upsert: text columns (of args) whose value is added to the end of the
+    stored text, after the separator given, instead of replacing it.
+
+    The database adds it in the write's own statement, so two calls at once both
+    keep their text (a model that reads the text, adds to it and writes it all
+    back loses one of them).
+    """
     conflict: list[Identifier] | None = None
     """upsert only: the unique columns that find the row to update (default: the scope).
 
@@ -102,6 +112,22 @@ class CrudConfig(BaseModel):
         ):
             return normalize_legacy(data)
         return data
+
+    @field_validator("append")
+    @classmethod
+    def _separators(cls, append: dict[str, str]) -> dict[str, str]:
+        for column, separator in append.items():
+            if "\x00" in separator:
+                raise ValueError(
+                    f"the separator for {column!r} holds a NUL character, which no text "
+                    "column can store; use another (a newline, say)"
+                )
+            if len(separator) > MAX_SEPARATOR:
+                raise ValueError(
+                    f"the separator for {column!r} is {len(separator)} characters long; "
+                    f"at most {MAX_SEPARATOR} are allowed"
+                )
+        return append
 
     @field_validator("conflict")
     @classmethod
@@ -152,11 +178,33 @@ class CrudConfig(BaseModel):
         for name in self.defaults:
             if name in scoped:
                 raise ValueError(f"defaults.{name} is a scope column; the framework sets it")
+        if self.append:
+            if op not in {"update", "upsert"}:
+                raise ValueError(
+                    f"append is for update and upsert tools: {a} {op} tool "
+                    + ("makes a new row each time" if op == "create" else "writes no text")
+                )
+            written = {spec.column or name for name, spec in self.args.items()}
+            for column in self.append:
+                if column in (self.conflict or []):
+                    raise ValueError(
+                        f"append.{column}: {column!r} is a conflict column, which finds the "
+                        "row; it cannot be appended to"
+                    )
+                if column not in written:
+                    raise ValueError(
+                        f"append.{column}: {column!r} is not the column of any entry in "
+                        "args; name the column an argument writes"
+                    )
         if self.conflict is not None and op != "upsert":
             raise ValueError("conflict is for upsert tools only")
         if op == "upsert" and not (self.conflict or scoped):
             raise ValueError("an upsert tool needs conflict columns (or a scope)")
         return self
+
+    def appending(self) -> list[str]:
+        """The names of the args whose text is appended."""
+        return [n for n, spec in self.args.items() if (spec.column or n) in self.append]
 
     def column(self, name: str) -> str:
         spec = self.args.get(name) or self.filters[name]

@@ -192,6 +192,25 @@ class CrudToolType:
                             f"of type {column.kind!r}",
                         )
                     )
+        for column_name in config.append:
+            found = cols.get(column_name)
+            if found is not None and found.kind != "string":
+                problems.append(
+                    ConfigProblem(
+                        f"config.append.{column_name}",
+                        f"column {column_name!r} of {table.name!r} is of type {found.kind!r}; "
+                        "only text columns can be appended to",
+                    )
+                )
+        for name in config.appending():
+            if config.args[name].type not in {"string", "auto"}:
+                problems.append(
+                    ConfigProblem(
+                        f"config.args.{name}.type",
+                        f"is {config.args[name].type!r}, but its column is appended to; "
+                        "appended args take text: use 'string'",
+                    )
+                )
         for name in config.defaults:
             need(f"config.defaults.{name}", name)
         for i, name in enumerate(config.returning or []):
@@ -299,6 +318,8 @@ class CrudTool:
                 "chatwright_crud": {
                     "table": self.config.table,
                     "operation": self.config.operation,
+                    # Args whose text is added to what is stored, not written over it.
+                    "append": self.config.appending(),
                 },
                 # Write safety (chatwright.approvals): whether the tool writes, and
                 # how to show the rows a call would change before it runs.
@@ -340,6 +361,8 @@ class CrudTool:
             for n, v in kwargs.items()
             if n in config.filters and v is not None
         }
+        # An optional appended arg the model left out is not written at all.
+        append = {c: sep for c, sep in config.append.items() if c in values}
         op = config.operation
         if op in {"create", "upsert"}:
             # Validation already demands that an upsert's conflict target include the
@@ -352,6 +375,7 @@ class CrudTool:
                 scope=scope,
                 returning=self.returning,
                 conflict=(config.conflict or list(scope)) if op == "upsert" else (),
+                append=append,
             )
         else:
             write = Write(
@@ -361,6 +385,7 @@ class CrudTool:
                 where={**where, **scope},
                 scope=scope,
                 returning=self.returning,
+                append=append,
             )
         return write, where
 

@@ -4,14 +4,22 @@ Two application tables, ``tasks`` and ``notes`` (each row belongs to a user),
 and an ``assistant`` agent whose tools are ``crud`` rows on them and on
 ``agent_memories``. It is data, not code: the same rows a user would insert
 by hand, which makes it the reference example of tool configs.
+
+The agent's memory is the user's ``agent_memories`` row: ``save_memory``
+appends one fact to its notes (the ``crud`` option ``append``), so two chats
+saving at once both keep theirs. There is no tool that rewrites the notes
+whole: a rewrite racing a save would drop the saved fact. An install made when
+``save_memory`` still replaced the notes gets the new row from :func:`seed`,
+unless someone changed the row since.
 """
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
 from chatwright.errors import StorageError
-from chatwright.stores import Storage
+from chatwright.stores import Storage, ToolRow
 from chatwright.tables import ColumnSpec, TableCreator, TableSpec
 
 if TYPE_CHECKING:
@@ -150,6 +158,35 @@ TOOLS: tuple[dict[str, Any], ...] = (
     {
         "name": "save_memory",
         "description": (
+            "Add a fact to what you remember about the user: one short sentence. "
+            "What you remember already is kept."
+        ),
+        "config": {
+            "table": "agent_memories",
+            "operation": "upsert",
+            "args": {
+                "fact": {
+                    "type": "string",
+                    "required": True,
+                    "column": "notes",
+                    "description": "The fact to remember, e.g. 'likes tea'",
+                },
+            },
+            # Added to the notes by the database, on its own line: two chats that
+            # save at once both keep their fact.
+            "append": {"notes": "\n"},
+            "scope": _MEMORY_SCOPE,
+            "returning": ["notes"],
+        },
+    },
+)
+
+# save_memory as releases before the append installed it: the model rewrote all the
+# notes, and two chats saving at once lost a fact. An install whose row is still
+# exactly this gets the new one; a row a user changed is theirs and is left alone.
+OLD_TOOLS: dict[str, dict[str, Any]] = {
+    "save_memory": {
+        "description": (
             "Replace what you remember about the user. Pass everything worth keeping: "
             "the old notes plus the new fact."
         ),
@@ -161,11 +198,15 @@ TOOLS: tuple[dict[str, Any], ...] = (
             "returning": ["notes"],
         },
     },
-)
+}
 
 
 async def seed(storage: Storage, model: str) -> list[str]:
-    """Create what is missing of the example; return what was created, for the user."""
+    """Create what is missing of the example; return what was created, for the user.
+
+    A tool row of an earlier release that nobody changed is brought up to date
+    (see :data:`OLD_TOOLS`); any other existing row is left as it is.
+    """
     records = storage.records
     if not isinstance(records, TableCreator):
         names = " and ".join(spec.name for spec in TABLES)
@@ -177,9 +218,10 @@ async def seed(storage: Storage, model: str) -> list[str]:
     if await storage.agents.get(AGENT) is None:
         await storage.agents.create(AGENT, system_prompt=PROMPT, model=model)
         done.append(f"agent {AGENT!r} (model {model})")
-    have = {t.name for t in await storage.tools.list(AGENT)}
+    have = {t.name: t for t in await storage.tools.list(AGENT)}
     for tool in TOOLS:
-        if tool["name"] not in have:
+        row = have.get(tool["name"])
+        if row is None:
             await storage.tools.add(
                 AGENT,
                 tool["name"],
@@ -188,7 +230,26 @@ async def seed(storage: Storage, model: str) -> list[str]:
                 description=tool["description"],
             )
             done.append(f"tool {tool['name']}")
+        elif _untouched(row, OLD_TOOLS.get(tool["name"])):
+            await storage.tools.update(
+                row.id, config=tool["config"], description=tool["description"]
+            )
+            # Read after init's "Created": what the row now is, and why it changed.
+            done.append(f"tool {tool['name']} (replacing the old one, which rewrote all notes)")
     return done
+
+
+def _untouched(row: ToolRow, old: dict[str, Any] | None) -> bool:
+    """Whether ``row`` is still exactly the example's ``old`` version of it."""
+    if old is None or row.type != "crud":
+        return False
+    config = row.config
+    if isinstance(config, str):
+        try:
+            config = json.loads(config)
+        except ValueError:
+            return False
+    return bool(config == old["config"] and row.description == old["description"])
 
 
 class AssistantExample:

@@ -12,6 +12,11 @@ recognises these requests (case does not matter):
 and picks the agent's tool by what it does: ``crud`` tools carry their table
 and operation in their metadata (``chatwright_crud``), so the names of the
 tools do not matter. Its answers are built from the tool results.
+
+"Remember that …" is one call when the memory tool appends (its metadata names
+the args it appends): the database adds the fact. With a memory tool that
+replaces the notes (an older install's, or a user's own), it reads the notes
+first and saves them with the fact added.
 """
 
 from __future__ import annotations
@@ -192,12 +197,28 @@ def _label(row: dict[str, Any]) -> str:
     return f"{number}{text}{status}{due}"
 
 
+def _appender(tools: Sequence[BaseTool]) -> tuple[BaseTool, str] | None:
+    """A memory tool that adds a fact to the notes (``append``), and its argument."""
+    for tool in tools:
+        meta = _crud(tool)
+        names = meta.get("append")
+        if meta.get("table") == MEMORY_TABLE and isinstance(names, list) and names:
+            return tool, str(names[0])
+    return None
+
+
 def first_call(intent: Intent, tools: Sequence[BaseTool]) -> AIMessage:
+    appender = _appender(tools) if intent.action == "remember" else None
+    if appender is not None:
+        # The database adds the fact to the notes: one call, nothing read first.
+        appending, arg = appender
+        return _call(appending, {arg: intent.text}, 1)
     if intent.action in {"remember", "recall"}:
         reader = find_tool(tools, MEMORY_TABLE, "read")
         saver = find_tool(tools, MEMORY_TABLE, "upsert", "update", "create")
         if reader is None:
-            # Saving replaces the notes: without reading them first, old facts would be lost.
+            # A saver that does not append replaces the notes: without reading them
+            # first, old facts would be lost.
             return AIMessage(content="I have no tool to read my memory, so I cannot add to it.")
         if intent.action == "remember" and saver is None:
             return AIMessage(content="I have no tool to save memories.")
@@ -226,6 +247,7 @@ def first_call(intent: Intent, tools: Sequence[BaseTool]) -> AIMessage:
 
 
 def _save_memory(saver: BaseTool, old: str, fact: str) -> AIMessage:
+    """A save that replaces the notes: the old ones with the fact added."""
     name = _text_arg(saver) or "notes"
     notes = f"{old.rstrip()}\n- {fact}" if old.strip() else f"- {fact}"
     return _call(saver, {name: notes}, 2)
@@ -238,7 +260,7 @@ def follow_up(intent: Intent, tools: Sequence[BaseTool], results: list[ToolMessa
     assert data is not None
     noun = intent.table.removesuffix("s") if intent.table != MEMORY_TABLE else "memory"
     if intent.action == "remember":
-        if len(results) == 1:
+        if len(results) == 1 and _appender(tools) is None:
             saver = find_tool(tools, MEMORY_TABLE, "upsert", "update", "create")
             if saver is None:
                 return AIMessage(content="I have no tool to save memories.")

@@ -90,6 +90,22 @@ def _server_default(spec: ColumnSpec) -> Any:
     return str(spec.default)
 
 
+def appended(stored: Any, separator: str, value: str) -> Any:
+    """The text an appending write leaves: ``value`` after ``stored`` and ``separator``.
+
+    ``stored`` is the column (in a statement, so the database adds to the text
+    as it is when the row is written, never to a copy read earlier) or the text
+    itself (in a preview). Empty or NULL text gets ``value`` alone.
+    """
+    if isinstance(stored, sa.ColumnElement):
+        text = sa.literal(value, sa.Text())
+        return sa.case(
+            (sa.func.coalesce(stored, "") == "", text),
+            else_=stored.concat(sa.literal(separator, sa.Text())).concat(text),
+        )
+    return f"{stored}{separator}{value}" if stored else value
+
+
 @contextmanager
 def refused(table: str) -> Iterator[None]:
     """Values the database refused, as :class:`InvalidInputError` naming ``table``'s columns."""

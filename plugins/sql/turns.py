@@ -421,13 +421,21 @@ class SQLTurnStore(BoundStore):
             ),
         ]
         if summary:
-            # Its time comes back as text, as the column it shares is one.
+            # Its time comes back as text, as the column it shares is one: ISO 8601 in
+            # UTC whatever the session's DateStyle and TimeZone (SQLite stores it so).
             cs = schema.chat_summaries
+            updated: sa.ColumnElement[Any] = (
+                sa.func.to_char(
+                    sa.func.timezone("UTC", cs.c.updated_at), 'YYYY-MM-DD"T"HH24:MI:SS.US'
+                )
+                if conn.dialect.name == "postgresql"
+                else sa.cast(cs.c.updated_at, sa.String)
+            )
             parts.append(
                 sa.select(
                     sa.literal(4),
                     cs.c.text,
-                    sa.cast(cs.c.updated_at, sa.String),
+                    updated,
                     cs.c.through_id,
                     cs.c.messages,
                 ).where(cs.c.chat_id == chat_id, cs.c.user_id == user_id)

@@ -9,6 +9,12 @@ whole before/after image (:mod:`.images`) on the same connection, so that a
 write is never without its record nor a record without its write. Rows are
 keyed by primary key; a table without one is written and audited, its rows
 paired in the order read, but cannot be undone (:mod:`.undo`).
+
+A write that appends (``Write.append``) sets its text columns to the stored
+text, the separator and the value in the UPDATE itself
+(:func:`.records.appended`), not to a text computed from the rows read: two
+appends at once both land, whichever order the database takes them in, and
+each one's images still show the text it found and the text it left.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from chatwright.errors import InvalidInputError, PreviewChangedError, StorageErr
 from chatwright.plugins.sql.audit import insert_audit
 from chatwright.plugins.sql.errors import DETAILS, driver_text
 from chatwright.plugins.sql.images import check_writable, image, key_of, row_id
-from chatwright.plugins.sql.records import column_kind, refused
+from chatwright.plugins.sql.records import appended, column_kind, refused
 
 if TYPE_CHECKING:
     from chatwright.plugins.sql.records import SQLRecordStore
@@ -75,6 +81,7 @@ class Writes:
                 f"the value for column {', '.join(map(repr, outside))} of {name!r} is outside "
                 "the write's scope; leave it out"
             )
+        self._check_append(t, write)
         if op == "upsert":
             if not write.conflict:
                 raise InvalidInputError(f"an upsert of {name!r} needs its conflict columns")
@@ -84,6 +91,47 @@ class Writes:
                     f"an upsert of {name!r} needs a value for its conflict column "
                     + ", ".join(map(repr, missing))
                 )
+
+    @staticmethod
+    def _check_append(t: sa.Table, write: Write) -> None:
+        """An append adds text to text columns the write gives a value for, on existing rows."""
+        if not write.append:
+            return
+        name = write.table
+        if write.operation not in {"update", "upsert"}:
+            raise InvalidInputError(
+                f"a {write.operation} of {name!r} cannot append: it writes no existing row"
+            )
+        for column, separator in write.append.items():
+            if column not in write.values:
+                raise InvalidInputError(
+                    f"column {column!r} of {name!r} is to be appended to but has no value"
+                )
+            if column in write.conflict or column in write.scope:
+                raise InvalidInputError(
+                    f"column {column!r} of {name!r} finds the row; it cannot be appended to"
+                )
+            if column_kind(t.c[column].type) != "string":
+                raise InvalidInputError(
+                    f"column {column!r} of {name!r} is not text; only text can be appended to"
+                )
+            if not isinstance(write.values[column], str) or not isinstance(separator, str):
+                raise InvalidInputError(
+                    f"the value and separator appended to column {column!r} of {name!r} "
+                    "must be text"
+                )
+            if "\x00" in separator:
+                raise InvalidInputError(
+                    f"the separator for column {column!r} of {name!r} holds a NUL character"
+                )
+
+    @staticmethod
+    def _set(t: sa.Table, write: Write, values: Mapping[str, Any]) -> dict[str, Any]:
+        """What an update writes: the values, appended columns as text added in the statement."""
+        return {
+            k: appended(t.c[k], write.append[k], v) if k in write.append else v
+            for k, v in values.items()
+        }
 
     @staticmethod
     def _order(t: sa.Table) -> list[sa.Column[Any]]:
@@ -125,6 +173,9 @@ class Writes:
         for row in rows[: max(cap, 0)]:
             before = image(row)
             after = None if op == "delete" else {**before, **values}
+            for column, separator in write.append.items():
+                if after is not None:
+                    after[column] = appended(before.get(column), separator, values[column])
             changes.append(RowChange(key=key_of(t, row), before=before, after=after))
         # Rows past the cap are not shown, but an approval must still notice if one
         # changes: a digest of them all (given all of them: ``count`` rows).
@@ -224,7 +275,9 @@ class Writes:
             # Only the rows read and locked above: a row inserted meanwhile by another
             # transaction is not written without its before-image (see _pair).
             where = sa.and_(where, _key_in(keys, found))
-        stmt: Any = t.update().values(dict(write.values)) if op == "update" else t.delete()
+        stmt: Any = (
+            t.update().values(self._set(t, write, write.values)) if op == "update" else t.delete()
+        )
         result = await conn.execute(stmt.where(where).returning(*t.columns))
         written = [dict(r) for r in result.mappings()]
         return written, _pair(t, op, found, written)
@@ -271,7 +324,7 @@ class Writes:
         where = self.records._where(t, {**{c: values[c] for c in write.conflict}, **write.scope})
         if changed:
             result = await conn.execute(
-                t.update().where(where).values(changed).returning(*t.columns)
+                t.update().where(where).values(self._set(t, write, changed)).returning(*t.columns)
             )
             saved = result.mappings().first()
             if saved is None:

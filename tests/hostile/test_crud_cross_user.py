@@ -94,7 +94,7 @@ async def seed_alice(server: Server) -> tuple[int, int, dict[str, list[dict[str,
         [
             ("add_task", {"title": TASK}),
             ("add_note", {"body": NOTE, "title": "private"}),
-            ("save_memory", {"notes": MEMORY}),
+            ("save_memory", {"fact": MEMORY}),
         ],
     )
     assert [c["error"] for c in answer["tool_calls"]] == [False, False, False], answer
@@ -149,8 +149,8 @@ def attacks(task: int, note: int) -> list[tuple[str, dict[str, Any]]]:
         ("add_note", {"body": "planted", "id": note}),
         ("read_memory", {"user_id": "alice"}),
         ("read_memory", {"agent_name": "other"}),
-        ("save_memory", {"notes": "planted", "user_id": "alice"}),
-        ("save_memory", {"notes": "planted", "agent_name": example.AGENT, "id": 1}),
+        ("save_memory", {"fact": "planted", "user_id": "alice"}),
+        ("save_memory", {"fact": "planted", "agent_name": example.AGENT, "id": 1}),
     ]
     for text in metachars:
         calls.append(("list_tasks", {"id": text}))
