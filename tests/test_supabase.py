@@ -591,7 +591,7 @@ async def test_every_user_endpoint_keeps_users_apart(
         memories = await admin_rows(
             cluster, "SELECT user_id, notes FROM agent_memories ORDER BY user_id"
         )
-        assert memories == [("alice", "- I like tea"), ("bob", "- I like coffee")]
+        assert memories == [("alice", "I like tea"), ("bob", "I like coffee")]
 
         # Alice reaching for bob's session and chat: 404 on every endpoint.
         probes: list[Callable[[], Awaitable[httpx.Response]]] = [
