@@ -236,7 +236,10 @@ async def count_turns(turns: Sequence[Turn], model: Any, tokenizer: str) -> list
     if _tokenizers is None:
         _tokenizers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="chatwright-tokens")
     work = _tokenizers.submit(lambda: [int(counter(turn)) for turn in messages])
-    done, _ = await asyncio.wait({asyncio.wrap_future(work)}, timeout=TOKENIZER_WAIT)
+    waiting = asyncio.wrap_future(work)
+    # Read even when nobody waits any more, so that a late failure is not reported as lost.
+    waiting.add_done_callback(lambda f: f.cancelled() or f.exception())
+    done, _ = await asyncio.wait({waiting}, timeout=TOKENIZER_WAIT)
     if not done:
         _busy[kind] = work
         log.warning(
@@ -246,7 +249,7 @@ async def count_turns(turns: Sequence[Turn], model: Any, tokenizer: str) -> list
         )
         return [estimate(turn) for turn in messages]
     try:
-        return work.result()
+        return waiting.result()
     except Exception as exc:
         _failed[kind] = time.monotonic() + TOKENIZER_RETRY
         log.warning(
