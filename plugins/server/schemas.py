@@ -211,13 +211,9 @@ class SummaryOut(BaseModel):
     updated_at: Timestamp
 
     @classmethod
-    def of(cls, summary: ChatSummary) -> SummaryOut:
-        return cls(
-            text=summary.text,
-            through_id=summary.through_id,
-            messages=summary.messages,
-            updated_at=summary.updated_at.isoformat(),
-        )
+    def of(cls, s: ChatSummary) -> SummaryOut:
+        when = s.updated_at.isoformat()
+        return cls(text=s.text, through_id=s.through_id, messages=s.messages, updated_at=when)
 
 
 class MessagePage(BaseModel):
@@ -226,9 +222,7 @@ class MessagePage(BaseModel):
     messages: list[ChatMessage] = Field(description="Oldest first.")
     more: bool = Field(description="Whether an older page exists (pass messages[0].id as before).")
     summary: SummaryOut | None = Field(
-        None,
-        description="The chat's summary of its earlier messages (those with ids up to "
-        "through_id), the same on every page; null when it has none.",
+        None, description="The chat's summary of its earlier messages (null: none)."
     )
 
 
