@@ -365,9 +365,19 @@ class MessageStore(Protocol):
         ...
 
     async def page(
-        self, user_id: str, chat_id: uuid.UUID, *, limit: int, before: int | None = None
+        self,
+        user_id: str,
+        chat_id: uuid.UUID,
+        *,
+        limit: int,
+        before: int | None = None,
+        after: int | None = None,
     ) -> builtins.list[Message]:
-        """Up to ``limit`` messages with ``id < before`` (newest page by default), oldest first."""
+        """Up to ``limit`` messages with ``id < before`` (newest page by default), oldest first.
+
+        With ``after``, only messages with ``id > after``, and the page is the
+        oldest such one (reading forward from ``after``).
+        """
         ...
 
 

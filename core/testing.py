@@ -475,6 +475,22 @@ class StorageContract(SessionStoreContract):
         oldest = await storage.messages.page(ALICE, chat, limit=3, before=older[0].id)
         assert [m.id for m in oldest] == [stored[0].id]
 
+    async def test_pages_walk_forward_after_a_message(self, storage: Storage) -> None:
+        chat = uuid.uuid4()
+        stored = await storage.messages.append(
+            ALICE,
+            chat,
+            [NewMessage("human", {"type": "human", "content": str(i)}) for i in range(7)],
+        )
+        first = await storage.messages.page(ALICE, chat, limit=3, after=stored[0].id)
+        assert [m.content["content"] for m in first] == ["1", "2", "3"]
+        between = await storage.messages.page(
+            ALICE, chat, limit=10, after=first[-1].id, before=stored[5].id
+        )
+        assert [m.content["content"] for m in between] == ["4"]
+        assert await storage.messages.page(ALICE, chat, limit=3, after=stored[-1].id) == []
+        assert await storage.messages.page(BOB, chat, limit=3, after=0) == []
+
     # -- customizations and memories ---------------------------------------
 
     async def test_customizations_upsert_and_order(self, storage: Storage) -> None:

@@ -1,24 +1,100 @@
-"""The history a turn sends to its model: the stored window, made to fit.
+"""The history a turn sends to its model: the stored window, made to fit, and its summary.
 
 The window read at the start of a turn is the chat's last ``history_window``
-messages (:attr:`chatwright.turns.TurnStart.history`); :func:`fit` turns it
-into model input that begins at a human message.
+messages (:attr:`chatwright.turns.TurnStart.history`). :func:`fit` makes it
+model input in three steps:
+
+1. **Whole exchanges.** It begins at a human message (a window cut in the
+   middle of a turn loses that turn's start), and a tool result that answers
+   no call of the AI message before it (a hand-edited or damaged chat) is
+   left out, so no tool result reaches the model without its call. A call
+   left without a result is answered later by :func:`chatwright.history.answered`.
+2. **The token bound.** With the agent's ``history_tokens``, whole turns (a
+   human message and everything up to the next one) are dropped, oldest
+   first, until the rest counts at most that many tokens; tool calls (their
+   arguments) and tool results count. A turn is kept or dropped whole, so a
+   call is never separated from its result. When even the newest turn alone
+   is over the bound it is dropped too and the model sees only the new
+   message (and the summary): the bound is the operator's promise about cost
+   and context size, and it holds. One exception: a turn resumed after an
+   approval decision continues the newest stored turn, whose open calls the
+   decided results answer; that turn is always kept, like the new human
+   message, which is never dropped.
+3. **The summary** (agents with ``summarize``). Messages that fell out of the
+   window, older than it or dropped by the two steps above, are summarised by
+   the agent's own model and the summary is shown in the system prompt. It is
+   stored with the turn (:class:`~chatwright.stores.NewSummary`: its text, the
+   id of the last message it covers, how many it covers) and later turns
+   reuse it as it is; when more messages have fallen out since, it is
+   extended with those alone (the old summary and the new messages make the
+   new summary), never recomputed from the start. One turn reads at most
+   ``turns.summary_batch`` newly fallen messages (and a bounded transcript of
+   them, see :data:`TRANSCRIPT_CHARS`); a chat with more catches up over the
+   next turns. A failing summary call does not fail the turn: the old summary
+   is kept and the turn goes on, unless the turn ran out of time.
+
+Counting tokens (``models.tokenizer``): ``estimate`` is LangChain's
+``count_tokens_approximately``, per message: its characters (text, the
+``repr`` of its tool calls, a tool result's call id, the role and name) over
+four, rounded up, plus three. It needs nothing and is the same for every
+model. ``model`` asks the model's own ``get_num_tokens_from_messages`` where
+the model's class has one (LangChain's base version would fetch a GPT-2
+tokenizer, so it is never used), in a worker thread; a tokenizer that fails or
+takes longer than :data:`TOKENIZER_WAIT` (OpenAI's downloads its encoding on
+first use) gives the estimate instead, and is not asked again until the slow
+call has finished, or for :data:`TOKENIZER_RETRY` seconds after an error.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from chatwright.history import to_model_input
+from langchain_core.language_models import BaseLanguageModel
+from langchain_core.messages import (
+    AIMessage,
+    BaseMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+    messages_from_dict,
+)
+from langchain_core.messages.utils import count_tokens_approximately
+
+from chatwright.history import storable_value
+from chatwright.stores import Message, NewSummary
 
 if TYPE_CHECKING:
-    from langchain_core.messages import BaseMessage
-
     from chatwright.settings import Settings
-    from chatwright.stores import NewSummary, Storage
+    from chatwright.stores import ChatSummary, Storage
     from chatwright.turns import TurnStart
     from chatwright.usage import TurnUsage
+
+log = logging.getLogger(__name__)
+
+TOKENIZER_WAIT = 3.0
+"""Seconds a turn waits for a model's tokenizer before it uses the estimate."""
+TOKENIZER_RETRY = 600.0
+"""Seconds a model's tokenizer that failed is not asked again (the estimate is used)."""
+MESSAGE_CHARS = 2_000
+"""Longest text of one message in a summary's transcript (a huge tool result is cut)."""
+TRANSCRIPT_CHARS = 24_000
+"""Longest transcript one summary call reads; the messages past it wait for the next turn."""
+SUMMARY_CHARS = 8_000
+"""Longest summary kept (it goes into every system prompt of the chat)."""
+
+SUMMARY_INSTRUCTIONS = (
+    "You keep the summary of a conversation whose earlier messages no longer fit in the "
+    "context of the assistant that takes part in it. Write a concise summary in plain text "
+    "of what the later conversation may need: facts, the user's requests and preferences, "
+    "decisions, results of tool calls, open questions. Answer with the summary only."
+)
 
 
 @dataclass
@@ -34,6 +110,307 @@ class Fitted:
     """Model calls made to summarise."""
 
 
+Turn = list[tuple[Message, BaseMessage]]
+"""One turn of the window: its stored messages, each with its model message."""
+
+
 async def fit(start: TurnStart, model: Any, settings: Settings, storage: Storage) -> Fitted:
-    """The turn's history as model input (see the module docstring)."""
-    return Fitted(to_model_input(start.history))
+    """The turn's history as model input, and its summary (see the module docstring)."""
+    agent = start.agent
+    turns = split_turns(readable(start.history))
+    if agent.history_tokens is not None:
+        counts = await count_turns(turns, model, settings.models.tokenizer)
+        ongoing = bool(turns) and resumes(turns[-1], start)
+        turns = newest_that_fit(turns, counts, agent.history_tokens, keep_last=ongoing)
+    kept = [pair for turn in turns for pair in turn]
+    fitted = Fitted([message for _, message in kept])
+    if not agent.summarize:
+        return fitted
+    await summarise(fitted, start, kept, model, settings, storage)
+    return fitted
+
+
+# -- step 1: whole exchanges ---------------------------------------------------
+
+
+def parsed(stored: Message) -> BaseMessage | None:
+    """A stored message as a LangChain message; None when it cannot be read as one."""
+    if "data" not in stored.content:
+        return None
+    try:
+        return messages_from_dict([dict(stored.content)])[0]
+    except (KeyError, TypeError, ValueError) as exc:
+        log.warning("message %s of chat %s is not readable: %s", stored.id, stored.chat_id, exc)
+        return None
+
+
+def readable(stored: Sequence[Message]) -> Turn:
+    """The window from its first human message, without tool results that answer no call."""
+    out: Turn = []
+    open_calls: set[str] = set()
+    for row in stored:
+        message = parsed(row)
+        if message is None or (not out and not isinstance(message, HumanMessage)):
+            continue
+        if isinstance(message, ToolMessage):
+            if message.tool_call_id not in open_calls:
+                continue
+            open_calls.discard(message.tool_call_id)
+        elif isinstance(message, AIMessage):
+            open_calls = {str(c.get("id")) for c in message.tool_calls if c.get("id")}
+        else:
+            open_calls = set()
+        out.append((row, message))
+    return out
+
+
+def split_turns(pairs: Turn) -> list[Turn]:
+    """``pairs`` (beginning at a human message) cut before every human message."""
+    turns: list[Turn] = []
+    for pair in pairs:
+        if isinstance(pair[1], HumanMessage) or not turns:
+            turns.append([])
+        turns[-1].append(pair)
+    return turns
+
+
+def resumes(turn: Turn, start: TurnStart) -> bool:
+    """Whether ``turn`` is the one this turn continues: it holds a call waiting for a decision."""
+    waiting = {action.tool_call_id for action in start.pending}
+    return any(
+        isinstance(message, AIMessage) and any(c.get("id") in waiting for c in message.tool_calls)
+        for _, message in turn
+    )
+
+
+# -- step 2: the token bound ---------------------------------------------------
+
+
+def newest_that_fit(
+    turns: list[Turn], counts: Sequence[int], bound: int, *, keep_last: bool = False
+) -> list[Turn]:
+    """The newest turns whose counts add up to at most ``bound`` (a suffix of ``turns``).
+
+    With ``keep_last``, the newest turn is kept whatever its count (it still
+    counts against the bound for the older ones).
+    """
+    total = 0
+    first = len(turns)
+    for index in range(len(turns) - 1, -1, -1):
+        total += counts[index]
+        if total > bound and not (keep_last and index == len(turns) - 1):
+            break
+        first = index
+    return turns[first:]
+
+
+def estimate(messages: Sequence[BaseMessage]) -> int:
+    """The estimated token count of ``messages`` (see the module docstring)."""
+    return sum(count_tokens_approximately([message]) for message in messages)
+
+
+_tokenizers: ThreadPoolExecutor | None = None
+_busy: dict[type, Future[list[int]]] = {}
+"""Model classes whose tokenizer is still busy with a call the turn stopped waiting for."""
+_failed: dict[type, float] = {}
+"""Model classes whose tokenizer failed, with when it may be asked again (monotonic)."""
+
+
+def own_counter(model: Any) -> Callable[[list[BaseMessage]], int] | None:
+    """The model's own token counter, when its class has one."""
+    method = getattr(type(model), "get_num_tokens_from_messages", None)
+    if method is None or method is BaseLanguageModel.get_num_tokens_from_messages:
+        return None
+    counter: Callable[[list[BaseMessage]], int] = model.get_num_tokens_from_messages
+    return counter
+
+
+async def count_turns(turns: Sequence[Turn], model: Any, tokenizer: str) -> list[int]:
+    """Each turn's token count, by the tokenizer the settings name."""
+    global _tokenizers
+    messages = [[message for _, message in turn] for turn in turns]
+    counter = own_counter(model) if tokenizer == "model" else None
+    kind = type(model)
+    if counter is None or not messages or not _tokenizer_ready(kind):
+        return [estimate(turn) for turn in messages]
+    if _tokenizers is None:
+        _tokenizers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="chatwright-tokens")
+    work = _tokenizers.submit(lambda: [int(counter(turn)) for turn in messages])
+    waiting = asyncio.wrap_future(work)
+    # Read even when nobody waits any more, so that a late failure is not reported as lost.
+    waiting.add_done_callback(lambda f: f.cancelled() or f.exception())
+    done, _ = await asyncio.wait({waiting}, timeout=TOKENIZER_WAIT)
+    if not done:
+        _busy[kind] = work
+        log.warning(
+            "the tokenizer of %s took over %g s; history is counted by the estimate",
+            kind.__name__,
+            TOKENIZER_WAIT,
+        )
+        return [estimate(turn) for turn in messages]
+    try:
+        return waiting.result()
+    except Exception as exc:
+        _failed[kind] = time.monotonic() + TOKENIZER_RETRY
+        log.warning(
+            "the tokenizer of %s failed (%s); history is counted by the estimate",
+            kind.__name__,
+            " ".join(str(exc).split()) or type(exc).__name__,
+        )
+        return [estimate(turn) for turn in messages]
+
+
+def _tokenizer_ready(kind: type) -> bool:
+    busy = _busy.get(kind)
+    if busy is not None:
+        if not busy.done():
+            return False
+        del _busy[kind]
+    until = _failed.get(kind)
+    if until is not None:
+        if time.monotonic() < until:
+            return False
+        del _failed[kind]
+    return True
+
+
+# -- step 3: the summary -------------------------------------------------------
+
+
+async def summarise(
+    fitted: Fitted,
+    start: TurnStart,
+    kept: Turn,
+    model: Any,
+    settings: Settings,
+    storage: Storage,
+) -> None:
+    """Fill in ``fitted``'s summary: the stored one, or one extended by the messages that fell."""
+    old = start.summary
+    fitted.summary = old.text if old is not None else None
+    cut = fallen_before(start, kept)
+    after = old.through_id if old is not None else 0
+    if cut is None or cut <= after + 1:
+        return
+    try:
+        fallen = await storage.messages.page(
+            start.user_id,
+            start.chat_id,
+            limit=settings.turns.summary_batch,
+            after=after,
+            before=cut,
+        )
+        if not fallen:
+            return
+        covered, transcript = transcript_of(fallen)
+        reply = await _call(model, start, prompt(old, transcript))
+    except Exception as exc:
+        log.warning(
+            "chat %s: its summary was not extended (the summary call failed: %s); "
+            "the turn goes on with the summary it had",
+            start.chat_id,
+            " ".join(str(exc).split()) or type(exc).__name__,
+        )
+        return
+    from chatwright.usage import usage_of
+
+    fitted.usage.append(usage_of(start.agent.model, [reply], settings.usage.prices))
+    text = str(storable_value(reply.text.strip()))[:SUMMARY_CHARS]
+    if not text:
+        log.warning(
+            "chat %s: the summary call answered nothing; the old summary is kept", start.chat_id
+        )
+        return
+    fitted.summary = text
+    fitted.new_summary = NewSummary(
+        text=text,
+        through_id=covered[-1].id,
+        messages=(old.messages if old is not None else 0) + len(covered),
+    )
+
+
+def fallen_before(start: TurnStart, kept: Turn) -> int | None:
+    """The id before which every message has fallen out; None when none can have.
+
+    When nothing of the window was dropped and the window is not full, it
+    holds the whole chat and nothing fell out (no query needed).
+    """
+    if kept:
+        first = kept[0][0].id
+        whole = len(start.history) < start.agent.history_window
+        if whole and start.history and start.history[0].id == first:
+            return None
+        return first
+    if not start.history:
+        return None
+    return start.history[-1].id + 1
+
+
+def transcript_of(fallen: Sequence[Message]) -> tuple[list[Message], str]:
+    """The messages one summary call covers, and their transcript (see the limits above)."""
+    covered: list[Message] = []
+    lines: list[str] = []
+    size = 0
+    for row in fallen:
+        message = parsed(row)
+        line = line_of(message) if message is not None else ""
+        if covered and size + len(line) > TRANSCRIPT_CHARS:
+            break
+        covered.append(row)
+        if line:
+            lines.append(line)
+            size += len(line) + 1
+    return covered, "\n".join(lines)
+
+
+def line_of(message: BaseMessage) -> str:
+    """One message of a transcript: who said it, and what (cut at :data:`MESSAGE_CHARS`)."""
+    text = message.text
+    if isinstance(message, HumanMessage):
+        line = f"User: {text}"
+    elif isinstance(message, AIMessage):
+        calls = "; ".join(f"{c['name']}({_json(c.get('args'))})" for c in message.tool_calls)
+        line = "Assistant: " + text + (f" [called {calls}]" if calls else "")
+    elif isinstance(message, ToolMessage):
+        line = f"Tool result ({message.name or 'tool'}): {text}"
+    else:
+        line = f"{message.type}: {text}"
+    if len(line) > MESSAGE_CHARS:
+        line = line[:MESSAGE_CHARS] + f" […{len(line) - MESSAGE_CHARS} more characters]"
+    return line
+
+
+def _json(value: Any) -> str:
+    try:
+        return json.dumps(value, ensure_ascii=False, default=str)
+    except (TypeError, ValueError, RecursionError):
+        return repr(value)
+
+
+def prompt(old: ChatSummary | None, transcript: str) -> list[BaseMessage]:
+    """The summary call's input: the old summary (when there is one) and the new messages."""
+    if old is None:
+        body = f"Summarise this conversation:\n\n{transcript}"
+    else:
+        body = (
+            f"The summary so far:\n\n{old.text}\n\n"
+            f"Extend it with these later messages of the conversation:\n\n{transcript}"
+        )
+    return [SystemMessage(content=SUMMARY_INSTRUCTIONS), HumanMessage(content=body)]
+
+
+async def _call(model: Any, start: TurnStart, messages: list[BaseMessage]) -> AIMessage:
+    """One plain call of the agent's model (no tools), on behalf of the turn's user."""
+    from chatwright.tools import TurnContext, calling_as
+
+    turn = TurnContext(
+        user_id=start.user_id,
+        agent_name=start.agent_name,
+        chat_id=start.chat_id,
+        turn_id=start.turn_id,
+    )
+    with calling_as(turn):
+        reply = await model.ainvoke(messages)
+    if not isinstance(reply, AIMessage):
+        raise TypeError(f"the model answered a {type(reply).__name__}, not an AI message")
+    return reply

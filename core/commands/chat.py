@@ -30,6 +30,7 @@ from chatwright.message_limits import check_message  # light: no settings or pyd
 
 if TYPE_CHECKING:
     from chatwright.runtime import Runtime, Turn
+    from chatwright.stores import ChatSummary, Message
 
 
 LOCAL_USER = "local"
@@ -65,14 +66,32 @@ async def _pick_agent(runtime: Runtime, name: str | None) -> str:
     raise InvalidInputError(f"which agent? give one of: {', '.join(names)}")
 
 
-def _replay(messages: Sequence[Any]) -> None:
-    from chatwright.history import to_model_input
+def _replay(messages: Sequence[Message], summary: ChatSummary | None = None) -> None:
+    """The recent messages, dimmed; the chat's summary marked where what it covers ends."""
+    from chatwright.window import parsed
 
-    for message in to_model_input(messages):
+    started = False
+    for row in messages:
+        if summary is not None and row.id > summary.through_id:
+            _show_summary(summary)
+            summary = None
+        message = parsed(row)
+        started = started or (message is not None and message.type == "human")
+        if message is None or not started:
+            continue
         if message.type == "human":
             click.secho(f"you> {message.text}", dim=True)
         elif message.type == "ai" and message.text:
             click.secho(message.text, dim=True)
+    if summary is not None:
+        _show_summary(summary)
+
+
+def _show_summary(summary: ChatSummary) -> None:
+    n = summary.messages
+    click.secho(f"[Summary of earlier messages ({n} message{'' if n == 1 else 's'})]", bold=True)
+    click.secho(summary.text, dim=True)
+    click.secho("[End of summary]", bold=True)
 
 
 @click.command()
@@ -153,8 +172,9 @@ async def _interactive(
     with contextlib.suppress(ImportError):
         import readline  # noqa: F401  (line editing and history for input())
     recent = await runtime.storage.messages.window(user, chat_id, 10)
+    summary = await runtime.storage.summaries.get(user, chat_id)
     click.echo(f"Chat {chat_id} with {agent!r} as {user!r}. Ctrl-D or 'exit' to leave.")
-    _replay(recent)
+    _replay(recent, summary)
     waiting = await _still_waiting(runtime, user, chat_id)
     if waiting is not None:
         # Left waiting by an earlier run: those come first.

@@ -17,7 +17,7 @@ from pydantic_core import PydanticCustomError
 if TYPE_CHECKING:
     from chatwright.approvals import PendingAction
     from chatwright.runtime import ToolCallRecord, Turn
-    from chatwright.stores import ChatSession, Message, PromptCustomization, ToolRow
+    from chatwright.stores import ChatSession, ChatSummary, Message, PromptCustomization, ToolRow
 
 Timestamp = Annotated[
     str,
@@ -202,11 +202,28 @@ class ChatMessage(BaseModel):
         )
 
 
+class SummaryOut(BaseModel):
+    """A chat's summary of the messages that fell out of its window (agents with summarize)."""
+
+    text: str = Field(description="The summary, plain text, shown to the model as it is.")
+    through_id: int = Field(description="The id of the last message it covers.")
+    messages: int = Field(description="How many messages it covers in all.")
+    updated_at: Timestamp
+
+    @classmethod
+    def of(cls, s: ChatSummary) -> SummaryOut:
+        when = s.updated_at.isoformat()
+        return cls(text=s.text, through_id=s.through_id, messages=s.messages, updated_at=when)
+
+
 class MessagePage(BaseModel):
     chat_id: uuid.UUID
     agent_name: str
     messages: list[ChatMessage] = Field(description="Oldest first.")
     more: bool = Field(description="Whether an older page exists (pass messages[0].id as before).")
+    summary: SummaryOut | None = Field(
+        None, description="The chat's summary of its earlier messages (null: none)."
+    )
 
 
 class ToolCall(BaseModel):

@@ -351,19 +351,30 @@ class SQLMessageStore(BoundStore):
         return await self.page(user_id, chat_id, limit=limit)
 
     async def page(
-        self, user_id: str, chat_id: uuid.UUID, *, limit: int, before: int | None = None
+        self,
+        user_id: str,
+        chat_id: uuid.UUID,
+        *,
+        limit: int,
+        before: int | None = None,
+        after: int | None = None,
     ) -> builtins.list[Message]:
         if limit <= 0:
             return []
         m = schema.chat_messages
+        # Forward from ``after`` (oldest first), else back from ``before`` (newest first).
+        order = m.c.id.asc() if after is not None else m.c.id.desc()
         stmt = (
             sa.select(m)
             .where(m.c.chat_id == chat_id, m.c.user_id == user_id)
-            .order_by(m.c.id.desc())
+            .order_by(order)
             .limit(limit)
         )
         if before is not None:
             stmt = stmt.where(m.c.id < before)
+        if after is not None:
+            stmt = stmt.where(m.c.id > after)
         async with self.db.read(user_id) as conn:
             rows = (await conn.execute(stmt)).all()
-        return [from_row(Message, r) for r in reversed(rows)]
+        found = [from_row(Message, r) for r in rows]
+        return found if after is not None else found[::-1]

@@ -18,6 +18,7 @@ from chatwright.plugins.server.schemas import (
     ChatTurn,
     MessagePage,
     PendingErrorBody,
+    SummaryOut,
 )
 from chatwright.plugins.server.settings import ServerSettings
 from chatwright.plugins.server.streaming import EVENTS, EventStreamResponse, stream_turn
@@ -106,9 +107,11 @@ async def messages(
         raise NotFoundError(f"no chat {chat_id}")
     # One extra row tells whether an older page exists.
     page = await runtime.storage.messages.page(who.user_id, chat_id, limit=limit + 1, before=before)
+    summary = await runtime.storage.summaries.get(who.user_id, chat_id)
     return MessagePage(
         chat_id=chat_id,
         agent_name=owner[1],
         messages=[ChatMessage.of(m) for m in page[-limit:]],
         more=len(page) > limit,
+        summary=SummaryOut.of(summary) if summary is not None else None,
     )

@@ -1,0 +1,321 @@
+"""The history window made to fit a token bound (:mod:`chatwright.window`), without storage.
+
+Windows are built from LangChain messages stored as the runtime stores them
+(one :class:`~chatwright.stores.Message` each, ids ascending) and given to
+:func:`~chatwright.window.fit` as a turn would. What is checked: the output
+always starts at a human message and never holds a tool result without its
+call (nor a call whose results were dropped); it is the longest suffix of
+whole turns within the bound, exactly at the bound included; a newest turn
+alone over the bound is dropped, unless the turn resumes it after a decision;
+tool call arguments and tool results count; the ``model`` tokenizer is used
+where a model has one and the estimate replaces it when it fails or hangs.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from langchain_core.language_models.fake_chat_models import FakeListChatModel
+from langchain_core.messages import (
+    AIMessage,
+    BaseMessage,
+    HumanMessage,
+    ToolMessage,
+    message_to_dict,
+)
+
+from chatwright import testing, window
+from chatwright.approvals import PendingAction
+from chatwright.settings import Settings
+from chatwright.stores import Agent, Message
+from chatwright.turns import TurnStart
+from chatwright.window import estimate, fit
+
+CHAT = uuid.UUID(int=7)
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def rows(messages: Sequence[BaseMessage], first_id: int = 1) -> list[Message]:
+    return [
+        Message(first_id + n, CHAT, "u", m.type, message_to_dict(m), NOW)
+        for n, m in enumerate(messages)
+    ]
+
+
+def agent(**fields: Any) -> Agent:
+    values: dict[str, Any] = {
+        "id": 1,
+        "name": "a",
+        "system_prompt": "p",
+        "model": "scripted:x",
+        "model_settings": {},
+        "history_window": 1000,
+        "created_at": NOW,
+        "updated_at": NOW,
+    }
+    return Agent(**{**values, **fields})
+
+
+def start_of(
+    messages: Sequence[BaseMessage], pending: Sequence[str] = (), **fields: Any
+) -> TurnStart:
+    waiting = [
+        PendingAction(
+            uuid.uuid4(),
+            "u",
+            "a",
+            CHAT,
+            uuid.uuid4(),
+            1,
+            "t",
+            call_id,
+            {},
+            None,
+            "pending",
+            NOW,
+            NOW + timedelta(days=1),
+        )
+        for call_id in pending
+    ]
+    return TurnStart("u", "a", CHAT, agent(**fields), rows(messages), "", [], pending=waiting)
+
+
+@functools.cache
+def conf(tokenizer: str = "estimate") -> Settings:
+    return testing.settings(models={"tokenizer": tokenizer})
+
+
+async def fitted(
+    messages: Sequence[BaseMessage], bound: int | None, model: Any = None, **kw: Any
+) -> list[BaseMessage]:
+    tokenizer = kw.pop("tokenizer", "estimate")
+    start = start_of(messages, history_tokens=bound, **kw)
+    result = await fit(start, model, conf(tokenizer), None)  # type: ignore[arg-type]
+    return result.history
+
+
+def exchange(n: int, calls: int = 1, result: str = "ok", arg: str = "x") -> list[BaseMessage]:
+    """One turn: a human message, an AI message calling ``calls`` tools, their results, a reply."""
+    ids = [f"c{n}_{i}" for i in range(calls)]
+    out: list[BaseMessage] = [HumanMessage(f"question {n}")]
+    if calls:
+        out.append(
+            AIMessage("", tool_calls=[{"name": "t", "args": {"a": arg}, "id": i} for i in ids])
+        )
+        out += [ToolMessage(result, tool_call_id=i, name="t") for i in ids]
+    out.append(AIMessage(f"answer {n}"))
+    return out
+
+
+def assert_valid(messages: Sequence[BaseMessage]) -> None:
+    """Starts at a human message; every result follows its call, every call has its result."""
+    if not messages:
+        return
+    assert isinstance(messages[0], HumanMessage), messages[0]
+    pending: set[str] = set()
+    for message in messages:
+        if isinstance(message, ToolMessage):
+            assert message.tool_call_id in pending, "a tool result without its call"
+            pending.discard(message.tool_call_id)
+            continue
+        assert not pending, f"calls {pending} without their results"
+        if isinstance(message, AIMessage):
+            pending = {str(c["id"]) for c in message.tool_calls}
+    assert not pending, f"calls {pending} without their results"
+
+
+def texts(messages: Sequence[BaseMessage]) -> list[str]:
+    return [m.text for m in messages if isinstance(m, HumanMessage)]
+
+
+# --------------------------------------------------------------------------- the bound
+
+
+async def test_no_bound_keeps_the_whole_window_from_its_first_human_message() -> None:
+    history = exchange(0)[2:] + exchange(1) + exchange(2)
+    out = await fitted(history, None)
+    assert texts(out) == ["question 1", "question 2"]
+    assert_valid(out)
+
+
+async def test_exactly_at_the_bound_a_turn_is_kept_and_one_token_less_drops_it() -> None:
+    turns = [exchange(n) for n in range(3)]
+    last_two = estimate(turns[1]) + estimate(turns[2])
+    history = [m for t in turns for m in t]
+    assert texts(await fitted(history, last_two)) == ["question 1", "question 2"]
+    assert texts(await fitted(history, last_two - 1)) == ["question 2"]
+    assert texts(await fitted(history, estimate(turns[2]))) == ["question 2"]
+    everything = sum(estimate(t) for t in turns)
+    assert texts(await fitted(history, everything)) == ["question 0", "question 1", "question 2"]
+
+
+async def test_a_newest_turn_over_the_bound_alone_is_dropped() -> None:
+    history = exchange(0) + exchange(1, result="r" * 4000)
+    assert await fitted(history, estimate(exchange(1, result="r" * 4000)) - 1) == []
+    assert await fitted(history, 0) == []
+
+
+async def test_a_turn_resumed_after_a_decision_keeps_its_open_exchange_whatever_the_bound() -> None:
+    # The newest stored turn stopped at a call that waits for approval: the
+    # decided result comes with the resumed turn, so the call must stay.
+    held = [
+        HumanMessage("delete it"),
+        AIMessage("", tool_calls=[{"name": "t", "args": {"a": "x" * 2000}, "id": "held"}]),
+    ]
+    out = await fitted(exchange(0) + held, 1, pending=["held"])
+    assert [m.type for m in out] == ["human", "ai"]
+    assert out[1].tool_calls[0]["id"] == "held"  # type: ignore[attr-defined]
+    # Another chat's pending call id does not make a turn resumed.
+    assert await fitted(exchange(0) + held, 1, pending=["elsewhere"]) == []
+
+
+async def test_tool_arguments_and_results_count() -> None:
+    small, big_result, big_args = (
+        exchange(1),
+        exchange(1, result="r" * 800),
+        exchange(1, arg="a" * 800),
+    )
+    assert estimate(big_result) >= estimate(small) + 200
+    assert estimate(big_args) >= estimate(small) + 200
+    bound = estimate(exchange(0)) + estimate(small)
+    assert texts(await fitted(exchange(0) + small, bound)) == ["question 0", "question 1"]
+    assert texts(await fitted(exchange(0) + big_result, bound)) == []
+    assert texts(await fitted(exchange(0) + big_args, bound)) == []
+
+
+async def test_an_orphan_tool_result_is_left_out_and_the_rest_is_valid() -> None:
+    orphan = ToolMessage("stray", tool_call_id="nobody", name="t")
+    duplicate = ToolMessage("again", tool_call_id="c1_0", name="t")
+    turn = exchange(1)
+    history = [*exchange(0), orphan, *turn[:3], duplicate, *turn[3:]]
+    for bound in (None, 10_000):
+        out = await fitted(history, bound)
+        assert_valid(out)
+        assert "stray" not in [m.text for m in out] and "again" not in [m.text for m in out]
+        assert texts(out) == ["question 0", "question 1"]
+
+
+async def test_unreadable_stored_messages_are_skipped() -> None:
+    start = start_of(exchange(0), history_tokens=None)
+    broken = [
+        Message(100, CHAT, "u", "ai", {"type": "nonsense", "data": {"content": "?"}}, NOW),
+        Message(101, CHAT, "u", "ai", {"no": "data"}, NOW),
+    ]
+    start.history = [*start.history, *broken, *rows(exchange(1), 102)]
+    out = (await fit(start, None, conf(), None)).history  # type: ignore[arg-type]
+    assert texts(out) == ["question 0", "question 1"]
+    assert_valid(out)
+
+
+# --------------------------------------------------------------------------- properties
+
+
+@st.composite
+def windows(draw: st.DrawFn) -> list[BaseMessage]:
+    """Valid chats of random turns (tool calls, big results), cut at a random point."""
+    turns = draw(
+        st.lists(
+            st.tuples(st.integers(0, 3), st.integers(0, 600), st.integers(0, 300)),
+            min_size=0,
+            max_size=8,
+        )
+    )
+    messages: list[BaseMessage] = []
+    for n, (calls, result, arg) in enumerate(turns):
+        messages += exchange(n, calls, "r" * result, "a" * arg)
+    cut = draw(st.integers(0, len(messages)))
+    return messages[cut:]
+
+
+@given(windows(), st.integers(0, 3000))
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+async def test_any_window_fits_as_valid_model_input_within_the_bound(
+    history: list[BaseMessage], bound: int
+) -> None:
+    out = await fitted(history, bound)
+    assert_valid(out)
+    assert estimate(out) <= bound
+    # A suffix of the window, of whole turns: and the longest one that fits.
+    full = await fitted(history, None)
+    assert out == full[len(full) - len(out) :]
+    if len(out) < len(full):
+        starts = [i for i, m in enumerate(full) if isinstance(m, HumanMessage)]
+        previous = max(i for i in starts if i < len(full) - len(out))
+        assert estimate(full[previous:]) > bound
+
+
+# --------------------------------------------------------------------------- tokenizers
+
+
+class Counting(FakeListChatModel):
+    """A model whose own tokenizer says 1,000 tokens a message."""
+
+    def get_num_tokens_from_messages(self, messages: list[BaseMessage], tools: Any = None) -> int:
+        return 1000 * len(messages)
+
+
+class Failing(FakeListChatModel):
+    def get_num_tokens_from_messages(self, messages: list[BaseMessage], tools: Any = None) -> int:
+        raise RuntimeError("no encoding")
+
+
+RELEASE = threading.Event()
+
+
+class Hanging(FakeListChatModel):
+    """A tokenizer stuck on a download."""
+
+    def get_num_tokens_from_messages(self, messages: list[BaseMessage], tools: Any = None) -> int:
+        RELEASE.wait(60)
+        return 1
+
+
+async def test_the_model_tokenizer_is_used_where_the_model_has_one() -> None:
+    history = exchange(0, calls=0) + exchange(1, calls=0)  # 3 messages a turn
+    model = Counting(responses=[])
+    assert texts(await fitted(history, 3000, model, tokenizer="model")) == ["question 1"]
+    assert texts(await fitted(history, 6000, model, tokenizer="model")) == texts(history)
+    # The estimate (the setting's default) ignores the model's tokenizer.
+    assert texts(await fitted(history, 3000, model)) == texts(history)
+
+
+async def test_a_failing_tokenizer_gives_the_estimate() -> None:
+    history = exchange(0) + exchange(1)
+    bound = estimate(exchange(1))
+    out = await fitted(history, bound, Failing(responses=[]), tokenizer="model")
+    assert texts(out) == ["question 1"]
+    assert Failing in window._failed
+
+
+async def test_a_hanging_tokenizer_does_not_hold_the_turn(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(window, "TOKENIZER_WAIT", 0.2)
+    history = exchange(0) + exchange(1)
+    bound = estimate(exchange(1))
+    RELEASE.clear()
+    try:
+        began = time.monotonic()
+        out = await fitted(history, bound, Hanging(responses=[]), tokenizer="model")
+        assert texts(out) == ["question 1"]
+        # While the stuck call runs, later turns do not wait for it again.
+        again = await fitted(history, bound, Hanging(responses=[]), tokenizer="model")
+        assert texts(again) == ["question 1"]
+        assert time.monotonic() - began < 30  # far below the 60 s the tokenizer would take
+    finally:
+        RELEASE.set()
+
+
+async def test_a_model_without_a_tokenizer_of_its_own_gets_the_estimate() -> None:
+    # LangChain's base class would fetch a GPT-2 tokenizer: it is never asked.
+    history = exchange(0) + exchange(1)
+    bound = estimate(exchange(1))
+    out = await fitted(history, bound, FakeListChatModel(responses=[]), tokenizer="model")
+    assert texts(out) == ["question 1"]

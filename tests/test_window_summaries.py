@@ -1,0 +1,250 @@
+"""Stored summaries of what fell out of the window, through real turns on SQLite and PostgreSQL.
+
+The agent runs on the ``scripted`` model, whose replies are consumed in order:
+a summary call takes one reply, the turn's answer the next. Every model call's
+input is recorded, so a test sees the summary prompt (the old summary and only
+the newly fallen messages) and the system prompt the summary is shown in.
+
+What is checked: a summary is made when messages fall out of the message
+window, and stored with the turn (through the last message it covers, with
+how many it covers); the next turn extends it with the newly fallen messages
+alone; a turn where nothing new fell reuses it without a model call; messages
+dropped by the token bound are summarised too; one turn reads at most
+``turns.summary_batch`` fallen messages and later turns catch up in order; a
+failing summary call leaves the turn and the old summary alone, while a
+summary call that runs past the turn's time limit ends the turn with the
+timeout; agents without ``summarize`` never call the model for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+import pytest
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.outputs import ChatResult
+
+from chatwright.errors import TurnTimeoutError
+from chatwright.history import to_store
+from chatwright.plugins.models.scripted import ScriptedChatModel
+from chatwright.runtime import SUMMARY_HEADING, Runtime
+from chatwright.window import SUMMARY_INSTRUCTIONS
+from tests.conftest import MakeRuntime
+
+AGENT = "keeper"
+
+
+class Calls:
+    """Every scripted model call's input, in order; summary calls told apart."""
+
+    def __init__(self) -> None:
+        self.inputs: list[list[BaseMessage]] = []
+        self.fail_summaries = False
+
+    def summaries(self) -> list[str]:
+        """The prompts of the summary calls (their human message)."""
+        return [str(i[-1].content) for i in self.inputs if is_summary(i)]
+
+    def systems(self) -> list[str]:
+        """The system prompts of the turns' own model calls."""
+        return [str(i[0].content) for i in self.inputs if not is_summary(i)]
+
+
+def is_summary(messages: list[BaseMessage]) -> bool:
+    first = messages[0] if messages else None
+    return isinstance(first, SystemMessage) and first.content == SUMMARY_INSTRUCTIONS
+
+
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> Calls:
+    seen = Calls()
+    original = ScriptedChatModel._agenerate
+
+    async def recording(
+        self: ScriptedChatModel, messages: list[BaseMessage], *a: Any, **k: Any
+    ) -> ChatResult:
+        seen.inputs.append(list(messages))
+        if seen.fail_summaries and is_summary(messages):
+            raise ConnectionError("the provider hung up")
+        return await original(self, messages, *a, **k)
+
+    monkeypatch.setattr(ScriptedChatModel, "_agenerate", recording)
+    return seen
+
+
+async def keeper(runtime: Runtime, replies: list[dict[str, Any]], **fields: Any) -> uuid.UUID:
+    """The agent on the scripted model with ``replies``; a new chat of a new user with it."""
+    fields = {"history_window": 4, "summarize": True, **fields}
+    if await runtime.storage.agents.get(AGENT) is None:
+        await runtime.storage.agents.create(
+            AGENT, system_prompt="You keep notes.", model="scripted:x"
+        )
+    await runtime.storage.agents.update(AGENT, model_settings={"responses": replies}, **fields)
+    user = f"user-{uuid.uuid4().hex[:8]}"
+    session = await runtime.storage.sessions.open(user, AGENT, chat_id=uuid.uuid4())
+    return session.chat_id
+
+
+async def user_of(runtime: Runtime, chat_id: uuid.UUID) -> str:
+    owner = await runtime.storage.sessions.chat_owner(chat_id)
+    assert owner is not None
+    return owner[0]
+
+
+def answer(text: str) -> dict[str, Any]:
+    return {"content": text}
+
+
+async def test_a_summary_is_made_extended_reused_and_shown(
+    runtimes: MakeRuntime, calls: Calls
+) -> None:
+    runtime = await runtimes()
+    script = [answer("a1"), answer("a2"), answer("a3"), answer("S1"), answer("a4")]
+    script += [answer("S2"), answer("a5")]
+    chat_id = await keeper(runtime, script)
+    user = await user_of(runtime, chat_id)
+    for n in (1, 2, 3):
+        turn = await runtime.chat(user, AGENT, chat_id, f"h{n}")
+        assert turn.response == f"a{n}"
+    # Until the window (4 messages) is full, nothing fell out: no summary call.
+    assert calls.summaries() == []
+    assert await runtime.storage.summaries.get(user, chat_id) is None
+
+    # Turn 4: h1 and a1 fell out of the window.
+    turn = await runtime.chat(user, AGENT, chat_id, "h4")
+    assert turn.response == "a4"
+    assert turn.usage is not None and turn.usage.model_calls == 2
+    [first] = calls.summaries()
+    assert "User: h1" in first and "Assistant: a1" in first
+    assert "h2" not in first and "summary so far" not in first
+    assert calls.systems()[-1].endswith(SUMMARY_HEADING + "S1")
+    stored = await runtime.storage.messages.page(user, chat_id, limit=100)
+    summary = await runtime.storage.summaries.get(user, chat_id)
+    assert summary is not None
+    assert (summary.text, summary.through_id, summary.messages) == ("S1", stored[1].id, 2)
+
+    # Turn 5: h2 and a2 fell since: the old summary is extended with them alone.
+    turn = await runtime.chat(user, AGENT, chat_id, "h5")
+    assert turn.response == "a5"
+    second = calls.summaries()[1]
+    assert "The summary so far:\n\nS1" in second
+    assert "User: h2" in second and "Assistant: a2" in second
+    assert "h1" not in second and "a1" not in second and "h3" not in second
+    summary = await runtime.storage.summaries.get(user, chat_id)
+    assert summary is not None
+    assert (summary.text, summary.through_id, summary.messages) == ("S2", stored[3].id, 4)
+
+    # A wider window: nothing new fell out, the summary is shown again without a model call
+    # (the changed agent is rebuilt, its script starts again: one reply, for the turn).
+    await runtime.storage.agents.update(
+        AGENT, history_window=8, model_settings={"responses": [answer("a6")]}
+    )
+    before = len(calls.inputs)
+    turn = await runtime.chat(user, AGENT, chat_id, "h6")
+    assert turn.response == "a6"
+    assert len(calls.inputs) == before + 1 and len(calls.summaries()) == 2
+    assert calls.systems()[-1].endswith(SUMMARY_HEADING + "S2")
+    assert turn.usage is not None and turn.usage.model_calls == 1
+    again = await runtime.storage.summaries.get(user, chat_id)
+    assert again == summary
+
+
+async def test_messages_dropped_by_the_token_bound_are_summarised(
+    runtimes: MakeRuntime, calls: Calls
+) -> None:
+    runtime = await runtimes()
+    long = "x" * 400  # about 100 tokens a message: one turn of two is ~210
+    script = [answer(long), answer(long), answer("S"), answer("done")]
+    chat_id = await keeper(runtime, script, history_window=50, history_tokens=300)
+    user = await user_of(runtime, chat_id)
+    await runtime.chat(user, AGENT, chat_id, "first " + long)
+    assert calls.summaries() == []  # one turn fits: nothing dropped
+    await runtime.chat(user, AGENT, chat_id, "second " + long)
+    assert calls.summaries() == []
+    turn = await runtime.chat(user, AGENT, chat_id, "third")
+    assert turn.response == "done"
+    # The first turn no longer fits beside the second: it is summarised, the second is sent.
+    [prompt] = calls.summaries()
+    assert "User: first" in prompt and "second" not in prompt
+    model_input = calls.inputs[-1]
+    humans = [m.text for m in model_input if isinstance(m, HumanMessage)]
+    assert humans == ["second " + long, "third"]
+    stored = await runtime.storage.messages.page(user, chat_id, limit=100)
+    summary = await runtime.storage.summaries.get(user, chat_id)
+    assert summary is not None and (summary.through_id, summary.messages) == (stored[1].id, 2)
+
+
+async def test_one_turn_reads_one_batch_and_later_turns_catch_up_in_order(
+    runtimes: MakeRuntime, calls: Calls
+) -> None:
+    runtime = await runtimes()
+    script = [answer("S1"), answer("b1"), answer("S2"), answer("b2")]
+    chat_id = await keeper(runtime, script)
+    user = await user_of(runtime, chat_id)
+    # A long chat from before summaries were turned on: 30 turns of 2 messages.
+    old = [m for n in range(30) for m in (HumanMessage(f"h{n}"), AIMessage(f"a{n}"))]
+    await runtime.storage.messages.append(user, chat_id, to_store(old))
+    runtime.settings.turns.summary_batch = 10
+    await runtime.chat(user, AGENT, chat_id, "go on")
+    [first] = calls.summaries()
+    assert "User: h0" in first and "Assistant: a4" in first and "h5" not in first
+    await runtime.chat(user, AGENT, chat_id, "and on")
+    second = calls.summaries()[1]
+    assert "S1" in second and "User: h5" in second and "Assistant: a9" in second
+    assert "a4" not in second and "h10" not in second
+    summary = await runtime.storage.summaries.get(user, chat_id)
+    assert summary is not None and summary.messages == 20
+
+
+async def test_a_failing_summary_call_keeps_the_old_summary_and_the_turn(
+    runtimes: MakeRuntime, calls: Calls, caplog: pytest.LogCaptureFixture
+) -> None:
+    runtime = await runtimes()
+    script = [answer("a1"), answer("a2"), answer("S1"), answer("a3"), answer("a4")]
+    chat_id = await keeper(runtime, script, history_window=2)
+    user = await user_of(runtime, chat_id)
+    await runtime.chat(user, AGENT, chat_id, "h1")
+    await runtime.chat(user, AGENT, chat_id, "h2")
+    await runtime.chat(user, AGENT, chat_id, "h3")
+    kept = await runtime.storage.summaries.get(user, chat_id)
+    assert kept is not None and kept.text == "S1"
+    calls.fail_summaries = True
+    with caplog.at_level(logging.WARNING, logger="chatwright.window"):
+        turn = await runtime.chat(user, AGENT, chat_id, "h4")
+    assert turn.response == "a4"
+    assert "the provider hung up" in caplog.text
+    assert calls.systems()[-1].endswith(SUMMARY_HEADING + "S1")
+    assert await runtime.storage.summaries.get(user, chat_id) == kept
+
+
+async def test_a_summary_call_past_the_time_limit_ends_the_turn_with_the_timeout(
+    runtimes: MakeRuntime, calls: Calls
+) -> None:
+    runtime = await runtimes()
+    script = [answer("a1"), answer("a2"), {"content": "S", "sleep": 30}, answer("a3")]
+    chat_id = await keeper(runtime, script, history_window=2, turn_timeout=1)
+    user = await user_of(runtime, chat_id)
+    await runtime.chat(user, AGENT, chat_id, "h1")
+    await runtime.chat(user, AGENT, chat_id, "h2")
+    with pytest.raises(TurnTimeoutError):
+        await runtime.chat(user, AGENT, chat_id, "h3")
+    assert await runtime.storage.summaries.get(user, chat_id) is None
+    stored = await runtime.storage.messages.page(user, chat_id, limit=100)
+    assert [m.content["data"]["content"] for m in stored][-1] == "h3"  # the message was kept
+
+
+async def test_an_agent_without_summarize_makes_no_summary_call(
+    runtimes: MakeRuntime, calls: Calls
+) -> None:
+    runtime = await runtimes()
+    script = [answer(f"a{n}") for n in range(4)]
+    chat_id = await keeper(runtime, script, history_window=2, summarize=False)
+    user = await user_of(runtime, chat_id)
+    for n in range(4):
+        turn = await runtime.chat(user, AGENT, chat_id, f"h{n}")
+        assert turn.response == f"a{n}"
+    assert calls.summaries() == []
+    assert SUMMARY_HEADING not in calls.systems()[-1]
+    assert await runtime.storage.summaries.get(user, chat_id) is None
