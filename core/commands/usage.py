@@ -22,7 +22,7 @@ from chatwright.errors import StorageError
 
 if TYPE_CHECKING:
     from chatwright.runtime import Runtime
-    from chatwright.usage import BudgetState, UsageLine, UsageStore, UserBudget
+    from chatwright.usage import BudgetState, TurnUsage, UsageLine, UsageStore, UserBudget
 
 MAX_TOKENS = 10**15
 """The largest budget ``budgets set`` takes (far beyond any real one; the column holds it)."""
@@ -43,6 +43,19 @@ def _tokens(value: int) -> str:
 
 def _cost(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
+
+
+def usage_line(usage: TurnUsage | None, currency: str) -> str:
+    """One turn's usage in a line, as ``chatwright chat --usage`` prints it."""
+    if usage is None or not usage.model_calls:
+        return "usage: no model call"
+    calls = f"{usage.model_calls} model call{'' if usage.model_calls == 1 else 's'}"
+    cost = "" if usage.cost is None else f", cost {usage.cost:.4f} {currency}"
+    return (
+        f"usage: {_tokens(usage.total)} tokens ({_tokens(usage.input_tokens)} in, "
+        f"{_tokens(usage.cached_tokens)} of them cached, {_tokens(usage.output_tokens)} out), "
+        f"{calls}{cost}"
+    )
 
 
 # -- usage ------------------------------------------------------------------------------
