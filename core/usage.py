@@ -84,12 +84,23 @@ def usage_of(
             continue
         calls += 1
         meta = getattr(message, "usage_metadata", None) or {}
-        inputs += int(meta.get("input_tokens") or 0)
-        outputs += int(meta.get("output_tokens") or 0)
+        inputs += _count(meta.get("input_tokens"))
+        outputs += _count(meta.get("output_tokens"))
         details = meta.get("input_token_details") or {}
-        cached += int(details.get("cache_read") or 0)
-    usage = TurnUsage(model, calls, inputs, outputs, cached)
+        cached += _count(details.get("cache_read") if isinstance(details, Mapping) else None)
+    usage = TurnUsage(model, calls, inputs, outputs, min(cached, inputs))
     return priced(usage, prices)
+
+
+def _count(value: Any) -> int:
+    """A token count as a provider reported it: what cannot be one (negative, not a
+    number) counts 0, so a bad report neither breaks the turn nor gives tokens back."""
+    if isinstance(value, bool):
+        return 0
+    try:
+        return max(int(value or 0), 0)
+    except (TypeError, ValueError, OverflowError):
+        return 0
 
 
 def priced(usage: TurnUsage, prices: Mapping[str, Price] | None) -> TurnUsage:

@@ -9,6 +9,7 @@ is simulated by moving the user's recorded totals to yesterday.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import subprocess
@@ -143,13 +144,13 @@ async def serve(sql_url: str) -> AsyncIterator[Serve]:
         yield start
 
 
-def cli(url: str, *args: str) -> Any:
-    """A CLI command on the test's database, as an operator runs it."""
-    return run("--database", url, *args)
+async def cli(url: str, *args: str) -> Any:
+    """A CLI command on the test's database, as an operator runs it (its own event loop)."""
+    return await asyncio.to_thread(run, "--database", url, *args)
 
 
-def cli_json(url: str, *args: str) -> Any:
-    result = cli(url, *args, "--json")
+async def cli_json(url: str, *args: str) -> Any:
+    result = await cli(url, *args, "--json")
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
 
@@ -269,22 +270,22 @@ async def test_usage_of_turns_in_answers_report_cli_and_metrics(
 
     # The operator's view: every user, or one; the cost in the currency of the settings.
     monkeypatch.setenv("CHATWRIGHT_USAGE__CURRENCY", "EUR")
-    mine = cli_json(served.url, "usage", "--user", alice)
+    mine = await cli_json(served.url, "usage", "--user", alice)
     assert mine["currency"] == "EUR"
     assert [(line["user_id"], line["total_tokens"]) for line in mine["lines"]] == [(alice, 1800)]
     assert mine["totals"]["cost"] == pytest.approx(FIRST_COST + SECOND_COST)
-    everyone = cli_json(served.url, "usage", "--since", today)
+    everyone = await cli_json(served.url, "usage", "--since", today)
     users = {line["user_id"]: line["total_tokens"] for line in everyone["lines"]}
     assert users[alice] == 1800
     assert users[bob] == 1200
-    table = cli(served.url, "usage", "--user", bob, "--agent", AGENT)
+    table = await cli(served.url, "usage", "--user", bob, "--agent", AGENT)
     assert table.exit_code == 0, table.output
     lines = table.stdout.splitlines()
     assert "cost (EUR)" in lines[0]
     assert lines[1].split()[:4] == [today, bob, AGENT, MODEL]
     assert lines[1].split()[-2:] == ["1,200", f"{FIRST_COST:.4f}"]
     assert lines[-1].split()[0] == "total"
-    assert cli(served.url, "usage", "--agent", "no-such-agent").stdout.startswith(
+    assert (await cli(served.url, "usage", "--agent", "no-such-agent")).stdout.startswith(
         "No usage recorded"
     )
 
@@ -356,27 +357,32 @@ async def test_a_spent_budget_refuses_turns_with_429_until_it_resets(serve: Serv
 async def test_an_override_lifts_or_tightens_a_users_budget(serve: Serve) -> None:
     served = await serve(budgets={"daily_tokens": 1000})
     user, other = new_user("vip"), new_user("plain")
-    result = cli(served.url, "budgets", "set", user, "--daily", "unlimited")
+    result = await cli(served.url, "budgets", "set", user, "--daily", "unlimited")
     assert result.exit_code == 0, result.output
     chat = await served.open_chat(user)
     for _ in range(3):
         assert (await served.turn(user, chat)).status_code == 200
     # Tightened to nothing: refused at once, before any model runs.
-    assert cli(served.url, "budgets", "set", other, "--daily", "0").exit_code == 0
+    assert (await cli(served.url, "budgets", "set", other, "--daily", "0")).exit_code == 0
     refused = await served.turn(other, await served.open_chat(other))
     assert refused.status_code == 429, refused.text
     # Cleared: the setting applies again, and the vip's 1,815 tokens are past it.
-    assert cli(served.url, "budgets", "clear", user).exit_code == 0
+    assert (await cli(served.url, "budgets", "clear", user)).exit_code == 0
     assert (await served.turn(user, chat)).status_code == 429
 
 
-async def test_budgets_commands_set_show_list_and_clear(serve: Serve) -> None:
-    served = await serve(budgets={"daily_tokens": 50_000, "monthly_tokens": 900_000})
+async def test_budgets_commands_set_show_list_and_clear(
+    serve: Serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The server and the commands read the same settings, from the environment here.
+    monkeypatch.setenv("CHATWRIGHT_BUDGETS__DAILY_TOKENS", "50000")
+    monkeypatch.setenv("CHATWRIGHT_BUDGETS__MONTHLY_TOKENS", "900000")
+    served = await serve()
     user = new_user("carol")
     assert (await served.turn(user, await served.open_chat(user))).status_code == 200
     url = served.url
 
-    shown = cli_json(url, "budgets", "show", user)
+    shown = await cli_json(url, "budgets", "show", user)
     assert shown["override"] is None
     day, month = shown["budgets"]
     assert (day["period"], day["limit"], day["used"], day["remaining"]) == (
@@ -388,32 +394,32 @@ async def test_budgets_commands_set_show_list_and_clear(serve: Serve) -> None:
     assert day["resets_at"] == next_midnight().isoformat()
     assert (month["period"], month["limit"], month["used"]) == ("month", 900_000, 1200)
 
-    set_ = cli(url, "budgets", "set", user, "--daily", "5000")
+    set_ = await cli(url, "budgets", "set", user, "--daily", "5000")
     assert set_.exit_code == 0, set_.output
     assert "daily 5,000, monthly default" in set_.stdout
     # A period not given keeps what the user has.
-    assert cli(url, "budgets", "set", user, "--monthly", "unlimited").exit_code == 0
-    shown = cli_json(url, "budgets", "show", user)
+    assert (await cli(url, "budgets", "set", user, "--monthly", "unlimited")).exit_code == 0
+    shown = await cli_json(url, "budgets", "show", user)
     assert shown["override"]["daily_tokens"] == 5000
     assert shown["override"]["monthly_tokens"] == -1
     assert [b["limit"] for b in shown["budgets"]] == [5000, None]
     assert shown["budgets"][0]["remaining"] == 3800
-    text = cli(url, "budgets", "show", user).stdout
+    text = (await cli(url, "budgets", "show", user)).stdout
     assert "an override" in text and "3,800" in text
 
-    listed = cli_json(url, "budgets", "list")
+    listed = await cli_json(url, "budgets", "list")
     assert listed["settings"] == {"daily_tokens": 50_000, "monthly_tokens": 900_000}
     mine = [o for o in listed["overrides"] if o["user_id"] == user]
     assert [(o["daily_tokens"], o["monthly_tokens"]) for o in mine] == [(5000, -1)]
-    assert user in cli(url, "budgets", "list").stdout
+    assert user in (await cli(url, "budgets", "list")).stdout
 
-    assert cli(url, "budgets", "set", user, "--daily", "default").exit_code == 0
-    assert cli_json(url, "budgets", "show", user)["budgets"][0]["limit"] == 50_000
+    assert (await cli(url, "budgets", "set", user, "--daily", "default")).exit_code == 0
+    assert (await cli_json(url, "budgets", "show", user))["budgets"][0]["limit"] == 50_000
 
-    cleared = cli(url, "budgets", "clear", user)
+    cleared = await cli(url, "budgets", "clear", user)
     assert cleared.exit_code == 0 and "follows the budgets settings" in cleared.stdout
-    assert cli_json(url, "budgets", "show", user)["override"] is None
-    again = cli(url, "budgets", "clear", user)
+    assert (await cli_json(url, "budgets", "show", user))["override"] is None
+    again = await cli(url, "budgets", "clear", user)
     assert again.exit_code == 0 and "had no override" in again.stdout
 
 

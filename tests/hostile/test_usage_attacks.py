@@ -48,8 +48,8 @@ async def on_model(server: Server, model: str, usage: dict[str, Any]) -> None:
     )
 
 
-async def report(server: Server, user: str, **query: Any) -> dict[str, Any]:
-    answer = await server.client.get("/api/usage", params=query, headers=bearer(user))
+async def report(server: Server, caller: str, **query: Any) -> dict[str, Any]:
+    answer = await server.client.get("/api/usage", params=query, headers=bearer(caller))
     assert answer.status_code == 200, answer.text
     data: dict[str, Any] = answer.json()
     return data
