@@ -28,6 +28,13 @@ finds the lease held rolls back and tries again after a short, growing pause
 Turns of one chat in one process never get that far: the runtime queues them
 on an asyncio lock first. The application clock is the one compared, so the
 clocks of processes sharing a database should agree to well within a lease.
+
+With a budget, ``begin`` also checks the user's token budgets and holds a
+reservation, and ``finish`` records the turn's usage and the chat's summary
+(:mod:`.budgets`), in the same two transactions.
+
+Longer than 450 lines because a turn's transactions and the leases that
+serialise them are one mechanism, read together.
 """
 
 from __future__ import annotations
@@ -50,11 +57,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from chatwright.approvals import NewPending, PendingAction
 from chatwright.errors import ChatBusyError, StorageError, UnknownAgentError
 from chatwright.plugins.sql import schema
-from chatwright.plugins.sql.chats import insert_messages, touch_sessions
-from chatwright.plugins.sql.pending import insert_pending, pending_from_row
-from chatwright.plugins.sql.rows import from_row, now
-from chatwright.plugins.sql.stores import BoundStore
-from chatwright.plugins.sql.usage import (
+from chatwright.plugins.sql.budgets import (
     check_budget,
     override_columns,
     record_usage,
@@ -62,6 +65,10 @@ from chatwright.plugins.sql.usage import (
     upsert_summary,
     user_lock,
 )
+from chatwright.plugins.sql.chats import insert_messages, touch_sessions
+from chatwright.plugins.sql.pending import insert_pending, pending_from_row
+from chatwright.plugins.sql.rows import from_row, now
+from chatwright.plugins.sql.stores import BoundStore
 from chatwright.stores import Agent, ChatSummary, Message, NewMessage, NewSummary
 from chatwright.turns import TurnStart, approval_pending, not_your_chat
 from chatwright.usage import BudgetLimits, TurnUsage
