@@ -338,6 +338,7 @@ async def test_chat_with_the_offline_example_agent(srv: Running) -> None:
         "turn_id",
         "status",
         "pending",
+        "usage",
     }
     assert body["session_id"] == session["chat_id"]
     assert body["error"] is None
@@ -1325,11 +1326,13 @@ async def test_openapi_declares_every_answer_with_a_schema_and_errors_with_the_o
         ("put", "/api/tools/{tool_id}/approval"),
         ("get", "/api/audit"),
         ("post", "/api/chats/{chat_id}/undo"),
+        ("get", "/api/usage"),
     }
-    # A 409 may carry more than the error (the actions that wait, the action asked again):
+    # A 409 or a 429 may carry more than the error (the actions that wait, the action asked
+    # again, when the budget resets):
     # those bodies are the error body and more.
     richer = {"PendingErrorBody", "PreviewChangedBody"}
-    for name in richer:
+    for name in [*richer, "BudgetErrorBody"]:
         schema = openapi["components"]["schemas"][name]
         assert schema["required"][0] == "error", name
         assert schema["properties"]["error"] == error_schema_of(openapi)["properties"]["error"]
@@ -1351,6 +1354,7 @@ async def test_openapi_declares_every_answer_with_a_schema_and_errors_with_the_o
         for code, answer in answers.items():
             if code[0] in "45":
                 names = {"ErrorBody", *(richer if code == "409" else ())}
+                names |= {"BudgetErrorBody"} if code == "429" else set()
                 [(media_type, body)] = answer["content"].items()
                 assert media_type == "application/json", (method, path, code)
                 assert body["schema"]["$ref"].rsplit("/", 1)[1] in names, (method, path, code)

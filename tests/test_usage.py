@@ -518,3 +518,27 @@ def test_chat_prints_the_usage_of_each_reply_when_asked(
     assert quiet.exit_code == 0, quiet.output
     assert quiet.stdout == "one\n"  # each run replays the script from its start
     assert quiet.stderr == ""
+
+
+async def test_a_turn_beside_a_running_one_is_refused_when_both_would_not_fit(
+    serve: Serve,
+) -> None:
+    served = await serve(budgets={"daily_tokens": 5000, "turn_estimate": 4000})
+    small = {"input_tokens": 10, "output_tokens": 5}
+    slow = [{"content": "slow", "sleep": 3, "usage": small}, {"content": "after", "usage": small}]
+    await served.runtime.storage.agents.update(AGENT, model_settings={"responses": slow})
+    user = new_user("eager")
+    first, second = await served.open_chat(user), await served.open_chat(user)
+    running = asyncio.create_task(served.turn(user, first))
+    # The first turn holds its reservation while its model sleeps.
+    deadline = time.monotonic() + 30
+    while not await served.sql("SELECT 1 FROM usage_reservations WHERE user_id = :user", user=user):
+        assert time.monotonic() < deadline, "the first turn never started"
+        await asyncio.sleep(0.05)
+    refused = await served.turn(user, second)
+    assert refused.status_code == 429, refused.text
+    assert refused.json()["resets_at"] is None
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    assert (await running).status_code == 200
+    # Once it has ended, its 15 tokens leave room: the next turn runs.
+    assert (await served.turn(user, second)).status_code == 200
