@@ -443,6 +443,9 @@ class Runtime:
 
         turns = self.turns
         user_id, agent_name, chat_id = start.user_id, start.agent_name, start.chat_id
+        if start.turn_id is None:
+            # A turn resumed after a decision: its usage is recorded under the turn's id.
+            start.turn_id = turn_id
         produced: list[BaseMessage] = list(carried)
         kept = 0  # how many of them are stored
         ended = False
