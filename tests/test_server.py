@@ -1329,8 +1329,7 @@ async def test_openapi_declares_every_answer_with_a_schema_and_errors_with_the_o
         ("get", "/api/usage"),
     }
     # A 409 or a 429 may carry more than the error (the actions that wait, the action asked
-    # again, when the budget resets):
-    # those bodies are the error body and more.
+    # again, when the budget resets): those bodies are the error body and more.
     richer = {"PendingErrorBody", "PreviewChangedBody"}
     for name in [*richer, "BudgetErrorBody"]:
         schema = openapi["components"]["schemas"][name]
