@@ -1364,8 +1364,11 @@ async def test_openapi_declares_every_answer_with_a_schema_and_errors_with_the_o
     def codes(method: str, path: str) -> set[str]:
         return {c for c in operations[method, path]["responses"] if c[0] in "45"}
 
-    assert codes("post", "/api/chat") == {"401", "403", "404", "409", "413", "422", "502", "503"}
-    assert codes("post", "/api/chat/stream") == {"401", "403", "404", "413", "422", "503"}
+    assert codes("post", "/api/chat") == {
+        *("401", "403", "404", "409", "413", "422", "429", "502", "503")
+    }
+    assert codes("post", "/api/chat/stream") == {"401", "403", "404", "413", "422", "429", "503"}
+    assert codes("get", "/api/usage") == {"401", "403", "422", "503"}
     assert codes("get", "/api/agents/{name}") == {"401", "403", "404", "503"}
     assert codes("get", "/healthz") == {"503"}
     media = {
