@@ -84,12 +84,23 @@ def usage_of(
             continue
         calls += 1
         meta = getattr(message, "usage_metadata", None) or {}
-        inputs += int(meta.get("input_tokens") or 0)
-        outputs += int(meta.get("output_tokens") or 0)
+        inputs += _count(meta.get("input_tokens"))
+        outputs += _count(meta.get("output_tokens"))
         details = meta.get("input_token_details") or {}
-        cached += int(details.get("cache_read") or 0)
-    usage = TurnUsage(model, calls, inputs, outputs, cached)
+        cached += _count(details.get("cache_read") if isinstance(details, Mapping) else None)
+    usage = TurnUsage(model, calls, inputs, outputs, min(cached, inputs))
     return priced(usage, prices)
+
+
+def _count(value: Any) -> int:
+    """A token count as a provider reported it: what cannot be one (negative, not a
+    number) counts 0, so a bad report neither breaks the turn nor gives tokens back."""
+    if isinstance(value, bool):
+        return 0
+    try:
+        return max(int(value or 0), 0)
+    except (TypeError, ValueError, OverflowError):
+        return 0
 
 
 def priced(usage: TurnUsage, prices: Mapping[str, Price] | None) -> TurnUsage:
@@ -136,6 +147,41 @@ def next_month(at: datetime) -> datetime:
     first = month_of(at)
     year, month = (first.year + 1, 1) if first.month == 12 else (first.year, first.month + 1)
     return datetime(year, month, 1, tzinfo=UTC)
+
+
+def bound(name: str, value: str, *, end: bool = False) -> datetime:
+    """``since`` or ``until`` of a usage query: an ISO 8601 date or time (UTC when no zone).
+
+    A date as the ``end`` of a range means through that day (the next UTC
+    midnight, which the range does not include); as its start, its midnight.
+
+    :raises InvalidInputError: naming ``name``, when ``value`` is neither.
+    """
+    from chatwright.errors import InvalidInputError
+
+    text = value.strip()
+    try:
+        if len(text) == 10:
+            day = date.fromisoformat(text)
+            start = datetime.combine(day, datetime.min.time(), UTC)
+            return start + timedelta(days=1) if end else start
+        parsed = datetime.fromisoformat(text)
+        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
+    except OverflowError:
+        raise InvalidInputError(f"{name} {value[:40]!r} is out of range") from None
+    except ValueError:
+        raise InvalidInputError(
+            f"{name} {value[:40]!r} is not a date or a time: give an ISO 8601 date "
+            "(2026-11-30) or time (2026-11-30T12:00:00Z)"
+        ) from None
+
+
+def check_range(since: datetime | None, until: datetime | None, names: str) -> None:
+    """A usage range must not end before it starts (``names``: how the caller calls them)."""
+    from chatwright.errors import InvalidInputError
+
+    if since is not None and until is not None and until < since:
+        raise InvalidInputError(f"{names}: the range ends before it starts")
 
 
 # -- budgets -----------------------------------------------------------------

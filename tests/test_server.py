@@ -338,6 +338,7 @@ async def test_chat_with_the_offline_example_agent(srv: Running) -> None:
         "turn_id",
         "status",
         "pending",
+        "usage",
     }
     assert body["session_id"] == session["chat_id"]
     assert body["error"] is None
@@ -1325,11 +1326,12 @@ async def test_openapi_declares_every_answer_with_a_schema_and_errors_with_the_o
         ("put", "/api/tools/{tool_id}/approval"),
         ("get", "/api/audit"),
         ("post", "/api/chats/{chat_id}/undo"),
+        ("get", "/api/usage"),
     }
-    # A 409 may carry more than the error (the actions that wait, the action asked again):
-    # those bodies are the error body and more.
+    # A 409 or a 429 may carry more than the error (the actions that wait, the action asked
+    # again, when the budget resets): those bodies are the error body and more.
     richer = {"PendingErrorBody", "PreviewChangedBody"}
-    for name in richer:
+    for name in [*richer, "BudgetErrorBody"]:
         schema = openapi["components"]["schemas"][name]
         assert schema["required"][0] == "error", name
         assert schema["properties"]["error"] == error_schema_of(openapi)["properties"]["error"]
@@ -1351,6 +1353,7 @@ async def test_openapi_declares_every_answer_with_a_schema_and_errors_with_the_o
         for code, answer in answers.items():
             if code[0] in "45":
                 names = {"ErrorBody", *(richer if code == "409" else ())}
+                names |= {"BudgetErrorBody"} if code == "429" else set()
                 [(media_type, body)] = answer["content"].items()
                 assert media_type == "application/json", (method, path, code)
                 assert body["schema"]["$ref"].rsplit("/", 1)[1] in names, (method, path, code)
@@ -1361,8 +1364,11 @@ async def test_openapi_declares_every_answer_with_a_schema_and_errors_with_the_o
     def codes(method: str, path: str) -> set[str]:
         return {c for c in operations[method, path]["responses"] if c[0] in "45"}
 
-    assert codes("post", "/api/chat") == {"401", "403", "404", "409", "413", "422", "502", "503"}
-    assert codes("post", "/api/chat/stream") == {"401", "403", "404", "413", "422", "503"}
+    assert codes("post", "/api/chat") == {
+        *("401", "403", "404", "409", "413", "422", "429", "502", "503")
+    }
+    assert codes("post", "/api/chat/stream") == {"401", "403", "404", "413", "422", "429", "503"}
+    assert codes("get", "/api/usage") == {"401", "403", "422", "503"}
     assert codes("get", "/api/agents/{name}") == {"401", "403", "404", "503"}
     assert codes("get", "/healthz") == {"503"}
     media = {

@@ -27,6 +27,7 @@ BUILTIN_MODULES = (
     "pending",
     "audit",
     "undo",
+    "usage",
 )
 
 

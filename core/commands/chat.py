@@ -100,6 +100,9 @@ def _show_summary(summary: ChatSummary) -> None:
 @click.option("--new", "new_chat", is_flag=True, help="Start a new chat.")
 @click.option("--user", default=LOCAL_USER, show_default=True, help="Chat as this user id.")
 @click.option("-m", "--message", help="Send one message, print the reply and exit.")
+@click.option(
+    "--usage", "show_usage", is_flag=True, help="After each reply, the tokens it spent (stderr)."
+)
 @pass_app
 def chat(
     app: AppContext,
@@ -108,6 +111,7 @@ def chat(
     new_chat: bool,
     user: str,
     message: str | None,
+    show_usage: bool,
 ) -> None:
     """Chat with an agent in the terminal; history is kept in the database.
 
@@ -139,6 +143,8 @@ def chat(
         async def show(m: Any) -> None:
             show_step(m)
 
+        currency = runtime.settings.usage.currency if show_usage else None
+
         try:
             if message is not None:
                 try:
@@ -148,9 +154,9 @@ def chat(
                         f"{exc}: see `chatwright pending list --chat {session.chat_id}`",
                         exc.actions,
                     ) from None
-                _answer(turn)
+                _answer(turn, currency)
                 return
-            await _interactive(runtime, user, name, session.chat_id, show)
+            await _interactive(runtime, user, name, session.chat_id, show, currency)
         finally:
             from chatwright.sessions import deactivate
 
@@ -160,7 +166,12 @@ def chat(
 
 
 async def _interactive(
-    runtime: Runtime, user: str, agent: str, chat_id: uuid.UUID, show: Any
+    runtime: Runtime,
+    user: str,
+    agent: str,
+    chat_id: uuid.UUID,
+    show: Any,
+    currency: str | None = None,
 ) -> None:
     import asyncio
     import contextlib
@@ -182,7 +193,7 @@ async def _interactive(
         if not ask:
             _answer(waiting)
             return
-        if not await _ask_until_decided(runtime, user, waiting, show):
+        if not await _ask_until_decided(runtime, user, waiting, show, currency):
             return
     while True:
         try:
@@ -205,22 +216,30 @@ async def _interactive(
             click.secho(f"Error: {exc}", fg="red", err=True)
             continue
         if not ask:
-            _answer(turn)
+            _answer(turn, currency)
             if turn.status == "approval_required":
                 return  # nothing can be said to the chat until they are decided
             continue
-        if turn.response:
-            click.echo(turn.response)
-        if not await _ask_until_decided(runtime, user, turn, show):
+        _reply(turn, currency)
+        if not await _ask_until_decided(runtime, user, turn, show, currency):
             return
 
 
-def _answer(turn: Turn) -> None:
+def _reply(turn: Turn, currency: str | None = None) -> None:
+    """A turn's reply; with a ``currency`` (``--usage``), what it spent, on standard error."""
+    if turn.response:
+        click.echo(turn.response)
+    if currency is not None:
+        from chatwright.commands.usage import usage_line
+
+        click.secho(usage_line(turn.usage, currency), dim=True, err=True)
+
+
+def _answer(turn: Turn, currency: str | None = None) -> None:
     """A turn's reply; when it stopped for approval, the calls and how to decide them."""
     from chatwright.commands.pending import echo_waiting
 
-    if turn.response:
-        click.echo(turn.response)
+    _reply(turn, currency)
     if turn.status == "approval_required" and turn.pending:
         echo_waiting(turn.pending)
 
@@ -246,7 +265,9 @@ async def _still_waiting(runtime: Runtime, user: str, chat_id: uuid.UUID) -> Tur
     return Turn(chat_id=chat_id, response="", status="approval_required", pending=actions)
 
 
-async def _ask_until_decided(runtime: Runtime, user: str, turn: Turn, show: Any) -> bool:
+async def _ask_until_decided(
+    runtime: Runtime, user: str, turn: Turn, show: Any, currency: str | None = None
+) -> bool:
     """Ask about each waiting call, one at a time, until the turn is done.
 
     A decision continues the turn once the chat has no other waiting call, and
@@ -285,8 +306,7 @@ async def _ask_until_decided(runtime: Runtime, user: str, turn: Turn, show: Any)
             return True
         if not approve:
             click.echo("Denied; the agent is told you declined.")
-        if turn.response:
-            click.echo(turn.response)
+        _reply(turn, currency)
     return True
 
 

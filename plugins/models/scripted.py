@@ -10,11 +10,15 @@
 Each model call returns the next reply; when they run out, the model fails
 with a clear error. ``{"fail": "reason"}`` makes every call fail, to test how
 turns survive a broken model. A reply with ``"sleep": seconds`` is returned
-after that long, to hold a turn in flight. The position is kept per user of a model
-object, i.e. of a cached agent (one build serves every user): each user's turns
-replay the script from its start, and a rebuilt agent starts it again. A reply
-with ``"usage": {"input_tokens": n, "output_tokens": m, "cached": c}`` reports that
-usage (as a provider's ``usage_metadata``), for tests of usage and budgets.
+after that long, to hold a turn in flight. A reply may carry the usage a
+provider would report, ``"usage": {"input_tokens": 120, "output_tokens": 30,
+"cached": 100}``: the AI message then has ``usage_metadata`` with those input
+and output tokens, their sum as ``total_tokens``, and ``input_token_details``
+``{"cache_read": 100}`` when ``cached`` is given and not 0, so that usage,
+budgets and prices can be tested without a provider. The position is kept
+per user of a model object, i.e. of a cached agent (one build serves every
+user): each user's turns replay the script from its start, and a rebuilt agent
+starts it again.
 """
 
 from __future__ import annotations
@@ -27,12 +31,24 @@ from typing import Any, cast
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.messages.ai import InputTokenDetails, UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
 from pydantic import PrivateAttr
 
 from chatwright.errors import ModelConfigError, ModelError
+
+
+def usage_metadata(usage: Mapping[str, Any]) -> UsageMetadata:
+    """A reply's ``usage`` as LangChain's usage metadata of an AI message."""
+    inputs = int(usage.get("input_tokens", 0))
+    outputs = int(usage.get("output_tokens", 0))
+    cached = int(usage.get("cached", 0))
+    meta = UsageMetadata(input_tokens=inputs, output_tokens=outputs, total_tokens=inputs + outputs)
+    if cached:
+        meta["input_token_details"] = InputTokenDetails(cache_read=cached)
+    return meta
 
 
 class ScriptedChatModel(BaseChatModel):
@@ -94,19 +110,10 @@ class ScriptedChatModel(BaseChatModel):
             for i, call in enumerate(reply.get("tool_calls", []))
         ]
         usage = reply.get("usage")
-        if not usage:
-            return AIMessage(content=reply.get("content", ""), tool_calls=calls)
-        i, o = int(usage.get("input_tokens", 0)), int(usage.get("output_tokens", 0))
-        c = int(usage.get("cached", 0))
         return AIMessage(
             content=reply.get("content", ""),
             tool_calls=calls,
-            usage_metadata={
-                "input_tokens": i,
-                "output_tokens": o,
-                "total_tokens": i + o,
-                **({"input_token_details": {"cache_read": c}} if c else {}),
-            },
+            usage_metadata=usage_metadata(usage) if isinstance(usage, dict) else None,
         )
 
     def _generate(

@@ -30,6 +30,7 @@ from chatwright.plugins.server.routes import (
     pages,
     pending,
     sessions,
+    usage,
 )
 from chatwright.plugins.server.settings import ServerSettings
 from chatwright.plugins.server.tool_checks import ToolChecks
@@ -60,7 +61,7 @@ def create_app(settings: Settings, plugins: Plugins | None = None) -> FastAPI:
     server = settings.section(ServerSettings)
     if server.auth == "local":
         app.add_middleware(LocalOnly, allowed_hosts=server.allowed_hosts)
-    routers = (pages, health, sessions, chats, pending, audit, agents)
+    routers = (pages, health, sessions, chats, pending, audit, agents, usage)
     for module in routers:
         app.include_router(module.router)
     return app

@@ -9,6 +9,8 @@ a route can answer, so the documented errors are the real ones.
 from __future__ import annotations
 
 import logging
+import math
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
@@ -16,9 +18,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from chatwright.errors import ApprovalPendingError, ChatwrightError, PreviewChangedError
+from chatwright.errors import (
+    ApprovalPendingError,
+    BudgetExceededError,
+    ChatwrightError,
+    PreviewChangedError,
+)
 from chatwright.plugins.server.auth import AuthError
 from chatwright.plugins.server.schemas import (
+    BudgetErrorBody,
     ErrorBody,
     PendingActionOut,
     PendingErrorBody,
@@ -39,9 +47,15 @@ WHY = {
     "expired, the rows changed since the preview, or an undo would overwrite later changes.",
     413: "The message or the request body is too large.",
     422: "The request is invalid: the error names each field at fault.",
+    429: "The caller's token budget is spent (or would be by their other running turns): "
+    "no model ran and nothing was stored; retry after Retry-After seconds (resets_at says "
+    "when the budget resets).",
     502: "The model failed during the turn; the human message is kept.",
     503: "The database or the model's configuration is unavailable.",
 }
+
+LONGEST_WAIT = 32 * 86400
+"""The longest Retry-After: a monthly budget resets within a month."""
 
 # What every route that acts for a user can answer.
 USER = (401, 403, 503)
@@ -56,15 +70,47 @@ def responses(
 ) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` declaring the error body for each of ``codes``.
 
-    A 409 may answer a richer body (``conflict``) with its own explanation (``why``).
+    A 409 may answer a richer body (``conflict``) with its own explanation
+    (``why``); a 429 answers the budget's body with a ``Retry-After`` header.
     """
-    return {
-        code: {
-            "model": conflict if code == 409 else ErrorBody,
+    declared: dict[int | str, dict[str, Any]] = {}
+    for code in sorted(set(codes)):
+        model = {409: conflict, 429: BudgetErrorBody}.get(code, ErrorBody)
+        declared[code] = {
+            "model": model,
             "description": (why or WHY[code]) if code == 409 else WHY[code],
         }
-        for code in sorted(set(codes))
-    }
+        if code == 429:
+            declared[code]["headers"] = {
+                "Retry-After": {
+                    "description": "Seconds to wait before trying again.",
+                    "schema": {"type": "integer"},
+                }
+            }
+    return declared
+
+
+def retry_after(exc: BudgetExceededError) -> int:
+    """Whole seconds to wait, at least one (what ``Retry-After`` can say)."""
+    try:
+        seconds = math.ceil(float(exc.retry_after))
+    except (TypeError, ValueError, OverflowError):
+        return 1
+    return min(max(seconds, 1), LONGEST_WAIT)
+
+
+def resets_at(exc: BudgetExceededError) -> str | None:
+    when = exc.resets_at
+    return when.isoformat() if isinstance(when, datetime) else None
+
+
+def budget_response(exc: BudgetExceededError) -> JSONResponse:
+    """The 429 of a refused turn: the error, when the budget resets, and Retry-After."""
+    wait = retry_after(exc)
+    body = BudgetErrorBody(error=str(exc), resets_at=resets_at(exc), retry_after=wait)
+    return JSONResponse(
+        body.model_dump(), status_code=exc.http_status, headers={"Retry-After": str(wait)}
+    )
 
 
 def pending_of(actions: list[object]) -> list[PendingActionOut]:
@@ -114,6 +160,10 @@ def install(app: FastAPI) -> None:
         # The client needs the waiting calls to show them and decide: they come with the error.
         body = PendingErrorBody(error=str(exc), pending=pending_of(exc.actions))
         return JSONResponse(body.model_dump(mode="json"), status_code=exc.http_status)
+
+    @app.exception_handler(BudgetExceededError)
+    async def over_budget(request: Request, exc: BudgetExceededError) -> JSONResponse:
+        return budget_response(exc)
 
     @app.exception_handler(PreviewChangedError)
     async def changed(request: Request, exc: PreviewChangedError) -> JSONResponse:

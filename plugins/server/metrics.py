@@ -1,6 +1,9 @@
 """Prometheus metrics of the server, kept with ``prometheus-client``.
 
-The server counts turns by outcome and their latency; the executor cache's
+The server counts turns by outcome (``ok``, ``error``, and ``refused`` for a
+turn a spent token budget refused) and their latency, and the tokens the
+turns it answered spent by kind and model, with their cost where
+``usage.prices`` has the model (:meth:`ServerMetrics.used`); the executor cache's
 counters (hits, misses, builds, evictions by reason) and its size are copied
 from the runtime's :class:`~chatwright.cache.CacheStats` by :meth:`ServerMetrics.sync`,
 after each turn, each sweeper pass and at each scrape. Each sweeper pass adds
@@ -25,6 +28,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 if TYPE_CHECKING:
     from chatwright.cache import CacheStats
+    from chatwright.usage import TurnUsage
 
 BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
@@ -34,13 +38,32 @@ def multiprocess() -> bool:
     return bool(os.environ.get(MULTIPROCESS_DIR))
 
 
+def outcome_of(exc: BaseException) -> str:
+    """How a failed turn is counted: ``refused`` when a budget stopped it before its model ran."""
+    from chatwright.errors import BudgetExceededError
+
+    return "refused" if isinstance(exc, BudgetExceededError) else "error"
+
+
 class ServerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.turns = Counter("chatwright_turns", "Chat turns by outcome.", ["outcome"], registry=r)
-        for outcome in ("ok", "error"):
+        for outcome in ("ok", "error", "refused"):
             self.turns.labels(outcome)
+        self.tokens = Counter(
+            "chatwright_tokens",
+            "Tokens spent by turns, by kind (input, output, cached: of input) and model.",
+            ["kind", "model"],
+            registry=r,
+        )
+        self.cost = Counter(
+            "chatwright_cost",
+            "Cost of turns in usage.currency, by model (models with a price only).",
+            ["model"],
+            registry=r,
+        )
         self.turn_seconds = Histogram(
             "chatwright_turn_seconds", "Latency of chat turns.", buckets=BUCKETS, registry=r
         )
@@ -88,6 +111,25 @@ class ServerMetrics:
                 self.evictions.labels(reason).inc(new)
             self._synced_evictions[reason] = count
         self.entries.set(cached)
+
+    def used(self, usage: TurnUsage | None) -> None:
+        """Count the tokens (and cost) a turn spent."""
+        if usage is None or not usage.model_calls:
+            return
+        for kind, tokens in (
+            ("input", usage.input_tokens),
+            ("output", usage.output_tokens),
+            ("cached", usage.cached_tokens),
+        ):
+            if tokens > 0:
+                self.tokens.labels(kind, usage.model).inc(tokens)
+        if usage.cost is not None and usage.cost > 0:
+            self.cost.labels(usage.model).inc(usage.cost)
+
+    def ended(self, outcome: str, usage: TurnUsage | None = None) -> None:
+        """Count a turn that ended: its outcome and what it spent."""
+        self.turns.labels(outcome).inc()
+        self.used(usage)
 
     def swept(self, deactivated: int, seconds: float) -> None:
         """Count one sweeper pass."""

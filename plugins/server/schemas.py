@@ -4,6 +4,10 @@ Every model here appears in ``/openapi.json``. Request bodies refuse unknown
 fields and NUL characters; response models are built from the stores' rows by
 their ``of`` constructors, so each shape is written down once. Timestamps stay
 the ``isoformat()`` strings the API has always sent (``+00:00``, not ``Z``).
+
+Longer than 450 lines because a turn's answer is declared here whole (its
+tool calls, pending actions with their previews, usage, errors and stream
+events), next to the requests that start it.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ if TYPE_CHECKING:
     from chatwright.approvals import PendingAction
     from chatwright.runtime import ToolCallRecord, Turn
     from chatwright.stores import ChatSession, ChatSummary, Message, PromptCustomization, ToolRow
+    from chatwright.usage import TurnUsage
 
 Timestamp = Annotated[
     str,
@@ -282,6 +287,25 @@ class PendingActionOut(BaseModel):
         return cls.model_validate(data)
 
 
+class UsageOut(BaseModel):
+    """The tokens a turn's model calls spent."""
+
+    model: str = Field(description="The model spec of the agent.")
+    model_calls: int
+    input_tokens: int
+    output_tokens: int
+    cached_tokens: int = Field(description="Of input_tokens, those the provider had cached.")
+    total_tokens: int = Field(description="Input and output tokens: what budgets count.")
+    cost: float | None = Field(description="In usage.currency; null unless usage.prices has it.")
+
+    @classmethod
+    def of(cls, usage: TurnUsage | None) -> UsageOut | None:
+        """The usage of a turn, None when no model ran in it."""
+        if usage is None or not usage.model_calls:
+            return None
+        return cls.model_validate(usage.as_dict())
+
+
 class ChatTurn(BaseModel):
     session_id: uuid.UUID = Field(description="The chat id of the conversation.")
     response: str
@@ -296,6 +320,7 @@ class ChatTurn(BaseModel):
     pending: list[PendingActionOut] = Field(
         default_factory=list, description="With approval_required: the calls that wait."
     )
+    usage: UsageOut | None = Field(None, description="Null when no model ran in the turn.")
 
     @classmethod
     def of(cls, turn: Turn) -> ChatTurn:
@@ -307,6 +332,7 @@ class ChatTurn(BaseModel):
             turn_id=turn.turn_id,
             status="approval_required" if turn.status == "approval_required" else "done",
             pending=[PendingActionOut.of(a) for a in turn.pending],
+            usage=UsageOut.of(turn.usage),
         )
 
 
@@ -318,6 +344,16 @@ class PendingErrorBody(ErrorBody):
     """409 from a turn: the chat waits for decisions on these calls first."""
 
     pending: list[PendingActionOut]
+
+
+class BudgetErrorBody(ErrorBody):
+    """429: the caller's token budget is spent; no model ran, nothing was stored."""
+
+    resets_at: Timestamp | None = Field(
+        description="When the spent budget resets; null when only the caller's other running "
+        "turns stand in the way."
+    )
+    retry_after: int = Field(description="Seconds to wait before trying again (as Retry-After).")
 
 
 class PreviewChangedBody(ErrorBody):
@@ -438,10 +474,17 @@ class DoneEvent(BaseModel):
     turn_id: uuid.UUID | None = None
     status: Literal["done", "approval_required"] = "done"
     pending: list[PendingActionOut] = Field(default_factory=list)
+    usage: UsageOut | None = None
 
 
 class ErrorEvent(ErrorBody):
     status: int = Field(description="The status the same failure gets from POST /api/chat.")
     pending: list[PendingActionOut] | None = Field(
         default=None, description="With status 409 when the chat waits for decisions: those calls."
+    )
+    resets_at: Timestamp | None = Field(
+        default=None, description="With status 429: when the spent budget resets."
+    )
+    retry_after: int | None = Field(
+        default=None, description="With status 429: seconds to wait before trying again."
     )

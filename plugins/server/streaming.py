@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from chatwright.errors import ApprovalPendingError, ChatwrightError
+from chatwright.errors import ApprovalPendingError, BudgetExceededError, ChatwrightError
+from chatwright.plugins.server.metrics import outcome_of
 from chatwright.plugins.server.schemas import (
     ApprovalEvent,
     ChatTurn,
@@ -51,10 +52,11 @@ EVENTS = """Server-sent events, in this order:
 | `tool_call` | `ToolCallEvent` `{id, name, args}` |
 | `tool_result` | `ToolResultEvent` `{id, name, result, error}` |
 | `approval` | `ApprovalEvent` `{pending}`: the turn stopped at calls that wait for the user |
-| `done` | `DoneEvent` `{session_id, response, tool_calls, turn_id, status, pending}`, the last \
-event of a turn that worked |
-| `error` | `ErrorEvent` `{error, status, pending?}`, the last event of a turn that failed \
-(`pending` with status 409 when the chat waits for decisions) |
+| `done` | `DoneEvent` `{session_id, response, tool_calls, turn_id, status, pending, usage}`, \
+the last event of a turn that worked |
+| `error` | `ErrorEvent` `{error, status, pending?, resets_at?, retry_after?}`, the last event \
+of a turn that failed (`pending` with status 409 when the chat waits for decisions; \
+`resets_at` and `retry_after` with status 429 when the token budget is spent) |
 """
 
 
@@ -79,6 +81,37 @@ def tool_result(text: str) -> Any:
         return json.loads(text)
     except ValueError:
         return text
+
+
+async def refuse_spent(runtime: Runtime, user_id: str) -> None:
+    """Refuse a turn before its stream starts when one of the user's budgets is spent.
+
+    Only a refusal a status code can still carry: the turn's own check, with
+    its reservation for concurrent turns, happens when it begins, and its
+    refusal then is an ``error`` event with status 429.
+    """
+    from datetime import UTC, datetime
+
+    from chatwright.usage import budget_states
+
+    store = getattr(runtime.storage, "usage", None)
+    settings = runtime.settings
+    if store is None or (
+        settings.budgets.daily_tokens is None
+        and settings.budgets.monthly_tokens is None
+        and await store.budget(user_id) is None
+    ):
+        return
+    now = datetime.now(UTC)
+    for state in await budget_states(store, settings, user_id, now):
+        if state.limit is not None and state.used >= state.limit:
+            period = "daily" if state.period == "day" else "monthly"
+            raise BudgetExceededError(
+                f"your {period} token budget of {state.limit} tokens is spent ({state.used} "
+                f"used); it resets at {state.resets_at:%Y-%m-%d %H:%M} UTC",
+                resets_at=state.resets_at,
+                retry_after=(state.resets_at - now).total_seconds(),
+            )
 
 
 def stream_turn(
@@ -119,12 +152,17 @@ def stream_turn(
                 user_id, agent_name, chat_id, message, on_message=on_message, on_token=on_token
             )
         except ChatwrightError as exc:
-            metrics.turns.labels("error").inc()
+            metrics.turns.labels(outcome_of(exc)).inc()
             failed = ErrorEvent(error=str(exc), status=exc.http_status)
             if isinstance(exc, ApprovalPendingError):
                 from chatwright.plugins.server.errors import pending_of
 
                 failed.pending = pending_of(exc.actions)
+            if isinstance(exc, BudgetExceededError):
+                from chatwright.plugins.server.errors import resets_at, retry_after
+
+                failed.resets_at = resets_at(exc)
+                failed.retry_after = retry_after(exc)
             await queue.put(sse("error", failed))
         except Exception as exc:
             metrics.turns.labels("error").inc()
@@ -132,7 +170,7 @@ def stream_turn(
             failed = ErrorEvent(error=f"internal error ({type(exc).__name__})", status=500)
             await queue.put(sse("error", failed))
         else:
-            metrics.turns.labels("ok").inc()
+            metrics.ended("ok", turn.usage)
             metrics.turn_seconds.observe(time.perf_counter() - started)
             out = ChatTurn.of(turn)
             if out.pending:
@@ -144,6 +182,7 @@ def stream_turn(
                 turn_id=out.turn_id,
                 status=out.status,
                 pending=out.pending,
+                usage=out.usage,
             )
             await queue.put(sse("done", done))
         finally:

@@ -8,10 +8,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from chatwright.errors import ChatwrightError, NotFoundError
+from chatwright.errors import BudgetExceededError, ChatwrightError, NotFoundError
 from chatwright.message_limits import check_message
 from chatwright.plugins.server.dependencies import MetricsDep, RuntimeDep, SettingsDep, User
 from chatwright.plugins.server.errors import USER, responses
+from chatwright.plugins.server.metrics import outcome_of
 from chatwright.plugins.server.schemas import (
     ChatMessage,
     ChatRequest,
@@ -21,7 +22,12 @@ from chatwright.plugins.server.schemas import (
     SummaryOut,
 )
 from chatwright.plugins.server.settings import ServerSettings
-from chatwright.plugins.server.streaming import EVENTS, EventStreamResponse, stream_turn
+from chatwright.plugins.server.streaming import (
+    EVENTS,
+    EventStreamResponse,
+    refuse_spent,
+    stream_turn,
+)
 
 router = APIRouter(tags=["chats"])
 
@@ -34,7 +40,9 @@ CHAT_409 = (
 
 @router.post(
     "/api/chat",
-    responses=responses(*USER, 404, 409, 413, 422, 502, conflict=PendingErrorBody, why=CHAT_409),
+    responses=responses(
+        *USER, 404, 409, 413, 422, 429, 502, conflict=PendingErrorBody, why=CHAT_409
+    ),
 )
 async def chat(
     body: ChatRequest,
@@ -52,12 +60,12 @@ async def chat(
     started = time.perf_counter()
     try:
         turn = await runtime.chat(who.user_id, body.agent_name, body.chat_id, body.message)
-    except ChatwrightError:
-        metrics.turns.labels("error").inc()
+    except ChatwrightError as exc:
+        metrics.turns.labels(outcome_of(exc)).inc()
         raise
     finally:
         metrics.sync(runtime.cache.stats, len(runtime.cache))
-    metrics.turns.labels("ok").inc()
+    metrics.ended("ok", turn.usage)
     metrics.turn_seconds.observe(time.perf_counter() - started)
     return ChatTurn.of(turn)
 
@@ -65,7 +73,7 @@ async def chat(
 @router.post(
     "/api/chat/stream",
     response_class=EventStreamResponse,
-    responses={200: {"description": EVENTS}, **responses(*USER, 404, 413, 422)},
+    responses={200: {"description": EVENTS}, **responses(*USER, 404, 413, 422, 429)},
 )
 async def chat_stream(
     body: ChatRequest,
@@ -83,6 +91,11 @@ async def chat_stream(
     owner = await runtime.storage.sessions.chat_owner(body.chat_id)
     if owner != (who.user_id, body.agent_name):
         raise NotFoundError(f"no chat {body.chat_id} with agent {body.agent_name!r}")
+    try:
+        await refuse_spent(runtime, who.user_id)
+    except BudgetExceededError:
+        metrics.turns.labels("refused").inc()
+        raise
     keepalive = settings.section(ServerSettings).stream_keepalive
     return stream_turn(
         runtime, keepalive, metrics, who.user_id, body.agent_name, body.chat_id, body.message

@@ -67,6 +67,8 @@ async def _decide(
         turn = await runtime.decide(user_id, action_id, approve, decided_by=user_id)
     finally:
         metrics.sync(runtime.cache.stats, len(runtime.cache))
+    # Not counted as a turn (it continues one), but what its model calls spent is.
+    metrics.used(turn.usage)
     return ChatTurn.of(turn)
 
 
