@@ -407,7 +407,8 @@ async def test_messages_endpoint_pages_with_limit_and_before(srv: Running) -> No
     await chat_ok(client, chat_id, "list my tasks")
 
     whole = (await client.get(f"/api/chats/{chat_id}/messages")).json()
-    assert set(whole) == {"chat_id", "agent_name", "messages", "more"}
+    assert set(whole) == {"chat_id", "agent_name", "messages", "more", "summary"}
+    assert whole["summary"] is None
     assert whole["chat_id"] == chat_id and whole["agent_name"] == AGENT
     assert whole["more"] is False
     messages = whole["messages"]
