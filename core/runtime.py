@@ -103,6 +103,8 @@ class BuiltAgent:
     """Whether a tool row is in ``user`` approval mode (turns then read the user's choices)."""
     model: Any = None
     """The chat model the graph calls (for summaries and token counts)."""
+    recursion_limit: int = 25
+    """LangGraph's step limit for a run of ``graph``, above what the call limits allow."""
 
 
 @dataclass
@@ -276,7 +278,8 @@ class Runtime:
     async def _build_agent(self, key: Key) -> BuiltAgent:
         from langchain.agents import create_agent
 
-        from chatwright.models import build_model
+        from chatwright.limits import limits_of, recursion_limit, turn_limits
+        from chatwright.models import ClientOptions, build_model
         from chatwright.tools import TurnContext, load_tools
         from chatwright.writes import guard_writes, hold_for_approval, may_wait, row_of, writes
 
@@ -289,8 +292,13 @@ class Runtime:
                 f"agent {name!r}: model_settings is not valid JSON ({agent.model_settings.error})"
             )
         # Creating a model may import a provider package: keep that off the event loop.
+        client = ClientOptions(
+            timeout=self.settings.models.request_timeout,
+            max_retries=self.settings.models.max_retries,
+        )
+        model_settings = agent.model_settings
         model = await asyncio.to_thread(
-            build_model, self.plugins, agent.model, agent.model_settings
+            lambda: build_model(self.plugins, agent.model, model_settings, client=client)
         )
         loaded = await load_tools(self.storage, self.settings, self.plugins, name)
         # Write safety's middlewares, only where they have work to do.
@@ -300,6 +308,9 @@ class Runtime:
         hooked = self.plugins.implemented("before_write") or self.plugins.implemented("after_write")
         if hooked and any(writes(t) for t in loaded.tools):
             middleware.append(guard_writes(self.plugins, self.storage, loaded.tools))
+        # Last, so that its after-model step runs first (LangChain runs them in reverse).
+        limits = limits_of(agent, self.settings)
+        middleware.append(turn_limits(name, limits))
         graph = await asyncio.to_thread(
             lambda: create_agent(
                 model, loaded.tools, context_schema=TurnContext, middleware=middleware
@@ -315,6 +326,7 @@ class Runtime:
                 r is not None and r.approval == "user" for r in map(row_of, loaded.tools)
             ),
             model=model,
+            recursion_limit=recursion_limit(limits, len(middleware)),
         )
 
     def config_changed(self, agent_name: str) -> None:
@@ -428,6 +440,7 @@ class Runtime:
             results of decided actions when a turn resumes).
         """
         from langchain_core.messages import AIMessage, SystemMessage, ToolMessage
+        from langgraph.errors import GraphRecursionError
 
         from chatwright.history import (
             answered,
@@ -435,7 +448,7 @@ class Runtime:
             storable,
             to_store,
         )
-        from chatwright.limits import limits_of
+        from chatwright.limits import limits_of, stop_message, stopped_by
         from chatwright.prompts import fill
         from chatwright.tools import TurnContext
         from chatwright.usage import usage_of
@@ -505,7 +518,10 @@ class Runtime:
                     while True:
                         run_input = answered([*inputs, *produced])
                         async for mode, chunk in built.graph.astream(
-                            {"messages": run_input}, stream_mode=modes, context=context
+                            {"messages": run_input},
+                            {"recursion_limit": built.recursion_limit},
+                            stream_mode=modes,
+                            context=context,
                         ):
                             if mode == "messages":
                                 piece, meta = chunk
@@ -534,6 +550,19 @@ class Runtime:
                         if waiting:
                             break
                         # Every held call was refused before it could wait: the model goes on.
+            except GraphRecursionError:
+                # The call limits should end a run first; if they did not, the same clean stop.
+                produced = complete_prefix(produced)
+                produced.append(
+                    stop_message(
+                        "max_model_calls",
+                        f"I stopped here: this turn took more steps than agent {agent_name!r} "
+                        "allows. Ask me to go on, or raise its max_model_calls.",
+                    )
+                )
+                if on_message is not None:
+                    await on_message(produced[-1])
+                waiting = []
             except Exception as exc:
                 await end(complete_prefix(produced), touch=False)
                 if isinstance(exc, TimeoutError) and scope.expired():
@@ -557,6 +586,7 @@ class Runtime:
                 await end(complete_prefix(produced), touch=False)
         final = next((m for m in reversed(produced) if m.type == "ai" and m.text), None)
         return Turn(
+            stopped=stopped_by(produced[-1]) if produced and not held else None,
             chat_id=chat_id,
             response=final.text if final is not None else "",
             tool_calls=_tool_calls(produced),
