@@ -62,9 +62,7 @@ async def seed(runtime: Runtime, model: str, model_settings: dict[str, Any]) -> 
         for table in ("tasks", "notes"):
             await conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
     await example.seed(runtime.storage, model)
-    await runtime.storage.agents.update(
-        example.AGENT, model=model, model_settings=model_settings
-    )
+    await runtime.storage.agents.update(example.AGENT, model=model, model_settings=model_settings)
 
 
 async def new_chat(runtime: Runtime, user: str = USER) -> uuid.UUID:
@@ -215,9 +213,7 @@ async def test_arguments_not_json_end_the_turn_with_a_stored_message(
 async def test_model_client_gives_up_after_request_timeout(
     make: Make, openai_stub: OpenAIStub
 ) -> None:
-    runtime = await make(
-        models={"request_timeout": 0.5, "max_retries": 1}, turns={"timeout": 60}
-    )
+    runtime = await make(models={"request_timeout": 0.5, "max_retries": 1}, turns={"timeout": 60})
     await seed(runtime, "openai:hang", openai_stub.model_settings())
     chat_id = await new_chat(runtime)
     started = time.monotonic()

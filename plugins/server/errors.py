@@ -41,6 +41,7 @@ WHY = {
     422: "The request is invalid: the error names each field at fault.",
     502: "The model failed during the turn; the human message is kept.",
     503: "The database or the model's configuration is unavailable.",
+    504: "The turn ran past its time limit and was stopped; the human message is kept.",
 }
 
 # What every route that acts for a user can answer.

@@ -265,6 +265,13 @@ class PendingActionOut(BaseModel):
         return cls.model_validate(data)
 
 
+STOPPED = (
+    "Why the turn ended early, its response saying so to the user: max_model_calls or "
+    "max_tool_calls (a limit of the agent was reached), invalid_tool_call (the model's tool "
+    "call arguments were not valid JSON; nothing was run). Null when the model answered."
+)
+
+
 class ChatTurn(BaseModel):
     session_id: uuid.UUID = Field(description="The chat id of the conversation.")
     response: str
@@ -279,6 +286,9 @@ class ChatTurn(BaseModel):
     pending: list[PendingActionOut] = Field(
         default_factory=list, description="With approval_required: the calls that wait."
     )
+    stopped: Literal["max_model_calls", "max_tool_calls", "invalid_tool_call"] | None = Field(
+        None, description=STOPPED
+    )
 
     @classmethod
     def of(cls, turn: Turn) -> ChatTurn:
@@ -290,6 +300,7 @@ class ChatTurn(BaseModel):
             turn_id=turn.turn_id,
             status="approval_required" if turn.status == "approval_required" else "done",
             pending=[PendingActionOut.of(a) for a in turn.pending],
+            stopped=turn.stopped,  # type: ignore[arg-type]
         )
 
 
@@ -421,6 +432,9 @@ class DoneEvent(BaseModel):
     turn_id: uuid.UUID | None = None
     status: Literal["done", "approval_required"] = "done"
     pending: list[PendingActionOut] = Field(default_factory=list)
+    stopped: Literal["max_model_calls", "max_tool_calls", "invalid_tool_call"] | None = Field(
+        None, description=STOPPED
+    )
 
 
 class ErrorEvent(ErrorBody):

@@ -33,7 +33,9 @@ CHAT_409 = (
 
 @router.post(
     "/api/chat",
-    responses=responses(*USER, 404, 409, 413, 422, 502, conflict=PendingErrorBody, why=CHAT_409),
+    responses=responses(
+        *USER, 404, 409, 413, 422, 502, 504, conflict=PendingErrorBody, why=CHAT_409
+    ),
 )
 async def chat(
     body: ChatRequest,
