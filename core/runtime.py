@@ -84,6 +84,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Seconds closing waits for a stopped turn to store what it made.
+STOP_WAIT = 10.0
+
 SUMMARY_HEADING = "\n\nSummary of the earlier conversation:\n"
 
 OnMessage = Callable[["BaseMessage"], Awaitable[None]]
@@ -180,6 +183,9 @@ class Runtime:
         self._turns: TurnStore | None = None
         self._turns_of: Storage | None = None
         self._decisions: Decisions | None = None
+        # The tasks running a turn's model loop, with its time limit once it runs.
+        self._running: dict[asyncio.Task[Any], asyncio.Timeout | None] = {}
+        self._stopping = False
 
     @property
     def storage(self) -> Storage:
@@ -232,9 +238,32 @@ class Runtime:
             raise
         return self
 
+    def stop_turns(self) -> int:
+        """End the running turns now, as if their time limit had passed: each keeps its
+        human message and complete tool exchanges and gives its chat back, and its caller
+        gets a :class:`~chatwright.errors.TurnTimeoutError`. Turns that start later are
+        stopped at once too (the process is going away). How many were running."""
+        self._stopping = True
+        now = asyncio.get_running_loop().time()
+        for task, scope in list(self._running.items()):
+            if scope is None:
+                task.cancel()
+            elif not scope.expired():
+                scope.reschedule(now)
+        return len(self._running)
+
     async def close(self) -> None:
         if self._storage is None:
             return
+        if self._running:
+            # Turns still running store what they made and free their chats first.
+            self.stop_turns()
+            running = set(self._running)
+            _, late = await asyncio.wait(running, timeout=STOP_WAIT)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late, timeout=STOP_WAIT)
         try:
             self.plugins.notify("shutdown", runtime=self)
         finally:
@@ -488,6 +517,9 @@ class Runtime:
                 )
             )
 
+        task = asyncio.current_task()
+        if task is not None:
+            self._running[task] = None
         try:
             try:
                 built = await self.built(agent_name, start.agent.version)
@@ -510,6 +542,10 @@ class Runtime:
             scope = asyncio.timeout(limits.timeout)
             try:
                 async with scope:
+                    if task is not None:
+                        self._running[task] = scope
+                        if self._stopping:
+                            scope.reschedule(asyncio.get_running_loop().time())
                     fitted = await fit(start, built.model, self.settings, self.storage)
                     system = fill(start.agent.system_prompt, start.memory, start.instructions)
                     if fitted.summary:
@@ -565,6 +601,11 @@ class Runtime:
                 waiting = []
             except Exception as exc:
                 await end(complete_prefix(produced), touch=False)
+                if isinstance(exc, TimeoutError) and scope.expired() and self._stopping:
+                    raise TurnTimeoutError(
+                        f"the server stopped before the turn of agent {agent_name!r} "
+                        f"({start.agent.model}) ended; your message was kept, try again"
+                    ) from None
                 if isinstance(exc, TimeoutError) and scope.expired():
                     raise TurnTimeoutError(
                         f"the turn of agent {agent_name!r} ({start.agent.model}) ran past its "
@@ -580,10 +621,14 @@ class Runtime:
                 ) from exc
             await end(produced, touch=True, pending=waiting)
         finally:
-            if not ended:
-                # Cancelled, or failed outside the model: keep the complete
-                # exchanges, give the chat back.
-                await end(complete_prefix(produced), touch=False)
+            try:
+                if not ended:
+                    # Cancelled, or failed outside the model: keep the complete
+                    # exchanges, give the chat back.
+                    await end(complete_prefix(produced), touch=False)
+            finally:
+                if task is not None:
+                    self._running.pop(task, None)
         final = next((m for m in reversed(produced) if m.type == "ai" and m.text), None)
         return Turn(
             stopped=stopped_by(produced[-1]) if produced and not held else None,
