@@ -39,6 +39,11 @@ FRAMEWORK_TABLES = frozenset(
         "tool_approval_choices",
         "audit_log",
         "prompt_customizations",
+        "token_usage",
+        "usage_totals",
+        "usage_reservations",
+        "user_budgets",
+        "chat_summaries",
         "chatwright_schema_version",
     }
 )

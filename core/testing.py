@@ -732,6 +732,114 @@ class StorageContract(SessionStoreContract):
         with pytest.raises(InvalidInputError, match="limit"):
             await storage.audit.list(ALICE, limit=0)
 
+    # -- bounded turns: agent limits, usage, budgets, summaries ----------------------------
+
+    async def test_agent_limits_round_trip_and_none_follows_the_setting(
+        self, storage: Storage
+    ) -> None:
+        made = await storage.agents.create(
+            "a", system_prompt="p", model="offline:x", max_model_calls=5, summarize=True
+        )
+        assert (made.max_model_calls, made.max_tool_calls, made.summarize) == (5, None, True)
+        before = await storage.agents.config_version("a")
+        await storage.agents.update("a", max_model_calls=None, turn_timeout=9.5)
+        assert await storage.agents.config_version("a") != before
+        agent = await storage.agents.get("a")
+        assert agent is not None
+        assert (agent.max_model_calls, agent.turn_timeout, agent.summarize) == (None, 9.5, True)
+        with pytest.raises(InvalidInputError, match="max_tool_calls"):
+            await storage.agents.update("a", max_tool_calls=0)
+
+    async def test_usage_is_recorded_and_added_up_per_user_day_and_month(
+        self, storage: Storage
+    ) -> None:
+        from chatwright.usage import TurnUsage
+
+        at = datetime(2026, 5, 31, 23, 30, tzinfo=UTC)
+        chat = uuid.uuid4()
+        for user, agent, when, usage in (
+            (ALICE, "a", at, TurnUsage("m:1", 2, 100, 20, 50, 0.25)),
+            (ALICE, "a", at, TurnUsage("m:1", 1, 10, 5)),
+            (ALICE, "b", at, TurnUsage("m:2", 1, 7, 0)),
+            (ALICE, "a", at + timedelta(hours=1), TurnUsage("m:1", 1, 1, 1)),
+            (BOB, "a", at, TurnUsage("m:1", 1, 1000, 1000)),
+            (ALICE, "a", at, None),  # a turn that called no model
+        ):
+            await storage.usage.record(user, agent, chat, uuid.uuid4(), usage, when)
+        lines = await storage.usage.lines(ALICE)
+        assert [(str(x.day), x.agent_name, x.model, x.turns, x.total) for x in lines] == [
+            ("2026-05-31", "a", "m:1", 2, 135),
+            ("2026-05-31", "b", "m:2", 1, 7),
+            ("2026-06-01", "a", "m:1", 1, 2),
+        ]
+        assert (lines[0].model_calls, lines[0].cached_tokens) == (3, 50)
+        assert lines[0].cost == pytest.approx(0.25) and lines[1].cost is None
+        assert {x.user_id for x in await storage.usage.lines(None)} == {ALICE, BOB}
+        assert [x.total for x in await storage.usage.lines(ALICE, agent_name="b")] == [7]
+        spent = await storage.usage.spent(ALICE, at)
+        assert (spent.day, spent.month) == (142, 142)
+        spent = await storage.usage.spent(ALICE, at + timedelta(hours=1))
+        assert (spent.day, spent.month) == (2, 2)
+        assert (await storage.usage.spent(BOB, at)).day == 2000
+
+    async def test_reserve_checks_the_budgets_and_running_turns(self, storage: Storage) -> None:
+        from chatwright.errors import BudgetExceededError
+        from chatwright.usage import BudgetLimits, TurnUsage, next_day
+
+        at = datetime.now(UTC)
+        limits = BudgetLimits(daily=1000, monthly=None, estimate=100, hold=60)
+        running = uuid.uuid4()
+        await storage.usage.reserve(ALICE, running, limits, at)
+        await storage.usage.record(
+            ALICE, "a", uuid.uuid4(), uuid.uuid4(), TurnUsage("m", 1, 850, 0), at
+        )
+        # 850 spent and 100 held by the running turn: another 100 does not fit beside it.
+        with pytest.raises(BudgetExceededError) as refused:
+            await storage.usage.reserve(ALICE, uuid.uuid4(), limits, at)
+        assert refused.value.resets_at is None
+        await storage.usage.reserve(BOB, uuid.uuid4(), limits, at)  # another user's budget
+        # The running turn ends having spent 200: the budget is spent until tomorrow.
+        await storage.usage.record(
+            ALICE, "a", uuid.uuid4(), running, TurnUsage("m", 1, 150, 50), at
+        )
+        with pytest.raises(BudgetExceededError) as refused:
+            await storage.usage.reserve(ALICE, uuid.uuid4(), limits, at)
+        assert refused.value.resets_at == next_day(at)
+        await storage.usage.reserve(ALICE, uuid.uuid4(), limits, next_day(at))
+
+    async def test_budget_overrides_round_trip(self, storage: Storage) -> None:
+        assert await storage.usage.budget(ALICE) is None
+        assert await storage.usage.budgets() == []
+        made = await storage.usage.set_budget(ALICE, daily_tokens=-1, monthly_tokens=5000)
+        assert (made.user_id, made.daily_tokens, made.monthly_tokens) == (ALICE, -1, 5000)
+        changed = await storage.usage.set_budget(ALICE, daily_tokens=10, monthly_tokens=None)
+        await storage.usage.set_budget(BOB, daily_tokens=None, monthly_tokens=None)
+        assert await storage.usage.budget(ALICE) == changed
+        assert [b.user_id for b in await storage.usage.budgets()] == [ALICE, BOB]
+        with pytest.raises(InvalidInputError):
+            await storage.usage.set_budget(ALICE, daily_tokens=-5, monthly_tokens=None)
+        assert await storage.usage.clear_budget(ALICE) is True
+        assert await storage.usage.clear_budget(ALICE) is False
+        assert [b.user_id for b in await storage.usage.budgets()] == [BOB]
+
+    async def test_chat_summaries_belong_to_their_user(self, storage: Storage) -> None:
+        from chatwright.stores import NewSummary
+
+        await storage.agents.create("a", system_prompt="p", model="offline:x")
+        chat = (await storage.sessions.open(ALICE, "a")).chat_id
+        assert await storage.summaries.get(ALICE, chat) is None
+        first = await storage.summaries.put(ALICE, chat, NewSummary("tea ☕", 4, 3))
+        assert (first.chat_id, first.user_id, first.text, first.through_id) == (
+            chat,
+            ALICE,
+            "tea ☕",
+            4,
+        )
+        second = await storage.summaries.put(ALICE, chat, NewSummary("tea, coffee", 9, 7))
+        assert await storage.summaries.get(ALICE, chat) == second
+        assert second.messages == 7
+        assert await storage.summaries.get(BOB, chat) is None
+
 
 PREVIEW = Preview(
     table="tasks",

@@ -30,6 +30,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,10 @@ PLUGINS = Plugins.load()
 USER_TABLES = ("chat_sessions", "chat_messages", "prompt_customizations", "agent_memories")
 # The user tables of write safety (migration 0005): per-user rows too, the audit log append-only.
 WRITE_SAFETY_TABLES = ("tool_approval_choices", "pending_actions", "audit_log")
+# Bounded turns (migration 0006): chats' summaries are per-user rows; the usage tables are
+# the framework's, closed to every Data API role (a user must not rewrite what they spent).
+SUMMARY_TABLES = ("chat_summaries",)
+USAGE_TABLES = ("token_usage", "usage_totals", "usage_reservations", "user_budgets")
 ITEMS = "rls_items"
 APP_TABLES = (ITEMS, "tasks", "notes")
 AGENT = example.AGENT
@@ -735,7 +740,9 @@ async def test_migration_on_a_supabase_like_database_is_idempotent_and_keeps_its
                     "SELECT tablename, qual, with_check FROM pg_policies "
                     "WHERE policyname = 'chatwright_own_rows' ORDER BY tablename",
                 )
-                assert sorted(p[0] for p in policies) == sorted(USER_TABLES + WRITE_SAFETY_TABLES)
+                assert sorted(p[0] for p in policies) == sorted(
+                    USER_TABLES + WRITE_SAFETY_TABLES + SUMMARY_TABLES
+                )
                 for _, using, check in policies:
                     assert "auth.jwt()" in using
                     assert "auth.jwt()" in check
@@ -746,9 +753,11 @@ async def test_migration_on_a_supabase_like_database_is_idempotent_and_keeps_its
                     "JOIN pg_class t ON t.oid = i.indrelid "
                     "JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = i.indkey[0] "
                     "WHERE a.attname = 'user_id' AND t.relname = ANY(%s)",
-                    list(USER_TABLES + WRITE_SAFETY_TABLES),
+                    list(USER_TABLES + WRITE_SAFETY_TABLES + SUMMARY_TABLES),
                 )
-                assert sorted(r[0] for r in indexed) == sorted(USER_TABLES + WRITE_SAFETY_TABLES)
+                assert sorted(r[0] for r in indexed) == sorted(
+                    USER_TABLES + WRITE_SAFETY_TABLES + SUMMARY_TABLES
+                )
 
                 # The policies work with Supabase's auth.jwt(), the owner's framework
                 # statements see every row, and a user transaction only its own.
@@ -1042,6 +1051,7 @@ async def _seed_stock(db: Cluster) -> None:
             "alice", "notes", {"user_id": "alice", "body": "alice's diary"}, returning=["id"]
         )
         await _seed_write_safety(storage)
+        await _seed_usage(storage)
     finally:
         await storage.close()
 
@@ -1059,6 +1069,28 @@ async def _seed_write_safety(storage: SupabaseStorage) -> None:
     (tool,) = await storage.tools.list("paid")
     await storage.tools.update(tool.id, approval="user")
     await storage.pending.choose("alice", tool.id, "auto")
+
+
+async def _seed_usage(storage: SupabaseStorage) -> None:
+    """A turn of alice's that spent tokens, one still running (its reservation), a summary
+    of her chat and a budget override: a row in each table of migration 0006."""
+    from chatwright.stores import NewSummary
+    from chatwright.usage import BudgetLimits, TurnUsage
+
+    chat = (await storage.sessions.open("alice", "paid")).chat_id
+    limits = BudgetLimits(daily=10**6, monthly=None, estimate=100)
+    start = await storage.turns.begin(
+        "alice", "paid", chat, None, turn_id=uuid.uuid4(), budget=limits
+    )
+    await storage.turns.finish(
+        start,
+        [],
+        touch=False,
+        usage=TurnUsage("openai:gpt-4o-mini", 1, 120, 30),
+        summary=NewSummary("alice asked about her tasks", 1, 2),
+    )
+    await storage.usage.reserve("alice", uuid.uuid4(), limits, datetime.now(UTC))
+    await storage.usage.set_budget("alice", daily_tokens=5000, monthly_tokens=None)
 
 
 EXAMPLE_LIST_TASKS = {t["name"]: t["config"] for t in example.TOOLS}["list_tasks"]
@@ -1115,6 +1147,7 @@ async def test_every_table_and_sequence_is_closed_to_the_data_api_roles(
     assert {g[0] for g in granted if g[1] != "S"} == {
         *USER_TABLES,
         *WRITE_SAFETY_TABLES,
+        *SUMMARY_TABLES,
         "tasks",
         "notes",
     }
@@ -1194,6 +1227,58 @@ async def test_the_anon_key_and_a_user_jwt_cannot_reach_chatwrights_tables(
     assert await admin_rows(db, "SELECT * FROM agent_tools ORDER BY id") == tools_before
     secret = await admin_rows(db, "SELECT model_settings FROM agents WHERE name = 'paid'")
     assert secret == [({"api_key": API_KEY},)]
+
+
+async def test_a_user_jwt_can_neither_read_nor_write_the_usage_tables(
+    stock_supabase: StockSupabase,
+) -> None:
+    """What a user spent and their budget are the framework's: no Data API role reaches
+    them, not even the user's own rows; a chat's summary is the user's own row."""
+    db = stock_supabase.db
+    before = {t: await admin_rows(db, f"SELECT * FROM {t} ORDER BY 1") for t in USAGE_TABLES}
+    assert all(before.values()), before  # seeded: a refusal is not an empty table
+    attacks = [
+        *(f"SELECT * FROM {t} WHERE user_id = 'alice'" for t in USAGE_TABLES),
+        "UPDATE usage_totals SET tokens = 0",
+        "DELETE FROM token_usage",
+        "INSERT INTO token_usage (user_id, agent_name, model, input_tokens) "
+        "VALUES ('alice', 'paid', 'm', -1000000)",
+        "DELETE FROM usage_reservations",
+        "INSERT INTO user_budgets (user_id, daily_tokens) VALUES ('bob', -1)",
+        "UPDATE user_budgets SET daily_tokens = -1",
+        "TRUNCATE usage_totals",
+    ]
+    anon = await connect_as(stock_supabase.anon_login, db, "anon")
+    user = await connect_as(stock_supabase.user_login, db, "authenticated")
+    try:
+        await user.execute(
+            "SELECT set_config('request.jwt.claims', %s, false)",
+            (json.dumps({"sub": "alice", "role": "authenticated"}),),
+        )
+        for conn in (anon, user):
+            for statement in attacks:
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    await conn.execute(statement)
+        # Summaries: alice reads hers; as bob, none, and he cannot plant one in her chat.
+        cursor = await user.execute("SELECT user_id, text FROM chat_summaries")
+        assert await cursor.fetchall() == [("alice", "alice asked about her tasks")]
+        await user.execute(
+            "SELECT set_config('request.jwt.claims', %s, false)",
+            (json.dumps({"sub": "bob", "role": "authenticated"}),),
+        )
+        assert await (await user.execute("SELECT * FROM chat_summaries")).fetchall() == []
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            await user.execute(
+                "INSERT INTO chat_summaries (chat_id, user_id, text, through_id) "
+                "VALUES (gen_random_uuid(), 'alice', 'planted', 1)"
+            )
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            await anon.execute("SELECT * FROM chat_summaries")
+    finally:
+        await anon.close()
+        await user.close()
+    after = {t: await admin_rows(db, f"SELECT * FROM {t} ORDER BY 1") for t in USAGE_TABLES}
+    assert after == before
 
 
 def deployment_check() -> str:

@@ -12,7 +12,9 @@ with a clear error. ``{"fail": "reason"}`` makes every call fail, to test how
 turns survive a broken model. A reply with ``"sleep": seconds`` is returned
 after that long, to hold a turn in flight. The position is kept per user of a model
 object, i.e. of a cached agent (one build serves every user): each user's turns
-replay the script from its start, and a rebuilt agent starts it again.
+replay the script from its start, and a rebuilt agent starts it again. A reply
+with ``"usage": {"input_tokens": n, "output_tokens": m, "cached": c}`` reports that
+usage (as a provider's ``usage_metadata``), for tests of usage and budgets.
 """
 
 from __future__ import annotations
@@ -91,7 +93,21 @@ class ScriptedChatModel(BaseChatModel):
             }
             for i, call in enumerate(reply.get("tool_calls", []))
         ]
-        return AIMessage(content=reply.get("content", ""), tool_calls=calls)
+        usage = reply.get("usage")
+        if not usage:
+            return AIMessage(content=reply.get("content", ""), tool_calls=calls)
+        i, o = int(usage.get("input_tokens", 0)), int(usage.get("output_tokens", 0))
+        c = int(usage.get("cached", 0))
+        return AIMessage(
+            content=reply.get("content", ""),
+            tool_calls=calls,
+            usage_metadata={
+                "input_tokens": i,
+                "output_tokens": o,
+                "total_tokens": i + o,
+                **({"input_token_details": {"cache_read": c}} if c else {}),
+            },
+        )
 
     def _generate(
         self,

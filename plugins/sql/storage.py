@@ -12,7 +12,7 @@ the translation of driver errors are in :mod:`.engine` and :mod:`.errors`,
 migrations in :mod:`.migrate`, and what several processes coordinate through
 on PostgreSQL in :mod:`.postgres`. The stores are in :mod:`.stores` and
 :mod:`.chats` (rows become dataclasses through :mod:`.rows`), application tables
-in :mod:`.records`.
+in :mod:`.records`, token usage, budgets and chat summaries in :mod:`.usage`.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from chatwright.plugins.sql.stores import (
     SQLToolStore,
 )
 from chatwright.plugins.sql.turns import SQLTurnStore
+from chatwright.plugins.sql.usage import SQLSummaryStore, SQLUsageStore
 from chatwright.plugins.sql.user_transactions import UserTransactions
 from chatwright.settings import Settings
 
@@ -107,6 +108,8 @@ class SQLStorage:
         self.records = SQLRecordStore(self)
         self.pending = SQLPendingStore(self)
         self.audit = SQLAuditStore(self)
+        self.usage = SQLUsageStore(self)
+        self.summaries = SQLSummaryStore(self)
         self.turns: SQLTurnStore = SQLTurnStore(self)
 
     @classmethod

@@ -37,10 +37,55 @@ from chatwright.stores import (
 if TYPE_CHECKING:
     from chatwright.plugins.sql.storage import SQLStorage
 
-AGENT_FIELDS = frozenset({"system_prompt", "model", "model_settings", "history_window"})
+LIMIT_FIELDS = frozenset(
+    {"turn_timeout", "max_model_calls", "max_tool_calls", "history_tokens", "summarize"}
+)
+AGENT_FIELDS = frozenset({"system_prompt", "model", "model_settings", "history_window"}) | (
+    LIMIT_FIELDS
+)
 TOOL_FIELDS = frozenset(
     {"name", "description", "config", "is_active", "position", "approval", "approval_default"}
 )
+
+
+INT_MAX = 2**31 - 1
+
+
+def check_limits(agent: str, limits: Mapping[str, Any]) -> dict[str, Any]:
+    """The agent's limits as stored, refusing a value of the wrong kind by name.
+
+    None sets a limit back to its setting (``summarize``: off). The database's
+    CHECK constraints refuse zero and negative limits too; this says what to
+    write instead of naming a constraint.
+    """
+    checked: dict[str, Any] = {}
+    for key, value in limits.items():
+        if value is None:
+            checked[key] = False if key == "summarize" else None
+            continue
+        if key == "summarize":
+            if not isinstance(value, bool):
+                raise InvalidInputError(
+                    f"agent {agent!r}: summarize {value!r} is not true or false"
+                )
+        elif key == "turn_timeout":
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not 0 < value <= 86_400 * 7
+            ):
+                raise InvalidInputError(
+                    f"agent {agent!r}: turn_timeout {value!r} is not a number of seconds "
+                    "above 0 (at most a week); leave it unset to follow turns.timeout"
+                )
+            value = float(value)
+        elif isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= INT_MAX:
+            raise InvalidInputError(
+                f"agent {agent!r}: {key} {value!r} is not a whole number above 0; "
+                "leave it unset to follow its setting"
+            )
+        checked[key] = value
+    return checked
 
 
 def check_approval(tool: str, approval: Any, approval_default: Any) -> None:
@@ -86,7 +131,15 @@ class SQLAgentStore(BoundStore):
         model: str,
         model_settings: Mapping[str, Any] | None = None,
         history_window: int = DEFAULT_HISTORY_WINDOW,
+        **limits: Any,
     ) -> Agent:
+        unknown = set(limits) - LIMIT_FIELDS
+        if unknown:
+            raise InvalidInputError(
+                f"agent {name!r} has no setting {', '.join(sorted(unknown))}; "
+                f"the limits are {', '.join(sorted(LIMIT_FIELDS))}"
+            )
+        limits = check_limits(name, limits)
         ts = now()
         values = {
             "name": name,
@@ -94,6 +147,7 @@ class SQLAgentStore(BoundStore):
             "model": model,
             "model_settings": dict(model_settings or {}),
             "history_window": history_window,
+            **limits,
             "created_at": ts,
             "updated_at": ts,
         }
@@ -122,6 +176,7 @@ class SQLAgentStore(BoundStore):
                 f"cannot change {', '.join(sorted(unknown))} of agent {name!r}; "
                 f"changeable fields: {', '.join(sorted(AGENT_FIELDS))}"
             )
+        changes.update(check_limits(name, {k: changes[k] for k in LIMIT_FIELDS if k in changes}))
         stmt = (
             schema.agents.update()
             .where(schema.agents.c.name == name)

@@ -28,6 +28,13 @@ finds the lease held rolls back and tries again after a short, growing pause
 Turns of one chat in one process never get that far: the runtime queues them
 on an asyncio lock first. The application clock is the one compared, so the
 clocks of processes sharing a database should agree to well within a lease.
+
+With a budget, ``begin`` also checks the user's token budgets and holds a
+reservation, and ``finish`` records the turn's usage and the chat's summary
+(:mod:`.budgets`), in the same two transactions.
+
+Longer than 450 lines because a turn's transactions and the leases that
+serialise them are one mechanism, read together.
 """
 
 from __future__ import annotations
@@ -50,11 +57,19 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from chatwright.approvals import NewPending, PendingAction
 from chatwright.errors import ChatBusyError, StorageError, UnknownAgentError
 from chatwright.plugins.sql import schema
+from chatwright.plugins.sql.budgets import (
+    check_budget,
+    override_columns,
+    record_usage,
+    summary_of,
+    upsert_summary,
+    user_lock,
+)
 from chatwright.plugins.sql.chats import insert_messages, touch_sessions
 from chatwright.plugins.sql.pending import insert_pending, pending_from_row
 from chatwright.plugins.sql.rows import from_row, now
 from chatwright.plugins.sql.stores import BoundStore
-from chatwright.stores import Agent, Message, NewMessage, NewSummary
+from chatwright.stores import Agent, ChatSummary, Message, NewMessage, NewSummary
 from chatwright.turns import TurnStart, approval_pending, not_your_chat
 from chatwright.usage import BudgetLimits, TurnUsage
 
@@ -79,6 +94,8 @@ class Lease:
     chat_id: uuid.UUID
     holder: str
     renewal: asyncio.Task[None] | None = field(default=None, repr=False)
+    reserved: bool = False
+    """Whether the turn holds a budget reservation (``finish`` drops it)."""
 
 
 class SQLTurnStore(BoundStore):
@@ -195,20 +212,49 @@ class SQLTurnStore(BoundStore):
         budget: BudgetLimits | None = None,
     ) -> TurnStart:
         lease = Lease(chat_id, uuid.uuid4().hex)
+        dialect = self.db.dialect
+        # The user's budget override is read with the agent row; when a budget
+        # setting applies, the user's budget lock is taken by that statement too.
+        checked = budget if turn_id is not None else None
+        columns: list[Any] = [schema.agents]
+        lock = None
+        if checked is not None:
+            daily, monthly = override_columns(user_id)
+            columns += [daily.label("budget_daily"), monthly.label("budget_monthly")]
+            if checked.daily is not None or checked.monthly is not None:
+                lock = user_lock(dialect, user_id)
+            if lock is not None:
+                columns.append(lock.label("budget_lock"))
+        read_agent = sa.select(*columns).where(schema.agents.c.name == agent_name)
 
         async def attempt() -> TurnStart:
             # Framework statements first, then the rest as the user.
             async with self.db.write() as conn:
-                row = (
-                    await conn.execute(sa.select(schema.agents).filter_by(name=agent_name))
-                ).first()
+                row = (await conn.execute(read_agent)).first()
                 if row is None:
                     raise UnknownAgentError(agent_name)
                 agent = from_row(Agent, row)
                 taken = await self._take(conn, chat_id, lease.holder)
+                if checked is not None and turn_id is not None:
+                    # Refused: rolled back with the lease, nothing of this turn stored.
+                    lease.reserved = await check_budget(
+                        conn,
+                        dialect,
+                        user_id,
+                        turn_id,
+                        checked,
+                        row.budget_daily,
+                        row.budget_monthly,
+                        locked=lock is not None,
+                    )
                 await self.db.users.enter(conn, user_id)
-                owner, memory, instructions, waiting = await self._owner_and_prompt(
-                    conn, user_id, agent_name, chat_id, check_owner=check_owner
+                owner, memory, instructions, waiting, summary = await self._owner_and_prompt(
+                    conn,
+                    user_id,
+                    agent_name,
+                    chat_id,
+                    check_owner=check_owner,
+                    summary=agent.summarize,
                 )
                 # Not found before busy: another user's chat must not answer
                 # differently while it has a turn running.
@@ -233,6 +279,8 @@ class SQLTurnStore(BoundStore):
                 instructions,
                 lease=lease,
                 pending=pending,
+                summary=summary,
+                turn_id=turn_id,
             )
 
         start: TurnStart = await self._waiting(chat_id, attempt)
@@ -258,10 +306,26 @@ class SQLTurnStore(BoundStore):
         try:
             async with self.db.write() as conn:
                 await self._give_back(conn, lease)
+                if lease.reserved or usage is not None:
+                    # Framework tables, before the user part.
+                    await record_usage(
+                        conn,
+                        self.db.dialect,
+                        start.user_id,
+                        start.agent_name,
+                        start.chat_id,
+                        start.turn_id,
+                        usage,
+                        reserved=lease.reserved,
+                    )
                 await self.db.users.enter(conn, start.user_id)
                 await insert_messages(conn, start.user_id, start.chat_id, messages, returning=False)
                 if touch:
                     await touch_sessions(conn, start.user_id, start.chat_id)
+                if summary is not None:
+                    await upsert_summary(
+                        conn, self.db.dialect, start.user_id, start.chat_id, summary
+                    )
                 # With the messages: a stopped turn's calls and its history stand or fall together.
                 return await insert_pending(
                     conn, start.user_id, start.agent_name, start.chat_id, pending
@@ -333,9 +397,11 @@ class SQLTurnStore(BoundStore):
         chat_id: uuid.UUID,
         *,
         check_owner: bool,
-    ) -> tuple[tuple[str, str] | None, str, list[str], int]:
-        """The chat's owner (with ``check_owner``), the memory, the instructions, and
-        how many of the chat's actions are pending.
+        summary: bool = False,
+    ) -> tuple[tuple[str, str] | None, str, list[str], int, ChatSummary | None]:
+        """The chat's owner (with ``check_owner``), the memory, the instructions,
+        how many of the chat's actions are pending, and (with ``summary``) the
+        chat's summary.
 
         One statement instead of four: a turn's round trips are its cost. The
         pending actions themselves are read only when there are any.
@@ -354,6 +420,18 @@ class SQLTurnStore(BoundStore):
                 p.c.chat_id == chat_id, p.c.user_id == user_id, p.c.status == "pending"
             ),
         ]
+        if summary:
+            # Its time comes back as text, as the column it shares is one.
+            cs = schema.chat_summaries
+            parts.append(
+                sa.select(
+                    sa.literal(4),
+                    cs.c.text,
+                    sa.cast(cs.c.updated_at, sa.String),
+                    cs.c.through_id,
+                    cs.c.messages,
+                ).where(cs.c.chat_id == chat_id, cs.c.user_id == user_id)
+            )
         if check_owner:
             # The first session decides (as SQLSessionStore.owner).
             first = (
@@ -376,6 +454,7 @@ class SQLTurnStore(BoundStore):
         stmt = sa.union_all(*named).order_by("part", sa.desc("rank"), "n")
         owner: tuple[str, str] | None = None
         notes, instructions, waiting = "", [], 0
+        found: ChatSummary | None = None
         for row in await conn.execute(stmt):
             if row.part == 0:
                 owner = (row.a, row.b)
@@ -383,6 +462,8 @@ class SQLTurnStore(BoundStore):
                 notes = row.a or ""
             elif row.part == 2:
                 instructions.append(row.a)
-            else:
+            elif row.part == 3:
                 waiting = int(row.rank)
-        return owner, notes, instructions, waiting
+            else:
+                found = summary_of(chat_id, user_id, row.a, row.rank, row.n, row.b)
+        return owner, notes, instructions, waiting, found
