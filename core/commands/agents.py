@@ -44,7 +44,7 @@ def _parse_settings(pairs: Sequence[str]) -> dict[str, Any]:
     return result
 
 
-class OrNone(click.ParamType):
+class OrNone(click.ParamType[Any, Any]):
     """A number, or ``none`` (the agent then follows the setting of the same name)."""
 
     def __init__(self, kind: type[int] | type[float]) -> None:
@@ -235,11 +235,22 @@ def agents_add(
     model: str | None,
     settings_: Sequence[str],
     history_window: int | None,
-    **limits: Any,
+    turn_timeout: Any,
+    max_model_calls: Any,
+    max_tool_calls: Any,
+    history_tokens: Any,
+    summarize: bool | None,
 ) -> None:
     """Add an agent (model defaults to the models.default setting)."""
     from chatwright.agents import check_model_provider, validate_agent
 
+    limits = {
+        "turn_timeout": turn_timeout,
+        "max_model_calls": max_model_calls,
+        "max_tool_calls": max_tool_calls,
+        "history_tokens": history_tokens,
+        "summarize": summarize,
+    }
     fields = _agent_fields(prompt, prompt_file, model, settings_, history_window, limits)
     if "model" not in fields:
         if app.settings.models.default is None:
@@ -272,7 +283,11 @@ def agents_set(
     model: str | None,
     settings_: Sequence[str],
     history_window: int | None,
-    **limits: Any,
+    turn_timeout: Any,
+    max_model_calls: Any,
+    max_tool_calls: Any,
+    history_tokens: Any,
+    summarize: bool | None,
 ) -> None:
     """Change an agent's prompt, model, model settings, history window or bounds.
 
@@ -281,6 +296,13 @@ def agents_set(
     """
     from chatwright.agents import check_model_provider, validate_agent
 
+    limits = {
+        "turn_timeout": turn_timeout,
+        "max_model_calls": max_model_calls,
+        "max_tool_calls": max_tool_calls,
+        "history_tokens": history_tokens,
+        "summarize": summarize,
+    }
     fields = _agent_fields(prompt, prompt_file, model, settings_, history_window, limits)
     if not fields:
         raise click.UsageError(
