@@ -273,3 +273,44 @@ async def test_turn_usage_comes_from_the_provider(
     assert turn.usage.input_tokens == reported["prompt_tokens"]
     assert turn.usage.output_tokens == reported["completion_tokens"]
     assert turn.usage.cached_tokens == reported["prompt_tokens_details"]["cached_tokens"]
+
+
+# --------------------------------------------------------------------------- decisions
+
+
+async def test_a_resumed_turn_is_bounded_and_counts_the_calls_before_it(make: Make) -> None:
+    runtime = await make(turns={"timeout": 1.0, "max_model_calls": 2})
+    script = [
+        {"tool_calls": [{"name": "add_task", "args": {"title": "milk"}}]},
+        {"content": "too late", "sleep": 30},
+    ]
+    await seed(runtime, "scripted:x", {"responses": script})
+    for row in await runtime.storage.tools.list(example.AGENT):
+        if row.name == "add_task":
+            await runtime.storage.tools.update(row.id, approval="required")
+    chat_id = await new_chat(runtime)
+    turn = await runtime.chat(USER, example.AGENT, chat_id, "add milk")
+    (action,) = turn.pending
+    started = time.monotonic()
+    with pytest.raises(TurnTimeoutError):
+        await runtime.decide(USER, action.id, True)
+    assert time.monotonic() - started < 15
+    assert await task_count(runtime) == 1  # the approved call ran and is kept
+    assert_valid_history(to_model_input(await stored(runtime, chat_id)))
+    # The chat is free: a turn on it starts at once (a rebuilt agent replays its new script).
+    await runtime.storage.agents.update(
+        example.AGENT, model_settings={"responses": [{"content": "hello"}]}
+    )
+    started = time.monotonic()
+    nxt = await runtime.chat(USER, example.AGENT, chat_id, "again")
+    assert nxt.response == "hello"
+    assert time.monotonic() - started < 15
+
+
+async def test_the_agent_row_limit_wins_over_the_setting(make: Make) -> None:
+    runtime = await make(turns={"max_model_calls": 50})
+    await seed(runtime, "scripted:x", {"responses": add_task_forever(100)})
+    await runtime.storage.agents.update(example.AGENT, max_model_calls=2)
+    turn = await runtime.chat(USER, example.AGENT, await new_chat(runtime), "go")
+    assert turn.stopped == "max_model_calls"
+    assert await task_count(runtime) == 2
