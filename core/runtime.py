@@ -494,7 +494,9 @@ class Runtime:
         spent: TurnUsage | None = None
 
         def usage() -> TurnUsage:
-            made = usage_of(start.agent.model, produced, self.settings.usage.prices)
+            # A stop message is the runtime's, not a model call.
+            calls = [m for m in produced if stopped_by(m) is None]
+            made = usage_of(start.agent.model, calls, self.settings.usage.prices)
             for extra in fitted.usage:
                 made = made.plus(extra)
             return made

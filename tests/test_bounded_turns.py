@@ -165,6 +165,7 @@ async def test_stub_loop_stops_at_the_limit_and_the_next_turn_works(
     assert len(openai_stub.requests) == 4
     assert all(r.stream is stream for r in openai_stub.requests)
     assert turn.usage is not None and turn.usage.input_tokens > 0
+    assert turn.usage.model_calls == 4  # the stop message is not one
     # The stored history is valid OpenAI input: the next turn (another model) answers.
     await runtime.storage.agents.update(example.AGENT, model="openai:echo")
     nxt = await runtime.chat(USER, example.AGENT, chat_id, "and now?")
