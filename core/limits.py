@@ -2,14 +2,22 @@
 
 Each comes from the agent row when it sets one (``turn_timeout``,
 ``max_model_calls``, ``max_tool_calls``), else from the ``turns`` settings.
+The runtime enforces the time limit; the call limits are a middleware of the
+built agent (:func:`turn_limits`), which also ends a turn at a reply whose
+tool calls are not valid JSON. Both end the turn with a message to the user,
+stored with the chat and marked (:func:`stopped_by`), never with an error:
+the chat goes on from there.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
+
     from chatwright.settings import Settings
     from chatwright.stores import Agent
 
@@ -33,3 +41,116 @@ def limits_of(agent: Agent, settings: Settings) -> Limits:
             agent.max_tool_calls if agent.max_tool_calls is not None else turns.max_tool_calls
         ),
     )
+
+
+# The key, in a stop message's response_metadata, naming why the turn stopped.
+STOPPED = "chatwright_stopped"
+
+
+def stopped_by(message: BaseMessage) -> str | None:
+    """Why the turn stopped, when ``message`` is a stop message of :func:`turn_limits`."""
+    reason = message.response_metadata.get(STOPPED) if message.type == "ai" else None
+    return reason if isinstance(reason, str) else None
+
+
+def stop_message(reason: str, text: str) -> AIMessage:
+    from langchain_core.messages import AIMessage
+
+    return AIMessage(content=text, response_metadata={STOPPED: reason})
+
+
+def _this_turn(messages: Sequence[BaseMessage]) -> Sequence[BaseMessage]:
+    """The messages after the turn's human message (a resumed turn's earlier calls too)."""
+    for i in range(len(messages) - 1, -1, -1):
+        if messages[i].type == "human":
+            return messages[i + 1 :]
+    return messages
+
+
+def not_run(call_id: str | None, name: str, reason: str) -> ToolMessage:
+    from langchain_core.messages import ToolMessage
+
+    return ToolMessage(
+        content=f"Not run: {reason}", tool_call_id=call_id or "", name=name, status="error"
+    )
+
+
+def recursion_limit(limits: Limits, middlewares: int) -> int:
+    """A LangGraph step limit the model and tool limits always reach first.
+
+    One model call is a before-model step, the model, an after-model step per
+    middleware and the tools: well under ``middlewares + 4`` steps.
+    """
+    return (limits.max_model_calls + 2) * (middlewares + 5) + 25
+
+
+def turn_limits(agent_name: str, limits: Limits) -> Any:
+    """The middleware that ends a turn at its model or tool call limit, or at a reply
+    whose tool calls have arguments that are not valid JSON.
+
+    It counts the turn's messages (those after its human message), so a turn
+    resumed after a decision counts the calls made before it. A reply whose tool
+    calls would pass ``max_tool_calls`` has none of them run: each gets a "not
+    run" result, so the stored history stays one a model API accepts. The turn
+    then ends with a message to the user saying why (see :func:`stopped_by`).
+    """
+    from langchain.agents.middleware import AgentMiddleware, hook_config
+    from langchain_core.messages import AIMessage
+
+    def model_calls(turn: Sequence[BaseMessage]) -> int:
+        return sum(1 for m in turn if isinstance(m, AIMessage) and stopped_by(m) is None)
+
+    def tool_calls(turn: Sequence[BaseMessage]) -> int:
+        return sum(len(m.tool_calls) for m in turn if isinstance(m, AIMessage))
+
+    class TurnLimits(AgentMiddleware):
+        @hook_config(can_jump_to=["end"])
+        async def abefore_model(self, state: Any, runtime: Any) -> dict[str, Any] | None:
+            if model_calls(_this_turn(state["messages"])) < limits.max_model_calls:
+                return None
+            text = (
+                f"I stopped here: this turn reached its limit of {limits.max_model_calls} "
+                f"model calls (max_model_calls of agent {agent_name!r}). Ask me to go on, "
+                "or raise the limit."
+            )
+            return {"messages": [stop_message("max_model_calls", text)], "jump_to": "end"}
+
+        @hook_config(can_jump_to=["end"])
+        async def aafter_model(self, state: Any, runtime: Any) -> dict[str, Any] | None:
+            messages = state["messages"]
+            last = messages[-1] if messages else None
+            if not isinstance(last, AIMessage):
+                return None
+            if last.invalid_tool_calls:
+                names = ", ".join(
+                    sorted({c.get("name") or "(unnamed)" for c in last.invalid_tool_calls})
+                )
+                reason = "the reply had tool calls whose arguments are not valid JSON"
+                results = [
+                    not_run(c.get("id"), c.get("name") or "", reason)
+                    for c in [*last.invalid_tool_calls, *last.tool_calls]
+                ]
+                text = (
+                    f"The model called {names} with arguments that are not valid JSON, so "
+                    "nothing was run. Please try again, perhaps in other words."
+                )
+                return {
+                    "messages": [*results, stop_message("invalid_tool_call", text)],
+                    "jump_to": "end",
+                }
+            if not last.tool_calls or tool_calls(_this_turn(messages)) <= limits.max_tool_calls:
+                return None
+            reason = f"the turn reached its limit of {limits.max_tool_calls} tool calls"
+            text = (
+                f"I stopped here: this turn reached its limit of {limits.max_tool_calls} "
+                f"tool calls (max_tool_calls of agent {agent_name!r}), so my last "
+                f"{'call was' if len(last.tool_calls) == 1 else 'calls were'} not run. "
+                "Ask me to go on, or raise the limit."
+            )
+            results = [not_run(c.get("id"), c["name"], reason) for c in last.tool_calls]
+            return {
+                "messages": [*results, stop_message("max_tool_calls", text)],
+                "jump_to": "end",
+            }
+
+    return TurnLimits()

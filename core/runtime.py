@@ -84,6 +84,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Seconds closing waits for a stopped turn to store what it made.
+STOP_WAIT = 10.0
+
 SUMMARY_HEADING = "\n\nSummary of the earlier conversation:\n"
 
 OnMessage = Callable[["BaseMessage"], Awaitable[None]]
@@ -103,6 +106,8 @@ class BuiltAgent:
     """Whether a tool row is in ``user`` approval mode (turns then read the user's choices)."""
     model: Any = None
     """The chat model the graph calls (for summaries and token counts)."""
+    recursion_limit: int = 25
+    """LangGraph's step limit for a run of ``graph``, above what the call limits allow."""
 
 
 @dataclass
@@ -178,6 +183,9 @@ class Runtime:
         self._turns: TurnStore | None = None
         self._turns_of: Storage | None = None
         self._decisions: Decisions | None = None
+        # The tasks running a turn's model loop, with its time limit once it runs.
+        self._running: dict[asyncio.Task[Any], asyncio.Timeout | None] = {}
+        self._stopping = False
 
     @property
     def storage(self) -> Storage:
@@ -230,9 +238,32 @@ class Runtime:
             raise
         return self
 
+    def stop_turns(self) -> int:
+        """End the running turns now, as if their time limit had passed: each keeps its
+        human message and complete tool exchanges and gives its chat back, and its caller
+        gets a :class:`~chatwright.errors.TurnTimeoutError`. Turns that start later are
+        stopped at once too (the process is going away). How many were running."""
+        self._stopping = True
+        now = asyncio.get_running_loop().time()
+        for task, scope in list(self._running.items()):
+            if scope is None:
+                task.cancel()
+            elif not scope.expired():
+                scope.reschedule(now)
+        return len(self._running)
+
     async def close(self) -> None:
         if self._storage is None:
             return
+        if self._running:
+            # Turns still running store what they made and free their chats first.
+            self.stop_turns()
+            running = set(self._running)
+            _, late = await asyncio.wait(running, timeout=STOP_WAIT)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late, timeout=STOP_WAIT)
         try:
             self.plugins.notify("shutdown", runtime=self)
         finally:
@@ -276,7 +307,8 @@ class Runtime:
     async def _build_agent(self, key: Key) -> BuiltAgent:
         from langchain.agents import create_agent
 
-        from chatwright.models import build_model
+        from chatwright.limits import limits_of, recursion_limit, turn_limits
+        from chatwright.models import ClientOptions, build_model
         from chatwright.tools import TurnContext, load_tools
         from chatwright.writes import guard_writes, hold_for_approval, may_wait, row_of, writes
 
@@ -289,8 +321,13 @@ class Runtime:
                 f"agent {name!r}: model_settings is not valid JSON ({agent.model_settings.error})"
             )
         # Creating a model may import a provider package: keep that off the event loop.
+        client = ClientOptions(
+            timeout=self.settings.models.request_timeout,
+            max_retries=self.settings.models.max_retries,
+        )
+        model_settings = agent.model_settings
         model = await asyncio.to_thread(
-            build_model, self.plugins, agent.model, agent.model_settings
+            lambda: build_model(self.plugins, agent.model, model_settings, client=client)
         )
         loaded = await load_tools(self.storage, self.settings, self.plugins, name)
         # Write safety's middlewares, only where they have work to do.
@@ -300,6 +337,9 @@ class Runtime:
         hooked = self.plugins.implemented("before_write") or self.plugins.implemented("after_write")
         if hooked and any(writes(t) for t in loaded.tools):
             middleware.append(guard_writes(self.plugins, self.storage, loaded.tools))
+        # Last, so that its after-model step runs first (LangChain runs them in reverse).
+        limits = limits_of(agent, self.settings)
+        middleware.append(turn_limits(name, limits))
         graph = await asyncio.to_thread(
             lambda: create_agent(
                 model, loaded.tools, context_schema=TurnContext, middleware=middleware
@@ -315,6 +355,7 @@ class Runtime:
                 r is not None and r.approval == "user" for r in map(row_of, loaded.tools)
             ),
             model=model,
+            recursion_limit=recursion_limit(limits, len(middleware)),
         )
 
     def config_changed(self, agent_name: str) -> None:
@@ -428,6 +469,7 @@ class Runtime:
             results of decided actions when a turn resumes).
         """
         from langchain_core.messages import AIMessage, SystemMessage, ToolMessage
+        from langgraph.errors import GraphRecursionError
 
         from chatwright.history import (
             answered,
@@ -435,7 +477,7 @@ class Runtime:
             storable,
             to_store,
         )
-        from chatwright.limits import limits_of
+        from chatwright.limits import limits_of, stop_message, stopped_by
         from chatwright.prompts import fill
         from chatwright.tools import TurnContext
         from chatwright.usage import usage_of
@@ -455,7 +497,9 @@ class Runtime:
         spent: TurnUsage | None = None
 
         def usage() -> TurnUsage:
-            made = usage_of(start.agent.model, produced, self.settings.usage.prices)
+            # A stop message is the runtime's, not a model call.
+            calls = [m for m in produced if stopped_by(m) is None]
+            made = usage_of(start.agent.model, calls, self.settings.usage.prices)
             for extra in fitted.usage:
                 made = made.plus(extra)
             return made
@@ -478,6 +522,9 @@ class Runtime:
                 )
             )
 
+        task = asyncio.current_task()
+        if task is not None:
+            self._running[task] = None
         try:
             try:
                 built = await self.built(agent_name, start.agent.version)
@@ -500,6 +547,10 @@ class Runtime:
             scope = asyncio.timeout(limits.timeout)
             try:
                 async with scope:
+                    if task is not None:
+                        self._running[task] = scope
+                        if self._stopping:
+                            scope.reschedule(asyncio.get_running_loop().time())
                     fitted = await fit(start, built.model, self.settings, self.storage)
                     system = fill(
                         start.agent.system_prompt,
@@ -513,7 +564,10 @@ class Runtime:
                     while True:
                         run_input = answered([*inputs, *produced])
                         async for mode, chunk in built.graph.astream(
-                            {"messages": run_input}, stream_mode=modes, context=context
+                            {"messages": run_input},
+                            {"recursion_limit": built.recursion_limit},
+                            stream_mode=modes,
+                            context=context,
                         ):
                             if mode == "messages":
                                 piece, meta = chunk
@@ -542,8 +596,26 @@ class Runtime:
                         if waiting:
                             break
                         # Every held call was refused before it could wait: the model goes on.
+            except GraphRecursionError:
+                # The call limits should end a run first; if they did not, the same clean stop.
+                produced = complete_prefix(produced)
+                produced.append(
+                    stop_message(
+                        "max_model_calls",
+                        f"I stopped here: this turn took more steps than agent {agent_name!r} "
+                        "allows. Ask me to go on, or raise its max_model_calls.",
+                    )
+                )
+                if on_message is not None:
+                    await on_message(produced[-1])
+                waiting = []
             except Exception as exc:
                 await end(complete_prefix(produced), touch=False)
+                if isinstance(exc, TimeoutError) and scope.expired() and self._stopping:
+                    raise TurnTimeoutError(
+                        f"the server stopped before the turn of agent {agent_name!r} "
+                        f"({start.agent.model}) ended; your message was kept, try again"
+                    ) from None
                 if isinstance(exc, TimeoutError) and scope.expired():
                     raise TurnTimeoutError(
                         f"the turn of agent {agent_name!r} ({start.agent.model}) ran past its "
@@ -559,12 +631,17 @@ class Runtime:
                 ) from exc
             await end(produced, touch=True, pending=waiting)
         finally:
-            if not ended:
-                # Cancelled, or failed outside the model: keep the complete
-                # exchanges, give the chat back.
-                await end(complete_prefix(produced), touch=False)
+            try:
+                if not ended:
+                    # Cancelled, or failed outside the model: keep the complete
+                    # exchanges, give the chat back.
+                    await end(complete_prefix(produced), touch=False)
+            finally:
+                if task is not None:
+                    self._running.pop(task, None)
         final = next((m for m in reversed(produced) if m.type == "ai" and m.text), None)
         return Turn(
+            stopped=stopped_by(produced[-1]) if produced and not held else None,
             chat_id=chat_id,
             response=final.text if final is not None else "",
             tool_calls=_tool_calls(produced),

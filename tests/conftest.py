@@ -30,6 +30,7 @@ from chatwright.plugins.sql.storage import SQLStorage
 from tests import pgbouncer
 from tests.harness import ADMIN_URL, DATA_TABLES, DB_FILE, admin_connect, ok, scrub_environ
 from tests.harness import storage_for as storage_for
+from tests.openai_stub import openai_stub as openai_stub
 
 if TYPE_CHECKING:
     from chatwright.runtime import Runtime

@@ -1,7 +1,11 @@
 """``chatwright agents``: list, show, add and change agents.
 
 The ``--prompt``/``--model``/``--setting`` options and the parsing of
-``--setting KEY=VALUE`` live here, with the commands that take them.
+``--setting KEY=VALUE`` live here, with the commands that take them, and so do
+the options of an agent's bounds (``--turn-timeout``, ``--max-model-calls``,
+``--max-tool-calls``, ``--history-tokens``, ``--summarize``): a number, or
+``none`` to go back to the setting of the same name (for ``--history-tokens``:
+no token bound).
 """
 
 from __future__ import annotations
@@ -40,6 +44,58 @@ def _parse_settings(pairs: Sequence[str]) -> dict[str, Any]:
     return result
 
 
+class OrNone(click.ParamType[Any, Any]):
+    """A number, or ``none`` (the agent then follows the setting of the same name)."""
+
+    def __init__(self, kind: type[int] | type[float]) -> None:
+        self.kind = kind
+        self.name = f"{kind.__name__}|none"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value is None or isinstance(value, (int, float)):
+            return value
+        text = str(value).strip()
+        if text.lower() == "none":
+            return NONE
+        try:
+            return self.kind(text)
+        except ValueError:
+            what = "a whole number" if self.kind is int else "a number of seconds"
+            self.fail(f"{value!r} is not {what} or none", param, ctx)
+
+
+# What an option given as ``none`` parses to (an option not given is None).
+NONE = object()
+
+# agent field -> (option, type, help, what none means), in the order they are shown.
+LIMIT_OPTIONS = {
+    "turn_timeout": (
+        "--turn-timeout",
+        OrNone(float),
+        "Seconds a turn may run",
+        "the setting turns.timeout",
+    ),
+    "max_model_calls": (
+        "--max-model-calls",
+        OrNone(int),
+        "Most model calls per turn",
+        "the setting turns.max_model_calls",
+    ),
+    "max_tool_calls": (
+        "--max-tool-calls",
+        OrNone(int),
+        "Most tool calls per turn",
+        "the setting turns.max_tool_calls",
+    ),
+    "history_tokens": (
+        "--history-tokens",
+        OrNone(int),
+        "Most tokens of history sent to the model (besides --history-window)",
+        "no token bound",
+    ),
+}
+
+
 def agent_options(f: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option("--prompt", help="System prompt; may use {memory} and {custom_instructions}."),
@@ -58,6 +114,15 @@ def agent_options(f: Callable[..., Any]) -> Callable[..., Any]:
             "`set` merges them into the agent's settings, KEY=null removes one.",
         ),
         click.option("--history-window", type=int, help="Messages of history sent to the model."),
+        *(
+            click.option(flag, field, type=kind, help=f"{what}; none: {default}.")
+            for field, (flag, kind, what, default) in LIMIT_OPTIONS.items()
+        ),
+        click.option(
+            "--summarize/--no-summarize",
+            default=None,
+            help="Keep a stored summary of the history that falls out of the window.",
+        ),
     ]
     for option in reversed(options):
         f = option(f)
@@ -70,6 +135,7 @@ def _agent_fields(
     model: str | None,
     settings_: Sequence[str],
     history_window: int | None,
+    limits: dict[str, Any],
 ) -> dict[str, Any]:
     if prompt is not None and prompt_file is not None:
         raise InvalidInputError("give --prompt or --prompt-file, not both")
@@ -84,6 +150,9 @@ def _agent_fields(
         fields["model_settings"] = _parse_settings(settings_)
     if history_window is not None:
         fields["history_window"] = history_window
+    for key, value in limits.items():
+        if value is not None:
+            fields[key] = None if value is NONE else value
     return fields
 
 
@@ -140,6 +209,10 @@ def agents_show(app: AppContext, name: str, as_json: bool) -> None:
         return
     for key in ("name", "model", "history_window", "created_at", "updated_at"):
         click.echo(f"{key}: {data[key]}")
+    for key in (*LIMIT_OPTIONS, "summarize"):
+        value = data.get(key)
+        unset = f"none ({LIMIT_OPTIONS[key][3]})" if key in LIMIT_OPTIONS else None
+        click.echo(f"{key}: {unset if value is None else value}")
     click.echo(f"model_settings: {json.dumps(data['model_settings'])}")
     click.echo("system_prompt:")
     for line in data["system_prompt"].splitlines() or [""]:
@@ -162,11 +235,23 @@ def agents_add(
     model: str | None,
     settings_: Sequence[str],
     history_window: int | None,
+    turn_timeout: Any,
+    max_model_calls: Any,
+    max_tool_calls: Any,
+    history_tokens: Any,
+    summarize: bool | None,
 ) -> None:
     """Add an agent (model defaults to the models.default setting)."""
     from chatwright.agents import check_model_provider, validate_agent
 
-    fields = _agent_fields(prompt, prompt_file, model, settings_, history_window)
+    limits = {
+        "turn_timeout": turn_timeout,
+        "max_model_calls": max_model_calls,
+        "max_tool_calls": max_tool_calls,
+        "history_tokens": history_tokens,
+        "summarize": summarize,
+    }
+    fields = _agent_fields(prompt, prompt_file, model, settings_, history_window, limits)
     if "model" not in fields:
         if app.settings.models.default is None:
             raise InvalidInputError(
@@ -198,18 +283,32 @@ def agents_set(
     model: str | None,
     settings_: Sequence[str],
     history_window: int | None,
+    turn_timeout: Any,
+    max_model_calls: Any,
+    max_tool_calls: Any,
+    history_tokens: Any,
+    summarize: bool | None,
 ) -> None:
-    """Change an agent's prompt, model, model settings or history window.
+    """Change an agent's prompt, model, model settings, history window or bounds.
 
     --setting values are merged into the agent's model settings; KEY=null removes KEY.
+    A bound given as none follows its setting again (e.g. --max-model-calls none).
     """
     from chatwright.agents import check_model_provider, validate_agent
 
-    fields = _agent_fields(prompt, prompt_file, model, settings_, history_window)
+    limits = {
+        "turn_timeout": turn_timeout,
+        "max_model_calls": max_model_calls,
+        "max_tool_calls": max_tool_calls,
+        "history_tokens": history_tokens,
+        "summarize": summarize,
+    }
+    fields = _agent_fields(prompt, prompt_file, model, settings_, history_window, limits)
     if not fields:
         raise click.UsageError(
-            "nothing to change; give --prompt, --prompt-file, --model, --setting "
-            "or --history-window"
+            "nothing to change; give --prompt, --prompt-file, --model, --setting, "
+            "--history-window, --turn-timeout, --max-model-calls, --max-tool-calls, "
+            "--history-tokens or --summarize"
         )
     valid = validate_agent(name, fields, partial=True)
     if "model" in valid:

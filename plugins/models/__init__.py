@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
 
     from chatwright import ModelFactory, ModelRegister
+    from chatwright.models import ClientOptions
 
 # prefix -> (package to install, environment variable holding the key or None)
 PROVIDERS: dict[str, tuple[str, str | None]] = {
@@ -44,10 +45,12 @@ PROVIDERS: dict[str, tuple[str, str | None]] = {
 
 
 def _langchain(provider: str) -> ModelFactory:
-    def build(name: str, settings: Mapping[str, Any]) -> BaseChatModel:
+    def build(
+        name: str, settings: Mapping[str, Any], *, client: ClientOptions | None = None
+    ) -> BaseChatModel:
         from chatwright.plugins.models.providers import build_langchain_model
 
-        return build_langchain_model(provider, name, settings)
+        return build_langchain_model(provider, name, settings, client=client)
 
     return build
 

@@ -41,6 +41,7 @@ def serve_app(app: AppContext, host: str | None, port: int | None, workers: int 
 
     import uvicorn
 
+    from chatwright.plugins.server import shutdown
     from chatwright.plugins.server.app import create_app
     from chatwright.plugins.server.auth import check_bind
     from chatwright.plugins.server.settings import ServerSettings
@@ -81,22 +82,28 @@ def serve_app(app: AppContext, host: str | None, port: int | None, workers: int 
         with tempfile.TemporaryDirectory(prefix="chatwright-metrics-") as metrics_dir:
             os.environ[MULTIPROCESS_DIR] = metrics_dir
             try:
-                uvicorn.run(
-                    "chatwright.plugins.server.app:app_from_environment",
-                    factory=True,
-                    host=config.host,
-                    port=config.port,
-                    workers=config.workers,
-                    timeout_keep_alive=config.timeout_keep_alive,
+                shutdown.run(
+                    uvicorn.Config(
+                        "chatwright.plugins.server.app:app_from_environment",
+                        factory=True,
+                        host=config.host,
+                        port=config.port,
+                        workers=config.workers,
+                        timeout_keep_alive=config.timeout_keep_alive,
+                    ),
+                    config.shutdown_timeout,
                 )
             finally:
                 del os.environ[MULTIPROCESS_DIR]
         return
-    uvicorn.run(
-        create_app(settings, app.plugins),
-        host=config.host,
-        port=config.port,
-        timeout_keep_alive=config.timeout_keep_alive,
+    shutdown.run(
+        uvicorn.Config(
+            create_app(settings, app.plugins),
+            host=config.host,
+            port=config.port,
+            timeout_keep_alive=config.timeout_keep_alive,
+        ),
+        config.shutdown_timeout,
     )
 
 

@@ -52,6 +52,7 @@ WHY = {
     "when the budget resets).",
     502: "The model failed during the turn; the human message is kept.",
     503: "The database or the model's configuration is unavailable.",
+    504: "The turn ran past its time limit and was stopped; the human message is kept.",
 }
 
 LONGEST_WAIT = 32 * 86400

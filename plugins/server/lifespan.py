@@ -5,7 +5,9 @@ evicts their agents every ``sessions.sweep_interval`` seconds, in batches of
 ``sessions.sweep_batch`` with the event loop free between them, so requests
 are not held up by a large pass) and the watch for configuration changed by
 another process (PostgreSQL NOTIFY). Every worker sweeps; the store hands each
-idle session to one of them.
+idle session to one of them. A signal to stop starts the shutdown deadline
+(:mod:`chatwright.plugins.server.shutdown`), after which the runtime's turns
+in flight are stopped.
 """
 
 from __future__ import annotations
@@ -62,7 +64,12 @@ def lifespan(runtime: Runtime) -> Callable[[FastAPI], AbstractAsyncContextManage
 
     @contextlib.asynccontextmanager
     async def serve(app: FastAPI) -> AsyncIterator[None]:
+        from chatwright.plugins.server.settings import ServerSettings
+        from chatwright.plugins.server.shutdown import watch_signals
+
         await runtime.start(upgrade=True)
+        deadline = runtime.settings.section(ServerSettings).shutdown_timeout
+        unwatch = watch_signals(runtime, deadline, force=not multiprocess())
         # What start-up made (modules, settings, plugins) lives as long as the process:
         # kept out of the collector's full passes, which would otherwise walk all of
         # it and hold the event loop ~0.1 s whenever a request or a sweep allocates.
@@ -83,6 +90,9 @@ def lifespan(runtime: Runtime) -> Callable[[FastAPI], AbstractAsyncContextManage
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
         finally:
+            unwatch()
+            # Turns still running (a stream's, which uvicorn does not cancel) are stopped
+            # as at a timeout: their messages stored, their chats freed.
             await runtime.close()
             if multiprocess():
                 # This worker's live gauges (the cache size) leave the sums.

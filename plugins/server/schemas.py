@@ -306,6 +306,13 @@ class UsageOut(BaseModel):
         return cls.model_validate(usage.as_dict())
 
 
+STOPPED = (
+    "Why the turn ended early, its response saying so to the user: max_model_calls or "
+    "max_tool_calls (a limit of the agent was reached), invalid_tool_call (the model's tool "
+    "call arguments were not valid JSON; nothing was run). Null when the model answered."
+)
+
+
 class ChatTurn(BaseModel):
     session_id: uuid.UUID = Field(description="The chat id of the conversation.")
     response: str
@@ -321,6 +328,9 @@ class ChatTurn(BaseModel):
         default_factory=list, description="With approval_required: the calls that wait."
     )
     usage: UsageOut | None = Field(None, description="Null when no model ran in the turn.")
+    stopped: Literal["max_model_calls", "max_tool_calls", "invalid_tool_call"] | None = Field(
+        None, description=STOPPED
+    )
 
     @classmethod
     def of(cls, turn: Turn) -> ChatTurn:
@@ -333,6 +343,7 @@ class ChatTurn(BaseModel):
             status="approval_required" if turn.status == "approval_required" else "done",
             pending=[PendingActionOut.of(a) for a in turn.pending],
             usage=UsageOut.of(turn.usage),
+            stopped=turn.stopped,  # type: ignore[arg-type]
         )
 
 
@@ -475,6 +486,9 @@ class DoneEvent(BaseModel):
     status: Literal["done", "approval_required"] = "done"
     pending: list[PendingActionOut] = Field(default_factory=list)
     usage: UsageOut | None = None
+    stopped: Literal["max_model_calls", "max_tool_calls", "invalid_tool_call"] | None = Field(
+        None, description=STOPPED
+    )
 
 
 class ErrorEvent(ErrorBody):

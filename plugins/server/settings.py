@@ -56,6 +56,14 @@ class ServerSettings(BaseModel):
         description="Seconds between `: keep-alive` comments of a streamed turn that sends "
         "nothing, so that proxies keep the connection.",
     )
+    shutdown_timeout: float = Field(
+        30.0,
+        ge=0,
+        le=3600,
+        description="Seconds a stopping server (SIGTERM, SIGINT) waits for the turns in "
+        "flight; then they are stopped as at their time limit (message kept, chat freed, "
+        "504) and the process exits. A second signal exits at once.",
+    )
     max_message_chars: int = Field(
         16_000, ge=1, description="Longest chat message accepted, in characters (413 beyond)."
     )

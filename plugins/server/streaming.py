@@ -52,11 +52,12 @@ EVENTS = """Server-sent events, in this order:
 | `tool_call` | `ToolCallEvent` `{id, name, args}` |
 | `tool_result` | `ToolResultEvent` `{id, name, result, error}` |
 | `approval` | `ApprovalEvent` `{pending}`: the turn stopped at calls that wait for the user |
-| `done` | `DoneEvent` `{session_id, response, tool_calls, turn_id, status, pending, usage}`, \
-the last event of a turn that worked |
+| `done` | `DoneEvent` `{session_id, response, tool_calls, turn_id, status, pending, usage, \
+stopped}`, the last event of a turn that worked |
 | `error` | `ErrorEvent` `{error, status, pending?, resets_at?, retry_after?}`, the last event \
 of a turn that failed (`pending` with status 409 when the chat waits for decisions; \
-`resets_at` and `retry_after` with status 429 when the token budget is spent) |
+`resets_at` and `retry_after` with status 429 when the token budget is spent; status 504 \
+when it ran past its time limit) |
 """
 
 
@@ -126,6 +127,8 @@ def stream_turn(
     """Run one turn in the background and answer its events as they come."""
     from langchain_core.messages import AIMessage, ToolMessage
 
+    from chatwright.limits import stopped_by
+
     queue: asyncio.Queue[bytes | None] = asyncio.Queue()
 
     async def on_token(text: str) -> None:
@@ -133,6 +136,9 @@ def stream_turn(
 
     async def on_message(message: Any) -> None:
         if isinstance(message, AIMessage):
+            if stopped_by(message) is not None:
+                # Said by the runtime, not streamed by the model: sent whole.
+                await queue.put(sse("token", TokenEvent(text=message.text)))
             for call in message.tool_calls:
                 event = ToolCallEvent(id=call.get("id"), name=call["name"], args=call["args"])
                 await queue.put(sse("tool_call", event))
@@ -183,6 +189,7 @@ def stream_turn(
                 status=out.status,
                 pending=out.pending,
                 usage=out.usage,
+                stopped=out.stopped,
             )
             await queue.put(sse("done", done))
         finally:

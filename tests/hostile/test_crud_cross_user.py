@@ -164,7 +164,8 @@ def attacks(task: int, note: int) -> list[tuple[str, dict[str, Any]]]:
 
 
 async def test_bob_cannot_read_change_or_delete_alices_rows(make_server: MakeServer) -> None:
-    server = await make_server(tools={"unscoped_tables": []})
+    # The attack is one reply of many calls: the turn's tool call limit must not cut it.
+    server = await make_server(tools={"unscoped_tables": []}, turns={"max_tool_calls": 10_000})
     runtime = server.runtime
     task, note, before = await seed_alice(server)
     for name, config in PLANTED.items():

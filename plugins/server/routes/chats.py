@@ -41,7 +41,7 @@ CHAT_409 = (
 @router.post(
     "/api/chat",
     responses=responses(
-        *USER, 404, 409, 413, 422, 429, 502, conflict=PendingErrorBody, why=CHAT_409
+        *USER, 404, 409, 413, 422, 429, 502, 504, conflict=PendingErrorBody, why=CHAT_409
     ),
 )
 async def chat(

@@ -1,0 +1,317 @@
+"""Bounded turns in the runtime: call limits, malformed tool calls, client timeouts, usage.
+
+Driven with the real ``langchain-openai`` client against the local stub
+(:mod:`tests.openai_stub`) and with the ``scripted`` model. What is checked: a
+model that calls tools forever stops at ``max_model_calls`` / ``max_tool_calls``
+with a stored message to the user and ``Turn.stopped`` set, the stored history
+staying valid input for the next turn; a reply whose tool-call arguments are not
+JSON ends the turn with a stored message naming the tool, nothing run; the model
+client gives up after ``models.request_timeout`` (the stub records the hang-up);
+streamed and non-streamed turns carry their usage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from langchain_core.messages import AIMessage, ToolMessage
+
+from chatwright import testing
+from chatwright.errors import ModelError, TurnTimeoutError
+from chatwright.history import to_model_input
+from chatwright.plugins.example import assistant as example
+from chatwright.registry import LoadPolicy, Plugins
+from chatwright.runtime import Runtime
+from tests.harness import pg_storage_settings
+from tests.openai_stub import OpenAIStub
+from tests.test_runtime import assert_valid_history
+
+USER = "bounded-user"
+Make = Callable[..., Awaitable[Runtime]]
+
+
+@pytest.fixture
+async def make(tmp_path: Path) -> AsyncIterator[Make]:
+    """Started runtimes with the given settings sections, closed at the end."""
+    made: list[Runtime] = []
+
+    async def start(url: str | None = None, **sections: Any) -> Runtime:
+        url = url or f"sqlite+aiosqlite:///{tmp_path}/b.db"
+        plugins = Plugins.load(LoadPolicy())
+        settings = testing.settings(plugins, storage=pg_storage_settings(url), **sections)
+        runtime = Runtime(settings, plugins)
+        await runtime.start(upgrade=True)
+        made.append(runtime)
+        return runtime
+
+    yield start
+    for runtime in made:
+        await runtime.close()
+
+
+async def seed(runtime: Runtime, model: str, model_settings: dict[str, Any]) -> None:
+    """The example agent (tables tasks and notes) on ``model``."""
+    async with runtime.storage.write() as conn:
+        for table in ("tasks", "notes"):
+            await conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
+    await example.seed(runtime.storage, model)
+    await runtime.storage.agents.update(example.AGENT, model=model, model_settings=model_settings)
+
+
+async def new_chat(runtime: Runtime, user: str = USER) -> uuid.UUID:
+    session = await runtime.storage.sessions.open(user, example.AGENT, chat_id=uuid.uuid4())
+    return session.chat_id
+
+
+async def stored(runtime: Runtime, chat_id: uuid.UUID, user: str = USER) -> list[Any]:
+    return await runtime.storage.messages.page(user, chat_id, limit=10_000)
+
+
+async def task_count(runtime: Runtime) -> int:
+    async with runtime.storage.read() as conn:
+        return int((await conn.execute(sa.text("SELECT count(*) FROM tasks"))).scalar_one())
+
+
+def add_task_forever(n: int) -> list[dict[str, Any]]:
+    return [{"tool_calls": [{"name": "add_task", "args": {"title": f"t{i}"}}]} for i in range(n)]
+
+
+# --------------------------------------------------------------------------- call limits
+
+
+async def test_scripted_loop_of_325_calls_stops_at_max_model_calls(make: Make) -> None:
+    runtime = await make(turns={"max_model_calls": 5, "max_tool_calls": 1000})
+    await seed(runtime, "scripted:x", {"responses": add_task_forever(325)})
+    chat_id = await new_chat(runtime)
+    turn = await runtime.chat(USER, example.AGENT, chat_id, "add tasks")
+    assert turn.stopped == "max_model_calls"
+    assert "limit of 5 model calls" in turn.response
+    assert await task_count(runtime) == 5
+    messages = to_model_input(await stored(runtime, chat_id))
+    assert messages[-1].text == turn.response
+    assert sum(isinstance(m, AIMessage) and bool(m.tool_calls) for m in messages) == 5
+    assert_valid_history(messages)
+
+
+async def test_scripted_loop_stops_at_max_tool_calls_without_running_the_extra(
+    make: Make,
+) -> None:
+    runtime = await make(turns={"max_model_calls": 100, "max_tool_calls": 3})
+    await seed(runtime, "scripted:x", {"responses": add_task_forever(325)})
+    chat_id = await new_chat(runtime)
+    turn = await runtime.chat(USER, example.AGENT, chat_id, "add tasks")
+    assert turn.stopped == "max_tool_calls"
+    assert "limit of 3 tool calls" in turn.response
+    assert await task_count(runtime) == 3
+    messages = to_model_input(await stored(runtime, chat_id))
+    not_run = [m for m in messages if isinstance(m, ToolMessage) and m.text.startswith("Not run")]
+    assert len(not_run) == 1
+    assert_valid_history(messages)
+
+
+async def test_a_limit_of_one_tool_call_stops_a_parallel_reply_whole(make: Make) -> None:
+    runtime = await make(turns={"max_tool_calls": 1})
+    two = {"tool_calls": [{"name": "add_task", "args": {"title": "a"}}] * 2}
+    await seed(runtime, "scripted:x", {"responses": [two]})
+    chat_id = await new_chat(runtime)
+    turn = await runtime.chat(USER, example.AGENT, chat_id, "add two")
+    assert turn.stopped == "max_tool_calls"
+    assert "calls were not run" in turn.response
+    assert await task_count(runtime) == 0
+    assert_valid_history(to_model_input(await stored(runtime, chat_id)))
+
+
+async def test_recursion_limit_is_never_reached_first(make: Make) -> None:
+    # LangGraph's own default (25 steps) is far below 40 model calls.
+    runtime = await make(turns={"max_model_calls": 40, "max_tool_calls": 1000})
+    await seed(runtime, "scripted:x", {"responses": add_task_forever(325)})
+    turn = await runtime.chat(USER, example.AGENT, await new_chat(runtime), "add tasks")
+    assert turn.stopped == "max_model_calls"
+    assert await task_count(runtime) == 40
+
+
+async def test_answer_within_the_limits_is_not_stopped(make: Make) -> None:
+    runtime = await make(turns={"max_model_calls": 2, "max_tool_calls": 1})
+    script = [*add_task_forever(1), {"content": "Added."}]
+    await seed(runtime, "scripted:x", {"responses": script})
+    turn = await runtime.chat(USER, example.AGENT, await new_chat(runtime), "add one")
+    assert turn.stopped is None
+    assert turn.response == "Added."
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_stub_loop_stops_at_the_limit_and_the_next_turn_works(
+    make: Make, openai_stub: OpenAIStub, stream: bool
+) -> None:
+    runtime = await make(turns={"max_model_calls": 4, "max_tool_calls": 100})
+    await seed(runtime, "openai:loop", openai_stub.model_settings())
+    chat_id = await new_chat(runtime)
+    tokens: list[str] = []
+
+    async def on_token(text: str) -> None:
+        tokens.append(text)
+
+    turn = await runtime.chat(
+        USER, example.AGENT, chat_id, "go", on_token=on_token if stream else None
+    )
+    assert turn.stopped == "max_model_calls"
+    assert len(openai_stub.requests) == 4
+    assert all(r.stream is stream for r in openai_stub.requests)
+    assert turn.usage is not None and turn.usage.input_tokens > 0
+    assert turn.usage.model_calls == 4  # the stop message is not one
+    # The stored history is valid OpenAI input: the next turn (another model) answers.
+    await runtime.storage.agents.update(example.AGENT, model="openai:echo")
+    nxt = await runtime.chat(USER, example.AGENT, chat_id, "and now?")
+    assert nxt.response == "echo: and now?"
+    assert nxt.stopped is None
+    assert_valid_history(to_model_input(await stored(runtime, chat_id)))
+
+
+# --------------------------------------------------------------------------- malformed calls
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_arguments_not_json_end_the_turn_with_a_stored_message(
+    make: Make, openai_stub: OpenAIStub, stream: bool
+) -> None:
+    runtime = await make()
+    await seed(runtime, "openai:bad-args", openai_stub.model_settings())
+    chat_id = await new_chat(runtime)
+
+    async def on_token(text: str) -> None:
+        pass
+
+    turn = await runtime.chat(
+        USER, example.AGENT, chat_id, "add milk", on_token=on_token if stream else None
+    )
+    assert turn.stopped == "invalid_tool_call"
+    first_tool = openai_stub.requests[0].body["tools"][0]["function"]["name"]
+    assert first_tool in turn.response and "not valid JSON" in turn.response
+    assert "nothing was run" in turn.response
+    assert len(openai_stub.requests) == 1
+    messages = to_model_input(await stored(runtime, chat_id))
+    assert messages[-1].text == turn.response
+    # The next turn sends the history to OpenAI: every assistant tool call has its result.
+    await runtime.storage.agents.update(example.AGENT, model="openai:echo")
+    nxt = await runtime.chat(USER, example.AGENT, chat_id, "again")
+    assert nxt.response == "echo: again"
+    sent = openai_stub.requests[-1].body["messages"]
+    called = {c["id"] for m in sent if m["role"] == "assistant" for c in m.get("tool_calls", [])}
+    answered = {m["tool_call_id"] for m in sent if m["role"] == "tool"}
+    assert called and called == answered
+
+
+# --------------------------------------------------------------------------- client options
+
+
+async def test_model_client_gives_up_after_request_timeout(
+    make: Make, openai_stub: OpenAIStub
+) -> None:
+    runtime = await make(models={"request_timeout": 0.5, "max_retries": 1}, turns={"timeout": 60})
+    await seed(runtime, "openai:hang", openai_stub.model_settings())
+    chat_id = await new_chat(runtime)
+    started = time.monotonic()
+    with pytest.raises(ModelError) as caught:
+        await runtime.chat(USER, example.AGENT, chat_id, "hello")
+    assert not isinstance(caught.value, TurnTimeoutError)
+    assert time.monotonic() - started < 30
+    assert len(openai_stub.requests) == 2  # one retry
+    for request in openai_stub.requests:
+        deadline = time.monotonic() + 5
+        while request.closed is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert request.closed is not None
+        assert 0.4 < request.closed - request.received < 10
+        assert request.headers.get("x-stainless-read-timeout") == "0.5"
+    assert [m.role for m in await stored(runtime, chat_id)] == ["human"]
+
+
+async def test_model_settings_timeout_wins_over_the_setting(
+    make: Make, openai_stub: OpenAIStub
+) -> None:
+    runtime = await make(models={"request_timeout": 300, "max_retries": 5})
+    await seed(runtime, "openai:hang", openai_stub.model_settings(timeout=0.5, max_retries=0))
+    with pytest.raises(ModelError):
+        await runtime.chat(USER, example.AGENT, await new_chat(runtime), "hello")
+    assert len(openai_stub.requests) == 1
+    assert openai_stub.requests[0].headers.get("x-stainless-read-timeout") == "0.5"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_turn_usage_comes_from_the_provider(
+    make: Make, openai_stub: OpenAIStub, stream: bool
+) -> None:
+    runtime = await make()
+    await seed(runtime, "openai:echo", openai_stub.model_settings())
+    tokens: list[str] = []
+
+    async def on_token(text: str) -> None:
+        tokens.append(text)
+
+    turn = await runtime.chat(
+        USER,
+        example.AGENT,
+        await new_chat(runtime),
+        "count me",
+        on_token=on_token if stream else None,
+    )
+    assert turn.response == "echo: count me"
+    (request,) = openai_stub.requests
+    assert request.stream is stream
+    if stream:
+        assert request.body["stream_options"] == {"include_usage": True}
+        assert "".join(tokens) == "echo: count me"
+    reported = request.usage
+    assert reported is not None
+    assert turn.usage is not None
+    assert turn.usage.input_tokens == reported["prompt_tokens"]
+    assert turn.usage.output_tokens == reported["completion_tokens"]
+    assert turn.usage.cached_tokens == reported["prompt_tokens_details"]["cached_tokens"]
+
+
+# --------------------------------------------------------------------------- decisions
+
+
+async def test_a_resumed_turn_is_bounded_and_counts_the_calls_before_it(make: Make) -> None:
+    runtime = await make(turns={"timeout": 1.0, "max_model_calls": 2})
+    script = [
+        {"tool_calls": [{"name": "add_task", "args": {"title": "milk"}}]},
+        {"content": "too late", "sleep": 30},
+    ]
+    await seed(runtime, "scripted:x", {"responses": script})
+    for row in await runtime.storage.tools.list(example.AGENT):
+        if row.name == "add_task":
+            await runtime.storage.tools.update(row.id, approval="required")
+    chat_id = await new_chat(runtime)
+    turn = await runtime.chat(USER, example.AGENT, chat_id, "add milk")
+    (action,) = turn.pending
+    started = time.monotonic()
+    with pytest.raises(TurnTimeoutError):
+        await runtime.decide(USER, action.id, True)
+    assert time.monotonic() - started < 15
+    assert await task_count(runtime) == 1  # the approved call ran and is kept
+    assert_valid_history(to_model_input(await stored(runtime, chat_id)))
+    # The chat is free: a turn on it starts at once (a rebuilt agent replays its new script).
+    await runtime.storage.agents.update(
+        example.AGENT, model_settings={"responses": [{"content": "hello"}]}
+    )
+    started = time.monotonic()
+    nxt = await runtime.chat(USER, example.AGENT, chat_id, "again")
+    assert nxt.response == "hello"
+    assert time.monotonic() - started < 15
+
+
+async def test_the_agent_row_limit_wins_over_the_setting(make: Make) -> None:
+    runtime = await make(turns={"max_model_calls": 50})
+    await seed(runtime, "scripted:x", {"responses": add_task_forever(100)})
+    await runtime.storage.agents.update(example.AGENT, max_model_calls=2)
+    turn = await runtime.chat(USER, example.AGENT, await new_chat(runtime), "go")
+    assert turn.stopped == "max_model_calls"
+    assert await task_count(runtime) == 2
