@@ -45,12 +45,12 @@ import httpx
 import jwt
 import pytest
 import sqlalchemy as sa
-import uvicorn
 from fastapi import FastAPI
 
 from chatwright import __version__, testing
 from chatwright.errors import ChatwrightError, UnknownNameError
 from chatwright.plugins.example import assistant as example
+from chatwright.plugins.server import shutdown
 from chatwright.plugins.server.app import create_app
 from chatwright.plugins.server.auth import check_bind
 from chatwright.plugins.sql import schema
@@ -946,7 +946,18 @@ def test_serve_refuses_a_public_bind_with_local_auth_without_starting(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     started: list[dict[str, Any]] = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: started.append(kw))
+    # Where serving begins: what would have started uvicorn is recorded instead.
+    monkeypatch.setattr(
+        shutdown,
+        "run",
+        lambda config, deadline: started.append(
+            {
+                "host": config.host,
+                "port": config.port,
+                "timeout_keep_alive": config.timeout_keep_alive,
+            }
+        ),
+    )
 
     def serve(*args: str) -> Any:
         return run("serve", *args)
