@@ -113,7 +113,9 @@ async def test_hang_records_when_the_client_gives_up(openai_stub: OpenAIStub) ->
         while request.closed is None and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         assert request.closed is not None
-        assert 0.4 < request.closed - request.received < 10
+        # The client gave up after its timeout (0.5 s from its send; the stub notes the
+        # request a little later under load), not at once.
+        assert 0.2 < request.closed - request.received < 10
 
 
 def test_hang_does_not_hold_up_stopping() -> None:

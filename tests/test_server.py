@@ -339,7 +339,9 @@ async def test_chat_with_the_offline_example_agent(srv: Running) -> None:
         "status",
         "pending",
         "usage",
+        "stopped",
     }
+    assert body["stopped"] is None
     assert body["session_id"] == session["chat_id"]
     assert body["error"] is None
     assert (body["status"], body["pending"]) == ("done", [])
@@ -1377,7 +1379,7 @@ async def test_openapi_declares_every_answer_with_a_schema_and_errors_with_the_o
         return {c for c in operations[method, path]["responses"] if c[0] in "45"}
 
     assert codes("post", "/api/chat") == {
-        *("401", "403", "404", "409", "413", "422", "429", "502", "503")
+        *("401", "403", "404", "409", "413", "422", "429", "502", "503", "504")
     }
     assert codes("post", "/api/chat/stream") == {"401", "403", "404", "413", "422", "429", "503"}
     assert codes("get", "/api/usage") == {"401", "403", "422", "503"}
