@@ -27,7 +27,10 @@ model input in three steps:
    id of the last message it covers, how many it covers) and later turns
    reuse it as it is; when more messages have fallen out since, it is
    extended with those alone (the old summary and the new messages make the
-   new summary), never recomputed from the start. One turn reads at most
+   new summary), never recomputed from the start. An extension also takes in
+   the older half of the window's turns, which then leave the history the
+   model sees (the summary stands for them): so a chat past its window makes
+   a summary call about every half window, not on every turn. One turn reads at most
    ``turns.summary_batch`` newly fallen messages (and a bounded transcript of
    them, see :data:`TRANSCRIPT_CHARS`); a chat with more catches up over the
    next turns. A failing summary call does not fail the turn: the old summary
@@ -122,12 +125,21 @@ async def fit(start: TurnStart, model: Any, settings: Settings, storage: Storage
         counts = await count_turns(turns, model, settings.models.tokenizer)
         ongoing = bool(turns) and resumes(turns[-1], start)
         turns = newest_that_fit(turns, counts, agent.history_tokens, keep_last=ongoing)
-    kept = [pair for turn in turns for pair in turn]
-    fitted = Fitted([message for _, message in kept])
+    fitted = Fitted(messages_of(turns))
     if not agent.summarize:
         return fitted
-    await summarise(fitted, start, kept, model, settings, storage)
+    await summarise(fitted, start, turns, model, settings, storage)
     return fitted
+
+
+def messages_of(turns: Sequence[Turn]) -> list[BaseMessage]:
+    """The model messages of ``turns``, in order."""
+    return [message for turn in turns for _, message in turn]
+
+
+def after_summary(turns: Sequence[Turn], through_id: int) -> list[Turn]:
+    """``turns`` without the leading ones a summary covers whole (through ``through_id``)."""
+    return [turn for turn in turns if turn[-1][0].id > through_id]
 
 
 # -- step 1: whole exchanges ---------------------------------------------------
@@ -280,25 +292,35 @@ def _tokenizer_ready(kind: type) -> bool:
 async def summarise(
     fitted: Fitted,
     start: TurnStart,
-    kept: Turn,
+    turns: Sequence[Turn],
     model: Any,
     settings: Settings,
     storage: Storage,
 ) -> None:
-    """Fill in ``fitted``'s summary: the stored one, or one extended by the messages that fell."""
+    """Fill in ``fitted``'s summary: the stored one, or one extended by the messages that fell.
+
+    Turns of the window that the summary already covers are left out of
+    ``fitted``'s history (the summary stands for them). When messages have
+    fallen out that it does not cover, it is extended with them and with the
+    older half of the window's turns, so that the next summary call comes only
+    once about half a window more has fallen out, not on every turn.
+    """
     old = start.summary
     fitted.summary = old.text if old is not None else None
-    cut = fallen_before(start, kept)
     after = old.through_id if old is not None else 0
+    turns = after_summary(turns, after)
+    fitted.history = messages_of(turns)
+    cut = fallen_before(start, [pair for turn in turns for pair in turn])
     if cut is None or cut <= after + 1:
         return
+    ahead = turns[len(turns) // 2][0][0].id if len(turns) > 1 else cut
     try:
         fallen = await storage.messages.page(
             start.user_id,
             start.chat_id,
             limit=settings.turns.summary_batch,
             after=after,
-            before=cut,
+            before=ahead,
         )
         if not fallen:
             return
@@ -327,6 +349,7 @@ async def summarise(
         through_id=covered[-1].id,
         messages=(old.messages if old is not None else 0) + len(covered),
     )
+    fitted.history = messages_of(after_summary(turns, covered[-1].id))
 
 
 def fallen_before(start: TurnStart, kept: Turn) -> int | None:

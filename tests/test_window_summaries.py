@@ -8,7 +8,9 @@ the newly fallen messages) and the system prompt the summary is shown in.
 What is checked: a summary is made when messages fall out of the message
 window, and stored with the turn (through the last message it covers, with
 how many it covers); the next turn extends it with the newly fallen messages
-alone; a turn where nothing new fell reuses it without a model call; messages
+alone (and the older half of the window, so that a long chat makes a summary
+call about every half window); a turn where nothing new fell reuses it
+without a model call; messages
 dropped by the token bound are summarised too; one turn reads at most
 ``turns.summary_batch`` fallen messages and later turns catch up in order; a
 failing summary call leaves the turn and the old summary alone, while a
@@ -102,7 +104,7 @@ async def test_a_summary_is_made_extended_reused_and_shown(
 ) -> None:
     runtime = await runtimes()
     script = [answer("a1"), answer("a2"), answer("a3"), answer("S1"), answer("a4")]
-    script += [answer("S2"), answer("a5")]
+    script += [answer("a5"), answer("S2"), answer("a6")]
     chat_id = await keeper(runtime, script)
     user = await user_of(runtime, chat_id)
     for n in (1, 2, 3):
@@ -112,43 +114,82 @@ async def test_a_summary_is_made_extended_reused_and_shown(
     assert calls.summaries() == []
     assert await runtime.storage.summaries.get(user, chat_id) is None
 
-    # Turn 4: h1 and a1 fell out of the window.
+    # Turn 4: h1 and a1 fell out of the window. The summary takes them and the older
+    # half of the window (h2, a2), which leaves the history the model is sent.
     turn = await runtime.chat(user, AGENT, chat_id, "h4")
     assert turn.response == "a4"
     assert turn.usage is not None and turn.usage.model_calls == 2
     [first] = calls.summaries()
     assert "User: h1" in first and "Assistant: a1" in first
-    assert "h2" not in first and "summary so far" not in first
+    assert "User: h2" in first and "Assistant: a2" in first
+    assert "h3" not in first and "summary so far" not in first
     assert calls.systems()[-1].endswith(SUMMARY_HEADING + "S1")
+    assert texts(calls.inputs[-1]) == ["h3", "a3", "h4"]
     stored = await runtime.storage.messages.page(user, chat_id, limit=100)
     summary = await runtime.storage.summaries.get(user, chat_id)
     assert summary is not None
-    assert (summary.text, summary.through_id, summary.messages) == ("S1", stored[1].id, 2)
+    assert (summary.text, summary.through_id, summary.messages) == ("S1", stored[3].id, 4)
 
-    # Turn 5: h2 and a2 fell since: the old summary is extended with them alone.
+    # Turn 5: only h2 and a2 slid out of the window, and the summary has them: no call.
     turn = await runtime.chat(user, AGENT, chat_id, "h5")
     assert turn.response == "a5"
-    second = calls.summaries()[1]
-    assert "The summary so far:\n\nS1" in second
-    assert "User: h2" in second and "Assistant: a2" in second
-    assert "h1" not in second and "a1" not in second and "h3" not in second
-    summary = await runtime.storage.summaries.get(user, chat_id)
-    assert summary is not None
-    assert (summary.text, summary.through_id, summary.messages) == ("S2", stored[3].id, 4)
+    assert turn.usage is not None and turn.usage.model_calls == 1
+    assert len(calls.summaries()) == 1
+    assert texts(calls.inputs[-1]) == ["h3", "a3", "h4", "a4", "h5"]
+    assert calls.systems()[-1].endswith(SUMMARY_HEADING + "S1")
 
-    # A wider window: nothing new fell out, the summary is shown again without a model call
-    # (the changed agent is rebuilt, its script starts again: one reply, for the turn).
-    await runtime.storage.agents.update(
-        AGENT, history_window=8, model_settings={"responses": [answer("a6")]}
-    )
-    before = len(calls.inputs)
+    # Turn 6: h3 and a3 fell out: the summary is extended with them alone, and h4, a4.
     turn = await runtime.chat(user, AGENT, chat_id, "h6")
     assert turn.response == "a6"
+    second = calls.summaries()[1]
+    assert "The summary so far:\n\nS1" in second
+    assert "User: h3" in second and "Assistant: a3" in second and "User: h4" in second
+    assert "h1" not in second and "a2" not in second and "h5" not in second
+    assert texts(calls.inputs[-1]) == ["h5", "a5", "h6"]
+    stored = await runtime.storage.messages.page(user, chat_id, limit=100)
+    summary = await runtime.storage.summaries.get(user, chat_id)
+    assert summary is not None
+    assert (summary.text, summary.through_id, summary.messages) == ("S2", stored[7].id, 8)
+
+    # A wider window: nothing new fell out, the summary is shown again without a model call,
+    # and the turns it covers (back in the window) are not sent twice
+    # (the changed agent is rebuilt, its script starts again: one reply, for the turn).
+    await runtime.storage.agents.update(
+        AGENT, history_window=8, model_settings={"responses": [answer("a7")]}
+    )
+    before = len(calls.inputs)
+    turn = await runtime.chat(user, AGENT, chat_id, "h7")
+    assert turn.response == "a7"
     assert len(calls.inputs) == before + 1 and len(calls.summaries()) == 2
     assert calls.systems()[-1].endswith(SUMMARY_HEADING + "S2")
+    assert texts(calls.inputs[-1]) == ["h5", "a5", "h6", "a6", "h7"]
     assert turn.usage is not None and turn.usage.model_calls == 1
     again = await runtime.storage.summaries.get(user, chat_id)
     assert again == summary
+
+
+def texts(model_input: list[BaseMessage]) -> list[str]:
+    """The texts of a model call's messages after its system prompt."""
+    return [m.text for m in model_input if not isinstance(m, SystemMessage)]
+
+
+async def test_a_long_chat_makes_a_summary_call_about_every_half_window(
+    runtimes: MakeRuntime, calls: Calls
+) -> None:
+    runtime = await runtimes()
+    turns = 40
+    script = [answer(f"a{n}") for n in range(turns)]
+    # Room for the summary calls: each takes the next reply, so give plenty.
+    chat_id = await keeper(runtime, script * 2, history_window=20)
+    user = await user_of(runtime, chat_id)
+    for n in range(turns):
+        await runtime.chat(user, AGENT, chat_id, f"h{n}")
+    # 80 messages, a window of 20 (10 turns): the first call when the window is full,
+    # then one about every 5 turns (half a window) — never one per turn.
+    made = len(calls.summaries())
+    assert 5 <= made <= 8, made
+    summary = await runtime.storage.summaries.get(user, chat_id)
+    assert summary is not None and 40 <= summary.messages <= 70
 
 
 async def test_messages_dropped_by_the_token_bound_are_summarised(
