@@ -34,8 +34,9 @@ if TYPE_CHECKING:
     from langchain_core.messages import BaseMessage
 
     from chatwright.approvals import AuditEntry, Decision, PendingAction, UndoReport
+    from chatwright.errors import TurnTimeoutError
     from chatwright.runtime import BuiltAgent, Runtime
-    from chatwright.stores import Storage
+    from chatwright.stores import Agent, Storage
     from chatwright.tools import TurnContext
 
 
@@ -163,7 +164,12 @@ class Decisions:
                         turn_id=claimed.turn_id,
                     )
                     decision = Decision("approved", by, claimed.id, expect=claimed.preview)
-                    result = await self._run_approved(built, call, context, decision, claimed)
+                    result, stopped = await self._run_bounded(
+                        built, call, context, decision, claimed, start.agent
+                    )
+                    if stopped is not None:
+                        carried.append(storable(result))
+                        raise stopped
                 else:
                     result = _not_run(claimed, expired=False)
                     await self.audit_decision(claimed, "denied", by)
@@ -190,6 +196,50 @@ class Decisions:
             finally:
                 if not resumed:
                     await asyncio.shield(turns.finish(start, to_store(carried), touch=False))
+
+    async def _run_bounded(
+        self,
+        built: BuiltAgent,
+        call: Any,
+        context: TurnContext,
+        decision: Decision,
+        action: PendingAction,
+        agent: Agent,
+    ) -> tuple[BaseMessage, TurnTimeoutError | None]:
+        """Run an approved call within the agent's turn time limit (see :meth:`_run_approved`).
+
+        A call still running when the limit passes, or when the process stops
+        its turns, is cancelled (its uncommitted write rolls back): the action
+        ends ``failed``, and the result for the model says so, with the
+        :class:`~chatwright.errors.TurnTimeoutError` for the caller.
+        """
+        from langchain_core.messages import ToolMessage
+
+        from chatwright.errors import TurnTimeoutError
+        from chatwright.limits import limits_of
+
+        seconds = limits_of(agent, self.runtime.settings).timeout
+        try:
+            async with self.runtime.bounded(seconds) as scope:
+                return await self._run_approved(built, call, context, decision, action), None
+        except TimeoutError:
+            if not scope.expired():
+                raise
+        text = (
+            f"error: {action.tool_name} was stopped before it finished: it ran past the "
+            f"time limit of {seconds:g} s, and nothing it had not committed was written"
+        )
+        await asyncio.shield(
+            self.storage.pending.complete(action.user_id, action.id, "failed", text)
+        )
+        result = ToolMessage(
+            content=text, tool_call_id=action.tool_call_id, name=action.tool_name, status="error"
+        )
+        return result, TurnTimeoutError(
+            f"the approved call of {action.tool_name} (pending action {action.id}) ran past "
+            f"the time limit of {seconds:g} s of agent {action.agent_name!r} and was stopped; "
+            "what happened is in the chat, ask again"
+        )
 
     async def _run_approved(
         self,

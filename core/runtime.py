@@ -51,7 +51,8 @@ import json
 import logging
 import uuid
 import weakref
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -251,6 +252,23 @@ class Runtime:
             elif not scope.expired():
                 scope.reschedule(now)
         return len(self._running)
+
+    @asynccontextmanager
+    async def bounded(self, seconds: float) -> AsyncIterator[asyncio.Timeout]:
+        """A time limit on work done for a turn outside the turn's own run (an approved
+        call): :meth:`stop_turns` ends it like a running turn's."""
+        task = asyncio.current_task()
+        scope = asyncio.timeout(seconds)
+        async with scope:
+            if task is not None:
+                self._running[task] = scope
+            try:
+                if self._stopping:
+                    scope.reschedule(asyncio.get_running_loop().time())
+                yield scope
+            finally:
+                if task is not None:
+                    self._running.pop(task, None)
 
     async def close(self) -> None:
         if self._storage is None:

@@ -308,6 +308,43 @@ async def test_a_resumed_turn_is_bounded_and_counts_the_calls_before_it(make: Ma
     assert time.monotonic() - started < 15
 
 
+async def test_an_approved_call_that_hangs_is_stopped_at_the_time_limit(
+    make: Make, pg_url: str
+) -> None:
+    """The approved call waits on a row lock held elsewhere: the agent's time limit ends it."""
+    import psycopg
+
+    runtime = await make(pg_url, turns={"timeout": 1.0})
+    script = [{"tool_calls": [{"name": "add_task", "args": {"title": "milk"}}]}]
+    await seed(runtime, "scripted:x", {"responses": [*script, {"content": "noted"}]})
+    for row in await runtime.storage.tools.list(example.AGENT):
+        if row.name == "add_task":
+            await runtime.storage.tools.update(row.id, approval="required")
+    chat_id = await new_chat(runtime)
+    turn = await runtime.chat(USER, example.AGENT, chat_id, "add milk")
+    (action,) = turn.pending
+    plain = pg_url.replace("postgresql+psycopg://", "postgresql://")
+    async with await psycopg.AsyncConnection.connect(plain) as holder:
+        await holder.execute("LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE")
+        started = time.monotonic()
+        with pytest.raises(TurnTimeoutError, match=r"add_task.*time limit of 1 s"):
+            await runtime.decide(USER, action.id, True)
+        assert time.monotonic() - started < 15
+        await holder.rollback()
+    assert await task_count(runtime) == 0  # the write was cancelled, not left behind
+    ended = await runtime.storage.pending.get(USER, action.id)
+    assert ended is not None and ended.status == "failed"
+    history = await stored(runtime, chat_id)
+    assert "ran past the time limit" in str(history[-1].content)
+    assert_valid_history(to_model_input(history))
+    # The chat is free at once, and its next turn sees what happened.
+    await runtime.storage.agents.update(
+        example.AGENT, model_settings={"responses": [{"content": "hello"}]}
+    )
+    nxt = await runtime.chat(USER, example.AGENT, chat_id, "again")
+    assert nxt.response == "hello"
+
+
 async def test_the_agent_row_limit_wins_over_the_setting(make: Make) -> None:
     runtime = await make(turns={"max_model_calls": 50})
     await seed(runtime, "scripted:x", {"responses": add_task_forever(100)})
