@@ -8,11 +8,18 @@ the status code given by ``http_status``.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from chatwright.usage import TurnUsage
+
 
 class ChatwrightError(Exception):
     """Base class of every error meant to be shown to a user as it is."""
 
     http_status = 400
+    usage: TurnUsage | None = None
+    """The tokens a turn that ended with this error had spent (set by the runtime)."""
 
 
 class SettingsError(ChatwrightError):

@@ -648,6 +648,10 @@ class Runtime:
                     f"{reason}; your message was kept, try again"
                 ) from exc
             await end(produced, touch=True, pending=waiting)
+        except ChatwrightError as exc:
+            # What the failed turn spent is stored with it; its caller counts it too.
+            exc.usage = spent
+            raise
         finally:
             try:
                 if not ended:

@@ -542,3 +542,31 @@ async def test_a_turn_beside_a_running_one_is_refused_when_both_would_not_fit(
     assert (await running).status_code == 200
     # Once it has ended, its 15 tokens leave room: the next turn runs.
     assert (await served.turn(user, second)).status_code == 200
+
+
+async def test_a_turn_that_fails_part_way_counts_what_it_spent(serve: Serve) -> None:
+    """A turn stopped by its time limit after one model call: stored and counted alike."""
+    served = await serve()
+    await served.runtime.storage.agents.update(
+        AGENT,
+        turn_timeout=1,
+        model_settings={
+            "responses": [
+                {
+                    "tool_calls": [{"name": "look_up", "args": {}}],
+                    "usage": {"input_tokens": 700, "output_tokens": 70, "cached": 7},
+                },
+                {"content": "too late", "sleep": 30},
+            ]
+        },
+    )
+    alice = new_user("alice")
+    chat = await served.open_chat(alice)
+    answer = await served.turn(alice, chat)
+    assert answer.status_code == 504, answer.text
+    counted = await served.metrics()
+    assert counted[f'chatwright_tokens_total{{kind="input",model="{MODEL}"}}'] == 700
+    assert counted[f'chatwright_tokens_total{{kind="output",model="{MODEL}"}}'] == 70
+    assert counted[f'chatwright_tokens_total{{kind="cached",model="{MODEL}"}}'] == 7
+    assert counted['chatwright_turns_total{outcome="error"}'] == 1
+    assert (await served.usage(alice))["totals"]["total_tokens"] == 770

@@ -158,7 +158,7 @@ def stream_turn(
                 user_id, agent_name, chat_id, message, on_message=on_message, on_token=on_token
             )
         except ChatwrightError as exc:
-            metrics.turns.labels(outcome_of(exc)).inc()
+            metrics.ended(outcome_of(exc), exc.usage)
             failed = ErrorEvent(error=str(exc), status=exc.http_status)
             if isinstance(exc, ApprovalPendingError):
                 from chatwright.plugins.server.errors import pending_of

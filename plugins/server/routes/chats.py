@@ -61,7 +61,7 @@ async def chat(
     try:
         turn = await runtime.chat(who.user_id, body.agent_name, body.chat_id, body.message)
     except ChatwrightError as exc:
-        metrics.turns.labels(outcome_of(exc)).inc()
+        metrics.ended(outcome_of(exc), exc.usage)
         raise
     finally:
         metrics.sync(runtime.cache.stats, len(runtime.cache))
