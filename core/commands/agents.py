@@ -242,7 +242,7 @@ def agents_add(
     summarize: bool | None,
 ) -> None:
     """Add an agent (model defaults to the models.default setting)."""
-    from chatwright.agents import check_model_provider, validate_agent
+    from chatwright.catalog import agent_fields, create_agent
 
     limits = {
         "turn_timeout": turn_timeout,
@@ -252,20 +252,11 @@ def agents_add(
         "summarize": summarize,
     }
     fields = _agent_fields(prompt, prompt_file, model, settings_, history_window, limits)
-    if "model" not in fields:
-        if app.settings.models.default is None:
-            raise InvalidInputError(
-                f"which model for agent {name!r}? give --model PROVIDER:NAME, or set "
-                "models.default (CHATWRIGHT_MODELS__DEFAULT or [models] default in the "
-                "settings file)"
-            )
-        fields["model"] = app.settings.models.default
-    valid = validate_agent(name, fields)
-    valid.pop("name")
-    check_model_provider(app.plugins, name, valid["model"])
+    # Checked before the database is opened, so that a typo costs no connection.
+    agent_fields(app, name, fields, partial=False)
 
     async def work(runtime: Runtime) -> None:
-        agent = await runtime.storage.agents.create(name, **valid)
+        agent = await create_agent(runtime, name, fields)
         click.echo(f"Added agent {agent.name!r} (model {agent.model})")
 
     app.run(work)
@@ -294,7 +285,7 @@ def agents_set(
     --setting values are merged into the agent's model settings; KEY=null removes KEY.
     A bound given as none follows its setting again (e.g. --max-model-calls none).
     """
-    from chatwright.agents import check_model_provider, validate_agent
+    from chatwright.catalog import agent_fields, change_agent
 
     limits = {
         "turn_timeout": turn_timeout,
@@ -310,25 +301,10 @@ def agents_set(
             "--history-window, --turn-timeout, --max-model-calls, --max-tool-calls, "
             "--history-tokens or --summarize"
         )
-    valid = validate_agent(name, fields, partial=True)
-    if "model" in valid:
-        check_model_provider(app.plugins, name, valid["model"])
+    valid = agent_fields(app, name, fields, partial=True)
 
     async def work(runtime: Runtime) -> None:
-        changes = dict(valid)
-        if "model_settings" in changes:
-            current = await runtime.storage.agents.get(name)
-            if current is None:
-                raise UnknownAgentError(name)
-            stored = current.model_settings
-            merged = dict(stored) if isinstance(stored, dict) else {}
-            for key, value in changes["model_settings"].items():
-                if value is None:
-                    merged.pop(key, None)
-                else:
-                    merged[key] = value
-            changes["model_settings"] = merged
-        agent = await runtime.storage.agents.update(name, **changes)
+        agent = await change_agent(runtime, name, fields)
         click.echo(f"Updated agent {agent.name!r}: {', '.join(sorted(valid))}")
 
     app.run(work)
