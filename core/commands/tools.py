@@ -1,4 +1,4 @@
-"""``chatwright tools``: list, add, change, check, disable and enable the tool rows of agents.
+"""``chatwright tools``: list, add, change, copy, remove, check, disable and enable tool rows.
 
 The checks of a tool row given as JSON (``tools add --file``) live here too,
 and ``tools choose``, a user's own approval choice for a row in ``user`` mode.
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 @click.group()
 def tools() -> None:
-    """List, add, change, check and disable the tool rows of agents."""
+    """List, add, change, copy, remove, check and disable the tool rows of agents."""
 
 
 POSITIONS = click.IntRange(-(2**31), 2**31 - 1)
@@ -278,6 +278,38 @@ def tools_set(
         click.echo(
             f"Updated tool {updated.name!r} (row {updated.id}): changed "
             f"{', '.join(sorted(changes))}; its approval is now {approval_text(as_dict(updated))}"
+        )
+
+    app.run(work)
+
+
+@tools.command("remove")
+@click.argument("tool_id", type=ROW_IDS, metavar="ID")
+@pass_app
+def tools_remove(app: AppContext, tool_id: int) -> None:
+    """Delete a tool row (and its users' approval choices); `tools disable` keeps it instead."""
+    from chatwright.catalog import remove_tool
+
+    async def work(runtime: Runtime) -> None:
+        row, agent = await remove_tool(runtime, tool_id)
+        click.echo(f"Removed tool {row.name!r} (row {row.id}) from agent {agent!r}")
+
+    app.run(work)
+
+
+@tools.command("copy")
+@click.argument("tool_id", type=ROW_IDS, metavar="ID")
+@click.option("--to", "to_agent", required=True, help="The agent that gets the copy.")
+@click.option("--name", help="The copy's name (default: the row's name).")
+@pass_app
+def tools_copy(app: AppContext, tool_id: int, to_agent: str, name: str | None) -> None:
+    """Copy a tool row to an agent, validated against it like `tools add`."""
+    from chatwright.catalog import copy_tool
+
+    async def work(runtime: Runtime) -> None:
+        row = await copy_tool(runtime, tool_id, to_agent, name=name)
+        click.echo(
+            f"Copied tool row {tool_id} to agent {to_agent!r} as {row.name!r} (row {row.id})"
         )
 
     app.run(work)
