@@ -216,7 +216,7 @@ def dump(bundle: Mapping[str, Any], fmt: str = "json") -> str:
 # -- reading ----------------------------------------------------------------------------
 
 
-def _measure(value: Any, source: str) -> None:
+def measure(value: Any, source: str) -> None:
     """Refuse nesting deeper than MAX_DEPTH and more than MAX_NODES values."""
     nodes = 0
     stack: list[tuple[Any, int]] = [(value, 0)]
@@ -269,7 +269,7 @@ def parse(text: str | bytes, source: str) -> Any:
     except Exception as exc:  # yaml.YAMLError and its kin, without importing yaml first
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InvalidInputError(f"{source} is not valid JSON or YAML: {first}") from None
-    _measure(data, source)
+    measure(data, source)
     return data
 
 
