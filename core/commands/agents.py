@@ -6,6 +6,10 @@ the options of an agent's bounds (``--turn-timeout``, ``--max-model-calls``,
 ``--max-tool-calls``, ``--history-tokens``, ``--summarize``): a number, or
 ``none`` to go back to the setting of the same name (for ``--history-tokens``:
 no token bound).
+
+Longer than 450 lines because it holds every ``agents`` subcommand and the
+options they share; the work itself is in :mod:`chatwright.catalog` and
+:mod:`chatwright.bundles`.
 """
 
 from __future__ import annotations
