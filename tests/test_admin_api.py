@@ -121,6 +121,9 @@ def test_an_admin_manages_agents_and_tools(workdir: Path) -> None:
     exported = call(workdir, "GET", "/api/agents/helper/export")
     assert exported.status_code == 200
     assert exported.text == ok("agents", "export", "helper").stdout
+    as_yaml = call(workdir, "GET", "/api/agents/helper/export?format=yaml")
+    assert as_yaml.headers["content-type"].startswith("application/yaml")
+    assert as_yaml.text == ok("agents", "export", "helper", "--format", "yaml").stdout
     bundle = exported.json()
     assert bundle["agent"]["model_settings"]["api_key"] == {"$secret": "model_settings.api_key"}
     bundle["agent"]["name"] = "helper2"

@@ -74,6 +74,15 @@ class ToolRowOut(BaseModel):
         return cls.model_validate({**fields, "agent": agent})
 
 
+class BundleOut(BaseModel):
+    """An agent bundle (see docs/tools.md, "Agent bundles"); YAML has the same content."""
+
+    format: str = Field(description='Always "chatwright-agent".')
+    version: int
+    agent: dict[str, Any]
+    tools: list[dict[str, Any]]
+
+
 class DeletedAgentOut(BaseModel):
     name: str
     tools: int = Field(description="Tool rows deleted with the agent.")

@@ -21,6 +21,7 @@ from fastapi import APIRouter, Body, Depends, Query, Response
 from chatwright.errors import InvalidInputError, UnknownAgentError
 from chatwright.plugins.server.admin_schemas import (
     AgentOut,
+    BundleOut,
     DeletedAgentOut,
     ImportReportOut,
     RemovedToolOut,
@@ -143,7 +144,10 @@ async def copy_tool(tool_id: int, body: JsonObject, runtime: RuntimeDep, who: Ad
     "/api/agents/{name}/export",
     responses={
         **responses(*USER, 404, 422),
-        200: {"content": {"application/json": {}, "application/yaml": {}}},
+        200: {
+            "model": BundleOut,
+            "content": {"application/yaml": {"schema": {"type": "string"}}},
+        },
     },
 )
 async def export_agent(
