@@ -282,3 +282,29 @@ def test_the_api_gives_the_cli_s_error_for_the_same_bad_input(workdir: Path) -> 
         cases, api(workdir, exchange), strict=True
     ):
         assert error_of(response, status) == expected, (method, path)
+
+
+def test_a_changed_agent_is_rebuilt_for_its_next_turn(workdir: Path) -> None:
+    def script(reply: str) -> dict[str, Any]:
+        return {"responses": [{"content": reply}]}
+
+    async def exchange(client: httpx.AsyncClient, runtime: Runtime) -> list[str]:
+        body = {"name": "echo", "model": "scripted:x", "model_settings": script("one")}
+        assert (await client.post("/api/agents", json=body, headers=ADMIN)).status_code == 201
+        opened = await client.post(
+            "/api/sessions", json={"agent_name": "echo", "new": True}, headers=PLAIN
+        )
+        turn = {"agent_name": "echo", "chat_id": opened.json()["chat_id"], "message": "hi"}
+        replies = []
+        for change in ({"model_settings": script("two")}, {"system_prompt": "Be brief."}):
+            answer = await client.post("/api/chat", json=turn, headers=PLAIN)
+            assert answer.status_code == 200, answer.text
+            replies.append(answer.json()["response"])
+            changed = await client.patch("/api/agents/echo", json=change, headers=ADMIN)
+            assert changed.status_code == 200, changed.text
+        # The script has one reply: a build kept from before the change would have none left.
+        answer = await client.post("/api/chat", json=turn, headers=PLAIN)
+        assert answer.status_code == 200, answer.text
+        return [*replies, answer.json()["response"]]
+
+    assert api(workdir, exchange) == ["one", "two", "two"]

@@ -266,4 +266,20 @@ def test_cli_tool_commands_on_rows_of_nowhere(exported: str) -> None:
     assert_error(run("tools", "copy", "1", "--to", "nobody"), "no agent named 'nobody'")
     assert_error(run("tools", "copy", "1", "--to", AGENT, "--name", "bad name"), "name")
     assert_error(run("agents", "export", "nobody"), "no agent named 'nobody'")
+    # No answer to the question (a script without --yes): nothing is deleted.
+    assert run("agents", "delete", AGENT).exit_code == 1
+    assert_error(run("agents", "delete", "../" * 100, "--yes"), "no agent named")
+    assert ok("agents", "export", AGENT).stdout == exported
+
+
+def test_cli_import_options_that_are_not_secrets(exported: str, workdir: Path) -> None:
+    path = workdir / "same.json"
+    path.write_text(exported, encoding="utf-8")
+    assert_error(run("agents", "import", str(path), "--secret", "nothing"), "not WHERE=VALUE")
+    assert_error(
+        run("agents", "import", str(path), "--secret", "agent.name=root"),
+        "no secret marker at agent.name",
+    )
+    missing = run("agents", "import", str(workdir / "missing.json"))
+    assert missing.exit_code == 2 and "No such file" in missing.output
     assert ok("agents", "export", AGENT).stdout == exported
