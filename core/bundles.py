@@ -101,6 +101,8 @@ def _sorted(value: Any) -> Any:
 
 def secret_fields(plugins: Plugins, tool_type: str) -> frozenset[str]:
     """The config fields a tool type declares secret (none when the type is unknown)."""
+    from typing import get_args
+
     from pydantic import SecretBytes, SecretStr
 
     registration = plugins.collect("register_tool_types").get(tool_type)
@@ -114,7 +116,8 @@ def secret_fields(plugins: Plugins, tool_type: str) -> frozenset[str]:
     for name, info in fields.items():
         extra = info.json_schema_extra
         declared = isinstance(extra, dict) and extra.get("secret") is True
-        if declared or info.annotation in (SecretStr, SecretBytes, SecretStr | None):
+        kinds = {info.annotation, *get_args(info.annotation)}
+        if declared or kinds & {SecretStr, SecretBytes}:
             found.add(info.alias or name)
     return frozenset(found)
 
@@ -460,6 +463,7 @@ async def import_bundle(
     """
     from chatwright import catalog
     from chatwright.stores import Agent
+    from chatwright.tools import ToolContext, build_row
 
     name = bundle.agent["name"]
     current = await runtime.storage.agents.get(name)
@@ -499,12 +503,10 @@ async def import_bundle(
 
     problems = []
     plans: list[tuple[str, dict[str, Any], ToolRow | None]] = []
+    context = ToolContext(name, runtime.storage, runtime.settings)
     for index, row in enumerate(rows):
         stored = stored_tools.get(row["name"])
         candidate = catalog.candidate_row(target, row)
-        from chatwright.tools import ToolContext, build_row
-
-        context = ToolContext(name, runtime.storage, runtime.settings)
         checked = await build_row(candidate, name, runtime.plugins, context)
         if not checked.ok:
             brief = "; ".join(p.brief() for p in checked.problems)

@@ -77,7 +77,7 @@ _CHECKS: dict[str, tuple[type, str]] = {
 }
 
 
-def _check_fields(data: Mapping[str, Any], source: str) -> None:
+def _check_known(data: Mapping[str, Any], source: str) -> None:
     unknown = sorted(set(data) - ROW_FIELDS)
     if unknown:
         raise InvalidInputError(
@@ -85,6 +85,9 @@ def _check_fields(data: Mapping[str, Any], source: str) -> None:
             "name, type, description, config, is_active, position, approval and "
             "approval_default"
         )
+
+
+def _check_kinds(data: Mapping[str, Any], source: str) -> None:
     for key, (kind, words) in _CHECKS.items():
         value = data.get(key)
         if key in data and (not isinstance(value, kind) or (key == "name" and not value)):
@@ -104,11 +107,10 @@ def tool_definition(data: Any, source: str) -> dict[str, Any]:
     """A new tool row given as data (a JSON object), its fields checked; ``source`` names it."""
     if not isinstance(data, dict):
         raise InvalidInputError(f"{source} must hold one JSON object (a tool row)")
+    _check_known(data, source)
     if not isinstance(data.get("name"), str) or not data["name"]:
-        unknown = sorted(set(data) - ROW_FIELDS)
-        if not unknown:
-            raise InvalidInputError(f'{source}: the tool needs a "name"')
-    _check_fields(data, source)
+        raise InvalidInputError(f'{source}: the tool needs a "name"')
+    _check_kinds(data, source)
     return dict(data)
 
 
@@ -121,7 +123,8 @@ def tool_changes(data: Any, source: str) -> dict[str, Any]:
             f"{source}: the type of a tool row cannot change; add a new row with "
             "`chatwright tools add` and remove this one"
         )
-    _check_fields(data, source)
+    _check_known(data, source)
+    _check_kinds(data, source)
     changes = dict(data)
     if "order" in changes:
         changes.setdefault("position", changes["order"])
