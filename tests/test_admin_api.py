@@ -96,37 +96,44 @@ def test_an_admin_manages_agents_and_tools(workdir: Path) -> None:
         workdir,
         "POST",
         "/api/agents",
-        {"name": "helper", "model": "offline:helper", "model_settings": {"api_key": "sk-1"}},
+        {"name": "concierge", "model": "offline:concierge", "model_settings": {"api_key": "sk-1"}},
     )
     assert created.status_code == 201, created.text
     assert created.json()["model_settings"] == {"api_key": "**********"}
     changed = call(
-        workdir, "PATCH", "/api/agents/helper", {"system_prompt": "Hi {memory}", "summarize": True}
+        workdir,
+        "PATCH",
+        "/api/agents/concierge",
+        {"system_prompt": "Hi {memory}", "summarize": True},
     )
     assert changed.status_code == 200 and changed.json()["summarize"] is True
-    shown = json.loads(ok("agents", "show", "helper", "--json").stdout)
+    shown = json.loads(ok("agents", "show", "concierge", "--json").stdout)
     assert shown["system_prompt"] == "Hi {memory}"
 
     first = json.loads(ok("tools", "list", "--agent", AGENT, "--json").stdout)[0]
-    copied = call(workdir, "POST", f"/api/tools/{first['id']}/copy", {"to": "helper"})
+    copied = call(workdir, "POST", f"/api/tools/{first['id']}/copy", {"to": "concierge"})
     assert copied.status_code == 201, copied.text
     row = copied.json()
-    assert (row["agent"], row["name"], row["config"]) == ("helper", first["name"], first["config"])
+    assert (row["agent"], row["name"], row["config"]) == (
+        "concierge",
+        first["name"],
+        first["config"],
+    )
     patched = call(workdir, "PATCH", f"/api/tools/{row['id']}", {"approval": "required"})
     assert patched.status_code == 200 and patched.json()["approval"] == "required"
     row_two = {"name": "two", **{k: first[k] for k in ("type", "description", "config")}}
-    added = call(workdir, "POST", "/api/agents/helper/tools", row_two)
+    added = call(workdir, "POST", "/api/agents/concierge/tools", row_two)
     assert added.status_code == 201, added.text
 
-    exported = call(workdir, "GET", "/api/agents/helper/export")
+    exported = call(workdir, "GET", "/api/agents/concierge/export")
     assert exported.status_code == 200
-    assert exported.text == ok("agents", "export", "helper").stdout
-    as_yaml = call(workdir, "GET", "/api/agents/helper/export?format=yaml")
+    assert exported.text == ok("agents", "export", "concierge").stdout
+    as_yaml = call(workdir, "GET", "/api/agents/concierge/export?format=yaml")
     assert as_yaml.headers["content-type"].startswith("application/yaml")
-    assert as_yaml.text == ok("agents", "export", "helper", "--format", "yaml").stdout
+    assert as_yaml.text == ok("agents", "export", "concierge", "--format", "yaml").stdout
     bundle = exported.json()
     assert bundle["agent"]["model_settings"]["api_key"] == {"$secret": "model_settings.api_key"}
-    bundle["agent"]["name"] = "helper2"
+    bundle["agent"]["name"] = "concierge2"
     refused = call(workdir, "POST", "/api/agents/import", {"bundle": bundle})
     assert "model_settings.api_key" in error_of(refused, 422)
     imported = call(
@@ -140,11 +147,11 @@ def test_an_admin_manages_agents_and_tools(workdir: Path) -> None:
     assert sorted(imported.json()["tools"]["added"]) == sorted([first["name"], "two"])
 
     removed = call(workdir, "DELETE", f"/api/tools/{added.json()['id']}")
-    assert removed.json() == {"id": added.json()["id"], "name": "two", "agent": "helper"}
+    assert removed.json() == {"id": added.json()["id"], "name": "two", "agent": "concierge"}
     assert error_of(call(workdir, "DELETE", f"/api/tools/{added.json()['id']}"), 404)
-    deleted = call(workdir, "DELETE", "/api/agents/helper")
-    assert deleted.json() == {"name": "helper", "tools": 1}
-    assert_error(run("agents", "show", "helper"), "no agent named 'helper'")
+    deleted = call(workdir, "DELETE", "/api/agents/concierge")
+    assert deleted.json() == {"name": "concierge", "tools": 1}
+    assert_error(run("agents", "show", "concierge"), "no agent named 'concierge'")
 
 
 def test_a_change_reaches_the_agent_s_config_version(workdir: Path) -> None:
