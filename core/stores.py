@@ -268,6 +268,10 @@ class ToolStore(Protocol):
 
     async def set_active(self, tool_id: int, active: bool) -> ToolRow: ...
 
+    async def delete(self, tool_id: int) -> bool:
+        """Delete a tool row and its users' approval choices; False when there was none."""
+        ...
+
     async def update(self, tool_id: int, **changes: Any) -> ToolRow:
         """Change some of ``name``, ``description``, ``config``, ``is_active``, ``position``,
         ``approval``, ``approval_default``; :class:`~chatwright.errors.NotFoundError` if none.

@@ -342,6 +342,15 @@ class StorageContract(SessionStoreContract):
         with pytest.raises(NotFoundError, match="9999"):
             await storage.tools.set_active(9999, False)
 
+    async def test_tool_delete_removes_one_row(self, storage: Storage) -> None:
+        await storage.agents.create("a", system_prompt="", model="offline:x")
+        gone = await storage.tools.add("a", "gone", type="crud", config={})
+        kept = await storage.tools.add("a", "kept", type="crud", config={})
+        assert await storage.tools.delete(gone.id) is True
+        assert await storage.tools.delete(gone.id) is False
+        assert await storage.tools.list("a") == [kept]
+        assert await storage.tools.get(gone.id) is None
+
     async def test_tool_disable(self, storage: Storage) -> None:
         await storage.agents.create("a", system_prompt="", model="offline:x")
         on = await storage.tools.add("a", "on", type="crud", config={})

@@ -1341,6 +1341,15 @@ async def test_openapi_declares_every_answer_with_a_schema_and_errors_with_the_o
         ("get", "/api/audit"),
         ("post", "/api/chats/{chat_id}/undo"),
         ("get", "/api/usage"),
+        ("post", "/api/agents"),
+        ("patch", "/api/agents/{name}"),
+        ("delete", "/api/agents/{name}"),
+        ("post", "/api/agents/{name}/tools"),
+        ("patch", "/api/tools/{tool_id}"),
+        ("delete", "/api/tools/{tool_id}"),
+        ("post", "/api/tools/{tool_id}/copy"),
+        ("get", "/api/agents/{name}/export"),
+        ("post", "/api/agents/import"),
     }
     # A 409 or a 429 may carry more than the error (the actions that wait, the action asked
     # again, when the budget resets): those bodies are the error body and more.

@@ -1,4 +1,4 @@
-"""``chatwright agents``: list, show, add and change agents.
+"""``chatwright agents``: list, show, add, change and delete agents; export and import bundles.
 
 The ``--prompt``/``--model``/``--setting`` options and the parsing of
 ``--setting KEY=VALUE`` live here, with the commands that take them, and so do
@@ -6,6 +6,10 @@ the options of an agent's bounds (``--turn-timeout``, ``--max-model-calls``,
 ``--max-tool-calls``, ``--history-tokens``, ``--summarize``): a number, or
 ``none`` to go back to the setting of the same name (for ``--history-tokens``:
 no token bound).
+
+Longer than 450 lines because it holds every ``agents`` subcommand and the
+options they share; the work itself is in :mod:`chatwright.catalog` and
+:mod:`chatwright.bundles`.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ if TYPE_CHECKING:
 
 @click.group()
 def agents() -> None:
-    """List, show, add and change agents."""
+    """List, show, add, change, delete, export and import agents."""
 
 
 def _parse_settings(pairs: Sequence[str]) -> dict[str, Any]:
@@ -242,7 +246,7 @@ def agents_add(
     summarize: bool | None,
 ) -> None:
     """Add an agent (model defaults to the models.default setting)."""
-    from chatwright.agents import check_model_provider, validate_agent
+    from chatwright.catalog import agent_fields, create_agent
 
     limits = {
         "turn_timeout": turn_timeout,
@@ -252,20 +256,11 @@ def agents_add(
         "summarize": summarize,
     }
     fields = _agent_fields(prompt, prompt_file, model, settings_, history_window, limits)
-    if "model" not in fields:
-        if app.settings.models.default is None:
-            raise InvalidInputError(
-                f"which model for agent {name!r}? give --model PROVIDER:NAME, or set "
-                "models.default (CHATWRIGHT_MODELS__DEFAULT or [models] default in the "
-                "settings file)"
-            )
-        fields["model"] = app.settings.models.default
-    valid = validate_agent(name, fields)
-    valid.pop("name")
-    check_model_provider(app.plugins, name, valid["model"])
+    # Checked before the database is opened, so that a typo costs no connection.
+    agent_fields(app, name, fields, partial=False)
 
     async def work(runtime: Runtime) -> None:
-        agent = await runtime.storage.agents.create(name, **valid)
+        agent = await create_agent(runtime, name, fields)
         click.echo(f"Added agent {agent.name!r} (model {agent.model})")
 
     app.run(work)
@@ -294,7 +289,7 @@ def agents_set(
     --setting values are merged into the agent's model settings; KEY=null removes KEY.
     A bound given as none follows its setting again (e.g. --max-model-calls none).
     """
-    from chatwright.agents import check_model_provider, validate_agent
+    from chatwright.catalog import agent_fields, change_agent
 
     limits = {
         "turn_timeout": turn_timeout,
@@ -310,28 +305,158 @@ def agents_set(
             "--history-window, --turn-timeout, --max-model-calls, --max-tool-calls, "
             "--history-tokens or --summarize"
         )
-    valid = validate_agent(name, fields, partial=True)
-    if "model" in valid:
-        check_model_provider(app.plugins, name, valid["model"])
+    valid = agent_fields(app, name, fields, partial=True)
 
     async def work(runtime: Runtime) -> None:
-        changes = dict(valid)
-        if "model_settings" in changes:
-            current = await runtime.storage.agents.get(name)
-            if current is None:
-                raise UnknownAgentError(name)
-            stored = current.model_settings
-            merged = dict(stored) if isinstance(stored, dict) else {}
-            for key, value in changes["model_settings"].items():
-                if value is None:
-                    merged.pop(key, None)
-                else:
-                    merged[key] = value
-            changes["model_settings"] = merged
-        agent = await runtime.storage.agents.update(name, **changes)
+        agent = await change_agent(runtime, name, fields)
         click.echo(f"Updated agent {agent.name!r}: {', '.join(sorted(valid))}")
 
     app.run(work)
+
+
+@agents.command("delete")
+@click.argument("name")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_app
+def agents_delete(app: AppContext, name: str, yes: bool) -> None:
+    """Delete an agent and its tool rows.
+
+    Its users' chats, sessions, memory and customizations are kept (they are
+    found by the agent's name: an agent added again under it has them back).
+    """
+    from chatwright.catalog import delete_agent
+
+    if not yes and not click.confirm(
+        f"Delete agent {name!r} and its tool rows (chats and memory are kept)?", err=True
+    ):
+        raise click.Abort()
+
+    async def work(runtime: Runtime) -> None:
+        deleted = await delete_agent(runtime, name)
+        click.echo(
+            f"Deleted agent {name!r} and its {deleted.tools} tool row(s); its chats, sessions "
+            "and memory are kept"
+        )
+
+    app.run(work)
+
+
+@agents.command("export")
+@click.argument("name")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["json", "yaml"]),
+    help="File format (default: from the --output name's extension, else json).",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Write to this file instead of standard output.",
+)
+@pass_app
+def agents_export(app: AppContext, name: str, fmt: str | None, output: Path | None) -> None:
+    """Write an agent with its tool rows and settings as one bundle (secrets left out, marked).
+
+    A model setting whose key looks like a secret (api_key, *token*, *secret*,
+    *password*…) and a tool config field its type declares secret are written
+    as {"$secret": "<where>"}; `agents import` fills them in again.
+    """
+    from chatwright.bundles import dump, export_bundle
+
+    if fmt is None:
+        fmt = "yaml" if output is not None and output.suffix in (".yaml", ".yml") else "json"
+
+    async def work(runtime: Runtime) -> str:
+        agent = await runtime.storage.agents.get(name)
+        if agent is None:
+            raise UnknownAgentError(name)
+        tools = await runtime.storage.tools.list(name)
+        return dump(export_bundle(agent, tools, runtime.plugins), fmt)
+
+    text = app.run(work)
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise InvalidInputError(f"cannot write {output}: {exc.strerror}") from None
+    click.echo(f"Exported agent {name!r} to {output}", err=True)
+
+
+@agents.command("import")
+@click.argument("file", type=click.File("rb"))
+@click.option("--dry-run", is_flag=True, help="Check the bundle and say what would change.")
+@click.option(
+    "--prune", is_flag=True, help="Remove the agent's tools that the bundle does not have."
+)
+@click.option(
+    "--secret",
+    "secrets",
+    multiple=True,
+    metavar="WHERE=VALUE",
+    help='A secret the bundle marks {"$secret": WHERE} (repeatable), e.g. '
+    "model_settings.api_key=sk-…",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@pass_app
+def agents_import(
+    app: AppContext,
+    file: Any,
+    dry_run: bool,
+    prune: bool,
+    secrets: Sequence[str],
+    as_json: bool,
+) -> None:
+    """Create or update an agent and its tools from a bundle (JSON or YAML).
+
+    Tools are matched by name. Everything is checked first (each tool row as
+    `tools add` does); if anything is wrong nothing changes. Tools the agent
+    has and the bundle has not are kept, or removed with --prune. A secret
+    marker takes --secret, else the value already stored, else the variable
+    CHATWRIGHT_SECRET_<WHERE> (e.g. CHATWRIGHT_SECRET_MODEL_SETTINGS_API_KEY).
+    """
+    import os
+
+    from chatwright.bundles import MAX_BYTES, check, import_bundle, parse
+
+    source = "standard input" if file.name == "<stdin>" else file.name
+    given: dict[str, str] = {}
+    for pair in secrets:
+        where, sep, value = pair.partition("=")
+        if not sep or not where.strip():
+            raise InvalidInputError(f"--secret {pair!r} is not WHERE=VALUE")
+        given[where.strip()] = value
+    bundle = check(parse(file.read(MAX_BYTES + 1), source), source)
+
+    async def work(runtime: Runtime) -> dict[str, Any]:
+        report = await import_bundle(
+            runtime, bundle, secrets=given, environ=os.environ, prune=prune, dry_run=dry_run
+        )
+        return report.as_dict()
+
+    report = app.run(work)
+    if as_json:
+        echo_json(report)
+        return
+    verb = "would be" if dry_run else "was"
+    action = report["action"]
+    changed = f" ({', '.join(report['changed'])})" if action == "updated" else ""
+    click.echo(f"Agent {report['agent']!r} {verb} {action}{changed}")
+    for key, words in (
+        ("added", "added"),
+        ("updated", "updated"),
+        ("unchanged", "unchanged"),
+        ("removed", "removed"),
+        ("kept", "kept (not in the bundle; --prune removes them)"),
+    ):
+        names = report["tools"][key]
+        if names:
+            click.echo(f"  tools {words}: {', '.join(names)}")
+    if dry_run:
+        click.echo("Dry run: nothing was changed.")
 
 
 @hookimpl

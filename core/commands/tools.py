@@ -1,4 +1,4 @@
-"""``chatwright tools``: list, add, change, check, disable and enable the tool rows of agents.
+"""``chatwright tools``: list, add, change, copy, remove, check, disable and enable tool rows.
 
 The checks of a tool row given as JSON (``tools add --file``) live here too,
 and ``tools choose``, a user's own approval choice for a row in ``user`` mode.
@@ -14,14 +14,13 @@ import click
 from chatwright import hookimpl
 from chatwright.approvals import (
     APPROVAL_MODES,
-    DEFAULT_APPROVAL,
     DEFAULT_USER_CHOICE,
     USER_CHOICES,
 )
 from chatwright.cli import AppContext, pass_app
 from chatwright.commands import inputs
 from chatwright.commands.output import echo_json, echo_list, yes_no
-from chatwright.errors import InvalidInputError, NotFoundError, UnknownAgentError
+from chatwright.errors import InvalidInputError, UnknownAgentError
 
 if TYPE_CHECKING:
     from chatwright.runtime import Runtime
@@ -29,22 +28,9 @@ if TYPE_CHECKING:
 
 @click.group()
 def tools() -> None:
-    """List, add, change, check and disable the tool rows of agents."""
+    """List, add, change, copy, remove, check and disable the tool rows of agents."""
 
 
-ROW_FIELDS = frozenset(
-    {
-        "name",
-        "type",
-        "description",
-        "config",
-        "is_active",
-        "position",
-        "order",
-        "approval",
-        "approval_default",
-    }
-)
 POSITIONS = click.IntRange(-(2**31), 2**31 - 1)
 ROW_IDS = click.IntRange(1, 2**31 - 1)
 """The ids a tool row can have (a 32-bit column): a larger number names no row."""
@@ -57,35 +43,13 @@ def approval_text(row: dict[str, Any]) -> str:
 
 
 def _tool_definition(text: str, source: str) -> dict[str, Any]:
+    from chatwright.catalog import tool_definition
+
     try:
         data = json.loads(text)
     except ValueError as exc:
         raise InvalidInputError(f"{source} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise InvalidInputError(f"{source} must hold one JSON object (a tool row)")
-    unknown = sorted(set(data) - ROW_FIELDS)
-    if unknown:
-        raise InvalidInputError(
-            f"{source}: unknown field {', '.join(map(repr, unknown))}; a tool row has "
-            "name, type, description, config, is_active, position, approval and "
-            "approval_default"
-        )
-    if not isinstance(data.get("name"), str) or not data["name"]:
-        raise InvalidInputError(f'{source}: the tool needs a "name"')
-    checks = {
-        "type": (str, "a string"),
-        "description": (str, "a string"),
-        "is_active": (bool, "true or false"),
-        "approval": (str, f"one of {', '.join(APPROVAL_MODES)}"),
-        "approval_default": (str, f"one of {', '.join(USER_CHOICES)}"),
-    }
-    for key, (kind, words) in checks.items():
-        if key in data and not isinstance(data[key], kind):
-            raise InvalidInputError(f"{source}: {key} must be {words}, not {data[key]!r}")
-    for key in ("position", "order"):
-        if key in data and (isinstance(data[key], bool) or not isinstance(data[key], int)):
-            raise InvalidInputError(f"{source}: {key} must be an integer, not {data[key]!r}")
-    return data
+    return tool_definition(data, source)
 
 
 @tools.command("list")
@@ -171,52 +135,15 @@ def tools_add(
     approval_default: str | None,
 ) -> None:
     """Validate a tool row against its type and the database, then insert it."""
-    from datetime import UTC, datetime
-
-    from chatwright.stores import ToolRow, as_dict
-    from chatwright.tools import ToolContext, build_row
+    from chatwright.catalog import add_tool
+    from chatwright.stores import as_dict
 
     source = "standard input" if file.name == "<stdin>" else file.name
     data = _tool_definition(file.read(), source)
-    position = data.get("position", data.get("order"))
-    mode = approval or data.get("approval", DEFAULT_APPROVAL)
-    mode_default = approval_default or data.get("approval_default", DEFAULT_USER_CHOICE)
 
     async def work(runtime: Runtime) -> None:
-        storage = runtime.storage
-        found = await storage.agents.get(agent)
-        if found is None:
-            raise UnknownAgentError(agent)
-        now = datetime.now(UTC)
-        candidate = ToolRow(
-            id=0,
-            agent_id=found.id,
-            name=data["name"],
-            type=str(data.get("type", "crud")),
-            description=str(data.get("description") or ""),
-            config=data.get("config", {}),
-            is_active=bool(data.get("is_active", True)),
-            position=int(position) if isinstance(position, int) else 0,
-            created_at=now,
-            updated_at=now,
-            approval=mode,
-            approval_default=mode_default,
-        )
-        context = ToolContext(agent, storage, runtime.settings)
-        report = await build_row(candidate, agent, runtime.plugins, context)
-        if not report.ok:
-            problems = "; ".join(p.brief() for p in report.problems)
-            raise InvalidInputError(f"tool {candidate.name!r} not added: {problems}")
-        row = await storage.tools.add(
-            agent,
-            candidate.name,
-            type=candidate.type,
-            config=candidate.config,
-            description=candidate.description,
-            is_active=candidate.is_active,
-            position=position if isinstance(position, int) else None,
-            approval=candidate.approval,
-            approval_default=candidate.approval_default,
+        row = await add_tool(
+            runtime, agent, data, approval=approval, approval_default=approval_default
         )
         click.echo(
             f"Added tool {row.name!r} (row {row.id}) to agent {agent!r}, "
@@ -317,10 +244,8 @@ def tools_set(
     A row that does not load can still be given another approval mode or
     disabled; changing what the model sees of it needs a row that loads.
     """
-    from dataclasses import replace
-
+    from chatwright.catalog import change_tool
     from chatwright.stores import as_dict
-    from chatwright.tools import ToolContext, build_row
 
     changes: dict[str, Any] = {
         key: value
@@ -349,23 +274,42 @@ def tools_set(
         )
 
     async def work(runtime: Runtime) -> None:
-        storage = runtime.storage
-        row = await storage.tools.get(tool_id)
-        if row is None:
-            raise NotFoundError(f"no tool row with id {tool_id}; see `chatwright tools list`")
-        if {"name", "description", "config"} & set(changes):
-            agents = {a.id: a.name for a in await storage.agents.list()}
-            agent = agents.get(row.agent_id, str(row.agent_id))
-            candidate = replace(row, **changes)
-            context = ToolContext(agent, storage, runtime.settings)
-            report = await build_row(candidate, agent, runtime.plugins, context)
-            if not report.ok:
-                problems = "; ".join(p.brief() for p in report.problems)
-                raise InvalidInputError(f"tool row {tool_id} not changed: {problems}")
-        updated = await storage.tools.update(tool_id, **changes)
+        updated = await change_tool(runtime, tool_id, changes)
         click.echo(
             f"Updated tool {updated.name!r} (row {updated.id}): changed "
             f"{', '.join(sorted(changes))}; its approval is now {approval_text(as_dict(updated))}"
+        )
+
+    app.run(work)
+
+
+@tools.command("remove")
+@click.argument("tool_id", type=ROW_IDS, metavar="ID")
+@pass_app
+def tools_remove(app: AppContext, tool_id: int) -> None:
+    """Delete a tool row (and its users' approval choices); `tools disable` keeps it instead."""
+    from chatwright.catalog import remove_tool
+
+    async def work(runtime: Runtime) -> None:
+        row, agent = await remove_tool(runtime, tool_id)
+        click.echo(f"Removed tool {row.name!r} (row {row.id}) from agent {agent!r}")
+
+    app.run(work)
+
+
+@tools.command("copy")
+@click.argument("tool_id", type=ROW_IDS, metavar="ID")
+@click.option("--to", "to_agent", required=True, help="The agent that gets the copy.")
+@click.option("--name", help="The copy's name (default: the row's name).")
+@pass_app
+def tools_copy(app: AppContext, tool_id: int, to_agent: str, name: str | None) -> None:
+    """Copy a tool row to an agent, validated against it like `tools add`."""
+    from chatwright.catalog import copy_tool
+
+    async def work(runtime: Runtime) -> None:
+        row = await copy_tool(runtime, tool_id, to_agent, name=name)
+        click.echo(
+            f"Copied tool row {tool_id} to agent {to_agent!r} as {row.name!r} (row {row.id})"
         )
 
     app.run(work)

@@ -23,6 +23,7 @@ from chatwright.plugins.server.limits import BodyLimit, body_limit
 from chatwright.plugins.server.loopback import LocalOnly
 from chatwright.plugins.server.metrics import ServerMetrics
 from chatwright.plugins.server.routes import (
+    admin,
     agents,
     audit,
     chats,
@@ -61,7 +62,7 @@ def create_app(settings: Settings, plugins: Plugins | None = None) -> FastAPI:
     server = settings.section(ServerSettings)
     if server.auth == "local":
         app.add_middleware(LocalOnly, allowed_hosts=server.allowed_hosts)
-    routers = (pages, health, sessions, chats, pending, audit, agents, usage)
+    routers = (pages, health, sessions, chats, pending, audit, agents, admin, usage)
     for module in routers:
         app.include_router(module.router)
     return app

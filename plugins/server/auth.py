@@ -13,7 +13,10 @@ id is its ``sub``. Missing, expired, malformed or wrongly signed tokens get
 401 with a ``WWW-Authenticate: Bearer`` challenge; a Supabase service-role
 token (claim ``role = service_role``) gets 403 on user endpoints, since it
 would otherwise act for no user in particular. A token with the claim
-``chatwright_admin: true`` sees tool-load problems in the API.
+``chatwright_admin: true``, or whose claim ``server.admin_claim`` (a dotted
+path, by default ``app_metadata.role``) holds ``server.admin_value`` (by default
+``chatwright_admin``) is an admin: it sees tool-load problems in the API and
+may call the admin routes.
 
 A JWKS is fetched on first use and kept for :data:`JWKS_LIFESPAN` seconds; a
 token whose ``kid`` is not in it makes it fetched again (a key rotation), at
@@ -355,7 +358,23 @@ def principal_from_token(settings: Settings, token: str | None) -> Principal:
     # lone surrogate (JSON's "\ud800" escape decodes to one; UTF-8 cannot hold it).
     if len(subject) > 255 or "\x00" in subject or LONE_SURROGATE.search(subject):
         raise AuthError("the token's subject (sub) is not a usable user id")
-    return Principal(subject, admin=claims.get("chatwright_admin") is True)
+    return Principal(subject, admin=is_admin(server, claims))
+
+
+def is_admin(server: ServerSettings, claims: dict[str, Any]) -> bool:
+    """Whether verified ``claims`` make an admin: see the module's docstring."""
+    if claims.get("chatwright_admin") is True:
+        return True
+    if not server.admin_claim:
+        return False
+    value: Any = claims
+    for step in server.admin_claim.split("."):
+        if not isinstance(value, dict):
+            return False
+        value = value.get(step)
+    if isinstance(value, list):
+        return server.admin_value in value
+    return isinstance(value, str) and value == server.admin_value
 
 
 def bearer(header: str | None) -> str | None:

@@ -36,6 +36,20 @@ class ServerSettings(BaseModel):
         description="Accepted JWT algorithms (default: HS256 with jwt_secret, RS256 and ES256 "
         "with a JWKS).",
     )
+    admin_claim: str = Field(
+        "app_metadata.role",
+        max_length=200,
+        description="JWT claim (a dotted path into the claims) that makes its user an admin "
+        "of agents and tools over HTTP when it holds admin_value (or a list holding it); "
+        "empty: no claim does. Supabase keeps app roles in app_metadata, which users "
+        "cannot change (never use user_metadata). The claim chatwright_admin: true also "
+        "makes an admin.",
+    )
+    admin_value: str = Field(
+        "chatwright_admin",
+        min_length=1,
+        description="The value of admin_claim that makes an admin.",
+    )
     allowed_hosts: list[str] = Field(
         [],
         description="Host header names served in local mode besides localhost, 127.0.0.1 and "

@@ -288,6 +288,12 @@ class SQLToolStore(BoundStore):
             ) from None
         return from_row(ToolRow, row)
 
+    async def delete(self, tool_id: int) -> bool:
+        t = schema.agent_tools
+        async with self.db.write() as conn:
+            result = await conn.execute(t.delete().where(t.c.id == tool_id))
+        return bool(result.rowcount)
+
     async def set_active(self, tool_id: int, active: bool) -> ToolRow:
         t = schema.agent_tools
         stmt = (

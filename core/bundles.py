@@ -1,0 +1,572 @@
+"""Agent bundles: an agent with its tool rows and settings as one JSON or YAML file.
+
+``chatwright agents export`` writes one, ``agents import`` (and the admin
+API's import) reads one back. A bundle is::
+
+    {"format": "chatwright-agent", "version": 1,
+     "agent": {"name": ..., "model": ..., "system_prompt": ..., "model_settings": {...},
+               "history_window": ..., "turn_timeout": ..., ...},
+     "tools": [{"name": ..., "type": ..., "description": ..., "config": {...},
+                "is_active": ..., "position": ..., "approval": ..., "approval_default": ...}]}
+
+Ids and timestamps are left out (they belong to one database); tools are
+matched by name. Keys of ``model_settings`` and ``config`` are sorted, so
+that export -> import -> export gives the same bytes.
+
+Secrets are left out and marked ``{"$secret": "<where>"}``, ``<where>`` being
+the value's own place (``model_settings.api_key``,
+``tools.search.config.token``). A model setting is a secret when its key looks
+like one (:func:`chatwright.redaction.is_secret_key`, the rule ``agents show``
+hides by); a tool config field is one when its type declares it: a
+``SecretStr`` field of the type's config model, or one with
+``json_schema_extra={"secret": True}``. On import a marker takes, in order: the
+value given for it (``--secret WHERE=VALUE``), the value already stored in that
+place, or the environment variable ``CHATWRIGHT_SECRET_<WHERE>`` (upper case,
+every other character than a letter or digit as ``_``; the CLI only). With
+none of them the import is refused.
+
+An import is checked whole before anything is written: the bundle's shape, the
+agent's fields, every tool row built against the live schema as ``tools add``
+does. One bad row and nothing changes. Tools stored but absent from the bundle
+are kept, or removed with ``prune``.
+
+Longer than 450 lines because the format is one contract read together: its
+export, the checks of what is read back, and the import that mirrors the export.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from chatwright.errors import InvalidInputError, TooLargeError
+from chatwright.redaction import is_secret_key
+
+if TYPE_CHECKING:
+    from chatwright.registry import Plugins
+    from chatwright.runtime import Runtime
+    from chatwright.stores import Agent, ToolRow
+
+FORMAT = "chatwright-agent"
+VERSION = 1
+FORMATS = ("json", "yaml")
+SECRET = "$secret"
+SECRET_VARIABLE = "CHATWRIGHT_SECRET_"
+
+MAX_BYTES = 4 * 1024 * 1024
+"""Largest bundle read, in bytes."""
+MAX_TOOLS = 1000
+MAX_DEPTH = 32
+"""Deepest nesting of objects and lists."""
+MAX_NODES = 200_000
+"""Most values in all (a YAML alias counts each time it is used)."""
+
+AGENT_KEYS = (
+    "name",
+    "model",
+    "system_prompt",
+    "model_settings",
+    "history_window",
+    "turn_timeout",
+    "max_model_calls",
+    "max_tool_calls",
+    "history_tokens",
+    "summarize",
+)
+TOOL_KEYS = (
+    "name",
+    "type",
+    "description",
+    "config",
+    "is_active",
+    "position",
+    "approval",
+    "approval_default",
+)
+
+
+# -- export -----------------------------------------------------------------------------
+
+
+def _sorted(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _sorted(value[k]) for k in sorted(value, key=str)}
+    if isinstance(value, list | tuple):
+        return [_sorted(v) for v in value]
+    return value
+
+
+def secret_fields(plugins: Plugins, tool_type: str) -> frozenset[str]:
+    """The config fields a tool type declares secret (none when the type is unknown)."""
+    from typing import get_args
+
+    from pydantic import SecretBytes, SecretStr
+
+    registration = plugins.collect("register_tool_types").get(tool_type)
+    if registration is None:
+        return frozenset()
+    try:
+        fields = registration.value.config_model.model_fields
+    except Exception:  # a type without a usable config model declares nothing
+        return frozenset()
+    found = set()
+    for name, info in fields.items():
+        extra = info.json_schema_extra
+        declared = isinstance(extra, dict) and extra.get("secret") is True
+        kinds = {info.annotation, *get_args(info.annotation)}
+        if declared or kinds & {SecretStr, SecretBytes}:
+            found.add(info.alias or name)
+    return frozenset(found)
+
+
+def _mark_settings(value: Any, where: str) -> Any:
+    if not isinstance(value, Mapping):
+        return value
+    marked = {}
+    for key, item in value.items():
+        place = f"{where}.{key}"
+        if is_secret_key(str(key)) and item not in (None, ""):
+            marked[key] = {SECRET: place}
+        else:
+            marked[key] = _mark_settings(item, place)
+    return marked
+
+
+def export_bundle(agent: Agent, tools: list[ToolRow], plugins: Plugins) -> dict[str, Any]:
+    """The bundle of ``agent`` and its ``tools``, secrets marked."""
+    from chatwright.stores import InvalidJSON
+    from chatwright.tools import parse_config
+
+    settings = agent.model_settings
+    if isinstance(settings, InvalidJSON):
+        raise InvalidInputError(
+            f"agent {agent.name!r}: its model_settings are not valid JSON ({settings.error}); "
+            f"fix them with `chatwright agents set {agent.name} --setting KEY=VALUE`"
+        )
+    data = {
+        "name": agent.name,
+        "model": agent.model,
+        "system_prompt": agent.system_prompt,
+        "model_settings": _mark_settings(dict(settings), "model_settings"),
+        "history_window": agent.history_window,
+        "turn_timeout": agent.turn_timeout,
+        "max_model_calls": agent.max_model_calls,
+        "max_tool_calls": agent.max_tool_calls,
+        "history_tokens": agent.history_tokens,
+        "summarize": agent.summarize,
+    }
+    rows = []
+    for row in tools:
+        config, problem = parse_config(row.config)
+        if config is None:
+            reason = problem.reason if problem else "not a JSON object"
+            raise InvalidInputError(
+                f"tool row {row.id} ({row.name!r}) of agent {agent.name!r}: config {reason}; "
+                f"fix it with `chatwright tools set {row.id} --config JSON` or remove it"
+            )
+        secrets = secret_fields(plugins, row.type)
+        config = {
+            key: {SECRET: f"tools.{row.name}.config.{key}"}
+            if key in secrets and value not in (None, "")
+            else value
+            for key, value in config.items()
+        }
+        rows.append(
+            {
+                "name": row.name,
+                "type": row.type,
+                "description": row.description,
+                "config": config,
+                "is_active": row.is_active,
+                "position": row.position,
+                "approval": row.approval,
+                "approval_default": row.approval_default,
+            }
+        )
+    agent_data = {k: _sorted(v) if k == "model_settings" else v for k, v in data.items()}
+    tool_data = [{k: _sorted(v) if k == "config" else v for k, v in t.items()} for t in rows]
+    return {"format": FORMAT, "version": VERSION, "agent": agent_data, "tools": tool_data}
+
+
+def dump(bundle: Mapping[str, Any], fmt: str = "json") -> str:
+    """The text of a bundle: indented JSON, or block-style YAML; both end with a newline."""
+    if fmt == "yaml":
+        import yaml
+
+        class Dumper(yaml.SafeDumper):
+            """Multi-line text (a system prompt) as a literal block, when YAML allows one."""
+
+        def text_block(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
+            style = "|" if "\n" in data else None
+            return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+        Dumper.add_representer(str, text_block)
+        text: str = yaml.dump(
+            dict(bundle),
+            Dumper=Dumper,
+            sort_keys=False,
+            allow_unicode=True,
+            default_flow_style=False,
+            width=100,
+        )
+        return text
+    return json.dumps(bundle, indent=2, ensure_ascii=False) + "\n"
+
+
+# -- reading ----------------------------------------------------------------------------
+
+
+def measure(value: Any, source: str) -> None:
+    """Refuse nesting deeper than MAX_DEPTH and more than MAX_NODES values."""
+    nodes = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        nodes += 1
+        if nodes > MAX_NODES:
+            raise TooLargeError(f"{source}: more than {MAX_NODES} values; a bundle is smaller")
+        if depth > MAX_DEPTH:
+            raise InvalidInputError(
+                f"{source}: nested deeper than {MAX_DEPTH} levels; a bundle is not that deep"
+            )
+        if isinstance(item, dict):
+            for key, child in item.items():
+                if not isinstance(key, str):
+                    raise InvalidInputError(f"{source}: key {key!r} is not a string")
+                stack.append((child, depth + 1))
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item)
+        elif not (item is None or isinstance(item, str | bool | int | float)):
+            raise InvalidInputError(
+                f"{source}: a {type(item).__name__} value; a bundle holds JSON values only"
+            )
+
+
+def parse(text: str | bytes, source: str) -> Any:
+    """The document in ``text`` (JSON, else YAML), checked for size, depth and value types."""
+    size = len(text.encode("utf-8") if isinstance(text, str) else text)
+    if size > MAX_BYTES:
+        raise TooLargeError(f"{source} is {size} bytes; a bundle is at most {MAX_BYTES}")
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidInputError(f"{source} is not UTF-8 text ({exc.reason})") from None
+    stripped = text.lstrip()
+    try:
+        if stripped.startswith("{"):
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except RecursionError:
+        raise InvalidInputError(
+            f"{source}: nested deeper than {MAX_DEPTH} levels; a bundle is not that deep"
+        ) from None
+    except ValueError as exc:
+        raise InvalidInputError(f"{source} is not valid JSON: {exc}") from None
+    except Exception as exc:  # yaml.YAMLError and its kin, without importing yaml first
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InvalidInputError(f"{source} is not valid JSON or YAML: {first}") from None
+    measure(data, source)
+    return data
+
+
+@dataclass(frozen=True)
+class Bundle:
+    agent: dict[str, Any]
+    tools: list[dict[str, Any]]
+
+
+def check(data: Any, source: str) -> Bundle:
+    """A bundle's shape: its format and version, the agent's keys and every tool row's fields."""
+    from chatwright.catalog import tool_definition
+
+    if not isinstance(data, dict):
+        raise InvalidInputError(f"{source} must hold one object (an agent bundle)")
+    if data.get("format") != FORMAT:
+        raise InvalidInputError(
+            f'{source} is not an agent bundle: its "format" must be {FORMAT!r} '
+            "(write one with `chatwright agents export NAME`)"
+        )
+    version = data.get("version")
+    if version != VERSION or isinstance(version, bool):
+        raise InvalidInputError(
+            f"{source}: bundle version {version!r} is not supported; this chatwright reads "
+            f"version {VERSION}"
+        )
+    unknown = sorted(set(data) - {"format", "version", "agent", "tools"})
+    if unknown:
+        raise InvalidInputError(
+            f"{source}: unknown field {', '.join(map(repr, unknown))}; a bundle has format, "
+            "version, agent and tools"
+        )
+    agent = data.get("agent")
+    if not isinstance(agent, dict):
+        raise InvalidInputError(f'{source}: "agent" must be an object')
+    unknown = sorted(set(agent) - set(AGENT_KEYS))
+    if unknown:
+        raise InvalidInputError(
+            f"{source}: agent: unknown field {', '.join(map(repr, unknown))}; an agent has "
+            f"{', '.join(AGENT_KEYS)}"
+        )
+    if not isinstance(agent.get("name"), str) or not agent["name"]:
+        raise InvalidInputError(f'{source}: the agent needs a "name"')
+    tools = data.get("tools", [])
+    if not isinstance(tools, list):
+        raise InvalidInputError(f'{source}: "tools" must be a list of tool rows')
+    if len(tools) > MAX_TOOLS:
+        raise TooLargeError(f"{source}: {len(tools)} tools; a bundle has at most {MAX_TOOLS}")
+    checked = []
+    names: set[str] = set()
+    for index, row in enumerate(tools):
+        where = f"{source}: tools[{index}]"
+        if isinstance(row, dict) and "order" in row:
+            raise InvalidInputError(f"{where}: unknown field 'order'; a bundle uses \"position\"")
+        row = tool_definition(row, where)
+        if row["name"] in names:
+            raise InvalidInputError(f"{where}: a second tool named {row['name']!r}")
+        names.add(row["name"])
+        checked.append(row)
+    return Bundle(dict(agent), checked)
+
+
+# -- import -----------------------------------------------------------------------------
+
+
+def secret_variable(where: str) -> str:
+    """The environment variable that can hold the secret marked ``where``."""
+    return SECRET_VARIABLE + re.sub(r"[^A-Za-z0-9]", "_", where).upper()
+
+
+def _is_marker(value: Any) -> bool:
+    return isinstance(value, dict) and set(value) == {SECRET}
+
+
+class _Secrets:
+    """Fills in the markers of one import from what was given, stored or in the environment."""
+
+    def __init__(self, given: Mapping[str, str], environ: Mapping[str, str] | None) -> None:
+        self.given = given
+        self.environ = environ
+        self.missing: list[str] = []
+        self.used: set[str] = set()
+
+    def fill(self, value: Any, where: str, stored: Any) -> Any:
+        if _is_marker(value):
+            return self._resolve(value, where, stored)
+        if isinstance(value, dict):
+            old = stored if isinstance(stored, Mapping) else {}
+            return {k: self.fill(v, f"{where}.{k}", old.get(k)) for k, v in value.items()}
+        return value
+
+    def _resolve(self, marker: dict[str, Any], where: str, stored: Any) -> Any:
+        if marker[SECRET] != where:
+            raise InvalidInputError(
+                f"bundle: the secret marker at {where} names {marker[SECRET]!r}; a marker names "
+                "its own place"
+            )
+        if where in self.given:
+            self.used.add(where)
+            return self.given[where]
+        if stored is not None and not _is_marker(stored):
+            return stored
+        if self.environ is not None and secret_variable(where) in self.environ:
+            return self.environ[secret_variable(where)]
+        self.missing.append(where)
+        return None
+
+    def check(self, environ_hint: bool) -> None:
+        if self.missing:
+            where = self.missing[0]
+            how = f"--secret {where}=VALUE"
+            if environ_hint:
+                how += f" or the environment variable {secret_variable(where)}"
+            raise InvalidInputError(
+                f"bundle not imported: {', '.join(self.missing)} "
+                f"{'is a secret' if len(self.missing) == 1 else 'are secrets'} left out of the "
+                f"export and not stored here; give {how}"
+            )
+        unused = sorted(set(self.given) - self.used)
+        if unused:
+            raise InvalidInputError(
+                f"bundle not imported: no secret marker at {', '.join(unused)} "
+                "(a secret is given for a place the bundle marks)"
+            )
+
+
+@dataclass
+class ImportReport:
+    """What an import did (or, in a dry run, would do)."""
+
+    agent: str
+    action: str
+    """created, updated or unchanged."""
+    changed: list[str] = field(default_factory=list)
+    """The agent's fields that change."""
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    """Tools stored but not in the bundle, left as they are (without prune)."""
+    dry_run: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "agent": self.agent,
+            "action": self.action,
+            "changed": self.changed,
+            "tools": {
+                "added": self.added,
+                "updated": self.updated,
+                "unchanged": self.unchanged,
+                "removed": self.removed,
+                "kept": self.kept,
+            },
+            "dry_run": self.dry_run,
+        }
+
+
+def _tool_fields(row: ToolRow) -> dict[str, Any]:
+    from chatwright.tools import parse_config
+
+    config, _ = parse_config(row.config)
+    return {
+        "type": row.type,
+        "description": row.description,
+        "config": row.config if config is None else dict(config),
+        "is_active": row.is_active,
+        "position": row.position,
+        "approval": row.approval,
+        "approval_default": row.approval_default,
+    }
+
+
+async def import_bundle(
+    runtime: Runtime,
+    bundle: Bundle,
+    *,
+    secrets: Mapping[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    prune: bool = False,
+    dry_run: bool = False,
+) -> ImportReport:
+    """Create or update the bundle's agent and tools, all checked before the first write.
+
+    ``environ`` is where ``CHATWRIGHT_SECRET_*`` variables are looked up (None:
+    nowhere, as over HTTP, where the server's environment is not the caller's).
+    """
+    from chatwright import catalog
+    from chatwright.stores import Agent
+    from chatwright.tools import ToolContext, build_row
+
+    name = bundle.agent["name"]
+    current = await runtime.storage.agents.get(name)
+    stored_tools = {t.name: t for t in await runtime.storage.tools.list(name)} if current else {}
+    filler = _Secrets(secrets or {}, environ)
+    fields = {k: v for k, v in bundle.agent.items() if k != "name"}
+    if "model_settings" in fields:
+        old = current.model_settings if current is not None else None
+        fields["model_settings"] = filler.fill(fields["model_settings"], "model_settings", old)
+    rows = []
+    for row in bundle.tools:
+        stored = stored_tools.get(row["name"])
+        if "config" in row:
+            old_config = _tool_fields(stored)["config"] if stored is not None else None
+            row = {
+                **row,
+                "config": filler.fill(row["config"], f"tools.{row['name']}.config", old_config),
+            }
+        rows.append(row)
+    filler.check(environ is not None)
+
+    # The agent: every field of the bundle replaces the stored one (limits left out go
+    # back to their settings), so that a bundle imported gives back the same bundle.
+    if current is None:
+        valid = catalog.agent_fields(runtime, name, fields, partial=False)
+        report = ImportReport(name, "created", sorted(valid), dry_run=dry_run)
+        target: Agent = Agent(0, name, "", valid["model"], {}, 50, *_epoch())
+    else:
+        full: dict[str, Any] = {"model_settings": {}, "summarize": False}
+        full |= dict.fromkeys(
+            ("turn_timeout", "max_model_calls", "max_tool_calls", "history_tokens")
+        )
+        valid = catalog.agent_fields(runtime, name, {**full, **fields}, partial=True)
+        changed = sorted(k for k, v in valid.items() if getattr(current, k) != v)
+        report = ImportReport(name, "updated" if changed else "unchanged", changed, dry_run=dry_run)
+        target = current
+
+    problems = []
+    plans: list[tuple[str, dict[str, Any], ToolRow | None]] = []
+    context = ToolContext(name, runtime.storage, runtime.settings)
+    for index, row in enumerate(rows):
+        stored = stored_tools.get(row["name"])
+        candidate = catalog.candidate_row(target, row)
+        checked = await build_row(candidate, name, runtime.plugins, context)
+        if not checked.ok:
+            brief = "; ".join(p.brief() for p in checked.problems)
+            problems.append(f"tools[{index}] {row['name']!r}: {brief}")
+            continue
+        wanted = _tool_fields(candidate)
+        if "position" not in row:
+            wanted.pop("position")
+        if stored is None:
+            plans.append(("add", row, None))
+            report.added.append(row["name"])
+        elif stored.type != candidate.type:
+            plans.append(("replace", row, stored))
+            report.updated.append(row["name"])
+        else:
+            have = _tool_fields(stored)
+            diff = {k: v for k, v in wanted.items() if k != "type" and have[k] != v}
+            if diff:
+                plans.append(("update", diff, stored))
+                report.updated.append(row["name"])
+            else:
+                report.unchanged.append(row["name"])
+    if problems:
+        raise InvalidInputError(f"bundle not imported: {'; '.join(problems)}")
+    in_bundle = {row["name"] for row in rows}
+    for tool_name in stored_tools:
+        if tool_name not in in_bundle:
+            (report.removed if prune else report.kept).append(tool_name)
+    if dry_run:
+        return report
+
+    if current is None:
+        await runtime.storage.agents.create(name, **valid)
+    elif report.changed:
+        await runtime.storage.agents.update(name, **{k: valid[k] for k in report.changed})
+    for tool_name in report.removed:
+        await runtime.storage.tools.delete(stored_tools[tool_name].id)
+    for action, data, stored in plans:
+        if action == "update" and stored is not None:
+            await runtime.storage.tools.update(stored.id, **data)
+            continue
+        if action == "replace" and stored is not None:
+            await runtime.storage.tools.delete(stored.id)
+        candidate = catalog.candidate_row(target, data)
+        await runtime.storage.tools.add(
+            name,
+            candidate.name,
+            type=candidate.type,
+            config=candidate.config,
+            description=candidate.description,
+            is_active=candidate.is_active,
+            position=data.get("position"),
+            approval=candidate.approval,
+            approval_default=candidate.approval_default,
+        )
+    return report
+
+
+def _epoch() -> tuple[Any, Any]:
+    from datetime import UTC, datetime
+
+    start = datetime.fromtimestamp(0, UTC)
+    return start, start
