@@ -79,22 +79,23 @@ def llm_agent(
     chat_message_history; prints what it will import and every problem per row,
     then asks (or --yes). Running it again imports nothing twice.
     """
+    from chatwright.cli import run_async
     from chatwright.commands.output import echo_json
     from chatwright.plugins.importing.plan import apply, make_plan
-    from chatwright.plugins.importing.source import read
+    from chatwright.plugins.importing.source import SourceError, read
 
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_$]{0,62}", schema):
         raise click.BadParameter("a schema name is letters, digits and '_'", param_hint="--schema")
 
-    async def work(runtime: Runtime) -> dict[str, Any]:
-        source = await read(url, schema)
-        if not source.tables:
-            from chatwright.plugins.importing.source import SourceError
+    # The source first: a URL that does not answer is the one error, whatever chatwright's state.
+    source = run_async(read(url, schema))
+    if not source.tables:
+        raise SourceError(
+            f"no table of the original system in schema {schema!r} of {source.url}; "
+            "check --from and --schema"
+        )
 
-            raise SourceError(
-                f"no table of the original system in schema {schema!r} of {source.url}; "
-                "check --from and --schema"
-            )
+    async def work(runtime: Runtime) -> dict[str, Any]:
         plan = await make_plan(source, runtime, model)
         report = plan.as_dict()
         if not as_json:

@@ -296,7 +296,7 @@ def _tool_drafts(plan: Plan) -> list[tuple[Mapping[str, Any], ToolDraft | str]]:
 
 async def _tool_items(plan: Plan, runtime: Runtime, agents: Mapping[str, str]) -> None:
     from chatwright.plugins.crud.config import normalize_legacy
-    from chatwright.stores import ToolRow
+    from chatwright.stores import ToolRow, is_framework_table
     from chatwright.tools import TOOL_NAME, ToolContext, build_row
 
     storage = runtime.storage
@@ -341,6 +341,10 @@ async def _tool_items(plan: Plan, runtime: Runtime, agents: Mapping[str, str]) -
             kind = "crud"
         elif kind not in types:
             item.skip(f"tool type {kind[:80]!r} is not one chatwright has")
+            continue
+        table = config.get("table")
+        if isinstance(table, str) and is_framework_table(table):
+            item.skip(f"it names {table[:80]!r}, a chatwright table, which no tool may use")
             continue
         description = draft.description if isinstance(draft.description, str) else ""
         candidate = ToolRow(
