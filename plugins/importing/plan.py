@@ -14,6 +14,9 @@ the chat already holding any.
 
 Only the storage protocol of :mod:`chatwright.stores` is used, so an import
 works into any backend.
+
+Longer than 450 lines because each table of the original is mapped here with
+its own checks, and the whole mapping is read, and reviewed, together.
 """
 
 from __future__ import annotations
