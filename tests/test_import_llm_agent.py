@@ -495,3 +495,37 @@ async def test_import_reimport_and_chats_see_it(
         assert row.status == "done" and row.updated_at > stamp
     finally:
         await runtime.close()
+
+
+def test_the_june_2025_shape_takes_definitions_from_the_tools_table() -> None:
+    from chatwright.plugins.importing.plan import Plan, ToolDraft, _tool_drafts
+    from chatwright.plugins.importing.source import Source
+
+    definition = {
+        "id": "t1",
+        "name": "list_tasks",
+        "type": "CRUDTool",
+        "description": "List.",
+        "config": {"table_name": "tasks", "method": "fetch"},
+    }
+    rows = [
+        {
+            "id": "a",
+            "agent_id": "g",
+            "tool_id": "t1",
+            "config_override": {"method": "create"},
+            "is_active": False,
+        },
+        {"id": "b", "agent_id": "g", "tool_id": "missing", "config_override": None},
+    ]
+    columns = ["id", "agent_id", "tool_id", "config_override", "is_active", "is_deleted"]
+    with_tools = Source(
+        "u", "public", {"agent_tools": columns}, {"agent_tools": rows, "tools": [definition]}
+    )
+    drafts = [d for _, d in _tool_drafts(Plan(with_tools))]
+    assert drafts[0] == ToolDraft(
+        "list_tasks", "CRUDTool", "List.", {"table_name": "tasks", "method": "create"}, False, 0
+    )
+    assert drafts[1] == "its tool_id names no row of the tools table"
+    without = Source("u", "public", {"agent_tools": columns}, {"agent_tools": rows})
+    assert [d for _, d in _tool_drafts(Plan(without))] == ["no tools table"] * 2
