@@ -29,7 +29,15 @@ from chatwright.plugins.models.scripted import ScriptedChatModel
 from chatwright.plugins.sql.storage import SQLStorage
 from chatwright.registry import LoadPolicy, Plugins
 from chatwright.runtime import Runtime
-from tests.harness import ADMIN_URL, admin_connect, libpq, ok, pg_storage_settings
+from tests.harness import (
+    ADMIN_URL,
+    admin_connect,
+    assert_error,
+    libpq,
+    ok,
+    pg_storage_settings,
+    run,
+)
 
 ALICE = "6f1c3c2e-58a4-4a1e-9d4f-0d1b2c3d4e5f"
 BOB = "0b0b0b0b-1111-4222-8333-444455556666"
@@ -529,3 +537,34 @@ def test_the_june_2025_shape_takes_definitions_from_the_tools_table() -> None:
     assert drafts[1] == "its tool_id names no row of the tools table"
     without = Source("u", "public", {"agent_tools": columns}, {"agent_tools": rows})
     assert [d for _, d in _tool_drafts(Plan(without))] == ["no tools table"] * 2
+
+
+async def test_the_same_database_with_the_original_in_another_schema(
+    pg_storage: SQLStorage, pg_url: str
+) -> None:
+    """chatwright's database itself as the source, the original's tables in schema legacy."""
+    import psycopg
+
+    direct = make_url(pg_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(libpq(direct), autocommit=True) as conn:
+        conn.execute("DROP SCHEMA IF EXISTS legacy CASCADE")
+        conn.execute("CREATE SCHEMA legacy")
+        conn.execute("SET search_path TO legacy, public")
+        conn.execute(ORIGINAL_SCHEMA)
+        conn.execute(
+            "INSERT INTO agent_configurations (agent_name, llm_config, system_prompt) "
+            "VALUES ('helper', '{\"model\": \"claude-3-5-haiku\"}', 'Hi {{custom_instructions}}')"
+        )
+    try:
+        report = await run_import(pg_url, pg_url, "--schema", "legacy", "--yes")
+        assert report["schema"] == "legacy" and report["imported"] == 1
+        agent = await pg_storage.agents.get("helper")
+        assert agent is not None and agent.model == "anthropic:claude-3-5-haiku"
+        assert agent.system_prompt == "Hi {custom_instructions}"
+        # A schema without the original's tables is one clear error.
+        args = ("--database", pg_url, "import", "llm-agent", "--from", pg_url)
+        result = await asyncio.to_thread(run, *args, "--schema", "nothing_here", "--dry-run")
+        assert_error(result, "no table of the original system", "nothing_here")
+    finally:
+        with psycopg.connect(libpq(direct), autocommit=True) as conn:
+            conn.execute("DROP SCHEMA IF EXISTS legacy CASCADE")
