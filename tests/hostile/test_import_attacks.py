@@ -19,11 +19,14 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from chatwright.plugins.sql.storage import SQLStorage
+from chatwright.stores import NewMessage
 from tests.harness import ADMIN_URL, admin_connect, assert_error, libpq, ok, run
 from tests.test_import_llm_agent import ORIGINAL_SCHEMA
 
 USER = "6f1c3c2e-58a4-4a1e-9d4f-0d1b2c3d4e5f"
 CHAT = "2b3c4d5e-6f70-4a1b-8c2d-3e4f5a6b7c8d"
+TAKEN = "7d6c5b4a-3f2e-4d1c-9b0a-8f7e6d5c4b3a"
+"""A chat id chatwright already has, for another user: the import must not join it."""
 HUGE = "x" * 1_200_000
 
 
@@ -81,6 +84,14 @@ def build_hostile(conn: Any) -> None:
             (CHAT, json.dumps(message).replace("\\u0000", "\\\\u0000")),
         )
     conn.execute(
+        "INSERT INTO chat_sessions (user_id, agent_name, chat_id) VALUES (%s, 'evil', %s)",
+        (USER, TAKEN),
+    )
+    conn.execute(
+        "INSERT INTO chat_message_history (session_id, message) VALUES (%s, %s::jsonb)",
+        (TAKEN, json.dumps({"type": "human", "data": {"content": "into mallory's chat"}})),
+    )
+    conn.execute(
         "INSERT INTO user_agent_prompt_customizations (user_id, agent_name, content) "
         "VALUES (%s, 'evil', %s::jsonb)",
         (USER, json.dumps({"weird": [1, {"deep": True}]})),
@@ -120,6 +131,9 @@ async def test_hostile_rows_are_reported_and_framework_tables_refused(
             )
         )
     await pg_storage.agents.create("keep", system_prompt="mine", model="offline:x")
+    await pg_storage.sessions.open("mallory", "evil", chat_id=uuid.UUID(TAKEN))
+    mine = {"type": "human", "data": {"content": "mallory's own", "type": "human"}}
+    await pg_storage.messages.append("mallory", uuid.UUID(TAKEN), [NewMessage("human", mine)])
     args = ("--database", pg_url, "import", "llm-agent", "--from", hostile_url, "--json", "--yes")
     result = await asyncio.to_thread(ok, *args)
     assert "Traceback" not in result.output and "sk-secret" not in result.output
@@ -161,6 +175,13 @@ async def test_hostile_rows_are_reported_and_framework_tables_refused(
         "nul \\u0000 inside",  # jsonb holds no NUL: the original kept its escape as text
         "bye",
     ]
+    # Another user's chat with the same id is neither joined nor written to.
+    assert items[f"chat {TAKEN}"]["action"] == "skip"
+    assert items[f"messages of chat {TAKEN}"]["action"] == "skip"
+    assert await pg_storage.sessions.chat_owner(uuid.UUID(TAKEN)) == ("mallory", "evil")
+    theirs = await pg_storage.messages.window("mallory", uuid.UUID(TAKEN), 10)
+    assert [m.content["data"]["content"] for m in theirs] == ["mallory's own"]
+    assert await pg_storage.messages.window(USER, uuid.UUID(TAKEN), 10) == []
     customizations = await pg_storage.customizations.list(USER, "evil")
     assert json.loads(customizations[0].content) == {"weird": [1, {"deep": True}]}
 
