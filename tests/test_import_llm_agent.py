@@ -561,8 +561,11 @@ async def test_the_same_database_with_the_original_in_another_schema(
         agent = await pg_storage.agents.get("helper")
         assert agent is not None and agent.model == "anthropic:claude-3-5-haiku"
         assert agent.system_prompt == "Hi {custom_instructions}"
-        # A schema without the original's tables is one clear error.
+        # Without --schema, chatwright's own agent_tools and chat_sessions are not the original's.
         args = ("--database", pg_url, "import", "llm-agent", "--from", pg_url)
+        own = await asyncio.to_thread(run, *args, "--dry-run")
+        assert_error(own, "no table of the original system", "chatwright's own table")
+        # A schema without the original's tables is one clear error.
         result = await asyncio.to_thread(run, *args, "--schema", "nothing_here", "--dry-run")
         assert_error(result, "no table of the original system", "nothing_here")
     finally:

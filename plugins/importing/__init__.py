@@ -90,8 +90,9 @@ def llm_agent(
     # The source first: a URL that does not answer is the one error, whatever chatwright's state.
     source = run_async(read(url, schema))
     if not source.tables:
+        found = "".join(f" ({note})" for note in source.notes[:1])
         raise SourceError(
-            f"no table of the original system in schema {schema!r} of {source.url}; "
+            f"no table of the original system in schema {schema!r} of {source.url}{found}; "
             "check --from and --schema"
         )
 

@@ -620,7 +620,7 @@ async def _message_items(plan: Plan, storage: Storage, owners: Mapping[uuid.UUID
 async def make_plan(source: Source, runtime: Runtime, model: str | None = None) -> Plan:
     """Map everything read (see the module docstring); writes nothing."""
     storage = runtime.storage
-    plan = Plan(source)
+    plan = Plan(source, notes=list(source.notes))
     for table in ("agent_configurations", "agent_tools", "chat_message_history"):
         if table not in source.tables:
             plan.notes.append(f"table {source.schema}.{table} not found; nothing of it imported")

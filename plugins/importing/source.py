@@ -34,6 +34,9 @@ ORDER = {
     "chat_sessions": ("created_at", "id"),
 }
 CONNECT_TIMEOUT = 10
+# chatwright's own tables of the same names, told apart by a column the original's lack:
+# read from chatwright's database without --schema, they are not the original's.
+OWN_TABLES = {"agent_tools": "position", "chat_sessions": "client_key"}
 
 
 class SourceError(ChatwrightError):
@@ -48,6 +51,7 @@ class Source:
     schema: str
     columns: dict[str, list[str]] = field(default_factory=dict)
     tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def rows(self, table: str) -> list[dict[str, Any]]:
         return self.tables.get(table, [])
@@ -103,6 +107,13 @@ async def read(url: str, schema: str = "public") -> Source:
             if name not in present:
                 continue
             table = sa.Table(name, sa.MetaData(), schema=schema, autoload_with=conn)
+            marker = OWN_TABLES.get(name)
+            if marker is not None and marker in table.c:
+                source.notes.append(
+                    f"{schema}.{name} is chatwright's own table, not the original's; "
+                    "not read (give --schema for the original's tables)"
+                )
+                continue
             source.columns[name] = [c.name for c in table.columns]
             order = [sa.text(k) for k in ORDER.get(name, ()) if k.strip('"') in table.c]
             result = conn.execute(sa.select(table).order_by(*order))
