@@ -404,6 +404,11 @@ async def test_dry_run_reports_every_row_and_imports_nothing(
     )
     assert "Dry run: nothing imported." in text.stdout
     assert "list_invoices" in text.stdout and "problem:" in text.stdout
+    # Without --yes it asks; "no" imports nothing.
+    args = ("--database", target, "import", "llm-agent", "--from", original_url)
+    declined = await asyncio.to_thread(ok, *args, input="n\n")
+    assert "Import " in declined.output and "Nothing imported." in declined.stdout
+    assert (await counts(pg_storage))["agents"] == 0
 
 
 async def test_import_reimport_and_chats_see_it(
