@@ -43,7 +43,9 @@ from chatwright.tools import (
 
 # Which column kinds each argument type may be written to or compared with.
 COMPATIBLE: dict[str, set[str]] = {
-    "string": {"string", "other"},
+    # A text argument on a uuid column takes the text of a UUID (the original
+    # system's rows declare their uuid keys as "str").
+    "string": {"string", "other", "uuid"},
     "integer": {"integer", "number"},
     "number": {"number"},
     "boolean": {"boolean"},
@@ -269,9 +271,12 @@ class CrudTool:
         return [(k, True) for k in keys]
 
     def _kind(self, spec: ArgSpec, name: str) -> str:
+        kind = self.table.columns[spec.column or name].kind
+        if spec.type == "string" and kind == "uuid":
+            # Validated as a UUID, so a malformed one is the model's argument error.
+            return "uuid"
         if spec.type != "auto":
             return spec.type
-        kind = self.table.columns[spec.column or name].kind
         return kind if kind in PYTHON_TYPES else "string"
 
     def args_model(self) -> type[BaseModel]:
@@ -334,15 +339,37 @@ class CrudTool:
         scope = self.config.scope
         values: dict[str, Any] = {}
         if scope.user_column:
-            values[scope.user_column] = self.context.user_id
+            values[scope.user_column] = self._user_key(scope.user_column, self.context.user_id)
         if scope.agent_column:
             values[scope.agent_column] = self.context.agent_name
         return values
+
+    def _user_key(self, column_name: str, user_id: str) -> Any:
+        """The user id as the scope column holds it: a UUID for a uuid column."""
+        column = self.table.columns.get(column_name)
+        if column is None or column.kind != "uuid":
+            return user_id
+        try:
+            return uuid.UUID(user_id)
+        except ValueError:
+            raise ToolException(
+                f"the rows of {self.config.table!r} belong to users by a UUID in column "
+                f"{column_name!r}, and this user's id ({user_id[:80]!r}) is not one; "
+                "only users with UUID ids can use this tool"
+            ) from None
 
     def _bind(self, spec: ArgSpec, name: str, value: Any) -> Any:
         column = self.table.columns[spec.column or name]
         if isinstance(value, uuid.UUID) and column.kind != "uuid":
             return str(value)
+        if isinstance(value, str) and column.kind == "uuid":
+            try:
+                return uuid.UUID(value)
+            except ValueError:
+                raise ToolException(
+                    f"{name}: {value[:80]!r} is not a UUID (column {column.name!r} of "
+                    f"{self.config.table!r} holds UUIDs)"
+                ) from None
         return value
 
     def _write(self, kwargs: Mapping[str, Any]) -> tuple[Write, dict[str, Any]]:

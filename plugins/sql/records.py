@@ -16,6 +16,7 @@ in its audit entry, in the same transaction; :mod:`.undo` puts them back.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -48,7 +49,29 @@ if TYPE_CHECKING:
     from chatwright.plugins.sql.storage import SQLStorage
 
 
+class UuidText(sa.types.TypeDecorator[Any]):
+    """A SQLite column declared ``uuid``: UUIDs kept as their text (``8-4-4-4-12``).
+
+    SQLite gives such a column numeric affinity and SQLAlchemy reflects it as
+    NUMERIC; tables made for PostgreSQL and copied to SQLite hold the UUIDs'
+    text there, so they are compared and written as that text.
+    """
+
+    impl = sa.Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: sa.Dialect) -> Any:
+        if isinstance(value, uuid.UUID):
+            return str(value)
+        return value
+
+    def process_result_value(self, value: Any, dialect: sa.Dialect) -> Any:
+        return value
+
+
 def column_kind(type_: sa.types.TypeEngine[Any]) -> ColumnKind:
+    if isinstance(type_, UuidText):
+        return "uuid"
     checks: list[tuple[type[sa.types.TypeEngine[Any]], ColumnKind]] = [
         (sa.Boolean, "boolean"),
         (sa.Integer, "integer"),
@@ -121,6 +144,16 @@ def refused(table: str) -> Iterator[None]:
         raise InvalidInputError(f"the database cannot hold a value: {one_line(error)}") from None
 
 
+def _sqlite_uuid_columns(conn: sa.Connection, table: str) -> set[str]:
+    """The columns of a SQLite table declared with the type ``uuid``."""
+    rows = conn.exec_driver_sql(f"PRAGMA table_info({_quoted(table)})").all()
+    return {str(r[1]) for r in rows if str(r[2]).strip().lower() == "uuid"}
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
 class SQLRecordStore:
     def __init__(self, db: SQLStorage) -> None:
         self.db = db
@@ -138,7 +171,16 @@ class SQLRecordStore:
         def reflect(conn: sa.Connection) -> sa.Table | None:
             if not sa.inspect(conn).has_table(table):
                 return None
-            return sa.Table(table, sa.MetaData(), autoload_with=conn)
+            metadata = sa.MetaData()
+            if conn.dialect.name == "sqlite":
+                declared = _sqlite_uuid_columns(conn, table)
+
+                @sa.event.listens_for(metadata, "column_reflect")
+                def uuid_text(inspector: Any, t: sa.Table, column: dict[str, Any]) -> None:
+                    if column["name"] in declared:
+                        column["type"] = UuidText()
+
+            return sa.Table(table, metadata, autoload_with=conn)
 
         async with self.db.read() as conn:
             reflected = await conn.run_sync(reflect)

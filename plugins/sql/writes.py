@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -48,6 +49,9 @@ if TYPE_CHECKING:
     from chatwright.plugins.sql.records import SQLRecordStore
 
 log = logging.getLogger(__name__)
+
+UPDATED_AT = "updated_at"
+"""The column an update or upsert sets to now, when the table has it (see :meth:`Writes._set`)."""
 
 KEYED_WRITE = 10_000
 """Up to this many rows, a write on PostgreSQL names the rows it read by key (bound
@@ -125,13 +129,28 @@ class Writes:
                     f"the separator for column {column!r} of {name!r} holds a NUL character"
                 )
 
-    @staticmethod
-    def _set(t: sa.Table, write: Write, values: Mapping[str, Any]) -> dict[str, Any]:
-        """What an update writes: the values, appended columns as text added in the statement."""
-        return {
+    def _set(self, t: sa.Table, write: Write, values: Mapping[str, Any]) -> dict[str, Any]:
+        """What an update writes: the values, appended columns as text added in the statement,
+        and ``updated_at`` set to now when the table has it and the values leave it out."""
+        changed = {
             k: appended(t.c[k], write.append[k], v) if k in write.append else v
             for k, v in values.items()
         }
+        stamp = self._now(t.c[UPDATED_AT]) if UPDATED_AT in t.c else None
+        if stamp is not None and UPDATED_AT not in write.values:
+            changed[UPDATED_AT] = stamp
+        return changed
+
+    def _now(self, column: sa.Column[Any]) -> Any:
+        """Now, as ``column`` keeps time; None for a column that keeps no time."""
+        kind = column_kind(column.type)
+        if self.records.db.dialect == "postgresql":
+            return sa.func.now() if kind == "datetime" else None
+        now = datetime.now(UTC)
+        if kind == "datetime":
+            # SQLite keeps no zone: UTC, as chatwright's own tables keep it there.
+            return now.replace(tzinfo=None)
+        return now.isoformat() if kind == "string" else None
 
     @staticmethod
     def _order(t: sa.Table) -> list[sa.Column[Any]]:

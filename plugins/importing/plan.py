@@ -1,0 +1,655 @@
+"""What an import of the original system does: a plan of items, reported, then applied.
+
+:func:`make_plan` maps every row read from the original (:mod:`.source`) to
+an :class:`Item`: what it becomes in chatwright, whether it is imported, and
+each problem met on the way (the row's id, what could not be mapped, why).
+Nothing is written while planning, so the plan is also the dry run's report.
+:func:`apply` then writes the items to be imported, in order: agents, tools,
+customizations, memory, chats, messages.
+
+Running it again imports nothing twice: an agent is known by its name, a
+tool row by (agent, name), a customization by (user, agent, kind), memory by
+(user, agent), a chat by its id (kept from the original) and its messages by
+the chat already holding any.
+
+Only the storage protocol of :mod:`chatwright.stores` is used, so an import
+works into any backend.
+
+Longer than 450 lines because each table of the original is mapped here with
+its own checks, and the whole mapping is read, and reviewed, together.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from chatwright.plugins.importing.source import Source, jsonish
+
+if TYPE_CHECKING:
+    from chatwright.runtime import Runtime
+    from chatwright.stores import Storage
+
+MAX_TEXT = 1_000_000
+"""The most characters of one prompt, note, customization or message imported."""
+HISTORY_WINDOW = 100
+"""The original sent the last 100 messages of a chat to the model."""
+ROLES = ("human", "ai", "tool", "system")
+MODEL_SETTINGS = ("temperature", "max_tokens", "top_p", "timeout", "max_retries")
+PROVIDERS_BY_NAME = (
+    (("gpt-", "o1", "o3", "o4", "chatgpt"), "openai"),
+    (("claude",), "anthropic"),
+    (("gemini",), "google_genai"),
+    (("mistral", "codestral"), "mistralai"),
+)
+PLACEHOLDERS = {"ltm_notes": "{memory}", "custom_instructions": "{custom_instructions}"}
+PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}|\{|\}")
+
+Step = Callable[["Storage"], Awaitable[None]]
+
+
+@dataclass
+class Item:
+    """One thing of the original and what the import does with it."""
+
+    kind: str
+    """agent, tool, customization, memory, chat or messages."""
+    source: str
+    """The row it comes from: its table and id."""
+    target: str
+    """What it becomes in chatwright."""
+    action: str = "import"
+    """import, import disabled, exists (already imported: left as it is) or skip."""
+    problems: list[str] = field(default_factory=list)
+    count: int = 1
+    step: Step | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "kind": self.kind,
+            "source": self.source,
+            "target": self.target,
+            "action": self.action,
+            "problems": self.problems,
+        }
+        if self.kind == "messages":
+            data["count"] = self.count
+        return data
+
+    def skip(self, problem: str) -> Item:
+        self.action = "skip"
+        self.problems.append(problem)
+        self.step = None
+        return self
+
+
+@dataclass
+class Plan:
+    source: Source
+    items: list[Item] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, item: Item) -> Item:
+        self.items.append(item)
+        return item
+
+    @property
+    def todo(self) -> list[Item]:
+        return [i for i in self.items if i.step is not None]
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        counts: dict[str, dict[str, int]] = {}
+        for item in self.items:
+            per = counts.setdefault(item.kind, {})
+            per[item.action] = per.get(item.action, 0) + item.count
+        return counts
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source.url,
+            "schema": self.source.schema,
+            "tables": {t: len(rows) for t, rows in self.source.tables.items()},
+            "notes": self.notes,
+            "counts": self.counts(),
+            "items": [i.as_dict() for i in self.items],
+        }
+
+
+def _text_id(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def _too_long(what: str, text: str) -> str | None:
+    if len(text) > MAX_TEXT:
+        return f"{what} is {len(text):,} characters long; at most {MAX_TEXT:,} are imported"
+    return None
+
+
+# -- agents ---------------------------------------------------------------------
+
+
+def prompt_template(text: str) -> tuple[str, list[str]]:
+    """The original's system prompt as chatwright's template, and what was not mapped.
+
+    ``{{ltm_notes}}`` becomes ``{memory}``, ``{{custom_instructions}}`` stays
+    itself; any other brace is doubled, so that it is shown as written.
+    """
+    unknown: list[str] = []
+
+    def swap(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name is None:
+            return match.group(0) * 2
+        if name in PLACEHOLDERS:
+            return PLACEHOLDERS[name]
+        unknown.append(name)
+        return "{{" + match.group(0) + "}}"
+
+    return PLACEHOLDER.sub(swap, text), unknown
+
+
+def model_spec(llm: Mapping[str, Any]) -> tuple[str | None, str]:
+    """``provider:model`` from an ``llm_config``, or None and why not."""
+    model = llm.get("model") or llm.get("model_name")
+    if not isinstance(model, str) or not model.strip():
+        return None, "llm_config names no model"
+    model = model.strip()
+    provider = llm.get("provider")
+    if isinstance(provider, str) and provider.strip():
+        return f"{provider.strip().lower()}:{model}", ""
+    if ":" in model:
+        return model, ""
+    for prefixes, name in PROVIDERS_BY_NAME:
+        if model.lower().startswith(prefixes):
+            return f"{name}:{model}", ""
+    return None, f"cannot tell the provider of model {model!r} (llm_config has no provider)"
+
+
+def _agent_item(
+    plan: Plan, row: Mapping[str, Any], existing: set[str], fallback: str | None
+) -> Item | None:
+    name = row.get("agent_name")
+    source = f"agent_configurations {_text_id(row.get('id'))}"
+    if not isinstance(name, str) or not name.strip() or len(name) > 200:
+        plan.add(Item("agent", source, "?")).skip("agent_name is empty or over 200 characters")
+        return None
+    item = plan.add(Item("agent", source, f"agent {name!r}"))
+    if name in existing:
+        item.action = "exists"
+        return item
+    llm = jsonish(row.get("llm_config"))
+    if llm is None:
+        llm = {}
+    if not isinstance(llm, Mapping):
+        item.problems.append("llm_config is not a JSON object")
+        llm = {}
+    spec, why = model_spec(llm)
+    if spec is None:
+        if fallback is None:
+            item.skip(f"{why}; give --model SPEC for such agents")
+            return item
+        item.problems.append(f"{why}; given model {fallback!r}")
+        spec = fallback
+    settings: dict[str, Any] = {}
+    for key, value in llm.items():
+        if key in {"model", "model_name", "provider"}:
+            continue
+        if key in MODEL_SETTINGS and isinstance(value, int | float) and not isinstance(value, bool):
+            settings[key] = value
+        else:
+            item.problems.append(
+                f"llm_config.{key} not mapped (not a model setting chatwright sets)"
+            )
+    if "temperature" not in settings:
+        settings["temperature"] = 0.7  # the original's default
+    raw_prompt = row.get("system_prompt")
+    prompt, unknown = prompt_template(raw_prompt if isinstance(raw_prompt, str) else "")
+    if raw_prompt is not None and not isinstance(raw_prompt, str):
+        item.problems.append("system_prompt is not text; imported empty")
+    for placeholder in unknown:
+        item.problems.append(f"placeholder {{{{{placeholder}}}}} not known; kept as text")
+    too_long = _too_long("system_prompt", prompt)
+    if too_long:
+        return item.skip(too_long)
+
+    async def create(storage: Storage) -> None:
+        await storage.agents.create(
+            name,
+            system_prompt=prompt,
+            model=spec,
+            model_settings=settings,
+            history_window=HISTORY_WINDOW,
+        )
+
+    item.step = create
+    existing.add(name)
+    return item
+
+
+# -- tools ------------------------------------------------------------------------
+
+
+@dataclass
+class ToolDraft:
+    name: Any
+    type: Any
+    description: Any
+    config: Any
+    active: bool
+    position: int
+
+
+def _tool_drafts(plan: Plan) -> list[tuple[Mapping[str, Any], ToolDraft | str]]:
+    """Each ``agent_tools`` row as a draft of a tool row, or why it cannot be one."""
+    columns = set(plan.source.columns.get("agent_tools", []))
+    definitions = {_text_id(r.get("id")): r for r in plan.source.rows("tools")}
+    drafts: list[tuple[Mapping[str, Any], ToolDraft | str]] = []
+    for row in plan.source.rows("agent_tools"):
+        order = row.get("order")
+        position = order if isinstance(order, int) and abs(order) < 2**31 else 0
+        active = row.get("is_active") is not False
+        named = row.get("name") is not None or row.get("tool_name") is not None
+        if "tool_id" in columns and not named:
+            definition = definitions.get(_text_id(row.get("tool_id")))
+            if definition is None:
+                why = "its tool_id names no row of the tools table"
+                drafts.append((row, why if "tools" in plan.source.tables else "no tools table"))
+                continue
+            config = jsonish(definition.get("config"))
+            override = jsonish(row.get("config_override"))
+            if isinstance(config, Mapping) and isinstance(override, Mapping):
+                config = {**config, **override}
+            elif override not in (None, {}):
+                drafts.append((row, "config_override is not a JSON object"))
+                continue
+            draft = ToolDraft(
+                definition.get("name"),
+                definition.get("type"),
+                definition.get("description"),
+                config,
+                active,
+                position,
+            )
+        elif row.get("tool_name") is not None:
+            draft = ToolDraft(
+                row.get("tool_name"),
+                row.get("tool_type"),
+                row.get("description"),
+                jsonish(row.get("tool_config")),
+                active,
+                position,
+            )
+        else:
+            draft = ToolDraft(
+                row.get("name"),
+                row.get("type"),
+                row.get("description"),
+                jsonish(row.get("config")),
+                active,
+                position,
+            )
+        drafts.append((row, draft))
+    return drafts
+
+
+async def _tool_items(plan: Plan, runtime: Runtime, agents: Mapping[str, str]) -> None:
+    from chatwright.plugins.crud.config import normalize_legacy
+    from chatwright.stores import ToolRow, is_framework_table
+    from chatwright.tools import TOOL_NAME, ToolContext, build_row
+
+    storage = runtime.storage
+    known = {
+        (a.name, t.name)
+        for a in await storage.agents.list()
+        for t in await storage.tools.list(a.name)
+    }
+    types = runtime.plugins.collect("register_tool_types")
+    now = datetime.now(UTC)
+    for row, draft in _tool_drafts(plan):
+        source = f"agent_tools {_text_id(row.get('id'))}"
+        if row.get("is_deleted") is True:
+            plan.add(Item("tool", source, "-", action="skip", problems=["deleted in the original"]))
+            continue
+        agent = agents.get(_text_id(row.get("agent_id")))
+        if isinstance(draft, str):
+            plan.add(Item("tool", source, "?")).skip(draft)
+            continue
+        name = draft.name if isinstance(draft.name, str) else ""
+        item = plan.add(Item("tool", source, f"tool {agent or '?'}/{name or '?'}"))
+        if agent is None:
+            item.skip("its agent_id names no agent that is imported")
+            continue
+        if not TOOL_NAME.match(name):
+            item.skip(f"tool name {str(draft.name)[:80]!r} is not 1-64 letters, digits, '_' or '-'")
+            continue
+        if (agent, name) in known:
+            item.action = "exists"
+            continue
+        config = draft.config
+        kind = draft.type if isinstance(draft.type, str) else ""
+        if not isinstance(config, Mapping):
+            item.skip("its config is not a JSON object")
+            continue
+        if kind == "CRUDTool":
+            try:
+                config = normalize_legacy(dict(config))
+            except ValueError as error:
+                item.skip(f"config: {error}")
+                continue
+            kind = "crud"
+        elif kind not in types:
+            item.skip(f"tool type {kind[:80]!r} is not one chatwright has")
+            continue
+        table = config.get("table")
+        if isinstance(table, str) and is_framework_table(table):
+            item.skip(f"it names {table[:80]!r}, a chatwright table, which no tool may use")
+            continue
+        description = draft.description if isinstance(draft.description, str) else ""
+        candidate = ToolRow(
+            id=0,
+            agent_id=0,
+            name=name,
+            type=kind,
+            description=description,
+            config=config,
+            is_active=True,
+            position=draft.position,
+            created_at=now,
+            updated_at=now,
+        )
+        report = await build_row(
+            candidate, agent, runtime.plugins, ToolContext(agent, storage, runtime.settings)
+        )
+        active = draft.active
+        if not report.ok:
+            reasons = [p.brief() for p in report.problems]
+            item.problems.extend(reasons)
+            if any("chatwright table" in r for r in reasons):
+                item.skip("it names a chatwright table, which no tool may use")
+                continue
+            if active:
+                item.action = "import disabled"
+                active = False
+        elif not active:
+            item.problems.append("inactive in the original; imported disabled")
+            item.action = "import disabled"
+
+        async def add(
+            storage: Storage, c: ToolRow = candidate, on: bool = active, a: str = agent
+        ) -> None:
+            await storage.tools.add(
+                a,
+                c.name,
+                type=c.type,
+                config=c.config,
+                description=c.description,
+                is_active=on,
+                position=c.position,
+            )
+
+        item.step = add
+        known.add((agent, name))
+
+
+# -- per user ---------------------------------------------------------------------
+
+
+def _user(value: Any) -> str | None:
+    text = _text_id(value).strip()
+    return text if 0 < len(text) <= 255 else None
+
+
+def customization_text(content: Any) -> tuple[str | None, str]:
+    """The text of a customization's ``content`` (jsonb), and how it was found."""
+    content = jsonish(content)
+    if isinstance(content, str):
+        return content, ""
+    if isinstance(content, Mapping):
+        for key in ("instructions", "text", "content", "instruction"):
+            if isinstance(content.get(key), str):
+                return content[key], ""
+        return json.dumps(content, ensure_ascii=False), "content kept as its JSON text"
+    if isinstance(content, list) and all(isinstance(c, str) for c in content):
+        return "\n".join(content), ""
+    if content is None:
+        return None, "content is empty"
+    return json.dumps(content, ensure_ascii=False), "content kept as its JSON text"
+
+
+async def _customization_items(plan: Plan, storage: Storage, agents: set[str]) -> None:
+    seen: set[tuple[str, str, str]] = set()
+    for row in plan.source.rows("user_agent_prompt_customizations"):
+        source = f"user_agent_prompt_customizations {_text_id(row.get('id'))}"
+        user, agent = _user(row.get("user_id")), row.get("agent_name")
+        kind = row.get("customization_type") or "instruction_set"
+        item = plan.add(Item("customization", source, f"customization {user}/{agent}/{kind}"))
+        if user is None or not isinstance(agent, str) or not isinstance(kind, str):
+            item.skip("user_id, agent_name or customization_type is missing")
+            continue
+        if agent not in agents:
+            item.skip(f"agent {agent!r} is not imported")
+            continue
+        key = (user, agent, kind[:100])
+        existing = {c.kind for c in await storage.customizations.list(user, agent)}
+        if key in seen or key[2] in existing:
+            item.action = "exists"
+            continue
+        text, note = customization_text(row.get("content"))
+        if text is None:
+            item.skip(note)
+            continue
+        if note:
+            item.problems.append(note)
+        too_long = _too_long("content", text)
+        if too_long:
+            item.skip(too_long)
+            continue
+        priority = row.get("priority")
+        priority = priority if isinstance(priority, int) and abs(priority) < 2**31 else 0
+        active = row.get("is_active") is not False
+
+        async def put(
+            storage: Storage,
+            k: tuple[str, str, str] = key,
+            t: str = text,
+            p: int = priority,
+            on: bool = active,
+        ) -> None:
+            await storage.customizations.put(k[0], k[1], k[2], t, priority=p, is_active=on)
+
+        item.step = put
+        seen.add(key)
+
+
+async def _memory_items(plan: Plan, storage: Storage, agents: set[str]) -> None:
+    seen: set[tuple[str, str]] = set()
+    for row in plan.source.rows("agent_long_term_memory"):
+        source = f"agent_long_term_memory {_text_id(row.get('id'))}"
+        user, agent = _user(row.get("user_id")), row.get("agent_id")
+        item = plan.add(Item("memory", source, f"memory {user}/{agent}"))
+        if user is None or not isinstance(agent, str):
+            item.skip("user_id or agent_id is missing")
+            continue
+        if agent not in agents:
+            item.skip(f"agent {agent!r} (agent_id) is not imported")
+            continue
+        notes = row.get("notes")
+        if not isinstance(notes, str):
+            item.skip("notes are not text")
+            continue
+        too_long = _too_long("notes", notes)
+        if too_long:
+            item.skip(too_long)
+            continue
+        if (user, agent) in seen or await storage.memories.get(user, agent) is not None:
+            item.action = "exists"
+            continue
+
+        async def put(storage: Storage, u: str = user, a: str = agent, n: str = notes) -> None:
+            await storage.memories.put(u, a, n)
+
+        item.step = put
+        seen.add((user, agent))
+
+
+def _chat_id(value: Any) -> uuid.UUID | None:
+    try:
+        return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+    except ValueError:
+        return None
+
+
+async def _chat_items(plan: Plan, storage: Storage, agents: set[str]) -> dict[uuid.UUID, str]:
+    """One item per chat of ``chat_sessions``; returns each importable chat's user."""
+    owners: dict[uuid.UUID, str] = {}
+    for row in plan.source.rows("chat_sessions"):
+        source = f"chat_sessions {_text_id(row.get('id'))}"
+        chat = _chat_id(row.get("chat_id") or row.get("id"))
+        user, agent = _user(row.get("user_id")), row.get("agent_name")
+        if chat is not None and chat in owners:
+            continue  # another engagement with a chat already planned
+        item = plan.add(Item("chat", source, f"chat {chat}"))
+        if chat is None:
+            item.skip("chat_id is not a UUID")
+            continue
+        if user is None or not isinstance(agent, str):
+            item.skip("user_id or agent_name is missing")
+            continue
+        if agent not in agents:
+            item.skip(f"agent {agent!r} is not imported")
+            continue
+        owner = await storage.sessions.chat_owner(chat)
+        if owner is not None:
+            if owner != (user, agent):
+                item.skip("chatwright already has a chat with this id, of another user or agent")
+                continue
+            item.action = "exists"
+        else:
+            metadata = jsonish(row.get("metadata"))
+            meta = dict(metadata) if isinstance(metadata, Mapping) else {}
+
+            async def open_chat(
+                storage: Storage,
+                u: str = user,
+                a: str = agent,
+                c: uuid.UUID = chat,
+                m: dict[str, Any] = meta,
+            ) -> None:
+                session = await storage.sessions.open(
+                    u, a, chat_id=c, metadata={**m, "imported": True}
+                )
+                await storage.sessions.deactivate(u, session.id)
+
+            item.step = open_chat
+        owners[chat] = user
+    return owners
+
+
+def message(row: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str]:
+    """A history row's LangChain message dict made fit to store, or why not."""
+    from langchain_core.messages import message_to_dict, messages_from_dict
+
+    from chatwright.history import storable
+
+    data = jsonish(row.get("message"))
+    if not isinstance(data, Mapping):
+        return None, "message is not a JSON object"
+    role = data.get("type")
+    if role not in ROLES:
+        return None, f"message type {str(role)[:40]!r} is not one of {', '.join(ROLES)}"
+    if not isinstance(data.get("data"), Mapping) or "content" not in data["data"]:
+        return None, "message has no data.content"
+    text = json.dumps(data, ensure_ascii=False, default=str)
+    too_long = _too_long("message", text)
+    if too_long:
+        return None, too_long
+    try:
+        parsed = messages_from_dict([dict(data)])[0]
+    except Exception as error:  # LangChain's own validation; any fault of the row
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return None, f"not a valid {role} message: {first[:200]}"
+    return message_to_dict(storable(parsed)), ""
+
+
+async def _message_items(plan: Plan, storage: Storage, owners: Mapping[uuid.UUID, str]) -> None:
+    from chatwright.stores import NewMessage
+
+    chats: dict[str, list[Mapping[str, Any]]] = {}
+    for row in plan.source.rows("chat_message_history"):
+        chats.setdefault(_text_id(row.get("session_id")), []).append(row)
+    for session_id, rows in chats.items():
+        first, last = _text_id(rows[0].get("id")), _text_id(rows[-1].get("id"))
+        source = f"chat_message_history {first}..{last} (session_id {session_id[:80]})"
+        chat = _chat_id(session_id)
+        item = plan.add(Item("messages", source, f"messages of chat {chat}", count=len(rows)))
+        if chat is None:
+            item.skip("session_id is not a UUID (it is the chat id)")
+            continue
+        user = owners.get(chat)
+        if user is None:
+            item.skip("no imported chat session names this chat's user")
+            continue
+        if await storage.messages.window(user, chat, 1):
+            item.action = "exists"
+            continue
+        kept: list[NewMessage] = []
+        for entry in rows:
+            content, why = message(entry)
+            if content is None:
+                item.problems.append(f"row {_text_id(entry.get('id'))}: {why}; left out")
+            else:
+                kept.append(NewMessage(role=str(content["type"]), content=content))
+        item.count = len(kept)
+        if not kept:
+            item.skip("no message of the chat could be read")
+            continue
+
+        async def append(
+            storage: Storage, u: str = user, c: uuid.UUID = chat, m: list[NewMessage] = kept
+        ) -> None:
+            await storage.messages.append(u, c, m)
+
+        item.step = append
+
+
+async def make_plan(source: Source, runtime: Runtime, model: str | None = None) -> Plan:
+    """Map everything read (see the module docstring); writes nothing."""
+    storage = runtime.storage
+    plan = Plan(source, notes=list(source.notes))
+    for table in ("agent_configurations", "agent_tools", "chat_message_history"):
+        if table not in source.tables:
+            plan.notes.append(f"table {source.schema}.{table} not found; nothing of it imported")
+    existing = {a.name for a in await storage.agents.list()}
+    agents: dict[str, str] = {}
+    for row in source.rows("agent_configurations"):
+        item = _agent_item(plan, row, existing, model)
+        if item is not None and item.action != "skip":
+            agents[_text_id(row.get("id"))] = str(row["agent_name"])
+    await _tool_items(plan, runtime, agents)
+    names = set(agents.values())
+    await _customization_items(plan, storage, names)
+    await _memory_items(plan, storage, names)
+    owners = await _chat_items(plan, storage, names)
+    await _message_items(plan, storage, owners)
+    return plan
+
+
+async def apply(plan: Plan, storage: Storage) -> list[Item]:
+    """Write the plan's items in order; each that fails is reported and the rest go on."""
+    from chatwright.errors import ChatwrightError
+
+    failed = []
+    for item in plan.todo:
+        assert item.step is not None
+        try:
+            await item.step(storage)
+        except ChatwrightError as error:
+            item.problems.append(f"not imported: {error}")
+            item.action = "failed"
+            failed.append(item)
+    return failed
