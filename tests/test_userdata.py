@@ -32,6 +32,8 @@ from chatwright.stores import NewMessage, NewSummary
 from chatwright.usage import TurnUsage
 from chatwright.userdata import ARCHIVE_FORMAT, ARCHIVE_VERSION, ERASED_USER, USER_TABLES
 from tests.harness import DATA_TABLES, Cluster, storage_for
+from tests.test_server import JWT, Running, Start, bearer, chat_ok, error_of, open_session
+from tests.test_server import start as start
 from tests.test_supabase import cluster as cluster
 from tests.test_supabase import supabase
 
@@ -250,3 +252,77 @@ async def test_a_running_turn_holds_off_erasure_and_chat_deletion(storage: SQLSt
     assert (await storage.user_data.erase("alice", requested_by="test")).tables[
         "chat_messages"
     ] == 4
+
+
+# --------------------------------------------------------------------------- over HTTP
+
+
+async def http_server(start: Start, backend: tuple[str, str]) -> Running:
+    kind, url = backend
+    if url.startswith("sqlite"):
+        return await start(**JWT)
+    return await start(url, storage={"backend": kind}, fresh_postgres=True, **JWT)
+
+
+def _without_time(archive: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in archive.items() if k != "exported_at"}
+
+
+async def test_http_export_erase_and_delete_chat(start: Start, backend: tuple[str, str]) -> None:
+    srv = await http_server(start, backend)
+    client = srv.client
+    alice, bob = bearer("alice"), bearer("bob")
+    chats = {}
+    for who, headers in (("alice", alice), ("bob", bob)):
+        session = await open_session(client, headers=headers)
+        chats[who] = session["chat_id"]
+        await chat_ok(client, session["chat_id"], f"add a note: {who} secret", headers=headers)
+        await chat_ok(client, session["chat_id"], f"remember that {who} likes tea", headers=headers)
+    bobs = (await client.get("/api/me/export", headers=bob)).json()
+
+    got = await client.get("/api/me/export", headers=alice)
+    assert got.status_code == 200, got.text
+    assert got.headers["content-disposition"] == 'attachment; filename="chatwright-alice.json"'
+    archive = got.json()
+    assert (archive["format"], archive["version"], archive["user_id"]) == (
+        ARCHIVE_FORMAT,
+        ARCHIVE_VERSION,
+        "alice",
+    )
+    assert [r["body"] for r in archive["app_tables"]["notes"]["rows"]] == ["alice secret"]
+    assert "alice likes tea" in archive["tables"]["agent_memories"][0]["notes"]
+    calls = [
+        m for m in archive["tables"]["chat_messages"] if m["content"]["data"].get("tool_calls")
+    ]
+    assert len(calls) == 2 and all(m["chat_id"] == chats["alice"] for m in calls)
+    assert archive["tables"]["token_usage"] and archive["tables"]["audit_log"]
+    assert "bob" not in got.text
+
+    # Another user's chat is refused as an unknown one; nothing of it is touched.
+    theirs = error_of(await client.delete(f"/api/chats/{chats['bob']}", headers=alice), 404)
+    unknown_id = uuid.uuid4()
+    unknown = error_of(await client.delete(f"/api/chats/{unknown_id}", headers=alice), 404)
+    assert theirs.replace(chats["bob"], "ID") == unknown.replace(str(unknown_id), "ID")
+
+    deleted = await client.delete(f"/api/chats/{chats['alice']}", headers=alice)
+    assert deleted.status_code == 200, deleted.text
+    assert deleted.json()["tables"]["chat_messages"] == len(archive["tables"]["chat_messages"])
+    gone = f"/api/chats/{chats['alice']}/messages"
+    assert (await client.get(gone, headers=alice)).status_code == 404
+
+    report = await client.delete("/api/me", params={"confirm": "alice"}, headers=alice)
+    assert report.status_code == 200, report.text
+    counts = report.json()
+    assert counts["app_tables"]["notes"] == 1
+    assert counts["tables"]["agent_memories"] == 1
+    assert counts["tables"]["token_usage"] == len(archive["tables"]["token_usage"])
+    after = (await client.get("/api/me/export", headers=alice)).json()
+    assert all(rows == [] for rows in after["tables"].values())
+    assert after["app_tables"]["notes"]["rows"] == []
+    # The other user's archive is what it was; a new chat of the erased user starts empty.
+    assert _without_time((await client.get("/api/me/export", headers=bob)).json()) == (
+        _without_time(bobs)
+    )
+    session = await open_session(client, headers=alice)
+    answer = await chat_ok(client, session["chat_id"], "what do you remember", headers=alice)
+    assert "tea" not in json.dumps(answer)
