@@ -31,7 +31,7 @@ from chatwright.plugins.sql.storage import SQLStorage
 from chatwright.stores import NewMessage, NewSummary
 from chatwright.usage import TurnUsage
 from chatwright.userdata import ARCHIVE_FORMAT, ARCHIVE_VERSION, ERASED_USER, USER_TABLES
-from tests.harness import DATA_TABLES, Cluster, storage_for
+from tests.harness import DATA_TABLES, Cluster, ok, run, storage_for
 from tests.test_server import JWT, Running, Start, bearer, chat_ok, error_of, open_session
 from tests.test_server import start as start
 from tests.test_supabase import cluster as cluster
@@ -326,3 +326,38 @@ async def test_http_export_erase_and_delete_chat(start: Start, backend: tuple[st
     session = await open_session(client, headers=alice)
     answer = await chat_ok(client, session["chat_id"], "what do you remember", headers=alice)
     assert "tea" not in json.dumps(answer)
+
+
+# --------------------------------------------------------------------------- the CLI
+
+
+def test_cli_export_then_erase_prints_matching_counts(example: Path, tmp_path: Path) -> None:
+    for message in ("add a note: the door code is 4711", "remember that I like tea"):
+        ok("chat", "assistant", "-m", message)
+    ok("chat", "assistant", "--user", "other", "-m", "add a note: others' note")
+    out = tmp_path / "local.json"
+    written = ok("users", "export", "local", "--output", str(out))
+    assert f"to {out}" in written.stderr
+    archive = json.loads(out.read_text())
+    assert archive["format"] == ARCHIVE_FORMAT and archive["user_id"] == "local"
+    assert [r["body"] for r in archive["app_tables"]["notes"]["rows"]] == ["the door code is 4711"]
+    stdout = json.loads(ok("users", "export", "local").stdout)
+    assert _without_time(stdout) == _without_time(archive)
+    report = json.loads(ok("users", "erase", "local", "--yes", "--json").stdout)
+    assert report["tables"] == {t: len(rows) for t, rows in archive["tables"].items()}
+    assert report["app_tables"]["notes"] == 1
+    again = json.loads(ok("users", "export", "local").stdout)
+    assert all(rows == [] for rows in again["tables"].values())
+    others = json.loads(ok("users", "export", "other").stdout)
+    assert [r["body"] for r in others["app_tables"]["notes"]["rows"]] == ["others' note"]
+
+
+def test_cli_erase_asks_first(example: Path) -> None:
+    ok("chat", "assistant", "-m", "add a note: keep me")
+    refused = run("users", "erase", "local", input="n\n")
+    assert refused.exit_code == 1 and "nothing erased" in refused.stderr
+    assert "Traceback" not in refused.output
+    kept = json.loads(ok("users", "export", "local").stdout)
+    assert len(kept["app_tables"]["notes"]["rows"]) == 1
+    erased = ok("users", "erase", "local", input="y\n")
+    assert "Erased" in erased.stdout and "notes (tool table)" in erased.stdout

@@ -17,7 +17,8 @@ would write to what is being deleted). The audit log's rows of the user are
 deleted, not redacted: their arguments and before/after images are the user's
 data, and a row stripped of them is no record of anything. The erasure itself
 is appended to the log under :data:`~chatwright.userdata.ERASED_USER` with the
-counts, so an operator sees it happened without learning whose data it was.
+counts, so an operator sees it happened without learning whose data it was
+(an erasure that found nothing is not recorded: there was nothing to erase).
 
 Each application table is read or deleted inside a savepoint: one the user's
 role may not read, or whose rows another table's foreign keys still need, is
@@ -236,7 +237,8 @@ class SQLUserData:
                 app_tables=app_counts,
                 skipped=skipped,
             )
-            await self._record(conn, report, requested_by)
+            if report.total:  # a user with nothing left nothing to record
+                await self._record(conn, report, requested_by)
         return report
 
     async def _record(self, conn: AsyncConnection, report: ErasureReport, by: str) -> None:
