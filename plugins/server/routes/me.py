@@ -33,7 +33,7 @@ def archive_name(user_id: str) -> str:
     return f"chatwright-{safe or 'user'}.json"
 
 
-@router.get("/api/me/export", responses=responses(*USER, 409, 413))
+@router.get("/api/me/export", responses=responses(*USER, 413))
 async def export(
     runtime: RuntimeDep, settings: SettingsDep, who: User, response: Response
 ) -> UserArchiveOut:
