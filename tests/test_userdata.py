@@ -28,7 +28,7 @@ from chatwright.errors import ChatBusyError, NotFoundError
 from chatwright.plugins.example import assistant as example
 from chatwright.plugins.sql import schema
 from chatwright.plugins.sql.storage import SQLStorage
-from chatwright.stores import NewMessage, NewSummary
+from chatwright.stores import ColumnSpec, NewMessage, NewSummary, TableSpec
 from chatwright.usage import TurnUsage
 from chatwright.userdata import ARCHIVE_FORMAT, ARCHIVE_VERSION, ERASED_USER, USER_TABLES
 from tests.harness import DATA_TABLES, Cluster, ok, run, storage_for
@@ -361,3 +361,48 @@ def test_cli_erase_asks_first(example: Path) -> None:
     assert len(kept["app_tables"]["notes"]["rows"]) == 1
     erased = ok("users", "erase", "local", input="y\n")
     assert "Erased" in erased.stdout and "notes (tool table)" in erased.stdout
+
+
+async def test_the_users_part_runs_under_their_row_level_security(
+    storage: SQLStorage, backend: tuple[str, str]
+) -> None:
+    """A tool row scopes owned_items by owner; the table's policy (supabase) is by user_id.
+
+    A row bob holds (user_id) that names alice as its owner is alice's by the tool's
+    scope: the sql backends export and erase it with hers. On supabase the user's part
+    runs as alice under row-level security, so PostgreSQL itself keeps bob's row out.
+    """
+    spec = TableSpec(
+        "owned_items",
+        (
+            ColumnSpec("id", "integer", primary_key=True),
+            ColumnSpec("user_id", "string", nullable=False),
+            ColumnSpec("owner", "string", nullable=False),
+            ColumnSpec("title", "string", nullable=False),
+        ),
+    )
+    await storage.records.ensure_table(spec)
+    await storage.tools.add(
+        AGENT,
+        "read_owned",
+        type="crud",
+        config={"table": "owned_items", "operation": "read", "scope": {"user_column": "owner"}},
+    )
+    async with storage.write() as conn:
+        await conn.execute(
+            sa.text(
+                "INSERT INTO owned_items (user_id, owner, title) VALUES "
+                "('alice', 'alice', 'hers'), ('bob', 'alice', 'bob''s')"
+            )
+        )
+    archive = await storage.user_data.export("alice")
+    titles = sorted(r["title"] for r in archive.app_tables["owned_items"])
+    report = await storage.user_data.erase("alice", requested_by="test")
+    async with storage.read() as conn:
+        left = (await conn.scalars(sa.text("SELECT title FROM owned_items"))).all()
+    if backend[0] == "supabase":
+        assert titles == ["hers"] and report.app_tables["owned_items"] == 1
+        assert left == ["bob's"]
+    else:
+        assert titles == ["bob's", "hers"] and report.app_tables["owned_items"] == 2
+        assert left == []
