@@ -30,12 +30,13 @@ from __future__ import annotations
 import base64
 import uuid
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol
 
-from chatwright.errors import StorageError
+from chatwright.errors import NotFoundError, StorageError, TooLargeError
+from chatwright.stores import InvalidJSON, as_dict
 from chatwright.tables import is_framework_table
 
 if TYPE_CHECKING:
@@ -78,10 +79,8 @@ def plain(value: Any) -> Any:
         return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [plain(v) for v in value]
-    text = getattr(value, "text", None)
-    error = getattr(value, "error", None)
-    if isinstance(text, str) and isinstance(error, str):  # InvalidJSON
-        return {"invalid_json": text, "error": error}
+    if isinstance(value, InvalidJSON):
+        return {"invalid_json": value.text, "error": value.error}
     return value
 
 
@@ -317,8 +316,6 @@ def crud_scopes(rows: Iterable[ToolLike], *, covered: Collection[str] = USER_TAB
 
 async def session_rows(sessions: SessionStore, user_id: str) -> list[dict[str, Any]]:
     """The user's sessions in a session store, as archive rows."""
-    from chatwright.stores import as_dict
-
     return [as_dict(s) for s in await sessions.list(user_id)]
 
 
@@ -356,10 +353,6 @@ class JoinedUserData:
         self.sessions = sessions
 
     async def export(self, user_id: str, *, max_rows: int | None = None) -> UserArchive:
-        from dataclasses import replace
-
-        from chatwright.errors import TooLargeError
-
         archive = await self.backend.export(user_id, max_rows=max_rows)
         rows = await session_rows(self.sessions, user_id)
         total = sum(archive.counts().values()) + sum(len(r) for r in archive.app_tables.values())
@@ -368,8 +361,6 @@ class JoinedUserData:
         return replace(archive, tables={**archive.tables, "chat_sessions": rows})
 
     async def erase(self, user_id: str, *, requested_by: str) -> ErasureReport:
-        from dataclasses import replace
-
         report = await self.backend.erase(user_id, requested_by=requested_by)
         count = await erase_sessions(self.sessions, user_id)
         tables = dict(report.tables)
@@ -377,10 +368,6 @@ class JoinedUserData:
         return replace(report, tables=tables)
 
     async def delete_chat(self, user_id: str, chat_id: uuid.UUID) -> ErasureReport:
-        from dataclasses import replace
-
-        from chatwright.errors import NotFoundError
-
         owner = await self.sessions.chat_owner(chat_id)
         if owner is not None and owner[0] != user_id:
             raise NotFoundError(no_chat(chat_id))

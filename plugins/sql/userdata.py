@@ -279,7 +279,7 @@ class SQLUserData:
     async def delete_chat(self, user_id: str, chat_id: uuid.UUID) -> ErasureReport:
         counts: dict[str, int] = {}
         async with self.db.write() as conn:
-            owned = await self._user_chats_of(conn, user_id, chat_id)
+            owned = await self._owns_chat(conn, user_id, chat_id)
             if not owned:
                 raise NotFoundError(no_chat(chat_id))
             await self._refuse_running(conn, [chat_id])
@@ -293,7 +293,7 @@ class SQLUserData:
                 counts[table.name] = result.rowcount
         return ErasureReport(user_id=user_id, tables=counts)
 
-    async def _user_chats_of(self, conn: AsyncConnection, user_id: str, chat_id: uuid.UUID) -> bool:
+    async def _owns_chat(self, conn: AsyncConnection, user_id: str, chat_id: uuid.UUID) -> bool:
         for table in CHAT_PART:
             found = await conn.scalar(
                 sa.select(sa.literal(1))
