@@ -267,3 +267,45 @@ def test_cli_refuses_bad_users_and_outputs(tmp_path: Path, monkeypatch: Any) -> 
     assert directory.exit_code == 2 and "Traceback" not in directory.output
     nothing = run("users", "erase", "local")  # no answer to the question
     assert nothing.exit_code == 1 and "nothing erased" in nothing.stderr
+
+
+async def test_export_during_a_real_turn_is_a_snapshot_and_erasure_waits(
+    make_server: MakeServer,
+) -> None:
+    """A turn whose model takes a while: the export meanwhile has what the turn committed
+    (its first transaction stores the message, the last the answer), the erasure is
+    refused until the turn ends, and then erases what it wrote."""
+    server = await make_server()
+    await two_users(server)
+    storage = server.runtime.storage
+    slow = {"responses": [{"content": "slow answer", "sleep": 1.5}]}
+    await storage.agents.create(
+        "slowpoke", system_prompt="p", model="scripted:x", model_settings=slow
+    )
+    opened = await server.client.post(
+        "/api/sessions", json={"agent_name": "slowpoke"}, headers=ALICE
+    )
+    chat_id = opened.json()["chat_id"]
+    before = len((await archive(server, ALICE))["tables"]["chat_messages"])
+    turn = asyncio.create_task(
+        server.client.post(
+            "/api/chat",
+            json={"agent_name": "slowpoke", "chat_id": chat_id, "message": "take your time"},
+            headers=ALICE,
+        )
+    )
+    for _ in range(200):  # until the turn holds its chat
+        if await sql(server.runtime, "SELECT 1 AS held FROM chat_leases"):
+            break
+        await asyncio.sleep(0.02)
+    during = await archive(server, ALICE)
+    texts = json.dumps(during["tables"]["chat_messages"])
+    assert "take your time" in texts and "slow answer" not in texts
+    busy = await server.client.delete("/api/me", params={"confirm": "alice"}, headers=ALICE)
+    assert "running" in error(busy, 409)
+    answered = await turn
+    assert answered.status_code == 200, answered.text
+    after = await archive(server, ALICE)
+    assert len(after["tables"]["chat_messages"]) == before + 2
+    erased = await server.client.delete("/api/me", params={"confirm": "alice"}, headers=ALICE)
+    assert erased.json()["tables"]["chat_messages"] == before + 2
