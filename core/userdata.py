@@ -21,7 +21,7 @@ out with why. An :class:`ErasureReport` counts rows with the same keys, so an
 export and the erasure after it can be compared row for row.
 
 Sessions may live outside the backend (a session store such as Redis, see
-:class:`~chatwright.stores.WithSessionStore`): :func:`with_sessions` joins a
+:class:`~chatwright.stores.WithSessionStore`): :class:`JoinedUserData` joins a
 backend's user data with such a store's.
 """
 
