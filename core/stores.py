@@ -346,6 +346,26 @@ class SessionStore(Protocol):
         """Mark the user's active sessions of a chat as used now; how many there were."""
         ...
 
+    async def erase_user(self, user_id: str) -> int:
+        """Delete every session of the user's, and what the store keeps to find their chats.
+
+        For erasing a user (:mod:`chatwright.userdata`); returns how many sessions
+        there were. A store without it cannot take part in an erasure: this default,
+        for stores that subclass the protocol, says so.
+        """
+        from chatwright.errors import StorageError
+
+        raise StorageError(f"the session store {type(self).__name__} cannot delete sessions")
+
+    async def delete_chat(self, user_id: str, chat_id: uuid.UUID) -> int:
+        """Delete the user's sessions of one chat and the chat's owner entry; how many.
+
+        Nothing of another user's chat is touched (0). Default: as :meth:`erase_user`.
+        """
+        from chatwright.errors import StorageError
+
+        raise StorageError(f"the session store {type(self).__name__} cannot delete sessions")
+
 
 class MessageStore(Protocol):
     async def append(
@@ -470,6 +490,11 @@ class Storage(Protocol):
         """Chats' summaries of what fell out of their windows."""
         ...
 
+    # ``user_data`` (a :class:`chatwright.userdata.UserDataStore`: one user's data
+    # exported, erased, one chat deleted) is optional, like ``turns``: read it with
+    # :func:`chatwright.userdata.user_data_of`, which answers for a backend without it
+    # with a store whose every call says the backend cannot.
+
     @property
     def description(self) -> str:
         """Where the data lives, secrets redacted (for messages and `config show`)."""
@@ -557,6 +582,13 @@ class WithSessionStore:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._storage, name)
+
+    @property
+    def user_data(self) -> Any:
+        """The backend's user data, joined with the sessions of the session store."""
+        from chatwright.userdata import JoinedUserData, user_data_of
+
+        return JoinedUserData(user_data_of(self._storage), self.sessions)
 
     async def ping(self) -> None:
         await self._storage.ping()

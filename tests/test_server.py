@@ -1350,6 +1350,9 @@ async def test_openapi_declares_every_answer_with_a_schema_and_errors_with_the_o
         ("post", "/api/tools/{tool_id}/copy"),
         ("get", "/api/agents/{name}/export"),
         ("post", "/api/agents/import"),
+        ("get", "/api/me/export"),
+        ("delete", "/api/me"),
+        ("delete", "/api/chats/{chat_id}"),
     }
     # A 409 or a 429 may carry more than the error (the actions that wait, the action asked
     # again, when the budget resets): those bodies are the error body and more.
@@ -1392,6 +1395,9 @@ async def test_openapi_declares_every_answer_with_a_schema_and_errors_with_the_o
     }
     assert codes("post", "/api/chat/stream") == {"401", "403", "404", "413", "422", "429", "503"}
     assert codes("get", "/api/usage") == {"401", "403", "422", "503"}
+    assert codes("get", "/api/me/export") == {"401", "403", "413", "503"}
+    assert codes("delete", "/api/me") == {"401", "403", "409", "422", "503"}
+    assert codes("delete", "/api/chats/{chat_id}") == {"401", "403", "404", "409", "422", "503"}
     assert codes("get", "/api/agents/{name}") == {"401", "403", "404", "503"}
     assert codes("get", "/healthz") == {"503"}
     media = {

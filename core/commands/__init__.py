@@ -28,6 +28,7 @@ BUILTIN_MODULES = (
     "audit",
     "undo",
     "usage",
+    "users",
 )
 
 

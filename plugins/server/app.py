@@ -28,6 +28,7 @@ from chatwright.plugins.server.routes import (
     audit,
     chats,
     health,
+    me,
     pages,
     pending,
     sessions,
@@ -62,7 +63,7 @@ def create_app(settings: Settings, plugins: Plugins | None = None) -> FastAPI:
     server = settings.section(ServerSettings)
     if server.auth == "local":
         app.add_middleware(LocalOnly, allowed_hosts=server.allowed_hosts)
-    routers = (pages, health, sessions, chats, pending, audit, agents, admin, usage)
+    routers = (pages, health, sessions, chats, pending, audit, agents, admin, usage, me)
     for module in routers:
         app.include_router(module.router)
     return app

@@ -81,3 +81,9 @@ class ServerSettings(BaseModel):
     max_message_chars: int = Field(
         16_000, ge=1, description="Longest chat message accepted, in characters (413 beyond)."
     )
+    max_export_rows: int = Field(
+        100_000,
+        ge=1,
+        description="Most rows in all that GET /api/me/export answers with (413 beyond); "
+        "`chatwright users export` has no bound.",
+    )

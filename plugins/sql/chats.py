@@ -287,6 +287,21 @@ class SQLSessionStore(BoundStore):
         async with self.db.write(user_id) as conn:
             return await touch_sessions(conn, user_id, chat_id)
 
+    async def erase_user(self, user_id: str) -> int:
+        # The storage's user_data erases sessions with the rest; this is the store alone.
+        s = schema.chat_sessions
+        async with self.db.write(user_id) as conn:
+            result = await conn.execute(s.delete().where(s.c.user_id == user_id))
+        return int(result.rowcount)
+
+    async def delete_chat(self, user_id: str, chat_id: uuid.UUID) -> int:
+        s = schema.chat_sessions
+        async with self.db.write(user_id) as conn:
+            result = await conn.execute(
+                s.delete().where(s.c.user_id == user_id, s.c.chat_id == chat_id)
+            )
+        return int(result.rowcount)
+
 
 async def touch_sessions(conn: AsyncConnection, user_id: str, chat_id: uuid.UUID) -> int:
     """Mark the user's active sessions of a chat as used now, on ``conn``."""

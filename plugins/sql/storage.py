@@ -47,6 +47,7 @@ from chatwright.plugins.sql.stores import (
 from chatwright.plugins.sql.turns import SQLTurnStore
 from chatwright.plugins.sql.usage import SQLSummaryStore, SQLUsageStore
 from chatwright.plugins.sql.user_transactions import UserTransactions
+from chatwright.plugins.sql.userdata import SQLUserData
 from chatwright.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,7 @@ class SQLStorage:
         self.audit = SQLAuditStore(self)
         self.usage = SQLUsageStore(self)
         self.summaries = SQLSummaryStore(self)
+        self.user_data = SQLUserData(self)
         self.turns: SQLTurnStore = SQLTurnStore(self)
 
     @classmethod

@@ -33,6 +33,13 @@ class UserTransactions:
             framework (admin) statement.
         """
 
+    async def leave(self, conn: AsyncConnection) -> None:
+        """Undo :meth:`enter` within the transaction: what follows is a framework statement.
+
+        For an operation whose last step is the framework's, in the same transaction
+        (an erasure recording itself in the audit log, see :mod:`.userdata`).
+        """
+
     async def secure_table(self, conn: AsyncConnection, table: str) -> None:
         """Run after a tool created (or found) an application table with a ``user_id`` column.
 

@@ -33,6 +33,10 @@ class RowLevelSecurity(UserTransactions):
         )
         await conn.execute(sa.text("SET LOCAL ROLE authenticated"))
 
+    async def leave(self, conn: AsyncConnection) -> None:
+        await conn.execute(sa.text("SELECT set_config('request.jwt.claims', '', true)"))
+        await conn.execute(sa.text("RESET ROLE"))
+
     async def secure_table(self, conn: AsyncConnection, table: str) -> None:
         """Close the table to the Data API roles but for the framework's per-user policy."""
         # ``table`` comes from a TableSpec in code, checked by the record store.

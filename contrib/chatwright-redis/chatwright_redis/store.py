@@ -330,6 +330,94 @@ class RedisSessionStore:
         with self._reaching():
             return cast(int, await self._touch_chat(keys=keys, args=self._user_args(user_id)))
 
+    async def _user_sessions(self, user_id: str) -> builtins.list[dict[str, str]]:
+        ids = cast(list[str], await self._redis.zrange(self._keys.user(user_id), 0, -1))
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for session_id in ids:
+                pipe.hgetall(f"{self._keys.prefix}session:{session_id}")
+            found = cast(list[dict[str, str]], await pipe.execute())
+        return [fields for fields in found if fields and fields.get("user_id") == user_id]
+
+    async def _scan(self, pattern: str) -> builtins.list[str]:
+        return [name async for name in self._redis.scan_iter(pattern, 1000)]
+
+    def _forget(self, pipe: Any, user_id: str, fields: Mapping[str, str]) -> None:
+        """Queue the deletion of one session and its index entries on ``pipe``."""
+        session_id = fields["id"]
+        pipe.delete(f"{self._keys.prefix}session:{session_id}")
+        pipe.zrem(self._keys.user(user_id), session_id)
+        pipe.zrem(self._keys.active, f"{_encode(user_id, fields['agent_name'])}:{session_id}")
+        if fields.get("_slot"):
+            pipe.delete(fields["_slot"])
+        pipe.srem(self._keys.live(uuid.UUID(fields["chat_id"])), session_id)
+
+    async def erase_user(self, user_id: str) -> int:
+        """Delete the user's sessions, their chats' owner entries and latest-chat pointers.
+
+        Finding the user's chats scans the ``chat:*`` keys (no index maps a user to
+        their chats): an operator's step, as rare as erasing a user is.
+        """
+        owner_prefix = quote(user_id, safe="") + ":"
+        mine = _glob_escape(quote(user_id, safe=""))
+        with self._reaching():
+            sessions = await self._user_sessions(user_id)
+            chats = await self._scan(f"{_glob_escape(self._keys.prefix)}chat:*")
+            owned: builtins.list[str] = []
+            for start in range(0, len(chats), 500):
+                batch = chats[start : start + 500]
+                owners = cast(list[str | None], await self._redis.mget(batch))
+                owned += [
+                    k
+                    for k, o in zip(batch, owners, strict=True)
+                    if o and o.startswith(owner_prefix)
+                ]
+            pointers = await self._scan(f"{_glob_escape(self._keys.prefix)}latest:{mine}:*")
+            slots = await self._scan(f"{_glob_escape(self._keys.prefix)}key:{mine}:*")
+            members = [
+                m async for m, _ in self._redis.zscan_iter(self._keys.active, match=f"{mine}:*")
+            ]
+            async with self._redis.pipeline(transaction=True) as pipe:
+                for fields in sessions:
+                    self._forget(pipe, user_id, fields)
+                chat_prefix = f"{self._keys.prefix}chat:"
+                for name in owned:
+                    pipe.delete(name, self._keys.live(uuid.UUID(name[len(chat_prefix) :])))
+                for name in (*pointers, *slots):
+                    pipe.delete(name)
+                if members:
+                    pipe.zrem(self._keys.active, *members)
+                pipe.delete(self._keys.user(user_id))
+                await pipe.execute()
+        return len(sessions)
+
+    async def delete_chat(self, user_id: str, chat_id: uuid.UUID) -> int:
+        """Delete the user's sessions of the chat, its owner entry and pointers to it.
+
+        Another user's chat is left as it is (0), the same as an unknown one.
+        """
+        with self._reaching():
+            owner = cast(str | None, await self._redis.get(self._keys.chat(chat_id)))
+            if owner is not None and _decode_pair(owner)[0] != user_id:
+                return 0
+            sessions = [
+                f for f in await self._user_sessions(user_id) if f["chat_id"] == str(chat_id)
+            ]
+            agents = {f["agent_name"] for f in sessions}
+            if owner is not None:
+                agents.add(_decode_pair(owner)[1])
+            pointers = [self._keys.latest(user_id, agent) for agent in sorted(agents)]
+            current = cast(list[str | None], await self._redis.mget(pointers)) if pointers else []
+            async with self._redis.pipeline(transaction=True) as pipe:
+                for fields in sessions:
+                    self._forget(pipe, user_id, fields)
+                if owner is not None:
+                    pipe.delete(self._keys.chat(chat_id), self._keys.live(chat_id))
+                for name, value in zip(pointers, current, strict=True):
+                    if value == str(chat_id):
+                        pipe.delete(name)
+                await pipe.execute()
+        return len(sessions)
+
     async def ping(self) -> None:
         """Raise StorageError unless Redis answers (for the server's /healthz)."""
         with self._reaching():
