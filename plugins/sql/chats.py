@@ -21,7 +21,7 @@ from chatwright.errors import InvalidInputError, NotFoundError
 from chatwright.plugins.sql import schema
 from chatwright.plugins.sql.rows import from_row, now
 from chatwright.plugins.sql.stores import BoundStore
-from chatwright.stores import ChatSession, Message, NewMessage
+from chatwright.stores import ChatInfo, ChatSession, Message, NewMessage
 
 if TYPE_CHECKING:
     from chatwright.plugins.sql.storage import SQLStorage
@@ -378,3 +378,82 @@ class SQLMessageStore(BoundStore):
             rows = (await conn.execute(stmt)).all()
         found = [from_row(Message, r) for r in rows]
         return found if after is not None else found[::-1]
+
+    async def chats(
+        self,
+        user_id: str,
+        *,
+        agent_name: str | None = None,
+        limit: int,
+        before: int | None = None,
+    ) -> builtins.list[ChatInfo]:
+        """The user's chats in one statement: its messages grouped by chat (found through the
+        index on ``user_id``), newest first, then per chat of the page its first human message
+        and its agent (through the indexes on ``(chat_id, id)`` and on sessions' ``chat_id``).
+
+        Every message row of the user is read (to group them): the price of needing no index
+        of its own, proportional to the user's messages, not to the table.
+        """
+        from chatwright.conversations import title_of
+
+        if limit <= 0:
+            return []
+        m = schema.chat_messages
+        last_id = sa.func.max(m.c.id)
+        grouped = (
+            sa.select(
+                m.c.chat_id,
+                sa.func.count().label("messages"),
+                last_id.label("last_id"),
+                sa.func.min(m.c.created_at).label("created_at"),
+                sa.func.max(m.c.created_at).label("last_activity"),
+            )
+            .where(m.c.user_id == user_id)
+            .group_by(m.c.chat_id)
+        )
+        if before is not None:
+            grouped = grouped.having(last_id < before)
+        if agent_name is not None:
+            # The chat's first session decides its agent (as chat_owner does); a chat with no
+            # session here has its sessions elsewhere and is filtered by the caller.
+            owner = self._agent_of(m.c.chat_id, user_id)
+            grouped = grouped.having(sa.func.coalesce(owner, agent_name) == agent_name)
+        page = grouped.order_by(last_id.desc()).limit(limit).subquery("page")
+        first = sa.alias(m, "first_human")
+        title = (
+            sa.select(first.c.content)
+            .where(first.c.chat_id == page.c.chat_id, first.c.role == "human")
+            .order_by(first.c.id)
+            .limit(1)
+            .scalar_subquery()
+        )
+        stmt = sa.select(
+            page,
+            self._agent_of(page.c.chat_id, user_id).label("agent_name"),
+            title.label("first_human"),
+        ).order_by(page.c.last_id.desc())
+        async with self.db.read(user_id) as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [
+            ChatInfo(
+                chat_id=r.chat_id,
+                agent_name=r.agent_name,
+                title=title_of(r.first_human if isinstance(r.first_human, Mapping) else None),
+                messages=int(r.messages),
+                created_at=r.created_at,
+                last_activity=r.last_activity,
+                last_id=int(r.last_id),
+            )
+            for r in rows
+        ]
+
+    @staticmethod
+    def _agent_of(chat_id: sa.ColumnElement[Any], user_id: str) -> sa.ScalarSelect[Any]:
+        s = schema.chat_sessions
+        return (
+            sa.select(s.c.agent_name)
+            .where(s.c.chat_id == chat_id, s.c.user_id == user_id)
+            .order_by(s.c.created_at, s.c.id)
+            .limit(1)
+            .scalar_subquery()
+        )
