@@ -36,7 +36,7 @@ LARGEST_ID = 2**63 - 1
 TRANSCRIPT_PAGE = 500
 """Messages read per query while a transcript is gathered."""
 
-_SPACE = re.compile(r"\s+")
+_SPACE = re.compile(r"[\s\x00-\x1f\x7f-\x9f]+")
 
 
 def message_text(content: Mapping[str, Any]) -> str:
@@ -55,7 +55,11 @@ def message_text(content: Mapping[str, Any]) -> str:
 
 
 def title_of(content: Mapping[str, Any] | None) -> str:
-    """A chat's title from its first human message: one line, at most :data:`TITLE_LENGTH`."""
+    """A chat's title from its first human message: one line, at most :data:`TITLE_LENGTH`.
+
+    Runs of white space and control characters become one space: a title is shown in lists
+    and terminals, where a newline or an escape sequence has no place.
+    """
     if content is None:
         return ""
     text = _SPACE.sub(" ", message_text(content)).strip()
