@@ -151,45 +151,20 @@ async def test_a_transcript_holds_tool_calls_the_summary_and_what_waits(
 
 async def test_the_list_is_served_by_indexes_on_postgresql(pg_storage: Any) -> None:
     """With sequential scans forbidden the plan still reads both tables through indexes."""
-    storage = pg_storage
-    await build(storage)
-    statements: list[Any] = []
-    reading = storage.read
-
-    def recording(user_id: str | None = None) -> Any:
-        context = reading(user_id)
-
-        class Recorded:
-            async def __aenter__(self) -> Any:
-                conn = await context.__aenter__()
-
-                class Conn:
-                    async def execute(self, stmt: Any) -> Any:
-                        statements.append(stmt)
-                        return await conn.execute(stmt)
-
-                return Conn()
-
-            async def __aexit__(self, *exc: Any) -> Any:
-                return await context.__aexit__(*exc)
-
-        return Recorded()
-
-    storage.read = recording
-    try:
-        await storage.messages.chats("alice", agent_name=AGENT, limit=5, before=10**6)
-    finally:
-        del storage.read
-    (stmt,) = statements
     from sqlalchemy.dialects import postgresql
 
+    from chatwright.plugins.sql.chat_list import statement
+
+    await build(pg_storage)
+    stmt = statement("alice", agent_name=AGENT, limit=5, before=10**6)
     text = str(stmt.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
-    async with storage.read() as conn:
+    async with pg_storage.read() as conn:
         await conn.execute(sa.text("SET LOCAL enable_seqscan = off"))
         plan = "\n".join(r[0] for r in await conn.execute(sa.text("EXPLAIN " + text)))
     assert "Seq Scan" not in plan, plan
     assert "ix_chat_messages_user_id" in plan, plan
     assert "ix_chat_messages_chat_id_id" in plan, plan
+    assert "ix_chat_sessions_chat_id" in plan, plan
 
 
 # -- the command line ------------------------------------------------------------------
