@@ -66,14 +66,18 @@ def title_of(content: Mapping[str, Any] | None) -> str:
     return text if len(text) <= TITLE_LENGTH else text[: TITLE_LENGTH - 1].rstrip() + "…"
 
 
-def check_page(limit: int, before: int | None) -> None:
-    """Refuse a page size or cursor no page can have, naming what to give instead."""
+def check_page(
+    limit: int, before: int | None, *, limit_name: str = "limit", before_name: str = "before"
+) -> None:
+    """Refuse a page size or cursor no page can have, naming it and what to give instead."""
     if not 1 <= limit <= MOST_LISTED:
-        raise InvalidInputError(f"a page of chats holds 1 to {MOST_LISTED} chats, not {limit}")
+        raise InvalidInputError(
+            f"{limit_name} {limit}: a page of chats holds 1 to {MOST_LISTED} chats"
+        )
     if before is not None and not 1 <= before <= LARGEST_ID:
         raise InvalidInputError(
-            f"cursor {before} is not one a page of chats gives: pass the 'next' of the page "
-            "before, or none for the newest chats"
+            f"{before_name} {before} is not a cursor a page of chats gives: pass the one the "
+            "page before gave, or none for the newest chats"
         )
 
 

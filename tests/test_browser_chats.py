@@ -181,3 +181,31 @@ def test_the_page_never_parses_text_as_html() -> None:
     script = source[source.index("<script>") :]
     for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
         assert sink not in script, sink
+
+
+async def test_older_chats_load_on_demand(served: tuple[str, Runtime]) -> None:
+    """The list shows 30 chats; **Older chats** adds the rest and then goes away."""
+    executable = require_chromium()
+    from playwright.async_api import async_playwright
+
+    page_url, runtime = served
+    for n in range(32):
+        await past_chat(runtime.storage, HumanMessage(f"question {n}"), AIMessage(f"answer {n}"))
+
+    async with async_playwright() as pw:
+        browser = await launch(pw, executable)
+        try:
+            page = await browser.new_page()
+            await page.goto(page_url)
+            items = page.locator("#chat-list button.chat-item .chat-title")
+            await items.nth(29).wait_for()
+            more = page.locator("#more-chats")
+            await more.wait_for()
+            assert await items.count() == 30
+            await more.click()
+            await items.nth(31).wait_for()
+            titles = await items.all_text_contents()
+            assert titles == [f"question {n}" for n in range(31, -1, -1)]
+            await page.wait_for_selector("#more-chats", state="hidden")
+        finally:
+            await browser.close()

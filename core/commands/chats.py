@@ -84,7 +84,7 @@ def chats_list(
     inputs.name("--user", user)
     if agent is not None:
         inputs.name("--agent", agent)
-    check_page(limit, before)
+    check_page(limit, before, limit_name="--limit", before_name="--before")
 
     async def work(runtime: Runtime) -> ChatPage:
         return await list_chats(runtime.storage, user, agent_name=agent, limit=limit, before=before)

@@ -195,9 +195,9 @@ def test_the_cli_refuses_bad_values_and_keeps_titles_off_the_terminal(example: P
     usage_error(run("chats", "show", "not-a-uuid"), "not-a-uuid")
     usage_error(run("chats", "show", "' OR 1=1 --"), "OR 1=1")
     for value in ("0", "-1", "101", "100000000000000000000"):
-        assert_error(run("chats", "list", "--limit", value), "1 to 100", value)
+        assert_error(run("chats", "list", "--limit", value), f"--limit {value}", "1 to 100")
     for value in ("0", "-3", str(2**63)):
-        assert_error(run("chats", "list", "--before", value), "cursor", value)
+        assert_error(run("chats", "list", "--before", value), f"--before {value}", "cursor")
     usage_error(run("chats", "list", "--limit", "ten"), "ten")
     usage_error(run("chats", "list", "--before", "abc"), "abc")
     assert_error(run("chats", "list", "--user", ""), "--user")
