@@ -29,7 +29,9 @@ from tests.harness import uvicorn_serving
 from tests.test_browser import launch, require_chromium
 
 USER = "local"
-MARKDOWN = """## Plan for the week
+MARKDOWN = """## Plan for the week ##
+
+### Learn C#
 
 Buy **milk** and *bread*, then run `make test`:
 
@@ -108,6 +110,7 @@ async def test_past_chats_resume_and_replies_render_as_safe_markdown(
             reply = page.locator(".msg.ai").first
             md = reply.locator(".md")
             assert await md.locator("h2").text_content() == "Plan for the week"
+            assert await md.locator("h3").text_content() == "Learn C#"
             assert await md.locator("strong").text_content() == "milk"
             assert await md.locator("em").text_content() == "bread"
             assert await md.locator("p code").text_content() == "make test"
