@@ -154,6 +154,26 @@ class Message:
 
 
 @dataclass(frozen=True)
+class ChatInfo:
+    """One of a user's chats as a list of chats shows it."""
+
+    chat_id: uuid.UUID
+    agent_name: str | None
+    """The chat's agent; None from a backend that does not keep the chat's sessions (the
+    ``redis`` session store keeps them): :func:`chatwright.conversations.list_chats` fills it."""
+    title: str
+    """The text of its first human message on one line, cut at ``TITLE_LENGTH`` characters
+    (:func:`chatwright.conversations.title_of`); empty when it has none."""
+    messages: int
+    created_at: datetime
+    """When its first message was stored."""
+    last_activity: datetime
+    """When its newest message was stored."""
+    last_id: int
+    """The id of its newest message: the list's order, and the cursor of the next page."""
+
+
+@dataclass(frozen=True)
 class PromptCustomization:
     id: int
     user_id: str
@@ -401,6 +421,23 @@ class MessageStore(Protocol):
 
         With ``after``, only messages with ``id > after``, and the page is the
         oldest such one (reading forward from ``after``).
+        """
+        ...
+
+    async def chats(
+        self,
+        user_id: str,
+        *,
+        agent_name: str | None = None,
+        limit: int,
+        before: int | None = None,
+    ) -> builtins.list[ChatInfo]:
+        """Up to ``limit`` of the user's chats that hold messages, the most recently active
+        first (by :attr:`ChatInfo.last_id`), in one query over the messages' indexes.
+
+        With ``before``, only chats whose newest message's id is below it (the ``last_id``
+        of the previous page's last chat). With ``agent_name``, only that agent's chats, and
+        those whose agent the backend does not know (``agent_name`` None).
         """
         ...
 

@@ -500,6 +500,26 @@ class StorageContract(SessionStoreContract):
         assert await storage.messages.page(ALICE, chat, limit=3, after=stored[-1].id) == []
         assert await storage.messages.page(BOB, chat, limit=3, after=0) == []
 
+    async def test_chats_are_listed_per_user_newest_first_and_paged(self, storage: Storage) -> None:
+        def said(role: str, text: str) -> NewMessage:
+            return NewMessage(role, {"type": role, "data": {"content": text}})
+
+        older, newer, bobs = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+        await storage.messages.append(ALICE, older, [said("ai", "hi"), said("human", "first")])
+        await storage.messages.append(ALICE, newer, [said("human", "second")])
+        await storage.messages.append(BOB, bobs, [said("human", "bob's")])
+        listed = await storage.messages.chats(ALICE, limit=10)
+        assert [(c.chat_id, c.title, c.messages) for c in listed] == [
+            (newer, "second", 1),
+            (older, "first", 2),
+        ]
+        assert listed[0].last_id > listed[1].last_id
+        assert all(c.created_at <= c.last_activity for c in listed)
+        page = await storage.messages.chats(ALICE, limit=1, before=listed[0].last_id)
+        assert [c.chat_id for c in page] == [older]
+        assert [c.chat_id for c in await storage.messages.chats(BOB, limit=10)] == [bobs]
+        assert await storage.messages.chats("nobody", limit=10) == []
+
     # -- customizations and memories ---------------------------------------
 
     async def test_customizations_upsert_and_order(self, storage: Storage) -> None:

@@ -1329,6 +1329,7 @@ async def test_openapi_declares_every_answer_with_a_schema_and_errors_with_the_o
         ("post", "/api/chat"),
         ("post", "/api/chat/stream"),
         ("get", "/api/chats/{chat_id}/messages"),
+        ("get", "/api/chats"),
         ("get", "/api/agents"),
         ("get", "/api/agents/{name}"),
         ("get", "/api/agents/{name}/customizations"),

@@ -22,6 +22,7 @@ BUILTIN_MODULES = (
     "agents",
     "chat",
     "sessions",
+    "chats",
     "install",
     "tools",
     "pending",

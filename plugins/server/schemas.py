@@ -21,7 +21,14 @@ from pydantic_core import PydanticCustomError
 if TYPE_CHECKING:
     from chatwright.approvals import PendingAction
     from chatwright.runtime import ToolCallRecord, Turn
-    from chatwright.stores import ChatSession, ChatSummary, Message, PromptCustomization, ToolRow
+    from chatwright.stores import (
+        ChatInfo,
+        ChatSession,
+        ChatSummary,
+        Message,
+        PromptCustomization,
+        ToolRow,
+    )
     from chatwright.usage import TurnUsage
 
 Timestamp = Annotated[
@@ -501,4 +508,33 @@ class ErrorEvent(ErrorBody):
     )
     retry_after: int | None = Field(
         default=None, description="With status 429: seconds to wait before trying again."
+    )
+
+
+class ChatListItem(BaseModel):
+    """One of the caller's chats in GET /api/chats."""
+
+    chat_id: uuid.UUID
+    agent_name: str
+    title: str = Field(description="Its first message, on one line, cut at 80 characters.")
+    messages: int = Field(description="How many messages it holds (tool calls and results too).")
+    created_at: Timestamp = Field(description="When its first message was stored.")
+    last_activity: Timestamp = Field(description="When its newest message was stored.")
+
+    @classmethod
+    def of(cls, chat: ChatInfo) -> ChatListItem:
+        return cls(
+            chat_id=chat.chat_id,
+            agent_name=chat.agent_name or "",
+            title=chat.title,
+            messages=chat.messages,
+            created_at=chat.created_at.isoformat(),
+            last_activity=chat.last_activity.isoformat(),
+        )
+
+
+class ChatList(BaseModel):
+    chats: list[ChatListItem] = Field(description="The most recently active first.")
+    next: int | None = Field(
+        description="Pass as before for the next (older) page; null when this is the last."
     )

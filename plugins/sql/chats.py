@@ -21,7 +21,7 @@ from chatwright.errors import InvalidInputError, NotFoundError
 from chatwright.plugins.sql import schema
 from chatwright.plugins.sql.rows import from_row, now
 from chatwright.plugins.sql.stores import BoundStore
-from chatwright.stores import ChatSession, Message, NewMessage
+from chatwright.stores import ChatInfo, ChatSession, Message, NewMessage
 
 if TYPE_CHECKING:
     from chatwright.plugins.sql.storage import SQLStorage
@@ -393,3 +393,15 @@ class SQLMessageStore(BoundStore):
             rows = (await conn.execute(stmt)).all()
         found = [from_row(Message, r) for r in rows]
         return found if after is not None else found[::-1]
+
+    async def chats(
+        self,
+        user_id: str,
+        *,
+        agent_name: str | None = None,
+        limit: int,
+        before: int | None = None,
+    ) -> builtins.list[ChatInfo]:
+        from chatwright.plugins.sql.chat_list import list_chats
+
+        return await list_chats(self.db, user_id, agent_name=agent_name, limit=limit, before=before)

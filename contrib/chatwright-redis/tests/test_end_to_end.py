@@ -151,3 +151,41 @@ async def test_an_unreachable_redis_is_a_503_naming_it(
         assert opened.status_code == 503
         assert "127.0.0.1:1" in opened.json()["error"]
         assert "CHATWRIGHT_REDIS_URL" in opened.json()["error"]
+
+
+async def test_chats_are_listed_with_their_agents_from_redis(
+    settings: Settings, plugins: Plugins
+) -> None:
+    """Sessions live in Redis, so the SQL messages know no agent: the owner fills it in."""
+    from chatwright.conversations import list_chats, transcript
+
+    runtime = Runtime(settings, plugins)
+    await runtime.start(upgrade=True)
+    try:
+        storage = runtime.storage
+        await example.seed(storage, "offline:assistant")
+        await storage.agents.create("helper", system_prompt="Help.", model="offline:assistant")
+        chats = []
+        for user, agent, message in (
+            ("alice", AGENT, "list my tasks"),
+            ("alice", "helper", "hello"),
+            ("bob", AGENT, "bob's own"),
+        ):
+            session = await storage.sessions.open(user, agent)
+            await runtime.chat(user, agent, session.chat_id, message)
+            chats.append(session.chat_id)
+
+        raw = await storage.messages.chats("alice", limit=5)
+        assert [c.agent_name for c in raw] == [None, None]  # no session of theirs in SQL
+        page = await list_chats(storage, "alice")
+        assert [(c.chat_id, c.agent_name) for c in page.chats] == [
+            (chats[1], "helper"),
+            (chats[0], AGENT),
+        ]
+        assert [c.title for c in page.chats] == ["hello", "list my tasks"]
+        only = await list_chats(storage, "alice", agent_name=AGENT)
+        assert [c.chat_id for c in only.chats] == [chats[0]]
+        assert [c.chat_id for c in (await list_chats(storage, "bob")).chats] == [chats[2]]
+        assert (await transcript(storage, chats[1], "alice")).agent_name == "helper"
+    finally:
+        await runtime.close()

@@ -1,4 +1,5 @@
-"""Chats: a turn answered at once or streamed, and the pages of a chat's messages."""
+"""Chats: a turn answered at once or streamed, the caller's chats, and the pages of a chat's
+messages."""
 
 from __future__ import annotations
 
@@ -8,12 +9,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from chatwright.conversations import LARGEST_ID, MOST_LISTED, list_chats
 from chatwright.errors import BudgetExceededError, ChatwrightError, NotFoundError
 from chatwright.message_limits import check_message
 from chatwright.plugins.server.dependencies import MetricsDep, RuntimeDep, SettingsDep, User
 from chatwright.plugins.server.errors import USER, responses
 from chatwright.plugins.server.metrics import outcome_of
 from chatwright.plugins.server.schemas import (
+    ChatList,
+    ChatListItem,
     ChatMessage,
     ChatRequest,
     ChatTurn,
@@ -128,3 +132,20 @@ async def messages(
         more=len(page) > limit,
         summary=SummaryOut.of(summary) if summary is not None else None,
     )
+
+
+@router.get("/api/chats", responses=responses(*USER, 422))
+async def chat_list(
+    runtime: RuntimeDep,
+    who: User,
+    agent_name: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=MOST_LISTED)] = 20,
+    before: Annotated[int | None, Query(ge=1, le=LARGEST_ID)] = None,
+) -> ChatList:
+    """The caller's chats, the most recently active first; pass next as before for the next
+    page. Open one with POST /api/sessions and its chat_id, read it with GET
+    /api/chats/{chat_id}/messages."""
+    page = await list_chats(
+        runtime.storage, who.user_id, agent_name=agent_name, limit=limit, before=before
+    )
+    return ChatList(chats=[ChatListItem.of(c) for c in page.chats], next=page.next)
