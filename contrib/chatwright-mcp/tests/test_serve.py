@@ -288,3 +288,33 @@ def test_serve_refuses_bad_input_in_one_line(served: Served, args: list[str], me
     assert done.returncode == 1, done.stdout
     assert message in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_tools_add_refuses_an_mcp_row_the_settings_do_not_allow(served: Served) -> None:
+    env = {**served.env, "CHATWRIGHT_MCP__ALLOWED_HOSTS": '["127.0.0.1:1"]'}
+    rows = {
+        "config.server: MCP server 'shell' is not in [mcp.servers] (servers there: none)": {
+            "server": "shell"
+        },
+        "config.url: host 'attacker.example' is not in mcp.allowed_hosts (127.0.0.1:1)": {
+            "url": "https://attacker.example/mcp"
+        },
+        "config.url: MCP server at http://127.0.0.1:1/mcp could not be started or reached": {
+            "url": "http://127.0.0.1:1/mcp"
+        },
+    }
+    for message, config in rows.items():
+        row = json.dumps({"name": "remote", "type": "mcp", "config": config})
+        done = subprocess.run(
+            [*CHATWRIGHT, "tools", "add", "--agent", AGENT],
+            env=env,
+            input=row,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 1, done.stdout
+        assert message in done.stderr
+        assert "Traceback" not in done.stderr
+    listed = cli(served, "tools", "list", "--agent", AGENT, "--json")
+    assert "remote" not in listed.stdout

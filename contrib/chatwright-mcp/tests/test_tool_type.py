@@ -217,3 +217,18 @@ async def test_eviction_closes_the_connection(runtime_for: Any, pidfile: Path) -
     assert alive(serving)
     assert runtime.cache.evict(AGENT, "ttl")
     await until(lambda: not alive(serving))
+
+
+async def test_a_required_approval_holds_the_servers_tools_like_any(
+    runtime_for: Any, pidfile: Path
+) -> None:
+    runtime = await runtime_for({"servers": {"local": stdio_spec(pidfile)}})
+    await agent_with_script(runtime, {"name": "add", "args": {"a": 1, "b": 2}})
+    config = {"server": "local", "tools": ["add"]}
+    await runtime.storage.tools.add(AGENT, "local", type="mcp", config=config, approval="required")
+    turn = await chat(runtime)
+    assert turn.status == "approval_required"
+    [pending] = turn.pending
+    assert (pending.tool_name, pending.args) == ("add", {"a": 1, "b": 2})
+    # Only the build's listing reached the server: the call waits for the user.
+    assert len(pids(pidfile)) == 1
