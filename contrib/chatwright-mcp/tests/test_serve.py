@@ -318,3 +318,45 @@ def test_tools_add_refuses_an_mcp_row_the_settings_do_not_allow(served: Served) 
         assert "Traceback" not in done.stderr
     listed = cli(served, "tools", "list", "--agent", AGENT, "--json")
     assert "remote" not in listed.stdout
+
+
+@pytest.fixture
+def local_http(served: Served) -> Iterator[Served]:
+    """``mcp serve --http`` with server.auth = "local" (refused off loopback)."""
+    served.env["CHATWRIGHT_SERVER__AUTH"] = "local"
+    refused = cli(served, "mcp", "serve", "--agent", AGENT, "--http", "--host", "0.0.0.0")
+    assert refused.returncode == 1 and "refusing to serve on 0.0.0.0" in refused.stderr
+    port = free_port()
+    process = subprocess.Popen(
+        [*CHATWRIGHT, "mcp", "serve", "--agent", AGENT, "--http", "--port", str(port)],
+        env=served.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port, process)
+        served.url = f"http://127.0.0.1:{port}/mcp"
+        yield served
+    finally:
+        stop(process)
+
+
+async def test_http_with_local_auth_serves_the_local_user(
+    local_http: Served, plugins: Plugins
+) -> None:
+    import httpx2
+    from mcp.client.streamable_http import streamable_http_client
+
+    async with (
+        httpx2.AsyncClient(timeout=30) as http_client,
+        streamable_http_client(local_http.url, http_client=http_client) as (read, write),
+        ClientSession(read, write) as session,
+    ):
+        await session.initialize()
+        assert not (await call(session, "add_note", title="local note"))[0]
+    settings = load_settings(None, {"storage": {"url": local_http.db}}, plugins)
+    async with Runtime(settings, plugins) as runtime:
+        rows = await runtime.storage.records.select(
+            "local", "notes", {"user_id": "local"}, columns=["title"], limit=10
+        )
+    assert rows == [{"title": "local note"}]
