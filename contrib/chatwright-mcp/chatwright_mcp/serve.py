@@ -216,7 +216,8 @@ class JwtVerifier:
         from chatwright.plugins.server.auth import principal_from_token
 
         try:
-            principal = principal_from_token(self.runtime.settings, token)
+            # In a thread: a JWKS may be fetched, as the HTTP API's verification does.
+            principal = await asyncio.to_thread(principal_from_token, self.runtime.settings, token)
         except ChatwrightError:
             return None
         return AccessToken(
@@ -236,14 +237,14 @@ def user_from_request(ctx: Any) -> str:
     return subject
 
 
-def http_app(runtime: Runtime, agent_name: str, host: str, port: int) -> Starlette:
+def http_app(served: ServedTools, host: str, port: int) -> Starlette:
     """The streamable-HTTP app at ``/mcp``: JWT bearer tokens, or the local user."""
     from mcp.server.auth.settings import AuthSettings
 
     from chatwright.plugins.server.auth import LOCAL_USER
     from chatwright.plugins.server.settings import ServerSettings
 
-    served = ServedTools(runtime, agent_name)
+    runtime = served.runtime
     if runtime.settings.section(ServerSettings).auth == "local":
         server = build_server(served, lambda ctx: LOCAL_USER)
         return server.streamable_http_app(host=host)
@@ -264,7 +265,7 @@ async def serve_http(runtime: Runtime, agent_name: str, host: str, port: int) ->
     import uvicorn
 
     served = ServedTools(runtime, agent_name)
-    await served.current()
-    app = http_app(runtime, agent_name, host, port)
+    await served.current()  # an unknown agent is an error before the server starts
+    app = http_app(served, host, port)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
     await uvicorn.Server(config).serve()
