@@ -173,8 +173,11 @@ class ToolType(Protocol):
         """Validates a row's ``config``."""
         ...
 
-    async def build(self, row: ToolRow, config: Any, context: ToolContext) -> BaseTool:
-        """A LangChain tool for the row; :class:`ToolConfigError` when it cannot be built."""
+    async def build(
+        self, row: ToolRow, config: Any, context: ToolContext
+    ) -> BaseTool | Sequence[BaseTool]:
+        """A LangChain tool for the row (or several: a row naming a catalogue of tools);
+        :class:`ToolConfigError` when it cannot be built."""
         ...
 
 
@@ -207,6 +210,8 @@ class RowReport:
     row: ToolRow
     tool: BaseTool | None = None
     problems: list[ToolProblem] = field(default_factory=list)
+    tools: list[BaseTool] = field(default_factory=list)
+    """Every tool the row gave (``tool`` is the first): a type may build several."""
 
     @property
     def ok(self) -> bool:
@@ -291,9 +296,14 @@ async def build_row(row: ToolRow, agent: str, plugins: Plugins, context: ToolCon
     if report.problems:
         return report
     try:
-        report.tool = await tool_type.build(row, config, context)
-        # The row a built tool came from: its id and approval mode, for the runtime.
-        report.tool.metadata = {**(report.tool.metadata or {}), "chatwright_row": row}
+        built = await tool_type.build(row, config, context)
+        tools = list(built) if isinstance(built, Sequence) else [built]
+        if not tools:
+            return problem("config", "the row gives no tool")
+        for tool in tools:
+            # The row a built tool came from: its id and approval mode, for the runtime.
+            tool.metadata = {**(tool.metadata or {}), "chatwright_row": row}
+        report.tool, report.tools = tools[0], tools
     except ToolConfigError as exc:
         for p in exc.problems:
             problem(p.path, p.reason)
@@ -333,8 +343,8 @@ async def load_tools(
     loaded = LoadedTools(tools=[], problems=[])
     for row in await storage.tools.list(agent_name, active_only=True):
         report = await build_row(row, agent_name, plugins, context)
-        if report.ok and report.tool is not None:
-            loaded.tools.append(report.tool)
+        if report.ok:
+            loaded.tools.extend(report.tools)
         else:
             for p in report.problems:
                 log.warning("chatwright: tool row skipped: %s", p)

@@ -262,3 +262,45 @@ def test_malformed_configs_never_break_loading(tmp_path: Path, configs: list[Any
                 assert p.reason
 
     asyncio.run(scenario())
+
+
+async def test_a_type_may_build_several_tools_from_one_row(storage: SQLStorage) -> None:
+    from langchain_core.tools import StructuredTool
+    from pydantic import BaseModel, ConfigDict
+
+    from chatwright import hookimpl
+
+    class Names(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        names: list[str]
+
+    class Catalogue:
+        config_model = Names
+
+        async def build(self, row: ToolRow, config: Any, context: ToolContext) -> Any:
+            async def run() -> str:
+                return "ok"
+
+            return [
+                StructuredTool.from_function(coroutine=run, name=n, description=n)
+                for n in config.names
+            ]
+
+    class Plugin:
+        @hookimpl
+        def register_tool_types(self, register: Any) -> None:
+            register("catalogue", Catalogue())
+
+    plugins = Plugins.load(LoadPolicy())
+    plugins.register(Plugin(), "catalogue")
+    await storage.tools.add("assistant", "two", type="catalogue", config={"names": ["a", "b"]})
+    await storage.tools.add("assistant", "none", type="catalogue", config={"names": []})
+    loaded = await load_tools(storage, SETTINGS, plugins, "assistant")
+    by_row = {t.name: (t.metadata or {})["chatwright_row"].name for t in loaded.tools}
+    # Both tools of the row load, each knowing its row (its approval mode, its audit entries).
+    assert by_row["a"] == by_row["b"] == "two"
+    [empty] = [p for p in loaded.problems if p.tool == "none"]
+    assert empty.brief() == "config: the row gives no tool"
+    reports = await check_tools(storage, SETTINGS, plugins, "assistant")
+    [two] = [r for r in reports if r.row.name == "two"]
+    assert two.ok and [t.name for t in two.tools] == ["a", "b"] and two.tool is two.tools[0]
