@@ -141,6 +141,8 @@ class NewMessage:
 
     role: str
     content: Mapping[str, Any]
+    created_at: datetime | None = None
+    """When it was said, for messages brought in from elsewhere (an import); None: now."""
 
 
 @dataclass(frozen=True)

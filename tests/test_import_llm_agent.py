@@ -16,6 +16,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -154,6 +155,8 @@ def ai(text: str, tool_calls: list[dict[str, Any]] | None = None) -> dict[str, A
     }
 
 
+SAID = datetime(2025, 5, 20, 10, 0, tzinfo=UTC)
+"""When the original's first history row was written (each later one a minute after)."""
 HISTORY: list[tuple[str, dict[str, Any]]] = [
     (CHAT, human("My favourite colour is teal.")),
     (
@@ -276,10 +279,11 @@ def build_original(conn: Any) -> None:
         "INSERT INTO chat_sessions (user_id, agent_name, chat_id) VALUES (%s, 'support', %s)",
         (ALICE, CHAT),
     )
-    for session_id, message in HISTORY:
+    for n, (session_id, message) in enumerate(HISTORY):
         conn.execute(
-            "INSERT INTO chat_message_history (session_id, message) VALUES (%s, %s::jsonb)",
-            (session_id, json.dumps(message)),
+            "INSERT INTO chat_message_history (session_id, message, created_at) "
+            "VALUES (%s, %s::jsonb, %s)",
+            (session_id, json.dumps(message), SAID + timedelta(minutes=n)),
         )
     conn.execute(
         "INSERT INTO user_agent_prompt_customizations (user_id, agent_name, content, priority) "
@@ -462,6 +466,10 @@ async def test_import_reimport_and_chats_see_it(
         assert "water the fern" in turn.response and "bob task" not in turn.response
         window = await storage.messages.window(ALICE, uuid.UUID(CHAT), 50)
         assert window[0].content["data"]["content"] == "My favourite colour is teal."
+        # The imported messages keep the times they were said at; the new turn's are now.
+        assert window[0].created_at == SAID
+        assert all(m.created_at < SAID + timedelta(days=1) for m in window[:4])
+        assert all(m.created_at > SAID + timedelta(days=1) for m in window[4:])
 
         # The scripted model fetches the task by its uuid, updates it, and is given the
         # imported history, memory and customization.

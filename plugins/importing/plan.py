@@ -603,7 +603,11 @@ async def _message_items(plan: Plan, storage: Storage, owners: Mapping[uuid.UUID
             if content is None:
                 item.problems.append(f"row {_text_id(entry.get('id'))}: {why}; left out")
             else:
-                kept.append(NewMessage(role=str(content["type"]), content=content))
+                said = entry.get("created_at")
+                when = said if isinstance(said, datetime) else None
+                if when is not None and when.tzinfo is None:
+                    when = when.replace(tzinfo=UTC)  # a timestamp without time zone: UTC
+                kept.append(NewMessage(role=str(content["type"]), content=content, created_at=when))
         item.count = len(kept)
         if not kept:
             item.skip("no message of the chat could be read")

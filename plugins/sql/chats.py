@@ -334,7 +334,7 @@ async def insert_messages(
             "user_id": user_id,
             "role": msg.role,
             "content": dict(msg.content),
-            "created_at": ts,
+            "created_at": msg.created_at or ts,
         }
         for msg in messages
     ]
