@@ -114,6 +114,45 @@ def tool_definition(data: Any, source: str) -> dict[str, Any]:
     return dict(data)
 
 
+EXPORTED_FIELDS = ("id", "agent_id", "agent", "created_at", "updated_at", "problems")
+"""Fields of a tool row as it was stored somewhere (``tools list --json``, the original
+system's ``agent_tools``) that a new row does not take: :func:`stored_row` drops them."""
+ORIGINAL_NAMES = {"tool_name": "name", "tool_type": "type", "tool_config": "config"}
+"""The original system's first column names of a tool row, and chatwright's."""
+
+
+def stored_row(data: Any, source: str) -> tuple[Any, list[str]]:
+    """A tool row copied from where it was stored, made a definition for :func:`tool_definition`.
+
+    Rows listed by ``chatwright tools list --json`` or exported from the original
+    system's ``agent_tools`` carry their id, agent, timestamps and (there)
+    ``is_deleted``, and may use the original's first column names (``tool_name``,
+    ``tool_type``, ``tool_config``). Those are dropped or renamed; returns the
+    definition and the fields dropped, for the caller to say so. A row marked
+    deleted is refused. Anything that is not an object is left to
+    :func:`tool_definition` to refuse.
+    """
+    if not isinstance(data, dict):
+        return data, []
+    row = dict(data)
+    deleted = row.pop("is_deleted", None)
+    if deleted is True:
+        raise InvalidInputError(
+            f"{source}: the row is marked is_deleted; it was removed where it came from"
+        )
+    dropped = [] if deleted is None else ["is_deleted"]
+    for old, new in ORIGINAL_NAMES.items():
+        if old in row:
+            if new in row:
+                raise InvalidInputError(f"{source}: give {new!r} or {old!r}, not both")
+            row[new] = row.pop(old)
+    for key in EXPORTED_FIELDS:
+        if key in row:
+            del row[key]
+            dropped.append(key)
+    return row, dropped
+
+
 def tool_changes(data: Any, source: str) -> dict[str, Any]:
     """Changes of a tool row given as data, checked like a new row's fields."""
     if not isinstance(data, dict):

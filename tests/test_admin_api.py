@@ -315,3 +315,16 @@ def test_a_changed_agent_is_rebuilt_for_its_next_turn(workdir: Path) -> None:
         return [*replies, answer.json()["response"]]
 
     assert api(workdir, exchange) == ["one", "two", "two"]
+
+
+def test_a_row_as_listed_is_added_as_a_new_row(workdir: Path) -> None:
+    """A row from ``tools list --json`` (its id, agent, timestamps) is taken as a new row;
+    one marked deleted where it came from is refused like the CLI refuses it."""
+    listed = json.loads(ok("tools", "list", "--agent", AGENT, "--json").stdout)[0]
+    added = call(workdir, "POST", f"/api/agents/{AGENT}/tools", {**listed, "name": "again"})
+    assert added.status_code == 201, added.text
+    assert added.json()["id"] != listed["id"] and added.json()["config"] == listed["config"]
+    gone = call(
+        workdir, "POST", f"/api/agents/{AGENT}/tools", {**listed, "name": "x", "is_deleted": True}
+    )
+    assert "the row is marked is_deleted" in error_of(gone, 422)

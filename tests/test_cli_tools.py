@@ -545,6 +545,16 @@ INVALID_ADDS: list[tuple[str, str, tuple[str, ...]]] = [
         ("tool.json: unknown field 'colour'",),
     ),
     (
+        "deleted_original_row",
+        json.dumps({**GOOD_TOOL, "id": "6f1c3c2e-58a4-4a1e-9d4f-0d1b2c3d4e5f", "is_deleted": True}),
+        ("tool.json: the row is marked is_deleted",),
+    ),
+    (
+        "both_names",
+        json.dumps({**GOOD_TOOL, "tool_name": "other"}),
+        ("tool.json: give 'name' or 'tool_name', not both",),
+    ),
+    (
         "missing_name",
         json.dumps({k: v for k, v in GOOD_TOOL.items() if k != "name"}),
         ('tool.json: the tool needs a "name"',),
@@ -740,3 +750,38 @@ def test_tools_list_shows_a_row_refused_at_load_as_refused() -> None:
     # A disabled row is "no", whether or not it would load.
     ok("tools", "disable", str(row_id))
     assert {r[2]: r[4] for r in table_rows(ok("tools", "list").stdout)[1:]}["ghost"] == "no"
+
+
+@pytest.mark.usefixtures("example")
+def test_tools_add_takes_a_row_as_listed_or_as_the_original_stored_it() -> None:
+    """A row from ``tools list --json``, or the original's agent_tools row (uuid id and
+    agent_id, timestamps, is_deleted, its first column names): what a new row does not
+    take is dropped, and said so."""
+    listed = by_name(ok_json("tools", "list", "--agent", "assistant", "--json"))["list_tasks"]
+    write_json("listed.json", {**listed, "name": "list_tasks_again"})
+    added = ok("tools", "add", "--agent", "assistant", "--file", "listed.json")
+    assert "Added tool 'list_tasks_again'" in added.stdout
+    assert "ignored id, agent_id, agent, created_at, updated_at, problems" in added.stderr
+    again = by_name(ok_json("tools", "list", "--agent", "assistant", "--json"))["list_tasks_again"]
+    assert again["id"] != listed["id"]
+    assert (again["config"], again["description"]) == (listed["config"], listed["description"])
+
+    original = {
+        "id": "6f1c3c2e-58a4-4a1e-9d4f-0d1b2c3d4e5f",
+        "agent_id": "0d1b2c3d-58a4-4a1e-9d4f-6f1c3c2e4e5f",
+        "tool_name": "fetch_my_tasks",
+        "tool_type": "CRUDTool",
+        "description": "Fetch the user's tasks.",
+        "tool_config": {"table_name": "tasks", "method": "fetch"},
+        "is_active": True,
+        "order": 9,
+        "created_at": "2025-05-01T10:00:00+00:00",
+        "updated_at": "2025-05-02T10:00:00+00:00",
+        "is_deleted": False,
+    }
+    write_json("original.json", original)
+    added = ok("tools", "add", "--agent", "assistant", "--file", "original.json")
+    assert "Added tool 'fetch_my_tasks'" in added.stdout
+    assert "ignored is_deleted, id, agent_id, created_at, updated_at" in added.stderr
+    row = by_name(ok_json("tools", "list", "--agent", "assistant", "--json"))["fetch_my_tasks"]
+    assert (row["type"], row["position"], row["problems"]) == ("CRUDTool", 9, [])

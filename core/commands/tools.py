@@ -43,12 +43,15 @@ def approval_text(row: dict[str, Any]) -> str:
 
 
 def _tool_definition(text: str, source: str) -> dict[str, Any]:
-    from chatwright.catalog import tool_definition
+    from chatwright.catalog import stored_row, tool_definition
 
     try:
         data = json.loads(text)
     except ValueError as exc:
         raise InvalidInputError(f"{source} is not valid JSON: {exc}") from None
+    data, dropped = stored_row(data, source)
+    if dropped:
+        click.echo(f"{source}: ignored {', '.join(dropped)} (a new row gets its own)", err=True)
     return tool_definition(data, source)
 
 

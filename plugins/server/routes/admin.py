@@ -97,7 +97,8 @@ async def add_tool(name: str, body: JsonObject, runtime: RuntimeDep, who: Admin)
     """Add a tool row to the agent, validated like ``chatwright tools add``."""
     from chatwright import catalog
 
-    data = catalog.tool_definition(body, "request body")
+    row, _ = catalog.stored_row(body, "request body")
+    data = catalog.tool_definition(row, "request body")
     return await _tool_out(runtime, await catalog.add_tool(runtime, name, data), name)
 
 
