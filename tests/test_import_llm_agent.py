@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -320,8 +320,9 @@ def original_url() -> Iterator[str]:
 
 
 @pytest.fixture
-async def target(pg_storage: SQLStorage, pg_url: str) -> str:
-    """chatwright's database, emptied, with the uuid-keyed tasks table holding Alice's task."""
+async def target(pg_storage: SQLStorage, pg_url: str) -> AsyncIterator[str]:
+    """chatwright's database, emptied, with the uuid-keyed tasks table holding Alice's task
+    (dropped afterwards: later tests of this process make the example's own tasks table)."""
     async with pg_storage.write() as conn:
         for statement in TASKS_TABLE.split(";"):
             await conn.execute(sa.text(statement))
@@ -332,7 +333,9 @@ async def target(pg_storage: SQLStorage, pg_url: str) -> str:
         await conn.execute(
             sa.text("INSERT INTO tasks (user_id, title) VALUES (:user, 'bob task')"), {"user": BOB}
         )
-    return pg_url
+    yield pg_url
+    async with pg_storage.write() as conn:
+        await conn.execute(sa.text("DROP TABLE IF EXISTS tasks"))
 
 
 async def cli(*args: str) -> Any:

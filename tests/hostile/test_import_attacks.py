@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -119,6 +119,15 @@ def hostile_url() -> Iterator[str]:
         admin.close()
 
 
+@pytest.fixture
+async def uuid_tasks(pg_storage: SQLStorage) -> AsyncIterator[None]:
+    """A uuid-keyed tasks table, dropped afterwards (later tests make the example's own)."""
+    yield
+    async with pg_storage.write() as conn:
+        await conn.execute(sa.text("DROP TABLE IF EXISTS tasks"))
+
+
+@pytest.mark.usefixtures("uuid_tasks")
 async def test_hostile_rows_are_reported_and_framework_tables_refused(
     pg_storage: SQLStorage, pg_url: str, hostile_url: str
 ) -> None:
