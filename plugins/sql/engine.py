@@ -51,6 +51,11 @@ def sqlite_engine(url: URL, *, busy_timeout: float, echo: bool) -> AsyncEngine:
         # Every new connection to :memory: would see a new, empty database, so keep
         # exactly one, and let tasks queue for it rather than share it mid-transaction.
         kwargs.update(poolclass=AsyncAdaptedQueuePool, pool_size=1, max_overflow=0)
+    from chatwright.plugins.sql.sqlite_driver import dbapi
+
+    module = dbapi()
+    if module is not None:
+        kwargs["module"] = module  # one call into aiosqlite's thread per statement
     engine = create_async_engine(url, **kwargs)
 
     @event.listens_for(engine.sync_engine, "connect")

@@ -1,0 +1,122 @@
+"""The SQLite adapter that runs each statement in one call into aiosqlite's thread.
+
+What is checked: the engine of the ``sql`` backend uses it; a statement is one
+call into the connection's thread (and a connection given back after a commit
+makes none), counted, not timed; and what SQLAlchemy sees is unchanged — rows,
+RETURNING, row counts, last row ids, executemany, errors, a rollback that
+undoes, an uncommitted transaction rolled back when its connection goes back
+to the pool. An ``aiosqlite`` without the calls it relies on gets SQLAlchemy's
+own adapter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from chatwright.plugins.sql import sqlite_driver
+from chatwright.plugins.sql.engine import sqlite_engine
+
+
+class Calls:
+    """Counts the calls made into aiosqlite's connection thread."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        original = aiosqlite.Connection._execute
+
+        async def counting(conn: aiosqlite.Connection, fn: Any, *args: Any, **kw: Any) -> Any:
+            self.count += 1
+            return await original(conn, fn, *args, **kw)
+
+        monkeypatch.setattr(aiosqlite.Connection, "_execute", counting)
+
+
+@pytest.fixture
+async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    made = sqlite_engine(
+        make_url(f"sqlite+aiosqlite:///{tmp_path}/d.db"), busy_timeout=5, echo=False
+    )
+    async with made.begin() as conn:
+        await conn.execute(sa.text("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT UNIQUE)"))
+    yield made
+    await made.dispose()
+
+
+def test_the_backend_engine_uses_the_adapter(engine: AsyncEngine) -> None:
+    assert isinstance(engine.dialect.dbapi, sqlite_driver.OneHopDbapi)
+
+
+async def test_a_statement_is_one_call_and_a_committed_connection_none_more(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with engine.connect() as conn:  # a pooled connection, warm
+        await conn.execute(sa.text("SELECT 1"))
+    calls = Calls(monkeypatch)
+    async with engine.begin() as conn:
+        before = calls.count
+        await conn.execute(sa.text("INSERT INTO t (name) VALUES ('a')"))
+        rows = (await conn.execute(sa.text("SELECT id, name FROM t"))).all()
+        assert calls.count - before == 2
+    # BEGIN IMMEDIATE, the two statements, the commit; no rollback on the way back.
+    assert calls.count == 4
+    assert [tuple(r) for r in rows] == [(1, "a")]
+
+
+async def test_results_are_what_sqlalchemy_expects(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        inserted = await conn.execute(sa.text("INSERT INTO t (name) VALUES ('a')"))
+        assert inserted.lastrowid == 1 and inserted.rowcount == 1
+        await conn.execute(
+            sa.text("INSERT INTO t (name) VALUES (:name)"), [{"name": "b"}, {"name": "c"}]
+        )
+        returned = await conn.execute(
+            sa.text("UPDATE t SET name = name || '!' WHERE id > 1 RETURNING id, name")
+        )
+        assert sorted(tuple(r) for r in returned.all()) == [(2, "b!"), (3, "c!")]
+        updated = await conn.execute(sa.text("UPDATE t SET name = 'z' WHERE id = 1"))
+        assert updated.rowcount == 1
+        assert (await conn.execute(sa.text("SELECT count(*) FROM t"))).scalar_one() == 3
+        result = await conn.execute(sa.text("SELECT id FROM t ORDER BY id"))
+        assert result.fetchone() == (1,) and result.fetchmany(5) == [(2,), (3,)]
+        assert result.keys() == ["id"]
+
+
+async def test_errors_and_rollbacks_are_unchanged(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(sa.text("INSERT INTO t (name) VALUES ('a')"))
+
+    async def twice() -> None:
+        async with engine.begin() as conn:
+            await conn.execute(sa.text("INSERT INTO t (name) VALUES ('b')"))
+            await conn.execute(sa.text("INSERT INTO t (name) VALUES ('a')"))
+
+    with pytest.raises(sa.exc.IntegrityError):
+        await twice()  # and 'b' goes with it
+    async with engine.connect() as conn:
+        with pytest.raises(sa.exc.OperationalError, match="no such table"):
+            await conn.execute(sa.text("SELECT * FROM nowhere"))
+    # A transaction left open goes back to the pool rolled back, not committed.
+    async with engine.connect() as conn:
+        await conn.execute(sa.text("INSERT INTO t (name) VALUES ('c')"))
+    async with engine.connect() as conn:
+        names = (await conn.execute(sa.text("SELECT name FROM t ORDER BY id"))).scalars().all()
+        assert names == ["a"]
+
+
+def test_an_aiosqlite_without_its_calls_gets_sqlalchemys_adapter(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delattr(aiosqlite.Connection, "_execute")
+    assert sqlite_driver.dbapi() is None
+    made = sqlite_engine(
+        make_url(f"sqlite+aiosqlite:///{tmp_path}/e.db"), busy_timeout=5, echo=False
+    )
+    assert not isinstance(made.dialect.dbapi, sqlite_driver.OneHopDbapi)
