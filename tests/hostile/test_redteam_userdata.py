@@ -15,7 +15,7 @@ from typing import Any
 
 from chatwright.plugins.example import assistant as example
 from chatwright.stores import ColumnSpec, TableSpec
-from chatwright.userdata import crud_scopes
+from chatwright.userdata import ERASED_USER, crud_scopes
 from tests.hostile.conftest import MakeServer, bearer, sql
 
 AGENT = example.AGENT
@@ -94,3 +94,23 @@ async def test_a_table_spelled_otherwise_is_not_trusted(make_server: MakeServer)
     assert "owned_items" in erased.json()["skipped"]
     left = await sql(server.runtime, "SELECT title FROM owned_items")
     assert [r["title"] for r in left] == ["planted by bob"]
+
+
+async def test_the_erasure_records_user_id_is_no_one_s_token(make_server: MakeServer) -> None:
+    """Erasures are recorded under "(erased user)"; a token with that subject would
+    export every erasure record and, erasing "itself", delete them all."""
+    server = await make_server()
+    await example.seed(server.runtime.storage, "offline:assistant")
+    opened = await server.client.post("/api/sessions", json={"agent_name": AGENT}, headers=ALICE)
+    assert opened.status_code == 200, opened.text
+    erased = await server.client.delete("/api/me", params={"confirm": "alice"}, headers=ALICE)
+    assert erased.status_code == 200, erased.text
+    records = "SELECT count(*) AS n FROM audit_log WHERE user_id = :u"
+    assert (await sql(server.runtime, records, u=ERASED_USER))[0]["n"] == 1
+    ghost = bearer(ERASED_USER)
+    got = await server.client.get("/api/me/export", headers=ghost)
+    assert got.status_code == 401, got.text
+    assert "subject" in got.json()["error"]
+    gone = await server.client.delete("/api/me", params={"confirm": ERASED_USER}, headers=ghost)
+    assert gone.status_code == 401, gone.text
+    assert (await sql(server.runtime, records, u=ERASED_USER))[0]["n"] == 1
