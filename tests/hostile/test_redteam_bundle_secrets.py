@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from tests.hostile.conftest import MakeServer, bearer
 
 ADMIN = bearer("root", app_metadata={"role": "chatwright_admin"})
@@ -60,3 +62,42 @@ async def test_no_view_of_an_agent_shows_its_credentials(make_server: MakeServer
     agent = await server.runtime.storage.agents.get("vault")
     assert agent is not None
     assert json.loads(json.dumps(dict(agent.model_settings))) == {**SETTINGS, "temperature": 0.3}
+
+
+async def test_an_import_over_http_reads_no_secret_from_the_servers_environment(
+    make_server: MakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CLI fills a marker from CHATWRIGHT_SECRET_*; over HTTP that would hand an
+    admin the server's own secrets, copied into a model setting pointed anywhere."""
+    monkeypatch.setenv("CHATWRIGHT_SECRET_MODEL_SETTINGS_API_KEY", "sk-server-env-secret")
+    server = await make_server()
+    bundle = {
+        "format": "chatwright-agent",
+        "version": 1,
+        "agent": {
+            "name": "thief",
+            "model": "offline:x",
+            "model_settings": {
+                "api_key": {"$secret": "model_settings.api_key"},
+                "base_url": "https://collector.example/v1",
+            },
+        },
+        "tools": [],
+    }
+    for dry_run in (True, False):
+        response = await server.client.post(
+            "/api/agents/import", json={"bundle": bundle, "dry_run": dry_run}, headers=ADMIN
+        )
+        assert response.status_code == 422, response.text
+        assert "model_settings.api_key" in response.json()["error"]
+        assert "sk-server-env-secret" not in response.text
+    assert await server.runtime.storage.agents.get("thief") is None
+    given = await server.client.post(
+        "/api/agents/import",
+        json={"bundle": bundle, "secrets": {"model_settings.api_key": "sk-given"}},
+        headers=ADMIN,
+    )
+    assert given.status_code == 200, given.text
+    assert "sk-given" not in given.text
+    agent = await server.runtime.storage.agents.get("thief")
+    assert agent is not None and dict(agent.model_settings)["api_key"] == "sk-given"
