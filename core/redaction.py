@@ -25,6 +25,9 @@ SECRET_WORDS = frozenset(
         "key",
         "apikey",
         "credentials",
+        "credential",
+        "secrets",
+        "passwords",
         "authorization",
         "cookie",
     }

@@ -17,12 +17,20 @@ import pytest
 from tests.hostile.conftest import MakeServer, bearer
 
 ADMIN = bearer("root", app_metadata={"role": "chatwright_admin"})
-SECRETS = ["sk-plain-secret", "sk-header-secret", "pw-in-url-secret", "sk-list-secret"]
+SECRETS = [
+    "sk-plain-secret",
+    "sk-header-secret",
+    "pw-in-url-secret",
+    "sk-list-secret",
+    "sk-plural-secret",
+]
 SETTINGS: dict[str, Any] = {
     "api_key": "sk-plain-secret",
     "default_headers": {"Authorization": "Bearer sk-header-secret", "X-Trace": "on"},
     "base_url": "https://proxy:pw-in-url-secret@llm.example/v1",
     "fallbacks": [{"model": "m2", "api_key": "sk-list-secret"}],
+    "client_secrets": ["sk-plural-secret"],
+    "max_tokens": 100,
     "temperature": 0.2,
 }
 
@@ -56,6 +64,7 @@ async def test_no_view_of_an_agent_shows_its_credentials(make_server: MakeServer
     bundle = (await client.get("/api/agents/vault/export", headers=ADMIN)).json()
     assert bundle["agent"]["model_settings"]["default_headers"]["X-Trace"] == "on"
     assert bundle["agent"]["model_settings"]["temperature"] == 0.3
+    assert bundle["agent"]["model_settings"]["max_tokens"] == 100
     # Imported back over itself, every marked place takes the stored value.
     imported = await client.post("/api/agents/import", json={"bundle": bundle}, headers=ADMIN)
     assert imported.status_code == 200, imported.text
