@@ -13,7 +13,7 @@ import uuid
 
 from chatwright.plugins.example import assistant as example
 from chatwright.stores import ColumnSpec, TableSpec
-from tests.hostile.conftest import MakeServer, any_text, say, sql
+from tests.hostile.conftest import MakeServer, Server, any_text, bearer, say, sql
 
 ALICE = str(uuid.UUID("0f8fad5b-d9cb-469f-a165-70867728950e"))
 VAULT = TableSpec(
@@ -32,8 +32,8 @@ SPELLINGS = [
 ]
 
 
-async def test_another_spelling_of_alices_uuid_reaches_nothing(make_server: MakeServer) -> None:
-    server = await make_server()
+async def vault_of_alice(server: Server) -> None:
+    """The vault table, its tools put/peek/wipe, and alice's row in it."""
     storage = server.runtime.storage
     await example.seed(storage, "scripted:x")
     if server.backend.name == "sqlite":
@@ -56,6 +56,11 @@ async def test_another_spelling_of_alices_uuid_reaches_nothing(make_server: Make
         await storage.tools.add(example.AGENT, name, type="crud", config=config)
     said = await say(server, ALICE, [("put", {"body": "alice's vault code 4711"})])
     assert [c["error"] for c in said["tool_calls"]] == [False], said
+
+
+async def test_another_spelling_of_alices_uuid_reaches_nothing(make_server: MakeServer) -> None:
+    server = await make_server()
+    await vault_of_alice(server)
     for spelling in SPELLINGS:
         answer = await say(server, spelling, [("peek", {}), ("wipe", {"id": 1})])
         assert "4711" not in any_text(answer), spelling
@@ -67,3 +72,20 @@ async def test_another_spelling_of_alices_uuid_reaches_nothing(make_server: Make
     # Alice herself still reads her row.
     mine = await say(server, ALICE, [("peek", {})])
     assert "4711" in any_text(mine["tool_calls"])
+
+
+async def test_export_and_erasure_by_another_spelling_reach_nothing(
+    make_server: MakeServer,
+) -> None:
+    server = await make_server()
+    await vault_of_alice(server)
+    for spelling in SPELLINGS:
+        who = bearer(spelling)
+        got = await server.client.get("/api/me/export", headers=who)
+        assert "4711" not in got.text, spelling
+        gone = await server.client.delete("/api/me", params={"confirm": spelling}, headers=who)
+        assert gone.status_code < 500, (spelling, gone.text)
+    rows = await sql(server.runtime, "SELECT body FROM vault")
+    assert [r["body"] for r in rows] == ["alice's vault code 4711"]
+    got = await server.client.get("/api/me/export", headers=bearer(ALICE))
+    assert "4711" in got.text
