@@ -17,7 +17,8 @@ Secrets are left out and marked ``{"$secret": "<where>"}``, ``<where>`` being
 the value's own place (``model_settings.api_key``,
 ``tools.search.config.token``). A model setting is a secret when its key looks
 like one (:func:`chatwright.redaction.is_secret_key`, the rule ``agents show``
-hides by); a tool config field is one when its type declares it: a
+hides by), at any depth of objects and lists, or is a URL with a password (marked
+whole); a tool config field is one when its type declares it: a
 ``SecretStr`` field of the type's config model, or one with
 ``json_schema_extra={"secret": True}``. On import a marker takes, in order: the
 value given for it (``--secret WHERE=VALUE``), the value already stored in that
@@ -122,7 +123,25 @@ def secret_fields(plugins: Plugins, tool_type: str) -> frozenset[str]:
     return frozenset(found)
 
 
+def _has_password(value: Any) -> bool:
+    """Whether ``value`` is a URL with a password (``https://user:pw@host``)."""
+    if not isinstance(value, str) or "://" not in value:
+        return False
+    from urllib.parse import urlsplit
+
+    try:
+        return urlsplit(value).password is not None
+    except ValueError:
+        return "@" in value
+
+
 def _mark_settings(value: Any, where: str) -> Any:
+    # Lists are walked too (position as the place's step): a list of fallback
+    # providers holds keys as well.
+    if isinstance(value, list):
+        return [_mark_settings(item, f"{where}.{n}") for n, item in enumerate(value)]
+    if _has_password(value):
+        return {SECRET: where}
     if not isinstance(value, Mapping):
         return value
     marked = {}
@@ -362,6 +381,12 @@ class _Secrets:
         if isinstance(value, dict):
             old = stored if isinstance(stored, Mapping) else {}
             return {k: self.fill(v, f"{where}.{k}", old.get(k)) for k, v in value.items()}
+        if isinstance(value, list):
+            olds = stored if isinstance(stored, list) else []
+            return [
+                self.fill(v, f"{where}.{n}", olds[n] if n < len(olds) else None)
+                for n, v in enumerate(value)
+            ]
         return value
 
     def _resolve(self, marker: dict[str, Any], where: str, stored: Any) -> Any:

@@ -2,10 +2,10 @@
 
 A value is hidden when its key looks like a secret: one of the words of the key
 (split at ``_``, ``-``, ``.`` and camelCase) is ``password``, ``secret``,
-``token``, ``key`` or the like (``api_key``, ``OPENAI_API_KEY``, ``jwt_secret``,
-``accessToken``; not ``max_tokens``), at any depth of a mapping, and a URL keeps
-everything but its password. ``config show`` and ``agents show`` both print
-through it.
+``token``, ``key``, ``authorization`` or the like (``api_key``, ``OPENAI_API_KEY``,
+``jwt_secret``, ``accessToken``, an ``Authorization`` header; not ``max_tokens``),
+at any depth of a mapping, and a URL keeps everything but its password.
+``config show`` and ``agents show`` both print through it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,21 @@ from typing import Any
 
 HIDDEN = "**********"
 SECRET_WORDS = frozenset(
-    {"password", "passwd", "passphrase", "secret", "token", "key", "apikey", "credentials"}
+    {
+        "password",
+        "passwd",
+        "passphrase",
+        "secret",
+        "token",
+        "key",
+        "apikey",
+        "credentials",
+        "credential",
+        "secrets",
+        "passwords",
+        "authorization",
+        "cookie",
+    }
 )
 _WORD = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
 

@@ -278,37 +278,45 @@ def crud_scopes(rows: Iterable[ToolLike], *, covered: Collection[str] = USER_TAB
         found = _crud_parts(row.config)
         if found is not None:
             parts.append((row.id, *found))
+    # Names are compared case-folded: SQLite takes "TASKS" and "Owner" for "tasks" and
+    # "owner", so a row spelling them otherwise reaches the same table and column.
     written: dict[str, dict[str, int]] = {}
     for tool_id, table, _, columns in parts:
         for name in columns:
-            written.setdefault(table, {}).setdefault(name, tool_id)
+            written.setdefault(table.casefold(), {}).setdefault(name.casefold(), tool_id)
+    spelled: dict[str, str] = {}
     tables: dict[str, CrudScope] = {}
     skipped: dict[str, str] = {}
     for tool_id, table, column, _ in parts:
         if column is None or table in covered or is_framework_table(table):
             continue
-        if table in skipped:
+        key = table.casefold()
+        spelled.setdefault(key, table)
+        if key in skipped:
             continue
-        writer = written.get(table, {}).get(column)
+        writer = written.get(key, {}).get(column.casefold())
         if writer is not None:
-            skipped[table] = (
+            skipped[key] = (
                 f"tool row {writer} lets the model write the scope column {column!r}, so its "
                 "values do not tell whose a row is; export or delete these rows yourself"
             )
-            tables.pop(table, None)
+            tables.pop(key, None)
             continue
-        known = tables.get(table)
+        known = tables.get(key)
         if known is None:
-            tables[table] = CrudScope(table, column, (tool_id,))
-        elif known.column != column:
-            skipped[table] = (
+            tables[key] = CrudScope(table, column, (tool_id,))
+        elif known.column.casefold() != column.casefold():
+            skipped[key] = (
                 f"tool rows {known.tool_ids[0]} and {tool_id} scope it by different columns "
                 f"({known.column!r}, {column!r}); export or delete these rows yourself"
             )
-            tables.pop(table)
+            tables.pop(key)
         else:
-            tables[table] = CrudScope(table, column, (*known.tool_ids, tool_id))
-    return Scopes(tables=tables, skipped=skipped)
+            tables[key] = CrudScope(known.table, known.column, (*known.tool_ids, tool_id))
+    return Scopes(
+        tables={scope.table: scope for scope in tables.values()},
+        skipped={spelled[key]: reason for key, reason in skipped.items()},
+    )
 
 
 # -- sessions kept by a separate session store -------------------------------------------

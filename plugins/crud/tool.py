@@ -350,13 +350,19 @@ class CrudTool:
         if column is None or column.kind != "uuid":
             return user_id
         try:
-            return uuid.UUID(user_id)
+            key = uuid.UUID(user_id)
         except ValueError:
+            key = None
+        # Only the canonical text: Python also reads upper case, braces, "urn:uuid:" and
+        # unhyphenated text as that UUID, and a subject spelled so would be another user's.
+        if key is None or str(key) != user_id:
             raise ToolException(
                 f"the rows of {self.config.table!r} belong to users by a UUID in column "
-                f"{column_name!r}, and this user's id ({user_id[:80]!r}) is not one; "
-                "only users with UUID ids can use this tool"
+                f"{column_name!r}, and this user's id ({user_id[:80]!r}) is not one in its "
+                "canonical form (lower-case 8-4-4-4-12 hex); only users with such ids can "
+                "use this tool"
             ) from None
+        return key
 
     def _bind(self, spec: ArgSpec, name: str, value: Any) -> Any:
         column = self.table.columns[spec.column or name]

@@ -358,6 +358,11 @@ def principal_from_token(settings: Settings, token: str | None) -> Principal:
     # lone surrogate (JSON's "\ud800" escape decodes to one; UTF-8 cannot hold it).
     if len(subject) > 255 or "\x00" in subject or LONE_SURROGATE.search(subject):
         raise AuthError("the token's subject (sub) is not a usable user id")
+    from chatwright.userdata import ERASED_USER
+
+    if subject == ERASED_USER:
+        # The audit log's erasure records are kept under it: no token may own them.
+        raise AuthError(f"the token's subject (sub) {ERASED_USER!r} is reserved")
     return Principal(subject, admin=is_admin(server, claims))
 
 

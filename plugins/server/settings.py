@@ -5,7 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
+
+# Claims a user may write themselves (Supabase: auth.updateUser({data})); a role read there
+# would let anyone make themselves an admin.
+USER_EDITABLE_CLAIMS = frozenset({"user_metadata"})
 
 
 class ServerSettings(BaseModel):
@@ -42,8 +46,8 @@ class ServerSettings(BaseModel):
         description="JWT claim (a dotted path into the claims) that makes its user an admin "
         "of agents and tools over HTTP when it holds admin_value (or a list holding it); "
         "empty: no claim does. Supabase keeps app roles in app_metadata, which users "
-        "cannot change (never use user_metadata). The claim chatwright_admin: true also "
-        "makes an admin.",
+        "cannot change; a path into user_metadata, which they can, is refused. The claim "
+        "chatwright_admin: true also makes an admin.",
     )
     admin_value: str = Field(
         "chatwright_admin",
@@ -87,3 +91,13 @@ class ServerSettings(BaseModel):
         description="Most rows in all that GET /api/me/export answers with (413 beyond); "
         "`chatwright users export` has no bound.",
     )
+
+    @field_validator("admin_claim")
+    @classmethod
+    def _not_user_editable(cls, claim: str) -> str:
+        if claim.split(".", 1)[0] in USER_EDITABLE_CLAIMS:
+            raise ValueError(
+                f"admin_claim {claim!r} lies in user_metadata, which every user can change "
+                "for themselves; keep admin roles in app_metadata (e.g. app_metadata.role)"
+            )
+        return claim

@@ -144,7 +144,7 @@ def refused(table: str) -> Iterator[None]:
         raise InvalidInputError(f"the database cannot hold a value: {one_line(error)}") from None
 
 
-def _sqlite_uuid_columns(conn: sa.Connection, table: str) -> set[str]:
+def sqlite_uuid_columns(conn: sa.Connection, table: str) -> set[str]:
     """The columns of a SQLite table declared with the type ``uuid``."""
     rows = conn.exec_driver_sql(f"PRAGMA table_info({_quoted(table)})").all()
     return {str(r[1]) for r in rows if str(r[2]).strip().lower() == "uuid"}
@@ -173,7 +173,7 @@ class SQLRecordStore:
                 return None
             metadata = sa.MetaData()
             if conn.dialect.name == "sqlite":
-                declared = _sqlite_uuid_columns(conn, table)
+                declared = sqlite_uuid_columns(conn, table)
 
                 @sa.event.listens_for(metadata, "column_reflect")
                 def uuid_text(inspector: Any, t: sa.Table, column: dict[str, Any]) -> None:

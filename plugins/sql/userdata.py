@@ -42,6 +42,7 @@ from chatwright.approvals import NewAuditEntry
 from chatwright.errors import ChatBusyError, NotFoundError, TooLargeError, one_line
 from chatwright.plugins.sql import schema
 from chatwright.plugins.sql.audit import insert_audit
+from chatwright.plugins.sql.records import UuidText, column_kind, sqlite_uuid_columns
 from chatwright.userdata import (
     ERASED_USER,
     USER_TABLES,
@@ -112,11 +113,7 @@ class SQLUserData:
 
         def reflect(sync: sa.Connection) -> dict[str, sa.Table]:
             inspector = sa.inspect(sync)
-            return {
-                name: sa.Table(name, sa.MetaData(), autoload_with=sync)
-                for name in names
-                if inspector.has_table(name)
-            }
+            return {name: _reflect(sync, name) for name in names if inspector.has_table(name)}
 
         reflected = await conn.run_sync(reflect)
         tables: dict[str, tuple[sa.Table, CrudScope]] = {}
@@ -189,7 +186,11 @@ class SQLUserData:
                 stmt = sa.select(table).where(table.c.user_id == user_id).order_by(*_order(table))
                 tables[table.name] = await self._rows(conn, stmt, budget, max_rows)
             for name, (table, scope) in scoped.items():
-                stmt = sa.select(table).where(table.c[scope.column] == user_id)
+                owned = _owner_is(table.c[scope.column], user_id)
+                if owned is None:
+                    app_tables[name] = []
+                    continue
+                stmt = sa.select(table).where(owned)
                 if table.primary_key.columns:
                     stmt = stmt.order_by(*table.primary_key.columns)
                 try:
@@ -236,11 +237,13 @@ class SQLUserData:
                 result = await conn.execute(table.delete().where(table.c.user_id == user_id))
                 counts[table.name] = result.rowcount
             for name, (table, scope) in scoped.items():
+                owned = _owner_is(table.c[scope.column], user_id)
+                if owned is None:
+                    app_counts[name] = 0
+                    continue
                 try:
                     async with conn.begin_nested():
-                        result = await conn.execute(
-                            table.delete().where(table.c[scope.column] == user_id)
-                        )
+                        result = await conn.execute(table.delete().where(owned))
                         app_counts[name] = result.rowcount
                 except exc.DBAPIError as error:
                     skipped[name] = f"could not be deleted as the user: {_reason(error)}"
@@ -303,6 +306,35 @@ class SQLUserData:
             if found is not None:
                 return True
         return False
+
+
+def _reflect(sync: sa.Connection, name: str) -> sa.Table:
+    """An application table as the crud tool sees it (a SQLite ``uuid`` column holds text)."""
+    metadata = sa.MetaData()
+    if sync.dialect.name == "sqlite":
+        declared = sqlite_uuid_columns(sync, name)
+
+        @sa.event.listens_for(metadata, "column_reflect")
+        def uuid_text(inspector: Any, table: sa.Table, column: dict[str, Any]) -> None:
+            if column["name"] in declared:
+                column["type"] = UuidText()
+
+    return sa.Table(name, metadata, autoload_with=sync)
+
+
+def _owner_is(column: sa.Column[Any], user_id: str) -> sa.ColumnElement[bool] | None:
+    """``column == user_id`` as the column keeps user ids; None when none of it can be hers.
+
+    A uuid column matches only a user id that is its UUID's canonical text, as the crud
+    tool writes it: "0F8F…", "{0f8f…}" or "urn:uuid:0f8f…" are other users' ids.
+    """
+    if column_kind(column.type) != "uuid":
+        return column == user_id
+    try:
+        key = uuid.UUID(user_id)
+    except ValueError:
+        return None
+    return column == key if str(key) == user_id else None
 
 
 def _reason(error: exc.DBAPIError) -> str:

@@ -51,9 +51,37 @@ JsonObject = Annotated[Any, Body(description="A JSON object; see docs/http.md fo
 CHANGE = responses(*USER, 404, 409, 413, 422)
 
 
+def _storable(body: Any) -> None:
+    """Refuse a NUL or a lone surrogate anywhere in ``body``: no database keeps them as sent.
+
+    Walked with a stack, not recursion: a body is as deep as the JSON parser allowed.
+    """
+    from chatwright.history import UNSTORABLE
+
+    stack: list[tuple[str, Any]] = [("request body", body)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if UNSTORABLE.search(key):
+                    raise InvalidInputError(
+                        f"{where}: a key holds a NUL character or a lone surrogate "
+                        "(\\u0000, \\ud800-\\udfff), which cannot be stored; remove it"
+                    )
+                stack.append((f"{where}.{key}" if where != "request body" else key, item))
+        elif isinstance(value, list):
+            stack.extend((f"{where}.{n}", item) for n, item in enumerate(value))
+        elif isinstance(value, str) and UNSTORABLE.search(value):
+            raise InvalidInputError(
+                f"{where}: holds a NUL character or a lone surrogate (\\u0000, "
+                "\\ud800-\\udfff), which cannot be stored; remove it"
+            )
+
+
 def _object(body: Any, what: str) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidInputError(f"the request body must be a JSON object ({what})")
+    _storable(body)
     return body
 
 
@@ -97,6 +125,7 @@ async def add_tool(name: str, body: JsonObject, runtime: RuntimeDep, who: Admin)
     """Add a tool row to the agent, validated like ``chatwright tools add``."""
     from chatwright import catalog
 
+    _storable(body)
     row, _ = catalog.stored_row(body, "request body")
     data = catalog.tool_definition(row, "request body")
     return await _tool_out(runtime, await catalog.add_tool(runtime, name, data), name)
@@ -109,6 +138,7 @@ async def change_tool(
     """Change a tool row, validated like ``chatwright tools set``."""
     from chatwright import catalog
 
+    _storable(body)
     changes = catalog.tool_changes(body, "request body")
     row = await catalog.change_tool(runtime, tool_id, changes)
     return await _tool_out(runtime, row, await catalog.agent_of(runtime, row))

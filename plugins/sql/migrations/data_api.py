@@ -27,6 +27,7 @@ import sqlalchemy as sa
 API_ROLES = ("anon", "authenticated")
 OWN_ROWS_POLICY = "chatwright_own_rows"
 OWN_ROWS = "user_id = (SELECT auth.jwt() ->> 'sub')"
+OWN_UUID_ROWS = "user_id::text = (SELECT auth.jwt() ->> 'sub')"
 
 # The sequences a table owns: serial columns ('a'uto) and identity columns ('i'nternal).
 OWNED_SEQUENCES = """
@@ -66,10 +67,20 @@ def close_table(conn: sa.Connection, table: str, *, own_rows: bool = False) -> N
         {"table": table, "policy": OWN_ROWS_POLICY},
     )
     if not has_policy:
+        # An application table may key its rows by a uuid user_id (Supabase's auth.users.id),
+        # which PostgreSQL will not compare with the sub claim's text unless cast.
+        kind = conn.scalar(
+            sa.text(
+                "SELECT data_type FROM information_schema.columns WHERE table_schema = "
+                "current_schema() AND table_name = :table AND column_name = 'user_id'"
+            ),
+            {"table": table},
+        )
+        rule = OWN_UUID_ROWS if kind == "uuid" else OWN_ROWS
         conn.execute(
             sa.text(
                 f"CREATE POLICY {OWN_ROWS_POLICY} ON {name} FOR ALL TO authenticated "
-                f"USING ({OWN_ROWS}) WITH CHECK ({OWN_ROWS})"
+                f"USING ({rule}) WITH CHECK ({rule})"
             )
         )
     conn.execute(sa.text(f"GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE {name} TO authenticated"))
