@@ -77,16 +77,6 @@ AGENT_KEYS = (
     "history_tokens",
     "summarize",
 )
-TOOL_KEYS = (
-    "name",
-    "type",
-    "description",
-    "config",
-    "is_active",
-    "position",
-    "approval",
-    "approval_default",
-)
 
 
 # -- export -----------------------------------------------------------------------------
@@ -576,17 +566,7 @@ async def import_bundle(
         if action == "replace" and stored is not None:
             await runtime.storage.tools.delete(stored.id)
         candidate = catalog.candidate_row(target, data)
-        await runtime.storage.tools.add(
-            name,
-            candidate.name,
-            type=candidate.type,
-            config=candidate.config,
-            description=candidate.description,
-            is_active=candidate.is_active,
-            position=data.get("position"),
-            approval=candidate.approval,
-            approval_default=candidate.approval_default,
-        )
+        await catalog.insert_row(runtime, name, candidate, data.get("position"))
     return report
 
 

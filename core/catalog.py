@@ -245,6 +245,18 @@ async def add_tool(
     candidate = candidate_row(found, data, approval=approval, approval_default=approval_default)
     await check_tool_row(runtime, candidate, agent, f"tool {candidate.name!r} not added")
     position = data.get("position", data.get("order"))
+    return await insert_row(
+        runtime, agent, candidate, position if isinstance(position, int) else None
+    )
+
+
+async def insert_row(
+    runtime: Runtime, agent: str, candidate: ToolRow, position: int | None
+) -> ToolRow:
+    """Store ``candidate`` (a checked :func:`candidate_row`) as a new row of ``agent``'s.
+
+    ``position`` None puts it after the agent's last tool.
+    """
     return await runtime.storage.tools.add(
         agent,
         candidate.name,
@@ -252,7 +264,7 @@ async def add_tool(
         config=candidate.config,
         description=candidate.description,
         is_active=candidate.is_active,
-        position=position if isinstance(position, int) else None,
+        position=position,
         approval=candidate.approval,
         approval_default=candidate.approval_default,
     )

@@ -150,6 +150,20 @@ def sqlite_uuid_columns(conn: sa.Connection, table: str) -> set[str]:
     return {str(r[1]) for r in rows if str(r[2]).strip().lower() == "uuid"}
 
 
+def reflect_table(sync: sa.Connection, name: str) -> sa.Table:
+    """An application table as the crud tool sees it (a SQLite ``uuid`` column holds text)."""
+    metadata = sa.MetaData()
+    if sync.dialect.name == "sqlite":
+        declared = sqlite_uuid_columns(sync, name)
+
+        @sa.event.listens_for(metadata, "column_reflect")
+        def uuid_text(inspector: Any, table: sa.Table, column: dict[str, Any]) -> None:
+            if column["name"] in declared:
+                column["type"] = UuidText()
+
+    return sa.Table(name, metadata, autoload_with=sync)
+
+
 def _quoted(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -171,16 +185,7 @@ class SQLRecordStore:
         def reflect(conn: sa.Connection) -> sa.Table | None:
             if not sa.inspect(conn).has_table(table):
                 return None
-            metadata = sa.MetaData()
-            if conn.dialect.name == "sqlite":
-                declared = sqlite_uuid_columns(conn, table)
-
-                @sa.event.listens_for(metadata, "column_reflect")
-                def uuid_text(inspector: Any, t: sa.Table, column: dict[str, Any]) -> None:
-                    if column["name"] in declared:
-                        column["type"] = UuidText()
-
-            return sa.Table(table, metadata, autoload_with=conn)
+            return reflect_table(conn, table)
 
         async with self.db.read() as conn:
             reflected = await conn.run_sync(reflect)

@@ -42,7 +42,7 @@ from chatwright.approvals import NewAuditEntry
 from chatwright.errors import ChatBusyError, NotFoundError, TooLargeError, one_line
 from chatwright.plugins.sql import schema
 from chatwright.plugins.sql.audit import insert_audit
-from chatwright.plugins.sql.records import UuidText, column_kind, sqlite_uuid_columns
+from chatwright.plugins.sql.records import column_kind, reflect_table
 from chatwright.userdata import (
     ERASED_USER,
     USER_TABLES,
@@ -113,7 +113,7 @@ class SQLUserData:
 
         def reflect(sync: sa.Connection) -> dict[str, sa.Table]:
             inspector = sa.inspect(sync)
-            return {name: _reflect(sync, name) for name in names if inspector.has_table(name)}
+            return {name: reflect_table(sync, name) for name in names if inspector.has_table(name)}
 
         reflected = await conn.run_sync(reflect)
         tables: dict[str, tuple[sa.Table, CrudScope]] = {}
@@ -306,20 +306,6 @@ class SQLUserData:
             if found is not None:
                 return True
         return False
-
-
-def _reflect(sync: sa.Connection, name: str) -> sa.Table:
-    """An application table as the crud tool sees it (a SQLite ``uuid`` column holds text)."""
-    metadata = sa.MetaData()
-    if sync.dialect.name == "sqlite":
-        declared = sqlite_uuid_columns(sync, name)
-
-        @sa.event.listens_for(metadata, "column_reflect")
-        def uuid_text(inspector: Any, table: sa.Table, column: dict[str, Any]) -> None:
-            if column["name"] in declared:
-                column["type"] = UuidText()
-
-    return sa.Table(name, metadata, autoload_with=sync)
 
 
 def _owner_is(column: sa.Column[Any], user_id: str) -> sa.ColumnElement[bool] | None:
