@@ -1,16 +1,16 @@
-"""A user's export and erasure against tool rows that spell a table or column otherwise.
+"""A user's data against tool rows that spell a table or column otherwise, and the
+erasure records' subject.
 
 SQLite matches table and column names without regard to case, so a crud row on
 ``OWNED_ITEMS`` that lets the model write ``OWNER`` reaches the very table and
-column another row scopes ``owned_items`` by. Bob could plant rows with owner
-'alice' through it; trusting the scope would hand them to alice's export and
-delete them with her erasure. The table is left alone and reported instead, on
-every backend.
+column another row scopes ``owned_items`` by: the scopes treat spellings of one
+name as one (the export and erasure through such rows are attacked in
+``test_userdata_attacks.py``). A token whose subject is the erasure records'
+marker is no one's.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from chatwright.plugins.example import assistant as example
@@ -54,46 +54,6 @@ def test_spellings_of_one_table_and_column_are_one() -> None:
     assert {t: (s.column, s.tool_ids) for t, s in found.tables.items()} == {
         "owned_items": ("owner", (1, 2))
     }
-
-
-async def test_a_table_spelled_otherwise_is_not_trusted(make_server: MakeServer) -> None:
-    server = await make_server()
-    await example.seed(server.runtime.storage, "offline:assistant")
-    storage = server.runtime.storage
-    await storage.records.ensure_table(OWNED)
-    await storage.tools.add(
-        AGENT,
-        "read_owned",
-        type="crud",
-        config={"table": "owned_items", "operation": "read", "scope": {"user_column": "owner"}},
-    )
-    await storage.tools.add(
-        AGENT,
-        "plant_owned",
-        type="crud",
-        is_active=False,
-        config={
-            "table": "OWNED_ITEMS",
-            "operation": "create",
-            "args": {"title": {}, "owner": {}},
-            "scope": {"user_column": None},
-        },
-    )
-    await sql(
-        server.runtime,
-        "INSERT INTO owned_items (owner, title) VALUES ('alice', 'planted by bob')",
-    )
-    got = await server.client.get("/api/me/export", headers=ALICE)
-    assert got.status_code == 200, got.text
-    data = got.json()
-    assert "owned_items" not in data["app_tables"]
-    assert "scope column 'owner'" in data["skipped"]["owned_items"]
-    assert "planted by bob" not in json.dumps(data)
-    erased = await server.client.delete("/api/me", params={"confirm": "alice"}, headers=ALICE)
-    assert erased.status_code == 200, erased.text
-    assert "owned_items" in erased.json()["skipped"]
-    left = await sql(server.runtime, "SELECT title FROM owned_items")
-    assert [r["title"] for r in left] == ["planted by bob"]
 
 
 async def test_the_erasure_records_user_id_is_no_one_s_token(make_server: MakeServer) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from chatwright.plugins.example import assistant as example
 from chatwright.stores import ColumnSpec, TableSpec
@@ -161,12 +162,16 @@ OWNED = TableSpec(
 )
 
 
-async def test_a_scope_column_the_model_can_write_is_not_trusted(make_server: MakeServer) -> None:
+@pytest.mark.parametrize("planted", ["owned_items", "OWNED_ITEMS"])
+async def test_a_scope_column_the_model_can_write_is_not_trusted(
+    make_server: MakeServer, planted: str
+) -> None:
     """One row scopes owned_items by owner; another lets the model set owner to anyone.
 
     Bob could then plant rows with owner 'alice': an erasure of alice by that column
     would delete bob's rows, and her export would hand them to her. The table is left
-    alone and reported instead.
+    alone and reported instead, also when the planting row spells the table otherwise
+    (SQLite's names ignore case: OWNED_ITEMS is owned_items).
     """
     server = await make_server()
     await two_users(server)
@@ -184,7 +189,7 @@ async def test_a_scope_column_the_model_can_write_is_not_trusted(make_server: Ma
         type="crud",
         is_active=False,  # inactive rows count too: they can be switched on
         config={
-            "table": "owned_items",
+            "table": planted,
             "operation": "create",
             "args": {"title": {}, "owner": {}},
             "scope": {"user_column": None},
