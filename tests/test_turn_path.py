@@ -242,6 +242,28 @@ async def test_two_processes_changing_and_using_one_agent(make: Make) -> None:
     assert one.cache.stats.builds == two.cache.stats.builds == 5  # one per version
 
 
+async def test_a_turn_reads_the_agent_row_again_only_when_it_changed(make: Make) -> None:
+    """A turn keeps the agent row it read while the row's config version stays; a change by
+    another process, by plain SQL, or deleting and creating the agent again is seen at once."""
+    one, _ = await make()
+    two, _ = await make()
+    await one.storage.agents.create(ECHO, system_prompt="v1 {memory}", model="echo:x")
+    chat_id = await chat_of(one, USER)
+    assert seen(await one.chat(USER, ECHO, chat_id, "a"))["system"] == "v1 (nothing yet)"
+    known = one.storage.turns._agents[ECHO][1]  # type: ignore[attr-defined]
+    assert seen(await one.chat(USER, ECHO, chat_id, "b"))["system"] == "v1 (nothing yet)"
+    assert one.storage.turns._agents[ECHO][1] is known  # type: ignore[attr-defined]
+    async with two.storage.write() as conn:  # type: ignore[attr-defined]
+        await conn.execute(
+            sa.text("UPDATE agents SET system_prompt = 'v2 {memory}' WHERE name = :n"), {"n": ECHO}
+        )
+    assert seen(await one.chat(USER, ECHO, chat_id, "c"))["system"] == "v2 (nothing yet)"
+    await two.storage.agents.delete(ECHO)
+    await two.storage.agents.create(ECHO, system_prompt="v3 {memory}", model="echo:x")
+    chat_id = await chat_of(one, USER)
+    assert seen(await one.chat(USER, ECHO, chat_id, "d"))["system"] == "v3 (nothing yet)"
+
+
 async def test_the_config_version_follows_plain_sql_on_tool_rows(make: Make) -> None:
     runtime, _ = await make()
     storage = runtime.storage

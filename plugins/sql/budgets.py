@@ -54,7 +54,7 @@ MAX_TOKENS = 10**15
 # -- the budget check (in a turn's first transaction) ------------------------------------
 
 
-def override_columns(user_id: str) -> list[sa.ScalarSelect[Any]]:
+def override_columns(user_id: str | sa.ColumnElement[Any]) -> list[sa.ScalarSelect[Any]]:
     """The user's override, as two scalar subqueries to add to another statement."""
     b = schema.user_budgets
     return [
@@ -63,11 +63,19 @@ def override_columns(user_id: str) -> list[sa.ScalarSelect[Any]]:
     ]
 
 
-def user_lock(dialect: str, user_id: str) -> sa.ColumnElement[Any] | None:
-    """PostgreSQL: the expression taking the user's budget lock until the transaction ends."""
+def user_lock(dialect: str, user_id: str | sa.ColumnElement[Any]) -> sa.ColumnElement[Any] | None:
+    """PostgreSQL: the expression taking the user's budget lock until the transaction ends.
+
+    ``user_id`` may be an expression (a bound parameter of a statement built once).
+    """
     if dialect != "postgresql":
         return None  # SQLite: write transactions are serialised already
-    key = sa.func.hashtextextended(sa.literal(f"chatwright:budget:{user_id}"), 0)
+    name: sa.ColumnElement[Any] = (
+        sa.literal(f"chatwright:budget:{user_id}")
+        if isinstance(user_id, str)
+        else sa.literal("chatwright:budget:", sa.String) + user_id
+    )
+    key = sa.func.hashtextextended(name, 0)
     return sa.func.pg_advisory_xact_lock(key)
 
 

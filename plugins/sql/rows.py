@@ -28,8 +28,8 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-def _message_content(value: Any) -> Any:
-    # A message whose JSON does not parse is still shown, as what it is.
+def message_content(value: Any) -> Any:
+    """A message's content as stored; one whose JSON does not parse is still shown as such."""
     if isinstance(value, InvalidJSON):
         return {"type": "invalid", "text": value.text, "error": value.error}
     return value
@@ -43,7 +43,7 @@ def _metadata(value: Any) -> Any:
 CONVERSIONS: Mapping[str, Callable[[Any], Any]] = {
     "is_active": bool,
     "metadata": _metadata,
-    "content": _message_content,
+    "content": message_content,
 }
 
 

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
@@ -67,7 +68,7 @@ from chatwright.plugins.sql.budgets import (
 )
 from chatwright.plugins.sql.chats import insert_messages, touch_sessions
 from chatwright.plugins.sql.pending import insert_pending, pending_from_row
-from chatwright.plugins.sql.rows import from_row, now
+from chatwright.plugins.sql.rows import from_row, message_content, now
 from chatwright.plugins.sql.stores import BoundStore
 from chatwright.stores import Agent, ChatSummary, Message, NewMessage, NewSummary
 from chatwright.turns import TurnStart, approval_pending, not_your_chat
@@ -81,10 +82,46 @@ log = logging.getLogger(__name__)
 COLUMNS = ("part", "a", "b", "rank", "n")
 FIRST_PAUSE = 0.01
 LONGEST_PAUSE = 0.25
+KNOWN_AGENTS = 1024
+"""Most agent rows a turn store keeps, to skip reading an unchanged row again."""
 
 
 class _Busy(Exception):
     """The chat's lease is held: roll back and try again."""
+
+
+# A turn's statements, built once: building one costs more than running it on SQLite
+# (SQLAlchemy works out a new statement's cache key each time; a built one keeps it).
+
+_m, _leases = schema.chat_messages, schema.chat_leases
+
+WINDOW = (
+    sa.select(_m.c.id, _m.c.role, _m.c.content, _m.c.created_at)
+    .where(_m.c.chat_id == sa.bindparam("chat_id"), _m.c.user_id == sa.bindparam("user_id"))
+    .order_by(_m.c.id.desc())
+    .limit(sa.bindparam("limit", type_=sa.Integer))
+)
+"""The chat's last ``limit`` messages of the user, newest first."""
+
+GIVE_BACK = _leases.delete().where(
+    _leases.c.chat_id == sa.bindparam("chat_id"), _leases.c.holder == sa.bindparam("holder")
+)
+
+
+@functools.cache
+def _take_lease(dialect: str) -> sa.Executable:
+    """Take a chat's lease when it is free or expired (``at``: now); returns it when taken."""
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = insert(_leases).values(
+        chat_id=sa.bindparam("chat_id"),
+        holder=sa.bindparam("holder"),
+        expires_at=sa.bindparam("expires_at"),
+    )
+    return stmt.on_conflict_do_update(
+        index_elements=["chat_id"],
+        set_={"holder": stmt.excluded.holder, "expires_at": stmt.excluded.expires_at},
+        where=_leases.c.expires_at < sa.bindparam("at", type_=_leases.c.expires_at.type),
+    ).returning(_leases.c.holder)
 
 
 @dataclass
@@ -102,30 +139,19 @@ class SQLTurnStore(BoundStore):
     def __init__(self, db: SQLStorage) -> None:
         super().__init__(db)
         self._pending: set[asyncio.Task[None]] = set()
+        self._agents: dict[str, tuple[tuple[Any, ...], Agent]] = {}
 
     # -- leases ----------------------------------------------------------------
 
     async def _take(self, conn: AsyncConnection, chat_id: uuid.UUID, holder: str) -> bool:
         """Take the chat's lease on ``conn`` when it is free or expired."""
-        leases = schema.chat_leases
         at = now()
-        insert = postgresql.insert if self.db.dialect == "postgresql" else sqlite.insert
-        stmt = insert(leases).values(chat_id=chat_id, holder=holder, expires_at=at + self._length())
-        taken = stmt.on_conflict_do_update(
-            index_elements=["chat_id"],
-            set_={"holder": stmt.excluded.holder, "expires_at": stmt.excluded.expires_at},
-            where=leases.c.expires_at < at,
-        ).returning(leases.c.holder)
-        return (await conn.execute(taken)).first() is not None
+        values = {"chat_id": chat_id, "holder": holder, "expires_at": at + self._length(), "at": at}
+        return (await conn.execute(_take_lease(self.db.dialect), values)).first() is not None
 
     @staticmethod
     async def _give_back(conn: AsyncConnection, lease: Lease) -> None:
-        leases = schema.chat_leases
-        await conn.execute(
-            leases.delete().where(
-                leases.c.chat_id == lease.chat_id, leases.c.holder == lease.holder
-            )
-        )
+        await conn.execute(GIVE_BACK, {"chat_id": lease.chat_id, "holder": lease.holder})
 
     def _length(self) -> timedelta:
         return timedelta(seconds=self.db.turn_lease)
@@ -200,6 +226,26 @@ class SQLTurnStore(BoundStore):
 
     # -- turns -------------------------------------------------------------------
 
+    async def _agent(self, conn: AsyncConnection, name: str, version: Any) -> Agent:
+        """The agent row whose id, creation time and change counter ``version`` has.
+
+        The database bumps the counter on every change of the row or of its tool
+        rows (migration 0004's triggers), so a row read before with the same three
+        is the row as it is now, and a turn reads its whole row (``model_settings``
+        can be large) only when it changed.
+        """
+        key = (version.id, version.created_at, version.config_version)
+        known = self._agents.get(name)
+        if known is not None and known[0] == key:
+            return known[1]
+        a = schema.agents
+        row = (await conn.execute(sa.select(a).where(a.c.id == version.id))).one()
+        agent = from_row(Agent, row)
+        if name not in self._agents and len(self._agents) >= KNOWN_AGENTS:
+            self._agents.pop(next(iter(self._agents)))
+        self._agents[name] = (key, agent)
+        return agent
+
     async def begin(
         self,
         user_id: str,
@@ -216,24 +262,19 @@ class SQLTurnStore(BoundStore):
         # The user's budget override is read with the agent row; when a budget
         # setting applies, the user's budget lock is taken by that statement too.
         checked = budget if turn_id is not None else None
-        columns: list[Any] = [schema.agents]
-        lock = None
-        if checked is not None:
-            daily, monthly = override_columns(user_id)
-            columns += [daily.label("budget_daily"), monthly.label("budget_monthly")]
-            if checked.daily is not None or checked.monthly is not None:
-                lock = user_lock(dialect, user_id)
-            if lock is not None:
-                columns.append(lock.label("budget_lock"))
-        read_agent = sa.select(*columns).where(schema.agents.c.name == agent_name)
+        limited = checked is not None and (checked.daily, checked.monthly) != (None, None)
+        locked = limited and dialect == "postgresql"
+        read_agent = _agent_statement(dialect, budget=checked is not None, lock=locked)
+        given = {"agent_name": agent_name, "user_id": user_id}
 
         async def attempt() -> TurnStart:
             # Framework statements first, then the rest as the user.
             async with self.db.write() as conn:
-                row = (await conn.execute(read_agent)).first()
+                row = (await conn.execute(read_agent, given)).first()
                 if row is None:
+                    self._agents.pop(agent_name, None)
                     raise UnknownAgentError(agent_name)
-                agent = from_row(Agent, row)
+                agent = await self._agent(conn, agent_name, row)
                 taken = await self._take(conn, chat_id, lease.holder)
                 if checked is not None and turn_id is not None:
                     # Refused: rolled back with the lease, nothing of this turn stored.
@@ -245,7 +286,7 @@ class SQLTurnStore(BoundStore):
                         checked,
                         row.budget_daily,
                         row.budget_monthly,
-                        locked=lock is not None,
+                        locked=locked,
                     )
                 await self.db.users.enter(conn, user_id)
                 owner, memory, instructions, waiting, summary = await self._owner_and_prompt(
@@ -365,16 +406,13 @@ class SQLTurnStore(BoundStore):
     async def _window(
         conn: AsyncConnection, user_id: str, chat_id: uuid.UUID, limit: int
     ) -> list[Message]:
-        m = schema.chat_messages
         rows = (
-            await conn.execute(
-                sa.select(m)
-                .where(m.c.chat_id == chat_id, m.c.user_id == user_id)
-                .order_by(m.c.id.desc())
-                .limit(limit)
-            )
+            await conn.execute(WINDOW, {"chat_id": chat_id, "user_id": user_id, "limit": limit})
         ).all()
-        return [from_row(Message, r) for r in reversed(rows)]
+        return [
+            Message(r.id, chat_id, user_id, r.role, message_content(r.content), r.created_at)
+            for r in reversed(rows)
+        ]
 
     @staticmethod
     async def _waiting_actions(
@@ -406,64 +444,12 @@ class SQLTurnStore(BoundStore):
         One statement instead of four: a turn's round trips are its cost. The
         pending actions themselves are read only when there are any.
         """
-        s, mem, c = schema.chat_sessions, schema.agent_memories, schema.prompt_customizations
-        p = schema.pending_actions
-        zero, empty = sa.literal(0), sa.literal("")
-        parts = [
-            sa.select(sa.literal(1), mem.c.notes, empty, zero, zero).where(
-                mem.c.user_id == user_id, mem.c.agent_name == agent_name
-            ),
-            sa.select(sa.literal(2), c.c.content, empty, c.c.priority, c.c.id).where(
-                c.c.user_id == user_id, c.c.agent_name == agent_name, c.c.is_active
-            ),
-            sa.select(sa.literal(3), empty, empty, sa.func.count(), zero).where(
-                p.c.chat_id == chat_id, p.c.user_id == user_id, p.c.status == "pending"
-            ),
-        ]
-        if summary:
-            # Its time comes back as text, as the column it shares is one: ISO 8601 in
-            # UTC whatever the session's DateStyle and TimeZone (SQLite stores it so).
-            cs = schema.chat_summaries
-            updated: sa.ColumnElement[Any] = (
-                sa.func.to_char(
-                    sa.func.timezone("UTC", cs.c.updated_at), 'YYYY-MM-DD"T"HH24:MI:SS.US'
-                )
-                if conn.dialect.name == "postgresql"
-                else sa.cast(cs.c.updated_at, sa.String)
-            )
-            parts.append(
-                sa.select(
-                    sa.literal(4),
-                    cs.c.text,
-                    updated,
-                    cs.c.through_id,
-                    cs.c.messages,
-                ).where(cs.c.chat_id == chat_id, cs.c.user_id == user_id)
-            )
-        if check_owner:
-            # The first session decides (as SQLSessionStore.owner).
-            first = (
-                sa.select(s.c.user_id, s.c.agent_name)
-                .where(s.c.chat_id == chat_id)
-                .order_by(s.c.created_at, s.c.id)
-                .limit(1)
-                .subquery()
-            )
-            parts.insert(0, sa.select(zero, first.c.user_id, first.c.agent_name, zero, zero))
-        named = [
-            part.with_only_columns(
-                *(
-                    column.label(name)
-                    for column, name in zip(part.selected_columns, COLUMNS, strict=True)
-                )
-            )
-            for part in parts
-        ]
-        stmt = sa.union_all(*named).order_by("part", sa.desc("rank"), "n")
+        stmt = _prompt_statement(conn.dialect.name, check_owner=check_owner, summary=summary)
+        values = {"user_id": user_id, "agent_name": agent_name, "chat_id": chat_id}
         owner: tuple[str, str] | None = None
         notes, instructions, waiting = "", [], 0
         found: ChatSummary | None = None
-        for row in await conn.execute(stmt):
+        for row in await conn.execute(stmt, values):
             if row.part == 0:
                 owner = (row.a, row.b)
             elif row.part == 1:
@@ -475,3 +461,82 @@ class SQLTurnStore(BoundStore):
             else:
                 found = summary_of(chat_id, user_id, row.a, row.rank, row.n, row.b)
         return owner, notes, instructions, waiting, found
+
+
+@functools.cache
+def _prompt_statement(dialect: str, *, check_owner: bool, summary: bool) -> sa.Executable:
+    """The statement of :meth:`SQLTurnStore._owner_and_prompt` for ``user_id``,
+    ``agent_name`` and ``chat_id`` given when it runs."""
+    user_id: sa.BindParameter[Any] = sa.bindparam("user_id")
+    agent_name: sa.BindParameter[Any] = sa.bindparam("agent_name")
+    chat_id: sa.BindParameter[Any] = sa.bindparam("chat_id")
+    s, mem, c = schema.chat_sessions, schema.agent_memories, schema.prompt_customizations
+    p = schema.pending_actions
+    zero, empty = sa.literal(0), sa.literal("")
+    parts = [
+        sa.select(sa.literal(1), mem.c.notes, empty, zero, zero).where(
+            mem.c.user_id == user_id, mem.c.agent_name == agent_name
+        ),
+        sa.select(sa.literal(2), c.c.content, empty, c.c.priority, c.c.id).where(
+            c.c.user_id == user_id, c.c.agent_name == agent_name, c.c.is_active
+        ),
+        sa.select(sa.literal(3), empty, empty, sa.func.count(), zero).where(
+            p.c.chat_id == chat_id, p.c.user_id == user_id, p.c.status == "pending"
+        ),
+    ]
+    if summary:
+        # Its time comes back as text, as the column it shares is one: ISO 8601 in
+        # UTC whatever the session's DateStyle and TimeZone (SQLite stores it so).
+        cs = schema.chat_summaries
+        updated: sa.ColumnElement[Any] = (
+            sa.func.to_char(sa.func.timezone("UTC", cs.c.updated_at), 'YYYY-MM-DD"T"HH24:MI:SS.US')
+            if dialect == "postgresql"
+            else sa.cast(cs.c.updated_at, sa.String)
+        )
+        parts.append(
+            sa.select(
+                sa.literal(4),
+                cs.c.text,
+                updated,
+                cs.c.through_id,
+                cs.c.messages,
+            ).where(cs.c.chat_id == chat_id, cs.c.user_id == user_id)
+        )
+    if check_owner:
+        # The first session decides (as SQLSessionStore.owner).
+        first = (
+            sa.select(s.c.user_id, s.c.agent_name)
+            .where(s.c.chat_id == chat_id)
+            .order_by(s.c.created_at, s.c.id)
+            .limit(1)
+            .subquery()
+        )
+        parts.insert(0, sa.select(zero, first.c.user_id, first.c.agent_name, zero, zero))
+    named = [
+        part.with_only_columns(
+            *(
+                column.label(name)
+                for column, name in zip(part.selected_columns, COLUMNS, strict=True)
+            )
+        )
+        for part in parts
+    ]
+    return sa.union_all(*named).order_by("part", sa.desc("rank"), "n")
+
+
+@functools.cache
+def _agent_statement(dialect: str, *, budget: bool, lock: bool) -> sa.Executable:
+    """What a turn reads of its agent (``agent_name``): the row's config version only
+    (see :meth:`SQLTurnStore._agent`); with ``budget``, the user's (``user_id``) budget
+    override; with ``lock``, taking the user's budget lock (PostgreSQL)."""
+    a = schema.agents
+    columns: list[Any] = [a.c.id, a.c.created_at, a.c.config_version]
+    user_id = sa.bindparam("user_id", type_=sa.String)
+    if budget:
+        daily, monthly = override_columns(user_id)
+        columns += [daily.label("budget_daily"), monthly.label("budget_monthly")]
+    if lock:
+        taken = user_lock(dialect, user_id)
+        assert taken is not None
+        columns.append(taken.label("budget_lock"))
+    return sa.select(*columns).where(a.c.name == sa.bindparam("agent_name"))
