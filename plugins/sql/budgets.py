@@ -19,6 +19,7 @@ is running and this one's estimate would not fit beside it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import uuid
@@ -231,40 +232,60 @@ async def record_usage(
     """
     at = at or rows.now()
     if reserved and turn_id is not None:
-        r = schema.usage_reservations
-        await conn.execute(r.delete().where(r.c.turn_id == turn_id))
+        await conn.execute(_DROP_RESERVATION, {"turn_id": turn_id})
     if usage is None or usage.model_calls <= 0:
         return
     usage = bounded(usage)
     await conn.execute(
-        schema.token_usage.insert().values(
-            at=at,
-            user_id=user_id,
-            agent_name=agent_name,
-            chat_id=chat_id,
-            turn_id=turn_id,
-            model=usage.model,
-            model_calls=usage.model_calls,
-            input_tokens=usage.input_tokens,
-            output_tokens=usage.output_tokens,
-            cached_tokens=usage.cached_tokens,
-            cost=usage.cost,
-        )
+        _INSERT_USAGE,
+        {
+            "at": at,
+            "user_id": user_id,
+            "agent_name": agent_name,
+            "chat_id": chat_id,
+            "turn_id": turn_id,
+            "model": usage.model,
+            "model_calls": usage.model_calls,
+            "input_tokens": usage.input_tokens,
+            "output_tokens": usage.output_tokens,
+            "cached_tokens": usage.cached_tokens,
+            "cost": usage.cost,
+        },
     )
     if usage.total <= 0:
         return
+    await conn.execute(
+        _add_to_totals(dialect),
+        {"user_id": user_id, "day": day_of(at), "month": month_of(at), "tokens": usage.total},
+    )
+
+
+_DROP_RESERVATION = schema.usage_reservations.delete().where(
+    schema.usage_reservations.c.turn_id == sa.bindparam("turn_id")
+)
+_INSERT_USAGE = schema.token_usage.insert()
+
+
+@functools.cache
+def _add_to_totals(dialect: str) -> Any:
+    """Add ``tokens`` to the user's totals of the ``day`` and the ``month`` (built once)."""
     t = schema.usage_totals
+    user_id: sa.BindParameter[Any] = sa.bindparam("user_id")
+    tokens: sa.BindParameter[Any] = sa.bindparam("tokens")
     stmt = _insert(dialect, t).values(
         [
-            {"user_id": user_id, "period": "day", "starts": day_of(at), "tokens": usage.total},
-            {"user_id": user_id, "period": "month", "starts": month_of(at), "tokens": usage.total},
+            {"user_id": user_id, "period": "day", "starts": sa.bindparam("day"), "tokens": tokens},
+            {
+                "user_id": user_id,
+                "period": "month",
+                "starts": sa.bindparam("month"),
+                "tokens": tokens,
+            },
         ]
     )
-    await conn.execute(
-        stmt.on_conflict_do_update(
-            index_elements=["user_id", "period", "starts"],
-            set_={"tokens": t.c.tokens + stmt.excluded.tokens},
-        )
+    return stmt.on_conflict_do_update(
+        index_elements=["user_id", "period", "starts"],
+        set_={"tokens": t.c.tokens + stmt.excluded.tokens},
     )
 
 

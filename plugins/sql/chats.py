@@ -305,14 +305,21 @@ class SQLSessionStore(BoundStore):
 
 async def touch_sessions(conn: AsyncConnection, user_id: str, chat_id: uuid.UUID) -> int:
     """Mark the user's active sessions of a chat as used now, on ``conn``."""
-    s = schema.chat_sessions
-    stmt = (
-        s.update()
-        .where(s.c.chat_id == chat_id, s.c.user_id == user_id, s.c.is_active)
-        .values(updated_at=now())
+    result = await conn.execute(
+        TOUCH, {"the_chat": chat_id, "the_user": user_id, "updated_at": now()}
     )
-    result = await conn.execute(stmt)
     return int(result.rowcount)
+
+
+_s, _m = schema.chat_sessions, schema.chat_messages
+# Built once (a turn runs them; see plugins/sql/turns.py on why).
+TOUCH = (
+    _s.update()
+    .where(_s.c.chat_id == sa.bindparam("the_chat"), _s.c.user_id == sa.bindparam("the_user"))
+    .where(_s.c.is_active)
+    .values(updated_at=sa.bindparam("updated_at"))
+)
+INSERT_MESSAGES = _m.insert()
 
 
 async def insert_messages(
@@ -339,7 +346,9 @@ async def insert_messages(
         for msg in messages
     ]
     if not returning:
-        await conn.execute(m.insert().values(rows))  # INSERT … VALUES (…), (…)
+        # One call of the driver for every row (one round trip on PostgreSQL: psycopg
+        # pipelines executemany).
+        await conn.execute(INSERT_MESSAGES, rows)
         return []
     result = await conn.execute(m.insert().returning(m, sort_by_parameter_order=True), rows)
     return [from_row(Message, r) for r in result.all()]
