@@ -6,7 +6,9 @@ makes none), counted, not timed; and what SQLAlchemy sees is unchanged — rows,
 RETURNING, row counts, last row ids, executemany, errors, a rollback that
 undoes, an uncommitted transaction rolled back when its connection goes back
 to the pool. An ``aiosqlite`` without the calls it relies on gets SQLAlchemy's
-own adapter.
+own adapter. A transaction run in the event loop's thread makes no call into
+the driver's thread, rolls back inline, and waits for another process's write
+lock without blocking the loop, ending in the usual error after busy_timeout.
 """
 
 from __future__ import annotations
@@ -120,3 +122,97 @@ def test_an_aiosqlite_without_its_calls_gets_sqlalchemys_adapter(
         make_url(f"sqlite+aiosqlite:///{tmp_path}/e.db"), busy_timeout=5, echo=False
     )
     assert not isinstance(made.dialect.dbapi, sqlite_driver.OneHopDbapi)
+
+
+# -- statements in the event loop's thread ------------------------------------------------
+
+
+def sqlite_storage(path: Path, busy_timeout: float) -> Any:
+    from chatwright.plugins.sql.storage import SQLStorage
+
+    url = make_url(f"sqlite+aiosqlite:///{path}")
+    made = sqlite_engine(url, busy_timeout=busy_timeout, echo=False)
+    return SQLStorage(url, made, busy_timeout=busy_timeout)
+
+
+async def test_an_inline_transaction_makes_no_call_into_the_drivers_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = sqlite_storage(tmp_path / "d.db", 5)
+    try:
+        async with storage.write() as conn:
+            await conn.execute(sa.text("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT)"))
+        calls = Calls(monkeypatch)
+        async with storage.inline_write() as conn:
+            await conn.execute(sa.text("INSERT INTO t (name) VALUES ('a'), ('b')"))
+            rows = (await conn.execute(sa.text("SELECT name FROM t ORDER BY id"))).all()
+        assert calls.count == 0
+        assert [r.name for r in rows] == ["a", "b"]
+
+        # A failed one rolls back, inline too, and the connection goes back as it was.
+        async def failing() -> None:
+            async with storage.inline_write() as conn:
+                await conn.execute(sa.text("INSERT INTO t (name) VALUES ('c')"))
+                await conn.execute(sa.text("INSERT INTO t (id, name) VALUES (1, 'dup')"))
+
+        with pytest.raises(sa.exc.IntegrityError):
+            await failing()
+        async with storage.write() as conn:
+            assert (await conn.scalar(sa.text("SELECT count(*) FROM t"))) == 2
+            assert (await conn.scalar(sa.text("PRAGMA busy_timeout"))) == 5000
+        assert calls.count > 0  # the plain transaction went to the driver's thread
+    finally:
+        await storage.close()
+
+
+async def test_an_inline_transaction_waits_for_another_writer_without_blocking_the_loop(
+    tmp_path: Path,
+) -> None:
+    import asyncio
+    import itertools
+    import sqlite3
+    import time
+
+    from chatwright.errors import StorageError
+
+    path = tmp_path / "d.db"
+    storage = sqlite_storage(path, 1.0)
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        async with storage.write() as conn:
+            await conn.execute(sa.text("CREATE TABLE t (id INTEGER PRIMARY KEY)"))
+        ticks: list[float] = []
+
+        async def ticker() -> None:
+            while True:
+                ticks.append(time.monotonic())
+                await asyncio.sleep(0.005)
+
+        running = asyncio.create_task(ticker())
+        other.execute("BEGIN IMMEDIATE")  # another process's write transaction
+        asyncio.get_running_loop().call_later(0.3, other.execute, "COMMIT")
+        started = time.monotonic()
+        async with storage.inline_write() as conn:
+            await conn.execute(sa.text("INSERT INTO t DEFAULT VALUES"))
+        assert time.monotonic() - started >= 0.25  # it waited for the lock ...
+        gaps = [b - a for a, b in itertools.pairwise(ticks)]
+        assert gaps and max(gaps) < 0.15  # ... while the loop went on
+        # Held past busy_timeout: the usual clear error, not a hang.
+        other.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+
+        async def insert() -> None:
+            async with storage.inline_write() as conn:
+                await conn.execute(sa.text("INSERT INTO t DEFAULT VALUES"))
+
+        with pytest.raises(StorageError) as caught:
+            await insert()
+        assert 0.9 <= time.monotonic() - started < 5
+        assert "busy" in str(caught.value).lower() or "locked" in str(caught.value).lower()
+        other.execute("ROLLBACK")
+        running.cancel()
+        async with storage.read() as conn:
+            assert (await conn.scalar(sa.text("SELECT count(*) FROM t"))) == 1
+    finally:
+        other.close()
+        await storage.close()

@@ -46,7 +46,10 @@ def redact(url: URL) -> str:
 
 def sqlite_engine(url: URL, *, busy_timeout: float, echo: bool) -> AsyncEngine:
     memory = url.database in (None, "", ":memory:")
-    kwargs: dict[str, Any] = {"echo": echo, "connect_args": {"timeout": busy_timeout}}
+    # Not bound to the driver's thread: a turn's statements may run in the event
+    # loop's (see sqlite_driver.Inline), never two threads at once on one connection.
+    connect_args = {"timeout": busy_timeout, "check_same_thread": False}
+    kwargs: dict[str, Any] = {"echo": echo, "connect_args": connect_args}
     if memory:
         # Every new connection to :memory: would see a new, empty database, so keep
         # exactly one, and let tasks queue for it rather than share it mid-transaction.

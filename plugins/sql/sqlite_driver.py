@@ -11,6 +11,15 @@ connection that holds no transaction (the ``sql`` backend begins its SQLite
 transactions itself, so after a commit there is none). What SQLAlchemy sees
 is unchanged: the same rows, errors and attributes.
 
+A transaction of a turn's few small statements can also run them in the event
+loop's thread (:class:`Inline`, :meth:`OneHopConnection.run_inline`, used by
+``SQLStorage.inline_write``): each takes microseconds there, where the trip to
+the driver's thread and back costs several times the statement on a quiet
+machine and far more on a busy one. Waiting for another process's write lock
+is then done in pauses that leave the event loop free, never in SQLite's busy
+handler. Everything else keeps to the driver's thread, so a statement that
+scans a large table never holds up the event loop.
+
 It relies on two attributes of ``aiosqlite.Connection`` that are not part of
 its documented API (``_execute``, which runs a function in the connection's
 thread, and ``_conn``, the ``sqlite3`` connection); :func:`dbapi` checks for
@@ -20,8 +29,10 @@ the engine then uses SQLAlchemy's own adapter.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import sqlite3
+import time
 from typing import Any
 
 from sqlalchemy.dialects.sqlite.aiosqlite import (
@@ -96,11 +107,15 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
         self._rows.clear()
 
     async def _call(self, operation: Any, parameters: Any, many: bool) -> None:
-        async with self._adapt_connection._execute_mutex:
-            connection = self._connection
-            outcome: Outcome = await connection._execute(
-                _run, connection._conn, operation, parameters, many
-            )
+        adapted: OneHopConnection = self._adapt_connection  # type: ignore[assignment]
+        connection = self._connection
+        if adapted.inline is not None:
+            outcome = await adapted.inline.run(connection._conn, operation, parameters, many)
+        else:
+            async with adapted._execute_mutex:
+                outcome = await connection._execute(
+                    _run, connection._conn, operation, parameters, many
+                )
         self._description, rows, self._rowcount, self._lastrowid = outcome
         self._rows = collections.deque(rows)
 
@@ -117,17 +132,99 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
         return None
 
 
-class OneHopConnection(AsyncAdapt_aiosqlite_connection):
-    """A DB-API connection with :class:`OneHopCursor` cursors and no idle rollback."""
+class Inline:
+    """Statements run in the event loop's thread, for a transaction of small statements.
 
-    __slots__ = ()
+    The connection's busy timeout is 0 meanwhile, and a statement the database
+    refuses as locked (another process writes) is tried again after a pause that
+    the event loop spends on other work, until ``busy_timeout`` seconds have
+    passed; then the error is raised as SQLite would have raised it.
+    """
+
+    __slots__ = ("busy_timeout",)
+
+    def __init__(self, busy_timeout: float) -> None:
+        self.busy_timeout = busy_timeout
+
+    async def run(
+        self, conn: sqlite3.Connection, operation: str, parameters: Any, many: bool
+    ) -> Outcome:
+        deadline: float | None = None
+        pause = FIRST_BUSY_PAUSE
+        while True:
+            try:
+                return _run(conn, operation, parameters, many)
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise
+                clock = time.monotonic()
+                deadline = clock + self.busy_timeout if deadline is None else deadline
+                if clock + pause > deadline:
+                    raise
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, LONGEST_BUSY_PAUSE)
+
+
+FIRST_BUSY_PAUSE = 0.001
+LONGEST_BUSY_PAUSE = 0.05
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return bool(code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED))
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
+class OneHopConnection(AsyncAdapt_aiosqlite_connection):
+    """A DB-API connection with :class:`OneHopCursor` cursors and no idle rollback.
+
+    While :attr:`inline` is set (:meth:`run_inline`), its statements, commit and
+    rollback run in the event loop's thread instead of the driver's.
+    """
+
+    __slots__ = ("inline",)
     _cursor_cls = OneHopCursor  # type: ignore[assignment]
+
+    def __init__(self, dbapi: Any, connection: Any) -> None:
+        super().__init__(dbapi, connection)
+        self.inline: Inline | None = None
+
+    def run_inline(self, busy_timeout: float | None) -> None:
+        """Run what follows in the event loop's thread (None: in the driver's again).
+
+        :param busy_timeout: seconds a statement waits for another process's lock,
+            in pauses that do not block the event loop.
+        """
+        conn = self._connection._conn
+        if busy_timeout is None:
+            if self.inline is not None:
+                conn.execute(f"PRAGMA busy_timeout={int(self.inline.busy_timeout * 1000)}")
+            self.inline = None
+            return
+        conn.execute("PRAGMA busy_timeout=0")
+        self.inline = Inline(busy_timeout)
+
+    def commit(self) -> None:
+        if self.inline is not None:
+            try:
+                self._connection._conn.commit()
+            except Exception as error:
+                self._handle_exception(error)
+            return
+        super().commit()
 
     def rollback(self) -> None:
         driver = self._connection._connection
         # Read from the event loop's thread: in_transaction does no thread check, and
         # nothing runs on the connection while SQLAlchemy rolls it back.
         if driver is not None and not driver.in_transaction:
+            return
+        if self.inline is not None and driver is not None:
+            try:
+                driver.rollback()
+            except Exception as error:
+                self._handle_exception(error)
             return
         super().rollback()
 

@@ -18,11 +18,12 @@ in :mod:`.records`, token usage, budgets and chat summaries in :mod:`.usage`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -50,6 +51,9 @@ from chatwright.plugins.sql.user_transactions import UserTransactions
 from chatwright.plugins.sql.userdata import SQLUserData
 from chatwright.settings import Settings
 
+if TYPE_CHECKING:
+    from chatwright.plugins.sql.sqlite_driver import OneHopConnection
+
 log = logging.getLogger(__name__)
 
 
@@ -74,6 +78,8 @@ class SQLStorage:
     :param turn_lease: seconds a chat's turn lease lasts unless renewed (see
         :mod:`.turns`); a crashed process's turn blocks its chat this long.
     :param turn_wait: seconds a turn waits for another turn of its chat to end.
+    :param busy_timeout: SQLite: seconds a statement waits for another connection's
+        write lock (``storage.busy_timeout``); None elsewhere.
     """
 
     def __init__(
@@ -87,8 +93,10 @@ class SQLStorage:
         turn_lease: float = 60.0,
         turn_wait: float = 300.0,
         pooler: str = "none",
+        busy_timeout: float | None = None,
     ) -> None:
         self.url = url
+        self.busy_timeout = busy_timeout
         self.statement_timeout = statement_timeout
         self.turn_lease = turn_lease
         self.turn_wait = turn_wait
@@ -133,6 +141,7 @@ class SQLStorage:
                 statement_timeout=timeout,
                 turn_lease=lease,
                 turn_wait=wait,
+                busy_timeout=cfg.busy_timeout,
             )
         connect_args: dict[str, Any] = {"connect_timeout": 10}
         if timeout > 0 and cfg.pooler == "none":
@@ -196,8 +205,21 @@ class SQLStorage:
             yield conn
 
     @asynccontextmanager
+    async def inline_write(self, user_id: str | None = None) -> AsyncIterator[AsyncConnection]:
+        """:meth:`write` for a transaction of a few small, indexed statements (a turn's).
+
+        On SQLite (with :mod:`.sqlite_driver`) they run in the event loop's thread:
+        each takes microseconds there, where a trip to the driver's thread and back
+        costs more than the statement, and far more on a busy machine. Waiting for
+        another process's write lock still does not block the loop (see
+        :class:`.sqlite_driver.Inline`). Elsewhere the same as :meth:`write`.
+        """
+        async with self._transaction(user_id, write=True, inline=True) as conn:
+            yield conn
+
+    @asynccontextmanager
     async def _transaction(
-        self, user_id: str | None, *, write: bool, bounded: bool = True
+        self, user_id: str | None, *, write: bool, bounded: bool = True, inline: bool = False
     ) -> AsyncIterator[AsyncConnection]:
         """One transaction, bounded in time by ``statement_timeout`` when ``bounded``.
 
@@ -209,9 +231,14 @@ class SQLStorage:
         limit = self.statement_timeout if bounded and self.statement_timeout > 0 else None
         with self._errors():
             conn = self.engine.connect()
+            adapted = None
             try:
                 async with Deadline(limit):
                     await conn.start()
+                    if inline and self.busy_timeout is not None:
+                        adapted = _inline_capable(conn)
+                        if adapted is not None:
+                            adapted.run_inline(self.busy_timeout)
                     if write:
                         await conn.begin()
                     else:
@@ -225,6 +252,10 @@ class SQLStorage:
                     await conn.invalidate()
                 raise
             finally:
+                if adapted is not None and adapted.inline is not None:
+                    with contextlib.suppress(Exception):  # a connection that broke: discarded
+                        adapted.run_inline(None)
+                    adapted.inline = None
                 if conn.sync_connection is not None:
                     await conn.close()
 
@@ -306,3 +337,12 @@ class SQLStorage:
     async def close(self) -> None:
         await self.turns.close()
         await self.engine.dispose()
+
+
+def _inline_capable(conn: AsyncConnection) -> OneHopConnection | None:
+    """The driver connection under ``conn`` when it can run statements inline."""
+    from chatwright.plugins.sql.sqlite_driver import OneHopConnection
+
+    sync = conn.sync_connection
+    driver = sync.connection.dbapi_connection if sync is not None else None
+    return driver if isinstance(driver, OneHopConnection) else None

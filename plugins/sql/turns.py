@@ -162,7 +162,7 @@ class SQLTurnStore(BoundStore):
         while True:
             await asyncio.sleep(self.db.turn_lease / 3)
             try:
-                async with self.db.write() as conn:
+                async with self.db.inline_write() as conn:
                     result = await conn.execute(
                         leases.update()
                         .where(leases.c.chat_id == lease.chat_id, leases.c.holder == lease.holder)
@@ -211,7 +211,7 @@ class SQLTurnStore(BoundStore):
         lease = Lease(chat_id, uuid.uuid4().hex)
 
         async def attempt() -> None:
-            async with self.db.write() as conn:
+            async with self.db.inline_write() as conn:
                 if not await self._take(conn, chat_id, lease.holder):
                     raise _Busy
 
@@ -221,7 +221,7 @@ class SQLTurnStore(BoundStore):
             yield
         finally:
             await self._stop(lease)
-            async with self.db.write() as conn:
+            async with self.db.inline_write() as conn:
                 await self._give_back(conn, lease)
 
     # -- turns -------------------------------------------------------------------
@@ -269,7 +269,7 @@ class SQLTurnStore(BoundStore):
 
         async def attempt() -> TurnStart:
             # Framework statements first, then the rest as the user.
-            async with self.db.write() as conn:
+            async with self.db.inline_write() as conn:
                 row = (await conn.execute(read_agent, given)).first()
                 if row is None:
                     self._agents.pop(agent_name, None)
@@ -329,7 +329,7 @@ class SQLTurnStore(BoundStore):
         return start
 
     async def append(self, start: TurnStart, messages: Sequence[NewMessage]) -> None:
-        async with self.db.write(start.user_id) as conn:
+        async with self.db.inline_write(start.user_id) as conn:
             await insert_messages(conn, start.user_id, start.chat_id, messages, returning=False)
 
     async def finish(
@@ -345,7 +345,7 @@ class SQLTurnStore(BoundStore):
         lease: Lease = start.lease
         await self._stop(lease)
         try:
-            async with self.db.write() as conn:
+            async with self.db.inline_write() as conn:
                 await self._give_back(conn, lease)
                 if lease.reserved or usage is not None:
                     # Framework tables, before the user part.
@@ -387,7 +387,7 @@ class SQLTurnStore(BoundStore):
         expiry = time.monotonic() + self.db.turn_lease
         while time.monotonic() < expiry:
             try:
-                async with self.db.write() as conn:
+                async with self.db.inline_write() as conn:
                     await self._give_back(conn, lease)
                 return
             except StorageError:
