@@ -264,6 +264,27 @@ async def test_a_turn_reads_the_agent_row_again_only_when_it_changed(make: Make)
     assert seen(await one.chat(USER, ECHO, chat_id, "d"))["system"] == "v3 (nothing yet)"
 
 
+async def test_a_message_changed_in_the_database_is_read_anew(make: Make) -> None:
+    """The window's contents are decoded once per message, but a message whose stored
+    content changed (edited, or erased and its id used again) is read as it is now."""
+    runtime, _ = await make()
+    await runtime.storage.agents.create(ECHO, system_prompt=PROMPT, model="echo:x")
+    chat_id = await chat_of(runtime, USER)
+    await runtime.chat(USER, ECHO, chat_id, "first")
+    assert seen(await runtime.chat(USER, ECHO, chat_id, "second"))["humans"] == ["first", "second"]
+    first = (await runtime.storage.messages.window(USER, chat_id, 1000))[0]
+    content = json.loads(json.dumps(dict(first.content)))
+    content["data"]["content"] = "edited"
+    async with runtime.storage.write() as conn:  # type: ignore[attr-defined]
+        value = "CAST(:c AS jsonb)" if conn.dialect.name == "postgresql" else ":c"
+        await conn.execute(
+            sa.text(f"UPDATE chat_messages SET content = {value} WHERE id = :i"),
+            {"c": json.dumps(content), "i": first.id},
+        )
+    turn = await runtime.chat(USER, ECHO, chat_id, "third")
+    assert seen(turn)["humans"] == ["edited", "second", "third"]
+
+
 async def test_the_config_version_follows_plain_sql_on_tool_rows(make: Make) -> None:
     runtime, _ = await make()
     storage = runtime.storage

@@ -48,12 +48,20 @@ class JSONValue(TypeDecorator[Any]):
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
     def process_result_value(self, value: Any, dialect: Dialect) -> Any:
-        if dialect.name == "postgresql" or value is None:
+        if dialect.name == "postgresql":
             return value
-        try:
-            return json.loads(value)
-        except ValueError as exc:
-            return InvalidJSON(text=value, error=str(exc))
+        return decode_json(value)
+
+
+def decode_json(text: str | None) -> Any:
+    """JSON text as stored (SQLite), or read as text (PostgreSQL); :class:`InvalidJSON`
+    when it does not parse."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        return InvalidJSON(text=text, error=str(exc))
 
 
 class UTCDateTime(TypeDecorator[datetime]):

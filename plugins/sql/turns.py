@@ -45,6 +45,7 @@ import functools
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -84,6 +85,8 @@ FIRST_PAUSE = 0.01
 LONGEST_PAUSE = 0.25
 KNOWN_AGENTS = 1024
 """Most agent rows a turn store keeps, to skip reading an unchanged row again."""
+KNOWN_MESSAGES = 2048
+"""Most messages whose decoded content a turn store keeps (see ``SQLTurnStore._content``)."""
 
 
 class _Busy(Exception):
@@ -96,7 +99,7 @@ class _Busy(Exception):
 _m, _leases = schema.chat_messages, schema.chat_leases
 
 WINDOW = (
-    sa.select(_m.c.id, _m.c.role, _m.c.content, _m.c.created_at)
+    sa.select(_m.c.id, _m.c.role, sa.cast(_m.c.content, sa.Text).label("raw"), _m.c.created_at)
     .where(_m.c.chat_id == sa.bindparam("chat_id"), _m.c.user_id == sa.bindparam("user_id"))
     .order_by(_m.c.id.desc())
     .limit(sa.bindparam("limit", type_=sa.Integer))
@@ -139,6 +142,7 @@ class SQLTurnStore(BoundStore):
     def __init__(self, db: SQLStorage) -> None:
         super().__init__(db)
         self._pending: set[asyncio.Task[None]] = set()
+        self._contents: OrderedDict[int, tuple[str | None, Any]] = OrderedDict()
         self._agents: dict[str, tuple[tuple[Any, ...], Agent]] = {}
 
     # -- leases ----------------------------------------------------------------
@@ -402,17 +406,33 @@ class SQLTurnStore(BoundStore):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    @staticmethod
     async def _window(
-        conn: AsyncConnection, user_id: str, chat_id: uuid.UUID, limit: int
+        self, conn: AsyncConnection, user_id: str, chat_id: uuid.UUID, limit: int
     ) -> list[Message]:
         rows = (
             await conn.execute(WINDOW, {"chat_id": chat_id, "user_id": user_id, "limit": limit})
         ).all()
         return [
-            Message(r.id, chat_id, user_id, r.role, message_content(r.content), r.created_at)
+            Message(r.id, chat_id, user_id, r.role, self._content(r.id, r.raw), r.created_at)
             for r in reversed(rows)
         ]
+
+    def _content(self, message_id: int, raw: str | None) -> Any:
+        """A message's content from its stored text, decoded once while it stays the same.
+
+        Every turn reads its window again, most of it the messages of the turns
+        before; the last ``KNOWN_MESSAGES`` decoded are kept by id with their text,
+        and one is reused only when the text read now is the same.
+        """
+        kept = self._contents.get(message_id)
+        if kept is not None and kept[0] == raw:
+            self._contents.move_to_end(message_id)
+            return kept[1]
+        content = message_content(schema.decode_json(raw))
+        self._contents[message_id] = (raw, content)
+        if len(self._contents) > KNOWN_MESSAGES:
+            self._contents.popitem(last=False)
+        return content
 
     @staticmethod
     async def _waiting_actions(
