@@ -5,12 +5,20 @@ A ``storage.url`` is normalized to the async driver SQLAlchemy needs
 it is shown. SQLite gets an engine tuned for a server: WAL journal (readers
 never wait for the writer), a busy timeout, foreign keys on, and ``BEGIN
 IMMEDIATE`` for transactions that write, so two writers queue instead of
-failing halfway; reads use deferred transactions.
+failing halfway; reads use deferred transactions. Within one process, write
+transactions also queue on :class:`SerialWrites` before they begin, so that
+SQLite's busy handler (which sleeps, up to 100 ms at a time, whatever happens
+to the lock meanwhile) only ever waits for other processes.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
+import weakref
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import event, exc
@@ -19,6 +27,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 from chatwright.errors import StorageError
+from chatwright.plugins.sql.errors import DETAILS, locked
+
+log = logging.getLogger(__name__)
 
 
 def normalize_url(raw: str) -> URL:
@@ -79,6 +90,71 @@ def sqlite_engine(url: URL, *, busy_timeout: float, echo: bool) -> AsyncEngine:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
     return engine
+
+
+class SerialWrites:
+    """One write transaction at a time per SQLite database within this process.
+
+    A write transaction takes this lock before its ``BEGIN IMMEDIATE`` and gives
+    it back once the transaction has ended (committed, rolled back, discarded or
+    cancelled), so writers of this process wait in a queue that hands the lock on
+    the moment it is free, and SQLite's own lock is only contended by other
+    processes. Waiting here is bounded by ``busy_timeout`` and ends in the same
+    error as a database locked by another process.
+
+    A task that opens a write transaction while it holds one would wait on itself:
+    that is refused at once (it never worked on SQLite: the second transaction
+    waited for the first's lock until ``busy_timeout``).
+
+    :param busy_timeout: seconds a writer waits for the lock.
+    :param description: how the database is named in the log.
+    """
+
+    def __init__(self, busy_timeout: float, description: str) -> None:
+        self.busy_timeout = busy_timeout
+        self.description = description
+        # asyncio.Lock belongs to one event loop; a process may run several in turn.
+        self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._holders: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[Any]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def _lock(self, loop: asyncio.AbstractEventLoop) -> asyncio.Lock:
+        lock = self._locks.get(loop)
+        if lock is None:
+            lock = self._locks[loop] = asyncio.Lock()
+        return lock
+
+    @asynccontextmanager
+    async def hold(self) -> AsyncIterator[None]:
+        """Hold the lock for the block; :class:`StorageError` after ``busy_timeout``."""
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        if task is not None and self._holders.get(loop) is task:
+            log.error(
+                "database %s: a write transaction was opened inside another one of the "
+                "same task; SQLite has one writer at a time, so it would wait on itself",
+                self.description,
+                stack_info=True,
+            )
+            raise StorageError(
+                f"a write transaction was opened inside another (SQLite has one writer); {DETAILS}"
+            )
+        lock = self._lock(loop)
+        try:
+            async with asyncio.timeout(self.busy_timeout):
+                await lock.acquire()
+        except TimeoutError:
+            raise locked(self.description) from None
+        if task is not None:
+            self._holders[loop] = task
+        try:
+            yield
+        finally:
+            self._holders.pop(loop, None)
+            lock.release()
 
 
 PING_AFTER_IDLE = 1.0

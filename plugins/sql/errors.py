@@ -32,6 +32,19 @@ def driver_text(error: BaseException) -> str:
     return " ".join(str(orig if orig is not None else error).split())
 
 
+def locked(description: str | None = None) -> StorageError:
+    """SQLite's write lock was held by another writer for longer than storage.busy_timeout.
+
+    :param description: the database, to log (the driver's error is logged already
+        when None).
+    """
+    if description is not None:
+        log.warning("database %s: the write lock stayed taken past busy_timeout", description)
+    return StorageError(
+        "the database is locked by another writer (longer than storage.busy_timeout); try again"
+    )
+
+
 def _statement_fault(reason: str) -> bool:
     # SQLite reports a statement that no longer fits the schema as an operational error.
     return reason.startswith(("no such column", "table ", "near ", "ambiguous column"))
@@ -90,10 +103,7 @@ class DatabaseErrors:
             raise StorageError("the database lacks a table; run `chatwright db upgrade`") from error
         if "database is locked" in reason:
             # SQLite: another connection held the write lock past storage.busy_timeout.
-            raise StorageError(
-                "the database is locked by another writer (longer than storage.busy_timeout); "
-                "try again"
-            ) from error
+            raise locked() from error
         if isinstance(error, exc.ProgrammingError) or _statement_fault(reason):
             raise StorageError(f"the database rejected a statement; {DETAILS}") from error
         raise StorageError(f"the database is unavailable; {DETAILS}") from error

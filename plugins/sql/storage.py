@@ -22,7 +22,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -34,7 +34,13 @@ from chatwright.plugins.sql import migrate
 from chatwright.plugins.sql.audit import SQLAuditStore
 from chatwright.plugins.sql.chats import SQLMessageStore, SQLSessionStore
 from chatwright.plugins.sql.deadline import Deadline
-from chatwright.plugins.sql.engine import normalize_url, ping_when_idle, redact, sqlite_engine
+from chatwright.plugins.sql.engine import (
+    SerialWrites,
+    normalize_url,
+    ping_when_idle,
+    redact,
+    sqlite_engine,
+)
 from chatwright.plugins.sql.errors import DatabaseErrors
 from chatwright.plugins.sql.pending import SQLPendingStore
 from chatwright.plugins.sql.postgres import Coordination
@@ -78,8 +84,8 @@ class SQLStorage:
     :param turn_lease: seconds a chat's turn lease lasts unless renewed (see
         :mod:`.turns`); a crashed process's turn blocks its chat this long.
     :param turn_wait: seconds a turn waits for another turn of its chat to end.
-    :param busy_timeout: SQLite: seconds a statement waits for another connection's
-        write lock (``storage.busy_timeout``); None elsewhere.
+    :param busy_timeout: seconds a SQLite write transaction waits for the write
+        lock, held by this process (:class:`.engine.SerialWrites`) or another.
     """
 
     def __init__(
@@ -93,7 +99,7 @@ class SQLStorage:
         turn_lease: float = 60.0,
         turn_wait: float = 300.0,
         pooler: str = "none",
-        busy_timeout: float | None = None,
+        busy_timeout: float = 5.0,
     ) -> None:
         self.url = url
         self.busy_timeout = busy_timeout
@@ -107,6 +113,9 @@ class SQLStorage:
         # a connection shared with others and miss what is sent while it is not its turn.
         self.can_listen = pooler != "transaction" or direct_url is not None
         self.users = users if users is not None else UserTransactions()
+        self.writes = (
+            SerialWrites(busy_timeout, redact(url)) if url.get_backend_name() == "sqlite" else None
+        )
         self.coordination = Coordination(self.direct_url, redact(url))
         self.agents = SQLAgentStore(self)
         self.tools = SQLToolStore(self)
@@ -227,37 +236,45 @@ class SQLStorage:
         database that accepts connections and never answers holds no request for
         longer. A connection abandoned that way is discarded, not rolled back: the
         rollback would wait on the same silent server.
+
+        On SQLite a write transaction first waits for this process's write lock
+        (:class:`.engine.SerialWrites`, within the same bound) and holds it until
+        the transaction has ended, however it ends.
         """
         limit = self.statement_timeout if bounded and self.statement_timeout > 0 else None
         with self._errors():
-            conn = self.engine.connect()
-            adapted = None
-            try:
-                async with Deadline(limit):
-                    await conn.start()
-                    if inline and self.busy_timeout is not None:
-                        adapted = _inline_capable(conn)
-                        if adapted is not None:
-                            adapted.run_inline(self.busy_timeout)
-                    if write:
-                        await conn.begin()
-                    else:
-                        await conn.execution_options(chatwright_write=False)
-                    await self.users.enter(conn, user_id)
-                    yield conn
-                    if write:
-                        await conn.commit()
-            except (TimeoutError, asyncio.CancelledError):
-                if conn.sync_connection is not None and not conn.closed:
-                    await conn.invalidate()
-                raise
-            finally:
-                if adapted is not None and adapted.inline is not None:
-                    with contextlib.suppress(Exception):  # a connection that broke: discarded
-                        adapted.run_inline(None)
-                    adapted.inline = None
-                if conn.sync_connection is not None:
-                    await conn.close()
+            async with AsyncExitStack() as held:
+                conn = self.engine.connect()
+                adapted = None
+                try:
+                    async with Deadline(limit):
+                        if write and self.writes is not None:
+                            await held.enter_async_context(self.writes.hold())
+                        await conn.start()
+                        if inline:
+                            adapted = _inline_capable(conn)
+                            if adapted is not None:
+                                adapted.run_inline(self.busy_timeout)
+                        if write:
+                            await conn.begin()
+                        else:
+                            await conn.execution_options(chatwright_write=False)
+                        await self.users.enter(conn, user_id)
+                        yield conn
+                        if write:
+                            await conn.commit()
+                except (TimeoutError, asyncio.CancelledError):
+                    if conn.sync_connection is not None and not conn.closed:
+                        await conn.invalidate()
+                    raise
+                finally:
+                    if adapted is not None and adapted.inline is not None:
+                        with contextlib.suppress(Exception):  # a broken connection: discarded
+                            adapted.run_inline(None)
+                        adapted.inline = None
+                    # Before the write lock is given back (the stack is left after this).
+                    if conn.sync_connection is not None:
+                        await conn.close()
 
     def _errors(self) -> DatabaseErrors:
         return DatabaseErrors(self.description, self.statement_timeout)
