@@ -14,12 +14,14 @@ import json
 import os
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import anyio.to_thread
 import httpx
 import jwt
 import pytest
@@ -178,6 +180,58 @@ async def test_rs256_and_es256_tokens_are_verified_with_a_jwks_url(
                 {"sub": "alice", "aud": AUDIENCE, "exp": 2**40}, keys["ec-1"].private, "ES256"
             )
             assert "must name its key (kid)" in refused(await sessions(client, no_kid))
+
+
+async def test_a_jwks_token_is_checked_off_the_event_loop(
+    tmp_path: Path, keys: dict[str, Key], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finding a token's key may fetch the JWKS: never on the thread that serves requests."""
+    where: list[int] = []
+    key = auth.JwksUrl.key
+
+    def recorded(source: auth.JwksUrl, kid: str) -> Any:
+        where.append(threading.get_ident())
+        return key(source, kid)
+
+    monkeypatch.setattr(auth.JwksUrl, "key", recorded)
+    token = keys["rsa-1"].sign()
+    with serving_jwks(jwks(keys["rsa-1"])) as served:
+        async with app_client(tmp_path, jwt_jwks_url=served.url) as client:
+            assert (await sessions(client, token)).status_code == 200
+            # The route that takes its token from the body as well.
+            closed = await client.post(
+                f"/api/sessions/{uuid.uuid4()}/deactivate", json={"access_token": token}
+            )
+            assert closed.status_code == 404, closed.text
+    assert len(where) == 2
+    assert threading.get_ident() not in where
+
+
+@pytest.mark.parametrize("mode", ["local", "hs256"])
+async def test_a_token_checked_in_memory_takes_no_worker_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    """Local mode and HS256 need no I/O: a request does not wait on the thread pool for them."""
+    hops: list[Any] = []
+    run_sync = anyio.to_thread.run_sync
+
+    async def counted(func: Any, *args: Any, **kwargs: Any) -> Any:
+        hops.append(func)
+        return await run_sync(func, *args, **kwargs)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counted)
+    local = {"auth": "local", "allowed_hosts": ["test"]}
+    server = local if mode == "local" else {"jwt_secret": SECRET}
+    async with app_client(tmp_path, **server) as client:
+        response = await sessions(client, None if mode == "local" else hs256())
+        assert response.status_code == 200, response.text
+        assert response.json() == []
+        closed = await client.post(
+            f"/api/sessions/{uuid.uuid4()}/deactivate",
+            headers={} if mode == "local" else {"Authorization": f"Bearer {hs256()}"},
+        )
+        assert closed.status_code == 404, closed.text
+    assert hops == []
 
 
 async def test_an_unknown_kid_refetches_the_jwks_once_per_cooldown(

@@ -314,6 +314,14 @@ def _verification_key(server: ServerSettings, header: dict[str, Any]) -> tuple[s
     return algorithm, source.key(kid)
 
 
+def verification_may_block(server: ServerSettings) -> bool:
+    """Whether checking a token may wait on I/O: fetching a JWKS, or reading its file.
+
+    Local mode and HS256 tokens are checked in memory.
+    """
+    return server.auth == "jwt" and bool(server.jwt_jwks_url or server.jwt_jwks_file)
+
+
 def principal_from_token(settings: Settings, token: str | None) -> Principal:
     import jwt
 

@@ -4,6 +4,11 @@
 runtime of the process in ``app.state``; the routes reach it through these
 dependencies. The bearer scheme is declared with ``auto_error=False`` so that
 ``/docs`` offers to authorize while local mode needs no token at all.
+
+The dependencies are coroutines: FastAPI runs a plain function dependency in
+its thread pool, a round trip through a worker thread for each one on every
+request. Only verifying a token against a JWKS, which may fetch it over the
+network or read it from a file, still goes to the thread pool.
 """
 
 from __future__ import annotations
@@ -12,10 +17,17 @@ from typing import Annotated
 
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from chatwright.errors import UnknownAgentError
-from chatwright.plugins.server.auth import Principal, bearer, principal_from_token
+from chatwright.plugins.server.auth import (
+    Principal,
+    bearer,
+    principal_from_token,
+    verification_may_block,
+)
 from chatwright.plugins.server.metrics import ServerMetrics
+from chatwright.plugins.server.settings import ServerSettings
 from chatwright.runtime import Runtime
 from chatwright.settings import Settings
 
@@ -25,27 +37,36 @@ bearer_scheme = HTTPBearer(
 )
 
 
-def runtime_of(request: Request) -> Runtime:
+async def runtime_of(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
 
 
-def settings_of(request: Request) -> Settings:
+async def settings_of(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def metrics_of(request: Request) -> ServerMetrics:
+async def metrics_of(request: Request) -> ServerMetrics:
     metrics: ServerMetrics = request.app.state.metrics
     return metrics
 
 
-def principal(
+async def principal(
     request: Request,
     # Declares the scheme in OpenAPI; the header itself is read as it always was, below.
     _: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)],
 ) -> Principal:
-    return principal_from_token(settings_of(request), bearer(request.headers.get("authorization")))
+    settings: Settings = request.app.state.settings
+    return await verified(settings, bearer(request.headers.get("authorization")))
+
+
+async def verified(settings: Settings, token: str | None) -> Principal:
+    """Who ``token`` proves the caller is (see :func:`principal_from_token`)."""
+    if verification_may_block(settings.section(ServerSettings)):
+        # A JWKS may be fetched or read now: off the event loop.
+        return await run_in_threadpool(principal_from_token, settings, token)
+    return principal_from_token(settings, token)
 
 
 async def agent_exists(runtime: Runtime, name: str) -> None:

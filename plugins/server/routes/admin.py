@@ -40,7 +40,7 @@ ADMIN_ONLY = (
 )
 
 
-def admin(who: User) -> Principal:
+async def admin(who: User) -> Principal:
     if not who.admin:
         raise ForbiddenError(ADMIN_ONLY)
     return who

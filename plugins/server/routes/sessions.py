@@ -8,16 +8,16 @@ import uuid
 from typing import Any
 
 from fastapi import APIRouter, Request, Security
-from starlette.concurrency import run_in_threadpool
 
 from chatwright.errors import NotFoundError
-from chatwright.plugins.server.auth import bearer, principal_from_token
+from chatwright.plugins.server.auth import bearer
 from chatwright.plugins.server.dependencies import (
     RuntimeDep,
     SettingsDep,
     User,
     agent_exists,
     bearer_scheme,
+    verified,
 )
 from chatwright.plugins.server.errors import USER, responses
 from chatwright.plugins.server.schemas import BeaconToken, OpenSession, Session
@@ -98,7 +98,6 @@ async def deactivate(
         with contextlib.suppress(ValueError, UnicodeDecodeError):
             sent = json.loads(await request.body() or b"{}")
             token = sent.get("access_token") if isinstance(sent, dict) else None
-    # Verifying may fetch a JWKS over the network: off the event loop, as the
-    # dependency-injected caller of the other routes is.
-    who = await run_in_threadpool(principal_from_token, settings, token)
+    # Verified as the other routes' callers are: off the event loop when a JWKS is involved.
+    who = await verified(settings, token)
     return Session.of(await close(runtime, who.user_id, session_id))
