@@ -238,8 +238,13 @@ class Writes:
         # for approval runs with its arguments as stored, where NUL is U+FFFD already.
         check_writable(write.table, write.values)
         stored: AuditEntry | None = None
+        db = self.records.db
+        # A create is one indexed insert (and the audit entry's): a small transaction,
+        # run inline like a turn's. The others find their rows by a filter that may
+        # scan the table, so they keep to the driver's thread (see SQLStorage.inline_write).
+        transaction = db.inline_write if write.operation == "create" else db.write
         with refused(write.table):
-            async with self.records.db.write(user_id) as conn:
+            async with transaction(user_id) as conn:
                 rows, changes = await self._run(conn, t, write, expect, cap)
                 if audit is not None:
                     filled = replace(
