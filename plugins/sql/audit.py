@@ -106,9 +106,14 @@ def audit_from_row(row: Mapping[str, Any]) -> AuditEntry:
 
 async def insert_audit(conn: AsyncConnection, entry: NewAuditEntry) -> AuditEntry:
     """Append ``entry`` on ``conn`` (inside the caller's transaction) and return it as stored."""
-    t = schema.audit_log
-    result = await conn.execute(t.insert().values(audit_values(entry)).returning(*t.c))
-    return audit_from_row(dict(result.mappings().one()))
+    values = audit_values(entry)
+    stored = (await conn.execute(_INSERT_AUDIT, values)).one()
+    # What was written, with what the database gave it (reading back the whole
+    # row would decode what was just encoded).
+    return audit_from_row({**values, "id": stored.id, "at": stored.at})
+
+
+_INSERT_AUDIT = schema.audit_log.insert().returning(schema.audit_log.c.id, schema.audit_log.c.at)
 
 
 class SQLAuditStore:
