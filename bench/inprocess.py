@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from dataclasses import dataclass
@@ -126,7 +125,6 @@ async def pg_activity(url: str, admin_url: str, turns: int, warmup: int = 3) -> 
                     result = await tool.ainvoke({"title": "bench"})
                     if "created" not in str(result):
                         raise RuntimeError(f"the insert tool failed: {result}")
-        await asyncio.sleep(0.5)
         return pg.activity(admin_url, database) - before
 
     base = await window(0, 0)

@@ -1,6 +1,7 @@
 """The turn path under load, measured from outside: real servers, a real PostgreSQL.
 
 Run: .venv/bin/python bench/load.py [--chats N] [--warmup N] [--turns N] [--interval N]
+     [--skip burst|drift] [--drift-on SQLite|PostgreSQL]
 
 Everything goes through ``chatwright`` itself: ``chatwright init --example``
 and ``chatwright agents add`` set the database up, ``chatwright serve`` (one
@@ -451,6 +452,12 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=6000)
     parser.add_argument("--interval", type=int, default=1000)
     parser.add_argument("--skip", choices=["burst", "drift"], action="append", default=[])
+    parser.add_argument(
+        "--drift-on",
+        choices=["SQLite", "PostgreSQL"],
+        action="append",
+        help="part 2 on this database only (repeatable; default: both)",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="cw-load-") as tmp:
@@ -465,6 +472,8 @@ def main() -> None:
             sqlite = f"sqlite:///{work / 'drift.db'}"
             with postgres_database() as (_, url):
                 for name, database in (("SQLite", sqlite), ("PostgreSQL", url)):
+                    if args.drift_on and name not in args.drift_on:
+                        continue
                     set_up(database, work / name)
                     with Server(database, work / name) as server:
                         got_drift = asyncio.run(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -62,13 +63,24 @@ class Activity:
         return Activity(self.transactions - other.transactions, self.sessions - other.sessions)
 
 
-def activity(admin_url: str, database: str) -> Activity:
+def activity(admin_url: str, database: str, *, settle: float = 30.0) -> Activity:
     """Commits + rollbacks and sessions started on ``database``, as PostgreSQL counts them.
 
     Read over a connection to the admin database, so the reading itself is not counted.
-    Backends report their counts when idle (at most every 10 s) and when they exit.
+    Backends report their counts when idle (at most every 10 s) and when they exit,
+    before they leave ``pg_stat_activity``: the reading waits (``settle`` seconds at
+    most) until no backend is left on ``database``, so that every count is in. A
+    fixed pause after closing a runtime was too short on a busy machine (a window
+    read half its turns' transactions, or none).
     """
+    deadline = time.monotonic() + settle
     with connect(admin_url) as conn:
+        while conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (database,)
+        ).fetchone() != (0,):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"backends still open on {database} after {settle:.0f} s")
+            time.sleep(0.05)
         row = conn.execute(
             "SELECT xact_commit + xact_rollback, sessions FROM pg_stat_database WHERE datname = %s",
             (database,),

@@ -80,7 +80,13 @@ def test_postgresql_sections(tmp_path: Path) -> None:
     listed = "SELECT datname FROM pg_database WHERE datname LIKE 'chatwright_bench_%'"
     with admin_connect() as conn:
         before = set(conn.execute(listed).fetchall())  # another run's, if one is going on
-    rows = run(tmp_path, "--sections", "1,3", "--targets", "chatwright-pg", "--pg", admin)
+    # Ten turns a window, not two: a window's start-up varies by a transaction or two
+    # (a pooled connection idle for a second is pinged first), which two turns did not
+    # outweigh on a busy machine.
+    rows = run(
+        tmp_path, "--sections", "1,3", "--targets", "chatwright-pg", "--inproc-turns", "10",
+        "--pg", admin,
+    )  # fmt: skip
     assert number(rows["HTTP, 2 clients: chatwright-pg"][0]) > 0
     assert number(rows["PostgreSQL transactions per cached turn, all"][0]) >= 1
     assert number(rows["... of which the insert tool's own"][0]) >= 1

@@ -22,12 +22,13 @@ from chatwright.approvals import Preview, Write
 from chatwright.errors import PreviewChangedError
 from chatwright.plugins.example import assistant as example
 from chatwright.plugins.example.assistant import AGENT
+from chatwright.plugins.sql.settings import SQLStorageSettings
 from chatwright.plugins.supabase.storage import SupabaseStorage
 from chatwright.prompts import OLDER_LEFT_OUT, fill, newest
 from chatwright.runtime import Runtime
 from tests import test_supabase
 from tests.conftest import MakeRuntime
-from tests.harness import DB_FILE, ok
+from tests.harness import DB_FILE, Recorder, ok
 
 ALICE = "alice"
 BOB = "bob"
@@ -161,6 +162,45 @@ async def test_the_offline_model_remembers_in_one_call_and_recalls(runtimes: Mak
     recall = await runtime.chat(ALICE, AGENT, chat, "what do you remember?")
     assert [c.name for c in recall.tool_calls] == ["read_memory"]
     assert "I like green tea" in recall.response and "my cat is called Miso" in recall.response
+
+
+async def test_memories_saved_in_turns_and_a_customization_evict_no_cached_build(
+    runtimes: MakeRuntime,
+) -> None:
+    """A save through the tool's write path (audited) changes the user's data, not the agent."""
+    recorder = Recorder()
+    one = await runtimes(recorder)
+    two = await runtimes()  # another process saves too
+    await example.seed(one.storage, "offline:assistant")
+    listening = asyncio.create_task(one.storage.watch_config(one.config_changed))
+    try:
+        chat = await chat_of(one, ALICE)
+        saved = await one.chat(ALICE, AGENT, chat, "Remember that I like green tea")
+        other = await two.chat(ALICE, AGENT, await chat_of(two, ALICE), "remember that I row.")
+        for turn in (saved, other):
+            assert [(c.name, c.error) for c in turn.tool_calls] == [("save_memory", False)]
+        await two.storage.customizations.put(ALICE, AGENT, "style", "Answer briefly.")
+        recall = await one.chat(ALICE, AGENT, chat, "what do you remember?")
+        assert "I like green tea" in recall.response and "I row" in recall.response
+        await asyncio.sleep(0.5)  # any notification would have arrived
+        assert recorder.evicted == []
+        assert one.cache.stats.builds == 1
+        # The listener works: a change of the agent itself does reach it (PostgreSQL,
+        # unless reached through a transaction pooler with no direct_url to listen on).
+        await two.storage.agents.update(AGENT, system_prompt=example.PROMPT + " ")
+        sql = one.settings.section(SQLStorageSettings)
+        if one.storage.dialect == "postgresql" and (  # type: ignore[attr-defined]
+            sql.pooler != "transaction" or sql.direct_url is not None
+        ):
+            for _ in range(50):
+                if recorder.evicted:
+                    break
+                await asyncio.sleep(0.1)
+            assert recorder.evicted == [(AGENT, "config-changed")]
+        await one.chat(ALICE, AGENT, chat, "what do you remember?")
+        assert one.cache.stats.builds == 2
+    finally:
+        listening.cancel()
 
 
 async def test_with_a_replacing_tool_the_offline_model_reads_then_saves(
