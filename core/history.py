@@ -20,8 +20,10 @@ stored, whatever the storage backend.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -35,6 +37,8 @@ from langchain_core.messages import (
 )
 
 from chatwright.stores import Message, NewMessage
+
+log = logging.getLogger(__name__)
 
 # Deep enough for any real tool argument, shallow enough that a stored message
 # stays far below the recursion limits of JSON encoders and serialisers.
@@ -151,3 +155,36 @@ def answered(messages: Sequence[BaseMessage]) -> list[BaseMessage]:
         changed = True
         close()
     return out if changed else list(messages)
+
+
+PARSED_KEPT = 2048
+"""Most stored messages whose parsed form is kept for the next turns (see :func:`parsed`)."""
+
+_parsed: OrderedDict[int, tuple[Any, BaseMessage]] = OrderedDict()
+
+
+def parsed(stored: Message) -> BaseMessage | None:
+    """A stored message as a LangChain message; None when it cannot be read as one.
+
+    A chat's window is read again every turn, and parsing (validating) each of its
+    messages costs more than the turn's statements, so the last ``PARSED_KEPT``
+    parsed are kept by id, each with the content it came from: one is reused only
+    for a message of the same id and equal content, and as a copy, so that nothing a
+    turn does to its messages reaches the next.
+    """
+    content = stored.content
+    if "data" not in content:
+        return None
+    kept = _parsed.get(stored.id)
+    if kept is not None and kept[0] == content:
+        _parsed.move_to_end(stored.id)
+        return kept[1].model_copy()
+    try:
+        message = messages_from_dict([dict(content)])[0]
+    except (KeyError, TypeError, ValueError) as exc:
+        log.warning("message %s of chat %s is not readable: %s", stored.id, stored.chat_id, exc)
+        return None
+    _parsed[stored.id] = (content, message.model_copy())
+    if len(_parsed) > PARSED_KEPT:
+        _parsed.popitem(last=False)
+    return message

@@ -54,7 +54,6 @@ import asyncio
 import json
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -67,11 +66,10 @@ from langchain_core.messages import (
     HumanMessage,
     SystemMessage,
     ToolMessage,
-    messages_from_dict,
 )
 from langchain_core.messages.utils import count_tokens_approximately
 
-from chatwright.history import storable_value
+from chatwright.history import parsed, storable_value
 from chatwright.stores import Message, NewSummary
 
 if TYPE_CHECKING:
@@ -144,39 +142,6 @@ def after_summary(turns: Sequence[Turn], through_id: int) -> list[Turn]:
 
 
 # -- step 1: whole exchanges ---------------------------------------------------
-
-
-PARSED_KEPT = 2048
-"""Most stored messages whose parsed form is kept for the next turns (see :func:`parsed`)."""
-
-_parsed: OrderedDict[int, tuple[Any, BaseMessage]] = OrderedDict()
-
-
-def parsed(stored: Message) -> BaseMessage | None:
-    """A stored message as a LangChain message; None when it cannot be read as one.
-
-    A chat's window is read again every turn, and parsing (validating) each of its
-    messages costs more than the turn's statements, so the last ``PARSED_KEPT``
-    parsed are kept by id, each with the content it came from: one is reused only
-    for a message of the same id and equal content, and as a copy, so that nothing a
-    turn does to its messages reaches the next.
-    """
-    content = stored.content
-    if "data" not in content:
-        return None
-    kept = _parsed.get(stored.id)
-    if kept is not None and kept[0] == content:
-        _parsed.move_to_end(stored.id)
-        return kept[1].model_copy()
-    try:
-        message = messages_from_dict([dict(content)])[0]
-    except (KeyError, TypeError, ValueError) as exc:
-        log.warning("message %s of chat %s is not readable: %s", stored.id, stored.chat_id, exc)
-        return None
-    _parsed[stored.id] = (content, message.model_copy())
-    if len(_parsed) > PARSED_KEPT:
-        _parsed.popitem(last=False)
-    return message
 
 
 def readable(stored: Sequence[Message]) -> Turn:

@@ -33,7 +33,7 @@ from langchain_core.messages import (
     message_to_dict,
 )
 
-from chatwright import testing, window
+from chatwright import history, testing, window
 from chatwright.approvals import PendingAction
 from chatwright.settings import Settings
 from chatwright.stores import Agent, Message
@@ -330,16 +330,16 @@ def test_a_parsed_message_is_reused_only_for_the_same_content_and_as_a_copy() ->
     def stored(text: str) -> Message:
         return Message(10**9 + 7, chat, "u", "human", message_to_dict(HumanMessage(text)), at)
 
-    first = window.parsed(stored("hello"))
+    first = history.parsed(stored("hello"))
     assert isinstance(first, HumanMessage) and first.text == "hello"
     first.content = "changed by a turn"  # what one turn does to its messages ...
-    again = window.parsed(stored("hello"))
+    again = history.parsed(stored("hello"))
     assert isinstance(again, HumanMessage) and again.text == "hello"  # ... the next never sees
     assert again is not first
     # The same id with other content (another database, a row rewritten): parsed anew.
-    other = window.parsed(stored("another text"))
+    other = history.parsed(stored("another text"))
     assert isinstance(other, HumanMessage) and other.text == "another text"
     # Bounded: the oldest are dropped.
-    for n in range(window.PARSED_KEPT + 5):
-        window.parsed(Message(n, chat, "u", "human", message_to_dict(HumanMessage("x")), at))
-    assert len(window._parsed) == window.PARSED_KEPT
+    for n in range(history.PARSED_KEPT + 5):
+        history.parsed(Message(n, chat, "u", "human", message_to_dict(HumanMessage("x")), at))
+    assert len(history._parsed) == history.PARSED_KEPT

@@ -68,7 +68,7 @@ async def _pick_agent(runtime: Runtime, name: str | None) -> str:
 
 def _replay(messages: Sequence[Message], summary: ChatSummary | None = None) -> None:
     """The recent messages, dimmed; the chat's summary marked where what it covers ends."""
-    from chatwright.window import parsed
+    from chatwright.history import parsed
 
     started = False
     for row in messages:
