@@ -88,8 +88,10 @@ def test_postgresql_sections(tmp_path: Path) -> None:
         "--pg", admin,
     )  # fmt: skip
     assert number(rows["HTTP, 2 clients: chatwright-pg"][0]) > 0
-    assert number(rows["PostgreSQL transactions per cached turn, all"][0]) >= 1
-    assert number(rows["... of which the insert tool's own"][0]) >= 1
+    # A turn is at least the tool's insert and its own; each window's start-up can differ
+    # by a transaction (a pooled connection pinged after idling), read over 10 turns.
+    assert number(rows["PostgreSQL transactions per cached turn, all"][0]) >= 1.5
+    assert number(rows["... of which the insert tool's own"][0]) >= 0.5
     assert number(rows["new connections per cached turn"][0]) >= 0
     with admin_connect() as conn:
         left = set(conn.execute(listed).fetchall()) - before
