@@ -16,6 +16,8 @@ from chatwright.stores import ColumnSpec, TableSpec
 from tests.hostile.conftest import MakeServer, Server, any_text, bearer, say, sql
 
 ALICE = str(uuid.UUID("0f8fad5b-d9cb-469f-a165-70867728950e"))
+# Not hex, so no random id in an answer (a turn id, a session id) can contain it.
+SECRET = "vault code qwzx"
 VAULT = TableSpec(
     "vault",
     (
@@ -54,7 +56,7 @@ async def vault_of_alice(server: Server) -> None:
         if operation == "delete":
             config["filters"] = {"id": {"type": "integer", "required": True}}
         await storage.tools.add(example.AGENT, name, type="crud", config=config)
-    said = await say(server, ALICE, [("put", {"body": "alice's vault code 4711"})])
+    said = await say(server, ALICE, [("put", {"body": f"alice's {SECRET}"})])
     assert [c["error"] for c in said["tool_calls"]] == [False], said
 
 
@@ -63,15 +65,15 @@ async def test_another_spelling_of_alices_uuid_reaches_nothing(make_server: Make
     await vault_of_alice(server)
     for spelling in SPELLINGS:
         answer = await say(server, spelling, [("peek", {}), ("wipe", {"id": 1})])
-        assert "4711" not in any_text(answer), spelling
+        assert SECRET not in any_text(answer), spelling
         for call in answer["tool_calls"]:
             assert call["error"], (spelling, call)
             assert "canonical" in any_text(call["result"]), (spelling, call)
     rows = await sql(server.runtime, "SELECT body FROM vault")
-    assert [r["body"] for r in rows] == ["alice's vault code 4711"]
+    assert [r["body"] for r in rows] == [f"alice's {SECRET}"]
     # Alice herself still reads her row.
     mine = await say(server, ALICE, [("peek", {})])
-    assert "4711" in any_text(mine["tool_calls"])
+    assert SECRET in any_text(mine["tool_calls"])
 
 
 async def test_export_and_erasure_by_another_spelling_reach_nothing(
@@ -82,10 +84,10 @@ async def test_export_and_erasure_by_another_spelling_reach_nothing(
     for spelling in SPELLINGS:
         who = bearer(spelling)
         got = await server.client.get("/api/me/export", headers=who)
-        assert "4711" not in got.text, spelling
+        assert SECRET not in got.text, spelling
         gone = await server.client.delete("/api/me", params={"confirm": spelling}, headers=who)
         assert gone.status_code < 500, (spelling, gone.text)
     rows = await sql(server.runtime, "SELECT body FROM vault")
-    assert [r["body"] for r in rows] == ["alice's vault code 4711"]
+    assert [r["body"] for r in rows] == [f"alice's {SECRET}"]
     got = await server.client.get("/api/me/export", headers=bearer(ALICE))
-    assert "4711" in got.text
+    assert SECRET in got.text
