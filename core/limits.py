@@ -93,8 +93,14 @@ def turn_limits(agent_name: str, limits: Limits) -> Any:
     calls would pass ``max_tool_calls`` has none of them run: each gets a "not
     run" result, so the stored history stays one a model API accepts. The turn
     then ends with a message to the user saying why (see :func:`stopped_by`).
+
+    It wraps the model call rather than adding steps before and after it: a
+    graph step costs as much as a cheap model call, and a turn has one model
+    call per round of tools. A reply it ends is returned with its "not run"
+    results and the stop message, which calls no tool, so the run ends there;
+    the other middlewares' after-model steps see the stop message last.
     """
-    from langchain.agents.middleware import AgentMiddleware, hook_config
+    from langchain.agents.middleware import AgentMiddleware, ModelResponse
     from langchain_core.messages import AIMessage
 
     def model_calls(turn: Sequence[BaseMessage]) -> int:
@@ -103,54 +109,62 @@ def turn_limits(agent_name: str, limits: Limits) -> Any:
     def tool_calls(turn: Sequence[BaseMessage]) -> int:
         return sum(len(m.tool_calls) for m in turn if isinstance(m, AIMessage))
 
-    class TurnLimits(AgentMiddleware):
-        @hook_config(can_jump_to=["end"])
-        async def abefore_model(self, state: Any, runtime: Any) -> dict[str, Any] | None:
-            if model_calls(_this_turn(state["messages"])) < limits.max_model_calls:
-                return None
-            text = (
-                f"I stopped here: this turn reached its limit of {limits.max_model_calls} "
-                f"model calls (max_model_calls of agent {agent_name!r}). Ask me to go on, "
-                "or raise the limit."
-            )
-            return {"messages": [stop_message("max_model_calls", text)], "jump_to": "end"}
+    def before(messages: Sequence[BaseMessage]) -> list[BaseMessage] | None:
+        """The turn's end before a model call past its limit, or None."""
+        if model_calls(_this_turn(messages)) < limits.max_model_calls:
+            return None
+        text = (
+            f"I stopped here: this turn reached its limit of {limits.max_model_calls} "
+            f"model calls (max_model_calls of agent {agent_name!r}). Ask me to go on, "
+            "or raise the limit."
+        )
+        return [stop_message("max_model_calls", text)]
 
-        @hook_config(can_jump_to=["end"])
-        async def aafter_model(self, state: Any, runtime: Any) -> dict[str, Any] | None:
-            messages = state["messages"]
-            last = messages[-1] if messages else None
-            if not isinstance(last, AIMessage):
-                return None
-            if last.invalid_tool_calls:
-                names = ", ".join(
-                    sorted({c.get("name") or "(unnamed)" for c in last.invalid_tool_calls})
-                )
-                reason = "the reply had tool calls whose arguments are not valid JSON"
-                results = [
-                    not_run(c.get("id"), c.get("name") or "", reason)
-                    for c in [*last.invalid_tool_calls, *last.tool_calls]
-                ]
-                text = (
-                    f"The model called {names} with arguments that are not valid JSON, so "
-                    "nothing was run. Please try again, perhaps in other words."
-                )
-                return {
-                    "messages": [*results, stop_message("invalid_tool_call", text)],
-                    "jump_to": "end",
-                }
-            if not last.tool_calls or tool_calls(_this_turn(messages)) <= limits.max_tool_calls:
-                return None
-            reason = f"the turn reached its limit of {limits.max_tool_calls} tool calls"
-            text = (
-                f"I stopped here: this turn reached its limit of {limits.max_tool_calls} "
-                f"tool calls (max_tool_calls of agent {agent_name!r}), so my last "
-                f"{'call was' if len(last.tool_calls) == 1 else 'calls were'} not run. "
-                "Ask me to go on, or raise the limit."
+    def after(messages: Sequence[BaseMessage], last: AIMessage) -> list[BaseMessage] | None:
+        """What follows ``last`` when it ends the turn (``messages`` end with it), or None."""
+        if last.invalid_tool_calls:
+            names = ", ".join(
+                sorted({c.get("name") or "(unnamed)" for c in last.invalid_tool_calls})
             )
-            results = [not_run(c.get("id"), c["name"], reason) for c in last.tool_calls]
-            return {
-                "messages": [*results, stop_message("max_tool_calls", text)],
-                "jump_to": "end",
-            }
+            reason = "the reply had tool calls whose arguments are not valid JSON"
+            results: list[BaseMessage] = [
+                not_run(c.get("id"), c.get("name") or "", reason)
+                for c in [*last.invalid_tool_calls, *last.tool_calls]
+            ]
+            text = (
+                f"The model called {names} with arguments that are not valid JSON, so "
+                "nothing was run. Please try again, perhaps in other words."
+            )
+            return [*results, stop_message("invalid_tool_call", text)]
+        if not last.tool_calls or tool_calls(_this_turn(messages)) <= limits.max_tool_calls:
+            return None
+        reason = f"the turn reached its limit of {limits.max_tool_calls} tool calls"
+        text = (
+            f"I stopped here: this turn reached its limit of {limits.max_tool_calls} "
+            f"tool calls (max_tool_calls of agent {agent_name!r}), so my last "
+            f"{'call was' if len(last.tool_calls) == 1 else 'calls were'} not run. "
+            "Ask me to go on, or raise the limit."
+        )
+        return [
+            *[not_run(c.get("id"), c["name"], reason) for c in last.tool_calls],
+            stop_message("max_tool_calls", text),
+        ]
+
+    class TurnLimits(AgentMiddleware):
+        async def awrap_model_call(self, request: Any, handler: Any) -> Any:
+            messages = request.state["messages"]
+            stop = before(messages)
+            if stop is not None:
+                return ModelResponse(result=stop)
+            response = await handler(request)
+            result = getattr(response, "model_response", response)
+            replies = [m for m in result.result if isinstance(m, AIMessage)]
+            if not replies:
+                return response
+            ending = after([*messages, *result.result], replies[-1])
+            if ending is None:
+                return response
+            result.result = [*result.result, *ending]
+            return response
 
     return TurnLimits()

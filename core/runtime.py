@@ -328,8 +328,10 @@ class Runtime:
         from chatwright.limits import limits_of, recursion_limit, turn_limits
         from chatwright.models import ClientOptions, build_model
         from chatwright.tools import TurnContext, load_tools
+        from chatwright.tracing import inline_when_untraced
         from chatwright.writes import guard_writes, hold_for_approval, may_wait, row_of, writes
 
+        inline_when_untraced()
         name = key
         agent = await self.storage.agents.get(name)
         if agent is None:
@@ -495,7 +497,7 @@ class Runtime:
             storable,
             to_store,
         )
-        from chatwright.limits import limits_of, stop_message, stopped_by
+        from chatwright.limits import STOPPED, limits_of, stop_message, stopped_by
         from chatwright.prompts import fill
         from chatwright.tools import TurnContext
         from chatwright.usage import usage_of
@@ -589,7 +591,12 @@ class Runtime:
                         ):
                             if mode == "messages":
                                 piece, meta = chunk
-                                is_reply = piece.type in {"ai", "AIMessageChunk"} and piece.text
+                                is_reply = (
+                                    piece.type in {"ai", "AIMessageChunk"}
+                                    and piece.text
+                                    # A stop message of the limits is a message, not tokens.
+                                    and STOPPED not in piece.response_metadata
+                                )
                                 if on_token and is_reply and meta.get("langgraph_node") == "model":
                                     await on_token(piece.text)
                                 continue

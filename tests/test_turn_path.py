@@ -124,6 +124,88 @@ async def test_a_cached_turn_takes_two_transactions_and_one_per_round_of_tool_ca
     assert len(begun) == 4, begun
 
 
+async def test_a_cached_turn_with_a_tool_runs_nothing_in_a_worker_thread(
+    make: Make, monkeypatch: pytest.MonkeyPatch, sql_url: str
+) -> None:
+    """Each trip to a thread and back costs more than what it runs; a cached turn takes none.
+
+    LangSmith's ``traceable`` around the limits' model-call wrapper would take two
+    per model call with tracing off (see chatwright.tracing).
+    """
+    runtime, _ = await make()
+    await example.seed(runtime.storage, "scripted:x")
+    script = [{"tool_calls": [{"name": "add_task", "args": {"title": "milk"}}]}, {"content": "Ok."}]
+    await runtime.storage.agents.update(example.AGENT, model_settings={"responses": script * 2})
+    chat_id = await chat_of(runtime, USER, example.AGENT)
+    await runtime.chat(USER, example.AGENT, chat_id, "add milk")  # builds the agent
+    hops: list[Any] = []
+    loop = asyncio.get_running_loop()
+    real = loop.run_in_executor
+
+    def counted(executor: Any, func: Any, *args: Any) -> Any:
+        hops.append(func)
+        return real(executor, func, *args)
+
+    monkeypatch.setattr(loop, "run_in_executor", counted)
+    turn = await runtime.chat(USER, example.AGENT, chat_id, "add milk")
+    assert [c.name for c in turn.tool_calls] == ["add_task"] and not turn.tool_calls[0].error
+    if sql_url.startswith("sqlite"):
+        # On SQLite a turn's transactions run in the loop's thread too (inline_write);
+        # the crud tool's create does as well.
+        assert hops == [], hops
+    else:
+        assert not [h for h in hops if "langsmith" in repr(h)], hops
+
+
+async def test_langsmith_keeps_its_thread_while_tracing_is_on() -> None:
+    from langsmith import tracing_context
+
+    from chatwright import tracing
+
+    calls: list[str] = []
+
+    async def default(ctx: Any, func: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append("default")
+        return ctx.run(func, *args, **kwargs)
+
+    def bookkeeping() -> str:
+        calls.append("ran")
+        return "done"
+
+    import contextvars
+
+    assert await tracing._aio_to_thread(default, contextvars.copy_context(), bookkeeping) == "done"
+    assert calls == ["ran"]  # tracing off: run where called
+    calls.clear()
+    with tracing_context(enabled=True):
+        ctx = contextvars.copy_context()
+    assert await tracing._aio_to_thread(default, ctx, bookkeeping) == "done"
+    assert calls == ["default", "ran"]  # tracing on: LangSmith's own hop
+
+
+def test_an_applications_own_langsmith_override_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    import langsmith
+    from langsmith._runtime_overrides import get_runtime_overrides
+
+    from chatwright import tracing
+
+    async def mine(default: Any, ctx: Any, func: Any, /, *args: Any, **kwargs: Any) -> Any:
+        return ctx.run(func, *args, **kwargs)
+
+    before = get_runtime_overrides().aio_to_thread
+    monkeypatch.setattr(tracing, "_installed", False)
+    langsmith.set_runtime_overrides(aio_to_thread=mine)
+    try:
+        tracing.inline_when_untraced()
+        assert get_runtime_overrides().aio_to_thread is mine
+        langsmith.set_runtime_overrides()
+        monkeypatch.setattr(tracing, "_installed", False)
+        tracing.inline_when_untraced()
+        assert get_runtime_overrides().aio_to_thread is tracing._aio_to_thread
+    finally:
+        langsmith.set_runtime_overrides(aio_to_thread=before)
+
+
 async def test_no_new_connection_per_turn(make: Make, monkeypatch: pytest.MonkeyPatch) -> None:
     runtime, _ = await make()
     await runtime.storage.agents.create(ECHO, system_prompt=PROMPT, model="echo:x")
