@@ -213,6 +213,16 @@ async def test_an_inline_transaction_waits_for_another_writer_without_blocking_t
         running.cancel()
         async with storage.read() as conn:
             assert (await conn.scalar(sa.text("SELECT count(*) FROM t"))) == 1
+        # The busy timeout, 0 for inline statements, is SQLite's own again for the next
+        # transaction in the driver's thread: it waits for the lock instead of failing.
+        async with storage.inline_write() as conn:
+            await conn.execute(sa.text("INSERT INTO t DEFAULT VALUES"))
+        other.execute("BEGIN IMMEDIATE")
+        asyncio.get_running_loop().call_later(0.3, other.execute, "COMMIT")
+        async with storage.write() as conn:
+            await conn.execute(sa.text("INSERT INTO t DEFAULT VALUES"))
+        async with storage.read() as conn:
+            assert (await conn.scalar(sa.text("SELECT count(*) FROM t"))) == 3
     finally:
         other.close()
         await storage.close()

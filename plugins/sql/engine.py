@@ -114,25 +114,19 @@ class SerialWrites:
         self.busy_timeout = busy_timeout
         self.description = description
         # asyncio.Lock belongs to one event loop; a process may run several in turn.
-        self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
-            weakref.WeakKeyDictionary()
-        )
-        self._holders: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[Any]] = (
+        self._queues: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Queue] = (
             weakref.WeakKeyDictionary()
         )
 
-    def _lock(self, loop: asyncio.AbstractEventLoop) -> asyncio.Lock:
-        lock = self._locks.get(loop)
-        if lock is None:
-            lock = self._locks[loop] = asyncio.Lock()
-        return lock
-
-    @asynccontextmanager
-    async def hold(self) -> AsyncIterator[None]:
-        """Hold the lock for the block; :class:`StorageError` after ``busy_timeout``."""
+    async def take(self) -> _Queue:
+        """Wait for the lock (:class:`StorageError` after ``busy_timeout``); hand what
+        this returns to :meth:`give_back` once the transaction has ended."""
         loop = asyncio.get_running_loop()
+        queue = self._queues.get(loop)
+        if queue is None:
+            queue = self._queues[loop] = _Queue()
         task = asyncio.current_task()
-        if task is not None and self._holders.get(loop) is task:
+        if task is not None and queue.holder is task:
             log.error(
                 "database %s: a write transaction was opened inside another one of the "
                 "same task; SQLite has one writer at a time, so it would wait on itself",
@@ -142,19 +136,45 @@ class SerialWrites:
             raise StorageError(
                 f"a write transaction was opened inside another (SQLite has one writer); {DETAILS}"
             )
-        lock = self._lock(loop)
-        try:
-            async with asyncio.timeout(self.busy_timeout):
-                await lock.acquire()
-        except TimeoutError:
-            raise locked(self.description) from None
-        if task is not None:
-            self._holders[loop] = task
+        lock = queue.lock
+        if lock.locked() or queue.waiting:
+            queue.waiting += 1
+            try:
+                async with asyncio.timeout(self.busy_timeout):
+                    await lock.acquire()
+            except TimeoutError:
+                raise locked(self.description) from None
+            finally:
+                queue.waiting -= 1
+        else:
+            await lock.acquire()  # free, nobody queued: taken at once, no timer to arm
+        queue.holder = task
+        return queue
+
+    @staticmethod
+    def give_back(queue: _Queue) -> None:
+        queue.holder = None
+        queue.lock.release()
+
+    @asynccontextmanager
+    async def hold(self) -> AsyncIterator[None]:
+        """Hold the lock for the block (:meth:`take`, :meth:`give_back`)."""
+        queue = await self.take()
         try:
             yield
         finally:
-            self._holders.pop(loop, None)
-            lock.release()
+            self.give_back(queue)
+
+
+class _Queue:
+    """The writers of one event loop: the lock, who holds it, how many wait for it."""
+
+    __slots__ = ("holder", "lock", "waiting")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.holder: asyncio.Task[Any] | None = None
+        self.waiting = 0
 
 
 PING_AFTER_IDLE = 1.0

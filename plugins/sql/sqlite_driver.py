@@ -45,8 +45,19 @@ Outcome = tuple[Any, list[Any], int, int | None]
 """What one statement gave: description, rows, row count, last row id."""
 
 
-def _run(conn: sqlite3.Connection, operation: str, parameters: Any, many: bool) -> Outcome:
-    """One statement on ``conn``, in the connection's thread, with everything it gives."""
+def _run(
+    conn: sqlite3.Connection,
+    operation: str,
+    parameters: Any,
+    many: bool,
+    busy_ms: int | None = None,
+) -> Outcome:
+    """One statement on ``conn``, in the connection's thread, with everything it gives.
+
+    :param busy_ms: a busy timeout to set first (milliseconds), or None.
+    """
+    if busy_ms is not None:
+        conn.execute(f"PRAGMA busy_timeout={busy_ms}")
     cursor = conn.cursor()
     try:
         if many:
@@ -113,9 +124,12 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
             outcome = await adapted.inline.run(connection._conn, operation, parameters, many)
         else:
             async with adapted._execute_mutex:
+                # The busy timeout an inline transaction left at 0, set again first.
+                busy_ms = adapted.zero_busy
                 outcome = await connection._execute(
-                    _run, connection._conn, operation, parameters, many
+                    _run, connection._conn, operation, parameters, many, busy_ms
                 )
+                adapted.zero_busy = None
         self._description, rows, self._rowcount, self._lastrowid = outcome
         self._rows = collections.deque(rows)
 
@@ -183,12 +197,17 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
     rollback run in the event loop's thread instead of the driver's.
     """
 
-    __slots__ = ("inline",)
+    __slots__ = ("inline", "zero_busy")
     _cursor_cls = OneHopCursor  # type: ignore[assignment]
 
     def __init__(self, dbapi: Any, connection: Any) -> None:
         super().__init__(dbapi, connection)
         self.inline: Inline | None = None
+        self.zero_busy: int | None = None
+        """While SQLite's busy timeout is 0 (set for inline statements), the timeout
+        (ms) the next statement in the driver's thread sets again first; else None.
+        Inline transactions follow one another on a connection more often than not,
+        so the timeout is not set back and forth around each."""
 
     def run_inline(self, busy_timeout: float | None) -> None:
         """Run what follows in the event loop's thread (None: in the driver's again).
@@ -196,13 +215,12 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         :param busy_timeout: seconds a statement waits for another process's lock,
             in pauses that do not block the event loop.
         """
-        conn = self._connection._conn
         if busy_timeout is None:
-            if self.inline is not None:
-                conn.execute(f"PRAGMA busy_timeout={int(self.inline.busy_timeout * 1000)}")
             self.inline = None
             return
-        conn.execute("PRAGMA busy_timeout=0")
+        if self.zero_busy is None:
+            self._connection._conn.execute("PRAGMA busy_timeout=0")
+            self.zero_busy = int(busy_timeout * 1000)
         self.inline = Inline(busy_timeout)
 
     def commit(self) -> None:

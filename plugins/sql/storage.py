@@ -18,11 +18,10 @@ in :mod:`.records`, token usage, budgets and chat summaries in :mod:`.usage`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -243,13 +242,14 @@ class SQLStorage:
         """
         limit = self.statement_timeout if bounded and self.statement_timeout > 0 else None
         with self._errors():
-            async with AsyncExitStack() as held:
+            held = None
+            try:
                 conn = self.engine.connect()
                 adapted = None
                 try:
                     async with Deadline(limit):
                         if write and self.writes is not None:
-                            await held.enter_async_context(self.writes.hold())
+                            held = await self.writes.take()
                         await conn.start()
                         if inline:
                             adapted = _inline_capable(conn)
@@ -268,13 +268,14 @@ class SQLStorage:
                         await conn.invalidate()
                     raise
                 finally:
-                    if adapted is not None and adapted.inline is not None:
-                        with contextlib.suppress(Exception):  # a broken connection: discarded
-                            adapted.run_inline(None)
-                        adapted.inline = None
-                    # Before the write lock is given back (the stack is left after this).
+                    if adapted is not None:
+                        adapted.run_inline(None)
+                    # Before the write lock is given back.
                     if conn.sync_connection is not None:
                         await conn.close()
+            finally:
+                if held is not None:
+                    SerialWrites.give_back(held)
 
     def _errors(self) -> DatabaseErrors:
         return DatabaseErrors(self.description, self.statement_timeout)
