@@ -33,6 +33,7 @@ from chatwright.plugins.sql import migrate
 from chatwright.plugins.sql.audit import SQLAuditStore
 from chatwright.plugins.sql.chats import SQLMessageStore, SQLSessionStore
 from chatwright.plugins.sql.deadline import Deadline
+from chatwright.plugins.sql.direct import DirectConnection, Statements
 from chatwright.plugins.sql.engine import (
     SerialWrites,
     normalize_url,
@@ -115,6 +116,8 @@ class SQLStorage:
         self.writes = (
             SerialWrites(busy_timeout, redact(url)) if url.get_backend_name() == "sqlite" else None
         )
+        # Statements an inline SQLite transaction runs on the driver once seen (.direct).
+        self._statements = Statements(engine.dialect)
         self.coordination = Coordination(self.direct_url, redact(url))
         self.agents = SQLAgentStore(self)
         self.tools = SQLToolStore(self)
@@ -244,7 +247,8 @@ class SQLStorage:
         with self._errors():
             held = None
             try:
-                conn = self.engine.connect()
+                direct = DirectConnection(self.engine) if inline else None
+                conn = direct if direct is not None else self.engine.connect()
                 adapted = None
                 try:
                     async with Deadline(limit):
@@ -253,8 +257,9 @@ class SQLStorage:
                         await conn.start()
                         if inline:
                             adapted = _inline_capable(conn)
-                            if adapted is not None:
+                            if adapted is not None and direct is not None:
                                 adapted.run_inline(self.busy_timeout)
+                                direct.direct(self._statements, adapted)
                         if write:
                             await conn.begin()
                         else:

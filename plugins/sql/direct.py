@@ -1,0 +1,252 @@
+"""A turn's statements run straight on SQLite's connection in an inline transaction.
+
+SQLAlchemy's execution of one statement costs some 30 µs of Python on SQLite
+(its cache key, execution context, result wrapping, and a greenlet each way
+under asyncio), where SQLite runs a turn's small indexed statements in about
+one. A turn runs a dozen of them. On an inline SQLite transaction
+(``SQLStorage.inline_write``), :class:`DirectConnection` runs a statement it
+has seen before on the driver's connection itself: prepared once (compiled for
+the dialect, with the bind and result processors of its columns' types, as
+SQLAlchemy would apply them), then each run is its parameters processed, one
+call into SQLite (:class:`.sqlite_driver.Inline`, which waits for another
+process's lock without blocking the loop), and rows with SQLAlchemy's row
+access (attributes, indexes, ``_mapping``). Errors are SQLAlchemy's, wrapped as
+it wraps them. The transaction itself (begin, commit, rollback, the pool) stays
+SQLAlchemy's.
+
+Only statements built once and run again take this path: a statement object
+is prepared at its second run (one built for each call never is), and one that
+SQLAlchemy would run differently from its compiled text — parameters expanded
+at execution, Python-side column defaults — or whose parameters name no bound
+value keeps SQLAlchemy's execution. So does everything while anyone listens to
+the engine's cursor events or echoes its statements (tests and tracing see
+every statement).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import exc
+from sqlalchemy.engine.interfaces import Dialect
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.base import Executable
+
+from chatwright.plugins.sql.sqlite_driver import OneHopConnection
+
+KEPT = 512
+"""Most statements a storage remembers (seen once, prepared, or not preparable)."""
+
+Processor = Callable[[Any], Any] | None
+
+
+class DirectRow(tuple):  # type: ignore[type-arg]
+    """A result row: by index, by attribute, and as ``_mapping`` (like SQLAlchemy's Row)."""
+
+    __slots__ = ()
+    _fields: tuple[str, ...] = ()
+    _index: dict[str, int] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[self._index[name]]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    @property
+    def _mapping(self) -> dict[str, Any]:
+        return dict(zip(self._fields, self, strict=True))
+
+
+def _row_type(names: Sequence[str]) -> type[DirectRow]:
+    fields = tuple(names)
+    return type(
+        "DirectRow",
+        (DirectRow,),
+        {"__slots__": (), "_fields": fields, "_index": {n: i for i, n in enumerate(fields)}},
+    )
+
+
+class DirectResult:
+    """The part of SQLAlchemy's ``Result`` a turn's statements use."""
+
+    __slots__ = ("_rows", "rowcount")
+
+    def __init__(self, rows: list[Any], rowcount: int) -> None:
+        self._rows = rows
+        self.rowcount = rowcount
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._rows)
+
+    def all(self) -> list[Any]:
+        return list(self._rows)
+
+    def first(self) -> Any:
+        return self._rows[0] if self._rows else None
+
+    def one_or_none(self) -> Any:
+        if len(self._rows) > 1:
+            raise exc.MultipleResultsFound("Multiple rows were found when one or none was required")
+        return self.first()
+
+    def one(self) -> Any:
+        if not self._rows:
+            raise exc.NoResultFound("No row was found when one was required")
+        return self.one_or_none()
+
+    def scalar(self) -> Any:
+        return self._rows[0][0] if self._rows else None
+
+    def scalar_one(self) -> Any:
+        return self.one()[0]
+
+    def mappings(self) -> DirectResult:
+        return DirectResult([row._mapping for row in self._rows], self.rowcount)
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    sql: str
+    names: tuple[str, ...]
+    """The parameters' names in the order of the statement's placeholders."""
+    processors: tuple[Processor, ...]
+    defaults: Mapping[str, Any]
+    """The values of bound parameters that carry one (literals), by name."""
+    row: type[DirectRow] | None
+    """None for a statement that returns no rows."""
+    results: tuple[Processor, ...]
+
+    def values(self, params: Mapping[str, Any]) -> list[Any]:
+        out = []
+        for name, process in zip(self.names, self.processors, strict=True):
+            value = params[name] if name in params else self.defaults[name]
+            out.append(value if process is None else process(value))
+        return out
+
+
+_ONCE, _NEVER = object(), object()
+
+
+def prepare(stmt: Any, dialect: Dialect, keys: Sequence[str]) -> Prepared | None:
+    """``stmt`` ready to run on a DB-API cursor, or None when SQLAlchemy must run it."""
+    compiled = stmt.compile(dialect=dialect, column_keys=list(keys) or None)
+    names = compiled.positiontup
+    if names is None or not compiled.string:
+        return None
+    if getattr(compiled, "insert_prefetch", None) or getattr(compiled, "update_prefetch", None):
+        return None  # Python-side defaults, computed per execution
+    if compiled.literal_execute_params or compiled.post_compile_params:
+        return None  # rendered per execution
+    binds = compiled.binds
+    defaults: dict[str, Any] = {}
+    processors: list[Processor] = []
+    for name in names:
+        bind = binds[name]
+        if bind.expanding or bind.callable is not None:
+            return None
+        if name not in keys:
+            if bind.value is None and bind.required:
+                return None
+            defaults[name] = bind.value
+        processors.append(bind.type.dialect_impl(dialect).bind_processor(dialect))
+    row: type[DirectRow] | None = None
+    results: list[Processor] = []
+    columns = compiled._result_columns
+    if columns:
+        row = _row_type([c[0] for c in columns])
+        results = [c[3].dialect_impl(dialect).result_processor(dialect, None) for c in columns]
+    return Prepared(compiled.string, tuple(names), tuple(processors), defaults, row, tuple(results))
+
+
+class Statements:
+    """The statements one storage has seen on inline connections (see the module)."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.dialect = dialect
+        self._seen: OrderedDict[tuple[int, tuple[str, ...]], tuple[Any, Any]] = OrderedDict()
+
+    def lookup(self, stmt: Any, keys: tuple[str, ...]) -> Prepared | None:
+        key = (id(stmt), keys)
+        entry = self._seen.get(key)
+        if entry is None or entry[0] is not stmt:
+            # Kept with the statement itself, so that its id is not another's meanwhile.
+            self._seen[key] = (stmt, _ONCE)
+            if len(self._seen) > KEPT:
+                self._seen.popitem(last=False)
+            return None
+        state = entry[1]
+        if state is _ONCE:
+            try:
+                state = prepare(stmt, self.dialect, keys) or _NEVER
+            except Exception:
+                state = _NEVER
+            self._seen[key] = (stmt, state)
+        return None if state is _NEVER else state
+
+
+class DirectConnection(AsyncConnection):
+    """An ``AsyncConnection`` whose inline statements seen before run on the driver."""
+
+    __slots__ = ("_direct", "_driver")
+
+    def direct(self, statements: Statements, driver: OneHopConnection) -> None:
+        """Run the prepared ``statements`` on ``driver`` (this connection's, inline)."""
+        self._direct = statements
+        self._driver = driver
+
+    async def execute(
+        self,
+        statement: Any,
+        parameters: Any = None,
+        *,
+        execution_options: Any = None,
+    ) -> Any:
+        statements: Statements | None = getattr(self, "_direct", None)
+        if statements is not None and execution_options is None:
+            ran = await self._run(statements, statement, parameters)
+            if ran is not None:
+                return ran
+        return await super().execute(statement, parameters, execution_options=execution_options)
+
+    async def _run(self, statements: Statements, stmt: Any, parameters: Any) -> Any:
+        if not isinstance(stmt, Executable) or isinstance(stmt, sa.TextClause):
+            return None
+        many = isinstance(parameters, list)
+        if many and not parameters:
+            return None
+        first: Mapping[str, Any] = (parameters[0] if many else parameters) or {}
+        keys = tuple(first)
+        prepared = statements.lookup(stmt, keys)
+        driver = self._driver
+        if prepared is None or driver.inline is None:
+            return None
+        if self.sync_engine.echo or self.sync_engine.dispatch.before_cursor_execute:
+            return None
+        values: Any = [prepared.values(p) for p in parameters] if many else prepared.values(first)
+        try:
+            description, rows, rowcount, _ = await driver.inline.run(
+                driver._connection._conn, prepared.sql, values, many
+            )
+        except sqlite3.Error as error:
+            raise exc.DBAPIError.instance(
+                prepared.sql, values, error, sqlite3.Error, dialect=statements.dialect
+            ) from error
+        if description is None:
+            return DirectResult([], rowcount)
+        make, results = prepared.row, prepared.results
+        if make is None:  # rows of a statement SQLAlchemy gave no result columns
+            make, results = _row_type([d[0] for d in description]), ()
+        if any(results):
+            rows = [
+                make(v if p is None else p(v) for v, p in zip(r, results, strict=True))
+                for r in rows
+            ]
+        else:
+            rows = [make(r) for r in rows]
+        return DirectResult(rows, rowcount)

@@ -1,0 +1,203 @@
+"""Statements an inline SQLite transaction runs straight on the driver (plugins/sql/direct.py).
+
+What is checked: a statement built once runs on the driver from its second run
+on, and gives what SQLAlchemy gives — the same rows with the same Python values
+(UUIDs, time zone aware datetimes, JSON, NULL), by index, attribute and
+``_mapping``; the same row counts; executemany; RETURNING; the same stored
+values (read back through SQLAlchemy); SQLAlchemy's errors. A statement built
+for each call, one with Python-side defaults, and every statement while
+someone listens to cursor events keep SQLAlchemy's execution.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+
+from chatwright.plugins.sql import direct
+from chatwright.plugins.sql.engine import sqlite_engine
+from chatwright.plugins.sql.schema import JSONValue, UTCDateTime
+from chatwright.plugins.sql.storage import SQLStorage
+
+meta = sa.MetaData()
+items = sa.Table(
+    "items",
+    meta,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("key", sa.Uuid, nullable=False),
+    sa.Column("owner", sa.String(40), nullable=False),
+    sa.Column("body", JSONValue(), nullable=True),
+    sa.Column("at", UTCDateTime(), nullable=False),
+    sa.UniqueConstraint("owner", "at"),
+)
+stamped = sa.Table(
+    "stamped",
+    meta,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("made", sa.String(40), default=lambda: uuid.uuid4().hex),
+)
+
+INSERT = items.insert()
+INSERT_RETURNING = items.insert().returning(items.c.id, items.c.key)
+SELECT = (
+    sa.select(items.c.id, items.c.key, items.c.body, items.c.at, sa.literal(7).label("seven"))
+    .where(items.c.owner == sa.bindparam("owner"))
+    .order_by(items.c.id)
+    .limit(sa.bindparam("limit", type_=sa.Integer))
+)
+UPDATE = (
+    items.update().where(items.c.owner == sa.bindparam("who")).values(body=sa.bindparam("body"))
+)
+AT = datetime(2026, 12, 1, 10, 30, 15, 123456, tzinfo=UTC)
+
+
+@pytest.fixture
+async def storage(tmp_path: Path) -> AsyncIterator[SQLStorage]:
+    url = make_url(f"sqlite+aiosqlite:///{tmp_path}/d.db")
+    made = SQLStorage(url, sqlite_engine(url, busy_timeout=5, echo=False), busy_timeout=5)
+    async with made.write() as conn:
+        await conn.run_sync(meta.create_all)
+    yield made
+    await made.close()
+
+
+class Ran:
+    """Which statements went straight to the driver."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.direct: list[str] = []
+        original = direct.DirectConnection._run
+
+        async def counting(conn: Any, statements: Any, stmt: Any, parameters: Any) -> Any:
+            result = await original(conn, statements, stmt, parameters)
+            if result is not None:
+                self.direct.append(str(stmt).split()[0])
+            return result
+
+        monkeypatch.setattr(direct.DirectConnection, "_run", counting)
+
+
+def row_values(rows: list[Any]) -> list[tuple[Any, ...]]:
+    return [tuple(r) for r in rows]
+
+
+async def test_a_statement_run_again_gives_what_sqlalchemy_gives(
+    storage: SQLStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ran = Ran(monkeypatch)
+    keys = [uuid.uuid4() for _ in range(4)]
+    rows = [
+        {"key": keys[0], "owner": "a", "body": {"n": 1, "s": "é"}, "at": AT},
+        {"key": keys[1], "owner": "a", "body": None, "at": AT.replace(second=16)},
+    ]
+    async with storage.inline_write() as conn:
+        await conn.execute(INSERT, rows)  # first run: SQLAlchemy
+        await conn.execute(
+            INSERT,
+            [{**r, "owner": "b", "key": k} for r, k in zip(rows, keys[2:], strict=True)],
+        )  # second: direct, executemany
+    assert ran.direct == ["INSERT"]
+
+    # The same rows, read by both paths, and by a plain (driver's thread) transaction.
+    results = []
+    for owner in ("a", "b", "a", "b"):
+        async with storage.inline_write() as conn:
+            results.append((await conn.execute(SELECT, {"owner": owner, "limit": 5})).all())
+    assert ran.direct == ["INSERT", "SELECT", "SELECT", "SELECT"]
+    async with storage.read() as conn:
+        plain = (await conn.execute(SELECT, {"owner": "b", "limit": 5})).all()
+    sa_a, direct_b, direct_a = results[0], results[3], results[2]
+    assert row_values(direct_a) == row_values(sa_a)
+    assert [tuple(r)[1:] for r in direct_b] == [tuple(r)[1:] for r in plain]
+    first = direct_a[0]
+    assert first.key == keys[0] and isinstance(first.key, uuid.UUID)
+    assert first.at == AT and first.at.tzinfo is not None
+    assert first.body == {"n": 1, "s": "é"}
+    assert first.seven == 7 and first[4] == 7
+    assert direct_a[1].body is None
+    assert first._mapping == dict(sa_a[0]._mapping)
+
+    # None stored by the direct path (owner b) is what SQLAlchemy stores (owner a).
+    async with storage.read() as conn:
+        stored = (
+            await conn.execute(sa.text("SELECT owner, body FROM items WHERE id IN (2, 4)"))
+        ).all()
+    assert [tuple(r) for r in stored] == [("a", None), ("b", None)]
+
+
+async def test_row_counts_returning_and_errors_are_sqlalchemys(
+    storage: SQLStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ran = Ran(monkeypatch)
+    for n in range(3):
+        async with storage.inline_write() as conn:
+            made = await conn.execute(
+                INSERT_RETURNING,
+                {"key": uuid.uuid4(), "owner": "a", "body": n, "at": AT.replace(second=n)},
+            )
+            assert made.one().id == n + 1
+    for body in ("x", "y"):
+        async with storage.inline_write() as conn:
+            changed = await conn.execute(UPDATE, {"who": "a", "body": body})
+            assert changed.rowcount == 3
+    assert ran.direct == ["INSERT", "INSERT", "UPDATE"]
+
+    async def duplicate() -> None:
+        async with storage.inline_write() as conn:
+            await conn.execute(
+                INSERT_RETURNING,
+                {"key": uuid.uuid4(), "owner": "a", "body": 0, "at": AT.replace(second=0)},
+            )
+
+    with pytest.raises(sa.exc.IntegrityError):
+        await duplicate()
+    async with storage.read() as conn:
+        assert (await conn.scalar(sa.text("SELECT count(*) FROM items"))) == 3
+
+
+async def test_what_keeps_sqlalchemys_execution(
+    storage: SQLStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ran = Ran(monkeypatch)
+    # Built for each call: never prepared.
+    for n in range(3):
+        async with storage.inline_write() as conn:
+            await conn.execute(
+                items.insert().values(key=uuid.uuid4(), owner="c", body=n, at=AT.replace(minute=n))
+            )
+    # Python-side defaults are computed per execution by SQLAlchemy.
+    for n in range(3):
+        async with storage.inline_write() as conn:
+            await conn.execute(stamped.insert(), {"id": n})
+    assert ran.direct == []
+    async with storage.read() as conn:
+        made = (await conn.execute(sa.text("SELECT made FROM stamped"))).scalars().all()
+    assert len(set(made)) == 3 and all(made)
+
+    # Someone listens to the engine's cursor events: every statement is theirs to see.
+    seen: list[str] = []
+
+    def listen(conn: Any, cursor: Any, statement: str, *rest: Any) -> None:
+        seen.append(statement)
+
+    engine = storage.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", listen)
+    try:
+        for _ in range(3):
+            async with storage.inline_write() as conn:
+                await conn.execute(SELECT, {"owner": "c", "limit": 1})
+    finally:
+        event.remove(engine, "before_cursor_execute", listen)
+    assert ran.direct == []
+    assert len([s for s in seen if s.startswith("SELECT items.id")]) == 3
+    async with storage.inline_write() as conn:
+        await conn.execute(SELECT, {"owner": "c", "limit": 1})
+    assert ran.direct == ["SELECT"]
