@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 import weakref
 from collections.abc import AsyncIterator
@@ -25,6 +26,7 @@ from sqlalchemy import event, exc
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool
+from sqlalchemy.util import await_only
 
 from chatwright.errors import StorageError
 from chatwright.plugins.sql.errors import DETAILS, locked
@@ -87,9 +89,34 @@ def sqlite_engine(url: URL, *, busy_timeout: float, echo: bool) -> AsyncEngine:
     @event.listens_for(engine.sync_engine, "begin")
     def begin(conn: Connection) -> None:
         write = conn.get_execution_options().get("chatwright_write", True)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+        statement = "BEGIN IMMEDIATE" if write else "BEGIN"
+        if module is not None and begin_inline(conn, statement):
+            return
+        conn.exec_driver_sql(statement)
 
     return engine
+
+
+def begin_inline(conn: Connection, statement: str) -> bool:
+    """Begin on an inline connection (see sqlite_driver) without SQLAlchemy's execution
+    of the statement; False when the connection is not inline or anyone listens to
+    cursor events (they see it run as any other statement)."""
+    from chatwright.plugins.sql.sqlite_driver import OneHopConnection
+
+    driver: Any = conn.connection.dbapi_connection
+    if not isinstance(driver, OneHopConnection) or driver.inline is None:
+        return False
+    engine = conn.engine
+    if engine.echo or engine.dispatch.before_cursor_execute:
+        return False
+    raw = driver._connection._conn
+    try:
+        await_only(driver.inline.run(raw, statement, None, False))
+    except sqlite3.Error as error:
+        raise exc.DBAPIError.instance(
+            statement, None, error, sqlite3.Error, dialect=engine.dialect
+        ) from error
+    return True
 
 
 class SerialWrites:
