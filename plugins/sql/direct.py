@@ -135,7 +135,7 @@ _ONCE, _NEVER = object(), object()
 
 def prepare(stmt: Any, dialect: Dialect, keys: Sequence[str]) -> Prepared | None:
     """``stmt`` ready to run on a DB-API cursor, or None when SQLAlchemy must run it."""
-    compiled = stmt.compile(dialect=dialect, column_keys=list(keys) or None)
+    compiled = stmt.compile(dialect=dialect, column_keys=list(keys))
     names = compiled.positiontup
     if names is None or not compiled.string:
         return None

@@ -20,6 +20,7 @@ each one's images still show the text it found and the text it left.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -56,6 +57,19 @@ UPDATED_AT = "updated_at"
 KEYED_WRITE = 10_000
 """Up to this many rows, a write on PostgreSQL names the rows it read by key (bound
 parameters are limited); past it, a row that appeared meanwhile fails the write."""
+
+
+_inserts: weakref.WeakKeyDictionary[sa.Table, Any] = weakref.WeakKeyDictionary()
+
+
+def _insert_returning(t: sa.Table) -> Any:
+    """``INSERT … RETURNING`` every column of ``t``, built once per table: the values come
+    with each execution, so the statement is the same object every time (which lets
+    an inline SQLite transaction run it directly, see .direct)."""
+    stmt = _inserts.get(t)
+    if stmt is None:
+        stmt = _inserts[t] = t.insert().returning(*t.columns)
+    return stmt
 
 
 class Writes:
@@ -284,7 +298,7 @@ class Writes:
         op = write.operation
         if op == "create":
             self._expected(t, write, expect, [], cap)
-            result = await conn.execute(t.insert().values(dict(write.values)).returning(*t.columns))
+            result = await conn.execute(_insert_returning(t), dict(write.values))
             row = dict(result.mappings().one())
             return [row], [RowChange(key=key_of(t, row), before=None, after=image(row))]
         found = await self._rows(conn, t, self.affected(t, write), lock=True)
