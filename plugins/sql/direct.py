@@ -25,6 +25,7 @@ every statement).
 
 from __future__ import annotations
 
+import operator
 import sqlite3
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -46,17 +47,14 @@ Processor = Callable[[Any], Any] | None
 
 
 class DirectRow(tuple):  # type: ignore[type-arg]
-    """A result row: by index, by attribute, and as ``_mapping`` (like SQLAlchemy's Row)."""
+    """A result row: by index, by attribute, and as ``_mapping`` (like SQLAlchemy's Row).
+
+    Each statement's rows are of a subclass with one property per column
+    (:func:`_row_type`), as a named tuple's are.
+    """
 
     __slots__ = ()
     _fields: tuple[str, ...] = ()
-    _index: dict[str, int] = {}
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self[self._index[name]]
-        except KeyError:
-            raise AttributeError(name) from None
 
     @property
     def _mapping(self) -> dict[str, Any]:
@@ -65,11 +63,11 @@ class DirectRow(tuple):  # type: ignore[type-arg]
 
 def _row_type(names: Sequence[str]) -> type[DirectRow]:
     fields = tuple(names)
-    return type(
-        "DirectRow",
-        (DirectRow,),
-        {"__slots__": (), "_fields": fields, "_index": {n: i for i, n in enumerate(fields)}},
-    )
+    attributes: dict[str, Any] = {"__slots__": (), "_fields": fields}
+    for index, name in enumerate(fields):
+        if name.isidentifier() and not hasattr(DirectRow, name):
+            attributes[name] = property(operator.itemgetter(index))
+    return type("DirectRow", (DirectRow,), attributes)
 
 
 class DirectResult:
