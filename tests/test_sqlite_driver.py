@@ -226,3 +226,57 @@ async def test_an_inline_transaction_waits_for_another_writer_without_blocking_t
     finally:
         other.close()
         await storage.close()
+
+
+async def test_inline_transactions_share_one_kept_connection(tmp_path: Path) -> None:
+    import asyncio
+
+    from sqlalchemy import event
+
+    storage = sqlite_storage(tmp_path / "d.db", 5)
+    checkouts: list[Any] = []
+    event.listen(storage.engine.sync_engine.pool, "checkout", lambda *a: checkouts.append(a))
+    try:
+        async with storage.write() as conn:
+            await conn.execute(sa.text("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT)"))
+        checkouts.clear()
+        for n in range(5):
+            async with storage.inline_write() as conn:
+                await conn.execute(sa.text("INSERT INTO t (name) VALUES (:n)"), {"n": str(n)})
+        assert len(checkouts) == 1  # taken once, kept between transactions
+
+        # A failed transaction is rolled back on it, and the connection is used again.
+        async def failing() -> None:
+            async with storage.inline_write() as conn:
+                await conn.execute(sa.text("INSERT INTO t (name) VALUES ('lost')"))
+                await conn.execute(sa.text("INSERT INTO t (id, name) VALUES (1, 'dup')"))
+
+        with pytest.raises(sa.exc.IntegrityError):
+            await failing()
+        async with storage.inline_write() as conn:
+            assert (await conn.scalar(sa.text("SELECT count(*) FROM t"))) == 5
+        assert len(checkouts) == 1
+
+        # One cancelled mid-transaction: nothing of it stays, its connection is
+        # replaced, and the write lock is free for the next.
+        entered = asyncio.Event()
+
+        async def stuck() -> None:
+            async with storage.inline_write() as conn:
+                await conn.execute(sa.text("INSERT INTO t (name) VALUES ('cancelled')"))
+                entered.set()
+                await asyncio.sleep(30)
+
+        task = asyncio.create_task(stuck())
+        await entered.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        async with storage.inline_write() as conn:
+            names = (await conn.execute(sa.text("SELECT name FROM t"))).scalars().all()
+        assert "cancelled" not in names and "lost" not in names and len(names) == 5
+        assert len(checkouts) == 2
+    finally:
+        await storage.close()
+    # Closing the storage gave the kept connection back: none is left checked out.
+    assert storage.engine.sync_engine.pool.checkedout() == 0

@@ -42,6 +42,7 @@ from chatwright.plugins.sql.engine import (
     sqlite_engine,
 )
 from chatwright.plugins.sql.errors import DatabaseErrors
+from chatwright.plugins.sql.inline import KeptConnection, inline_capable
 from chatwright.plugins.sql.pending import SQLPendingStore
 from chatwright.plugins.sql.postgres import Coordination
 from chatwright.plugins.sql.records import SQLRecordStore
@@ -58,7 +59,7 @@ from chatwright.plugins.sql.userdata import SQLUserData
 from chatwright.settings import Settings
 
 if TYPE_CHECKING:
-    from chatwright.plugins.sql.sqlite_driver import OneHopConnection
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,10 @@ class SQLStorage:
         )
         # Statements an inline SQLite transaction runs on the driver once seen (.direct).
         self._statements = Statements(engine.dialect)
+        # The connection inline transactions run on, one after the other (SQLite only;
+        # not for an in-memory database, whose one connection everything shares).
+        self._inline = KeptConnection(engine, self._statements, busy_timeout)
+        self._keep_inline = url.database not in (None, "", ":memory:")
         self.coordination = Coordination(self.direct_url, redact(url))
         self.agents = SQLAgentStore(self)
         self.tools = SQLToolStore(self)
@@ -225,8 +230,45 @@ class SQLStorage:
         another process's write lock still does not block the loop (see
         :class:`.sqlite_driver.Inline`). Elsewhere the same as :meth:`write`.
         """
+        if self.writes is not None and self._keep_inline:
+            async with self._kept_transaction(user_id) as conn:
+                yield conn
+            return
         async with self._transaction(user_id, write=True, inline=True) as conn:
             yield conn
+
+    @asynccontextmanager
+    async def _kept_transaction(self, user_id: str | None) -> AsyncIterator[AsyncConnection]:
+        """An inline transaction on SQLite, on the connection kept for them
+        (:class:`.inline.KeptConnection`), once this process's write lock is taken."""
+        assert self.writes is not None
+        limit = self.statement_timeout if self.statement_timeout > 0 else None
+        with self._errors():
+            held = None
+            conn = None
+            try:
+                async with Deadline(limit):
+                    held = await self.writes.take()
+                    conn = await self._inline.take()
+                    if conn is None:
+                        # Not inline after all (another SQLite adapter): as any write.
+                        self._keep_inline = False
+                        SerialWrites.give_back(held)
+                        held = None
+                        async with self._transaction(user_id, write=True) as plain:
+                            yield plain
+                        return
+                    await conn.begin()
+                    await self.users.enter(conn, user_id)
+                    yield conn
+                    await conn.commit()
+            except BaseException as error:
+                if conn is not None:
+                    await self._inline.failed(conn, error)
+                raise
+            finally:
+                if held is not None:
+                    SerialWrites.give_back(held)
 
     @asynccontextmanager
     async def _transaction(
@@ -256,7 +298,7 @@ class SQLStorage:
                             held = await self.writes.take()
                         await conn.start()
                         if inline:
-                            adapted = _inline_capable(conn)
+                            adapted = inline_capable(conn)
                             if adapted is not None and direct is not None:
                                 adapted.run_inline(self.busy_timeout)
                                 direct.direct(self._statements, adapted)
@@ -359,13 +401,5 @@ class SQLStorage:
 
     async def close(self) -> None:
         await self.turns.close()
+        await self._inline.close()
         await self.engine.dispose()
-
-
-def _inline_capable(conn: AsyncConnection) -> OneHopConnection | None:
-    """The driver connection under ``conn`` when it can run statements inline."""
-    from chatwright.plugins.sql.sqlite_driver import OneHopConnection
-
-    sync = conn.sync_connection
-    driver = sync.connection.dbapi_connection if sync is not None else None
-    return driver if isinstance(driver, OneHopConnection) else None
