@@ -280,3 +280,37 @@ async def test_inline_transactions_share_one_kept_connection(tmp_path: Path) -> 
         await storage.close()
     # Closing the storage gave the kept connection back: none is left checked out.
     assert storage.engine.sync_engine.pool.checkedout() == 0
+
+
+async def test_the_kept_connection_leaves_checkpoints_to_the_drivers_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit on the loop's thread never copies the log into the database (that can
+    take milliseconds); checkpoints run in the driver's thread, so the log stays small."""
+    import asyncio
+
+    from chatwright.plugins.sql import inline
+
+    monkeypatch.setattr(inline, "CHECKPOINT_EVERY", 20)
+    path = tmp_path / "d.db"
+    storage = sqlite_storage(path, 5)
+    try:
+        async with storage.write() as conn:
+            await conn.execute(sa.text("CREATE TABLE t (id INTEGER PRIMARY KEY, body TEXT)"))
+        async with storage.inline_write() as conn:
+            assert (await conn.scalar(sa.text("PRAGMA wal_autocheckpoint"))) == 0
+        for _ in range(600):
+            async with storage.inline_write() as conn:
+                await conn.execute(sa.text("INSERT INTO t (body) VALUES (:b)"), {"b": "x" * 3000})
+            running = storage._inline._checkpoint
+            if running is not None:
+                await asyncio.wait_for(running, 10)  # each, before the log gets longer
+        wal = path.with_name("d.db-wal")
+        # 600 commits of a page or two each would be 3-5 MB of log without checkpoints.
+        assert wal.stat().st_size < 1_500_000, wal.stat().st_size
+        async with storage.read() as conn:
+            assert (await conn.scalar(sa.text("SELECT count(*) FROM t"))) == 600
+            # The pool's other connections keep SQLite's automatic checkpoints.
+            assert (await conn.scalar(sa.text("PRAGMA wal_autocheckpoint"))) == 1000
+    finally:
+        await storage.close()

@@ -9,17 +9,31 @@ it up and giving it back cost as much as a turn's statements. A transaction
 that fails is rolled back on it; one cut off (a time limit, a cancellation)
 discards it, and the next transaction takes a new one. A connection belongs to
 the event loop that took it.
+
+A commit that passes SQLite's automatic checkpoint threshold copies the
+write-ahead log into the database file then and there, which on the event
+loop's thread stalls every request for milliseconds (tens on a busy machine).
+The kept connection does not checkpoint: every :data:`CHECKPOINT_EVERY`
+commits, a passive checkpoint runs in the driver's thread on a connection of
+the pool instead, beside whatever the loop does (SQLite lets writers go on
+meanwhile); the other connections keep SQLite's automatic checkpoints.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from chatwright.plugins.sql.direct import DirectConnection, Statements
 from chatwright.plugins.sql.sqlite_driver import OneHopConnection
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_EVERY = 100
+"""Commits of the kept connection between two checkpoints (in the driver's thread)."""
 
 
 def inline_capable(conn: AsyncConnection) -> OneHopConnection | None:
@@ -37,6 +51,8 @@ class KeptConnection:
         self.statements = statements
         self.busy_timeout = busy_timeout
         self._kept: tuple[asyncio.AbstractEventLoop, DirectConnection] | None = None
+        self._commits = 0
+        self._checkpoint: asyncio.Task[None] | None = None
 
     async def take(self) -> DirectConnection | None:
         """The connection, made when there is none; None when the driver cannot run
@@ -55,10 +71,35 @@ class KeptConnection:
             return None
         adapted.run_inline(self.busy_timeout)
         conn.direct(self.statements, adapted)
+        adapted._connection._conn.execute("PRAGMA wal_autocheckpoint=0")  # see committed()
         if kept is not None and kept[0] is loop:
             await self.discard(kept[1])
         self._kept = (loop, conn)
         return conn
+
+    def committed(self) -> None:
+        """Count a commit; every CHECKPOINT_EVERY, start a checkpoint off the loop."""
+        self._commits += 1
+        if self._commits % CHECKPOINT_EVERY or (
+            self._checkpoint is not None and not self._checkpoint.done()
+        ):
+            return
+        self._checkpoint = asyncio.get_running_loop().create_task(
+            self._run_checkpoint(), name="sqlite checkpoint"
+        )
+
+    async def _run_checkpoint(self) -> None:
+        try:
+            async with self.engine.connect() as conn:
+                # On the driver itself: through SQLAlchemy it would run inside a
+                # transaction, where SQLite cannot checkpoint.
+                raw = await conn.get_raw_connection()
+                driver = raw.driver_connection
+                assert driver is not None
+                cursor = await driver.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                await cursor.close()
+        except Exception as exc:
+            log.warning("database checkpoint failed: %s", exc)
 
     async def failed(self, conn: DirectConnection, error: BaseException) -> None:
         """Roll back a failed transaction on ``conn``, or discard it."""
@@ -81,6 +122,10 @@ class KeptConnection:
                 await conn.invalidate()
 
     async def close(self) -> None:
+        checkpoint, self._checkpoint = self._checkpoint, None
+        if checkpoint is not None and checkpoint.get_loop() is asyncio.get_running_loop():
+            with contextlib.suppress(BaseException):
+                await checkpoint
         kept, self._kept = self._kept, None
         if kept is not None and kept[0] is asyncio.get_running_loop():
             with contextlib.suppress(Exception):

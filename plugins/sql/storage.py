@@ -262,6 +262,7 @@ class SQLStorage:
                     await self.users.enter(conn, user_id)
                     yield conn
                     await conn.commit()
+                    self._inline.committed()
             except BaseException as error:
                 if conn is not None:
                     await self._inline.failed(conn, error)
