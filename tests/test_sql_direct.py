@@ -77,7 +77,11 @@ class Ran:
         original = direct.DirectConnection._run
 
         async def counting(conn: Any, statements: Any, stmt: Any, parameters: Any) -> Any:
-            result = await original(conn, statements, stmt, parameters)
+            try:
+                result = await original(conn, statements, stmt, parameters)
+            except Exception:
+                self.direct.append(str(stmt).split()[0] + " (raised)")
+                raise
             if result is not None:
                 self.direct.append(str(stmt).split()[0])
             return result
@@ -201,3 +205,30 @@ async def test_what_keeps_sqlalchemys_execution(
     async with storage.inline_write() as conn:
         await conn.execute(SELECT, {"owner": "c", "limit": 1})
     assert ran.direct == ["SELECT"]
+
+
+async def test_refused_values_and_returning_of_several_rows_as_sqlalchemy(
+    storage: SQLStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ran = Ran(monkeypatch)
+
+    async def naive() -> None:
+        async with storage.inline_write() as conn:
+            row = {"key": uuid.uuid4(), "owner": "n", "body": 1, "at": datetime(2026, 1, 1)}
+            await conn.execute(INSERT, row)
+
+    for _ in range(3):  # SQLAlchemy's execution first, then the direct one: the same error
+        with pytest.raises(sa.exc.StatementError, match="naive datetime"):
+            await naive()
+    # RETURNING for several rows at once is SQLAlchemy's (it batches them itself).
+    for n in range(3):
+        rows = [
+            {"key": uuid.uuid4(), "owner": f"r{n}", "body": i, "at": AT.replace(second=i)}
+            for i in range(2)
+        ]
+        async with storage.inline_write() as conn:
+            made = (await conn.execute(INSERT_RETURNING, rows)).all()
+        assert len(made) == 2
+    assert ran.direct == ["INSERT (raised)", "INSERT (raised)"]  # the naive ones, directly
+    async with storage.read() as conn:
+        assert (await conn.scalar(sa.text("SELECT count(*) FROM items"))) == 6

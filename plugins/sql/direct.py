@@ -133,6 +133,8 @@ _ONCE, _NEVER = object(), object()
 
 def prepare(stmt: Any, dialect: Dialect, keys: Sequence[str]) -> Prepared | None:
     """``stmt`` ready to run on a DB-API cursor, or None when SQLAlchemy must run it."""
+    if stmt.get_execution_options():
+        return None  # options only SQLAlchemy's execution honours
     compiled = stmt.compile(dialect=dialect, column_keys=list(keys))
     names = compiled.positiontup
     if names is None or not compiled.string:
@@ -226,7 +228,14 @@ class DirectConnection(AsyncConnection):
             return None
         if self.sync_engine.echo or self.sync_engine.dispatch.before_cursor_execute:
             return None
-        values: Any = [prepared.values(p) for p in parameters] if many else prepared.values(first)
+        if many and prepared.row is not None:
+            return None  # RETURNING for several rows: SQLAlchemy batches them itself
+        try:
+            values: Any = (
+                [prepared.values(p) for p in parameters] if many else prepared.values(first)
+            )
+        except Exception as error:  # a value its column's type refuses, as SQLAlchemy says it
+            raise exc.StatementError(str(error), prepared.sql, parameters, error) from error
         try:
             description, rows, rowcount, _ = await driver.inline.run(
                 driver._connection._conn, prepared.sql, values, many
