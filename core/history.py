@@ -87,15 +87,32 @@ def storable_value(value: Any, depth: int = 0) -> Any:
 
 def storable(message: BaseMessage) -> BaseMessage:
     """The message as it will be stored (see the module docstring); itself if unchanged."""
+    return storable_with_data(message)[0]
+
+
+def storable_with_data(message: BaseMessage) -> tuple[BaseMessage, dict[str, Any]]:
+    """:func:`storable`, with what :func:`to_store` would store of it (computed once)."""
     data = message_to_dict(message)
     clean = storable_value(data)
     if clean is data:
-        return message
-    return messages_from_dict([clean])[0]
+        return message, data
+    changed = messages_from_dict([clean])[0]
+    return changed, message_to_dict(changed)
 
 
-def to_store(messages: Iterable[BaseMessage]) -> list[NewMessage]:
-    return [NewMessage(role=m.type, content=message_to_dict(m)) for m in messages]
+Dumped = dict[int, tuple[BaseMessage, dict[str, Any]]]
+"""Messages with their data from :func:`storable_with_data`, by ``id()`` of the message
+(kept with it, so that the id is not another message's meanwhile)."""
+
+
+def to_store(messages: Iterable[BaseMessage], dumped: Dumped | None = None) -> list[NewMessage]:
+    """``messages`` as new rows, with the data in ``dumped`` where it holds a message."""
+    out = []
+    for m in messages:
+        entry = dumped.get(id(m)) if dumped else None
+        data = entry[1] if entry is not None and entry[0] is m else message_to_dict(m)
+        out.append(NewMessage(role=m.type, content=data))
+    return out
 
 
 def to_model_input(stored: Sequence[Message]) -> list[BaseMessage]:

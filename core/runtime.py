@@ -70,7 +70,7 @@ from chatwright.errors import (
 )
 from chatwright.registry import Plugins
 from chatwright.settings import Settings, load_settings
-from chatwright.stores import Agent, InvalidJSON, Storage
+from chatwright.stores import Agent, InvalidJSON, NewMessage, Storage
 
 if TYPE_CHECKING:
     from langchain_core.messages import BaseMessage
@@ -442,14 +442,14 @@ class Runtime:
         """
         from langchain_core.messages import HumanMessage
 
-        from chatwright.history import storable, to_store
+        from chatwright.history import storable_with_data
 
         turns = self.turns
         turn_id = uuid.uuid4()
         budget = self.budget_limits()
         async with self.turn_lock(user_id, chat_id):
-            human = storable(HumanMessage(content=message))
-            new = to_store([human])[0]
+            human, data = storable_with_data(HumanMessage(content=message))
+            new = NewMessage(role=human.type, content=data)
             try:
                 start = await turns.begin(
                     user_id, agent_name, chat_id, new, turn_id=turn_id, budget=budget
@@ -492,9 +492,11 @@ class Runtime:
         from langgraph.errors import GraphRecursionError
 
         from chatwright.history import (
+            Dumped,
             answered,
             complete_prefix,
             storable,
+            storable_with_data,
             to_store,
         )
         from chatwright.limits import STOPPED, limits_of, stop_message, stopped_by
@@ -509,6 +511,7 @@ class Runtime:
             # A turn resumed after a decision: its usage is recorded under the turn's id.
             start.turn_id = turn_id
         produced: list[BaseMessage] = list(carried)
+        dumped: Dumped = {}  # what storing each produced message stores, made once
         kept = 0  # how many of them are stored
         ended = False
         held: list[PendingAction] = []
@@ -534,7 +537,7 @@ class Runtime:
             held = await asyncio.shield(
                 turns.finish(
                     start,
-                    to_store(messages[kept:]),
+                    to_store(messages[kept:], dumped),
                     touch=touch,
                     pending=pending,
                     usage=spent,
@@ -602,12 +605,14 @@ class Runtime:
                                 continue
                             for update in chunk.values():
                                 for produced_message in (update or {}).get("messages", []):
-                                    produced.append(storable(produced_message))
+                                    made, data = storable_with_data(produced_message)
+                                    dumped[id(made)] = (made, data)
+                                    produced.append(made)
                                     if on_message is not None:
                                         await on_message(produced[-1])
                             complete = len(complete_prefix(produced))
                             if complete > kept and isinstance(produced[complete - 1], ToolMessage):
-                                await turns.append(start, to_store(produced[kept:complete]))
+                                await turns.append(start, to_store(produced[kept:complete], dumped))
                                 kept = complete
                         last = produced[-1] if produced else None
                         if not (isinstance(last, AIMessage) and last.tool_calls):
