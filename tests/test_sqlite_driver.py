@@ -314,3 +314,31 @@ async def test_the_kept_connection_leaves_checkpoints_to_the_drivers_thread(
             assert (await conn.scalar(sa.text("PRAGMA wal_autocheckpoint"))) == 1000
     finally:
         await storage.close()
+
+
+def test_a_storage_used_from_one_event_loop_after_another(tmp_path: Path) -> None:
+    """Each loop gets its own kept connection; the earlier one is not left checked out."""
+    import asyncio
+
+    storage = sqlite_storage(tmp_path / "d.db", 5)
+
+    async def insert(name: str) -> None:
+        async with storage.inline_write() as conn:
+            await conn.execute(sa.text("INSERT INTO t (name) VALUES (:n)"), {"n": name})
+
+    async def first() -> None:
+        async with storage.write() as conn:
+            await conn.execute(sa.text("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT)"))
+        await insert("a")
+
+    async def second() -> int:
+        await insert("b")
+        pool = storage.engine.sync_engine.pool
+        out = pool.checkedout()
+        async with storage.read() as conn:
+            assert (await conn.scalar(sa.text("SELECT count(*) FROM t"))) == 2
+        await storage.close()
+        return out
+
+    asyncio.run(first())
+    assert asyncio.run(second()) == 1

@@ -59,7 +59,7 @@ class KeptConnection:
         statements inline. The caller holds this process's write lock."""
         loop = asyncio.get_running_loop()
         kept = self._kept
-        if kept is not None and kept[0] is loop:
+        if kept is not None:
             conn = kept[1]
             if conn.sync_connection is not None and not conn.closed and not conn.invalidated:
                 return conn
@@ -72,7 +72,8 @@ class KeptConnection:
         adapted.run_inline(self.busy_timeout)
         conn.direct(self.statements, adapted)
         adapted._connection._conn.execute("PRAGMA wal_autocheckpoint=0")  # see committed()
-        if kept is not None and kept[0] is loop:
+        if kept is not None:
+            # Broken, or another event loop's (one that ran before this one).
             await self.discard(kept[1])
         self._kept = (loop, conn)
         return conn
