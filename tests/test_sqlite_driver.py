@@ -333,6 +333,9 @@ def test_a_storage_used_from_one_event_loop_after_another(tmp_path: Path) -> Non
 
     async def second() -> int:
         await insert("b")
+        kept = storage._inline._kept
+        assert kept is not None and kept[1] is not earlier
+        assert earlier.closed or earlier.invalidated  # given up, not left checked out
         pool = storage.engine.sync_engine.pool
         out = pool.checkedout()
         async with storage.read() as conn:
@@ -341,4 +344,6 @@ def test_a_storage_used_from_one_event_loop_after_another(tmp_path: Path) -> Non
         return out
 
     asyncio.run(first())
+    assert storage._inline._kept is not None
+    earlier = storage._inline._kept[1]
     assert asyncio.run(second()) == 1

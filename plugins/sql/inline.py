@@ -59,7 +59,7 @@ class KeptConnection:
         statements inline. The caller holds this process's write lock."""
         loop = asyncio.get_running_loop()
         kept = self._kept
-        if kept is not None:
+        if kept is not None and kept[0] is loop:
             conn = kept[1]
             if conn.sync_connection is not None and not conn.closed and not conn.invalidated:
                 return conn
