@@ -69,6 +69,9 @@ KINDS = """CREATE TABLE kinds (
 )"""
 
 
+INSERT_KIND = sa.table("kinds", sa.column("user_id")).insert()
+
+
 def make_storage(path: Path, busy_timeout: float = 5) -> SQLStorage:
     url = make_url(f"sqlite+aiosqlite:///{path}")
     engine = sqlite_engine(url, busy_timeout=busy_timeout, echo=False)
@@ -412,6 +415,54 @@ async def test_close_while_a_checkpoint_runs(
         check.close()
 
 
+async def test_a_trigger_that_rolls_back_and_a_statement_timeout_leave_no_lock(
+    tmp_path: Path,
+) -> None:
+    """SQLite rolls a transaction back itself (RAISE(ROLLBACK)); a time limit cuts one short
+    while it waits for another process's lock: neither leaves a transaction or a lock."""
+    path = tmp_path / "t.db"
+    db = make_storage(path, busy_timeout=5)
+    db.statement_timeout = 0.3
+    other = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        async with db.write() as conn:
+            await conn.execute(sa.text(KINDS))
+            await conn.execute(
+                sa.text(
+                    "CREATE TRIGGER no_x BEFORE INSERT ON kinds WHEN NEW.body = 'x' "
+                    "BEGIN SELECT RAISE(ROLLBACK, 'no x'); END"
+                )
+            )
+        stmt = sa.table("kinds", sa.column("user_id"), sa.column("body")).insert()
+
+        async def rolled_back() -> None:
+            async with db.inline_write() as conn:
+                await conn.execute(stmt, {"user_id": "a", "body": "kept?"})
+                await conn.execute(stmt, {"user_id": "a", "body": "x"})
+
+        async def late() -> None:
+            async with db.inline_write() as conn:
+                await conn.execute(stmt, {"user_id": "a", "body": "late"})
+
+        for _ in range(2):  # SQLAlchemy's execution, then the direct one
+            with pytest.raises(sa.exc.IntegrityError, match="no x"):
+                await rolled_back()
+            assert lock_is_free(path)
+        other.execute("BEGIN IMMEDIATE")  # another process holds the lock past the limit
+        with pytest.raises(StorageError, match="did not answer"):
+            await late()
+        other.execute("ROLLBACK")
+        assert lock_is_free(path)
+        async with db.inline_write() as conn:
+            await conn.execute(stmt, {"user_id": "a", "body": "after"})
+        async with db.read() as conn:
+            bodies = (await conn.execute(sa.text("SELECT body FROM kinds"))).scalars().all()
+        assert bodies == ["after"]
+    finally:
+        other.close()
+        await db.close()
+
+
 # -- findings ----------------------------------------------------------------------------
 
 
@@ -471,6 +522,24 @@ async def test_a_kept_connection_that_died_is_replaced(storage: SQLStorage) -> N
             outcomes.append("stored")
     # At most the first fails (as on a pooled connection); the next ones take a new one.
     assert outcomes[1:] == ["stored", "stored"], outcomes
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a tuple of parameter dicts, which SQLAlchemy runs as executemany, fails on an inline "
+    "connection with TypeError (unhashable dict): DirectConnection._run takes only a list as "
+    "several rows and uses the tuple's dicts as the statement's keys",
+)
+async def test_a_tuple_of_rows_is_executemany_as_with_sqlalchemy(storage: SQLStorage) -> None:
+    insert = sa.text("INSERT INTO kinds (user_id) VALUES (:u)")
+    async with storage.write() as conn:
+        await conn.execute(insert, ({"u": "a"}, {"u": "b"}))
+    for _ in range(2):
+        async with storage.inline_write() as conn:
+            await conn.execute(INSERT_KIND, ({"user_id": "c"}, {"user_id": "d"}))
+    async with storage.read() as conn:
+        users = (await conn.execute(sa.text("SELECT user_id FROM kinds"))).scalars().all()
+    assert users == ["a", "b", "c", "d", "c", "d"]
 
 
 @pytest.mark.xfail(
