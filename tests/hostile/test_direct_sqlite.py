@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import sqlite3
 import uuid
 import warnings
@@ -678,6 +679,36 @@ async def test_a_scripted_model_gets_the_same_answers_from_both_paths(
         assert a == b
     assert {r["user_id"] for r in rows} == {"mallory"}
     assert lock_is_free(Path(str(runtime.storage.url.database)))  # type: ignore[attr-defined]
+
+
+async def test_a_turns_statements_store_the_same_on_both_paths(
+    make_server: MakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two turns with the same hostile message: the first turn's statements run through
+    SQLAlchemy, the second's directly; the stored chats are the same."""
+    ran = Ran(monkeypatch)
+    server = await make_server()
+    runtime = server.runtime
+    await example.seed(runtime.storage, "scripted:x")
+    text = "quote ' é\u0301 \U0001f600 \u202e\ufeff 中文 " + "ü" * 15_000
+    for _ in range(2):
+        await say(server, "mallory", [], message=text)
+    assert any(d.startswith("INSERT INTO chat_messages") for d in ran.direct), ran.direct
+    rows = await sql(
+        runtime,
+        "SELECT chat_id, role, content, user_id, typeof(created_at) AS t FROM chat_messages "
+        "ORDER BY id",
+    )
+    by_chat: dict[Any, list[dict[str, Any]]] = {}
+    for row in rows:
+        content = json.loads(row["content"])
+        content["data"].pop("id", None)  # a run id of its own in each turn
+        row["content"] = content
+        by_chat.setdefault(row.pop("chat_id"), []).append(row)
+    stored = list(by_chat.values())
+    assert len(stored) == 2
+    assert stored[0] and stored[0] == stored[1]
+    assert stored[0][0]["content"]["data"]["content"] == text
 
 
 @pytest.mark.xfail(
