@@ -47,7 +47,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from chatwright.errors import StorageError
+from chatwright.errors import InvalidInputError, StorageError
 from chatwright.plugins.example import assistant as example
 from chatwright.plugins.sql import direct, inline
 from chatwright.plugins.sql.engine import sqlite_engine
@@ -464,6 +464,30 @@ async def test_a_trigger_that_rolls_back_and_a_statement_timeout_leave_no_lock(
     finally:
         other.close()
         await db.close()
+
+
+async def test_a_string_past_sqlites_length_limit_is_the_same_error(
+    storage: SQLStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A string or blob too big (SQLITE_LIMIT_LENGTH, lowered here to reach it cheaply)."""
+    ran = Ran(monkeypatch)
+    async with storage.inline_write():
+        pass
+    kept = storage._inline._kept
+    assert kept is not None
+    raw_driver(kept[1]).setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 1000)
+    stmt = sa.table("kinds", sa.column("user_id"), sa.column("body")).insert()
+    errors = []
+    for _ in range(2):
+        with pytest.raises(InvalidInputError) as caught:
+            async with storage.inline_write() as conn:
+                await conn.execute(stmt, {"user_id": "a", "body": "x" * 2000})
+        cause = caught.value.__cause__
+        errors.append((str(caught.value), type(cause), type(getattr(cause, "orig", None))))
+        assert lock_is_free(Path(str(storage.url.database)))
+    assert ran.direct == ["INSERT INTO kinds (raised)"]
+    assert errors[0] == errors[1]
+    assert errors[0][1:] == (sa.exc.DataError, sqlite3.DataError)
 
 
 # -- findings ----------------------------------------------------------------------------
