@@ -58,7 +58,20 @@ class DirectRow(tuple):  # type: ignore[type-arg]
 
     @property
     def _mapping(self) -> dict[str, Any]:
+        return _RowMapping(zip(self._fields, self, strict=True))
+
+    def _asdict(self) -> dict[str, Any]:
         return dict(zip(self._fields, self, strict=True))
+
+
+class _RowMapping(dict):  # type: ignore[type-arg]
+    """A row's values by column name, or by the column itself (as SQLAlchemy's)."""
+
+    def __missing__(self, key: Any) -> Any:
+        name = getattr(key, "key", None)
+        if isinstance(name, str) and name in self:
+            return self[name]
+        raise KeyError(key)
 
 
 def _row_type(names: Sequence[str]) -> type[DirectRow]:
@@ -71,13 +84,59 @@ def _row_type(names: Sequence[str]) -> type[DirectRow]:
 
 
 class DirectResult:
-    """The part of SQLAlchemy's ``Result`` a turn's statements use."""
+    """SQLAlchemy's ``Result`` for a statement run directly: its rows, all fetched.
 
-    __slots__ = ("_rows", "rowcount")
+    What a ``Result`` has that needs SQLAlchemy's execution context
+    (``inserted_primary_key``, ``context``) it does not: a statement whose caller
+    reads those is one to run through SQLAlchemy (``execution_options``).
+    """
 
-    def __init__(self, rows: list[Any], rowcount: int) -> None:
+    __slots__ = ("_fields", "_key", "_rows", "lastrowid", "rowcount")
+
+    def __init__(
+        self,
+        rows: list[Any],
+        rowcount: int,
+        fields: tuple[str, ...] = (),
+        lastrowid: int | None = None,
+        key: tuple[Any, ...] | None = None,
+    ) -> None:
         self._rows = rows
         self.rowcount = rowcount
+        self._fields = fields
+        self.lastrowid = lastrowid
+        self._key = key
+
+    @property
+    def inserted_primary_key(self) -> tuple[Any, ...]:
+        """The primary key of a one-row INSERT (given, or SQLite's row id)."""
+        if self._key is None:
+            raise exc.InvalidRequestError(
+                "inserted_primary_key is available only for a one-row INSERT of a table "
+                "with a one-column primary key"
+            )
+        return self._key
+
+    @property
+    def returns_rows(self) -> bool:
+        return bool(self._fields)
+
+    def keys(self) -> list[str]:
+        return list(self._fields)
+
+    def fetchone(self) -> Any:
+        return self._rows.pop(0) if self._rows else None
+
+    def fetchall(self) -> list[Any]:
+        rows, self._rows = self._rows, []
+        return rows
+
+    def scalars(self) -> DirectResult:
+        """The first column's values (``all``, ``first``, ``one`` give values, not rows)."""
+        return DirectResult([row[0] for row in self._rows], self.rowcount, self._fields[:1])
+
+    def close(self) -> None:
+        self._rows = []
 
     def __iter__(self) -> Iterator[Any]:
         return iter(self._rows)
@@ -105,7 +164,7 @@ class DirectResult:
         return self.one()[0]
 
     def mappings(self) -> DirectResult:
-        return DirectResult([row._mapping for row in self._rows], self.rowcount)
+        return DirectResult([row._mapping for row in self._rows], self.rowcount, self._fields)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +178,8 @@ class Prepared:
     row: type[DirectRow] | None
     """None for a statement that returns no rows."""
     results: tuple[Processor, ...]
+    key: str | None = None
+    """An INSERT's one-column primary key (for ``inserted_primary_key``)."""
 
     def values(self, params: Mapping[str, Any]) -> list[Any]:
         out = []
@@ -161,7 +222,13 @@ def prepare(stmt: Any, dialect: Dialect, keys: Sequence[str]) -> Prepared | None
     if columns:
         row = _row_type([c[0] for c in columns])
         results = [c[3].dialect_impl(dialect).result_processor(dialect, None) for c in columns]
-    return Prepared(compiled.string, tuple(names), tuple(processors), defaults, row, tuple(results))
+    key = None
+    if getattr(stmt, "is_insert", False) and isinstance(stmt.table, sa.Table):
+        primary = list(stmt.table.primary_key.columns)
+        key = primary[0].key if len(primary) == 1 else None
+    return Prepared(
+        compiled.string, tuple(names), tuple(processors), defaults, row, tuple(results), key
+    )
 
 
 class Statements:
@@ -172,9 +239,12 @@ class Statements:
         self._seen: OrderedDict[tuple[int, tuple[str, ...]], tuple[Any, Any]] = OrderedDict()
 
     def lookup(self, stmt: Any, keys: tuple[str, ...]) -> Prepared | None:
+        """``stmt`` prepared for parameters named ``keys`` (sorted), or None."""
         key = (id(stmt), keys)
         entry = self._seen.get(key)
-        if entry is None or entry[0] is not stmt:
+        if entry is not None and entry[0] is stmt:
+            self._seen.move_to_end(key)  # a turn's statements stay, whatever else runs
+        else:
             # Kept with the statement itself, so that its id is not another's meanwhile.
             self._seen[key] = (stmt, _ONCE)
             if len(self._seen) > KEPT:
@@ -217,11 +287,11 @@ class DirectConnection(AsyncConnection):
     async def _run(self, statements: Statements, stmt: Any, parameters: Any) -> Any:
         if not isinstance(stmt, Executable) or isinstance(stmt, sa.TextClause):
             return None
-        many = isinstance(parameters, list)
+        many = isinstance(parameters, list | tuple)
         if many and not parameters:
             return None
         first: Mapping[str, Any] = (parameters[0] if many else parameters) or {}
-        keys = tuple(first)
+        keys = tuple(sorted(first))
         prepared = statements.lookup(stmt, keys)
         driver = self._driver
         if prepared is None or driver.inline is None:
@@ -237,15 +307,19 @@ class DirectConnection(AsyncConnection):
         except Exception as error:  # a value its column's type refuses, as SQLAlchemy says it
             raise exc.StatementError(str(error), prepared.sql, parameters, error) from error
         try:
-            description, rows, rowcount, _ = await driver.inline.run(
+            description, rows, rowcount, lastrowid = await driver.inline.run(
                 driver._connection._conn, prepared.sql, values, many
             )
         except sqlite3.Error as error:
             raise exc.DBAPIError.instance(
                 prepared.sql, values, error, sqlite3.Error, dialect=statements.dialect
             ) from error
+        key = None
+        if prepared.key is not None and not many:
+            given = first.get(prepared.key)
+            key = (given if given is not None else lastrowid,)
         if description is None:
-            return DirectResult([], rowcount)
+            return DirectResult([], rowcount, (), lastrowid, key)
         make, results = prepared.row, prepared.results
         if make is None:  # rows of a statement SQLAlchemy gave no result columns
             make, results = _row_type([d[0] for d in description]), ()
@@ -256,4 +330,4 @@ class DirectConnection(AsyncConnection):
             ]
         else:
             rows = [make(r) for r in rows]
-        return DirectResult(rows, rowcount)
+        return DirectResult(rows, rowcount, make._fields, lastrowid, key)

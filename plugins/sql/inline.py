@@ -59,10 +59,8 @@ class KeptConnection:
         statements inline. The caller holds this process's write lock."""
         loop = asyncio.get_running_loop()
         kept = self._kept
-        if kept is not None and kept[0] is loop:
-            conn = kept[1]
-            if conn.sync_connection is not None and not conn.closed and not conn.invalidated:
-                return conn
+        if kept is not None and kept[0] is loop and _usable(kept[1]):
+            return kept[1]
         conn = DirectConnection(self.engine)
         await conn.start()
         adapted = inline_capable(conn)
@@ -103,24 +101,35 @@ class KeptConnection:
             log.warning("database checkpoint failed: %s", exc)
 
     async def failed(self, conn: DirectConnection, error: BaseException) -> None:
-        """Roll back a failed transaction on ``conn``, or discard it."""
+        """Roll back a failed transaction on ``conn``; discard it when that is not
+        certain to leave it outside any transaction (the error itself goes on)."""
         if isinstance(error, TimeoutError | asyncio.CancelledError):
             await self.discard(conn)
             return
         try:
-            if conn.in_transaction():
-                await conn.rollback()
-        except BaseException:
+            # Also when SQLAlchemy's transaction is over but not cleared (a failed commit).
+            await conn.rollback()
+            # A COMMIT that SQLite refused (a deferred constraint) ends SQLAlchemy's
+            # transaction but leaves SQLite's open, holding the write lock.
+            driver = inline_capable(conn)
+            raw = driver._connection._conn if driver is not None else None
+            if raw is not None and raw.in_transaction:
+                raw.rollback()
+            if raw is None or raw.in_transaction:
+                await self.discard(conn)
+        except Exception:
             await self.discard(conn)
-            raise
 
     async def discard(self, conn: AsyncConnection) -> None:
+        """Give ``conn`` up: closed on the driver, and back to the pool as invalid."""
         kept = self._kept
         if kept is not None and kept[1] is conn:
             self._kept = None
         with contextlib.suppress(Exception):
             if conn.sync_connection is not None and not conn.closed:
                 await conn.invalidate()
+        with contextlib.suppress(Exception):
+            await conn.close()
 
     async def close(self) -> None:
         checkpoint, self._checkpoint = self._checkpoint, None
@@ -128,6 +137,17 @@ class KeptConnection:
             with contextlib.suppress(BaseException):
                 await checkpoint
         kept, self._kept = self._kept, None
-        if kept is not None and kept[0] is asyncio.get_running_loop():
+        if kept is not None:
             with contextlib.suppress(Exception):
                 await kept[1].close()
+
+
+def _usable(conn: DirectConnection) -> bool:
+    """Whether ``conn`` is open, on a live driver connection, outside any transaction."""
+    if conn.sync_connection is None or conn.closed or conn.invalidated:
+        return False
+    driver = inline_capable(conn)
+    try:
+        return driver is not None and not driver._connection._conn.in_transaction
+    except Exception:
+        return False

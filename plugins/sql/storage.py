@@ -18,6 +18,7 @@ in :mod:`.records`, token usage, budgets and chat summaries in :mod:`.usage`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -29,6 +30,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from chatwright.errors import StorageError
 from chatwright.plugins.sql import migrate
 from chatwright.plugins.sql.audit import SQLAuditStore
 from chatwright.plugins.sql.chats import SQLMessageStore, SQLSessionStore
@@ -402,5 +404,14 @@ class SQLStorage:
 
     async def close(self) -> None:
         await self.turns.close()
-        await self._inline.close()
+        # After the inline transaction running now, if any (bounded by busy_timeout).
+        queue = None
+        if self.writes is not None:
+            with contextlib.suppress(StorageError):
+                queue = await self.writes.take()
+        try:
+            await self._inline.close()
+        finally:
+            if queue is not None:
+                SerialWrites.give_back(queue)
         await self.engine.dispose()
