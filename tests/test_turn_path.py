@@ -124,6 +124,60 @@ async def test_a_cached_turn_takes_two_transactions_and_one_per_round_of_tool_ca
     assert len(begun) == 4, begun
 
 
+@contextmanager
+def statements(runtime: Runtime) -> Iterator[list[str]]:
+    """Every statement sent on the runtime's engine while the block runs."""
+    sent: list[str] = []
+    engine = runtime.storage.engine.sync_engine  # type: ignore[attr-defined]
+
+    def executed(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        sent.append(statement)
+
+    event.listen(engine, "before_cursor_execute", executed)
+    try:
+        yield sent
+    finally:
+        event.remove(engine, "before_cursor_execute", executed)
+
+
+async def test_a_cached_turn_sends_few_statements(make: Make, sql_url: str) -> None:
+    """PostgreSQL: a turn's begin is two statements (the framework's, then the user's,
+    after the lease is taken so that they see what the chat's last turn stored), its
+    end one, and a round of tool calls one besides the tool's own. SQLite keeps a
+    statement per step (they run in the loop's thread, without a round trip): what
+    the turns store is checked on both."""
+    runtime, _ = await make()
+    postgresql = not sql_url.startswith("sqlite")
+    await example.seed(runtime.storage, "scripted:x")
+    call = {"tool_calls": [{"name": "add_task", "args": {"title": "milk"}}]}
+    replies = [{"content": "Hi."}, call, {"content": "Added."}]
+    await runtime.storage.agents.update(
+        example.AGENT, model_settings={"responses": [{"content": "Warm."}, *replies]}
+    )
+    chat_id = await chat_of(runtime, USER, example.AGENT)
+    await runtime.chat(USER, example.AGENT, chat_id, "warm up")  # builds the agent
+    with statements(runtime) as sent:
+        turn = await runtime.chat(USER, example.AGENT, chat_id, "hello")
+    assert turn.response == "Hi."
+    if postgresql:
+        assert len(sent) == 3, sent
+    with statements(runtime) as sent:
+        turn = await runtime.chat(USER, example.AGENT, chat_id, "add milk")
+    assert [c.name for c in turn.tool_calls] == ["add_task"] and not turn.tool_calls[0].error
+    if postgresql:
+        tools = [s for s in sent if "tasks" in s or "audit_log" in s]
+        assert len(sent) - len(tools) == 4, sent
+    # What the turns stored, in order, with the sessions touched and the lease given back.
+    history = await runtime.storage.messages.window(USER, chat_id, 20)
+    assert [m.role for m in history] == ["human", "ai"] * 3 + ["tool", "ai"]
+    assert [m.content["data"]["content"] for m in history if m.role == "human"] == [
+        "warm up",
+        "hello",
+        "add milk",
+    ]
+    assert await leases(runtime) == []
+
+
 async def test_a_cached_turn_with_a_tool_runs_nothing_in_a_worker_thread(
     make: Make, monkeypatch: pytest.MonkeyPatch, sql_url: str
 ) -> None:

@@ -302,22 +302,28 @@ _INSERT_USAGE = schema.token_usage.insert()
 
 
 @functools.cache
-def add_to_totals(dialect: str) -> Any:
-    """Add ``tokens`` to the user's totals of the ``day`` and the ``month`` (built once)."""
+def add_to_totals(dialect: str, user: str = "user_id") -> Any:
+    """Add ``tokens`` to the totals of the ``day`` and the ``month`` of the user (the
+    parameter named ``user``), built once."""
     t = schema.usage_totals
-    user_id: sa.BindParameter[Any] = sa.bindparam("user_id")
-    tokens: sa.BindParameter[Any] = sa.bindparam("tokens")
-    stmt = _insert(dialect, t).values(
-        [
-            {"user_id": user_id, "period": "day", "starts": sa.bindparam("day"), "tokens": tokens},
-            {
-                "user_id": user_id,
-                "period": "month",
-                "starts": sa.bindparam("month"),
-                "tokens": tokens,
-            },
+    user_id: sa.BindParameter[Any] = sa.bindparam(user, type_=t.c.user_id.type)
+    tokens: sa.BindParameter[Any] = sa.bindparam("tokens", type_=t.c.tokens.type)
+    if dialect == "postgresql":
+        # From a SELECT: SQLAlchemy caches no statement with a multi-row VALUES.
+        starts = t.c.starts.type
+        rows = [
+            sa.select(user_id, sa.literal(p), sa.bindparam(p, type_=starts), tokens)
+            for p in ("day", "month")
         ]
-    )
+        columns = ["user_id", "period", "starts", "tokens"]
+        stmt = _insert(dialect, t).from_select(columns, sa.union_all(*rows))
+    else:
+        stmt = _insert(dialect, t).values(
+            [
+                {"user_id": user_id, "period": p, "starts": sa.bindparam(p), "tokens": tokens}
+                for p in ("day", "month")
+            ]
+        )
     return stmt.on_conflict_do_update(
         index_elements=["user_id", "period", "starts"],
         set_={"tokens": t.c.tokens + stmt.excluded.tokens},
