@@ -23,9 +23,12 @@ from sqlalchemy import event
 from chatwright import testing
 from chatwright.errors import ChatBusyError
 from chatwright.plugins.example import assistant as example
+from chatwright.plugins.sql import schema
+from chatwright.plugins.sql.chats import insert_messages
 from chatwright.plugins.sql.settings import SQLStorageSettings
 from chatwright.registry import LoadPolicy, Plugins
 from chatwright.runtime import Runtime, Turn
+from chatwright.stores import NewMessage
 from tests.harness import EchoModels, Recorder, pg_storage_settings
 
 ECHO = "echo"
@@ -354,6 +357,38 @@ async def test_a_turn_sees_the_history_committed_before_it_by_another_process(
         expected.append(f"message {n}")
         turn = await runtime.chat(USER, ECHO, chat_id, f"message {n}")
         assert seen(turn)["humans"] == expected
+
+
+async def test_a_turn_that_waited_for_the_lease_sees_what_the_turn_before_it_stored(
+    make: Make,
+) -> None:
+    """The chat's previous turn (another process) ends while this one waits on its lease:
+    what it stored with the lease's release is in this turn's window. (A PostgreSQL
+    statement sees the database as of its start: a statement that took the lease and
+    read the window at once would have started before the release was committed.)"""
+    one, _ = await make()
+    two, _ = await make()
+    await one.storage.agents.create(ECHO, system_prompt=PROMPT, model="echo:x")
+    chat_id = await chat_of(one, USER)
+    await one.chat(USER, ECHO, chat_id, "message 0")
+    leases_table = schema.chat_leases
+    soon = datetime.now(UTC) + timedelta(seconds=60)
+    held = leases_table.insert().values(chat_id=chat_id, holder="two", expires_at=soon)
+    async with two.storage.write() as conn:  # type: ignore[attr-defined]
+        await conn.execute(held)
+    stored = [
+        NewMessage(kind, {"type": kind, "data": {"content": "message 1", "type": kind}})
+        for kind in ("human", "ai")
+    ]
+    async with two.storage.write() as conn:  # type: ignore[attr-defined]
+        # The other process's turn ends: its messages and the lease's release, one commit.
+        await conn.execute(leases_table.delete().where(leases_table.c.holder == "two"))
+        await insert_messages(conn, USER, chat_id, stored)
+        waiting = asyncio.create_task(one.chat(USER, ECHO, chat_id, "message 2"))
+        await asyncio.sleep(0.5)
+        assert not waiting.done()
+    turn = await waiting
+    assert seen(turn)["humans"] == ["message 0", "message 1", "message 2"]
 
 
 async def test_two_processes_changing_and_using_one_agent(make: Make) -> None:
