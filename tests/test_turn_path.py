@@ -146,8 +146,8 @@ def statements(runtime: Runtime) -> Iterator[list[str]]:
 async def test_a_cached_turn_sends_few_statements(make: Make, sql_url: str) -> None:
     """PostgreSQL: a turn's begin is two statements (the framework's, then the user's,
     after the lease is taken so that they see what the chat's last turn stored), its
-    end one, and a round of tool calls one besides the tool's own. SQLite keeps its
-    other statements apart (they run in the loop's thread, without a round trip): what
+    end one, and a round of tool calls one besides the tool's own. SQLite keeps a
+    statement per step (they run in the loop's thread, without a round trip): what
     the turns store is checked on both."""
     runtime, _ = await make()
     postgresql = not sql_url.startswith("sqlite")

@@ -63,9 +63,9 @@ def prompt_statement(
     """The statement of :meth:`SQLTurnStore._owner_and_prompt` for ``user_id``,
     ``agent_name`` and ``chat_id`` given when it runs.
 
-    With ``window``, also the chat's last ``limit`` messages of the
+    With ``window`` (PostgreSQL), also the chat's last ``limit`` messages of the
     user (part 5, newest first: ``a`` the role, ``b`` the content as text,
-    ``rank`` the id, ``at`` the time); with ``human`` (PostgreSQL), it also stores
+    ``rank`` the id, ``at`` the time); with ``human``, the statement also stores
     the turn's human message (``role``, ``content``, ``created_at``) when
     ``taken`` is true, which none of its reads sees.
     """

@@ -3,8 +3,8 @@
 :meth:`SQLTurnStore.begin` runs, in one write transaction: the framework
 statements (the agent row with its config version; taking the chat's lease),
 then, as the user (the storage's user transactions apply), the owner check,
-memory, customizations, whether the chat has actions awaiting a decision and
-the history window (one statement), and the human message. A human message
+memory, customizations and whether the chat has actions awaiting a decision
+(one statement), the history window and the human message. A human message
 to a chat with pending actions is refused there, before anything is stored; a
 turn begun without a message (to resume after a decision) gets those actions.
 :meth:`SQLTurnStore.finish` appends what the turn produced since its last
@@ -25,7 +25,7 @@ stored, which a statement begun before its lease was given back would not.
 ``finish`` is one (giving the lease back, the usage, the messages, the
 touch), or, when the storage's user transactions do something for a user
 (row-level security), the framework's part and then the user's. SQLite
-keeps the other statements apart: they run in the loop's thread, without a trip.
+keeps a statement per step: they run in the loop's thread, without a trip.
 
 A lease is a row of ``chat_leases``: the chat, a holder token and an expiry
 (``storage.turn_lease`` seconds). Taking it is one ``INSERT … ON CONFLICT DO
@@ -85,6 +85,7 @@ from chatwright.plugins.sql.stores import BoundStore
 from chatwright.plugins.sql.turn_statements import (
     GIVE_BACK,
     MOST_FUSED_MESSAGES,
+    WINDOW,
     agent_statement,
     finish_statement,
     prompt_statement,
@@ -310,8 +311,8 @@ class SQLTurnStore(BoundStore):
                 await self.db.users.enter(conn, user_id)
                 if not taken and not check_owner:
                     raise _Busy
-                # On PostgreSQL the human message is stored by the same statement
-                # (rolled back below when the turn is refused).
+                # On PostgreSQL the window comes with the rest, and the human message is
+                # stored by the same statement (rolled back below when the turn is refused).
                 fused = dialect == "postgresql"
                 read = await self._owner_and_prompt(
                     conn,
@@ -320,7 +321,7 @@ class SQLTurnStore(BoundStore):
                     chat_id,
                     check_owner=check_owner,
                     summary=agent.summarize,
-                    window=agent.history_window,
+                    window=agent.history_window if fused else None,
                     human=(message, taken) if fused else None,
                 )
                 owner, memory, instructions, waiting, summary, history = read
@@ -334,8 +335,10 @@ class SQLTurnStore(BoundStore):
                 if message is not None and pending:
                     # Rolled back with the lease: nothing of this turn is stored.
                     raise approval_pending(pending)
-                if not fused and message is not None:
-                    await insert_messages(conn, user_id, chat_id, [message], returning=False)
+                if not fused:
+                    history = await self._window(conn, user_id, chat_id, agent.history_window)
+                    if message is not None:
+                        await insert_messages(conn, user_id, chat_id, [message], returning=False)
             return TurnStart(
                 user_id,
                 agent_name,
@@ -485,6 +488,17 @@ class SQLTurnStore(BoundStore):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
+    async def _window(
+        self, conn: AsyncConnection, user_id: str, chat_id: uuid.UUID, limit: int
+    ) -> list[Message]:
+        rows = (
+            await conn.execute(WINDOW, {"chat_id": chat_id, "user_id": user_id, "limit": limit})
+        ).all()
+        return [
+            Message(r.id, chat_id, user_id, r.role, self._content(r.id, r.raw), r.created_at)
+            for r in reversed(rows)
+        ]
+
     def _content(self, message_id: int, raw: str | None) -> Any:
         """A message's content from its stored text, decoded once while it stays the same.
 
@@ -529,9 +543,9 @@ class SQLTurnStore(BoundStore):
     ) -> tuple[tuple[str, str] | None, str, list[str], int, ChatSummary | None, list[Message]]:
         """The chat's owner (with ``check_owner``), the memory, the instructions,
         how many of the chat's actions are pending, (with ``summary``) the chat's
-        summary and (with ``window``) the last ``window`` messages.
+        summary and (with ``window``, PostgreSQL) the last ``window`` messages.
 
-        One statement instead of five: a turn's round trips are its cost. The
+        One statement instead of four: a turn's round trips are its cost. The
         pending actions themselves are read only when there are any. ``human``
         (PostgreSQL): the turn's message, stored by the same statement when the
         lease was taken (the second item), unseen by its reads.
