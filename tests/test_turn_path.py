@@ -23,9 +23,12 @@ from sqlalchemy import event
 from chatwright import testing
 from chatwright.errors import ChatBusyError
 from chatwright.plugins.example import assistant as example
+from chatwright.plugins.sql import schema
+from chatwright.plugins.sql.chats import insert_messages
 from chatwright.plugins.sql.settings import SQLStorageSettings
 from chatwright.registry import LoadPolicy, Plugins
 from chatwright.runtime import Runtime, Turn
+from chatwright.stores import NewMessage
 from tests.harness import EchoModels, Recorder, pg_storage_settings
 
 ECHO = "echo"
@@ -122,6 +125,60 @@ async def test_a_cached_turn_takes_two_transactions_and_one_per_round_of_tool_ca
     assert turn.tool_calls[0].name == "add_task" and not turn.tool_calls[0].error
     # begin, the tool's insert, the exchange, the end: three besides the tool's own.
     assert len(begun) == 4, begun
+
+
+@contextmanager
+def statements(runtime: Runtime) -> Iterator[list[str]]:
+    """Every statement sent on the runtime's engine while the block runs."""
+    sent: list[str] = []
+    engine = runtime.storage.engine.sync_engine  # type: ignore[attr-defined]
+
+    def executed(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        sent.append(statement)
+
+    event.listen(engine, "before_cursor_execute", executed)
+    try:
+        yield sent
+    finally:
+        event.remove(engine, "before_cursor_execute", executed)
+
+
+async def test_a_cached_turn_sends_few_statements(make: Make, sql_url: str) -> None:
+    """PostgreSQL: a turn's begin is two statements (the framework's, then the user's,
+    after the lease is taken so that they see what the chat's last turn stored), its
+    end one, and a round of tool calls one besides the tool's own. SQLite keeps a
+    statement per step (they run in the loop's thread, without a round trip): what
+    the turns store is checked on both."""
+    runtime, _ = await make()
+    postgresql = not sql_url.startswith("sqlite")
+    await example.seed(runtime.storage, "scripted:x")
+    call = {"tool_calls": [{"name": "add_task", "args": {"title": "milk"}}]}
+    replies = [{"content": "Hi."}, call, {"content": "Added."}]
+    await runtime.storage.agents.update(
+        example.AGENT, model_settings={"responses": [{"content": "Warm."}, *replies]}
+    )
+    chat_id = await chat_of(runtime, USER, example.AGENT)
+    await runtime.chat(USER, example.AGENT, chat_id, "warm up")  # builds the agent
+    with statements(runtime) as sent:
+        turn = await runtime.chat(USER, example.AGENT, chat_id, "hello")
+    assert turn.response == "Hi."
+    if postgresql:
+        assert len(sent) == 3, sent
+    with statements(runtime) as sent:
+        turn = await runtime.chat(USER, example.AGENT, chat_id, "add milk")
+    assert [c.name for c in turn.tool_calls] == ["add_task"] and not turn.tool_calls[0].error
+    if postgresql:
+        tools = [s for s in sent if "tasks" in s or "audit_log" in s]
+        assert len(sent) - len(tools) == 4, sent
+    # What the turns stored, in order, with the sessions touched and the lease given back.
+    history = await runtime.storage.messages.window(USER, chat_id, 20)
+    assert [m.role for m in history] == ["human", "ai"] * 3 + ["tool", "ai"]
+    assert [m.content["data"]["content"] for m in history if m.role == "human"] == [
+        "warm up",
+        "hello",
+        "add milk",
+    ]
+    assert await leases(runtime) == []
 
 
 async def test_a_cached_turn_with_a_tool_runs_nothing_in_a_worker_thread(
@@ -300,6 +357,38 @@ async def test_a_turn_sees_the_history_committed_before_it_by_another_process(
         expected.append(f"message {n}")
         turn = await runtime.chat(USER, ECHO, chat_id, f"message {n}")
         assert seen(turn)["humans"] == expected
+
+
+async def test_a_turn_that_waited_for_the_lease_sees_what_the_turn_before_it_stored(
+    make: Make,
+) -> None:
+    """The chat's previous turn (another process) ends while this one waits on its lease:
+    what it stored with the lease's release is in this turn's window. (A PostgreSQL
+    statement sees the database as of its start: a statement that took the lease and
+    read the window at once would have started before the release was committed.)"""
+    one, _ = await make()
+    two, _ = await make()
+    await one.storage.agents.create(ECHO, system_prompt=PROMPT, model="echo:x")
+    chat_id = await chat_of(one, USER)
+    await one.chat(USER, ECHO, chat_id, "message 0")
+    leases_table = schema.chat_leases
+    soon = datetime.now(UTC) + timedelta(seconds=60)
+    held = leases_table.insert().values(chat_id=chat_id, holder="two", expires_at=soon)
+    async with two.storage.write() as conn:  # type: ignore[attr-defined]
+        await conn.execute(held)
+    stored = [
+        NewMessage(kind, {"type": kind, "data": {"content": "message 1", "type": kind}})
+        for kind in ("human", "ai")
+    ]
+    async with two.storage.write() as conn:  # type: ignore[attr-defined]
+        # The other process's turn ends: its messages and the lease's release, one commit.
+        await conn.execute(leases_table.delete().where(leases_table.c.holder == "two"))
+        await insert_messages(conn, USER, chat_id, stored)
+        waiting = asyncio.create_task(one.chat(USER, ECHO, chat_id, "message 2"))
+        await asyncio.sleep(0.5)
+        assert not waiting.done()
+    turn = await waiting
+    assert seen(turn)["humans"] == ["message 0", "message 1", "message 2"]
 
 
 async def test_two_processes_changing_and_using_one_agent(make: Make) -> None:

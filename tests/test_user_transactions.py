@@ -10,12 +10,16 @@ error rather than a traceback.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from click.testing import CliRunner
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -151,3 +155,82 @@ def test_blocking_only_another_plugin_leaves_supabase_to_build(
     assert result.exit_code == 1, result.output
     assert BLOCKED_MESSAGE not in result.output
     assert "unavailable" in result.output
+
+
+# -- a turn's statements on PostgreSQL, where several steps share a statement -------------
+
+FRAMEWORK_TABLES = (
+    "agents",
+    "chat_leases",
+    "user_budgets",
+    "usage_reservations",
+    "usage_totals",
+    "token_usage",
+)
+USER_TABLES = ("chat_messages", "chat_sessions", "agent_memories", "prompt_customizations")
+
+
+class Entering(UserTransactions):
+    """Notes each user's ``enter`` in a log the statements are noted in too."""
+
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    async def enter(self, conn: AsyncConnection, user_id: str | None) -> None:
+        if user_id is not None:
+            self.log.append("enter")
+
+
+async def test_a_turns_user_statements_run_after_its_user_entered(
+    pg_url: str, pg_storage: SQLStorage
+) -> None:
+    """Row-level security applies to what follows ``enter``: on PostgreSQL a turn's
+    statements mix steps, but never framework tables with a user's."""
+    from sqlalchemy import event
+
+    from chatwright import testing
+    from chatwright.stores import NewMessage
+    from chatwright.usage import BudgetLimits, TurnUsage
+    from tests.harness import pg_storage_settings
+
+    log: list[str] = []
+    settings = testing.settings(storage=pg_storage_settings(pg_url))
+    storage = SQLStorage.from_settings(settings, users=Entering(log))
+
+    def noted(conn: object, cursor: object, statement: str, *args: object) -> None:
+        words = set(statement.replace("(", " ").replace(",", " ").split())
+        kinds = {
+            kind
+            for kind, tables in (("framework", FRAMEWORK_TABLES), ("user", USER_TABLES))
+            if words & set(tables)
+        }
+        log.append("+".join(sorted(kinds)) or "other")
+
+    try:
+        await storage.agents.create("a", system_prompt="p", model="offline:x")
+        chat = (await storage.sessions.open("alice", "a")).chat_id
+        event.listen(storage.engine.sync_engine, "before_cursor_execute", noted)
+        budget = BudgetLimits(daily=10**6, monthly=None, estimate=100)
+        for n in range(2):
+            log.clear()
+            human = NewMessage("human", {"type": "human", "data": {"content": f"hi {n}"}})
+            start = await storage.turns.begin(
+                "alice", "a", chat, human, turn_id=uuid.uuid4(), budget=budget
+            )
+            ai = NewMessage("ai", {"type": "ai", "data": {"content": f"hello {n}"}})
+            await storage.turns.finish(start, [ai], touch=True, usage=TurnUsage("m", 1, 10, 5))
+            # begin: the framework's (agent, lease, budget), then the user's; the same in finish.
+            assert "framework+user" not in log, log
+            text = " ".join(log)
+            assert re.fullmatch(r"(framework )+enter user (framework )+enter user", text), log
+        window = await storage.messages.window("alice", chat, 10)
+        texts = [m.content["data"]["content"] for m in window]
+        assert texts == ["hi 0", "hello 0", "hi 1", "hello 1"]
+        spent = await storage.usage.spent("alice", datetime.now(UTC))
+        assert (spent.day, spent.month) == (30, 30)
+        async with storage.read() as conn:
+            leases = await conn.scalar(sa.text("SELECT count(*) FROM chat_leases"))
+            reserved = await conn.scalar(sa.text("SELECT count(*) FROM usage_reservations"))
+        assert (leases, reserved) == (0, 0)
+    finally:
+        await storage.close()

@@ -23,6 +23,7 @@ import functools
 import logging
 import math
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -213,6 +214,61 @@ def bounded(usage: TurnUsage) -> TurnUsage:
     )
 
 
+@dataclass(frozen=True)
+class UsageWrites:
+    """What recording a turn's usage writes: the parameters of each statement that applies."""
+
+    drop: dict[str, Any] | None
+    """Dropping the turn's reservation (``turn_id``)."""
+    record: dict[str, Any] | None
+    """The ``token_usage`` row (its columns)."""
+    totals: dict[str, Any] | None
+    """Adding to the user's totals (``user_id``, ``day``, ``month``, ``tokens``)."""
+
+    @property
+    def shape(self) -> tuple[bool, bool, bool]:
+        return self.drop is not None, self.record is not None, self.totals is not None
+
+
+def usage_writes(
+    user_id: str,
+    agent_name: str,
+    chat_id: uuid.UUID | None,
+    turn_id: uuid.UUID | None,
+    usage: TurnUsage | None,
+    at: datetime | None = None,
+    *,
+    reserved: bool = True,
+) -> UsageWrites:
+    """The statements :func:`record_usage` makes, with their parameters.
+
+    A turn that called no model records nothing; one that did records what it
+    spent even when it failed or ran out of time.
+    """
+    at = at or rows.now()
+    drop = {"turn_id": turn_id} if reserved and turn_id is not None else None
+    if usage is None or usage.model_calls <= 0:
+        return UsageWrites(drop, None, None)
+    usage = bounded(usage)
+    record = {
+        "at": at,
+        "user_id": user_id,
+        "agent_name": agent_name,
+        "chat_id": chat_id,
+        "turn_id": turn_id,
+        "model": usage.model,
+        "model_calls": usage.model_calls,
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cached_tokens": usage.cached_tokens,
+        "cost": usage.cost,
+    }
+    if usage.total <= 0:
+        return UsageWrites(drop, record, None)
+    totals = {"user_id": user_id, "day": day_of(at), "month": month_of(at), "tokens": usage.total}
+    return UsageWrites(drop, record, totals)
+
+
 async def record_usage(
     conn: AsyncConnection,
     dialect: str,
@@ -227,62 +283,47 @@ async def record_usage(
 ) -> None:
     """Drop the turn's reservation, record its usage and add it to the user's totals (framework).
 
-    A turn that called no model records nothing; one that did records what it
-    spent even when it failed or ran out of time.
+    One statement each (see :func:`usage_writes`); a turn's last transaction on
+    PostgreSQL makes them all in one (:mod:`.turn_statements`).
     """
-    at = at or rows.now()
-    if reserved and turn_id is not None:
-        await conn.execute(_DROP_RESERVATION, {"turn_id": turn_id})
-    if usage is None or usage.model_calls <= 0:
-        return
-    usage = bounded(usage)
-    await conn.execute(
-        _INSERT_USAGE,
-        {
-            "at": at,
-            "user_id": user_id,
-            "agent_name": agent_name,
-            "chat_id": chat_id,
-            "turn_id": turn_id,
-            "model": usage.model,
-            "model_calls": usage.model_calls,
-            "input_tokens": usage.input_tokens,
-            "output_tokens": usage.output_tokens,
-            "cached_tokens": usage.cached_tokens,
-            "cost": usage.cost,
-        },
-    )
-    if usage.total <= 0:
-        return
-    await conn.execute(
-        _add_to_totals(dialect),
-        {"user_id": user_id, "day": day_of(at), "month": month_of(at), "tokens": usage.total},
-    )
+    writes = usage_writes(user_id, agent_name, chat_id, turn_id, usage, at, reserved=reserved)
+    if writes.drop is not None:
+        await conn.execute(DROP_RESERVATION, writes.drop)
+    if writes.record is not None:
+        await conn.execute(_INSERT_USAGE, writes.record)
+    if writes.totals is not None:
+        await conn.execute(add_to_totals(dialect), writes.totals)
 
 
-_DROP_RESERVATION = schema.usage_reservations.delete().where(
+DROP_RESERVATION = schema.usage_reservations.delete().where(
     schema.usage_reservations.c.turn_id == sa.bindparam("turn_id")
 )
 _INSERT_USAGE = schema.token_usage.insert()
 
 
 @functools.cache
-def _add_to_totals(dialect: str) -> Any:
-    """Add ``tokens`` to the user's totals of the ``day`` and the ``month`` (built once)."""
+def add_to_totals(dialect: str, user: str = "user_id") -> Any:
+    """Add ``tokens`` to the totals of the ``day`` and the ``month`` of the user (the
+    parameter named ``user``), built once."""
     t = schema.usage_totals
-    user_id: sa.BindParameter[Any] = sa.bindparam("user_id")
-    tokens: sa.BindParameter[Any] = sa.bindparam("tokens")
-    stmt = _insert(dialect, t).values(
-        [
-            {"user_id": user_id, "period": "day", "starts": sa.bindparam("day"), "tokens": tokens},
-            {
-                "user_id": user_id,
-                "period": "month",
-                "starts": sa.bindparam("month"),
-                "tokens": tokens,
-            },
+    user_id: sa.BindParameter[Any] = sa.bindparam(user, type_=t.c.user_id.type)
+    tokens: sa.BindParameter[Any] = sa.bindparam("tokens", type_=t.c.tokens.type)
+    if dialect == "postgresql":
+        # From a SELECT: SQLAlchemy caches no statement with a multi-row VALUES.
+        starts = t.c.starts.type
+        rows = [
+            sa.select(user_id, sa.literal(p), sa.bindparam(p, type_=starts), tokens)
+            for p in ("day", "month")
         ]
-    )
+        columns = ["user_id", "period", "starts", "tokens"]
+        stmt = _insert(dialect, t).from_select(columns, sa.union_all(*rows))
+    else:
+        stmt = _insert(dialect, t).values(
+            [
+                {"user_id": user_id, "period": p, "starts": sa.bindparam(p), "tokens": tokens}
+                for p in ("day", "month")
+            ]
+        )
     return stmt.on_conflict_do_update(
         index_elements=["user_id", "period", "starts"],
         set_={"tokens": t.c.tokens + stmt.excluded.tokens},

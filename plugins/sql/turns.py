@@ -14,6 +14,19 @@ lease back, again in one transaction, with the tool calls the turn stopped
 at (pending actions), if any: a cached turn with one round of tool
 calls takes three transactions besides the tools' own.
 
+On PostgreSQL each statement costs the server process a round trip and
+SQLAlchemy's and psycopg's work around it, so the same steps are fewer
+statements there (:mod:`.turn_statements`; data-modifying CTEs): ``begin``
+is two, the agent's version with taking the lease, then the user's reads
+with the window and storing the human message (when the lease was taken; a
+refusal rolls it back). They stay two: a statement sees the database as it
+was when it started, and the reads must see what the chat's previous turn
+stored, which a statement begun before its lease was given back would not.
+``finish`` is one (giving the lease back, the usage, the messages, the
+touch), or, when the storage's user transactions do something for a user
+(row-level security), the framework's part and then the user's. SQLite
+keeps a statement per step: they run in the loop's thread, without a trip.
+
 A lease is a row of ``chat_leases``: the chat, a holder token and an expiry
 (``storage.turn_lease`` seconds). Taking it is one ``INSERT … ON CONFLICT DO
 UPDATE … WHERE expires_at < now`` that returns the row only when the chat was
@@ -41,7 +54,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 import uuid
@@ -53,24 +65,34 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chatwright.approvals import NewPending, PendingAction
 from chatwright.errors import ChatBusyError, StorageError, UnknownAgentError
 from chatwright.plugins.sql import schema
 from chatwright.plugins.sql.budgets import (
+    UsageWrites,
     check_budget,
-    override_columns,
     record_usage,
     summary_of,
     upsert_summary,
-    user_lock,
+    usage_writes,
 )
 from chatwright.plugins.sql.chats import insert_messages, touch_sessions
 from chatwright.plugins.sql.pending import insert_pending, pending_from_row
 from chatwright.plugins.sql.rows import from_row, message_content, now
 from chatwright.plugins.sql.stores import BoundStore
+from chatwright.plugins.sql.turn_statements import (
+    GIVE_BACK,
+    MOST_FUSED_MESSAGES,
+    WINDOW,
+    agent_statement,
+    finish_statement,
+    prompt_statement,
+    start_statement,
+    take_lease,
+)
+from chatwright.plugins.sql.user_transactions import UserTransactions
 from chatwright.stores import Agent, ChatSummary, Message, NewMessage, NewSummary
 from chatwright.turns import TurnStart, approval_pending, not_your_chat
 from chatwright.usage import BudgetLimits, TurnUsage
@@ -80,7 +102,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ("part", "a", "b", "rank", "n")
 FIRST_PAUSE = 0.01
 LONGEST_PAUSE = 0.25
 KNOWN_AGENTS = 1024
@@ -89,42 +110,14 @@ KNOWN_MESSAGES = 2048
 """Most messages whose decoded content a turn store keeps (see ``SQLTurnStore._content``)."""
 
 
+def _enters_nothing(users: UserTransactions) -> bool:
+    """Whether ``users.enter`` is the default's, which does nothing: a statement may then
+    mix framework and user tables."""
+    return type(users).enter is UserTransactions.enter
+
+
 class _Busy(Exception):
     """The chat's lease is held: roll back and try again."""
-
-
-# A turn's statements, built once: building one costs more than running it on SQLite
-# (SQLAlchemy works out a new statement's cache key each time; a built one keeps it).
-
-_m, _leases = schema.chat_messages, schema.chat_leases
-
-WINDOW = (
-    sa.select(_m.c.id, _m.c.role, sa.cast(_m.c.content, sa.Text).label("raw"), _m.c.created_at)
-    .where(_m.c.chat_id == sa.bindparam("chat_id"), _m.c.user_id == sa.bindparam("user_id"))
-    .order_by(_m.c.id.desc())
-    .limit(sa.bindparam("limit", type_=sa.Integer))
-)
-"""The chat's last ``limit`` messages of the user, newest first."""
-
-GIVE_BACK = _leases.delete().where(
-    _leases.c.chat_id == sa.bindparam("chat_id"), _leases.c.holder == sa.bindparam("holder")
-)
-
-
-@functools.cache
-def _take_lease(dialect: str) -> sa.Executable:
-    """Take a chat's lease when it is free or expired (``at``: now); returns it when taken."""
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = insert(_leases).values(
-        chat_id=sa.bindparam("chat_id"),
-        holder=sa.bindparam("holder"),
-        expires_at=sa.bindparam("expires_at"),
-    )
-    return stmt.on_conflict_do_update(
-        index_elements=["chat_id"],
-        set_={"holder": stmt.excluded.holder, "expires_at": stmt.excluded.expires_at},
-        where=_leases.c.expires_at < sa.bindparam("at", type_=_leases.c.expires_at.type),
-    ).returning(_leases.c.holder)
 
 
 @dataclass
@@ -151,7 +144,7 @@ class SQLTurnStore(BoundStore):
         """Take the chat's lease on ``conn`` when it is free or expired."""
         at = now()
         values = {"chat_id": chat_id, "holder": holder, "expires_at": at + self._length(), "at": at}
-        return (await conn.execute(_take_lease(self.db.dialect), values)).first() is not None
+        return (await conn.execute(take_lease(self.db.dialect), values)).first() is not None
 
     @staticmethod
     async def _give_back(conn: AsyncConnection, lease: Lease) -> None:
@@ -250,6 +243,26 @@ class SQLTurnStore(BoundStore):
         self._agents[name] = (key, agent)
         return agent
 
+    async def _start(
+        self, conn: AsyncConnection, given: dict[str, Any], *, budget: bool, lock: bool
+    ) -> tuple[Any, bool]:
+        """The agent's row (:func:`.turn_statements.agent_statement`; None when there is no
+        such agent) and whether the chat's lease was taken for ``given["holder"]``.
+
+        On PostgreSQL both in one statement (:func:`.turn_statements.start_statement`).
+        """
+        if self.db.dialect != "postgresql":
+            read_agent = agent_statement(self.db.dialect, budget=budget, lock=lock)
+            row = (await conn.execute(read_agent, given)).first()
+            if row is None:
+                return None, False
+            return row, await self._take(conn, given["chat_id"], given["holder"])
+        at = now()
+        values = {**given, "expires_at": at + self._length(), "at": at}
+        stmt = start_statement(budget=budget, lock=lock)
+        row = (await conn.execute(stmt, values)).first()
+        return row, bool(row is not None and row.taken)
+
     async def begin(
         self,
         user_id: str,
@@ -268,18 +281,21 @@ class SQLTurnStore(BoundStore):
         checked = budget if turn_id is not None else None
         limited = checked is not None and (checked.daily, checked.monthly) != (None, None)
         locked = limited and dialect == "postgresql"
-        read_agent = _agent_statement(dialect, budget=checked is not None, lock=locked)
-        given = {"agent_name": agent_name, "user_id": user_id}
+        given = {
+            "agent_name": agent_name,
+            "user_id": user_id,
+            "chat_id": chat_id,
+            "holder": lease.holder,
+        }
 
         async def attempt() -> TurnStart:
             # Framework statements first, then the rest as the user.
             async with self.db.inline_write() as conn:
-                row = (await conn.execute(read_agent, given)).first()
+                row, taken = await self._start(conn, given, budget=checked is not None, lock=locked)
                 if row is None:
                     self._agents.pop(agent_name, None)
                     raise UnknownAgentError(agent_name)
                 agent = await self._agent(conn, agent_name, row)
-                taken = await self._take(conn, chat_id, lease.holder)
                 if checked is not None and turn_id is not None:
                     # Refused: rolled back with the lease, nothing of this turn stored.
                     lease.reserved = await check_budget(
@@ -293,14 +309,22 @@ class SQLTurnStore(BoundStore):
                         locked=locked,
                     )
                 await self.db.users.enter(conn, user_id)
-                owner, memory, instructions, waiting, summary = await self._owner_and_prompt(
+                if not taken and not check_owner:
+                    raise _Busy
+                # On PostgreSQL the window comes with the rest, and the human message is
+                # stored by the same statement (rolled back below when the turn is refused).
+                fused = dialect == "postgresql"
+                read = await self._owner_and_prompt(
                     conn,
                     user_id,
                     agent_name,
                     chat_id,
                     check_owner=check_owner,
                     summary=agent.summarize,
+                    window=agent.history_window if fused else None,
+                    human=(message, taken) if fused else None,
                 )
+                owner, memory, instructions, waiting, summary, history = read
                 # Not found before busy: another user's chat must not answer
                 # differently while it has a turn running.
                 if check_owner and owner != (user_id, agent_name):
@@ -311,9 +335,10 @@ class SQLTurnStore(BoundStore):
                 if message is not None and pending:
                     # Rolled back with the lease: nothing of this turn is stored.
                     raise approval_pending(pending)
-                history = await self._window(conn, user_id, chat_id, agent.history_window)
-                if message is not None:
-                    await insert_messages(conn, user_id, chat_id, [message], returning=False)
+                if not fused:
+                    history = await self._window(conn, user_id, chat_id, agent.history_window)
+                    if message is not None:
+                        await insert_messages(conn, user_id, chat_id, [message], returning=False)
             return TurnStart(
                 user_id,
                 agent_name,
@@ -350,23 +375,28 @@ class SQLTurnStore(BoundStore):
         await self._stop(lease)
         try:
             async with self.db.inline_write() as conn:
-                await self._give_back(conn, lease)
-                if lease.reserved or usage is not None:
-                    # Framework tables, before the user part.
-                    await record_usage(
-                        conn,
-                        self.db.dialect,
-                        start.user_id,
-                        start.agent_name,
-                        start.chat_id,
-                        start.turn_id,
-                        usage,
-                        reserved=lease.reserved,
+                if self.db.dialect == "postgresql" and len(messages) <= MOST_FUSED_MESSAGES:
+                    await self._end(conn, start, messages, touch=touch, usage=usage)
+                else:
+                    await self._give_back(conn, lease)
+                    if lease.reserved or usage is not None:
+                        # Framework tables, before the user part.
+                        await record_usage(
+                            conn,
+                            self.db.dialect,
+                            start.user_id,
+                            start.agent_name,
+                            start.chat_id,
+                            start.turn_id,
+                            usage,
+                            reserved=lease.reserved,
+                        )
+                    await self.db.users.enter(conn, start.user_id)
+                    await insert_messages(
+                        conn, start.user_id, start.chat_id, messages, returning=False
                     )
-                await self.db.users.enter(conn, start.user_id)
-                await insert_messages(conn, start.user_id, start.chat_id, messages, returning=False)
-                if touch:
-                    await touch_sessions(conn, start.user_id, start.chat_id)
+                    if touch:
+                        await touch_sessions(conn, start.user_id, start.chat_id)
                 if summary is not None:
                     await upsert_summary(
                         conn, self.db.dialect, start.user_id, start.chat_id, summary
@@ -380,6 +410,58 @@ class SQLTurnStore(BoundStore):
             # give it back alone, now or, when the database is away, once it is back.
             self._give_back_later(lease)
             raise
+
+    async def _end(
+        self,
+        conn: AsyncConnection,
+        start: TurnStart,
+        messages: Sequence[NewMessage],
+        *,
+        touch: bool,
+        usage: TurnUsage | None,
+    ) -> None:
+        """PostgreSQL: give the lease back, record the usage, store the messages and
+        touch the sessions, in one statement (:func:`.turn_statements.finish_statement`).
+
+        When the storage's user transactions do something for a user (row-level
+        security), the framework's part comes first and the user's part is a
+        second statement, after ``users.enter``.
+        """
+        lease: Lease = start.lease
+        user_id, chat_id = start.user_id, start.chat_id
+        writes = UsageWrites(None, None, None)
+        if lease.reserved or usage is not None:
+            writes = usage_writes(
+                user_id, start.agent_name, chat_id, start.turn_id, usage, reserved=lease.reserved
+            )
+        framework: dict[str, Any] = {"the_chat": chat_id, "holder": lease.holder}
+        framework.update(writes.drop or {})
+        framework.update({f"usage_{k}": v for k, v in (writes.record or {}).items()})
+        if writes.totals is not None:
+            framework.update(writes.totals, the_user=user_id)
+            del framework["user_id"]
+        user: dict[str, Any] = {"the_chat": chat_id, "the_user": user_id}
+        ts = now()
+        for i, message in enumerate(messages):
+            user[f"role_{i}"] = message.role
+            user[f"content_{i}"] = dict(message.content)
+            user[f"created_at_{i}"] = message.created_at or ts
+        if touch:
+            user["updated_at"] = ts
+        if _enters_nothing(self.db.users):
+            stmt = finish_statement(
+                give_back=True, usage=writes.shape, messages=len(messages), touch=touch
+            )
+            await conn.execute(stmt, {**framework, **user})
+            return
+        stmt = finish_statement(give_back=True, usage=writes.shape, messages=0, touch=False)
+        await conn.execute(stmt, framework)
+        await self.db.users.enter(conn, user_id)
+        if messages or touch:
+            stmt = finish_statement(
+                give_back=False, usage=(False, False, False), messages=len(messages), touch=touch
+            )
+            await conn.execute(stmt, user)
 
     def _give_back_later(self, lease: Lease) -> None:
         task = asyncio.get_running_loop().create_task(self._retry_give_back(lease))
@@ -447,8 +529,8 @@ class SQLTurnStore(BoundStore):
         )
         return [pending_from_row(dict(r)) for r in rows.mappings()]
 
-    @staticmethod
     async def _owner_and_prompt(
+        self,
         conn: AsyncConnection,
         user_id: str,
         agent_name: str,
@@ -456,21 +538,43 @@ class SQLTurnStore(BoundStore):
         *,
         check_owner: bool,
         summary: bool = False,
-    ) -> tuple[tuple[str, str] | None, str, list[str], int, ChatSummary | None]:
+        window: int | None = None,
+        human: tuple[NewMessage | None, bool] | None = None,
+    ) -> tuple[tuple[str, str] | None, str, list[str], int, ChatSummary | None, list[Message]]:
         """The chat's owner (with ``check_owner``), the memory, the instructions,
-        how many of the chat's actions are pending, and (with ``summary``) the
-        chat's summary.
+        how many of the chat's actions are pending, (with ``summary``) the chat's
+        summary and (with ``window``, PostgreSQL) the last ``window`` messages.
 
         One statement instead of four: a turn's round trips are its cost. The
-        pending actions themselves are read only when there are any.
+        pending actions themselves are read only when there are any. ``human``
+        (PostgreSQL): the turn's message, stored by the same statement when the
+        lease was taken (the second item), unseen by its reads.
         """
-        stmt = _prompt_statement(conn.dialect.name, check_owner=check_owner, summary=summary)
-        values = {"user_id": user_id, "agent_name": agent_name, "chat_id": chat_id}
+        message, taken = human if human is not None else (None, False)
+        stmt = prompt_statement(
+            conn.dialect.name,
+            check_owner=check_owner,
+            summary=summary,
+            window=window is not None,
+            human=message is not None,
+        )
+        values: dict[str, Any] = {"user_id": user_id, "agent_name": agent_name, "chat_id": chat_id}
+        if window is not None:
+            values["limit"] = window
+        if message is not None:
+            values["taken"] = taken
+            values["role"] = message.role
+            values["content"] = dict(message.content)
+            values["created_at"] = message.created_at or now()
         owner: tuple[str, str] | None = None
         notes, instructions, waiting = "", [], 0
         found: ChatSummary | None = None
+        history: list[Message] = []
         for row in await conn.execute(stmt, values):
-            if row.part == 0:
+            if row.part == 5:
+                content = self._content(row.rank, row.b)
+                history.append(Message(row.rank, chat_id, user_id, row.a, content, row.at))
+            elif row.part == 0:
                 owner = (row.a, row.b)
             elif row.part == 1:
                 notes = row.a or ""
@@ -480,83 +584,5 @@ class SQLTurnStore(BoundStore):
                 waiting = int(row.rank)
             else:
                 found = summary_of(chat_id, user_id, row.a, row.rank, row.n, row.b)
-        return owner, notes, instructions, waiting, found
-
-
-@functools.cache
-def _prompt_statement(dialect: str, *, check_owner: bool, summary: bool) -> sa.Executable:
-    """The statement of :meth:`SQLTurnStore._owner_and_prompt` for ``user_id``,
-    ``agent_name`` and ``chat_id`` given when it runs."""
-    user_id: sa.BindParameter[Any] = sa.bindparam("user_id")
-    agent_name: sa.BindParameter[Any] = sa.bindparam("agent_name")
-    chat_id: sa.BindParameter[Any] = sa.bindparam("chat_id")
-    s, mem, c = schema.chat_sessions, schema.agent_memories, schema.prompt_customizations
-    p = schema.pending_actions
-    zero, empty = sa.literal(0), sa.literal("")
-    parts = [
-        sa.select(sa.literal(1), mem.c.notes, empty, zero, zero).where(
-            mem.c.user_id == user_id, mem.c.agent_name == agent_name
-        ),
-        sa.select(sa.literal(2), c.c.content, empty, c.c.priority, c.c.id).where(
-            c.c.user_id == user_id, c.c.agent_name == agent_name, c.c.is_active
-        ),
-        sa.select(sa.literal(3), empty, empty, sa.func.count(), zero).where(
-            p.c.chat_id == chat_id, p.c.user_id == user_id, p.c.status == "pending"
-        ),
-    ]
-    if summary:
-        # Its time comes back as text, as the column it shares is one: ISO 8601 in
-        # UTC whatever the session's DateStyle and TimeZone (SQLite stores it so).
-        cs = schema.chat_summaries
-        updated: sa.ColumnElement[Any] = (
-            sa.func.to_char(sa.func.timezone("UTC", cs.c.updated_at), 'YYYY-MM-DD"T"HH24:MI:SS.US')
-            if dialect == "postgresql"
-            else sa.cast(cs.c.updated_at, sa.String)
-        )
-        parts.append(
-            sa.select(
-                sa.literal(4),
-                cs.c.text,
-                updated,
-                cs.c.through_id,
-                cs.c.messages,
-            ).where(cs.c.chat_id == chat_id, cs.c.user_id == user_id)
-        )
-    if check_owner:
-        # The first session decides (as SQLSessionStore.owner).
-        first = (
-            sa.select(s.c.user_id, s.c.agent_name)
-            .where(s.c.chat_id == chat_id)
-            .order_by(s.c.created_at, s.c.id)
-            .limit(1)
-            .subquery()
-        )
-        parts.insert(0, sa.select(zero, first.c.user_id, first.c.agent_name, zero, zero))
-    named = [
-        part.with_only_columns(
-            *(
-                column.label(name)
-                for column, name in zip(part.selected_columns, COLUMNS, strict=True)
-            )
-        )
-        for part in parts
-    ]
-    return sa.union_all(*named).order_by("part", sa.desc("rank"), "n")
-
-
-@functools.cache
-def _agent_statement(dialect: str, *, budget: bool, lock: bool) -> sa.Executable:
-    """What a turn reads of its agent (``agent_name``): the row's config version only
-    (see :meth:`SQLTurnStore._agent`); with ``budget``, the user's (``user_id``) budget
-    override; with ``lock``, taking the user's budget lock (PostgreSQL)."""
-    a = schema.agents
-    columns: list[Any] = [a.c.id, a.c.created_at, a.c.config_version]
-    user_id = sa.bindparam("user_id", type_=sa.String)
-    if budget:
-        daily, monthly = override_columns(user_id)
-        columns += [daily.label("budget_daily"), monthly.label("budget_monthly")]
-    if lock:
-        taken = user_lock(dialect, user_id)
-        assert taken is not None
-        columns.append(taken.label("budget_lock"))
-    return sa.select(*columns).where(a.c.name == sa.bindparam("agent_name"))
+        history.reverse()
+        return owner, notes, instructions, waiting, found, history

@@ -1,0 +1,262 @@
+"""The statements of a chat turn (:mod:`.turns`), each built once.
+
+Building a statement costs more than running it on SQLite (SQLAlchemy works
+out a new statement's cache key each time; a built one keeps it), so every
+statement a turn makes is built here, once per shape.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from chatwright.plugins.sql import schema
+from chatwright.plugins.sql.budgets import (
+    DROP_RESERVATION,
+    add_to_totals,
+    override_columns,
+    user_lock,
+)
+from chatwright.plugins.sql.chats import TOUCH
+
+COLUMNS = ("part", "a", "b", "rank", "n")
+"""The columns of :func:`prompt_statement`'s rows."""
+
+_m, _leases = schema.chat_messages, schema.chat_leases
+
+WINDOW = (
+    sa.select(_m.c.id, _m.c.role, sa.cast(_m.c.content, sa.Text).label("raw"), _m.c.created_at)
+    .where(_m.c.chat_id == sa.bindparam("chat_id"), _m.c.user_id == sa.bindparam("user_id"))
+    .order_by(_m.c.id.desc())
+    .limit(sa.bindparam("limit", type_=sa.Integer))
+)
+"""The chat's last ``limit`` messages of the user, newest first."""
+
+GIVE_BACK = _leases.delete().where(
+    _leases.c.chat_id == sa.bindparam("chat_id"), _leases.c.holder == sa.bindparam("holder")
+)
+
+
+@functools.cache
+def take_lease(dialect: str) -> sa.Executable:
+    """Take a chat's lease when it is free or expired (``at``: now); returns it when taken."""
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = insert(_leases).values(
+        chat_id=sa.bindparam("chat_id"),
+        holder=sa.bindparam("holder"),
+        expires_at=sa.bindparam("expires_at"),
+    )
+    return stmt.on_conflict_do_update(
+        index_elements=["chat_id"],
+        set_={"holder": stmt.excluded.holder, "expires_at": stmt.excluded.expires_at},
+        where=_leases.c.expires_at < sa.bindparam("at", type_=_leases.c.expires_at.type),
+    ).returning(_leases.c.holder)
+
+
+@functools.cache
+def prompt_statement(
+    dialect: str, *, check_owner: bool, summary: bool, window: bool = False, human: bool = False
+) -> sa.Executable:
+    """The statement of :meth:`SQLTurnStore._owner_and_prompt` for ``user_id``,
+    ``agent_name`` and ``chat_id`` given when it runs.
+
+    With ``window`` (PostgreSQL), also the chat's last ``limit`` messages of the
+    user (part 5, newest first: ``a`` the role, ``b`` the content as text,
+    ``rank`` the id, ``at`` the time); with ``human``, the statement also stores
+    the turn's human message (``role``, ``content``, ``created_at``) when
+    ``taken`` is true, which none of its reads sees.
+    """
+    user_id: sa.BindParameter[Any] = sa.bindparam("user_id")
+    agent_name: sa.BindParameter[Any] = sa.bindparam("agent_name")
+    chat_id: sa.BindParameter[Any] = sa.bindparam("chat_id")
+    s, mem, c = schema.chat_sessions, schema.agent_memories, schema.prompt_customizations
+    p = schema.pending_actions
+    zero, empty = sa.literal(0), sa.literal("")
+    parts = [
+        sa.select(sa.literal(1), mem.c.notes, empty, zero, zero).where(
+            mem.c.user_id == user_id, mem.c.agent_name == agent_name
+        ),
+        sa.select(sa.literal(2), c.c.content, empty, c.c.priority, c.c.id).where(
+            c.c.user_id == user_id, c.c.agent_name == agent_name, c.c.is_active
+        ),
+        sa.select(sa.literal(3), empty, empty, sa.func.count(), zero).where(
+            p.c.chat_id == chat_id, p.c.user_id == user_id, p.c.status == "pending"
+        ),
+    ]
+    if summary:
+        # Its time comes back as text, as the column it shares is one: ISO 8601 in
+        # UTC whatever the session's DateStyle and TimeZone (SQLite stores it so).
+        cs = schema.chat_summaries
+        updated: sa.ColumnElement[Any] = (
+            sa.func.to_char(sa.func.timezone("UTC", cs.c.updated_at), 'YYYY-MM-DD"T"HH24:MI:SS.US')
+            if dialect == "postgresql"
+            else sa.cast(cs.c.updated_at, sa.String)
+        )
+        parts.append(
+            sa.select(
+                sa.literal(4),
+                cs.c.text,
+                updated,
+                cs.c.through_id,
+                cs.c.messages,
+            ).where(cs.c.chat_id == chat_id, cs.c.user_id == user_id)
+        )
+    if check_owner:
+        # The first session decides (as SQLSessionStore.owner).
+        first = (
+            sa.select(s.c.user_id, s.c.agent_name)
+            .where(s.c.chat_id == chat_id)
+            .order_by(s.c.created_at, s.c.id)
+            .limit(1)
+            .subquery()
+        )
+        parts.insert(0, sa.select(zero, first.c.user_id, first.c.agent_name, zero, zero))
+    names: tuple[str, ...] = COLUMNS
+    if window:
+        names = (*COLUMNS, "at")
+        no_time = sa.cast(sa.null(), _m.c.created_at.type)
+        parts = [part.add_columns(no_time) for part in parts]
+        w = WINDOW.subquery()
+        parts.append(sa.select(sa.literal(5), w.c.role, w.c.raw, w.c.id, zero, w.c.created_at))
+    named = [
+        part.with_only_columns(
+            *(column.label(name) for column, name in zip(part.selected_columns, names, strict=True))
+        )
+        for part in parts
+    ]
+    stmt = sa.union_all(*named).order_by("part", sa.desc("rank"), "n")
+    if human:
+        stmt = stmt.add_cte(_human_message())
+    return stmt
+
+
+def _human_message() -> sa.CTE:
+    """Storing the turn's human message when ``taken`` (a data-modifying CTE, PostgreSQL)."""
+    columns = ("chat_id", "user_id", "role", "content", "created_at")
+    values = sa.select(*(sa.bindparam(name, type_=_m.c[name].type) for name in columns)).where(
+        sa.bindparam("taken", type_=sa.Boolean)
+    )
+    return _m.insert().from_select(columns, values).cte("human")
+
+
+@functools.cache
+def start_statement(*, budget: bool, lock: bool) -> sa.Executable:
+    """PostgreSQL: :func:`agent_statement` and :func:`take_lease` in one statement.
+
+    Its row (none when there is no agent ``agent_name``) says in ``taken``
+    whether the lease is this turn's now. With ``lock``, the user's budget lock
+    is taken before the lease, as when they were two statements: the lease's
+    row is inserted from the row that takes it.
+    """
+    source = sa.select(*(sa.bindparam(name, type_=_leases.c[name].type) for name in _LEASE_COLUMNS))
+    if lock:
+        taken = user_lock("postgresql", sa.bindparam("user_id", type_=sa.String))
+        assert taken is not None
+        source = source.select_from(sa.select(taken.label("budget_lock")).subquery("budget"))
+    stmt = postgresql.insert(_leases).from_select(_LEASE_COLUMNS, source)
+    took = (
+        stmt.on_conflict_do_update(
+            index_elements=["chat_id"],
+            set_={"holder": stmt.excluded.holder, "expires_at": stmt.excluded.expires_at},
+            where=_leases.c.expires_at < sa.bindparam("at", type_=_leases.c.expires_at.type),
+        )
+        .returning(_leases.c.holder)
+        .cte("took")
+    )
+    read = agent_statement("postgresql", budget=budget, lock=False)
+    assert isinstance(read, sa.Select)
+    return read.add_columns(sa.exists(sa.select(took.c.holder)).label("taken")).add_cte(took)
+
+
+_LEASE_COLUMNS = ("chat_id", "holder", "expires_at")
+
+
+@functools.cache
+def agent_statement(dialect: str, *, budget: bool, lock: bool) -> sa.Executable:
+    """What a turn reads of its agent (``agent_name``): the row's config version only
+    (see :meth:`SQLTurnStore._agent`); with ``budget``, the user's (``user_id``) budget
+    override; with ``lock``, taking the user's budget lock (PostgreSQL)."""
+    a = schema.agents
+    columns: list[Any] = [a.c.id, a.c.created_at, a.c.config_version]
+    user_id = sa.bindparam("user_id", type_=sa.String)
+    if budget:
+        daily, monthly = override_columns(user_id)
+        columns += [daily.label("budget_daily"), monthly.label("budget_monthly")]
+    if lock:
+        taken = user_lock(dialect, user_id)
+        assert taken is not None
+        columns.append(taken.label("budget_lock"))
+    return sa.select(*columns).where(a.c.name == sa.bindparam("agent_name"))
+
+
+# -- the end of a turn on PostgreSQL: its writes in one statement ---------------------------
+
+MOST_FUSED_MESSAGES = 16
+"""Most messages :func:`finish_statement` stores (one statement shape per count)."""
+
+
+def _the_chat() -> sa.BindParameter[Any]:
+    return sa.bindparam("the_chat", type_=_m.c.chat_id.type)
+
+
+_USAGE = tuple(c.name for c in schema.token_usage.c if c.name != "id")
+
+
+@functools.lru_cache(maxsize=256)
+def finish_statement(
+    *, give_back: bool, usage: tuple[bool, bool, bool], messages: int, touch: bool
+) -> sa.Executable:
+    """PostgreSQL: what ends a turn, as data-modifying CTEs of one statement.
+
+    ``give_back``: giving the lease of ``the_chat`` back (``holder``); ``usage``:
+    which of :func:`~.budgets.usage_writes`' statements apply (dropping the
+    reservation: ``turn_id``; the usage row: its columns prefixed ``usage_``; the
+    totals: ``the_user``, ``day``, ``month``, ``tokens``); ``messages``: how many
+    messages to store in ``the_chat`` for ``the_user`` (``role_i``,
+    ``content_i``, ``created_at_i`` for each); ``touch``: :data:`~.chats.TOUCH`
+    (``the_chat``, ``the_user``, ``updated_at``). Every part sees the database
+    as it was before the statement; none reads what another writes.
+
+    No parameter is named after a column of ``chat_sessions`` but ``updated_at``:
+    SQLAlchemy adds a parameter named after a column to the SET of an UPDATE
+    in a CTE.
+    """
+    drop, record, totals = usage
+    parts: list[Any] = []
+    if give_back:
+        parts.append(
+            _leases.delete().where(
+                _leases.c.chat_id == _the_chat(), _leases.c.holder == sa.bindparam("holder")
+            )
+        )
+    if drop:
+        parts.append(DROP_RESERVATION)
+    if record:
+        u = schema.token_usage
+        parts.append(
+            u.insert().values({c: sa.bindparam(f"usage_{c}", type_=u.c[c].type) for c in _USAGE})
+        )
+    if totals:
+        parts.append(add_to_totals("postgresql", "the_user"))
+    if messages:
+        # From a SELECT: SQLAlchemy caches no statement with a multi-row VALUES.
+        columns = ("chat_id", "user_id", "role", "content", "created_at")
+        rows = [
+            sa.select(
+                _the_chat(),
+                sa.bindparam("the_user", type_=_m.c.user_id.type),
+                sa.bindparam(f"role_{i}", type_=_m.c.role.type),
+                sa.bindparam(f"content_{i}", type_=_m.c.content.type),
+                sa.bindparam(f"created_at_{i}", type_=_m.c.created_at.type),
+            )
+            for i in range(messages)
+        ]
+        source = rows[0] if messages == 1 else sa.union_all(*rows)
+        parts.append(_m.insert().from_select(columns, source))
+    if touch:
+        parts.append(TOUCH)
+    ctes = [part.cte(f"w{i}") for i, part in enumerate(parts)]
+    return sa.select(sa.literal(len(ctes))).add_cte(*ctes)
