@@ -524,3 +524,28 @@ ALTER DEFAULT PRIVILEGES IN SCHEMA public
 ALTER DEFAULT PRIVILEGES IN SCHEMA public
     GRANT ALL ON FUNCTIONS TO anon, authenticated, service_role;
 """
+
+
+class DirectRuns:
+    """The statements an inline SQLite transaction ran straight on the driver
+    (plugins/sql/direct.py), each by its first ``words`` words; one that raised there
+    is recorded with " (raised)"."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, *, words: int = 1) -> None:
+        from chatwright.plugins.sql import direct
+
+        self.direct: list[str] = []
+        original = direct.DirectConnection._run
+
+        async def counting(conn: Any, statements: Any, stmt: Any, parameters: Any) -> Any:
+            said = " ".join(str(stmt).split()[:words])
+            try:
+                result = await original(conn, statements, stmt, parameters)
+            except BaseException:
+                self.direct.append(said + " (raised)")
+                raise
+            if result is not None:
+                self.direct.append(said)
+            return result
+
+        monkeypatch.setattr(direct.DirectConnection, "_run", counting)

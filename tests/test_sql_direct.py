@@ -22,10 +22,10 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 
-from chatwright.plugins.sql import direct
 from chatwright.plugins.sql.engine import sqlite_engine
 from chatwright.plugins.sql.schema import JSONValue, UTCDateTime
 from chatwright.plugins.sql.storage import SQLStorage
+from tests.harness import DirectRuns
 
 meta = sa.MetaData()
 items = sa.Table(
@@ -69,26 +69,6 @@ async def storage(tmp_path: Path) -> AsyncIterator[SQLStorage]:
     await made.close()
 
 
-class Ran:
-    """Which statements went straight to the driver."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.direct: list[str] = []
-        original = direct.DirectConnection._run
-
-        async def counting(conn: Any, statements: Any, stmt: Any, parameters: Any) -> Any:
-            try:
-                result = await original(conn, statements, stmt, parameters)
-            except Exception:
-                self.direct.append(str(stmt).split()[0] + " (raised)")
-                raise
-            if result is not None:
-                self.direct.append(str(stmt).split()[0])
-            return result
-
-        monkeypatch.setattr(direct.DirectConnection, "_run", counting)
-
-
 def row_values(rows: list[Any]) -> list[tuple[Any, ...]]:
     return [tuple(r) for r in rows]
 
@@ -96,7 +76,7 @@ def row_values(rows: list[Any]) -> list[tuple[Any, ...]]:
 async def test_a_statement_run_again_gives_what_sqlalchemy_gives(
     storage: SQLStorage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ran = Ran(monkeypatch)
+    ran = DirectRuns(monkeypatch)
     keys = [uuid.uuid4() for _ in range(4)]
     rows = [
         {"key": keys[0], "owner": "a", "body": {"n": 1, "s": "é"}, "at": AT},
@@ -140,7 +120,7 @@ async def test_a_statement_run_again_gives_what_sqlalchemy_gives(
 async def test_row_counts_returning_and_errors_are_sqlalchemys(
     storage: SQLStorage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ran = Ran(monkeypatch)
+    ran = DirectRuns(monkeypatch)
     for n in range(3):
         async with storage.inline_write() as conn:
             made = await conn.execute(
@@ -170,7 +150,7 @@ async def test_row_counts_returning_and_errors_are_sqlalchemys(
 async def test_what_keeps_sqlalchemys_execution(
     storage: SQLStorage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ran = Ran(monkeypatch)
+    ran = DirectRuns(monkeypatch)
     # Built for each call: never prepared.
     for n in range(3):
         async with storage.inline_write() as conn:
@@ -210,7 +190,7 @@ async def test_what_keeps_sqlalchemys_execution(
 async def test_refused_values_and_returning_of_several_rows_as_sqlalchemy(
     storage: SQLStorage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ran = Ran(monkeypatch)
+    ran = DirectRuns(monkeypatch)
 
     async def naive() -> None:
         async with storage.inline_write() as conn:

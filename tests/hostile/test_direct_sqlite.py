@@ -49,11 +49,12 @@ from sqlalchemy.engine import make_url
 
 from chatwright.errors import InvalidInputError, StorageError
 from chatwright.plugins.example import assistant as example
-from chatwright.plugins.sql import direct, inline
+from chatwright.plugins.sql import inline
 from chatwright.plugins.sql.engine import sqlite_engine
 from chatwright.plugins.sql.records import reflect_table
 from chatwright.plugins.sql.storage import SQLStorage
 from chatwright.plugins.sql.writes import _insert_returning
+from tests.harness import DirectRuns
 from tests.hostile.conftest import AGENT, Backend, MakeServer, plant_tool, say, sql
 
 KINDS = """CREATE TABLE kinds (
@@ -88,27 +89,6 @@ async def storage(tmp_path: Path) -> AsyncIterator[SQLStorage]:
         await conn.execute(sa.text(KINDS))
     yield made
     await made.close()
-
-
-class Ran:
-    """Which statements went straight to the driver (by their first words)."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.direct: list[str] = []
-        original = direct.DirectConnection._run
-
-        async def counting(conn: Any, statements: Any, stmt: Any, parameters: Any) -> Any:
-            words = " ".join(str(stmt).split()[:3])
-            try:
-                result = await original(conn, statements, stmt, parameters)
-            except BaseException:
-                self.direct.append(words + " (raised)")
-                raise
-            if result is not None:
-                self.direct.append(words)
-            return result
-
-        monkeypatch.setattr(direct.DirectConnection, "_run", counting)
 
 
 def raw_driver(conn: Any) -> sqlite3.Connection:
@@ -188,7 +168,7 @@ HOSTILE_VALUES: list[tuple[str, dict[str, Any]]] = [
 async def test_sqlalchemy_and_the_direct_path_store_and_return_the_same(
     storage: SQLStorage, monkeypatch: pytest.MonkeyPatch, name: str, values: dict[str, Any]
 ) -> None:
-    ran = Ran(monkeypatch)
+    ran = DirectRuns(monkeypatch, words=3)
     async with storage.read() as conn:
         table = await conn.run_sync(lambda sync: reflect_table(sync, "kinds"))
     stmt = _insert_returning(table)  # the crud create's statement, built once per table
@@ -227,7 +207,7 @@ async def test_row_counts_and_rows_of_the_turn_statements_match(
     storage: SQLStorage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """UPDATE, DELETE and a SELECT with literals and a LIMIT: counts and values match."""
-    ran = Ran(monkeypatch)
+    ran = DirectRuns(monkeypatch, words=3)
     async with storage.read() as conn:
         table = await conn.run_sync(lambda sync: reflect_table(sync, "kinds"))
     insert = table.insert()
@@ -282,7 +262,7 @@ async def test_row_counts_and_rows_of_the_turn_statements_match(
 async def test_a_failed_statement_leaves_no_transaction_and_no_lock(
     storage: SQLStorage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ran = Ran(monkeypatch)
+    ran = DirectRuns(monkeypatch, words=3)
     path = Path(str(storage.url.database))
     async with storage.write() as conn:
         await conn.execute(sa.text("CREATE UNIQUE INDEX one_n ON kinds (n)"))
@@ -470,7 +450,7 @@ async def test_a_string_past_sqlites_length_limit_is_the_same_error(
     storage: SQLStorage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A string or blob too big (SQLITE_LIMIT_LENGTH, lowered here to reach it cheaply)."""
-    ran = Ran(monkeypatch)
+    ran = DirectRuns(monkeypatch, words=3)
     async with storage.inline_write():
         pass
     kept = storage._inline._kept
@@ -675,7 +655,7 @@ async def test_a_scripted_model_gets_the_same_answers_from_both_paths(
     make_server: MakeServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each call twice in one turn: the first through SQLAlchemy, the second directly."""
-    ran = Ran(monkeypatch)
+    ran = DirectRuns(monkeypatch, words=3)
     server = await make_server(turns={"max_tool_calls": 1000})
     runtime = server.runtime
     await example.seed(runtime.storage, "scripted:x")
@@ -708,7 +688,7 @@ async def test_a_turns_statements_store_the_same_on_both_paths(
 ) -> None:
     """Two turns with the same hostile message: the first turn's statements run through
     SQLAlchemy, the second's directly; the stored chats are the same."""
-    ran = Ran(monkeypatch)
+    ran = DirectRuns(monkeypatch, words=3)
     server = await make_server()
     runtime = server.runtime
     await example.seed(runtime.storage, "scripted:x")
