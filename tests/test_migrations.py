@@ -16,12 +16,27 @@ from chatwright.settings import Settings
 from tests.harness import storage_for
 
 
+def for_dialect(dialect: str) -> Any:
+    """Alembic compares what the metadata creates on ``dialect``: an index made only on
+    another (``ddl_if``) is not expected here."""
+
+    def include(obj: Any, name: Any, kind: str, reflected: bool, compare_to: Any) -> bool:
+        only = getattr(obj, "_ddl_if", None)
+        return only is None or only.dialect in (None, dialect)
+
+    return include
+
+
 def _schema_diff(storage: SQLStorage) -> Any:
     async def diff() -> list[Any]:
         def compare(conn: sa.Connection) -> list[Any]:
             context = MigrationContext.configure(
                 conn,
-                opts={"compare_type": True, "version_table": schema.VERSION_TABLE},
+                opts={
+                    "compare_type": True,
+                    "version_table": schema.VERSION_TABLE,
+                    "include_object": for_dialect(conn.dialect.name),
+                },
             )
             return list(compare_metadata(context, schema.metadata))
 
@@ -55,7 +70,44 @@ async def check_fresh_database(storage: SQLStorage) -> None:
     assert "ix_chat_sessions_active_stale" in sessions
     messages = await _indexes(storage, "chat_messages")
     assert messages["ix_chat_messages_chat_id_id"]["column_names"] == ["chat_id", "id"]
+    if storage.dialect == "postgresql":
+        window = messages["ix_chat_messages_chat_id_user_id_id"]["column_names"]
+        assert window == ["chat_id", "user_id", "id"]
+        await check_window_plan_without_statistics(storage)
+    else:
+        assert "ix_chat_messages_chat_id_user_id_id" not in messages
     await check_write_safety_migration(storage)
+
+
+async def check_window_plan_without_statistics(storage: SQLStorage) -> None:
+    """A turn's window on a table PostgreSQL has no statistics for walks an index
+    backwards and stops at the window: no sort of the chat (which grew with it)."""
+    from chatwright.plugins.sql.turn_statements import WINDOW
+
+    chat = "7a0f5d2e-58c1-4c36-9d51-30c1f1f3b8a4"
+    async with storage.write() as conn:
+        await conn.execute(
+            sa.text(
+                "INSERT INTO chat_messages (chat_id, user_id, role, content) "
+                "SELECT CAST(:chat AS uuid), 'u' || (n % 3), 'human', '{}'::jsonb "
+                "FROM generate_series(1, 6000) AS n"
+            ),
+            {"chat": chat},
+        )
+        analysed = await conn.scalar(
+            sa.text(
+                "SELECT last_analyze IS NULL AND last_autoanalyze IS NULL "
+                "FROM pg_stat_user_tables WHERE relname = 'chat_messages'"
+            )
+        )
+        rows = await conn.exec_driver_sql(
+            "EXPLAIN " + str(WINDOW.compile(dialect=conn.dialect)),
+            {"chat_id": chat, "user_id": "u1", "limit": 50},
+        )
+        plan = "\n".join(r[0] for r in rows)
+        await conn.execute(sa.text("DELETE FROM chat_messages"))
+    assert analysed
+    assert "ix_chat_messages_chat_id_user_id_id" in plan and "Sort" not in plan, plan
 
 
 def _downgrade(sync_conn: sa.Connection, revision: str) -> None:
