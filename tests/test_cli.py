@@ -409,13 +409,13 @@ def test_config_show_defaults_text_and_json() -> None:
     assert 'backend = "sql"' in lines
     assert 'url = "sqlite+aiosqlite:///chatwright.db"' in lines
     assert "# default is not set" in lines
-    assert "pool_size = 5" in lines
+    assert "pool_size = 15" in lines
     assert "echo = false" in lines
 
     data = ok_json("config", "show", "--json")
     assert data["storage"]["backend"] == "sql"
     assert data["storage"]["url"] == "sqlite+aiosqlite:///chatwright.db"
-    assert data["storage"]["pool_size"] == 5
+    assert data["storage"]["pool_size"] == 15
     assert data["models"] == {
         "default": None,
         "request_timeout": 60.0,

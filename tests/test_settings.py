@@ -54,8 +54,8 @@ def test_zero_config_defaults() -> None:
     assert isinstance(settings, Settings)
     assert settings.storage.backend == "sql"
     assert settings.storage.url == DEFAULT_URL
-    assert sql(settings).pool_size == 5
-    assert sql(settings).max_overflow == 10
+    assert sql(settings).pool_size == 15
+    assert sql(settings).max_overflow == 0
     assert sql(settings).pool_timeout == 30.0
     assert sql(settings).busy_timeout == 5.0
     assert sql(settings).echo is False
@@ -98,7 +98,7 @@ def test_toml_in_cwd_beats_defaults(clean_env: Path) -> None:
     assert settings.models.default == "toml:model"
     # Keys the file does not set keep their defaults.
     assert settings.storage.backend == "sql"
-    assert sql(settings).max_overflow == 10
+    assert sql(settings).max_overflow == 0
 
 
 def test_env_beats_toml(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -361,7 +361,7 @@ def test_cli_config_show_text(clean_env: Path) -> None:
     assert "# settings file: none" in out
     assert "[storage]" in out
     assert f'url = "{DEFAULT_URL}"' in out
-    assert "pool_size = 5" in out
+    assert "pool_size = 15" in out
     assert "echo = false" in out
     assert "[models]" in out
 
@@ -464,7 +464,7 @@ def test_a_third_party_section_and_an_extended_core_section(
     vault = settings.section(VaultSettings)
     assert (vault.address, vault.retries, vault.token) == ("http://vault:8200", 5, None)
     assert settings.section(StorageExtra).read_only is True
-    assert sql(settings).pool_size == 5  # two plugins extend [storage] side by side
+    assert sql(settings).pool_size == 15  # two plugins extend [storage] side by side
 
     monkeypatch.setenv("CHATWRIGHT_VAULT__RETRIES", "-1")
     with pytest.raises(SettingsError, match=r"'vault\.retries'.*CHATWRIGHT_VAULT__RETRIES"):

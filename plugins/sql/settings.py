@@ -11,8 +11,16 @@ from pydantic import BaseModel, Field
 
 
 class SQLStorageSettings(BaseModel):
-    pool_size: int = Field(5, ge=1, description="Pooled connections kept open (PostgreSQL).")
-    max_overflow: int = Field(10, ge=0, description="Extra connections beyond pool_size.")
+    pool_size: int = Field(
+        15,
+        ge=1,
+        description="Pooled connections kept open once opened (PostgreSQL; opened as needed).",
+    )
+    max_overflow: int = Field(
+        0,
+        ge=0,
+        description="Extra connections beyond pool_size, each closed when given back.",
+    )
     pool_timeout: float = Field(30.0, gt=0, description="Seconds to wait for a free connection.")
     statement_timeout: float = Field(
         30.0,
