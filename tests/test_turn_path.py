@@ -21,11 +21,12 @@ import sqlalchemy as sa
 from sqlalchemy import event
 
 from chatwright import testing
-from chatwright.errors import ChatBusyError
+from chatwright.errors import ChatBusyError, InvalidInputError
 from chatwright.plugins.example import assistant as example
 from chatwright.plugins.sql import schema
 from chatwright.plugins.sql.chats import insert_messages
 from chatwright.plugins.sql.settings import SQLStorageSettings
+from chatwright.plugins.sql.user_transactions import UserTransactions
 from chatwright.registry import LoadPolicy, Plugins
 from chatwright.runtime import Runtime, Turn
 from chatwright.stores import NewMessage
@@ -178,6 +179,109 @@ async def test_a_cached_turn_sends_few_statements(make: Make, sql_url: str) -> N
         "hello",
         "add milk",
     ]
+    assert await leases(runtime) == []
+
+
+@contextmanager
+def autocommitted(runtime: Runtime) -> Iterator[list[tuple[str, bool]]]:
+    """Every statement sent while the block runs, with whether it ran outside a
+    transaction (its connection in autocommit)."""
+    sent: list[tuple[str, bool]] = []
+    engine = runtime.storage.engine.sync_engine  # type: ignore[attr-defined]
+
+    def executed(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        sent.append((statement, bool(conn.connection.dbapi_connection.autocommit)))
+
+    event.listen(engine, "before_cursor_execute", executed)
+    try:
+        yield sent
+    finally:
+        event.remove(engine, "before_cursor_execute", executed)
+
+
+@pytest.mark.parametrize("sql_url", ["postgresql"], indirect=True)
+async def test_a_turns_writes_of_one_statement_run_without_begin_and_commit(
+    make: Make, sql_url: str
+) -> None:
+    """PostgreSQL: the tool exchange's record and the turn's end are one statement each,
+    atomic by itself, so they run in autocommit: one round trip instead of BEGIN, the
+    statement and COMMIT. The begin, which may roll back what it did, keeps its
+    transaction, and so does the tool's write with its audit entry."""
+    runtime, _ = await make()
+    await example.seed(runtime.storage, "scripted:x")
+    call = {"tool_calls": [{"name": "add_task", "args": {"title": "milk"}}]}
+    script = [{"content": "Warm."}, call, {"content": "Added."}]
+    await runtime.storage.agents.update(example.AGENT, model_settings={"responses": script})
+    chat_id = await chat_of(runtime, USER, example.AGENT)
+    await runtime.chat(USER, example.AGENT, chat_id, "warm up")  # builds the agent
+    with autocommitted(runtime) as sent, transactions(runtime) as begun:
+        turn = await runtime.chat(USER, example.AGENT, chat_id, "add milk")
+    assert turn.response == "Added." and not turn.tool_calls[0].error
+    alone = [statement for statement, autocommit in sent if autocommit]
+    in_transactions = [statement for statement, autocommit in sent if not autocommit]
+    assert len(alone) == 2, sent
+    assert all("chat_messages" in statement for statement in alone), alone
+    assert any("chat_leases" in statement for statement in alone)  # the end gives it back
+    assert all("tasks" not in s and "audit_log" not in s for s in alone)
+    assert len(in_transactions) == 4, in_transactions  # the begin's two, the tool's two
+    history = await runtime.storage.messages.window(USER, chat_id, 20)
+    assert [m.role for m in history] == ["human", "ai", "human", "ai", "tool", "ai"]
+    assert await leases(runtime) == []
+    assert len(begun) == 4  # SQLAlchemy's own count: begin, tool, exchange, end
+
+
+@pytest.mark.parametrize("sql_url", ["postgresql"], indirect=True)
+async def test_a_turns_record_of_several_messages_stands_or_falls_whole(
+    make: Make, sql_url: str
+) -> None:
+    """The exchange's messages, stored without a transaction around them, are still
+    stored all or none: the one statement that stores them fails whole."""
+    runtime, _ = await make()
+    await runtime.storage.agents.create(ECHO, system_prompt=PROMPT, model="echo:x")
+    chat_id = await chat_of(runtime, USER)
+    start = await runtime.turns.begin(USER, ECHO, chat_id, None)
+    good = NewMessage("ai", {"type": "ai", "data": {"content": "fine"}})
+    # PostgreSQL's jsonb refuses the NUL character.
+    bad = NewMessage("tool", {"type": "tool", "data": {"content": "a\x00b"}})
+    with pytest.raises(InvalidInputError, match="refused a value"):
+        await runtime.turns.append(start, [good, bad])
+    assert await runtime.storage.messages.window(USER, chat_id, 10) == []
+    await runtime.turns.append(start, [good, good])
+    assert [
+        m.content["data"]["content"]
+        for m in await runtime.storage.messages.window(USER, chat_id, 10)
+    ] == ["fine", "fine"]
+    await runtime.turns.finish(start, [], touch=False)
+    assert await leases(runtime) == []
+
+
+class _Entering(UserTransactions):
+    """User transactions that do something for a user: a statement must then run in a
+    transaction with it."""
+
+    async def enter(self, conn: Any, user_id: str | None) -> None:
+        if user_id is not None:
+            await conn.execute(sa.text("SELECT set_config('app.user', :u, true)"), {"u": user_id})
+
+
+@pytest.mark.parametrize("sql_url", ["postgresql"], indirect=True)
+async def test_a_turns_writes_keep_their_transaction_when_users_enter_something(
+    make: Make, sql_url: str
+) -> None:
+    """With user transactions that set something for the user (row-level security), every
+    write of a turn runs in a transaction: what ``enter`` set ends with it."""
+    runtime, _ = await make()
+    runtime.storage.users = _Entering()  # type: ignore[attr-defined]
+    await example.seed(runtime.storage, "scripted:x")
+    call = {"tool_calls": [{"name": "add_task", "args": {"title": "milk"}}]}
+    script = [{"content": "Warm."}, call, {"content": "Added."}]
+    await runtime.storage.agents.update(example.AGENT, model_settings={"responses": script})
+    chat_id = await chat_of(runtime, USER, example.AGENT)
+    await runtime.chat(USER, example.AGENT, chat_id, "warm up")
+    with autocommitted(runtime) as sent:
+        turn = await runtime.chat(USER, example.AGENT, chat_id, "add milk")
+    assert turn.response == "Added."
+    assert sent and not any(autocommit for _, autocommit in sent), sent
     assert await leases(runtime) == []
 
 

@@ -116,6 +116,21 @@ def _enters_nothing(users: UserTransactions) -> bool:
     return type(users).enter is UserTransactions.enter
 
 
+def _user_values(
+    start: TurnStart, messages: Sequence[NewMessage], *, touch: bool
+) -> dict[str, Any]:
+    """The parameters of :func:`.turn_statements.finish_statement`'s user part."""
+    values: dict[str, Any] = {"the_chat": start.chat_id, "the_user": start.user_id}
+    ts = now()
+    for i, message in enumerate(messages):
+        values[f"role_{i}"] = message.role
+        values[f"content_{i}"] = dict(message.content)
+        values[f"created_at_{i}"] = message.created_at or ts
+    if touch:
+        values["updated_at"] = ts
+    return values
+
+
 class _Busy(Exception):
     """The chat's lease is held: roll back and try again."""
 
@@ -159,7 +174,7 @@ class SQLTurnStore(BoundStore):
         while True:
             await asyncio.sleep(self.db.turn_lease / 3)
             try:
-                async with self.db.inline_write() as conn:
+                async with self.db.inline_write(one_statement=True) as conn:
                     result = await conn.execute(
                         leases.update()
                         .where(leases.c.chat_id == lease.chat_id, leases.c.holder == lease.holder)
@@ -218,7 +233,7 @@ class SQLTurnStore(BoundStore):
             yield
         finally:
             await self._stop(lease)
-            async with self.db.inline_write() as conn:
+            async with self.db.inline_write(one_statement=True) as conn:
                 await self._give_back(conn, lease)
 
     # -- turns -------------------------------------------------------------------
@@ -358,6 +373,16 @@ class SQLTurnStore(BoundStore):
         return start
 
     async def append(self, start: TurnStart, messages: Sequence[NewMessage]) -> None:
+        if self.db.dialect == "postgresql" and 0 < len(messages) <= MOST_FUSED_MESSAGES:
+            # One INSERT of every row: atomic by itself, so it needs no transaction
+            # around it where users.enter does nothing.
+            stmt = finish_statement(
+                give_back=False, usage=(False, False, False), messages=len(messages), touch=False
+            )
+            values = _user_values(start, messages, touch=False)
+            async with self.db.inline_write(start.user_id, one_statement=True) as conn:
+                await conn.execute(stmt, values)
+            return
         async with self.db.inline_write(start.user_id) as conn:
             await insert_messages(conn, start.user_id, start.chat_id, messages, returning=False)
 
@@ -373,9 +398,13 @@ class SQLTurnStore(BoundStore):
     ) -> list[PendingAction]:
         lease: Lease = start.lease
         await self._stop(lease)
+        fused = self.db.dialect == "postgresql" and len(messages) <= MOST_FUSED_MESSAGES
+        # Fused, without pending actions or a summary, and with nothing for users.enter
+        # to do, the finish is one statement (see _end).
+        alone = fused and not pending and summary is None and _enters_nothing(self.db.users)
         try:
-            async with self.db.inline_write() as conn:
-                if self.db.dialect == "postgresql" and len(messages) <= MOST_FUSED_MESSAGES:
+            async with self.db.inline_write(one_statement=alone) as conn:
+                if fused:
                     await self._end(conn, start, messages, touch=touch, usage=usage)
                 else:
                     await self._give_back(conn, lease)
@@ -440,14 +469,7 @@ class SQLTurnStore(BoundStore):
         if writes.totals is not None:
             framework.update(writes.totals, the_user=user_id)
             del framework["user_id"]
-        user: dict[str, Any] = {"the_chat": chat_id, "the_user": user_id}
-        ts = now()
-        for i, message in enumerate(messages):
-            user[f"role_{i}"] = message.role
-            user[f"content_{i}"] = dict(message.content)
-            user[f"created_at_{i}"] = message.created_at or ts
-        if touch:
-            user["updated_at"] = ts
+        user = _user_values(start, messages, touch=touch)
         if _enters_nothing(self.db.users):
             stmt = finish_statement(
                 give_back=True, usage=writes.shape, messages=len(messages), touch=touch
@@ -473,7 +495,7 @@ class SQLTurnStore(BoundStore):
         expiry = time.monotonic() + self.db.turn_lease
         while time.monotonic() < expiry:
             try:
-                async with self.db.inline_write() as conn:
+                async with self.db.inline_write(one_statement=True) as conn:
                     await self._give_back(conn, lease)
                 return
             except StorageError:
