@@ -560,6 +560,42 @@ async def test_a_message_changed_in_the_database_is_read_anew(make: Make) -> Non
     assert seen(turn)["humans"] == ["edited", "second", "third"]
 
 
+async def test_a_turns_window_is_the_stored_window_and_follows_every_column(
+    make: Make, sql_url: str
+) -> None:
+    """The turn's window, made of messages kept from the turns before where their rows
+    are unchanged, is what the message store reads (times aware, in UTC), and a row
+    whose role or time changed is made anew."""
+    runtime, _ = await make()
+    await runtime.storage.agents.create(ECHO, system_prompt=PROMPT, model="echo:x")
+    chat_id = await chat_of(runtime, USER)
+    for text in ("one", "two", "three"):
+        await runtime.chat(USER, ECHO, chat_id, text)
+    start = await runtime.turns.begin(USER, ECHO, chat_id, None)
+    await runtime.turns.finish(start, [], touch=False)
+    stored = await runtime.storage.messages.window(USER, chat_id, 1000)
+    assert start.history == stored
+    assert all(m.created_at.utcoffset() == timedelta(0) for m in start.history)
+    again = await runtime.turns.begin(USER, ECHO, chat_id, None)
+    await runtime.turns.finish(again, [], touch=False)
+    assert again.history == stored
+    first = stored[0]
+    moved = datetime(2020, 5, 17, 8, 30, 15, 250000, tzinfo=UTC)
+    async with runtime.storage.write() as conn:  # type: ignore[attr-defined]
+        await conn.execute(
+            schema.chat_messages.update()
+            .where(schema.chat_messages.c.id == first.id)
+            .values(created_at=moved, role="system")
+        )
+    changed = await runtime.turns.begin(USER, ECHO, chat_id, None)
+    await runtime.turns.finish(changed, [], touch=False)
+    assert changed.history[0].created_at == moved and changed.history[0].role == "system"
+    assert changed.history == await runtime.storage.messages.window(USER, chat_id, 1000)
+    # Another user asking for the same chat gets none of it.
+    with pytest.raises(Exception, match="chat"):
+        await runtime.turns.begin("mallory", ECHO, chat_id, None)
+
+
 async def test_the_config_version_follows_plain_sql_on_tool_rows(make: Make) -> None:
     runtime, _ = await make()
     storage = runtime.storage

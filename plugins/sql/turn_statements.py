@@ -35,6 +35,20 @@ WINDOW = (
 )
 """The chat's last ``limit`` messages of the user, newest first."""
 
+WINDOW_TEXT = (
+    sa.select(
+        _m.c.id,
+        _m.c.role,
+        sa.cast(_m.c.content, sa.Text).label("raw"),
+        sa.type_coerce(_m.c.created_at, sa.Text).label("at"),
+    )
+    .where(_m.c.chat_id == sa.bindparam("chat_id"), _m.c.user_id == sa.bindparam("user_id"))
+    .order_by(_m.c.id.desc())
+    .limit(sa.bindparam("limit", type_=sa.Integer))
+)
+"""SQLite: :data:`WINDOW` with ``created_at`` as stored (text), converted only for a
+message not seen before (see ``SQLTurnStore._window``)."""
+
 GIVE_BACK = _leases.delete().where(
     _leases.c.chat_id == sa.bindparam("chat_id"), _leases.c.holder == sa.bindparam("holder")
 )

@@ -85,7 +85,7 @@ from chatwright.plugins.sql.stores import BoundStore
 from chatwright.plugins.sql.turn_statements import (
     GIVE_BACK,
     MOST_FUSED_MESSAGES,
-    WINDOW,
+    WINDOW_TEXT,
     agent_statement,
     finish_statement,
     prompt_statement,
@@ -151,6 +151,8 @@ class SQLTurnStore(BoundStore):
         super().__init__(db)
         self._pending: set[asyncio.Task[None]] = set()
         self._contents: OrderedDict[int, tuple[str | None, Any]] = OrderedDict()
+        self._messages: OrderedDict[int, tuple[tuple[Any, ...], Message]] = OrderedDict()
+        self._read_time: Any = None
         self._agents: dict[str, tuple[tuple[Any, ...], Agent]] = {}
 
     # -- leases ----------------------------------------------------------------
@@ -513,13 +515,41 @@ class SQLTurnStore(BoundStore):
     async def _window(
         self, conn: AsyncConnection, user_id: str, chat_id: uuid.UUID, limit: int
     ) -> list[Message]:
-        rows = (
-            await conn.execute(WINDOW, {"chat_id": chat_id, "user_id": user_id, "limit": limit})
-        ).all()
-        return [
-            Message(r.id, chat_id, user_id, r.role, self._content(r.id, r.raw), r.created_at)
-            for r in reversed(rows)
-        ]
+        """SQLite: the chat's last ``limit`` messages, oldest first.
+
+        Every turn reads its window again, most of it the messages of the turns
+        before: the last ``KNOWN_MESSAGES`` made are kept by id with the text they
+        were made from (role, content, time), and one is reused only when the row
+        read now has the same (converting a stored time costs more than reading the
+        row).
+        """
+        values = {"chat_id": chat_id, "user_id": user_id, "limit": limit}
+        rows = (await conn.execute(WINDOW_TEXT, values)).all()
+        known = self._messages
+        history: list[Message] = []
+        for message_id, role, raw, at in reversed(rows):
+            kept = known.get(message_id)
+            if kept is not None and kept[0] == (role, raw, at):
+                made = kept[1]
+                if made.chat_id == chat_id and made.user_id == user_id:
+                    known.move_to_end(message_id)
+                    history.append(made)
+                    continue
+            content = message_content(schema.decode_json(raw))
+            made = Message(message_id, chat_id, user_id, role, content, self._time(at))
+            known[message_id] = ((role, raw, at), made)
+            if len(known) > KNOWN_MESSAGES:
+                known.popitem(last=False)
+            history.append(made)
+        return history
+
+    def _time(self, stored: Any) -> Any:
+        """A time as the database stored it, as its column reads it (``created_at``)."""
+        if self._read_time is None:
+            dialect = self.db.engine.dialect
+            column = schema.chat_messages.c.created_at.type
+            self._read_time = column.dialect_impl(dialect).result_processor(dialect, None)
+        return stored if self._read_time is None else self._read_time(stored)
 
     def _content(self, message_id: int, raw: str | None) -> Any:
         """A message's content from its stored text, decoded once while it stays the same.
