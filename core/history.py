@@ -193,7 +193,8 @@ def parsed(stored: Message) -> BaseMessage | None:
     if "data" not in content:
         return None
     kept = _parsed.get(stored.id)
-    if kept is not None and kept[0] == content:
+    # The same content object most turns (the storage keeps what it read before).
+    if kept is not None and (kept[0] is content or kept[0] == content):
         _parsed.move_to_end(stored.id)
         return kept[1].model_copy()
     try:

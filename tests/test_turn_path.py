@@ -663,6 +663,37 @@ async def test_a_long_turn_renews_its_lease_and_another_process_waits(make: Make
     assert [m.role for m in messages] == ["human", "ai", "human", "ai"]
 
 
+async def test_a_lease_is_renewed_by_a_task_only_once_its_turn_outlives_a_third_of_it(
+    make: Make,
+) -> None:
+    """A turn shorter than a third of the lease costs no renewal task; a longer one gets
+    one, which renews at once and then every third, and ends with the turn."""
+    runtime, _ = await make(turn_lease=1)
+    await runtime.storage.agents.create(ECHO, system_prompt="", model="echo:x")
+    chat_id = await chat_of(runtime, USER)
+
+    async def expiry() -> datetime:
+        async with runtime.storage.read() as conn:  # type: ignore[attr-defined]
+            at = (await conn.execute(sa.select(schema.chat_leases.c.expires_at))).scalar_one()
+        return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+    start = await runtime.turns.begin(USER, ECHO, chat_id, None)
+    lease = start.lease  # type: ignore[attr-defined]
+    assert lease.renewal is None and lease.timer is not None
+    taken = await expiry()
+    await asyncio.sleep(0.6)  # past a third: the renewal has started and renewed
+    assert lease.renewal is not None and not lease.renewal.done()
+    assert await expiry() > taken
+    await asyncio.sleep(0.7)  # past the first lease's end: still held
+    assert await expiry() > datetime.now(UTC)
+    await runtime.turns.finish(start, [], touch=False)
+    assert lease.renewal.cancelled() and lease.timer is None
+    assert await leases(runtime) == []
+    short = await runtime.turns.begin(USER, ECHO, chat_id, None)
+    await runtime.turns.finish(short, [], touch=False)
+    assert short.lease.renewal is None and short.lease.timer is None  # type: ignore[attr-defined]
+
+
 async def test_a_cancelled_turn_stores_its_message_and_gives_the_chat_back(make: Make) -> None:
     one, _ = await make(turn_wait=0.5)
     two, _ = await make(turn_wait=0.5)

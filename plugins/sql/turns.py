@@ -142,6 +142,8 @@ class Lease:
     chat_id: uuid.UUID
     holder: str
     renewal: asyncio.Task[None] | None = field(default=None, repr=False)
+    timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+    """Until the renewal starts: when it does."""
     reserved: bool = False
     """Whether the turn holds a budget reservation (``finish`` drops it)."""
 
@@ -171,10 +173,10 @@ class SQLTurnStore(BoundStore):
         return timedelta(seconds=self.db.turn_lease)
 
     async def _renew(self, lease: Lease) -> None:
-        """Push the lease's expiry forward every third of its length, until cancelled."""
+        """Push the lease's expiry forward now and every third of its length, until
+        cancelled."""
         leases = schema.chat_leases
         while True:
-            await asyncio.sleep(self.db.turn_lease / 3)
             try:
                 async with self.db.inline_write(one_statement=True) as conn:
                     result = await conn.execute(
@@ -184,20 +186,33 @@ class SQLTurnStore(BoundStore):
                     )
             except StorageError as exc:
                 log.warning("chat %s: its turn lease was not renewed: %s", lease.chat_id, exc)
-                continue
-            if not result.rowcount:
-                log.warning(
-                    "chat %s: its turn lease expired and was taken over while the turn ran",
-                    lease.chat_id,
-                )
-                return
+            else:
+                if not result.rowcount:
+                    log.warning(
+                        "chat %s: its turn lease expired and was taken over while the turn ran",
+                        lease.chat_id,
+                    )
+                    return
+            await asyncio.sleep(self.db.turn_lease / 3)
 
     def _hold(self, lease: Lease) -> Lease:
-        lease.renewal = asyncio.create_task(self._renew(lease), name=f"lease {lease.chat_id}")
+        """Keep the lease while the turn runs: a turn that outlives a third of it gets
+        a task that renews it (most turns end before, and cost no task)."""
+        loop = asyncio.get_running_loop()
+        lease.timer = loop.call_later(self.db.turn_lease / 3, self._renewing, lease)
         return lease
+
+    def _renewing(self, lease: Lease) -> None:
+        lease.timer = None
+        lease.renewal = asyncio.get_running_loop().create_task(
+            self._renew(lease), name=f"lease {lease.chat_id}"
+        )
 
     @staticmethod
     async def _stop(lease: Lease) -> None:
+        if lease.timer is not None:
+            lease.timer.cancel()
+            lease.timer = None
         if lease.renewal is not None:
             lease.renewal.cancel()
             with contextlib.suppress(asyncio.CancelledError):
