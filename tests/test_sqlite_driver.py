@@ -347,3 +347,78 @@ def test_a_storage_used_from_one_event_loop_after_another(tmp_path: Path) -> Non
     assert storage._inline._kept is not None
     earlier = storage._inline._kept[1]
     assert asyncio.run(second()) == 1
+
+
+async def test_a_kept_transaction_begins_and_commits_on_the_driver_and_sqlalchemy_joins_it(
+    tmp_path: Path,
+) -> None:
+    """An inline transaction on the kept connection begins and commits straight on SQLite
+    (SQLAlchemy's transaction costs more than its statements); a statement SQLAlchemy runs
+    in it joins that transaction, and a failure rolls back all of it, however begun."""
+    from sqlalchemy import event
+
+    from chatwright.plugins.sql.inline import inline_capable
+
+    storage = sqlite_storage(tmp_path / "d.db", 5)
+    meta = sa.MetaData()
+    t = sa.Table(
+        "t", meta, sa.Column("id", sa.Integer, primary_key=True), sa.Column("name", sa.Text)
+    )
+    insert = t.insert()  # one statement object: run straight on the driver once seen
+    names = sa.select(t.c.name).order_by(t.c.id)
+    sent: list[str] = []
+    try:
+        async with storage.write() as conn:
+            await conn.run_sync(meta.create_all)
+        for n in range(3):
+            async with storage.inline_write() as conn:
+                await conn.execute(insert, {"name": f"warm {n}"})
+        driver = inline_capable(storage._inline._kept[1])
+        assert driver is not None
+        raw = driver._connection._conn
+        raw.set_trace_callback(sent.append)
+
+        async with storage.inline_write() as conn:
+            await conn.execute(insert, {"name": "direct"})
+            assert raw.in_transaction and not conn.in_transaction()
+        assert [s.split()[0] for s in sent] == ["BEGIN", "INSERT", "COMMIT"], sent
+        assert not raw.in_transaction
+
+        sent.clear()
+        async with storage.inline_write() as conn:
+            await conn.execute(insert, {"name": "mixed 1"})
+            await conn.execute(sa.text("INSERT INTO t (name) VALUES ('mixed 2')"))
+            assert conn.in_transaction()  # SQLAlchemy's, joined to the driver's
+        assert [s.split()[0] for s in sent] == ["BEGIN", "INSERT", "INSERT", "COMMIT"], sent
+
+        async def failing(then: str) -> None:
+            async with storage.inline_write() as conn:
+                await conn.execute(insert, {"name": "lost"})
+                if then == "sqlalchemy":
+                    await conn.execute(sa.text("INSERT INTO t (id, name) VALUES (1, 'dup')"))
+                raise RuntimeError("the block failed")
+
+        with pytest.raises(sa.exc.IntegrityError):
+            await failing("sqlalchemy")
+        with pytest.raises(RuntimeError):
+            await failing("direct")
+        assert not raw.in_transaction
+        async with storage.read() as conn:
+            stored = (await conn.execute(names)).scalars().all()
+        assert stored == ["warm 0", "warm 1", "warm 2", "direct", "mixed 1", "mixed 2"]
+
+        # Anyone listening to SQLAlchemy's cursor events sees the BEGIN as a statement.
+        seen: list[str] = []
+
+        def listen(*args: Any) -> None:
+            seen.append(args[2])
+
+        event.listen(storage.engine.sync_engine, "before_cursor_execute", listen)
+        try:
+            async with storage.inline_write() as conn:
+                await conn.execute(insert, {"name": "listened"})
+        finally:
+            event.remove(storage.engine.sync_engine, "before_cursor_execute", listen)
+        assert [s.split()[0] for s in seen] == ["BEGIN", "INSERT"], seen
+    finally:
+        await storage.close()

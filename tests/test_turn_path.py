@@ -23,7 +23,7 @@ from sqlalchemy import event
 from chatwright import testing
 from chatwright.errors import ChatBusyError, InvalidInputError
 from chatwright.plugins.example import assistant as example
-from chatwright.plugins.sql import schema
+from chatwright.plugins.sql import schema, sqlite_driver
 from chatwright.plugins.sql.chats import insert_messages
 from chatwright.plugins.sql.settings import SQLStorageSettings
 from chatwright.plugins.sql.user_transactions import UserTransactions
@@ -74,17 +74,30 @@ async def chat_of(runtime: Runtime, user: str, agent: str = ECHO) -> uuid.UUID:
 
 @contextmanager
 def transactions(runtime: Runtime) -> Iterator[list[str]]:
-    """Every transaction begun on the runtime's engine while the block runs."""
+    """Every transaction begun on the runtime's engine while the block runs: SQLAlchemy's
+    and, on SQLite, the inline ones begun on the driver (KeptConnection.begin), each
+    counted once."""
     begun: list[str] = []
     engine = runtime.storage.engine.sync_engine  # type: ignore[attr-defined]
+    run = sqlite_driver.Inline.run
 
     def began(conn: Any) -> None:
-        begun.append("begin")
+        if not isinstance(conn.connection.dbapi_connection, sqlite_driver.OneHopConnection):
+            begun.append("begin")
+        elif conn.connection.dbapi_connection.inline is None:
+            begun.append("begin")  # in the driver's thread
+
+    async def inline_run(self: Any, conn: Any, operation: str, *args: Any) -> Any:
+        if operation.startswith("BEGIN"):
+            begun.append("begin inline")
+        return await run(self, conn, operation, *args)
 
     event.listen(engine, "begin", began)
+    sqlite_driver.Inline.run = inline_run  # type: ignore[method-assign]
     try:
         yield begun
     finally:
+        sqlite_driver.Inline.run = run  # type: ignore[method-assign]
         event.remove(engine, "begin", began)
 
 

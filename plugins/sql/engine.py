@@ -110,6 +110,9 @@ def begin_inline(conn: Connection, statement: str) -> bool:
     if engine.echo or engine.dispatch.before_cursor_execute:
         return False
     raw = driver._connection._conn
+    if raw.in_transaction:
+        # Begun on the driver already (KeptConnection.begin): SQLAlchemy's joins it.
+        return True
     try:
         await_only(driver.inline.run(raw, statement, None, False))
     except sqlite3.Error as error:

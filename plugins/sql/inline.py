@@ -24,7 +24,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 
+from sqlalchemy import exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from chatwright.plugins.sql.direct import DirectConnection, Statements
@@ -75,6 +77,31 @@ class KeptConnection:
             await self.discard(kept[1])
         self._kept = (loop, conn)
         return conn
+
+    @staticmethod
+    async def begin(conn: DirectConnection) -> None:
+        """``BEGIN IMMEDIATE`` on ``conn``'s driver, without SQLAlchemy's transaction
+        (a statement SQLAlchemy runs later joins it: see :func:`.engine.begin_inline`);
+        through SQLAlchemy when anyone listens to its cursor events or echo is on."""
+        driver = inline_capable(conn)
+        engine = conn.sync_engine
+        if driver is None or driver.inline is None or engine.echo:
+            await conn.begin()
+            return
+        if engine.dispatch.before_cursor_execute:
+            await conn.begin()
+            return
+        await _run(conn, driver, "BEGIN IMMEDIATE")
+
+    @staticmethod
+    async def commit(conn: DirectConnection) -> None:
+        """Commit what :meth:`begin` began: through SQLAlchemy when a statement it ran
+        joined the transaction (or it began it), else on the driver."""
+        driver = inline_capable(conn)
+        if conn.in_transaction() or driver is None or driver.inline is None:
+            await conn.commit()
+            return
+        await _run(conn, driver, "COMMIT")
 
     def committed(self) -> None:
         """Count a commit; every CHECKPOINT_EVERY, start a checkpoint off the loop."""
@@ -140,6 +167,17 @@ class KeptConnection:
         if kept is not None:
             with contextlib.suppress(Exception):
                 await kept[1].close()
+
+
+async def _run(conn: DirectConnection, driver: OneHopConnection, statement: str) -> None:
+    """``statement`` on ``driver`` in the event loop's thread, its error as SQLAlchemy's."""
+    assert driver.inline is not None
+    try:
+        await driver.inline.run(driver._connection._conn, statement, None, False)
+    except sqlite3.Error as error:
+        raise exc.DBAPIError.instance(
+            statement, None, error, sqlite3.Error, dialect=conn.dialect
+        ) from error
 
 
 def _usable(conn: DirectConnection) -> bool:

@@ -274,10 +274,10 @@ class SQLStorage:
                         async with self._transaction(user_id, write=True) as plain:
                             yield plain
                         return
-                    await conn.begin()
+                    await self._inline.begin(conn)
                     await self.users.enter(conn, user_id)
                     yield conn
-                    await conn.commit()
+                    await self._inline.commit(conn)
                     self._inline.committed()
             except BaseException as error:
                 if conn is not None:
