@@ -35,6 +35,7 @@ from langchain_core.messages import (
     message_to_dict,
     messages_from_dict,
 )
+from pydantic import BaseModel
 
 from chatwright.stores import Message, NewMessage
 
@@ -179,6 +180,25 @@ PARSED_KEPT = 2048
 
 _parsed: OrderedDict[int, tuple[Any, BaseMessage]] = OrderedDict()
 
+_set = object.__setattr__
+
+
+def _copy(message: BaseMessage) -> BaseMessage:
+    """A shallow copy of ``message``, as ``model_copy()`` makes it (its fields, the
+    fields set, extras and private attributes each copied), in a third less time: a
+    turn copies every message of its window."""
+    cls = type(message)
+    if cls.__copy__ is not BaseModel.__copy__:
+        return message.model_copy()
+    made = cls.__new__(cls)
+    _set(made, "__dict__", message.__dict__.copy())
+    _set(made, "__pydantic_fields_set__", message.__pydantic_fields_set__.copy())
+    extra = message.__pydantic_extra__
+    _set(made, "__pydantic_extra__", None if extra is None else extra.copy())
+    private = message.__pydantic_private__
+    _set(made, "__pydantic_private__", None if private is None else private.copy())
+    return made
+
 
 def parsed(stored: Message) -> BaseMessage | None:
     """A stored message as a LangChain message; None when it cannot be read as one.
@@ -196,7 +216,7 @@ def parsed(stored: Message) -> BaseMessage | None:
     # The same content object most turns (the storage keeps what it read before).
     if kept is not None and (kept[0] is content or kept[0] == content):
         _parsed.move_to_end(stored.id)
-        return kept[1].model_copy()
+        return _copy(kept[1])
     try:
         message = messages_from_dict([dict(content)])[0]
     except (KeyError, TypeError, ValueError) as exc:

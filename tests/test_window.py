@@ -343,3 +343,33 @@ def test_a_parsed_message_is_reused_only_for_the_same_content_and_as_a_copy() ->
     for n in range(history.PARSED_KEPT + 5):
         history.parsed(Message(n, chat, "u", "human", message_to_dict(HumanMessage("x")), at))
     assert len(history._parsed) == history.PARSED_KEPT
+
+
+def test_a_kept_message_is_copied_as_model_copy_copies_it() -> None:
+    """The fast copy of a kept message is what ``model_copy()`` gives: equal, of the same
+    class, with the same fields set, extras and private attributes, none of them shared."""
+    from langchain_core.messages import AIMessage, ToolMessage
+
+    call = {"name": "add", "args": {"x": 1}, "id": "c1", "type": "tool_call"}
+    messages = [
+        HumanMessage("hi", id="h", extra_field="kept"),  # an extra field (extra="allow")
+        AIMessage("", tool_calls=[call], id="a", response_metadata={"model": "m"}),
+        ToolMessage("done", tool_call_id="c1", id="t", artifact={"rows": [1]}),
+    ]
+    for message in messages:
+        made = history._copy(message)
+        expected = message.model_copy()
+        assert type(made) is type(message) and made == expected and made is not message
+        assert made.model_fields_set == expected.model_fields_set
+        assert made.model_extra == expected.model_extra
+        assert made.__pydantic_private__ == expected.__pydantic_private__
+        assert made.model_dump() == message.model_dump()
+        assert made.__dict__ is not message.__dict__
+        assert made.__pydantic_fields_set__ is not message.__pydantic_fields_set__
+        made.id = "changed"
+        made.content = "changed"
+        assert message.id != "changed" and message.content != "changed"
+    extra = history._copy(messages[0])
+    assert extra.model_extra is not messages[0].model_extra
+    extra.model_extra["extra_field"] = "changed"  # type: ignore[index]
+    assert messages[0].model_extra == {"extra_field": "kept"}
