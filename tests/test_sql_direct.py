@@ -1,4 +1,5 @@
-"""Statements an inline SQLite transaction runs straight on the driver (plugins/sql/direct.py).
+"""Statements an inline transaction runs straight on the driver (plugins/sql/direct.py):
+SQLite's connection, or PostgreSQL's psycopg connection.
 
 What is checked: a statement built once runs on the driver from its second run
 on, and gives what SQLAlchemy gives — the same rows with the same Python values
@@ -25,7 +26,7 @@ from sqlalchemy.engine import make_url
 from chatwright.plugins.sql.engine import sqlite_engine
 from chatwright.plugins.sql.schema import JSONValue, UTCDateTime
 from chatwright.plugins.sql.storage import SQLStorage
-from tests.harness import DirectRuns
+from tests.harness import DirectRuns, storage_for
 
 meta = sa.MetaData()
 items = sa.Table(
@@ -59,13 +60,21 @@ UPDATE = (
 AT = datetime(2026, 12, 1, 10, 30, 15, 123456, tzinfo=UTC)
 
 
-@pytest.fixture
-async def storage(tmp_path: Path) -> AsyncIterator[SQLStorage]:
-    url = make_url(f"sqlite+aiosqlite:///{tmp_path}/d.db")
-    made = SQLStorage(url, sqlite_engine(url, busy_timeout=5, echo=False), busy_timeout=5)
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SQLStorage]:
+    """An inline transaction's statements run on SQLite's connection in the event loop's
+    thread, and on PostgreSQL's psycopg connection, both without SQLAlchemy."""
+    if request.param == "postgresql":
+        made = storage_for(request.getfixturevalue("pg_url"))
+    else:
+        url = make_url(f"sqlite+aiosqlite:///{tmp_path}/d.db")
+        made = SQLStorage(url, sqlite_engine(url, busy_timeout=5, echo=False), busy_timeout=5)
     async with made.write() as conn:
+        await conn.run_sync(meta.drop_all)
         await conn.run_sync(meta.create_all)
     yield made
+    async with made.write() as conn:
+        await conn.run_sync(meta.drop_all)
     await made.close()
 
 
@@ -88,14 +97,17 @@ async def test_a_statement_run_again_gives_what_sqlalchemy_gives(
             INSERT,
             [{**r, "owner": "b", "key": k} for r, k in zip(rows, keys[2:], strict=True)],
         )  # second: direct, executemany
-    assert ran.direct == ["INSERT"]
+    # On PostgreSQL an INSERT without RETURNING gets one from SQLAlchemy for its
+    # inserted_primary_key, read from SQLAlchemy's context: it keeps SQLAlchemy's execution.
+    inserts = ["INSERT"] if storage.dialect == "sqlite" else []
+    assert ran.direct == inserts
 
     # The same rows, read by both paths, and by a plain (driver's thread) transaction.
     results = []
     for owner in ("a", "b", "a", "b"):
         async with storage.inline_write() as conn:
             results.append((await conn.execute(SELECT, {"owner": owner, "limit": 5})).all())
-    assert ran.direct == ["INSERT", "SELECT", "SELECT", "SELECT"]
+    assert ran.direct == [*inserts, "SELECT", "SELECT", "SELECT"]
     async with storage.read() as conn:
         plain = (await conn.execute(SELECT, {"owner": "b", "limit": 5})).all()
     sa_a, direct_b, direct_a = results[0], results[3], results[2]
@@ -195,7 +207,7 @@ async def test_refused_values_and_returning_of_several_rows_as_sqlalchemy(
     async def naive() -> None:
         async with storage.inline_write() as conn:
             row = {"key": uuid.uuid4(), "owner": "n", "body": 1, "at": datetime(2026, 1, 1)}
-            await conn.execute(INSERT, row)
+            await conn.execute(INSERT_RETURNING, row)
 
     for _ in range(3):  # SQLAlchemy's execution first, then the direct one: the same error
         with pytest.raises(sa.exc.StatementError, match="naive datetime"):
@@ -212,3 +224,79 @@ async def test_refused_values_and_returning_of_several_rows_as_sqlalchemy(
     assert ran.direct == ["INSERT (raised)", "INSERT (raised)"]  # the naive ones, directly
     async with storage.read() as conn:
         assert (await conn.scalar(sa.text("SELECT count(*) FROM items"))) == 6
+
+
+@pytest.fixture
+async def pg(pg_url: str) -> AsyncIterator[SQLStorage]:
+    made = storage_for(pg_url)
+    async with made.write() as conn:
+        await conn.run_sync(meta.drop_all)
+        await conn.run_sync(meta.create_all)
+    yield made
+    async with made.write() as conn:
+        await conn.run_sync(meta.drop_all)
+    await made.close()
+
+
+async def test_postgresql_statements_alone_commit_by_themselves_directly(
+    pg: SQLStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A one-statement write runs on psycopg in autocommit: it is stored as soon as it ran."""
+    ran = DirectRuns(monkeypatch)
+    for n in range(3):
+        async with pg.inline_write(one_statement=True) as conn:
+            row = {"key": uuid.uuid4(), "owner": "alone", "body": n, "at": AT.replace(second=n)}
+            made = (await conn.execute(INSERT_RETURNING, row)).one()
+            async with pg.read() as other:  # another connection sees it already
+                seen = await other.scalar(
+                    sa.text("SELECT count(*) FROM items WHERE id = :i"), {"i": made.id}
+                )
+            assert seen == 1
+    assert ran.direct == ["INSERT", "INSERT"]
+
+
+async def test_postgresql_numeric_results_keep_sqlalchemys_execution(
+    pg: SQLStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A result SQLAlchemy converts by the cursor's type code (NUMERIC to float) is not
+    run directly: a prepared statement has no type code to go by."""
+    ran = DirectRuns(monkeypatch)
+    average = sa.select(sa.cast(sa.literal(1.5), sa.Numeric(asdecimal=False)).label("n"))
+    for _ in range(3):
+        async with pg.inline_write() as conn:
+            value = (await conn.execute(average)).scalar()
+        assert value == 1.5 and isinstance(value, float)
+    assert ran.direct == []
+
+
+async def test_postgresql_a_connection_lost_under_a_direct_statement_is_dropped(
+    pg: SQLStorage, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server ends the connection under a direct statement: the error is the storage's
+    clear one, the connection is invalidated once and the next transaction gets a live
+    one. (With the database gone altogether, tests/test_multiprocess.py checks that the
+    pool is never left to roll back on the dead connection.)"""
+    from chatwright.errors import StorageError
+
+    ran = DirectRuns(monkeypatch)
+    select = SELECT
+    for _ in range(2):
+        async with pg.inline_write() as conn:
+            await conn.execute(select, {"owner": "x", "limit": 1})
+
+    async def killed() -> None:
+        async with pg.inline_write() as conn:
+            pid = await conn.scalar(sa.text("SELECT pg_backend_pid()"))
+            async with pg.write() as other:
+                await other.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+            await conn.execute(select, {"owner": "x", "limit": 1})
+
+    dropped: list[Any] = []
+    event.listen(pg.engine.sync_engine.pool, "invalidate", lambda *a: dropped.append(a))
+    with pytest.raises(StorageError):
+        await killed()
+    assert ran.direct[-1] == "SELECT (raised)"
+    assert len(dropped) == 1
+    assert "Exception during reset" not in caplog.text
+    async with pg.inline_write() as conn:
+        assert (await conn.execute(select, {"owner": "x", "limit": 1})).all() == []

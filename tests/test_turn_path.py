@@ -23,7 +23,7 @@ from sqlalchemy import event
 from chatwright import testing
 from chatwright.errors import ChatBusyError, InvalidInputError
 from chatwright.plugins.example import assistant as example
-from chatwright.plugins.sql import schema, sqlite_driver
+from chatwright.plugins.sql import direct, schema, sqlite_driver
 from chatwright.plugins.sql.chats import insert_messages
 from chatwright.plugins.sql.settings import SQLStorageSettings
 from chatwright.plugins.sql.user_transactions import UserTransactions
@@ -74,12 +74,19 @@ async def chat_of(runtime: Runtime, user: str, agent: str = ECHO) -> uuid.UUID:
 
 @contextmanager
 def transactions(runtime: Runtime) -> Iterator[list[str]]:
-    """Every transaction begun on the runtime's engine while the block runs: SQLAlchemy's
-    and, on SQLite, the inline ones begun on the driver (KeptConnection.begin), each
-    counted once."""
+    """Every transaction begun on the runtime's engine while the block runs: SQLAlchemy's;
+    on SQLite, the inline ones begun on the driver (KeptConnection.begin); on PostgreSQL,
+    each statement run straight on psycopg in autocommit (a transaction of its own).
+    Each counted once."""
     begun: list[str] = []
     engine = runtime.storage.engine.sync_engine  # type: ignore[attr-defined]
     run = sqlite_driver.Inline.run
+    run_pg = direct.PsycopgRunner.run
+
+    async def pg_run(self: Any, *args: Any) -> Any:
+        if self.connection.autocommit:
+            begun.append("autocommit")
+        return await run_pg(self, *args)
 
     def began(conn: Any) -> None:
         if not isinstance(conn.connection.dbapi_connection, sqlite_driver.OneHopConnection):
@@ -94,10 +101,12 @@ def transactions(runtime: Runtime) -> Iterator[list[str]]:
 
     event.listen(engine, "begin", began)
     sqlite_driver.Inline.run = inline_run  # type: ignore[method-assign]
+    direct.PsycopgRunner.run = pg_run  # type: ignore[method-assign]
     try:
         yield begun
     finally:
         sqlite_driver.Inline.run = run  # type: ignore[method-assign]
+        direct.PsycopgRunner.run = run_pg  # type: ignore[method-assign]
         event.remove(engine, "begin", began)
 
 

@@ -1,4 +1,4 @@
-"""A turn's statements run straight on SQLite's connection in an inline transaction.
+"""A turn's statements run straight on the driver's connection in an inline transaction.
 
 SQLAlchemy's execution of one statement costs some 30 µs of Python on SQLite
 (its cache key, execution context, result wrapping, and a greenlet each way
@@ -12,7 +12,20 @@ call into SQLite (:class:`.sqlite_driver.Inline`, which waits for another
 process's lock without blocking the loop), and rows with SQLAlchemy's row
 access (attributes, indexes, ``_mapping``). Errors are SQLAlchemy's, wrapped as
 it wraps them. The transaction itself (begin, commit, rollback, the pool) stays
-SQLAlchemy's.
+SQLAlchemy's (on SQLite's kept connection, begin and commit are the driver's:
+see :mod:`.inline`).
+
+On PostgreSQL the same runs on the connection's psycopg connection
+(:class:`PsycopgRunner`), where SQLAlchemy's execution of a statement costs
+about 100 µs of Python besides psycopg's own: the statement is compiled with
+positional placeholders (:func:`positional`) and runs in the transaction
+SQLAlchemy began (psycopg begins it with the first statement), or in
+autocommit for a write of one statement. A connection lost under it is
+invalidated, as SQLAlchemy invalidates one. Two more kinds of statement keep
+SQLAlchemy's execution there: an INSERT to which SQLAlchemy adds RETURNING for
+its ``inserted_primary_key``, and one with a result column SQLAlchemy converts
+by the cursor's type code (``NUMERIC`` to float), which a prepared statement
+does not know.
 
 Only statements built once and run again take this path: a statement object
 is prepared at its second run (one built for each call never is), and one that
@@ -25,6 +38,7 @@ every statement).
 
 from __future__ import annotations
 
+import copy
 import operator
 import sqlite3
 from collections import OrderedDict
@@ -36,7 +50,9 @@ import sqlalchemy as sa
 from sqlalchemy import exc
 from sqlalchemy.engine.interfaces import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql import sqltypes
 from sqlalchemy.sql.base import Executable
+from sqlalchemy.types import TypeDecorator
 
 from chatwright.plugins.sql.sqlite_driver import OneHopConnection
 
@@ -192,6 +208,39 @@ class Prepared:
 _ONCE, _NEVER = object(), object()
 
 
+def positional(dialect: Dialect) -> Dialect:
+    """``dialect``, compiling with positional placeholders (``%s`` for psycopg's named
+    ``%(name)s``): a prepared statement's values are then a list in their order."""
+    if dialect.positional:
+        return dialect
+    made = copy.copy(dialect)
+    made.paramstyle = "format"
+    made.positional = True
+    return made
+
+
+# What psycopg returns for these, SQLAlchemy's processors make the same without the
+# column's type code from the cursor (which a prepared statement does not have).
+_PLAIN_RESULTS = (
+    sqltypes.Integer,
+    sqltypes.String,
+    sqltypes.Boolean,
+    sqltypes.Uuid,
+    sqltypes.DateTime,
+    sqltypes.Date,
+    sqltypes.Time,
+    sqltypes.JSON,
+    sqltypes.NullType,
+)
+
+
+def _plain(type_: Any, dialect: Dialect) -> bool:
+    impl = type_.dialect_impl(dialect)
+    if isinstance(impl, TypeDecorator):
+        impl = impl.impl_instance
+    return isinstance(impl, _PLAIN_RESULTS)
+
+
 def prepare(stmt: Any, dialect: Dialect, keys: Sequence[str]) -> Prepared | None:
     """``stmt`` ready to run on a DB-API cursor, or None when SQLAlchemy must run it."""
     if stmt.get_execution_options():
@@ -200,6 +249,8 @@ def prepare(stmt: Any, dialect: Dialect, keys: Sequence[str]) -> Prepared | None
     names = compiled.positiontup
     if names is None or not compiled.string:
         return None
+    if getattr(compiled, "implicit_returning", None):
+        return None  # RETURNING added for inserted_primary_key, read from the context
     if getattr(compiled, "insert_prefetch", None) or getattr(compiled, "update_prefetch", None):
         return None  # Python-side defaults, computed per execution
     if compiled.literal_execute_params or compiled.post_compile_params:
@@ -219,6 +270,8 @@ def prepare(stmt: Any, dialect: Dialect, keys: Sequence[str]) -> Prepared | None
     row: type[DirectRow] | None = None
     results: list[Processor] = []
     columns = compiled._result_columns
+    if dialect.name != "sqlite" and not all(_plain(c[3], dialect) for c in columns):
+        return None
     if columns:
         row = _row_type([c[0] for c in columns])
         results = [c[3].dialect_impl(dialect).result_processor(dialect, None) for c in columns]
@@ -265,8 +318,9 @@ class DirectConnection(AsyncConnection):
 
     __slots__ = ("_direct", "_driver")
 
-    def direct(self, statements: Statements, driver: OneHopConnection) -> None:
-        """Run the prepared ``statements`` on ``driver`` (this connection's, inline)."""
+    def direct(self, statements: Statements, driver: OneHopConnection | PsycopgRunner) -> None:
+        """Run the prepared ``statements`` on ``driver`` (this connection's: SQLite's,
+        inline, or psycopg's)."""
         self._direct = statements
         self._driver = driver
 
@@ -294,7 +348,7 @@ class DirectConnection(AsyncConnection):
         keys = tuple(sorted(first))
         prepared = statements.lookup(stmt, keys)
         driver = self._driver
-        if prepared is None or driver.inline is None:
+        if prepared is None or (isinstance(driver, OneHopConnection) and driver.inline is None):
             return None
         if self.sync_engine.echo or self.sync_engine.dispatch.before_cursor_execute:
             return None
@@ -306,14 +360,25 @@ class DirectConnection(AsyncConnection):
             )
         except Exception as error:  # a value its column's type refuses, as SQLAlchemy says it
             raise exc.StatementError(str(error), prepared.sql, parameters, error) from error
-        try:
-            description, rows, rowcount, lastrowid = await driver.inline.run(
-                driver._connection._conn, prepared.sql, values, many
-            )
-        except sqlite3.Error as error:
-            raise exc.DBAPIError.instance(
-                prepared.sql, values, error, sqlite3.Error, dialect=statements.dialect
-            ) from error
+        if isinstance(driver, PsycopgRunner):
+            try:
+                description, rows, rowcount, lastrowid = await driver.run(
+                    prepared.sql, values, many, statements.dialect
+                )
+            except exc.DBAPIError as error:
+                if error.connection_invalidated:
+                    await self.invalidate()
+                raise
+        else:
+            assert driver.inline is not None
+            try:
+                description, rows, rowcount, lastrowid = await driver.inline.run(
+                    driver._connection._conn, prepared.sql, values, many
+                )
+            except sqlite3.Error as error:
+                raise exc.DBAPIError.instance(
+                    prepared.sql, values, error, sqlite3.Error, dialect=statements.dialect
+                ) from error
         key = None
         if prepared.key is not None and not many:
             given = first.get(prepared.key)
@@ -331,3 +396,46 @@ class DirectConnection(AsyncConnection):
         else:
             rows = [make(r) for r in rows]
         return DirectResult(rows, rowcount, make._fields, lastrowid, key)
+
+
+class PsycopgRunner:
+    """Runs prepared statements on a connection's psycopg (async) connection, in the
+    transaction SQLAlchemy began on it, or in autocommit when it is set so."""
+
+    __slots__ = ("connection",)
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+
+    async def run(
+        self, sql: str, values: Any, many: bool, dialect: Dialect
+    ) -> tuple[Any, list[Any], int, None]:
+        import psycopg
+
+        try:
+            async with self.connection.cursor() as cursor:
+                if many:
+                    await cursor.executemany(sql, values)
+                    return None, [], cursor.rowcount, None
+                await cursor.execute(sql, values)
+                description = cursor.description
+                rows = await cursor.fetchall() if description is not None else []
+                return description, rows, cursor.rowcount, None
+        except psycopg.Error as error:
+            # A lost connection, as SQLAlchemy tells one: the caller invalidates it,
+            # so that the pool never resets (rolls back on) a dead connection.
+            lost = bool(self.connection.broken or dialect.is_disconnect(error, None, None))  # type: ignore[arg-type]
+            raise exc.DBAPIError.instance(
+                sql, values, error, psycopg.Error, dialect=dialect, connection_invalidated=lost
+            ) from error
+
+
+def psycopg_runner(conn: AsyncConnection) -> PsycopgRunner | None:
+    """A runner on ``conn``'s psycopg connection; None when it has none."""
+    sync = conn.sync_connection
+    if sync is None:
+        return None
+    driver = getattr(sync.connection.dbapi_connection, "driver_connection", None)
+    if driver is None or not hasattr(driver, "cursor"):
+        return None
+    return PsycopgRunner(driver)

@@ -23,7 +23,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -35,7 +35,12 @@ from chatwright.plugins.sql import migrate
 from chatwright.plugins.sql.audit import SQLAuditStore
 from chatwright.plugins.sql.chats import SQLMessageStore, SQLSessionStore
 from chatwright.plugins.sql.deadline import Deadline
-from chatwright.plugins.sql.direct import DirectConnection, Statements
+from chatwright.plugins.sql.direct import (
+    DirectConnection,
+    Statements,
+    positional,
+    psycopg_runner,
+)
 from chatwright.plugins.sql.engine import (
     SerialWrites,
     normalize_url,
@@ -59,9 +64,6 @@ from chatwright.plugins.sql.usage import SQLSummaryStore, SQLUsageStore
 from chatwright.plugins.sql.user_transactions import UserTransactions
 from chatwright.plugins.sql.userdata import SQLUserData
 from chatwright.settings import Settings
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +122,7 @@ class SQLStorage:
             SerialWrites(busy_timeout, redact(url)) if url.get_backend_name() == "sqlite" else None
         )
         # Statements an inline SQLite transaction runs on the driver once seen (.direct).
-        self._statements = Statements(engine.dialect)
+        self._statements = Statements(positional(engine.dialect))
         # The connection inline transactions run on, one after the other (SQLite only;
         # not for an in-memory database, whose one connection everything shares).
         self._inline = KeptConnection(engine, self._statements, busy_timeout)
@@ -328,6 +330,10 @@ class SQLStorage:
                             if adapted is not None and direct is not None:
                                 adapted.run_inline(self.busy_timeout)
                                 direct.direct(self._statements, adapted)
+                            elif direct is not None and self.dialect == "postgresql":
+                                runner = psycopg_runner(conn)
+                                if runner is not None:
+                                    direct.direct(self._statements, runner)
                         if alone:
                             await conn.execution_options(isolation_level="AUTOCOMMIT")
                         elif write:
