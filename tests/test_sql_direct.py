@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -69,10 +70,17 @@ async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     else:
         url = make_url(f"sqlite+aiosqlite:///{tmp_path}/d.db")
         made = SQLStorage(url, sqlite_engine(url, busy_timeout=5, echo=False), busy_timeout=5)
+    async with with_tables(made):
+        yield made
+
+
+@asynccontextmanager
+async def with_tables(made: SQLStorage) -> AsyncIterator[None]:
+    """The test's tables made afresh in ``made`` for the block, then dropped; closed after."""
     async with made.write() as conn:
         await conn.run_sync(meta.drop_all)
         await conn.run_sync(meta.create_all)
-    yield made
+    yield
     async with made.write() as conn:
         await conn.run_sync(meta.drop_all)
     await made.close()
@@ -229,13 +237,8 @@ async def test_refused_values_and_returning_of_several_rows_as_sqlalchemy(
 @pytest.fixture
 async def pg(pg_url: str) -> AsyncIterator[SQLStorage]:
     made = storage_for(pg_url)
-    async with made.write() as conn:
-        await conn.run_sync(meta.drop_all)
-        await conn.run_sync(meta.create_all)
-    yield made
-    async with made.write() as conn:
-        await conn.run_sync(meta.drop_all)
-    await made.close()
+    async with with_tables(made):
+        yield made
 
 
 async def test_postgresql_statements_alone_commit_by_themselves_directly(
