@@ -99,13 +99,17 @@ class PerTurn:
     sessions: float
 
 
-async def pg_activity(url: str, admin_url: str, turns: int, warmup: int = 3) -> PerTurn:
+async def pg_activity(url: str, admin_url: str, turns: int, warmup: int = 12) -> PerTurn:
     """Transactions and sessions per cached turn, from ``pg_stat_database``.
 
     Three windows, each a runtime that starts, warms up and closes (a backend
     reports its counts when it exits): warm-up only, warm-up + ``turns`` turns,
     warm-up + ``turns`` calls of the insert tool alone. The differences are
-    what the turns and the tool's own inserts cost.
+    what the turns and the tool's own inserts cost. The warm-up runs each
+    statement more than psycopg's ``prepare_threshold`` (5) times on each
+    connection the pool hands out: the run that passes it prepares the
+    statement on its connection, which for a statement in autocommit the server
+    counts as a transaction of its own (once per connection and statement).
     """
     from bench import pg
 
