@@ -36,6 +36,7 @@ from langchain_core.messages import (
     messages_from_dict,
 )
 from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
 
 from chatwright.stores import Message, NewMessage
 
@@ -195,8 +196,10 @@ def _copy(message: BaseMessage) -> BaseMessage:
     _set(made, "__pydantic_fields_set__", message.__pydantic_fields_set__.copy())
     extra = message.__pydantic_extra__
     _set(made, "__pydantic_extra__", None if extra is None else extra.copy())
-    private = message.__pydantic_private__
-    _set(made, "__pydantic_private__", None if private is None else private.copy())
+    private = getattr(message, "__pydantic_private__", None)
+    if private is not None:
+        private = {k: v for k, v in private.items() if v is not PydanticUndefined}
+    _set(made, "__pydantic_private__", private)
     return made
 
 

@@ -294,12 +294,24 @@ async def test_postgresql_a_connection_lost_under_a_direct_statement_is_dropped(
                 await other.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": pid})
             await conn.execute(select, {"owner": "x", "limit": 1})
 
+    # Two connections in the pool, both made before the failure.
+    async with pg.read() as one, pg.read() as two:
+        await one.execute(sa.text("SELECT 1"))
+        await two.execute(sa.text("SELECT 1"))
+    pool = pg.engine.sync_engine.pool
     dropped: list[Any] = []
-    event.listen(pg.engine.sync_engine.pool, "invalidate", lambda *a: dropped.append(a))
+    made: list[Any] = []
+    event.listen(pool, "invalidate", lambda *a: dropped.append(a))
+    event.listen(pool, "connect", lambda *a: made.append(a))
     with pytest.raises(StorageError):
         await killed()
     assert ran.direct[-1] == "SELECT (raised)"
     assert len(dropped) == 1
+    # As after SQLAlchemy's own disconnect: the other connection, as old, is replaced too.
+    async with pg.read() as one, pg.read() as two:
+        await one.execute(sa.text("SELECT 1"))
+        await two.execute(sa.text("SELECT 1"))
+    assert len(made) == 2
     assert "Exception during reset" not in caplog.text
     async with pg.inline_write() as conn:
         assert (await conn.execute(select, {"owner": "x", "limit": 1})).all() == []

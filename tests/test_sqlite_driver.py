@@ -420,5 +420,22 @@ async def test_a_kept_transaction_begins_and_commits_on_the_driver_and_sqlalchem
         finally:
             event.remove(storage.engine.sync_engine, "before_cursor_execute", listen)
         assert [s.split()[0] for s in seen] == ["BEGIN", "INSERT"], seen
+
+        # Someone starts listening inside a transaction begun on the driver: the
+        # statements SQLAlchemy runs next join it, with no second BEGIN.
+        seen.clear()
+        async with storage.inline_write() as conn:
+            await conn.execute(insert, {"name": "before listening"})
+            event.listen(storage.engine.sync_engine, "before_cursor_execute", listen)
+            try:
+                await conn.execute(insert, {"name": "listened to"})
+            finally:
+                event.remove(storage.engine.sync_engine, "before_cursor_execute", listen)
+        assert [s.split()[0] for s in seen] == ["INSERT"], seen
+        async with storage.read() as conn:
+            assert (await conn.execute(names)).scalars().all()[-2:] == [
+                "before listening",
+                "listened to",
+            ]
     finally:
         await storage.close()

@@ -306,7 +306,9 @@ class Statements:
         state = entry[1]
         if state is _ONCE:
             try:
-                state = prepare(stmt, self.dialect, keys) or _NEVER
+                # A copy made now: the engine has connected, and its dialect knows the
+                # server (what it compiles may depend on the server's version).
+                state = prepare(stmt, positional(self.dialect), keys) or _NEVER
             except Exception:
                 state = _NEVER
             self._seen[key] = (stmt, state)
@@ -367,6 +369,12 @@ class DirectConnection(AsyncConnection):
                 )
             except exc.DBAPIError as error:
                 if error.connection_invalidated:
+                    # As SQLAlchemy does on a disconnect: the pool replaces every
+                    # connection made before this one too (they most likely died with it).
+                    sync = self.sync_connection
+                    wrapper = sync._dbapi_connection if sync is not None else None
+                    if wrapper is not None:
+                        self.sync_engine.pool._invalidate(wrapper, error)
                     await self.invalidate()
                 raise
         else:

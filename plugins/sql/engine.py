@@ -106,13 +106,14 @@ def begin_inline(conn: Connection, statement: str) -> bool:
     driver: Any = conn.connection.dbapi_connection
     if not isinstance(driver, OneHopConnection) or driver.inline is None:
         return False
+    raw = driver._connection._conn
+    if raw.in_transaction:
+        # Begun on the driver already (KeptConnection.begin): SQLAlchemy's joins it,
+        # also when someone started listening to cursor events meanwhile.
+        return True
     engine = conn.engine
     if engine.echo or engine.dispatch.before_cursor_execute:
         return False
-    raw = driver._connection._conn
-    if raw.in_transaction:
-        # Begun on the driver already (KeptConnection.begin): SQLAlchemy's joins it.
-        return True
     try:
         await_only(driver.inline.run(raw, statement, None, False))
     except sqlite3.Error as error:

@@ -38,7 +38,6 @@ from chatwright.plugins.sql.deadline import Deadline
 from chatwright.plugins.sql.direct import (
     DirectConnection,
     Statements,
-    positional,
     psycopg_runner,
 )
 from chatwright.plugins.sql.engine import (
@@ -122,7 +121,7 @@ class SQLStorage:
             SerialWrites(busy_timeout, redact(url)) if url.get_backend_name() == "sqlite" else None
         )
         # Statements an inline SQLite transaction runs on the driver once seen (.direct).
-        self._statements = Statements(positional(engine.dialect))
+        self._statements = Statements(engine.dialect)
         # The connection inline transactions run on, one after the other (SQLite only;
         # not for an in-memory database, whose one connection everything shares).
         self._inline = KeptConnection(engine, self._statements, busy_timeout)
