@@ -47,6 +47,7 @@ last transaction, read best in one place; deciding and undoing live in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import uuid
@@ -513,6 +514,10 @@ class Runtime:
         produced: list[BaseMessage] = list(carried)
         dumped: Dumped = {}  # what storing each produced message stores, made once
         kept = 0  # how many of them are stored
+        # A record of a tool exchange under way, and how many messages it stores: it
+        # runs shielded, and a turn cut off meanwhile waits for it before its end, so
+        # that the end neither stores the exchange again nor loses it.
+        appending: tuple[asyncio.Future[None], int] | None = None
         ended = False
         held: list[PendingAction] = []
         limits = limits_of(start.agent, self.settings)
@@ -530,8 +535,15 @@ class Runtime:
         async def end(
             messages: list[BaseMessage], *, touch: bool, pending: Sequence[NewPending] = ()
         ) -> None:
-            nonlocal ended, held, spent
+            nonlocal ended, held, spent, kept, appending
             ended = True
+            if appending is not None:
+                stored, upto = appending
+                appending = None
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(stored)
+                if stored.done() and not stored.cancelled() and stored.exception() is None:
+                    kept = upto
             spent = usage()
             # Shielded: a cancelled request still stores what it made and frees the chat.
             held = await asyncio.shield(
@@ -612,8 +624,12 @@ class Runtime:
                                         await on_message(produced[-1])
                             complete = len(complete_prefix(produced))
                             if complete > kept and isinstance(produced[complete - 1], ToolMessage):
-                                await turns.append(start, to_store(produced[kept:complete], dumped))
-                                kept = complete
+                                stored = asyncio.ensure_future(
+                                    turns.append(start, to_store(produced[kept:complete], dumped))
+                                )
+                                appending = (stored, complete)
+                                await asyncio.shield(stored)
+                                kept, appending = complete, None
                         last = produced[-1] if produced else None
                         if not (isinstance(last, AIMessage) and last.tool_calls):
                             break

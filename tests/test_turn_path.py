@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 
 from chatwright import testing
-from chatwright.errors import ChatBusyError, InvalidInputError
+from chatwright.errors import ChatBusyError, InvalidInputError, TurnTimeoutError
 from chatwright.plugins.example import assistant as example
 from chatwright.plugins.sql import direct, schema, sqlite_driver
 from chatwright.plugins.sql.chats import insert_messages
@@ -714,6 +714,43 @@ async def test_a_lease_is_renewed_by_a_task_only_once_its_turn_outlives_a_third_
     short = await runtime.turns.begin(USER, ECHO, chat_id, None)
     await runtime.turns.finish(short, [], touch=False)
     assert short.lease.renewal is None and short.lease.timer is None  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("how", ["cancelled", "timed out"])
+async def test_a_turn_cut_off_while_its_tool_exchange_is_recorded_stores_it_once(
+    make: Make, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """The record of a tool exchange has reached the database when the turn is cut off
+    (cancelled, or past its time limit), before the answer came back, as a network
+    can make it: the turn's end stores the exchange once, not again."""
+    runtime, _ = await make()
+    await example.seed(runtime.storage, "scripted:x")
+    call = {"tool_calls": [{"name": "add_task", "args": {"title": "milk"}}]}
+    await runtime.storage.agents.update(
+        example.AGENT,
+        model_settings={"responses": [call, {"content": "Added."}]},
+        turn_timeout=1 if how == "timed out" else None,
+    )
+    chat_id = await chat_of(runtime, USER, example.AGENT)
+    turns = type(runtime.turns)
+    real = turns.append
+    recorded = asyncio.Event()
+
+    async def slow_answer(self: Any, start: Any, messages: Any) -> None:
+        await real(self, start, messages)  # stored ...
+        recorded.set()
+        await asyncio.sleep(1.5)  # ... and the answer is slow to come back
+
+    monkeypatch.setattr(turns, "append", slow_answer)
+    running = asyncio.create_task(runtime.chat(USER, example.AGENT, chat_id, "add milk"))
+    await recorded.wait()
+    if how == "cancelled":
+        running.cancel()
+    with pytest.raises((asyncio.CancelledError, TurnTimeoutError)):
+        await running
+    history = await runtime.storage.messages.window(USER, chat_id, 20)
+    assert [m.role for m in history] == ["human", "ai", "tool"]
+    assert await leases(runtime) == []
 
 
 async def test_a_cancelled_turn_stores_its_message_and_gives_the_chat_back(make: Make) -> None:
