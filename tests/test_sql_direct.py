@@ -12,6 +12,7 @@ someone listens to cursor events keep SQLAlchemy's execution.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -313,5 +314,8 @@ async def test_postgresql_a_connection_lost_under_a_direct_statement_is_dropped(
         await two.execute(sa.text("SELECT 1"))
     assert len(made) == 2
     assert "Exception during reset" not in caplog.text
+    # Nothing logged an error on the way (closing the connection outside SQLAlchemy's
+    # greenlet did: MissingGreenlet, "Exception terminating connection").
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
     async with pg.inline_write() as conn:
         assert (await conn.execute(select, {"owner": "x", "limit": 1})).all() == []

@@ -369,13 +369,7 @@ class DirectConnection(AsyncConnection):
                 )
             except exc.DBAPIError as error:
                 if error.connection_invalidated:
-                    # As SQLAlchemy does on a disconnect: the pool replaces every
-                    # connection made before this one too (they most likely died with it).
-                    sync = self.sync_connection
-                    wrapper = sync._dbapi_connection if sync is not None else None
-                    if wrapper is not None:
-                        self.sync_engine.pool._invalidate(wrapper, error)
-                    await self.invalidate()
+                    await self.run_sync(_lost, error)
                 raise
         else:
             assert driver.inline is not None
@@ -404,6 +398,16 @@ class DirectConnection(AsyncConnection):
         else:
             rows = [make(r) for r in rows]
         return DirectResult(rows, rowcount, make._fields, lastrowid, key)
+
+
+def _lost(sync: Any, error: BaseException) -> None:
+    """As SQLAlchemy does on a disconnect (in its greenlet: closing is I/O): invalidate
+    the connection, and have the pool replace every connection made before it too
+    (they most likely died with it)."""
+    wrapper = sync._dbapi_connection
+    if wrapper is not None and not sync.invalidated:
+        sync.engine.pool._invalidate(wrapper, error)
+        sync.invalidate(error)
 
 
 class PsycopgRunner:
