@@ -23,7 +23,7 @@ from sqlalchemy import event
 from chatwright import testing
 from chatwright.errors import ChatBusyError, InvalidInputError, TurnTimeoutError
 from chatwright.plugins.example import assistant as example
-from chatwright.plugins.sql import direct, schema, sqlite_driver
+from chatwright.plugins.sql import psycopg_direct, schema, sqlite_driver
 from chatwright.plugins.sql.chats import insert_messages
 from chatwright.plugins.sql.settings import SQLStorageSettings
 from chatwright.plugins.sql.user_transactions import UserTransactions
@@ -81,7 +81,7 @@ def transactions(runtime: Runtime) -> Iterator[list[str]]:
     begun: list[str] = []
     engine = runtime.storage.engine.sync_engine  # type: ignore[attr-defined]
     run = sqlite_driver.Inline.run
-    run_pg = direct.PsycopgRunner.run
+    run_pg = psycopg_direct.PsycopgRunner.run
 
     async def pg_run(self: Any, *args: Any) -> Any:
         if self.connection.autocommit:
@@ -101,12 +101,12 @@ def transactions(runtime: Runtime) -> Iterator[list[str]]:
 
     event.listen(engine, "begin", began)
     sqlite_driver.Inline.run = inline_run  # type: ignore[method-assign]
-    direct.PsycopgRunner.run = pg_run  # type: ignore[method-assign]
+    psycopg_direct.PsycopgRunner.run = pg_run  # type: ignore[method-assign]
     try:
         yield begun
     finally:
         sqlite_driver.Inline.run = run  # type: ignore[method-assign]
-        direct.PsycopgRunner.run = run_pg  # type: ignore[method-assign]
+        psycopg_direct.PsycopgRunner.run = run_pg  # type: ignore[method-assign]
         event.remove(engine, "begin", began)
 
 

@@ -16,7 +16,7 @@ SQLAlchemy's (on SQLite's kept connection, begin and commit are the driver's:
 see :mod:`.inline`).
 
 On PostgreSQL the same runs on the connection's psycopg connection
-(:class:`PsycopgRunner`), where SQLAlchemy's execution of a statement costs
+(:class:`.psycopg_direct.PsycopgRunner`), where SQLAlchemy's execution of a statement costs
 about 100 µs of Python besides psycopg's own: the statement is compiled with
 positional placeholders (:func:`positional`) and runs in the transaction
 SQLAlchemy began (psycopg begins it with the first statement), or in
@@ -54,6 +54,7 @@ from sqlalchemy.sql import sqltypes
 from sqlalchemy.sql.base import Executable
 from sqlalchemy.types import TypeDecorator
 
+from chatwright.plugins.sql.psycopg_direct import PsycopgRunner, lost
 from chatwright.plugins.sql.sqlite_driver import OneHopConnection
 
 KEPT = 512
@@ -369,7 +370,7 @@ class DirectConnection(AsyncConnection):
                 )
             except exc.DBAPIError as error:
                 if error.connection_invalidated:
-                    await self.run_sync(_lost, error)
+                    await self.run_sync(lost, error)
                 raise
         else:
             assert driver.inline is not None
@@ -398,56 +399,3 @@ class DirectConnection(AsyncConnection):
         else:
             rows = [make(r) for r in rows]
         return DirectResult(rows, rowcount, make._fields, lastrowid, key)
-
-
-def _lost(sync: Any, error: BaseException) -> None:
-    """As SQLAlchemy does on a disconnect (in its greenlet: closing is I/O): invalidate
-    the connection, and have the pool replace every connection made before it too
-    (they most likely died with it)."""
-    wrapper = sync._dbapi_connection
-    if wrapper is not None and not sync.invalidated:
-        sync.engine.pool._invalidate(wrapper, error)
-        sync.invalidate(error)
-
-
-class PsycopgRunner:
-    """Runs prepared statements on a connection's psycopg (async) connection, in the
-    transaction SQLAlchemy began on it, or in autocommit when it is set so."""
-
-    __slots__ = ("connection",)
-
-    def __init__(self, connection: Any) -> None:
-        self.connection = connection
-
-    async def run(
-        self, sql: str, values: Any, many: bool, dialect: Dialect
-    ) -> tuple[Any, list[Any], int, None]:
-        import psycopg
-
-        try:
-            async with self.connection.cursor() as cursor:
-                if many:
-                    await cursor.executemany(sql, values)
-                    return None, [], cursor.rowcount, None
-                await cursor.execute(sql, values)
-                description = cursor.description
-                rows = await cursor.fetchall() if description is not None else []
-                return description, rows, cursor.rowcount, None
-        except psycopg.Error as error:
-            # A lost connection, as SQLAlchemy tells one: the caller invalidates it,
-            # so that the pool never resets (rolls back on) a dead connection.
-            lost = bool(self.connection.broken or dialect.is_disconnect(error, None, None))  # type: ignore[arg-type]
-            raise exc.DBAPIError.instance(
-                sql, values, error, psycopg.Error, dialect=dialect, connection_invalidated=lost
-            ) from error
-
-
-def psycopg_runner(conn: AsyncConnection) -> PsycopgRunner | None:
-    """A runner on ``conn``'s psycopg connection; None when it has none."""
-    sync = conn.sync_connection
-    if sync is None:
-        return None
-    driver = getattr(sync.connection.dbapi_connection, "driver_connection", None)
-    if driver is None or not hasattr(driver, "cursor"):
-        return None
-    return PsycopgRunner(driver)

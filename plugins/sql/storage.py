@@ -35,11 +35,7 @@ from chatwright.plugins.sql import migrate
 from chatwright.plugins.sql.audit import SQLAuditStore
 from chatwright.plugins.sql.chats import SQLMessageStore, SQLSessionStore
 from chatwright.plugins.sql.deadline import Deadline
-from chatwright.plugins.sql.direct import (
-    DirectConnection,
-    Statements,
-    psycopg_runner,
-)
+from chatwright.plugins.sql.direct import DirectConnection, Statements
 from chatwright.plugins.sql.engine import (
     SerialWrites,
     normalize_url,
@@ -51,6 +47,7 @@ from chatwright.plugins.sql.errors import DatabaseErrors
 from chatwright.plugins.sql.inline import KeptConnection, inline_capable
 from chatwright.plugins.sql.pending import SQLPendingStore
 from chatwright.plugins.sql.postgres import Coordination
+from chatwright.plugins.sql.psycopg_direct import psycopg_runner
 from chatwright.plugins.sql.records import SQLRecordStore
 from chatwright.plugins.sql.stores import (
     SQLAgentStore,

@@ -1,5 +1,5 @@
 """Attacks on PostgreSQL's direct statements: an inline transaction's statements run on
-the psycopg connection itself (plugins/sql/direct.py, ``PsycopgRunner``).
+the psycopg connection itself (plugins/sql/direct.py, plugins/sql/psycopg_direct.py).
 
 What is checked, as an outsider trying to make it misbehave:
 
