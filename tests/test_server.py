@@ -31,8 +31,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -1252,6 +1255,49 @@ async def test_startup_and_shutdown_fire_once_each_around_the_lifespan(tmp_path:
     assert recorder.shutdowns == [srv.runtime]
     with pytest.raises(RuntimeError, match="not started"):
         srv.runtime.storage  # noqa: B018  (the storage was closed with the server)
+
+
+async def test_the_collector_passes_young_objects_less_often_while_serving(tmp_path: Path) -> None:
+    before = gc.get_threshold()
+    url = f"sqlite+aiosqlite:///{tmp_path}/gc.db"
+    async with serving(url) as srv:
+        assert gc.get_threshold() == (10_000, *before[1:])
+        session = await open_session(srv.client)
+        await chat_ok(srv.client, session["chat_id"], MILK)
+    assert gc.get_threshold() == before
+    async with serving(url, server={"gc_threshold": 2_500}):
+        assert gc.get_threshold() == (2_500, *before[1:])
+    async with serving(url, server={"gc_threshold": 0}):
+        assert gc.get_threshold() == before
+    assert gc.get_threshold() == before
+
+
+def test_the_modules_of_a_turn_are_imported_and_frozen_at_start_up(tmp_path: Path) -> None:
+    # A fresh interpreter: in this one another test imported them long ago.
+    script = f"""
+import asyncio, gc, sys
+from chatwright import testing
+from chatwright.plugins.server.app import create_app
+from chatwright.registry import LoadPolicy, Plugins
+
+plugins = Plugins.load(LoadPolicy(allow=frozenset()))
+settings = testing.settings(plugins, storage={{"url": "sqlite:///{tmp_path}/frozen.db"}})
+app = create_app(settings, plugins)
+assert "langchain.agents" not in sys.modules, "imported before start-up"
+
+async def main():
+    async with app.router.lifespan_context(app):
+        module = sys.modules["langchain.agents"]
+        tracked = {{id(o) for o in gc.get_objects()}}
+        print(id(module.create_agent) in tracked, id(module.__dict__) in tracked)
+
+asyncio.run(main())
+"""
+    ran = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.split() == ["False", "False"], ran.stdout
 
 
 async def test_a_failed_startup_still_closes_the_runtime(tmp_path: Path) -> None:

@@ -5,7 +5,8 @@ evicts their agents every ``sessions.sweep_interval`` seconds, in batches of
 ``sessions.sweep_batch`` with the event loop free between them, so requests
 are not held up by a large pass) and the watch for configuration changed by
 another process (PostgreSQL NOTIFY). Every worker sweeps; the store hands each
-idle session to one of them. A signal to stop starts the shutdown deadline
+idle session to one of them. The collector's frozen start-up and young threshold
+(``server.gc_threshold``) hold while the server runs. A signal to stop starts the shutdown deadline
 (:mod:`chatwright.plugins.server.shutdown`), after which the runtime's turns
 in flight are stopped.
 """
@@ -59,6 +60,20 @@ async def sweeper(runtime: Runtime, metrics: ServerMetrics) -> None:
             log.exception("sweeper pass failed; retrying at the next interval")
 
 
+def import_turn_modules() -> None:
+    """Import what a turn uses that the process has not imported yet (LangChain's agents,
+    LangGraph, chatwright's turn modules), as its first turn would: at start-up, so that
+    gc.freeze() keeps them out of the collector's passes and the first turn is not
+    slower than the rest."""
+    import langchain.agents  # noqa: F401
+    import langgraph.errors  # noqa: F401
+
+    import chatwright.limits
+    import chatwright.prompts
+    import chatwright.tracing
+    import chatwright.window  # noqa: F401
+
+
 def lifespan(runtime: Runtime) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     """The lifespan of an app serving ``runtime``."""
 
@@ -70,10 +85,16 @@ def lifespan(runtime: Runtime) -> Callable[[FastAPI], AbstractAsyncContextManage
         await runtime.start(upgrade=True)
         deadline = runtime.settings.section(ServerSettings).shutdown_timeout
         unwatch = watch_signals(runtime, deadline, force=not multiprocess())
-        # What start-up made (modules, settings, plugins) lives as long as the process:
-        # kept out of the collector's full passes, which would otherwise walk all of
-        # it and hold the event loop ~0.1 s whenever a request or a sweep allocates.
+        # What start-up made (modules, settings, plugins), and the modules the first turn
+        # would import, live as long as the process: kept out of the collector's full
+        # passes, which would otherwise walk all of it and hold the event loop ~0.1 s
+        # whenever a request or a sweep allocates.
+        import_turn_modules()
         gc.freeze()
+        before = gc.get_threshold()
+        young = runtime.settings.section(ServerSettings).gc_threshold
+        if young:
+            gc.set_threshold(young, *before[1:])
         try:
             runtime.cache  # noqa: B018  (an unknown cache.policy fails now, not at the first turn)
             tasks = [
@@ -90,6 +111,7 @@ def lifespan(runtime: Runtime) -> Callable[[FastAPI], AbstractAsyncContextManage
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
         finally:
+            gc.set_threshold(*before)
             unwatch()
             # Turns still running (a stream's, which uvicorn does not cancel) are stopped
             # as at a timeout: their messages stored, their chats freed.
