@@ -107,7 +107,7 @@ LONGEST_PAUSE = 0.25
 KNOWN_AGENTS = 1024
 """Most agent rows a turn store keeps, to skip reading an unchanged row again."""
 KNOWN_MESSAGES = 2048
-"""Most messages whose decoded content a turn store keeps (see ``SQLTurnStore._content``)."""
+"""Most window messages a turn store keeps (see ``SQLTurnStore._message``)."""
 
 
 def _enters_nothing(users: UserTransactions) -> bool:
@@ -152,7 +152,6 @@ class SQLTurnStore(BoundStore):
     def __init__(self, db: SQLStorage) -> None:
         super().__init__(db)
         self._pending: set[asyncio.Task[None]] = set()
-        self._contents: OrderedDict[int, tuple[str | None, Any]] = OrderedDict()
         self._messages: OrderedDict[int, tuple[tuple[Any, ...], Message]] = OrderedDict()
         self._read_time: Any = None
         self._agents: dict[str, tuple[tuple[Any, ...], Agent]] = {}
@@ -530,33 +529,49 @@ class SQLTurnStore(BoundStore):
     async def _window(
         self, conn: AsyncConnection, user_id: str, chat_id: uuid.UUID, limit: int
     ) -> list[Message]:
-        """SQLite: the chat's last ``limit`` messages, oldest first.
-
-        Every turn reads its window again, most of it the messages of the turns
-        before: the last ``KNOWN_MESSAGES`` made are kept by id with the text they
-        were made from (role, content, time), and one is reused only when the row
-        read now has the same (converting a stored time costs more than reading the
-        row).
-        """
+        """SQLite: the chat's last ``limit`` messages, oldest first."""
         values = {"chat_id": chat_id, "user_id": user_id, "limit": limit}
         rows = (await conn.execute(WINDOW_TEXT, values)).all()
+        return [
+            self._message(message_id, chat_id, user_id, role, raw, at, stored_time=True)
+            for message_id, role, raw, at in reversed(rows)
+        ]
+
+    def _message(
+        self,
+        message_id: int,
+        chat_id: uuid.UUID,
+        user_id: str,
+        role: str,
+        raw: str | None,
+        at: Any,
+        *,
+        stored_time: bool,
+    ) -> Message:
+        """A window's message from its row: ``raw``, the content's stored text; ``at``,
+        the time as read, or (``stored_time``, SQLite) as stored, converted here.
+
+        Every turn reads its window again, most of it the messages of the turns
+        before: the last ``KNOWN_MESSAGES`` made are kept by id with what they were
+        made from (role, content text, time), and one is reused only when the row
+        read now has the same (decoding the content, or converting a stored time,
+        costs more than reading the row).
+        """
         known = self._messages
-        history: list[Message] = []
-        for message_id, role, raw, at in reversed(rows):
-            kept = known.get(message_id)
-            if kept is not None and kept[0] == (role, raw, at):
-                made = kept[1]
-                if made.chat_id == chat_id and made.user_id == user_id:
-                    known.move_to_end(message_id)
-                    history.append(made)
-                    continue
-            content = message_content(schema.decode_json(raw))
-            made = Message(message_id, chat_id, user_id, role, content, self._time(at))
-            known[message_id] = ((role, raw, at), made)
-            if len(known) > KNOWN_MESSAGES:
-                known.popitem(last=False)
-            history.append(made)
-        return history
+        kept = known.get(message_id)
+        if kept is not None and kept[0] == (role, raw, at):
+            made = kept[1]
+            if made.chat_id == chat_id and made.user_id == user_id:
+                known.move_to_end(message_id)
+                return made
+        content = message_content(schema.decode_json(raw))
+        made = Message(
+            message_id, chat_id, user_id, role, content, self._time(at) if stored_time else at
+        )
+        known[message_id] = ((role, raw, at), made)
+        if len(known) > KNOWN_MESSAGES:
+            known.popitem(last=False)
+        return made
 
     def _time(self, stored: Any) -> Any:
         """A time as the database stored it, as its column reads it (``created_at``)."""
@@ -565,23 +580,6 @@ class SQLTurnStore(BoundStore):
             column = schema.chat_messages.c.created_at.type
             self._read_time = column.dialect_impl(dialect).result_processor(dialect, None)
         return stored if self._read_time is None else self._read_time(stored)
-
-    def _content(self, message_id: int, raw: str | None) -> Any:
-        """A message's content from its stored text, decoded once while it stays the same.
-
-        Every turn reads its window again, most of it the messages of the turns
-        before; the last ``KNOWN_MESSAGES`` decoded are kept by id with their text,
-        and one is reused only when the text read now is the same.
-        """
-        kept = self._contents.get(message_id)
-        if kept is not None and kept[0] == raw:
-            self._contents.move_to_end(message_id)
-            return kept[1]
-        content = message_content(schema.decode_json(raw))
-        self._contents[message_id] = (raw, content)
-        if len(self._contents) > KNOWN_MESSAGES:
-            self._contents.popitem(last=False)
-        return content
 
     @staticmethod
     async def _waiting_actions(
@@ -639,8 +637,10 @@ class SQLTurnStore(BoundStore):
         history: list[Message] = []
         for row in await conn.execute(stmt, values):
             if row.part == 5:
-                content = self._content(row.rank, row.b)
-                history.append(Message(row.rank, chat_id, user_id, row.a, content, row.at))
+                made = self._message(
+                    row.rank, chat_id, user_id, row.a, row.b, row.at, stored_time=False
+                )
+                history.append(made)
             elif row.part == 0:
                 owner = (row.a, row.b)
             elif row.part == 1:
