@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from chatwright.stores import Storage
 from chatwright.tables import ColumnSpec, TableCreator, TableSpec
@@ -121,9 +121,28 @@ def chatwright_script() -> str:
     return str(Path(sys.executable).parent / "chatwright")
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """The CPU time process ``pid`` has used so far, user and system, all its threads
+    (``/proc/<pid>/stat``, in clock ticks); None where there is no such file."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Served(NamedTuple):
+    base: str
+    """The server's base URL."""
+    pid: int
+    """Its process, the one that serves (uvicorn with one worker)."""
+
+
 @contextmanager
-def server(name: str, argv: list[str], port: int, env: dict[str, str], cwd: Path) -> Iterator[str]:
-    """Run a server process until the block ends; yield its base URL once it answers."""
+def server(
+    name: str, argv: list[str], port: int, env: dict[str, str], cwd: Path
+) -> Iterator[Served]:
+    """Run a server process until the block ends; yield it once it answers."""
     import httpx
 
     log = cwd / f"{name}.log"
@@ -146,7 +165,7 @@ def server(name: str, argv: list[str], port: int, env: dict[str, str], cwd: Path
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the {name} server did not answer /healthz within 60 s")
             time.sleep(0.1)
-        yield base
+        yield Served(base, process.pid)
     finally:
         process.terminate()
         try:

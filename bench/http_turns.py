@@ -24,8 +24,10 @@ from pathlib import Path
 import httpx
 
 from bench.common import (
+    Served,
     chatwright_script,
     clean_env,
+    cpu_seconds,
     free_port,
     is_the_turn,
     seed_agent,
@@ -40,9 +42,12 @@ WARMUP = 2
 class Target:
     name: str
     base: str
+    pid: int
     chats: list[tuple[str, str]] = field(default_factory=list)
     """(agent name, chat id) per client."""
     rates: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+    """The server process's CPU seconds per good turn, per round (none without /proc)."""
     latencies: list[float] = field(default_factory=list)
     """Of the good turns."""
     failures: Counter[str] = field(default_factory=Counter)
@@ -60,19 +65,19 @@ async def seed_chatwright(url: str, clients: int, turns: int) -> None:
 
 
 @contextmanager
-def chatwright_server(name: str, url: str, tmp: Path, clients: int, turns: int) -> Iterator[str]:
+def chatwright_server(name: str, url: str, tmp: Path, clients: int, turns: int) -> Iterator[Served]:
     asyncio.run(seed_chatwright(url, clients, turns))
     port = free_port()
     argv = [chatwright_script(), "--database", url, "serve", "--host", "127.0.0.1"]
     argv += ["--port", str(port)]
     # Only the bundled plugins: a plugin installed next to chatwright must not weigh in.
     env = clean_env(CHATWRIGHT_LOAD_PLUGINS="")
-    with server(name, argv, port, env, tmp) as base:
-        yield base
+    with server(name, argv, port, env, tmp) as served:
+        yield served
 
 
 @contextmanager
-def langchain_server(name: str, tmp: Path, turns: int, checkpoints: bool) -> Iterator[str]:
+def langchain_server(name: str, tmp: Path, turns: int, checkpoints: bool) -> Iterator[Served]:
     port = free_port()
     argv = [sys.executable, "-m", "uvicorn", "--factory"]
     argv += ["bench.apps.langchain_app:app_from_environment", "--host", "127.0.0.1"]
@@ -80,8 +85,8 @@ def langchain_server(name: str, tmp: Path, turns: int, checkpoints: bool) -> Ite
     env = clean_env(BENCH_ITEMS_DB=str(tmp / f"{name}-items.db"), BENCH_TURNS=str(turns))
     if checkpoints:
         env["BENCH_CHECKPOINT_DB"] = str(tmp / f"{name}-checkpoints.db")
-    with server(name, argv, port, env, tmp) as base:
-        yield base
+    with server(name, argv, port, env, tmp) as served:
+        yield served
 
 
 async def open_chats(target: Target, clients: int) -> None:
@@ -134,7 +139,7 @@ def targets(
     tmp: Path, names: Sequence[str], pg_url: str | None, clients: int, turns_per_chat: int
 ) -> Iterator[list[Target]]:
     """Start the servers ``names`` (chatwright-pg only with ``pg_url``); stop them at the end."""
-    starters: dict[str, Callable[[], AbstractContextManager[str]]] = {
+    starters: dict[str, Callable[[], AbstractContextManager[Served]]] = {
         "chatwright-sqlite": lambda: chatwright_server(
             "chatwright-sqlite", f"sqlite:///{tmp / 'chatwright.db'}", tmp, clients, turns_per_chat
         ),
@@ -146,11 +151,12 @@ def targets(
             "chatwright-pg", pg_url, tmp, clients, turns_per_chat
         )
     with ExitStack() as stack:
-        yield [
-            Target(name, stack.enter_context(starters[name]()))
+        served = {
+            name: stack.enter_context(starters[name]())
             for name in TARGETS
             if name in names and name in starters
-        ]
+        }
+        yield [Target(name, *made) for name, made in served.items()]
 
 
 def run(
@@ -166,7 +172,12 @@ def run(
         for _ in range(rounds):
             for target in made:
                 before = len(target.latencies)
+                used = cpu_seconds(target.pid)
                 elapsed = asyncio.run(closed_loop(target, turns))
-                target.rates.append((len(target.latencies) - before) / elapsed)
+                good = len(target.latencies) - before
+                spent = cpu_seconds(target.pid)
+                target.rates.append(good / elapsed)
+                if used is not None and spent is not None and good:
+                    target.cpu.append((spent - used) / good)
                 target.attempts += len(target.chats) * turns
     return made

@@ -76,12 +76,15 @@ def ratio_row(section: int, measure: str, value: float, goal: str, met: bool | N
 
 def section_http(args: argparse.Namespace, tmp: Path, pg_url: str | None) -> list[Row]:
     made = http_turns.run(tmp, args.targets, pg_url, args.clients, args.rounds, args.turns)
-    rows, rate = [], {}
+    rows, rate, cpu = [], {}, {}
     for target in made:
         rate[target.name] = median(target.rates)
         p50 = percentile(target.latencies, 0.50)
         p99 = percentile(target.latencies, 0.99)
         result = f"{rate[target.name]:.0f} turns/s, p50 {ms(p50)}, p99 {ms(p99)}"
+        if target.cpu:
+            cpu[target.name] = median(target.cpu)
+            result += f", server CPU {ms(cpu[target.name])} a turn"
         if target.failures:
             failed = sum(target.failures.values())
             reasons = "; ".join(f"{n}x {why}" for why, n in target.failures.most_common(3))
@@ -96,6 +99,12 @@ def section_http(args: argparse.Namespace, tmp: Path, pg_url: str | None) -> lis
         if a in rate and b in rate:
             value = rate[a] / rate[b]
             rows.append(ratio_row(1, f"turns/s {a} / {b}", value, f">= {goal}x", value >= goal))
+    # The same comparison by the servers' CPU per turn: each server is one process that a
+    # closed loop keeps busy, and its CPU per turn moves less with the machine's load
+    # than its rate does (the clients share the machine). Not a goal of its own.
+    for a, b in [("chatwright-sqlite", "floor"), ("chatwright-pg", "floor")]:
+        if a in cpu and b in cpu and cpu[a] > 0:
+            rows.append(ratio_row(1, f"server CPU a turn {b} / {a}", cpu[b] / cpu[a], "", None))
     return rows
 
 

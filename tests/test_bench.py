@@ -7,7 +7,9 @@ of a markdown file.
 
 from __future__ import annotations
 
+import os
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -55,9 +57,11 @@ def run(tmp_path: Path, *args: str) -> dict[str, tuple[str, str]]:
 def test_every_section_but_postgresql(tmp_path: Path) -> None:
     rows = run(tmp_path, "--no-pg", "--sections", "1,2,4,5,6,7")
     assert not [m for m in rows if m.startswith("FAILED")], rows
+    # Where /proc tells a process's CPU time, each server's CPU per turn is given too.
+    cpu = rf", server CPU {NUMBER} ms a turn" if Path("/proc/self/stat").exists() else ""
     for target in ("chatwright-sqlite", "floor", "langgraph"):
         result = rows[f"HTTP, 2 clients: {target}"][0]
-        assert re.fullmatch(rf"{NUMBER} turns/s, p50 {NUMBER} ms, p99 {NUMBER} ms", result)
+        assert re.fullmatch(rf"{NUMBER} turns/s, p50 {NUMBER} ms, p99 {NUMBER} ms{cpu}", result)
         assert number(result) > 0
     assert rows["HTTP: chatwright-pg"][0] == "skipped: not asked for (--no-pg)"
     for measure in (
@@ -129,3 +133,18 @@ def test_bad_options_are_named(
         main(args)
     assert exit_.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="no /proc here")
+def test_a_servers_cpu_time_is_read_from_proc() -> None:
+    from bench.common import cpu_seconds
+
+    before = cpu_seconds(os.getpid())
+    deadline = time.process_time() + 0.1
+    while time.process_time() < deadline:
+        pass
+    after = cpu_seconds(os.getpid())
+    assert before is not None and after is not None
+    assert 0.05 <= after - before <= 5.0
+    gone = max(int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()) + 100_000
+    assert cpu_seconds(gone) is None
