@@ -103,6 +103,9 @@ class SQLStorage:
         busy_timeout: float = 5.0,
     ) -> None:
         self.url = url
+        # Asked for by every transaction: worked out once.
+        self._dialect = url.get_backend_name()
+        self._description = redact(url)
         self.busy_timeout = busy_timeout
         self.statement_timeout = statement_timeout
         self.turn_lease = turn_lease
@@ -196,7 +199,7 @@ class SQLStorage:
 
     @property
     def dialect(self) -> str:
-        return self.url.get_backend_name()
+        return self._dialect
 
     @property
     def _statements_alone(self) -> bool:
@@ -206,7 +209,7 @@ class SQLStorage:
 
     @property
     def description(self) -> str:
-        return redact(self.url)
+        return self._description
 
     # -- connections -------------------------------------------------------
 
