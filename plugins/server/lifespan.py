@@ -69,9 +69,12 @@ def import_turn_modules() -> None:
     import langgraph.errors  # noqa: F401
 
     import chatwright.limits
+    import chatwright.models
     import chatwright.prompts
+    import chatwright.tools
     import chatwright.tracing
-    import chatwright.window  # noqa: F401
+    import chatwright.window
+    import chatwright.writes  # noqa: F401
 
 
 def lifespan(runtime: Runtime) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
