@@ -100,8 +100,8 @@ def section_http(args: argparse.Namespace, tmp: Path, pg_url: str | None) -> lis
             value = rate[a] / rate[b]
             rows.append(ratio_row(1, f"turns/s {a} / {b}", value, f">= {goal}x", value >= goal))
     # The same comparison by the servers' CPU per turn: each server is one process that a
-    # closed loop keeps busy, and its CPU per turn moves less with the machine's load
-    # than its rate does (the clients share the machine). Not a goal of its own.
+    # closed loop keeps busy, and what it spends per turn does not depend on how fast the
+    # clients, which share the machine, send the next request. Not a goal of its own.
     for a, b in [("chatwright-sqlite", "floor"), ("chatwright-pg", "floor")]:
         if a in cpu and b in cpu and cpu[a] > 0:
             rows.append(ratio_row(1, f"server CPU a turn {b} / {a}", cpu[b] / cpu[a], "", None))
