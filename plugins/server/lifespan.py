@@ -5,8 +5,9 @@ evicts their agents every ``sessions.sweep_interval`` seconds, in batches of
 ``sessions.sweep_batch`` with the event loop free between them, so requests
 are not held up by a large pass) and the watch for configuration changed by
 another process (PostgreSQL NOTIFY). Every worker sweeps; the store hands each
-idle session to one of them. The collector's frozen start-up and young threshold
-(``server.gc_threshold``) hold while the server runs. A signal to stop starts the shutdown deadline
+idle session to one of them. While the server runs, what start-up made is
+frozen out of the collector's passes and its young threshold is
+``server.gc_threshold``. A signal to stop starts the shutdown deadline
 (:mod:`chatwright.plugins.server.shutdown`), after which the runtime's turns
 in flight are stopped.
 """
@@ -85,6 +86,7 @@ def lifespan(runtime: Runtime) -> Callable[[FastAPI], AbstractAsyncContextManage
         from chatwright.plugins.server.settings import ServerSettings
         from chatwright.plugins.server.shutdown import watch_signals
 
+        import_turn_modules()
         await runtime.start(upgrade=True)
         deadline = runtime.settings.section(ServerSettings).shutdown_timeout
         unwatch = watch_signals(runtime, deadline, force=not multiprocess())
@@ -92,7 +94,6 @@ def lifespan(runtime: Runtime) -> Callable[[FastAPI], AbstractAsyncContextManage
         # would import, live as long as the process: kept out of the collector's full
         # passes, which would otherwise walk all of it and hold the event loop ~0.1 s
         # whenever a request or a sweep allocates.
-        import_turn_modules()
         gc.freeze()
         before = gc.get_threshold()
         young = runtime.settings.section(ServerSettings).gc_threshold
