@@ -53,9 +53,9 @@ class PsycopgRunner:
         except psycopg.Error as error:
             # A lost connection, as SQLAlchemy tells one: the caller invalidates it,
             # so that the pool never resets (rolls back on) a dead connection.
-            lost = bool(self.connection.broken or dialect.is_disconnect(error, None, None))  # type: ignore[arg-type]
+            gone = bool(self.connection.broken or dialect.is_disconnect(error, None, None))  # type: ignore[arg-type]
             raise exc.DBAPIError.instance(
-                sql, values, error, psycopg.Error, dialect=dialect, connection_invalidated=lost
+                sql, values, error, psycopg.Error, dialect=dialect, connection_invalidated=gone
             ) from error
 
 

@@ -118,7 +118,7 @@ class SQLStorage:
         self.can_listen = pooler != "transaction" or direct_url is not None
         self.users = users if users is not None else UserTransactions()
         self.writes = (
-            SerialWrites(busy_timeout, redact(url)) if url.get_backend_name() == "sqlite" else None
+            SerialWrites(busy_timeout, self._description) if self._dialect == "sqlite" else None
         )
         # Statements an inline SQLite transaction runs on the driver once seen (.direct).
         self._statements = Statements(engine.dialect)
@@ -126,7 +126,7 @@ class SQLStorage:
         # not for an in-memory database, whose one connection everything shares).
         self._inline = KeptConnection(engine, self._statements, busy_timeout)
         self._keep_inline = url.database not in (None, "", ":memory:")
-        self.coordination = Coordination(self.direct_url, redact(url))
+        self.coordination = Coordination(self.direct_url, self._description)
         self.agents = SQLAgentStore(self)
         self.tools = SQLToolStore(self)
         self.sessions = SQLSessionStore(self)
