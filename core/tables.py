@@ -35,6 +35,7 @@ FRAMEWORK_TABLES = frozenset(
         "chat_sessions",
         "chat_messages",
         "chat_leases",
+        "chat_revisions",
         "pending_actions",
         "tool_approval_choices",
         "audit_log",

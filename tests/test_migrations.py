@@ -82,7 +82,7 @@ async def check_fresh_database(storage: SQLStorage) -> None:
 async def check_window_plan_without_statistics(storage: SQLStorage) -> None:
     """A turn's window on a table PostgreSQL has no statistics for walks an index
     backwards and stops at the window: no sort of the chat (which grew with it)."""
-    from chatwright.plugins.sql.turn_statements import WINDOW
+    from chatwright.plugins.sql.turn_statements import WINDOW, WINDOW_UPTO
 
     chat = "7a0f5d2e-58c1-4c36-9d51-30c1f1f3b8a4"
     async with storage.write() as conn:
@@ -100,14 +100,22 @@ async def check_window_plan_without_statistics(storage: SQLStorage) -> None:
                 "FROM pg_stat_user_tables WHERE relname = 'chat_messages'"
             )
         )
-        rows = await conn.exec_driver_sql(
-            "EXPLAIN " + str(WINDOW.compile(dialect=conn.dialect)),
-            {"chat_id": chat, "user_id": "u1", "limit": 50},
-        )
-        plan = "\n".join(r[0] for r in rows)
+        plans = []
+        # Whole, after a kept window's last message, and up to a message.
+        for statement, bounds in (
+            (WINDOW, {"after": 0}),
+            (WINDOW, {"after": 5900}),
+            (WINDOW_UPTO, {"after": 0, "upto": 5900}),
+        ):
+            rows = await conn.exec_driver_sql(
+                "EXPLAIN " + str(statement.compile(dialect=conn.dialect)),
+                {"chat_id": chat, "user_id": "u1", "limit": 50, **bounds},
+            )
+            plans.append("\n".join(r[0] for r in rows))
         await conn.execute(sa.text("DELETE FROM chat_messages"))
     assert analysed
-    assert "ix_chat_messages_chat_id_user_id_id" in plan and "Sort" not in plan, plan
+    for plan in plans:
+        assert "ix_chat_messages_chat_id_user_id_id" in plan and "Sort" not in plan, plan
 
 
 def _downgrade(sync_conn: sa.Connection, revision: str) -> None:

@@ -1052,6 +1052,7 @@ async def _seed_stock(db: Cluster) -> None:
         )
         await _seed_write_safety(storage)
         await _seed_usage(storage)
+        await _seed_revision(storage)
     finally:
         await storage.close()
 
@@ -1091,6 +1092,19 @@ async def _seed_usage(storage: SupabaseStorage) -> None:
     )
     await storage.usage.reserve("alice", uuid.uuid4(), limits, datetime.now(UTC))
     await storage.usage.set_budget("alice", daily_tokens=5000, monthly_tokens=None)
+
+
+async def _seed_revision(storage: SupabaseStorage) -> None:
+    """A chat of alice's that she deleted, as herself: its messages' deletion ran the
+    revision trigger under row-level security (migration 0008), leaving its row."""
+    from chatwright.stores import NewMessage
+    from chatwright.userdata import user_data_of
+
+    chat = (await storage.sessions.open("alice", "paid", chat_id=uuid.uuid4())).chat_id
+    content = {"type": "human", "data": {"type": "human", "content": "forget this"}}
+    await storage.messages.append("alice", chat, [NewMessage("human", content)])
+    report = await user_data_of(storage).delete_chat("alice", chat)
+    assert report.tables["chat_messages"] == 1
 
 
 EXAMPLE_LIST_TASKS = {t["name"]: t["config"] for t in example.TOOLS}["list_tasks"]
@@ -1227,6 +1241,41 @@ async def test_the_anon_key_and_a_user_jwt_cannot_reach_chatwrights_tables(
     assert await admin_rows(db, "SELECT * FROM agent_tools ORDER BY id") == tools_before
     secret = await admin_rows(db, "SELECT model_settings FROM agents WHERE name = 'paid'")
     assert secret == [({"api_key": API_KEY},)]
+
+
+async def test_no_data_api_role_reads_or_moves_a_chats_revision(
+    stock_supabase: StockSupabase,
+) -> None:
+    """The counters turns trust to reuse a window are the framework's: a user's token
+    cannot read them, set one back (to have a process serve a window it kept past an
+    edit), or run their trigger function by hand."""
+    db = stock_supabase.db
+    before = await admin_rows(db, "SELECT * FROM chat_revisions ORDER BY 1")
+    assert before  # seeded: a refusal is not an empty table
+    attacks = [
+        "SELECT * FROM chat_revisions",
+        "UPDATE chat_revisions SET revision = 0",
+        "DELETE FROM chat_revisions",
+        "INSERT INTO chat_revisions VALUES (gen_random_uuid(), 1)",
+        "TRUNCATE chat_revisions",
+    ]
+    anon = await connect_as(stock_supabase.anon_login, db, "anon")
+    user = await connect_as(stock_supabase.user_login, db, "authenticated")
+    try:
+        await user.execute(
+            "SELECT set_config('request.jwt.claims', %s, false)",
+            (json.dumps({"sub": "alice", "role": "authenticated"}),),
+        )
+        for conn in (anon, user):
+            for statement in attacks:
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    await conn.execute(statement)
+            with pytest.raises(psycopg.Error, match="trigger"):
+                await conn.execute("SELECT chatwright_revise_chats()")
+    finally:
+        await anon.close()
+        await user.close()
+    assert await admin_rows(db, "SELECT * FROM chat_revisions ORDER BY 1") == before
 
 
 async def test_a_user_jwt_can_neither_read_nor_write_the_usage_tables(

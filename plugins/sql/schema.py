@@ -195,6 +195,16 @@ chat_leases = sa.Table(
     sa.Column("expires_at", UTCDateTime(), nullable=False),
 )
 
+# Each chat's count of changes to its messages, kept by triggers (migration 0008):
+# a turn reads only the messages newer than the window it read before when the
+# count moved by exactly as many.
+chat_revisions = sa.Table(
+    "chat_revisions",
+    metadata,
+    sa.Column("chat_id", sa.Uuid, primary_key=True),
+    sa.Column("revision", sa.BigInteger, nullable=False),
+)
+
 chat_messages = sa.Table(
     "chat_messages",
     metadata,

@@ -29,25 +29,59 @@ _m, _leases = schema.chat_messages, schema.chat_leases
 
 WINDOW = (
     sa.select(_m.c.id, _m.c.role, sa.cast(_m.c.content, sa.Text).label("raw"), _m.c.created_at)
-    .where(_m.c.chat_id == sa.bindparam("chat_id"), _m.c.user_id == sa.bindparam("user_id"))
+    .where(
+        _m.c.chat_id == sa.bindparam("chat_id"),
+        _m.c.user_id == sa.bindparam("user_id"),
+        _m.c.id > sa.bindparam("after", type_=_m.c.id.type),
+    )
     .order_by(_m.c.id.desc())
     .limit(sa.bindparam("limit", type_=sa.Integer))
 )
-"""The chat's last ``limit`` messages of the user, newest first."""
+"""The chat's last ``limit`` messages of the user newer than message ``after`` (0:
+any), newest first."""
 
-WINDOW_TEXT = (
+WINDOW_UPTO = WINDOW.where(_m.c.id <= sa.bindparam("upto", type_=_m.c.id.type))
+"""PostgreSQL: :data:`WINDOW` of the messages up to message ``upto``: read again in a
+statement after the one that stored the turn's human message, which it must not see."""
+
+
+def _span() -> sa.ColumnElement[bool]:
+    """The user's messages of the chat from message ``first`` to ``after``."""
+    return sa.and_(
+        _m.c.chat_id == sa.bindparam("chat_id"),
+        _m.c.user_id == sa.bindparam("user_id"),
+        _m.c.id.between(
+            sa.bindparam("first", type_=_m.c.id.type), sa.bindparam("after", type_=_m.c.id.type)
+        ),
+    )
+
+
+_newest = (
     sa.select(
         _m.c.id,
         _m.c.role,
         sa.cast(_m.c.content, sa.Text).label("raw"),
         sa.type_coerce(_m.c.created_at, sa.Text).label("at"),
     )
-    .where(_m.c.chat_id == sa.bindparam("chat_id"), _m.c.user_id == sa.bindparam("user_id"))
+    .where(
+        _m.c.chat_id == sa.bindparam("chat_id"),
+        _m.c.user_id == sa.bindparam("user_id"),
+        _m.c.id > sa.bindparam("after", type_=_m.c.id.type),
+    )
     .order_by(_m.c.id.desc())
     .limit(sa.bindparam("limit", type_=sa.Integer))
+    .subquery()
+)
+WINDOW_TEXT = sa.union_all(
+    sa.select(_newest),
+    sa.select(sa.literal(0), sa.literal(""), sa.null(), sa.cast(sa.func.count(), sa.Text)).where(
+        _span()
+    ),
 )
 """SQLite: :data:`WINDOW` with ``created_at`` as stored (text), converted only for a
-message not seen before (see ``SQLTurnStore._window``)."""
+message not seen before (see ``SQLTurnStore._window``), and a row of id 0 whose
+``at`` is how many of the user's messages the chat holds from message ``first`` to
+``after`` (see :mod:`.windows`)."""
 
 GIVE_BACK = _leases.delete().where(
     _leases.c.chat_id == sa.bindparam("chat_id"), _leases.c.holder == sa.bindparam("holder")
@@ -78,10 +112,11 @@ def prompt_statement(
     ``agent_name`` and ``chat_id`` given when it runs.
 
     With ``window`` (PostgreSQL), also the chat's last ``limit`` messages of the
-    user (part 5, newest first: ``a`` the role, ``b`` the content as text,
-    ``rank`` the id, ``at`` the time); with ``human``, the statement also stores
-    the turn's human message (``role``, ``content``, ``created_at``) when
-    ``taken`` is true, which none of its reads sees.
+    user after message ``after`` (part 5, newest first: ``a`` the role, ``b`` the
+    content as text, ``rank`` the id, ``at`` the time) and how many of the user's
+    messages it holds from message ``first`` to ``after`` (part 6, ``rank``); with
+    ``human``, the statement also stores the turn's human message (``role``,
+    ``content``, ``created_at``) when ``taken`` is true, which none of its reads sees.
     """
     user_id: sa.BindParameter[Any] = sa.bindparam("user_id")
     agent_name: sa.BindParameter[Any] = sa.bindparam("agent_name")
@@ -130,6 +165,9 @@ def prompt_statement(
         parts.insert(0, sa.select(zero, first.c.user_id, first.c.agent_name, zero, zero))
     names: tuple[str, ...] = COLUMNS
     if window:
+        # Part 6: how many of the user's messages the chat holds from ``first`` to
+        # ``after`` (see .windows).
+        parts.append(sa.select(sa.literal(6), empty, empty, sa.func.count(), zero).where(_span()))
         names = (*COLUMNS, "at")
         no_time = sa.cast(sa.null(), _m.c.created_at.type)
         parts = [part.add_columns(no_time) for part in parts]
@@ -191,10 +229,18 @@ _LEASE_COLUMNS = ("chat_id", "holder", "expires_at")
 @functools.cache
 def agent_statement(dialect: str, *, budget: bool, lock: bool) -> sa.Executable:
     """What a turn reads of its agent (``agent_name``): the row's config version only
-    (see :meth:`SQLTurnStore._agent`); with ``budget``, the user's (``user_id``) budget
-    override; with ``lock``, taking the user's budget lock (PostgreSQL)."""
-    a = schema.agents
-    columns: list[Any] = [a.c.id, a.c.created_at, a.c.config_version]
+    (see :meth:`SQLTurnStore._agent`), and the revision of the chat's messages
+    (``chat_id``; see :mod:`.windows`); with ``budget``, the user's
+    (``user_id``) budget override; with ``lock``, taking the user's budget lock
+    (PostgreSQL)."""
+    a, r = schema.agents, schema.chat_revisions
+    revision = sa.func.coalesce(
+        sa.select(r.c.revision)
+        .where(r.c.chat_id == sa.bindparam("chat_id", type_=r.c.chat_id.type))
+        .scalar_subquery(),
+        0,
+    )
+    columns: list[Any] = [a.c.id, a.c.created_at, a.c.config_version, revision.label("revision")]
     user_id = sa.bindparam("user_id", type_=sa.String)
     if budget:
         daily, monthly = override_columns(user_id)

@@ -4,7 +4,9 @@
 statements (the agent row with its config version; taking the chat's lease),
 then, as the user (the storage's user transactions apply), the owner check,
 memory, customizations and whether the chat has actions awaiting a decision
-(one statement), the history window and the human message. A human message
+(one statement), the history window (only the messages newer than the window
+the chat's previous turn read, when nothing else changed: :mod:`.windows`) and
+the human message. A human message
 to a chat with pending actions is refused there, before anything is stored; a
 turn begun without a message (to resume after a decision) gets those actions.
 :meth:`SQLTurnStore.finish` appends what the turn produced since its last
@@ -86,6 +88,7 @@ from chatwright.plugins.sql.turn_statements import (
     GIVE_BACK,
     MOST_FUSED_MESSAGES,
     WINDOW_TEXT,
+    WINDOW_UPTO,
     agent_statement,
     finish_statement,
     prompt_statement,
@@ -93,6 +96,7 @@ from chatwright.plugins.sql.turn_statements import (
     take_lease,
 )
 from chatwright.plugins.sql.user_transactions import UserTransactions
+from chatwright.plugins.sql.windows import Windows
 from chatwright.stores import Agent, ChatSummary, Message, NewMessage, NewSummary
 from chatwright.turns import TurnStart, approval_pending, not_your_chat
 from chatwright.usage import BudgetLimits, TurnUsage
@@ -155,6 +159,7 @@ class SQLTurnStore(BoundStore):
         self._messages: OrderedDict[int, tuple[tuple[Any, ...], Message]] = OrderedDict()
         self._read_time: Any = None
         self._agents: dict[str, tuple[tuple[Any, ...], Agent]] = {}
+        self._windows = Windows()
 
     # -- leases ----------------------------------------------------------------
 
@@ -344,7 +349,11 @@ class SQLTurnStore(BoundStore):
                     raise _Busy
                 # On PostgreSQL the window comes with the rest, and the human message is
                 # stored by the same statement (rolled back below when the turn is refused).
+                # Only the messages after the window kept from the chat's last turn are
+                # read, when there is one (see .windows).
                 fused = dialect == "postgresql"
+                key, revision = (chat_id, user_id), row.revision
+                first, after = self._windows.span(key, revision)
                 read = await self._owner_and_prompt(
                     conn,
                     user_id,
@@ -352,10 +361,10 @@ class SQLTurnStore(BoundStore):
                     chat_id,
                     check_owner=check_owner,
                     summary=agent.summarize,
-                    window=agent.history_window if fused else None,
+                    window=(agent.history_window, first, after) if fused else None,
                     human=(message, taken) if fused else None,
                 )
-                owner, memory, instructions, waiting, summary, history = read
+                owner, memory, instructions, waiting, summary, newer, spanned = read
                 # Not found before busy: another user's chat must not answer
                 # differently while it has a turn running.
                 if check_owner and owner != (user_id, agent_name):
@@ -366,10 +375,17 @@ class SQLTurnStore(BoundStore):
                 if message is not None and pending:
                     # Rolled back with the lease: nothing of this turn is stored.
                     raise approval_pending(pending)
+                limit = agent.history_window
                 if not fused:
-                    history = await self._window(conn, user_id, chat_id, agent.history_window)
-                    if message is not None:
-                        await insert_messages(conn, user_id, chat_id, [message], returning=False)
+                    newer, spanned = await self._window(conn, user_id, chat_id, limit, first, after)
+                history = self._windows.window(key, revision, after, newer, limit, spanned)
+                if history is None:
+                    # Up to what the first read saw: not the human message stored since.
+                    upto = max(after, newer[-1].id if newer else 0)
+                    newer, _ = await self._window(conn, user_id, chat_id, limit, 0, 0, upto)
+                    history = self._windows.window(key, revision, 0, newer, limit, 0) or []
+                if not fused and message is not None:
+                    await insert_messages(conn, user_id, chat_id, [message], returning=False)
             return TurnStart(
                 user_id,
                 agent_name,
@@ -527,15 +543,36 @@ class SQLTurnStore(BoundStore):
                 await task
 
     async def _window(
-        self, conn: AsyncConnection, user_id: str, chat_id: uuid.UUID, limit: int
-    ) -> list[Message]:
-        """SQLite: the chat's last ``limit`` messages, oldest first."""
-        values = {"chat_id": chat_id, "user_id": user_id, "limit": limit}
+        self,
+        conn: AsyncConnection,
+        user_id: str,
+        chat_id: uuid.UUID,
+        limit: int,
+        first: int,
+        after: int,
+        upto: int = 0,
+    ) -> tuple[list[Message], int]:
+        """The chat's last ``limit`` messages of the user after message ``after`` (0:
+        any), oldest first, and (SQLite) how many it holds from ``first`` to ``after``;
+        PostgreSQL: the last ``limit`` up to message ``upto``."""
+        values = {"chat_id": chat_id, "user_id": user_id, "limit": limit, "after": after}
+        if self.db.dialect == "postgresql":
+            values["upto"] = upto
+            rows = (await conn.execute(WINDOW_UPTO, values)).all()
+            made = [
+                self._message(message_id, chat_id, user_id, role, raw, at, stored_time=False)
+                for message_id, role, raw, at in reversed(rows)
+            ]
+            return made, 0
+        values["first"] = first
         rows = (await conn.execute(WINDOW_TEXT, values)).all()
-        return [
+        # The count's row comes last (id 0); the messages newest first before it.
+        *messages, (_, _, _, spanned) = rows
+        made = [
             self._message(message_id, chat_id, user_id, role, raw, at, stored_time=True)
-            for message_id, role, raw, at in reversed(rows)
+            for message_id, role, raw, at in reversed(messages)
         ]
+        return made, int(spanned)
 
     def _message(
         self,
@@ -603,12 +640,15 @@ class SQLTurnStore(BoundStore):
         *,
         check_owner: bool,
         summary: bool = False,
-        window: int | None = None,
+        window: tuple[int, int, int] | None = None,
         human: tuple[NewMessage | None, bool] | None = None,
-    ) -> tuple[tuple[str, str] | None, str, list[str], int, ChatSummary | None, list[Message]]:
+    ) -> tuple[tuple[str, str] | None, str, list[str], int, ChatSummary | None, list[Message], int]:
         """The chat's owner (with ``check_owner``), the memory, the instructions,
         how many of the chat's actions are pending, (with ``summary``) the chat's
-        summary and (with ``window``, PostgreSQL) the last ``window`` messages.
+        summary and, with ``window`` (PostgreSQL: a limit and the ids ``first`` and
+        ``after``), the chat's last messages after ``after``, at most the limit,
+        oldest first, and how many messages the chat holds from ``first`` to
+        ``after`` (see :mod:`.windows`).
 
         One statement instead of four: a turn's round trips are its cost. The
         pending actions themselves are read only when there are any. ``human``
@@ -625,7 +665,7 @@ class SQLTurnStore(BoundStore):
         )
         values: dict[str, Any] = {"user_id": user_id, "agent_name": agent_name, "chat_id": chat_id}
         if window is not None:
-            values["limit"] = window
+            values["limit"], values["first"], values["after"] = window
         if message is not None:
             values["taken"] = taken
             values["role"] = message.role
@@ -635,6 +675,7 @@ class SQLTurnStore(BoundStore):
         notes, instructions, waiting = "", [], 0
         found: ChatSummary | None = None
         history: list[Message] = []
+        spanned = 0
         for row in await conn.execute(stmt, values):
             if row.part == 5:
                 made = self._message(
@@ -649,7 +690,9 @@ class SQLTurnStore(BoundStore):
                 instructions.append(row.a)
             elif row.part == 3:
                 waiting = int(row.rank)
+            elif row.part == 6:
+                spanned = int(row.rank)
             else:
                 found = summary_of(chat_id, user_id, row.a, row.rank, row.n, row.b)
         history.reverse()
-        return owner, notes, instructions, waiting, found, history
+        return owner, notes, instructions, waiting, found, history, spanned

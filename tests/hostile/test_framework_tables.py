@@ -28,6 +28,8 @@ SPELLINGS = [
     "main.chat_messages",
     "public.Agents",
     '"agent_tools"',
+    "CHAT_REVISIONS",
+    "public.chat_revisions",
 ]
 REWRITE_TOOL: dict[str, Any] = {
     "table": "CHAT_MESSAGES",

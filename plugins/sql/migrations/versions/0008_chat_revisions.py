@@ -1,0 +1,115 @@
+"""Chat revisions: a counter per chat that every edit or deletion of its messages moves.
+
+``chat_revisions`` holds, for each chat whose messages were ever updated or
+deleted, a counter that triggers move on every such change, through chatwright
+or plain SQL (a chat without a row is at 0). A turn reads it with its agent row
+and, when it has not moved since the chat's previous turn in the process, reads
+only the messages newer than the window it read then
+(:mod:`chatwright.plugins.sql.windows`). Inserting messages does not move it:
+the turn reads what is newer anyway, and turns insert messages all the time.
+
+Rows are never deleted, so that a counter never starts again from a number a
+process may have kept.
+
+On PostgreSQL the triggers run once per statement, and their function runs as
+its owner (``SECURITY DEFINER``): the users of the ``supabase`` backend change
+their messages under row-level security, and the table is the framework's,
+closed to the Data API roles. ``TRUNCATE`` of the messages moves every chat's.
+
+Revision ID: 0008
+Revises: 0007
+Create Date: 2026-12-01
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+from chatwright.plugins.sql.migrations.data_api import close_table
+
+revision = "0008"
+down_revision = "0007"
+branch_labels = None
+depends_on = None
+
+# The changed rows' chats in order, so that statements changing several chats
+# take their counters' locks in one order.
+POSTGRESQL_FUNCTION = """
+CREATE FUNCTION chatwright_revise_chats() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = {schema}, pg_temp AS $$
+BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+        UPDATE chat_revisions SET revision = revision + 1;
+    ELSIF TG_OP = 'DELETE' THEN
+        INSERT INTO chat_revisions AS r (chat_id, revision)
+        SELECT DISTINCT chat_id, 1 FROM old_rows ORDER BY chat_id
+        ON CONFLICT (chat_id) DO UPDATE SET revision = r.revision + 1;
+    ELSE
+        -- An update may move a message to another chat: both chats move.
+        INSERT INTO chat_revisions AS r (chat_id, revision)
+        SELECT chat_id, 1 FROM (SELECT chat_id FROM old_rows UNION SELECT chat_id FROM new_rows) c
+        ORDER BY chat_id
+        ON CONFLICT (chat_id) DO UPDATE SET revision = r.revision + 1;
+    END IF;
+    RETURN NULL;
+END
+$$
+"""
+
+POSTGRESQL_TRIGGERS = {
+    "chatwright_revise_updated": "AFTER UPDATE ON chat_messages "
+    "REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT",
+    "chatwright_revise_deleted": "AFTER DELETE ON chat_messages "
+    "REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT",
+    "chatwright_revise_truncated": "AFTER TRUNCATE ON chat_messages FOR EACH STATEMENT",
+}
+
+_SQLITE_BUMP = """
+        INSERT INTO chat_revisions (chat_id, revision) VALUES ({chat}, 1)
+        ON CONFLICT (chat_id) DO UPDATE SET revision = revision + 1;"""
+
+# SQLite has row triggers only; DELETE without WHERE fires them too (SQLite
+# drops its truncate optimisation for a table with triggers).
+SQLITE_TRIGGERS = {
+    "chatwright_revise_updated": (
+        "AFTER UPDATE ON chat_messages BEGIN"
+        + _SQLITE_BUMP.format(chat="OLD.chat_id")
+        + _SQLITE_BUMP.format(chat="NEW.chat_id")
+        + " END"
+    ),
+    "chatwright_revise_deleted": (
+        "AFTER DELETE ON chat_messages BEGIN" + _SQLITE_BUMP.format(chat="OLD.chat_id") + " END"
+    ),
+}
+
+
+def upgrade() -> None:
+    bind = op.get_bind()
+    op.create_table(
+        "chat_revisions",
+        sa.Column("chat_id", sa.Uuid, nullable=False),
+        sa.Column("revision", sa.BigInteger, nullable=False),
+        sa.PrimaryKeyConstraint("chat_id", name="pk_chat_revisions"),
+    )
+    if bind.dialect.name != "postgresql":
+        for name, body in SQLITE_TRIGGERS.items():
+            op.execute(f"CREATE TRIGGER {name} {body}")
+        return
+    close_table(bind, "chat_revisions")
+    schema = bind.dialect.identifier_preparer.quote(bind.scalar(sa.text("SELECT current_schema()")))
+    op.execute(POSTGRESQL_FUNCTION.replace("{schema}", schema))
+    for name, when in POSTGRESQL_TRIGGERS.items():
+        op.execute(f"CREATE TRIGGER {name} {when} EXECUTE FUNCTION chatwright_revise_chats()")
+
+
+def downgrade() -> None:
+    bind = op.get_bind()
+    if bind.dialect.name == "postgresql":
+        for name in POSTGRESQL_TRIGGERS:
+            op.execute(f"DROP TRIGGER IF EXISTS {name} ON chat_messages")
+        op.execute("DROP FUNCTION IF EXISTS chatwright_revise_chats()")
+    else:
+        for name in SQLITE_TRIGGERS:
+            op.execute(f"DROP TRIGGER IF EXISTS {name}")
+    op.drop_table("chat_revisions")

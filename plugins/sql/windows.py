@@ -1,0 +1,116 @@
+"""The windows turns read, kept per chat, and read again only as far as they changed.
+
+A turn reads its chat's last ``history_window`` messages (its window). Most of
+them are the window the chat's previous turn read, so a turn store keeps each
+chat's window, with the chat's revision as read with it: a counter that
+migration 0008's triggers move on every update or deletion of the chat's
+messages (0 before the first). The next turn reads the revision (with its
+agent row), the messages newer than the kept window's last, and how many of
+the user's messages the chat holds from the kept window's first to its last.
+When the revision has not moved and that count is the kept window's length,
+the window is the kept one followed by the newer messages; otherwise the turn
+reads the window whole, as it would have without a kept one.
+
+The count finds a message that came into the kept window's span without an
+update: on PostgreSQL, one inserted outside a turn (the message store's
+``append``) that committed after a turn read messages with greater ids; on
+either database, one inserted with an id chosen by hand.
+
+A chat's window is kept for the (chat, user) it was read for.
+:data:`KEPT_MESSAGES` bounds what all kept windows hold together; the chats
+used least recently are let go first.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from chatwright.stores import Message
+
+KEPT_MESSAGES = 4096
+"""Most messages the kept windows of a turn store hold together."""
+
+Key = tuple[uuid.UUID, str]
+"""A kept window's chat and user."""
+
+
+@dataclass(frozen=True)
+class Kept:
+    revision: int
+    """The chat's revision read with the window."""
+    messages: list[Message]
+    """The window, oldest first."""
+    whole: bool
+    """Whether the window held all of the user's messages in the chat then."""
+
+
+class Windows:
+    """Kept windows by (chat, user); see the module docstring."""
+
+    def __init__(self, most: int = KEPT_MESSAGES) -> None:
+        self.most = most
+        self._kept: OrderedDict[Key, Kept] = OrderedDict()
+        self._held = 0
+
+    def span(self, key: Key, revision: int) -> tuple[int, int]:
+        """The ids of the first and last message of the chat's kept window, when it can
+        be built on at ``revision``; else (0, 0): read the window whole."""
+        kept = self._kept.get(key)
+        if kept is None or revision != kept.revision or not kept.messages:
+            return 0, 0
+        return kept.messages[0].id, kept.messages[-1].id
+
+    def window(
+        self,
+        key: Key,
+        revision: int,
+        after: int,
+        newer: Sequence[Message],
+        limit: int,
+        spanned: int,
+    ) -> list[Message] | None:
+        """The window (oldest first) from ``newer``, the messages read after message
+        ``after`` (oldest first, at most ``limit``); None when it must be read whole.
+
+        :param spanned: how many of the user's messages the chat holds now from the
+            kept window's first to its last (read with ``newer``).
+        What it returns is kept for the chat's next turn.
+        """
+        kept = self._kept.get(key)
+        if after == 0 or len(newer) >= limit:
+            # Read whole, or all of it is new: the window is what was read.
+            made, whole = list(newer), len(newer) < limit
+        elif (
+            kept is None
+            or revision != kept.revision
+            or not kept.messages
+            or kept.messages[-1].id != after
+            or spanned != len(kept.messages)
+        ):
+            return None
+        else:
+            joined = [*kept.messages, *newer]
+            if len(joined) < limit and not kept.whole:
+                # The kept window was cut to a smaller limit than this turn's.
+                return None
+            made, whole = joined[-limit:], kept.whole and len(joined) <= limit
+        self._keep(key, revision, made, whole)
+        return made
+
+    def _keep(self, key: Key, revision: int, messages: list[Message], whole: bool) -> None:
+        old = self._kept.pop(key, None)
+        if old is not None:
+            self._held -= len(old.messages)
+        if not messages or len(messages) > self.most:
+            return
+        self._kept[key] = Kept(revision, messages, whole)
+        self._held += len(messages)
+        while self._held > self.most:
+            _, gone = self._kept.popitem(last=False)
+            self._held -= len(gone.messages)
+
+    def __len__(self) -> int:
+        return len(self._kept)

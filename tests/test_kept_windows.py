@@ -1,0 +1,201 @@
+"""Kept windows: a turn builds on the window its chat's previous turn read.
+
+It reads only the messages newer than that window, and the whole window again
+whenever the chat changed in another way: an edit, a deletion, a message moved
+between chats, a message that came into the kept span (:mod:`.windows`). Every
+test runs on SQLite and on PostgreSQL, against what the echo model was given.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from chatwright.plugins.sql import schema
+from chatwright.plugins.sql.windows import Windows
+from chatwright.runtime import Runtime
+from chatwright.stores import Message, NewMessage
+from tests.test_turn_path import ECHO, PROMPT, USER, Make, chat_of, make, seen
+
+__all__ = ["make"]
+
+m, r = schema.chat_messages, schema.chat_revisions
+
+
+async def run(runtime: Runtime, statement: Any) -> Any:
+    async with runtime.storage.write() as conn:  # type: ignore[attr-defined]
+        return await conn.execute(statement)
+
+
+async def revision(runtime: Runtime, chat_id: uuid.UUID) -> int:
+    async with runtime.storage.read() as conn:  # type: ignore[attr-defined]
+        found = await conn.scalar(sa.select(r.c.revision).where(r.c.chat_id == chat_id))
+    return int(found or 0)
+
+
+async def ids(runtime: Runtime, chat_id: uuid.UUID) -> list[int]:
+    async with runtime.storage.read() as conn:  # type: ignore[attr-defined]
+        rows = await conn.scalars(sa.select(m.c.id).where(m.c.chat_id == chat_id).order_by(m.c.id))
+    return list(rows)
+
+
+async def started(make: Make, **agent: Any) -> tuple[Runtime, uuid.UUID]:
+    runtime, _ = await make()
+    await runtime.storage.agents.create(ECHO, system_prompt=PROMPT, model="echo:x", **agent)
+    return runtime, await chat_of(runtime, USER)
+
+
+def human(text: str) -> dict[str, Any]:
+    return {"type": "human", "data": {"type": "human", "content": text}}
+
+
+async def test_a_turn_reads_only_the_messages_after_the_window_it_kept(make: Make) -> None:
+    """Shown by a change the counter is kept from seeing: an edit whose revision is put
+    back is not read, because the turn did not read that message again; once the
+    revision moves, the next turn reads the window whole and sees it."""
+    runtime, chat_id = await started(make)
+    for text in ("one", "two"):
+        await runtime.chat(USER, ECHO, chat_id, text)
+    before = await revision(runtime, chat_id)
+    first = (await ids(runtime, chat_id))[0]
+    await run(runtime, m.update().where(m.c.id == first).values(content=human("edited")))
+    assert await revision(runtime, chat_id) > before
+    await run(runtime, r.update().where(r.c.chat_id == chat_id).values(revision=before))
+
+    assert seen(await runtime.chat(USER, ECHO, chat_id, "three"))["humans"] == [
+        "one",
+        "two",
+        "three",
+    ]
+    await run(runtime, r.update().where(r.c.chat_id == chat_id).values(revision=r.c.revision + 1))
+    assert seen(await runtime.chat(USER, ECHO, chat_id, "four"))["humans"] == [
+        "edited",
+        "two",
+        "three",
+        "four",
+    ]
+
+
+async def test_a_message_deleted_from_the_kept_window_leaves_the_next_one(make: Make) -> None:
+    runtime, chat_id = await started(make)
+    for text in ("one", "two", "three"):
+        await runtime.chat(USER, ECHO, chat_id, text)
+    stored = await ids(runtime, chat_id)
+    # The second turn's human message and the reply to it.
+    await run(runtime, m.delete().where(m.c.id.in_(stored[2:4])))
+    turn = await runtime.chat(USER, ECHO, chat_id, "four")
+    assert seen(turn)["humans"] == ["one", "three", "four"]
+
+
+async def test_a_message_stored_outside_a_turn_is_in_the_next_window(make: Make) -> None:
+    runtime, chat_id = await started(make)
+    await runtime.chat(USER, ECHO, chat_id, "one")
+    await runtime.storage.messages.append(USER, chat_id, [NewMessage("human", human("aside"))])
+    turn = await runtime.chat(USER, ECHO, chat_id, "two")
+    assert seen(turn)["humans"] == ["one", "aside", "two"]
+
+
+async def test_a_message_that_comes_into_the_kept_span_is_read(make: Make) -> None:
+    """A message inserted with an id inside the kept window's span (as a message
+    committed late on PostgreSQL would be) moves no counter: the count finds it."""
+    runtime, chat_id = await started(make)
+    other = await chat_of(runtime, USER)
+    await runtime.chat(USER, ECHO, chat_id, "one")
+    await runtime.chat(USER, ECHO, other, "elsewhere")
+    await runtime.chat(USER, ECHO, chat_id, "two")
+    gap = (await ids(runtime, other))[0]
+    await run(runtime, m.delete().where(m.c.chat_id == other))
+    before = await revision(runtime, chat_id)
+    await run(
+        runtime,
+        m.insert().values(
+            id=gap, chat_id=chat_id, user_id=USER, role="human", content=human("late")
+        ),
+    )
+    assert await revision(runtime, chat_id) == before
+    turn = await runtime.chat(USER, ECHO, chat_id, "three")
+    assert seen(turn)["humans"] == ["one", "late", "two", "three"]
+
+
+async def test_a_message_moved_to_another_chat_moves_both_windows(make: Make) -> None:
+    runtime, chat_id = await started(make)
+    other = await chat_of(runtime, USER)
+    await runtime.chat(USER, ECHO, chat_id, "one")
+    await runtime.chat(USER, ECHO, chat_id, "two")
+    await runtime.chat(USER, ECHO, other, "elsewhere")
+    await runtime.chat(USER, ECHO, other, "again")
+    # The other chat's first exchange moves here, after this chat's first.
+    moved = (await ids(runtime, other))[:2]
+    await run(runtime, m.update().where(m.c.id.in_(moved)).values(chat_id=chat_id))
+    here = seen(await runtime.chat(USER, ECHO, chat_id, "three"))["humans"]
+    assert here == ["one", "two", "elsewhere", "three"]
+    there = seen(await runtime.chat(USER, ECHO, other, "last"))["humans"]
+    assert there == ["again", "last"]
+
+
+async def test_a_longer_window_than_the_kept_one_is_read_whole(make: Make) -> None:
+    runtime, chat_id = await started(make, history_window=2)
+    for text in ("one", "two", "three"):
+        assert seen(await runtime.chat(USER, ECHO, chat_id, text))["humans"][-1] == text
+    assert seen(await runtime.chat(USER, ECHO, chat_id, "four"))["humans"] == ["three", "four"]
+    await runtime.storage.agents.update(ECHO, history_window=20)
+    turn = await runtime.chat(USER, ECHO, chat_id, "five")
+    assert seen(turn)["humans"] == ["one", "two", "three", "four", "five"]
+
+
+@pytest.mark.parametrize("sql_url", ["postgresql"], indirect=True)
+async def test_truncating_the_messages_moves_every_chats_revision(make: Make) -> None:
+    runtime, chat_id = await started(make)
+    await runtime.chat(USER, ECHO, chat_id, "one")
+    await run(runtime, m.delete().where(m.c.id == (await ids(runtime, chat_id))[0]))
+    before = await revision(runtime, chat_id)
+    await run(runtime, sa.text("TRUNCATE chat_messages"))
+    assert await revision(runtime, chat_id) == before + 1
+    assert seen(await runtime.chat(USER, ECHO, chat_id, "two"))["humans"] == ["two"]
+
+
+# -- the kept windows themselves ------------------------------------------------------
+
+
+def messages(chat_id: uuid.UUID, first: int, last: int) -> list[Message]:
+    return [Message(i, chat_id, USER, "human", human(str(i)), None) for i in range(first, last + 1)]
+
+
+def test_windows_keep_at_most_their_bound_and_let_the_least_recent_go() -> None:
+    windows = Windows(most=10)
+    chats = [uuid.uuid4() for _ in range(4)]
+    for chat_id in chats:
+        assert windows.window((chat_id, USER), 0, 0, messages(chat_id, 1, 4), 50, 0) is not None
+    # 4 + 4 held; a third chat's 4 would make 12: the first chat's go.
+    assert len(windows) == 2
+    assert windows.span((chats[0], USER), 0) == (0, 0)
+    assert windows.span((chats[3], USER), 0) == (1, 4)
+    # Nothing larger than the bound is kept, and nothing empty.
+    windows.window((chats[2], USER), 0, 0, messages(chats[2], 1, 11), 50, 0)
+    windows.window((chats[1], USER), 0, 0, [], 50, 0)
+    assert windows.span((chats[2], USER), 0) == (0, 0)
+    assert windows.span((chats[1], USER), 0) == (0, 0)
+
+
+def test_a_kept_window_is_built_on_only_when_nothing_else_changed() -> None:
+    chat_id = uuid.uuid4()
+    key = (chat_id, USER)
+    windows = Windows()
+    windows.window(key, 3, 0, messages(chat_id, 1, 4), 5, 0)
+    assert windows.span(key, 3) == (1, 4)
+    assert windows.span(key, 4) == (0, 0)  # the revision moved
+    assert windows.span((chat_id, "bob"), 3) == (0, 0)  # another user's
+    newer = messages(chat_id, 5, 6)
+    # A message went missing from the span, or came into it: read it whole.
+    assert windows.window(key, 3, 4, newer, 5, 3) is None
+    windows.window(key, 3, 0, messages(chat_id, 1, 4), 5, 0)
+    assert windows.window(key, 3, 4, newer, 5, 5) is None
+    windows.window(key, 3, 0, messages(chat_id, 1, 4), 5, 0)
+    # Built on: the newest five.
+    made = windows.window(key, 3, 4, newer, 5, 4)
+    assert made is not None and [x.id for x in made] == [2, 3, 4, 5, 6]
+    # Cut to five, it cannot serve a window of ten.
+    assert windows.window(key, 3, 6, messages(chat_id, 7, 7), 10, 5) is None
