@@ -87,6 +87,32 @@ def storable_value(value: Any, depth: int = 0) -> Any:
     return value
 
 
+def _unchanged(value: Any, depth: int = 0) -> bool:
+    """Whether :func:`storable_value` would return ``value`` itself, found without building
+    anything: a produced message almost always needs no change, and walking it with
+    :func:`storable_value` costs more than dumping it."""
+    kind = type(value)
+    if kind is str:
+        return UNSTORABLE.search(value) is None
+    if value is None or kind is int or kind is bool:
+        return True
+    if kind is float:
+        return math.isfinite(value)
+    if kind is dict:
+        if depth >= MAX_DEPTH:
+            return False
+        for key, item in value.items():
+            if not (_unchanged(key, depth) and _unchanged(item, depth + 1)):
+                return False
+        return True
+    if kind is list or kind is tuple:
+        if depth >= MAX_DEPTH:
+            return False
+        return all(_unchanged(item, depth + 1) for item in value)
+    # Anything else (a subclass, an object): as storable_value decides.
+    return storable_value(value, depth) is value
+
+
 def storable(message: BaseMessage) -> BaseMessage:
     """The message as it will be stored (see the module docstring); itself if unchanged."""
     return storable_with_data(message)[0]
@@ -95,6 +121,8 @@ def storable(message: BaseMessage) -> BaseMessage:
 def storable_with_data(message: BaseMessage) -> tuple[BaseMessage, dict[str, Any]]:
     """:func:`storable`, with what :func:`to_store` would store of it (computed once)."""
     data = message_to_dict(message)
+    if _unchanged(data):
+        return message, data
     clean = storable_value(data)
     if clean is data:
         return message, data
