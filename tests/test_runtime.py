@@ -341,12 +341,17 @@ async def test_history_read_fetches_only_the_window_of_10000_messages(
     for s, _ in statements:
         if "FROM chat_messages" in s:
             assert "LIMIT" in s.upper(), s
-    # And the query walks the (chat_id, id) index: no scan, no sort of the whole chat.
+    # And the window walks the (chat_id, id) index backwards and stops: no scan, no
+    # sort of the whole chat. (The statement is the turn's reads in one: the sorts it
+    # has are of its few result rows, outside the window's subquery.)
     async with runtime.storage.read() as conn:  # type: ignore[attr-defined]
         plan = (await conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", tuple(params))).all()
     details = " ".join(str(row[-1]) for row in plan)
-    assert "USING INDEX ix_chat_messages_chat_id_id" in details, details
-    assert "TEMP B-TREE" not in details, details
+    assert "SCAN chat_messages" not in details, details
+    walk = "SEARCH chat_messages USING INDEX ix_chat_messages_chat_id_id (chat_id=? AND id>?)"
+    (subquery,) = [row[1] for row in plan if row[-1] == walk]
+    assert str(next(row[-1] for row in plan if row[0] == subquery)).startswith("CO-ROUTINE")
+    assert not [row for row in plan if row[1] == subquery and "TEMP B-TREE" in row[-1]], plan
 
 
 # --------------------------------------------------------------------------- 5. config changes

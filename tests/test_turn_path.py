@@ -169,9 +169,10 @@ def statements(runtime: Runtime) -> Iterator[list[str]]:
 async def test_a_cached_turn_sends_few_statements(make: Make, sql_url: str) -> None:
     """PostgreSQL: a turn's begin is two statements (the framework's, then the user's,
     after the lease is taken so that they see what the chat's last turn stored), its
-    end one, and a round of tool calls one besides the tool's own. SQLite keeps a
-    statement per step (they run in the loop's thread, without a round trip): what
-    the turns store is checked on both."""
+    end one, and a round of tool calls one besides the tool's own. SQLite reads the
+    window with the user's other reads and keeps a statement per other step (they
+    run in the loop's thread, without a round trip): what the turns store is
+    checked on both."""
     runtime, _ = await make()
     postgresql = not sql_url.startswith("sqlite")
     await example.seed(runtime.storage, "scripted:x")
@@ -187,6 +188,14 @@ async def test_a_cached_turn_sends_few_statements(make: Make, sql_url: str) -> N
     assert turn.response == "Hi."
     if postgresql:
         assert len(sent) == 3, sent
+    else:
+        # Begin: the agent, the lease, the user's reads with the window, the message;
+        # finish: the lease, the usage, the messages, the touch (COMMIT is not sent
+        # as a statement here).
+        assert [x.split()[0] for x in sent] == [
+            *("BEGIN", "SELECT", "INSERT", "SELECT", "INSERT"),
+            *("BEGIN", "DELETE", "INSERT", "INSERT", "UPDATE"),
+        ], sent
     with statements(runtime) as sent:
         turn = await runtime.chat(USER, example.AGENT, chat_id, "add milk")
     assert [c.name for c in turn.tool_calls] == ["add_task"] and not turn.tool_calls[0].error

@@ -111,9 +111,9 @@ def prompt_statement(
     """The statement of :meth:`SQLTurnStore._owner_and_prompt` for ``user_id``,
     ``agent_name`` and ``chat_id`` given when it runs.
 
-    With ``window`` (PostgreSQL), also the chat's last ``limit`` messages of the
-    user after message ``after`` (part 5, newest first: ``a`` the role, ``b`` the
-    content as text, ``rank`` the id, ``at`` the time) and how many of the user's
+    With ``window``, also the chat's last ``limit`` messages of the user after
+    message ``after`` (part 5, newest first: ``a`` the role, ``b`` the content as
+    text, ``rank`` the id, ``at`` the time; on SQLite as stored) and how many of the user's
     messages it holds from message ``first`` to ``after`` (part 6, ``rank``); with
     ``human``, the statement also stores the turn's human message (``role``,
     ``content``, ``created_at``) when ``taken`` is true, which none of its reads sees.
@@ -169,10 +169,16 @@ def prompt_statement(
         # ``after`` (see .windows).
         parts.append(sa.select(sa.literal(6), empty, empty, sa.func.count(), zero).where(_span()))
         names = (*COLUMNS, "at")
-        no_time = sa.cast(sa.null(), _m.c.created_at.type)
+        if dialect == "postgresql":
+            no_time: sa.ColumnElement[Any] = sa.cast(sa.null(), _m.c.created_at.type)
+            w = WINDOW.subquery()
+            at = w.c.created_at
+        else:
+            # The time as SQLite stores it, converted only for a message not seen before.
+            no_time, w = sa.type_coerce(sa.null(), sa.Text), _newest
+            at = w.c.at
         parts = [part.add_columns(no_time) for part in parts]
-        w = WINDOW.subquery()
-        parts.append(sa.select(sa.literal(5), w.c.role, w.c.raw, w.c.id, zero, w.c.created_at))
+        parts.append(sa.select(sa.literal(5), w.c.role, w.c.raw, w.c.id, zero, at))
     named = [
         part.with_only_columns(
             *(column.label(name) for column, name in zip(part.selected_columns, names, strict=True))

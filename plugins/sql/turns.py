@@ -26,8 +26,10 @@ was when it started, and the reads must see what the chat's previous turn
 stored, which a statement begun before its lease was given back would not.
 ``finish`` is one (giving the lease back, the usage, the messages, the
 touch), or, when the storage's user transactions do something for a user
-(row-level security), the framework's part and then the user's. SQLite
-keeps a statement per step: they run in the loop's thread, without a trip.
+(row-level security), the framework's part and then the user's. SQLite,
+whose statements run in the loop's thread without a trip, reads the window
+with the user's other reads too (one statement fewer), and keeps a
+statement for each of the other steps.
 
 A lease is a row of ``chat_leases``: the chat, a holder token and an expiry
 (``storage.turn_lease`` seconds). Taking it is one ``INSERT … ON CONFLICT DO
@@ -347,7 +349,7 @@ class SQLTurnStore(BoundStore):
                 await self.db.users.enter(conn, user_id)
                 if not taken and not check_owner:
                     raise _Busy
-                # On PostgreSQL the window comes with the rest, and the human message is
+                # The window comes with the rest and, on PostgreSQL, the human message is
                 # stored by the same statement (rolled back below when the turn is refused).
                 # Only the messages after the window kept from the chat's last turn are
                 # read, when there is one (see .windows).
@@ -361,7 +363,7 @@ class SQLTurnStore(BoundStore):
                     chat_id,
                     check_owner=check_owner,
                     summary=agent.summarize,
-                    window=(agent.history_window, first, after) if fused else None,
+                    window=(agent.history_window, first, after),
                     human=(message, taken) if fused else None,
                 )
                 owner, memory, instructions, waiting, summary, newer, spanned = read
@@ -376,8 +378,6 @@ class SQLTurnStore(BoundStore):
                     # Rolled back with the lease: nothing of this turn is stored.
                     raise approval_pending(pending)
                 limit = agent.history_window
-                if not fused:
-                    newer, spanned = await self._window(conn, user_id, chat_id, limit, first, after)
                 history = self._windows.window(key, revision, after, newer, limit, spanned)
                 if history is None:
                     # Up to what the first read saw: not the human message stored since.
@@ -676,10 +676,11 @@ class SQLTurnStore(BoundStore):
         found: ChatSummary | None = None
         history: list[Message] = []
         spanned = 0
+        sqlite = conn.dialect.name != "postgresql"
         for row in await conn.execute(stmt, values):
             if row.part == 5:
                 made = self._message(
-                    row.rank, chat_id, user_id, row.a, row.b, row.at, stored_time=False
+                    row.rank, chat_id, user_id, row.a, row.b, row.at, stored_time=sqlite
                 )
                 history.append(made)
             elif row.part == 0:
