@@ -24,11 +24,12 @@ reach ``watch_config``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -1116,6 +1117,37 @@ async def connect_as(login: str, db: Cluster, role: str) -> psycopg.AsyncConnect
     return conn
 
 
+async def claim(conn: psycopg.AsyncConnection[Any], sub: str) -> None:
+    """The request claims of a user's JWT, as the Data API sets them."""
+    await conn.execute(
+        "SELECT set_config('request.jwt.claims', %s, false)",
+        (json.dumps({"sub": sub, "role": "authenticated"}),),
+    )
+
+
+@contextlib.asynccontextmanager
+async def api_roles(
+    stock: StockSupabase, sub: str | None = None
+) -> AsyncIterator[tuple[psycopg.AsyncConnection[Any], psycopg.AsyncConnection[Any]]]:
+    """Connections as the Data API with the anon key and with a user's JWT (claiming
+    ``sub``, when given)."""
+    anon = await connect_as(stock.anon_login, stock.db, "anon")
+    user = await connect_as(stock.user_login, stock.db, "authenticated")
+    try:
+        if sub is not None:
+            await claim(user, sub)
+        yield anon, user
+    finally:
+        await anon.close()
+        await user.close()
+
+
+async def refused(conn: psycopg.AsyncConnection[Any], statements: Iterable[str]) -> None:
+    for statement in statements:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            await conn.execute(statement)
+
+
 async def test_every_table_and_sequence_is_closed_to_the_data_api_roles(
     stock_supabase: StockSupabase,
 ) -> None:
@@ -1176,20 +1208,14 @@ async def test_every_table_and_sequence_is_closed_to_the_data_api_roles(
     )
     for table in sorted(seeded):
         assert (await admin_rows(db, f'SELECT count(*) FROM "{table}"'))[0][0] > 0, table
-    anon = await connect_as(stock_supabase.anon_login, db, "anon")
-    user = await connect_as(stock_supabase.user_login, db, "authenticated")
-    try:
+    async with api_roles(stock_supabase) as (anon, user):
         for table in sorted(names):
-            with pytest.raises(psycopg.errors.InsufficientPrivilege):
-                await anon.execute(f'SELECT * FROM "{table}"')
+            await refused(anon, [f'SELECT * FROM "{table}"'])
             try:
                 cursor = await user.execute(f'SELECT * FROM "{table}"')
             except psycopg.errors.InsufficientPrivilege:
                 continue
             assert await cursor.fetchall() == [], table
-    finally:
-        await anon.close()
-        await user.close()
 
 
 async def test_the_anon_key_and_a_user_jwt_cannot_reach_chatwrights_tables(
@@ -1209,34 +1235,21 @@ async def test_the_anon_key_and_a_user_jwt_cannot_reach_chatwrights_tables(
         "UPDATE chatwright_schema_version SET version_num = '0001'",
         "SELECT nextval('agents_id_seq')",
     ]
-    anon = await connect_as(stock_supabase.anon_login, db, "anon")
-    user = await connect_as(stock_supabase.user_login, db, "authenticated")
-    try:
-        await user.execute(
-            "SELECT set_config('request.jwt.claims', %s, false)",
-            (json.dumps({"sub": "bob", "role": "authenticated"}),),
-        )
+    async with api_roles(stock_supabase, "bob") as (anon, user):
         for conn in (anon, user):
-            for statement in attacks:
-                with pytest.raises(psycopg.errors.InsufficientPrivilege):
-                    await conn.execute(statement)
+            await refused(conn, attacks)
         # Other users' chats and application rows: refused (anon) or empty (bob).
         for statement in (
             "SELECT content FROM chat_messages WHERE user_id = 'alice'",
             "SELECT title FROM tasks WHERE user_id = 'alice'",
             "SELECT notes FROM agent_memories WHERE user_id = 'alice'",
         ):
-            with pytest.raises(psycopg.errors.InsufficientPrivilege):
-                await anon.execute(statement)
+            await refused(anon, [statement])
             assert await (await user.execute(statement)).fetchall() == [], statement
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            await anon.execute("INSERT INTO tasks (user_id, title) VALUES ('alice', 'planted')")
+        await refused(anon, ["INSERT INTO tasks (user_id, title) VALUES ('alice', 'planted')"])
         # Bob still reads his own messages: the policy works, it is not a blanket refusal.
         cursor = await user.execute("SELECT DISTINCT user_id FROM chat_messages")
         assert await cursor.fetchall() == [("bob",)]
-    finally:
-        await anon.close()
-        await user.close()
     assert await admin_rows(db, "SELECT * FROM agents ORDER BY id") == agents_before
     assert await admin_rows(db, "SELECT * FROM agent_tools ORDER BY id") == tools_before
     secret = await admin_rows(db, "SELECT model_settings FROM agents WHERE name = 'paid'")
@@ -1259,22 +1272,11 @@ async def test_no_data_api_role_reads_or_moves_a_chats_revision(
         "INSERT INTO chat_revisions VALUES (gen_random_uuid(), 1)",
         "TRUNCATE chat_revisions",
     ]
-    anon = await connect_as(stock_supabase.anon_login, db, "anon")
-    user = await connect_as(stock_supabase.user_login, db, "authenticated")
-    try:
-        await user.execute(
-            "SELECT set_config('request.jwt.claims', %s, false)",
-            (json.dumps({"sub": "alice", "role": "authenticated"}),),
-        )
+    async with api_roles(stock_supabase, "alice") as (anon, user):
         for conn in (anon, user):
-            for statement in attacks:
-                with pytest.raises(psycopg.errors.InsufficientPrivilege):
-                    await conn.execute(statement)
+            await refused(conn, attacks)
             with pytest.raises(psycopg.Error, match="trigger"):
                 await conn.execute("SELECT chatwright_revise_chats()")
-    finally:
-        await anon.close()
-        await user.close()
     assert await admin_rows(db, "SELECT * FROM chat_revisions ORDER BY 1") == before
 
 
@@ -1297,35 +1299,22 @@ async def test_a_user_jwt_can_neither_read_nor_write_the_usage_tables(
         "UPDATE user_budgets SET daily_tokens = -1",
         "TRUNCATE usage_totals",
     ]
-    anon = await connect_as(stock_supabase.anon_login, db, "anon")
-    user = await connect_as(stock_supabase.user_login, db, "authenticated")
-    try:
-        await user.execute(
-            "SELECT set_config('request.jwt.claims', %s, false)",
-            (json.dumps({"sub": "alice", "role": "authenticated"}),),
-        )
+    async with api_roles(stock_supabase, "alice") as (anon, user):
         for conn in (anon, user):
-            for statement in attacks:
-                with pytest.raises(psycopg.errors.InsufficientPrivilege):
-                    await conn.execute(statement)
+            await refused(conn, attacks)
         # Summaries: alice reads hers; as bob, none, and he cannot plant one in her chat.
         cursor = await user.execute("SELECT user_id, text FROM chat_summaries")
         assert await cursor.fetchall() == [("alice", "alice asked about her tasks")]
-        await user.execute(
-            "SELECT set_config('request.jwt.claims', %s, false)",
-            (json.dumps({"sub": "bob", "role": "authenticated"}),),
-        )
+        await claim(user, "bob")
         assert await (await user.execute("SELECT * FROM chat_summaries")).fetchall() == []
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            await user.execute(
+        await refused(
+            user,
+            [
                 "INSERT INTO chat_summaries (chat_id, user_id, text, through_id) "
                 "VALUES (gen_random_uuid(), 'alice', 'planted', 1)"
-            )
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            await anon.execute("SELECT * FROM chat_summaries")
-    finally:
-        await anon.close()
-        await user.close()
+            ],
+        )
+        await refused(anon, ["SELECT * FROM chat_summaries"])
     after = {t: await admin_rows(db, f"SELECT * FROM {t} ORDER BY 1") for t in USAGE_TABLES}
     assert after == before
 
