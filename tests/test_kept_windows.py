@@ -146,15 +146,62 @@ async def test_a_longer_window_than_the_kept_one_is_read_whole(make: Make) -> No
     assert seen(turn)["humans"] == ["one", "two", "three", "four", "five"]
 
 
+async def test_a_message_that_comes_in_below_a_whole_kept_window_is_read(make: Make) -> None:
+    """A kept window that held all of the chat's messages is counted from 0: a message
+    inserted below its first (a late commit, a chosen id) is in the next window."""
+    runtime, chat_id = await started(make)
+    other = await chat_of(runtime, USER)
+    await runtime.chat(USER, ECHO, other, "elsewhere")
+    await runtime.chat(USER, ECHO, chat_id, "one")
+    await runtime.chat(USER, ECHO, chat_id, "two")
+    gap = (await ids(runtime, other))[0]
+    assert gap < (await ids(runtime, chat_id))[0]
+    await run(runtime, m.delete().where(m.c.chat_id == other))
+    await run(
+        runtime,
+        m.insert().values(
+            id=gap, chat_id=chat_id, user_id=USER, role="human", content=human("early")
+        ),
+    )
+    turn = await runtime.chat(USER, ECHO, chat_id, "three")
+    assert seen(turn)["humans"] == ["early", "one", "two", "three"]
+
+
+@pytest.mark.parametrize("sql_url", ["sqlite"], indirect=True)
+async def test_a_message_replaced_on_sqlite_moves_the_revision(make: Make) -> None:
+    """A REPLACE deletes the row it replaces without firing delete triggers: the
+    insert that replaces it moves the chat's counter itself."""
+    runtime, chat_id = await started(make)
+    for text in ("one", "two"):
+        await runtime.chat(USER, ECHO, chat_id, text)
+    first = (await ids(runtime, chat_id))[0]
+    before = await revision(runtime, chat_id)
+    replace = m.insert().prefix_with("OR REPLACE")
+    values = {"id": first, "chat_id": chat_id, "user_id": USER, "role": "human"}
+    await run(runtime, replace.values(**values, content=human("replaced")))
+    assert await revision(runtime, chat_id) > before
+    turn = await runtime.chat(USER, ECHO, chat_id, "three")
+    assert seen(turn)["humans"] == ["replaced", "two", "three"]
+
+
 @pytest.mark.parametrize("sql_url", ["postgresql"], indirect=True)
 async def test_truncating_the_messages_moves_every_chats_revision(make: Make) -> None:
-    runtime, chat_id = await started(make)
-    await runtime.chat(USER, ECHO, chat_id, "one")
-    await run(runtime, m.delete().where(m.c.id == (await ids(runtime, chat_id))[0]))
-    before = await revision(runtime, chat_id)
-    await run(runtime, sa.text("TRUNCATE chat_messages"))
-    assert await revision(runtime, chat_id) == before + 1
-    assert seen(await runtime.chat(USER, ECHO, chat_id, "two"))["humans"] == ["two"]
+    """TRUNCATE fires no row trigger: it moves the counter every turn adds to its
+    chat's, so that a process reads the window whole again even for a chat without
+    a counter of its own, whose ids another process's turns have used again."""
+    one, _ = await make()
+    two, _ = await make()
+    await one.storage.agents.create(ECHO, system_prompt=PROMPT, model="echo:x")
+    chat_id = await chat_of(one, USER)
+    await run(one, sa.text("TRUNCATE chat_messages RESTART IDENTITY"))
+    await one.chat(USER, ECHO, chat_id, "one")
+    # This turn keeps the window [one, its reply]: ids 1 and 2.
+    await one.chat(USER, ECHO, chat_id, "two")
+    assert await revision(one, chat_id) == 0
+    await run(one, sa.text("TRUNCATE chat_messages RESTART IDENTITY"))
+    # Ids 1 and 2 again, and as many messages as the kept window had.
+    await two.chat(USER, ECHO, chat_id, "again")
+    assert seen(await one.chat(USER, ECHO, chat_id, "three"))["humans"] == ["again", "three"]
 
 
 # -- the kept windows themselves ------------------------------------------------------
@@ -172,7 +219,7 @@ def test_windows_keep_at_most_their_bound_and_let_the_least_recent_go() -> None:
     # 4 + 4 held; a third chat's 4 would make 12: the first chat's go.
     assert len(windows) == 2
     assert windows.span((chats[0], USER), 0) == (0, 0)
-    assert windows.span((chats[3], USER), 0) == (1, 4)
+    assert windows.span((chats[3], USER), 0) == (0, 4)
     # Nothing larger than the bound is kept, and nothing empty.
     windows.window((chats[2], USER), 0, 0, messages(chats[2], 1, 11), 50, 0)
     windows.window((chats[1], USER), 0, 0, [], 50, 0)
@@ -185,7 +232,8 @@ def test_a_kept_window_is_built_on_only_when_nothing_else_changed() -> None:
     key = (chat_id, USER)
     windows = Windows()
     windows.window(key, 3, 0, messages(chat_id, 1, 4), 5, 0)
-    assert windows.span(key, 3) == (1, 4)
+    # Whole (4 messages under a limit of 5): counted from 0.
+    assert windows.span(key, 3) == (0, 4)
     assert windows.span(key, 4) == (0, 0)  # the revision moved
     assert windows.span((chat_id, "bob"), 3) == (0, 0)  # another user's
     newer = messages(chat_id, 5, 6)
@@ -197,5 +245,10 @@ def test_a_kept_window_is_built_on_only_when_nothing_else_changed() -> None:
     # Built on: the newest five.
     made = windows.window(key, 3, 4, newer, 5, 4)
     assert made is not None and [x.id for x in made] == [2, 3, 4, 5, 6]
+    # Cut to the limit: no longer whole, counted from its first. The list given out
+    # is the turn's: changing it changes nothing kept.
+    assert windows.span(key, 3) == (2, 6)
+    made.clear()
+    assert windows.span(key, 3) == (2, 6)
     # Cut to five, it cannot serve a window of ten.
     assert windows.window(key, 3, 6, messages(chat_id, 7, 7), 10, 5) is None

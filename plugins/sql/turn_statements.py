@@ -8,6 +8,7 @@ statement a turn makes is built here, once per shape.
 from __future__ import annotations
 
 import functools
+import uuid
 from typing import Any
 
 import sqlalchemy as sa
@@ -26,6 +27,10 @@ COLUMNS = ("part", "a", "b", "rank", "n")
 """The columns of :func:`prompt_statement`'s rows."""
 
 _m, _leases = schema.chat_messages, schema.chat_leases
+
+EVERY_CHAT = uuid.UUID(int=0)
+"""The ``chat_revisions`` row that PostgreSQL's ``TRUNCATE`` of the messages moves: a
+turn's revision is its chat's plus this one's (migration 0008)."""
 
 WINDOW = (
     sa.select(_m.c.id, _m.c.role, sa.cast(_m.c.content, sa.Text).label("raw"), _m.c.created_at)
@@ -79,8 +84,8 @@ WINDOW_TEXT = sa.union_all(
     ),
 )
 """SQLite: :data:`WINDOW` with ``created_at`` as stored (text), converted only for a
-message not seen before (see ``SQLTurnStore._window``), and a row of id 0 whose
-``at`` is how many of the user's messages the chat holds from message ``first`` to
+message not seen before (see ``SQLTurnStore._window``), and a row without
+content whose ``at`` is how many of the user's messages the chat holds from message ``first`` to
 ``after`` (see :mod:`.windows`)."""
 
 GIVE_BACK = _leases.delete().where(
@@ -240,11 +245,15 @@ def agent_statement(dialect: str, *, budget: bool, lock: bool) -> sa.Executable:
     (``user_id``) budget override; with ``lock``, taking the user's budget lock
     (PostgreSQL)."""
     a, r = schema.agents, schema.chat_revisions
-    revision = sa.func.coalesce(
-        sa.select(r.c.revision)
-        .where(r.c.chat_id == sa.bindparam("chat_id", type_=r.c.chat_id.type))
-        .scalar_subquery(),
-        0,
+    # The chat's counter and the one TRUNCATE moves for every chat (migration 0008).
+    chats = [
+        sa.bindparam("chat_id", type_=r.c.chat_id.type),
+        sa.literal(EVERY_CHAT, r.c.chat_id.type),
+    ]
+    revision = (
+        sa.select(sa.cast(sa.func.coalesce(sa.func.sum(r.c.revision), 0), sa.BigInteger))
+        .where(r.c.chat_id.in_(chats))
+        .scalar_subquery()
     )
     columns: list[Any] = [a.c.id, a.c.created_at, a.c.config_version, revision.label("revision")]
     user_id = sa.bindparam("user_id", type_=sa.String)

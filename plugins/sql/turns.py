@@ -566,13 +566,14 @@ class SQLTurnStore(BoundStore):
             return made, 0
         values["first"] = first
         rows = (await conn.execute(WINDOW_TEXT, values)).all()
-        # The count's row comes last (id 0); the messages newest first before it.
-        *messages, (_, _, _, spanned) = rows
+        # The count's row is the one without content (a message's is never NULL).
+        spanned = next(int(at) for _, _, raw, at in rows if raw is None)
         made = [
             self._message(message_id, chat_id, user_id, role, raw, at, stored_time=True)
-            for message_id, role, raw, at in reversed(messages)
+            for message_id, role, raw, at in reversed(rows)
+            if raw is not None
         ]
-        return made, int(spanned)
+        return made, spanned
 
     def _message(
         self,

@@ -14,7 +14,13 @@ reads the window whole, as it would have without a kept one.
 The count finds a message that came into the kept window's span without an
 update: on PostgreSQL, one inserted outside a turn (the message store's
 ``append``) that committed after a turn read messages with greater ids; on
-either database, one inserted with an id chosen by hand.
+either database, one inserted with an id chosen by hand. When the kept window
+held all of the user's messages in the chat, the count starts at 0, so that
+such a message below its first is found too.
+
+On PostgreSQL the revision is read by the turn's first statement and the
+messages by its second, each with its own snapshot: a transaction that edits
+a message and commits between the two shows from the chat's next turn on.
 
 A chat's window is kept for the (chat, user) it was read for.
 :data:`KEPT_MESSAGES` bounds what all kept windows hold together; the chats
@@ -56,12 +62,18 @@ class Windows:
         self._held = 0
 
     def span(self, key: Key, revision: int) -> tuple[int, int]:
-        """The ids of the first and last message of the chat's kept window, when it can
-        be built on at ``revision``; else (0, 0): read the window whole."""
+        """The ids between which to count the user's messages, and after which to read
+        the newer ones, when the chat's kept window can be built on at ``revision``;
+        else (0, 0): read the window whole.
+
+        The count starts at the kept window's first message, or at 0 when the kept
+        window held all of the user's messages: then a message that came in below
+        its first (committed late, or inserted with a chosen id) is in the window.
+        """
         kept = self._kept.get(key)
         if kept is None or revision != kept.revision or not kept.messages:
             return 0, 0
-        return kept.messages[0].id, kept.messages[-1].id
+        return 0 if kept.whole else kept.messages[0].id, kept.messages[-1].id
 
     def window(
         self,
@@ -75,9 +87,10 @@ class Windows:
         """The window (oldest first) from ``newer``, the messages read after message
         ``after`` (oldest first, at most ``limit``); None when it must be read whole.
 
-        :param spanned: how many of the user's messages the chat holds now from the
-            kept window's first to its last (read with ``newer``).
-        What it returns is kept for the chat's next turn.
+        :param spanned: how many of the user's messages the chat holds now between the
+            ids :meth:`span` gave (read with ``newer``).
+        What it returns is kept for the chat's next turn (a copy: what the turn does
+        to its list does not reach the kept one).
         """
         kept = self._kept.get(key)
         if after == 0 or len(newer) >= limit:
@@ -98,7 +111,7 @@ class Windows:
                 return None
             made, whole = joined[-limit:], kept.whole and len(joined) <= limit
         self._keep(key, revision, made, whole)
-        return made
+        return list(made)
 
     def _keep(self, key: Key, revision: int, messages: list[Message], whole: bool) -> None:
         old = self._kept.pop(key, None)

@@ -2,9 +2,10 @@
 
 ``chat_revisions`` holds, for each chat whose messages were ever updated or
 deleted, a counter that triggers move on every such change, through chatwright
-or plain SQL (a chat without a row is at 0). A turn reads it with its agent row
-and, when it has not moved since the chat's previous turn in the process, reads
-only the messages newer than the window it read then
+or plain SQL, a REPLACE on SQLite included (a chat without a row is at 0). A
+turn reads it with its agent row and, when it has not moved since the chat's
+previous turn in the process, reads only the messages newer than the window it
+read then
 (:mod:`chatwright.plugins.sql.windows`). Inserting messages does not move it:
 the turn reads what is newer anyway, and turns insert messages all the time.
 
@@ -14,7 +15,9 @@ process may have kept.
 On PostgreSQL the triggers run once per statement, and their function runs as
 its owner (``SECURITY DEFINER``): the users of the ``supabase`` backend change
 their messages under row-level security, and the table is the framework's,
-closed to the Data API roles. ``TRUNCATE`` of the messages moves every chat's.
+closed to the Data API roles. ``TRUNCATE`` of the messages moves the row of the
+nil chat id, which every turn adds to its chat's: every chat's, with or
+without a row of its own.
 
 Revision ID: 0008
 Revises: 0007
@@ -26,7 +29,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from chatwright.plugins.sql.migrations.data_api import close_table
+from chatwright.plugins.sql.migrations.data_api import API_ROLES, close_table
 
 revision = "0008"
 down_revision = "0007"
@@ -40,7 +43,10 @@ CREATE FUNCTION chatwright_revise_chats() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = {schema}, pg_temp AS $$
 BEGIN
     IF TG_OP = 'TRUNCATE' THEN
-        UPDATE chat_revisions SET revision = revision + 1;
+        -- Every chat, those without a row too: a turn adds this row's counter to its chat's.
+        INSERT INTO chat_revisions AS r (chat_id, revision)
+        VALUES ('00000000-0000-0000-0000-000000000000', 1)
+        ON CONFLICT (chat_id) DO UPDATE SET revision = r.revision + 1;
     ELSIF TG_OP = 'DELETE' THEN
         INSERT INTO chat_revisions AS r (chat_id, revision)
         SELECT DISTINCT chat_id, 1 FROM old_rows ORDER BY chat_id
@@ -70,8 +76,20 @@ _SQLITE_BUMP = """
         ON CONFLICT (chat_id) DO UPDATE SET revision = revision + 1;"""
 
 # SQLite has row triggers only; DELETE without WHERE fires them too (SQLite
-# drops its truncate optimisation for a table with triggers).
+# drops its truncate optimisation for a table with triggers). A REPLACE deletes
+# the row it replaces without firing delete triggers (recursive triggers are
+# off, as migration 0004's triggers need): the insert that replaces moves the
+# chat of the row it replaces.
 SQLITE_TRIGGERS = {
+    "chatwright_revise_replaced": (
+        "BEFORE INSERT ON chat_messages "
+        "WHEN EXISTS (SELECT 1 FROM chat_messages WHERE id = NEW.id) BEGIN"
+        """
+        INSERT INTO chat_revisions (chat_id, revision)
+        SELECT chat_id, 1 FROM chat_messages WHERE id = NEW.id
+        ON CONFLICT (chat_id) DO UPDATE SET revision = revision + 1;"""
+        " END"
+    ),
     "chatwright_revise_updated": (
         "AFTER UPDATE ON chat_messages BEGIN"
         + _SQLITE_BUMP.format(chat="OLD.chat_id")
@@ -99,6 +117,14 @@ def upgrade() -> None:
     close_table(bind, "chat_revisions")
     schema = bind.dialect.identifier_preparer.quote(bind.scalar(sa.text("SELECT current_schema()")))
     op.execute(POSTGRESQL_FUNCTION.replace("{schema}", schema))
+    # Only ever run as a trigger, which needs no EXECUTE privilege: none for anyone
+    # (Supabase grants new functions to its Data API roles, as it does tables).
+    roles = bind.scalars(
+        sa.text("SELECT rolname FROM pg_roles WHERE rolname = ANY(:roles)"),
+        {"roles": list(API_ROLES)},
+    )
+    grantees = ", ".join(["PUBLIC", *(f'"{role}"' for role in sorted(roles))])
+    op.execute(f"REVOKE EXECUTE ON FUNCTION chatwright_revise_chats() FROM {grantees}")
     for name, when in POSTGRESQL_TRIGGERS.items():
         op.execute(f"CREATE TRIGGER {name} {when} EXECUTE FUNCTION chatwright_revise_chats()")
 
