@@ -52,6 +52,19 @@ def human(text: str) -> dict[str, Any]:
     return {"type": "human", "data": {"type": "human", "content": text}}
 
 
+async def free_id(runtime: Runtime, other: uuid.UUID) -> int:
+    """The first message id of chat ``other``, free again: its messages deleted."""
+    gap: int = (await ids(runtime, other))[0]
+    await run(runtime, m.delete().where(m.c.chat_id == other))
+    return gap
+
+
+async def insert_at(runtime: Runtime, message_id: int, chat_id: uuid.UUID, text: str) -> None:
+    """A human message stored with plain SQL under an id chosen by hand."""
+    values = {"id": message_id, "chat_id": chat_id, "user_id": USER, "role": "human"}
+    await run(runtime, m.insert().values(**values, content=human(text)))
+
+
 async def test_a_turn_reads_only_the_messages_after_the_window_it_kept(make: Make) -> None:
     """Shown by a change the counter is kept from seeing: an edit whose revision is put
     back is not read, because the turn did not read that message again; once the
@@ -106,15 +119,9 @@ async def test_a_message_that_comes_into_the_kept_span_is_read(make: Make) -> No
     await runtime.chat(USER, ECHO, chat_id, "one")
     await runtime.chat(USER, ECHO, other, "elsewhere")
     await runtime.chat(USER, ECHO, chat_id, "two")
-    gap = (await ids(runtime, other))[0]
-    await run(runtime, m.delete().where(m.c.chat_id == other))
+    gap = await free_id(runtime, other)
     before = await revision(runtime, chat_id)
-    await run(
-        runtime,
-        m.insert().values(
-            id=gap, chat_id=chat_id, user_id=USER, role="human", content=human("late")
-        ),
-    )
+    await insert_at(runtime, gap, chat_id, "late")
     assert await revision(runtime, chat_id) == before
     turn = await runtime.chat(USER, ECHO, chat_id, "three")
     assert seen(turn)["humans"] == ["one", "late", "two", "three"]
@@ -154,15 +161,10 @@ async def test_a_message_that_comes_in_below_a_whole_kept_window_is_read(make: M
     await runtime.chat(USER, ECHO, other, "elsewhere")
     await runtime.chat(USER, ECHO, chat_id, "one")
     await runtime.chat(USER, ECHO, chat_id, "two")
-    gap = (await ids(runtime, other))[0]
-    assert gap < (await ids(runtime, chat_id))[0]
-    await run(runtime, m.delete().where(m.c.chat_id == other))
-    await run(
-        runtime,
-        m.insert().values(
-            id=gap, chat_id=chat_id, user_id=USER, role="human", content=human("early")
-        ),
-    )
+    first = (await ids(runtime, chat_id))[0]
+    gap = await free_id(runtime, other)
+    assert gap < first
+    await insert_at(runtime, gap, chat_id, "early")
     turn = await runtime.chat(USER, ECHO, chat_id, "three")
     assert seen(turn)["humans"] == ["early", "one", "two", "three"]
 
