@@ -61,7 +61,7 @@ def _span() -> sa.ColumnElement[bool]:
     )
 
 
-_newest = (
+WINDOW_TEXT = (
     sa.select(
         _m.c.id,
         _m.c.role,
@@ -75,18 +75,10 @@ _newest = (
     )
     .order_by(_m.c.id.desc())
     .limit(sa.bindparam("limit", type_=sa.Integer))
-    .subquery()
-)
-WINDOW_TEXT = sa.union_all(
-    sa.select(_newest),
-    sa.select(sa.literal(0), sa.literal(""), sa.null(), sa.cast(sa.func.count(), sa.Text)).where(
-        _span()
-    ),
 )
 """SQLite: :data:`WINDOW` with ``created_at`` as stored (text), converted only for a
-message not seen before (see ``SQLTurnStore._window``), and a row without
-content whose ``at`` is how many of the user's messages the chat holds from message ``first`` to
-``after`` (see :mod:`.windows`)."""
+message not seen before (see ``SQLTurnStore._message``)."""
+_newest = WINDOW_TEXT.subquery()
 
 GIVE_BACK = _leases.delete().where(
     _leases.c.chat_id == sa.bindparam("chat_id"), _leases.c.holder == sa.bindparam("holder")

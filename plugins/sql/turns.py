@@ -382,7 +382,7 @@ class SQLTurnStore(BoundStore):
                 if history is None:
                     # Up to what the first read saw: not the human message stored since.
                     upto = max(after, newer[-1].id if newer else 0)
-                    newer, _ = await self._window(conn, user_id, chat_id, limit, 0, 0, upto)
+                    newer = await self._window(conn, user_id, chat_id, limit, upto)
                     history = self._windows.window(key, revision, 0, newer, limit, 0) or []
                 if not fused and message is not None:
                     await insert_messages(conn, user_id, chat_id, [message], returning=False)
@@ -543,37 +543,20 @@ class SQLTurnStore(BoundStore):
                 await task
 
     async def _window(
-        self,
-        conn: AsyncConnection,
-        user_id: str,
-        chat_id: uuid.UUID,
-        limit: int,
-        first: int,
-        after: int,
-        upto: int = 0,
-    ) -> tuple[list[Message], int]:
-        """The chat's last ``limit`` messages of the user after message ``after`` (0:
-        any), oldest first, and (SQLite) how many it holds from ``first`` to ``after``;
-        PostgreSQL: the last ``limit`` up to message ``upto``."""
-        values = {"chat_id": chat_id, "user_id": user_id, "limit": limit, "after": after}
-        if self.db.dialect == "postgresql":
+        self, conn: AsyncConnection, user_id: str, chat_id: uuid.UUID, limit: int, upto: int
+    ) -> list[Message]:
+        """The chat's last ``limit`` messages of the user, oldest first, read whole when
+        the kept window could not be built on; on PostgreSQL only those up to message
+        ``upto``, which the turn's first read saw (see ``begin``)."""
+        values = {"chat_id": chat_id, "user_id": user_id, "limit": limit, "after": 0}
+        sqlite = self.db.dialect != "postgresql"
+        if not sqlite:
             values["upto"] = upto
-            rows = (await conn.execute(WINDOW_UPTO, values)).all()
-            made = [
-                self._message(message_id, chat_id, user_id, role, raw, at, stored_time=False)
-                for message_id, role, raw, at in reversed(rows)
-            ]
-            return made, 0
-        values["first"] = first
-        rows = (await conn.execute(WINDOW_TEXT, values)).all()
-        # The count's row is the one without content (a message's is never NULL).
-        spanned = next(int(at) for _, _, raw, at in rows if raw is None)
-        made = [
-            self._message(message_id, chat_id, user_id, role, raw, at, stored_time=True)
+        rows = (await conn.execute(WINDOW_TEXT if sqlite else WINDOW_UPTO, values)).all()
+        return [
+            self._message(message_id, chat_id, user_id, role, raw, at, stored_time=sqlite)
             for message_id, role, raw, at in reversed(rows)
-            if raw is not None
         ]
-        return made, spanned
 
     def _message(
         self,
