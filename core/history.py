@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import re
+import uuid
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -35,8 +36,6 @@ from langchain_core.messages import (
     message_to_dict,
     messages_from_dict,
 )
-from pydantic import BaseModel
-from pydantic_core import PydanticUndefined
 
 from chatwright.stores import Message, NewMessage
 
@@ -209,36 +208,23 @@ PARSED_KEPT = 2048
 
 _parsed: OrderedDict[int, tuple[Any, BaseMessage]] = OrderedDict()
 
-_set = object.__setattr__
-
-
-def _copy(message: BaseMessage) -> BaseMessage:
-    """A shallow copy of ``message``, as ``model_copy()`` makes it (its fields, the
-    fields set, extras and private attributes each copied), in a third less time: a
-    turn copies every message of its window."""
-    cls = type(message)
-    if cls.__copy__ is not BaseModel.__copy__:
-        return message.model_copy()
-    made = cls.__new__(cls)
-    _set(made, "__dict__", message.__dict__.copy())
-    _set(made, "__pydantic_fields_set__", message.__pydantic_fields_set__.copy())
-    extra = message.__pydantic_extra__
-    _set(made, "__pydantic_extra__", None if extra is None else extra.copy())
-    private = getattr(message, "__pydantic_private__", None)
-    if private is not None:
-        private = {k: v for k, v in private.items() if v is not PydanticUndefined}
-    _set(made, "__pydantic_private__", private)
-    return made
-
 
 def parsed(stored: Message) -> BaseMessage | None:
     """A stored message as a LangChain message; None when it cannot be read as one.
 
     A chat's window is read again every turn, and parsing (validating) each of its
     messages costs more than the turn's statements, so the last ``PARSED_KEPT``
-    parsed are kept by id, each with the content it came from: one is reused only
-    for a message of the same id and equal content, and as a copy, so that nothing a
-    turn does to its messages reaches the next.
+    parsed are kept by id, each with the content it came from, and one is reused only
+    for a message of the same id and equal content.
+
+    The message is shared: every turn that reads the stored message gets the same
+    object, as an application that keeps its chat in a list passes the same messages to
+    each run. Nothing of chatwright's or LangChain's changes a message it is given;
+    LangGraph gives a message without an id one as it enters a run's state, so a
+    message stored without one gets one here, once, and no run writes to it.
+    A message is a value: code that must change one (a plugin's tool reading the
+    run's state) makes a changed copy (``model_copy(update=...)``), as LangChain's
+    own middleware does.
     """
     content = stored.content
     if "data" not in content:
@@ -247,13 +233,15 @@ def parsed(stored: Message) -> BaseMessage | None:
     # The same content object most turns (the storage keeps what it read before).
     if kept is not None and (kept[0] is content or kept[0] == content):
         _parsed.move_to_end(stored.id)
-        return _copy(kept[1])
+        return kept[1]
     try:
         message = messages_from_dict([dict(content)])[0]
     except (KeyError, TypeError, ValueError) as exc:
         log.warning("message %s of chat %s is not readable: %s", stored.id, stored.chat_id, exc)
         return None
-    _parsed[stored.id] = (content, message.model_copy())
+    if message.id is None:
+        message.id = str(uuid.uuid4())
+    _parsed[stored.id] = (content, message)
     if len(_parsed) > PARSED_KEPT:
         _parsed.popitem(last=False)
     return message

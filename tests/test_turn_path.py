@@ -591,6 +591,35 @@ async def test_a_message_changed_in_the_database_is_read_anew(make: Make) -> Non
     assert seen(turn)["humans"] == ["edited", "second", "third"]
 
 
+async def test_a_turn_changes_none_of_the_messages_its_window_shares_with_the_next(
+    make: Make,
+) -> None:
+    """The window's messages are parsed once and shared by the turns that read them: a
+    turn's run (LangGraph gives a message without an id one as it enters the run's
+    state) leaves every one of them as it was, so the next turn's model sees what is
+    stored."""
+    from chatwright import history
+
+    runtime, _ = await make()
+    await runtime.storage.agents.create(ECHO, system_prompt=PROMPT, model="echo:x")
+    chat_id = await chat_of(runtime, USER)
+    for text in ("one", "two"):
+        await runtime.chat(USER, ECHO, chat_id, text)
+    stored = await runtime.storage.messages.window(USER, chat_id, 1000)
+    shared = [history.parsed(row) for row in stored]
+    assert all(message is not None and message.id for message in shared)
+    before = [message.model_dump() for message in shared if message is not None]
+    assert seen(await runtime.chat(USER, ECHO, chat_id, "three"))["humans"] == [
+        "one",
+        "two",
+        "three",
+    ]
+    assert [message.model_dump() for message in shared if message is not None] == before
+    # The next turn's window is made of the same objects.
+    assert [history.parsed(row) for row in stored] == shared
+    assert all(history.parsed(row) is message for row, message in zip(stored, shared, strict=True))
+
+
 async def test_a_turns_window_is_the_stored_window_and_follows_every_column(
     make: Make, sql_url: str
 ) -> None:
