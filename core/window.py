@@ -46,6 +46,12 @@ tokenizer, so it is never used), in a worker thread; a tokenizer that fails or
 takes longer than :data:`TOKENIZER_WAIT` (OpenAI's downloads its encoding on
 first use) gives the estimate instead, and is not asked again until the slow
 call has finished, or for :data:`TOKENIZER_RETRY` seconds after an error.
+
+Step 1 is read on from the chat's last window where the two share their rows
+(:func:`read_window`): a turn reads only the messages its window gained.
+
+Longer than 450 lines because the three steps and the reading they start from
+are one mechanism, each step's input the one before's output.
 """
 
 from __future__ import annotations
@@ -54,6 +60,7 @@ import asyncio
 import json
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -119,7 +126,7 @@ Turn = list[tuple[Message, BaseMessage]]
 async def fit(start: TurnStart, model: Any, settings: Settings, storage: Storage) -> Fitted:
     """The turn's history as model input, and its summary (see the module docstring)."""
     agent = start.agent
-    turns = split_turns(readable(start.history))
+    turns = split_turns(read_window(start))
     if agent.history_tokens is not None:
         counts = await count_turns(turns, model, settings.models.tokenizer)
         ongoing = bool(turns) and resumes(turns[-1], start)
@@ -146,22 +153,99 @@ def after_summary(turns: Sequence[Turn], through_id: int) -> list[Turn]:
 
 def readable(stored: Sequence[Message]) -> Turn:
     """The window from its first human message, without tool results that answer no call."""
-    out: Turn = []
-    open_calls: set[str] = set()
-    for row in stored:
+    return _read(stored, 0, [], [], set())[0]
+
+
+def _read(
+    stored: Sequence[Message], first: int, out: Turn, at: list[int], open_calls: set[str]
+) -> tuple[Turn, list[int], set[str]]:
+    """:func:`readable` of ``stored[first:]`` continued from ``out`` (each pair's index in
+    ``stored`` in ``at``) with the calls left open by its last AI message."""
+    for index in range(first, len(stored)):
+        row = stored[index]
         message = parsed(row)
         if message is None or (not out and not isinstance(message, HumanMessage)):
             continue
         if isinstance(message, ToolMessage):
             if message.tool_call_id not in open_calls:
                 continue
-            open_calls.discard(message.tool_call_id)
+            open_calls = open_calls - {message.tool_call_id}
         elif isinstance(message, AIMessage):
             open_calls = {str(c.get("id")) for c in message.tool_calls if c.get("id")}
         else:
             open_calls = set()
         out.append((row, message))
-    return out
+        at.append(index)
+    return out, at, open_calls
+
+
+READ_KEPT = 4096
+"""Most stored messages of the windows :func:`read_window` keeps read, all chats together."""
+
+
+@dataclass
+class _Read:
+    rows: Sequence[Message]
+    pairs: Turn
+    at: list[int]
+    open_calls: set[str]
+
+
+_reads: OrderedDict[tuple[Any, str], _Read] = OrderedDict()
+_read_rows = 0
+
+
+def read_window(start: TurnStart) -> Turn:
+    """:func:`readable` of the turn's window, continued from the chat's last one.
+
+    A turn's window is mostly its chat's previous window (the same stored rows, the
+    same objects: see :mod:`chatwright.plugins.sql.windows`) less a few of its oldest
+    messages, plus the messages since. When it is, the pairs of the old window from its
+    first human message on are the new one's (reading starts afresh at each human
+    message), and only the messages since are read; otherwise the window is read whole.
+    """
+    global _read_rows
+    rows = start.history
+    key = (start.chat_id, start.user_id)
+    last = _reads.pop(key, None)
+    made = _continued(last, rows) if last is not None else None
+    if last is not None:
+        _read_rows -= len(last.rows)
+    if made is None:
+        made = _Read(rows, *_read(rows, 0, [], [], set()))
+    _reads[key] = made
+    _read_rows += len(rows)
+    while _read_rows > READ_KEPT and _reads:
+        _read_rows -= len(_reads.popitem(last=False)[1].rows)
+    return list(made.pairs)
+
+
+def _continued(last: _Read, rows: Sequence[Message]) -> _Read | None:
+    """The read of ``rows`` made from ``last`` (see :func:`read_window`); None when
+    ``rows`` does not go on from it."""
+    if not rows or not last.rows:
+        return None
+    head = rows[0]
+    dropped = next((i for i, row in enumerate(last.rows) if row is head), None)
+    if dropped is None:
+        return None
+    kept = len(last.rows) - dropped
+    if len(rows) < kept or any(rows[i] is not last.rows[dropped + i] for i in range(kept)):
+        return None
+    # The first of the old pairs left that is a human message starts the new read.
+    first = next(
+        (
+            j
+            for j, (position, (_, message)) in enumerate(zip(last.at, last.pairs, strict=True))
+            if position >= dropped and isinstance(message, HumanMessage)
+        ),
+        None,
+    )
+    if first is None:
+        return None
+    pairs = last.pairs[first:]
+    at = [position - dropped for position in last.at[first:]]
+    return _Read(rows, *_read(rows, kept, pairs, at, last.open_calls))
 
 
 def split_turns(pairs: Turn) -> list[Turn]:

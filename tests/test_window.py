@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from langchain_core.messages import (
@@ -345,3 +345,86 @@ def test_a_parsed_message_is_reused_only_for_the_same_content() -> None:
     for n in range(history.PARSED_KEPT + 5):
         history.parsed(Message(n, chat, "u", "human", message_to_dict(HumanMessage("x")), at))
     assert len(history._parsed) == history.PARSED_KEPT
+
+
+def _chat_rows(kinds: Sequence[tuple[str, int]], first_id: int) -> list[Message]:
+    """Stored rows of a chat made of ``kinds``: (kind, n) with kind human, ai (calling n
+    tools), tool (answering call n of the last AI message, or, past its calls, a call of
+    an older one or of none) or unreadable."""
+    from langchain_core.messages import AIMessage, ToolMessage, message_to_dict
+
+    made: list[Message] = []
+    calls: list[str] = []
+    older: list[str] = []
+    for index, (kind, n) in enumerate(kinds):
+        message_id = first_id + index
+        if kind == "unreadable":
+            made.append(Message(message_id, CHAT, "u", "ai", {"type": "ai"}, NOW))
+            continue
+        if kind == "human":
+            message: BaseMessage = HumanMessage(f"h{index}")
+        elif kind == "ai":
+            ids = [f"call{index}_{i}" for i in range(n)]
+            older += calls
+            calls = ids
+            message = AIMessage(
+                f"a{index}",
+                tool_calls=[{"name": "t", "args": {}, "id": i, "type": "tool_call"} for i in ids],
+            )
+        else:
+            call = calls[n] if n < len(calls) else (older[-1] if older else "nobody")
+            message = ToolMessage(f"t{index}", tool_call_id=call)
+        made.append(Message(message_id, CHAT, "u", message.type, message_to_dict(message), NOW))
+    return made
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    kinds=st.lists(
+        st.tuples(st.sampled_from(["human", "ai", "tool", "unreadable"]), st.integers(0, 3)),
+        min_size=1,
+        max_size=40,
+    ),
+    size=st.integers(1, 12),
+    windows=st.lists(
+        st.tuples(st.integers(0, 4), st.sampled_from([0, 0, 0, 0, 1, -1]), st.booleans()),
+        min_size=1,
+        max_size=12,
+    ),
+)
+@example(
+    kinds=[("human", 0), ("ai", 1), ("tool", 0), ("ai", 0)],
+    size=4,
+    windows=[(2, 0, False), (2, 0, False)],
+)
+@example(  # the window slides past the start of a turn: the read starts at the next one
+    kinds=[("human", 0), ("ai", 0), ("human", 0), ("ai", 0)],
+    size=3,
+    windows=[(2, 0, False), (1, 0, False), (1, 0, False)],
+)
+def test_a_window_read_on_from_the_last_is_the_window_read_whole(
+    kinds: list[tuple[str, int]], size: int, windows: list[tuple[int, int, bool]]
+) -> None:
+    """Each turn's window read on from the chat's previous one (the rows it shares are the
+    same objects) is what reading it whole gives, whatever slid out, came in or was
+    stored anew (an edited row is a new object)."""
+    chat_rows = _chat_rows(kinds, first_id=7 * 10**8)
+    user = f"reader-{uuid.uuid4().hex}"
+    end = 0
+    for grown, resized, edit in windows:
+        # Mostly the agent's window; now and then another history_window.
+        size = max(1, size + resized)
+        end = min(len(chat_rows), end + grown)
+        shown = chat_rows[max(0, end - size) : end]
+        if edit and shown:
+            old = shown[len(shown) // 2]
+            chat_rows[chat_rows.index(old)] = Message(
+                old.id, old.chat_id, old.user_id, old.role, dict(old.content), old.created_at
+            )
+            shown = chat_rows[max(0, end - size) : end]
+        start = TurnStart(user, "a", CHAT, agent(), shown, "", [])
+        read = window.read_window(start)
+        whole = window.readable(shown)
+        assert [(r, m) for r, m in read] == whole
+        assert all(a is b for (a, _), (b, _) in zip(read, whole, strict=True))
+        assert all(a is b for (_, a), (_, b) in zip(read, whole, strict=True))
