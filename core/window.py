@@ -215,8 +215,13 @@ def read_window(start: TurnStart) -> Turn:
         made = _Read(rows, *_read(rows, 0, [], [], set()))
     _reads[key] = made
     _read_rows += len(rows)
-    while _read_rows > READ_KEPT and _reads:
-        _read_rows -= len(_reads.popitem(last=False)[1].rows)
+    while _read_rows > READ_KEPT:
+        try:
+            _, oldest = _reads.popitem(last=False)
+        except KeyError:  # emptied meanwhile (event loops in other threads): count again
+            _read_rows = sum(len(read.rows) for read in list(_reads.values()))
+            break
+        _read_rows -= len(oldest.rows)
     return list(made.pairs)
 
 
