@@ -179,8 +179,10 @@ def _read(
     return out, at, open_calls
 
 
-READ_KEPT = 4096
-"""Most stored messages of the windows :func:`read_window` keeps read, all chats together."""
+READ_KEPT = 2048
+"""Most stored messages of the windows :func:`read_window` keeps read, all chats together
+(as many as :data:`chatwright.history.PARSED_KEPT`, so that they are mostly the same
+messages); each chat's kept read counts as one more."""
 
 
 @dataclass
@@ -210,18 +212,20 @@ def read_window(start: TurnStart) -> Turn:
     last = _reads.pop(key, None)
     made = _continued(last, rows) if last is not None else None
     if last is not None:
-        _read_rows -= len(last.rows)
+        _read_rows -= len(last.rows) + 1
     if made is None:
         made = _Read(rows, *_read(rows, 0, [], [], set()))
+    if not rows:
+        return []  # nothing to go on from (a chat's first turn): nothing kept
     _reads[key] = made
-    _read_rows += len(rows)
+    _read_rows += len(rows) + 1
     while _read_rows > READ_KEPT:
         try:
             _, oldest = _reads.popitem(last=False)
         except KeyError:  # emptied meanwhile (event loops in other threads): count again
-            _read_rows = sum(len(read.rows) for read in list(_reads.values()))
+            _read_rows = sum(len(read.rows) + 1 for read in list(_reads.values()))
             break
-        _read_rows -= len(oldest.rows)
+        _read_rows -= len(oldest.rows) + 1
     return list(made.pairs)
 
 

@@ -428,3 +428,18 @@ def test_a_window_read_on_from_the_last_is_the_window_read_whole(
         assert [(r, m) for r, m in read] == whole
         assert all(a is b for (a, _), (b, _) in zip(read, whole, strict=True))
         assert all(a is b for (_, a), (_, b) in zip(read, whole, strict=True))
+
+
+def test_the_kept_reads_are_bounded_whatever_the_windows() -> None:
+    """Chats whose windows are empty (first turns) keep nothing, and the reads kept count
+    their rows and themselves against ``READ_KEPT``: many chats with small windows
+    cannot grow the memory without bound."""
+    one = _chat_rows([("human", 0)], first_id=9 * 10**8)
+    for n in range(window.READ_KEPT * 2):
+        empty = TurnStart(f"first-{n}", "a", uuid.uuid4(), agent(), [], "", [])
+        assert window.read_window(empty) == []
+        small = TurnStart(f"small-{n}", "a", uuid.uuid4(), agent(), one, "", [])
+        assert [row for row, _ in window.read_window(small)] == one
+    kept = sum(len(read.rows) + 1 for read in window._reads.values())
+    assert kept == window._read_rows <= window.READ_KEPT
+    assert len(window._reads) <= window.READ_KEPT // 2
