@@ -192,6 +192,11 @@ class _Read:
     at: list[int]
     open_calls: set[str]
 
+    @property
+    def size(self) -> int:
+        """What it counts against :data:`READ_KEPT`: its rows and itself."""
+        return len(self.rows) + 1
+
 
 _reads: OrderedDict[tuple[Any, str], _Read] = OrderedDict()
 _read_rows = 0
@@ -210,29 +215,29 @@ def read_window(start: TurnStart) -> Turn:
     rows = start.history
     key = (start.chat_id, start.user_id)
     last = _reads.pop(key, None)
-    made = _continued(last, rows) if last is not None else None
     if last is not None:
-        _read_rows -= len(last.rows) + 1
-    if made is None:
-        made = _Read(rows, *_read(rows, 0, [], [], set()))
+        _read_rows -= last.size
     if not rows:
         return []  # nothing to go on from (a chat's first turn): nothing kept
+    made = _continued(last, rows) if last is not None else None
+    if made is None:
+        made = _Read(rows, *_read(rows, 0, [], [], set()))
     _reads[key] = made
-    _read_rows += len(rows) + 1
+    _read_rows += made.size
     while _read_rows > READ_KEPT:
         try:
             _, oldest = _reads.popitem(last=False)
         except KeyError:  # emptied meanwhile (event loops in other threads): count again
-            _read_rows = sum(len(read.rows) + 1 for read in list(_reads.values()))
+            _read_rows = sum(read.size for read in list(_reads.values()))
             break
-        _read_rows -= len(oldest.rows) + 1
+        _read_rows -= oldest.size
     return list(made.pairs)
 
 
 def _continued(last: _Read, rows: Sequence[Message]) -> _Read | None:
     """The read of ``rows`` made from ``last`` (see :func:`read_window`); None when
     ``rows`` does not go on from it."""
-    if not rows or not last.rows:
+    if not last.rows:
         return None
     head = rows[0]
     dropped = next((i for i, row in enumerate(last.rows) if row is head), None)
