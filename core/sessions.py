@@ -64,16 +64,20 @@ async def deactivate(runtime: Runtime, user_id: str, session_id: uuid.UUID) -> C
 
 
 async def _sweep_batch(
-    runtime: Runtime, idle_before: datetime, limit: int
+    runtime: Runtime, idle_before: datetime, limit: int, keep_ids: bool
 ) -> tuple[int, list[uuid.UUID]]:
     """Deactivate one batch; fire ``session_deactivated`` for each of its sessions.
 
-    The rows are fetched only when a plugin implements the hook: building a
-    :class:`ChatSession` and calling pluggy for each of a million sessions
-    costs more than the database's work, for nobody.
+    The rows are fetched only when a plugin implements the hook, and the ids
+    only when the pass keeps them: building a :class:`ChatSession` and calling
+    pluggy for each of a million sessions costs more than the database's work,
+    for nobody, and even their ids cost the event loop more than one row of
+    counts.
     """
     store = runtime.storage.sessions
     if not runtime.plugins.implemented("session_deactivated"):
+        if not keep_ids:
+            return await store.sweep_count(idle_before, limit=limit), []
         ids = await store.sweep_ids(idle_before, limit=limit)
         return len(ids), ids
     sessions = await store.sweep(idle_before, limit=limit)
@@ -103,7 +107,7 @@ async def sweep(
     limit = runtime.settings.sessions.sweep_batch
     report = SweepReport(ids=[] if keep_ids else None)
     while True:
-        count, ids = await _sweep_batch(runtime, idle_before, limit)
+        count, ids = await _sweep_batch(runtime, idle_before, limit, keep_ids)
         report.batches += 1
         report.deactivated += count
         if report.ids is not None:

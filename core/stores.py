@@ -347,8 +347,19 @@ class SessionStore(Protocol):
     async def sweep_ids(self, idle_before: datetime, *, limit: int) -> builtins.list[uuid.UUID]:
         """:meth:`sweep`, returning only the ids: for a sweeper that needs no rows.
 
-        The sweeper calls it when no plugin implements ``session_deactivated``.
+        The sweeper calls it when no plugin implements ``session_deactivated``
+        and its caller wants the ids (``chatwright sessions sweep --verbose``).
         A store may simply return ``[s.id for s in await self.sweep(...)]``.
+        """
+        ...
+
+    async def sweep_count(self, idle_before: datetime, *, limit: int) -> int:
+        """:meth:`sweep`, returning only how many sessions it deactivated.
+
+        The sweeper calls it when nobody needs the rows or the ids (no
+        ``session_deactivated`` hook; the server's passes), so that a step of
+        a large pass costs the event loop one row instead of ``limit``. A store
+        may simply return ``len(await self.sweep_ids(...))``.
         """
         ...
 

@@ -205,6 +205,20 @@ class SessionStoreContract:
         with pytest.raises(InvalidInputError, match="at least 1"):
             await sessions.sweep(cutoff, limit=0)
 
+    async def test_sweep_count_deactivates_like_sweep(self, sessions: SessionStore) -> None:
+        opened = [await sessions.open(BOB, "helper", chat_id=uuid.uuid4()) for _ in range(5)]
+        cutoff = max(s.updated_at for s in opened) + timedelta(microseconds=1)
+        await asyncio.sleep(0.002)  # a session opened after the cutoff stays active
+        kept = await sessions.open(ALICE, "helper")
+        assert await sessions.sweep_count(cutoff, limit=3) == 3
+        assert await sessions.sweep_count(cutoff, limit=3) == 2
+        assert await sessions.sweep_count(cutoff, limit=3) == 0
+        assert await sessions.list(BOB, active=True) == []
+        assert {s.id for s in await sessions.list(BOB, active=False)} == {s.id for s in opened}
+        assert [s.id for s in await sessions.list(ALICE, active=True)] == [kept.id]
+        with pytest.raises(InvalidInputError, match="at least 1"):
+            await sessions.sweep_count(cutoff, limit=0)
+
     async def test_sweep_ids_deactivates_like_sweep(self, sessions: SessionStore) -> None:
         opened = [await sessions.open(ALICE, "helper", chat_id=uuid.uuid4()) for _ in range(5)]
         cutoff = datetime.now(UTC) + timedelta(seconds=1)

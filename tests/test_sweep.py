@@ -120,27 +120,37 @@ async def test_concurrent_sweepers_on_postgresql_deactivate_each_session_once(
             await rt.close()
 
 
-async def test_rows_are_fetched_only_when_a_plugin_listens(tmp_path: Any) -> None:
+async def test_rows_are_fetched_only_when_a_plugin_listens_and_ids_only_when_kept(
+    tmp_path: Any,
+) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'sweep.db'}"
     runtime = await started(url, 3)
     try:
         assert not runtime.plugins.implemented("session_deactivated")
         store = runtime.storage.sessions
         calls: list[str] = []
-        full, ids_only = store.sweep, store.sweep_ids
 
-        async def spy_full(*args: Any, **kwargs: Any) -> Any:
-            calls.append("sweep")
-            return await full(*args, **kwargs)
+        def spy(name: str) -> Any:
+            real = getattr(store, name)
 
-        async def spy_ids(*args: Any, **kwargs: Any) -> Any:
-            calls.append("sweep_ids")
-            return await ids_only(*args, **kwargs)
+            async def spied(*args: Any, **kwargs: Any) -> Any:
+                calls.append(name)
+                return await real(*args, **kwargs)
 
-        store.sweep, store.sweep_ids = spy_full, spy_ids  # type: ignore[method-assign]
-        await idle_sessions(runtime.storage, 4)
+            return spied
+
+        for name in ("sweep", "sweep_ids", "sweep_count"):
+            setattr(store, name, spy(name))
+        opened = await idle_sessions(runtime.storage, 4)
         report = await sweep(runtime, datetime.now(UTC) + LATER)
-        assert report.deactivated == 4 and calls == ["sweep_ids", "sweep_ids"]
+        assert (report.deactivated, report.ids) == (4, None)
+        assert calls == ["sweep_count", "sweep_count"]
+
+        calls.clear()
+        opened = await idle_sessions(runtime.storage, 4, prefix="kept")
+        report = await sweep(runtime, datetime.now(UTC) + LATER, keep_ids=True)
+        assert report.deactivated == 4 and sorted(report.ids or []) == sorted(opened)
+        assert calls == ["sweep_ids", "sweep_ids"]
 
         recorder = Recorder()
         runtime.plugins.register(recorder, "recorder")
@@ -150,6 +160,7 @@ async def test_rows_are_fetched_only_when_a_plugin_listens(tmp_path: Any) -> Non
         report = await sweep(runtime, datetime.now(UTC) + LATER)
         assert report.deactivated == 4 and calls == ["sweep", "sweep"]
         assert len(recorder.deactivated) == 4
+        assert await store.count_active() == 0
     finally:
         await runtime.close()
 
@@ -162,11 +173,11 @@ async def test_the_pass_yields_to_the_event_loop_between_batches(tmp_path: Any) 
         order: list[str] = []
         left = [100, 100, 100, 40]
 
-        async def instant_batch(idle_before: datetime, *, limit: int) -> list[uuid.UUID]:
+        async def instant_batch(idle_before: datetime, *, limit: int) -> int:
             order.append("batch")
-            return [uuid.uuid4() for _ in range(left.pop(0))]
+            return left.pop(0)
 
-        runtime.storage.sessions.sweep_ids = instant_batch  # type: ignore[method-assign]
+        runtime.storage.sessions.sweep_count = instant_batch  # type: ignore[method-assign]
         done = asyncio.Event()
 
         async def request() -> None:
@@ -226,6 +237,42 @@ async def test_hooks_of_one_batch_let_other_tasks_run_every_few_hundred(tmp_path
         assert max(len(run) for run in runs) == HOOKS_BETWEEN_YIELDS
     finally:
         await runtime.close()
+
+
+async def test_concurrent_counting_sweepers_on_postgresql_deactivate_each_session_once(
+    pg_storage: SQLStorage, pg_url: str
+) -> None:
+    """Without a hook the batches return counts only: the counts add up to the sessions."""
+    await bulk_sessions(pg_storage, 3000)
+    runtimes = [await started(pg_url, 40) for _ in range(3)]
+    try:
+        later = datetime.now(UTC) + LATER
+        reports = await asyncio.gather(*(sweep(rt, later) for rt in runtimes))
+        assert all(report.ids is None for report in reports)
+        assert sum(report.deactivated for report in reports) == 3000
+        assert all(report.deactivated > 0 for report in reports), [
+            report.deactivated for report in reports
+        ]
+        assert await pg_storage.sessions.count_active() == 0
+    finally:
+        for rt in runtimes:
+            await rt.close()
+
+
+async def test_a_counting_pass_resumes_where_its_last_batch_ended(pg_storage: SQLStorage) -> None:
+    """The newest ``updated_at`` of a counted batch is where the next one starts, and a
+    short batch sends the next call back to the start, as with the ids."""
+    store = pg_storage.sessions
+    opened = [await store.open(f"count-{i}", AGENT) for i in range(7)]
+    cutoff = datetime.now(UTC) + LATER
+    assert await store.sweep_count(cutoff, limit=3) == 3
+    newest = max(s.updated_at for s in opened[:3])
+    assert store._resume == (cutoff, newest)
+    assert await store.sweep_count(cutoff, limit=3) == 3
+    assert await store.sweep_count(cutoff, limit=3) == 1
+    assert store._resume is None
+    assert await store.sweep_count(cutoff, limit=3) == 0
+    assert await store.count_active() == 0
 
 
 async def test_a_session_another_transaction_holds_is_skipped_then_swept(

@@ -227,7 +227,9 @@ class SQLSessionStore(BoundStore):
             chosen = s.c.id.in_(batch.scalar_subquery())
         return s.update().where(chosen, s.c.is_active).values(is_active=False)
 
-    def _swept(self, idle_before: datetime, limit: int, last_seen: Sequence[datetime]) -> None:
+    def _swept(
+        self, idle_before: datetime, limit: int, count: int, newest: datetime | None
+    ) -> None:
         """Remember where this pass's batches have got to, so the next one starts there.
 
         A PostgreSQL update leaves the old row's entry in the partial index until
@@ -241,10 +243,9 @@ class SQLSessionStore(BoundStore):
         SQLite updates its indexes in place, and compares the times it stores
         as text (a row written without microseconds would sort before the mark).
         """
-        if self.db.dialect != "postgresql" or len(last_seen) < limit:
+        if self.db.dialect != "postgresql" or count < limit or newest is None:
             self._resume = None
             return
-        newest = max(last_seen)
         if self._resume is not None and self._resume[0] == idle_before:
             newest = max(newest, self._resume[1])
         self._resume = (idle_before, newest)
@@ -253,7 +254,7 @@ class SQLSessionStore(BoundStore):
         stmt = self._sweep_statement(idle_before, limit).returning(schema.chat_sessions)
         async with self.db.write() as conn:
             rows = (await conn.execute(stmt)).all()
-        self._swept(idle_before, limit, [r.updated_at for r in rows])
+        self._swept(idle_before, limit, len(rows), max((r.updated_at for r in rows), default=None))
         return [from_row(ChatSession, r) for r in rows]
 
     async def sweep_ids(self, idle_before: datetime, *, limit: int) -> builtins.list[uuid.UUID]:
@@ -261,8 +262,27 @@ class SQLSessionStore(BoundStore):
         stmt = self._sweep_statement(idle_before, limit).returning(s.c.id, s.c.updated_at)
         async with self.db.write() as conn:
             rows = (await conn.execute(stmt)).all()
-        self._swept(idle_before, limit, [r.updated_at for r in rows])
+        self._swept(idle_before, limit, len(rows), max((r.updated_at for r in rows), default=None))
         return [r.id for r in rows]
+
+    async def sweep_count(self, idle_before: datetime, *, limit: int) -> int:
+        """:meth:`sweep`, answering only how many: one row back instead of a batch.
+
+        On PostgreSQL the update is a data-modifying CTE and the statement returns
+        the count and the newest ``updated_at`` (where the next batch starts);
+        SQLite needs neither the rows nor the mark, only the update's row count.
+        """
+        s = schema.chat_sessions
+        stmt = self._sweep_statement(idle_before, limit)
+        async with self.db.write() as conn:
+            if self.db.dialect == "postgresql":
+                done = stmt.returning(s.c.updated_at).cte("swept")
+                counted = sa.select(sa.func.count(), sa.func.max(done.c.updated_at))
+                count, newest = (await conn.execute(counted)).one()
+            else:
+                count, newest = (await conn.execute(stmt)).rowcount, None
+        self._swept(idle_before, limit, int(count), newest)
+        return int(count)
 
     async def active_keys(self) -> set[tuple[str, str]]:
         s = schema.chat_sessions

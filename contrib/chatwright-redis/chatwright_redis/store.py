@@ -311,6 +311,9 @@ class RedisSessionStore:
         # The script returns the hashes anyway; parsing them is the small part.
         return [s.id for s in await self.sweep(idle_before, limit=limit)]
 
+    async def sweep_count(self, idle_before: datetime, *, limit: int) -> int:
+        return len(await self.sweep(idle_before, limit=limit))
+
     async def active_keys(self) -> set[tuple[str, str]]:
         with self._reaching():
             members = cast(list[str], await self._redis.zrange(self._keys.active, 0, -1))
