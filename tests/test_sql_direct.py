@@ -319,3 +319,150 @@ async def test_postgresql_a_connection_lost_under_a_direct_statement_is_dropped(
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
     async with pg.inline_write() as conn:
         assert (await conn.execute(select, {"owner": "x", "limit": 1})).all() == []
+
+
+async def items_of(storage: SQLStorage, owner: str) -> int:
+    async with storage.read() as conn:
+        found = await conn.scalar(
+            sa.text("SELECT count(*) FROM items WHERE owner = :o"), {"o": owner}
+        )
+    return int(found or 0)
+
+
+async def test_postgresql_an_inline_transaction_begins_and_commits_on_the_driver(
+    pg: SQLStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A turn's transaction of direct statements: SQLAlchemy begins nothing; what it wrote
+    is seen by others only once the block has committed it, all of it or none."""
+    ran = DirectRuns(monkeypatch)
+    begun: list[str] = []
+
+    def row(owner: str, n: int) -> dict[str, Any]:
+        return {"key": uuid.uuid4(), "owner": owner, "body": n, "at": AT.replace(second=n)}
+
+    @asynccontextmanager
+    async def counted() -> AsyncIterator[Any]:
+        """An inline write, counting the transactions SQLAlchemy begins for it."""
+        listener = lambda conn: begun.append("begin")  # noqa: E731
+        event.listen(pg.engine.sync_engine, "begin", listener)
+        try:
+            async with pg.inline_write() as conn:
+                yield conn
+        finally:
+            event.remove(pg.engine.sync_engine, "begin", listener)
+
+    async with counted() as conn:  # SQLAlchemy runs it the first time, in its transaction
+        await conn.execute(INSERT_RETURNING, row("first", 0))
+    assert begun == ["begin"] and await items_of(pg, "first") == 1
+    begun.clear()
+    async with counted() as conn:
+        await conn.execute(INSERT_RETURNING, row("both", 1))
+        await conn.execute(INSERT_RETURNING, row("both", 2))
+        assert begun == []
+        assert await items_of(pg, "both") == 0  # not committed yet (a read: it begins)
+    assert await items_of(pg, "both") == 2
+    begun.clear()
+
+    async def failing() -> None:
+        async with counted() as conn:
+            await conn.execute(INSERT_RETURNING, row("none", 3))
+            raise RuntimeError("the block failed")
+
+    with pytest.raises(RuntimeError, match="the block failed"):
+        await failing()
+    assert await items_of(pg, "none") == 0
+    assert ran.direct == ["INSERT"] * 3
+    assert begun == []
+
+
+async def test_postgresql_no_connection_goes_back_to_the_pool_in_autocommit(
+    pg: SQLStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One-statement writes switch psycopg's connection to autocommit and back, whether
+    the block succeeds, its statement fails, or the block fails after it: a connection
+    the pool hands out next is never in autocommit (its transactions would not be)."""
+    given_back: list[bool] = []
+    event.listen(
+        pg.engine.sync_engine.pool,
+        "checkin",
+        lambda dbapi, record: given_back.append(bool(dbapi.driver_connection.autocommit)),
+    )
+    ran = DirectRuns(monkeypatch)
+    for n in range(3):
+        async with pg.inline_write(one_statement=True) as conn:
+            at = AT.replace(second=n)
+            await conn.execute(
+                INSERT_RETURNING, {"key": uuid.uuid4(), "owner": "ok", "body": n, "at": at}
+            )
+
+    async def write(owner: str, at: datetime, *, alone: bool, then_fail: bool) -> None:
+        async with pg.inline_write(one_statement=alone) as conn:
+            await conn.execute(
+                INSERT_RETURNING, {"key": uuid.uuid4(), "owner": owner, "body": 1, "at": at}
+            )
+            if then_fail:
+                raise RuntimeError("after the statement")
+
+    with pytest.raises(sa.exc.IntegrityError):  # (owner, at) is taken
+        await write("ok", AT.replace(second=0), alone=True, then_fail=False)
+    with pytest.raises(RuntimeError, match="after the statement"):
+        await write("kept", AT, alone=True, then_fail=True)
+    assert await items_of(pg, "kept") == 1  # it committed by itself
+    assert given_back and not any(given_back), given_back
+    # The next transaction of several statements is one: a failure undoes all of it.
+    with pytest.raises(RuntimeError, match="after the statement"):
+        await write("undone", AT, alone=False, then_fail=True)
+    assert await items_of(pg, "undone") == 0
+    assert ran.direct == ["INSERT"] * 2 + ["INSERT (raised)", "INSERT", "INSERT"]
+
+
+async def test_postgresql_a_commit_refused_on_the_driver_is_sqlalchemys_error(
+    pg: SQLStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deferred constraint fails at COMMIT, which runs on psycopg: the error is the one
+    SQLAlchemy raises, nothing of the transaction is stored, and nothing is left open."""
+    deferred = sa.Table(
+        "deferred_items",
+        sa.MetaData(),
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("owner", sa.String(40), nullable=False),
+    )
+    async with pg.write() as conn:
+        await conn.execute(sa.text("DROP TABLE IF EXISTS deferred_items"))
+        await conn.execute(
+            sa.text(
+                "CREATE TABLE deferred_items (id SERIAL PRIMARY KEY, owner TEXT NOT NULL, "
+                "UNIQUE (owner) DEFERRABLE INITIALLY DEFERRED)"
+            )
+        )
+    try:
+        ran = DirectRuns(monkeypatch)
+        insert = deferred.insert().returning(deferred.c.id)
+        async with pg.inline_write() as conn:
+            await conn.execute(insert, {"owner": "once"})
+
+        async def twice(owner: str) -> None:
+            async with pg.inline_write() as conn:
+                await conn.execute(insert, {"owner": owner})
+                await conn.execute(insert, {"owner": owner})
+
+        for attempt in range(2):
+            with pytest.raises(sa.exc.IntegrityError, match="duplicate key"):
+                await twice(f"twice-{attempt}")
+        assert ran.direct == ["INSERT"] * 4  # the commit, not a statement, refused them
+        async with pg.read() as conn:
+            owners = (
+                (await conn.execute(sa.text("SELECT owner FROM deferred_items"))).scalars().all()
+            )
+        assert owners == ["once"]
+        async with pg.read() as conn:
+            left = await conn.scalar(
+                sa.text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND state LIKE 'idle in transaction%'"
+                )
+            )
+        assert left == 0
+    finally:
+        async with pg.write() as conn:
+            await conn.execute(sa.text("DROP TABLE IF EXISTS deferred_items"))

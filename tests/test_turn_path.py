@@ -76,16 +76,21 @@ async def chat_of(runtime: Runtime, user: str, agent: str = ECHO) -> uuid.UUID:
 def transactions(runtime: Runtime) -> Iterator[list[str]]:
     """Every transaction begun on the runtime's engine while the block runs: SQLAlchemy's;
     on SQLite, the inline ones begun on the driver (KeptConnection.begin); on PostgreSQL,
-    each statement run straight on psycopg in autocommit (a transaction of its own).
-    Each counted once."""
+    each statement run straight on psycopg in autocommit (a transaction of its own), and
+    each one psycopg begins with a statement run straight on it outside any transaction
+    (a turn's inline transactions, see psycopg_direct). Each counted once."""
     begun: list[str] = []
     engine = runtime.storage.engine.sync_engine  # type: ignore[attr-defined]
     run = sqlite_driver.Inline.run
     run_pg = psycopg_direct.PsycopgRunner.run
 
     async def pg_run(self: Any, *args: Any) -> Any:
+        from psycopg.pq import TransactionStatus
+
         if self.connection.autocommit:
             begun.append("autocommit")
+        elif self.connection.info.transaction_status == TransactionStatus.IDLE:
+            begun.append("begin on the driver")
         return await run_pg(self, *args)
 
     def began(conn: Any) -> None:

@@ -13,6 +13,11 @@ migrations in :mod:`.migrate`, and what several processes coordinate through
 on PostgreSQL in :mod:`.postgres`. The stores are in :mod:`.stores` and
 :mod:`.chats` (rows become dataclasses through :mod:`.rows`), application tables
 in :mod:`.records`, token usage, budgets and chat summaries in :mod:`.usage`.
+
+Longer than 450 lines because its kinds of transaction (SQLAlchemy's, SQLite's
+kept connection, a turn's on psycopg's connection: :mod:`.inline`,
+:mod:`.psycopg_direct`) share one bound in time and one error translation, and
+are read together.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ from chatwright.plugins.sql.errors import DatabaseErrors
 from chatwright.plugins.sql.inline import KeptConnection, inline_capable
 from chatwright.plugins.sql.pending import SQLPendingStore
 from chatwright.plugins.sql.postgres import Coordination
-from chatwright.plugins.sql.psycopg_direct import psycopg_runner
+from chatwright.plugins.sql.psycopg_direct import DriverTransaction, psycopg_runner
 from chatwright.plugins.sql.records import SQLRecordStore
 from chatwright.plugins.sql.stores import (
     SQLAgentStore,
@@ -311,6 +316,11 @@ class SQLStorage:
 
         ``alone`` (PostgreSQL, a write of one statement): no transaction around it,
         the statement commits by itself (autocommit).
+
+        An ``inline`` write on PostgreSQL is begun, committed and switched to
+        autocommit on psycopg's connection (:mod:`.psycopg_direct`), unless a
+        statement SQLAlchemy ran itself joined it; a connection left in autocommit
+        by a failed block is switched back, or discarded.
         """
         limit = self.statement_timeout if bounded and self.statement_timeout > 0 else None
         with self._errors():
@@ -319,6 +329,7 @@ class SQLStorage:
                 direct = DirectConnection(self.engine) if inline else None
                 conn = direct if direct is not None else self.engine.connect()
                 adapted = None
+                driver: DriverTransaction | None = None  # a turn's, on PostgreSQL
                 try:
                     async with Deadline(limit):
                         if write and self.writes is not None:
@@ -329,11 +340,14 @@ class SQLStorage:
                             if adapted is not None and direct is not None:
                                 adapted.run_inline(self.busy_timeout)
                                 direct.direct(self._statements, adapted)
-                            elif direct is not None and self.dialect == "postgresql":
+                            elif direct is not None and self.dialect == "postgresql" and write:
                                 runner = psycopg_runner(conn)
                                 if runner is not None:
                                     direct.direct(self._statements, runner)
-                        if alone:
+                                    driver = DriverTransaction(conn, runner, alone=alone)
+                        if driver is not None:
+                            await driver.begin()
+                        elif alone:
                             await conn.execution_options(isolation_level="AUTOCOMMIT")
                         elif write:
                             await conn.begin()
@@ -341,7 +355,9 @@ class SQLStorage:
                             await conn.execution_options(chatwright_write=False)
                         await self.users.enter(conn, user_id)
                         yield conn
-                        if write and not alone:
+                        if driver is not None:
+                            await driver.commit()
+                        elif write and not alone:
                             await conn.commit()
                 except (TimeoutError, asyncio.CancelledError):
                     if conn.sync_connection is not None and not conn.closed:
@@ -350,6 +366,8 @@ class SQLStorage:
                 finally:
                     if adapted is not None:
                         adapted.run_inline(None)
+                    if driver is not None:
+                        await driver.abandon()
                     # Before the write lock is given back.
                     if conn.sync_connection is not None:
                         await conn.close()
