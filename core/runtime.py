@@ -32,6 +32,11 @@ calls (see :mod:`chatwright.turns` and the storage's ``turns`` store):
    exchanges before the failure are stored (the chat is not marked used) and
    a :class:`~chatwright.errors.ModelError` is raised; the human message is
    stored in any case. A dead process's lease expires and the chat goes on.
+   A step whose answer was lost after the database committed it (a
+   cancellation, ``storage.statement_timeout``, a dropped connection) is
+   stored once: a start that may have taken the lease gives it back in the
+   background, and an exchange whose storing failed is looked for in the
+   chat before the end stores it again.
 6. a reply calling a tool that needs the user's approval ends the agent run
    before any of its tools runs (:mod:`chatwright.writes`): its other calls run
    at once, the held ones are stored as pending actions with the last
@@ -90,6 +95,9 @@ log = logging.getLogger(__name__)
 STOP_WAIT = 10.0
 
 SUMMARY_HEADING = "\n\nSummary of the earlier conversation:\n"
+STORED_LOOK_BACK = 8
+"""Messages read past a tool exchange's length when looking for it after its storing
+failed (see ``Runtime._stored_after_all``): messages stored outside turns meanwhile."""
 
 OnMessage = Callable[["BaseMessage"], Awaitable[None]]
 OnToken = Callable[[str], Awaitable[None]]
@@ -466,6 +474,28 @@ class Runtime:
                 )
             return await self.run_turn(start, turn_id, [human], [], on_message, on_token)
 
+    async def _stored_after_all(self, start: TurnStart, exchange: Sequence[NewMessage]) -> bool:
+        """Whether a tool exchange whose storing failed is in the chat all the same.
+
+        Storing it is one atomic step, but a step that ran out of time, was cancelled
+        or lost its connection may have committed before its answer was lost: the
+        end of the turn would then store the exchange a second time. The chat's last
+        messages say (nothing but the turn's own end can follow it: the turn holds the
+        chat); when they cannot be read, the end stores it as if it was not.
+        """
+        if not exchange:
+            return False
+        try:
+            tail = await self.storage.messages.window(
+                start.user_id, start.chat_id, len(exchange) + STORED_LOOK_BACK
+            )
+        except ChatwrightError:
+            return False
+        wanted = [(m.role, dict(m.content)) for m in exchange]
+        found = [(m.role, dict(m.content)) for m in tail]
+        span = len(wanted)
+        return any(found[i : i + span] == wanted for i in range(len(found) - span + 1))
+
     def budget_limits(self) -> BudgetLimits:
         """What a new turn's budget check uses: the settings (a user's override wins)."""
         from chatwright.usage import BudgetLimits
@@ -542,7 +572,12 @@ class Runtime:
                 appending = None
                 with contextlib.suppress(Exception):
                     await asyncio.shield(stored)
-                if stored.done() and not stored.cancelled() and stored.exception() is None:
+                done = stored.done() and not stored.cancelled() and stored.exception() is None
+                if not done:
+                    # Failed, yet it may have been stored all the same, its answer lost.
+                    exchange = to_store(messages[kept:upto], dumped)
+                    done = await self._stored_after_all(start, exchange)
+                if done:
                     kept = upto
             spent = usage()
             # Shielded: a cancelled request still stores what it made and frees the chat.

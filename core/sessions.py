@@ -76,8 +76,10 @@ async def _sweep_batch(
     """
     store = runtime.storage.sessions
     if not runtime.plugins.implemented("session_deactivated"):
-        if not keep_ids:
-            return await store.sweep_count(idle_before, limit=limit), []
+        # A store written before sweep_count existed counts its ids instead.
+        counting = getattr(store, "sweep_count", None)
+        if not keep_ids and counting is not None:
+            return await counting(idle_before, limit=limit), []
         ids = await store.sweep_ids(idle_before, limit=limit)
         return len(ids), ids
     sessions = await store.sweep(idle_before, limit=limit)

@@ -165,6 +165,25 @@ async def test_rows_are_fetched_only_when_a_plugin_listens_and_ids_only_when_kep
         await runtime.close()
 
 
+async def test_a_store_without_sweep_count_is_swept_by_its_ids(
+    tmp_path: Any, monkeypatch: Any
+) -> None:
+    """A session store written before ``sweep_count`` existed still works: the sweeper
+    counts the ids its ``sweep_ids`` returns."""
+    from chatwright.plugins.sql.chats import SQLSessionStore
+
+    monkeypatch.delattr(SQLSessionStore, "sweep_count")
+    url = f"sqlite+aiosqlite:///{tmp_path / 'sweep.db'}"
+    runtime = await started(url, 3)
+    try:
+        await idle_sessions(runtime.storage, 7)
+        report = await sweep(runtime, datetime.now(UTC) + LATER)
+        assert (report.deactivated, report.batches, report.ids) == (7, 3, None)
+        assert await runtime.storage.sessions.count_active() == 0
+    finally:
+        await runtime.close()
+
+
 async def test_the_pass_yields_to_the_event_loop_between_batches(tmp_path: Any) -> None:
     """Even when a store answers without awaiting anything, other tasks run between batches."""
     url = f"sqlite+aiosqlite:///{tmp_path / 'sweep.db'}"

@@ -812,3 +812,126 @@ async def test_a_cancelled_turn_stores_its_message_and_gives_the_chat_back(make:
     await one.storage.agents.update(ECHO, model_settings={"delay": 0})
     turn = await two.chat(USER, ECHO, chat_id, "next")
     assert seen(turn)["humans"] == ["cancelled", "next"]
+
+
+# -- answers lost after the database committed (PostgreSQL) ---------------------------
+
+
+async def lease_holders(runtime: Runtime, chat_id: uuid.UUID) -> list[str]:
+    leases = schema.chat_leases
+    async with runtime.storage.read() as conn:  # type: ignore[attr-defined]
+        rows = await conn.execute(sa.select(leases.c.holder).where(leases.c.chat_id == chat_id))
+        return [r.holder for r in rows]
+
+
+async def given_back(runtime: Runtime, chat_id: uuid.UUID) -> list[str]:
+    """The chat's lease holders once the background give-backs have run (5 s at most)."""
+    for _ in range(50):
+        held = await lease_holders(runtime, chat_id)
+        if not held:
+            break
+        await asyncio.sleep(0.1)
+    return held
+
+
+@pytest.mark.parametrize("sql_url", ["postgresql"], indirect=True)
+async def test_a_turn_cancelled_as_its_start_commits_leaves_the_chat_free(
+    make: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The start's COMMIT reaches the server (lease taken, human message stored) and the
+    cancellation lands before its answer: the lease is given back, not held for
+    ``storage.turn_lease`` (set long here), and the next turn runs at once."""
+    runtime, _ = await make(turn_lease=120)
+    await runtime.storage.agents.create(ECHO, system_prompt=PROMPT, model="echo:x")
+    chat_id = await chat_of(runtime, USER)
+    await runtime.chat(USER, ECHO, chat_id, "warm up")
+    real = psycopg.AsyncConnection.commit
+    armed = [True]
+
+    async def commit(self: Any) -> None:
+        await real(self)
+        if armed and armed.pop():
+            task = asyncio.current_task()
+            assert task is not None
+            task.cancel()
+            await asyncio.sleep(0)
+
+    monkeypatch.setattr(psycopg.AsyncConnection, "commit", commit)
+    with pytest.raises(asyncio.CancelledError):
+        await runtime.chat(USER, ECHO, chat_id, "cancelled")
+    monkeypatch.setattr(psycopg.AsyncConnection, "commit", real)
+    assert not armed, "the start never committed on psycopg"
+    assert await given_back(runtime, chat_id) == []
+    turn = await asyncio.wait_for(runtime.chat(USER, ECHO, chat_id, "next"), 10)
+    assert seen(turn)["humans"][-2:] == ["cancelled", "next"]  # its message was kept
+
+
+@pytest.mark.parametrize("sql_url", ["postgresql"], indirect=True)
+async def test_a_start_whose_commit_answers_too_late_leaves_the_chat_free(
+    make: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same through ``storage.statement_timeout``: the caller gets the storage's error
+    and the lease the committed start took is given back."""
+    from chatwright.errors import StorageError
+
+    runtime, _ = await make(statement_timeout=0.5, turn_lease=120)
+    await runtime.storage.agents.create(ECHO, system_prompt=PROMPT, model="echo:x")
+    chat_id = await chat_of(runtime, USER)
+    await runtime.chat(USER, ECHO, chat_id, "warm up")
+    real = psycopg.AsyncConnection.commit
+    armed = [True]
+
+    async def commit(self: Any) -> None:
+        await real(self)
+        if armed and armed.pop():
+            await asyncio.sleep(1.0)  # committed; the answer is late
+
+    monkeypatch.setattr(psycopg.AsyncConnection, "commit", commit)
+    with pytest.raises(StorageError):
+        await runtime.chat(USER, ECHO, chat_id, "slow commit")
+    monkeypatch.setattr(psycopg.AsyncConnection, "commit", real)
+    assert await given_back(runtime, chat_id) == []
+    await asyncio.wait_for(runtime.chat(USER, ECHO, chat_id, "next"), 10)
+
+
+@pytest.mark.parametrize("sql_url", ["postgresql"], indirect=True)
+async def test_a_tool_exchange_stored_though_its_answer_was_lost_is_stored_once(
+    make: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tool exchange's INSERT commits and its answer comes after the statement
+    timeout: the turn fails, and the end of the turn does not store the exchange again
+    (one call, one result, in the chat and in every later window)."""
+    from chatwright.errors import StorageError
+
+    runtime, _ = await make(statement_timeout=0.5)
+    await example.seed(runtime.storage, "scripted:x")
+    call = {"tool_calls": [{"name": "add_task", "args": {"title": "milk"}}]}
+    await runtime.storage.agents.update(
+        example.AGENT, model_settings={"responses": [call, {"content": "Added."}]}
+    )
+    chat_id = await chat_of(runtime, USER, example.AGENT)
+    real = psycopg.AsyncCursor.execute
+    hit: list[str] = []
+
+    async def execute(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+        result = await real(self, query, *args, **kwargs)
+        text = query if isinstance(query, str) else str(query)
+        exchange = "INSERT INTO chat_messages" in text and "chat_leases" not in text
+        if exchange and "agent_memories" not in text and not hit:
+            hit.append(text)
+            await asyncio.sleep(1.0)  # stored; the answer is late
+        return result
+
+    monkeypatch.setattr(psycopg.AsyncCursor, "execute", execute)
+    with pytest.raises(StorageError):
+        await runtime.chat(USER, example.AGENT, chat_id, "add milk")
+    monkeypatch.setattr(psycopg.AsyncCursor, "execute", real)
+    assert len(hit) == 1, "the exchange's INSERT was never run"
+    m = schema.chat_messages
+    async with runtime.storage.read() as conn:  # type: ignore[attr-defined]
+        rows = await conn.execute(
+            sa.select(m.c.role, m.c.content).where(m.c.chat_id == chat_id).order_by(m.c.id)
+        )
+        stored = [(r.role, r.content) for r in rows]
+    assert [role for role, _ in stored] == ["human", "ai", "tool"]
+    assert await given_back(runtime, chat_id) == []

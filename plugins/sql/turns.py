@@ -38,7 +38,9 @@ free or its lease had expired, so it needs no connection of its own and works
 through a transaction pooler. While the lease is held, a task renews it every
 third of its length; a process that dies stops renewing, and its lease is
 taken over once it expires; a turn that could not give its lease back (the
-database went away) retries in the background until it can. A turn that
+database went away) retries in the background until it can, and so does a start
+that failed without a clear answer (cancelled, out of time, its connection lost
+while it committed), since it may have taken the lease all the same. A turn that
 finds the lease held rolls back and tries again after a short, growing pause
 (10 ms up to 250 ms), for at most ``storage.turn_wait`` seconds
 (:class:`~chatwright.errors.ChatBusyError`).
@@ -250,7 +252,11 @@ class SQLTurnStore(BoundStore):
                 if not await self._take(conn, chat_id, lease.holder):
                     raise _Busy
 
-        await self._waiting(chat_id, attempt)
+        try:
+            await self._waiting(chat_id, attempt)
+        except (asyncio.CancelledError, TimeoutError, StorageError):
+            self._lost_answer(lease)
+            raise
         self._hold(lease)
         try:
             yield
@@ -400,7 +406,11 @@ class SQLTurnStore(BoundStore):
                 turn_id=turn_id,
             )
 
-        start: TurnStart = await self._waiting(chat_id, attempt)
+        try:
+            start: TurnStart = await self._waiting(chat_id, attempt)
+        except (asyncio.CancelledError, TimeoutError, StorageError):
+            self._lost_answer(lease)
+            raise
         self._hold(lease)
         return start
 
@@ -516,6 +526,14 @@ class SQLTurnStore(BoundStore):
                 give_back=False, usage=(False, False, False), messages=len(messages), touch=touch
             )
             await conn.execute(stmt, user)
+
+    def _lost_answer(self, lease: Lease) -> None:
+        """A transaction taking ``lease`` failed without a clear answer (cancelled, out of
+        time, the connection lost): its COMMIT may have reached the database all the same,
+        and then the lease is held for no turn until it expires. Give it back in the
+        background: the statement names this turn's holder, so it does nothing when the
+        lease was not taken."""
+        self._give_back_later(lease)
 
     def _give_back_later(self, lease: Lease) -> None:
         task = asyncio.get_running_loop().create_task(self._retry_give_back(lease))
