@@ -834,14 +834,15 @@ async def given_back(runtime: Runtime, chat_id: uuid.UUID) -> list[str]:
     return held
 
 
-@pytest.mark.parametrize("sql_url", ["postgresql"], indirect=True)
-async def test_a_turn_cancelled_as_its_start_commits_leaves_the_chat_free(
-    make: Make, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The start's COMMIT reaches the server (lease taken, human message stored) and the
-    cancellation lands before its answer: the lease is given back, not held for
-    ``storage.turn_lease`` (set long here), and the next turn runs at once."""
-    runtime, _ = await make(turn_lease=120)
+async def committed_then(
+    make: Make,
+    monkeypatch: pytest.MonkeyPatch,
+    after: Callable[[], Awaitable[None]],
+    **storage: Any,
+) -> tuple[Runtime, uuid.UUID, list[bool]]:
+    """A runtime with a warmed-up chat, whose next COMMIT on psycopg reaches the server
+    and then awaits ``after`` before it answers; the list empties when that happened."""
+    runtime, _ = await make(turn_lease=120, **storage)
     await runtime.storage.agents.create(ECHO, system_prompt=PROMPT, model="echo:x")
     chat_id = await chat_of(runtime, USER)
     await runtime.chat(USER, ECHO, chat_id, "warm up")
@@ -851,15 +852,30 @@ async def test_a_turn_cancelled_as_its_start_commits_leaves_the_chat_free(
     async def commit(self: Any) -> None:
         await real(self)
         if armed and armed.pop():
-            task = asyncio.current_task()
-            assert task is not None
-            task.cancel()
-            await asyncio.sleep(0)
+            monkeypatch.setattr(psycopg.AsyncConnection, "commit", real)
+            await after()
 
     monkeypatch.setattr(psycopg.AsyncConnection, "commit", commit)
+    return runtime, chat_id, armed
+
+
+@pytest.mark.parametrize("sql_url", ["postgresql"], indirect=True)
+async def test_a_turn_cancelled_as_its_start_commits_leaves_the_chat_free(
+    make: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The start's COMMIT reaches the server (lease taken, human message stored) and the
+    cancellation lands before its answer: the lease is given back, not held for
+    ``storage.turn_lease`` (set long here), and the next turn runs at once."""
+
+    async def cancelled() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()
+        await asyncio.sleep(0)
+
+    runtime, chat_id, armed = await committed_then(make, monkeypatch, cancelled)
     with pytest.raises(asyncio.CancelledError):
         await runtime.chat(USER, ECHO, chat_id, "cancelled")
-    monkeypatch.setattr(psycopg.AsyncConnection, "commit", real)
     assert not armed, "the start never committed on psycopg"
     assert await given_back(runtime, chat_id) == []
     turn = await asyncio.wait_for(runtime.chat(USER, ECHO, chat_id, "next"), 10)
@@ -874,22 +890,13 @@ async def test_a_start_whose_commit_answers_too_late_leaves_the_chat_free(
     and the lease the committed start took is given back."""
     from chatwright.errors import StorageError
 
-    runtime, _ = await make(statement_timeout=0.5, turn_lease=120)
-    await runtime.storage.agents.create(ECHO, system_prompt=PROMPT, model="echo:x")
-    chat_id = await chat_of(runtime, USER)
-    await runtime.chat(USER, ECHO, chat_id, "warm up")
-    real = psycopg.AsyncConnection.commit
-    armed = [True]
+    async def late() -> None:
+        await asyncio.sleep(1.0)
 
-    async def commit(self: Any) -> None:
-        await real(self)
-        if armed and armed.pop():
-            await asyncio.sleep(1.0)  # committed; the answer is late
-
-    monkeypatch.setattr(psycopg.AsyncConnection, "commit", commit)
+    runtime, chat_id, armed = await committed_then(make, monkeypatch, late, statement_timeout=0.5)
     with pytest.raises(StorageError):
         await runtime.chat(USER, ECHO, chat_id, "slow commit")
-    monkeypatch.setattr(psycopg.AsyncConnection, "commit", real)
+    assert not armed, "the start never committed on psycopg"
     assert await given_back(runtime, chat_id) == []
     await asyncio.wait_for(runtime.chat(USER, ECHO, chat_id, "next"), 10)
 
