@@ -35,8 +35,9 @@ calls (see :mod:`chatwright.turns` and the storage's ``turns`` store):
    A step whose answer was lost after the database committed it (a
    cancellation, ``storage.statement_timeout``, a dropped connection) is
    stored once: a start that may have taken the lease gives it back in the
-   background, and an exchange whose storing failed is looked for in the
-   chat before the end stores it again.
+   background until it has found it, and an exchange whose storing failed is
+   looked for in the chat before the end stores it again (see
+   ``Runtime._stored_after_all`` for the one case this misses).
 6. a reply calling a tool that needs the user's approval ends the agent run
    before any of its tools runs (:mod:`chatwright.writes`): its other calls run
    at once, the held ones are stored as pending actions with the last
@@ -481,7 +482,11 @@ class Runtime:
         or lost its connection may have committed before its answer was lost: the
         end of the turn would then store the exchange a second time. The chat's last
         messages say (nothing but the turn's own end can follow it: the turn holds the
-        chat); when they cannot be read, the end stores it as if it was not.
+        chat); when they cannot be read, the end stores it as if it was not. Not
+        covered: a statement the server still runs when the chat is read (its
+        cancellation did not reach the server, which, behind a pooler, has no
+        statement timeout of its own) commits after it, and the exchange is then
+        stored twice.
         """
         if not exchange:
             return False
@@ -491,8 +496,9 @@ class Runtime:
             )
         except ChatwrightError:
             return False
-        wanted = [(m.role, dict(m.content)) for m in exchange]
-        found = [(m.role, dict(m.content)) for m in tail]
+        # As stored: JSON keeps no tuple and no key that is not a string.
+        wanted = [(m.role, json.loads(json.dumps(m.content, default=str))) for m in exchange]
+        found = [(m.role, json.loads(json.dumps(m.content, default=str))) for m in tail]
         span = len(wanted)
         return any(found[i : i + span] == wanted for i in range(len(found) - span + 1))
 

@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from chatwright.errors import NotFoundError
-from chatwright.stores import ChatSession
+from chatwright.stores import ChatSession, SessionStore
 
 if TYPE_CHECKING:
     from chatwright.cache import Key
@@ -63,6 +63,13 @@ async def deactivate(runtime: Runtime, user_id: str, session_id: uuid.UUID) -> C
     return session
 
 
+def _counts(store: SessionStore) -> bool:
+    """Whether ``store`` has a ``sweep_count`` of its own: a store written before it existed
+    (perhaps a subclass of the protocol, with its empty body) is swept by its ids."""
+    method = getattr(type(store), "sweep_count", None)
+    return method is not None and method is not SessionStore.sweep_count
+
+
 async def _sweep_batch(
     runtime: Runtime, idle_before: datetime, limit: int, keep_ids: bool
 ) -> tuple[int, list[uuid.UUID]]:
@@ -76,10 +83,8 @@ async def _sweep_batch(
     """
     store = runtime.storage.sessions
     if not runtime.plugins.implemented("session_deactivated"):
-        # A store written before sweep_count existed counts its ids instead.
-        counting = getattr(store, "sweep_count", None)
-        if not keep_ids and counting is not None:
-            return await counting(idle_before, limit=limit), []
+        if not keep_ids and _counts(store):
+            return await store.sweep_count(idle_before, limit=limit), []
         ids = await store.sweep_ids(idle_before, limit=limit)
         return len(ids), ids
     sessions = await store.sweep(idle_before, limit=limit)

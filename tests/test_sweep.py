@@ -174,14 +174,20 @@ async def test_rows_are_fetched_only_when_a_plugin_listens_and_ids_only_when_kep
         await runtime.close()
 
 
+@pytest.mark.parametrize("without", ["none", "the protocol's"])
 async def test_a_store_without_sweep_count_is_swept_by_its_ids(
-    tmp_path: Any, monkeypatch: Any
+    tmp_path: Any, monkeypatch: Any, without: str
 ) -> None:
-    """A session store written before ``sweep_count`` existed still works: the sweeper
+    """A session store written before ``sweep_count`` existed still works, whether it has
+    no such method or a subclass of the protocol inherits its empty body: the sweeper
     counts the ids its ``sweep_ids`` returns."""
     from chatwright.plugins.sql.chats import SQLSessionStore
+    from chatwright.stores import SessionStore
 
-    monkeypatch.delattr(SQLSessionStore, "sweep_count")
+    if without == "none":
+        monkeypatch.delattr(SQLSessionStore, "sweep_count")
+    else:
+        monkeypatch.setattr(SQLSessionStore, "sweep_count", SessionStore.sweep_count)
     url = f"sqlite+aiosqlite:///{tmp_path / 'sweep.db'}"
     runtime = await started(url, 3)
     try:

@@ -942,3 +942,82 @@ async def test_a_tool_exchange_stored_though_its_answer_was_lost_is_stored_once(
         stored = [(r.role, r.content) for r in rows]
     assert [role for role, _ in stored] == ["human", "ai", "tool"]
     assert await given_back(runtime, chat_id) == []
+
+
+@pytest.mark.parametrize("artifact", [None, (1, 2), {1: "a"}], ids=["none", "tuple", "int-key"])
+async def test_an_exchange_stored_is_found_whatever_json_made_of_its_values(
+    make: Make, artifact: Any
+) -> None:
+    """What the end of a turn looks for is compared as stored: a tuple comes back a list,
+    an integer key a string, and the exchange is found all the same."""
+    from types import SimpleNamespace
+
+    from langchain_core.messages import AIMessage, ToolMessage
+
+    from chatwright.history import storable_with_data, to_store
+
+    runtime, _ = await make()
+    await runtime.storage.agents.create(ECHO, system_prompt=PROMPT, model="echo:x")
+    chat_id = await chat_of(runtime, USER)
+    call = AIMessage("", tool_calls=[{"name": "t", "args": {"x": 1}, "id": "c1"}], id="run-1")
+    result = ToolMessage("done", tool_call_id="c1", artifact=artifact, id="r1")
+    dumped: dict[int, Any] = {}
+    made = []
+    for message in (call, result):
+        storable, data = storable_with_data(message)
+        dumped[id(storable)] = (storable, data)
+        made.append(storable)
+    exchange = to_store(made, dumped)
+    start: Any = SimpleNamespace(user_id=USER, chat_id=chat_id)
+    assert not await runtime._stored_after_all(start, exchange)
+    await runtime.storage.messages.append(USER, chat_id, exchange)
+    assert await runtime._stored_after_all(start, exchange)
+
+
+@pytest.mark.parametrize("sql_url", ["postgresql"], indirect=True)
+async def test_a_start_still_committing_on_the_server_is_given_back_once_it_has(
+    make: Make, sql_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The start runs out of time while the server still carries out its COMMIT (here a
+    deferred trigger taking 1.5 s, once), and the cancellation does not reach the server
+    in time (a server 50 ms or more away; no server-side statement timeout behind a
+    pooler): the lease shows up after the first give-back found nothing, and a later one
+    gives it back, so the chat is free long before ``storage.turn_lease``."""
+    from chatwright.errors import StorageError
+
+    runtime, _ = await make(
+        statement_timeout=0.5, pooler="transaction", turn_lease=120, turn_wait=10
+    )
+    await runtime.storage.agents.create(ECHO, system_prompt=PROMPT, model="echo:x")
+    chat_id = await chat_of(runtime, USER)
+    await runtime.chat(USER, ECHO, chat_id, "warm up")
+    async with runtime.storage.write() as conn:  # type: ignore[attr-defined]
+        await conn.execute(sa.text("CREATE SEQUENCE slow_once"))
+        await conn.execute(
+            sa.text(
+                "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                "IF nextval('slow_once') = 1 THEN PERFORM pg_sleep(1.5); END IF; "
+                "RETURN NULL; END $$"
+            )
+        )
+        await conn.execute(
+            sa.text(
+                "CREATE CONSTRAINT TRIGGER slow AFTER INSERT ON chat_leases "
+                "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit()"
+            )
+        )
+    real_cancel = psycopg.AsyncConnection.cancel_safe
+
+    async def far_cancel(self: Any, *args: Any, **kwargs: Any) -> None:
+        await asyncio.sleep(0.1)
+        await real_cancel(self, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.AsyncConnection, "cancel_safe", far_cancel)
+    with pytest.raises(StorageError):
+        await runtime.chat(USER, ECHO, chat_id, "slow commit")
+    monkeypatch.setattr(psycopg.AsyncConnection, "cancel_safe", real_cancel)
+    # (The trigger sleeps once only; the database is the test's own.) Until the server's
+    # COMMIT is done, a new start would wait on its lease row past the time bound.
+    await asyncio.sleep(2.0)
+    turn = await asyncio.wait_for(runtime.chat(USER, ECHO, chat_id, "next"), 20)
+    assert seen(turn)["humans"][-1] == "next"

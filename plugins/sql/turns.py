@@ -112,6 +112,8 @@ log = logging.getLogger(__name__)
 
 FIRST_PAUSE = 0.01
 LONGEST_PAUSE = 0.25
+LOST_ANSWER_PAUSE = 1.0
+"""Longest pause between the give-backs of a lease a failed start may have taken."""
 KNOWN_AGENTS = 1024
 """Most agent rows a turn store keeps, to skip reading an unchanged row again."""
 KNOWN_MESSAGES = 2048
@@ -174,8 +176,10 @@ class SQLTurnStore(BoundStore):
         return (await conn.execute(take_lease(self.db.dialect), values)).first() is not None
 
     @staticmethod
-    async def _give_back(conn: AsyncConnection, lease: Lease) -> None:
-        await conn.execute(GIVE_BACK, {"chat_id": lease.chat_id, "holder": lease.holder})
+    async def _give_back(conn: AsyncConnection, lease: Lease) -> bool:
+        """Delete the lease when ``lease``'s holder has it; whether it did."""
+        result = await conn.execute(GIVE_BACK, {"chat_id": lease.chat_id, "holder": lease.holder})
+        return bool(result.rowcount)
 
     def _length(self) -> timedelta:
         return timedelta(seconds=self.db.turn_lease)
@@ -531,25 +535,32 @@ class SQLTurnStore(BoundStore):
         """A transaction taking ``lease`` failed without a clear answer (cancelled, out of
         time, the connection lost): its COMMIT may have reached the database all the same,
         and then the lease is held for no turn until it expires. Give it back in the
-        background: the statement names this turn's holder, so it does nothing when the
-        lease was not taken."""
-        self._give_back_later(lease)
+        background, until a give-back finds it or it would have expired: the COMMIT may
+        still be under way on the server (when the cancellation did not reach it), and the
+        statement names this turn's holder, so it does nothing to anyone else's lease.
+        (SQLite's transactions end in this process: once one has failed, it is over.)"""
+        self._give_back_later(lease, until_found=self.db.dialect == "postgresql")
 
-    def _give_back_later(self, lease: Lease) -> None:
-        task = asyncio.get_running_loop().create_task(self._retry_give_back(lease))
+    def _give_back_later(self, lease: Lease, *, until_found: bool = False) -> None:
+        task = asyncio.get_running_loop().create_task(self._retry_give_back(lease, until_found))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _retry_give_back(self, lease: Lease) -> None:
-        """Give a lease back, retrying while the database is away, until it has expired."""
+    async def _retry_give_back(self, lease: Lease, until_found: bool = False) -> None:
+        """Give a lease back, retrying while the database is away, until it has expired;
+        with ``until_found``, also while there was no lease of this holder to give back."""
         expiry = time.monotonic() + self.db.turn_lease
+        pause = FIRST_PAUSE
         while time.monotonic() < expiry:
             try:
                 async with self.db.inline_write(one_statement=True) as conn:
-                    await self._give_back(conn, lease)
-                return
+                    found = await self._give_back(conn, lease)
+                if found or not until_found:
+                    return
             except StorageError:
-                await asyncio.sleep(0.5)
+                pass
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, LOST_ANSWER_PAUSE)
         # Expired by now: whoever comes next takes it over.
 
     async def close(self) -> None:
