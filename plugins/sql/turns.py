@@ -246,6 +246,19 @@ class SQLTurnStore(BoundStore):
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, LONGEST_PAUSE)
 
+    async def _taken(self, lease: Lease, attempt: Any) -> Any:
+        """Run ``attempt`` (a transaction taking ``lease``) until it gets past a held lease
+        (:meth:`_waiting`), then hold the lease for the turn. When it fails without a clear
+        answer (cancelled, out of time, its connection lost), its COMMIT may have reached
+        the database all the same: see :meth:`_lost_answer`."""
+        try:
+            made = await self._waiting(lease.chat_id, attempt)
+        except (asyncio.CancelledError, TimeoutError, StorageError):
+            self._lost_answer(lease)
+            raise
+        self._hold(lease)
+        return made
+
     @asynccontextmanager
     async def lock(self, chat_id: uuid.UUID) -> AsyncIterator[None]:
         """The chat's lease held for a block, in transactions of its own (``chat_lock``)."""
@@ -256,12 +269,7 @@ class SQLTurnStore(BoundStore):
                 if not await self._take(conn, chat_id, lease.holder):
                     raise _Busy
 
-        try:
-            await self._waiting(chat_id, attempt)
-        except (asyncio.CancelledError, TimeoutError, StorageError):
-            self._lost_answer(lease)
-            raise
-        self._hold(lease)
+        await self._taken(lease, attempt)
         try:
             yield
         finally:
@@ -410,12 +418,7 @@ class SQLTurnStore(BoundStore):
                 turn_id=turn_id,
             )
 
-        try:
-            start: TurnStart = await self._waiting(chat_id, attempt)
-        except (asyncio.CancelledError, TimeoutError, StorageError):
-            self._lost_answer(lease)
-            raise
-        self._hold(lease)
+        start: TurnStart = await self._taken(lease, attempt)
         return start
 
     async def append(self, start: TurnStart, messages: Sequence[NewMessage]) -> None:
