@@ -33,6 +33,7 @@ FRAMEWORK_TABLES = frozenset(
         "agents",
         "agent_tools",
         "chat_sessions",
+        "active_sessions",
         "chat_messages",
         "chat_leases",
         "chat_revisions",

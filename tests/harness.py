@@ -68,6 +68,8 @@ ADMIN_URL = os.environ.get(
 # out of its list only so that CRUD tools may edit it.
 DATA_TABLES = tuple(sorted((FRAMEWORK_TABLES - {VERSION_TABLE}) | {"agent_memories"}))
 
+# A session's "is it active" in plain SQL on chat_sessions (migration 0009).
+ACTIVE = "(id IN (SELECT session_id FROM active_sessions)) AS is_active"
 CONSOLE_SCRIPT = Path(sys.executable).parent / "chatwright"
 DB_FILE = "chatwright.db"
 

@@ -23,7 +23,7 @@ from chatwright.plugins.example import assistant as example
 from chatwright.plugins.server.app import create_app
 from chatwright.registry import LoadPolicy, Plugins
 from chatwright.settings import Settings
-from tests.harness import storage_for, uvicorn_serving
+from tests.harness import ACTIVE, storage_for, uvicorn_serving
 
 CHROMIUM = next(
     (
@@ -78,7 +78,7 @@ async def sessions(url: str) -> list[sa.Row[tuple[str, bool, object, object]]]:
         async with storage.read() as conn:
             result = await conn.execute(
                 sa.text(
-                    "SELECT chat_id, is_active, created_at, updated_at FROM chat_sessions "
+                    f"SELECT chat_id, {ACTIVE}, created_at, updated_at FROM chat_sessions "
                     "ORDER BY created_at"
                 )
             )

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from click.testing import Result
 
-from tests.harness import DB_FILE, assert_error, ok, run, script, script_ok
+from tests.harness import ACTIVE, DB_FILE, assert_error, ok, run, script, script_ok
 from tests.harness import sqlite_rows as query
 
 pytestmark = pytest.mark.usefixtures("workdir")
@@ -46,7 +46,7 @@ def sessions(db: Path) -> list[tuple[uuid.UUID, str, str, int]]:
         (uuid.UUID(str(chat_id)), user, agent, int(active))
         for chat_id, user, agent, active in query(
             db,
-            "SELECT chat_id, user_id, agent_name, is_active FROM chat_sessions ORDER BY created_at",
+            f"SELECT chat_id, user_id, agent_name, {ACTIVE} FROM chat_sessions ORDER BY created_at",
         )
     ]
 

@@ -23,7 +23,7 @@ def test_sessions_list_and_sweep(example: Path) -> None:
     assert run("chat", "-m", "list my tasks").exit_code == 0
     assert run("chat", "--user", "bob", "-m", "list my tasks").exit_code == 0
     # Reopen one session by hand so that something is active, then age it.
-    sql(example, "UPDATE chat_sessions SET is_active = 1 WHERE user_id = 'bob'")
+    sql(example, REACTIVATE + " WHERE user_id = 'bob'")
     listed = json.loads(run("sessions", "list", "--json").output)
     assert {(s["user_id"], s["is_active"]) for s in listed} == {("local", False), ("bob", True)}
     assert [
@@ -47,17 +47,22 @@ def test_sessions_list_and_sweep(example: Path) -> None:
         example, "UPDATE chat_sessions SET updated_at = '2000-01-01 00:00:00' WHERE user_id = 'bob'"
     )
     swept = json.loads(run("sessions", "sweep", "--json").output)
-    assert sql(example, "SELECT count(*) FROM chat_sessions WHERE is_active") == [(0,)]
+    assert sql(example, "SELECT count(*) FROM active_sessions") == [(0,)]
     assert swept["deactivated"] == 1 and swept["active_keys"] == 0
     assert "ids" not in swept  # counts only, unless --verbose
     assert swept["batches"] == 1 and swept["seconds"] >= 0
 
 
+REACTIVATE = (
+    "INSERT OR IGNORE INTO active_sessions (session_id, user_id, agent_name, client_key, "
+    "updated_at) SELECT id, user_id, agent_name, client_key, updated_at FROM chat_sessions"
+)
+
+
 def age_all(database: Path, active: bool = True) -> None:
-    sql(
-        database,
-        f"UPDATE chat_sessions SET updated_at = '2000-01-01 00:00:00', is_active = {int(active)}",
-    )
+    sql(database, REACTIVATE if active else "DELETE FROM active_sessions")
+    # The trigger of migration 0009 ages the active rows with their sessions.
+    sql(database, "UPDATE chat_sessions SET updated_at = '2000-01-01 00:00:00'")
 
 
 def session_ids(database: Path) -> set[str]:

@@ -65,9 +65,11 @@ async def check_fresh_database(storage: SQLStorage) -> None:
         schema.VERSION_TABLE
     }
     assert await _schema_diff(storage) == []
+    active = await _indexes(storage, "active_sessions")
+    assert active["ux_active_sessions_client_key"]["unique"]
+    assert active["ix_active_sessions_updated_at"]["column_names"] == ["updated_at"]
     sessions = await _indexes(storage, "chat_sessions")
-    assert sessions["ux_chat_sessions_client_key"]["unique"]
-    assert "ix_chat_sessions_active_stale" in sessions
+    assert not any("is_active" in i["column_names"] for i in sessions.values())
     messages = await _indexes(storage, "chat_messages")
     assert messages["ix_chat_messages_chat_id_id"]["column_names"] == ["chat_id", "id"]
     if storage.dialect == "postgresql":
@@ -77,6 +79,81 @@ async def check_fresh_database(storage: SQLStorage) -> None:
     else:
         assert "ix_chat_messages_chat_id_user_id_id" not in messages
     await check_write_safety_migration(storage)
+    await check_active_sessions_migration(storage)
+
+
+OLD_SESSIONS = [
+    # id, user, client key, active
+    ("00000000-0000-4000-8000-000000000001", "ann", "tab-1", True),
+    ("00000000-0000-4000-8000-000000000002", "ann", "tab-1", False),
+    ("00000000-0000-4000-8000-000000000003", "bob", None, True),
+    ("00000000-0000-4000-8000-000000000004", "bob", None, False),
+]
+
+
+async def check_active_sessions_migration(storage: SQLStorage) -> None:
+    """0009: the sessions active under 0008's flag are the active ones after it, with
+    their client keys and times; the trigger keeps the active row's time; and back."""
+    import uuid
+    from datetime import UTC, datetime
+
+    async with storage._transaction(None, write=True, bounded=False) as conn:
+        await conn.run_sync(_downgrade, "0008")
+    assert "is_active" in await _columns(storage, "chat_sessions")
+    assert "active_sessions" not in await _tables(storage)
+    chat = uuid.uuid4()
+    old = sa.table(
+        "chat_sessions",
+        *(sa.column(name, sa.Uuid) for name in ("id", "chat_id")),
+        *(sa.column(name, sa.String) for name in ("user_id", "agent_name", "client_key")),
+        sa.column("is_active", sa.Boolean),
+        *(sa.column(name, schema.UTCDateTime()) for name in ("created_at", "updated_at")),
+    )
+    async with storage.write() as conn:
+        for n, (sid, user, key, on) in enumerate(OLD_SESSIONS):
+            at = datetime(2026, 1, 1 + n, tzinfo=UTC)
+            await conn.execute(
+                old.insert().values(
+                    id=uuid.UUID(sid),
+                    chat_id=chat,
+                    user_id=user,
+                    agent_name="a",
+                    client_key=key,
+                    is_active=on,
+                    created_at=at,
+                    updated_at=at,
+                )
+            )
+    assert await storage.upgrade() == storage.head_revision()
+    assert "is_active" not in await _columns(storage, "chat_sessions")
+    sessions = storage.sessions
+    for n, (sid, user, key, on) in enumerate(OLD_SESSIONS):
+        found = await sessions.get(user, uuid.UUID(sid))
+        assert found is not None
+        assert (found.is_active, found.client_key) == (on, key)
+        assert found.updated_at == datetime(2026, 1, 1 + n, tzinfo=UTC)
+    assert await sessions.count_active() == 2
+    # The idempotent open finds the session active under the old flag.
+    again = await sessions.open("ann", "a", client_key="tab-1")
+    assert str(again.id) == OLD_SESSIONS[0][0]
+    # A heartbeat's time reaches the active row, where the sweeper reads it.
+    await sessions.heartbeat("bob", uuid.UUID(OLD_SESSIONS[2][0]))
+    swept = await sessions.sweep_ids(datetime(2026, 6, 1, tzinfo=UTC), limit=10)
+    assert [str(i) for i in swept] == [OLD_SESSIONS[0][0]]
+    async with storage._transaction(None, write=True, bounded=False) as conn:
+        await conn.run_sync(_downgrade, "0008")
+    async with storage.read() as conn:
+        flags = dict((await conn.execute(sa.text("SELECT id, is_active FROM chat_sessions"))).all())
+    assert {str(uuid.UUID(str(k))): bool(v) for k, v in flags.items()} == {
+        OLD_SESSIONS[0][0]: False,
+        OLD_SESSIONS[1][0]: False,
+        OLD_SESSIONS[2][0]: True,
+        OLD_SESSIONS[3][0]: False,
+    }
+    async with storage.write() as conn:
+        await conn.execute(sa.text("DELETE FROM chat_sessions"))
+    assert await storage.upgrade() == storage.head_revision()
+    assert await _schema_diff(storage) == []
 
 
 async def check_window_plan_without_statistics(storage: SQLStorage) -> None:

@@ -460,11 +460,13 @@ async def test_sweepers_in_several_processes_deactivate_each_session_once(
     url = make_url(database).set(drivername="postgresql").render_as_string(hide_password=False)
     with psycopg.connect(url, autocommit=True) as conn:
         rows = conn.execute(
-            "INSERT INTO chat_sessions (id, chat_id, user_id, agent_name, is_active, "
+            "WITH s AS (INSERT INTO chat_sessions (id, chat_id, user_id, agent_name, "
             "created_at, updated_at, metadata) "
-            "SELECT gen_random_uuid(), gen_random_uuid(), 'mp-sweep-' || g, %s, true, "
+            "SELECT gen_random_uuid(), gen_random_uuid(), 'mp-sweep-' || g, %s, "
             "now() - interval '1 hour', now() - interval '1 hour', '{}' "
-            "FROM generate_series(1, 6000) AS g RETURNING id",
+            "FROM generate_series(1, 6000) AS g RETURNING id, user_id, agent_name, updated_at) "
+            "INSERT INTO active_sessions (session_id, user_id, agent_name, updated_at) "
+            "SELECT * FROM s RETURNING session_id",
             (AGENT,),
         ).fetchall()
     mine = {str(r[0]) for r in rows}
@@ -491,7 +493,7 @@ async def test_sweepers_in_several_processes_deactivate_each_session_once(
     assert mine <= set(every)
     with psycopg.connect(url) as conn:
         left = conn.execute(
-            "SELECT count(*) FROM chat_sessions WHERE user_id LIKE 'mp-sweep-%%' AND is_active"
+            "SELECT count(*) FROM active_sessions WHERE user_id LIKE 'mp-sweep-%%'"
         ).fetchone()
     assert left == (0,)
 

@@ -62,6 +62,7 @@ from chatwright.runtime import Runtime
 from chatwright.sessions import sweep
 from chatwright.settings import Settings
 from tests.harness import (
+    ACTIVE,
     DATA_TABLES,
     EchoModels,
     Recorder,
@@ -663,7 +664,7 @@ async def test_100_concurrent_opens_with_one_client_key_give_one_session(
     assert len({b["id"] for b in bodies}) == 1
     assert len({b["chat_id"] for b in bodies}) == 1
     rows = await srv.sql(
-        "SELECT id, is_active FROM chat_sessions WHERE user_id = 'local' AND client_key = 'tab-1'"
+        f"SELECT id, {ACTIVE} FROM chat_sessions WHERE user_id = 'local' AND client_key = 'tab-1'"
     )
     assert len(rows) == 1 and rows[0]["is_active"]
     assert str(uuid.UUID(str(rows[0]["id"]))) == bodies[0]["id"]

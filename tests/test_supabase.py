@@ -73,7 +73,13 @@ from tests.harness import tool_ok as ok
 pytestmark = pytest.mark.postgresql
 
 PLUGINS = Plugins.load()
-USER_TABLES = ("chat_sessions", "chat_messages", "prompt_customizations", "agent_memories")
+USER_TABLES = (
+    "chat_sessions",
+    "active_sessions",
+    "chat_messages",
+    "prompt_customizations",
+    "agent_memories",
+)
 # The user tables of write safety (migration 0005): per-user rows too, the audit log append-only.
 WRITE_SAFETY_TABLES = ("tool_approval_choices", "pending_actions", "audit_log")
 # Bounded turns (migration 0006): chats' summaries are per-user rows; the usage tables are
@@ -351,7 +357,9 @@ async def test_rls_refusal_of_a_crud_write_comes_back_as_a_tool_error(
 async def test_policies_bind_a_login_role_acting_as_authenticated(
     cluster: Cluster, supa: SupabaseStorage
 ) -> None:
-    await seed_two_users(supa)
+    bob_session = (await seed_two_users(supa))["bob"].id
+    bob_closed = (await supa.sessions.open("bob", AGENT, metadata={"closed": True})).id
+    await supa.sessions.deactivate("bob", bob_closed)
     for table in USER_TABLES:  # both users' rows exist, so the filtering is not vacuous
         rows = await admin_rows(cluster, f"SELECT DISTINCT user_id FROM {table}")
         assert {r[0] for r in rows} == {"alice", "bob"}, table
@@ -401,10 +409,26 @@ async def test_policies_bind_a_login_role_acting_as_authenticated(
         for statement in (
             "UPDATE chat_messages SET role = 'system' WHERE user_id = 'bob'",
             "DELETE FROM chat_sessions WHERE user_id = 'bob'",
+            "DELETE FROM active_sessions WHERE user_id = 'bob'",
+            "UPDATE chat_sessions SET updated_at = '2000-01-01' WHERE user_id = 'bob'",
             "DELETE FROM agent_memories WHERE user_id = 'bob'",
         ):
             cursor = await conn.execute(statement)
             assert cursor.rowcount == 0, statement
+        # Bob's closed session cannot be made active by a row of hers: the foreign
+        # key holds an active row to its own session's user and agent.
+        with pytest.raises(psycopg.errors.ForeignKeyViolation):
+            await conn.execute(
+                "INSERT INTO active_sessions (session_id, user_id, agent_name, updated_at) "
+                "VALUES (%s, 'alice', %s, now())",
+                (bob_closed, AGENT),
+            )
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
+            await conn.execute(
+                "INSERT INTO active_sessions (session_id, user_id, agent_name, updated_at) "
+                "VALUES (%s, 'bob', %s, now())",
+                (bob_session, AGENT),
+            )
         # A row of her own is accepted: the refusals above are the policy, not grants.
         await conn.execute(
             "INSERT INTO agent_memories (user_id, agent_name, notes) VALUES ('alice', 'mine', 'ok')"
@@ -414,7 +438,7 @@ async def test_policies_bind_a_login_role_acting_as_authenticated(
         ("bob likes coffee",)
     ]
     assert await admin_rows(
-        cluster, "SELECT count(*) FROM chat_sessions WHERE user_id = 'bob' AND is_active"
+        cluster, "SELECT count(*) FROM active_sessions WHERE user_id = 'bob'"
     ) == [(1,)]
     assert await admin_rows(cluster, "SELECT role FROM chat_messages WHERE user_id = 'bob'") == [
         ("human",)
@@ -526,7 +550,9 @@ async def test_backend_connected_as_a_non_superuser_never_returns_other_users_da
         ("bob likes coffee",)
     ]
     assert await admin_rows(
-        cluster, "SELECT is_active FROM chat_sessions WHERE user_id = 'bob'"
+        cluster,
+        "SELECT (id IN (SELECT session_id FROM active_sessions)) FROM chat_sessions "
+        "WHERE user_id = 'bob'",
     ) == [(True,)]
 
 

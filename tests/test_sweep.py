@@ -18,6 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 from chatwright import hookimpl
+from chatwright.plugins.sql import schema
 from chatwright.plugins.sql.storage import SQLStorage
 from chatwright.registry import LoadPolicy, Plugins
 from chatwright.runtime import Runtime
@@ -40,10 +41,13 @@ async def bulk_sessions(storage: SQLStorage, count: int) -> set[uuid.UUID]:
     async with storage.write() as conn:
         rows = await conn.execute(
             sa.text(
-                "INSERT INTO chat_sessions (id, chat_id, user_id, agent_name, is_active, "
+                "WITH s AS (INSERT INTO chat_sessions (id, chat_id, user_id, agent_name, "
                 "created_at, updated_at, metadata) "
-                "SELECT gen_random_uuid(), gen_random_uuid(), 'bulk-' || g, :agent, true, "
-                "now(), now(), '{}' FROM generate_series(1, :n) AS g RETURNING id"
+                "SELECT gen_random_uuid(), gen_random_uuid(), 'bulk-' || g, :agent, "
+                "now(), now(), '{}' FROM generate_series(1, :n) AS g "
+                "RETURNING id, user_id, agent_name, updated_at) "
+                "INSERT INTO active_sessions (session_id, user_id, agent_name, updated_at) "
+                "SELECT * FROM s RETURNING session_id"
             ),
             {"agent": AGENT, "n": count},
         )
@@ -181,7 +185,7 @@ async def test_a_store_without_sweep_count_is_swept_by_its_ids(
     """A session store written before ``sweep_count`` existed still works, whether it has
     no such method or a subclass of the protocol inherits its empty body: the sweeper
     counts the ids its ``sweep_ids`` returns."""
-    from chatwright.plugins.sql.chats import SQLSessionStore
+    from chatwright.plugins.sql.sessions import SQLSessionStore
     from chatwright.stores import SessionStore
 
     if without == "none":
@@ -301,7 +305,9 @@ async def test_a_session_another_transaction_holds_is_skipped_then_swept(
     url = pg_storage.url.set(drivername="postgresql").render_as_string(hide_password=False)
     with psycopg.connect(url) as holder:
         # The oldest idle session, held as a heartbeat's UPDATE would hold it.
-        holder.execute("SELECT 1 FROM chat_sessions WHERE id = %s FOR UPDATE", (opened[0].id,))
+        holder.execute(
+            "SELECT 1 FROM active_sessions WHERE session_id = %s FOR UPDATE", (opened[0].id,)
+        )
         swept: list[uuid.UUID] = []
         while True:
             batch = await asyncio.wait_for(store.sweep_ids(cutoff, limit=3), 10)
@@ -313,3 +319,31 @@ async def test_a_session_another_transaction_holds_is_skipped_then_swept(
     # The pass ended on a short batch, so the next call looks from the start again.
     assert await store.sweep_ids(cutoff, limit=3) == [opened[0].id]
     assert await store.count_active() == 0
+
+
+async def test_a_turn_keeps_its_session_from_the_sweeper_and_a_swept_one_keeps_its_time(
+    sql_url: str,
+) -> None:
+    """The end of a turn touches the chat's sessions on ``chat_sessions``; the trigger
+    of migration 0009 carries the time to the active rows the sweeper reads. A
+    session swept reads the time it was last used, not the sweep's."""
+    runtime = await started(sql_url, 100)
+    storage = runtime.storage
+    try:
+        await storage.agents.create(AGENT, system_prompt="p", model="offline:assistant")
+        used = await storage.sessions.open("ann", AGENT)
+        idle = await storage.sessions.open("ben", AGENT)
+        long_ago = datetime.now(UTC) - timedelta(hours=2)
+        async with storage.write() as conn:
+            await conn.execute(schema.chat_sessions.update().values(updated_at=long_ago))
+        await runtime.chat("ann", AGENT, used.chat_id, "hello")
+        cutoff = datetime.now(UTC) - timedelta(hours=1)
+        report = await sweep(runtime, cutoff, keep_ids=True)
+        assert report.ids == [idle.id]
+        after = await storage.sessions.get("ann", used.id)
+        assert after is not None and after.is_active and after.updated_at > cutoff
+        swept = await storage.sessions.get("ben", idle.id)
+        assert swept is not None and not swept.is_active
+        assert abs((swept.updated_at - long_ago).total_seconds()) < 1
+    finally:
+        await runtime.close()

@@ -183,6 +183,8 @@ async def test_export_holds_exactly_the_users_rows(storage: SQLStorage) -> None:
     assert messages[2]["content"]["type"] == "tool"
     assert data["tables"]["audit_log"][0]["args"] == {"body": "alice's note"}
     assert "bob" not in json.dumps(data)
+    # Whether a session is active, which active_sessions keeps, is in its row.
+    assert [s["is_active"] for s in data["tables"]["chat_sessions"]] == [True]
     json.dumps(data)  # JSON-ready throughout
 
 
@@ -212,7 +214,8 @@ async def test_erase_counts_what_was_there_and_leaves_the_other_user(
 
 async def test_delete_chat(storage: SQLStorage) -> None:
     first = await seed_user(storage, "alice")
-    other = (await storage.sessions.open("alice", AGENT, chat_id=uuid.uuid4())).chat_id
+    kept = await storage.sessions.open("alice", AGENT, chat_id=uuid.uuid4())
+    other = kept.chat_id
     await storage.messages.append("alice", other, _messages("alice")[:1])
     bob = await seed_user(storage, "bob")
     before = await dump(storage)
@@ -228,6 +231,8 @@ async def test_delete_chat(storage: SQLStorage) -> None:
     left = of(after, "alice")
     assert {uuid.UUID(str(r["chat_id"])) for r in left["chat_messages"]} == {other}
     assert len(left["prompt_customizations"]) == 1  # not a chat's
+    # The deleted chat's active session went with it, the other chat's stayed.
+    assert [uuid.UUID(str(r["session_id"])) for r in left["active_sessions"]] == [kept.id]
     # Another user's chat is refused as an unknown one, and nothing of it is touched.
     with pytest.raises(NotFoundError) as theirs:
         await storage.user_data.delete_chat("alice", bob)

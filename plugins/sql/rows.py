@@ -55,7 +55,11 @@ def _reading(model: type[Any]) -> tuple[tuple[str, Callable[[Any], Any] | None],
 
 def from_row(model: type[Model], row: sa.Row[Any]) -> Model:
     """The ``model`` dataclass with each field read from the row's column of that name."""
-    columns = row._mapping
+    return from_mapping(model, row._mapping)
+
+
+def from_mapping(model: type[Model], columns: Mapping[Any, Any]) -> Model:
+    """:func:`from_row` of columns given by name."""
     values = {}
     for name, convert in _reading(model):
         value = columns[name]

@@ -160,29 +160,45 @@ chat_sessions = sa.Table(
     sa.Column("chat_id", sa.Uuid, nullable=False),
     sa.Column("user_id", sa.String(255), nullable=False),
     sa.Column("agent_name", sa.String(200), nullable=False),
-    sa.Column("is_active", sa.Boolean, nullable=False, server_default=sa.true()),
     sa.Column("client_key", sa.String(200), nullable=True),
     *_timestamps(),
     sa.Column("metadata", JSONValue(), nullable=False, server_default=sa.text("'{}'")),
-    # The sweeper's "active and stale" scan.
-    sa.Index(
-        "ix_chat_sessions_active_stale",
-        "updated_at",
-        sqlite_where=sa.text("is_active"),
-        postgresql_where=sa.text("is_active"),
+    # Resuming the latest chat.
+    sa.Index(None, "user_id", "agent_name", "created_at"),
+    # Whose a chat is: its first session's.
+    sa.Index(None, "chat_id", "created_at"),
+    # What active_sessions' foreign key refers to: an active row is its session's user's.
+    sa.Index("ux_chat_sessions_id_user_id_agent_name", "id", "user_id", "agent_name", unique=True),
+)
+
+# The sessions that are active, one row each (migration 0009): deactivating a
+# session deletes its row, which touches no index, where an update of a flag
+# in chat_sessions would add an entry to each of its indexes. ``updated_at``
+# follows the session's (a trigger copies it on every change of chat_sessions').
+active_sessions = sa.Table(
+    "active_sessions",
+    metadata,
+    sa.Column("session_id", sa.Uuid, primary_key=True),
+    sa.Column("user_id", sa.String(255), nullable=False),
+    sa.Column("agent_name", sa.String(200), nullable=False),
+    sa.Column("client_key", sa.String(200), nullable=True),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    sa.ForeignKeyConstraint(
+        ["session_id", "user_id", "agent_name"],
+        ["chat_sessions.id", "chat_sessions.user_id", "chat_sessions.agent_name"],
+        ondelete="CASCADE",
     ),
-    # Resuming the latest chat, and "(user, agent) has an active session".
-    sa.Index(None, "user_id", "agent_name", "is_active", "created_at"),
-    sa.Index(None, "chat_id"),
+    # The sweeper's "active and stale" scan.
+    sa.Index(None, "updated_at"),
     # Idempotent open: one active session per (user, agent, client_key).
     sa.Index(
-        "ux_chat_sessions_client_key",
+        "ux_active_sessions_client_key",
         "user_id",
         "agent_name",
         "client_key",
         unique=True,
-        sqlite_where=sa.text("is_active AND client_key IS NOT NULL"),
-        postgresql_where=sa.text("is_active AND client_key IS NOT NULL"),
+        sqlite_where=sa.text("client_key IS NOT NULL"),
+        postgresql_where=sa.text("client_key IS NOT NULL"),
     ),
 )
 

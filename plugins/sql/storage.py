@@ -38,7 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from chatwright.errors import StorageError
 from chatwright.plugins.sql import migrate
 from chatwright.plugins.sql.audit import SQLAuditStore
-from chatwright.plugins.sql.chats import SQLMessageStore, SQLSessionStore
+from chatwright.plugins.sql.chats import SQLMessageStore
 from chatwright.plugins.sql.deadline import Deadline
 from chatwright.plugins.sql.direct import DirectConnection, Statements
 from chatwright.plugins.sql.engine import (
@@ -54,6 +54,7 @@ from chatwright.plugins.sql.pending import SQLPendingStore
 from chatwright.plugins.sql.postgres import Coordination
 from chatwright.plugins.sql.psycopg_direct import DriverTransaction, psycopg_runner
 from chatwright.plugins.sql.records import SQLRecordStore
+from chatwright.plugins.sql.sessions import SQLSessionStore
 from chatwright.plugins.sql.stores import (
     SQLAgentStore,
     SQLCustomizationStore,

@@ -43,6 +43,7 @@ from chatwright.errors import ChatBusyError, NotFoundError, TooLargeError, one_l
 from chatwright.plugins.sql import schema
 from chatwright.plugins.sql.audit import insert_audit
 from chatwright.plugins.sql.records import column_kind, reflect_table
+from chatwright.plugins.sql.sessions import SESSIONS
 from chatwright.userdata import (
     ERASED_USER,
     USER_TABLES,
@@ -83,6 +84,12 @@ CHAT_PART: tuple[sa.Table, ...] = (
     schema.pending_actions,
     schema.chat_sessions,
 )
+
+
+def _rows_of(table: sa.Table) -> sa.Select[Any]:
+    """What the export shows of a table: a session with whether it is active, which
+    ``active_sessions`` keeps (its row goes with its session)."""
+    return SESSIONS if table is schema.chat_sessions else sa.select(table)
 
 
 def _order(table: sa.Table) -> list[sa.ColumnElement[Any]]:
@@ -183,7 +190,7 @@ class SQLUserData:
                 tables[table.name] = await self._rows(conn, stmt, budget, max_rows)
             await self.db.users.enter(conn, user_id)
             for table in USER_PART:
-                stmt = sa.select(table).where(table.c.user_id == user_id).order_by(*_order(table))
+                stmt = _rows_of(table).where(table.c.user_id == user_id).order_by(*_order(table))
                 tables[table.name] = await self._rows(conn, stmt, budget, max_rows)
             for name, (table, scope) in scoped.items():
                 owned = _owner_is(table.c[scope.column], user_id)

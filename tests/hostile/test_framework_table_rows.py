@@ -29,7 +29,14 @@ ALICE_SAYS = "the vault code is 0451-tangerine"
 API_KEY = "sk-hostile-never-leak-0123456789"
 UNSCOPED = {"user_column": None}
 
-EXACT = ["agents", "agent_tools", "chat_messages", "chat_sessions", "chatwright_schema_version"]
+EXACT = [
+    "agents",
+    "agent_tools",
+    "chat_messages",
+    "chat_sessions",
+    "active_sessions",
+    "chatwright_schema_version",
+]
 SPELLED = ['"agents"', '"Agents"', "public.agents", "main.agents", "public.chat_messages", ""]
 CASED = ["CHAT_MESSAGES", "Chat_Messages", "AGENTS", "Agents", "Agent_Tools", "CHAT_SESSIONS"]
 
