@@ -187,6 +187,19 @@ class SessionStoreContract:
         assert await sessions.active_keys() == set()
         assert await sessions.sweep(cutoff, limit=10) == []
 
+    async def test_a_swept_session_keeps_when_it_was_last_used(
+        self, sessions: SessionStore
+    ) -> None:
+        opened = await sessions.open(ALICE, "helper")
+        await asyncio.sleep(0.002)
+        beat = await sessions.heartbeat(ALICE, opened.id)
+        assert beat is not None and beat.updated_at > opened.updated_at
+        swept = await sessions.sweep(beat.updated_at + timedelta(seconds=1), limit=10)
+        assert [(s.id, s.updated_at) for s in swept] == [(opened.id, beat.updated_at)]
+        found = await sessions.get(ALICE, opened.id)
+        assert found is not None and not found.is_active
+        assert found.updated_at == beat.updated_at
+
     async def test_sweep_returns_at_most_limit_per_call(self, sessions: SessionStore) -> None:
         opened = [await sessions.open(f"user-{i}", "helper") for i in range(7)]
         cutoff = datetime.now(UTC) + timedelta(seconds=1)

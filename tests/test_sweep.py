@@ -347,3 +347,33 @@ async def test_a_turn_keeps_its_session_from_the_sweeper_and_a_swept_one_keeps_i
         assert abs((swept.updated_at - long_ago).total_seconds()) < 1
     finally:
         await runtime.close()
+
+
+@pytest.mark.parametrize("other", ["heartbeat", "touch"])
+async def test_closing_a_session_while_it_is_touched_does_not_deadlock(
+    pg_storage: SQLStorage, other: str
+) -> None:
+    """Closing a session and touching it (a heartbeat; the end of a turn, whose touch
+    is ``touch_chat``'s) lock its two rows in one order. A third transaction holds
+    the active row for a moment, so that both are under way at once."""
+    import psycopg
+
+    store = pg_storage.sessions
+    session = await store.open("ann", AGENT)
+    url = pg_storage.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    async with await psycopg.AsyncConnection.connect(url) as holder:
+        await holder.execute(
+            "SELECT 1 FROM active_sessions WHERE session_id = %s FOR UPDATE", (session.id,)
+        )
+        closing = asyncio.create_task(store.deactivate("ann", session.id))
+        await asyncio.sleep(0.2)
+        if other == "heartbeat":
+            touching = asyncio.create_task(store.heartbeat("ann", session.id))
+        else:
+            touching = asyncio.create_task(store.touch_chat("ann", session.chat_id))
+        await asyncio.sleep(0.2)
+        await holder.commit()
+        closed, _ = await asyncio.wait_for(asyncio.gather(closing, touching), 10)
+    assert closed is not None and not closed.is_active
+    found = await store.get("ann", session.id)
+    assert found is not None and not found.is_active

@@ -190,6 +190,8 @@ active_sessions = sa.Table(
     ),
     # The sweeper's "active and stale" scan.
     sa.Index(None, "updated_at"),
+    # A user's active sessions (and the row-level security policy's column).
+    sa.Index(None, "user_id", "agent_name"),
     # Idempotent open: one active session per (user, agent, client_key).
     sa.Index(
         "ux_active_sessions_client_key",

@@ -204,10 +204,10 @@ class SQLSessionStore(BoundStore):
             return await self._get(conn, user_id, session_id)
 
     async def deactivate(self, user_id: str, session_id: uuid.UUID) -> ChatSession | None:
+        # The session's row before its active row, as a heartbeat, the end of a turn
+        # (the trigger) and deleting a chat (the cascade) take them: in the other
+        # order, two of them at once would deadlock.
         async with self.db.write(user_id) as conn:
-            await conn.execute(
-                _a.delete().where(_a.c.session_id == session_id, _a.c.user_id == user_id)
-            )
             row = (
                 await conn.execute(
                     _s.update()
@@ -216,6 +216,9 @@ class SQLSessionStore(BoundStore):
                     .returning(_s)
                 )
             ).first()
+            await conn.execute(
+                _a.delete().where(_a.c.session_id == session_id, _a.c.user_id == user_id)
+            )
         return _session(row, active=False) if row else None
 
     async def list(

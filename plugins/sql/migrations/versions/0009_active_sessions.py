@@ -104,6 +104,9 @@ def upgrade() -> None:
     )
     op.create_index("ix_active_sessions_updated_at", "active_sessions", ["updated_at"])
     op.create_index(
+        "ix_active_sessions_user_id_agent_name", "active_sessions", ["user_id", "agent_name"]
+    )
+    op.create_index(
         "ux_active_sessions_client_key",
         "active_sessions",
         ["user_id", "agent_name", "client_key"],
