@@ -86,3 +86,18 @@ def close_table(conn: sa.Connection, table: str, *, own_rows: bool = False) -> N
     conn.execute(sa.text(f"GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE {name} TO authenticated"))
     for sequence in sequences:
         conn.execute(sa.text(f"GRANT USAGE ON SEQUENCE {sequence} TO authenticated"))
+
+
+def close_function(conn: sa.Connection, signature: str) -> None:
+    """PostgreSQL: revoke ``EXECUTE`` on the function ``signature`` (``name()``) from
+    ``PUBLIC`` and the Data API roles. For a function only ever run as a trigger,
+    which needs no such privilege (Supabase grants new functions to those roles,
+    as it does tables)."""
+    if conn.dialect.name != "postgresql":
+        return
+    roles = conn.scalars(
+        sa.text("SELECT rolname FROM pg_roles WHERE rolname = ANY(:roles)"),
+        {"roles": list(API_ROLES)},
+    )
+    grantees = ", ".join(["PUBLIC", *(f'"{role}"' for role in sorted(roles))])
+    conn.execute(sa.text(f"REVOKE EXECUTE ON FUNCTION {signature} FROM {grantees}"))

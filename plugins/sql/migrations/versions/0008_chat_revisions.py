@@ -29,7 +29,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from chatwright.plugins.sql.migrations.data_api import API_ROLES, close_table
+from chatwright.plugins.sql.migrations.data_api import close_function, close_table
 
 revision = "0008"
 down_revision = "0007"
@@ -119,12 +119,7 @@ def upgrade() -> None:
     op.execute(POSTGRESQL_FUNCTION.replace("{schema}", schema))
     # Only ever run as a trigger, which needs no EXECUTE privilege: none for anyone
     # (Supabase grants new functions to its Data API roles, as it does tables).
-    roles = bind.scalars(
-        sa.text("SELECT rolname FROM pg_roles WHERE rolname = ANY(:roles)"),
-        {"roles": list(API_ROLES)},
-    )
-    grantees = ", ".join(["PUBLIC", *(f'"{role}"' for role in sorted(roles))])
-    op.execute(f"REVOKE EXECUTE ON FUNCTION chatwright_revise_chats() FROM {grantees}")
+    close_function(bind, "chatwright_revise_chats()")
     for name, when in POSTGRESQL_TRIGGERS.items():
         op.execute(f"CREATE TRIGGER {name} {when} EXECUTE FUNCTION chatwright_revise_chats()")
 

@@ -38,7 +38,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from chatwright.plugins.sql.migrations.data_api import API_ROLES, close_table
+from chatwright.plugins.sql.migrations.data_api import close_function, close_table
 from chatwright.plugins.sql.schema import UTCDateTime
 
 revision = "0009"
@@ -131,12 +131,7 @@ def upgrade() -> None:
     schema = bind.dialect.identifier_preparer.quote(bind.scalar(sa.text("SELECT current_schema()")))
     op.execute(POSTGRESQL_FUNCTION.replace("{schema}", schema))
     # Only ever run as a trigger, which needs no EXECUTE privilege: none for anyone.
-    roles = bind.scalars(
-        sa.text("SELECT rolname FROM pg_roles WHERE rolname = ANY(:roles)"),
-        {"roles": list(API_ROLES)},
-    )
-    grantees = ", ".join(["PUBLIC", *(f'"{role}"' for role in sorted(roles))])
-    op.execute(f"REVOKE EXECUTE ON FUNCTION chatwright_session_touched() FROM {grantees}")
+    close_function(bind, "chatwright_session_touched()")
     op.execute(POSTGRESQL_TRIGGER)
 
 
