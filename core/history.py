@@ -37,7 +37,7 @@ from langchain_core.messages import (
     messages_from_dict,
 )
 
-from chatwright.stores import Message, NewMessage
+from chatwright.stores import KEPT_CHARS, Message, NewMessage, message_weight
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,9 @@ def answered(messages: Sequence[BaseMessage]) -> list[BaseMessage]:
 PARSED_KEPT = 2048
 """Most stored messages whose parsed form is kept for the next turns (see :func:`parsed`)."""
 
-_parsed: OrderedDict[int, tuple[Any, BaseMessage]] = OrderedDict()
+_parsed: OrderedDict[int, tuple[Any, BaseMessage, int]] = OrderedDict()
+_parsed_chars = 0
+"""What the messages in ``_parsed`` weigh together (:func:`chatwright.stores.message_weight`)."""
 
 
 def parsed(stored: Message) -> BaseMessage | None:
@@ -215,7 +217,8 @@ def parsed(stored: Message) -> BaseMessage | None:
     A chat's window is read again every turn, and parsing (validating) each of its
     messages costs more than the turn's statements, so the last ``PARSED_KEPT``
     parsed are kept by id, each with the content it came from, and one is reused only
-    for a message of the same id and equal content.
+    for a message of the same id and equal content. Their texts hold at most
+    :data:`~chatwright.stores.KEPT_CHARS` characters together.
 
     The message is shared: every turn that reads the stored message gets the same
     object, as an application that keeps its chat in a list passes the same messages to
@@ -226,6 +229,7 @@ def parsed(stored: Message) -> BaseMessage | None:
     run's state) makes a changed copy (``model_copy(update=...)``), as LangChain's
     own middleware does.
     """
+    global _parsed_chars
     content = stored.content
     if "data" not in content:
         return None
@@ -241,7 +245,14 @@ def parsed(stored: Message) -> BaseMessage | None:
         return None
     if message.id is None:
         message.id = str(uuid.uuid4())
-    _parsed[stored.id] = (content, message)
-    if len(_parsed) > PARSED_KEPT:
-        _parsed.popitem(last=False)
+    try:
+        if kept is not None:
+            _parsed_chars -= _parsed.pop(stored.id)[2]
+        weight = message_weight(content)
+        _parsed[stored.id] = (content, message, weight)
+        _parsed_chars += weight
+        while _parsed and (len(_parsed) > PARSED_KEPT or _parsed_chars > KEPT_CHARS):
+            _parsed_chars -= _parsed.popitem(last=False)[1][2]
+    except KeyError:  # changed meanwhile (event loops in other threads): weigh again
+        _parsed_chars = sum(entry[2] for entry in list(_parsed.values()))
     return message

@@ -155,6 +155,28 @@ class Message:
     created_at: datetime
 
 
+KEPT_CHARS = 16_000_000
+"""Most characters of message text that each of the turn path's caches of stored messages
+holds (:func:`message_weight`), besides its bound on how many messages: a few chats of
+very long messages (a model's long replies, large tool arguments) take the room of many
+chats of short ones instead of holding gigabytes."""
+
+
+def message_weight(content: Mapping[str, Any]) -> int:
+    """About how many characters a stored message (a LangChain message dict) holds: its
+    text, and its tool calls' arguments when it has any; at least 1. What the caches
+    of stored messages count against :data:`KEPT_CHARS`."""
+    data = content.get("data")
+    if not isinstance(data, Mapping):
+        return 1 + len(repr(content))
+    text = data.get("content")
+    weight = 1 + (len(text) if isinstance(text, str) else len(repr(text)))
+    calls = data.get("tool_calls")
+    if calls:
+        weight += len(repr(calls))
+    return weight
+
+
 @dataclass(frozen=True)
 class ChatInfo:
     """One of a user's chats as a list of chats shows it."""

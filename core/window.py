@@ -77,7 +77,7 @@ from langchain_core.messages import (
 from langchain_core.messages.utils import count_tokens_approximately
 
 from chatwright.history import parsed, storable_value
-from chatwright.stores import Message, NewSummary
+from chatwright.stores import KEPT_CHARS, Message, NewSummary, message_weight
 
 if TYPE_CHECKING:
     from chatwright.settings import Settings
@@ -182,7 +182,8 @@ def _read(
 READ_KEPT = 2048
 """Most stored messages of the windows :func:`read_window` keeps read, all chats together
 (as many as :data:`chatwright.history.PARSED_KEPT`, so that they are mostly the same
-messages); each chat's kept read counts as one more."""
+messages); each chat's kept read counts as one more. Their texts also hold at most
+:data:`chatwright.stores.KEPT_CHARS` characters together."""
 
 
 @dataclass
@@ -191,6 +192,8 @@ class _Read:
     pairs: Turn
     at: list[int]
     open_calls: set[str]
+    weight: int = 0
+    """What its rows weigh together (:func:`chatwright.stores.message_weight`)."""
 
     @property
     def size(self) -> int:
@@ -200,6 +203,7 @@ class _Read:
 
 _reads: OrderedDict[tuple[Any, str], _Read] = OrderedDict()
 _read_rows = 0
+_read_chars = 0
 
 
 def read_window(start: TurnStart) -> Turn:
@@ -211,27 +215,38 @@ def read_window(start: TurnStart) -> Turn:
     first human message on are the new one's (reading starts afresh at each human
     message), and only the messages since are read; otherwise the window is read whole.
     """
-    global _read_rows
+    global _read_rows, _read_chars
     rows = start.history
     key = (start.chat_id, start.user_id)
     last = _reads.pop(key, None)
     if last is not None:
         _read_rows -= last.size
+        _read_chars -= last.weight
     if not rows:
         return []  # nothing to go on from (a chat's first turn): nothing kept
     made = _continued(last, rows) if last is not None else None
     if made is None:
-        made = _Read(rows, *_read(rows, 0, [], [], set()))
+        made = _Read(rows, *_read(rows, 0, [], [], set()), weight=_weight(rows))
+    if made.size > READ_KEPT or made.weight > KEPT_CHARS:
+        return list(made.pairs)  # more than is kept of all chats together
     _reads[key] = made
     _read_rows += made.size
-    while _read_rows > READ_KEPT:
+    _read_chars += made.weight
+    while _read_rows > READ_KEPT or _read_chars > KEPT_CHARS:
         try:
             _, oldest = _reads.popitem(last=False)
         except KeyError:  # emptied meanwhile (event loops in other threads): count again
-            _read_rows = sum(read.size for read in list(_reads.values()))
+            values = list(_reads.values())
+            _read_rows = sum(read.size for read in values)
+            _read_chars = sum(read.weight for read in values)
             break
         _read_rows -= oldest.size
+        _read_chars -= oldest.weight
     return list(made.pairs)
+
+
+def _weight(rows: Sequence[Message]) -> int:
+    return sum(message_weight(row.content) for row in rows)
 
 
 def _continued(last: _Read, rows: Sequence[Message]) -> _Read | None:
@@ -259,7 +274,9 @@ def _continued(last: _Read, rows: Sequence[Message]) -> _Read | None:
         return None
     pairs = last.pairs[first:]
     at = [position - dropped for position in last.at[first:]]
-    return _Read(rows, *_read(rows, kept, pairs, at, last.open_calls))
+    # Weighed as it changed: the rows that came, less those that left.
+    weight = last.weight - _weight(last.rows[:dropped]) + _weight(rows[kept:])
+    return _Read(rows, *_read(rows, kept, pairs, at, last.open_calls), weight=weight)
 
 
 def split_turns(pairs: Turn) -> list[Turn]:

@@ -254,3 +254,64 @@ def test_a_kept_window_is_built_on_only_when_nothing_else_changed() -> None:
     assert windows.span(key, 3) == (2, 6)
     # Cut to five, it cannot serve a window of ten.
     assert windows.window(key, 3, 6, messages(chat_id, 7, 7), 10, 5) is None
+
+
+def test_windows_keep_at_most_their_bound_of_text_too() -> None:
+    from chatwright.stores import message_weight
+
+    windows = Windows(most=1000, chars=5000)
+    chats = [uuid.uuid4() for _ in range(4)]
+
+    def long(chat_id: uuid.UUID, first: int, last: int) -> list[Message]:
+        return [
+            Message(i, chat_id, USER, "ai", human("x" * 1000), None) for i in range(first, last + 1)
+        ]
+
+    for chat_id in chats[:3]:
+        windows.window((chat_id, USER), 0, 0, long(chat_id, 1, 2), 50, 0)
+    # 2 + 2 + 2 messages of 1,001 characters: 6,006 of 5,000, so the first chat's go.
+    assert len(windows) == 2
+    assert windows.span((chats[0], USER), 0) == (0, 0)
+    assert windows.span((chats[2], USER), 0) == (0, 2)
+    # Built on, a window is weighed as it changed: one message in, one out.
+    key = (chats[2], USER)
+    made = windows.window(key, 0, 2, long(chats[2], 3, 3), 2, 2)
+    assert made is not None and [x.id for x in made] == [2, 3]
+    held = sum(message_weight(x.content) for k in windows._kept for x in windows._kept[k].messages)
+    assert windows._weight == held == 4004
+    # One message heavier than the bound is not kept, and nothing else is let go for it.
+    heavy = [Message(1, chats[3], USER, "ai", human("y" * 6000), None)]
+    windows.window((chats[3], USER), 0, 0, heavy, 50, 0)
+    assert windows.span((chats[3], USER), 0) == (0, 0)
+    assert len(windows) == 2 and windows._weight == 4004
+
+
+async def test_long_messages_keep_the_turn_stores_caches_within_their_text_bound(
+    make: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chats of long messages: what the turn store keeps of them (the messages it made,
+    the kept windows) stays within the bound of text, and each turn still sees its
+    whole window, read again when its kept one was let go."""
+    from chatwright.plugins.sql import turns as sql_turns
+    from chatwright.stores import message_weight
+
+    bound = 60_000
+    monkeypatch.setattr(sql_turns, "KEPT_CHARS", bound)
+    runtime, _ = await started(make)
+    store = runtime.turns
+    assert isinstance(store, sql_turns.SQLTurnStore)
+    store._windows.chars = bound
+    chats = [await chat_of(runtime, USER) for _ in range(4)]
+    said: dict[uuid.UUID, list[str]] = {c: [] for c in chats}
+    for n in range(3):
+        for i, chat_id in enumerate(chats):
+            text = f"{i}-{n}-" + "z" * 4000
+            said[chat_id].append(text)
+            assert seen(await runtime.chat(USER, ECHO, chat_id, text))["humans"] == said[chat_id]
+            made = store._messages.values()
+            assert store._message_chars == sum(weight for _, _, weight in made) <= bound
+            windows = store._windows
+            held = [x for kept in windows._kept.values() for x in kept.messages]
+            assert windows._weight == sum(message_weight(x.content) for x in held) <= bound
+    # Twelve turns of some 4,000 characters said and about as many echoed: not all kept.
+    assert len(store._windows) < len(chats)

@@ -443,3 +443,51 @@ def test_the_kept_reads_are_bounded_whatever_the_windows() -> None:
     kept = sum(len(read.rows) + 1 for read in window._reads.values())
     assert kept == window._read_rows <= window.READ_KEPT
     assert len(window._reads) <= window.READ_KEPT // 2
+
+
+def test_the_caches_of_stored_messages_are_bounded_by_their_text_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A few chats of very long messages (a model's long replies) cannot make the parsed
+    messages and the kept reads hold more than ``KEPT_CHARS`` characters: the least
+    recently used go, and the weights kept add up to what is held."""
+    from langchain_core.messages import message_to_dict
+
+    from chatwright.stores import message_weight
+
+    bound = 50_000
+    monkeypatch.setattr(history, "KEPT_CHARS", bound)
+    monkeypatch.setattr(window, "KEPT_CHARS", bound)
+    at = datetime.now(UTC)
+
+    def long_rows(first: int, chat_id: uuid.UUID, user: str) -> list[Message]:
+        texts = [HumanMessage("q" * 4000), AIMessage("a" * 6000)]
+        return [
+            Message(first + i, chat_id, user, m.type, message_to_dict(m), at)
+            for i, m in enumerate(texts)
+        ]
+
+    for n in range(40):
+        chat_id = uuid.uuid4()
+        rows_of_chat = long_rows(8 * 10**8 + 10 * n, chat_id, f"long-{n}")
+        for row in rows_of_chat:
+            assert history.parsed(row) is not None
+        start = TurnStart(f"long-{n}", "a", chat_id, agent(), rows_of_chat, "", [])
+        assert [row for row, _ in window.read_window(start)] == rows_of_chat
+        parsed_weight = sum(entry[2] for entry in history._parsed.values())
+        assert parsed_weight == history._parsed_chars <= bound
+        read_weight = sum(read.weight for read in window._reads.values())
+        assert read_weight == window._read_chars <= bound
+        assert read_weight == sum(
+            message_weight(row.content) for read in window._reads.values() for row in read.rows
+        )
+    # Forty chats of 10,000 characters each: only the last few are kept.
+    assert len([k for k in history._parsed if k >= 8 * 10**8]) <= 2 * (bound // 10_000)
+    assert sum(1 for _, user in window._reads if user.startswith("long-")) <= 5
+    # A read heavier than the bound is not kept, and lets nothing else go.
+    before = dict(window._reads)
+    heavy = TurnStart(
+        "heavy", "a", uuid.uuid4(), agent(), long_rows(9 * 10**8, CHAT, "h") * 6, "", []
+    )
+    window.read_window(heavy)
+    assert window._reads == before

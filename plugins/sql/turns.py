@@ -101,7 +101,15 @@ from chatwright.plugins.sql.turn_statements import (
 )
 from chatwright.plugins.sql.user_transactions import UserTransactions
 from chatwright.plugins.sql.windows import Windows
-from chatwright.stores import Agent, ChatSummary, Message, NewMessage, NewSummary
+from chatwright.stores import (
+    KEPT_CHARS,
+    Agent,
+    ChatSummary,
+    Message,
+    NewMessage,
+    NewSummary,
+    message_weight,
+)
 from chatwright.turns import TurnStart, approval_pending, not_your_chat
 from chatwright.usage import BudgetLimits, TurnUsage
 
@@ -162,7 +170,9 @@ class SQLTurnStore(BoundStore):
     def __init__(self, db: SQLStorage) -> None:
         super().__init__(db)
         self._pending: set[asyncio.Task[None]] = set()
-        self._messages: OrderedDict[int, tuple[tuple[Any, ...], Message]] = OrderedDict()
+        self._messages: OrderedDict[int, tuple[tuple[Any, ...], Message, int]] = OrderedDict()
+        self._message_chars = 0
+        """What the kept messages weigh together (see ``_message``)."""
         self._read_time: Any = None
         self._agents: dict[str, tuple[tuple[Any, ...], Agent]] = {}
         self._windows = Windows()
@@ -608,7 +618,8 @@ class SQLTurnStore(BoundStore):
         before: the last ``KNOWN_MESSAGES`` made are kept by id with what they were
         made from (role, content text, time), and one is reused only when the row
         read now has the same (decoding the content, or converting a stored time,
-        costs more than reading the row).
+        costs more than reading the row). The kept messages' content texts hold at
+        most :data:`~chatwright.stores.KEPT_CHARS` characters together.
         """
         known = self._messages
         kept = known.get(message_id)
@@ -621,9 +632,13 @@ class SQLTurnStore(BoundStore):
         made = Message(
             message_id, chat_id, user_id, role, content, self._time(at) if stored_time else at
         )
-        known[message_id] = ((role, raw, at), made)
-        if len(known) > KNOWN_MESSAGES:
-            known.popitem(last=False)
+        weight = len(raw) if isinstance(raw, str) else message_weight(content)
+        if kept is not None:
+            self._message_chars -= known.pop(message_id)[2]
+        known[message_id] = ((role, raw, at), made, weight)
+        self._message_chars += weight
+        while known and (len(known) > KNOWN_MESSAGES or self._message_chars > KEPT_CHARS):
+            self._message_chars -= known.popitem(last=False)[1][2]
         return made
 
     def _time(self, stored: Any) -> Any:

@@ -23,8 +23,9 @@ messages by its second, each with its own snapshot: a transaction that edits
 a message and commits between the two shows from the chat's next turn on.
 
 A chat's window is kept for the (chat, user) it was read for.
-:data:`KEPT_MESSAGES` bounds what all kept windows hold together; the chats
-used least recently are let go first.
+:data:`KEPT_MESSAGES` bounds how many messages all kept windows hold together,
+and ``KEPT_CHARS`` (:mod:`chatwright.stores`) how many characters of text; the
+chats used least recently are let go first.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from chatwright.stores import Message
+from chatwright.stores import KEPT_CHARS, Message, message_weight
 
 KEPT_MESSAGES = 4096
 """Most messages the kept windows of a turn store hold together."""
@@ -51,15 +52,19 @@ class Kept:
     """The window, oldest first."""
     whole: bool
     """Whether the window held all of the user's messages in the chat then."""
+    weight: int = 0
+    """What its messages weigh together (:func:`chatwright.stores.message_weight`)."""
 
 
 class Windows:
     """Kept windows by (chat, user); see the module docstring."""
 
-    def __init__(self, most: int = KEPT_MESSAGES) -> None:
+    def __init__(self, most: int = KEPT_MESSAGES, chars: int = KEPT_CHARS) -> None:
         self.most = most
+        self.chars = chars
         self._kept: OrderedDict[Key, Kept] = OrderedDict()
         self._held = 0
+        self._weight = 0
 
     def span(self, key: Key, revision: int) -> tuple[int, int]:
         """The ids between which to count the user's messages, and after which to read
@@ -96,6 +101,7 @@ class Windows:
         if after == 0 or len(newer) >= limit:
             # Read whole, or all of it is new: the window is what was read.
             made, whole = list(newer), len(newer) < limit
+            weight = _weight(made)
         elif (
             kept is None
             or revision != kept.revision
@@ -110,20 +116,31 @@ class Windows:
                 # The kept window was cut to a smaller limit than this turn's.
                 return None
             made, whole = joined[-limit:], kept.whole and len(joined) <= limit
-        self._keep(key, revision, made, whole)
+            # Weighed as it changed: the messages that came, less those that left.
+            weight = kept.weight + _weight(newer) - _weight(joined[: len(joined) - len(made)])
+        self._keep(key, revision, made, whole, weight)
         return list(made)
 
-    def _keep(self, key: Key, revision: int, messages: list[Message], whole: bool) -> None:
+    def _keep(
+        self, key: Key, revision: int, messages: list[Message], whole: bool, weight: int
+    ) -> None:
         old = self._kept.pop(key, None)
         if old is not None:
             self._held -= len(old.messages)
-        if not messages or len(messages) > self.most:
+            self._weight -= old.weight
+        if not messages or len(messages) > self.most or weight > self.chars:
             return
-        self._kept[key] = Kept(revision, messages, whole)
+        self._kept[key] = Kept(revision, messages, whole, weight)
         self._held += len(messages)
-        while self._held > self.most:
+        self._weight += weight
+        while self._held > self.most or self._weight > self.chars:
             _, gone = self._kept.popitem(last=False)
             self._held -= len(gone.messages)
+            self._weight -= gone.weight
 
     def __len__(self) -> int:
         return len(self._kept)
+
+
+def _weight(messages: Sequence[Message]) -> int:
+    return sum(message_weight(m.content) for m in messages)

@@ -24,7 +24,7 @@ from chatwright.history import to_store
 from chatwright.plugins.example import assistant as example
 from chatwright.plugins.models.scripted import ScriptedChatModel
 from chatwright.window import SUMMARY_CHARS, SUMMARY_INSTRUCTIONS, TRANSCRIPT_CHARS
-from tests.hostile.conftest import AGENT, MakeServer, Server, bearer, open_chat
+from tests.hostile.conftest import AGENT, MakeServer, Server, bearer, open_chat, script
 
 USER, OTHER = "eve", "mallory"
 
@@ -191,3 +191,48 @@ async def test_a_flood_answering_the_summary_call_is_cut_and_never_shown_to_anot
     own = await planted(server, [HumanMessage("mine")], user=OTHER)
     mine = await server.client.get(f"/api/chats/{own}/messages", headers=bearer(OTHER))
     assert mine.status_code == 200 and mine.json()["summary"] is None
+
+
+async def test_floods_from_the_model_keep_the_caches_of_messages_within_their_bound(
+    make_server: MakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model that answers every turn with huge tool arguments and a huge reply, over
+    many chats: what the turn path keeps of stored messages (parsed messages, kept
+    reads, the turn store's messages and windows) stays within its bound of text, and
+    every chat still answers and keeps all it was told."""
+    from chatwright import history, window
+    from chatwright.plugins.sql import turns as sql_turns
+
+    bound = 1_000_000
+    for module in (history, window, sql_turns):
+        monkeypatch.setattr(module, "KEPT_CHARS", bound)
+    server = await make_server()
+    await example.seed(server.runtime.storage, "scripted:x")
+    store = server.runtime.turns
+    if isinstance(store, sql_turns.SQLTurnStore):
+        store._windows.chars = bound
+    flood = "f" * 300_000
+    chats = []
+    for n in range(6):
+        flooding = script(("list_tasks", {"title": flood + str(n)}), reply=flood)
+        # Then the chat's next turn reads its window (the flood) back.
+        flooding["responses"].append({"content": "short"})
+        await server.runtime.storage.agents.update(AGENT, model_settings=flooding)
+        chat_id = (await open_chat(server.client, USER))["chat_id"]
+        chats.append(chat_id)
+        for said in ("go", "again"):
+            answer = await server.client.post(
+                "/api/chat",
+                json={"agent_name": AGENT, "chat_id": chat_id, "message": said},
+                headers=bearer(USER),
+            )
+            assert answer.status_code == 200, answer.text[:300]
+        assert history._parsed_chars <= bound
+        assert window._read_chars <= bound
+        if isinstance(store, sql_turns.SQLTurnStore):
+            assert store._message_chars <= bound
+            assert store._windows._weight <= bound
+    for chat_id in chats:
+        got = await server.client.get(f"/api/chats/{chat_id}/messages", headers=bearer(USER))
+        assert got.status_code == 200, got.text[:300]
+        assert flood in got.text
