@@ -13,6 +13,7 @@ privileges (see tests/test_supabase.py).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -28,6 +29,7 @@ from chatwright.errors import ChatBusyError, NotFoundError
 from chatwright.plugins.example import assistant as example
 from chatwright.plugins.sql import schema
 from chatwright.plugins.sql.storage import SQLStorage
+from chatwright.plugins.sql.turn_statements import take_lease
 from chatwright.stores import ColumnSpec, NewMessage, NewSummary, TableSpec
 from chatwright.usage import TurnUsage
 from chatwright.userdata import ARCHIVE_FORMAT, ARCHIVE_VERSION, ERASED_USER, USER_TABLES
@@ -257,6 +259,49 @@ async def test_a_running_turn_holds_off_erasure_and_chat_deletion(storage: SQLSt
     assert (await storage.user_data.erase("alice", requested_by="test")).tables[
         "chat_messages"
     ] == 4
+
+
+async def test_a_turn_taking_its_lease_meanwhile_holds_off_erasure_and_chat_deletion(
+    storage: SQLStorage,
+) -> None:
+    """On PostgreSQL a turn takes its chat's lease in a transaction that also checks the
+    chat is the user's and stores its message: a deletion that only read the leases would
+    not see that lease before the turn commits, and both would go through (the turn's
+    messages left behind, in no session). The deletion takes the leases itself: it waits
+    for the turn's transaction, then finds the lease held."""
+    if storage.dialect != "postgresql":
+        pytest.skip("SQLite runs one write transaction at a time: the two cannot overlap")
+    chat = await seed_user(storage, "alice")
+    leases = schema.chat_leases
+    deletions = {
+        "delete_chat": lambda: storage.user_data.delete_chat("alice", chat),
+        "erase": lambda: storage.user_data.erase("alice", requested_by="test"),
+    }
+    for name, deletion in deletions.items():
+        turn = await storage.engine.connect()
+        try:
+            # A turn's first transaction: its lease taken, not committed yet.
+            at = datetime.now(UTC)
+            until = at + timedelta(minutes=1)
+            values = {"chat_id": chat, "holder": "turn", "expires_at": until, "at": at}
+            await turn.execute(take_lease("postgresql"), values)
+            deleting = asyncio.ensure_future(deletion())
+            await asyncio.sleep(0.5)
+            assert not deleting.done(), name  # waiting for the turn's transaction
+            await turn.commit()
+        finally:
+            await turn.close()
+        with pytest.raises(ChatBusyError, match="running"):
+            await deleting
+        async with storage.write() as conn:
+            found = await conn.scalar(sa.select(leases.c.holder).where(leases.c.chat_id == chat))
+            assert found == "turn", name  # the turn's lease, as it left it
+            await conn.execute(leases.delete())
+    assert (await storage.user_data.export("alice")).counts()["chat_messages"] == 4
+    # With no turn running, the deletion takes the leases and they go with the chat.
+    assert (await storage.user_data.delete_chat("alice", chat)).tables["chat_messages"] == 4
+    async with storage.read() as conn:
+        assert await conn.scalar(sa.select(sa.func.count()).select_from(leases)) == 0
 
 
 # --------------------------------------------------------------------------- over HTTP

@@ -31,11 +31,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Collection, Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy import exc
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chatwright.approvals import NewAuditEntry
@@ -58,6 +59,9 @@ from chatwright.userdata import (
 
 if TYPE_CHECKING:
     from chatwright.plugins.sql.storage import SQLStorage
+
+LEASES_AT_ONCE = 500
+"""Most chat leases a deletion takes in one statement (SQLite bounds its parameters)."""
 
 # The framework's part: tables the user may not change (or read) under row-level security.
 FRAMEWORK_PART: tuple[sa.Table, ...] = (
@@ -147,19 +151,40 @@ class SQLUserData:
         return chats
 
     async def _refuse_running(self, conn: AsyncConnection, chats: Collection[uuid.UUID]) -> None:
+        """Take the leases of ``chats`` for the deletion (they go with the chats' rows), or
+        refuse when a turn holds one.
+
+        Taken, not only read: on PostgreSQL a turn that has taken its lease in a
+        transaction not committed yet is invisible to a read, and would store its
+        messages after the deletion. Taking the lease waits for that transaction,
+        then finds the lease held; a turn that starts meanwhile waits for this
+        transaction, then finds no chat. Taken in the chats' order, a part at a time.
+        """
         if not chats:
             return
-        t = schema.chat_leases
-        busy = await conn.scalar(
-            sa.select(t.c.chat_id)
-            .where(t.c.chat_id.in_(list(chats)), t.c.expires_at > datetime.now(UTC))
-            .limit(1)
-        )
-        if busy is not None:
-            raise ChatBusyError(
-                f"a turn of chat {busy} is running; try again when it has ended "
-                "(a turn ends within turns.timeout)"
+        leases = schema.chat_leases
+        insert = postgresql.insert if self.db.dialect == "postgresql" else sqlite.insert
+        at = datetime.now(UTC)
+        holder = f"deletion-{uuid.uuid4().hex}"
+        until = at + timedelta(seconds=self.db.turn_lease)
+        ordered = sorted(chats)
+        for first in range(0, len(ordered), LEASES_AT_ONCE):
+            part = ordered[first : first + LEASES_AT_ONCE]
+            rows = insert(leases).values(
+                [{"chat_id": c, "holder": holder, "expires_at": until} for c in part]
             )
+            take = rows.on_conflict_do_update(
+                index_elements=["chat_id"],
+                set_={"holder": rows.excluded.holder, "expires_at": rows.excluded.expires_at},
+                where=leases.c.expires_at < at,
+            ).returning(leases.c.chat_id)
+            taken = set((await conn.scalars(take)).all())
+            busy = next((c for c in part if c not in taken), None)
+            if busy is not None:
+                raise ChatBusyError(
+                    f"a turn of chat {busy} is running; try again when it has ended "
+                    "(a turn ends within turns.timeout)"
+                )
 
     @staticmethod
     async def _rows(
