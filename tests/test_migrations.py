@@ -140,11 +140,26 @@ async def check_active_sessions_migration(storage: SQLStorage) -> None:
     await sessions.heartbeat("bob", uuid.UUID(OLD_SESSIONS[2][0]))
     swept = await sessions.sweep_ids(datetime(2026, 6, 1, tzinfo=UTC), limit=10)
     assert [str(i) for i in swept] == [OLD_SESSIONS[0][0]]
+    # An active row's key changed since its session opened (as a user's own UPDATE
+    # could on Supabase), and the key opened again: two active sessions whose
+    # chat_sessions rows hold the same key. Going back takes the active rows' keys.
+    first = await sessions.open("cy", "a", client_key="tab-2")
+    async with storage.write() as conn:
+        await conn.execute(
+            sa.text("UPDATE active_sessions SET client_key = 'renamed' WHERE client_key = 'tab-2'")
+        )
+    second = await sessions.open("cy", "a", client_key="tab-2")
+    assert second.id != first.id
     async with storage._transaction(None, write=True, bounded=False) as conn:
         await conn.run_sync(_downgrade, "0008")
     async with storage.read() as conn:
         flags = dict((await conn.execute(sa.text("SELECT id, is_active FROM chat_sessions"))).all())
-    assert {str(uuid.UUID(str(k))): bool(v) for k, v in flags.items()} == {
+        keys = dict((await conn.execute(sa.text("SELECT id, client_key FROM chat_sessions"))).all())
+    flags = {str(uuid.UUID(str(k))): bool(v) for k, v in flags.items()}
+    keys = {str(uuid.UUID(str(k))): v for k, v in keys.items()}
+    assert (flags[str(first.id)], keys[str(first.id)]) == (True, "renamed")
+    assert (flags[str(second.id)], keys[str(second.id)]) == (True, "tab-2")
+    assert {k: v for k, v in flags.items() if k not in {str(first.id), str(second.id)}} == {
         OLD_SESSIONS[0][0]: False,
         OLD_SESSIONS[1][0]: False,
         OLD_SESSIONS[2][0]: True,

@@ -149,6 +149,13 @@ def downgrade() -> None:
     op.execute(
         "UPDATE chat_sessions SET is_active = (id IN (SELECT session_id FROM active_sessions))"
     )
+    # The active rows' keys, unique among them, for 0008's unique index of active keys
+    # (the key a session opened with may since have been written on its active row).
+    op.execute(
+        "UPDATE chat_sessions SET client_key = (SELECT a.client_key FROM active_sessions a "
+        "WHERE a.session_id = chat_sessions.id) "
+        "WHERE id IN (SELECT session_id FROM active_sessions)"
+    )
     op.drop_index("ix_chat_sessions_user_id_agent_name_created_at", "chat_sessions")
     op.drop_index(OWNER_INDEX_BY_CHAT, "chat_sessions")
     op.create_index("ix_chat_sessions_chat_id", "chat_sessions", ["chat_id"])
