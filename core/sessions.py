@@ -51,23 +51,40 @@ class SweepReport:
 
 
 async def deactivate(runtime: Runtime, user_id: str, session_id: uuid.UUID) -> ChatSession:
-    """Deactivate one of the user's sessions (idempotent) and fire ``session_deactivated``."""
-    before = await runtime.storage.sessions.get(user_id, session_id)
-    if before is None:
-        raise NotFoundError(f"no session {session_id} for this user")
-    session = await runtime.storage.sessions.deactivate(user_id, session_id)
-    if session is None:
-        raise NotFoundError(f"no session {session_id} for this user")
-    if before.is_active:
+    """Deactivate one of the user's sessions (idempotent) and fire ``session_deactivated``
+    when this call deactivated it: not when it was inactive already, nor when a sweeper
+    (which reports it) got there first (with a store that has ``deactivate_once``)."""
+    store = runtime.storage.sessions
+    missing = NotFoundError(f"no session {session_id} for this user")
+    if _own(store, "deactivate_once"):
+        found = await store.deactivate_once(user_id, session_id)
+        if found is None:
+            raise missing
+        session, closed = found
+    else:
+        before = await store.get(user_id, session_id)
+        if before is None:
+            raise missing
+        gone = await store.deactivate(user_id, session_id)
+        if gone is None:
+            raise missing
+        session, closed = gone, before.is_active
+    if closed:
         runtime.plugins.notify("session_deactivated", session=session, reason="client")
     return session
+
+
+def _own(store: SessionStore, name: str) -> bool:
+    """Whether ``store`` has method ``name`` of its own: not the protocol's empty body
+    (a store written before it existed may subclass the protocol)."""
+    method = getattr(type(store), name, None)
+    return method is not None and method is not getattr(SessionStore, name)
 
 
 def _counts(store: SessionStore) -> bool:
     """Whether ``store`` has a ``sweep_count`` of its own: a store written before it existed
     (perhaps a subclass of the protocol, with its empty body) is swept by its ids."""
-    method = getattr(type(store), "sweep_count", None)
-    return method is not None and method is not SessionStore.sweep_count
+    return _own(store, "sweep_count")
 
 
 async def _sweep_batch(

@@ -349,6 +349,19 @@ class SessionStore(Protocol):
 
     async def deactivate(self, user_id: str, session_id: uuid.UUID) -> ChatSession | None: ...
 
+    async def deactivate_once(
+        self, user_id: str, session_id: uuid.UUID
+    ) -> tuple[ChatSession, bool] | None:
+        """:meth:`deactivate`, also saying whether this call deactivated the session (it
+        was active until then); None when the session is not the user's.
+
+        Optional: with it, a client's close and a sweeper's pass closing one session
+        at the same moment report it to ``session_deactivated`` once. A store without
+        it (this empty body) is closed with :meth:`deactivate`, whether it was active
+        read just before, and such a race may report the session twice.
+        """
+        ...
+
     async def list(
         self, user_id: str | None = None, *, active: bool | None = None
     ) -> builtins.list[ChatSession]: ...

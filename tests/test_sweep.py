@@ -178,6 +178,96 @@ async def test_rows_are_fetched_only_when_a_plugin_listens_and_ids_only_when_kep
         await runtime.close()
 
 
+async def test_clients_closing_sessions_while_sweepers_sweep_them_report_each_once(
+    pg_storage: SQLStorage, pg_url: str
+) -> None:
+    """A client's close and a sweeper's pass that deactivate one session at the same
+    moment: ``session_deactivated`` fires for it once, by whichever deleted its active
+    row (``deactivate_once``), not also by the other, which found it active a moment
+    before. Every close answers the session, inactive."""
+    from chatwright.sessions import deactivate
+
+    opened = await bulk_sessions(pg_storage, 600)
+    recorders = [Recorder() for _ in range(3)]
+    runtimes = [await started(pg_url, 20, recorder=r) for r in recorders]
+    async with pg_storage.read() as conn:
+        rows = await conn.execute(
+            sa.select(schema.chat_sessions.c.id, schema.chat_sessions.c.user_id)
+        )
+        users: dict[uuid.UUID, str] = dict(rows.all())
+    try:
+        later = datetime.now(UTC) + LATER
+        closes = [
+            deactivate(runtimes[n % 2], users[sid], sid) for n, sid in enumerate(sorted(opened))
+        ]
+        results = await asyncio.gather(sweep(runtimes[2], later), *closes)
+        assert all(not session.is_active for session in results[1:])
+        fired = [(s.id, reason) for r in recorders for s, reason in r.deactivated]
+        ids = [sid for sid, _ in fired]
+        assert len(ids) == len(set(ids)), "a session was reported twice"
+        assert set(ids) == opened
+        # Both kinds of close happened: the race was run.
+        assert {reason for _, reason in fired} == {"idle", "client"}, len(fired)
+        assert await pg_storage.sessions.count_active() == 0
+    finally:
+        for rt in runtimes:
+            await rt.close()
+
+
+async def test_deactivate_once_says_whether_this_call_deactivated(sql_url: str) -> None:
+    runtime = await started(sql_url, 5)
+    try:
+        sessions = runtime.storage.sessions
+        opened = await sessions.open("ann", AGENT)
+        first = await sessions.deactivate_once("ann", opened.id)
+        assert first is not None and first[1] is True and not first[0].is_active
+        again = await sessions.deactivate_once("ann", opened.id)
+        assert again is not None and again[1] is False and again[0].id == opened.id
+        assert await sessions.deactivate_once("bob", opened.id) is None
+        assert await sessions.deactivate_once("ann", uuid.uuid4()) is None
+        closed = await sessions.deactivate("ann", opened.id)
+        assert closed is not None and (closed.id, closed.is_active) == (opened.id, False)
+    finally:
+        await runtime.close()
+
+
+async def test_a_store_without_deactivate_once_is_closed_as_before(
+    tmp_path: Any, monkeypatch: Any
+) -> None:
+    """A session store written before ``deactivate_once`` (a subclass of the protocol
+    inherits its empty body): a close reads whether the session was active, then
+    deactivates it, and reports it when it was."""
+    from chatwright.plugins.sql.sessions import SQLSessionStore
+    from chatwright.sessions import deactivate
+    from chatwright.stores import SessionStore
+
+    monkeypatch.setattr(SQLSessionStore, "deactivate_once", SessionStore.deactivate_once)
+    original = SQLSessionStore.deactivate
+
+    async def plain(self: Any, user_id: str, session_id: uuid.UUID) -> ChatSession | None:
+        async with self.db.write(user_id) as conn:  # as a store before deactivate_once did
+            await conn.execute(
+                schema.active_sessions.delete().where(
+                    schema.active_sessions.c.session_id == session_id
+                )
+            )
+        return await self.get(user_id, session_id)
+
+    monkeypatch.setattr(SQLSessionStore, "deactivate", plain)
+    recorder = Recorder()
+    url = f"sqlite+aiosqlite:///{tmp_path / 'close.db'}"
+    runtime = await started(url, 3, recorder=recorder)
+    try:
+        opened = await runtime.storage.sessions.open("ann", AGENT)
+        closed = await deactivate(runtime, "ann", opened.id)
+        assert not closed.is_active
+        await deactivate(runtime, "ann", opened.id)
+        assert [(s.id, reason) for s, reason in recorder.deactivated] == [(opened.id, "client")]
+    finally:
+        await runtime.close()
+    assert original is not plain
+
+
 @pytest.mark.parametrize("without", ["none", "the protocol's"])
 async def test_a_store_without_sweep_count_is_swept_by_its_ids(
     tmp_path: Any, monkeypatch: Any, without: str

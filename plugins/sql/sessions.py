@@ -204,6 +204,14 @@ class SQLSessionStore(BoundStore):
             return await self._get(conn, user_id, session_id)
 
     async def deactivate(self, user_id: str, session_id: uuid.UUID) -> ChatSession | None:
+        found = await self.deactivate_once(user_id, session_id)
+        return found[0] if found is not None else None
+
+    async def deactivate_once(
+        self, user_id: str, session_id: uuid.UUID
+    ) -> tuple[ChatSession, bool] | None:
+        """Deactivate; whether this call did is whether its delete found the active row
+        (another call, or a sweeper, that deleted it first answers for it)."""
         # The session's row before its active row, as a heartbeat, the end of a turn
         # (the trigger) and deleting a chat (the cascade) take them: in the other
         # order, two of them at once would deadlock.
@@ -216,10 +224,12 @@ class SQLSessionStore(BoundStore):
                     .returning(_s)
                 )
             ).first()
-            await conn.execute(
+            if row is None:
+                return None
+            deleted = await conn.execute(
                 _a.delete().where(_a.c.session_id == session_id, _a.c.user_id == user_id)
             )
-        return _session(row, active=False) if row else None
+        return _session(row, active=False), bool(deleted.rowcount)
 
     async def list(
         self, user_id: str | None = None, *, active: bool | None = None
