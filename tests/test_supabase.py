@@ -357,7 +357,8 @@ async def test_rls_refusal_of_a_crud_write_comes_back_as_a_tool_error(
 async def test_policies_bind_a_login_role_acting_as_authenticated(
     cluster: Cluster, supa: SupabaseStorage
 ) -> None:
-    bob_session = (await seed_two_users(supa))["bob"].id
+    seeded = await seed_two_users(supa)
+    bob_session, alice_session = seeded["bob"].id, seeded["alice"].id
     bob_closed = (await supa.sessions.open("bob", AGENT, metadata={"closed": True})).id
     await supa.sessions.deactivate("bob", bob_closed)
     for table in USER_TABLES:  # both users' rows exist, so the filtering is not vacuous
@@ -415,20 +416,30 @@ async def test_policies_bind_a_login_role_acting_as_authenticated(
         ):
             cursor = await conn.execute(statement)
             assert cursor.rowcount == 0, statement
-        # Bob's closed session cannot be made active by a row of hers: the foreign
-        # key holds an active row to its own session's user and agent.
-        with pytest.raises(psycopg.errors.ForeignKeyViolation):
-            await conn.execute(
-                "INSERT INTO active_sessions (session_id, user_id, agent_name, updated_at) "
-                "VALUES (%s, 'alice', %s, now())",
-                (bob_closed, AGENT),
-            )
-        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
-            await conn.execute(
-                "INSERT INTO active_sessions (session_id, user_id, agent_name, updated_at) "
-                "VALUES (%s, 'bob', %s, now())",
-                (bob_session, AGENT),
-            )
+        # Only the framework writes active rows (migration 0010): no row of hers makes
+        # Bob's closed session active, and whether his session is active or closed,
+        # or hers, the refusal is the same (no oracle of his sessions).
+        refusals = set()
+        for session_id, user in (
+            (bob_closed, "alice"),
+            (bob_session, "alice"),
+            (bob_session, "bob"),
+            (alice_session, "alice"),
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege) as refused:
+                async with conn.transaction():
+                    await conn.execute(
+                        "INSERT INTO active_sessions "
+                        "(session_id, user_id, agent_name, updated_at) "
+                        "VALUES (%s, %s, %s, now())",
+                        (session_id, user, AGENT),
+                    )
+            refusals.add(str(refused.value))
+        assert refusals == {"permission denied for table active_sessions"}
+        for change in ("client_key = 'renamed'", "updated_at = now() + interval '1 year'"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"):
+                async with conn.transaction():
+                    await conn.execute(f"UPDATE active_sessions SET {change}")
         # A row of her own is accepted: the refusals above are the policy, not grants.
         await conn.execute(
             "INSERT INTO agent_memories (user_id, agent_name, notes) VALUES ('alice', 'mine', 'ok')"

@@ -46,7 +46,8 @@ class SQLSessionStore(BoundStore):
 
     Deactivating a session deletes its row of ``active_sessions`` (migration
     0009 says why); ``updated_at`` is written on ``chat_sessions``, and a
-    trigger copies it to the active row, where the sweeper reads it.
+    trigger copies it to the active row, where the sweeper reads it. Opening a
+    session inserts its active row as the framework, not the user (0010).
     """
 
     def __init__(self, db: SQLStorage) -> None:
@@ -104,6 +105,9 @@ class SQLSessionStore(BoundStore):
                         .returning(s)
                     )
                 ).one()
+                # The active row as the framework (users may not insert one, 0010), from
+                # the session row the user's transaction has just inserted.
+                await self.db.users.leave(conn)
                 await conn.execute(
                     _a.insert().values(
                         session_id=row.id,
