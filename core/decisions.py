@@ -128,7 +128,7 @@ class Decisions:
         if action is None:
             raise NotFoundError(f"no pending action {action_id} for this user")
         turns = self.runtime.turns
-        async with self.runtime.turn_lock(user_id, action.chat_id):
+        async with self.runtime.queued(user_id, action.chat_id):
             start = await turns.begin(user_id, action.agent_name, action.chat_id, None)
             resumed = False
             carried: list[BaseMessage] = []
@@ -294,7 +294,7 @@ class Decisions:
             raise NotFoundError(f"no chat {chat_id} for this user")
         agent_name = owner[1]
         turns = self.runtime.turns
-        async with self.runtime.turn_lock(user_id, chat_id):
+        async with self.runtime.queued(user_id, chat_id):
             start = await turns.begin(user_id, agent_name, chat_id, None)
             note: list[BaseMessage] = []
             try:

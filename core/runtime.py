@@ -68,6 +68,7 @@ from typing import TYPE_CHECKING, Any
 from chatwright.approvals import PendingAction as PendingActionRecord
 from chatwright.errors import (
     ApprovalPendingError,
+    ChatBusyError,
     ChatwrightError,
     ModelConfigError,
     ModelError,
@@ -422,6 +423,30 @@ class Runtime:
             lock = self._turn_locks[key] = asyncio.Lock()
         return lock
 
+    @asynccontextmanager
+    async def queued(self, user_id: str, chat_id: uuid.UUID) -> AsyncIterator[None]:
+        """The chat's :meth:`turn_lock` held for a block, waited for at most as long as a
+        turn waits for another process's turn of the chat (the storage's ``turn_wait``,
+        when it has one): past it, :class:`~chatwright.errors.ChatBusyError` (409), and
+        nothing of the waiting request is stored. Without a bound, requests queued behind
+        a long turn of one chat would each wait for all of those before them."""
+        lock = self.turn_lock(user_id, chat_id)
+        wait = getattr(self.storage, "turn_wait", None)
+        if not isinstance(wait, int | float) or isinstance(wait, bool) or wait <= 0:
+            wait = None
+        try:
+            async with asyncio.timeout(wait):
+                await lock.acquire()
+        except TimeoutError:
+            raise ChatBusyError(
+                f"another turn of chat {chat_id} has been running for over {wait:g} s; "
+                "try again when it has finished"
+            ) from None
+        try:
+            yield
+        finally:
+            lock.release()
+
     @property
     def turns(self) -> TurnStore:
         """The storage's turn store (or one made of its other stores)."""
@@ -457,7 +482,7 @@ class Runtime:
         turns = self.turns
         turn_id = uuid.uuid4()
         budget = self.budget_limits()
-        async with self.turn_lock(user_id, chat_id):
+        async with self.queued(user_id, chat_id):
             human, data = storable_with_data(HumanMessage(content=message))
             new = NewMessage(role=human.type, content=data)
             try:

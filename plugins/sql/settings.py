@@ -52,8 +52,8 @@ class SQLStorageSettings(BaseModel):
     turn_wait: float = Field(
         300.0,
         gt=0,
-        description="Seconds a turn waits for another turn of the same chat (in another "
-        "process) to end before it is refused with 409.",
+        description="Seconds a turn waits for the other turns of the same chat (queued "
+        "before it in this process, or in another process) before it is refused with 409.",
     )
     pool_recycle: float = Field(
         900.0,

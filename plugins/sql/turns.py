@@ -45,8 +45,9 @@ finds the lease held rolls back and tries again after a short, growing pause
 (10 ms up to 250 ms), for at most ``storage.turn_wait`` seconds
 (:class:`~chatwright.errors.ChatBusyError`).
 Turns of one chat in one process never get that far: the runtime queues them
-on an asyncio lock first. The application clock is the one compared, so the
-clocks of processes sharing a database should agree to well within a lease.
+on an asyncio lock first (for at most ``storage.turn_wait`` too). The
+application clock is the one compared, so the clocks of processes sharing a
+database should agree to well within a lease.
 
 With a budget, ``begin`` also checks the user's token budgets and holds a
 reservation, and ``finish`` records the turn's usage and the chat's summary

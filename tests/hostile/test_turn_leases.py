@@ -69,6 +69,40 @@ async def test_another_users_chat_is_not_found_at_once_while_its_turn_runs(
     assert [m.content["data"]["content"] for m in messages] == ["take your time", "Done, slowly."]
 
 
+async def test_turns_queued_behind_a_long_turn_of_their_chat_are_refused_after_turn_wait(
+    make_server: MakeServer,
+) -> None:
+    """Requests piling up on one chat in one process (a client retrying, a script
+    looping) wait for it at most ``storage.turn_wait``, as a request reaching another
+    process does, not for every turn queued before them: 409, nothing of theirs stored.
+    The turn that holds the chat ends as it would have."""
+    server = await make_server(storage={"turn_wait": 1})
+    await example.seed(server.runtime.storage, "scripted:x")
+    slow = {"responses": [{"sleep": 3, "content": "Done, slowly."}] * 4}
+    await server.runtime.storage.agents.update(AGENT, model_settings=slow)
+    client = server.client
+    chat_id = (await open_chat(client, "alice"))["chat_id"]
+
+    async def post(text: str) -> tuple[float, int, str]:
+        body = {"agent_name": AGENT, "chat_id": chat_id, "message": text}
+        started = time.monotonic()
+        response = await client.post("/api/chat", json=body, headers=bearer("alice"))
+        return time.monotonic() - started, response.status_code, response.text
+
+    first = asyncio.create_task(post("first"))
+    await asyncio.sleep(0.3)  # the first holds the chat
+    queued = await asyncio.gather(*(post(f"queued {n}") for n in range(3)))
+    for took, status, text in queued:
+        assert status == 409, text
+        assert "turn_wait" not in text and "running" in text, text
+        # Refused after the wait, not after the turns before them (3 s each).
+        assert 0.8 < took < 2.8, took
+    took, status, text = await first
+    assert status == 200, text
+    messages = await server.runtime.storage.messages.page("alice", uuid.UUID(chat_id), limit=10)
+    assert [m.content["data"]["content"] for m in messages] == ["first", "Done, slowly."]
+
+
 async def leases(server: object) -> list[str]:
     from tests.hostile.conftest import sql
 
