@@ -292,6 +292,17 @@ async def test_sessions_open_resume_heartbeat_deactivate_and_list(srv: Running) 
     # The same client_key returns the same active session.
     keyed = await open_session(client, client_key="tab-1")
     assert (await open_session(client, client_key="tab-1"))["id"] == keyed["id"]
+    # A chat_id names the chat: the key moves there (a tab going to a past chat), its
+    # session on the other chat closed; a retry gets the moved session.
+    moved = await open_session(client, chat_id=first["chat_id"], client_key="tab-1")
+    assert moved["chat_id"] == first["chat_id"] != keyed["chat_id"]
+    assert moved["id"] != keyed["id"]
+    listed = {s["id"]: s for s in (await client.get("/api/sessions")).json()}
+    assert listed[keyed["id"]]["is_active"] is False
+    again = await open_session(client, chat_id=first["chat_id"], client_key="tab-1")
+    assert again["id"] == moved["id"]
+    # new: true with a key is a retry of that key's open: the same session.
+    assert (await open_session(client, new=True, client_key="tab-1"))["id"] == moved["id"]
     # A chat of another agent is refused, naming both.
     refused = await client.post("/api/sessions", json={"agent_name": "echo", "chat_id": new_chat})
     assert "assistant" in error_of(refused, 422)
@@ -311,18 +322,20 @@ async def test_sessions_open_resume_heartbeat_deactivate_and_list(srv: Running) 
     again = await client.post(f"/api/sessions/{first['id']}/deactivate")
     assert again.status_code == 200 and again.json()["is_active"] is False
     assert [(s.id, reason) for s, reason in srv.recorder.deactivated] == [
-        (uuid.UUID(first["id"]), "client")
+        (uuid.UUID(keyed["id"]), "client"),  # the key moved to another chat
+        (uuid.UUID(first["id"]), "client"),
     ]
 
     everything = (await client.get("/api/sessions")).json()
     active = (await client.get("/api/sessions", params={"active": "true"})).json()
     inactive = (await client.get("/api/sessions", params={"active": "false"})).json()
-    opened = {first["id"], resumed["id"], explicit["id"], keyed["id"]}
+    opened = {first["id"], resumed["id"], explicit["id"], keyed["id"], moved["id"]}
+    closed_ids = {first["id"], keyed["id"]}
     assert all(set(s) == SESSION_KEYS for s in everything)
     assert {s["id"] for s in everything} >= opened
-    assert {s["id"] for s in inactive} == {first["id"]}
-    assert first["id"] not in {s["id"] for s in active}
-    assert {s["id"] for s in active} | {first["id"]} == {s["id"] for s in everything}
+    assert {s["id"] for s in inactive} == closed_ids
+    assert not closed_ids & {s["id"] for s in active}
+    assert {s["id"] for s in active} | closed_ids == {s["id"] for s in everything}
     assert all(s["is_active"] for s in active)
 
     # Unknown sessions are not found.

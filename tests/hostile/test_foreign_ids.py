@@ -186,3 +186,24 @@ async def test_opening_a_session_on_alices_chat_answers_as_an_unused_id(
         response = await server.client.post("/api/sessions", json=body, headers=bearer("bob"))
         assert response.status_code == 404, (chat_id == alice["chat_id"], response.text)
         assert "marzipan" not in response.text
+
+
+async def test_a_client_key_moves_only_the_callers_own_sessions(make_server: MakeServer) -> None:
+    """Opening on a chat with a client key closes the key's session on another chat, and
+    only the caller's: bob naming alice's key (or alice's chat) closes nothing of hers."""
+    server = await make_server()
+    alice, bob = await alice_and_bob(server)
+    client = server.client
+    key = "shared-tab"
+    body = {"agent_name": AGENT, "chat_id": alice["chat_id"], "client_key": key}
+    keyed = await client.post("/api/sessions", json=body, headers=bearer("alice"))
+    assert keyed.status_code == 200, keyed.text
+    # Bob with alice's key on his own chat: his session; hers stays active.
+    mine = {"agent_name": AGENT, "chat_id": bob["chat_id"], "client_key": key}
+    his = await client.post("/api/sessions", json=mine, headers=bearer("bob"))
+    assert his.status_code == 200 and his.json()["chat_id"] == bob["chat_id"], his.text
+    # Bob with alice's key on alice's chat: not found, as any chat not his.
+    assert_error_body(await client.post("/api/sessions", json=body, headers=bearer("bob")), 404)
+    sessions = await client.get("/api/sessions", headers=bearer("alice"))
+    state = {s["id"]: s["is_active"] for s in sessions.json()}
+    assert state[keyed.json()["id"]] is True

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request, Security
 
@@ -23,6 +23,9 @@ from chatwright.plugins.server.errors import USER, responses
 from chatwright.plugins.server.schemas import BeaconToken, OpenSession, Session
 from chatwright.plugins.server.settings import ServerSettings
 
+if TYPE_CHECKING:
+    from chatwright.runtime import Runtime
+
 router = APIRouter(prefix="/api/sessions", tags=["sessions"])
 
 
@@ -33,6 +36,11 @@ async def open_session(body: OpenSession, runtime: RuntimeDep, who: User) -> Ses
     A chat_id that is not one of the caller's chats is not found, whether it is
     unused or another user's: the two answers are the same, so that the answer
     does not tell whether someone else's chat exists.
+
+    With a client_key the open is idempotent (a retry gets the same session), but
+    a chat_id names the chat: the key's active session on another chat (a tab
+    moving to a past chat) is closed first, and the key opens a session on the
+    chat named.
     """
     await agent_exists(runtime, body.agent_name)
     chat_id = body.chat_id
@@ -43,12 +51,28 @@ async def open_session(body: OpenSession, runtime: RuntimeDep, who: User) -> Ses
                 f"no chat {chat_id} of yours; omit chat_id to resume your latest chat with "
                 f'{body.agent_name!r}, or send "new": true to start one'
             )
+        if body.client_key is not None:
+            await _move_key(runtime, who.user_id, body.agent_name, body.client_key, chat_id)
     elif body.new:
         chat_id = uuid.uuid4()
     session = await runtime.storage.sessions.open(
         who.user_id, body.agent_name, chat_id=chat_id, client_key=body.client_key
     )
     return Session.of(session)
+
+
+async def _move_key(
+    runtime: Runtime, user_id: str, agent_name: str, client_key: str, chat_id: uuid.UUID
+) -> None:
+    """Close the user's active sessions of ``client_key`` (with the agent) on other chats
+    than ``chat_id`` (``session_deactivated`` reports them, as a client's close)."""
+    from chatwright.sessions import deactivate as close
+
+    for session in await runtime.storage.sessions.list(user_id, active=True):
+        keyed = (session.agent_name, session.client_key) == (agent_name, client_key)
+        if keyed and session.chat_id != chat_id:
+            with contextlib.suppress(NotFoundError):  # closed meanwhile
+                await close(runtime, user_id, session.id)
 
 
 @router.get("", responses=responses(*USER, 422))
