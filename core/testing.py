@@ -168,6 +168,23 @@ class SessionStoreContract:
         assert [s.id for s in await sessions.list(ALICE, active=False)] == [opened.id]
         assert await sessions.get(ALICE, uuid.uuid4()) is None
 
+    async def test_deactivate_once_says_whether_this_call_deactivated(
+        self, sessions: SessionStore
+    ) -> None:
+        """Optional (``deactivate_once``): skipped for a store without it."""
+        own = getattr(type(sessions), "deactivate_once", None)
+        if own is None or own is SessionStore.deactivate_once:
+            pytest.skip("the store has no deactivate_once (optional)")
+        opened = await sessions.open(ALICE, "helper")
+        first = await sessions.deactivate_once(ALICE, opened.id)
+        assert first is not None and first[1] is True
+        assert first[0].id == opened.id and not first[0].is_active
+        again = await sessions.deactivate_once(ALICE, opened.id)
+        assert again is not None and again[1] is False and not again[0].is_active
+        assert await sessions.deactivate_once(BOB, opened.id) is None
+        assert await sessions.deactivate_once(ALICE, uuid.uuid4()) is None
+        assert await sessions.list(ALICE, active=True) == []
+
     async def test_sweep_deactivates_only_stale_active_sessions(
         self, sessions: SessionStore
     ) -> None:

@@ -111,17 +111,20 @@ DEACTIVATE = (
     _LIBRARY
     + """
 -- KEYS: session, user index, active.  ARGV: prefix, user id, now, ttl.
+-- Returns {1 when this call deactivated it, else 0; the session's fields}.
 local f = fields(KEYS[1])
 if f[1] ~= ARGV[2] then
   return false
 end
+local closed = 0
 if f[2] == '1' then
   release(ARGV[1], f, KEYS[3])
   redis.call('HSET', KEYS[1], 'is_active', '0')
   f[2] = '0'
+  closed = 1
 end
 touch(ARGV[1], KEYS[1], f, KEYS[2], KEYS[3], ARGV[3], ARGV[4])
-return redis.call('HGETALL', KEYS[1])
+return {closed, redis.call('HGETALL', KEYS[1])}
 """
 )
 

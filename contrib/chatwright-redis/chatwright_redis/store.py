@@ -254,7 +254,21 @@ class RedisSessionStore:
         return await self._change(self._heartbeat, user_id, session_id)
 
     async def deactivate(self, user_id: str, session_id: uuid.UUID) -> ChatSession | None:
-        return await self._change(self._deactivate, user_id, session_id)
+        found = await self.deactivate_once(user_id, session_id)
+        return None if found is None else found[0]
+
+    async def deactivate_once(
+        self, user_id: str, session_id: uuid.UUID
+    ) -> tuple[ChatSession, bool] | None:
+        """Deactivate; whether this call did is whether the script found it active (a
+        script is atomic: of a close and a sweep at once, one finds it so)."""
+        keys = [self._keys.session(session_id), self._keys.user(user_id), self._keys.active]
+        with self._reaching():
+            answer = await self._deactivate(keys=keys, args=self._user_args(user_id))
+        if answer is None:
+            return None
+        closed, flat = answer
+        return _session(_hash(flat)), bool(int(closed))
 
     async def list(
         self, user_id: str | None = None, *, active: bool | None = None
