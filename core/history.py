@@ -249,6 +249,8 @@ def parsed(stored: Message) -> BaseMessage | None:
         if kept is not None:
             _parsed_chars -= _parsed.pop(stored.id)[2]
         weight = message_weight(content)
+        if weight > KEPT_CHARS:
+            return message  # heavier than all that is kept: kept not, nor lets others go
         _parsed[stored.id] = (content, message, weight)
         _parsed_chars += weight
         while _parsed and (len(_parsed) > PARSED_KEPT or _parsed_chars > KEPT_CHARS):

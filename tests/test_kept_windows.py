@@ -8,6 +8,7 @@ test runs on SQLite and on PostgreSQL, against what the echo model was given.
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -315,3 +316,9 @@ async def test_long_messages_keep_the_turn_stores_caches_within_their_text_bound
             assert windows._weight == sum(message_weight(x.content) for x in held) <= bound
     # Twelve turns of some 4,000 characters said and about as many echoed: not all kept.
     assert len(store._windows) < len(chats)
+    # A message heavier than the bound is not kept, and lets nothing else go.
+    held = (len(store._messages), store._message_chars)
+    huge = json.dumps({"type": "ai", "data": {"type": "ai", "content": "h" * bound}})
+    made = store._message(10**12, chats[0], USER, "ai", huge, None, stored_time=False)
+    assert made.content["data"]["content"] == "h" * bound
+    assert (len(store._messages), store._message_chars) == held

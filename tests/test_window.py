@@ -484,6 +484,12 @@ def test_the_caches_of_stored_messages_are_bounded_by_their_text_too(
     # Forty chats of 10,000 characters each: only the last few are kept.
     assert len([k for k in history._parsed if k >= 8 * 10**8]) <= 2 * (bound // 10_000)
     assert sum(1 for _, user in window._reads if user.startswith("long-")) <= 5
+    # A message heavier than the bound is not kept, and lets nothing else go.
+    held = (len(history._parsed), history._parsed_chars)
+    flood = message_to_dict(AIMessage("h" * bound))
+    huge = Message(9 * 10**8 + 500, uuid.uuid4(), "huge", "ai", flood, at)
+    assert history.parsed(huge) is not None
+    assert (len(history._parsed), history._parsed_chars) == held
     # A read heavier than the bound is not kept, and lets nothing else go.
     before = dict(window._reads)
     heavy = TurnStart(

@@ -636,6 +636,8 @@ class SQLTurnStore(BoundStore):
         weight = len(raw) if isinstance(raw, str) else message_weight(content)
         if kept is not None:
             self._message_chars -= known.pop(message_id)[2]
+        if weight > KEPT_CHARS:
+            return made  # heavier than all that is kept: kept not, nor lets others go
         known[message_id] = ((role, raw, at), made, weight)
         self._message_chars += weight
         while known and (len(known) > KNOWN_MESSAGES or self._message_chars > KEPT_CHARS):
