@@ -11,6 +11,7 @@ Afterwards alice's session is still active and her chat unchanged.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from collections.abc import Awaitable, Callable
@@ -207,3 +208,43 @@ async def test_a_client_key_moves_only_the_callers_own_sessions(make_server: Mak
     sessions = await client.get("/api/sessions", headers=bearer("alice"))
     state = {s["id"]: s["is_active"] for s in sessions.json()}
     assert state[keyed.json()["id"]] is True
+
+
+async def test_a_client_key_is_moved_only_by_an_open_that_succeeds_and_to_the_chat_named(
+    make_server: MakeServer,
+) -> None:
+    """An open refused (the chat named is another agent's) closes nothing; two opens of
+    one key naming two chats at once each get a session on the chat it named."""
+    server = await make_server()
+    await example.seed(server.runtime.storage, "scripted:x")
+    await server.runtime.storage.agents.create("other", system_prompt="p", model="scripted:x")
+    client, alice = server.client, bearer("alice")
+
+    async def opened(**body: Any) -> dict[str, Any]:
+        response = await client.post(
+            "/api/sessions", json={"agent_name": AGENT, **body}, headers=alice
+        )
+        assert response.status_code == 200, response.text
+        data: dict[str, Any] = response.json()
+        return data
+
+    others = (await open_chat(client, "alice", agent="other"))["chat_id"]
+    tab = await opened(new=True, client_key="tab-1")
+    refused = await client.post(
+        "/api/sessions",
+        json={"agent_name": AGENT, "chat_id": others, "client_key": "tab-1"},
+        headers=alice,
+    )
+    assert_error_body(refused, 422)
+    listed = (await client.get("/api/sessions", headers=alice)).json()
+    state = {s["id"]: s["is_active"] for s in listed}
+    assert state[tab["id"]] is True
+
+    for n in range(8):
+        key = f"raced-{n}"
+        await opened(new=True, client_key=key)
+        one, two = (await opened(new=True))["chat_id"], (await opened(new=True))["chat_id"]
+        got = await asyncio.gather(
+            opened(chat_id=one, client_key=key), opened(chat_id=two, client_key=key)
+        )
+        assert [g["chat_id"] for g in got] == [one, two]

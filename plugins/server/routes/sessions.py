@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request, Security
 
-from chatwright.errors import NotFoundError
+from chatwright.errors import ChatBusyError, NotFoundError
 from chatwright.plugins.server.auth import bearer
 from chatwright.plugins.server.dependencies import (
     RuntimeDep,
@@ -44,6 +44,7 @@ async def open_session(body: OpenSession, runtime: RuntimeDep, who: User) -> Ses
     """
     await agent_exists(runtime, body.agent_name)
     chat_id = body.chat_id
+    move: tuple[str, uuid.UUID] | None = None
     if chat_id is not None:
         owner = await runtime.storage.sessions.chat_owner(chat_id)
         if owner is None or owner[0] != who.user_id:
@@ -51,14 +52,29 @@ async def open_session(body: OpenSession, runtime: RuntimeDep, who: User) -> Ses
                 f"no chat {chat_id} of yours; omit chat_id to resume your latest chat with "
                 f'{body.agent_name!r}, or send "new": true to start one'
             )
-        if body.client_key is not None:
-            await _move_key(runtime, who.user_id, body.agent_name, body.client_key, chat_id)
+        # With a key, the key moves there (unless the chat is another agent's, which open
+        # refuses): closed on another chat, opened on this one.
+        if body.client_key is not None and owner[1] == body.agent_name:
+            move = (body.client_key, chat_id)
     elif body.new:
         chat_id = uuid.uuid4()
-    session = await runtime.storage.sessions.open(
-        who.user_id, body.agent_name, chat_id=chat_id, client_key=body.client_key
+    for _ in range(KEY_MOVES):
+        if move is not None:
+            await _move_key(runtime, who.user_id, body.agent_name, *move)
+        session = await runtime.storage.sessions.open(
+            who.user_id, body.agent_name, chat_id=chat_id, client_key=body.client_key
+        )
+        if move is None or session.chat_id == chat_id:
+            return Session.of(session)
+        # Another open of the key, to another chat, came between the move and this open.
+    raise ChatBusyError(
+        f"client key {body.client_key!r} is being opened on another chat at the same time; "
+        "try again, or give each tab a key of its own"
     )
-    return Session.of(session)
+
+
+KEY_MOVES = 3
+"""Attempts at moving a client key to the chat named, against opens of it elsewhere."""
 
 
 async def _move_key(
