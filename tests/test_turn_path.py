@@ -712,10 +712,12 @@ async def test_a_crashed_turns_lease_is_taken_over_once_it_expires(make: Make) -
 
 
 async def test_a_long_turn_renews_its_lease_and_another_process_waits(make: Make) -> None:
-    one, _ = await make(turn_lease=1)
-    two, _ = await make(turn_lease=1)
+    # Leases of 2 s, renewed every 0.67 s: a busy machine's stalls of the event loop
+    # (a second, under a parallel test run on two cores) do not let one expire.
+    one, _ = await make(turn_lease=2)
+    two, _ = await make(turn_lease=2)
     await one.storage.agents.create(
-        ECHO, system_prompt="", model="echo:x", model_settings={"delay": 2.5}
+        ECHO, system_prompt="", model="echo:x", model_settings={"delay": 4.5}
     )
     chat_id = await chat_of(one, USER)
     first = asyncio.create_task(one.chat(USER, ECHO, chat_id, "long"))
