@@ -981,14 +981,19 @@ async def test_a_start_still_committing_on_the_server_is_given_back_once_it_has(
     make: Make, sql_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The start runs out of time while the server still carries out its COMMIT (here a
-    deferred trigger taking 1.5 s, once), and the cancellation does not reach the server
+    deferred trigger taking 3 s, once), and the cancellation does not reach the server
     in time (a server 50 ms or more away; no server-side statement timeout behind a
     pooler): the lease shows up after the first give-back found nothing, and a later one
     gives it back, so the chat is free long before ``storage.turn_lease``."""
     from chatwright.errors import StorageError
 
     runtime, _ = await make(
-        statement_timeout=0.5, pooler="transaction", turn_lease=120, turn_wait=10
+        # 1.5 s: the test's other statements (through PgBouncer, on a loaded machine)
+        # must not run out of it.
+        statement_timeout=1.5,
+        pooler="transaction",
+        turn_lease=120,
+        turn_wait=10,
     )
     await runtime.storage.agents.create(ECHO, system_prompt=PROMPT, model="echo:x")
     chat_id = await chat_of(runtime, USER)
@@ -998,7 +1003,7 @@ async def test_a_start_still_committing_on_the_server_is_given_back_once_it_has(
         await conn.execute(
             sa.text(
                 "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-                "IF nextval('slow_once') = 1 THEN PERFORM pg_sleep(1.5); END IF; "
+                "IF nextval('slow_once') = 1 THEN PERFORM pg_sleep(3); END IF; "
                 "RETURN NULL; END $$"
             )
         )
@@ -1020,6 +1025,6 @@ async def test_a_start_still_committing_on_the_server_is_given_back_once_it_has(
     monkeypatch.setattr(psycopg.AsyncConnection, "cancel_safe", real_cancel)
     # (The trigger sleeps once only; the database is the test's own.) Until the server's
     # COMMIT is done, a new start would wait on its lease row past the time bound.
-    await asyncio.sleep(2.0)
+    await asyncio.sleep(3.5)
     turn = await asyncio.wait_for(runtime.chat(USER, ECHO, chat_id, "next"), 20)
     assert seen(turn)["humans"][-1] == "next"
