@@ -94,11 +94,19 @@ def take_lease(dialect: str) -> sa.Executable:
         holder=sa.bindparam("holder"),
         expires_at=sa.bindparam("expires_at"),
     )
-    return stmt.on_conflict_do_update(
+    at = sa.bindparam("at", type_=_leases.c.expires_at.type)
+    taking: sa.Executable = unless_held(stmt, at).returning(_leases.c.holder)
+    return taking
+
+
+def unless_held(rows: Any, at: Any) -> Any:
+    """``rows`` (an insert into ``chat_leases``, either dialect's) taking each chat's lease
+    over only where the lease there has expired by ``at``: a lease held stays as it is."""
+    return rows.on_conflict_do_update(
         index_elements=["chat_id"],
-        set_={"holder": stmt.excluded.holder, "expires_at": stmt.excluded.expires_at},
-        where=_leases.c.expires_at < sa.bindparam("at", type_=_leases.c.expires_at.type),
-    ).returning(_leases.c.holder)
+        set_={"holder": rows.excluded.holder, "expires_at": rows.excluded.expires_at},
+        where=_leases.c.expires_at < at,
+    )
 
 
 @functools.cache

@@ -45,6 +45,7 @@ from chatwright.plugins.sql import schema
 from chatwright.plugins.sql.audit import insert_audit
 from chatwright.plugins.sql.records import column_kind, reflect_table
 from chatwright.plugins.sql.sessions import SESSIONS
+from chatwright.plugins.sql.turn_statements import unless_held
 from chatwright.userdata import (
     ERASED_USER,
     USER_TABLES,
@@ -173,11 +174,7 @@ class SQLUserData:
             rows = insert(leases).values(
                 [{"chat_id": c, "holder": holder, "expires_at": until} for c in part]
             )
-            take = rows.on_conflict_do_update(
-                index_elements=["chat_id"],
-                set_={"holder": rows.excluded.holder, "expires_at": rows.excluded.expires_at},
-                where=leases.c.expires_at < at,
-            ).returning(leases.c.chat_id)
+            take = unless_held(rows, at).returning(leases.c.chat_id)
             taken = set((await conn.scalars(take)).all())
             busy = next((c for c in part if c not in taken), None)
             if busy is not None:
