@@ -128,7 +128,7 @@ class SessionsSettings(_Section):
         60.0, gt=0, description="Seconds between two heartbeats of the web page."
     )
     sweep_batch: int = Field(
-        2000,
+        10_000,
         ge=1,
         le=100_000,
         description="Idle sessions one sweeper step deactivates at once (one short transaction; "

@@ -374,8 +374,9 @@ class SessionStore(Protocol):
         again, yielding in between, until a call returns fewer than ``limit``:
         that means no idle session was left for it. Callers in several
         processes may sweep at once; each session is returned by exactly one
-        call (PostgreSQL: ``FOR UPDATE SKIP LOCKED``), so a session is never
-        reported deactivated twice.
+        call (the SQL store deletes each batch's rows, and a row deleted by one
+        step is not deleted again by another), so a session is never reported
+        deactivated twice.
         """
         ...
 

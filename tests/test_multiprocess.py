@@ -19,7 +19,7 @@ What is checked (DESIGN.md §5, §7, §9):
 - two turns on one chat sent at once to two processes run one after the other
   (the per-chat advisory lock), both stored, in order;
 - sweepers in several processes at once deactivate each idle session once
-  (batches taken with ``FOR UPDATE SKIP LOCKED``), and ``Storage.exclusive``
+  (each batch's rows deleted by one step only), and ``Storage.exclusive``
   admits one process at a time;
 - a database outage gives 503 JSON, never a 500 or a dropped connection, the
   same server recovers without a restart (its config listener too), and no turn

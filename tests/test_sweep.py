@@ -22,7 +22,7 @@ from chatwright.plugins.sql import schema
 from chatwright.plugins.sql.storage import SQLStorage
 from chatwright.registry import LoadPolicy, Plugins
 from chatwright.runtime import Runtime
-from chatwright.sessions import HOOKS_BETWEEN_YIELDS, sweep
+from chatwright.sessions import HOOKED_BATCH, HOOKS_BETWEEN_YIELDS, sweep
 from chatwright.stores import ChatSession
 from chatwright.testing import settings
 from tests.harness import Recorder, pg_storage_settings
@@ -82,6 +82,34 @@ async def test_a_pass_deactivates_more_sessions_than_a_batch_and_fires_each_hook
         again = await sweep(runtime, datetime.now(UTC) + LATER)
         assert (again.deactivated, again.batches, again.ids) == (0, 1, None)
         assert len(recorder.deactivated) == 30
+    finally:
+        await runtime.close()
+
+
+async def test_a_pass_with_the_hook_takes_at_most_hooked_batch_sessions_a_step(
+    sql_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fetching and reporting each session costs the event loop: with a
+    ``session_deactivated`` plugin a step takes HOOKED_BATCH sessions at most, whatever
+    sessions.sweep_batch says; without one, sweep_batch. (HOOKED_BATCH made small here,
+    to open few sessions.)"""
+    assert HOOKED_BATCH == 1000
+    monkeypatch.setattr("chatwright.sessions.HOOKED_BATCH", 10)
+    count = 25
+    recorder = Recorder()
+    runtime = await started(sql_url, 50, recorder=recorder)
+    try:
+        await idle_sessions(runtime.storage, count)
+        report = await sweep(runtime, datetime.now(UTC) + LATER)
+        assert (report.deactivated, report.batches) == (count, 3)
+        assert len(recorder.deactivated) == count
+    finally:
+        await runtime.close()
+    runtime = await started(sql_url, 50)
+    try:
+        await idle_sessions(runtime.storage, count, prefix="quiet")
+        report = await sweep(runtime, datetime.now(UTC) + LATER)
+        assert (report.deactivated, report.batches) == (count, 1)
     finally:
         await runtime.close()
 
@@ -386,7 +414,9 @@ async def test_a_counting_pass_resumes_where_its_last_batch_ended(pg_storage: SQ
 async def test_a_session_another_transaction_holds_is_skipped_then_swept(
     pg_storage: SQLStorage,
 ) -> None:
-    """SKIP LOCKED passes over a held row without waiting; a later call finds it."""
+    """A step waits a moment for a row another transaction holds (SWEEP_LOCK_WAIT), then
+    takes its batch with SKIP LOCKED, which passes over the row; a later call finds it.
+    Without the step's lock_timeout it would wait for as long as the row is held."""
     import psycopg
 
     store = pg_storage.sessions
@@ -398,17 +428,67 @@ async def test_a_session_another_transaction_holds_is_skipped_then_swept(
         holder.execute(
             "SELECT 1 FROM active_sessions WHERE session_id = %s FOR UPDATE", (opened[0].id,)
         )
+        # Counted and with ids: the step after the held row's gives both ways' rows.
+        assert await asyncio.wait_for(store.sweep_count(cutoff, limit=3), 10) == 3
+        assert await store.count_active() == 7
         swept: list[uuid.UUID] = []
         while True:
             batch = await asyncio.wait_for(store.sweep_ids(cutoff, limit=3), 10)
             swept += batch
             if len(batch) < 3:
                 break
-        assert sorted(swept) == sorted(s.id for s in opened[1:])
+        assert sorted(swept) == sorted(s.id for s in opened[4:])
         holder.rollback()
     # The pass ended on a short batch, so the next call looks from the start again.
     assert await store.sweep_ids(cutoff, limit=3) == [opened[0].id]
     assert await store.count_active() == 0
+
+
+async def test_a_step_while_another_sweeper_holds_the_sweep_lock_takes_its_batch_anyway(
+    pg_storage: SQLStorage,
+) -> None:
+    """While another process's sweep step holds the sweepers' advisory lock, a step
+    takes a disjoint batch with SKIP LOCKED rather than nothing (or waiting), so the
+    sweepers of several processes all take batches."""
+    import psycopg
+
+    store = pg_storage.sessions
+    opened = [await store.open(f"lock-{i}", AGENT) for i in range(7)]
+    cutoff = datetime.now(UTC) + LATER
+    url = pg_storage.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(url) as other:
+        other.execute("SELECT pg_advisory_xact_lock(hashtextextended('chatwright:sweep', 0))")
+        # Its batch's oldest rows are being deleted by that sweeper's step.
+        other.execute("DELETE FROM active_sessions WHERE session_id = %s", (opened[0].id,))
+        first = await asyncio.wait_for(store.sweep_ids(cutoff, limit=3), 10)
+        assert first == [s.id for s in opened[1:4]]
+        assert await asyncio.wait_for(store.sweep_count(cutoff, limit=3), 10) == 3
+        other.commit()
+    assert await store.count_active() == 0
+
+
+async def test_a_sweep_step_deletes_without_locking_its_rows_first(
+    pg_storage: SQLStorage,
+) -> None:
+    """Locking a row is a write of its own (a WAL record per row): the plan of a step
+    deletes its batch with no LockRows node; the way that never waits has one."""
+    from chatwright.plugins.sql.sweeps import sweep_statement
+
+    params = {"idle_before": datetime.now(UTC), "batch": 10, "mark": datetime.now(UTC)}
+    plans = {}
+    for skip_locked in (False, True):
+        for answer in ("count", "ids", "rows"):
+            stmt = sweep_statement(True, True, answer, skip_locked)
+            compiled = stmt.compile(dialect=pg_storage.engine.dialect)
+            async with pg_storage.write() as conn:
+                explained = await conn.exec_driver_sql(
+                    f"EXPLAIN (VERBOSE) {compiled}", compiled.construct_params(params)
+                )
+                plans[(skip_locked, answer)] = "\n".join(r[0] for r in explained)
+    for answer in ("count", "ids", "rows"):
+        assert "LockRows" not in plans[(False, answer)], plans[(False, answer)]
+        assert "pg_try_advisory_xact_lock" in plans[(False, answer)]
+        assert "LockRows" in plans[(True, answer)], plans[(True, answer)]
 
 
 async def test_a_turn_keeps_its_session_from_the_sweeper_and_a_swept_one_keeps_its_time(

@@ -45,6 +45,12 @@ def locked(description: str | None = None) -> StorageError:
     )
 
 
+class RowsHeld(StorageError):
+    """A statement waited longer than its ``lock_timeout`` (PostgreSQL) for rows another
+    transaction holds, and was cancelled. Only statements that set such a timeout
+    themselves get it (the sweeper's steps), and they take another way on it."""
+
+
 def _statement_fault(reason: str) -> bool:
     # SQLite reports a statement that no longer fits the schema as an operational error.
     return reason.startswith(("no such column", "table ", "near ", "ambiguous column"))
@@ -81,6 +87,9 @@ class DatabaseErrors:
                 "(storage.statement_timeout); try again later"
             ) from error
         sqlstate = getattr(getattr(error, "orig", None), "sqlstate", None)
+        if sqlstate == "55P03" and error is not None:  # lock_not_available: its lock_timeout
+            log.debug("database %s: %s", self.description, driver_text(error))
+            raise RowsHeld("rows the statement needs are held by another transaction") from error
         if isinstance(error, exc.ProgrammingError) and sqlstate == "42501":
             # insufficient_privilege: a row-level-security policy refused the row.
             raise InvalidInputError(

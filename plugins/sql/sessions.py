@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import builtins
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from chatwright.errors import InvalidInputError, NotFoundError
 from chatwright.plugins.sql import schema
 from chatwright.plugins.sql.chats import touch_sessions
+from chatwright.plugins.sql.errors import RowsHeld
 from chatwright.plugins.sql.rows import from_mapping, from_row, now
 from chatwright.plugins.sql.stores import BoundStore
 from chatwright.plugins.sql.sweeps import sweep_statement, swept_sessions
@@ -289,26 +290,58 @@ class SQLSessionStore(BoundStore):
             return self.db.inline_write(one_statement=True)
         return self.db.write()
 
+    async def _pg_step(self, answer: str, resume: bool, params: dict[str, Any]) -> Sequence[Any]:
+        """PostgreSQL: one sweep step's rows (see :func:`.sweeps.sweep_statement`).
+
+        The step first deletes its batch without locking its rows, if no other
+        process's sweeper is doing so now (their advisory lock), waiting at most
+        :data:`.sweeps.SWEEP_LOCK_WAIT` for a row another transaction holds (a heartbeat
+        or a turn's end touching the session, a client closing it); past that it
+        is cancelled with nothing done. When that took less than a whole batch,
+        the rest is taken the way that never waits: rows locked first, ``FOR
+        UPDATE SKIP LOCKED``. So sweepers of several processes all take batches
+        at once, each session in one batch only, and the end of a pass costs one
+        more statement.
+        """
+        limit = params["batch"]
+        rows: Sequence[Any] = []
+        try:
+            async with self._step() as conn:
+                rows = (await conn.execute(sweep_statement(True, resume, answer), params)).all()
+        except RowsHeld:
+            pass  # nothing of it was done
+        taken = len(rows) if answer != "count" else rows[0][0] if rows else 0
+        if taken >= limit:
+            return rows
+        stmt = sweep_statement(True, resume, answer, skip_locked=True)
+        async with self._step() as conn:
+            more = (await conn.execute(stmt, {**params, "batch": limit - taken})).all()
+        if answer != "count":
+            return [*rows, *more]
+        marks = [mark for _, mark in (*rows, *more) if mark is not None]
+        return [(taken + more[0][0], max(marks, default=None))]
+
     async def sweep(self, idle_before: datetime, *, limit: int) -> builtins.list[ChatSession]:
         resume, params = self._sweep_params(idle_before, limit)
-        postgresql = self.db.dialect == "postgresql"
-        async with self._step() as conn:
-            if postgresql:
-                rows = (await conn.execute(sweep_statement(True, resume, "rows"), params)).all()
-                newest = max((r.mark for r in rows), default=None)
-            else:
+        if self.db.dialect == "postgresql":
+            rows = await self._pg_step("rows", resume, params)
+            newest = max((r.mark for r in rows), default=None)
+        else:
+            async with self._step() as conn:
                 # Write transactions are serialized: the batch read is the batch deleted.
                 rows = (await conn.execute(swept_sessions(), params)).all()
                 await conn.execute(sweep_statement(False, False, ""), params)
-                newest = None
+            newest = None
         self._swept(idle_before, limit, len(rows), newest)
         return [_session(r, active=False) for r in sorted(rows, key=lambda r: r.updated_at)]
 
     async def sweep_ids(self, idle_before: datetime, *, limit: int) -> builtins.list[uuid.UUID]:
         resume, params = self._sweep_params(idle_before, limit)
-        stmt = sweep_statement(self.db.dialect == "postgresql", resume, "ids")
-        async with self._step() as conn:
-            rows = (await conn.execute(stmt, params)).all()
+        if self.db.dialect == "postgresql":
+            rows = await self._pg_step("ids", resume, params)
+        else:
+            async with self._step() as conn:
+                rows = (await conn.execute(sweep_statement(False, False, "ids"), params)).all()
         self._swept(idle_before, limit, len(rows), max((r.updated_at for r in rows), default=None))
         return [r.session_id for r in rows]
 
@@ -320,11 +353,10 @@ class SQLSessionStore(BoundStore):
         SQLite needs neither the rows nor the mark, only the delete's row count.
         """
         resume, params = self._sweep_params(idle_before, limit)
-        async with self._step() as conn:
-            if self.db.dialect == "postgresql":
-                stmt = sweep_statement(True, resume, "count")
-                count, newest = (await conn.execute(stmt, params)).one()
-            else:
+        if self.db.dialect == "postgresql":
+            ((count, newest),) = await self._pg_step("count", resume, params)
+        else:
+            async with self._step() as conn:
                 stmt = sweep_statement(False, False, "")
                 count, newest = (await conn.execute(stmt, params)).rowcount, None
         self._swept(idle_before, limit, int(count), newest)
