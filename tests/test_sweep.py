@@ -444,6 +444,34 @@ async def test_a_session_another_transaction_holds_is_skipped_then_swept(
     assert await store.count_active() == 0
 
 
+async def test_a_session_heartbeated_while_a_step_waits_for_it_stays_active(
+    pg_storage: SQLStorage,
+) -> None:
+    """A step that waits for a session's row while a heartbeat updates it does not
+    delete the row as updated: the step's delete checks the cutoff again on the row as
+    it is now (a server's recheck of a TID scan alone has not always done so)."""
+    import psycopg
+
+    store = pg_storage.sessions
+    opened = [await store.open(f"beat-{i}", AGENT) for i in range(4)]
+    long_ago = datetime.now(UTC) - timedelta(hours=2)
+    async with pg_storage.write() as conn:
+        await conn.execute(schema.chat_sessions.update().values(updated_at=long_ago))
+    cutoff = datetime.now(UTC) - LATER
+    url = pg_storage.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(url) as beat:
+        # A heartbeat of the second oldest, not yet committed when the step reaches it.
+        beat.execute("UPDATE chat_sessions SET updated_at = now() WHERE id = %s", (opened[1].id,))
+        step = asyncio.ensure_future(store.sweep_ids(cutoff, limit=10))
+        await asyncio.sleep(0.02)
+        beat.commit()
+        swept = await asyncio.wait_for(step, 10)
+    assert opened[1].id not in swept
+    assert sorted(swept) == sorted(s.id for i, s in enumerate(opened) if i != 1)
+    kept = await store.get("beat-1", opened[1].id)
+    assert kept is not None and kept.is_active
+
+
 async def test_a_step_while_another_sweeper_holds_the_sweep_lock_takes_its_batch_anyway(
     pg_storage: SQLStorage,
 ) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import re
+from contextvars import ContextVar
 from typing import Any
 
 from sqlalchemy import exc
@@ -46,9 +47,17 @@ def locked(description: str | None = None) -> StorageError:
 
 
 class RowsHeld(StorageError):
-    """A statement waited longer than its ``lock_timeout`` (PostgreSQL) for rows another
-    transaction holds, and was cancelled. Only statements that set such a timeout
-    themselves get it (the sweeper's steps), and they take another way on it."""
+    """A statement waited too long for rows another transaction holds (PostgreSQL: its
+    ``lock_timeout`` ran out, or it was chosen to end a deadlock), and nothing of its
+    transaction was done. The sweeper's steps set a short ``lock_timeout`` of their own
+    and take another way on it (see :data:`EXPECTED_WAITS`); anyone else gets a 503."""
+
+
+EXPECTED_WAITS: ContextVar[bool] = ContextVar("chatwright_sql_expected_waits", default=False)
+"""Set by a caller that expects :class:`RowsHeld` now and then and handles it (the
+sweeper): it is then logged at debug level, not as a warning."""
+
+_HELD = {"55P03", "40P01"}  # lock_not_available, deadlock_detected
 
 
 def _statement_fault(reason: str) -> bool:
@@ -87,9 +96,13 @@ class DatabaseErrors:
                 "(storage.statement_timeout); try again later"
             ) from error
         sqlstate = getattr(getattr(error, "orig", None), "sqlstate", None)
-        if sqlstate == "55P03" and error is not None:  # lock_not_available: its lock_timeout
-            log.debug("database %s: %s", self.description, driver_text(error))
-            raise RowsHeld("rows the statement needs are held by another transaction") from error
+        if sqlstate in _HELD and error is not None:
+            level = logging.DEBUG if EXPECTED_WAITS.get() else logging.WARNING
+            log.log(level, "database %s: %s", self.description, driver_text(error))
+            raise RowsHeld(
+                "the database kept rows this request needs locked by another transaction "
+                "for too long; try again"
+            ) from error
         if isinstance(error, exc.ProgrammingError) and sqlstate == "42501":
             # insufficient_privilege: a row-level-security policy refused the row.
             raise InvalidInputError(

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from chatwright.errors import InvalidInputError, NotFoundError
 from chatwright.plugins.sql import schema
 from chatwright.plugins.sql.chats import touch_sessions
-from chatwright.plugins.sql.errors import RowsHeld
+from chatwright.plugins.sql.errors import EXPECTED_WAITS, RowsHeld
 from chatwright.plugins.sql.rows import from_mapping, from_row, now
 from chatwright.plugins.sql.stores import BoundStore
 from chatwright.plugins.sql.sweeps import sweep_statement, swept_sessions
@@ -297,7 +297,9 @@ class SQLSessionStore(BoundStore):
         process's sweeper is doing so now (their advisory lock), waiting at most
         :data:`.sweeps.SWEEP_LOCK_WAIT` for a row another transaction holds (a heartbeat
         or a turn's end touching the session, a client closing it); past that it
-        is cancelled with nothing done. When that took less than a whole batch,
+        is cancelled with nothing done, as it is when the server ends a deadlock
+        with it (a transaction locking two of its rows in the other order; with
+        the default ``deadlock_timeout`` of 1 s, the 50 ms end first). When that took less than a whole batch,
         the rest is taken the way that never waits: rows locked first, ``FOR
         UPDATE SKIP LOCKED``. So sweepers of several processes all take batches
         at once, each session in one batch only, and the end of a pass costs one
@@ -305,11 +307,14 @@ class SQLSessionStore(BoundStore):
         """
         limit = params["batch"]
         rows: Sequence[Any] = []
+        expected = EXPECTED_WAITS.set(True)
         try:
             async with self._step() as conn:
                 rows = (await conn.execute(sweep_statement(True, resume, answer), params)).all()
         except RowsHeld:
-            pass  # nothing of it was done
+            pass  # nothing of it was done (its lock_timeout ran out, or a deadlock ended it)
+        finally:
+            EXPECTED_WAITS.reset(expected)
         taken = len(rows) if answer != "count" else rows[0][0] if rows else 0
         if taken >= limit:
             return rows

@@ -71,9 +71,11 @@ def sweep_statement(
     oldest first. On PostgreSQL it starts where the previous batch of the same
     pass ended (see :meth:`.sessions.SQLSessionStore._swept`) and its rows are deleted by
     ``ctid`` (a TID scan); ``= ANY (ARRAY(...))`` keeps the planner from joining
-    the whole table to the batch. A row updated meanwhile (a heartbeat) has a
-    new ``ctid`` and is not deleted; a row deleted meanwhile is not deleted
-    twice, so each session is in one step's answer only.
+    the whole table to the batch. A row updated while the step waited for it
+    (a heartbeat) is deleted only if it is still idle as updated (the cutoff is
+    in the delete's own condition, which the server checks again on the row as
+    it is now); a row deleted meanwhile is not deleted twice, so each session
+    is in one step's answer only.
 
     By default the step holds the sweepers' advisory lock (:func:`_sweeping`)
     and deletes without locking its rows first. With ``skip_locked`` (the way
@@ -97,7 +99,10 @@ def sweep_statement(
         taken = batch.with_only_columns(ctid).with_for_update(skip_locked=True)
     else:
         taken = batch.where(_sweeping()).with_only_columns(ctid)
-    delete = _a.delete().where(ctid == sa.any_(sa.func.array(taken.scalar_subquery())))
+    # Still idle: a row updated while the step waited for it (a heartbeat) is checked
+    # again as it is now, whatever the server's recheck of a TID scan does.
+    idle = _a.c.updated_at < sa.bindparam("idle_before", type_=_a.c.updated_at.type)
+    delete = _a.delete().where(ctid == sa.any_(sa.func.array(taken.scalar_subquery())), idle)
     if answer == "ids":
         return delete.returning(_a.c.session_id, _a.c.updated_at)
     if answer == "count":
