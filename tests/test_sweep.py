@@ -414,7 +414,7 @@ async def test_a_counting_pass_resumes_where_its_last_batch_ended(pg_storage: SQ
 async def test_a_session_another_transaction_holds_is_skipped_then_swept(
     pg_storage: SQLStorage,
 ) -> None:
-    """A step waits a moment for a row another transaction holds (SWEEP_LOCK_WAIT), then
+    """A step gives up on a row another transaction holds (after SWEEP_LOCK_WAIT), then
     takes its batch with SKIP LOCKED, which passes over the row; a later call finds it.
     Without the step's lock_timeout it would wait for as long as the row is held."""
     import psycopg
@@ -444,12 +444,12 @@ async def test_a_session_another_transaction_holds_is_skipped_then_swept(
     assert await store.count_active() == 0
 
 
-async def test_a_session_heartbeated_while_a_step_waits_for_it_stays_active(
+async def test_a_session_heartbeated_as_a_step_reaches_it_stays_active(
     pg_storage: SQLStorage,
 ) -> None:
-    """A step that waits for a session's row while a heartbeat updates it does not
-    delete the row as updated: the step's delete checks the cutoff again on the row as
-    it is now (a server's recheck of a TID scan alone has not always done so)."""
+    """A step that reaches a session's row while a heartbeat updates it does not delete
+    the row as updated: it gives the row up, and the delete checks the cutoff again on
+    a row as it is now (a server's recheck of a TID scan alone has not always done so)."""
     import psycopg
 
     store = pg_storage.sessions
@@ -517,6 +517,47 @@ async def test_a_sweep_step_deletes_without_locking_its_rows_first(
         assert "LockRows" not in plans[(False, answer)], plans[(False, answer)]
         assert "pg_try_advisory_xact_lock" in plans[(False, answer)]
         assert "LockRows" in plans[(True, answer)], plans[(True, answer)]
+
+
+async def test_a_sweep_step_deletes_its_batch_by_tid_whatever_the_statistics_say(
+    pg_storage: SQLStorage,
+) -> None:
+    """The delete's own cutoff ("IS TRUE") gives the planner no index to use: with
+    statistics that have not seen the sessions gone idle, an index scan on updated_at
+    would compare every idle row's ctid with the whole batch (seconds a step), where
+    the TID scan takes the batch's rows alone."""
+    from chatwright.plugins.sql.sweeps import sweep_statement
+
+    statements = [
+        "ALTER TABLE active_sessions SET (autovacuum_enabled = false)",
+        "INSERT INTO chat_sessions (id, chat_id, user_id, agent_name, updated_at) "
+        "SELECT gen_random_uuid(), gen_random_uuid(), 'r' || g, 'a', now() "
+        "FROM generate_series(1, 20000) AS g",
+        "INSERT INTO active_sessions SELECT id, user_id, agent_name, NULL, updated_at "
+        "FROM chat_sessions",
+        "ANALYZE active_sessions",
+        "INSERT INTO chat_sessions (id, chat_id, user_id, agent_name, updated_at) "
+        "SELECT gen_random_uuid(), gen_random_uuid(), 'i' || g, 'a', "
+        "now() - interval '2 hours' - g * interval '1 ms' FROM generate_series(1, 30000) AS g",
+        "INSERT INTO active_sessions SELECT id, user_id, agent_name, NULL, updated_at "
+        "FROM chat_sessions WHERE user_id LIKE 'i%%'",
+    ]
+    async with pg_storage.write() as conn:
+        for statement in statements:
+            await conn.exec_driver_sql(statement)
+    try:
+        stmt = sweep_statement(True, False, "count")
+        compiled = stmt.compile(dialect=pg_storage.engine.dialect)
+        params = {"idle_before": datetime.now(UTC) - LATER, "batch": 10_000}
+        async with pg_storage.write() as conn:
+            explained = await conn.exec_driver_sql(
+                f"EXPLAIN {compiled}", compiled.construct_params(params)
+            )
+            plan = "\n".join(r[0] for r in explained)
+        assert "TID Cond: (ctid = ANY" in plan and "Filter: (ctid = ANY" not in plan, plan
+    finally:
+        async with pg_storage.write() as conn:
+            await conn.exec_driver_sql("ALTER TABLE active_sessions RESET (autovacuum_enabled)")
 
 
 async def test_a_turn_keeps_its_session_from_the_sweeper_and_a_swept_one_keeps_its_time(

@@ -294,12 +294,12 @@ class SQLSessionStore(BoundStore):
         """PostgreSQL: one sweep step's rows (see :func:`.sweeps.sweep_statement`).
 
         The step first deletes its batch without locking its rows, if no other
-        process's sweeper is doing so now (their advisory lock), waiting at most
-        :data:`.sweeps.SWEEP_LOCK_WAIT` for a row another transaction holds (a heartbeat
-        or a turn's end touching the session, a client closing it); past that it
-        is cancelled with nothing done, as it is when the server ends a deadlock
-        with it (a transaction locking two of its rows in the other order; with
-        the default ``deadlock_timeout`` of 1 s, the 50 ms end first). When that took less than a whole batch,
+        process's sweeper is doing so now (their advisory lock), giving up when
+        it would wait longer than :data:`.sweeps.SWEEP_LOCK_WAIT` for a row
+        another transaction holds (a heartbeat or a turn's end touching the
+        session, a client closing it, another sweeper's batch): it is then
+        cancelled with nothing done, as it is when the server ends a deadlock
+        with it. When that took less than a whole batch,
         the rest is taken the way that never waits: rows locked first, ``FOR
         UPDATE SKIP LOCKED``. So sweepers of several processes all take batches
         at once, each session in one batch only, and the end of a pass costs one

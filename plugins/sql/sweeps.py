@@ -30,10 +30,19 @@ def _batch(postgresql: bool) -> sa.Select[Any]:
     )
 
 
-SWEEP_LOCK_WAIT = "50ms"
+SWEEP_LOCK_WAIT = "1ms"
 """How long a sweep step on PostgreSQL waits for a row another transaction holds
-before it takes its batch the way that never waits
-(see :meth:`.sessions.SQLSessionStore._pg_step`)."""
+before it gives up and takes its batch the way that never waits
+(see :meth:`.sessions.SQLSessionStore._pg_step`).
+
+PostgreSQL's ``lock_timeout`` bounds each wait, not the statement: a step kept
+waiting by one row after another holds the rows it has deleted meanwhile, and
+a transaction waiting for those could reach its ``deadlock_timeout`` and be
+the one ended. Giving up at the first wait of more than a millisecond keeps
+what the sweeper makes others wait for to about its own work (tens of
+milliseconds a batch); held rows are rare (a client heartbeating a session as
+it turns idle, another sweeper's batch), and a step given up is taken again
+at once the other way."""
 
 
 def _sweeping() -> sa.ScalarSelect[Any]:
@@ -101,7 +110,11 @@ def sweep_statement(
         taken = batch.where(_sweeping()).with_only_columns(ctid)
     # Still idle: a row updated while the step waited for it (a heartbeat) is checked
     # again as it is now, whatever the server's recheck of a TID scan does.
-    idle = _a.c.updated_at < sa.bindparam("idle_before", type_=_a.c.updated_at.type)
+    # "IS TRUE": no index serves it, so the planner keeps to the TID scan of the batch
+    # (through the index on updated_at, the ctid list would be a filter on every idle row).
+    idle = (_a.c.updated_at < sa.bindparam("idle_before", type_=_a.c.updated_at.type)).is_(
+        sa.true()
+    )
     delete = _a.delete().where(ctid == sa.any_(sa.func.array(taken.scalar_subquery())), idle)
     if answer == "ids":
         return delete.returning(_a.c.session_id, _a.c.updated_at)
