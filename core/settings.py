@@ -131,8 +131,8 @@ class SessionsSettings(_Section):
         10_000,
         ge=1,
         le=100_000,
-        description="Idle sessions one sweeper step deactivates at once (a short transaction, "
-        "two at most; the sweeper yields to requests between steps).",
+        description="Idle sessions one sweeper step deactivates at once (one short "
+        "transaction; the sweeper yields to requests between steps).",
     )
 
 

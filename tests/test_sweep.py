@@ -495,6 +495,35 @@ async def test_a_step_while_another_sweeper_holds_the_sweep_lock_takes_its_batch
     assert await store.count_active() == 0
 
 
+@pytest.mark.parametrize("answer", ["ids", "count", "rows"])
+async def test_a_step_that_deleted_sessions_answers_them_whatever_comes_after(
+    pg_storage: SQLStorage, monkeypatch: pytest.MonkeyPatch, answer: str
+) -> None:
+    """A step is atomic: the sessions its first statement deleted are in its answer,
+    so a short batch (the end of a pass) does not run a second statement whose
+    failure would lose them, deleted and never reported. Here any second statement
+    fails."""
+    from chatwright.plugins.sql import sessions as sql_sessions
+    from chatwright.plugins.sql.sweeps import sweep_statement
+
+    def failing_second(postgresql: bool, resume: bool, answer: str, skip_locked: bool = False):
+        if skip_locked:
+            return sa.text("SELECT 1 / 0")
+        return sweep_statement(postgresql, resume, answer, skip_locked)
+
+    monkeypatch.setattr(sql_sessions, "sweep_statement", failing_second)
+    store = pg_storage.sessions
+    opened = {(await store.open(f"atomic-{i}", AGENT)).id for i in range(5)}
+    cutoff = datetime.now(UTC) + LATER
+    if answer == "ids":
+        assert set(await store.sweep_ids(cutoff, limit=10)) == opened
+    elif answer == "count":
+        assert await store.sweep_count(cutoff, limit=10) == 5
+    else:
+        assert {s.id for s in await store.sweep(cutoff, limit=10)} == opened
+    assert await store.count_active() == 0
+
+
 async def test_a_sweep_step_deletes_without_locking_its_rows_first(
     pg_storage: SQLStorage,
 ) -> None:

@@ -283,7 +283,7 @@ class SQLSessionStore(BoundStore):
         self._resume = (idle_before, newest)
 
     def _step(self) -> AbstractAsyncContextManager[AsyncConnection]:
-        """The transaction of one sweep step. On PostgreSQL its one statement runs
+        """The transaction of one statement of a sweep step. On PostgreSQL it runs
         by itself, without ``BEGIN`` and ``COMMIT``, when nothing has to be set
         for the connecting role first: one round trip a batch instead of three."""
         if self.db.dialect == "postgresql":
@@ -299,32 +299,27 @@ class SQLSessionStore(BoundStore):
         another transaction holds (a heartbeat or a turn's end touching the
         session, a client closing it, another sweeper's batch): it is then
         cancelled with nothing done, as it is when the server ends a deadlock
-        with it. When that took less than a whole batch,
-        the rest is taken the way that never waits: rows locked first, ``FOR
-        UPDATE SKIP LOCKED``. So sweepers of several processes all take batches
-        at once, each session in one batch only, and the end of a pass costs one
-        more statement.
+        with it. Only when that took nothing is the batch taken the way that
+        never waits for a row: rows locked first, ``FOR UPDATE SKIP LOCKED``.
+        So a step's answer is one statement's, atomic: a session it deleted is
+        in its answer, whatever happens to a statement after it. Sweepers of
+        several processes all take batches at once, each session in one batch
+        only, and the end of a pass costs one more statement.
         """
-        limit = params["batch"]
-        rows: Sequence[Any] = []
         expected = EXPECTED_WAITS.set(True)
         try:
             async with self._step() as conn:
                 rows = (await conn.execute(sweep_statement(True, resume, answer), params)).all()
         except RowsHeld:
-            pass  # nothing of it was done (its lock_timeout ran out, or a deadlock ended it)
+            rows = []  # nothing of it was done (its lock_timeout ran out, or a deadlock)
         finally:
             EXPECTED_WAITS.reset(expected)
-        taken = len(rows) if answer != "count" else rows[0][0] if rows else 0
-        if taken >= limit:
+        taken = (rows[0][0] if answer == "count" else len(rows)) if rows else 0
+        if taken:
             return rows
         stmt = sweep_statement(True, resume, answer, skip_locked=True)
         async with self._step() as conn:
-            more = (await conn.execute(stmt, {**params, "batch": limit - taken})).all()
-        if answer != "count":
-            return [*rows, *more]
-        marks = [mark for _, mark in (*rows, *more) if mark is not None]
-        return [(taken + more[0][0], max(marks, default=None))]
+            return (await conn.execute(stmt, params)).all()
 
     async def sweep(self, idle_before: datetime, *, limit: int) -> builtins.list[ChatSession]:
         resume, params = self._sweep_params(idle_before, limit)

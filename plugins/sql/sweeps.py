@@ -32,7 +32,7 @@ def _batch(postgresql: bool) -> sa.Select[Any]:
 
 SWEEP_LOCK_WAIT = "1ms"
 """How long a sweep step on PostgreSQL waits for a row another transaction holds
-before it gives up and takes its batch the way that never waits
+before it gives up and takes its batch the way that never waits for a row
 (see :meth:`.sessions.SQLSessionStore._pg_step`).
 
 PostgreSQL's ``lock_timeout`` bounds each wait, not the statement: a step kept
@@ -88,10 +88,10 @@ def sweep_statement(
 
     By default the step holds the sweepers' advisory lock (:func:`_sweeping`)
     and deletes without locking its rows first. With ``skip_locked`` (the way
-    taken when another sweeper held that lock, or rows were held past the
-    step's ``lock_timeout``) the rows are
+    taken when the first statement took nothing: another sweeper held that
+    lock, or rows were held past the step's ``lock_timeout``) the rows are
     locked first with ``FOR UPDATE SKIP LOCKED``, which passes over held rows
-    and never waits, but writes each row twice: locking a row is a write of its
+    without waiting for them, but writes each row twice: locking a row is a write of its
     own, which made a pass of a million sessions take 2.3 s where the delete
     alone takes 1.4 s (batches of 10,000).
 
