@@ -130,13 +130,13 @@ async def sweep(
     """One sweeper pass: deactivate idle sessions in batches, then evict by policy.
 
     Each batch (``sessions.sweep_batch`` sessions at most, and
-    :data:`HOOKED_BATCH` when a plugin implements ``session_deactivated``) is a
-    short transaction or two, and the pass yields to the event loop between batches, so the
-    requests a server serves meanwhile wait for one batch at most. Several
-    processes may sweep at once: the store hands each idle session to exactly
-    one batch (on PostgreSQL a row deleted by one step is not deleted again by
-    another), so each is
-    deactivated, and reported to ``session_deactivated``, once. The report
+    :data:`HOOKED_BATCH` when a plugin implements ``session_deactivated``) is one
+    short atomic step of the store, and the pass yields to the event loop between
+    batches, so the requests a server serves meanwhile wait for one batch at most.
+    Several processes may sweep at once: the store hands each idle session to
+    exactly one batch (on PostgreSQL a row deleted by one step is not deleted
+    again by another), so each is deactivated, and reported to
+    ``session_deactivated``, once. The report
     holds counts, and the ids only with ``keep_ids``.
     """
     started = time.perf_counter()

@@ -17,6 +17,11 @@ from chatwright.plugins.sql import schema
 _s, _a = schema.chat_sessions, schema.active_sessions
 
 
+def _time(name: str) -> sa.BindParameter[Any]:
+    """A parameter of the statements compared with ``active_sessions.updated_at``."""
+    return sa.bindparam(name, type_=_a.c.updated_at.type)
+
+
 def _batch(postgresql: bool) -> sa.Select[Any]:
     """The ids of the next ``batch`` idle active sessions (before ``idle_before``), the
     longest idle first (on SQLite, ties in the order of their ids, so that reading the
@@ -24,7 +29,7 @@ def _batch(postgresql: bool) -> sa.Select[Any]:
     order = [_a.c.updated_at] if postgresql else [_a.c.updated_at, _a.c.session_id]
     return (
         sa.select(_a.c.session_id)
-        .where(_a.c.updated_at < sa.bindparam("idle_before", type_=_a.c.updated_at.type))
+        .where(_a.c.updated_at < _time("idle_before"))
         .order_by(*order)
         .limit(sa.bindparam("batch", type_=sa.Integer))
     )
@@ -78,8 +83,8 @@ def sweep_statement(
 
     The batch is found through the index on ``active_sessions.updated_at``,
     oldest first. On PostgreSQL it starts where the previous batch of the same
-    pass ended (see :meth:`.sessions.SQLSessionStore._swept`) and its rows are deleted by
-    ``ctid`` (a TID scan); ``= ANY (ARRAY(...))`` keeps the planner from joining
+    pass ended (see :meth:`.sessions.SQLSessionStore._swept`) and its rows are
+    deleted by ``ctid`` (a TID scan); ``= ANY (ARRAY(...))`` keeps the planner from joining
     the whole table to the batch. A row updated while the step waited for it
     (a heartbeat) is deleted only if it is still idle as updated (the cutoff is
     in the delete's own condition, which the server checks again on the row as
@@ -91,9 +96,9 @@ def sweep_statement(
     taken when the first statement took nothing: another sweeper held that
     lock, or rows were held past the step's ``lock_timeout``) the rows are
     locked first with ``FOR UPDATE SKIP LOCKED``, which passes over held rows
-    without waiting for them, but writes each row twice: locking a row is a write of its
-    own, which made a pass of a million sessions take 2.3 s where the delete
-    alone takes 1.4 s (batches of 10,000).
+    without waiting for them, but writes each row twice: locking a row is a
+    write of its own, which made a pass of a million sessions take 2.3 s where
+    the delete alone takes 1.4 s (batches of 10,000).
 
     SQLite serializes write transactions, so the subquery alone is enough there.
     """
@@ -102,7 +107,7 @@ def sweep_statement(
         delete = _a.delete().where(_a.c.session_id.in_(batch.scalar_subquery()))
         return delete.returning(_a.c.session_id, _a.c.updated_at) if answer == "ids" else delete
     if resume:
-        batch = batch.where(_a.c.updated_at >= sa.bindparam("mark", type_=_a.c.updated_at.type))
+        batch = batch.where(_a.c.updated_at >= _time("mark"))
     ctid: sa.ColumnElement[Any] = sa.literal_column("ctid")
     if skip_locked:
         taken = batch.with_only_columns(ctid).with_for_update(skip_locked=True)
@@ -112,9 +117,7 @@ def sweep_statement(
     # again as it is now, whatever the server's recheck of a TID scan does.
     # "IS TRUE": no index serves it, so the planner keeps to the TID scan of the batch
     # (through the index on updated_at, the ctid list would be a filter on every idle row).
-    idle = (_a.c.updated_at < sa.bindparam("idle_before", type_=_a.c.updated_at.type)).is_(
-        sa.true()
-    )
+    idle = (_a.c.updated_at < _time("idle_before")).is_(sa.true())
     delete = _a.delete().where(ctid == sa.any_(sa.func.array(taken.scalar_subquery())), idle)
     if answer == "ids":
         return delete.returning(_a.c.session_id, _a.c.updated_at)
