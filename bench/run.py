@@ -122,7 +122,14 @@ def section_runtime(args: argparse.Namespace, tmp: Path) -> list[Row]:
 def section_pg(args: argparse.Namespace, pg_url: str, admin_url: str) -> list[Row]:
     per = asyncio.run(inprocess.pg_activity(pg_url, admin_url, args.inproc_turns))
     besides = per.transactions - per.tool_transactions
+    # Section 2's comparison on PostgreSQL, where each of a turn's statements is a round
+    # trip: shown, not judged (the goal is section 2's, on SQLite).
+    through, bare = asyncio.run(inprocess.runtime_vs_graph(pg_url, args.inproc_turns))
+    a, b = median(through), median(bare)
     return [
+        Row(3, "cached turn through Runtime.chat (PostgreSQL)", ms(a)),
+        Row(3, "bare ainvoke of the same built graph (PostgreSQL)", ms(b)),
+        ratio_row(3, "Runtime.chat / bare ainvoke (PostgreSQL)", a / b, "", None),
         Row(3, "PostgreSQL transactions per cached turn, all", f"{per.transactions:.1f}"),
         Row(3, "... of which the insert tool's own", f"{per.tool_transactions:.1f}"),
         Row(

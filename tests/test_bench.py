@@ -97,6 +97,9 @@ def test_postgresql_sections(tmp_path: Path) -> None:
     assert number(rows["PostgreSQL transactions per cached turn, all"][0]) >= 1.5
     assert number(rows["... of which the insert tool's own"][0]) >= 0.5
     assert number(rows["new connections per cached turn"][0]) >= 0
+    assert number(rows["cached turn through Runtime.chat (PostgreSQL)"][0]) > 0
+    assert number(rows["bare ainvoke of the same built graph (PostgreSQL)"][0]) > 0
+    assert number(rows["Runtime.chat / bare ainvoke (PostgreSQL)"][1]) > 0
     with admin_connect() as conn:
         left = set(conn.execute(listed).fetchall()) - before
     assert left == set(), "the run's database was not dropped"
