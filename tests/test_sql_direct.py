@@ -138,6 +138,27 @@ async def test_a_statement_run_again_gives_what_sqlalchemy_gives(
     assert [tuple(r) for r in stored] == [("a", None), ("b", None)]
 
 
+async def test_a_statement_that_finds_nothing_gives_what_sqlalchemy_gives(
+    storage: SQLStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No rows, yet the columns: on PostgreSQL the direct path tells a result with rows
+    from one without by the result's status, not by psycopg's description."""
+    ran = DirectRuns(monkeypatch)
+    found = []
+    for _ in range(2):
+        async with storage.inline_write() as conn:
+            found.append(await conn.execute(SELECT, {"owner": "nobody", "limit": 5}))
+    for n in range(2):
+        async with storage.inline_write() as conn:
+            changed = await conn.execute(UPDATE, {"who": "nobody", "body": n})
+            assert changed.rowcount == 0 and not changed.returns_rows
+    assert ran.direct == ["SELECT", "UPDATE"]
+    by_sqlalchemy, direct = found
+    assert direct.returns_rows and by_sqlalchemy.returns_rows
+    assert list(direct.keys()) == list(by_sqlalchemy.keys())
+    assert direct.all() == by_sqlalchemy.all() == []
+
+
 async def test_row_counts_returning_and_errors_are_sqlalchemys(
     storage: SQLStorage, monkeypatch: pytest.MonkeyPatch
 ) -> None:

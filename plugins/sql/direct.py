@@ -366,7 +366,7 @@ class DirectConnection(AsyncConnection):
         if isinstance(driver, PsycopgRunner):
             try:
                 description, rows, rowcount, lastrowid = await driver.run(
-                    prepared.sql, values, many, statements.dialect
+                    prepared.sql, values, many, statements.dialect, names=prepared.row is None
                 )
             except exc.DBAPIError as error:
                 if error.connection_invalidated:

@@ -17,6 +17,7 @@ whatever a connection given back left open.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from sqlalchemy import exc
@@ -75,8 +76,15 @@ class PsycopgRunner:
             raise self._wrapped(error, "SET autocommit", None, dialect) from error
 
     async def run(
-        self, sql: str, values: Any, many: bool, dialect: Dialect
+        self, sql: str, values: Any, many: bool, dialect: Dialect, *, names: bool = True
     ) -> tuple[Any, list[Any], int, None]:
+        """Run ``sql``: its description (None when it returns no rows), rows, row count.
+
+        Without ``names`` the description of a statement that returns rows is an empty
+        tuple: psycopg makes an object per column for ``cursor.description``, which
+        cost more than the rows of a turn's statements, and the caller knows its
+        statement's columns already.
+        """
         import psycopg
 
         try:
@@ -85,11 +93,25 @@ class PsycopgRunner:
                     await cursor.executemany(sql, values)
                     return None, [], cursor.rowcount, None
                 await cursor.execute(sql, values)
-                description = cursor.description
-                rows = await cursor.fetchall() if description is not None else []
-                return description, rows, cursor.rowcount, None
+                result = cursor.pgresult
+                if result is None or not (
+                    result.nfields or result.status in _tuples()
+                ):  # as cursor.description tells a statement without rows
+                    return None, [], cursor.rowcount, None
+                rows = await cursor.fetchall()
+                described = cursor.description if names else ()
+                return described, rows, cursor.rowcount, None
         except psycopg.Error as error:
             raise self._wrapped(error, sql, values, dialect) from error
+
+
+@functools.cache
+def _tuples() -> frozenset[int]:
+    """The statuses of results that hold rows, even none (``SELECT ;``)."""
+    from psycopg.pq import ExecStatus
+
+    states = ("TUPLES_OK", "SINGLE_TUPLE", "TUPLES_CHUNK")
+    return frozenset(int(getattr(ExecStatus, s)) for s in states if hasattr(ExecStatus, s))
 
 
 def psycopg_runner(conn: AsyncConnection) -> PsycopgRunner | None:
