@@ -84,14 +84,14 @@ def transactions(runtime: Runtime) -> Iterator[list[str]]:
     run = sqlite_driver.Inline.run
     run_pg = psycopg_direct.PsycopgRunner.run
 
-    async def pg_run(self: Any, *args: Any) -> Any:
+    async def pg_run(self: Any, *args: Any, **kwargs: Any) -> Any:
         from psycopg.pq import TransactionStatus
 
         if self.connection.autocommit:
             begun.append("autocommit")
         elif self.connection.info.transaction_status == TransactionStatus.IDLE:
             begun.append("begin on the driver")
-        return await run_pg(self, *args)
+        return await run_pg(self, *args, **kwargs)
 
     def began(conn: Any) -> None:
         if not isinstance(conn.connection.dbapi_connection, sqlite_driver.OneHopConnection):
