@@ -3,7 +3,8 @@
 2. A cached turn through ``Runtime.chat`` next to the bare ``ainvoke`` of the
    same built agent graph (same model, tools and insert), alternating.
 3. PostgreSQL transactions and new connections per cached turn, as
-   ``pg_stat_database`` counts them on the run's database.
+   ``pg_stat_database`` counts them on the run's database (and section 2's
+   comparison, run on that database).
 4. Storage bytes per turn after 500 turns: chatwright's SQLite file next to
    the file of LangGraph's ``AsyncSqliteSaver``.
 5. A turn on a chat with 100,000 stored messages next to one on a fresh chat.

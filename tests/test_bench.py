@@ -105,6 +105,32 @@ def test_postgresql_sections(tmp_path: Path) -> None:
     assert left == set(), "the run's database was not dropped"
 
 
+def test_a_failed_part_of_a_section_hides_none_of_its_other_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Section 3's comparison on PostgreSQL failing leaves its judged rows in the table,
+    with a FAILED row for the part that failed, and the run fails."""
+    admin_connect().close()  # skips, saying why, when no server answers (fails with CI=true)
+    from bench import inprocess
+
+    async def counted(*_: object) -> inprocess.PerTurn:
+        return inprocess.PerTurn(transactions=4.0, tool_transactions=1.0, sessions=0.0)
+
+    async def broken(*_: object) -> None:
+        raise RuntimeError("the comparison broke")
+
+    monkeypatch.setattr(inprocess, "pg_activity", counted)
+    monkeypatch.setattr(inprocess, "runtime_vs_graph", broken)
+    out = tmp_path / "performance.md"
+    out.write_text("<!-- bench:begin -->\n<!-- bench:end -->\n")
+    args = [*TINY, "--sections", "3", "--pg", libpq(ADMIN_URL), "--write", str(out)]
+    assert main(args) == 1
+    rows = table(out.read_text())
+    assert rows["transactions per turn besides the tool's"][0] == "3.0"
+    assert rows["new connections per cached turn"][0] == "0.00"
+    assert rows["FAILED"] == ("the comparison broke", "")
+
+
 def test_an_unreachable_postgresql_is_skipped_saying_so(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
