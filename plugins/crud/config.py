@@ -71,6 +71,19 @@ class Scope(BaseModel):
     agent_column: Identifier | None = None
     """Set to the agent's name in every write and every WHERE, when given."""
 
+    @model_validator(mode="after")
+    def _distinct(self) -> Scope:
+        user, agent = self.user_column, self.agent_column
+        # SQLite's column names are case-insensitive: ``User_Id`` is ``user_id`` there.
+        if user and agent and user.casefold() == agent.casefold():
+            raise ValueError(
+                f"user_column and agent_column name the same column {user!r}: the agent's "
+                "name would take the place of the user's id in every statement, and every "
+                "user of the agent would share one set of rows; give agent_column a "
+                "column of its own, or leave it out"
+            )
+        return self
+
     def columns(self) -> list[str]:
         return [c for c in (self.user_column, self.agent_column) if c]
 
