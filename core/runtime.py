@@ -197,6 +197,9 @@ class Runtime:
         self._decisions: Decisions | None = None
         # The tasks running a turn's model loop, with its time limit once it runs.
         self._running: dict[asyncio.Task[Any], asyncio.Timeout | None] = {}
+        # The ends of turns (storing what they made, giving the chat back), which go on
+        # when the turn's own task is cancelled meanwhile.
+        self._ending: set[asyncio.Future[None]] = set()
         self._stopping = False
 
     @property
@@ -261,8 +264,20 @@ class Runtime:
             if scope is None:
                 task.cancel()
             elif not scope.expired():
-                scope.reschedule(now)
+                # Its run may be over, the turn storing what it made: it ends by itself.
+                with contextlib.suppress(RuntimeError):
+                    scope.reschedule(now)
         return len(self._running)
+
+    def _ended(self, ending: asyncio.Future[None]) -> None:
+        """A turn's end is over: forget it; its error, if its turn's task is gone, is
+        logged (its turn's caller gets it otherwise)."""
+        self._ending.discard(ending)
+        if ending.cancelled():
+            return
+        error = ending.exception()
+        if error is not None and not isinstance(error, ChatwrightError):
+            log.debug("the end of a turn failed: %s", error)
 
     @asynccontextmanager
     async def bounded(self, seconds: float) -> AsyncIterator[asyncio.Timeout]:
@@ -293,6 +308,9 @@ class Runtime:
                 task.cancel()
             if late:
                 await asyncio.wait(late, timeout=STOP_WAIT)
+        if self._ending:
+            # Ends that outlived their turn's task: let them store and give chats back.
+            await asyncio.wait(set(self._ending), timeout=STOP_WAIT)
         try:
             self.plugins.notify("shutdown", runtime=self)
         finally:
@@ -596,8 +614,20 @@ class Runtime:
         async def end(
             messages: list[BaseMessage], *, touch: bool, pending: Sequence[NewPending] = ()
         ) -> None:
-            nonlocal ended, held, spent, kept, appending
+            nonlocal ended
             ended = True
+            # One task, shielded as a whole: a cancellation that comes meanwhile (a
+            # request cancelled after its turn was stopped, say) must not keep it from
+            # storing what the turn made and giving the chat back.
+            ending = asyncio.ensure_future(ending_steps(messages, touch=touch, pending=pending))
+            self._ending.add(ending)
+            ending.add_done_callback(self._ended)
+            await asyncio.shield(ending)
+
+        async def ending_steps(
+            messages: list[BaseMessage], *, touch: bool, pending: Sequence[NewPending]
+        ) -> None:
+            nonlocal held, spent, kept, appending
             if appending is not None:
                 stored, upto = appending
                 appending = None
@@ -611,16 +641,13 @@ class Runtime:
                 if done:
                     kept = upto
             spent = usage()
-            # Shielded: a cancelled request still stores what it made and frees the chat.
-            held = await asyncio.shield(
-                turns.finish(
-                    start,
-                    to_store(messages[kept:], dumped),
-                    touch=touch,
-                    pending=pending,
-                    usage=spent,
-                    summary=fitted.new_summary,
-                )
+            held = await turns.finish(
+                start,
+                to_store(messages[kept:], dumped),
+                touch=touch,
+                pending=pending,
+                usage=spent,
+                summary=fitted.new_summary,
             )
 
         task = asyncio.current_task()
