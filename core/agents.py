@@ -28,11 +28,24 @@ LIMITS = ("turn_timeout", "max_model_calls", "max_tool_calls", "history_tokens")
 
 def check_prompt(prompt: str) -> str:
     try:
-        fields = [f for _, f, _, _ in string.Formatter().parse(prompt) if f is not None]
+        pieces = [(f, s, c) for _, f, s, c in string.Formatter().parse(prompt) if f is not None]
     except ValueError as exc:
         raise ValueError(
             f"unbalanced braces ({exc}); write a literal brace as {{{{ or }}}}"
         ) from None
+    fields = [f for f, _, _ in pieces]
+    shaped = sorted(
+        {
+            "{" + f + (f"!{c}" if c else "") + (f":{s}" if s else "") + "}"
+            for f, s, c in pieces
+            if f in PROMPT_PLACEHOLDERS and (s or c)
+        }
+    )
+    if shaped:
+        raise ValueError(
+            f"placeholder {', '.join(shaped)} has a conversion or format spec, which "
+            "prompts do not take; write {memory} or {custom_instructions} alone"
+        )
     unknown = sorted({f for f in fields if f not in PROMPT_PLACEHOLDERS})
     if unknown:
         names = ", ".join("{" + f + "}" for f in unknown)

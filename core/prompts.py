@@ -11,7 +11,11 @@ cached agent):
     the content of the user's active ``prompt_customizations`` for this
     agent, highest priority first, separated by blank lines.
 
-Literal braces in a prompt are doubled, as in :meth:`str.format`.
+Literal braces in a prompt are doubled, as in :meth:`str.format`. A
+placeholder takes no conversion or format spec (``{memory!r}``,
+``{memory:>20}``): setting such a prompt is refused, and one stored before
+(or by hand) is filled as the bare placeholder. Anything else in braces that
+is not a placeholder (a row written by hand) stays in the prompt as it is.
 
 Notes only grow when a memory tool appends to them, so the prompt shows at
 most ``turns.memory_chars`` characters of them: the newest lines (facts are
@@ -20,6 +24,8 @@ stored notes are never cut; a tool that reads them gets them whole.
 """
 
 from __future__ import annotations
+
+import string
 
 from chatwright.settings import TurnsSettings
 from chatwright.stores import Agent, Storage
@@ -58,12 +64,29 @@ def fill(
 
     :param memory_chars: the most characters of ``memory`` shown (``turns.memory_chars``).
     """
-    return template.format_map(
-        {
-            "memory": newest(memory, memory_chars) or NO_MEMORY,
-            "custom_instructions": "\n\n".join(i.strip() for i in instructions if i.strip()),
-        }
-    ).strip()
+    values = {
+        "memory": newest(memory, memory_chars) or NO_MEMORY,
+        "custom_instructions": "\n\n".join(i.strip() for i in instructions if i.strip()),
+    }
+    try:
+        pieces = list(_PARSER.parse(template))
+    except ValueError:  # unbalanced braces, stored by hand: the text as it is
+        return template.strip()
+    out: list[str] = []
+    for literal, field, spec, conversion in pieces:
+        out.append(literal)
+        if field is None:
+            continue
+        value = values.get(field)
+        if value is None:
+            # Not a placeholder: kept as written.
+            tail = (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "")
+            value = "{" + field + tail + "}"
+        out.append(value)
+    return "".join(out).strip()
+
+
+_PARSER = string.Formatter()
 
 
 async def system_prompt(
