@@ -166,3 +166,8 @@ def one_line(exc: BaseException) -> str:
     if isinstance(exc, ChatwrightError) and text:
         return text
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def not_utf8(source: str, exc: UnicodeDecodeError) -> str:
+    """What to tell a user whose file (``source``) is not UTF-8 text."""
+    return f"{source} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8"

@@ -351,6 +351,11 @@ def _read_toml(path: Path) -> dict[str, Any]:
             f"configuration file {path} does not exist; create it with `chatwright init` "
             f"or point --config / {CONFIG_ENV} at an existing file"
         ) from None
+    except UnicodeDecodeError as exc:
+        raise SettingsError(
+            f"configuration file {path} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+            "TOML files are UTF-8: save it as UTF-8"
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise SettingsError(f"configuration file {path} is not valid TOML: {exc}") from None
     except RecursionError:

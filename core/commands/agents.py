@@ -24,7 +24,7 @@ import click
 from chatwright import hookimpl
 from chatwright.cli import AppContext, pass_app
 from chatwright.commands.output import echo_json, echo_list
-from chatwright.errors import InvalidInputError, UnknownAgentError
+from chatwright.errors import InvalidInputError, UnknownAgentError, not_utf8
 
 if TYPE_CHECKING:
     from chatwright.runtime import Runtime
@@ -145,7 +145,10 @@ def _agent_fields(
         raise InvalidInputError("give --prompt or --prompt-file, not both")
     fields: dict[str, Any] = {}
     if prompt_file is not None:
-        fields["system_prompt"] = prompt_file.read_text(encoding="utf-8")
+        try:
+            fields["system_prompt"] = prompt_file.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidInputError(not_utf8(str(prompt_file), exc)) from None
     elif prompt is not None:
         fields["system_prompt"] = prompt
     if model is not None:

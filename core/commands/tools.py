@@ -20,7 +20,7 @@ from chatwright.approvals import (
 from chatwright.cli import AppContext, pass_app
 from chatwright.commands import inputs
 from chatwright.commands.output import echo_json, echo_list, yes_no
-from chatwright.errors import InvalidInputError, UnknownAgentError
+from chatwright.errors import InvalidInputError, UnknownAgentError, not_utf8
 
 if TYPE_CHECKING:
     from chatwright.runtime import Runtime
@@ -142,7 +142,11 @@ def tools_add(
     from chatwright.stores import as_dict
 
     source = "standard input" if file.name == "<stdin>" else file.name
-    data = _tool_definition(file.read(), source)
+    try:
+        text = file.read()
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(not_utf8(source, exc)) from None
+    data = _tool_definition(text, source)
 
     async def work(runtime: Runtime) -> None:
         row = await add_tool(
