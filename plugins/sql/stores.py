@@ -224,6 +224,8 @@ class SQLToolStore(BoundStore):
         return [from_row(ToolRow, r) for r in rows]
 
     async def get(self, tool_id: int) -> ToolRow | None:
+        if not _a_row_id(tool_id):
+            return None  # PostgreSQL would refuse it as out of its column's range
         async with self.db.read() as conn:
             row = (await conn.execute(sa.select(schema.agent_tools).filter_by(id=tool_id))).first()
         return from_row(ToolRow, row) if row else None
@@ -289,12 +291,16 @@ class SQLToolStore(BoundStore):
         return from_row(ToolRow, row)
 
     async def delete(self, tool_id: int) -> bool:
+        if not _a_row_id(tool_id):
+            return False
         t = schema.agent_tools
         async with self.db.write() as conn:
             result = await conn.execute(t.delete().where(t.c.id == tool_id))
         return bool(result.rowcount)
 
     async def set_active(self, tool_id: int, active: bool) -> ToolRow:
+        if not _a_row_id(tool_id):
+            raise NotFoundError(f"no tool row with id {tool_id}; see `chatwright tools list`")
         t = schema.agent_tools
         stmt = (
             t.update()
@@ -322,6 +328,8 @@ class SQLToolStore(BoundStore):
         )
         if "config" in changes and changes["config"] is None:
             raise InvalidInputError(f"tool row {tool_id} needs a config (a JSON object)")
+        if not _a_row_id(tool_id):
+            raise NotFoundError(f"no tool row with id {tool_id}; see `chatwright tools list`")
         t = schema.agent_tools
         stmt = t.update().where(t.c.id == tool_id).values(**changes, updated_at=now()).returning(t)
         try:
@@ -419,3 +427,13 @@ class SQLMemoryStore(BoundStore):
             user_id=user_id,
         )
         return from_row(AgentMemory, row)
+
+
+LARGEST_TOOL_ID = 2**31 - 1
+"""The largest id ``agent_tools.id`` holds (a 32-bit integer on PostgreSQL)."""
+
+
+def _a_row_id(tool_id: int) -> bool:
+    """Whether ``tool_id`` can be a tool row's id: a larger one finds no row on either
+    database, instead of an error of PostgreSQL's that names no row."""
+    return not isinstance(tool_id, bool) and 0 < tool_id <= LARGEST_TOOL_ID
