@@ -8,6 +8,7 @@ and ``{custom_instructions}`` (literal braces are doubled, as in ``str.format``)
 
 from __future__ import annotations
 
+import math
 import re
 import string
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,33 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$"
 MODEL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*:\S+$")
 MAX_HISTORY_WINDOW = 10_000
 LIMITS = ("turn_timeout", "max_model_calls", "max_tool_calls", "history_tokens")
+
+
+def non_finite(value: Any, where: str) -> str | None:
+    """Where in ``value`` (a JSON value named ``where``) a number is NaN or infinite
+    (JSON has no such number: ``NaN``, ``Infinity``, or one too large, as ``1e400``);
+    None when there is none. Walked with a stack: a value is as deep as its parser
+    allowed."""
+    stack: list[tuple[str, Any]] = [(where, value)]
+    while stack:
+        at, item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return at
+        if isinstance(item, dict):
+            stack.extend((f"{at}.{key}", v) for key, v in item.items())
+        elif isinstance(item, list | tuple):
+            stack.extend((f"{at}.{n}", v) for n, v in enumerate(item))
+    return None
+
+
+def finite_only(value: Any, where: str) -> None:
+    """Refuse (``ValueError``) a number JSON cannot hold anywhere in ``value``."""
+    found = non_finite(value, where)
+    if found is not None:
+        raise ValueError(
+            f"{found} is NaN or infinite (or too large to be a number), which JSON cannot "
+            "hold; give a finite number"
+        )
 
 
 def check_prompt(prompt: str) -> str:
@@ -76,6 +104,12 @@ class AgentChanges(BaseModel):
     @classmethod
     def _prompt(cls, value: str | None) -> str | None:
         return None if value is None else check_prompt(value)
+
+    @field_validator("model_settings")
+    @classmethod
+    def _settings(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        finite_only(value, "model_settings")
+        return value
 
     @field_validator("model")
     @classmethod

@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from chatwright.agents import check_model_provider, validate_agent
+from chatwright.agents import check_model_provider, non_finite, validate_agent
 from chatwright.approvals import APPROVAL_MODES, DEFAULT_APPROVAL, DEFAULT_USER_CHOICE, USER_CHOICES
 from chatwright.errors import InvalidInputError, NotFoundError, UnknownAgentError
 from chatwright.stores import Agent, ToolRow
@@ -87,7 +87,17 @@ def _check_known(data: Mapping[str, Any], source: str) -> None:
         )
 
 
+def _finite_config(data: Mapping[str, Any], source: str) -> None:
+    found = non_finite(data.get("config"), "config")
+    if found is not None:
+        raise InvalidInputError(
+            f"{source}: {found} is NaN or infinite (or too large to be a number), which "
+            "JSON cannot hold; give a finite number"
+        )
+
+
 def _check_kinds(data: Mapping[str, Any], source: str) -> None:
+    _finite_config(data, source)
     for key, (kind, words) in _CHECKS.items():
         value = data.get(key)
         if key in data and (not isinstance(value, kind) or (key == "name" and not value)):
@@ -277,6 +287,7 @@ async def change_tool(runtime: Runtime, tool_id: int, changes: Mapping[str, Any]
     be disabled; changing what the model sees of it needs a row that loads.
     """
     row = await tool_row(runtime, tool_id)
+    _finite_config(changes, f"tool row {tool_id} not changed")
     if MODEL_VISIBLE & set(changes):
         agent = await agent_of(runtime, row)
         candidate = replace(row, **changes)

@@ -14,6 +14,7 @@ the server's cached executor of that agent is rebuilt at its next turn.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Query, Response
@@ -71,6 +72,11 @@ def _storable(body: Any) -> None:
                 stack.append((f"{where}.{key}" if where != "request body" else key, item))
         elif isinstance(value, list):
             stack.extend((f"{where}.{n}", item) for n, item in enumerate(value))
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise InvalidInputError(
+                f"{where}: is NaN or infinite (or too large to be a number), which JSON "
+                "cannot hold; give a finite number"
+            )
         elif isinstance(value, str) and UNSTORABLE.search(value):
             raise InvalidInputError(
                 f"{where}: holds a NUL character or a lone surrogate (\\u0000, "
