@@ -22,6 +22,7 @@ its own checks, and the whole mapping is read, and reviewed, together.
 from __future__ import annotations
 
 import json
+import math
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from chatwright.agents import non_finite
 from chatwright.plugins.importing.source import Source, jsonish
 
 if TYPE_CHECKING:
@@ -199,7 +201,13 @@ def _agent_item(
     for key, value in llm.items():
         if key in {"model", "model_name", "provider"}:
             continue
-        if key in MODEL_SETTINGS and isinstance(value, int | float) and not isinstance(value, bool):
+        if isinstance(value, float) and not math.isfinite(value):
+            item.problems.append(
+                f"llm_config.{key} not mapped: {value!r} is not a number JSON can hold"
+            )
+        elif (
+            key in MODEL_SETTINGS and isinstance(value, int | float) and not isinstance(value, bool)
+        ):
             settings[key] = value
         else:
             item.problems.append(
@@ -334,6 +342,10 @@ async def _tool_items(plan: Plan, runtime: Runtime, agents: Mapping[str, str]) -
         kind = draft.type if isinstance(draft.type, str) else ""
         if not isinstance(config, Mapping):
             item.skip("its config is not a JSON object")
+            continue
+        found = non_finite(config, "config")
+        if found is not None:
+            item.skip(f"{found} is NaN or infinite, which JSON cannot hold")
             continue
         if kind == "CRUDTool":
             try:

@@ -64,6 +64,17 @@ def build_hostile(conn: Any) -> None:
             "VALUES (%s, %s, %s, %s::jsonb, %s)",
             (agent, name, kind, json.dumps(config), i),
         )
+    # JSON kept as text (as the original kept some configs), with numbers JSON has not.
+    conn.execute(
+        "INSERT INTO agent_configurations (agent_name, llm_config) "
+        "VALUES ('nanny', to_jsonb(%s::text))",
+        ('{"model": "gpt-4o-mini", "max_tokens": NaN, "temperature": 1e400}',),
+    )
+    conn.execute(
+        'INSERT INTO agent_tools (agent_id, name, type, config, "order") '
+        "VALUES (%s, 'nan_default', 'CRUDTool', to_jsonb(%s::text), 99)",
+        (agent, '{"table_name": "tasks", "method": "fetch", "defaults": {"x": NaN}}'),
+    )
     conn.execute(
         "INSERT INTO chat_sessions (user_id, agent_name, chat_id) VALUES (%s, 'evil', %s)",
         (USER, CHAT),
@@ -165,6 +176,14 @@ async def test_hostile_rows_are_reported_and_framework_tables_refused(
     assert items["tool evil/schema_junk"]["action"] == "import"
     bad_names = [i for i in report["items"] if "tool name" in " ".join(i["problems"])]
     assert len(bad_names) == 2
+    # NaN and Infinity are no number JSON holds: not mapped, or the tool is not imported.
+    nanny = items["agent 'nanny'"]
+    assert nanny["action"] == "import"
+    for key in ("max_tokens", "temperature"):
+        assert any(p.startswith(f"llm_config.{key} not mapped: ") for p in nanny["problems"])
+    nan_tool = items["tool evil/nan_default"]
+    assert nan_tool["action"] == "skip"
+    assert "config.defaults.x is NaN or infinite" in " ".join(nan_tool["problems"])
     messages = items[f"messages of chat {CHAT}"]
     assert messages["action"] == "import"
     assert len(messages["problems"]) == 5
@@ -175,6 +194,8 @@ async def test_hostile_rows_are_reported_and_framework_tables_refused(
     assert (await pg_storage.agents.get("keep")) is not None
     names = {t.name for t in await pg_storage.tools.list("evil", active_only=True)}
     assert names == {"schema_junk"}
+    nanny_row = await pg_storage.agents.get("nanny")
+    assert nanny_row is not None and nanny_row.model_settings == {"temperature": 0.7}
     agent = await pg_storage.agents.get("evil")
     assert agent is not None
     assert agent.system_prompt == "hi {memory} {{0}} {{__class__}}"
