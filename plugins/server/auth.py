@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
-from chatwright.errors import ChatwrightError, SettingsError
+from chatwright.errors import ChatwrightError, SettingsError, not_utf8
 from chatwright.plugins.server.settings import ServerSettings
 from chatwright.settings import Settings, env_var
 
@@ -242,6 +242,8 @@ class JwksFile:
             text = self.path.read_text(encoding="utf-8")
         except OSError as exc:
             raise error(f"cannot read {where}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise error(not_utf8(where, exc)) from None
         try:
             keys = PyJWKSet.from_json(text).keys
         except (PyJWTError, ValueError, TypeError, KeyError) as exc:

@@ -1,7 +1,7 @@
-"""Files that are not UTF-8 text, given to the CLI.
+"""Files that are not UTF-8 text, given to the CLI or the server.
 
-A prompt file, a tool row (a file or standard input) and a configuration file
-(``--config`` and ``CHATWRIGHT_CONFIG``) in Latin-1: one clear error naming the
+A prompt file, a tool row (a file or standard input), a configuration file
+(``--config`` and ``CHATWRIGHT_CONFIG``) and a JWKS file in Latin-1: one clear error naming the
 file and what to do, never "unexpected UnicodeDecodeError … please report it",
 and nothing is stored.
 """
@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from chatwright import testing
+from chatwright.errors import SettingsError
+from chatwright.plugins.server import auth
 from tests.harness import assert_error, run
 from tests.test_cli_tools import sql
 
@@ -51,3 +54,13 @@ def test_a_configuration_file(workdir: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert_error(run("--config", "bad.toml", "agents", "list"), said)
     monkeypatch.setenv("CHATWRIGHT_CONFIG", "bad.toml")
     assert_error(run("agents", "list"), said)
+
+
+def test_a_jwks_file(workdir: Path) -> None:
+    (workdir / "keys.json").write_bytes(b'{"keys": ["' + LATIN1 + b'"]}')
+    settings = testing.settings(server={"auth": "jwt", "jwt_jwks_file": "keys.json"})
+    with pytest.raises(SettingsError) as caught:
+        auth.check_bind(settings, "127.0.0.1")
+    assert str(caught.value) == (
+        "server.jwt_jwks_file keys.json " + SAID.replace("byte 3", "byte 14")
+    )
