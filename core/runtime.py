@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import uuid
@@ -270,14 +271,22 @@ class Runtime:
         return len(self._running)
 
     def _ended(self, ending: asyncio.Future[None]) -> None:
-        """A turn's end is over: forget it; its error, if its turn's task is gone, is
-        logged (its turn's caller gets it otherwise)."""
+        """A turn's end is over: forget it (its error goes to the turn's caller, or is
+        logged by :meth:`_orphan_ended`)."""
         self._ending.discard(ending)
+        if not ending.cancelled():
+            ending.exception()  # retrieved: asyncio reports none as lost
+
+    @staticmethod
+    def _orphan_ended(chat_id: uuid.UUID, ending: asyncio.Future[None]) -> None:
+        """The end of a turn whose task was cancelled meanwhile is over: a failure has
+        no caller to go to, so it is logged."""
         if ending.cancelled():
+            log.warning("chat %s: the end of a cancelled turn was cancelled too", chat_id)
             return
         error = ending.exception()
-        if error is not None and not isinstance(error, ChatwrightError):
-            log.debug("the end of a turn failed: %s", error)
+        if error is not None:
+            log.warning("chat %s: the end of a cancelled turn failed: %s", chat_id, error)
 
     @asynccontextmanager
     async def bounded(self, seconds: float) -> AsyncIterator[asyncio.Timeout]:
@@ -309,8 +318,13 @@ class Runtime:
             if late:
                 await asyncio.wait(late, timeout=STOP_WAIT)
         if self._ending:
-            # Ends that outlived their turn's task: let them store and give chats back.
-            await asyncio.wait(set(self._ending), timeout=STOP_WAIT)
+            # Ends that outlived their turn's task: let them store and give chats back;
+            # one that cannot in time is cancelled (its lease expires by itself).
+            _, left = await asyncio.wait(set(self._ending), timeout=STOP_WAIT)
+            for ending in left:
+                ending.cancel()
+            if left:
+                await asyncio.wait(left, timeout=STOP_WAIT)
         try:
             self.plugins.notify("shutdown", runtime=self)
         finally:
@@ -622,7 +636,12 @@ class Runtime:
             ending = asyncio.ensure_future(ending_steps(messages, touch=touch, pending=pending))
             self._ending.add(ending)
             ending.add_done_callback(self._ended)
-            await asyncio.shield(ending)
+            try:
+                await asyncio.shield(ending)
+            except asyncio.CancelledError:
+                if not ending.done():
+                    ending.add_done_callback(functools.partial(self._orphan_ended, chat_id))
+                raise
 
         async def ending_steps(
             messages: list[BaseMessage], *, touch: bool, pending: Sequence[NewPending]

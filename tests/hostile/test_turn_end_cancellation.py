@@ -5,12 +5,14 @@
   running turns, and the runtime closes;
 - a turn cancelled a second time while its end waits for its tool exchange's
   record: the end still stores the exchange and gives the chat back, so the
-  chat's next turn runs (in this process and in another).
+  chat's next turn runs (in this process and in another); when that end fails,
+  with no caller left to tell, it is logged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ import pytest
 import sqlalchemy as sa
 
 from chatwright import testing
-from chatwright.errors import TurnTimeoutError
+from chatwright.errors import StorageError, TurnTimeoutError
 from chatwright.plugins.example import assistant as example
 from chatwright.plugins.sql import schema
 from chatwright.registry import LoadPolicy, Plugins
@@ -126,3 +128,37 @@ async def test_a_second_cancellation_during_the_end_still_frees_the_chat(runtime
     assert (await runtime.chat(USER, example.AGENT, chat_id, "again")).response == "next"
     other = await runtimes()
     assert (await other.chat(USER, example.AGENT, chat_id, "more")).response == "next"
+
+
+async def test_an_end_that_fails_after_its_turn_was_cancelled_is_logged(
+    runtimes: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    runtime = await runtimes()
+    script = [{"tool_calls": [{"name": "add_task", "args": {"title": "one"}}]}]
+    await seed(runtime, "scripted:x", {"responses": script})
+    chat_id = await new_chat(runtime, USER)
+    gate = Gate()
+    turns = runtime.turns
+    turns.append = gate.around(turns.append)  # type: ignore[method-assign]
+
+    async def away(*args: Any, **kwargs: Any) -> Any:
+        raise StorageError("the database went away")
+
+    turns.finish = away  # type: ignore[method-assign]
+    turn = asyncio.create_task(runtime.chat(USER, example.AGENT, chat_id, "go"))
+    await asyncio.wait_for(gate.entered.wait(), 10)
+    turn.cancel()
+    await asyncio.sleep(0.1)
+    turn.cancel()
+    await asyncio.sleep(0.1)
+    with caplog.at_level(logging.WARNING, logger="chatwright.runtime"):
+        gate.release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await turn
+        for _ in range(100):
+            if not runtime._ending:
+                break
+            await asyncio.sleep(0.02)
+    assert f"chat {chat_id}: the end of a cancelled turn failed: the database went away" in (
+        caplog.text
+    )
