@@ -44,14 +44,19 @@ def non_finite(value: Any, where: str) -> str | None:
     return None
 
 
+def not_a_json_number(where: str) -> str:
+    """What to tell a user whose value holds, at ``where``, a number JSON cannot hold."""
+    return (
+        f"{where} is NaN or infinite (or too large to be a number), which JSON cannot "
+        "hold; give a finite number"
+    )
+
+
 def finite_only(value: Any, where: str) -> None:
     """Refuse (``ValueError``) a number JSON cannot hold anywhere in ``value``."""
     found = non_finite(value, where)
     if found is not None:
-        raise ValueError(
-            f"{found} is NaN or infinite (or too large to be a number), which JSON cannot "
-            "hold; give a finite number"
-        )
+        raise ValueError(not_a_json_number(found))
 
 
 def check_prompt(prompt: str) -> str:

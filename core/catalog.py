@@ -24,7 +24,12 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from chatwright.agents import check_model_provider, non_finite, validate_agent
+from chatwright.agents import (
+    check_model_provider,
+    non_finite,
+    not_a_json_number,
+    validate_agent,
+)
 from chatwright.approvals import APPROVAL_MODES, DEFAULT_APPROVAL, DEFAULT_USER_CHOICE, USER_CHOICES
 from chatwright.errors import InvalidInputError, NotFoundError, UnknownAgentError
 from chatwright.stores import Agent, ToolRow
@@ -90,10 +95,7 @@ def _check_known(data: Mapping[str, Any], source: str) -> None:
 def _finite_config(data: Mapping[str, Any], source: str) -> None:
     found = non_finite(data.get("config"), "config")
     if found is not None:
-        raise InvalidInputError(
-            f"{source}: {found} is NaN or infinite (or too large to be a number), which "
-            "JSON cannot hold; give a finite number"
-        )
+        raise InvalidInputError(f"{source}: {not_a_json_number(found)}")
 
 
 def _check_kinds(data: Mapping[str, Any], source: str) -> None:

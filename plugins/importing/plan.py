@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from chatwright.agents import non_finite
+from chatwright.agents import non_finite, not_a_json_number
 from chatwright.plugins.importing.source import Source, jsonish
 
 if TYPE_CHECKING:
@@ -345,7 +345,7 @@ async def _tool_items(plan: Plan, runtime: Runtime, agents: Mapping[str, str]) -
             continue
         found = non_finite(config, "config")
         if found is not None:
-            item.skip(f"{found} is NaN or infinite, which JSON cannot hold")
+            item.skip(not_a_json_number(found))
             continue
         if kind == "CRUDTool":
             try:

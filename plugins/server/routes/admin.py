@@ -57,6 +57,7 @@ def _storable(body: Any) -> None:
 
     Walked with a stack, not recursion: a body is as deep as the JSON parser allowed.
     """
+    from chatwright.agents import not_a_json_number
     from chatwright.history import UNSTORABLE
 
     stack: list[tuple[str, Any]] = [("request body", body)]
@@ -73,10 +74,7 @@ def _storable(body: Any) -> None:
         elif isinstance(value, list):
             stack.extend((f"{where}.{n}", item) for n, item in enumerate(value))
         elif isinstance(value, float) and not math.isfinite(value):
-            raise InvalidInputError(
-                f"{where}: is NaN or infinite (or too large to be a number), which JSON "
-                "cannot hold; give a finite number"
-            )
+            raise InvalidInputError(not_a_json_number(where))
         elif isinstance(value, str) and UNSTORABLE.search(value):
             raise InvalidInputError(
                 f"{where}: holds a NUL character or a lone surrogate (\\u0000, "
