@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy import exc
 
 from chatwright.approvals import APPROVAL_MODES, USER_CHOICES
+from chatwright.catalog import MAX_ROW_ID
 from chatwright.errors import (
     AlreadyExistsError,
     InvalidInputError,
@@ -429,11 +430,7 @@ class SQLMemoryStore(BoundStore):
         return from_row(AgentMemory, row)
 
 
-LARGEST_TOOL_ID = 2**31 - 1
-"""The largest id ``agent_tools.id`` holds (a 32-bit integer on PostgreSQL)."""
-
-
 def _a_row_id(tool_id: int) -> bool:
     """Whether ``tool_id`` can be a tool row's id: a larger one finds no row on either
     database, instead of an error of PostgreSQL's that names no row."""
-    return not isinstance(tool_id, bool) and 0 < tool_id <= LARGEST_TOOL_ID
+    return not isinstance(tool_id, bool) and 0 < tool_id <= MAX_ROW_ID
