@@ -39,13 +39,15 @@ Make = Callable[..., Awaitable[Runtime]]
 
 @pytest.fixture
 async def make(tmp_path: Path) -> AsyncIterator[Make]:
-    """Started runtimes with the given settings sections, closed at the end."""
+    """Started runtimes with the given settings sections, closed at the end (``storage``
+    keys are added to those that reach ``url``)."""
     made: list[Runtime] = []
 
     async def start(url: str | None = None, **sections: Any) -> Runtime:
         url = url or f"sqlite+aiosqlite:///{tmp_path}/b.db"
         plugins = Plugins.load(LoadPolicy())
-        settings = testing.settings(plugins, storage=pg_storage_settings(url), **sections)
+        storage = {**pg_storage_settings(url), **sections.pop("storage", {})}
+        settings = testing.settings(plugins, storage=storage, **sections)
         runtime = Runtime(settings, plugins)
         await runtime.start(upgrade=True)
         made.append(runtime)

@@ -13,21 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
-from chatwright import testing
 from chatwright.errors import StorageError, TurnTimeoutError
 from chatwright.plugins.example import assistant as example
 from chatwright.plugins.sql import schema
-from chatwright.registry import LoadPolicy, Plugins
 from chatwright.runtime import Runtime
-from tests.harness import pg_storage_settings
-from tests.test_bounded_turns import new_chat, seed, stored
+from tests.test_bounded_turns import Make, new_chat, seed, stored
+from tests.test_bounded_turns import make as make
 
 USER = "ending-user"
 
@@ -50,21 +46,14 @@ class Gate:
 
 
 @pytest.fixture
-async def runtimes(tmp_path: Path) -> AsyncIterator[Any]:
-    made: list[Runtime] = []
+def runtimes(make: Make) -> Any:
+    """Runtimes on one SQLite file whose chats are given up on soon (``turn_wait``) and
+    whose leases expire soon (``turn_lease``)."""
 
     async def start() -> Runtime:
-        url = f"sqlite+aiosqlite:///{tmp_path}/end.db"
-        storage = {**pg_storage_settings(url), "turn_wait": 1.0, "turn_lease": 3.0}
-        plugins = Plugins.load(LoadPolicy())
-        runtime = Runtime(testing.settings(plugins, storage=storage), plugins)
-        await runtime.start(upgrade=True)
-        made.append(runtime)
-        return runtime
+        return await make(storage={"turn_wait": 1.0, "turn_lease": 3.0})
 
-    yield start
-    for runtime in made:
-        await runtime.close()
+    return start
 
 
 async def leases(runtime: Runtime) -> int:
