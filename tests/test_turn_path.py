@@ -711,6 +711,42 @@ async def test_a_crashed_turns_lease_is_taken_over_once_it_expires(make: Make) -
     assert await leases(runtime) == []
 
 
+@pytest.mark.parametrize("sql_url", ["postgresql"], indirect=True)
+async def test_a_turn_cancelled_while_it_waits_for_the_lease_leaves_nothing_running(
+    make: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cut off between two attempts at a lease another process holds, a turn took nothing:
+    it must not keep giving back a lease it never had (a statement a second, for as long
+    as a lease lasts), nor touch the holder's."""
+    runtime, _ = await make(turn_lease=30, turn_wait=20)
+    await runtime.storage.agents.create(ECHO, system_prompt=PROMPT, model="echo:x")
+    chat_id = await chat_of(runtime, USER)
+    async with runtime.storage.write() as conn:  # type: ignore[attr-defined]
+        await conn.execute(
+            sa.text("INSERT INTO chat_leases (chat_id, holder, expires_at) VALUES (:c, :h, :e)"),
+            {"c": chat_id, "h": "other", "e": datetime.now(UTC) + timedelta(seconds=30)},
+        )
+    real = psycopg.AsyncCursor.execute
+    give_backs: list[str] = []
+
+    async def execute(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+        text = query if isinstance(query, str) else str(query)
+        if text.lstrip().upper().startswith("DELETE FROM CHAT_LEASES"):
+            give_backs.append(text)
+        return await real(self, query, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.AsyncCursor, "execute", execute)
+    waiting = asyncio.ensure_future(runtime.chat(USER, ECHO, chat_id, "waits"))
+    await asyncio.sleep(0.6)  # several attempts, each finding the lease held
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await asyncio.sleep(1.5)
+    assert give_backs == []
+    assert await lease_holders(runtime, chat_id) == ["other"]
+    assert await runtime.storage.messages.page(USER, chat_id, limit=10) == []
+
+
 async def test_a_long_turn_renews_its_lease_and_another_process_waits(make: Make) -> None:
     # Leases of 2 s, renewed every 0.67 s: a busy machine's stalls of the event loop
     # (a second, under a parallel test run on two cores) do not let one expire.

@@ -165,6 +165,8 @@ class Lease:
     """Until the renewal starts: when it does."""
     reserved: bool = False
     """Whether the turn holds a budget reservation (``finish`` drops it)."""
+    trying: bool = False
+    """Whether a transaction that may take the lease is under way (see ``_taken``)."""
 
 
 class SQLTurnStore(BoundStore):
@@ -241,14 +243,23 @@ class SQLTurnStore(BoundStore):
             with contextlib.suppress(asyncio.CancelledError):
                 await lease.renewal
 
-    async def _waiting(self, chat_id: uuid.UUID, attempt: Any) -> Any:
-        """Run ``attempt()`` until it gets past a held lease, or give up after turn_wait."""
+    async def _waiting(self, lease: Lease, attempt: Any) -> Any:
+        """Run ``attempt()`` until it gets past a held lease, or give up after turn_wait.
+
+        ``lease.trying`` is true while an attempt runs, and when it failed otherwise than
+        by finding the lease held."""
+        chat_id = lease.chat_id
         pause = FIRST_PAUSE
         deadline = time.monotonic() + self.db.turn_wait
         while True:
             try:
-                return await attempt()
+                lease.trying = True
+                made = await attempt()
+                lease.trying = False
+                return made
             except _Busy:
+                # Rolled back: this attempt took nothing.
+                lease.trying = False
                 if time.monotonic() + pause > deadline:
                     raise ChatBusyError(
                         f"another turn of chat {chat_id} has been running for over "
@@ -261,11 +272,13 @@ class SQLTurnStore(BoundStore):
         """Run ``attempt`` (a transaction taking ``lease``) until it gets past a held lease
         (:meth:`_waiting`), then hold the lease for the turn. When it fails without a clear
         answer (cancelled, out of time, its connection lost), its COMMIT may have reached
-        the database all the same: see :meth:`_lost_answer`."""
+        the database all the same: see :meth:`_lost_answer`. Cut off while it paused
+        between attempts, it has taken nothing and has nothing to give back."""
         try:
-            made = await self._waiting(lease.chat_id, attempt)
+            made = await self._waiting(lease, attempt)
         except (asyncio.CancelledError, TimeoutError, StorageError):
-            self._lost_answer(lease)
+            if lease.trying:
+                self._lost_answer(lease)
             raise
         self._hold(lease)
         return made
