@@ -30,6 +30,8 @@ read together.
 from __future__ import annotations
 
 import builtins
+import hashlib
+import json
 import uuid
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
@@ -71,6 +73,19 @@ def needs_approval(mode: str, default: str, choice: str | None) -> bool:
     if mode == "user":
         return (choice or default) == "required"
     return False
+
+
+def tool_digest(row: ToolRow) -> str:
+    """The tool row a held call was asked about, as it was: its id, type and configuration.
+
+    Approving runs the call only while the row serving its name still has this
+    digest (a row replaced under the same name, or changed, would run something the
+    user was not asked about). Its name is the call's; its description and approval
+    settings do not change what a call does.
+    """
+    shape = {"id": row.id, "type": row.type, "config": row.config}
+    text = json.dumps(shape, sort_keys=True, ensure_ascii=True, default=str)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
 # -- previews -----------------------------------------------------------------
@@ -195,6 +210,8 @@ class NewPending:
     args: Mapping[str, Any]
     preview: Preview | None
     expires_at: datetime
+    tool_digest: str | None = None
+    """The tool row as it was (:func:`tool_digest`), for the approval to check."""
 
 
 @dataclass(frozen=True)
@@ -216,6 +233,9 @@ class PendingAction:
     decided_by: str | None = None
     result: str | None = None
     """The tool's reply once it ran (or why it did not)."""
+    tool_digest: str | None = None
+    """The tool row as it was when the call was held (:func:`tool_digest`); None for an
+    action stored before it was kept."""
 
     def expired(self, now: datetime) -> bool:
         return self.status == "pending" and self.expires_at <= now
@@ -279,9 +299,20 @@ class PendingStore(Protocol):
         ...
 
     async def reopen(
-        self, user_id: str, action_id: uuid.UUID, preview: Preview | None, expires_at: datetime
+        self,
+        user_id: str,
+        action_id: uuid.UUID,
+        preview: Preview | None,
+        expires_at: datetime,
+        *,
+        tool_id: int | None = None,
+        tool_digest: str | None = None,
     ) -> PendingAction | None:
-        """Put an ``approved`` action back to ``pending`` with a new preview (rows changed)."""
+        """Put an ``approved`` action back to ``pending`` with a new preview (rows changed).
+
+        ``tool_id`` and ``tool_digest``, when given, replace the action's: the tool row
+        the user is now asked about (it changed since the action was held).
+        """
         ...
 
     async def complete(

@@ -16,6 +16,7 @@ this process or another. Of two approvals of one action, the store's atomic
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -129,7 +130,16 @@ class Decisions:
             raise NotFoundError(f"no pending action {action_id} for this user")
         turns = self.runtime.turns
         async with self.runtime.queued(user_id, action.chat_id):
-            start = await turns.begin(user_id, action.agent_name, action.chat_id, None)
+            # A decision may resume the model: it is checked against the user's budgets
+            # and holds a reservation under its turn, as a new turn does.
+            start = await turns.begin(
+                user_id,
+                action.agent_name,
+                action.chat_id,
+                None,
+                turn_id=action.turn_id,
+                budget=self.runtime.budget_limits(),
+            )
             resumed = False
             carried: list[BaseMessage] = []
             try:
@@ -146,6 +156,13 @@ class Decisions:
                         f"{current.expires_at.isoformat()} and was not run; ask again"
                     )
                 status = "approved" if approve else "denied"
+                # Built before the action is claimed: an agent whose model cannot be made
+                # leaves it pending, to approve once the agent is fixed.
+                built = (
+                    await self.runtime.built(action.agent_name, start.agent.version)
+                    if approve
+                    else None
+                )
                 claimed = await self.storage.pending.decide(user_id, action_id, status, by)
                 if claimed is None:
                     raise _already_decided(await self.storage.pending.get(user_id, action_id))
@@ -155,8 +172,7 @@ class Decisions:
                     "id": claimed.tool_call_id,
                     "type": "tool_call",
                 }
-                if approve:
-                    built = await self.runtime.built(action.agent_name, start.agent.version)
+                if built is not None:
                     context = TurnContext(
                         user_id=user_id,
                         agent_name=action.agent_name,
@@ -164,9 +180,17 @@ class Decisions:
                         turn_id=claimed.turn_id,
                     )
                     decision = Decision("approved", by, claimed.id, expect=claimed.preview)
-                    result, stopped = await self._run_bounded(
-                        built, call, context, decision, claimed, start.agent
-                    )
+                    try:
+                        await self._same_row(built, call, context, claimed)
+                        result, stopped = await self._run_bounded(
+                            built, call, context, decision, claimed, start.agent
+                        )
+                    except PreviewChangedError:
+                        raise  # asked again: pending, with what the call would do now
+                    except BaseException as exc:
+                        # Not to stay approved, never run and never decidable again.
+                        carried.append(storable(await self._cut_off(claimed, exc)))
+                        raise
                     if stopped is not None:
                         carried.append(storable(result))
                         raise stopped
@@ -239,6 +263,66 @@ class Decisions:
             f"the approved call of {action.tool_name} (pending action {action.id}) ran past "
             f"the time limit of {seconds:g} s of agent {action.agent_name!r} and was stopped; "
             "what happened is in the chat, ask again"
+        )
+
+    async def _same_row(
+        self, built: BuiltAgent, call: Any, context: TurnContext, action: PendingAction
+    ) -> None:
+        """Nothing when the tool row serving the call's name is the row the user was asked
+        about, as it was then; otherwise the action is pending again, with what the call
+        of the row as it is now would do, and :class:`~chatwright.errors.PreviewChangedError`
+        says so. (A name no row serves any more runs nothing: the call's result says so.)
+        """
+        from chatwright.approvals import tool_digest
+        from chatwright.writes import preview_call, row_of
+
+        tool = built.by_name.get(action.tool_name)
+        if tool is None:
+            return
+        row = row_of(tool)
+        digest = tool_digest(row) if row is not None else None
+        same_id = (row.id if row is not None else None) == action.tool_id
+        if same_id and (action.tool_digest is None or digest == action.tool_digest):
+            return
+        try:
+            fresh = await preview_call(tool, call, context)
+        except Exception:
+            fresh = None  # arguments the row now refuses: approving again runs into that
+        expires = datetime.now(UTC) + timedelta(seconds=self.timeout)
+        again = await self.storage.pending.reopen(
+            action.user_id,
+            action.id,
+            fresh,
+            expires,
+            tool_id=row.id if row is not None else None,
+            tool_digest=digest,
+        )
+        raise PreviewChangedError(
+            f"tool {action.tool_name!r} of agent {action.agent_name!r} changed since you were "
+            f"asked about this call (pending action {action.id}); nothing was run: look at it "
+            "again and decide",
+            preview=fresh,
+            action=again,
+        )
+
+    async def _cut_off(self, action: PendingAction, exc: BaseException) -> BaseMessage:
+        """End an approved action whose run was cut off (cancelled, the database away):
+        ``failed``, with why; the result the chat keeps for its call."""
+        from langchain_core.messages import ToolMessage
+
+        from chatwright.errors import one_line
+
+        reason = "it was cancelled" if isinstance(exc, asyncio.CancelledError) else one_line(exc)
+        text = (
+            f"error: {action.tool_name} was cut off before it finished ({reason}); nothing "
+            "it had not committed was written"
+        )
+        with contextlib.suppress(Exception):
+            await asyncio.shield(
+                self.storage.pending.complete(action.user_id, action.id, "failed", text)
+            )
+        return ToolMessage(
+            content=text, tool_call_id=action.tool_call_id, name=action.tool_name, status="error"
         )
 
     async def _run_approved(

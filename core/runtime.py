@@ -561,10 +561,11 @@ class Runtime:
 
     def budget_limits(self) -> BudgetLimits:
         """What a new turn's budget check uses: the settings (a user's override wins)."""
-        from chatwright.usage import BudgetLimits
+        from chatwright.usage import HOLD_MARGIN, BudgetLimits
 
-        # A reservation outlives the longest turn a setting allows, plus the wait for the chat.
-        hold = self.settings.turns.timeout + 60.0
+        # A reservation outlives the longest turn the setting allows, plus the wait for the
+        # chat; the turn store lengthens it for an agent whose own limit is longer.
+        hold = self.settings.turns.timeout + HOLD_MARGIN
         return BudgetLimits.of(self.settings, hold)
 
     async def run_turn(
@@ -822,7 +823,7 @@ class Runtime:
         from langchain_core.tools import ToolException
         from pydantic import ValidationError
 
-        from chatwright.approvals import NewPending
+        from chatwright.approvals import NewPending, tool_digest
         from chatwright.writes import call_tool, error_result, preview_call, row_of, waits
 
         results: list[BaseMessage] = []
@@ -853,6 +854,7 @@ class Runtime:
                     args=dict(call["args"]),
                     preview=preview,
                     expires_at=expires,
+                    tool_digest=tool_digest(row),
                 )
             )
         return results, waiting

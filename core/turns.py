@@ -187,7 +187,8 @@ class ComposedTurns:
                 raise approval_pending(waiting)
             usage = getattr(storage, "usage", None)
             if budget is not None and turn_id is not None and usage is not None:
-                await usage.reserve(user_id, turn_id, budget, datetime.now(UTC))
+                limits = budget.for_agent(agent.turn_timeout)
+                await usage.reserve(user_id, turn_id, limits, datetime.now(UTC))
             summaries = getattr(storage, "summaries", None)
             summary = (
                 await summaries.get(user_id, chat_id)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 
 UNLIMITED = -1
 """A per-user budget override that lifts the budget for that user."""
+HOLD_MARGIN = 60.0
+"""Seconds a turn's budget reservation outlasts the longest the turn may run (its wait
+for the chat, its end)."""
 
 
 @dataclass(frozen=True)
@@ -202,6 +205,13 @@ class BudgetLimits:
     def of(cls, settings: Settings, hold: float) -> BudgetLimits:
         budgets = settings.budgets
         return cls(budgets.daily_tokens, budgets.monthly_tokens, budgets.turn_estimate, hold)
+
+    def for_agent(self, turn_timeout: float | None) -> BudgetLimits:
+        """These limits for a turn of an agent whose own ``turn_timeout`` may be longer
+        than the setting's: its reservation lasts as long as such a turn can."""
+        if turn_timeout is None or turn_timeout + HOLD_MARGIN <= self.hold:
+            return self
+        return replace(self, hold=turn_timeout + HOLD_MARGIN)
 
 
 @dataclass(frozen=True)

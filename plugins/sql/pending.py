@@ -80,6 +80,7 @@ def pending_values(
         "status": "pending",
         "created_at": now(),
         "expires_at": action.expires_at,
+        "tool_digest": action.tool_digest,
     }
 
 
@@ -109,6 +110,7 @@ def pending_from_row(row: Mapping[str, Any]) -> PendingAction:
         decided_at=row["decided_at"],
         decided_by=row["decided_by"],
         result=row["result"],
+        tool_digest=row.get("tool_digest"),
     )
 
 
@@ -238,23 +240,30 @@ class SQLPendingStore(BoundStore):
         )
 
     async def reopen(
-        self, user_id: str, action_id: uuid.UUID, preview: Preview | None, expires_at: datetime
+        self,
+        user_id: str,
+        action_id: uuid.UUID,
+        preview: Preview | None,
+        expires_at: datetime,
+        *,
+        tool_id: int | None = None,
+        tool_digest: str | None = None,
     ) -> PendingAction | None:
         stored = None
         if preview is not None:
             stored = _json_ready(preview.as_dict(), "the preview", MAX_PREVIEW_BYTES)
-        return await self._change(
-            user_id,
-            action_id,
-            "approved",
-            {
-                "status": "pending",
-                "preview": stored,
-                "expires_at": expires_at,
-                "decided_at": None,
-                "decided_by": None,
-            },
-        )
+        values: dict[str, Any] = {
+            "status": "pending",
+            "preview": stored,
+            "expires_at": expires_at,
+            "decided_at": None,
+            "decided_by": None,
+        }
+        if tool_id is not None:
+            values["tool_id"] = tool_id
+        if tool_digest is not None:
+            values["tool_digest"] = tool_digest
+        return await self._change(user_id, action_id, "approved", values)
 
     async def complete(
         self, user_id: str, action_id: uuid.UUID, status: str, result: str

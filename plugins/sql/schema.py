@@ -296,9 +296,12 @@ pending_actions = sa.Table(
     # Not a foreign key: the action outlives a deleted tool row (it then fails, said so).
     sa.Column("tool_id", sa.Integer, nullable=True),
     sa.Column("tool_name", sa.String(200), nullable=False),
-    sa.Column("tool_call_id", sa.String(200), nullable=False),
+    # As the model gave it: any length (migration 0011).
+    sa.Column("tool_call_id", sa.Text, nullable=False),
     sa.Column("args", JSONValue(), nullable=False),
     sa.Column("preview", JSONValue(), nullable=True),
+    # The tool row as it was when the call was held (``chatwright.approvals.tool_digest``).
+    sa.Column("tool_digest", sa.String(64), nullable=True),
     sa.Column("status", sa.String(16), nullable=False, server_default="pending"),
     sa.Column("created_at", UTCDateTime(), nullable=False, server_default=sa.func.now()),
     sa.Column("expires_at", UTCDateTime(), nullable=False),

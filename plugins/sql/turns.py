@@ -383,7 +383,7 @@ class SQLTurnStore(BoundStore):
                         dialect,
                         user_id,
                         turn_id,
-                        checked,
+                        checked.for_agent(agent.turn_timeout),
                         row.budget_daily,
                         row.budget_monthly,
                         locked=locked,

@@ -180,3 +180,130 @@ async def test_times_at_the_ends_of_the_calendar_are_answered_not_a_500(
         assert_error_body(answer, 422)
     else:
         assert answer.json()["entries"] == []
+
+
+async def test_approving_a_call_without_a_preview_does_not_run_what_its_row_became(
+    runtimes: MakeRuntime,
+) -> None:
+    """A read needing approval has no preview: the row itself must be checked. Here the
+    same row (same id, same name) becomes a delete before the approval."""
+    runtime = await runtimes()
+    storage = runtime.storage
+    await example.seed(storage, "scripted:x")
+    (row,) = [r for r in await storage.tools.list(AGENT) if r.name == "list_tasks"]
+    await storage.tools.update(row.id, approval="required")
+    task = await storage.records.insert(
+        ALICE, "tasks", {"user_id": ALICE, "title": "keep me"}, returning=["id"]
+    )
+    call = {"tool_calls": [{"name": "list_tasks", "args": {"id": task["id"]}}]}
+    await storage.agents.update(AGENT, model_settings={"responses": [call, {"content": "ok"}]})
+    chat = (await storage.sessions.open(ALICE, AGENT, chat_id=uuid.uuid4())).chat_id
+    (action,) = (await runtime.chat(ALICE, AGENT, chat, "show the task")).pending
+    assert action.preview is None and action.tool_id == row.id
+    delete = {
+        "table": "tasks",
+        "operation": "delete",
+        "filters": {"id": {"type": "integer", "required": True}},
+    }
+    await storage.tools.update(row.id, config=delete)
+    with pytest.raises(PreviewChangedError, match="changed since you were asked") as asked:
+        await runtime.decide(ALICE, action.id, True)
+    assert [t["title"] for t in await alices_tasks(runtime)] == ["keep me"]
+    # Asked again, with what the call would now do: approving that runs it.
+    again = asked.value.action
+    assert again is not None and again.status == "pending"
+    assert asked.value.preview is not None and asked.value.preview.operation == "delete"
+    await runtime.decide(ALICE, action.id, True)
+    assert await alices_tasks(runtime) == []
+    done = await storage.pending.get(ALICE, action.id)
+    assert done is not None and done.status == "done"
+
+
+async def test_an_approval_whose_agent_cannot_be_built_leaves_the_action_pending(
+    runtimes: MakeRuntime,
+) -> None:
+    from chatwright.errors import ModelConfigError
+
+    runtime = await runtimes()
+    _, action_id = await held_add_task(runtime)
+    await runtime.storage.agents.update(AGENT, model="nosuchprovider:x")
+    with pytest.raises(ModelConfigError):
+        await runtime.decide(ALICE, action_id, True)
+    stored = await runtime.storage.pending.get(ALICE, action_id)
+    assert stored is not None and stored.status == "pending"
+    assert await alices_tasks(runtime) == []
+    # Fixed, the same action is approved and runs once.
+    await runtime.storage.agents.update(AGENT, model="scripted:x")
+    await runtime.decide(ALICE, action_id, True)
+    assert [t["title"] for t in await alices_tasks(runtime)] == ["milk"]
+
+
+async def test_an_approved_call_cut_off_while_it_runs_ends_failed_not_approved(
+    runtimes: MakeRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancelled approval (a client gone, a server stopping) must not leave the action
+    approved forever: never run to its end, never decidable again."""
+    import asyncio
+
+    from chatwright import decisions
+
+    runtime = await runtimes()
+    _, action_id = await held_add_task(runtime)
+    started = asyncio.Event()
+
+    async def hangs(*args: Any, **kwargs: Any) -> Any:
+        started.set()
+        await asyncio.sleep(60)
+
+    monkeypatch.setattr(decisions.Decisions, "_run_approved", hangs)
+    deciding = asyncio.ensure_future(runtime.decide(ALICE, action_id, True))
+    await asyncio.wait_for(started.wait(), 10)
+    deciding.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await deciding
+    stored = await runtime.storage.pending.get(ALICE, action_id)
+    assert stored is not None and stored.status == "failed"
+    assert stored.result is not None and "cut off" in stored.result
+    # The chat is free, and its history answers the call.
+    chat = stored.chat_id
+    messages = await runtime.storage.messages.window(ALICE, chat, 100)
+    assert messages[-1].role == "tool" and "cut off" in str(messages[-1].content)
+
+
+async def test_a_held_call_with_a_long_tool_call_id_keeps_its_turn(
+    make_server: MakeServer,
+) -> None:
+    """The model's ids are kept as given: on PostgreSQL an id over 200 characters made
+    storing the held call fail, and with it the turn's whole end (the other call's
+    committed write then had no record in the chat)."""
+    from tests.write_safety import AGENT as WRITER
+    from tests.write_safety import seed_writer
+
+    server = await make_server()
+    long_id = "c" * 300
+    script = [
+        {
+            "tool_calls": [
+                {"name": "add_task", "args": {"title": "milk"}, "id": "short"},
+                {"name": "delete_task", "args": {"id": 1}, "id": long_id},
+            ]
+        },
+        {"content": "Done."},
+    ]
+    await seed_writer(server.runtime, script, tools=("add_task", "delete_task"))
+    await sql(server.runtime, "UPDATE agent_tools SET approval = 'auto' WHERE name = 'add_task'")
+    headers = bearer(ALICE)
+    opened = await server.client.post(
+        "/api/sessions", json={"agent_name": WRITER, "new": True}, headers=headers
+    )
+    chat = opened.json()["chat_id"]
+    body = {"agent_name": WRITER, "chat_id": chat, "message": "add milk"}
+    answer = await server.client.post("/api/chat", json=body, headers=headers)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["status"] == "approval_required"
+    (held,) = answer.json()["pending"]
+    assert held["tool_call_id"] == long_id
+    roles = await sql(
+        server.runtime, "SELECT role FROM chat_messages WHERE user_id = :u ORDER BY id", u=ALICE
+    )
+    assert [r["role"] for r in roles] == ["human", "ai", "tool"]

@@ -1,0 +1,92 @@
+"""Budgets attacked by the order of things: a decision that resumes the model, and a turn
+that runs longer than the setting's time limit because its agent allows it.
+
+SQLite and PostgreSQL; the model is chatwright's ``scripted`` one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from chatwright.errors import BudgetExceededError
+from chatwright.plugins.example import assistant as example
+from chatwright.plugins.sql import rows
+from chatwright.usage import TurnUsage
+from tests.test_bounded_turns import Make, new_chat, seed
+from tests.test_bounded_turns import make as make
+
+
+async def spend(runtime: Any, user: str, tokens: int) -> None:
+    usage = TurnUsage("scripted:x", 1, tokens, 0)
+    await runtime.storage.usage.record(
+        user, example.AGENT, uuid.uuid4(), uuid.uuid4(), usage, datetime.now(UTC)
+    )
+
+
+async def spent(runtime: Any, user: str) -> int:
+    return int((await runtime.storage.usage.spent(user, datetime.now(UTC))).day)
+
+
+async def test_a_decision_that_would_resume_the_model_is_refused_once_the_budget_is_spent(
+    make: Make, sql_url: str
+) -> None:
+    user = f"spender-{uuid.uuid4().hex[:8]}"
+    runtime = await make(sql_url, budgets={"daily_tokens": 1000, "turn_estimate": 100})
+    script = [
+        {
+            "tool_calls": [{"name": "add_task", "args": {"title": "milk"}}],
+            "usage": {"input_tokens": 10, "output_tokens": 10},
+        },
+        {"content": "expensive", "usage": {"input_tokens": 50_000, "output_tokens": 50_000}},
+    ]
+    await seed(runtime, "scripted:x", {"responses": script})
+    for row in await runtime.storage.tools.list(example.AGENT):
+        if row.name == "add_task":
+            await runtime.storage.tools.update(row.id, approval="required")
+    chat_id = await new_chat(runtime, user)
+    (action,) = (await runtime.chat(user, example.AGENT, chat_id, "add milk")).pending
+    await spend(runtime, user, 5000)
+    before = await spent(runtime, user)
+    for approve in (True, False):
+        with pytest.raises(BudgetExceededError, match="daily token budget"):
+            await runtime.decide(user, action.id, approve)
+    assert await spent(runtime, user) == before
+    stored = await runtime.storage.pending.get(user, action.id)
+    assert stored is not None and stored.status == "pending"
+    # With room again (the user's override lifts the budget), the same decision goes on.
+    await runtime.storage.usage.set_budget(user, daily_tokens=-1, monthly_tokens=None)
+    resumed = await runtime.decide(user, action.id, True)
+    assert resumed.response == "expensive"
+
+
+async def test_a_turn_of_an_agent_with_a_longer_time_limit_keeps_its_reservation(
+    make: Make, sql_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The setting's limit is 10 s (a reservation of 70 s); the agent allows 600 s. At 71 s
+    on the database's clock the first turn still runs and must still count."""
+    user = f"spender-{uuid.uuid4().hex[:8]}"
+    runtime = await make(
+        sql_url, budgets={"daily_tokens": 1000, "turn_estimate": 600}, turns={"timeout": 10}
+    )
+    await seed(runtime, "scripted:x", {"responses": [{"content": "slow", "sleep": 30}] * 4})
+    await runtime.storage.agents.update(example.AGENT, turn_timeout=600)
+    first = asyncio.ensure_future(
+        runtime.chat(user, example.AGENT, await new_chat(runtime, user), "a")
+    )
+    second_chat = await new_chat(runtime, user)
+    try:
+        await asyncio.sleep(1.0)  # the first turn runs, holding 600 of the 1000 tokens
+        with pytest.raises(BudgetExceededError, match="another turn of yours is running"):
+            await runtime.chat(user, example.AGENT, second_chat, "b")
+        real_now = rows.now
+        monkeypatch.setattr(rows, "now", lambda: real_now() + timedelta(seconds=71))
+        with pytest.raises(BudgetExceededError, match="another turn of yours is running"):
+            await runtime.chat(user, example.AGENT, second_chat, "b")
+    finally:
+        first.cancel()
+        await asyncio.gather(first, return_exceptions=True)
