@@ -332,6 +332,9 @@ def principal_from_token(settings: Settings, token: str | None) -> Principal:
         return Principal(LOCAL_USER, admin=True)
     if not token:
         raise AuthError("missing bearer token: send Authorization: Bearer <JWT>", error=None)
+    if not isinstance(token, str) or not token.isascii():
+        # A JWT is ASCII (base64url and dots); anything else is not one, whatever its form.
+        raise AuthError("invalid token: a JWT is ASCII text (base64url parts and dots)")
     try:
         header = jwt.get_unverified_header(token)
     except jwt.PyJWTError as exc:

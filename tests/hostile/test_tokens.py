@@ -142,3 +142,31 @@ async def test_forged_tokens_answer_401_with_a_challenge_on_every_user_endpoint(
     assert beat.status_code == 200
     assert beat.json()["is_active"] is True
     assert str(uuid.UUID(beat.json()["chat_id"])) == chat
+
+
+async def test_hostile_beacon_bodies_answer_401_not_500(make_server: MakeServer) -> None:
+    """The beacon's body is read before anyone is known: nested past the JSON parser's
+    depth, a token that is not text, or one no JWT can be (a lone surrogate), each is a
+    401 with the challenge, and the session stays open."""
+    server = await make_server()
+    client = server.client
+    await example.seed(server.runtime.storage, "scripted:x")
+    alice = await open_chat(client, "alice")
+    path = f"/api/sessions/{alice['id']}/deactivate"
+    headers = {"content-type": "application/json"}
+    bodies = {
+        "nested lists": "[" * 5000 + "]" * 5000,
+        "nested objects": '{"a":' * 3000 + "1" + "}" * 3000,
+        "a lone surrogate": '{"access_token": "\\ud800.a.b"}',
+        "not ASCII": '{"access_token": "\u00e9t\u00e9.a.b"}',
+    }
+    for name, body in bodies.items():
+        answer = await client.post(path, content=body.encode(), headers=headers)
+        assert_error_body(answer, 401)
+        assert answer.headers.get("www-authenticate", "").startswith("Bearer "), name
+    for token in (5, ["a", "b"], {"t": 1}):
+        answer = await client.post(path, json={"access_token": token})
+        assert_error_body(answer, 401)
+        assert "must be the JWT, as a string" in answer.json()["error"], token
+    listed = await client.get("/api/sessions", headers=bearer("alice"))
+    assert [(s["id"], s["is_active"]) for s in listed.json()] == [(alice["id"], True)]

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import APIRouter, Request, Security
 
 from chatwright.errors import ChatBusyError, NotFoundError
-from chatwright.plugins.server.auth import bearer
+from chatwright.plugins.server.auth import AuthError, bearer
 from chatwright.plugins.server.dependencies import (
     RuntimeDep,
     SettingsDep,
@@ -135,9 +135,13 @@ async def deactivate(
     token = bearer(request.headers.get("authorization"))
     if token is None and settings.section(ServerSettings).auth == "jwt":
         # navigator.sendBeacon cannot set headers: the page sends the token in the body.
-        with contextlib.suppress(ValueError, UnicodeDecodeError):
+        # A body that is not such an object (not JSON, nested past the parser's depth)
+        # carries no token: the answer is the missing token's 401.
+        with contextlib.suppress(ValueError, UnicodeDecodeError, RecursionError):
             sent = json.loads(await request.body() or b"{}")
             token = sent.get("access_token") if isinstance(sent, dict) else None
+        if token is not None and not isinstance(token, str):
+            raise AuthError('the body\'s "access_token" must be the JWT, as a string')
     # Verified as the other routes' callers are: off the event loop when a JWKS is involved.
     who = await verified(settings, token)
     return Session.of(await close(runtime, who.user_id, session_id))
