@@ -52,11 +52,44 @@ def not_a_json_number(where: str) -> str:
     )
 
 
-def finite_only(value: Any, where: str) -> None:
-    """Refuse (``ValueError``) a number JSON cannot hold anywhere in ``value``."""
+MAX_JSON_DEPTH = 32
+"""The deepest nesting of objects and lists kept in an agent's settings or a tool's config
+(as in a bundle): real ones are a few levels deep, and much deeper ones cannot be shown."""
+
+
+def too_deep(value: Any, where: str) -> str | None:
+    """What to tell a user whose ``value`` (named ``where``) nests objects and lists deeper
+    than :data:`MAX_JSON_DEPTH`; None when it does not. Walked with a stack."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if not isinstance(item, dict | list | tuple):
+            continue
+        if depth >= MAX_JSON_DEPTH:
+            return (
+                f"{where} is nested deeper than {MAX_JSON_DEPTH} levels of objects and "
+                "lists; flatten it"
+            )
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children)
+    return None
+
+
+def json_problem(value: Any, where: str) -> str | None:
+    """Why ``value`` (named ``where``) cannot be kept as JSON settings: nested too deep
+    (:func:`too_deep`) or holding a number JSON cannot hold; None when it can."""
+    deep = too_deep(value, where)
+    if deep is not None:
+        return deep
     found = non_finite(value, where)
-    if found is not None:
-        raise ValueError(not_a_json_number(found))
+    return None if found is None else not_a_json_number(found)
+
+
+def finite_only(value: Any, where: str) -> None:
+    """Refuse (``ValueError``) a value :func:`json_problem` finds a problem with."""
+    problem = json_problem(value, where)
+    if problem is not None:
+        raise ValueError(problem)
 
 
 def check_prompt(prompt: str) -> str:

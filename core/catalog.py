@@ -26,8 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from chatwright.agents import (
     check_model_provider,
-    non_finite,
-    not_a_json_number,
+    json_problem,
     validate_agent,
 )
 from chatwright.approvals import APPROVAL_MODES, DEFAULT_APPROVAL, DEFAULT_USER_CHOICE, USER_CHOICES
@@ -93,9 +92,9 @@ def _check_known(data: Mapping[str, Any], source: str) -> None:
 
 
 def _finite_config(data: Mapping[str, Any], source: str) -> None:
-    found = non_finite(data.get("config"), "config")
-    if found is not None:
-        raise InvalidInputError(f"{source}: {not_a_json_number(found)}")
+    problem = json_problem(data.get("config"), "config")
+    if problem is not None:
+        raise InvalidInputError(f"{source}: {problem}")
 
 
 def _check_kinds(data: Mapping[str, Any], source: str) -> None:
