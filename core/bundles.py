@@ -24,12 +24,23 @@ whole); a tool config field is one when its type declares it: a
 value given for it (``--secret WHERE=VALUE``), the value already stored in that
 place, or the environment variable ``CHATWRIGHT_SECRET_<WHERE>`` (upper case,
 every other character than a letter or digit as ``_``; the CLI only). With
-none of them the import is refused.
+none of them the import is refused. A tool row whose type no loaded plugin
+registers is not exported: which of its fields are secrets is not known.
+
+A bundle gives each key of an object once, and holds no NUL character and no
+lone surrogate (``\\u0000``, ``\\ud800``-``\\udfff``) in any string: no database
+stores them as given (PostgreSQL's text and jsonb refuse a NUL; UTF-8 has no
+surrogates).
 
 An import is checked whole before anything is written: the bundle's shape, the
 agent's fields, every tool row built against the live schema as ``tools add``
 does. One bad row and nothing changes. Tools stored but absent from the bundle
-are kept, or removed with ``prune``.
+are kept, or removed with ``prune``. The writes are one store call each (the
+storage protocol has no transaction spanning an agent and its tool rows): should
+one fail, the writes before it are undone, newest first (an agent created is
+deleted with its tool rows, a changed row gets its old fields back, a row
+removed is added again under a new id), and the error names the write that
+failed.
 
 Longer than 450 lines because the format is one contract read together: its
 export, the checks of what is read back, and the import that mirrors the export.
@@ -38,12 +49,13 @@ export, the checks of what is read back, and the import that mirrors the export.
 from __future__ import annotations
 
 import json
+import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from chatwright.errors import InvalidInputError, TooLargeError
+from chatwright.errors import ChatwrightError, InvalidInputError, TooLargeError, one_line
 from chatwright.redaction import is_secret_key
 
 if TYPE_CHECKING:
@@ -64,6 +76,10 @@ MAX_DEPTH = 32
 """Deepest nesting of objects and lists."""
 MAX_NODES = 200_000
 """Most values in all (a YAML alias counts each time it is used)."""
+MAX_MODEL = 200
+"""Longest model spec: the length of the agents table's model column."""
+
+log = logging.getLogger(__name__)
 
 AGENT_KEYS = (
     "name",
@@ -168,7 +184,17 @@ def export_bundle(agent: Agent, tools: list[ToolRow], plugins: Plugins) -> dict[
         "summarize": agent.summarize,
     }
     rows = []
+    types = plugins.collect("register_tool_types")
     for row in tools:
+        if row.type not in types:
+            # Its config would go out in clear: only the type says which fields are secrets.
+            raise InvalidInputError(
+                f"tool row {row.id} ({row.name!r}) of agent {agent.name!r} has type "
+                f"{row.type!r}, which no loaded plugin registers, so which of its config "
+                "fields are secrets is not known and the agent is not exported; load the "
+                f"plugin of tool type {row.type!r} (see `chatwright plugins --all`), or remove "
+                f"the row with `chatwright tools remove {row.id}`"
+            )
         config, problem = parse_config(row.config)
         if config is None:
             reason = problem.reason if problem else "not a JSON object"
@@ -254,8 +280,115 @@ def measure(value: Any, source: str) -> None:
             )
 
 
+def _places(value: Any) -> Iterator[tuple[str, Any]]:
+    """Every value in ``value`` with its place (``tools[3].config.table``; the top is ``""``),
+    in the document's order; walked with a stack, as deep as its parser allowed."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        at, item = stack.pop()
+        yield at, item
+        if isinstance(item, dict):
+            # A key that cannot be shown as it is (a control character) is shown escaped.
+            steps = [(k if str(k).isprintable() else repr(k), v) for k, v in item.items()]
+            stack.extend(reversed([(f"{at}.{k}" if at else str(k), v) for k, v in steps]))
+        elif isinstance(item, list):
+            stack.extend(reversed([(f"{at}[{n}]", v) for n, v in enumerate(item)]))
+
+
+def _unstorable(text: str) -> str | None:
+    """What in ``text`` no database stores as given (a NUL, a lone surrogate); None if nothing."""
+    from chatwright.history import UNSTORABLE
+
+    found = UNSTORABLE.search(text)
+    if found is None:
+        return None
+    if found.group() == "\x00":
+        return "a NUL character (\\u0000), which the database cannot store"
+    return (
+        f"a lone surrogate (\\u{ord(found.group()):04x}), which is not a character (nor "
+        "UTF-8 text) and cannot be stored"
+    )
+
+
+def _storable_only(data: Any, source: str) -> None:
+    """Refuse a NUL or a lone surrogate in any string or key of ``data``, naming its place."""
+    for at, item in _places(data):
+        if isinstance(item, str):
+            found = _unstorable(item)
+            if found is not None:
+                raise InvalidInputError(f"{source}: {at or 'the bundle'} holds {found}; remove it")
+        elif isinstance(item, dict):
+            for key in item:
+                found = _unstorable(str(key))
+                if found is not None:
+                    raise InvalidInputError(
+                        f"{source}: {at or 'the bundle'} has a key {key!r} holding {found}; "
+                        "rename it"
+                    )
+
+
+class _Repeated(dict[str, Any]):
+    """A JSON object that gives a key more than once, kept to name that key and its place."""
+
+    def __init__(self, pairs: list[tuple[str, Any]], key: str) -> None:
+        super().__init__(pairs)
+        self.key = key
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object as read, or, when it gives a key twice, a :class:`_Repeated`."""
+    data = dict(pairs)
+    if len(data) == len(pairs):
+        return data
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            return _Repeated(pairs, key)
+        seen.add(key)
+    return data  # not reached: fewer keys than pairs means one repeats
+
+
+def _refuse_repeated(data: Any, source: str) -> None:
+    for at, item in _places(data):
+        if isinstance(item, _Repeated):
+            raise InvalidInputError(
+                f"{source}: {at or 'the top level'} gives the key {item.key!r} twice; give "
+                "each key once (a reader would take either one)"
+            )
+
+
+def _yaml_loader() -> Any:
+    """A safe YAML loader that refuses a mapping giving a key twice (merged keys aside)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            if isinstance(node, yaml.MappingNode):
+                seen: set[Any] = set()
+                for key_node, _ in node.value:
+                    if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+                        continue  # a key given by a merge (<<) may be given again: it yields
+                    key = self.construct_object(key_node)
+                    if key in seen:
+                        mark = key_node.start_mark
+                        raise _RepeatedKey(
+                            f"line {mark.line + 1}, column {mark.column + 1}: the key {key!r} "
+                            "is given twice in one mapping; give each key once (a reader "
+                            "would take either one)"
+                        )
+                    seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return Loader
+
+
+class _RepeatedKey(Exception):
+    """A YAML mapping gives a key twice (its message says where)."""
+
+
 def parse(text: str | bytes, source: str) -> Any:
-    """The document in ``text`` (JSON, else YAML), checked for size, depth and value types."""
+    """The document in ``text`` (JSON, else YAML), checked for size, depth, value types and
+    keys given twice."""
     size = len(text.encode("utf-8") if isinstance(text, str) else text)
     if size > MAX_BYTES:
         raise TooLargeError(f"{source} is {size} bytes; a bundle is at most {MAX_BYTES}")
@@ -267,11 +400,13 @@ def parse(text: str | bytes, source: str) -> Any:
     stripped = text.lstrip()
     try:
         if stripped.startswith("{"):
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_object)
         else:
             import yaml
 
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=_yaml_loader())  # a SafeLoader: plain data only
+    except _RepeatedKey as exc:
+        raise InvalidInputError(f"{source}: {exc}") from None
     except RecursionError:
         raise InvalidInputError(
             f"{source}: nested deeper than {MAX_DEPTH} levels; a bundle is not that deep"
@@ -282,6 +417,7 @@ def parse(text: str | bytes, source: str) -> Any:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InvalidInputError(f"{source} is not valid JSON or YAML: {first}") from None
     measure(data, source)
+    _refuse_repeated(data, source)
     return data
 
 
@@ -325,6 +461,13 @@ def check(data: Any, source: str) -> Bundle:
         )
     if not isinstance(agent.get("name"), str) or not agent["name"]:
         raise InvalidInputError(f'{source}: the agent needs a "name"')
+    model = agent.get("model")
+    if isinstance(model, str) and len(model) > MAX_MODEL:
+        raise InvalidInputError(
+            f"{source}: agent.model is {len(model)} characters long; a model spec has at "
+            f"most {MAX_MODEL}"
+        )
+    _storable_only(data, source)
     tools = data.get("tools", [])
     if not isinstance(tools, list):
         raise InvalidInputError(f'{source}: "tools" must be a list of tool rows')
@@ -354,6 +497,21 @@ def secret_variable(where: str) -> str:
 
 def _is_marker(value: Any) -> bool:
     return isinstance(value, dict) and set(value) == {SECRET}
+
+
+def _storable_secret(value: str, where: str, origin: str) -> str:
+    """``value``, the secret ``origin`` (given, in a variable) for ``where``, if it can be stored.
+
+    A value from the environment or the command line may hold a lone surrogate: a byte
+    that was not UTF-8 there.
+    """
+    found = _unstorable(value)
+    if found is not None:
+        raise InvalidInputError(
+            f"bundle not imported: the secret {origin} for {where} holds {found}; give it "
+            "again as UTF-8 text"
+        )
+    return value
 
 
 class _Secrets:
@@ -387,11 +545,12 @@ class _Secrets:
             )
         if where in self.given:
             self.used.add(where)
-            return self.given[where]
+            return _storable_secret(self.given[where], where, "given")
         if stored is not None and not _is_marker(stored):
             return stored
         if self.environ is not None and secret_variable(where) in self.environ:
-            return self.environ[secret_variable(where)]
+            variable = secret_variable(where)
+            return _storable_secret(self.environ[variable], where, f"in {variable}")
         self.missing.append(where)
         return None
 
@@ -473,8 +632,10 @@ async def import_bundle(
 ) -> ImportReport:
     """Create or update the bundle's agent and tools, all checked before the first write.
 
-    ``environ`` is where ``CHATWRIGHT_SECRET_*`` variables are looked up (None:
-    nowhere, as over HTTP, where the server's environment is not the caller's).
+    Should a write fail, those before it are undone (see the module docstring) and the
+    error names the write. ``environ`` is where ``CHATWRIGHT_SECRET_*`` variables are
+    looked up (None: nowhere, as over HTTP, where the server's environment is not the
+    caller's).
     """
     from chatwright import catalog
     from chatwright.stores import Agent
@@ -517,7 +678,7 @@ async def import_bundle(
         target = current
 
     problems = []
-    plans: list[tuple[str, dict[str, Any], ToolRow | None]] = []
+    plans: list[_ToolWrite] = []
     context = ToolContext(name, runtime.storage, runtime.settings)
     for index, row in enumerate(rows):
         stored = stored_tools.get(row["name"])
@@ -531,16 +692,16 @@ async def import_bundle(
         if "position" not in row:
             wanted.pop("position")
         if stored is None:
-            plans.append(("add", row, None))
+            plans.append(_ToolWrite("add", index, row["name"], row))
             report.added.append(row["name"])
         elif stored.type != candidate.type:
-            plans.append(("replace", row, stored))
+            plans.append(_ToolWrite("replace", index, row["name"], row, stored))
             report.updated.append(row["name"])
         else:
             have = _tool_fields(stored)
             diff = {k: v for k, v in wanted.items() if k != "type" and have[k] != v}
             if diff:
-                plans.append(("update", diff, stored))
+                plans.append(_ToolWrite("update", index, row["name"], diff, stored))
                 report.updated.append(row["name"])
             else:
                 report.unchanged.append(row["name"])
@@ -553,21 +714,127 @@ async def import_bundle(
     if dry_run:
         return report
 
-    if current is None:
-        await runtime.storage.agents.create(name, **valid)
-    elif report.changed:
-        await runtime.storage.agents.update(name, **{k: valid[k] for k in report.changed})
-    for tool_name in report.removed:
-        await runtime.storage.tools.delete(stored_tools[tool_name].id)
-    for action, data, stored in plans:
-        if action == "update" and stored is not None:
-            await runtime.storage.tools.update(stored.id, **data)
-            continue
-        if action == "replace" and stored is not None:
-            await runtime.storage.tools.delete(stored.id)
-        candidate = catalog.candidate_row(target, data)
-        await catalog.insert_row(runtime, name, candidate, data.get("position"))
+    writes = _Writes(runtime, name, created=current is None)
+    try:
+        if current is None:
+            await writes.create_agent(valid)
+        elif report.changed:
+            await writes.change_agent(current, {k: valid[k] for k in report.changed})
+        for plan in plans:
+            await writes.tool(plan, target)
+        # Removed last: a failure before them leaves the rows where they were.
+        for tool_name in report.removed:
+            await writes.remove(stored_tools[tool_name], f"removing tool {tool_name!r} (pruned)")
+    except BaseException as error:
+        await writes.undo(error)
+        raise
     return report
+
+
+@dataclass
+class _ToolWrite:
+    """One tool row of the bundle to write: added, replaced (another type) or updated."""
+
+    action: str
+    index: int
+    name: str
+    data: dict[str, Any]
+    """The row (add, replace) or its fields that change (update)."""
+    stored: ToolRow | None = None
+
+
+Undo = Callable[[], Awaitable[object]]
+
+
+class _Writes:
+    """The writes of one import, each kept with the write that puts it back.
+
+    Should one fail, :meth:`undo` makes the writes before it, newest first, and
+    names the write that failed in the error. An agent the import created is
+    simply deleted: its tool rows go with it.
+    """
+
+    def __init__(self, runtime: Runtime, agent: str, *, created: bool) -> None:
+        self.runtime = runtime
+        self.storage = runtime.storage
+        self.agent = agent
+        self.created = created
+        self.doing = ""
+        self.done: list[tuple[str, Undo]] = []
+
+    def _keep(self, what: str, undo: Undo) -> None:
+        if not self.created:
+            self.done.append((what, undo))
+
+    async def create_agent(self, valid: dict[str, Any]) -> None:
+        self.doing = f"creating agent {self.agent!r}"
+        await self.storage.agents.create(self.agent, **valid)
+        name = self.agent
+        self.done.append((f"the new agent {name!r}", lambda: self.storage.agents.delete(name)))
+
+    async def change_agent(self, current: Agent, changes: dict[str, Any]) -> None:
+        self.doing = f"changing agent {self.agent!r}"
+        before = {k: getattr(current, k) for k in changes}
+        await self.storage.agents.update(self.agent, **changes)
+        what = f"the {', '.join(before)} of agent {self.agent!r}"
+        self._keep(what, lambda: self.storage.agents.update(self.agent, **before))
+
+    async def remove(self, row: ToolRow, doing: str) -> None:
+        self.doing = doing
+        await self.storage.tools.delete(row.id)
+        fields = _tool_fields(row)
+        self._keep(
+            f"tool {row.name!r} (removed)",
+            lambda: self.storage.tools.add(self.agent, row.name, **fields),
+        )
+
+    async def tool(self, plan: _ToolWrite, target: Agent) -> None:
+        from chatwright import catalog
+
+        place = f"tools[{plan.index}] {plan.name!r}"
+        if plan.action == "update" and plan.stored is not None:
+            self.doing = f"changing {place}"
+            stored = plan.stored
+            before = {k: _tool_fields(stored)[k] for k in plan.data}
+            await self.storage.tools.update(stored.id, **plan.data)
+            self._keep(
+                f"tool {plan.name!r} (changed)",
+                lambda: self.storage.tools.update(stored.id, **before),
+            )
+            return
+        if plan.action == "replace" and plan.stored is not None:
+            await self.remove(plan.stored, f"removing the stored {place} (of another type)")
+        self.doing = f"adding {place}"
+        candidate = catalog.candidate_row(target, plan.data)
+        added = await catalog.insert_row(
+            self.runtime, self.agent, candidate, plan.data.get("position")
+        )
+        self._keep(f"tool {plan.name!r} (added)", lambda: self.storage.tools.delete(added.id))
+
+    async def undo(self, error: BaseException) -> None:
+        """Put back what was written before ``error``; say so in its message."""
+        left = []
+        for what, undo in reversed(self.done):
+            try:
+                await undo()
+            except Exception as failure:  # each write is undone as far as it can be
+                log.warning("bundle import: %s not put back: %s", what, one_line(failure))
+                left.append(what)
+        if left:
+            outcome = (
+                f"not undone: {'; '.join(left)}; see `chatwright agents show {self.agent}` "
+                "and run the import again"
+            )
+        elif self.done:
+            outcome = "nothing was changed (the writes before it were undone)"
+        else:
+            outcome = "nothing was changed"
+        if isinstance(error, ChatwrightError):
+            # Its class kept: the status (409, 422, 503) still says what kind of failure.
+            message = f"bundle not imported: {self.doing} failed: {one_line(error)}; {outcome}"
+            error.args = (message,)
+        else:
+            log.warning("bundle import: %s failed (%s); %s", self.doing, one_line(error), outcome)
 
 
 def _epoch() -> tuple[Any, Any]:

@@ -4,6 +4,9 @@
 an :class:`Item`: what it becomes in chatwright, whether it is imported, and
 each problem met on the way (the row's id, what could not be mapped, why).
 Nothing is written while planning, so the plan is also the dry run's report.
+An agent is checked as ``chatwright agents add`` checks one (its name, its model's
+provider, its fields): one it would refuse is skipped, with why, never renamed
+(its tools, chats, memory and customizations name it as it is).
 :func:`apply` then writes the items to be imported, in order: agents, tools,
 customizations, memory, chats, messages.
 
@@ -30,10 +33,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from chatwright.agents import non_finite, not_a_json_number
+from chatwright.agents import (
+    MODEL_PATTERN,
+    NAME_PATTERN,
+    non_finite,
+    not_a_json_number,
+    validate_agent,
+)
+from chatwright.errors import InvalidInputError
 from chatwright.plugins.importing.source import Source, jsonish
 
 if TYPE_CHECKING:
+    from chatwright.registry import Plugins
     from chatwright.runtime import Runtime
     from chatwright.stores import Storage
 
@@ -172,8 +183,27 @@ def model_spec(llm: Mapping[str, Any]) -> tuple[str | None, str]:
     return None, f"cannot tell the provider of model {model!r} (llm_config has no provider)"
 
 
+def model_problem(plugins: Plugins, spec: str) -> str | None:
+    """Why ``spec`` is not a model spec ``agents add`` takes (its provider registered, as
+    :func:`chatwright.agents.check_model_provider` checks); None when it is one."""
+    provider = spec.partition(":")[0]
+    known = plugins.collect("register_models")
+    if provider not in known:
+        return (
+            f"no model provider {provider[:80]!r}; known providers: "
+            f"{', '.join(sorted(known)) or 'none'}"
+        )
+    if not MODEL_PATTERN.match(spec):
+        return "not a model spec (provider:name, the name without spaces)"
+    return None
+
+
 def _agent_item(
-    plan: Plan, row: Mapping[str, Any], existing: set[str], fallback: str | None
+    plan: Plan,
+    row: Mapping[str, Any],
+    existing: set[str],
+    fallback: str | None,
+    plugins: Plugins,
 ) -> Item | None:
     name = row.get("agent_name")
     source = f"agent_configurations {_text_id(row.get('id'))}"
@@ -181,6 +211,14 @@ def _agent_item(
         plan.add(Item("agent", source, "?")).skip("agent_name is empty or over 200 characters")
         return None
     item = plan.add(Item("agent", source, f"agent {name!r}"))
+    if not re.match(NAME_PATTERN, name):
+        # Not renamed: its tools, chats, memory and customizations name it as it is.
+        item.skip(
+            f"agent name {name!r} is not one chatwright takes (letters, digits, '_', '.' "
+            "and '-', starting with a letter or digit); rename the agent in the original "
+            "(and the rows naming it) and run the import again"
+        )
+        return None
     if name in existing:
         item.action = "exists"
         return item
@@ -191,6 +229,11 @@ def _agent_item(
         item.problems.append("llm_config is not a JSON object")
         llm = {}
     spec, why = model_spec(llm)
+    if spec is not None:
+        found = model_problem(plugins, spec)
+        if found is not None:
+            why = f"model {spec[:200]!r}: {found}"
+            spec = None
     if spec is None:
         if fallback is None:
             item.skip(f"{why}; give --model SPEC for such agents")
@@ -224,15 +267,21 @@ def _agent_item(
     too_long = _too_long("system_prompt", prompt)
     if too_long:
         return item.skip(too_long)
+    fields = {
+        "system_prompt": prompt,
+        "model": spec,
+        "model_settings": settings,
+        "history_window": HISTORY_WINDOW,
+    }
+    try:
+        # What `agents add` checks, the name and model having been checked above.
+        valid = validate_agent(name, fields)
+    except InvalidInputError as error:
+        return item.skip(str(error))
+    valid.pop("name", None)
 
     async def create(storage: Storage) -> None:
-        await storage.agents.create(
-            name,
-            system_prompt=prompt,
-            model=spec,
-            model_settings=settings,
-            history_window=HISTORY_WINDOW,
-        )
+        await storage.agents.create(name, **valid)
 
     item.step = create
     existing.add(name)
@@ -640,10 +689,14 @@ async def make_plan(source: Source, runtime: Runtime, model: str | None = None) 
     for table in ("agent_configurations", "agent_tools", "chat_message_history"):
         if table not in source.tables:
             plan.notes.append(f"table {source.schema}.{table} not found; nothing of it imported")
+    if model is not None:
+        found = model_problem(runtime.plugins, model)
+        if found is not None:
+            raise InvalidInputError(f"--model {model[:200]!r}: {found}")
     existing = {a.name for a in await storage.agents.list()}
     agents: dict[str, str] = {}
     for row in source.rows("agent_configurations"):
-        item = _agent_item(plan, row, existing, model)
+        item = _agent_item(plan, row, existing, model, runtime.plugins)
         if item is not None and item.action != "skip":
             agents[_text_id(row.get("id"))] = str(row["agent_name"])
     await _tool_items(plan, runtime, agents)
