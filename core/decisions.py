@@ -1,7 +1,7 @@
-"""Deciding pending actions, and undoing a turn's writes: the runtime's write safety.
+"""Deciding pending actions: the runtime's write safety.
 
 :class:`Decisions` holds what :meth:`chatwright.runtime.Runtime.decide`,
-:meth:`~chatwright.runtime.Runtime.undo` and
+:meth:`~chatwright.runtime.Runtime.undo` (in :mod:`chatwright.undo`) and
 :meth:`~chatwright.runtime.Runtime.choose_approval` do; see
 :mod:`chatwright.approvals` for the records and :mod:`chatwright.writes` for how
 a turn stops at calls that wait for the user.
@@ -27,14 +27,13 @@ from chatwright.errors import (
     InvalidInputError,
     NotFoundError,
     PreviewChangedError,
-    UndoConflictError,
 )
 from chatwright.runtime import OnMessage, OnToken, ToolCallRecord, Turn, _tool_calls
 
 if TYPE_CHECKING:
     from langchain_core.messages import BaseMessage
 
-    from chatwright.approvals import AuditEntry, Decision, PendingAction, UndoReport
+    from chatwright.approvals import Decision, PendingAction, UndoReport
     from chatwright.errors import TurnTimeoutError
     from chatwright.runtime import BuiltAgent, Runtime
     from chatwright.stores import Agent, Storage
@@ -361,88 +360,10 @@ class Decisions:
     async def undo(
         self, user_id: str, chat_id: uuid.UUID, *, turn_id: uuid.UUID | None = None
     ) -> UndoReport:
-        """Revert the writes of one turn of the user's chat (by default the latest with writes).
+        """Revert the writes of one turn of the user's chat: :func:`chatwright.undo.undo_turn`."""
+        from chatwright.undo import undo_turn
 
-        One transaction; audited; a note of it is added to the chat.
-
-        :raises NotFoundError: not the user's chat, or nothing to undo.
-        :raises UndoConflictError: rows changed since; names them, reverts nothing.
-        """
-        from langchain_core.messages import AIMessage
-
-        from chatwright.approvals import NewAuditEntry
-        from chatwright.history import to_store
-
-        owner = await self.storage.sessions.chat_owner(chat_id)
-        if owner is None or owner[0] != user_id:
-            raise NotFoundError(f"no chat {chat_id} for this user")
-        agent_name = owner[1]
-        turns = self.runtime.turns
-        async with self.runtime.queued(user_id, chat_id):
-            start = await turns.begin(user_id, agent_name, chat_id, None)
-            note: list[BaseMessage] = []
-            try:
-                entries = await self.storage.audit.list(user_id, chat_id=chat_id, limit=UNDO_SCAN)
-                undone = {e.undo_of for e in entries if e.operation == "undo" and e.outcome == "ok"}
-                writes = [
-                    e
-                    for e in entries
-                    if e.operation != "undo" and e.outcome == "ok" and e.changes and e.turn_id
-                ]
-                target = turn_id
-                if target is None:
-                    target = next((e.turn_id for e in writes if e.turn_id not in undone), None)
-                    if target is None:
-                        raise NotFoundError(
-                            f"nothing to undo in chat {chat_id}: no turn of it changed rows "
-                            "that are not undone already"
-                        )
-                if target in undone:
-                    raise UndoConflictError(f"turn {target} of chat {chat_id} was undone already")
-                mine = await self._writes_of(user_id, chat_id, target)
-                if not mine:
-                    raise NotFoundError(f"turn {target} of chat {chat_id} changed no rows to undo")
-                audit = NewAuditEntry(
-                    user_id=user_id,
-                    agent_name=agent_name,
-                    tool_name="undo",
-                    operation="undo",
-                    chat_id=chat_id,
-                    turn_id=uuid.uuid4(),
-                    args={"turn_id": str(target)},
-                    decided_by=user_id,
-                    undo_of=target,
-                )
-                report = await self.storage.records.undo(user_id, mine, audit)
-                count = len(report.changes)
-                note.append(
-                    AIMessage(
-                        content=f"Undone: the {count} row change{'s' if count != 1 else ''} "
-                        f"made in turn {target} were reverted.",
-                        additional_kwargs={"chatwright": {"undo_of": str(target)}},
-                    )
-                )
-                return report
-            finally:
-                await asyncio.shield(turns.finish(start, to_store(note), touch=bool(note)))
-
-    async def _writes_of(
-        self, user_id: str, chat_id: uuid.UUID, turn_id: uuid.UUID
-    ) -> list[AuditEntry]:
-        """Every entry of the turn that changed rows, newest first, however old: an undo
-        reverts all of a turn's writes or none, not just those among the chat's latest."""
-        found: list[AuditEntry] = []
-        before: int | None = None
-        while True:
-            page = await self.storage.audit.list(
-                user_id, chat_id=chat_id, turn_id=turn_id, before_id=before, limit=UNDO_SCAN
-            )
-            found.extend(
-                e for e in page if e.operation != "undo" and e.outcome == "ok" and e.changes
-            )
-            if len(page) < UNDO_SCAN:
-                return found
-            before = page[-1].id
+        return await undo_turn(self.runtime, user_id, chat_id, turn_id=turn_id)
 
     async def choose_approval(self, user_id: str, tool_id: int, choice: str | None) -> None:
         """Set the user's choice (``auto``/``required``, None to clear) for a ``user``-mode row."""
@@ -465,8 +386,6 @@ class Decisions:
 
 EXPIRY = "expiry"
 """Who decided an action that expired."""
-UNDO_SCAN = 500
-"""How many of a chat's latest audit entries an undo looks through for its turn."""
 
 
 def _not_run(action: PendingAction, *, expired: bool) -> BaseMessage:

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 
 from chatwright.approvals import NewAuditEntry, Write
-from chatwright.decisions import UNDO_SCAN
 from chatwright.errors import PreviewChangedError
 from chatwright.plugins.example import assistant as example
 from chatwright.runtime import Runtime
+from chatwright.undo import UNDO_SCAN
 from tests.conftest import MakeRuntime
 from tests.hostile.conftest import MakeServer, assert_error_body, bearer, sql
 
