@@ -68,6 +68,15 @@ async def undo_turn(
                     )
             if target in undone:
                 raise UndoConflictError(f"turn {target} of chat {chat_id} was undone already")
+            waiting = [a for a in start.pending if a.turn_id == target]
+            if waiting:
+                # Its writes are not all made yet: an undo now would leave those made after
+                # it out of every later undo ("undone already").
+                names = ", ".join(f"{a.tool_name} ({a.id})" for a in waiting)
+                raise UndoConflictError(
+                    f"turn {target} of chat {chat_id} still waits for your decision on "
+                    f"{names}; approve or deny first, then undo"
+                )
             mine = await _writes_of(runtime.storage, user_id, chat_id, target)
             if not mine:
                 raise NotFoundError(f"turn {target} of chat {chat_id} changed no rows to undo")

@@ -307,3 +307,38 @@ async def test_a_held_call_with_a_long_tool_call_id_keeps_its_turn(
         server.runtime, "SELECT role FROM chat_messages WHERE user_id = :u ORDER BY id", u=ALICE
     )
     assert [r["role"] for r in roles] == ["human", "ai", "tool"]
+
+
+async def test_a_turn_is_not_undone_while_it_still_waits_for_a_decision(
+    runtimes: MakeRuntime,
+) -> None:
+    """Undoing the first approved write of a turn whose second call still waited let the
+    second, approved after, escape every later undo ("undone already")."""
+    from chatwright.errors import UndoConflictError
+
+    runtime = await runtimes()
+    storage = runtime.storage
+    await example.seed(storage, "scripted:x")
+    (row,) = [r for r in await storage.tools.list(AGENT) if r.name == "add_task"]
+    await storage.tools.update(row.id, approval="required")
+    two = {
+        "tool_calls": [
+            {"name": "add_task", "args": {"title": "first"}},
+            {"name": "add_task", "args": {"title": "second"}},
+        ]
+    }
+    await storage.agents.update(AGENT, model_settings={"responses": [two, {"content": "ok"}]})
+    chat = (await storage.sessions.open(ALICE, AGENT, chat_id=uuid.uuid4())).chat_id
+    first, second = (await runtime.chat(ALICE, AGENT, chat, "add two")).pending
+    await runtime.decide(ALICE, first.id, True)
+    for target in (None, first.turn_id):
+        with pytest.raises(
+            UndoConflictError, match=f"still waits for your decision on add_task \\({second.id}\\)"
+        ):
+            await runtime.undo(ALICE, chat, turn_id=target)
+    assert [t["title"] for t in await alices_tasks(runtime)] == ["first"]
+    # Decided, the whole turn is undone together.
+    await runtime.decide(ALICE, second.id, True)
+    report = await runtime.undo(ALICE, chat)
+    assert len(report.changes) == 2
+    assert await alices_tasks(runtime) == []
