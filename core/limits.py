@@ -103,6 +103,9 @@ def turn_limits(agent_name: str, limits: Limits) -> Any:
     from langchain.agents.middleware import AgentMiddleware, ModelResponse
     from langchain_core.messages import AIMessage
 
+    from chatwright.tools import TurnContext
+    from chatwright.usage import prompt_tokens
+
     def model_calls(turn: Sequence[BaseMessage]) -> int:
         return sum(1 for m in turn if isinstance(m, AIMessage) and stopped_by(m) is None)
 
@@ -156,6 +159,10 @@ def turn_limits(agent_name: str, limits: Limits) -> Any:
             stop = before(messages)
             if stop is not None:
                 return ModelResponse(result=stop)
+            context = getattr(request.runtime, "context", None)
+            if isinstance(context, TurnContext):
+                # Its prompt's size, should the call be cut off before it answers.
+                context.prompts.append(prompt_tokens(request))
             response = await handler(request)
             result = getattr(response, "model_response", response)
             replies = [m for m in result.result if isinstance(m, AIMessage)]

@@ -597,7 +597,7 @@ class Runtime:
         from chatwright.limits import STOPPED, limits_of, stop_message, stopped_by
         from chatwright.prompts import fill
         from chatwright.tools import TurnContext
-        from chatwright.usage import usage_of
+        from chatwright.usage import cut_off_call, priced, usage_of
         from chatwright.window import Fitted, fit
 
         turns = self.turns
@@ -618,10 +618,21 @@ class Runtime:
         fitted = Fitted([])
         spent: TurnUsage | None = None
 
+        # Each model call's prompt size (the limits' middleware adds them), the reply
+        # text streamed since the last answered call, and whether the turn was cut off
+        # (out of time, cancelled): a call cut off before it answered still counts.
+        prompts: list[int] = []
+        streamed = 0
+        cut = False
+
         def usage() -> TurnUsage:
             # A stop message is the runtime's, not a model call.
             calls = [m for m in produced if stopped_by(m) is None]
-            made = usage_of(start.agent.model, calls, self.settings.usage.prices)
+            prices = self.settings.usage.prices
+            made = usage_of(start.agent.model, calls, prices)
+            if cut:
+                unanswered = cut_off_call(start.agent.model, prompts, made.model_calls, streamed)
+                made = made.plus(priced(unanswered, prices))
             for extra in fitted.usage:
                 made = made.plus(extra)
             return made
@@ -689,6 +700,7 @@ class Runtime:
                 chat_id=chat_id,
                 turn_id=turn_id,
                 choices=choices,
+                prompts=prompts,
             )
             modes = ["updates", "messages"] if on_token is not None else ["updates"]
             waiting: list[NewPending] = []
@@ -726,10 +738,12 @@ class Runtime:
                                     and STOPPED not in piece.response_metadata
                                 )
                                 if on_token and is_reply and meta.get("langgraph_node") == "model":
+                                    streamed += len(piece.text)
                                     await on_token(piece.text)
                                 continue
                             for update in chunk.values():
                                 for produced_message in (update or {}).get("messages", []):
+                                    streamed = 0  # answered: counted from its report
                                     made, data = storable_with_data(produced_message)
                                     dumped[id(made)] = (made, data)
                                     produced.append(made)
@@ -769,6 +783,7 @@ class Runtime:
                     await on_message(produced[-1])
                 waiting = []
             except Exception as exc:
+                cut = isinstance(exc, TimeoutError) and scope.expired()
                 await end(complete_prefix(produced), touch=False)
                 if isinstance(exc, TimeoutError) and scope.expired() and self._stopping:
                     raise TurnTimeoutError(
@@ -798,6 +813,7 @@ class Runtime:
                 if not ended:
                     # Cancelled, or failed outside the model: keep the complete
                     # exchanges, give the chat back.
+                    cut = True
                     await end(complete_prefix(produced), touch=False)
             finally:
                 if task is not None:

@@ -95,6 +95,30 @@ def usage_of(
     return priced(usage, prices)
 
 
+def prompt_tokens(request: Any) -> int:
+    """About how many input tokens a model call's request sends (its system message and
+    messages, counted as the window counts them: characters over four)."""
+    from langchain_core.messages.utils import count_tokens_approximately
+
+    system = getattr(request, "system_message", None)
+    messages = [*([system] if system is not None else []), *getattr(request, "messages", [])]
+    return count_tokens_approximately(messages) if messages else 0
+
+
+def cut_off_call(model: str, prompts: list[int], answered: int, streamed: int) -> TurnUsage:
+    """The usage of a turn's model call cut off before it answered, as far as it is known.
+
+    A provider reports a call's tokens when it ends, so a call a time limit or a
+    cancellation stopped has no report; its provider still charges for it. It counts
+    as one call with its prompt's approximate tokens (``prompts``, one per call
+    started, of which ``answered`` answered) and the text it had streamed
+    (``streamed`` characters, four to a token). None started and unanswered: nothing.
+    """
+    if len(prompts) <= answered:
+        return TurnUsage(model)
+    return TurnUsage(model, 1, prompts[answered], -(-streamed // 4))
+
+
 def _count(value: Any) -> int:
     """A token count as a provider reported it: what cannot be one (negative, not a
     number) counts 0, so a bad report neither breaks the turn nor gives tokens back."""

@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 
-from chatwright.errors import BudgetExceededError
+from chatwright.errors import BudgetExceededError, TurnTimeoutError
 from chatwright.plugins.example import assistant as example
 from chatwright.plugins.sql import rows
 from chatwright.usage import TurnUsage
+from tests.openai_stub import OpenAIStub
 from tests.test_bounded_turns import Make, new_chat, seed
 from tests.test_bounded_turns import make as make
 
@@ -90,3 +91,75 @@ async def test_a_turn_of_an_agent_with_a_longer_time_limit_keeps_its_reservation
     finally:
         first.cancel()
         await asyncio.gather(first, return_exceptions=True)
+
+
+async def test_turns_that_always_run_out_of_time_are_held_by_the_budget(
+    make: Make, sql_url: str, openai_stub: OpenAIStub
+) -> None:
+    """A provider reports a call's tokens when it ends: a call a time limit stops has no
+    report, yet it was charged. It counts with its prompt's approximate tokens and the
+    text it had streamed, so a user cannot spend past a budget by never finishing."""
+    user = f"spender-{uuid.uuid4().hex[:8]}"
+    runtime = await make(
+        sql_url, budgets={"daily_tokens": 60, "turn_estimate": 10}, turns={"timeout": 1.0}
+    )
+    await seed(runtime, "openai:slow", openai_stub.model_settings())
+    pieces: list[str] = []
+
+    async def on_token(text: str) -> None:
+        pieces.append(text)
+
+    prompt = "write " + "very " * 60 + "long"
+    with pytest.raises(TurnTimeoutError):
+        await runtime.chat(
+            user, example.AGENT, await new_chat(runtime, user), prompt, on_token=on_token
+        )
+    assert pieces, "the model streamed text before it was stopped"
+    (row,) = await usage_rows(runtime, user)
+    assert row["model_calls"] == 1
+    assert row["input_tokens"] >= len(prompt) // 4
+    assert row["output_tokens"] >= 1
+    # Spent past the budget by that one turn: the next one is refused.
+    with pytest.raises(BudgetExceededError, match="daily token budget"):
+        await runtime.chat(user, example.AGENT, await new_chat(runtime, user), prompt)
+    assert len(openai_stub.requests) == 1
+
+
+async def test_a_cancelled_turn_counts_the_model_call_it_was_waiting_for(
+    make: Make, sql_url: str
+) -> None:
+    user = f"spender-{uuid.uuid4().hex[:8]}"
+    runtime = await make(sql_url)
+    await seed(runtime, "scripted:x", {"responses": [{"content": "late", "sleep": 30}]})
+    turn = asyncio.ensure_future(
+        runtime.chat(user, example.AGENT, await new_chat(runtime, user), "x" * 400)
+    )
+    await asyncio.sleep(0.5)
+    turn.cancel()
+    await asyncio.gather(turn, return_exceptions=True)
+    (row,) = await usage_rows(runtime, user)
+    assert row["model_calls"] == 1 and row["output_tokens"] == 0
+    assert row["input_tokens"] >= 100
+
+
+async def test_a_model_that_fails_is_not_charged_an_estimate(make: Make, sql_url: str) -> None:
+    """Only a call that was cut off is counted unanswered: one the provider refused (an
+    error answer) reports nothing and is charged nothing."""
+    from chatwright.errors import ModelError
+
+    user = f"spender-{uuid.uuid4().hex[:8]}"
+    runtime = await make(sql_url)
+    await seed(runtime, "scripted:x", {"responses": [], "fail": "provider down"})
+    with pytest.raises(ModelError):
+        await runtime.chat(user, example.AGENT, await new_chat(runtime, user), "x" * 400)
+    assert await spent(runtime, user) == 0
+
+
+async def usage_rows(runtime: Any, user: str) -> list[dict[str, Any]]:
+    from tests.hostile.conftest import sql
+
+    return await sql(
+        runtime,
+        "SELECT model_calls, input_tokens, output_tokens FROM token_usage WHERE user_id = :u",
+        u=user,
+    )
