@@ -194,6 +194,23 @@ class CrudToolType:
                             f"of type {column.kind!r}",
                         )
                     )
+        if config.operation in {"update", "upsert"}:
+            # A row's key is how its preview, its audit entry and an undo find it again.
+            finding = (
+                set(config.conflict or scope.columns()) if config.operation == "upsert" else set()
+            )
+            for name, spec in config.args.items():
+                found = cols.get(spec.column or name)
+                if found is not None and found.primary_key and found.name not in finding:
+                    problems.append(
+                        ConfigProblem(
+                            f"config.args.{name}",
+                            f"writes column {found.name!r}, the primary key of {table.name!r}, "
+                            f"which {'an' if config.operation == 'update' else 'an upsert'} "
+                            "does not change (previews, the audit log and undo find rows by "
+                            "it); leave it out",
+                        )
+                    )
         for column_name in config.append:
             found = cols.get(column_name)
             if found is not None and found.kind != "string":

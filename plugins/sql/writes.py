@@ -92,6 +92,16 @@ class Writes:
             raise InvalidInputError(f"refusing to {op} every row of {name!r}: no condition")
         if op == "update" and not write.values:
             raise InvalidInputError(f"nothing to change in {name!r}: no values given")
+        keys = {c.name for c in t.primary_key.columns}
+        kept = set(write.conflict) if op == "upsert" else set()
+        rekeyed = sorted(c for c in write.values if c in keys and c not in kept)
+        if op in {"update", "upsert"} and rekeyed:
+            # Rows are found again by their key: its preview, its audit entry, an undo.
+            raise InvalidInputError(
+                f"column {', '.join(map(repr, rekeyed))} of {name!r} is its primary key, "
+                f"which {'an update' if op == 'update' else 'an upsert'} does not change; "
+                "leave it out"
+            )
         outside = [c for c, v in write.scope.items() if c in write.values and write.values[c] != v]
         if outside:
             # A write never moves a row out of its scope (or makes one outside it).
