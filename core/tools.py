@@ -345,14 +345,32 @@ async def load_tools(
     """
     context = ToolContext(agent_name, storage, settings, user_id=user_id)
     loaded = LoadedTools(tools=[], problems=[])
+    given: dict[str, ToolRow] = {}  # each tool name, and the row that gave it first
     for row in await storage.tools.list(agent_name, active_only=True):
         report = await build_row(row, agent_name, plugins, context)
-        if report.ok:
-            loaded.tools.extend(report.tools)
-        else:
+        if not report.ok:
             for p in report.problems:
                 log.warning("chatwright: tool row skipped: %s", p)
             loaded.problems.extend(report.problems)
+            continue
+        for tool in report.tools:
+            first = given.setdefault(tool.name, row)
+            if first is row:
+                loaded.tools.append(tool)
+                continue
+            # A model calls a tool by its name: a second tool of one name would take
+            # the calls meant for the first (a server's tool shadowing a crud row's).
+            p = ToolProblem(
+                agent_name,
+                row.name,
+                row.id,
+                row.type,
+                "name",
+                f"it gives a tool named {tool.name!r}, which row {first.id} ({first.name!r}) "
+                "gives already; it is left out: rename one of them",
+            )
+            log.warning("chatwright: tool left out: %s", p)
+            loaded.problems.append(p)
     return loaded
 
 
