@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 from chatwright.approvals import Preview as PreviewRecord
 from chatwright.errors import (
     AlreadyDecidedError,
+    BudgetExceededError,
+    ChatBusyError,
     InvalidInputError,
     NotFoundError,
     PreviewChangedError,
@@ -129,19 +131,39 @@ class Decisions:
             raise NotFoundError(f"no pending action {action_id} for this user")
         turns = self.runtime.turns
         async with self.runtime.queued(user_id, action.chat_id):
-            # A decision may resume the model: it is checked against the user's budgets
-            # and holds a reservation under its turn, as a new turn does.
-            start = await turns.begin(
-                user_id,
-                action.agent_name,
-                action.chat_id,
-                None,
-                turn_id=action.turn_id,
-                budget=self.runtime.budget_limits(),
+            # Deciding the chat's last pending action resumes the model: it is checked
+            # against the user's budgets and holds a reservation under its turn, as a new
+            # turn does (for the approved call and the turn after it). Deciding another
+            # one runs no model, and is never refused for a budget.
+            waiting = await self.storage.pending.list(
+                user_id, chat_id=action.chat_id, status="pending"
             )
+            resumes = [a.id for a in waiting] == [action_id]
+            try:
+                start = await turns.begin(
+                    user_id,
+                    action.agent_name,
+                    action.chat_id,
+                    None,
+                    turn_id=action.turn_id if resumes else None,
+                    budget=self.runtime.budget_limits(spans=2) if resumes else None,
+                )
+            except BudgetExceededError as exc:
+                exc.args = (
+                    f"{exc}; pending action {action_id} ({action.tool_name}) was not decided "
+                    "(deciding it runs the model on) and still waits",
+                )
+                raise
             resumed = False
             carried: list[BaseMessage] = []
             try:
+                if not resumes and [a.id for a in start.pending] == [action_id]:
+                    # Another process decided the chat's other actions meanwhile: this
+                    # decision would now resume the model, unchecked against the budgets.
+                    raise ChatBusyError(
+                        f"another decision of chat {action.chat_id} was made meanwhile; "
+                        f"decide pending action {action_id} again"
+                    )
                 current = next((a for a in start.pending if a.id == action_id), None)
                 if current is None:
                     raise _already_decided(await self.storage.pending.get(user_id, action_id))
@@ -283,23 +305,30 @@ class Decisions:
         same_id = (row.id if row is not None else None) == action.tool_id
         if same_id and (action.tool_digest is None or digest == action.tool_digest):
             return
+        shown = True
         try:
             fresh = await preview_call(tool, call, context)
         except Exception:
-            fresh = None  # arguments the row now refuses: approving again runs into that
+            # No preview of the row as it is now (the database away, arguments the row now
+            # refuses): the action keeps the row it was asked about, so that approving it
+            # again checks again, and never runs unseen what the row became.
+            fresh, shown = None, False
         expires = datetime.now(UTC) + timedelta(seconds=self.timeout)
         again = await self.storage.pending.reopen(
             action.user_id,
             action.id,
             fresh,
             expires,
-            tool_id=row.id if row is not None else None,
-            tool_digest=digest,
+            tool_id=row.id if row is not None and shown else None,
+            tool_digest=digest if shown else None,
         )
         raise PreviewChangedError(
             f"tool {action.tool_name!r} of agent {action.agent_name!r} changed since you were "
             f"asked about this call (pending action {action.id}); nothing was run: look at it "
-            "again and decide",
+            "again and decide"
+            + (
+                "" if shown else " (what it would do now could not be shown; deny it, or try again)"
+            ),
             preview=fresh,
             action=again,
         )
@@ -312,16 +341,38 @@ class Decisions:
         from chatwright.errors import one_line
 
         reason = "it was cancelled" if isinstance(exc, asyncio.CancelledError) else one_line(exc)
-        text = (
-            f"error: {action.tool_name} was cut off before it finished ({reason}); nothing "
-            "it had not committed was written"
-        )
+        made = None
+        with contextlib.suppress(Exception):
+            # Its write may have committed before the cut: the audit log says.
+            entries = await asyncio.shield(
+                self.storage.audit.list(
+                    action.user_id, chat_id=action.chat_id, turn_id=action.turn_id, limit=100
+                )
+            )
+            made = next(
+                (e for e in entries if e.pending_id == action.id and e.outcome == "ok"), None
+            )
+        if made is not None:
+            status, text = (
+                "done",
+                f"{action.tool_name} ran and its write was made (audit entry {made.id}), but "
+                f"it was cut off before its answer was kept ({reason}); do not run it again",
+            )
+        else:
+            status, text = (
+                "failed",
+                f"error: {action.tool_name} was cut off before it finished ({reason}); "
+                "nothing it had not committed was written",
+            )
         with contextlib.suppress(Exception):
             await asyncio.shield(
-                self.storage.pending.complete(action.user_id, action.id, "failed", text)
+                self.storage.pending.complete(action.user_id, action.id, status, text)
             )
         return ToolMessage(
-            content=text, tool_call_id=action.tool_call_id, name=action.tool_name, status="error"
+            content=text,
+            tool_call_id=action.tool_call_id,
+            name=action.tool_name,
+            status="success" if made is not None else "error",
         )
 
     async def _run_approved(

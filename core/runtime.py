@@ -559,14 +559,20 @@ class Runtime:
         span = len(wanted)
         return any(found[i : i + span] == wanted for i in range(len(found) - span + 1))
 
-    def budget_limits(self) -> BudgetLimits:
-        """What a new turn's budget check uses: the settings (a user's override wins)."""
+    def budget_limits(self, spans: int = 1) -> BudgetLimits:
+        """What a new turn's budget check uses: the settings (a user's override wins).
+
+        :param spans: how many time limits the turn may run for in a row (2 for a
+            decision: the approved call, then the turn it resumes).
+        """
+        from dataclasses import replace
+
         from chatwright.usage import HOLD_MARGIN, BudgetLimits
 
         # A reservation outlives the longest turn the setting allows, plus the wait for the
         # chat; the turn store lengthens it for an agent whose own limit is longer.
-        hold = self.settings.turns.timeout + HOLD_MARGIN
-        return BudgetLimits.of(self.settings, hold)
+        hold = spans * self.settings.turns.timeout + HOLD_MARGIN
+        return replace(BudgetLimits.of(self.settings, hold), spans=spans)
 
     async def run_turn(
         self,

@@ -224,6 +224,9 @@ class BudgetLimits:
     """Tokens a running turn is assumed to spend (``budgets.turn_estimate``)."""
     hold: float = 600.0
     """Seconds a turn's reservation lasts at most (a dead process's expires then)."""
+    spans: int = 1
+    """How many time limits the turn may run for in a row: 2 for a decision, whose
+    approved call and the turn it resumes each get the agent's limit."""
 
     @classmethod
     def of(cls, settings: Settings, hold: float) -> BudgetLimits:
@@ -233,9 +236,9 @@ class BudgetLimits:
     def for_agent(self, turn_timeout: float | None) -> BudgetLimits:
         """These limits for a turn of an agent whose own ``turn_timeout`` may be longer
         than the setting's: its reservation lasts as long as such a turn can."""
-        if turn_timeout is None or turn_timeout + HOLD_MARGIN <= self.hold:
+        if turn_timeout is None or self.spans * turn_timeout + HOLD_MARGIN <= self.hold:
             return self
-        return replace(self, hold=turn_timeout + HOLD_MARGIN)
+        return replace(self, hold=self.spans * turn_timeout + HOLD_MARGIN)
 
 
 @dataclass(frozen=True)

@@ -163,3 +163,73 @@ async def usage_rows(runtime: Any, user: str) -> list[dict[str, Any]]:
         "SELECT model_calls, input_tokens, output_tokens FROM token_usage WHERE user_id = :u",
         u=user,
     )
+
+
+async def test_with_the_budget_spent_only_the_decision_that_resumes_the_model_is_refused(
+    make: Make, sql_url: str
+) -> None:
+    """Deciding one of two pending actions runs no model: it is not refused for a budget
+    (the chat would be stuck until the actions expired). The last one is, saying so."""
+    user = f"spender-{uuid.uuid4().hex[:8]}"
+    runtime = await make(sql_url, budgets={"daily_tokens": 1000, "turn_estimate": 100})
+    two = {
+        "tool_calls": [
+            {"name": "add_task", "args": {"title": "first"}},
+            {"name": "add_task", "args": {"title": "second"}},
+        ]
+    }
+    await seed(runtime, "scripted:x", {"responses": [two, {"content": "done"}]})
+    for row in await runtime.storage.tools.list(example.AGENT):
+        if row.name == "add_task":
+            await runtime.storage.tools.update(row.id, approval="required")
+    chat_id = await new_chat(runtime, user)
+    first, second = (await runtime.chat(user, example.AGENT, chat_id, "add two")).pending
+    await spend(runtime, user, 5000)
+    denied = await runtime.decide(user, first.id, False)
+    assert denied.status == "approval_required"
+    stored = await runtime.storage.pending.get(user, first.id)
+    assert stored is not None and stored.status == "denied"
+    with pytest.raises(BudgetExceededError, match=r"was not decided .* and still waits"):
+        await runtime.decide(user, second.id, True)
+    stored = await runtime.storage.pending.get(user, second.id)
+    assert stored is not None and stored.status == "pending"
+    # Decided already: told so (409), not refused for the budget.
+    from chatwright.errors import AlreadyDecidedError
+
+    with pytest.raises(AlreadyDecidedError):
+        await runtime.decide(user, first.id, True)
+
+
+async def test_a_decisions_reservation_lasts_for_its_call_and_the_turn_it_resumes(
+    make: Make, sql_url: str
+) -> None:
+    """An approved call and the turn it resumes each get the time limit (10 s here): the
+    reservation must outlast both (2 x 10 s + a minute), not one turn's 70 s."""
+    from tests.hostile.conftest import sql
+
+    user = f"spender-{uuid.uuid4().hex[:8]}"
+    runtime = await make(
+        sql_url, budgets={"daily_tokens": 100_000, "turn_estimate": 100}, turns={"timeout": 10}
+    )
+    call = {"tool_calls": [{"name": "add_task", "args": {"title": "milk"}}]}
+    await seed(runtime, "scripted:x", {"responses": [call, {"content": "slow", "sleep": 5}]})
+    for row in await runtime.storage.tools.list(example.AGENT):
+        if row.name == "add_task":
+            await runtime.storage.tools.update(row.id, approval="required")
+    chat_id = await new_chat(runtime, user)
+    (action,) = (await runtime.chat(user, example.AGENT, chat_id, "add milk")).pending
+    deciding = asyncio.ensure_future(runtime.decide(user, action.id, True))
+    try:
+        await asyncio.sleep(1.0)  # the approved call ran; the resumed model call sleeps
+        (held,) = await sql(
+            runtime, "SELECT expires_at FROM usage_reservations WHERE user_id = :u", u=user
+        )
+        expires = held["expires_at"]
+        if isinstance(expires, str):
+            expires = datetime.fromisoformat(expires)
+        if expires.tzinfo is None:
+            expires = expires.replace(tzinfo=UTC)
+        assert (expires - datetime.now(UTC)).total_seconds() > 75
+    finally:
+        deciding.cancel()
+        await asyncio.gather(deciding, return_exceptions=True)

@@ -342,3 +342,83 @@ async def test_a_turn_is_not_undone_while_it_still_waits_for_a_decision(
     report = await runtime.undo(ALICE, chat)
     assert len(report.changes) == 2
     assert await alices_tasks(runtime) == []
+
+
+async def test_a_row_that_changed_is_never_approved_unseen_when_its_preview_failed_once(
+    runtimes: MakeRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Asked again without a preview (the database away a moment), the action must not
+    take the changed row as the one the user saw: the next approval checks again."""
+    from chatwright.errors import StorageError
+
+    runtime = await runtimes()
+    storage = runtime.storage
+    await example.seed(storage, "scripted:x")
+    (row,) = [r for r in await storage.tools.list(AGENT) if r.name == "list_tasks"]
+    await storage.tools.update(row.id, approval="required")
+    task = await storage.records.insert(
+        ALICE, "tasks", {"user_id": ALICE, "title": "keep me"}, returning=["id"]
+    )
+    call = {"tool_calls": [{"name": "list_tasks", "args": {"id": task["id"]}}]}
+    await storage.agents.update(AGENT, model_settings={"responses": [call, {"content": "ok"}]})
+    chat = (await storage.sessions.open(ALICE, AGENT, chat_id=uuid.uuid4())).chat_id
+    (action,) = (await runtime.chat(ALICE, AGENT, chat, "show the task")).pending
+    delete = {
+        "table": "tasks",
+        "operation": "delete",
+        "filters": {"id": {"type": "integer", "required": True}},
+    }
+    await storage.tools.update(row.id, config=delete)
+    real = storage.records.preview
+    failures = [StorageError("the database went away for a moment")]
+
+    async def flaky(*args: Any, **kwargs: Any) -> Any:
+        if failures:
+            raise failures.pop()
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(storage.records, "preview", flaky)
+    with pytest.raises(PreviewChangedError, match="could not be shown") as first:
+        await runtime.decide(ALICE, action.id, True)
+    assert first.value.preview is None
+    # Approved again: checked again, now with what the call would delete.
+    with pytest.raises(PreviewChangedError) as second:
+        await runtime.decide(ALICE, action.id, True)
+    assert second.value.preview is not None and second.value.preview.operation == "delete"
+    assert [t["title"] for t in await alices_tasks(runtime)] == ["keep me"]
+    await runtime.decide(ALICE, action.id, True)
+    assert await alices_tasks(runtime) == []
+
+
+async def test_an_approval_cut_off_after_its_write_committed_says_the_write_was_made(
+    runtimes: MakeRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelled while recording the outcome of a call whose write committed: the action is
+    done, and the model is told the write was made (not that it was cut off before, which
+    invites running it again)."""
+    import asyncio
+
+    runtime = await runtimes()
+    _, action_id = await held_add_task(runtime)
+    pending = runtime.storage.pending
+    real = pending.complete
+    stuck = asyncio.Event()
+
+    async def complete(*args: Any, **kwargs: Any) -> Any:
+        if not stuck.is_set():
+            stuck.set()
+            await asyncio.sleep(60)
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(pending, "complete", complete)
+    deciding = asyncio.ensure_future(runtime.decide(ALICE, action_id, True))
+    await asyncio.wait_for(stuck.wait(), 10)
+    deciding.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await deciding
+    assert [t["title"] for t in await alices_tasks(runtime)] == ["milk"]
+    stored = await pending.get(ALICE, action_id)
+    assert stored is not None and stored.status == "done"
+    assert stored.result is not None and "do not run it again" in stored.result
+    messages = await runtime.storage.messages.window(ALICE, stored.chat_id, 100)
+    assert messages[-1].role == "tool" and "its write was made" in str(messages[-1].content)
