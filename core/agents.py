@@ -52,9 +52,10 @@ def not_a_json_number(where: str) -> str:
     )
 
 
-MAX_JSON_DEPTH = 32
-"""The deepest nesting of objects and lists kept in an agent's settings or a tool's config
-(as in a bundle): real ones are a few levels deep, and much deeper ones cannot be shown."""
+MAX_JSON_DEPTH = 24
+"""The deepest nesting of objects and lists kept in an agent's settings or a tool's config:
+real ones are a few levels deep, much deeper ones cannot be shown, and one this deep still
+fits in a bundle (which allows 32 levels from its top, where a tool's config is 3 down)."""
 
 
 def too_deep(value: Any, where: str) -> str | None:

@@ -36,8 +36,7 @@ from typing import TYPE_CHECKING, Any
 from chatwright.agents import (
     MODEL_PATTERN,
     NAME_PATTERN,
-    non_finite,
-    not_a_json_number,
+    json_problem,
     validate_agent,
 )
 from chatwright.errors import InvalidInputError
@@ -392,9 +391,9 @@ async def _tool_items(plan: Plan, runtime: Runtime, agents: Mapping[str, str]) -
         if not isinstance(config, Mapping):
             item.skip("its config is not a JSON object")
             continue
-        found = non_finite(config, "config")
-        if found is not None:
-            item.skip(not_a_json_number(found))
+        problem = json_problem(config, "config")
+        if problem is not None:
+            item.skip(problem)
             continue
         if kind == "CRUDTool":
             try:

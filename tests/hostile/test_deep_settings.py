@@ -4,7 +4,8 @@ The admin API stored ``model_settings`` nested 400 levels deep and then could
 not answer (a 500 after the change was kept, so a retry got 409); 900 levels
 failed on the way out too, and ``agents show`` then printed an unexpected
 RecursionError. Every way in (``--setting``, ``tools set``, the admin API)
-refuses what nests deeper than 32 levels, naming the field, and stores nothing.
+refuses what nests deeper than 24 levels (so that it always fits in a bundle),
+naming the field, and stores nothing.
 """
 
 from __future__ import annotations
@@ -76,3 +77,17 @@ def test_the_admin_api(workdir: Path) -> None:
         assert SAID in error_of(response, 422), (method, path, response.text[:300])
     assert unchanged() == before
     json.loads(ok("agents", "export", "assistant").stdout)
+
+
+def test_the_deepest_settings_allowed_survive_export_and_import(workdir: Path) -> None:
+    """What may be set may be moved: a bundle allows 32 levels from its top, where an
+    agent's settings are 2 down (and a tool's config 3)."""
+    deepest = nested(MAX_JSON_DEPTH - 1)
+    ok("agents", "set", "assistant", "--setting", f"a={deepest}")
+    exported = ok("agents", "export", "assistant").stdout
+    (workdir / "bundle.json").write_text(exported.replace('"assistant"', '"copy"', 1))
+    ok("agents", "import", "bundle.json")
+    assert (
+        json.loads(ok("agents", "export", "copy").stdout)["agent"]["model_settings"]
+        == (json.loads(exported)["agent"]["model_settings"])
+    )

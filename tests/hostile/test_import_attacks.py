@@ -75,6 +75,15 @@ def build_hostile(conn: Any) -> None:
         "VALUES (%s, 'nan_default', 'CRUDTool', to_jsonb(%s::text), 99)",
         (agent, '{"table_name": "tasks", "method": "fetch", "defaults": {"x": NaN}}'),
     )
+    # A config nested deeper than any chatwright keeps (nor could export again).
+    deep: object = "x"
+    for _ in range(60):
+        deep = {"k": deep}
+    conn.execute(
+        'INSERT INTO agent_tools (agent_id, name, type, config, "order") '
+        "VALUES (%s, 'deep_config', 'CRUDTool', %s::jsonb, 98)",
+        (agent, json.dumps({"table_name": "tasks", "method": "fetch", "extra": deep})),
+    )
     conn.execute(
         "INSERT INTO chat_sessions (user_id, agent_name, chat_id) VALUES (%s, 'evil', %s)",
         (USER, CHAT),
@@ -184,6 +193,9 @@ async def test_hostile_rows_are_reported_and_framework_tables_refused(
     nan_tool = items["tool evil/nan_default"]
     assert nan_tool["action"] == "skip"
     assert "config.defaults.x is NaN or infinite" in " ".join(nan_tool["problems"])
+    deep_tool = items["tool evil/deep_config"]
+    assert deep_tool["action"] == "skip"
+    assert "config is nested deeper than" in " ".join(deep_tool["problems"])
     messages = items[f"messages of chat {CHAT}"]
     assert messages["action"] == "import"
     assert len(messages["problems"]) == 5
