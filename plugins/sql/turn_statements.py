@@ -282,7 +282,12 @@ _USAGE = tuple(c.name for c in schema.token_usage.c if c.name != "id")
 
 @functools.lru_cache(maxsize=256)
 def finish_statement(
-    *, give_back: bool, usage: tuple[bool, bool, bool], messages: int, touch: bool
+    *,
+    give_back: bool,
+    usage: tuple[bool, bool, bool],
+    messages: int,
+    touch: bool,
+    held: bool = False,
 ) -> sa.Executable:
     """PostgreSQL: what ends a turn, as data-modifying CTEs of one statement.
 
@@ -298,6 +303,12 @@ def finish_statement(
     No parameter is named after a column of ``chat_sessions`` but ``updated_at``:
     SQLAlchemy adds a parameter named after a column to the SET of an UPDATE
     in a CTE.
+
+    With ``give_back``, and with ``held`` (the lease checked, not given back),
+    the statement fails as a whole (a division by zero, SQLSTATE
+    :data:`LEASE_LOST`) when ``holder`` does not hold the chat's lease: a turn
+    that outlived its lease (taken over by another turn, by an erasure or a
+    chat's deletion) must store nothing, not even its usage.
     """
     drop, record, totals = usage
     parts: list[Any] = []
@@ -334,4 +345,21 @@ def finish_statement(
     if touch:
         parts.append(TOUCH)
     ctes = [part.cte(f"w{i}") for i, part in enumerate(parts)]
-    return sa.select(sa.literal(len(ctes))).add_cte(*ctes)
+    if give_back:
+        given = ctes[0].element.returning(_leases.c.holder)
+        ctes[0] = given.cte("w0")
+        kept = sa.select(sa.func.count()).select_from(ctes[0]).scalar_subquery()
+    elif held:
+        kept = (
+            sa.select(sa.func.count())
+            .where(_leases.c.chat_id == _the_chat(), _leases.c.holder == sa.bindparam("holder"))
+            .scalar_subquery()
+        )
+    else:
+        return sa.select(sa.literal(len(ctes))).add_cte(*ctes)
+    # 1 / 0 when the lease is not the turn's: the whole statement fails (LEASE_LOST).
+    return sa.select(sa.literal(1, sa.Integer) / kept).add_cte(*ctes)
+
+
+LEASE_LOST = "22012"
+"""The SQLSTATE of a :func:`finish_statement` that found its turn's lease gone."""

@@ -43,7 +43,10 @@ that failed without a clear answer (cancelled, out of time, its connection lost
 while it committed), since it may have taken the lease all the same. A turn that
 finds the lease held rolls back and tries again after a short, growing pause
 (10 ms up to 250 ms), for at most ``storage.turn_wait`` seconds
-(:class:`~chatwright.errors.ChatBusyError`).
+(:class:`~chatwright.errors.ChatBusyError`). A turn stores a tool exchange
+and its end only while it still holds its lease: one whose process stalled past
+the lease, while the chat was taken over (by another turn, an erasure, the
+chat's deletion), stores nothing more (:class:`LeaseLostError`).
 Turns of one chat in one process never get that far: the runtime queues them
 on an asyncio lock first (for at most ``storage.turn_wait`` too). The
 application clock is the one compared, so the clocks of processes sharing a
@@ -65,7 +68,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -91,6 +94,7 @@ from chatwright.plugins.sql.rows import from_row, message_content, now
 from chatwright.plugins.sql.stores import BoundStore
 from chatwright.plugins.sql.turn_statements import (
     GIVE_BACK,
+    LEASE_LOST,
     MOST_FUSED_MESSAGES,
     WINDOW_TEXT,
     WINDOW_UPTO,
@@ -152,6 +156,32 @@ def _user_values(
 
 class _Busy(Exception):
     """The chat's lease is held: roll back and try again."""
+
+
+class LeaseLostError(ChatBusyError):
+    """A turn outlived its chat's lease, and the chat was taken over meanwhile (by another
+    turn, an erasure or the chat's deletion): what it produced was not stored."""
+
+
+def _lease_lost(start: TurnStart, turn_lease: float) -> LeaseLostError:
+    return LeaseLostError(
+        f"the turn of chat {start.chat_id} lost the chat's turn: it was not renewed for "
+        f"over storage.turn_lease ({turn_lease:g} s), and the chat was taken over meanwhile "
+        "(by another turn, or erased or deleted); what the turn made after its last stored "
+        "step was not stored"
+    )
+
+
+@contextlib.contextmanager
+def _kept_lease(start: TurnStart, turn_lease: float) -> Iterator[None]:
+    """Turn a :func:`.turn_statements.finish_statement` that found its lease gone into
+    :class:`LeaseLostError` (the statement stored nothing)."""
+    try:
+        yield
+    except sa.exc.DBAPIError as error:
+        if getattr(error.orig, "sqlstate", None) == LEASE_LOST:
+            raise _lease_lost(start, turn_lease) from None
+        raise
 
 
 @dataclass
@@ -446,17 +476,36 @@ class SQLTurnStore(BoundStore):
         return start
 
     async def append(self, start: TurnStart, messages: Sequence[NewMessage]) -> None:
-        if self.db.dialect == "postgresql" and 0 < len(messages) <= MOST_FUSED_MESSAGES:
-            # One INSERT of every row: atomic by itself, so it needs no transaction
-            # around it where users.enter does nothing.
+        """Store them while the turn still holds the chat's lease (:class:`LeaseLostError`
+        otherwise, nothing stored)."""
+        lease: Lease = start.lease
+        fused = self.db.dialect == "postgresql" and 0 < len(messages) <= MOST_FUSED_MESSAGES
+        if fused and _enters_nothing(self.db.users):
+            # One INSERT of every row, failing when the lease is not the turn's: atomic
+            # by itself, so it needs no transaction around it.
             stmt = finish_statement(
-                give_back=False, usage=(False, False, False), messages=len(messages), touch=False
+                give_back=False,
+                usage=(False, False, False),
+                messages=len(messages),
+                touch=False,
+                held=True,
             )
-            values = _user_values(start, messages, touch=False)
+            values = {**_user_values(start, messages, touch=False), "holder": lease.holder}
             async with self.db.inline_write(start.user_id, one_statement=True) as conn:
-                await conn.execute(stmt, values)
+                with _kept_lease(start, self.db.turn_lease):
+                    await conn.execute(stmt, values)
             return
-        async with self.db.inline_write(start.user_id) as conn:
+        async with self.db.inline_write() as conn:
+            # The lease first (a framework table), then the rest as the user.
+            leases = schema.chat_leases
+            held = await conn.execute(
+                sa.select(leases.c.holder).where(
+                    leases.c.chat_id == start.chat_id, leases.c.holder == lease.holder
+                )
+            )
+            if held.first() is None:
+                raise _lease_lost(start, self.db.turn_lease)
+            await self.db.users.enter(conn, start.user_id)
             await insert_messages(conn, start.user_id, start.chat_id, messages, returning=False)
 
     async def finish(
@@ -480,7 +529,8 @@ class SQLTurnStore(BoundStore):
                 if fused:
                     await self._end(conn, start, messages, touch=touch, usage=usage)
                 else:
-                    await self._give_back(conn, lease)
+                    if not await self._give_back(conn, lease):
+                        raise _lease_lost(start, self.db.turn_lease)
                     if lease.reserved or usage is not None:
                         # Framework tables, before the user part.
                         await record_usage(
@@ -547,10 +597,12 @@ class SQLTurnStore(BoundStore):
             stmt = finish_statement(
                 give_back=True, usage=writes.shape, messages=len(messages), touch=touch
             )
-            await conn.execute(stmt, {**framework, **user})
+            with _kept_lease(start, self.db.turn_lease):
+                await conn.execute(stmt, {**framework, **user})
             return
         stmt = finish_statement(give_back=True, usage=writes.shape, messages=0, touch=False)
-        await conn.execute(stmt, framework)
+        with _kept_lease(start, self.db.turn_lease):
+            await conn.execute(stmt, framework)
         await self.db.users.enter(conn, user_id)
         if messages or touch:
             stmt = finish_statement(
