@@ -11,6 +11,11 @@ lock and takes the chat's turn (``TurnStore.begin`` with no message), so that
 it cannot interleave with a turn, another decision or an undo of the chat, on
 this process or another. Of two approvals of one action, the store's atomic
 ``decide`` lets one through; the other is told it was decided already.
+
+Longer than 450 lines because deciding an action is one flow, read together:
+the checks before the claim (budgets, the agent's build), the claim, the
+approved call (bounded in time, checked against the tool row the user was
+asked about, and ended cleanly when cut off) and the turn it resumes.
 """
 
 from __future__ import annotations
