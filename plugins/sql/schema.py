@@ -106,7 +106,8 @@ agents = sa.Table(
     sa.Column("model_settings", JSONValue(), nullable=False, server_default=sa.text("'{}'")),
     sa.Column("history_window", sa.Integer, nullable=False, server_default="50"),
     *_timestamps(),
-    # Bumped by triggers on every change of the row or its tool rows (migration 0004).
+    # Bumped by triggers on every change of the row or its tool rows (migration 0004),
+    # a TRUNCATE of the tool rows included (migration 0012).
     sa.Column("config_version", sa.BigInteger, nullable=False, server_default="0"),
     # The bounds of a turn (migration 0006); NULL: the setting of the same name.
     sa.Column("turn_timeout", sa.Float, nullable=True),
