@@ -64,6 +64,11 @@ NOT_SETTINGS = frozenset(
 
 
 _SECTION_CONFIG = ConfigDict(extra="forbid", validate_assignment=True)
+# Upper bounds of durations, in seconds: a duration with none could be infinite,
+# or too long for the date arithmetic and timers that use it.
+HOUR = 3600
+DAY = 86400
+WEEK = 7 * DAY
 CORE = "chatwright's core"
 M = TypeVar("M", bound=BaseModel)
 
@@ -91,7 +96,7 @@ class ModelsSettings(_Section):
     request_timeout: float = Field(
         60.0,
         gt=0,
-        le=3600,
+        le=HOUR,
         description="Seconds the model client waits for a provider's answer (connect and read) "
         "before it gives up, for providers whose client takes a timeout (OpenAI-compatible, "
         "Anthropic and most others); an agent's model_settings.timeout overrides it.",
@@ -119,13 +124,22 @@ class SessionsSettings(_Section):
         "store a plugin registers (e.g. 'redis').",
     )
     idle_timeout: float = Field(
-        1800.0, gt=0, description="Seconds without a heartbeat after which a session is idle."
+        1800.0,
+        gt=0,
+        le=WEEK,
+        description="Seconds without a heartbeat after which a session is idle (a week at most).",
     )
     sweep_interval: float = Field(
-        60.0, gt=0, description="Seconds between two passes of the server's session sweeper."
+        60.0,
+        ge=0.01,
+        le=DAY,
+        description="Seconds between two passes of the server's session sweeper (0.01 to a day).",
     )
     heartbeat_interval: float = Field(
-        60.0, gt=0, description="Seconds between two heartbeats of the web page."
+        60.0,
+        ge=0.1,
+        le=HOUR,
+        description="Seconds between two heartbeats of the web page (0.1 to an hour).",
     )
     sweep_batch: int = Field(
         10_000,
@@ -150,7 +164,7 @@ class ToolsSettings(_Section):
     approval_timeout: float = Field(
         86400.0,
         ge=10,
-        le=366 * 86400,
+        le=366 * DAY,
         description="Seconds a pending action waits for the user's decision before it expires "
         "(an expired action counts as denied).",
     )
@@ -167,7 +181,7 @@ class TurnsSettings(_Section):
     timeout: float = Field(
         300.0,
         gt=0,
-        le=86400,
+        le=DAY,
         description="Seconds a turn may run (model calls and tools) before it is cancelled: "
         "the message and complete tool exchanges are kept, the chat is freed, and the "
         "caller gets 504. An agent's turn_timeout overrides it.",

@@ -9,6 +9,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from chatwright.settings import DAY, HOUR
+
 
 class SQLStorageSettings(BaseModel):
     pool_size: int = Field(
@@ -21,15 +23,21 @@ class SQLStorageSettings(BaseModel):
         ge=0,
         description="Extra connections beyond pool_size, each closed when given back.",
     )
-    pool_timeout: float = Field(30.0, gt=0, description="Seconds to wait for a free connection.")
+    pool_timeout: float = Field(
+        30.0, gt=0, le=HOUR, description="Seconds to wait for a free connection (an hour at most)."
+    )
     statement_timeout: float = Field(
         30.0,
         ge=0,
+        le=DAY,
         description="Seconds one transaction may take, waiting for a connection included, "
-        "before it is abandoned and the request answered 503 (0: no bound).",
+        "before it is abandoned and the request answered 503 (0: no bound; a day at most).",
     )
     busy_timeout: float = Field(
-        5.0, ge=0, description="Seconds SQLite waits on a locked database before failing."
+        5.0,
+        ge=0,
+        le=HOUR,
+        description="Seconds SQLite waits on a locked database before failing (an hour at most).",
     )
     echo: bool = Field(False, description="Log every SQL statement.")
     pooler: Literal["none", "session", "transaction"] = Field(
@@ -46,18 +54,22 @@ class SQLStorageSettings(BaseModel):
     turn_lease: float = Field(
         60.0,
         ge=1,
+        le=DAY,
         description="Seconds a chat's turn lease lasts unless renewed (every third of it, "
-        "while the turn runs); after a crash the chat waits this long at most.",
+        "while the turn runs); after a crash the chat waits this long at most (1 to a day).",
     )
     turn_wait: float = Field(
         300.0,
         gt=0,
+        le=DAY,
         description="Seconds a turn waits for the other turns of the same chat (queued "
-        "before it in this process, or in another process) before it is refused with 409.",
+        "before it in this process, or in another process) before it is refused with 409 "
+        "(a day at most).",
     )
     pool_recycle: float = Field(
         900.0,
         gt=0,
+        le=DAY,
         description="Seconds after which a pooled connection is replaced (below the idle "
-        "timeouts of poolers and load balancers).",
+        "timeouts of poolers and load balancers; a day at most).",
     )
