@@ -21,6 +21,11 @@ Notes only grow when a memory tool appends to them, so the prompt shows at
 most ``turns.memory_chars`` characters of them: the newest lines (facts are
 added at the end), after a line saying that older ones were left out. The
 stored notes are never cut; a tool that reads them gets them whole.
+
+A user's customizations are theirs to write, so the prompt shows at most
+``turns.customization_chars`` characters of them: the highest priority first,
+whole, until the next would pass the bound; that one is cut there, with a line
+saying so, and the rest are left out.
 """
 
 from __future__ import annotations
@@ -32,7 +37,21 @@ from chatwright.stores import Agent, Storage
 
 NO_MEMORY = "(nothing yet)"
 OLDER_LEFT_OUT = "(older notes left out)"
+REST_LEFT_OUT = "(the rest of the customizations left out)"
 DEFAULT_MEMORY_CHARS: int = TurnsSettings.model_fields["memory_chars"].default
+DEFAULT_CUSTOMIZATION_CHARS: int = TurnsSettings.model_fields["customization_chars"].default
+
+
+def highest_first(instructions: list[str], limit: int) -> str:
+    """The instructions (highest priority first) joined by blank lines, at most ``limit``
+    characters: whole ones while they fit, then the next cut, and a line saying the rest
+    was left out."""
+    texts = [i.strip() for i in instructions if i.strip()]
+    joined = "\n\n".join(texts)
+    if len(joined) <= limit:
+        return joined
+    room = max(limit - len(REST_LEFT_OUT) - 2, 0)
+    return joined[:room].rstrip() + "\n\n" + REST_LEFT_OUT
 
 
 def newest(notes: str, limit: int) -> str:
@@ -59,14 +78,17 @@ def fill(
     memory: str,
     instructions: list[str],
     memory_chars: int = DEFAULT_MEMORY_CHARS,
+    customization_chars: int = DEFAULT_CUSTOMIZATION_CHARS,
 ) -> str:
     """``template`` with its placeholders filled; see the module docstring.
 
     :param memory_chars: the most characters of ``memory`` shown (``turns.memory_chars``).
+    :param customization_chars: the most characters of ``instructions`` shown
+        (``turns.customization_chars``).
     """
     values = {
         "memory": newest(memory, memory_chars) or NO_MEMORY,
-        "custom_instructions": "\n\n".join(i.strip() for i in instructions if i.strip()),
+        "custom_instructions": highest_first(instructions, customization_chars),
     }
     try:
         pieces = list(_PARSER.parse(template))
@@ -90,7 +112,11 @@ _PARSER = string.Formatter()
 
 
 async def system_prompt(
-    storage: Storage, agent: Agent, user_id: str, memory_chars: int = DEFAULT_MEMORY_CHARS
+    storage: Storage,
+    agent: Agent,
+    user_id: str,
+    memory_chars: int = DEFAULT_MEMORY_CHARS,
+    customization_chars: int = DEFAULT_CUSTOMIZATION_CHARS,
 ) -> str:
     """The agent's system prompt for one user, as of now."""
     memory = await storage.memories.get(user_id, agent.name)
@@ -100,4 +126,5 @@ async def system_prompt(
         memory.notes if memory else "",
         [c.content for c in customizations],
         memory_chars,
+        customization_chars,
     )

@@ -723,6 +723,7 @@ class Runtime:
                         start.memory,
                         start.instructions,
                         self.settings.turns.memory_chars,
+                        self.settings.turns.customization_chars,
                     )
                     if fitted.summary:
                         system += SUMMARY_HEADING + fitted.summary

@@ -207,6 +207,14 @@ class TurnsSettings(_Section):
         description="Longest memory text a system prompt shows, in characters: the newest lines "
         "are kept.",
     )
+    customization_chars: int = Field(
+        8000,
+        ge=100,
+        le=1_000_000,
+        description="Most characters of a user's active customizations a system prompt shows: "
+        "the highest priority first, whole; the first one past it is cut there, later ones "
+        "are left out.",
+    )
     summary_batch: int = Field(
         200,
         ge=10,

@@ -21,6 +21,7 @@ from chatwright.errors import (
     AlreadyExistsError,
     InvalidInputError,
     NotFoundError,
+    TooLargeError,
     UnknownAgentError,
 )
 from chatwright.plugins.sql import schema
@@ -357,6 +358,10 @@ class SQLToolStore(BoundStore):
         return from_row(ToolRow, row)
 
 
+MAX_CUSTOMIZATIONS = 50
+"""Most customizations (kinds) one user keeps for one agent: every turn reads them all."""
+
+
 class SQLCustomizationStore(BoundStore):
     async def list(
         self, user_id: str, agent_name: str, *, active_only: bool = False
@@ -383,6 +388,15 @@ class SQLCustomizationStore(BoundStore):
         priority: int = 0,
         is_active: bool = True,
     ) -> PromptCustomization:
+        c = schema.prompt_customizations
+        mine = (c.c.user_id == user_id, c.c.agent_name == agent_name, c.c.kind != kind)
+        async with self.db.read(user_id) as conn:
+            kept = int((await conn.execute(sa.select(sa.func.count()).where(*mine))).scalar_one())
+        if kept >= MAX_CUSTOMIZATIONS:
+            raise TooLargeError(
+                f"you have {kept} customizations of agent {agent_name!r}, the most one user "
+                "keeps for an agent; give the kind of one of them to replace it"
+            )
         ts = now()
         row = await self.db.upsert(
             schema.prompt_customizations,
