@@ -48,6 +48,7 @@ export, the checks of what is read back, and the import that mirrors the export.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -726,7 +727,13 @@ async def import_bundle(
         for tool_name in report.removed:
             await writes.remove(stored_tools[tool_name], f"removing tool {tool_name!r} (pruned)")
     except BaseException as error:
-        await writes.undo(error)
+        # Shielded: cancelled again meanwhile (a second Ctrl-C, a server stopping), the
+        # undo still runs to its end.
+        undoing = asyncio.ensure_future(writes.undo(error))
+        try:
+            await asyncio.shield(undoing)
+        except asyncio.CancelledError:
+            await asyncio.wait([undoing])
         raise
     return report
 

@@ -372,3 +372,57 @@ def test_a_key_a_yaml_merge_brings_in_may_be_given_again() -> None:
         parse(text + "  a: 4\n", "m.yaml")
     with pytest.raises(InvalidInputError, match=r"x\[1\]\.y gives the key 'k' twice"):
         parse('{"x": [{}, {"y": {"k": 1, "k": 2}}]}', "m.json")
+
+
+async def test_an_import_cancelled_again_while_it_undoes_still_undoes_it_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second cancellation (a second Ctrl-C, a server stopping) must not stop the undo of
+    a failed import halfway: the new agent is gone all the same."""
+    import asyncio
+
+    from chatwright import catalog
+    from chatwright.bundles import check, export_bundle, import_bundle
+    from chatwright.errors import StorageError
+    from chatwright.registry import LoadPolicy, Plugins
+    from chatwright.runtime import Runtime
+    from chatwright.testing import settings
+
+    plugins = Plugins.load(LoadPolicy())
+    runtime = Runtime(settings(plugins, storage={"url": f"sqlite:///{tmp_path}/b.db"}), plugins)
+    await runtime.start(upgrade=True)
+    try:
+        from chatwright.plugins.example import assistant as example
+
+        await example.seed(runtime.storage, "offline:x")
+        agent = await runtime.storage.agents.get(example.AGENT)
+        assert agent is not None
+        data = export_bundle(agent, await runtime.storage.tools.list(agent.name), plugins)
+        data["agent"]["name"] = "copy"
+        bundle = check(data, "bundle")
+        real_insert, real_delete = catalog.insert_row, runtime.storage.agents.delete
+        inserted: list[str] = []
+        undoing = asyncio.Event()
+
+        async def insert_row(*args: Any, **kwargs: Any) -> Any:
+            if inserted:
+                raise StorageError("the database went away")
+            inserted.append("one")
+            return await real_insert(*args, **kwargs)
+
+        async def delete(name: str) -> bool:
+            undoing.set()
+            await asyncio.sleep(0.5)
+            return await real_delete(name)
+
+        monkeypatch.setattr(catalog, "insert_row", insert_row)
+        monkeypatch.setattr(runtime.storage.agents, "delete", delete)
+        importing = asyncio.ensure_future(import_bundle(runtime, bundle))
+        await asyncio.wait_for(undoing.wait(), 10)
+        importing.cancel()
+        with pytest.raises((asyncio.CancelledError, StorageError)):
+            await importing
+        assert await runtime.storage.agents.get("copy") is None
+        assert await runtime.storage.tools.list("copy") == []
+    finally:
+        await runtime.close()
