@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 import string
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -41,6 +42,53 @@ def non_finite(value: Any, where: str) -> str | None:
             stack.extend((f"{at}.{key}", v) for key, v in item.items())
         elif isinstance(item, list | tuple):
             stack.extend((f"{at}.{n}", v) for n, v in enumerate(item))
+    return None
+
+
+def places(value: Any, start: str = "") -> Iterator[tuple[str, Any]]:
+    """Every value in ``value`` with its place (``tools[3].config.table``; the top is
+    ``start``), in the document's order; walked with a stack, as deep as its parser allowed."""
+    stack: list[tuple[str, Any]] = [(start, value)]
+    while stack:
+        at, item = stack.pop()
+        yield at, item
+        if isinstance(item, dict):
+            # A key that cannot be shown as it is (a control character) is shown escaped.
+            steps = [(k if str(k).isprintable() else repr(k), v) for k, v in item.items()]
+            stack.extend(reversed([(f"{at}.{k}" if at else str(k), v) for k, v in steps]))
+        elif isinstance(item, list):
+            stack.extend(reversed([(f"{at}[{n}]", v) for n, v in enumerate(item)]))
+
+
+def unstorable_text(text: str) -> str | None:
+    """What in ``text`` no database stores as given (a NUL, a lone surrogate); None if nothing."""
+    from chatwright.history import UNSTORABLE
+
+    found = UNSTORABLE.search(text)
+    if found is None:
+        return None
+    if found.group() == "\x00":
+        return "a NUL character (\\u0000), which the database cannot store"
+    return (
+        f"a lone surrogate (\\u{ord(found.group()):04x}), which is not a character (nor "
+        "UTF-8 text) and cannot be stored"
+    )
+
+
+def unstorable(value: Any, where: str, *, top: str | None = None) -> str | None:
+    """What to tell a user whose ``value`` (named ``where``) holds a NUL or a lone
+    surrogate in a string or a key, at any depth; None when it holds none. ``top`` names
+    the value itself when ``where`` is empty."""
+    for at, item in places(value, where):
+        if isinstance(item, str):
+            found = unstorable_text(item)
+            if found is not None:
+                return f"{at or top} holds {found}; remove it"
+        elif isinstance(item, dict):
+            for key in item:
+                found = unstorable_text(str(key))
+                if found is not None:
+                    return f"{at or top} has a key {key!r} holding {found}; rename it"
     return None
 
 

@@ -52,10 +52,11 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from chatwright.agents import places, unstorable, unstorable_text
 from chatwright.errors import ChatwrightError, InvalidInputError, TooLargeError, one_line
 from chatwright.redaction import is_secret_key
 
@@ -281,51 +282,11 @@ def measure(value: Any, source: str) -> None:
             )
 
 
-def _places(value: Any) -> Iterator[tuple[str, Any]]:
-    """Every value in ``value`` with its place (``tools[3].config.table``; the top is ``""``),
-    in the document's order; walked with a stack, as deep as its parser allowed."""
-    stack: list[tuple[str, Any]] = [("", value)]
-    while stack:
-        at, item = stack.pop()
-        yield at, item
-        if isinstance(item, dict):
-            # A key that cannot be shown as it is (a control character) is shown escaped.
-            steps = [(k if str(k).isprintable() else repr(k), v) for k, v in item.items()]
-            stack.extend(reversed([(f"{at}.{k}" if at else str(k), v) for k, v in steps]))
-        elif isinstance(item, list):
-            stack.extend(reversed([(f"{at}[{n}]", v) for n, v in enumerate(item)]))
-
-
-def _unstorable(text: str) -> str | None:
-    """What in ``text`` no database stores as given (a NUL, a lone surrogate); None if nothing."""
-    from chatwright.history import UNSTORABLE
-
-    found = UNSTORABLE.search(text)
-    if found is None:
-        return None
-    if found.group() == "\x00":
-        return "a NUL character (\\u0000), which the database cannot store"
-    return (
-        f"a lone surrogate (\\u{ord(found.group()):04x}), which is not a character (nor "
-        "UTF-8 text) and cannot be stored"
-    )
-
-
 def _storable_only(data: Any, source: str) -> None:
     """Refuse a NUL or a lone surrogate in any string or key of ``data``, naming its place."""
-    for at, item in _places(data):
-        if isinstance(item, str):
-            found = _unstorable(item)
-            if found is not None:
-                raise InvalidInputError(f"{source}: {at or 'the bundle'} holds {found}; remove it")
-        elif isinstance(item, dict):
-            for key in item:
-                found = _unstorable(str(key))
-                if found is not None:
-                    raise InvalidInputError(
-                        f"{source}: {at or 'the bundle'} has a key {key!r} holding {found}; "
-                        "rename it"
-                    )
+    problem = unstorable(data, "", top="the bundle")
+    if problem is not None:
+        raise InvalidInputError(f"{source}: {problem}")
 
 
 class _Repeated(dict[str, Any]):
@@ -350,7 +311,7 @@ def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def _refuse_repeated(data: Any, source: str) -> None:
-    for at, item in _places(data):
+    for at, item in places(data):
         if isinstance(item, _Repeated):
             raise InvalidInputError(
                 f"{source}: {at or 'the top level'} gives the key {item.key!r} twice; give "
@@ -506,7 +467,7 @@ def _storable_secret(value: str, where: str, origin: str) -> str:
     A value from the environment or the command line may hold a lone surrogate: a byte
     that was not UTF-8 there.
     """
-    found = _unstorable(value)
+    found = unstorable_text(value)
     if found is not None:
         raise InvalidInputError(
             f"bundle not imported: the secret {origin} for {where} holds {found}; give it "
