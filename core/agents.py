@@ -130,6 +130,9 @@ def json_problem(value: Any, where: str) -> str | None:
     deep = too_deep(value, where)
     if deep is not None:
         return deep
+    text = unstorable(value, where)
+    if text is not None:
+        return text
     found = non_finite(value, where)
     return None if found is None else not_a_json_number(found)
 
@@ -190,6 +193,9 @@ class AgentChanges(BaseModel):
     @field_validator("system_prompt")
     @classmethod
     def _prompt(cls, value: str | None) -> str | None:
+        problem = None if value is None else unstorable_text(value)
+        if problem is not None:
+            raise ValueError(f"it holds {problem}; remove it")
         return None if value is None else check_prompt(value)
 
     @field_validator("model_settings")

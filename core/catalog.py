@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from chatwright.agents import (
     check_model_provider,
     json_problem,
+    unstorable,
     validate_agent,
 )
 from chatwright.approvals import APPROVAL_MODES, DEFAULT_APPROVAL, DEFAULT_USER_CHOICE, USER_CHOICES
@@ -99,6 +100,10 @@ def _finite_config(data: Mapping[str, Any], source: str) -> None:
 
 def _check_kinds(data: Mapping[str, Any], source: str) -> None:
     _finite_config(data, source)
+    texts = {k: v for k, v in data.items() if k != "config"}
+    problem = unstorable(texts, "", top="the row")
+    if problem is not None:
+        raise InvalidInputError(f"{source}: {problem}")
     for key, (kind, words) in _CHECKS.items():
         value = data.get(key)
         if key in data and (not isinstance(value, kind) or (key == "name" and not value)):
