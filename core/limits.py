@@ -12,6 +12,7 @@ the chat goes on from there.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +45,13 @@ def limits_of(agent: Agent, settings: Settings) -> Limits:
 
 
 # The key, in a stop message's response_metadata, naming why the turn stopped.
+model_calls_started: ContextVar[list[Any] | None] = ContextVar(
+    "chatwright_model_calls_started", default=None
+)
+"""Where :func:`turn_limits` adds the request of each model call it lets through, while
+a turn's runtime sets a list there (a call cut off before it answers is counted from
+its prompt: :func:`chatwright.usage.cut_off_call`)."""
+
 STOPPED = "chatwright_stopped"
 
 
@@ -103,9 +111,6 @@ def turn_limits(agent_name: str, limits: Limits) -> Any:
     from langchain.agents.middleware import AgentMiddleware, ModelResponse
     from langchain_core.messages import AIMessage
 
-    from chatwright.tools import TurnContext
-    from chatwright.usage import prompt_tokens
-
     def model_calls(turn: Sequence[BaseMessage]) -> int:
         return sum(1 for m in turn if isinstance(m, AIMessage) and stopped_by(m) is None)
 
@@ -159,10 +164,10 @@ def turn_limits(agent_name: str, limits: Limits) -> Any:
             stop = before(messages)
             if stop is not None:
                 return ModelResponse(result=stop)
-            context = getattr(request.runtime, "context", None)
-            if isinstance(context, TurnContext):
-                # Its prompt's size, should the call be cut off before it answers.
-                context.prompts.append(prompt_tokens(request))
+            started = model_calls_started.get()
+            if started is not None:
+                # Should the call be cut off before it answers, its prompt is counted.
+                started.append(request)
             response = await handler(request)
             result = getattr(response, "model_response", response)
             replies = [m for m in result.result if isinstance(m, AIMessage)]

@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import json
 import logging
@@ -600,7 +601,13 @@ class Runtime:
             storable_with_data,
             to_store,
         )
-        from chatwright.limits import STOPPED, limits_of, stop_message, stopped_by
+        from chatwright.limits import (
+            STOPPED,
+            limits_of,
+            model_calls_started,
+            stop_message,
+            stopped_by,
+        )
         from chatwright.prompts import fill
         from chatwright.tools import TurnContext
         from chatwright.usage import cut_off_call, priced, usage_of
@@ -627,9 +634,10 @@ class Runtime:
         # Each model call's prompt size (the limits' middleware adds them), the reply
         # text streamed since the last answered call, and whether the turn was cut off
         # (out of time, cancelled): a call cut off before it answered still counts.
-        prompts: list[int] = []
+        prompts: list[Any] = []
         streamed = 0
         cut = False
+        counting: contextvars.Token[list[Any] | None] | None = None
 
         def usage() -> TurnUsage:
             # A stop message is the runtime's, not a model call.
@@ -706,11 +714,12 @@ class Runtime:
                 chat_id=chat_id,
                 turn_id=turn_id,
                 choices=choices,
-                prompts=prompts,
             )
             modes = ["updates", "messages"] if on_token is not None else ["updates"]
             waiting: list[NewPending] = []
             scope = asyncio.timeout(limits.timeout)
+            # The graph's tasks copy this context: the limits' middleware adds to this list.
+            counting = model_calls_started.set(prompts)
             try:
                 async with scope:
                     if task is not None:
@@ -825,6 +834,8 @@ class Runtime:
             finally:
                 if task is not None:
                     self._running.pop(task, None)
+                if counting is not None:
+                    model_calls_started.reset(counting)
         final = next((m for m in reversed(produced) if m.type == "ai" and m.text), None)
         return Turn(
             stopped=stopped_by(produced[-1]) if produced and not held else None,

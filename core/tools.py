@@ -80,10 +80,6 @@ class TurnContext:
     """The turn's id: what its writes are audited (and undone) under."""
     choices: Mapping[int, str] = field(default_factory=dict)
     """The user's approval choices for the agent's ``user``-mode tool rows, by row id."""
-    prompts: list[int] = field(default_factory=list, compare=False, repr=False)
-    """The approximate input tokens of each model call the run started, in order
-    (:func:`chatwright.limits.turn_limits` adds them): a call cut off before it
-    answered is counted from it (see :func:`chatwright.usage.cut_off_call`)."""
 
 
 _calling_as: ContextVar[TurnContext | None] = ContextVar("chatwright_calling_as", default=None)

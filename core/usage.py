@@ -105,18 +105,19 @@ def prompt_tokens(request: Any) -> int:
     return count_tokens_approximately(messages) if messages else 0
 
 
-def cut_off_call(model: str, prompts: list[int], answered: int, streamed: int) -> TurnUsage:
+def cut_off_call(model: str, requests: list[Any], answered: int, streamed: int) -> TurnUsage:
     """The usage of a turn's model call cut off before it answered, as far as it is known.
 
     A provider reports a call's tokens when it ends, so a call a time limit or a
     cancellation stopped has no report; its provider still charges for it. It counts
-    as one call with its prompt's approximate tokens (``prompts``, one per call
-    started, of which ``answered`` answered) and the text it had streamed
-    (``streamed`` characters, four to a token). None started and unanswered: nothing.
+    as one call with its prompt's approximate tokens (:func:`prompt_tokens` of its
+    request: ``requests`` has one per call started, of which ``answered`` answered)
+    and the text it had streamed (``streamed`` characters, four to a token). None
+    started and unanswered: nothing.
     """
-    if len(prompts) <= answered:
+    if len(requests) <= answered:
         return TurnUsage(model)
-    return TurnUsage(model, 1, prompts[answered], -(-streamed // 4))
+    return TurnUsage(model, 1, prompt_tokens(requests[answered]), -(-streamed // 4))
 
 
 def _count(value: Any) -> int:

@@ -24,6 +24,7 @@ from chatwright import testing
 from chatwright.errors import ChatBusyError, InvalidInputError, TurnTimeoutError
 from chatwright.plugins.example import assistant as example
 from chatwright.plugins.sql import psycopg_direct, schema, sqlite_driver
+from chatwright.plugins.sql import turns as sql_turns
 from chatwright.plugins.sql.chats import insert_messages
 from chatwright.plugins.sql.settings import SQLStorageSettings
 from chatwright.plugins.sql.user_transactions import UserTransactions
@@ -736,9 +737,25 @@ async def test_a_turn_cancelled_while_it_waits_for_the_lease_leaves_nothing_runn
         return await real(self, query, *args, **kwargs)
 
     monkeypatch.setattr(psycopg.AsyncCursor, "execute", execute)
+    pausing = asyncio.Event()
+
+    class Pauses:
+        """The turn store's asyncio, telling when it pauses between two attempts."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(asyncio, name)
+
+        async def sleep(self, seconds: float) -> None:
+            pausing.set()
+            await real_sleep(seconds)
+
+    real_sleep = asyncio.sleep
+    monkeypatch.setattr(sql_turns, "asyncio", Pauses())
     waiting = asyncio.ensure_future(runtime.chat(USER, ECHO, chat_id, "waits"))
-    await asyncio.sleep(0.6)  # several attempts, each finding the lease held
-    waiting.cancel()
+    for _ in range(3):  # several attempts, each finding the lease held
+        pausing.clear()
+        await asyncio.wait_for(pausing.wait(), 10)
+    waiting.cancel()  # in a pause: no attempt under way
     with pytest.raises(asyncio.CancelledError):
         await waiting
     await asyncio.sleep(1.5)
@@ -961,7 +978,7 @@ async def test_a_tool_exchange_stored_though_its_answer_was_lost_is_stored_once(
     async def execute(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
         result = await real(self, query, *args, **kwargs)
         text = query if isinstance(query, str) else str(query)
-        exchange = "INSERT INTO chat_messages" in text and "chat_leases" not in text
+        exchange = "INSERT INTO chat_messages" in text and "DELETE FROM chat_leases" not in text
         if exchange and "agent_memories" not in text and not hit:
             hit.append(text)
             await asyncio.sleep(1.0)  # stored; the answer is late

@@ -83,6 +83,10 @@ _newest = WINDOW_TEXT.subquery()
 GIVE_BACK = _leases.delete().where(
     _leases.c.chat_id == sa.bindparam("chat_id"), _leases.c.holder == sa.bindparam("holder")
 )
+HELD = sa.select(_leases.c.holder).where(
+    _leases.c.chat_id == sa.bindparam("chat_id"), _leases.c.holder == sa.bindparam("holder")
+)
+"""The chat's lease when ``holder`` holds it (a row), else no row."""
 
 
 @functools.cache

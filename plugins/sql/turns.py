@@ -94,6 +94,7 @@ from chatwright.plugins.sql.rows import from_row, message_content, now
 from chatwright.plugins.sql.stores import BoundStore
 from chatwright.plugins.sql.turn_statements import (
     GIVE_BACK,
+    HELD,
     LEASE_LOST,
     MOST_FUSED_MESSAGES,
     WINDOW_TEXT,
@@ -497,12 +498,7 @@ class SQLTurnStore(BoundStore):
             return
         async with self.db.inline_write() as conn:
             # The lease first (a framework table), then the rest as the user.
-            leases = schema.chat_leases
-            held = await conn.execute(
-                sa.select(leases.c.holder).where(
-                    leases.c.chat_id == start.chat_id, leases.c.holder == lease.holder
-                )
-            )
+            held = await conn.execute(HELD, {"chat_id": start.chat_id, "holder": lease.holder})
             if held.first() is None:
                 raise _lease_lost(start, self.db.turn_lease)
             await self.db.users.enter(conn, start.user_id)
