@@ -18,6 +18,7 @@ from chatwright import catalog
 from chatwright.approvals import Write
 from chatwright.errors import InvalidInputError
 from chatwright.plugins.example import assistant as example
+from chatwright.runtime import Runtime
 from tests.conftest import MakeRuntime
 from tests.hostile.conftest import plant_tool
 
@@ -33,6 +34,22 @@ UPSERT_ID = {
     "operation": "upsert",
     "args": {"id": {"type": "integer"}, "title": {"type": "string"}},
 }
+
+
+async def a_task(runtime: Runtime) -> tuple[str, int]:
+    """The example's tables, and a task of a user of this test: the user and its id."""
+    user = f"alice-{uuid.uuid4().hex[:8]}"
+    await example.seed(runtime.storage, "scripted:x")
+    task = await runtime.storage.records.insert(
+        user, "tasks", {"user_id": user, "title": "t"}, returning=["id"]
+    )
+    return user, int(task["id"])
+
+
+async def tasks_of(runtime: Runtime, user: str) -> list[dict[str, object]]:
+    return await runtime.storage.records.select(
+        user, "tasks", {"user_id": user}, columns=["id"], order_by=[], limit=10
+    )
 
 
 async def test_a_tool_row_writing_the_primary_key_is_refused_naming_its_argument(
@@ -52,35 +69,24 @@ async def test_a_stored_row_writing_the_primary_key_changes_nothing(
 ) -> None:
     runtime = await runtimes()
     storage = runtime.storage
-    user = f"alice-{uuid.uuid4().hex[:8]}"
-    await example.seed(storage, "scripted:x")
-    task = await storage.records.insert(
-        user, "tasks", {"user_id": user, "title": "t"}, returning=["id"]
-    )
+    user, task_id = await a_task(runtime)
     await plant_tool(runtime, "renumber", RENUMBER)
-    call = {"name": "renumber", "args": {"id": task["id"], "new_id": task["id"] + 1000}}
+    call = {"name": "renumber", "args": {"id": task_id, "new_id": task_id + 1000}}
     script = {"responses": [{"tool_calls": [call]}, {"content": "ok"}]}
     await storage.agents.update(AGENT, model_settings=script)
     chat = (await storage.sessions.open(user, AGENT, chat_id=uuid.uuid4())).chat_id
     turn = await runtime.chat(user, AGENT, chat, "renumber it")
     (made,) = turn.tool_calls
     assert made.error and "renumber is not a valid tool" in str(made.result)
-    rows = await storage.records.select(
-        user, "tasks", {"user_id": user}, columns=["id"], order_by=[], limit=10
-    )
-    assert rows == [{"id": task["id"]}]
+    assert await tasks_of(runtime, user) == [{"id": task_id}]
 
 
 async def test_the_record_store_refuses_a_write_of_a_primary_key(runtimes: MakeRuntime) -> None:
     runtime = await runtimes()
     storage = runtime.storage
-    user = f"alice-{uuid.uuid4().hex[:8]}"
-    await example.seed(storage, "scripted:x")
-    task = await storage.records.insert(
-        user, "tasks", {"user_id": user, "title": "t"}, returning=["id"]
-    )
+    user, task_id = await a_task(runtime)
     writes = [
-        Write("tasks", "update", values={"id": 99_999}, where={"id": task["id"]}),
+        Write("tasks", "update", values={"id": 99_999}, where={"id": task_id}),
         Write(
             "tasks",
             "upsert",
@@ -91,7 +97,4 @@ async def test_the_record_store_refuses_a_write_of_a_primary_key(runtimes: MakeR
     for write in writes:
         with pytest.raises(InvalidInputError, match="'id' of 'tasks' is its primary key"):
             await storage.records.apply(user, write, cap=10)
-    rows = await storage.records.select(
-        user, "tasks", {"user_id": user}, columns=["id"], order_by=[], limit=10
-    )
-    assert rows == [{"id": task["id"]}]
+    assert await tasks_of(runtime, user) == [{"id": task_id}]

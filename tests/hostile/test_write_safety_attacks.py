@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from chatwright.approvals import NewAuditEntry, Write
+from chatwright.approvals import NewAuditEntry, PendingAction, Write
 from chatwright.errors import PreviewChangedError
 from chatwright.plugins.example import assistant as example
 from chatwright.runtime import Runtime
@@ -182,12 +182,9 @@ async def test_times_at_the_ends_of_the_calendar_are_answered_not_a_500(
         assert answer.json()["entries"] == []
 
 
-async def test_approving_a_call_without_a_preview_does_not_run_what_its_row_became(
-    runtimes: MakeRuntime,
-) -> None:
-    """A read needing approval has no preview: the row itself must be checked. Here the
-    same row (same id, same name) becomes a delete before the approval."""
-    runtime = await runtimes()
+async def held_read_turned_delete(runtime: Runtime) -> PendingAction:
+    """Alice's pending call of ``list_tasks`` (a read in ``required`` mode, no preview)
+    for her task "keep me", whose row then becomes a delete by id."""
     storage = runtime.storage
     await example.seed(storage, "scripted:x")
     (row,) = [r for r in await storage.tools.list(AGENT) if r.name == "list_tasks"]
@@ -206,6 +203,17 @@ async def test_approving_a_call_without_a_preview_does_not_run_what_its_row_beca
         "filters": {"id": {"type": "integer", "required": True}},
     }
     await storage.tools.update(row.id, config=delete)
+    return action
+
+
+async def test_approving_a_call_without_a_preview_does_not_run_what_its_row_became(
+    runtimes: MakeRuntime,
+) -> None:
+    """A read needing approval has no preview: the row itself must be checked. Here the
+    same row (same id, same name) becomes a delete before the approval."""
+    runtime = await runtimes()
+    storage = runtime.storage
+    action = await held_read_turned_delete(runtime)
     with pytest.raises(PreviewChangedError, match="changed since you were asked") as asked:
         await runtime.decide(ALICE, action.id, True)
     assert [t["title"] for t in await alices_tasks(runtime)] == ["keep me"]
@@ -353,22 +361,7 @@ async def test_a_row_that_changed_is_never_approved_unseen_when_its_preview_fail
 
     runtime = await runtimes()
     storage = runtime.storage
-    await example.seed(storage, "scripted:x")
-    (row,) = [r for r in await storage.tools.list(AGENT) if r.name == "list_tasks"]
-    await storage.tools.update(row.id, approval="required")
-    task = await storage.records.insert(
-        ALICE, "tasks", {"user_id": ALICE, "title": "keep me"}, returning=["id"]
-    )
-    call = {"tool_calls": [{"name": "list_tasks", "args": {"id": task["id"]}}]}
-    await storage.agents.update(AGENT, model_settings={"responses": [call, {"content": "ok"}]})
-    chat = (await storage.sessions.open(ALICE, AGENT, chat_id=uuid.uuid4())).chat_id
-    (action,) = (await runtime.chat(ALICE, AGENT, chat, "show the task")).pending
-    delete = {
-        "table": "tasks",
-        "operation": "delete",
-        "filters": {"id": {"type": "integer", "required": True}},
-    }
-    await storage.tools.update(row.id, config=delete)
+    action = await held_read_turned_delete(runtime)
     real = storage.records.preview
     failures = [StorageError("the database went away for a moment")]
 
