@@ -5,7 +5,7 @@
   URL) and which of its tools to expose; they become the agent's tools, with
   their schemas (:mod:`.tool`). Connections are opened by the first call,
   shared across turns and users, and closed when the built agent is evicted
-  or the runtime stops (:mod:`.connections`).
+  or the runtime stops, which waits until they are (:mod:`.connections`).
 - ``chatwright mcp serve --agent NAME``: the agent's database-configured
   tools, any type, served to MCP clients over stdio for one local user or
   over streamable HTTP for the users of JWT bearer tokens (:mod:`.serve`).
@@ -64,14 +64,18 @@ def register_settings(register: SettingsRegister) -> None:
 def executor_evicted(key: str, reason: str) -> None:
     from chatwright_mcp.connections import OPEN
 
+    # The servers stop in the background, on the connections' own loop.
     OPEN.close_agent(key)
 
 
 @hookimpl
 def shutdown(runtime: Runtime) -> None:
-    from chatwright_mcp.connections import OPEN
+    from chatwright_mcp.connections import CLOSE_WAIT, OPEN
 
-    OPEN.close_owned_by(runtime.storage)
+    # Waits (a few seconds at most) until the servers have stopped: what runs after
+    # the runtime closes (the end of asyncio.run, the process's exit) cannot cut
+    # their stop short and leave a server running.
+    OPEN.close_owned_by(runtime.storage, CLOSE_WAIT)
 
 
 @hookimpl

@@ -50,7 +50,9 @@ def serve(
         if not 0 < port < 65536:
             raise InvalidInputError(f"--port {port} is not a port number (1-65535)")
         from chatwright.plugins.server.auth import check_bind
+        from chatwright_mcp.serve import checked_host
 
+        host = checked_host(host)
         check_bind(app.settings, host)
         from chatwright_mcp.serve import serve_http
 

@@ -26,14 +26,18 @@ stored.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
+import logging
+import re
+import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from chatwright.errors import UnknownAgentError
+from chatwright.errors import ChatwrightError, InvalidInputError, UnknownAgentError
 
 if TYPE_CHECKING:
     import mcp_types
@@ -43,7 +47,88 @@ if TYPE_CHECKING:
 
     from chatwright.runtime import Runtime
 
+log = logging.getLogger(__name__)
+
 MAX_ARGUMENT_CHARS = 100_000
+HOST_NAME = re.compile(
+    r"^(?=.{1,253}\.?$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
+)
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+
+
+def checked_host(host: str) -> str:
+    """``--host`` as an address or a name to bind; InvalidInputError when it is neither."""
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        address = ipaddress.ip_address(bare)
+    except ValueError:
+        pass
+    else:
+        if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
+            raise InvalidInputError(
+                f"--host {host!r} has a zone (%{address.scope_id}), which the server's URL "
+                "cannot hold; give an address without one, or a host name"
+            )
+        return str(address)
+    # A name of digits and dots only would be an IPv4 address, and is not one.
+    if HOST_NAME.match(bare) and not re.fullmatch(r"[0-9.]+", bare):
+        return bare.lower()
+    raise InvalidInputError(
+        f"--host {host!r} is not an IP address or a host name; give one like 127.0.0.1, "
+        "::1, 0.0.0.0 or localhost"
+    )
+
+
+def url_host(host: str) -> str:
+    """``host`` as a URL writes it: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host else host
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` for the server; ChatwrightError when it cannot be."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise ChatwrightError(f"cannot serve on {host}: {exc.strerror or exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise ChatwrightError(
+            f"cannot serve on {url_host(host)}:{port}: {exc.strerror or exc}; give another "
+            "--host or --port"
+        ) from None
+    return sock
+
+
+def unique_tools(tools: Iterable[BaseTool], agent_name: str) -> dict[str, BaseTool]:
+    """The tools by name, each name's first tool only.
+
+    A client calls a tool by its name: were a second tool of one name served,
+    it would take the calls meant for the first (a server's tool named like a
+    crud row's). It is left out, with a warning naming both rows.
+    """
+    from chatwright.writes import row_of
+
+    found: dict[str, BaseTool] = {}
+    for tool in tools:
+        first = found.setdefault(tool.name, tool)
+        if first is not tool:
+            this, other = row_of(tool), row_of(first)
+            log.warning(
+                "chatwright: agent %r: a tool named %r of row %r is not served: row %r gives "
+                "a tool of that name already; rename one of them",
+                agent_name,
+                tool.name,
+                this.name if this is not None else None,
+                other.name if other is not None else None,
+            )
+    return found
 
 
 def schema_of(tool: BaseTool) -> dict[str, Any]:
@@ -100,7 +185,7 @@ class ServedTools:
                     from chatwright_mcp.connections import OPEN
 
                     OPEN.close_agent(self.agent_name)
-                self._tools = {t.name: t for t in loaded.tools}
+                self._tools = unique_tools(loaded.tools, self.agent_name)
                 self._version = version
             return self._tools
 
@@ -246,10 +331,21 @@ def http_app(served: ServedTools, host: str, port: int) -> Starlette:
 
     runtime = served.runtime
     if runtime.settings.section(ServerSettings).auth == "local":
+        from mcp.server.transport_security import TransportSecuritySettings
+
         server = build_server(served, lambda ctx: LOCAL_USER)
-        return server.streamable_http_app(host=host)
+        # Every request acts as the local user: only requests to a loopback name, from
+        # no page of another site, are taken (a page that rebinds its name to this
+        # address must not reach it). On every loopback address, not only 127.0.0.1.
+        names = dict.fromkeys([*LOOPBACK_NAMES, url_host(host)])
+        security = TransportSecuritySettings(
+            enable_dns_rebinding_protection=True,
+            allowed_hosts=[f"{name}:*" for name in names],
+            allowed_origins=[f"http://{name}:*" for name in names],
+        )
+        return server.streamable_http_app(host=host, transport_security=security)
     server = build_server(served, user_from_request)
-    base = f"http://{host}:{port}"
+    base = f"http://{url_host(host)}:{port}"
     return server.streamable_http_app(
         host=host,
         auth=AuthSettings(
@@ -267,5 +363,10 @@ async def serve_http(runtime: Runtime, agent_name: str, host: str, port: int) ->
     served = ServedTools(runtime, agent_name)
     await served.current()  # an unknown agent is an error before the server starts
     app = http_app(served, host, port)
+    # Bound here, so that an address in use or not of this machine is one line of error.
+    sock = bind(host, port)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
-    await uvicorn.Server(config).serve()
+    try:
+        await uvicorn.Server(config).serve(sockets=[sock])
+    finally:
+        sock.close()

@@ -24,6 +24,11 @@ connection opens, so a secret is in no row, no schema, no problem report, and
 never in what the model reads. chatwright's own variables (``CHATWRIGHT_*``:
 the JWT secret, database URLs) are never expanded.
 
+The values of ``env`` and ``headers`` are secrets all the same (a token
+written out, not referenced): ``chatwright config show`` prints them as
+``**********``, and a settings error about one names it without its value.
+``args`` are shown: a secret belongs in ``env``.
+
 From the environment, a table is one JSON value:
 ``CHATWRIGHT_MCP__SERVERS='{"files": {"command": "npx", "args": [...]}}'``.
 """
@@ -32,9 +37,12 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Annotated
+from collections.abc import Mapping
+from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+from chatwright.errors import SettingsError
 
 SECTION = "mcp"
 OWN_PREFIX = "CHATWRIGHT_"
@@ -44,15 +52,28 @@ HOST_ENTRY = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(:[0-9]{1,5})?$")
 SERVER_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
-def _references(value: str) -> str:
+def reference_problem(value: str) -> str | None:
+    """What is wrong with the ``${NAME}`` references of ``value``, if anything."""
     for name in ENV_REFERENCE.findall(value):
         if not ENV_NAME.match(name):
-            raise ValueError(f"${{{name}}} is not a variable reference; write ${{NAME}}")
+            return f"${{{name}}} is not a variable reference; write ${{NAME}}"
         if name.upper().startswith(OWN_PREFIX):
-            raise ValueError(
+            return (
                 f"${{{name}}} is one of chatwright's own variables; MCP servers never get "
                 f"{OWN_PREFIX}* variables"
             )
+    return None
+
+
+def _references(value: str) -> str:
+    problem = reference_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+def _secret_references(value: SecretStr) -> SecretStr:
+    _references(value.get_secret_value())
     return value
 
 
@@ -66,6 +87,7 @@ def _host_entry(value: str) -> str:
 
 
 Expandable = Annotated[str, AfterValidator(_references)]
+SecretExpandable = Annotated[SecretStr, AfterValidator(_secret_references)]
 HostEntry = Annotated[str, AfterValidator(_host_entry)]
 
 
@@ -77,11 +99,11 @@ class ServerSpec(BaseModel):
     command: str | None = Field(None, min_length=1)
     """The program to start; it speaks MCP on its standard input and output."""
     args: list[Expandable] = Field(default_factory=list)
-    env: dict[str, Expandable] = Field(default_factory=dict)
+    env: dict[str, SecretExpandable] = Field(default_factory=dict)
     """Variables for the program (with chatwright's own ``CHATWRIGHT_*`` left out)."""
     cwd: str | None = None
     url: str | None = Field(None, pattern=r"^https?://")
-    headers: dict[str, Expandable] = Field(default_factory=dict)
+    headers: dict[str, SecretExpandable] = Field(default_factory=dict)
     tools: list[str] | None = None
     """The only tools rows may expose from this server; all when not set."""
     timeout: float = Field(30, gt=0, le=600)
@@ -111,6 +133,42 @@ class McpSettings(BaseModel):
         default_factory=list,
         description="Hosts of public MCP servers that mcp tool rows may give by URL.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _values_not_shown(cls, data: Any) -> Any:
+        """Check the servers' ``env``, ``headers`` and ``args`` before pydantic does.
+
+        pydantic's errors carry the value they are about, and chatwright's settings
+        errors print it: a header written out with its token would be shown. A
+        problem here names the setting and not its value.
+        """
+        servers = data.get("servers") if isinstance(data, Mapping) else None
+        if not isinstance(servers, Mapping):
+            return data
+        for server, spec in servers.items():
+            if not isinstance(spec, Mapping):
+                continue
+            found: list[tuple[str, Any]] = []
+            for key in ("env", "headers"):
+                values = spec.get(key)
+                if isinstance(values, Mapping):
+                    found.extend((f"{key}.{name}", value) for name, value in values.items())
+            args = spec.get("args")
+            if isinstance(args, list):
+                found.extend((f"args.{i}", value) for i, value in enumerate(args))
+            for where, value in found:
+                problem = (
+                    reference_problem(value)
+                    if isinstance(value, str)
+                    else f"must be a string, not {type(value).__name__}"
+                )
+                if problem is not None:
+                    raise SettingsError(
+                        f"setting '{SECTION}.servers.{server}.{where}' is invalid: {problem} "
+                        "(its value is not shown: it may hold a secret)"
+                    )
+        return data
 
 
 class MissingVariable(Exception):

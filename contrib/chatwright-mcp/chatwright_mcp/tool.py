@@ -13,20 +13,26 @@ The connection the calls use is the row's :class:`~.connections.Link`, opened
 by the first call and kept for every later turn of every user, until the
 built agent is evicted.
 
-A call sends the model's arguments, checked against the tool's schema and
-capped in size; nothing of chatwright's user is added to them, so a model
-cannot choose whose data a server sees (a remote server gets no user
-identity at all). Whatever goes wrong with the server is a
-:class:`ToolException` naming it: the model reads it and the turn goes on,
-and a connection that failed is closed, so the next call opens a new one.
+A call sends the model's arguments, checked against the tool's schema (within
+bounds of time, off the event loop: :mod:`.schemas`) and capped in size;
+nothing of chatwright's user is added to them, so a model cannot choose whose
+data a server sees (a remote server gets no user identity at all). Whatever
+goes wrong with the server is a :class:`ToolException` naming it: the model
+reads it and the turn goes on, and a connection that failed or stopped
+answering is closed, so the next call opens a new one. Secrets the settings
+expanded are redacted from everything the model reads and the audit log
+records.
 """
 
 from __future__ import annotations
 
-import importlib
+import hashlib
 import json
+import logging
 import re
-from typing import TYPE_CHECKING, Any
+from collections import Counter
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import urlsplit
 
 from langchain_core.tools import BaseTool, StructuredTool, ToolException
@@ -35,13 +41,23 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from chatwright.approvals import record_write
 from chatwright.stores import ToolRow
 from chatwright.tools import ConfigProblem, ToolConfigError, ToolContext
-from chatwright_mcp.connections import Endpoint, Link, connect, describe_failure
+from chatwright_mcp.connections import (
+    CLOSED_BY_SDK,
+    Endpoint,
+    Link,
+    describe_failure,
+    list_tools,
+)
+from chatwright_mcp.schemas import UncheckedArguments, check_arguments
 from chatwright_mcp.settings import SECTION, McpSettings, ServerSpec
 
 if TYPE_CHECKING:
     import mcp_types
 
+log = logging.getLogger(__name__)
+
 MAX_ARGUMENT_CHARS = 100_000
+MAX_NAME = 64
 NAME_PREFIX = r"^[A-Za-z0-9_-]{0,32}$"
 UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -114,7 +130,28 @@ def endpoint_of(config: McpConfig, settings: McpSettings) -> Endpoint:
 
 def model_name(prefix: str, remote: str) -> str:
     """The tool's name for the model: the prefix and the server's name, made safe."""
-    return (prefix + UNSAFE_NAME.sub("_", remote))[:64] or "tool"
+    return (prefix + UNSAFE_NAME.sub("_", remote))[:MAX_NAME] or "tool"
+
+
+def model_names(prefix: str, remotes: Sequence[str]) -> dict[str, str]:
+    """Each of a row's tools' names for the model, by its name on the server.
+
+    A name that had to change for the model (characters replaced by ``_``, cut
+    at 64) can meet another tool's (``a.b`` and ``a_b`` are both ``a_b``). Then
+    each tool of those whose name changed ends in ``_`` and 8 hex digits of a
+    hash of its name on the server instead, cut to fit: the same at every build
+    whatever order the server lists its tools in, while a name the server gave
+    as it is stays that name.
+    """
+    made = {remote: model_name(prefix, remote) for remote in remotes}
+    counts = Counter(made.values())
+    names: dict[str, str] = {}
+    for remote, name in made.items():
+        if counts[name] > 1 and name != prefix + remote:
+            digest = hashlib.sha256(remote.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+            name = f"{name[: MAX_NAME - len(digest) - 1]}_{digest}"
+        names[remote] = name
+    return names
 
 
 def result_text(result: mcp_types.CallToolResult) -> str:
@@ -146,8 +183,7 @@ class McpToolType:
         endpoint = endpoint_of(config, settings)
         path = "config.server" if config.server is not None else "config.url"
         try:
-            async with connect(endpoint) as session:
-                listed = await session.list_tools()
+            listed = await list_tools(endpoint)
         except Exception as exc:
             reason = endpoint.redact(describe_failure(exc))
             raise ToolConfigError(
@@ -158,7 +194,23 @@ class McpToolType:
             offered = {n: t for n, t in offered.items() if n in endpoint.spec.tools}
         chosen = self._choose(config, endpoint, offered)
         link = Link(endpoint, context.agent_name, context.storage)
-        return [McpTool(row, context, link, t, config.name_prefix).as_tool() for t in chosen]
+        names = model_names(config.name_prefix, [t.name for t in chosen])
+        built: dict[str, BaseTool] = {}
+        for remote in chosen:
+            name = names[remote.name]
+            if name in built:
+                # Only a server's tool named like another's changed name can meet it here.
+                log.warning(
+                    "chatwright: %s, tool %r of row %r left out: its name for the model, %r, "
+                    "is another of its tools'; expose one of them with the row's tools",
+                    endpoint.label,
+                    remote.name,
+                    row.name,
+                    name,
+                )
+                continue
+            built[name] = McpTool(row, context, link, remote, name).as_tool()
+        return list(built.values())
 
     def _choose(
         self, config: McpConfig, endpoint: Endpoint, offered: dict[str, mcp_types.Tool]
@@ -191,6 +243,22 @@ class McpToolType:
         return chosen
 
 
+class ServerTool(StructuredTool):
+    """A server's tool for the model: its function gets the model's arguments as one mapping.
+
+    StructuredTool passes a call's arguments to its function as keywords, next
+    to its own (``self``, ``config``, ``run_manager``, ``callbacks``): a server's
+    tool with an argument of one of those names would fail every call, or lose
+    that argument. Given as one mapping, every name reaches the server.
+    """
+
+    def _to_args_and_kwargs(
+        self, tool_input: str | dict[str, Any], tool_call_id: str | None
+    ) -> tuple[tuple[str, ...], dict[str, Any]]:
+        _, arguments = super()._to_args_and_kwargs(tool_input, tool_call_id)
+        return (), {"arguments": arguments}
+
+
 class McpTool:
     """One tool of a server, as one built tool of a row."""
 
@@ -200,13 +268,13 @@ class McpTool:
         context: ToolContext,
         link: Link,
         remote: mcp_types.Tool,
-        prefix: str,
+        name: str,
     ) -> None:
         self.row = row
         self.context = context
         self.link = link
         self.remote = remote
-        self.name = model_name(prefix, remote.name)
+        self.name = name
         schema = dict(remote.input_schema or {})
         schema.setdefault("type", "object")
         schema.setdefault("properties", {})
@@ -216,7 +284,7 @@ class McpTool:
 
     def as_tool(self) -> BaseTool:
         description = self.remote.description or self.row.description or self.remote.name
-        return StructuredTool.from_function(
+        return ServerTool.from_function(
             coroutine=self.run,
             name=self.name,
             description=description[:4000],
@@ -227,66 +295,86 @@ class McpTool:
             metadata={"chatwright_writes": self.writes, "chatwright_mcp": self.remote.name},
         )
 
-    def _check(self, args: dict[str, Any]) -> None:
-        size = len(json.dumps(args, ensure_ascii=False, default=str))
+    async def _check(self, arguments: dict[str, Any]) -> None:
+        try:
+            size = len(json.dumps(arguments, ensure_ascii=False, default=str))
+        except (ValueError, RecursionError):
+            raise ToolException(
+                "Invalid arguments: they cannot be written as JSON (nested too deeply, or "
+                "holding a value JSON has no form for)"
+            ) from None
         if size > MAX_ARGUMENT_CHARS:
             raise ToolException(
                 f"Invalid arguments: {size} characters of arguments, more than the "
                 f"{MAX_ARGUMENT_CHARS} an MCP tool call may send"
             )
-        # jsonschema has no type information of its own (an MCP SDK dependency).
-        jsonschema: Any = importlib.import_module("jsonschema")
         try:
-            validator = jsonschema.Draft202012Validator(self.schema)
-            errors = sorted(validator.iter_errors(args), key=lambda e: [str(p) for p in e.path])
-        except jsonschema.exceptions.SchemaError:
-            return  # the server's schema is its own affair; the server checks its input
-        if errors:
-            shown = "; ".join(
-                f"{'.'.join(str(p) for p in e.path) or 'arguments'}: {e.message[:200]}"
-                for e in errors[:5]
-            )
-            raise ToolException(f"Invalid arguments: {shown}")
+            problems = await check_arguments(self.schema, arguments)
+        except UncheckedArguments as exc:
+            raise ToolException(
+                f"{self.link.endpoint.label}, tool {self.remote.name!r}: the arguments could "
+                f"not be checked against its input schema ({exc}); the call was not sent. "
+                "The server's schema needs fixing, or the row should leave this tool out"
+            ) from None
+        if problems:
+            raise ToolException("Invalid arguments: " + "; ".join(problems))
 
-    async def run(self, **kwargs: Any) -> str:
+    async def run(self, arguments: dict[str, Any]) -> str:
         if self.context.user_id is None:
             raise ToolException("this tool was built for checking only and cannot run")
-        self._check(kwargs)
-        label = self.link.endpoint.label
+        await self._check(arguments)
+        endpoint = self.link.endpoint
+        label = endpoint.label
         from mcp import MCPError
         from mcp_types import CONNECTION_CLOSED
 
         try:
-            session = await self.link.session()
-            result = await session.call_tool(self.remote.name, kwargs)
+            result = await self.link.call_tool(self.remote.name, arguments)
+        except TimeoutError:
+            # A server that leaves one request unanswered may answer none again on this
+            # connection: a new one (a new process, for stdio) is the way out.
+            self.link.close()
+            await self._fail(
+                arguments,
+                f"{label} failed: no answer within {endpoint.spec.timeout:g} s (its timeout "
+                "setting); the next call reconnects",
+            )
         except MCPError as exc:
-            if exc.error.code == CONNECTION_CLOSED:
+            if exc.error.code == CONNECTION_CLOSED and exc.error.message == CLOSED_BY_SDK:
                 self.link.close()
-                reason = f"{label} closed the connection; the next call reconnects"
-            else:
-                reason = f"{label} refused the call: {describe_failure(exc)}"
-            await self._record(kwargs, "error", reason)
-            raise ToolException(self.link.endpoint.redact(reason)) from None
+                await self._fail(
+                    arguments, f"{label} closed the connection; the next call reconnects"
+                )
+            await self._fail(arguments, f"{label} refused the call: {describe_failure(exc)}")
         except Exception as exc:
             self.link.close()
-            reason = self.link.endpoint.redact(
-                f"{label} failed: {describe_failure(exc)}; the next call reconnects"
+            await self._fail(
+                arguments, f"{label} failed: {describe_failure(exc)}; the next call reconnects"
             )
-            await self._record(kwargs, "error", reason)
-            raise ToolException(reason) from None
-        text = self.link.endpoint.redact(result_text(result))
+        text = endpoint.redact(result_text(result))
         limit = self.context.settings.tools.max_result_chars
         if len(text) > limit:
             text = text[:limit] + f"… [cut to {limit} characters]"
         if getattr(result, "is_error", False):
-            await self._record(kwargs, "error", text[:500])
+            await self._record(arguments, "error", text[:500])
             raise ToolException(f"{label}, tool {self.remote.name!r}: {text}")
-        await self._record(kwargs, "ok", None)
+        await self._record(arguments, "ok", None)
         return text
 
+    async def _fail(self, arguments: dict[str, Any], reason: str) -> NoReturn:
+        """Record the failed call and raise it for the model, the secrets redacted from both."""
+        reason = self.link.endpoint.redact(reason)
+        await self._record(arguments, "error", reason)
+        raise ToolException(reason) from None
+
     async def _record(self, args: dict[str, Any], outcome: str, error: str | None) -> None:
-        """A call of a tool that may write goes into the audit log."""
+        """A call of a tool that may write goes into the audit log, secrets redacted."""
         if self.writes:
             await record_write(
-                self.context, self.row, operation="call", args=args, outcome=outcome, error=error
+                self.context,
+                self.row,
+                operation="call",
+                args=self.link.endpoint.redact_value(args),
+                outcome=outcome,
+                error=error,
             )
