@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -301,22 +302,30 @@ def build_original(conn: Any) -> None:
     )
 
 
-@pytest.fixture(scope="session")
-def original_url() -> Iterator[str]:
-    """A fresh database holding the original system's tables and rows, dropped after the run."""
+@contextmanager
+def original_database(prefix: str, build: Callable[[Any], None]) -> Iterator[str]:
+    """A fresh database named ``prefix`` and a random part, filled by ``build`` (given an
+    autocommit psycopg connection to it); its URL, and it is dropped afterwards."""
     import psycopg
 
     admin = admin_connect()
-    name = f"llm_agent_{uuid.uuid4().hex[:12]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     admin.execute(f'CREATE DATABASE "{name}"')
     url = make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
     try:
         with psycopg.connect(libpq(url), autocommit=True) as conn:
-            build_original(conn)
+            build(conn)
         yield url
     finally:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
+
+
+@pytest.fixture(scope="session")
+def original_url() -> Iterator[str]:
+    """A fresh database holding the original system's tables and rows, dropped after the run."""
+    with original_database("llm_agent", build_original) as url:
+        yield url
 
 
 @pytest.fixture

@@ -16,12 +16,11 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 
 from chatwright.plugins.sql.storage import SQLStorage
 from chatwright.stores import NewMessage
-from tests.harness import ADMIN_URL, admin_connect, assert_error, libpq, ok, run
-from tests.test_import_llm_agent import ORIGINAL_SCHEMA
+from tests.harness import assert_error, ok, run
+from tests.test_import_llm_agent import ORIGINAL_SCHEMA, original_database
 
 USER = "6f1c3c2e-58a4-4a1e-9d4f-0d1b2c3d4e5f"
 CHAT = "2b3c4d5e-6f70-4a1b-8c2d-3e4f5a6b7c8d"
@@ -124,19 +123,8 @@ def build_hostile(conn: Any) -> None:
 
 @pytest.fixture(scope="module")
 def hostile_url() -> Iterator[str]:
-    import psycopg
-
-    admin = admin_connect()
-    name = f"llm_agent_hostile_{uuid.uuid4().hex[:10]}"
-    admin.execute(f'CREATE DATABASE "{name}"')
-    url = make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    try:
-        with psycopg.connect(libpq(url), autocommit=True) as conn:
-            build_hostile(conn)
+    with original_database("llm_agent_hostile", build_hostile) as url:
         yield url
-    finally:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
 
 @pytest.fixture

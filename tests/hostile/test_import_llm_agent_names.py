@@ -12,17 +12,15 @@ PostgreSQL.
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy.engine import make_url
 
-from tests.harness import ADMIN_URL, admin_connect, assert_error, libpq, ok, run
+from tests.harness import assert_error, ok, run
 from tests.test_bundles import db as db
 from tests.test_bundles import on_storage
-from tests.test_import_llm_agent import ORIGINAL_SCHEMA
+from tests.test_import_llm_agent import ORIGINAL_SCHEMA, original_database
 
 USER = "6f1c3c2e-58a4-4a1e-9d4f-0d1b2c3d4e5f"
 AGENTS = [
@@ -33,39 +31,33 @@ AGENTS = [
 ]
 
 
+def build_original(conn: Any) -> None:
+    """Agents of every kind above, a tool and memory of 'My Agent'."""
+    conn.execute(ORIGINAL_SCHEMA)
+    ids = {}
+    for agent, llm in AGENTS:
+        ids[agent] = conn.execute(
+            "INSERT INTO agent_configurations (agent_name, llm_config, system_prompt) "
+            "VALUES (%s, %s, 'hi') RETURNING id",
+            (agent, json.dumps(llm)),
+        ).fetchone()[0]
+    conn.execute(
+        "INSERT INTO agent_tools (agent_id, name, type, config) "
+        "VALUES (%s, 'list_tasks', 'CRUDTool', %s)",
+        (ids["My Agent"], json.dumps({"table_name": "tasks", "method": "fetch"})),
+    )
+    conn.execute(
+        "INSERT INTO agent_long_term_memory (user_id, agent_id, notes) "
+        "VALUES (%s, 'My Agent', 'likes tea')",
+        (USER,),
+    )
+
+
 @pytest.fixture(scope="module")
 def original() -> Iterator[str]:
-    """The original's database: agents of every kind above, a tool and memory of 'My Agent'."""
-    import psycopg
-
-    admin = admin_connect()
-    name = f"llm_agent_names_{uuid.uuid4().hex[:10]}"
-    admin.execute(f'CREATE DATABASE "{name}"')
-    url = make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    try:
-        with psycopg.connect(libpq(url), autocommit=True) as conn:
-            conn.execute(ORIGINAL_SCHEMA)
-            ids = {}
-            for agent, llm in AGENTS:
-                ids[agent] = conn.execute(
-                    "INSERT INTO agent_configurations (agent_name, llm_config, system_prompt) "
-                    "VALUES (%s, %s, 'hi') RETURNING id",
-                    (agent, json.dumps(llm)),
-                ).fetchone()[0]
-            conn.execute(
-                "INSERT INTO agent_tools (agent_id, name, type, config) "
-                "VALUES (%s, 'list_tasks', 'CRUDTool', %s)",
-                (ids["My Agent"], json.dumps({"table_name": "tasks", "method": "fetch"})),
-            )
-            conn.execute(
-                "INSERT INTO agent_long_term_memory (user_id, agent_id, notes) "
-                "VALUES (%s, 'My Agent', 'likes tea')",
-                (USER,),
-            )
+    """The original's database: see :func:`build_original`."""
+    with original_database("llm_agent_names", build_original) as url:
         yield url
-    finally:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
 
 def imported(original: str, *extra: str) -> dict[str, Any]:
