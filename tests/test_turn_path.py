@@ -687,20 +687,26 @@ async def test_the_config_version_follows_plain_sql_on_tool_rows(make: Make) -> 
 # --------------------------------------------------------------------------- leases
 
 
+async def held_by(runtime: Runtime, chat_id: uuid.UUID, holder: str, *, seconds: float) -> None:
+    """The chat's lease, written by hand: another process's turn holds it for ``seconds``."""
+    sqlite = runtime.storage.dialect != "postgresql"  # type: ignore[attr-defined]
+    async with runtime.storage.write() as conn:  # type: ignore[attr-defined]
+        await conn.execute(
+            sa.text("INSERT INTO chat_leases (chat_id, holder, expires_at) VALUES (:c, :h, :e)"),
+            {
+                "c": chat_id.hex if sqlite else chat_id,
+                "h": holder,
+                "e": datetime.now(UTC) + timedelta(seconds=seconds),
+            },
+        )
+
+
 async def test_a_crashed_turns_lease_is_taken_over_once_it_expires(make: Make) -> None:
     runtime, _ = await make(turn_lease=1, turn_wait=0.3)
     await runtime.storage.agents.create(ECHO, system_prompt=PROMPT, model="echo:x")
     chat_id = await chat_of(runtime, USER)
     # A process died in a turn of this chat, holding its lease for one more second.
-    async with runtime.storage.write() as conn:  # type: ignore[attr-defined]
-        await conn.execute(
-            sa.text("INSERT INTO chat_leases (chat_id, holder, expires_at) VALUES (:c, :h, :e)"),
-            {
-                "c": chat_id if runtime.storage.dialect == "postgresql" else chat_id.hex,  # type: ignore[attr-defined]
-                "h": "dead",
-                "e": datetime.now(UTC) + timedelta(seconds=1),
-            },
-        )
+    await held_by(runtime, chat_id, "dead", seconds=1)
     # Waiting less than the lease lasts: the chat is busy, 409, nothing stored.
     with pytest.raises(ChatBusyError, match=str(chat_id)) as busy:
         await runtime.chat(USER, ECHO, chat_id, "too early")
@@ -722,11 +728,7 @@ async def test_a_turn_cancelled_while_it_waits_for_the_lease_leaves_nothing_runn
     runtime, _ = await make(turn_lease=30, turn_wait=20)
     await runtime.storage.agents.create(ECHO, system_prompt=PROMPT, model="echo:x")
     chat_id = await chat_of(runtime, USER)
-    async with runtime.storage.write() as conn:  # type: ignore[attr-defined]
-        await conn.execute(
-            sa.text("INSERT INTO chat_leases (chat_id, holder, expires_at) VALUES (:c, :h, :e)"),
-            {"c": chat_id, "h": "other", "e": datetime.now(UTC) + timedelta(seconds=30)},
-        )
+    await held_by(runtime, chat_id, "other", seconds=30)
     real = psycopg.AsyncCursor.execute
     give_backs: list[str] = []
 
