@@ -3,7 +3,10 @@
 A tool row has an approval mode (:data:`APPROVAL_MODES`): ``auto`` runs every
 call at once; ``required`` makes every call wait for the user's decision;
 ``user`` lets each user choose per tool (``auto`` or ``required``), with the
-row's ``approval_default`` for users who have not chosen.
+row's ``approval_default`` for users who have not chosen. A user's ``auto`` is
+consent to the row as it was when they chose (its :func:`tool_digest`): once the
+row's type or configuration changes, it no longer counts and the row's default
+applies until they choose again (a ``required`` keeps counting).
 
 When a model calls a tool that needs approval, the turn stops before the tool
 runs: the call becomes a :class:`PendingAction`, stored durably with the
@@ -83,9 +86,24 @@ def tool_digest(row: ToolRow) -> str:
     user was not asked about). Its name is the call's; its description and approval
     settings do not change what a call does.
     """
-    shape = {"id": row.id, "type": row.type, "config": row.config}
+    return digest_of(row.id, row.type, row.config)
+
+
+def digest_of(tool_id: int, tool_type: str, config: Mapping[str, Any]) -> str:
+    """:func:`tool_digest` of a row given by its parts."""
+    shape = {"id": tool_id, "type": tool_type, "config": config}
     text = json.dumps(shape, sort_keys=True, ensure_ascii=True, default=str)
     return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def choice_counts(choice: str, chosen_for: str | None, digest: str) -> bool:
+    """Whether a user's stored ``choice`` still applies to a row whose digest is ``digest``.
+
+    ``auto`` lets the row's calls run unattended: it counts only for the row the user
+    chose it for (``chosen_for``, its :func:`tool_digest` then). ``required`` asks for
+    no trust and counts whatever the row became.
+    """
+    return choice != "auto" or chosen_for == digest
 
 
 # -- previews -----------------------------------------------------------------
@@ -322,11 +340,16 @@ class PendingStore(Protocol):
         ...
 
     async def choices(self, user_id: str, agent_name: str) -> dict[int, str]:
-        """The user's approval choices for the agent's ``user``-mode tool rows, by row id."""
+        """The user's approval choices for the agent's ``user``-mode tool rows, by row id.
+
+        Only those that still count (:func:`choice_counts`): an ``auto`` chosen for a
+        row whose type or configuration has changed since is left out.
+        """
         ...
 
     async def choose(self, user_id: str, tool_id: int, choice: str | None) -> None:
-        """Set (or with None, clear) the user's choice for a tool row."""
+        """Set (or with None, clear) the user's choice for a tool row, as the row is now
+        (its :func:`tool_digest` is kept with it)."""
         ...
 
 

@@ -763,6 +763,25 @@ class StorageContract(SessionStoreContract):
         await storage.agents.delete("helper")  # the choices go with the tool rows
         assert await storage.pending.choices(BOB, "helper") == {}
 
+    async def test_an_auto_choice_counts_only_for_the_row_it_was_made_for(
+        self, storage: Storage
+    ) -> None:
+        await storage.agents.create("helper", system_prompt="", model="offline:x")
+        row = await storage.tools.add(
+            "helper", "t", type="crud", config={"operation": "read"}, approval="user"
+        )
+        await storage.pending.choose(ALICE, row.id, "auto")
+        await storage.pending.choose(BOB, row.id, "required")
+        # What the row is called and says does not change what a call does.
+        await storage.tools.update(row.id, description="Reads.", name="t2")
+        assert await storage.pending.choices(ALICE, "helper") == {row.id: "auto"}
+        # What it does changed: Alice's trust was for the read; Bob's caution stays.
+        await storage.tools.update(row.id, config={"operation": "delete"})
+        assert await storage.pending.choices(ALICE, "helper") == {}
+        assert await storage.pending.choices(BOB, "helper") == {row.id: "required"}
+        await storage.pending.choose(ALICE, row.id, "auto")  # chosen again, for the delete
+        assert await storage.pending.choices(ALICE, "helper") == {row.id: "auto"}
+
     async def test_audit_entries_are_listed_newest_first_per_user(self, storage: Storage) -> None:
         from chatwright.approvals import NewAuditEntry, RowChange
 

@@ -80,6 +80,7 @@ async def check_fresh_database(storage: SQLStorage) -> None:
         assert "ix_chat_messages_chat_id_user_id_id" not in messages
     await check_write_safety_migration(storage)
     await check_active_sessions_migration(storage)
+    await check_choices_migration(storage)
 
 
 OLD_SESSIONS = [
@@ -284,6 +285,44 @@ async def check_write_safety_migration(storage: SQLStorage) -> None:
         await conn.execute(sa.text("UPDATE agent_tools SET approval = 'user'"))
     async with storage.read() as conn:
         assert await conn.scalar(sa.text("SELECT config_version FROM agents")) == 2
+
+
+async def check_choices_migration(storage: SQLStorage) -> None:
+    """0013: choices stored before it count as they did, until their rows change; and back."""
+    async with storage._transaction(None, write=True, bounded=False) as conn:
+        await conn.run_sync(_downgrade, "0012")
+    assert "tool_digest" not in await _columns(storage, "tool_approval_choices")
+    async with storage.write() as conn:
+        agent_id = await conn.scalar(
+            sa.text("INSERT INTO agents (name, model) VALUES ('c', 'x') RETURNING id")
+        )
+        tool_id = await conn.scalar(
+            sa.text(
+                "INSERT INTO agent_tools (agent_id, name, type, config, approval) "
+                "VALUES (:a, 't', 'crud', :config, 'user') RETURNING id"
+            ),
+            {"a": agent_id, "config": '{"operation": "read", "table": "notes"}'},
+        )
+        for user, choice in (("ann", "auto"), ("bob", "required")):
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO tool_approval_choices (user_id, tool_id, choice) "
+                    "VALUES (:u, :t, :c)"
+                ),
+                {"u": user, "t": tool_id, "c": choice},
+            )
+    assert await storage.upgrade() == storage.head_revision()
+    assert await storage.pending.choices("ann", "c") == {tool_id: "auto"}
+    await storage.tools.update(tool_id, config={"operation": "delete", "table": "notes"})
+    assert await storage.pending.choices("ann", "c") == {}
+    assert await storage.pending.choices("bob", "c") == {tool_id: "required"}
+    async with storage._transaction(None, write=True, bounded=False) as conn:
+        await conn.run_sync(_downgrade, "0012")
+    assert "tool_digest" not in await _columns(storage, "tool_approval_choices")
+    async with storage.write() as conn:
+        await conn.execute(sa.text("DELETE FROM agents WHERE name = 'c'"))
+    assert await storage.upgrade() == storage.head_revision()
+    assert await _schema_diff(storage) == []
 
 
 async def test_sqlite_migrates_from_empty(tmp_path: Path) -> None:

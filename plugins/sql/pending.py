@@ -25,7 +25,14 @@ import sqlalchemy as sa
 from sqlalchemy import exc
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from chatwright.approvals import USER_CHOICES, NewPending, PendingAction, Preview
+from chatwright.approvals import (
+    USER_CHOICES,
+    NewPending,
+    PendingAction,
+    Preview,
+    choice_counts,
+    digest_of,
+)
 from chatwright.errors import InvalidInputError, NotFoundError, TooLargeError
 from chatwright.plugins.sql import schema
 from chatwright.plugins.sql.rows import now
@@ -281,20 +288,25 @@ class SQLPendingStore(BoundStore):
         async with self.db.read() as conn:
             # The agent's tool rows are configuration (a framework statement);
             # the choices are the user's, read as the user.
-            tool_ids = list(
-                await conn.scalars(
-                    sa.select(t.c.id).join(a, a.c.id == t.c.agent_id).where(a.c.name == agent_name)
-                )
+            tools = await conn.execute(
+                sa.select(t.c.id, t.c.type, t.c.config)
+                .join(a, a.c.id == t.c.agent_id)
+                .where(a.c.name == agent_name, t.c.approval == "user")
             )
-            if not tool_ids:
+            digests = {r.id: digest_of(r.id, r.type, r.config) for r in tools}
+            if not digests:
                 return {}
             await self.db.users.enter(conn, user_id)
             rows = await conn.execute(
-                sa.select(c.c.tool_id, c.c.choice).where(
-                    c.c.user_id == user_id, c.c.tool_id.in_(tool_ids)
+                sa.select(c.c.tool_id, c.c.choice, c.c.tool_digest).where(
+                    c.c.user_id == user_id, c.c.tool_id.in_(list(digests))
                 )
             )
-            return {r.tool_id: r.choice for r in rows}
+            return {
+                r.tool_id: r.choice
+                for r in rows
+                if choice_counts(r.choice, r.tool_digest, digests[r.tool_id])
+            }
 
     async def choose(self, user_id: str, tool_id: int, choice: str | None) -> None:
         c = schema.tool_approval_choices
@@ -307,12 +319,24 @@ class SQLPendingStore(BoundStore):
             async with self.db.write(user_id) as conn:
                 await conn.execute(c.delete().where(c.c.user_id == user_id, c.c.tool_id == tool_id))
             return
+        missing = NotFoundError(f"no tool row {tool_id}; see `chatwright tools list`")
+        t = schema.agent_tools
+        async with self.db.read() as conn:
+            row = (
+                await conn.execute(sa.select(t.c.type, t.c.config).where(t.c.id == tool_id))
+            ).first()
+        if row is None:
+            raise missing
+        # Chosen for the row as it is now: a change of the row after this read makes
+        # an ``auto`` count no more (see chatwright.approvals.choice_counts).
+        values = {
+            "user_id": user_id,
+            "tool_id": tool_id,
+            "choice": choice,
+            "tool_digest": digest_of(tool_id, row.type, row.config),
+            "updated_at": now(),
+        }
         try:
-            await self.db.upsert(
-                c,
-                {"user_id": user_id, "tool_id": tool_id, "choice": choice, "updated_at": now()},
-                keys=("user_id", "tool_id"),
-                user_id=user_id,
-            )
+            await self.db.upsert(c, values, keys=("user_id", "tool_id"), user_id=user_id)
         except exc.IntegrityError:
-            raise NotFoundError(f"no tool row {tool_id}; see `chatwright tools list`") from None
+            raise missing from None

@@ -282,6 +282,8 @@ tool_approval_choices = sa.Table(
     ),
     sa.Column("choice", sa.String(16), nullable=False),
     sa.Column("updated_at", UTCDateTime(), nullable=False, server_default=sa.func.now()),
+    # The tool row as it was when chosen (``chatwright.approvals.tool_digest``; 0013).
+    sa.Column("tool_digest", sa.String(64), nullable=True),
     sa.CheckConstraint("choice IN ('auto', 'required')", name="choice"),
 )
 

@@ -289,3 +289,43 @@ async def test_a_choice_is_the_callers_own(make_server: MakeServer) -> None:
         f"/api/tools/{2**31 - 1}/approval", json={"choice": "auto"}, headers=bearer("bob")
     )
     assert_error_body(missing, 404)
+
+
+async def test_an_auto_choice_does_not_follow_its_row_into_what_it_became(
+    make_server: MakeServer,
+) -> None:
+    from chatwright.plugins.example.assistant import TOOLS
+
+    server = await make_server()
+    storage = server.runtime.storage
+    await seed_writer(server.runtime, [], approval="user", tools=("list_tasks",))
+    task = await plant_task(server, "alice", ALICE_TASK)
+    [tool] = await storage.tools.list(AGENT)
+    # Alice trusts the read to run unattended.
+    chosen = await server.client.put(
+        f"/api/tools/{tool.id}/approval", json={"choice": "auto"}, headers=bearer("alice")
+    )
+    assert chosen.status_code == 200, chosen.text
+    # An admin turns that row into a delete, under the same name.
+    delete = next(t for t in TOOLS if t["name"] == "delete_task")
+    await storage.tools.update(tool.id, config=delete["config"])
+    await seed_writer(server.runtime, calls((tool.name, {"id": task})))
+    chat_id = await chat_of(server, "alice")
+    answer = await turn(server, "alice", chat_id)
+    # Her trust was in the read: the delete waits for her, with its preview.
+    assert answer["status"] == "approval_required", answer
+    [action] = answer["pending"]
+    assert action["preview"]["count"] == 1
+    assert await titles(server, "alice") == [ALICE_TASK]
+    denied = await server.client.post(
+        f"/api/pending/{action['id']}/deny", json={}, headers=bearer("alice")
+    )
+    assert denied.status_code == 200, denied.text
+    # Chosen again, for the row as it is now, it runs unattended.
+    again = await server.client.put(
+        f"/api/tools/{tool.id}/approval", json={"choice": "auto"}, headers=bearer("alice")
+    )
+    assert again.status_code == 200, again.text
+    await seed_writer(server.runtime, calls((tool.name, {"id": task})))
+    assert (await turn(server, "alice", chat_id))["status"] == "done"
+    assert await titles(server, "alice") == []
