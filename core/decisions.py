@@ -129,6 +129,7 @@ class Decisions:
         from chatwright.approvals import Decision
         from chatwright.history import storable, to_store
         from chatwright.tools import TurnContext
+        from chatwright.turns import holding_turn
 
         by = decided_by or user_id
         action = await self.storage.pending.get(user_id, action_id)
@@ -206,6 +207,8 @@ class Decisions:
                         turn_id=claimed.turn_id,
                     )
                     decision = Decision("approved", by, claimed.id, expect=claimed.preview)
+                    # The approved call's write is made only while this decision holds the chat.
+                    holding = holding_turn.set(start)
                     try:
                         await self._same_row(built, call, context, claimed)
                         result, stopped = await self._run_bounded(
@@ -217,6 +220,8 @@ class Decisions:
                         # Not to stay approved, never run and never decidable again.
                         carried.append(storable(await self._cut_off(claimed, exc)))
                         raise
+                    finally:
+                        holding_turn.reset(holding)
                     if stopped is not None:
                         carried.append(storable(result))
                         raise stopped

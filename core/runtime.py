@@ -610,6 +610,7 @@ class Runtime:
         )
         from chatwright.prompts import fill
         from chatwright.tools import TurnContext
+        from chatwright.turns import holding_turn
         from chatwright.usage import cut_off_call, priced, usage_of
         from chatwright.window import Fitted, fit
 
@@ -638,6 +639,7 @@ class Runtime:
         streamed = 0
         cut = False
         counting: contextvars.Token[list[Any] | None] | None = None
+        holding: contextvars.Token[TurnStart | None] | None = None
 
         def usage() -> TurnUsage:
             # A stop message is the runtime's, not a model call.
@@ -720,6 +722,8 @@ class Runtime:
             scope = asyncio.timeout(limits.timeout)
             # The graph's tasks copy this context: the limits' middleware adds to this list.
             counting = model_calls_started.set(prompts)
+            # The tools' writes are made only while this turn holds the chat.
+            holding = holding_turn.set(start)
             try:
                 async with scope:
                     if task is not None:
@@ -836,6 +840,8 @@ class Runtime:
                     self._running.pop(task, None)
                 if counting is not None:
                     model_calls_started.reset(counting)
+                if holding is not None:
+                    holding_turn.reset(holding)
         final = next((m for m in reversed(produced) if m.type == "ai" and m.text), None)
         return Turn(
             stopped=stopped_by(produced[-1]) if produced and not held else None,

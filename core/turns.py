@@ -15,6 +15,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -64,6 +65,14 @@ class TurnStart:
     """The chat's stored summary (read only for agents with ``summarize``)."""
     turn_id: uuid.UUID | None = None
     """The turn, as given to ``begin`` (its budget reservation is kept under it)."""
+
+
+holding_turn: ContextVar[TurnStart | None] = ContextVar("chatwright_holding_turn", default=None)
+"""The started turn whose tool calls run in this context: set by the runtime while a
+turn's model and tools run, and while an approved call runs. A storage backend makes
+a tool's write only while that turn still holds its chat (the ``sql`` backend checks
+the turn's lease in the write's transaction): a turn that stalled past its lease, its
+chat taken over or erased meanwhile, writes nothing more."""
 
 
 class TurnStore(Protocol):

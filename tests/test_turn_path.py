@@ -175,7 +175,8 @@ def statements(runtime: Runtime) -> Iterator[list[str]]:
 async def test_a_cached_turn_sends_few_statements(make: Make, sql_url: str) -> None:
     """PostgreSQL: a turn's begin is two statements (the framework's, then the user's,
     after the lease is taken so that they see what the chat's last turn stored), its
-    end one, and a round of tool calls one besides the tool's own. SQLite reads the
+    end one, and a round of tool calls one besides the tool's own (its write checks the
+    turn's lease in its transaction: one statement more). SQLite reads the
     window with the user's other reads and keeps a statement per other step (they
     run in the loop's thread, without a round trip): what the turns store is
     checked on both."""
@@ -207,7 +208,10 @@ async def test_a_cached_turn_sends_few_statements(make: Make, sql_url: str) -> N
     assert [c.name for c in turn.tool_calls] == ["add_task"] and not turn.tool_calls[0].error
     if postgresql:
         tools = [s for s in sent if "tasks" in s or "audit_log" in s]
-        assert len(sent) - len(tools) == 4, sent
+        # The tool's write checks first, in its transaction, that the turn holds the chat.
+        checks = [s for s in sent if "FROM chat_leases" in s and "FOR SHARE" in s]
+        assert len(checks) == 1, sent
+        assert len(sent) - len(tools) - len(checks) == 4, sent
     # What the turns stored, in order, with the sessions touched and the lease given back.
     history = await runtime.storage.messages.window(USER, chat_id, 20)
     assert [m.role for m in history] == ["human", "ai"] * 3 + ["tool", "ai"]
@@ -260,7 +264,9 @@ async def test_a_turns_writes_of_one_statement_run_without_begin_and_commit(
     assert all("chat_messages" in statement for statement in alone), alone
     assert any("chat_leases" in statement for statement in alone)  # the end gives it back
     assert all("tasks" not in s and "audit_log" not in s for s in alone)
-    assert len(in_transactions) == 4, in_transactions  # the begin's two, the tool's two
+    # The begin's two, the tool's two after its check that the turn holds the chat.
+    assert len(in_transactions) == 5, in_transactions
+    assert sum("FOR SHARE" in s for s in in_transactions) == 1, in_transactions
     history = await runtime.storage.messages.window(USER, chat_id, 20)
     assert [m.role for m in history] == ["human", "ai", "human", "ai", "tool", "ai"]
     assert await leases(runtime) == []

@@ -35,6 +35,7 @@ from chatwright.approvals import (
 )
 from chatwright.errors import InvalidInputError, NotFoundError, one_line
 from chatwright.plugins.sql.errors import integrity_message
+from chatwright.plugins.sql.turns import check_held
 from chatwright.stores import (
     ColumnInfo,
     ColumnKind,
@@ -251,9 +252,16 @@ class SQLRecordStore:
         :param write: False for a statement that only reads, which then runs in a
             read transaction (on SQLite: without taking the write lock).
         """
-        transaction = self.db.write if write else self.db.read
         with refused(table):
-            async with transaction(user_id) as conn:
+            if write:
+                async with self.db.write() as conn:
+                    # The turn's lease first (a framework table), then the rest as the user.
+                    await check_held(conn, self.db, user_id)
+                    await self.db.users.enter(conn, user_id)
+                    result = await conn.execute(stmt)
+                    rows = [dict(r) for r in result.mappings()] if result.returns_rows else []
+                    return rows, result.rowcount
+            async with self.db.read(user_id) as conn:
                 result = await conn.execute(stmt)
                 rows = [dict(r) for r in result.mappings()] if result.returns_rows else []
                 return rows, result.rowcount

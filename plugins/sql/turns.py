@@ -101,6 +101,7 @@ from chatwright.plugins.sql.turn_statements import (
     WINDOW_UPTO,
     agent_statement,
     finish_statement,
+    held_for_write,
     prompt_statement,
     start_statement,
     take_lease,
@@ -116,7 +117,7 @@ from chatwright.stores import (
     NewSummary,
     message_weight,
 )
-from chatwright.turns import TurnStart, approval_pending, not_your_chat
+from chatwright.turns import TurnStart, approval_pending, holding_turn, not_your_chat
 from chatwright.usage import BudgetLimits, TurnUsage
 
 if TYPE_CHECKING:
@@ -198,6 +199,34 @@ class Lease:
     """Whether the turn holds a budget reservation (``finish`` drops it)."""
     trying: bool = False
     """Whether a transaction that may take the lease is under way (see ``_taken``)."""
+    db: Any = field(default=None, repr=False)
+    """The storage whose ``chat_leases`` holds it (a turn's, see :func:`check_held`)."""
+
+
+async def check_held(conn: AsyncConnection, db: Any, user_id: str) -> None:
+    """Refuse a tool's write, made on ``conn`` in its transaction before anything else,
+    once the turn it is made for (``chatwright.turns.holding_turn``) no longer holds its
+    chat in ``db``: :class:`LeaseLostError`, and the transaction writes nothing.
+
+    The turn's lease must still be its holder's and unexpired; on PostgreSQL it stays
+    locked until the write commits, so that taking it over (a turn, an erasure, a
+    chat's deletion) waits for the write and, for a deletion, deletes it too. Outside a
+    turn (the CLI, an undo), or for another user's write, there is nothing to check.
+    """
+    start = holding_turn.get()
+    lease = getattr(start, "lease", None)
+    if start is None or not isinstance(lease, Lease) or lease.db is not db:
+        return
+    if start.user_id != user_id:
+        return
+    values = {"chat_id": lease.chat_id, "holder": lease.holder, "at": now()}
+    if (await conn.execute(held_for_write(db.dialect), values)).first() is None:
+        raise LeaseLostError(
+            f"the turn of chat {start.chat_id} lost the chat's turn before a tool's write: "
+            f"its lease was not renewed for over storage.turn_lease ({db.turn_lease:g} s) and "
+            "expired, or the chat was taken over meanwhile (by another turn, or erased or "
+            "deleted); the write was not made"
+        )
 
 
 class SQLTurnStore(BoundStore):
@@ -385,7 +414,7 @@ class SQLTurnStore(BoundStore):
         turn_id: uuid.UUID | None = None,
         budget: BudgetLimits | None = None,
     ) -> TurnStart:
-        lease = Lease(chat_id, uuid.uuid4().hex)
+        lease = Lease(chat_id, uuid.uuid4().hex, db=self.db)
         dialect = self.db.dialect
         # The user's budget override is read with the agent row; when a budget
         # setting applies, the user's budget lock is taken by that statement too.

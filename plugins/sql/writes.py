@@ -45,6 +45,7 @@ from chatwright.plugins.sql.audit import insert_audit
 from chatwright.plugins.sql.errors import DETAILS, driver_text
 from chatwright.plugins.sql.images import check_writable, image, key_of, row_id
 from chatwright.plugins.sql.records import appended, column_kind, refused
+from chatwright.plugins.sql.turns import check_held
 
 if TYPE_CHECKING:
     from chatwright.plugins.sql.records import SQLRecordStore
@@ -268,7 +269,10 @@ class Writes:
         # scan the table, so they keep to the driver's thread (see SQLStorage.inline_write).
         transaction = db.inline_write if write.operation == "create" else db.write
         with refused(write.table):
-            async with transaction(user_id) as conn:
+            async with transaction() as conn:
+                # The turn's lease first (a framework table), then the rest as the user.
+                await check_held(conn, db, user_id)
+                await db.users.enter(conn, user_id)
                 rows, changes = await self._run(conn, t, write, expect, cap)
                 if audit is not None:
                     filled = replace(

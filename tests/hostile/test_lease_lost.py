@@ -108,3 +108,45 @@ async def test_a_tool_exchange_recorded_after_the_chat_was_taken_over_is_not_sto
         await turn
     stored = await storage.messages.page(user, chat, limit=10)
     assert [m.role for m in stored] == ["human"]
+    # Nor was the tool's write made: no row, no audit entry, while another turn holds the chat.
+    assert await tasks_of(runtime, user) == []
+    assert await storage.audit.list(user, limit=10) == []
+
+
+async def tasks_of(runtime: Runtime, user: str) -> list[str]:
+    rows = await runtime.storage.records.select(
+        user, "tasks", {"user_id": user}, columns=["title"], order_by=(), limit=100
+    )
+    return [str(r["title"]) for r in rows]
+
+
+async def test_a_tool_write_after_its_user_was_erased_is_not_made(runtimes: MakeRuntime) -> None:
+    """A turn stalls between two tool calls, past its lease; the user is erased meanwhile
+    (by another process). The second call's write is refused: nothing of the user comes
+    back after the erasure answered."""
+    serving = await runtimes()
+    admin = await runtimes()
+    storage = serving.storage
+    await example.seed(storage, "scripted:x")
+    first = {"tool_calls": [{"name": "add_task", "args": {"title": "before"}}]}
+    second = {"tool_calls": [{"name": "add_task", "args": {"title": "after"}}], "sleep": 2.0}
+    await storage.agents.update(
+        example.AGENT, model_settings={"responses": [first, second, {"content": "done"}]}
+    )
+    user = f"dana-{uuid.uuid4().hex[:6]}"
+    chat = (await storage.sessions.open(user, example.AGENT, chat_id=uuid.uuid4())).chat_id
+    turn = asyncio.ensure_future(serving.chat(user, example.AGENT, chat, "add two"))
+    for _ in range(100):  # until the first write is made and the model thinks again
+        await asyncio.sleep(0.05)
+        if await tasks_of(admin, user) == ["before"]:
+            break
+    assert await tasks_of(admin, user) == ["before"]
+    await expire_lease(admin, chat)
+    report = await admin.storage.user_data.erase(user, requested_by="test")
+    assert report.app_tables["tasks"] == 1
+    with pytest.raises(ChatBusyError, match="lost the chat's turn") as lost:
+        await turn
+    assert lost.value.http_status == 409
+    after = await admin.storage.user_data.export(user)
+    assert {k: len(v) for k, v in after.tables.items() if v} == {}
+    assert await tasks_of(admin, user) == []
