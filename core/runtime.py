@@ -864,6 +864,7 @@ class Runtime:
         from pydantic import ValidationError
 
         from chatwright.approvals import NewPending, tool_digest
+        from chatwright.tools import invalid_arguments
         from chatwright.writes import call_tool, error_result, preview_call, row_of, waits
 
         results: list[BaseMessage] = []
@@ -881,8 +882,11 @@ class Runtime:
                 preview = await preview_call(tool, call, context)
             except (ToolException, ValidationError, ChatwrightError) as exc:
                 # Arguments the tool would refuse: the model hears why, nobody is asked.
-                reason = exc.errors() if isinstance(exc, ValidationError) else str(exc)
-                results.append(error_result(call, f"Error: {reason}"))
+                # In the words the same arguments get from a call that needs no approval.
+                reason = (
+                    invalid_arguments(exc) if isinstance(exc, ValidationError) else f"Error: {exc}"
+                )
+                results.append(error_result(call, reason))
                 continue
             assert context.turn_id is not None
             waiting.append(

@@ -73,6 +73,11 @@ async def test_arguments_the_tool_would_refuse_are_never_held_for_approval(
     assert turn.pending == [] and await runtime.pending(ALICE) == []
     assert all(c.error for c in turn.tool_calls), turn.tool_calls
     assert await titles(runtime, ALICE) == [] and await titles(runtime, BOB) == []
+    # Each in the words a tool that needs no approval gives: named, never a validator's dump.
+    results = [str(c.result) for c in turn.tool_calls]
+    assert results[0].startswith("Invalid arguments: user_id: unknown argument"), results[0]
+    assert results[3] == "Invalid arguments: id: required", results[3]
+    assert not any("pydantic" in r or "'loc'" in r for r in results), results
 
 
 async def test_another_users_row_is_neither_previewed_nor_written(runtimes: MakeRuntime) -> None:
