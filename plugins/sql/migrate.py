@@ -16,6 +16,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 
+from chatwright.errors import StorageError
 from chatwright.plugins.sql import schema
 
 MIGRATIONS = "chatwright.plugins.sql:migrations"
@@ -42,11 +43,35 @@ def current(sync_conn: Connection) -> str | None:
     return context.get_current_revision()
 
 
+def unknown(revision: str | None) -> str | None:
+    """Why the database's ``revision`` cannot be used (a revision no migration script
+    of this version has: the database was migrated by a newer chatwright), or None."""
+    if revision is None:
+        return None
+    try:
+        known = ScriptDirectory.from_config(_alembic_config()).get_revision(revision)
+    except Exception:  # Alembic's errors for an unknown or malformed revision
+        known = None
+    if known is not None:
+        return None
+    return (
+        f"is at schema revision {revision!r}, which this version of chatwright does not "
+        f"know (it knows revisions up to {head()}): a newer chatwright migrated it. "
+        "Install that version (or newer), or use a backup from before it"
+    )
+
+
 def upgrade(sync_conn: Connection) -> None:
-    """Migrate to the head revision, in the transaction of ``sync_conn``."""
+    """Migrate to the head revision, in the transaction of ``sync_conn``.
+
+    :raises StorageError: the database is at a revision this version does not know.
+    """
     if sync_conn.dialect.name == "postgresql":
         # Several processes starting at once migrate one after the other.
         sync_conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _UPGRADE_LOCK_KEY})
+    problem = unknown(current(sync_conn))
+    if problem is not None:
+        raise StorageError(f"the database {problem}")
     config = _alembic_config()
     config.attributes["connection"] = sync_conn
     command.upgrade(config, "head")

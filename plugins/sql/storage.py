@@ -403,9 +403,14 @@ class SQLStorage:
 
     async def current_revision(self) -> str | None:
         async with self.read() as conn:
-            return await conn.run_sync(migrate.current)
+            revision = await conn.run_sync(migrate.current)
+        problem = migrate.unknown(revision)
+        if problem is not None:
+            raise StorageError(f"the database {self.description} {problem}")
+        return revision
 
     async def upgrade(self) -> str | None:
+        await self.current_revision()  # a revision this version does not know: said so
         # Migrations may take as long as they need.
         async with self._transaction(None, write=True, bounded=False) as conn:
             if self.dialect == "postgresql":
