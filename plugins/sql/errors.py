@@ -60,6 +60,11 @@ sweeper): it is then logged at debug level, not as a warning."""
 _HELD = {"55P03", "40P01"}  # lock_not_available, deadlock_detected
 
 
+def _damaged(reason: str) -> bool:
+    # SQLite's words for a file that is not one of its databases, or a broken one.
+    return reason.startswith(("file is not a database", "database disk image is malformed"))
+
+
 def _statement_fault(reason: str) -> bool:
     # SQLite reports a statement that no longer fits the schema as an operational error.
     return reason.startswith(("no such column", "table ", "near ", "ambiguous column"))
@@ -113,6 +118,12 @@ class DatabaseErrors:
             log.warning("database %s refused a value: %s", self.description, driver_text(error))
             raise InvalidInputError(
                 "the database refused a value (out of range or not of the column's type)"
+            ) from error
+        if isinstance(error, exc.DatabaseError) and _damaged(driver_text(error)):
+            log.warning("database %s: %s", self.description, driver_text(error))
+            raise StorageError(
+                "the database file is not a SQLite database, or is damaged; restore it from "
+                "a backup, or point storage.url at another file"
             ) from error
         # InternalError too: a pooler (PgBouncer) reports a server connection lost
         # mid-transaction as one, and it means the same as a lost connection here.
