@@ -49,10 +49,13 @@ export, the checks of what is read back, and the import that mirrors the export.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable, Mapping
+import signal
+import threading
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -688,15 +691,41 @@ async def import_bundle(
         for tool_name in report.removed:
             await writes.remove(stored_tools[tool_name], f"removing tool {tool_name!r} (pruned)")
     except BaseException as error:
-        # Shielded: cancelled again meanwhile (a second Ctrl-C, a server stopping), the
-        # undo still runs to its end.
-        undoing = asyncio.ensure_future(writes.undo(error))
-        try:
-            await asyncio.shield(undoing)
-        except asyncio.CancelledError:
-            await asyncio.wait([undoing])
+        # Shielded: cancelled again meanwhile (a server stopping), the undo still runs
+        # to its end; a second Ctrl-C waits for it too (see _interrupts_held).
+        with _interrupts_held():
+            undoing = asyncio.ensure_future(writes.undo(error))
+            try:
+                await asyncio.shield(undoing)
+            except asyncio.CancelledError:
+                await asyncio.wait([undoing])
         raise
     return report
+
+
+@contextlib.contextmanager
+def _interrupts_held() -> Iterator[None]:
+    """SIGINT held back while the block runs, then delivered.
+
+    ``asyncio.run`` (the CLI) turns a first Ctrl-C into a cancellation, which an
+    import meets by undoing its writes, and a second into ``KeyboardInterrupt``
+    raised wherever the event loop happens to be: it stopped the undo part way,
+    leaving a half-made import (the agent's own row, undone last, kept the bundle's
+    settings). Meanwhile a Ctrl-C is noted, and delivered once the undo has ended.
+    Only in the main thread, where signal handlers are set.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    heard: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda number, frame: heard.append(number))
+    try:
+        yield
+    finally:
+        # None: a handler not set from Python; Python's own then stands in for it.
+        signal.signal(signal.SIGINT, previous or signal.default_int_handler)
+        if heard:
+            signal.raise_signal(signal.SIGINT)
 
 
 @dataclass
@@ -734,27 +763,36 @@ class _Writes:
         if not self.created:
             self.done.append((what, undo))
 
+    # Each write's undo is kept before the write is made, and puts back the state before
+    # it whether or not the write was made: a write cancelled (Ctrl-C) after it committed
+    # but before it returned must be undone too.
+
+    async def _row_named(self, name: str) -> ToolRow | None:
+        return next((r for r in await self.storage.tools.list(self.agent) if r.name == name), None)
+
     async def create_agent(self, valid: dict[str, Any]) -> None:
         self.doing = f"creating agent {self.agent!r}"
-        await self.storage.agents.create(self.agent, **valid)
         name = self.agent
         self.done.append((f"the new agent {name!r}", lambda: self.storage.agents.delete(name)))
+        await self.storage.agents.create(self.agent, **valid)
 
     async def change_agent(self, current: Agent, changes: dict[str, Any]) -> None:
         self.doing = f"changing agent {self.agent!r}"
         before = {k: getattr(current, k) for k in changes}
-        await self.storage.agents.update(self.agent, **changes)
         what = f"the {', '.join(before)} of agent {self.agent!r}"
         self._keep(what, lambda: self.storage.agents.update(self.agent, **before))
+        await self.storage.agents.update(self.agent, **changes)
 
     async def remove(self, row: ToolRow, doing: str) -> None:
         self.doing = doing
-        await self.storage.tools.delete(row.id)
         fields = _tool_fields(row)
-        self._keep(
-            f"tool {row.name!r} (removed)",
-            lambda: self.storage.tools.add(self.agent, row.name, **fields),
-        )
+
+        async def put_back() -> None:
+            if await self._row_named(row.name) is None:
+                await self.storage.tools.add(self.agent, row.name, **fields)
+
+        self._keep(f"tool {row.name!r} (removed)", put_back)
+        await self.storage.tools.delete(row.id)
 
     async def tool(self, plan: _ToolWrite, target: Agent) -> None:
         from chatwright import catalog
@@ -764,20 +802,24 @@ class _Writes:
             self.doing = f"changing {place}"
             stored = plan.stored
             before = {k: _tool_fields(stored)[k] for k in plan.data}
-            await self.storage.tools.update(stored.id, **plan.data)
             self._keep(
                 f"tool {plan.name!r} (changed)",
                 lambda: self.storage.tools.update(stored.id, **before),
             )
+            await self.storage.tools.update(stored.id, **plan.data)
             return
         if plan.action == "replace" and plan.stored is not None:
             await self.remove(plan.stored, f"removing the stored {place} (of another type)")
         self.doing = f"adding {place}"
         candidate = catalog.candidate_row(target, plan.data)
-        added = await catalog.insert_row(
-            self.runtime, self.agent, candidate, plan.data.get("position")
-        )
-        self._keep(f"tool {plan.name!r} (added)", lambda: self.storage.tools.delete(added.id))
+
+        async def take_out() -> None:
+            added = await self._row_named(plan.name)
+            if added is not None:
+                await self.storage.tools.delete(added.id)
+
+        self._keep(f"tool {plan.name!r} (added)", take_out)
+        await catalog.insert_row(self.runtime, self.agent, candidate, plan.data.get("position"))
 
     async def undo(self, error: BaseException) -> None:
         """Put back what was written before ``error``; say so in its message."""
