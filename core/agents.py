@@ -175,9 +175,13 @@ def check_prompt(prompt: str) -> str:
 
 
 class AgentChanges(BaseModel):
-    """Fields that can be set on an agent; every one optional."""
+    """Fields that can be set on an agent; every one optional.
 
-    model_config = ConfigDict(extra="forbid")
+    Strict: a value of another JSON type is refused, not converted (``true`` is not a
+    history window of 1, nor ``"yes"`` a summarize of true).
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     system_prompt: str | None = None
     model: str | None = None

@@ -426,3 +426,25 @@ async def test_an_import_cancelled_again_while_it_undoes_still_undoes_it_all(
         assert await runtime.storage.tools.list("copy") == []
     finally:
         await runtime.close()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "wanted"),
+    [
+        ("history_window", True, "valid integer"),
+        ("max_model_calls", False, "valid integer"),
+        ("history_window", "20", "valid integer"),
+        ("summarize", "yes", "valid boolean"),
+        ("summarize", 1, "valid boolean"),
+        ("turn_timeout", "30", "valid number"),
+    ],
+)
+def test_an_agent_field_of_another_json_type_is_refused_not_converted(
+    db: str, workdir: Path, field: str, value: Any, wanted: str
+) -> None:
+    before = export()
+    bundle = json.loads(before)
+    bundle["agent"][field] = value
+    path = write(workdir / "b.json", bundle)
+    assert_error(run("agents", "import", str(path)), field, wanted)
+    assert export() == before
