@@ -10,11 +10,10 @@ write is never without its record nor a record without its write. Rows are
 keyed by primary key; a table without one is written and audited, its rows
 paired in the order read, but cannot be undone (:mod:`.undo`).
 
-A write that appends (``Write.append``) sets its text columns to the stored
-text, the separator and the value in the UPDATE itself
-(:func:`.records.appended`), not to a text computed from the rows read: two
-appends at once both land, whichever order the database takes them in, and
-each one's images still show the text it found and the text it left.
+A write that appends (``Write.append``) sets its text columns to the stored text,
+the separator and the value in the UPDATE itself (:func:`.records.appended`), not
+to a text computed from the rows read: two appends at once both land, whichever
+order the database takes them in, each one's images showing what it found and left.
 """
 
 from __future__ import annotations
@@ -264,14 +263,12 @@ class Writes:
         check_writable(write.table, write.values)
         stored: AuditEntry | None = None
         db = self.records.db
-        # A create is one indexed insert (and the audit entry's): a small transaction,
-        # run inline like a turn's. The others find their rows by a filter that may
-        # scan the table, so they keep to the driver's thread (see SQLStorage.inline_write).
+        # A create is one indexed insert (and the audit entry's): run inline like a turn's.
+        # The others' filters may scan the table: the driver's thread (SQLStorage.inline_write).
         transaction = db.inline_write if write.operation == "create" else db.write
         with refused(write.table):
             async with transaction() as conn:
-                # The turn's lease first (a framework table), then the rest as the user.
-                await check_held(conn, db, user_id)
+                await check_held(conn, db, user_id)  # a framework table, before the user
                 await db.users.enter(conn, user_id)
                 rows, changes = await self._run(conn, t, write, expect, cap)
                 if audit is not None:
