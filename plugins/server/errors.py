@@ -34,6 +34,8 @@ from chatwright.plugins.server.schemas import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from fastapi import Request
 
 log = logging.getLogger(__name__)
@@ -62,8 +64,58 @@ LONGEST_WAIT = 32 * 86400
 USER = (401, 403, 503)
 
 
-def error_response(message: str, status_code: int) -> JSONResponse:
-    return JSONResponse(ErrorBody(error=message).model_dump(), status_code=status_code)
+def error_response(
+    message: str, status_code: int, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        ErrorBody(error=message).model_dump(), status_code=status_code, headers=headers
+    )
+
+
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """The methods the app answers on the request's path (what a 405's ``Allow`` lists).
+
+    FastAPI's 405 lists those of the first route on the path only, while a path
+    may be served by several (``GET`` and ``PATCH`` of an agent are two routes):
+    each method is tried against every route, on a scope of its own.
+    """
+    from starlette.routing import Match
+
+    scope = request.scope
+    allowed = []
+    for method in METHODS:
+        probe = {
+            "type": "http",
+            "method": method,
+            "path": scope["path"],
+            "root_path": scope.get("root_path", ""),
+            "headers": scope.get("headers", []),
+        }
+        if any(route.matches(probe)[0] is Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return allowed
+
+
+def unparsed_body(exc: StarletteHTTPException) -> str | None:
+    """What is wrong with a request body that could not be parsed as JSON, or None.
+
+    FastAPI answers 400 ``There was an error parsing the body`` when reading the
+    JSON fails other than by a syntax error; the cause says why.
+    """
+    if exc.status_code != 400:
+        return None
+    cause = exc.__cause__
+    if isinstance(cause, UnicodeDecodeError):
+        return (
+            f"the request body is not UTF-8 JSON ({cause.reason} at byte {cause.start}); "
+            "send the JSON encoded as UTF-8"
+        )
+    if isinstance(cause, RecursionError):
+        return "the request body is JSON nested too deeply to read; send a flatter body"
+    return None
 
 
 def responses(
@@ -192,7 +244,22 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(str(exc.detail), exc.status_code)
+        headers = dict(exc.headers or {})
+        message, status = str(exc.detail), exc.status_code
+        if status == 405:
+            allowed = allowed_methods(request) or [
+                m.strip() for m in headers.get("Allow", "").split(",") if m.strip()
+            ]
+            if allowed:
+                headers["Allow"] = ", ".join(allowed)
+                message = (
+                    f"method {request.method} is not allowed on {request.url.path}; "
+                    f"it takes {', '.join(allowed)}"
+                )
+        problem = unparsed_body(exc)
+        if problem is not None:
+            message, status = problem, 422
+        return error_response(message, status, headers)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

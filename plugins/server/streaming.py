@@ -5,11 +5,13 @@ runs, ``approval`` when it stopped at calls that wait for the user's decision,
 then ``done`` or ``error``; their data are the models of
 :mod:`chatwright.plugins.server.schemas` as JSON, with U+2028 and U+2029
 escaped (JavaScript counts them as line ends, which would cut a data line in
-two for a client that splits lines the way the web page does). While the turn
-runs and sends nothing, a ``: keep-alive`` comment goes out every
-``server.stream_keepalive`` seconds, so that proxies do not drop an idle
-stream. A client that leaves does not cancel the turn: it finishes and is
-stored.
+two for a client that splits lines the way the web page does). A token's text
+is made storable as the reply is (:func:`chatwright.history.storable_value`: a
+NUL or a lone surrogate becomes U+FFFD), so the tokens spell the stored reply
+that ``done`` answers. While the turn runs and sends nothing, a ``: keep-alive``
+comment goes out every ``server.stream_keepalive`` seconds, so that proxies do
+not drop an idle stream. A client that leaves does not cancel the turn: it
+finishes and is stored.
 """
 
 from __future__ import annotations
@@ -127,18 +129,21 @@ def stream_turn(
     """Run one turn in the background and answer its events as they come."""
     from langchain_core.messages import AIMessage, ToolMessage
 
+    from chatwright.history import storable_value
     from chatwright.limits import stopped_by
 
     queue: asyncio.Queue[bytes | None] = asyncio.Queue()
 
     async def on_token(text: str) -> None:
-        await queue.put(sse("token", TokenEvent(text=text)))
+        # Made storable as the reply is (a NUL or a lone surrogate becomes U+FFFD), so that
+        # the tokens spell what ``done`` answers and what is stored.
+        await queue.put(sse("token", TokenEvent(text=storable_value(text))))
 
     async def on_message(message: Any) -> None:
         if isinstance(message, AIMessage):
             if stopped_by(message) is not None:
                 # Said by the runtime, not streamed by the model: sent whole.
-                await queue.put(sse("token", TokenEvent(text=message.text)))
+                await queue.put(sse("token", TokenEvent(text=storable_value(message.text))))
             for call in message.tool_calls:
                 event = ToolCallEvent(id=call.get("id"), name=call["name"], args=call["args"])
                 await queue.put(sse("tool_call", event))
