@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy import exc
+from sqlalchemy.dialects import postgresql, sqlite
 
 from chatwright.approvals import APPROVAL_MODES, USER_CHOICES
 from chatwright.catalog import MAX_ROW_ID
@@ -388,31 +389,30 @@ class SQLCustomizationStore(BoundStore):
         priority: int = 0,
         is_active: bool = True,
     ) -> PromptCustomization:
+        # One transaction counts and writes, serialised per user and agent (SQLite: its write
+        # lock; PostgreSQL: an advisory lock), or concurrent puts would pass the limit together.
         c = schema.prompt_customizations
         mine = (c.c.user_id == user_id, c.c.agent_name == agent_name, c.c.kind != kind)
-        async with self.db.read(user_id) as conn:
-            kept = int((await conn.execute(sa.select(sa.func.count()).where(*mine))).scalar_one())
-        if kept >= MAX_CUSTOMIZATIONS:
-            raise TooLargeError(
-                f"you have {kept} customizations of agent {agent_name!r}, the most one user "
-                "keeps for an agent; give the kind of one of them to replace it"
-            )
         ts = now()
-        row = await self.db.upsert(
-            schema.prompt_customizations,
-            {
-                "user_id": user_id,
-                "agent_name": agent_name,
-                "kind": kind,
-                "content": content,
-                "priority": priority,
-                "is_active": is_active,
-                "created_at": ts,
-                "updated_at": ts,
-            },
-            keys=("user_id", "agent_name", "kind"),
-            user_id=user_id,
-        )
+        insert = postgresql.insert if self.db.dialect == "postgresql" else sqlite.insert
+        found = {"user_id": user_id, "agent_name": agent_name, "kind": kind}
+        data = {"content": content, "priority": priority, "is_active": is_active, "updated_at": ts}
+        new = insert(c).values({**found, **data, "created_at": ts})
+        changed = {k: new.excluded[k] for k in data}
+        upsert = new.on_conflict_do_update(index_elements=list(found), set_=changed).returning(c)
+        name = f"chatwright:customizations:{user_id}:{agent_name}"
+        async with self.db.write() as conn:
+            if self.db.dialect == "postgresql":
+                key = sa.func.hashtextextended(name, 0)  # taken as the framework, like chat claims
+                await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(key)))
+            await self.db.users.enter(conn, user_id)
+            kept = int((await conn.execute(sa.select(sa.func.count()).where(*mine))).scalar_one())
+            if kept >= MAX_CUSTOMIZATIONS:
+                raise TooLargeError(
+                    f"you have {kept} customizations of agent {agent_name!r}, the most one user "
+                    "keeps for an agent; give the kind of one of them to replace it"
+                )
+            row = (await conn.execute(upsert)).one()
         return from_row(PromptCustomization, row)
 
 
