@@ -23,10 +23,11 @@ import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from langchain_core.tools import BaseTool, ToolException
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, FiniteFloat, create_model
+from pydantic_core import PydanticCustomError
 
 from chatwright.approvals import Preview, Write, current_decision, write_entry
 from chatwright.errors import InvalidInputError, NotFoundError, StorageError
@@ -54,10 +55,34 @@ COMPATIBLE: dict[str, set[str]] = {
     "json": {"json"},
     "uuid": {"uuid", "string"},
 }
+
+
+def not_a_boolean(expected: str) -> BeforeValidator:
+    """Refuse true and false where ``expected`` (a number) is wanted.
+
+    Pydantic reads them as 1 and 0 (``bool`` is an ``int`` in Python), so
+    ``{"id": true}`` would find row 1 of the user's table: a model that sent a
+    boolean meant something else, and is told so by the argument's name.
+    """
+
+    def check(value: Any) -> Any:
+        if isinstance(value, bool):
+            raise PydanticCustomError(
+                "number_not_boolean",
+                "Input should be {expected}, not {value}",
+                {"expected": expected, "value": "true" if value else "false"},
+            )
+        return value
+
+    return BeforeValidator(check)
+
+
 PYTHON_TYPES: dict[str, Any] = {
     "string": str,
-    "integer": int,
-    "number": float,
+    # Numbers given as text ("3") are still read as numbers; true and false are not
+    # (see not_a_boolean), nor NaN and infinity, which JSON cannot hold.
+    "integer": Annotated[int, not_a_boolean("a valid integer")],
+    "number": Annotated[FiniteFloat, not_a_boolean("a valid number")],
     "boolean": bool,
     "date": dt.date,
     "datetime": dt.datetime,
@@ -302,6 +327,10 @@ class CrudTool:
             for name, spec in group.items():
                 kind = self._kind(spec, name)
                 annotation: Any = Literal[tuple(spec.enum)] if spec.enum else PYTHON_TYPES[kind]
+                if spec.enum and any(isinstance(v, int) for v in spec.enum):
+                    # Literal[1] takes true as 1 too.
+                    listed = " or ".join(json.dumps(v) for v in spec.enum)
+                    annotation = Annotated[annotation, not_a_boolean(listed)]
                 constraints: dict[str, Any] = {"description": spec.description or None}
                 if kind == "string" and not spec.enum:
                     constraints["max_length"] = MAX_STRING
