@@ -23,6 +23,7 @@ import click
 
 from chatwright import hookimpl
 from chatwright.cli import AppContext, pass_app
+from chatwright.commands import inputs
 from chatwright.commands.output import echo_json, echo_list
 from chatwright.errors import InvalidInputError, UnknownAgentError, not_utf8
 
@@ -36,13 +37,14 @@ def agents() -> None:
 
 
 def _parse_settings(pairs: Sequence[str]) -> dict[str, Any]:
+    """``--setting KEY=VALUE`` pairs: a VALUE that is JSON is what it spells, else text."""
     result: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key.strip():
             raise InvalidInputError(f"--setting {pair!r} is not KEY=VALUE (e.g. temperature=0.2)")
         try:
-            result[key.strip()] = json.loads(raw)
+            result[key.strip()] = inputs.json_value(raw, f"--setting {key.strip()!r}")
         except ValueError:
             result[key.strip()] = raw
     return result
@@ -108,7 +110,9 @@ def agent_options(f: Callable[..., Any]) -> Callable[..., Any]:
             type=click.Path(exists=True, dir_okay=False, path_type=Path),
             help="Read the system prompt from a file.",
         ),
-        click.option("--model", help="Model spec provider:name (e.g. openai:gpt-4o-mini)."),
+        click.option(
+            "--model", type=inputs.TEXT, help="Model spec provider:name (e.g. openai:gpt-4o-mini)."
+        ),
         click.option(
             "--setting",
             "settings_",
@@ -184,7 +188,7 @@ def agents_list(app: AppContext, as_json: bool) -> None:
 
 
 @agents.command("show")
-@click.argument("name")
+@click.argument("name", type=inputs.AGENT)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_app
 def agents_show(app: AppContext, name: str, as_json: bool) -> None:
@@ -231,7 +235,7 @@ def agents_show(app: AppContext, name: str, as_json: bool) -> None:
 
 
 @agents.command("add")
-@click.argument("name")
+@click.argument("name", type=inputs.AGENT)
 @agent_options
 @pass_app
 def agents_add(
@@ -270,7 +274,7 @@ def agents_add(
 
 
 @agents.command("set")
-@click.argument("name")
+@click.argument("name", type=inputs.AGENT)
 @agent_options
 @pass_app
 def agents_set(
@@ -318,7 +322,7 @@ def agents_set(
 
 
 @agents.command("delete")
-@click.argument("name")
+@click.argument("name", type=inputs.AGENT)
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 @pass_app
 def agents_delete(app: AppContext, name: str, yes: bool) -> None:
@@ -345,7 +349,7 @@ def agents_delete(app: AppContext, name: str, yes: bool) -> None:
 
 
 @agents.command("export")
-@click.argument("name")
+@click.argument("name", type=inputs.AGENT)
 @click.option(
     "--format",
     "fmt",

@@ -17,6 +17,7 @@ import click
 
 from chatwright import hookimpl
 from chatwright.cli import AppContext, pass_app
+from chatwright.commands import inputs
 from chatwright.errors import (
     AlreadyDecidedError,
     ApprovalPendingError,
@@ -95,7 +96,7 @@ def _show_summary(summary: ChatSummary) -> None:
 
 
 @click.command()
-@click.argument("agent", required=False)
+@click.argument("agent", type=inputs.AGENT, required=False)
 @click.option("--chat-id", type=click.UUID, help="Resume this chat (default: your latest one).")
 @click.option("--new", "new_chat", is_flag=True, help="Start a new chat.")
 @click.option("--user", default=LOCAL_USER, show_default=True, help="Chat as this user id.")
@@ -124,6 +125,8 @@ def chat(
     """
     if chat_id is not None and new_chat:
         raise click.UsageError("give --chat-id or --new, not both")
+    # The user ids `users export` and `users erase` take: nothing is stored under another.
+    inputs.name("--user", user)
     if message is not None:
         # The rule the HTTP API applies, before a session is opened for nothing.
         check_message(app.settings, message)

@@ -49,7 +49,7 @@ def chats() -> None:
 
 @chats.command("list")
 @click.option("--user", default=LOCAL_USER, show_default=True, help="Whose chats.")
-@click.option("--agent", help="Only chats with this agent.")
+@click.option("--agent", type=inputs.AGENT, help="Only chats with this agent.")
 @click.option(
     "--limit",
     type=int,
@@ -82,8 +82,6 @@ def chats_list(
     from chatwright.stores import as_dict
 
     inputs.name("--user", user)
-    if agent is not None:
-        inputs.name("--agent", agent)
     check_page(limit, before, limit_name="--limit", before_name="--before")
 
     async def work(runtime: Runtime) -> ChatPage:

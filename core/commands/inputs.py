@@ -1,27 +1,40 @@
-"""What the write-safety commands accept: user ids, who decided, points in time.
+"""What the commands accept: user ids, agent names, free text, points in time.
 
 The checks happen before a database is opened, so that a bad value is one
 ``Error: …`` line naming the option and what to give instead, never a
-database error about a column it does not fit.
+database error about a column it does not fit, nor an encoding error.
+
+A byte of the command line that is not UTF-8 text reaches a command as a lone
+surrogate (the byte 0xff as ``\\udcff``), which no database stores and no
+terminal prints: :func:`text` refuses it, and the parameter types :data:`TEXT`
+and :data:`AGENT` check an option or an argument as click reads it.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import click
 
 from chatwright.errors import InvalidInputError
 
 MAX_NAME = 255
 """The longest user id (and ``decided_by``) the user_id columns hold."""
+MAX_AGENT_NAME = 200
+"""The longest agent name (the rule every agent's name follows when it is added)."""
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]|[\ud800-\udfff]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 _AGE = re.compile(r"^(\d{1,6})\s*([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
 def name(option: str, value: str) -> str:
     """A user id or a decider's name as the database stores it: 1-255 characters of text."""
+    text(option, value)
     if not value.strip():
         raise InvalidInputError(f"{option} is empty; give a user id")
     if len(value) > MAX_NAME:
@@ -31,6 +44,83 @@ def name(option: str, value: str) -> str:
     if _CONTROL.search(value):
         raise InvalidInputError(f"{option} holds a control character; give a plain user id")
     return value
+
+
+def text(option: str, value: str) -> str:
+    """Any text but a lone surrogate (what a byte that is not UTF-8 becomes on the command line)."""
+    found = _SURROGATE.search(value)
+    if found is None:
+        return value
+    code = ord(found.group())
+    # Python reads the byte 0xNN that is not UTF-8 as the surrogate U+DCNN.
+    byte = f", the byte 0x{code - 0xDC00:02x}," if 0xDC80 <= code <= 0xDCFF else ","
+    raise InvalidInputError(
+        f"{option} holds a lone surrogate (\\u{code:04x}{byte} which is not UTF-8 text); "
+        "remove it or give the value as UTF-8"
+    )
+
+
+def agent(option: str, value: str) -> str:
+    """An agent's name, to name one or to narrow a list to one: 1-200 characters of text."""
+    text(option, value)
+    if not value.strip():
+        raise InvalidInputError(f"{option} is empty; give an agent name")
+    if len(value) > MAX_AGENT_NAME:
+        raise InvalidInputError(
+            f"{option} is {len(value)} characters long; an agent name has at most {MAX_AGENT_NAME}"
+        )
+    if _CONTROL.search(value):
+        raise InvalidInputError(
+            f"{option} holds a control character, which no agent name has; give an agent "
+            "name as `chatwright agents list` shows it"
+        )
+    return value
+
+
+def _label(param: click.Parameter | None) -> str:
+    """How an error names a parameter: its long option (``--agent``) or its argument (``NAME``)."""
+    if isinstance(param, click.Option):
+        return max(param.opts, key=len)
+    return param.human_readable_name if param is not None else "the value"
+
+
+class Text(click.types.StringParamType):
+    """A free-text option or argument, checked by :func:`text` as click reads it.
+
+    A bad value is the command's own error (one ``Error:`` line, exit status 1),
+    as from every other check here, not a usage error.
+    """
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        return text(_label(param), super().convert(value, param, ctx))
+
+
+class AgentName(click.types.StringParamType):
+    """An agent-name option or argument, checked by :func:`agent` as click reads it."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        return agent(_label(param), super().convert(value, param, ctx))
+
+
+TEXT = Text()
+AGENT = AgentName()
+
+
+def json_value(value: str, where: str) -> Any:
+    """``value`` read as JSON (``ValueError`` when it is not JSON), named ``where`` in errors.
+
+    JSON nested deeper than the parser goes (thousands of ``[``) is refused as too
+    deep, in the words a value nested a little too deep is refused in.
+    """
+    try:
+        return json.loads(value)
+    except RecursionError:
+        from chatwright.agents import MAX_JSON_DEPTH
+
+        raise InvalidInputError(
+            f"{where} is nested deeper than {MAX_JSON_DEPTH} levels of objects and lists; "
+            "flatten it"
+        ) from None
 
 
 def since(value: str, *, now: datetime | None = None) -> datetime:

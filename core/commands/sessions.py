@@ -8,6 +8,7 @@ import click
 
 from chatwright import hookimpl
 from chatwright.cli import AppContext, pass_app
+from chatwright.commands import inputs
 from chatwright.commands.output import echo_json, echo_list, yes_no
 
 if TYPE_CHECKING:
@@ -27,6 +28,9 @@ def sessions() -> None:
 def sessions_list(app: AppContext, user: str | None, active: bool | None, as_json: bool) -> None:
     """List sessions, most recently used first."""
     from chatwright.stores import as_dict
+
+    if user is not None:
+        inputs.name("--user", user)
 
     async def work(runtime: Runtime) -> list[dict[str, Any]]:
         return [as_dict(s) for s in await runtime.storage.sessions.list(user, active=active)]

@@ -6,7 +6,6 @@ and ``tools choose``, a user's own approval choice for a row in ``user`` mode.
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -46,7 +45,7 @@ def _tool_definition(text: str, source: str) -> dict[str, Any]:
     from chatwright.catalog import stored_row, tool_definition
 
     try:
-        data = json.loads(text)
+        data = inputs.json_value(text, source)
     except ValueError as exc:
         raise InvalidInputError(f"{source} is not valid JSON: {exc}") from None
     data, dropped = stored_row(data, source)
@@ -56,7 +55,7 @@ def _tool_definition(text: str, source: str) -> dict[str, Any]:
 
 
 @tools.command("list")
-@click.option("--agent", help="Only this agent's tools.")
+@click.option("--agent", type=inputs.AGENT, help="Only this agent's tools.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_app
 def tools_list(app: AppContext, agent: str | None, as_json: bool) -> None:
@@ -108,7 +107,7 @@ def _active(row: dict[str, Any]) -> str:
 
 
 @tools.command("add")
-@click.option("--agent", required=True, help="The agent the tool belongs to.")
+@click.option("--agent", type=inputs.AGENT, required=True, help="The agent the tool belongs to.")
 @click.option(
     "--file",
     "file",
@@ -161,7 +160,7 @@ def tools_add(
 
 
 @tools.command("check")
-@click.option("--agent", help="Only this agent's tools.")
+@click.option("--agent", type=inputs.AGENT, help="Only this agent's tools.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_app
 def tools_check(app: AppContext, agent: str | None, as_json: bool) -> None:
@@ -219,7 +218,7 @@ def tools_enable(app: AppContext, tool_id: int) -> None:
 @tools.command("set")
 @click.argument("tool_id", type=ROW_IDS, metavar="ID")
 @click.option("--name", help="The tool's new name (as the model sees it).")
-@click.option("--description", help="The model's instructions for the tool.")
+@click.option("--description", type=inputs.TEXT, help="The model's instructions for the tool.")
 @click.option("--config", "config_json", metavar="JSON", help="The whole new config, as JSON.")
 @click.option(
     "--approval",
@@ -268,7 +267,7 @@ def tools_set(
     }
     if config_json is not None:
         try:
-            config = json.loads(config_json)
+            config = inputs.json_value(config_json, "--config")
         except ValueError as exc:
             raise InvalidInputError(f"--config is not valid JSON: {exc}") from None
         if not isinstance(config, dict):
@@ -306,7 +305,9 @@ def tools_remove(app: AppContext, tool_id: int) -> None:
 
 @tools.command("copy")
 @click.argument("tool_id", type=ROW_IDS, metavar="ID")
-@click.option("--to", "to_agent", required=True, help="The agent that gets the copy.")
+@click.option(
+    "--to", "to_agent", type=inputs.AGENT, required=True, help="The agent that gets the copy."
+)
 @click.option("--name", help="The copy's name (default: the row's name).")
 @pass_app
 def tools_copy(app: AppContext, tool_id: int, to_agent: str, name: str | None) -> None:

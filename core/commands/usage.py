@@ -88,7 +88,7 @@ def _totals(lines: list[dict[str, Any]]) -> dict[str, Any]:
 
 @click.command()
 @click.option("--user", help="Only this user's turns (default: every user's).")
-@click.option("--agent", help="Only turns with this agent.")
+@click.option("--agent", type=inputs.AGENT, help="Only turns with this agent.")
 @click.option(
     "--since",
     metavar="DATE",
@@ -113,8 +113,6 @@ def usage(
 
     if user is not None:
         inputs.name("--user", user)
-    if agent is not None and not agent.strip():
-        raise click.BadParameter("give an agent name", param_hint="--agent")
     start = bound("--since", since) if since is not None else None
     end = bound("--until", until, end=True) if until is not None else None
     check_range(start, end, "--since and --until")

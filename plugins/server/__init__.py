@@ -27,8 +27,13 @@ def register_settings(register: SettingsRegister) -> None:
 def register_commands(cli: click.Group) -> None:
     @cli.command()
     @click.option("--host", help="Address to bind (server.host; default 127.0.0.1).")
-    @click.option("--port", type=int, help="Port (server.port; default 8000).")
-    @click.option("--workers", type=int, help="Server processes (server.workers; default 1).")
+    # Bounded as the settings are, so that a bad value is named as the option given.
+    @click.option("--port", type=click.IntRange(0, 65535), help="Port (server.port; default 8000).")
+    @click.option(
+        "--workers",
+        type=click.IntRange(min=1),
+        help="Server processes (server.workers; default 1).",
+    )
     @click.pass_obj
     def serve(app: AppContext, host: str | None, port: int | None, workers: int | None) -> None:
         """Serve the JSON API and the web chat page (migrates the database first)."""
