@@ -32,12 +32,12 @@ import json
 import os
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 import httpx
 from langchain_core.tools import BaseTool, ToolException
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
 from chatwright.approvals import record_write
 from chatwright.errors import one_line
@@ -61,7 +61,20 @@ from chatwright_http_tool.config import (
 from chatwright_http_tool.redaction import Redactor
 from chatwright_http_tool.settings import HttpSettings
 
-PYTHON_TYPES: dict[str, Any] = {"string": str, "integer": int, "number": float, "boolean": bool}
+
+def _no_boolean(value: Any) -> Any:
+    # bool is an int to pydantic: {"page": true} would be sent as page=1.
+    if isinstance(value, bool):
+        raise ValueError(f"a number is wanted, not {'true' if value else 'false'}")
+    return value
+
+
+PYTHON_TYPES: dict[str, Any] = {
+    "string": str,
+    "integer": Annotated[int, BeforeValidator(_no_boolean)],
+    "number": Annotated[float, BeforeValidator(_no_boolean)],
+    "boolean": bool,
+}
 MAX_STRING = 10_000
 MAX_REDIRECTS = 5
 # How much of an error response's body the model is shown.

@@ -396,6 +396,9 @@ async def test_missing_and_mistyped_arguments_are_refused(
         "Invalid arguments: page: Input should be a valid integer, unable to parse string as an "
         "integer"
     )
+    assert error(await call(tool, item_id="1", page=True)) == (
+        "Invalid arguments: page: Value error, a number is wanted, not true"
+    )
     assert server.seen == []
 
 
