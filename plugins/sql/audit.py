@@ -127,8 +127,13 @@ class SQLAuditStore:
         self.db = db
 
     async def record(self, entry: NewAuditEntry) -> AuditEntry:
-        # As the entry's user: on the supabase backend the row must pass their policy.
-        async with self.db.write(entry.user_id) as conn:
+        from chatwright.plugins.sql.turns import check_held
+
+        async with self.db.write() as conn:
+            # Not for a turn that lost its chat (an erased user's entry would come back).
+            await check_held(conn, self.db, entry.user_id)
+            # As the entry's user: on the supabase backend the row must pass their policy.
+            await self.db.users.enter(conn, entry.user_id)
             return await insert_audit(conn, entry)
 
     async def list(

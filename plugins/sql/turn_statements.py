@@ -91,16 +91,10 @@ HELD = sa.select(_leases.c.holder).where(
 
 @functools.cache
 def held_for_write(dialect: str) -> sa.Executable:
-    """The chat's lease when ``holder`` holds it and it has not expired by ``at`` (a row),
-    else no row. On PostgreSQL the row is locked (``FOR SHARE``) until the transaction
-    ends: a turn or a deletion taking the lease over waits for the write to commit."""
-    at = sa.bindparam("at", type_=_leases.c.expires_at.type)
-    stmt = sa.select(_leases.c.holder).where(
-        _leases.c.chat_id == sa.bindparam("chat_id"),
-        _leases.c.holder == sa.bindparam("holder"),
-        _leases.c.expires_at > at,
-    )
-    return stmt.with_for_update(read=True) if dialect == "postgresql" else stmt
+    """:data:`HELD`, for a tool's write: on PostgreSQL the row is locked (``FOR SHARE``)
+    until the transaction ends, so that a turn or a deletion taking the lease over
+    waits for the write to commit (and a deletion then deletes it too)."""
+    return HELD.with_for_update(read=True) if dialect == "postgresql" else HELD
 
 
 @functools.cache

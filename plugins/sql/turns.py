@@ -208,10 +208,12 @@ async def check_held(conn: AsyncConnection, db: Any, user_id: str) -> None:
     once the turn it is made for (``chatwright.turns.holding_turn``) no longer holds its
     chat in ``db``: :class:`LeaseLostError`, and the transaction writes nothing.
 
-    The turn's lease must still be its holder's and unexpired; on PostgreSQL it stays
-    locked until the write commits, so that taking it over (a turn, an erasure, a
-    chat's deletion) waits for the write and, for a deletion, deletes it too. Outside a
-    turn (the CLI, an undo), or for another user's write, there is nothing to check.
+    The turn's lease must still be its holder's, as for the turn's own end (one that
+    expired unnoticed but was not taken over is still the turn's); on PostgreSQL it
+    stays locked until the write commits, so that taking it over (a turn, an erasure,
+    a chat's deletion) waits for the write and, for a deletion, deletes it too.
+    Outside a turn (the CLI, an undo), or for another user's write, there is nothing
+    to check.
     """
     start = holding_turn.get()
     lease = getattr(start, "lease", None)
@@ -219,13 +221,13 @@ async def check_held(conn: AsyncConnection, db: Any, user_id: str) -> None:
         return
     if start.user_id != user_id:
         return
-    values = {"chat_id": lease.chat_id, "holder": lease.holder, "at": now()}
+    values = {"chat_id": lease.chat_id, "holder": lease.holder}
     if (await conn.execute(held_for_write(db.dialect), values)).first() is None:
         raise LeaseLostError(
             f"the turn of chat {start.chat_id} lost the chat's turn before a tool's write: "
-            f"its lease was not renewed for over storage.turn_lease ({db.turn_lease:g} s) and "
-            "expired, or the chat was taken over meanwhile (by another turn, or erased or "
-            "deleted); the write was not made"
+            f"its lease was not renewed for over storage.turn_lease ({db.turn_lease:g} s), "
+            "and the chat was taken over meanwhile (by another turn, or erased or deleted); "
+            "the write was not made"
         )
 
 

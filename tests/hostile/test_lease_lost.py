@@ -150,3 +150,38 @@ async def test_a_tool_write_after_its_user_was_erased_is_not_made(runtimes: Make
     after = await admin.storage.user_data.export(user)
     assert {k: len(v) for k, v in after.tables.items() if v} == {}
     assert await tasks_of(admin, user) == []
+
+
+async def test_an_audit_entry_a_tool_records_after_the_chat_was_taken_over_is_refused(
+    runtimes: MakeRuntime,
+) -> None:
+    """A tool writing elsewhere records its write with ``record_write`` (the audit
+    store): a turn that lost its chat records nothing more, so an erased user's
+    entries do not come back; while the turn holds the chat it records as before."""
+    from chatwright.approvals import NewAuditEntry
+    from chatwright.turns import holding_turn
+
+    runtime = await runtimes(EchoModels())
+    storage = runtime.storage
+    await storage.agents.create("a", system_prompt="", model="echo:x")
+    user = f"erin-{uuid.uuid4().hex[:6]}"
+    chat = (await storage.sessions.open(user, "a", chat_id=uuid.uuid4())).chat_id
+    start = await runtime.turns.begin(user, "a", chat, None)
+    entry = NewAuditEntry(
+        user_id=user, agent_name="a", tool_name="post_order", operation="create", chat_id=chat
+    )
+    token = holding_turn.set(start)
+    try:
+        assert (await storage.audit.record(entry)).tool_name == "post_order"
+        leases = schema.chat_leases
+        async with storage.write() as conn:  # type: ignore[attr-defined]
+            await conn.execute(
+                leases.update().where(leases.c.chat_id == chat).values(holder="another process")
+            )
+        with pytest.raises(ChatBusyError, match="lost the chat's turn"):
+            await storage.audit.record(entry)
+    finally:
+        holding_turn.reset(token)
+    assert len(await storage.audit.list(user, limit=10)) == 1
+    # Outside the turn (an admin, the CLI), recording is not the turn's to refuse.
+    assert (await storage.audit.record(entry)).tool_name == "post_order"
