@@ -60,7 +60,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from chatwright.agents import places, unstorable, unstorable_text
-from chatwright.errors import ChatwrightError, InvalidInputError, TooLargeError, one_line
+from chatwright.errors import (
+    ChatwrightError,
+    InvalidInputError,
+    StorageError,
+    TooLargeError,
+    one_line,
+)
 from chatwright.redaction import is_secret_key
 
 if TYPE_CHECKING:
@@ -712,18 +718,23 @@ def _interrupts_held() -> Iterator[None]:
     raised wherever the event loop happens to be: it stopped the undo part way,
     leaving a half-made import (the agent's own row, undone last, kept the bundle's
     settings). Meanwhile a Ctrl-C is noted, and delivered once the undo has ended.
-    Only in the main thread, where signal handlers are set.
+    Only under ``asyncio.run``'s own handler (the CLI, in the main thread).
     """
-    if threading.current_thread() is not threading.main_thread():
+    previous = signal.getsignal(signal.SIGINT)
+    # asyncio.run sets a partial of its Runner's method.
+    method = getattr(previous, "func", previous)
+    if threading.current_thread() is not threading.main_thread() or not isinstance(
+        getattr(method, "__self__", None), asyncio.Runner
+    ):
+        # Not the CLI's: a server's handler stops the server, and stays as it is.
         yield
         return
     heard: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda number, frame: heard.append(number))
+    signal.signal(signal.SIGINT, lambda number, frame: heard.append(number))
     try:
         yield
     finally:
-        # None: a handler not set from Python; Python's own then stands in for it.
-        signal.signal(signal.SIGINT, previous or signal.default_int_handler)
+        signal.signal(signal.SIGINT, previous)
         if heard:
             signal.raise_signal(signal.SIGINT)
 
@@ -759,13 +770,26 @@ class _Writes:
         self.doing = ""
         self.done: list[tuple[str, Undo]] = []
 
-    def _keep(self, what: str, undo: Undo) -> None:
+    def _keep(self, what: str, undo: Undo) -> bool:
+        """Keep ``undo`` (not for an agent the import created: deleting it undoes all)."""
         if not self.created:
             self.done.append((what, undo))
+        return not self.created
 
     # Each write's undo is kept before the write is made, and puts back the state before
-    # it whether or not the write was made: a write cancelled (Ctrl-C) after it committed
-    # but before it returned must be undone too.
+    # it whether or not the write was made: a write cancelled (Ctrl-C) or left without an
+    # answer after it committed must be undone too. A write the storage refused (the name
+    # taken meanwhile, a value it cannot hold) made nothing, and its undo is dropped: it
+    # would undo someone else's row.
+
+    async def _made(self, write: Awaitable[object], kept: bool) -> None:
+        """Make ``write``, whose undo was just kept when ``kept``."""
+        try:
+            await write
+        except ChatwrightError as refused:
+            if kept and not isinstance(refused, StorageError):
+                self.done.pop()
+            raise
 
     async def _row_named(self, name: str) -> ToolRow | None:
         return next((r for r in await self.storage.tools.list(self.agent) if r.name == name), None)
@@ -774,14 +798,14 @@ class _Writes:
         self.doing = f"creating agent {self.agent!r}"
         name = self.agent
         self.done.append((f"the new agent {name!r}", lambda: self.storage.agents.delete(name)))
-        await self.storage.agents.create(self.agent, **valid)
+        await self._made(self.storage.agents.create(self.agent, **valid), kept=True)
 
     async def change_agent(self, current: Agent, changes: dict[str, Any]) -> None:
         self.doing = f"changing agent {self.agent!r}"
         before = {k: getattr(current, k) for k in changes}
         what = f"the {', '.join(before)} of agent {self.agent!r}"
-        self._keep(what, lambda: self.storage.agents.update(self.agent, **before))
-        await self.storage.agents.update(self.agent, **changes)
+        kept = self._keep(what, lambda: self.storage.agents.update(self.agent, **before))
+        await self._made(self.storage.agents.update(self.agent, **changes), kept)
 
     async def remove(self, row: ToolRow, doing: str) -> None:
         self.doing = doing
@@ -791,8 +815,8 @@ class _Writes:
             if await self._row_named(row.name) is None:
                 await self.storage.tools.add(self.agent, row.name, **fields)
 
-        self._keep(f"tool {row.name!r} (removed)", put_back)
-        await self.storage.tools.delete(row.id)
+        kept = self._keep(f"tool {row.name!r} (removed)", put_back)
+        await self._made(self.storage.tools.delete(row.id), kept)
 
     async def tool(self, plan: _ToolWrite, target: Agent) -> None:
         from chatwright import catalog
@@ -802,11 +826,11 @@ class _Writes:
             self.doing = f"changing {place}"
             stored = plan.stored
             before = {k: _tool_fields(stored)[k] for k in plan.data}
-            self._keep(
+            kept = self._keep(
                 f"tool {plan.name!r} (changed)",
                 lambda: self.storage.tools.update(stored.id, **before),
             )
-            await self.storage.tools.update(stored.id, **plan.data)
+            await self._made(self.storage.tools.update(stored.id, **plan.data), kept)
             return
         if plan.action == "replace" and plan.stored is not None:
             await self.remove(plan.stored, f"removing the stored {place} (of another type)")
@@ -818,8 +842,11 @@ class _Writes:
             if added is not None:
                 await self.storage.tools.delete(added.id)
 
-        self._keep(f"tool {plan.name!r} (added)", take_out)
-        await catalog.insert_row(self.runtime, self.agent, candidate, plan.data.get("position"))
+        kept = self._keep(f"tool {plan.name!r} (added)", take_out)
+        await self._made(
+            catalog.insert_row(self.runtime, self.agent, candidate, plan.data.get("position")),
+            kept,
+        )
 
     async def undo(self, error: BaseException) -> None:
         """Put back what was written before ``error``; say so in its message."""

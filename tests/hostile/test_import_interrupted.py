@@ -16,6 +16,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.harness import CONSOLE_SCRIPT, clean_env, script_ok
 
 
@@ -69,3 +71,69 @@ def test_a_second_ctrl_c_waits_for_the_undo(tmp_path: Path) -> None:
     assert shown["model_settings"]["temperature"] == 0.2
     assert "api_key" in shown["model_settings"]
     assert tool_rows(db) == before
+
+
+async def test_an_import_refused_because_another_admin_made_the_agent_leaves_it(
+    tmp_path: Path,
+) -> None:
+    """The undo of a write the storage refused would undo someone else's: the agent
+    another admin created between the import's look and its create stays."""
+    from chatwright import bundles, testing
+    from chatwright.errors import AlreadyExistsError
+    from chatwright.registry import LoadPolicy, Plugins
+    from chatwright.runtime import Runtime
+
+    plugins = Plugins.load(LoadPolicy(allow=frozenset()))
+    url = f"sqlite:///{tmp_path / 'race.db'}"
+    runtime = Runtime(testing.settings(plugins, storage={"url": url}), plugins)
+    await runtime.start(upgrade=True)
+    try:
+        storage = runtime.storage
+        data = {
+            "format": bundles.FORMAT,
+            "version": bundles.VERSION,
+            "agent": {"name": "shared", "system_prompt": "", "model": "offline:x"},
+            "tools": [],
+        }
+        looked = storage.agents.get
+
+        async def then_made(name: str) -> object:
+            found = await looked(name)
+            storage.agents.get = looked  # type: ignore[method-assign]
+            await storage.agents.create(name, system_prompt="the other admin's", model="offline:x")
+            return found
+
+        storage.agents.get = then_made  # type: ignore[method-assign]
+        with pytest.raises(AlreadyExistsError):
+            await bundles.import_bundle(runtime, bundles.check(data, "b.json"))
+        kept = await storage.agents.get("shared")
+        assert kept is not None and kept.system_prompt == "the other admin's"
+    finally:
+        await runtime.close()
+
+
+async def test_a_servers_interrupt_handler_is_left_as_it_is() -> None:
+    """Outside the CLI (a server's SIGINT handler stops the server), an import's undo
+    does not take SIGINT over, even when two undos overlap."""
+    import asyncio
+
+    from chatwright.bundles import _interrupts_held
+
+    heard: list[int] = []
+
+    def server_handler(number: int, frame: object) -> None:
+        heard.append(number)
+
+    async def undoing(seconds: float) -> None:
+        with _interrupts_held():
+            assert signal.getsignal(signal.SIGINT) is server_handler
+            await asyncio.sleep(seconds)
+
+    before = signal.signal(signal.SIGINT, server_handler)
+    try:
+        await asyncio.gather(undoing(0.05), undoing(0.1))
+        assert signal.getsignal(signal.SIGINT) is server_handler
+        signal.raise_signal(signal.SIGINT)
+        assert heard == [signal.SIGINT]
+    finally:
+        signal.signal(signal.SIGINT, before)
