@@ -192,7 +192,12 @@ class HttpTool:
     def args_model(self) -> type[BaseModel]:
         fields: dict[str, Any] = {}
         for name, spec in self.config.args.items():
-            annotation: Any = Literal[tuple(spec.enum)] if spec.enum else PYTHON_TYPES[spec.type]
+            annotation: Any = PYTHON_TYPES[spec.type]
+            if spec.enum:
+                annotation = Literal[tuple(spec.enum)]
+                if spec.type in {"integer", "number"}:
+                    # true would be read as the choice 1.
+                    annotation = Annotated[annotation, BeforeValidator(_no_boolean)]
             constraints: dict[str, Any] = {"description": spec.description or None}
             if spec.type == "string" and not spec.enum:
                 constraints["max_length"] = MAX_STRING

@@ -173,6 +173,9 @@ async def test_post_sends_the_body_as_json(plugins: Plugins, server: LocalServer
     assert result["body"]["method"] == "POST"
     assert result["body"]["body"] == {"title": "buy milk", "prio": 2, "urgent": False}
     assert result["body"]["headers"]["Content-Type"] == "application/json"
+    assert "priority: Value error, a number is wanted, not true" in error(
+        await call(tool, title="x", priority=True)
+    )
     assert "Invalid arguments: priority: Input should be 1, 2 or 3" in error(
         await call(tool, title="x", priority=9)
     )
