@@ -185,3 +185,30 @@ async def test_an_audit_entry_a_tool_records_after_the_chat_was_taken_over_is_re
     assert len(await storage.audit.list(user, limit=10)) == 1
     # Outside the turn (an admin, the CLI), recording is not the turn's to refuse.
     assert (await storage.audit.record(entry)).tool_name == "post_order"
+
+
+async def test_a_lease_that_expired_unnoticed_but_was_not_taken_still_lets_the_turn_write(
+    runtimes: MakeRuntime,
+) -> None:
+    """The check is the turn's own end's: the lease must be the turn's, expired or not.
+    A lease that expired while nobody wanted the chat (a loop that stalled, renewals
+    late) lets the turn's tool write, as its end then stores the turn."""
+    from chatwright.approvals import NewAuditEntry
+    from chatwright.turns import holding_turn
+
+    runtime = await runtimes(EchoModels())
+    storage = runtime.storage
+    await storage.agents.create("a", system_prompt="", model="echo:x")
+    user = f"fay-{uuid.uuid4().hex[:6]}"
+    chat = (await storage.sessions.open(user, "a", chat_id=uuid.uuid4())).chat_id
+    start = await runtime.turns.begin(user, "a", chat, None)
+    await expire_lease(runtime, chat)
+    entry = NewAuditEntry(
+        user_id=user, agent_name="a", tool_name="post_order", operation="create", chat_id=chat
+    )
+    token = holding_turn.set(start)
+    try:
+        assert (await storage.audit.record(entry)).tool_name == "post_order"
+    finally:
+        holding_turn.reset(token)
+    await runtime.turns.finish(start, [], touch=False)
