@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
 
+from chatwright.settings import HOUR
+
 # Claims a user may write themselves (Supabase: auth.updateUser({data})); a role read there
 # would let anyone make themselves an admin.
 USER_EDITABLE_CLAIMS = frozenset({"user_metadata"})
@@ -71,6 +73,7 @@ class ServerSettings(BaseModel):
     stream_keepalive: float = Field(
         15.0,
         gt=0,
+        le=HOUR,
         description="Seconds between `: keep-alive` comments of a streamed turn that sends "
         "nothing, so that proxies keep the connection.",
     )
