@@ -148,10 +148,21 @@ class McpSettings(BaseModel):
             return data
         for server, spec in servers.items():
             if not isinstance(spec, Mapping):
-                continue
+                # A server written as one string may be a command line holding a token.
+                raise SettingsError(
+                    f"setting '{SECTION}.servers.{server}' is invalid: it must be a table "
+                    f"with command or url, not {type(spec).__name__} (its value is not "
+                    "shown: it may hold a secret)"
+                )
             found: list[tuple[str, Any]] = []
             for key in ("env", "headers"):
                 values = spec.get(key)
+                if values is not None and not isinstance(values, Mapping):
+                    raise SettingsError(
+                        f"setting '{SECTION}.servers.{server}.{key}' is invalid: it must be a "
+                        f"table of names and values, not {type(values).__name__} (its value "
+                        "is not shown: it may hold a secret)"
+                    )
                 if isinstance(values, Mapping):
                     found.extend((f"{key}.{name}", value) for name, value in values.items())
             args = spec.get("args")

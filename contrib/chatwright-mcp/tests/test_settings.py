@@ -81,3 +81,27 @@ def test_a_settings_error_names_the_setting_and_not_its_value(
         "may hold a secret)"
     )
     assert "sk-bad-0a9f" not in str(raised.value) and "90210" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("servers", "where", "kind"),
+    [
+        ({"x": "mcp-files --token sk-bad-0a9f"}, "x", "str"),
+        ({"x": ["mcp-files", "sk-bad-0a9f"]}, "x", "list"),
+        ({"x": {"command": "mcp-files", "env": "TOKEN=sk-bad-0a9f"}}, "x.env", "str"),
+        (
+            {"x": {"url": "https://mcp.example.com/mcp", "headers": ["sk-bad-0a9f"]}},
+            "x.headers",
+            "list",
+        ),
+    ],
+)
+def test_a_server_or_its_secrets_of_the_wrong_type_are_not_echoed(
+    plugins: Any, servers: dict[str, Any], where: str, kind: str
+) -> None:
+    with pytest.raises(SettingsError) as raised:
+        load_settings(None, {"mcp": {"servers": servers}}, plugins)
+    text = str(raised.value)
+    assert f"setting 'mcp.servers.{where}' is invalid" in text, text
+    assert f"not {kind}" in text and "its value is not shown" in text, text
+    assert "sk-bad-0a9f" not in text
