@@ -34,15 +34,23 @@ _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks
 
 def name(option: str, value: str) -> str:
     """A user id or a decider's name as the database stores it: 1-255 characters of text."""
+    return _plain(
+        option, value, "a user id", MAX_NAME, "holds a control character; give a plain user id"
+    )
+
+
+def _plain(option: str, value: str, what: str, longest: int, control: str) -> str:
+    """``value`` when it is text (:func:`text`), not blank, at most ``longest`` characters
+    long and without control characters; else an error naming ``option`` and ``what``."""
     text(option, value)
     if not value.strip():
-        raise InvalidInputError(f"{option} is empty; give a user id")
-    if len(value) > MAX_NAME:
+        raise InvalidInputError(f"{option} is empty; give {what}")
+    if len(value) > longest:
         raise InvalidInputError(
-            f"{option} is {len(value)} characters long; a user id has at most {MAX_NAME}"
+            f"{option} is {len(value)} characters long; {what} has at most {longest}"
         )
     if _CONTROL.search(value):
-        raise InvalidInputError(f"{option} holds a control character; give a plain user id")
+        raise InvalidInputError(f"{option} {control}")
     return value
 
 
@@ -62,19 +70,14 @@ def text(option: str, value: str) -> str:
 
 def agent(option: str, value: str) -> str:
     """An agent's name, to name one or to narrow a list to one: 1-200 characters of text."""
-    text(option, value)
-    if not value.strip():
-        raise InvalidInputError(f"{option} is empty; give an agent name")
-    if len(value) > MAX_AGENT_NAME:
-        raise InvalidInputError(
-            f"{option} is {len(value)} characters long; an agent name has at most {MAX_AGENT_NAME}"
-        )
-    if _CONTROL.search(value):
-        raise InvalidInputError(
-            f"{option} holds a control character, which no agent name has; give an agent "
-            "name as `chatwright agents list` shows it"
-        )
-    return value
+    return _plain(
+        option,
+        value,
+        "an agent name",
+        MAX_AGENT_NAME,
+        "holds a control character, which no agent name has; give an agent name as "
+        "`chatwright agents list` shows it",
+    )
 
 
 def _label(param: click.Parameter | None) -> str:
