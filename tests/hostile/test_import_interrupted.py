@@ -26,6 +26,14 @@ def tool_rows(db: Path) -> int:
         return int(conn.execute("SELECT count(*) FROM agent_tools").fetchone()[0])
 
 
+def tool_rows_now(db: Path) -> int | None:
+    """:func:`tool_rows`, or None while the import holds the write lock."""
+    try:
+        return tool_rows(db)
+    except sqlite3.OperationalError:
+        return None
+
+
 def test_a_second_ctrl_c_waits_for_the_undo(tmp_path: Path) -> None:
     script_ok("init", "--example", cwd=tmp_path)
     script_ok(
@@ -53,11 +61,8 @@ def test_a_second_ctrl_c_waits_for_the_undo(tmp_path: Path) -> None:
     )
     deadline = time.monotonic() + 60
     while proc.poll() is None and time.monotonic() < deadline:
-        try:
-            if tool_rows(db) > before + 100:
-                break
-        except sqlite3.OperationalError:
-            pass  # the import holds the write lock
+        if (tool_rows_now(db) or 0) > before + 100:
+            break
         time.sleep(0.01)
     assert proc.poll() is None, "the import ended before it could be interrupted"
     proc.send_signal(signal.SIGINT)
