@@ -373,7 +373,14 @@ class Runtime:
         from chatwright.models import ClientOptions, build_model
         from chatwright.tools import TurnContext, load_tools
         from chatwright.tracing import inline_when_untraced
-        from chatwright.writes import guard_writes, hold_for_approval, may_wait, row_of, writes
+        from chatwright.writes import (
+            checks_held,
+            guard_writes,
+            hold_for_approval,
+            may_wait,
+            row_of,
+            writes,
+        )
 
         inline_when_untraced()
         name = key
@@ -399,7 +406,9 @@ class Runtime:
         if may_wait(loaded.tools):
             middleware.append(hold_for_approval(loaded.tools))
         hooked = self.plugins.implemented("before_write") or self.plugins.implemented("after_write")
-        if hooked and any(writes(t) for t in loaded.tools):
+        written = [t for t in loaded.tools if writes(t)]
+        # A write tool that does not check its turn's lease itself is checked before each call.
+        if written and (hooked or not all(checks_held(t) for t in written)):
             middleware.append(guard_writes(self.plugins, self.storage, loaded.tools))
         # Last, so that its after-model step runs first (LangChain runs them in reverse).
         limits = limits_of(agent, self.settings)

@@ -75,6 +75,25 @@ the turn's lease in the write's transaction): a turn that stalled past its lease
 chat taken over or erased meanwhile, writes nothing more."""
 
 
+async def ensure_held() -> None:
+    """Before a tool acts outside the storage (an HTTP request, an MCP server's tool):
+    raise :class:`~chatwright.errors.ChatBusyError` (409) when the turn it runs in
+    (:data:`holding_turn`) no longer holds its chat, so that a turn that stalled past
+    its lease, its chat taken over or its user erased meanwhile, acts no more.
+
+    The runtime calls it before every write tool's call whose tool does not check in
+    its own transaction (``metadata["chatwright_checks_held"]``, as ``crud`` does).
+    It narrows the window rather than closing it: the lease may still be lost
+    between this check and the call. Outside a turn, or on a backend whose lease
+    (:attr:`TurnStart.lease`) has no ``ensure_held(user_id)``, it does nothing.
+    """
+    start = holding_turn.get()
+    check = getattr(getattr(start, "lease", None), "ensure_held", None)
+    if start is None or check is None:
+        return
+    await check(start.user_id)
+
+
 class TurnStore(Protocol):
     """A chat turn's statements, gathered so that a cached turn takes few transactions.
 

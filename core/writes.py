@@ -11,12 +11,15 @@ pays nothing):
   actions (:meth:`chatwright.runtime.Runtime.chat`).
 - :func:`guard_writes` runs every call of a tool that writes through
   :func:`guarded`: the ``before_write`` hooks may veto it, ``after_write``
-  hears how it ended. Calls the runtime runs itself (an approved action, the
-  other calls of a held reply) go through :func:`call_tool`, the same path.
+  hears how it ended, and a tool that acts outside the storage is not called
+  once the turn lost its chat (:func:`chatwright.turns.ensure_held`). Calls
+  the runtime runs itself (an approved action, the other calls of a held
+  reply) go through :func:`call_tool`, the same path.
 
 A built tool knows its row (``metadata["chatwright_row"]``, set by the tool
 loader), whether it writes (``metadata["chatwright_writes"]``) and, for
-``crud``, how to preview a call (``metadata["chatwright_preview"]``).
+``crud``, how to preview a call (``metadata["chatwright_preview"]``) and that
+its writes check the turn's lease themselves (``metadata["chatwright_checks_held"]``).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from chatwright.approvals import (
 )
 from chatwright.errors import PreviewChangedError, one_line
 from chatwright.tools import TurnContext, calling_as, current_turn
+from chatwright.turns import ensure_held
 
 if TYPE_CHECKING:
     from langchain_core.messages.tool import ToolCall
@@ -61,6 +65,13 @@ def row_of(tool: BaseTool | None) -> ToolRow | None:
 def writes(tool: BaseTool) -> bool:
     """Whether calls of the tool write (their tool type says so in the metadata)."""
     return bool((tool.metadata or {}).get("chatwright_writes"))
+
+
+def checks_held(tool: BaseTool) -> bool:
+    """Whether the tool's writes check themselves, in their own transaction, that their
+    turn still holds its chat (``crud``'s do); other write tools' calls are preceded by
+    :func:`chatwright.turns.ensure_held`."""
+    return bool((tool.metadata or {}).get("chatwright_checks_held"))
 
 
 def operation_of(tool: BaseTool | None) -> str:
@@ -176,6 +187,10 @@ async def guarded(
         )
         plugins.notify("after_write", call=write, outcome=WriteOutcome(False, text, vetoed=True))
         return error_result(call, text)
+    if not checks_held(tool):
+        # A tool whose writes do not check the turn's lease themselves (one that acts
+        # elsewhere than the record store) is not called once the turn lost its chat.
+        await ensure_held()
     result = await run()
     if isinstance(result, ToolMessage):
         outcome = WriteOutcome(result.status != "error", result.text)

@@ -376,6 +376,8 @@ class CrudTool:
                 # how to show the rows a call would change before it runs.
                 "chatwright_writes": self.config.operation != "read",
                 "chatwright_preview": self.preview,
+                # Its writes check the turn's lease in their own transaction.
+                "chatwright_checks_held": True,
             },
         )
 

@@ -202,8 +202,24 @@ class Lease:
     db: Any = field(default=None, repr=False)
     """The storage whose ``chat_leases`` holds it (a turn's, see :func:`check_held`)."""
 
+    async def ensure_held(self, user_id: str) -> None:
+        """For a tool about to act outside the database (``chatwright.turns.ensure_held``):
+        :class:`LeaseLostError` once the turn running it no longer holds its chat, read
+        in a transaction of its own."""
+        if self.db is None:
+            return
+        async with self.db.read(user_id) as conn:
+            await check_held(conn, self.db, user_id, before="a tool's call", lock=False)
 
-async def check_held(conn: AsyncConnection, db: Any, user_id: str) -> None:
+
+async def check_held(
+    conn: AsyncConnection,
+    db: Any,
+    user_id: str,
+    *,
+    before: str = "a tool's write",
+    lock: bool = True,
+) -> None:
     """Refuse a tool's write, made on ``conn`` in its transaction before anything else,
     once the turn it is made for (``chatwright.turns.holding_turn``) no longer holds its
     chat in ``db``: :class:`LeaseLostError`, and the transaction writes nothing.
@@ -213,7 +229,7 @@ async def check_held(conn: AsyncConnection, db: Any, user_id: str) -> None:
     stays locked until the write commits, so that taking it over (a turn, an erasure,
     a chat's deletion) waits for the write and, for a deletion, deletes it too.
     Outside a turn (the CLI, an undo), or for another user's write, there is nothing
-    to check.
+    to check. Without ``lock``, the lease is only read (:meth:`Lease.ensure_held`).
     """
     start = holding_turn.get()
     lease = getattr(start, "lease", None)
@@ -222,12 +238,13 @@ async def check_held(conn: AsyncConnection, db: Any, user_id: str) -> None:
     if start.user_id != user_id:
         return
     values = {"chat_id": lease.chat_id, "holder": lease.holder}
-    if (await conn.execute(held_for_write(db.dialect), values)).first() is None:
+    statement = held_for_write(db.dialect) if lock else HELD
+    if (await conn.execute(statement, values)).first() is None:
         raise LeaseLostError(
-            f"the turn of chat {start.chat_id} lost the chat's turn before a tool's write: "
+            f"the turn of chat {start.chat_id} lost the chat's turn before {before}: "
             f"its lease was not renewed for over storage.turn_lease ({db.turn_lease:g} s), "
             "and the chat was taken over meanwhile (by another turn, or erased or deleted); "
-            "the write was not made"
+            f"{'the write was not made' if lock else 'the call was not made'}"
         )
 
 
