@@ -186,3 +186,49 @@ async def test_a_hostile_row_cannot_send_the_jwt_secret_and_echoes_stay_redacted
         assert token not in text and jwt_secret not in text
     finally:
         await rt.close()
+
+
+async def test_a_turn_that_lost_its_chat_sends_no_further_request(
+    runtime: Runtime, server: LocalServer
+) -> None:
+    """A turn that stalled past its lease while another turn took the chat over sends
+    nothing more on behalf of its user: the second POST is never sent, and the turn
+    ends with 409."""
+    import asyncio
+
+    from chatwright.errors import ChatBusyError
+    from chatwright.plugins.sql import schema
+
+    post = {"name": "post_item", "args": {"item_id": "1"}}
+    await runtime.storage.agents.create(
+        AGENT,
+        system_prompt="You post items.",
+        model="scripted:x",
+        model_settings={
+            "responses": [
+                {"tool_calls": [post]},
+                {"tool_calls": [{**post, "args": {"item_id": "2"}}], "sleep": 2.0},
+                {"content": "done"},
+            ]
+        },
+    )
+    config = {**item_tool(server), "method": "POST"}
+    await runtime.storage.tools.add(AGENT, "post_item", type="http", config=config)
+    session = await runtime.storage.sessions.open(USER, AGENT)
+    turn = asyncio.ensure_future(runtime.chat(USER, AGENT, session.chat_id, "post two"))
+    for _ in range(100):  # until the first is sent and the model thinks again
+        await asyncio.sleep(0.05)
+        if server.paths():
+            break
+    assert server.paths() == ["/items/1"]
+    leases = schema.chat_leases
+    async with runtime.storage.write() as conn:  # type: ignore[attr-defined]
+        # Another process's turn took the chat over.
+        await conn.execute(
+            leases.update()
+            .where(leases.c.chat_id == session.chat_id)
+            .values(holder="another process")
+        )
+    with pytest.raises(ChatBusyError, match="lost the chat's turn"):
+        await turn
+    assert server.paths() == ["/items/1"]
