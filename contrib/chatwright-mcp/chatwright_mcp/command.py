@@ -58,10 +58,15 @@ def serve(
 
         app.run(lambda runtime: serve_http(runtime, agent_name, host, port))
         return
-    if not user_id or not user_id.strip() or len(user_id) > 255 or "\x00" in user_id:
+    if user_id is None:
         raise InvalidInputError(
             "give --user USER: the user the tools act for over stdio (1-255 characters)"
         )
+    from chatwright.commands import inputs
+
+    # As every command checks a user id: text that is UTF-8, 1-255 characters, no control.
+    inputs.name("--user", user_id)
+    inputs.agent("--agent", agent_name)
     from chatwright_mcp.serve import serve_stdio
 
     app.run(lambda runtime: serve_stdio(runtime, agent_name, user_id))

@@ -278,7 +278,12 @@ async def test_stdio_serve_for_one_user(served: Served, plugins: Plugins) -> Non
     [
         (["--agent", "nobody", "--user", "carol"], "nobody"),
         (["--agent", AGENT], "give --user USER"),
-        (["--agent", AGENT, "--user", ""], "give --user USER"),
+        (["--agent", AGENT, "--user", ""], "--user is empty; give a user id"),
+        # A byte that is not UTF-8 reaches the command as a lone surrogate.
+        (["--agent", AGENT, "--user", "car\udcffol"], "--user holds a lone surrogate"),
+        (["--agent", AGENT, "--user", "car\x01ol"], "--user holds a control character"),
+        (["--agent", AGENT, "--user", "c" * 256], "--user is 256 characters long"),
+        (["--agent", "x\udcff", "--user", "carol"], "--agent holds a lone surrogate"),
         (["--agent", AGENT, "--http", "--user", "carol"], "--user is for stdio"),
         (["--agent", AGENT, "--http", "--port", "70000"], "--port 70000 is not a port"),
     ],
