@@ -30,7 +30,8 @@ registers is not exported: which of its fields are secrets is not known.
 A bundle gives each key of an object once, and holds no NUL character and no
 lone surrogate (``\\u0000``, ``\\ud800``-``\\udfff``) in any string: no database
 stores them as given (PostgreSQL's text and jsonb refuse a NUL; UTF-8 has no
-surrogates).
+surrogates). The HTTP API's request bodies and the CLI's JSON files and options
+are read by :func:`loads`, which refuses an object giving a key twice as well.
 
 An import is checked whole before anything is written: the bundle's shape, the
 agent's fields, every tool row built against the live schema as ``tools add``
@@ -326,6 +327,48 @@ def _refuse_repeated(data: Any, source: str) -> None:
                 f"{source}: {at or 'the top level'} gives the key {item.key!r} twice; give "
                 "each key once (a reader would take either one)"
             )
+
+
+class _GivenTwice(Exception):
+    """Raised while JSON is read, by an object giving a key twice (its place is found after)."""
+
+
+def _each_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    data = dict(pairs)
+    if len(data) != len(pairs):
+        raise _GivenTwice
+    return data
+
+
+_READER = json.JSONDecoder(object_pairs_hook=_each_once)
+
+
+def loads(text: str | bytes, source: str, *, verb: str = "give") -> Any:
+    """``text`` read as :func:`json.loads` reads it, with its errors, but an object giving a
+    key twice is refused: :class:`InvalidInputError` naming ``source``, the key and its
+    JSON path (``tools[0].config.table``), and asking to ``verb`` each key once.
+
+    Each object is checked as it is read (one call each, no second pass); only a text
+    that is refused is read again, to find the place.
+    """
+    if isinstance(text, bytes):
+        # As json.loads: UTF-8, -16 or -32, a byte order mark allowed.
+        text = text.decode(json.detect_encoding(text), "surrogatepass")
+    elif text.startswith("\ufeff"):
+        raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+    try:
+        return _READER.decode(text)
+    except _GivenTwice:
+        data = json.loads(text, object_pairs_hook=_object)
+    for at, item in places(data):
+        if isinstance(item, _Repeated):
+            key = item.key if item.key.isprintable() else repr(item.key)
+            where = f"at {at}.{key}" if at else "at the top level"
+            raise InvalidInputError(
+                f"{source}: the key {item.key!r} is given twice {where}; {verb} each key "
+                "once (a reader may take either value)"
+            )
+    return data  # not reached: the object that gave a key twice is found above
 
 
 def _yaml_loader() -> Any:

@@ -12,7 +12,6 @@ and :data:`AGENT` check an option or an argument as click reads it.
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -113,10 +112,14 @@ def json_value(value: str, where: str) -> Any:
     """``value`` read as JSON (``ValueError`` when it is not JSON), named ``where`` in errors.
 
     JSON nested deeper than the parser goes (thousands of ``[``) is refused as too
-    deep, in the words a value nested a little too deep is refused in.
+    deep, in the words a value nested a little too deep is refused in. An object
+    giving a key twice is refused, naming the key and its place (``config.table``):
+    a reader could take either value, and json takes the last one silently.
     """
+    from chatwright.bundles import loads
+
     try:
-        return json.loads(value)
+        return loads(value, where)
     except RecursionError:
         from chatwright.agents import MAX_JSON_DEPTH
 

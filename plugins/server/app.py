@@ -3,7 +3,9 @@
 :func:`create_app` builds a FastAPI application around one :class:`Runtime`
 and wires the parts together: the lifespan (:mod:`.lifespan`), the error
 handlers (:mod:`.errors`), the body size limit (:mod:`.limits`), the guard of
-local mode (:mod:`.loopback`) and one router per resource (:mod:`.routes`).
+local mode (:mod:`.loopback`) and one router per resource (:mod:`.routes`),
+each reading JSON bodies with :class:`~.dependencies.JSONRoute` (a key given
+twice is refused).
 Every error a client can cause is answered as JSON ``{"error": "..."}`` with
 a 4xx status; a failing model gives 502 (the human message is kept), a
 database that cannot be reached gives 503. OpenAPI is served at ``/docs``
@@ -18,6 +20,7 @@ from fastapi import FastAPI
 
 from chatwright import __version__
 from chatwright.plugins.server import docs_pages, errors
+from chatwright.plugins.server.dependencies import JSONRoute
 from chatwright.plugins.server.lifespan import lifespan
 from chatwright.plugins.server.limits import BodyLimit, body_limit
 from chatwright.plugins.server.loopback import LocalOnly
@@ -56,6 +59,8 @@ def create_app(settings: Settings, plugins: Plugins | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = ServerMetrics()
     app.state.tool_checks = ToolChecks()
+    # Routes added to the app itself read JSON bodies as every router's do.
+    app.router.route_class = JSONRoute
     errors.install(app)
     docs_pages.install(app)
     # Both run before routing, so neither a body nor a foreign Host reaches authentication.

@@ -9,16 +9,24 @@ The dependencies are coroutines: FastAPI runs a plain function dependency in
 its thread pool, a round trip through a worker thread for each one on every
 request. Only verifying a token against a JWKS, which may fetch it over the
 network or read it from a file, still goes to the thread pool.
+
+Every router's routes are :class:`JSONRoute`: FastAPI reads their JSON bodies
+through :class:`JSONBodyRequest`, which refuses an object giving a key twice
+(:func:`chatwright.bundles.loads`), anywhere in the body, before the body is
+validated or any dependency runs: 422 naming the key and its JSON path.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
 
-from fastapi import Depends, Request, Security
+from fastapi import Depends, Request, Response, Security
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
+from chatwright.bundles import loads
 from chatwright.errors import UnknownAgentError
 from chatwright.plugins.server.auth import (
     Principal,
@@ -30,6 +38,44 @@ from chatwright.plugins.server.metrics import ServerMetrics
 from chatwright.plugins.server.settings import ServerSettings
 from chatwright.runtime import Runtime
 from chatwright.settings import Settings
+
+BODY = "request body"
+"""How an error about the request body names it."""
+_UNREAD = object()
+
+
+def read_body(body: bytes) -> Any:
+    """A JSON request body as :func:`json.loads` reads it, an object giving a key twice
+    refused (:class:`~chatwright.errors.InvalidInputError` naming the key and its place)."""
+    return loads(body, BODY, verb="send")
+
+
+class JSONBodyRequest(Request):
+    """A request whose :meth:`json` is :func:`read_body`: FastAPI reads a JSON body so."""
+
+    _read: Any = _UNREAD
+
+    async def json(self) -> Any:
+        if self._read is _UNREAD:
+            self._read = read_body(await self.body())
+        return self._read
+
+
+class JSONRoute(APIRoute):
+    """A route whose handler gets a :class:`JSONBodyRequest` (every router's ``route_class``).
+
+    FastAPI answers what its reading raises with 400 "There was an error parsing the
+    body"; :func:`chatwright.plugins.server.errors.unparsed_body` makes that the 422 it is.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def read_strictly(request: Request) -> Response:
+            return await handler(JSONBodyRequest(request.scope, request.receive))
+
+        return read_strictly
+
 
 bearer_scheme = HTTPBearer(
     auto_error=False,

@@ -22,6 +22,7 @@ from chatwright.errors import (
     ApprovalPendingError,
     BudgetExceededError,
     ChatwrightError,
+    InvalidInputError,
     PreviewChangedError,
 )
 from chatwright.plugins.server.auth import AuthError
@@ -103,11 +104,16 @@ def unparsed_body(exc: StarletteHTTPException) -> str | None:
     """What is wrong with a request body that could not be parsed as JSON, or None.
 
     FastAPI answers 400 ``There was an error parsing the body`` when reading the
-    JSON fails other than by a syntax error; the cause says why.
+    JSON fails other than by a syntax error; the cause says why. An object giving
+    a key twice is refused as it is read
+    (:class:`~chatwright.plugins.server.dependencies.JSONBodyRequest`), and that
+    refusal says it all.
     """
     if exc.status_code != 400:
         return None
     cause = exc.__cause__
+    if isinstance(cause, InvalidInputError):
+        return str(cause)
     if isinstance(cause, UnicodeDecodeError):
         return (
             f"the request body is not UTF-8 JSON ({cause.reason} at byte {cause.start}); "

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Depends, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Query, Response
 
 from chatwright.errors import InvalidInputError, UnknownAgentError
 from chatwright.plugins.server.admin_schemas import (
@@ -29,11 +29,11 @@ from chatwright.plugins.server.admin_schemas import (
     ToolRowOut,
 )
 from chatwright.plugins.server.auth import ForbiddenError, Principal
-from chatwright.plugins.server.dependencies import RuntimeDep, User
+from chatwright.plugins.server.dependencies import JSONRoute, RuntimeDep, User
 from chatwright.plugins.server.errors import USER, responses
 from chatwright.runtime import Runtime
 
-router = APIRouter(tags=["admin"])
+router = APIRouter(tags=["admin"], route_class=JSONRoute)
 
 ADMIN_ONLY = (
     "admin only: this route changes the agents of every user; it needs a token with the "
@@ -87,22 +87,6 @@ def _object(body: Any, what: str) -> dict[str, Any]:
         raise InvalidInputError(f"the request body must be a JSON object ({what})")
     _storable(body)
     return body
-
-
-async def _unrepeated(request: Request) -> None:
-    """Refuse a body that gives a key twice, anywhere, naming the key and its place.
-
-    FastAPI's JSON reader keeps the last of the two values where another reader
-    (a proxy, a log, a reviewer) may take the first, so the body is read again as
-    ``chatwright agents import`` reads a bundle file (:func:`chatwright.bundles.parse`,
-    which also bounds its size, depth and number of values).
-    """
-    import codecs
-
-    from chatwright.bundles import parse
-
-    # FastAPI's reader allows a byte order mark, which would make parse read YAML.
-    parse((await request.body()).removeprefix(codecs.BOM_UTF8), "request body")
 
 
 async def _tool_out(runtime: Runtime, row: Any, agent: str) -> ToolRowOut:
@@ -221,19 +205,16 @@ async def export_agent(
 
 
 @router.post("/api/agents/import", responses=responses(*USER, 404, 409, 413, 422))
-async def import_agent(
-    body: JsonObject, request: Request, runtime: RuntimeDep, who: Admin
-) -> ImportReportOut:
+async def import_agent(body: JsonObject, runtime: RuntimeDep, who: Admin) -> ImportReportOut:
     """Create or update an agent from ``bundle`` (as ``chatwright agents import``).
 
     ``secrets`` fills the bundle's secret markers (``{"model_settings.api_key": "…"}``);
     ``prune`` removes the agent's tools the bundle has not; ``dry_run`` changes nothing.
-    A key given twice anywhere in the body is refused, as in a bundle file.
+    A key given twice anywhere in the body is refused, as in every body and in a bundle file.
     """
     from chatwright.bundles import check, import_bundle, measure
 
     data = _object(body, '{"bundle": {...}, "secrets": {...}, "prune": false, "dry_run": false}')
-    await _unrepeated(request)
     unknown = sorted(set(data) - {"bundle", "secrets", "prune", "dry_run"})
     if unknown:
         raise InvalidInputError(

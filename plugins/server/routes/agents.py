@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 
 from chatwright.errors import UnknownAgentError
 from chatwright.plugins.server.auth import Principal
-from chatwright.plugins.server.dependencies import RuntimeDep, User, agent_exists
+from chatwright.plugins.server.dependencies import JSONRoute, RuntimeDep, User, agent_exists
 from chatwright.plugins.server.errors import USER, responses
 from chatwright.plugins.server.schemas import (
     AgentDetail,
@@ -18,7 +18,7 @@ from chatwright.plugins.server.schemas import (
 from chatwright.plugins.server.tool_checks import ToolChecks
 from chatwright.runtime import Runtime
 
-router = APIRouter(prefix="/api/agents", tags=["agents"])
+router = APIRouter(prefix="/api/agents", tags=["agents"], route_class=JSONRoute)
 
 
 @router.get("", responses=responses(*USER))

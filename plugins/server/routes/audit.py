@@ -13,10 +13,10 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Query
 
 from chatwright.plugins.server.audit_schemas import AuditEntryOut, AuditPage, UndoOut, UndoRequest
-from chatwright.plugins.server.dependencies import RuntimeDep, User
+from chatwright.plugins.server.dependencies import JSONRoute, RuntimeDep, User
 from chatwright.plugins.server.errors import USER, responses
 
-router = APIRouter(tags=["audit"])
+router = APIRouter(tags=["audit"], route_class=JSONRoute)
 
 UNDO_409 = (
     "The rows were changed since the turn wrote them (the error names them), or the turn "

@@ -12,7 +12,13 @@ from fastapi import APIRouter, Query
 from chatwright.conversations import LARGEST_ID, MOST_LISTED, list_chats
 from chatwright.errors import BudgetExceededError, ChatwrightError, NotFoundError
 from chatwright.message_limits import check_message
-from chatwright.plugins.server.dependencies import MetricsDep, RuntimeDep, SettingsDep, User
+from chatwright.plugins.server.dependencies import (
+    JSONRoute,
+    MetricsDep,
+    RuntimeDep,
+    SettingsDep,
+    User,
+)
 from chatwright.plugins.server.errors import USER, responses
 from chatwright.plugins.server.metrics import outcome_of
 from chatwright.plugins.server.schemas import (
@@ -33,7 +39,7 @@ from chatwright.plugins.server.streaming import (
     stream_turn,
 )
 
-router = APIRouter(tags=["chats"])
+router = APIRouter(tags=["chats"], route_class=JSONRoute)
 
 
 CHAT_409 = (

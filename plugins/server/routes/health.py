@@ -11,11 +11,11 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 
 from chatwright.errors import ChatwrightError
 from chatwright.plugins.server.auth import ForbiddenError
-from chatwright.plugins.server.dependencies import MetricsDep, RuntimeDep, User
+from chatwright.plugins.server.dependencies import JSONRoute, MetricsDep, RuntimeDep, User
 from chatwright.plugins.server.errors import USER, responses
 from chatwright.plugins.server.schemas import ErrorBody, Health, HealthDetail
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], route_class=JSONRoute)
 
 
 class PrometheusResponse(PlainTextResponse):

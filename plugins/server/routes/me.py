@@ -16,13 +16,13 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 
 from chatwright.errors import InvalidInputError
-from chatwright.plugins.server.dependencies import RuntimeDep, SettingsDep, User
+from chatwright.plugins.server.dependencies import JSONRoute, RuntimeDep, SettingsDep, User
 from chatwright.plugins.server.errors import USER, responses
 from chatwright.plugins.server.settings import ServerSettings
 from chatwright.plugins.server.userdata_schemas import ErasureOut, UserArchiveOut
 from chatwright.userdata import user_data_of
 
-router = APIRouter(tags=["me"])
+router = APIRouter(tags=["me"], route_class=JSONRoute)
 
 FILE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 

@@ -8,11 +8,11 @@ from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
 
 from chatwright import __version__
-from chatwright.plugins.server.dependencies import SettingsDep
+from chatwright.plugins.server.dependencies import JSONRoute, SettingsDep
 from chatwright.plugins.server.schemas import ClientConfig
 from chatwright.plugins.server.settings import ServerSettings
 
-router = APIRouter(tags=["page"])
+router = APIRouter(tags=["page"], route_class=JSONRoute)
 
 
 @router.get(

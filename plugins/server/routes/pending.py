@@ -16,7 +16,7 @@ from fastapi import APIRouter, Path, Query
 
 from chatwright.errors import NotFoundError
 from chatwright.plugins.server.audit_schemas import ApprovalChoice, ApprovalOut
-from chatwright.plugins.server.dependencies import MetricsDep, RuntimeDep, User
+from chatwright.plugins.server.dependencies import JSONRoute, MetricsDep, RuntimeDep, User
 from chatwright.plugins.server.errors import USER, responses
 from chatwright.plugins.server.schemas import (
     ChatTurn,
@@ -26,7 +26,7 @@ from chatwright.plugins.server.schemas import (
 )
 from chatwright.runtime import Runtime
 
-router = APIRouter(tags=["approvals"])
+router = APIRouter(tags=["approvals"], route_class=JSONRoute)
 
 DECIDE_409 = (
     "Decided already, or expired (said so; an expired action counts as denied); or the "

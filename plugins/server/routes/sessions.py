@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -12,11 +11,13 @@ from fastapi import APIRouter, Request, Security
 from chatwright.errors import ChatBusyError, NotFoundError
 from chatwright.plugins.server.auth import AuthError, bearer
 from chatwright.plugins.server.dependencies import (
+    JSONRoute,
     RuntimeDep,
     SettingsDep,
     User,
     agent_exists,
     bearer_scheme,
+    read_body,
     verified,
 )
 from chatwright.plugins.server.errors import USER, responses
@@ -26,7 +27,7 @@ from chatwright.plugins.server.settings import ServerSettings
 if TYPE_CHECKING:
     from chatwright.runtime import Runtime
 
-router = APIRouter(prefix="/api/sessions", tags=["sessions"])
+router = APIRouter(prefix="/api/sessions", tags=["sessions"], route_class=JSONRoute)
 
 
 @router.post("", responses=responses(*USER, 404, 413, 422))
@@ -137,8 +138,9 @@ async def deactivate(
         # navigator.sendBeacon cannot set headers: the page sends the token in the body.
         # A body that is not such an object (not JSON, nested past the parser's depth)
         # carries no token: the answer is the missing token's 401.
+        # One giving a key twice is refused: which token would be meant is not known.
         with contextlib.suppress(ValueError, UnicodeDecodeError, RecursionError):
-            sent = json.loads(await request.body() or b"{}")
+            sent = read_body(await request.body() or b"{}")
             token = sent.get("access_token") if isinstance(sent, dict) else None
         if token is not None and not isinstance(token, str):
             raise AuthError('the body\'s "access_token" must be the JWT, as a string')

@@ -13,12 +13,12 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from chatwright.errors import StorageError
-from chatwright.plugins.server.dependencies import RuntimeDep, SettingsDep, User
+from chatwright.plugins.server.dependencies import JSONRoute, RuntimeDep, SettingsDep, User
 from chatwright.plugins.server.errors import USER, responses
 from chatwright.plugins.server.usage_schemas import BudgetOut, UsageReport, UsageRow, UsageTotals
 from chatwright.usage import bound, budget_states, check_range
 
-router = APIRouter(tags=["usage"])
+router = APIRouter(tags=["usage"], route_class=JSONRoute)
 
 # Longer than any ISO 8601 date or time; a longer value is refused before it is parsed.
 Bound = Annotated[
