@@ -42,6 +42,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from chatwright.errors import ToolChangedError
+
 if TYPE_CHECKING:
     from chatwright.stores import ToolRow
     from chatwright.tools import ToolContext
@@ -94,6 +96,14 @@ def digest_of(tool_id: int, tool_type: str, config: Mapping[str, Any]) -> str:
     shape = {"id": tool_id, "type": tool_type, "config": config}
     text = json.dumps(shape, sort_keys=True, ensure_ascii=True, default=str)
     return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def tool_changed(tool_id: int) -> ToolChangedError:
+    """The refusal of a choice made for a row that has changed since the user saw it."""
+    return ToolChangedError(
+        f"tool row {tool_id} has changed since you saw it, so your choice was not stored; "
+        "look at the tool again and choose again"
+    )
 
 
 def choice_counts(choice: str, chosen_for: str | None, digest: str) -> bool:
@@ -347,9 +357,17 @@ class PendingStore(Protocol):
         """
         ...
 
-    async def choose(self, user_id: str, tool_id: int, choice: str | None) -> None:
+    async def choose(
+        self, user_id: str, tool_id: int, choice: str | None, *, digest: str | None = None
+    ) -> None:
         """Set (or with None, clear) the user's choice for a tool row, as the row is now
-        (its :func:`tool_digest` is kept with it)."""
+        (its :func:`tool_digest` is kept with it).
+
+        :param digest: the row as the user saw it (its :func:`tool_digest`): when the
+            row is another now, :class:`~chatwright.errors.ToolChangedError` and
+            nothing is stored. A change after the row was read here is safe: the
+            digest kept is the one the user saw, and an ``auto`` then counts no more.
+        """
         ...
 
 

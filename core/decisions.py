@@ -426,8 +426,14 @@ class Decisions:
 
         return await undo_turn(self.runtime, user_id, chat_id, turn_id=turn_id)
 
-    async def choose_approval(self, user_id: str, tool_id: int, choice: str | None) -> None:
-        """Set the user's choice (``auto``/``required``, None to clear) for a ``user``-mode row."""
+    async def choose_approval(
+        self, user_id: str, tool_id: int, choice: str | None, *, digest: str | None = None
+    ) -> None:
+        """Set the user's choice (``auto``/``required``, None to clear) for a ``user``-mode row.
+
+        :param digest: the row as the user saw it (:func:`chatwright.approvals.tool_digest`);
+            a row changed since is refused by the store (409), nothing stored.
+        """
         from chatwright.approvals import USER_CHOICES
 
         row = await self.storage.tools.get(tool_id)
@@ -442,7 +448,7 @@ class Decisions:
             raise InvalidInputError(
                 f"{choice!r} is not an approval choice; use one of {', '.join(USER_CHOICES)}"
             )
-        await self.storage.pending.choose(user_id, tool_id, choice)
+        await self.storage.pending.choose(user_id, tool_id, choice, digest=digest)
 
 
 EXPIRY = "expiry"

@@ -103,6 +103,12 @@ class UndoConflictError(ChatwrightError):
     http_status = 409
 
 
+class ToolChangedError(ChatwrightError):
+    """A tool row changed since the caller saw it (its digest differs): nothing was stored."""
+
+    http_status = 409
+
+
 class AlreadyExistsError(ChatwrightError):
     """A row with the same unique name already exists."""
 

@@ -959,6 +959,9 @@ class Runtime:
         """Revert one turn's writes: :meth:`chatwright.decisions.Decisions.undo`."""
         return await self.decisions.undo(user_id, chat_id, turn_id=turn_id)
 
-    async def choose_approval(self, user_id: str, tool_id: int, choice: str | None) -> None:
-        """Set the user's choice (``auto``/``required``, None to clear) for a ``user``-mode row."""
-        await self.decisions.choose_approval(user_id, tool_id, choice)
+    async def choose_approval(
+        self, user_id: str, tool_id: int, choice: str | None, *, digest: str | None = None
+    ) -> None:
+        """Set the user's choice (``auto``/``required``, None to clear) for a ``user``-mode row
+        (:meth:`chatwright.decisions.Decisions.choose_approval`)."""
+        await self.decisions.choose_approval(user_id, tool_id, choice, digest=digest)

@@ -782,6 +782,28 @@ class StorageContract(SessionStoreContract):
         await storage.pending.choose(ALICE, row.id, "auto")  # chosen again, for the delete
         assert await storage.pending.choices(ALICE, "helper") == {row.id: "auto"}
 
+    async def test_a_choice_for_a_row_seen_before_it_changed_is_refused(
+        self, storage: Storage
+    ) -> None:
+        from chatwright.approvals import tool_digest
+        from chatwright.errors import ToolChangedError
+
+        await storage.agents.create("helper", system_prompt="", model="offline:x")
+        row = await storage.tools.add(
+            "helper", "t", type="crud", config={"operation": "read"}, approval="user"
+        )
+        seen = tool_digest(row)
+        changed = await storage.tools.update(row.id, config={"operation": "delete"})
+        for choice in ("auto", "required", None):
+            with pytest.raises(ToolChangedError, match=f"tool row {row.id} has changed"):
+                await storage.pending.choose(ALICE, row.id, choice, digest=seen)
+        assert await storage.pending.choices(ALICE, "helper") == {}
+        await storage.pending.choose(ALICE, row.id, "auto", digest=tool_digest(changed))
+        assert await storage.pending.choices(ALICE, "helper") == {row.id: "auto"}
+        with pytest.raises(ToolChangedError):
+            await storage.pending.choose(ALICE, row.id, None, digest=seen)
+        assert await storage.pending.choices(ALICE, "helper") == {row.id: "auto"}
+
     async def test_audit_entries_are_listed_newest_first_per_user(self, storage: Storage) -> None:
         from chatwright.approvals import NewAuditEntry, RowChange
 

@@ -480,6 +480,7 @@ async def test_agents_list_and_detail_show_tool_problems_to_local_admin(srv: Run
             "is_active",
             "approval",
             "approval_default",
+            "digest",
             "ok",
             "problems",
         }

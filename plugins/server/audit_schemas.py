@@ -28,6 +28,13 @@ class ApprovalChoice(_Body):
         description="auto: run the tool's calls at once; required: ask first; null: the row's "
         "default (approval_default)."
     )
+    digest: str | None = Field(
+        default=None,
+        max_length=64,
+        description="The row as you saw it (the digest of its entry in GET /api/agents/{name}): "
+        "when the row has changed since, 409 and nothing is stored. Without it, the choice is "
+        "for the row as it is now.",
+    )
 
 
 class AuditEntryOut(BaseModel):

@@ -403,6 +403,11 @@ class ToolEntry(BaseModel):
     approval_default: str = Field(
         "required", description="For user mode: what users who have not chosen get."
     )
+    digest: str = Field(
+        "",
+        description="What the row does (its id, type and configuration) as a digest: give it "
+        "with an approval choice (PUT /api/tools/{id}/approval) to choose for this row only.",
+    )
     ok: bool | None = Field(None, description="Admins only: whether the tool loads.")
     problems: list[str] | None = Field(None, description="Admins only: why it does not.")
 
@@ -417,8 +422,15 @@ class ToolEntry(BaseModel):
             is_active=row.is_active,
             approval=row.approval,
             approval_default=row.approval_default,
+            digest=_digest(row),
             **admin,
         )
+
+
+def _digest(row: ToolRow) -> str:
+    from chatwright.approvals import tool_digest
+
+    return tool_digest(row)
 
 
 class AgentDetail(AgentSummary):

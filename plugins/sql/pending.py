@@ -32,6 +32,7 @@ from chatwright.approvals import (
     Preview,
     choice_counts,
     digest_of,
+    tool_changed,
 )
 from chatwright.errors import InvalidInputError, NotFoundError, TooLargeError
 from chatwright.plugins.sql import schema
@@ -308,25 +309,31 @@ class SQLPendingStore(BoundStore):
                 if choice_counts(r.choice, r.tool_digest, digests[r.tool_id])
             }
 
-    async def choose(self, user_id: str, tool_id: int, choice: str | None) -> None:
+    async def choose(
+        self, user_id: str, tool_id: int, choice: str | None, *, digest: str | None = None
+    ) -> None:
         c = schema.tool_approval_choices
         tool_id = as_tool_id(tool_id)
         if choice is not None and choice not in USER_CHOICES:
             raise InvalidInputError(
                 f"{choice!r} is not an approval choice; use one of {', '.join(USER_CHOICES)}"
             )
-        if choice is None:
+        missing = NotFoundError(f"no tool row {tool_id}; see `chatwright tools list`")
+        t = schema.agent_tools
+        row = None
+        if choice is not None or digest is not None:
+            async with self.db.read() as conn:
+                row = (
+                    await conn.execute(sa.select(t.c.type, t.c.config).where(t.c.id == tool_id))
+                ).first()
+            if row is None:
+                raise missing
+            if digest is not None and digest != digest_of(tool_id, row.type, row.config):
+                raise tool_changed(tool_id)
+        if choice is None or row is None:
             async with self.db.write(user_id) as conn:
                 await conn.execute(c.delete().where(c.c.user_id == user_id, c.c.tool_id == tool_id))
             return
-        missing = NotFoundError(f"no tool row {tool_id}; see `chatwright tools list`")
-        t = schema.agent_tools
-        async with self.db.read() as conn:
-            row = (
-                await conn.execute(sa.select(t.c.type, t.c.config).where(t.c.id == tool_id))
-            ).first()
-        if row is None:
-            raise missing
         # Chosen for the row as it is now: a change of the row after this read makes
         # an ``auto`` count no more (see chatwright.approvals.choice_counts).
         values = {

@@ -329,3 +329,56 @@ async def test_an_auto_choice_does_not_follow_its_row_into_what_it_became(
     await seed_writer(server.runtime, calls((tool.name, {"id": task})))
     assert (await turn(server, "alice", chat_id))["status"] == "done"
     assert await titles(server, "alice") == []
+
+
+async def test_a_choice_for_a_row_that_changed_since_it_was_seen_is_refused(
+    make_server: MakeServer,
+) -> None:
+    """The user reads the agent's tools, then chooses ``auto`` for the read she saw; an
+    admin turned it into a delete in between. With the digest she saw, her choice is
+    refused (409) and nothing is stored: the delete still waits for her. Without a
+    digest the choice is for the row as it is now, as before."""
+    from chatwright.plugins.example.assistant import TOOLS
+
+    server = await make_server()
+    storage = server.runtime.storage
+    await seed_writer(server.runtime, [], approval="user", tools=("list_tasks",))
+    [tool] = await storage.tools.list(AGENT)
+    shown = await server.client.get(f"/api/agents/{AGENT}", headers=bearer("alice"))
+    assert shown.status_code == 200, shown.text
+    [entry] = shown.json()["tools"]
+    seen = entry["digest"]
+    assert len(seen) == 64
+    delete = next(t for t in TOOLS if t["name"] == "delete_task")
+    await storage.tools.update(tool.id, config=delete["config"])
+    url = f"/api/tools/{tool.id}/approval"
+    refused = await server.client.put(
+        url, json={"choice": "auto", "digest": seen}, headers=bearer("alice")
+    )
+    assert refused.status_code == 409, refused.text
+    assert "has changed since you saw it" in refused.json()["error"]
+    assert await storage.pending.choices("alice", AGENT) == {}
+    # Clearing a choice with a stale digest is refused too: nothing changes unseen.
+    cleared = await server.client.put(
+        url, json={"choice": None, "digest": seen}, headers=bearer("alice")
+    )
+    assert cleared.status_code == 409, cleared.text
+    # Seen again, the row as it is now can be chosen.
+    again = await server.client.get(f"/api/agents/{AGENT}", headers=bearer("alice"))
+    fresh = again.json()["tools"][0]["digest"]
+    assert fresh != seen
+    chosen = await server.client.put(
+        url, json={"choice": "auto", "digest": fresh}, headers=bearer("alice")
+    )
+    assert chosen.status_code == 200, chosen.text
+    assert await storage.pending.choices("alice", AGENT) == {tool.id: "auto"}
+    # A digest that is not one is refused as input, and one of another row as changed.
+    bad = await server.client.put(
+        url, json={"choice": "auto", "digest": "x" * 65}, headers=bearer("alice")
+    )
+    assert bad.status_code == 422, bad.text
+    other = await server.client.put(
+        url, json={"choice": "required", "digest": "0" * 64}, headers=bearer("bob")
+    )
+    assert other.status_code == 409, other.text
+    assert await storage.pending.choices("bob", AGENT) == {}

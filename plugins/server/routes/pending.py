@@ -92,13 +92,19 @@ async def deny(
     return await _decide(runtime, metrics, who.user_id, action_id, False)
 
 
-@router.put("/api/tools/{tool_id}/approval", responses=responses(*USER, 404, 413, 422))
+_CHOOSE_409 = "The row has changed since the digest given was read: nothing was stored."
+
+
+@router.put(
+    "/api/tools/{tool_id}/approval",
+    responses=responses(*USER, 404, 409, 413, 422, why=_CHOOSE_409),
+)
 async def choose(
     tool_id: ToolId, body: ApprovalChoice, runtime: RuntimeDep, who: User
 ) -> ApprovalOut:
     """The caller's choice for a tool row in user mode: auto, required, or null for the
     row's default. Rows in auto or required mode take no choice (422)."""
-    await runtime.choose_approval(who.user_id, tool_id, body.choice)
+    await runtime.choose_approval(who.user_id, tool_id, body.choice, digest=body.digest)
     row = await runtime.storage.tools.get(tool_id)
     if row is None:  # deleted meanwhile
         raise NotFoundError(f"no tool row {tool_id}")
