@@ -39,6 +39,21 @@ TRANSCRIPT_PAGE = 500
 _SPACE = re.compile(r"[\s\x00-\x1f\x7f-\x9f]+")
 
 
+async def owner_lost(storage: Storage, user_id: str, chat_id: uuid.UUID) -> bool:
+    """Whether a chat the session store knows no owner of is ``user_id``'s all the same:
+    messages of theirs are stored under it.
+
+    Only a session store that lost what it kept (Redis run without persistence, then
+    restarted) forgets the owner of a chat whose messages exist. Its user may then
+    reopen the chat by its id, naming an agent (``POST /api/sessions``, ``chatwright
+    chat --chat-id``), which makes them its owner again; another user finds no chat,
+    since messages are read by user.
+    """
+    if await storage.sessions.chat_owner(chat_id) is not None:
+        return False
+    return bool(await storage.messages.window(user_id, chat_id, 1))
+
+
 def message_text(content: Mapping[str, Any]) -> str:
     """The text of a stored message (a LangChain message dict): its text parts joined."""
     data = content.get("data")

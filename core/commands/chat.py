@@ -132,9 +132,15 @@ def chat(
         check_message(app.settings, message)
 
     async def work(runtime: Runtime) -> None:
+        from chatwright.conversations import owner_lost
+
         name = await _pick_agent(runtime, agent)
         storage = runtime.storage
-        if chat_id is not None and await storage.sessions.chat_owner(chat_id) is None:
+        if (
+            chat_id is not None
+            and await storage.sessions.chat_owner(chat_id) is None
+            and not await owner_lost(storage, user, chat_id)
+        ):
             # The API lets clients name new chats; here a typo must not start one silently.
             raise NotFoundError(
                 f"no chat {chat_id}; leave out --chat-id to resume your latest chat, or use --new"

@@ -34,7 +34,10 @@ def session_store(settings: Settings) -> RedisSessionStore:
 
     config = RedisConfig.from_settings(settings.plugins.get("redis", {}))
     return RedisSessionStore.from_url(
-        config.url, prefix=config.prefix, idle_timeout=settings.sessions.idle_timeout
+        config.url,
+        prefix=config.prefix,
+        idle_timeout=settings.sessions.idle_timeout,
+        source=config.source,
     )
 
 

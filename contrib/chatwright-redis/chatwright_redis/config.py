@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit, urlunsplit
 
 from chatwright.errors import SettingsError
@@ -19,6 +19,9 @@ URL_VARIABLE = "CHATWRIGHT_REDIS_URL"
 PREFIX_VARIABLE = "CHATWRIGHT_REDIS_PREFIX"
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_PREFIX = "chatwright:"
+SECTION_URL = "plugins.redis.url (in chatwright.toml, or CHATWRIGHT_PLUGINS__REDIS__URL)"
+DEFAULT_SOURCE = f"plugins.redis.url or {URL_VARIABLE}"
+"""Where to set the URL when neither is set (the default URL is used)."""
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,8 @@ class RedisConfig:
     """A redis-py URL: ``redis://``, ``rediss://`` (TLS) or ``unix://``."""
     prefix: str = DEFAULT_PREFIX
     """Prepended to every key name, so that several deployments can share a server."""
+    source: str = field(default=URL_VARIABLE, compare=False)
+    """Where ``url`` was set, for messages that say where to change it."""
 
     @classmethod
     def from_settings(
@@ -43,7 +48,11 @@ class RedisConfig:
             env[URL_VARIABLE] = str(section["url"])
         if "prefix" in section:
             env[PREFIX_VARIABLE] = str(section["prefix"])
-        return cls.from_environ(env)
+        config = cls.from_environ(env)
+        if "url" in section:
+            # The table wins over CHATWRIGHT_REDIS_URL: that is where to change it.
+            return replace(config, source=SECTION_URL)
+        return config
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> RedisConfig:
@@ -54,7 +63,8 @@ class RedisConfig:
                 f"{URL_VARIABLE} is empty; set it to a Redis URL such as {DEFAULT_URL} "
                 "or unset it to use that one"
             )
-        return cls(url=url, prefix=env.get(PREFIX_VARIABLE, DEFAULT_PREFIX))
+        source = URL_VARIABLE if URL_VARIABLE in env else DEFAULT_SOURCE
+        return cls(url=url, prefix=env.get(PREFIX_VARIABLE, DEFAULT_PREFIX), source=source)
 
 
 def redact(url: str) -> str:

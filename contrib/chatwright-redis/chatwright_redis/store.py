@@ -148,8 +148,10 @@ class RedisSessionStore:
         prefix: str,
         idle_timeout: float,
         description: str = "Redis",
+        source: str = URL_VARIABLE,
     ) -> None:
         self._redis = client
+        self._source = source
         self._keys = Keys(prefix)
         self._ttl_ms = max(1, round(idle_timeout * 2000))
         self.description = description
@@ -160,17 +162,26 @@ class RedisSessionStore:
         self._sweep = client.register_script(scripts.SWEEP)
 
     @classmethod
-    def from_url(cls, url: str, *, prefix: str, idle_timeout: float) -> RedisSessionStore:
-        """A store on the server at ``url``; nothing connects before the first call."""
+    def from_url(
+        cls, url: str, *, prefix: str, idle_timeout: float, source: str = URL_VARIABLE
+    ) -> RedisSessionStore:
+        """A store on the server at ``url``; nothing connects before the first call.
+
+        :param source: where ``url`` was set (a setting, a variable), named in errors.
+        """
         try:
             client = aioredis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5.0)
         except ValueError as exc:
             raise SettingsError(
-                f"{URL_VARIABLE}={redact(url)!r} is not a Redis URL ({exc}); "
+                f"{source} = {redact(url)!r} is not a Redis URL ({exc}); "
                 "use redis://host:port/db, rediss:// for TLS or unix:///path"
             ) from None
         return cls(
-            client, prefix=prefix, idle_timeout=idle_timeout, description=f"Redis at {redact(url)}"
+            client,
+            prefix=prefix,
+            idle_timeout=idle_timeout,
+            description=f"Redis at {redact(url)}",
+            source=source,
         )
 
     @contextmanager
@@ -181,7 +192,7 @@ class RedisSessionStore:
         except (RedisConnectionError, RedisTimeoutError) as exc:
             raise StorageError(
                 f"cannot reach the session store, {self.description} ({exc}); start Redis "
-                f"there or point {URL_VARIABLE} at it"
+                f"there or point {self._source} at it"
             ) from exc
         except RedisError as exc:
             raise StorageError(f"the session store, {self.description}, failed: {exc}") from exc

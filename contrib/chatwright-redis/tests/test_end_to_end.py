@@ -7,6 +7,7 @@ installed; in a checkout where it is not, it is registered inline.
 from __future__ import annotations
 
 import sqlite3
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 from chatwright_redis.store import RedisSessionStore
 
+from chatwright.conversations import owner_lost
 from chatwright.plugins.example import assistant as example
 from chatwright.plugins.server.app import create_app
 from chatwright.registry import LoadPolicy, Plugins
@@ -189,3 +191,39 @@ async def test_chats_are_listed_with_their_agents_from_redis(
         assert (await transcript(storage, chats[1], "alice")).agent_name == "helper"
     finally:
         await runtime.close()
+
+
+async def test_a_chat_whose_owner_redis_lost_is_reopened_by_its_user_only(
+    settings: Settings, plugins: Plugins, raw: aioredis.Redis, prefix: str
+) -> None:
+    """Redis restarted without persistence: the chat's owner is gone, its messages are
+    not. Its user reopens it by its id and sees it again; another user cannot."""
+    app = create_app(settings, plugins)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://localhost"
+        ) as client,
+    ):
+        runtime = app.state.runtime
+        await example.seed(runtime.storage, "offline:assistant")
+        opened = await client.post("/api/sessions", json={"agent_name": AGENT})
+        chat_id = opened.json()["chat_id"]
+        said = await client.post(
+            "/api/chat",
+            json={"agent_name": AGENT, "session_id": chat_id, "message": "add a task"},
+        )
+        assert said.status_code == 200, said.text
+        for key in await raw.keys(f"{prefix}*"):
+            await raw.delete(key)
+        lost = await client.get(f"/api/chats/{chat_id}/messages")
+        assert lost.status_code == 404, lost.text
+        # Only the user whose messages are stored under the id may claim it back.
+        assert not await owner_lost(runtime.storage, "mallory", uuid.UUID(chat_id))
+        assert await owner_lost(runtime.storage, "local", uuid.UUID(chat_id))
+        again = await client.post("/api/sessions", json={"agent_name": AGENT, "chat_id": chat_id})
+        assert again.status_code == 200, again.text
+        assert again.json()["chat_id"] == chat_id
+        page = await client.get(f"/api/chats/{chat_id}/messages")
+        assert page.status_code == 200, page.text
+        assert [m["role"] for m in page.json()["messages"]][:2] == ["human", "ai"]

@@ -143,6 +143,23 @@ async def test_an_unreachable_server_is_a_storage_error_naming_it() -> None:
         await store.close()
 
 
+async def test_an_unreachable_server_set_in_the_settings_names_that_setting() -> None:
+    """The table's url wins over CHATWRIGHT_REDIS_URL: the error says to change the table."""
+    environ = {"CHATWRIGHT_REDIS_URL": "redis://127.0.0.1:6379/0"}
+    config = RedisConfig.from_settings({"url": "redis://127.0.0.1:1/0"}, environ)
+    store = RedisSessionStore.from_url(
+        config.url, prefix="x:", idle_timeout=IDLE, source=config.source
+    )
+    try:
+        with pytest.raises(StorageError, match=r"point plugins\.redis\.url \(in chatwright") as e:
+            await store.open("alice", "helper")
+        assert "CHATWRIGHT_REDIS_URL" not in str(e.value)
+    finally:
+        await store.close()
+    assert RedisConfig.from_environ(environ).source == "CHATWRIGHT_REDIS_URL"
+    assert "plugins.redis.url or CHATWRIGHT_REDIS_URL" in RedisConfig.from_environ({}).source
+
+
 def test_a_url_that_is_not_redis_is_a_settings_error() -> None:
     with pytest.raises(SettingsError, match="CHATWRIGHT_REDIS_URL"):
         RedisSessionStore.from_url("http://127.0.0.1:6379", prefix="x:", idle_timeout=IDLE)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request, Security
 
+from chatwright.conversations import owner_lost
 from chatwright.errors import ChatBusyError, NotFoundError
 from chatwright.plugins.server.auth import AuthError, bearer
 from chatwright.plugins.server.dependencies import (
@@ -48,6 +49,9 @@ async def open_session(body: OpenSession, runtime: RuntimeDep, who: User) -> Ses
     move: tuple[str, uuid.UUID] | None = None
     if chat_id is not None:
         owner = await runtime.storage.sessions.chat_owner(chat_id)
+        if owner is None and await owner_lost(runtime.storage, who.user_id, chat_id):
+            # The session store lost the chat's owner; its messages are the caller's.
+            owner = (who.user_id, body.agent_name)
         if owner is None or owner[0] != who.user_id:
             raise NotFoundError(
                 f"no chat {chat_id} of yours; omit chat_id to resume your latest chat with "

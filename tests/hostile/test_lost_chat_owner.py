@@ -1,0 +1,57 @@
+"""A chat whose owner the session store lost is reopened by its user only.
+
+A session store that keeps what it knows in memory (Redis run without
+persistence) may lose a chat's owner while the chat's messages stay in the
+storage. The chat then dropped out of reach for good: opening it by its id
+answered "no chat". Now its user, whose messages are stored under the id, may
+reopen it and becomes its owner again; anyone else still finds no chat, and
+takes nothing over. Here the loss is made by deleting the chat's session rows.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import sqlalchemy as sa
+
+from chatwright.plugins.sql import schema
+from tests.hostile.conftest import MakeServer, bearer
+from tests.write_safety import AGENT, seed_writer
+
+
+async def test_only_the_user_whose_messages_are_stored_reopens_the_chat(
+    make_server: MakeServer,
+) -> None:
+    server = await make_server()
+    storage = server.runtime.storage
+    await seed_writer(server.runtime, [{"content": "Hello, Alice."}])
+    opened = await server.client.post(
+        "/api/sessions", json={"agent_name": AGENT, "new": True}, headers=bearer("alice")
+    )
+    chat_id = opened.json()["chat_id"]
+    said = await server.client.post(
+        "/api/chat",
+        json={"agent_name": AGENT, "session_id": chat_id, "message": "hi"},
+        headers=bearer("alice"),
+    )
+    assert said.status_code == 200, said.text
+    async with storage.write() as conn:  # type: ignore[attr-defined]
+        for table in (schema.active_sessions, schema.chat_sessions):
+            await conn.execute(sa.delete(table))
+    assert await storage.sessions.chat_owner(uuid.UUID(chat_id)) is None
+    body = {"agent_name": AGENT, "chat_id": chat_id}
+    # Bob names Alice's chat: no chat, and he is not made its owner.
+    stolen = await server.client.post("/api/sessions", json=body, headers=bearer("bob"))
+    assert stolen.status_code == 404, stolen.text
+    assert "no chat" in stolen.json()["error"]
+    listed = await server.client.get(f"/api/chats/{chat_id}/messages", headers=bearer("bob"))
+    assert listed.status_code == 404, listed.text
+    # Alice reopens it and sees her chat again; Bob still cannot.
+    again = await server.client.post("/api/sessions", json=body, headers=bearer("alice"))
+    assert again.status_code == 200, again.text
+    assert again.json()["chat_id"] == chat_id
+    page = await server.client.get(f"/api/chats/{chat_id}/messages", headers=bearer("alice"))
+    assert page.status_code == 200, page.text
+    assert [m["role"] for m in page.json()["messages"]] == ["human", "ai"]
+    theirs = await server.client.get(f"/api/chats/{chat_id}/messages", headers=bearer("bob"))
+    assert theirs.status_code == 404, theirs.text
