@@ -8,7 +8,13 @@ commands that need them, which keeps ``chatwright --help`` fast.
 
 Every :class:`~chatwright.errors.ChatwrightError` is printed as one ``Error: …``
 line with exit status 1; an unexpected exception is too, unless
-``CHATWRIGHT_DEBUG=1`` asks for the traceback.
+``CHATWRIGHT_DEBUG=1`` asks for the traceback. An error written for a server's
+operator ("the server log has the details") is pointed at what the terminal
+shows instead: the warnings chatwright logs are printed on standard error,
+above the error.
+
+Commands that only read (:data:`READ_ONLY_COMMANDS`) refuse a SQLite database
+file that does not exist rather than create an empty one.
 """
 
 from __future__ import annotations
@@ -17,12 +23,13 @@ import os
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from chatwright import __version__
-from chatwright.errors import ChatwrightError
+from chatwright.errors import ChatwrightError, StorageError
 from chatwright.registry import Plugins, env_flag
 
 if TYPE_CHECKING:
@@ -32,6 +39,47 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+READ_ONLY_COMMANDS = frozenset(
+    {
+        "agents list",
+        "agents show",
+        "agents export",
+        "tools list",
+        "tools check",
+        "sessions list",
+        "chats list",
+        "chats show",
+        "pending list",
+        "audit list",
+        "usage",
+        "budgets list",
+        "budgets show",
+        "users export",
+    }
+)
+"""The built-in commands that only read the database (by their words after ``chatwright``)."""
+
+SERVER_LOG = "the server log"
+# Where the details of such an error are in a terminal: chatwright's warnings go to
+# standard error (Python's last-resort handler, the CLI configures no other).
+TERMINAL_LOG = "the warning printed above"
+
+
+def for_terminal(message: str) -> str:
+    """``message`` as the CLI shows it: pointing at the warnings printed on standard error
+    where it points an operator at the server's log."""
+    return message.replace(SERVER_LOG, TERMINAL_LOG)
+
+
+def command_path(ctx: click.Context | None = None) -> str:
+    """The words of the running command after ``chatwright`` (``agents list``)."""
+    ctx = ctx if ctx is not None else click.get_current_context(silent=True)
+    names: list[str] = []
+    while ctx is not None and ctx.parent is not None:
+        names.append(ctx.command.name or "")
+        ctx = ctx.parent
+    return " ".join(reversed(names))
 
 
 @dataclass
@@ -69,8 +117,54 @@ class AppContext:
 
         return Runtime(self.settings, self.plugins)
 
+    def missing_database(self) -> Path | None:
+        """The file of a SQLite ``storage.url`` when it does not exist, else None.
+
+        Opening it would create an empty database file; a command that only reads
+        calls :meth:`require_database` first.
+        """
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            url = make_url(self.settings.storage.url)
+        except ArgumentError:
+            return None  # the storage backend says what is wrong with it
+        if url.get_backend_name() != "sqlite":
+            return None
+        database = url.database
+        if not database or database == ":memory:" or database.startswith("file:"):
+            return None  # in memory, or a URI filename SQLite resolves itself
+        path = Path(database)
+        return None if path.exists() else path
+
+    def require_database(self) -> None:
+        """Refuse, without creating it, a SQLite database file that does not exist.
+
+        :raises StorageError: naming the file and the commands that create it.
+        """
+        settings = self.settings
+        # A backend that is not available is the first thing to say.
+        self.plugins.get(
+            "register_storage_backends", settings.storage.backend, setting="storage.backend"
+        )
+        path = self.missing_database()
+        if path is not None:
+            raise StorageError(
+                f"there is no database at {os.path.abspath(path)} (the SQLite file of "
+                "storage.url does not exist); create it with `chatwright init` (or "
+                "`chatwright db upgrade`, which writes no settings file), or point "
+                "--database or storage.url at an existing database"
+            )
+
     def run(self, work: Callable[[Runtime], Awaitable[T]], *, upgrade: bool = False) -> T:
-        """Start a runtime, run ``work`` with it, close it."""
+        """Start a runtime, run ``work`` with it, close it.
+
+        A command of :data:`READ_ONLY_COMMANDS` is refused on a SQLite file that
+        does not exist (:meth:`require_database`) instead of creating it.
+        """
+        if not upgrade and command_path() in READ_ONLY_COMMANDS:
+            self.require_database()
 
         async def main() -> T:
             runtime = self.runtime()
@@ -98,7 +192,7 @@ class ChatwrightGroup(click.Group):
         try:
             return super().invoke(ctx)
         except ChatwrightError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(for_terminal(str(exc))) from None
         except (click.exceptions.Exit, click.ClickException, click.Abort, KeyboardInterrupt):
             raise
         except BrokenPipeError:

@@ -20,7 +20,8 @@ message names the key, where it can be set, and what is wrong.
 
 Longer than 450 lines because every core section is declared here with the
 description users read in ``config show`` and the docs, next to the loading
-that reports on them.
+that reports on them: which key, given where (the file, or which environment
+variable), what is wrong with it, and for JSON in the environment a good value.
 """
 
 from __future__ import annotations
@@ -28,15 +29,27 @@ from __future__ import annotations
 import contextvars
 import difflib
 import functools
+import json
 import os
 import tomllib
 import types
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, create_model
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+    field_validator,
+)
 from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
 
@@ -73,8 +86,64 @@ CORE = "chatwright's core"
 M = TypeVar("M", bound=BaseModel)
 
 
+def _members(annotation: Any) -> tuple[Any, ...]:
+    """The members of a union annotation, None left out; the annotation alone otherwise."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        return tuple(a for a in get_args(annotation) if a is not type(None))
+    return (annotation,)
+
+
+def _number_kind(annotation: Any) -> type | None:
+    """``int`` or ``float`` when a setting holds that kind of number (or nothing), else None."""
+    members = _members(annotation)
+    if len(members) == 1 and members[0] in (int, float):
+        return members[0]  # type: ignore[no-any-return]
+    return None
+
+
+class _TomlText(str):
+    """A string of the TOML file where a setting holds a number.
+
+    TOML has numbers, so ``pool_size = "10"`` is a mistake there; only the
+    environment, where every value is text, gives numbers as text.
+    """
+
+    __slots__ = ()
+
+
+_NUMBER_WORDS = {int: "a whole number", float: "a number"}
+
+
 class _Section(BaseModel):
+    """A settings section: unknown keys refused, numbers only where numbers belong.
+
+    Every section of the settings model has it as a base, a plugin's too
+    (:func:`_section_class`), so a boolean (or the TOML file's text) given for a
+    number is refused everywhere the same way instead of read as 1, 0 or 10.
+    """
+
     model_config = _SECTION_CONFIG
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _numbers_are_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        if not isinstance(value, bool | _TomlText):
+            return value
+        field = cls.model_fields.get(info.field_name or "")
+        kind = _number_kind(field.annotation) if field is not None else None
+        if kind is None:
+            return str(value) if isinstance(value, _TomlText) else value
+        if isinstance(value, bool):
+            raise PydanticCustomError(
+                "number_not_boolean",
+                "must be {wanted}, not a boolean",
+                {"wanted": _NUMBER_WORDS[kind]},
+            )
+        raise PydanticCustomError(
+            "number_not_text",
+            "must be {wanted}, not a string: write the number without quotes",
+            {"wanted": _NUMBER_WORDS[kind]},
+        )
 
 
 class StorageSettings(_Section):
@@ -257,6 +326,7 @@ class Price(_Section):
 class UsageSettings(_Section):
     prices: dict[str, Price] = Field(
         default_factory=dict,
+        examples=[{"openai:gpt-4o-mini": {"input": 0.15, "output": 0.6, "cached_input": 0.075}}],
         description='Prices per model spec (a table per model: [usage.prices."openai:gpt-4o"] '
         "input = 2.5, output = 10.0, cached_input = 1.25), per million tokens; turns of "
         "those models get a cost.",
@@ -302,6 +372,7 @@ class Settings(BaseSettings):
     usage: UsageSettings = Field(default_factory=UsageSettings)  # type: ignore[arg-type]
     plugins: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
+        examples=[{"redis": {"url": "redis://cache:6379/0"}}],
         description="Settings of installed plugins, a table per plugin: [plugins.redis] url = ….",
     )
 
@@ -386,6 +457,217 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise SettingsError(f"cannot read configuration file {path}: {exc.strerror}") from None
 
 
+def _model_member(annotation: Any) -> type[BaseModel] | None:
+    for member in _members(annotation):
+        if isinstance(member, type) and issubclass(member, BaseModel):
+            return member
+    return None
+
+
+def _mapping_values(annotation: Any) -> Any:
+    """The value type of a dict annotation (``Any`` when not given), or None."""
+    for member in _members(annotation):
+        origin = get_origin(member) or member
+        if isinstance(origin, type) and issubclass(origin, Mapping):
+            args = get_args(member)
+            return args[1] if len(args) == 2 else Any
+    return None
+
+
+def _mark_text(value: Any, annotation: Any) -> Any:
+    """``value`` from the TOML file, each string where a number belongs marked as
+    :class:`_TomlText` (which the sections refuse)."""
+    if isinstance(value, str):
+        return _TomlText(value) if _number_kind(annotation) is not None else value
+    if not isinstance(value, dict):
+        return value
+    model = _model_member(annotation)
+    if model is not None:
+        fields = model.model_fields
+        return {
+            k: _mark_text(v, fields[k].annotation) if k in fields else v for k, v in value.items()
+        }
+    inner = _mapping_values(annotation)
+    if inner is not None:
+        return {k: _mark_text(v, inner) for k, v in value.items()}
+    return value
+
+
+def _annotation_at(model: type[BaseModel], loc: Sequence[Any]) -> Any:
+    """The annotation of the value at ``loc`` (keys of sections, tables, lists), or None."""
+    annotation: Any = model
+    for part in loc:
+        section = _model_member(annotation)
+        if section is not None:
+            field = section.model_fields.get(str(part))
+            if field is None:
+                return None
+            annotation = field.annotation
+            continue
+        inner = _mapping_values(annotation)
+        if inner is not None:
+            annotation = inner
+            continue
+        items = [m for m in _members(annotation) if get_origin(m) in (list, tuple, set, frozenset)]
+        if not items or not isinstance(part, int):
+            return None
+        args = get_args(items[0])
+        annotation = args[0] if args else Any
+    return annotation
+
+
+def _setting_loc(model: type[BaseModel], loc: Sequence[Any]) -> tuple[Any, ...]:
+    """The part of ``loc`` that names a setting: up to the first key that is not a section
+    (``usage.prices`` of ``usage.prices."openai:gpt-4o".input``)."""
+    annotation: Any = model
+    for i, part in enumerate(loc):
+        section = _model_member(annotation)
+        field = section.model_fields.get(str(part)) if section is not None else None
+        if field is None:
+            return tuple(loc[: i + 1])
+        annotation = field.annotation
+        if _model_member(annotation) is None:
+            return tuple(loc[: i + 1])
+    return tuple(loc)
+
+
+def _json_kind(annotation: Any) -> str | None:
+    """The JSON type the environment gives this setting in ("object", "array"), or None."""
+    kinds = set()
+    for member in _members(annotation):
+        origin = get_origin(member) or member
+        if not isinstance(origin, type):
+            return None
+        if issubclass(origin, BaseModel | Mapping):
+            kinds.add("object")
+        elif issubclass(origin, list | tuple | set | frozenset):
+            kinds.add("array")
+        else:
+            return None
+    return kinds.pop() if len(kinds) == 1 else None
+
+
+def _example(annotation: Any, depth: int = 0) -> Any:
+    """A value of ``annotation`` to show as an example (text where any text will do)."""
+    members = _members(annotation)
+    member = members[0] if members else annotation
+    origin = get_origin(member)
+    if origin is Literal:
+        return get_args(member)[0]
+    if depth > 3:
+        return {}
+    section = _model_member(member)
+    if section is not None:
+        for name, field in section.model_fields.items():
+            if not field.exclude and isinstance(field.default, str | int | float):
+                return {name: field.default}
+        return {}
+    inner = _mapping_values(member)
+    if inner is not None:
+        return {"name": _example(inner, depth + 1)}
+    if origin in (list, tuple, set, frozenset):
+        args = get_args(member)
+        item = _example(args[0] if args else str, depth + 1)
+        return [item, "second"] if item == "first" else [item]
+    if member in (int, float):
+        return 1
+    if member is bool:
+        return True
+    return "first"
+
+
+@dataclass(frozen=True)
+class _FromEnv:
+    """A setting given by an environment variable: the variable and its value (decoded
+    from JSON for a setting that holds a table or a list)."""
+
+    variable: str
+    value: Any
+    json_kind: str | None
+    example: str
+
+    def holds(self, rest: Sequence[Any]) -> bool:
+        """Whether the value has something at ``rest`` (keys below the variable's setting)."""
+        value = self.value
+        for part in rest:
+            listed = isinstance(value, list) and isinstance(part, int) and 0 <= part < len(value)
+            if not (listed or (isinstance(value, dict) and part in value)):
+                return False
+            value = value[part]
+        return True
+
+    def good_value(self) -> str:
+        return f"{self.variable} must hold a JSON {self.json_kind}, e.g. {self.example}"
+
+
+def _json_example(variable: str, field: FieldInfo | None, annotation: Any) -> str:
+    examples = field.examples if field is not None else None
+    value = examples[0] if examples else _example(annotation)
+    return f"{variable}='{json.dumps(value)}'"
+
+
+def _environment_values(
+    environ: Mapping[str, str], model: type[Settings]
+) -> dict[tuple[str, ...], _FromEnv]:
+    """The settings the environment gives, by their location in the settings.
+
+    A setting that holds a table or a list is given as JSON: text that is not
+    JSON is reported here, naming the variable, what is wrong and a good value
+    (pydantic-settings would only say that a section could not be read).
+    """
+    found: dict[tuple[str, ...], _FromEnv] = {}
+    for variable, text in environ.items():
+        if not variable.upper().startswith(ENV_PREFIX):
+            continue
+        name = variable[len(ENV_PREFIX) :].lower()
+        if name in NOT_SETTINGS:
+            continue
+        loc = tuple(name.split("__"))
+        annotation = _annotation_at(model, loc)
+        if annotation is None:
+            continue
+        kind = _json_kind(annotation)
+        field = _field_at(model, loc)
+        example = _json_example(variable, field, annotation) if kind else ""
+        value: Any = text
+        if kind is not None:
+            try:
+                value = json.loads(text)
+            except (ValueError, RecursionError) as exc:
+                what = "is empty" if not text.strip() else f"is not JSON ({_json_problem(exc)})"
+                raise SettingsError(
+                    f"setting {'.'.join(loc)!r} from environment variable {variable} {what}; "
+                    f"{variable} must hold a JSON {kind}, e.g. {example}"
+                ) from None
+        found[loc] = _FromEnv(variable, value, kind, example)
+    return found
+
+
+def _json_problem(exc: BaseException) -> str:
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg} at character {exc.pos + 1}"
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return str(exc)
+
+
+def _field_at(model: type[BaseModel], loc: Sequence[Any]) -> FieldInfo | None:
+    """The field declared at ``loc``, when ``loc`` ends at a key of a section."""
+    if not loc:
+        return None
+    section = _model_member(_annotation_at(model, loc[:-1]))
+    return section.model_fields.get(str(loc[-1])) if section is not None else None
+
+
+def _from_env(loc: Sequence[Any], from_env: Mapping[tuple[str, ...], _FromEnv]) -> _FromEnv | None:
+    """The environment variable whose value holds what is at ``loc``, if one does."""
+    for n in range(len(loc), 0, -1):
+        given = from_env.get(tuple(str(p) for p in loc[:n]))
+        if given is not None and given.holds(loc[n:]):
+            return given
+    return None
+
+
 def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
     keys = []
     for name, field in model.model_fields.items():
@@ -405,17 +687,41 @@ def env_var(key: str) -> str:
 
 
 def _describe(
-    error: Mapping[str, Any], config_file: Path | None, model: type[Settings], not_loaded: str
+    error: Mapping[str, Any],
+    config_file: Path | None,
+    model: type[Settings],
+    not_loaded: str,
+    from_env: Mapping[tuple[str, ...], _FromEnv] | None = None,
 ) -> str:
-    key = ".".join(str(part) for part in error["loc"])
+    loc = tuple(error["loc"])
+    key = ".".join(str(part) for part in loc)
+    given = _from_env(loc, from_env or {})
     if error["type"] == "extra_forbidden":
         close = difflib.get_close_matches(key, _known_keys(model), n=1)
+        section = _model_member(_annotation_at(model, loc[:-1]))
+        if not close and section is not None:
+            # A key of a table inside a table (usage.prices."openai:gpt-4o".inptu).
+            names = [n for n, f in section.model_fields.items() if not f.exclude]
+            near = difflib.get_close_matches(str(loc[-1]), names, n=1)
+            close = [".".join(str(p) for p in (*loc[:-1], near[0]))] if near else []
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        return f"unknown setting {key!r}{hint}{not_loaded}"
-    where = f"{env_var(key)} or [{key.rpartition('.')[0] or 'top level'}] in "
+        origin = ""
+        if given is not None:
+            origin = f" (in environment variable {given.variable}"
+            origin += f"; {given.good_value()})" if given.json_kind else ")"
+        return f"unknown setting {key!r}{hint}{origin}{not_loaded}"
+    setting = ".".join(str(part) for part in _setting_loc(model, loc))
+    where = f"{env_var(setting)} or [{setting.rpartition('.')[0] or 'top level'}] in "
     where += str(config_file) if config_file else CONFIG_FILE_NAME
     got = error.get("input")
-    return f"setting {key!r} is invalid: {error['msg']} (got {got!r}; set it with {where})"
+    shown = json.dumps(got) if isinstance(got, bool) else repr(got)
+    if given is None:
+        return f"setting {key!r} is invalid: {error['msg']} (got {shown}; set it with {where})"
+    good = f"; {given.good_value()}" if given.json_kind else ""
+    return (
+        f"setting {key!r} is invalid: {error['msg']} (got {shown} from environment variable "
+        f"{given.variable}{good}; set it with {where})"
+    )
 
 
 def _check_environment(
@@ -456,9 +762,10 @@ def _section_class(section: str, models: Sequence[type[BaseModel]]) -> type[Base
     name = "".join(part.title() for part in section.split("_")) + "Settings"
     # pydantic collects fields from the far end of the MRO: reversed bases put
     # the first model's fields (the core section's) first.
+    # _Section last: its checks apply to every model's fields.
     built = types.new_class(
         name,
-        tuple(reversed(models)),
+        (*reversed(models), _Section),
         exec_body=lambda ns: ns.update(model_config=_SECTION_CONFIG, __module__=__name__),
     )
     if not issubclass(built, BaseModel):  # pragma: no cover - bases are models
@@ -558,11 +865,12 @@ def load_settings(
     path = _config_path(config, os.environ)
     data = _read_toml(path) if path is not None else {}
     _check_environment(os.environ, model, not_loaded)
-    token = _toml_layer.set(data)
+    from_env = _environment_values(os.environ, model)
+    token = _toml_layer.set(_mark_text(data, model))
     try:
         settings = model(**dict(overrides or {}))
     except ValidationError as exc:
-        problems = [_describe(e, path, model, not_loaded) for e in exc.errors()]
+        problems = [_describe(e, path, model, not_loaded, from_env) for e in exc.errors()]
         raise SettingsError("; ".join(problems)) from None
     except SourceError as exc:
         raise SettingsError(

@@ -475,12 +475,14 @@ def test_config_show_reports_an_unknown_setting(monkeypatch: pytest.MonkeyPatch)
 def test_db_current_before_init(workdir: Path) -> None:
     info = ok_json("db", "current", "--json")
     assert info["current"] is None
+    assert info["exists"] is False
     assert info["up_to_date"] is False
     assert info["head"]
     assert DB_FILE in info["database"]
     text = ok("db", "current").output
-    assert "run `chatwright db upgrade`" in text
-    assert f"newest {info['head']}" in text
+    assert "`chatwright db upgrade`" in text
+    assert f"newest revision {info['head']}" in text
+    assert not (workdir / DB_FILE).exists()
 
 
 def test_db_upgrade_then_current(workdir: Path) -> None:
@@ -843,6 +845,11 @@ def test_agents_prompt_file_must_exist() -> None:
     ],
 )
 def test_agents_commands_on_a_database_that_is_not_initialised(args: list[str]) -> None:
+    if args[1] in {"list", "show"}:
+        # Commands that only read create no database file.
+        assert_error(run(*args), DB_FILE, "there is no database at", "`chatwright init`")
+        assert ok_json("db", "current", "--json")["exists"] is False
+        return
     assert_error(
         run(*args), DB_FILE, "not initialised", "`chatwright db upgrade`", "`chatwright init`"
     )

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from chatwright import hookimpl
-from chatwright.cli import AppContext, pass_app
+from chatwright.cli import AppContext, for_terminal, pass_app
 from chatwright.commands import inputs
 from chatwright.errors import (
     AlreadyDecidedError,
@@ -222,7 +222,7 @@ async def _interactive(
             click.echo("Your message was not sent: this chat waits for decisions on other calls.")
             turn = _waiting_turn(chat_id, exc)
         except ChatwrightError as exc:
-            click.secho(f"Error: {exc}", fg="red", err=True)
+            click.secho(f"Error: {for_terminal(str(exc))}", fg="red", err=True)
             continue
         if not ask:
             _answer(turn, currency)
@@ -311,7 +311,7 @@ async def _ask_until_decided(
             turn.status = "approval_required" if waiting else "done"
             continue
         except ChatwrightError as exc:
-            click.secho(f"Error: {exc}", fg="red", err=True)
+            click.secho(f"Error: {for_terminal(str(exc))}", fg="red", err=True)
             return True
         if not approve:
             click.echo("Denied; the agent is told you declined.")

@@ -35,18 +35,25 @@ def db_upgrade(app: AppContext) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_app
 def db_current(app: AppContext, as_json: bool) -> None:
-    """Show the schema revision of the database and the newest one."""
+    """Show the schema revision of the database and the newest one.
+
+    A SQLite database file that does not exist is reported, not created.
+    """
     from chatwright.runtime import Runtime
+
+    missing = app.missing_database()
 
     async def work() -> dict[str, Any]:
         storage = Runtime(app.settings, app.plugins).build_storage()
         try:
-            current = await storage.current_revision()
+            # Connecting to a SQLite file that does not exist would create it.
+            current = None if missing is not None else await storage.current_revision()
         finally:
             await storage.close()
         head = storage.head_revision()
         return {
             "database": storage.description,
+            "exists": missing is None,
             "current": current,
             "head": head,
             "up_to_date": current == head,
@@ -55,6 +62,12 @@ def db_current(app: AppContext, as_json: bool) -> None:
     info = run_async(work())
     if as_json:
         echo_json(info)
+        return
+    if missing is not None:
+        click.echo(
+            f"{info['database']}: no database yet (newest revision {info['head']}); create it "
+            "with `chatwright init` or `chatwright db upgrade`"
+        )
         return
     state = "up to date" if info["up_to_date"] else "run `chatwright db upgrade`"
     click.echo(f"{info['database']}: revision {info['current']} (newest {info['head']}; {state})")

@@ -37,25 +37,49 @@ def head() -> str | None:
     return ScriptDirectory.from_config(_alembic_config()).get_current_head()
 
 
+# How current() joins the revisions of a version table that holds several.
+SEVERAL = ", "
+
+
 def current(sync_conn: Connection) -> str | None:
-    """The revision the database is at (None before the first migration)."""
+    """The revision the database is at (None before the first migration).
+
+    A version table with several rows (a newer chatwright's branched history, or
+    rows added by hand) gives them all, joined by :data:`SEVERAL`, for
+    :func:`unknown` to name; Alembic's own call would raise.
+    """
     context = MigrationContext.configure(sync_conn, opts={"version_table": schema.VERSION_TABLE})
-    return context.get_current_revision()
+    heads = context.get_current_heads()
+    return SEVERAL.join(sorted(heads)) if heads else None
+
+
+def _known(revision: str) -> bool:
+    try:
+        return ScriptDirectory.from_config(_alembic_config()).get_revision(revision) is not None
+    except Exception:  # Alembic's errors for an unknown or malformed revision
+        return False
 
 
 def unknown(revision: str | None) -> str | None:
     """Why the database's ``revision`` cannot be used (a revision no migration script
-    of this version has: the database was migrated by a newer chatwright), or None."""
+    of this version has: the database was migrated by a newer chatwright; or several
+    revisions at once), or None."""
     if revision is None:
         return None
-    try:
-        known = ScriptDirectory.from_config(_alembic_config()).get_revision(revision)
-    except Exception:  # Alembic's errors for an unknown or malformed revision
-        known = None
-    if known is not None:
+    revisions = revision.split(SEVERAL) if SEVERAL in revision else [revision]
+    strange = [r for r in revisions if not _known(r)]
+    if not strange and len(revisions) == 1:
         return None
+    if not strange:
+        return (
+            f"is at several schema revisions at once ({revision}) in its table "
+            f"{schema.VERSION_TABLE}, which holds one: it was changed by hand. Use a backup "
+            "from before that, or leave only the row of the revision the schema is at"
+        )
+    named = ", ".join(repr(r) for r in strange)
+    plural = "s" if len(strange) > 1 else ""
     return (
-        f"is at schema revision {revision!r}, which this version of chatwright does not "
+        f"is at schema revision{plural} {named}, which this version of chatwright does not "
         f"know (it knows revisions up to {head()}): a newer chatwright migrated it. "
         "Install that version (or newer), or use a backup from before it"
     )
