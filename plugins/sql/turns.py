@@ -208,7 +208,8 @@ class Lease:
         in a transaction of its own."""
         if self.db is None:
             return
-        async with self.db.read(user_id) as conn:
+        # As the framework: chat_leases is closed to the users' roles (row-level security).
+        async with self.db.read() as conn:
             await check_held(conn, self.db, user_id, before="a tool's call", lock=False)
 
 

@@ -24,10 +24,12 @@ from chatwright import hookimpl
 from chatwright.errors import ChatBusyError
 from chatwright.plugins.example import assistant as example
 from chatwright.plugins.sql import schema
+from chatwright.registry import Plugins
 from chatwright.runtime import Runtime
 from chatwright.stores import ToolRow
 from chatwright.tools import StrictTool, ToolContext, invalid_arguments
 from tests.conftest import MakeRuntime
+from tests.hostile.conftest import Backend, drop_app_tables, hostile_settings
 from tests.hostile.test_lease_lost import expire_lease
 
 SENT: list[str] = []
@@ -136,3 +138,29 @@ async def test_a_lease_that_expired_unnoticed_but_was_not_taken_still_lets_the_c
     done = await turn
     assert done.response == "done"
     assert SENT == ["first", "second"]
+
+
+async def test_a_call_while_its_turn_holds_the_chat_is_made_on_every_backend(
+    backend: Backend,
+) -> None:
+    """The lease is read as the framework reads it: on Supabase, where the users' role
+    may not read ``chat_leases``, a turn holding its chat still makes its calls."""
+    plugins = Plugins.load()
+    plugins.register(Plugin(), "outbox")
+    runtime = Runtime(hostile_settings(backend, plugins), plugins)
+    await runtime.start(upgrade=True)
+    try:
+        await drop_app_tables(runtime)
+        storage = runtime.storage
+        await example.seed(storage, "scripted:x")
+        await storage.tools.add(example.AGENT, "send_message", type="outbox", config={})
+        script = [send("hello"), {"content": "done"}]
+        await storage.agents.update(example.AGENT, model_settings={"responses": script})
+        user = f"jo-{uuid.uuid4().hex[:6]}"
+        chat = (await storage.sessions.open(user, example.AGENT, chat_id=uuid.uuid4())).chat_id
+        turn = await runtime.chat(user, example.AGENT, chat, "send it")
+        assert [c.result for c in turn.tool_calls] == ["sent"], turn.tool_calls
+        assert turn.response == "done"
+        assert SENT == ["hello"]
+    finally:
+        await runtime.close()
