@@ -39,19 +39,37 @@ TRANSCRIPT_PAGE = 500
 _SPACE = re.compile(r"[\s\x00-\x1f\x7f-\x9f]+")
 
 
-async def owner_lost(storage: Storage, user_id: str, chat_id: uuid.UUID) -> bool:
+async def owner_lost(
+    storage: Storage, user_id: str, chat_id: uuid.UUID, agent_name: str | None = None
+) -> bool:
     """Whether a chat the session store knows no owner of is ``user_id``'s all the same:
     messages of theirs are stored under it.
 
     Only a session store that lost what it kept (Redis run without persistence, then
     restarted) forgets the owner of a chat whose messages exist. Its user may then
-    reopen the chat by its id, naming an agent (``POST /api/sessions``, ``chatwright
+    reopen the chat by its id, naming its agent (``POST /api/sessions``, ``chatwright
     chat --chat-id``), which makes them its owner again; another user finds no chat,
     since messages are read by user.
+
+    :param agent_name: the agent the chat is to be reopened with. When what is stored
+        of the chat (its tool calls held for approval, its audited writes) names
+        another agent, :class:`~chatwright.errors.InvalidInputError` says which: the
+        chat goes on with its own agent, whose decisions it may still wait for.
     """
     if await storage.sessions.chat_owner(chat_id) is not None:
         return False
-    return bool(await storage.messages.window(user_id, chat_id, 1))
+    if not await storage.messages.window(user_id, chat_id, 1):
+        return False
+    if agent_name is not None:
+        known = await storage.pending.list(user_id, chat_id=chat_id, status=None, limit=1)
+        audited = [] if known else await storage.audit.list(user_id, chat_id=chat_id, limit=1)
+        was = next((r.agent_name for r in [*known, *audited]), agent_name)
+        if was != agent_name:
+            raise InvalidInputError(
+                f"chat {chat_id} was with agent {was!r}, not {agent_name!r}; reopen it "
+                f"with agent {was!r}"
+            )
+    return True
 
 
 def message_text(content: Mapping[str, Any]) -> str:

@@ -139,7 +139,7 @@ def chat(
         if (
             chat_id is not None
             and await storage.sessions.chat_owner(chat_id) is None
-            and not await owner_lost(storage, user, chat_id)
+            and not await owner_lost(storage, user, chat_id, name)
         ):
             # The API lets clients name new chats; here a typo must not start one silently.
             raise NotFoundError(

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from chatwright.plugins.sql import schema
 from tests.hostile.conftest import MakeServer, bearer
-from tests.write_safety import AGENT, seed_writer
+from tests.write_safety import AGENT, calls, seed_writer
 
 
 async def test_only_the_user_whose_messages_are_stored_reopens_the_chat(
@@ -55,3 +55,44 @@ async def test_only_the_user_whose_messages_are_stored_reopens_the_chat(
     assert [m["role"] for m in page.json()["messages"]] == ["human", "ai"]
     theirs = await server.client.get(f"/api/chats/{chat_id}/messages", headers=bearer("bob"))
     assert theirs.status_code == 404, theirs.text
+
+
+async def test_a_chat_reopened_after_its_owner_was_lost_keeps_its_agent(
+    make_server: MakeServer,
+) -> None:
+    """Its held call waits for a decision of its agent: reopened with another agent,
+    the chat would wait for ever (decisions and turns refused). The agent stored with
+    it is named instead, and reopened with it, the call is decided."""
+    server = await make_server()
+    storage = server.runtime.storage
+    await seed_writer(server.runtime, calls(("add_task", {"title": "milk"})))
+    await storage.agents.create("other", system_prompt="", model="offline:assistant")
+    opened = await server.client.post(
+        "/api/sessions", json={"agent_name": AGENT, "new": True}, headers=bearer("alice")
+    )
+    chat_id = opened.json()["chat_id"]
+    said = await server.client.post(
+        "/api/chat",
+        json={"agent_name": AGENT, "session_id": chat_id, "message": "add milk"},
+        headers=bearer("alice"),
+    )
+    assert said.json()["status"] == "approval_required", said.text
+    [action] = said.json()["pending"]
+    async with storage.write() as conn:  # type: ignore[attr-defined]
+        for table in (schema.active_sessions, schema.chat_sessions):
+            await conn.execute(sa.delete(table))
+    elsewhere = await server.client.post(
+        "/api/sessions", json={"agent_name": "other", "chat_id": chat_id}, headers=bearer("alice")
+    )
+    assert elsewhere.status_code == 422, elsewhere.text
+    assert f"was with agent {AGENT!r}" in elsewhere.json()["error"]
+    assert await storage.sessions.chat_owner(uuid.UUID(chat_id)) is None
+    again = await server.client.post(
+        "/api/sessions", json={"agent_name": AGENT, "chat_id": chat_id}, headers=bearer("alice")
+    )
+    assert again.status_code == 200, again.text
+    decided = await server.client.post(
+        f"/api/pending/{action['id']}/approve", json={}, headers=bearer("alice")
+    )
+    assert decided.status_code == 200, decided.text
+    assert decided.json()["status"] == "done"

@@ -40,8 +40,11 @@ def serve(
     verified like the HTTP API's (server.* settings); crud tools see that
     user's rows only. Tool rows added or changed are served without a restart.
     """
+    from chatwright.commands import inputs
     from chatwright.errors import InvalidInputError
 
+    # As every command checks an agent's name: UTF-8 text, 1-200 characters, no control.
+    inputs.agent("--agent", agent_name)
     if over_http:
         if user_id is not None:
             raise InvalidInputError(
@@ -62,11 +65,8 @@ def serve(
         raise InvalidInputError(
             "give --user USER: the user the tools act for over stdio (1-255 characters)"
         )
-    from chatwright.commands import inputs
-
     # As every command checks a user id: text that is UTF-8, 1-255 characters, no control.
     inputs.name("--user", user_id)
-    inputs.agent("--agent", agent_name)
     from chatwright_mcp.serve import serve_stdio
 
     app.run(lambda runtime: serve_stdio(runtime, agent_name, user_id))

@@ -284,6 +284,8 @@ async def test_stdio_serve_for_one_user(served: Served, plugins: Plugins) -> Non
         (["--agent", AGENT, "--user", "car\x01ol"], "--user holds a control character"),
         (["--agent", AGENT, "--user", "c" * 256], "--user is 256 characters long"),
         (["--agent", "x\udcff", "--user", "carol"], "--agent holds a lone surrogate"),
+        (["--agent", "x\udcff", "--http"], "--agent holds a lone surrogate"),
+        (["--agent", "x\x01", "--http"], "--agent holds a control character"),
         (["--agent", AGENT, "--http", "--user", "carol"], "--user is for stdio"),
         (["--agent", AGENT, "--http", "--port", "70000"], "--port 70000 is not a port"),
     ],

@@ -49,7 +49,9 @@ async def open_session(body: OpenSession, runtime: RuntimeDep, who: User) -> Ses
     move: tuple[str, uuid.UUID] | None = None
     if chat_id is not None:
         owner = await runtime.storage.sessions.chat_owner(chat_id)
-        if owner is None and await owner_lost(runtime.storage, who.user_id, chat_id):
+        if owner is None and await owner_lost(
+            runtime.storage, who.user_id, chat_id, body.agent_name
+        ):
             # The session store lost the chat's owner; its messages are the caller's.
             owner = (who.user_id, body.agent_name)
         if owner is None or owner[0] != who.user_id:
