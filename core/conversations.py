@@ -61,9 +61,12 @@ async def owner_lost(
     if not await storage.messages.window(user_id, chat_id, 1):
         return False
     if agent_name is not None:
-        known = await storage.pending.list(user_id, chat_id=chat_id, status=None, limit=1)
-        audited = [] if known else await storage.audit.list(user_id, chat_id=chat_id, limit=1)
-        was = next((r.agent_name for r in [*known, *audited]), agent_name)
+        held = await storage.pending.list(user_id, chat_id=chat_id, status=None, limit=1)
+        named = [a.agent_name for a in held]
+        if not named:
+            audited = await storage.audit.list(user_id, chat_id=chat_id, limit=1)
+            named = [e.agent_name for e in audited]
+        was = named[0] if named else agent_name
         if was != agent_name:
             raise InvalidInputError(
                 f"chat {chat_id} was with agent {was!r}, not {agent_name!r}; reopen it "
