@@ -17,8 +17,10 @@ Secrets are left out and marked ``{"$secret": "<where>"}``, ``<where>`` being
 the value's own place (``model_settings.api_key``,
 ``tools.search.config.token``). A model setting is a secret when its key looks
 like one (:func:`chatwright.redaction.is_secret_key`, the rule ``agents show``
-hides by), at any depth of objects and lists, or is a URL with a password (marked
-whole); a tool config field is one when its type declares it: a
+hides by: ``api_key``, ``api_keys``, ``cookies``, an ``X-Auth`` header), at any
+depth of objects and lists, or is a URL with a password or a credential in its
+query (``?api_key=``, :func:`chatwright.redaction.secret_parameters`), marked
+whole; a tool config field is one when its type declares it: a
 ``SecretStr`` field of the type's config model, or one with
 ``json_schema_extra={"secret": True}``. On import a marker takes, in order: the
 value given for it (``--secret WHERE=VALUE``), the value already stored in that
@@ -35,13 +37,16 @@ are read by :func:`loads`, which refuses an object giving a key twice as well.
 
 An import is checked whole before anything is written: the bundle's shape, the
 agent's fields, every tool row built against the live schema as ``tools add``
-does. One bad row and nothing changes. Tools stored but absent from the bundle
-are kept, or removed with ``prune``. The writes are one store call each (the
-storage protocol has no transaction spanning an agent and its tool rows): should
-one fail, the writes before it are undone, newest first (an agent created is
-deleted with its tool rows, a changed row gets its old fields back, a row
-removed is added again under a new id), and the error names the write that
-failed.
+does. One bad row and nothing changes. A field a tool row leaves out keeps the
+value of the stored row of its name (a new row takes the defaults): a bundle
+without ``approval`` does not make a tool run without asking; a change of a row's
+``approval``, ``approval_default`` or ``is_active`` is named in the report. Tools
+stored but absent from the bundle are kept, or removed with ``prune``. The writes
+are one store call each (the storage protocol has no transaction spanning an agent
+and its tool rows): should one fail, the writes before it are undone, newest
+first (an agent created is deleted with its tool rows, a changed row gets its old
+fields back, a row removed is added again under a new id), and the error names
+the write that failed.
 
 Longer than 450 lines because the format is one contract read together: its
 export, the checks of what is read back, and the import that mirrors the export.
@@ -68,7 +73,7 @@ from chatwright.errors import (
     TooLargeError,
     one_line,
 )
-from chatwright.redaction import is_secret_key
+from chatwright.redaction import is_secret_key, secret_parameters
 
 if TYPE_CHECKING:
     from chatwright.registry import Plugins
@@ -90,6 +95,9 @@ MAX_NODES = 200_000
 """Most values in all (a YAML alias counts each time it is used)."""
 MAX_MODEL = 200
 """Longest model spec: the length of the agents table's model column."""
+YAML_BREAKS = "\x85\u2028\u2029"
+"""Characters YAML takes for line breaks besides CR and LF: a string holding one is written
+double quoted, where they are escaped (``\\N``, ``\\L``, ``\\P``)."""
 
 log = logging.getLogger(__name__)
 
@@ -142,15 +150,17 @@ def secret_fields(plugins: Plugins, tool_type: str) -> frozenset[str]:
 
 
 def _has_password(value: Any) -> bool:
-    """Whether ``value`` is a URL with a password (``https://user:pw@host``)."""
+    """Whether ``value`` is a URL with a password (``https://user:pw@host``) or a credential
+    in its query or fragment (``?api_key=…``, :func:`chatwright.redaction.secret_parameters`)."""
     if not isinstance(value, str) or "://" not in value:
         return False
     from urllib.parse import urlsplit
 
     try:
-        return urlsplit(value).password is not None
+        password = urlsplit(value).password
     except ValueError:
-        return "@" in value
+        return "@" in value or "=" in value  # where a password or a parameter would be
+    return password is not None or bool(secret_parameters(value))
 
 
 def _mark_settings(value: Any, where: str) -> Any:
@@ -247,7 +257,12 @@ def dump(bundle: Mapping[str, Any], fmt: str = "json") -> str:
             """Multi-line text (a system prompt) as a literal block, when YAML allows one."""
 
         def text_block(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
-            style = "|" if "\n" in data else None
+            # A line break YAML reads as one but JSON does not (NEL, U+2028, U+2029) would
+            # come back as a space or a newline: double quoted, it is written escaped.
+            if any(ch in data for ch in YAML_BREAKS):
+                style: str | None = '"'
+            else:
+                style = "|" if "\n" in data else None
             return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
 
         Dumper.add_representer(str, text_block)
@@ -598,13 +613,23 @@ class ImportReport:
     """The agent's fields that change."""
     added: list[str] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)
+    safety: dict[str, list[str]] = field(default_factory=dict)
+    """Per tool updated, how its approval, approval_default or is_active change
+    (``approval required -> auto``)."""
     unchanged: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
     """Tools stored but not in the bundle, left as they are (without prune)."""
     dry_run: bool = False
 
+    def tool_updated(self, name: str, safety: list[str]) -> None:
+        self.updated.append(name)
+        if safety:
+            self.safety[name] = safety
+
     def as_dict(self) -> dict[str, Any]:
+        """The report as JSON; ``tools.safety`` holds, per updated tool whose write safety
+        changes, the changes (``["approval required -> auto", "is_active false -> true"]``)."""
         return {
             "agent": self.agent,
             "action": self.action,
@@ -612,6 +637,7 @@ class ImportReport:
             "tools": {
                 "added": self.added,
                 "updated": self.updated,
+                "safety": self.safety,
                 "unchanged": self.unchanged,
                 "removed": self.removed,
                 "kept": self.kept,
@@ -633,6 +659,41 @@ def _tool_fields(row: ToolRow) -> dict[str, Any]:
         "approval": row.approval,
         "approval_default": row.approval_default,
     }
+
+
+SAFETY = ("approval", "approval_default", "is_active")
+"""A tool row's fields that say how freely it runs: an import names their changes."""
+
+
+def _kept_fields(row: dict[str, Any], stored: ToolRow | None) -> dict[str, Any]:
+    """``row`` with the fields it leaves out taken from ``stored``, the row of its name.
+
+    A new row takes the defaults instead, and so does the ``config`` of a row that
+    replaces one of another type.
+    """
+    if stored is None:
+        return row
+    have = _tool_fields(stored)
+    replaced = row.get("type", stored.type) != stored.type
+    kept = {
+        key: value
+        for key, value in have.items()
+        if key not in row and not (replaced and key == "config")
+    }
+    return {**kept, **row}
+
+
+def _safety_changes(stored: ToolRow, candidate: ToolRow) -> list[str]:
+    """How ``candidate`` changes the :data:`SAFETY` fields of ``stored``."""
+
+    def shown(value: Any) -> str:
+        return json.dumps(value) if isinstance(value, bool) else str(value)
+
+    return [
+        f"{key} {shown(getattr(stored, key))} -> {shown(getattr(candidate, key))}"
+        for key in SAFETY
+        if getattr(stored, key) != getattr(candidate, key)
+    ]
 
 
 async def import_bundle(
@@ -694,8 +755,9 @@ async def import_bundle(
     problems = []
     plans: list[_ToolWrite] = []
     context = ToolContext(name, runtime.storage, runtime.settings)
-    for index, row in enumerate(rows):
-        stored = stored_tools.get(row["name"])
+    for index, given in enumerate(rows):
+        stored = stored_tools.get(given["name"])
+        row = _kept_fields(given, stored)
         candidate = catalog.candidate_row(target, row)
         checked = await build_row(candidate, name, runtime.plugins, context)
         if not checked.ok:
@@ -703,20 +765,18 @@ async def import_bundle(
             problems.append(f"tools[{index}] {row['name']!r}: {brief}")
             continue
         wanted = _tool_fields(candidate)
-        if "position" not in row:
-            wanted.pop("position")
         if stored is None:
             plans.append(_ToolWrite("add", index, row["name"], row))
             report.added.append(row["name"])
         elif stored.type != candidate.type:
             plans.append(_ToolWrite("replace", index, row["name"], row, stored))
-            report.updated.append(row["name"])
+            report.tool_updated(row["name"], _safety_changes(stored, candidate))
         else:
             have = _tool_fields(stored)
             diff = {k: v for k, v in wanted.items() if k != "type" and have[k] != v}
             if diff:
                 plans.append(_ToolWrite("update", index, row["name"], diff, stored))
-                report.updated.append(row["name"])
+                report.tool_updated(row["name"], _safety_changes(stored, candidate))
             else:
                 report.unchanged.append(row["name"])
     if problems:

@@ -1,11 +1,18 @@
 """The one rule for hiding secrets in what the CLI and the API show.
 
-A value is hidden when its key looks like a secret: one of the words of the key
-(split at ``_``, ``-``, ``.`` and camelCase) is ``password``, ``secret``,
-``token``, ``key``, ``authorization`` or the like (``api_key``, ``OPENAI_API_KEY``,
-``jwt_secret``, ``accessToken``, an ``Authorization`` header; not ``max_tokens``),
-at any depth of a mapping, and a URL keeps everything but its password.
-``config show`` and ``agents show`` both print through it.
+A value is hidden when its key looks like a secret (:func:`is_secret_key`): one
+of the words of the key (split at ``_``, ``-``, ``.`` and camelCase) is
+``password``, ``secret``, ``token``, ``key``, ``authorization``, ``cookie`` or the
+like, in the singular or the plural (``api_key``, ``OPENAI_API_KEY``,
+``jwt_secret``, ``accessToken``, ``cookies``, an ``Authorization`` header); the
+plurals ``keys`` and ``tokens`` only after a word that makes them credentials
+(``api_keys``, ``access_tokens``; not ``max_tokens``, ``max_keys``); and ``auth``
+in a key written with hyphens, the shape of an HTTP header (``X-Auth``,
+``X-Auth-User``; not the ``auth`` setting). It is so at any depth of a mapping.
+A URL keeps everything but its password and the values of the parameters of its
+query (or fragment) that look like credentials (:func:`secret_parameters`).
+``config show`` and ``agents show`` both print through it, and the agent bundles
+mark what it finds.
 """
 
 from __future__ import annotations
@@ -18,40 +25,140 @@ HIDDEN = "**********"
 SECRET_WORDS = frozenset(
     {
         "password",
+        "passwords",
         "passwd",
         "passphrase",
+        "passphrases",
         "secret",
+        "secrets",
         "token",
         "key",
         "apikey",
-        "credentials",
+        "apikeys",
         "credential",
-        "secrets",
-        "passwords",
+        "credentials",
         "authorization",
         "cookie",
+        "cookies",
     }
 )
+PLURAL_WORDS = frozenset({"keys", "tokens"})
+"""Secret words only after one of :data:`CREDENTIAL_WORDS` (``max_tokens`` is a number)."""
+CREDENTIAL_WORDS = frozenset(
+    {
+        "api",
+        "access",
+        "auth",
+        "bearer",
+        "refresh",
+        "session",
+        "private",
+        "signing",
+        "client",
+        "service",
+        "app",
+        "master",
+        "admin",
+        "encryption",
+    }
+)
+HEADER_WORDS = frozenset({"auth"})
+"""Secret words in a key written with hyphens (an HTTP header's name: ``X-Auth``)."""
+QUERY_WORDS = frozenset({"auth", "sig", "signature", "pwd", "pass"})
+"""Secret words of a URL's query parameter, besides those of a key (``?sig=``, Azure's;
+``X-Amz-Signature``)."""
 _WORD = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
 
 
+def _words(key: str) -> list[str]:
+    return [word.lower() for word in _WORD.findall(key)]
+
+
+def _secret_words(words: list[str], extra: frozenset[str]) -> bool:
+    for n, word in enumerate(words):
+        if word in SECRET_WORDS or word in extra:
+            return True
+        if word in PLURAL_WORDS and n > 0 and words[n - 1] in CREDENTIAL_WORDS:
+            return True
+    return False
+
+
 def is_secret_key(key: str) -> bool:
-    """Whether a setting or model setting of this name holds a secret."""
-    return any(word.lower() in SECRET_WORDS for word in _WORD.findall(key))
+    """Whether a setting, model setting or header of this name holds a secret."""
+    extra = HEADER_WORDS if "-" in key else frozenset()
+    return _secret_words(_words(key), extra)
+
+
+_PAIR = re.compile(r"[^&;]+")
+
+
+def _secret_pair(pair: str) -> str | None:
+    """The name of a query parameter ``name=value`` that holds a credential, else None."""
+    from urllib.parse import unquote_plus
+
+    name, sep, value = pair.partition("=")
+    name = unquote_plus(name)
+    if sep and value and _secret_words(_words(name), QUERY_WORDS | HEADER_WORDS):
+        return name
+    return None
+
+
+def secret_parameters(url: str) -> list[str]:
+    """The names of the query (and fragment) parameters of ``url`` that hold a credential.
+
+    A parameter holds one when its value is not empty and its name is a secret key
+    (:func:`is_secret_key`: ``api_key``, ``apikey``, ``key``, ``token``,
+    ``access_token``, ``secret``, ``password``, ``X-Amz-Credential``…) or holds one
+    of :data:`QUERY_WORDS` (``auth``, ``sig``, ``signature``, ``pwd``, ``pass``).
+    """
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return []
+    found = (
+        _secret_pair(m.group())
+        for text in (parts.query, parts.fragment)
+        for m in _PAIR.finditer(text)
+    )
+    return [name for name in found if name is not None]
+
+
+def _hide_parameters(url: str) -> str:
+    """``url`` with the values of its :func:`secret_parameters` hidden."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    if not secret_parameters(url):
+        return url
+
+    def hidden(text: str) -> str:
+        def one(match: re.Match[str]) -> str:
+            pair = match.group()
+            return pair if _secret_pair(pair) is None else f"{pair.partition('=')[0]}={HIDDEN}"
+
+        return _PAIR.sub(one, text)
+
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(query=hidden(parts.query), fragment=hidden(parts.fragment)))
 
 
 def hide_url(value: str) -> str:
-    """A URL without its password; anything that does not parse is hidden whole."""
+    """A URL without its password and credential parameters; anything that does not parse is
+    hidden whole."""
     from sqlalchemy.engine import make_url
 
     try:
-        return make_url(value).render_as_string(hide_password=True)
+        # Before: a fragment would be read as part of the path. After: the query as
+        # rendered, its hidden values shown unquoted.
+        shown = make_url(_hide_parameters(value)).render_as_string(hide_password=True)
+        return _hide_parameters(shown)
     except Exception:
         return "<unparseable URL hidden>"
 
 
 def redacted(data: Any) -> Any:
-    """``data`` with every secret-looking key's value and every URL's password hidden."""
+    """``data`` with every secret-looking key's value and every URL's secrets hidden."""
     if isinstance(data, Mapping):
         return {
             key: HIDDEN

@@ -182,6 +182,7 @@ def test_import_updates_changed_tools_and_adds_new_ones(db: str, workdir: Path) 
         ok("agents", "import", str(write(workdir / "c.json", bundle)), "--json").stdout
     )
     assert report["tools"]["updated"] == [first["name"]]
+    assert report["tools"]["safety"] == {first["name"]: ["approval auto -> required"]}
     assert report["tools"]["added"] == ["list_again"]
     rows = {t.name: t for t in stored_tools(db)}
     assert rows[first["name"]].description == "A new description."

@@ -460,6 +460,10 @@ def agents_import(
         ("kept", "kept (not in the bundle; --prune removes them)"),
     ):
         names = report["tools"][key]
+        if key == "updated":
+            # A change of a tool's write safety is never silent.
+            safety = report["tools"].get("safety", {})
+            names = [f"{n} ({'; '.join(safety[n])})" if n in safety else n for n in names]
         if names:
             click.echo(f"  tools {words}: {', '.join(names)}")
     if dry_run:

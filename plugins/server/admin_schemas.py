@@ -100,6 +100,11 @@ class ImportedTools(BaseModel):
     unchanged: list[str]
     removed: list[str]
     kept: list[str] = Field(description="Stored tools not in the bundle, kept (no prune).")
+    safety: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Per updated tool whose approval, approval_default or is_active changes, "
+        'the changes ("approval required -> auto").',
+    )
 
 
 class ImportReportOut(BaseModel):
