@@ -433,7 +433,14 @@ async def test_import_reimport_and_chats_see_it(
     report = await run_import(target, original_url, "--yes")
     assert report["failed"] == []
     assert report["counts"]["agent"] == {"import": 1, "skip": 2}
-    assert report["counts"]["chat"] == {"import": 2}
+    # Alice's chat's second engagement has its own line: the chat is imported once.
+    assert report["counts"]["chat"] == {"import": 2, "skip": 1}
+    first, second = [i for i in report["items"] if i["target"] == f"chat {CHAT}"]
+    assert (first["action"], second["action"]) == ("import", "skip")
+    assert second["problems"] == [
+        f"another session of the chat of {first['source']}, which is imported from that "
+        "row: a chat is imported once, as one closed session"
+    ]
     messages = by_target(report)[f"messages of chat {CHAT}"]
     assert messages["count"] == 4
     assert any("robot" in p for p in messages["problems"])

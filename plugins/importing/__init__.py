@@ -28,14 +28,17 @@ def import_group() -> None:
 
 
 def _print_report(plan: Plan) -> None:
+    from chatwright.plugins.importing.plan import shown
+
     click.echo(f"Source: {plan.source.url} (schema {plan.source.schema})")
     for note in plan.notes:
-        click.echo(f"  note: {note}")
+        click.echo(f"  note: {shown(note)}")
     for item in plan.items:
         count = f" ({item.count} messages)" if item.kind == "messages" else ""
-        click.echo(f"{item.action:<15} {item.kind:<13} {item.target}{count}  <- {item.source}")
+        target, source = shown(item.target), shown(item.source)
+        click.echo(f"{item.action:<15} {item.kind:<13} {target}{count}  <- {source}")
         for problem in item.problems:
-            click.echo(f"{'':<16}problem: {problem}")
+            click.echo(f"{'':<16}problem: {shown(problem)}")
     summary = ", ".join(
         f"{kind}: " + ", ".join(f"{n} {action}" for action, n in actions.items())
         for kind, actions in plan.counts().items()
@@ -81,7 +84,7 @@ def llm_agent(
     """
     from chatwright.cli import run_async
     from chatwright.commands.output import echo_json
-    from chatwright.plugins.importing.plan import apply, make_plan
+    from chatwright.plugins.importing.plan import apply, make_plan, shown
     from chatwright.plugins.importing.source import SourceError, read
 
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_$]{0,62}", schema):
@@ -112,16 +115,18 @@ def llm_agent(
             if not as_json:
                 click.echo("Nothing imported.")
             return {**report, "imported": 0, "failed": []}
-        failed = await apply(plan, runtime.storage)
-        done = len(todo) - len(failed)
+        missed = await apply(plan, runtime.storage)
+        done = len(todo) - len(missed)
         if not as_json:
             click.echo(f"Imported {done} item(s).")
-            for item in failed:
-                click.echo(f"failed: {item.kind} {item.target}: {'; '.join(item.problems)}")
+            for item in missed:
+                said = "failed" if item.action == "failed" else "skipped"
+                why = shown("; ".join(item.problems))
+                click.echo(f"{said}: {shown(item.target)} <- {shown(item.source)}: {why}")
         return {
             **plan.as_dict(),
             "imported": done,
-            "failed": [i.as_dict() for i in failed],
+            "failed": [i.as_dict() for i in missed if i.action == "failed"],
         }
 
     result = app.run(work)

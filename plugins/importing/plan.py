@@ -10,10 +10,17 @@ provider, its fields): one it would refuse is skipped, with why, never renamed
 :func:`apply` then writes the items to be imported, in order: agents, tools,
 customizations, memory, chats, messages.
 
-Running it again imports nothing twice: an agent is known by its name, a
-tool row by (agent, name), a customization by (user, agent, kind), memory by
-(user, agent), a chat by its id (kept from the original) and its messages by
-the chat already holding any.
+Running it again imports nothing twice: an agent is known by its name (and
+told from an agent this import did not create by its system prompt, which
+must be the one the import makes of the original's), a tool row by (agent,
+name), a customization by (user, agent, kind), memory by (user, agent), a chat
+by its id (kept from the original) and its messages by the chat already
+holding any. A second row of the original with the same key is skipped, with
+the first one's id.
+
+A value no database stores (a NUL, a lone surrogate) in any field imported
+skips its row, naming the field; the rows under a skipped or failed agent or
+chat are not imported either (:attr:`Item.parent`).
 
 Only the storage protocol of :mod:`chatwright.stores` is used, so an import
 works into any backend.
@@ -25,6 +32,7 @@ its own checks, and the whole mapping is read, and reviewed, together.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 import uuid
@@ -37,15 +45,20 @@ from chatwright.agents import (
     MODEL_PATTERN,
     NAME_PATTERN,
     json_problem,
+    unstorable,
+    unstorable_text,
     validate_agent,
 )
-from chatwright.errors import InvalidInputError
+from chatwright.errors import InvalidInputError, one_line
+from chatwright.history import UNSTORABLE
 from chatwright.plugins.importing.source import Source, jsonish
 
 if TYPE_CHECKING:
     from chatwright.registry import Plugins
     from chatwright.runtime import Runtime
-    from chatwright.stores import Storage
+    from chatwright.stores import Agent, Storage
+
+log = logging.getLogger(__name__)
 
 MAX_TEXT = 1_000_000
 """The most characters of one prompt, note, customization or message imported."""
@@ -60,6 +73,11 @@ PROVIDERS_BY_NAME = (
     (("mistral", "codestral"), "mistralai"),
 )
 PLACEHOLDERS = {"ltm_notes": "{memory}", "custom_instructions": "{custom_instructions}"}
+MAX_KIND = 100
+"""The most characters of a customization's kind (chatwright's column)."""
+PRIORITY = (-(2**31), 2**31 - 1)
+"""The priorities a customization may have, and the positions a tool row may have
+(chatwright's columns)."""
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}|\{|\}")
 
 Step = Callable[["Storage"], Awaitable[None]]
@@ -80,14 +98,16 @@ class Item:
     problems: list[str] = field(default_factory=list)
     count: int = 1
     step: Step | None = None
+    parent: Item | None = field(default=None, repr=False)
+    """The agent or chat this row belongs to: when that is not imported, neither is this."""
 
     def as_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
             "kind": self.kind,
-            "source": self.source,
-            "target": self.target,
+            "source": shown(self.source),
+            "target": shown(self.target),
             "action": self.action,
-            "problems": self.problems,
+            "problems": [shown(p) for p in self.problems],
         }
         if self.kind == "messages":
             data["count"] = self.count
@@ -130,6 +150,32 @@ class Plan:
             "counts": self.counts(),
             "items": [i.as_dict() for i in self.items],
         }
+
+
+def shown(text: str) -> str:
+    """``text`` with each character no terminal or database takes (a NUL, a lone surrogate)
+    written as its escape, so that a report naming a row's value can always be printed."""
+    return UNSTORABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def _unstorable(**fields: Any) -> str | None:
+    """What in the first of ``fields`` (values by the name the report gives them) holding a
+    NUL or a lone surrogate, anywhere in it, no database stores; None when none does."""
+    for name, value in fields.items():
+        found = unstorable(value, name)
+        if found is not None:
+            return f"{found} in the original"
+    return None
+
+
+def _parent_problem(what: str, parent: Item | None) -> str | None:
+    """Why a row belonging to ``what`` (an agent or chat, planned as ``parent``; None when
+    no row of agent_configurations is it) is not imported; None when it may be."""
+    if parent is None:
+        return f"{what} is not imported: agent_configurations has no row of it"
+    if parent.action == "skip":
+        return f"{what} is not imported ({parent.source} is skipped)"
+    return None
 
 
 def _text_id(value: Any) -> str:
@@ -185,6 +231,9 @@ def model_spec(llm: Mapping[str, Any]) -> tuple[str | None, str]:
 def model_problem(plugins: Plugins, spec: str) -> str | None:
     """Why ``spec`` is not a model spec ``agents add`` takes (its provider registered, as
     :func:`chatwright.agents.check_model_provider` checks); None when it is one."""
+    found = unstorable_text(spec)
+    if found is not None:
+        return f"it holds {found}"
     provider = spec.partition(":")[0]
     known = plugins.collect("register_models")
     if provider not in known:
@@ -197,30 +246,55 @@ def model_problem(plugins: Plugins, spec: str) -> str | None:
     return None
 
 
+def not_ours(name: str) -> str:
+    """Why the original's agent ``name`` is not imported over chatwright's agent of that name,
+    which this import did not create."""
+    return (
+        f"chatwright already has an agent {name!r} that this import did not create (its "
+        "system prompt is not the one this row makes, by which the import knows its own): "
+        "it is left as it is, and nothing of this agent (tools, customizations, memory, "
+        "chats) is imported; rename or delete chatwright's agent, or rename the agent in "
+        "the original (and the rows naming it), and run the import again"
+    )
+
+
 def _agent_item(
     plan: Plan,
     row: Mapping[str, Any],
-    existing: set[str],
+    existing: Mapping[str, Agent],
+    planned: dict[str, Item],
     fallback: str | None,
     plugins: Plugins,
-) -> Item | None:
+) -> Item:
+    """The row's item; ``planned`` (by name) gets the first item of each name."""
     name = row.get("agent_name")
     source = f"agent_configurations {_text_id(row.get('id'))}"
     if not isinstance(name, str) or not name.strip() or len(name) > 200:
-        plan.add(Item("agent", source, "?")).skip("agent_name is empty or over 200 characters")
-        return None
+        item = plan.add(Item("agent", source, "?"))
+        if isinstance(name, str):
+            planned.setdefault(name, item)
+        return item.skip("agent_name is empty or over 200 characters")
     item = plan.add(Item("agent", source, f"agent {name!r}"))
+    first = planned.setdefault(name, item)
     if not re.match(NAME_PATTERN, name):
         # Not renamed: its tools, chats, memory and customizations name it as it is.
-        item.skip(
+        return item.skip(
             f"agent name {name!r} is not one chatwright takes (letters, digits, '_', '.' "
             "and '-', starting with a letter or digit); rename the agent in the original "
             "(and the rows naming it) and run the import again"
         )
-        return None
+    if first is not item:
+        return item.skip(f"{first.source} has the same agent_name; only the first row is imported")
+    raw_prompt = row.get("system_prompt")
+    prompt, unknown = prompt_template(raw_prompt if isinstance(raw_prompt, str) else "")
     if name in existing:
+        if existing[name].system_prompt != prompt:
+            return item.skip(not_ours(name))
         item.action = "exists"
         return item
+    found = _unstorable(system_prompt=raw_prompt)
+    if found is not None:
+        return item.skip(found)
     llm = jsonish(row.get("llm_config"))
     if llm is None:
         llm = {}
@@ -257,8 +331,6 @@ def _agent_item(
             )
     if "temperature" not in settings:
         settings["temperature"] = 0.7  # the original's default
-    raw_prompt = row.get("system_prompt")
-    prompt, unknown = prompt_template(raw_prompt if isinstance(raw_prompt, str) else "")
     if raw_prompt is not None and not isinstance(raw_prompt, str):
         item.problems.append("system_prompt is not text; imported empty")
     for placeholder in unknown:
@@ -283,7 +355,6 @@ def _agent_item(
         await storage.agents.create(name, **valid)
 
     item.step = create
-    existing.add(name)
     return item
 
 
@@ -353,7 +424,8 @@ def _tool_drafts(plan: Plan) -> list[tuple[Mapping[str, Any], ToolDraft | str]]:
     return drafts
 
 
-async def _tool_items(plan: Plan, runtime: Runtime, agents: Mapping[str, str]) -> None:
+async def _tool_items(plan: Plan, runtime: Runtime, agents: Mapping[str, tuple[str, Item]]) -> None:
+    """One item per ``agent_tools`` row; ``agents``: each agent's name and item by its id."""
     from chatwright.plugins.crud.config import normalize_legacy
     from chatwright.stores import ToolRow, is_framework_table
     from chatwright.tools import TOOL_NAME, ToolContext, build_row
@@ -364,6 +436,7 @@ async def _tool_items(plan: Plan, runtime: Runtime, agents: Mapping[str, str]) -
         for a in await storage.agents.list()
         for t in await storage.tools.list(a.name)
     }
+    first: dict[tuple[str, str], Item] = {}
     types = runtime.plugins.collect("register_tool_types")
     now = datetime.now(UTC)
     for row, draft in _tool_drafts(plan):
@@ -371,21 +444,39 @@ async def _tool_items(plan: Plan, runtime: Runtime, agents: Mapping[str, str]) -
         if row.get("is_deleted") is True:
             plan.add(Item("tool", source, "-", action="skip", problems=["deleted in the original"]))
             continue
-        agent = agents.get(_text_id(row.get("agent_id")))
+        named, parent = agents.get(_text_id(row.get("agent_id")), (None, None))
+        why = (
+            "its agent_id names no row of agent_configurations"
+            if parent is None
+            else _parent_problem("its agent", parent)
+        )
+        agent = named if why is None else None
         if isinstance(draft, str):
             plan.add(Item("tool", source, "?")).skip(draft)
             continue
         name = draft.name if isinstance(draft.name, str) else ""
-        item = plan.add(Item("tool", source, f"tool {agent or '?'}/{name or '?'}"))
+        item = plan.add(Item("tool", source, f"tool {agent or '?'}/{name or '?'}", parent=parent))
         if agent is None:
-            item.skip("its agent_id names no agent that is imported")
+            item.skip(why or "its agent_id names no agent")
             continue
         if not TOOL_NAME.match(name):
             item.skip(f"tool name {str(draft.name)[:80]!r} is not 1-64 letters, digits, '_' or '-'")
             continue
+        earlier = first.setdefault((agent, name), item)
+        if earlier is not item:
+            item.skip(
+                f"{earlier.source} has the same name for this agent; only the first row is imported"
+            )
+            continue
         if (agent, name) in known:
             item.action = "exists"
             continue
+        order = row.get("order")
+        if isinstance(order, int) and not isinstance(order, bool) and order != draft.position:
+            item.problems.append(
+                f'"order" {order} does not fit a position ({PRIORITY[0]} to {PRIORITY[1]}); '
+                "imported at position 0"
+            )
         config = draft.config
         kind = draft.type if isinstance(draft.type, str) else ""
         if not isinstance(config, Mapping):
@@ -410,6 +501,10 @@ async def _tool_items(plan: Plan, runtime: Runtime, agents: Mapping[str, str]) -
             item.skip(f"it names {table[:80]!r}, a chatwright table, which no tool may use")
             continue
         description = draft.description if isinstance(draft.description, str) else ""
+        found = _unstorable(description=description)
+        if found is not None:
+            item.skip(found)
+            continue
         candidate = ToolRow(
             id=0,
             agent_id=0,
@@ -453,7 +548,6 @@ async def _tool_items(plan: Plan, runtime: Runtime, agents: Mapping[str, str]) -
             )
 
         item.step = add
-        known.add((agent, name))
 
 
 # -- per user ---------------------------------------------------------------------
@@ -481,8 +575,23 @@ def customization_text(content: Any) -> tuple[str | None, str]:
     return json.dumps(content, ensure_ascii=False), "content kept as its JSON text"
 
 
-async def _customization_items(plan: Plan, storage: Storage, agents: set[str]) -> None:
-    seen: set[tuple[str, str, str]] = set()
+def _priority(value: Any) -> tuple[int, str]:
+    """A customization's ``priority`` as chatwright keeps it, and what was changed."""
+    low, high = PRIORITY
+    if value is None:
+        return 0, ""
+    if not isinstance(value, int) or isinstance(value, bool):
+        return 0, f"priority {str(value)[:40]!r} is not a whole number; imported as 0"
+    if not low <= value <= high:
+        kept = min(max(value, low), high)
+        return kept, (
+            f"priority {value} is out of chatwright's range ({low} to {high}); imported as {kept}"
+        )
+    return value, ""
+
+
+async def _customization_items(plan: Plan, storage: Storage, agents: Mapping[str, Item]) -> None:
+    first: dict[tuple[str, str, str], Item] = {}
     for row in plan.source.rows("user_agent_prompt_customizations"):
         source = f"user_agent_prompt_customizations {_text_id(row.get('id'))}"
         user, agent = _user(row.get("user_id")), row.get("agent_name")
@@ -491,26 +600,49 @@ async def _customization_items(plan: Plan, storage: Storage, agents: set[str]) -
         if user is None or not isinstance(agent, str) or not isinstance(kind, str):
             item.skip("user_id, agent_name or customization_type is missing")
             continue
-        if agent not in agents:
-            item.skip(f"agent {agent!r} is not imported")
+        item.parent = agents.get(agent)
+        why = _parent_problem(f"agent {agent!r}", item.parent)
+        if why is not None:
+            item.skip(why)
             continue
-        key = (user, agent, kind[:100])
-        existing = {c.kind for c in await storage.customizations.list(user, agent)}
-        if key in seen or key[2] in existing:
+        found = _unstorable(user_id=user, customization_type=kind)
+        if found is not None:
+            item.skip(found)
+            continue
+        if len(kind) > MAX_KIND:
+            item.skip(
+                f"customization_type is {len(kind):,} characters long; a kind is at most "
+                f"{MAX_KIND} (shorten it in the original)"
+            )
+            continue
+        key = (user, agent, kind)
+        earlier = first.setdefault(key, item)
+        if earlier is not item:
+            item.skip(
+                f"{earlier.source} has the same user_id, agent_name and customization_type; "
+                "only the first row is imported"
+            )
+            continue
+        if kind in {c.kind for c in await storage.customizations.list(user, agent)}:
             item.action = "exists"
             continue
-        text, note = customization_text(row.get("content"))
+        raw = jsonish(row.get("content"))
+        text, note = customization_text(raw)
         if text is None:
             item.skip(note)
             continue
         if note:
             item.problems.append(note)
+        if unstorable_text(text) is not None:
+            item.skip(_unstorable(content=raw) or str(_unstorable(content=text)))
+            continue
         too_long = _too_long("content", text)
         if too_long:
             item.skip(too_long)
             continue
-        priority = row.get("priority")
-        priority = priority if isinstance(priority, int) and abs(priority) < 2**31 else 0
+        priority, changed = _priority(row.get("priority"))
+        if changed:
+            item.problems.append(changed)
         active = row.get("is_active") is not False
 
         async def put(
@@ -523,11 +655,10 @@ async def _customization_items(plan: Plan, storage: Storage, agents: set[str]) -
             await storage.customizations.put(k[0], k[1], k[2], t, priority=p, is_active=on)
 
         item.step = put
-        seen.add(key)
 
 
-async def _memory_items(plan: Plan, storage: Storage, agents: set[str]) -> None:
-    seen: set[tuple[str, str]] = set()
+async def _memory_items(plan: Plan, storage: Storage, agents: Mapping[str, Item]) -> None:
+    first: dict[tuple[str, str], Item] = {}
     for row in plan.source.rows("agent_long_term_memory"):
         source = f"agent_long_term_memory {_text_id(row.get('id'))}"
         user, agent = _user(row.get("user_id")), row.get("agent_id")
@@ -535,26 +666,38 @@ async def _memory_items(plan: Plan, storage: Storage, agents: set[str]) -> None:
         if user is None or not isinstance(agent, str):
             item.skip("user_id or agent_id is missing")
             continue
-        if agent not in agents:
-            item.skip(f"agent {agent!r} (agent_id) is not imported")
+        item.parent = agents.get(agent)
+        why = _parent_problem(f"agent {agent!r} (agent_id)", item.parent)
+        if why is not None:
+            item.skip(why)
+            continue
+        found = _unstorable(user_id=user)
+        if found is not None:
+            item.skip(found)
+            continue
+        earlier = first.setdefault((user, agent), item)
+        if earlier is not item:
+            item.skip(
+                f"{earlier.source} has the same user_id and agent_id; only the first row is "
+                "imported"
+            )
+            continue
+        if await storage.memories.get(user, agent) is not None:
+            item.action = "exists"
             continue
         notes = row.get("notes")
         if not isinstance(notes, str):
             item.skip("notes are not text")
             continue
-        too_long = _too_long("notes", notes)
-        if too_long:
-            item.skip(too_long)
-            continue
-        if (user, agent) in seen or await storage.memories.get(user, agent) is not None:
-            item.action = "exists"
+        found = _unstorable(notes=notes) or _too_long("notes", notes)
+        if found is not None:
+            item.skip(found)
             continue
 
         async def put(storage: Storage, u: str = user, a: str = agent, n: str = notes) -> None:
             await storage.memories.put(u, a, n)
 
         item.step = put
-        seen.add((user, agent))
 
 
 def _chat_id(value: Any) -> uuid.UUID | None:
@@ -564,34 +707,71 @@ def _chat_id(value: Any) -> uuid.UUID | None:
         return None
 
 
-async def _chat_items(plan: Plan, storage: Storage, agents: set[str]) -> dict[uuid.UUID, str]:
-    """One item per chat of ``chat_sessions``; returns each importable chat's user."""
-    owners: dict[uuid.UUID, str] = {}
+def _same_chat(earlier: Item, same: bool) -> str:
+    """Why a second row of ``chat_sessions`` with the chat id of ``earlier`` is skipped
+    (``same``: of the same user and agent)."""
+    if earlier.action == "skip":
+        return (
+            f"{earlier.source} has the same chat_id: a chat is imported once, from its first "
+            "row, which is skipped"
+        )
+    if same:
+        return (
+            f"another session of the chat of {earlier.source}, which is imported from that "
+            "row: a chat is imported once, as one closed session"
+        )
+    return (
+        f"{earlier.source} has the same chat_id, for another user or agent: a chat has one "
+        "user and agent, so this row is not imported"
+    )
+
+
+async def _chat_items(
+    plan: Plan, storage: Storage, agents: Mapping[str, Item]
+) -> dict[uuid.UUID, tuple[str, Item]]:
+    """One item per row of ``chat_sessions``; returns each chat's user and item (its first
+    row's: a chat is imported once)."""
+    chats: dict[uuid.UUID, tuple[str, Any, Item]] = {}
     for row in plan.source.rows("chat_sessions"):
         source = f"chat_sessions {_text_id(row.get('id'))}"
         chat = _chat_id(row.get("chat_id") or row.get("id"))
         user, agent = _user(row.get("user_id")), row.get("agent_name")
-        if chat is not None and chat in owners:
-            continue  # another engagement with a chat already planned
         item = plan.add(Item("chat", source, f"chat {chat}"))
         if chat is None:
             item.skip("chat_id is not a UUID")
             continue
+        if chat in chats:
+            owner, named, earlier = chats[chat]
+            item.skip(_same_chat(earlier, (user, agent) == (owner, named)))
+            continue
+        chats[chat] = (user or "", agent, item)
         if user is None or not isinstance(agent, str):
             item.skip("user_id or agent_name is missing")
             continue
-        if agent not in agents:
-            item.skip(f"agent {agent!r} is not imported")
+        item.parent = agents.get(agent)
+        why = _parent_problem(f"agent {agent!r}", item.parent) or _unstorable(user_id=user)
+        if why is not None:
+            item.skip(why)
             continue
-        owner = await storage.sessions.chat_owner(chat)
-        if owner is not None:
-            if owner != (user, agent):
+        found = await storage.sessions.chat_owner(chat)
+        if found is not None:
+            if found != (user, agent):
                 item.skip("chatwright already has a chat with this id, of another user or agent")
                 continue
             item.action = "exists"
         else:
             metadata = jsonish(row.get("metadata"))
             meta = dict(metadata) if isinstance(metadata, Mapping) else {}
+            problem = json_problem(meta, "metadata")
+            if metadata is not None and not isinstance(metadata, Mapping):
+                item.problems.append(
+                    "metadata is not a JSON object; the chat is imported without it"
+                )
+            elif problem is not None:
+                item.problems.append(
+                    f"{problem} in the original; the chat is imported without its metadata"
+                )
+                meta = {}
 
             async def open_chat(
                 storage: Storage,
@@ -606,8 +786,7 @@ async def _chat_items(plan: Plan, storage: Storage, agents: set[str]) -> dict[uu
                 await storage.sessions.deactivate(u, session.id)
 
             item.step = open_chat
-        owners[chat] = user
-    return owners
+    return {chat: (user, item) for chat, (user, _, item) in chats.items()}
 
 
 def message(row: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str]:
@@ -624,6 +803,9 @@ def message(row: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str]:
         return None, f"message type {str(role)[:40]!r} is not one of {', '.join(ROLES)}"
     if not isinstance(data.get("data"), Mapping) or "content" not in data["data"]:
         return None, "message has no data.content"
+    found = _unstorable(message=data)
+    if found is not None:
+        return None, found
     text = json.dumps(data, ensure_ascii=False, default=str)
     too_long = _too_long("message", text)
     if too_long:
@@ -636,7 +818,9 @@ def message(row: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str]:
     return message_to_dict(storable(parsed)), ""
 
 
-async def _message_items(plan: Plan, storage: Storage, owners: Mapping[uuid.UUID, str]) -> None:
+async def _message_items(
+    plan: Plan, storage: Storage, owners: Mapping[uuid.UUID, tuple[str, Item]]
+) -> None:
     from chatwright.stores import NewMessage
 
     chats: dict[str, list[Mapping[str, Any]]] = {}
@@ -650,9 +834,13 @@ async def _message_items(plan: Plan, storage: Storage, owners: Mapping[uuid.UUID
         if chat is None:
             item.skip("session_id is not a UUID (it is the chat id)")
             continue
-        user = owners.get(chat)
-        if user is None:
-            item.skip("no imported chat session names this chat's user")
+        if chat not in owners:
+            item.skip("no row of chat_sessions is this chat, so its user is not known")
+            continue
+        user, item.parent = owners[chat]
+        why = _parent_problem("its chat", item.parent)
+        if why is not None:
+            item.skip(why)
             continue
         if await storage.messages.window(user, chat, 1):
             item.action = "exists"
@@ -692,32 +880,46 @@ async def make_plan(source: Source, runtime: Runtime, model: str | None = None) 
         found = model_problem(runtime.plugins, model)
         if found is not None:
             raise InvalidInputError(f"--model {model[:200]!r}: {found}")
-    existing = {a.name for a in await storage.agents.list()}
-    agents: dict[str, str] = {}
+    existing = {a.name: a for a in await storage.agents.list()}
+    by_name: dict[str, Item] = {}
+    by_id: dict[str, tuple[str, Item]] = {}
     for row in source.rows("agent_configurations"):
-        item = _agent_item(plan, row, existing, model, runtime.plugins)
-        if item is not None and item.action != "skip":
-            agents[_text_id(row.get("id"))] = str(row["agent_name"])
-    await _tool_items(plan, runtime, agents)
-    names = set(agents.values())
-    await _customization_items(plan, storage, names)
-    await _memory_items(plan, storage, names)
-    owners = await _chat_items(plan, storage, names)
+        item = _agent_item(plan, row, existing, by_name, model, runtime.plugins)
+        by_id.setdefault(_text_id(row.get("id")), (str(row.get("agent_name")), item))
+    await _tool_items(plan, runtime, by_id)
+    await _customization_items(plan, storage, by_name)
+    await _memory_items(plan, storage, by_name)
+    owners = await _chat_items(plan, storage, by_name)
     await _message_items(plan, storage, owners)
     return plan
 
 
 async def apply(plan: Plan, storage: Storage) -> list[Item]:
-    """Write the plan's items in order; each that fails is reported and the rest go on."""
+    """Write the plan's items in order, and return those not imported after all.
+
+    An item whose write fails, whatever the error, is ``failed``, with why; an item
+    whose agent or chat (:attr:`Item.parent`) was not imported is then ``skip``. The
+    rest go on.
+    """
     from chatwright.errors import ChatwrightError
 
-    failed = []
+    missed = []
     for item in plan.todo:
         assert item.step is not None
+        parent = item.parent
+        if parent is not None and parent.action in ("failed", "skip"):
+            missed.append(item.skip(f"its {parent.kind} ({parent.source}) was not imported"))
+            continue
         try:
             await item.step(storage)
         except ChatwrightError as error:
             item.problems.append(f"not imported: {error}")
-            item.action = "failed"
-            failed.append(item)
-    return failed
+        except Exception as error:  # any fault of one item: reported, the others go on
+            log.debug("importing %s failed", item.source, exc_info=True)
+            item.problems.append(f"not imported: the write failed unexpectedly: {one_line(error)}")
+        else:
+            continue
+        item.action = "failed"
+        item.step = None
+        missed.append(item)
+    return missed
