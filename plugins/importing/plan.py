@@ -276,7 +276,7 @@ def _agent_item(
         return item.skip("agent_name is empty or over 200 characters")
     item = plan.add(Item("agent", source, f"agent {name!r}"))
     first = planned.setdefault(name, item)
-    if not re.match(NAME_PATTERN, name):
+    if not re.fullmatch(NAME_PATTERN, name):
         # Not renamed: its tools, chats, memory and customizations name it as it is.
         return item.skip(
             f"agent name {name!r} is not one chatwright takes (letters, digits, '_', '.' "

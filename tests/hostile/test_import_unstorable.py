@@ -54,6 +54,10 @@ def build(conn: Any) -> None:
         "(3, 'badmodel', '{\"model\": \"offline:a\\ud800\"}', '\"x\"')",
         (model, model),
     )
+    # A name that only a regular expression's $ (before a final newline) lets through.
+    conn.execute(
+        "INSERT INTO agent_configurations VALUES (4, %s, %s, '\"x\"')", ("trailing\n", model)
+    )
     listing = json.dumps({"table_name": "tasks", "method": "fetch"})
     conn.execute(
         "INSERT INTO agent_tools VALUES "
@@ -110,6 +114,14 @@ EXPECTED = {
         [
             "model 'offline:a\\ud800': it holds a lone surrogate (\\ud800), which is not a "
             "character (nor UTF-8 text) and cannot be stored; give --model SPEC for such agents"
+        ],
+    ),
+    "agent_configurations 4": (
+        "skip",
+        [
+            "agent name 'trailing\\n' is not one chatwright takes (letters, digits, '_', '.' "
+            "and '-', starting with a letter or digit); rename the agent in the original "
+            "(and the rows naming it) and run the import again"
         ],
     ),
     "agent_tools 1": ("skip", [f"description holds {SURROGATE}"]),
