@@ -94,7 +94,8 @@ def alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/status") as status:
             return "\nState:\tZ" not in status.read()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
+        # Gone before it was opened, or between opening and reading.
         return False
 
 
