@@ -302,6 +302,24 @@ def build_original(conn: Any) -> None:
     )
 
 
+def bare_tables(*, wide: bool = False) -> str:
+    """The original's tables with only the columns the importer reads, for tests that
+    fill them row by row; ``wide``: ``order`` and ``priority`` as ``bigint`` (values
+    out of chatwright's range)."""
+    big = "bigint" if wide else "int"
+    priority = ", priority bigint" if wide else ""
+    return f"""
+CREATE TABLE agent_configurations (id int, agent_name text, llm_config jsonb, system_prompt text);
+CREATE TABLE agent_tools (id int, agent_id int, name text, type text, description text,
+                          config jsonb, "order" {big});
+CREATE TABLE user_agent_prompt_customizations (id int, user_id text, agent_name text,
+                                               customization_type text, content jsonb{priority});
+CREATE TABLE agent_long_term_memory (id int, user_id text, agent_id text, notes text);
+CREATE TABLE chat_sessions (id int, user_id text, agent_name text, chat_id uuid);
+CREATE TABLE chat_message_history (id int, session_id text, message jsonb);
+"""
+
+
 @contextmanager
 def original_database(prefix: str, build: Callable[[Any], None]) -> Iterator[str]:
     """A fresh database named ``prefix`` and a random part, filled by ``build`` (given an

@@ -23,23 +23,14 @@ from chatwright.plugins.sql.sessions import SQLSessionStore
 from chatwright.plugins.sql.stores import SQLAgentStore
 from tests.harness import ok
 from tests.test_bundles import on_storage
-from tests.test_import_llm_agent import original_database
+from tests.test_import_llm_agent import bare_tables, original_database
 
 REFUSED = "11111111-2222-4333-8444-555555555555"
 """A chat of the agent that is imported, whose session the database refuses."""
 CRASHY_CHAT = "22222222-2222-4333-8444-555555555555"
 FINE = "33333333-2222-4333-8444-555555555555"
 
-TABLES = """
-CREATE TABLE agent_configurations (id int, agent_name text, llm_config jsonb, system_prompt text);
-CREATE TABLE agent_tools (id int, agent_id int, name text, type text, description text,
-                          config jsonb, "order" int);
-CREATE TABLE user_agent_prompt_customizations (id int, user_id text, agent_name text,
-                                               customization_type text, content jsonb);
-CREATE TABLE agent_long_term_memory (id int, user_id text, agent_id text, notes text);
-CREATE TABLE chat_sessions (id int, user_id text, agent_name text, chat_id uuid);
-CREATE TABLE chat_message_history (id int, session_id text, message jsonb);
-"""
+TABLES = bare_tables()
 
 
 def build(conn: Any) -> None:

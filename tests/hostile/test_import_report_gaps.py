@@ -24,24 +24,14 @@ import pytest
 from tests.harness import ok
 from tests.test_bundles import db as db
 from tests.test_bundles import on_storage
-from tests.test_import_llm_agent import original_database
+from tests.test_import_llm_agent import bare_tables, original_database
 
 CHAT = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"
 LONG = "k" * 100 + "-one"
 EXACT = "k" * 100
 LOW, HIGH = -(2**31), 2**31 - 1
 
-TABLES = """
-CREATE TABLE agent_configurations (id int, agent_name text, llm_config jsonb, system_prompt text);
-CREATE TABLE agent_tools (id int, agent_id int, name text, type text, description text,
-                          config jsonb, "order" bigint);
-CREATE TABLE user_agent_prompt_customizations (id int, user_id text, agent_name text,
-                                               customization_type text, content jsonb,
-                                               priority bigint);
-CREATE TABLE agent_long_term_memory (id int, user_id text, agent_id text, notes text);
-CREATE TABLE chat_sessions (id int, user_id text, agent_name text, chat_id uuid);
-CREATE TABLE chat_message_history (id int, session_id text, message jsonb);
-"""
+TABLES = bare_tables(wide=True)
 
 
 def build(conn: Any) -> None:

@@ -11,12 +11,33 @@ takes nothing over. Here the loss is made by deleting the chat's session rows.
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import sqlalchemy as sa
 
 from chatwright.plugins.sql import schema
-from tests.hostile.conftest import MakeServer, bearer
+from tests.hostile.conftest import MakeServer, Server, bearer
 from tests.write_safety import AGENT, calls, seed_writer
+
+
+async def alices_turn_then_owner_lost(server: Server, message: str) -> dict[str, Any]:
+    """Alice opens a chat and says ``message``; then the session store loses the chat's
+    owner (its session rows are deleted). The turn's answer, with its ``chat_id``."""
+    opened = await server.client.post(
+        "/api/sessions", json={"agent_name": AGENT, "new": True}, headers=bearer("alice")
+    )
+    chat_id = opened.json()["chat_id"]
+    said = await server.client.post(
+        "/api/chat",
+        json={"agent_name": AGENT, "session_id": chat_id, "message": message},
+        headers=bearer("alice"),
+    )
+    assert said.status_code == 200, said.text
+    async with server.runtime.storage.write() as conn:  # type: ignore[attr-defined]
+        for table in (schema.active_sessions, schema.chat_sessions):
+            await conn.execute(sa.delete(table))
+    answer: dict[str, Any] = said.json()
+    return {**answer, "chat_id": chat_id}
 
 
 async def test_only_the_user_whose_messages_are_stored_reopens_the_chat(
@@ -25,19 +46,7 @@ async def test_only_the_user_whose_messages_are_stored_reopens_the_chat(
     server = await make_server()
     storage = server.runtime.storage
     await seed_writer(server.runtime, [{"content": "Hello, Alice."}])
-    opened = await server.client.post(
-        "/api/sessions", json={"agent_name": AGENT, "new": True}, headers=bearer("alice")
-    )
-    chat_id = opened.json()["chat_id"]
-    said = await server.client.post(
-        "/api/chat",
-        json={"agent_name": AGENT, "session_id": chat_id, "message": "hi"},
-        headers=bearer("alice"),
-    )
-    assert said.status_code == 200, said.text
-    async with storage.write() as conn:  # type: ignore[attr-defined]
-        for table in (schema.active_sessions, schema.chat_sessions):
-            await conn.execute(sa.delete(table))
+    chat_id = (await alices_turn_then_owner_lost(server, "hi"))["chat_id"]
     assert await storage.sessions.chat_owner(uuid.UUID(chat_id)) is None
     body = {"agent_name": AGENT, "chat_id": chat_id}
     # Bob names Alice's chat: no chat, and he is not made its owner.
@@ -67,20 +76,10 @@ async def test_a_chat_reopened_after_its_owner_was_lost_keeps_its_agent(
     storage = server.runtime.storage
     await seed_writer(server.runtime, calls(("add_task", {"title": "milk"})))
     await storage.agents.create("other", system_prompt="", model="offline:assistant")
-    opened = await server.client.post(
-        "/api/sessions", json={"agent_name": AGENT, "new": True}, headers=bearer("alice")
-    )
-    chat_id = opened.json()["chat_id"]
-    said = await server.client.post(
-        "/api/chat",
-        json={"agent_name": AGENT, "session_id": chat_id, "message": "add milk"},
-        headers=bearer("alice"),
-    )
-    assert said.json()["status"] == "approval_required", said.text
-    [action] = said.json()["pending"]
-    async with storage.write() as conn:  # type: ignore[attr-defined]
-        for table in (schema.active_sessions, schema.chat_sessions):
-            await conn.execute(sa.delete(table))
+    said = await alices_turn_then_owner_lost(server, "add milk")
+    assert said["status"] == "approval_required", said
+    chat_id = said["chat_id"]
+    [action] = said["pending"]
     elsewhere = await server.client.post(
         "/api/sessions", json={"agent_name": "other", "chat_id": chat_id}, headers=bearer("alice")
     )

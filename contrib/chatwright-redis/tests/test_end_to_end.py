@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 from chatwright_redis.store import RedisSessionStore
+from fastapi import FastAPI
 
 from chatwright.conversations import owner_lost
 from chatwright.plugins.example import assistant as example
@@ -46,6 +49,21 @@ def settings(
         storage={"url": f"sqlite+aiosqlite:///{tmp_path}/r.db"},  # type: ignore[arg-type]
         sessions={"store": "redis"},  # type: ignore[arg-type]
     )
+
+
+@asynccontextmanager
+async def serving(
+    settings: Settings, plugins: Plugins
+) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    """The server app, started, and a client calling it in this process."""
+    app = create_app(settings, plugins)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://localhost"
+        ) as client,
+    ):
+        yield app, client
 
 
 def sqlite_rows(path: Path, query: str) -> list[tuple[object, ...]]:
@@ -91,13 +109,7 @@ async def test_a_turn_through_the_runtime(
 async def test_a_turn_through_the_server(
     settings: Settings, plugins: Plugins, raw: aioredis.Redis, prefix: str, tmp_path: Path
 ) -> None:
-    app = create_app(settings, plugins)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://localhost"
-        ) as client,
-    ):
+    async with serving(settings, plugins) as (app, client):
         await example.seed(app.state.runtime.storage, "offline:assistant")
         body = {"agent_name": AGENT, "client_key": "tab-1"}
         opened = await client.post("/api/sessions", json=body)
@@ -141,13 +153,7 @@ async def test_an_unreachable_redis_is_a_503_naming_it(
     settings: Settings, plugins: Plugins, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CHATWRIGHT_REDIS_URL", "redis://127.0.0.1:1/0")
-    app = create_app(settings, plugins)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://localhost"
-        ) as client,
-    ):
+    async with serving(settings, plugins) as (app, client):
         await example.seed(app.state.runtime.storage, "offline:assistant")
         opened = await client.post("/api/sessions", json={"agent_name": AGENT})
         assert opened.status_code == 503
@@ -198,13 +204,7 @@ async def test_a_chat_whose_owner_redis_lost_is_reopened_by_its_user_only(
 ) -> None:
     """Redis restarted without persistence: the chat's owner is gone, its messages are
     not. Its user reopens it by its id and sees it again; another user cannot."""
-    app = create_app(settings, plugins)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://localhost"
-        ) as client,
-    ):
+    async with serving(settings, plugins) as (app, client):
         runtime = app.state.runtime
         await example.seed(runtime.storage, "offline:assistant")
         opened = await client.post("/api/sessions", json={"agent_name": AGENT})
