@@ -223,6 +223,39 @@ async def test_a_cached_turn_sends_few_statements(make: Make, sql_url: str) -> N
     assert await leases(runtime) == []
 
 
+async def test_a_cached_turns_statements_all_run_straight_on_the_driver(
+    make: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After warm-up, no statement of a cached turn with a round of tool calls goes
+    through SQLAlchemy's execution (about 100 µs of Python each on PostgreSQL): the
+    turn's own, the tool's write and its audit entry all run on the driver
+    (plugins/sql/direct.py). On PostgreSQL that needs every result column to be of a
+    type read without the cursor's type codes: the lease check of the end of a turn
+    and of the exchange's record is an integer division, not a NUMERIC one."""
+    from sqlalchemy.ext.asyncio import AsyncConnection
+
+    runtime, _ = await make()
+    await example.seed(runtime.storage, "scripted:x")
+    call = {"tool_calls": [{"name": "add_task", "args": {"title": "milk"}}]}
+    turns = [call, {"content": "Added."}] * 4
+    await runtime.storage.agents.update(example.AGENT, model_settings={"responses": turns})
+    chat_id = await chat_of(runtime, USER, example.AGENT)
+    for _ in range(2):  # builds the agent, then prepares what runs from a second run on
+        await runtime.chat(USER, example.AGENT, chat_id, "add milk")
+    through: list[str] = []
+    original = AsyncConnection.execute
+
+    async def counted(self: Any, statement: Any, *args: Any, **kwargs: Any) -> Any:
+        through.append(" ".join(str(statement).split()[:6]))
+        return await original(self, statement, *args, **kwargs)
+
+    monkeypatch.setattr(AsyncConnection, "execute", counted)
+    for _ in range(2):
+        turn = await runtime.chat(USER, example.AGENT, chat_id, "add milk")
+        assert turn.response == "Added." and not turn.tool_calls[0].error
+    assert through == [], through
+
+
 @contextmanager
 def autocommitted(runtime: Runtime) -> Iterator[list[tuple[str, bool]]]:
     """Every statement sent while the block runs, with whether it ran outside a

@@ -370,7 +370,9 @@ def finish_statement(
     else:
         return sa.select(sa.literal(len(ctes))).add_cte(*ctes)
     # 1 / 0 when the lease is not the turn's: the whole statement fails (LEASE_LOST).
-    return sa.select(sa.literal(1, sa.Integer) / kept).add_cte(*ctes)
+    # Integer division: an integer result, which the turn's statements run on psycopg
+    # directly (.direct) can read, where ``/`` would make it NUMERIC.
+    return sa.select(sa.literal(1, sa.Integer) // kept).add_cte(*ctes)
 
 
 LEASE_LOST = "22012"
