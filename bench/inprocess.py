@@ -1,7 +1,8 @@
 """Sections 2 to 5: the turn path measured inside one process.
 
 2. A cached turn through ``Runtime.chat`` next to the bare ``ainvoke`` of the
-   same built agent graph (same model, tools and insert), alternating.
+   same built agent graph (same model, tools and insert), alternating, and the
+   turn's own storage work alone (what the first adds to the second at the least).
 3. PostgreSQL transactions and new connections per cached turn, as
    ``pg_stat_database`` counts them on the run's database (and section 2's
    comparison, run on that database).
@@ -20,6 +21,7 @@ from typing import Any
 
 from bench.common import PROMPT, is_the_turn, seed_agent
 from chatwright.runtime import Runtime
+from chatwright.stores import NewMessage
 from chatwright.tools import TurnContext, calling_as
 
 USER = "bench-user"
@@ -57,8 +59,44 @@ async def timed_turn(runtime: Runtime, agent: str, chat: uuid.UUID) -> float:
 # -- 2. Runtime.chat vs the bare graph ----------------------------------------------
 
 
-async def runtime_vs_graph(url: str, turns: int) -> tuple[list[float], list[float]]:
-    """Times of cached turns through ``Runtime.chat`` and of the bare graph, alternating.
+@dataclass(frozen=True)
+class TurnTimes:
+    """Section 2's times, one list per variant, alternating."""
+
+    through: list[float]
+    """Cached turns through ``Runtime.chat``."""
+    bare: list[float]
+    """The bare graph's ``ainvoke``."""
+    storage: list[float]
+    """A turn's storage work alone: its start, its exchange's record and its end, storing
+    what a turn stores, with no model and no tool."""
+
+
+async def storage_alone(runtime: Runtime, agent: str, chat: uuid.UUID, made: Any) -> float:
+    """The time of a turn's own storage work, without the graph: what ``Runtime.chat``
+    adds to the bare graph at the least, whatever the rest of it costs.
+
+    ``made`` is a real turn of the benchmark (its messages and usage are stored again).
+    """
+    from langchain_core.messages import HumanMessage
+
+    from chatwright.history import storable_with_data, to_store
+
+    turns = runtime.turns
+    human = NewMessage(role="human", content=storable_with_data(HumanMessage("add an item"))[1])
+    call, result, reply = made.messages
+    start = time.perf_counter()
+    begun = await turns.begin(
+        USER, agent, chat, human, turn_id=uuid.uuid4(), budget=runtime.budget_limits()
+    )
+    await turns.append(begun, to_store([call, result]))
+    await turns.finish(begun, to_store([reply]), touch=True, usage=made.usage)
+    return time.perf_counter() - start
+
+
+async def runtime_vs_graph(url: str, turns: int) -> TurnTimes:
+    """Times of cached turns through ``Runtime.chat``, of the bare graph, and of a turn's
+    storage work alone, alternating.
 
     The bare side is what a minimal application does with the same built
     graph: keep the chat's messages in a list and send the system prompt, the
@@ -69,15 +107,17 @@ async def runtime_vs_graph(url: str, turns: int) -> tuple[list[float], list[floa
     agent = "bench_runtime"
     # One script for the user's turns through both paths (and the warm-up turn).
     chat = await setup(url, agent, 2 * turns + 1)
-    through, bare = [], []
+    through, bare, storage = [], [], []
     history: list[BaseMessage] = []
     async with runtime_for(url) as runtime:
-        await timed_turn(runtime, agent, chat)  # builds and caches the agent
+        # Builds and caches the agent; its turn is what the storage work alone stores.
+        made = await runtime.chat(USER, agent, chat, "add an item")
         built = await runtime.agent_for(USER, agent)
         window = built.agent.history_window
         context = TurnContext(user_id=USER, agent_name=agent, chat_id=chat)
         for _ in range(turns):
             through.append(await timed_turn(runtime, agent, chat))
+            storage.append(await storage_alone(runtime, agent, chat, made))
             start = time.perf_counter()
             human = HumanMessage(content="add an item")
             inputs = [SystemMessage(content=PROMPT), *history[-window:], human]
@@ -87,7 +127,7 @@ async def runtime_vs_graph(url: str, turns: int) -> tuple[list[float], list[floa
             bare.append(time.perf_counter() - start)
             if history[-1].text != "Inserted." or "created" not in history[-2].text:
                 raise RuntimeError(f"the bare graph's turn went wrong: {history[-3:]}")
-    return through, bare
+    return TurnTimes(through, bare, storage)
 
 
 # -- 3. PostgreSQL activity per turn ------------------------------------------------

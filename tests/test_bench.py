@@ -73,6 +73,9 @@ def test_every_section_but_postgresql(tmp_path: Path) -> None:
         "chatwright --help / python -c pass",
     ):
         assert number(rows[measure][1]) > 0, measure
+    # Section 2 also times a turn's storage work alone, as the least a turn adds.
+    assert number(rows["a turn's storage work alone (start, exchange, end)"][0]) > 0
+    assert number(rows["(bare ainvoke + storage work alone) / bare ainvoke"][1]) > 1
     assert number(rows["bytes per turn after 20 turns: AsyncSqliteSaver"][0]) > 0
     assert number(rows["RSS after one turn each, 11 users"][0]) > 10  # MiB
     assert "turn on a chat of 50 messages (SQLite)" in rows
