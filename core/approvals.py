@@ -451,11 +451,12 @@ class AuditStore(Protocol):
         turn_id: uuid.UUID | None = None,
         before_id: int | None = None,
         limit: int = 50,
+        undo_of: uuid.UUID | None = None,
     ) -> builtins.list[AuditEntry]:
         """Entries newest first (``id < before_id`` for the next page).
 
         ``user_id`` None (administration only, e.g. ``chatwright audit list``)
-        lists every user's entries.
+        lists every user's entries. ``undo_of``: only the undos of that turn.
         """
         ...
 

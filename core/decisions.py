@@ -86,22 +86,39 @@ class Decisions:
 
     async def settle_expired(self, user_id: str, agent_name: str, chat_id: uuid.UUID) -> None:
         """Answer the chat's expired actions as not run (expired = denied), without the model."""
-        from chatwright.history import storable, to_store
+        from chatwright.history import to_store
 
         turns = self.runtime.turns
         start = await turns.begin(user_id, agent_name, chat_id, None)
         messages: list[BaseMessage] = []
         try:
-            now = datetime.now(UTC)
-            for action in start.pending:
-                if not action.expired(now):
-                    continue
-                if await self.storage.pending.decide(user_id, action.id, "expired", EXPIRY) is None:
-                    continue  # decided meanwhile by another process
-                messages.append(storable(_not_run(action, expired=True)))
-                await self.audit_decision(action, "expired", None)
+            await self.settle(start.pending, datetime.now(UTC), messages)
         finally:
             await asyncio.shield(turns.finish(start, to_store(messages), touch=False))
+
+    async def settle(
+        self,
+        actions: list[PendingAction],
+        now: datetime,
+        messages: list[BaseMessage],
+        *,
+        but: uuid.UUID | None = None,
+    ) -> None:
+        """Answer the expired ones of ``actions`` (a chat's pending actions, read by a
+        holder of the chat's turn) as not run: each one's result goes to ``messages``,
+        to store with what the holder stores. ``but``: an action left as it is."""
+        from chatwright.history import storable
+
+        for action in actions:
+            if action.id == but or not action.expired(now):
+                continue
+            decided = await self.storage.pending.decide(
+                action.user_id, action.id, "expired", EXPIRY
+            )
+            if decided is None:
+                continue  # decided meanwhile by another process
+            messages.append(storable(_not_run(action, expired=True)))
+            await self.audit_decision(action, "expired", None)
 
     async def decide(
         self,
@@ -144,7 +161,11 @@ class Decisions:
             waiting = await self.storage.pending.list(
                 user_id, chat_id=action.chat_id, status="pending"
             )
-            resumes = [a.id for a in waiting] == [action_id]
+            # Expired actions wait for nothing: they are settled as not run with this one.
+            now = datetime.now(UTC)
+            resumes = action_id in {a.id for a in waiting} and all(
+                a.id == action_id or a.expired(now) for a in waiting
+            )
             try:
                 start = await turns.begin(
                     user_id,
@@ -163,7 +184,9 @@ class Decisions:
             resumed = False
             carried: list[BaseMessage] = []
             try:
-                if not resumes and [a.id for a in start.pending] == [action_id]:
+                now = datetime.now(UTC)
+                live = [a for a in start.pending if a.id == action_id or not a.expired(now)]
+                if not resumes and [a.id for a in live] == [action_id]:
                     # Another process decided the chat's other actions meanwhile: this
                     # decision would now resume the model, unchecked against the budgets.
                     raise ChatBusyError(
@@ -173,7 +196,6 @@ class Decisions:
                 current = next((a for a in start.pending if a.id == action_id), None)
                 if current is None:
                     raise _already_decided(await self.storage.pending.get(user_id, action_id))
-                now = datetime.now(UTC)
                 if current.expired(now):
                     if await self.storage.pending.decide(user_id, action_id, "expired", EXPIRY):
                         carried.append(storable(_not_run(current, expired=True)))
@@ -231,7 +253,10 @@ class Decisions:
                 carried.append(storable(result))
                 if on_message is not None:
                     await on_message(carried[-1])
-                still = [a for a in start.pending if a.id != action_id]
+                # The chat's other expired actions are answered now, as not run: none of
+                # them waits for a decision any more (the first of carried stays this one's).
+                await self.settle(start.pending, now, carried, but=action_id)
+                still = [a for a in start.pending if a.id != action_id and not a.expired(now)]
                 if still:
                     return Turn(
                         chat_id=action.chat_id,

@@ -855,10 +855,24 @@ class StorageContract(SessionStoreContract):
         assert [e.id for e in await storage.audit.list(ALICE, chat_id=chat)] == [first.id]
         assert [e.id for e in await storage.audit.list(ALICE, turn_id=turn)] == [first.id]
         assert await storage.audit.list(ALICE, turn_id=uuid.uuid4()) == []
+        undo = await storage.audit.record(
+            NewAuditEntry(
+                user_id=ALICE,
+                agent_name="helper",
+                tool_name="undo",
+                operation="undo",
+                chat_id=chat,
+                turn_id=uuid.uuid4(),
+                undo_of=turn,
+            )
+        )
+        assert [e.id for e in await storage.audit.list(ALICE, undo_of=turn)] == [undo.id]
+        assert await storage.audit.list(BOB, undo_of=turn) == []
+        assert await storage.audit.list(ALICE, undo_of=uuid.uuid4()) == []
         future = datetime.now(UTC) + timedelta(minutes=5)
         assert await storage.audit.list(None, since=future) == []
         past = datetime.now(UTC) - timedelta(minutes=5)
-        assert len(await storage.audit.list(ALICE, since=past)) == 2
+        assert len(await storage.audit.list(ALICE, since=past)) == 3
         with pytest.raises(InvalidInputError, match="limit"):
             await storage.audit.list(ALICE, limit=0)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from chatwright.errors import NotFoundError, UndoConflictError
@@ -66,17 +67,27 @@ async def undo_turn(
                         f"nothing to undo in chat {chat_id}: no turn of it changed rows "
                         "that are not undone already"
                     )
-            if target in undone:
+            if target in undone or await _undone_already(runtime.storage, user_id, chat_id, target):
                 raise UndoConflictError(f"turn {target} of chat {chat_id} was undone already")
-            waiting = [a for a in start.pending if a.turn_id == target]
-            if waiting:
+            now = datetime.now(UTC)
+            waiting = [a for a in start.pending if not a.expired(now)]
+            names = ", ".join(f"{a.tool_name} ({a.id})" for a in waiting)
+            if any(a.turn_id == target for a in waiting):
                 # Its writes are not all made yet: an undo now would leave those made after
                 # it out of every later undo ("undone already").
-                names = ", ".join(f"{a.tool_name} ({a.id})" for a in waiting)
                 raise UndoConflictError(
                     f"turn {target} of chat {chat_id} still waits for your decision on "
                     f"{names}; approve or deny first, then undo"
                 )
+            if waiting:
+                # The undo's note would come between a call and its result, which the model
+                # would then be told was not run.
+                raise UndoConflictError(
+                    f"chat {chat_id} waits for your decision on {names}; approve or deny "
+                    "first, then undo"
+                )
+            # Expired calls are answered as not run first, before the note.
+            await runtime.decisions.settle(start.pending, now, note)
             mine = await _writes_of(runtime.storage, user_id, chat_id, target)
             if not mine:
                 raise NotFoundError(f"turn {target} of chat {chat_id} changed no rows to undo")
@@ -103,6 +114,14 @@ async def undo_turn(
             return report
         finally:
             await asyncio.shield(turns.finish(start, to_store(note), touch=bool(note)))
+
+
+async def _undone_already(
+    storage: Storage, user_id: str, chat_id: uuid.UUID, turn_id: uuid.UUID
+) -> bool:
+    """Whether the chat has an undo of the turn, however old (not only among its latest)."""
+    found = await storage.audit.list(user_id, chat_id=chat_id, undo_of=turn_id, limit=10)
+    return any(e.operation == "undo" and e.outcome == "ok" for e in found)
 
 
 async def _writes_of(

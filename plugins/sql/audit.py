@@ -145,6 +145,7 @@ class SQLAuditStore:
         turn_id: uuid.UUID | None = None,
         before_id: int | None = None,
         limit: int = 50,
+        undo_of: uuid.UUID | None = None,
     ) -> builtins.list[AuditEntry]:
         t = schema.audit_log
         if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_LIMIT:
@@ -171,6 +172,8 @@ class SQLAuditStore:
             stmt = stmt.where(t.c.chat_id == as_uuid(chat_id, "chat"))
         if turn_id is not None:
             stmt = stmt.where(t.c.turn_id == as_uuid(turn_id, "turn"))
+        if undo_of is not None:
+            stmt = stmt.where(t.c.undo_of == as_uuid(undo_of, "turn"))
         if before_id is not None:
             if (
                 isinstance(before_id, bool)

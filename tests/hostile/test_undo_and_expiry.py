@@ -1,0 +1,138 @@
+"""Undo and expired approvals against the chat's history, on SQLite and PostgreSQL.
+
+- An undo of an earlier turn while a later turn waits for a decision is refused:
+  its note would come between the waiting call and its result, and the model
+  would then be told the call was not run, although it ran once approved.
+- A turn undone long ago (its undo no longer among the chat's latest audit
+  entries) is still "undone already": undoing it again would revert a later
+  turn's write.
+- Approving the last live action of a reply whose other action expired goes on
+  with the turn: the expired one is answered as not run and listed as waiting
+  no more.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from tests.write_safety import AGENT, bearer, calls, seed_writer, serving
+
+
+async def roles_and_calls(api: Any) -> list[tuple[str, str]]:
+    """The chat's stored messages in order: role, and the tool call ids each answers/makes."""
+    rows = await api.sql("SELECT role, content FROM chat_messages ORDER BY id")
+    out = []
+    for row in rows:
+        content = row["content"]
+        if isinstance(content, str):
+            content = json.loads(content)
+        data = content.get("data", {})
+        ids = [c["id"] for c in data.get("tool_calls") or []] or [data.get("tool_call_id") or ""]
+        out.append((row["role"], ",".join(i for i in ids if i)))
+    return out
+
+
+async def test_an_undo_while_another_turn_waits_for_a_decision_is_refused(sql_url: str) -> None:
+    async with serving(sql_url) as api:
+        await seed_writer(api.runtime, [], approval="required")
+        [add] = [r for r in await api.runtime.storage.tools.list(AGENT) if r.name == "add_task"]
+        await api.runtime.storage.tools.update(add.id, approval="auto")
+        keep = await api.task("alice", "keep")
+        chat = await api.open_chat("alice")
+        await seed_writer(api.runtime, calls(("add_task", {"title": "new"}), reply="Added."))
+        first = await api.say_ok("alice", chat)
+        assert first["status"] == "done", first
+        await seed_writer(api.runtime, calls(("delete_task", {"id": keep}), reply="Deleted."))
+        second = await api.say_ok("alice", chat)
+        assert second["status"] == "approval_required", second
+        stored = await roles_and_calls(api)
+
+        undo = await api.client.post(
+            f"/api/chats/{chat}/undo", json={"turn_id": first["turn_id"]}, headers=bearer("alice")
+        )
+        assert undo.status_code == 409, undo.text
+        assert "waits for your decision on delete_task" in undo.json()["error"]
+        assert await roles_and_calls(api) == stored  # no note between the call and its result
+        assert "new" in [title for title, _ in (await api.tasks("alice")).values()]
+
+        # Decided, the turn goes on and ends; then the undo is made.
+        action = second["pending"][0]["id"]
+        approved = await api.client.post(f"/api/pending/{action}/approve", headers=bearer("alice"))
+        assert approved.status_code == 200 and approved.json()["response"] == "Deleted."
+        undo = await api.client.post(
+            f"/api/chats/{chat}/undo", json={"turn_id": first["turn_id"]}, headers=bearer("alice")
+        )
+        assert undo.status_code == 200, undo.text
+        assert "new" not in [title for title, _ in (await api.tasks("alice")).values()]
+        history = await roles_and_calls(api)
+        # Every tool result follows the message that made its call.
+        for before, (role, ids) in itertools.pairwise(history):
+            if role == "tool":
+                assert before[0] in {"ai", "tool"} and (before[1] == ids or before[0] == "tool")
+
+
+async def test_a_turn_undone_long_ago_is_not_undone_again(
+    sql_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Few latest entries looked through, so that a few writes push the undo out of them.
+    monkeypatch.setattr("chatwright.undo.UNDO_SCAN", 2)
+    async with serving(sql_url) as api:
+        await seed_writer(api.runtime, [], approval="auto")
+        chat = await api.open_chat("alice")
+        await seed_writer(api.runtime, calls(("add_task", {"title": "first"}), reply="Added."))
+        first = await api.say_ok("alice", chat)
+        undo = await api.client.post(
+            f"/api/chats/{chat}/undo", json={"turn_id": first["turn_id"]}, headers=bearer("alice")
+        )
+        assert undo.status_code == 200, undo.text
+        script = calls(*[("add_task", {"title": f"later {i}"}) for i in range(3)], reply="Added.")
+        await seed_writer(api.runtime, script)
+        await api.say_ok("alice", chat)
+
+        again = await api.client.post(
+            f"/api/chats/{chat}/undo", json={"turn_id": first["turn_id"]}, headers=bearer("alice")
+        )
+        assert again.status_code == 409, again.text
+        assert "undone already" in again.json()["error"]
+        undos = await api.sql("SELECT count(*) AS n FROM audit_log WHERE operation = 'undo'")
+        assert undos[0]["n"] == 1
+        titles = sorted(title for title, _ in (await api.tasks("alice")).values())
+        assert titles == ["later 0", "later 1", "later 2"]
+
+
+async def test_approving_the_last_live_action_beside_an_expired_one_goes_on(
+    sql_url: str,
+) -> None:
+    async with serving(sql_url) as api:
+        await seed_writer(api.runtime, [])
+        one = await api.task("alice", "one")
+        two = await api.task("alice", "two")
+        script = calls(("delete_task", {"id": one}), ("delete_task", {"id": two}), reply="Done.")
+        await seed_writer(api.runtime, script)
+        chat = await api.open_chat("alice")
+        turn = await api.say_ok("alice", chat)
+        first, second = turn["pending"]
+        await api.expire(second["id"], datetime.now(UTC) - timedelta(minutes=1))
+
+        approved = await api.client.post(
+            f"/api/pending/{first['id']}/approve", headers=bearer("alice")
+        )
+        assert approved.status_code == 200, approved.text
+        body = approved.json()
+        assert body["status"] == "done" and body["response"] == "Done.", body
+        assert body["pending"] == []
+        # One deleted, the expired one not run, each answered once, after its call.
+        assert sorted(await api.tasks("alice")) == [two]
+        listed = await api.client.get(f"/api/pending?chat_id={chat}", headers=bearer("alice"))
+        assert listed.json()["actions"] == []  # nothing waits any more
+        history = await roles_and_calls(api)
+        assert [role for role, _ in history] == ["human", "ai", "tool", "tool", "ai"]
+        entries = await api.sql(
+            "SELECT outcome FROM audit_log WHERE pending_id IS NOT NULL ORDER BY id"
+        )
+        assert sorted(e["outcome"] for e in entries) == ["expired", "ok"]
