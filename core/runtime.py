@@ -607,6 +607,7 @@ class Runtime:
             answered,
             complete_prefix,
             storable,
+            storable_value,
             storable_with_data,
             to_store,
         )
@@ -827,7 +828,9 @@ class Runtime:
                     ) from None
                 if isinstance(exc, ChatwrightError) and not isinstance(exc, ModelError):
                     raise
-                reason = " ".join(str(exc).split()) or type(exc).__name__
+                # Made storable: a provider's text may hold a lone surrogate, which no
+                # UTF-8 answer (JSON, a stream's event) can carry.
+                reason = storable_value(" ".join(str(exc).split())) or type(exc).__name__
                 raise ModelError(
                     f"the model of agent {agent_name!r} ({start.agent.model}) failed: "
                     f"{reason}; your message was kept, try again"

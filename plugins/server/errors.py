@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -65,11 +66,18 @@ LONGEST_WAIT = 32 * 86400
 USER = (401, 403, 503)
 
 
+SURROGATE = re.compile("[\ud800-\udfff]")
+"""A lone surrogate, which a UTF-8 answer cannot carry."""
+
+
 def error_response(
     message: str, status_code: int, headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
+    # A lone surrogate (from a provider's or a tool's error text), which UTF-8 cannot
+    # carry, becomes U+FFFD rather than a failed answer.
+    text = SURROGATE.sub("\ufffd", message)
     return JSONResponse(
-        ErrorBody(error=message).model_dump(), status_code=status_code, headers=headers
+        ErrorBody(error=text).model_dump(), status_code=status_code, headers=headers
     )
 
 

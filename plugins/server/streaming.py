@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -72,10 +73,34 @@ KEEPALIVE = b": keep-alive\n\n"
 
 def sse(event: str, data: BaseModel) -> bytes:
     # Dumped in python mode so tool arguments of any type go through json's default=str.
-    payload = json.dumps(data.model_dump(), ensure_ascii=False, default=str)
+    dumped = data.model_dump()
+    try:
+        payload = json.dumps(dumped, ensure_ascii=False, default=str, allow_nan=False)
+    except ValueError:
+        # NaN or an infinity (a row a tool read, say), which JSON cannot spell: null, as
+        # POST /api/chat answers them.
+        payload = json.dumps(finite(dumped), ensure_ascii=False, default=str, allow_nan=False)
     # Still JSON, and one line for every client.
     payload = payload.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
-    return f"event: {event}\ndata: {payload}\n\n".encode()
+    line = f"event: {event}\ndata: {payload}\n\n"
+    try:
+        return line.encode()
+    except UnicodeEncodeError:
+        # A lone surrogate (in a provider's error text, say), which UTF-8 cannot carry.
+        from chatwright.history import storable_value
+
+        return str(storable_value(line)).encode()
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every float that JSON cannot spell (NaN, infinities) as None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
 
 
 def tool_result(text: str) -> Any:
