@@ -13,8 +13,9 @@ operator ("the server log has the details") is pointed at what the terminal
 shows instead: the warnings chatwright logs are printed on standard error,
 above the error.
 
-Commands that only read (:data:`READ_ONLY_COMMANDS`) refuse a SQLite database
-file that does not exist rather than create an empty one.
+Commands that do not migrate refuse a SQLite database file that does not
+exist rather than create an empty one (:data:`READ_ONLY_COMMANDS` lists those
+that only read).
 """
 
 from __future__ import annotations
@@ -160,10 +161,11 @@ class AppContext:
     def run(self, work: Callable[[Runtime], Awaitable[T]], *, upgrade: bool = False) -> T:
         """Start a runtime, run ``work`` with it, close it.
 
-        A command of :data:`READ_ONLY_COMMANDS` is refused on a SQLite file that
-        does not exist (:meth:`require_database`) instead of creating it.
+        A command that does not migrate (``upgrade``) is refused on a SQLite file
+        that does not exist (:meth:`require_database`) instead of creating it: it
+        would refuse the empty database it made anyway.
         """
-        if not upgrade and command_path() in READ_ONLY_COMMANDS:
+        if not upgrade:
             self.require_database()
 
         async def main() -> T:

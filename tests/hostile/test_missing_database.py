@@ -121,3 +121,26 @@ def test_init_and_db_upgrade_still_create_it(workdir: Path, command: tuple[str, 
 def test_an_existing_empty_file_is_still_opened(workdir: Path) -> None:
     (workdir / "chatwright.db").write_bytes(b"")
     assert_error(run("agents", "list"), "not initialised", "chatwright db upgrade")
+
+
+# Commands that write, with the arguments they need: they would refuse the empty
+# database they made, so they refuse before making it.
+WRITERS = [
+    ("sessions", "sweep"),
+    ("agents", "add", "helper", "--prompt", "Help.", "--model", "scripted:x"),
+    ("agents", "delete", "assistant", "--yes"),
+]
+
+
+@pytest.mark.parametrize("command", WRITERS, ids=" ".join)
+def test_a_writer_does_not_create_a_database_either(
+    workdir: Path, command: tuple[str, ...]
+) -> None:
+    elsewhere = workdir / "typo.db"
+    line = assert_error(
+        run("--database", f"sqlite:///{elsewhere}", *command),
+        f"there is no database at {elsewhere} ",
+        "create it with `chatwright init`",
+    )
+    assert "not initialised" not in line
+    assert list(workdir.iterdir()) == []
