@@ -21,6 +21,7 @@ from fastapi import FastAPI
 from chatwright import __version__
 from chatwright.plugins.server import docs_pages, errors
 from chatwright.plugins.server.dependencies import JSONRoute
+from chatwright.plugins.server.headers import SecurityHeaders
 from chatwright.plugins.server.lifespan import lifespan
 from chatwright.plugins.server.limits import BodyLimit, body_limit
 from chatwright.plugins.server.loopback import LocalOnly
@@ -71,6 +72,8 @@ def create_app(settings: Settings, plugins: Plugins | None = None) -> FastAPI:
     routers = (pages, health, sessions, chats, pending, audit, agents, admin, usage, me)
     for module in routers:
         app.include_router(module.router)
+    # Added last, so outermost: the other middlewares' answers carry the headers too.
+    app.add_middleware(SecurityHeaders)
     return app
 
 
