@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 from urllib.parse import SplitResult, urlsplit
 
+import httpx
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -43,7 +44,26 @@ HOST_ENTRY = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(:[0-9]{1,5})?$")
 HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}$")  # an RFC 9110 token
 
 
+def ascii_host(host: str) -> str:
+    """``host`` in lowercase ASCII: an internationalised name in its IDNA (``xn--``) form.
+
+    That is the form the HTTP client sends and connects to; a name that has no such
+    form is returned lowercased, and matches no entry of ``allowed_hosts``.
+    """
+    host = host.lower()
+    if host.isascii():
+        return host
+    try:
+        return httpx.URL(scheme="https", host=host).raw_host.decode("ascii").lower()
+    except (httpx.InvalidURL, UnicodeError, ValueError):
+        return host
+
+
 def _host_entry(value: str) -> str:
+    if not value.isascii():
+        # An internationalised name is kept in the form the HTTP client uses.
+        name, colon, port = value.rpartition(":") if ":" in value else (value, "", "")
+        value = ascii_host(name) + colon + port
     if not HOST_ENTRY.match(value):
         raise ValueError(
             f"{value!r} is not a host; write a host name or IP address, optionally with a "
@@ -73,6 +93,8 @@ BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 RESERVED_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
 ENV_REFERENCE = re.compile(r"\$\{([^}]*)\}")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+NOT_ONE_LINE = "must be one line of ASCII text"
+SURROUNDING_SPACE = "must not begin or end with a space or a tab"
 # Stands in for a placeholder while the template is split into URL parts.
 _MARK = "\ue000"
 
@@ -127,8 +149,11 @@ class HttpConfig(BaseModel):
         return value.upper() if isinstance(value, str) else value
 
     def allows(self, host: str, port: int | None, scheme: str) -> bool:
-        """Whether ``allowed_hosts`` has ``host`` (any port) or ``host:port``."""
-        host = host.lower().strip("[]")
+        """Whether ``allowed_hosts`` has ``host`` (any port) or ``host:port``.
+
+        Internationalised names are compared in their IDNA (``xn--``) form.
+        """
+        host = ascii_host(host.strip("[]"))
         port = port if port is not None else DEFAULT_PORTS.get(scheme)
         for entry in self.allowed_hosts:
             entry_host, entry_port = split_host_entry(entry)
@@ -204,8 +229,9 @@ def problems(config: HttpConfig) -> list[ConfigProblem]:
         path = f"config.headers.{name}"
         if name.lower() in RESERVED_HEADERS:
             found.append(ConfigProblem(path, "is set by the HTTP client and cannot be configured"))
-        if not header_value_ok(value):
-            found.append(ConfigProblem(path, "must be one line of ASCII text"))
+        reason = header_value_problem(value)
+        if reason:
+            found.append(ConfigProblem(path, reason))
         for var in ENV_REFERENCE.findall(value):
             if not ENV_NAME.match(var):
                 found.append(
@@ -218,9 +244,17 @@ def problems(config: HttpConfig) -> list[ConfigProblem]:
     return found
 
 
-def header_value_ok(value: str) -> bool:
-    """One line of printable ASCII (tabs allowed), as HTTP/1.1 header values must be."""
-    return value.isascii() and all(c == "\t" or " " <= c < "\x7f" for c in value)
+def header_value_problem(value: str) -> str | None:
+    """Why ``value`` cannot be an HTTP/1.1 header value, or None when it can.
+
+    It must be one line of printable ASCII (tabs allowed inside), and must not begin
+    or end with a space or a tab: the HTTP client refuses such a value at every call.
+    """
+    if not (value.isascii() and all(c == "\t" or " " <= c < "\x7f" for c in value)):
+        return NOT_ONE_LINE
+    if value != value.strip(" \t"):
+        return SURROUNDING_SPACE
+    return None
 
 
 def _url_problems(config: HttpConfig, parts: SplitResult) -> list[ConfigProblem]:

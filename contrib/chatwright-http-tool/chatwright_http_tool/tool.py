@@ -12,10 +12,13 @@ the host, the query or another segment; the formatted URL's host is checked
 against ``allowed_hosts`` again all the same. Redirects are followed by hand,
 at most :data:`MAX_REDIRECTS` hops, and only to allowed hosts without leaving
 https. The whole exchange has one deadline (``timeout``), the response is read
-as a stream and cut at ``max_response_bytes``, and the result sent back to the
-model is compact JSON cut to ``tools.max_result_chars``. Every failure the
-endpoint or the network can cause is a :class:`ToolException`: the model reads
-it, and the turn goes on.
+as a stream and cut at ``max_response_bytes`` (counted after decompression,
+one bounded step at a time: uncompressed bodies are asked for, and only one
+layer of gzip or deflate is read), and the result sent back to the model is
+compact JSON cut to ``tools.max_result_chars``. Every failure the endpoint or
+the network can cause is a :class:`ToolException`, cut to the same length: the
+model reads it, the turn goes on, and a request that writes is in the audit
+log whatever its outcome.
 
 Header ``${NAME}`` references are checked against the plugin's settings
 (:class:`~.settings.HttpSettings`) when the row is built, expanded at each
@@ -27,17 +30,25 @@ from __future__ import annotations
 
 import asyncio
 import codecs
-import contextlib
 import json
+import math
 import os
 import re
+import zlib
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 import httpx
 from langchain_core.tools import BaseTool, ToolException
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    create_model,
+)
 
 from chatwright.approvals import record_write
 from chatwright.errors import one_line
@@ -52,9 +63,10 @@ from chatwright.tools import (
 from chatwright_http_tool.config import (
     BODY_METHODS,
     ENV_REFERENCE,
+    NOT_ONE_LINE,
     SCHEMES,
     HttpConfig,
-    header_value_ok,
+    header_value_problem,
     parse_template,
     problems,
 )
@@ -69,16 +81,31 @@ def _no_boolean(value: Any) -> Any:
     return value
 
 
+def _finite(value: float) -> float:
+    # NaN and infinity have no JSON spelling, and no endpoint means them.
+    if not math.isfinite(value):
+        raise ValueError(f"a finite number is wanted, not {value}")
+    return value
+
+
 PYTHON_TYPES: dict[str, Any] = {
     "string": str,
     "integer": Annotated[int, BeforeValidator(_no_boolean)],
-    "number": Annotated[float, BeforeValidator(_no_boolean)],
+    "number": Annotated[float, BeforeValidator(_no_boolean), AfterValidator(_finite)],
     "boolean": bool,
 }
 MAX_STRING = 10_000
 MAX_REDIRECTS = 5
-# How much of an error response's body the model is shown.
+# How much of an error response's body (and of its reason phrase) the model is shown.
 ERROR_EXCERPT = 300
+# Deeper JSON is refused: parsing and redacting it would exhaust the stack.
+MAX_JSON_DEPTH = 200
+# Compressed bodies are not asked for: a few kilobytes can expand to gigabytes.
+ACCEPT_ENCODING = "identity"
+# An endpoint that compresses all the same may use one layer of these: it is
+# decompressed step by step, each step bounded, and max_response_bytes counts
+# the decompressed bytes.
+ZLIB_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
 def dumps(data: Any) -> str:
@@ -120,6 +147,86 @@ def _shown(url: httpx.URL) -> str:
     return str(url.copy_with(query=None, fragment=None))
 
 
+def raw_host(url: httpx.URL) -> str:
+    """The host the HTTP client connects to: an internationalised name in IDNA form."""
+    return url.raw_host.decode("ascii", errors="replace")
+
+
+def excerpt(text: str) -> str:
+    """``text`` on one line, cut to :data:`ERROR_EXCERPT` characters."""
+    text = " ".join(text.split())
+    return text if len(text) <= ERROR_EXCERPT else text[:ERROR_EXCERPT] + "…"
+
+
+def json_depth(data: Any) -> int:
+    """How deeply lists and objects nest in parsed JSON (0 for a scalar), without recursion."""
+    deepest = 0
+    stack = [(data, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in item)
+    return deepest
+
+
+class Inflater:
+    """One layer of gzip or deflate, decompressed with a bound on each step's output."""
+
+    def __init__(self, coding: str) -> None:
+        self.coding = coding
+        self._zlib = zlib.decompressobj(ZLIB_WBITS[coding])
+        self._started = False
+
+    def inflate(self, data: bytes, limit: int) -> tuple[bytes, bytes]:
+        """At most ``limit`` bytes decompressed from ``data``, and the input not used yet."""
+        try:
+            out = self._zlib.decompress(data, limit)
+        except zlib.error:
+            if self.coding != "deflate" or self._started:
+                raise
+            # "deflate" is meant to be zlib-wrapped, but some servers send it raw.
+            self._zlib = zlib.decompressobj(-zlib.MAX_WBITS)
+            out = self._zlib.decompress(data, limit)
+        self._started = True
+        return out, self._zlib.unconsumed_tail
+
+
+def _inflater(response: httpx.Response, where: str) -> Inflater | None:
+    """How to decode the body's Content-Encoding: not at all, one bounded layer, or refused."""
+    value = response.headers.get("content-encoding", "")
+    codings = [c.strip().lower() for c in value.split(",") if c.strip()]
+    codings = [c for c in codings if c != "identity"]
+    if not codings:
+        return None
+    if len(codings) == 1 and codings[0] in ZLIB_WBITS:
+        return Inflater(codings[0])
+    raise ToolException(
+        f"{where} answered with a body compressed as {excerpt(value)!r}, which this tool does "
+        "not read; it asks for uncompressed responses (Accept-Encoding: identity)"
+    )
+
+
+def _text_decoder(response: httpx.Response, where: str) -> codecs.IncrementalDecoder:
+    name = response.encoding or "utf-8"
+    try:
+        info = codecs.lookup(name)
+    except LookupError:
+        info = codecs.lookup("utf-8")
+    # Codecs such as hex, base64 or rot13 are in the registry but decode no text.
+    if not getattr(info, "_is_text_encoding", True) or info.incrementaldecoder is None:
+        raise ToolException(
+            f"{where} answered with charset {excerpt(name)!r}, which is not a text encoding"
+        )
+    return info.incrementaldecoder(errors="replace")
+
+
+class TooDeep(Exception):
+    """A JSON body nested more than :data:`MAX_JSON_DEPTH` levels deep."""
+
+
 @dataclass
 class Reply:
     """A response whose body was read, at most ``max_response_bytes`` of it."""
@@ -131,17 +238,24 @@ class Reply:
     truncated: bool
 
     def body(self) -> Any:
+        """The parsed JSON, or the text; :class:`TooDeep` for JSON nested too deeply."""
         if not self.text:
             return None
         if "json" in self.content_type.lower():
-            # Not JSON after all (or cut short): the model gets the text.
-            with contextlib.suppress(ValueError):
-                return json.loads(self.text)
+            try:
+                data = json.loads(self.text)
+            except RecursionError:
+                raise TooDeep from None
+            except ValueError:
+                # Not JSON after all (or cut short): the model gets the text.
+                return self.text
+            if json_depth(data) > MAX_JSON_DEPTH:
+                raise TooDeep
+            return data
         return self.text
 
     def excerpt(self) -> str:
-        text = " ".join(self.text.split())
-        return text if len(text) <= ERROR_EXCERPT else text[:ERROR_EXCERPT] + "…"
+        return excerpt(self.text)
 
 
 class HttpToolType:
@@ -164,12 +278,12 @@ class HttpToolType:
             except httpx.InvalidURL as exc:
                 found.append(ConfigProblem("config.url", f"not a valid URL ({exc})"))
             else:
-                if not config.allows(url.host, url.port, url.scheme):
+                if not config.allows(raw_host(url), url.port, url.scheme):
                     found.append(
                         ConfigProblem(
                             "config.url",
-                            f"the HTTP client reads the host as {url.host!r}, which is not in "
-                            "allowed_hosts",
+                            f"the HTTP client reads the host as {raw_host(url)!r}, which is not "
+                            "in allowed_hosts",
                         )
                     )
         if found:
@@ -250,8 +364,9 @@ class HttpTool:
         except httpx.InvalidURL as exc:
             raise ToolException(f"the arguments do not make a valid URL ({exc})") from None
         # Placeholders are path segments, so this holds; checked anyway, it is cheap.
-        if url.scheme not in SCHEMES or not self.config.allows(url.host, url.port, url.scheme):
-            raise ToolException(f"the URL's host {url.host!r} is not in allowed_hosts")
+        host = raw_host(url)
+        if url.scheme not in SCHEMES or not self.config.allows(host, url.port, url.scheme):
+            raise ToolException(f"the URL's host {host!r} is not in allowed_hosts")
         return url
 
     def _headers(self) -> tuple[dict[str, str], list[str]]:
@@ -274,10 +389,16 @@ class HttpTool:
                         f"header {header!r} needs the environment variable {name}, which is "
                         "not set where chatwright runs"
                     )
-                if not header_value_ok(found):
+                # The value itself is never part of the message.
+                reason = header_value_problem(found)
+                if reason is not None:
+                    what = (
+                        "is not one line of ASCII text"
+                        if reason == NOT_ONE_LINE
+                        else "begins or ends with a space or a tab"
+                    )
                     raise ToolException(
-                        f"the environment variable {name} (header {header!r}) is not one line "
-                        "of ASCII text"
+                        f"the environment variable {name} (header {header!r}) {what}"
                     )
                 expanded.append(found)
                 return found
@@ -290,30 +411,55 @@ class HttpTool:
             raise ToolException(f"redirect to a {target.scheme!r} URL refused: http or https only")
         if source.scheme == "https" and target.scheme == "http":
             raise ToolException("redirect from https to http refused")
-        if not self.config.allows(target.host, target.port, target.scheme):
-            raise ToolException(
-                f"redirect to host {target.host!r} refused: it is not in allowed_hosts"
-            )
+        if target.port is not None and not 0 < target.port < 65536:
+            raise ToolException(f"redirect to port {target.port} refused: not a valid port")
+        host = raw_host(target)
+        if not self.config.allows(host, target.port, target.scheme):
+            raise ToolException(f"redirect to host {host!r} refused: it is not in allowed_hosts")
 
     async def _read(self, response: httpx.Response, redactor: Redactor) -> Reply:
+        where = f"{response.request.method} {_shown(response.request.url)}"
+        inflater = _inflater(response, where)
+        decoder = _text_decoder(response, where)
         cap = self.config.max_response_bytes
         chunks: list[bytes] = []
         size = 0
         truncated = False
-        async for chunk in response.aiter_bytes():
-            if size + len(chunk) > cap:
-                chunks.append(chunk[: cap - size])
-                truncated = True
+        async for raw in response.aiter_raw():
+            pending = raw
+            while pending and not truncated:
+                if inflater is None:
+                    chunk, pending = pending, b""
+                else:
+                    # One byte more than fits is enough to know the body is longer.
+                    try:
+                        chunk, pending = inflater.inflate(pending, cap - size + 1)
+                    except zlib.error as exc:
+                        raise ToolException(
+                            f"{where} answered with a body that is not valid "
+                            f"{inflater.coding} data ({exc})"
+                        ) from None
+                if size + len(chunk) > cap:
+                    chunk = chunk[: cap - size]
+                    truncated = True
+                chunks.append(chunk)
+                size += len(chunk)
+            if truncated:
                 break
-            chunks.append(chunk)
-            size += len(chunk)
-        decoder = codecs.getincrementaldecoder(response.encoding or "utf-8")(errors="replace")
-        # final=False on a cut body drops a character split by the cut instead of mangling it.
-        text = decoder.decode(b"".join(chunks), final=not truncated)
+        try:
+            # final=False on a cut body drops a character split by the cut instead of
+            # mangling it.
+            text = decoder.decode(b"".join(chunks), final=not truncated)
+        except (UnicodeError, ValueError, TypeError, LookupError) as exc:
+            raise ToolException(
+                f"{where} answered with a body that cannot be read as "
+                f"{excerpt(response.encoding or 'utf-8')!r} text ({one_line(exc)})"
+            ) from None
         # A cut body may end inside an echoed secret: its start goes too.
         text = redactor.cut_text(text) if truncated else redactor.text(text)
         content_type = response.headers.get("content-type", "")
-        reason = redactor.text(response.reason_phrase)
+        # Redacted whole first, so that the cut cannot leave part of a secret.
+        reason = excerpt(redactor.text(response.reason_phrase))
         return Reply(response.status_code, reason, content_type, text, truncated)
 
     async def _exchange(
@@ -325,7 +471,11 @@ class HttpTool:
         redactor: Redactor,
     ) -> tuple[httpx.URL, Reply]:
         async with httpx.AsyncClient(
-            timeout=httpx.Timeout(self.config.timeout), follow_redirects=False
+            timeout=httpx.Timeout(self.config.timeout),
+            follow_redirects=False,
+            # A configured Accept-Encoding replaces this one; a coding the tool cannot
+            # decompress within bounds is refused when the response comes.
+            headers={"Accept-Encoding": ACCEPT_ENCODING},
         ) as client:
             # httpx's params= replaces the template's own query; merge them instead.
             url = url.copy_merge_params(params) if params else url
@@ -352,12 +502,22 @@ class HttpTool:
         redactor = Redactor(expanded)
         try:
             result = redactor.text(await self._call(given, url, headers, redactor))
-        except ToolException as exc:
-            reason = redactor.text(str(exc))
+        except Exception as exc:
+            # Anything a response could cause and nothing above foresaw is still an
+            # error the model reads, and a request that was sent is still recorded.
+            if isinstance(exc, ToolException):
+                reason = str(exc)
+            else:
+                reason = f"{self.config.method} {_shown(url)} failed: {one_line(exc)}"
+            reason = self._capped_error(redactor.text(reason))
             await self._record(given, "error", reason)
             raise ToolException(reason) from None
         await self._record(given, "ok", None)
         return result
+
+    def _capped_error(self, reason: str) -> str:
+        limit = self.context.settings.tools.max_result_chars
+        return reason if len(reason) <= limit else reason[: limit - 1] + "…"
 
     async def _record(self, given: dict[str, Any], outcome: str, error: str | None) -> None:
         """A request that may have changed something goes into the audit log."""
@@ -392,10 +552,17 @@ class HttpTool:
             raise ToolException(f"{where} failed: {one_line(exc)}") from None
         if reply.status >= 400:
             answer = f"{config.method} {_shown(final_url)} answered {reply.status} {reply.reason}"
-            excerpt = reply.excerpt()
-            raise ToolException(f"{answer}: {excerpt}" if excerpt else answer)
+            start = reply.excerpt()
+            raise ToolException(f"{answer}: {start}" if start else answer)
+        try:
+            body = reply.body()
+        except TooDeep:
+            raise ToolException(
+                f"{config.method} {_shown(final_url)} answered {reply.status} with JSON nested "
+                f"more than {MAX_JSON_DEPTH} levels deep, which this tool does not read"
+            ) from None
         # Parsed JSON may spell a secret with \u escapes that the text did not show.
-        result: dict[str, Any] = {"status": reply.status, "body": redactor.value(reply.body())}
+        result: dict[str, Any] = {"status": reply.status, "body": redactor.value(body)}
         if reply.truncated:
             result["truncated"] = (
                 f"the response is longer than {config.max_response_bytes} bytes "

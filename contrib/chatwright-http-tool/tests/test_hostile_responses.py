@@ -1,0 +1,198 @@
+"""Responses and arguments that cannot be used are tool errors, never a failed turn.
+
+An odd charset, JSON nested thousands of levels deep, a redirect to a port
+that cannot exist, or a number argument that is not finite: each comes back
+to the model as a readable error, the turn goes on, and a request that was
+sent (anything but a GET) is in the audit log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from local_server import LocalServer
+from test_http_tool import Storage, build, call, error, ok
+
+from chatwright.registry import Plugins
+from chatwright.runtime import Runtime
+from chatwright.settings import Settings
+
+AGENT = "fetcher"
+USER = "alice"
+
+
+def endpoint(server: LocalServer, path: str, **extra: Any) -> dict[str, Any]:
+    return {"url": f"{server.base}/{path}", "allowed_hosts": ["127.0.0.1"], **extra}
+
+
+@pytest.mark.parametrize("charset", ["hex", "base64", "zlib_codec", "rot13"])
+async def test_a_charset_that_is_no_text_encoding_is_an_error(
+    plugins: Plugins, server: LocalServer, charset: str
+) -> None:
+    tool = await build(plugins, endpoint(server, f"charset?cs={charset}"))
+    assert error(await call(tool)) == (
+        f"GET {server.base}/charset answered with charset '{charset}', which is not a text encoding"
+    )
+
+
+@pytest.mark.parametrize("charset", ["utf-16", "undefined"])
+async def test_a_body_the_charset_cannot_decode_is_an_error(
+    plugins: Plugins, server: LocalServer, charset: str
+) -> None:
+    tool = await build(plugins, endpoint(server, f"charset?cs={charset}"))
+    assert error(await call(tool)).startswith(
+        f"GET {server.base}/charset answered with a body that cannot be read as '{charset}' "
+        "text (UnicodeError: "
+    )
+
+
+async def test_a_usual_charset_still_reads(plugins: Plugins, server: LocalServer) -> None:
+    tool = await build(plugins, endpoint(server, "charset?cs=latin-1"))
+    assert ok(await call(tool)) == {"status": 200, "body": "hello world"}
+
+
+async def test_json_nested_too_deeply_is_an_error(plugins: Plugins, server: LocalServer) -> None:
+    tool = await build(plugins, endpoint(server, "deep?n=5000"))
+    assert error(await call(tool)) == (
+        f"GET {server.base}/deep answered 200 with JSON nested more than 200 levels deep, "
+        "which this tool does not read"
+    )
+    tool = await build(plugins, endpoint(server, "deep?n=201"))
+    assert "nested more than 200 levels deep" in error(await call(tool))
+    tool = await build(plugins, endpoint(server, "deep?n=200"))
+    assert ok(await call(tool))["status"] == 200
+
+
+async def test_a_redirect_to_a_port_out_of_range_is_refused(
+    plugins: Plugins, server: LocalServer
+) -> None:
+    tool = await build(plugins, endpoint(server, "redirect?to=http://127.0.0.1:99999/"))
+    assert error(await call(tool)) == "redirect to port 99999 refused: not a valid port"
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", float("nan"), float("inf")])
+async def test_a_number_argument_must_be_finite(
+    plugins: Plugins, server: LocalServer, value: Any
+) -> None:
+    config = endpoint(
+        server,
+        "echo",
+        method="POST",
+        args={"weight": {"type": "number"}},
+        body={"weight": "weight"},
+    )
+    tool = await build(plugins, config)
+    message = error(await call(tool, weight=value))
+    assert message.startswith("Invalid arguments: weight: ")
+    assert "a finite number is wanted" in message
+    assert server.seen == []
+    assert ok(await call(tool, weight=2.5))["body"]["body"] == {"weight": 2.5}
+
+
+async def test_a_post_whose_response_cannot_be_read_is_in_the_audit_log(
+    plugins: Plugins, server: LocalServer
+) -> None:
+    storage = Storage()
+    tool = await build(
+        plugins, endpoint(server, "charset?cs=utf-16", method="POST"), storage=storage
+    )
+    reason = error(await call(tool))
+    assert [s.method for s in server.seen] == ["POST"]
+    [entry] = storage.audit.entries
+    assert (entry.outcome, entry.error) == ("error", reason)
+
+
+async def test_an_unforeseen_failure_is_an_error_and_is_in_the_audit_log(
+    plugins: Plugins, server: LocalServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from chatwright_http_tool import tool as tool_module
+
+    def broken(self: Any) -> Any:
+        raise RuntimeError("something nobody foresaw")
+
+    monkeypatch.setattr(tool_module.Reply, "body", broken)
+    storage = Storage()
+    tool = await build(plugins, endpoint(server, "echo", method="POST"), storage=storage)
+    reason = error(await call(tool))
+    assert reason == f"POST {server.base}/echo failed: RuntimeError: something nobody foresaw"
+    [entry] = storage.audit.entries
+    assert (entry.outcome, entry.error) == ("error", reason)
+
+
+# -- in a chat -----------------------------------------------------------------
+
+
+@pytest.fixture
+async def runtime(tmp_path: Path, plugins: Plugins) -> AsyncIterator[Runtime]:
+    settings = Settings(storage={"url": f"sqlite+aiosqlite:///{tmp_path}/h.db"})  # type: ignore[arg-type, call-arg]
+    rt = Runtime(settings, plugins)
+    await rt.start(upgrade=True)
+    try:
+        yield rt
+    finally:
+        await rt.close()
+
+
+async def chat_once(runtime: Runtime, config: dict[str, Any], args: dict[str, Any]) -> Any:
+    await runtime.storage.agents.create(
+        AGENT,
+        system_prompt="You fetch things.",
+        model="scripted:x",
+        model_settings={
+            "responses": [{"tool_calls": [{"name": "fetch", "args": args}]}, {"content": "done"}]
+        },
+    )
+    await runtime.storage.tools.add(AGENT, "fetch", type="http", config=config)
+    session = await runtime.storage.sessions.open(USER, AGENT)
+    return await runtime.chat(USER, AGENT, session.chat_id, "fetch")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "charset?cs=utf-16",
+        "charset?cs=hex",
+        "charset?cs=rot13",
+        "deep?n=5000",
+        "redirect?to=http%3A%2F%2F127.0.0.1%3A99999%2F",
+    ],
+)
+async def test_in_a_chat_a_hostile_response_is_a_tool_error_and_the_turn_goes_on(
+    runtime: Runtime, server: LocalServer, path: str
+) -> None:
+    turn = await chat_once(runtime, endpoint(server, path), {})
+    assert turn.response == "done"
+    [record] = turn.tool_calls
+    assert record.error is True
+
+
+async def test_in_a_chat_a_sent_post_with_an_unreadable_response_is_audited(
+    runtime: Runtime, server: LocalServer
+) -> None:
+    turn = await chat_once(runtime, endpoint(server, "charset?cs=utf-16", method="POST"), {})
+    assert turn.response == "done"
+    assert [s.method for s in server.seen] == ["POST"]
+    [entry] = await runtime.storage.audit.list(USER)
+    assert entry.outcome == "error"
+    assert entry.error == turn.tool_calls[0].result
+
+
+async def test_in_a_chat_a_nan_argument_is_a_tool_error(
+    runtime: Runtime, server: LocalServer
+) -> None:
+    config = endpoint(
+        server,
+        "echo",
+        method="POST",
+        args={"weight": {"type": "number"}},
+        body={"weight": "weight"},
+    )
+    turn = await chat_once(runtime, config, {"weight": "NaN"})
+    assert turn.response == "done"
+    [record] = turn.tool_calls
+    assert record.error is True
+    assert str(record.result).startswith("Invalid arguments: weight: ")
+    assert server.seen == []
