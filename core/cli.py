@@ -127,6 +127,8 @@ class AppContext:
         from sqlalchemy.engine import make_url
         from sqlalchemy.exc import ArgumentError
 
+        if self.settings.storage.backend != "sql":
+            return None  # another backend may not read storage.url at all
         try:
             url = make_url(self.settings.storage.url)
         except ArgumentError:

@@ -103,10 +103,12 @@ class Decisions:
         messages: list[BaseMessage],
         *,
         but: uuid.UUID | None = None,
+        on_message: OnMessage | None = None,
     ) -> None:
         """Answer the expired ones of ``actions`` (a chat's pending actions, read by a
         holder of the chat's turn) as not run: each one's result goes to ``messages``,
-        to store with what the holder stores. ``but``: an action left as it is."""
+        to store with what the holder stores, and to ``on_message``. ``but``: an action
+        left as it is."""
         from chatwright.history import storable
 
         for action in actions:
@@ -119,6 +121,20 @@ class Decisions:
                 continue  # decided meanwhile by another process
             messages.append(storable(_not_run(action, expired=True)))
             await self.audit_decision(action, "expired", None)
+            if on_message is not None:
+                await on_message(messages[-1])
+
+    async def _spent(self, user_id: str) -> bool:
+        """Whether one of the user's token budgets is used up now (no reservation)."""
+        from chatwright.usage import budget_states
+
+        store = getattr(self.storage, "usage", None)
+        settings = self.runtime.settings
+        if store is None:
+            return False
+        now = datetime.now(UTC)
+        states = await budget_states(store, settings, user_id, now)
+        return any(s.limit is not None and s.used >= s.limit for s in states)
 
     async def decide(
         self,
@@ -161,9 +177,11 @@ class Decisions:
             waiting = await self.storage.pending.list(
                 user_id, chat_id=action.chat_id, status="pending"
             )
-            # Expired actions wait for nothing: they are settled as not run with this one.
+            # Expired actions wait for nothing: they are settled as not run with this one,
+            # which resumes the model when no other live action is left (an expired one
+            # itself resumes nothing: it is only answered as not run).
             now = datetime.now(UTC)
-            resumes = action_id in {a.id for a in waiting} and all(
+            resumes = any(a.id == action_id and not a.expired(now) for a in waiting) and all(
                 a.id == action_id or a.expired(now) for a in waiting
             )
             try:
@@ -186,20 +204,21 @@ class Decisions:
             try:
                 now = datetime.now(UTC)
                 live = [a for a in start.pending if a.id == action_id or not a.expired(now)]
-                if not resumes and [a.id for a in live] == [action_id]:
-                    # Another process decided the chat's other actions meanwhile: this
-                    # decision would now resume the model, unchecked against the budgets.
-                    raise ChatBusyError(
-                        f"another decision of chat {action.chat_id} was made meanwhile; "
-                        f"decide pending action {action_id} again"
-                    )
                 current = next((a for a in start.pending if a.id == action_id), None)
+                alone = [a.id for a in live] == [action_id]
+                if not resumes and alone and current is not None and not current.expired(now):
+                    # The chat's other actions were decided by another process, or expired,
+                    # meanwhile: this decision would now resume the model, unchecked
+                    # against the budgets.
+                    raise ChatBusyError(
+                        f"the other calls of chat {action.chat_id} were decided or "
+                        f"expired meanwhile; decide pending action {action_id} again"
+                    )
                 if current is None:
                     raise _already_decided(await self.storage.pending.get(user_id, action_id))
                 if current.expired(now):
-                    if await self.storage.pending.decide(user_id, action_id, "expired", EXPIRY):
-                        carried.append(storable(_not_run(current, expired=True)))
-                        await self.audit_decision(current, "expired", None)
+                    # Every expired call of the reply is answered now, this one with them.
+                    await self.settle(start.pending, now, carried, on_message=on_message)
                     raise AlreadyDecidedError(
                         f"pending action {action_id} ({current.tool_name}) expired at "
                         f"{current.expires_at.isoformat()} and was not run; ask again"
@@ -255,8 +274,18 @@ class Decisions:
                     await on_message(carried[-1])
                 # The chat's other expired actions are answered now, as not run: none of
                 # them waits for a decision any more (the first of carried stays this one's).
-                await self.settle(start.pending, now, carried, but=action_id)
+                # Read the clock again: the call may have run for a while.
+                now = datetime.now(UTC)
+                await self.settle(start.pending, now, carried, but=action_id, on_message=on_message)
                 still = [a for a in start.pending if a.id != action_id and not a.expired(now)]
+                if not still and not resumes and await self._spent(user_id):
+                    # The others expired while the call ran: resuming would be a model
+                    # call this decision was not checked for, and a budget is spent.
+                    raise BudgetExceededError(
+                        f"pending action {action_id} ({claimed.tool_name}) ran and the "
+                        "chat's other calls expired meanwhile, but a budget of yours is "
+                        "spent, so the model did not go on; send a message once it resets"
+                    )
                 if still:
                     return Turn(
                         chat_id=action.chat_id,

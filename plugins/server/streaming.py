@@ -97,7 +97,11 @@ def finite(value: Any) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
+        # A key JSON cannot spell either (json writes other float keys as text).
+        return {
+            (str(k) if isinstance(k, float) and not math.isfinite(k) else k): finite(v)
+            for k, v in value.items()
+        }
     if isinstance(value, list | tuple):
         return [finite(v) for v in value]
     return value
@@ -248,5 +252,5 @@ def stream_turn(
             await asyncio.shield(task)
 
     return EventStreamResponse(
-        events(), headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        events(), headers={"Cache-Control": "no-cache, no-store", "X-Accel-Buffering": "no"}
     )

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 from datetime import UTC, datetime, timedelta
@@ -136,3 +137,64 @@ async def test_approving_the_last_live_action_beside_an_expired_one_goes_on(
             "SELECT outcome FROM audit_log WHERE pending_id IS NOT NULL ORDER BY id"
         )
         assert sorted(e["outcome"] for e in entries) == ["expired", "ok"]
+
+
+async def test_a_call_that_expires_while_the_approved_one_runs_waits_no_more(
+    sql_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from chatwright.decisions import Decisions
+
+    ran = Decisions._run_bounded
+
+    async def slow(self: Any, *args: Any) -> Any:
+        await asyncio.sleep(1.5)  # the other call expires meanwhile
+        return await ran(self, *args)
+
+    monkeypatch.setattr(Decisions, "_run_bounded", slow)
+    async with serving(sql_url) as api:
+        await seed_writer(api.runtime, [])
+        one = await api.task("alice", "one")
+        two = await api.task("alice", "two")
+        script = calls(("delete_task", {"id": one}), ("delete_task", {"id": two}), reply="Done.")
+        await seed_writer(api.runtime, script)
+        chat = await api.open_chat("alice")
+        first, second = (await api.say_ok("alice", chat))["pending"]
+        await api.expire(second["id"], datetime.now(UTC) + timedelta(seconds=1))
+
+        approved = await api.client.post(
+            f"/api/pending/{first['id']}/approve", headers=bearer("alice")
+        )
+        assert approved.status_code == 200, approved.text
+        body = approved.json()
+        assert (body["status"], body["response"], body["pending"]) == ("done", "Done.", [])
+        assert sorted(await api.tasks("alice")) == [two]
+        history = await roles_and_calls(api)
+        assert [role for role, _ in history] == ["human", "ai", "tool", "tool", "ai"]
+
+
+async def test_deciding_an_expired_call_answers_every_expired_call_of_the_reply(
+    sql_url: str,
+) -> None:
+    async with serving(sql_url) as api:
+        await seed_writer(api.runtime, [])
+        ids = [await api.task("alice", title) for title in ("one", "two", "three")]
+        script = calls(*[("delete_task", {"id": i}) for i in ids], reply="Done.")
+        await seed_writer(api.runtime, script)
+        chat = await api.open_chat("alice")
+        live, late, later = (await api.say_ok("alice", chat))["pending"]
+        past = datetime.now(UTC) - timedelta(minutes=1)
+        await api.expire(late["id"], past)
+        await api.expire(later["id"], past)
+
+        denied = await api.client.post(f"/api/pending/{late['id']}/deny", headers=bearer("alice"))
+        assert denied.status_code == 409 and "expired" in denied.json()["error"]
+        listed = await api.client.get(f"/api/pending?chat_id={chat}", headers=bearer("alice"))
+        assert [a["id"] for a in listed.json()["actions"]] == [live["id"]]
+        # The live one decided last goes on with the turn.
+        approved = await api.client.post(
+            f"/api/pending/{live['id']}/approve", headers=bearer("alice")
+        )
+        body = approved.json()
+        assert (body["status"], body["response"]) == ("done", "Done."), body
+        history = await roles_and_calls(api)
+        assert [role for role, _ in history] == ["human", "ai", "tool", "tool", "tool", "ai"]
