@@ -845,11 +845,12 @@ def test_agents_prompt_file_must_exist() -> None:
     ],
 )
 def test_agents_commands_on_a_database_that_is_not_initialised(args: list[str]) -> None:
-    if args[1] in {"list", "show"}:
-        # Commands that only read create no database file.
-        assert_error(run(*args), DB_FILE, "there is no database at", "`chatwright init`")
-        assert ok_json("db", "current", "--json")["exists"] is False
-        return
+    # No command but init and db upgrade creates a database file.
+    assert_error(run(*args), DB_FILE, "there is no database at", "`chatwright init`")
+    assert ok_json("db", "current", "--json")["exists"] is False
+    # An empty file (not a chatwright database yet) is refused as not initialised.
+    sqlite3.connect(DB_FILE).close()
+    assert Path(DB_FILE).exists()
     assert_error(
         run(*args), DB_FILE, "not initialised", "`chatwright db upgrade`", "`chatwright init`"
     )
