@@ -16,11 +16,10 @@ in its audit entry, in the same transaction; :mod:`.undo` puts them back.
 
 from __future__ import annotations
 
-import functools
 import uuid
-from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy import exc
@@ -34,8 +33,9 @@ from chatwright.approvals import (
     UndoReport,
     Write,
 )
-from chatwright.errors import InvalidInputError, NotFoundError, StorageError, one_line
-from chatwright.plugins.sql.errors import driver_text, integrity_message
+from chatwright.errors import InvalidInputError, NotFoundError, one_line
+from chatwright.plugins.sql.errors import integrity_message
+from chatwright.plugins.sql.stale import entries_arg, fresh_tables, table_arg, write_arg
 from chatwright.plugins.sql.turns import check_held
 from chatwright.stores import (
     ColumnInfo,
@@ -129,65 +129,6 @@ def appended(stored: Any, separator: str, value: str) -> Any:
             else_=stored.concat(sa.literal(separator, sa.Text())).concat(text),
         )
     return f"{stored}{separator}{value}" if stored else value
-
-
-def stale_schema(error: BaseException) -> bool:
-    """Whether a statement failed because a table or a column it names is gone: the
-    table changed since it was reflected (``ALTER TABLE``, ``DROP TABLE``)."""
-    cause = error.__cause__ if isinstance(error, StorageError) else error
-    if not isinstance(cause, exc.DBAPIError):
-        return False
-    if getattr(cause.orig, "sqlstate", None) in {"42P01", "42703"}:  # undefined table, column
-        return True
-    reason = driver_text(cause)
-    return (
-        reason.startswith(("no such table", "no such column")) or " has no column named " in reason
-    )
-
-
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-def fresh_tables(
-    names: Callable[..., Iterable[str | None]],
-) -> Callable[[Callable[P, Coroutine[Any, Any, R]]], Callable[P, Coroutine[Any, Any, R]]]:
-    """A record store method run again, once, on the tables as they are now, when its
-    statement found one of them changed since it was reflected (:func:`stale_schema`):
-    its transaction was rolled back, so the second run starts afresh, and gives what a
-    process that never saw the old table gives (the table gone: 404 naming it).
-
-    :param names: the method's table names, from its arguments (without ``self``).
-    """
-
-    def wrap(method: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
-        @functools.wraps(method)
-        async def run(*args: P.args, **kwargs: P.kwargs) -> R:
-            try:
-                return await method(*args, **kwargs)
-            except StorageError as error:
-                if not stale_schema(error):
-                    raise
-            store = args[0]
-            for name in names(*args[1:], **kwargs):
-                store._tables.pop(name, None)  # type: ignore[attr-defined]
-            return await method(*args, **kwargs)
-
-        return run
-
-    return wrap
-
-
-def _table_arg(user_id: Any, table: Any = None, *args: Any, **kwargs: Any) -> list[str | None]:
-    return [kwargs.get("table", table)]
-
-
-def _write_arg(user_id: Any, write: Any = None, *args: Any, **kwargs: Any) -> list[str | None]:
-    return [getattr(kwargs.get("write", write), "table", None)]
-
-
-def _entries_arg(user_id: Any, entries: Any = (), *args: Any, **kwargs: Any) -> list[str | None]:
-    return [getattr(e, "table", None) for e in kwargs.get("entries", entries)]
 
 
 @contextmanager
@@ -326,7 +267,7 @@ class SQLRecordStore:
                 rows = [dict(r) for r in result.mappings()] if result.returns_rows else []
                 return rows, result.rowcount
 
-    @fresh_tables(_table_arg)
+    @fresh_tables(table_arg)
     async def insert(
         self,
         user_id: str,
@@ -365,7 +306,7 @@ class SQLRecordStore:
             )
         return rows[0]
 
-    @fresh_tables(_table_arg)
+    @fresh_tables(table_arg)
     async def select(
         self,
         user_id: str,
@@ -384,7 +325,7 @@ class SQLRecordStore:
         rows, _ = await self._execute(stmt, user_id, table, write=False)
         return rows
 
-    @fresh_tables(_table_arg)
+    @fresh_tables(table_arg)
     async def update(
         self,
         user_id: str,
@@ -407,7 +348,7 @@ class SQLRecordStore:
         rows, _ = await self._execute(stmt, user_id, table)
         return rows
 
-    @fresh_tables(_table_arg)
+    @fresh_tables(table_arg)
     async def delete(self, user_id: str, table: str, where: Mapping[str, Any]) -> int:
         if not where:
             raise InvalidInputError(f"refusing to delete every row of {table!r}: no condition")
@@ -417,13 +358,13 @@ class SQLRecordStore:
 
     # -- writes with images (chatwright.plugins.sql.writes, chatwright.plugins.sql.undo) ---
 
-    @fresh_tables(_write_arg)
+    @fresh_tables(write_arg)
     async def preview(self, user_id: str, write: Write, *, cap: int) -> Preview:
         from chatwright.plugins.sql.writes import Writes
 
         return await Writes(self).preview(user_id, write, cap=cap)
 
-    @fresh_tables(_write_arg)
+    @fresh_tables(write_arg)
     async def apply(
         self,
         user_id: str,
@@ -437,7 +378,7 @@ class SQLRecordStore:
 
         return await Writes(self).apply(user_id, write, expect=expect, audit=audit, cap=cap)
 
-    @fresh_tables(_entries_arg)
+    @fresh_tables(entries_arg)
     async def undo(
         self, user_id: str, entries: Sequence[AuditEntry], audit: NewAuditEntry
     ) -> UndoReport:
