@@ -217,8 +217,9 @@ class Decisions:
                 if current is None:
                     raise _already_decided(await self.storage.pending.get(user_id, action_id))
                 if current.expired(now):
-                    # Every expired call of the reply is answered now, this one with them.
-                    await self.settle(start.pending, now, carried, on_message=on_message)
+                    # Every expired call of the reply is answered now, this one with them
+                    # (said by the error, not as a message).
+                    await self.settle(start.pending, now, carried)
                     raise AlreadyDecidedError(
                         f"pending action {action_id} ({current.tool_name}) expired at "
                         f"{current.expires_at.isoformat()} and was not run; ask again"
