@@ -38,6 +38,19 @@ async def roles_and_calls(api: Any) -> list[tuple[str, str]]:
     return out
 
 
+async def two_waiting_deletes(api: Any) -> tuple[str, int, dict[str, Any], dict[str, Any]]:
+    """Alice's chat whose last reply deletes her tasks "one" and "two", both waiting:
+    the chat, the id of "two", and the two pending actions in order."""
+    await seed_writer(api.runtime, [])
+    one = await api.task("alice", "one")
+    two = await api.task("alice", "two")
+    script = calls(("delete_task", {"id": one}), ("delete_task", {"id": two}), reply="Done.")
+    await seed_writer(api.runtime, script)
+    chat = await api.open_chat("alice")
+    first, second = (await api.say_ok("alice", chat))["pending"]
+    return chat, two, first, second
+
+
 async def test_an_undo_while_another_turn_waits_for_a_decision_is_refused(sql_url: str) -> None:
     async with serving(sql_url) as api:
         await seed_writer(api.runtime, [], approval="required")
@@ -110,14 +123,7 @@ async def test_approving_the_last_live_action_beside_an_expired_one_goes_on(
     sql_url: str,
 ) -> None:
     async with serving(sql_url) as api:
-        await seed_writer(api.runtime, [])
-        one = await api.task("alice", "one")
-        two = await api.task("alice", "two")
-        script = calls(("delete_task", {"id": one}), ("delete_task", {"id": two}), reply="Done.")
-        await seed_writer(api.runtime, script)
-        chat = await api.open_chat("alice")
-        turn = await api.say_ok("alice", chat)
-        first, second = turn["pending"]
+        chat, two, first, second = await two_waiting_deletes(api)
         await api.expire(second["id"], datetime.now(UTC) - timedelta(minutes=1))
 
         approved = await api.client.post(
@@ -152,13 +158,7 @@ async def test_a_call_that_expires_while_the_approved_one_runs_waits_no_more(
 
     monkeypatch.setattr(Decisions, "_run_bounded", slow)
     async with serving(sql_url) as api:
-        await seed_writer(api.runtime, [])
-        one = await api.task("alice", "one")
-        two = await api.task("alice", "two")
-        script = calls(("delete_task", {"id": one}), ("delete_task", {"id": two}), reply="Done.")
-        await seed_writer(api.runtime, script)
-        chat = await api.open_chat("alice")
-        first, second = (await api.say_ok("alice", chat))["pending"]
+        _, two, first, second = await two_waiting_deletes(api)
         await api.expire(second["id"], datetime.now(UTC) + timedelta(seconds=1))
 
         approved = await api.client.post(

@@ -1,14 +1,17 @@
-"""Fixtures: the local HTTP server, and the plugin registered with chatwright."""
+"""Fixtures: the local HTTP server, the plugin registered with chatwright, a runtime."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import chatwright_http_tool
 import pytest
 from local_server import LocalServer, serving
 
 from chatwright.registry import LoadPolicy, Plugins
+from chatwright.runtime import Runtime
+from chatwright.settings import Settings
 
 
 @pytest.fixture(scope="session")
@@ -29,3 +32,14 @@ def plugins() -> Plugins:
     if not any(info.name == "http_tool" for info in found.infos()):
         found.register(chatwright_http_tool, "http_tool")
     return found
+
+
+@pytest.fixture
+async def runtime(tmp_path: Path, plugins: Plugins) -> AsyncIterator[Runtime]:
+    settings = Settings(storage={"url": f"sqlite+aiosqlite:///{tmp_path}/h.db"})  # type: ignore[arg-type, call-arg]
+    rt = Runtime(settings, plugins)
+    await rt.start(upgrade=True)
+    try:
+        yield rt
+    finally:
+        await rt.close()

@@ -8,7 +8,6 @@ way ``chatwright tools check`` prints them.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +21,6 @@ from chatwright.tools import check_tools
 
 AGENT = "fetcher"
 USER = "alice"
-
-
-@pytest.fixture
-async def runtime(tmp_path: Path, plugins: Plugins) -> AsyncIterator[Runtime]:
-    settings = Settings(storage={"url": f"sqlite+aiosqlite:///{tmp_path}/h.db"})  # type: ignore[arg-type, call-arg]
-    rt = Runtime(settings, plugins)
-    await rt.start(upgrade=True)
-    try:
-        yield rt
-    finally:
-        await rt.close()
 
 
 def item_tool(server: LocalServer) -> dict[str, Any]:

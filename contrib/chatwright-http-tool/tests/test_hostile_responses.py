@@ -8,8 +8,6 @@ sent (anything but a GET) is in the audit log.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,7 +16,6 @@ from test_http_tool import Storage, build, call, error, ok
 
 from chatwright.registry import Plugins
 from chatwright.runtime import Runtime
-from chatwright.settings import Settings
 
 AGENT = "fetcher"
 USER = "alice"
@@ -73,17 +70,22 @@ async def test_a_redirect_to_a_port_out_of_range_is_refused(
     assert error(await call(tool)) == "redirect to port 99999 refused: not a valid port"
 
 
-@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", float("nan"), float("inf")])
-async def test_a_number_argument_must_be_finite(
-    plugins: Plugins, server: LocalServer, value: Any
-) -> None:
-    config = endpoint(
+def weighed(server: LocalServer) -> dict[str, Any]:
+    """A POST of a number argument ``weight`` in the body."""
+    return endpoint(
         server,
         "echo",
         method="POST",
         args={"weight": {"type": "number"}},
         body={"weight": "weight"},
     )
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", float("nan"), float("inf")])
+async def test_a_number_argument_must_be_finite(
+    plugins: Plugins, server: LocalServer, value: Any
+) -> None:
+    config = weighed(server)
     tool = await build(plugins, config)
     message = error(await call(tool, weight=value))
     assert message.startswith("Invalid arguments: weight: ")
@@ -123,17 +125,6 @@ async def test_an_unforeseen_failure_is_an_error_and_is_in_the_audit_log(
 
 
 # -- in a chat -----------------------------------------------------------------
-
-
-@pytest.fixture
-async def runtime(tmp_path: Path, plugins: Plugins) -> AsyncIterator[Runtime]:
-    settings = Settings(storage={"url": f"sqlite+aiosqlite:///{tmp_path}/h.db"})  # type: ignore[arg-type, call-arg]
-    rt = Runtime(settings, plugins)
-    await rt.start(upgrade=True)
-    try:
-        yield rt
-    finally:
-        await rt.close()
 
 
 async def chat_once(runtime: Runtime, config: dict[str, Any], args: dict[str, Any]) -> Any:
@@ -183,13 +174,7 @@ async def test_in_a_chat_a_sent_post_with_an_unreadable_response_is_audited(
 async def test_in_a_chat_a_nan_argument_is_a_tool_error(
     runtime: Runtime, server: LocalServer
 ) -> None:
-    config = endpoint(
-        server,
-        "echo",
-        method="POST",
-        args={"weight": {"type": "number"}},
-        body={"weight": "weight"},
-    )
+    config = weighed(server)
     turn = await chat_once(runtime, config, {"weight": "NaN"})
     assert turn.response == "done"
     [record] = turn.tool_calls
