@@ -311,9 +311,13 @@ async def test_a_resumed_turn_is_bounded_and_counts_the_calls_before_it(make: Ma
 
 
 async def test_an_approved_call_that_hangs_is_stopped_at_the_time_limit(
-    make: Make, pg_url: str
+    make: Make, pg_storage: Any, pg_url: str
 ) -> None:
-    """The approved call waits on a row lock held elsewhere: the agent's time limit ends it."""
+    """The approved call waits on a row lock held elsewhere: the agent's time limit ends it.
+
+    On the run's PostgreSQL database emptied first (``pg_storage``): an agent row
+    another test left there (one that summarises, say) would call the model more.
+    """
     import psycopg
 
     runtime = await make(pg_url, turns={"timeout": 1.0})
