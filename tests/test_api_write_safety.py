@@ -419,7 +419,11 @@ async def test_a_restart_between_the_action_and_the_decision(tmp_path: Path) -> 
         assert await api.tasks("alice") == {}
 
 
-async def test_a_decision_on_another_server_process(pg_url: str, tmp_path: Path) -> None:
+async def test_a_decision_on_another_server_process(
+    pg_storage: Any, pg_url: str, tmp_path: Path
+) -> None:
+    # pg_storage empties the run's database: an agent row left there by another test
+    # (its approval mode, its tools) is not this test's.
     async with serving(pg_url) as api:
         await seed_writer(api.runtime, [])
         milk = await api.task("alice", "buy milk")
