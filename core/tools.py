@@ -396,6 +396,24 @@ class StrictTool(StructuredTool):
             return (), {}
         return super()._to_args_and_kwargs(tool_input, tool_call_id)
 
+    @property
+    def tool_call_schema(self) -> Any:
+        """What the model is shown: with aliased fields, the arguments' model itself.
+
+        LangChain's copy of the model (which leaves out injected arguments) drops
+        the aliases, so the model would be shown the fields' own names, which the
+        tool then refuses. A tool type whose argument names are not all valid
+        field names (``_id``) gives its fields aliases, and takes no injected ones.
+        """
+        schema = self.args_schema
+        if (
+            isinstance(schema, type)
+            and issubclass(schema, BaseModel)
+            and any(f.alias for f in schema.model_fields.values())
+        ):
+            return schema
+        return super().tool_call_schema
+
 
 def invalid_arguments(error: ValidationError) -> str:
     """A validation error as the model reads it: each bad argument and why."""

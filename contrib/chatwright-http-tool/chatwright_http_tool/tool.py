@@ -302,25 +302,32 @@ class HttpTool:
         self.context = context
         self.allowed = allowed
         self.in_path = set(parse_template(config.url).placeholders)
+        # The args model's field of each argument (see args_model), and back.
+        self.fields = [f"arg_{i}" for i in range(len(config.args))]
+        self.names = dict(zip(self.fields, config.args, strict=True))
 
     def args_model(self) -> type[BaseModel]:
+        """The arguments' model. Its fields are named ``arg_0``, ``arg_1``, … with each
+        argument's own name as the alias (what the model sees and sends, and what errors
+        name), so that any identifier is an argument's name, ``_id`` and
+        ``model_config`` too, which pydantic refuses as field names."""
         fields: dict[str, Any] = {}
-        for name, spec in self.config.args.items():
+        for field, (name, spec) in zip(self.fields, self.config.args.items(), strict=True):
             annotation: Any = PYTHON_TYPES[spec.type]
             if spec.enum:
                 annotation = Literal[tuple(spec.enum)]
                 if spec.type in {"integer", "number"}:
                     # true would be read as the choice 1.
                     annotation = Annotated[annotation, BeforeValidator(_no_boolean)]
-            constraints: dict[str, Any] = {"description": spec.description or None}
+            constraints: dict[str, Any] = {"description": spec.description or None, "alias": name}
             if spec.type == "string" and not spec.enum:
                 constraints["max_length"] = MAX_STRING
                 if name in self.in_path:
                     constraints["min_length"] = 1
             if spec.required:
-                fields[name] = (annotation, Field(..., **constraints))
+                fields[field] = (annotation, Field(..., **constraints))
             else:
-                fields[name] = (annotation | None, Field(None, **constraints))
+                fields[field] = (annotation | None, Field(None, **constraints))
         return create_model(
             f"{self.row.name}_args",
             __config__=ConfigDict(extra="forbid"),
@@ -496,7 +503,7 @@ class HttpTool:
         if self.context.user_id is None:
             raise ToolException("this tool was built for checking only and cannot run")
         # LangChain may pass omitted optional arguments as None: they are not sent.
-        given = {k: v for k, v in kwargs.items() if v is not None}
+        given = {self.names[k]: v for k, v in kwargs.items() if v is not None}
         url = self._url(given)
         headers, expanded = self._headers()
         redactor = Redactor(expanded)

@@ -374,6 +374,36 @@ async def test_the_schema_holds_only_the_args(plugins: Plugins, server: LocalSer
     assert tool.description == f"Call GET {server.base}/items/{{item_id}}."
 
 
+async def test_any_identifier_is_an_argument_name(plugins: Plugins, server: LocalServer) -> None:
+    """Names pydantic refuses for fields (a leading underscore, its own attributes) are
+    arguments like any other: shown to the model, taken from it, sent, and named in
+    errors; the fields' own names are not arguments."""
+    from langchain_core.utils.function_calling import convert_to_openai_tool
+
+    config = {
+        "method": "GET",
+        "url": f"{server.base}/items/{{_id}}",
+        "allowed_hosts": ["127.0.0.1"],
+        "args": {
+            "_id": {"type": "string", "required": True},
+            "model_config": {"type": "integer"},
+            "arg_0": {"type": "string"},
+        },
+        "query": {"model_config": "model_config", "x": "arg_0"},
+    }
+    tool = await build(plugins, config)
+    shown = convert_to_openai_tool(tool)["function"]
+    assert set(shown["parameters"]["properties"]) == {"_id", "model_config", "arg_0"}
+    assert shown["parameters"]["required"] == ["_id"]
+    result = ok(await call(tool, _id="7", model_config=3, arg_0="z"))
+    assert result["body"]["path"] == "/items/7?model_config=3&x=z"
+    assert error(await call(tool, model_config=3)) == "Invalid arguments: _id: required"
+    assert error(await call(tool, _id="7", arg_1=3)) == (
+        "Invalid arguments: arg_1: unknown argument, not allowed"
+    )
+    assert server.paths() == ["/items/7?model_config=3&x=z"]
+
+
 async def test_unknown_arguments_are_refused(plugins: Plugins, server: LocalServer) -> None:
     tool = await build(plugins, get_item(server))
     assert error(await call(tool, item_id="1", host="evil.example")) == (
