@@ -145,6 +145,38 @@ async def test_approving_the_last_live_action_beside_an_expired_one_goes_on(
         assert sorted(e["outcome"] for e in entries) == ["expired", "ok"]
 
 
+async def test_a_decision_tells_its_caller_of_the_expired_calls_it_answered(
+    sql_url: str,
+) -> None:
+    """``on_message`` (the CLI's chat shows what it gets) hears every message the decision
+    stores, the expired call's "not run" result too, in the order they are stored."""
+    import uuid
+
+    async with serving(sql_url) as api:
+        _, _, first, second = await two_waiting_deletes(api)
+        await api.expire(second["id"], datetime.now(UTC) - timedelta(minutes=1))
+        heard: list[Any] = []
+
+        async def hear(message: Any) -> None:
+            heard.append(message)
+
+        turn = await api.runtime.decide("alice", uuid.UUID(first["id"]), True, on_message=hear)
+        assert turn.response == "Done."
+        assert [(m.type, getattr(m, "tool_call_id", None)) for m in heard] == [
+            ("tool", first["tool_call_id"]),
+            ("tool", second["tool_call_id"]),
+            ("ai", None),
+        ]
+        assert "expired" in heard[1].text and heard[1].status == "error"
+        history = await roles_and_calls(api)
+        stored = [(role, ids) for role, ids in history[2:]]
+        assert stored == [
+            ("tool", first["tool_call_id"]),
+            ("tool", second["tool_call_id"]),
+            ("ai", ""),
+        ]
+
+
 async def test_a_call_that_expires_while_the_approved_one_runs_waits_no_more(
     sql_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
