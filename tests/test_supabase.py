@@ -1317,6 +1317,51 @@ async def test_no_data_api_role_reads_or_moves_a_chats_revision(
     assert await admin_rows(db, "SELECT * FROM chat_revisions ORDER BY 1") == before
 
 
+async def test_a_user_jwt_cannot_take_over_another_users_chat(
+    stock_supabase: StockSupabase,
+) -> None:
+    """A chat is its first session's user's (``owner``): through the Data API bob can
+    neither insert a session of his own into alice's chat, dated before hers, nor move
+    his own session there or back in time (migration 0014). His own sessions he still
+    opens and touches."""
+    db = stock_supabase.db
+    owners = (
+        "SELECT DISTINCT ON (chat_id) chat_id, user_id, agent_name FROM chat_sessions "
+        "ORDER BY chat_id, created_at, id"
+    )
+    before = await admin_rows(db, owners)
+    ((chat, agent),) = await admin_rows(
+        db,
+        "SELECT chat_id, agent_name FROM chat_sessions WHERE user_id = 'alice' AND agent_name = %s",
+        AGENT,
+    )
+    async with api_roles(stock_supabase, "bob") as (_, user):
+        for statement in (
+            "INSERT INTO chat_sessions (id, chat_id, user_id, agent_name, created_at, "
+            f"updated_at) VALUES (gen_random_uuid(), '{chat}', 'bob', '{agent}', "
+            "'2000-01-01', now())",
+            f"UPDATE chat_sessions SET chat_id = '{chat}' WHERE user_id = 'bob'",
+            "UPDATE chat_sessions SET created_at = '2000-01-01' WHERE user_id = 'bob'",
+            "UPDATE chat_sessions SET user_id = 'alice' WHERE user_id = 'bob'",
+        ):
+            async with user.transaction(force_rollback=True):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    await user.execute(statement)
+        # Not a blanket refusal: his own new chat, and the time of his own sessions.
+        async with user.transaction(force_rollback=True):
+            await user.execute(
+                "INSERT INTO chat_sessions (id, chat_id, user_id, agent_name, created_at, "
+                f"updated_at) VALUES (gen_random_uuid(), gen_random_uuid(), 'bob', '{agent}', "
+                "now(), now())"
+            )
+            touched = await user.execute(
+                "UPDATE chat_sessions SET updated_at = now() WHERE user_id = 'bob'"
+            )
+            assert touched.rowcount >= 2
+    assert await admin_rows(db, owners) == before
+    assert ("alice", agent) in {(u, a) for c, u, a in before if c == chat}
+
+
 async def test_a_user_jwt_can_neither_read_nor_write_the_usage_tables(
     stock_supabase: StockSupabase,
 ) -> None:
