@@ -126,15 +126,26 @@ async def test_turns_that_always_run_out_of_time_are_held_by_the_budget(
 
 
 async def test_a_cancelled_turn_counts_the_model_call_it_was_waiting_for(
-    make: Make, sql_url: str
+    make: Make, sql_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from chatwright.plugins.models.scripted import ScriptedChatModel
+
+    # Cancelled once the model has been called, however long the turn took to get there.
+    called = asyncio.Event()
+    delay = ScriptedChatModel._delay
+
+    def calling(self: ScriptedChatModel) -> float:
+        called.set()
+        return delay(self)
+
+    monkeypatch.setattr(ScriptedChatModel, "_delay", calling)
     user = f"spender-{uuid.uuid4().hex[:8]}"
     runtime = await make(sql_url)
     await seed(runtime, "scripted:x", {"responses": [{"content": "late", "sleep": 30}]})
     turn = asyncio.ensure_future(
         runtime.chat(user, example.AGENT, await new_chat(runtime, user), "x" * 400)
     )
-    await asyncio.sleep(0.5)
+    await asyncio.wait_for(called.wait(), 25)
     turn.cancel()
     await asyncio.gather(turn, return_exceptions=True)
     (row,) = await usage_rows(runtime, user)
