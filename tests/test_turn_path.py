@@ -900,7 +900,11 @@ async def test_a_cancelled_turn_stores_its_message_and_gives_the_chat_back(make:
     )
     chat_id = await chat_of(one, USER)
     running = asyncio.create_task(one.chat(USER, ECHO, chat_id, "cancelled"))
-    await asyncio.sleep(0.3)
+    for _ in range(600):  # cancelled once the turn has begun (its lease taken), not before
+        if await leases(one):
+            break
+        await asyncio.sleep(0.05)
+    assert await leases(one)
     running.cancel()
     with pytest.raises(asyncio.CancelledError):
         await running
