@@ -39,6 +39,7 @@ from chatwright.runtime import OnMessage, OnToken, ToolCallRecord, Turn, _tool_c
 
 if TYPE_CHECKING:
     from langchain_core.messages import BaseMessage
+    from langchain_core.tools import BaseTool
 
     from chatwright.approvals import Decision, PendingAction, UndoReport
     from chatwright.errors import TurnTimeoutError
@@ -63,8 +64,11 @@ class Decisions:
         return self.runtime.settings.tools.approval_timeout
 
     async def audit_decision(self, action: PendingAction, status: str, by: str | None) -> None:
-        """An audit entry for a call that was not run: denied, or expired."""
+        """An audit entry for a call that was not run: denied, or expired. Its arguments
+        go through the tool's redaction (:func:`chatwright.writes.audit_args`), the tool
+        taken from the agent's build in the cache, or built."""
         from chatwright.approvals import NewAuditEntry
+        from chatwright.writes import audit_args
 
         await self.storage.audit.record(
             NewAuditEntry(
@@ -77,12 +81,25 @@ class Decisions:
                 turn_id=action.turn_id,
                 tool_id=action.tool_id,
                 table=action.preview.table if action.preview else None,
-                args=dict(action.args),
+                args=audit_args(await self._tool_of(action), action.args),
                 approval=status,
                 decided_by=by,
                 pending_id=action.id,
             )
         )
+
+    async def _tool_of(self, action: PendingAction) -> BaseTool | None:
+        """The built tool serving the action's name now (None when there is none, or the
+        agent cannot be built: its arguments are then recorded as they are)."""
+        entry = self.runtime.cache.peek(action.agent_name)
+        built = entry.value if entry is not None else None
+        if built is None:
+            try:
+                built = await self.runtime.agent_for(action.user_id, action.agent_name)
+            except Exception:  # a decision is never refused for the sake of its record
+                return None
+        tool: BaseTool | None = built.by_name.get(action.tool_name)
+        return tool
 
     async def settle_expired(self, user_id: str, agent_name: str, chat_id: uuid.UUID) -> None:
         """Answer the chat's expired actions as not run (expired = denied), without the model."""

@@ -19,7 +19,9 @@ pays nothing):
 A built tool knows its row (``metadata["chatwright_row"]``, set by the tool
 loader), whether it writes (``metadata["chatwright_writes"]``) and, for
 ``crud``, how to preview a call (``metadata["chatwright_preview"]``) and that
-its writes check the turn's lease themselves (``metadata["chatwright_checks_held"]``).
+its writes check the turn's lease themselves (``metadata["chatwright_checks_held"]``);
+a tool may also say how its arguments are shown in the audit log
+(``metadata["chatwright_redact"]``, :func:`audit_args`).
 """
 
 from __future__ import annotations
@@ -72,6 +74,24 @@ def checks_held(tool: BaseTool) -> bool:
     turn still holds its chat (``crud``'s do); other write tools' calls are preceded by
     :func:`chatwright.turns.ensure_held`."""
     return bool((tool.metadata or {}).get("chatwright_checks_held"))
+
+
+def audit_args(tool: BaseTool | None, args: Mapping[str, Any]) -> dict[str, Any]:
+    """A call's arguments as the audit log records them: through the tool's
+    ``metadata["chatwright_redact"]`` when it has one. A tool type whose calls may carry
+    values it must keep out of the log (the values of environment variables it fills
+    into requests, say) gives its tools that function, which takes the arguments and
+    returns them with those values hidden; the entries core records of its calls (a
+    veto, a denial, an expiry) then hide them as its own entries do."""
+    redact = (tool.metadata or {}).get("chatwright_redact") if tool is not None else None
+    if not callable(redact):
+        return dict(args)
+    try:
+        shown = redact(dict(args))
+    except Exception:
+        log.exception("the audit redaction of tool %r failed", getattr(tool, "name", None))
+        return {"[left out]": "the tool's redaction of its arguments failed"}
+    return dict(shown) if isinstance(shown, Mapping) else {"[redacted]": shown}
 
 
 def operation_of(tool: BaseTool | None) -> str:
@@ -178,7 +198,7 @@ async def guarded(
                 chat_id=turn.chat_id,
                 turn_id=turn.turn_id,
                 tool_id=row.id,
-                args=dict(call["args"]),
+                args=audit_args(tool, call["args"]),
                 error=reason,
                 approval=decision.approval,
                 decided_by=decision.decided_by,
