@@ -34,6 +34,7 @@ import asyncio
 import atexit
 import concurrent.futures
 import contextlib
+import logging
 import os
 import sys
 import threading
@@ -55,11 +56,14 @@ stdio server 2 s to exit once its input is closed, then terminates it, and kills
 
 TIMEOUT_BACKUP = 5.0
 """Seconds after ``timeout`` the SDK's own request timeout comes, if ever."""
+MAX_LIST_PAGES = 100
+"""Pages of ``tools/list`` a listing asks for at most."""
 CLOSED_BY_SDK = "Connection closed"
 """The message of the SDK's CONNECTION_CLOSED error: a server's error may have that code
 (-32000, the first of JSON-RPC's server errors) too."""
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -165,12 +169,34 @@ async def connect(endpoint: Endpoint) -> AsyncIterator[ClientSession]:
         yield session
 
 
-async def list_tools(endpoint: Endpoint) -> mcp_types.ListToolsResult:
-    """The server's tools, over a connection opened for this and closed again."""
+async def list_tools(endpoint: Endpoint) -> list[mcp_types.Tool]:
+    """The server's tools, over a connection opened for this and closed again.
 
-    async def listing() -> mcp_types.ListToolsResult:
+    A server may list its tools in pages: each page's cursor asks for the next,
+    up to :data:`MAX_LIST_PAGES` pages (a server whose cursors never end gives
+    the tools of those); the whole listing has the server's ``timeout``.
+    """
+    import mcp_types
+
+    async def listing() -> list[mcp_types.Tool]:
+        tools: list[mcp_types.Tool] = []
         async with asyncio.timeout(endpoint.spec.timeout), connect(endpoint) as session:
-            return await session.list_tools()
+            cursor: str | None = None
+            for _ in range(MAX_LIST_PAGES):
+                params = None if cursor is None else mcp_types.PaginatedRequestParams(cursor=cursor)
+                page = await session.list_tools(params=params)
+                tools.extend(page.tools)
+                cursor = page.next_cursor
+                if cursor is None:
+                    return tools
+        log.warning(
+            "chatwright: %s lists its tools in more than %d pages; the tools of the first %d "
+            "are used",
+            endpoint.label,
+            MAX_LIST_PAGES,
+            MAX_LIST_PAGES,
+        )
+        return tools
 
     return await LOOP.run(listing())
 

@@ -26,12 +26,14 @@ records.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import ipaddress
 import json
 import logging
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import urlsplit
 
@@ -115,9 +117,10 @@ def endpoint_of(config: McpConfig, settings: McpSettings) -> Endpoint:
     elif parts.username is not None or parts.password is not None:
         problem = "must not hold a user name or password; servers with credentials go in settings"
     elif problem is None:
-        host = parts.hostname.lower()
+        host = host_key(parts.hostname)
         shown = f"{host}:{port}" if port is not None else host
-        if host not in settings.allowed_hosts and shown not in settings.allowed_hosts:
+        keys = {entry_key(entry) for entry in settings.allowed_hosts}
+        if host not in keys and shown not in keys:
             allowed = ", ".join(settings.allowed_hosts) or "none"
             problem = (
                 f"host {shown!r} is not in {SECTION}.allowed_hosts ({allowed}); add it there "
@@ -128,12 +131,34 @@ def endpoint_of(config: McpConfig, settings: McpSettings) -> Endpoint:
     return Endpoint(f"MCP server at {config.url}", ServerSpec.model_validate({"url": config.url}))
 
 
+def host_key(host: str) -> str:
+    """A host as ``allowed_hosts`` writes it, to compare: an IPv6 address in brackets and
+    in its shortest form (a URL's host name has no brackets), a name in lower case."""
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        address = ipaddress.ip_address(bare)
+    except ValueError:
+        return host.lower()
+    return f"[{address.compressed}]" if address.version == 6 else address.compressed
+
+
+def entry_key(entry: str) -> str:
+    """An ``allowed_hosts`` entry (``host``, ``host:port``, ``[v6]``, ``[v6]:port``), to
+    compare."""
+    host, colon, port = entry.rpartition(":")
+    if not colon or (entry.startswith("[") and not host.endswith("]")):
+        host, port = entry, ""  # no port: a name, or an IPv6 address in brackets
+    return host_key(host) + (f":{port}" if port else "")
+
+
 def model_name(prefix: str, remote: str) -> str:
     """The tool's name for the model: the prefix and the server's name, made safe."""
     return (prefix + UNSAFE_NAME.sub("_", remote))[:MAX_NAME] or "tool"
 
 
-def model_names(prefix: str, remotes: Sequence[str]) -> dict[str, str]:
+def model_names(
+    prefix: str, remotes: Sequence[str], redact: Callable[[str], str] | None = None
+) -> dict[str, str]:
     """Each of a row's tools' names for the model, by its name on the server.
 
     A name that had to change for the model (characters replaced by ``_``, cut
@@ -141,17 +166,32 @@ def model_names(prefix: str, remotes: Sequence[str]) -> dict[str, str]:
     each tool of those whose name changed ends in ``_`` and 8 hex digits of a
     hash of its name on the server instead, cut to fit: the same at every build
     whatever order the server lists its tools in, while a name the server gave
-    as it is stays that name.
+    as it is stays that name. ``redact`` takes the secrets out of a server's
+    name first (they are neither in the name nor in its hash).
     """
-    made = {remote: model_name(prefix, remote) for remote in remotes}
+    shown = {remote: redact(remote) if redact is not None else remote for remote in remotes}
+    made = {remote: model_name(prefix, shown[remote]) for remote in remotes}
     counts = Counter(made.values())
     names: dict[str, str] = {}
     for remote, name in made.items():
         if counts[name] > 1 and name != prefix + remote:
-            digest = hashlib.sha256(remote.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+            digest = hashlib.sha256(shown[remote].encode("utf-8", "surrogatepass")).hexdigest()
+            digest = digest[:8]
             name = f"{name[: MAX_NAME - len(digest) - 1]}_{digest}"
         names[remote] = name
     return names
+
+
+def shown_schema(endpoint: Endpoint, remote: mcp_types.Tool) -> dict[str, Any] | None:
+    """The tool's input schema for the model and the checks, with the secrets redacted (a
+    server may show the key it was given: a default, an example); None when it nests too
+    deeply to redact."""
+    schema = endpoint.redact_value(dict(remote.input_schema or {}))
+    if not isinstance(schema, dict):
+        return None
+    schema.setdefault("type", "object")
+    schema.setdefault("properties", {})
+    return schema
 
 
 def result_text(result: mcp_types.CallToolResult) -> str:
@@ -189,12 +229,12 @@ class McpToolType:
             raise ToolConfigError(
                 [ConfigProblem(path, f"{endpoint.label} could not be started or reached: {reason}")]
             ) from None
-        offered = {t.name: t for t in listed.tools}
+        offered = {t.name: t for t in listed}
         if endpoint.spec.tools is not None:
             offered = {n: t for n, t in offered.items() if n in endpoint.spec.tools}
         chosen = self._choose(config, endpoint, offered)
         link = Link(endpoint, context.agent_name, context.storage)
-        names = model_names(config.name_prefix, [t.name for t in chosen])
+        names = model_names(config.name_prefix, [t.name for t in chosen], endpoint.redact)
         built: dict[str, BaseTool] = {}
         for remote in chosen:
             name = names[remote.name]
@@ -204,18 +244,29 @@ class McpToolType:
                     "chatwright: %s, tool %r of row %r left out: its name for the model, %r, "
                     "is another of its tools'; expose one of them with the row's tools",
                     endpoint.label,
-                    remote.name,
+                    endpoint.redact(remote.name),
                     row.name,
                     name,
                 )
                 continue
-            built[name] = McpTool(row, context, link, remote, name).as_tool()
+            schema = shown_schema(endpoint, remote)
+            if schema is None:
+                log.warning(
+                    "chatwright: %s, tool %r of row %r left out: its input schema nests too "
+                    "deeply to be shown to a model",
+                    endpoint.label,
+                    endpoint.redact(remote.name),
+                    row.name,
+                )
+                continue
+            built[name] = McpTool(row, context, link, remote, name, schema).as_tool()
         return list(built.values())
 
     def _choose(
         self, config: McpConfig, endpoint: Endpoint, offered: dict[str, mcp_types.Tool]
     ) -> list[mcp_types.Tool]:
-        names = ", ".join(sorted(offered)) or "none"
+        # A server's tool names are its own text: the secrets are kept out of them too.
+        names = endpoint.redact(", ".join(sorted(offered)) or "none")
         if config.tools is not None:
             missing = [n for n in config.tools if n not in offered]
             if missing:
@@ -269,16 +320,16 @@ class McpTool:
         link: Link,
         remote: mcp_types.Tool,
         name: str,
+        schema: dict[str, Any],
     ) -> None:
         self.row = row
         self.context = context
         self.link = link
         self.remote = remote
         self.name = name
-        schema = dict(remote.input_schema or {})
-        schema.setdefault("type", "object")
-        schema.setdefault("properties", {})
         self.schema = schema
+        self.shown_name = link.endpoint.redact(remote.name)
+        """The server's name for the tool, as errors show it."""
         hints = remote.annotations
         self.writes = not (hints is not None and hints.read_only_hint is True)
 
@@ -287,32 +338,48 @@ class McpTool:
         return ServerTool.from_function(
             coroutine=self.run,
             name=self.name,
-            description=description[:4000],
+            description=self.link.endpoint.redact(description)[:4000],
             args_schema=self.schema,
             handle_tool_error=True,
             # A tool the server does not mark read-only may change something:
             # approval modes and the audit log treat it as one that writes.
-            metadata={"chatwright_writes": self.writes, "chatwright_mcp": self.remote.name},
+            # What core records of a call it did not run (a veto, a denial, an
+            # expiry) hides the server's secrets as this tool's own entries do.
+            metadata={
+                "chatwright_writes": self.writes,
+                "chatwright_mcp": self.remote.name,
+                "chatwright_redact": self.link.endpoint.redact_value,
+            },
         )
 
     async def _check(self, arguments: dict[str, Any]) -> None:
         try:
-            size = len(json.dumps(arguments, ensure_ascii=False, default=str))
+            text = json.dumps(arguments, ensure_ascii=False, default=str)
         except (ValueError, RecursionError):
             raise ToolException(
                 "Invalid arguments: they cannot be written as JSON (nested too deeply, or "
                 "holding a value JSON has no form for)"
             ) from None
+        size = len(text)
         if size > MAX_ARGUMENT_CHARS:
             raise ToolException(
                 f"Invalid arguments: {size} characters of arguments, more than the "
                 f"{MAX_ARGUMENT_CHARS} an MCP tool call may send"
             )
         try:
+            # The connection sends UTF-8: text it cannot encode would fail the connection
+            # (every call on it, other users' too), not only this call.
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ToolException(
+                "Invalid arguments: they hold a lone surrogate (half of a UTF-16 pair, not a "
+                "character), which cannot be sent as UTF-8"
+            ) from None
+        try:
             problems = await check_arguments(self.schema, arguments)
         except UncheckedArguments as exc:
             raise ToolException(
-                f"{self.link.endpoint.label}, tool {self.remote.name!r}: the arguments could "
+                f"{self.link.endpoint.label}, tool {self.shown_name!r}: the arguments could "
                 f"not be checked against its input schema ({exc}); the call was not sent. "
                 "The server's schema needs fixing, or the row should leave this tool out"
             ) from None
@@ -330,6 +397,11 @@ class McpTool:
 
         try:
             result = await self.link.call_tool(self.remote.name, arguments)
+        except asyncio.CancelledError:
+            # The turn was stopped (its time limit) with the call under way: the server may
+            # have acted, so a call that may write is recorded all the same.
+            await self._record_cancelled(arguments)
+            raise
         except TimeoutError:
             # A server that leaves one request unanswered may answer none again on this
             # connection: a new one (a new process, for stdio) is the way out.
@@ -357,7 +429,7 @@ class McpTool:
             text = text[:limit] + f"… [cut to {limit} characters]"
         if getattr(result, "is_error", False):
             await self._record(arguments, "error", text[:500])
-            raise ToolException(f"{label}, tool {self.remote.name!r}: {text}")
+            raise ToolException(f"{label}, tool {self.shown_name!r}: {text}")
         await self._record(arguments, "ok", None)
         return text
 
@@ -366,6 +438,26 @@ class McpTool:
         reason = self.link.endpoint.redact(reason)
         await self._record(arguments, "error", reason)
         raise ToolException(reason) from None
+
+    async def _record_cancelled(self, arguments: dict[str, Any]) -> None:
+        """Record a call cancelled while under way, whatever cancels the recording itself."""
+        if not self.writes:
+            return
+        reason = self.link.endpoint.redact(
+            f"{self.link.endpoint.label}: cancelled on its way or after it was sent (the "
+            "turn was stopped); the server may have acted"
+        )
+        try:
+            await asyncio.shield(self._record(arguments, "error", reason))
+        except asyncio.CancelledError:
+            pass  # cancelled again: the shielded recording goes on by itself
+        except Exception:
+            log.exception(
+                "chatwright: %s, tool %r: a call cancelled while under way could not be "
+                "recorded in the audit log",
+                self.link.endpoint.label,
+                self.name,
+            )
 
     async def _record(self, args: dict[str, Any], outcome: str, error: str | None) -> None:
         """A call of a tool that may write goes into the audit log, secrets redacted."""

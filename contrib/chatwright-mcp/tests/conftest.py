@@ -21,19 +21,31 @@ HERE = Path(__file__).parent
 SERVER_SCRIPT = str(HERE / "mcp_server.py")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
         return int(s.getsockname()[1])
 
 
-def wait_for_port(port: int, process: subprocess.Popen[Any], timeout: float = 30) -> None:
+def ipv6_loopback() -> bool:
+    """Whether ::1 can be bound here."""
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+def wait_for_port(
+    port: int, process: subprocess.Popen[Any], timeout: float = 30, host: str = "127.0.0.1"
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"the server exited with {process.returncode}")
         try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            socket.create_connection((host, port), 0.2).close()
             return
         except OSError:
             time.sleep(0.1)
@@ -70,6 +82,22 @@ def http_server() -> Iterator[str]:
     try:
         wait_for_port(port, process)
         yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        stop(process)
+
+
+@pytest.fixture(scope="session")
+def http_server_ipv6() -> Iterator[str]:
+    """The test MCP server over streamable HTTP on ::1 only; its URL."""
+    port = free_port("::1")
+    process = subprocess.Popen(
+        [sys.executable, SERVER_SCRIPT, "http", str(port), "::1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port, process, host="::1")
+        yield f"http://[::1]:{port}/mcp"
     finally:
         stop(process)
 

@@ -1,7 +1,8 @@
 """A small MCP server for the tests, on the MCP SDK's MCPServer.
 
 Run as ``python mcp_server.py stdio PIDFILE`` (each start appends its process id to
-PIDFILE, so a test can count starts and see one end) or ``python mcp_server.py http PORT``.
+PIDFILE, so a test can count starts and see one end) or ``python mcp_server.py http PORT
+[HOST]`` (HOST: 127.0.0.1 unless given).
 Its tools: ``echo`` (read-only), ``add``, ``whoami`` (the environment
 variable MCP_TEST_NAME, given by the settings), ``crash`` (the process exits
 at once, mid-session) and ``headers_seen`` (over HTTP: the Authorization
@@ -58,4 +59,5 @@ if __name__ == "__main__":
             pids.write(f"{os.getpid()}\n")
         server.run("stdio")
     else:
-        server.run("streamable-http", host="127.0.0.1", port=int(sys.argv[2]))
+        host = sys.argv[3] if len(sys.argv) > 3 else "127.0.0.1"
+        server.run("streamable-http", host=host, port=int(sys.argv[2]))

@@ -1,8 +1,10 @@
 """An MCP server for the tests with odd tools, and which misbehaves: the SDK's low-level Server.
 
 Run as ``python odd_server.py PIDFILE`` (stdio; each start appends its process
-id to PIDFILE). Every tool that answers says back its name and the arguments
-it got, as ``NAME {json}``. Its tools:
+id to PIDFILE). It lists its tools in one page, or, with the environment
+variable ODD_PAGES, in pages of that many tools; ODD_PAGES=endless gives a
+next page for ever, each with one tool ``pageN``. Every tool that answers says
+back its name and the arguments it got, as ``NAME {json}``. Its tools:
 
 - ``a.b``, ``a_b``, ``a b`` and two names of 70 characters alike in their
   first 64: names that are one name once made safe for a model.
@@ -17,6 +19,10 @@ it got, as ``NAME {json}``. Its tools:
 - ``stall``: never answers; it blocks the server's event loop for 10 minutes.
 - ``freeze``: answers, then blocks the server's event loop for 10 minutes:
   the server reads nothing more, and does not notice its input closing.
+- ``described``: its description, and its schema's default and an example,
+  show the value of ODD_SECRET (a server telling which key it was given);
+  with ODD_SECRET set, ``for-`` and its value names one more tool.
+- ``slow``: answers after 3 seconds, serving other calls meanwhile.
 """
 
 from __future__ import annotations
@@ -57,16 +63,39 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     },
     "stall": TEXT,
     "freeze": TEXT,
+    "slow": TEXT,
 }
 BLOCK_SECONDS = 600
+SLOW_SECONDS = 3
 
 
-async def list_tools(ctx: Any, params: Any) -> types.ListToolsResult:
+def tool(name: str) -> types.Tool:
+    if name == "described":
+        secret = os.environ.get("ODD_SECRET", "")
+        key = {"type": "string", "default": secret, "examples": [f"{secret}-2"]}
+        return types.Tool(
+            name=name,
+            description=f"Calls the upstream service with the key {secret}.",
+            input_schema={"type": "object", "properties": {"key": key}},
+        )
+    schema = SCHEMAS.get(name, TEXT)
+    return types.Tool(name=name, description=f"The tool {name}.", input_schema=schema)
+
+
+async def list_tools(
+    ctx: Any, params: types.PaginatedRequestParams | None
+) -> types.ListToolsResult:
+    secret = os.environ.get("ODD_SECRET")
+    names = [*SCHEMAS, "described", *([f"for-{secret}"] if secret else [])]
+    pages = os.environ.get("ODD_PAGES")
+    start = int(params.cursor) if params is not None and params.cursor is not None else 0
+    if pages == "endless":
+        page = [types.Tool(name=f"page{start}", input_schema=TEXT)]
+        return types.ListToolsResult(tools=page, next_cursor=str(start + 1))
+    size = int(pages) if pages else len(names)
+    more = str(start + size) if start + size < len(names) else None
     return types.ListToolsResult(
-        tools=[
-            types.Tool(name=name, description=f"The tool {name}.", input_schema=schema)
-            for name, schema in SCHEMAS.items()
-        ]
+        tools=[tool(name) for name in names[start : start + size]], next_cursor=more
     )
 
 
@@ -78,6 +107,8 @@ async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.Call
         time.sleep(BLOCK_SECONDS)  # noqa: ASYNC251 (blocking the loop is the point)
     if name == "freeze":
         asyncio.get_running_loop().call_later(0.2, time.sleep, BLOCK_SECONDS)
+    if name == "slow":
+        await asyncio.sleep(SLOW_SECONDS)
     text = f"{name} {json.dumps(params.arguments or {}, sort_keys=True)}"
     return types.CallToolResult(content=[types.TextContent(type="text", text=text)])
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import reprlib
 import signal
@@ -22,10 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from chatwright_mcp.tool import McpConfig, McpToolType
 from conftest import alive, pids
 from test_tool_type import AGENT, USER, agent_with_script, chat, until
 
-from chatwright.tools import check_tools
+from chatwright.errors import TurnTimeoutError
+from chatwright.tools import ToolContext, check_tools
 
 HERE = Path(__file__).parent
 ODD_SERVER = str(HERE / "odd_server.py")
@@ -249,3 +252,143 @@ async def test_a_check_that_would_take_long_stops_at_its_time_limit(
     assert await schemas.check_arguments(unique, {"v": many}) == [
         f"v: {reprlib.repr(many)} has non-unique elements"
     ]
+
+
+async def test_a_secret_in_a_tools_description_schema_or_name_is_not_shown(
+    runtime_for: Any, pidfile: Path, monkeypatch: pytest.MonkeyPatch, plugins: Any
+) -> None:
+    secret = "sk-odd-5d1c7a90e2"
+    monkeypatch.setenv("ODD_SECRET_SOURCE", secret)
+    spec = odd_spec(pidfile, env={"ODD_SECRET": "${ODD_SECRET_SOURCE}"})
+    runtime = await runtime_for({"servers": {"odd": spec}})
+    await agent_with_script(runtime)
+    add = runtime.storage.tools.add
+    await add(AGENT, "odd", type="mcp", config={"server": "odd", "tools": ["described"]})
+    await add(AGENT, "named", type="mcp", config={"server": "odd", "tool_prefix": "for-"})
+    await add(AGENT, "missing", type="mcp", config={"server": "odd", "tools": ["nope"]})
+    reports = await check_tools(runtime.storage, runtime.settings, plugins, AGENT)
+    described, named, missing = reports
+    [tool] = described.tools
+    assert tool.description == "Calls the upstream service with the key [redacted]."
+    key = {"type": "string", "default": "[redacted]", "examples": ["[redacted]-2"]}
+    assert tool.args == {"key": key}
+    [tool] = named.tools
+    assert tool.name == "for-_redacted_"
+    [problem] = missing.problems
+    assert problem.brief().startswith(
+        "config.tools[0]: MCP server 'odd' has no tool 'nope' that rows may use; its tools: "
+    )
+    assert "for-[redacted]" in problem.brief()
+    shown = [t.name for r in reports for t in r.tools]
+    shown += [t.description for r in reports for t in r.tools]
+    shown += [json.dumps(t.args) for r in reports for t in r.tools]
+    shown += [p.brief() for r in reports for p in r.problems]
+    assert secret not in repr(shown)
+
+
+async def test_a_denied_call_holding_a_secret_is_audited_redacted(
+    runtime_for: Any, pidfile: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The entry chatwright records of a call it did not run (denied here) hides the
+    server's secrets, as the entries of the calls the tool runs do."""
+    secret = "sk-odd-a04e61b7c3"
+    monkeypatch.setenv("ODD_SECRET_SOURCE", secret)
+    spec = odd_spec(pidfile, env={"ODD_SECRET": "${ODD_SECRET_SOURCE}"})
+    runtime = await runtime_for({"servers": {"odd": spec}})
+    await agent_with_script(runtime, {"name": "a_b", "args": {"text": f"use {secret}"}})
+    await runtime.storage.tools.add(
+        AGENT, "odd", type="mcp", config={"server": "odd", "tools": ["a_b"]}, approval="required"
+    )
+    turn = await chat(runtime)
+    [action] = turn.pending
+    assert dict(action.args) == {"text": f"use {secret}"}  # approving would send it
+    await runtime.decide(USER, action.id, False)
+    [entry] = await runtime.storage.audit.list(USER)
+    assert (entry.outcome, dict(entry.args)) == ("denied", {"text": "use [redacted]"})
+
+
+async def test_a_write_the_turns_time_limit_cancels_under_way_is_in_the_audit_log(
+    runtime_for: Any, pidfile: Path
+) -> None:
+    runtime = await runtime_for({"servers": {"odd": odd_spec(pidfile)}})
+    # slow answers after 3 s; the turn may last 1 s.
+    await agent_with_script(runtime, {"name": "slow", "args": {"text": "pay"}}, turn_timeout=1)
+    await runtime.storage.tools.add(
+        AGENT, "odd", type="mcp", config={"server": "odd", "tools": ["slow"]}
+    )
+    await runtime.agent_for(USER, AGENT)  # built (the server listed) before the clock starts
+    with pytest.raises(TurnTimeoutError):
+        await chat(runtime)
+    [entry] = await runtime.storage.audit.list(USER)
+    assert (entry.tool_name, entry.operation, entry.outcome) == ("odd", "call", "error")
+    assert dict(entry.args) == {"text": "pay"}
+    assert entry.error == (
+        "MCP server 'odd': cancelled on its way or after it was sent (the turn was stopped); "
+        "the server may have acted"
+    )
+
+
+async def test_a_lone_surrogate_in_arguments_is_refused_and_the_connection_serves_on(
+    runtime_for: Any, pidfile: Path
+) -> None:
+    runtime = await runtime_for({"servers": {"odd": odd_spec(pidfile)}})
+    await agent_with_script(runtime)
+    config = {"server": "odd", "tools": ["a_b", "slow"]}
+    row = await runtime.storage.tools.add(AGENT, "odd", type="mcp", config=config)
+    context = ToolContext(AGENT, runtime.storage, runtime.settings, user_id=USER)
+    built = await McpToolType().build(row, McpConfig.model_validate(config), context)
+    tools = {t.name: t for t in built}
+
+    async def call(name: str, args: dict[str, Any]) -> Any:
+        call = {"name": name, "args": args, "id": "1", "type": "tool_call"}
+        return (await tools[name].ainvoke(call)).content
+
+    assert await call("a_b", {"text": "first"}) == 'a_b {"text": "first"}'
+    # Another user's call is under way on the shared connection when one model's
+    # arguments hold half of a UTF-16 pair (in a value, or in a name).
+    other = asyncio.create_task(call("slow", {"text": "other"}))
+    await asyncio.sleep(1)
+    refused = (
+        "Invalid arguments: they hold a lone surrogate (half of a UTF-16 pair, not a "
+        "character), which cannot be sent as UTF-8"
+    )
+    assert await call("a_b", {"text": "x\ud800y"}) == refused
+    assert await call("a_b", {"text\udfff": "x"}) == refused
+    assert await other == 'slow {"text": "other"}'
+    assert await call("a_b", {"text": "after"}) == 'a_b {"text": "after"}'
+    # One server process served every call: the connection was never dropped.
+    _listing, serving = pids(pidfile)
+    assert alive(serving)
+
+
+async def test_a_servers_tools_listed_in_pages_are_all_found(
+    runtime_for: Any, pidfile: Path, plugins: Any
+) -> None:
+    spec = odd_spec(pidfile, env={"ODD_PAGES": "3"})
+    runtime = await runtime_for({"servers": {"odd": spec}})
+    await agent_with_script(runtime, {"name": "described", "args": {}})
+    await runtime.storage.tools.add(
+        AGENT, "odd", type="mcp", config={"server": "odd", "tools": ["a.b", "described"]}
+    )
+    [report] = await check_tools(runtime.storage, runtime.settings, plugins, AGENT)
+    assert report.problems == []
+    assert [t.metadata["chatwright_mcp"] for t in report.tools] == ["a.b", "described"]
+    # The tool on the last of the 5 pages is called like any.
+    turn = await chat(runtime)
+    assert [(c.error, c.result) for c in turn.tool_calls] == [(False, "described {}")]
+
+
+async def test_a_server_whose_pages_never_end_gives_the_tools_of_the_first_hundred(
+    runtime_for: Any, pidfile: Path, plugins: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    spec = odd_spec(pidfile, env={"ODD_PAGES": "endless"})
+    runtime = await runtime_for({"servers": {"odd": spec}})
+    await agent_with_script(runtime)
+    await runtime.storage.tools.add(AGENT, "odd", type="mcp", config={"server": "odd"})
+    [report] = await check_tools(runtime.storage, runtime.settings, plugins, AGENT)
+    assert report.problems == []
+    assert [t.name for t in report.tools] == [f"page{n}" for n in range(100)]
+    assert (
+        "chatwright: MCP server 'odd' lists its tools in more than 100 pages; the tools of "
+        "the first 100 are used"
+    ) in caplog.messages

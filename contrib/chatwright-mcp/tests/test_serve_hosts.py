@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import free_port, stop
+from conftest import free_port, ipv6_loopback, stop
 
 # The fixtures of test_serve: a served database, and the CLI run against it.
 from test_serve import (  # noqa: F401
@@ -63,15 +63,6 @@ def serving(database: Served, host: str) -> Iterator[str]:
         raise AssertionError(process.stderr.read().decode()) from None
     finally:
         stop(process)
-
-
-def ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
 
 
 @pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback here")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import alive, pids, stdio_spec
+from conftest import alive, ipv6_loopback, pids, stdio_spec
 
 from chatwright.errors import SettingsError
 from chatwright.runtime import Runtime
@@ -23,15 +23,20 @@ USER = "alice"
 
 
 async def agent_with_script(
-    runtime: Runtime, *calls: dict[str, Any], then: list[dict[str, Any]] | None = None
+    runtime: Runtime,
+    *calls: dict[str, Any],
+    then: list[dict[str, Any]] | None = None,
+    **limits: Any,
 ) -> None:
-    """An agent whose first turn makes ``calls`` one by one; ``then``: later replies."""
+    """An agent whose first turn makes ``calls`` one by one; ``then``: later replies;
+    ``limits``: the agent's (``turn_timeout``, …)."""
     responses = [{"tool_calls": [call]} for call in calls]
     await runtime.storage.agents.create(
         AGENT,
         system_prompt="You help.",
         model="scripted:x",
         model_settings={"responses": [*responses, {"content": "done"}, *(then or [])]},
+        **limits,
     )
 
 
@@ -232,3 +237,33 @@ async def test_a_required_approval_holds_the_servers_tools_like_any(
     assert (pending.tool_name, pending.args) == ("add", {"a": 1, "b": 2})
     # Only the build's listing reached the server: the call waits for the user.
     assert len(pids(pidfile)) == 1
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback here")
+@pytest.mark.parametrize("entry", ["[::1]", "[::1]:{port}", "[0:0:0:0:0:0:0:1]:{port}"])
+async def test_a_public_server_on_an_ipv6_address_the_settings_allow_serves_a_turn(
+    runtime_for: Any, http_server_ipv6: str, plugins: Any, entry: str
+) -> None:
+    port = http_server_ipv6.rsplit(":", 1)[1].split("/")[0]
+    runtime = await runtime_for({"allowed_hosts": [entry.format(port=port)]})
+    await agent_with_script(runtime, {"name": "echo", "args": {"text": "over ipv6"}})
+    config = {"url": http_server_ipv6, "tools": ["echo"]}
+    await runtime.storage.tools.add(AGENT, "public", type="mcp", config=config)
+    [report] = await check_tools(runtime.storage, runtime.settings, plugins, AGENT)
+    assert report.problems == []
+    turn = await chat(runtime)
+    assert [(c.error, c.result) for c in turn.tool_calls] == [(False, "echo: over ipv6")]
+
+
+async def test_an_ipv6_address_the_settings_do_not_allow_is_refused_as_written_there(
+    runtime_for: Any, plugins: Any
+) -> None:
+    runtime = await runtime_for({"allowed_hosts": ["[::1]:8080"]})
+    await agent_with_script(runtime)
+    url = "http://[::1]:9090/mcp"
+    await runtime.storage.tools.add(AGENT, "public", type="mcp", config={"url": url})
+    [report] = await check_tools(runtime.storage, runtime.settings, plugins, AGENT)
+    assert [p.brief() for p in report.problems] == [
+        "config.url: host '[::1]:9090' is not in mcp.allowed_hosts ([::1]:8080); add it there "
+        "to let rows use public MCP servers on it"
+    ]
