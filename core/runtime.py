@@ -697,7 +697,12 @@ class Runtime:
                     done = await self._stored_after_all(start, exchange)
                 if done:
                     kept = upto
-            spent = usage()
+            try:
+                spent = usage()
+            except Exception:
+                # What the turn made is stored and the chat given back all the same.
+                log.exception("the usage of a turn of agent %r could not be counted", agent_name)
+                spent = None
             held = await turns.finish(
                 start,
                 to_store(messages[kept:], dumped),

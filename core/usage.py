@@ -30,6 +30,10 @@ if TYPE_CHECKING:
     from chatwright.settings import Price, Settings
 
 UNLIMITED = -1
+MAX_TOKENS = 10**15
+"""The most tokens one count holds: a provider's report above it counts this many (a
+budget, a total, what the CLI takes), so that an absurd report neither overflows a
+cost nor goes into a column or a metric as a number nothing can hold."""
 """A per-user budget override that lifts the budget for that user."""
 HOLD_MARGIN = 60.0
 """Seconds a turn's budget reservation outlasts the longest the turn may run (its wait
@@ -122,11 +126,12 @@ def cut_off_call(model: str, requests: list[Any], answered: int, streamed: int) 
 
 def _count(value: Any) -> int:
     """A token count as a provider reported it: what cannot be one (negative, not a
-    number) counts 0, so a bad report neither breaks the turn nor gives tokens back."""
+    number) counts 0, so a bad report neither breaks the turn nor gives tokens back;
+    one above :data:`MAX_TOKENS` counts that many."""
     if isinstance(value, bool):
         return 0
     try:
-        return max(int(value or 0), 0)
+        return min(max(int(value or 0), 0), MAX_TOKENS)
     except (TypeError, ValueError, OverflowError):
         return 0
 
@@ -138,10 +143,11 @@ def priced(usage: TurnUsage, prices: Mapping[str, Price] | None) -> TurnUsage:
         return usage
     cached_price = price.cached_input if price.cached_input is not None else price.input
     fresh = max(usage.input_tokens - usage.cached_tokens, 0)
+    # In floats: the counts of a turn of many calls may add up past any one report's cap.
     cost = (
-        fresh * price.input
-        + usage.cached_tokens * cached_price
-        + usage.output_tokens * price.output
+        float(fresh) * price.input
+        + float(usage.cached_tokens) * cached_price
+        + float(usage.output_tokens) * price.output
     ) / 1_000_000
     return TurnUsage(
         usage.model,

@@ -302,6 +302,39 @@ async def test_a_turn_without_a_price_has_no_cost(serve: Serve) -> None:
     assert report["rows"][0]["cost"] is None
 
 
+async def test_an_absurd_usage_report_is_capped_alike_everywhere(serve: Serve) -> None:
+    """A provider reporting more tokens than anything holds (10**400, a JSON integer as
+    good as any): the turn is stored and answered, priced, counted in the metrics and
+    in the report as the same capped number, and the chat goes on."""
+    from chatwright.usage import MAX_TOKENS
+
+    served = await serve()
+    await served.runtime.storage.agents.update(
+        AGENT,
+        model_settings={
+            "responses": [
+                {"content": "huge", "usage": {"input_tokens": 10**400, "output_tokens": 10**20}},
+                {"content": "next"},
+            ]
+        },
+    )
+    alice = new_user("alice")
+    chat = await served.open_chat(alice)
+    answer = await served.turn(alice, chat)
+    assert answer.status_code == 200, answer.text
+    usage = answer.json()["usage"]
+    assert (usage["input_tokens"], usage["output_tokens"]) == (MAX_TOKENS, MAX_TOKENS)
+    expected = MAX_TOKENS * (2.0 + 10.0) / 1_000_000
+    assert usage["cost"] == pytest.approx(expected)
+    report = await served.usage(alice)
+    assert report["totals"]["total_tokens"] == 2 * MAX_TOKENS
+    counted = await served.metrics()
+    assert counted[f'chatwright_tokens_total{{kind="input",model="{MODEL}"}}'] == MAX_TOKENS
+    following = await served.turn(alice, chat)
+    assert following.status_code == 200, following.text
+    assert following.json()["response"] == "next"
+
+
 # -- budgets ---------------------------------------------------------------------------
 
 

@@ -19,13 +19,11 @@ from chatwright.cli import AppContext, pass_app
 from chatwright.commands import inputs
 from chatwright.commands.output import echo_json, echo_table
 from chatwright.errors import StorageError
+from chatwright.usage import MAX_TOKENS
 
 if TYPE_CHECKING:
     from chatwright.runtime import Runtime
     from chatwright.usage import BudgetState, TurnUsage, UsageLine, UsageStore, UserBudget
-
-MAX_TOKENS = 10**15
-"""The largest budget ``budgets set`` takes (far beyond any real one; the column holds it)."""
 
 
 def _store(runtime: Runtime) -> UsageStore:

@@ -35,6 +35,7 @@ from chatwright.errors import BudgetExceededError, InvalidInputError
 from chatwright.plugins.sql import rows, schema
 from chatwright.stores import ChatSummary, NewSummary
 from chatwright.usage import (
+    MAX_TOKENS,
     BudgetLimits,
     TurnUsage,
     day_of,
@@ -48,9 +49,6 @@ log = logging.getLogger(__name__)
 
 BUSY_RETRY = 5.0
 """Seconds a turn refused beside another running turn is told to wait."""
-
-MAX_TOKENS = 10**15
-"""The largest token count or budget taken (far beyond any real one; BIGINT holds it)."""
 
 
 # -- the budget check (in a turn's first transaction) ------------------------------------

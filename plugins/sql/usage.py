@@ -25,7 +25,6 @@ import sqlalchemy as sa
 from chatwright.errors import InvalidInputError, NotFoundError
 from chatwright.plugins.sql import rows, schema
 from chatwright.plugins.sql.budgets import (
-    MAX_TOKENS,
     check_budget,
     override_columns,
     record_usage,
@@ -36,6 +35,7 @@ from chatwright.plugins.sql.rows import from_row
 from chatwright.plugins.sql.stores import BoundStore
 from chatwright.stores import ChatSummary, NewSummary
 from chatwright.usage import (
+    MAX_TOKENS,
     UNLIMITED,
     BudgetLimits,
     Spent,

@@ -153,6 +153,30 @@ async def test_a_cancelled_turn_counts_the_model_call_it_was_waiting_for(
     assert row["input_tokens"] >= 100
 
 
+async def test_a_turn_whose_usage_cannot_be_counted_is_stored_and_gives_the_chat_back(
+    make: Make, sql_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Counting a turn's usage runs before its end: should it fail, the end still
+    stores the reply and gives the chat back (it is logged, not charged)."""
+    import chatwright.usage
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("cannot count")
+
+    user = f"spender-{uuid.uuid4().hex[:8]}"
+    runtime = await make(sql_url)
+    await seed(runtime, "scripted:x", {"responses": [{"content": "one"}, {"content": "two"}]})
+    chat = await new_chat(runtime, user)
+    with monkeypatch.context() as patched:
+        patched.setattr(chatwright.usage, "usage_of", broken)
+        turn = await runtime.chat(user, example.AGENT, chat, "first")
+    assert turn.response == "one"
+    following = await runtime.chat(user, example.AGENT, chat, "second")
+    assert following.response == "two"
+    history = await runtime.storage.messages.page(user, chat, limit=10)
+    assert [m.role for m in history] == ["human", "ai", "human", "ai"]
+
+
 async def test_a_model_that_fails_is_not_charged_an_estimate(make: Make, sql_url: str) -> None:
     """Only a call that was cut off is counted unanswered: one the provider refused (an
     error answer) reports nothing and is charged nothing."""
