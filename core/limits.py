@@ -4,9 +4,10 @@ Each comes from the agent row when it sets one (``turn_timeout``,
 ``max_model_calls``, ``max_tool_calls``), else from the ``turns`` settings.
 The runtime enforces the time limit; the call limits are a middleware of the
 built agent (:func:`turn_limits`), which also ends a turn at a reply whose
-tool calls are not valid JSON. Both end the turn with a message to the user,
-stored with the chat and marked (:func:`stopped_by`), never with an error:
-the chat goes on from there.
+tool calls are not valid JSON, and gives a reply's calls ids of their own when
+the provider repeated one or gave none (:func:`unique_call_ids`). Both end the
+turn with a message to the user, stored with the chat and marked
+(:func:`stopped_by`), never with an error: the chat goes on from there.
 """
 
 from __future__ import annotations
@@ -80,6 +81,49 @@ def not_run(call_id: str | None, name: str, reason: str) -> ToolMessage:
 
     return ToolMessage(
         content=f"Not run: {reason}", tool_call_id=call_id or "", name=name, status="error"
+    )
+
+
+def unique_call_ids(reply: AIMessage, before: Sequence[BaseMessage] = ()) -> AIMessage | None:
+    """``reply`` with an id of its own for each of its tool calls, or None when every call
+    has one already.
+
+    A provider may give two calls of one reply the same id, or none, or reuse an id
+    of an earlier reply (one that numbers its calls from 0 in every reply): the calls
+    would be run, and the stored history then refused by any API that holds ids to
+    be unique (the chat could not go on). An id that is empty, repeated, or taken by
+    a call among ``before`` (the messages the model was given) is replaced by a new
+    one, in the calls and in the calls with invalid arguments; the provider's raw
+    copy of the calls (``additional_kwargs["tool_calls"]``) is then left out, as the
+    clients send the parsed calls.
+    """
+    if not reply.tool_calls and not reply.invalid_tool_calls:
+        return None
+    import uuid
+
+    from langchain_core.messages import AIMessage
+
+    taken = {
+        c.get("id")
+        for m in before
+        if isinstance(m, AIMessage)
+        for c in [*m.tool_calls, *m.invalid_tool_calls]
+    }
+    ids = [c.get("id") for c in [*reply.tool_calls, *reply.invalid_tool_calls]]
+    if all(ids) and len(set(ids)) == len(ids) and taken.isdisjoint(ids):
+        return None
+    seen: set[str | None] = set(taken)
+
+    def fresh(given: str | None) -> str:
+        made = given if given and given not in seen else f"call_{uuid.uuid4().hex[:24]}"
+        seen.add(made)
+        return made
+
+    calls = [{**c, "id": fresh(c.get("id"))} for c in reply.tool_calls]
+    invalid = [{**c, "id": fresh(c.get("id"))} for c in reply.invalid_tool_calls]
+    extra = {k: v for k, v in reply.additional_kwargs.items() if k != "tool_calls"}
+    return reply.model_copy(
+        update={"tool_calls": calls, "invalid_tool_calls": invalid, "additional_kwargs": extra}
     )
 
 
@@ -173,6 +217,10 @@ def turn_limits(agent_name: str, limits: Limits) -> Any:
             replies = [m for m in result.result if isinstance(m, AIMessage)]
             if not replies:
                 return response
+            fixed = unique_call_ids(replies[-1], messages)
+            if fixed is not None:
+                result.result = [fixed if m is replies[-1] else m for m in result.result]
+                replies[-1] = fixed
             ending = after([*messages, *result.result], replies[-1])
             if ending is None:
                 return response

@@ -41,6 +41,12 @@ counts too, so ``echo-2`` echoes):
     that are not valid JSON.
 ``fail``
     answers HTTP 500 with an OpenAI error body.
+``same-ids``
+    calls the first tool twice in one reply, both calls with the id
+    ``call_same`` (``same-ids-empty``: both with an empty id), and answers
+    ``done`` once the last message is a tool result. It refuses (400) a request
+    whose assistant messages repeat a tool call id or have an empty one, as
+    providers that hold ids unique do.
 
 A streamed answer (``"stream": true``) is SSE chunks ``data: {...}``, then, when
 the request asks ``stream_options.include_usage``, a chunk with no choices and
@@ -62,7 +68,7 @@ from typing import Any
 
 import pytest
 
-BEHAVIOURS = ("bad-args", "echo", "fail", "hang", "loop", "slow")
+BEHAVIOURS = ("bad-args", "echo", "fail", "hang", "loop", "same-ids", "slow")
 SLOW_DELAY = 0.2
 # Not JSON even to the lenient parser streamed replies go through.
 BAD_ARGUMENTS = "{query: 'x'}"
@@ -208,7 +214,28 @@ class OpenAIStub:
         tools = body.get("tools") or []
         text = ""
         calls: list[dict[str, Any]] = []
-        if behaviour in {"echo", "slow"}:
+        if behaviour == "same-ids":
+            ids = [
+                c.get("id")
+                for m in messages
+                if m.get("role") == "assistant"
+                for c in m.get("tool_calls") or []
+            ]
+            if not all(ids) or len(set(ids)) != len(ids):
+                self._send_json(
+                    handler,
+                    400,
+                    {"error": {"message": f"tool call ids must be unique and set: {ids}"}},
+                )
+                return
+        if behaviour == "same-ids" and messages and messages[-1].get("role") == "tool":
+            text = "done"
+        elif behaviour == "same-ids" and tools:
+            tool = tools[0]
+            same = "" if record.model.startswith("same-ids-empty") else "call_same"
+            args = json.dumps(_loop_args(tool))
+            calls = [{**self._call(tool["function"]["name"], args), "id": same} for _ in "ab"]
+        elif behaviour in {"echo", "slow"}:
             last = next((m for m in reversed(messages) if m.get("role") == "user"), {})
             text = f"echo: {_text(last.get('content'))}"
         elif behaviour == "loop" and tools:

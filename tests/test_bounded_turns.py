@@ -210,6 +210,30 @@ async def test_arguments_not_json_end_the_turn_with_a_stored_message(
     assert called and called == answered
 
 
+@pytest.mark.parametrize("model", ["openai:same-ids", "openai:same-ids-empty"])
+async def test_calls_sharing_an_id_or_without_one_get_ids_of_their_own(
+    make: Make, openai_stub: OpenAIStub, model: str
+) -> None:
+    """A reply whose two calls have one id (or none): each call runs once under an id of
+    its own, answered by its own result, so the chat stays input a provider that holds
+    ids unique takes, this turn and the next."""
+    runtime = await make()
+    await seed(runtime, model, openai_stub.model_settings())
+    chat_id = await new_chat(runtime)
+    turn = await runtime.chat(USER, example.AGENT, chat_id, "add two")
+    assert turn.response == "done", turn
+    assert await task_count(runtime) == 2
+    history = to_model_input(await stored(runtime, chat_id))
+    assert_valid_history(history)
+    (reply,) = [m for m in history if isinstance(m, AIMessage) and m.tool_calls]
+    ids = [c["id"] for c in reply.tool_calls]
+    assert all(ids) and len(set(ids)) == 2
+    results = [m for m in history if isinstance(m, ToolMessage)]
+    assert sorted(m.tool_call_id for m in results) == sorted(ids)
+    nxt = await runtime.chat(USER, example.AGENT, chat_id, "again")
+    assert nxt.response == "done"  # the provider took the history back
+
+
 # --------------------------------------------------------------------------- client options
 
 
