@@ -65,10 +65,8 @@ class Decisions:
 
     async def audit_decision(self, action: PendingAction, status: str, by: str | None) -> None:
         """An audit entry for a call that was not run: denied, or expired. Its arguments
-        go through the tool's redaction (:func:`chatwright.writes.audit_args`), the tool
-        taken from the agent's build in the cache, or built."""
+        go through the tool's redaction (:meth:`_audit_args`)."""
         from chatwright.approvals import NewAuditEntry
-        from chatwright.writes import audit_args
 
         await self.storage.audit.record(
             NewAuditEntry(
@@ -81,25 +79,34 @@ class Decisions:
                 turn_id=action.turn_id,
                 tool_id=action.tool_id,
                 table=action.preview.table if action.preview else None,
-                args=audit_args(await self._tool_of(action), action.args),
+                args=await self._audit_args(action),
                 approval=status,
                 decided_by=by,
                 pending_id=action.id,
             )
         )
 
-    async def _tool_of(self, action: PendingAction) -> BaseTool | None:
-        """The built tool serving the action's name now (None when there is none, or the
-        agent cannot be built: its arguments are then recorded as they are)."""
+    async def _audit_args(self, action: PendingAction) -> dict[str, Any]:
+        """The action's arguments as its audit entry records them: through the redaction of
+        the tool serving its name now (:func:`chatwright.writes.audit_args`), taken from the
+        agent's cached build, or built. When there is no such tool any more, or the agent
+        cannot be built, they are left out: what they may hold cannot be told."""
+        from chatwright.writes import audit_args
+
         entry = self.runtime.cache.peek(action.agent_name)
         built = entry.value if entry is not None else None
         if built is None:
             try:
                 built = await self.runtime.agent_for(action.user_id, action.agent_name)
             except Exception:  # a decision is never refused for the sake of its record
-                return None
-        tool: BaseTool | None = built.by_name.get(action.tool_name)
-        return tool
+                built = None
+        tool: BaseTool | None = built.by_name.get(action.tool_name) if built else None
+        if tool is None:
+            return {
+                "[left out]": f"no tool {action.tool_name!r} of agent {action.agent_name!r} "
+                "to hide what the arguments may hold; the pending action keeps them"
+            }
+        return audit_args(tool, action.args)
 
     async def settle_expired(self, user_id: str, agent_name: str, chat_id: uuid.UUID) -> None:
         """Answer the chat's expired actions as not run (expired = denied), without the model."""

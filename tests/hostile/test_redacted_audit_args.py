@@ -124,6 +124,24 @@ async def test_a_denied_call_is_recorded_redacted_built_or_not(runtimes: MakeRun
     assert SENT == []
 
 
+async def test_a_denial_once_the_tool_is_gone_leaves_the_arguments_out(
+    runtimes: MakeRuntime,
+) -> None:
+    """Its row disabled between the hold and the denial: no tool to hide what the
+    arguments hold, so the entry does not hold them (the pending action does)."""
+    runtime = await runtimes(Plugin())
+    chat = await seeded(runtime, approval="required")
+    turn = await runtime.chat("alice", example.AGENT, chat, "send it")
+    (action,) = turn.pending
+    (row,) = [t for t in await runtime.storage.tools.list(example.AGENT) if t.type == "vault"]
+    await runtime.storage.tools.update(row.id, is_active=False)
+    runtime.cache.evict(example.AGENT, "test")  # the change has reached the cache
+    await runtime.decide("alice", action.id, False)
+    ((outcome, args),) = await entries(runtime)
+    assert outcome == "denied" and SECRET not in repr(args)
+    assert "send_message" in args["[left out]"]
+
+
 async def test_an_expired_call_is_recorded_redacted(runtimes: MakeRuntime) -> None:
     SENT.clear()
     runtime = await runtimes(Plugin())
