@@ -182,12 +182,44 @@ def model_names(
     return names
 
 
+# The parts of a JSON schema that are text for people (and values shown as examples):
+# the secrets are redacted there. The rest (property names, types, required, enum,
+# const, patterns) is what the arguments are checked against and built from, and is
+# left as the server gave it: a secret as short as "in" would otherwise turn "string"
+# into another type and a property into another name.
+_TEXT_KEYWORDS = frozenset({"description", "title", "$comment"})
+_VALUE_KEYWORDS = frozenset({"default", "examples", "example"})
+# Keywords whose value maps names (of properties, of definitions) to schemas.
+_NAMED_SCHEMAS = frozenset(
+    {"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"}
+)
+
+
 def shown_schema(endpoint: Endpoint, remote: mcp_types.Tool) -> dict[str, Any] | None:
-    """The tool's input schema for the model and the checks, with the secrets redacted (a
-    server may show the key it was given: a default, an example); None when it nests too
-    deeply to redact."""
-    schema = endpoint.redact_value(dict(remote.input_schema or {}))
-    if not isinstance(schema, dict):
+    """The tool's input schema for the model and the checks, with the secrets redacted from
+    its text and example values (a server may show the key it was given: a default, an
+    example); None when it nests too deeply to redact."""
+
+    def clean(node: Any) -> Any:
+        if isinstance(node, dict):
+            out: dict[str, Any] = {}
+            for key, value in node.items():
+                if key in _NAMED_SCHEMAS and isinstance(value, dict):
+                    out[key] = {name: clean(sub) for name, sub in value.items()}
+                elif key in _TEXT_KEYWORDS and isinstance(value, str):
+                    out[key] = endpoint.redact(value)
+                elif key in _VALUE_KEYWORDS:
+                    out[key] = endpoint.redact_value(value)
+                else:
+                    out[key] = clean(value)
+            return out
+        if isinstance(node, list):
+            return [clean(item) for item in node]
+        return node
+
+    try:
+        schema = clean(dict(remote.input_schema or {}))
+    except RecursionError:
         return None
     schema.setdefault("type", "object")
     schema.setdefault("properties", {})

@@ -286,6 +286,29 @@ async def test_a_secret_in_a_tools_description_schema_or_name_is_not_shown(
     assert secret not in repr(shown)
 
 
+@pytest.mark.parametrize("value", ["in", "ext"])
+async def test_a_short_secret_leaves_the_schemas_words_and_names_alone(
+    runtime_for: Any, pidfile: Path, monkeypatch: pytest.MonkeyPatch, plugins: Any, value: str
+) -> None:
+    """A value filled in from the environment that happens to be part of a schema's words
+    ("in" of "string") or of a property's name ("ext" of "text") is hidden in the
+    schema's text only: the types and names the arguments are built from stay as the
+    server gave them, and the tool works."""
+    monkeypatch.setenv("ODD_SECRET_SOURCE", value)
+    spec = odd_spec(pidfile, env={"ODD_SECRET": "${ODD_SECRET_SOURCE}"})
+    runtime = await runtime_for({"servers": {"odd": spec}})
+    await agent_with_script(runtime, {"name": "a_b", "args": {"text": "hi"}})
+    await runtime.storage.tools.add(
+        AGENT, "odd", type="mcp", config={"server": "odd", "tools": ["a_b"]}
+    )
+    [report] = await check_tools(runtime.storage, runtime.settings, plugins, AGENT)
+    [tool] = report.tools
+    assert tool.args == {"text": {"type": "string"}}
+    turn = await chat(runtime)
+    [record] = turn.tool_calls
+    assert record.error is False, record.result
+
+
 async def test_a_denied_call_holding_a_secret_is_audited_redacted(
     runtime_for: Any, pidfile: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
