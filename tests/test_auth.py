@@ -266,6 +266,19 @@ async def test_made_up_kids_do_not_make_every_request_a_fetch(
             assert served.fetches == 1
 
 
+async def test_a_long_made_up_kid_is_not_echoed_whole(tmp_path: Path, keys: dict[str, Key]) -> None:
+    with serving_jwks(jwks(keys["ec-1"])) as served:
+        async with app_client(tmp_path, jwt_jwks_url=served.url) as client:
+            forged = Key("k" * 5000, "ES256", keys["ec-2"].private).sign()
+            response = await sessions(client, forged)
+            assert response.status_code == 401
+            message = response.json()["error"]
+            assert message == (
+                f"invalid token: its key {'k' * 80!r}… is not in the server's key set"
+            )
+            assert len(response.headers["www-authenticate"]) < 300
+
+
 async def test_an_unreachable_jwks_is_a_503_not_a_500(tmp_path: Path, keys: dict[str, Key]) -> None:
     with serving_jwks({}) as served:
         url = served.url

@@ -56,6 +56,15 @@ JWKS_TIMEOUT = 10.0
 LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+KID_SHOWN = 80
+"""Characters of a token's unknown ``kid`` an error shows (the token is the client's)."""
+
+
+def shown_kid(kid: str) -> str:
+    """An unknown ``kid`` as an error names it: quoted, cut at :data:`KID_SHOWN`."""
+    return repr(kid) if len(kid) <= KID_SHOWN else repr(kid[:KID_SHOWN]) + "…"
+
+
 class AuthError(ChatwrightError):
     """401: the request does not prove who sends it."""
 
@@ -220,7 +229,7 @@ class JwksUrl:
             ) from None
         except PyJWKClientError:
             raise AuthError(
-                f"invalid token: its key {kid!r} is not in the server's key set"
+                f"invalid token: its key {shown_kid(kid)} is not in the server's key set"
             ) from None
 
 
@@ -264,7 +273,9 @@ class JwksFile:
                 self.load()
             found = self._keys.get(kid)
         if found is None:
-            raise AuthError(f"invalid token: its key {kid!r} is not in the server's key set")
+            raise AuthError(
+                f"invalid token: its key {shown_kid(kid)} is not in the server's key set"
+            )
         return found
 
 
