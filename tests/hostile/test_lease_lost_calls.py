@@ -45,13 +45,16 @@ class Message(BaseModel):
 
 
 class Outbox:
-    """A tool type whose one tool "sends" a message: it keeps it in :data:`SENT`."""
+    """A tool type whose one tool "sends" a message: it keeps it in :data:`SENT` (a
+    subclass: in its own ``sent``, its tools carrying its ``metadata`` too)."""
 
     config_model = Nothing
+    sent: list[str] = SENT
+    metadata: dict[str, Any] = {}
 
     async def build(self, row: ToolRow, config: Any, context: ToolContext) -> Any:
         async def send(text: str) -> str:
-            SENT.append(text)
+            self.sent.append(text)
             return "sent"
 
         return StrictTool.from_function(
@@ -60,7 +63,7 @@ class Outbox:
             description="send a message",
             args_schema=Message,
             handle_validation_error=invalid_arguments,
-            metadata={"chatwright_writes": True},
+            metadata={"chatwright_writes": True, **self.metadata},
         )
 
 

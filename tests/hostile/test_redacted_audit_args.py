@@ -17,27 +17,15 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
-
 from chatwright import hookimpl
 from chatwright.plugins.example import assistant as example
 from chatwright.plugins.sql import schema
 from chatwright.runtime import Runtime
-from chatwright.stores import ToolRow
-from chatwright.tools import StrictTool, ToolContext, invalid_arguments
 from tests.conftest import MakeRuntime
+from tests.hostile.test_lease_lost_calls import Outbox
 
 SECRET = "sk-vault-3f9a27c1"
 SENT: list[str] = []
-
-
-class Nothing(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Message(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    text: str
 
 
 def hide(value: Any) -> Any:
@@ -48,24 +36,12 @@ def hide(value: Any) -> Any:
     return value
 
 
-class Vault:
-    """A tool type whose one tool "sends" a message, hiding :data:`SECRET` in its record."""
+class Vault(Outbox):
+    """The outbox's tool type, keeping its messages in :data:`SENT`, its tools hiding
+    :data:`SECRET` in what the audit log records of them."""
 
-    config_model = Nothing
-
-    async def build(self, row: ToolRow, config: Any, context: ToolContext) -> Any:
-        async def send(text: str) -> str:
-            SENT.append(text)
-            return "sent"
-
-        return StrictTool.from_function(
-            coroutine=send,
-            name=row.name,
-            description="send a message",
-            args_schema=Message,
-            handle_validation_error=invalid_arguments,
-            metadata={"chatwright_writes": True, "chatwright_redact": hide},
-        )
+    sent = SENT
+    metadata = {"chatwright_redact": hide}
 
 
 class Plugin:
