@@ -218,7 +218,7 @@ def shown_schema(endpoint: Endpoint, remote: mcp_types.Tool) -> dict[str, Any] |
         return node
 
     try:
-        schema = clean(dict(remote.input_schema or {}))
+        schema: dict[str, Any] = clean(dict(remote.input_schema or {}))
     except RecursionError:
         return None
     schema.setdefault("type", "object")
