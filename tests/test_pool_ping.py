@@ -74,3 +74,27 @@ async def test_an_idle_connection_killed_by_the_server_is_replaced_before_use(
         assert connects == ["new"]
     finally:
         await storage.close()
+
+
+def test_a_connection_the_pool_cannot_reset_is_one_line_in_the_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """SQLAlchemy's pool reports a failed reset with a traceback; it is one warning here."""
+    import logging
+
+    from sqlalchemy.pool import AsyncAdaptedQueuePool
+
+    import chatwright.plugins.sql.engine  # noqa: F401  (adds the filter)
+
+    pool = AsyncAdaptedQueuePool(lambda: None)
+    try:
+        raise ConnectionError("server conn\ncrashed?")
+    except ConnectionError:
+        with caplog.at_level(logging.WARNING):
+            pool.logger.error("Exception during reset or similar", exc_info=True)
+    (record,) = caplog.records
+    assert record.levelno == logging.WARNING and record.exc_info is None
+    assert record.getMessage() == (
+        "a pooled connection could not be reset and was discarded (server conn crashed?)"
+    )
+    assert "Traceback" not in caplog.text

@@ -34,6 +34,30 @@ from chatwright.plugins.sql.errors import DETAILS, locked
 log = logging.getLogger(__name__)
 
 
+class QuietReset(logging.Filter):
+    """SQLAlchemy's pool logs a connection it took back and could not reset (the
+    database went away meanwhile: a server restarted, a pooler's server connection
+    dropped) as an error with its traceback. The pool discards that connection and
+    the next request gets a new one, so it is one line here, a warning with the
+    error's text, as the config listener's own loss of its connection is."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and str(record.msg).startswith("Exception during reset"):
+            error = record.exc_info[1]
+            reason = " ".join(str(error).split()) or type(error).__name__
+            record.msg = "a pooled connection could not be reset and was discarded (%s)"
+            record.args = (reason,)
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+logging.getLogger(f"{AsyncAdaptedQueuePool.__module__}.{AsyncAdaptedQueuePool.__name__}").addFilter(
+    QuietReset()
+)
+
+
 def normalize_url(raw: str) -> URL:
     """Pick the async driver for a URL: sqlite -> aiosqlite, postgresql -> psycopg."""
     try:
