@@ -27,6 +27,7 @@ records.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import ipaddress
 import json
@@ -479,17 +480,23 @@ class McpTool:
             f"{self.link.endpoint.label}: cancelled on its way or after it was sent (the "
             "turn was stopped); the server may have acted"
         )
-        try:
-            await asyncio.shield(self._record(arguments, "error", reason))
-        except asyncio.CancelledError:
-            pass  # cancelled again: the shielded recording goes on by itself
-        except Exception:
-            log.exception(
-                "chatwright: %s, tool %r: a call cancelled while under way could not be "
-                "recorded in the audit log",
-                self.link.endpoint.label,
-                self.name,
-            )
+        recording = asyncio.ensure_future(self._record(arguments, "error", reason))
+        # Whoever waits, and whether the wait is cancelled again, a failure is logged.
+        recording.add_done_callback(self._recorded)
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.shield(recording)
+
+    def _recorded(self, recording: asyncio.Future[None]) -> None:
+        """Log a recording of a cancelled call that failed (see :meth:`_record_cancelled`)."""
+        if recording.cancelled() or recording.exception() is None:
+            return
+        log.error(
+            "chatwright: %s, tool %r: a call cancelled while under way could not be "
+            "recorded in the audit log",
+            self.link.endpoint.label,
+            self.name,
+            exc_info=recording.exception(),
+        )
 
     async def _record(self, args: dict[str, Any], outcome: str, error: str | None) -> None:
         """A call of a tool that may write goes into the audit log, secrets redacted."""
