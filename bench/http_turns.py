@@ -81,6 +81,8 @@ def langchain_server(name: str, tmp: Path, turns: int, checkpoints: bool) -> Ite
     port = free_port()
     argv = [sys.executable, "-m", "uvicorn", "--factory"]
     argv += ["bench.apps.langchain_app:app_from_environment", "--host", "127.0.0.1"]
+    # uvicorn's parser and loop as `chatwright serve` has them (h11; uvloop when installed).
+    argv += ["--http", "h11"]
     argv += ["--port", str(port)]
     env = clean_env(BENCH_ITEMS_DB=str(tmp / f"{name}-items.db"), BENCH_TURNS=str(turns))
     if checkpoints:

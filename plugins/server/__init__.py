@@ -11,6 +11,11 @@ import click
 
 from chatwright import hookimpl
 
+HTTP_PARSER = "h11"
+"""uvicorn's HTTP/1.1 implementation, whichever others are installed: h11 answers 400 to a
+request head still incomplete past 16 KB (uvicorn's ``h11_max_incomplete_event_size``),
+where httptools reads headers of any size into memory."""
+
 if TYPE_CHECKING:
     from chatwright import SettingsRegister
     from chatwright.cli import AppContext
@@ -91,6 +96,7 @@ def serve_app(app: AppContext, host: str | None, port: int | None, workers: int 
                     uvicorn.Config(
                         "chatwright.plugins.server.app:app_from_environment",
                         factory=True,
+                        http=HTTP_PARSER,
                         host=config.host,
                         port=config.port,
                         workers=config.workers,
@@ -104,6 +110,7 @@ def serve_app(app: AppContext, host: str | None, port: int | None, workers: int 
     shutdown.run(
         uvicorn.Config(
             create_app(settings, app.plugins),
+            http=HTTP_PARSER,
             host=config.host,
             port=config.port,
             timeout_keep_alive=config.timeout_keep_alive,
