@@ -50,7 +50,6 @@ from chatwright.agents import (
     validate_agent,
 )
 from chatwright.errors import InvalidInputError, one_line
-from chatwright.history import UNSTORABLE
 from chatwright.plugins.importing.source import Source, jsonish
 
 if TYPE_CHECKING:
@@ -152,10 +151,17 @@ class Plan:
         }
 
 
+_UNSHOWN = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+"""What a report writes as an escape: controls (line breaks and tabs too: a report's
+entry is one line), the Unicode line separators, and lone surrogates."""
+
+
 def shown(text: str) -> str:
-    """``text`` with each character no terminal or database takes (a NUL, a lone surrogate)
-    written as its escape, so that a report naming a row's value can always be printed."""
-    return UNSTORABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    """``text`` with each character a terminal would act on or no database takes (a control,
+    an escape sequence's ESC or CSI, a line break, a NUL, a lone surrogate) written as its
+    escape: a report naming a row's value can always be printed, and the original's data
+    cannot clear the operator's screen or fake a line of the report."""
+    return _UNSHOWN.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def _unstorable(**fields: Any) -> str | None:
