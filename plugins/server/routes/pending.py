@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query
 
-from chatwright.errors import NotFoundError
+from chatwright.errors import ChatwrightError, NotFoundError
 from chatwright.plugins.server.audit_schemas import ApprovalChoice, ApprovalOut
 from chatwright.plugins.server.dependencies import JSONRoute, MetricsDep, RuntimeDep, User
 from chatwright.plugins.server.errors import USER, responses
@@ -65,6 +65,11 @@ async def _decide(
 ) -> ChatTurn:
     try:
         turn = await runtime.decide(user_id, action_id, approve, decided_by=user_id)
+    except ChatwrightError as exc:
+        # A resumed turn that failed part-way (a time limit, a model error) still spent
+        # what its model calls reported: counted, as its token_usage row counts it.
+        metrics.used(exc.usage)
+        raise
     finally:
         metrics.sync(runtime.cache.stats, len(runtime.cache))
     # Not counted as a turn (it continues one), but what its model calls spent is.
@@ -72,7 +77,9 @@ async def _decide(
     return ChatTurn.of(turn)
 
 
-_DECIDE = responses(*USER, 404, 409, 422, 502, conflict=PreviewChangedBody, why=DECIDE_409)
+_DECIDE = responses(
+    *USER, 404, 409, 422, 429, 502, 504, conflict=PreviewChangedBody, why=DECIDE_409
+)
 
 
 @router.post("/api/pending/{action_id}/approve", responses=_DECIDE)
