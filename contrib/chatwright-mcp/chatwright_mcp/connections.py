@@ -42,6 +42,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
+from chatwright_mcp.screen import ScreenedReader, ScreenedWriter, ToolScreen
 from chatwright_mcp.settings import OWN_PREFIX, MissingVariable, ServerSpec, expand
 
 if TYPE_CHECKING:
@@ -128,8 +129,16 @@ def _errlog() -> TextIO:
 
 
 @contextlib.asynccontextmanager
-async def connect(endpoint: Endpoint) -> AsyncIterator[ClientSession]:
-    """An initialised session with the server, for the ``async with`` block."""
+async def connect(
+    endpoint: Endpoint, screen: ToolScreen | None = None
+) -> AsyncIterator[ClientSession]:
+    """An initialised session with the server, for the ``async with`` block.
+
+    Its ``tools/list`` answers pass through ``screen`` (a screen of its own when
+    not given): the session lists the tools itself before a call's result is
+    checked, and one tool the SDK refuses must not fail every call.
+    """
+    screen = screen if screen is not None else ToolScreen()
     from mcp import ClientSession
 
     spec = endpoint.spec
@@ -158,6 +167,7 @@ async def connect(endpoint: Endpoint) -> AsyncIterator[ClientSession]:
             read, write = await stack.enter_async_context(
                 streamable_http_client(spec.url, http_client=client)
             )
+        read, write = ScreenedReader(read, screen), ScreenedWriter(write, screen)
         # Callers time their requests themselves (a TimeoutError); the SDK's own limit,
         # a little later, only backs them up. Its timeout is an MCPError with a code a
         # server may send too: it could not tell a server that stopped answering from
@@ -166,21 +176,35 @@ async def connect(endpoint: Endpoint) -> AsyncIterator[ClientSession]:
             ClientSession(read, write, read_timeout_seconds=spec.timeout + TIMEOUT_BACKUP)
         )
         await session.initialize()
+        screen.version = session.protocol_version
         yield session
 
 
-async def list_tools(endpoint: Endpoint) -> list[mcp_types.Tool]:
+@dataclass
+class Listing:
+    """A server's tools, in its order, and those of its entries left out."""
+
+    tools: list[mcp_types.Tool]
+    left_out: list[tuple[str, str]]
+    """The tools whose entries the SDK refuses: each one's name (or place) and why."""
+
+
+async def list_tools(endpoint: Endpoint) -> Listing:
     """The server's tools, over a connection opened for this and closed again.
 
     A server may list its tools in pages: each page's cursor asks for the next,
     up to :data:`MAX_LIST_PAGES` pages (a server whose cursors never end gives
-    the tools of those); the whole listing has the server's ``timeout``.
+    the tools of those); the whole listing has the server's ``timeout``. A
+    tool whose entry is not valid MCP is left out (see :class:`ToolScreen`),
+    not the whole listing.
     """
     import mcp_types
 
-    async def listing() -> list[mcp_types.Tool]:
+    screen = ToolScreen()
+
+    async def listing() -> Listing:
         tools: list[mcp_types.Tool] = []
-        async with asyncio.timeout(endpoint.spec.timeout), connect(endpoint) as session:
+        async with asyncio.timeout(endpoint.spec.timeout), connect(endpoint, screen) as session:
             cursor: str | None = None
             for _ in range(MAX_LIST_PAGES):
                 params = None if cursor is None else mcp_types.PaginatedRequestParams(cursor=cursor)
@@ -188,7 +212,7 @@ async def list_tools(endpoint: Endpoint) -> list[mcp_types.Tool]:
                 tools.extend(page.tools)
                 cursor = page.next_cursor
                 if cursor is None:
-                    return tools
+                    return Listing(tools, screen.left_out)
         log.warning(
             "chatwright: %s lists its tools in more than %d pages; the tools of the first %d "
             "are used",
@@ -196,7 +220,7 @@ async def list_tools(endpoint: Endpoint) -> list[mcp_types.Tool]:
             MAX_LIST_PAGES,
             MAX_LIST_PAGES,
         )
-        return tools
+        return Listing(tools, screen.left_out)
 
     return await LOOP.run(listing())
 

@@ -22,6 +22,10 @@ reads it and the turn goes on, and a connection that failed or stopped
 answering is closed, so the next call opens a new one. Secrets the settings
 expanded are redacted from everything the model reads and the audit log
 records.
+
+Longer than 450 lines because choosing a row's tools (its filters, the cap,
+names the model accepts, schemas a model can be given) and calling them are
+one tool type, read together.
 """
 
 from __future__ import annotations
@@ -39,9 +43,11 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import urlsplit
 
 from langchain_core.tools import BaseTool, StructuredTool, ToolException
+from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from chatwright.approvals import record_write
+from chatwright.errors import one_line
 from chatwright.stores import ToolRow
 from chatwright.tools import ConfigProblem, ToolConfigError, ToolContext
 from chatwright_mcp.connections import (
@@ -60,6 +66,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_ARGUMENT_CHARS = 100_000
+MAX_TOOLS = 128
+"""The most tools a row takes from a server without naming them (with ``tools``): the
+most a model API (OpenAI's) takes in one request. Above it, the first in the server's
+order are used."""
+MAX_PROBLEMS = 10
+"""The most tools a row's problem report names, when none of its tools could be built."""
 MAX_NAME = 64
 NAME_PREFIX = r"^[A-Za-z0-9_-]{0,32}$"
 UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_-]")
@@ -256,16 +268,23 @@ class McpToolType:
         endpoint = endpoint_of(config, settings)
         path = "config.server" if config.server is not None else "config.url"
         try:
-            listed = await list_tools(endpoint)
+            listing = await list_tools(endpoint)
         except Exception as exc:
             reason = endpoint.redact(describe_failure(exc))
             raise ToolConfigError(
                 [ConfigProblem(path, f"{endpoint.label} could not be started or reached: {reason}")]
             ) from None
-        offered = {t.name: t for t in listed}
+        offered = {t.name: t for t in listing.tools}
+        # The tools whose entries were not valid MCP: why, by their names on the server.
+        refused = {
+            name: f"its entry in the server's tool list is not valid MCP ({reason})"
+            for name, reason in listing.left_out
+        }
         if endpoint.spec.tools is not None:
             offered = {n: t for n, t in offered.items() if n in endpoint.spec.tools}
-        chosen = self._choose(config, endpoint, offered)
+            refused = {n: why for n, why in refused.items() if n in endpoint.spec.tools}
+        chosen, unusable = self._choose(config, endpoint, offered, refused)
+        chosen = self._capped(config, endpoint, row, chosen)
         link = Link(endpoint, context.agent_name, context.storage)
         names = model_names(config.name_prefix, [t.name for t in chosen], endpoint.redact)
         built: dict[str, BaseTool] = {}
@@ -282,26 +301,82 @@ class McpToolType:
                     name,
                 )
                 continue
-            schema = shown_schema(endpoint, remote)
-            if schema is None:
-                log.warning(
-                    "chatwright: %s, tool %r of row %r left out: its input schema nests too "
-                    "deeply to be shown to a model",
-                    endpoint.label,
-                    endpoint.redact(remote.name),
-                    row.name,
-                )
+            tool, why = self._tool(row, context, link, remote, name)
+            if tool is None:
+                unusable[remote.name] = why
                 continue
-            built[name] = McpTool(row, context, link, remote, name, schema).as_tool()
+            built[name] = tool
+        if not built and unusable:
+            raise ToolConfigError(self._unusable_problems(config, endpoint, unusable))
+        for remote_name, why in unusable.items():
+            log.warning(
+                "chatwright: %s, tool %r of row %r left out: %s; the row's other tools are "
+                "used. The server's schema for it needs fixing",
+                endpoint.label,
+                endpoint.redact(remote_name),
+                row.name,
+                endpoint.redact(why),
+            )
         return list(built.values())
 
+    def _tool(
+        self, row: ToolRow, context: ToolContext, link: Link, remote: mcp_types.Tool, name: str
+    ) -> tuple[BaseTool | None, str]:
+        """The server's tool for the model, or None and why it cannot be one."""
+        schema = shown_schema(link.endpoint, remote)
+        if schema is None:
+            return None, "its input schema nests too deeply to be shown to a model"
+        tool = McpTool(row, context, link, remote, name, schema).as_tool()
+        # A model is given each tool as a function: what LangChain's chat models send
+        # (their references filled in) must be made of the schema at build, not at every
+        # turn, where one tool that cannot be sent would fail the whole agent.
+        try:
+            convert_to_openai_tool(tool)
+        except RecursionError:
+            return (
+                None,
+                "its input schema nests, or refers to itself, too deeply to be given to a model",
+            )
+        except Exception as exc:
+            reason = one_line(exc)[:200]
+            return None, f"its input schema cannot be given to a model ({reason})"
+        return tool, ""
+
+    def _unusable_problems(
+        self, config: McpConfig, endpoint: Endpoint, unusable: dict[str, str]
+    ) -> list[ConfigProblem]:
+        """Why a row whose every chosen tool was left out gives no tool."""
+        problems = []
+        for remote_name, why in unusable.items():
+            if config.tools is not None:
+                where = f"config.tools[{config.tools.index(remote_name)}]"
+            else:
+                where = "config.tool_prefix" if config.tool_prefix else "config"
+            problems.append(
+                ConfigProblem(
+                    where,
+                    endpoint.redact(
+                        f"{endpoint.label}, tool {remote_name!r} cannot be exposed: {why}; the "
+                        "server's schema for it needs fixing, or the row should expose other "
+                        "tools"
+                    ),
+                )
+            )
+        return problems[:MAX_PROBLEMS]
+
     def _choose(
-        self, config: McpConfig, endpoint: Endpoint, offered: dict[str, mcp_types.Tool]
-    ) -> list[mcp_types.Tool]:
+        self,
+        config: McpConfig,
+        endpoint: Endpoint,
+        offered: dict[str, mcp_types.Tool],
+        refused: dict[str, str],
+    ) -> tuple[list[mcp_types.Tool], dict[str, str]]:
+        """The tools the row exposes, in order, and those of them left out already: why."""
         # A server's tool names are its own text: the secrets are kept out of them too.
         names = endpoint.redact(", ".join(sorted(offered)) or "none")
         if config.tools is not None:
-            missing = [n for n in config.tools if n not in offered]
+            named = list(dict.fromkeys(config.tools))
+            missing = [n for n in named if n not in offered and n not in refused]
             if missing:
                 raise ToolConfigError(
                     [
@@ -313,9 +388,13 @@ class McpToolType:
                         for n in missing
                     ]
                 )
-            return [offered[n] for n in dict.fromkeys(config.tools)]
-        chosen = [t for n, t in offered.items() if n.startswith(config.tool_prefix or "")]
-        if not chosen:
+            return [offered[n] for n in named if n in offered], {
+                n: refused[n] for n in named if n in refused
+            }
+        prefix = config.tool_prefix or ""
+        chosen = [t for n, t in offered.items() if n.startswith(prefix)]
+        unusable = {n: why for n, why in refused.items() if n.startswith(prefix)}
+        if not chosen and not unusable:
             where = "config.tool_prefix" if config.tool_prefix else "config"
             raise ToolConfigError(
                 [
@@ -324,7 +403,25 @@ class McpToolType:
                     )
                 ]
             )
-        return chosen
+        return chosen, unusable
+
+    def _capped(
+        self, config: McpConfig, endpoint: Endpoint, row: ToolRow, chosen: list[mcp_types.Tool]
+    ) -> list[mcp_types.Tool]:
+        """The first :data:`MAX_TOOLS` of the chosen tools, unless the row names them."""
+        if config.tools is not None or len(chosen) <= MAX_TOOLS:
+            return chosen
+        log.warning(
+            "chatwright: %s lists %d tools that row %r may expose, more than the %d a row "
+            "takes without naming them; the first %d in the server's order are used. Choose "
+            "them with the row's tools (their names) or tool_prefix",
+            endpoint.label,
+            len(chosen),
+            row.name,
+            MAX_TOOLS,
+            MAX_TOOLS,
+        )
+        return chosen[:MAX_TOOLS]
 
 
 class ServerTool(StructuredTool):

@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chatwright_mcp.tool import McpConfig, McpToolType
+from chatwright_mcp.tool import MAX_TOOLS, McpConfig, McpToolType
 from conftest import alive, pids
+from langchain_core.utils.function_calling import convert_to_openai_tool
 from test_tool_type import AGENT, USER, agent_with_script, chat, until
 
 from chatwright.errors import TurnTimeoutError
@@ -418,3 +419,161 @@ async def test_a_server_whose_pages_never_end_gives_the_tools_of_the_first_hundr
         "chatwright: MCP server 'odd' lists its tools in more than 100 pages; the tools of "
         "the first 100 are used"
     ) in caplog.messages
+
+
+BROKEN = {
+    # Refused by the MCP SDK's check of the listing (it would refuse the whole listing).
+    "properties_list": (
+        "its entry in the server's tool list is not valid MCP (inputSchema.properties: Input "
+        "should be a valid dictionary)"
+    ),
+    "property_number": (
+        "its entry in the server's tool list is not valid MCP (inputSchema.properties.text: "
+        "Input should be a valid dictionary)"
+    ),
+    "property_list": (
+        "its entry in the server's tool list is not valid MCP (inputSchema.properties.text: "
+        "Input should be a valid dictionary)"
+    ),
+    "required_odd": (
+        "its entry in the server's tool list is not valid MCP (inputSchema.required.0: Input "
+        "should be a valid string)"
+    ),
+    # Listed, but a model cannot be given them (a model's tools are sent with their
+    # references filled in: it would fail every turn of the agent).
+    "ref_nowhere": (
+        'its input schema cannot be given to a model (KeyError: "Reference '
+        "'#/$defs/nowhere' not found.\")"
+    ),
+    "ref_elsewhere": (
+        "its input schema cannot be given to a model (ValueError: ref paths are expected to "
+        "be URI fragments, meaning they should start with #.)"
+    ),
+    "ref_not_text": (
+        "its input schema cannot be given to a model (AttributeError: 'int' object has no "
+        "attribute 'split')"
+    ),
+    "not_an_object": (
+        "its entry in the server's tool list is not valid MCP (inputSchema.type: Input "
+        "should be 'object')"
+    ),
+    "too_deep": "its input schema nests, or refers to itself, too deeply to be given to a model",
+}
+
+
+async def test_tools_whose_schemas_cannot_be_given_to_a_model_are_left_out_alone(
+    runtime_for: Any,
+    pidfile: Path,
+    plugins: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    secret = "sk-odd-77e0c4a1d9"
+    monkeypatch.setenv("ODD_SECRET_SOURCE", secret)
+    env = {"ODD_LIST": "broken", "ODD_SECRET": "${ODD_SECRET_SOURCE}"}
+    runtime = await runtime_for({"servers": {"odd": odd_spec(pidfile, env=env)}})
+    await agent_with_script(
+        runtime,
+        {"name": "good_first", "args": {"text": "a"}},
+        {"name": "good_last", "args": {"text": "b"}},
+    )
+    await runtime.storage.tools.add(AGENT, "odd", type="mcp", config={"server": "odd"})
+    [report] = await check_tools(runtime.storage, runtime.settings, plugins, AGENT)
+    assert report.problems == []
+    good = ["good_first", "good_middle", "good_last"]
+    assert [t.name for t in report.tools] == good
+    # Each tool left out is named, with its server, its row and why, in the log.
+    for name, why in [*BROKEN.items(), ("bad-[redacted]", BROKEN["properties_list"])]:
+        assert (
+            f"chatwright: MCP server 'odd', tool {name!r} of row 'odd' left out: {why}; the "
+            "row's other tools are used. The server's schema for it needs fixing"
+        ) in caplog.messages, name
+    assert secret not in caplog.text
+
+    built = await runtime.agent_for(USER, AGENT)
+    assert [t.name for t in built.tools] == good
+    assert built.problems == []
+    # What a chat model's bind_tools makes of each tool it is given.
+    for tool in built.tools:
+        convert_to_openai_tool(tool)
+    turn = await chat(runtime)
+    assert [(c.error, c.result) for c in turn.tool_calls] == [
+        (False, 'good_first {"text": "a"}'),
+        (False, 'good_last {"text": "b"}'),
+    ]
+
+
+@pytest.mark.parametrize("name", ["properties_list", "ref_nowhere", "too_deep"])
+async def test_a_row_that_names_only_a_tool_that_cannot_be_given_to_a_model_says_why(
+    runtime_for: Any, pidfile: Path, plugins: Any, name: str
+) -> None:
+    spec = odd_spec(pidfile, env={"ODD_LIST": "broken"})
+    runtime = await runtime_for({"servers": {"odd": spec}})
+    await agent_with_script(runtime)
+    add = runtime.storage.tools.add
+    await add(AGENT, "alone", type="mcp", config={"server": "odd", "tools": [name]})
+    await add(AGENT, "with", type="mcp", config={"server": "odd", "tools": [name, "good_last"]})
+    alone, with_good = await check_tools(runtime.storage, runtime.settings, plugins, AGENT)
+    assert alone.tools == []
+    assert [p.brief() for p in alone.problems] == [
+        f"config.tools[0]: MCP server 'odd', tool {name!r} cannot be exposed: {BROKEN[name]}; "
+        "the server's schema for it needs fixing, or the row should expose other tools"
+    ]
+    # Named next to a good tool, it is left out and the good one is exposed.
+    assert with_good.problems == []
+    assert [t.name for t in with_good.tools] == ["good_last"]
+
+
+async def test_a_row_whose_prefix_picks_only_tools_that_cannot_be_given_to_a_model_says_why(
+    runtime_for: Any, pidfile: Path, plugins: Any
+) -> None:
+    spec = odd_spec(pidfile, env={"ODD_LIST": "broken"})
+    runtime = await runtime_for({"servers": {"odd": spec}})
+    await agent_with_script(runtime)
+    config = {"server": "odd", "tool_prefix": "ref_"}
+    await runtime.storage.tools.add(AGENT, "refs", type="mcp", config=config)
+    [report] = await check_tools(runtime.storage, runtime.settings, plugins, AGENT)
+    assert report.tools == []
+    assert [p.brief() for p in report.problems] == [
+        f"config.tool_prefix: MCP server 'odd', tool {name!r} cannot be exposed: {BROKEN[name]}; "
+        "the server's schema for it needs fixing, or the row should expose other tools"
+        for name in ("ref_nowhere", "ref_elsewhere", "ref_not_text")
+    ]
+
+
+async def test_a_server_that_lists_thousands_of_tools_gives_a_row_the_first_of_them(
+    runtime_for: Any, pidfile: Path, plugins: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    spec = odd_spec(pidfile, env={"ODD_LIST": "many", "ODD_PAGES": "500"})
+    runtime = await runtime_for({"servers": {"odd": spec}})
+    await agent_with_script(runtime, {"name": "many4999", "args": {"text": "last"}})
+    add = runtime.storage.tools.add
+    await add(AGENT, "all", type="mcp", config={"server": "odd"}, is_active=False)
+    await add(AGENT, "ones", type="mcp", config={"server": "odd", "tool_prefix": "many1"})
+    config = {"server": "odd", "tool_prefix": "many49", "name_prefix": "p_"}
+    await add(AGENT, "last", type="mcp", config=config)
+    named = [f"many{n}" for n in range(4999, 4999 - MAX_TOOLS - 10, -1)]
+    await add(AGENT, "named", type="mcp", config={"server": "odd", "tools": named})
+    every, ones, last, by_name = await check_tools(
+        runtime.storage, runtime.settings, plugins, AGENT
+    )
+    assert [r.problems for r in (every, ones, last, by_name)] == [[], [], [], []]
+    # Above the cap, the first in the server's order, after the row's choice.
+    assert [t.name for t in every.tools] == [f"many{n}" for n in range(MAX_TOOLS)]
+    ones_listed = [f"many{n}" for n in range(5000) if str(n).startswith("1")]
+    assert [t.name for t in ones.tools] == ones_listed[:MAX_TOOLS]
+    for row, listed in (("all", 5000), ("ones", len(ones_listed))):
+        assert (
+            f"chatwright: MCP server 'odd' lists {listed} tools that row {row!r} may expose, "
+            f"more than the {MAX_TOOLS} a row takes without naming them; the first "
+            f"{MAX_TOOLS} in the server's order are used. Choose them with the row's tools "
+            "(their names) or tool_prefix"
+        ) in caplog.messages
+    # A prefix that picks fewer, and tools named, reach the last of the 5,000.
+    picked = [f"many{n}" for n in range(5000) if str(n).startswith("49")]
+    assert [t.name for t in last.tools] == [f"p_{n}" for n in picked]
+    assert [t.name for t in by_name.tools] == named  # named: never cut
+    assert sum("a row takes without naming them" in m for m in caplog.messages) == 2
+
+    turn = await chat(runtime)
+    assert [(c.error, c.result) for c in turn.tool_calls] == [(False, 'many4999 {"text": "last"}')]
