@@ -36,7 +36,7 @@ import builtins
 import hashlib
 import json
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -211,6 +211,25 @@ class Write:
     returning: Sequence[str] = ()
     conflict: Sequence[str] = ()
     append: Mapping[str, str] = field(default_factory=dict)
+
+
+def unwritten(write: Write, *, shown: Callable[[Any], str] | None = None) -> str:
+    """Why ``write`` failed when it wrote no row, in the words its tool answers with and its
+    audit entry records: an update or delete that matched no row of the caller's (missing
+    and someone else's alike), a create or upsert whose values met a row outside the
+    caller's scope. ``shown`` writes a filter's value (compact JSON by default)."""
+    if write.operation in {"create", "upsert"}:
+        return (
+            f"nothing saved: the values conflict with a row of {write.table!r} "
+            "that is not the caller's to change"
+        )
+    show = shown or _compact
+    matched = ", ".join(f"{k}={show(v)}" for k, v in write.where.items() if k not in write.scope)
+    return f"not found: no row of {write.table!r} matches {matched}"
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, default=str, ensure_ascii=False, separators=(",", ":"))
 
 
 @dataclass(frozen=True)

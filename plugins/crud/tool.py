@@ -29,7 +29,7 @@ from langchain_core.tools import BaseTool, ToolException
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, FiniteFloat, create_model
 from pydantic_core import PydanticCustomError
 
-from chatwright.approvals import Preview, Write, current_decision, write_entry
+from chatwright.approvals import Preview, Write, current_decision, unwritten, write_entry
 from chatwright.errors import InvalidInputError, NotFoundError, StorageError
 from chatwright.plugins.crud.config import ArgSpec, CrudConfig
 from chatwright.plugins.crud.settings import CrudSettings
@@ -504,7 +504,7 @@ class CrudTool:
                 result = await self._read(records, user, write)
             else:
                 self._check_write(write, where)
-                result = await self._apply(records, user, write, where, kwargs)
+                result = await self._apply(records, user, write, kwargs)
         except (InvalidInputError, NotFoundError, StorageError) as exc:
             # The model reads the error and the turn goes on (it may tell the user
             # or try again); the database's own failures included.
@@ -527,7 +527,6 @@ class CrudTool:
         records: Any,
         user: str,
         write: Write,
-        where: Mapping[str, Any],
         kwargs: Mapping[str, Any],
     ) -> dict[str, Any]:
         """Run a write with its audit entry, in one transaction of the record store."""
@@ -548,18 +547,12 @@ class CrudTool:
         op = write.operation
         if op in {"create", "upsert"}:
             if not applied.rows:
-                raise InvalidInputError(
-                    f"nothing saved: the values conflict with a row of {write.table!r} "
-                    "that is not the caller's to change"
-                )
+                raise InvalidInputError(unwritten(write))
             return {"saved" if op == "upsert" else "created": applied.rows[0]}
         if not applied.changes:
-            raise ToolException(self._not_found(where))
+            # The same words whether the row is missing or someone else's.
+            raise ToolException(unwritten(write, shown=dumps))
         if op == "update":
             return {"updated": len(applied.rows), "rows": applied.rows}
         return {"deleted": len(applied.changes)}
 
-    def _not_found(self, where: Mapping[str, Any]) -> str:
-        # The same words whether the row is missing or someone else's.
-        shown = ", ".join(f"{k}={dumps(v)}" for k, v in where.items())
-        return f"not found: no row of {self.config.table!r} matches {shown}"

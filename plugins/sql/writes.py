@@ -38,6 +38,7 @@ from chatwright.approvals import (
     Preview,
     RowChange,
     Write,
+    unwritten,
 )
 from chatwright.errors import InvalidInputError, PreviewChangedError, StorageError
 from chatwright.plugins.sql.audit import insert_audit
@@ -278,6 +279,10 @@ class Writes:
                         row_ids=tuple(row_id(c.key) for c in changes),
                         changes=tuple(changes),
                     )
+                    wrote = rows if write.operation in {"create", "upsert"} else changes
+                    if not wrote:
+                        # Nothing written: the write failed, and its entry says so.
+                        filled = replace(filled, outcome="error", error=unwritten(write))
                     stored = await append_audit(conn, filled)
         back = list(write.returning)
         return Applied(
