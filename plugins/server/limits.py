@@ -20,13 +20,17 @@ if TYPE_CHECKING:
 
     from chatwright.settings import Settings
 
-# Room for the JSON around a message of max_message_chars characters, each up to 4 bytes.
+# Room for the JSON around a message of max_message_chars characters.
 ENVELOPE_BYTES = 16_384
+BYTES_PER_CHAR = 12
+"""The most a message's character may take in a JSON body: a character outside the Basic
+Multilingual Plane sent escaped, as JSON encoders do by default (``\\ud83d\\ude00``)."""
 
 
 def body_limit(settings: Settings) -> int:
-    """The most bytes a request body may have: far beyond any accepted message."""
-    return settings.section(ServerSettings).max_message_chars * 4 + ENVELOPE_BYTES
+    """The most bytes a request body may have: room for any message the message limit
+    accepts, however its JSON is escaped."""
+    return settings.section(ServerSettings).max_message_chars * BYTES_PER_CHAR + ENVELOPE_BYTES
 
 
 class BodyLimit:
