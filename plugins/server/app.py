@@ -23,7 +23,7 @@ from chatwright.plugins.server import docs_pages, errors
 from chatwright.plugins.server.dependencies import JSONRoute
 from chatwright.plugins.server.headers import SecurityHeaders
 from chatwright.plugins.server.lifespan import lifespan
-from chatwright.plugins.server.limits import BodyLimit, body_limit
+from chatwright.plugins.server.limits import BodyLimit, OneValueEach, body_limit
 from chatwright.plugins.server.loopback import LocalOnly
 from chatwright.plugins.server.metrics import ServerMetrics
 from chatwright.plugins.server.routes import (
@@ -66,6 +66,7 @@ def create_app(settings: Settings, plugins: Plugins | None = None) -> FastAPI:
     docs_pages.install(app)
     # Both run before routing, so neither a body nor a foreign Host reaches authentication.
     app.add_middleware(BodyLimit, limit=body_limit(settings))
+    app.add_middleware(OneValueEach)
     server = settings.section(ServerSettings)
     if server.auth == "local":
         app.add_middleware(LocalOnly, allowed_hosts=server.allowed_hosts)

@@ -1,4 +1,4 @@
-"""Size limits of request bodies: 413 before any work is done (messages: message_limits).
+"""Limits of a request, checked before any work is done (messages: message_limits).
 
 :class:`BodyLimit` is a pure ASGI middleware that counts the bytes the
 application actually receives, so a chunked body (no ``Content-Length``) is
@@ -6,11 +6,19 @@ bounded as well as a declared one: once the bound is passed it answers 413 with
 the error body and the application sees a disconnect instead of more bytes. It
 sits outside the routes, so the bound holds before authentication or JSON
 parsing start.
+
+:class:`OneValueEach` refuses a request that gives a query parameter or its
+``Authorization`` header more than once, as a JSON body giving a key twice is
+refused: a reader may take either value (FastAPI takes the last parameter, the
+authentication the first header; a proxy in front may take the other), and on
+``DELETE /api/me?confirm=…`` the value is the safety check itself.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl
 
 from chatwright.plugins.server.errors import error_response
 from chatwright.plugins.server.settings import ServerSettings
@@ -87,3 +95,43 @@ class BodyLimit:
         # The rest of the body is not read: the connection is closed after the answer.
         response.headers["Connection"] = "close"
         await response(scope, receive, send)
+
+
+class OneValueEach:
+    """Answer 422 to a query parameter given more than once, 400 to two ``Authorization``
+    headers, naming it, before the application sees the request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            problem = _repeated(scope)
+            if problem is not None:
+                text, status = problem
+                await error_response(text, status)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _repeated(scope: Scope) -> tuple[str, int] | None:
+    query = scope.get("query_string", b"")
+    if query:
+        pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+        counted = Counter(name for name, _ in pairs)
+        twice = sorted(name for name, n in counted.items() if n > 1)
+        if twice:
+            shown = ", ".join(repr(name[:80]) for name in twice[:5])
+            return (
+                f"query parameter {shown} is given more than once; give each once "
+                "(a reader could take either value)",
+                422,
+            )
+    authorizations = sum(1 for name, _ in scope["headers"] if name == b"authorization")
+    if authorizations > 1:
+        return (
+            f"the Authorization header is given {authorizations} times; send one "
+            "(a reader could take either token)",
+            400,
+        )
+    return None
