@@ -9,18 +9,21 @@ transactions of their own.
 from __future__ import annotations
 
 import builtins
+import logging
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
+from sqlalchemy import exc
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chatwright.approvals import AuditEntry, NewAuditEntry, RowChange
-from chatwright.errors import InvalidInputError
+from chatwright.errors import InvalidInputError, StorageError
 from chatwright.history import storable_value
 from chatwright.plugins.sql import schema
+from chatwright.plugins.sql.errors import DETAILS, driver_text
 from chatwright.plugins.sql.pending import as_uuid
 
 if TYPE_CHECKING:
@@ -30,6 +33,8 @@ MAX_LIMIT = 1000
 """The most entries one page holds."""
 MAX_ID = 2**63 - 1
 """The largest entry id (a BIGINT)."""
+
+log = logging.getLogger(__name__)
 
 
 def _json(value: Any) -> Any:
@@ -191,3 +196,19 @@ class SQLAuditStore:
 
 
 __all__ = ["SQLAuditStore", "audit_from_row", "audit_values", "insert_audit"]
+
+
+async def append_audit(conn: AsyncConnection, entry: NewAuditEntry) -> AuditEntry:
+    """Append a write's audit entry on the write's connection; if it cannot be, nothing is written.
+
+    A refused entry is the framework's fault, not the values', so it is not
+    reported as the application table's constraint: the transaction is rolled
+    back and the write fails as the database's error (503).
+    """
+    try:
+        return await insert_audit(conn, entry)
+    except exc.IntegrityError as error:
+        log.error("audit_log refused an entry of %r: %s", entry.table, driver_text(error))
+        raise StorageError(
+            f"the audit entry of this write could not be stored, so nothing was written; {DETAILS}"
+        ) from None

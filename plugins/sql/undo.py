@@ -47,8 +47,8 @@ class Undo:
         self.tables: dict[str, sa.Table] = {}
 
     async def run(self, entries: Sequence[AuditEntry], audit: NewAuditEntry) -> UndoReport:
+        from chatwright.plugins.sql.audit import append_audit
         from chatwright.plugins.sql.records import refused
-        from chatwright.plugins.sql.writes import append_audit
 
         if audit.undo_of is None:
             raise InvalidInputError("an undo's audit entry must name the turn it reverts (undo_of)")

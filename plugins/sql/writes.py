@@ -26,9 +26,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from sqlalchemy import exc
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chatwright.approvals import (
     WRITE_OPERATIONS,
@@ -41,8 +39,7 @@ from chatwright.approvals import (
     unwritten,
 )
 from chatwright.errors import InvalidInputError, PreviewChangedError, StorageError
-from chatwright.plugins.sql.audit import insert_audit
-from chatwright.plugins.sql.errors import DETAILS, driver_text
+from chatwright.plugins.sql.audit import append_audit
 from chatwright.plugins.sql.images import check_writable, image, key_of, row_id
 from chatwright.plugins.sql.records import appended, column_kind, refused
 from chatwright.plugins.sql.turns import check_held
@@ -437,19 +434,3 @@ def _digest(rows: Sequence[Mapping[str, Any]]) -> str:
 
 def _key_tuple(t: sa.Table, row: Mapping[str, Any]) -> tuple[Any, ...]:
     return tuple(row[c.name] for c in t.primary_key.columns)
-
-
-async def append_audit(conn: AsyncConnection, entry: NewAuditEntry) -> AuditEntry:
-    """Append a write's audit entry on the write's connection; if it cannot be, nothing is written.
-
-    A refused entry is the framework's fault, not the values', so it is not
-    reported as the application table's constraint: the transaction is rolled
-    back and the write fails as the database's error (503).
-    """
-    try:
-        return await insert_audit(conn, entry)
-    except exc.IntegrityError as error:
-        log.error("audit_log refused an entry of %r: %s", entry.table, driver_text(error))
-        raise StorageError(
-            f"the audit entry of this write could not be stored, so nothing was written; {DETAILS}"
-        ) from None
