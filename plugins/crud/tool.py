@@ -555,4 +555,3 @@ class CrudTool:
         if op == "update":
             return {"updated": len(applied.rows), "rows": applied.rows}
         return {"deleted": len(applied.changes)}
-
