@@ -14,8 +14,9 @@ Running it again imports nothing twice: an agent is known by its name (and
 told from an agent this import did not create by its system prompt, which
 must be the one the import makes of the original's), a tool row by (agent,
 name), a customization by (user, agent, kind), memory by (user, agent), a chat
-by its id (kept from the original) and its messages by the chat already
-holding any. A second row of the original with the same key is skipped, with
+by its id (kept from the original) and its messages by the chat's first
+messages being the history rows imported before: the rows after them (added to
+the original since) are appended. A second row of the original with the same key is skipped, with
 the first one's id.
 
 A value no database stores (a NUL, a lone surrogate) in any field imported
@@ -50,18 +51,20 @@ from chatwright.agents import (
     validate_agent,
 )
 from chatwright.errors import InvalidInputError, one_line
-from chatwright.plugins.importing.source import Source, jsonish
+from chatwright.plugins.importing.source import Source, UnreadableJSON, jsonish
 
 if TYPE_CHECKING:
     from chatwright.registry import Plugins
     from chatwright.runtime import Runtime
-    from chatwright.stores import Agent, Storage
+    from chatwright.stores import Agent, NewMessage, Storage
 
 log = logging.getLogger(__name__)
 
 MAX_TEXT = 1_000_000
 """The most characters of one prompt, note, customization or message imported."""
 HISTORY_WINDOW = 100
+STORED_PAGE = 500
+"""How many of a chat's stored messages are read at once, to find those imported before."""
 """The original sent the last 100 messages of a chat to the model."""
 ROLES = ("human", "ai", "tool", "system")
 MODEL_SETTINGS = ("temperature", "max_tokens", "top_p", "timeout", "max_retries")
@@ -301,7 +304,10 @@ def _agent_item(
     found = _unstorable(system_prompt=raw_prompt)
     if found is not None:
         return item.skip(found)
-    llm = jsonish(row.get("llm_config"))
+    try:
+        llm = jsonish(row.get("llm_config"))
+    except UnreadableJSON as error:
+        return item.skip(f"llm_config: {error}")
     if llm is None:
         llm = {}
     if not isinstance(llm, Mapping):
@@ -383,51 +389,62 @@ def _tool_drafts(plan: Plan) -> list[tuple[Mapping[str, Any], ToolDraft | str]]:
     definitions = {_text_id(r.get("id")): r for r in plan.source.rows("tools")}
     drafts: list[tuple[Mapping[str, Any], ToolDraft | str]] = []
     for row in plan.source.rows("agent_tools"):
-        order = row.get("order")
-        position = order if isinstance(order, int) and abs(order) < 2**31 else 0
-        active = row.get("is_active") is not False
-        named = row.get("name") is not None or row.get("tool_name") is not None
-        if "tool_id" in columns and not named:
-            definition = definitions.get(_text_id(row.get("tool_id")))
-            if definition is None:
-                why = "its tool_id names no row of the tools table"
-                drafts.append((row, why if "tools" in plan.source.tables else "no tools table"))
-                continue
-            config = jsonish(definition.get("config"))
-            override = jsonish(row.get("config_override"))
-            if isinstance(config, Mapping) and isinstance(override, Mapping):
-                config = {**config, **override}
-            elif override not in (None, {}):
-                drafts.append((row, "config_override is not a JSON object"))
-                continue
-            draft = ToolDraft(
-                definition.get("name"),
-                definition.get("type"),
-                definition.get("description"),
-                config,
-                active,
-                position,
-            )
-        elif row.get("tool_name") is not None:
-            draft = ToolDraft(
-                row.get("tool_name"),
-                row.get("tool_type"),
-                row.get("description"),
-                jsonish(row.get("tool_config")),
-                active,
-                position,
-            )
-        else:
-            draft = ToolDraft(
-                row.get("name"),
-                row.get("type"),
-                row.get("description"),
-                jsonish(row.get("config")),
-                active,
-                position,
-            )
-        drafts.append((row, draft))
+        try:
+            drafts.append((row, _tool_draft(row, columns, definitions, plan)))
+        except UnreadableJSON as error:
+            drafts.append((row, f"a config of it: {error}"))
     return drafts
+
+
+def _tool_draft(
+    row: Mapping[str, Any],
+    columns: set[str],
+    definitions: Mapping[str, Mapping[str, Any]],
+    plan: Plan,
+) -> ToolDraft | str:
+    """One ``agent_tools`` row as a draft of a tool row, or why it cannot be one."""
+    order = row.get("order")
+    position = order if isinstance(order, int) and abs(order) < 2**31 else 0
+    active = row.get("is_active") is not False
+    named = row.get("name") is not None or row.get("tool_name") is not None
+    if "tool_id" in columns and not named:
+        definition = definitions.get(_text_id(row.get("tool_id")))
+        if definition is None:
+            why = "its tool_id names no row of the tools table"
+            return why if "tools" in plan.source.tables else "no tools table"
+        config = jsonish(definition.get("config"))
+        override = jsonish(row.get("config_override"))
+        if isinstance(config, Mapping) and isinstance(override, Mapping):
+            config = {**config, **override}
+        elif override not in (None, {}):
+            return "config_override is not a JSON object"
+        draft = ToolDraft(
+            definition.get("name"),
+            definition.get("type"),
+            definition.get("description"),
+            config,
+            active,
+            position,
+        )
+    elif row.get("tool_name") is not None:
+        draft = ToolDraft(
+            row.get("tool_name"),
+            row.get("tool_type"),
+            row.get("description"),
+            jsonish(row.get("tool_config")),
+            active,
+            position,
+        )
+    else:
+        draft = ToolDraft(
+            row.get("name"),
+            row.get("type"),
+            row.get("description"),
+            jsonish(row.get("config")),
+            active,
+            position,
+        )
+    return draft
 
 
 async def _tool_items(plan: Plan, runtime: Runtime, agents: Mapping[str, tuple[str, Item]]) -> None:
@@ -565,8 +582,8 @@ def _user(value: Any) -> str | None:
 
 
 def customization_text(content: Any) -> tuple[str | None, str]:
-    """The text of a customization's ``content`` (jsonb), and how it was found."""
-    content = jsonish(content)
+    """The text of a customization's ``content``, decoded (a string is the text as it is),
+    and how it was found."""
     if isinstance(content, str):
         return content, ""
     if isinstance(content, Mapping):
@@ -632,7 +649,11 @@ async def _customization_items(plan: Plan, storage: Storage, agents: Mapping[str
         if kind in {c.kind for c in await storage.customizations.list(user, agent)}:
             item.action = "exists"
             continue
-        raw = jsonish(row.get("content"))
+        try:
+            raw = plan.source.value("user_agent_prompt_customizations", row, "content")
+        except UnreadableJSON as error:
+            item.skip(f"content: {error}")
+            continue
         text, note = customization_text(raw)
         if text is None:
             item.skip(note)
@@ -766,7 +787,11 @@ async def _chat_items(
                 continue
             item.action = "exists"
         else:
-            metadata = jsonish(row.get("metadata"))
+            try:
+                metadata = jsonish(row.get("metadata"))
+            except UnreadableJSON as error:
+                item.problems.append(f"metadata: {error}; the chat is imported without it")
+                metadata = None
             meta = dict(metadata) if isinstance(metadata, Mapping) else {}
             problem = json_problem(meta, "metadata")
             if metadata is not None and not isinstance(metadata, Mapping):
@@ -801,7 +826,10 @@ def message(row: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str]:
 
     from chatwright.history import storable
 
-    data = jsonish(row.get("message"))
+    try:
+        data = jsonish(row.get("message"))
+    except UnreadableJSON as error:
+        return None, f"message: {error}"
     if not isinstance(data, Mapping):
         return None, "message is not a JSON object"
     role = data.get("type")
@@ -824,15 +852,60 @@ def message(row: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str]:
     return message_to_dict(storable(parsed)), ""
 
 
+def _same_message(stored: Mapping[str, Any], content: Mapping[str, Any]) -> bool:
+    """Whether a stored message is the one a history row makes (both as JSON holds them)."""
+    return json.dumps(stored, sort_keys=True, default=str) == json.dumps(
+        content, sort_keys=True, default=str
+    )
+
+
+async def _already_stored(
+    storage: Storage, user: str, chat: uuid.UUID, kept: list[NewMessage]
+) -> tuple[int, str]:
+    """How many of ``kept`` (a chat's history rows made messages, in order) the chat holds
+    already, and a note when that was told by their number rather than by the messages.
+
+    An import appends a chat's rows after the messages it holds, so the rows an earlier
+    run imported are found among the chat's messages, in their order; the messages
+    written in chatwright in between match none of them and are passed over.
+    """
+    done = held = 0
+    after = 0
+    while done < len(kept):
+        page = await storage.messages.page(user, chat, limit=STORED_PAGE, after=after)
+        if not page:
+            break
+        for found in page:
+            held += 1
+            if done < len(kept) and _same_message(found.content, kept[done].content):
+                done += 1
+        after = page[-1].id
+    if done == 0 and held:
+        # Imported otherwise before (by an earlier version of the import): by their number.
+        done = min(held, len(kept))
+        return done, (
+            "no message of the chat is one of its history rows as this import makes them; "
+            f"the first {done} row(s) are taken as imported (the chat holds {held} message(s))"
+        )
+    return done, ""
+
+
 async def _message_items(
     plan: Plan, storage: Storage, owners: Mapping[uuid.UUID, tuple[str, Item]]
 ) -> None:
     from chatwright.stores import NewMessage
 
+    # One chat's rows together, in the order read, however its session_id is spelled.
     chats: dict[str, list[Mapping[str, Any]]] = {}
+    spelled: dict[str, str] = {}
     for row in plan.source.rows("chat_message_history"):
-        chats.setdefault(_text_id(row.get("session_id")), []).append(row)
-    for session_id, rows in chats.items():
+        text = _text_id(row.get("session_id"))
+        parsed = _chat_id(text)
+        key = text if parsed is None else str(parsed)
+        spelled.setdefault(key, text)
+        chats.setdefault(key, []).append(row)
+    for key, rows in chats.items():
+        session_id = spelled[key]
         first, last = _text_id(rows[0].get("id")), _text_id(rows[-1].get("id"))
         source = f"chat_message_history {first}..{last} (session_id {session_id[:80]})"
         chat = _chat_id(session_id)
@@ -848,10 +921,8 @@ async def _message_items(
         if why is not None:
             item.skip(why)
             continue
-        if await storage.messages.window(user, chat, 1):
-            item.action = "exists"
-            continue
         kept: list[NewMessage] = []
+        ids: list[str] = []
         for entry in rows:
             content, why = message(entry)
             if content is None:
@@ -862,10 +933,35 @@ async def _message_items(
                 if when is not None and when.tzinfo is None:
                     when = when.replace(tzinfo=UTC)  # a timestamp without time zone: UTC
                 kept.append(NewMessage(role=str(content["type"]), content=content, created_at=when))
+                ids.append(_text_id(entry.get("id")))
         item.count = len(kept)
         if not kept:
             item.skip("no message of the chat could be read")
             continue
+        if await storage.messages.window(user, chat, 1):
+            done, note = await _already_stored(storage, user, chat, kept)
+            if done:
+                # The rows stored already, and apart from them the rows added since.
+                item.action, item.count = "exists", done
+                item.source = (
+                    f"chat_message_history {ids[0]}..{ids[done - 1]} (session_id {session_id[:80]})"
+                )
+                if note:
+                    item.problems.append(note)
+                if done == len(kept):
+                    continue
+                parent = item.parent
+                item = plan.add(
+                    Item(
+                        "messages",
+                        f"chat_message_history {ids[done]}..{ids[-1]} "
+                        f"(session_id {session_id[:80]})",
+                        f"messages of chat {chat}, after the {done} it holds",
+                        count=len(kept) - done,
+                        parent=parent,
+                    )
+                )
+                kept = kept[done:]
 
         async def append(
             storage: Storage, u: str = user, c: uuid.UUID = chat, m: list[NewMessage] = kept

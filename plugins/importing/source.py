@@ -12,6 +12,7 @@ not there instead of failing. Nothing is written to the source.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +28,8 @@ TABLES = (
     "user_agent_prompt_customizations",
     "agent_long_term_memory",
 )
-# How each table's rows are read, so that the plan and its report keep an order.
+# How each table's rows are read, so that the plan and its report keep an order; history
+# whose id is not a whole number (a uuid) is read by created_at, then id.
 ORDER = {
     "agent_tools": ('"order"', "id"),
     "chat_message_history": ("id",),
@@ -52,9 +54,22 @@ class Source:
     columns: dict[str, list[str]] = field(default_factory=dict)
     tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    json_columns: dict[str, set[str]] = field(default_factory=dict)
+    """Each table's json and jsonb columns, whose values are decoded when read."""
 
     def rows(self, table: str) -> list[dict[str, Any]]:
         return self.tables.get(table, [])
+
+    def value(self, table: str, row: Mapping[str, Any], column: str) -> Any:
+        """``row``'s value of ``column`` decoded: a json or jsonb value as it was read (a
+        string is that string, never decoded again), text as :func:`jsonish` reads it.
+
+        Raises :class:`UnreadableJSON` for a json or jsonb value that could not be read.
+        """
+        found = row.get(column)
+        if column in self.json_columns.get(table, ()) and not isinstance(found, Unreadable):
+            return found
+        return jsonish(found)
 
 
 def engine_url(url: str) -> str:
@@ -77,13 +92,45 @@ def engine_url(url: str) -> str:
     return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
 
 
+class Unreadable:
+    """A json or jsonb value of one row that Python's JSON reader cannot read (a number of
+    thousands of digits, nesting of thousands of levels: PostgreSQL stores both)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"<unreadable JSON: {self.reason}>"
+
+
+class UnreadableJSON(ValueError):
+    """Raised by :func:`jsonish` for an :class:`Unreadable` value."""
+
+
+def decode(text: str) -> Any:
+    """A json or jsonb column's text decoded, or :class:`Unreadable` with why not."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        return Unreadable("nested too deeply")
+    except ValueError as error:
+        return Unreadable(str(error)[:120])
+
+
 def jsonish(value: Any) -> Any:
-    """A jsonb value, or JSON kept as text (the original stored some configs so)."""
+    """A json or jsonb value (decoded when read), or JSON kept as text (the original stored
+    some configs so) decoded; text that is not JSON is returned as it is.
+
+    Raises :class:`UnreadableJSON` for a json or jsonb value that could not be read.
+    """
+    if isinstance(value, Unreadable):
+        raise UnreadableJSON(
+            f"its JSON cannot be read ({value.reason}); change the value in the original and "
+            "run the import again"
+        )
     if isinstance(value, str):
-        try:
-            return json.loads(value)
-        except ValueError:
-            return value
+        found = decode(value)
+        return value if isinstance(found, Unreadable) else found
     return value
 
 
@@ -115,9 +162,22 @@ async def read(url: str, schema: str = "public") -> Source:
                 )
                 continue
             source.columns[name] = [c.name for c in table.columns]
-            order = [sa.text(k) for k in ORDER.get(name, ()) if k.strip('"') in table.c]
-            result = conn.execute(sa.select(table).order_by(*order))
-            source.tables[name] = [dict(r) for r in result.mappings()]
+            keys = ORDER.get(name, ())
+            serial = "id" in table.c and isinstance(table.c.id.type, sa.Integer)
+            if name == "chat_message_history" and not serial:
+                keys = ("created_at", "id")  # an id that is not a serial: as written
+            order = [sa.text(k) for k in keys if k.strip('"') in table.c]
+            # json and jsonb are read as their text, and decoded where a row is mapped.
+            decoded = {c.name for c in table.columns if isinstance(c.type, sa.JSON)}
+            picked = [
+                sa.cast(c, sa.Text).label(c.name) if c.name in decoded else c for c in table.columns
+            ]
+            result = conn.execute(sa.select(*picked).order_by(*order))
+            source.json_columns[name] = decoded
+            source.tables[name] = [
+                {k: decode(v) if k in decoded and isinstance(v, str) else v for k, v in r.items()}
+                for r in result.mappings()
+            ]
 
     try:
         async with engine.connect() as conn:
