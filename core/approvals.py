@@ -33,13 +33,14 @@ read together.
 from __future__ import annotations
 
 import builtins
+import decimal
 import hashlib
 import json
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import date, datetime, time
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from chatwright.errors import ToolChangedError
@@ -213,23 +214,39 @@ class Write:
     append: Mapping[str, str] = field(default_factory=dict)
 
 
-def unwritten(write: Write, *, shown: Callable[[Any], str] | None = None) -> str:
+def unwritten(write: Write) -> str:
     """Why ``write`` failed when it wrote no row, in the words its tool answers with and its
     audit entry records: an update or delete that matched no row of the caller's (missing
     and someone else's alike), a create or upsert whose values met a row outside the
-    caller's scope. ``shown`` writes a filter's value (compact JSON by default)."""
+    caller's scope."""
     if write.operation in {"create", "upsert"}:
         return (
             f"nothing saved: the values conflict with a row of {write.table!r} "
             "that is not the caller's to change"
         )
-    show = shown or _compact
-    matched = ", ".join(f"{k}={show(v)}" for k, v in write.where.items() if k not in write.scope)
+    matched = ", ".join(
+        f"{k}={compact_json(v)}" for k, v in write.where.items() if k not in write.scope
+    )
     return f"not found: no row of {write.table!r} matches {matched}"
 
 
-def _compact(value: Any) -> str:
-    return json.dumps(value, default=str, ensure_ascii=False, separators=(",", ":"))
+def json_default(value: Any) -> Any:
+    """A database value JSON cannot spell, as a tool shows it: dates and times in ISO 8601,
+    a decimal as the number it is, a UUID as text, bytes by their length."""
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, bytes):
+        return f"<{len(value)} bytes>"
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def compact_json(data: Any) -> str:
+    """``data`` as compact JSON, database values by :func:`json_default`."""
+    return json.dumps(data, default=json_default, ensure_ascii=False, separators=(",", ":"))
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,6 @@ table and the calls they allow are one concept, read together.
 from __future__ import annotations
 
 import datetime as dt
-import decimal
 import json
 import uuid
 from collections.abc import Mapping
@@ -29,7 +28,15 @@ from langchain_core.tools import BaseTool, ToolException
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, FiniteFloat, create_model
 from pydantic_core import PydanticCustomError
 
-from chatwright.approvals import Preview, Write, current_decision, unwritten, write_entry
+from chatwright.approvals import (
+    Preview,
+    Write,
+    compact_json,
+    current_decision,
+    json_default,
+    unwritten,
+    write_entry,
+)
 from chatwright.errors import InvalidInputError, NotFoundError, StorageError
 from chatwright.plugins.crud.config import ArgSpec, CrudConfig
 from chatwright.plugins.crud.settings import CrudSettings
@@ -92,20 +99,9 @@ PYTHON_TYPES: dict[str, Any] = {
 MAX_STRING = 10_000
 
 
-def to_json(value: Any) -> Any:
-    if isinstance(value, dt.datetime | dt.date | dt.time):
-        return value.isoformat()
-    if isinstance(value, decimal.Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if isinstance(value, bytes):
-        return f"<{len(value)} bytes>"
-    raise TypeError(f"cannot serialise {type(value).__name__}")
-
-
-def dumps(data: Any) -> str:
-    return json.dumps(data, default=to_json, ensure_ascii=False, separators=(",", ":"))
+# A result's values as the audit log and the errors show them (chatwright.approvals).
+to_json = json_default
+dumps = compact_json
 
 
 def capped(data: dict[str, Any], limit: int) -> str:
@@ -551,7 +547,7 @@ class CrudTool:
             return {"saved" if op == "upsert" else "created": applied.rows[0]}
         if not applied.changes:
             # The same words whether the row is missing or someone else's.
-            raise ToolException(unwritten(write, shown=dumps))
+            raise ToolException(unwritten(write))
         if op == "update":
             return {"updated": len(applied.rows), "rows": applied.rows}
         return {"deleted": len(applied.changes)}

@@ -55,6 +55,8 @@ def create_app(settings: Settings, plugins: Plugins | None = None) -> FastAPI:
         # Served by docs_pages, with their assets, instead of from a CDN.
         docs_url=None,
         redoc_url=None,
+        # What every route may answer before it runs (limits.OneValueEach).
+        responses=errors.responses(400, 422),
     )
     app.state.runtime = runtime
     app.state.settings = settings

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 WHY = {
+    400: "The Authorization header is given more than once: send one.",
     401: "No bearer token, or an expired, malformed or wrongly signed one.",
     403: "A service-role token, refused on user endpoints; in local mode, a foreign Host "
     "header or a public bind.",
@@ -50,7 +51,8 @@ WHY = {
     409: "A conflict: the chat waits for decisions, the action was decided already or "
     "expired, the rows changed since the preview, or an undo would overwrite later changes.",
     413: "The message or the request body is too large.",
-    422: "The request is invalid: the error names each field at fault.",
+    422: "The request is invalid: the error names each field at fault (a query parameter "
+    "or a JSON key given twice included).",
     429: "The caller's token budget is spent (or would be by their other running turns): "
     "no model ran and nothing was stored; retry after Retry-After seconds (resets_at says "
     "when the budget resets).",

@@ -195,9 +195,6 @@ class SQLAuditStore:
         return [audit_from_row(dict(r)) for r in rows]
 
 
-__all__ = ["SQLAuditStore", "audit_from_row", "audit_values", "insert_audit"]
-
-
 async def append_audit(conn: AsyncConnection, entry: NewAuditEntry) -> AuditEntry:
     """Append a write's audit entry on the write's connection; if it cannot be, nothing is written.
 
@@ -212,3 +209,6 @@ async def append_audit(conn: AsyncConnection, entry: NewAuditEntry) -> AuditEntr
         raise StorageError(
             f"the audit entry of this write could not be stored, so nothing was written; {DETAILS}"
         ) from None
+
+
+__all__ = ["SQLAuditStore", "append_audit", "audit_from_row", "audit_values", "insert_audit"]

@@ -346,10 +346,7 @@ class Writes:
             postgresql.insert if self.records.db.dialect == "postgresql" else sqlite.insert
         )
         values = dict(write.values)
-        nothing = InvalidInputError(
-            f"nothing saved: the values conflict with a row of {write.table!r} "
-            "that is not the caller's to change"
-        )
+        nothing = InvalidInputError(unwritten(write))
         if not found:
             stmt: Any = dialect_insert(t).values(values)
             stmt = stmt.on_conflict_do_nothing(index_elements=list(write.conflict))

@@ -54,3 +54,19 @@ async def test_an_update_or_delete_that_matched_nothing_is_recorded_as_an_error(
         "error",
         "error",
     ]
+
+
+def test_the_words_are_the_tools_whatever_the_filter_holds() -> None:
+    """The entry's words are the tool's for a date, a time or bytes in the filter too."""
+    import datetime as dt
+
+    from chatwright.approvals import Write, unwritten
+    from chatwright.plugins.crud.tool import dumps
+
+    when = dt.datetime(2026, 1, 2, 9, 30)
+    where = {"starts_at": when, "blob": b"\x00\x01", "user_id": "alice"}
+    write = Write(table="events", operation="delete", where=where, scope={"user_id": "alice"})
+    assert unwritten(write) == (
+        f"not found: no row of 'events' matches starts_at={dumps(when)}, blob={dumps(b'xy')}"
+    )
+    assert dumps(when) == '"2026-01-02T09:30:00"'

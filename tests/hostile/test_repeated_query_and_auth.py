@@ -61,3 +61,15 @@ async def test_two_authorization_headers_are_refused(make_server: MakeServer) ->
     assert "Bearer" not in text  # no token is echoed
     one = await server.client.get("/api/sessions", headers=ALICE)
     assert one.status_code == 200, one.text
+
+
+async def test_every_route_declares_both_refusals(make_server: MakeServer) -> None:
+    server = await make_server()
+    paths = (await server.client.get("/openapi.json")).json()["paths"]
+    undeclared = [
+        f"{method.upper()} {path}"
+        for path, methods in paths.items()
+        for method, operation in methods.items()
+        if not {"400", "422"} <= set(operation["responses"])
+    ]
+    assert paths and undeclared == []
