@@ -20,7 +20,8 @@ import pytest
 from chatwright.plugins.example import assistant as example
 from tests.hostile.serving import serving, settings_for
 
-LIMIT = 2000
+LIMIT = 10_000
+"""Large enough that the old bound (4 bytes a character and 16 KiB) refused both kinds."""
 
 
 @pytest.mark.parametrize("char", ["\u4e2d", "\U0001f600"], ids=["cjk", "emoji"])
