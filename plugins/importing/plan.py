@@ -426,21 +426,14 @@ def _tool_draft(
             active,
             position,
         )
-    elif row.get("tool_name") is not None:
-        draft = ToolDraft(
-            row.get("tool_name"),
-            row.get("tool_type"),
-            row.get("description"),
-            jsonish(row.get("tool_config")),
-            active,
-            position,
-        )
     else:
+        # The tool's own columns, or the same prefixed with tool_ (another of its shapes).
+        own = "tool_" if row.get("tool_name") is not None else ""
         draft = ToolDraft(
-            row.get("name"),
-            row.get("type"),
+            row.get(f"{own}name"),
+            row.get(f"{own}type"),
             row.get("description"),
-            jsonish(row.get("config")),
+            jsonish(row.get(f"{own}config")),
             active,
             position,
         )
