@@ -221,7 +221,7 @@ async def test_a_resumed_turn_past_its_time_limit_is_charged_and_frees_its_reser
 ) -> None:
     user = user_id()
     runtime = await make(
-        sql_url, budgets={"daily_tokens": 100_000, "turn_estimate": 100}, turns={"timeout": 1.0}
+        sql_url, budgets={"daily_tokens": 100_000, "turn_estimate": 100}, turns={"timeout": 3.0}
     )
     action = await stopped_turn(runtime, user, [ADD_MILK, {"content": "late", "sleep": 30}])
     with pytest.raises(TurnTimeoutError):
