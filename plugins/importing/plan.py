@@ -51,20 +51,19 @@ from chatwright.agents import (
     validate_agent,
 )
 from chatwright.errors import InvalidInputError, one_line
-from chatwright.plugins.importing.source import Source, UnreadableJSON, jsonish
+from chatwright.plugins.importing.source import HISTORY, Source, UnreadableJSON, chat_id, jsonish
 
 if TYPE_CHECKING:
+    from chatwright.plugins.importing.history import Span
     from chatwright.registry import Plugins
     from chatwright.runtime import Runtime
-    from chatwright.stores import Agent, NewMessage, Storage
+    from chatwright.stores import Agent, Storage
 
 log = logging.getLogger(__name__)
 
 MAX_TEXT = 1_000_000
 """The most characters of one prompt, note, customization or message imported."""
 HISTORY_WINDOW = 100
-STORED_PAGE = 500
-"""How many of a chat's stored messages are read at once, to find those imported before."""
 """The original sent the last 100 messages of a chat to the model."""
 ROLES = ("human", "ai", "tool", "system")
 MODEL_SETTINGS = ("temperature", "max_tokens", "top_p", "timeout", "max_retries")
@@ -102,6 +101,8 @@ class Item:
     step: Step | None = None
     parent: Item | None = field(default=None, repr=False)
     """The agent or chat this row belongs to: when that is not imported, neither is this."""
+    history: Span | None = field(default=None, repr=False)
+    """The rows of the history a ``messages`` item appends (read again when applied)."""
 
     def as_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -147,7 +148,7 @@ class Plan:
         return {
             "source": self.source.url,
             "schema": self.source.schema,
-            "tables": {t: len(rows) for t, rows in self.source.tables.items()},
+            "tables": self.source.sizes(),
             "notes": self.notes,
             "counts": self.counts(),
             "items": [i.as_dict() for i in self.items],
@@ -720,13 +721,6 @@ async def _memory_items(plan: Plan, storage: Storage, agents: Mapping[str, Item]
         item.step = put
 
 
-def _chat_id(value: Any) -> uuid.UUID | None:
-    try:
-        return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
-    except ValueError:
-        return None
-
-
 def _same_chat(earlier: Item, same: bool) -> str:
     """Why a second row of ``chat_sessions`` with the chat id of ``earlier`` is skipped
     (``same``: of the same user and agent)."""
@@ -754,7 +748,7 @@ async def _chat_items(
     chats: dict[uuid.UUID, tuple[str, Any, Item]] = {}
     for row in plan.source.rows("chat_sessions"):
         source = f"chat_sessions {_text_id(row.get('id'))}"
-        chat = _chat_id(row.get("chat_id") or row.get("id"))
+        chat = chat_id(row.get("chat_id") or row.get("id"))
         user, agent = _user(row.get("user_id")), row.get("agent_name")
         item = plan.add(Item("chat", source, f"chat {chat}"))
         if chat is None:
@@ -813,163 +807,14 @@ async def _chat_items(
     return {chat: (user, item) for chat, (user, _, item) in chats.items()}
 
 
-def message(row: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str]:
-    """A history row's LangChain message dict made fit to store, or why not."""
-    from langchain_core.messages import message_to_dict, messages_from_dict
-
-    from chatwright.history import storable
-
-    try:
-        data = jsonish(row.get("message"))
-    except UnreadableJSON as error:
-        return None, f"message: {error}"
-    if not isinstance(data, Mapping):
-        return None, "message is not a JSON object"
-    role = data.get("type")
-    if role not in ROLES:
-        return None, f"message type {str(role)[:40]!r} is not one of {', '.join(ROLES)}"
-    if not isinstance(data.get("data"), Mapping) or "content" not in data["data"]:
-        return None, "message has no data.content"
-    found = _unstorable(message=data)
-    if found is not None:
-        return None, found
-    text = json.dumps(data, ensure_ascii=False, default=str)
-    too_long = _too_long("message", text)
-    if too_long:
-        return None, too_long
-    try:
-        parsed = messages_from_dict([dict(data)])[0]
-    except Exception as error:  # LangChain's own validation; any fault of the row
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        return None, f"not a valid {role} message: {first[:200]}"
-    return message_to_dict(storable(parsed)), ""
-
-
-def _same_message(stored: Mapping[str, Any], content: Mapping[str, Any]) -> bool:
-    """Whether a stored message is the one a history row makes (both as JSON holds them)."""
-    return json.dumps(stored, sort_keys=True, default=str) == json.dumps(
-        content, sort_keys=True, default=str
-    )
-
-
-async def _already_stored(
-    storage: Storage, user: str, chat: uuid.UUID, kept: list[NewMessage]
-) -> tuple[int, str]:
-    """How many of ``kept`` (a chat's history rows made messages, in order) the chat holds
-    already, and a note when that was told by their number rather than by the messages.
-
-    An import appends a chat's rows after the messages it holds, so the rows an earlier
-    run imported are found among the chat's messages, in their order; the messages
-    written in chatwright in between match none of them and are passed over.
-    """
-    done = held = 0
-    after = 0
-    while done < len(kept):
-        page = await storage.messages.page(user, chat, limit=STORED_PAGE, after=after)
-        if not page:
-            break
-        for found in page:
-            held += 1
-            if done < len(kept) and _same_message(found.content, kept[done].content):
-                done += 1
-        after = page[-1].id
-    if done == 0 and held:
-        # Imported otherwise before (by an earlier version of the import): by their number.
-        done = min(held, len(kept))
-        return done, (
-            "no message of the chat is one of its history rows as this import makes them; "
-            f"the first {done} row(s) are taken as imported (the chat holds {held} message(s))"
-        )
-    return done, ""
-
-
-async def _message_items(
-    plan: Plan, storage: Storage, owners: Mapping[uuid.UUID, tuple[str, Item]]
-) -> None:
-    from chatwright.stores import NewMessage
-
-    # One chat's rows together, in the order read, however its session_id is spelled.
-    chats: dict[str, list[Mapping[str, Any]]] = {}
-    spelled: dict[str, str] = {}
-    for row in plan.source.rows("chat_message_history"):
-        text = _text_id(row.get("session_id"))
-        parsed = _chat_id(text)
-        key = text if parsed is None else str(parsed)
-        spelled.setdefault(key, text)
-        chats.setdefault(key, []).append(row)
-    for key, rows in chats.items():
-        session_id = spelled[key]
-        first, last = _text_id(rows[0].get("id")), _text_id(rows[-1].get("id"))
-        source = f"chat_message_history {first}..{last} (session_id {session_id[:80]})"
-        chat = _chat_id(session_id)
-        item = plan.add(Item("messages", source, f"messages of chat {chat}", count=len(rows)))
-        if chat is None:
-            item.skip("session_id is not a UUID (it is the chat id)")
-            continue
-        if chat not in owners:
-            item.skip("no row of chat_sessions is this chat, so its user is not known")
-            continue
-        user, item.parent = owners[chat]
-        why = _parent_problem("its chat", item.parent)
-        if why is not None:
-            item.skip(why)
-            continue
-        kept: list[NewMessage] = []
-        ids: list[str] = []
-        for entry in rows:
-            content, why = message(entry)
-            if content is None:
-                item.problems.append(f"row {_text_id(entry.get('id'))}: {why}; left out")
-            else:
-                said = entry.get("created_at")
-                when = said if isinstance(said, datetime) else None
-                if when is not None and when.tzinfo is None:
-                    when = when.replace(tzinfo=UTC)  # a timestamp without time zone: UTC
-                kept.append(NewMessage(role=str(content["type"]), content=content, created_at=when))
-                ids.append(_text_id(entry.get("id")))
-        item.count = len(kept)
-        if not kept:
-            item.skip("no message of the chat could be read")
-            continue
-        if await storage.messages.window(user, chat, 1):
-            done, note = await _already_stored(storage, user, chat, kept)
-            if done:
-                # The rows stored already, and apart from them the rows added since.
-                item.action, item.count = "exists", done
-                item.source = (
-                    f"chat_message_history {ids[0]}..{ids[done - 1]} (session_id {session_id[:80]})"
-                )
-                if note:
-                    item.problems.append(note)
-                if done == len(kept):
-                    continue
-                parent = item.parent
-                item = plan.add(
-                    Item(
-                        "messages",
-                        f"chat_message_history {ids[done]}..{ids[-1]} "
-                        f"(session_id {session_id[:80]})",
-                        f"messages of chat {chat}, after the {done} it holds",
-                        count=len(kept) - done,
-                        parent=parent,
-                    )
-                )
-                kept = kept[done:]
-
-        async def append(
-            storage: Storage, u: str = user, c: uuid.UUID = chat, m: list[NewMessage] = kept
-        ) -> None:
-            await storage.messages.append(u, c, m)
-
-        item.step = append
-
-
 async def make_plan(source: Source, runtime: Runtime, model: str | None = None) -> Plan:
     """Map everything read (see the module docstring); writes nothing."""
+    from chatwright.plugins.importing.history import plan_history
+
     storage = runtime.storage
     plan = Plan(source, notes=list(source.notes))
-    for table in ("agent_configurations", "agent_tools", "chat_message_history"):
-        if table not in source.tables:
+    for table in ("agent_configurations", "agent_tools", HISTORY):
+        if table not in source.columns:
             plan.notes.append(f"table {source.schema}.{table} not found; nothing of it imported")
     if model is not None:
         found = model_problem(runtime.plugins, model)
@@ -985,7 +830,7 @@ async def make_plan(source: Source, runtime: Runtime, model: str | None = None) 
     await _customization_items(plan, storage, by_name)
     await _memory_items(plan, storage, by_name)
     owners = await _chat_items(plan, storage, by_name)
-    await _message_items(plan, storage, owners)
+    await plan_history(plan, storage, owners)
     return plan
 
 
@@ -997,13 +842,18 @@ async def apply(plan: Plan, storage: Storage) -> list[Item]:
     rest go on.
     """
     from chatwright.errors import ChatwrightError
+    from chatwright.plugins.importing.history import append_history
 
     missed = []
+    history = []
     for item in plan.todo:
         assert item.step is not None
         parent = item.parent
         if parent is not None and parent.action in ("failed", "skip"):
             missed.append(item.skip(f"its {parent.kind} ({parent.source}) was not imported"))
+            continue
+        if item.history is not None:
+            history.append(item)  # appended after everything else, in one read of the history
             continue
         try:
             await item.step(storage)
@@ -1017,4 +867,6 @@ async def apply(plan: Plan, storage: Storage) -> list[Item]:
         item.action = "failed"
         item.step = None
         missed.append(item)
+    await append_history(plan, storage, history)
+    missed.extend(item for item in history if item.action == "failed")
     return missed

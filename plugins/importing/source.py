@@ -4,15 +4,20 @@ The original kept everything in PostgreSQL (``public`` schema by default):
 ``agent_configurations``, ``agent_tools`` (in one of three shapes over its
 life), ``tools`` (the last shape's definitions), ``chat_sessions``,
 ``chat_message_history``, ``user_agent_prompt_customizations`` and
-``agent_long_term_memory``. Each is read whole if it exists; a missing table
-is simply absent from :attr:`Source.tables`, so that the plan can say what was
-not there instead of failing. Nothing is written to the source.
+``agent_long_term_memory``. Each is read whole if it exists, but for the
+history, which may hold millions of rows: it is read as a stream
+(:meth:`Source.history`), one chat's rows together, a batch at a time, once to
+plan and once to import. A missing table is simply absent from
+:attr:`Source.columns`, so that the plan can say what was not there instead of
+failing. Nothing is written to the source.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import re
+import uuid
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +41,9 @@ ORDER = {
     "chat_sessions": ("created_at", "id"),
 }
 CONNECT_TIMEOUT = 10
+HISTORY = "chat_message_history"
+HISTORY_BATCH = 1000
+"""How many rows of the history are held at once while it is streamed."""
 # chatwright's own tables of the same names, told apart by a column the original's lack:
 # read from chatwright's database without --schema, they are not the original's.
 OWN_TABLES = {"agent_tools": "position", "chat_sessions": "client_key"}
@@ -50,15 +58,65 @@ class Source:
     """What was read: each table found, as its column names and rows (dicts)."""
 
     url: str
+    """The database's URL as shown: its password hidden."""
     schema: str
     columns: dict[str, list[str]] = field(default_factory=dict)
+    """Each table found, by its column names (the history included)."""
     tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    """Each table read whole, by its rows: every table found but the history."""
     notes: list[str] = field(default_factory=list)
     json_columns: dict[str, set[str]] = field(default_factory=dict)
     """Each table's json and jsonb columns, whose values are decoded when read."""
+    history_rows: int | None = None
+    """How many rows the history held when it was last streamed whole."""
+    _connect: str = field(default="", repr=False)
+    _history: Any = field(default=None, repr=False)
+    """The statement that streams the history (a SQLAlchemy select), when there is one."""
 
     def rows(self, table: str) -> list[dict[str, Any]]:
         return self.tables.get(table, [])
+
+    def sizes(self) -> dict[str, int]:
+        """How many rows each table found holds (the history's once it was streamed)."""
+        sizes = {table: len(rows) for table, rows in self.tables.items()}
+        if HISTORY in self.columns and self.history_rows is not None:
+            sizes[HISTORY] = self.history_rows
+        return sizes
+
+    async def history(self) -> AsyncGenerator[list[dict[str, Any]]]:
+        """The history's rows, in batches of at most :data:`HISTORY_BATCH`: ordered by chat
+        (:func:`chat_key`, so that one chat's rows, however its ``session_id`` is spelled,
+        come together), then as the chat was written (``id``; ``created_at``, then ``id``,
+        when the id is not a whole number). Each stream is one read of the table, on a
+        connection of its own, held only while it runs; the whole history is never held.
+        """
+        if self._history is None:
+            return
+        import sqlalchemy as sa
+        from sqlalchemy.ext.asyncio import create_async_engine
+
+        decoded = self.json_columns.get(HISTORY, set())
+        engine = create_async_engine(
+            engine_url(self._connect),
+            connect_args={"connect_timeout": CONNECT_TIMEOUT},
+            poolclass=sa.pool.NullPool,
+        )
+        try:
+            async with engine.connect() as conn:
+                result = await conn.stream(self._history)
+                async for part in result.mappings().partitions(HISTORY_BATCH):
+                    yield [
+                        {k: decode(v) if k in decoded and isinstance(v, str) else v
+                         for k, v in r.items()}
+                        for r in part
+                    ]  # fmt: skip
+        except sa.exc.SQLAlchemyError as error:
+            raise SourceError(_unreadable(self.url, self.schema, error)) from None
+        except OSError as error:
+            reach = f"cannot reach the original database at {self.url}: {error}"
+            raise SourceError(reach) from None
+        finally:
+            await engine.dispose()
 
     def value(self, table: str, row: Mapping[str, Any], column: str) -> Any:
         """``row``'s value of ``column`` decoded: a json or jsonb value as it was read (a
@@ -70,6 +128,50 @@ class Source:
         if column in self.json_columns.get(table, ()) and not isinstance(found, Unreadable):
             return found
         return jsonish(found)
+
+
+_HEX = re.compile(r"[0-9a-fA-F]{32}")
+
+
+def chat_id(value: Any) -> uuid.UUID | None:
+    """The chat a ``session_id`` or ``chat_id`` names, in any spelling of a UUID that
+    PostgreSQL's key of :func:`history_key_sql` also reads as one (upper or lower case,
+    hyphens or none, in braces, after ``urn:uuid:``); None when it is not a UUID."""
+    if isinstance(value, uuid.UUID):
+        return value
+    digits = str(value).replace("urn:", "").replace("uuid:", "").strip("{}").replace("-", "")
+    return uuid.UUID(hex=digits) if _HEX.fullmatch(digits) else None
+
+
+def chat_key(value: Any) -> str:
+    """Which chat a history row's ``session_id`` names: its UUID written one way, or,
+    when it is not a UUID, the text as it is (no value: "")."""
+    text = "" if value is None else str(value)
+    found = chat_id(text)
+    return text if found is None else str(found)
+
+
+def history_key_sql(column: Any) -> Any:
+    """PostgreSQL's sort key of a ``session_id`` column: one value for every spelling
+    :func:`chat_id` reads as one UUID, the text itself for any other, so that ordering
+    by it brings one chat's rows together as :func:`chat_key` groups them."""
+    import sqlalchemy as sa
+
+    text = sa.func.coalesce(sa.cast(column, sa.Text), "")
+    digits = sa.func.replace(
+        sa.func.btrim(sa.func.replace(sa.func.replace(text, "urn:", ""), "uuid:", ""), "{}"),
+        "-",
+        "",
+    )
+    return sa.case((digits.op("~")("^[0-9a-fA-F]{32}$"), sa.func.lower(digits)), else_=text)
+
+
+def _unreadable(shown: str, schema: str, error: Exception) -> str:
+    reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+    return (
+        f"cannot read the original database at {shown}: {reason}; check the URL, that the "
+        f"server answers, and that the user may read the schema {schema!r}"
+    )
 
 
 def engine_url(url: str) -> str:
@@ -145,7 +247,7 @@ async def read(url: str, schema: str = "public") -> Source:
         connect_args={"connect_timeout": CONNECT_TIMEOUT},
         poolclass=sa.pool.NullPool,
     )
-    source = Source(url=shown, schema=schema)
+    source = Source(url=shown, schema=schema, _connect=url)
 
     def load(conn: sa.Connection) -> None:
         inspector = sa.inspect(conn)
@@ -164,7 +266,7 @@ async def read(url: str, schema: str = "public") -> Source:
             source.columns[name] = [c.name for c in table.columns]
             keys = ORDER.get(name, ())
             serial = "id" in table.c and isinstance(table.c.id.type, sa.Integer)
-            if name == "chat_message_history" and not serial:
+            if name == HISTORY and not serial:
                 keys = ("created_at", "id")  # an id that is not a serial: as written
             order = [sa.text(k) for k in keys if k.strip('"') in table.c]
             # json and jsonb are read as their text, and decoded where a row is mapped.
@@ -172,8 +274,13 @@ async def read(url: str, schema: str = "public") -> Source:
             picked = [
                 sa.cast(c, sa.Text).label(c.name) if c.name in decoded else c for c in table.columns
             ]
-            result = conn.execute(sa.select(*picked).order_by(*order))
             source.json_columns[name] = decoded
+            if name == HISTORY:
+                chat = history_key_sql(table.c.session_id) if "session_id" in table.c else None
+                by_chat = [] if chat is None else [chat]
+                source._history = sa.select(*picked).order_by(*by_chat, *order)
+                continue
+            result = conn.execute(sa.select(*picked).order_by(*order))
             source.tables[name] = [
                 {k: decode(v) if k in decoded and isinstance(v, str) else v for k, v in r.items()}
                 for r in result.mappings()
@@ -183,12 +290,7 @@ async def read(url: str, schema: str = "public") -> Source:
         async with engine.connect() as conn:
             await conn.run_sync(load)
     except sa.exc.SQLAlchemyError as error:
-        reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
-        raise SourceError(
-            f"cannot read the original database at {shown}: {reason}; check the URL, that the "
-            "server answers, and that the user may read the schema "
-            f"{schema!r}"
-        ) from None
+        raise SourceError(_unreadable(shown, schema, error)) from None
     except OSError as error:
         raise SourceError(f"cannot reach the original database at {shown}: {error}") from None
     finally:

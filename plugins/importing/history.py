@@ -1,0 +1,388 @@
+"""The original's chat history, planned and imported as a stream: never held whole.
+
+``chat_message_history`` may hold millions of rows, so it is read twice as a
+stream (:meth:`.source.Source.history`), one chat's rows together, a batch at
+a time. The first read plans: for each chat, which rows are messages
+chatwright can store, which of them the chat holds already (imported by an
+earlier run), and the rows to append, kept as the ids of the first and the
+last of them (:class:`Span`). The second read, when the plan is applied, appends
+those rows, :data:`APPEND_BATCH` messages to a statement. The memory an import
+takes grows with the number of chats, not of messages.
+
+A chat whose rows changed in the original between the two reads is still
+imported from the rows that are there: a row gone since is not appended, and a
+chat whose first row to append is gone fails, with why, for a later run to
+append. A chat whose appending fails part way keeps what was appended: running
+the import again finds those messages and appends the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from contextlib import aclosing
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from chatwright.plugins.importing.plan import (
+    ROLES,
+    Item,
+    Plan,
+    _parent_problem,
+    _text_id,
+    _too_long,
+    _unstorable,
+)
+from chatwright.plugins.importing.source import (
+    SourceError,
+    UnreadableJSON,
+    chat_id,
+    chat_key,
+    jsonish,
+)
+
+if TYPE_CHECKING:
+    from chatwright.stores import Message, NewMessage, Storage
+
+STORED_PAGE = 500
+"""How many of a chat's stored messages are read at once, to find those imported before."""
+APPEND_BATCH = 500
+"""How many messages of a chat are appended in one statement."""
+
+
+@dataclass(frozen=True)
+class Span:
+    """The rows of one chat an item appends: from the row ``first`` to the row ``last``
+    (their ids), the rows between that are no message left out."""
+
+    key: str
+    user: str
+    chat: uuid.UUID
+    first: str
+    last: str
+
+
+def message(row: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str]:
+    """A history row's LangChain message dict made fit to store, or why not."""
+    from langchain_core.messages import message_to_dict, messages_from_dict
+
+    from chatwright.history import storable
+
+    try:
+        data = jsonish(row.get("message"))
+    except UnreadableJSON as error:
+        return None, f"message: {error}"
+    if not isinstance(data, Mapping):
+        return None, "message is not a JSON object"
+    role = data.get("type")
+    if role not in ROLES:
+        return None, f"message type {str(role)[:40]!r} is not one of {', '.join(ROLES)}"
+    if not isinstance(data.get("data"), Mapping) or "content" not in data["data"]:
+        return None, "message has no data.content"
+    found = _unstorable(message=data)
+    if found is not None:
+        return None, found
+    text = json.dumps(data, ensure_ascii=False, default=str)
+    too_long = _too_long("message", text)
+    if too_long:
+        return None, too_long
+    try:
+        parsed = messages_from_dict([dict(data)])[0]
+    except Exception as error:  # LangChain's own validation; any fault of the row
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return None, f"not a valid {role} message: {first[:200]}"
+    return message_to_dict(storable(parsed)), ""
+
+
+def new_message(row: Mapping[str, Any], content: dict[str, Any]) -> NewMessage:
+    """The message ``content`` (made of ``row``) as it is appended, dated as the row."""
+    from chatwright.stores import NewMessage
+
+    said = row.get("created_at")
+    when = said if isinstance(said, datetime) else None
+    if when is not None and when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)  # a timestamp without time zone: UTC
+    return NewMessage(role=str(content["type"]), content=content, created_at=when)
+
+
+def _same_message(stored: Mapping[str, Any], content: Mapping[str, Any]) -> bool:
+    """Whether a stored message is the one a history row makes (both as JSON holds them)."""
+    return json.dumps(stored, sort_keys=True, default=str) == json.dumps(
+        content, sort_keys=True, default=str
+    )
+
+
+async def _chats(
+    source_batches: AsyncGenerator[list[dict[str, Any]]],
+) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    """Each row of the stream with its chat's key."""
+    async with aclosing(source_batches) as batches:
+        async for batch in batches:
+            for row in batch:
+                yield chat_key(row.get("session_id")), row
+
+
+class _Stored:
+    """A chat's stored messages in order, read a page at a time."""
+
+    def __init__(self, storage: Storage, user: str, chat: uuid.UUID) -> None:
+        self.storage, self.user, self.chat = storage, user, chat
+        self.page: list[Message] = []
+        self.at = 0
+        self.after = 0
+        self.ended = False
+
+    async def next(self) -> Message | None:
+        if self.at == len(self.page):
+            if self.ended:
+                return None
+            self.page = await self.storage.messages.page(
+                self.user, self.chat, limit=STORED_PAGE, after=self.after
+            )
+            self.at = 0
+            if not self.page:
+                self.ended = True
+                return None
+            self.after = self.page[-1].id
+        self.at += 1
+        return self.page[self.at - 1]
+
+
+class _ChatPlan:
+    """The planning of one chat's rows, fed one at a time in order."""
+
+    def __init__(
+        self, plan: Plan, key: str, row: Mapping[str, Any], owners: Mapping[uuid.UUID, Any]
+    ) -> None:
+        self.plan, self.key = plan, key
+        self.session_id = _text_id(row.get("session_id"))
+        self.chat = chat_id(self.session_id)
+        self.item = plan.add(Item("messages", "", f"messages of chat {self.chat}", count=0))
+        self.rows = 0
+        self.first_row = self.last_row = _text_id(row.get("id"))
+        self.kept = 0
+        self.ids: dict[str, str] = {}
+        """The ids of the first kept row, the last one held already, the first to append
+        and the last kept row."""
+        self.done = 0
+        self.stored: _Stored | None = None
+        self.held = 0
+        self.by_number = False
+        self.user = ""
+        if self.chat is None:
+            self.item.skip("session_id is not a UUID (it is the chat id)")
+        elif self.chat not in owners:
+            self.item.skip("no row of chat_sessions is this chat, so its user is not known")
+        else:
+            self.user, self.item.parent = owners[self.chat]
+            why = _parent_problem("its chat", self.item.parent)
+            if why is not None:
+                self.item.skip(why)
+
+    async def start(self, storage: Storage) -> None:
+        """Whether the chat holds messages already, to be matched with its rows."""
+        if (
+            self.item.action != "skip"
+            and self.chat is not None
+            and await storage.messages.window(self.user, self.chat, 1)
+        ):
+            self.stored = _Stored(storage, self.user, self.chat)
+
+    async def feed(self, row: Mapping[str, Any]) -> None:
+        self.rows += 1
+        self.last_row = _text_id(row.get("id"))
+        if self.item.action == "skip":
+            return
+        content, why = message(row)
+        if content is None:
+            self.item.problems.append(f"row {self.last_row}: {why}; left out")
+            return
+        self.kept += 1
+        self.ids.setdefault("first", self.last_row)
+        self.ids["last"] = self.last_row
+        if await self._held(content):
+            self.done += 1
+            self.ids["held"] = self.last_row
+        else:
+            self.ids.setdefault("new", self.last_row)
+
+    async def _held(self, content: Mapping[str, Any]) -> bool:
+        """Whether the chat holds this kept row already (see :meth:`feed`).
+
+        An import appends a chat's rows after the messages it holds, so the rows an
+        earlier run imported are found among the chat's messages, in their order; the
+        messages written in chatwright in between match none of them and are passed
+        over. A chat holding messages of which none is its first kept row was imported
+        otherwise (by an earlier version of the import): its first rows, as many as it
+        holds messages, are taken as imported.
+        """
+        if "new" in self.ids or self.stored is None:
+            return False
+        if self.by_number:
+            return self.kept <= self.held
+        while (found := await self.stored.next()) is not None:
+            self.held += 1
+            if _same_message(found.content, content):
+                return True
+        if self.done == 0 and self.held:
+            self.by_number = True
+            return self.kept <= self.held
+        return False
+
+    def finish(self) -> None:
+        item, shown = self.item, self.session_id[:80]
+        item.source = f"chat_message_history {self.first_row}..{self.last_row} (session_id {shown})"
+        if item.action == "skip":
+            item.count = self.rows
+            return
+        item.count = self.kept
+        if not self.kept:
+            item.skip("no message of the chat could be read")
+            return
+        assert self.chat is not None
+        new = self.ids.get("new")
+        if self.done:
+            # The rows stored already, and apart from them the rows added since.
+            item.action, item.count = "exists", self.done
+            item.source = (
+                f"chat_message_history {self.ids['first']}..{self.ids['held']} (session_id {shown})"
+            )
+            if self.by_number:
+                item.problems.append(
+                    "no message of the chat is one of its history rows as this import makes "
+                    f"them; the first {self.done} row(s) are taken as imported (the chat "
+                    f"holds {self.held} message(s))"
+                )
+            if new is None:
+                return
+            item = self.plan.add(
+                Item(
+                    "messages",
+                    f"chat_message_history {new}..{self.ids['last']} (session_id {shown})",
+                    f"messages of chat {self.chat}, after the {self.done} it holds",
+                    count=self.kept - self.done,
+                    parent=self.item.parent,
+                )
+            )
+        assert new is not None
+        item.history = Span(self.key, self.user, self.chat, new, self.ids["last"])
+        item.step = written_by_apply
+
+
+async def written_by_apply(storage: Storage) -> None:
+    """The step of a history item: :func:`append_history` writes it, in one pass for all."""
+    raise RuntimeError("a chat's history is appended by append_history, not by its step")
+
+
+async def plan_history(
+    plan: Plan, storage: Storage, owners: Mapping[uuid.UUID, tuple[str, Item]]
+) -> None:
+    """An item per chat of the history (two when the chat holds some of its rows already:
+    those, ``exists``, and the rest); reads the history once, writes nothing."""
+    chat: _ChatPlan | None = None
+    rows = 0
+    async for key, row in _chats(plan.source.history()):
+        rows += 1
+        if chat is None or key != chat.key:
+            if chat is not None:
+                chat.finish()
+            chat = _ChatPlan(plan, key, row, owners)
+            await chat.start(storage)
+        await chat.feed(row)
+    if chat is not None:
+        chat.finish()
+    plan.source.history_rows = rows
+
+
+class _ChatAppend:
+    """The appending of one history item's rows, fed the chat's rows in order."""
+
+    def __init__(self, item: Item, span: Span) -> None:
+        self.item, self.span = item, span
+        self.started = self.ended = False
+        self.pending: list[NewMessage] = []
+        self.appended = 0
+
+    async def feed(self, storage: Storage, row: Mapping[str, Any]) -> None:
+        if self.ended:
+            return
+        row_id = _text_id(row.get("id"))
+        if not self.started:
+            if row_id != self.span.first:
+                return
+            self.started = True
+        content, _ = message(row)  # a row left out was reported by the plan
+        if content is not None:
+            self.pending.append(new_message(row, content))
+        if row_id == self.span.last:
+            self.ended = True
+        if len(self.pending) >= APPEND_BATCH or self.ended:
+            await self.flush(storage)
+
+    async def flush(self, storage: Storage) -> None:
+        if self.pending and self.item.action != "failed":
+            await storage.messages.append(self.span.user, self.span.chat, self.pending)
+            self.appended += len(self.pending)
+        self.pending = []
+
+    def fail(self, problem: str) -> None:
+        self.item.action, self.item.step, self.ended = "failed", None, True
+        self.pending = []
+        self.item.problems.append(problem)
+        if self.appended:
+            self.item.problems.append(
+                f"{self.appended} of its messages were appended; run the import again to "
+                "append the rest"
+            )
+
+
+async def append_history(plan: Plan, storage: Storage, items: list[Item]) -> None:
+    """Append the rows of ``items`` (history items to import), reading the history once.
+
+    An item whose write fails, whatever the error, is ``failed``, with why; the other
+    chats go on.
+    """
+    from chatwright.errors import ChatwrightError, one_line
+
+    chats = {i.history.key: _ChatAppend(i, i.history) for i in items if i.history is not None}
+    if not chats:
+        return
+    current: _ChatAppend | None = None
+
+    async def guarded(chat: _ChatAppend, work: Any) -> None:
+        try:
+            await work
+        except ChatwrightError as error:
+            chat.fail(f"not imported: {error}")
+        except Exception as error:  # any fault of one chat: reported, the others go on
+            chat.fail(f"not imported: the write failed unexpectedly: {one_line(error)}")
+
+    async def close(chat: _ChatAppend | None) -> None:
+        if chat is None or chat.item.action == "failed":
+            return
+        await guarded(chat, chat.flush(storage))
+        if not chat.started and chat.item.action != "failed":
+            chat.fail(
+                f"not imported: row {chat.span.first} of chat_message_history is gone from "
+                "the original since the report; run the import again"
+            )
+
+    try:
+        async for key, row in _chats(plan.source.history()):
+            if current is None or key != current.span.key:
+                await close(current)
+                current = chats.pop(key, None)
+                if current is None:
+                    continue
+            if current.item.action != "failed":
+                await guarded(current, current.feed(storage, row))
+    except SourceError as error:  # the original went away: what is left is not imported
+        for chat in [current, *chats.values()]:
+            if chat is not None and chat.item.action != "failed" and not chat.ended:
+                chat.fail(f"not imported: {error}; run the import again")
+        return
+    await close(current)
+    for chat in chats.values():  # whose rows were all gone
+        await close(chat)
