@@ -500,20 +500,19 @@ class Cluster:
 
 
 # The Data API roles of a Supabase project (the migration creates them when missing).
-SUPABASE_ROLES = """
+SUPABASE_ROLES = "".join(
+    f"""
 DO $$
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'anon') THEN
-        CREATE ROLE anon NOLOGIN NOINHERIT;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{name}') THEN
+        CREATE ROLE {name} NOLOGIN NOINHERIT{more};
     END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'authenticated') THEN
-        CREATE ROLE authenticated NOLOGIN NOINHERIT;
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'service_role') THEN
-        CREATE ROLE service_role NOLOGIN NOINHERIT BYPASSRLS;
-    END IF;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN
+    NULL;  -- created meanwhile by another test process
 END
-$$"""
+$$;"""
+    for name, more in (("anon", ""), ("authenticated", ""), ("service_role", " BYPASSRLS"))
+)
 
 # What a new Supabase project does before chatwright arrives: every table, sequence
 # and function later created in public is granted to the Data API's roles.

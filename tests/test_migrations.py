@@ -374,3 +374,50 @@ async def test_unmigrated_database_gives_a_clear_error(tmp_path: Path) -> None:
             await storage.agents.list()
     finally:
         await storage.close()
+
+
+def test_two_processes_creating_a_missing_role_at_once_both_go_on(pg_url: str) -> None:
+    """Roles belong to the whole server: two databases migrated at once both find a role
+    missing. The second to create it used to fail on its unique name, ending its
+    migration; it now finds the role there."""
+    import importlib
+    import threading
+    import uuid
+
+    import psycopg
+
+    from tests.harness import admin_connect, libpq
+
+    security = importlib.import_module(
+        "chatwright.plugins.sql.migrations.versions.0002_postgresql_security"
+    )
+    role = f"cw_race_{uuid.uuid4().hex[:10]}"
+    statement = security.create_role(role, "NOLOGIN")
+    first = psycopg.connect(libpq(pg_url))  # a transaction, held open
+    second = psycopg.connect(libpq(pg_url), autocommit=True)
+    failed: list[BaseException] = []
+    try:
+        first.execute(statement)  # the role made, not yet committed
+
+        def create() -> None:
+            try:
+                second.execute(statement)  # missing to it: waits on the first's new row
+            except BaseException as error:
+                failed.append(error)
+
+        waiting = threading.Thread(target=create)
+        waiting.start()
+        waiting.join(0.5)
+        assert waiting.is_alive(), f"the second did not wait for the first: {failed}"
+        first.commit()
+        waiting.join(10)
+        assert not waiting.is_alive()
+        assert failed == []
+        found = second.execute("SELECT count(*) FROM pg_roles WHERE rolname = %s", (role,))
+        assert found.fetchone() == (1,)
+    finally:
+        first.close()
+        second.close()
+        admin = admin_connect()
+        admin.execute(f'DROP ROLE IF EXISTS "{role}"')
+        admin.close()

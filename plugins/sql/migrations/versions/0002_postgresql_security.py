@@ -29,25 +29,34 @@ POLICY = "chatwright_own_rows"
 OWN = "user_id = (SELECT auth.jwt() ->> 'sub')"
 
 
+ROLES = (("anon", "NOLOGIN"), ("authenticated", "NOLOGIN"), ("service_role", "NOLOGIN BYPASSRLS"))
+"""Supabase's Data API roles, created where they are missing (plain PostgreSQL)."""
+
+
+def create_role(name: str, attributes: str) -> str:
+    """A statement creating the role ``name`` when it is missing. Roles belong to the whole
+    server, so two processes migrating two of its databases at once may both find it
+    missing: the one that creates it second finds it there, and goes on."""
+    return f"""
+        DO $$
+        BEGIN
+            IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{name}') THEN
+                CREATE ROLE {name} {attributes};
+            END IF;
+        EXCEPTION WHEN duplicate_object OR unique_violation THEN
+            NULL;  -- created meanwhile by another process
+        END
+        $$"""
+
+
 def upgrade() -> None:
     op.create_index("ix_chat_messages_user_id", "chat_messages", ["user_id"])
     if op.get_bind().dialect.name != "postgresql":
         return
+    for name, attributes in ROLES:
+        op.execute(create_role(name, attributes))
     op.execute(
         """
-        DO $$
-        BEGIN
-            IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'anon') THEN
-                CREATE ROLE anon NOLOGIN;
-            END IF;
-            IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'authenticated') THEN
-                CREATE ROLE authenticated NOLOGIN;
-            END IF;
-            IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'service_role') THEN
-                CREATE ROLE service_role NOLOGIN BYPASSRLS;
-            END IF;
-        END
-        $$;
         CREATE SCHEMA IF NOT EXISTS auth;
         DO $$
         BEGIN
@@ -72,6 +81,8 @@ def upgrade() -> None:
             IF NOT pg_has_role(current_user, 'authenticated', 'MEMBER') THEN
                 EXECUTE format('GRANT authenticated TO %I', current_user);
             END IF;
+        EXCEPTION WHEN unique_violation THEN
+            NULL;  -- granted meanwhile by another process migrating another database
         END
         $$;
         """
