@@ -237,3 +237,32 @@ def test_an_original_going_away_mid_import_fails_its_chats_with_why(
     failed = [line for line in result.output.splitlines() if line.startswith("failed:")]
     assert len(failed) == 2, result.output
     assert all("cannot read the original database: gone; run the import again" in f for f in failed)
+
+
+@pytest.mark.usefixtures("tiny_batches")
+def test_a_row_changed_in_the_original_since_is_not_imported_again_nor_what_follows(
+    db: str,
+) -> None:
+    """A row edited in the original after its import used to end the rows found in the
+    chat: it and every row after it were appended a second time."""
+
+    def build(conn: Any) -> None:
+        base(conn)
+        for n, said in enumerate(["hello", "two", "three", "ok", "ok"], start=1):
+            history(conn, n, said)
+
+    with with_original(build) as original:
+        imported(original)
+        with psycopg.connect(libpq(original), autocommit=True) as conn:
+            conn.execute(
+                "UPDATE chat_message_history SET message = jsonb_set(message, "
+                "'{data,content}', '\"two (edited)\"') WHERE id = 2"
+            )
+        add_rows(original, (6, "ok", CHAT), (7, "four", CHAT))
+        report = imported(original)
+        assert report["failed"] == []
+        assert messages_of(report) == [("exists", 5), ("import", 2)]
+        (changed,) = [p for i in report["items"] for p in i["problems"]]
+        assert changed.startswith("1 of these row(s) differ from the chat's messages")
+        assert contents(db, CHAT) == ["hello", "two", "three", "ok", "ok", "ok", "four"]
+        assert messages_of(imported(original)) == [("exists", 7)]

@@ -18,6 +18,8 @@ the import again finds those messages and appends the rest.
 
 from __future__ import annotations
 
+import bisect
+import hashlib
 import json
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
@@ -44,7 +46,7 @@ from chatwright.plugins.importing.source import (
 )
 
 if TYPE_CHECKING:
-    from chatwright.stores import Message, NewMessage, Storage
+    from chatwright.stores import NewMessage, Storage
 
 STORED_PAGE = 500
 """How many of a chat's stored messages are read at once, to find those imported before."""
@@ -107,13 +109,6 @@ def new_message(row: Mapping[str, Any], content: dict[str, Any]) -> NewMessage:
     return NewMessage(role=str(content["type"]), content=content, created_at=when)
 
 
-def _same_message(stored: Mapping[str, Any], content: Mapping[str, Any]) -> bool:
-    """Whether a stored message is the one a history row makes (both as JSON holds them)."""
-    return json.dumps(stored, sort_keys=True, default=str) == json.dumps(
-        content, sort_keys=True, default=str
-    )
-
-
 async def _chats(
     source_batches: AsyncGenerator[list[dict[str, Any]]],
 ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
@@ -124,30 +119,34 @@ async def _chats(
                 yield chat_key(row.get("session_id")), row
 
 
-class _Stored:
-    """A chat's stored messages in order, read a page at a time."""
+class _StoredIndex:
+    """Where each message a chat holds is in it, by a digest of the message as JSON holds
+    it: read a page at a time, kept for one chat while its rows are planned."""
 
-    def __init__(self, storage: Storage, user: str, chat: uuid.UUID) -> None:
-        self.storage, self.user, self.chat = storage, user, chat
-        self.page: list[Message] = []
-        self.at = 0
-        self.after = 0
-        self.ended = False
+    def __init__(self) -> None:
+        self.at: dict[bytes, list[int]] = {}
+        self.count = 0
 
-    async def next(self) -> Message | None:
-        if self.at == len(self.page):
-            if self.ended:
-                return None
-            self.page = await self.storage.messages.page(
-                self.user, self.chat, limit=STORED_PAGE, after=self.after
-            )
-            self.at = 0
-            if not self.page:
-                self.ended = True
-                return None
-            self.after = self.page[-1].id
-        self.at += 1
-        return self.page[self.at - 1]
+    @staticmethod
+    def digest(content: Mapping[str, Any]) -> bytes:
+        text = json.dumps(content, sort_keys=True, default=str)
+        return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+    @classmethod
+    async def read(cls, storage: Storage, user: str, chat: uuid.UUID) -> _StoredIndex:
+        index, after = cls(), 0
+        while page := await storage.messages.page(user, chat, limit=STORED_PAGE, after=after):
+            for found in page:
+                index.at.setdefault(cls.digest(found.content), []).append(index.count)
+                index.count += 1
+            after = page[-1].id
+        return index
+
+    def after(self, content: Mapping[str, Any], position: int) -> int | None:
+        """The first position past ``position`` holding ``content``; None when none does."""
+        positions = self.at.get(self.digest(content), [])
+        found = bisect.bisect_right(positions, position)
+        return positions[found] if found < len(positions) else None
 
 
 class _ChatPlan:
@@ -167,9 +166,11 @@ class _ChatPlan:
         """The ids of the first kept row, the last one held already, the first to append
         and the last kept row."""
         self.done = 0
-        self.stored: _Stored | None = None
-        self.held = 0
-        self.by_number = False
+        """How many kept rows the chat holds already: up to the last one found in it."""
+        self.stored: _StoredIndex | None = None
+        self.position = -1
+        """Where in the chat's messages the last kept row found in it is."""
+        self.unfound = self.changed = 0
         self.user = ""
         if self.chat is None:
             self.item.skip("session_id is not a UUID (it is the chat id)")
@@ -188,9 +189,21 @@ class _ChatPlan:
             and self.chat is not None
             and await storage.messages.window(self.user, self.chat, 1)
         ):
-            self.stored = _Stored(storage, self.user, self.chat)
+            self.stored = await _StoredIndex.read(storage, self.user, self.chat)
 
     async def feed(self, row: Mapping[str, Any]) -> None:
+        """Plan one more row of the chat.
+
+        An import appends a chat's rows after the messages it holds, so the rows an
+        earlier run imported are found among the chat's messages, in their order; the
+        messages written in chatwright in between match none of them and are passed
+        over. A row found there makes it and every row before it imported already, one
+        not found among them included (changed in the original since: it is not
+        imported again); the rows after the last one found are appended. A chat holding
+        messages none of which is one of its rows was imported otherwise (by an earlier
+        version of the import): its first rows, as many as it holds messages, are taken
+        as imported (:meth:`finish`).
+        """
         self.rows += 1
         self.last_row = _text_id(row.get("id"))
         if self.item.action == "skip":
@@ -202,34 +215,26 @@ class _ChatPlan:
         self.kept += 1
         self.ids.setdefault("first", self.last_row)
         self.ids["last"] = self.last_row
-        if await self._held(content):
-            self.done += 1
-            self.ids["held"] = self.last_row
-        else:
+        if self.stored is None:
             self.ids.setdefault("new", self.last_row)
-
-    async def _held(self, content: Mapping[str, Any]) -> bool:
-        """Whether the chat holds this kept row already (see :meth:`feed`).
-
-        An import appends a chat's rows after the messages it holds, so the rows an
-        earlier run imported are found among the chat's messages, in their order; the
-        messages written in chatwright in between match none of them and are passed
-        over. A chat holding messages of which none is its first kept row was imported
-        otherwise (by an earlier version of the import): its first rows, as many as it
-        holds messages, are taken as imported.
-        """
-        if "new" in self.ids or self.stored is None:
-            return False
-        if self.by_number:
-            return self.kept <= self.held
-        while (found := await self.stored.next()) is not None:
-            self.held += 1
-            if _same_message(found.content, content):
-                return True
-        if self.done == 0 and self.held:
-            self.by_number = True
-            return self.kept <= self.held
-        return False
+            return
+        # As many rows as the chat holds messages, for when none of them is found in it.
+        if self.kept == self.stored.count:
+            self.ids["held by number"] = self.last_row
+        elif self.kept == self.stored.count + 1:
+            self.ids["new by number"] = self.last_row
+        found = self.stored.after(content, self.position)
+        if found is None:
+            self.unfound += 1
+            self.ids.setdefault("new", self.last_row)
+            return
+        # Found: this row and every kept row before it were imported before (a row not
+        # found among them was changed in the original since).
+        self.position, self.done = found, self.kept
+        self.changed += self.unfound
+        self.unfound = 0
+        self.ids["held"] = self.last_row
+        self.ids.pop("new", None)
 
     def finish(self) -> None:
         item, shown = self.item, self.session_id[:80]
@@ -243,17 +248,30 @@ class _ChatPlan:
             return
         assert self.chat is not None
         new = self.ids.get("new")
+        by_number = self.stored is not None and self.done == 0
+        if by_number:
+            assert self.stored is not None
+            # Imported otherwise before (by an earlier version of the import): by number.
+            self.done = min(self.stored.count, self.kept)
+            self.ids["held"] = self.ids.get("held by number", self.ids["last"])
+            new = self.ids.get("new by number")
         if self.done:
             # The rows stored already, and apart from them the rows added since.
             item.action, item.count = "exists", self.done
             item.source = (
                 f"chat_message_history {self.ids['first']}..{self.ids['held']} (session_id {shown})"
             )
-            if self.by_number:
+            if by_number:
+                assert self.stored is not None
                 item.problems.append(
                     "no message of the chat is one of its history rows as this import makes "
                     f"them; the first {self.done} row(s) are taken as imported (the chat "
-                    f"holds {self.held} message(s))"
+                    f"holds {self.stored.count} message(s))"
+                )
+            elif self.changed:
+                item.problems.append(
+                    f"{self.changed} of these row(s) differ from the chat's messages: changed "
+                    "in the original since they were imported; not imported again"
                 )
             if new is None:
                 return
