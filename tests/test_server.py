@@ -1452,22 +1452,22 @@ async def test_openapi_declares_every_answer_with_a_schema_and_errors_with_the_o
     def codes(method: str, path: str) -> set[str]:
         return {c for c in operations[method, path]["responses"] if c[0] in "45"}
 
-    # Every route may answer 400 (two Authorization headers) and 422 (a query parameter
-    # given twice) before it runs.
+    # Every route may answer 400 (two Authorization headers), 422 (a query parameter
+    # given twice) and 431 (a head over 16 KiB) before it runs.
     assert codes("post", "/api/chat") == {
-        *("400", "401", "403", "404", "409", "413", "422", "429", "502", "503", "504")
+        *("400", "401", "403", "404", "409", "413", "422", "431", "429", "502", "503", "504")
     }
     assert codes("post", "/api/chat/stream") == {
-        *("400", "401", "403", "404", "413", "422", "429", "503")
+        *("400", "401", "403", "404", "413", "422", "431", "429", "503")
     }
-    assert codes("get", "/api/usage") == {"400", "401", "403", "422", "503"}
-    assert codes("get", "/api/me/export") == {"400", "401", "403", "413", "422", "503"}
-    assert codes("delete", "/api/me") == {"400", "401", "403", "409", "422", "503"}
+    assert codes("get", "/api/usage") == {"400", "401", "403", "422", "431", "503"}
+    assert codes("get", "/api/me/export") == {"400", "401", "403", "413", "422", "431", "503"}
+    assert codes("delete", "/api/me") == {"400", "401", "403", "409", "422", "431", "503"}
     assert codes("delete", "/api/chats/{chat_id}") == {
-        *("400", "401", "403", "404", "409", "422", "503")
+        *("400", "401", "403", "404", "409", "422", "431", "503")
     }
-    assert codes("get", "/api/agents/{name}") == {"400", "401", "403", "404", "422", "503"}
-    assert codes("get", "/healthz") == {"400", "422", "503"}
+    assert codes("get", "/api/agents/{name}") == {"400", "401", "403", "404", "422", "431", "503"}
+    assert codes("get", "/healthz") == {"400", "422", "431", "503"}
     media = {
         path: set(
             operations["get" if path != "/api/chat/stream" else "post", path]["responses"]["200"][

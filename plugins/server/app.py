@@ -56,7 +56,7 @@ def create_app(settings: Settings, plugins: Plugins | None = None) -> FastAPI:
         docs_url=None,
         redoc_url=None,
         # What every route may answer before it runs (limits.OneValueEach).
-        responses=errors.responses(400, 422),
+        responses=errors.responses(400, 422, 431),
     )
     app.state.runtime = runtime
     app.state.settings = settings

@@ -56,6 +56,7 @@ WHY = {
     429: "The caller's token budget is spent (or would be by their other running turns): "
     "no model ran and nothing was stored; retry after Retry-After seconds (resets_at says "
     "when the budget resets).",
+    431: "The request's head (its target and headers) is over 16 KiB.",
     502: "The model failed during the turn; the human message is kept.",
     503: "The database or the model's configuration is unavailable.",
     504: "The turn ran past its time limit and was stopped; the human message is kept.",

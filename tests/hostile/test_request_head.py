@@ -6,12 +6,17 @@ into memory before the application sees it. The server keeps h11, which refuses
 a head still incomplete past 16 KB (uvicorn's ``h11_max_incomplete_event_size``),
 whatever else is installed; the test extra installs httptools
 so that this is checked where uvicorn would otherwise pick it.
+
+h11's bound holds only for a head that arrives in pieces: one that comes in one
+read of the connection (up to some 128 KB here) was served whole. The
+application refuses any head over 16 KiB itself, 431 with the usual error body.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import socket
 from pathlib import Path
 
@@ -77,3 +82,34 @@ def test_a_head_of_ordinary_size_is_served(server: ServerProcess) -> None:
     extra = b"X-Fine: " + b"a" * 8000 + b"\r\nConnection: close\r\n"
     answer = _answer(server.port, b"GET /healthz HTTP/1.1\r\n" + host + extra + b"\r\n")
     assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        pytest.param(b"X-Big: " + b"a" * 20_000 + b"\r\n", id="one header of 20 KB"),
+        pytest.param(b"X-Big: " + b"a" * 100_000 + b"\r\n", id="one header of 100 KB"),
+        pytest.param(b"".join(b"X-%d: a\r\n" % i for i in range(3_000)), id="3,000 headers"),
+    ],
+)
+def test_a_head_over_the_bound_in_one_read_is_refused_431(
+    server: ServerProcess, extra: bytes
+) -> None:
+    host = f"Host: 127.0.0.1:{server.port}\r\n".encode()
+    raw = b"GET /healthz HTTP/1.1\r\n" + host + extra + b"Connection: close\r\n\r\n"
+    answer = _answer(server.port, raw)
+    status = answer.split(b"\r\n", 1)[0]
+    # Past what one read holds, h11 may still refuse it first (400, plain text).
+    assert status.startswith((b"HTTP/1.1 431 ", b"HTTP/1.1 400 ")), answer[:200]
+    if len(extra) < 64_000:
+        assert status.startswith(b"HTTP/1.1 431 "), answer[:200]
+        body = json.loads(answer.split(b"\r\n\r\n", 1)[1])
+        assert "at most 16,384 are served" in body["error"], body
+    assert "Traceback" not in server.log()
+
+
+def test_a_long_query_string_counts_in_the_head(server: ServerProcess) -> None:
+    host = f"Host: 127.0.0.1:{server.port}\r\n".encode()
+    target = b"/healthz?x=" + b"a" * 17_000
+    raw = b"GET " + target + b" HTTP/1.1\r\n" + host + b"Connection: close\r\n\r\n"
+    assert _answer(server.port, raw).startswith(b"HTTP/1.1 431 ")
