@@ -56,14 +56,15 @@ APPEND_BATCH = 500
 
 @dataclass(frozen=True)
 class Span:
-    """The rows of one chat an item appends: from the row ``first`` to the row ``last``
-    (their ids), the rows between that are no message left out."""
+    """The rows of one chat an item appends: from the row ``first`` to the row ``last``,
+    each its place among the chat's rows as the history is read (from 1) and its id, the
+    rows between that are no message left out."""
 
     key: str
     user: str
     chat: uuid.UUID
-    first: str
-    last: str
+    first: tuple[int, str]
+    last: tuple[int, str]
 
 
 def message(row: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str]:
@@ -162,9 +163,9 @@ class _ChatPlan:
         self.rows = 0
         self.first_row = self.last_row = _text_id(row.get("id"))
         self.kept = 0
-        self.ids: dict[str, str] = {}
-        """The ids of the first kept row, the last one held already, the first to append
-        and the last kept row."""
+        self.ids: dict[str, tuple[int, str]] = {}
+        """The place and id of the first kept row, the last one held already, the first to
+        append and the last kept row."""
         self.done = 0
         """How many kept rows the chat holds already: up to the last one found in it."""
         self.stored: _StoredIndex | None = None
@@ -213,27 +214,28 @@ class _ChatPlan:
             self.item.problems.append(f"row {self.last_row}: {why}; left out")
             return
         self.kept += 1
-        self.ids.setdefault("first", self.last_row)
-        self.ids["last"] = self.last_row
+        here = (self.rows, self.last_row)
+        self.ids.setdefault("first", here)
+        self.ids["last"] = here
         if self.stored is None:
-            self.ids.setdefault("new", self.last_row)
+            self.ids.setdefault("new", here)
             return
         # As many rows as the chat holds messages, for when none of them is found in it.
         if self.kept == self.stored.count:
-            self.ids["held by number"] = self.last_row
+            self.ids["held by number"] = here
         elif self.kept == self.stored.count + 1:
-            self.ids["new by number"] = self.last_row
+            self.ids["new by number"] = here
         found = self.stored.after(content, self.position)
         if found is None:
             self.unfound += 1
-            self.ids.setdefault("new", self.last_row)
+            self.ids.setdefault("new", here)
             return
         # Found: this row and every kept row before it were imported before (a row not
         # found among them was changed in the original since).
         self.position, self.done = found, self.kept
         self.changed += self.unfound
         self.unfound = 0
-        self.ids["held"] = self.last_row
+        self.ids["held"] = here
         self.ids.pop("new", None)
 
     def finish(self) -> None:
@@ -259,7 +261,8 @@ class _ChatPlan:
             # The rows stored already, and apart from them the rows added since.
             item.action, item.count = "exists", self.done
             item.source = (
-                f"chat_message_history {self.ids['first']}..{self.ids['held']} (session_id {shown})"
+                f"chat_message_history {self.ids['first'][1]}..{self.ids['held'][1]} "
+                f"(session_id {shown})"
             )
             if by_number:
                 assert self.stored is not None
@@ -278,7 +281,7 @@ class _ChatPlan:
             item = self.plan.add(
                 Item(
                     "messages",
-                    f"chat_message_history {new}..{self.ids['last']} (session_id {shown})",
+                    f"chat_message_history {new[1]}..{self.ids['last'][1]} (session_id {shown})",
                     f"messages of chat {self.chat}, after the {self.done} it holds",
                     count=self.kept - self.done,
                     parent=self.item.parent,
@@ -301,12 +304,22 @@ async def plan_history(
     those, ``exists``, and the rest); reads the history once, writes nothing."""
     chat: _ChatPlan | None = None
     rows = 0
+    planned: set[str] = set()
     async for key, row in _chats(plan.source.history()):
         rows += 1
         if chat is None or key != chat.key:
             if chat is not None:
                 chat.finish()
+                planned.add(chat.key)
             chat = _ChatPlan(plan, key, row, owners)
+            if key in planned:
+                # Its rows apart from the chat's others: its session_id is of a type whose
+                # order in the database is not the one its text has here.
+                chat.item.skip(
+                    "these rows of the chat come apart from its others in the original's "
+                    f"order (its session_id column is of type {plan.source.session_id_type}); "
+                    "not imported"
+                )
             await chat.start(storage)
         await chat.feed(row)
     if chat is not None:
@@ -322,19 +335,30 @@ class _ChatAppend:
         self.started = self.ended = False
         self.pending: list[NewMessage] = []
         self.appended = 0
+        self.rows = 0
 
     async def feed(self, storage: Storage, row: Mapping[str, Any]) -> None:
+        """The chat's next row: appended from the span's first place to its last (found by
+        place, for ids need not be unique, nor there at all; the first's id says whether
+        the rows before it changed since the plan)."""
+        self.rows += 1
         if self.ended:
             return
-        row_id = _text_id(row.get("id"))
         if not self.started:
-            if row_id != self.span.first:
+            if self.rows < self.span.first[0]:
+                return
+            row_id = _text_id(row.get("id"))
+            if row_id != self.span.first[1]:
+                self.fail(
+                    f"not imported: the chat's rows changed in the original since the report "
+                    f"(row {self.span.first[1][:80]} is not where it was); run the import again"
+                )
                 return
             self.started = True
         content, _ = message(row)  # a row left out was reported by the plan
         if content is not None:
             self.pending.append(new_message(row, content))
-        if row_id == self.span.last:
+        if self.rows == self.span.last[0]:
             self.ended = True
         if len(self.pending) >= APPEND_BATCH or self.ended:
             await self.flush(storage)
@@ -383,9 +407,15 @@ async def append_history(plan: Plan, storage: Storage, items: list[Item]) -> Non
         await guarded(chat, chat.flush(storage))
         if not chat.started and chat.item.action != "failed":
             chat.fail(
-                f"not imported: row {chat.span.first} of chat_message_history is gone from "
-                "the original since the report; run the import again"
+                f"not imported: row {chat.span.first[1][:80]} of chat_message_history is gone "
+                "from the original since the report; run the import again"
             )
+        elif chat.item.action != "failed" and chat.appended != chat.item.count:
+            chat.item.problems.append(
+                f"{chat.appended} message(s) appended, not {chat.item.count}: the chat's rows "
+                "changed in the original since the report"
+            )
+            chat.item.count = chat.appended
 
     try:
         async for key, row in _chats(plan.source.history()):

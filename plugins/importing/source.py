@@ -69,6 +69,8 @@ class Source:
     """Each table's json and jsonb columns, whose values are decoded when read."""
     history_rows: int | None = None
     """How many rows the history held when it was last streamed whole."""
+    session_id_type: str = ""
+    """The type of the history's ``session_id`` column, as the database names it."""
     _connect: str = field(default="", repr=False)
     _history: Any = field(default=None, repr=False)
     """The statement that streams the history (a SQLAlchemy select), when there is one."""
@@ -153,11 +155,17 @@ def chat_key(value: Any) -> str:
 
 def history_key_sql(column: Any) -> Any:
     """PostgreSQL's sort key of a ``session_id`` column: one value for every spelling
-    :func:`chat_id` reads as one UUID, the text itself for any other, so that ordering
-    by it brings one chat's rows together as :func:`chat_key` groups them."""
+    :func:`chat_id` reads as one UUID, the text itself for any other (a json or jsonb
+    string's text, unquoted, as it is decoded), so that ordering by it brings one chat's
+    rows together as :func:`chat_key` groups them. In the "C" collation, whatever the
+    column's: a nondeterministic one allows no text search, and bytes sort fastest."""
     import sqlalchemy as sa
 
-    text = sa.func.coalesce(sa.cast(column, sa.Text), "")
+    if isinstance(column.type, sa.JSON):
+        value: Any = sa.type_coerce(column.op("#>>")(sa.literal_column("'{}'")), sa.Text)
+    else:
+        value = sa.cast(column, sa.Text)
+    text = sa.func.coalesce(value.collate("C"), "")
     digits = sa.func.replace(
         sa.func.btrim(sa.func.replace(sa.func.replace(text, "urn:", ""), "uuid:", ""), "{}"),
         "-",
@@ -277,8 +285,14 @@ async def read(url: str, schema: str = "public") -> Source:
             source.json_columns[name] = decoded
             if name == HISTORY:
                 chat = history_key_sql(table.c.session_id) if "session_id" in table.c else None
+                if chat is not None:
+                    source.session_id_type = str(table.c.session_id.type)
                 by_chat = [] if chat is None else [chat]
-                source._history = sa.select(*picked).order_by(*by_chat, *order)
+                # ctid last: rows alike in every key (no id, or one id twice) come in the
+                # same order to both reads.
+                source._history = sa.select(*picked).order_by(
+                    *by_chat, *order, sa.literal_column("ctid")
+                )
                 continue
             result = conn.execute(sa.select(*picked).order_by(*order))
             source.tables[name] = [
