@@ -200,7 +200,7 @@ async def list_tools(endpoint: Endpoint) -> Listing:
     """
     import mcp_types
 
-    screen = ToolScreen()
+    screen = ToolScreen(records=True)
 
     async def listing() -> Listing:
         tools: list[mcp_types.Tool] = []

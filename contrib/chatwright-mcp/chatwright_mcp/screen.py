@@ -25,13 +25,17 @@ class ToolScreen:
     is lost. The screen sits between the transport and the session of a
     listing: it notes the ids of ``tools/list`` requests on their way out, and
     takes each tool the protocol version's own check refuses out of their
-    answers before the session reads them. What it took out is in
-    :attr:`left_out`, as the tool's name (or its place in the page) and why.
+    answers before the session reads them. A screen that ``records`` (a listing's)
+    keeps what it took out in :attr:`left_out`, as the tool's name (or its place in
+    the page) and why; a call's connection, which the session lists again before
+    each result it checks, records nothing, so that its memory stays the same over
+    any number of calls.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, records: bool = False) -> None:
         self.version: str | None = None
         """The protocol version agreed on; set once the session is initialised."""
+        self.records = records
         self.left_out: list[tuple[str, str]] = []
         self._asked: set[str | int] = set()
 
@@ -48,6 +52,9 @@ class ToolScreen:
         if isinstance(message, Exception):
             return message
         answer = message.message
+        if isinstance(answer, mcp_types.JSONRPCError):
+            self._asked.discard(answer.id)  # answered: nothing to screen
+            return message
         if not isinstance(answer, mcp_types.JSONRPCResponse) or answer.id not in self._asked:
             return message
         self._asked.discard(answer.id)
@@ -57,7 +64,7 @@ class ToolScreen:
         refused = self._refused(answer.result)
         if not refused:
             return message
-        for index, reason in sorted(refused.items()):
+        for index, reason in sorted(refused.items()) if self.records else ():
             entry = tools[index]
             name = entry.get("name") if isinstance(entry, dict) else None
             shown = name if isinstance(name, str) else f"#{index + 1} of its page"
