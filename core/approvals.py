@@ -232,10 +232,13 @@ def unwritten(write: Write) -> str:
 
 def json_default(value: Any) -> Any:
     """A database value JSON cannot spell, as a tool shows it: dates and times in ISO 8601,
-    a decimal as the number it is, a UUID as text, bytes by their length."""
+    a decimal as the number it is (one no JSON number is, PostgreSQL's ``Infinity``,
+    ``-Infinity`` and ``NaN``, as that text), a UUID as text, bytes by their length."""
     if isinstance(value, datetime | date | time):
         return value.isoformat()
     if isinstance(value, decimal.Decimal):
+        if not value.is_finite():
+            return str(value)
         return int(value) if value == value.to_integral_value() else float(value)
     if isinstance(value, uuid.UUID):
         return str(value)

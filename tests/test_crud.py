@@ -704,6 +704,66 @@ async def test_numbers_and_uuids_round_trip(storage: SQLStorage) -> None:
     assert "amount" in err(await call(tools["book"], amount="lots"))
 
 
+async def test_numbers_no_json_number_spells_are_shown_and_written_around(
+    storage: SQLStorage,
+) -> None:
+    """A numeric column holding Infinity (or, on PostgreSQL, NaN), written by another
+    application: reading it, or updating or deleting its row (whose image the audit log
+    keeps), failed with an OverflowError. Such a value is shown as its text."""
+    await storage.records.ensure_table(
+        TableSpec(
+            "ledger",
+            (
+                ColumnSpec("id", "integer", primary_key=True),
+                ColumnSpec("user_id", "string", nullable=False),
+                ColumnSpec("amount", "number", nullable=False),
+                ColumnSpec("note", "string"),
+            ),
+        )
+    )
+    pg = storage.dialect == "postgresql"
+    odd = ["'Infinity'", "'-Infinity'", "'NaN'"] if pg else ["9e999", "-9e999"]
+    async with storage.write() as conn:
+        for value in odd:
+            await conn.execute(
+                sa.text(f"INSERT INTO ledger (user_id, amount) VALUES ('alice', {value})")
+            )
+    await storage.agents.create("books", system_prompt="", model="offline:x")
+    by_id = {"id": {"type": "integer", "required": True}}
+    await storage.tools.add(
+        "books", "entries", type="crud", config={"table": "ledger", "operation": "read"}
+    )
+    await storage.tools.add(
+        "books",
+        "renote",
+        type="crud",
+        config={
+            "table": "ledger",
+            "operation": "update",
+            "args": {"note": {"type": "string"}},
+            "filters": by_id,
+        },
+    )
+    await storage.tools.add(
+        "books",
+        "drop",
+        type="crud",
+        config={"table": "ledger", "operation": "delete", "filters": by_id},
+    )
+    tools = await tools_for(storage, "alice", agent="books")
+    shown = ["Infinity", "-Infinity", "NaN"][: len(odd)]
+    found = ok(await call(tools["entries"]))
+    assert sorted(row["amount"] for row in found["rows"]) == sorted(shown)
+    updated = ok(await call(tools["renote"], id=1, note="written by another app"))
+    assert updated["updated"] == 1
+    (first,) = [r for r in ok(await call(tools["entries"]))["rows"] if r["id"] == 1]
+    assert first == {"id": 1, "amount": "Infinity", "note": "written by another app"}
+    ok(await call(tools["drop"], id=2))
+    assert [r["id"] for r in await db_rows(storage, "ledger")] == [1, 3][: len(odd) - 1]
+    entries = await storage.audit.list(user_id="alice")
+    assert sorted((e.tool_name, e.outcome) for e in entries) == [("drop", "ok"), ("renote", "ok")]
+
+
 async def test_results_are_capped(seeded: SQLStorage) -> None:
     settings = Settings(tools={"max_result_chars": 300})  # type: ignore[arg-type]
     alice = await tools_for(seeded, "alice", settings)
