@@ -25,6 +25,8 @@ PROMPT_PLACEHOLDERS = frozenset({"memory", "custom_instructions"})
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$"
 MODEL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*:\S+$")
 MAX_HISTORY_WINDOW = 10_000
+MAX_PROMPT = 1_000_000
+"""The most characters of a system prompt (some 250,000 tokens: more than a model reads)."""
 LIMITS = ("turn_timeout", "max_model_calls", "max_tool_calls", "history_tokens")
 
 
@@ -200,6 +202,10 @@ class AgentChanges(BaseModel):
         problem = None if value is None else unstorable_text(value)
         if problem is not None:
             raise ValueError(f"it holds {problem}; remove it")
+        if value is not None and len(value) > MAX_PROMPT:
+            raise ValueError(
+                f"it is {len(value):,} characters long; a system prompt has at most {MAX_PROMPT:,}"
+            )
         return None if value is None else check_prompt(value)
 
     @field_validator("model_settings")

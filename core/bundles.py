@@ -274,8 +274,17 @@ def dump(bundle: Mapping[str, Any], fmt: str = "json") -> str:
             default_flow_style=False,
             width=100,
         )
-        return text
-    return json.dumps(bundle, indent=2, ensure_ascii=False) + "\n"
+    else:
+        text = json.dumps(bundle, indent=2, ensure_ascii=False) + "\n"
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_BYTES:
+        # Written, it would be refused by the import it is there for.
+        name = (bundle.get("agent") or {}).get("name", "?")
+        raise TooLargeError(
+            f"the bundle of agent {name!r} would be {size:,} bytes; `agents import` reads at "
+            f"most {MAX_BYTES:,}: shorten its system prompt, model settings or tool configs"
+        )
+    return text
 
 
 # -- reading ----------------------------------------------------------------------------

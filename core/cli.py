@@ -131,7 +131,7 @@ class AppContext:
             return None  # another backend may not read storage.url at all
         try:
             url = make_url(self.settings.storage.url)
-        except ArgumentError:
+        except (ArgumentError, ValueError):  # a port that is not a number: ValueError
             return None  # the storage backend says what is wrong with it
         if url.get_backend_name() != "sqlite":
             return None

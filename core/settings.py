@@ -435,10 +435,20 @@ def _config_path(
     return default if default.exists() else None
 
 
+MAX_CONFIG_BYTES = 1024 * 1024
+"""The most bytes of a configuration file read (an endless one, /dev/zero, is refused)."""
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as f:
-            return tomllib.load(f)
+            data = f.read(MAX_CONFIG_BYTES + 1)
+        if len(data) > MAX_CONFIG_BYTES:
+            raise SettingsError(
+                f"configuration file {path} is larger than {MAX_CONFIG_BYTES:,} bytes, more "
+                f"than any settings file holds; point --config / {CONFIG_ENV} at the right file"
+            )
+        return tomllib.loads(data.decode("utf-8"))
     except FileNotFoundError:
         raise SettingsError(
             f"configuration file {path} does not exist; create it with `chatwright init` "

@@ -150,7 +150,7 @@ def _agent_fields(
     fields: dict[str, Any] = {}
     if prompt_file is not None:
         try:
-            fields["system_prompt"] = prompt_file.read_text(encoding="utf-8")
+            fields["system_prompt"] = inputs.read_text_file(prompt_file, "--prompt-file")
         except UnicodeDecodeError as exc:
             raise InvalidInputError(not_utf8(str(prompt_file), exc)) from None
     elif prompt is not None:

@@ -100,7 +100,9 @@ def _show_summary(summary: ChatSummary) -> None:
 @click.option("--chat-id", type=click.UUID, help="Resume this chat (default: your latest one).")
 @click.option("--new", "new_chat", is_flag=True, help="Start a new chat.")
 @click.option("--user", default=LOCAL_USER, show_default=True, help="Chat as this user id.")
-@click.option("-m", "--message", help="Send one message, print the reply and exit.")
+@click.option(
+    "-m", "--message", type=inputs.TEXT, help="Send one message, print the reply and exit."
+)
 @click.option(
     "--usage", "show_usage", is_flag=True, help="After each reply, the tokens it spent (stderr)."
 )

@@ -20,6 +20,9 @@ import click
 
 from chatwright.errors import InvalidInputError
 
+MAX_FILE_BYTES = 4 * 1024 * 1024
+"""The most bytes a command reads of a file it is given (a prompt, a tool's definition):
+the size of the largest bundle ``agents import`` reads."""
 MAX_NAME = 255
 """The longest user id (and ``decided_by``) the user_id columns hold."""
 MAX_AGENT_NAME = 200
@@ -29,6 +32,28 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]|[\ud800-\udfff]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 _AGE = re.compile(r"^(\d{1,6})\s*([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def read_text_file(path: Any, option: str) -> str:
+    """The UTF-8 text of the file at ``path`` (a path, or a file click opened in text mode),
+    read up to :data:`MAX_FILE_BYTES`: a larger one (or an endless one, such as
+    ``/dev/zero``) is refused, not read into memory.
+
+    Raises :class:`UnicodeDecodeError` for a file that is not UTF-8.
+    """
+    if hasattr(path, "read"):
+        found = path.read(MAX_FILE_BYTES + 1)  # characters: at most four bytes each
+        source = "standard input" if getattr(path, "name", "") == "<stdin>" else path.name
+    else:
+        with open(path, "rb") as file:
+            found = file.read(MAX_FILE_BYTES + 1)
+        source = str(path)
+    if len(found) > MAX_FILE_BYTES:
+        raise InvalidInputError(
+            f"{option} {source} is larger than {MAX_FILE_BYTES:,} bytes, more than any "
+            "prompt or tool definition holds; give the file it should be"
+        )
+    return found if isinstance(found, str) else found.decode("utf-8")
 
 
 def name(option: str, value: str) -> str:

@@ -142,7 +142,7 @@ def tools_add(
 
     source = "standard input" if file.name == "<stdin>" else file.name
     try:
-        text = file.read()
+        text = inputs.read_text_file(file, "--file")
     except UnicodeDecodeError as exc:
         raise InvalidInputError(not_utf8(source, exc)) from None
     data = _tool_definition(text, source)

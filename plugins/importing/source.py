@@ -189,7 +189,7 @@ def engine_url(url: str) -> str:
 
     try:
         parsed = make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # a port that is not a number: ValueError
         raise SourceError(
             f"--from {hide_url(url)!r} is not a database URL; give one like "
             "postgresql://user:password@host:5432/postgres"

@@ -58,14 +58,16 @@ logging.getLogger(f"{AsyncAdaptedQueuePool.__module__}.{AsyncAdaptedQueuePool.__
 )
 
 
-def normalize_url(raw: str) -> URL:
+def normalize_url(raw: str, setting: str = "storage.url") -> URL:
     """Pick the async driver for a URL: sqlite -> aiosqlite, postgresql -> psycopg."""
+    from chatwright.redaction import hide_url
+
     try:
         url = make_url(raw)
-    except exc.ArgumentError:
+    except (exc.ArgumentError, ValueError):  # a port that is not a number: ValueError
         raise StorageError(
-            f"storage.url {raw!r} is not a database URL; use sqlite:///path/to/file.db "
-            "or postgresql://user@host:5432/dbname"
+            f"{setting} {hide_url(raw)!r} is not a database URL; use "
+            "sqlite:///path/to/file.db or postgresql://user@host:5432/dbname"
         ) from None
     backend = url.get_backend_name()
     if backend == "sqlite":
@@ -73,7 +75,15 @@ def normalize_url(raw: str) -> URL:
     if backend in {"postgresql", "postgres"}:
         return url.set(drivername="postgresql+psycopg")
     raise StorageError(
-        f"storage.url uses {backend!r}; the sql backend supports sqlite and postgresql"
+        f"{setting} uses {backend!r}; the sql backend supports sqlite and postgresql"
+    )
+
+
+def refused_query(url: URL, error: Exception, setting: str = "storage.url") -> StorageError:
+    """Why the driver refused ``url``'s query (``?timeout=abc``): an error naming it."""
+    return StorageError(
+        f"{setting} {redact(url)!r} has a query parameter its driver cannot take "
+        f"({str(error)[:200]}); correct or remove it"
     )
 
 

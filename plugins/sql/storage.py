@@ -46,6 +46,7 @@ from chatwright.plugins.sql.engine import (
     normalize_url,
     ping_when_idle,
     redact,
+    refused_query,
     sqlite_engine,
 )
 from chatwright.plugins.sql.errors import DatabaseErrors
@@ -158,7 +159,10 @@ class SQLStorage:
         timeout = cfg.statement_timeout
         lease, wait = cfg.turn_lease, cfg.turn_wait
         if url.get_backend_name() == "sqlite":
-            engine = sqlite_engine(url, busy_timeout=cfg.busy_timeout, echo=cfg.echo)
+            try:
+                engine = sqlite_engine(url, busy_timeout=cfg.busy_timeout, echo=cfg.echo)
+            except (ValueError, TypeError) as error:
+                raise refused_query(url, error) from None
             return cls(
                 url,
                 engine,
@@ -181,17 +185,20 @@ class SQLStorage:
             # A transaction pooler hands each transaction to any server connection:
             # statements prepared on one would be missing on the next.
             connect_args["prepare_threshold"] = None
-        engine = create_async_engine(
-            url,
-            pool_size=cfg.pool_size,
-            max_overflow=cfg.max_overflow,
-            pool_timeout=cfg.pool_timeout,
-            pool_recycle=cfg.pool_recycle,
-            echo=cfg.echo,
-            connect_args=connect_args,
-        )
+        try:
+            engine = create_async_engine(
+                url,
+                pool_size=cfg.pool_size,
+                max_overflow=cfg.max_overflow,
+                pool_timeout=cfg.pool_timeout,
+                pool_recycle=cfg.pool_recycle,
+                echo=cfg.echo,
+                connect_args=connect_args,
+            )
+        except (ValueError, TypeError) as error:
+            raise refused_query(url, error) from None
         ping_when_idle(engine)
-        direct = normalize_url(cfg.direct_url) if cfg.direct_url else None
+        direct = normalize_url(cfg.direct_url, "storage.direct_url") if cfg.direct_url else None
         return cls(
             url,
             engine,

@@ -26,7 +26,7 @@ from chatwright.errors import (
     UnknownAgentError,
 )
 from chatwright.plugins.sql import schema
-from chatwright.plugins.sql.errors import integrity_message
+from chatwright.plugins.sql.errors import integrity_message, name_taken
 from chatwright.plugins.sql.rows import from_row, now
 from chatwright.stores import (
     DEFAULT_HISTORY_WINDOW,
@@ -283,11 +283,8 @@ class SQLToolStore(BoundStore):
                     )
                 ).one()
         except exc.IntegrityError as error:
-            if any(r.name == name for r in await self.list(agent_name)):
-                raise AlreadyExistsError(
-                    f"agent {agent_name!r} already has a tool named {name!r}; pick another name "
-                    "or disable the old one with `chatwright tools disable`"
-                ) from None
+            for old in (r for r in await self.list(agent_name) if r.name == name):
+                raise name_taken(agent_name, old) from None
             raise InvalidInputError(
                 f"tool {name!r} rejected by the database: {integrity_message(error, 'agent_tools')}"
             ) from None

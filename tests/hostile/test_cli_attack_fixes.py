@@ -1,0 +1,110 @@
+"""What an attack on the command line found, each fixed:
+
+- a ``--database``, ``storage.url`` or ``--from`` URL whose port is not a number, or
+  a SQLite URL whose query its driver cannot take, failed with "unexpected
+  ValueError … please report it";
+- a file given to a command (a tool row, a prompt, the settings) was read whole,
+  however large: ``/dev/zero`` ran the machine out of memory;
+- a system prompt had no bound, so an agent could be exported to a bundle that
+  ``agents import`` refuses: a backup that cannot be restored;
+- ``chat -m`` took bytes that are not UTF-8 and stored U+FFFD in their place, where
+  every other option refuses them;
+- a tool name taken by a disabled row was refused with advice to disable the old
+  row, which frees nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from chatwright.agents import MAX_PROMPT
+from tests.harness import assert_error, ok, run
+from tests.test_cli_tools import sql
+
+pytestmark = pytest.mark.usefixtures("example")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://postgres:s3cret@127.0.0.1:abc/x",
+        "postgresql://postgres:s3cret@[::1/x",
+    ],
+    ids=["port not a number", "unclosed bracket"],
+)
+def test_a_database_url_that_does_not_parse_is_one_clear_error(url: str) -> None:
+    for args in (("agents", "list"), ("db", "current")):
+        said = assert_error(run("--database", url, *args), "is not a database URL")
+        assert "s3cret" not in said
+    imported = run("import", "llm-agent", "--from", url, "--dry-run")
+    said = assert_error(imported, "--from", "is not a database URL")
+    assert "s3cret" not in said
+
+
+def test_a_sqlite_url_whose_query_its_driver_refuses_says_so(workdir: Path) -> None:
+    url = f"sqlite+aiosqlite:///{workdir / 'chatwright.db'}?timeout=abc"
+    assert_error(run("--database", url, "agents", "list"), "has a query parameter", "timeout")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("tools", "add", "--agent", "assistant", "--file", "/dev/zero"),
+        ("agents", "add", "endless", "--model", "offline:x", "--prompt-file", "/dev/zero"),
+        ("agents", "set", "assistant", "--prompt-file", "/dev/zero"),
+        ("--config", "/dev/zero", "agents", "list"),
+    ],
+    ids=["tool row", "prompt of a new agent", "prompt of an agent", "settings"],
+)
+def test_an_endless_file_is_refused_not_read_into_memory(args: tuple[str, ...]) -> None:
+    before = sql("SELECT system_prompt FROM agents WHERE name = 'assistant'")
+    assert_error(run(*args), "/dev/zero is larger than")
+    assert sql("SELECT system_prompt FROM agents WHERE name = 'assistant'") == before
+    assert sql("SELECT count(*) FROM agents WHERE name = 'endless'") == [(0,)]
+
+
+def test_a_prompt_has_a_bound_and_an_export_import_would_refuse_is_refused(
+    workdir: Path,
+) -> None:
+    (workdir / "long.txt").write_text("a" * (MAX_PROMPT + 1))
+    said = assert_error(
+        run("agents", "add", "long", "--model", "offline:x", "--prompt-file", "long.txt")
+    )
+    assert f"a system prompt has at most {MAX_PROMPT:,}" in said
+    # The longest prompt and a large model setting: more than a bundle holds.
+    (workdir / "longest.txt").write_text("a" * MAX_PROMPT)
+    ok("agents", "add", "big", "--model", "offline:x", "--prompt-file", "longest.txt")
+    ok("agents", "set", "big", "--setting", "notes=" + json.dumps("b" * 3_500_000))
+    for fmt in ("json", "yaml"):
+        exported = run("agents", "export", "big", "--format", fmt, "-o", f"big.{fmt}")
+        assert_error(
+            exported, "the bundle of agent 'big' would be", "`agents import` reads at most"
+        )
+        assert not (workdir / f"big.{fmt}").exists()
+    # One within the bound is exported and imported back.
+    ok("agents", "set", "big", "--setting", "notes=1")
+    ok("agents", "export", "big", "-o", "big.json")
+    ok("agents", "import", "big.json", "--dry-run")
+
+
+def test_a_chat_message_that_is_not_utf8_is_refused_and_not_stored() -> None:
+    before = sql("SELECT count(*) FROM chat_messages")
+    said = assert_error(run("chat", "-m", "hi \udcff"))
+    assert "lone surrogate" in said and "0xff" in said
+    assert sql("SELECT count(*) FROM chat_messages") == before
+
+
+def test_a_name_a_disabled_row_holds_gets_advice_that_works() -> None:
+    ((row, name),) = sql("SELECT id, name FROM agent_tools WHERE name = 'list_tasks'")
+    ok("tools", "disable", str(row))
+    ((other,),) = sql("SELECT id FROM agent_tools WHERE name = 'add_task'")
+    refused = run("tools", "copy", str(other), "--to", "assistant", "--name", name)
+    said = assert_error(refused, f"(row {row}, disabled)", f"`chatwright tools remove {row}`")
+    assert "tools disable" not in said
+    # Following it: the old row renamed, the name is free.
+    ok("tools", "set", str(row), "--name", "list_tasks_old")
+    ok("tools", "copy", str(other), "--to", "assistant", "--name", name)
+    assert sql("SELECT count(*) FROM agent_tools WHERE name = ?", (name,)) == [(1,)]
