@@ -39,7 +39,7 @@ BAD_ROW = {
 
 
 def token(user: str = "root", **claims: Any) -> dict[str, str]:
-    payload = {"sub": user, "aud": "authenticated", "exp": int(time.time()) + 600, **claims}
+    payload = {"sub": user, "aud": "authenticated", "exp": int(time.time()) + 86400, **claims}
     return {"Authorization": f"Bearer {jwt.encode(payload, SECRET, algorithm='HS256')}"}
 
 

@@ -55,7 +55,7 @@ class Key:
         return {**data, "kid": self.kid, "alg": self.algorithm, "use": "sig"}
 
     def sign(self, sub: str = "alice", **claims: Any) -> str:
-        payload = {"sub": sub, "aud": AUDIENCE, "exp": int(time.time()) + 600, **claims}
+        payload = {"sub": sub, "aud": AUDIENCE, "exp": int(time.time()) + 86400, **claims}
         return jwt.encode(payload, self.private, self.algorithm, headers={"kid": self.kid})
 
 
@@ -145,7 +145,7 @@ def refused(response: httpx.Response, status: int = 401) -> str:
 
 
 def hs256(sub: str = "alice", secret: str = SECRET, **claims: Any) -> str:
-    payload = {"sub": sub, "aud": AUDIENCE, "exp": int(time.time()) + 600, **claims}
+    payload = {"sub": sub, "aud": AUDIENCE, "exp": int(time.time()) + 86400, **claims}
     return jwt.encode(payload, secret, "HS256")
 
 

@@ -174,7 +174,7 @@ async def srv(start: Start) -> Running:
 
 
 def token(sub: str, **claims: Any) -> str:
-    payload = {"sub": sub, "aud": "authenticated", "exp": int(time.time()) + 3600, **claims}
+    payload = {"sub": sub, "aud": "authenticated", "exp": int(time.time()) + 86400, **claims}
     return jwt.encode(payload, SECRET, algorithm="HS256")
 
 

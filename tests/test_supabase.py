@@ -571,7 +571,7 @@ async def test_backend_connected_as_a_non_superuser_never_returns_other_users_da
 
 
 def token(sub: str, **claims: Any) -> str:
-    payload = {"sub": sub, "aud": "authenticated", "exp": int(time.time()) + 600, **claims}
+    payload = {"sub": sub, "aud": "authenticated", "exp": int(time.time()) + 86400, **claims}
     return jwt.encode(payload, SECRET, algorithm="HS256")
 
 

@@ -53,7 +53,7 @@ SECOND_COST = 0.002
 
 
 def bearer(user: str) -> dict[str, str]:
-    payload = {"sub": user, "aud": "authenticated", "exp": int(time.time()) + 3600}
+    payload = {"sub": user, "aud": "authenticated", "exp": int(time.time()) + 86400}
     return {"Authorization": f"Bearer {jwt.encode(payload, SECRET, algorithm='HS256')}"}
 
 

@@ -38,7 +38,7 @@ WRITE_TOOLS = ("add_task", "update_task", "delete_task", "save_memory")
 
 def bearer(user: str) -> dict[str, str]:
     """The Authorization header of a signed-in user (HS256 JWT, as Supabase issues)."""
-    payload = {"sub": user, "aud": "authenticated", "exp": int(time.time()) + 3600}
+    payload = {"sub": user, "aud": "authenticated", "exp": int(time.time()) + 86400}
     return {"Authorization": f"Bearer {jwt.encode(payload, SECRET, algorithm='HS256')}"}
 
 

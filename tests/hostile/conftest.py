@@ -261,7 +261,7 @@ async def make_runtime(backend: Backend) -> AsyncIterator[MakeRuntime]:
 
 def bearer(user: str, **claims: Any) -> dict[str, str]:
     """The Authorization header of a signed-in user (a Supabase-style HS256 JWT)."""
-    payload = {"sub": user, "aud": "authenticated", "exp": int(time.time()) + 3600, **claims}
+    payload = {"sub": user, "aud": "authenticated", "exp": int(time.time()) + 86400, **claims}
     return {"Authorization": f"Bearer {jwt.encode(payload, SECRET, algorithm='HS256')}"}
 
 

@@ -26,7 +26,7 @@ AGENT = example.AGENT
 
 
 def admin() -> dict[str, str]:
-    claims = {"sub": "root", "aud": "authenticated", "exp": int(time.time()) + 3600}
+    claims = {"sub": "root", "aud": "authenticated", "exp": int(time.time()) + 86400}
     token = jwt.encode({**claims, "chatwright_admin": True}, SECRET, algorithm="HS256")
     return {"Authorization": f"Bearer {token}"}
 

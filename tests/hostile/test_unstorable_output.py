@@ -178,7 +178,7 @@ async def test_integer_beyond_64_bits_is_a_tool_error_and_the_turn_goes_on(
 @pytest.mark.parametrize("subject", ["\ud800", "alice\udfff"])
 async def test_lone_surrogate_in_jwt_subject_is_401(make_server: MakeServer, subject: str) -> None:
     server = await make_server()
-    claims = {"sub": subject, "aud": "authenticated", "exp": int(time.time()) + 3600}
+    claims = {"sub": subject, "aud": "authenticated", "exp": int(time.time()) + 86400}
     token = jwt.encode(claims, SECRET, algorithm="HS256")
     answer: httpx.Response = await server.client.get(
         "/api/sessions", headers={"Authorization": f"Bearer {token}"}
