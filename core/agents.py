@@ -23,8 +23,10 @@ if TYPE_CHECKING:
 
 PROMPT_PLACEHOLDERS = frozenset({"memory", "custom_instructions"})
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$"
-MODEL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*:\S+$")
+MODEL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*:[^\s\x00-\x1f\x7f-\x9f]+\Z")
 MAX_HISTORY_WINDOW = 10_000
+SETTING_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,99}")
+"""A model setting's key: a keyword argument of the model's class."""
 MAX_PROMPT = 1_000_000
 """The most characters of a system prompt (some 250,000 tokens: more than a model reads)."""
 LIMITS = ("turn_timeout", "max_model_calls", "max_tool_calls", "history_tokens")
@@ -212,6 +214,13 @@ class AgentChanges(BaseModel):
     @classmethod
     def _settings(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         finite_only(value, "model_settings")
+        for key in value or {}:
+            # Each is a keyword argument of the model's class: a name, or no chat works.
+            if not SETTING_KEY.fullmatch(key):
+                raise ValueError(
+                    f"setting {key[:80]!r} is not a name a model takes (letters, digits and "
+                    "'_', not starting with a digit, at most 100 characters)"
+                )
         return value
 
     @field_validator("model")

@@ -24,7 +24,7 @@ import click
 from chatwright import hookimpl
 from chatwright.cli import AppContext, pass_app
 from chatwright.commands import inputs
-from chatwright.commands.output import echo_json, echo_list
+from chatwright.commands.output import echo_json, echo_list, printable
 from chatwright.errors import InvalidInputError, UnknownAgentError, not_utf8
 
 if TYPE_CHECKING:
@@ -219,7 +219,7 @@ def agents_show(app: AppContext, name: str, as_json: bool) -> None:
         echo_json(data)
         return
     for key in ("name", "model", "history_window", "created_at", "updated_at"):
-        click.echo(f"{key}: {data[key]}")
+        click.echo(f"{key}: {printable(str(data[key]))}")
     for key in (*LIMIT_OPTIONS, "summarize"):
         value = data.get(key)
         unset = f"none ({LIMIT_OPTIONS[key][3]})" if key in LIMIT_OPTIONS else None
@@ -227,7 +227,7 @@ def agents_show(app: AppContext, name: str, as_json: bool) -> None:
     click.echo(f"model_settings: {json.dumps(data['model_settings'])}")
     click.echo("system_prompt:")
     for line in data["system_prompt"].splitlines() or [""]:
-        click.echo(f"  {line}")
+        click.echo(f"  {printable(line)}")
     click.echo(f"tools: {len(data['tools'])}")
     for t in data["tools"]:
         state = "" if t["is_active"] else " (disabled)"

@@ -108,3 +108,30 @@ def test_a_name_a_disabled_row_holds_gets_advice_that_works() -> None:
     ok("tools", "set", str(row), "--name", "list_tasks_old")
     ok("tools", "copy", str(other), "--to", "assistant", "--name", name)
     assert sql("SELECT count(*) FROM agent_tools WHERE name = ?", (name,)) == [(1,)]
+
+
+def test_a_setting_key_or_model_no_model_takes_is_refused() -> None:
+    before = sql("SELECT model, model_settings FROM agents WHERE name = 'assistant'")
+    for args in (
+        ("--setting", "\x01=1"),
+        ("--setting", "max-tokens=5"),
+        ("--model", "openai:gpt\x1b[31mX"),
+        ("--model", "openai:gpt\n"),
+    ):
+        said = assert_error(run("agents", "set", "assistant", *args))
+        assert "setting" in said or "model" in said
+    assert sql("SELECT model, model_settings FROM agents WHERE name = 'assistant'") == before
+    ok("agents", "set", "assistant", "--setting", "max_tokens=5")
+
+
+def test_what_anyone_stored_is_printed_escaped() -> None:
+    sql(
+        "UPDATE agents SET model = ?, system_prompt = ? WHERE name = 'assistant'",
+        ("offline:x\x1b]0;owned\x07", "Hello\x1b[2J there\u2028\tand on"),
+    )
+    shown = ok("agents", "show", "assistant").output
+    listed = ok("agents", "list").output
+    for output in (shown, listed):
+        assert "\x1b" not in output and "\x07" not in output, output
+        assert "offline:x\\u001b]0;owned\\u0007" in output
+    assert "  Hello\\u001b[2J there\n  \tand on" in shown  # U+2028: a line of its own
