@@ -192,7 +192,10 @@ class RecordStore(Protocol):
         PreviewChangedError` with the fresh preview, writing nothing, unless it
         is the same. With ``audit``, append that entry (with the row ids and the
         images filled in) in the same transaction, so that a write is never
-        without its record. Errors as for :meth:`insert`/:meth:`update`/:meth:`delete`.
+        without its record; an update or delete that matched no row, or a create
+        refused because the row is outside the user's scope, is recorded with
+        outcome ``error`` and the words :func:`chatwright.approvals.unwritten` gives,
+        not ``ok``. Errors as for :meth:`insert`/:meth:`update`/:meth:`delete`.
         """
         ...
 
