@@ -139,6 +139,18 @@ class DatabaseErrors:
             raise locked() from error
         if isinstance(error, exc.ProgrammingError) or _statement_fault(reason):
             raise StorageError(f"the database rejected a statement; {DETAILS}") from error
+        if reason.startswith("attempt to write a readonly database"):
+            raise StorageError(
+                "the SQLite database cannot be written (the file or its directory is "
+                "read-only for this user, or storage.url opens it read-only); give this user "
+                "write access to both, or point storage.url at a file it may write"
+            ) from error
+        if reason.startswith("unable to open database file"):
+            raise StorageError(
+                "the SQLite database file cannot be opened (a directory, a path in a folder "
+                "that does not exist, or not readable by this user); point storage.url at a "
+                "SQLite file this user can read and write"
+            ) from error
         raise StorageError(f"the database is unavailable; {DETAILS}") from error
 
 

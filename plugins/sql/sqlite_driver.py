@@ -40,6 +40,13 @@ from sqlalchemy.dialects.sqlite.aiosqlite import (
     AsyncAdapt_aiosqlite_cursor,
     AsyncAdapt_aiosqlite_dbapi,
 )
+from sqlalchemy.util import concurrency
+
+# SQLAlchemy 2.1 names it await_, 2.0 await_only.
+await_: Any = getattr(concurrency, "await_", None) or getattr(concurrency, "await_only")  # noqa: B009
+
+STOP_WAIT = 2.0
+"""Seconds a connection that failed to open waits for its thread to stop."""
 
 Outcome = tuple[Any, list[Any], int, int | None]
 """What one statement gave: description, rows, row count, last row id."""
@@ -251,8 +258,16 @@ class OneHopDbapi(AsyncAdapt_aiosqlite_dbapi):
     """``aiosqlite`` as SQLAlchemy's dialect sees its DB-API, making :class:`OneHopConnection`."""
 
     def connect(self, *arg: Any, **kw: Any) -> OneHopConnection:
-        adapted = super().connect(*arg, **kw)
-        return OneHopConnection(self, adapted._connection)
+        connection = self.aiosqlite.connect(*arg, **kw)
+        connection._thread.daemon = True  # as SQLAlchemy's own dialect makes it
+        try:
+            return OneHopConnection(self, await_(connection))
+        except BaseException:
+            # A connection that failed to open asked its thread to stop, which answers
+            # on this event loop: let it while the loop is open (a command's loop closes
+            # right after its error, and the thread's answer was then a traceback).
+            connection._thread.join(STOP_WAIT)
+            raise
 
 
 def dbapi() -> OneHopDbapi | None:
