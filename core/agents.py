@@ -214,9 +214,10 @@ class AgentChanges(BaseModel):
     @classmethod
     def _settings(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         finite_only(value, "model_settings")
-        for key in value or {}:
+        for key, given in (value or {}).items():
             # Each is a keyword argument of the model's class: a name, or no chat works.
-            if not SETTING_KEY.fullmatch(key):
+            # A key given None is removed, whatever it is (one stored before this check).
+            if given is not None and not SETTING_KEY.fullmatch(key):
                 raise ValueError(
                     f"setting {key[:80]!r} is not a name a model takes (letters, digits and "
                     "'_', not starting with a digit, at most 100 characters)"

@@ -230,15 +230,21 @@ def unwritten(write: Write) -> str:
     return f"not found: no row of {write.table!r} matches {matched}"
 
 
+DIGITS_SHOWN = 4000
+"""A decimal of more digits than this (PostgreSQL's numeric holds 131,072) is shown as its
+text: Python writes no integer of over 4,300 digits, and a float would be infinite."""
+
+
 def json_default(value: Any) -> Any:
     """A database value JSON cannot spell, as a tool shows it: dates and times in ISO 8601,
     a decimal as the number it is (one no JSON number is, PostgreSQL's ``Infinity``,
-    ``-Infinity`` and ``NaN``, as that text), a UUID as text, bytes by their length."""
+    ``-Infinity`` and ``NaN``, or one of thousands of digits, as its text), a UUID as
+    text, bytes by their length."""
     if isinstance(value, datetime | date | time):
         return value.isoformat()
     if isinstance(value, decimal.Decimal):
-        if not value.is_finite():
-            return str(value)
+        if not value.is_finite() or abs(value.adjusted()) > DIGITS_SHOWN:
+            return str(value)  # no JSON number, or one of more digits than Python writes
         return int(value) if value == value.to_integral_value() else float(value)
     if isinstance(value, uuid.UUID):
         return str(value)

@@ -48,7 +48,9 @@ def read_text_file(path: Any, option: str) -> str:
         with open(path, "rb") as file:
             found = file.read(MAX_FILE_BYTES + 1)
         source = str(path)
-    if len(found) > MAX_FILE_BYTES:
+    if len(found) > MAX_FILE_BYTES or (
+        isinstance(found, str) and len(found.encode("utf-8", "surrogatepass")) > MAX_FILE_BYTES
+    ):
         raise InvalidInputError(
             f"{option} {source} is larger than {MAX_FILE_BYTES:,} bytes, more than any "
             "prompt or tool definition holds; give the file it should be"

@@ -50,7 +50,8 @@ WHY = {
     404: "Not found, or not the caller's.",
     409: "A conflict: the chat waits for decisions, the action was decided already or "
     "expired, the rows changed since the preview, or an undo would overwrite later changes.",
-    413: "The message or the request body is too large.",
+    413: "The message or the request body is too large (for an export: the bundle it "
+    "would write, which an import would refuse).",
     422: "The request is invalid: the error names each field at fault (a query parameter "
     "or a JSON key given twice included).",
     429: "The caller's token budget is spent (or would be by their other running turns): "

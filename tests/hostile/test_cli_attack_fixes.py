@@ -135,3 +135,69 @@ def test_what_anyone_stored_is_printed_escaped() -> None:
         assert "\x1b" not in output and "\x07" not in output, output
         assert "offline:x\\u001b]0;owned\\u0007" in output
     assert "  Hello\\u001b[2J there\n  \tand on" in shown  # U+2028: a line of its own
+
+
+def test_a_database_that_cannot_be_written_or_opened_says_what_to_do(workdir: Path) -> None:
+    read_only = f"sqlite+aiosqlite:///file:{workdir / 'chatwright.db'}?mode=ro&uri=true"
+    added = run("--database", read_only, "agents", "add", "x", "--model", "offline:x")
+    assert_error(added, "cannot be written", "write access")
+    (workdir / "adir").mkdir()
+    listed = run("--database", f"sqlite+aiosqlite:///{workdir / 'adir'}", "agents", "list")
+    assert_error(listed, "cannot be opened", "point storage.url at a SQLite file")
+
+
+def test_a_connection_that_failed_to_open_leaves_no_thread_behind(workdir: Path) -> None:
+    """Its thread answered the failed open's stop on the command's event loop, at times
+    after the loop had closed: a traceback on the terminal after the error."""
+    import asyncio
+    import threading
+
+    from chatwright.errors import StorageError
+    from tests.harness import storage_for
+
+    (workdir / "adir").mkdir()
+
+    async def attempt() -> None:
+        storage = storage_for(f"sqlite+aiosqlite:///{workdir / 'adir'}")
+        try:
+            async with storage.read():
+                pass
+        finally:
+            await storage.close()
+
+    for _ in range(5):
+        with pytest.raises(StorageError):
+            asyncio.run(attempt())
+        workers = [t for t in threading.enumerate() if "_connection_worker_thread" in t.name]
+        assert workers == [], workers
+
+
+def test_a_setting_key_stored_before_the_check_can_still_be_removed(workdir: Path) -> None:
+    sql("UPDATE agents SET model_settings = ? WHERE name = 'assistant'", ('{"max-tokens": 5}',))
+    ok("agents", "set", "assistant", "--setting", "max-tokens=null")
+    assert sql("SELECT model_settings FROM agents WHERE name = 'assistant'") == [("{}",)]
+    # Adding one is still refused.
+    assert_error(run("agents", "set", "assistant", "--setting", "max-tokens=5"), "max-tokens")
+
+
+def test_a_tool_file_is_bounded_in_bytes_not_characters(workdir: Path) -> None:
+    row = {"name": "t1", "type": "crud", "description": "é" * 3_000_000, "config": {}}
+    (workdir / "wide.json").write_text(json.dumps(row, ensure_ascii=False), encoding="utf-8")
+    said = assert_error(run("tools", "add", "--agent", "assistant", "--file", "wide.json"))
+    assert "wide.json is larger than 4,194,304 bytes" in said
+    assert sql("SELECT count(*) FROM agent_tools WHERE name = 't1'") == [(0,)]
+
+
+def test_numbers_of_thousands_of_digits_are_written_as_text() -> None:
+    from decimal import Decimal
+
+    from chatwright.approvals import compact_json
+
+    assert json.loads(compact_json({"a": Decimal("1e5000"), "b": Decimal("-1e-5000")})) == {
+        "a": "1E+5000",
+        "b": "-1E-5000",
+    }
+    assert json.loads(compact_json({"c": Decimal("12.50"), "d": Decimal("3")})) == {
+        "c": 12.5,
+        "d": 3,
+    }

@@ -178,7 +178,7 @@ async def copy_tool(tool_id: int, body: JsonObject, runtime: RuntimeDep, who: Ad
 @router.get(
     "/api/agents/{name}/export",
     responses={
-        **responses(*USER, 404, 422),
+        **responses(*USER, 404, 413, 422),
         200: {
             "model": BundleOut,
             "content": {"application/yaml": {"schema": {"type": "string"}}},
