@@ -7,7 +7,8 @@ chatwright can store, which of them the chat holds already (imported by an
 earlier run), and the rows to append, kept as the ids of the first and the
 last of them (:class:`Span`). The second read, when the plan is applied, appends
 those rows, :data:`APPEND_BATCH` messages to a statement. The memory an import
-takes grows with the number of chats, not of messages.
+takes grows with the number of chats, not of messages (a re-run also holds, for
+one chat at a time, a digest of each message the chat holds).
 
 A chat whose rows changed in the original between the two reads is still
 imported from the rows that are there: a row gone since is not appended, and a
@@ -184,13 +185,10 @@ class _ChatPlan:
                 self.item.skip(why)
 
     async def start(self, storage: Storage) -> None:
-        """Whether the chat holds messages already, to be matched with its rows."""
-        if (
-            self.item.action != "skip"
-            and self.chat is not None
-            and await storage.messages.window(self.user, self.chat, 1)
-        ):
-            self.stored = await _StoredIndex.read(storage, self.user, self.chat)
+        """The messages the chat holds already, if any, to be matched with its rows."""
+        if self.item.action != "skip" and self.chat is not None:
+            index = await _StoredIndex.read(storage, self.user, self.chat)
+            self.stored = index if index.count else None
 
     async def feed(self, row: Mapping[str, Any]) -> None:
         """Plan one more row of the chat.
