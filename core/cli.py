@@ -135,11 +135,26 @@ class AppContext:
             return None  # the storage backend says what is wrong with it
         if url.get_backend_name() != "sqlite":
             return None
-        database = url.database
-        if not database or database == ":memory:" or database.startswith("file:"):
-            return None  # in memory, or a URI filename SQLite resolves itself
+        database = sqlite_file(url.database, dict(url.query))
+        if database is None:
+            return None  # in memory
         path = Path(database)
         return None if path.exists() else path
+
+    def in_memory(self) -> bool:
+        """Whether ``storage.url`` names an in-memory SQLite database."""
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        if self.settings.storage.backend != "sql":
+            return False
+        try:
+            url = make_url(self.settings.storage.url)
+        except (ArgumentError, ValueError):
+            return False
+        if url.get_backend_name() != "sqlite":
+            return False
+        return sqlite_file(url.database, dict(url.query)) is None
 
     def require_database(self) -> None:
         """Refuse, without creating it, a SQLite database file that does not exist.
@@ -151,6 +166,12 @@ class AppContext:
         self.plugins.get(
             "register_storage_backends", settings.storage.backend, setting="storage.backend"
         )
+        if self.in_memory():
+            raise StorageError(
+                "storage.url names an in-memory SQLite database, which each command "
+                "starts empty and forgets when it ends; point --database or storage.url "
+                "at a file (sqlite:///chatwright.db) or a database server"
+            )
         path = self.missing_database()
         if path is not None:
             raise StorageError(
@@ -179,6 +200,28 @@ class AppContext:
                 await runtime.close()
 
         return run_async(main())
+
+
+def sqlite_file(database: str | None, query: dict[str, Any]) -> str | None:
+    """The file a SQLite URL's database names, or None for an in-memory database.
+
+    With ``uri=true``, a ``file:`` URI is read as SQLite reads it: its path, and
+    ``mode=memory`` for a database in memory.
+    """
+    if not database or database == ":memory:":
+        return None
+    if not database.startswith("file:") or str(query.get("uri", "")).lower() not in (
+        "true",
+        "1",
+    ):
+        return database
+    if str(query.get("mode", "")).lower() == "memory":
+        return None
+    path = database[len("file:") :].split("?", 1)[0].split("#", 1)[0]
+    if path.startswith("//"):  # an authority (empty or localhost), then the path
+        _, slash, rest = path[2:].partition("/")
+        path = slash + rest
+    return path or None
 
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:

@@ -202,7 +202,10 @@ def bound(name: str, value: str, *, end: bool = False) -> datetime:
         parsed = datetime.fromisoformat(text)
         return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
     except OverflowError:
-        raise InvalidInputError(f"{name} {value[:40]!r} is out of range") from None
+        raise InvalidInputError(
+            f"{name} {value[:40]!r} is out of range: give a date or time from "
+            "0001-01-01 to 9999-12-30 (UTC)"
+        ) from None
     except ValueError:
         raise InvalidInputError(
             f"{name} {value[:40]!r} is not a date or a time: give an ISO 8601 date "

@@ -10,7 +10,10 @@
 - ``chat -m`` took bytes that are not UTF-8 and stored U+FFFD in their place, where
   every other option refuses them;
 - a tool name taken by a disabled row was refused with advice to disable the old
-  row, which frees nothing.
+  row, which frees nothing;
+- an in-memory SQLite database was "not initialised; run db upgrade", advice that
+  cannot work (each command starts on an empty one), and a ``file:`` URI of a file
+  that does not exist was created by a command that only reads.
 """
 
 from __future__ import annotations
@@ -201,3 +204,29 @@ def test_numbers_of_thousands_of_digits_are_written_as_text() -> None:
         "c": 12.5,
         "d": 3,
     }
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["sqlite:///:memory:", "sqlite://", "sqlite:///file:kept?mode=memory&cache=shared&uri=true"],
+)
+def test_an_in_memory_database_is_refused_with_advice_that_works(url: str) -> None:
+    # Each command would start on an empty database: "run db upgrade" could never help.
+    said = assert_error(run("--database", url, "agents", "list"), "in-memory", "a file")
+    assert "db upgrade" not in said
+
+
+def test_a_file_uri_of_a_missing_file_is_not_created_by_a_reading_command(
+    workdir: Path,
+) -> None:
+    missing = workdir / "elsewhere.db"
+    for url in (
+        f"sqlite:///file:{missing}?uri=true",
+        f"sqlite:///file://{missing}?mode=rw&uri=true",
+    ):
+        assert_error(run("--database", url, "agents", "list"), "there is no database at")
+        assert not missing.exists()
+    # An existing file named by a URI is read.
+    existing = workdir / "chatwright.db"
+    listed = ok("--database", f"sqlite:///file:{existing}?uri=true", "agents", "list")
+    assert "assistant" in listed.stdout

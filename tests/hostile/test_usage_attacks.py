@@ -97,8 +97,11 @@ async def test_malformed_ranges_get_422_naming_the_parameter(make_server: Any) -
             message = assert_error_body(answer, 422)
             assert name in message, (value, message)
     # A date at the end of the calendar, as an end (the day after it does not exist).
-    answer = await server.client.get("/api/usage", params={"until": "9999-12-31"}, headers=user)
-    assert "until" in assert_error_body(answer, 422)
+    for name, value in (("until", "9999-12-31"), ("since", "0001-01-01T00:00:00+05:00")):
+        answer = await server.client.get("/api/usage", params={name: value}, headers=user)
+        message = assert_error_body(answer, 422)
+        # It names the option and the range that works.
+        assert name in message and "from 0001-01-01 to 9999-12-30" in message, message
     inverted = {"since": "2026-12-01", "until": "2026-11-01T00:00:00Z"}
     answer = await server.client.get("/api/usage", params=inverted, headers=user)
     message = assert_error_body(answer, 422)
