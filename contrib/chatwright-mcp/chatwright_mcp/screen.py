@@ -26,9 +26,10 @@ class ToolScreen:
     listing: it notes the ids of ``tools/list`` requests on their way out, and
     takes each tool the protocol version's own check refuses out of their
     answers before the session reads them. A screen that ``records`` (a listing's)
-    keeps what it took out in :attr:`left_out`, as the tool's name (or its place in
-    the page) and why; a call's connection, which the session lists again before
-    each result it checks, records nothing, so that its memory stays the same over
+    keeps what it took out in :attr:`left_out`, as the tool's name (or its place:
+    which page of the listing, where in it) and why; a call's connection, which
+    the session lists again before each result it checks, records nothing, so that
+    its memory stays the same over
     any number of calls.
     """
 
@@ -38,6 +39,7 @@ class ToolScreen:
         self.records = records
         self.left_out: list[tuple[str, str]] = []
         self._asked: set[str | int] = set()
+        self._pages = 0  # pages of tools answered so far, when it records
 
     def outgoing(self, message: SessionMessage) -> None:
         import mcp_types
@@ -61,13 +63,15 @@ class ToolScreen:
         tools = answer.result.get("tools")
         if self.version is None or not isinstance(tools, list):
             return message  # the session's own check says what is wrong
+        self._pages += self.records
         refused = self._refused(answer.result)
         if not refused:
             return message
         for index, reason in sorted(refused.items()) if self.records else ():
             entry = tools[index]
             name = entry.get("name") if isinstance(entry, dict) else None
-            shown = name if isinstance(name, str) else f"#{index + 1} of its page"
+            # A tool without a name is told apart by its place: which page, where in it.
+            shown = name if isinstance(name, str) else f"#{index + 1} of page {self._pages}"
             self.left_out.append((shown, reason))
         kept = [entry for index, entry in enumerate(tools) if index not in refused]
         answer.result = {**answer.result, "tools": kept}

@@ -39,6 +39,21 @@ def test_a_listing_screen_records_each_tool_it_leaves_out() -> None:
     assert "properties" in screen.left_out[0][1]
 
 
+def test_tools_without_a_name_on_two_pages_are_told_apart() -> None:
+    screen = ToolScreen(records=True)
+    screen.version = VERSION
+    unnamed = {"inputSchema": {"type": "object"}}
+    for request_id in (1, 2):
+        page = (
+            {"tools": [GOOD, unnamed], "nextCursor": "more"}
+            if request_id == 1
+            else {"tools": [unnamed]}
+        )
+        answer = mcp_types.JSONRPCResponse(jsonrpc="2.0", id=request_id, result=page)
+        listed(screen, request_id, answer)
+    assert [name for name, _ in screen.left_out] == ["#2 of page 1", "#1 of page 2"]
+
+
 def test_a_calls_screen_stays_the_same_size_over_any_number_of_listings() -> None:
     screen = ToolScreen()
     screen.version = VERSION
