@@ -231,7 +231,7 @@ def agents_show(app: AppContext, name: str, as_json: bool) -> None:
     click.echo(f"tools: {len(data['tools'])}")
     for t in data["tools"]:
         state = "" if t["is_active"] else " (disabled)"
-        click.echo(f"  #{t['id']} {t['name']} [{t['type']}]{state}")
+        click.echo(f"  #{t['id']} {printable(t['name'])} [{printable(t['type'])}]{state}")
 
 
 @agents.command("add")

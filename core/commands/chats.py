@@ -11,7 +11,6 @@ cannot move the cursor or recolour the terminal.
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +19,7 @@ import click
 from chatwright import hookimpl
 from chatwright.cli import AppContext, pass_app
 from chatwright.commands import inputs
-from chatwright.commands.output import echo_json, echo_table
+from chatwright.commands.output import echo_json, echo_table, escaped
 
 if TYPE_CHECKING:
     from chatwright.conversations import ChatPage, Transcript
@@ -30,12 +29,11 @@ if TYPE_CHECKING:
 LOCAL_USER = "local"
 LONGEST_RESULT = 500
 """Most characters of a tool result ``show`` prints (``--json`` has them whole)."""
-# Controls but tab and newline, DEL, C1 controls and the Unicode line separators.
-_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def _safe(text: str) -> str:
-    return _UNSAFE.sub(lambda m: f"\\u{ord(m[0]):04x}", text)
+    """A message's text for the terminal: :func:`escaped`, its lines and tabs kept."""
+    return escaped(text, "\t\n")
 
 
 def _json(value: Any) -> str:

@@ -14,15 +14,32 @@ def echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False))
 
 
-_UNPRINTABLE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
-"""What a terminal would act on (an escape sequence's ESC or CSI, a line break), but tab."""
+_TERMINAL_ACTS = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u2028\u2029\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
+)
+"""What a terminal acts on rather than shows: the C0 and C1 controls (an escape
+sequence's ESC or CSI, line breaks), DEL, the Unicode line separators, the
+bidirectional controls (which reorder what follows on the line, so that a value
+can make the line read otherwise) and lone surrogates (which no terminal encoding
+can write)."""
+
+
+def escaped(text: str, keep: str = "") -> str:
+    """``text`` with each character a terminal would act on (:data:`_TERMINAL_ACTS`)
+    written as its ``\\uXXXX`` escape, but those in ``keep``: a value stored by anyone (a
+    prompt, a tool's name, a row of an original database) cannot clear the screen,
+    colour what follows, reorder a line or fake one."""
+
+    def one(found: re.Match[str]) -> str:
+        char = found[0]
+        return char if char in keep else f"\\u{ord(char):04x}"
+
+    return _TERMINAL_ACTS.sub(one, text)
 
 
 def printable(text: str) -> str:
-    """``text`` with each character a terminal would act on written as its escape: a value
-    stored by anyone (an agent's prompt, a tool's name) cannot clear the screen, colour
-    what follows or fake a line of the output."""
-    return _UNPRINTABLE.sub(lambda m: f"\\u{ord(m[0]):04x}", text)
+    """``text`` for one cell or line of output: :func:`escaped`, tabs kept."""
+    return escaped(text, "\t")
 
 
 def echo_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:

@@ -9,7 +9,6 @@ too, since ``chatwright chat`` shows them the same way before it asks.
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -19,7 +18,7 @@ import click
 from chatwright import hookimpl
 from chatwright.cli import AppContext, pass_app
 from chatwright.commands import inputs
-from chatwright.commands.output import echo_json
+from chatwright.commands.output import echo_json, escaped
 from chatwright.errors import NotFoundError, PreviewChangedError
 
 if TYPE_CHECKING:
@@ -29,7 +28,6 @@ if TYPE_CHECKING:
 DECIDED_BY = "cli"
 """Who decided, in the audit log, when ``--by`` names no one."""
 LONGEST_VALUE = 60
-_UNSAFE = re.compile("[\x7f-\x9f\u2028\u2029]")
 MOST_LISTED = 100
 """Most actions ``pending list`` prints (the oldest first)."""
 
@@ -40,11 +38,11 @@ MOST_LISTED = 100
 def _json(value: Any) -> str:
     """JSON for a terminal: what a row or a model wrote cannot move the cursor or recolour.
 
-    ``json.dumps`` escapes the C0 controls (ESC included); DEL, the C1 controls
-    (CSI is one) and the Unicode line separators are escaped here.
+    ``json.dumps`` escapes the C0 controls (ESC included); the rest a terminal acts on
+    (DEL, the C1 controls, CSI among them, the line separators, the bidirectional
+    controls) is escaped here.
     """
-    text = json.dumps(value, ensure_ascii=False, default=str)
-    return _UNSAFE.sub(lambda m: f"\\u{ord(m[0]):04x}", text)
+    return escaped(json.dumps(value, ensure_ascii=False, default=str))
 
 
 def _value(value: Any) -> str:

@@ -18,7 +18,7 @@ from chatwright.approvals import (
 )
 from chatwright.cli import AppContext, pass_app
 from chatwright.commands import inputs
-from chatwright.commands.output import echo_json, echo_list, yes_no
+from chatwright.commands.output import echo_json, echo_list, printable, yes_no
 from chatwright.errors import InvalidInputError, UnknownAgentError, not_utf8
 
 if TYPE_CHECKING:
@@ -181,9 +181,10 @@ def tools_check(app: AppContext, agent: str | None, as_json: bool) -> None:
     for r in [] if as_json else reports:
         state = "ok  " if r["ok"] else "BAD "
         off = "" if r["active"] else " (disabled)"
-        click.echo(f"{state} #{r['id']} {r['agent']}/{r['name']} [{r['type']}]{off}")
+        where = printable(f"{r['agent']}/{r['name']} [{r['type']}]")
+        click.echo(f"{state} #{r['id']} {where}{off}")
         for problem in r["problems"]:
-            click.echo(f"       {problem}")
+            click.echo(f"       {printable(problem)}")
     bad = [r for r in reports if not r["ok"]]
     if bad:
         if not as_json:

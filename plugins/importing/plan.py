@@ -155,17 +155,15 @@ class Plan:
         }
 
 
-_UNSHOWN = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
-"""What a report writes as an escape: controls (line breaks and tabs too: a report's
-entry is one line), the Unicode line separators, and lone surrogates."""
-
-
 def shown(text: str) -> str:
     """``text`` with each character a terminal would act on or no database takes (a control,
-    an escape sequence's ESC or CSI, a line break, a NUL, a lone surrogate) written as its
-    escape: a report naming a row's value can always be printed, and the original's data
-    cannot clear the operator's screen or fake a line of the report."""
-    return _UNSHOWN.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    an escape sequence's ESC or CSI, a line break or tab, a bidirectional control, a lone
+    surrogate) written as its escape (:func:`chatwright.commands.output.escaped`): a
+    report naming a row's value can always be printed, each entry is one line, and the
+    original's data cannot clear the operator's screen or fake a line of the report."""
+    from chatwright.commands.output import escaped
+
+    return escaped(text)
 
 
 def _unstorable(**fields: Any) -> str | None:

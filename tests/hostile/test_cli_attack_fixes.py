@@ -230,3 +230,29 @@ def test_a_file_uri_of_a_missing_file_is_not_created_by_a_reading_command(
     existing = workdir / "chatwright.db"
     listed = ok("--database", f"sqlite:///file:{existing}?uri=true", "agents", "list")
     assert "assistant" in listed.stdout
+
+
+def test_bidirectional_controls_and_row_values_are_printed_escaped() -> None:
+    # A right-to-left override makes the rest of a line read backwards; a table named
+    # in a tool row reaches `tools check`'s problem text.
+    sql(
+        "UPDATE agent_tools SET name = ?, type = ?, config = ? WHERE id = 3",
+        ("evil\u202etxt.exe", "crud\x1b[8m", '{"table": "gone\\u2066\\u001b[2J"}'),
+    )
+    sql("UPDATE agents SET system_prompt = ? WHERE name = 'assistant'", ("a\u200fb\u061cc",))
+    shown = ok("agents", "show", "assistant").output
+    listed = run("tools", "list", "--agent", "assistant").output
+    checked = run("tools", "check").output
+    for output in (shown, listed, checked):
+        assert not any(c in output for c in "\u202e\u2066\u200f\u061c\x1b"), output
+        assert "evil\\u202etxt.exe" in output
+    assert "a\\u200fb\\u061cc" in shown
+    assert "crud\\u001b[8m" in shown and "crud\\u001b[8m" in checked
+
+
+def test_the_import_report_escapes_what_a_terminal_would_act_on() -> None:
+    from chatwright.plugins.importing.plan import shown
+
+    assert shown("user\u202e1\u2069\t\x1b[2J\ud800") == (
+        "user\\u202e1\\u2069\\u0009\\u001b[2J\\ud800"
+    )
