@@ -29,6 +29,7 @@ SECRET_WORDS = frozenset(
         "passwd",
         "passphrase",
         "passphrases",
+        "sslpassword",
         "secret",
         "secrets",
         "token",
@@ -125,7 +126,7 @@ def secret_parameters(url: str) -> list[str]:
     return [name for name in found if name is not None]
 
 
-def _hide_parameters(url: str) -> str:
+def hide_parameters(url: str) -> str:
     """``url`` with the values of its :func:`secret_parameters` hidden."""
     from urllib.parse import urlsplit, urlunsplit
 
@@ -151,8 +152,8 @@ def hide_url(value: str) -> str:
     try:
         # Before: a fragment would be read as part of the path. After: the query as
         # rendered, its hidden values shown unquoted.
-        shown = make_url(_hide_parameters(value)).render_as_string(hide_password=True)
-        return _hide_parameters(shown)
+        shown = make_url(hide_parameters(value)).render_as_string(hide_password=True)
+        return hide_parameters(shown)
     except Exception:
         return "<unparseable URL hidden>"
 

@@ -88,7 +88,12 @@ def refused_query(url: URL, error: Exception, setting: str = "storage.url") -> S
 
 
 def redact(url: URL) -> str:
-    return url.render_as_string(hide_password=True)
+    """``url`` for messages, logs and the health answer: its password hidden, in its
+    user part or as a query parameter (``?password=``), and every other credential
+    parameter (:func:`chatwright.redaction.hide_url`)."""
+    from chatwright.redaction import hide_url
+
+    return hide_url(url.render_as_string(hide_password=False))
 
 
 def sqlite_engine(url: URL, *, busy_timeout: float, echo: bool) -> AsyncEngine:

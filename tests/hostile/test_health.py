@@ -10,6 +10,7 @@ admins only.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import jwt
 import pytest
@@ -60,3 +61,23 @@ async def test_a_database_that_is_down_is_not_described_to_anyone(
     details = await server.client.get("/api/health", headers=admin())
     assert details.status_code == 503
     assert details.json()["error"] == secret_detail
+
+
+async def test_a_password_given_as_a_query_parameter_is_not_shown(
+    make_server: MakeServer, backend: Any
+) -> None:
+    # libpq takes `?password=` as well as `user:password@`; both are credentials.
+    if backend.name == "sqlite":
+        pytest.skip("a SQLite URL holds no password")
+    from sqlalchemy.engine import make_url
+
+    url = make_url(backend.url)
+    with_password = url.update_query_dict({"password": "hunter2-in-the-query"})
+    storage = {"url": with_password.render_as_string(hide_password=False)}
+    server = await make_server(storage=storage)
+    where = server.runtime.storage.description
+    assert "hunter2" not in where and "password=**********" in where
+    details = await server.client.get("/api/health", headers=admin())
+    assert details.status_code == 200, details.text
+    assert "hunter2" not in details.text
+    assert details.json()["database"] == where

@@ -68,14 +68,17 @@ class RedisConfig:
 
 
 def redact(url: str) -> str:
-    """The URL with its password, if any, replaced by ``***`` (for messages)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    if parts.port is not None:
-        host += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    """The URL for messages and logs: a password in its user part replaced by ``***``,
+    and the values of its credential query parameters (``?password=``, the only way to
+    give one to a ``unix://`` socket) hidden. A URL that does not parse is hidden whole."""
+    from chatwright.redaction import hide_parameters
+
+    try:
+        parts = urlsplit(url)
+        userinfo, at, host = parts.netloc.rpartition("@")
+        if at and ":" in userinfo:
+            user = userinfo.partition(":")[0]
+            parts = parts._replace(netloc=f"{user}:***@{host}")
+        return hide_parameters(urlunsplit(parts))
+    except ValueError:
+        return "<a URL that does not parse, hidden>"

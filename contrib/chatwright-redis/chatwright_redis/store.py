@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import logging
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -51,6 +52,8 @@ from typing import Any, cast
 from urllib.parse import quote, unquote
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
@@ -60,6 +63,9 @@ from chatwright.errors import InvalidInputError, NotFoundError, SettingsError, S
 from chatwright.stores import ChatSession
 from chatwright_redis import scripts
 from chatwright_redis.config import URL_VARIABLE, redact
+
+log = logging.getLogger(__name__)
+DETAILS = "the server log has the details"
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -170,7 +176,16 @@ class RedisSessionStore:
         :param source: where ``url`` was set (a setting, a variable), named in errors.
         """
         try:
-            client = aioredis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5.0)
+            # A command on a connection the server dropped (it restarted) is sent once
+            # more on a new one, rather than failing the request. Each script is safe to
+            # run twice: the ids it writes come with the call.
+            client = aioredis.Redis.from_url(
+                url,
+                decode_responses=True,
+                socket_connect_timeout=5.0,
+                retry=Retry(NoBackoff(), 1),
+                retry_on_error=[RedisConnectionError],
+            )
         except ValueError as exc:
             raise SettingsError(
                 f"{source} = {redact(url)!r} is not a Redis URL ({exc}); "
@@ -186,16 +201,26 @@ class RedisSessionStore:
 
     @contextmanager
     def _reaching(self) -> Iterator[None]:
-        """Turn redis-py's errors into a :class:`StorageError` that names the server."""
+        """Turn redis-py's errors into a :class:`StorageError`.
+
+        The error says what failed and no more: the HTTP API answers it to whoever
+        asked. Where the server is, what it said and which setting points at it go to
+        the log (which the CLI prints above its error line).
+        """
         try:
             yield
         except (RedisConnectionError, RedisTimeoutError) as exc:
-            raise StorageError(
-                f"cannot reach the session store, {self.description} ({exc}); start Redis "
-                f"there or point {self._source} at it"
-            ) from exc
+            log.warning(
+                "chatwright: cannot reach the session store, %s (%s); start Redis there "
+                "or point %s at it",
+                self.description,
+                exc,
+                self._source,
+            )
+            raise StorageError(f"the session store (Redis) cannot be reached; {DETAILS}") from exc
         except RedisError as exc:
-            raise StorageError(f"the session store, {self.description}, failed: {exc}") from exc
+            log.warning("chatwright: the session store, %s, failed: %s", self.description, exc)
+            raise StorageError(f"the session store (Redis) failed; {DETAILS}") from exc
 
     def _user_args(self, user_id: str) -> list[str | int]:
         return [self._keys.prefix, user_id, _now(), self._ttl_ms]

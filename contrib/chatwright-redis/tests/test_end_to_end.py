@@ -149,16 +149,24 @@ async def test_a_turn_through_the_server(
     assert sqlite_rows(tmp_path / "r.db", "SELECT count(*) FROM chat_sessions") == [(0,)]
 
 
-async def test_an_unreachable_redis_is_a_503_naming_it(
-    settings: Settings, plugins: Plugins, monkeypatch: pytest.MonkeyPatch
+async def test_an_unreachable_redis_is_a_503_that_describes_nothing_of_the_deployment(
+    settings: Settings,
+    plugins: Plugins,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    monkeypatch.setenv("CHATWRIGHT_REDIS_URL", "redis://127.0.0.1:1/0")
+    # A password given in the query (the only way for a unix:// socket) is a secret too.
+    monkeypatch.setenv("CHATWRIGHT_REDIS_URL", "redis://127.0.0.1:1/0?password=hunter2")
     async with serving(settings, plugins) as (app, client):
         await example.seed(app.state.runtime.storage, "offline:assistant")
         opened = await client.post("/api/sessions", json={"agent_name": AGENT})
         assert opened.status_code == 503
-        assert "127.0.0.1:1" in opened.json()["error"]
-        assert "CHATWRIGHT_REDIS_URL" in opened.json()["error"]
+        error = opened.json()["error"]
+        assert error.startswith("the session store (Redis) cannot be reached")
+        assert "127.0.0.1" not in error and "hunter2" not in error
+        # The operator finds where, and what to change, in the server log.
+        assert "127.0.0.1:1" in caplog.text and "CHATWRIGHT_REDIS_URL" in caplog.text
+        assert "hunter2" not in caplog.text
 
 
 async def test_chats_are_listed_with_their_agents_from_redis(
