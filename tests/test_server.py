@@ -594,6 +594,9 @@ async def test_config_health_page_and_openapi(srv: Running) -> None:
 
 
 async def test_healthz_answers_503_when_the_database_is_gone(srv: Running) -> None:
+    before = await metrics(srv.client)
+    assert before["chatwright_database_up"] == 1
+    assert before["chatwright_active_sessions"] == 0
     await srv.runtime.storage.close()  # the engine is disposed: the next connect fails
     path = srv.runtime.storage.url.database  # type: ignore[attr-defined]
     os.remove(path)
@@ -601,7 +604,21 @@ async def test_healthz_answers_503_when_the_database_is_gone(srv: Running) -> No
     response = await srv.client.get("/healthz")
     assert response.status_code == 503
     assert response.json()["status"] == "unavailable" and response.json()["error"]
+    # The metrics are still scraped: all but what the database would have said.
+    during = await metrics(srv.client)
+    assert during["chatwright_database_up"] == 0
+    assert "chatwright_active_sessions" not in during
+    assert during["chatwright_cache_builds_total"] == before["chatwright_cache_builds_total"]
     os.rmdir(path)
+
+
+async def test_health_and_metrics_answer_head(srv: Running) -> None:
+    # Load balancers and probes that ask HEAD get the GET's status and headers, no body.
+    for path, kind in (("/healthz", "application/json"), ("/metrics", "text/plain")):
+        answer = await srv.client.head(path)
+        assert answer.status_code == 200, (path, answer.status_code)
+        assert answer.headers["content-type"].startswith(kind)
+        assert answer.content == b""
 
 
 async def test_metrics_count_cache_turns_sessions_and_evictions(srv: Running) -> None:

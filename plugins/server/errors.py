@@ -281,5 +281,12 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        from chatwright.plugins.server.headers import error_headers
+
         log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return error_response(f"internal error ({type(exc).__name__}); see the server log", 500)
+        # Sent from outside every middleware: the security headers are added here.
+        return error_response(
+            f"internal error ({type(exc).__name__}); see the server log",
+            500,
+            error_headers(request.scope),
+        )

@@ -12,7 +12,9 @@ stream does).
 
 :class:`SecurityHeaders` is a pure ASGI middleware around everything else,
 so that error answers of the other middlewares carry them too. A header the
-answer already has is left as it is.
+answer already has is left as it is. The one answer it cannot see is a 500
+for an unexpected error, which Starlette sends from outside every middleware:
+that handler adds them itself (:func:`error_headers`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,23 @@ EVERY_ANSWER = (
 PRIVATE = (b"cache-control", b"no-store")
 
 
+def is_private(scope: Scope) -> bool:
+    """Whether the request is for the API (``/api/``), under any root path the server is
+    mounted at (``uvicorn --root-path``, whose prefix the path holds)."""
+    path = str(scope.get("path", ""))
+    root = str(scope.get("root_path", "")).rstrip("/")
+    if root and path.startswith(root + "/"):
+        path = path[len(root) :]
+    return path.startswith("/api/")
+
+
+def error_headers(scope: Scope) -> dict[str, str]:
+    """The headers of :class:`SecurityHeaders`, for an answer it does not see: the one
+    Starlette's outermost error handler sends for an unexpected error."""
+    pairs = [*EVERY_ANSWER, PRIVATE] if is_private(scope) else list(EVERY_ANSWER)
+    return {name.decode(): value.decode() for name, value in pairs}
+
+
 class SecurityHeaders:
     """Adds :data:`EVERY_ANSWER` to each answer, and :data:`PRIVATE` to those of ``/api/``."""
 
@@ -41,7 +60,7 @@ class SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        private = str(scope.get("path", "")).startswith("/api/")
+        private = is_private(scope)
 
         async def sending(message: Message) -> None:
             if message["type"] == "http.response.start":

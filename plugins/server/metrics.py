@@ -136,8 +136,12 @@ class ServerMetrics:
         self.sessions_swept.inc(deactivated)
         self.sweep_seconds.observe(seconds)
 
-    def render(self, *, active_sessions: int) -> str:
-        """The Prometheus text: every worker's values added up in multiprocess mode."""
+    def render(self, *, active_sessions: int | None) -> str:
+        """The Prometheus text: every worker's values added up in multiprocess mode.
+
+        :param active_sessions: from the database; None when it did not answer, and
+            the sample is then left out (``chatwright_database_up`` says 0).
+        """
         if multiprocess():
             registry = CollectorRegistry()
             # prometheus-client leaves this constructor unannotated.
@@ -145,9 +149,14 @@ class ServerMetrics:
         else:
             registry = self.registry
         # Asked from the database, the same in every worker: not a per-process value.
+        up = active_sessions is not None
         sessions = [
+            "# HELP chatwright_database_up Whether the database answered this scrape.",
+            "# TYPE chatwright_database_up gauge",
+            f"chatwright_database_up {int(up)}",
             "# HELP chatwright_active_sessions Active chat sessions in the database.",
             "# TYPE chatwright_active_sessions gauge",
-            f"chatwright_active_sessions {active_sessions}",
         ]
+        if up:
+            sessions.append(f"chatwright_active_sessions {active_sessions}")
         return generate_latest(registry).decode() + "\n".join(sessions) + "\n"

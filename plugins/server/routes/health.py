@@ -69,7 +69,22 @@ async def health_detail(runtime: RuntimeDep, who: User) -> HealthDetail | JSONRe
     responses={200: {"description": "Prometheus text exposition format."}},
 )
 async def prometheus(runtime: RuntimeDep, metrics: MetricsDep) -> PrometheusResponse:
-    """Cache counters, active sessions, turn outcomes and latency."""
+    """Cache counters, active sessions, turn outcomes and latency.
+
+    A database that does not answer leaves out only the active sessions (and sets
+    ``chatwright_database_up`` to 0): an outage is when the other values matter most.
+    """
     metrics.sync(runtime.cache.stats, len(runtime.cache))
-    text = metrics.render(active_sessions=await runtime.storage.sessions.count_active())
-    return PrometheusResponse(text)
+    try:
+        active: int | None = await runtime.storage.sessions.count_active()
+    except ChatwrightError:
+        active = None
+    return PrometheusResponse(metrics.render(active_sessions=active))
+
+
+# Load balancers and probes that ask HEAD: the GET's status and headers (uvicorn sends
+# no body). Left out of the OpenAPI document, which would list each a second time.
+for _path, _endpoint in (("/healthz", healthz), ("/metrics", prometheus)):
+    router.add_api_route(
+        _path, _endpoint, methods=["HEAD"], include_in_schema=False, response_model=None
+    )
