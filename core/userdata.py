@@ -61,6 +61,13 @@ USER_TABLES = (
 )
 """The framework tables holding a user's rows: the keys of ``UserArchive.tables``."""
 
+KEPT_TOTALS = (
+    "the totals of the current day and month are kept: they are what the user's token "
+    "budget counts (an operator's `chatwright users erase` deletes them)"
+)
+KEPT_BUDGET = "kept: the operator's override of the user's token budget"
+KEPT_RESERVATIONS = "kept until they expire: what the user's last turns are assumed to spend"
+
 ERASED_USER = "(erased user)"
 """The ``user_id`` of the audit entry that records an erasure (the user's own id is gone)."""
 
@@ -179,12 +186,20 @@ class UserDataStore(Protocol):
         """
         ...
 
-    async def erase(self, user_id: str, *, requested_by: str) -> ErasureReport:
+    async def erase(
+        self, user_id: str, *, requested_by: str, keep_budget: bool = False
+    ) -> ErasureReport:
         """Delete every row of the user's in one transaction; the counts per table.
 
         Refused with :class:`~chatwright.errors.ChatBusyError` while a turn of one of
         the user's chats runs. The erasure itself is recorded in the audit log under
         :data:`ERASED_USER`, with the counts and ``requested_by`` but no personal data.
+
+        :param keep_budget: keep what the user's token budget counts, the totals of
+            the current day and month, with the running turns' reservations and the
+            user's budget override (listed in the report's ``skipped``, with why), so
+            that erasing their own data does not lift their budget. An erasure the
+            user asks for keeps them.
         """
         ...
 
@@ -212,7 +227,9 @@ class NoUserData:
     async def export(self, user_id: str, *, max_rows: int | None = None) -> UserArchive:
         raise self._refuse()
 
-    async def erase(self, user_id: str, *, requested_by: str) -> ErasureReport:
+    async def erase(
+        self, user_id: str, *, requested_by: str, keep_budget: bool = False
+    ) -> ErasureReport:
         raise self._refuse()
 
     async def delete_chat(self, user_id: str, chat_id: uuid.UUID) -> ErasureReport:
@@ -368,8 +385,12 @@ class JoinedUserData:
             raise TooLargeError(too_many(max_rows))
         return replace(archive, tables={**archive.tables, "chat_sessions": rows})
 
-    async def erase(self, user_id: str, *, requested_by: str) -> ErasureReport:
-        report = await self.backend.erase(user_id, requested_by=requested_by)
+    async def erase(
+        self, user_id: str, *, requested_by: str, keep_budget: bool = False
+    ) -> ErasureReport:
+        report = await self.backend.erase(
+            user_id, requested_by=requested_by, keep_budget=keep_budget
+        )
         count = await erase_sessions(self.sessions, user_id)
         tables = dict(report.tables)
         tables["chat_sessions"] = tables.get("chat_sessions", 0) + count

@@ -75,8 +75,14 @@ def _write(data: dict[str, Any], file: Any) -> None:
 @click.argument("user")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
+@click.option(
+    "--keep-budget",
+    is_flag=True,
+    help="Keep what USER's token budget counts (this day's and month's totals, their "
+    "budget override), as an erasure USER asks for over HTTP does.",
+)
 @pass_app
-def users_erase(app: AppContext, user: str, yes: bool, as_json: bool) -> None:
+def users_erase(app: AppContext, user: str, yes: bool, as_json: bool, keep_budget: bool) -> None:
     """Delete everything of USER's, in one transaction; print the rows deleted per table.
 
     The erasure is recorded in the audit log, with the counts and without the user id.
@@ -95,7 +101,9 @@ def users_erase(app: AppContext, user: str, yes: bool, as_json: bool) -> None:
     async def work(runtime: Runtime) -> ErasureReport:
         from chatwright.userdata import user_data_of
 
-        return await user_data_of(runtime.storage).erase(user, requested_by="operator")
+        return await user_data_of(runtime.storage).erase(
+            user, requested_by="operator", keep_budget=keep_budget
+        )
 
     report = app.run(work)
     if as_json:

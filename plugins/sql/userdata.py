@@ -46,8 +46,12 @@ from chatwright.plugins.sql.audit import insert_audit
 from chatwright.plugins.sql.records import column_kind, reflect_table
 from chatwright.plugins.sql.sessions import SESSIONS
 from chatwright.plugins.sql.turn_statements import unless_held
+from chatwright.usage import day_of, month_of
 from chatwright.userdata import (
     ERASED_USER,
+    KEPT_BUDGET,
+    KEPT_RESERVATIONS,
+    KEPT_TOTALS,
     USER_TABLES,
     CrudScope,
     ErasureReport,
@@ -89,6 +93,21 @@ CHAT_PART: tuple[sa.Table, ...] = (
     schema.pending_actions,
     schema.chat_sessions,
 )
+
+
+def _budget_kept(now: datetime) -> dict[str, tuple[sa.ColumnElement[bool], str]]:
+    """What an erasure that keeps the user's budget keeps of each framework table (a
+    condition on its rows), and why."""
+    totals = schema.usage_totals
+    current = sa.or_(
+        sa.and_(totals.c.period == "day", totals.c.starts == day_of(now)),
+        sa.and_(totals.c.period == "month", totals.c.starts == month_of(now)),
+    )
+    return {
+        totals.name: (current, KEPT_TOTALS),
+        schema.usage_reservations.name: (sa.true(), KEPT_RESERVATIONS),
+        schema.user_budgets.name: (sa.true(), KEPT_BUDGET),
+    }
 
 
 def _rows_of(table: sa.Table) -> sa.Select[Any]:
@@ -237,9 +256,12 @@ class SQLUserData:
             skipped=skipped,
         )
 
-    async def erase(self, user_id: str, *, requested_by: str) -> ErasureReport:
+    async def erase(
+        self, user_id: str, *, requested_by: str, keep_budget: bool = False
+    ) -> ErasureReport:
         counts: dict[str, int] = {}
         app_counts: dict[str, int] = {}
+        kept = _budget_kept(datetime.now(UTC)) if keep_budget else {}
         async with self.db.write() as conn:
             scoped, skipped = await self._scopes(conn)
             chats = await self._user_chats(conn, user_id)
@@ -247,9 +269,16 @@ class SQLUserData:
             for table in FRAMEWORK_PART:
                 try:
                     async with conn.begin_nested():
-                        result = await conn.execute(
-                            table.delete().where(table.c.user_id == user_id)
-                        )
+                        mine = table.c.user_id == user_id
+                        if table.name in kept:
+                            keeping, why = kept[table.name]
+                            left = await conn.scalar(
+                                sa.select(sa.func.count()).where(mine, keeping)
+                            )
+                            if left:
+                                skipped[table.name] = why
+                            mine = sa.and_(mine, sa.not_(keeping))
+                        result = await conn.execute(table.delete().where(mine))
                         counts[table.name] = result.rowcount
                 except exc.DBAPIError as error:
                     # The audit log's trigger lets only its owner's roles delete (0005).

@@ -70,7 +70,10 @@ async def erase(
         raise InvalidInputError(
             "?confirm= is not your user id: nothing was erased; pass your own user id"
         )
-    report = await user_data_of(runtime.storage).erase(who.user_id, requested_by="user")
+    # What the user's budget counts stays: erasing one's data must not lift one's budget.
+    report = await user_data_of(runtime.storage).erase(
+        who.user_id, requested_by="user", keep_budget=True
+    )
     return ErasureOut.of(report)
 
 
