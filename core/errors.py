@@ -121,6 +121,14 @@ class InvalidInputError(ChatwrightError):
     http_status = 422
 
 
+class AgentChangedError(InvalidInputError):
+    """A tool was about to act for a turn whose agent, or one of its tool rows, changed
+    since the turn started (an approval made required, a row disabled or removed, the
+    agent deleted): the call was not run, and the model is told so."""
+
+    http_status = 409
+
+
 class TooLargeError(ChatwrightError):
     """A message or a request is larger than the settings allow."""
 

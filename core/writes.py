@@ -42,7 +42,7 @@ from chatwright.approvals import (
     current_decision,
     needs_approval,
 )
-from chatwright.errors import PreviewChangedError, one_line
+from chatwright.errors import AgentChangedError, PreviewChangedError, one_line
 from chatwright.tools import TurnContext, calling_as, current_turn
 from chatwright.turns import ensure_held
 
@@ -185,16 +185,16 @@ async def guarded(
         approval=decision.approval,
         decided_by=decision.decided_by,
     )
-    reason = plugins.veto("before_write", call=write)
-    if reason is not None:
-        text = f"refused: {reason}"
+
+    async def refused(outcome: str, reason: str, text: str) -> ToolMessage:
+        """The call is not run: on record, told to the hooks, answered to the model."""
         await storage.audit.record(
             NewAuditEntry(
                 user_id=turn.user_id,
                 agent_name=turn.agent_name,
                 tool_name=row.name,
                 operation=operation_of(tool),
-                outcome="vetoed",
+                outcome=outcome,
                 chat_id=turn.chat_id,
                 turn_id=turn.turn_id,
                 tool_id=row.id,
@@ -205,12 +205,21 @@ async def guarded(
                 pending_id=decision.pending_id,
             )
         )
-        plugins.notify("after_write", call=write, outcome=WriteOutcome(False, text, vetoed=True))
+        vetoed = outcome == "vetoed"
+        plugins.notify("after_write", call=write, outcome=WriteOutcome(False, text, vetoed=vetoed))
         return error_result(call, text)
+
+    reason = plugins.veto("before_write", call=write)
+    if reason is not None:
+        return await refused("vetoed", reason, f"refused: {reason}")
     if not checks_held(tool):
         # A tool whose writes do not check the turn's lease themselves (one that acts
-        # elsewhere than the record store) is not called once the turn lost its chat.
-        await ensure_held()
+        # elsewhere than the record store) is not called once the turn lost its chat,
+        # nor once its agent changed (AgentChangedError).
+        try:
+            await ensure_held()
+        except AgentChangedError as exc:
+            return await refused("error", str(exc), str(exc))
     result = await run()
     if isinstance(result, ToolMessage):
         outcome = WriteOutcome(result.status != "error", result.text)

@@ -135,8 +135,9 @@ class SQLAuditStore:
         from chatwright.plugins.sql.turns import check_held
 
         async with self.db.write() as conn:
-            # Not for a turn that lost its chat (an erased user's entry would come back).
-            await check_held(conn, self.db, entry.user_id)
+            # Not for a turn that lost its chat (an erased user's entry would come back);
+            # an entry of a call refused since the agent changed is recorded all the same.
+            await check_held(conn, self.db, entry.user_id, as_started=False)
             # As the entry's user: on the supabase backend the row must pass their policy.
             await self.db.users.enter(conn, entry.user_id)
             return await insert_audit(conn, entry)

@@ -89,12 +89,30 @@ HELD = sa.select(_leases.c.holder).where(
 """The chat's lease when ``holder`` holds it (a row), else no row."""
 
 
+_a = schema.agents
+HELD_AS_STARTED = sa.select(
+    _leases.c.holder,
+    sa.exists()
+    .where(
+        _a.c.id == sa.bindparam("agent_id"),
+        _a.c.created_at == sa.bindparam("agent_created", type_=_a.c.created_at.type),
+        _a.c.config_version == sa.bindparam("agent_counter"),
+    )
+    .label("same_agent"),
+).where(_leases.c.chat_id == sa.bindparam("chat_id"), _leases.c.holder == sa.bindparam("holder"))
+""":data:`HELD`, and whether the turn's agent is as it was when the turn started: the
+same row (id, creation time) with the same change counter, which every change of the
+row or of its tool rows bumps (migration 0004)."""
+
+
 @functools.cache
-def held_for_write(dialect: str) -> sa.Executable:
-    """:data:`HELD`, for a tool's write: on PostgreSQL the row is locked (``FOR SHARE``)
-    until the transaction ends, so that a turn or a deletion taking the lease over
-    waits for the write to commit (and a deletion then deletes it too)."""
-    return HELD.with_for_update(read=True) if dialect == "postgresql" else HELD
+def held_for_write(dialect: str, *, as_started: bool = False) -> sa.Executable:
+    """:data:`HELD` (or :data:`HELD_AS_STARTED`), for a tool's write: on PostgreSQL the
+    lease's row is locked (``FOR SHARE``) until the transaction ends, so that a turn or
+    a deletion taking the lease over waits for the write to commit (and a deletion then
+    deletes it too)."""
+    held = HELD_AS_STARTED if as_started else HELD
+    return held.with_for_update(read=True, of=_leases) if dialect == "postgresql" else held
 
 
 @functools.cache

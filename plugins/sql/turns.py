@@ -78,7 +78,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chatwright.approvals import NewPending, PendingAction
-from chatwright.errors import ChatBusyError, StorageError, UnknownAgentError
+from chatwright.errors import AgentChangedError, ChatBusyError, StorageError, UnknownAgentError
 from chatwright.plugins.sql import schema
 from chatwright.plugins.sql.budgets import (
     UsageWrites,
@@ -95,6 +95,7 @@ from chatwright.plugins.sql.stores import BoundStore
 from chatwright.plugins.sql.turn_statements import (
     GIVE_BACK,
     HELD,
+    HELD_AS_STARTED,
     LEASE_LOST,
     MOST_FUSED_MESSAGES,
     WINDOW_TEXT,
@@ -201,6 +202,9 @@ class Lease:
     """Whether a transaction that may take the lease is under way (see ``_taken``)."""
     db: Any = field(default=None, repr=False)
     """The storage whose ``chat_leases`` holds it (a turn's, see :func:`check_held`)."""
+    agent: tuple[Any, ...] | None = None
+    """The turn's agent as it started (row id, creation time, change counter): a tool
+    acts only while the agent is so (see :func:`check_held`)."""
 
     async def ensure_held(self, user_id: str) -> None:
         """For a tool about to act outside the database (``chatwright.turns.ensure_held``):
@@ -220,6 +224,7 @@ async def check_held(
     *,
     before: str = "a tool's write",
     lock: bool = True,
+    as_started: bool = True,
 ) -> None:
     """Refuse a tool's write, made on ``conn`` in its transaction before anything else,
     once the turn it is made for (``chatwright.turns.holding_turn``) no longer holds its
@@ -231,6 +236,11 @@ async def check_held(
     a chat's deletion) waits for the write and, for a deletion, deletes it too.
     Outside a turn (the CLI, an undo), or for another user's write, there is nothing
     to check. Without ``lock``, the lease is only read (:meth:`Lease.ensure_held`).
+
+    With ``as_started``, the turn's agent must also be as the turn started: a change
+    of the agent or of one of its tool rows made meanwhile (an approval made required,
+    a row disabled or removed, the agent deleted), in this process or another, refuses
+    the call with :class:`~chatwright.errors.AgentChangedError`, which the model reads.
     """
     start = holding_turn.get()
     lease = getattr(start, "lease", None)
@@ -238,14 +248,29 @@ async def check_held(
         return
     if start.user_id != user_id:
         return
-    values = {"chat_id": lease.chat_id, "holder": lease.holder}
-    statement = held_for_write(db.dialect) if lock else HELD
-    if (await conn.execute(statement, values)).first() is None:
+    values: dict[str, Any] = {"chat_id": lease.chat_id, "holder": lease.holder}
+    as_started = as_started and lease.agent is not None
+    if as_started:
+        assert lease.agent is not None
+        values["agent_id"], values["agent_created"], values["agent_counter"] = lease.agent
+    if lock:
+        statement = held_for_write(db.dialect, as_started=as_started)
+    else:
+        statement = HELD_AS_STARTED if as_started else HELD
+    held = (await conn.execute(statement, values)).first()
+    if held is None:
         raise LeaseLostError(
             f"the turn of chat {start.chat_id} lost the chat's turn before {before}: "
             f"its lease was not renewed for over storage.turn_lease ({db.turn_lease:g} s), "
             "and the chat was taken over meanwhile (by another turn, or erased or deleted); "
             f"{'the write was not made' if lock else 'the call was not made'}"
+        )
+    if as_started and not held.same_agent:
+        raise AgentChangedError(
+            f"not run: agent {start.agent_name!r} or one of its tools was changed while "
+            "this turn ran (an approval, a tool row enabled, disabled, edited or removed, "
+            "or the agent itself); nothing was written. The next message runs with the "
+            "agent as it is now"
         )
 
 
@@ -456,6 +481,7 @@ class SQLTurnStore(BoundStore):
                     self._agents.pop(agent_name, None)
                     raise UnknownAgentError(agent_name)
                 agent = await self._agent(conn, agent_name, row)
+                lease.agent = (row.id, row.created_at, row.config_version)
                 if checked is not None and turn_id is not None:
                     # Refused: rolled back with the lease, nothing of this turn stored.
                     lease.reserved = await check_budget(
