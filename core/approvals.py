@@ -99,6 +99,14 @@ def digest_of(tool_id: int, tool_type: str, config: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
+def no_tool_row(shown: object) -> str:
+    """The one answer for a tool row id that names no row, to a user (HTTP) or the CLI."""
+    return (
+        f"no tool row {shown}; GET /api/agents/NAME lists an agent's tool rows "
+        "(`chatwright tools list` from the command line)"
+    )
+
+
 def tool_changed(tool_id: int) -> ToolChangedError:
     """The refusal of a choice made for a row that has changed since the user saw it."""
     return ToolChangedError(

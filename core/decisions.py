@@ -27,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from chatwright.approvals import Preview as PreviewRecord
+from chatwright.approvals import no_tool_row
 from chatwright.errors import (
     AlreadyDecidedError,
     BudgetExceededError,
@@ -517,7 +518,7 @@ class Decisions:
 
         row = await self.storage.tools.get(tool_id)
         if row is None:
-            raise NotFoundError(f"no tool row {tool_id}; see `chatwright tools list`")
+            raise NotFoundError(no_tool_row(tool_id))
         if row.approval != "user":
             raise InvalidInputError(
                 f"tool {row.name!r} (row {tool_id}) has approval {row.approval!r}: only rows in "

@@ -107,7 +107,7 @@ async def undo_turn(
             note.append(
                 AIMessage(
                     content=f"Undone: the {count} row change{'s' if count != 1 else ''} "
-                    f"made in turn {target} were reverted.",
+                    f"made in turn {target} {'was' if count == 1 else 'were'} reverted.",
                     additional_kwargs={"chatwright": {"undo_of": str(target)}},
                 )
             )

@@ -414,7 +414,7 @@ class JoinedUserData:
 
 def no_chat(chat_id: uuid.UUID) -> str:
     """The one answer for a chat that is not the caller's, whoever's it is."""
-    return f"no chat {chat_id}; see GET /api/sessions or `chatwright sessions list` for yours"
+    return f"no chat {chat_id}; GET /api/chats (or `chatwright chats list`) lists yours"
 
 
 def too_many(max_rows: int) -> str:

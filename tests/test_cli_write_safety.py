@@ -838,7 +838,7 @@ def test_undo_is_refused_naming_the_rows_when_they_changed_since(example: Path) 
 
 def test_undo_of_an_unknown_chat(example: Path) -> None:
     missing = str(uuid.uuid4())
-    assert_error(run("undo", missing), f"no chat {missing}", "chatwright sessions list")
+    assert_error(run("undo", missing), f"no chat {missing}", "chatwright chats list --user")
     say("list my tasks")
     assert_error(run("undo", chat_of(example)), "nothing to undo")
 

@@ -39,7 +39,9 @@ def undo(app: AppContext, chat_id: uuid.UUID, turn_id: uuid.UUID | None) -> None
     async def work(runtime: Runtime) -> None:
         owner = await runtime.storage.sessions.chat_owner(chat_id)
         if owner is None:
-            raise NotFoundError(f"no chat {chat_id}; see `chatwright sessions list`")
+            raise NotFoundError(
+                f"no chat {chat_id}; `chatwright chats list --user USER` lists a user's chats"
+            )
         user = owner[0]
         report = await runtime.undo(user, chat_id, turn_id=turn_id)
         count = len(report.changes)

@@ -227,7 +227,7 @@ class CrudToolType:
                         ConfigProblem(
                             f"config.args.{name}",
                             f"writes column {found.name!r}, the primary key of {table.name!r}, "
-                            f"which {'an' if config.operation == 'update' else 'an upsert'} "
+                            f"which {'an update' if config.operation == 'update' else 'an upsert'} "
                             "does not change (previews, the audit log and undo find rows by "
                             "it); leave it out",
                         )

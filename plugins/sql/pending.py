@@ -32,6 +32,7 @@ from chatwright.approvals import (
     Preview,
     choice_counts,
     digest_of,
+    no_tool_row,
     tool_changed,
 )
 from chatwright.errors import InvalidInputError, NotFoundError, TooLargeError
@@ -161,7 +162,7 @@ def as_tool_id(value: Any) -> int:
     """A tool row id, refused as missing when it cannot name a row (the CLI lists them)."""
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_INTEGER:
         shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
-        raise NotFoundError(f"no tool row {shown}; see `chatwright tools list`")
+        raise NotFoundError(no_tool_row(shown))
     return value
 
 
@@ -318,7 +319,7 @@ class SQLPendingStore(BoundStore):
             raise InvalidInputError(
                 f"{choice!r} is not an approval choice; use one of {', '.join(USER_CHOICES)}"
             )
-        missing = NotFoundError(f"no tool row {tool_id}; see `chatwright tools list`")
+        missing = NotFoundError(no_tool_row(tool_id))
         t = schema.agent_tools
         row = None
         if choice is not None or digest is not None:
