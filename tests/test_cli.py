@@ -425,6 +425,27 @@ def test_config_show_defaults_text_and_json() -> None:
     assert "config_file" not in data
 
 
+def test_what_config_show_prints_reads_back_as_a_settings_file(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # usage.prices was printed as a Python repr in quotes, which no settings file takes.
+    prices = {"openai:gpt-4o-mini": {"input": 0.15, "output": 0.6}, "x": {"input": 1e20}}
+    monkeypatch.setenv("CHATWRIGHT_USAGE__PRICES", json.dumps(prices))
+    shown = workdir / "shown.toml"
+    shown.write_text(ok("config", "show").output, encoding="utf-8")
+    monkeypatch.delenv("CHATWRIGHT_USAGE__PRICES")
+    again = ok_json("--config", str(shown), "config", "show", "--json")
+    assert again["usage"]["prices"]["openai:gpt-4o-mini"] == {
+        "input": 0.15,
+        "output": 0.6,
+        "cached_input": None,
+    }
+    assert again["usage"]["prices"]["x"]["input"] == 1e20
+    # Every other setting reads back as it was shown.
+    monkeypatch.setenv("CHATWRIGHT_USAGE__PRICES", json.dumps(prices))
+    assert again == ok_json("config", "show", "--json")
+
+
 def test_config_show_reads_file_and_environment(
     workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

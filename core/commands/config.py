@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -30,13 +31,25 @@ def _redacted(settings: Settings) -> dict[str, Any]:
     return data
 
 
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
 def _toml_value(value: Any) -> str:
+    """``value`` as TOML, so that what ``config show`` prints reads back as a settings
+    file: a mapping (``usage.prices``) is an inline table, without its unset keys."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        pairs = [
+            f"{key if _BARE_KEY.fullmatch(key) else json.dumps(key)} = {_toml_value(item)}"
+            for key, item in ((str(k), v) for k, v in value.items())
+            if item is not None
+        ]
+        return "{ " + ", ".join(pairs) + " }" if pairs else "{}"
     return json.dumps("" if value is None else str(value))
 
 
