@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from chatwright.plugins.example import assistant as example
 from chatwright.runtime import Runtime
 from tests.conftest import MakeRuntime
-from tests.hostile.test_lease_lost_calls import SENT, Plugin, send, started
+from tests.hostile.test_lease_lost_calls import SENT, Plugin, started
 
 CHANGED = "was changed while this turn ran"
 
