@@ -635,3 +635,43 @@ async def record_write(
     entry = replace(entry, row_ids=tuple(row_ids), outcome=outcome, error=error)
     entry = replace(entry, changes=tuple(changes))
     return await context.storage.audit.record(entry)
+
+
+async def record_cancelled_write(
+    context: ToolContext,
+    row: ToolRow,
+    *,
+    operation: str,
+    args: Mapping[str, Any],
+    error: str,
+) -> None:
+    """Record, as an ``error``, a write that was cancelled while under way (the turn was
+    stopped: its time limit, the request gone): the other side may have acted, so it is
+    in the audit log all the same. Call it from the tool's ``except
+    asyncio.CancelledError`` before raising again. The recording runs to its end
+    whatever cancels the wait for it; a recording that fails is logged.
+
+    :param error: what the entry says, for example that the request was sent and its
+        answer not read.
+    """
+    import asyncio
+    import contextlib
+    import logging
+
+    recording = asyncio.ensure_future(
+        record_write(context, row, operation=operation, args=args, outcome="error", error=error)
+    )
+
+    def recorded(done: asyncio.Future[AuditEntry]) -> None:
+        if done.cancelled() or done.exception() is None:
+            return
+        logging.getLogger(__name__).error(
+            "chatwright: tool %r: a write cancelled while under way could not be recorded "
+            "in the audit log",
+            row.name,
+            exc_info=done.exception(),
+        )
+
+    recording.add_done_callback(recorded)
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await asyncio.shield(recording)

@@ -50,7 +50,7 @@ from pydantic import (
     create_model,
 )
 
-from chatwright.approvals import record_write
+from chatwright.approvals import record_cancelled_write, record_write
 from chatwright.errors import one_line
 from chatwright.stores import ToolRow
 from chatwright.tools import (
@@ -509,6 +509,19 @@ class HttpTool:
         redactor = Redactor(expanded)
         try:
             result = redactor.text(await self._call(given, url, headers, redactor))
+        except asyncio.CancelledError:
+            # The turn was stopped (its time limit) with the request under way: it may
+            # have been sent and acted on, so a request that writes is recorded all the same.
+            if self.writes:
+                await record_cancelled_write(
+                    self.context,
+                    self.row,
+                    operation=self.config.method.lower(),
+                    args=given,
+                    error=f"{self.config.method} {_shown(url)}: cancelled on its way or "
+                    "after it was sent (the turn was stopped); the endpoint may have acted",
+                )
+            raise
         except Exception as exc:
             # Anything a response could cause and nothing above foresaw is still an
             # error the model reads, and a request that was sent is still recorded.

@@ -220,3 +220,35 @@ async def test_a_turn_that_lost_its_chat_sends_no_further_request(
     with pytest.raises(ChatBusyError, match="lost the chat's turn"):
         await turn
     assert server.paths() == ["/items/1"]
+
+
+async def test_a_write_the_turns_time_limit_cancels_under_way_is_in_the_audit_log(
+    runtime: Runtime, server: LocalServer
+) -> None:
+    """The request was sent and the endpoint acted on it; before, nothing was recorded."""
+    from chatwright.errors import TurnTimeoutError
+
+    await runtime.storage.agents.create(
+        AGENT,
+        system_prompt="You order.",
+        model="scripted:x",
+        model_settings={"responses": [{"tool_calls": [{"name": "order", "args": {"n": "1"}}]}]},
+        turn_timeout=0.5,
+    )
+    config = {
+        "method": "POST",
+        "url": f"{server.base}/slow",
+        "allowed_hosts": ["127.0.0.1"],
+        "args": {"n": {"required": True}},
+        "body": {"n": "n"},
+        "timeout": 10,
+    }
+    await runtime.storage.tools.add(AGENT, "order", type="http", config=config)
+    session = await runtime.storage.sessions.open(USER, AGENT)
+    with pytest.raises(TurnTimeoutError):
+        await runtime.chat(USER, AGENT, session.chat_id, "order one")
+    assert server.paths() == ["/slow"]
+    (entry,) = await runtime.storage.audit.list(USER)
+    assert (entry.tool_name, entry.operation, entry.outcome) == ("order", "post", "error")
+    assert entry.args == {"n": "1"}
+    assert "cancelled on its way or after it was sent" in str(entry.error)

@@ -31,7 +31,6 @@ one tool type, read together.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import ipaddress
 import json
@@ -46,7 +45,7 @@ from langchain_core.tools import BaseTool, StructuredTool, ToolException
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from chatwright.approvals import record_write
+from chatwright.approvals import record_cancelled_write, record_write
 from chatwright.errors import one_line
 from chatwright.stores import ToolRow
 from chatwright.tools import ConfigProblem, ToolConfigError, ToolContext
@@ -573,26 +572,16 @@ class McpTool:
         """Record a call cancelled while under way, whatever cancels the recording itself."""
         if not self.writes:
             return
-        reason = self.link.endpoint.redact(
-            f"{self.link.endpoint.label}: cancelled on its way or after it was sent (the "
-            "turn was stopped); the server may have acted"
-        )
-        recording = asyncio.ensure_future(self._record(arguments, "error", reason))
-        # Whoever waits, and whether the wait is cancelled again, a failure is logged.
-        recording.add_done_callback(self._recorded)
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await asyncio.shield(recording)
-
-    def _recorded(self, recording: asyncio.Future[None]) -> None:
-        """Log a recording of a cancelled call that failed (see :meth:`_record_cancelled`)."""
-        if recording.cancelled() or recording.exception() is None:
-            return
-        log.error(
-            "chatwright: %s, tool %r: a call cancelled while under way could not be "
-            "recorded in the audit log",
-            self.link.endpoint.label,
-            self.name,
-            exc_info=recording.exception(),
+        endpoint = self.link.endpoint
+        await record_cancelled_write(
+            self.context,
+            self.row,
+            operation="call",
+            args=endpoint.redact_value(arguments),
+            error=endpoint.redact(
+                f"{endpoint.label}: cancelled on its way or after it was sent (the turn was "
+                "stopped); the server may have acted"
+            ),
         )
 
     async def _record(self, args: dict[str, Any], outcome: str, error: str | None) -> None:
