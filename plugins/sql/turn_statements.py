@@ -90,29 +90,49 @@ HELD = sa.select(_leases.c.holder).where(
 
 
 _a = schema.agents
-HELD_AS_STARTED = sa.select(
-    _leases.c.holder,
-    sa.exists()
-    .where(
-        _a.c.id == sa.bindparam("agent_id"),
-        _a.c.created_at == sa.bindparam("agent_created", type_=_a.c.created_at.type),
-        _a.c.config_version == sa.bindparam("agent_counter"),
-    )
-    .label("same_agent"),
-).where(_leases.c.chat_id == sa.bindparam("chat_id"), _leases.c.holder == sa.bindparam("holder"))
-""":data:`HELD`, and whether the turn's agent is as it was when the turn started: the
-same row (id, creation time) with the same change counter, which every change of the
-row or of its tool rows bumps (migration 0004)."""
 
 
 @functools.cache
-def held_for_write(dialect: str, *, as_started: bool = False) -> sa.Executable:
-    """:data:`HELD` (or :data:`HELD_AS_STARTED`), for a tool's write: on PostgreSQL the
-    lease's row is locked (``FOR SHARE``) until the transaction ends, so that a turn or
-    a deletion taking the lease over waits for the write to commit (and a deletion then
-    deletes it too)."""
-    held = HELD_AS_STARTED if as_started else HELD
-    return held.with_for_update(read=True, of=_leases) if dialect == "postgresql" else held
+def held_as_started(dialect: str, *, lock: bool) -> sa.Executable:
+    """:data:`HELD`, and whether the turn's agent is as it was when the turn started: the
+    same row (id, creation time) with the same change counter, which every change of the
+    row or of its tool rows bumps (migration 0004).
+
+    With ``lock``, for a tool's write on PostgreSQL, the lease's row and the agent's are
+    locked (``FOR SHARE``) until the write commits: a turn or a deletion taking the lease
+    over, and a change of the agent or its tool rows (whose trigger updates the agent's
+    row), wait for the write, which so never commits under a configuration changed
+    after its check.
+    """
+    created = sa.bindparam("agent_created", type_=_a.c.created_at.type)
+    if dialect == "sqlite":
+        # Stored as text: a row inserted by plain SQL has CURRENT_TIMESTAMP's spelling
+        # (no fraction), which the value read back and bound again does not have.
+        same_time = sa.func.julianday(_a.c.created_at) == sa.func.julianday(created)
+    else:
+        same_time = _a.c.created_at == created
+    agent = sa.select(_a.c.id).where(
+        _a.c.id == sa.bindparam("agent_id"),
+        same_time,
+        _a.c.config_version == sa.bindparam("agent_counter"),
+    )
+    postgres = dialect == "postgresql" and lock
+    if postgres:
+        agent = agent.with_for_update(read=True)
+    found = agent.cte("turn_agent") if postgres else agent.subquery("turn_agent")
+    same = sa.exists(sa.select(found.c.id)).label("same_agent")
+    held = sa.select(_leases.c.holder, same).where(
+        _leases.c.chat_id == sa.bindparam("chat_id"), _leases.c.holder == sa.bindparam("holder")
+    )
+    return held.with_for_update(read=True, of=_leases) if postgres else held
+
+
+@functools.cache
+def held_for_write(dialect: str) -> sa.Executable:
+    """:data:`HELD`, for a tool's write: on PostgreSQL the row is locked (``FOR SHARE``)
+    until the transaction ends, so that a turn or a deletion taking the lease over
+    waits for the write to commit (and a deletion then deletes it too)."""
+    return HELD.with_for_update(read=True) if dialect == "postgresql" else HELD
 
 
 @functools.cache

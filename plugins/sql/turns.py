@@ -95,13 +95,13 @@ from chatwright.plugins.sql.stores import BoundStore
 from chatwright.plugins.sql.turn_statements import (
     GIVE_BACK,
     HELD,
-    HELD_AS_STARTED,
     LEASE_LOST,
     MOST_FUSED_MESSAGES,
     WINDOW_TEXT,
     WINDOW_UPTO,
     agent_statement,
     finish_statement,
+    held_as_started,
     held_for_write,
     prompt_statement,
     start_statement,
@@ -253,10 +253,10 @@ async def check_held(
     if as_started:
         assert lease.agent is not None
         values["agent_id"], values["agent_created"], values["agent_counter"] = lease.agent
-    if lock:
-        statement = held_for_write(db.dialect, as_started=as_started)
+    if as_started:
+        statement = held_as_started(db.dialect, lock=lock)
     else:
-        statement = HELD_AS_STARTED if as_started else HELD
+        statement = held_for_write(db.dialect) if lock else HELD
     held = (await conn.execute(statement, values)).first()
     if held is None:
         raise LeaseLostError(

@@ -71,10 +71,11 @@ async def test_a_call_that_acts_elsewhere_is_not_made_after_a_change(
     assert refused[0].args == {"text": "second"}
 
 
-async def tasks(runtime: Runtime) -> list[str]:
+async def tasks(runtime: Runtime, user: str) -> list[str]:
+    """The user's tasks (the run's PostgreSQL database is shared with other tests)."""
     async with runtime.storage.read() as conn:  # type: ignore[attr-defined]
-        rows = await conn.execute(sa.text("SELECT title FROM tasks ORDER BY id"))
-        return [r[0] for r in rows]
+        query = sa.text("SELECT title FROM tasks WHERE user_id = :u ORDER BY id")
+        return [r[0] for r in await conn.execute(query, {"u": user})]
 
 
 def add(title: str, **extra: Any) -> dict[str, Any]:
@@ -97,16 +98,44 @@ async def test_a_write_after_a_change_is_not_made_and_the_next_turn_follows_it(
     turn = asyncio.ensure_future(serving.chat(user, example.AGENT, chat, "add two"))
     for _ in range(100):  # until "one" is written and the model thinks again
         await asyncio.sleep(0.05)
-        if await tasks(admin) == ["one"]:
+        if await tasks(admin, user) == ["one"]:
             break
     await change(admin, how, "add_task")
     done = await turn
-    assert await tasks(admin) == ["one"]
+    assert await tasks(admin, user) == ["one"]
     assert done.tool_calls[1].error and CHANGED in done.tool_calls[1].result
     # The next turn is built as the agent is now: held for approval, or no such tool.
     after = await serving.chat(user, example.AGENT, chat, "add three")
-    assert await tasks(admin) == ["one"]
+    assert await tasks(admin, user) == ["one"]
     if how == "approval required":
         assert [p.tool_name for p in after.pending] == ["add_task"]
     else:
         assert after.tool_calls[0].error and "add_task" in after.tool_calls[0].result
+
+
+async def test_an_agent_row_inserted_by_plain_sql_writes_as_any_other(
+    runtimes: MakeRuntime,
+) -> None:
+    # Its created_at is the database's default (SQLite: CURRENT_TIMESTAMP, no fraction),
+    # which the check must still find equal to itself.
+    runtime = await runtimes()
+    storage = runtime.storage
+    await example.seed(storage, "scripted:x")
+    async with storage.write() as conn:  # type: ignore[attr-defined]
+        await conn.execute(
+            sa.text("INSERT INTO agents (name, model, system_prompt) VALUES ('raw', 'x:y', 'Hi.')")
+        )
+        await conn.execute(
+            sa.text(
+                "INSERT INTO agent_tools (agent_id, name, type, config, description) "
+                "SELECT (SELECT id FROM agents WHERE name = 'raw'), name, type, config, "
+                "description FROM agent_tools WHERE name = 'add_task'"
+            )
+        )
+    settings = {"responses": [add("by sql"), {"content": "done"}]}
+    await storage.agents.update("raw", model="scripted:x", model_settings=settings)
+    user = f"max-{uuid.uuid4().hex[:6]}"
+    chat = (await storage.sessions.open(user, "raw", chat_id=uuid.uuid4())).chat_id
+    done = await runtime.chat(user, "raw", chat, "add it")
+    assert [c.error for c in done.tool_calls] == [False], done.tool_calls
+    assert await tasks(runtime, user) == ["by sql"]
