@@ -215,13 +215,13 @@ def sqlite_file(database: str | None, query: dict[str, Any]) -> str | None:
         "1",
     ):
         return database
-    if str(query.get("mode", "")).lower() == "memory":
+    if str(query.get("mode", "")).lower() == "memory" or str(query.get("vfs", "")) == "memdb":
         return None
     path = database[len("file:") :].split("?", 1)[0].split("#", 1)[0]
     if path.startswith("//"):  # an authority (empty or localhost), then the path
         _, slash, rest = path[2:].partition("/")
         path = slash + rest
-    return path or None
+    return None if path in ("", ":memory:") else path
 
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:

@@ -66,7 +66,7 @@ KEPT_TOTALS = (
     "budget counts (an operator's `chatwright users erase` deletes them)"
 )
 KEPT_BUDGET = "kept: the operator's override of the user's token budget"
-KEPT_RESERVATIONS = "kept until they expire: what the user's last turns are assumed to spend"
+KEPT_RESERVATIONS = "those not expired are kept: what the user's last turns are assumed to spend"
 
 ERASED_USER = "(erased user)"
 """The ``user_id`` of the audit entry that records an erasure (the user's own id is gone)."""
@@ -160,6 +160,9 @@ class ErasureReport:
     tables: Mapping[str, int]
     app_tables: Mapping[str, int] = field(default_factory=dict)
     skipped: Mapping[str, str] = field(default_factory=dict)
+    kept: Mapping[str, str] = field(default_factory=dict)
+    """Framework tables some of whose rows of the user's were kept on purpose, with why
+    (what the user's token budget counts, in an erasure that keeps it)."""
 
     @property
     def total(self) -> int:
@@ -172,6 +175,7 @@ class ErasureReport:
             "tables": dict(self.tables),
             "app_tables": dict(self.app_tables),
             "skipped": dict(self.skipped),
+            "kept": dict(self.kept),
         }
 
 
@@ -197,7 +201,7 @@ class UserDataStore(Protocol):
 
         :param keep_budget: keep what the user's token budget counts, the totals of
             the current day and month, with the running turns' reservations and the
-            user's budget override (listed in the report's ``skipped``, with why), so
+            user's budget override (listed in the report's ``kept``, with why), so
             that erasing their own data does not lift their budget. An erasure the
             user asks for keeps them.
         """

@@ -465,7 +465,7 @@ def agents_import(
             safety = report["tools"].get("safety", {})
             names = [f"{n} ({'; '.join(safety[n])})" if n in safety else n for n in names]
         if names:
-            click.echo(f"  tools {words}: {', '.join(names)}")
+            click.echo(f"  tools {words}: {printable(', '.join(names))}")
     if dry_run:
         click.echo("Dry run: nothing was changed.")
 

@@ -18,7 +18,7 @@ import click
 from chatwright import hookimpl
 from chatwright.cli import AppContext, pass_app
 from chatwright.commands import inputs
-from chatwright.commands.output import echo_json, escaped
+from chatwright.commands.output import echo_json, escaped, printable
 from chatwright.errors import NotFoundError, PreviewChangedError
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ def change_line(change: RowChange) -> str:
         for column in dict.fromkeys([*before, *after])
         if before.get(column) != after.get(column)
     ]
-    return f"{key}: {'; '.join(changed) if changed else 'unchanged'}"
+    return printable(f"{key}: {'; '.join(changed) if changed else 'unchanged'}")
 
 
 def preview_lines(preview: Preview) -> list[str]:
@@ -78,7 +78,7 @@ def preview_lines(preview: Preview) -> list[str]:
     rows = f"{preview.count} row{'' if preview.count == 1 else 's'}"
     shown = len(preview.rows)
     more = f" (showing {shown})" if shown < preview.count else ""
-    lines = [f"{preview.operation} on {preview.table}: {rows}{more}"]
+    lines = [printable(f"{preview.operation} on {preview.table}: {rows}{more}")]
     lines += [f"  {change_line(change)}" for change in preview.rows]
     return lines
 
@@ -92,9 +92,10 @@ def action_lines(action: PendingAction, *, owner: bool = False) -> list[str]:
         if action.status == "pending"
         else action.status + (f" by {action.decided_by}" if action.decided_by else "")
     )
+    # What a user or a model stored (a tool's name, who decided) is printed escaped.
     lines = [
-        f"{action.id}  {action.tool_name} {args}",
-        f"    {who}agent {action.agent_name!r}, chat {action.chat_id}, {state}",
+        printable(f"{action.id}  {action.tool_name} {args}"),
+        printable(f"    {who}agent {action.agent_name!r}, chat {action.chat_id}, {state}"),
     ]
     if action.preview is not None:
         lines += [f"    {line}" for line in preview_lines(action.preview)]
@@ -192,7 +193,8 @@ def _decide(app: AppContext, action_id: uuid.UUID, approve: bool, by: str | None
                     click.echo(f"  {line}")
             raise
         verb = "Approved" if approve else "Denied"
-        click.echo(f"{verb} {action.tool_name} ({action_id}) of user {action.user_id!r}.")
+        said = f"{verb} {action.tool_name} ({action_id}) of user {action.user_id!r}."
+        click.echo(printable(said))
         echo_turn(turn)
 
     app.run(work)

@@ -116,6 +116,8 @@ def users_erase(app: AppContext, user: str, yes: bool, as_json: bool, keep_budge
     click.echo(f"Erased {report.total} rows of user {user!r}.")
     for table, why in report.skipped.items():
         click.echo(f"Left alone: table {table!r}: {why}.", err=True)
+    for table, why in report.kept.items():
+        click.echo(f"Kept: table {table!r}: {why}.", err=True)
 
 
 @hookimpl

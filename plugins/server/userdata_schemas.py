@@ -53,6 +53,11 @@ class ErasureOut(BaseModel):
     tables: dict[str, int]
     app_tables: dict[str, int] = Field(description="Per application table scoped to users.")
     skipped: dict[str, str] = Field(description="Application tables left alone, with why.")
+    kept: dict[str, str] = Field(
+        default_factory=dict,
+        description="Tables some of whose rows were kept on purpose, with why: what the "
+        "caller's token budget counts.",
+    )
 
     @classmethod
     def of(cls, report: ErasureReport) -> ErasureOut:

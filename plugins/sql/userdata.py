@@ -105,7 +105,10 @@ def _budget_kept(now: datetime) -> dict[str, tuple[sa.ColumnElement[bool], str]]
     )
     return {
         totals.name: (current, KEPT_TOTALS),
-        schema.usage_reservations.name: (sa.true(), KEPT_RESERVATIONS),
+        schema.usage_reservations.name: (
+            schema.usage_reservations.c.expires_at >= now,
+            KEPT_RESERVATIONS,
+        ),
         schema.user_budgets.name: (sa.true(), KEPT_BUDGET),
     }
 
@@ -262,6 +265,7 @@ class SQLUserData:
         counts: dict[str, int] = {}
         app_counts: dict[str, int] = {}
         kept = _budget_kept(datetime.now(UTC)) if keep_budget else {}
+        kept_why: dict[str, str] = {}
         async with self.db.write() as conn:
             scoped, skipped = await self._scopes(conn)
             chats = await self._user_chats(conn, user_id)
@@ -276,7 +280,7 @@ class SQLUserData:
                                 sa.select(sa.func.count()).where(mine, keeping)
                             )
                             if left:
-                                skipped[table.name] = why
+                                kept_why[table.name] = why
                             mine = sa.and_(mine, sa.not_(keeping))
                         result = await conn.execute(table.delete().where(mine))
                         counts[table.name] = result.rowcount
@@ -310,6 +314,7 @@ class SQLUserData:
                 tables={name: counts[name] for name in _names()},
                 app_tables=app_counts,
                 skipped=skipped,
+                kept=kept_why,
             )
             if report.total:  # a user with nothing left nothing to record
                 await self._record(conn, report, requested_by)

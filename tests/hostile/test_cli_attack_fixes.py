@@ -208,7 +208,13 @@ def test_numbers_of_thousands_of_digits_are_written_as_text() -> None:
 
 @pytest.mark.parametrize(
     "url",
-    ["sqlite:///:memory:", "sqlite://", "sqlite:///file:kept?mode=memory&cache=shared&uri=true"],
+    [
+        "sqlite:///:memory:",
+        "sqlite://",
+        "sqlite:///file:kept?mode=memory&cache=shared&uri=true",
+        "sqlite:///file::memory:?uri=true",
+        "sqlite:///file:/kept?vfs=memdb&uri=true",
+    ],
 )
 def test_an_in_memory_database_is_refused_with_advice_that_works(url: str) -> None:
     # Each command would start on an empty database: "run db upgrade" could never help.
@@ -256,3 +262,31 @@ def test_the_import_report_escapes_what_a_terminal_would_act_on() -> None:
     assert shown("user\u202e1\u2069\t\x1b[2J\ud800") == (
         "user\\u202e1\\u2069\\u0009\\u001b[2J\\ud800"
     )
+
+
+def test_a_pending_actions_stored_words_are_printed_escaped() -> None:
+    # On Supabase a user may write their own pending_actions rows through the Data API.
+    preview = {
+        "operation": "update",
+        "table": "tasks\x1b[2J",
+        "count": 1,
+        "rows": [{"key": {"id\x1b[31m": 1}, "before": {"t": 1}, "after": {"t": 2}}],
+    }
+    sql(
+        "INSERT INTO pending_actions (id, user_id, agent_name, chat_id, turn_id, tool_name, "
+        "tool_call_id, args, preview, status, created_at, expires_at, decided_by) VALUES "
+        "(?, 'mallory', 'assistant', ?, ?, ?, 'c1', '{}', ?, 'denied', "
+        "'2026-01-01 00:00:00.000000', '2030-01-01 00:00:00.000000', ?)",
+        (
+            "0" * 32,
+            "1" * 32,
+            "2" * 32,
+            "add_task\x1b]0;owned\x07\u202e",
+            json.dumps(preview),
+            "bob\x1b[8m",
+        ),
+    )
+    listed = ok("pending", "list", "--all").output
+    assert not any(c in listed for c in "\x1b\x07\u202e"), repr(listed)
+    assert "add_task\\u001b]0;owned\\u0007\\u202e" in listed
+    assert "by bob\\u001b[8m" in listed and "tasks\\u001b[2J" in listed

@@ -4,7 +4,7 @@
 everything else: a user who had spent their budget erased themselves and ran turns
 again, as often as they liked, and the operator's usage records lost what was spent.
 The user's own erasure now keeps what their budget counts (this day's and month's
-totals, reservations, the override), saying so in ``skipped``; an operator's
+totals, reservations not expired, the override), saying so in ``kept``; an operator's
 ``chatwright users erase`` deletes it all, or keeps it with ``--keep-budget``.
 """
 
@@ -42,7 +42,7 @@ async def test_erasing_oneself_keeps_the_budget_spent(make_server: Any) -> None:
 
     erased = await erase_self(server, SPENDER)
     assert erased["tables"]["chat_messages"] > 0 and erased["tables"]["token_usage"] == 1
-    assert erased["skipped"]["usage_totals"] == KEPT_TOTALS
+    assert erased["kept"]["usage_totals"] == KEPT_TOTALS
     # Still spent: the next turn is refused, and the report says how much.
     assert "daily token budget" in await refused(server, SPENDER)
     (daily, _monthly) = (await report(server, SPENDER))["budgets"]
@@ -57,7 +57,7 @@ async def test_erasing_oneself_keeps_the_operators_override(make_server: Any) ->
     await on_model(server, "scripted:dear", {"input_tokens": 4000, "output_tokens": 4000})
     await turn(server, SPENDER)
     erased = await erase_self(server, SPENDER)
-    assert erased["skipped"]["user_budgets"] == KEPT_BUDGET
+    assert erased["kept"]["user_budgets"] == KEPT_BUDGET
     assert "daily token budget" in await refused(server, SPENDER)
     override = await storage.usage.budget(SPENDER)
     assert override is not None and override.daily_tokens == 5000
@@ -77,8 +77,8 @@ async def test_an_operators_erasure_deletes_it_all_unless_told_to_keep_the_budge
         await turn(server, user)
         assert "daily token budget" in await refused(server, user)
     kept = await data.erase("kept", requested_by="operator", keep_budget=True)
-    assert "usage_totals" in kept.skipped
+    assert "usage_totals" in kept.kept and not kept.skipped
     assert "daily token budget" in await refused(server, "kept")
     gone = await data.erase("gone", requested_by="operator")
-    assert gone.tables["usage_totals"] == 2 and "usage_totals" not in gone.skipped
+    assert gone.tables["usage_totals"] == 2 and not gone.kept
     assert (await turn(server, "gone"))["usage"]["total_tokens"] == 8000

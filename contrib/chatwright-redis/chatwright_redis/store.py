@@ -52,8 +52,6 @@ from typing import Any, cast
 from urllib.parse import quote, unquote
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
@@ -176,16 +174,7 @@ class RedisSessionStore:
         :param source: where ``url`` was set (a setting, a variable), named in errors.
         """
         try:
-            # A command on a connection the server dropped (it restarted) is sent once
-            # more on a new one, rather than failing the request. Each script is safe to
-            # run twice: the ids it writes come with the call.
-            client = aioredis.Redis.from_url(
-                url,
-                decode_responses=True,
-                socket_connect_timeout=5.0,
-                retry=Retry(NoBackoff(), 1),
-                retry_on_error=[RedisConnectionError],
-            )
+            client = aioredis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5.0)
         except ValueError as exc:
             raise SettingsError(
                 f"{source} = {redact(url)!r} is not a Redis URL ({exc}); "
