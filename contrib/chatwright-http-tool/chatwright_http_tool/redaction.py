@@ -20,7 +20,6 @@ import json
 import re
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import quote, quote_plus
 
 MARK = "[redacted]"
 
@@ -55,42 +54,31 @@ class Redactor:
 
     def __init__(self, secrets: Iterable[str]) -> None:
         secrets = [secret for secret in secrets if secret]
-        forms: set[str] = set()
-        for secret in secrets:
-            escaped = json.dumps(secret)[1:-1]
-            forms |= {
-                secret,
-                escaped,
-                escaped.replace("/", "\\/"),
-                json.dumps(secret, ensure_ascii=False)[1:-1],
-                quote(secret, safe=""),
-                quote_plus(secret),
-            }
-        # The usual spellings: a body cut short may end with the start of one.
-        # Longest first, so that a form containing another is replaced whole.
-        self.forms = sorted(forms, key=len, reverse=True)
         patterns = [
             "".join(map(_char_pattern, secret))
             for secret in sorted(set(secrets), key=len, reverse=True)
         ]
         self._pattern = re.compile("|".join(patterns)) if patterns else None
+        self.secrets = sorted(set(secrets))
 
     def text(self, text: str) -> str:
         return self._pattern.sub(MARK, text) if self._pattern else text
 
     def cut_text(self, text: str) -> str:
-        """``text`` redacted, for text cut short: a secret's start at its end is dropped too."""
+        """``text`` redacted, for text cut short: a secret's start at its end is dropped too,
+        in any spelling :meth:`text` knows, an escape cut in its middle included."""
         text = self.text(text)
-        cut = max(
-            (
-                size
-                for form in self.forms
-                for size in range(1, min(len(form), len(text) + 1))
-                if text.endswith(form[:size])
-            ),
-            default=0,
-        )
-        return text[:-cut] + MARK if cut else text
+        if not self.secrets:
+            return text
+        longest = max(len(secret) for secret in self.secrets)
+        # A character is spelled in at most 12 characters (a surrogate pair's escapes).
+        units = _units(text[-12 * longest - 12 :])
+        start = len(text) - sum(len(spelled) for spelled, _ in units)
+        for n, (spelled, _) in enumerate(units):
+            if any(_starts(secret, units[n:]) for secret in self.secrets):
+                return text[:start] + MARK
+            start += len(spelled)
+        return text
 
     def value(self, data: Any) -> Any:
         """Parsed JSON with every string (object keys included) redacted."""
@@ -103,3 +91,63 @@ class Redactor:
         if isinstance(data, dict):
             return {self.text(key): self.value(item) for key, item in data.items()}
         return data
+
+
+_UNIT = re.compile(
+    r"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}"  # a surrogate pair's escapes
+    # An escape cut short at the end (after a surrogate pair's first half, maybe).
+    r"|(?:\\u[dD][89abAB][0-9a-fA-F]{2})?\\(?:u[0-9a-fA-F]{0,3})?\Z"
+    r"|\\u[0-9a-fA-F]{4}"  # one JSON escape
+    r"|\\[^u]"  # a short JSON escape
+    r"|(?:%[0-9a-fA-F]{2})+"  # percent-encoded bytes
+    r"|%[0-9a-fA-F]?\Z"  # a percent-encoding cut short at the end
+    r"|.",
+    re.DOTALL,
+)
+
+
+def _decoded(spelled: str, at_end: bool) -> tuple[str, bool]:
+    """The characters a unit of :func:`_units` spells, and whether it was cut short (then
+    it may go on with any character): only the text's last unit may be."""
+    if spelled.startswith("\\u") and len(spelled) in (6, 12):
+        if at_end and len(spelled) == 6 and 0xD800 <= int(spelled[2:], 16) < 0xDC00:
+            return "", True  # a surrogate pair's first half: its second was cut off
+        try:
+            return json.loads(f'"{spelled}"'), False
+        except ValueError:
+            return spelled, False
+    if spelled.startswith("\\") and len(spelled) == 2 and spelled != "\\u":
+        try:
+            return json.loads(f'"{spelled}"'), False
+        except ValueError:
+            return spelled[1], False
+    if spelled.startswith("%") and len(spelled) >= 3 and len(spelled) % 3 == 0:
+        data = bytes.fromhex(spelled.replace("%", ""))
+        try:
+            return data.decode("utf-8"), False
+        except UnicodeDecodeError as exc:
+            # Bytes of a character cut short at the end: what comes before, then open.
+            return data[: exc.start].decode("utf-8", "replace"), at_end and exc.end == len(data)
+    if at_end and spelled.startswith(("\\", "%")):
+        return "", True
+    return spelled, False
+
+
+def _units(text: str) -> list[tuple[str, tuple[str, bool]]]:
+    """``text`` as units that each spell characters: itself, an escape or encoded bytes."""
+    return [(m[0], _decoded(m[0], m.end() == len(text))) for m in _UNIT.finditer(text)]
+
+
+def _starts(secret: str, units: list[tuple[str, tuple[str, bool]]]) -> bool:
+    """Whether ``units`` (to the end of the text) spell the start of ``secret``."""
+    at = 0
+    for spelled, (chars, cut_short) in units:
+        for char in chars:
+            if at >= len(secret):
+                return False
+            if char != secret[at] and not (spelled == "+" and secret[at] == " "):
+                return False
+            at += 1
+        if cut_short:
+            return at < len(secret)
+    return 0 < at < len(secret)

@@ -9,6 +9,7 @@ these spellings, in error messages, text bodies, and the audit log.
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from chatwright_http_tool.redaction import MARK, Redactor
@@ -109,3 +110,28 @@ def test_other_text_is_left_alone() -> None:
     redactor = Redactor([TOKEN])
     text = "eyJhbGciOi JIUzI1NiJ9 abc def== \\/ \\u002f"
     assert redactor.text(text) == text
+
+
+def test_a_body_cut_in_the_middle_of_a_secret_spelled_any_way_shows_none_of_it() -> None:
+    """The cut end was matched against Python's own spellings only: a secret echoed as Go
+    escapes it (``\\u0026``), or percent-encoded in lower case, and cut by
+    ``max_response_bytes`` in its middle, showed its first part to the model."""
+    from chatwright_http_tool.redaction import MARK, Redactor
+
+    secret = "k3y&s3cr3t<x>/ABCDEFGH é\U0001f600z"
+    go = secret.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
+    lower = "".join(
+        c if c.isalnum() and c.isascii() else f"%{b:02x}" for c in secret for b in c.encode()
+    )
+    upper = re.sub("%[0-9a-f]{2}", lambda m: m[0].upper(), lower)
+    spellings = [secret, go, lower, upper, json.dumps(secret)[1:-1]]
+    redactor = Redactor([secret])
+    for spelled in spellings:
+        for cut in range(1, len(spelled)):
+            shown = redactor.cut_text("got=" + spelled[:cut])
+            assert shown == "got=" + MARK, (spelled, cut, shown)
+    # Text that does not end with a secret's start is left as it is (an escape cut short
+    # at the very end may start any character: it is taken as a secret's start).
+    for text in ("got=nothing", "a\\u0041b", "100% sure", "k3y&s3cr3X"):
+        assert redactor.cut_text(text) == text, text
+    assert redactor.cut_text("cut at 100%") == "cut at 100" + MARK
