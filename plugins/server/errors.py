@@ -274,6 +274,10 @@ def install(app: FastAPI) -> None:
                     f"method {request.method} is not allowed on {request.url.path}; "
                     f"it takes {', '.join(allowed)}"
                 )
+        if status == 404 and message == "Not Found":  # no route has this path
+            path = request.url.path
+            shown = path if len(path) <= 200 else path[:197] + "..."
+            message = f"no such path: {shown}; GET /docs lists the API's paths"
         problem = unparsed_body(exc)
         if problem is not None:
             message, status = problem, 422

@@ -84,3 +84,17 @@ async def test_json_too_deep_to_read_is_a_422_saying_so(tmp_path: Path) -> None:
 
     message = assert_error_body(response, 422)
     assert "nested too deeply" in message, message
+
+
+async def test_a_path_no_route_has_is_named_with_where_the_paths_are(tmp_path: Path) -> None:
+    async with (
+        serving(settings_for(tmp_path)) as served,
+        httpx.AsyncClient(base_url=served.url, timeout=30) as client,
+    ):
+        missing = await client.get("/api/nope")
+        long = await client.get("/api/" + "x" * 5000)
+    assert assert_error_body(missing, 404) == (
+        "no such path: /api/nope; GET /docs lists the API's paths"
+    )
+    message = assert_error_body(long, 404)
+    assert len(message) < 300 and message.startswith("no such path: /api/xxx")
