@@ -26,9 +26,9 @@ can write)."""
 
 def escaped(text: str, keep: str = "") -> str:
     """``text`` with each character a terminal would act on (:data:`_TERMINAL_ACTS`)
-    written as its ``\\uXXXX`` escape, but those in ``keep``: a value stored by anyone (a
-    prompt, a tool's name, a row of an original database) cannot clear the screen,
-    colour what follows, reorder a line or fake one."""
+    written as its escape (``\\u`` and four hex digits), but those in ``keep``: a
+    value stored by anyone (a prompt, a tool's name, a row of an original database)
+    cannot clear the screen, colour what follows, reorder a line or fake one."""
 
     def one(found: re.Match[str]) -> str:
         char = found[0]
