@@ -10,8 +10,8 @@ from __future__ import annotations
 import functools
 
 import sqlalchemy as sa
-from alembic import command
 from alembic.config import Config
+from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
@@ -32,9 +32,16 @@ def _alembic_config() -> Config:
 
 
 @functools.cache
+def _scripts() -> ScriptDirectory:
+    # Loaded once per process: reading the scripts compiles every one of them, which
+    # every command and server start would otherwise pay for several times over.
+    return ScriptDirectory.from_config(_alembic_config())
+
+
+@functools.cache
 def head() -> str | None:
     """The revision the code expects: the newest migration script."""
-    return ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    return _scripts().get_current_head()
 
 
 # How current() joins the revisions of a version table that holds several.
@@ -55,7 +62,7 @@ def current(sync_conn: Connection) -> str | None:
 
 def _known(revision: str) -> bool:
     try:
-        return ScriptDirectory.from_config(_alembic_config()).get_revision(revision) is not None
+        return _scripts().get_revision(revision) is not None
     except Exception:  # Alembic's errors for an unknown or malformed revision
         return False
 
@@ -93,9 +100,19 @@ def upgrade(sync_conn: Connection) -> None:
     if sync_conn.dialect.name == "postgresql":
         # Several processes starting at once migrate one after the other.
         sync_conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _UPGRADE_LOCK_KEY})
-    problem = unknown(current(sync_conn))
+    revision = current(sync_conn)
+    problem = unknown(revision)
     if problem is not None:
         raise StorageError(f"the database {problem}")
+    if revision == head():
+        return
     config = _alembic_config()
     config.attributes["connection"] = sync_conn
-    command.upgrade(config, "head")
+    scripts = _scripts()
+
+    def steps(at: object, context: object) -> object:
+        # What Alembic's ``upgrade`` command runs, on the scripts loaded once.
+        return scripts._upgrade_revs("head", at)  # type: ignore[arg-type]
+
+    with EnvironmentContext(config, scripts, fn=steps, destination_rev="head"):
+        scripts.run_env()
