@@ -11,7 +11,11 @@ transaction mode and chatwright reaches every test database through it (see
 :mod:`tests.pgbouncer`); ``pg_url`` stays the direct URL, for set-up and checks.
 Every test that needs the PostgreSQL server is marked ``postgresql`` (``-m
 postgresql`` runs those only): those using ``pg_url`` or a backend parameter
-named ``postgresql`` or ``supabase`` here, the others by their module.
+named ``postgresql`` or ``supabase`` here, the others by their module. The
+tests of the modules in :data:`LISTENER_MODULES` are also marked ``listener``:
+those where several runtimes share one database, so that whether each hears the
+others' config changes (LISTEN through ``storage.direct_url``) can change what
+happens. The second PgBouncer pass (``direct_url``) runs only those.
 
 The plain helpers these fixtures are built on are in :mod:`tests.harness`.
 """
@@ -40,12 +44,39 @@ MakeRuntime = Callable[..., Awaitable["Runtime"]]
 # Parameters (of a backend fixture or parametrize) that put a test on PostgreSQL.
 POSTGRESQL_PARAMS = frozenset({"postgresql", "supabase"})
 
+# Modules (under tests/) whose tests run several runtimes ("processes") on one database,
+# or check how a runtime hears config changes: marked ``listener`` (see the docstring).
+LISTENER_MODULES = frozenset(
+    {
+        "test_multiprocess.py",
+        "test_turn_path.py",
+        "test_memory.py",
+        "test_supabase.py",
+        "test_approvals.py",
+        "test_pool_ping.py",
+        "hostile/test_backends.py",
+        "hostile/test_agent_changed_mid_turn.py",
+        "hostile/test_lease_lost.py",
+        "hostile/test_lease_lost_calls.py",
+        "hostile/test_turn_end_cancellation.py",
+    }
+)
+TESTS = Path(__file__).resolve().parent
+
 
 def pytest_configure(config: pytest.Config) -> None:
     if pgbouncer.MODE_ERROR is not None:
         raise pytest.UsageError(pgbouncer.MODE_ERROR)
     config.addinivalue_line(
         "markers", "postgresql: the test needs the PostgreSQL test server (-m postgresql)"
+    )
+    missing = sorted(m for m in LISTENER_MODULES if not (TESTS / m).is_file())
+    if missing:  # a module renamed would silently leave the direct_url pass
+        raise pytest.UsageError(f"LISTENER_MODULES in tests/conftest.py names no file: {missing}")
+    config.addinivalue_line(
+        "markers",
+        "listener: several runtimes share the test's database, so whether they hear "
+        "each other's config changes matters (-m listener)",
     )
 
 
@@ -56,6 +87,9 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 def pytest_collection_modifyitems(items: Sequence[pytest.Item]) -> None:
     for item in items:
+        path = item.path.resolve()
+        if path.is_relative_to(TESTS) and path.relative_to(TESTS).as_posix() in LISTENER_MODULES:
+            item.add_marker(pytest.mark.listener)
         params = getattr(getattr(item, "callspec", None), "params", {})
         on_params = any(
             isinstance(value, str) and value in POSTGRESQL_PARAMS for value in params.values()
