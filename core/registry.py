@@ -143,9 +143,16 @@ class Plugins:
     # -- loading ---------------------------------------------------------
 
     def load_entry_points(self) -> None:
+        # Each of a distribution's entry points would parse its metadata twice again.
+        described: dict[int, tuple[str, str | None]] = {}
         for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-            distribution = ep.dist.name if ep.dist is not None else ""
-            version = ep.dist.version if ep.dist is not None else None
+            if ep.dist is None:
+                distribution, version = "", None
+            else:
+                if id(ep.dist) not in described:
+                    meta = ep.dist.metadata
+                    described[id(ep.dist)] = (meta["Name"], meta["Version"])
+                distribution, version = described[id(ep.dist)]
             bundled = normalize_name(distribution) == BUNDLED_DISTRIBUTION
             if not self.policy.admits(ep.name, distribution, bundled):
                 continue
