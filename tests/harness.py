@@ -457,13 +457,18 @@ class ServerProcess:
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Until ``/healthz`` answers 200; fails with the log if the server exits or is late."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
-                    return
-            time.sleep(0.1)
+        # One client for every try: making one loads the CA certificates, which would
+        # cost more than the server's start itself, poll after poll.
+        with httpx.Client(timeout=2) as client:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise AssertionError(
+                        f"server exited with {self.proc.returncode}:\n{self.log()}"
+                    )
+                with contextlib.suppress(httpx.HTTPError):
+                    if client.get(self.url + "/healthz").status_code == 200:
+                        return
+                time.sleep(0.1)
         raise AssertionError(f"server not ready within {timeout} s:\n{self.log()}")
 
     def stop(self) -> None:
