@@ -107,6 +107,42 @@ def _summary(value: Any) -> str:
     return f"<{type(value).__name__}>"
 
 
+def policy_problems(policy: LoadPolicy, found: Mapping[str, str]) -> list[str]:
+    """The names of the load policy that match nothing installed, each with what it
+    may have meant: a misspelt name would otherwise block, or admit, nothing silently.
+
+    :param found: every plugin (entry point) name found, normalized, with its
+        distribution.
+    """
+    plugins = set(found)
+    distributions = {normalize_name(d): d for d in found.values() if d}
+    problems = []
+    for name in sorted(policy.block - plugins - set(distributions)):
+        close = difflib.get_close_matches(name, sorted(plugins | set(distributions)), n=1)
+        meant = f" (did you mean {close[0]!r}?)" if close else ""
+        problems.append(
+            f"CHATWRIGHT_DISABLE_PLUGINS names {name!r}, which is no installed plugin or "
+            f"distribution, so it blocks nothing{meant}; `chatwright plugins --all` lists them"
+        )
+    for name in sorted((policy.allow or frozenset()) - set(distributions)):
+        if name in plugins and normalize_name(found[name]) == BUNDLED_DISTRIBUTION:
+            problems.append(
+                f"CHATWRIGHT_LOAD_PLUGINS names {name!r}, a plugin bundled with chatwright: "
+                "bundled plugins always load, and the list admits other distributions"
+            )
+            continue
+        if name in plugins:
+            meant = f": it is a plugin of distribution {found[name]!r}, give that"
+        else:
+            close = difflib.get_close_matches(name, sorted(distributions), n=1)
+            meant = f" (did you mean {distributions[close[0]]!r}?)" if close else ""
+        problems.append(
+            f"CHATWRIGHT_LOAD_PLUGINS names {name!r}, which is no installed distribution, "
+            f"so it loads nothing{meant}; it takes distribution names, as `pip list` gives them"
+        )
+    return problems
+
+
 class Plugins:
     """The plugin manager of one process: pluggy underneath, plus bookkeeping.
 
@@ -145,6 +181,7 @@ class Plugins:
     def load_entry_points(self) -> None:
         # Each of a distribution's entry points would parse its metadata twice again.
         described: dict[int, tuple[str, str | None]] = {}
+        found: dict[str, str] = {}  # every plugin name found, normalized: its distribution
         for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
             if ep.dist is None:
                 distribution, version = "", None
@@ -153,6 +190,7 @@ class Plugins:
                     meta = ep.dist.metadata
                     described[id(ep.dist)] = (meta["Name"], meta["Version"])
                 distribution, version = described[id(ep.dist)]
+            found[normalize_name(ep.name)] = distribution
             bundled = normalize_name(distribution) == BUNDLED_DISTRIBUTION
             if not self.policy.admits(ep.name, distribution, bundled):
                 continue
@@ -178,6 +216,10 @@ class Plugins:
                 continue
             self._register(obj, info)
         self._pm.check_pending()
+        for problem in policy_problems(self.policy, found):
+            if self.policy.strict:
+                raise PluginError(problem)
+            log.warning("chatwright: %s", problem)
 
     def register(self, plugin: object, name: str, *, version: str | None = None) -> None:
         """Register a plugin object directly (tests, embedding applications)."""

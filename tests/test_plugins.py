@@ -40,7 +40,7 @@ from chatwright.registry import COLLECTIONS, LoadPolicy, PluginInfo, Plugins, Re
 from chatwright.runtime import Runtime
 from chatwright.settings import Settings, load_settings
 from chatwright.stores import ChatSession
-from tests.harness import Recorder
+from tests.harness import Recorder, clean_env, script
 
 # The storage backends the bundled plugins register.
 BUNDLED_BACKENDS = frozenset({"sql", "supabase"})
@@ -369,6 +369,66 @@ def test_strict_from_environ_makes_broken_entry_point_fatal(dists: FakeDists) ->
 
 
 # -- the load policy --------------------------------------------------------------
+
+
+def test_a_policy_name_that_matches_nothing_is_warned_of_with_what_it_may_mean(
+    dists: FakeDists, caplog: pytest.LogCaptureFixture
+) -> None:
+    dists.good()
+    caplog.set_level(logging.WARNING, logger="chatwright.registry")
+    policy = LoadPolicy.from_environ(
+        {
+            "CHATWRIGHT_DISABLE_PLUGINS": "crudd,good,sql",
+            "CHATWRIGHT_LOAD_PLUGINS": "good-cw-plugn,good,crud",
+        }
+    )
+    plugins = Plugins.load(policy)
+    # What the names did is unchanged: good is blocked, the bundled crud loads.
+    assert "good" not in by_name(plugins) and "crud" in by_name(plugins)
+    said = sorted(w.getMessage() for w in warnings_from_registry(caplog))
+    assert len(said) == 4, said
+    disable_typo, load_crud, load_good, load_typo = said  # D before L, then by name
+    assert "CHATWRIGHT_DISABLE_PLUGINS names 'crudd'" in disable_typo
+    assert "blocks nothing" in disable_typo and "did you mean 'crud'?" in disable_typo
+    assert "CHATWRIGHT_LOAD_PLUGINS names 'good-cw-plugn'" in load_typo
+    assert "did you mean 'good-cw-plugin'?" in load_typo
+    # A plugin's name where the list takes distributions: which one to give.
+    assert "'good'" in load_good and "distribution 'good-cw-plugin', give that" in load_good
+    assert "'crud'" in load_crud and "bundled plugins always load" in load_crud
+
+
+def test_policy_names_that_match_are_not_warned_of(
+    dists: FakeDists, caplog: pytest.LogCaptureFixture
+) -> None:
+    dists.good()
+    caplog.set_level(logging.WARNING, logger="chatwright.registry")
+    Plugins.load(
+        LoadPolicy.from_environ(
+            {
+                "CHATWRIGHT_DISABLE_PLUGINS": "Good_CW.Plugin,crud",
+                "CHATWRIGHT_LOAD_PLUGINS": "chatwright,good-cw-plugin",
+            }
+        )
+    )
+    Plugins.load(LoadPolicy.from_environ({"CHATWRIGHT_LOAD_PLUGINS": ""}))
+    assert warnings_from_registry(caplog) == []
+
+
+def test_a_policy_name_that_matches_nothing_is_fatal_when_strict() -> None:
+    policy = LoadPolicy.from_environ(
+        {"CHATWRIGHT_DISABLE_PLUGINS": "crudd", "CHATWRIGHT_STRICT_PLUGINS": "1"}
+    )
+    with pytest.raises(PluginError, match=r"'crudd'.*did you mean 'crud'"):
+        Plugins.load(policy)
+
+
+def test_a_misspelt_policy_name_is_one_warning_line_from_the_cli(workdir: Path) -> None:
+    env = {**clean_env(), "CHATWRIGHT_DISABLE_PLUGINS": "crudd"}
+    done = script("plugins", cwd=workdir, env=env)
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if "crudd" in line]
+    assert len(lines) == 1 and "did you mean 'crud'?" in lines[0], done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_from_environ_defaults() -> None:
