@@ -31,7 +31,12 @@ from chatwright.agents import (
     validate_agent,
 )
 from chatwright.approvals import APPROVAL_MODES, DEFAULT_APPROVAL, DEFAULT_USER_CHOICE, USER_CHOICES
-from chatwright.errors import InvalidInputError, NotFoundError, UnknownAgentError
+from chatwright.errors import (
+    AlreadyExistsError,
+    InvalidInputError,
+    NotFoundError,
+    UnknownAgentError,
+)
 from chatwright.stores import Agent, ToolRow
 
 if TYPE_CHECKING:
@@ -325,7 +330,12 @@ async def copy_tool(
         "approval_default": row.approval_default,
     }
     tool_definition(data, f"copy of tool row {tool_id}")
-    return await add_tool(runtime, to_agent, data)
+    try:
+        return await add_tool(runtime, to_agent, data)
+    except AlreadyExistsError as exc:
+        raise AlreadyExistsError(
+            f'{exc}; or give the copy a name of its own (--name NEW; "name" in the API\'s body)'
+        ) from None
 
 
 # -- agents ----------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from chatwright.errors import InvalidInputError, NotFoundError
+from chatwright.userdata import no_chat
 
 if TYPE_CHECKING:
     from chatwright.approvals import PendingAction
@@ -177,7 +178,11 @@ async def transcript(
     """
     owner = await storage.sessions.chat_owner(chat_id)
     if owner is None or (user_id is not None and owner[0] != user_id):
-        raise NotFoundError(f"no chat {chat_id}")
+        if user_id is not None:
+            raise NotFoundError(no_chat(chat_id))
+        raise NotFoundError(
+            f"no chat {chat_id}; `chatwright chats list --user USER` lists a user's chats"
+        )
     user, agent = owner
     messages: list[Message] = []
     after = 0

@@ -191,7 +191,7 @@ def test_the_cli_refuses_bad_values_and_keeps_titles_off_the_terminal(example: P
     (alices,) = ok_json("chats", "list", "--user", "alice", "--json")["chats"]
 
     missing = str(uuid.uuid4())
-    assert_error(run("chats", "show", missing), f"no chat {missing}")
+    assert_error(run("chats", "show", missing), f"no chat {missing}", "chats list --user USER")
     usage_error(run("chats", "show", "not-a-uuid"), "not-a-uuid")
     usage_error(run("chats", "show", "' OR 1=1 --"), "OR 1=1")
     for value in ("0", "-1", "101", "100000000000000000000"):

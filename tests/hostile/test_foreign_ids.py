@@ -163,6 +163,15 @@ async def test_alices_ids_answer_404_on_every_endpoint_and_leak_nothing(
             assert_error_body(response, 404, 405)
             assert "marzipan" not in response.text
 
+    # Her chat and an unused id get one answer, which says where bob's own are listed.
+    unused = str(uuid.uuid4())
+    hers = await server.client.get(f"/api/chats/{alice['chat_id']}/messages", headers=bearer("bob"))
+    nobodys = await server.client.get(f"/api/chats/{unused}/messages", headers=bearer("bob"))
+    assert hers.status_code == nobodys.status_code == 404
+    said = nobodys.json()["error"]
+    assert hers.json()["error"].replace(alice["chat_id"], unused) == said
+    assert said.startswith(f"no chat {unused}") and "GET /api/chats" in said, said
+
     # Alice's chat is as it was and her session open; bob got no session on her chat.
     assert await sql(server.runtime, "SELECT * FROM chat_messages WHERE user_id = 'alice'") == (
         before

@@ -38,6 +38,7 @@ from chatwright.plugins.server.streaming import (
     refuse_spent,
     stream_turn,
 )
+from chatwright.userdata import no_chat
 
 router = APIRouter(tags=["chats"], route_class=JSONRoute)
 
@@ -127,7 +128,7 @@ async def messages(
     """A page of a chat, oldest first; pass the first message's id as before for the previous."""
     owner = await runtime.storage.sessions.chat_owner(chat_id)
     if owner is None or owner[0] != who.user_id:
-        raise NotFoundError(f"no chat {chat_id}")
+        raise NotFoundError(no_chat(chat_id))
     # One extra row tells whether an older page exists.
     page = await runtime.storage.messages.page(who.user_id, chat_id, limit=limit + 1, before=before)
     summary = await runtime.storage.summaries.get(who.user_id, chat_id)
