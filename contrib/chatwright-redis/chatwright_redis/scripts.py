@@ -12,6 +12,13 @@ two internal ones: ``_member``, its member in the ``active`` sorted set, and
 ``_slot``, the name of its client-key key when it was opened with one.
 Timestamps are integer microseconds since the epoch, in the hash and as
 sorted-set scores alike.
+
+The scripts whose answer says what the call changed (open, deactivate, sweep)
+take a token of the call's own and keep their answer under ``reply:{token}``
+for 15 seconds: a client whose connection dropped before the answer came sends the
+same call again and gets the same answer, instead of the answer of a call that
+found the work done. The others change nothing a second run would change
+differently (their timestamps come with the call).
 """
 
 from __future__ import annotations
@@ -40,6 +47,21 @@ local function touch(prefix, key, f, user_index, active, now, ttl)
   end
 end
 
+-- The answer kept for a call's token, decoded, or nil when there is none.
+local function replayed(prefix, token)
+  local kept = redis.call('GET', prefix .. 'reply:' .. token)
+  if kept then
+    return cjson.decode(kept)
+  end
+  return nil
+end
+
+-- Keep a call's answer under its token for 15 s (a retry comes within that), and give it.
+local function answer(prefix, token, reply)
+  redis.call('SET', prefix .. 'reply:' .. token, cjson.encode(reply), 'PX', 15000)
+  return reply
+end
+
 -- Drop an active session from every index of active sessions.
 local function release(prefix, f, active)
   redis.call('ZREM', active, f[3])
@@ -55,11 +77,16 @@ OPEN = (
     + """
 -- KEYS: session, latest, active, user index[, client-key slot]
 -- ARGV: prefix, id, explicit chat id or '', fresh chat id, owner, now, ttl,
---       active member, trim cutoff, then the remaining field/value pairs of
---       the hash. Entries of the user index older than the trim cutoff belong
---       to sessions whose keys have expired.
+--       active member, trim cutoff, the call's token, then the remaining
+--       field/value pairs of the hash. Entries of the user index older than
+--       the trim cutoff belong to sessions whose keys have expired.
 local prefix, id, explicit, fresh = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local owner, now, ttl, member = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local token = ARGV[10]
+local again = replayed(prefix, token)
+if again then
+  return again
+end
 if explicit ~= '' then
   local current = redis.call('GET', prefix .. 'chat:' .. explicit)
   if current and current ~= owner then
@@ -71,7 +98,7 @@ if slot and not redis.call('SET', slot, id, 'NX', 'PX', ttl) then
   -- Another open with this client key won: return its session while active.
   local winner = prefix .. 'session:' .. redis.call('GET', slot)
   if redis.call('HGET', winner, 'is_active') == '1' then
-    return {'existing', redis.call('HGETALL', winner)}
+    return answer(prefix, token, {'existing', redis.call('HGETALL', winner)})
   end
   redis.call('SET', slot, id, 'PX', ttl)
 end
@@ -82,7 +109,7 @@ end
 redis.call('SET', prefix .. 'chat:' .. chat, owner, 'NX')
 redis.call('SET', KEYS[2], chat)
 redis.call('HSET', KEYS[1], 'id', id, 'chat_id', chat, 'is_active', '1', 'created_at', now,
-  'updated_at', now, '_member', member, unpack(ARGV, 10))
+  'updated_at', now, '_member', member, unpack(ARGV, 11))
 redis.call('PEXPIRE', KEYS[1], ttl)
 redis.call('ZADD', KEYS[3], now, member)
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. ARGV[9])
@@ -90,7 +117,7 @@ redis.call('ZADD', KEYS[4], now, id)
 redis.call('PEXPIRE', KEYS[4], ttl)
 redis.call('SADD', prefix .. 'live:' .. chat, id)
 redis.call('PEXPIRE', prefix .. 'live:' .. chat, ttl)
-return {'created', redis.call('HGETALL', KEYS[1])}
+return answer(prefix, token, {'created', redis.call('HGETALL', KEYS[1])})
 """
 )
 
@@ -110,8 +137,12 @@ return redis.call('HGETALL', KEYS[1])
 DEACTIVATE = (
     _LIBRARY
     + """
--- KEYS: session, user index, active.  ARGV: prefix, user id, now, ttl.
+-- KEYS: session, user index, active.  ARGV: prefix, user id, now, ttl, token.
 -- Returns {1 when this call deactivated it, else 0; the session's fields}.
+local again = replayed(ARGV[1], ARGV[5])
+if again then
+  return again
+end
 local f = fields(KEYS[1])
 if f[1] ~= ARGV[2] then
   return false
@@ -124,7 +155,7 @@ if f[2] == '1' then
   closed = 1
 end
 touch(ARGV[1], KEYS[1], f, KEYS[2], KEYS[3], ARGV[3], ARGV[4])
-return {closed, redis.call('HGETALL', KEYS[1])}
+return answer(ARGV[1], ARGV[5], {closed, redis.call('HGETALL', KEYS[1])})
 """
 )
 
@@ -150,8 +181,12 @@ return touched
 SWEEP = (
     _LIBRARY
     + """
--- KEYS: active.  ARGV: prefix, cutoff (exclusive), most members to look at.
+-- KEYS: active.  ARGV: prefix, cutoff (exclusive), most members to look at, token.
 -- Returns {members looked at, {hash of each deactivated session...}}.
+local again = replayed(ARGV[1], ARGV[4])
+if again then
+  return again
+end
 local members = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[2],
   'LIMIT', 0, ARGV[3])
 local swept = {}
@@ -167,6 +202,6 @@ for _, member in ipairs(members) do
     redis.call('ZREM', KEYS[1], member)
   end
 end
-return {#members, swept}
+return answer(ARGV[1], ARGV[4], {#members, swept})
 """
 )

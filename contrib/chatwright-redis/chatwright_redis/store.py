@@ -33,9 +33,15 @@ name (``:`` and ``*`` are encoded, for one):
     The user's session ids by ``updated_at``, for ``list``.
 ``live:{chat_id}`` (set, TTL)
     Ids of the chat's active sessions, for ``touch_chat`` after every turn.
+``reply:{token}`` (string, 15 s)
+    The answer of one open, deactivate or sweep call, for its retry (see
+    :mod:`chatwright_redis.scripts`).
 
 Every change to a session and its indexes is one Lua script
-(:mod:`chatwright_redis.scripts`), so it is atomic without locks or retries.
+(:mod:`chatwright_redis.scripts`), so it is atomic without locks. A call whose
+connection drops is sent once more, on a new connection: every script is safe
+to run twice (the ones that answer what they changed keep their answer for a
+retry), and so is every other call.
 All calls go through ``redis.asyncio``: none blocks the event loop.
 """
 
@@ -52,6 +58,8 @@ from typing import Any, cast
 from urllib.parse import quote, unquote
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
@@ -174,7 +182,15 @@ class RedisSessionStore:
         :param source: where ``url`` was set (a setting, a variable), named in errors.
         """
         try:
-            client = aioredis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5.0)
+            # One retry on a dropped connection, as after a restart of Redis every pooled
+            # connection is dead: the call goes again on a new one. Every script is safe
+            # to send twice (see chatwright_redis.scripts), and so is every other call.
+            client = aioredis.Redis.from_url(
+                url,
+                decode_responses=True,
+                socket_connect_timeout=5.0,
+                retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 1),
+            )
         except ValueError as exc:
             raise SettingsError(
                 f"{source} = {redact(url)!r} is not a Redis URL ({exc}); "
@@ -247,6 +263,7 @@ class RedisSessionStore:
             self._ttl_ms,
             f"{_encode(user_id, agent_name)}:{session_id}",
             now - 2000 * self._ttl_ms,
+            uuid.uuid4().hex,
             *fields,
         ]
         with self._reaching():
@@ -289,7 +306,8 @@ class RedisSessionStore:
         script is atomic: of a close and a sweep at once, one finds it so)."""
         keys = [self._keys.session(session_id), self._keys.user(user_id), self._keys.active]
         with self._reaching():
-            answer = await self._deactivate(keys=keys, args=self._user_args(user_id))
+            args = [*self._user_args(user_id), uuid.uuid4().hex]
+            answer = await self._deactivate(keys=keys, args=args)
         if answer is None:
             return None
         closed, flat = answer
@@ -339,7 +357,8 @@ class RedisSessionStore:
             while len(swept) < limit:
                 wanted = limit - len(swept)
                 looked, hashes = await self._sweep(
-                    keys=[self._keys.active], args=[self._keys.prefix, cutoff, wanted]
+                    keys=[self._keys.active],
+                    args=[self._keys.prefix, cutoff, wanted, uuid.uuid4().hex],
                 )
                 swept += [_session(_hash(flat)) for flat in hashes]
                 if looked < wanted:
