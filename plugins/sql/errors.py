@@ -100,6 +100,15 @@ class DatabaseErrors:
                 f"the database did not answer within {self.statement_timeout:g} s "
                 "(storage.statement_timeout); try again later"
             ) from error
+        if isinstance(error, UnicodeEncodeError) or isinstance(
+            getattr(error, "orig", None), UnicodeEncodeError
+        ):
+            # A lone surrogate: not a character, so no database text can hold it. What
+            # callers validate never gets here; a plugin's or an embedder's value may.
+            raise InvalidInputError(
+                "a value holds a lone surrogate (a half of a UTF-16 pair, such as \\ud800), "
+                "which is not a character and cannot be stored; remove it"
+            ) from error
         sqlstate = getattr(getattr(error, "orig", None), "sqlstate", None)
         if sqlstate in _HELD and error is not None:
             level = logging.DEBUG if EXPECTED_WAITS.get() else logging.WARNING
