@@ -152,7 +152,12 @@ def hide_url(value: str) -> str:
     try:
         # Before: a fragment would be read as part of the path. After: the query as
         # rendered, its hidden values shown unquoted.
-        shown = make_url(hide_parameters(value)).render_as_string(hide_password=True)
+        url = make_url(hide_parameters(value))
+        if url.host and "@" in url.host and url.password is not None:
+            # An "@" left unencoded in the password: the parser took the rest of the
+            # password for the host. None of it is shown.
+            url = url.set(host=url.host.rpartition("@")[2])
+        shown = url.render_as_string(hide_password=True)
         return hide_parameters(shown)
     except Exception:
         return "<unparseable URL hidden>"

@@ -375,6 +375,21 @@ def test_cli_config_show_redacts_password(as_json: bool) -> None:
     assert "postgresql://u:***@h/db" in out
 
 
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://u:a@b@h/db", "postgresql://u:***@h/db"),
+        ("postgresql://u:pa#ss@h:5432/db", "postgresql://u:***@h:5432/db"),
+        ("postgresql://u:p?w/x@h/db", "postgresql://u:***@h/db"),
+    ],
+)
+def test_a_password_with_unencoded_delimiters_is_hidden_whole(url: str, shown: str) -> None:
+    # "@", "#", "?" and "/" should be percent-encoded in a URL's password; left as they
+    # are, no part of the password may show.
+    data = json.loads(show(["--database", url, "config", "show", "--json"]))
+    assert data["storage"]["url"] == shown
+
+
 def test_cli_config_show_redacts_password_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CHATWRIGHT_STORAGE__URL", "postgresql+psycopg://me:hunter2@db:5432/x")
     data = json.loads(show(["config", "show", "--json"]))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from chatwright.errors import SettingsError
 
@@ -74,11 +74,13 @@ def redact(url: str) -> str:
     from chatwright.redaction import hide_parameters
 
     try:
-        parts = urlsplit(url)
-        userinfo, at, host = parts.netloc.rpartition("@")
-        if at and ":" in userinfo:
-            user = userinfo.partition(":")[0]
-            parts = parts._replace(netloc=f"{user}:***@{host}")
-        return hide_parameters(urlunsplit(parts))
+        # The user part ends at the last "@": a password may hold "#", "?", "/" or "@"
+        # left unencoded, which would end the network location for urlsplit.
+        scheme, sep, rest = url.partition("://")
+        userinfo, at, after = rest.rpartition("@")
+        if sep and at and ":" in userinfo:
+            url = f"{scheme}://{userinfo.partition(':')[0]}:***@{after}"
+        urlsplit(url)  # a ValueError for what no parser reads (an unclosed "[", say)
+        return hide_parameters(url)
     except ValueError:
         return "<a URL that does not parse, hidden>"

@@ -192,9 +192,12 @@ class RedisSessionStore:
                 retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 1),
             )
         except ValueError as exc:
+            # The parser's words may quote a piece of a password it misread.
+            why = str(exc) if redact(url) == url else "it does not parse"
             raise SettingsError(
-                f"{source} = {redact(url)!r} is not a Redis URL ({exc}); "
-                "use redis://host:port/db, rediss:// for TLS or unix:///path"
+                f"{source} = {redact(url)!r} is not a Redis URL ({why}); "
+                "use redis://host:port/db, rediss:// for TLS or unix:///path, with any "
+                "'#', '?', '/' or '@' in the password percent-encoded"
             ) from None
         return cls(
             client,

@@ -156,6 +156,37 @@ async def test_an_unreachable_server_is_named_in_the_log_not_in_the_error(
         await store.close()
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:hun#ter2@127.0.0.1:1/0",
+        "redis://u:hun?ter2@127.0.0.1:1/0",
+        "redis://u:hun/ter2@127.0.0.1:1/0",
+        "redis://u:hun@ter2@127.0.0.1:1/0",
+    ],
+)
+async def test_a_password_with_unencoded_delimiters_shows_nowhere(
+    url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # They should be percent-encoded; left as they are, the URL parses oddly, and
+    # whatever fails is reported without any part of the password.
+    said = ""
+    try:
+        store = RedisSessionStore.from_url(url, prefix="x:", idle_timeout=IDLE)
+    except SettingsError as error:
+        said = str(error)
+    else:
+        try:
+            with pytest.raises(StorageError) as caught:
+                await store.open("alice", "helper")
+            said = str(caught.value)
+        finally:
+            await store.close()
+    for text in (said, caplog.text):
+        assert "hun" not in text and "ter2" not in text, text
+    assert said
+
+
 async def test_an_unreachable_server_set_in_the_settings_names_that_setting(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
