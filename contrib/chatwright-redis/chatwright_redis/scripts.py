@@ -14,11 +14,12 @@ Timestamps are integer microseconds since the epoch, in the hash and as
 sorted-set scores alike.
 
 The scripts whose answer says what the call changed (open, deactivate, sweep)
-take a token of the call's own and keep their answer under ``reply:{token}``
-for 15 seconds: a client whose connection dropped before the answer came sends the
-same call again and gets the same answer, instead of the answer of a call that
-found the work done. The others change nothing a second run would change
-differently (their timestamps come with the call).
+take a token of the call's own and keep what they did under ``reply:{token}``
+for a minute: the session ids and the flag, never a session's fields. A client
+whose connection dropped before the answer came sends the same call again and
+gets the same answer (the sessions as they are now), instead of the answer of a
+call that found the work done. The others change nothing a second run would
+change differently (their timestamps come with the call).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ local function touch(prefix, key, f, user_index, active, now, ttl)
   end
 end
 
--- The answer kept for a call's token, decoded, or nil when there is none.
+-- What a call with this token did, decoded, or nil when no call had it.
 local function replayed(prefix, token)
   local kept = redis.call('GET', prefix .. 'reply:' .. token)
   if kept then
@@ -56,10 +57,10 @@ local function replayed(prefix, token)
   return nil
 end
 
--- Keep a call's answer under its token for 15 s (a retry comes within that), and give it.
-local function answer(prefix, token, reply)
-  redis.call('SET', prefix .. 'reply:' .. token, cjson.encode(reply), 'PX', 15000)
-  return reply
+-- Keep what a call did (ids and flags only) under its token for a minute: its retry
+-- comes within that.
+local function done(prefix, token, what)
+  redis.call('SET', prefix .. 'reply:' .. token, cjson.encode(what), 'PX', 60000)
 end
 
 -- Drop an active session from every index of active sessions.
@@ -85,7 +86,7 @@ local owner, now, ttl, member = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local token = ARGV[10]
 local again = replayed(prefix, token)
 if again then
-  return again
+  return {again[1], redis.call('HGETALL', prefix .. 'session:' .. again[2])}
 end
 if explicit ~= '' then
   local current = redis.call('GET', prefix .. 'chat:' .. explicit)
@@ -98,7 +99,8 @@ if slot and not redis.call('SET', slot, id, 'NX', 'PX', ttl) then
   -- Another open with this client key won: return its session while active.
   local winner = prefix .. 'session:' .. redis.call('GET', slot)
   if redis.call('HGET', winner, 'is_active') == '1' then
-    return answer(prefix, token, {'existing', redis.call('HGETALL', winner)})
+    done(prefix, token, {'existing', redis.call('GET', slot)})
+    return {'existing', redis.call('HGETALL', winner)}
   end
   redis.call('SET', slot, id, 'PX', ttl)
 end
@@ -117,7 +119,8 @@ redis.call('ZADD', KEYS[4], now, id)
 redis.call('PEXPIRE', KEYS[4], ttl)
 redis.call('SADD', prefix .. 'live:' .. chat, id)
 redis.call('PEXPIRE', prefix .. 'live:' .. chat, ttl)
-return answer(prefix, token, {'created', redis.call('HGETALL', KEYS[1])})
+done(prefix, token, {'created', id})
+return {'created', redis.call('HGETALL', KEYS[1])}
 """
 )
 
@@ -141,7 +144,7 @@ DEACTIVATE = (
 -- Returns {1 when this call deactivated it, else 0; the session's fields}.
 local again = replayed(ARGV[1], ARGV[5])
 if again then
-  return again
+  return {again[1], redis.call('HGETALL', KEYS[1])}
 end
 local f = fields(KEYS[1])
 if f[1] ~= ARGV[2] then
@@ -155,7 +158,8 @@ if f[2] == '1' then
   closed = 1
 end
 touch(ARGV[1], KEYS[1], f, KEYS[2], KEYS[3], ARGV[3], ARGV[4])
-return answer(ARGV[1], ARGV[5], {closed, redis.call('HGETALL', KEYS[1])})
+done(ARGV[1], ARGV[5], {closed})
+return {closed, redis.call('HGETALL', KEYS[1])}
 """
 )
 
@@ -185,11 +189,18 @@ SWEEP = (
 -- Returns {members looked at, {hash of each deactivated session...}}.
 local again = replayed(ARGV[1], ARGV[4])
 if again then
-  return again
+  local swept = {}
+  for _, id in ipairs(again[2]) do
+    local fields = redis.call('HGETALL', ARGV[1] .. 'session:' .. id)
+    if #fields > 0 then
+      swept[#swept + 1] = fields
+    end
+  end
+  return {again[1], swept}
 end
 local members = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[2],
   'LIMIT', 0, ARGV[3])
-local swept = {}
+local swept, ids = {}, {}
 for _, member in ipairs(members) do
   local key = ARGV[1] .. 'session:' .. string.sub(member, -36)
   local f = fields(key)
@@ -197,11 +208,13 @@ for _, member in ipairs(members) do
     release(ARGV[1], f, KEYS[1])
     redis.call('HSET', key, 'is_active', '0')
     swept[#swept + 1] = redis.call('HGETALL', key)
+    ids[#ids + 1] = f[6]
   else
     -- The session's key expired before any sweep: only its member was left.
     redis.call('ZREM', KEYS[1], member)
   end
 end
-return answer(ARGV[1], ARGV[4], {#members, swept})
+done(ARGV[1], ARGV[4], {#members, ids})
+return {#members, swept}
 """
 )

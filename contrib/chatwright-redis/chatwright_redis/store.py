@@ -33,9 +33,9 @@ name (``:`` and ``*`` are encoded, for one):
     The user's session ids by ``updated_at``, for ``list``.
 ``live:{chat_id}`` (set, TTL)
     Ids of the chat's active sessions, for ``touch_chat`` after every turn.
-``reply:{token}`` (string, 15 s)
-    The answer of one open, deactivate or sweep call, for its retry (see
-    :mod:`chatwright_redis.scripts`).
+``reply:{token}`` (string, a minute)
+    What one open, deactivate or sweep call did (session ids, a flag), for its
+    retry (see :mod:`chatwright_redis.scripts`).
 
 Every change to a session and its indexes is one Lua script
 (:mod:`chatwright_redis.scripts`), so it is atomic without locks. A call whose
@@ -185,11 +185,15 @@ class RedisSessionStore:
             # One retry on a dropped connection, as after a restart of Redis every pooled
             # connection is dead: the call goes again on a new one. Every script is safe
             # to send twice (see chatwright_redis.scripts), and so is every other call.
+            # Not on a timeout: a call that outlives a long socket_timeout could outlive
+            # the minute its answer is kept. (retry_on_error: redis-py 5 needs it too.)
+            dropped = (RedisConnectionError,)
             client = aioredis.Redis.from_url(
                 url,
                 decode_responses=True,
                 socket_connect_timeout=5.0,
-                retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 1),
+                retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 1, supported_errors=dropped),
+                retry_on_error=list(dropped),
             )
         except ValueError as exc:
             # The parser's words may quote a piece of a password it misread.

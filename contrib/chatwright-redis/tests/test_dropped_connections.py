@@ -22,6 +22,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+import redis.asyncio as aioredis
 from chatwright_redis.store import RedisSessionStore
 
 IDLE = 600.0
@@ -106,7 +107,7 @@ async def relayed(
 
 
 async def test_a_deactivation_whose_answer_was_lost_still_says_it_deactivated(
-    relayed: tuple[AnswerDropper, RedisSessionStore],
+    relayed: tuple[AnswerDropper, RedisSessionStore], raw: aioredis.Redis, prefix: str
 ) -> None:
     relay, store = relayed
     # The script is loaded (and the connection made) before the answer is dropped.
@@ -125,6 +126,9 @@ async def test_a_deactivation_whose_answer_was_lost_still_says_it_deactivated(
     # A later call is answered afresh: the session was deactivated before it.
     again = await store.deactivate_once("alice", opened.id)
     assert again is not None and again[1] is False
+    # What is kept for retries names sessions by id, nothing of their user.
+    kept = [await raw.get(name) async for name in raw.scan_iter(f"{prefix}reply:*")]
+    assert kept and not any("alice" in value or "helper" in value for value in kept), kept
 
 
 async def test_a_sweep_whose_answer_was_lost_still_returns_what_it_swept(
