@@ -116,13 +116,17 @@ def policy_problems(policy: LoadPolicy, found: Mapping[str, str]) -> list[str]:
     """
     plugins = set(found)
     distributions = {normalize_name(d): d for d in found.values() if d}
+    # Never offered as what was meant: blocking chatwright itself blocks every bundled
+    # plugin, and most plugins' distributions are named "chatwright-…".
+    offered = sorted((plugins | set(distributions)) - {BUNDLED_DISTRIBUTION})
     problems = []
     for name in sorted(policy.block - plugins - set(distributions)):
-        close = difflib.get_close_matches(name, sorted(plugins | set(distributions)), n=1)
+        close = difflib.get_close_matches(name, offered, n=1)
         meant = f" (did you mean {close[0]!r}?)" if close else ""
         problems.append(
-            f"CHATWRIGHT_DISABLE_PLUGINS names {name!r}, which is no installed plugin or "
-            f"distribution, so it blocks nothing{meant}; `chatwright plugins --all` lists them"
+            f"CHATWRIGHT_DISABLE_PLUGINS names {name!r}, which matches no installed plugin "
+            f"or plugin's distribution, so it blocks nothing{meant}; `chatwright plugins "
+            "--all` lists them"
         )
     for name in sorted((policy.allow or frozenset()) - set(distributions)):
         if name in plugins and normalize_name(found[name]) == BUNDLED_DISTRIBUTION:
@@ -134,11 +138,13 @@ def policy_problems(policy: LoadPolicy, found: Mapping[str, str]) -> list[str]:
         if name in plugins:
             meant = f": it is a plugin of distribution {found[name]!r}, give that"
         else:
-            close = difflib.get_close_matches(name, sorted(distributions), n=1)
+            others = sorted(set(distributions) - {BUNDLED_DISTRIBUTION})
+            close = difflib.get_close_matches(name, others, n=1)
             meant = f" (did you mean {distributions[close[0]]!r}?)" if close else ""
         problems.append(
-            f"CHATWRIGHT_LOAD_PLUGINS names {name!r}, which is no installed distribution, "
-            f"so it loads nothing{meant}; it takes distribution names, as `pip list` gives them"
+            f"CHATWRIGHT_LOAD_PLUGINS names {name!r}, which matches no installed "
+            f"distribution of chatwright plugins, so it loads nothing{meant}; it takes "
+            "distribution names, as `pip list` gives them"
         )
     return problems
 
@@ -216,9 +222,9 @@ class Plugins:
                 continue
             self._register(obj, info)
         self._pm.check_pending()
+        # A warning even when strict: a block left after its plugin was uninstalled
+        # must not stop every command.
         for problem in policy_problems(self.policy, found):
-            if self.policy.strict:
-                raise PluginError(problem)
             log.warning("chatwright: %s", problem)
 
     def register(self, plugin: object, name: str, *, version: str | None = None) -> None:

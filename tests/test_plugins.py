@@ -414,12 +414,35 @@ def test_policy_names_that_match_are_not_warned_of(
     assert warnings_from_registry(caplog) == []
 
 
-def test_a_policy_name_that_matches_nothing_is_fatal_when_strict() -> None:
+def test_a_policy_name_that_matches_nothing_is_a_warning_even_when_strict(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A block kept after its plugin was uninstalled must not stop every command.
+    caplog.set_level(logging.WARNING, logger="chatwright.registry")
     policy = LoadPolicy.from_environ(
         {"CHATWRIGHT_DISABLE_PLUGINS": "crudd", "CHATWRIGHT_STRICT_PLUGINS": "1"}
     )
-    with pytest.raises(PluginError, match=r"'crudd'.*did you mean 'crud'"):
-        Plugins.load(policy)
+    assert "crud" in by_name(Plugins.load(policy))  # blocked nothing, and no error
+    (said,) = [w.getMessage() for w in warnings_from_registry(caplog)]
+    assert "'crudd'" in said and "did you mean 'crud'?" in said
+
+
+def test_chatwright_itself_is_never_what_a_policy_name_meant(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Blocking the chatwright distribution blocks every bundled plugin: a hint to do so
+    # for a plugin distribution that is not installed would break everything.
+    caplog.set_level(logging.WARNING, logger="chatwright.registry")
+    policy = LoadPolicy.from_environ(
+        {
+            "CHATWRIGHT_DISABLE_PLUGINS": "chatwright-nosuch",
+            "CHATWRIGHT_LOAD_PLUGINS": "chatwright-nosuch-either",
+        }
+    )
+    Plugins.load(policy)
+    said = [w.getMessage() for w in warnings_from_registry(caplog)]
+    assert len(said) == 2, said
+    assert not any("'chatwright'?" in text for text in said), said
 
 
 def test_a_misspelt_policy_name_is_one_warning_line_from_the_cli(workdir: Path) -> None:
