@@ -70,6 +70,12 @@ def _statement_fault(reason: str) -> bool:
     return reason.startswith(("no such column", "table ", "near ", "ambiguous column"))
 
 
+LONE_SURROGATE = (
+    "a value holds a lone surrogate (a half of a UTF-16 pair, such as \\ud800), which is "
+    "not a character and cannot be stored; remove it"
+)
+
+
 class DatabaseErrors:
     """Turns driver errors about reaching the database into :class:`StorageError`.
 
@@ -100,14 +106,21 @@ class DatabaseErrors:
                 f"the database did not answer within {self.statement_timeout:g} s "
                 "(storage.statement_timeout); try again later"
             ) from error
-        if isinstance(error, UnicodeEncodeError) or isinstance(
-            getattr(error, "orig", None), UnicodeEncodeError
-        ):
-            # A lone surrogate: not a character, so no database text can hold it. What
-            # callers validate never gets here; a plugin's or an embedder's value may.
-            raise InvalidInputError(
-                "a value holds a lone surrogate (a half of a UTF-16 pair, such as \\ud800), "
-                "which is not a character and cannot be stored; remove it"
+        unencodable = error if isinstance(error, UnicodeEncodeError) else None
+        if isinstance(getattr(error, "orig", None), UnicodeEncodeError):
+            unencodable = error.orig  # type: ignore[union-attr]
+        if unencodable is not None:
+            bad = unencodable.object[unencodable.start : unencodable.end]
+            if all(0xD800 <= ord(c) <= 0xDFFF for c in bad):
+                # Not a character, so no database text can hold it. What callers
+                # validate never gets here; a plugin's or an embedder's value may.
+                raise InvalidInputError(LONE_SURROGATE) from error
+            # A character the connection's encoding lacks: a database not in UTF-8.
+            log.warning("database %s: %s", self.description, unencodable)
+            raise StorageError(
+                f"the database cannot hold a character of a value in its encoding "
+                f"({unencodable.encoding}); chatwright needs a database in UTF-8 "
+                "(CREATE DATABASE … ENCODING 'UTF8')"
             ) from error
         sqlstate = getattr(getattr(error, "orig", None), "sqlstate", None)
         if sqlstate in _HELD and error is not None:
@@ -122,6 +135,9 @@ class DatabaseErrors:
             raise InvalidInputError(
                 "the database refused the change (not allowed for this user)"
             ) from error
+        if isinstance(error, exc.DataError) and "surrogate" in driver_text(error):
+            # PostgreSQL's jsonb refuses the escape of a lone surrogate.
+            raise InvalidInputError(LONE_SURROGATE) from error
         if isinstance(error, exc.DataError):
             # A value the database cannot hold (a NUL character, an integer out of range).
             log.warning("database %s refused a value: %s", self.description, driver_text(error))
