@@ -766,13 +766,19 @@ class Runtime:
                         ):
                             if mode == "messages":
                                 piece, meta = chunk
-                                is_reply = (
+                                is_model = (
                                     piece.type in {"ai", "AIMessageChunk"}
-                                    and piece.text
+                                    and meta.get("langgraph_node") == "model"
                                     # A stop message of the limits is a message, not tokens.
                                     and STOPPED not in piece.response_metadata
                                 )
-                                if on_token and is_reply and meta.get("langgraph_node") == "model":
+                                if not is_model:
+                                    continue
+                                # A call cut off counts what it streamed (cut_off_call): its
+                                # text, and the arguments of the tool calls it was making.
+                                for call in getattr(piece, "tool_call_chunks", None) or ():
+                                    streamed += len(call.get("args") or "")
+                                if on_token and piece.text:
                                     streamed += len(piece.text)
                                     await on_token(piece.text)
                                 continue

@@ -116,8 +116,8 @@ def cut_off_call(model: str, requests: list[Any], answered: int, streamed: int) 
     cancellation stopped has no report; its provider still charges for it. It counts
     as one call with its prompt's approximate tokens (:func:`prompt_tokens` of its
     request: ``requests`` has one per call started, of which ``answered`` answered)
-    and the text it had streamed (``streamed`` characters, four to a token). None
-    started and unanswered: nothing.
+    and what it had streamed, text and tool-call arguments (``streamed`` characters,
+    four to a token). None started and unanswered: nothing.
     """
     if len(requests) <= answered:
         return TurnUsage(model)

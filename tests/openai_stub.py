@@ -36,6 +36,9 @@ counts too, so ``echo-2`` echoes):
 ``loop``
     always calls the request's first tool (``tools[0]``) with arguments made
     from its JSON schema's required properties; forever.
+``slow-args``
+    as ``loop``, with the call's arguments streamed a character every 0.2 s (or
+    answered after as long).
 ``bad-args``
     calls the first tool (``lookup`` when the request has none) with arguments
     that are not valid JSON.
@@ -68,7 +71,7 @@ from typing import Any
 
 import pytest
 
-BEHAVIOURS = ("bad-args", "echo", "fail", "hang", "loop", "same-ids", "slow")
+BEHAVIOURS = ("bad-args", "echo", "fail", "hang", "loop", "same-ids", "slow-args", "slow")
 SLOW_DELAY = 0.2
 # Not JSON even to the lenient parser streamed replies go through.
 BAD_ARGUMENTS = "{query: 'x'}"
@@ -238,11 +241,11 @@ class OpenAIStub:
         elif behaviour in {"echo", "slow"}:
             last = next((m for m in reversed(messages) if m.get("role") == "user"), {})
             text = f"echo: {_text(last.get('content'))}"
-        elif behaviour == "loop" and tools:
+        elif behaviour in {"loop", "slow-args"} and tools:
             tool = tools[0]
             calls = [self._call(tool["function"]["name"], json.dumps(_loop_args(tool)))]
-        elif behaviour == "loop":
-            text = "loop: the request has no tools"
+        elif behaviour in {"loop", "slow-args"}:
+            text = f"{behaviour}: the request has no tools"
         else:  # bad-args
             name = tools[0]["function"]["name"] if tools else "lookup"
             calls = [self._call(name, BAD_ARGUMENTS)]
@@ -260,6 +263,8 @@ class OpenAIStub:
         else:
             if behaviour == "slow":
                 time.sleep(SLOW_DELAY * max(1, len(text.split())))
+            if behaviour == "slow-args":
+                time.sleep(SLOW_DELAY * sum(len(c["function"]["arguments"]) for c in calls))
             record.usage = usage
             message: dict[str, Any] = {"role": "assistant", "content": text or None}
             if calls:
@@ -359,8 +364,14 @@ class OpenAIStub:
                     "function": {"name": call["function"]["name"], "arguments": ""},
                 }
                 handler.wfile.write(chunk({"tool_calls": [start]}))
-                arguments = {"index": i, "function": {"arguments": call["function"]["arguments"]}}
-                handler.wfile.write(chunk({"tool_calls": [arguments]}))
+                given = call["function"]["arguments"]
+                pieces = list(given) if behaviour == "slow-args" else [given]
+                for piece in pieces:
+                    if behaviour == "slow-args":
+                        time.sleep(SLOW_DELAY)
+                    arguments = {"index": i, "function": {"arguments": piece}}
+                    handler.wfile.write(chunk({"tool_calls": [arguments]}))
+                    handler.wfile.flush()
             handler.wfile.write(chunk({}, "tool_calls" if calls else "stop"))
             if usage is not None:
                 final = {

@@ -125,6 +125,30 @@ async def test_turns_that_always_run_out_of_time_are_held_by_the_budget(
     assert len(openai_stub.requests) == 1
 
 
+async def test_a_call_cut_off_while_streaming_tool_arguments_counts_them(
+    make: Make, sql_url: str, openai_stub: OpenAIStub
+) -> None:
+    """A model can stream a tool call's arguments for as long as a turn lasts, with no
+    text at all: those count as the text would, four characters to a token."""
+    user = f"arguer-{uuid.uuid4().hex[:8]}"
+    runtime = await make(sql_url, turns={"timeout": 1.0})
+    await seed(runtime, "openai:slow-args", openai_stub.model_settings())
+    pieces: list[str] = []
+
+    async def on_token(text: str) -> None:
+        pieces.append(text)
+
+    with pytest.raises(TurnTimeoutError):
+        await runtime.chat(
+            user, example.AGENT, await new_chat(runtime, user), "add one", on_token=on_token
+        )
+    assert pieces == [], "the model streamed no text, only a tool call's arguments"
+    (row,) = await usage_rows(runtime, user)
+    assert row["model_calls"] == 1
+    # About 5 characters of arguments, at one every 0.2 s, before the 1 s limit.
+    assert row["output_tokens"] >= 1, row
+
+
 async def test_a_cancelled_turn_counts_the_model_call_it_was_waiting_for(
     make: Make, sql_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
