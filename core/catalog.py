@@ -333,9 +333,12 @@ async def copy_tool(
     try:
         return await add_tool(runtime, to_agent, data)
     except AlreadyExistsError as exc:
-        raise AlreadyExistsError(
-            f'{exc}; or give the copy a name of its own (--name NEW; "name" in the API\'s body)'
-        ) from None
+        # The way that changes no other row first.
+        own = 'give the copy a name of its own (--name NEW; "name" in the API\'s body)'
+        said = str(exc)
+        if "pick another name" in said:
+            raise AlreadyExistsError(said.replace("pick another name", own, 1)) from None
+        raise AlreadyExistsError(f"{said}; {own}") from None
 
 
 # -- agents ----------------------------------------------------------------------------

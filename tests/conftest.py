@@ -12,7 +12,8 @@ transaction mode and chatwright reaches every test database through it (see
 Every test that needs the PostgreSQL server is marked ``postgresql`` (``-m
 postgresql`` runs those only): those using ``pg_url`` or a backend parameter
 named ``postgresql`` or ``supabase`` here, the others by their module. The
-tests of the modules in :data:`LISTENER_MODULES` are also marked ``listener``:
+tests of the modules in :data:`LISTENER_MODULES` (and single tests marked so
+by hand) are also marked ``listener``:
 those where several runtimes share one database, so that whether each hears the
 others' config changes (LISTEN through ``storage.direct_url``) can change what
 happens. The second PgBouncer pass (``direct_url``) runs only those.
@@ -55,6 +56,7 @@ LISTENER_MODULES = frozenset(
         "test_approvals.py",
         "test_pool_ping.py",
         "hostile/test_backends.py",
+        "hostile/test_config_truncate.py",
         "hostile/test_agent_changed_mid_turn.py",
         "hostile/test_lease_lost.py",
         "hostile/test_lease_lost_calls.py",

@@ -822,6 +822,7 @@ async def test_scripted_model_cannot_reach_another_users_rows(
 # --------------------------------------------------------------------------- across processes
 
 
+@pytest.mark.listener
 async def test_turns_on_one_chat_are_serialised_across_processes_on_postgres(
     make_runtime: Make, pg_storage: Any, pg_url: str
 ) -> None:
