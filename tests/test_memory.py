@@ -220,6 +220,27 @@ async def test_with_a_replacing_tool_the_offline_model_reads_then_saves(
     assert await notes(runtime, ALICE) == "- I like tea\n- I live in Oslo"
 
 
+async def test_with_a_replacing_tool_notes_too_long_to_read_are_not_replaced(
+    runtimes: MakeRuntime,
+) -> None:
+    # The read shows no row when the notes are longer than tools.max_result_chars: the
+    # offline model must not take that for "no notes" and save the new fact alone.
+    runtime = await runtimes()
+    await example.seed(runtime.storage, "offline:assistant")
+    old = example.OLD_TOOLS["save_memory"]
+    (row,) = [r for r in await runtime.storage.tools.list(AGENT) if r.name == "save_memory"]
+    await runtime.storage.tools.update(row.id, config=old["config"])
+    chat = await chat_of(runtime, ALICE)
+    long_notes = "\n".join(f"- fact number {n} is true" for n in range(400))
+    await runtime.storage.memories.put(ALICE, AGENT, long_notes)
+    assert len(long_notes) > runtime.settings.tools.max_result_chars
+
+    turn = await runtime.chat(ALICE, AGENT, chat, "remember that I live in Oslo")
+    assert [c.name for c in turn.tool_calls] == ["read_memory"]
+    assert "too long for me to read whole" in turn.response
+    assert await notes(runtime, ALICE) == long_notes
+
+
 # -- existing installs ------------------------------------------------------------------
 
 

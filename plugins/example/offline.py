@@ -265,6 +265,14 @@ def follow_up(intent: Intent, tools: Sequence[BaseTool], results: list[ToolMessa
             if saver is None:
                 return AIMessage(content="I have no tool to save memories.")
             rows = data.get("rows") or []
+            if not rows and data.get("truncated"):
+                # The notes were too long to be shown: saving "the old ones with the fact
+                # added" would replace them with the fact alone.
+                return AIMessage(
+                    content="Your notes are too long for me to read whole, so I left them "
+                    "as they are and did not save that. Raise tools.max_result_chars, or "
+                    "give the memory tool the append option."
+                )
             old = str(rows[0].get("notes", "")) if rows else ""
             return _save_memory(saver, old, intent.text)
         return AIMessage(content=f"Noted: {intent.text}.")
