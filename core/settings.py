@@ -708,13 +708,26 @@ def _describe(
     given = _from_env(loc, from_env or {})
     if error["type"] == "extra_forbidden":
         close = difflib.get_close_matches(key, _known_keys(model), n=1)
+        if len(loc) == 1:
+            # A name at the top level is likelier a section misspelt ([storag]) than a
+            # key of one: the names of the top level are what it may have meant.
+            top = {n: f for n, f in model.model_fields.items() if not f.exclude}
+            near = difflib.get_close_matches(key, sorted(top), n=1)
+            if near:
+                kind = top[near[0]].annotation
+                is_section = isinstance(kind, type) and issubclass(kind, BaseModel)
+                close = [f"the section {near[0]!r}" if is_section else repr(near[0])]
+            else:
+                close = [repr(c) for c in close]
+        else:
+            close = [repr(c) for c in close]
         section = _model_member(_annotation_at(model, loc[:-1]))
         if not close and section is not None:
             # A key of a table inside a table (usage.prices."openai:gpt-4o".inptu).
             names = [n for n, f in section.model_fields.items() if not f.exclude]
             near = difflib.get_close_matches(str(loc[-1]), names, n=1)
-            close = [".".join(str(p) for p in (*loc[:-1], near[0]))] if near else []
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+            close = [repr(".".join(str(p) for p in (*loc[:-1], near[0])))] if near else []
+        hint = f"; did you mean {close[0]}?" if close else ""
         origin = ""
         if given is not None:
             origin = f" (in environment variable {given.variable}"

@@ -238,10 +238,17 @@ def test_unknown_key_in_toml_suggests_the_right_one(clean_env: Path) -> None:
     assert "did you mean 'storage.url'?" in message
 
 
-def test_unknown_section_in_toml(clean_env: Path) -> None:
+def test_unknown_section_in_toml_suggests_the_section(clean_env: Path) -> None:
     write_toml(clean_env / "chatwright.toml", '[storag]\nurl = "x"\n')
-    with pytest.raises(SettingsError, match="unknown setting 'storag'"):
+    with pytest.raises(
+        SettingsError, match=r"unknown setting 'storag'; did you mean the section 'storage'\?"
+    ):
         load_settings()
+    # A top-level name far from any: no guess.
+    write_toml(clean_env / "chatwright.toml", "zzzz = 1\n")
+    with pytest.raises(SettingsError) as excinfo:
+        load_settings()
+    assert "did you mean" not in str(excinfo.value)
 
 
 def test_unknown_env_var_suggests_the_right_one(monkeypatch: pytest.MonkeyPatch) -> None:
