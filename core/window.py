@@ -9,6 +9,9 @@ model input in three steps:
    no call of the AI message before it (a hand-edited or damaged chat) is
    left out, so no tool result reaches the model without its call. A call
    left without a result is answered later by :func:`chatwright.history.answered`.
+   A turn resumed after an approval decision reads back to its own human
+   message, however many messages the turn made (:func:`reach_ongoing_turn`):
+   a window cut inside it would lose the call the decided results answer.
 2. **The token bound.** With the agent's ``history_tokens``, whole turns (a
    human message and everything up to the next one) are dropped, oldest
    first, until the rest counts at most that many tokens; tool calls (their
@@ -126,6 +129,8 @@ Turn = list[tuple[Message, BaseMessage]]
 async def fit(start: TurnStart, model: Any, settings: Settings, storage: Storage) -> Fitted:
     """The turn's history as model input, and its summary (see the module docstring)."""
     agent = start.agent
+    if start.pending:
+        await reach_ongoing_turn(start, storage)
     turns = split_turns(read_window(start))
     if agent.history_tokens is not None:
         counts = await count_turns(turns, model, settings.models.tokenizer)
@@ -287,6 +292,39 @@ def split_turns(pairs: Turn) -> list[Turn]:
             turns.append([])
         turns[-1].append(pair)
     return turns
+
+
+ONGOING_PAGE = 200
+"""Messages read at a time when a resumed turn's window is read back to its start."""
+
+
+async def reach_ongoing_turn(start: TurnStart, storage: Storage) -> None:
+    """Extend a resumed turn's window back to the turn's human message.
+
+    A turn is resumed (``start.pending``: begun with no new message) while its chat
+    holds no message after it, so the window's last human message is the turn's own.
+    When the window has none, the turn made more messages than ``history_window``
+    (many tool calls before the one that waited), and the messages from its human
+    message on are read: the model must see the calls the decided results answer, and
+    the turn's limits count its calls from that message.
+    """
+    rows = list(start.history)
+    if any(row.role == "human" for row in rows):
+        return
+    before = rows[0].id if rows else None
+    older: list[Message] = []
+    while True:
+        page = await storage.messages.page(
+            start.user_id, start.chat_id, limit=ONGOING_PAGE, before=before
+        )
+        older = [*page, *older]
+        humans = [i for i, row in enumerate(page) if row.role == "human"]
+        if humans:
+            start.history = [*older[humans[-1] :], *rows]
+            return
+        if len(page) < ONGOING_PAGE:
+            return  # no human message in the chat at all: nothing would be read anyway
+        before = page[0].id
 
 
 def resumes(turn: Turn, start: TurnStart) -> bool:
