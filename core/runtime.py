@@ -745,7 +745,14 @@ class Runtime:
                         self._running[task] = scope
                         if self._stopping:
                             scope.reschedule(asyncio.get_running_loop().time())
-                    fitted = await fit(start, built.model, self.settings, self.storage)
+                    await fit(
+                        start,
+                        built.model,
+                        self.settings,
+                        self.storage,
+                        into=fitted,
+                        until=scope.when(),
+                    )
                     system = fill(
                         start.agent.system_prompt,
                         start.memory,

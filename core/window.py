@@ -37,7 +37,8 @@ model input in three steps:
    ``turns.summary_batch`` newly fallen messages (and a bounded transcript of
    them, see :data:`TRANSCRIPT_CHARS`); a chat with more catches up over the
    next turns. A failing summary call does not fail the turn: the old summary
-   is kept and the turn goes on, unless the turn ran out of time.
+   is kept and the turn goes on. Nor does a slow one: it may take half of the
+   turn's time left, then it is given up the same way (counted all the same).
 
 Counting tokens (``models.tokenizer``): ``estimate`` is LangChain's
 ``count_tokens_approximately``, per message: its characters (text, the
@@ -126,8 +127,22 @@ Turn = list[tuple[Message, BaseMessage]]
 """One turn of the window: its stored messages, each with its model message."""
 
 
-async def fit(start: TurnStart, model: Any, settings: Settings, storage: Storage) -> Fitted:
-    """The turn's history as model input, and its summary (see the module docstring)."""
+async def fit(
+    start: TurnStart,
+    model: Any,
+    settings: Settings,
+    storage: Storage,
+    *,
+    into: Fitted | None = None,
+    until: float | None = None,
+) -> Fitted:
+    """The turn's history as model input, and its summary (see the module docstring).
+
+    :param into: filled in and returned, so that the caller holds what a summary call
+        cost even when the turn is cut off during it.
+    :param until: when the turn runs out of time (the event loop's clock): a summary
+        call may take half of what is left, then the turn goes on without it.
+    """
     agent = start.agent
     if start.pending:
         await reach_ongoing_turn(start, storage)
@@ -136,10 +151,11 @@ async def fit(start: TurnStart, model: Any, settings: Settings, storage: Storage
         counts = await count_turns(turns, model, settings.models.tokenizer)
         ongoing = bool(turns) and resumes(turns[-1], start)
         turns = newest_that_fit(turns, counts, agent.history_tokens, keep_last=ongoing)
-    fitted = Fitted(messages_of(turns))
+    fitted = into if into is not None else Fitted([])
+    fitted.history = messages_of(turns)
     if not agent.summarize:
         return fitted
-    await summarise(fitted, start, turns, model, settings, storage)
+    await summarise(fitted, start, turns, model, settings, storage, until=until)
     return fitted
 
 
@@ -437,8 +453,14 @@ async def summarise(
     model: Any,
     settings: Settings,
     storage: Storage,
+    *,
+    until: float | None = None,
 ) -> None:
     """Fill in ``fitted``'s summary: the stored one, or one extended by the messages that fell.
+
+    A summary call cut off (by half the turn's remaining time, ``until``, or by the
+    turn's end) still counts, with its prompt's approximate tokens, in
+    ``fitted.usage``: its provider charges for it though it never answered.
 
     Turns of the window that the summary already covers are left out of
     ``fitted``'s history (the summary stands for them). When messages have
@@ -455,6 +477,9 @@ async def summarise(
     if cut is None or cut <= after + 1:
         return
     ahead = turns[len(turns) // 2][0][0].id if len(turns) > 1 else cut
+    from chatwright.usage import TurnUsage, usage_of
+
+    request: list[BaseMessage] = []
     try:
         fallen = await storage.messages.page(
             start.user_id,
@@ -466,16 +491,31 @@ async def summarise(
         if not fallen:
             return
         covered, transcript = transcript_of(fallen)
-        reply = await _call(model, start, prompt(old, transcript))
-    except Exception as exc:
+        request = prompt(old, transcript)
+        loop = asyncio.get_running_loop()
+        # Half of the turn's time left at most: a summary call that cannot answer in
+        # time (a slow provider, a long transcript) must not take every turn down.
+        share = None if until is None else loop.time() + max(until - loop.time(), 0) / 2
+        async with asyncio.timeout_at(share):
+            reply = await _call(model, start, request)
+    except BaseException as exc:
+        if request and isinstance(exc, TimeoutError | asyncio.CancelledError):
+            # Cut off, never answered, yet charged: its prompt counts.
+            asked = count_tokens_approximately(request)
+            fitted.usage.append(TurnUsage(start.agent.model, 1, asked, 0))
+        if not isinstance(exc, Exception):
+            raise
+        why = (
+            f"it did not answer within half the turn's time left ({SUMMARY_SHARE_HINT})"
+            if isinstance(exc, TimeoutError)
+            else f"the summary call failed: {' '.join(str(exc).split()) or type(exc).__name__}"
+        )
         log.warning(
-            "chat %s: its summary was not extended (the summary call failed: %s); "
-            "the turn goes on with the summary it had",
+            "chat %s: its summary was not extended (%s); the turn goes on with the summary it had",
             start.chat_id,
-            " ".join(str(exc).split()) or type(exc).__name__,
+            why,
         )
         return
-    from chatwright.usage import usage_of
 
     fitted.usage.append(usage_of(start.agent.model, [reply], settings.usage.prices))
     text = str(storable_value(reply.text.strip()))[:SUMMARY_CHARS]
@@ -491,6 +531,9 @@ async def summarise(
         messages=(old.messages if old is not None else 0) + len(covered),
     )
     fitted.history = messages_of(after_summary(turns, covered[-1].id))
+
+
+SUMMARY_SHARE_HINT = "raise turns.timeout or the agent's turn_timeout, or lower turns.summary_batch"
 
 
 def fallen_before(start: TurnStart, kept: Turn) -> int | None:
