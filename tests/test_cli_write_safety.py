@@ -384,6 +384,32 @@ def test_a_write_waits_then_approve_runs_it_and_the_turn_goes_on(example: Path) 
     assert say("list my tasks") == "You have no tasks yet.\n"
 
 
+def test_an_operators_decision_refused_by_the_users_budget_says_whose_and_what_to_do(
+    example: Path,
+) -> None:
+    require(DELETE_TASK)
+    say("add a task to buy milk")
+    say("delete task 1")
+    action = only_pending()
+    # The user's day is spent: the decision would resume their turn, so it is refused.
+    today = datetime.now(UTC).date().isoformat()
+    with sqlite3.connect(example) as db:
+        db.execute(
+            "INSERT INTO usage_totals (user_id, period, starts, tokens) "
+            "VALUES ('local', 'day', ?, 50)",
+            (today,),
+        )
+    ok("budgets", "set", "local", "--daily", "10")
+
+    line = assert_error(run("pending", "approve", action["id"]), "user 'local'")
+    assert "their daily token budget of 10 tokens is spent" in line
+    assert "your" not in line  # said to the operator, not to the user
+    assert "still waits" in line
+    assert "`chatwright budgets set local --daily N`" in line
+    assert only_pending()["id"] == action["id"]
+    assert [t[2] for t in tasks(example)] == ["buy milk"]
+
+
 def test_deny_does_not_write_and_the_model_is_told(example: Path) -> None:
     require(DELETE_TASK)
     say("add a task to buy milk")

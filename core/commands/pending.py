@@ -9,6 +9,7 @@ too, since ``chatwright chat`` shows them the same way before it asks.
 from __future__ import annotations
 
 import json
+import shlex
 import uuid
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -19,7 +20,7 @@ from chatwright import hookimpl
 from chatwright.cli import AppContext, pass_app
 from chatwright.commands import inputs
 from chatwright.commands.output import echo_json, escaped, printable
-from chatwright.errors import NotFoundError, PreviewChangedError
+from chatwright.errors import BudgetExceededError, NotFoundError, PreviewChangedError
 
 if TYPE_CHECKING:
     from chatwright.approvals import PendingAction, Preview, RowChange
@@ -184,6 +185,17 @@ def _decide(app: AppContext, action_id: uuid.UUID, approve: bool, by: str | None
             turn = await runtime.decide(
                 action.user_id, action_id, approve, decided_by=decided_by, on_message=show
             )
+        except BudgetExceededError as exc:
+            # The message speaks to the user ("your budget"); this is their operator.
+            said = str(exc).replace("of yours", "of theirs").replace("your ", "their ")
+            who = printable(shlex.quote(action.user_id))
+            raise BudgetExceededError(
+                f"user {printable(repr(action.user_id))}: {said}. `chatwright budgets show "
+                f"{who}` shows their budgets, `chatwright budgets set {who} --daily N` "
+                "changes them",
+                resets_at=exc.resets_at,
+                retry_after=exc.retry_after,
+            ) from None
         except PreviewChangedError as exc:
             from chatwright.approvals import PendingAction
 
