@@ -477,9 +477,10 @@ async def summarise(
     if cut is None or cut <= after + 1:
         return
     ahead = turns[len(turns) // 2][0][0].id if len(turns) > 1 else cut
-    from chatwright.usage import TurnUsage, usage_of
+    from chatwright.usage import TurnUsage, priced, usage_of
 
     request: list[BaseMessage] = []
+    limit: asyncio.Timeout | None = None
     try:
         fallen = await storage.messages.page(
             start.user_id,
@@ -491,23 +492,32 @@ async def summarise(
         if not fallen:
             return
         covered, transcript = transcript_of(fallen)
-        request = prompt(old, transcript)
         loop = asyncio.get_running_loop()
         # Half of the turn's time left at most: a summary call that cannot answer in
         # time (a slow provider, a long transcript) must not take every turn down.
-        share = None if until is None else loop.time() + max(until - loop.time(), 0) / 2
-        async with asyncio.timeout_at(share):
+        share = None if until is None else max(until - loop.time(), 0) / 2
+        if share is not None and share < LEAST_SUMMARY_SHARE:
+            log.warning(
+                "chat %s: its summary was not extended (no time left for the call; %s)",
+                start.chat_id,
+                SUMMARY_SHARE_HINT,
+            )
+            return
+        limit = asyncio.timeout(share)
+        request = prompt(old, transcript)
+        async with limit:
             reply = await _call(model, start, request)
     except BaseException as exc:
         if request and isinstance(exc, TimeoutError | asyncio.CancelledError):
-            # Cut off, never answered, yet charged: its prompt counts.
+            # Sent, never answered, yet charged: its prompt counts.
             asked = count_tokens_approximately(request)
-            fitted.usage.append(TurnUsage(start.agent.model, 1, asked, 0))
+            unanswered = TurnUsage(start.agent.model, 1, asked, 0)
+            fitted.usage.append(priced(unanswered, settings.usage.prices))
         if not isinstance(exc, Exception):
             raise
         why = (
             f"it did not answer within half the turn's time left ({SUMMARY_SHARE_HINT})"
-            if isinstance(exc, TimeoutError)
+            if limit is not None and limit.expired()
             else f"the summary call failed: {' '.join(str(exc).split()) or type(exc).__name__}"
         )
         log.warning(
@@ -534,6 +544,8 @@ async def summarise(
 
 
 SUMMARY_SHARE_HINT = "raise turns.timeout or the agent's turn_timeout, or lower turns.summary_batch"
+LEAST_SUMMARY_SHARE = 0.05
+"""Seconds: a summary call that would have less than this is not made."""
 
 
 def fallen_before(start: TurnStart, kept: Turn) -> int | None:

@@ -405,7 +405,7 @@ def test_an_operators_decision_refused_by_the_users_budget_says_whose_and_what_t
     assert "their daily token budget of 10 tokens is spent" in line
     assert "your" not in line  # said to the operator, not to the user
     assert "still waits" in line
-    assert "`chatwright budgets set local --daily N`" in line
+    assert "`chatwright budgets set local --daily N` (or --monthly N)" in line
     assert only_pending()["id"] == action["id"]
     assert [t[2] for t in tasks(example)] == ["buy milk"]
 

@@ -188,11 +188,13 @@ def _decide(app: AppContext, action_id: uuid.UUID, approve: bool, by: str | None
         except BudgetExceededError as exc:
             # The message speaks to the user ("your budget"); this is their operator.
             said = str(exc).replace("of yours", "of theirs").replace("your ", "their ")
-            who = printable(shlex.quote(action.user_id))
+            # "--" first for an id that would read as an option.
+            quoted = shlex.quote(action.user_id)
+            who = printable(f"-- {quoted}" if action.user_id.startswith("-") else quoted)
             raise BudgetExceededError(
                 f"user {printable(repr(action.user_id))}: {said}. `chatwright budgets show "
-                f"{who}` shows their budgets, `chatwright budgets set {who} --daily N` "
-                "changes them",
+                f"{who}` shows their budgets; `chatwright "
+                f"budgets set {who} --daily N` (or --monthly N) changes them",
                 resets_at=exc.resets_at,
                 retry_after=exc.retry_after,
             ) from None

@@ -44,7 +44,8 @@ async def test_a_summary_call_out_of_time_leaves_the_turn_going_and_counts(
     make: Make, sql_url: str, openai_stub: OpenAIStub, caplog: pytest.LogCaptureFixture
 ) -> None:
     user = f"summed-{uuid.uuid4().hex[:8]}"
-    runtime = await make(sql_url)
+    price = {"input": 1000.0, "output": 1000.0}  # per million: a thousandth a token
+    runtime = await make(sql_url, usage={"prices": {"openai:slow": price}})
     chat = await past_the_window(runtime, openai_stub, user)
     before = await usage_rows(runtime, user)
 
@@ -57,6 +58,10 @@ async def test_a_summary_call_out_of_time_leaves_the_turn_going_and_counts(
     # The reply's call, and the summary call cut off: counted with its prompt's tokens.
     assert row["model_calls"] == 2, row
     assert row["input_tokens"] >= len(LONG) // 4, row
+    # Priced as the answered call is: every token counted is in the cost.
+    assert turn.usage is not None
+    tokens = turn.usage.input_tokens + turn.usage.output_tokens
+    assert turn.usage.cost == pytest.approx(tokens / 1000), turn.usage
 
 
 async def test_a_turn_cancelled_during_its_summary_call_counts_it(
