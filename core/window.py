@@ -312,6 +312,9 @@ def split_turns(pairs: Turn) -> list[Turn]:
 
 ONGOING_PAGE = 200
 """Messages read at a time when a resumed turn's window is read back to its start."""
+ONGOING_MOST = 5000
+"""Most messages read back so: a turn's limits keep it far shorter, and a damaged chat
+with no human message is not read whole."""
 
 
 async def reach_ongoing_turn(start: TurnStart, storage: Storage) -> None:
@@ -338,8 +341,8 @@ async def reach_ongoing_turn(start: TurnStart, storage: Storage) -> None:
         if humans:
             start.history = [*older[humans[-1] :], *rows]
             return
-        if len(page) < ONGOING_PAGE:
-            return  # no human message in the chat at all: nothing would be read anyway
+        if len(page) < ONGOING_PAGE or len(older) >= ONGOING_MOST:
+            return  # no human message in reach: nothing of it would be read anyway
         before = page[0].id
 
 
