@@ -203,15 +203,21 @@ async def test_memories_saved_in_turns_and_a_customization_evict_no_cached_build
         listening.cancel()
 
 
-async def test_with_a_replacing_tool_the_offline_model_reads_then_saves(
-    runtimes: MakeRuntime,
-) -> None:
+async def with_a_replacing_tool(runtimes: MakeRuntime) -> tuple[Runtime, uuid.UUID]:
+    """The example on the offline model, its save_memory row as old installs had it (it
+    replaces the notes), and a chat of ALICE's."""
     runtime = await runtimes()
     await example.seed(runtime.storage, "offline:assistant")
     old = example.OLD_TOOLS["save_memory"]
     (row,) = [r for r in await runtime.storage.tools.list(AGENT) if r.name == "save_memory"]
     await runtime.storage.tools.update(row.id, config=old["config"])
-    chat = await chat_of(runtime, ALICE)
+    return runtime, await chat_of(runtime, ALICE)
+
+
+async def test_with_a_replacing_tool_the_offline_model_reads_then_saves(
+    runtimes: MakeRuntime,
+) -> None:
+    runtime, chat = await with_a_replacing_tool(runtimes)
 
     await runtime.chat(ALICE, AGENT, chat, "remember that I like tea")
     turn = await runtime.chat(ALICE, AGENT, chat, "remember that I live in Oslo")
@@ -225,12 +231,7 @@ async def test_with_a_replacing_tool_notes_too_long_to_read_are_not_replaced(
 ) -> None:
     # The read shows no row when the notes are longer than tools.max_result_chars: the
     # offline model must not take that for "no notes" and save the new fact alone.
-    runtime = await runtimes()
-    await example.seed(runtime.storage, "offline:assistant")
-    old = example.OLD_TOOLS["save_memory"]
-    (row,) = [r for r in await runtime.storage.tools.list(AGENT) if r.name == "save_memory"]
-    await runtime.storage.tools.update(row.id, config=old["config"])
-    chat = await chat_of(runtime, ALICE)
+    runtime, chat = await with_a_replacing_tool(runtimes)
     long_notes = "\n".join(f"- fact number {n} is true" for n in range(400))
     await runtime.storage.memories.put(ALICE, AGENT, long_notes)
     assert len(long_notes) > runtime.settings.tools.max_result_chars
