@@ -477,7 +477,7 @@ async def summarise(
     turns = after_summary(turns, after)
     fitted.history = messages_of(turns)
     cut = fallen_before(start, [pair for turn in turns for pair in turn])
-    if cut is None or cut <= after + 1:
+    if cut is None or cut <= after + 1 or _resting(start):
         return
     ahead = turns[len(turns) // 2][0][0].id if len(turns) > 1 else cut
     from chatwright.usage import TurnUsage, priced, usage_of
@@ -518,9 +518,13 @@ async def summarise(
             fitted.usage.append(priced(unanswered, settings.usage.prices))
         if not isinstance(exc, Exception):
             raise
+        slow = limit is not None and limit.expired()
+        if slow:
+            _rest(start)
         why = (
-            f"it did not answer within half the turn's time left ({SUMMARY_SHARE_HINT})"
-            if limit is not None and limit.expired()
+            f"it did not answer within half the turn's time left, and the chat's next "
+            f"{SUMMARY_REST:g} s make none ({SUMMARY_SHARE_HINT})"
+            if slow
             else f"the summary call failed: {' '.join(str(exc).split()) or type(exc).__name__}"
         )
         log.warning(
@@ -549,6 +553,31 @@ async def summarise(
 SUMMARY_SHARE_HINT = "raise turns.timeout or the agent's turn_timeout, or lower turns.summary_batch"
 LEAST_SUMMARY_SHARE = 0.05
 """Seconds: a summary call that would have less than this is not made."""
+SUMMARY_REST = 300.0
+"""Seconds after a chat's summary call ran out of its time during which that chat's
+turns make none (in this process): a provider too slow for it would otherwise cost
+every turn half its time and the call's prompt. The summary catches up afterwards."""
+_RESTING_MOST = 10_000
+_resting_until: OrderedDict[tuple[Any, str], float] = OrderedDict()
+
+
+def _rest(start: TurnStart) -> None:
+    key = (start.chat_id, start.user_id)
+    _resting_until.pop(key, None)
+    _resting_until[key] = time.monotonic() + SUMMARY_REST
+    while len(_resting_until) > _RESTING_MOST:
+        _resting_until.popitem(last=False)
+
+
+def _resting(start: TurnStart) -> bool:
+    """Whether the chat's summary calls rest after one that ran out of time."""
+    until = _resting_until.get((start.chat_id, start.user_id))
+    if until is None:
+        return False
+    if until <= time.monotonic():
+        _resting_until.pop((start.chat_id, start.user_id), None)
+        return False
+    return True
 
 
 def fallen_before(start: TurnStart, kept: Turn) -> int | None:

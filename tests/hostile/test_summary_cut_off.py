@@ -4,7 +4,8 @@ It was made outside the limits' accounting, so one cut off by the time limit, or
 by a cancelled turn, was charged nothing; and since the summary is stored only
 with a turn that ends, every next turn made the same call and ran out of time
 again. It now gets half the turn's time left: past that the turn goes on with
-the summary it had, and the call counts with its prompt's approximate tokens.
+the summary it had, the call counts with its prompt's approximate tokens, and
+the chat's turns make no summary call for a while.
 """
 
 from __future__ import annotations
@@ -62,6 +63,12 @@ async def test_a_summary_call_out_of_time_leaves_the_turn_going_and_counts(
     assert turn.usage is not None
     tokens = turn.usage.input_tokens + turn.usage.output_tokens
     assert turn.usage.cost == pytest.approx(tokens / 1000), turn.usage
+
+    # The chat's next turns make no summary call for a while: it would run out again.
+    asked = len(openai_stub.requests)
+    again = await runtime.chat(user, AGENT, chat, "hi again")
+    assert again.response == "echo: hi again"
+    assert len(openai_stub.requests) == asked + 1
 
 
 async def test_a_turn_cancelled_during_its_summary_call_counts_it(
