@@ -13,7 +13,9 @@ network or read it from a file, still goes to the thread pool.
 Every router's routes are :class:`JSONRoute`: FastAPI reads their JSON bodies
 through :class:`JSONBodyRequest`, which refuses an object giving a key twice
 (:func:`chatwright.bundles.loads`), anywhere in the body, before the body is
-validated or any dependency runs: 422 naming the key and its JSON path.
+validated or any dependency runs: 422 naming the key and its JSON path. A route
+that takes no body refuses one that is not empty, ``{}`` or ``null`` (422), read
+as strictly, instead of acting as if nothing had been sent.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from chatwright.bundles import loads
-from chatwright.errors import UnknownAgentError
+from chatwright.errors import InvalidInputError, UnknownAgentError
 from chatwright.plugins.server.auth import (
     Principal,
     bearer,
@@ -70,6 +72,27 @@ class JSONRoute(APIRoute):
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
+        # A route that reads its body itself documents it (openapi_extra's requestBody).
+        reads_its_own = "requestBody" in (self.openapi_extra or {})
+        if self.body_field is None and not reads_its_own:
+            # A route that takes no body (approve, deny, delete…) would act on any body
+            # sent, garbled or meaning otherwise ({"approve": false} to /approve): what
+            # is sent must be nothing, {} or null.
+            unwanted = f"{', '.join(sorted(self.methods or ()))} {self.path} takes no {BODY}"
+
+            async def read_none(request: Request) -> Response:
+                strict = JSONBodyRequest(request.scope, request.receive)
+                if (await strict.body()).strip():
+                    try:
+                        sent = await strict.json()
+                    # Not JSON, not UTF-8, too deep, a key twice: no body is wanted anyway.
+                    except (ValueError, RecursionError, InvalidInputError):
+                        sent = unwanted
+                    if sent not in ({}, None):
+                        raise InvalidInputError(f"{unwanted}; send none (or {{}})")
+                return await handler(strict)
+
+            return read_none
 
         async def read_strictly(request: Request) -> Response:
             return await handler(JSONBodyRequest(request.scope, request.receive))
