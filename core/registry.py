@@ -107,6 +107,16 @@ def _summary(value: Any) -> str:
     return f"<{type(value).__name__}>"
 
 
+def _meant(name: str, candidates: Iterable[str] | Mapping[str, str]) -> str:
+    """`` (did you mean 'x'?)`` for the candidate closest to ``name`` (as a mapping gives
+    it to be shown), or ""."""
+    close = difflib.get_close_matches(name, sorted(candidates), n=1)
+    if not close:
+        return ""
+    shown = candidates[close[0]] if isinstance(candidates, Mapping) else close[0]
+    return f" (did you mean {shown!r}?)"
+
+
 def policy_problems(policy: LoadPolicy, found: Mapping[str, str]) -> list[str]:
     """The names of the load policy that match nothing installed, each with what it
     may have meant: a misspelt name would otherwise block, or admit, nothing silently.
@@ -118,11 +128,10 @@ def policy_problems(policy: LoadPolicy, found: Mapping[str, str]) -> list[str]:
     distributions = {normalize_name(d): d for d in found.values() if d}
     # Never offered as what was meant: blocking chatwright itself blocks every bundled
     # plugin, and most plugins' distributions are named "chatwright-…".
-    offered = sorted((plugins | set(distributions)) - {BUNDLED_DISTRIBUTION})
+    offered = (plugins | set(distributions)) - {BUNDLED_DISTRIBUTION}
     problems = []
     for name in sorted(policy.block - plugins - set(distributions)):
-        close = difflib.get_close_matches(name, offered, n=1)
-        meant = f" (did you mean {close[0]!r}?)" if close else ""
+        meant = _meant(name, offered)
         problems.append(
             f"CHATWRIGHT_DISABLE_PLUGINS names {name!r}, which matches no installed plugin "
             f"or plugin's distribution, so it blocks nothing{meant}; `chatwright plugins "
@@ -138,9 +147,8 @@ def policy_problems(policy: LoadPolicy, found: Mapping[str, str]) -> list[str]:
         if name in plugins:
             meant = f": it is a plugin of distribution {found[name]!r}, give that"
         else:
-            others = sorted(set(distributions) - {BUNDLED_DISTRIBUTION})
-            close = difflib.get_close_matches(name, others, n=1)
-            meant = f" (did you mean {distributions[close[0]]!r}?)" if close else ""
+            others = {d: shown for d, shown in distributions.items() if d != BUNDLED_DISTRIBUTION}
+            meant = _meant(name, others)
         problems.append(
             f"CHATWRIGHT_LOAD_PLUGINS names {name!r}, which matches no installed "
             f"distribution of chatwright plugins, so it loads nothing{meant}; it takes "

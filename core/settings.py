@@ -707,20 +707,15 @@ def _describe(
     key = ".".join(str(part) for part in loc)
     given = _from_env(loc, from_env or {})
     if error["type"] == "extra_forbidden":
-        close = difflib.get_close_matches(key, _known_keys(model), n=1)
-        if len(loc) == 1:
+        close = [repr(c) for c in difflib.get_close_matches(key, _known_keys(model), n=1)]
+        top = {n: f for n, f in model.model_fields.items() if not f.exclude}
+        near = difflib.get_close_matches(key, sorted(top), n=1) if len(loc) == 1 else []
+        if near:
             # A name at the top level is likelier a section misspelt ([storag]) than a
             # key of one: the names of the top level are what it may have meant.
-            top = {n: f for n, f in model.model_fields.items() if not f.exclude}
-            near = difflib.get_close_matches(key, sorted(top), n=1)
-            if near:
-                kind = top[near[0]].annotation
-                is_section = isinstance(kind, type) and issubclass(kind, BaseModel)
-                close = [f"the section {near[0]!r}" if is_section else repr(near[0])]
-            else:
-                close = [repr(c) for c in close]
-        else:
-            close = [repr(c) for c in close]
+            kind = top[near[0]].annotation
+            is_section = isinstance(kind, type) and issubclass(kind, BaseModel)
+            close = [f"the section {near[0]!r}" if is_section else repr(near[0])]
         section = _model_member(_annotation_at(model, loc[:-1]))
         if not close and section is not None:
             # A key of a table inside a table (usage.prices."openai:gpt-4o".inptu).
