@@ -219,9 +219,9 @@ class Decisions:
                     budget=self.runtime.budget_limits(spans=2) if resumes else None,
                 )
             except BudgetExceededError as exc:
-                exc.args = (
-                    f"{exc}; pending action {action_id} ({action.tool_name}) was not decided "
-                    "(deciding it runs the model on) and still waits",
+                exc.add(
+                    f"; pending action {action_id} ({action.tool_name}) was not decided "
+                    "(deciding it runs the model on) and still waits"
                 )
                 raise
             resumed = False
@@ -309,7 +309,7 @@ class Decisions:
                     # call this decision was not checked for, and a budget is spent.
                     raise BudgetExceededError(
                         f"pending action {action_id} ({claimed.tool_name}) ran and the "
-                        "chat's other calls expired meanwhile, but a budget of yours is "
+                        "chat's other calls expired meanwhile, but a budget of {yours} is "
                         "spent, so the model did not go on; send a message once it resets"
                     )
                 if still:

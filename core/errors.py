@@ -153,14 +153,32 @@ class BudgetExceededError(ChatwrightError):
     ``resets_at`` is when the spent budget resets (an aware UTC datetime), or
     None when only another running turn stands in the way; ``retry_after`` is
     the seconds to wait before trying again.
+
+    The message speaks to the user whose budget it is. Where it names them, the
+    text given holds ``{your}`` or ``{yours}``, so that :meth:`about_them` can say
+    the same to someone acting for them (an operator deciding a call of theirs).
     """
 
     http_status = 429
 
-    def __init__(self, message: str, *, resets_at: object = None, retry_after: float = 1.0) -> None:
+    def __init__(self, text: str, *, resets_at: object = None, retry_after: float = 1.0) -> None:
+        self.text = text
         self.resets_at = resets_at
         self.retry_after = retry_after
-        super().__init__(message)
+        super().__init__(_owned(text, "your", "yours"))
+
+    def about_them(self) -> str:
+        """The message as said of the user to someone else ("their budget")."""
+        return _owned(self.text, "their", "theirs")
+
+    def add(self, more: str) -> None:
+        """Add ``more`` to the end of the message (worded like ``text``)."""
+        self.text += more
+        self.args = (_owned(self.text, "your", "yours"),)
+
+
+def _owned(text: str, your: str, yours: str) -> str:
+    return text.replace("{your}", your).replace("{yours}", yours)
 
 
 class ModelConfigError(ChatwrightError):

@@ -333,7 +333,11 @@ async def test_a_dead_turns_reservation_expires(storage: SQLStorage, clock: Cloc
         await begin(storage, user, await new_chat(storage, user), limits)
     assert refused.value.resets_at is None
     assert 0 < refused.value.retry_after <= 10
-    assert "another turn of yours is running" in str(refused.value)
+    assert "another turn of yours is running and your daily" in str(refused.value)
+    # Said of the user to someone who acts for them (an operator's decision): theirs.
+    assert refused.value.about_them().startswith(
+        "another turn of theirs is running and their daily token budget"
+    )
     clock.at = DAY + timedelta(seconds=61)
     start = await begin(storage, user, await new_chat(storage, user), limits)
     # The expired one was removed by the check; the new turn's is the only one.

@@ -187,7 +187,7 @@ def _decide(app: AppContext, action_id: uuid.UUID, approve: bool, by: str | None
             )
         except BudgetExceededError as exc:
             # The message speaks to the user ("your budget"); this is their operator.
-            said = str(exc).replace("of yours", "of theirs").replace("your ", "their ")
+            said = exc.about_them()
             # "--" first for an id that would read as an option.
             quoted = shlex.quote(action.user_id)
             who = printable(f"-- {quoted}" if action.user_id.startswith("-") else quoted)

@@ -139,7 +139,7 @@ async def refuse_spent(runtime: Runtime, user_id: str) -> None:
         if state.limit is not None and state.used >= state.limit:
             period = "daily" if state.period == "day" else "monthly"
             raise BudgetExceededError(
-                f"your {period} token budget of {state.limit} tokens is spent ({state.used} "
+                f"{{your}} {period} token budget of {state.limit} tokens is spent ({state.used} "
                 f"used); it resets at {state.resets_at:%Y-%m-%d %H:%M} UTC",
                 resets_at=state.resets_at,
                 retry_after=(state.resets_at - now).total_seconds(),

@@ -147,7 +147,7 @@ async def check_budget(
     for name, limit, used, resets in periods:
         if limit is not None and used >= limit:
             raise BudgetExceededError(
-                f"your {name} token budget of {limit} tokens is spent ({used} used); it "
+                f"{{your}} {name} token budget of {limit} tokens is spent ({used} used); it "
                 f"resets at {resets:%Y-%m-%d %H:%M} UTC",
                 resets_at=resets,
                 retry_after=max((resets - at).total_seconds(), 1.0),
@@ -155,7 +155,7 @@ async def check_budget(
     for name, limit, used, _ in periods:
         if limit is not None and others and used + reserved + limits.estimate > limit:
             raise BudgetExceededError(
-                f"another turn of yours is running and your {name} token budget is nearly "
+                f"another turn of {{yours}} is running and {{your}} {name} token budget is nearly "
                 "spent; try again when it has finished",
                 retry_after=BUSY_RETRY,
             )
