@@ -35,6 +35,7 @@ from chatwright.errors import (
     AlreadyExistsError,
     InvalidInputError,
     NotFoundError,
+    ToolNameTakenError,
     UnknownAgentError,
 )
 from chatwright.stores import Agent, ToolRow
@@ -335,10 +336,9 @@ async def copy_tool(
     except AlreadyExistsError as exc:
         # The way that changes no other row first.
         own = 'give the copy a name of its own (--name NEW; "name" in the API\'s body)'
-        said = str(exc)
-        if "pick another name" in said:
-            raise AlreadyExistsError(said.replace("pick another name", own, 1)) from None
-        raise AlreadyExistsError(f"{said}; {own}") from None
+        if isinstance(exc, ToolNameTakenError):
+            raise AlreadyExistsError(exc.worded(own)) from None
+        raise AlreadyExistsError(f"{exc}; {own}") from None
 
 
 # -- agents ----------------------------------------------------------------------------

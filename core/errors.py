@@ -115,6 +115,32 @@ class AlreadyExistsError(ChatwrightError):
     http_status = 409
 
 
+class ToolNameTakenError(AlreadyExistsError):
+    """A tool row's name that another row of the agent has (a disabled row keeps its
+    name), with the ways to free it.
+
+    :meth:`worded` gives the message with another first way, for a caller that
+    has one of its own (a copy can take a name of its own).
+    """
+
+    def __init__(self, agent_name: str, name: str, row_id: int, *, active: bool = True) -> None:
+        self.agent_name = agent_name
+        self.name = name
+        self.row_id = row_id
+        self.active = active
+        super().__init__(self.worded("pick another name"))
+
+    def worded(self, first_way: str) -> str:
+        """The message, ``first_way`` offered before renaming or removing the row."""
+        state = "" if self.active else ", disabled"
+        return (
+            f"agent {self.agent_name!r} already has a tool named {self.name!r} "
+            f"(row {self.row_id}{state}); {first_way}, rename that row with "
+            f"`chatwright tools set {self.row_id} --name NEW`, or remove it with "
+            f"`chatwright tools remove {self.row_id}`"
+        )
+
+
 class InvalidInputError(ChatwrightError):
     """Input from a user or a client failed validation."""
 

@@ -18,6 +18,7 @@ from chatwright.errors import (
     AlreadyExistsError,
     InvalidInputError,
     NotFoundError,
+    ToolNameTakenError,
     UnknownAgentError,
 )
 from chatwright.plugins.example import assistant as example
@@ -98,13 +99,32 @@ async def test_copy_is_checked_against_the_target_agent(runtimes: Any) -> None:
         row.description,
     )
     assert copy.id != row.id and copy.agent_id != row.agent_id
-    with pytest.raises(AlreadyExistsError, match="already has a tool named"):
+    with pytest.raises(AlreadyExistsError, match="already has a tool named") as clash:
         await catalog.copy_tool(runtime, row.id, "other")
+    assert f"(row {copy.id}); give the copy a name of its own (--name NEW" in str(clash.value)
+    assert "pick another name" not in str(clash.value)
     with pytest.raises(UnknownAgentError):
         await catalog.copy_tool(runtime, row.id, "nobody")
     with pytest.raises(InvalidInputError, match="not added: name"):
         await catalog.copy_tool(runtime, row.id, "other", name="bad name")
     assert [t.name for t in await runtime.storage.tools.list("other")] == [row.name]
+
+
+async def test_a_store_renaming_a_tool_onto_a_taken_name_names_the_row_and_the_ways_out(
+    runtimes: Any,
+) -> None:
+    runtime = await started(runtimes)
+    first, second = (await runtime.storage.tools.list(AGENT))[:2]
+    with pytest.raises(ToolNameTakenError) as clash:
+        # The store itself, past the catalog's own check: the database refuses the name.
+        await runtime.storage.tools.update(second.id, name=first.name)
+    said = str(clash.value)
+    assert said.startswith(
+        f"agent {AGENT!r} already has a tool named {first.name!r} (row {first.id}); "
+        "pick another name, rename that row with "
+        f"`chatwright tools set {first.id} --name NEW`"
+    ), said
+    assert (await runtime.storage.tools.get(second.id)).name == second.name  # type: ignore[union-attr]
 
 
 async def test_remove_takes_the_users_choices_with_the_row(runtimes: Any) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import exc
 
-from chatwright.errors import AlreadyExistsError, InvalidInputError, StorageError
+from chatwright.errors import InvalidInputError, StorageError, ToolNameTakenError
 
 log = logging.getLogger(__name__)
 
@@ -232,12 +232,6 @@ def integrity_message(error: exc.IntegrityError, table: str) -> str:
     return f"the values do not fit the constraints of {table!r}"
 
 
-def name_taken(agent_name: str, row: Any) -> AlreadyExistsError:
-    """A tool row's name that another row of the agent has (``row``, disabled or not: a
-    disabled row keeps its name), with the ways to free it."""
-    state = "" if row.is_active else ", disabled"
-    return AlreadyExistsError(
-        f"agent {agent_name!r} already has a tool named {row.name!r} (row {row.id}{state}); "
-        f"pick another name, rename that row with `chatwright tools set {row.id} --name NEW`, "
-        f"or remove it with `chatwright tools remove {row.id}`"
-    )
+def name_taken(agent_name: str, row: Any) -> ToolNameTakenError:
+    """A tool row's name that another row of the agent has (``row``, disabled or not)."""
+    return ToolNameTakenError(agent_name, row.name, row.id, active=row.is_active)

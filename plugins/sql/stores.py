@@ -226,6 +226,11 @@ class SQLToolStore(BoundStore):
             rows = await conn.execute(stmt)
         return [from_row(ToolRow, r) for r in rows]
 
+    async def _agent_names(self) -> dict[int, str]:
+        async with self.db.read() as conn:
+            rows = await conn.execute(sa.select(schema.agents.c.id, schema.agents.c.name))
+        return {row.id: row.name for row in rows}
+
     async def get(self, tool_id: int) -> ToolRow | None:
         if not _a_row_id(tool_id):
             return None  # PostgreSQL would refuse it as out of its column's range
@@ -336,17 +341,13 @@ class SQLToolStore(BoundStore):
             async with self.db.write() as conn:
                 row = (await conn.execute(stmt)).first()
         except exc.IntegrityError as error:
-            if "name" in changes:
-                current = await self.get(tool_id)
-                taken = current is not None and any(
-                    r.name == changes["name"] and r.id != tool_id
-                    for r in await self.list()
-                    if r.agent_id == current.agent_id
-                )
-                if taken:
-                    raise AlreadyExistsError(
-                        f"the agent already has a tool named {changes['name']!r}; pick another name"
-                    ) from None
+            current = await self.get(tool_id) if "name" in changes else None
+            if current is not None:
+                for other in await self.list():
+                    same = (other.agent_id, other.name) == (current.agent_id, changes["name"])
+                    if same and other.id != tool_id:
+                        agent_name = (await self._agent_names()).get(current.agent_id, "?")
+                        raise name_taken(agent_name, other) from None
             raise InvalidInputError(
                 f"tool row {tool_id} rejected by the database: "
                 f"{integrity_message(error, 'agent_tools')}"

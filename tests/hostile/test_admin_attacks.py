@@ -266,11 +266,13 @@ def test_cli_tool_commands_on_rows_of_nowhere(exported: str) -> None:
     assert_error(run("tools", "copy", "1", "--to", "nobody"), "no agent named 'nobody'")
     assert_error(run("tools", "copy", "1", "--to", AGENT, "--name", "bad name"), "name")
     # A copy whose name the agent has: the way out that needs no other row changed.
-    assert_error(
+    line = assert_error(
         run("tools", "copy", "1", "--to", AGENT),
         "already has a tool named",
-        "give the copy a name of its own (--name NEW",
+        "; give the copy a name of its own (--name NEW",
+        "rename that row with `chatwright tools set",
     )
+    assert "pick another name" not in line
     assert_error(run("agents", "export", "nobody"), "no agent named 'nobody'")
     # No answer to the question (a script without --yes): nothing is deleted.
     assert run("agents", "delete", AGENT).exit_code == 1
