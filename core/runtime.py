@@ -116,8 +116,6 @@ class BuiltAgent:
     tools: list[BaseTool]
     problems: list[ToolProblem]
     by_name: dict[str, BaseTool] = field(default_factory=dict)
-    user_mode: bool = False
-    """Whether a tool row is in ``user`` approval mode (turns then read the user's choices)."""
     model: Any = None
     """The chat model the graph calls (for summaries and token counts)."""
     recursion_limit: int = 25
@@ -378,7 +376,6 @@ class Runtime:
             guard_writes,
             hold_for_approval,
             may_wait,
-            row_of,
             writes,
         )
 
@@ -404,7 +401,7 @@ class Runtime:
         # Write safety's middlewares, only where they have work to do.
         middleware = []
         if may_wait(loaded.tools):
-            middleware.append(hold_for_approval(loaded.tools))
+            middleware.append(hold_for_approval(self.storage, loaded.tools))
         hooked = self.plugins.implemented("before_write") or self.plugins.implemented("after_write")
         written = [t for t in loaded.tools if writes(t)]
         # A write tool that does not check its turn's lease itself is checked before each call.
@@ -424,9 +421,6 @@ class Runtime:
             loaded.tools,
             loaded.problems,
             by_name={t.name: t for t in loaded.tools},
-            user_mode=any(
-                r is not None and r.approval == "user" for r in map(row_of, loaded.tools)
-            ),
             model=model,
             recursion_limit=recursion_limit(limits, len(middleware)),
         )
@@ -722,15 +716,8 @@ class Runtime:
                 # The agent exists but its model cannot be made: what the user said is kept.
                 await end(complete_prefix(produced), touch=False)
                 raise
-            choices = (
-                await self.storage.pending.choices(user_id, agent_name) if built.user_mode else {}
-            )
             context = TurnContext(
-                user_id=user_id,
-                agent_name=agent_name,
-                chat_id=chat_id,
-                turn_id=turn_id,
-                choices=choices,
+                user_id=user_id, agent_name=agent_name, chat_id=chat_id, turn_id=turn_id
             )
             modes = ["updates", "messages"] if on_token is not None else ["updates"]
             waiting: list[NewPending] = []
@@ -895,15 +882,24 @@ class Runtime:
 
         from chatwright.approvals import NewPending, tool_digest
         from chatwright.tools import invalid_arguments
-        from chatwright.writes import call_tool, error_result, preview_call, row_of, waits
+        from chatwright.writes import (
+            call_tool,
+            choices_now,
+            error_result,
+            preview_call,
+            row_of,
+            waits,
+        )
 
         results: list[BaseMessage] = []
         waiting: list[NewPending] = []
         expires = datetime.now(UTC) + timedelta(seconds=self.settings.tools.approval_timeout)
-        for call in reply.tool_calls:
-            tool = built.by_name.get(call["name"])
+        called = [built.by_name.get(call["name"]) for call in reply.tool_calls]
+        # The user's choices as they are now (read only for a row in ``user`` mode).
+        choices = await choices_now(self.storage, context, called)
+        for call, tool in zip(reply.tool_calls, called, strict=True):
             row = row_of(tool)
-            if tool is None or row is None or not waits(tool, context.choices):
+            if tool is None or row is None or not waits(tool, choices):
                 results.append(
                     await call_tool(self.plugins, self.storage, built.by_name, call, context, None)
                 )

@@ -78,8 +78,10 @@ class TurnContext:
     chat_id: uuid.UUID
     turn_id: uuid.UUID | None = None
     """The turn's id: what its writes are audited (and undone) under."""
-    choices: Mapping[int, str] = field(default_factory=dict)
-    """The user's approval choices for the agent's ``user``-mode tool rows, by row id."""
+    choices: dict[int, str] = field(default_factory=dict)
+    """The user's approval choices for the agent's ``user``-mode tool rows, by row id:
+    read afresh for each model reply that calls such a row
+    (:func:`chatwright.writes.choices_now`), empty until then."""
 
 
 _calling_as: ContextVar[TurnContext | None] = ContextVar("chatwright_calling_as", default=None)

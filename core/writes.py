@@ -110,6 +110,28 @@ def waits(tool: BaseTool | None, choices: Mapping[int, str]) -> bool:
     return needs_approval(row.approval, row.approval_default, choices.get(row.id))
 
 
+def asks_user(tool: BaseTool | None) -> bool:
+    """Whether a call of ``tool`` waits or not by its user's own choice (``user`` mode)."""
+    row = row_of(tool)
+    return row is not None and row.approval == "user"
+
+
+async def choices_now(
+    storage: Storage, context: TurnContext, tools: list[BaseTool | None]
+) -> Mapping[int, str]:
+    """The user's approval choices as they are now, for a reply calling ``tools``.
+
+    Read only when one of them is in ``user`` mode (the others do not ask), and kept
+    in ``context.choices``, which the rest of the turn's handling of that reply
+    reads: a choice the user changes during a turn counts from the next call on.
+    """
+    if any(asks_user(tool) for tool in tools):
+        now = await storage.pending.choices(context.user_id, context.agent_name)
+        context.choices.clear()
+        context.choices.update(now)
+    return context.choices
+
+
 def may_wait(tools: list[BaseTool]) -> bool:
     """Whether any call of these tools can wait for approval (for some user)."""
     return any(row.approval != "auto" for row in map(row_of, tools) if row is not None)
@@ -252,8 +274,9 @@ async def call_tool(
         _decision.reset(token)
 
 
-def hold_for_approval(tools: list[BaseTool]) -> Any:
-    """The middleware that ends a run at a reply calling a tool that waits for the user."""
+def hold_for_approval(storage: Storage, tools: list[BaseTool]) -> Any:
+    """The middleware that ends a run at a reply calling a tool that waits for the user
+    (by the user's approval choices as they are when the reply comes)."""
     from langchain.agents.middleware import AgentMiddleware, hook_config
 
     by_name = {t.name: t for t in tools}
@@ -265,9 +288,12 @@ def hold_for_approval(tools: list[BaseTool]) -> Any:
             last = messages[-1] if messages else None
             if not isinstance(last, AIMessage) or not last.tool_calls:
                 return None
+            called = [by_name.get(c["name"]) for c in last.tool_calls]
             context = runtime.context
-            choices = context.choices if isinstance(context, TurnContext) else {}
-            if any(waits(by_name.get(c["name"]), choices) for c in last.tool_calls):
+            choices: Mapping[int, str] = {}
+            if isinstance(context, TurnContext):
+                choices = await choices_now(storage, context, called)
+            if any(waits(tool, choices) for tool in called):
                 return {"jump_to": "end"}
             return None
 

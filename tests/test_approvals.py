@@ -375,6 +375,34 @@ async def test_user_mode_asks_by_default_and_each_user_chooses(runtimes: MakeRun
         await runtime.choose_approval(BOB, 10**6, "auto")
 
 
+@pytest.mark.parametrize(
+    ("before", "during", "held"), [("auto", "required", True), ("required", "auto", False)]
+)
+async def test_a_choice_changed_during_a_turn_counts_for_its_next_call(
+    runtimes: MakeRuntime, before: str, during: str, held: bool
+) -> None:
+    runtime = await runtimes()
+    script = [call("list_tasks"), call("add_task", title="milk"), {"content": "Added."}]
+    await setup(runtime, script, add_task="user")
+    row = next(r for r in await runtime.storage.tools.list(AGENT) if r.name == "add_task")
+    chat = await chat_of(runtime, ALICE)
+    await runtime.choose_approval(ALICE, row.id, before)
+
+    async def choose_at_first_reply(message: Any) -> None:
+        # The turn's first reply calls another tool; meanwhile the user changes their mind.
+        if getattr(message, "tool_calls", None) and message.tool_calls[0]["name"] == "list_tasks":
+            await runtime.choose_approval(ALICE, row.id, during)
+
+    turn = await runtime.chat(ALICE, AGENT, chat, "milk", on_message=choose_at_first_reply)
+    if held:
+        assert turn.status == "approval_required"
+        assert [a.tool_name for a in turn.pending] == ["add_task"]
+        assert await tasks(runtime, ALICE) == []
+    else:
+        assert (turn.status, turn.response) == ("done", "Added.")
+        assert [t["title"] for t in await tasks(runtime, ALICE)] == ["milk"]
+
+
 # -- the write hooks ---------------------------------------------------------------------
 
 
