@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -439,6 +440,8 @@ async def test_budgets_commands_set_show_list_and_clear(
     assert shown["budgets"][0]["remaining"] == 3800
     text = (await cli(url, "budgets", "show", user)).stdout
     assert "an override" in text and "3,800" in text
+    # The month's override lifts the limit: said so, as the other commands say it.
+    assert re.search(r"^month\s+unlimited\s+1,200\s+-\s", text, re.M), text
 
     listed = await cli_json(url, "budgets", "list")
     assert listed["settings"] == {"daily_tokens": 50_000, "monthly_tokens": 900_000}
@@ -605,3 +608,21 @@ async def test_a_turn_that_fails_part_way_counts_what_it_spent(serve: Serve) -> 
     assert counted[f'chatwright_tokens_total{{kind="cached",model="{MODEL}"}}'] == 7
     assert counted['chatwright_turns_total{outcome="error"}'] == 1
     assert (await served.usage(alice))["totals"]["total_tokens"] == inputs + 70
+
+
+@pytest.mark.parametrize(
+    ("cost", "shown"),
+    [
+        (0.000036, "0.000036"),  # 80 tokens in, 40 out at 0.15 and 0.60 a million
+        (0.00000001, "0.00000001"),
+        (0.0009, "0.0009"),
+        (1.5, "1.5000"),
+        (0.0, "0.0000"),
+    ],
+)
+def test_a_small_cost_is_shown_to_its_last_decimal_not_as_zero(cost: float, shown: str) -> None:
+    from chatwright.commands.usage import usage_line
+    from chatwright.usage import TurnUsage
+
+    line = usage_line(TurnUsage("m:1", 1, 80, 40, 0, cost), "USD")
+    assert line.endswith(f", cost {shown} USD"), line

@@ -40,7 +40,12 @@ def _tokens(value: int) -> str:
 
 
 def _cost(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
+    """A cost to at least 4 decimals and as many more of its 8 as it needs (a cost of
+    a few tokens is not shown as 0.0000)."""
+    if value is None:
+        return "-"
+    whole, decimals = f"{value:.8f}".split(".")
+    return f"{whole}.{decimals.rstrip('0').ljust(4, '0')}"
 
 
 def usage_line(usage: TurnUsage | None, currency: str) -> str:
@@ -48,7 +53,7 @@ def usage_line(usage: TurnUsage | None, currency: str) -> str:
     if usage is None or not usage.model_calls:
         return "usage: no model call"
     calls = f"{usage.model_calls} model call{'' if usage.model_calls == 1 else 's'}"
-    cost = "" if usage.cost is None else f", cost {usage.cost:.4f} {currency}"
+    cost = "" if usage.cost is None else f", cost {_cost(usage.cost)} {currency}"
     return (
         f"usage: {_tokens(usage.total)} tokens ({_tokens(usage.input_tokens)} in, "
         f"{_tokens(usage.cached_tokens)} of them cached, {_tokens(usage.output_tokens)} out), "
@@ -256,8 +261,8 @@ def budgets_list(app: AppContext, as_json: bool) -> None:
             }
         )
         return
-    daily = "none" if settings.daily_tokens is None else _tokens(settings.daily_tokens)
-    monthly = "none" if settings.monthly_tokens is None else _tokens(settings.monthly_tokens)
+    daily = "unlimited" if settings.daily_tokens is None else _tokens(settings.daily_tokens)
+    monthly = "unlimited" if settings.monthly_tokens is None else _tokens(settings.monthly_tokens)
     click.echo(f"Settings: daily {daily}, monthly {monthly} tokens per user.")
     if not overrides:
         click.echo("No user has an override.")
@@ -308,7 +313,7 @@ def budgets_show(app: AppContext, user: str, as_json: bool) -> None:
         [
             (
                 s.period,
-                "none" if s.limit is None else _tokens(s.limit),
+                "unlimited" if s.limit is None else _tokens(s.limit),
                 _tokens(s.used),
                 "-" if s.remaining is None else _tokens(s.remaining),
                 s.resets_at.isoformat(timespec="seconds"),
