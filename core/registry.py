@@ -296,6 +296,24 @@ class Plugins:
             key=lambda i: (not i.bundled, i.name),
         )
 
+    def not_loaded(self, adds: str) -> str:
+        """Why something a plugin ``adds`` (settings, commands) may be missing: plugins
+        installed but blocked, not admitted or failed; empty when there are none."""
+        reasons = []
+        if self.policy.block:
+            reasons.append(
+                "CHATWRIGHT_DISABLE_PLUGINS blocks " + ", ".join(sorted(self.policy.block))
+            )
+        if self.policy.allow is not None:
+            allowed = ", ".join(sorted(self.policy.allow)) or "none"
+            reasons.append(f"CHATWRIGHT_LOAD_PLUGINS admits only the bundled plugins and {allowed}")
+        failed = [info.name for info in self.infos() if info.error]
+        if failed:
+            reasons.append("failed to load (see `chatwright plugins`): " + ", ".join(failed))
+        if not reasons:
+            return ""
+        return f" (a plugin that is not loaded adds no {adds}: " + "; ".join(reasons) + ")"
+
     def _impls(self, hook_name: str, **kwargs: Any) -> Iterator[tuple[str, Callable[[], Any]]]:
         """Each implementation of a hook, bound to the arguments it asks for."""
         caller = getattr(self._pm.hook, hook_name)

@@ -843,24 +843,6 @@ def settings_class(plugins: Plugins) -> type[Settings]:
     return _build(tuple(plugins.collect_settings()))
 
 
-def _not_loaded(plugins: Plugins) -> str:
-    """Why a section may be missing: plugins that are installed but not loaded."""
-    reasons = []
-    if plugins.policy.block:
-        reasons.append(
-            "CHATWRIGHT_DISABLE_PLUGINS blocks " + ", ".join(sorted(plugins.policy.block))
-        )
-    if plugins.policy.allow is not None:
-        allowed = ", ".join(sorted(plugins.policy.allow)) or "none"
-        reasons.append(f"CHATWRIGHT_LOAD_PLUGINS admits only the bundled plugins and {allowed}")
-    failed = [info.name for info in plugins.infos() if info.error]
-    if failed:
-        reasons.append("failed to load (see `chatwright plugins`): " + ", ".join(failed))
-    if not reasons:
-        return ""
-    return " (a plugin that is not loaded adds no settings: " + "; ".join(reasons) + ")"
-
-
 def load_settings(
     config: str | os.PathLike[str] | None = None,
     overrides: Mapping[str, Any] | None = None,
@@ -879,7 +861,7 @@ def load_settings(
 
         plugins = Plugins.load()
     model = settings_class(plugins)
-    not_loaded = _not_loaded(plugins)
+    not_loaded = plugins.not_loaded("settings")
     path = _config_path(config, os.environ)
     data = _read_toml(path) if path is not None else {}
     _check_environment(os.environ, model, not_loaded)
