@@ -333,10 +333,15 @@ def agents_delete(app: AppContext, name: str, yes: bool) -> None:
     """
     from chatwright.catalog import delete_agent
 
-    if not yes and not click.confirm(
-        f"Delete agent {name!r} and its tool rows (chats and memory are kept)?", err=True
-    ):
-        raise click.Abort()
+    if not yes:
+        try:
+            asked = click.confirm(
+                f"Delete agent {name!r} and its tool rows (chats and memory are kept)?", err=True
+            )
+        except click.Abort:  # no answer (end of input, ^C)
+            asked = False
+        if not asked:
+            raise click.ClickException("nothing deleted (pass --yes to delete without asking)")
 
     async def work(runtime: Runtime) -> None:
         deleted = await delete_agent(runtime, name)

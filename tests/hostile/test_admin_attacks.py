@@ -274,8 +274,13 @@ def test_cli_tool_commands_on_rows_of_nowhere(exported: str) -> None:
     )
     assert "pick another name" not in line
     assert_error(run("agents", "export", "nobody"), "no agent named 'nobody'")
-    # No answer to the question (a script without --yes): nothing is deleted.
-    assert run("agents", "delete", AGENT).exit_code == 1
+    # No answer to the question (a script without --yes), or no: nothing is deleted,
+    # and the error says how to delete without asking, as `users erase` does.
+    for answer in (None, "n\n"):
+        refused = run("agents", "delete", AGENT, input=answer)
+        assert refused.exit_code == 1
+        assert "Error: nothing deleted (pass --yes to delete without asking)" in refused.stderr
+        assert "Traceback" not in refused.output and "Aborted" not in refused.output
     assert_error(
         run("agents", "delete", "../" * 100, "--yes"),
         "300 characters long; an agent name has at most 200",
