@@ -235,6 +235,21 @@ class ChatwrightGroup(click.Group):
 
     plugins: Plugins | None = None
 
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        # Perhaps a command of a plugin that is not loaded: say why, and offer only a
+        # near spelling (click offers anything half alike: 'users' for 'serve').
+        name = args[0] if args else None
+        why = self.plugins.not_loaded("commands") if self.plugins is not None else ""
+        if name and why and not name.startswith("-") and self.get_command(ctx, name) is None:
+            from difflib import get_close_matches
+
+            near = get_close_matches(name, self.list_commands(ctx), n=1, cutoff=0.75)
+            meant = f" Did you mean {near[0]!r}?" if near else ""
+            ctx.fail(f"No such command {name!r}{why}.{meant}")
+        return super().resolve_command(ctx, args)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)

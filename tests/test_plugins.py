@@ -1665,3 +1665,25 @@ def test_hook_register_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     assert load_settings(plugins=plugins).section(GreeterSettings).greeting == "Hi"
     error = {i.name: i.error for i in plugins.infos()}["broken"]
     assert error is not None and "settings exploded" in error
+
+
+def test_a_command_of_a_blocked_plugin_says_why_it_is_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CHATWRIGHT_DISABLE_PLUGINS", "server")
+    missing = CliRunner().invoke(build_cli(), ["serve"])
+    assert missing.exit_code == 2
+    said = missing.output.splitlines()[-1]
+    assert said == (
+        "Error: No such command 'serve' (a plugin that is not loaded adds no commands: "
+        "CHATWRIGHT_DISABLE_PLUGINS blocks server)."
+    )
+    # A near spelling of a loaded command is still offered; an unlike one is not.
+    typo = CliRunner().invoke(build_cli(), ["agnets"]).output.splitlines()[-1]
+    assert typo.endswith("blocks server). Did you mean 'agents'?"), typo
+    # Loaded commands run as ever.
+    assert CliRunner().invoke(build_cli(), ["agents", "--help"]).exit_code == 0
+    monkeypatch.delenv("CHATWRIGHT_DISABLE_PLUGINS")
+    # With nothing blocked, click's own answer.
+    assert "blocks" not in CliRunner().invoke(build_cli(), ["nosuch"]).output
