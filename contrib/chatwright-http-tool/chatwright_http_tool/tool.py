@@ -193,6 +193,11 @@ class Inflater:
         self._started = True
         return out, self._zlib.unconsumed_tail
 
+    @property
+    def ended(self) -> bool:
+        """Whether the compressed stream has ended (what comes after it is not read)."""
+        return self._zlib.eof
+
 
 def _inflater(response: httpx.Response, where: str) -> Inflater | None:
     """How to decode the body's Content-Encoding: not at all, one bounded layer, or refused."""
@@ -220,7 +225,23 @@ def _text_decoder(response: httpx.Response, where: str) -> codecs.IncrementalDec
         raise ToolException(
             f"{where} answered with charset {excerpt(name)!r}, which is not a text encoding"
         )
+    # Nor is one that reads ASCII as other text (EBCDIC, UTF-16 or -32, UTF-7): an echoed
+    # secret would reach the model scrambled, past the redaction, and easily unscrambled.
+    try:
+        same = info.decode(ASCII_PROBE, "strict")[0] == ASCII_TEXT
+    except (UnicodeError, ValueError, TypeError, LookupError):
+        same = False
+    if not same:
+        raise ToolException(
+            f"{where} answered with charset {excerpt(name)!r}, which does not read ASCII as "
+            "ASCII; this tool reads only charsets that do (UTF-8, ISO-8859-*, windows-125*, …)"
+        )
     return info.incrementaldecoder(errors="replace")
+
+
+ASCII_TEXT = "".join(map(chr, range(0x20, 0x7F))) + "\t\r\n"
+"""Every printable ASCII character, and the usual white space."""
+ASCII_PROBE = ASCII_TEXT.encode("ascii")
 
 
 class TooDeep(Exception):
@@ -390,7 +411,7 @@ class HttpTool:
                         f"header {header!r} references {name}, which [plugins.http.secrets] "
                         "does not list"
                     )
-                found = os.environ.get(name)
+                found = self._variable(name, header)
                 if found is None:
                     raise ToolException(
                         f"header {header!r} needs the environment variable {name}, which is "
@@ -412,6 +433,23 @@ class HttpTool:
 
             resolved[header] = ENV_REFERENCE.sub(environment, value)
         return resolved, expanded
+
+    def _variable(self, name: str, header: str) -> str | None:
+        """The value of the listed variable ``name`` stands for: the one spelt as the
+        settings list it, else the only one of that name in any case. The row's own
+        spelling picks nothing: listing ``TOKEN`` must not let a row send ``token``."""
+        rule = self.allowed.rule(name)
+        assert rule is not None
+        if rule.name in os.environ:
+            return os.environ[rule.name]
+        found = [key for key in os.environ if key.upper() == rule.name.upper()]
+        if len(found) > 1:
+            raise ToolException(
+                f"header {header!r} references {name}, and the environment has "
+                f"{len(found)} variables of that name in different cases; list the one "
+                "to send in [plugins.http.secrets] as it is spelt"
+            )
+        return os.environ[found[0]] if found else None
 
     def _check_redirect(self, source: httpx.URL, target: httpx.URL) -> None:
         if target.scheme not in SCHEMES:
@@ -451,7 +489,9 @@ class HttpTool:
                     truncated = True
                 chunks.append(chunk)
                 size += len(chunk)
-            if truncated:
+            if truncated or (inflater is not None and inflater.ended):
+                # Bytes after the end of the compressed body are not read: zlib would keep
+                # each of them, copied again with every chunk, until the time limit.
                 break
         try:
             # final=False on a cut body drops a character split by the cut instead of

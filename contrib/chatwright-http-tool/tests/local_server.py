@@ -25,6 +25,7 @@ request it gets and answers by path:
 
 from __future__ import annotations
 
+import gzip
 import json
 import threading
 import time
@@ -143,6 +144,23 @@ def _handler(server: LocalServer) -> type[BaseHTTPRequestHandler]:
                     self._send(200, data, "text/plain; charset=utf-8", **headers)
                 elif path == "/charset":
                     self._send(200, b"hello world", f"text/plain; charset={query['cs'][0]}")
+                elif path == "/charset-echo":
+                    # The X-Key header's bytes as they came, labelled with another charset.
+                    echoed = b"key=" + self.headers.get("X-Key", "").encode("latin-1") + b";"
+                    cs = query["cs"][0]
+                    self._send(200, echoed.ljust(32), f"text/plain; charset={cs}")
+                elif path == "/gzip-trailer":
+                    # A small gzip body, then megabytes of bytes after its end.
+                    head = gzip.compress(b"hello")
+                    size = int(query["mb"][0]) << 20
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/plain")
+                    self.send_header("Content-Encoding", "gzip")
+                    self.send_header("Content-Length", str(len(head) + size))
+                    self.end_headers()
+                    self.wfile.write(head)
+                    for _ in range(size >> 20):
+                        self.wfile.write(bytes(1 << 20))
                 elif path == "/deep":
                     n = int(query["n"][0])
                     self._send(200, b"[" * n + b"]" * n, "application/json")

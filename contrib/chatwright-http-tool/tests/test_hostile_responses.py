@@ -8,6 +8,7 @@ sent (anything but a GET) is in the audit log.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from test_http_tool import Storage, build, call, error, ok
 
 from chatwright.registry import Plugins
 from chatwright.runtime import Runtime
+from chatwright.settings import Settings
 
 AGENT = "fetcher"
 USER = "alice"
@@ -35,19 +37,53 @@ async def test_a_charset_that_is_no_text_encoding_is_an_error(
     )
 
 
-@pytest.mark.parametrize("charset", ["utf-16", "undefined"])
-async def test_a_body_the_charset_cannot_decode_is_an_error(
+@pytest.mark.parametrize(
+    "charset",
+    ["utf-16", "utf-16-le", "utf-16-be", "utf-32", "cp037", "cp500", "utf-7", "undefined"],
+)
+async def test_a_charset_that_does_not_read_ascii_as_ascii_is_an_error(
     plugins: Plugins, server: LocalServer, charset: str
 ) -> None:
     tool = await build(plugins, endpoint(server, f"charset?cs={charset}"))
-    assert error(await call(tool)).startswith(
-        f"GET {server.base}/charset answered with a body that cannot be read as '{charset}' "
-        "text (UnicodeError: "
+    assert error(await call(tool)) == (
+        f"GET {server.base}/charset answered with charset '{charset}', which does not read "
+        "ASCII as ASCII; this tool reads only charsets that do (UTF-8, ISO-8859-*, "
+        "windows-125*, …)"
     )
 
 
-async def test_a_usual_charset_still_reads(plugins: Plugins, server: LocalServer) -> None:
-    tool = await build(plugins, endpoint(server, "charset?cs=latin-1"))
+@pytest.mark.parametrize("charset", ["cp037", "cp500", "utf-16-le", "utf-16-be", "utf-32-le"])
+async def test_an_echoed_secret_does_not_pass_scrambled_by_a_charset(
+    plugins: Plugins, server: LocalServer, charset: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = "tok-3f9a7c21e5b8d4"
+    monkeypatch.setenv("HTTP_TOOL_TEST_TOKEN", token)
+    settings = Settings(plugins={"http": {"secrets": {"HTTP_TOOL_TEST_TOKEN": ["127.0.0.1"]}}})
+    config = endpoint(
+        server, f"charset-echo?cs={charset}", headers={"X-Key": "${HTTP_TOOL_TEST_TOKEN}"}
+    )
+    message = await call(await build(plugins, config, settings=settings))
+    assert server.seen[-1].headers["X-Key"] == token  # sent, and echoed
+    assert "does not read ASCII as ASCII" in error(message)
+    for codec in (charset, "utf-16-le", "utf-16-be", "cp037"):
+        assert token.encode() not in message.text.encode(codec, errors="replace")
+
+
+async def test_bytes_after_the_end_of_a_gzip_body_are_not_read(
+    plugins: Plugins, server: LocalServer
+) -> None:
+    tool = await build(plugins, endpoint(server, "gzip-trailer?mb=64", timeout=20))
+    start = time.monotonic()
+    assert ok(await call(tool)) == {"status": 200, "body": "hello"}
+    # Not a timing goal: reading the 64 MiB after the body takes about a minute.
+    assert time.monotonic() - start < 15
+
+
+@pytest.mark.parametrize("charset", ["latin-1", "ascii", "utf-8", "windows-1252", "iso-8859-15"])
+async def test_a_usual_charset_still_reads(
+    plugins: Plugins, server: LocalServer, charset: str
+) -> None:
+    tool = await build(plugins, endpoint(server, f"charset?cs={charset}"))
     assert ok(await call(tool)) == {"status": 200, "body": "hello world"}
 
 
