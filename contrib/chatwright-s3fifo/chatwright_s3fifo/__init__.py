@@ -47,8 +47,10 @@ register ``S3FIFOPolicy(max_entries, evict_idle=True)`` under a name of its own.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Reversible
+from fractions import Fraction
 from typing import TYPE_CHECKING
 
 from chatwright import EvictionPolicy, hookimpl
@@ -63,15 +65,32 @@ __all__ = ["S3FIFOPolicy", "register_eviction_policies"]
 MAX_FREQUENCY = 3
 
 
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _share(total: int, ratio: float) -> int:
+    """``ratio`` of ``total`` rounded to the nearest, a half up; exact for any ``total``
+    (``ratio`` as it is written: 0.1 is one tenth, not the float nearest to it)."""
+    return math.floor(Fraction(total) * Fraction(repr(ratio)) + Fraction(1, 2))
+
+
 class S3FIFOPolicy(EvictionPolicy):
     """The S3-FIFO policy for at most ``max_entries`` entries.
 
     :param small_ratio: the share of ``max_entries`` for the small queue S.
     :param ghost_ratio: how many evicted keys G remembers, as a share of
-        ``max_entries``.
+        ``max_entries``; unset, as many as M holds.
     :param move_to_main_threshold: hits a key needs while in S to move on to M.
     :param evict_idle: at sweeps, also evict entries without an active session
         (reason ``"idle-session"``), like the default policy.
+
+    A share is rounded to the nearest whole number, a half up, and computed
+    exactly, for a ``max_entries`` of any size.
     """
 
     reason = "s3fifo"
@@ -81,24 +100,31 @@ class S3FIFOPolicy(EvictionPolicy):
         max_entries: int,
         *,
         small_ratio: float = 0.1,
-        ghost_ratio: float = 0.9,
+        ghost_ratio: float | None = None,
         move_to_main_threshold: int = 1,
         evict_idle: bool = False,
     ) -> None:
-        if max_entries < 1:
-            raise ValueError(f"max_entries must be at least 1, got {max_entries}")
-        if not 0 < small_ratio < 1:
-            raise ValueError(f"small_ratio must be between 0 and 1, got {small_ratio}")
-        if ghost_ratio < 0:
-            raise ValueError(f"ghost_ratio must not be negative, got {ghost_ratio}")
-        if not 1 <= move_to_main_threshold <= MAX_FREQUENCY:
+        if not _whole(max_entries) or max_entries < 1:
             raise ValueError(
-                f"move_to_main_threshold must be 1 to {MAX_FREQUENCY}, got {move_to_main_threshold}"
+                f"max_entries must be a whole number of at least 1, got {max_entries!r}"
+            )
+        if not _number(small_ratio) or not 0 < small_ratio < 1:
+            raise ValueError(f"small_ratio must be a number between 0 and 1, got {small_ratio!r}")
+        if ghost_ratio is not None and (not _number(ghost_ratio) or ghost_ratio < 0):
+            raise ValueError(
+                f"ghost_ratio must be a finite number of 0 or more, got {ghost_ratio!r}"
+            )
+        if not _whole(move_to_main_threshold) or not 1 <= move_to_main_threshold <= MAX_FREQUENCY:
+            raise ValueError(
+                f"move_to_main_threshold must be a whole number from 1 to {MAX_FREQUENCY}, "
+                f"got {move_to_main_threshold!r}"
             )
         self.max_entries = max_entries
-        self.small_capacity = max(1, round(max_entries * small_ratio))
+        self.small_capacity = max(1, _share(max_entries, small_ratio))
         self.main_capacity = max_entries - self.small_capacity
-        self.ghost_capacity = round(max_entries * ghost_ratio)
+        self.ghost_capacity = (
+            self.main_capacity if ghost_ratio is None else _share(max_entries, ghost_ratio)
+        )
         self.move_to_main_threshold = move_to_main_threshold
         self.evict_idle = evict_idle
         # Queues hold keys oldest first: the next to leave is at the front.

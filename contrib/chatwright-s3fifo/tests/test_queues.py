@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 
@@ -61,24 +62,50 @@ def keys(*names: str) -> list[Key]:
     return [k(n) for n in names]
 
 
-def test_sizes_follow_max_entries() -> None:
-    policy = S3FIFOPolicy(100)
-    assert (policy.small_capacity, policy.main_capacity, policy.ghost_capacity) == (10, 90, 90)
-    tiny = S3FIFOPolicy(1)
-    assert (tiny.small_capacity, tiny.main_capacity) == (1, 0)
+@pytest.mark.parametrize(
+    ("max_entries", "sizes"),
+    [
+        (100, (10, 90, 90)),
+        # 10 % rounded to the nearest, a half up; G as large as M, whatever the rounding.
+        (15, (2, 13, 13)),
+        (25, (3, 22, 22)),
+        (35, (4, 31, 31)),
+        (1, (1, 0, 0)),
+    ],
+)
+def test_sizes_follow_max_entries(max_entries: int, sizes: tuple[int, int, int]) -> None:
+    policy = S3FIFOPolicy(max_entries)
+    assert (policy.small_capacity, policy.main_capacity, policy.ghost_capacity) == sizes
+    assert S3FIFOPolicy(100, ghost_ratio=0.5).ghost_capacity == 50
+
+
+def test_a_max_entries_of_any_size_the_settings_take_works() -> None:
+    huge = 10**400  # no float holds it
+    policy = S3FIFOPolicy(huge)
+    assert policy.small_capacity == huge // 10
+    assert policy.main_capacity == policy.ghost_capacity == huge - huge // 10
+    cache = Cache(policy)
+    assert cache.insert(k("a")) == []
 
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"max_entries": 0}, "max_entries"),
-        ({"max_entries": 10, "small_ratio": 1.0}, "small_ratio"),
-        ({"max_entries": 10, "ghost_ratio": -1}, "ghost_ratio"),
+        ({"max_entries": 0}, "max_entries must be a whole number of at least 1, got 0"),
+        ({"max_entries": 2.5}, "max_entries must be a whole number of at least 1, got 2.5"),
+        ({"max_entries": "10"}, "max_entries must be a whole number of at least 1, got '10'"),
+        ({"max_entries": True}, "max_entries must be a whole number"),
+        ({"max_entries": 10, "small_ratio": 1.0}, "small_ratio must be a number between 0 and 1"),
+        ({"max_entries": 10, "small_ratio": float("nan")}, "small_ratio"),
+        ({"max_entries": 10, "ghost_ratio": -1}, "ghost_ratio must be a finite number"),
+        ({"max_entries": 10, "ghost_ratio": float("inf")}, "ghost_ratio must be a finite number"),
+        ({"max_entries": 10, "ghost_ratio": float("nan")}, "ghost_ratio must be a finite number"),
         ({"max_entries": 10, "move_to_main_threshold": 4}, "move_to_main_threshold"),
+        ({"max_entries": 10, "move_to_main_threshold": 2.5}, "a whole number from 1 to 3"),
     ],
 )
 def test_bad_parameters_are_refused(kwargs: dict[str, float], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=re.escape(message)):
         S3FIFOPolicy(**kwargs)  # type: ignore[arg-type]
 
 
