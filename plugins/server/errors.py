@@ -256,6 +256,15 @@ def install(app: FastAPI) -> None:
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = []
         for e in exc.errors():
+            if e.get("type") == "json_invalid":
+                # Its "loc" is the offset where the parser gave up, not a field.
+                at = e["loc"][-1] if e.get("loc") else "?"
+                why = str((e.get("ctx") or {}).get("error") or "not JSON")
+                problems.append(
+                    f"the body is not valid JSON ({why}, at character {at}); send a JSON "
+                    "object"
+                )
+                continue
             where = ".".join(str(p) for p in e["loc"] if p != "body") or "body"
             problems.append(f"{where}: {e['msg']}")
         return error_response("invalid request: " + "; ".join(problems), 422)

@@ -147,6 +147,18 @@ async def test_malformed_bodies_answer_4xx_with_the_error_body(make_server: Make
     assert beat.status_code == 200, beat.text
 
 
+async def test_a_body_that_is_not_json_says_so_and_where(make_server: MakeServer) -> None:
+    server = await make_server()
+    await ready(server)
+    headers = {**bearer("bob"), "Content-Type": "application/json"}
+    for raw, why, at in ((b"notjson", "Expecting value", 0), (b'{"message": "hi",', "", 17)):
+        response = await server.client.post("/api/chat", content=raw, headers=headers)
+        assert response.status_code == 422, response.text
+        said = response.json()["error"]
+        assert said.startswith("invalid request: the body is not valid JSON ("), said
+        assert why in said and f"at character {at}); send a JSON object" in said, said
+
+
 async def test_a_body_past_the_limit_is_refused_with_413(make_server: MakeServer) -> None:
     server = await make_server()
     session = await ready(server)
