@@ -386,10 +386,11 @@ async def change_agent(
     runtime: Runtime, name: str, fields: Mapping[str, Any], *, merge_settings: bool = True
 ) -> Agent:
     """Change an agent; model settings are merged into the stored ones unless told not to."""
+    # An agent that is not there first: its fields' faults are no use to whoever asked.
+    current = await agent_named(runtime, name)
     valid = agent_fields(runtime, name, fields, partial=True)
     if not valid:
         raise InvalidInputError(f"agent {name!r}: nothing to change")
-    current = await agent_named(runtime, name)
     if "model_settings" in valid and merge_settings:
         valid["model_settings"] = merged_settings(current.model_settings, valid["model_settings"])
     return await runtime.storage.agents.update(name, **valid)

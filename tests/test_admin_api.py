@@ -268,6 +268,11 @@ def test_the_api_gives_the_cli_s_error_for_the_same_bad_input(workdir: Path) -> 
             cli_error("agents", "set", AGENT, "--history-window", "0"),
             ("PATCH", f"/api/agents/{AGENT}", {"history_window": 0}, 422),
         ),
+        # An agent that is not there is the answer, before the faults of the changes.
+        (
+            cli_error("agents", "set", "nobody", "--history-window", "0"),
+            ("PATCH", "/api/agents/nobody", {"history_window": 0}, 404),
+        ),
         (
             cli_error("tools", "copy", str(tool_id), "--to", AGENT),
             ("POST", f"/api/tools/{tool_id}/copy", {"to": AGENT}, 409),
@@ -289,6 +294,9 @@ def test_the_api_gives_the_cli_s_error_for_the_same_bad_input(workdir: Path) -> 
         cases, api(workdir, exchange), strict=True
     ):
         assert error_of(response, status) == expected, (method, path)
+    assert cli_error("agents", "set", "nobody", "--turn-timeout", "inf") == (
+        "no agent named 'nobody'; see `chatwright agents list`"
+    )
 
 
 def test_a_changed_agent_is_rebuilt_for_its_next_turn(workdir: Path) -> None:

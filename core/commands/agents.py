@@ -312,10 +312,10 @@ def agents_set(
             "--history-window, --turn-timeout, --max-model-calls, --max-tool-calls, "
             "--history-tokens or --summarize"
         )
-    valid = agent_fields(app, name, fields, partial=True)
 
     async def work(runtime: Runtime) -> None:
         agent = await change_agent(runtime, name, fields)
+        valid = agent_fields(app, name, fields, partial=True)
         click.echo(f"Updated agent {agent.name!r}: {', '.join(sorted(valid))}")
 
     app.run(work)
