@@ -30,6 +30,7 @@ import contextvars
 import difflib
 import functools
 import json
+import math
 import os
 import tomllib
 import types
@@ -696,6 +697,16 @@ def env_var(key: str) -> str:
     return ENV_PREFIX + key.replace(".", "__").upper()
 
 
+def _is_nan(value: object) -> bool:
+    """Whether a setting's value is NaN, as a number or as text (from the environment)."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return False
+    return isinstance(value, float) and math.isnan(value)
+
+
 def _describe(
     error: Mapping[str, Any],
     config_file: Path | None,
@@ -733,11 +744,13 @@ def _describe(
     where += str(config_file) if config_file else CONFIG_FILE_NAME
     got = error.get("input")
     shown = json.dumps(got) if isinstance(got, bool) else repr(got)
+    # NaN fails every bound, and pydantic names the bound: the fault is that it is no number.
+    msg = "Input should be a number, not nan" if _is_nan(got) else error["msg"]
     if given is None:
-        return f"setting {key!r} is invalid: {error['msg']} (got {shown}; set it with {where})"
+        return f"setting {key!r} is invalid: {msg} (got {shown}; set it with {where})"
     good = f"; {given.good_value()}" if given.json_kind else ""
     return (
-        f"setting {key!r} is invalid: {error['msg']} (got {shown} from environment variable "
+        f"setting {key!r} is invalid: {msg} (got {shown} from environment variable "
         f"{given.variable}{good}; set it with {where})"
     )
 
