@@ -47,9 +47,22 @@ def test_install_upgrade_and_editable(calls: list[list[str]]) -> None:
 
 
 def test_uninstall_with_yes(calls: list[list[str]]) -> None:
-    code, _ = run("uninstall", "-y", "chatwright-redis")
+    # A distribution that is installed wherever the tests run (pip itself is faked).
+    code, _ = run("uninstall", "-y", "Pluggy")
     assert code == 0
-    assert calls[0][3:] == ["uninstall", "--yes", "chatwright-redis"]
+    assert calls[0][3:] == ["uninstall", "--yes", "Pluggy"]
+
+
+def test_uninstalling_what_is_not_installed_is_an_error_and_runs_no_pip(
+    calls: list[list[str]],
+) -> None:
+    code, output = run("uninstall", "-y", "pluggy", "chatwright-nosuch", "../x")
+    assert code == 1
+    assert output.strip().splitlines()[-1] == (
+        "Error: not installed here: 'chatwright-nosuch', '../x'; nothing was uninstalled. "
+        "`chatwright plugins` lists the plugins installed, with their distributions"
+    )
+    assert calls == []
 
 
 def test_pip_failure_is_one_error_line(calls: list[list[str]]) -> None:

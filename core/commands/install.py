@@ -51,9 +51,24 @@ def install(packages: tuple[str, ...], upgrade: bool, editable: tuple[str, ...])
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 def uninstall(packages: tuple[str, ...], yes: bool) -> None:
     """Uninstall packages from the environment chatwright runs in."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
     protected = {"chatwright"} & {p.lower() for p in packages}
     if protected:
         raise click.UsageError("uninstalling chatwright itself would remove this command; use pip")
+    missing = []
+    for name in packages:
+        try:
+            distribution(name)
+        except (PackageNotFoundError, ValueError):
+            missing.append(name)
+    if missing:
+        # pip only warns and succeeds: a name mistyped would read as done.
+        names = ", ".join(repr(n) for n in missing)
+        raise click.ClickException(
+            f"not installed here: {names}; nothing was uninstalled. `chatwright plugins` "
+            "lists the plugins installed, with their distributions"
+        )
     _pip(["uninstall", *(["--yes"] if yes else []), *packages])
 
 
