@@ -218,6 +218,15 @@ class Decisions:
                     turn_id=action.turn_id if resumes else None,
                     budget=self.runtime.budget_limits(spans=2) if resumes else None,
                 )
+            except NotFoundError:
+                # The chat went (deleted, its user erased) while this waited for it: the
+                # action went with it, and "open a session first" would bring back neither.
+                if await self.storage.pending.get(user_id, action_id) is None:
+                    raise NotFoundError(
+                        f"no pending action {action_id} for this user: it went with its "
+                        f"chat {action.chat_id}, deleted meanwhile"
+                    ) from None
+                raise
             except BudgetExceededError as exc:
                 exc.add(
                     f"; pending action {action_id} ({action.tool_name}) was not decided "

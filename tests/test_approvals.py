@@ -403,6 +403,35 @@ async def test_a_choice_changed_during_a_turn_counts_for_its_next_call(
         assert [t["title"] for t in await tasks(runtime, ALICE)] == ["milk"]
 
 
+async def test_a_decision_that_lost_its_chat_while_it_waited_says_so(
+    runtimes: MakeRuntime,
+) -> None:
+    from chatwright.userdata import user_data_of
+
+    runtime = await runtimes()
+    await setup(
+        runtime, [call("add_task", title="milk"), {"content": "Added."}], add_task="required"
+    )
+    chat = await chat_of(runtime, ALICE)
+    (action,) = (await runtime.chat(ALICE, AGENT, chat, "milk")).pending
+    # The decision waits for the chat (another request of this process holds it) ...
+    lock = runtime.turn_lock(ALICE, chat)
+    await lock.acquire()
+    deciding = asyncio.create_task(runtime.decide(ALICE, action.id, True))
+    await asyncio.sleep(0.05)
+    assert not deciding.done()
+    # ... and meanwhile the chat, with its pending action, is deleted.
+    await user_data_of(runtime.storage).delete_chat(ALICE, chat)
+    lock.release()
+    with pytest.raises(NotFoundError) as lost:
+        await deciding
+    assert str(lost.value) == (
+        f"no pending action {action.id} for this user: it went with its chat {chat}, "
+        "deleted meanwhile"
+    )
+    assert await tasks(runtime, ALICE) == []
+
+
 # -- the write hooks ---------------------------------------------------------------------
 
 
