@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import functools
+import importlib
 import json
 import math
 import os
@@ -225,23 +227,48 @@ def _text_decoder(response: httpx.Response, where: str) -> codecs.IncrementalDec
         raise ToolException(
             f"{where} answered with charset {excerpt(name)!r}, which is not a text encoding"
         )
-    # Nor is one that reads ASCII as other text (EBCDIC, UTF-16 or -32, UTF-7): an echoed
+    # Nor one that can read ASCII as other text (EBCDIC, UTF-16 or -32, UTF-7, a shift
+    # state of ISO-2022, a double-byte charset whose second bytes may be ASCII): an echoed
     # secret would reach the model scrambled, past the redaction, and easily unscrambled.
-    try:
-        same = info.decode(ASCII_PROBE, "strict")[0] == ASCII_TEXT
-    except (UnicodeError, ValueError, TypeError, LookupError):
-        same = False
-    if not same:
+    if not keeps_ascii(info):
         raise ToolException(
-            f"{where} answered with charset {excerpt(name)!r}, which does not read ASCII as "
-            "ASCII; this tool reads only charsets that do (UTF-8, ISO-8859-*, windows-125*, …)"
+            f"{where} answered with charset {excerpt(name)!r}, which can read ASCII as other "
+            "text; this tool reads UTF-8, EUC-JP, EUC-KR and single-byte charsets that keep "
+            "ASCII as it is (ISO-8859-*, windows-125*, …)"
         )
     return info.incrementaldecoder(errors="replace")
+
+
+@functools.cache
+def _keeps_ascii(name: str) -> bool:
+    info = codecs.lookup(name)
+    if info.name not in MULTI_BYTE_KEEPING_ASCII:
+        # A single-byte charset maps each byte alone: no state, no byte joined to another.
+        module = importlib.import_module(f"encodings.{info.name.replace('-', '_')}")
+        if not isinstance(getattr(module, "decoding_table", None), str):
+            return False
+    try:
+        return info.decode(ASCII_PROBE, "strict")[0] == ASCII_TEXT
+    except (UnicodeError, ValueError, TypeError, LookupError):
+        return False
+
+
+def keeps_ascii(info: codecs.CodecInfo) -> bool:
+    """Whether every ASCII byte of a body reads as itself in this charset, whatever comes
+    before it."""
+    try:
+        return _keeps_ascii(info.name)
+    except (ImportError, LookupError):
+        return False
 
 
 ASCII_TEXT = "".join(map(chr, range(0x20, 0x7F))) + "\t\r\n"
 """Every printable ASCII character, and the usual white space."""
 ASCII_PROBE = ASCII_TEXT.encode("ascii")
+MULTI_BYTE_KEEPING_ASCII = frozenset(
+    {"utf-8", "utf-8-sig", "ascii", "euc_jp", "euc_jis_2004", "euc_jisx0213", "euc_kr"}
+)
+"""Charsets of several bytes a character whose bytes past the first are never ASCII."""
 
 
 class TooDeep(Exception):
@@ -435,19 +462,17 @@ class HttpTool:
         return resolved, expanded
 
     def _variable(self, name: str, header: str) -> str | None:
-        """The value of the listed variable ``name`` stands for: the one spelt as the
-        settings list it, else the only one of that name in any case. The row's own
-        spelling picks nothing: listing ``TOKEN`` must not let a row send ``token``."""
-        rule = self.allowed.rule(name)
-        assert rule is not None
-        if rule.name in os.environ:
-            return os.environ[rule.name]
-        found = [key for key in os.environ if key.upper() == rule.name.upper()]
+        """The value of the listed variable ``name`` (names are compared without regard
+        to case): None when the environment has none of that name. Two of the name in
+        different cases are refused: which one the settings mean cannot be told (a name
+        listed in the environment form arrives lowercased), and the row's own spelling
+        must never pick one the settings did not list."""
+        found = [key for key in os.environ if key.upper() == name.upper()]
         if len(found) > 1:
             raise ToolException(
                 f"header {header!r} references {name}, and the environment has "
-                f"{len(found)} variables of that name in different cases; list the one "
-                "to send in [plugins.http.secrets] as it is spelt"
+                f"{len(found)} variables of that name in different cases; leave one of "
+                "them where chatwright runs"
             )
         return os.environ[found[0]] if found else None
 

@@ -146,7 +146,10 @@ def _handler(server: LocalServer) -> type[BaseHTTPRequestHandler]:
                     self._send(200, b"hello world", f"text/plain; charset={query['cs'][0]}")
                 elif path == "/charset-echo":
                     # The X-Key header's bytes as they came, labelled with another charset.
-                    echoed = b"key=" + self.headers.get("X-Key", "").encode("latin-1") + b";"
+                    # A shift to JIS X 0208 first (ISO-2022-JP): what follows reads as kanji.
+                    shift = b"\x1b$B" if query["cs"][0].startswith("iso-2022") else b""
+                    key = self.headers.get("X-Key", "").encode("latin-1")
+                    echoed = b"key=" + shift + key + b";"
                     cs = query["cs"][0]
                     self._send(200, echoed.ljust(32), f"text/plain; charset={cs}")
                 elif path == "/gzip-trailer":

@@ -39,20 +39,26 @@ async def test_a_charset_that_is_no_text_encoding_is_an_error(
 
 @pytest.mark.parametrize(
     "charset",
-    ["utf-16", "utf-16-le", "utf-16-be", "utf-32", "cp037", "cp500", "utf-7", "undefined"],
+    [
+        *("utf-16", "utf-16-le", "utf-16-be", "utf-32", "cp037", "cp500", "utf-7", "undefined"),
+        # A shift state, or second bytes that may be ASCII: the next bytes join the escape.
+        *("iso-2022-jp", "iso-2022-kr", "hz", "shift_jis", "cp932", "big5", "gbk", "gb18030"),
+    ],
 )
-async def test_a_charset_that_does_not_read_ascii_as_ascii_is_an_error(
+async def test_a_charset_that_can_read_ascii_as_other_text_is_an_error(
     plugins: Plugins, server: LocalServer, charset: str
 ) -> None:
     tool = await build(plugins, endpoint(server, f"charset?cs={charset}"))
     assert error(await call(tool)) == (
-        f"GET {server.base}/charset answered with charset '{charset}', which does not read "
-        "ASCII as ASCII; this tool reads only charsets that do (UTF-8, ISO-8859-*, "
-        "windows-125*, …)"
+        f"GET {server.base}/charset answered with charset '{charset}', which can read ASCII "
+        "as other text; this tool reads UTF-8, EUC-JP, EUC-KR and single-byte charsets that "
+        "keep ASCII as it is (ISO-8859-*, windows-125*, …)"
     )
 
 
-@pytest.mark.parametrize("charset", ["cp037", "cp500", "utf-16-le", "utf-16-be", "utf-32-le"])
+@pytest.mark.parametrize(
+    "charset", ["cp037", "cp500", "utf-16-le", "utf-16-be", "utf-32-le", "iso-2022-jp"]
+)
 async def test_an_echoed_secret_does_not_pass_scrambled_by_a_charset(
     plugins: Plugins, server: LocalServer, charset: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -64,7 +70,7 @@ async def test_an_echoed_secret_does_not_pass_scrambled_by_a_charset(
     )
     message = await call(await build(plugins, config, settings=settings))
     assert server.seen[-1].headers["X-Key"] == token  # sent, and echoed
-    assert "does not read ASCII as ASCII" in error(message)
+    assert "can read ASCII as other text" in error(message)
     for codec in (charset, "utf-16-le", "utf-16-be", "cp037"):
         assert token.encode() not in message.text.encode(codec, errors="replace")
 
@@ -79,7 +85,9 @@ async def test_bytes_after_the_end_of_a_gzip_body_are_not_read(
     assert time.monotonic() - start < 15
 
 
-@pytest.mark.parametrize("charset", ["latin-1", "ascii", "utf-8", "windows-1252", "iso-8859-15"])
+@pytest.mark.parametrize(
+    "charset", ["latin-1", "ascii", "utf-8", "windows-1252", "iso-8859-15", "koi8-r", "euc-jp"]
+)
 async def test_a_usual_charset_still_reads(
     plugins: Plugins, server: LocalServer, charset: str
 ) -> None:

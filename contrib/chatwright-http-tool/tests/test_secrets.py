@@ -204,28 +204,34 @@ async def test_bad_plugin_settings_are_reported(
     assert report.problems[0].brief().startswith(f"config: {reason}")
 
 
+@pytest.mark.parametrize(
+    "secrets",
+    [
+        {"HTTP_TOOL_TEST_TOKEN": ["127.0.0.1"]},
+        # Listed in the environment form: the name arrives lowercased.
+        {"http_tool_test_token": ["127.0.0.1"]},
+    ],
+)
+@pytest.mark.parametrize("spelt", ["${HTTP_TOOL_TEST_TOKEN}", "${http_tool_test_token}"])
 async def test_a_row_cannot_send_another_variable_by_spelling_a_listed_one_in_another_case(
-    plugins: Plugins, server: LocalServer, monkeypatch: pytest.MonkeyPatch
+    plugins: Plugins,
+    server: LocalServer,
+    monkeypatch: pytest.MonkeyPatch,
+    secrets: dict[str, list[str]],
+    spelt: str,
 ) -> None:
     # The settings list HTTP_TOOL_TEST_TOKEN; the environment also has a lowercase twin.
     monkeypatch.setenv("http_tool_test_token", "unlisted-lowercase-variable")
-    settings = allow(HTTP_TOOL_TEST_TOKEN=["127.0.0.1"])
-    tool = await build(plugins, echo(server, "${http_tool_test_token}"), settings=settings)
-    assert ok(await call(tool))["body"]["headers"]["X-Leak"] == "[redacted]"
-    # What was sent is the variable as the settings spell it, never the row's spelling.
-    assert [s.headers["X-Leak"] for s in server.seen] == [TOKEN]
-    # Listed in a case that fits neither twin (as the environment form lowercases it),
-    # the choice is the operator's to make: nothing is sent.
-    either = Settings(plugins={"http": {"secrets": {"Http_Tool_Test_Token": ["127.0.0.1"]}}})
-    tool = await build(plugins, echo(server, "${HTTP_TOOL_TEST_TOKEN}"), settings=either)
+    settings = Settings(plugins={"http": {"secrets": secrets}})
+    tool = await build(plugins, echo(server, spelt), settings=settings)
+    # Which one the settings mean cannot be told: nothing is sent.
     assert error(await call(tool)) == (
-        "header 'X-Leak' references HTTP_TOOL_TEST_TOKEN, and the environment has 2 "
-        "variables of that name in different cases; list the one to send in "
-        "[plugins.http.secrets] as it is spelt"
+        f"header 'X-Leak' references {spelt[2:-1]}, and the environment has 2 variables "
+        "of that name in different cases; leave one of them where chatwright runs"
     )
-    assert len(server.seen) == 1
-    # With one variable of the name, any listed case finds it (the environment form).
+    assert server.seen == []
+    # With one variable of the name, any spelling of it finds that one.
     monkeypatch.delenv("http_tool_test_token")
-    tool = await build(plugins, echo(server, "${http_tool_test_token}"), settings=either)
+    tool = await build(plugins, echo(server, spelt), settings=settings)
     assert ok(await call(tool))["body"]["headers"]["X-Leak"] == "[redacted]"
-    assert server.seen[-1].headers["X-Leak"] == TOKEN
+    assert [s.headers["X-Leak"] for s in server.seen] == [TOKEN]
