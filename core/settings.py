@@ -697,6 +697,12 @@ def env_var(key: str) -> str:
     return ENV_PREFIX + key.replace(".", "__").upper()
 
 
+NUMBER_BOUNDS = frozenset(
+    {"less_than", "less_than_equal", "greater_than", "greater_than_equal", "finite_number"}
+)
+"""pydantic's error types of a number out of its bounds (what NaN fails)."""
+
+
 def _is_nan(value: object) -> bool:
     """Whether a setting's value is NaN, as a number or as text (from the environment)."""
     if isinstance(value, str):
@@ -745,7 +751,8 @@ def _describe(
     got = error.get("input")
     shown = json.dumps(got) if isinstance(got, bool) else repr(got)
     # NaN fails every bound, and pydantic names the bound: the fault is that it is no number.
-    msg = "Input should be a number, not nan" if _is_nan(got) else error["msg"]
+    bound = error["type"] in NUMBER_BOUNDS
+    msg = "Input should be a number, not nan" if bound and _is_nan(got) else error["msg"]
     if given is None:
         return f"setting {key!r} is invalid: {msg} (got {shown}; set it with {where})"
     good = f"; {given.good_value()}" if given.json_kind else ""

@@ -124,6 +124,16 @@ def test_a_hostile_duration_is_refused_by_name(
     _problem(refused.value, key, said)
 
 
+def test_nan_for_a_setting_that_is_no_number_is_refused_by_its_own_rule(
+    workdir: Path, plugins: Plugins, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(env_var("server.auth"), "nan")
+    with pytest.raises(SettingsError) as refused:
+        load_settings(plugins=plugins)
+    _problem(refused.value, "server.auth", "Input should be 'local' or 'jwt'")
+    assert "number" not in str(refused.value)
+
+
 def test_the_bounds_themselves_are_accepted(
     workdir: Path, plugins: Plugins, monkeypatch: pytest.MonkeyPatch
 ) -> None:
