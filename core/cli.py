@@ -240,9 +240,10 @@ class ChatwrightGroup(click.Group):
     ) -> tuple[str | None, click.Command | None, list[str]]:
         # Perhaps a command of a plugin that is not loaded: say why, and offer only a
         # near spelling (click offers anything half alike: 'users' for 'serve').
-        name = args[0] if args else None
+        name = args[0] if args else ""
         why = self.plugins.not_loaded("commands") if self.plugins is not None else ""
-        if name and why and not name.startswith("-") and self.get_command(ctx, name) is None:
+        missing = bool(name) and not name.startswith("-") and self.get_command(ctx, name) is None
+        if missing and why and not ctx.resilient_parsing:  # (not while completing)
             from difflib import get_close_matches
 
             near = get_close_matches(name, self.list_commands(ctx), n=1, cutoff=0.75)

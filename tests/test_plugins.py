@@ -1684,6 +1684,19 @@ def test_a_command_of_a_blocked_plugin_says_why_it_is_missing(
     assert typo.endswith("blocks server). Did you mean 'agents'?"), typo
     # Loaded commands run as ever.
     assert CliRunner().invoke(build_cli(), ["agents", "--help"]).exit_code == 0
-    monkeypatch.delenv("CHATWRIGHT_DISABLE_PLUGINS")
+    # Shell completion parses without failing, blocked plugins or not.
+    completing = CliRunner().invoke(
+        build_cli(),
+        [],
+        env={
+            "_CHATWRIGHT_COMPLETE": "bash_complete",
+            "COMP_WORDS": "chatwright nosuch --",
+            "COMP_CWORD": "2",
+        },
+        prog_name="chatwright",
+    )
+    assert completing.exit_code == 0, completing.output
+    assert "plain,--config" in completing.output
     # With nothing blocked, click's own answer.
+    monkeypatch.delenv("CHATWRIGHT_DISABLE_PLUGINS")
     assert "blocks" not in CliRunner().invoke(build_cli(), ["nosuch"]).output
