@@ -329,6 +329,9 @@ class UsageStore(Protocol):
         would pass it (and at least one other turn is running). Concurrent calls
         for one user are serialised, across processes. Used by backends without
         a turn store of their own; the ``sql`` backend does it inside ``begin``.
+        The refusal's text speaks to the user and marks where it names them with
+        ``{your}`` / ``{yours}`` ("{your} daily token budget ..."), so that an
+        operator deciding for them reads "their" (``about_them()``).
         """
         ...
 

@@ -186,17 +186,16 @@ def _decide(app: AppContext, action_id: uuid.UUID, approve: bool, by: str | None
                 action.user_id, action_id, approve, decided_by=decided_by, on_message=show
             )
         except BudgetExceededError as exc:
-            # The message speaks to the user ("your budget"); this is their operator.
+            # The message speaks to the user ("your budget"); this is their operator. Said
+            # as it is (a user id is no template), with what the operator can do.
             said = exc.about_them()
             # "--" first for an id that would read as an option.
             quoted = shlex.quote(action.user_id)
             who = printable(f"-- {quoted}" if action.user_id.startswith("-") else quoted)
-            raise BudgetExceededError(
+            raise click.ClickException(
                 f"user {printable(repr(action.user_id))}: {said}. `chatwright budgets show "
                 f"{who}` shows their budgets; `chatwright "
-                f"budgets set {who} --daily N` (or --monthly N) changes them",
-                resets_at=exc.resets_at,
-                retry_after=exc.retry_after,
+                f"budgets set {who} --daily N` (or --monthly N) changes them"
             ) from None
         except PreviewChangedError as exc:
             from chatwright.approvals import PendingAction
