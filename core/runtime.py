@@ -882,22 +882,16 @@ class Runtime:
 
         from chatwright.approvals import NewPending, tool_digest
         from chatwright.tools import invalid_arguments
-        from chatwright.writes import (
-            call_tool,
-            choices_now,
-            error_result,
-            preview_call,
-            row_of,
-            waits,
-        )
+        from chatwright.writes import call_tool, error_result, preview_call, row_of, waits
 
         results: list[BaseMessage] = []
         waiting: list[NewPending] = []
         expires = datetime.now(UTC) + timedelta(seconds=self.settings.tools.approval_timeout)
-        called = [built.by_name.get(call["name"]) for call in reply.tool_calls]
-        # The user's choices as they are now (read only for a row in ``user`` mode).
-        choices = await choices_now(self.storage, context, called)
-        for call, tool in zip(reply.tool_calls, called, strict=True):
+        # A run ends at a reply calling tools only through the hold middleware, which read
+        # the user's choices for this very reply into the context: the split is by those.
+        choices = context.choices
+        for call in reply.tool_calls:
+            tool = built.by_name.get(call["name"])
             row = row_of(tool)
             if tool is None or row is None or not waits(tool, choices):
                 results.append(
