@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Sequence
 
@@ -57,11 +58,13 @@ def uninstall(packages: tuple[str, ...], yes: bool) -> None:
     if protected:
         raise click.UsageError("uninstalling chatwright itself would remove this command; use pip")
     missing = []
-    for name in packages:
+    for package in packages:
+        # pip takes a requirement (name==1.0, name[extra]); the name is what is installed.
+        named = re.match(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?", package.strip())
         try:
-            distribution(name)
+            distribution(named.group(0) if named else package)
         except (PackageNotFoundError, ValueError):
-            missing.append(name)
+            missing.append(package)
     if missing:
         # pip only warns and succeeds: a name mistyped would read as done.
         names = ", ".join(repr(n) for n in missing)
