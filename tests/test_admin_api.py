@@ -244,6 +244,10 @@ def test_the_api_gives_the_cli_s_error_for_the_same_bad_input(workdir: Path) -> 
             ("PATCH", "/api/tools/999999", {"description": "x"}, 404),
         ),
         (
+            cli_error("tools", "set", "999999", "--name", ""),
+            ("PATCH", "/api/tools/999999", {"name": ""}, 404),
+        ),
+        (
             cli_error("agents", "add", "bad name!", "--model", "offline:x"),
             ("POST", "/api/agents", {"name": "bad name!", "model": "offline:x"}, 422),
         ),

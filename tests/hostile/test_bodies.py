@@ -151,7 +151,10 @@ async def test_a_body_that_is_not_json_says_so_and_where(make_server: MakeServer
     server = await make_server()
     await ready(server)
     headers = {**bearer("bob"), "Content-Type": "application/json"}
-    for raw, why, at in ((b"notjson", "Expecting value", 0), (b'{"message": "hi",', "", 17)):
+    for raw, why, at in (
+        (b"notjson", "Expecting value", 0),
+        (b'{"message": "hi",', "Expecting property name enclosed in double quotes", 17),
+    ):
         response = await server.client.post("/api/chat", content=raw, headers=headers)
         assert response.status_code == 422, response.text
         said = response.json()["error"]

@@ -143,6 +143,8 @@ async def change_tool(
     from chatwright import catalog
 
     _storable(body)
+    # A row that is not there first, as `tools set` answers it.
+    await catalog.tool_row(runtime, tool_id)
     changes = catalog.tool_changes(body, "request body")
     row = await catalog.change_tool(runtime, tool_id, changes)
     return await _tool_out(runtime, row, await catalog.agent_of(runtime, row))
