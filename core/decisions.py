@@ -39,6 +39,8 @@ from chatwright.errors import (
 from chatwright.runtime import OnMessage, OnToken, ToolCallRecord, Turn, _tool_calls
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from langchain_core.messages import BaseMessage
     from langchain_core.tools import BaseTool
 
@@ -249,7 +251,13 @@ class Decisions:
                         f"expired meanwhile; decide pending action {action_id} again"
                     )
                 if current is None:
-                    raise _already_decided(await self.storage.pending.get(user_id, action_id))
+                    gone = await self.storage.pending.get(user_id, action_id)
+                    if gone is not None and gone.status == "approved":
+                        # Approved by a process that stopped while the call ran (this one
+                        # holds the chat now): ended here, by what the audit log says.
+                        await self._ended_unanswered(gone, "its process stopped while it ran")
+                        gone = await self.storage.pending.get(user_id, action_id)
+                    raise _already_decided(gone)
                 if current.expired(now):
                     # Every expired call of the reply is answered now, this one with them
                     # (said by the error, not as a message).
@@ -435,11 +443,47 @@ class Decisions:
     async def _cut_off(self, action: PendingAction, exc: BaseException) -> BaseMessage:
         """End an approved action whose run was cut off (cancelled, the database away):
         ``failed``, with why; the result the chat keeps for its call."""
-        from langchain_core.messages import ToolMessage
-
         from chatwright.errors import one_line
 
         reason = "it was cancelled" if isinstance(exc, asyncio.CancelledError) else one_line(exc)
+        return await self._ended_unanswered(action, reason)
+
+    async def interrupted(
+        self, user_id: str, chat_id: uuid.UUID, calls: Mapping[str, str]
+    ) -> dict[str, BaseMessage]:
+        """What became of the chat's tool calls that got no result (``calls``: ids and
+        names, from :func:`chatwright.history.unanswered`), by call id, for the model.
+
+        An approved action whose process stopped while its call ran stays ``approved``
+        with no result: the holder of the chat (the caller) ends it now, ``done`` when
+        the audit log has its write, else ``failed``. An action ended earlier gives its
+        result. A call of no action (its turn's process stopped while it ran) is left
+        out: it was not run, as far as anyone can tell.
+        """
+        from langchain_core.messages import ToolMessage
+
+        found: dict[str, BaseMessage] = {}
+        actions = await self.storage.pending.list(user_id, chat_id=chat_id, status=None)
+        for action in actions:
+            if action.tool_call_id not in calls:
+                continue
+            if action.status == "approved":
+                reason = "its process stopped while it ran"
+                found[action.tool_call_id] = await self._ended_unanswered(action, reason)
+            elif action.status in ("done", "failed") and action.result is not None:
+                found[action.tool_call_id] = ToolMessage(
+                    content=action.result,
+                    tool_call_id=action.tool_call_id,
+                    name=action.tool_name,
+                    status="success" if action.status == "done" else "error",
+                )
+        return found
+
+    async def _ended_unanswered(self, action: PendingAction, reason: str) -> BaseMessage:
+        """End an approved action whose call's answer was lost (``reason``): ``done`` when
+        the audit log has its write, else ``failed``; the result for its call."""
+        from langchain_core.messages import ToolMessage
+
         made = None
         with contextlib.suppress(Exception):
             # Its write may have committed before the cut: the audit log says.

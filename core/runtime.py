@@ -26,7 +26,10 @@ calls (see :mod:`chatwright.turns` and the storage's ``turns`` store):
    stored and what the caller gets back are the same;
 5. each complete tool exchange (the AI message calling tools and all their
    results) is stored as soon as it completes, so that a process killed
-   during a turn leaves no tool write without its record; the last
+   later in the turn leaves no tool write out of the chat (one killed
+   between a write's commit and its exchange's does: the audit log keeps
+   that write; an approved call's is ended by the chat's next holder,
+   :meth:`chatwright.decisions.Decisions.interrupted`); the last
    transaction stores the rest (the reply), marks the chat's sessions used
    and gives the lease back. When the model fails, the complete tool
    exchanges before the failure are stored (the chat is not marked used) and
@@ -604,6 +607,7 @@ class Runtime:
             storable_value,
             storable_with_data,
             to_store,
+            unanswered,
         )
         from chatwright.limits import (
             STOPPED,
@@ -750,8 +754,14 @@ class Runtime:
                     if fitted.summary:
                         system += SUMMARY_HEADING + fitted.summary
                     inputs = [SystemMessage(content=system), *fitted.history, *tail]
+                    # Calls left without a result by a process that stopped: what became
+                    # of them (an approved one is ended now), told to the model as such.
+                    lost = unanswered(fitted.history)
+                    known = (
+                        await self.decisions.interrupted(user_id, chat_id, lost) if lost else None
+                    )
                     while True:
-                        run_input = answered([*inputs, *produced])
+                        run_input = answered([*inputs, *produced], known)
                         async for mode, chunk in built.graph.astream(
                             {"messages": run_input},
                             {"recursion_limit": built.recursion_limit},

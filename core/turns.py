@@ -99,7 +99,9 @@ class TurnStore(Protocol):
 
     ``begin`` and ``finish`` are one transaction each; between them, each
     complete tool exchange is stored as it completes (``append``), so that a
-    process killed during a turn leaves no tool write without its record.
+    process killed later in the turn leaves no tool write out of the chat
+    (one killed between a write's commit and its exchange's does; the audit
+    log keeps that write).
 
     Optional: a backend without ``turns`` gets :class:`ComposedTurns`,
     which makes the same calls on the other stores (more round trips, same result).

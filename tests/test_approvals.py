@@ -9,6 +9,7 @@ and locks, as two server processes would have.
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -430,6 +431,96 @@ async def test_a_decision_that_lost_its_chat_while_it_waited_says_so(
         "deleted meanwhile"
     )
     assert await tasks(runtime, ALICE) == []
+
+
+async def _stopped_while_running(
+    runtime: Runtime, chat: uuid.UUID, action: Any, write: bool
+) -> None:
+    """What a process that approved ``action`` leaves when it stops while the call runs: the
+    action claimed, its write made or not, no result, the chat's lease given up (expired)."""
+    from chatwright.approvals import Decision
+    from chatwright.tools import TurnContext
+    from chatwright.turns import holding_turn
+    from chatwright.writes import call_tool
+
+    assert await runtime.storage.pending.decide(ALICE, action.id, "approved", ALICE) is not None
+    start = await runtime.turns.begin(ALICE, AGENT, chat, None)
+    held = holding_turn.set(start)
+    try:
+        if write:
+            built = await runtime.agent_for(ALICE, AGENT)
+            context = TurnContext(ALICE, AGENT, chat, turn_id=action.turn_id)
+            made = {"name": action.tool_name, "args": dict(action.args)}
+            call = {**made, "id": action.tool_call_id, "type": "tool_call"}
+            decision = Decision("approved", ALICE, action.id, expect=action.preview)
+            await call_tool(
+                runtime.plugins, runtime.storage, built.by_name, call, context, decision
+            )
+    finally:
+        holding_turn.reset(held)
+        await runtime.turns.finish(start, [], touch=False)
+
+
+@pytest.mark.parametrize("written", [True, False])
+async def test_an_approved_call_whose_process_stopped_is_told_as_it_ended(
+    runtimes: MakeRuntime, monkeypatch: pytest.MonkeyPatch, written: bool
+) -> None:
+    from chatwright.plugins.models.scripted import ScriptedChatModel
+
+    runtime = await runtimes()
+    script = [call("add_task", title="milk"), {"content": "Noted."}]
+    await setup(runtime, script, add_task="required")
+    chat = await chat_of(runtime, ALICE)
+    (action,) = (await runtime.chat(ALICE, AGENT, chat, "milk")).pending
+    await _stopped_while_running(runtime, chat, action, written)
+    assert [t["title"] for t in await tasks(runtime, ALICE)] == (["milk"] if written else [])
+
+    prompts: list[list[Any]] = []
+    original = ScriptedChatModel._agenerate
+
+    async def recording(self: Any, messages: list[Any], *args: Any, **kwargs: Any) -> Any:
+        prompts.append(list(messages))
+        return await original(self, messages, *args, **kwargs)
+
+    monkeypatch.setattr(ScriptedChatModel, "_agenerate", recording)
+    turn = await runtime.chat(ALICE, AGENT, chat, "did you add it?")
+    assert turn.response == "Noted."
+    (result,) = [m for m in prompts[0] if getattr(m, "tool_call_id", None) == action.tool_call_id]
+    ended = await runtime.storage.pending.get(ALICE, action.id)
+    assert ended is not None and ended.result == result.content
+    if written:
+        assert ended.status == "done" and result.status == "success"
+        assert result.content.startswith("add_task ran and its write was made (audit entry ")
+        assert "(its process stopped while it ran); do not run it again" in result.content
+    else:
+        assert ended.status == "failed" and result.status == "error"
+        assert result.content == (
+            "error: add_task was cut off before it finished (its process stopped while it "
+            "ran); nothing it had not committed was written"
+        )
+    assert NOT_RUN not in [m.content for m in prompts[0]]
+    # Deciding it again says what became of it.
+    word = "approved and run" if written else "approved (it failed)"
+    with pytest.raises(AlreadyDecidedError, match=re.escape(f"({action.tool_name}) was {word}")):
+        await runtime.decide(ALICE, action.id, True)
+
+
+async def test_deciding_an_approved_call_whose_process_stopped_ends_it(
+    runtimes: MakeRuntime,
+) -> None:
+    runtime = await runtimes()
+    await setup(
+        runtime, [call("add_task", title="milk"), {"content": "Noted."}], add_task="required"
+    )
+    chat = await chat_of(runtime, ALICE)
+    (action,) = (await runtime.chat(ALICE, AGENT, chat, "milk")).pending
+    await _stopped_while_running(runtime, chat, action, True)
+    # Before: "was approved ... already", for ever, whatever the user did.
+    with pytest.raises(AlreadyDecidedError, match=re.escape("was approved and run at")):
+        await runtime.decide(ALICE, action.id, False)
+    ended = await runtime.storage.pending.get(ALICE, action.id)
+    assert ended is not None and ended.status == "done"
+    assert ended.result is not None and "its write was made" in ended.result
 
 
 # -- the write hooks ---------------------------------------------------------------------
