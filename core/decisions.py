@@ -377,9 +377,16 @@ class Decisions:
         except TimeoutError:
             if not scope.expired():
                 raise
+        # Stopped by its time limit, or by the server stopping its turns (a shutdown).
+        stopping = self.runtime.stopping
+        why = (
+            "the server stopped while it ran"
+            if stopping
+            else f"it ran past the time limit of {seconds:g} s"
+        )
         text = (
-            f"error: {action.tool_name} was stopped before it finished: it ran past the "
-            f"time limit of {seconds:g} s, and nothing it had not committed was written"
+            f"error: {action.tool_name} was stopped before it finished: {why}, and nothing "
+            "it had not committed was written"
         )
         await asyncio.shield(
             self.storage.pending.complete(action.user_id, action.id, "failed", text)
@@ -387,9 +394,14 @@ class Decisions:
         result = ToolMessage(
             content=text, tool_call_id=action.tool_call_id, name=action.tool_name, status="error"
         )
+        said = (
+            "was stopped because the server stopped"
+            if stopping
+            else f"ran past the time limit of {seconds:g} s of agent {action.agent_name!r} "
+            "and was stopped"
+        )
         return result, TurnTimeoutError(
-            f"the approved call of {action.tool_name} (pending action {action.id}) ran past "
-            f"the time limit of {seconds:g} s of agent {action.agent_name!r} and was stopped; "
+            f"the approved call of {action.tool_name} (pending action {action.id}) {said}; "
             "what happened is in the chat, ask again"
         )
 

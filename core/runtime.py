@@ -290,6 +290,11 @@ class Runtime:
         if error is not None:
             log.warning("chat %s: the end of a cancelled turn failed: %s", chat_id, error)
 
+    @property
+    def stopping(self) -> bool:
+        """Whether :meth:`stop_turns` was called: the process is stopping its turns."""
+        return self._stopping
+
     @asynccontextmanager
     async def bounded(self, seconds: float) -> AsyncIterator[asyncio.Timeout]:
         """A time limit on work done for a turn outside the turn's own run (an approved

@@ -334,6 +334,45 @@ async def test_a_resumed_turn_is_bounded_and_counts_the_calls_before_it(make: Ma
     assert time.monotonic() - started < 15
 
 
+async def test_an_approved_call_stopped_by_a_shutdown_says_the_server_stopped(
+    make: Make, pg_storage: Any, pg_url: str
+) -> None:
+    """Not "it ran past the time limit of 300 s" after a second and a half."""
+    import psycopg
+
+    runtime = await make(pg_url, turns={"timeout": 300.0})
+    script = [{"tool_calls": [{"name": "add_task", "args": {"title": "milk"}}]}]
+    await seed(runtime, "scripted:x", {"responses": [*script, {"content": "noted"}]})
+    for row in await runtime.storage.tools.list(example.AGENT):
+        if row.name == "add_task":
+            await runtime.storage.tools.update(row.id, approval="required")
+    chat_id = await new_chat(runtime)
+    (action,) = (await runtime.chat(USER, example.AGENT, chat_id, "add milk")).pending
+    plain = pg_url.replace("postgresql+psycopg://", "postgresql://")
+    async with await psycopg.AsyncConnection.connect(plain) as holder:
+        await holder.execute("LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE")
+        deciding = asyncio.create_task(runtime.decide(USER, action.id, True))
+        for _ in range(100):
+            ended = await runtime.storage.pending.get(USER, action.id)
+            if ended is not None and ended.status == "approved":
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)  # the approved call waits on the lock
+        assert runtime.stop_turns() >= 1
+        with pytest.raises(TurnTimeoutError) as stopped:
+            await deciding
+        await holder.rollback()
+    assert "was stopped because the server stopped" in str(stopped.value)
+    assert "time limit" not in str(stopped.value)
+    ended = await runtime.storage.pending.get(USER, action.id)
+    assert ended is not None and ended.status == "failed"
+    assert ended.result == (
+        "error: add_task was stopped before it finished: the server stopped while it ran, "
+        "and nothing it had not committed was written"
+    )
+    assert await task_count(runtime) == 0
+
+
 async def test_an_approved_call_that_hangs_is_stopped_at_the_time_limit(
     make: Make, pg_storage: Any, pg_url: str
 ) -> None:
