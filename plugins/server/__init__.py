@@ -19,6 +19,7 @@ where httptools reads headers of any size into memory."""
 if TYPE_CHECKING:
     from chatwright import SettingsRegister
     from chatwright.cli import AppContext
+    from chatwright.runtime import Runtime
 
 
 @hookimpl
@@ -43,6 +44,10 @@ def register_commands(cli: click.Group) -> None:
     def serve(app: AppContext, host: str | None, port: int | None, workers: int | None) -> None:
         """Serve the JSON API and the web chat page (migrates the database first)."""
         serve_app(app, host, port, workers)
+
+
+async def _ready(runtime: Runtime) -> None:
+    await runtime.storage.ping()
 
 
 def serve_app(app: AppContext, host: str | None, port: int | None, workers: int | None) -> None:
@@ -73,6 +78,11 @@ def serve_app(app: AppContext, host: str | None, port: int | None, workers: int 
             "server.workers > 1 needs PostgreSQL (storage.url = postgresql://…): SQLite "
             "has no cross-process turn locks or change notifications"
         )
+    # The database reached and brought up to date here first, as each server process
+    # does as it starts: a database away, or a migration refused, is then one line and
+    # exit status 1, not the server's start-up traceback (which follows a service
+    # manager restarting it while PostgreSQL restarts, into its log, again and again).
+    app.run(_ready, upgrade=True)
     click.echo(
         f"chatwright {settings.storage.backend} storage, {config.auth} auth: "
         f"http://{config.host}:{config.port}/",
