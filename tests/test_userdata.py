@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -250,8 +251,13 @@ async def test_delete_chat(storage: SQLStorage) -> None:
 async def test_a_running_turn_holds_off_erasure_and_chat_deletion(storage: SQLStorage) -> None:
     chat = await seed_user(storage, "alice")
     async with storage.chat_lock(chat):
-        with pytest.raises(ChatBusyError, match="running"):
+        with pytest.raises(ChatBusyError, match="running") as busy:
             await storage.user_data.erase("alice", requested_by="test")
+        # When it lets go if no one renews it (its process stopped), not turns.timeout.
+        assert re.search(
+            rf"a turn of chat {chat} holds it until \d\d:\d\d:\d\d UTC;", str(busy.value)
+        )
+        assert "turns.timeout" not in str(busy.value)
         with pytest.raises(ChatBusyError):
             await storage.user_data.delete_chat("alice", chat)
         # An export reads a snapshot meanwhile.

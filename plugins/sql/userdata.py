@@ -200,9 +200,13 @@ class SQLUserData:
             taken = set((await conn.scalars(take)).all())
             busy = next((c for c in part if c not in taken), None)
             if busy is not None:
+                held = await conn.scalar(
+                    sa.select(leases.c.expires_at).where(leases.c.chat_id == busy)
+                )
+                shown = f" until {held:%H:%M:%S} UTC" if held is not None else ""
                 raise ChatBusyError(
-                    f"a turn of chat {busy} is running; try again when it has ended "
-                    "(a turn ends within turns.timeout)"
+                    f"a turn of chat {busy} holds it{shown}; try again when it has ended "
+                    "(a running turn holds it longer; one whose process stopped lets go then)"
                 )
 
     @staticmethod
