@@ -261,8 +261,7 @@ def install(app: FastAPI) -> None:
                 at = e["loc"][-1] if e.get("loc") else "?"
                 why = str((e.get("ctx") or {}).get("error") or "not JSON")
                 problems.append(
-                    f"the body is not valid JSON ({why}, at character {at}); send a JSON "
-                    "object"
+                    f"the body is not valid JSON ({why}, at character {at}); send a JSON object"
                 )
                 continue
             where = ".".join(str(p) for p in e["loc"] if p != "body") or "body"
