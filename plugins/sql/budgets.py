@@ -154,9 +154,14 @@ async def check_budget(
             )
     for name, limit, used, _ in periods:
         if limit is not None and others and used + reserved + limits.estimate > limit:
+            # A turn whose process stopped holds its reservation until it lapses: say when.
+            lapses = await conn.scalar(sa.select(sa.func.max(r.c.expires_at)).where(running))
+            by = (
+                f" (or was interrupted: its hold lapses by {lapses:%H:%M:%S} UTC)" if lapses else ""
+            )
             raise BudgetExceededError(
-                f"another turn of {{yours}} is running and {{your}} {name} token budget is nearly "
-                "spent; try again when it has finished",
+                f"another turn of {{yours}} is running{by} and {{your}} {name} token budget is "
+                "nearly spent; try again when it has finished",
                 retry_after=BUSY_RETRY,
             )
     if expired:
