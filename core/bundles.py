@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import re
@@ -67,6 +68,7 @@ from typing import TYPE_CHECKING, Any
 
 from chatwright.agents import places, unstorable, unstorable_text
 from chatwright.errors import (
+    AlreadyExistsError,
     ChatwrightError,
     InvalidInputError,
     StorageError,
@@ -705,6 +707,10 @@ def _safety_changes(stored: ToolRow, candidate: ToolRow) -> list[str]:
     ]
 
 
+class _CreatedMeanwhile(Exception):
+    """The bundle's agent, missing when the import read it, was created before its write."""
+
+
 async def import_bundle(
     runtime: Runtime,
     bundle: Bundle,
@@ -719,8 +725,28 @@ async def import_bundle(
     Should a write fail, those before it are undone (see the module docstring) and the
     error names the write. ``environ`` is where ``CHATWRIGHT_SECRET_*`` variables are
     looked up (None: nowhere, as over HTTP, where the server's environment is not the
-    caller's).
+    caller's). An agent created by someone else between the import's read and its
+    first write (two imports of one new bundle at once) is updated instead: the import
+    runs again, once, reading it.
     """
+    once = functools.partial(
+        _import_once, runtime, bundle, secrets, environ, prune=prune, dry_run=dry_run
+    )
+    try:
+        return await once()
+    except _CreatedMeanwhile:
+        return await once()
+
+
+async def _import_once(
+    runtime: Runtime,
+    bundle: Bundle,
+    secrets: Mapping[str, str] | None,
+    environ: Mapping[str, str] | None,
+    *,
+    prune: bool,
+    dry_run: bool,
+) -> ImportReport:
     from chatwright import catalog
     from chatwright.stores import Agent
     from chatwright.tools import ToolContext, build_row
@@ -800,7 +826,11 @@ async def import_bundle(
     writes = _Writes(runtime, name, created=current is None)
     try:
         if current is None:
-            await writes.create_agent(valid)
+            try:
+                await writes.create_agent(valid)
+            except AlreadyExistsError:
+                # The first write, refused: nothing to undo (the import runs again).
+                raise _CreatedMeanwhile from None
         elif report.changed:
             await writes.change_agent(current, {k: valid[k] for k in report.changed})
         for plan in plans:
@@ -808,6 +838,8 @@ async def import_bundle(
         # Removed last: a failure before them leaves the rows where they were.
         for tool_name in report.removed:
             await writes.remove(stored_tools[tool_name], f"removing tool {tool_name!r} (pruned)")
+    except _CreatedMeanwhile:
+        raise
     except BaseException as error:
         # Shielded: cancelled again meanwhile (a server stopping), the undo still runs
         # to its end; a second Ctrl-C waits for it too (see _interrupts_held).

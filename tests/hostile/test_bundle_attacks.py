@@ -448,3 +448,48 @@ def test_an_agent_field_of_another_json_type_is_refused_not_converted(
     path = write(workdir / "b.json", bundle)
     assert_error(run("agents", "import", str(path)), field, wanted)
     assert export() == before
+
+
+async def test_a_new_bundle_imported_twice_at_once_updates_what_the_other_created(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two operators import one new bundle at once: both read 'no such agent', one creates
+    it, and the other's create is refused. That one now imports it as an update (it told
+    the operator to use `agents set`, the wrong advice for an import)."""
+    from chatwright.bundles import check, export_bundle, import_bundle
+    from chatwright.registry import LoadPolicy, Plugins
+    from chatwright.runtime import Runtime
+    from chatwright.testing import settings
+
+    plugins = Plugins.load(LoadPolicy())
+    runtime = Runtime(settings(plugins, storage={"url": f"sqlite:///{tmp_path}/b.db"}), plugins)
+    await runtime.start(upgrade=True)
+    try:
+        await example.seed(runtime.storage, "offline:x")
+        agent = await runtime.storage.agents.get(example.AGENT)
+        assert agent is not None
+        data = export_bundle(agent, await runtime.storage.tools.list(agent.name), plugins)
+        data["agent"]["name"] = "copy"
+        data["agent"]["history_window"] = 7
+        real_get = runtime.storage.agents.get
+        reads: list[str] = []
+
+        async def get(name: str) -> Any:
+            reads.append(name)
+            if len(reads) == 1:
+                # The other import creates it right after this one read it missing.
+                other = {**data, "agent": {**data["agent"], "history_window": 3}}
+                await import_bundle(runtime, check(other, "other"))
+                return None
+            return await real_get(name)
+
+        monkeypatch.setattr(runtime.storage.agents, "get", get)
+        report = await import_bundle(runtime, check(data, "bundle"))
+        assert report.action == "updated"
+        assert report.changed == ["history_window"]
+        copy = await real_get("copy")
+        assert copy is not None and copy.history_window == 7
+        names = sorted(t.name for t in await runtime.storage.tools.list("copy"))
+        assert names == sorted(t["name"] for t in data["tools"])
+    finally:
+        await runtime.close()

@@ -16,8 +16,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
-
 from tests.harness import CONSOLE_SCRIPT, clean_env, script_ok
 
 
@@ -82,9 +80,9 @@ async def test_an_import_refused_because_another_admin_made_the_agent_leaves_it(
     tmp_path: Path,
 ) -> None:
     """The undo of a write the storage refused would undo someone else's: the agent
-    another admin created between the import's look and its create stays."""
+    another admin created between the import's look and its create stays, and the
+    import updates it, as it would have had it looked a moment later."""
     from chatwright import bundles, testing
-    from chatwright.errors import AlreadyExistsError
     from chatwright.registry import LoadPolicy, Plugins
     from chatwright.runtime import Runtime
 
@@ -109,10 +107,10 @@ async def test_an_import_refused_because_another_admin_made_the_agent_leaves_it(
             return found
 
         storage.agents.get = then_made  # type: ignore[method-assign]
-        with pytest.raises(AlreadyExistsError):
-            await bundles.import_bundle(runtime, bundles.check(data, "b.json"))
+        report = await bundles.import_bundle(runtime, bundles.check(data, "b.json"))
+        assert (report.action, report.changed) == ("updated", ["system_prompt"])
         kept = await storage.agents.get("shared")
-        assert kept is not None and kept.system_prompt == "the other admin's"
+        assert kept is not None and kept.system_prompt == ""
     finally:
         await runtime.close()
 
