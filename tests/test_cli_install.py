@@ -76,6 +76,7 @@ def test_pip_failure_is_one_error_line(calls: list[list[str]]) -> None:
 def test_refusals(calls: list[list[str]]) -> None:
     code, output = run("install")
     assert code == 2 and "name at least one package" in output
-    code, output = run("uninstall", "-y", "chatwright")
-    assert code == 2 and "would remove this command" in output
+    for itself in ("chatwright", "chatwright>=0", "Chatwright[test]", " chatwright==0.1"):
+        code, output = run("uninstall", "-y", itself)
+        assert code == 2 and "would remove this command" in output, itself
     assert calls == []

@@ -47,6 +47,12 @@ def install(packages: tuple[str, ...], upgrade: bool, editable: tuple[str, ...])
     _pip([*arguments, *packages])
 
 
+def _name(requirement: str) -> str:
+    """The distribution a requirement names (``name`` of ``name[extra]>=1.0``)."""
+    named = re.match(r"\s*([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)", requirement)
+    return named.group(1) if named else requirement
+
+
 @click.command()
 @click.argument("packages", nargs=-1, required=True)
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
@@ -54,22 +60,21 @@ def uninstall(packages: tuple[str, ...], yes: bool) -> None:
     """Uninstall packages from the environment chatwright runs in."""
     from importlib.metadata import PackageNotFoundError, distribution
 
-    protected = {"chatwright"} & {p.lower() for p in packages}
-    if protected:
+    # pip takes a requirement (name==1.0, name[extra]); the name is what is installed.
+    names = {package: _name(package) for package in packages}
+    if any(re.sub(r"[-_.]+", "-", name).lower() == "chatwright" for name in names.values()):
         raise click.UsageError("uninstalling chatwright itself would remove this command; use pip")
     missing = []
-    for package in packages:
-        # pip takes a requirement (name==1.0, name[extra]); the name is what is installed.
-        named = re.match(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?", package.strip())
+    for package, name in names.items():
         try:
-            distribution(named.group(0) if named else package)
+            distribution(name)
         except (PackageNotFoundError, ValueError):
             missing.append(package)
     if missing:
         # pip only warns and succeeds: a name mistyped would read as done.
-        names = ", ".join(repr(n) for n in missing)
+        listed = ", ".join(repr(n) for n in missing)
         raise click.ClickException(
-            f"not installed here: {names}; nothing was uninstalled. `chatwright plugins` "
+            f"not installed here: {listed}; nothing was uninstalled. `chatwright plugins` "
             "lists the plugins installed, with their distributions"
         )
     _pip(["uninstall", *(["--yes"] if yes else []), *packages])
