@@ -735,7 +735,8 @@ async def import_bundle(
     try:
         return await once()
     except _CreatedMeanwhile:
-        return await once()
+        # Refused again (deleted and made once more meanwhile): said as any refusal is.
+        return await once(again=True)
 
 
 async def _import_once(
@@ -746,6 +747,7 @@ async def _import_once(
     *,
     prune: bool,
     dry_run: bool,
+    again: bool = False,
 ) -> ImportReport:
     from chatwright import catalog
     from chatwright.stores import Agent
@@ -829,6 +831,8 @@ async def _import_once(
             try:
                 await writes.create_agent(valid)
             except AlreadyExistsError:
+                if again:
+                    raise
                 # The first write, refused: nothing to undo (the import runs again).
                 raise _CreatedMeanwhile from None
         elif report.changed:

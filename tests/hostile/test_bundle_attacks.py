@@ -493,3 +493,41 @@ async def test_a_new_bundle_imported_twice_at_once_updates_what_the_other_create
         assert names == sorted(t["name"] for t in data["tools"])
     finally:
         await runtime.close()
+
+
+async def test_an_import_refused_again_after_its_retry_is_one_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent reads missing twice and exists twice: the second refusal is said as any
+    refusal is, not as the import's own signal (a traceback, a 500)."""
+    from chatwright.bundles import check, export_bundle, import_bundle
+    from chatwright.errors import AlreadyExistsError
+    from chatwright.registry import LoadPolicy, Plugins
+    from chatwright.runtime import Runtime
+    from chatwright.testing import settings
+
+    plugins = Plugins.load(LoadPolicy())
+    runtime = Runtime(settings(plugins, storage={"url": f"sqlite:///{tmp_path}/b.db"}), plugins)
+    await runtime.start(upgrade=True)
+    try:
+        await example.seed(runtime.storage, "offline:x")
+        agent = await runtime.storage.agents.get(example.AGENT)
+        assert agent is not None
+        data = export_bundle(agent, [], plugins)
+
+        creates: list[str] = []
+
+        async def never(name: str) -> Any:
+            return None
+
+        async def made_meanwhile(name: str, **fields: Any) -> Any:
+            creates.append(name)
+            raise AlreadyExistsError(f"an agent named {name!r} already exists")
+
+        monkeypatch.setattr(runtime.storage.agents, "get", never)
+        monkeypatch.setattr(runtime.storage.agents, "create", made_meanwhile)
+        with pytest.raises(AlreadyExistsError, match="bundle not imported: creating agent"):
+            await import_bundle(runtime, check(data, "bundle"))
+        assert creates == [example.AGENT, example.AGENT]  # once again, not for ever
+    finally:
+        await runtime.close()
