@@ -21,7 +21,6 @@ asked about, and ended cleanly when cut off) and the turn it resumes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -39,8 +38,6 @@ from chatwright.errors import (
 from chatwright.runtime import OnMessage, OnToken, ToolCallRecord, Turn, _tool_calls
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
-
     from langchain_core.messages import BaseMessage
     from langchain_core.tools import BaseTool
 
@@ -49,6 +46,11 @@ if TYPE_CHECKING:
     from chatwright.runtime import BuiltAgent, Runtime
     from chatwright.stores import Agent, Storage
     from chatwright.tools import TurnContext
+    from chatwright.turns import TurnStart
+
+
+STOPPED_WHILE_RUNNING = "its process stopped while it ran"
+"""Why an approved call ended by the chat's next holder has no answer of its own."""
 
 
 class Decisions:
@@ -119,6 +121,7 @@ class Decisions:
         start = await turns.begin(user_id, agent_name, chat_id, None)
         messages: list[BaseMessage] = []
         try:
+            await self.ended(start, messages)
             await self.settle(start.pending, datetime.now(UTC), messages)
         finally:
             await asyncio.shield(turns.finish(start, to_store(messages), touch=False))
@@ -238,6 +241,9 @@ class Decisions:
             resumed = False
             carried: list[BaseMessage] = []
             try:
+                # Approved calls whose process stopped while they ran (this one among them,
+                # perhaps): ended first, their results stored with this decision's.
+                await self.ended(start, carried)
                 now = datetime.now(UTC)
                 live = [a for a in start.pending if a.id == action_id or not a.expired(now)]
                 current = next((a for a in start.pending if a.id == action_id), None)
@@ -251,13 +257,7 @@ class Decisions:
                         f"expired meanwhile; decide pending action {action_id} again"
                     )
                 if current is None:
-                    gone = await self.storage.pending.get(user_id, action_id)
-                    if gone is not None and gone.status == "approved":
-                        # Approved by a process that stopped while the call ran (this one
-                        # holds the chat now): ended here, by what the audit log says.
-                        await self._ended_unanswered(gone, "its process stopped while it ran")
-                        gone = await self.storage.pending.get(user_id, action_id)
-                    raise _already_decided(gone)
+                    raise _already_decided(await self.storage.pending.get(user_id, action_id))
                 if current.expired(now):
                     # Every expired call of the reply is answered now, this one with them
                     # (said by the error, not as a message).
@@ -460,44 +460,47 @@ class Decisions:
         reason = "it was cancelled" if isinstance(exc, asyncio.CancelledError) else one_line(exc)
         return await self._ended_unanswered(action, reason)
 
-    async def interrupted(
-        self, user_id: str, chat_id: uuid.UUID, calls: Mapping[str, str]
-    ) -> dict[str, BaseMessage]:
-        """What became of the chat's tool calls that got no result (``calls``: ids and
-        names, from :func:`chatwright.history.unanswered`), by call id, for the model.
+    async def end_interrupted(self, user_id: str, agent_name: str, chat_id: uuid.UUID) -> None:
+        """End the chat's approved calls whose process stopped while they ran, storing
+        their results as a turn's would be stored (see :meth:`ended`): a turn's ``begin``
+        with a message refuses such a chat (:class:`~chatwright.errors.InterruptedCallsError`),
+        so that the results come before the message."""
+        from chatwright.history import to_store
 
-        An approved action whose process stopped while its call ran stays ``approved``
-        with no result: the holder of the chat (the caller) ends it now, ``done`` when
-        the audit log has its write, else ``failed``. An action ended earlier gives its
-        result. A call of no action (its turn's process stopped while it ran) is left
-        out: it was not run, as far as anyone can tell.
+        turns = self.runtime.turns
+        start = await turns.begin(user_id, agent_name, chat_id, None)
+        messages: list[BaseMessage] = []
+        try:
+            await self.ended(start, messages)
+        finally:
+            await asyncio.shield(turns.finish(start, to_store(messages), touch=False))
+
+    async def ended(self, start: TurnStart, messages: list[BaseMessage]) -> None:
+        """End the approved actions of the started turn's chat (``start.interrupted``):
+        their process stopped while the call ran, since this turn holds the chat. Each
+        ends ``done`` when the audit log has its write, else ``failed``, and its result
+        goes to ``messages`` (to store with what the holder stores). A failure to read
+        the audit log leaves the rest approved, for the chat's next holder."""
+        from chatwright.history import storable
+
+        for action in start.interrupted:
+            ended = await self._ended_unanswered(action, STOPPED_WHILE_RUNNING, certain=True)
+            messages.append(storable(ended))
+
+    async def _ended_unanswered(
+        self, action: PendingAction, reason: str, *, certain: bool = False
+    ) -> BaseMessage:
+        """End an approved action whose call's answer was lost (``reason``): ``done`` when
+        the audit log has its write, else ``failed``; the result for its call.
+
+        :param certain: raise when the audit log cannot be read or the action not ended
+            (nothing is ended then), rather than end it ``failed`` all the same (as a
+            call cut off in this process must be, its turn ending now).
         """
         from langchain_core.messages import ToolMessage
 
-        found: dict[str, BaseMessage] = {}
-        actions = await self.storage.pending.list(user_id, chat_id=chat_id, status=None)
-        for action in actions:
-            if action.tool_call_id not in calls:
-                continue
-            if action.status == "approved":
-                reason = "its process stopped while it ran"
-                found[action.tool_call_id] = await self._ended_unanswered(action, reason)
-            elif action.status in ("done", "failed") and action.result is not None:
-                found[action.tool_call_id] = ToolMessage(
-                    content=action.result,
-                    tool_call_id=action.tool_call_id,
-                    name=action.tool_name,
-                    status="success" if action.status == "done" else "error",
-                )
-        return found
-
-    async def _ended_unanswered(self, action: PendingAction, reason: str) -> BaseMessage:
-        """End an approved action whose call's answer was lost (``reason``): ``done`` when
-        the audit log has its write, else ``failed``; the result for its call."""
-        from langchain_core.messages import ToolMessage
-
         made = None
-        with contextlib.suppress(Exception):
+        try:
             # Its write may have committed before the cut: the audit log says.
             entries = await asyncio.shield(
                 self.storage.audit.list(
@@ -507,6 +510,9 @@ class Decisions:
             made = next(
                 (e for e in entries if e.pending_id == action.id and e.outcome == "ok"), None
             )
+        except Exception:
+            if certain:
+                raise
         if made is not None:
             status, text = (
                 "done",
@@ -519,10 +525,13 @@ class Decisions:
                 f"error: {action.tool_name} was cut off before it finished ({reason}); "
                 "nothing it had not committed was written",
             )
-        with contextlib.suppress(Exception):
+        try:
             await asyncio.shield(
                 self.storage.pending.complete(action.user_id, action.id, status, text)
             )
+        except Exception:
+            if certain:
+                raise
         return ToolMessage(
             content=text,
             tool_call_id=action.tool_call_id,

@@ -76,6 +76,22 @@ class ApprovalPendingError(ChatwrightError):
         super().__init__(message)
 
 
+class InterruptedCallsError(ChatwrightError):
+    """The chat has approved calls whose process stopped while they ran: a turn store's
+    ``begin`` with a message refuses it, storing nothing, so that the holder of the
+    chat ends them first (:meth:`chatwright.decisions.Decisions.end_interrupted`) and
+    their results come before the new message. The runtime does so; not for users."""
+
+    http_status = 409
+
+    def __init__(self, actions: list[object]) -> None:
+        self.actions = list(actions)
+        super().__init__(
+            f"chat has {len(self.actions)} approved call(s) whose process stopped while "
+            "they ran; they are ended before the next turn"
+        )
+
+
 class AlreadyDecidedError(ChatwrightError):
     """A pending action was decided already (or expired) and cannot be decided again."""
 

@@ -25,7 +25,7 @@ import math
 import re
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from langchain_core.messages import (
@@ -169,43 +169,21 @@ def complete_prefix(messages: Sequence[BaseMessage]) -> list[BaseMessage]:
 NOT_RUN = "Not run: this call got no result (its turn stopped before the tool ran)."
 
 
-def unanswered(messages: Sequence[BaseMessage]) -> dict[str, str]:
-    """The tool calls of ``messages`` that got no result: their ids and tool names."""
-    open_calls: dict[str, str] = {}
-    found: dict[str, str] = {}
-    for message in messages:
-        if isinstance(message, ToolMessage):
-            open_calls.pop(message.tool_call_id, None)
-            continue
-        found.update(open_calls)
-        open_calls = {}
-        if isinstance(message, AIMessage) and message.tool_calls:
-            open_calls = {str(c.get("id")): c["name"] for c in message.tool_calls if c.get("id")}
-    found.update(open_calls)
-    return found
-
-
-def answered(
-    messages: Sequence[BaseMessage], known: Mapping[str, BaseMessage] | None = None
-) -> list[BaseMessage]:
+def answered(messages: Sequence[BaseMessage]) -> list[BaseMessage]:
     """``messages`` with a result for every AI tool call, as model APIs require.
 
-    A call can be left without one: a process that died while the call ran, or
-    while an approved one did. Such a call gets its result from ``known`` (by
-    call id: what became of it, found since), else one saying it was not run,
-    right after the results its message did get; the messages are otherwise
-    unchanged (the same list when complete).
+    A call can be left without one: a turn that stopped for approval and was
+    never decided, a process that died while an approved call ran. Such a call
+    gets a result saying it was not run, right after the results its message
+    did get; the messages are otherwise unchanged (the same list when complete).
     """
     out: list[BaseMessage] = []
     open_calls: dict[str, str] = {}  # id -> tool name, of the latest AI message's calls
 
     def close() -> None:
         for call_id, name in open_calls.items():
-            found = known.get(call_id) if known else None
             out.append(
-                found
-                if found is not None
-                else ToolMessage(content=NOT_RUN, tool_call_id=call_id, name=name, status="error")
+                ToolMessage(content=NOT_RUN, tool_call_id=call_id, name=name, status="error")
             )
         open_calls.clear()
 

@@ -29,7 +29,7 @@ calls (see :mod:`chatwright.turns` and the storage's ``turns`` store):
    later in the turn leaves no tool write out of the chat (one killed
    between a write's commit and its exchange's does: the audit log keeps
    that write; an approved call's is ended by the chat's next holder,
-   :meth:`chatwright.decisions.Decisions.interrupted`); the last
+   :meth:`chatwright.decisions.Decisions.end_interrupted`); the last
    transaction stores the rest (the reply), marks the chat's sessions used
    and gives the lease back. When the model fails, the complete tool
    exchanges before the failure are stored (the chat is not marked used) and
@@ -75,6 +75,7 @@ from chatwright.errors import (
     ApprovalPendingError,
     ChatBusyError,
     ChatwrightError,
+    InterruptedCallsError,
     ModelConfigError,
     ModelError,
     StorageError,
@@ -523,26 +524,44 @@ class Runtime:
 
         from chatwright.history import storable_with_data
 
-        turns = self.turns
         turn_id = uuid.uuid4()
         budget = self.budget_limits()
         async with self.queued(user_id, chat_id):
             human, data = storable_with_data(HumanMessage(content=message))
             new = NewMessage(role=human.type, content=data)
+            start = await self._begin(user_id, agent_name, chat_id, new, turn_id, budget)
+            return await self.run_turn(start, turn_id, [human], [], on_message, on_token)
+
+    async def _begin(
+        self,
+        user_id: str,
+        agent_name: str,
+        chat_id: uuid.UUID,
+        new: NewMessage,
+        turn_id: uuid.UUID,
+        budget: BudgetLimits,
+    ) -> TurnStart:
+        """Begin a turn with a message. A chat's approved calls whose process stopped
+        while they ran, and its expired actions, refuse it: they are ended first (their
+        results go in before the message, so the model knows), once each."""
+        ended = settled = False
+        while True:
             try:
-                start = await turns.begin(
+                return await self.turns.begin(
                     user_id, agent_name, chat_id, new, turn_id=turn_id, budget=budget
                 )
+            except InterruptedCallsError:
+                if ended:
+                    raise
+                ended = True
+                await self.decisions.end_interrupted(user_id, agent_name, chat_id)
             except ApprovalPendingError as exc:
                 now = datetime.now(UTC)
                 waiting = [a for a in exc.actions if isinstance(a, PendingActionRecord)]
-                if not waiting or any(not a.expired(now) for a in waiting):
+                if settled or not waiting or any(not a.expired(now) for a in waiting):
                     raise
+                settled = True
                 await self.decisions.settle_expired(user_id, agent_name, chat_id)
-                start = await turns.begin(
-                    user_id, agent_name, chat_id, new, turn_id=turn_id, budget=budget
-                )
-            return await self.run_turn(start, turn_id, [human], [], on_message, on_token)
 
     async def _stored_after_all(self, start: TurnStart, exchange: Sequence[NewMessage]) -> bool:
         """Whether a tool exchange whose storing failed is in the chat all the same.
@@ -612,7 +631,6 @@ class Runtime:
             storable_value,
             storable_with_data,
             to_store,
-            unanswered,
         )
         from chatwright.limits import (
             STOPPED,
@@ -759,14 +777,8 @@ class Runtime:
                     if fitted.summary:
                         system += SUMMARY_HEADING + fitted.summary
                     inputs = [SystemMessage(content=system), *fitted.history, *tail]
-                    # Calls left without a result by a process that stopped: what became
-                    # of them (an approved one is ended now), told to the model as such.
-                    lost = unanswered(fitted.history)
-                    known = (
-                        await self.decisions.interrupted(user_id, chat_id, lost) if lost else None
-                    )
                     while True:
-                        run_input = answered([*inputs, *produced], known)
+                        run_input = answered([*inputs, *produced])
                         async for mode, chunk in built.graph.astream(
                             {"messages": run_input},
                             {"recursion_limit": built.recursion_limit},

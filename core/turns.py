@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from chatwright.approvals import NewPending, PendingAction
 from chatwright.errors import (
     ApprovalPendingError,
+    InterruptedCallsError,
     NotFoundError,
     StorageError,
     UnknownAgentError,
@@ -61,6 +62,10 @@ class TurnStart:
     """The backend's own handle on the turn (its lease), for :meth:`TurnStore.finish`."""
     pending: list[PendingAction] = field(default_factory=list)
     """The chat's actions still ``pending`` (only when ``begin`` was given no message)."""
+    interrupted: list[PendingAction] = field(default_factory=list)
+    """The chat's ``approved`` actions, whose process stopped while their call ran (the
+    turn holds the chat: no one else runs them); only when ``begin`` was given no
+    message (with one, :class:`~chatwright.errors.InterruptedCallsError`)."""
     summary: ChatSummary | None = None
     """The chat's stored summary (read only for agents with ``summarize``)."""
     turn_id: uuid.UUID | None = None
@@ -213,6 +218,9 @@ class ComposedTurns:
             if agent is None:
                 raise UnknownAgentError(agent_name)
             waiting = await storage.pending.list(user_id, chat_id=chat_id, status="pending")
+            interrupted = await storage.pending.list(user_id, chat_id=chat_id, status="approved")
+            if message is not None and interrupted:
+                raise InterruptedCallsError(list(interrupted))
             if message is not None and waiting:
                 raise approval_pending(waiting)
             usage = getattr(storage, "usage", None)
@@ -243,6 +251,7 @@ class ComposedTurns:
             [c.content for c in custom],
             lease=lock,
             pending=waiting if message is None else [],
+            interrupted=list(interrupted),
             summary=summary,
             turn_id=turn_id,
         )

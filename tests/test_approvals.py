@@ -499,6 +499,11 @@ async def test_an_approved_call_whose_process_stopped_is_told_as_it_ended(
             "ran); nothing it had not committed was written"
         )
     assert NOT_RUN not in [m.content for m in prompts[0]]
+    # Stored where it belongs, before the next message, so later turns read it as is.
+    stored = await runtime.storage.messages.window(ALICE, chat, 20)
+    roles = [m.role for m in stored]
+    assert roles == ["human", "ai", "tool", "human", "ai"], roles
+    assert stored[2].content["data"]["content"] == result.content
     # Deciding it again says what became of it.
     word = "approved and run" if written else "approved (it failed)"
     with pytest.raises(AlreadyDecidedError, match=re.escape(f"({action.tool_name}) was {word}")):
@@ -521,6 +526,66 @@ async def test_deciding_an_approved_call_whose_process_stopped_ends_it(
     ended = await runtime.storage.pending.get(ALICE, action.id)
     assert ended is not None and ended.status == "done"
     assert ended.result is not None and "its write was made" in ended.result
+
+
+async def test_an_interrupted_call_is_found_however_many_actions_the_chat_had(
+    runtimes: MakeRuntime,
+) -> None:
+    """The chat's actions are not read a page at a time: its newest is the lost one."""
+    from chatwright.approvals import NewPending
+
+    runtime = await runtimes()
+    await setup(
+        runtime, [call("add_task", title="milk"), {"content": "Noted."}], add_task="required"
+    )
+    chat = await chat_of(runtime, ALICE)
+    expires = datetime.now(UTC) + timedelta(hours=1)
+    old = [
+        NewPending(uuid.uuid4(), None, "add_task", f"old-{i}", {"title": "x"}, None, expires)
+        for i in range(120)
+    ]
+    for made in await runtime.storage.pending.create(ALICE, AGENT, chat, old):
+        assert await runtime.storage.pending.decide(ALICE, made.id, "denied", ALICE)
+    # The 121st action of the chat, its newest.
+    (action,) = (await runtime.chat(ALICE, AGENT, chat, "milk")).pending
+    await _stopped_while_running(runtime, chat, action, True)
+    assert (await runtime.chat(ALICE, AGENT, chat, "and?")).response == "Noted."
+    ended = await runtime.storage.pending.get(ALICE, action.id)
+    assert ended is not None and ended.status == "done"
+
+
+async def test_an_interrupted_call_stays_approved_while_the_audit_log_cannot_be_read(
+    runtimes: MakeRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from chatwright.errors import StorageError
+
+    runtime = await runtimes()
+    await setup(
+        runtime, [call("add_task", title="milk"), {"content": "Noted."}], add_task="required"
+    )
+    chat = await chat_of(runtime, ALICE)
+    (action,) = (await runtime.chat(ALICE, AGENT, chat, "milk")).pending
+    await _stopped_while_running(runtime, chat, action, True)
+    audit = runtime.storage.audit
+    real = audit.list
+
+    async def away(*args: Any, **kwargs: Any) -> Any:
+        raise StorageError("the database is unavailable; the server log has the details")
+
+    monkeypatch.setattr(audit, "list", away)
+    with pytest.raises(StorageError):
+        await runtime.chat(ALICE, AGENT, chat, "and?")
+    # Not ended "failed" for want of a read: the write is there. Nothing was stored.
+    still = await runtime.storage.pending.get(ALICE, action.id)
+    assert still is not None and still.status == "approved"
+    assert [m.role for m in await runtime.storage.messages.window(ALICE, chat, 20)] == [
+        "human",
+        "ai",
+    ]
+    monkeypatch.setattr(audit, "list", real)
+    assert (await runtime.chat(ALICE, AGENT, chat, "and?")).response == "Noted."
+    ended = await runtime.storage.pending.get(ALICE, action.id)
+    assert ended is not None and ended.status == "done"
 
 
 # -- the write hooks ---------------------------------------------------------------------

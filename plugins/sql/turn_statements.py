@@ -29,6 +29,18 @@ COLUMNS = ("part", "a", "b", "rank", "n")
 _m, _leases = schema.chat_messages, schema.chat_leases
 
 EVERY_CHAT = uuid.UUID(int=0)
+
+WAITING = ("pending", "approved")
+"""The statuses of a chat's actions a turn's start reads: waiting for a decision, or
+approved and not ended (held by a decision, or left by a process that stopped)."""
+
+
+def held_actions(actions: sa.Table) -> sa.ColumnElement[bool]:
+    """Its actions in :data:`WAITING`; as plain comparisons, not an IN of an expanding
+    parameter, so that the statement's compiled form is kept (see :mod:`.direct`)."""
+    return sa.or_(*(actions.c.status == status for status in WAITING))
+
+
 """The ``chat_revisions`` row that PostgreSQL's ``TRUNCATE`` of the messages moves: a
 turn's revision is its chat's plus this one's (migration 0008)."""
 
@@ -186,8 +198,9 @@ def prompt_statement(
         sa.select(sa.literal(2), c.c.content, empty, c.c.priority, c.c.id).where(
             c.c.user_id == user_id, c.c.agent_name == agent_name, c.c.is_active
         ),
+        # Approved ones too: held, the chat's, their process stopped while they ran.
         sa.select(sa.literal(3), empty, empty, sa.func.count(), zero).where(
-            p.c.chat_id == chat_id, p.c.user_id == user_id, p.c.status == "pending"
+            p.c.chat_id == chat_id, p.c.user_id == user_id, held_actions(p)
         ),
     ]
     if summary:

@@ -78,7 +78,13 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chatwright.approvals import NewPending, PendingAction
-from chatwright.errors import AgentChangedError, ChatBusyError, StorageError, UnknownAgentError
+from chatwright.errors import (
+    AgentChangedError,
+    ChatBusyError,
+    InterruptedCallsError,
+    StorageError,
+    UnknownAgentError,
+)
 from chatwright.plugins.sql import schema
 from chatwright.plugins.sql.budgets import (
     UsageWrites,
@@ -101,6 +107,7 @@ from chatwright.plugins.sql.turn_statements import (
     WINDOW_UPTO,
     agent_statement,
     finish_statement,
+    held_actions,
     held_as_started,
     held_for_write,
     prompt_statement,
@@ -521,7 +528,13 @@ class SQLTurnStore(BoundStore):
                     raise not_your_chat(chat_id, agent_name)
                 if not taken:
                     raise _Busy
-                pending = await self._waiting_actions(conn, user_id, chat_id) if waiting else []
+                found = await self._waiting_actions(conn, user_id, chat_id) if waiting else []
+                pending = [a for a in found if a.status == "pending"]
+                # Approved, while this turn holds the chat: their process stopped.
+                interrupted = [a for a in found if a.status == "approved"]
+                if message is not None and interrupted:
+                    # Rolled back with the lease: ended first, then the turn runs again.
+                    raise InterruptedCallsError(list(interrupted))
                 if message is not None and pending:
                     # Rolled back with the lease: nothing of this turn is stored.
                     raise approval_pending(pending)
@@ -544,6 +557,7 @@ class SQLTurnStore(BoundStore):
                 instructions,
                 lease=lease,
                 pending=pending,
+                interrupted=interrupted,
                 summary=summary,
                 turn_id=turn_id,
             )
@@ -792,11 +806,11 @@ class SQLTurnStore(BoundStore):
     async def _waiting_actions(
         conn: AsyncConnection, user_id: str, chat_id: uuid.UUID
     ) -> list[PendingAction]:
-        """The chat's actions still pending, oldest first (expired or not)."""
+        """The chat's actions still pending (expired or not) or approved, oldest first."""
         p = schema.pending_actions
         rows = await conn.execute(
             sa.select(p)
-            .where(p.c.chat_id == chat_id, p.c.user_id == user_id, p.c.status == "pending")
+            .where(p.c.chat_id == chat_id, p.c.user_id == user_id, held_actions(p))
             .order_by(p.c.created_at, p.c.id)
         )
         return [pending_from_row(dict(r)) for r in rows.mappings()]
