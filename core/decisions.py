@@ -339,9 +339,12 @@ class Decisions:
                         status="approval_required",
                         pending=still,
                     )
+                # Stored before the model runs on: a process that stops meanwhile leaves
+                # the decided results in the chat, where the next turn reads them.
+                await turns.append(start, to_store(carried))
                 resumed = True
                 turn = await self.runtime.run_turn(
-                    start, claimed.turn_id, [], carried, on_message, on_token
+                    start, claimed.turn_id, [], carried, on_message, on_token, carried_stored=True
                 )
                 turn.tool_calls = [*_records([call], carried[:1]), *turn.tool_calls]
                 return turn
@@ -525,10 +528,16 @@ class Decisions:
                 f"error: {action.tool_name} was cut off before it finished ({reason}); "
                 "nothing it had not committed was written",
             )
+        ok = made is not None
         try:
-            await asyncio.shield(
+            ended = await asyncio.shield(
                 self.storage.pending.complete(action.user_id, action.id, status, text)
             )
+            if ended is None and certain:
+                # Ended meanwhile by someone else: its result as they stored it.
+                other = await self.storage.pending.get(action.user_id, action.id)
+                if other is not None and other.result is not None:
+                    text, ok = other.result, other.status == "done"
         except Exception:
             if certain:
                 raise
@@ -536,7 +545,7 @@ class Decisions:
             content=text,
             tool_call_id=action.tool_call_id,
             name=action.tool_name,
-            status="success" if made is not None else "error",
+            status="success" if ok else "error",
         )
 
     async def _run_approved(

@@ -613,12 +613,15 @@ class Runtime:
         carried: list[BaseMessage],
         on_message: OnMessage | None,
         on_token: OnToken | None,
+        *,
+        carried_stored: bool = False,
     ) -> Turn:
         """Run the model on a started turn until it answers or stops for approval.
 
         :param tail: messages of the turn already stored (the human message).
         :param carried: messages of the turn to store with what it produces (the
             results of decided actions when a turn resumes).
+        :param carried_stored: ``carried`` is stored already.
         """
         from langchain_core.messages import AIMessage, SystemMessage, ToolMessage
         from langgraph.errors import GraphRecursionError
@@ -652,7 +655,7 @@ class Runtime:
             start.turn_id = turn_id
         produced: list[BaseMessage] = list(carried)
         dumped: Dumped = {}  # what storing each produced message stores, made once
-        kept = 0  # how many of them are stored
+        kept = len(carried) if carried_stored else 0  # how many of them are stored
         # A record of a tool exchange under way, and how many messages it stores: it
         # runs shielded, and a turn cut off meanwhile waits for it before its end, so
         # that the end neither stores the exchange again nor loses it.

@@ -52,6 +52,10 @@ async def undo_turn(
         start = await turns.begin(user_id, agent_name, chat_id, None)
         note: list[BaseMessage] = []
         try:
+            # Approved calls whose process stopped while they ran: ended first, their
+            # results right after their call, before the note (and their writes, when
+            # made, are in the audit log for this undo to find).
+            await runtime.decisions.ended(start, note)
             entries = await runtime.storage.audit.list(user_id, chat_id=chat_id, limit=UNDO_SCAN)
             undone = {e.undo_of for e in entries if e.operation == "undo" and e.outcome == "ok"}
             writes = [

@@ -588,6 +588,50 @@ async def test_an_interrupted_call_stays_approved_while_the_audit_log_cannot_be_
     assert ended is not None and ended.status == "done"
 
 
+async def test_an_undo_ends_an_interrupted_call_before_its_note(runtimes: MakeRuntime) -> None:
+    runtime = await runtimes()
+    await setup(
+        runtime, [call("add_task", title="milk"), {"content": "Noted."}], add_task="required"
+    )
+    chat = await chat_of(runtime, ALICE)
+    (action,) = (await runtime.chat(ALICE, AGENT, chat, "milk")).pending
+    await _stopped_while_running(runtime, chat, action, True)
+    report = await runtime.undo(ALICE, chat)
+    assert len(report.changes) == 1
+    stored = await runtime.storage.messages.window(ALICE, chat, 20)
+    assert [m.role for m in stored] == ["human", "ai", "tool", "ai"]
+    assert stored[2].content["data"]["content"].startswith("add_task ran and its write was made")
+    assert stored[3].content["data"]["content"].startswith("Undone: the 1 row change")
+    assert await tasks(runtime, ALICE) == []
+
+
+async def test_a_decision_stores_its_result_before_the_model_runs_on(
+    runtimes: MakeRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process that stops while the resumed model runs leaves the approved call's
+    result in the chat (the action is done, so nothing else would tell the model)."""
+    from chatwright.plugins.models.scripted import ScriptedChatModel
+
+    runtime = await runtimes()
+    await setup(
+        runtime, [call("add_task", title="milk"), {"content": "Added."}], add_task="required"
+    )
+    chat = await chat_of(runtime, ALICE)
+    (action,) = (await runtime.chat(ALICE, AGENT, chat, "milk")).pending
+    seen: list[list[str]] = []
+    original = ScriptedChatModel._agenerate
+
+    async def looking(self: Any, messages: list[Any], *args: Any, **kwargs: Any) -> Any:
+        seen.append([m.role for m in await runtime.storage.messages.window(ALICE, chat, 20)])
+        return await original(self, messages, *args, **kwargs)
+
+    monkeypatch.setattr(ScriptedChatModel, "_agenerate", looking)
+    assert (await runtime.decide(ALICE, action.id, True)).response == "Added."
+    assert seen == [["human", "ai", "tool"]]
+    stored = await runtime.storage.messages.window(ALICE, chat, 20)
+    assert [m.role for m in stored] == ["human", "ai", "tool", "ai"]  # stored once
+
+
 # -- the write hooks ---------------------------------------------------------------------
 
 
