@@ -410,11 +410,7 @@ async def test_a_decision_that_lost_its_chat_while_it_waited_says_so(
     from chatwright.userdata import user_data_of
 
     runtime = await runtimes()
-    await setup(
-        runtime, [call("add_task", title="milk"), {"content": "Added."}], add_task="required"
-    )
-    chat = await chat_of(runtime, ALICE)
-    (action,) = (await runtime.chat(ALICE, AGENT, chat, "milk")).pending
+    chat, action = await held_milk(runtime, "Added.")
     # The decision waits for the chat (another request of this process holds it) ...
     lock = runtime.turn_lock(ALICE, chat)
     await lock.acquire()
@@ -431,6 +427,16 @@ async def test_a_decision_that_lost_its_chat_while_it_waited_says_so(
         "deleted meanwhile"
     )
     assert await tasks(runtime, ALICE) == []
+
+
+async def held_milk(runtime: Runtime, reply: str) -> tuple[uuid.UUID, Any]:
+    """A chat of alice's whose turn holds ``add_task(milk)`` for approval (the model then
+    answers ``reply``): the chat and the action."""
+    script = [call("add_task", title="milk"), {"content": reply}]
+    await setup(runtime, script, add_task="required")
+    chat = await chat_of(runtime, ALICE)
+    (action,) = (await runtime.chat(ALICE, AGENT, chat, "milk")).pending
+    return chat, action
 
 
 async def _stopped_while_running(
@@ -468,10 +474,7 @@ async def test_an_approved_call_whose_process_stopped_is_told_as_it_ended(
     from chatwright.plugins.models.scripted import ScriptedChatModel
 
     runtime = await runtimes()
-    script = [call("add_task", title="milk"), {"content": "Noted."}]
-    await setup(runtime, script, add_task="required")
-    chat = await chat_of(runtime, ALICE)
-    (action,) = (await runtime.chat(ALICE, AGENT, chat, "milk")).pending
+    chat, action = await held_milk(runtime, "Noted.")
     await _stopped_while_running(runtime, chat, action, written)
     assert [t["title"] for t in await tasks(runtime, ALICE)] == (["milk"] if written else [])
 
@@ -514,11 +517,7 @@ async def test_deciding_an_approved_call_whose_process_stopped_ends_it(
     runtimes: MakeRuntime,
 ) -> None:
     runtime = await runtimes()
-    await setup(
-        runtime, [call("add_task", title="milk"), {"content": "Noted."}], add_task="required"
-    )
-    chat = await chat_of(runtime, ALICE)
-    (action,) = (await runtime.chat(ALICE, AGENT, chat, "milk")).pending
+    chat, action = await held_milk(runtime, "Noted.")
     await _stopped_while_running(runtime, chat, action, True)
     # Before: "was approved ... already", for ever, whatever the user did.
     with pytest.raises(AlreadyDecidedError, match=re.escape("was approved and run at")):
@@ -560,11 +559,7 @@ async def test_an_interrupted_call_stays_approved_while_the_audit_log_cannot_be_
     from chatwright.errors import StorageError
 
     runtime = await runtimes()
-    await setup(
-        runtime, [call("add_task", title="milk"), {"content": "Noted."}], add_task="required"
-    )
-    chat = await chat_of(runtime, ALICE)
-    (action,) = (await runtime.chat(ALICE, AGENT, chat, "milk")).pending
+    chat, action = await held_milk(runtime, "Noted.")
     await _stopped_while_running(runtime, chat, action, True)
     audit = runtime.storage.audit
     real = audit.list
@@ -590,11 +585,7 @@ async def test_an_interrupted_call_stays_approved_while_the_audit_log_cannot_be_
 
 async def test_an_undo_ends_an_interrupted_call_before_its_note(runtimes: MakeRuntime) -> None:
     runtime = await runtimes()
-    await setup(
-        runtime, [call("add_task", title="milk"), {"content": "Noted."}], add_task="required"
-    )
-    chat = await chat_of(runtime, ALICE)
-    (action,) = (await runtime.chat(ALICE, AGENT, chat, "milk")).pending
+    chat, action = await held_milk(runtime, "Noted.")
     await _stopped_while_running(runtime, chat, action, True)
     report = await runtime.undo(ALICE, chat)
     assert len(report.changes) == 1
@@ -613,11 +604,7 @@ async def test_a_decision_stores_its_result_before_the_model_runs_on(
     from chatwright.plugins.models.scripted import ScriptedChatModel
 
     runtime = await runtimes()
-    await setup(
-        runtime, [call("add_task", title="milk"), {"content": "Added."}], add_task="required"
-    )
-    chat = await chat_of(runtime, ALICE)
-    (action,) = (await runtime.chat(ALICE, AGENT, chat, "milk")).pending
+    chat, action = await held_milk(runtime, "Added.")
     seen: list[list[str]] = []
     original = ScriptedChatModel._agenerate
 

@@ -334,13 +334,8 @@ async def test_a_resumed_turn_is_bounded_and_counts_the_calls_before_it(make: Ma
     assert time.monotonic() - started < 15
 
 
-async def test_an_approved_call_stopped_by_a_shutdown_says_the_server_stopped(
-    make: Make, pg_storage: Any, pg_url: str
-) -> None:
-    """Not "it ran past the time limit of 300 s" after a second and a half."""
-    import psycopg
-
-    runtime = await make(pg_url, turns={"timeout": 300.0})
+async def held_add_task(runtime: Runtime) -> tuple[uuid.UUID, Any]:
+    """A new chat whose turn holds ``add_task(milk)`` for approval: the chat and the action."""
     script = [{"tool_calls": [{"name": "add_task", "args": {"title": "milk"}}]}]
     await seed(runtime, "scripted:x", {"responses": [*script, {"content": "noted"}]})
     for row in await runtime.storage.tools.list(example.AGENT):
@@ -348,6 +343,17 @@ async def test_an_approved_call_stopped_by_a_shutdown_says_the_server_stopped(
             await runtime.storage.tools.update(row.id, approval="required")
     chat_id = await new_chat(runtime)
     (action,) = (await runtime.chat(USER, example.AGENT, chat_id, "add milk")).pending
+    return chat_id, action
+
+
+async def test_an_approved_call_stopped_by_a_shutdown_says_the_server_stopped(
+    make: Make, pg_storage: Any, pg_url: str
+) -> None:
+    """Not "it ran past the time limit of 300 s" after a second and a half."""
+    import psycopg
+
+    runtime = await make(pg_url, turns={"timeout": 300.0})
+    _, action = await held_add_task(runtime)
     plain = pg_url.replace("postgresql+psycopg://", "postgresql://")
     async with await psycopg.AsyncConnection.connect(plain) as holder:
         await holder.execute("LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE")
@@ -384,14 +390,7 @@ async def test_an_approved_call_that_hangs_is_stopped_at_the_time_limit(
     import psycopg
 
     runtime = await make(pg_url, turns={"timeout": 1.0})
-    script = [{"tool_calls": [{"name": "add_task", "args": {"title": "milk"}}]}]
-    await seed(runtime, "scripted:x", {"responses": [*script, {"content": "noted"}]})
-    for row in await runtime.storage.tools.list(example.AGENT):
-        if row.name == "add_task":
-            await runtime.storage.tools.update(row.id, approval="required")
-    chat_id = await new_chat(runtime)
-    turn = await runtime.chat(USER, example.AGENT, chat_id, "add milk")
-    (action,) = turn.pending
+    chat_id, action = await held_add_task(runtime)
     plain = pg_url.replace("postgresql+psycopg://", "postgresql://")
     async with await psycopg.AsyncConnection.connect(plain) as holder:
         await holder.execute("LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from chatwright.bundles import parse
 from chatwright.errors import InvalidInputError
 from chatwright.plugins.example import assistant as example
 from chatwright.registry import Plugins
+from chatwright.runtime import Runtime
 from tests.harness import assert_error, libpq, ok, run
 from tests.hostile.conftest import AGENT, MakeServer, Server, assert_error_body, bearer, sql
 from tests.test_bundles import db as db
@@ -374,58 +375,63 @@ def test_a_key_a_yaml_merge_brings_in_may_be_given_again() -> None:
         parse('{"x": [{}, {"y": {"k": 1, "k": 2}}]}', "m.json")
 
 
-async def test_an_import_cancelled_again_while_it_undoes_still_undoes_it_all(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A second cancellation (a second Ctrl-C, a server stopping) must not stop the undo of
-    a failed import halfway: the new agent is gone all the same."""
-    import asyncio
-
-    from chatwright import catalog
-    from chatwright.bundles import check, export_bundle, import_bundle
-    from chatwright.errors import StorageError
-    from chatwright.registry import LoadPolicy, Plugins
-    from chatwright.runtime import Runtime
+@pytest.fixture
+async def example_runtime(tmp_path: Path) -> AsyncIterator[tuple[Runtime, dict[str, Any]]]:
+    """A runtime on a SQLite file holding the example agent, and that agent's bundle."""
+    from chatwright.bundles import export_bundle
+    from chatwright.registry import LoadPolicy
     from chatwright.testing import settings
 
     plugins = Plugins.load(LoadPolicy())
     runtime = Runtime(settings(plugins, storage={"url": f"sqlite:///{tmp_path}/b.db"}), plugins)
     await runtime.start(upgrade=True)
     try:
-        from chatwright.plugins.example import assistant as example
-
         await example.seed(runtime.storage, "offline:x")
         agent = await runtime.storage.agents.get(example.AGENT)
         assert agent is not None
-        data = export_bundle(agent, await runtime.storage.tools.list(agent.name), plugins)
-        data["agent"]["name"] = "copy"
-        bundle = check(data, "bundle")
-        real_insert, real_delete = catalog.insert_row, runtime.storage.agents.delete
-        inserted: list[str] = []
-        undoing = asyncio.Event()
-
-        async def insert_row(*args: Any, **kwargs: Any) -> Any:
-            if inserted:
-                raise StorageError("the database went away")
-            inserted.append("one")
-            return await real_insert(*args, **kwargs)
-
-        async def delete(name: str) -> bool:
-            undoing.set()
-            await asyncio.sleep(0.5)
-            return await real_delete(name)
-
-        monkeypatch.setattr(catalog, "insert_row", insert_row)
-        monkeypatch.setattr(runtime.storage.agents, "delete", delete)
-        importing = asyncio.ensure_future(import_bundle(runtime, bundle))
-        await asyncio.wait_for(undoing.wait(), 10)
-        importing.cancel()
-        with pytest.raises((asyncio.CancelledError, StorageError)):
-            await importing
-        assert await runtime.storage.agents.get("copy") is None
-        assert await runtime.storage.tools.list("copy") == []
+        yield runtime, export_bundle(agent, await runtime.storage.tools.list(agent.name), plugins)
     finally:
         await runtime.close()
+
+
+async def test_an_import_cancelled_again_while_it_undoes_still_undoes_it_all(
+    example_runtime: tuple[Runtime, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second cancellation (a second Ctrl-C, a server stopping) must not stop the undo of
+    a failed import halfway: the new agent is gone all the same."""
+    import asyncio
+
+    from chatwright import catalog
+    from chatwright.bundles import check, import_bundle
+    from chatwright.errors import StorageError
+
+    runtime, data = example_runtime
+    data["agent"]["name"] = "copy"
+    bundle = check(data, "bundle")
+    real_insert, real_delete = catalog.insert_row, runtime.storage.agents.delete
+    inserted: list[str] = []
+    undoing = asyncio.Event()
+
+    async def insert_row(*args: Any, **kwargs: Any) -> Any:
+        if inserted:
+            raise StorageError("the database went away")
+        inserted.append("one")
+        return await real_insert(*args, **kwargs)
+
+    async def delete(name: str) -> bool:
+        undoing.set()
+        await asyncio.sleep(0.5)
+        return await real_delete(name)
+
+    monkeypatch.setattr(catalog, "insert_row", insert_row)
+    monkeypatch.setattr(runtime.storage.agents, "delete", delete)
+    importing = asyncio.ensure_future(import_bundle(runtime, bundle))
+    await asyncio.wait_for(undoing.wait(), 10)
+    importing.cancel()
+    with pytest.raises((asyncio.CancelledError, StorageError)):
+        await importing
+    assert await runtime.storage.agents.get("copy") is None
+    assert await runtime.storage.tools.list("copy") == []
 
 
 @pytest.mark.parametrize(
@@ -451,83 +457,59 @@ def test_an_agent_field_of_another_json_type_is_refused_not_converted(
 
 
 async def test_a_new_bundle_imported_twice_at_once_updates_what_the_other_created(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    example_runtime: tuple[Runtime, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two operators import one new bundle at once: both read 'no such agent', one creates
     it, and the other's create is refused. That one now imports it as an update (it told
     the operator to use `agents set`, the wrong advice for an import)."""
-    from chatwright.bundles import check, export_bundle, import_bundle
-    from chatwright.registry import LoadPolicy, Plugins
-    from chatwright.runtime import Runtime
-    from chatwright.testing import settings
+    from chatwright.bundles import check, import_bundle
 
-    plugins = Plugins.load(LoadPolicy())
-    runtime = Runtime(settings(plugins, storage={"url": f"sqlite:///{tmp_path}/b.db"}), plugins)
-    await runtime.start(upgrade=True)
-    try:
-        await example.seed(runtime.storage, "offline:x")
-        agent = await runtime.storage.agents.get(example.AGENT)
-        assert agent is not None
-        data = export_bundle(agent, await runtime.storage.tools.list(agent.name), plugins)
-        data["agent"]["name"] = "copy"
-        data["agent"]["history_window"] = 7
-        real_get = runtime.storage.agents.get
-        reads: list[str] = []
+    runtime, data = example_runtime
+    data["agent"]["name"] = "copy"
+    data["agent"]["history_window"] = 7
+    real_get = runtime.storage.agents.get
+    reads: list[str] = []
 
-        async def get(name: str) -> Any:
-            reads.append(name)
-            if len(reads) == 1:
-                # The other import creates it right after this one read it missing.
-                other = {**data, "agent": {**data["agent"], "history_window": 3}}
-                await import_bundle(runtime, check(other, "other"))
-                return None
-            return await real_get(name)
+    async def get(name: str) -> Any:
+        reads.append(name)
+        if len(reads) == 1:
+            # The other import creates it right after this one read it missing.
+            other = {**data, "agent": {**data["agent"], "history_window": 3}}
+            await import_bundle(runtime, check(other, "other"))
+            return None
+        return await real_get(name)
 
-        monkeypatch.setattr(runtime.storage.agents, "get", get)
-        report = await import_bundle(runtime, check(data, "bundle"))
-        assert report.action == "updated"
-        assert report.changed == ["history_window"]
-        copy = await real_get("copy")
-        assert copy is not None and copy.history_window == 7
-        names = sorted(t.name for t in await runtime.storage.tools.list("copy"))
-        assert names == sorted(t["name"] for t in data["tools"])
-    finally:
-        await runtime.close()
+    monkeypatch.setattr(runtime.storage.agents, "get", get)
+    report = await import_bundle(runtime, check(data, "bundle"))
+    assert report.action == "updated"
+    assert report.changed == ["history_window"]
+    copy = await real_get("copy")
+    assert copy is not None and copy.history_window == 7
+    names = sorted(t.name for t in await runtime.storage.tools.list("copy"))
+    assert names == sorted(t["name"] for t in data["tools"])
 
 
 async def test_an_import_refused_again_after_its_retry_is_one_clear_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    example_runtime: tuple[Runtime, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The agent reads missing twice and exists twice: the second refusal is said as any
     refusal is, not as the import's own signal (a traceback, a 500)."""
-    from chatwright.bundles import check, export_bundle, import_bundle
+    from chatwright.bundles import check, import_bundle
     from chatwright.errors import AlreadyExistsError
-    from chatwright.registry import LoadPolicy, Plugins
-    from chatwright.runtime import Runtime
-    from chatwright.testing import settings
 
-    plugins = Plugins.load(LoadPolicy())
-    runtime = Runtime(settings(plugins, storage={"url": f"sqlite:///{tmp_path}/b.db"}), plugins)
-    await runtime.start(upgrade=True)
-    try:
-        await example.seed(runtime.storage, "offline:x")
-        agent = await runtime.storage.agents.get(example.AGENT)
-        assert agent is not None
-        data = export_bundle(agent, [], plugins)
+    runtime, data = example_runtime
 
-        creates: list[str] = []
+    creates: list[str] = []
 
-        async def never(name: str) -> Any:
-            return None
+    async def never(name: str) -> Any:
+        return None
 
-        async def made_meanwhile(name: str, **fields: Any) -> Any:
-            creates.append(name)
-            raise AlreadyExistsError(f"an agent named {name!r} already exists")
+    async def made_meanwhile(name: str, **fields: Any) -> Any:
+        creates.append(name)
+        raise AlreadyExistsError(f"an agent named {name!r} already exists")
 
-        monkeypatch.setattr(runtime.storage.agents, "get", never)
-        monkeypatch.setattr(runtime.storage.agents, "create", made_meanwhile)
-        with pytest.raises(AlreadyExistsError, match="bundle not imported: creating agent"):
-            await import_bundle(runtime, check(data, "bundle"))
-        assert creates == [example.AGENT, example.AGENT]  # once again, not for ever
-    finally:
-        await runtime.close()
+    monkeypatch.setattr(runtime.storage.agents, "get", never)
+    monkeypatch.setattr(runtime.storage.agents, "create", made_meanwhile)
+    with pytest.raises(AlreadyExistsError, match="bundle not imported: creating agent"):
+        await import_bundle(runtime, check(data, "bundle"))
+    assert creates == [example.AGENT, example.AGENT]  # once again, not for ever
