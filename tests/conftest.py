@@ -214,3 +214,19 @@ async def runtimes(sql_url: str) -> AsyncIterator[MakeRuntime]:
     yield start
     for runtime in made:
         await runtime.close()
+
+
+@pytest.fixture
+def model_inputs(monkeypatch: pytest.MonkeyPatch) -> list[list[Any]]:
+    """What each call of the scripted model was sent (its messages), in order."""
+    from chatwright.plugins.models.scripted import ScriptedChatModel
+
+    seen: list[list[Any]] = []
+    original = ScriptedChatModel._agenerate
+
+    async def recording(self: Any, messages: list[Any], *args: Any, **kwargs: Any) -> Any:
+        seen.append(list(messages))
+        return await original(self, messages, *args, **kwargs)
+
+    monkeypatch.setattr(ScriptedChatModel, "_agenerate", recording)
+    return seen

@@ -469,24 +469,16 @@ async def _stopped_while_running(
 
 @pytest.mark.parametrize("written", [True, False])
 async def test_an_approved_call_whose_process_stopped_is_told_as_it_ended(
-    runtimes: MakeRuntime, monkeypatch: pytest.MonkeyPatch, written: bool
+    runtimes: MakeRuntime, model_inputs: list[list[Any]], written: bool
 ) -> None:
-    from chatwright.plugins.models.scripted import ScriptedChatModel
-
     runtime = await runtimes()
     chat, action = await held_milk(runtime, "Noted.")
     await _stopped_while_running(runtime, chat, action, written)
     assert [t["title"] for t in await tasks(runtime, ALICE)] == (["milk"] if written else [])
 
-    prompts: list[list[Any]] = []
-    original = ScriptedChatModel._agenerate
-
-    async def recording(self: Any, messages: list[Any], *args: Any, **kwargs: Any) -> Any:
-        prompts.append(list(messages))
-        return await original(self, messages, *args, **kwargs)
-
-    monkeypatch.setattr(ScriptedChatModel, "_agenerate", recording)
+    before = len(model_inputs)
     turn = await runtime.chat(ALICE, AGENT, chat, "did you add it?")
+    prompts = model_inputs[before:]
     assert turn.response == "Noted."
     (result,) = [m for m in prompts[0] if getattr(m, "tool_call_id", None) == action.tool_call_id]
     ended = await runtime.storage.pending.get(ALICE, action.id)

@@ -13,10 +13,8 @@ from typing import Any
 
 import pytest
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
-from langchain_core.outputs import ChatResult
 
 from chatwright.plugins.example import assistant as example
-from chatwright.plugins.models.scripted import ScriptedChatModel
 from chatwright.runtime import Runtime
 from tests.test_bounded_turns import Make, new_chat, seed
 from tests.test_bounded_turns import make as make
@@ -28,17 +26,9 @@ ADD = {"tool_calls": [{"name": "add_task", "args": {"title": "milk"}}]}
 
 
 @pytest.fixture
-def inputs(monkeypatch: pytest.MonkeyPatch) -> list[list[BaseMessage]]:
+def inputs(model_inputs: list[list[BaseMessage]]) -> list[list[BaseMessage]]:
     """What each call of the scripted model was sent."""
-    seen: list[list[BaseMessage]] = []
-    original = ScriptedChatModel._agenerate
-
-    async def recording(self: Any, messages: list[BaseMessage], *a: Any, **k: Any) -> ChatResult:
-        seen.append(list(messages))
-        return await original(self, messages, *a, **k)
-
-    monkeypatch.setattr(ScriptedChatModel, "_agenerate", recording)
-    return seen
+    return model_inputs
 
 
 def unanswerable(messages: list[BaseMessage]) -> list[str]:
