@@ -458,6 +458,10 @@ class NewAuditEntry:
 class AuditEntry(NewAuditEntry):
     id: int = 0
     at: datetime | None = None
+    after_message_id: int | None = None
+    """The id of the chat's newest message when the write was made, as the store read
+    it (None outside a chat, or where the store does not keep it): a write with no
+    newer message after it was not stored in the chat by its turn."""
 
     def as_dict(self, *, images: bool = True) -> dict[str, Any]:
         data: dict[str, Any] = {

@@ -478,6 +478,23 @@ class Decisions:
         finally:
             await asyncio.shield(turns.finish(start, to_store(messages), touch=False))
 
+    async def record_unrecorded(self, user_id: str, agent_name: str, chat_id: uuid.UUID) -> None:
+        """Store the calls and results of the writes of the chat's last turn that stopped
+        before storing them, as its audit log has them
+        (:func:`chatwright.history.recovered_writes`): a turn's ``begin`` with a message
+        refuses such a chat (:class:`~chatwright.errors.UnrecordedWritesError`), so that
+        they come before the message. Read again under the chat's lease: two processes
+        that both found them store them once."""
+        from chatwright.history import recovered_writes, to_store
+
+        turns = self.runtime.turns
+        start = await turns.begin(user_id, agent_name, chat_id, None)
+        messages: list[BaseMessage] = []
+        try:
+            messages = recovered_writes(start.unrecorded)
+        finally:
+            await asyncio.shield(turns.finish(start, to_store(messages), touch=False))
+
     async def ended(self, start: TurnStart, messages: list[BaseMessage]) -> None:
         """End the approved actions of the started turn's chat (``start.interrupted``):
         their process stopped while the call ran, since this turn holds the chat. Each

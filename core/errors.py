@@ -92,6 +92,23 @@ class InterruptedCallsError(ChatwrightError):
         )
 
 
+class UnrecordedWritesError(ChatwrightError):
+    """The chat's last turn stopped after a tool's write and before storing the write's
+    call and result: a turn store's ``begin`` with a message refuses the chat, storing
+    nothing, so that its holder stores them first, as the audit log has them
+    (:meth:`chatwright.decisions.Decisions.record_unrecorded`), and the model knows of
+    the write before the new message. The runtime does so; not for users."""
+
+    http_status = 409
+
+    def __init__(self, entries: list[object]) -> None:
+        self.entries = list(entries)
+        super().__init__(
+            f"chat has {len(self.entries)} write(s) of a turn that stopped before it "
+            "stored them; they are stored before the next turn"
+        )
+
+
 class AlreadyDecidedError(ChatwrightError):
     """A pending action was decided already (or expired) and cannot be decided again."""
 

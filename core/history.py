@@ -203,6 +203,43 @@ def answered(messages: Sequence[BaseMessage]) -> list[BaseMessage]:
     return out if changed else list(messages)
 
 
+RECOVERED_ROW_IDS = 10
+"""Most row ids a recovered write's result names (:func:`recovered_writes`)."""
+
+
+def recovered_writes(entries: Sequence[Any]) -> list[BaseMessage]:
+    """The calls and results of writes whose turn stopped before storing them, from
+    their audit entries (``chatwright.approvals.AuditEntry``, oldest first): one AI
+    message calling each entry's tool with its arguments as the audit log keeps them
+    (secrets redacted), and a result per call saying that the write was made, so that
+    the model does not make it again. Empty for no entries."""
+    if not entries:
+        return []
+    calls = []
+    results: list[BaseMessage] = []
+    for entry in entries:
+        call_id = f"audit-{entry.id}"
+        calls.append(
+            {"name": entry.tool_name, "args": dict(entry.args), "id": call_id, "type": "tool_call"}
+        )
+        ids = [str(i) for i in entry.row_ids]
+        what = entry.operation + (f" on {entry.table}" if entry.table else "")
+        if ids:
+            shown = ", ".join(ids[:RECOVERED_ROW_IDS])
+            more = len(ids) - RECOVERED_ROW_IDS
+            what += f", row{'s' if len(ids) > 1 else ''} {shown}" + (
+                f" and {more} more" if more > 0 else ""
+            )
+        text = (
+            f"{entry.tool_name} ran and its write was made ({what}; audit entry {entry.id}), "
+            "but its turn stopped before this answer was kept; do not run it again"
+        )
+        results.append(
+            ToolMessage(content=text, tool_call_id=call_id, name=entry.tool_name, status="success")
+        )
+    return [AIMessage(content="", tool_calls=calls), *results]
+
+
 PARSED_KEPT = 2048
 """Most stored messages whose parsed form is kept for the next turns (see :func:`parsed`)."""
 

@@ -26,9 +26,12 @@ calls (see :mod:`chatwright.turns` and the storage's ``turns`` store):
    stored and what the caller gets back are the same;
 5. each complete tool exchange (the AI message calling tools and all their
    results) is stored as soon as it completes, so that a process killed
-   later in the turn leaves no tool write out of the chat (one killed
-   between a write's commit and its exchange's does: the audit log keeps
-   that write; an approved call's is ended by the chat's next holder,
+   later in the turn leaves no tool write out of the chat. One stopped
+   between a write's commit and its exchange's (killed, or cut off while
+   another call of the round ran) leaves the write in the audit log only:
+   the chat's next turn stores its call and a result saying it was made,
+   before its message (:meth:`chatwright.decisions.Decisions.record_unrecorded`;
+   an approved call's is ended by the chat's next holder,
    :meth:`chatwright.decisions.Decisions.end_interrupted`); the last
    transaction stores the rest (the reply), marks the chat's sessions used
    and gives the lease back. When the model fails, the complete tool
@@ -81,6 +84,7 @@ from chatwright.errors import (
     StorageError,
     TurnTimeoutError,
     UnknownAgentError,
+    UnrecordedWritesError,
 )
 from chatwright.registry import Plugins
 from chatwright.settings import Settings, load_settings
@@ -542,9 +546,10 @@ class Runtime:
         budget: BudgetLimits,
     ) -> TurnStart:
         """Begin a turn with a message. A chat's approved calls whose process stopped
-        while they ran, and its expired actions, refuse it: they are ended first (their
-        results go in before the message, so the model knows), once each."""
-        ended = settled = False
+        while they ran, its expired actions, and the writes of a turn that stopped before
+        storing them refuse it: they are ended or stored first (their results go in
+        before the message, so the model knows), once each."""
+        ended = settled = recorded = False
         while True:
             try:
                 return await self.turns.begin(
@@ -555,6 +560,11 @@ class Runtime:
                     raise
                 ended = True
                 await self.decisions.end_interrupted(user_id, agent_name, chat_id)
+            except UnrecordedWritesError:
+                if recorded:
+                    raise
+                recorded = True
+                await self.decisions.record_unrecorded(user_id, agent_name, chat_id)
             except ApprovalPendingError as exc:
                 now = datetime.now(UTC)
                 waiting = [a for a in exc.actions if isinstance(a, PendingActionRecord)]

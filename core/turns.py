@@ -20,13 +20,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from chatwright.approvals import NewPending, PendingAction
+from chatwright.approvals import AuditEntry, NewPending, PendingAction
 from chatwright.errors import (
     ApprovalPendingError,
     InterruptedCallsError,
     NotFoundError,
     StorageError,
     UnknownAgentError,
+    UnrecordedWritesError,
 )
 from chatwright.stores import (
     Agent,
@@ -70,6 +71,26 @@ class TurnStart:
     """The chat's stored summary (read only for agents with ``summarize``)."""
     turn_id: uuid.UUID | None = None
     """The turn, as given to ``begin`` (its budget reservation is kept under it)."""
+    unrecorded: list[AuditEntry] = field(default_factory=list)
+    """Writes of an earlier turn that stopped before it stored their calls (see
+    :func:`stopped_short`); only when ``begin`` was given no message (with one,
+    :class:`~chatwright.errors.UnrecordedWritesError`)."""
+
+
+def stopped_short(history: Sequence[Message]) -> Message | None:
+    """The chat's newest message when its last turn may have stopped before storing a
+    write's call and result: that message, unless it is a reply that calls no tool (or
+    there is none). A turn that ends stores such a reply last; one that stopped (its
+    process killed, cut off between a write and the storing of its call) leaves the
+    human message or the last exchange it stored. The turn store then reads the chat's
+    writes made since that message (``unrecorded``), which only such a turn leaves."""
+    if not history:
+        return None
+    last = history[-1]
+    data = last.content.get("data") if isinstance(last.content, dict) else None
+    if last.role == "ai" and not (isinstance(data, dict) and data.get("tool_calls")):
+        return None
+    return last
 
 
 holding_turn: ContextVar[TurnStart | None] = ContextVar("chatwright_holding_turn", default=None)
@@ -104,9 +125,11 @@ class TurnStore(Protocol):
 
     ``begin`` and ``finish`` are one transaction each; between them, each
     complete tool exchange is stored as it completes (``append``), so that a
-    process killed later in the turn leaves no tool write out of the chat
-    (one killed between a write's commit and its exchange's does; the audit
-    log keeps that write).
+    process killed later in the turn leaves no tool write out of the chat.
+    One stopped between a write's commit and its exchange's leaves the write
+    in the audit log: ``begin`` finds it (:func:`stopped_short`, the audit
+    entries' ``after_message_id``) and refuses a message until its holder has
+    stored it (:class:`~chatwright.errors.UnrecordedWritesError`).
 
     Optional: a backend without ``turns`` gets :class:`ComposedTurns`,
     which makes the same calls on the other stores (more round trips, same result).
@@ -191,6 +214,33 @@ async def check_chat_owner(
         raise not_your_chat(chat_id, agent_name)
 
 
+UNRECORDED_READ = 100
+"""How many of a chat's newest audit entries :class:`ComposedTurns` looks through for
+writes of a turn that stopped before storing them."""
+
+
+async def _unrecorded(
+    storage: Storage, user_id: str, chat_id: uuid.UUID, history: Sequence[Message]
+) -> list[AuditEntry]:
+    """The writes of the chat's last turn that it stopped before storing (see
+    :func:`stopped_short`), oldest first; none when the backend's audit entries do not
+    say where in the chat they were made."""
+    last = stopped_short(history)
+    audit = getattr(storage, "audit", None)
+    if last is None or audit is None:
+        return []
+    entries = await audit.list(user_id, chat_id=chat_id, limit=UNRECORDED_READ)
+    return [
+        e
+        for e in reversed(entries)
+        if e.after_message_id == last.id
+        and e.turn_id is not None
+        and e.pending_id is None
+        and e.undo_of is None
+        and e.outcome == "ok"
+    ]
+
+
 class ComposedTurns:
     """A :class:`TurnStore` made of a backend's other stores."""
 
@@ -234,6 +284,9 @@ class ComposedTurns:
                 else None
             )
             history = await storage.messages.window(user_id, chat_id, agent.history_window)
+            unrecorded = await _unrecorded(storage, user_id, chat_id, history)
+            if message is not None and unrecorded:
+                raise UnrecordedWritesError(list(unrecorded))
             memory = await storage.memories.get(user_id, agent_name)
             custom = await storage.customizations.list(user_id, agent_name, active_only=True)
             if message is not None:
@@ -254,6 +307,7 @@ class ComposedTurns:
             interrupted=list(interrupted),
             summary=summary,
             turn_id=turn_id,
+            unrecorded=unrecorded,
         )
 
     async def append(self, start: TurnStart, messages: Sequence[NewMessage]) -> None:

@@ -106,19 +106,70 @@ def audit_from_row(row: Mapping[str, Any]) -> AuditEntry:
             if isinstance(c, dict)
         ),
         undo_of=row["undo_of"],
+        after_message_id=row.get("after_message_id"),
     )
 
 
 async def insert_audit(conn: AsyncConnection, entry: NewAuditEntry) -> AuditEntry:
-    """Append ``entry`` on ``conn`` (inside the caller's transaction) and return it as stored."""
+    """Append ``entry`` on ``conn`` (inside the caller's transaction) and return it as stored.
+
+    An entry of a chat keeps the id of the chat's newest message as of its
+    write (``after_message_id``), read by the insert itself: what a turn that
+    stopped before storing the write's call is found by (``unrecorded_writes``)."""
     values = audit_values(entry)
-    stored = (await conn.execute(_INSERT_AUDIT, values)).one()
+    stored = (await conn.execute(_INSERT_AUDIT, {**values, "of_chat": entry.chat_id})).one()
     # What was written, with what the database gave it (reading back the whole
     # row would decode what was just encoded).
-    return audit_from_row({**values, "id": stored.id, "at": stored.at})
+    return audit_from_row(
+        {**values, "id": stored.id, "at": stored.at, "after_message_id": stored.after_message_id}
+    )
 
 
-_INSERT_AUDIT = schema.audit_log.insert().returning(schema.audit_log.c.id, schema.audit_log.c.at)
+_m = schema.chat_messages
+_INSERT_AUDIT = (
+    schema.audit_log.insert()
+    .values(
+        after_message_id=sa.select(sa.func.max(_m.c.id))
+        .where(_m.c.chat_id == sa.bindparam("of_chat", type_=sa.Uuid))
+        .scalar_subquery()
+    )
+    .returning(schema.audit_log.c.id, schema.audit_log.c.at, schema.audit_log.c.after_message_id)
+)
+
+UNRECORDED_MOST = 100
+"""Most writes of a stopped turn that the chat's next turn tells the model about (the
+newest; each is an entry of the audit log all the same)."""
+
+
+async def unrecorded_writes(
+    conn: AsyncConnection, user_id: str, chat_id: uuid.UUID, after: int
+) -> builtins.list[AuditEntry]:
+    """The writes of turns in the chat made while ``after`` was its newest message (as it
+    is now), in the order they were made: writes whose call and result their turn did
+    not store, having stopped before it could (see ``chatwright.history.recovered_writes``).
+    A turn stores a write's call and result after it, so a write it stored has a newer
+    message after it.
+
+    An approved call's write is left out: the pending action ends it
+    (``Decisions.end_interrupted``), and its result is stored with its call.
+    """
+    t = schema.audit_log
+    stmt = (
+        sa.select(t)
+        .where(
+            t.c.chat_id == chat_id,
+            t.c.after_message_id == after,
+            t.c.user_id == user_id,
+            t.c.turn_id.is_not(None),
+            t.c.pending_id.is_(None),
+            t.c.undo_of.is_(None),
+            t.c.outcome == "ok",
+        )
+        .order_by(t.c.id.desc())
+        .limit(UNRECORDED_MOST)
+    )
+    rows = (await conn.execute(stmt)).mappings().all()
+    return [audit_from_row(dict(r)) for r in reversed(rows)]
 
 
 class SQLAuditStore:
@@ -212,4 +263,11 @@ async def append_audit(conn: AsyncConnection, entry: NewAuditEntry) -> AuditEntr
         ) from None
 
 
-__all__ = ["SQLAuditStore", "append_audit", "audit_from_row", "audit_values", "insert_audit"]
+__all__ = [
+    "SQLAuditStore",
+    "append_audit",
+    "audit_from_row",
+    "audit_values",
+    "insert_audit",
+    "unrecorded_writes",
+]

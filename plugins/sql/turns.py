@@ -77,15 +77,17 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from chatwright.approvals import NewPending, PendingAction
+from chatwright.approvals import AuditEntry, NewPending, PendingAction
 from chatwright.errors import (
     AgentChangedError,
     ChatBusyError,
     InterruptedCallsError,
     StorageError,
     UnknownAgentError,
+    UnrecordedWritesError,
 )
 from chatwright.plugins.sql import schema
+from chatwright.plugins.sql.audit import unrecorded_writes
 from chatwright.plugins.sql.budgets import (
     UsageWrites,
     check_budget,
@@ -125,7 +127,13 @@ from chatwright.stores import (
     NewSummary,
     message_weight,
 )
-from chatwright.turns import TurnStart, approval_pending, holding_turn, not_your_chat
+from chatwright.turns import (
+    TurnStart,
+    approval_pending,
+    holding_turn,
+    not_your_chat,
+    stopped_short,
+)
 from chatwright.usage import BudgetLimits, TurnUsage
 
 if TYPE_CHECKING:
@@ -481,6 +489,7 @@ class SQLTurnStore(BoundStore):
         }
 
         async def attempt() -> TurnStart:
+            unrecorded: list[AuditEntry] = []
             # Framework statements first, then the rest as the user.
             async with self.db.inline_write() as conn:
                 row, taken = await self._start(conn, given, budget=checked is not None, lock=locked)
@@ -545,6 +554,15 @@ class SQLTurnStore(BoundStore):
                     upto = max(after, newer[-1].id if newer else 0)
                     newer = await self._window(conn, user_id, chat_id, limit, upto)
                     history = self._windows.window(key, revision, 0, newer, limit, 0) or []
+                # A turn that stopped between a write and the storing of its call left
+                # the write out of the chat: found (rarely) only when the newest message
+                # is not a reply, and stored before the new message.
+                last = stopped_short(history)
+                if last is not None:
+                    unrecorded = await unrecorded_writes(conn, user_id, chat_id, last.id)
+                    if message is not None and unrecorded:
+                        # Rolled back with the lease: nothing of this turn is stored.
+                        raise UnrecordedWritesError(list(unrecorded))
                 if not fused and message is not None:
                     await insert_messages(conn, user_id, chat_id, [message], returning=False)
             return TurnStart(
@@ -560,6 +578,7 @@ class SQLTurnStore(BoundStore):
                 interrupted=interrupted,
                 summary=summary,
                 turn_id=turn_id,
+                unrecorded=unrecorded,
             )
 
         start: TurnStart = await self._taken(lease, attempt)
