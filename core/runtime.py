@@ -385,6 +385,7 @@ class Runtime:
         from chatwright.tools import TurnContext, load_tools
         from chatwright.tracing import inline_when_untraced
         from chatwright.writes import (
+            catch_tool_faults,
             checks_held,
             guard_writes,
             hold_for_approval,
@@ -420,6 +421,9 @@ class Runtime:
         # A write tool that does not check its turn's lease itself is checked before each call.
         if written and (hooked or not all(checks_held(t) for t in written)):
             middleware.append(guard_writes(self.plugins, self.storage, loaded.tools))
+        if loaded.tools:
+            # Innermost around a tool call: its exception is its result, not the turn's end.
+            middleware.append(catch_tool_faults())
         # Last, so that its after-model step runs first (LangChain runs them in reverse).
         limits = limits_of(agent, self.settings)
         middleware.append(turn_limits(name, limits))

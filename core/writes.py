@@ -1,8 +1,8 @@
 """A turn's tool calls under write safety: holding calls for approval, guarding writes.
 
-The runtime builds an agent with up to two LangChain middlewares from here,
-only when they have something to do (a turn on an agent that needs neither
-pays nothing):
+The runtime builds an agent with up to three LangChain middlewares from here,
+only when they have something to do (a turn on an agent that needs none of
+them pays nothing):
 
 - :func:`hold_for_approval` ends the agent run right after a model reply that
   calls a tool needing the user's approval (``after_model`` jumping to the
@@ -15,6 +15,12 @@ pays nothing):
   once the turn lost its chat (:func:`chatwright.turns.ensure_held`). Calls
   the runtime runs itself (an approved action, the other calls of a held
   reply) go through :func:`call_tool`, the same path.
+- :func:`catch_tool_faults`, innermost, makes a tool's unexpected exception
+  the result of its call (:func:`tool_fault`) instead of the end of the turn:
+  the other calls of the same reply run to their end (a write cancelled
+  half-way would be lost to the audit log), ``after_write`` hears of the
+  failure, and neither the model nor the client gets the exception's text,
+  which the server's log keeps.
 
 A built tool knows its row (``metadata["chatwright_row"]``, set by the tool
 loader), whether it writes (``metadata["chatwright_writes"]``) and, for
@@ -42,7 +48,7 @@ from chatwright.approvals import (
     current_decision,
     needs_approval,
 )
-from chatwright.errors import AgentChangedError, PreviewChangedError, one_line
+from chatwright.errors import AgentChangedError, ChatwrightError, PreviewChangedError, one_line
 from chatwright.tools import TurnContext, calling_as, current_turn
 from chatwright.turns import ensure_held
 
@@ -156,6 +162,25 @@ def error_result(call: ToolCall, text: str) -> ToolMessage:
     )
 
 
+def tool_fault(call: ToolCall, exc: Exception) -> ToolMessage:
+    """The result of a call whose tool raised: a :class:`ToolException` or a
+    :class:`~chatwright.errors.ChatwrightError` says what it says (written for the
+    model, or for users); any other exception is a fault of the tool's code, logged
+    with its traceback and named to the model by its class only (its text may hold
+    anything: a path, a query, a secret)."""
+    from langchain_core.tools import ToolException
+
+    if isinstance(exc, (ToolException, ChatwrightError)):
+        return error_result(call, f"Error: {one_line(exc)}")
+    row = call["name"]
+    log.error("tool %r failed on a call of its own: %s", row, one_line(exc), exc_info=exc)
+    return error_result(
+        call,
+        f"Error: tool {row} failed ({type(exc).__name__}); what it did before it failed is "
+        "not known, and the server's log has the details",
+    )
+
+
 def unknown_tool(call: ToolCall, tools: Mapping[str, BaseTool]) -> ToolMessage:
     names = ", ".join(sorted(tools)) or "none"
     return error_result(
@@ -176,7 +201,7 @@ async def invoke(tool: BaseTool, call: ToolCall) -> ToolMessage:
     except PreviewChangedError:
         raise
     except Exception as exc:
-        return error_result(call, f"Error: {one_line(exc)}")
+        return tool_fault(call, exc)
     if isinstance(result, ToolMessage):
         return result
     return ToolMessage(content=str(result), tool_call_id=str(call.get("id")), name=call["name"])
@@ -316,3 +341,23 @@ def guard_writes(plugins: Plugins, storage: Storage, tools: list[BaseTool]) -> A
             )
 
     return GuardWrites()
+
+
+def catch_tool_faults() -> Any:
+    """The middleware, innermost around each tool call, that makes a tool's exception
+    its call's result (:func:`tool_fault`). LangGraph's own signals (an interrupt, a
+    jump to a parent graph) and a :class:`~chatwright.errors.ChatwrightError` go
+    through: they are meant to stop the run."""
+    from langchain.agents.middleware import AgentMiddleware
+    from langgraph.errors import GraphBubbleUp
+
+    class CatchToolFaults(AgentMiddleware):
+        async def awrap_tool_call(self, request: Any, handler: Any) -> Any:
+            try:
+                return await handler(request)
+            except (GraphBubbleUp, ChatwrightError):
+                raise
+            except Exception as exc:
+                return tool_fault(request.tool_call, exc)
+
+    return CatchToolFaults()
