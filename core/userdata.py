@@ -28,6 +28,7 @@ backend's user data with such a store's.
 from __future__ import annotations
 
 import base64
+import math
 import uuid
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -88,7 +89,16 @@ def plain(value: Any) -> Any:
         return [plain(v) for v in value]
     if isinstance(value, InvalidJSON):
         return {"invalid_json": value.text, "error": value.error}
-    return value
+    if isinstance(value, float):
+        # JSON has no NaN nor infinity: null, as the HTTP archive has it.
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, str | int):
+        return value
+    # A column type of the database's own (an interval, a time of day, an address, a
+    # range): as pydantic writes it in the HTTP archive, else as its text.
+    from pydantic_core import to_jsonable_python
+
+    return plain(to_jsonable_python(value, fallback=str))
 
 
 class ToolLike(Protocol):

@@ -8,6 +8,7 @@ written to a file (or standard output) as it is serialised.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,21 +55,27 @@ def users_export(app: AppContext, user: str, output: Path | None) -> None:
         _write(data, sys.stdout)
         sys.stdout.write("\n")
         return
+    # Written beside it and renamed when whole: a failure leaves what was there before.
+    partial = output.with_name(f".{output.name}.{os.getpid()}.partial")
     try:
-        with output.open("w", encoding="utf-8") as file:
+        with partial.open("w", encoding="utf-8") as file:
             _write(data, file)
+        os.replace(partial, output)
     except OSError as exc:
         raise click.ClickException(
             f"cannot write the archive to {output}: {exc.strerror or exc}"
         ) from None
+    finally:
+        partial.unlink(missing_ok=True)
     rows = sum(len(r) for r in data["tables"].values())
     rows += sum(len(t["rows"]) for t in data["app_tables"].values())
     click.echo(f"Wrote {rows} rows of user {user!r} to {output}.", err=True)
 
 
 def _write(data: dict[str, Any], file: Any) -> None:
-    # Serialised straight into the file, never whole in memory as one string.
-    json.dump(data, file, indent=1, ensure_ascii=False)
+    # Serialised straight into the file, never whole in memory as one string; strict
+    # JSON (the values are made plain first: no NaN gets this far).
+    json.dump(data, file, indent=1, ensure_ascii=False, allow_nan=False)
 
 
 @users.command("erase")
