@@ -99,6 +99,95 @@ def _new_commands(cli: Any, before: Mapping[str, Any]) -> list[str]:
     return [name for name in cli.commands if name not in before]
 
 
+def _command_tree(group: Any, path: str = "") -> dict[str, tuple[Any, dict[str, Any]]]:
+    """Every group under ``group`` (itself included) by its words after ``chatwright``,
+    with a copy of its commands, so that a change to any of them can be seen and undone."""
+    commands = getattr(group, "commands", None)
+    if not isinstance(commands, dict):
+        return {}
+    tree = {path: (group, dict(commands))}
+    for name, command in commands.items():
+        tree.update(_command_tree(command, f"{path} {name}".strip()))
+    return tree
+
+
+def _restore(tree: Mapping[str, tuple[Any, dict[str, Any]]]) -> None:
+    for group, commands in tree.values():
+        group.commands.clear()
+        group.commands.update(commands)
+
+
+def _check_model_factory(name: str, value: Any) -> None:
+    if not callable(value):
+        raise PluginError(
+            f"model provider {name!r} must be registered with a factory, a function "
+            f"(name, settings) -> chat model; got {_summary(value)}"
+        )
+
+
+def _check_tool_type(name: str, value: Any) -> None:
+    """Refuse what is not a :class:`chatwright.tools.ToolType`, without touching a
+    ``config_model`` property (a lazy type imports its model there)."""
+    import inspect
+
+    what = f"tool type {name!r} must be registered with an instance of a tool type"
+    if isinstance(value, type):
+        raise PluginError(
+            f"{what}, got the class {value.__name__}: register {value.__name__}() instead"
+        )
+    missing = [a for a in ("config_model", "build") if not hasattr(type(value), a)]
+    missing = [a for a in missing if a not in getattr(value, "__dict__", {})]
+    if missing:
+        raise PluginError(
+            f"{what} (an object with config_model and an async build); "
+            f"got {_summary(value)}, which has no {' or '.join(missing)}"
+        )
+    build = value.build
+    if not (
+        inspect.iscoroutinefunction(build)
+        or inspect.iscoroutinefunction(getattr(build, "__call__", None))  # noqa: B004
+    ):
+        raise PluginError(
+            f"{what}: its build must be a coroutine function (async def build(self, row, "
+            f"config, context)); {type(value).__name__}.build is not"
+        )
+    model = inspect.getattr_static(value, "config_model")
+    if isinstance(model, property):
+        return  # read when a row is validated
+    from pydantic import BaseModel
+
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        raise PluginError(
+            f"{what}: its config_model must be a pydantic model class, got {_summary(model)}"
+        )
+
+
+def _check_defaults(section: str, model: Any) -> None:
+    """Refuse a settings model whose defaults cannot be made: every settings load
+    makes them, so such a model would break every command, not only the plugin's."""
+    required = [name for name, field in model.model_fields.items() if field.is_required()]
+    if required:
+        keys = ", ".join(f"{section}.{name}" for name in required)
+        raise PluginError(
+            f"the settings model {model.__name__} of section {section!r} has no default "
+            f"for {keys}; every key of a plugin's settings needs a default"
+        )
+    try:
+        model()
+    except Exception as exc:  # a default_factory that raises, a default that is invalid
+        raise PluginError(
+            f"the default settings of section {section!r} cannot be made "
+            f"({model.__name__}() failed: {one_line(exc)})"
+        ) from exc
+
+
+# What each collection hook accepts as a registered value, beyond a name.
+VALUE_CHECKS: dict[str, Callable[[str, Any], None]] = {
+    "register_models": _check_model_factory,
+    "register_tool_types": _check_tool_type,
+}
+
+
 def _summary(value: Any) -> str:
     """A short, one-line picture of a hook argument for the trace."""
     if value is None or isinstance(value, str | int | float | bool | tuple):
@@ -172,6 +261,7 @@ class Plugins:
         self._infos: dict[str, PluginInfo] = {}
         self._collected: dict[str, dict[str, Registration]] = {}
         self._builtin: frozenset[str] = frozenset()
+        self._warned: set[tuple[str, str]] = set()  # (plugin, hook) warned of a return value
         self._register_builtin()
 
     def _register_builtin(self) -> None:
@@ -385,20 +475,43 @@ class Plugins:
                     )
                 _mine[name] = Registration(kind, name, value, _by)
 
+            returned: list[Any] = []
+
+            def call(
+                f: Callable[..., Any] = impl.function,
+                args: dict[str, Any] = {"register": register} if impl.argnames else {},
+                into: list[Any] = returned,
+            ) -> None:
+                into.append(f(**args))
+
             try:
                 self._call(
                     plugin_name,
                     hook_name,
-                    functools.partial(
-                        impl.function, **({"register": register} if impl.argnames else {})
-                    ),
+                    call,
                     {"register": register},
                     ("registered", mine.keys),
                 )
             except Exception as exc:
                 self._fail(self._infos[plugin_name], f"{hook_name} failed: {one_line(exc)}", exc)
                 continue
+            if returned and returned[0] is not None:
+                self._warn_returned(plugin_name, hook_name, returned[0])
             yield plugin_name, mine
+
+    def _warn_returned(self, plugin_name: str, hook_name: str, value: Any) -> None:
+        """Warn, once per plugin and hook, of a collection hook that returned something:
+        what it returns is never read, so what it meant to register is missing."""
+        if (plugin_name, hook_name) in self._warned:
+            return
+        self._warned.add((plugin_name, hook_name))
+        log.warning(
+            "chatwright: plugin %r: %s returned %s, which is ignored; a collection hook "
+            "declares each thing by calling register(name, value) and returns nothing",
+            plugin_name,
+            hook_name,
+            _summary(value),
+        )
 
     def collect(self, hook_name: str) -> dict[str, Registration]:
         """Everything registered through one collection hook, by name."""
@@ -406,9 +519,13 @@ class Plugins:
             return self._collected[hook_name]
         kind = COLLECTIONS[hook_name]
 
+        check_value = VALUE_CHECKS.get(hook_name)
+
         def check(name: Any, value: Any) -> None:
             if not isinstance(name, str) or not name:
                 raise PluginError(f"{kind} names must be non-empty strings, got {name!r}")
+            if check_value is not None:
+                check_value(name, value)
 
         found: dict[str, Registration] = {}
         for plugin_name, mine in self._registrations(hook_name, check):
@@ -444,6 +561,7 @@ class Plugins:
                         f"the settings of section {section!r} must be a pydantic model "
                         f"class, got {model!r}"
                     )
+                _check_defaults(section, model)
 
             found: dict[str, Registration] = {}
             for plugin_name, mine in self._registrations(hook_name, check):
@@ -463,6 +581,11 @@ class Plugins:
         blocked = sorted(self.policy.block)
         if blocked:
             hint = f"; CHATWRIGHT_DISABLE_PLUGINS blocks {', '.join(blocked)}"
+        skipped = [info.name for info in self.infos() if info.error]
+        if skipped:
+            names = ", ".join(map(repr, skipped))
+            were = "plugins {} failed and were" if len(skipped) > 1 else "plugin {} failed and was"
+            hint += f"; {were.format(names)} skipped"
         raise UnknownNameError(
             f"no {kind} named {name!r} is available{where}; known: {known}{hint}"
         )
@@ -473,7 +596,8 @@ class Plugins:
             if plugin_name in self._builtin:
                 function()  # the core's own commands: a failure here is a bug, not a plugin's
                 continue
-            before = dict(cli.commands)
+            tree = _command_tree(cli)
+            before = tree[""][1]
             try:
                 self._call(
                     plugin_name,
@@ -483,25 +607,40 @@ class Plugins:
                     ("added", functools.partial(_new_commands, cli, before)),
                 )
             except Exception as exc:
-                cli.commands.clear()
-                cli.commands.update(before)
+                _restore(tree)
                 self._fail(
                     self._infos[plugin_name], f"register_commands failed: {one_line(exc)}", exc
                 )
                 continue
-            replaced = sorted(n for n in before if cli.commands.get(n) is not before[n])
-            if replaced:
-                # A plugin may add commands, never silently take over an existing one.
-                cli.commands.clear()
-                cli.commands.update(before)
-                taken = ", ".join(
-                    f"{n!r} (from {owners[n]!r})" if n in owners else f"{n!r} (built in)"
-                    for n in replaced
-                )
+            # Every command there was, subcommands of groups included, by its words.
+            existing = {
+                f"{path} {name}".strip(): (group, command)
+                for path, (group, commands) in tree.items()
+                for name, command in commands.items()
+            }
+            changed = {
+                words: group.commands.get(words.rpartition(" ")[2])
+                for words, (group, command) in existing.items()
+                if group.commands.get(words.rpartition(" ")[2]) is not command
+            }
+            if changed:
+                # A plugin may add commands, never silently take over or drop an existing one.
+                _restore(tree)
+
+                def owner(words: str) -> str:
+                    top = words.partition(" ")[0]
+                    by = f"from {owners[top]!r}" if top in owners else "built in"
+                    return f"{words!r} ({by})"
+
+                replaced = [owner(w) for w in sorted(changed) if changed[w] is not None]
+                removed = [owner(w) for w in sorted(changed) if changed[w] is None]
+                what = []
+                if replaced:
+                    what.append(f"tried to replace the command {', '.join(replaced)}")
+                if removed:
+                    what.append(f"tried to remove the command {', '.join(removed)}")
                 self._fail(
-                    self._infos[plugin_name],
-                    f"register_commands tried to replace the command {taken}",
-                    None,
+                    self._infos[plugin_name], "register_commands " + " and ".join(what), None
                 )
                 continue
             owners.update({n: plugin_name for n in cli.commands if n not in before})

@@ -797,9 +797,13 @@ def test_hook_register_storage_backends(tmp_path: Path) -> None:
 
 
 class FakeToolType:
-    config_model = dict
+    @property
+    def config_model(self) -> Any:
+        from pydantic import BaseModel
 
-    def build(self, row: Any, context: Any) -> str:
+        return BaseModel
+
+    async def build(self, row: Any, config: Any, context: Any) -> str:
         return f"tool {row}"
 
 
