@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from chatwright.errors import ChatwrightError, ModelConfigError
+from chatwright.errors import ChatwrightError, ModelConfigError, one_line
 from chatwright.registry import Plugins
 
 if TYPE_CHECKING:
@@ -81,8 +81,27 @@ def build_model(
     except ChatwrightError as exc:
         raise ModelConfigError(f"model {spec!r}: {exc}") from None
     factory: ModelFactory = registration.value
-    if client is not None and _takes_client(factory):
-        with_client: Any = factory
-        built: BaseChatModel = with_client(name, dict(settings), client=client)
-        return built
-    return factory(name, dict(settings))
+    by = f"model provider {provider!r} (plugin {registration.plugin!r})"
+    try:
+        if client is not None and _takes_client(factory):
+            with_client: Any = factory
+            built: object = with_client(name, dict(settings), client=client)
+        else:
+            built = factory(name, dict(settings))
+    except ChatwrightError:
+        raise  # the factory's own words: a missing key, a bad setting
+    except Exception as exc:
+        raise ModelConfigError(
+            f"model {spec!r}: {by} failed to make the model: {one_line(exc)}; check the "
+            "agent's model_settings, or disable the plugin with "
+            f"CHATWRIGHT_DISABLE_PLUGINS={registration.plugin}"
+        ) from exc
+    from langchain_core.language_models import BaseChatModel
+
+    if not isinstance(built, BaseChatModel):
+        raise ModelConfigError(
+            f"model {spec!r}: {by} is broken: its factory returned {type(built).__name__}, "
+            "not a LangChain chat model; disable the plugin with "
+            f"CHATWRIGHT_DISABLE_PLUGINS={registration.plugin} and report it to its author"
+        )
+    return built
