@@ -29,9 +29,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-from langchain_core.tools import StructuredTool
+from langchain_core.tools import BaseTool, StructuredTool
 from pydantic import BaseModel, ValidationError
 
 from chatwright.approvals import APPROVAL_MODES, USER_CHOICES
@@ -39,9 +39,6 @@ from chatwright.errors import ChatwrightError, one_line
 from chatwright.registry import Plugins
 from chatwright.settings import Settings
 from chatwright.stores import InvalidJSON, Storage, TableInfo, ToolRow
-
-if TYPE_CHECKING:
-    from langchain_core.tools import BaseTool
 
 log = logging.getLogger(__name__)
 
@@ -302,6 +299,16 @@ async def build_row(row: ToolRow, agent: str, plugins: Plugins, context: ToolCon
         tools = list(built) if isinstance(built, Sequence) else [built]
         if not tools:
             return problem("config", "the row gives no tool")
+        wrong = [t for t in tools if not isinstance(t, BaseTool)]
+        if wrong:
+            got = "None" if wrong[0] is None else type(wrong[0]).__name__
+            # Not the row's fault: no config makes this type build a tool.
+            return problem(
+                "type",
+                f"tool type {row.type!r} (plugin {registration.plugin!r}) is broken: its "
+                f"build returned {got}, not a LangChain tool; disable the "
+                f"plugin with CHATWRIGHT_DISABLE_PLUGINS={registration.plugin}",
+            )
         for tool in tools:
             # The row a built tool came from: its id and approval mode, for the runtime.
             tool.metadata = {**(tool.metadata or {}), "chatwright_row": row}
