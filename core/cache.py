@@ -31,6 +31,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from chatwright.errors import PluginError
+
 if TYPE_CHECKING:
     import asyncio
 
@@ -88,6 +90,29 @@ class EvictionPolicy(Protocol):
         or dropped because another process changed the agent.
         """
         return
+
+
+class BrokenPolicyError(PluginError):
+    """The eviction policy answered ``select`` with something that is not a choice."""
+
+    http_status = 503
+
+
+def _chosen(policy: object, choices: object) -> list[tuple[Key, str]]:
+    """A policy's answer to ``select``, checked: a list of (key, reason) pairs."""
+    items = list(choices) if isinstance(choices, list | tuple) else None
+    if items is not None and all(
+        isinstance(p, tuple | list) and len(p) == 2 and isinstance(p[1], str) for p in items
+    ):
+        return [(key, reason) for key, reason in items]
+    shown = repr(choices)
+    shown = shown if len(shown) <= 60 else shown[:59] + "…"
+    cls = type(policy)
+    raise BrokenPolicyError(
+        f"eviction policy {cls.__name__} (module {cls.__module__}, the cache.policy setting) "
+        f"is broken: its select() returned {shown}, not a list of (key, reason) pairs; set "
+        "cache.policy to another policy, or disable its plugin with CHATWRIGHT_DISABLE_PLUGINS"
+    )
 
 
 @dataclass
@@ -161,7 +186,7 @@ class ExecutorCache:
         self._entries[key] = entry
         self._entries.move_to_end(key)
         self._tell("inserted", key)
-        self._apply(self.policy.select(self._entries, None, now), keep=key)
+        self._apply(_chosen(self.policy, self.policy.select(self._entries, None, now)), keep=key)
         return entry
 
     def _apply(
@@ -194,4 +219,6 @@ class ExecutorCache:
 
     def sweep(self, active: set[Key]) -> list[tuple[Key, str]]:
         """Let the policy drop entries, given the keys that still have active sessions."""
-        return self._apply(self.policy.select(self._entries, active, self._clock()))
+        return self._apply(
+            _chosen(self.policy, self.policy.select(self._entries, active, self._clock()))
+        )

@@ -14,6 +14,7 @@ import click
 
 from chatwright import hookimpl
 from chatwright.cli import AppContext, pass_app
+from chatwright.errors import ChatwrightError, PluginError, one_line
 
 if TYPE_CHECKING:
     from chatwright.runtime import Runtime
@@ -109,9 +110,8 @@ class Example(Protocol):
 def init(app: AppContext, example: str | None) -> None:
     """Create the settings file and the database schema (safe to run again)."""
     # Before anything is written: a blocked or missing example plugin is one clear error.
-    chosen: Example | None = (
-        app.plugins.get("register_examples", example).value if example is not None else None
-    )
+    registration = app.plugins.get("register_examples", example) if example is not None else None
+    chosen: Example | None = registration.value if registration is not None else None
     path = Path(app.config) if app.config else Path("chatwright.toml")
     if not path.exists():
         # An example written before Example had a model names none.
@@ -126,13 +126,35 @@ def init(app: AppContext, example: str | None) -> None:
         click.echo(f"Database {storage.description} is at revision {revision}")
         if chosen is None:
             return
-        created = await chosen.install(runtime)
+        assert registration is not None
+        broken = (
+            f"example {registration.name!r} (plugin {registration.plugin!r}) is broken: its "
+            "install {}; disable the plugin with CHATWRIGHT_DISABLE_PLUGINS="
+            f"{registration.plugin} and report it to its author"
+        )
+        try:
+            created = await chosen.install(runtime)
+        except ChatwrightError:
+            raise  # the example's own words (a backend that cannot create tables)
+        except Exception as exc:
+            raise PluginError(broken.format(f"failed: {one_line(exc)}")) from exc
+        if not isinstance(created, list | tuple) or not all(isinstance(c, str) for c in created):
+            raise PluginError(
+                broken.format(
+                    f"returned {_shown(created)}, not a list of what it created (strings)"
+                )
+            )
         if created:
             click.echo("Created " + ", ".join(created))
         else:
             click.echo(f"The example ({chosen.summary}) is already there; left as it is")
 
     app.run(work, upgrade=True)
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:59] + "…"
 
 
 @hookimpl
