@@ -325,7 +325,6 @@ class SQLUserData:
                         app_counts[name] = result.rowcount
                 except exc.DBAPIError as error:
                     skipped[name] = f"could not be deleted as the user: {_reason(error)}"
-            await self._forget_revisions(conn, chats)
             report = ErasureReport(
                 user_id=user_id,
                 tables={name: counts[name] for name in _names()},
@@ -374,21 +373,7 @@ class SQLUserData:
                     table.delete().where(table.c.user_id == user_id, table.c.chat_id == chat_id)
                 )
                 counts[table.name] = result.rowcount
-            await self._forget_revisions(conn, [chat_id])
         return ErasureReport(user_id=user_id, tables=counts)
-
-    async def _forget_revisions(self, conn: AsyncConnection, chats: Collection[uuid.UUID]) -> None:
-        """Delete the revision counters of deleted chats (migration 0008's triggers made
-        or moved them as the chats' messages went), as the connecting role: a chat id left
-        behind would say the chat had been there."""
-        if not chats:
-            return
-        await self.db.users.leave(conn)
-        revisions = schema.chat_revisions
-        ordered = sorted(chats)
-        for first in range(0, len(ordered), LEASES_AT_ONCE):
-            part = ordered[first : first + LEASES_AT_ONCE]
-            await conn.execute(revisions.delete().where(revisions.c.chat_id.in_(part)))
 
     async def _owns_chat(self, conn: AsyncConnection, user_id: str, chat_id: uuid.UUID) -> bool:
         for table in CHAT_PART:

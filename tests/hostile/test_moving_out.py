@@ -5,7 +5,6 @@
   it"), leaving a truncated archive over the one it was to replace, and wrote
   a NaN as a bare ``NaN``, which is not JSON. The HTTP archive had all of them.
 - ``users erase "(erased user)"`` deleted the audit log's records of erasures.
-- An erasure or a chat deletion left the chats' ids in ``chat_revisions``.
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ from typing import Any
 import pytest
 
 from chatwright.plugins.example import assistant as example
-from chatwright.plugins.sql import schema
 from chatwright.runtime import Runtime
 from tests.harness import assert_error, ok, run
 from tests.hostile.conftest import Backend, MakeRuntime, sql
@@ -120,32 +118,3 @@ async def test_the_erased_users_marker_cannot_be_erased(
     refused = await asyncio.to_thread(run, "users", "erase", "(erased user)", "--yes")
     assert_error(refused, "is no user")
     assert await runtime.storage.audit.list("(erased user)") == records
-
-
-async def revisions(runtime: Runtime, chats: list[uuid.UUID]) -> list[Any]:
-    t = schema.chat_revisions
-    async with runtime.storage.read() as conn:  # type: ignore[attr-defined]
-        return list((await conn.execute(t.select().where(t.c.chat_id.in_(chats)))).mappings().all())
-
-
-async def test_an_erasure_and_a_chat_deletion_leave_no_revision_of_the_chats(
-    make_runtime: MakeRuntime,
-) -> None:
-    from chatwright.userdata import user_data_of
-
-    runtime = await make_runtime()
-    await example.seed(runtime.storage, "scripted:x")
-    await runtime.storage.agents.update(
-        AGENT, model_settings={"responses": [{"content": "Hi."}] * 3}
-    )
-    user = f"rae-{uuid.uuid4().hex[:6]}"
-    chats = []
-    for _ in range(2):
-        chat = (await runtime.storage.sessions.open(user, AGENT, chat_id=uuid.uuid4())).chat_id
-        await runtime.chat(user, AGENT, chat, "hello")
-        chats.append(chat)
-    store = user_data_of(runtime.storage)
-    await store.delete_chat(user, chats[0])
-    assert await revisions(runtime, chats[:1]) == []
-    await store.erase(user, requested_by="operator")
-    assert await revisions(runtime, chats) == []
