@@ -37,6 +37,7 @@ FRAMEWORK_TABLES = frozenset(
         "chat_messages",
         "chat_leases",
         "chat_revisions",
+        "former_tool_rows",
         "pending_actions",
         "tool_approval_choices",
         "audit_log",

@@ -9,7 +9,8 @@ security runs the user's part of it as the user (see docs/privacy.md).
 
 The application tables come from the tool rows themselves: every ``crud`` row,
 active or not, names a table and the column its scope puts the user id in
-(:func:`crud_scopes`). A pair is trusted only when no tool row lets the model
+(:func:`crud_scopes`), and rows deleted or changed since, for the tables no row names
+any more (:func:`crud_scopes_since`). A pair is trusted only when no tool row lets the model
 write that column: a column the model can set says nothing about whose row it
 is, and erasing by it could delete another user's rows. Such tables are left
 alone and listed in ``skipped`` with the reason, for an operator to handle.
@@ -89,13 +90,11 @@ def plain(value: Any) -> Any:
         return [plain(v) for v in value]
     if isinstance(value, InvalidJSON):
         return {"invalid_json": value.text, "error": value.error}
-    if isinstance(value, float):
-        # JSON has no NaN nor infinity: null, as the HTTP archive has it.
+    if isinstance(value, float):  # JSON has no NaN nor infinity: null, as over HTTP
         return value if math.isfinite(value) else None
     if value is None or isinstance(value, str | int):
         return value
-    # A column type of the database's own (an interval, a time of day, an address, a
-    # range): as pydantic writes it in the HTTP archive, else as its text.
+    # The database's own types (an interval, an address): as the HTTP archive has them.
     from pydantic_core import to_jsonable_python
 
     return plain(to_jsonable_python(value, fallback=str))
@@ -348,6 +347,19 @@ def crud_scopes(rows: Iterable[ToolLike], *, covered: Collection[str] = USER_TAB
         tables={scope.table: scope for scope in tables.values()},
         skipped={spelled[key]: reason for key, reason in skipped.items()},
     )
+
+
+def crud_scopes_since(rows: Iterable[ToolLike], former: Iterable[ToolLike]) -> Scopes:
+    """:func:`crud_scopes` of the tool ``rows``, then of ``former`` ones (deleted or
+    changed since) for the tables no current row names, which a current row decides."""
+    now = crud_scopes(rows)
+    named = {name.casefold() for name in [*now.tables, *now.skipped]}
+    before = crud_scopes(former)
+    tables = dict(now.tables)
+    skipped = dict(now.skipped)
+    tables.update((k, v) for k, v in before.tables.items() if k.casefold() not in named)
+    skipped.update((k, v) for k, v in before.skipped.items() if k.casefold() not in named)
+    return Scopes(tables=tables, skipped=skipped)
 
 
 # -- sessions kept by a separate session store -------------------------------------------

@@ -1091,6 +1091,7 @@ async def _seed_stock(db: Cluster) -> None:
         await _seed_write_safety(storage)
         await _seed_usage(storage)
         await _seed_revision(storage)
+        await _seed_former_tool_row(storage)
     finally:
         await storage.close()
 
@@ -1143,6 +1144,13 @@ async def _seed_revision(storage: SupabaseStorage) -> None:
     await storage.messages.append("alice", chat, [NewMessage("human", content)])
     report = await user_data_of(storage).delete_chat("alice", chat)
     assert report.tables["chat_messages"] == 1
+
+
+async def _seed_former_tool_row(storage: SupabaseStorage) -> None:
+    """A crud tool row configured otherwise: its trigger keeps the row as it was
+    (migration 0016)."""
+    row = next(r for r in await storage.tools.list(example.AGENT) if r.type == "crud")
+    await storage.tools.update(row.id, config={**row.config, "limit": 20})
 
 
 EXAMPLE_LIST_TASKS = {t["name"]: t["config"] for t in example.TOOLS}["list_tasks"]

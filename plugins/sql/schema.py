@@ -224,6 +224,19 @@ chat_revisions = sa.Table(
     sa.Column("revision", sa.BigInteger, nullable=False),
 )
 
+# The crud tool rows as they were before they were deleted or their configuration
+# changed, kept by triggers (migration 0016): the application tables they scoped
+# to users stay covered by export and erasure.
+former_tool_rows = sa.Table(
+    "former_tool_rows",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("tool_id", sa.Integer, nullable=False),
+    sa.Column("type", sa.String(100), nullable=False),
+    sa.Column("config", JSONValue(), nullable=False),
+    sa.Column("at", UTCDateTime(), nullable=False, server_default=sa.func.now()),
+)
+
 chat_messages = sa.Table(
     "chat_messages",
     metadata,

@@ -62,7 +62,7 @@ from chatwright.userdata import (
     CrudScope,
     ErasureReport,
     UserArchive,
-    crud_scopes,
+    crud_scopes_since,
     no_chat,
     plain,
     too_many,
@@ -144,10 +144,13 @@ class SQLUserData:
     async def _scopes(
         self, conn: AsyncConnection
     ) -> tuple[dict[str, tuple[sa.Table, CrudScope]], dict[str, str]]:
-        """The application tables scoped to users, reflected, and those skipped with why."""
-        t = schema.agent_tools
+        """The application tables scoped to users, reflected, and those skipped with why:
+        by the current tool rows and by those deleted or changed since (migration 0016),
+        so that a user's rows stay covered after the row that scoped them went."""
+        t, f = schema.agent_tools, schema.former_tool_rows
         rows = (await conn.execute(sa.select(t.c.id, t.c.type, t.c.config).order_by(t.c.id))).all()
-        found = crud_scopes(rows)
+        former = sa.select(f.c.tool_id.label("id"), f.c.type, f.c.config).order_by(f.c.id)
+        found = crud_scopes_since(rows, (await conn.execute(former)).all())
         skipped = dict(found.skipped)
         names = sorted(found.tables)
 

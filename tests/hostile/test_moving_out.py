@@ -118,3 +118,36 @@ async def test_the_erased_users_marker_cannot_be_erased(
     refused = await asyncio.to_thread(run, "users", "erase", "(erased user)", "--yes")
     assert_error(refused, "is no user")
     assert await runtime.storage.audit.list("(erased user)") == records
+
+
+@pytest.mark.parametrize("how", ["agent deleted", "tools pointed elsewhere"])
+async def test_a_users_rows_stay_covered_after_the_tool_rows_that_scoped_them_go(
+    make_runtime: MakeRuntime, how: str
+) -> None:
+    """Before: once no tool row scoped ``tasks``, export left it out and erasure said it
+    had erased everything, the user's tasks still there."""
+    from chatwright.userdata import user_data_of
+
+    runtime = await make_runtime()
+    storage = runtime.storage
+    await example.seed(storage, "scripted:x")
+    user = f"ian-{uuid.uuid4().hex[:6]}"
+    await storage.records.insert(
+        user, "tasks", {"user_id": user, "title": "private"}, returning=["id"]
+    )
+    await storage.records.insert(
+        "someone", "tasks", {"user_id": "someone", "title": "theirs"}, returning=["id"]
+    )
+    if how == "agent deleted":
+        assert await storage.agents.delete(AGENT)
+    else:
+        for row in await storage.tools.list(AGENT):
+            if row.type == "crud" and row.config.get("table") == "tasks":
+                await storage.tools.update(row.id, config={**row.config, "table": "notes"})
+    store = user_data_of(storage)
+    archive = await store.export(user)
+    assert [r["title"] for r in archive.app_tables["tasks"]] == ["private"]
+    report = await store.erase(user, requested_by="operator")
+    assert report.app_tables["tasks"] == 1
+    left = await sql(runtime, "SELECT user_id FROM tasks")
+    assert left == [{"user_id": "someone"}]
