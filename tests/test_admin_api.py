@@ -340,3 +340,35 @@ def test_a_row_as_listed_is_added_as_a_new_row(workdir: Path) -> None:
         workdir, "POST", f"/api/agents/{AGENT}/tools", {**listed, "name": "x", "is_deleted": True}
     )
     assert "the row is marked is_deleted" in error_of(gone, 422)
+
+
+def test_a_bundle_exported_over_http_imports_back_however_long_its_tools(workdir: Path) -> None:
+    """Before: an export of 300 KB was refused on import with 413 "send a shorter
+    message", the bound of every body being a message's (server.max_message_chars)."""
+
+    async def add(client: httpx.AsyncClient, runtime: Runtime) -> None:
+        for i in range(300):
+            config = {"table": "tasks", "operation": "read"}
+            await runtime.storage.tools.add(
+                AGENT, f"list_{i}", type="crud", config=config, description="x" * 1000
+            )
+
+    api(workdir, add)
+    exported = call(workdir, "GET", f"/api/agents/{AGENT}/export")
+    assert exported.status_code == 200, exported.text
+    assert len(exported.content) > 300_000
+    bundle = exported.json()
+    answer = call(workdir, "POST", "/api/agents/import", {"bundle": bundle, "dry_run": True})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["dry_run"] is True and answer.json()["changed"] == []
+    # The larger bound is for admins' imports only in effect: anyone else is refused.
+    plain = call(workdir, "POST", "/api/agents/import", {"bundle": bundle}, headers=PLAIN)
+    assert plain.status_code == 403, plain.text
+    # Past what a bundle file may hold: 413, saying so.
+    huge = {"bundle": {**bundle, "padding": "y" * (4 * 1024 * 1024 + 20_000)}}
+    refused = call(workdir, "POST", "/api/agents/import", huge)
+    assert refused.status_code == 413, refused.text
+    assert "a bundle is read up to 4 MiB" in refused.text
+    # Every other body keeps a message's bound.
+    other = call(workdir, "POST", "/api/tools", {"padding": "z" * 400_000})
+    assert other.status_code == 413 and "send a shorter message" in other.text

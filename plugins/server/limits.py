@@ -41,21 +41,35 @@ def body_limit(settings: Settings) -> int:
     return settings.section(ServerSettings).max_message_chars * BYTES_PER_CHAR + ENVELOPE_BYTES
 
 
+BUNDLE_PATH = "/api/agents/import"
+"""The one route whose body is not a message: an agent bundle, read up to what a bundle
+file may hold (:data:`chatwright.bundles.MAX_BYTES`), as ``agents export`` writes it."""
+
+
+def bundle_limit() -> int:
+    from chatwright.bundles import MAX_BYTES
+
+    return MAX_BYTES + ENVELOPE_BYTES
+
+
 class BodyLimit:
-    """Answer 413 as soon as a request body passes ``limit`` bytes, declared or not."""
+    """Answer 413 as soon as a request body passes ``limit`` bytes, declared or not
+    (:func:`bundle_limit` for a bundle's import, when that is more)."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
         self.limit = limit
+        self.bundles = max(limit, bundle_limit())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.limit
+        bundle = scope.get("path") == BUNDLE_PATH
+        limit = self.bundles if bundle else self.limit
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit() and int(value) > limit:
-                await self._refuse(scope, receive, send, f"{int(value)} bytes")
+                await self._refuse(scope, receive, send, f"{int(value)} bytes", limit, bundle)
                 return
         received = 0
         refused = False
@@ -71,7 +85,8 @@ class BodyLimit:
                 if received > limit:
                     refused = True
                     if not started:
-                        await self._refuse(scope, receive, send, f"more than {limit} bytes")
+                        size = f"more than {limit} bytes"
+                        await self._refuse(scope, receive, send, size, limit, bundle)
                     # The application stops reading as if the client had left.
                     return {"type": "http.disconnect"}
             return message
@@ -87,11 +102,12 @@ class BodyLimit:
 
         await self.app(scope, counted_receive, guarded_send)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send, size: str) -> None:
-        response = error_response(
-            f"request body too large ({size}; at most {self.limit}): send a shorter message",
-            413,
-        )
+    @staticmethod
+    async def _refuse(
+        scope: Scope, receive: Receive, send: Send, size: str, limit: int, bundle: bool
+    ) -> None:
+        fix = "a bundle is read up to 4 MiB" if bundle else "send a shorter message"
+        response = error_response(f"request body too large ({size}; at most {limit}): {fix}", 413)
         # The rest of the body is not read: the connection is closed after the answer.
         response.headers["Connection"] = "close"
         await response(scope, receive, send)
