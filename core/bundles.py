@@ -437,6 +437,10 @@ def parse(text: str | bytes, source: str) -> Any:
             text = text.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise InvalidInputError(f"{source} is not UTF-8 text ({exc.reason})") from None
+    # A byte order mark (as editors on Windows write) is no part of the document: a JSON
+    # file starting with one would otherwise be read as YAML, which decodes each \u
+    # escape of a surrogate pair alone.
+    text = text.removeprefix("\ufeff")
     stripped = text.lstrip()
     try:
         if stripped.startswith("{"):

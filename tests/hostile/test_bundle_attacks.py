@@ -171,6 +171,20 @@ def test_a_nul_in_a_yaml_bundle_is_refused_by_its_place(db: str, workdir: Path) 
     assert stored_agent(db, "copy") is None
 
 
+def test_a_json_bundle_after_a_byte_order_mark_is_read_as_json(db: str, workdir: Path) -> None:
+    """Before: read as YAML (it did not start with "{"), whose escapes of a surrogate pair
+    are decoded one by one: "agent.system_prompt holds a lone surrogate"."""
+    bundle = json.loads(export())
+    bundle["agent"]["name"] = "bommed"
+    bundle["agent"]["system_prompt"] = "I am a robot \U0001f916"
+    path = workdir / "bom.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(bundle, ensure_ascii=True).encode("ascii"))
+    assert "\\ud83e\\udd16" in path.read_text(encoding="utf-8-sig")
+    ok("agents", "import", str(path))
+    shown = json.loads(ok("agents", "export", "bommed").stdout)
+    assert shown["agent"]["system_prompt"] == "I am a robot \U0001f916"
+
+
 def test_a_secret_whose_variable_is_not_utf8_is_refused_by_its_place(
     db: str, workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
