@@ -579,7 +579,13 @@ class Decisions:
         pending = self.storage.pending
         try:
             result = await call_tool(
-                self.runtime.plugins, self.storage, built.by_name, call, context, decision
+                self.runtime.plugins,
+                self.storage,
+                built.by_name,
+                call,
+                context,
+                decision,
+                limit=self.runtime.settings.tools.max_result_chars,
             )
         except PreviewChangedError as exc:
             expires = datetime.now(UTC) + timedelta(seconds=self.timeout)

@@ -423,7 +423,7 @@ class Runtime:
             middleware.append(guard_writes(self.plugins, self.storage, loaded.tools))
         if loaded.tools:
             # Innermost around a tool call: its exception is its result, not the turn's end.
-            middleware.append(catch_tool_faults())
+            middleware.append(catch_tool_faults(self.settings.tools.max_result_chars))
         # Last, so that its after-model step runs first (LangChain runs them in reverse).
         limits = limits_of(agent, self.settings)
         middleware.append(turn_limits(name, limits))
@@ -939,7 +939,15 @@ class Runtime:
             row = row_of(tool)
             if tool is None or row is None or not waits(tool, choices):
                 results.append(
-                    await call_tool(self.plugins, self.storage, built.by_name, call, context, None)
+                    await call_tool(
+                        self.plugins,
+                        self.storage,
+                        built.by_name,
+                        call,
+                        context,
+                        None,
+                        limit=self.settings.tools.max_result_chars,
+                    )
                 )
                 continue
             try:

@@ -188,8 +188,22 @@ def unknown_tool(call: ToolCall, tools: Mapping[str, BaseTool]) -> ToolMessage:
     )
 
 
-async def invoke(tool: BaseTool, call: ToolCall) -> ToolMessage:
-    """Run one call outside an agent run; the tool's faults become an error result.
+def cut(result: Any, limit: int | None) -> Any:
+    """A tool's result cut to ``limit`` characters (``tools.max_result_chars``), saying
+    so, when its text is longer: a tool type of a plugin may not cap its own results,
+    and every later turn of the chat sends them to the model again."""
+    if limit is None or not isinstance(result, ToolMessage):
+        return result
+    text = result.content
+    if not isinstance(text, str) or len(text) <= limit:
+        return result
+    note = f" … [cut: the result had {len(text)} characters, tools.max_result_chars is {limit}]"
+    return result.model_copy(update={"content": text[: max(0, limit - len(note))] + note})
+
+
+async def invoke(tool: BaseTool, call: ToolCall, limit: int | None = None) -> ToolMessage:
+    """Run one call outside an agent run; the tool's faults become an error result, and
+    its result is cut to ``limit`` characters (:func:`cut`).
 
     :class:`~chatwright.errors.PreviewChangedError` goes through: the caller
     asks the user again.
@@ -202,9 +216,12 @@ async def invoke(tool: BaseTool, call: ToolCall) -> ToolMessage:
         raise
     except Exception as exc:
         return tool_fault(call, exc)
-    if isinstance(result, ToolMessage):
-        return result
-    return ToolMessage(content=str(result), tool_call_id=str(call.get("id")), name=call["name"])
+    if not isinstance(result, ToolMessage):
+        result = ToolMessage(
+            content=str(result), tool_call_id=str(call.get("id")), name=call["name"]
+        )
+    made: ToolMessage = cut(result, limit)
+    return made
 
 
 async def guarded(
@@ -281,8 +298,11 @@ async def call_tool(
     call: ToolCall,
     context: TurnContext,
     decision: Decision | None = None,
+    *,
+    limit: int | None = None,
 ) -> ToolMessage:
-    """Run one call of a turn outside its agent run (held replies, approved actions)."""
+    """Run one call of a turn outside its agent run (held replies, approved actions); its
+    result cut to ``limit`` characters (``tools.max_result_chars``)."""
     tool = tools.get(call["name"])
     if tool is None:
         return unknown_tool(call, tools)
@@ -291,10 +311,10 @@ async def call_tool(
         with calling_as(context):
             if writes(tool):
                 result: ToolMessage = await guarded(
-                    plugins, storage, tool, call, lambda: invoke(tool, call)
+                    plugins, storage, tool, call, lambda: invoke(tool, call, limit)
                 )
                 return result
-            return await invoke(tool, call)
+            return await invoke(tool, call, limit)
     finally:
         _decision.reset(token)
 
@@ -343,21 +363,23 @@ def guard_writes(plugins: Plugins, storage: Storage, tools: list[BaseTool]) -> A
     return GuardWrites()
 
 
-def catch_tool_faults() -> Any:
+def catch_tool_faults(limit: int | None = None) -> Any:
     """The middleware, innermost around each tool call, that makes a tool's exception
-    its call's result (:func:`tool_fault`). LangGraph's own signals (an interrupt, a
-    jump to a parent graph) and a :class:`~chatwright.errors.ChatwrightError` go
-    through: they are meant to stop the run."""
+    its call's result (:func:`tool_fault`), and cuts a result to ``limit`` characters
+    (:func:`cut`). LangGraph's own signals (an interrupt, a jump to a parent graph) and
+    a :class:`~chatwright.errors.ChatwrightError` go through: they are meant to stop
+    the run."""
     from langchain.agents.middleware import AgentMiddleware
     from langgraph.errors import GraphBubbleUp
 
     class CatchToolFaults(AgentMiddleware):
         async def awrap_tool_call(self, request: Any, handler: Any) -> Any:
             try:
-                return await handler(request)
+                result = await handler(request)
             except (GraphBubbleUp, ChatwrightError):
                 raise
             except Exception as exc:
                 return tool_fault(request.tool_call, exc)
+            return cut(result, limit)
 
     return CatchToolFaults()

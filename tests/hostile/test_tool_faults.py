@@ -56,6 +56,8 @@ class Flaky:
         async def run(text: str) -> str:
             if config.mode == "raise":
                 raise RuntimeError(f"cannot reach the backend ({SECRET})")
+            if config.mode == "huge":
+                return "z" * 1_000_000
             await asyncio.sleep(0.3)
             DONE.append(text)
             return f"wrote {text}"
@@ -93,6 +95,7 @@ async def seeded(runtime: Runtime, script: list[dict[str, Any]]) -> uuid.UUID:
     await example.seed(storage, "scripted:x")
     await storage.tools.add(example.AGENT, "save", type="flaky", config={"mode": "slow"})
     await storage.tools.add(example.AGENT, "boom", type="flaky", config={"mode": "raise"})
+    await storage.tools.add(example.AGENT, "dump", type="flaky", config={"mode": "huge"})
     await storage.agents.update(
         example.AGENT, model="scripted:x", model_settings={"responses": script}
     )
@@ -153,3 +156,25 @@ async def test_a_raising_tool_over_http_is_a_reply_not_a_502(tmp_path: Path) -> 
     assert answer.json()["response"] == "No."
     assert SECRET not in answer.text
     assert "RuntimeError" in answer.text  # the call's result names what failed
+
+
+async def test_a_plugin_tools_long_result_is_cut_to_max_result_chars(
+    runtimes: MakeRuntime, model_inputs: list[list[Any]]
+) -> None:
+    """Before: a tool type that did not cap its results itself had a million characters
+    stored and sent to the model at every later turn of the chat."""
+    runtime = await runtimes(Plugin())
+    script = [{"tool_calls": [{"name": "dump", "args": {"text": "x"}}]}, {"content": "Long."}]
+    chat = await seeded(runtime, script)
+    user = (await runtime.storage.sessions.chat_owner(chat))[0]  # type: ignore[index]
+    await runtime.chat(user, example.AGENT, chat, "dump it")
+    limit = runtime.settings.tools.max_result_chars
+    (sent,) = [m for m in model_inputs[-1] if m.type == "tool"]
+    assert len(sent.content) <= limit
+    assert sent.content.startswith("zzz")
+    assert sent.content.endswith(
+        f"[cut: the result had 1000000 characters, tools.max_result_chars is {limit}]"
+    )
+    page = await runtime.storage.messages.page(user, chat, limit=20)
+    (stored,) = [m for m in page if m.role == "tool"]
+    assert stored.content["data"]["content"] == sent.content
