@@ -5,12 +5,13 @@ Hooks come in two groups.
 *Collection hooks* (``register_*``) are called once, when the core first needs
 the kind of thing they collect. Each receives a ``register`` callback instead of
 returning values, so the core decides what happens when two plugins use the
-same name (a :class:`~chatwright.errors.DuplicateRegistrationError` naming both)
-and remembers which plugin supplied what. Registering must be cheap: declare
-names and factories, and leave network access, key checks and heavy imports to
-the factory, which runs at first use. Each ``register`` callback is typed
-(:class:`ToolTypeRegister`, …) so that a type checker checks what a plugin
-registers.
+same name (neither is used, and what uses it fails with a
+:class:`~chatwright.errors.DuplicateRegistrationError` naming both; chatwright's
+own plugins keep their names) and remembers which plugin supplied what.
+Registering must be cheap: declare names and factories, and leave network
+access, key checks and heavy imports to the factory, which runs at first use.
+Each ``register`` callback is typed (:class:`ToolTypeRegister`, …) so that a
+type checker checks what a plugin registers.
 
 *Event hooks* are called for every plugin that implements them; their return
 values are ignored, and an exception in one plugin is logged without stopping

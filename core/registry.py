@@ -262,6 +262,7 @@ class Plugins:
         self._collected: dict[str, dict[str, Registration]] = {}
         self._builtin: frozenset[str] = frozenset()
         self._warned: set[tuple[str, str]] = set()  # (plugin, hook) warned of a return value
+        self._clashes: dict[str, dict[str, str]] = {}  # hook -> name two plugins register -> why
         self._register_builtin()
 
     def _register_builtin(self) -> None:
@@ -528,17 +529,52 @@ class Plugins:
                 check_value(name, value)
 
         found: dict[str, Registration] = {}
+        clashes: dict[str, str] = {}
         for plugin_name, mine in self._registrations(hook_name, check):
             for name, reg in mine.items():
-                if name in found:
-                    raise DuplicateRegistrationError(
-                        f"{kind} {name!r} is registered by both plugin {found[name].plugin!r} "
-                        f"and plugin {plugin_name!r}; disable one of them with "
-                        "CHATWRIGHT_DISABLE_PLUGINS"
+                known = found.get(name)
+                if name in clashes:
+                    continue
+                if known is None:
+                    found[name] = reg
+                    continue
+                if self._ours(known.plugin) or self._ours(plugin_name):
+                    # chatwright's own name stays its own: the plugin's is ignored.
+                    own, other = (known, plugin_name)
+                    if self._ours(plugin_name):
+                        own, other = (reg, known.plugin)
+                    found[name] = own
+                    log.warning(
+                        "chatwright: plugin %r registers the %s %r, which chatwright's "
+                        "plugin %r registers; the plugin's is ignored",
+                        other,
+                        kind,
+                        name,
+                        own.plugin,
                     )
-                found[name] = reg
+                    continue
+                # Two plugins: neither is chosen, and only what uses the name fails.
+                del found[name]
+                clashes[name] = (
+                    f"{kind} {name!r} is registered by both plugin {known.plugin!r} "
+                    f"and plugin {plugin_name!r}; disable one of them with "
+                    "CHATWRIGHT_DISABLE_PLUGINS"
+                )
+                log.warning("chatwright: %s; neither is used", clashes[name])
         self._collected[hook_name] = found
+        self._clashes[hook_name] = clashes
         return found
+
+    def _ours(self, plugin_name: str) -> bool:
+        """Whether the plugin is chatwright's own (bundled or built in)."""
+        info = self._infos.get(plugin_name)
+        return plugin_name in self._builtin or (info is not None and info.bundled)
+
+    def clash(self, hook_name: str, name: str) -> str | None:
+        """Why ``name`` is not in :meth:`collect`'s answer when two plugins register it
+        (neither is used: only what uses the name fails, with this), else None."""
+        self.collect(hook_name)
+        return self._clashes.get(hook_name, {}).get(name)
 
     def collect_settings(self) -> list[Registration]:
         """Every ``register_settings`` call, in plugin order: section name and model.
@@ -574,6 +610,9 @@ class Plugins:
         found = self.collect(hook_name)
         if name in found:
             return found[name]
+        clash = self.clash(hook_name, name)
+        if clash is not None:
+            raise DuplicateRegistrationError(clash)
         kind = COLLECTIONS[hook_name]
         known = ", ".join(repr(n) for n in sorted(found)) or "none"
         where = f" (setting {setting})" if setting else ""

@@ -278,6 +278,9 @@ async def build_row(row: ToolRow, agent: str, plugins: Plugins, context: ToolCon
     types = plugins.collect("register_tool_types")
     registration = types.get(row.type)
     if registration is None:
+        clash = plugins.clash("register_tool_types", row.type)
+        if clash is not None:
+            return problem("type", clash)
         known = ", ".join(sorted(types)) or "none"
         return problem("type", f"unknown tool type {row.type!r}; known types: {known}")
     tool_type: ToolType = registration.value

@@ -579,24 +579,36 @@ def test_blocklist_by_plugin_or_distribution_name_applies_before_import(
 # -- duplicates, misspelled hooks, failing hooks --------------------------------------
 
 
-def test_duplicate_registration_names_both_plugins() -> None:
+def test_a_name_two_plugins_register_fails_only_where_it_is_used(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Before: collecting raised, and every backend, tool type or model of every plugin
+    went with it (one plugin's clash took down the tools of every agent)."""
     plugins = Plugins(LoadPolicy())
     plugins.register(backends_plugin("shared", "alpha-only"), "alpha")
     plugins.register(backends_plugin("shared"), "beta")
+    found = plugins.collect("register_storage_backends")
+    assert "alpha-only" in found and "shared" not in found
     with pytest.raises(DuplicateRegistrationError) as excinfo:
-        plugins.collect("register_storage_backends")
+        plugins.get("register_storage_backends", "shared")
     message = str(excinfo.value)
     assert "storage backend 'shared'" in message
     assert "'alpha'" in message
     assert "'beta'" in message
     assert isinstance(excinfo.value, PluginError)
+    assert plugins.clash("register_storage_backends", "shared") == message
+    assert plugins.clash("register_storage_backends", "alpha-only") is None
+    assert "neither is used" in caplog.text
 
 
-def test_duplicate_with_bundled_plugin_names_both() -> None:
+def test_a_plugin_registering_a_bundled_name_is_ignored_for_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     plugins = Plugins.load(LoadPolicy())
     plugins.register(backends_plugin("sql"), "impostor")
-    with pytest.raises(DuplicateRegistrationError, match=r"'sql'.*'impostor'|'impostor'.*'sql'"):
-        plugins.get("register_storage_backends", "sql")
+    assert plugins.get("register_storage_backends", "sql").plugin == "sql"
+    assert "plugin 'impostor' registers the storage backend 'sql'" in caplog.text
+    assert "the plugin's is ignored" in caplog.text
 
 
 def test_same_name_in_different_collections_is_not_a_duplicate() -> None:

@@ -178,3 +178,28 @@ async def test_a_plugin_tools_long_result_is_cut_to_max_result_chars(
     page = await runtime.storage.messages.page(user, chat, limit=20)
     (stored,) = [m for m in page if m.role == "tool"]
     assert stored.content["data"]["content"] == sent.content
+
+
+class Rival:
+    """A second plugin registering the tool type ``flaky`` too."""
+
+    @hookimpl
+    def register_tool_types(self, register: Any) -> None:
+        register("flaky", Flaky())
+
+
+async def test_a_tool_type_two_plugins_register_leaves_the_other_tools_working(
+    runtimes: MakeRuntime,
+) -> None:
+    """Before: "tool type 'flaky' is registered by both plugin ... and plugin ..." for
+    every agent's every turn, crud tools included."""
+    runtime = await runtimes(Plugin(), Rival())
+    script = [{"tool_calls": [{"name": "add_task", "args": {"title": "milk"}}]}, {"content": "Ok."}]
+    chat = await seeded(runtime, script)
+    user = (await runtime.storage.sessions.chat_owner(chat))[0]  # type: ignore[index]
+    turn = await runtime.chat(user, example.AGENT, chat, "add milk")
+    assert turn.response == "Ok." and "created" in turn.tool_calls[0].result
+    built = await runtime.agent_for(user, example.AGENT)
+    reasons = {p.tool: p.reason for p in built.problems}
+    assert set(reasons) == {"save", "boom", "dump"}
+    assert all("registered by both plugin" in r for r in reasons.values())
