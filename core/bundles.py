@@ -75,7 +75,7 @@ from chatwright.errors import (
     TooLargeError,
     one_line,
 )
-from chatwright.redaction import is_secret_key, secret_parameters
+from chatwright.redaction import is_secret_key, secret_pair, secret_parameters
 
 if TYPE_CHECKING:
     from chatwright.registry import Plugins
@@ -168,6 +168,9 @@ def _has_password(value: Any) -> bool:
 def _mark_settings(value: Any, where: str) -> Any:
     # Lists are walked too (position as the place's step): a list of fallback
     # providers holds keys as well.
+    if secret_pair(value):
+        # A header given as a [name, value] pair: its value is the secret.
+        return [value[0], {SECRET: f"{where}.1"}]
     if isinstance(value, list):
         return [_mark_settings(item, f"{where}.{n}") for n, item in enumerate(value)]
     if _has_password(value):
@@ -570,6 +573,13 @@ class _Secrets:
     def fill(self, value: Any, where: str, stored: Any) -> Any:
         if _is_marker(value):
             return self._resolve(value, where, stored)
+        if isinstance(value, dict) and SECRET in value:
+            # Stored as it is, it would be a literal object where a secret was meant.
+            others = ", ".join(repr(k) for k in value if k != SECRET)
+            raise InvalidInputError(
+                f"bundle: the object at {where} has {SECRET!r} and also {others}; a secret "
+                f'marker is {{"{SECRET}": "{where}"}} alone'
+            )
         if isinstance(value, dict):
             old = stored if isinstance(stored, Mapping) else {}
             return {k: self.fill(v, f"{where}.{k}", old.get(k)) for k, v in value.items()}
@@ -599,11 +609,18 @@ class _Secrets:
         return None
 
     def check(self, environ_hint: bool) -> None:
+        """Refuse an import that lacks secrets or gives some the bundle does not mark.
+
+        :param environ_hint: the import reads ``CHATWRIGHT_SECRET_*`` variables, as the
+            CLI does (where ``--secret`` gives one); else it is an HTTP request's, whose
+            ``secrets`` field gives them.
+        """
         if self.missing:
             where = self.missing[0]
-            how = f"--secret {where}=VALUE"
-            if environ_hint:
-                how += f" or the environment variable {secret_variable(where)}"
+            how = f"--secret {where}=VALUE or the environment variable {secret_variable(where)}"
+            if not environ_hint:
+                how = f'it in the request\'s "secrets": {{"{where}": "VALUE"}}'
+
             raise InvalidInputError(
                 f"bundle not imported: {', '.join(self.missing)} "
                 f"{'is a secret' if len(self.missing) == 1 else 'are secrets'} left out of the "

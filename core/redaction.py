@@ -8,9 +8,12 @@ like, in the singular or the plural (``api_key``, ``OPENAI_API_KEY``,
 plurals ``keys`` and ``tokens`` only after a word that makes them credentials
 (``api_keys``, ``access_tokens``; not ``max_tokens``, ``max_keys``); and ``auth``
 in a key written with hyphens, the shape of an HTTP header (``X-Auth``,
-``X-Auth-User``; not the ``auth`` setting). It is so at any depth of a mapping.
-A URL keeps everything but its password and the values of the parameters of its
-query (or fragment) that look like credentials (:func:`secret_parameters`).
+``X-Auth-User``; not the ``auth`` setting), or before ``header`` or ``string``
+(``authHeader``); and ``bearer``. It is so at any depth of a mapping, and for
+the value of a ``[name, value]`` pair whose name is such a key (headers given
+as a list of pairs, :func:`secret_pair`). A URL keeps everything but its
+password and the values of the parameters of its query (or fragment) that look
+like credentials (:func:`secret_parameters`; Azure Functions' ``?code=`` too).
 ``config show`` and ``agents show`` both print through it, and the agent bundles
 mark what it finds.
 """
@@ -41,6 +44,7 @@ SECRET_WORDS = frozenset(
         "authorization",
         "cookie",
         "cookies",
+        "bearer",
     }
 )
 PLURAL_WORDS = frozenset({"keys", "tokens"})
@@ -63,11 +67,17 @@ CREDENTIAL_WORDS = frozenset(
         "encryption",
     }
 )
+AUTH_PAIRS = frozenset({"header", "headers", "string"})
+"""Words that make ``auth`` before them a credential in any key (``authHeader``,
+``auth_string``; not the ``auth`` setting)."""
 HEADER_WORDS = frozenset({"auth"})
 """Secret words in a key written with hyphens (an HTTP header's name: ``X-Auth``)."""
 QUERY_WORDS = frozenset({"auth", "sig", "signature", "pwd", "pass"})
 """Secret words of a URL's query parameter, besides those of a key (``?sig=``, Azure's;
 ``X-Amz-Signature``)."""
+QUERY_NAMES = frozenset({"code"})
+"""Query parameters that hold a credential by their whole name only: Azure Functions'
+``?code=`` (a ``country_code`` is no secret)."""
 _WORD = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
 
 
@@ -80,6 +90,8 @@ def _secret_words(words: list[str], extra: frozenset[str]) -> bool:
         if word in SECRET_WORDS or word in extra:
             return True
         if word in PLURAL_WORDS and n > 0 and words[n - 1] in CREDENTIAL_WORDS:
+            return True
+        if word == "auth" and n + 1 < len(words) and words[n + 1] in AUTH_PAIRS:
             return True
     return False
 
@@ -99,7 +111,9 @@ def _secret_pair(pair: str) -> str | None:
 
     name, sep, value = pair.partition("=")
     name = unquote_plus(name)
-    if sep and value and _secret_words(_words(name), QUERY_WORDS | HEADER_WORDS):
+    if not (sep and value):
+        return None
+    if name.lower() in QUERY_NAMES or _secret_words(_words(name), QUERY_WORDS | HEADER_WORDS):
         return name
     return None
 
@@ -163,6 +177,18 @@ def hide_url(value: str) -> str:
         return "<unparseable URL hidden>"
 
 
+def secret_pair(data: Any) -> bool:
+    """Whether ``data`` is a ``[name, value]`` pair whose name is a secret key: headers
+    given as a list of pairs (``[["Authorization", "Bearer …"]]``)."""
+    return (
+        isinstance(data, list)
+        and len(data) == 2
+        and isinstance(data[0], str)
+        and is_secret_key(data[0])
+        and data[1] not in (None, "")
+    )
+
+
 def redacted(data: Any) -> Any:
     """``data`` with every secret-looking key's value and every URL's secrets hidden."""
     if isinstance(data, Mapping):
@@ -173,6 +199,8 @@ def redacted(data: Any) -> Any:
             for key, value in data.items()
         }
     if isinstance(data, list):
+        if secret_pair(data):
+            return [data[0], HIDDEN]
         return [redacted(v) for v in data]
     if isinstance(data, str) and "://" in data:
         return hide_url(data)

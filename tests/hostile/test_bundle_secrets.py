@@ -157,3 +157,67 @@ def test_export_marks_them_and_import_needs_them_again(db: str, workdir: Path) -
     assert copy["base_url"] == "https://gw.example.com/v1?key=sk-2"
     assert (copy["api_keys"], copy["cookies"]) == ("sk-3", "c-4")
     assert copy["default_headers"] == {"X-Auth": "a-5", "X-Trace": "on"}
+
+
+def test_headers_as_pairs_bearer_auth_header_and_an_azure_code_are_marked(
+    db: str, workdir: Path
+) -> None:
+    """Found by an attack on moving out: each of these was exported in clear."""
+    settings = [
+        'extra_headers=[["Authorization","Bearer LEAK1"],["X-Trace","on"]]',
+        "endpoint=https://fn.example.net/api/run?code=LEAK2&country_code=fr",
+        "bearer=LEAK3",
+        "authHeader=LEAK4",
+        "auth=none",
+    ]
+    ok("agents", "set", AGENT, *[arg for s in settings for arg in ("--setting", s)])
+    text = ok("agents", "export", AGENT).stdout
+    assert "LEAK" not in text
+    shown = ok("agents", "show", AGENT).stdout
+    assert "LEAK" not in shown
+    assert "country_code=fr" in shown and "X-Trace" in shown
+    marked = json.loads(text)["agent"]["model_settings"]
+    assert marked["extra_headers"] == [
+        ["Authorization", {"$secret": "model_settings.extra_headers.0.1"}],
+        ["X-Trace", "on"],
+    ]
+    assert marked["endpoint"] == {"$secret": "model_settings.endpoint"}
+    assert marked["bearer"] == {"$secret": "model_settings.bearer"}
+    assert marked["authHeader"] == {"$secret": "model_settings.authHeader"}
+    assert marked["auth"] == "none"
+    # Imported as a new agent, each is asked for again by its place, and stored as given.
+    bundle = json.loads(text)
+    bundle["agent"]["name"] = "copy"
+    path = workdir / "pairs.json"
+    path.write_text(json.dumps(bundle), encoding="utf-8")
+    error = assert_error(run("agents", "import", str(path)), "are secrets")
+    assert "model_settings.extra_headers.0.1" in error
+    given = ["extra_headers.0.1=Bearer new", "endpoint=https://fn.example.net/api?code=n2"]
+    given += ["bearer=n3", "authHeader=n4"]
+    ok(
+        "agents",
+        "import",
+        str(path),
+        *[a for g in given for a in ("--secret", f"model_settings.{g}")],
+    )
+    stored = stored_agent(db, "copy").model_settings
+    assert stored["extra_headers"] == [["Authorization", "Bearer new"], ["X-Trace", "on"]]
+    assert stored["bearer"] == "n3"
+
+
+def test_a_marker_with_other_keys_is_refused_not_stored_as_an_object(
+    db: str, workdir: Path
+) -> None:
+    bundle = json.loads(ok("agents", "export", AGENT).stdout)
+    bundle["agent"]["name"] = "odd"
+    bundle["agent"]["model_settings"]["api_key"] = {
+        "$secret": "model_settings.api_key",
+        "extra": 1,
+    }
+    path = workdir / "odd.json"
+    path.write_text(json.dumps(bundle), encoding="utf-8")
+    assert_error(
+        run("agents", "import", str(path)),
+        "the object at model_settings.api_key has '$secret' and also 'extra'",
+    )
+    assert stored_agent(db, "odd") is None
