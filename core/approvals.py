@@ -462,6 +462,9 @@ class AuditEntry(NewAuditEntry):
     """The id of the chat's newest message when the write was made, as the store read
     it (None outside a chat, or where the store does not keep it): a write with no
     newer message after it was not stored in the chat by its turn."""
+    chat_revision: int | None = None
+    """The revision of the chat's messages as the turn making the write started (None
+    outside a turn, or where the store does not keep it)."""
 
     def as_dict(self, *, images: bool = True) -> dict[str, Any]:
         data: dict[str, Any] = {

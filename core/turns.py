@@ -79,18 +79,15 @@ class TurnStart:
 
 def stopped_short(history: Sequence[Message]) -> Message | None:
     """The chat's newest message when its last turn may have stopped before storing a
-    write's call and result: that message, unless it is a reply that calls no tool (or
-    there is none). A turn that ends stores such a reply last; one that stopped (its
-    process killed, cut off between a write and the storing of its call) leaves the
-    human message or the last exchange it stored. The turn store then reads the chat's
-    writes made since that message (``unrecorded``), which only such a turn leaves."""
-    if not history:
+    write's call and result: that message when it is a human message or a tool's
+    result, else None. A turn that ends stores a reply last (or, stopping for the
+    user's approval, a reply calling tools); one that stopped (its process killed, cut
+    off between a write and the storing of its call) leaves the human message or the
+    last exchange it stored. The turn store then reads the chat's writes made since
+    that message (``unrecorded``), which only such a turn leaves."""
+    if not history or history[-1].role not in ("human", "tool"):
         return None
-    last = history[-1]
-    data = last.content.get("data") if isinstance(last.content, dict) else None
-    if last.role == "ai" and not (isinstance(data, dict) and data.get("tool_calls")):
-        return None
-    return last
+    return history[-1]
 
 
 holding_turn: ContextVar[TurnStart | None] = ContextVar("chatwright_holding_turn", default=None)

@@ -41,7 +41,7 @@ async def undo_turn(
     from langchain_core.messages import AIMessage
 
     from chatwright.approvals import NewAuditEntry
-    from chatwright.history import to_store
+    from chatwright.history import recovered_writes, to_store
 
     owner = await runtime.storage.sessions.chat_owner(chat_id)
     if owner is None or owner[0] != user_id:
@@ -56,6 +56,9 @@ async def undo_turn(
             # results right after their call, before the note (and their writes, when
             # made, are in the audit log for this undo to find).
             await runtime.decisions.ended(start, note)
+            # Writes of a turn that stopped before storing them: stored before the note,
+            # or a message after them would hide them from every later turn.
+            note.extend(recovered_writes(start.unrecorded))
             entries = await runtime.storage.audit.list(user_id, chat_id=chat_id, limit=UNDO_SCAN)
             undone = {e.undo_of for e in entries if e.operation == "undo" and e.outcome == "ok"}
             writes = [

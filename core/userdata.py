@@ -352,8 +352,10 @@ def crud_scopes(rows: Iterable[ToolLike], *, covered: Collection[str] = USER_TAB
 def crud_scopes_since(rows: Iterable[ToolLike], former: Iterable[ToolLike]) -> Scopes:
     """:func:`crud_scopes` of the tool ``rows``, then of ``former`` ones (deleted or
     changed since) for the tables no current row names, which a current row decides."""
+    rows = list(rows)
     now = crud_scopes(rows)
-    named = {name.casefold() for name in [*now.tables, *now.skipped]}
+    parts = (_crud_parts(r.config) for r in rows if r.type == "crud")
+    named = {found[0].casefold() for found in parts if found is not None}
     before = crud_scopes(former)
     tables = dict(now.tables)
     skipped = dict(now.skipped)

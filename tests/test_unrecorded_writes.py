@@ -306,3 +306,51 @@ async def test_a_process_killed_after_a_write_commits_leaves_it_told_to_the_next
     assert RECOVERED in result.content
     roles = [m.role for m in await stored(runtime, alice, chat)]
     assert roles == ["human", "ai", "tool", "human", "ai"], roles
+
+
+async def test_a_deleted_chat_s_write_is_not_told_in_a_chat_opened_again_with_its_id(
+    runtimes: MakeRuntime, model_inputs: list[list[Any]], users: tuple[str, str]
+) -> None:
+    """Found by a review: the audit log keeps a deleted chat's entries, and SQLite gives
+    the deleted messages' ids out again; a chat opened again with the same id (clients
+    may choose chat ids) whose first turn failed was told the deleted chat's write."""
+    from chatwright.userdata import user_data_of
+
+    alice, _ = users
+    runtime = await runtimes()
+    await setup(runtime, [call(("add_task", {"title": "secret plan"})), {"content": "Added."}])
+    chat = await open_chat(runtime, alice)
+    await runtime.chat(alice, AGENT, chat, "add secret plan")
+    await user_data_of(runtime.storage).delete_chat(alice, chat)
+    await runtime.storage.sessions.open(alice, AGENT, chat_id=chat)
+    await runtime.storage.agents.update(AGENT, model_settings={"fail": "down"})
+    with pytest.raises(ModelError):
+        await runtime.chat(alice, AGENT, chat, "hello")
+    await runtime.storage.agents.update(AGENT, model_settings={"responses": [{"content": "Hi."}]})
+    before = len(model_inputs)
+    await runtime.chat(alice, AGENT, chat, "hello again")
+    (prompt,) = model_inputs[before:]
+    assert RECOVERED not in repr(prompt) and "secret plan" not in repr(prompt)
+
+
+async def test_an_undo_stores_a_stopped_turn_s_write_before_its_note(
+    runtimes: MakeRuntime, model_inputs: list[list[Any]], users: tuple[str, str]
+) -> None:
+    """Found by a review: an undo (of an earlier turn, by its id) stored its note after the
+    chat's newest message, and the stopped turn's write was then told to no turn."""
+    alice, _ = users
+    runtime = await runtimes()
+    await setup(runtime, [call(("add_task", {"title": "milk"})), {"content": "Added."}])
+    chat = await open_chat(runtime, alice)
+    first = await runtime.chat(alice, AGENT, chat, "add milk")
+    await stopped_after_a_write(runtime, alice, chat, "bread")
+    await runtime.undo(alice, chat, turn_id=first.turn_id)
+    assert await titles(runtime, alice) == ["bread"]
+    roles = [m.role for m in await stored(runtime, alice, chat)]
+    assert roles[-4:] == ["human", "ai", "tool", "ai"], roles  # the write, then the note
+    await runtime.storage.agents.update(AGENT, model_settings={"responses": [{"content": "Ok."}]})
+    before = len(model_inputs)
+    await runtime.chat(alice, AGENT, chat, "what is on my list?")
+    (prompt,) = model_inputs[before:]
+    _, (result,) = recovered_of(prompt)
+    assert RECOVERED in result.content

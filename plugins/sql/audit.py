@@ -107,6 +107,7 @@ def audit_from_row(row: Mapping[str, Any]) -> AuditEntry:
         ),
         undo_of=row["undo_of"],
         after_message_id=row.get("after_message_id"),
+        chat_revision=row.get("chat_revision"),
     )
 
 
@@ -116,7 +117,7 @@ async def insert_audit(conn: AsyncConnection, entry: NewAuditEntry) -> AuditEntr
     An entry of a chat keeps the id of the chat's newest message as of its
     write (``after_message_id``), read by the insert itself: what a turn that
     stopped before storing the write's call is found by (``unrecorded_writes``)."""
-    values = audit_values(entry)
+    values = {**audit_values(entry), "chat_revision": _turn_revision(entry)}
     stored = (await conn.execute(_INSERT_AUDIT, {**values, "of_chat": entry.chat_id})).one()
     # What was written, with what the database gave it (reading back the whole
     # row would decode what was just encoded).
@@ -136,19 +137,34 @@ _INSERT_AUDIT = (
     .returning(schema.audit_log.c.id, schema.audit_log.c.at, schema.audit_log.c.after_message_id)
 )
 
+
+def _turn_revision(entry: NewAuditEntry) -> int | None:
+    """The revision of the chat's messages as the turn making the write started, when a
+    turn of the entry's chat holds it (``chatwright.turns.holding_turn``), else None."""
+    from chatwright.turns import holding_turn
+
+    start = holding_turn.get()
+    if start is None or entry.chat_id is None or start.chat_id != entry.chat_id:
+        return None
+    revision = getattr(start.lease, "revision", None)
+    return revision if isinstance(revision, int) else None
+
+
 UNRECORDED_MOST = 100
 """Most writes of a stopped turn that the chat's next turn tells the model about (the
 newest; each is an entry of the audit log all the same)."""
 
 
 async def unrecorded_writes(
-    conn: AsyncConnection, user_id: str, chat_id: uuid.UUID, after: int
+    conn: AsyncConnection, user_id: str, chat_id: uuid.UUID, after: int, revision: int
 ) -> builtins.list[AuditEntry]:
     """The writes of turns in the chat made while ``after`` was its newest message (as it
     is now), in the order they were made: writes whose call and result their turn did
     not store, having stopped before it could (see ``chatwright.history.recovered_writes``).
     A turn stores a write's call and result after it, so a write it stored has a newer
-    message after it.
+    message after it. The chat's messages must be as they were then (its ``revision``
+    unmoved): a deletion moves it, and on SQLite the ids of deleted messages are given
+    out again, so a deleted chat's writes are not told in one opened again with its id.
 
     An approved call's write is left out: the pending action ends it
     (``Decisions.end_interrupted``), and its result is stored with its call.
@@ -159,6 +175,7 @@ async def unrecorded_writes(
         .where(
             t.c.chat_id == chat_id,
             t.c.after_message_id == after,
+            t.c.chat_revision == revision,
             t.c.user_id == user_id,
             t.c.turn_id.is_not(None),
             t.c.pending_id.is_(None),

@@ -356,8 +356,10 @@ audit_log = sa.Table(
     # Before/after images: [{"key": {...}, "before": {...}|null, "after": {...}|null}, ...]
     sa.Column("changes", JSONValue(), nullable=False, server_default=sa.text("'[]'")),
     sa.Column("undo_of", sa.Uuid, nullable=True),
-    # The chat's newest message when the write was made (migration 0015).
+    # The chat's newest message when the write was made, and the revision of its
+    # messages as its turn started (migration 0015).
     sa.Column("after_message_id", sa.BigInteger, nullable=True),
+    sa.Column("chat_revision", sa.BigInteger, nullable=True),
     sa.Index(None, "user_id", "id"),
     sa.Index(None, "chat_id", "turn_id"),
     sa.Index(None, "chat_id", "after_message_id"),

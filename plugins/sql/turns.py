@@ -220,6 +220,9 @@ class Lease:
     agent: tuple[Any, ...] | None = None
     """The turn's agent as it started (row id, creation time, change counter): a tool
     acts only while the agent is so (see :func:`check_held`)."""
+    revision: int | None = None
+    """The revision of the chat's messages as the turn started (see :mod:`.windows`):
+    kept with its writes' audit entries (``chat_revision``)."""
 
     async def ensure_held(self, user_id: str) -> None:
         """For a tool about to act outside the database (``chatwright.turns.ensure_held``):
@@ -498,6 +501,7 @@ class SQLTurnStore(BoundStore):
                     raise UnknownAgentError(agent_name)
                 agent = await self._agent(conn, agent_name, row)
                 lease.agent = (row.id, row.created_at, row.config_version)
+                lease.revision = row.revision
                 if checked is not None and turn_id is not None:
                     # Refused: rolled back with the lease, nothing of this turn stored.
                     lease.reserved = await check_budget(
@@ -559,7 +563,9 @@ class SQLTurnStore(BoundStore):
                 # is not a reply, and stored before the new message.
                 last = stopped_short(history)
                 if last is not None:
-                    unrecorded = await unrecorded_writes(conn, user_id, chat_id, last.id)
+                    unrecorded = await unrecorded_writes(
+                        conn, user_id, chat_id, last.id, row.revision
+                    )
                     if message is not None and unrecorded:
                         # Rolled back with the lease: nothing of this turn is stored.
                         raise UnrecordedWritesError(list(unrecorded))

@@ -151,3 +151,42 @@ async def test_a_users_rows_stay_covered_after_the_tool_rows_that_scoped_them_go
     assert report.app_tables["tasks"] == 1
     left = await sql(runtime, "SELECT user_id FROM tasks")
     assert left == [{"user_id": "someone"}]
+
+
+async def test_tool_rows_removed_by_truncate_keep_the_users_rows_covered(
+    make_runtime: MakeRuntime, backend: Backend
+) -> None:
+    """Found by a review: a TRUNCATE fires no row trigger (PostgreSQL)."""
+    if backend.name != "postgresql":
+        pytest.skip("SQLite has no TRUNCATE; supabase's role may not truncate agent_tools")
+    from chatwright.userdata import user_data_of
+
+    runtime = await make_runtime()
+    await example.seed(runtime.storage, "scripted:x")
+    user = f"una-{uuid.uuid4().hex[:6]}"
+    await runtime.storage.records.insert(
+        user, "tasks", {"user_id": user, "title": "private"}, returning=["id"]
+    )
+    await sql(runtime, "TRUNCATE agent_tools CASCADE")
+    archive = await user_data_of(runtime.storage).export(user)
+    assert [r["title"] for r in archive.app_tables["tasks"]] == ["private"]
+
+
+def test_a_current_unscoped_row_decides_over_a_former_scoped_one() -> None:
+    """Found by a review: a current row naming the table without a scope (and letting the
+    model write its user_id) left the table to a former row's scope, to be erased by a
+    column the model could set."""
+    from types import SimpleNamespace
+
+    from chatwright.userdata import crud_scopes_since
+
+    unscoped = {"table": "notes", "operation": "create", "scope": {"user_column": None}}
+    current = [
+        SimpleNamespace(id=2, type="crud", config={**unscoped, "args": {"user_id": {}, "text": {}}})
+    ]
+    scoped = {"table": "notes", "operation": "create", "args": {"text": {}}}
+    former = [SimpleNamespace(id=1, type="crud", config=scoped)]
+    found = crud_scopes_since(current, former)
+    assert "notes" not in found.tables
+    # Named by no current row, the former row's scope counts.
+    assert "notes" in crud_scopes_since([], former).tables

@@ -203,3 +203,32 @@ async def test_a_tool_type_two_plugins_register_leaves_the_other_tools_working(
     reasons = {p.tool: p.reason for p in built.problems}
     assert set(reasons) == {"save", "boom", "dump"}
     assert all("registered by both plugin" in r for r in reasons.values())
+
+
+@pytest.mark.parametrize("kind", ["chatwright", "interrupt", "cancelled", "plain"])
+async def test_what_must_stop_a_run_goes_through_the_fault_catcher(kind: str) -> None:
+    from types import SimpleNamespace
+
+    from langgraph.errors import GraphInterrupt
+
+    from chatwright.errors import ChatBusyError
+    from chatwright.writes import catch_tool_faults
+
+    raised: BaseException = {
+        "chatwright": ChatBusyError("the turn lost its chat"),
+        "interrupt": GraphInterrupt(()),
+        "cancelled": asyncio.CancelledError(),
+        "plain": KeyError("x"),
+    }[kind]
+
+    async def handler(request: Any) -> Any:
+        raise raised
+
+    request = SimpleNamespace(tool_call={"name": "t", "args": {}, "id": "c1"})
+    middleware = catch_tool_faults(100)
+    if kind == "plain":
+        result = await middleware.awrap_tool_call(request, handler)
+        assert result.status == "error" and "(KeyError)" in result.content
+        return
+    with pytest.raises(type(raised)):
+        await middleware.awrap_tool_call(request, handler)

@@ -10,7 +10,8 @@ rows stayed.
 ``former_tool_rows`` keeps the type and configuration of every ``crud`` tool
 row as it was before it was deleted or its configuration changed, by
 triggers, whatever deletes or changes it (chatwright, a cascade from its
-agent, plain SQL). Export and erasure read these with the current rows. It is
+agent, plain SQL; on PostgreSQL a ``TRUNCATE`` too, which keeps every ``crud``
+row of the table first). Export and erasure read these with the current rows. It is
 the framework's, closed to the Data API roles; on PostgreSQL the trigger's
 function runs as its owner.
 
@@ -43,12 +44,26 @@ BEGIN
 END
 $$
 """
-CHANGED = "OLD.type = 'crud' AND (OLD.config IS DISTINCT FROM NEW.config OR NEW.type <> 'crud')"
+TRUNCATE_FUNCTION = "chatwright_keep_truncated_tool_rows"
+POSTGRESQL_TRUNCATE_FUNCTION = """
+CREATE FUNCTION chatwright_keep_truncated_tool_rows() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = {schema}, pg_temp AS $$
+BEGIN
+    INSERT INTO former_tool_rows (tool_id, type, config)
+    SELECT id, type, config FROM agent_tools WHERE type = 'crud' ORDER BY id;
+    RETURN NULL;
+END
+$$
+"""
+# IS NOT: SQLite's IS DISTINCT FROM is 3.39's; both say "differs, NULL included".
+CHANGED = "OLD.type = 'crud' AND (OLD.config {differs} NEW.config OR NEW.type <> 'crud')"
 POSTGRESQL_TRIGGERS = {
     "chatwright_former_tool_deleted": "AFTER DELETE ON agent_tools FOR EACH ROW "
     "WHEN (OLD.type = 'crud')",
-    "chatwright_former_tool_changed": f"AFTER UPDATE ON agent_tools FOR EACH ROW WHEN ({CHANGED})",
+    "chatwright_former_tool_changed": "AFTER UPDATE ON agent_tools FOR EACH ROW "
+    f"WHEN ({CHANGED.format(differs='IS DISTINCT FROM')})",
 }
+TRUNCATE_TRIGGER = "chatwright_former_tools_truncated"
 _SQLITE_KEEP = (
     " BEGIN INSERT INTO former_tool_rows (tool_id, type, config) "
     "VALUES (OLD.id, OLD.type, OLD.config); END"
@@ -56,7 +71,8 @@ _SQLITE_KEEP = (
 SQLITE_TRIGGERS = {
     "chatwright_former_tool_deleted": "AFTER DELETE ON agent_tools WHEN OLD.type = 'crud'"
     + _SQLITE_KEEP,
-    "chatwright_former_tool_changed": f"AFTER UPDATE ON agent_tools WHEN {CHANGED}" + _SQLITE_KEEP,
+    "chatwright_former_tool_changed": "AFTER UPDATE ON agent_tools "
+    f"WHEN {CHANGED.format(differs='IS NOT')}" + _SQLITE_KEEP,
 }
 
 
@@ -78,18 +94,25 @@ def upgrade() -> None:
     close_table(bind, TABLE)
     schema = bind.dialect.identifier_preparer.quote(bind.scalar(sa.text("SELECT current_schema()")))
     op.execute(POSTGRESQL_FUNCTION.replace("{schema}", schema))
-    # Only ever run as a trigger: no EXECUTE for anyone.
+    op.execute(POSTGRESQL_TRUNCATE_FUNCTION.replace("{schema}", schema))
+    # Only ever run as triggers: no EXECUTE for anyone.
     close_function(bind, f"{FUNCTION}()")
+    close_function(bind, f"{TRUNCATE_FUNCTION}()")
     for name, when in POSTGRESQL_TRIGGERS.items():
         op.execute(f"CREATE TRIGGER {name} {when} EXECUTE FUNCTION {FUNCTION}()")
+    op.execute(
+        f"CREATE TRIGGER {TRUNCATE_TRIGGER} BEFORE TRUNCATE ON agent_tools "
+        f"FOR EACH STATEMENT EXECUTE FUNCTION {TRUNCATE_FUNCTION}()"
+    )
 
 
 def downgrade() -> None:
     bind = op.get_bind()
     if bind.dialect.name == "postgresql":
-        for name in POSTGRESQL_TRIGGERS:
+        for name in [*POSTGRESQL_TRIGGERS, TRUNCATE_TRIGGER]:
             op.execute(f"DROP TRIGGER IF EXISTS {name} ON agent_tools")
         op.execute(f"DROP FUNCTION IF EXISTS {FUNCTION}()")
+        op.execute(f"DROP FUNCTION IF EXISTS {TRUNCATE_FUNCTION}()")
     else:
         for name in SQLITE_TRIGGERS:
             op.execute(f"DROP TRIGGER IF EXISTS {name}")
