@@ -353,15 +353,12 @@ def crud_scopes_since(rows: Iterable[ToolLike], former: Iterable[ToolLike]) -> S
     """:func:`crud_scopes` of the tool ``rows``, then of ``former`` ones (deleted or
     changed since) for the tables no current row names, which a current row decides."""
     rows = list(rows)
-    now = crud_scopes(rows)
+    now, before = crud_scopes(rows), crud_scopes(former)
     parts = (_crud_parts(r.config) for r in rows if r.type == "crud")
     named = {found[0].casefold() for found in parts if found is not None}
-    before = crud_scopes(former)
-    tables = dict(now.tables)
-    skipped = dict(now.skipped)
-    tables.update((k, v) for k, v in before.tables.items() if k.casefold() not in named)
-    skipped.update((k, v) for k, v in before.skipped.items() if k.casefold() not in named)
-    return Scopes(tables=tables, skipped=skipped)
+    tables = {k: v for k, v in before.tables.items() if k.casefold() not in named}
+    skipped = {k: v for k, v in before.skipped.items() if k.casefold() not in named}
+    return Scopes(tables={**tables, **now.tables}, skipped={**skipped, **now.skipped})
 
 
 # -- sessions kept by a separate session store -------------------------------------------
