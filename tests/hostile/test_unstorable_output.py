@@ -77,7 +77,7 @@ async def turn(
     assert answer.status_code == status, answer.text
     history = await client.get(f"/api/chats/{chat_id}/messages", headers=bearer("eve"))
     assert history.status_code == 200, history.text
-    return {"answer": answer.json(), "messages": history.json()["messages"]}
+    return {"answer": answer.json(), "messages": history.json()["messages"], "chat_id": chat_id}
 
 
 def no_unstorable(value: Any) -> None:
@@ -141,18 +141,34 @@ async def test_deeply_nested_tool_argument_keeps_the_history_readable(
     assert result["answer"]["tool_calls"][0]["args"] == args
 
 
-async def test_argument_too_deep_for_the_agent_is_a_model_error_with_the_message_kept(
+async def test_argument_too_deep_for_the_agent_is_a_tool_error_and_the_turn_goes_on(
     make_server: MakeServer,
 ) -> None:
-    # Nested ~950 deep, the agent's own machinery runs out of recursion before any
-    # tool runs: the turn is a 502, and the chat keeps the message and stays readable.
+    # Nested ~950 deep, the agent's own machinery runs out of recursion before the tool
+    # runs. It used to end the turn (502); the call now fails as its tool's failure would,
+    # and the chat keeps the call, its result and the reply, readable.
     server = await make_server()
     await example.seed(server.runtime.storage, "scripted:x")
-    script = [{"tool_calls": [{"name": "add_task", "args": {"extra": f"{NESTED}950"}}]}]
-    result = await turn(server, script, "nest it deeper", status=502)
+    script = [
+        {"tool_calls": [{"name": "add_task", "args": {"extra": f"{NESTED}950"}}]},
+        {"content": "Could not."},
+    ]
+    result = await turn(server, script, "nest it deeper")
 
-    assert "your message was kept" in result["answer"]["error"]
-    assert [m["text"] for m in result["messages"]] == ["nest it deeper"]
+    answer, messages = result["answer"], result["messages"]
+    assert answer["response"] == "Could not."
+    assert [m["role"] for m in messages] == ["human", "ai", "tool", "ai"]
+    assert messages[2]["status"] == "error"
+    assert "failed (RecursionError)" in messages[2]["text"]
+    # The chat goes on: its next turn reads the deep call back with its window.
+    client = server.client
+    await server.runtime.storage.agents.update(
+        AGENT, model_settings={"responses": [{"content": "Still here."}]}
+    )
+    body = {"agent_name": AGENT, "chat_id": result["chat_id"], "message": "and now?"}
+    again = await client.post("/api/chat", json=body, headers=bearer("eve"))
+    assert again.status_code == 200, again.text
+    assert again.json()["response"] == "Still here."
 
 
 async def test_integer_beyond_64_bits_is_a_tool_error_and_the_turn_goes_on(
