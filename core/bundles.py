@@ -61,6 +61,7 @@ import json
 import logging
 import re
 import signal
+import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -459,6 +460,11 @@ def parse(text: str | bytes, source: str) -> Any:
             f"{source}: nested deeper than {MAX_DEPTH} levels; a bundle is not that deep"
         ) from None
     except ValueError as exc:
+        if "digits" in str(exc) and not isinstance(exc, json.JSONDecodeError):
+            raise InvalidInputError(
+                f"{source} holds a whole number of more than {sys.get_int_max_str_digits()} "
+                "digits, longer than any value a bundle holds; shorten it"
+            ) from None
         raise InvalidInputError(f"{source} is not valid JSON: {exc}") from None
     except Exception as exc:  # yaml.YAMLError and its kin, without importing yaml first
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

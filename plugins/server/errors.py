@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import sys
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -133,6 +134,12 @@ def unparsed_body(exc: StarletteHTTPException) -> str | None:
         )
     if isinstance(cause, RecursionError):
         return "the request body is JSON nested too deeply to read; send a flatter body"
+    if isinstance(cause, ValueError) and "digits" in str(cause):
+        # Python's bound on the digits of an integer read from text.
+        return (
+            f"the request body holds a whole number of more than {sys.get_int_max_str_digits()} "
+            "digits, longer than any value chatwright reads; send a shorter one"
+        )
     return None
 
 

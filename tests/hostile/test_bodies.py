@@ -162,6 +162,22 @@ async def test_a_body_that_is_not_json_says_so_and_where(make_server: MakeServer
         assert why in said and f"at character {at}); send a JSON object" in said, said
 
 
+async def test_a_whole_number_of_thousands_of_digits_is_a_clear_422(
+    make_server: MakeServer,
+) -> None:
+    """Before: 400 "There was an error parsing the body"."""
+    server = await make_server()
+    session = await ready(server)
+    raw = b'{"agent_name": "x", "chat_id": "' + session["chat_id"].encode() + b'", "message": '
+    headers = {**bearer("bob"), "Content-Type": "application/json"}
+    response = await server.client.post(
+        "/api/chat", content=raw + b"1" * 5000 + b"}", headers=headers
+    )
+    assert response.status_code == 422, response.text
+    said = response.json()["error"]
+    assert "whole number of more than 4300 digits" in said and "set_int_max" not in said
+
+
 async def test_a_body_past_the_limit_is_refused_with_413(make_server: MakeServer) -> None:
     server = await make_server()
     session = await ready(server)

@@ -185,6 +185,23 @@ def test_a_json_bundle_after_a_byte_order_mark_is_read_as_json(db: str, workdir:
     assert shown["agent"]["system_prompt"] == "I am a robot \U0001f916"
 
 
+@pytest.mark.parametrize("suffix", ["json", "yaml"])
+def test_a_bundle_with_a_number_of_thousands_of_digits_is_refused_plainly(
+    db: str, workdir: Path, suffix: str
+) -> None:
+    """Before: "... use sys.set_int_max_str_digits() to increase the limit"."""
+    text = export().replace('"history_window": 50', '"history_window": ' + "9" * 5000)
+    assert "9" * 5000 in text
+    if suffix == "yaml":
+        text = yaml.safe_dump(json.loads(text.replace("9" * 5000, "1"))).replace(
+            "history_window: 1", "history_window: " + "9" * 5000
+        )
+    path = workdir / f"digits.{suffix}"
+    path.write_text(text, encoding="utf-8")
+    error = assert_error(run("agents", "import", str(path)), "more than 4300 digits")
+    assert "set_int_max" not in error
+
+
 def test_a_secret_whose_variable_is_not_utf8_is_refused_by_its_place(
     db: str, workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
