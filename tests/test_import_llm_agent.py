@@ -494,6 +494,11 @@ async def test_import_reimport_and_chats_see_it(
     assert tools["fetch_task"].type == "crud" and tools["fetch_task"].config["table"] == "tasks"
     assert not tools["list_invoices"].is_active
     assert await storage.sessions.chat_owner(uuid.UUID(CHAT)) == (ALICE, "support")
+    # The session begins at the import; when the original's began is in its metadata.
+    (session,) = [s for s in await storage.sessions.list(ALICE) if s.chat_id == uuid.UUID(CHAT)]
+    assert session.metadata["imported"] is True and session.metadata["client"] == "web"
+    began = datetime.fromisoformat(session.metadata["imported_created_at"])
+    assert began.tzinfo is not None and began < session.created_at
 
     # The offline model lists Alice's tasks through the imported tool (uuid keys and user id).
     await storage.agents.update("support", model="offline:assistant", model_settings={})

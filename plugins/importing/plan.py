@@ -789,6 +789,11 @@ async def _chat_items(
                 )
                 meta = {}
 
+            # The session is opened now; when the original's began is kept beside it.
+            began = row.get("created_at")
+            if isinstance(began, datetime):
+                meta = {**meta, "imported_created_at": began.isoformat()}
+
             async def open_chat(
                 storage: Storage,
                 u: str = user,
