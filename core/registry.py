@@ -48,6 +48,9 @@ from chatwright.load_policy import normalize_name as normalize_name
 
 log = logging.getLogger(__name__)
 
+SLOW_IMPORT = 1.0
+"""Seconds past which a plugin's import is warned of (every command waits for it)."""
+
 ENTRY_POINT_GROUP = "chatwright"
 BUNDLED_DISTRIBUTION = "chatwright"
 
@@ -314,17 +317,38 @@ class Plugins:
                 continue
             info = PluginInfo(ep.name, version, [], bundled, distribution=distribution)
             self._infos[ep.name] = info
+            start = time.perf_counter()
             try:
                 obj = ep.load()
             except Exception as exc:  # any import-time failure is the plugin's fault
                 self._fail(info, f"failed to import {ep.value}: {one_line(exc)}", exc)
                 continue
+            self._imported(info, ep.value, time.perf_counter() - start)
             self._register(obj, info)
         self._pm.check_pending()
         # A warning even when strict: a block left after its plugin was uninstalled
         # must not stop every command.
         for problem in policy_problems(self.policy, found):
             log.warning("chatwright: %s", problem)
+
+    def _imported(self, info: PluginInfo, module: str, seconds: float) -> None:
+        """Trace a plugin's import, and warn of one slow enough to slow every command
+        (each one imports every plugin first)."""
+        if self.trace:
+            sys.stderr.write(
+                f"chatwright trace: plugin {info.name!r} imported {module} in "
+                f"{seconds * 1000:.3f} ms\n"
+            )
+            sys.stderr.flush()
+        if seconds >= SLOW_IMPORT and not info.bundled:
+            log.warning(
+                "chatwright: plugin %r (%s) took %.1f s to import, which every command waits "
+                "for; its import should leave heavy work to its factories (or block it with "
+                "CHATWRIGHT_DISABLE_PLUGINS)",
+                info.name,
+                info.distribution or module,
+                seconds,
+            )
 
     def register(self, plugin: object, name: str, *, version: str | None = None) -> None:
         """Register a plugin object directly (tests, embedding applications)."""

@@ -1503,6 +1503,8 @@ import time
 import click
 from chatwright import hookimpl
 
+time.sleep(0.05)
+
 
 @hookimpl
 def register_commands(cli):
@@ -1548,6 +1550,9 @@ def test_trace_plugins_through_the_runner(dists: FakeDists, tmp_path: Path) -> N
     )
     slept = found(TRACE_LINE.format(plugin="traced", hook="startup", args="runtime=<Runtime>"))
     assert float(slept.split()[-2]) >= 20  # the duration is the hook's, in milliseconds
+    # Its import too (the source sleeps 0.05 s as it is imported).
+    imported = found(r"chatwright trace: plugin 'traced' imported traced_cw_plugin in [\d.]+ ms")
+    assert float(imported.split()[-2]) >= 50
 
     quiet = subprocess.run(
         [runner, "plugins"],
@@ -1716,3 +1721,18 @@ def test_a_command_of_a_blocked_plugin_says_why_it_is_missing(
     # With nothing blocked, click's own answer.
     monkeypatch.delenv("CHATWRIGHT_DISABLE_PLUGINS")
     assert "blocks" not in CliRunner().invoke(build_cli(), ["nosuch"]).output
+
+
+def test_a_slow_plugin_import_is_warned_of(
+    dists: FakeDists, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: a plugin taking seconds to import slowed every command, unseen."""
+    from chatwright import registry
+
+    monkeypatch.setattr(registry, "SLOW_IMPORT", 0.05)
+    dists.add("slow-cw-plugin", "slow", "slow_cw_plugin", "import time\ntime.sleep(0.06)\n")
+    caplog.set_level(logging.WARNING, logger="chatwright.registry")
+    Plugins.load(LoadPolicy())
+    (warned,) = [r.getMessage() for r in caplog.records if "to import" in r.getMessage()]
+    assert "plugin 'slow' (slow-cw-plugin) took 0.1 s to import" in warned
+    assert "CHATWRIGHT_DISABLE_PLUGINS" in warned
