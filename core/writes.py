@@ -195,6 +195,21 @@ def cut(result: Any, limit: int | None) -> Any:
     if limit is None or not isinstance(result, ToolMessage):
         return result
     text = result.content
+    if isinstance(text, list):
+        # Content blocks: their text (a block that is not text, as its JSON), cut as one.
+        import json
+
+        def piece(block: Any) -> str:
+            if isinstance(block, dict) and isinstance(block.get("text"), str):
+                return str(block["text"])
+            if isinstance(block, str):
+                return block
+            return json.dumps(block, ensure_ascii=False, default=str)
+
+        pieces = [piece(b) for b in text]
+        if sum(len(p) for p in pieces) <= limit:
+            return result
+        text = "".join(pieces)
     if not isinstance(text, str) or len(text) <= limit:
         return result
     note = f" … [cut: the result had {len(text)} characters, tools.max_result_chars is {limit}]"

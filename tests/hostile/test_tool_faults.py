@@ -58,6 +58,8 @@ class Flaky:
                 raise RuntimeError(f"cannot reach the backend ({SECRET})")
             if config.mode == "huge":
                 return "z" * 1_000_000
+            if config.mode == "blocks":
+                return [{"type": "text", "text": "y" * 100_000}]  # type: ignore[return-value]
             await asyncio.sleep(0.3)
             DONE.append(text)
             return f"wrote {text}"
@@ -96,6 +98,7 @@ async def seeded(runtime: Runtime, script: list[dict[str, Any]]) -> uuid.UUID:
     await storage.tools.add(example.AGENT, "save", type="flaky", config={"mode": "slow"})
     await storage.tools.add(example.AGENT, "boom", type="flaky", config={"mode": "raise"})
     await storage.tools.add(example.AGENT, "dump", type="flaky", config={"mode": "huge"})
+    await storage.tools.add(example.AGENT, "blocks", type="flaky", config={"mode": "blocks"})
     await storage.agents.update(
         example.AGENT, model="scripted:x", model_settings={"responses": script}
     )
@@ -158,22 +161,26 @@ async def test_a_raising_tool_over_http_is_a_reply_not_a_502(tmp_path: Path) -> 
     assert "RuntimeError" in answer.text  # the call's result names what failed
 
 
+@pytest.mark.parametrize(
+    ("tool", "start", "length"), [("dump", "zzz", 1_000_000), ("blocks", "yyy", 100_000)]
+)
 async def test_a_plugin_tools_long_result_is_cut_to_max_result_chars(
-    runtimes: MakeRuntime, model_inputs: list[list[Any]]
+    runtimes: MakeRuntime, model_inputs: list[list[Any]], tool: str, start: str, length: int
 ) -> None:
     """Before: a tool type that did not cap its results itself had a million characters
-    stored and sent to the model at every later turn of the chat."""
+    stored and sent to the model at every later turn of the chat; a result of content
+    blocks was missed by the first fix."""
     runtime = await runtimes(Plugin())
-    script = [{"tool_calls": [{"name": "dump", "args": {"text": "x"}}]}, {"content": "Long."}]
+    script = [{"tool_calls": [{"name": tool, "args": {"text": "x"}}]}, {"content": "Long."}]
     chat = await seeded(runtime, script)
     user = (await runtime.storage.sessions.chat_owner(chat))[0]  # type: ignore[index]
     await runtime.chat(user, example.AGENT, chat, "dump it")
     limit = runtime.settings.tools.max_result_chars
     (sent,) = [m for m in model_inputs[-1] if m.type == "tool"]
-    assert len(sent.content) <= limit
-    assert sent.content.startswith("zzz")
+    assert isinstance(sent.content, str) and len(sent.content) <= limit
+    assert sent.content.startswith(start)
     assert sent.content.endswith(
-        f"[cut: the result had 1000000 characters, tools.max_result_chars is {limit}]"
+        f"[cut: the result had {length} characters, tools.max_result_chars is {limit}]"
     )
     page = await runtime.storage.messages.page(user, chat, limit=20)
     (stored,) = [m for m in page if m.role == "tool"]
@@ -201,7 +208,7 @@ async def test_a_tool_type_two_plugins_register_leaves_the_other_tools_working(
     assert turn.response == "Ok." and "created" in turn.tool_calls[0].result
     built = await runtime.agent_for(user, example.AGENT)
     reasons = {p.tool: p.reason for p in built.problems}
-    assert set(reasons) == {"save", "boom", "dump"}
+    assert set(reasons) == {"save", "boom", "dump", "blocks"}
     assert all("registered by both plugin" in r for r in reasons.values())
 
 
