@@ -403,8 +403,11 @@ async def test_policies_bind_a_login_role_acting_as_authenticated(
                 "VALUES ('bob', %s, 'planted')",
                 (AGENT,),
             )
-        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
-            # Handing one's own row to bob is refused too (WITH CHECK on UPDATE).
+        with pytest.raises(
+            psycopg.errors.InsufficientPrivilege, match=r"row-level security|another user's"
+        ):
+            # Handing one's own row to bob is refused too (WITH CHECK on UPDATE, and the
+            # trigger of migration 0017 first: her chat is not his).
             await conn.execute("UPDATE chat_messages SET user_id = 'bob'")
         # Bob's rows cannot be reached to change or delete.
         for statement in (
@@ -1368,6 +1371,44 @@ async def test_a_user_jwt_cannot_take_over_another_users_chat(
             assert touched.rowcount >= 2
     assert await admin_rows(db, owners) == before
     assert ("alice", agent) in {(u, a) for c, u, a in before if c == chat}
+
+
+async def test_a_user_jwt_cannot_put_messages_into_another_users_chat(
+    stock_supabase: StockSupabase,
+) -> None:
+    """Found by an attack: bob could insert a row of his own into alice's chat and delete
+    it again, moving her chat's revision (0008's triggers), which kept her next turn from
+    being told of a write her stopped turn had made (migration 0017 refuses the row). His
+    own chats' messages he still writes."""
+    db = stock_supabase.db
+    ((chat,),) = await admin_rows(
+        db, "SELECT chat_id FROM chat_sessions WHERE user_id = 'alice' AND agent_name = %s", AGENT
+    )
+    revision = "SELECT revision FROM chat_revisions WHERE chat_id = %s"
+    before = await admin_rows(db, revision, chat)
+    content = '{"type": "human", "data": {"type": "human", "content": "x"}}'
+    async with api_roles(stock_supabase, "bob") as (_, user):
+        async with user.transaction(force_rollback=True):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                await user.execute(
+                    "INSERT INTO chat_messages (chat_id, user_id, role, content) "
+                    f"VALUES ('{chat}', 'bob', 'human', '{content}')"
+                )
+        async with user.transaction(force_rollback=True):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                await user.execute(
+                    f"UPDATE chat_messages SET chat_id = '{chat}' WHERE user_id = 'bob'"
+                )
+        # His own chat: written as before.
+        ((mine,),) = await admin_rows(
+            db, "SELECT chat_id FROM chat_sessions WHERE user_id = 'bob' LIMIT 1"
+        )
+        async with user.transaction(force_rollback=True):
+            await user.execute(
+                "INSERT INTO chat_messages (chat_id, user_id, role, content) "
+                f"VALUES ('{mine}', 'bob', 'human', '{content}')"
+            )
+    assert await admin_rows(db, revision, chat) == before
 
 
 async def test_a_user_jwt_can_neither_read_nor_write_the_usage_tables(

@@ -255,16 +255,25 @@ def prompt_statement(
     ]
     stmt = sa.union_all(*named).order_by("part", sa.desc("rank"), "n")
     if human:
-        stmt = stmt.add_cte(_human_message())
+        stmt = stmt.add_cte(_human_message(check_owner))
     return stmt
 
 
-def _human_message() -> sa.CTE:
-    """Storing the turn's human message when ``taken`` (a data-modifying CTE, PostgreSQL)."""
+def _human_message(check_owner: bool) -> sa.CTE:
+    """Storing the turn's human message when ``taken`` (a data-modifying CTE, PostgreSQL).
+
+    With ``check_owner``, only when the chat has a session of the user: otherwise the
+    turn is refused as not the user's chat, and a message of theirs in another's chat
+    would be refused under row-level security (migration 0017), failing the statement
+    instead. (A session of the user's is what their role sees there.) Without it the
+    sessions live elsewhere (a session store), which checked the chat's owner."""
     columns = ("chat_id", "user_id", "role", "content", "created_at")
-    values = sa.select(*(sa.bindparam(name, type_=_m.c[name].type) for name in columns)).where(
-        sa.bindparam("taken", type_=sa.Boolean)
-    )
+    params = {name: sa.bindparam(name, type_=_m.c[name].type) for name in columns}
+    values = sa.select(*params.values()).where(sa.bindparam("taken", type_=sa.Boolean))
+    if check_owner:
+        s = schema.chat_sessions
+        chat, user = params["chat_id"], params["user_id"]
+        values = values.where(sa.exists().where(s.c.chat_id == chat, s.c.user_id == user))
     return _m.insert().from_select(columns, values).cte("human")
 
 
