@@ -102,15 +102,20 @@ def _new_commands(cli: Any, before: Mapping[str, Any]) -> list[str]:
     return [name for name in cli.commands if name not in before]
 
 
-def _command_tree(group: Any, path: str = "") -> dict[str, tuple[Any, dict[str, Any]]]:
+def _command_tree(
+    group: Any, path: str = "", seen: set[int] | None = None
+) -> dict[str, tuple[Any, dict[str, Any]]]:
     """Every group under ``group`` (itself included) by its words after ``chatwright``,
-    with a copy of its commands, so that a change to any of them can be seen and undone."""
+    with a copy of its commands, so that a change to any of them can be seen and undone.
+    A group met again (one added inside itself) is walked once."""
     commands = getattr(group, "commands", None)
-    if not isinstance(commands, dict):
+    seen = set() if seen is None else seen
+    if not isinstance(commands, dict) or id(group) in seen:
         return {}
+    seen.add(id(group))
     tree = {path: (group, dict(commands))}
     for name, command in commands.items():
-        tree.update(_command_tree(command, f"{path} {name}".strip()))
+        tree.update(_command_tree(command, f"{path} {name}".strip(), seen))
     return tree
 
 
@@ -147,7 +152,7 @@ def _check_tool_type(name: str, value: Any) -> None:
         )
     build = value.build
     if not (
-        inspect.iscoroutinefunction(build)
+        inspect.iscoroutinefunction(inspect.unwrap(build))
         or inspect.iscoroutinefunction(getattr(build, "__call__", None))  # noqa: B004
     ):
         raise PluginError(
@@ -155,8 +160,8 @@ def _check_tool_type(name: str, value: Any) -> None:
             f"config, context)); {type(value).__name__}.build is not"
         )
     model = inspect.getattr_static(value, "config_model")
-    if isinstance(model, property):
-        return  # read when a row is validated
+    if not isinstance(model, type) and hasattr(type(model), "__get__"):
+        return  # a property or other descriptor: read when a row is validated
     from pydantic import BaseModel
 
     if not (isinstance(model, type) and issubclass(model, BaseModel)):
@@ -166,8 +171,9 @@ def _check_tool_type(name: str, value: Any) -> None:
 
 
 def _check_defaults(section: str, model: Any) -> None:
-    """Refuse a settings model whose defaults cannot be made: every settings load
-    makes them, so such a model would break every command, not only the plugin's."""
+    """Refuse a settings model whose defaults cannot be made, as docs/plugins.md asks of
+    every key: a settings load makes them whenever the section is not given (as on a
+    fresh machine), and then every command would fail, not only the plugin's."""
     required = [name for name, field in model.model_fields.items() if field.is_required()]
     if required:
         keys = ", ".join(f"{section}.{name}" for name in required)
@@ -552,39 +558,36 @@ class Plugins:
             if check_value is not None:
                 check_value(name, value)
 
+        # Every registration first, then a choice per name, whatever order the plugins
+        # were called in: chatwright's own name stays its own (the others' are ignored);
+        # a name two other plugins register is neither's, and only what uses it fails.
+        by_name: dict[str, list[Registration]] = {}
+        for _, mine in self._registrations(hook_name, check):
+            for name, reg in mine.items():
+                by_name.setdefault(name, []).append(reg)
         found: dict[str, Registration] = {}
         clashes: dict[str, str] = {}
-        for plugin_name, mine in self._registrations(hook_name, check):
-            for name, reg in mine.items():
-                known = found.get(name)
-                if name in clashes:
-                    continue
-                if known is None:
-                    found[name] = reg
-                    continue
-                if self._ours(known.plugin) or self._ours(plugin_name):
-                    # chatwright's own name stays its own: the plugin's is ignored.
-                    own, other = (known, plugin_name)
-                    if self._ours(plugin_name):
-                        own, other = (reg, known.plugin)
-                    found[name] = own
+        for name, regs in by_name.items():
+            ours = [r for r in regs if self._ours(r.plugin)]
+            chosen = ours[0] if ours else regs[0] if len(regs) == 1 else None
+            if chosen is not None:
+                found[name] = chosen
+                for other in (r for r in regs if r is not chosen):
                     log.warning(
                         "chatwright: plugin %r registers the %s %r, which chatwright's "
                         "plugin %r registers; the plugin's is ignored",
-                        other,
+                        other.plugin,
                         kind,
                         name,
-                        own.plugin,
+                        chosen.plugin,
                     )
-                    continue
-                # Two plugins: neither is chosen, and only what uses the name fails.
-                del found[name]
-                clashes[name] = (
-                    f"{kind} {name!r} is registered by both plugin {known.plugin!r} "
-                    f"and plugin {plugin_name!r}; disable one of them with "
-                    "CHATWRIGHT_DISABLE_PLUGINS"
-                )
-                log.warning("chatwright: %s; neither is used", clashes[name])
+                continue
+            plugins = " and ".join(f"plugin {r.plugin!r}" for r in regs)
+            clashes[name] = (
+                f"{kind} {name!r} is registered by both {plugins}; disable one of them "
+                "with CHATWRIGHT_DISABLE_PLUGINS"
+            )
+            log.warning("chatwright: %s; neither is used", clashes[name])
         self._collected[hook_name] = found
         self._clashes[hook_name] = clashes
         return found

@@ -393,3 +393,100 @@ def test_a_collection_hook_that_returns_something_is_warned_of_once(
         "collection hook declares each thing by calling register(name, value) and returns "
         "nothing"
     ]
+
+
+# -- found by a review of the above ---------------------------------------------------
+
+
+def _logged(function: Callable[..., Any]) -> Callable[..., Any]:
+    """A plain (not async) decorator, as a logging or timing one is."""
+    import functools
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return function(*args, **kwargs)
+
+    return wrapper
+
+
+class LazyCached:
+    import functools as _functools
+
+    @_functools.cached_property
+    def config_model(self) -> type:
+        return _config_model()
+
+    @_logged
+    async def build(self, row: Any, config: Any, context: Any) -> Any:
+        return None
+
+
+def test_a_lazy_or_decorated_tool_type_is_accepted() -> None:
+    """A ``config_model`` as a cached property, a ``build`` under a plain decorator: both
+    work at run time, and were refused."""
+    plugins = with_plugin(tool_types(LazyCached()))
+    assert "t" in plugins.collect("register_tool_types")
+    assert all(i.error is None for i in plugins.infos())
+
+
+class CrudAgain:
+    @hookimpl(trylast=True)
+    def register_tool_types(self, register: Register) -> None:
+        register("crud", object.__new__(NoneBuild))
+
+
+def test_chatwrights_own_name_stays_its_own_whatever_order_the_plugins_register_in(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Two plugins registering ``crud`` before the bundled one is reached were a clash,
+    and the bundled registration was then dropped."""
+    plugins = Plugins(LoadPolicy())
+    plugins.register(CrudAgain(), "first")
+    plugins.register(CrudAgain(), "second")
+    plugins.load_entry_points()
+    assert plugins.get("register_tool_types", "crud").plugin == "crud"
+    said = warnings(caplog)
+    assert any("plugin 'first' registers the tool type 'crud'" in w for w in said)
+    assert any("plugin 'second' registers the tool type 'crud'" in w for w in said)
+
+
+class HiddenAndOdd:
+    @hookimpl
+    def register_settings(self, register: Register) -> None:
+        from pydantic import BaseModel, Field
+
+        class Odd(BaseModel):
+            raw: bytes = b"\xff"
+
+        class Hidden(BaseModel):
+            shown: str = "yes"
+            internal: str = Field("do-not-show-me", exclude=True)
+
+        register("odd", Odd)
+        register("hidden", Hidden)
+
+
+def test_config_show_keeps_excluded_keys_out_whatever_another_section_holds() -> None:
+    plugins = with_plugin(HiddenAndOdd())
+    result = invoke(plugins, "config", "show")
+    assert result.exit_code == 0, result.output
+    assert 'shown = "yes"' in result.stdout
+    assert "do-not-show-me" not in result.stdout
+
+
+class LoopedGroup:
+    @hookimpl
+    def register_commands(self, cli: click.Group) -> None:
+        @cli.group("loop")
+        def loop() -> None:
+            """A group inside itself."""
+
+        loop.add_command(loop, "again")
+
+
+def test_a_group_added_inside_itself_does_not_break_the_command_line() -> None:
+    plugins = with_plugin(LoopedGroup())
+    plugins.register(SubcommandThief(), "thief")
+    result = invoke(plugins, "--help")
+    assert result.exit_code == 0, result.output
+    assert "loop" in result.stdout

@@ -36,7 +36,8 @@ def _plain(value: Any) -> Any:
         except UnicodeDecodeError:
             return repr(value)
     if isinstance(value, BaseModel):
-        value = {name: getattr(value, name) for name in type(value).model_fields}
+        fields = type(value).model_fields
+        value = {name: getattr(value, name) for name, f in fields.items() if not f.exclude}
     if isinstance(value, Mapping):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
