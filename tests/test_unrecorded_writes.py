@@ -90,6 +90,15 @@ async def stopped_after_a_write(runtime: Runtime, user: str, chat: uuid.UUID, ti
         await runtime.turns.finish(start, [], touch=False)
 
 
+async def a_failed_turn(runtime: Runtime, user: str, chat: uuid.UUID, *, then: str) -> None:
+    """A turn whose model fails (its human message is the chat's newest, so the next turn
+    looks for lost writes); then the model answers ``then``."""
+    await runtime.storage.agents.update(AGENT, model_settings={"fail": "down"})
+    with pytest.raises(ModelError):
+        await runtime.chat(user, AGENT, chat, "hello")
+    await runtime.storage.agents.update(AGENT, model_settings={"responses": [{"content": then}]})
+
+
 def is_recovered(call: dict[str, Any]) -> bool:
     return str(call["id"]).startswith("audit-")
 
@@ -209,10 +218,7 @@ async def test_another_chat_s_lost_write_is_not_told(
     theirs = await open_chat(runtime, bob)
     await stopped_after_a_write(runtime, bob, theirs, "bob's secret task")
     mine = await open_chat(runtime, alice)
-    await runtime.storage.agents.update(AGENT, model_settings={"fail": "down"})
-    with pytest.raises(ModelError):
-        await runtime.chat(alice, AGENT, mine, "hello")
-    await runtime.storage.agents.update(AGENT, model_settings={"responses": [{"content": "Hi."}]})
+    await a_failed_turn(runtime, alice, mine, then="Hi.")
     before = len(model_inputs)
     await runtime.chat(alice, AGENT, mine, "hello again")
     (prompt,) = model_inputs[before:]
@@ -323,10 +329,7 @@ async def test_a_deleted_chat_s_write_is_not_told_in_a_chat_opened_again_with_it
     await runtime.chat(alice, AGENT, chat, "add secret plan")
     await user_data_of(runtime.storage).delete_chat(alice, chat)
     await runtime.storage.sessions.open(alice, AGENT, chat_id=chat)
-    await runtime.storage.agents.update(AGENT, model_settings={"fail": "down"})
-    with pytest.raises(ModelError):
-        await runtime.chat(alice, AGENT, chat, "hello")
-    await runtime.storage.agents.update(AGENT, model_settings={"responses": [{"content": "Hi."}]})
+    await a_failed_turn(runtime, alice, chat, then="Hi.")
     before = len(model_inputs)
     await runtime.chat(alice, AGENT, chat, "hello again")
     (prompt,) = model_inputs[before:]
