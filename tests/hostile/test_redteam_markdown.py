@@ -106,6 +106,10 @@ async def test_links_to_anything_but_http_stay_text(page: Any) -> None:
         " _a" * 60_000,
         "- " + " " * 200_000 + "x",
         "```" + " " * 200_000 + "x",
+        # Not a fence (no word after the spaces): the fence's pattern must fail fast too.
+        "```" + " " * 200_000 + "!",
+        "~~~" + " " * 200_000 + "!",
+        "  ```" + " " * 200_000 + "x y",
     ],
     ids=[
         "brackets",
@@ -118,6 +122,9 @@ async def test_links_to_anything_but_http_stay_text(page: Any) -> None:
         "underscores",
         "padded item",
         "padded fence",
+        "padded fence ending otherwise",
+        "padded tilde fence ending otherwise",
+        "padded fence of two words",
     ],
 )
 async def test_long_lines_render_in_linear_time(page: Any, line: str) -> None:
@@ -139,3 +146,22 @@ async def test_headings_keep_their_text_and_drop_closing_hashes(page: Any) -> No
         out = await page.evaluate(RENDER, markdown)
         assert out["tags"][0].startswith("h"), markdown
         assert out["text"] == heading, markdown
+
+
+async def test_fences_keep_their_language_and_a_line_that_is_not_one_stays_text(
+    page: Any,
+) -> None:
+    found = await page.evaluate(
+        """(text) => {
+          const box = document.createElement("div");
+          box.appendChild(renderMarkdown(text));
+          const code = box.querySelector("pre > code");
+          return code ? [code.dataset.language ?? null, code.textContent] : null;
+        }""",
+        "say\n  ```python  \nprint(1)\n```\nafter",
+    )
+    assert found == ["python", "print(1)"]
+    for text in ["``` two words", "```!", "~~~ a b"]:
+        out = await page.evaluate(RENDER, text)
+        assert "pre" not in out["tags"], text
+        assert out["text"] == text, text
