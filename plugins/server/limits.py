@@ -52,6 +52,16 @@ def bundle_limit() -> int:
     return MAX_BYTES + ENVELOPE_BYTES
 
 
+def app_path(scope: Scope) -> str:
+    """The request's path within the app: without the root path it is served under
+    (``uvicorn --root-path /chat`` puts the prefix into the scope's path)."""
+    path = str(scope.get("path", ""))
+    root = str(scope.get("root_path", "")).rstrip("/")
+    if root and path.startswith(root + "/"):
+        path = path[len(root) :]
+    return path
+
+
 class BodyLimit:
     """Answer 413 as soon as a request body passes ``limit`` bytes, declared or not
     (:func:`bundle_limit` for a bundle's import, when that is more)."""
@@ -65,7 +75,7 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        bundle = scope.get("path") == BUNDLE_PATH
+        bundle = app_path(scope) == BUNDLE_PATH
         limit = self.bundles if bundle else self.limit
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit() and int(value) > limit:

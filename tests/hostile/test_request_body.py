@@ -15,6 +15,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+import httpx
+
+from chatwright.plugins.example import assistant as example
 from chatwright.plugins.server.app import create_app
 from chatwright.plugins.server.limits import body_limit
 from tests.harness import uvicorn_serving
@@ -132,3 +135,23 @@ async def test_a_declared_length_past_the_bound_is_refused_before_reading(tmp_pa
 
     assert status == 413
     assert app.read == 0
+
+
+async def test_a_bundle_imports_whole_under_a_root_path(tmp_path: Path) -> None:
+    """docs/http.md: an import's body may be as large as a bundle (4 MiB). Under
+    ``uvicorn --root-path`` the scope's path holds the prefix, and the import was bound
+    like a message (413 past some 208 KB)."""
+    app = create_app(settings_for(tmp_path))
+    async with uvicorn_serving(app, "127.0.0.1", root_path="/chat") as port:
+        await example.seed(app.state.runtime.storage, "offline:assistant")
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            exported = await client.get("/api/agents/assistant/export?format=json")
+            assert exported.status_code == 200, exported.text
+            bundle = json.loads(exported.text)
+            bundle["agent"]["system_prompt"] = "Be brief. " * 40_000  # 400 KB
+            sent = await client.post("/api/agents/import", json={"bundle": bundle, "dry_run": True})
+            assert sent.status_code == 200, sent.text[:300]
+            # A message is still bound as one, under the root path too.
+            chat = {"agent_name": "assistant", "message": "x" * 400_000}
+            refused = await client.post("/api/chat", json=chat)
+            assert refused.status_code == 413, refused.text[:300]
