@@ -84,6 +84,14 @@ class OpenSession(_Body):
         return self
 
 
+def _same_id(a: Any, b: Any) -> bool:
+    """Whether two spellings name the same chat (a UUID's case and hyphens may differ)."""
+    try:
+        return uuid.UUID(str(a)) == uuid.UUID(str(b))
+    except ValueError:
+        return bool(a == b)
+
+
 def _chat_request_schema(schema: dict[str, Any]) -> None:
     # The field is read under either name; show both, the older one as deprecated.
     schema["properties"]["session_id"] = {
@@ -112,7 +120,7 @@ class ChatRequest(_Body):
     @classmethod
     def _one_name(cls, data: Any) -> Any:
         if isinstance(data, dict) and "chat_id" in data and "session_id" in data:
-            if data["chat_id"] != data["session_id"]:
+            if not _same_id(data["chat_id"], data["session_id"]):
                 raise ValueError("send chat_id or session_id (its older name), not both")
             data = {k: v for k, v in data.items() if k != "session_id"}
         return data

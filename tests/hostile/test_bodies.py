@@ -186,6 +186,30 @@ async def test_a_body_past_the_limit_is_refused_with_413(make_server: MakeServer
     assert_error_body(response, 413)
 
 
+async def test_one_chat_id_under_both_names_may_be_spelled_two_ways(
+    make_server: MakeServer,
+) -> None:
+    """docs/http.md: the same value in ``chat_id`` and ``session_id`` is fine, whatever its
+    spelling (case, hyphens); two different chats are refused."""
+    server = await make_server()
+    session = await ready(server)
+    chat = session["chat_id"]
+    turn = {"agent_name": AGENT, "chat_id": chat, "message": "hi"}
+    for same in (chat.upper(), chat.replace("-", "")):
+        response = await server.client.post(
+            "/api/chat", json={**turn, "session_id": same}, headers=bearer("bob")
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["session_id"] == chat
+    other = "00000000-0000-4000-8000-000000000000"
+    for wrong in (other, "not-a-uuid", 12):
+        response = await server.client.post(
+            "/api/chat", json={**turn, "session_id": wrong}, headers=bearer("bob")
+        )
+        assert_error_body(response, 422)
+        assert "not both" in response.json()["error"], response.text
+
+
 # A chunked body past the limit: tests/hostile/test_request_body.py, on raw sockets
 # (the server answers 413 and closes while an HTTP client would still be writing).
 
