@@ -10,7 +10,13 @@ app was created (``chatwright serve``, or ``uvicorn --factory`` with any
 - the ``Host`` header: only ``localhost``, ``127.0.0.1`` and ``[::1]`` (any
   port) and the names of ``server.allowed_hosts`` are served, so that a web
   page on a DNS-rebound name (``attacker.example`` resolving to 127.0.0.1)
-  cannot read the local user's chats from the browser.
+  cannot read the local user's chats from the browser;
+- the ``Origin`` header, which browsers send with every request that may change
+  something: when there is one, it must name one of those hosts too (any port),
+  so that a page on another site the local user visits cannot make the server
+  act for them (a form or a ``fetch`` that needs no preflight still reaches a
+  server, though its answer cannot be read). ``Origin: null`` (a sandboxed
+  frame, a local file) is refused. Programs send no ``Origin``, and are served.
 
 :class:`LocalOnly` is a pure ASGI middleware that applies both before any
 route runs; it is installed in local mode only.
@@ -42,6 +48,17 @@ def host_name(header: str) -> str:
     if header.startswith("["):
         return header[: header.find("]") + 1] if "]" in header else header
     return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+def origin_name(origin: str) -> str:
+    """The host name in an ``Origin`` header, as :func:`host_name` gives it, or "" for
+    one with none (``null``): ``http://[::1]:8000`` -> ``[::1]``."""
+    from urllib.parse import urlsplit
+
+    try:
+        return host_name(urlsplit(origin.strip()).netloc)
+    except ValueError:
+        return ""
 
 
 def listening_addresses() -> list[str]:
@@ -79,7 +96,8 @@ def listening_addresses() -> list[str]:
 
 
 class LocalOnly:
-    """Refuse (403) requests that local mode must not serve: a public bind or a foreign Host."""
+    """Refuse (403) requests that local mode must not serve: a public bind, a foreign Host
+    or a foreign Origin."""
 
     def __init__(self, app: ASGIApp, allowed_hosts: Iterable[str] = ()) -> None:
         self.app = app
@@ -116,6 +134,13 @@ class LocalOnly:
             return (
                 f"refusing Host {host!r}: with server.auth = 'local' only localhost, 127.0.0.1 "
                 "and [::1] are served; add the name to server.allowed_hosts if it is yours"
+            )
+        origin = headers.get(b"origin")
+        if origin is not None and origin_name(origin.decode("latin-1")) not in self.allowed:
+            return (
+                f"refusing a request from the web page at {origin.decode('latin-1')!r}: with "
+                "server.auth = 'local' only pages of localhost, 127.0.0.1 and [::1] may call "
+                "this server; add the name to server.allowed_hosts if the page is yours"
             )
         return None
 

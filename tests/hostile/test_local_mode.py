@@ -87,3 +87,45 @@ async def test_jwt_mode_on_0_0_0_0_is_served_with_a_token_required(
     monkeypatch.setenv("CHATWRIGHT_SERVER__JWT_SECRET", "x" * 32)
     async with uvicorn_serving(FACTORY, "0.0.0.0", factory=True) as port:
         assert (await get(port, "/api/sessions", "attacker.example")).status_code == 401
+
+
+async def test_a_page_of_another_site_cannot_make_the_local_server_act(tmp_path: Path) -> None:
+    """A page the local user visits can send a form or a fetch that needs no preflight to
+    127.0.0.1: its answer cannot be read, but what it asks would be done. Browsers name
+    the page's origin; local mode serves only its own hosts' pages (and programs, which
+    send no Origin)."""
+    settings = settings_for(tmp_path, server={"allowed_hosts": ["chat.home.arpa"]})
+    async with serving(settings) as served:
+        port = served.port
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+
+            async def open_from(origin: str | None) -> httpx.Response:
+                headers = {"Origin": origin} if origin is not None else {}
+                return await client.post(
+                    "/api/sessions", json={"agent_name": "assistant"}, headers=headers
+                )
+
+            for origin in (
+                "https://attacker.example",
+                f"http://attacker.example:{port}",
+                "http://127.0.0.1.attacker.example",
+                "null",
+                "",
+                "http://[::1",
+            ):
+                refused = await open_from(origin)
+                assert refused.status_code == 403, (origin, refused.text)
+                assert "refusing a request from the web page at" in refused.json()["error"]
+            listed = await client.get("/api/sessions")
+            assert listed.status_code == 200 and listed.json() == [], listed.text
+            for origin in (
+                None,
+                f"http://127.0.0.1:{port}",
+                "http://localhost:3000",
+                "http://[::1]:8000",
+                "https://chat.home.arpa",
+            ):
+                opened = await open_from(origin)
+                assert opened.status_code == 200, (origin, opened.text)
+            listed = await client.get("/api/sessions")
+            assert len(listed.json()) == 5, listed.text
