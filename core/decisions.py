@@ -199,7 +199,9 @@ class Decisions:
         if action is None:
             raise NotFoundError(f"no pending action {action_id} for this user")
         turns = self.runtime.turns
-        async with self.runtime.queued(user_id, action.chat_id):
+        from chatwright.runtime import STOPPED_BEFORE_DECISION
+
+        async with self.runtime.queued(user_id, action.chat_id, STOPPED_BEFORE_DECISION):
             # Deciding the chat's last pending action resumes the model: it is checked
             # against the user's budgets and holds a reservation under its turn, as a new
             # turn does (for the approved call and the turn after it). Deciding another
@@ -215,14 +217,16 @@ class Decisions:
                 a.id == action_id or a.expired(now) for a in waiting
             )
             try:
-                start = await turns.begin(
-                    user_id,
-                    action.agent_name,
-                    action.chat_id,
-                    None,
-                    turn_id=action.turn_id if resumes else None,
-                    budget=self.runtime.budget_limits(spans=2) if resumes else None,
-                )
+                # Beginning waits while another process's turn holds the chat.
+                async with self.runtime.until_stopped(STOPPED_BEFORE_DECISION):
+                    start = await turns.begin(
+                        user_id,
+                        action.agent_name,
+                        action.chat_id,
+                        None,
+                        turn_id=action.turn_id if resumes else None,
+                        budget=self.runtime.budget_limits(spans=2) if resumes else None,
+                    )
             except NotFoundError:
                 # The chat went (deleted, its user erased) while this waited for it: the
                 # action went with it, and "open a session first" would bring back neither.

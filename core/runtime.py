@@ -106,6 +106,19 @@ log = logging.getLogger(__name__)
 # Seconds closing waits for a stopped turn to store what it made.
 STOP_WAIT = 10.0
 
+# What a request that waited for its chat is answered when the server stops meanwhile
+# (Runtime.until_stopped): it was not started, and is not started later.
+STOPPED_BEFORE_REQUEST = (
+    "the server stopped before this request started; nothing was done, try again"
+)
+STOPPED_BEFORE_TURN = (
+    "the server stopped before this turn started, and your message was not kept; send it again"
+)
+STOPPED_BEFORE_DECISION = (
+    "the server stopped before this decision was made; the action still waits, decide it again"
+)
+STOPPED_BEFORE_UNDO = "the server stopped before the undo started; nothing was undone, try again"
+
 SUMMARY_HEADING = "\n\nSummary of the earlier conversation:\n"
 STORED_LOOK_BACK = 8
 """Messages read past a tool exchange's length when looking for it after its storing
@@ -301,7 +314,7 @@ class Runtime:
         return self._stopping
 
     @asynccontextmanager
-    async def bounded(self, seconds: float) -> AsyncIterator[asyncio.Timeout]:
+    async def bounded(self, seconds: float | None) -> AsyncIterator[asyncio.Timeout]:
         """A time limit on work done for a turn outside the turn's own run (an approved
         call): :meth:`stop_turns` ends it like a running turn's."""
         task = asyncio.current_task()
@@ -316,6 +329,23 @@ class Runtime:
             finally:
                 if task is not None:
                     self._running.pop(task, None)
+
+    @asynccontextmanager
+    async def until_stopped(self, refusal: str) -> AsyncIterator[None]:
+        """A wait before a turn, a decision or an undo starts (for its chat, which another
+        one holds, in this process or another) that :meth:`stop_turns` ends as it ends
+        running turns: a stopping server neither waits past its shutdown deadline nor
+        starts the work after it. Ended so, :class:`~chatwright.errors.TurnTimeoutError`
+        with ``refusal`` (what was not done, and what to do)."""
+        if self._stopping:
+            raise TurnTimeoutError(refusal)  # whether or not it would have had to wait
+        try:
+            async with self.bounded(None) as scope:
+                yield
+        except TimeoutError:
+            if scope.expired() and self._stopping:
+                raise TurnTimeoutError(refusal) from None
+            raise
 
     async def close(self) -> None:
         if self._storage is None:
@@ -477,7 +507,9 @@ class Runtime:
         return lock
 
     @asynccontextmanager
-    async def queued(self, user_id: str, chat_id: uuid.UUID) -> AsyncIterator[None]:
+    async def queued(
+        self, user_id: str, chat_id: uuid.UUID, stopped: str = STOPPED_BEFORE_REQUEST
+    ) -> AsyncIterator[None]:
         """The chat's :meth:`turn_lock` held for a block, waited for at most as long as a
         turn waits for another process's turn of the chat (the storage's ``turn_wait``,
         when it has one): past it, :class:`~chatwright.errors.ChatBusyError` (409), and
@@ -488,7 +520,7 @@ class Runtime:
         if not isinstance(wait, int | float) or isinstance(wait, bool) or wait <= 0:
             wait = None
         try:
-            async with asyncio.timeout(wait):
+            async with self.until_stopped(stopped), asyncio.timeout(wait):
                 await lock.acquire()
         except TimeoutError:
             raise ChatBusyError(
@@ -534,10 +566,12 @@ class Runtime:
 
         turn_id = uuid.uuid4()
         budget = self.budget_limits()
-        async with self.queued(user_id, chat_id):
+        async with self.queued(user_id, chat_id, STOPPED_BEFORE_TURN):
             human, data = storable_with_data(HumanMessage(content=message))
             new = NewMessage(role=human.type, content=data)
-            start = await self._begin(user_id, agent_name, chat_id, new, turn_id, budget)
+            # Beginning waits while another process's turn holds the chat.
+            async with self.until_stopped(STOPPED_BEFORE_TURN):
+                start = await self._begin(user_id, agent_name, chat_id, new, turn_id, budget)
             return await self.run_turn(start, turn_id, [human], [], on_message, on_token)
 
     async def _begin(

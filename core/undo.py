@@ -42,14 +42,17 @@ async def undo_turn(
 
     from chatwright.approvals import NewAuditEntry
     from chatwright.history import recovered_writes, to_store
+    from chatwright.runtime import STOPPED_BEFORE_UNDO
 
     owner = await runtime.storage.sessions.chat_owner(chat_id)
     if owner is None or owner[0] != user_id:
         raise NotFoundError(f"no chat {chat_id} for this user")
     agent_name = owner[1]
     turns = runtime.turns
-    async with runtime.queued(user_id, chat_id):
-        start = await turns.begin(user_id, agent_name, chat_id, None)
+    async with runtime.queued(user_id, chat_id, STOPPED_BEFORE_UNDO):
+        # Beginning waits while another process's turn holds the chat.
+        async with runtime.until_stopped(STOPPED_BEFORE_UNDO):
+            start = await turns.begin(user_id, agent_name, chat_id, None)
         note: list[BaseMessage] = []
         try:
             # Approved calls whose process stopped while they ran: ended first, their

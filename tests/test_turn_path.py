@@ -757,6 +757,42 @@ async def test_a_crashed_turns_lease_is_taken_over_once_it_expires(make: Make) -
     assert await leases(runtime) == []
 
 
+async def test_a_stopping_server_does_not_wait_for_a_chat_past_its_deadline(make: Make) -> None:
+    """Attack: a request waiting for its chat (held by another process's turn, for up to
+    ``turn_wait``, or by a turn of its own process) went on waiting after the shutdown
+    began, past the server's deadline, and started its turn, keeping its message, once
+    the chat was free. Now the shutdown ends the wait as it ends running turns, and
+    nothing of the request is kept."""
+    from chatwright.runtime import STOPPED_BEFORE_TURN, STOPPED_BEFORE_UNDO
+
+    runtime, _ = await make(turn_lease=60, turn_wait=60)
+    await runtime.storage.agents.create(ECHO, system_prompt=PROMPT, model="echo:x")
+    chat_id = await chat_of(runtime, USER)
+    await held_by(runtime, chat_id, "another process", seconds=60)
+    waiting = asyncio.create_task(runtime.chat(USER, ECHO, chat_id, "waits for the lease"))
+    await asyncio.sleep(0.3)
+    queued = asyncio.create_task(runtime.chat(USER, ECHO, chat_id, "waits in this process"))
+    undoing = asyncio.create_task(runtime.undo(USER, chat_id))
+    await asyncio.sleep(0.5)
+    assert not (waiting.done() or queued.done() or undoing.done())
+    started = asyncio.get_running_loop().time()
+    runtime.stop_turns()
+    for task, said in (
+        (waiting, STOPPED_BEFORE_TURN),
+        (queued, STOPPED_BEFORE_TURN),
+        (undoing, STOPPED_BEFORE_UNDO),
+    ):
+        with pytest.raises(TurnTimeoutError) as stopped:
+            await asyncio.wait_for(task, 10)
+        assert str(stopped.value) == said
+        assert stopped.value.http_status == 504
+    assert asyncio.get_running_loop().time() - started < 5
+    assert await runtime.storage.messages.page(USER, chat_id, limit=10) == []
+    # A request that comes once the server is stopping is not started either.
+    with pytest.raises(TurnTimeoutError, match="your message was not kept"):
+        await runtime.chat("someone else", ECHO, await chat_of(runtime, "someone else"), "late")
+
+
 @pytest.mark.parametrize("sql_url", ["postgresql"], indirect=True)
 async def test_a_turn_cancelled_while_it_waits_for_the_lease_leaves_nothing_running(
     make: Make, monkeypatch: pytest.MonkeyPatch
