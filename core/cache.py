@@ -47,6 +47,9 @@ class CacheEntry:
     value: Any
     built_at: float
     last_used: float
+    started: int = 0
+    """The order in which its build started: a build that started earlier, of another
+    version, finishing later, does not replace it."""
 
 
 class EvictionPolicy(Protocol):
@@ -138,6 +141,7 @@ class ExecutorCache:
         self._clock = clock
         self._entries: OrderedDict[Key, CacheEntry] = OrderedDict()
         self._flights: dict[tuple[Key, str], asyncio.Task[CacheEntry]] = {}
+        self._started = 0
         self.stats = CacheStats()
 
     def __len__(self) -> int:
@@ -172,6 +176,8 @@ class ExecutorCache:
         return await asyncio.shield(flight)
 
     async def _fill(self, key: Key, version: str) -> CacheEntry:
+        self._started += 1
+        started = self._started
         try:
             value = await self._build(key)
         except BaseException:
@@ -180,9 +186,14 @@ class ExecutorCache:
         self.stats.builds += 1
         now = self._clock()
         old = self._entries.get(key)
+        entry = CacheEntry(key, version, value, built_at=now, last_used=now, started=started)
+        if old is not None and old.version != version and old.started > started:
+            # A build of another version that started after this one (the config the
+            # caller read has changed since) is cached already: it stays; this build
+            # serves its own callers only.
+            return entry
         if old is not None and old.version != version:
             self.evict(key, "config-changed")
-        entry = CacheEntry(key, version, value, built_at=now, last_used=now)
         self._entries[key] = entry
         self._entries.move_to_end(key)
         self._tell("inserted", key)

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import pytest
 
 from chatwright.cache import CacheEntry, EvictionPolicy, ExecutorCache, Key
-from chatwright.plugins.eviction import IdleSessionPolicy
+from chatwright.plugins.eviction import IdleSessionPolicy, LRUPolicy
 
 A: Key = ("ann", "helper")
 B: Key = ("bob", "helper")
@@ -148,3 +148,46 @@ def test_a_subclass_inherits_events_that_do_nothing() -> None:
     # The bundled policies need only the order of the entries.
     for event in ("inserted", "hit", "removed"):
         assert getattr(IdleSessionPolicy, event) is getattr(EvictionPolicy, event)
+
+
+async def test_an_older_build_finishing_last_does_not_replace_the_newer_entry() -> None:
+    """Attack: a turn read version v1 and built it slowly; the agent changed, another turn
+    built v2 and cached it; then the v1 build ended, evicted the newer entry as
+    ``config-changed`` and took its place, so every later turn (reading v2) built again."""
+    gates = {"v1": asyncio.Event(), "v2": asyncio.Event()}
+    current = {"v": "v1"}
+    builds: list[str] = []
+    evicted: list[tuple[Key, str]] = []
+
+    async def build(key: Key) -> str:
+        version = current["v"]
+        builds.append(version)
+        await gates[version].wait()
+        return f"built-{version}"
+
+    cache = ExecutorCache(build, LRUPolicy(10), on_evict=lambda k, r: evicted.append((k, r)))
+    first = asyncio.ensure_future(cache.get("agent", "v1"))
+    while builds != ["v1"]:
+        await asyncio.sleep(0)
+    current["v"] = "v2"
+    second = asyncio.ensure_future(cache.get("agent", "v2"))
+    while builds != ["v1", "v2"]:
+        await asyncio.sleep(0)
+    gates["v2"].set()
+    assert (await second).value == "built-v2"
+    gates["v1"].set()
+    # The late build serves the turn that asked for it ...
+    assert (await first).value == "built-v1"
+    # ... and the newer entry stays: no eviction, and a turn reading v2 hits it.
+    entry = cache.peek("agent")
+    assert entry is not None and entry.version == "v2", evicted
+    assert evicted == []
+    await cache.get("agent", "v2")
+    assert builds == ["v1", "v2"]
+    # A build that started later still replaces an older entry, as a change must.
+    current["v"] = "v3"
+    gates["v3"] = asyncio.Event()
+    gates["v3"].set()
+    assert (await cache.get("agent", "v3")).value == "built-v3"
+    assert cache.peek("agent").version == "v3"  # type: ignore[union-attr]
+    assert evicted == [("agent", "config-changed")]
