@@ -81,3 +81,27 @@ async def test_a_password_given_as_a_query_parameter_is_not_shown(
     assert details.status_code == 200, details.text
     assert "hunter2" not in details.text
     assert details.json()["database"] == where
+
+
+def test_a_separate_session_store_is_named_with_the_database() -> None:
+    """Attack: with Redis sessions down, /api/health named only the SQL database, while
+    its error was Redis's."""
+    from chatwright.plugins.server.routes.health import described
+    from chatwright.stores import WithSessionStore
+
+    class Backend:
+        description = "postgresql://chatwright@db/chat"
+
+    class Redis:
+        description = "Redis at redis://cache:6379/0"
+
+    class Nameless:
+        pass
+
+    both = WithSessionStore(Backend(), Redis())  # type: ignore[arg-type]
+    assert (
+        described(both)
+        == "postgresql://chatwright@db/chat; sessions: Redis at redis://cache:6379/0"
+    )
+    assert described(WithSessionStore(Backend(), Nameless())) == "postgresql://chatwright@db/chat"  # type: ignore[arg-type]
+    assert described(Backend()) == "postgresql://chatwright@db/chat"

@@ -6,6 +6,8 @@ which database is used and why it fails is at ``/api/health``, for admins.
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse
 
@@ -54,13 +56,26 @@ async def health_detail(runtime: RuntimeDep, who: User) -> HealthDetail | JSONRe
     """Which database is used and why it does not answer (admins only)."""
     if not who.admin:
         raise ForbiddenError("the health details are for admins (a chatwright_admin token)")
-    description = runtime.storage.description
+    description = described(runtime.storage)
     try:
         await runtime.storage.ping()
     except ChatwrightError as exc:
         detail = HealthDetail(status="unavailable", database=description, error=str(exc))
         return JSONResponse(detail.model_dump(), status_code=503)
     return HealthDetail(status="ok", database=description, error=None)
+
+
+def described(storage: Any) -> str:
+    """The database, and the session store when sessions live apart (Redis): whichever
+    does not answer, the health check's error is its own."""
+    from chatwright.stores import WithSessionStore
+
+    description = str(storage.description)
+    if isinstance(storage, WithSessionStore):
+        sessions = getattr(storage.sessions, "description", None)
+        if sessions:
+            description += f"; sessions: {sessions}"
+    return description
 
 
 @router.get(
