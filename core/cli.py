@@ -11,7 +11,8 @@ line with exit status 1; an unexpected exception is too, unless
 ``CHATWRIGHT_DEBUG=1`` asks for the traceback. An error written for a server's
 operator ("the server log has the details") is pointed at what the terminal
 shows instead: the warnings chatwright logs are printed on standard error,
-above the error.
+above the error, one line each (:class:`TerminalWarnings`; a failure's traceback
+too under ``CHATWRIGHT_DEBUG=1``).
 
 Commands that do not migrate refuse a SQLite database file that does not
 exist rather than create an empty one (:data:`READ_ONLY_COMMANDS` lists those
@@ -20,6 +21,7 @@ that only read).
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -30,7 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from chatwright import __version__
-from chatwright.errors import ChatwrightError, StorageError
+from chatwright.errors import ChatwrightError, StorageError, one_line
 from chatwright.registry import Plugins, env_flag
 
 if TYPE_CHECKING:
@@ -63,7 +65,7 @@ READ_ONLY_COMMANDS = frozenset(
 
 SERVER_LOG = "the server log"
 # Where the details of such an error are in a terminal: chatwright's warnings go to
-# standard error (Python's last-resort handler, the CLI configures no other).
+# standard error (TerminalWarnings, or Python's last-resort handler under `serve`).
 TERMINAL_LOG = "the warning printed above"
 
 
@@ -297,10 +299,44 @@ def cli(ctx: click.Context, config: str | None, database: str | None) -> None:
     """
     group = ctx.command
     plugins = group.plugins if isinstance(group, ChatwrightGroup) else None
+    if ctx.invoked_subcommand != "serve":  # a server's log keeps its tracebacks
+        terminal_warnings()
     # A new context per invocation: nothing leaks from one run of the group to the next.
     ctx.obj = app = AppContext(plugins if plugins is not None else Plugins.load(), config)
     if database:
         app.overrides["storage"] = {"url": database}
+
+
+class TerminalWarnings(logging.Handler):
+    """chatwright's warnings as a command prints them on standard error: one line each,
+    a failure's exception on it (``: RuntimeError: boom``) rather than its traceback,
+    which ``CHATWRIGHT_DEBUG=1`` adds back. Written to the standard error of the moment
+    (a test's runner replaces it)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+            error = record.exc_info[1] if record.exc_info else None
+            if error is not None and env_flag("CHATWRIGHT_DEBUG"):
+                text = logging.Formatter().format(record)
+            elif error is not None:
+                text += f": {one_line(error)} (CHATWRIGHT_DEBUG=1 shows where)"
+            sys.stderr.write(text + "\n")
+            sys.stderr.flush()
+        except Exception:
+            self.handleError(record)
+
+
+def terminal_warnings() -> None:
+    """Print chatwright's warnings as :class:`TerminalWarnings` does, unless logging is set
+    up already (by an application that runs the commands, say); once per process."""
+    logger = logging.getLogger("chatwright")
+    if logger.handlers or logging.getLogger().handlers:
+        return
+    logger.addHandler(TerminalWarnings())
 
 
 def build_cli(plugins: Plugins | None = None) -> click.Group:

@@ -490,3 +490,60 @@ def test_a_group_added_inside_itself_does_not_break_the_command_line() -> None:
     result = invoke(plugins, "--help")
     assert result.exit_code == 0, result.output
     assert "loop" in result.stdout
+
+
+# -- event hooks on the terminal ---------------------------------------------------
+
+FAILING_STARTUP = """
+import sys
+
+from chatwright import hookimpl
+from chatwright.cli import build_cli
+from chatwright.registry import LoadPolicy, Plugins
+
+
+class Rogue:
+    @hookimpl
+    def startup(self, runtime):
+        raise RuntimeError("startup exploded")
+
+
+plugins = Plugins(LoadPolicy())
+plugins.load_entry_points()
+plugins.register(Rogue(), "rogue")
+build_cli(plugins).main(args=sys.argv[1:], prog_name="chatwright")
+"""
+
+
+def test_a_failing_event_hook_is_one_line_on_the_terminal(tmp_path: Path) -> None:
+    """Attack: a plugin whose event hook raised printed its traceback under every command;
+    a command prints errors as one line (CHATWRIGHT_DEBUG=1 gives the traceback)."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "run.py"
+    script.write_text(FAILING_STARTUP, encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATWRIGHT_")}
+
+    def command(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, str(script), *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+            env={**env, **extra},
+        )
+
+    assert command("init", "--example").returncode == 0
+    listed = command("agents", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert "assistant" in listed.stdout
+    assert listed.stderr.splitlines() == [
+        "chatwright: plugin 'rogue' failed in startup: RuntimeError: startup exploded "
+        "(CHATWRIGHT_DEBUG=1 shows where)"
+    ]
+    debugged = command("agents", "list", CHATWRIGHT_DEBUG="1")
+    assert "Traceback (most recent call last)" in debugged.stderr
+    assert 'raise RuntimeError("startup exploded")' in debugged.stderr
