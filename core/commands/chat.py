@@ -176,6 +176,57 @@ def chat(
     app.run(work)
 
 
+async def _read_line(prompt: str) -> str:
+    """``input(prompt)`` without holding up the event loop, and without being waited for.
+
+    ``asyncio.to_thread`` would run it in the loop's default executor: Ctrl-C
+    (SIGINT, which ``asyncio.run`` turns into cancelling the command's task)
+    would never reach the ``input()`` blocked there, and ``asyncio.run`` would
+    then wait for that thread, until the user pressed Enter. A daemon thread is
+    not waited for; its result, if it ever comes, is dropped.
+    """
+    import asyncio
+    import contextlib
+    import threading
+
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[str] = loop.create_future()
+
+    def settle(result: str | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result or "")
+
+    def read() -> None:
+        try:
+            line, error = input(prompt), None
+        except BaseException as exc:  # EOFError, KeyboardInterrupt, an I/O error
+            line, error = None, exc
+        # The loop may be closed: nobody waits for the line any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, line, error)
+
+    threading.Thread(target=read, name="chatwright-input", daemon=True).start()
+    return await future
+
+
+def _check_line(line: str) -> None:
+    """What `-m` refuses, refused in a line read from standard input too.
+
+    A byte that is not UTF-8 comes in as a lone surrogate (standard input is read
+    with ``surrogateescape``) and a NUL as itself: both would be stored as U+FFFD,
+    and what a tool wrote from them with it, instead of what the user meant.
+    """
+    inputs.text("your message", line)
+    if "\x00" in line:
+        raise InvalidInputError(
+            "your message holds a NUL character, which cannot be stored; remove it"
+        )
+
+
 async def _interactive(
     runtime: Runtime,
     user: str,
@@ -208,16 +259,20 @@ async def _interactive(
             return
     while True:
         try:
-            line = await asyncio.to_thread(input, "you> ")
+            line = await _read_line("you> ")
         except (EOFError, KeyboardInterrupt):
             click.echo()
             return
+        except asyncio.CancelledError:  # Ctrl-C: the chat ends (the session is closed)
+            click.echo()
+            raise
         if line.strip() in {"exit", "quit", "/exit", "/quit"}:
             return
         if not line.strip():
             continue
         try:
             check_message(runtime.settings, line)
+            _check_line(line)
             turn = await runtime.chat(user, agent, chat_id, line, on_message=show)
         except ApprovalPendingError as exc:
             # Another process stopped a turn of this chat meanwhile.
@@ -296,12 +351,14 @@ async def _ask_until_decided(
         for text in action_lines(action):
             click.echo(f"  {text}")
         try:
-            reply = await asyncio.to_thread(input, "Approve? [y/N] ")
-        except (EOFError, KeyboardInterrupt):
+            reply = await _read_line("Approve? [y/N] ")
+        except (EOFError, KeyboardInterrupt, asyncio.CancelledError) as exc:
             click.echo()
             from chatwright.commands.pending import echo_waiting
 
             echo_waiting(turn.pending)
+            if isinstance(exc, asyncio.CancelledError):
+                raise  # Ctrl-C: the calls stay waiting and the chat ends
             return False
         approve = reply.strip().lower() in {"y", "yes"}
         try:
