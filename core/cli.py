@@ -140,6 +140,8 @@ class AppContext:
         database = sqlite_file(url.database, dict(url.query))
         if database is None:
             return None  # in memory
+        if "\x00" in database:
+            return None  # not a file name: the storage says so when it opens it
         path = Path(database)
         return None if path.exists() else path
 

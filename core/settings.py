@@ -314,13 +314,23 @@ class BudgetsSettings(_Section):
     )
 
 
+MAX_PRICE = 1_000_000.0  # per million tokens: a million currency units
+
+
 class Price(_Section):
     """Prices of one model, per million tokens, in any one currency."""
 
-    input: float = Field(0.0, ge=0, description="Per million input tokens (not cached).")
-    output: float = Field(0.0, ge=0, description="Per million output tokens.")
+    # Bounded (inf refused): a turn's cost must stay a finite number however many
+    # tokens it spent, or it is not recorded and `chat --usage` cannot print it.
+    input: float = Field(
+        0.0, ge=0, le=MAX_PRICE, description="Per million input tokens (not cached)."
+    )
+    output: float = Field(0.0, ge=0, le=MAX_PRICE, description="Per million output tokens.")
     cached_input: float | None = Field(
-        None, ge=0, description="Per million cached input tokens; unset: the input price."
+        None,
+        ge=0,
+        le=MAX_PRICE,
+        description="Per million cached input tokens; unset: the input price.",
     )
 
 

@@ -48,15 +48,15 @@ def test_install_upgrade_and_editable(calls: list[list[str]]) -> None:
 
 def test_uninstall_with_yes(calls: list[list[str]]) -> None:
     # A distribution that is installed wherever the tests run (pip itself is faked).
-    code, _ = run("uninstall", "-y", "Pluggy", "pluggy>=1.0")
+    code, _ = run("uninstall", "-y", "Hypothesis", "hypothesis>=1.0")
     assert code == 0
-    assert calls[0][3:] == ["uninstall", "--yes", "Pluggy", "pluggy>=1.0"]
+    assert calls[0][3:] == ["uninstall", "--yes", "Hypothesis", "hypothesis>=1.0"]
 
 
 def test_uninstalling_what_is_not_installed_is_an_error_and_runs_no_pip(
     calls: list[list[str]],
 ) -> None:
-    code, output = run("uninstall", "-y", "pluggy", "chatwright-nosuch", "../x")
+    code, output = run("uninstall", "-y", "hypothesis", "chatwright-nosuch", "../x")
     assert code == 1
     assert output.strip().splitlines()[-1] == (
         "Error: not installed here: 'chatwright-nosuch', '../x'; nothing was uninstalled. "

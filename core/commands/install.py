@@ -53,17 +53,47 @@ def _name(requirement: str) -> str:
     return named.group(1) if named else requirement
 
 
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _needed() -> set[str]:
+    """What ``chatwright`` runs on: itself, pip, and the requirements it installs with."""
+    from importlib.metadata import PackageNotFoundError, requires
+
+    needed = {"chatwright", "pip"}
+    try:
+        requirements = requires("chatwright") or []
+    except PackageNotFoundError:  # (run from a source tree)
+        requirements = []
+    for requirement in requirements:
+        if "extra ==" not in requirement.partition(";")[2]:
+            needed.add(_canonical(_name(requirement)))
+    return needed
+
+
 @click.command()
 @click.argument("packages", nargs=-1, required=True)
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 def uninstall(packages: tuple[str, ...], yes: bool) -> None:
-    """Uninstall packages from the environment chatwright runs in."""
+    """Uninstall packages from the environment chatwright runs in.
+
+    chatwright itself, pip and what chatwright runs on are refused.
+    """
     from importlib.metadata import PackageNotFoundError, distribution
 
     # pip takes a requirement (name==1.0, name[extra]); the name is what is installed.
     names = {package: _name(package) for package in packages}
-    if any(re.sub(r"[-_.]+", "-", name).lower() == "chatwright" for name in names.values()):
+    if any(_canonical(name) == "chatwright" for name in names.values()):
         raise click.UsageError("uninstalling chatwright itself would remove this command; use pip")
+    needed = _needed()
+    kept = sorted({name for name in names.values() if _canonical(name) in needed})
+    if kept:
+        listed = ", ".join(repr(n) for n in kept)
+        raise click.UsageError(
+            f"chatwright needs {listed} to run: uninstalling it would break this command "
+            "(and `chatwright install`, which could put it back); use pip if you mean it"
+        )
     missing = []
     for package, name in names.items():
         try:

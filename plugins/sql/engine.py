@@ -71,6 +71,11 @@ def normalize_url(raw: str, setting: str = "storage.url") -> URL:
         ) from None
     backend = url.get_backend_name()
     if backend == "sqlite":
+        if "\x00" in (url.database or ""):
+            raise StorageError(
+                f"{setting}: the SQLite file name holds a NUL character (%00), which no "
+                "file name can hold; remove it"
+            )
         return url.set(drivername="sqlite+aiosqlite")
     if backend in {"postgresql", "postgres"}:
         return url.set(drivername="postgresql+psycopg")
