@@ -188,12 +188,23 @@ def answered(messages: Sequence[BaseMessage]) -> list[BaseMessage]:
         open_calls.clear()
 
     changed = False
+    seen: set[str] = set()  # call ids of the AI messages so far
+    renamed: dict[str, str] = {}  # of the latest AI message's calls: stored id -> id sent
     for message in messages:
         if isinstance(message, ToolMessage):
+            if message.tool_call_id in renamed:
+                message = message.model_copy(update={"tool_call_id": renamed[message.tool_call_id]})
+                changed = True
             open_calls.pop(message.tool_call_id, None)
         elif open_calls:
             changed = True
             close()
+        if isinstance(message, AIMessage):
+            renamed = {}
+            if message.tool_calls:
+                fixed, renamed = _unique_ids(message, seen)
+                changed = changed or fixed is not message
+                message = fixed
         out.append(message)
         if isinstance(message, AIMessage) and message.tool_calls:
             open_calls = {str(c.get("id")): c["name"] for c in message.tool_calls if c.get("id")}
@@ -201,6 +212,39 @@ def answered(messages: Sequence[BaseMessage]) -> list[BaseMessage]:
         changed = True
         close()
     return out if changed else list(messages)
+
+
+def _unique_ids(message: AIMessage, seen: set[str]) -> tuple[AIMessage, dict[str, str]]:
+    """``message`` with a call id that an earlier AI message's call had (history stored
+    before ids were made unique, or imported) replaced by one of its own, and the ids
+    replaced (stored -> sent); ``seen`` gets its ids. A copy: the message is shared."""
+    renamed: dict[str, str] = {}
+    calls = []
+    earlier = set(seen)
+    unset = False
+    for position, call in enumerate(message.tool_calls):
+        given = call.get("id")
+        new = None
+        if not given:
+            # A call without an id (imported): no provider takes it, nor can a result
+            # answer it; it gets one, and then a "not run" result.
+            new = f"call_unset_{len(seen)}_{position}"
+            unset = True
+            if given == "" and "" not in renamed:
+                renamed[""] = new
+        elif given in earlier:
+            if given not in renamed:
+                n = 2
+                while f"{given}_{n}" in seen:
+                    n += 1
+                renamed[given] = f"{given}_{n}"
+            new = renamed[given]
+        calls.append({**call, "id": new} if new else call)
+        seen.add(new or str(given))
+    if not renamed and not unset:
+        return message, renamed
+    extra = {k: v for k, v in message.additional_kwargs.items() if k != "tool_calls"}
+    return message.model_copy(update={"tool_calls": calls, "additional_kwargs": extra}), renamed
 
 
 RECOVERED_ROW_IDS = 10

@@ -171,9 +171,10 @@ def message_weight(content: Mapping[str, Any]) -> int:
         return 1 + len(repr(content))
     text = data.get("content")
     weight = 1 + (len(text) if isinstance(text, str) else len(repr(text)))
-    calls = data.get("tool_calls")
-    if calls:
-        weight += len(repr(calls))
+    for key in ("tool_calls", "invalid_tool_calls"):
+        calls = data.get(key)
+        if calls:
+            weight += len(repr(calls))
     return weight
 
 

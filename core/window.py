@@ -185,7 +185,11 @@ def _read(
     for index in range(first, len(stored)):
         row = stored[index]
         message = parsed(row)
-        if message is None or (not out and not isinstance(message, HumanMessage)):
+        if not isinstance(message, HumanMessage | AIMessage | ToolMessage):
+            # Unreadable, or a system (or other) message stored in the chat (imported
+            # history): providers take system messages only first, before the history.
+            continue
+        if not out and not isinstance(message, HumanMessage):
             continue
         if isinstance(message, ToolMessage):
             if message.tool_call_id not in open_calls:
@@ -378,7 +382,17 @@ def newest_that_fit(
 
 def estimate(messages: Sequence[BaseMessage]) -> int:
     """The estimated token count of ``messages`` (see the module docstring)."""
-    return sum(count_tokens_approximately([message]) for message in messages)
+    return sum(_estimate_one(message) for message in messages)
+
+
+def _estimate_one(message: BaseMessage) -> int:
+    count = count_tokens_approximately([message])
+    invalid = getattr(message, "invalid_tool_calls", None)
+    if invalid:
+        # Calls whose arguments are not JSON are sent back to the provider as calls too
+        # (LangChain's count leaves them out): counted as the valid ones are.
+        count += -(-len(repr(invalid)) // 4)
+    return count
 
 
 _tokenizers: ThreadPoolExecutor | None = None
@@ -478,6 +492,12 @@ async def summarise(
     fitted.history = messages_of(turns)
     cut = fallen_before(start, [pair for turn in turns for pair in turn])
     if cut is None or cut <= after + 1 or _resting(start):
+        return
+    # Message ids are shared by all chats: a gap between the summary's last message and
+    # the first one kept may hold none of this chat's. When the window reaches back to
+    # the summary and holds nothing between the two, nothing fell out.
+    rows = start.history
+    if rows and rows[0].id <= after and not any(after < row.id < cut for row in rows):
         return
     ahead = turns[len(turns) // 2][0][0].id if len(turns) > 1 else cut
     from chatwright.usage import TurnUsage, priced, usage_of

@@ -25,13 +25,21 @@ import uuid
 from typing import Any
 
 import pytest
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.messages import (
+    AIMessage,
+    BaseMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+    message_to_dict,
+)
 from langchain_core.outputs import ChatResult
 
 from chatwright.errors import TurnTimeoutError
 from chatwright.history import to_store
 from chatwright.plugins.models.scripted import ScriptedChatModel
 from chatwright.runtime import SUMMARY_HEADING, Runtime
+from chatwright.stores import message_weight
 from chatwright.window import SUMMARY_INSTRUCTIONS
 from tests.conftest import MakeRuntime
 
@@ -289,3 +297,87 @@ async def test_an_agent_without_summarize_makes_no_summary_call(
     assert calls.summaries() == []
     assert SUMMARY_HEADING not in calls.systems()[-1]
     assert await runtime.storage.summaries.get(user, chat_id) is None
+
+
+# -- attacks: chats side by side, imported history -------------------------------
+
+
+async def test_other_chats_messages_between_turns_do_not_make_a_summary_call_every_turn(
+    runtimes: MakeRuntime, calls: Calls
+) -> None:
+    """Attack: message ids are shared by every chat, and a busy server stores other chats'
+    messages between a chat's turns. The summary took the gap for messages that fell out:
+    29 summary calls in 40 turns (each one charged), and the history shrank to a few
+    messages; alone, the same chat makes one about every half window."""
+    runtime = await runtimes()
+    turns = 40
+    chat_id = await keeper(runtime, [answer(f"a{n}") for n in range(turns * 4)], history_window=20)
+    user = await user_of(runtime, chat_id)
+    other = (await runtime.storage.sessions.open("other-user", AGENT)).chat_id
+    for n in range(turns):
+        await runtime.chat(user, AGENT, chat_id, f"h{n}")
+        await runtime.storage.messages.append("other-user", other, to_store([HumanMessage("x")]))
+    assert len(calls.summaries()) <= 8
+    sent = [i for i in calls.inputs if not is_summary(i)][-1]
+    history = [m for m in sent if not isinstance(m, SystemMessage)]
+    assert len(history) >= 9, [m.text for m in history]  # the newer half of 20, and the new one
+
+
+async def test_a_stored_system_message_is_not_sent_after_the_system_prompt(
+    runtimes: MakeRuntime, calls: Calls
+) -> None:
+    """Attack: history imported from another system holds system messages; sent in the
+    middle of the model's input, which some providers refuse (Anthropic's client: "multiple
+    non-consecutive system messages"), every turn of the chat failed."""
+    runtime = await runtimes()
+    chat_id = await keeper(runtime, [answer("fine")], history_window=50, summarize=False)
+    user = await user_of(runtime, chat_id)
+    imported = [
+        SystemMessage("You are the old assistant."),
+        HumanMessage("h0"),
+        AIMessage("a0"),
+        SystemMessage("Note from the old system"),
+        HumanMessage("h1"),
+        AIMessage("a1"),
+    ]
+    await runtime.storage.messages.append(user, chat_id, to_store(imported))
+    turn = await runtime.chat(user, AGENT, chat_id, "next")
+    assert turn.response == "fine"
+    sent = calls.inputs[-1]
+    assert isinstance(sent[0], SystemMessage)
+    assert [m.text for m in sent[1:]] == ["h0", "a0", "h1", "a1", "next"]
+
+
+HUGE_ARGUMENTS = '{"text": "' + "x" * 200_000  # cut off: not JSON
+
+
+def cut_off_reply() -> AIMessage:
+    call = {"type": "invalid_tool_call", "id": "call_cut", "name": "add_note"}
+    return AIMessage(
+        "", invalid_tool_calls=[{**call, "args": HUGE_ARGUMENTS, "error": "not valid JSON"}]
+    )
+
+
+async def test_the_token_bound_counts_call_arguments_that_are_not_json(
+    runtimes: MakeRuntime, calls: Calls
+) -> None:
+    """Attack: a reply cut off in a long argument keeps it as an invalid call, which
+    clients send back to the provider; the token bound counted it as a few tokens and sent
+    200,000 characters under history_tokens = 1000."""
+    runtime = await runtimes()
+    chat_id = await keeper(
+        runtime, [answer("fine")], history_window=50, history_tokens=1000, summarize=False
+    )
+    user = await user_of(runtime, chat_id)
+    stored = [
+        HumanMessage("write a long note"),
+        cut_off_reply(),
+        ToolMessage("Not run", tool_call_id="call_cut", name="add_note", status="error"),
+        AIMessage("The model called add_note with arguments that are not valid JSON"),
+    ]
+    await runtime.storage.messages.append(user, chat_id, to_store(stored))
+    await runtime.chat(user, AGENT, chat_id, "next")
+    history = [m for m in calls.inputs[-1] if not isinstance(m, SystemMessage)]
+    assert [m.text for m in history] == ["next"]
+    # The caches of stored messages weigh such arguments too (their bound in characters).
+    assert message_weight(message_to_dict(cut_off_reply())) >= len(HUGE_ARGUMENTS)
