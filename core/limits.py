@@ -127,6 +127,33 @@ def unique_call_ids(reply: AIMessage, before: Sequence[BaseMessage] = ()) -> AIM
     )
 
 
+CUT_SHORT = frozenset({"length", "max_tokens", "max_output_tokens", "content_filter", "incomplete"})
+"""Finish reasons (lower-cased) of a reply the provider stopped before it was complete."""
+
+
+def cut_short(reply: AIMessage) -> str | None:
+    """Why ``reply`` is incomplete, when its provider says so, else None.
+
+    A reply stopped at the provider's output limit (``finish_reason: length``,
+    ``stop_reason: max_tokens``...) or by its content filter may end in the middle of
+    a tool call's arguments. Answered whole, such arguments are not JSON (an invalid
+    call); streamed, LangChain parses the chunks leniently and makes a complete-looking
+    call of what arrived (``{"title": "transfer 100 EUR to acc``), which must not run.
+    An OpenAI-compatible stream that ended with no finish reason at all (the body
+    ended early) is incomplete too.
+    """
+    meta = reply.response_metadata or {}
+    for key in ("finish_reason", "stop_reason", "done_reason", "stopReason", "status"):
+        value = meta.get(key)
+        if isinstance(value, str) and value.lower() in CUT_SHORT:
+            return f"{key} {value!r}"
+    if meta.get("model_provider") == "openai" and not any(
+        k in meta for k in ("finish_reason", "status")
+    ):
+        return "the stream ended with no finish_reason"
+    return None
+
+
 def recursion_limit(limits: Limits, middlewares: int) -> int:
     """A LangGraph step limit the model and tool limits always reach first.
 
@@ -174,6 +201,17 @@ def turn_limits(agent_name: str, limits: Limits) -> Any:
 
     def after(messages: Sequence[BaseMessage], last: AIMessage) -> list[BaseMessage] | None:
         """What follows ``last`` when it ends the turn (``messages`` end with it), or None."""
+        short = cut_short(last) if (last.tool_calls or last.invalid_tool_calls) else None
+        if short is not None:
+            calls = [*last.invalid_tool_calls, *last.tool_calls]
+            names = ", ".join(sorted({c.get("name") or "(unnamed)" for c in calls}))
+            reason = f"the reply was cut off before its tool calls were complete ({short})"
+            unrun = [not_run(c.get("id"), c.get("name") or "", reason) for c in calls]
+            text = (
+                f"The model's reply was cut off ({short}) while it was calling {names}, so "
+                "nothing was run. Please try again, perhaps asking for less at once."
+            )
+            return [*unrun, stop_message("invalid_tool_call", text)]
         if last.invalid_tool_calls:
             names = ", ".join(
                 sorted({c.get("name") or "(unnamed)" for c in last.invalid_tool_calls})

@@ -123,6 +123,8 @@ SUMMARY_HEADING = "\n\nSummary of the earlier conversation:\n"
 STORED_LOOK_BACK = 8
 """Messages read past a tool exchange's length when looking for it after its storing
 failed (see ``Runtime._stored_after_all``): messages stored outside turns meanwhile."""
+MODEL_REASON_CHARS = 500
+"""The most characters of a failed model call's error a turn's error repeats."""
 
 OnMessage = Callable[["BaseMessage"], Awaitable[None]]
 OnToken = Callable[[str], Awaitable[None]]
@@ -896,7 +898,10 @@ class Runtime:
                     await on_message(produced[-1])
                 waiting = []
             except Exception as exc:
-                cut = isinstance(exc, TimeoutError) and scope.expired()
+                # A call that broke after it streamed part of its answer (the connection
+                # dropped, an error event, a read timeout) was not refused: the provider
+                # charges for it, and it counts as one cut off by the time limit does.
+                cut = (isinstance(exc, TimeoutError) and scope.expired()) or streamed > 0
                 await end(complete_prefix(produced), touch=False)
                 if isinstance(exc, TimeoutError) and scope.expired() and self._stopping:
                     raise TurnTimeoutError(
@@ -913,7 +918,11 @@ class Runtime:
                     raise
                 # Made storable: a provider's text may hold a lone surrogate, which no
                 # UTF-8 answer (JSON, a stream's event) can carry.
+                # Cut short: a provider's error body (a proxy's page, a server's dump) is
+                # not the user's to receive whole, in the answer or the stream's event.
                 reason = storable_value(" ".join(str(exc).split())) or type(exc).__name__
+                if len(reason) > MODEL_REASON_CHARS:
+                    reason = reason[:MODEL_REASON_CHARS] + "…"
                 raise ModelError(
                     f"the model of agent {agent_name!r} ({start.agent.model}) failed: "
                     f"{reason}; your message was kept, try again"

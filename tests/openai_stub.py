@@ -51,6 +51,20 @@ counts too, so ``echo-2`` echoes):
     whose assistant messages repeat a tool call id or have an empty one, as
     providers that hold ids unique do.
 
+``cut-args``
+    calls the first tool with arguments cut off in the middle of a string (the
+    provider stopped at its output limit): ``finish_reason: length``.
+``ends-early``
+    streamed, as ``cut-args`` but the body simply ends after the cut arguments:
+    no finish reason, no usage, no ``[DONE]`` (answered whole: as ``cut-args``).
+``breaks``
+    streamed, 2,000 chunks of ``word `` and then the connection breaks (the
+    body is shorter than its declared length); answered whole, the same break
+    before any of it.
+``huge-error``
+    answers HTTP 500 with an OpenAI error body whose message is 2,000,000
+    characters.
+
 A streamed answer (``"stream": true``) is SSE chunks ``data: {...}``, then, when
 the request asks ``stream_options.include_usage``, a chunk with no choices and
 the usage, then ``data: [DONE]``. Non-streamed answers carry usage always.
@@ -71,10 +85,28 @@ from typing import Any
 
 import pytest
 
-BEHAVIOURS = ("bad-args", "echo", "fail", "hang", "loop", "same-ids", "slow-args", "slow")
+BEHAVIOURS = (
+    "bad-args",
+    "breaks",
+    "cut-args",
+    "echo",
+    "ends-early",
+    "fail",
+    "hang",
+    "huge-error",
+    "loop",
+    "same-ids",
+    "slow-args",
+    "slow",
+)
+BROKEN_WORDS = 2000
+"""How many ``word `` chunks ``breaks`` streams before the connection breaks."""
 SLOW_DELAY = 0.2
 # Not JSON even to the lenient parser streamed replies go through.
 BAD_ARGUMENTS = "{query: 'x'}"
+# Arguments the provider stopped writing in the middle of a string: not JSON, but the
+# lenient parser streamed replies go through makes {"title": "transfer 100 EUR to acc"}.
+CUT_ARGUMENTS = '{"title": "transfer 100 EUR to acc'
 
 
 @dataclass
@@ -97,6 +129,13 @@ class Recorded:
     @property
     def stream(self) -> bool:
         return bool(self.body.get("stream"))
+
+
+def finish_of(behaviour: str, calls: list[dict[str, Any]]) -> str:
+    """The finish reason of an answer: ``cut-args`` was stopped at the output limit."""
+    if behaviour in {"cut-args", "ends-early"}:
+        return "length"
+    return "tool_calls" if calls else "stop"
 
 
 def behaviour_of(model: str) -> str:
@@ -206,12 +245,12 @@ class OpenAIStub:
         if behaviour == "hang":
             self._hang(handler, record)
             return
-        if behaviour == "fail":
-            self._send_json(
-                handler,
-                500,
-                {"error": {"message": "the stub fails as asked", "type": "server_error"}},
-            )
+        if behaviour in {"fail", "huge-error"}:
+            said = "the stub fails as asked" if behaviour == "fail" else "y" * 2_000_000
+            self._send_json(handler, 500, {"error": {"message": said, "type": "server_error"}})
+            return
+        if behaviour == "breaks":
+            self._break(handler, record)
             return
         messages = body.get("messages", [])
         tools = body.get("tools") or []
@@ -246,6 +285,9 @@ class OpenAIStub:
             calls = [self._call(tool["function"]["name"], json.dumps(_loop_args(tool)))]
         elif behaviour in {"loop", "slow-args"}:
             text = f"{behaviour}: the request has no tools"
+        elif behaviour in {"cut-args", "ends-early"}:
+            name = tools[0]["function"]["name"] if tools else "lookup"
+            calls = [self._call(name, CUT_ARGUMENTS)]
         else:  # bad-args
             name = tools[0]["function"]["name"] if tools else "lookup"
             calls = [self._call(name, BAD_ARGUMENTS)]
@@ -281,7 +323,7 @@ class OpenAIStub:
                         {
                             "index": 0,
                             "message": message,
-                            "finish_reason": "tool_calls" if calls else "stop",
+                            "finish_reason": finish_of(behaviour, calls),
                         }
                     ],
                     "usage": usage,
@@ -310,6 +352,30 @@ class OpenAIStub:
                     break
                 time.sleep(0.05)
         handler.close_connection = True
+
+    def _break(self, handler: BaseHTTPRequestHandler, record: Recorded) -> None:
+        """Declare a long body, send some of it (streamed: text chunks), then close."""
+        handler.send_response(200)
+        streamed = record.stream
+        handler.send_header("content-type", "text/event-stream" if streamed else "application/json")
+        handler.send_header("content-length", str(10**9))
+        handler.close_connection = True
+        handler.end_headers()
+        if not streamed:
+            handler.wfile.write(b'{"id": "chatcmpl-broken", ')
+            handler.wfile.flush()
+            return
+        base = {"id": "chatcmpl-broken", "object": "chat.completion.chunk", "model": record.model}
+        try:
+            for delta in [{"role": "assistant", "content": ""}] + [
+                {"content": "word "}
+            ] * BROKEN_WORDS:
+                choice = {"index": 0, "delta": delta, "finish_reason": None}
+                payload = {**base, "created": int(time.time()), "choices": [choice]}
+                handler.wfile.write(f"data: {json.dumps(payload)}\n\n".encode())
+            handler.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
 
     @staticmethod
     def _send_json(handler: BaseHTTPRequestHandler, status: int, payload: Any) -> None:
@@ -372,7 +438,10 @@ class OpenAIStub:
                     arguments = {"index": i, "function": {"arguments": piece}}
                     handler.wfile.write(chunk({"tool_calls": [arguments]}))
                     handler.wfile.flush()
-            handler.wfile.write(chunk({}, "tool_calls" if calls else "stop"))
+            if behaviour == "ends-early":
+                handler.wfile.flush()
+                return  # the body ends here: the connection closes
+            handler.wfile.write(chunk({}, finish_of(behaviour, calls)))
             if usage is not None:
                 final = {
                     "id": ident,

@@ -21,11 +21,11 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from langchain_core.messages import AIMessage, ToolMessage
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 
 from chatwright import testing
 from chatwright.errors import ModelError, TurnTimeoutError
-from chatwright.history import to_model_input
+from chatwright.history import to_model_input, to_store
 from chatwright.plugins.example import assistant as example
 from chatwright.registry import LoadPolicy, Plugins
 from chatwright.runtime import Runtime
@@ -420,3 +420,138 @@ async def test_the_agent_row_limit_wins_over_the_setting(make: Make) -> None:
     turn = await runtime.chat(USER, example.AGENT, await new_chat(runtime), "go")
     assert turn.stopped == "max_model_calls"
     assert await task_count(runtime) == 2
+
+
+# -- attacks: stored history a provider would refuse -------------------------------
+
+
+def listing(call_id: str | None) -> dict[str, Any]:
+    return {"name": "list_tasks", "args": {}, "id": call_id, "type": "tool_call"}
+
+
+async def test_a_chat_whose_stored_replies_reuse_a_call_id_goes_on(
+    make: Make, openai_stub: OpenAIStub
+) -> None:
+    """Attack: replies stored with one call id twice (a provider that numbers its calls
+    from 0 in each reply, rows imported or stored before ids were made unique) reached a
+    provider that holds ids unique, which refused every later turn of the chat."""
+    runtime = await make()
+    await seed(runtime, "openai:same-ids", openai_stub.model_settings())
+    chat_id = await new_chat(runtime)
+    old = [
+        HumanMessage("list"),
+        AIMessage("", tool_calls=[listing("call_0")]),
+        ToolMessage("[]", tool_call_id="call_0", name="list_tasks"),
+        AIMessage("nothing yet"),
+        HumanMessage("list again"),
+        AIMessage("", tool_calls=[listing("call_0")]),
+        ToolMessage("[]", tool_call_id="call_0", name="list_tasks"),
+        AIMessage("still nothing"),
+    ]
+    await runtime.storage.messages.append(USER, chat_id, to_store(old))
+    turn = await runtime.chat(USER, example.AGENT, chat_id, "add two")
+    assert turn.response == "done", turn
+    sent = openai_stub.requests[-1].body["messages"]
+    called = [c["id"] for m in sent if m["role"] == "assistant" for c in m.get("tool_calls") or []]
+    answered = [m["tool_call_id"] for m in sent if m["role"] == "tool"]
+    assert len(set(called[:2])) == 2 and answered[:2] == called[:2], (called, answered)
+    # What is stored stays as it was.
+    stored = await runtime.storage.messages.page(USER, chat_id, limit=100)
+    ids = [c["id"] for m in stored for c in m.content["data"].get("tool_calls") or []]
+    assert ids[:2] == ["call_0", "call_0"], ids
+
+
+async def test_a_stored_call_without_an_id_is_sent_with_one_and_answered(
+    make: Make, openai_stub: OpenAIStub
+) -> None:
+    """Attack: an imported reply whose call had no id was sent as it was (``"id": null``,
+    no result), which providers refuse."""
+    runtime = await make()
+    await seed(runtime, "openai:echo", openai_stub.model_settings())
+    chat_id = await new_chat(runtime)
+    old = [HumanMessage("list"), AIMessage("", tool_calls=[listing(None)]), AIMessage("none")]
+    await runtime.storage.messages.append(USER, chat_id, to_store(old))
+    await runtime.chat(USER, example.AGENT, chat_id, "again")
+    sent = openai_stub.requests[-1].body["messages"]
+    called = [c["id"] for m in sent if m["role"] == "assistant" for c in m.get("tool_calls") or []]
+    answered = [m["tool_call_id"] for m in sent if m["role"] == "tool"]
+    assert called and all(isinstance(i, str) and i for i in called), called
+    assert called == answered, (called, answered)
+
+
+# -- attacks: a provider that stops, breaks or says too much ------------------------
+
+
+@pytest.mark.parametrize("model", ["cut-args", "ends-early"])
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_call_the_provider_cut_off_does_not_run(
+    make: Make, openai_stub: OpenAIStub, model: str, stream: bool
+) -> None:
+    """Attack: a reply stopped at the provider's output limit in the middle of a tool
+    call's arguments. Answered whole they are not JSON, and nothing ran; streamed,
+    LangChain's lenient parser made a complete-looking call of what had come
+    (``{"title": "transfer 100 EUR to acc"}``), and it ran. So did the call of a stream
+    whose body simply ended there."""
+    runtime = await make()
+    await seed(runtime, f"openai:{model}", openai_stub.model_settings())
+    chat_id = await new_chat(runtime)
+
+    async def on_token(text: str) -> None:
+        pass
+
+    turn = await runtime.chat(
+        USER, example.AGENT, chat_id, "add a task", on_token=on_token if stream else None
+    )
+    assert all(r.stream is stream for r in openai_stub.requests)
+    assert await task_count(runtime) == 0
+    assert turn.stopped == "invalid_tool_call"
+    assert "cut off" in turn.response and "nothing was run" in turn.response, turn.response
+    # The chat goes on: its stored history is valid input for the next turn.
+    await runtime.storage.agents.update(example.AGENT, model="openai:echo")
+    assert (await runtime.chat(USER, example.AGENT, chat_id, "and?")).response == "echo: and?"
+
+
+async def test_a_stream_that_breaks_counts_what_it_streamed(
+    make: Make, openai_stub: OpenAIStub
+) -> None:
+    """Attack: a streamed call that broke after 10,000 characters of reply reached the
+    user counted nothing (no usage row), so budgets never saw it; it counts as a call cut
+    off by the time limit does: its prompt and what it streamed."""
+    runtime = await make(models={"max_retries": 0})
+    await seed(runtime, "openai:breaks", openai_stub.model_settings())
+    chat_id = await new_chat(runtime)
+    got: list[str] = []
+
+    async def on_token(text: str) -> None:
+        got.append(text)
+
+    with pytest.raises(ModelError) as failed:
+        await runtime.chat(USER, example.AGENT, chat_id, "write a lot", on_token=on_token)
+    streamed = sum(len(t) for t in got)
+    assert streamed >= 5 * 1000
+    spent = failed.value.usage
+    assert spent is not None and spent.model_calls == 1
+    assert spent.output_tokens >= streamed // 4 - 1, spent
+    async with runtime.storage.read() as conn:
+        query = "SELECT model_calls, output_tokens FROM token_usage"
+        rows = [tuple(r) for r in await conn.execute(sa.text(query))]
+    assert rows == [(1, spent.output_tokens)]
+    # Answered whole, the same break comes before anything: a refused call, counted nothing.
+    other = await new_chat(runtime)
+    with pytest.raises(ModelError) as refused:
+        await runtime.chat(USER, example.AGENT, other, "write a lot")
+    assert refused.value.usage is None or refused.value.usage.model_calls == 0
+
+
+async def test_a_provider_error_of_megabytes_is_cut_in_the_turns_error(
+    make: Make, openai_stub: OpenAIStub
+) -> None:
+    """Attack: a provider's 2 MB error message was repeated whole in the turn's error (the
+    502's body, the stream's error event)."""
+    runtime = await make(models={"max_retries": 0})
+    await seed(runtime, "openai:huge-error", openai_stub.model_settings())
+    with pytest.raises(ModelError) as failed:
+        await runtime.chat(USER, example.AGENT, await new_chat(runtime), "hi")
+    said = str(failed.value)
+    assert len(said) < 1000 and "yyyy…" in said, said[:300]
+    assert said.endswith("; your message was kept, try again")
