@@ -154,6 +154,24 @@ def cut_short(reply: AIMessage) -> str | None:
     return None
 
 
+def explained(reply: AIMessage) -> AIMessage | None:
+    """``reply`` with words when it has none and its provider says why: its refusal (a
+    model's refusal comes in a field of its own) or the reason it stopped the reply (its
+    content filter, its output limit). None when there is nothing to say: an empty
+    answer reached the user, and the chat, as an empty reply with no reason."""
+    if reply.text or reply.tool_calls or reply.invalid_tool_calls:
+        return None
+    refusal = reply.additional_kwargs.get("refusal")
+    if isinstance(refusal, str) and refusal.strip():
+        text = refusal.strip()
+    else:
+        short = cut_short(reply)
+        if short is None:
+            return None
+        text = f"(No answer: the provider stopped the reply, {short}.)"
+    return reply.model_copy(update={"content": text})
+
+
 def recursion_limit(limits: Limits, middlewares: int) -> int:
     """A LangGraph step limit the model and tool limits always reach first.
 
@@ -255,7 +273,7 @@ def turn_limits(agent_name: str, limits: Limits) -> Any:
             replies = [m for m in result.result if isinstance(m, AIMessage)]
             if not replies:
                 return response
-            fixed = unique_call_ids(replies[-1], messages)
+            fixed = unique_call_ids(replies[-1], messages) or explained(replies[-1])
             if fixed is not None:
                 result.result = [fixed if m is replies[-1] else m for m in result.result]
                 replies[-1] = fixed

@@ -61,6 +61,11 @@ counts too, so ``echo-2`` echoes):
     streamed, 2,000 chunks of ``word `` and then the connection breaks (the
     body is shorter than its declared length); answered whole, the same break
     before any of it.
+``refuses``
+    refuses: no content, the refusal in its own field (streamed: in the chunks'
+    ``refusal``), ``finish_reason: stop``.
+``filtered``
+    no content, ``finish_reason: content_filter``.
 ``huge-error``
     answers HTTP 500 with an OpenAI error body whose message is 2,000,000
     characters.
@@ -92,9 +97,11 @@ BEHAVIOURS = (
     "echo",
     "ends-early",
     "fail",
+    "filtered",
     "hang",
     "huge-error",
     "loop",
+    "refuses",
     "same-ids",
     "slow-args",
     "slow",
@@ -106,6 +113,7 @@ SLOW_DELAY = 0.2
 BAD_ARGUMENTS = "{query: 'x'}"
 # Arguments the provider stopped writing in the middle of a string: not JSON, but the
 # lenient parser streamed replies go through makes {"title": "transfer 100 EUR to acc"}.
+REFUSAL = "I can't help with that."
 CUT_ARGUMENTS = '{"title": "transfer 100 EUR to acc'
 
 
@@ -135,6 +143,8 @@ def finish_of(behaviour: str, calls: list[dict[str, Any]]) -> str:
     """The finish reason of an answer: ``cut-args`` was stopped at the output limit."""
     if behaviour in {"cut-args", "ends-early"}:
         return "length"
+    if behaviour == "filtered":
+        return "content_filter"
     return "tool_calls" if calls else "stop"
 
 
@@ -285,6 +295,8 @@ class OpenAIStub:
             calls = [self._call(tool["function"]["name"], json.dumps(_loop_args(tool)))]
         elif behaviour in {"loop", "slow-args"}:
             text = f"{behaviour}: the request has no tools"
+        elif behaviour in {"refuses", "filtered"}:
+            pass  # no text, no calls
         elif behaviour in {"cut-args", "ends-early"}:
             name = tools[0]["function"]["name"] if tools else "lookup"
             calls = [self._call(name, CUT_ARGUMENTS)]
@@ -309,6 +321,8 @@ class OpenAIStub:
                 time.sleep(SLOW_DELAY * sum(len(c["function"]["arguments"]) for c in calls))
             record.usage = usage
             message: dict[str, Any] = {"role": "assistant", "content": text or None}
+            if behaviour == "refuses":
+                message["refusal"] = REFUSAL
             if calls:
                 message["tool_calls"] = calls
             self._send_json(
@@ -416,6 +430,8 @@ class OpenAIStub:
 
         try:
             handler.wfile.write(chunk({"role": "assistant", "content": ""}))
+            if behaviour == "refuses":
+                handler.wfile.write(chunk({"refusal": REFUSAL}))
             words = text.split(" ") if text else []
             for i, word in enumerate(words):
                 if behaviour == "slow":

@@ -555,3 +555,32 @@ async def test_a_provider_error_of_megabytes_is_cut_in_the_turns_error(
     said = str(failed.value)
     assert len(said) < 1000 and "yyyy…" in said, said[:300]
     assert said.endswith("; your message was kept, try again")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("model", ["refuses", "filtered"])
+async def test_a_refusal_or_a_filtered_reply_is_said_not_left_blank(
+    make: Make, openai_stub: OpenAIStub, model: str, stream: bool
+) -> None:
+    """Attack: a model's refusal (its text in a field of its own) or a reply its
+    provider's filter withheld ended the turn with an empty answer, and stored one."""
+    from tests.openai_stub import REFUSAL
+
+    runtime = await make()
+    await seed(runtime, f"openai:{model}", openai_stub.model_settings())
+    chat_id = await new_chat(runtime)
+
+    async def on_token(text: str) -> None:
+        pass
+
+    turn = await runtime.chat(
+        USER, example.AGENT, chat_id, "something", on_token=on_token if stream else None
+    )
+    if model == "refuses" and stream:
+        # LangChain's OpenAI client drops a streamed refusal: nothing to say it with.
+        assert turn.response == ""
+        return
+    said = REFUSAL if model == "refuses" else "(No answer: the provider stopped the reply, "
+    assert turn.response.startswith(said), turn.response
+    last = (await stored(runtime, chat_id))[-1]
+    assert last.content["data"]["content"] == turn.response
