@@ -105,6 +105,8 @@ log = logging.getLogger(__name__)
 
 # Seconds closing waits for a stopped turn to store what it made.
 STOP_WAIT = 10.0
+# Seconds between looks at whether the runtime stops, while a request waits for its chat.
+STOP_POLL = 0.1
 
 # What a request that waited for its chat is answered when the server stops meanwhile
 # (Runtime.until_stopped): it was not started, and is not started later.
@@ -334,20 +336,34 @@ class Runtime:
 
     @asynccontextmanager
     async def until_stopped(self, refusal: str) -> AsyncIterator[None]:
-        """A wait before a turn, a decision or an undo starts (for its chat, which another
-        one holds, in this process or another) that :meth:`stop_turns` ends as it ends
+        """Beginning a turn, a decision or an undo, whose waits for its chat (held by
+        another process's turn: the turn store's pauses between attempts,
+        :func:`chatwright.turns.pause_for_chat`) :meth:`stop_turns` ends, as it ends
         running turns: a stopping server neither waits past its shutdown deadline nor
         starts the work after it. Ended so, :class:`~chatwright.errors.TurnTimeoutError`
-        with ``refusal`` (what was not done, and what to do)."""
+        with ``refusal`` (what was not done, and what to do). Only the pauses end: an
+        attempt under way (its transaction, the recovery steps before it) is left to
+        finish, so that nothing is left half done or said not to be when it is."""
+        from chatwright.turns import chat_pause
+
         if self._stopping:
             raise TurnTimeoutError(refusal)  # whether or not it would have had to wait
+        loop = asyncio.get_running_loop()
+
+        async def pause(seconds: float) -> None:
+            until = loop.time() + seconds
+            while not self._stopping:
+                left = until - loop.time()
+                if left <= 0:
+                    return
+                await asyncio.sleep(min(left, STOP_POLL))
+            raise TurnTimeoutError(refusal)
+
+        token = chat_pause.set(pause)
         try:
-            async with self.bounded(None) as scope:
-                yield
-        except TimeoutError:
-            if scope.expired() and self._stopping:
-                raise TurnTimeoutError(refusal) from None
-            raise
+            yield
+        finally:
+            chat_pause.reset(token)
 
     async def close(self) -> None:
         if self._storage is None:
@@ -521,10 +537,15 @@ class Runtime:
         wait = getattr(self.storage, "turn_wait", None)
         if not isinstance(wait, int | float) or isinstance(wait, bool) or wait <= 0:
             wait = None
+        if self._stopping:
+            raise TurnTimeoutError(stopped)
         try:
-            async with self.until_stopped(stopped), asyncio.timeout(wait):
+            # Bounded by turn_wait, and ended by stop_turns as a running turn is.
+            async with asyncio.timeout(wait), self.bounded(None) as stop:
                 await lock.acquire()
         except TimeoutError:
+            if stop.expired() and self._stopping:
+                raise TurnTimeoutError(stopped) from None
             raise ChatBusyError(
                 f"another turn of chat {chat_id} has been running for over {wait:g} s; "
                 "try again when it has finished"

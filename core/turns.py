@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -88,6 +88,27 @@ def stopped_short(history: Sequence[Message]) -> Message | None:
     if not history or history[-1].role not in ("human", "tool"):
         return None
     return history[-1]
+
+
+chat_pause: ContextVar[Callable[[float], Awaitable[None]] | None] = ContextVar(
+    "chatwright_chat_pause", default=None
+)
+"""How this context pauses between attempts to begin on a chat another turn holds (see
+:func:`pause_for_chat`): set by the runtime, so that a stopping server ends the wait."""
+
+
+async def pause_for_chat(seconds: float) -> None:
+    """A turn store's pause before it tries a chat another turn holds again: ``seconds``,
+    or less when the runtime that waits stops meanwhile (its shutdown ends the wait, with
+    the error that says the request was not started). Pause here, between attempts,
+    never in a transaction: ending it then leaves nothing half done."""
+    import asyncio
+
+    pause = chat_pause.get()
+    if pause is None:
+        await asyncio.sleep(seconds)
+    else:
+        await pause(seconds)
 
 
 holding_turn: ContextVar[TurnStart | None] = ContextVar("chatwright_holding_turn", default=None)

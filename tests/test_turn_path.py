@@ -816,18 +816,14 @@ async def test_a_turn_cancelled_while_it_waits_for_the_lease_leaves_nothing_runn
     monkeypatch.setattr(psycopg.AsyncCursor, "execute", execute)
     pausing = asyncio.Event()
 
-    class Pauses:
-        """The turn store's asyncio, telling when it pauses between two attempts."""
+    real_pause = sql_turns.pause_for_chat
 
-        def __getattr__(self, name: str) -> Any:
-            return getattr(asyncio, name)
+    async def pause(seconds: float) -> None:
+        """The turn store's pause between two attempts, telling when it comes."""
+        pausing.set()
+        await real_pause(seconds)
 
-        async def sleep(self, seconds: float) -> None:
-            pausing.set()
-            await real_sleep(seconds)
-
-    real_sleep = asyncio.sleep
-    monkeypatch.setattr(sql_turns, "asyncio", Pauses())
+    monkeypatch.setattr(sql_turns, "pause_for_chat", pause)
     waiting = asyncio.ensure_future(runtime.chat(USER, ECHO, chat_id, "waits"))
     for _ in range(3):  # several attempts, each finding the lease held
         pausing.clear()

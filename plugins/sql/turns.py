@@ -132,6 +132,7 @@ from chatwright.turns import (
     approval_pending,
     holding_turn,
     not_your_chat,
+    pause_for_chat,
     stopped_short,
 )
 from chatwright.usage import BudgetLimits, TurnUsage
@@ -388,7 +389,7 @@ class SQLTurnStore(BoundStore):
                         f"another turn of chat {chat_id} has been running for over "
                         f"{self.db.turn_wait:g} s; try again when it has finished"
                     ) from None
-                await asyncio.sleep(pause)
+                await pause_for_chat(pause)  # a stopping server ends it
                 pause = min(pause * 2, LONGEST_PAUSE)
 
     async def _taken(self, lease: Lease, attempt: Any) -> Any:
