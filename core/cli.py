@@ -320,12 +320,14 @@ class TerminalWarnings(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            text = record.getMessage()
+            from chatwright.commands.output import printable
+
+            text = printable(" ".join(record.getMessage().split()))
             error = record.exc_info[1] if record.exc_info else None
             if error is not None and env_flag("CHATWRIGHT_DEBUG"):
                 text = logging.Formatter().format(record)
             elif error is not None:
-                text += f": {one_line(error)} (CHATWRIGHT_DEBUG=1 shows where)"
+                text += f": {printable(one_line(error))} (CHATWRIGHT_DEBUG=1 shows where)"
             sys.stderr.write(text + "\n")
             sys.stderr.flush()
         except Exception:

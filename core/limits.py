@@ -127,7 +127,17 @@ def unique_call_ids(reply: AIMessage, before: Sequence[BaseMessage] = ()) -> AIM
     )
 
 
-CUT_SHORT = frozenset({"length", "max_tokens", "max_output_tokens", "content_filter", "incomplete"})
+CUT_SHORT = frozenset(
+    {
+        "length",
+        "max_tokens",
+        "max_output_tokens",
+        "content_filter",
+        "incomplete",
+        "model_context_window_exceeded",  # Anthropic
+        "model_length",  # Mistral
+    }
+)
 """Finish reasons (lower-cased) of a reply the provider stopped before it was complete."""
 
 

@@ -429,7 +429,7 @@ def test_what_config_show_prints_reads_back_as_a_settings_file(
     workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # usage.prices was printed as a Python repr in quotes, which no settings file takes.
-    prices = {"openai:gpt-4o-mini": {"input": 0.15, "output": 0.6}, "x": {"input": 1e20}}
+    prices = {"openai:gpt-4o-mini": {"input": 0.15, "output": 0.6}, "x": {"input": 1.5e-07}}
     monkeypatch.setenv("CHATWRIGHT_USAGE__PRICES", json.dumps(prices))
     shown = workdir / "shown.toml"
     shown.write_text(ok("config", "show").output, encoding="utf-8")
@@ -440,7 +440,7 @@ def test_what_config_show_prints_reads_back_as_a_settings_file(
         "output": 0.6,
         "cached_input": None,
     }
-    assert again["usage"]["prices"]["x"]["input"] == 1e20
+    assert again["usage"]["prices"]["x"]["input"] == 1.5e-07
     # Every other setting reads back as it was shown.
     monkeypatch.setenv("CHATWRIGHT_USAGE__PRICES", json.dumps(prices))
     assert again == ok_json("config", "show", "--json")

@@ -756,14 +756,19 @@ async def test_turn_whose_lease_is_cleared_is_answered_as_it_was_stored(
     _, url, (server, _) = slow_cluster
     chat_id = await open_chat(client, server, AGENT)
     slow_model.reset()
-    pending = asyncio.create_task(turn(client, server, AGENT, chat_id, "hello"))
-    await wait_for_model_call(slow_model, pending)
-    with psycopg.connect(url, autocommit=True) as conn:
-        cleared = conn.execute(
-            "DELETE FROM chat_leases WHERE chat_id = %s RETURNING 1", (chat_id,)
-        ).fetchall()
-    assert cleared == [(1,)]
-    response = await pending
+    # Long enough for the lease to be cleared while the model thinks, on a busy machine.
+    delay, slow_model.delay = slow_model.delay, 3.0
+    try:
+        pending = asyncio.create_task(turn(client, server, AGENT, chat_id, "hello"))
+        await wait_for_model_call(slow_model, pending)
+        with psycopg.connect(url, autocommit=True) as conn:
+            cleared = conn.execute(
+                "DELETE FROM chat_leases WHERE chat_id = %s RETURNING 1", (chat_id,)
+            ).fetchall()
+        assert cleared == [(1,)]
+        response = await pending
+    finally:
+        slow_model.delay = delay
     texts = [c["data"]["content"] for _, c in check_integrity(url, chat_id)]
     assert response.status_code in {200, 409, 502, 503}, response.text
     if response.status_code == 200:

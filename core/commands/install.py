@@ -58,17 +58,37 @@ def _canonical(name: str) -> str:
 
 
 def _needed() -> set[str]:
-    """What ``chatwright`` runs on: itself, pip, and the requirements it installs with."""
+    """What ``chatwright`` runs on: itself, pip, and the requirements it installs with,
+    with theirs in turn (the extras they ask for included), as installed here."""
     from importlib.metadata import PackageNotFoundError, requires
 
+    from packaging.requirements import InvalidRequirement, Requirement
+
     needed = {"chatwright", "pip"}
-    try:
-        requirements = requires("chatwright") or []
-    except PackageNotFoundError:  # (run from a source tree)
-        requirements = []
-    for requirement in requirements:
-        if "extra ==" not in requirement.partition(";")[2]:
-            needed.add(_canonical(_name(requirement)))
+    todo: list[tuple[str, frozenset[str]]] = [("chatwright", frozenset())]
+    seen: set[tuple[str, frozenset[str]]] = set()
+    while todo:
+        name, extras = todo.pop()
+        if (name, extras) in seen:
+            continue
+        seen.add((name, extras))
+        try:
+            requirements = requires(name) or []
+        except PackageNotFoundError:  # not installed, or run from a source tree
+            continue
+        for text in requirements:
+            try:
+                requirement = Requirement(text)
+            except InvalidRequirement:
+                continue
+            marker = requirement.marker
+            if marker is not None and not any(
+                marker.evaluate({"extra": extra}) for extra in (extras or {""})
+            ):
+                continue
+            child = _canonical(requirement.name)
+            needed.add(child)
+            todo.append((child, frozenset(requirement.extras)))
     return needed
 
 

@@ -183,7 +183,22 @@ def test_a_nul_in_the_sqlite_path_is_one_clear_error(tmp_path: Path, command: li
     assert "NUL character (%00)" in done.stderr, done.stderr
 
 
-@pytest.mark.parametrize("package", ["pluggy", "click", "SQLAlchemy", "pydantic", "pip"])
+@pytest.mark.parametrize(
+    "package",
+    [
+        "pluggy",
+        "click",
+        "SQLAlchemy",
+        "pydantic",
+        "pip",
+        # What those run on, in turn (review: only direct requirements were refused).
+        "pydantic-core",
+        "starlette",
+        "langgraph",
+        "psycopg-binary",
+        "typing-extensions",
+    ],
+)
 def test_uninstalling_what_chatwright_runs_on_is_refused(
     package: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -195,3 +210,29 @@ def test_uninstalling_what_chatwright_runs_on_is_refused(
     assert called == []
     assert result.exit_code == 2
     assert f"chatwright needs {package!r} to run" in result.output, result.output
+
+
+def test_a_warning_a_command_prints_is_one_escaped_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review: a warning whose text held a line break printed over several lines (and
+    could fake an ``Error:`` line); terminal control characters went through raw."""
+    import io
+    import logging
+    import sys
+
+    from chatwright.cli import TerminalWarnings
+
+    err = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    record = logging.LogRecord(
+        "chatwright.x",
+        logging.WARNING,
+        __file__,
+        1,
+        "the call failed: %s",
+        ("line one\nError: faked line\x1b[2J",),
+        None,
+    )
+    TerminalWarnings().emit(record)
+    out = err.getvalue()
+    assert out.count("\n") == 1 and out.startswith("the call failed: line one Error: faked"), out
+    assert "\x1b" not in out
