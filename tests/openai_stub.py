@@ -295,12 +295,10 @@ class OpenAIStub:
             calls = [self._call(tool["function"]["name"], json.dumps(_loop_args(tool)))]
         elif behaviour in {"loop", "slow-args"}:
             text = f"{behaviour}: the request has no tools"
-        elif behaviour in {"refuses", "filtered"}:
-            pass  # no text, no calls
         elif behaviour in {"cut-args", "ends-early"}:
             name = tools[0]["function"]["name"] if tools else "lookup"
             calls = [self._call(name, CUT_ARGUMENTS)]
-        else:  # bad-args
+        elif behaviour == "bad-args":
             name = tools[0]["function"]["name"] if tools else "lookup"
             calls = [self._call(name, BAD_ARGUMENTS)]
         prompt = sum(len(_text(m.get("content"))) for m in messages)

@@ -480,6 +480,21 @@ async def test_a_stored_call_without_an_id_is_sent_with_one_and_answered(
 
 
 # -- attacks: a provider that stops, breaks or says too much ------------------------
+async def stub_turn(
+    make: Make, openai_stub: OpenAIStub, model: str, message: str, *, stream: bool
+) -> tuple[Runtime, uuid.UUID, Any]:
+    """A turn of the example agent on the stub's ``model``, streamed or not."""
+    runtime = await make()
+    await seed(runtime, f"openai:{model}", openai_stub.model_settings())
+    chat_id = await new_chat(runtime)
+
+    async def on_token(text: str) -> None:
+        pass
+
+    turn = await runtime.chat(
+        USER, example.AGENT, chat_id, message, on_token=on_token if stream else None
+    )
+    return runtime, chat_id, turn
 
 
 @pytest.mark.parametrize("model", ["cut-args", "ends-early"])
@@ -492,16 +507,7 @@ async def test_a_call_the_provider_cut_off_does_not_run(
     LangChain's lenient parser made a complete-looking call of what had come
     (``{"title": "transfer 100 EUR to acc"}``), and it ran. So did the call of a stream
     whose body simply ended there."""
-    runtime = await make()
-    await seed(runtime, f"openai:{model}", openai_stub.model_settings())
-    chat_id = await new_chat(runtime)
-
-    async def on_token(text: str) -> None:
-        pass
-
-    turn = await runtime.chat(
-        USER, example.AGENT, chat_id, "add a task", on_token=on_token if stream else None
-    )
+    runtime, chat_id, turn = await stub_turn(make, openai_stub, model, "add a task", stream=stream)
     assert all(r.stream is stream for r in openai_stub.requests)
     assert await task_count(runtime) == 0
     assert turn.stopped == "invalid_tool_call"
@@ -566,16 +572,7 @@ async def test_a_refusal_or_a_filtered_reply_is_said_not_left_blank(
     provider's filter withheld ended the turn with an empty answer, and stored one."""
     from tests.openai_stub import REFUSAL
 
-    runtime = await make()
-    await seed(runtime, f"openai:{model}", openai_stub.model_settings())
-    chat_id = await new_chat(runtime)
-
-    async def on_token(text: str) -> None:
-        pass
-
-    turn = await runtime.chat(
-        USER, example.AGENT, chat_id, "something", on_token=on_token if stream else None
-    )
+    runtime, chat_id, turn = await stub_turn(make, openai_stub, model, "something", stream=stream)
     if model == "refuses" and stream:
         # LangChain's OpenAI client drops a streamed refusal: nothing to say it with.
         assert turn.response == ""
